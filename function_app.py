@@ -1,0 +1,11 @@
+"""The Function App: builds the FunctionApp and registers the blueprints; nothing else.
+
+Azure SDKs are imported where they are used, not here, so that a cold start stays cheap.
+"""
+
+import azure.functions as func
+
+from shared.functions.connections import bp as connections
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(connections)

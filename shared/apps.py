@@ -1,0 +1,92 @@
+"""The spec table: one entry per app drives every route, method and setting.
+
+Adding a fourth app is one more ``AppSpec`` in ``APPS``, not a copy of a module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from shared.settings import Settings
+
+
+class Method(StrEnum):
+    OAUTH = "oauth"
+    CLIENT_SECRET = "client-secret"
+    CERTIFICATE = "certificate"
+
+
+@dataclass(frozen=True)
+class Permission:
+    api: str
+    name: str
+    kind: str  # "Application" or "Delegated"
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    id: str
+    name: str
+    # The resource whose ``/.default`` scope a token is acquired for. ``None`` means Microsoft Graph,
+    # whose endpoint is a setting (sovereign clouds and the local stand-in).
+    resource: str | None
+    methods: tuple[Method, ...]
+    oauth_setting_prefix: str
+    permissions: tuple[Permission, ...]
+    # Microsoft Graph is needed to rotate (addPassword/removePassword on the app registration).
+    rotation_methods: tuple[Method, ...] = (Method.CLIENT_SECRET,)
+
+    def scope(self, settings: Settings) -> str:
+        return f"{self.resource or settings.graph_endpoint}/.default"
+
+    def oauth_scope(self, settings: Settings) -> str:
+        """The delegated scope asked for in the OAuth authorization-code flow."""
+        return self.scope(settings)
+
+
+_ALL_METHODS = (Method.OAUTH, Method.CLIENT_SECRET, Method.CERTIFICATE)
+_GRAPH_PERMISSIONS = (
+    Permission("Microsoft Graph", "Application.ReadWrite.All", "Application"),
+    Permission("Microsoft Graph", "Application.ReadWrite.OwnedBy", "Application"),
+    Permission("Microsoft Graph", "Application.ReadWrite.All", "Delegated"),
+    Permission("Microsoft Graph", "Directory.ReadWrite.All", "Delegated"),
+    Permission("Microsoft Graph", "User.Read", "Delegated"),
+)
+
+APPS: dict[str, AppSpec] = {
+    spec.id: spec
+    for spec in (
+        AppSpec(
+            id="azure-key-vault",
+            name="Azure Key Vault",
+            resource="https://vault.azure.net",
+            methods=_ALL_METHODS,
+            oauth_setting_prefix="INF_APP_CONNECTION_AZURE_KEY_VAULT",
+            permissions=(Permission("Azure Key Vault", "user_impersonation", "Delegated"),),
+        ),
+        AppSpec(
+            id="azure-app-configuration",
+            name="Azure App Configuration",
+            resource="https://azconfig.io",
+            methods=_ALL_METHODS,
+            oauth_setting_prefix="INF_APP_CONNECTION_AZURE_APP_CONFIGURATION",
+            permissions=tuple(
+                Permission("Azure App Configuration", name, "Delegated")
+                for name in ("KeyValue.Delete", "KeyValue.Read", "KeyValue.Write")
+            ),
+        ),
+        AppSpec(
+            id="azure-client-secrets",
+            name="Azure Client Secrets",
+            resource=None,
+            methods=_ALL_METHODS,
+            oauth_setting_prefix="INF_APP_CONNECTION_AZURE_CLIENT_SECRETS",
+            permissions=_GRAPH_PERMISSIONS,
+        ),
+    )
+}
+
+
+def find_app(app_id: str) -> AppSpec | None:
+    return APPS.get(app_id)

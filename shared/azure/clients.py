@@ -1,0 +1,164 @@
+"""Every Azure SDK client of the service is built here, once, from settings.
+
+One set of clients per event loop (the Functions worker runs every async function on one
+loop, so in Azure that is once per process). All clients share one aiohttp session, so
+connections to Entra ID, Key Vault and Table Storage are pooled across invocations, and
+all go through the one retry policy of ``shared.azure.retry``. SDK modules are imported
+here, lazily, so that importing the function app stays cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from shared.azure.retry import JitteredRetryPolicy, retry_policy
+from shared.errors import ServiceMisconfigured
+from shared.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    import aiohttp
+    from azure.core.credentials_async import AsyncTokenCredential
+    from azure.core.pipeline.transport import AioHttpTransport
+    from azure.data.tables.aio import TableClient, TableServiceClient
+    from azure.keyvault.secrets.aio import SecretClient
+
+
+class AzureClients:
+    """The service's Azure clients for one event loop; build with :func:`get_clients`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._session: aiohttp.ClientSession | None = None
+        self._service_credential: AsyncTokenCredential | None = None
+        self._table_service: TableServiceClient | None = None
+        self._tables: dict[str, TableClient] = {}
+        self._table_lock = asyncio.Lock()
+        self._secrets: SecretClient | None = None
+
+    # -- shared plumbing -------------------------------------------------------------------
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            import ssl
+
+            import aiohttp
+
+            # Built now, not at aiohttp's import, so SSL_CERT_FILE set by the host is honoured.
+            tls = ssl.create_default_context()
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=tls, limit=100, limit_per_host=64, ttl_dns_cache=300),
+                trust_env=False,
+            )
+        return self._session
+
+    def transport(self) -> AioHttpTransport:
+        """A transport over the shared session; closing it leaves the session open."""
+        from azure.core.pipeline.transport import AioHttpTransport
+
+        return AioHttpTransport(session=self.session(), session_owner=False)
+
+    def identity_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for any azure-identity credential the service builds."""
+        return {
+            "authority": self.settings.authority_host,
+            "transport": self.transport(),
+            "retry_policy_class": JitteredRetryPolicy,
+        }
+
+    def service_credential(self) -> AsyncTokenCredential:
+        """The service's own identity (managed identity in Azure, environment credentials locally)."""
+        if self._service_credential is None:
+            from azure.identity.aio import DefaultAzureCredential
+
+            self._service_credential = DefaultAzureCredential(
+                managed_identity_client_id=self.settings.storage.managed_identity_client_id,
+                exclude_interactive_browser_credential=True,
+                **self.identity_kwargs(),
+            )
+        return self._service_credential
+
+    # -- Table Storage ---------------------------------------------------------------------
+    def table_service(self) -> TableServiceClient:
+        if self._table_service is None:
+            from azure.data.tables.aio import TableServiceClient
+
+            storage = self.settings.storage
+            common: dict[str, Any] = {"transport": self.transport(), "retry_policy": retry_policy()}
+            if storage.connection_string:
+                self._table_service = TableServiceClient.from_connection_string(
+                    storage.connection_string, **common
+                )
+            else:
+                assert storage.table_service_uri
+                self._table_service = TableServiceClient(
+                    storage.table_service_uri, credential=self.service_credential(), **common
+                )
+        return self._table_service
+
+    async def table(self, suffix: str) -> TableClient:
+        """The state table ``{prefix}{suffix}``, created on first use in this process."""
+        name = f"{self.settings.table_prefix}{suffix}"
+        client = self._tables.get(name)
+        if client is not None:
+            return client
+        async with self._table_lock:
+            client = self._tables.get(name)
+            if client is None:
+                from azure.core.exceptions import ResourceExistsError
+
+                service = self.table_service()
+                with contextlib.suppress(ResourceExistsError):
+                    await service.create_table(name)
+                client = service.get_table_client(name)
+                self._tables[name] = client
+        return client
+
+    # -- Key Vault -------------------------------------------------------------------------
+    def secrets(self) -> SecretClient:
+        if self._secrets is None:
+            if not self.settings.key_vault_url:
+                raise ServiceMisconfigured("KEY_VAULT_URL is not set, so no secret can be stored or read.")
+            from azure.keyvault.secrets.aio import SecretClient
+
+            self._secrets = SecretClient(
+                self.settings.key_vault_url,
+                self.service_credential(),
+                verify_challenge_resource=self.settings.key_vault_verify_challenge_resource,
+                transport=self.transport(),
+                retry_policy=retry_policy(),
+            )
+        return self._secrets
+
+    async def close(self) -> None:
+        for client in self._tables.values():
+            await client.close()
+        self._tables.clear()
+        for closable in (self._secrets, self._table_service, self._service_credential):
+            if closable is not None:
+                await closable.close()
+        self._secrets = self._table_service = self._service_credential = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+_BY_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AzureClients] = weakref.WeakKeyDictionary()
+
+
+def get_clients() -> AzureClients:
+    """The clients of the running event loop, built on first use."""
+    loop = asyncio.get_running_loop()
+    clients = _BY_LOOP.get(loop)
+    if clients is None:
+        clients = AzureClients(get_settings())
+        _BY_LOOP[loop] = clients
+    return clients
+
+
+async def close_clients() -> None:
+    """Close the running loop's clients (called on host shutdown)."""
+    clients = _BY_LOOP.pop(asyncio.get_running_loop(), None)
+    if clients is not None:
+        await clients.close()

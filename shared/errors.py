@@ -1,0 +1,132 @@
+"""Domain errors, each rendered as an RFC 9457 problem (``application/problem+json``).
+
+The domain raises these; the function layer turns them into HTTP responses. No error
+message ever carries a secret: details are built from field names and Entra's codes,
+never from the values a caller sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "urn:app-connections:problem:"
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One invalid field: a JSON Pointer (RFC 6901) into the request body and what is wrong."""
+
+    pointer: str
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"pointer": self.pointer, "detail": self.detail}
+
+
+class ServiceError(Exception):
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        errors: Sequence[FieldError] = (),
+        headers: Mapping[str, str] | None = None,
+        extensions: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = tuple(errors)
+        self.headers = dict(headers or {})
+        self.extensions = dict(extensions or {})
+
+    def to_problem(self, instance: str | None = None) -> dict[str, Any]:
+        problem: dict[str, Any] = {
+            "type": PROBLEM_TYPE_BASE + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance:
+            problem["instance"] = instance
+        if self.errors:
+            problem["errors"] = [error.as_dict() for error in self.errors]
+        problem.update(self.extensions)
+        return problem
+
+
+class InvalidRequest(ServiceError):
+    status = 400
+    slug = "invalid-request"
+    title = "The request is not valid"
+
+
+class CredentialRejected(ServiceError):
+    """Entra ID refused the credentials (the detail carries the AADSTS code and Entra's message)."""
+
+    status = 400
+    slug = "credential-rejected"
+    title = "Entra ID rejected the credentials"
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    slug = "unauthorized"
+    title = "Unauthorized"
+
+
+class NotFound(ServiceError):
+    status = 404
+    slug = "not-found"
+    title = "Not found"
+
+
+class MethodNotAllowed(ServiceError):
+    status = 405
+    slug = "method-not-allowed"
+    title = "Method not allowed"
+
+
+class Conflict(ServiceError):
+    status = 409
+    slug = "conflict"
+    title = "Conflict"
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+    slug = "payload-too-large"
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+class UpstreamError(ServiceError):
+    """An Azure service could not be reached or failed in a way retries did not fix."""
+
+    status = 502
+    slug = "upstream-error"
+    title = "An Azure service did not answer as expected"
+
+
+class UpstreamForbidden(ServiceError):
+    """An Azure service refused the service's own call for lack of a permission."""
+
+    status = 502
+    slug = "upstream-forbidden"
+    title = "An Azure service refused the call"
+
+
+class ServiceMisconfigured(ServiceError):
+    status = 503
+    slug = "service-misconfigured"
+    title = "The service is not configured for this"

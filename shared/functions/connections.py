@@ -1,0 +1,103 @@
+"""HTTP functions for app connections: options, create, list, read, update, delete, validate.
+
+The domain is imported inside each handler so that indexing the function app stays cheap
+(cold start); each handler translates HTTP to one domain call and back.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import azure.functions as func
+
+from shared.functions.http import endpoint, json_response, query_int, read_json
+
+if TYPE_CHECKING:
+    from shared.connections import ConnectionService
+
+bp = func.Blueprint()
+
+BASE = "api/v1/app-connections"
+KEY = func.AuthLevel.FUNCTION
+
+
+def _service() -> ConnectionService:
+    from shared.azure.clients import get_clients
+    from shared.connections import ConnectionService
+
+    return ConnectionService(get_clients())
+
+
+def _one(record: object, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    from shared.connections import to_response
+    from shared.store.tables import ConnectionRecord
+
+    assert isinstance(record, ConnectionRecord)
+    return json_response({"appConnection": to_response(record)}, status, headers)
+
+
+@bp.function_name("list_app_connection_options")
+@bp.route(route=f"{BASE}/options", methods=["GET"], auth_level=KEY)
+@endpoint
+async def list_app_connection_options(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.options import app_options
+    from shared.settings import get_settings
+
+    return json_response({"appConnectionOptions": app_options(get_settings())})
+
+
+@bp.function_name("create_app_connection")
+@bp.route(route=BASE + "/{app}", methods=["POST"], auth_level=KEY)
+@endpoint
+async def create_app_connection(req: func.HttpRequest) -> func.HttpResponse:
+    app = req.route_params["app"]
+    record = await _service().create(app, read_json(req))
+    return _one(record, 201, {"Location": f"/{BASE}/{record.app}/{record.id}"})
+
+
+@bp.function_name("list_app_connections")
+@bp.route(route=BASE + "/{app}", methods=["GET"], auth_level=KEY)
+@endpoint
+async def list_app_connections(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.connections import to_response
+
+    records, token = await _service().list(
+        req.route_params["app"], query_int(req, "limit"), req.params.get("continuationToken")
+    )
+    return json_response({"appConnections": [to_response(r) for r in records], "continuationToken": token})
+
+
+@bp.function_name("get_app_connection")
+@bp.route(route=BASE + "/{app}/{connectionId}", methods=["GET"], auth_level=KEY)
+@endpoint
+async def get_app_connection(req: func.HttpRequest) -> func.HttpResponse:
+    return _one(await _service().get(req.route_params["app"], req.route_params["connectionId"]))
+
+
+@bp.function_name("get_app_connection_by_name")
+@bp.route(route=BASE + "/{app}/connection-name/{connectionName}", methods=["GET"], auth_level=KEY)
+@endpoint
+async def get_app_connection_by_name(req: func.HttpRequest) -> func.HttpResponse:
+    return _one(await _service().get_by_name(req.route_params["app"], req.route_params["connectionName"]))
+
+
+@bp.function_name("update_app_connection")
+@bp.route(route=BASE + "/{app}/{connectionId}", methods=["PATCH"], auth_level=KEY)
+@endpoint
+async def update_app_connection(req: func.HttpRequest) -> func.HttpResponse:
+    params = req.route_params
+    return _one(await _service().update(params["app"], params["connectionId"], read_json(req)))
+
+
+@bp.function_name("delete_app_connection")
+@bp.route(route=BASE + "/{app}/{connectionId}", methods=["DELETE"], auth_level=KEY)
+@endpoint
+async def delete_app_connection(req: func.HttpRequest) -> func.HttpResponse:
+    return _one(await _service().delete(req.route_params["app"], req.route_params["connectionId"]))
+
+
+@bp.function_name("validate_app_connection")
+@bp.route(route=BASE + "/{app}/{connectionId}/validate", methods=["POST"], auth_level=KEY)
+@endpoint
+async def validate_app_connection(req: func.HttpRequest) -> func.HttpResponse:
+    return _one(await _service().validate(req.route_params["app"], req.route_params["connectionId"]))

@@ -1,0 +1,177 @@
+"""Translation between HTTP (azure.functions) and the domain: bodies in, JSON and problems out.
+
+Every handler is wrapped by :func:`endpoint`: domain errors become RFC 9457 problems, Azure
+failures the domain did not map become a 502, and anything else a generic 500 that says
+nothing about the request (the details go to the log, never a secret).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import azure.functions as func
+
+from shared.errors import (
+    PROBLEM_CONTENT_TYPE,
+    FieldError,
+    InvalidRequest,
+    PayloadTooLarge,
+    ServiceError,
+    UnsupportedMediaType,
+    UpstreamError,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 32
+
+Handler = Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    return func.HttpResponse(
+        json.dumps(data, ensure_ascii=False, separators=(",", ":")),
+        status_code=status,
+        headers={"Cache-Control": "no-store", **(headers or {})},
+        mimetype="application/json",
+        charset="utf-8",
+    )
+
+
+def problem_response(error: ServiceError, instance: str | None = None) -> func.HttpResponse:
+    return func.HttpResponse(
+        json.dumps(error.to_problem(instance), ensure_ascii=False),
+        status_code=error.status,
+        headers={"Cache-Control": "no-store", **error.headers},
+        mimetype=PROBLEM_CONTENT_TYPE,
+        charset="utf-8",
+    )
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise InvalidRequest(
+                "The JSON body has a key more than once.",
+                errors=[FieldError("", f"the key '{key[:64]}' appears more than once")],
+            )
+        result[key] = value
+    return result
+
+
+def _depth(value: Any, limit: int) -> int:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def read_json(req: func.HttpRequest) -> Any:
+    """The request's JSON body: within size, UTF-8, well-formed, no duplicate keys, not too deep."""
+    body = req.get_body() or b""
+    if len(body) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(f"The body is larger than {MAX_BODY_BYTES // 1024} KiB.")
+    content_type = (req.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+    if content_type and not (content_type == "application/json" or content_type.endswith("+json")):
+        raise UnsupportedMediaType("Send the body as application/json.")
+    if not body.strip():
+        raise InvalidRequest("The body is empty; send a JSON object.")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("The body is not valid UTF-8.") from None
+    # The depth check runs before parsing too: json's recursion must not be the limit.
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _bracket_depth(text) > MAX_JSON_DEPTH:
+        raise InvalidRequest(f"The JSON body is nested deeper than {MAX_JSON_DEPTH} levels.")
+    try:
+        value = json.loads(text, object_pairs_hook=_reject_duplicates)
+    except ServiceError:
+        raise
+    except (ValueError, RecursionError):
+        raise InvalidRequest("The body is not well-formed JSON.") from None
+    return value
+
+
+def _bracket_depth(text: str) -> int:
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def query_int(req: func.HttpRequest, name: str) -> int | None:
+    raw = req.params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidRequest(
+            f"The query parameter {name} must be an integer.", errors=[FieldError(f"/{name}", "must be an integer")]
+        ) from None
+
+
+def endpoint(handler: Handler) -> Handler:
+    """Wrap a handler so that every failure is answered with a problem document."""
+
+    @functools.wraps(handler)
+    async def wrapper(req: func.HttpRequest) -> func.HttpResponse:
+        instance = _path(req.url)
+        try:
+            return await handler(req)
+        except ServiceError as error:
+            if error.status >= 500:
+                log.warning("%s %s: %s", req.method, instance, error.detail)
+            return problem_response(error, instance)
+        except Exception as error:
+            from azure.core.exceptions import AzureError
+
+            if isinstance(error, AzureError):
+                status = getattr(error, "status_code", None)
+                log.warning("%s %s: Azure call failed (%s, status %s)", req.method, instance,
+                            type(error).__name__, status)
+                return problem_response(
+                    UpstreamError(
+                        "An Azure service the connection depends on failed; try again later."
+                        + (f" (Azure answered {status})" if status else "")
+                    ),
+                    instance,
+                )
+            log.exception("%s %s failed", req.method, instance)
+            return problem_response(ServiceError("The service failed to handle the request."), instance)
+
+    return wrapper
+
+
+def _path(url: str) -> str:
+    without_scheme = url.split("://", 1)[-1]
+    path = "/" + without_scheme.split("/", 1)[1] if "/" in without_scheme else "/"
+    return path.split("?", 1)[0]

@@ -1,0 +1,155 @@
+"""Request models (validated with pydantic) and the mapping of their errors to field errors.
+
+Validation messages are built from field names and rules only: the value a caller sent is
+never echoed, so a misplaced secret cannot come back in an error.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
+
+from shared.apps import Method
+from shared.errors import FieldError, InvalidRequest
+
+GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+NAME_RE = re.compile(r"^[a-z0-9-]{1,64}$")
+MAX_PEM_CHARS = 16_384
+M = TypeVar("M", bound=BaseModel)
+
+
+def _guid(value: str) -> str:
+    if not GUID_RE.match(value):
+        raise ValueError("must be a GUID such as 00000000-0000-0000-0000-000000000000")
+    return value.lower()
+
+
+def _name(value: str) -> str:
+    if not NAME_RE.match(value):
+        raise ValueError("must be 1 to 64 lowercase letters, digits or hyphens (a slug)")
+    return value
+
+
+def _no_controls(value: str) -> str:
+    if any(ord(ch) < 32 and ch not in "\r\n\t" for ch in value) or "\x7f" in value:
+        raise ValueError("must not contain control characters")
+    return value
+
+
+Guid = Annotated[str, AfterValidator(_guid)]
+Name = Annotated[str, AfterValidator(_name)]
+Description = Annotated[str, StringConstraints(max_length=1024), AfterValidator(_no_controls)]
+Secret = Annotated[str, StringConstraints(min_length=1, max_length=1024), AfterValidator(_no_controls)]
+Pem = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PEM_CHARS), AfterValidator(_no_controls)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=False)
+
+
+class ClientSecretCredentialsIn(_Strict):
+    tenantId: Guid
+    clientId: Guid
+    clientSecret: Secret
+    clientSecretKeyId: Guid | None = None
+
+
+class CertificateCredentialsIn(_Strict):
+    tenantId: Guid
+    clientId: Guid
+    certificateBody: Pem
+    privateKey: Pem
+
+
+CredentialsIn = ClientSecretCredentialsIn | CertificateCredentialsIn
+
+CREDENTIAL_MODELS: dict[Method, type[_Strict]] = {
+    Method.CLIENT_SECRET: ClientSecretCredentialsIn,
+    Method.CERTIFICATE: CertificateCredentialsIn,
+}
+
+
+class CreateConnectionIn(_Strict):
+    name: Name
+    description: Description | None = None
+    method: str
+    credentials: dict[str, Any]
+
+
+class UpdateConnectionIn(_Strict):
+    name: Name | None = None
+    description: Description | None = None
+    credentials: dict[str, Any] | None = None
+
+
+def _pointer(loc: tuple[int | str, ...], prefix: str) -> str:
+    parts = [str(part).replace("~", "~0").replace("/", "~1") for part in loc]
+    return prefix + "".join(f"/{part}" for part in parts)
+
+
+_MESSAGES = {
+    "missing": "is required",
+    "extra_forbidden": "is not a known field",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "int_type": "must be an integer",
+    "dict_type": "must be an object",
+    "model_type": "must be an object",
+    "string_too_long": "is too long",
+    "string_too_short": "must not be empty",
+}
+
+
+def field_errors(error: ValidationError, prefix: str = "") -> list[FieldError]:
+    """Turn a pydantic error into field errors without echoing any input value."""
+    result = []
+    for item in error.errors(include_input=False, include_url=False):
+        kind = item["type"]
+        if kind == "value_error":
+            message = str(item["msg"]).removeprefix("Value error, ")
+        elif kind in {"string_too_long", "string_too_short"}:
+            limit = (item.get("ctx") or {}).get("max_length" if kind == "string_too_long" else "min_length")
+            message = _MESSAGES[kind] + (f" (limit {limit} characters)" if kind == "string_too_long" else "")
+        else:
+            message = _MESSAGES.get(kind, str(item["msg"]))
+        result.append(FieldError(_pointer(tuple(item["loc"]), prefix), message))
+    return result
+
+
+def parse_model(model: type[M], data: Any, prefix: str = "") -> M:
+    """Validate ``data`` against ``model``; an invalid body raises a 400 with field errors."""
+    if not isinstance(data, dict):
+        raise InvalidRequest(
+            "The body must be a JSON object.", errors=[FieldError(prefix or "", "must be an object")]
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise InvalidRequest("Some fields are not valid.", errors=field_errors(error, prefix)) from None
+
+
+def parse_method(app_methods: tuple[Method, ...], raw: str, pointer: str = "/method") -> Method:
+    try:
+        method = Method(raw)
+    except ValueError:
+        method = None
+    if method is None or method not in app_methods:
+        allowed = ", ".join(m.value for m in app_methods)
+        raise InvalidRequest(
+            "Unknown method.", errors=[FieldError(pointer, f"must be one of: {allowed}")]
+        )
+    return method
+
+
+def parse_credentials(method: Method, data: Any) -> ClientSecretCredentialsIn | CertificateCredentialsIn:
+    model = CREDENTIAL_MODELS.get(method)
+    if model is None:
+        raise InvalidRequest(
+            f"Credentials for the {method.value} method are not given in this request.",
+            errors=[FieldError("/method", f"{method.value} connections are created through their own flow")],
+        )
+    parsed = parse_model(model, data, "/credentials")
+    assert isinstance(parsed, ClientSecretCredentialsIn | CertificateCredentialsIn)
+    return parsed

@@ -1,0 +1,173 @@
+"""Typed settings, read from the environment in one place, once per process.
+
+Every setting the service reads is named here and documented in the README's
+configuration table. Nothing else in the package reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+AZURITE_ACCOUNT = "devstoreaccount1"
+# The well-known, public development key of the Azurite emulator (not a secret).
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+AZURITE_TABLE_ENDPOINT = "http://127.0.0.1:10002/devstoreaccount1"
+
+DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+DEFAULT_GRAPH_ENDPOINT = "https://graph.microsoft.com"
+DEFAULT_SITE_URL = "http://localhost:7071"
+DEFAULT_TABLE_PREFIX = "AppConn"
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where the state tables live: a connection string, or an endpoint reached with an identity."""
+
+    connection_string: str | None = None
+    table_service_uri: str | None = None
+    managed_identity_client_id: str | None = None
+
+
+@dataclass(frozen=True)
+class OAuthClient:
+    """The instance's own app registration for one app's OAuth method."""
+
+    client_id: str | None
+    client_secret: str | None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.client_id and self.client_secret)
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage: StorageSettings
+    table_prefix: str
+    key_vault_url: str | None
+    key_vault_verify_challenge_resource: bool
+    authority_host: str
+    graph_endpoint: str
+    site_url: str
+    oauth_clients: Mapping[str, OAuthClient] = field(default_factory=dict)
+
+    @property
+    def oauth_redirect_uri(self) -> str:
+        return f"{self.site_url}/organization/app-connections/azure/oauth/callback"
+
+    def oauth_client(self, setting_prefix: str) -> OAuthClient:
+        return self.oauth_clients.get(setting_prefix, OAuthClient(None, None))
+
+    @property
+    def authority_is_microsoft(self) -> bool:
+        """True for Microsoft's public and sovereign authorities, where instance discovery works."""
+        host = self.authority_host.split("://", 1)[-1].split("/", 1)[0].lower()
+        return host.startswith("login.") and (
+            host.endswith(".microsoftonline.com")
+            or host.endswith(".microsoftonline.us")
+            or host.endswith(".chinacloudapi.cn")
+        )
+
+
+# The OAuth settings of the reference docs, one pair per app (see shared.apps).
+OAUTH_SETTING_PREFIXES = (
+    "INF_APP_CONNECTION_AZURE_KEY_VAULT",
+    "INF_APP_CONNECTION_AZURE_APP_CONFIGURATION",
+    "INF_APP_CONNECTION_AZURE_CLIENT_SECRETS",
+)
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name} must be true or false, not {raw!r}")
+
+
+def _https_url(env: Mapping[str, str], name: str, default: str | None) -> str | None:
+    raw = (env.get(name) or "").strip() or default
+    if raw is None:
+        return None
+    if not raw.startswith("https://"):
+        raise SettingsError(f"{name} must be an https:// URL")
+    return raw.rstrip("/")
+
+
+def _storage(env: Mapping[str, str]) -> StorageSettings:
+    name = (env.get("STATE_STORAGE") or "AzureWebJobsStorage").strip()
+    connection_string = (env.get(name) or "").strip()
+    if connection_string:
+        if connection_string.replace(" ", "").lower().startswith("usedevelopmentstorage=true"):
+            connection_string = (
+                f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+                f"TableEndpoint={AZURITE_TABLE_ENDPOINT};"
+            )
+        return StorageSettings(connection_string=connection_string)
+    uri = (env.get(f"{name}__tableServiceUri") or "").strip()
+    account = (env.get(f"{name}__accountName") or "").strip()
+    if not uri and account:
+        uri = f"https://{account}.table.core.windows.net"
+    if uri:
+        return StorageSettings(
+            table_service_uri=uri.rstrip("/"),
+            managed_identity_client_id=(env.get(f"{name}__clientId") or "").strip() or None,
+        )
+    raise SettingsError(
+        f"Table Storage is not configured: set {name} to a connection string "
+        f"(UseDevelopmentStorage=true locally) or {name}__tableServiceUri for a managed identity"
+        + ("" if name != "AzureWebJobsStorage" else "; STATE_STORAGE names another setting")
+    )
+
+
+def _table_prefix(env: Mapping[str, str]) -> str:
+    prefix = (env.get("STATE_TABLE_PREFIX") or DEFAULT_TABLE_PREFIX).strip()
+    if not (prefix.isalnum() and prefix[0].isalpha() and len(prefix) <= 40):
+        raise SettingsError("STATE_TABLE_PREFIX must be letters and digits, starting with a letter")
+    return prefix
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read every setting from ``env`` (the process environment by default)."""
+    env = os.environ if env is None else env
+    site_url = (env.get("SITE_URL") or DEFAULT_SITE_URL).strip().rstrip("/")
+    if not site_url.startswith(("https://", "http://")):
+        raise SettingsError("SITE_URL must be an absolute http(s) URL")
+    return Settings(
+        storage=_storage(env),
+        table_prefix=_table_prefix(env),
+        key_vault_url=_https_url(env, "KEY_VAULT_URL", None),
+        key_vault_verify_challenge_resource=_bool(env, "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", True),
+        authority_host=_https_url(env, "AZURE_AUTHORITY_HOST", DEFAULT_AUTHORITY_HOST) or DEFAULT_AUTHORITY_HOST,
+        graph_endpoint=_https_url(env, "GRAPH_ENDPOINT", DEFAULT_GRAPH_ENDPOINT) or DEFAULT_GRAPH_ENDPOINT,
+        site_url=site_url,
+        oauth_clients={
+            prefix: OAuthClient(
+                client_id=(env.get(f"{prefix}_CLIENT_ID") or "").strip() or None,
+                client_secret=(env.get(f"{prefix}_CLIENT_SECRET") or "").strip() or None,
+            )
+            for prefix in OAUTH_SETTING_PREFIXES
+        },
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return load_settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests that change the environment call this)."""
+    get_settings.cache_clear()

@@ -1,0 +1,233 @@
+"""Connection metadata in Table Storage (never a secret).
+
+Table ``{prefix}Connections``, partition = app:
+- a connection entity per connection, RowKey = connection id;
+- a name-index entity per connection, RowKey = ``~name~{lowercase name}``, written in the same
+  entity-group transaction, so names are unique per app atomically.
+Every update is guarded by the entity's ETag: a concurrent change gives a 409, never a lost update.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field, fields, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import Conflict, InvalidRequest, NotFound
+
+if TYPE_CHECKING:
+    from azure.data.tables.aio import TableClient
+
+    from shared.azure.clients import AzureClients
+
+CONNECTIONS_TABLE = "Connections"
+NAME_PREFIX = "~name~"  # sorts after every connection id (ids are lowercase hex GUIDs)
+
+
+@dataclass(frozen=True)
+class ConnectionRecord:
+    app: str
+    id: str
+    name: str
+    method: str
+    tenant_id: str
+    client_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    secret_name: str
+    secret_version: str
+    description: str | None = None
+    version: int = 1
+    status: str = "active"
+    status_message: str | None = None
+    last_validated_at: datetime | None = None
+    # Further properties owned by other modules (rotation), kept as they are.
+    extra: dict[str, Any] = field(default_factory=dict)
+    etag: str | None = field(default=None, compare=False)
+
+    def evolve(self, **changes: Any) -> ConnectionRecord:
+        return replace(self, **changes)
+
+
+_COLUMNS = {
+    "name": "Name",
+    "method": "Method",
+    "tenant_id": "TenantId",
+    "client_id": "ClientId",
+    "created_at": "CreatedAt",
+    "updated_at": "UpdatedAt",
+    "secret_name": "SecretName",
+    "secret_version": "SecretVersion",
+    "description": "Description",
+    "version": "Version",
+    "status": "Status",
+    "status_message": "StatusMessage",
+    "last_validated_at": "LastValidatedAt",
+}
+_SYSTEM = {"PartitionKey", "RowKey", "Timestamp", "etag", "odata.etag", "odata.metadata"}
+
+
+def to_entity(record: ConnectionRecord) -> dict[str, Any]:
+    entity: dict[str, Any] = {"PartitionKey": record.app, "RowKey": record.id, "Kind": "connection"}
+    for attr, column in _COLUMNS.items():
+        value = getattr(record, attr)
+        if value is not None:
+            entity[column] = value
+    entity.update({key: value for key, value in record.extra.items() if value is not None})
+    return entity
+
+
+def from_entity(entity: Any) -> ConnectionRecord:
+    known = {column: attr for attr, column in _COLUMNS.items()}
+    values: dict[str, Any] = {"app": entity["PartitionKey"], "id": entity["RowKey"]}
+    extra: dict[str, Any] = {}
+    for key, value in entity.items():
+        if key in _SYSTEM or key == "Kind":
+            continue
+        if key in known:
+            values[known[key]] = value
+        else:
+            extra[key] = value
+    names = {f.name for f in fields(ConnectionRecord)}
+    values = {key: value for key, value in values.items() if key in names}
+    etag = entity.metadata.get("etag") if hasattr(entity, "metadata") else None
+    return ConnectionRecord(**values, extra=extra, etag=etag)
+
+
+def _name_entity(app: str, name: str, connection_id: str) -> dict[str, Any]:
+    return {"PartitionKey": app, "RowKey": NAME_PREFIX + name.lower(), "Kind": "name", "ConnectionId": connection_id}
+
+
+def encode_token(token: Any) -> str | None:
+    if not token:
+        return None
+    return base64.urlsafe_b64encode(json.dumps(token, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_token(raw: str | None) -> Any:
+    if not raw:
+        return None
+    try:
+        padded = raw + "=" * (-len(raw) % 4)
+        token = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        token = None
+    if not isinstance(token, dict) or not all(isinstance(v, str) for v in token.values()):
+        raise InvalidRequest("The continuation token is not valid; start again without it.")
+    return token
+
+
+class ConnectionsTable:
+    """Reads and writes connection entities of one app partition at a time."""
+
+    def __init__(self, clients: AzureClients) -> None:
+        self._clients = clients
+
+    async def _table(self) -> TableClient:
+        return await self._clients.table(CONNECTIONS_TABLE)
+
+    async def insert(self, record: ConnectionRecord) -> ConnectionRecord:
+        from azure.data.tables import TableTransactionError
+
+        table = await self._table()
+        try:
+            results = await table.submit_transaction(
+                [("create", to_entity(record)), ("create", _name_entity(record.app, record.name, record.id))]
+            )
+        except TableTransactionError as error:
+            if error.index == 1:
+                raise Conflict(f"A connection named '{record.name}' already exists for {record.app}.") from None
+            raise
+        return record.evolve(etag=results[0].get("etag"))
+
+    async def get(self, app: str, connection_id: str) -> ConnectionRecord:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        if connection_id.startswith(NAME_PREFIX[0]):
+            raise NotFound(f"No {app} connection has the id '{connection_id}'.")
+        table = await self._table()
+        try:
+            entity = await table.get_entity(app, connection_id)
+        except ResourceNotFoundError:
+            raise NotFound(f"No {app} connection has the id '{connection_id}'.") from None
+        return from_entity(entity)
+
+    async def get_by_name(self, app: str, name: str) -> ConnectionRecord:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        table = await self._table()
+        try:
+            index = await table.get_entity(app, NAME_PREFIX + name.lower())
+        except ResourceNotFoundError:
+            raise NotFound(f"No {app} connection is named '{name}'.") from None
+        return await self.get(app, str(index["ConnectionId"]))
+
+    async def list_page(
+        self, app: str, limit: int, continuation: str | None
+    ) -> tuple[list[ConnectionRecord], str | None]:
+        table = await self._table()
+        pages = table.query_entities(
+            "PartitionKey eq @app and RowKey lt @names",
+            parameters={"app": app, "names": NAME_PREFIX[0]},
+            results_per_page=limit,
+        ).by_page(continuation_token=decode_token(continuation))
+        records: list[ConnectionRecord] = []
+        async for page in pages:
+            async for entity in page:
+                records.append(from_entity(entity))
+            break
+        return records, encode_token(getattr(pages, "continuation_token", None))
+
+    async def update(self, record: ConnectionRecord, previous_name: str | None = None) -> ConnectionRecord:
+        """Replace the entity if it has not changed since ``record.etag`` was read; rename atomically."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import TableTransactionError, UpdateMode
+
+        table = await self._table()
+        guard: dict[str, Any] = {"etag": record.etag, "match_condition": MatchConditions.IfNotModified}
+        try:
+            if previous_name is not None and previous_name.lower() != record.name.lower():
+                results = await table.submit_transaction(
+                    [
+                        ("update", to_entity(record), {"mode": UpdateMode.REPLACE, **guard}),
+                        ("delete", _name_entity(record.app, previous_name, record.id)),
+                        ("create", _name_entity(record.app, record.name, record.id)),
+                    ]
+                )
+                etag = results[0].get("etag")
+            else:
+                metadata = await table.update_entity(to_entity(record), mode=UpdateMode.REPLACE, **guard)
+                etag = metadata.get("etag")
+        except TableTransactionError as error:
+            if error.index == 2:
+                raise Conflict(f"A connection named '{record.name}' already exists for {record.app}.") from None
+            raise self._changed(record) from None
+        except (ResourceModifiedError, ResourceNotFoundError):
+            raise self._changed(record) from None
+        return record.evolve(etag=etag)
+
+    async def delete(self, record: ConnectionRecord) -> None:
+        from azure.core import MatchConditions
+        from azure.data.tables import TableTransactionError
+
+        table = await self._table()
+        guard: dict[str, Any] = {"etag": record.etag, "match_condition": MatchConditions.IfNotModified}
+        try:
+            await table.submit_transaction(
+                [
+                    ("delete", to_entity(record), guard),
+                    ("delete", _name_entity(record.app, record.name, record.id)),
+                ]
+            )
+        except TableTransactionError:
+            raise self._changed(record) from None
+
+    @staticmethod
+    def _changed(record: ConnectionRecord) -> Conflict:
+        return Conflict(
+            f"The connection '{record.id}' was changed by another request; read it again and retry.",
+        )

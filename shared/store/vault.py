@@ -1,0 +1,62 @@
+"""Secret material in Key Vault: one secret per connection, a new version per change.
+
+The value is a JSON object (the method's secret fields); the content type says so and the
+tags name the connection, app and method. The connection entity records which version is
+current, so a version written by a request that then lost a race is never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from shared.errors import UpstreamError
+
+if TYPE_CHECKING:
+    from shared.azure.clients import AzureClients
+
+CONTENT_TYPE = "application/vnd.app-connections.credentials+json"
+
+
+def secret_name_for(connection_id: str) -> str:
+    return f"appconn-{connection_id}"
+
+
+class SecretVault:
+    def __init__(self, clients: AzureClients) -> None:
+        self._clients = clients
+
+    async def put(
+        self, name: str, material: Mapping[str, str], tags: Mapping[str, str], *, enabled: bool = True
+    ) -> str:
+        """Write ``material`` as a new version of ``name``; return the version id."""
+        secret = await self._clients.secrets().set_secret(
+            name, json.dumps(dict(material)), content_type=CONTENT_TYPE, tags=dict(tags), enabled=enabled
+        )
+        version = secret.properties.version
+        if not version:
+            raise UpstreamError("Key Vault did not return a secret version.")
+        return version
+
+    async def get(self, name: str, version: str) -> dict[str, str]:
+        secret = await self._clients.secrets().get_secret(name, version)
+        value = json.loads(secret.value or "{}")
+        if not isinstance(value, dict):
+            raise UpstreamError("The secret in Key Vault is not in the expected format.")
+        return {str(k): str(v) for k, v in value.items()}
+
+    async def disable(self, name: str, version: str) -> None:
+        """Disable a version that never became current (best effort)."""
+        from azure.core.exceptions import HttpResponseError
+
+        with contextlib.suppress(HttpResponseError):
+            await self._clients.secrets().update_secret_properties(name, version, enabled=False)
+
+    async def delete(self, name: str) -> None:
+        """Delete the secret (soft delete, as the vault keeps it); an absent secret is fine."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with contextlib.suppress(ResourceNotFoundError):
+            await self._clients.secrets().delete_secret(name)
