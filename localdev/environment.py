@@ -1,0 +1,84 @@
+"""A whole local environment: Azurite, the Entra/Graph/Key Vault stand-in, and the settings that wire the
+service to them. ``python -m localdev up`` and the end-to-end tests both build it here.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from localdev.azurite import Azurite
+from localdev.standin import StandIn
+
+
+@dataclass
+class ServiceIdentity:
+    tenant_id: str
+    client_id: str
+    client_secret: str
+
+
+@dataclass
+class LocalEnvironment:
+    """Starts Azurite and the stand-in; :attr:`settings` are the app settings that point the service at them."""
+
+    state_dir: Path
+    standin_port: int = 0
+    azurite_port: int = 0
+    table_prefix: str = "AppConn"
+    azurite: Azurite | None = None
+    standin: StandIn | None = None
+    identity: ServiceIdentity | None = None
+    settings: dict[str, str] = field(default_factory=dict)
+
+    def start(self) -> LocalEnvironment:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.azurite = Azurite(self.azurite_port).start()
+            self.standin = StandIn(port=self.standin_port, ca_dir=self.state_dir).start()
+            admin = self.standin.admin
+            tenant = admin.add_tenant()
+            admin.set_vault_tenant(tenant)
+            app = admin.add_app(tenant, display_name="app-connections-service")
+            secret = admin.add_secret(tenant, app["appId"], display_name="local service identity")
+            self.identity = ServiceIdentity(tenant, app["appId"], secret["secretText"])
+        except BaseException:
+            self.stop()
+            raise
+        ca = str(self.standin.ca_path)
+        self.settings = {
+            "AzureWebJobsStorage": self.azurite.connection_string,
+            "STATE_TABLE_PREFIX": self.table_prefix,
+            "KEY_VAULT_URL": self.standin.url,
+            "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE": "false",
+            "AZURE_AUTHORITY_HOST": self.standin.url,
+            "GRAPH_ENDPOINT": self.standin.url,
+            "AZURE_TENANT_ID": self.identity.tenant_id,
+            "AZURE_CLIENT_ID": self.identity.client_id,
+            "AZURE_CLIENT_SECRET": self.identity.client_secret,
+            "SSL_CERT_FILE": ca,
+            "REQUESTS_CA_BUNDLE": ca,
+        }
+        return self
+
+    def apply(self, environ: dict[str, str] | os._Environ[str] = os.environ) -> None:
+        """Put the settings into the environment (for a host in this process)."""
+        environ.update(self.settings)
+
+    def stop(self) -> None:
+        if self.standin is not None:
+            self.standin.stop()
+            self.standin = None
+        if self.azurite is not None:
+            self.azurite.stop()
+            self.azurite = None
+
+    def __enter__(self) -> LocalEnvironment:
+        return self.start()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.stop()

@@ -1,0 +1,93 @@
+"""Request bodies are read defensively and every failure is a problem document."""
+
+import json
+
+import azure.functions as func
+import pytest
+
+from shared.errors import InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
+from shared.functions.http import MAX_BODY_BYTES, endpoint, query_int, read_json
+
+
+def request(body: bytes = b"", content_type: str | None = "application/json", params=None) -> func.HttpRequest:
+    headers = {"content-type": content_type} if content_type else {}
+    return func.HttpRequest(
+        method="POST", url="http://localhost/api/v1/x?y=1", headers=headers, params=params or {}, body=body
+    )
+
+
+def test_json_object_is_returned():
+    assert read_json(request(b'{"a": [1, {"b": null}]}')) == {"a": [1, {"b": None}]}
+
+
+def test_charset_parameter_and_vendor_json_types_are_accepted():
+    assert read_json(request(b"{}", "application/merge-patch+json; charset=utf-8")) == {}
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "error"),
+    [
+        (b"{", "application/json", InvalidRequest),
+        (b"", "application/json", InvalidRequest),
+        (b"\xff\xfe{}", "application/json", InvalidRequest),
+        (b'{"a": 1, "a": 2}', "application/json", InvalidRequest),
+        (b"[" * 5000 + b"]" * 5000, "application/json", InvalidRequest),
+        (b"{}", "text/plain", UnsupportedMediaType),
+        (b'{"a": "' + b"x" * MAX_BODY_BYTES + b'"}', "application/json", PayloadTooLarge),
+    ],
+    ids=["malformed", "empty", "not-utf8", "duplicate-key", "too-deep", "wrong-type", "too-large"],
+)
+def test_bad_bodies_raise_the_matching_problem(body, content_type, error):
+    with pytest.raises(error):
+        read_json(request(body, content_type))
+
+
+def test_brackets_inside_strings_do_not_count_as_depth():
+    assert read_json(request(json.dumps({"s": "[" * 100}).encode())) == {"s": "[" * 100}
+
+
+def test_query_int_refuses_words():
+    with pytest.raises(InvalidRequest):
+        query_int(request(params={"limit": "ten"}), "limit")
+    assert query_int(request(params={"limit": "10"}), "limit") == 10
+    assert query_int(request(), "limit") is None
+
+
+async def test_endpoint_turns_domain_errors_into_problems():
+    @endpoint
+    async def handler(req):
+        raise NotFound("No such thing.")
+
+    response = await handler(request())
+    assert response.status_code == 404
+    assert response.mimetype == "application/problem+json"
+    problem = json.loads(response.get_body())
+    assert problem == {
+        "type": "urn:app-connections:problem:not-found",
+        "title": "Not found",
+        "status": 404,
+        "detail": "No such thing.",
+        "instance": "/api/v1/x",
+    }
+
+
+async def test_endpoint_hides_unexpected_errors_behind_a_generic_500(caplog):
+    @endpoint
+    async def handler(req):
+        raise RuntimeError("internal detail")
+
+    response = await handler(request())
+    assert response.status_code == 500
+    assert b"internal detail" not in response.get_body()
+
+
+async def test_endpoint_maps_unmapped_azure_failures_to_502():
+    from azure.core.exceptions import ServiceRequestError
+
+    @endpoint
+    async def handler(req):
+        raise ServiceRequestError("connection refused")
+
+    response = await handler(request())
+    assert response.status_code == 502
+    assert json.loads(response.get_body())["type"].endswith("upstream-error")

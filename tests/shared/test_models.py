@@ -1,0 +1,87 @@
+"""Request models: field errors point at the field and never echo what was sent."""
+
+import pytest
+
+from shared.apps import Method
+from shared.errors import InvalidRequest
+from shared.models import CreateConnectionIn, parse_credentials, parse_method, parse_model
+
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+CLIENT = "0f3c1a2b-1111-4222-8333-444455556666"
+
+
+def pointers(error: InvalidRequest) -> dict[str, str]:
+    return {e.pointer: e.detail for e in error.errors}
+
+
+def test_a_valid_create_body_parses():
+    body = {"name": "prod-vault", "method": "client-secret", "credentials": {}}
+    assert parse_model(CreateConnectionIn, body).name == "prod-vault"
+
+
+@pytest.mark.parametrize("name", ["", "Prod", "has space", "under_score", "x" * 65, "é"])
+def test_names_outside_the_slug_pattern_are_refused(name):
+    with pytest.raises(InvalidRequest) as caught:
+        parse_model(CreateConnectionIn, {"name": name, "method": "client-secret", "credentials": {}})
+    assert "/name" in pointers(caught.value)
+
+
+def test_unknown_and_missing_fields_are_named():
+    with pytest.raises(InvalidRequest) as caught:
+        parse_model(CreateConnectionIn, {"method": "client-secret", "credentials": {}, "colour": "red"})
+    assert pointers(caught.value) == {"/name": "is required", "/colour": "is not a known field"}
+
+
+def test_a_body_that_is_not_an_object_is_refused():
+    with pytest.raises(InvalidRequest):
+        parse_model(CreateConnectionIn, ["name"])
+
+
+def test_types_are_strict():
+    with pytest.raises(InvalidRequest) as caught:
+        parse_model(CreateConnectionIn, {"name": 5, "method": "client-secret", "credentials": {}})
+    assert pointers(caught.value)["/name"] == "must be a string"
+
+
+def test_client_secret_credentials_need_guids_and_never_echo_the_secret():
+    secret = "super-secret-value-that-must-not-leak"
+    with pytest.raises(InvalidRequest) as caught:
+        parse_credentials(
+            Method.CLIENT_SECRET,
+            {"tenantId": "not-a-guid", "clientId": CLIENT, "clientSecret": secret, "clientSecretKeyId": secret},
+        )
+    found = pointers(caught.value)
+    assert set(found) == {"/credentials/tenantId", "/credentials/clientSecretKeyId"}
+    assert secret not in str(caught.value.to_problem())
+
+
+def test_guids_are_normalised_to_lowercase():
+    parsed = parse_credentials(
+        Method.CLIENT_SECRET, {"tenantId": TENANT.upper(), "clientId": CLIENT, "clientSecret": "s"}
+    )
+    assert parsed.tenantId == TENANT
+
+
+def test_control_characters_in_a_secret_are_refused():
+    with pytest.raises(InvalidRequest) as caught:
+        parse_credentials(Method.CLIENT_SECRET, {"tenantId": TENANT, "clientId": CLIENT, "clientSecret": "a\x00b"})
+    assert pointers(caught.value) == {"/credentials/clientSecret": "must not contain control characters"}
+
+
+def test_certificate_credentials_need_both_pems():
+    with pytest.raises(InvalidRequest) as caught:
+        parse_credentials(Method.CERTIFICATE, {"tenantId": TENANT, "clientId": CLIENT, "certificateBody": "x"})
+    assert pointers(caught.value) == {"/credentials/privateKey": "is required"}
+
+
+def test_oauth_has_no_credentials_in_a_request():
+    with pytest.raises(InvalidRequest) as caught:
+        parse_credentials(Method.OAUTH, {})
+    assert "/method" in pointers(caught.value)
+
+
+@pytest.mark.parametrize("raw", ["password", "CLIENT-SECRET", ""])
+def test_unknown_methods_list_the_allowed_ones(raw):
+    with pytest.raises(InvalidRequest) as caught:
+        parse_method((Method.CLIENT_SECRET, Method.CERTIFICATE), raw)
+    assert pointers(caught.value) == {"/method": "must be one of: client-secret, certificate"}
