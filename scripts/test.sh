@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs, then runs every check: ruff, mypy and the whole test suite (unit and end-to-end; the
+# end-to-end tests start Azurite and the stand-in on free loopback ports and stop them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+echo "== ruff"
+.venv/bin/ruff check .
+echo "== mypy"
+.venv/bin/mypy
+echo "== pytest"
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,322 @@
+"""App connections over HTTP, through the local host, the real Azure SDKs, Azurite and the stand-in."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.e2e.entra import add_secret, certificate_body, register_app
+
+pytestmark = pytest.mark.e2e
+
+APPS = ["azure-key-vault", "azure-app-configuration", "azure-client-secrets"]
+BASE = "/api/v1/app-connections"
+
+
+def unique_name(prefix: str = "conn") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def create(api, app: str, method: str, credentials: dict, name: str | None = None, **extra):
+    body = {"name": name or unique_name(), "method": method, "credentials": credentials, **extra}
+    return api.post(f"{BASE}/{app}", json=body)
+
+
+def assert_problem(response, status: int, pointer: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["status"] == status
+    assert problem["type"].startswith("urn:app-connections:problem:")
+    if pointer is not None:
+        assert pointer in [e["pointer"] for e in problem.get("errors", [])], problem
+    return problem
+
+
+# -- options -----------------------------------------------------------------------------------
+def test_options_list_every_app_with_methods_permissions_and_redirect_uri(api):
+    response = api.get(f"{BASE}/options")
+    assert response.status_code == 200
+    options = {o["app"]: o for o in response.json()["appConnectionOptions"]}
+    assert sorted(options) == sorted(APPS)
+    for option in options.values():
+        assert option["methods"] == ["oauth", "client-secret", "certificate"]
+        assert option["redirectUri"].endswith("/organization/app-connections/azure/oauth/callback")
+        assert option["oauthConfigured"] is False
+    assert options["azure-key-vault"]["scope"] == "https://vault.azure.net/.default"
+
+
+# -- the whole life of a connection, per app and method ------------------------------------------
+@pytest.mark.parametrize("app", APPS)
+@pytest.mark.parametrize("method", ["client-secret", "certificate"])
+def test_create_read_update_validate_delete(api, admin, secrets_used, app, method):
+    entra = register_app(admin, secrets_used)
+    if method == "client-secret":
+        credentials = entra.client_secret_body()
+    else:
+        credentials = certificate_body(admin, secrets_used, entra)
+    name = unique_name(app)
+
+    created = create(api, app, method, credentials, name=name, description="first")
+    assert created.status_code == 201, created.text
+    connection = created.json()["appConnection"]
+    assert connection["credentials"] == {"tenantId": entra.tenant_id, "clientId": entra.client_id}
+    assert connection["app"] == app and connection["method"] == method and connection["version"] == 1
+    assert connection["status"] == "active" and connection["lastValidatedAt"]
+    assert created.headers["location"] == f"{BASE}/{app}/{connection['id']}"
+    for secret in credentials.values():
+        if len(secret) > 40:
+            assert secret not in created.text
+    cid = connection["id"]
+
+    assert api.get(f"{BASE}/{app}/{cid}").json()["appConnection"] == connection
+    assert api.get(f"{BASE}/{app}/connection-name/{name}").json()["appConnection"]["id"] == cid
+    assert api.get(f"{BASE}/{app}/connection-name/{name.upper()}").json()["appConnection"]["id"] == cid
+    listed = api.get(f"{BASE}/{app}", params={"limit": 1000}).json()
+    assert cid in [c["id"] for c in listed["appConnections"]]
+
+    vault = admin.vault_secrets()[f"appconn-{cid}"]
+    assert len(vault["versions"]) == 1
+    (version,) = vault["versions"].values()
+    assert version["tags"] == {"connectionId": cid, "app": app, "method": method}
+    assert json.loads(version["value"]) == {k: v for k, v in credentials.items() if k not in ("tenantId", "clientId")}
+
+    renamed = api.patch(f"{BASE}/{app}/{cid}", json={"name": name + "-b", "description": None})
+    assert renamed.status_code == 200, renamed.text
+    assert renamed.json()["appConnection"]["name"] == name + "-b"
+    assert renamed.json()["appConnection"]["description"] is None
+    assert renamed.json()["appConnection"]["version"] == 2
+    assert api.get(f"{BASE}/{app}/connection-name/{name}").status_code == 404
+    # The old name is free again.
+    reuse = create(api, app, method, credentials, name=name)
+    assert reuse.status_code == 201, reuse.text
+    assert api.delete(f"{BASE}/{app}/{reuse.json()['appConnection']['id']}").status_code == 200
+
+    if method == "client-secret":
+        fresh = add_secret(admin, secrets_used, entra)
+        new_credentials = entra.client_secret_body(clientSecret=fresh["secretText"])
+    else:
+        new_credentials = certificate_body(admin, secrets_used, entra, key_type="rsa", key_format="pkcs1")
+    changed = api.patch(f"{BASE}/{app}/{cid}", json={"credentials": new_credentials})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["appConnection"]["version"] == 3
+    assert len(admin.vault_secrets()[f"appconn-{cid}"]["versions"]) == 2
+
+    validated = api.post(f"{BASE}/{app}/{cid}/validate")
+    assert validated.status_code == 200, validated.text
+    assert validated.json()["appConnection"]["status"] == "active"
+
+    deleted = api.delete(f"{BASE}/{app}/{cid}")
+    assert deleted.status_code == 200
+    assert_problem(api.get(f"{BASE}/{app}/{cid}"), 404)
+    assert_problem(api.get(f"{BASE}/{app}/connection-name/{name}-b"), 404)
+    assert admin.vault_secrets()[f"appconn-{cid}"]["deleted"] is True
+
+
+def test_ec_certificate_signs_its_own_assertion(api, admin, secrets_used):
+    entra = register_app(admin, secrets_used)
+    credentials = certificate_body(admin, secrets_used, entra, key_type="ec")
+    response = create(api, "azure-key-vault", "certificate", credentials)
+    assert response.status_code == 201, response.text
+
+
+# -- Entra refusals: a clear 400 with the AADSTS code, nothing stored -----------------------------
+def _assert_nothing_stored(api, admin, app: str, name: str, vault_before: set[str]) -> None:
+    assert api.get(f"{BASE}/{app}/connection-name/{name}").status_code == 404
+    assert set(admin.vault_secrets()) == vault_before
+
+
+@pytest.mark.parametrize(
+    ("case", "code"),
+    [("wrong-secret", "AADSTS7000215"), ("unknown-app", "AADSTS700016"), ("unknown-tenant", "AADSTS90002"),
+     ("expired-secret", "AADSTS7000222"), ("unregistered-certificate", "AADSTS700027")],
+)
+def test_refused_credentials_give_the_aadsts_code_and_store_nothing(api, admin, secrets_used, case, code):
+    entra = register_app(admin, secrets_used)
+    method = "client-secret"
+    if case == "wrong-secret":
+        credentials = entra.client_secret_body(clientSecret="not-the-secret-" + uuid.uuid4().hex)
+        secrets_used.add(credentials["clientSecret"])
+    elif case == "unknown-app":
+        credentials = entra.client_secret_body(clientId=str(uuid.uuid4()))
+    elif case == "unknown-tenant":
+        credentials = entra.client_secret_body(tenantId=str(uuid.uuid4()))
+    elif case == "expired-secret":
+        expired = add_secret(admin, secrets_used, entra, expires_in=timedelta(seconds=-60))
+        credentials = entra.client_secret_body(clientSecret=expired["secretText"])
+    else:
+        method = "certificate"
+        credentials = certificate_body(admin, secrets_used, entra, register=False)
+    name = unique_name()
+    before = set(admin.vault_secrets())
+    problem = assert_problem(create(api, "azure-app-configuration", method, credentials, name=name), 400)
+    assert problem["aadstsCode"] == code
+    assert problem["detail"].startswith(code + ": ")
+    assert "Trace ID" not in problem["detail"]
+    for value in credentials.values():
+        if len(value) > 40:
+            assert value not in json.dumps(problem)
+    _assert_nothing_stored(api, admin, "azure-app-configuration", name, before)
+
+
+def test_entra_unreachable_gives_502_and_stores_nothing(api, admin, secrets_used):
+    entra = register_app(admin, secrets_used)
+    name = unique_name()
+    before = set(admin.vault_secrets())
+    admin.set_faults([{"method": "POST", "path": r"/oauth2/v2\.0/token$", "action": "drop"}])
+    try:
+        response = create(api, "azure-key-vault", "client-secret", entra.client_secret_body(), name=name)
+    finally:
+        admin.set_faults([])
+    assert_problem(response, 502)
+    _assert_nothing_stored(api, admin, "azure-key-vault", name, before)
+
+
+def test_a_credential_change_that_entra_refuses_leaves_the_connection_as_it_was(api, admin, secrets_used):
+    entra = register_app(admin, secrets_used)
+    cid = create(api, "azure-key-vault", "client-secret", entra.client_secret_body()).json()["appConnection"]["id"]
+    bad = entra.client_secret_body(clientSecret="wrong-" + uuid.uuid4().hex)
+    secrets_used.add(bad["clientSecret"])
+    assert_problem(api.patch(f"{BASE}/azure-key-vault/{cid}", json={"credentials": bad}), 400)
+    after = api.get(f"{BASE}/azure-key-vault/{cid}").json()["appConnection"]
+    assert after["version"] == 1
+    assert len(admin.vault_secrets()[f"appconn-{cid}"]["versions"]) == 1
+
+
+def test_validate_reports_a_secret_revoked_in_entra(api, admin, secrets_used):
+    entra = register_app(admin, secrets_used)
+    cid = create(api, "azure-client-secrets", "client-secret", entra.client_secret_body()).json()["appConnection"]["id"]
+    admin.remove_secret(entra.tenant_id, entra.client_id, entra.key_id)
+    problem = assert_problem(api.post(f"{BASE}/azure-client-secrets/{cid}/validate"), 400)
+    assert problem["aadstsCode"] == "AADSTS7000215"
+    shown = api.get(f"{BASE}/azure-client-secrets/{cid}").json()["appConnection"]
+    assert shown["status"] == "invalid" and "AADSTS7000215" in shown["statusMessage"]
+
+
+# -- bad input: a clear problem, never a 500 -------------------------------------------------------
+GUID = "00000000-0000-0000-0000-000000000001"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "pointer"),
+    [
+        (b"{not json", 400, None),
+        (b"[]", 400, ""),
+        (b'{"name": "a", "name": "b"}', 400, ""),
+        (json.dumps({"method": "client-secret", "credentials": {}}).encode(), 400, "/name"),
+        (json.dumps({"name": "Bad Name", "method": "client-secret", "credentials": {}}).encode(), 400, "/name"),
+        (json.dumps({"name": "a", "method": "password", "credentials": {}}).encode(), 400, "/method"),
+        (json.dumps({"name": "a", "method": "oauth", "credentials": {}}).encode(), 400, "/method"),
+        (json.dumps({"name": "a", "method": "client-secret", "credentials": {}, "extra": 1}).encode(), 400, "/extra"),
+        (json.dumps({"name": "a", "method": "client-secret",
+                     "credentials": {"tenantId": "x", "clientId": GUID, "clientSecret": "s"}}).encode(),
+         400, "/credentials/tenantId"),
+        (json.dumps({"name": "a", "method": "client-secret",
+                     "credentials": {"tenantId": GUID, "clientId": GUID}}).encode(), 400, "/credentials/clientSecret"),
+        (json.dumps({"name": "a", "method": "certificate",
+                     "credentials": {"tenantId": GUID, "clientId": GUID, "certificateBody": "garbage",
+                                     "privateKey": "garbage"}}).encode(), 400, "/credentials/certificateBody"),
+        (json.dumps({"name": "a", "description": "x" * 70_000, "method": "client-secret",
+                     "credentials": {}}).encode(), 413, None),
+    ],
+    ids=["malformed", "array", "duplicate-key", "missing-name", "bad-name", "unknown-method", "oauth-by-post",
+         "unknown-field", "bad-guid", "missing-secret", "garbage-pem", "too-large"],
+)
+def test_bad_create_bodies_get_problems(api, body, status, pointer):
+    response = api.post(f"{BASE}/azure-key-vault", content=body, headers={"content-type": "application/json"})
+    assert_problem(response, status, pointer)
+
+
+def test_wrong_content_type_is_415(api):
+    assert_problem(api.post(f"{BASE}/azure-key-vault", content=b"name=a", headers={"content-type": "text/plain"}), 415)
+
+
+def test_a_key_that_does_not_match_its_certificate_is_refused(api, admin, secrets_used):
+    entra = register_app(admin, secrets_used)
+    first = certificate_body(admin, secrets_used, entra, register=False)
+    second = certificate_body(admin, secrets_used, entra, register=False)
+    credentials = {**first, "privateKey": second["privateKey"]}
+    assert_problem(create(api, "azure-key-vault", "certificate", credentials), 400, "/credentials/privateKey")
+
+
+def test_an_expired_certificate_is_refused(api, admin, secrets_used):
+    entra = register_app(admin, secrets_used)
+    now = datetime.now(UTC)
+    credentials = certificate_body(admin, secrets_used, entra, not_before=now - timedelta(days=30),
+                                   not_after=now - timedelta(days=1))
+    assert_problem(create(api, "azure-key-vault", "certificate", credentials), 400, "/credentials/certificateBody")
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", f"{BASE}/azure-nothing"), ("POST", f"{BASE}/azure-nothing"), ("GET", f"{BASE}/azure-key-vault/{GUID}"),
+     ("PATCH", f"{BASE}/azure-key-vault/{GUID}"), ("DELETE", f"{BASE}/azure-key-vault/{GUID}"),
+     ("POST", f"{BASE}/azure-key-vault/{GUID}/validate"),
+     ("GET", f"{BASE}/azure-key-vault/connection-name/nobody"), ("GET", f"{BASE}/azure-key-vault/~name~x")],
+)
+def test_unknown_apps_and_ids_are_404(api, method, path):
+    response = api.request(method, path, json={"description": "x"} if method in ("POST", "PATCH") else None)
+    assert_problem(response, 404)
+
+
+@pytest.mark.parametrize("query", [{"limit": "0"}, {"limit": "abc"}, {"continuationToken": "%%%"}])
+def test_bad_list_queries_are_400(api, query):
+    assert_problem(api.get(f"{BASE}/azure-key-vault", params=query), 400)
+
+
+def test_list_is_paged_with_a_continuation_token(api, admin, secrets_used):
+    entra = register_app(admin, secrets_used)
+    app = "azure-app-configuration"
+    made = {create(api, app, "client-secret", entra.client_secret_body()).json()["appConnection"]["id"]
+            for _ in range(5)}
+    seen: list[str] = []
+    token = None
+    pages = 0
+    while True:
+        params = {"limit": 2, **({"continuationToken": token} if token else {})}
+        page = api.get(f"{BASE}/{app}", params=params).json()
+        assert len(page["appConnections"]) <= 2
+        seen += [c["id"] for c in page["appConnections"]]
+        pages += 1
+        token = page["continuationToken"]
+        if not token:
+            break
+    assert made <= set(seen) and len(seen) == len(set(seen)) and pages >= 3
+
+
+# -- races ------------------------------------------------------------------------------------------
+def test_names_are_unique_per_app_even_when_created_at_once(api, admin, secrets_used):
+    entra = register_app(admin, secrets_used)
+    name = unique_name("race")
+    before = {n for n, s in admin.vault_secrets().items() if not s["deleted"]}
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(
+            lambda _: create(api, "azure-key-vault", "client-secret", entra.client_secret_body(), name=name).status_code,
+            range(8),
+        ))
+    assert statuses.count(201) == 1 and statuses.count(409) == 7, statuses
+    # The same name in another app is fine.
+    other = create(api, "azure-app-configuration", "client-secret", entra.client_secret_body(), name=name)
+    assert other.status_code == 201
+    # The losers left no secret behind: the only new live secrets are the two connections'.
+    winner = api.get(f"{BASE}/azure-key-vault/connection-name/{name}").json()["appConnection"]
+    live = {n for n, s in admin.vault_secrets().items() if not s["deleted"]}
+    assert live - before == {f"appconn-{winner['id']}", f"appconn-{other.json()['appConnection']['id']}"}
+
+
+def test_concurrent_patches_never_lose_an_update(api, admin, secrets_used):
+    entra = register_app(admin, secrets_used)
+    cid = create(api, "azure-key-vault", "client-secret", entra.client_secret_body()).json()["appConnection"]["id"]
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(
+            lambda i: api.patch(f"{BASE}/azure-key-vault/{cid}", json={"description": f"writer {i}"}), range(8)))
+    ok = [r for r in responses if r.status_code == 200]
+    assert {r.status_code for r in responses} <= {200, 409}
+    assert ok
+    final = api.get(f"{BASE}/azure-key-vault/{cid}").json()["appConnection"]
+    assert final["version"] == 1 + len(ok)
+    assert final["description"] in {r.json()["appConnection"]["description"] for r in ok}
