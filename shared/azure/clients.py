@@ -20,6 +20,7 @@ from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     import aiohttp
+    import httpx
     from azure.core.credentials_async import AsyncTokenCredential
     from azure.core.pipeline.transport import AioHttpTransport
     from azure.data.tables.aio import TableClient, TableServiceClient
@@ -37,6 +38,7 @@ class AzureClients:
         self._tables: dict[str, TableClient] = {}
         self._table_lock = asyncio.Lock()
         self._secrets: SecretClient | None = None
+        self._graph_http: httpx.AsyncClient | None = None
 
     # -- shared plumbing -------------------------------------------------------------------
     def session(self) -> aiohttp.ClientSession:
@@ -131,7 +133,19 @@ class AzureClients:
             )
         return self._secrets
 
+    # -- Microsoft Graph -------------------------------------------------------------------
+    def graph_http(self) -> httpx.AsyncClient:
+        """The one HTTP client of every Graph call (msgraph's adapters share it, so connections pool)."""
+        if self._graph_http is None:
+            from shared.azure.graph import graph_http_client
+
+            self._graph_http = graph_http_client(self)
+        return self._graph_http
+
     async def close(self) -> None:
+        if self._graph_http is not None:
+            await self._graph_http.aclose()
+            self._graph_http = None
         for client in self._tables.values():
             await client.close()
         self._tables.clear()

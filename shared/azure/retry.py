@@ -9,7 +9,8 @@ method, since a throttled request was not processed.
 from __future__ import annotations
 
 import random
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from azure.core.pipeline.policies import AsyncRetryPolicy
 
@@ -17,6 +18,7 @@ RETRY_TOTAL = 5
 BACKOFF_FACTOR = 0.5
 BACKOFF_MAX = 30
 ALWAYS_RETRIED = frozenset({429, 503})
+T = TypeVar("T")
 
 
 def jittered(delay: float, rng: random.Random | None = None) -> float:
@@ -44,3 +46,56 @@ class JitteredRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
 
 def retry_policy() -> JitteredRetryPolicy:
     return JitteredRetryPolicy()
+
+
+class RetryableError(Exception):
+    """A failure worth another try; ``retry_after`` is the server's wish, in seconds, if it said one."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    import time
+
+    return max(0.0, when.timestamp() - time.time())
+
+
+async def with_retries(
+    call: Callable[[], Awaitable[T]],
+    classify: Callable[[Exception], RetryableError | None],
+    *,
+    attempts: int = RETRY_TOTAL + 1,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
+) -> T:
+    """Run ``call``, retrying what ``classify`` calls retryable: Retry-After when given (never sooner),
+    otherwise exponential back-off with jitter, as the SDK pipelines do."""
+    import asyncio
+
+    pause = sleep or asyncio.sleep
+    for attempt in range(1, attempts + 1):
+        try:
+            return await call()
+        except Exception as error:
+            retryable = classify(error)
+            if retryable is None or attempt == attempts:
+                raise
+            if retryable.retry_after is not None:
+                delay = retryable.retry_after
+            else:
+                delay = jittered(min(BACKOFF_MAX, BACKOFF_FACTOR * 2 ** (attempt - 1)) * 2)
+            await pause(delay)
+    raise AssertionError("unreachable")
