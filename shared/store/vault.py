@@ -60,3 +60,17 @@ class SecretVault:
 
         with contextlib.suppress(ResourceNotFoundError):
             await self._clients.secrets().delete_secret(name)
+
+    async def disable_tagged(self, name: str, tag: str, value: str, keep: str | None = None) -> int:
+        """Disable every enabled version of ``name`` tagged ``tag=value`` (but ``keep``); return how many."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        count = 0
+        try:
+            async for props in self._clients.secrets().list_properties_of_secret_versions(name):
+                if props.enabled and (props.tags or {}).get(tag) == value and props.version != keep and props.version:
+                    await self.disable(name, props.version)
+                    count += 1
+        except ResourceNotFoundError:
+            return count
+        return count

@@ -1,0 +1,321 @@
+"""The four-step rotation of a client secret: create, test, finish, revoke.
+
+Each step is recorded on the connection entity (ETag-guarded) before the next one starts, and each is
+idempotent, so a rotation interrupted anywhere is resumed by the next sweep:
+
+1. create: ``addPassword`` (display name carries the connection and rotation ids, so an orphan left by
+   a crash before it was recorded is found and removed), then the new value goes to Key Vault at once
+   as a pending version;
+2. test: a token is acquired with the pending secret, retried with back-off while Entra propagates it;
+   a secret that never works is removed again and the current one is left untouched;
+3. finish: the pending version becomes current;
+4. revoke: ``removePassword`` of the previous Key ID, only now that its successor has worked.
+
+The credential in use is never revoked before its successor has worked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from shared.apps import Method, find_app
+from shared.azure.retry import jittered
+from shared.credentials import acquire_token, build_credential
+from shared.errors import Conflict, CredentialRejected, NotFound, ServiceError, UpstreamError
+from shared.rotation.state import (
+    BEGUN,
+    CREATED,
+    FINISHED,
+    STATUS_FAILED,
+    STATUS_ROTATING,
+    STATUS_SUCCEEDED,
+    TESTED,
+    RotationState,
+    read_state,
+    with_state,
+)
+from shared.store.history import RotationEvent, RotationHistory
+from shared.store.schedule import ScheduleIndex
+from shared.store.tables import ConnectionRecord, ConnectionsTable
+from shared.store.vault import SecretVault
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from shared.azure.clients import AzureClients
+    from shared.azure.graph import GraphApps
+
+log = logging.getLogger(__name__)
+
+GRACE_DAYS = 3
+FIRST_BACKOFF = timedelta(minutes=5)
+MAX_BACKOFF = timedelta(days=1)
+
+Checkpoint = Callable[[str, ConnectionRecord], Awaitable[None]]
+
+
+async def _no_checkpoint(name: str, record: ConnectionRecord) -> None:
+    return None
+
+
+def backoff(failures: int) -> timedelta:
+    """Exponential back-off for a failing connection: 5 min, 10 min, ... capped at one day."""
+    delay: timedelta = FIRST_BACKOFF * 2 ** max(0, failures - 1)
+    return min(MAX_BACKOFF, delay)
+
+
+def marker(connection_id: str, rotation_id: str) -> str:
+    return f"app-connections {connection_id} rotation {rotation_id}"
+
+
+@dataclass
+class RotationOptions:
+    test_timeout: float = 300.0
+    test_first_delay: float = 1.0
+    test_max_delay: float = 10.0
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=self.test_timeout + 600)
+
+
+class LeaseLost(Exception):
+    """Another worker owns the rotation now; this one stops without touching anything."""
+
+
+class Rotator:
+    def __init__(
+        self,
+        clients: AzureClients,
+        *,
+        options: RotationOptions | None = None,
+        now: Callable[[], datetime] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        owner: str | None = None,
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
+        self.clients = clients
+        self.table = ConnectionsTable(clients)
+        self.vault = SecretVault(clients)
+        self.index = ScheduleIndex(clients)
+        self.history = RotationHistory(clients)
+        self.options = options or RotationOptions()
+        self.now = now or (lambda: datetime.now(UTC))
+        self.sleep = sleep or asyncio.sleep
+        self.owner = owner or uuid.uuid4().hex
+        self.checkpoint = checkpoint or _no_checkpoint
+
+    # -- claiming ------------------------------------------------------------------------------
+    async def claim(self, record: ConnectionRecord, trigger: str) -> ConnectionRecord | None:
+        """Take the rotation lease (ETag-guarded); start a journal unless one is there to resume."""
+        state = read_state(record)
+        now = self.now()
+        if state.leased(now) and state.lease_owner != self.owner:
+            return None
+        if state.rotation_id is None:
+            state = state.evolve(
+                rotation_id=str(uuid.uuid4()), step=BEGUN, trigger=trigger, started_at=now,
+                previous_key_id=state.key_id, previous_version=record.secret_version,
+            )
+        state = state.evolve(
+            status=STATUS_ROTATING, last_attempt_at=now, lease_owner=self.owner, lease_until=now + self.options.lease
+        )
+        try:
+            return await self.table.update(with_state(record, state))
+        except Conflict:
+            return None
+
+    async def _save(self, record: ConnectionRecord, state: RotationState, **changes: object) -> ConnectionRecord:
+        try:
+            return await self.table.update(with_state(record.evolve(**changes), state))
+        except Conflict:
+            raise LeaseLost(record.id) from None
+
+    # -- running -------------------------------------------------------------------------------
+    async def run(self, record: ConnectionRecord) -> ConnectionRecord:
+        """Drive a claimed rotation from its recorded step to the end (or a recorded failure)."""
+        try:
+            while True:
+                step = read_state(record).step
+                if step == BEGUN:
+                    record = await self._create(record)
+                elif step == CREATED:
+                    record = await self._test(record)
+                elif step == TESTED:
+                    record = await self._finish(record)
+                elif step == FINISHED:
+                    return await self._revoke(record)
+                else:
+                    return record
+        except LeaseLost:
+            log.warning("Rotation of %s stopped: another worker holds it now", record.id)
+            raise
+        except (ServiceError, OSError, TimeoutError) as error:
+            return await self._failed(record, _describe(error))
+        except Exception as error:
+            from azure.core.exceptions import AzureError
+
+            if not isinstance(error, AzureError):
+                raise
+            return await self._failed(record, _describe(error))
+
+    @asynccontextmanager
+    async def _graph(self, record: ConnectionRecord, version: str) -> AsyncIterator[GraphApps]:
+        from shared.azure.graph import GraphApps
+
+        material = await self.vault.get(record.secret_name, version)
+        credential = build_credential(self.clients, Method.CLIENT_SECRET, record.tenant_id, record.client_id or "",
+                                      material)
+        async with credential:
+            yield GraphApps(self.clients, credential)
+
+    async def _create(self, record: ConnectionRecord) -> ConnectionRecord:
+        state = read_state(record)
+        assert state.rotation_id is not None
+        name = marker(record.id, state.rotation_id)
+        await self.checkpoint("before-add-password", record)
+        async with self._graph(record, record.secret_version) as graph:
+            registration = await graph.find(record.client_id or "")
+            for password in registration.passwords:  # an orphan of this rotation, left by a crash
+                if password.display_name == name:
+                    await graph.remove_password(registration.object_id, password.key_id)
+            await self.vault.disable_tagged(record.secret_name, "rotationId", state.rotation_id)
+            days = 2 * (state.interval_days or 30) + GRACE_DAYS
+            added = await graph.add_password(registration.object_id, name, self.now() + timedelta(days=days))
+        await self.checkpoint("after-add-password", record)
+        version = await self.vault.put(
+            record.secret_name,
+            {"clientSecret": added.secret_text},
+            {"connectionId": record.id, "app": record.app, "method": record.method,
+             "rotationId": state.rotation_id, "keyId": added.key_id},
+        )
+        await self.checkpoint("after-vault-write", record)
+        return await self._save(record, state.evolve(step=CREATED, pending_key_id=added.key_id,
+                                                     pending_version=version))
+
+    async def _test(self, record: ConnectionRecord) -> ConnectionRecord:
+        state = read_state(record)
+        assert state.pending_version is not None
+        app = find_app(record.app)
+        assert app is not None
+        material = await self.vault.get(record.secret_name, state.pending_version)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.test_timeout
+        delay = self.options.test_first_delay
+        last = "no attempt"
+        while True:
+            try:
+                await acquire_token(self.clients, app, Method.CLIENT_SECRET, record.tenant_id,
+                                    record.client_id or "", material)
+                break
+            except (CredentialRejected, UpstreamError) as error:
+                last = error.detail
+            if loop.time() + delay > deadline:
+                return await self._abandon(record, state, last)
+            await self.sleep(jittered(delay))
+            delay = min(delay * 2, self.options.test_max_delay)
+        await self.checkpoint("after-test", record)
+        return await self._save(record, state.evolve(step=TESTED))
+
+    async def _abandon(self, record: ConnectionRecord, state: RotationState, last: str) -> ConnectionRecord:
+        """The new secret never worked: remove it, keep the current one, record the failure."""
+        assert state.pending_key_id is not None
+        assert state.pending_version is not None
+        async with self._graph(record, record.secret_version) as graph:
+            registration = await graph.find(record.client_id or "")
+            await graph.remove_password(registration.object_id, state.pending_key_id)
+        await self.vault.disable(record.secret_name, state.pending_version)
+        message = (
+            f"The new client secret did not work within {self.options.test_timeout:.0f} s ({last}); it was removed "
+            "and the current secret was left in place."
+        )
+        return await self._failed(record, message, abandoned=True)
+
+    async def _finish(self, record: ConnectionRecord) -> ConnectionRecord:
+        state = read_state(record)
+        assert state.pending_version is not None
+        record = await self._save(
+            record, state.evolve(step=FINISHED, key_id=state.pending_key_id), secret_version=state.pending_version
+        )
+        await self.checkpoint("after-finish", record)
+        return record
+
+    async def _revoke(self, record: ConnectionRecord) -> ConnectionRecord:
+        state = read_state(record)
+        if state.previous_key_id and state.previous_key_id != state.key_id:
+            async with self._graph(record, record.secret_version) as graph:
+                registration = await graph.find(record.client_id or "")
+                await graph.remove_password(registration.object_id, state.previous_key_id)
+        if state.previous_version and state.previous_version != record.secret_version:
+            await self.vault.disable(record.secret_name, state.previous_version)
+        await self.checkpoint("after-revoke", record)
+        now = self.now()
+        assert state.rotation_id is not None
+        assert state.started_at is not None
+        await self.history.record(
+            RotationEvent(
+                rotation_id=state.rotation_id, connection_id=record.id, app=record.app, started_at=state.started_at,
+                finished_at=now, outcome=STATUS_SUCCEEDED, trigger=state.trigger or "", new_key_id=state.key_id,
+                revoked_key_id=state.previous_key_id, message=None,
+            )
+        )
+        schedule = state.schedule
+        next_at = schedule.next_due(now) if schedule else None
+        done = state.cleared_journal().evolve(
+            status=STATUS_SUCCEEDED, message="Rotated: a new client secret is in use and the previous one is revoked.",
+            last_rotated_at=now, failures=0, next_at=next_at,
+        )
+        return await self._reschedule(record, state, done)
+
+    async def _reschedule(self, record: ConnectionRecord, old: RotationState, new: RotationState) -> ConnectionRecord:
+        """Index the new due time first, then point the connection at it, then drop the old index entry."""
+        key = await self.index.put(new.next_at, record.app, record.id) if new.next_at else None
+        record = await self._save(record, new.evolve(schedule_key=key))
+        if old.schedule_key and old.schedule_key != key:
+            await self.index.remove(old.schedule_key)
+        return record
+
+    async def _failed(self, record: ConnectionRecord, message: str, abandoned: bool = False) -> ConnectionRecord:
+        """Record a failure and back off. The journal is kept, so the next attempt resumes the same rotation
+        (and finds any orphan of it by its marker), unless the rotation was abandoned and cleaned up."""
+        try:
+            current = await self.table.get(record.app, record.id)
+        except NotFound:
+            return record
+        state = read_state(current)
+        if state.leased(self.now()) and state.lease_owner != self.owner:
+            return current
+        failures = state.failures + 1
+        now = self.now()
+        if state.rotation_id and state.started_at:
+            await self.history.record(
+                RotationEvent(
+                    rotation_id=state.rotation_id, connection_id=record.id, app=record.app,
+                    started_at=state.started_at, finished_at=now, outcome=STATUS_FAILED,
+                    trigger=state.trigger or "", new_key_id=None, revoked_key_id=None, message=message,
+                )
+            )
+        base = state.cleared_journal() if abandoned else state
+        new = base.evolve(
+            status=STATUS_FAILED, message=message, failures=failures, next_at=now + backoff(failures),
+            lease_owner=None, lease_until=None,
+        )
+        log.warning("Rotation of %s connection %s failed (attempt %d): %s", record.app, record.id, failures, message)
+        try:
+            return await self._reschedule(current, state, new)
+        except LeaseLost:
+            return current
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ServiceError):
+        return error.detail
+    status = getattr(error, "status_code", None)
+    return f"{type(error).__name__}" + (f" (status {status})" if status else "") + ": the call did not complete."

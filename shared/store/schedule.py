@@ -1,0 +1,70 @@
+"""The rotation schedule index: one entity per scheduled connection, keyed so that keys sort by due time.
+
+Table ``{prefix}Schedule``, one partition; RowKey ``{due:%Y%m%dT%H%M%SZ}|{app}|{connection id}``. A sweep
+reads the rows whose key sorts before ``now`` (a range query), so its cost grows with what is due, not
+with how many connections exist. A row whose connection no longer points at it is stale and is dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shared.azure.clients import AzureClients
+
+SCHEDULE_TABLE = "Schedule"
+PARTITION = "due"
+
+
+@dataclass(frozen=True)
+class DueEntry:
+    key: str
+    app: str
+    connection_id: str
+    due: datetime
+
+
+def schedule_key(due: datetime, app: str, connection_id: str) -> str:
+    return f"{due.astimezone(UTC):%Y%m%dT%H%M%SZ}|{app}|{connection_id}"
+
+
+def parse_key(key: str) -> DueEntry:
+    stamp, app, connection_id = key.split("|", 2)
+    due = datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    return DueEntry(key, app, connection_id, due)
+
+
+class ScheduleIndex:
+    def __init__(self, clients: AzureClients) -> None:
+        self._clients = clients
+
+    async def put(self, due: datetime, app: str, connection_id: str) -> str:
+        table = await self._clients.table(SCHEDULE_TABLE)
+        key = schedule_key(due, app, connection_id)
+        await table.upsert_entity({"PartitionKey": PARTITION, "RowKey": key})
+        return key
+
+    async def remove(self, key: str | None) -> None:
+        if not key:
+            return
+        table = await self._clients.table(SCHEDULE_TABLE)
+        await table.delete_entity(PARTITION, key)  # deleting an absent entity is not an error
+
+    async def due(self, now: datetime, limit: int = 1000) -> list[DueEntry]:
+        """The entries due at ``now``, earliest first, at most ``limit``."""
+        table = await self._clients.table(SCHEDULE_TABLE)
+        upto = f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}|~"
+        entries: list[DueEntry] = []
+        query = table.query_entities(
+            "PartitionKey eq @p and RowKey le @upto",
+            parameters={"p": PARTITION, "upto": upto},
+            select=["RowKey"],
+            results_per_page=min(limit, 1000),
+        )
+        async for entity in query:
+            entries.append(parse_key(str(entity["RowKey"])))
+            if len(entries) >= limit:
+                break
+        return entries
