@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from shared.apps import Method
 from shared.errors import FieldError, InvalidRequest
@@ -71,17 +71,36 @@ CREDENTIAL_MODELS: dict[Method, type[_Strict]] = {
 }
 
 
+class RotateAtUtcIn(_Strict):
+    hours: Annotated[int, Field(ge=0, le=23)]
+    minutes: Annotated[int, Field(ge=0, le=59)]
+
+
+class RotationIn(_Strict):
+    """``{rotationInterval, rotateAtUtc: {hours, minutes}}`` as the reference has it, or
+    ``{rotationInterval, rotateAt: "HH:MM", timeZone}`` for a local time of day."""
+
+    rotationInterval: Annotated[int, Field(ge=1, le=365)]
+    rotateAtUtc: RotateAtUtcIn | None = None
+    rotateAt: str | None = None
+    timeZone: str | None = None
+
+
 class CreateConnectionIn(_Strict):
     name: Name
     description: Description | None = None
     method: str
     credentials: dict[str, Any]
+    isAutoRotationEnabled: bool = False
+    rotation: RotationIn | None = None
 
 
 class UpdateConnectionIn(_Strict):
     name: Name | None = None
     description: Description | None = None
     credentials: dict[str, Any] | None = None
+    isAutoRotationEnabled: bool | None = None
+    rotation: RotationIn | None = None
 
 
 def _pointer(loc: tuple[int | str, ...], prefix: str) -> str:
@@ -99,6 +118,9 @@ _MESSAGES = {
     "model_type": "must be an object",
     "string_too_long": "is too long",
     "string_too_short": "must not be empty",
+    "greater_than_equal": "is too small",
+    "less_than_equal": "is too large",
+    "int_from_float": "must be an integer",
 }
 
 
@@ -109,6 +131,10 @@ def field_errors(error: ValidationError, prefix: str = "") -> list[FieldError]:
         kind = item["type"]
         if kind == "value_error":
             message = str(item["msg"]).removeprefix("Value error, ")
+        elif kind in {"greater_than_equal", "less_than_equal"}:
+            ctx = item.get("ctx") or {}
+            limit = ctx.get("ge", ctx.get("le"))
+            message = f"must be at {'least' if kind == 'greater_than_equal' else 'most'} {limit}"
         elif kind in {"string_too_long", "string_too_short"}:
             limit = (item.get("ctx") or {}).get("max_length" if kind == "string_too_long" else "min_length")
             message = _MESSAGES[kind] + (f" (limit {limit} characters)" if kind == "string_too_long" else "")

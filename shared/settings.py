@@ -57,6 +57,9 @@ class Settings:
     graph_endpoint: str
     site_url: str
     oauth_clients: Mapping[str, OAuthClient] = field(default_factory=dict)
+    rotation_max_concurrency: int = 8
+    rotation_test_timeout_seconds: float = 300.0
+    rotation_sweep_budget_seconds: float = 240.0
 
     @property
     def oauth_redirect_uri(self) -> str:
@@ -131,6 +134,19 @@ def _storage(env: Mapping[str, str]) -> StorageSettings:
     )
 
 
+def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number from {low:g} to {high:g}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be a number from {low:g} to {high:g}")
+    return value
+
+
 def _table_prefix(env: Mapping[str, str]) -> str:
     prefix = (env.get("STATE_TABLE_PREFIX") or DEFAULT_TABLE_PREFIX).strip()
     if not (prefix.isalnum() and prefix[0].isalpha() and len(prefix) <= 40):
@@ -159,6 +175,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             )
             for prefix in OAUTH_SETTING_PREFIXES
         },
+        rotation_max_concurrency=int(_number(env, "ROTATION_MAX_CONCURRENCY", 8, 1, 256)),
+        rotation_test_timeout_seconds=_number(env, "ROTATION_TEST_TIMEOUT_SECONDS", 300, 1, 3600),
+        rotation_sweep_budget_seconds=_number(env, "ROTATION_SWEEP_BUDGET_SECONDS", 240, 1, 3600),
     )
 
 

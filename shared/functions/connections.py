@@ -61,7 +61,7 @@ async def create_app_connection(req: func.HttpRequest) -> func.HttpResponse:
 async def list_app_connections(req: func.HttpRequest) -> func.HttpResponse:
     from shared.connections import to_response
 
-    records, token = await _service().list(
+    records, token = await _service().list_connections(
         req.route_params["app"], query_int(req, "limit"), req.params.get("continuationToken")
     )
     return json_response({"appConnections": [to_response(r) for r in records], "continuationToken": token})

@@ -1,0 +1,95 @@
+"""Turning a request's rotation fields into a connection's rotation settings, and finding the Key ID.
+
+The original secret's Key ID is what the first rotation revokes: given as ``clientSecretKeyId``, or
+looked up on the application's password credentials by ``hint`` (the secret's first three characters)
+when exactly one matches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from shared.apps import Method
+from shared.credentials import build_credential
+from shared.errors import FieldError, InvalidRequest
+from shared.models import RotationIn
+from shared.rotation.schedule import RotationSchedule, ScheduleError, parse_hhmm
+from shared.rotation.state import rotate_at_utc
+
+if TYPE_CHECKING:
+    from shared.azure.clients import AzureClients
+
+
+@dataclass(frozen=True)
+class RotationConfig:
+    interval_days: int
+    rotate_at: str
+    time_zone: str
+
+    @property
+    def schedule(self) -> RotationSchedule:
+        return RotationSchedule(self.interval_days, parse_hhmm(self.rotate_at), self.time_zone)
+
+
+def parse_rotation(rotation: RotationIn) -> RotationConfig:
+    if (rotation.rotateAtUtc is None) == (rotation.rotateAt is None):
+        raise InvalidRequest(
+            "Give the time of day as rotateAtUtc {hours, minutes} or as rotateAt \"HH:MM\" with a timeZone.",
+            errors=[FieldError("/rotation", "needs exactly one of rotateAtUtc and rotateAt")],
+        )
+    if rotation.rotateAtUtc is not None:
+        if rotation.timeZone not in (None, "UTC"):
+            raise InvalidRequest(
+                "rotateAtUtc is in UTC; use rotateAt for a local time.",
+                errors=[FieldError("/rotation/timeZone", "goes with rotateAt, not rotateAtUtc")],
+            )
+        config = RotationConfig(
+            rotation.rotationInterval, rotate_at_utc(rotation.rotateAtUtc.hours, rotation.rotateAtUtc.minutes), "UTC"
+        )
+    else:
+        assert rotation.rotateAt is not None
+        config = RotationConfig(rotation.rotationInterval, rotation.rotateAt, rotation.timeZone or "UTC")
+    try:
+        config.schedule  # noqa: B018 - validates the time and the zone
+    except ScheduleError as error:
+        raise InvalidRequest(
+            "The rotation schedule is not valid.", errors=[FieldError(f"/rotation/{error.field}", error.message)]
+        ) from None
+    return config
+
+
+def require_rotatable(method: Method, rotation_methods: tuple[Method, ...]) -> None:
+    if method not in rotation_methods:
+        allowed = ", ".join(m.value for m in rotation_methods)
+        raise InvalidRequest(
+            f"Automatic credential rotation is only available for the {allowed} method.",
+            errors=[FieldError("/isAutoRotationEnabled", f"needs the {allowed} method")],
+        )
+
+
+async def resolve_key_id(
+    clients: AzureClients, tenant_id: str, client_id: str, client_secret: str, given: str | None
+) -> str:
+    """The Key ID of ``client_secret`` on the application: checked when given, else found by its hint."""
+    from shared.azure.graph import GraphApps
+
+    credential = build_credential(clients, Method.CLIENT_SECRET, tenant_id, client_id, {"clientSecret": client_secret})
+    async with credential:
+        registration = await GraphApps(clients, credential).find(client_id)
+    if given is not None:
+        if given.lower() not in {p.key_id for p in registration.passwords}:
+            raise InvalidRequest(
+                "The application has no client secret with that Key ID.",
+                errors=[FieldError("/credentials/clientSecretKeyId", "is not a Key ID of the application's secrets")],
+            )
+        return given.lower()
+    matches = [p.key_id for p in registration.passwords if p.hint and client_secret.startswith(p.hint)]
+    if len(matches) != 1:
+        found = "none" if not matches else f"{len(matches)}"
+        raise InvalidRequest(
+            f"The Key ID of the client secret could not be found by its hint ({found} of the application's secrets "
+            "match); give it as clientSecretKeyId (Certificates & secrets > Secret ID in the Azure portal).",
+            errors=[FieldError("/credentials/clientSecretKeyId", "is required to rotate this secret")],
+        )
+    return matches[0]

@@ -1,0 +1,103 @@
+"""The timer sweep: claim what is due, rotate with bounded concurrency, stop claiming before the budget ends.
+
+It reads only the schedule entries that are due (a range query), drops stale ones, and resumes rotations
+that a crash left half done (their entry stays due and their lease runs out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC
+
+from shared.errors import NotFound
+from shared.rotation.protocol import LeaseLost, Rotator
+from shared.rotation.state import STATUS_SUCCEEDED, read_state
+from shared.store.schedule import DueEntry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepReport:
+    due: int = 0
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    stale: int = 0
+    left_for_next_sweep: int = 0
+    outcomes: dict[str, str] = field(default_factory=dict)
+
+
+async def sweep(
+    rotator: Rotator,
+    *,
+    max_concurrency: int = 8,
+    budget_seconds: float = 240.0,
+    clock: Callable[[], float] | None = None,
+    limit: int = 1000,
+) -> SweepReport:
+    loop = asyncio.get_running_loop()
+    monotonic = clock or loop.time
+    started = monotonic()
+    now = rotator.now()
+    entries = await rotator.index.due(now, limit=limit)
+    report = SweepReport(due=len(entries))
+    log.info("Rotation sweep: %d due at %s", len(entries), now.astimezone(UTC).isoformat())
+    gate = asyncio.Semaphore(max(1, max_concurrency))
+
+    async def one(entry: DueEntry) -> None:
+        async with gate:
+            if monotonic() - started > budget_seconds:
+                report.left_for_next_sweep += 1
+                return
+            await _rotate_entry(rotator, entry, report)
+            done = report.succeeded + report.failed + report.skipped + report.stale
+            if done % 25 == 0:
+                log.info("Rotation sweep: %d of %d handled", done, report.due)
+
+    await asyncio.gather(*(one(entry) for entry in entries))
+    log.info(
+        "Rotation sweep done in %.1f s: %d succeeded, %d failed, %d skipped, %d stale, %d left for the next sweep",
+        monotonic() - started, report.succeeded, report.failed, report.skipped, report.stale,
+        report.left_for_next_sweep,
+    )
+    return report
+
+
+async def _rotate_entry(rotator: Rotator, entry: DueEntry, report: SweepReport) -> None:
+    try:
+        record = await rotator.table.get(entry.app, entry.connection_id)
+    except NotFound:
+        await rotator.index.remove(entry.key)
+        report.stale += 1
+        return
+    state = read_state(record)
+    if state.schedule_key != entry.key or not state.enabled:
+        await rotator.index.remove(entry.key)
+        report.stale += 1
+        return
+    claimed = await rotator.claim(record, trigger="schedule")
+    if claimed is None:
+        report.skipped += 1
+        return
+    report.claimed += 1
+    try:
+        result = await rotator.run(claimed)
+    except LeaseLost:
+        report.skipped += 1
+        return
+    except Exception:
+        log.exception("Rotation of %s connection %s failed unexpectedly", entry.app, entry.connection_id)
+        report.failed += 1
+        report.outcomes[entry.connection_id] = "error"
+        return
+    status = read_state(result).status or ""
+    report.outcomes[entry.connection_id] = status
+    if status == STATUS_SUCCEEDED:
+        report.succeeded += 1
+    else:
+        report.failed += 1
