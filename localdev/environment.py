@@ -28,6 +28,7 @@ class LocalEnvironment:
     standin_port: int = 0
     azurite_port: int = 0
     table_prefix: str = "AppConn"
+    sweep_schedule: str = "0 */5 * * * *"
     azurite: Azurite | None = None
     standin: StandIn | None = None
     identity: ServiceIdentity | None = None
@@ -58,6 +59,7 @@ class LocalEnvironment:
             "AZURE_TENANT_ID": self.identity.tenant_id,
             "AZURE_CLIENT_ID": self.identity.client_id,
             "AZURE_CLIENT_SECRET": self.identity.client_secret,
+            "ROTATION_SWEEP_SCHEDULE": self.sweep_schedule,
             "SSL_CERT_FILE": ca,
             "REQUESTS_CA_BUNDLE": ca,
         }

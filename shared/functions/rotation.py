@@ -1,0 +1,49 @@
+"""Rotation: rotate now, the rotation history, the app registrations a Graph connection sees, and the
+timer that sweeps due rotations (``%ROTATION_SWEEP_SCHEDULE%``)."""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+from shared.functions.connections import BASE, KEY, _one, _service
+from shared.functions.http import endpoint, json_response, query_int
+
+bp = func.Blueprint()
+log = logging.getLogger(__name__)
+
+
+@bp.function_name("rotate_app_connection")
+@bp.route(route=BASE + "/{app}/{connectionId}/rotate", methods=["POST"], auth_level=KEY)
+@endpoint
+async def rotate_app_connection(req: func.HttpRequest) -> func.HttpResponse:
+    return _one(await _service().rotate(req.route_params["app"], req.route_params["connectionId"]))
+
+
+@bp.function_name("list_app_connection_rotations")
+@bp.route(route=BASE + "/{app}/{connectionId}/rotations", methods=["GET"], auth_level=KEY)
+@endpoint
+async def list_app_connection_rotations(req: func.HttpRequest) -> func.HttpResponse:
+    events, token = await _service().rotations(
+        req.route_params["app"], req.route_params["connectionId"], query_int(req, "limit"),
+        req.params.get("continuationToken"),
+    )
+    return json_response({"rotations": events, "continuationToken": token})
+
+
+@bp.function_name("list_azure_client_secrets_clients")
+@bp.route(route=BASE + "/azure-client-secrets/{connectionId}/clients", methods=["GET"], auth_level=KEY)
+@endpoint
+async def list_azure_client_secrets_clients(req: func.HttpRequest) -> func.HttpResponse:
+    return json_response({"clients": await _service().clients_visible(req.route_params["connectionId"])})
+
+
+@bp.function_name("rotate_due_credentials")
+@bp.timer_trigger(schedule="%ROTATION_SWEEP_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
+async def rotate_due_credentials(timer: func.TimerRequest) -> None:
+    from shared.rotation.runner import run_sweep
+
+    if timer.past_due:
+        log.info("The rotation sweep is running late")
+    await run_sweep()
