@@ -81,7 +81,7 @@ def test_create_read_update_validate_delete(api, admin, secrets_used, app, metho
 
     vault = admin.vault_secrets()[f"appconn-{cid}"]
     assert len(vault["versions"]) == 1
-    (version,) = vault["versions"].values()
+    (version,) = vault["versions"]
     assert version["tags"] == {"connectionId": cid, "app": app, "method": method}
     assert json.loads(version["value"]) == {k: v for k, v in credentials.items() if k not in ("tenantId", "clientId")}
 
