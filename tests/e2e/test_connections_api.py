@@ -293,11 +293,11 @@ def test_names_are_unique_per_app_even_when_created_at_once(api, admin, secrets_
     entra = register_app(admin, secrets_used)
     name = unique_name("race")
     before = {n for n, s in admin.vault_secrets().items() if not s["deleted"]}
+    def attempt(_: int) -> int:
+        return create(api, "azure-key-vault", "client-secret", entra.client_secret_body(), name=name).status_code
+
     with ThreadPoolExecutor(8) as pool:
-        statuses = list(pool.map(
-            lambda _: create(api, "azure-key-vault", "client-secret", entra.client_secret_body(), name=name).status_code,
-            range(8),
-        ))
+        statuses = list(pool.map(attempt, range(8)))
     assert statuses.count(201) == 1 and statuses.count(409) == 7, statuses
     # The same name in another app is fine.
     other = create(api, "azure-app-configuration", "client-secret", entra.client_secret_body(), name=name)

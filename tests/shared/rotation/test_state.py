@@ -1,0 +1,49 @@
+"""Rotation state lives on the connection entity and survives a round trip through it."""
+
+from datetime import UTC, datetime, timedelta
+
+from shared.rotation.protocol import MAX_BACKOFF, backoff
+from shared.rotation.state import BEGUN, RotationState, read_state, state_response, with_state
+from shared.store.tables import ConnectionRecord, from_entity, to_entity
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def record() -> ConnectionRecord:
+    return ConnectionRecord(
+        app="azure-key-vault", id="c1", name="n", method="client-secret", tenant_id="t", client_id="c",
+        created_at=NOW, updated_at=NOW, secret_name="appconn-c1", secret_version="v1",
+    )
+
+
+class FakeEntity(dict):
+    metadata = {"etag": "W/1"}
+
+
+def test_state_round_trips_through_the_table_entity():
+    state = RotationState(enabled=True, interval_days=30, rotate_at="03:00", time_zone="Europe/Paris",
+                          rotation_id="r1", step=BEGUN, started_at=NOW, lease_until=NOW + timedelta(minutes=5))
+    entity = FakeEntity(to_entity(with_state(record(), state)))
+    assert read_state(from_entity(entity)) == state
+
+
+def test_clearing_fields_removes_them_from_the_entity():
+    with_journal = with_state(record(), RotationState(enabled=True, rotation_id="r1", step=BEGUN))
+    cleared = with_state(with_journal, read_state(with_journal).cleared_journal())
+    assert "RotRotationId" not in to_entity(cleared)
+    assert "RotStep" not in to_entity(cleared)
+
+
+def test_no_rotation_shows_as_null():
+    assert state_response(RotationState()) is None
+
+
+def test_lease_is_held_until_it_runs_out():
+    state = RotationState(lease_owner="a", lease_until=NOW + timedelta(seconds=1))
+    assert state.leased(NOW)
+    assert not state.leased(NOW + timedelta(seconds=1))
+
+
+def test_failing_connections_back_off_exponentially_up_to_a_day():
+    assert [backoff(n) for n in (1, 2, 3)] == [timedelta(minutes=5), timedelta(minutes=10), timedelta(minutes=20)]
+    assert backoff(30) == MAX_BACKOFF == timedelta(days=1)
