@@ -32,7 +32,8 @@ def _up(argv: Sequence[str]) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     with LocalEnvironment(args.state_dir) as env:
-        assert env.standin is not None and env.azurite is not None
+        assert env.standin is not None
+        assert env.azurite is not None
         env.apply()
         os.environ.setdefault("SITE_URL", f"http://localhost:{args.port}")
         admin = env.standin.admin

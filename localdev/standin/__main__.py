@@ -1,0 +1,5 @@
+import sys
+
+from localdev.standin.cli import main
+
+sys.exit(main())

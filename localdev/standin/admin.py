@@ -1,0 +1,182 @@
+"""A typed client for the stand-in's admin interface (``/_admin/``), over HTTPS trusting the stand-in's CA.
+
+It keeps one keep-alive connection (reopened when needed), so it barely moves the connection counter.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import json
+import ssl
+import threading
+import urllib.parse
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, cast
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+
+
+def _iso(value: dt.datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class AdminClient:
+    def __init__(self, url: str, ca_path: str | Path, timeout: float = 30.0) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"the stand-in URL must be https://host:port, not {url!r}")
+        self.url = url.rstrip("/")
+        self._host = parts.hostname
+        self._port = parts.port or 443
+        self._timeout = timeout
+        self._ssl = ssl.create_default_context(cafile=str(ca_path))
+        self._lock = threading.Lock()
+        self._conn: http.client.HTTPSConnection | None = None
+
+    # --- transport -----------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _call(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None) -> Any:
+        target = "/_admin" + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        with self._lock:
+            for attempt in (1, 2):
+                if self._conn is None:
+                    self._conn = http.client.HTTPSConnection(
+                        self._host, self._port, timeout=self._timeout, context=self._ssl
+                    )
+                try:
+                    self._conn.request(method, target, body=payload, headers=headers)
+                    response = self._conn.getresponse()
+                    raw = response.read()
+                    break
+                except (ConnectionError, http.client.HTTPException, ssl.SSLError):
+                    self._conn.close()
+                    self._conn = None
+                    if attempt == 2:
+                        raise
+        data = json.loads(raw) if raw else None
+        if response.status >= 400:
+            message = data.get("error") if isinstance(data, dict) else raw.decode("utf-8", "replace")
+            raise AdminError(response.status, str(message))
+        return data
+
+    def _dict(self, method: str, path: str, body: Any = None, query: dict[str, str] | None = None) -> dict[str, Any]:
+        return cast(dict[str, Any], self._call(method, path, body, query))
+
+    # --- directory -----------------------------------------------------------------------------------
+
+    def add_tenant(self, tenant_id: str | None = None, display_name: str | None = None) -> str:
+        return str(self._dict("POST", "/tenants", {"tenantId": tenant_id, "displayName": display_name})["tenantId"])
+
+    def tenants(self) -> dict[str, Any]:
+        return self._dict("GET", "/tenants")
+
+    def add_app(
+        self, tenant_id: str, display_name: str = "app", app_id: str | None = None, roles: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """Returns ``appId`` (client id), ``id`` (application object id), ``servicePrincipalId``, ..."""
+        body = {"displayName": display_name, "appId": app_id, "roles": list(roles)}
+        return self._dict("POST", f"/tenants/{tenant_id}/apps", body)
+
+    def get_app(self, tenant_id: str, app_id: str) -> dict[str, Any]:
+        """The app with its ``roles``, ``passwordCredentials`` (no secret text) and ``keyCredentials``."""
+        return self._dict("GET", f"/tenants/{tenant_id}/apps/{app_id}")
+
+    def grant_roles(self, tenant_id: str, app_id: str, roles: Iterable[str]) -> dict[str, Any]:
+        return self._dict("POST", f"/tenants/{tenant_id}/apps/{app_id}/roles", {"roles": list(roles)})
+
+    def add_secret(
+        self,
+        tenant_id: str,
+        app_id: str,
+        display_name: str | None = None,
+        expires_at: dt.datetime | None = None,
+        secret_text: str | None = None,
+        starts_at: dt.datetime | None = None,
+    ) -> dict[str, Any]:
+        """Returns ``secretText``, ``keyId``, ``hint``, ``displayName``, ``startDateTime``, ``endDateTime``."""
+        body = {
+            "displayName": display_name,
+            "endDateTime": _iso(expires_at) if expires_at else None,
+            "startDateTime": _iso(starts_at) if starts_at else None,
+            "secretText": secret_text,
+        }
+        return self._dict("POST", f"/tenants/{tenant_id}/apps/{app_id}/secrets", body)
+
+    def remove_secret(self, tenant_id: str, app_id: str, key_id: str) -> None:
+        self._call("DELETE", f"/tenants/{tenant_id}/apps/{app_id}/secrets/{key_id}")
+
+    def add_certificate(
+        self, tenant_id: str, app_id: str, certificate_pem: str, display_name: str | None = None
+    ) -> dict[str, Any]:
+        """Returns ``keyId``, ``thumbprint`` (SHA-1 hex), ``thumbprintSha256``, ``x5t``, ``x5tS256``, dates."""
+        body = {"certificate": certificate_pem, "displayName": display_name}
+        return self._dict("POST", f"/tenants/{tenant_id}/apps/{app_id}/certificates", body)
+
+    def remove_certificate(self, tenant_id: str, app_id: str, key_id: str) -> None:
+        self._call("DELETE", f"/tenants/{tenant_id}/apps/{app_id}/certificates/{key_id}")
+
+    def set_vault_tenant(self, tenant_id: str) -> None:
+        self._call("PUT", "/vault/tenant", {"tenantId": tenant_id})
+
+    # --- inspection ----------------------------------------------------------------------------------
+
+    def requests(self, clear: bool = False) -> list[dict[str, Any]]:
+        """Non-admin requests received, oldest first: ``time``, ``method``, ``path``, ``query``, ``status``,
+        ``durationMs``, ``headers`` (selected), ``fault``, and what the handler noted (``error``, ``client_id``,
+        ``grant_type``, ``scope``, ``auth``, ``assertion``, ``secret``, ``version``, ``appid``...)."""
+        data = self._dict("GET", "/requests", query={"clear": "1"} if clear else None)
+        return cast(list[dict[str, Any]], data["requests"])
+
+    def clear_requests(self) -> None:
+        self._call("DELETE", "/requests")
+
+    def token_requests(self, clear: bool = False) -> list[dict[str, Any]]:
+        return [r for r in self.requests(clear) if r["method"] == "POST" and r["path"].endswith("/oauth2/v2.0/token")]
+
+    def vault_secrets(self) -> dict[str, Any]:
+        """``{name: {name, deleted, deletedDate, scheduledPurgeDate, latest, versions: [{version, value,
+        contentType, tags, enabled, created, updated}]}}``, versions oldest first."""
+        return self._dict("GET", "/vault/secrets")
+
+    def stats(self) -> dict[str, Any]:
+        return self._dict("GET", "/stats")
+
+    def connections_opened(self) -> int:
+        """TLS connections opened by clients (a connection whose first request is an admin call is not counted)."""
+        return int(self.stats()["connectionsOpened"])
+
+    # --- control -------------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self._call("POST", "/reset")
+
+    def set_faults(self, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Replace the fault rules. A rule: ``{"method": "POST"|None, "path": "<regex, searched>", "status": 429,
+        "headers": {...}, "body": dict|str|None, "times": int|None, "skip": 0, "probability": 1.0,
+        "action": "respond"|"drop"|"delay", "delay_ms": 0}``. Returns the rules with their ``hits``."""
+        return cast(list[dict[str, Any]], self._dict("PUT", "/faults", {"rules": rules})["rules"])
+
+    def faults(self) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self._dict("GET", "/faults")["rules"])
+
+    def clear_faults(self) -> None:
+        self.set_faults([])
+
+    def set_latency(self, ms: int) -> None:
+        self._call("PUT", "/latency", {"ms": ms})

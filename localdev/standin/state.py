@@ -1,0 +1,434 @@
+"""Everything the stand-in knows, in one object guarded by one lock.
+
+Handlers take ``state.lock`` (re-entrant) around any read-modify-write; the helper methods here take it too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import re
+import secrets
+import string
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from localdev.standin.pki import Thumbprints
+
+ZERO_TENANT = "00000000-0000-0000-0000-000000000000"
+REQUEST_LOG_LIMIT = 10_000
+SECRET_ALPHABET = string.ascii_letters + string.digits + "_.~-"
+
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def iso(value: dt.datetime) -> str:
+    """Graph's date format: ``2026-01-02T03:04:05Z``."""
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(value: str) -> dt.datetime:
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def new_secret_text() -> str:
+    """A secret shaped like Entra's: 40 characters, the 4th to 6th being ``8Q~``."""
+    head = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(3))
+    return head + "8Q~" + "".join(secrets.choice(SECRET_ALPHABET) for _ in range(34))
+
+
+class StateError(Exception):
+    """A bad admin request: answered with 400 (or ``status``) and ``message``."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class PasswordCredential:
+    key_id: str
+    display_name: str | None
+    secret_text: str
+    start: dt.datetime
+    end: dt.datetime
+
+    @property
+    def hint(self) -> str:
+        return self.secret_text[:3]
+
+    def to_dict(self, with_secret: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "keyId": self.key_id,
+            "displayName": self.display_name,
+            "hint": self.hint,
+            "startDateTime": iso(self.start),
+            "endDateTime": iso(self.end),
+            "customKeyIdentifier": None,
+            "secretText": self.secret_text if with_secret else None,
+        }
+        return out
+
+
+@dataclass
+class KeyCredential:
+    key_id: str
+    display_name: str | None
+    certificate: x509.Certificate
+    public_key: PublicKey
+    thumbprints: Thumbprints
+    start: dt.datetime
+    end: dt.datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "keyId": self.key_id,
+            "displayName": self.display_name,
+            "type": "AsymmetricX509Cert",
+            "usage": "Verify",
+            "startDateTime": iso(self.start),
+            "endDateTime": iso(self.end),
+            "thumbprint": self.thumbprints.sha1_hex,
+            "thumbprintSha256": self.thumbprints.sha256_hex,
+            "x5t": self.thumbprints.x5t,
+            "x5tS256": self.thumbprints.x5t_s256,
+        }
+
+
+@dataclass
+class App:
+    """An application registration and its service principal in one tenant."""
+
+    tenant_id: str
+    app_id: str
+    object_id: str
+    service_principal_id: str
+    display_name: str
+    created: dt.datetime
+    roles: set[str] = field(default_factory=set)
+    passwords: list[PasswordCredential] = field(default_factory=list)
+    keys: list[KeyCredential] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.object_id,
+            "appId": self.app_id,
+            "servicePrincipalId": self.service_principal_id,
+            "displayName": self.display_name,
+            "tenantId": self.tenant_id,
+            "createdDateTime": iso(self.created),
+            "roles": sorted(self.roles),
+            "passwordCredentials": [p.to_dict() for p in self.passwords],
+            "keyCredentials": [k.to_dict() for k in self.keys],
+        }
+
+
+@dataclass
+class Tenant:
+    tenant_id: str
+    display_name: str
+    apps: dict[str, App] = field(default_factory=dict)  # by lower-case appId
+
+
+@dataclass
+class SecretVersion:
+    version: str
+    value: str
+    content_type: str | None
+    tags: dict[str, str] | None
+    enabled: bool
+    created: int
+    updated: int
+    not_before: int | None = None
+    expires: int | None = None
+
+
+@dataclass
+class VaultSecret:
+    name: str
+    versions: list[SecretVersion] = field(default_factory=list)  # oldest first
+    deleted_date: int | None = None
+    scheduled_purge_date: int | None = None
+
+    @property
+    def deleted(self) -> bool:
+        return self.deleted_date is not None
+
+    def latest(self) -> SecretVersion:
+        return self.versions[-1]
+
+    def version(self, version: str) -> SecretVersion | None:
+        wanted = version.lower()
+        return next((v for v in self.versions if v.version == wanted), None)
+
+
+FAULT_ACTIONS = ("respond", "drop", "delay")
+
+
+@dataclass
+class FaultRule:
+    """Applied before normal handling of a non-admin request whose method and path match."""
+
+    path: re.Pattern[str]
+    method: str | None = None
+    status: int = 500
+    headers: dict[str, str] = field(default_factory=dict)
+    body: Any = None
+    times: int | None = None  # None: every match
+    skip: int = 0  # let this many matches through first
+    probability: float = 1.0
+    action: str = "respond"
+    delay_ms: int = 0
+    hits: int = 0
+    seen: int = 0
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> FaultRule:
+        known = {"method", "path", "status", "headers", "body", "times", "skip", "probability", "action", "delay_ms"}
+        unknown = set(raw) - known
+        if unknown:
+            raise StateError(f"unknown fault rule fields: {sorted(unknown)}")
+        action = str(raw.get("action") or "respond")
+        if action not in FAULT_ACTIONS:
+            raise StateError(f"action must be one of {FAULT_ACTIONS}")
+        try:
+            pattern = re.compile(str(raw.get("path") or ".*"))
+        except re.error as exc:
+            raise StateError(f"bad path regex: {exc}") from exc
+        method = raw.get("method")
+        times = raw.get("times")
+        return cls(
+            path=pattern,
+            method=str(method).upper() if method else None,
+            status=int(raw.get("status") or 500),
+            headers={str(k): str(v) for k, v in (raw.get("headers") or {}).items()},
+            body=raw.get("body"),
+            times=None if times is None else int(times),
+            skip=int(raw.get("skip") or 0),
+            probability=float(1.0 if raw.get("probability") is None else raw["probability"]),
+            action=action,
+            delay_ms=int(raw.get("delay_ms") or 0),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "path": self.path.pattern,
+            "status": self.status,
+            "headers": self.headers,
+            "body": self.body,
+            "times": self.times,
+            "skip": self.skip,
+            "probability": self.probability,
+            "action": self.action,
+            "delay_ms": self.delay_ms,
+            "hits": self.hits,
+        }
+
+
+class State:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.tenants: dict[str, Tenant] = {}
+        self.vault: dict[str, VaultSecret] = {}
+        self.vault_tenant: str | None = None
+        self.faults: list[FaultRule] = []
+        self.latency_ms = 0
+        self.request_log: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_LIMIT)
+        self.connections_opened = 0  # TLS connections whose first request was not an admin request
+        self.handshakes = 0  # every TLS handshake completed
+        self.started = time.time()
+        # Extension point for later services (Graph, OAuth codes...): their own state, under the same lock.
+        self.extra: dict[str, Any] = {}
+
+    def reset(self) -> None:
+        with self.lock:
+            self.tenants.clear()
+            self.vault.clear()
+            self.vault_tenant = None
+            self.faults.clear()
+            self.latency_ms = 0
+            self.request_log.clear()
+            self.connections_opened = 0
+            self.handshakes = 0
+            self.extra.clear()
+
+    # --- directory ---------------------------------------------------------------------------------
+
+    def add_tenant(self, tenant_id: str | None = None, display_name: str | None = None) -> Tenant:
+        tid = (tenant_id or str(uuid.uuid4())).lower()
+        try:
+            uuid.UUID(tid)
+        except ValueError as exc:
+            raise StateError(f"tenant id must be a GUID: {tenant_id!r}") from exc
+        with self.lock:
+            if tid in self.tenants:
+                raise StateError(f"tenant {tid} exists", 409)
+            tenant = Tenant(tid, display_name or f"Tenant {tid[:8]}")
+            self.tenants[tid] = tenant
+            return tenant
+
+    def tenant(self, tenant_id: str) -> Tenant | None:
+        with self.lock:
+            return self.tenants.get(tenant_id.lower())
+
+    def require_tenant(self, tenant_id: str) -> Tenant:
+        tenant = self.tenant(tenant_id)
+        if tenant is None:
+            raise StateError(f"no tenant {tenant_id}", 404)
+        return tenant
+
+    def app(self, tenant_id: str, app_id: str) -> App | None:
+        with self.lock:
+            tenant = self.tenants.get(tenant_id.lower())
+            return None if tenant is None else tenant.apps.get(app_id.lower())
+
+    def require_app(self, tenant_id: str, app_id: str) -> App:
+        app = self.app(tenant_id, app_id)
+        if app is None:
+            self.require_tenant(tenant_id)
+            raise StateError(f"no app {app_id} in tenant {tenant_id}", 404)
+        return app
+
+    def add_app(
+        self, tenant_id: str, display_name: str = "app", app_id: str | None = None, roles: list[str] | None = None
+    ) -> App:
+        with self.lock:
+            tenant = self.require_tenant(tenant_id)
+            aid = (app_id or str(uuid.uuid4())).lower()
+            if aid in tenant.apps:
+                raise StateError(f"app {aid} exists in tenant {tenant.tenant_id}", 409)
+            app = App(
+                tenant_id=tenant.tenant_id,
+                app_id=aid,
+                object_id=str(uuid.uuid4()),
+                service_principal_id=str(uuid.uuid4()),
+                display_name=display_name,
+                created=utcnow(),
+                roles=set(roles or ()),
+            )
+            tenant.apps[aid] = app
+            return app
+
+    def grant_roles(self, tenant_id: str, app_id: str, roles: list[str]) -> App:
+        with self.lock:
+            app = self.require_app(tenant_id, app_id)
+            app.roles.update(roles)
+            return app
+
+    def add_password(
+        self,
+        tenant_id: str,
+        app_id: str,
+        display_name: str | None = None,
+        end: dt.datetime | None = None,
+        secret_text: str | None = None,
+        start: dt.datetime | None = None,
+    ) -> PasswordCredential:
+        with self.lock:
+            app = self.require_app(tenant_id, app_id)
+            begin = start or utcnow()
+            credential = PasswordCredential(
+                key_id=str(uuid.uuid4()),
+                display_name=display_name,
+                secret_text=secret_text or new_secret_text(),
+                start=begin,
+                end=end or begin + dt.timedelta(days=730),
+            )
+            app.passwords.append(credential)
+            return credential
+
+    def remove_password(self, tenant_id: str, app_id: str, key_id: str) -> None:
+        with self.lock:
+            app = self.require_app(tenant_id, app_id)
+            kept = [p for p in app.passwords if p.key_id.lower() != key_id.lower()]
+            if len(kept) == len(app.passwords):
+                raise StateError(f"no password credential {key_id} on app {app_id}", 404)
+            app.passwords = kept
+
+    def add_certificate(
+        self, tenant_id: str, app_id: str, certificate_pem: str, display_name: str | None = None
+    ) -> KeyCredential:
+        try:
+            cert = x509.load_pem_x509_certificate(certificate_pem.encode())
+        except ValueError as exc:
+            raise StateError(f"not a PEM certificate: {exc}") from exc
+        public_key = cert.public_key()
+        if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+            raise StateError("only RSA and EC certificates are supported")
+        with self.lock:
+            app = self.require_app(tenant_id, app_id)
+            credential = KeyCredential(
+                key_id=str(uuid.uuid4()),
+                display_name=display_name or cert.subject.rfc4514_string(),
+                certificate=cert,
+                public_key=public_key,
+                thumbprints=Thumbprints.of(cert),
+                start=cert.not_valid_before_utc,
+                end=cert.not_valid_after_utc,
+            )
+            app.keys.append(credential)
+            return credential
+
+    def remove_certificate(self, tenant_id: str, app_id: str, key_id: str) -> None:
+        with self.lock:
+            app = self.require_app(tenant_id, app_id)
+            kept = [k for k in app.keys if k.key_id.lower() != key_id.lower()]
+            if len(kept) == len(app.keys):
+                raise StateError(f"no key credential {key_id} on app {app_id}", 404)
+            app.keys = kept
+
+    def effective_vault_tenant(self) -> str:
+        with self.lock:
+            if self.vault_tenant:
+                return self.vault_tenant
+            return next(iter(self.tenants), ZERO_TENANT)
+
+    # --- faults and log ----------------------------------------------------------------------------
+
+    def set_faults(self, rules: list[dict[str, Any]]) -> None:
+        parsed = [FaultRule.from_dict(rule) for rule in rules]
+        with self.lock:
+            self.faults = parsed
+
+    def take_fault(self, method: str, path: str) -> FaultRule | None:
+        """The first rule that matches and fires now; its counters are updated."""
+        with self.lock:
+            for rule in self.faults:
+                if rule.method and rule.method != method:
+                    continue
+                if not rule.path.search(path):
+                    continue
+                if rule.times is not None and rule.hits >= rule.times:
+                    continue
+                rule.seen += 1
+                if rule.seen <= rule.skip:
+                    continue
+                if rule.probability < 1.0 and random.random() >= rule.probability:
+                    continue
+                rule.hits += 1
+                return rule
+            return None
+
+    def log(self, entry: dict[str, Any]) -> None:
+        with self.lock:
+            self.request_log.append(entry)
+
+    def requests(self, clear: bool = False) -> list[dict[str, Any]]:
+        with self.lock:
+            out = list(self.request_log)
+            if clear:
+                self.request_log.clear()
+            return out
