@@ -30,9 +30,8 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] || [ ! -x "$VENV/bin/ch
     echo "$WANT" >"$STAMP"
 fi
 
-"$VENV/bin/checkov" --version >/dev/null
-"$VENV/bin/python" -c "import pycep" >/dev/null
-echo "infra-check: ready ($("$VENV/bin/checkov" --version | tail -n1) in $VENV)"
+"$VENV/bin/python" -c "import pycep, yaml"
+echo "infra-check: ready (checkov $("$VENV/bin/checkov" --version | tail -n1) in $VENV)"
 
 if [ "${1:-}" = "--run" ]; then
     exec "$VENV/bin/checkov" --directory "$ROOT/infra" --framework bicep --skip-download --quiet --compact

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
+bash scripts/infra-check.sh   # checkov and the Bicep parser, in their own venv (.venv-infra)
 echo "== ruff"
 .venv/bin/ruff check .
 echo "== mypy"

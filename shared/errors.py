@@ -119,11 +119,12 @@ class UpstreamError(ServiceError):
 
 
 class UpstreamForbidden(ServiceError):
-    """An Azure service refused the service's own call for lack of a permission."""
+    """Azure refused a call made with the connection's own credentials for lack of a permission: the
+    owner must grant it, so this is the caller's to fix (400), not a service fault."""
 
-    status = 502
-    slug = "upstream-forbidden"
-    title = "An Azure service refused the call"
+    status = 400
+    slug = "permission-missing"
+    title = "The application lacks a permission"
 
 
 class ServiceMisconfigured(ServiceError):

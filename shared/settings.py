@@ -154,6 +154,15 @@ def _table_prefix(env: Mapping[str, str]) -> str:
     return prefix
 
 
+def _configured(env: Mapping[str, str], name: str) -> str | None:
+    """A setting's value, or None when empty or an unresolved Key Vault reference (App Service leaves the
+    ``@Microsoft.KeyVault(...)`` text in place until the secret exists and the identity may read it)."""
+    value = (env.get(name) or "").strip()
+    if not value or value.startswith("@Microsoft.KeyVault("):
+        return None
+    return value
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read every setting from ``env`` (the process environment by default)."""
     env = os.environ if env is None else env
@@ -170,8 +179,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         site_url=site_url,
         oauth_clients={
             prefix: OAuthClient(
-                client_id=(env.get(f"{prefix}_CLIENT_ID") or "").strip() or None,
-                client_secret=(env.get(f"{prefix}_CLIENT_SECRET") or "").strip() or None,
+                client_id=_configured(env, f"{prefix}_CLIENT_ID"),
+                client_secret=_configured(env, f"{prefix}_CLIENT_SECRET"),
             )
             for prefix in OAUTH_SETTING_PREFIXES
         },

@@ -229,8 +229,7 @@ class Rotator:
         assert state.pending_key_id is not None
         assert state.pending_version is not None
         async with self._graph(record, record.secret_version) as graph:
-            registration = await graph.find(record.client_id or "")
-            await graph.remove_password(registration.object_id, state.pending_key_id)
+            await _revoke_if_present(graph, record, state.pending_key_id)
         await self.vault.disable(record.secret_name, state.pending_version)
         message = (
             f"The new client secret did not work within {self.options.test_timeout:.0f} s ({last}); it was removed "
@@ -251,8 +250,7 @@ class Rotator:
         state = read_state(record)
         if state.previous_key_id and state.previous_key_id != state.key_id:
             async with self._graph(record, record.secret_version) as graph:
-                registration = await graph.find(record.client_id or "")
-                await graph.remove_password(registration.object_id, state.previous_key_id)
+                await _revoke_if_present(graph, record, state.previous_key_id)
         if state.previous_version and state.previous_version != record.secret_version:
             await self.vault.disable(record.secret_name, state.previous_version)
         await self.checkpoint("after-revoke", record)
@@ -312,6 +310,13 @@ class Rotator:
             return await self._reschedule(current, state, new)
         except LeaseLost:
             return current
+
+
+async def _revoke_if_present(graph: GraphApps, record: ConnectionRecord, key_id: str) -> None:
+    """removePassword, unless the secret is already gone (Graph answers 400 for an unknown Key ID)."""
+    registration = await graph.find(record.client_id or "")
+    if key_id.lower() in {p.key_id for p in registration.passwords}:
+        await graph.remove_password(registration.object_id, key_id)
 
 
 def _describe(error: BaseException) -> str:

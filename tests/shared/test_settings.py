@@ -82,3 +82,15 @@ def test_local_authority_is_not_microsoft():
 def test_table_prefix_must_be_a_valid_table_name_start():
     with pytest.raises(SettingsError, match="STATE_TABLE_PREFIX"):
         load_settings({**BASE, "STATE_TABLE_PREFIX": "9-bad"})
+
+
+def test_an_unresolved_key_vault_reference_is_not_a_configured_oauth_client():
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/x/)"
+    settings = load_settings(
+        {
+            **BASE,
+            "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_ID": reference,
+            "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_SECRET": reference,
+        }
+    )
+    assert not settings.oauth_client("INF_APP_CONNECTION_AZURE_KEY_VAULT").configured

@@ -1,0 +1,212 @@
+metadata description = 'The Function App (Python 3.11, Flex Consumption) running as its user-assigned identity, with its app settings.'
+
+@description('Required. Name of the Function App.')
+param name string
+
+@description('Required. Name of the Flex Consumption plan.')
+param planName string
+
+@description('Required. Name of the user-assigned identity the app runs as.')
+param identityName string
+
+@description('Required. Name of the storage account (host storage, deployment package, state tables).')
+param storageAccountName string
+
+@description('Required. Name of the blob container that holds the deployment package.')
+param deploymentContainerName string
+
+@description('Required. Name of the Key Vault holding the secret material and the OAuth instance secrets.')
+param keyVaultName string
+
+@description('Required. Name of the Application Insights component.')
+param applicationInsightsName string
+
+@description('Optional. Location of the plan and the app.')
+param location string = resourceGroup().location
+
+@description('Optional. Tags of the plan and the app; the app also gets azd-service-name.')
+param tags object = {}
+
+@description('Optional. Public base URL of the service (SITE_URL). Defaults to the app\'s own https URL.')
+param siteUrl string = ''
+
+@description('Optional. Microsoft Entra authority host (AZURE_AUTHORITY_HOST).')
+param authorityHost string = environment().authentication.loginEndpoint
+
+@description('Optional. Microsoft Graph endpoint (GRAPH_ENDPOINT).')
+param graphEndpoint string = 'https://graph.microsoft.com'
+
+@description('Optional. NCRONTAB schedule of the rotation sweep (ROTATION_SWEEP_SCHEDULE).')
+param rotationSweepSchedule string = '0 */5 * * * *'
+
+@minValue(1)
+@maxValue(64)
+@description('Optional. Rotations run at once by one sweep (ROTATION_MAX_CONCURRENCY).')
+param rotationMaxConcurrency int = 8
+
+@allowed([
+  512
+  2048
+  4096
+])
+@description('Optional. Memory of each instance, in MB.')
+param instanceMemoryMB int = 2048
+
+@minValue(1)
+@maxValue(1000)
+@description('Optional. Most instances the app scales out to.')
+param maximumInstanceCount int = 40
+
+resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' existing = {
+  name: identityName
+}
+
+resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
+  name: keyVaultName
+}
+
+resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: applicationInsightsName
+}
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    tier: 'FlexConsumption'
+    name: 'FC1'
+  }
+  properties: {
+    // checkov:skip=CKV_AZURE_225: Flex Consumption zone redundancy exists only in some regions; set properties.zoneRedundant where the region offers it.
+    reserved: true
+  }
+}
+
+resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  name: name
+  location: location
+  tags: union(tags, {
+    'azd-service-name': 'api'
+  })
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identity.id}': {}
+    }
+  }
+  properties: {
+    // checkov:skip=CKV_AZURE_222: The API and the OAuth callback are public by design (browsers, callers holding a function key); no VNet integration here.
+    // checkov:skip=CKV_AZURE_17: Callers authenticate with function keys; browsers following the OAuth redirect to the callback carry no client certificate.
+    // checkov:skip=CKV_AZURE_212: Flex Consumption scales instances itself (functionAppConfig.scaleAndConcurrency); siteConfig.numberOfWorkers does not apply.
+    // checkov:skip=CKV_AZURE_213: Flex Consumption does not support the platform health check (siteConfig.healthCheckPath).
+    serverFarmId: plan.id
+    httpsOnly: true
+    clientAffinityEnabled: false
+    publicNetworkAccess: 'Enabled'
+    keyVaultReferenceIdentity: identity.id
+    siteConfig: {
+      minTlsVersion: '1.2'
+      scmMinTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${storageAccount.properties.primaryEndpoints.blob}${deploymentContainerName}'
+          authentication: {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identity.id
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        instanceMemoryMB: instanceMemoryMB
+        maximumInstanceCount: maximumInstanceCount
+      }
+      runtime: {
+        name: 'python'
+        version: '3.11'
+      }
+    }
+  }
+}
+
+resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
+  // checkov scans every Microsoft.Web/sites/config as if it were the 'web', 'logs' or 'authsettings' config; this one is 'appsettings':
+  // checkov:skip=CKV_AZURE_13: False positive (authsettings check on the appsettings config); every HTTP function requires a function key, no EasyAuth in front of the OAuth callback.
+  // checkov:skip=CKV_AZURE_63: False positive (logs config check on the appsettings config); the app logs to Application Insights.
+  // checkov:skip=CKV_AZURE_65: False positive (logs config check on the appsettings config); the app logs to Application Insights.
+  // checkov:skip=CKV_AZURE_66: False positive (logs config check on the appsettings config); the app logs to Application Insights.
+  // checkov:skip=CKV_AZURE_80: False positive (.NET Framework version of the web config); this is a Python app's appsettings config.
+  // checkov:skip=CKV_AZURE_88: False positive (Azure Files mounts check on the appsettings config); Flex Consumption uses no content share.
+  // checkov:skip=CKV_AZURE_222: False positive (publicNetworkAccess belongs to the site, skipped there with its reason); this is the appsettings config.
+  parent: functionApp
+  name: 'appsettings'
+  properties: {
+    // The host's own storage, reached with the identity.
+    AzureWebJobsStorage__blobServiceUri: storageAccount.properties.primaryEndpoints.blob
+    AzureWebJobsStorage__queueServiceUri: storageAccount.properties.primaryEndpoints.queue
+    AzureWebJobsStorage__tableServiceUri: storageAccount.properties.primaryEndpoints.table
+    AzureWebJobsStorage__credential: 'managedidentity'
+    AzureWebJobsStorage__clientId: identity.properties.clientId
+    // The state tables live in the same account (STATE_STORAGE names the setting prefix).
+    STATE_STORAGE: 'AzureWebJobsStorage'
+    KEY_VAULT_URL: keyVault.properties.vaultUri
+    KEY_VAULT_VERIFY_CHALLENGE_RESOURCE: 'true'
+    AZURE_CLIENT_ID: identity.properties.clientId
+    AZURE_AUTHORITY_HOST: authorityHost
+    GRAPH_ENDPOINT: graphEndpoint
+    SITE_URL: effectiveSiteUrl
+    ROTATION_SWEEP_SCHEDULE: rotationSweepSchedule
+    ROTATION_MAX_CONCURRENCY: string(rotationMaxConcurrency)
+    // The OAuth instance settings: Key Vault references resolved with the identity; the operator sets the secrets.
+    INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_ID: '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-key-vault-client-id/)'
+    INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-key-vault-client-secret/)'
+    INF_APP_CONNECTION_AZURE_APP_CONFIGURATION_CLIENT_ID: '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-app-configuration-client-id/)'
+    INF_APP_CONNECTION_AZURE_APP_CONFIGURATION_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-app-configuration-client-secret/)'
+    INF_APP_CONNECTION_AZURE_CLIENT_SECRETS_CLIENT_ID: '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-client-secrets-client-id/)'
+    INF_APP_CONNECTION_AZURE_CLIENT_SECRETS_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-client-secrets-client-secret/)'
+    // Telemetry with Microsoft Entra ID authentication.
+    APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
+    APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identity.properties.clientId};Authorization=AAD'
+  }
+}
+
+// No FTP or SCM basic-auth publishing: azd and az deploy with Microsoft Entra ID tokens.
+resource ftpPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: functionApp
+  name: 'ftp'
+  properties: {
+    allow: false
+  }
+}
+
+resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: functionApp
+  name: 'scm'
+  properties: {
+    allow: false
+  }
+}
+
+// SITE_URL without a trailing slash: the OAuth redirect URI is built on it.
+var trimmedSiteUrl = endsWith(siteUrl, '/') ? substring(siteUrl, 0, length(siteUrl) - 1) : siteUrl
+var effectiveSiteUrl = empty(siteUrl) ? 'https://${functionApp.properties.defaultHostName}' : trimmedSiteUrl
+
+@description('The name of the Function App.')
+output name string = functionApp.name
+
+@description('The Function App\'s own https URL.')
+output uri string = 'https://${functionApp.properties.defaultHostName}'
+
+@description('The public base URL of the service (SITE_URL).')
+output siteUrl string = effectiveSiteUrl

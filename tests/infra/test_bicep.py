@@ -1,0 +1,318 @@
+"""infra/*.bicep, parsed with pycep-parser, holds the deployment's security properties.
+
+The rules live in bicep_rules.py; test_tampered_template_is_caught feeds them tampered copies
+of the real templates to prove each one can fail.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.infra import bicep_rules as rules
+from tests.infra.tooling import INFRA_DIR, ROOT
+
+Parse = Callable[[dict[str, str]], dict[str, Any]]
+
+
+def test_every_template_parses(templates: dict[str, Any]) -> None:
+    assert {"main.bicep", "app/api.bicep", "app/rbac.bicep"} <= set(templates)
+    for path, tree in templates.items():
+        assert tree.get("resources") or tree.get("modules"), f"{path} declares nothing"
+
+
+def test_function_app_is_flex_consumption_https_only_tls12_no_ftp(templates: dict[str, Any]) -> None:
+    assert rules.function_app_rules(templates) == []
+
+
+def test_basic_auth_publishing_is_disabled(templates: dict[str, Any]) -> None:
+    assert rules.publishing_credentials_rules(templates) == []
+
+
+def test_storage_account_takes_entra_id_only(templates: dict[str, Any]) -> None:
+    assert rules.storage_rules(templates) == []
+
+
+def test_key_vault_uses_rbac_soft_delete_and_purge_protection(templates: dict[str, Any]) -> None:
+    assert rules.key_vault_rules(templates) == []
+
+
+def test_monitoring_has_local_auth_disabled(templates: dict[str, Any]) -> None:
+    assert rules.monitoring_rules(templates) == []
+
+
+def test_identity_has_exactly_the_five_roles(templates: dict[str, Any]) -> None:
+    assert rules.role_assignment_rules(templates) == []
+
+
+def test_role_assignments_go_to_the_user_assigned_identity(templates: dict[str, Any]) -> None:
+    assert rules.rbac_wiring_rules(templates) == []
+
+
+def test_every_parameter_is_described_required_or_optional(templates: dict[str, Any]) -> None:
+    assert rules.parameter_description_rules(templates) == []
+
+
+def test_app_settings_are_complete_and_secrets_are_key_vault_references(templates: dict[str, Any]) -> None:
+    assert rules.app_settings_rules(templates) == []
+
+
+def test_main_template_tags_names_and_outputs(templates: dict[str, Any]) -> None:
+    assert rules.main_template_rules(templates) == []
+
+
+def test_parameters_file_feeds_every_required_parameter(templates: dict[str, Any]) -> None:
+    parameters = json.loads((INFRA_DIR / "main.parameters.json").read_text())["parameters"]
+    declared = templates["main.bicep"]["parameters"]
+    assert set(parameters) <= set(declared), f"unknown parameters: {set(parameters) - set(declared)}"
+    required = {name for name, p in declared.items() if p.get("default") is None}
+    assert required <= set(parameters), f"not fed by azd: {required - set(parameters)}"
+    assert parameters["environmentName"]["value"] == "${AZURE_ENV_NAME}"
+    assert parameters["location"]["value"] == "${AZURE_LOCATION}"
+    assert parameters["principalId"]["value"] == "${AZURE_PRINCIPAL_ID}"
+
+
+def test_azure_yaml_deploys_the_api_service_as_a_python_function(parse: Parse) -> None:
+    azure = parse({"azure.yaml": (ROOT / "azure.yaml").read_text()})["azure.yaml"]
+    assert azure["services"]["api"] == {"project": ".", "language": "python", "host": "function"}
+    assert azure.get("infra", {}).get("path", "infra") == "infra"
+
+
+def test_deploy_readme_names_the_secrets_the_template_references(templates: dict[str, Any]) -> None:
+    readme = (ROOT / "README.md").read_text()
+    for setting in rules.OAUTH_SETTINGS:
+        assert f"--name {rules.oauth_secret_name(setting)} " in readme, (
+            f"README.md: no command sets {setting}'s secret"
+        )
+    assert rules.REDIRECT_PATH in readme
+
+
+# ------------------------------------------------------------------------------------------------
+# The rules catch a tampered template
+# ------------------------------------------------------------------------------------------------
+
+MMP_LINE = "  'Monitoring Metrics Publisher': '3913510d-42f4-4e42-8a64-420c390055eb'\n"
+OWNER_LINE = "  'Owner': '8e3af657-a8ff-443c-a75c-2fe8c4bcb635'\n"
+
+EXTRA_OWNER = """
+resource identityOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storageAccount.id, identityPrincipalId, roleDefinitions['Owner'])
+  scope: storageAccount
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleDefinitions['Owner'])
+    principalId: identityPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+"""
+
+# (id, file, old text, new text, a fragment of the violation it must cause)
+TAMPERINGS = [
+    ("https-off", "app/api.bicep", "httpsOnly: true", "httpsOnly: false", "httpsOnly"),
+    ("https-renamed", "app/api.bicep", "httpsOnly: true", "supportsHttpsOnly: false", "httpsOnly"),
+    ("tls-1.0", "app/api.bicep", "minTlsVersion: '1.2'", "minTlsVersion: '1.0'", "minTlsVersion"),
+    ("ftps-on", "app/api.bicep", "ftpsState: 'Disabled'", "ftpsState: 'FtpsOnly'", "ftpsState"),
+    (
+        "scm-basic-auth",
+        "app/api.bicep",
+        "name: 'scm'\n  properties: {\n    allow: false",
+        "name: 'scm'\n  properties: {\n    allow: true",
+        "'scm'",
+    ),
+    ("python-3.9", "app/api.bicep", "version: '3.11'", "version: '3.9'", "runtime"),
+    ("not-flex", "app/api.bicep", "name: 'FC1'", "name: 'Y1'", "sku"),
+    ("system-identity", "app/api.bicep", "type: 'UserAssigned'", "type: 'SystemAssigned'", "identity.type"),
+    (
+        "shared-key-on",
+        "modules/storage.bicep",
+        "allowSharedKeyAccess: false",
+        "allowSharedKeyAccess: true",
+        "allowSharedKeyAccess",
+    ),
+    (
+        "public-blobs",
+        "modules/storage.bicep",
+        "allowBlobPublicAccess: false",
+        "allowBlobPublicAccess: true",
+        "allowBlobPublicAccess",
+    ),
+    (
+        "storage-http",
+        "modules/storage.bicep",
+        "supportsHttpsTrafficOnly: true",
+        "supportsHttpsTrafficOnly: false",
+        "supportsHttpsTrafficOnly",
+    ),
+    (
+        "storage-tls-1.0",
+        "modules/storage.bicep",
+        "minimumTlsVersion: 'TLS1_2'",
+        "minimumTlsVersion: 'TLS1_0'",
+        "minimumTlsVersion",
+    ),
+    (
+        "vault-access-policies",
+        "modules/keyvault.bicep",
+        "enableRbacAuthorization: true",
+        "enableRbacAuthorization: false",
+        "enableRbacAuthorization",
+    ),
+    ("no-purge-protection", "modules/keyvault.bicep", "    enablePurgeProtection: true\n", "", "enablePurgeProtection"),
+    (
+        "no-soft-delete",
+        "modules/keyvault.bicep",
+        "enableSoftDelete: true",
+        "enableSoftDelete: false",
+        "enableSoftDelete",
+    ),
+    (
+        "insights-local-auth",
+        "modules/monitoring.bicep",
+        "DisableLocalAuth: true",
+        "DisableLocalAuth: false",
+        "DisableLocalAuth",
+    ),
+    (
+        "workspace-local-auth",
+        "modules/monitoring.bicep",
+        "disableLocalAuth: true",
+        "disableLocalAuth: false",
+        "disableLocalAuth",
+    ),
+    (
+        "contributor-guid",
+        "app/rbac.bicep",
+        "'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'",
+        "'b24988ac-6180-42a0-ab88-20f7382dd24c'",
+        "Storage Blob Data Owner",
+    ),
+    (
+        "fixed-assignment-name",
+        "app/rbac.bicep",
+        "name: guid(applicationInsights.id, identityPrincipalId, roleDefinitions['Monitoring Metrics Publisher'])",
+        "name: 'a3a8b9a4-5f0e-4c1d-9a55-0c1e2f3a4b5c'",
+        "name must be guid(",
+    ),
+    (
+        "extra-owner-role",
+        "app/rbac.bicep",
+        MMP_LINE,
+        MMP_LINE + OWNER_LINE,
+        "'Owner'",
+    ),
+    (
+        "table-role-to-user",
+        "app/rbac.bicep",
+        "roleDefinitions['Storage Table Data Contributor'])\n    principalId: identityPrincipalId",
+        "roleDefinitions['Storage Table Data Contributor'])\n    principalId: userPrincipalId",
+        "Storage Table Data Contributor",
+    ),
+    (
+        "vault-role-on-storage",
+        "app/rbac.bicep",
+        "name: guid(keyVault.id, identityPrincipalId, roleDefinitions['Key Vault Secrets Officer'])\n  scope: keyVault",
+        "name: guid(storageAccount.id, identityPrincipalId, roleDefinitions['Key Vault Secrets Officer'])\n"
+        "  scope: storageAccount",
+        "Key Vault Secrets Officer",
+    ),
+    (
+        "plain-oauth-secret",
+        "app/api.bicep",
+        "'@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-client-secrets-client-secret/)'",
+        "'s3cr3t-value'",
+        "INF_APP_CONNECTION_AZURE_CLIENT_SECRETS_CLIENT_SECRET",
+    ),
+    (
+        "wrong-secret-name",
+        "app/api.bicep",
+        "secrets/inf-app-connection-azure-key-vault-client-id/",
+        "secrets/client-id/",
+        "must reference secret",
+    ),
+    (
+        "plain-api-key-setting",
+        "app/api.bicep",
+        "    STATE_STORAGE: 'AzureWebJobsStorage'\n",
+        "    STATE_STORAGE: 'AzureWebJobsStorage'\n    PARTNER_API_KEY: 'abc123'\n",
+        "PARTNER_API_KEY",
+    ),
+    (
+        "missing-setting",
+        "app/api.bicep",
+        "    ROTATION_SWEEP_SCHEDULE: rotationSweepSchedule\n",
+        "",
+        "ROTATION_SWEEP_SCHEDULE missing",
+    ),
+    (
+        "shared-key-connection-string",
+        "app/api.bicep",
+        "    STATE_STORAGE: 'AzureWebJobsStorage'\n",
+        "    STATE_STORAGE: 'AzureWebJobsStorage'\n"
+        "    AzureWebJobsStorage: 'DefaultEndpointsProtocol=https;AccountName=x;"
+        "AccountKey=${storageAccount.listKeys().keys[0].value}'\n",
+        "AzureWebJobsStorage must not be set",
+    ),
+    ("undescribed-param", "main.bicep", "@description('Optional. Type of principalId.')\n", "", "param principalType"),
+    (
+        "required-with-default",
+        "app/rbac.bicep",
+        "param identityPrincipalId string\n",
+        "param identityPrincipalId string = ''\n",
+        "identityPrincipalId",
+    ),
+    ("no-env-tag", "main.bicep", "  'azd-env-name': environmentName\n", "  'env': environmentName\n", "azd-env-name"),
+    ("no-service-tag", "app/api.bicep", "'azd-service-name': 'api'", "'azd-service-name': 'web'", "azd-service-name"),
+    (
+        "wrong-redirect",
+        "main.bicep",
+        "/organization/app-connections/azure/oauth/callback'",
+        "/oauth/callback'",
+        "OAUTH_REDIRECT_URI",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def tampered(parse: Parse, sources: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Each tampering applied to its file and parsed (one parser run for all of them)."""
+    texts = {}
+    for case_id, path, old, new, _ in TAMPERINGS:
+        assert sources[path].count(old) == 1, f"{case_id}: {old!r} must occur exactly once in {path}"
+        texts[case_id] = sources[path].replace(old, new)
+    return parse(texts)
+
+
+@pytest.mark.parametrize(("case_id", "path", "old", "new", "fragment"), TAMPERINGS, ids=[t[0] for t in TAMPERINGS])
+def test_tampered_template_is_caught(
+    templates: dict[str, Any],
+    tampered: dict[str, dict[str, Any]],
+    case_id: str,
+    path: str,
+    old: str,
+    new: str,
+    fragment: str,
+) -> None:
+    assert rules.all_violations(templates) == [], "the real templates must pass before tampering means anything"
+    files = {**templates, path: tampered[case_id]}
+    violations = rules.all_violations(files)
+    assert any(fragment in v for v in violations), f"{case_id} not caught; violations: {violations}"
+
+
+def test_extra_role_assignment_for_the_identity_is_caught(
+    parse: Parse, sources: dict[str, str], templates: dict[str, Any]
+) -> None:
+    text = (
+        sources["app/rbac.bicep"].replace(
+            MMP_LINE,
+            MMP_LINE + OWNER_LINE,
+        )
+        + EXTRA_OWNER
+    )
+    files = {**templates, "app/rbac.bicep": parse({"rbac.bicep": text})["rbac.bicep"]}
+    violations = rules.role_assignment_rules(files)
+    assert any("'Owner'" in v for v in violations), violations
+    assert any(re.search(r"role roleDefinitions\[Owner\]|unexpected", v) for v in violations), violations
