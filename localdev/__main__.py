@@ -31,7 +31,8 @@ def _up(argv: Sequence[str]) -> int:
     for noisy in ("azure", "httpx", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    with LocalEnvironment(args.state_dir) as env:
+    site_url = os.environ.get("SITE_URL") or f"http://localhost:{args.port}"
+    with LocalEnvironment(args.state_dir, site_url=site_url) as env:
         assert env.standin is not None
         assert env.azurite is not None
         env.apply()
@@ -72,6 +73,10 @@ def _up(argv: Sequence[str]) -> int:
                     f"       -H 'content-type: application/json' --data @{body_file}",
                     "List connections:",
                     f"  curl -s {base}/api/v1/app-connections/azure-key-vault",
+                    "Create an OAuth connection (the stand-in consents as a test user; open the URL in a browser",
+                    f"that trusts {env.standin.ca_path}, or follow it with curl --cacert):",
+                    f"  curl -s -H 'Accept: application/json' '{base}/api/v1/app-connections/azure-key-vault/oauth/"
+                    "authorize?name=demo-oauth'",
                     "",
                 ]
             ),

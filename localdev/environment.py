@@ -11,6 +11,7 @@ from types import TracebackType
 
 from localdev.azurite import Azurite
 from localdev.standin import StandIn
+from shared.apps import APPS
 
 
 @dataclass
@@ -29,10 +30,14 @@ class LocalEnvironment:
     azurite_port: int = 0
     table_prefix: str = "AppConn"
     sweep_schedule: str = "0 */5 * * * *"
+    # The service's public URL: the OAuth redirect URI registered on the instance apps is built from it.
+    site_url: str = "http://localhost:7071"
     azurite: Azurite | None = None
     standin: StandIn | None = None
     identity: ServiceIdentity | None = None
     settings: dict[str, str] = field(default_factory=dict)
+    # The instance's own app registrations for the OAuth method, by setting prefix (one per app).
+    oauth_clients: dict[str, ServiceIdentity] = field(default_factory=dict)
 
     def start(self) -> LocalEnvironment:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -45,6 +50,14 @@ class LocalEnvironment:
             app = admin.add_app(tenant, display_name="app-connections-service")
             secret = admin.add_secret(tenant, app["appId"], display_name="local service identity")
             self.identity = ServiceIdentity(tenant, app["appId"], secret["secretText"])
+            redirect_uri = f"{self.site_url.rstrip('/')}/organization/app-connections/azure/oauth/callback"
+            for spec in APPS.values():
+                oauth_app = admin.add_app(tenant, display_name=f"app-connections-oauth-{spec.id}")
+                admin.add_redirect_uri(tenant, oauth_app["appId"], redirect_uri)
+                oauth_secret = admin.add_secret(tenant, oauth_app["appId"], display_name="instance OAuth client")
+                self.oauth_clients[spec.oauth_setting_prefix] = ServiceIdentity(
+                    tenant, oauth_app["appId"], oauth_secret["secretText"]
+                )
         except BaseException:
             self.stop()
             raise
@@ -60,9 +73,13 @@ class LocalEnvironment:
             "AZURE_CLIENT_ID": self.identity.client_id,
             "AZURE_CLIENT_SECRET": self.identity.client_secret,
             "ROTATION_SWEEP_SCHEDULE": self.sweep_schedule,
+            "SITE_URL": self.site_url.rstrip("/"),
             "SSL_CERT_FILE": ca,
             "REQUESTS_CA_BUNDLE": ca,
         }
+        for prefix, client in self.oauth_clients.items():
+            self.settings[f"{prefix}_CLIENT_ID"] = client.client_id
+            self.settings[f"{prefix}_CLIENT_SECRET"] = client.client_secret
         return self
 
     def apply(self, environ: dict[str, str] | os._Environ[str] = os.environ) -> None:

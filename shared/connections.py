@@ -356,6 +356,10 @@ class ConnectionService:
     async def validate(self, app_id: str, connection_id: str) -> ConnectionRecord:
         app = require_app(app_id)
         record = await self.get(app.id, connection_id)
+        if record.method == Method.OAUTH:
+            from shared.oauth import validate_oauth_connection
+
+            return await validate_oauth_connection(self.clients, app, record, self.now)
         material = await self.vault.get(record.secret_name, record.secret_version)
         try:
             await self._validate(app, Method(record.method), record.tenant_id, record.client_id or "", material)

@@ -100,6 +100,9 @@ class AdminClient:
     def grant_roles(self, tenant_id: str, app_id: str, roles: Iterable[str]) -> dict[str, Any]:
         return self._dict("POST", f"/tenants/{tenant_id}/apps/{app_id}/roles", {"roles": list(roles)})
 
+    def revoke_roles(self, tenant_id: str, app_id: str, roles: Iterable[str]) -> dict[str, Any]:
+        return self._dict("DELETE", f"/tenants/{tenant_id}/apps/{app_id}/roles", {"roles": list(roles)})
+
     def add_secret(
         self,
         tenant_id: str,
@@ -133,6 +136,63 @@ class AdminClient:
 
     def set_vault_tenant(self, tenant_id: str) -> None:
         self._call("PUT", "/vault/tenant", {"tenantId": tenant_id})
+
+    # --- Microsoft Graph -----------------------------------------------------------------------------
+
+    def add_owner(self, tenant_id: str, app_id: str, owner: str) -> dict[str, Any]:
+        """Make ``owner`` (an appId or a service principal id in the tenant; the app itself for a self-owned app)
+        an owner of ``app_id``'s registration, as Application.ReadWrite.OwnedBy needs. Returns the app."""
+        return self._dict("POST", f"/tenants/{tenant_id}/apps/{app_id}/owners", {"owner": owner})
+
+    def app_passwords(self, tenant_id: str, app_id: str) -> list[dict[str, Any]]:
+        """Password credentials, current then removed: ``keyId``, ``hint``, ``displayName``, ``startDateTime``,
+        ``endDateTime``, ``createdBy`` ("admin" | "graph"), ``createdByAppId``, ``createdAt``, ``revoked``,
+        ``revokedAt``, ``revokedBy``. Never the secret text."""
+        data = self._dict("GET", f"/tenants/{tenant_id}/apps/{app_id}/passwords")
+        return cast(list[dict[str, Any]], data["passwords"])
+
+    def set_propagation_delay(self, seconds: float) -> None:
+        """Secrets added through Graph's addPassword are refused by the token endpoint (AADSTS7000215) until this
+        many seconds after their creation. 0 (the default) turns it off."""
+        self._call("PUT", "/graph/propagation-delay", {"seconds": seconds})
+
+    def graph_calls(self) -> dict[str, Any]:
+        """``{"counts": {"get", "list", "addPassword", "removePassword"}, "log": [{operation, appId, objectId,
+        keyId, callerAppId, time, status, error}]}`` (log: addPassword and removePassword only). Requests answered
+        by a fault rule never reach Graph and are not counted. For Graph's concurrency error as a fault, see
+        ``localdev.standin.graph.concurrency_fault``."""
+        return self._dict("GET", "/graph/calls")
+
+    # --- OAuth (authorization code, refresh tokens) -------------------------------------------------
+
+    def add_redirect_uri(self, tenant_id: str, app_id: str, uri: str) -> list[str]:
+        """Register a redirect URI on the app (the authorize endpoint accepts only registered ones)."""
+        data = self._dict("POST", f"/tenants/{tenant_id}/apps/{app_id}/redirect-uris", {"uri": uri})
+        return cast(list[str], data["redirectUris"])
+
+    def add_user(self, tenant_id: str, user_principal_name: str | None = None,
+                 display_name: str | None = None) -> dict[str, Any]:
+        """A test user of the tenant: ``id`` (object id), ``userPrincipalName``, ``displayName``, ``tenantId``."""
+        body = {"userPrincipalName": user_principal_name, "displayName": display_name}
+        return self._dict("POST", f"/tenants/{tenant_id}/users", body)
+
+    def set_sign_in(self, tenant_id: str | None = None, user_id: str | None = None) -> None:
+        """Who signs in at ``/organizations`` or ``/common`` (default: the app's home tenant), and which user
+        (default: the tenant's first user, created on first use)."""
+        self._call("PUT", "/oauth/sign-in", {"tenantId": tenant_id, "userId": user_id})
+
+    def set_consent(self, decline: bool) -> None:
+        """``decline=True``: the user declines consent (redirect with ``error=access_denied``, AADSTS65004)."""
+        self._call("PUT", "/oauth/consent", {"decline": decline})
+
+    def revoke_refresh_tokens(self, tenant_id: str, user_id: str | None = None) -> int:
+        """Revoke the tenant's (or one user's) refresh tokens: they then fail with AADSTS50173. Returns how many."""
+        return int(self._dict("POST", "/oauth/revoke", {"tenantId": tenant_id, "userId": user_id})["revoked"])
+
+    def oauth_tokens(self) -> dict[str, Any]:
+        """``{"issued": [every access, id and refresh token value issued], "refreshTokens": [{value, tenantId,
+        clientId, userId, issued, status: active|redeemed|revoked|expired}], "users": [...]}``."""
+        return self._dict("GET", "/oauth/tokens")
 
     # --- inspection ----------------------------------------------------------------------------------
 

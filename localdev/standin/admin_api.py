@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from localdev.standin import keyvault
+from localdev.standin import graph, keyvault
 from localdev.standin.context import Context
 from localdev.standin.routing import HttpError, Request, Response, Router, json_response
 from localdev.standin.state import StateError, parse_iso
@@ -109,6 +109,13 @@ def grant_roles(req: Request) -> Response:
         return json_response(200, app.to_dict())
 
 
+def revoke_roles(req: Request) -> Response:
+    body = _body(req)
+    app = req.ctx.state.revoke_roles(req.params["tenant"], req.params["app"], _strings(body.get("roles"), "roles"))
+    with req.ctx.state.lock:
+        return json_response(200, app.to_dict())
+
+
 def add_secret(req: Request) -> Response:
     body = _body(req)
     try:
@@ -193,6 +200,34 @@ def set_latency(req: Request) -> Response:
     return json_response(200, {"ms": ms})
 
 
+def add_owner(req: Request) -> Response:
+    owner = _body(req).get("owner")
+    if not isinstance(owner, str) or not owner:
+        raise StateError("owner (an appId or service principal id) is required")
+    app = req.ctx.state.add_owner(req.params["tenant"], req.params["app"], owner)
+    with req.ctx.state.lock:
+        return json_response(200, app.to_dict())
+
+
+def app_passwords(req: Request) -> Response:
+    passwords = graph.app_passwords(req.ctx.state, req.params["tenant"], req.params["app"])
+    return json_response(200, {"passwords": passwords})
+
+
+def set_propagation_delay(req: Request) -> Response:
+    try:
+        seconds = max(0.0, float(_body(req).get("seconds") or 0))
+    except (TypeError, ValueError) as exc:
+        raise StateError("seconds must be a number") from exc
+    with req.ctx.state.lock:
+        req.ctx.state.propagation_delay = seconds
+    return json_response(200, {"seconds": seconds})
+
+
+def graph_calls(req: Request) -> Response:
+    return json_response(200, graph.calls_view(req.ctx.state))
+
+
 def _guard(handler: Callable[[Request], Response]) -> Callable[[Request], Response]:
     def run(req: Request) -> Response:
         try:
@@ -214,6 +249,7 @@ def register(router: Router, ctx: Context) -> None:
         ("POST", f"/tenants/{TENANT}/apps", add_app),
         ("GET", f"/tenants/{TENANT}/apps/{APP}", get_app),
         ("POST", f"/tenants/{TENANT}/apps/{APP}/roles", grant_roles),
+        ("DELETE", f"/tenants/{TENANT}/apps/{APP}/roles", revoke_roles),
         ("POST", f"/tenants/{TENANT}/apps/{APP}/secrets", add_secret),
         ("DELETE", f"/tenants/{TENANT}/apps/{APP}/secrets/(?P<key>[^/]+)", remove_secret),
         ("POST", f"/tenants/{TENANT}/apps/{APP}/certificates", add_certificate),
@@ -225,6 +261,10 @@ def register(router: Router, ctx: Context) -> None:
         ("GET", "/faults", get_faults),
         ("PUT", "/faults", set_faults),
         ("PUT", "/latency", set_latency),
+        ("POST", f"/tenants/{TENANT}/apps/{APP}/owners", add_owner),
+        ("GET", f"/tenants/{TENANT}/apps/{APP}/passwords", app_passwords),
+        ("PUT", "/graph/propagation-delay", set_propagation_delay),
+        ("GET", "/graph/calls", graph_calls),
     ]
     for method, path, handler in rows:
         router.add(method, PREFIX + path, _guard(handler))

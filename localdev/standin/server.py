@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from localdev.standin import admin_api, entra, keyvault
+from localdev.standin import admin_api, entra, graph, keyvault, oauth
 from localdev.standin.admin import AdminClient
 from localdev.standin.context import Context
 from localdev.standin.pki import server_pki
@@ -243,7 +243,9 @@ def build_router(ctx: Context) -> Router:
     router = Router()
     admin_api.register(router, ctx)
     keyvault.register(router, ctx)
+    oauth.register(router, ctx)  # before entra: it answers /organizations/ token requests
     entra.register(router, ctx)
+    graph.register(router, ctx)
     return router
 
 

@@ -64,6 +64,14 @@ class PasswordCredential:
     secret_text: str
     start: dt.datetime
     end: dt.datetime
+    created_by: str = "admin"  # "admin" or "graph" (addPassword)
+    created_by_app: str | None = None  # the appid of the Graph caller that added it
+    created: dt.datetime = field(default_factory=utcnow)
+    revoked: dt.datetime | None = None  # set when removed (it then moves to App.removed_passwords)
+    revoked_by: str | None = None
+    # A secret added through Graph is accepted by the token endpoint only from this time on (propagation);
+    # fixed when it is created, as Entra's propagation applies to new secrets, not to ones already working.
+    ready_at: dt.datetime | None = None
 
     @property
     def hint(self) -> str:
@@ -120,6 +128,8 @@ class App:
     roles: set[str] = field(default_factory=set)
     passwords: list[PasswordCredential] = field(default_factory=list)
     keys: list[KeyCredential] = field(default_factory=list)
+    owners: set[str] = field(default_factory=set)  # service principal ids owning this app registration
+    removed_passwords: list[PasswordCredential] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,6 +142,7 @@ class App:
             "roles": sorted(self.roles),
             "passwordCredentials": [p.to_dict() for p in self.passwords],
             "keyCredentials": [k.to_dict() for k in self.keys],
+            "owners": sorted(self.owners),
         }
 
 
@@ -252,6 +263,8 @@ class State:
         self.started = time.time()
         # Extension point for later services (Graph, OAuth codes...): their own state, under the same lock.
         self.extra: dict[str, Any] = {}
+        # Graph: seconds after addPassword before the token endpoint accepts the new secret (as in Entra).
+        self.propagation_delay = 0.0
 
     def reset(self) -> None:
         with self.lock:
@@ -264,6 +277,7 @@ class State:
             self.connections_opened = 0
             self.handshakes = 0
             self.extra.clear()
+            self.propagation_delay = 0.0
 
     # --- directory ---------------------------------------------------------------------------------
 
@@ -328,6 +342,12 @@ class State:
             app.roles.update(roles)
             return app
 
+    def revoke_roles(self, tenant_id: str, app_id: str, roles: list[str]) -> App:
+        with self.lock:
+            app = self.require_app(tenant_id, app_id)
+            app.roles.difference_update(roles)
+            return app
+
     def add_password(
         self,
         tenant_id: str,
@@ -336,6 +356,8 @@ class State:
         end: dt.datetime | None = None,
         secret_text: str | None = None,
         start: dt.datetime | None = None,
+        created_by: str = "admin",
+        created_by_app: str | None = None,
     ) -> PasswordCredential:
         with self.lock:
             app = self.require_app(tenant_id, app_id)
@@ -346,17 +368,37 @@ class State:
                 secret_text=secret_text or new_secret_text(),
                 start=begin,
                 end=end or begin + dt.timedelta(days=730),
+                created_by=created_by,
+                created_by_app=created_by_app,
             )
+            if created_by == "graph" and self.propagation_delay > 0:
+                credential.ready_at = credential.created + dt.timedelta(seconds=self.propagation_delay)
             app.passwords.append(credential)
             return credential
 
-    def remove_password(self, tenant_id: str, app_id: str, key_id: str) -> None:
+    def remove_password(self, tenant_id: str, app_id: str, key_id: str, revoked_by: str = "admin") -> None:
         with self.lock:
             app = self.require_app(tenant_id, app_id)
             kept = [p for p in app.passwords if p.key_id.lower() != key_id.lower()]
             if len(kept) == len(app.passwords):
                 raise StateError(f"no password credential {key_id} on app {app_id}", 404)
+            for removed in app.passwords:
+                if removed.key_id.lower() == key_id.lower():
+                    removed.revoked, removed.revoked_by = utcnow(), revoked_by
+                    app.removed_passwords.append(removed)
             app.passwords = kept
+
+    def add_owner(self, tenant_id: str, app_id: str, owner: str) -> App:
+        """Make ``owner`` (an appId or service principal id in the same tenant) an owner of the app registration."""
+        with self.lock:
+            app = self.require_app(tenant_id, app_id)
+            tenant = self.require_tenant(tenant_id)
+            wanted = owner.lower()
+            found = next((a for a in tenant.apps.values() if wanted in (a.app_id, a.service_principal_id)), None)
+            if found is None:
+                raise StateError(f"no app or service principal {owner} in tenant {tenant.tenant_id}", 404)
+            app.owners.add(found.service_principal_id)
+            return app
 
     def add_certificate(
         self, tenant_id: str, app_id: str, certificate_pem: str, display_name: str | None = None

@@ -21,8 +21,10 @@ from shared.settings import Settings, get_settings
 if TYPE_CHECKING:
     import aiohttp
     import httpx
+    from azure.core import AsyncPipelineClient
     from azure.core.credentials_async import AsyncTokenCredential
     from azure.core.pipeline.transport import AioHttpTransport
+    from azure.core.rest import AsyncHttpResponse, HttpRequest
     from azure.data.tables.aio import TableClient, TableServiceClient
     from azure.keyvault.secrets.aio import SecretClient
 
@@ -39,6 +41,7 @@ class AzureClients:
         self._table_lock = asyncio.Lock()
         self._secrets: SecretClient | None = None
         self._graph_http: httpx.AsyncClient | None = None
+        self._entra_tokens: AsyncPipelineClient[HttpRequest, AsyncHttpResponse] | None = None
 
     # -- shared plumbing -------------------------------------------------------------------
     def session(self) -> aiohttp.ClientSession:
@@ -141,6 +144,21 @@ class AzureClients:
 
             self._graph_http = graph_http_client(self)
         return self._graph_http
+
+    # -- Entra ID token endpoint (OAuth authorization-code and refresh-token grants) ------------
+    def entra_tokens(self) -> AsyncPipelineClient[HttpRequest, AsyncHttpResponse]:
+        """A pipeline to the authority's token endpoint: the shared session, the one retry policy, and no
+        logging policy (the bodies carry codes and tokens)."""
+        if self._entra_tokens is None:
+            from azure.core import AsyncPipelineClient
+            from azure.core.pipeline.policies import UserAgentPolicy
+
+            self._entra_tokens = AsyncPipelineClient(
+                self.settings.authority_host,
+                policies=[UserAgentPolicy(sdk_moniker="app-connections-oauth"), retry_policy()],
+                transport=self.transport(),
+            )
+        return self._entra_tokens
 
     async def close(self) -> None:
         if self._graph_http is not None:

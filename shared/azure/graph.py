@@ -27,7 +27,7 @@ PERMISSION_HINT = (
     "(with admin consent), and make its service principal an owner of its own app registration "
     "(az ad app owner add --id <appId> --owner-object-id <service principal object id>)."
 )
-_CONCURRENT = re.compile(r"concurrent", re.IGNORECASE)
+_CONCURRENT = re.compile(r"concurren", re.IGNORECASE)  # "concurrent requests", "ConcurrencyViolation"
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def classify(error: Exception) -> RetryableError | None:
     retry_after = parse_retry_after(lowered.get("retry-after"))
     if status in (429, 503, 500, 502, 504):
         return RetryableError(f"Microsoft Graph answered {status}", retry_after)
-    if status == 400 and (_CONCURRENT.search(_message(error)) or _CONCURRENT.search(_code(error))):
+    if status in (400, 409) and (_CONCURRENT.search(_message(error)) or _CONCURRENT.search(_code(error))):
         return RetryableError("Microsoft Graph refused concurrent changes", retry_after)
     return None
 
@@ -130,7 +130,7 @@ class GraphApps:
 
         endpoint = clients.settings.graph_endpoint
         provider = AzureIdentityAuthenticationProvider(
-            credential, scopes=[f"{endpoint}/.default"], allowed_hosts=[urlparse(endpoint).netloc]
+            credential, scopes=[f"{endpoint}/.default"], allowed_hosts=[urlparse(endpoint).hostname or ""]
         )
         adapter = GraphRequestAdapter(provider, client=clients.graph_http())
         adapter.base_url = f"{endpoint}/v1.0"

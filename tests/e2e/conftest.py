@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +38,13 @@ def secrets_used() -> Registry:
 def local_env(tmp_path_factory: pytest.TempPathFactory, secrets_used: Registry) -> Iterator[LocalEnvironment]:
     saved = dict(os.environ)
     # The timer is wired but fires only on 1 January: tests drive sweeps themselves, with their own clock.
+    # The host's port is chosen now: SITE_URL (and so the OAuth redirect URI) must be known before it starts.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        host_port = probe.getsockname()[1]
     env = LocalEnvironment(
-        tmp_path_factory.mktemp("localdev"), table_prefix="E2e" + secrets.token_hex(4), sweep_schedule="0 0 0 1 1 *"
+        tmp_path_factory.mktemp("localdev"), table_prefix="E2e" + secrets.token_hex(4), sweep_schedule="0 0 0 1 1 *",
+        site_url=f"http://127.0.0.1:{host_port}",
     )
     env.start()
     try:
@@ -46,6 +52,7 @@ def local_env(tmp_path_factory: pytest.TempPathFactory, secrets_used: Registry) 
         reset_settings()
         assert env.identity is not None
         secrets_used.add(env.identity.client_secret)
+        secrets_used.add(*[client.client_secret for client in env.oauth_clients.values()])
         yield env
     finally:
         env.stop()
@@ -60,7 +67,7 @@ def host_url(local_env: LocalEnvironment) -> Iterator[str]:
 
     app = load_function_app("function_app", ROOT)
     local_host = LocalHost(app, ROOT / "host.json")
-    with run_in_thread(local_host.asgi) as base_url:
+    with run_in_thread(local_host.asgi, int(local_env.settings["SITE_URL"].rsplit(":", 1)[1])) as base_url:
         yield base_url
 
 

@@ -44,3 +44,31 @@ def certificate_body(admin: Any, registry: Any, app: EntraApp, key_type: str = "
     if register:
         admin.add_certificate(app.tenant_id, app.client_id, cert_pem)
     return {"tenantId": app.tenant_id, "clientId": app.client_id, "certificateBody": cert_pem, "privateKey": key_pem}
+
+
+ROTATION_ROLE = "Application.ReadWrite.OwnedBy"
+
+
+def register_rotatable_app(admin: Any, registry: Any, name: str = "rotated", owner: bool = True,
+                           roles: tuple[str, ...] = (ROTATION_ROLE,)) -> EntraApp:
+    """An app that may rotate its own secret: the Graph role, and its service principal owns it."""
+    app = register_app(admin, registry, name=name, roles=roles)
+    if owner:
+        details = admin.get_app(app.tenant_id, app.client_id)
+        admin.add_owner(app.tenant_id, app.client_id, details["servicePrincipalId"])
+    return app
+
+
+def token_works(standin: Any, app: EntraApp, secret: str, scope: str = "https://vault.azure.net/.default") -> bool:
+    from azure.core.exceptions import ClientAuthenticationError
+    from azure.identity import ClientSecretCredential
+
+    credential = ClientSecretCredential(app.tenant_id, app.client_id, secret, authority=standin.url,
+                                        disable_instance_discovery=True)
+    try:
+        credential.get_token(scope)
+        return True
+    except ClientAuthenticationError:
+        return False
+    finally:
+        credential.close()

@@ -1,0 +1,96 @@
+"""HTTP functions of the OAuth method: start (function key) and the callback (the one anonymous function).
+
+The callback answers an HTML page for a person, never JSON: every value in it is HTML-escaped, it never holds
+a token or code, and it is neither cached nor allowed to load or run anything.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+
+import azure.functions as func
+
+from shared.functions.connections import BASE, KEY
+from shared.functions.http import endpoint, json_response
+
+bp = func.Blueprint()
+log = logging.getLogger(__name__)
+
+CALLBACK_ROUTE = "organization/app-connections/azure/oauth/callback"
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Pragma": "no-cache",
+    "Content-Security-Policy": "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _wants_json(req: func.HttpRequest) -> bool:
+    accept = (req.headers.get("accept") or "").lower()
+    return any(part.split(";", 1)[0].strip() == "application/json" for part in accept.split(","))
+
+
+@bp.function_name("authorize_app_connection_oauth")
+@bp.route(route=BASE + "/{app}/oauth/authorize", methods=["GET"], auth_level=KEY)
+@endpoint
+async def authorize_app_connection_oauth(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.azure.clients import get_clients
+    from shared.oauth import start_authorization
+
+    url = await start_authorization(get_clients(), req.route_params["app"], dict(req.params))
+    if _wants_json(req):
+        return json_response({"authorizationUrl": url})
+    return func.HttpResponse(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
+
+
+def page(title: str, paragraphs: list[str], status: int) -> func.HttpResponse:
+    """A minimal HTML page; ``title`` and ``paragraphs`` are plain text and escaped here."""
+    body = "".join(f"<p>{html.escape(text)}</p>" for text in paragraphs)
+    document = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="referrer" content="no-referrer">'
+        f"<title>{html.escape(title)}</title></head>"
+        f"<body><main><h1>{html.escape(title)}</h1>{body}</main></body></html>"
+    )
+    return func.HttpResponse(
+        document, status_code=status, headers=dict(PAGE_HEADERS), mimetype="text/html", charset="utf-8"
+    )
+
+
+@bp.function_name("app_connection_oauth_callback")
+@bp.route(route=CALLBACK_ROUTE, methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def app_connection_oauth_callback(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.azure.clients import get_clients
+    from shared.errors import ServiceError
+    from shared.oauth import complete_authorization
+
+    try:
+        outcome = await complete_authorization(get_clients(), req.params)
+    except ServiceError as error:
+        if error.status >= 500:
+            log.warning("OAuth callback failed: %s", error.detail)
+        title = "The connection was not authorized" if error.status < 500 else "The service could not finish"
+        return page(title, [error.detail, "You can close this window."], 400 if error.status < 500 else error.status)
+    except Exception as error:
+        from azure.core.exceptions import AzureError
+
+        if isinstance(error, AzureError):
+            log.warning("OAuth callback: an Azure call failed (%s)", type(error).__name__)
+            return page("The service could not finish", ["An Azure service failed; try again later."], 502)
+        log.exception("OAuth callback failed")
+        return page("The service could not finish", ["The service failed to handle the sign-in."], 500)
+    record = outcome.record
+    action = "created" if outcome.created else "authorized again"
+    lines = [
+        f"The {outcome.app.name} connection '{record.name}' was {action}.",
+        f"Connection id: {record.id}. Tenant: {record.tenant_id}.",
+    ]
+    if record.description:
+        lines.append(f"Description: {record.description}")
+    if outcome.username:
+        lines.append(f"Signed in as {outcome.username}.")
+    lines.append("You can close this window.")
+    return page("Connection authorized", lines, 200)

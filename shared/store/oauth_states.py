@@ -1,0 +1,134 @@
+"""Pending OAuth authorizations ("states") in Table Storage: single use, expiring, never a secret of Entra.
+
+Table ``{prefix}OAuthStates``. The state handed to the browser is ``{bucket}.{random}``: the bucket (the UTC
+hour the state expires in, ``YYYYMMDDHH``) is the PartitionKey, so expired states are purged by a range over
+partitions, and the RowKey is the SHA-256 of the whole value, so the table never holds a usable state.
+A state is consumed by deleting its entity under its ETag: of two callbacks with one state, one wins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from azure.data.tables.aio import TableClient
+
+    from shared.azure.clients import AzureClients
+
+OAUTH_STATES_TABLE = "OAuthStates"
+_STATE_RE = re.compile(r"^(?P<bucket>\d{10})\.[A-Za-z0-9_-]{32,128}$")
+_BUCKET = "%Y%m%d%H"
+
+
+@dataclass(frozen=True)
+class PendingAuthorization:
+    """What a state is bound to: the app, the instance client, the PKCE verifier and the requested fields."""
+
+    app: str
+    client_id: str
+    redirect_uri: str
+    verifier: str
+    created_at: datetime
+    expires_at: datetime
+    name: str | None = None
+    description: str | None = None
+    tenant_id: str | None = None
+    connection_id: str | None = None
+
+
+def new_state(expires_at: datetime) -> str:
+    return f"{expires_at.astimezone(UTC).strftime(_BUCKET)}.{secrets.token_urlsafe(32)}"
+
+
+def state_keys(value: str) -> tuple[str, str] | None:
+    """(PartitionKey, RowKey) of a state value, or None when it is not shaped like one of ours."""
+    match = _STATE_RE.match(value)
+    if match is None:
+        return None
+    return match.group("bucket"), hashlib.sha256(value.encode()).hexdigest()
+
+
+_COLUMNS = {
+    "app": "App",
+    "client_id": "ClientId",
+    "redirect_uri": "RedirectUri",
+    "verifier": "Verifier",
+    "created_at": "CreatedAt",
+    "expires_at": "ExpiresAt",
+    "name": "Name",
+    "description": "Description",
+    "tenant_id": "TenantId",
+    "connection_id": "ConnectionId",
+}
+
+
+def _aware(value: Any) -> Any:
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+class OAuthStates:
+    def __init__(self, clients: AzureClients) -> None:
+        self._clients = clients
+
+    async def _table(self) -> TableClient:
+        return await self._clients.table(OAUTH_STATES_TABLE)
+
+    async def put(self, value: str, pending: PendingAuthorization) -> None:
+        keys = state_keys(value)
+        assert keys is not None
+        entity: dict[str, Any] = {"PartitionKey": keys[0], "RowKey": keys[1], "Kind": "oauth-state"}
+        for attr, column in _COLUMNS.items():
+            field_value = getattr(pending, attr)
+            if field_value is not None:
+                entity[column] = field_value
+        table = await self._table()
+        await table.create_entity(entity)
+
+    async def take(self, value: str) -> PendingAuthorization | None:
+        """Consume the state: its pending authorization, or None when it is unknown or already used."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+
+        keys = state_keys(value)
+        if keys is None:
+            return None
+        table = await self._table()
+        try:
+            entity = await table.get_entity(*keys)
+        except ResourceNotFoundError:
+            return None
+        try:
+            await table.delete_entity(
+                *keys, etag=entity.metadata["etag"], match_condition=MatchConditions.IfNotModified
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return None  # another callback consumed it first
+        values = {attr: _aware(entity.get(column)) for attr, column in _COLUMNS.items()}
+        if not all(values[attr] for attr in ("app", "client_id", "redirect_uri", "verifier", "expires_at")):
+            return None
+        return PendingAuthorization(**values)
+
+    async def purge_expired(self, now: datetime, limit: int = 100) -> int:
+        """Delete states of buckets that have fully expired (at most ``limit``); return how many."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        table = await self._table()
+        cutoff = now.astimezone(UTC).strftime(_BUCKET)
+        count = 0
+        async for entity in table.query_entities(
+            "PartitionKey lt @cutoff", parameters={"cutoff": cutoff}, select=["PartitionKey", "RowKey"]
+        ):
+            with contextlib.suppress(ResourceNotFoundError):
+                await table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+            count += 1
+            if count >= limit:
+                break
+        return count

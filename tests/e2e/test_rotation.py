@@ -1,0 +1,368 @@
+"""Automatic credential rotation, end to end: the real SDKs (msgraph, azure-identity, Key Vault, Tables)
+against Azurite and the stand-in; sweeps driven with a controllable clock; crashes injected at every step."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from shared.azure.clients import AzureClients
+from shared.rotation.protocol import Rotator
+from shared.rotation.state import read_state
+from shared.rotation.sweep import sweep
+from shared.store.tables import ConnectionRecord, ConnectionsTable
+from shared.store.vault import SecretVault
+from tests.e2e.entra import ROTATION_ROLE, EntraApp, register_app, register_rotatable_app, token_works
+
+pytestmark = pytest.mark.e2e
+
+BASE = "/api/v1/app-connections"
+APP = "azure-key-vault"
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@pytest.fixture(scope="session")
+async def clients(local_env) -> AsyncIterator[AzureClients]:
+    from shared.azure.clients import close_clients, get_clients
+
+    yield get_clients()
+    await close_clients()
+
+
+def create_rotating(api, entra: EntraApp, app: str = APP, interval: int = 30, **rotation: Any):
+    schedule = rotation or {"rotateAtUtc": {"hours": 3, "minutes": 0}}
+    response = api.post(f"{BASE}/{app}", json={
+        "name": f"rot-{uuid.uuid4().hex[:10]}", "method": "client-secret", "credentials": entra.client_secret_body(),
+        "isAutoRotationEnabled": True, "rotation": {"rotationInterval": interval, **schedule},
+    })
+    assert response.status_code == 201, response.text
+    return response.json()["appConnection"]
+
+
+async def stored(clients: AzureClients, app: str, cid: str) -> ConnectionRecord:
+    return await ConnectionsTable(clients).get(app, cid)
+
+
+async def current_secret(clients: AzureClients, record: ConnectionRecord, registry) -> str:
+    secret = (await SecretVault(clients).get(record.secret_name, record.secret_version))["clientSecret"]
+    registry.add(secret)
+    return secret
+
+
+def live_passwords(admin, entra: EntraApp) -> list[dict[str, Any]]:
+    return [p for p in admin.app_passwords(entra.tenant_id, entra.client_id) if not p.get("revoked")]
+
+
+def service_passwords(admin, entra: EntraApp) -> list[dict[str, Any]]:
+    """The passwords the service made (through Graph) that are still valid."""
+    return [p for p in live_passwords(admin, entra) if p.get("createdBy") == "graph"]
+
+
+async def assert_healthy(clients, admin, standin, api, entra: EntraApp, app: str, cid: str, registry,
+                         revoked: set[str]) -> ConnectionRecord:
+    """A working current credential, one service-made password (the current one), the old ones revoked,
+    every other vault version disabled, no journal left."""
+    record = await stored(clients, app, cid)
+    state = read_state(record)
+    assert state.status == "succeeded", state.message
+    assert state.rotation_id is None and state.step is None and state.lease_until is None
+    secret = await current_secret(clients, record, registry)
+    assert token_works(standin, entra, secret)
+    passwords = service_passwords(admin, entra)
+    assert [p["keyId"] for p in passwords] == [state.key_id]
+    all_keys = {p["keyId"] for p in live_passwords(admin, entra)}
+    assert not (revoked & all_keys)
+    versions = admin.vault_secrets()[record.secret_name]["versions"]
+    assert [v["version"] for v in versions if v["enabled"]] == [record.secret_version]
+    assert api.post(f"{BASE}/{app}/{cid}/validate").status_code == 200
+    return record
+
+
+# -- enabling ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("app", ["azure-key-vault", "azure-app-configuration", "azure-client-secrets"])
+async def test_enabling_on_create_replaces_and_revokes_the_given_secret(api, admin, local_env, clients, secrets_used,
+                                                                      app):
+    entra = register_rotatable_app(admin, secrets_used)
+    connection = create_rotating(api, entra, app=app)
+    rotation = connection["rotation"]
+    assert rotation["status"] == "succeeded"
+    assert rotation["enabled"] is True and rotation["rotationInterval"] == 30
+    assert (rotation["rotateAt"], rotation["timeZone"]) == ("03:00", "UTC")
+    last = utc(rotation["lastRotatedAt"])
+    assert rotation["nextRotationAt"] == iso(datetime.combine(last.date() + timedelta(days=30),
+                                                              datetime.min.time(), UTC).replace(hour=3))
+    assert not token_works(local_env.standin, entra, entra.client_secret)
+    await assert_healthy(clients, admin, local_env.standin, api, entra, app, connection["id"], secrets_used,
+                         revoked={entra.key_id})
+    history = api.get(f"{BASE}/{app}/{connection['id']}/rotations").json()["rotations"]
+    assert [(h["outcome"], h["trigger"], h["revokedKeyId"]) for h in history] == [("succeeded", "enable", entra.key_id)]
+
+
+def test_key_id_is_found_by_hint_only_when_unambiguous(api, admin, secrets_used):
+    entra = register_rotatable_app(admin, secrets_used)
+    prefix = entra.client_secret[:3]
+    twin = admin.add_secret(entra.tenant_id, entra.client_id, secret_text=prefix + uuid.uuid4().hex + "Zz~")
+    secrets_used.add(twin["secretText"])
+    body = {"name": f"rot-{uuid.uuid4().hex[:8]}", "method": "client-secret", "credentials": entra.client_secret_body(),
+            "isAutoRotationEnabled": True, "rotation": {"rotationInterval": 7, "rotateAt": "04:00"}}
+    ambiguous = api.post(f"{BASE}/{APP}", json=body)
+    assert ambiguous.status_code == 400
+    assert ambiguous.json()["errors"][0]["pointer"] == "/credentials/clientSecretKeyId"
+    unknown = api.post(f"{BASE}/{APP}", json={**body, "credentials": entra.client_secret_body(
+        clientSecretKeyId=str(uuid.uuid4()))})
+    assert unknown.status_code == 400
+    given = api.post(f"{BASE}/{APP}", json={**body, "credentials": entra.client_secret_body(
+        clientSecretKeyId=entra.key_id)})
+    assert given.status_code == 201, given.text
+    keys = {p["keyId"] for p in live_passwords(admin, entra)}
+    assert entra.key_id not in keys and twin["keyId"] in keys  # only the given secret was revoked
+
+
+def test_rotation_needs_the_client_secret_method_and_a_schedule(api, admin, secrets_used):
+    from tests.e2e.entra import certificate_body
+
+    entra = register_rotatable_app(admin, secrets_used)
+    certificate = certificate_body(admin, secrets_used, entra)
+    response = api.post(f"{BASE}/{APP}", json={
+        "name": "cert-rot", "method": "certificate", "credentials": certificate, "isAutoRotationEnabled": True,
+        "rotation": {"rotationInterval": 7, "rotateAt": "04:00"}})
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["pointer"] == "/isAutoRotationEnabled"
+    missing = api.post(f"{BASE}/{APP}", json={"name": "no-schedule", "method": "client-secret",
+                                              "credentials": entra.client_secret_body(), "isAutoRotationEnabled": True})
+    assert missing.status_code == 400
+    assert missing.json()["errors"][0]["pointer"] == "/rotation"
+
+
+def test_disabling_keeps_history_and_clears_the_next_due_time(api, admin, secrets_used):
+    entra = register_rotatable_app(admin, secrets_used)
+    cid = create_rotating(api, entra)["id"]
+    disabled = api.patch(f"{BASE}/{APP}/{cid}", json={"isAutoRotationEnabled": False})
+    assert disabled.status_code == 200, disabled.text
+    rotation = disabled.json()["appConnection"]["rotation"]
+    assert rotation["enabled"] is False and rotation["nextRotationAt"] is None and rotation["status"] == "disabled"
+    assert len(api.get(f"{BASE}/{APP}/{cid}/rotations").json()["rotations"]) == 1
+    refused = api.post(f"{BASE}/{APP}/{cid}/rotate")
+    assert refused.status_code == 409
+
+
+# -- the schedule -----------------------------------------------------------------------------------
+async def test_a_scheduled_rotation_happens_when_due_and_not_before(api, admin, local_env, clients, secrets_used):
+    entra = register_rotatable_app(admin, secrets_used)
+    connection = create_rotating(api, entra, interval=30)
+    due = utc(connection["rotation"]["nextRotationAt"])
+    first_key = read_state(await stored(clients, APP, connection["id"])).key_id
+
+    early = await sweep(Rotator(clients, now=lambda: due - timedelta(minutes=1)))
+    assert connection["id"] not in early.outcomes
+    assert read_state(await stored(clients, APP, connection["id"])).key_id == first_key
+
+    late = await sweep(Rotator(clients, now=lambda: due + timedelta(minutes=1)))
+    assert late.outcomes[connection["id"]] == "succeeded"
+    record = await assert_healthy(clients, admin, local_env.standin, api, entra, APP, connection["id"], secrets_used,
+                                  revoked={entra.key_id, first_key or ""})
+    state = read_state(record)
+    assert state.last_rotated_at == due + timedelta(minutes=1)
+    assert state.next_at == due + timedelta(days=30)
+    history = api.get(f"{BASE}/{APP}/{connection['id']}/rotations").json()["rotations"]
+    assert [h["trigger"] for h in history] == ["schedule", "enable"]  # newest first
+
+
+async def test_the_schedule_keeps_local_time_across_dst(api, admin, clients, secrets_used):
+    entra = register_rotatable_app(admin, secrets_used)
+    connection = create_rotating(api, entra, interval=1, rotateAt="02:30", timeZone="America/New_York")
+    # 2027-03-14 is the US spring-forward day: 02:30 does not exist and moves to 03:30 EDT (07:30 UTC).
+    for now, expected in [(datetime(2027, 3, 13, 12, 0, tzinfo=UTC), "2027-03-14T07:30:00Z"),
+                          (datetime(2027, 3, 14, 7, 31, tzinfo=UTC), "2027-03-15T06:30:00Z")]:
+        rotator = Rotator(clients, now=lambda now=now: now)
+        claimed = await rotator.claim(await stored(clients, APP, connection["id"]), "schedule")
+        assert claimed is not None
+        await rotator.run(claimed)
+        shown = api.get(f"{BASE}/{APP}/{connection['id']}").json()["appConnection"]["rotation"]
+        assert shown["status"] == "succeeded"
+        assert shown["nextRotationAt"] == expected
+
+
+# -- crashes at every step ------------------------------------------------------------------------------
+class Crash(BaseException):
+    """The process dies here: nothing after this point runs, nothing is cleaned up."""
+
+
+STEPS = ["before-add-password", "after-add-password", "after-vault-write", "after-test", "after-finish",
+         "after-revoke"]
+
+
+@pytest.mark.parametrize("step", STEPS)
+async def test_a_rotation_interrupted_at_any_step_is_finished_by_the_next_sweep(
+        api, admin, local_env, clients, secrets_used, step):
+    entra = register_rotatable_app(admin, secrets_used)
+    connection = create_rotating(api, entra, interval=90)
+    before = await stored(clients, APP, connection["id"])
+    previous_key = read_state(before).key_id
+    at = utc(connection["rotation"]["nextRotationAt"]) + timedelta(minutes=1)
+
+    async def crash(name: str, record: ConnectionRecord) -> None:
+        if name == step:
+            raise Crash(name)
+
+    doomed = Rotator(clients, now=lambda: at, checkpoint=crash)
+    claimed = await doomed.claim(before, "schedule")
+    assert claimed is not None
+    with pytest.raises(Crash):
+        await doomed.run(claimed)
+    # While the lease runs, the crashed rotation is left alone; then the next sweep resumes it.
+    blocked = await sweep(Rotator(clients, now=lambda: at + timedelta(minutes=1)))
+    assert blocked.outcomes.get(connection["id"]) is None
+    later = at + doomed.options.lease + timedelta(minutes=1)
+    report = await sweep(Rotator(clients, now=lambda: later))
+    assert report.outcomes[connection["id"]] == "succeeded"
+
+    record = await assert_healthy(clients, admin, local_env.standin, api, entra, APP, connection["id"], secrets_used,
+                                  revoked={entra.key_id, previous_key or ""})
+    assert read_state(record).key_id != previous_key
+    history = api.get(f"{BASE}/{APP}/{connection['id']}/rotations").json()["rotations"]
+    assert len({h["id"] for h in history}) == len(history) == 2
+    assert history[0]["outcome"] == "succeeded" and history[0]["revokedKeyId"] == previous_key
+
+
+# -- propagation, concurrency, throttling, permissions -------------------------------------------------
+def test_propagation_delay_is_waited_out_and_revocation_comes_after_the_new_secret_worked(
+        api, admin, local_env, secrets_used):
+    entra = register_rotatable_app(admin, secrets_used)
+    connection = create_rotating(api, entra)
+    old_key = api.get(f"{BASE}/{APP}/{connection['id']}/rotations").json()["rotations"][0]["newKeyId"]
+    admin.set_propagation_delay(20)
+    try:
+        started = time.monotonic()
+        rotated = api.post(f"{BASE}/{APP}/{connection['id']}/rotate", timeout=120)
+        elapsed = time.monotonic() - started
+    finally:
+        admin.set_propagation_delay(0)
+    assert rotated.status_code == 200, rotated.text
+    assert rotated.json()["appConnection"]["rotation"]["status"] == "succeeded", rotated.text
+    assert elapsed >= 20
+    new_key = api.get(f"{BASE}/{APP}/{connection['id']}/rotations").json()["rotations"][0]["newKeyId"]
+    log = admin.requests()
+    first_success = min(r["time"] for r in log if r["path"].endswith("/oauth2/v2.0/token")
+                        and r.get("status") == 200 and r.get("key_id") == new_key)
+    refused = [r["time"] for r in log if r["path"].endswith("/oauth2/v2.0/token") and r.get("status") == 401
+               and r.get("key_id") == new_key]
+    revoked = [r["time"] for r in log if r["path"].endswith("/removePassword") and entra.object_id in r["path"]]
+    assert refused, "the stand-in never refused the new secret: the delay was not exercised"
+    assert revoked and min(revoked[-1:]) > first_success
+    assert old_key not in {p["keyId"] for p in live_passwords(admin, entra)}
+
+
+async def test_concurrent_sweeps_and_manual_rotations_rotate_each_connection_once(
+        api, admin, local_env, clients, secrets_used):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shared.connections import ConnectionService
+
+    apps = [register_rotatable_app(admin, secrets_used) for _ in range(50)]
+    with ThreadPoolExecutor(8) as pool:
+        connections = list(pool.map(lambda e: create_rotating(api, e, interval=7), apps))
+    at = max(utc(c["rotation"]["nextRotationAt"]) for c in connections) + timedelta(minutes=1)
+    before = {e.client_id: len(service_passwords(admin, e)) for e in apps}
+    counts_before = {e.client_id: _add_password_calls(admin, e) for e in apps}
+
+    manual = ConnectionService(clients, now=lambda: at)
+
+    async def rotate_manually(cid: str) -> str:
+        try:
+            return read_state(await manual.rotate(APP, cid)).status or ""
+        except Exception as error:  # a 409 while a sweep holds it is the right answer
+            return type(error).__name__
+
+    results = await asyncio.gather(
+        *(sweep(Rotator(clients, now=lambda: at), max_concurrency=8) for _ in range(4)),
+        rotate_manually(connections[0]["id"]), rotate_manually(connections[1]["id"]),
+    )
+    assert set(results[4:]) <= {"succeeded", "Conflict"}
+    for entra, connection in zip(apps, connections, strict=True):
+        calls = _add_password_calls(admin, entra) - counts_before[entra.client_id]
+        assert calls == 1, (connection["id"], calls)
+        assert len(service_passwords(admin, entra)) == before[entra.client_id] == 1
+        record = await stored(clients, APP, connection["id"])
+        assert read_state(record).status == "succeeded"
+
+
+def _add_password_calls(admin, entra: EntraApp) -> int:
+    return sum(1 for r in admin.requests() if r["method"] == "POST" and r["path"].endswith("/addPassword")
+               and f"/{entra.object_id}/" in r["path"])
+
+
+def test_throttling_waits_for_retry_after_and_never_retries_sooner(api, admin, secrets_used):
+    entra = register_rotatable_app(admin, secrets_used)
+    connection = create_rotating(api, entra)
+    admin.set_faults([{"method": "POST", "path": rf"/applications/{entra.object_id}/addPassword$", "status": 429,
+                       "headers": {"Retry-After": "2"}, "body": {"error": {"code": "TooManyRequests",
+                                                                           "message": "Too many requests"}},
+                       "times": 1}])
+    try:
+        rotated = api.post(f"{BASE}/{APP}/{connection['id']}/rotate", timeout=60)
+    finally:
+        admin.set_faults([])
+    assert rotated.status_code == 200, rotated.text
+    assert rotated.json()["appConnection"]["rotation"]["status"] == "succeeded"
+    attempts = [r for r in admin.requests() if r["path"].endswith(f"/{entra.object_id}/addPassword")]
+    throttled = [r for r in attempts if r.get("status") == 429]
+    assert len(throttled) == 1
+    retry = next(r for r in attempts if r["time"] > throttled[0]["time"])
+    gap = (utc(retry["time"]) - utc(throttled[0]["time"])).total_seconds()
+    assert gap >= 2.0
+
+
+def test_a_missing_graph_permission_stops_rotation_with_a_message_that_names_it(api, admin, local_env, secrets_used):
+    # Enabling without the permission: the connection is stored, its rotation fails with the message, and
+    # the secret that was given keeps working (nothing is revoked).
+    lacking = register_rotatable_app(admin, secrets_used, roles=())
+    body = {"name": f"rot-{uuid.uuid4().hex[:8]}", "method": "client-secret",
+            "credentials": lacking.client_secret_body(clientSecretKeyId=lacking.key_id),
+            "isAutoRotationEnabled": True, "rotation": {"rotationInterval": 7, "rotateAt": "04:00"}}
+    created = api.post(f"{BASE}/{APP}", json=body)
+    assert created.status_code == 201, created.text
+    rotation = created.json()["appConnection"]["rotation"]
+    assert rotation["status"] == "failed"
+    assert ROTATION_ROLE in rotation["lastRotationMessage"] and "403" in rotation["lastRotationMessage"]
+    assert utc(rotation["nextRotationAt"]) > utc(rotation["lastRotationAttemptedAt"])  # backed off, retried later
+    assert token_works(local_env.standin, lacking, lacking.client_secret)
+    assert service_passwords(admin, lacking) == []
+
+    # Losing it later: the rotation stops, the status says why, and the current secret keeps working.
+    entra = register_rotatable_app(admin, secrets_used)
+    connection = create_rotating(api, entra)
+    admin.revoke_roles(entra.tenant_id, entra.client_id, [ROTATION_ROLE])
+    rotated = api.post(f"{BASE}/{APP}/{connection['id']}/rotate")
+    assert rotated.status_code == 200, rotated.text
+    rotation = rotated.json()["appConnection"]["rotation"]
+    assert rotation["status"] == "failed"
+    assert ROTATION_ROLE in rotation["lastRotationMessage"] and "403" in rotation["lastRotationMessage"]
+    assert api.post(f"{BASE}/{APP}/{connection['id']}/validate").status_code == 200
+
+
+def test_clients_lists_the_app_registrations_a_graph_connection_sees(api, admin, secrets_used):
+    entra = register_app(admin, secrets_used, roles=("Application.ReadWrite.All",))
+    for index in range(3):
+        admin.add_app(entra.tenant_id, display_name=f"listed-{index}")
+    created = api.post(f"{BASE}/azure-client-secrets", json={
+        "name": f"graph-{uuid.uuid4().hex[:8]}", "method": "client-secret", "credentials": entra.client_secret_body()})
+    assert created.status_code == 201, created.text
+    listed = api.get(f"{BASE}/azure-client-secrets/{created.json()['appConnection']['id']}/clients")
+    assert listed.status_code == 200, listed.text
+    names = {c["name"] for c in listed.json()["clients"]}
+    assert {"listed-0", "listed-1", "listed-2"} <= names
+    assert all(set(c) == {"name", "id", "appId"} for c in listed.json()["clients"])

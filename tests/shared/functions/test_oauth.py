@@ -1,0 +1,44 @@
+"""The OAuth functions: the callback is the one anonymous function, and its page escapes and locks down."""
+
+import azure.functions as func
+
+from shared.functions.oauth import CALLBACK_ROUTE, _wants_json, page
+
+
+def test_only_the_callback_is_anonymous():
+    import function_app
+    from localdev.host import index_functions
+
+    levels = {}
+    for function in index_functions(function_app.app):
+        trigger = function.get_trigger()
+        if trigger is not None and trigger.get_dict_repr().get("route") is not None:
+            levels[trigger.get_dict_repr()["route"]] = str(trigger.get_dict_repr()["authLevel"])
+    assert levels[CALLBACK_ROUTE] == "ANONYMOUS"
+    assert levels["api/v1/app-connections/{app}/oauth/authorize"] == "FUNCTION"
+    assert [route for route, level in levels.items() if level != "FUNCTION"] == [CALLBACK_ROUTE]
+
+
+def test_the_page_escapes_and_forbids_everything():
+    response = page("<b>title</b>", ["<script>x</script>", "a & b \"c\" 'd'"], 400)
+    body = response.get_body().decode()
+    assert "<script>" not in body and "<b>title" not in body
+    assert "&lt;script&gt;x&lt;/script&gt;" in body and "a &amp; b &quot;c&quot; &#x27;d&#x27;" in body
+    assert response.status_code == 400
+    assert response.mimetype == "text/html"
+    headers = dict(response.headers)
+    assert headers["Cache-Control"] == "no-store"
+    assert headers["Content-Security-Policy"].startswith("default-src 'none'")
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    assert headers["Referrer-Policy"] == "no-referrer"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_json_is_given_to_clients_that_ask_for_it():
+    def request(accept: str) -> func.HttpRequest:
+        return func.HttpRequest(method="GET", url="http://localhost/x", headers={"accept": accept}, body=b"")
+
+    assert _wants_json(request("application/json"))
+    assert _wants_json(request("text/html;q=0.9, application/json;q=1"))
+    assert not _wants_json(request("text/html,application/xhtml+xml,*/*;q=0.8"))
+    assert not _wants_json(request(""))
