@@ -52,7 +52,9 @@ class LocalEnvironment:
             self.identity = ServiceIdentity(tenant, app["appId"], secret["secretText"])
             redirect_uri = f"{self.site_url.rstrip('/')}/organization/app-connections/azure/oauth/callback"
             for spec in APPS.values():
-                oauth_app = admin.add_app(tenant, display_name=f"app-connections-oauth-{spec.id}")
+                # The delegated permissions the reference asks for, consented (a `.default` token carries them).
+                delegated = [p.name for p in spec.permissions if p.kind == "Delegated"]
+                oauth_app = admin.add_app(tenant, display_name=f"app-connections-oauth-{spec.id}", roles=delegated)
                 admin.add_redirect_uri(tenant, oauth_app["appId"], redirect_uri)
                 oauth_secret = admin.add_secret(tenant, oauth_app["appId"], display_name="instance OAuth client")
                 self.oauth_clients[spec.oauth_setting_prefix] = ServiceIdentity(

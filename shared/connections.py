@@ -334,6 +334,10 @@ class ConnectionService:
         from shared.credentials import build_credential
 
         record = await self.get("azure-client-secrets", connection_id)
+        if record.method == Method.OAUTH:
+            from shared.oauth import OAuthCredential
+
+            return await GraphApps(self.clients, OAuthCredential(self.clients, record)).list_applications()
         material = await self.vault.get(record.secret_name, record.secret_version)
         credential = build_credential(self.clients, Method(record.method), record.tenant_id,
                                       record.client_id or "", material)

@@ -413,6 +413,8 @@ def _issue(
         raise entra.fail(
             req, 400, "invalid_scope", 28000, "Provided value for the input parameter scope is not valid."
         ) from None
+    if any(s.endswith("/.default") for s in scopes) and app.roles:
+        names = sorted(app.roles)  # `.default`: the client app's statically consented delegated permissions
     wanted = {s.lower() for s in scopes} | {s.lower() for s in consented}
     common = {"iss": entra.issuer(ctx.url, tenant.tenant_id), "tid": tenant.tenant_id, "oid": user.user_id}
     access = ctx.signer.issue(

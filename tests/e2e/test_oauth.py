@@ -446,3 +446,15 @@ def test_access_tokens_are_cached_and_refreshed_only_when_needed(api, admin, bro
     fresh = asyncio.run(tokens(2))
     assert len(set(fresh)) == 1 and fresh[0] != cached[0] and refreshes() == before + 1
     assert len(admin.vault_secrets()[f"appconn-{connection['id']}"]["versions"]) == 2  # the rotated one is kept
+
+
+def test_an_oauth_graph_connection_lists_the_app_registrations_it_sees(api, admin, browser, host_url):
+    tenant = admin.add_tenant()
+    admin.add_app(tenant, display_name="seen-by-oauth")
+    name = unique_name("graph")
+    assert dance(browser, host_url, "azure-client-secrets", name=name, tenantId=tenant).status_code == 200
+    connection = by_name(api, "azure-client-secrets", name)
+    assert connection is not None
+    listed = api.get(f"{BASE}/azure-client-secrets/{connection['id']}/clients")
+    assert listed.status_code == 200, listed.text
+    assert "seen-by-oauth" in {c["name"] for c in listed.json()["clients"]}
