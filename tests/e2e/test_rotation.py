@@ -366,3 +366,63 @@ def test_clients_lists_the_app_registrations_a_graph_connection_sees(api, admin,
     names = {c["name"] for c in listed.json()["clients"]}
     assert {"listed-0", "listed-1", "listed-2"} <= names
     assert all(set(c) == {"name", "id", "appId"} for c in listed.json()["clients"])
+
+
+async def test_a_new_secret_that_never_works_is_removed_and_the_current_one_kept(
+        api, admin, local_env, clients, secrets_used):
+    from shared.rotation.protocol import RotationOptions
+
+    entra = register_rotatable_app(admin, secrets_used)
+    connection = create_rotating(api, entra)
+    before = await stored(clients, APP, connection["id"])
+    current_key = read_state(before).key_id
+    admin.set_propagation_delay(600)  # Entra never accepts the new secret within the test deadline
+    try:
+        rotator = Rotator(clients, options=RotationOptions(test_timeout=2, test_first_delay=0.2, test_max_delay=0.5))
+        claimed = await rotator.claim(before, "manual")
+        assert claimed is not None
+        after = await rotator.run(claimed)
+    finally:
+        admin.set_propagation_delay(0)
+    state = read_state(after)
+    assert state.status == "failed"
+    assert "did not work within 2 s" in (state.message or "") and "current secret was left in place" in state.message
+    assert state.rotation_id is None and state.key_id == current_key
+    assert after.secret_version == before.secret_version
+    assert [p["keyId"] for p in service_passwords(admin, entra)] == [current_key]
+    assert token_works(local_env.standin, entra, await current_secret(clients, after, secrets_used))
+    versions = admin.vault_secrets()[after.secret_name]["versions"]
+    assert [v["version"] for v in versions if v["enabled"]] == [after.secret_version]
+    history = api.get(f"{BASE}/{APP}/{connection['id']}/rotations").json()["rotations"]
+    assert history[0]["outcome"] == "failed" and history[0]["newKeyId"] is None
+
+
+async def test_a_sweep_stops_claiming_when_its_time_budget_is_spent(api, admin, clients, secrets_used):
+    entra = register_rotatable_app(admin, secrets_used)
+    connection = create_rotating(api, entra, interval=3)
+    at = utc(connection["rotation"]["nextRotationAt"]) + timedelta(minutes=1)
+    ticks = iter(range(1000))
+    report = await sweep(Rotator(clients, now=lambda: at), budget_seconds=0.5, clock=lambda: float(next(ticks)))
+    assert report.due >= 1
+    assert report.left_for_next_sweep == report.due and report.claimed == 0
+    assert read_state(await stored(clients, APP, connection["id"])).status == "succeeded"  # untouched, still due
+    second = await sweep(Rotator(clients, now=lambda: at))
+    assert second.outcomes[connection["id"]] == "succeeded"
+
+
+def test_the_timer_function_runs_a_sweep(api, host_url, log_capture):
+    import httpx
+
+    def sweeps_done() -> int:
+        return sum("Rotation sweep done" in text for text in log_capture.texts())
+
+    before = sweeps_done()
+    with httpx.Client(base_url=host_url) as client:
+        response = client.post("/admin/functions/rotate_due_credentials", json={"input": None})
+    assert response.status_code == 202, response.text
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if sweeps_done() > before:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the timer did not run a sweep")
