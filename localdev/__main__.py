@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,6 +33,9 @@ def _up(argv: Sequence[str]) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
     site_url = os.environ.get("SITE_URL") or f"http://localhost:{args.port}"
+    # uvicorn re-raises the signal that stopped it once it has shut down; turning SIGTERM into SystemExit
+    # lets the environment below stop Azurite and the stand-in instead of leaving them running.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with LocalEnvironment(args.state_dir, site_url=site_url) as env:
         assert env.standin is not None
         assert env.azurite is not None
