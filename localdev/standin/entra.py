@@ -297,32 +297,29 @@ def authenticate_client(req: Request, tenant: Tenant, form: dict[str, str]) -> t
     )
 
 
+def _invalid_secret(req: Request, app: App) -> HttpError:
+    return fail(
+        req,
+        401,
+        "invalid_client",
+        7000215,
+        "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, "
+        f"not the client secret ID, for a secret added to app '{app.app_id}'.",
+    )
+
+
 def check_secret(req: Request, app: App, secret: str) -> None:
     now = utcnow()
     with req.ctx.state.lock:
         matches = [p for p in app.passwords if hmac.compare_digest(p.secret_text.encode(), secret.encode())]
     if not matches:
-        raise fail(
-            req,
-            401,
-            "invalid_client",
-            7000215,
-            "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, "
-            f"not the client secret ID, for a secret added to app '{app.app_id}'.",
-        )
+        raise _invalid_secret(req, app)
     credential = matches[0]
     req.note["key_id"] = credential.key_id
     # A secret added through Graph works only once it has propagated (its ready_at, fixed at creation).
     if credential.ready_at is not None and now < credential.ready_at:
         req.note["propagating"] = True
-        raise fail(
-            req,
-            401,
-            "invalid_client",
-            7000215,
-            "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, "
-            f"not the client secret ID, for a secret added to app '{app.app_id}'.",
-        )
+        raise _invalid_secret(req, app)
     if credential.end <= now or credential.start > now + dt.timedelta(seconds=CLOCK_SKEW):
         raise fail(
             req,

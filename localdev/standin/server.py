@@ -185,9 +185,9 @@ class _Handler(BaseHTTPRequestHandler):
                 _ = req.body
             except (BodyTooLarge, ValueError):
                 self.close_connection = True
-        self._write(req, response)
-        if not admin:
+        if not admin:  # logged before the answer goes out, so a client that reads the log next finds it
             self._log(req, response.status, started, fault)
+        self._write(req, response)
 
     def _route(self, req: Request) -> Response:
         found = self.server.router.resolve(req.method, req.path)
