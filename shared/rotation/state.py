@@ -103,8 +103,8 @@ def state_response(state: RotationState) -> dict[str, Any] | None:
     def iso(value: datetime | None) -> str | None:
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
-    if not state.enabled and state.status is None:
-        return None
+    if not state.enabled and state.status is None and state.interval_days is None:
+        return None  # never configured
     return {
         "enabled": state.enabled,
         "rotationInterval": state.interval_days,

@@ -47,3 +47,9 @@ def test_lease_is_held_until_it_runs_out():
 def test_failing_connections_back_off_exponentially_up_to_a_day():
     assert [backoff(n) for n in (1, 2, 3)] == [timedelta(minutes=5), timedelta(minutes=10), timedelta(minutes=20)]
     assert backoff(30) == MAX_BACKOFF == timedelta(days=1)
+
+
+def test_a_schedule_given_without_enabling_is_shown_as_disabled_settings():
+    shown = state_response(RotationState(interval_days=7, rotate_at="04:00", time_zone="UTC"))
+    assert shown is not None
+    assert shown["enabled"] is False and shown["rotationInterval"] == 7 and shown["nextRotationAt"] is None
