@@ -79,7 +79,7 @@ def marker(connection_id: str, rotation_id: str) -> str:
 class RotationOptions:
     test_timeout: float = 300.0
     test_first_delay: float = 1.0
-    test_max_delay: float = 10.0
+    test_max_delay: float = 5.0
 
     @property
     def lease(self) -> timedelta:
