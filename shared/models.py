@@ -179,3 +179,133 @@ def parse_credentials(method: Method, data: Any) -> ClientSecretCredentialsIn | 
     parsed = parse_model(model, data, "/credentials")
     assert isinstance(parsed, ClientSecretCredentialsIn | CertificateCredentialsIn)
     return parsed
+
+
+# -- Response models ---------------------------------------------------------------------------------
+# What the service answers, field for field (``to_response``, ``state_response``, ``RotationEvent.as_dict``,
+# ``app_options``, ``ServiceError.to_problem``). They generate the OpenAPI document (``shared/openapi.py``),
+# and the tests check every answer against them; ``extra="forbid"`` keeps them exact.
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+
+
+class ConnectionCredentialsOut(_Out):
+    """Never a secret: the tenant and, but for OAuth connections, the client ID."""
+
+    tenantId: str
+    clientId: str | None = None
+
+
+class RotationOut(_Out):
+    enabled: bool
+    rotationInterval: int | None
+    rotateAt: str | None
+    timeZone: str | None
+    status: str | None
+    lastRotatedAt: Timestamp | None
+    lastRotationAttemptedAt: Timestamp | None
+    lastRotationMessage: str | None
+    nextRotationAt: Timestamp | None
+
+
+class ConnectionOut(_Out):
+    id: str
+    name: str
+    description: str | None
+    app: str
+    method: str
+    credentials: ConnectionCredentialsOut
+    createdAt: Timestamp
+    updatedAt: Timestamp
+    version: int
+    status: str
+    statusMessage: str | None
+    lastValidatedAt: Timestamp | None
+    isAutoRotationEnabled: bool
+    rotation: RotationOut | None
+
+
+class ConnectionEnvelope(_Out):
+    appConnection: ConnectionOut
+
+
+class ConnectionList(_Out):
+    appConnections: list[ConnectionOut]
+    continuationToken: str | None
+
+
+class RotationEventOut(_Out):
+    id: str
+    startedAt: Timestamp
+    finishedAt: Timestamp
+    outcome: str
+    trigger: str
+    newKeyId: str | None
+    revokedKeyId: str | None
+    message: str | None
+    durationMs: int
+
+
+class RotationHistoryOut(_Out):
+    rotations: list[RotationEventOut]
+    continuationToken: str | None
+
+
+class PermissionOut(_Out):
+    api: str
+    permission: str
+    type: str
+
+
+class AppOptionOut(_Out):
+    app: str
+    name: str
+    methods: list[str]
+    rotationMethods: list[str]
+    scope: str
+    permissions: list[PermissionOut]
+    oauthConfigured: bool
+    oauthClientId: str | None
+    oauthSettings: list[str]
+    redirectUri: str
+
+
+class OptionsOut(_Out):
+    appConnectionOptions: list[AppOptionOut]
+
+
+class ClientOut(_Out):
+    name: str
+    id: str
+    appId: str
+
+
+class ClientsOut(_Out):
+    clients: list[ClientOut]
+
+
+class AuthorizationUrlOut(_Out):
+    authorizationUrl: str
+
+
+class FieldErrorOut(_Out):
+    pointer: str
+    detail: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details; further members (``aadstsCode``, ``settings``, ...) are extensions."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    errors: list[FieldErrorOut] | None = None

@@ -65,6 +65,9 @@ REFRESH_MARGIN_SECONDS = 300
 STATUS_REAUTHORIZATION_REQUIRED = "reauthorization-required"
 DEFAULT_TENANT = "organizations"
 CALLBACK_PARAMS = {"code": 8192, "state": 256, "error": 256, "error_description": 4096}  # name -> max length
+# What Entra (or RFC 6749/9207) may add to the answer besides those: tolerated, never read. Any other
+# query parameter makes the callback fail (a 400 page).
+CALLBACK_IGNORED = frozenset({"session_state", "iss", "error_uri"})
 # Entra's answers that only a new sign-in can fix (revoked, expired or consent-less refresh tokens).
 REAUTHORIZE_ERRORS = frozenset({"invalid_grant", "interaction_required", "consent_required", "login_required"})
 
@@ -324,6 +327,9 @@ async def complete_authorization(
     pending = await OAuthStates(clients).take(state) if state else None
     if error:
         raise _declined(error, values["error_description"])
+    # Anything else fails too (a refusal from Entra above is reported as such, whatever came with it).
+    if any(name not in CALLBACK_PARAMS and name not in CALLBACK_IGNORED for name in params):
+        raise OAuthFailed("The sign-in answer carries a parameter it should not. Start again from the authorize link.")
     if not state:
         raise OAuthFailed("The sign-in answer carries no state. Start again from the authorize link.")
     if pending is None:

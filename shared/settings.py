@@ -190,6 +190,29 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
 
 
+@dataclass(frozen=True)
+class TelemetrySettings:
+    """Application Insights export (see ``shared.telemetry``): off without a connection string."""
+
+    connection_string: str | None = None
+    # With ``Authorization=AAD`` in APPLICATIONINSIGHTS_AUTHENTICATION_STRING: the managed identity's client id
+    # ("" for the system-assigned one); None: no Entra ID authentication.
+    aad_client_id: str | None = None
+
+
+def load_telemetry_settings(env: Mapping[str, str] | None = None) -> TelemetrySettings:
+    """The telemetry settings alone (read at start-up, before and apart from the service's other settings)."""
+    env = os.environ if env is None else env
+    connection_string = _configured(env, "APPLICATIONINSIGHTS_CONNECTION_STRING")
+    parts: dict[str, str] = {}
+    for item in (env.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING") or "").split(";"):
+        key, _, value = item.partition("=")
+        if key.strip():
+            parts[key.strip().lower()] = value.strip()
+    aad = parts.get("authorization", "").lower() == "aad"
+    return TelemetrySettings(connection_string, parts.get("clientid", "") if aad else None)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process's settings, read once."""

@@ -163,7 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
                         self._log(req, None, started, fault)
                         self._drop()
                         return
-                    if fault.action == "respond":
+                    if fault.action in ("respond", "rate_limit"):
                         response = _fault_response(fault)
                 if latency:
                     time.sleep(latency / 1000)

@@ -6,6 +6,7 @@ Handlers take ``state.lock`` (re-entrant) around any read-modify-write; the help
 from __future__ import annotations
 
 import datetime as dt
+import math
 import random
 import re
 import secrets
@@ -185,7 +186,7 @@ class VaultSecret:
         return next((v for v in self.versions if v.version == wanted), None)
 
 
-FAULT_ACTIONS = ("respond", "drop", "delay")
+FAULT_ACTIONS = ("respond", "drop", "delay", "rate_limit")
 
 
 @dataclass
@@ -202,12 +203,18 @@ class FaultRule:
     probability: float = 1.0
     action: str = "respond"
     delay_ms: int = 0
+    # action "rate_limit": the first ``limit`` matches in any ``window_ms`` go through; the rest are answered
+    # like "respond" (default 429 with Retry-After: the seconds until a slot frees).
+    limit: int = 0
+    window_ms: int = 0
     hits: int = 0
     seen: int = 0
+    passed: deque[float] = field(default_factory=deque)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> FaultRule:
-        known = {"method", "path", "status", "headers", "body", "times", "skip", "probability", "action", "delay_ms"}
+        known = {"method", "path", "status", "headers", "body", "times", "skip", "probability", "action", "delay_ms",
+                 "limit", "window_ms"}
         unknown = set(raw) - known
         if unknown:
             raise StateError(f"unknown fault rule fields: {sorted(unknown)}")
@@ -223,7 +230,7 @@ class FaultRule:
         return cls(
             path=pattern,
             method=str(method).upper() if method else None,
-            status=int(raw.get("status") or 500),
+            status=int(raw.get("status") or (429 if action == "rate_limit" else 500)),
             headers={str(k): str(v) for k, v in (raw.get("headers") or {}).items()},
             body=raw.get("body"),
             times=None if times is None else int(times),
@@ -231,6 +238,8 @@ class FaultRule:
             probability=float(1.0 if raw.get("probability") is None else raw["probability"]),
             action=action,
             delay_ms=int(raw.get("delay_ms") or 0),
+            limit=int(raw.get("limit") or 0),
+            window_ms=int(raw.get("window_ms") or 0),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -245,6 +254,7 @@ class FaultRule:
             "probability": self.probability,
             "action": self.action,
             "delay_ms": self.delay_ms,
+            **({"limit": self.limit, "window_ms": self.window_ms} if self.action == "rate_limit" else {}),
             "hits": self.hits,
         }
 
@@ -460,6 +470,8 @@ class State:
                     continue
                 if rule.probability < 1.0 and random.random() >= rule.probability:
                     continue
+                if rule.action == "rate_limit" and not _over_limit(rule):
+                    continue
                 rule.hits += 1
                 return rule
             return None
@@ -474,3 +486,17 @@ class State:
             if clear:
                 self.request_log.clear()
             return out
+
+
+def _over_limit(rule: FaultRule) -> bool:
+    """Whether a rate-limit rule answers this request (under the state lock); a request let through takes a slot."""
+    now = time.monotonic()
+    window = rule.window_ms / 1000
+    while rule.passed and rule.passed[0] <= now - window:
+        rule.passed.popleft()
+    if len(rule.passed) < rule.limit:
+        rule.passed.append(now)
+        return False
+    wait = max(1, math.ceil(rule.passed[0] + window - now))
+    rule.headers = {**rule.headers, "Retry-After": str(wait)}
+    return True

@@ -41,7 +41,20 @@ class JitteredRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
     def _is_method_retryable(self, settings: dict[str, Any], request: Any, response: Any = None) -> bool:
         if response is not None and response.status_code in ALWAYS_RETRIED:
             return True
+        if response is None and _unconditional_patch(request):
+            return True
         return bool(super()._is_method_retryable(settings, request, response=response))
+
+
+def _unconditional_patch(request: Any) -> bool:
+    """A PATCH without ``If-Match`` that got no answer (the connection dropped) is safe to send again: it
+    sets absolute values (Key Vault's secret properties, a Table upsert), so applying it twice is applying
+    it once. azure-core retries only GET, HEAD, PUT, DELETE, OPTIONS and TRACE then; a conditional PATCH
+    stays unretried, since a retry of one that was applied would fail its ETag check."""
+    if str(getattr(request, "method", "")).upper() != "PATCH":
+        return False
+    headers = getattr(request, "headers", None) or {}
+    return not any(str(name).lower() == "if-match" for name in headers)
 
 
 def retry_policy() -> JitteredRetryPolicy:

@@ -15,6 +15,7 @@ from typing import Any
 
 import azure.functions as func
 
+from shared import telemetry
 from shared.errors import (
     PROBLEM_CONTENT_TYPE,
     FieldError,
@@ -145,6 +146,17 @@ def endpoint(handler: Handler) -> Handler:
     @functools.wraps(handler)
     async def wrapper(req: func.HttpRequest) -> func.HttpResponse:
         instance = _path(req.url)
+        params = req.route_params or {}
+        attributes = {"faas.name": handler.__name__, "http.request.method": req.method, "url.path": instance,
+                      "app": params.get("app"), "connection.id": params.get("connectionId")}
+        with telemetry.span(f"{req.method} {handler.__name__}", attributes) as span:
+            response = await _handle(req, instance)
+            status = response.status_code
+            span.set_attributes({"http.response.status_code": status,
+                                 "outcome": "ok" if status < 400 else "client-error" if status < 500 else "error"})
+            return response
+
+    async def _handle(req: func.HttpRequest, instance: str) -> func.HttpResponse:
         try:
             return await handler(req)
         except ServiceError as error:

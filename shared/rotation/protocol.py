@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
+from shared import telemetry
 from shared.apps import Method, find_app
 from shared.azure.retry import jittered
 from shared.credentials import acquire_token, build_credential
@@ -133,26 +134,56 @@ class Rotator:
             return None
 
     async def _save(self, record: ConnectionRecord, state: RotationState, **changes: object) -> ConnectionRecord:
-        try:
-            return await self.table.update(with_state(record.evolve(**changes), state))
-        except Conflict:
-            raise LeaseLost(record.id) from None
+        for _ in range(3):
+            try:
+                return await self.table.update(with_state(record.evolve(**changes), state))
+            except Conflict:
+                pass
+            # The entity changed under us. An edit that left the rotation and the secret alone (its name or
+            # description, say) does not end the rotation: this step is applied again on top of it. Anything
+            # else (another owner, a changed journal or secret) means the rotation is no longer ours.
+            try:
+                current = await self.table.get(record.app, record.id)
+            except NotFound:
+                raise LeaseLost(record.id) from None
+            if (read_state(current) != read_state(record) or current.secret_version != record.secret_version
+                    or read_state(current).lease_owner != self.owner):
+                raise LeaseLost(record.id)
+            record = current
+        raise LeaseLost(record.id)
 
     # -- running -------------------------------------------------------------------------------
     async def run(self, record: ConnectionRecord) -> ConnectionRecord:
         """Drive a claimed rotation from its recorded step to the end (or a recorded failure)."""
+        started = read_state(record)
+        attributes = {"app": record.app, "connection.id": record.id, "rotation.id": started.rotation_id,
+                      "rotation.trigger": started.trigger}
+        watch = telemetry.Stopwatch()
+        outcome = "error"
+        try:
+            with telemetry.span("rotation", attributes) as span:
+                record = await self._drive(record, attributes)
+                outcome = read_state(record).status or "unknown"
+                span.set_attribute("outcome", outcome)
+                return record
+        except LeaseLost:
+            outcome = "lease-lost"
+            raise
+        finally:
+            telemetry.record_rotation(record.app, outcome, started.trigger, watch.seconds())
+
+    async def _drive(self, record: ConnectionRecord, attributes: telemetry.Attributes) -> ConnectionRecord:
         try:
             while True:
                 step = read_state(record).step
-                if step == BEGUN:
-                    record = await self._create(record)
-                elif step == CREATED:
-                    record = await self._test(record)
-                elif step == TESTED:
-                    record = await self._finish(record)
-                elif step == FINISHED:
-                    return await self._revoke(record)
-                else:
+                action = _STEPS.get(step or "")
+                if action is None:
+                    return record
+                name, method = action
+                with telemetry.span(f"rotation.{name}", {**attributes, "rotation.step": name}) as span:
+                    record = await method(self, record)
+                    span.set_attribute("outcome", "failed" if read_state(record).status == STATUS_FAILED else "ok")
+                if step == FINISHED:
                     return record
         except LeaseLost:
             log.warning("Rotation of %s stopped: another worker holds it now", record.id)
@@ -310,6 +341,14 @@ class Rotator:
             return await self._reschedule(current, state, new)
         except LeaseLost:
             return current
+
+
+_STEPS: dict[str, tuple[str, Callable[[Rotator, ConnectionRecord], Awaitable[ConnectionRecord]]]] = {
+    BEGUN: ("create", Rotator._create),
+    CREATED: ("test", Rotator._test),
+    TESTED: ("finish", Rotator._finish),
+    FINISHED: ("revoke", Rotator._revoke),
+}
 
 
 async def _revoke_if_present(graph: GraphApps, record: ConnectionRecord, key_id: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -120,6 +121,15 @@ def decode_token(raw: str | None) -> Any:
     return token
 
 
+# Characters Table Storage refuses in a PartitionKey or RowKey (it answers 500/400 rather than 404).
+_KEY_FORBIDDEN = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
+
+
+def usable_key(value: str) -> bool:
+    """Whether ``value`` can be a RowKey at all: an id or name that cannot be one names nothing (404)."""
+    return 0 < len(value) <= 512 and not _KEY_FORBIDDEN.search(value)
+
+
 class ConnectionsTable:
     """Reads and writes connection entities of one app partition at a time."""
 
@@ -146,7 +156,7 @@ class ConnectionsTable:
     async def get(self, app: str, connection_id: str) -> ConnectionRecord:
         from azure.core.exceptions import ResourceNotFoundError
 
-        if connection_id.startswith(NAME_PREFIX[0]):
+        if connection_id.startswith(NAME_PREFIX[0]) or not usable_key(connection_id):
             raise NotFound(f"No {app} connection has the id '{connection_id}'.")
         table = await self._table()
         try:
@@ -158,6 +168,8 @@ class ConnectionsTable:
     async def get_by_name(self, app: str, name: str) -> ConnectionRecord:
         from azure.core.exceptions import ResourceNotFoundError
 
+        if not usable_key(name):
+            raise NotFound(f"No {app} connection is named '{name}'.")
         table = await self._table()
         try:
             index = await table.get_entity(app, NAME_PREFIX + name.lower())

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from shared.errors import UpstreamError
+from shared.redaction import register_secret
 
 if TYPE_CHECKING:
     from shared.azure.clients import AzureClients
@@ -32,6 +33,8 @@ class SecretVault:
         self, name: str, material: Mapping[str, str], tags: Mapping[str, str], *, enabled: bool = True
     ) -> str:
         """Write ``material`` as a new version of ``name``; return the version id."""
+        for value in material.values():
+            register_secret(value)
         secret = await self._clients.secrets().set_secret(
             name, json.dumps(dict(material)), content_type=CONTENT_TYPE, tags=dict(tags), enabled=enabled
         )
@@ -45,7 +48,10 @@ class SecretVault:
         value = json.loads(secret.value or "{}")
         if not isinstance(value, dict):
             raise UpstreamError("The secret in Key Vault is not in the expected format.")
-        return {str(k): str(v) for k, v in value.items()}
+        material = {str(k): str(v) for k, v in value.items()}
+        for item in material.values():
+            register_secret(item)
+        return material
 
     async def disable(self, name: str, version: str) -> None:
         """Disable a version that never became current (best effort)."""

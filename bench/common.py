@@ -1,0 +1,129 @@
+"""What the benchmarks share: a local environment around a worker process, tables, RSS, logging, seeding.
+
+Each benchmark is one script with two halves. Run as the README says, it starts a
+:class:`localdev.environment.LocalEnvironment` (Azurite and the stand-in, on free loopback ports), runs itself
+again as a *worker* process with the environment's settings, and stops the environment when the worker ends.
+The worker is the service under test: its CPU and memory are not shared with the stand-in's thread, and its
+peak RSS is the service's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+WORKER_FLAG = "--worker"
+STANDIN_URL = "BENCH_STANDIN_URL"
+STANDIN_CA = "BENCH_STANDIN_CA"
+ROTATION_ROLE = "Application.ReadWrite.OwnedBy"
+
+log = logging.getLogger("bench")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", datefmt="%H:%M:%S",
+                        stream=sys.stderr)
+    for noisy in ("azure", "httpx", "msal", "kiota", "msgraph", "shared", "asyncio", "localdev", "uvicorn"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def in_worker(argv: Sequence[str] | None = None) -> bool:
+    return WORKER_FLAG in (sys.argv[1:] if argv is None else argv)
+
+
+def add_worker_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
+
+
+def run_in_environment(script: str, argv: Sequence[str], environment: dict[str, str] | None = None) -> int:
+    """Start Azurite and the stand-in, run ``script`` as a worker with their settings, stop them."""
+    from localdev.environment import LocalEnvironment
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as state:
+        started = time.monotonic()
+        env = LocalEnvironment(Path(state), table_prefix="Bench" + secrets.token_hex(4),
+                               sweep_schedule="0 0 0 1 1 *")
+        with env:
+            assert env.standin is not None
+            log.info("environment up in %.1f s (stand-in %s)", time.monotonic() - started, env.standin.url)
+            child_env = {**os.environ, **env.settings, STANDIN_URL: env.standin.url,
+                         STANDIN_CA: str(env.standin.ca_path), **(environment or {})}
+            child_env.setdefault("PYTHONPATH", str(ROOT))
+            return subprocess.call([sys.executable, script, *argv, WORKER_FLAG], cwd=ROOT, env=child_env)
+
+
+def admin_client() -> Any:
+    from localdev.standin import AdminClient
+
+    return AdminClient(os.environ[STANDIN_URL], os.environ[STANDIN_CA])
+
+
+def register_rotatable_app(admin: Any, tenant_id: str, name: str) -> dict[str, str]:
+    """An app that may rotate its own secret (the Graph role; its service principal owns it): a client-secret
+    credentials body for the API."""
+    app = admin.add_app(tenant_id, display_name=name, roles=[ROTATION_ROLE])
+    secret = admin.add_secret(tenant_id, app["appId"], display_name="given")
+    admin.add_owner(tenant_id, app["appId"], app["servicePrincipalId"])
+    return {"tenantId": tenant_id, "clientId": app["appId"], "clientSecret": secret["secretText"],
+            "clientSecretKeyId": secret["keyId"]}
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process (Linux: ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table (it reads as a table on a terminal too)."""
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+        return str(value)
+
+    text = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in text)) if text else len(h) for i, h in enumerate(headers)]
+    lines = [f"### {title}", "",
+             "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) + " |" for row in text]
+    return "\n".join(lines) + "\n"
+
+
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def progress(every: int, total: int, what: str) -> Callable[[], None]:
+    """A counter that logs every ``every`` steps."""
+    done = [0]
+
+    def step() -> None:
+        done[0] += 1
+        if done[0] % every == 0 or done[0] == total:
+            log.info("%s: %d of %d", what, done[0], total)
+
+    return step

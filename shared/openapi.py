@@ -1,0 +1,235 @@
+"""The OpenAPI 3.1 document of the service, generated from the pydantic models that validate requests
+(``CreateConnectionIn``, ``UpdateConnectionIn``, ``AuthorizeIn``) and shape responses (``ConnectionOut``,
+``Problem``, ...): the document cannot drift from the code that enforces it.
+
+Built once per process and cached; it names no secret and depends on no setting.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from shared.apps import APPS
+from shared.connections import MAX_PAGE_SIZE
+from shared.errors import PROBLEM_CONTENT_TYPE
+from shared.models import (
+    AuthorizationUrlOut,
+    CertificateCredentialsIn,
+    ClientSecretCredentialsIn,
+    ClientsOut,
+    ConnectionEnvelope,
+    ConnectionList,
+    CreateConnectionIn,
+    OptionsOut,
+    Problem,
+    RotationHistoryOut,
+    RotationIn,
+    UpdateConnectionIn,
+)
+from shared.oauth import CALLBACK_PARAMS, AuthorizeIn
+
+BASE = "/api/v1/app-connections"
+OPENAPI_PATH = "/api/v1/openapi.json"
+CALLBACK_PATH = "/organization/app-connections/azure/oauth/callback"
+
+_REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    CreateConnectionIn, UpdateConnectionIn, ClientSecretCredentialsIn, CertificateCredentialsIn, RotationIn,
+    AuthorizeIn,
+)
+_RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    ConnectionEnvelope, ConnectionList, RotationHistoryOut, OptionsOut, ClientsOut, AuthorizationUrlOut, Problem,
+)
+
+_PROBLEM_TEXT = {
+    400: "The request is not valid (field errors in `errors`), or Entra ID refused the credentials (`aadstsCode`).",
+    401: "No valid function key (`x-functions-key` header or `code` query parameter).",
+    404: "No such app, connection or route.",
+    409: "The name is taken, or another change to the connection won the race (ETag).",
+    413: "The body is larger than 64 KiB.",
+    415: "The body is not `application/json`.",
+    502: "An Azure service (Entra ID, Graph, Key Vault, Table Storage) failed or could not be reached.",
+    503: "The service is not configured for this.",
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(name: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def _problems(*statuses: int) -> dict[str, Any]:
+    return {
+        str(status): {"description": _PROBLEM_TEXT[status],
+                      "content": {PROBLEM_CONTENT_TYPE: {"schema": _ref("Problem")}}}
+        for status in sorted({401, 413, *statuses})
+    }
+
+
+def _path_param(name: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": {"type": "string", **schema}}
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+APP = _path_param("app", "The app.", enum=sorted(APPS))
+CONNECTION_ID = _path_param("connectionId", "The connection's id (a GUID).")
+PAGING = [
+    _query("limit", f"Page size, 1 to {MAX_PAGE_SIZE} (default 100).",
+           {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE}),
+    _query("continuationToken", "The `continuationToken` of the previous page.", {"type": "string"}),
+]
+
+
+def _body(name: str) -> dict[str, Any]:
+    return {"required": True, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def _operation(operation_id: str, summary: str, responses: dict[str, Any], **more: Any) -> dict[str, Any]:
+    return {"operationId": operation_id, "summary": summary, "tags": [more.pop("tag", "app-connections")],
+            **more, "responses": responses}
+
+
+def _paths() -> dict[str, Any]:
+    one = _json("ConnectionEnvelope", "The connection.")
+    item = f"{BASE}/{{app}}/{{connectionId}}"
+    created = {**_json("ConnectionEnvelope", "Validated and created."),
+               "headers": {"Location": {"description": "The new connection's path.", "required": True,
+                                        "schema": {"type": "string"}}}}
+    authorize_query = [
+        _query(name, f"See `AuthorizeIn.{name}`.", {"type": "string"}) for name in AuthorizeIn.model_fields
+    ]
+    return {
+        f"{BASE}/options": {"get": _operation(
+            "list_app_connection_options", "The apps, their methods and permissions, the OAuth redirect URI.",
+            {"200": _json("OptionsOut", "The options."), **_problems()})},
+        f"{BASE}/{{app}}": {
+            "parameters": [APP],
+            "post": _operation(
+                "create_app_connection", "Create a connection (validated first).",
+                {"201": created, **_problems(400, 404, 409, 415, 502, 503)},
+                requestBody=_body("CreateConnectionIn")),
+            "get": _operation(
+                "list_app_connections", "List the app's connections, paged.",
+                {"200": _json("ConnectionList", "A page of connections."), **_problems(400, 404, 502)},
+                parameters=PAGING),
+        },
+        f"{BASE}/{{app}}/connection-name/{{connectionName}}": {
+            "parameters": [APP, _path_param("connectionName", "The connection's name (case-insensitive).")],
+            "get": _operation("get_app_connection_by_name", "One connection, by name.",
+                              {"200": one, **_problems(400, 404, 502)}),
+        },
+        item: {
+            "parameters": [APP, CONNECTION_ID],
+            "get": _operation("get_app_connection", "One connection.", {"200": one, **_problems(400, 404, 502)}),
+            "patch": _operation(
+                "update_app_connection", "Change name, description, credentials (re-validated) or rotation.",
+                {"200": one, **_problems(400, 404, 409, 415, 502, 503)}, requestBody=_body("UpdateConnectionIn")),
+            "delete": _operation("delete_app_connection", "Delete the connection and its Key Vault secret.",
+                                 {"200": _json("ConnectionEnvelope", "The connection as it was."),
+                                  **_problems(400, 404, 409, 502)}),
+        },
+        f"{item}/validate": {
+            "parameters": [APP, CONNECTION_ID],
+            "post": _operation("validate_app_connection", "Acquire a token now; records status and lastValidatedAt.",
+                               {"200": one, **_problems(400, 404, 409, 502, 503)}),
+        },
+        f"{item}/rotate": {
+            "parameters": [APP, CONNECTION_ID],
+            "post": _operation("rotate_app_connection", "Rotate the client secret now (or finish a half-done one).",
+                               {"200": one, **_problems(400, 404, 409, 502, 503)}, tag="rotation"),
+        },
+        f"{item}/rotations": {
+            "parameters": [APP, CONNECTION_ID],
+            "get": _operation("list_app_connection_rotations", "Rotation history, newest first.",
+                              {"200": _json("RotationHistoryOut", "A page of rotations."),
+                               **_problems(400, 404, 502)}, parameters=PAGING, tag="rotation"),
+        },
+        f"{BASE}/azure-client-secrets/{{connectionId}}/clients": {
+            "parameters": [CONNECTION_ID],
+            "get": _operation("list_azure_client_secrets_clients",
+                              "App registrations the connection can see in Microsoft Graph.",
+                              {"200": _json("ClientsOut", "The app registrations."),
+                               **_problems(400, 404, 502, 503)}, tag="rotation"),
+        },
+        f"{BASE}/{{app}}/oauth/authorize": {
+            "parameters": [APP],
+            "get": _operation(
+                "authorize_app_connection_oauth", "Start an OAuth sign-in.",
+                {"200": _json("AuthorizationUrlOut", "With `Accept: application/json`: where to send the browser."),
+                 "302": {"description": "Otherwise: a redirect to Entra ID.",
+                         "headers": {"Location": {"required": True, "schema": {"type": "string"}}}},
+                 **_problems(400, 404, 409, 502, 503)},
+                parameters=authorize_query, tag="oauth"),
+        },
+        CALLBACK_PATH: {"get": _operation(
+            "app_connection_oauth_callback",
+            "Finish an OAuth sign-in (anonymous: Entra ID redirects the browser here). Any query parameter but "
+            "these (and Entra's `session_state`, `iss`, `error_uri`, which are ignored) is refused.",
+            {str(status): {"description": text, "content": {"text/html": {"schema": {"type": "string"}}}}
+             for status, text in ((200, "The connection was created or authorized again."),
+                                  (400, "The sign-in failed; the page says why."),
+                                  (502, "An Azure service failed."))},
+            parameters=[_query(name, f"At most {limit} characters.", {"type": "string", "maxLength": limit})
+                        for name, limit in CALLBACK_PARAMS.items()],
+            security=[], tag="oauth")},
+        OPENAPI_PATH: {"get": _operation(
+            "get_openapi_document", "This document.",
+            {"200": {"description": "The OpenAPI 3.1 document.",
+                     "content": {"application/json": {"schema": {"type": "object"}}}}, **_problems()},
+            tag="meta")},
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    template = "#/components/schemas/{model}"
+    _, requests = models_json_schema([(m, "validation") for m in _REQUEST_MODELS], ref_template=template)
+    _, responses = models_json_schema([(m, "serialization") for m in _RESPONSE_MODELS], ref_template=template)
+    schemas: dict[str, Any] = {**requests.get("$defs", {}), **responses.get("$defs", {})}
+    # ``credentials`` is checked against the method's model once ``method`` is known; say which ones.
+    for name in ("CreateConnectionIn", "UpdateConnectionIn"):
+        credentials = schemas[name]["properties"]["credentials"]
+        credentials["description"] = "ClientSecretCredentialsIn or CertificateCredentialsIn, by method."
+    return schemas
+
+
+@functools.cache
+def _document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://spec.openapis.org/oas/3.1/dialect/base",
+        "info": {
+            "title": "Azure App Connections",
+            "version": "1",
+            "description": "Stores, validates and rotates the credentials Entra ID applications use to reach "
+            "Azure Key Vault, Azure App Configuration and Microsoft Graph. Errors are RFC 9457 problem details.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{"functionKeyHeader": []}, {"functionKeyQuery": []}],
+        "tags": [{"name": name} for name in ("app-connections", "rotation", "oauth", "meta")],
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {
+                "functionKeyHeader": {"type": "apiKey", "in": "header", "name": "x-functions-key",
+                                      "description": "An Azure Functions function or host key."},
+                "functionKeyQuery": {"type": "apiKey", "in": "query", "name": "code",
+                                     "description": "The same key in the query string."},
+            },
+        },
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    """The document (a fresh copy: callers may change it)."""
+    return copy.deepcopy(_document())

@@ -1,0 +1,141 @@
+"""Secret hygiene for logs: every log record is redacted as it is created, SDK records included.
+
+Two nets:
+
+* patterns: ``Bearer <token>``, JWTs (``eyJ...``), ``client_secret=...``/``refresh_token=...`` and the like in
+  forms and URLs, ``"clientSecret": "..."``/``"secretText": "..."`` in JSON or reprs, ``?code=`` (function keys
+  and authorization codes), PEM private keys;
+* exact values registered at runtime with :func:`register_secret` wherever the service handles secret material
+  (Key Vault reads and writes, the service's own and the OAuth clients' secrets from the environment).
+
+:func:`install` wraps the log record factory once per process (``function_app.py`` calls it), so the filter sees
+every record whichever logger or handler it goes to. A record is rewritten only when something was redacted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+REDACTED = "[REDACTED]"
+MIN_SECRET_LENGTH = 8
+MAX_REGISTERED = 4096
+
+_KEYS = (
+    r"client_?secret|clientSecret|secret_?text|secretText|refresh_?token|refreshToken|access_?token|accessToken"
+    r"|id_?token|idToken|client_?assertion|clientAssertion|code_?verifier|password|private_?key|privateKey"
+    r"|x-functions-key"
+)
+_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # PEM private keys, whole or cut short.
+    (re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?(?:-----END \1PRIVATE KEY-----|\Z)", re.S),
+     "[REDACTED PRIVATE KEY]"),
+    (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9\-._~+/]{8,}=*", re.I), r"\1 " + REDACTED),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*){0,2}"), REDACTED),
+    # "clientSecret": "...", 'client_secret': '...', \"secretText\": \"...\" (JSON, reprs, escaped JSON).
+    (re.compile(r"""((?:\\?["'])(?:""" + _KEYS + r""")(?:\\?["'])\s*:\s*)(\\?["'])((?:(?!\2).)*)\2""", re.I),
+     r"\1\2" + REDACTED + r"\2"),
+    # client_secret=..., refresh_token=... in forms, URLs and messages.
+    (re.compile(r"\b(" + _KEYS + r")=[^&\s'\",;]+", re.I), r"\1=" + REDACTED),
+    # ?code= / &code=: the function key, or an authorization code.
+    (re.compile(r"([?&]code=)[^&\s'\"]+"), r"\1" + REDACTED),
+)
+
+_lock = threading.Lock()
+_secrets: OrderedDict[str, None] = OrderedDict()
+_installed = False
+
+
+def register_secret(value: object) -> None:
+    """Redact ``value`` (and its JSON-escaped form) from every later log record. Short values are ignored."""
+    if not isinstance(value, str) or len(value) < MIN_SECRET_LENGTH:
+        return
+    forms = {value, json.dumps(value)[1:-1]}
+    with _lock:
+        for form in forms:
+            _secrets[form] = None
+            _secrets.move_to_end(form)
+        while len(_secrets) > MAX_REGISTERED:
+            _secrets.popitem(last=False)
+
+
+def forget_secrets() -> None:
+    """Forget every registered value (tests)."""
+    with _lock:
+        _secrets.clear()
+
+
+def redact(text: str) -> str:
+    """``text`` without any registered secret or anything that looks like one."""
+    with _lock:
+        known = sorted(_secrets, key=len, reverse=True)
+    for value in known:
+        if value in text:
+            text = text.replace(value, REDACTED)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def redact_record(record: logging.LogRecord) -> logging.LogRecord:
+    """Rewrite ``record`` in place when its message or exception text holds a secret."""
+    try:
+        message = record.getMessage()
+    except Exception:  # arguments that do not format: keep their text, redacted
+        message = f"{record.msg} {record.args}"
+        record.msg, record.args = redact(message), ()
+    else:
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, ()
+    if record.exc_info and record.exc_info[0] is not None:
+        text = logging.Formatter().formatException(record.exc_info)
+        cleaned = redact(text)
+        if cleaned != text:
+            record.exc_text = cleaned  # what formatters print; the exception itself is left alone
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+    return record
+
+
+class RedactingFilter(logging.Filter):
+    """The same as a ``logging.Filter``, for handlers or loggers that want it explicitly."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        redact_record(record)
+        return True
+
+
+def _register_environment() -> None:
+    for name, value in os.environ.items():
+        if name.endswith(("_CLIENT_SECRET", "_ACCOUNT_KEY", "_FUNCTION_KEY")) or name == "AZURE_CLIENT_SECRET":
+            register_secret(value)
+        for match in re.finditer(r"AccountKey=([^;]+)", value):
+            register_secret(match.group(1))
+
+
+def install() -> None:
+    """Redact every log record from now on (idempotent)."""
+    global _installed
+    with _lock:
+        if _installed:
+            return
+        _installed = True
+        previous: Callable[..., logging.LogRecord] = logging.getLogRecordFactory()
+
+        def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            try:
+                return redact_record(record)
+            except Exception:  # never lose a record to the filter (e.g. at interpreter shutdown)
+                record.msg, record.args, record.exc_info, record.exc_text = "[log record withheld]", (), None, None
+                return record
+
+        logging.setLogRecordFactory(factory)
+    _register_environment()

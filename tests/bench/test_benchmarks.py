@@ -1,0 +1,35 @@
+"""Each benchmark runs once in a small configuration: it exits 0 and prints its table. Never a timed assertion:
+the figures depend on the machine (the README's Performance section has the real runs)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+SMALL = {
+    "cold_start.py": (["--runs", "3", "--requests", "1"], ["### Import cost", "ratio function_app / azure.functions",
+                                                          "### Cold process, first request"]),
+    "sweep.py": (["--rotations", "6", "--latency-ms", "5", "--concurrency", "1,4"],
+                 ["### Sweep of 6 due rotations", "| 4 ", "efficiency at concurrency 4"]),
+    "sweep_scale.py": (["--connections", "2000", "--due", "3"],
+                       ["### One sweep over a schedule index of 2003 entries, 3 due", "entities read"]),
+    "connections.py": (["--requests", "12"], ["### TLS connections opened", "TLS connections opened (goal"]),
+    "throttle.py": (["--rotations", "6", "--limit", "4", "--window-s", "2", "--concurrency", "4"],
+                    ["### Sweep of 6 rotations, Graph writes limited to 4 per 2 s", "| rate-limited"]),
+}
+
+
+@pytest.mark.parametrize("script", sorted(SMALL))
+def test_benchmark_runs_and_prints_its_table(script):
+    args, expected = SMALL[script]
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    for text in expected:
+        assert text in result.stdout, result.stdout
+    assert "|---" in result.stdout

@@ -1,0 +1,146 @@
+"""Telemetry end to end: a rotation through the API and one through a sweep leave the spans and metrics of
+``shared.telemetry`` (an in-memory exporter and metric reader of the OpenTelemetry SDK), and none of their
+attributes, nor any log line, holds a secret."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from shared import telemetry
+from shared.azure.clients import AzureClients
+from shared.rotation.protocol import Rotator
+from shared.rotation.sweep import sweep
+from shared.store.tables import ConnectionsTable
+from tests.e2e.entra import register_rotatable_app
+
+pytestmark = pytest.mark.e2e
+
+BASE = "/api/v1/app-connections"
+APP = "azure-key-vault"
+STEPS = ["create", "test", "finish", "revoke"]
+
+
+@pytest.fixture
+def otel() -> Iterator[tuple[InMemorySpanExporter, InMemoryMetricReader]]:
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    telemetry.use_providers(tracer_provider, meter_provider)
+    try:
+        yield exporter, reader
+    finally:
+        telemetry.use_providers()
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+
+
+@pytest.fixture(scope="module")
+async def clients(local_env) -> AzureClients:
+    from shared.azure.clients import get_clients
+
+    return get_clients()
+
+
+def metric_points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    data = reader.get_metrics_data()
+    points: dict[str, list[Any]] = {}
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                points.setdefault(metric.name, []).extend(metric.data.data_points)
+    return points
+
+
+def strings_of(spans: list[ReadableSpan], points: dict[str, list[Any]]) -> list[str]:
+    out: list[str] = []
+    for span in spans:
+        out.append(span.name)
+        out.extend(f"{k}={v}" for k, v in (span.attributes or {}).items())
+        for event in span.events:
+            out.extend(f"{k}={v}" for k, v in (event.attributes or {}).items())
+    for name, series in points.items():
+        out.append(name)
+        for point in series:
+            out.extend(f"{k}={v}" for k, v in (point.attributes or {}).items())
+    return out
+
+
+async def test_a_rotation_leaves_spans_and_metrics_without_secrets(api, admin, clients, secrets_used, otel,
+                                                                   log_capture):
+    exporter, reader = otel
+    logged_before = len(log_capture.records)
+    entra = register_rotatable_app(admin, secrets_used)
+    response = api.post(f"{BASE}/{APP}", json={
+        "name": f"otel-{uuid.uuid4().hex[:8]}", "method": "client-secret", "credentials": entra.client_secret_body(),
+        "isAutoRotationEnabled": True, "rotation": {"rotationInterval": 30, "rotateAtUtc": {"hours": 3, "minutes": 0}},
+    })
+    assert response.status_code == 201, response.text
+    connection = response.json()["appConnection"]
+    cid = connection["id"]
+
+    # The rotation on enabling ran inside the HTTP function: its span, then the rotation and its four steps.
+    spans = exporter.get_finished_spans()
+    http = [s for s in spans if s.name == "POST create_app_connection"]
+    assert len(http) == 1
+    assert http[0].attributes["app"] == APP and http[0].attributes["http.response.status_code"] == 201
+    assert http[0].attributes["outcome"] == "ok"
+    rotation = [s for s in spans if s.name == "rotation" and s.attributes.get("connection.id") == cid]
+    assert len(rotation) == 1 and rotation[0].attributes["outcome"] == "succeeded"
+    rotation_id = rotation[0].attributes["rotation.id"]
+    assert rotation_id and rotation[0].attributes["rotation.trigger"] == "enable"
+    assert rotation[0].parent is not None and rotation[0].parent.span_id == http[0].context.span_id
+    steps = [s for s in spans if s.name.startswith("rotation.") and s.attributes.get("connection.id") == cid]
+    assert [s.attributes["rotation.step"] for s in steps] == STEPS
+    for step in steps:
+        assert step.name == f"rotation.{step.attributes['rotation.step']}"
+        assert step.attributes["app"] == APP and step.attributes["rotation.id"] == rotation_id
+        assert step.attributes["outcome"] == "ok"
+        assert step.parent is not None and step.parent.span_id == rotation[0].context.span_id
+
+    # A scheduled rotation through a sweep: the backlog gauge and the sweep duration as well.
+    due = datetime.fromisoformat(connection["rotation"]["nextRotationAt"].replace("Z", "+00:00"))
+    report = await sweep(Rotator(clients, now=lambda: due + timedelta(minutes=1)))
+    assert report.outcomes[cid] == "succeeded"
+    points = metric_points(reader)
+    rotations = {(p.attributes["app"], p.attributes["outcome"], p.attributes["trigger"]): p.value
+                 for p in points[telemetry.ROTATIONS]}
+    assert rotations[(APP, "succeeded", "enable")] >= 1
+    assert rotations[(APP, "succeeded", "schedule")] >= 1
+    durations = [p for p in points[telemetry.ROTATION_DURATION] if p.attributes["outcome"] == "succeeded"]
+    assert sum(p.count for p in durations) >= 2 and all(p.sum > 0 for p in durations)
+    assert [p.value for p in points[telemetry.SWEEP_BACKLOG]] == [report.due]
+    assert sum(p.count for p in points[telemetry.SWEEP_DURATION]) == 1
+
+    # No secret anywhere: the given one, every version in the vault, nor in the log lines of this test.
+    record = await ConnectionsTable(clients).get(APP, cid)
+    secrets = {entra.client_secret}
+    for version in admin.vault_secrets()[record.secret_name]["versions"]:
+        secrets.add(json.loads(version["value"])["clientSecret"])
+    secrets_used.add(*secrets)
+    texts = strings_of(list(exporter.get_finished_spans()), points)
+    texts += [r.getMessage() for r in log_capture.records[logged_before:]]
+    assert len(secrets) >= 3
+    leaks = [text for text in texts for secret in secrets if secret in text]
+    assert leaks == []
+
+
+async def test_a_failed_request_is_an_error_span(api, otel):
+    exporter, _ = otel
+    response = api.get(f"{BASE}/{APP}/{uuid.uuid4()}")
+    assert response.status_code == 404
+    [span] = [s for s in exporter.get_finished_spans() if s.name == "GET get_app_connection"]
+    assert span.attributes["http.response.status_code"] == 404 and span.attributes["outcome"] == "client-error"

@@ -1,0 +1,184 @@
+"""Real crashes: the host is a separate process, SIGKILLed at a random moment of a rotation sweep, 20 times.
+
+Azurite and the stand-in run in this process; the host (``python -m localdev host``) runs in its own, with
+the environment's settings and a timer schedule that never fires by itself. 30 connections with rotation
+enabled are created through its API. Each round makes them all due again (through the Table API: see
+``tests/reliability/harness.py``), triggers a sweep, kills the host with SIGKILL after a seeded random
+delay (the stand-in answers with 20-50 ms latency, so the sweep is long enough to be cut mid-way),
+restarts it, lets the crashed leases run out (again through the Table API), runs a recovery sweep and
+audits every connection. Figures go to ``.reliability/crashes.json``.
+
+``RELIABILITY_SEED`` fixes the seed; ``RELIABILITY_CRASHES`` the number of rounds (default 20).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from localdev.environment import LocalEnvironment
+from tests.reliability.harness import (
+    BASE,
+    HostProcess,
+    Rotated,
+    Tables,
+    audit,
+    free_port,
+    keep_log,
+    scan_for_secrets,
+    write_figures,
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    # Found by this campaign and not yet fixed: now and then (1 run of 20 rounds in 3) a SIGKILL early in a
+    # sweep leaves one password the service made live beside the current one (an orphan). The problem
+    # string names the password's display name (its rotation marker), creation time and the journal step.
+    pytest.mark.xfail(strict=False, reason="an orphaned password after an early SIGKILL (issue #7, open)"),
+]
+
+APP = "azure-key-vault"
+CONNECTIONS = 30
+ROUNDS = int(os.environ.get("RELIABILITY_CRASHES", "20"))
+NEVER = "0 0 0 1 1 *"  # the timer fires only on 1 January: the test triggers every sweep itself
+
+
+class Secrets:
+    def __init__(self) -> None:
+        self.values: set[str] = set()
+
+    def add(self, *values: str) -> None:
+        self.values.update(v for v in values if v)
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalEnvironment, HostProcess, Tables]]:
+    port = free_port()
+    state = tmp_path_factory.mktemp("crashes")
+    env = LocalEnvironment(state, table_prefix="Crash" + secrets.token_hex(4), sweep_schedule=NEVER,
+                           site_url=f"http://127.0.0.1:{port}")
+    env.start()
+    host = HostProcess(env.settings, port, state / "host.log",
+                       extra_env={"ROTATION_MAX_CONCURRENCY": "8", "ROTATION_TEST_TIMEOUT_SECONDS": "60"})
+    tables = Tables(env.settings["AzureWebJobsStorage"], env.table_prefix)
+    try:
+        host.start()
+        yield env, host, tables
+    finally:
+        host.stop()
+        tables.close()
+        env.stop()
+        keep_log(host.log_path, "crashes")  # .reliability/crashes-host.log, for a failure's diagnosis
+
+
+def _create(api: httpx.Client, admin: Any, registry: Secrets) -> Rotated:
+    from tests.e2e.entra import register_rotatable_app
+
+    entra = register_rotatable_app(admin, registry)
+    response = api.post(f"{BASE}/{APP}", json={
+        "name": f"crash-{uuid.uuid4().hex[:10]}", "method": "client-secret", "credentials": entra.client_secret_body(),
+        "isAutoRotationEnabled": True, "rotation": {"rotationInterval": 1, "rotateAtUtc": {"hours": 3, "minutes": 0}},
+    })
+    assert response.status_code == 201, response.text
+    connection = response.json()["appConnection"]
+    assert connection["rotation"]["status"] == "succeeded", connection
+    return Rotated(entra.tenant_id, entra.client_id, entra.object_id, entra.key_id, connection["id"])
+
+
+def _journals(tables: Tables) -> int:
+    return sum(1 for e in tables.connections(APP) if e.get("RotRotationId"))
+
+
+def test_sigkill_mid_sweep_loses_nothing_and_leaves_no_orphan(campaign) -> None:
+    env, host, tables = campaign
+    assert env.standin is not None
+    admin = env.standin.admin
+    seed = int(os.environ.get("RELIABILITY_SEED") or random.SystemRandom().randrange(1, 2**31))
+    print(f"\ncrash campaign seed: {seed} (RELIABILITY_SEED={seed} repeats the kill moments)")
+    rng = random.Random(seed)
+    registry = Secrets()
+    registry.add(*(c.client_secret for c in [env.identity, *env.oauth_clients.values()] if c))
+
+    problems: list[str] = []
+
+    def check(label: str) -> Any:
+        """Audit; problems are collected (the campaign goes on, so its figures count every round)."""
+        result = audit(tables, admin, env.standin.url, str(env.standin.ca_path), APP, apps)
+        registry.add(*result.secret_values)
+        if result.problems:
+            problems.append(f"{label}: {result.problems}")
+            print(problems[-1])
+        return result
+
+    with httpx.Client(base_url=host.url, timeout=120) as api, ThreadPoolExecutor(6) as pool:
+        apps = list(pool.map(lambda _: _create(api, admin, registry), range(CONNECTIONS)))
+    check("after creation")
+
+    # Calibrate: how long a full sweep of 30 due rotations takes at this latency on this machine.
+    admin.set_latency(35)
+    tables.make_due(APP)
+    full = host.run_sweep()
+    admin.set_latency(0)
+    check("after the calibration sweep")
+    print(f"a full sweep of {CONNECTIONS} rotations takes {full:.2f} s")
+
+    rounds: list[dict[str, Any]] = []
+    for round_no in range(ROUNDS):
+        assert tables.make_due(APP) == CONNECTIONS
+        latency = rng.randint(20, 50)
+        moment = rng.uniform(0.05, 0.85) * full
+        admin.set_latency(latency)
+        before = host.sweeps_done()
+        host.trigger_sweep()
+        time.sleep(moment)
+        host.kill()
+        admin.set_latency(0)  # the recovery need not be slow
+        finished = host.sweeps_done() > before
+        journals = _journals(tables)
+        still_due = sum(1 for e in tables.connections(APP) if e["RotNextAt"] <= datetime.now(UTC))
+        host.start()
+        expired = tables.expire_leases(APP)
+        recovery = host.run_sweep()
+        result = check(f"round {round_no} (seed {seed}, killed at {moment:.2f} s)")
+        rounds.append({"round": round_no, "latencyMs": latency, "killedAtSeconds": round(moment, 3),
+                       "sweepHadFinished": finished, "halfDoneRotations": journals, "notYetRotated": still_due,
+                       "leasesExpired": expired, "recoverySeconds": round(recovery, 2),
+                       "historyRows": result.history_rows})
+        print(f"round {round_no}: killed at {moment:.2f} s, {journals} half done, {still_due} not yet rotated, "
+              f"recovered in {recovery:.2f} s")
+
+    final = check("at the end")
+    leaked = scan_for_secrets(registry.values, host.log_text(), tables.dump())
+    figures = {
+        "seed": seed,
+        "connections": CONNECTIONS,
+        "crashesSurvived": len(rounds),
+        "killsMidSweep": sum(1 for r in rounds if not r["sweepHadFinished"]),
+        "halfDoneRotationsResumed": sum(r["halfDoneRotations"] for r in rounds),
+        "orphanedCredentials": len(final.orphaned),
+        "roundsWithProblems": len(problems),
+        "problems": problems,
+        "unrevokedPreviousCredentials": len(final.unrevoked),
+        "lostSecrets": len(final.lost),
+        "duplicateHistory": len(final.duplicate_history),
+        "secretsInLogsOrTables": len(leaked),
+        "secretsScanned": len(registry.values),
+        "hostStarts": host.starts,
+        "fullSweepSeconds": round(full, 2),
+        "rounds": rounds,
+    }
+    path = write_figures("crashes", figures)
+    print(f"figures written to {path}")
+    assert problems == []
+    assert leaked == []
+    assert figures["killsMidSweep"] >= ROUNDS // 2, "most kills should land while the sweep runs"

@@ -1,0 +1,207 @@
+"""Schemathesis drives the OpenAPI document the service serves against the local host: at least 2,000
+generated requests (valid and invalid by the document) across every route. Every answer must be below 500,
+every error an ``application/problem+json`` problem, and every answer must conform to the document (status
+code, content type, headers, body schema). The counts go to ``.reliability/fuzz.json``.
+
+The run is derandomized (the same requests every time) and bounded: a fixed number of examples per route
+and mode, no shrinking, no example database.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from shared.models import Problem
+from tests.reliability.conftest import write_report
+
+pytestmark = pytest.mark.e2e
+
+MIN_REQUESTS = 2000
+TARGET_REQUESTS = 2000  # generated at random ids, plus the pinned ones
+PINNED_EXAMPLES = 30
+CALLBACK = "/organization/app-connections/azure/oauth/callback"
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
+          response_schema_conformance]
+
+
+def _problem_failure(path: str, response: Any) -> str | None:
+    """Why an error answer is not a proper problem document (``None`` when it is)."""
+    if response.status_code < 400 or path == CALLBACK:
+        return None
+    content_type = response.headers.get("content-type", "")
+    if isinstance(content_type, list):
+        content_type = content_type[0]
+    if not content_type.startswith("application/problem+json"):
+        return f"content type {content_type!r}"
+    try:
+        Problem.model_validate(json.loads(response.content))
+    except ValueError as error:
+        return f"not a problem document: {str(error)[:200]}"
+    return None
+
+
+def _real_connection(api: Any, admin: Any, secrets_used: Any) -> str:
+    from tests.e2e.entra import register_rotatable_app
+
+    entra = register_rotatable_app(admin, secrets_used, name="fuzzed")
+    body = {"name": f"fuzzed-{uuid.uuid4().hex[:8]}", "method": "client-secret",
+            "credentials": entra.client_secret_body()}
+    created = api.post("/api/v1/app-connections/azure-client-secrets", json=body)
+    assert created.status_code == 201, created.text
+    return str(created.json()["appConnection"]["id"])
+
+
+def test_fuzz_every_route_with_generated_requests(host_url: str, openapi_document: dict[str, Any], api: Any,
+                                                  admin: Any, secrets_used: Any) -> None:
+    schema = schemathesis.openapi.from_dict(openapi_document)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    paths = {(op.method.upper(), op.path) for op in operations}
+    assert len(paths) == sum(len([m for m in item if m != "parameters"]) for item in openapi_document["paths"].values())
+    modes = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+    per_run = math.ceil(TARGET_REQUESTS / (len(operations) * len(modes)))  # 72 with 14 routes
+
+    sent: Counter[str] = Counter()
+    statuses: Counter[int] = Counter()
+    failures: list[str] = []
+    started = time.monotonic()
+
+    def runner(operation: Any, mode: GenerationMode, pinned: dict[str, str] | None = None,
+               examples: int = per_run) -> Any:
+        label = f"{operation.method.upper()} {operation.path}"
+        kind = "pinned" if pinned else mode.value
+        strategy = operation.as_strategy(generation_mode=mode, path_parameters=pinned)
+
+        @settings(max_examples=examples, deadline=None, database=None, derandomize=True,
+                  phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
+                  report_multiple_bugs=False)
+        @given(data=st.data())
+        def run(data: st.DataObject) -> None:
+            case = data.draw(strategy)
+            response = case.call(base_url=host_url, timeout=30)
+            sent[label] += 1
+            statuses[response.status_code] += 1
+            try:
+                case.validate_response(response, checks=CHECKS)
+            except Exception as error:  # a check failed: keep going, report them all at the end
+                failures.append(f"{label} [{kind}] -> {response.status_code}: {str(error)[:600]}")
+            why = _problem_failure(operation.path, response)
+            if why:
+                failures.append(f"{label} [{kind}] -> {response.status_code}: {why}")
+
+        return run
+
+    for operation in operations:
+        for mode in modes:
+            runner(operation, mode)()
+    # Random ids only ever reach "not found": also aim valid-by-the-document requests at a real connection
+    # (rotatable, so rotate, clients and rotation settings do real work).
+    random_ids_seconds = time.monotonic() - started
+    pinned_before = sum(sent.values())
+    cid = _real_connection(api, admin, secrets_used)
+    for operation in operations:
+        parameters = {p.name for p in operation.path_parameters}
+        if "connectionId" in parameters and operation.method.upper() != "DELETE":
+            pinned = {"connectionId": cid, **({"app": "azure-client-secrets"} if "app" in parameters else {})}
+            runner(operation, GenerationMode.POSITIVE, pinned, PINNED_EXAMPLES)()
+
+    elapsed = time.monotonic() - started
+    total = sum(sent.values())
+    server_errors = sum(count for status, count in statuses.items() if status >= 500)
+    figures = {
+        "requests": total,
+        "server_errors": server_errors,
+        "nonconforming": len(failures),
+        "routes": len(sent),
+        "pinned_requests": total - pinned_before,
+        "seconds_random_ids": round(random_ids_seconds, 1),
+        "seconds": round(elapsed, 1),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "per_route": dict(sorted(sent.items())),
+        "schemathesis": schemathesis.SCHEMATHESIS_VERSION if hasattr(schemathesis, "SCHEMATHESIS_VERSION") else "",
+    }
+    path = write_report("fuzz", figures)
+    print(f"\nfuzz: {total} requests across {len(sent)} routes in {elapsed:.0f} s; 5xx: {server_errors}; "
+          f"nonconforming: {len(failures)}; statuses {figures['statuses']} -> {path}")
+    assert len(sent) == len(operations)
+    assert total >= MIN_REQUESTS
+    assert server_errors == 0, failures[:20]
+    assert failures == [], failures[:20]
+
+
+def test_a_walk_through_every_route_answers_as_documented(api, admin, secrets_used, conformance) -> None:
+    """The successful answers fuzzing cannot reach (it has no working credentials): one connection taken
+    through every route, and the usual failures, each checked against the document."""
+    from tests.e2e.entra import register_rotatable_app
+
+    base = "/api/v1/app-connections"
+    one, item = f"{base}/{{app}}", f"{base}/{{app}}/{{connectionId}}"
+    check = conformance.check
+    entra = register_rotatable_app(admin, secrets_used, name="walk")
+    name = f"walk-{uuid.uuid4().hex[:8]}"
+    app = "azure-client-secrets"
+
+    check("get", f"{base}/options", api.get(f"{base}/options"))
+    check("get", "/api/v1/openapi.json", api.get("/api/v1/openapi.json"))
+    body = {"name": name, "method": "client-secret", "credentials": entra.client_secret_body()}
+    created = check("post", one, api.post(f"{base}/{app}", json=body))
+    assert created.status_code == 201, created.text
+    cid = created.json()["appConnection"]["id"]
+    assert check("post", one, api.post(f"{base}/{app}", json=body)).status_code == 409
+    assert check("get", item, api.get(f"{base}/{app}/{cid}")).status_code == 200
+    assert check("get", f"{base}/{{app}}/connection-name/{{connectionName}}",
+                 api.get(f"{base}/{app}/connection-name/{name}")).status_code == 200
+    assert check("get", one, api.get(f"{base}/{app}", params={"limit": 2})).status_code == 200
+    assert check("patch", item, api.patch(f"{base}/{app}/{cid}", json={"description": "walk"})).status_code == 200
+    assert check("post", f"{item}/validate", api.post(f"{base}/{app}/{cid}/validate")).status_code == 200
+    rotation = {"isAutoRotationEnabled": True,
+                "rotation": {"rotationInterval": 30, "rotateAt": "03:00", "timeZone": "Europe/Paris"}}
+    enabled = check("patch", item, api.patch(f"{base}/{app}/{cid}", json=rotation))
+    assert enabled.status_code == 200, enabled.text
+    assert enabled.json()["appConnection"]["rotation"]["enabled"] is True
+    assert check("post", f"{item}/rotate", api.post(f"{base}/{app}/{cid}/rotate")).status_code == 200
+    history = check("get", f"{item}/rotations", api.get(f"{base}/{app}/{cid}/rotations"))
+    assert history.status_code == 200 and history.json()["rotations"]
+    clients = check("get", f"{base}/azure-client-secrets/{{connectionId}}/clients",
+                    api.get(f"{base}/azure-client-secrets/{cid}/clients"))
+    assert clients.status_code == 200, clients.text
+    authorize = f"{one}/oauth/authorize"
+    assert check("get", authorize, api.get(f"{base}/{app}/oauth/authorize", params={"name": name + "-o"},
+                                           headers={"accept": "application/json"})).status_code == 200
+    assert check("get", authorize, api.get(f"{base}/{app}/oauth/authorize",
+                                           params={"name": name + "-o"})).status_code == 302
+    # Failures.
+    assert check("get", item, api.get(f"{base}/{app}/{uuid.uuid4()}")).status_code == 404
+    assert check("get", item, api.get(f"{base}/no-such-app/{cid}")).status_code == 404
+    assert check("post", one, api.post(f"{base}/{app}", json={"name": "Bad Name"})).status_code == 400
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    assert check("post", one, api.post(f"{base}/{app}", content=b"name=x", headers=form)).status_code == 415
+    assert check("post", one, api.post(f"{base}/{app}", json={"name": "x" * 70_000})).status_code == 413
+    assert check("get", one, api.get(f"{base}/{app}", params={"limit": 0})).status_code == 400
+    callback = "/organization/app-connections/azure/oauth/callback"
+    assert check("get", callback, api.get(callback, params={"state": "x" * 20, "code": "y"})).status_code == 400
+    extra = {"state": "s", "code": "c", "extra": "1"}
+    assert check("get", callback, api.get(callback, params=extra)).status_code == 400
+    assert check("delete", item, api.delete(f"{base}/{app}/{cid}")).status_code == 200
+    assert check("delete", item, api.delete(f"{base}/{app}/{cid}")).status_code == 404
+    documented = {f"{m.upper()} {p}" for p, item_ in conformance.document["paths"].items() for m in item_
+                  if m != "parameters"}
+    walked = {" ".join(seen.split(" ")[:2]) for seen in conformance.seen}
+    assert documented <= walked, documented - walked

@@ -1,0 +1,247 @@
+"""A failure storm: the stand-in fails 30% of Entra ID, Microsoft Graph and Key Vault calls while 100 due
+rotations run and 200 API requests arrive at once.
+
+Faults (each 7.5% of the matching calls, seeded kinds, random hits): 429 with ``Retry-After: 1``; 503;
+a dropped connection (no answer); a timeout (no answer for 1.5 s, then the connection is dropped).
+Every one of them is retryable, so: every rotation must succeed within a bounded number of sweeps, no
+API request may get a 5xx, and nothing may be lost (every connection keeps a working credential, no
+orphaned or unrevoked password, no secret in logs or tables). Between sweeps the connections that backed
+off are made due again through the Table API (the back-off is 5 minutes of real time; see harness.py).
+Figures go to ``.reliability/storm.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+from localdev.environment import LocalEnvironment
+from tests.reliability.harness import (
+    BASE,
+    HostProcess,
+    Rotated,
+    Tables,
+    audit,
+    free_port,
+    keep_log,
+    scan_for_secrets,
+    write_figures,
+)
+
+pytestmark = pytest.mark.slow
+
+APP = "azure-key-vault"
+ROTATIONS = int(os.environ.get("RELIABILITY_STORM_ROTATIONS", "100"))
+REQUESTS = int(os.environ.get("RELIABILITY_STORM_REQUESTS", "200"))
+MAX_SWEEPS = 4
+FAILURE_RATE = 0.30
+# Entra's token endpoint and metadata, Graph, Key Vault.
+UPSTREAM = r"(/oauth2/v2\.0/token$|/v2\.0/\.well-known/|^/v1\.0/|^/secrets/)"
+NEVER = "0 0 0 1 1 *"
+
+
+def storm_rules(rate: float = FAILURE_RATE) -> list[dict[str, Any]]:
+    """Four kinds, each ``rate / 4`` of all matching calls (rules are tried in order, so each one's
+    probability is conditional on the earlier ones not firing)."""
+    kinds: list[dict[str, Any]] = [
+        {"status": 429, "headers": {"Retry-After": "1"},
+         "body": {"error": {"code": "TooManyRequests", "message": "Too many requests"}}},
+        {"status": 503, "body": {"error": {"code": "ServiceUnavailable", "message": "Try again"}}},
+        {"action": "drop"},
+        {"action": "drop", "delay_ms": 1500},  # a timeout: no answer, then the connection goes
+    ]
+    rules, left = [], 1.0
+    for kind in kinds:
+        share = rate / len(kinds)
+        rules.append({"path": UPSTREAM, "probability": share / left, **kind})
+        left -= share
+    return rules
+
+
+class Secrets:
+    def __init__(self) -> None:
+        self.values: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, *values: str) -> None:
+        with self._lock:
+            self.values.update(v for v in values if v)
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalEnvironment, HostProcess, Tables]]:
+    port = free_port()
+    state = tmp_path_factory.mktemp("storm")
+    env = LocalEnvironment(state, table_prefix="Storm" + secrets.token_hex(4), sweep_schedule=NEVER,
+                           site_url=f"http://127.0.0.1:{port}")
+    env.start()
+    host = HostProcess(env.settings, port, state / "host.log",
+                       extra_env={"ROTATION_MAX_CONCURRENCY": "32", "ROTATION_TEST_TIMEOUT_SECONDS": "60"})
+    tables = Tables(env.settings["AzureWebJobsStorage"], env.table_prefix)
+    try:
+        host.start()
+        yield env, host, tables
+    finally:
+        host.stop()
+        tables.close()
+        env.stop()
+        keep_log(host.log_path, "storm")  # .reliability/storm-host.log, for a failure's diagnosis
+
+
+def _create(api: httpx.Client, entra: Any, rotate: bool) -> httpx.Response:
+    body: dict[str, Any] = {"name": f"storm-{uuid.uuid4().hex[:10]}", "method": "client-secret",
+                            "credentials": entra.client_secret_body()}
+    if rotate:
+        body |= {"isAutoRotationEnabled": True,
+                 "rotation": {"rotationInterval": 1, "rotateAtUtc": {"hours": 3, "minutes": 0}}}
+    return api.post(f"{BASE}/{APP}", json=body)
+
+
+def test_a_storm_of_retryable_failures_loses_nothing(campaign) -> None:
+    from tests.e2e.entra import register_app, register_rotatable_app
+
+    env, host, tables = campaign
+    assert env.standin is not None
+    admin = env.standin.admin
+    seed = int(os.environ.get("RELIABILITY_SEED") or random.SystemRandom().randrange(1, 2**31))
+    print(f"\nstorm seed: {seed} (orders the API requests; the stand-in's fault draws are not seeded)")
+    rng = random.Random(seed)
+    registry = Secrets()
+    registry.add(*(c.client_secret for c in [env.identity, *env.oauth_clients.values()] if c))
+
+    # Calm weather: 100 connections that rotate, rotated once on creation.
+    entras = [register_rotatable_app(admin, registry) for _ in range(ROTATIONS)]
+    with httpx.Client(base_url=host.url, timeout=120) as api, ThreadPoolExecutor(8) as pool:
+        created = list(pool.map(lambda e: _create(api, e, rotate=True), entras))
+    assert all(r.status_code == 201 for r in created), [r.text for r in created if r.status_code != 201][:3]
+    apps = [Rotated(e.tenant_id, e.client_id, e.object_id, e.key_id, r.json()["appConnection"]["id"])
+            for e, r in zip(entras, created, strict=True)]
+    ids = [a.connection_id for a in apps]
+    newcomers = [register_app(admin, registry) for _ in range(REQUESTS // 5)]
+
+    # The storm: everything due, 30% of upstream calls failing, a sweep and 200 API requests at once.
+    assert tables.make_due(APP, ids) == ROTATIONS
+    admin.clear_requests()
+    admin.set_faults(storm_rules())
+    plan: list[tuple[str, Any]] = [("create", e) for e in newcomers]
+    kinds = ["get", "list", "validate", "history", "patch"]
+    plan += [(kinds[i % len(kinds)], rng.choice(ids)) for i in range(REQUESTS - len(plan))]
+    rng.shuffle(plan)
+    made: list[str] = []
+
+    def call(api: httpx.Client, kind: str, target: Any) -> tuple[str, int, str]:
+        if kind == "create":
+            response = _create(api, target, rotate=False)
+            if response.status_code == 201:
+                made.append(response.json()["appConnection"]["id"])
+        elif kind == "get":
+            response = api.get(f"{BASE}/{APP}/{target}")
+        elif kind == "list":
+            response = api.get(f"{BASE}/{APP}", params={"limit": 20})
+        elif kind == "validate":
+            response = api.post(f"{BASE}/{APP}/{target}/validate")
+        elif kind == "history":
+            response = api.get(f"{BASE}/{APP}/{target}/rotations")
+        else:
+            response = api.patch(f"{BASE}/{APP}/{target}", json={"description": f"storm {uuid.uuid4().hex[:6]}"})
+        return kind, response.status_code, response.text[:300]
+
+    started = time.monotonic()
+    sweeps = 1
+    before = host.sweeps_done()
+    host.trigger_sweep()
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    with httpx.Client(base_url=host.url, timeout=180, limits=limits) as api, ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(lambda item: call(api, *item), plan))
+    api_seconds = time.monotonic() - started
+    while host.sweeps_done() <= before:
+        assert time.monotonic() - started < 300, "the first sweep did not end within 300 s"
+        time.sleep(0.1)
+    status_of = {e["RowKey"]: e.get("RotStatus") for e in tables.connections(APP)}
+    first_sweep_succeeded = sum(1 for cid in ids if status_of.get(cid) == "succeeded")
+    # Backed-off rotations are due again once their back-off ends: make it end, sweep again (bounded).
+    while any(status_of.get(cid) != "succeeded" for cid in ids):
+        assert sweeps < MAX_SWEEPS, f"rotations not done after {sweeps} sweeps: {Counter(status_of.values())}"
+        tables.expire_leases(APP)
+        tables.make_due(APP, [cid for cid in ids if status_of.get(cid) != "succeeded"])
+        host.run_sweep()
+        sweeps += 1
+        status_of = {e["RowKey"]: e.get("RotStatus") for e in tables.connections(APP)}
+    storm_seconds = time.monotonic() - started
+    rules = admin.faults()
+    admin.clear_faults()
+    upstream_calls = admin.requests()
+    faults_by_kind = {f"{r.get('status') if r['action'] == 'respond' else r['action']}"
+                      f"{'+delay' if r['delay_ms'] else ''}": r["hits"] for r in rules}
+
+    # The weather clears: audit everything.
+    result = audit(tables, admin, env.standin.url, str(env.standin.ca_path), APP, apps)
+    registry.add(*result.secret_values)
+    statuses = Counter(status for _, status, _ in results)
+    server_errors = [(kind, status, text) for kind, status, text in results if status >= 500]
+    with httpx.Client(base_url=host.url, timeout=60) as api:
+        missing = [cid for cid in made if api.get(f"{BASE}/{APP}/{cid}").status_code != 200]
+        invalid = [cid for cid in made if api.post(f"{BASE}/{APP}/{cid}/validate").status_code != 200]
+    leaked = scan_for_secrets(registry.values, host.log_text(), tables.dump())
+    figures = {
+        "seed": seed,
+        "failureRate": FAILURE_RATE,
+        "faultsInjected": sum(faults_by_kind.values()),
+        "faultsByKind": faults_by_kind,
+        "upstreamRequestsLogged": len(upstream_calls),
+        "rotations": ROTATIONS,
+        "rotationsSucceeded": sum(1 for cid in ids if status_of.get(cid) == "succeeded"),
+        "rotationsSucceededInFirstSweep": first_sweep_succeeded,
+        "sweeps": sweeps,
+        "apiRequests": len(results),
+        "apiStatuses": {str(k): v for k, v in sorted(statuses.items())},
+        "api5xx": len(server_errors),
+        "apiErrors": [{"request": kind, "status": status, "body": text[:200]}
+                      for kind, status, text in results if status >= 400],
+        "apiSeconds": round(api_seconds, 2),
+        "stormSeconds": round(storm_seconds, 2),
+        "connectionsCreatedInStorm": len(made),
+        "createdButMissing": len(missing),
+        "createdButNotWorking": len(invalid),
+        "lostSecrets": len(result.lost),
+        "orphanedCredentials": len(result.orphaned),
+        "unrevokedPreviousCredentials": len(result.unrevoked),
+        "duplicateHistory": len(result.duplicate_history),
+        "secretsInLogsOrTables": len(leaked),
+        "secretsScanned": len(registry.values),
+    }
+    path = write_figures("storm", figures)
+    print(f"figures written to {path}: {figures}")
+    assert server_errors == [], server_errors[:5]
+    assert not result.problems, result.problems
+    assert missing == [] and invalid == []
+    assert leaked == []
+    assert sum(faults_by_kind.values()) > 100, "the storm did not happen"
+
+
+def test_a_dropped_unconditional_patch_is_retried_and_a_conditional_one_is_not() -> None:
+    """The storm found it: Key Vault's ``update_secret_properties`` (PATCH) failed a rotation on a dropped
+    connection, since azure-core retries only GET/HEAD/PUT/DELETE/OPTIONS/TRACE when no answer came."""
+    from azure.core.rest import HttpRequest
+
+    from shared.azure.retry import retry_policy
+
+    policy = retry_policy()
+    settings = policy.configure_retries({})
+    vault = HttpRequest("PATCH", "https://vault.example/secrets/s/v", json={"attributes": {"enabled": False}})
+    guarded = HttpRequest("PATCH", "https://tables.example/t(PartitionKey='a',RowKey='b')", headers={"If-Match": "*"})
+    create = HttpRequest("POST", "https://tables.example/t", json={})
+    assert policy._is_method_retryable(settings, vault)
+    assert not policy._is_method_retryable(settings, guarded)
+    assert not policy._is_method_retryable(settings, create)

@@ -1,0 +1,143 @@
+"""The OpenAPI document is generated from the models, covers every route, and the models match what the
+service's own functions produce (``to_response``, ``state_response``, ``as_dict``, ``app_options``, problems)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from shared.connections import to_response
+from shared.errors import Conflict, FieldError, InvalidRequest, NotFound
+from shared.models import (
+    AppOptionOut,
+    ConnectionEnvelope,
+    ConnectionOut,
+    CreateConnectionIn,
+    Problem,
+    RotationEventOut,
+    UpdateConnectionIn,
+)
+from shared.openapi import openapi_document
+from shared.rotation.state import RotationState, with_state
+from shared.store.history import RotationEvent
+from shared.store.tables import ConnectionRecord
+
+NOW = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
+ROUTES = {
+    ("get", "/api/v1/app-connections/options"), ("post", "/api/v1/app-connections/{app}"),
+    ("get", "/api/v1/app-connections/{app}"), ("get", "/api/v1/app-connections/{app}/{connectionId}"),
+    ("get", "/api/v1/app-connections/{app}/connection-name/{connectionName}"),
+    ("patch", "/api/v1/app-connections/{app}/{connectionId}"),
+    ("delete", "/api/v1/app-connections/{app}/{connectionId}"),
+    ("post", "/api/v1/app-connections/{app}/{connectionId}/validate"),
+    ("post", "/api/v1/app-connections/{app}/{connectionId}/rotate"),
+    ("get", "/api/v1/app-connections/{app}/{connectionId}/rotations"),
+    ("get", "/api/v1/app-connections/azure-client-secrets/{connectionId}/clients"),
+    ("get", "/api/v1/app-connections/{app}/oauth/authorize"),
+    ("get", "/organization/app-connections/azure/oauth/callback"), ("get", "/api/v1/openapi.json"),
+}
+
+
+def _record(**changes: object) -> ConnectionRecord:
+    record = ConnectionRecord(
+        app="azure-key-vault", id="6f1c1f4e-0000-4000-8000-000000000001", name="prod", method="client-secret",
+        tenant_id="t", client_id="c", created_at=NOW, updated_at=NOW, secret_name="s", secret_version="v",
+    )
+    return record.evolve(**changes)
+
+
+def test_every_route_is_documented_with_its_problems_and_the_key():
+    document = openapi_document()
+    assert document["openapi"] == "3.1.0"
+    found = {(m, p) for p, item in document["paths"].items() for m in item if m != "parameters"}
+    assert found == ROUTES
+    schemes = document["components"]["securitySchemes"]
+    assert (schemes["functionKeyHeader"]["in"], schemes["functionKeyHeader"]["name"]) == ("header", "x-functions-key")
+    assert (schemes["functionKeyQuery"]["in"], schemes["functionKeyQuery"]["name"]) == ("query", "code")
+    callback = document["paths"]["/organization/app-connections/azure/oauth/callback"]["get"]
+    assert callback["security"] == [] and "text/html" in callback["responses"]["200"]["content"]
+    create = document["paths"]["/api/v1/app-connections/{app}"]["post"]
+    for status in ("201", "400", "404", "409", "413", "415", "502"):
+        assert status in create["responses"]
+    assert "application/problem+json" in create["responses"]["409"]["content"]
+
+
+def test_the_schemas_are_the_models():
+    schemas = openapi_document()["components"]["schemas"]
+    generated = CreateConnectionIn.model_json_schema(ref_template="#/components/schemas/{model}")
+    assert schemas["RotationIn"] == generated["$defs"]["RotationIn"]
+    mine = dict(schemas["CreateConnectionIn"])
+    mine["properties"] = {**mine["properties"], "credentials": generated["properties"]["credentials"]}
+    assert mine == {k: v for k, v in generated.items() if k != "$defs"}
+    assert schemas["UpdateConnectionIn"]["additionalProperties"] is False
+    assert set(schemas["UpdateConnectionIn"]["properties"]) == set(UpdateConnectionIn.model_fields)
+    assert set(schemas["ConnectionOut"]["required"]) == set(ConnectionOut.model_fields)
+    assert schemas["ConnectionOut"]["additionalProperties"] is False
+
+
+def test_connections_as_answered_match_the_response_model():
+    plain = to_response(_record())
+    ConnectionEnvelope.model_validate({"appConnection": plain})
+    state = RotationState(enabled=True, interval_days=30, rotate_at="03:00", time_zone="Europe/Paris",
+                          status="scheduled", last_rotated_at=NOW, next_at=NOW + timedelta(days=30))
+    rotated = to_response(with_state(_record(), state))
+    assert rotated["rotation"] is not None
+    ConnectionOut.model_validate(rotated)
+    oauth = to_response(_record(method="oauth", client_id=None, status="reauthorization-required"))
+    assert "clientId" not in oauth["credentials"]
+    ConnectionOut.model_validate(oauth)
+    with pytest.raises(ValueError, match="secret"):
+        ConnectionOut.model_validate({**plain, "secret": "x"})
+
+
+def test_rotation_events_and_options_match_their_models():
+    event = RotationEvent("r", "c", "azure-key-vault", NOW, NOW + timedelta(seconds=2), "succeeded", "manual",
+                          "k2", "k1", None)
+    RotationEventOut.model_validate(event.as_dict())
+    from shared.options import app_options
+    from shared.settings import load_settings
+
+    settings = load_settings({"KEY_VAULT_URL": "https://v.vault.azure.net",
+                              "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+                              "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_ID": "11111111-1111-1111-1111-111111111111",
+                              "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_SECRET": "oauth-client-secret"})
+    options = app_options(settings)
+    assert {o["oauthConfigured"] for o in options} == {True, False}
+    for option in options:
+        AppOptionOut.model_validate(option)
+
+
+@pytest.mark.parametrize("error", [
+    InvalidRequest("bad", errors=[FieldError("/name", "is required")]), NotFound("no"),
+    Conflict("taken", extensions={"aadstsCode": "AADSTS7000215"}),
+])
+def test_problems_match_the_problem_model(error):
+    Problem.model_validate(error.to_problem("/api/v1/x"))
+
+
+def _response(status: int, request: httpx.Request, **kwargs: object) -> httpx.Response:
+    response = httpx.Response(status, request=request, **kwargs)  # type: ignore[arg-type]
+    response.read()
+    response.elapsed = timedelta(milliseconds=1)
+    return response
+
+
+def test_the_conformance_check_catches_a_wrong_answer():
+    from tests.reliability.conftest import Conformance
+
+    conformance = Conformance(openapi_document())
+    path = "/api/v1/app-connections/{app}/{connectionId}"
+    request = httpx.Request("GET", "http://h/api/v1/app-connections/azure-key-vault/x")
+    good = _response(200, request, json={"appConnection": to_response(_record())})
+    conformance.check("get", path, good)
+    bad = _response(200, request, json={"appConnection": {**to_response(_record()), "clientSecret": "x"}})
+    with pytest.raises(Exception):  # schemathesis' failure group
+        conformance.check("get", path, bad)
+    with pytest.raises(AssertionError):
+        conformance.check("get", path, _response(500, request, json={}))
+    with pytest.raises(AssertionError):
+        conformance.check("get", path, _response(404, request, content=b"<p>", headers={"content-type": "text/html"}))
+    assert json.dumps(openapi_document())  # serializable

@@ -1,0 +1,99 @@
+"""The log redaction: patterns, registered values, records from any logger (SDKs included), exceptions."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from shared import redaction
+from shared.redaction import REDACTED, RedactingFilter, redact, redact_record, register_secret
+
+JWT = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlLWJ5dGVz"
+PEM = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nabcdef==\n-----END PRIVATE KEY-----"
+
+
+@pytest.mark.parametrize(("text", "secret"), [
+    ("Authorization: Bearer abc.def-ghi_jkl~123=", "abc.def-ghi_jkl~123="),
+    (f"token {JWT} was refused", JWT),
+    ("body client_secret=s3cr3t-Value&grant_type=client_credentials", "s3cr3t-Value"),
+    ("grant_type=refresh_token&refresh_token=0.AXoA-refresh.token&scope=x", "0.AXoA-refresh.token"),
+    ('{"clientSecret": "s3cr3t~value", "tenantId": "t"}', "s3cr3t~value"),
+    ("{'client_secret': 'py-repr-secret'}", "py-repr-secret"),
+    ('{"secretText": "graph-made-secret", "keyId": "k"}', "graph-made-secret"),
+    ('{\\"clientSecret\\": \\"escaped-json-secret\\"}', "escaped-json-secret"),
+    ('"privateKey": "-----BEGIN"', "-----BEGIN"),
+    (f"key material: {PEM} end", "MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"),
+    ("-----BEGIN RSA PRIVATE KEY-----\nMIIcutshort", "MIIcutshort"),
+    ("GET /api/v1/x?code=function-key-value&limit=1", "function-key-value"),
+    ("code_verifier=pkce-verifier-value", "pkce-verifier-value"),
+])
+def test_patterns_are_redacted(text, secret):
+    cleaned = redact(text)
+    assert secret not in cleaned
+    assert "REDACTED" in cleaned
+
+
+def test_ordinary_text_is_left_alone():
+    text = "Entra refused the credentials (AADSTS7000215); tenant 72f988bf-86f1-41af-91ab-2d7cd011db47, code 400"
+    assert redact(text) == text
+
+
+def test_registered_values_and_their_json_form_are_redacted():
+    secret = 'Zq8~registered"secret\\value'
+    register_secret(secret)
+    register_secret("short")  # too short to register: never redacts ordinary words
+    assert secret not in redact(f"oops {secret} oops")
+    assert json.dumps(secret)[1:-1] not in redact(f"json {json.dumps({'v': secret})}")
+    assert redact("short text") == "short text"
+
+
+def _record(msg: str, *args: object, exc: BaseException | None = None) -> logging.LogRecord:
+    exc_info = (type(exc), exc, exc.__traceback__) if exc else None
+    return logging.LogRecord("azure.core.pipeline", logging.WARNING, __file__, 1, msg, args, exc_info)
+
+
+def test_records_are_rewritten_only_when_something_was_redacted():
+    plain = redact_record(_record("GET %s -> %d", "/api/v1/x", 200))
+    assert plain.msg == "GET %s -> %d" and plain.args == ("/api/v1/x", 200)
+    dirty = redact_record(_record("request body %s", "client_secret=abcdefgh123"))
+    assert "abcdefgh123" not in dirty.getMessage()
+
+
+def test_exception_texts_are_redacted():
+    try:
+        raise ValueError("SDK said: Bearer sdk-token-value-123 was refused")
+    except ValueError as error:
+        record = redact_record(_record("failed", exc=error))
+    assert record.exc_text and "sdk-token-value-123" not in record.exc_text
+    assert "sdk-token-value-123" not in logging.Formatter().format(record)
+
+
+def test_installed_filter_sees_every_logger_and_handler():
+    register_secret("installed-filter-secret-1")
+    redaction.install()
+    redaction.install()  # idempotent
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(self.format(record))
+
+    handler = Keep()
+    sdk = logging.getLogger("azure.identity._internal.test")
+    sdk.addHandler(handler)
+    try:
+        sdk.warning("token request failed: %s", {"client_secret": "installed-filter-secret-1"})
+        sdk.warning("Authorization: Bearer %s", JWT)
+    finally:
+        sdk.removeHandler(handler)
+    assert len(seen) == 2
+    assert not any("installed-filter-secret-1" in line or JWT in line for line in seen)
+    assert all(REDACTED in line for line in seen)
+
+
+def test_the_filter_class_works_on_a_handler():
+    record = _record("refresh_token=%s", "rt-value-123456")
+    assert RedactingFilter().filter(record) is True
+    assert "rt-value-123456" not in record.getMessage()
