@@ -30,6 +30,10 @@ class BodyTooLarge(Exception):
     pass
 
 
+class IncompleteBody(Exception):
+    """The client went away before its body was complete: a real server acts on no part of such a request."""
+
+
 class HttpError(Exception):
     """Raised by a handler to answer at once with ``response``."""
 
@@ -100,6 +104,8 @@ class Request:
             total = 0
             while True:
                 size_line = self._rfile.readline(1024)
+                if not size_line.endswith(b"\n"):
+                    raise IncompleteBody
                 size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
                 if size == 0:
                     while self._rfile.readline(1024) not in (b"\r\n", b"\n", b""):
@@ -108,13 +114,18 @@ class Request:
                 total += size
                 if total > MAX_BODY:
                     raise BodyTooLarge
-                chunks.append(self._rfile.read(size))
-                self._rfile.readline(1024)
+                chunk = self._rfile.read(size)
+                if len(chunk) < size or not self._rfile.readline(1024).endswith(b"\n"):
+                    raise IncompleteBody
+                chunks.append(chunk)
             return b"".join(chunks)
         length = int(self.header("content-length", "0") or "0")
         if length > MAX_BODY:
             raise BodyTooLarge
-        return self._rfile.read(length) if length > 0 else b""
+        body = self._rfile.read(length) if length > 0 else b""
+        if len(body) < length:
+            raise IncompleteBody
+        return body
 
     def form(self) -> dict[str, str]:
         pairs = urllib.parse.parse_qs(self.body.decode("utf-8", "replace"), keep_blank_values=True)

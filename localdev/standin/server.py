@@ -22,7 +22,15 @@ from localdev.standin import admin_api, entra, graph, keyvault, oauth
 from localdev.standin.admin import AdminClient
 from localdev.standin.context import Context
 from localdev.standin.pki import server_pki
-from localdev.standin.routing import BodyTooLarge, HttpError, Request, Response, Router, json_response
+from localdev.standin.routing import (
+    BodyTooLarge,
+    HttpError,
+    IncompleteBody,
+    Request,
+    Response,
+    Router,
+    json_response,
+)
 from localdev.standin.state import FaultRule, State
 from localdev.standin.tokens import Signer
 
@@ -171,6 +179,10 @@ class _Handler(BaseHTTPRequestHandler):
                 response = self._route(req)
         except HttpError as exc:
             response = exc.response
+        except IncompleteBody:  # the client is gone: act on nothing, answer nothing
+            self._log(req, None, started, fault)
+            self._drop()
+            return
         except BodyTooLarge:
             response = json_response(413, {"error": {"code": "RequestTooLarge", "message": "request body too large"}})
             self.close_connection = True
@@ -183,7 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not req.body_read:  # read and discard an unread body so the connection stays usable
             try:
                 _ = req.body
-            except (BodyTooLarge, ValueError):
+            except (BodyTooLarge, IncompleteBody, ValueError):
                 self.close_connection = True
         if not admin:  # logged before the answer goes out, so a client that reads the log next finds it
             self._log(req, response.status, started, fault)

@@ -432,3 +432,35 @@ def test_reset_clears_graph_state() -> None:
             "log": [],
         }
         assert other.state.propagation_delay == 0
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_request_whose_client_died_mid_body_changes_nothing(world: World, framing: str) -> None:
+    """A client SIGKILLed while sending addPassword leaves a truncated body behind. Like any real server, the
+    stand-in acts on no part of it (it once added a password with no display name from the empty rest)."""
+    import socket
+    import urllib.parse
+
+    admin = world.standin.admin
+    token = token_with(world, world.rotator.app_id, world.rotator.secret)
+    before = admin.app_passwords(world.tenant, world.rotator.app_id)
+    body = b'{"passwordCredential": {"displayName": "half-sent"}}'
+    if framing == "chunked":
+        framed, extra = f"{len(body):x}\r\n".encode() + body[:10], "Transfer-Encoding: chunked"
+    else:
+        framed, extra = body[:10], f"Content-Length: {len(body)}"
+    url = urllib.parse.urlsplit(world.url)
+    head = (f"POST /v1.0/applications/{world.rotator.object_id}/addPassword HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n{extra}\r\n\r\n").encode()
+    context = ssl.create_default_context(cafile=world.ca)
+    with socket.create_connection((url.hostname, url.port)) as raw, \
+            context.wrap_socket(raw, server_hostname=url.hostname) as tls:
+        tls.sendall(head + framed)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # the stand-in has seen the request once it logs it
+        if any(e["path"].endswith("/addPassword") and e["status"] is None for e in admin.requests()[-5:]):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the stand-in never logged the truncated request")
+    assert admin.app_passwords(world.tenant, world.rotator.app_id) == before
