@@ -134,18 +134,23 @@ class Rotator:
             return None
 
     async def _save(self, record: ConnectionRecord, state: RotationState, **changes: object) -> ConnectionRecord:
+        """Write the next journal entry, guarded by the ETag of the entity this step started from."""
         for _ in range(3):
+            target = with_state(record.evolve(**changes), state)
             try:
-                return await self.table.update(with_state(record.evolve(**changes), state))
+                return await self.table.update(target)
             except Conflict:
                 pass
-            # The entity changed under us. An edit that left the rotation and the secret alone (its name or
-            # description, say) does not end the rotation: this step is applied again on top of it. Anything
-            # else (another owner, a changed journal or secret) means the rotation is no longer ours.
+            # The entity changed under us. Three cases: our own write landed but its answer was lost (the
+            # connection dropped and the retry met its own ETag); an edit that left the rotation and the secret
+            # alone (a new name or description), on top of which this step is applied again; anything else
+            # (another owner, a changed journal or secret), which means the rotation is no longer ours.
             try:
                 current = await self.table.get(record.app, record.id)
             except NotFound:
                 raise LeaseLost(record.id) from None
+            if read_state(current) == state and current.secret_version == target.secret_version:
+                return current
             if (read_state(current) != read_state(record) or current.secret_version != record.secret_version
                     or read_state(current).lease_owner != self.owner):
                 raise LeaseLost(record.id)

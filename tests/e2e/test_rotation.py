@@ -238,6 +238,63 @@ async def test_a_rotation_interrupted_at_any_step_is_finished_by_the_next_sweep(
     assert history[0]["outcome"] == "succeeded" and history[0]["revokedKeyId"] == previous_key
 
 
+async def test_a_journal_write_that_landed_but_whose_answer_was_lost_does_not_stop_the_rotation(
+        api, admin, local_env, clients, secrets_used):
+    """A dropped connection after Table Storage applied a step: the retried, ETag-guarded write meets its own
+    ETag (412). The rotation recognises its own write and goes on; nothing is added twice."""
+    from shared.errors import Conflict
+
+    entra = register_rotatable_app(admin, secrets_used)
+    connection = create_rotating(api, entra, interval=90)
+    before = await stored(clients, APP, connection["id"])
+    at = utc(connection["rotation"]["nextRotationAt"]) + timedelta(minutes=1)
+    rotator = Rotator(clients, now=lambda: at)
+    real_update = rotator.table.update
+    lost: list[str] = []
+
+    async def answer_lost(record: ConnectionRecord, previous_name: str | None = None) -> ConnectionRecord:
+        await real_update(record, previous_name)
+        step = read_state(record).step
+        if step and step != "begun" and step not in lost:  # each step's first write lands; its answer is lost
+            lost.append(step)
+            raise Conflict("The connection was changed by another request.")
+        return await stored(clients, APP, record.id)
+
+    rotator.table.update = answer_lost  # type: ignore[method-assign]
+    calls = _add_password_calls(admin, entra)
+    claimed = await rotator.claim(before, "schedule")
+    assert claimed is not None
+    done = await rotator.run(claimed)
+    assert read_state(done).status == "succeeded", read_state(done).message
+    assert lost == ["created", "tested", "finished"]
+    assert _add_password_calls(admin, entra) == calls + 1
+    await assert_healthy(clients, admin, local_env.standin, api, entra, APP, connection["id"], secrets_used,
+                         revoked={entra.key_id, read_state(before).key_id or ""})
+
+
+async def test_renaming_a_connection_during_its_rotation_neither_stops_the_rotation_nor_loses_the_name(
+        api, admin, local_env, clients, secrets_used):
+    entra = register_rotatable_app(admin, secrets_used)
+    connection = create_rotating(api, entra, interval=90)
+    before = await stored(clients, APP, connection["id"])
+    at = utc(connection["rotation"]["nextRotationAt"]) + timedelta(minutes=1)
+    renamed = f"renamed-{uuid.uuid4().hex[:8]}"
+
+    async def rename(name: str, record: ConnectionRecord) -> None:
+        if name == "after-vault-write":
+            response = await asyncio.to_thread(api.patch, f"{BASE}/{APP}/{record.id}", json={"name": renamed})
+            assert response.status_code == 200, response.text
+
+    rotator = Rotator(clients, now=lambda: at, checkpoint=rename)
+    claimed = await rotator.claim(before, "schedule")
+    assert claimed is not None
+    done = await rotator.run(claimed)
+    assert read_state(done).status == "succeeded", read_state(done).message
+    assert done.name == renamed
+    await assert_healthy(clients, admin, local_env.standin, api, entra, APP, connection["id"], secrets_used,
+                         revoked={entra.key_id, read_state(before).key_id or ""})
+
+
 # -- propagation, concurrency, throttling, permissions -------------------------------------------------
 def test_propagation_delay_is_waited_out_and_revocation_comes_after_the_new_secret_worked(
         api, admin, local_env, secrets_used):
