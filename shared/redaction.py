@@ -49,6 +49,9 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 
 _lock = threading.Lock()
 _secrets: OrderedDict[str, None] = OrderedDict()
+# Registered values by their first MIN_SECRET_LENGTH characters: finding them costs one dict lookup per
+# position of the text, however many values are registered.
+_by_prefix: dict[str, set[str]] = {}
 _installed = False
 
 
@@ -59,25 +62,42 @@ def register_secret(value: object) -> None:
     forms = {value, json.dumps(value)[1:-1]}
     with _lock:
         for form in forms:
+            if form not in _secrets:
+                _by_prefix.setdefault(form[:MIN_SECRET_LENGTH], set()).add(form)
             _secrets[form] = None
             _secrets.move_to_end(form)
         while len(_secrets) > MAX_REGISTERED:
-            _secrets.popitem(last=False)
+            old, _ = _secrets.popitem(last=False)
+            bucket = _by_prefix.get(old[:MIN_SECRET_LENGTH])
+            if bucket is not None:
+                bucket.discard(old)
+                if not bucket:
+                    del _by_prefix[old[:MIN_SECRET_LENGTH]]
 
 
 def forget_secrets() -> None:
     """Forget every registered value (tests)."""
     with _lock:
         _secrets.clear()
+        _by_prefix.clear()
+
+
+def _registered_in(text: str) -> set[str]:
+    with _lock:
+        if not _by_prefix:
+            return set()
+        found: set[str] = set()
+        for start in range(len(text) - MIN_SECRET_LENGTH + 1):
+            bucket = _by_prefix.get(text[start:start + MIN_SECRET_LENGTH])
+            if bucket:
+                found.update(value for value in bucket if text.startswith(value, start))
+        return found
 
 
 def redact(text: str) -> str:
     """``text`` without any registered secret or anything that looks like one."""
-    with _lock:
-        known = sorted(_secrets, key=len, reverse=True)
-    for value in known:
-        if value in text:
-            text = text.replace(value, REDACTED)
+    for value in sorted(_registered_in(text), key=len, reverse=True):
+        text = text.replace(value, REDACTED)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text

@@ -97,3 +97,19 @@ def test_the_filter_class_works_on_a_handler():
     record = _record("refresh_token=%s", "rt-value-123456")
     assert RedactingFilter().filter(record) is True
     assert "rt-value-123456" not in record.getMessage()
+
+
+def test_registered_values_are_found_anywhere_and_the_oldest_are_forgotten_beyond_the_bound(monkeypatch):
+    monkeypatch.setattr(redaction, "MAX_REGISTERED", 4)
+    redaction.forget_secrets()
+    values = [f"value-number-{n}-abcdef" for n in range(4)]
+    for value in values:
+        register_secret(value)
+    glued = "x" + values[0] + values[3] + "y"
+    assert redact(glued) == f"x{REDACTED}{REDACTED}y"
+    assert redact(f"[{values[1]}]") == f"[{REDACTED}]"
+    register_secret("a-fifth-secret-value")  # the oldest value is forgotten, so memory stays bounded
+    assert values[0] in redact(values[0])
+    assert redact("a-fifth-secret-value") == REDACTED
+    redaction.forget_secrets()
+    assert redact(values[3]) == values[3]
