@@ -1,8 +1,19 @@
-"""Shared test plumbing: a log capture for the secret scan, installed before anything logs."""
+"""Shared test plumbing: a log capture for the secret scan, installed before anything logs; the local
+environment fixtures; the secret scan ordered after every other test of the run."""
 
 import logging
 
 import pytest
+
+pytest_plugins = ["tests.local_environment"]
+
+LAST = "tests/e2e/test_zz_secret_scan.py"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The secret scan looks at the logs and tables of everything before it (end-to-end and reliability
+    campaign alike), so it runs last whatever the order of collection."""
+    items.sort(key=lambda item: item.nodeid.startswith(LAST))
 
 
 class CaptureAll(logging.Handler):

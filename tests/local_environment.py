@@ -1,0 +1,84 @@
+"""The local environment of the end-to-end and reliability tests: Azurite, the stand-in and the local host,
+started once per session on free loopback ports (only for the tests that ask for them) and always stopped.
+The service runs in this process, so its logs are captured for the secret scan that runs last."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from localdev.environment import LocalEnvironment
+from shared.settings import reset_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Registry:
+    """Every secret value the suite hands out, so the final scan can look for each one."""
+
+    values: set[str] = field(default_factory=set)
+
+    def add(self, *values: str) -> None:
+        self.values.update(v for v in values if v)
+
+
+@pytest.fixture(scope="session")
+def secrets_used() -> Registry:
+    return Registry()
+
+
+@pytest.fixture(scope="session")
+def local_env(tmp_path_factory: pytest.TempPathFactory, secrets_used: Registry) -> Iterator[LocalEnvironment]:
+    saved = dict(os.environ)
+    # The timer is wired but fires only on 1 January: tests drive sweeps themselves, with their own clock.
+    # The host's port is chosen now: SITE_URL (and so the OAuth redirect URI) must be known before it starts.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        host_port = probe.getsockname()[1]
+    env = LocalEnvironment(
+        tmp_path_factory.mktemp("localdev"), table_prefix="E2e" + secrets.token_hex(4), sweep_schedule="0 0 0 1 1 *",
+        site_url=f"http://127.0.0.1:{host_port}",
+    )
+    env.start()
+    try:
+        env.apply()
+        reset_settings()
+        assert env.identity is not None
+        secrets_used.add(env.identity.client_secret)
+        secrets_used.add(*[client.client_secret for client in env.oauth_clients.values()])
+        yield env
+    finally:
+        env.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+        reset_settings()
+
+
+@pytest.fixture(scope="session")
+def host_url(local_env: LocalEnvironment) -> Iterator[str]:
+    from localdev.host import LocalHost, load_function_app, run_in_thread
+
+    app = load_function_app("function_app", ROOT)
+    local_host = LocalHost(app, ROOT / "host.json")
+    with run_in_thread(local_host.asgi, int(local_env.settings["SITE_URL"].rsplit(":", 1)[1])) as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="session")
+def api(host_url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=host_url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def admin(local_env: LocalEnvironment):  # type: ignore[no-untyped-def]
+    assert local_env.standin is not None
+    return local_env.standin.admin
