@@ -1,4 +1,6 @@
-"""Runs last in the end-to-end suite: no secret value the suite used is in Table Storage or in any log record."""
+"""Runs after every other test (tests/conftest.py orders it last): no secret value the end-to-end tests and the
+reliability campaign's fuzzing and hostile requests used is in Table Storage or in any log record. Its counts go
+to ``.reliability/scan.json`` for ``python -m tests.reliability.report``."""
 
 from __future__ import annotations
 
@@ -29,5 +31,10 @@ def test_no_secret_in_tables_or_logs(local_env, api, secrets_used, log_capture):
     assert logs
     leaked_tables = [s[:6] + "..." for s in secrets_used.values if s in tables]
     leaked_logs = [s[:6] + "..." for s in secrets_used.values if s in logs]
+    from tests.reliability.harness import write_figures
+
+    write_figures("scan", {"secretsScanned": len(secrets_used.values), "logRecords": len(log_capture.records),
+                           "tableEntities": tables.count("\n") + 1, "secretsInLogsOrTables":
+                           len(set(leaked_tables) | set(leaked_logs))})
     assert leaked_tables == []
     assert leaked_logs == []

@@ -3,15 +3,10 @@ end-to-end tests' own, from ``tests/local_environment.py``: one per session, sha
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-REPORT_DIR = ROOT / ".reliability"
 
 
 @pytest.fixture(scope="session")
@@ -22,17 +17,6 @@ def openapi_document(api: httpx.Client) -> dict[str, Any]:
     document = response.json()
     assert isinstance(document, dict)
     return document
-
-
-def write_report(name: str, figures: dict[str, Any]) -> Path:
-    """Merge ``figures`` into ``.reliability/<name>.json`` (git-ignored) and return its path."""
-    REPORT_DIR.mkdir(exist_ok=True)
-    (REPORT_DIR / ".gitignore").write_text("*\n")
-    path = REPORT_DIR / f"{name}.json"
-    current = json.loads(path.read_text()) if path.exists() else {}
-    current.update(figures)
-    path.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
-    return path
 
 
 class Conformance:

@@ -1,7 +1,9 @@
 """``python -m tests.reliability.report``: the reliability figures, as a table, from ``.reliability/*.json``.
 
 The files are written by the campaigns: ``fuzz.json`` (tests/reliability/test_fuzz.py), ``crashes.json``
-(test_crashes.py) and ``storm.json`` (test_storm.py). A campaign that has not run shows "not run".
+(test_crashes.py), ``storm.json`` (test_storm.py) and ``scan.json`` (tests/e2e/test_zz_secret_scan.py, over the
+logs and tables of the end-to-end tests, the fuzzing and the hostile requests). A campaign that has not run
+shows "not run"; each row says when its figures were written. ``scripts/test.sh`` prints it after the tests.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def _sum(*values: Any) -> Any:
 
 
 def rows(directory: Path = FIGURES) -> list[tuple[str, str, str]]:
-    fuzz, crashes, storm = (load(name, directory) for name in ("fuzz", "crashes", "storm"))
+    fuzz, crashes, storm, scan = (load(name, directory) for name in ("fuzz", "crashes", "storm", "scan"))
     out: list[tuple[str, str, str]] = []
 
     if fuzz is None:
@@ -57,16 +59,19 @@ def rows(directory: Path = FIGURES) -> list[tuple[str, str, str]]:
         out.append(("API 5xx under storm", f"{storm.get('api5xx', '?')}/{storm.get('apiRequests', '?')}",
                     f"storm: statuses {storm.get('apiStatuses', {})}"))
 
+    sources = (("crashes", crashes), ("storm", storm), ("scan", scan))
+
     def both(key: str) -> tuple[str, str]:
-        value = _sum((crashes or {}).get(key), (storm or {}).get(key))
-        detail = ", ".join(f"{name}: {data.get(key, '?')}" for name, data in (("crashes", crashes), ("storm", storm))
-                           if data is not None) or "crashes, storm"
-        return str(value), detail
+        value = _sum(*((data or {}).get(key) for _, data in sources))
+        detail = ", ".join(f"{name}: {data[key]}" for name, data in sources if data is not None and key in data)
+        return str(value), detail or "not run"
 
     for label, key in (("Lost secrets", "lostSecrets"), ("Orphaned credentials", "orphanedCredentials"),
                        ("Secrets found in logs or tables", "secretsInLogsOrTables")):
         value, detail = both(key)
         out.append((label, value, detail))
+    written = ", ".join(f"{name} {data.get('writtenAt', '?')}" for name, data in (("fuzz", fuzz), *sources) if data)
+    out.append(("Figures written at", "", written or "no campaign has run"))
     return out
 
 

@@ -30,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from shared.models import Problem
-from tests.reliability.conftest import write_report
+from tests.reliability.harness import write_figures
 
 pytestmark = pytest.mark.e2e
 
@@ -137,7 +137,7 @@ def test_fuzz_every_route_with_generated_requests(host_url: str, openapi_documen
         "per_route": dict(sorted(sent.items())),
         "schemathesis": schemathesis.SCHEMATHESIS_VERSION if hasattr(schemathesis, "SCHEMATHESIS_VERSION") else "",
     }
-    path = write_report("fuzz", figures)
+    path = write_figures("fuzz", figures)
     print(f"\nfuzz: {total} requests across {len(sent)} routes in {elapsed:.0f} s; 5xx: {server_errors}; "
           f"nonconforming: {len(failures)}; statuses {figures['statuses']} -> {path}")
     assert len(sent) == len(operations)
