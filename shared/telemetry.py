@@ -66,6 +66,11 @@ def configure(env: Mapping[str, str] | None = None) -> bool:
         if _configured:
             return True
         _configured = True
+    if _sdk_already_installed():
+        # The Functions Python worker configures Azure Monitor itself when told to
+        # (PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY): configuring it twice would export everything twice.
+        log.info("Telemetry: an OpenTelemetry SDK is already configured in this process; using it")
+        return True
     from azure.monitor.opentelemetry import configure_azure_monitor
 
     options: dict[str, Any] = {"connection_string": settings.connection_string}
@@ -76,6 +81,14 @@ def configure(env: Mapping[str, str] | None = None) -> bool:
     configure_azure_monitor(**options)
     log.info("Telemetry: exporting traces, metrics and logs to Application Insights")
     return True
+
+
+def _sdk_already_installed() -> bool:
+    """Whether a real (SDK) tracer provider is installed globally, rather than the API's proxy or no-op one."""
+    from opentelemetry import trace
+
+    provider = trace.get_tracer_provider()
+    return type(provider).__module__.startswith("opentelemetry.sdk")
 
 
 def use_providers(tracer_provider: TracerProvider | None = None, meter_provider: MeterProvider | None = None) -> None:

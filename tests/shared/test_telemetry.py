@@ -42,6 +42,21 @@ def test_without_a_connection_string_nothing_is_configured_or_imported():
     assert json.loads(out.stdout) == []
 
 
+def test_an_sdk_the_worker_already_configured_is_used_not_configured_twice():
+    code = (
+        "import sys\n"
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "trace.set_tracer_provider(TracerProvider())\n"
+        "from shared import telemetry\n"
+        "env = {'APPLICATIONINSIGHTS_CONNECTION_STRING': 'InstrumentationKey=00000000-0000-0000-0000-000000000000'}\n"
+        "print(telemetry.configure(env), 'azure.monitor.opentelemetry' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin"})
+    assert out.stdout.split() == ["True", "False"]
+
+
 @pytest.fixture
 def exporter():
     exporter = InMemorySpanExporter()
