@@ -29,6 +29,8 @@ if str(ROOT) not in sys.path:
 WORKER_FLAG = "--worker"
 STANDIN_URL = "BENCH_STANDIN_URL"
 STANDIN_CA = "BENCH_STANDIN_CA"
+AZURITE_PID = "BENCH_AZURITE_PID"
+ENVIRONMENT_PID = "BENCH_ENVIRONMENT_PID"  # the process that serves the stand-in (it does nothing else)
 ROTATION_ROLE = "Application.ReadWrite.OwnedBy"
 
 log = logging.getLogger("bench")
@@ -59,9 +61,12 @@ def run_in_environment(script: str, argv: Sequence[str], environment: dict[str, 
                                sweep_schedule="0 0 0 1 1 *")
         with env:
             assert env.standin is not None
+            assert env.azurite is not None
+            assert env.azurite.process is not None
             log.info("environment up in %.1f s (stand-in %s)", time.monotonic() - started, env.standin.url)
             child_env = {**os.environ, **env.settings, STANDIN_URL: env.standin.url,
-                         STANDIN_CA: str(env.standin.ca_path), **(environment or {})}
+                         STANDIN_CA: str(env.standin.ca_path), AZURITE_PID: str(env.azurite.process.pid),
+                         ENVIRONMENT_PID: str(os.getpid()), **(environment or {})}
             child_env.setdefault("PYTHONPATH", str(ROOT))
             return subprocess.call([sys.executable, script, *argv, WORKER_FLAG], cwd=ROOT, env=child_env)
 
@@ -85,6 +90,33 @@ def register_rotatable_app(admin: Any, tenant_id: str, name: str) -> dict[str, s
 def peak_rss_mib() -> float:
     """Peak resident set size of this process (Linux: ru_maxrss is in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of another process so far (Linux /proc; 0 when it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
+def machine_cpu_seconds() -> float:
+    """CPU time every process of the machine has used so far, over all cores (Linux /proc/stat)."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()[1:]
+    except OSError:
+        return 0.0
+    busy = sum(int(v) for v in fields[:8]) - int(fields[3]) - int(fields[4])  # all but idle and iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def environment_cpu_seconds() -> tuple[float, float]:
+    """CPU so far of the stand-in's process (the benchmark's parent) and of Azurite."""
+    return (process_cpu_seconds(int(os.environ.get(ENVIRONMENT_PID, "0") or 0)),
+            process_cpu_seconds(int(os.environ.get(AZURITE_PID, "0") or 0)))
 
 
 def current_rss_mib() -> float:

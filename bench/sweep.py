@@ -7,7 +7,10 @@ adds ``--latency-ms`` to every call, a fake clock stands past every connection's
 
 Figures: wall time; calls per rotation (counted in the stand-in's request log; Table Storage calls go to
 Azurite and carry no added latency); ideal = rotations x calls per rotation x latency / concurrency;
-efficiency = ideal / wall; the worker's peak RSS. Goals: efficiency >= 0.7 at 32, RSS < 250 MiB.
+efficiency = ideal / wall; the CPU spent during each sweep by the worker, the stand-in's process (the
+benchmark's parent: it serves the stand-in and does nothing else) and Azurite, which all share the machine's
+cores, and what every other process of the machine used meanwhile (other work slows a sweep down); the worker's
+peak RSS. Goals: efficiency >= 0.7 at 32, RSS < 250 MiB.
 
     .venv/bin/python bench/sweep.py --rotations 500 --latency-ms 50 --concurrency 1,8,32
 """
@@ -18,6 +21,7 @@ import argparse
 import asyncio
 import collections
 import logging
+import os
 import re
 import resource
 import sys
@@ -94,36 +98,46 @@ async def run(args: argparse.Namespace) -> int:
 
             profiler = cProfile.Profile()
             profiler.enable()
+        handshakes0 = admin.stats()["handshakes"]
         cpu0 = cpu_seconds()
+        standin0, azurite0 = common.environment_cpu_seconds()
+        machine0 = common.machine_cpu_seconds()
         t0 = time.monotonic()
         report = await sweep(Rotator(clients, now=lambda at=clock: at), max_concurrency=concurrency,
                              budget_seconds=1e9, limit=max(1000, args.rotations))
         wall = time.monotonic() - t0
         cpu = cpu_seconds() - cpu0
+        standin1, azurite1 = common.environment_cpu_seconds()
+        others = common.machine_cpu_seconds() - machine0 - cpu - (standin1 - standin0) - (azurite1 - azurite0)
+        handshakes = admin.stats()["handshakes"] - handshakes0
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(f"{args.profile}.c{concurrency}")
         admin.set_latency(0)
         logged = admin.requests(clear=True)
         calls = len(logged)
-        log.info("calls by kind: %s", breakdown(logged))
+        log.info("calls by kind: %s; TLS handshakes at the stand-in: %d", breakdown(logged), handshakes)
         if report.succeeded != args.rotations:
             log.error("only %d of %d rotations succeeded: %s", report.succeeded, args.rotations, report)
             return 1
         per_rotation = calls / report.succeeded
         ideal = report.succeeded * per_rotation * args.latency_ms / 1000 / concurrency
         rows.append([concurrency, report.succeeded, wall, per_rotation, ideal, ideal / wall, cpu,
+                     1000 * cpu / report.succeeded, standin1 - standin0, azurite1 - azurite0, max(0.0, others),
                      common.peak_rss_mib()])
-        log.info("concurrency %d: %.1f s wall, efficiency %.2f", concurrency, wall, ideal / wall)
+        log.info("concurrency %d: %.1f s wall, efficiency %.2f; CPU: worker %.1f s, stand-in %.1f s, Azurite %.1f s, "
+                 "other processes %.1f s (of %.0f s on %d cores)", concurrency, wall, ideal / wall, cpu,
+                 standin1 - standin0, azurite1 - azurite0, others, wall * (os.cpu_count() or 1), os.cpu_count() or 1)
     await close_clients()
     print(common.table(
         f"Sweep of {args.rotations} due rotations, {args.latency_ms} ms added to every stand-in call",
         ["concurrency", "rotations", "wall (s)", "calls/rotation", "ideal (s)", "efficiency", "worker CPU (s)",
+         "worker CPU/rotation (ms)", "stand-in CPU (s)", "Azurite CPU (s)", "other processes' CPU (s)",
          "peak RSS (MiB)"],
         rows))
     top = rows[-1]
     print(f"efficiency at concurrency {top[0]}: {top[5]:.2f} (goal >= 0.7: {'met' if top[5] >= 0.7 else 'missed'}); "
-          f"peak RSS {top[7]:.0f} MiB (goal < 250: {'met' if top[7] < 250 else 'missed'})\n")
+          f"peak RSS {top[-1]:.0f} MiB (goal < 250: {'met' if top[-1] < 250 else 'missed'})\n")
     return 0
 
 

@@ -1,9 +1,19 @@
 """Sweep read cost at scale: a schedule index of many entries, few of them due.
 
-Writes ``--connections`` schedule-index entries spread over the coming year straight into the schedule table
-(entity-group transactions of 100), plus ``--due`` real connections with rotation enabled that are due; then
-one sweep with a clock past their due time. Every Table Storage request of the sweep is counted at the HTTP
-pipeline (a counting transport under the service's own clients), with the entities each response carries.
+``--connections`` schedule-index entries spread over the coming year (for connections that are never due in
+this run), plus ``--due`` real connections with rotation enabled that are due; then one sweep with a clock past
+their due time. Every Table Storage request of the sweep is counted at the HTTP pipeline (a counting transport
+under the service's own clients), with the entities each response carries.
+
+How the entries not due get into the schedule table (``--setup``):
+
+- ``seed`` (default): before Azurite starts, a database holding them is written into its folder with LokiJS,
+  the library Azurite keeps its tables in (``localdev.azurite.Azurite(location=...)``); Azurite then serves it.
+  Azurite looks up each entity it writes by scanning its partition, and the schedule index is one partition,
+  so writing N entries through the API costs O(N^2): about 40 s for the first 10,000 and an hour for 100,000
+  on the development machine (and Azurite drops connections that wait minutes).
+- ``api``: through the Tables API, entity-group transactions of 100 (upserts, retried when a connection
+  drops). Fine up to a few thousand; a cross-check that seeded entries read as written ones.
 
 Goal: the sweep's reads (GET requests, entities read) <= 2 x due + a constant, whatever the index size.
 
@@ -17,10 +27,15 @@ import asyncio
 import collections
 import json
 import logging
+import secrets
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import common
@@ -75,24 +90,64 @@ def counting_clients(settings: Any, counter: TableCounter) -> Any:
     return CountingClients(settings)
 
 
-async def write_index(clients: Any, count: int, start: datetime, concurrency: int = 4) -> None:
-    """``count`` entries for connections that do not exist, due over the year after ``start``."""
+def index_keys(count: int, start: datetime) -> list[str]:
+    """Schedule-index keys of ``count`` connections that do not exist, due over the year after ``start``."""
+    from shared.store.schedule import schedule_key
+
+    span = timedelta(days=365).total_seconds()
+    return [schedule_key(start + timedelta(seconds=span * n / max(1, count)), APP, str(uuid.uuid4()))
+            for n in range(count)]
+
+
+# Writes a LokiJS database as Azurite 3.x keeps its tables (LokiTableMetadataStore: a "$TABLES_COLLECTION$" of
+# {account, table}, a "$SERVICES_COLLECTION$", and one collection per table, "{account}${table}", indexed on
+# PartitionKey and RowKey), holding one table whose entities have the RowKeys read from stdin (a JSON list).
+SEED_SCRIPT = r"""
+const [lokiPath, dbPath, account, table, partition] = process.argv.slice(1);
+const Loki = require(lokiPath);
+const rowKeys = JSON.parse(require("fs").readFileSync(0, "utf8"));
+const db = new Loki(dbPath, { persistenceMethod: "fs" });
+db.addCollection("$TABLES_COLLECTION$", { indices: ["account", "table"] }).insert({ account, table });
+db.addCollection("$SERVICES_COLLECTION$", { unique: ["accountName"] });
+const entities = db.addCollection(`${account}$${table}`, { indices: ["PartitionKey", "RowKey"] });
+const stamp = new Date().toISOString().replace("Z", "0000Z");
+const eTag = `W/"datetime'${encodeURIComponent(stamp)}'"`;
+entities.insert(rowKeys.map((RowKey) => ({
+  PartitionKey: partition, RowKey,
+  properties: { PartitionKey: partition, RowKey, Timestamp: stamp, "Timestamp@odata.type": "Edm.DateTime" },
+  lastModifiedTime: stamp, eTag,
+})));
+db.saveDatabase((error) => { if (error) { console.error(error); process.exit(1); } });
+"""
+
+
+def seed_index(folder: Path, table: str, keys: list[str]) -> None:
+    """Write an Azurite database into ``folder`` whose ``table`` holds the schedule-index entries ``keys``."""
+    from localdev.azurite import ROOT
+    from shared.settings import AZURITE_ACCOUNT
+    from shared.store.schedule import PARTITION
+
+    node = shutil.which("node")
+    if node is None:
+        raise FileNotFoundError("node is not installed (Azurite needs it too)")
+    database = folder / "__azurite_db_table__.json"
+    subprocess.run([node, "-e", SEED_SCRIPT, str(ROOT / "node_modules" / "lokijs"), str(database), AZURITE_ACCOUNT,
+                    table, PARTITION], input=json.dumps(keys).encode(), check=True, cwd=ROOT)
+
+
+async def write_index(clients: Any, keys: list[str], concurrency: int = 4) -> None:
+    """The schedule-index entries ``keys``, written through the Tables API in transactions of 100."""
     from azure.core.exceptions import ServiceRequestError
 
-    from shared.store.schedule import PARTITION, SCHEDULE_TABLE, schedule_key
+    from shared.store.schedule import PARTITION, SCHEDULE_TABLE
 
     table = await clients.table(SCHEDULE_TABLE)
-    span = timedelta(days=365).total_seconds()
     gate = asyncio.Semaphore(concurrency)
-    batches = (count + 99) // 100
+    batches = (len(keys) + 99) // 100
     step = common.progress(max(1, batches // 10), batches, "index batches written")
 
     async def batch(first: int) -> None:
-        operations = []
-        for n in range(first, min(first + 100, count)):
-            due = start + timedelta(seconds=span * n / max(1, count))
-            key = schedule_key(due, APP, str(uuid.uuid4()))
-            operations.append(("upsert", {"PartitionKey": PARTITION, "RowKey": key}))
+        operations = [("upsert", {"PartitionKey": PARTITION, "RowKey": key}) for key in keys[first:first + 100]]
         async with gate:
             for attempt in range(1, 6):  # an upsert batch is idempotent; Azurite under load may drop a connection
                 try:
@@ -105,7 +160,19 @@ async def write_index(clients: Any, count: int, start: datetime, concurrency: in
                     await asyncio.sleep(attempt)
         step()
 
-    await asyncio.gather(*(batch(first) for first in range(0, count, 100)))
+    await asyncio.gather(*(batch(first) for first in range(0, len(keys), 100)))
+
+
+async def count_index(clients: Any) -> int:
+    """How many entries the schedule table holds (a check on the setup, before counting starts)."""
+    from shared.store.schedule import PARTITION, SCHEDULE_TABLE
+
+    table = await clients.table(SCHEDULE_TABLE)
+    count = 0
+    async for _ in table.query_entities("PartitionKey eq @p", parameters={"p": PARTITION}, select=["RowKey"],
+                                        results_per_page=1000):
+        count += 1
+    return count
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -135,10 +202,17 @@ async def run(args: argparse.Namespace) -> int:
             "rotation": {"rotationInterval": 1, "rotateAtUtc": {"hours": 3, "minutes": 0}},
         })
     log.info("%d due connections created in %.1f s", args.due, time.monotonic() - started)
-    at = datetime.now(UTC) + timedelta(days=3)  # past the due connections' next rotation
-    started = time.monotonic()
-    await write_index(clients, args.connections, at + timedelta(hours=1))
-    log.info("%d index entries written in %.1f s", args.connections, time.monotonic() - started)
+    at = datetime.fromisoformat(args.at)  # past the due connections' next rotation, before the seeded entries
+    setup = args.seed_seconds
+    if args.setup == "api":
+        started = time.monotonic()
+        await write_index(clients, index_keys(args.connections, at + timedelta(hours=1)))
+        setup = time.monotonic() - started
+        log.info("%d index entries written through the API in %.1f s", args.connections, setup)
+    indexed = await count_index(clients)
+    if indexed != args.connections + args.due:
+        log.error("the schedule table holds %d entries, not %d", indexed, args.connections + args.due)
+        return 1
 
     counter.enabled = True
     started = time.monotonic()
@@ -155,9 +229,10 @@ async def run(args: argparse.Namespace) -> int:
     print(common.table(
         f"One sweep over a schedule index of {args.connections + args.due} entries, {args.due} due",
         ["index entries", "due", "rotated", "table requests", "by method", "read requests", "entities read",
-         "sweep wall (s)"],
-        [[args.connections + args.due, report.due, report.succeeded, total,
-          " ".join(f"{m}:{c}" for m, c in sorted(counter.requests.items())), reads, counter.entities_read, wall]]))
+         "sweep wall (s)", f"setup of the index ({args.setup}, s)"],
+        [[indexed, report.due, report.succeeded, total,
+          " ".join(f"{m}:{c}" for m, c in sorted(counter.requests.items())), reads, counter.entities_read, wall,
+          setup]]))
     ok = reads <= bound and counter.entities_read <= bound
     print(f"reads {reads} and entities read {counter.entities_read} vs 2 x due + {CONSTANT} = {bound}: "
           f"goal {'met' if ok else 'missed'} (all table requests: {total / args.due:.1f} per rotation)\n")
@@ -168,12 +243,33 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--connections", type=int, default=100_000, help="schedule-index entries not due")
     parser.add_argument("--due", type=int, default=10, help="connections due now")
+    parser.add_argument("--setup", choices=("seed", "api"), default="seed",
+                        help="how the entries not due are written (see above)")
+    parser.add_argument("--at", help=argparse.SUPPRESS)  # the sweep's clock (set for the worker)
+    parser.add_argument("--seed-seconds", type=float, default=0.0, help=argparse.SUPPRESS)
     common.add_worker_flag(parser)
     args = parser.parse_args()
     common.setup_logging()
-    if not args.worker:
-        return common.run_in_environment(__file__, sys.argv[1:])
-    return asyncio.run(run(args))
+    if args.worker:
+        return asyncio.run(run(args))
+    at = datetime.now(UTC) + timedelta(days=3)  # past the due connections' first scheduled rotation
+    argv = [*sys.argv[1:], "--at", at.isoformat()]
+    if args.setup == "api":
+        return common.run_in_environment(__file__, argv)
+    from localdev.azurite import Azurite
+    from shared.store.schedule import SCHEDULE_TABLE
+
+    prefix = "Bench" + secrets.token_hex(4)
+    with tempfile.TemporaryDirectory(prefix="bench-azurite-") as folder:
+        started = time.monotonic()
+        seed_index(Path(folder), prefix + SCHEDULE_TABLE, index_keys(args.connections, at + timedelta(hours=1)))
+        log.info("%d index entries seeded in %.1f s", args.connections, time.monotonic() - started)
+        with Azurite(location=Path(folder)) as azurite:
+            seeded = time.monotonic() - started  # written and loaded by Azurite
+            # The worker uses this Azurite (and its table prefix); the environment's own stays unused.
+            return common.run_in_environment(
+                __file__, [*argv, "--seed-seconds", f"{seeded:.1f}"],
+                environment={"AzureWebJobsStorage": azurite.connection_string, "STATE_TABLE_PREFIX": prefix})
 
 
 if __name__ == "__main__":

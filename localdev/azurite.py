@@ -45,10 +45,15 @@ def azurite_binary() -> str:
 
 
 class Azurite:
-    """Azurite's table service in memory, on a free loopback port; stopped on exit."""
+    """Azurite's table service in memory, on a free loopback port; stopped on exit.
 
-    def __init__(self, port: int = 0) -> None:
+    With ``location``, Azurite keeps its tables in that folder instead (``__azurite_db_table__.json``, loaded at
+    start and saved every few seconds while it changes): a database written there beforehand is served.
+    """
+
+    def __init__(self, port: int = 0, *, location: Path | None = None) -> None:
         self.port = port or free_port()
+        self.location = location
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -67,7 +72,7 @@ class Azurite:
             azurite_binary(),
             "--tableHost", "127.0.0.1",
             "--tablePort", str(self.port),
-            "--inMemoryPersistence",
+            *(["--location", str(self.location)] if self.location is not None else ["--inMemoryPersistence"]),
             "--skipApiVersionCheck",
             "--disableTelemetry",
             "--silent",

@@ -229,7 +229,9 @@ class AdminClient:
     def set_faults(self, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Replace the fault rules. A rule: ``{"method": "POST"|None, "path": "<regex, searched>", "status": 429,
         "headers": {...}, "body": dict|str|None, "times": int|None, "skip": 0, "probability": 1.0,
-        "action": "respond"|"drop"|"delay", "delay_ms": 0}``. Returns the rules with their ``hits``."""
+        "action": "respond"|"drop"|"drop_after"|"delay", "delay_ms": 0}`` ("drop": the connection drops before
+        the request is handled; "drop_after": it is handled, then the connection drops without an answer).
+        Returns the rules with their ``hits``."""
         return cast(list[dict[str, Any]], self._dict("PUT", "/faults", {"rules": rules})["rules"])
 
     def faults(self) -> list[dict[str, Any]]:

@@ -177,6 +177,10 @@ class _Handler(BaseHTTPRequestHandler):
                     time.sleep(latency / 1000)
             if response is None:
                 response = self._route(req)
+            if fault is not None and fault.action == "drop_after":  # applied, but its answer is lost
+                self._log(req, None, started, fault)
+                self._drop()
+                return
         except HttpError as exc:
             response = exc.response
         except IncompleteBody:  # the client is gone: act on nothing, answer nothing
@@ -222,9 +226,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(response.body)))
         if self.close_connection:
             self.send_header("Connection", "close")
-        self.end_headers()
-        if req.method != "HEAD" and response.body:
-            self.wfile.write(response.body)
+        if req.method == "HEAD" or not response.body:
+            self.end_headers()
+        else:  # the headers, their blank line and the body in one write (one TLS record), not two
+            self._headers_buffer.extend((b"\r\n", response.body))  # type: ignore[attr-defined]  # http.server's
+            self.flush_headers()
 
     def _drop(self) -> None:
         self.close_connection = True

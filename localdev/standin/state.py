@@ -186,7 +186,7 @@ class VaultSecret:
         return next((v for v in self.versions if v.version == wanted), None)
 
 
-FAULT_ACTIONS = ("respond", "drop", "delay", "rate_limit")
+FAULT_ACTIONS = ("respond", "drop", "drop_after", "delay", "rate_limit")
 
 
 @dataclass

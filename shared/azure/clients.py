@@ -18,6 +18,18 @@ from shared.azure.retry import JitteredRetryPolicy, retry_policy
 from shared.errors import ServiceMisconfigured
 from shared.settings import Settings, get_settings
 
+# A pooled connection idle for longer than this is closed, not reused. Servers close idle keep-alive
+# connections too, Azurite (Node's default) after 5 s; a request written on a connection the server is
+# closing at that moment gets no answer (aiohttp: "Server disconnected"), and azure-core does not retry a
+# POST then, such as a Table `$batch` (creating or renaming a connection), which may have been applied.
+# Never reusing a connection near the server's limit removes that race at its source; the margin covers
+# the time between the server's last byte and aiohttp's release of the connection on a busy event loop.
+# It costs a new connection (a TLS handshake for Entra ID and Key Vault) after 3 s of quiet.
+KEEPALIVE_SECONDS = 3.0
+# Per read on a socket: an upstream that goes silent this long counts as a dropped connection (retried
+# where that is safe, see shared.azure.retry) rather than holding the call for azure-core's 300 s.
+READ_TIMEOUT_SECONDS = 60
+
 if TYPE_CHECKING:
     import aiohttp
     import httpx
@@ -53,7 +65,9 @@ class AzureClients:
             # Built now, not at aiohttp's import, so SSL_CERT_FILE set by the host is honoured.
             tls = ssl.create_default_context()
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=tls, limit=100, limit_per_host=64, ttl_dns_cache=300),
+                connector=aiohttp.TCPConnector(
+                    ssl=tls, limit=100, limit_per_host=64, ttl_dns_cache=300, keepalive_timeout=KEEPALIVE_SECONDS
+                ),
                 trust_env=False,
             )
         return self._session
@@ -62,7 +76,7 @@ class AzureClients:
         """A transport over the shared session; closing it leaves the session open."""
         from azure.core.pipeline.transport import AioHttpTransport
 
-        return AioHttpTransport(session=self.session(), session_owner=False)
+        return AioHttpTransport(session=self.session(), session_owner=False, read_timeout=READ_TIMEOUT_SECONDS)
 
     def identity_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for any azure-identity credential the service builds."""

@@ -1,42 +1,129 @@
-"""The one retry policy every Azure SDK call of the service goes through.
+"""The one retry policy every Azure call of the service goes through.
 
-azure-core's policy already honours ``Retry-After`` on any 4xx/5xx and backs off
-exponentially; this one adds jitter (so that many workers throttled together do not
-come back together) and retries throttling (429) and unavailability (503) for every
-method, since a throttled request was not processed.
+Two faces of one schedule: :class:`JitteredRetryPolicy` for the azure-core pipelines (Table Storage, Key
+Vault, Entra ID through azure-identity, the OAuth token endpoint) and :func:`with_retries` for Microsoft
+Graph (msgraph/httpx). Both:
+
+- retry up to ``RETRY_TOTAL`` times (azure-core's own default), whatever the mix of failures: azure-core
+  also stops after 3 connection, 3 read or 3 status retries, which the storm's 30% of faults (half of
+  them statuses, half dropped connections) exhaust in about one call of 500; here every count is
+  ``RETRY_TOTAL``, and 11 faults in a row are needed (0.3^11: 2 calls in a million);
+- wait with *full* jitter, ``uniform(0, min(BACKOFF_MAX, BACKOFF_FACTOR * 2**(n-1)))`` before the n-th
+  retry, so that workers that failed together do not come back together;
+- honour ``Retry-After`` (and ``retry-after-ms``): never sooner, at most ``RETRY_AFTER_SPREAD`` later;
+- wait at most ``RETRY_BUDGET`` seconds in all: no retry is made whose wait would take the waiting past
+  it (a ``Retry-After`` that reaches past it ends the retries at once, unwaited). The caller then gets the
+  last answer or error, as it came: a 429/503 as an ``HttpResponseError`` with its status.
+
+The budget counts the waits between attempts, not the attempts: an attempt is bounded by the transport's
+timeouts (``shared.azure.clients``: 60 s without a byte; Graph's httpx client: 30 s), and its time also
+holds what the caller queued for, which must not turn into failures: the sweep paces its Graph requests
+once Graph throttles, and a full connection pool makes a request wait. (With a budget of elapsed time, 4
+rotations of 100 in a storm gave up after a single dropped connection each: the sweep's pacing had held
+their Graph requests back for tens of seconds.) So a call takes at most ``RETRY_TOTAL + 1`` attempts plus
+``RETRY_BUDGET`` seconds.
+
+What is retried: throttling (429) and unavailability (503) for every method, since the request was not
+processed; 500/502/504/408 and dropped connections for idempotent methods as azure-core decides (500,
+503 and 504 also for POST and PATCH, as azure-core does), and a dropped ``PATCH`` without ``If-Match``
+(see :func:`_unconditional_patch`). What is not: anything else (400, 401, 403, 404, 409, 412, ...), and
+a ``POST`` whose connection dropped, since it may have been applied.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from azure.core.pipeline import PipelineResponse
 from azure.core.pipeline.policies import AsyncRetryPolicy
 
-RETRY_TOTAL = 5
-BACKOFF_FACTOR = 0.5
-BACKOFF_MAX = 30
+RETRY_TOTAL = 10  # retries after the first attempt
+BACKOFF_FACTOR = 0.5  # seconds: the ceiling of the first retry's wait; it doubles with each retry ...
+BACKOFF_MAX = 5.0  # ... up to this (ten retries then wait ~19 s on average, 37.5 s at most)
+RETRY_BUDGET = 30.0  # seconds: the most a call waits between its attempts, in all
+RETRY_AFTER_SPREAD = 0.1  # a Retry-After wait is lengthened by up to this share of it, never shortened
 ALWAYS_RETRIED = frozenset({429, 503})
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def jittered(delay: float, rng: random.Random | None = None) -> float:
-    """Equal jitter: half the delay fixed, half random, so waits never collapse to zero."""
+    """Equal jitter: half the delay fixed, half random, so waits never collapse to zero (for polling)."""
     if delay <= 0:
         return 0.0
     return delay / 2 + (rng or random).uniform(0, delay / 2)
 
 
+def backoff(retry: int, rng: random.Random | None = None) -> float:
+    """Full jitter: the wait before the ``retry``-th retry (1, 2, ...), anywhere from 0 to its ceiling."""
+    ceiling = min(BACKOFF_MAX, BACKOFF_FACTOR * 2 ** (max(1, retry) - 1))
+    return (rng or random).uniform(0, ceiling)
+
+
+def retry_delay(retry: int, retry_after: float | None, rng: random.Random | None = None) -> float:
+    """The wait before the ``retry``-th retry: ``Retry-After`` when the server gave one (never sooner),
+    otherwise :func:`backoff`."""
+    if retry_after is not None and retry_after > 0:
+        return retry_after + (rng or random).uniform(0, retry_after * RETRY_AFTER_SPREAD)
+    return backoff(retry, rng)
+
+
 class JitteredRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
+    """azure-core's retry policy on the service's schedule (see the module's docstring).
+
+    ``retry_budget`` (seconds) may be given like azure-core's own keywords; ``retry_connect``,
+    ``retry_read`` and ``retry_status`` default to ``retry_total``."""
+
     def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("retry_total", RETRY_TOTAL)
+        total = kwargs.setdefault("retry_total", RETRY_TOTAL)
+        for count in ("retry_connect", "retry_read", "retry_status"):
+            kwargs.setdefault(count, total)
         kwargs.setdefault("retry_backoff_factor", BACKOFF_FACTOR)
         kwargs.setdefault("retry_backoff_max", BACKOFF_MAX)
+        self.retry_budget = float(kwargs.pop("retry_budget", RETRY_BUDGET))
+        self.rng: random.Random | None = kwargs.pop("retry_rng", None)
         super().__init__(**kwargs)
 
+    def configure_retries(self, options: dict[str, Any]) -> dict[str, Any]:
+        settings: dict[str, Any] = super().configure_retries(options)
+        settings["retries"] = 0  # made so far
+        settings["waited"] = 0.0  # seconds, between attempts so far
+        settings["delay"] = 0.0  # the wait before the next retry, chosen by increment()
+        return settings
+
     def get_backoff_time(self, settings: dict[str, Any]) -> float:
-        return jittered(super().get_backoff_time(settings))
+        return backoff(max(1, len(settings["history"])), self.rng)
+
+    def increment(self, settings: dict[str, Any], response: Any = None, error: Exception | None = None) -> bool:
+        """azure-core's counting, then the wait is chosen here, once, and the retry is refused if it would
+        take the waiting past the budget."""
+        answer = response if isinstance(response, PipelineResponse) else None
+        if not super().increment(settings, response=response, error=error):
+            _gave_up(getattr(response, "http_request", None), settings["retries"] + 1, settings["waited"],
+                     error, answer, "no retries left")
+            return False
+        retry_after = self.get_retry_after(answer) if answer is not None else None
+        delay = retry_delay(settings["retries"] + 1, retry_after, self.rng)
+        if settings["waited"] + delay > self.retry_budget:
+            _gave_up(getattr(response, "http_request", None), settings["retries"] + 1, settings["waited"],
+                     error, answer, f"the next wait ({delay:.1f} s) would pass the {self.retry_budget:.0f} s budget")
+            return False
+        settings["retries"] += 1
+        settings["waited"] += delay
+        settings["delay"] = delay
+        return True
+
+    async def sleep(self, settings: dict[str, Any], transport: Any, response: Any = None) -> None:
+        """Wait what :meth:`increment` chose (it already took ``Retry-After`` into account)."""
+        delay = float(settings.get("delay") or 0.0)
+        settings["delay"] = 0.0
+        if delay > 0:
+            await transport.sleep(delay)
 
     def _is_method_retryable(self, settings: dict[str, Any], request: Any, response: Any = None) -> bool:
         if response is not None and response.status_code in ALWAYS_RETRIED:
@@ -46,11 +133,23 @@ class JitteredRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
         return bool(super()._is_method_retryable(settings, request, response=response))
 
 
+def _gave_up(request: Any, attempts: int, waited: float, error: Exception | None, answer: Any, why: str) -> None:
+    """One line for a call whose retryable failure stays unfixed (what a 5xx of the service is traced to)."""
+    what = f"{getattr(request, 'method', '?')} {str(getattr(request, 'url', '?')).split('?', 1)[0]}"
+    if answer is not None:
+        outcome = f"answered {answer.http_response.status_code}"
+    else:
+        outcome = f"{type(error).__name__}" if error is not None else "failed"
+    log.warning("%s %s after %d attempt(s) and %.1f s of waiting; giving up: %s", what, outcome, attempts, waited, why)
+
+
 def _unconditional_patch(request: Any) -> bool:
-    """A PATCH without ``If-Match`` that got no answer (the connection dropped) is safe to send again: it
-    sets absolute values (Key Vault's secret properties, a Table upsert), so applying it twice is applying
-    it once. azure-core retries only GET, HEAD, PUT, DELETE, OPTIONS and TRACE then; a conditional PATCH
-    stays unretried, since a retry of one that was applied would fail its ETag check."""
+    """A PATCH without ``If-Match`` that got no answer (the connection dropped) is safe to send again: the
+    service's are Key Vault's ``update_secret_properties`` and Table upserts (merge), which set absolute
+    values, so applying one twice is applying it once. azure-core retries only GET, HEAD, PUT, DELETE,
+    OPTIONS and TRACE then. A conditional PATCH stays unretried: a retry of one that was applied would fail
+    its ETag check (412) and be taken for a concurrent change. (A PATCH that is not absolute, e.g. a JSON
+    Patch that appends, must not be sent through this policy without ``If-Match``.)"""
     if str(getattr(request, "method", "")).upper() != "PATCH":
         return False
     headers = getattr(request, "headers", None) or {}
@@ -82,8 +181,6 @@ def parse_retry_after(value: str | None) -> float | None:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    import time
-
     return max(0.0, when.timestamp() - time.time())
 
 
@@ -92,23 +189,37 @@ async def with_retries(
     classify: Callable[[Exception], RetryableError | None],
     *,
     attempts: int = RETRY_TOTAL + 1,
+    budget: float = RETRY_BUDGET,
     sleep: Callable[[float], Awaitable[None]] | None = None,
+    rng: random.Random | None = None,
+    what: str = "A Microsoft Graph call",
 ) -> T:
-    """Run ``call``, retrying what ``classify`` calls retryable: Retry-After when given (never sooner),
-    otherwise exponential back-off with jitter, as the SDK pipelines do."""
-    import asyncio
-
+    """Run ``call``, retrying what ``classify`` calls retryable, on the schedule of
+    :class:`JitteredRetryPolicy`: at most ``attempts`` in all and ``budget`` seconds of waiting between
+    them, ``Retry-After`` honoured (never sooner), full-jitter back-off otherwise. What is not retryable,
+    or no longer, is raised as it came."""
     pause = sleep or asyncio.sleep
+    waited = 0.0
     for attempt in range(1, attempts + 1):
         try:
             return await call()
         except Exception as error:
             retryable = classify(error)
-            if retryable is None or attempt == attempts:
+            if retryable is None:
                 raise
-            if retryable.retry_after is not None:
-                delay = retryable.retry_after
-            else:
-                delay = jittered(min(BACKOFF_MAX, BACKOFF_FACTOR * 2 ** (attempt - 1)) * 2)
+            if attempt == attempts:
+                _log_give_up(what, error, attempt, waited, "no retries left")
+                raise
+            delay = retry_delay(attempt, retryable.retry_after, rng)
+            if waited + delay > budget:
+                _log_give_up(what, error, attempt, waited, f"the next wait ({delay:.1f} s) would pass the "
+                                                           f"{budget:.0f} s budget")
+                raise
+            waited += delay
             await pause(delay)
     raise AssertionError("unreachable")
+
+
+def _log_give_up(what: str, error: Exception, attempts: int, waited: float, why: str) -> None:
+    log.warning("%s failed (%s: %s) after %d attempt(s) and %.1f s of waiting; giving up: %s",
+                what, type(error).__name__, str(error)[:200], attempts, waited, why)

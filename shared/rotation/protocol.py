@@ -20,8 +20,9 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from contextlib import AsyncExitStack, asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -91,6 +92,39 @@ class LeaseLost(Exception):
     """Another worker owns the rotation now; this one stops without touching anything."""
 
 
+@dataclass
+class _RunCache:
+    """What one run of a rotation reads or builds once and reuses in its later steps (never beyond the run).
+
+    - the secret material of a vault version: read once; the pending version's is Key Vault's answer to its
+      write (Set Secret returns the stored value), so *test* reads nothing;
+    - a Graph client per secret version, whose credential acquires its token once: *create*, an *abandon* and
+      *revoke* share the one built with the secret that was current when the run began.
+    """
+
+    materials: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    graphs: dict[tuple[str, str], GraphApps] = field(default_factory=dict)
+    closing: AsyncExitStack = field(default_factory=AsyncExitStack)
+
+    def opened_graph(self, connection_id: str) -> GraphApps | None:
+        return next((graph for (owner, _), graph in self.graphs.items() if owner == connection_id), None)
+
+
+# The cache of the run under way in this task (the sweep runs each rotation in a task of its own).
+_RUN: ContextVar[_RunCache | None] = ContextVar("rotation_run", default=None)
+
+
+@asynccontextmanager
+async def _run_cache() -> AsyncIterator[_RunCache]:
+    cache = _RunCache()
+    token = _RUN.set(cache)
+    try:
+        async with cache.closing:
+            yield cache
+    finally:
+        _RUN.reset(token)
+
+
 class Rotator:
     def __init__(
         self,
@@ -112,6 +146,9 @@ class Rotator:
         self.sleep = sleep or asyncio.sleep
         self.owner = owner or uuid.uuid4().hex
         self.checkpoint = checkpoint or _no_checkpoint
+        # Rotation ids this rotator's claims started, with the ETag of the entity each claim wrote: until create
+        # begins, no version of the secret can be tagged with such an id (see _create).
+        self._minted: dict[str, str | None] = {}
 
     # -- claiming ------------------------------------------------------------------------------
     async def claim(self, record: ConnectionRecord, trigger: str) -> ConnectionRecord | None:
@@ -120,6 +157,7 @@ class Rotator:
         now = self.now()
         if state.leased(now) and state.lease_owner != self.owner:
             return None
+        minted = state.rotation_id is None
         if state.rotation_id is None:
             state = state.evolve(
                 rotation_id=str(uuid.uuid4()), step=BEGUN, trigger=trigger, started_at=now,
@@ -129,9 +167,12 @@ class Rotator:
             status=STATUS_ROTATING, last_attempt_at=now, lease_owner=self.owner, lease_until=now + self.options.lease
         )
         try:
-            return await self.table.update(with_state(record, state))
+            claimed = await self.table.update(with_state(record, state))
         except Conflict:
             return None
+        if minted and state.rotation_id is not None:
+            self._minted[state.rotation_id] = claimed.etag
+        return claimed
 
     async def _save(self, record: ConnectionRecord, state: RotationState, **changes: object) -> ConnectionRecord:
         """Write the next journal entry, guarded by the ETag of the entity this step started from."""
@@ -167,7 +208,8 @@ class Rotator:
         outcome = "error"
         try:
             with telemetry.span("rotation", attributes) as span:
-                record = await self._drive(record, attributes)
+                async with _run_cache():
+                    record = await self._drive(record, attributes)
                 outcome = read_state(record).status or "unknown"
                 span.set_attribute("outcome", outcome)
                 return record
@@ -202,36 +244,70 @@ class Rotator:
                 raise
             return await self._failed(record, _describe(error))
 
+    async def _material(self, record: ConnectionRecord, version: str) -> dict[str, str]:
+        """The secret material of a vault version: read once per run."""
+        cache = _RUN.get()
+        key = (record.id, version)
+        if cache is not None and key in cache.materials:
+            return cache.materials[key]
+        material = await self.vault.get(record.secret_name, version)
+        if cache is not None:
+            cache.materials[key] = material
+        return material
+
     @asynccontextmanager
     async def _graph(self, record: ConnectionRecord, version: str) -> AsyncIterator[GraphApps]:
+        """Graph with the connection's credential of secret ``version``. Within a run it is built once (so its token
+        is acquired once) and closed when the run ends; outside one, when the block ends."""
         from shared.azure.graph import GraphApps
 
-        material = await self.vault.get(record.secret_name, version)
+        cache = _RUN.get()
+        key = (record.id, version)
+        if cache is not None and key in cache.graphs:
+            yield cache.graphs[key]
+            return
+        material = await self._material(record, version)
         credential = build_credential(self.clients, Method.CLIENT_SECRET, record.tenant_id, record.client_id or "",
                                       material)
-        async with credential:
-            yield GraphApps(self.clients, credential)
+        if cache is None:
+            async with credential:
+                yield GraphApps(self.clients, credential)
+            return
+        await cache.closing.enter_async_context(credential)
+        cache.graphs[key] = graph = GraphApps(self.clients, credential)
+        yield graph
 
     async def _create(self, record: ConnectionRecord) -> ConnectionRecord:
         state = read_state(record)
         assert state.rotation_id is not None
         name = marker(record.id, state.rotation_id)
+        # A rotation this rotator's claim started, on the very entity that claim wrote, still under its lease: no
+        # create of it ran before, so no vault version carries its id and there is none to disable. Any other
+        # case (a resumed rotation, another worker's, a lease run out) looks for them.
+        minted = self._minted.pop(state.rotation_id, None)
+        first_attempt = (minted is not None and minted == record.etag and state.lease_owner == self.owner
+                         and state.leased(self.now()))
+        cache = _RUN.get()
         await self.checkpoint("before-add-password", record)
         async with self._graph(record, record.secret_version) as graph:
             registration = await graph.find(record.client_id or "")
             for password in registration.passwords:  # an orphan of this rotation, left by a crash
                 if password.display_name == name:
                     await graph.remove_password(registration.object_id, password.key_id)
-            await self.vault.disable_tagged(record.secret_name, "rotationId", state.rotation_id)
+            if not first_attempt:
+                await self.vault.disable_tagged(record.secret_name, "rotationId", state.rotation_id)
             days = 2 * (state.interval_days or 30) + GRACE_DAYS
             added = await graph.add_password(registration.object_id, name, self.now() + timedelta(days=days))
         await self.checkpoint("after-add-password", record)
-        version = await self.vault.put(
+        stored = await self.vault.write(
             record.secret_name,
             {"clientSecret": added.secret_text},
             {"connectionId": record.id, "app": record.app, "method": record.method,
              "rotationId": state.rotation_id, "keyId": added.key_id},
         )
+        version = stored.version
+        if cache is not None and stored.material is not None:
+            cache.materials[(record.id, version)] = stored.material
         await self.checkpoint("after-vault-write", record)
         return await self._save(record, state.evolve(step=CREATED, pending_key_id=added.key_id,
                                                      pending_version=version))
@@ -241,7 +317,7 @@ class Rotator:
         assert state.pending_version is not None
         app = find_app(record.app)
         assert app is not None
-        material = await self.vault.get(record.secret_name, state.pending_version)
+        material = await self._material(record, state.pending_version)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.test_timeout
         delay = self.options.test_first_delay
@@ -265,7 +341,8 @@ class Rotator:
         assert state.pending_key_id is not None
         assert state.pending_version is not None
         async with self._graph(record, record.secret_version) as graph:
-            await _revoke_if_present(graph, record, state.pending_key_id)
+            assert state.rotation_id is not None
+            await _revoke_if_present(graph, record, state.pending_key_id, marker(record.id, state.rotation_id))
         await self.vault.disable(record.secret_name, state.pending_version)
         message = (
             f"The new client secret did not work within {self.options.test_timeout:.0f} s ({last}); it was removed "
@@ -284,9 +361,9 @@ class Rotator:
 
     async def _revoke(self, record: ConnectionRecord) -> ConnectionRecord:
         state = read_state(record)
-        if state.previous_key_id and state.previous_key_id != state.key_id:
-            async with self._graph(record, record.secret_version) as graph:
-                await _revoke_if_present(graph, record, state.previous_key_id)
+        assert state.rotation_id is not None
+        previous = state.previous_key_id if state.previous_key_id != state.key_id else None
+        await self._revoke_previous(record, previous or "", marker(record.id, state.rotation_id), state.key_id)
         if state.previous_version and state.previous_version != record.secret_version:
             await self.vault.disable(record.secret_name, state.previous_version)
         await self.checkpoint("after-revoke", record)
@@ -307,6 +384,21 @@ class Rotator:
             last_rotated_at=now, failures=0, next_at=next_at,
         )
         return await self._reschedule(record, state, done)
+
+    async def _revoke_previous(self, record: ConnectionRecord, key_id: str, marker_name: str,
+                               keep: str | None) -> None:
+        """removePassword of the previous Key ID, and of any stray password of this rotation's marker. In the run
+        that created its successor, with the Graph client that run built with the previous secret: its token was
+        acquired before the revocation and stays valid after it, so no token is requested, and a successor that
+        Entra has not yet propagated everywhere cannot fail this step. A run that resumes here (the previous
+        secret may be gone already) uses the current secret."""
+        cache = _RUN.get()
+        opened = cache.opened_graph(record.id) if cache is not None else None
+        if opened is not None:
+            await _revoke_if_present(opened, record, key_id, marker_name, keep)
+            return
+        async with self._graph(record, record.secret_version) as graph:
+            await _revoke_if_present(graph, record, key_id, marker_name, keep)
 
     async def _reschedule(self, record: ConnectionRecord, old: RotationState, new: RotationState) -> ConnectionRecord:
         """Index the new due time first, then point the connection at it, then drop the old index entry."""
@@ -356,11 +448,19 @@ _STEPS: dict[str, tuple[str, Callable[[Rotator, ConnectionRecord], Awaitable[Con
 }
 
 
-async def _revoke_if_present(graph: GraphApps, record: ConnectionRecord, key_id: str) -> None:
-    """removePassword, unless the secret is already gone (Graph answers 400 for an unknown Key ID)."""
+async def _revoke_if_present(graph: GraphApps, record: ConnectionRecord, key_id: str, marker_name: str | None = None,
+                             keep: str | None = None) -> None:
+    """removePassword of ``key_id`` unless it is already gone (Graph answers 400 for an unknown Key ID); with
+    ``marker_name``, also of every other password of that rotation's marker but ``keep`` (one that an addPassword
+    whose answer was lost may have made, and that Graph did not yet show when it was sent again)."""
     registration = await graph.find(record.client_id or "")
-    if key_id.lower() in {p.key_id for p in registration.passwords}:
-        await graph.remove_password(registration.object_id, key_id)
+    doomed = {key_id.lower()} if key_id else set()
+    if marker_name is not None:
+        doomed |= {p.key_id for p in registration.passwords if p.display_name == marker_name}
+    doomed.discard((keep or "").lower())
+    for password in registration.passwords:
+        if password.key_id in doomed:
+            await graph.remove_password(registration.object_id, password.key_id)
 
 
 def _describe(error: BaseException) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shared.errors import UpstreamError
@@ -25,6 +26,26 @@ def secret_name_for(connection_id: str) -> str:
     return f"appconn-{connection_id}"
 
 
+@dataclass(frozen=True)
+class StoredVersion:
+    version: str
+    material: dict[str, str] | None  # None when Key Vault's answer did not carry the value as written
+
+
+def _material(value: str) -> dict[str, str]:
+    """A version's JSON value as the method's secret fields (each registered for log redaction)."""
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise UpstreamError("The secret in Key Vault is not in the expected format.")
+    material = {str(k): str(v) for k, v in parsed.items()}
+    for item in material.values():
+        register_secret(item)
+    return material
+
+
 class SecretVault:
     def __init__(self, clients: AzureClients) -> None:
         self._clients = clients
@@ -33,6 +54,13 @@ class SecretVault:
         self, name: str, material: Mapping[str, str], tags: Mapping[str, str], *, enabled: bool = True
     ) -> str:
         """Write ``material`` as a new version of ``name``; return the version id."""
+        return (await self.write(name, material, tags, enabled=enabled)).version
+
+    async def write(
+        self, name: str, material: Mapping[str, str], tags: Mapping[str, str], *, enabled: bool = True
+    ) -> StoredVersion:
+        """Write ``material`` as a new version of ``name``: its version id, and the material as Key Vault answered
+        it (Set Secret returns the stored value), which is what a read of that version returns, without the read."""
         for value in material.values():
             register_secret(value)
         secret = await self._clients.secrets().set_secret(
@@ -41,17 +69,15 @@ class SecretVault:
         version = secret.properties.version
         if not version:
             raise UpstreamError("Key Vault did not return a secret version.")
-        return version
+        stored = None
+        if secret.value is not None:
+            with contextlib.suppress(UpstreamError):
+                stored = _material(secret.value)
+        return StoredVersion(version, stored)
 
     async def get(self, name: str, version: str) -> dict[str, str]:
         secret = await self._clients.secrets().get_secret(name, version)
-        value = json.loads(secret.value or "{}")
-        if not isinstance(value, dict):
-            raise UpstreamError("The secret in Key Vault is not in the expected format.")
-        material = {str(k): str(v) for k, v in value.items()}
-        for item in material.values():
-            register_secret(item)
-        return material
+        return _material(secret.value or "{}")
 
     async def disable(self, name: str, version: str) -> None:
         """Disable a version that never became current (best effort)."""

@@ -17,16 +17,20 @@ SMALL = {
     "sweep.py": (["--rotations", "6", "--latency-ms", "5", "--concurrency", "1,4"],
                  ["### Sweep of 6 due rotations", "| 4 ", "efficiency at concurrency 4"]),
     "sweep_scale.py": (["--connections", "2000", "--due", "3"],
-                       ["### One sweep over a schedule index of 2003 entries, 3 due", "entities read"]),
+                       ["### One sweep over a schedule index of 2003 entries, 3 due", "entities read", "(seed, s)"]),
+    "sweep_scale.py --setup api": (["--connections", "300", "--due", "2", "--setup", "api"],
+                                   ["### One sweep over a schedule index of 302 entries, 2 due", "(api, s)"]),
     "connections.py": (["--requests", "12"], ["### TLS connections opened", "TLS connections opened (goal"]),
     "throttle.py": (["--rotations", "6", "--limit", "4", "--window-s", "2", "--concurrency", "4"],
-                    ["### Sweep of 6 rotations, Graph writes limited to 4 per 2 s", "| rate-limited"]),
+                    ["### Sweep of 6 rotations, Graph writes limited to 4 per 2 s", "| rate-limited",
+                     "of Graph calls and"]),
 }
 
 
-@pytest.mark.parametrize("script", sorted(SMALL))
-def test_benchmark_runs_and_prints_its_table(script):
-    args, expected = SMALL[script]
+@pytest.mark.parametrize("run", sorted(SMALL))
+def test_benchmark_runs_and_prints_its_table(run):
+    args, expected = SMALL[run]
+    script = run.split()[0]
     result = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]

@@ -45,6 +45,11 @@ APP = "azure-key-vault"
 ROTATIONS = int(os.environ.get("RELIABILITY_STORM_ROTATIONS", "100"))
 REQUESTS = int(os.environ.get("RELIABILITY_STORM_REQUESTS", "200"))
 MAX_SWEEPS = 4
+# A sweep stops claiming after its budget (240 s by default); the rotations then in flight still finish, each
+# within ROTATION_TEST_TIMEOUT_SECONDS (60 here) of testing plus the retries of its calls (at most 30 s of
+# waiting each, see shared.azure.retry). When Graph throttles (a quarter of the storm's faults are 429s) the
+# sweep runs fewer rotations at once, so a storm sweep does run up to its budget.
+SWEEP_LIMIT = 240 + 60 + 120
 FAILURE_RATE = 0.30
 # Entra's token endpoint and metadata, Graph, Key Vault.
 UPSTREAM = r"(/oauth2/v2\.0/token$|/v2\.0/\.well-known/|^/v1\.0/|^/secrets/)"
@@ -111,6 +116,7 @@ def _create(api: httpx.Client, entra: Any, rotate: bool) -> httpx.Response:
 def test_a_storm_of_retryable_failures_loses_nothing(campaign) -> None:
     from tests.e2e.entra import register_app, register_rotatable_app
 
+    test_started = time.monotonic()
     env, host, tables = campaign
     assert env.standin is not None
     admin = env.standin.admin
@@ -132,6 +138,14 @@ def test_a_storm_of_retryable_failures_loses_nothing(campaign) -> None:
 
     # The storm: everything due, 30% of upstream calls failing, a sweep and 200 API requests at once.
     assert tables.make_due(APP, ids) == ROTATIONS
+    # Each connection already "succeeded" once (on creation): a rotation in the storm is one that put a new
+    # client secret in use, so the Key ID in use before the storm is kept to tell them apart.
+    key_before = {e["RowKey"]: e.get("RotKeyId") for e in tables.connections(APP)}
+
+    def statuses_now() -> dict[str, str]:
+        return {e["RowKey"]: (e.get("RotStatus") or "none") if e.get("RotKeyId") != key_before.get(e["RowKey"])
+                else f"not rotated yet ({e.get('RotStatus')})" for e in tables.connections(APP)}
+
     admin.clear_requests()
     admin.set_faults(storm_rules())
     plan: list[tuple[str, Any]] = [("create", e) for e in newcomers]
@@ -166,18 +180,18 @@ def test_a_storm_of_retryable_failures_loses_nothing(campaign) -> None:
         results = list(pool.map(lambda item: call(api, *item), plan))
     api_seconds = time.monotonic() - started
     while host.sweeps_done() <= before:
-        assert time.monotonic() - started < 300, "the first sweep did not end within 300 s"
+        assert time.monotonic() - started < SWEEP_LIMIT, f"the first sweep did not end within {SWEEP_LIMIT} s"
         time.sleep(0.1)
-    status_of = {e["RowKey"]: e.get("RotStatus") for e in tables.connections(APP)}
+    status_of = statuses_now()
     first_sweep_succeeded = sum(1 for cid in ids if status_of.get(cid) == "succeeded")
     # Backed-off rotations are due again once their back-off ends: make it end, sweep again (bounded).
     while any(status_of.get(cid) != "succeeded" for cid in ids):
         assert sweeps < MAX_SWEEPS, f"rotations not done after {sweeps} sweeps: {Counter(status_of.values())}"
         tables.expire_leases(APP)
         tables.make_due(APP, [cid for cid in ids if status_of.get(cid) != "succeeded"])
-        host.run_sweep()
+        host.run_sweep(timeout=SWEEP_LIMIT)
         sweeps += 1
-        status_of = {e["RowKey"]: e.get("RotStatus") for e in tables.connections(APP)}
+        status_of = statuses_now()
     storm_seconds = time.monotonic() - started
     rules = admin.faults()
     admin.clear_faults()
@@ -223,25 +237,14 @@ def test_a_storm_of_retryable_failures_loses_nothing(campaign) -> None:
     }
     path = write_figures("storm", figures)
     print(f"figures written to {path}: {figures}")
+    print(f"storm: {figures['rotationsSucceeded']}/{ROTATIONS} rotations in {sweeps} sweep(s); "
+          f"{len(results)} API requests, {len(server_errors)} 5xx; {figures['faultsInjected']} faults "
+          f"{faults_by_kind} in {len(upstream_calls)} upstream calls; API {api_seconds:.0f} s, "
+          f"storm {storm_seconds:.0f} s, test {time.monotonic() - test_started:.0f} s")
+    # A 5xx: the host log (.reliability/storm-host.log) names each call whose retries ran out ("giving up").
     assert server_errors == [], server_errors[:5]
     assert not result.problems, result.problems
     assert missing == [] and invalid == []
     assert leaked == []
     assert sum(faults_by_kind.values()) > 100, "the storm did not happen"
 
-
-def test_a_dropped_unconditional_patch_is_retried_and_a_conditional_one_is_not() -> None:
-    """The storm found it: Key Vault's ``update_secret_properties`` (PATCH) failed a rotation on a dropped
-    connection, since azure-core retries only GET/HEAD/PUT/DELETE/OPTIONS/TRACE when no answer came."""
-    from azure.core.rest import HttpRequest
-
-    from shared.azure.retry import retry_policy
-
-    policy = retry_policy()
-    settings = policy.configure_retries({})
-    vault = HttpRequest("PATCH", "https://vault.example/secrets/s/v", json={"attributes": {"enabled": False}})
-    guarded = HttpRequest("PATCH", "https://tables.example/t(PartitionKey='a',RowKey='b')", headers={"If-Match": "*"})
-    create = HttpRequest("POST", "https://tables.example/t", json={})
-    assert policy._is_method_retryable(settings, vault)
-    assert not policy._is_method_retryable(settings, guarded)
-    assert not policy._is_method_retryable(settings, create)

@@ -1,0 +1,133 @@
+"""GraphApps against the stand-in, through the service's own clients: the three calls of a rotation are plain JSON
+requests over the shared aiohttp session (msgraph-sdk is not used for them), with Graph's errors translated and
+retried as before, and the Graph client's response hooks still seeing every answer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from localdev.standin.graph import graph_fault, throttle_fault
+from shared.apps import Method
+from shared.azure.clients import AzureClients
+from shared.azure.graph import APPLICATION_SELECT, GraphApps
+from shared.credentials import build_credential
+from shared.errors import NotFound, UpstreamError, UpstreamForbidden
+from tests.e2e.entra import EntraApp, register_app, register_rotatable_app
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="session")
+async def clients(local_env: Any) -> AsyncIterator[AzureClients]:
+    from shared.azure.clients import close_clients, get_clients
+
+    yield get_clients()
+    await close_clients()
+
+
+@pytest.fixture
+def no_faults(admin: Any) -> Iterator[None]:
+    yield
+    admin.clear_faults()
+
+
+def graph_for(clients: AzureClients, entra: EntraApp) -> tuple[Any, GraphApps]:
+    credential = build_credential(clients, Method.CLIENT_SECRET, entra.tenant_id, entra.client_id,
+                                  {"clientSecret": entra.client_secret})
+    return credential, GraphApps(clients, credential)
+
+
+def graph_requests(admin: Any, entra: EntraApp) -> list[dict[str, Any]]:
+    return [r for r in admin.requests() if r.get("graph") and r.get("appId") == entra.client_id]
+
+
+async def test_find_add_and_remove_a_password(admin: Any, clients: AzureClients, secrets_used: Any) -> None:
+    entra = register_rotatable_app(admin, secrets_used, name="graph-calls")
+    credential, graph = graph_for(clients, entra)
+    async with credential:
+        found = await graph.find(entra.client_id)
+        assert (found.object_id, found.app_id, found.display_name) == (entra.object_id, entra.client_id, "graph-calls")
+        given = next(p for p in found.passwords if p.key_id == entra.key_id.lower())
+        assert given.hint == entra.client_secret[:3]
+        assert given.display_name == "given by the user"
+        assert given.end_date_time is not None
+
+        end = datetime.now(UTC) + timedelta(days=10)
+        added = await graph.add_password(found.object_id, "rotation marker", end)
+        secrets_used.add(added.secret_text)
+        assert added.end_date_time is not None
+        assert abs((added.end_date_time - end).total_seconds()) < 2
+        live = {p["keyId"]: p for p in admin.app_passwords(entra.tenant_id, entra.client_id) if not p["revoked"]}
+        assert live[added.key_id]["displayName"] == "rotation marker"
+
+        await graph.remove_password(found.object_id, added.key_id)
+        live = {p["keyId"] for p in admin.app_passwords(entra.tenant_id, entra.client_id) if not p["revoked"]}
+        assert added.key_id not in live
+        # Graph refuses a Key ID the application does not have: the caller decides whether that means "gone".
+        with pytest.raises(UpstreamError, match="400 Request_BadRequest"):
+            await graph.remove_password(found.object_id, added.key_id)
+
+    reads = [r for r in graph_requests(admin, entra) if r["graph"] == "get"]
+    assert reads
+    assert all(r["query"] == {"$select": APPLICATION_SELECT} for r in reads)
+    assert graph._client is None  # msgraph-sdk was never built for these calls
+
+
+async def test_graph_refusals_become_domain_errors(admin: Any, clients: AzureClients, secrets_used: Any) -> None:
+    reader = register_app(admin, secrets_used, name="no-graph-role")
+    credential, graph = graph_for(clients, reader)
+    async with credential:
+        mine = await graph.find(reader.client_id)  # an app may always read itself
+        with pytest.raises(UpstreamForbidden, match=r"Application\.ReadWrite\.OwnedBy"):
+            await graph.add_password(mine.object_id, "x", datetime.now(UTC) + timedelta(days=1))
+        with pytest.raises((NotFound, UpstreamForbidden)):
+            await graph.find("00000000-0000-0000-0000-00000000dead")
+
+
+async def test_throttling_and_dropped_connections_are_retried_and_seen_by_the_response_hooks(
+        admin: Any, clients: AzureClients, secrets_used: Any, no_faults: None) -> None:
+    entra = register_rotatable_app(admin, secrets_used, name="graph-retries")
+    statuses: list[int] = []
+
+    async def hook(response: Any) -> None:
+        statuses.append(response.status_code)
+
+    hooks = clients.graph_http().event_hooks["response"]
+    hooks.append(hook)
+    credential, graph = graph_for(clients, entra)
+    try:
+        async with credential:
+            admin.set_faults([throttle_fault(path=r"^/v1\.0/applications\(", retry_after=0, times=1)])
+            found = await graph.find(entra.client_id)
+            assert found.object_id == entra.object_id
+            assert statuses[-2:] == [429, 200]
+
+            admin.set_faults([{"method": "POST", "path": r"/addPassword$", "action": "drop", "times": 1}])
+            added = await graph.add_password(found.object_id, "after a drop", datetime.now(UTC) + timedelta(days=1))
+            secrets_used.add(added.secret_text)
+            assert [f["hits"] for f in admin.faults()] == [1]
+
+            admin.set_faults([{"method": "POST", "path": r"/removePassword$", "status": 400, "body": "not JSON",
+                               "times": 1}])  # an error that is not Graph-shaped keeps its status
+            with pytest.raises(UpstreamError, match=r"\(400 \)"):
+                await graph.remove_password(found.object_id, added.key_id)
+            admin.set_faults([graph_fault(409, "Directory_ConcurrencyViolation", "concurrent requests", times=1)])
+            await graph.remove_password(found.object_id, added.key_id)  # retried
+            assert statuses[-2:] == [409, 204]
+    finally:
+        hooks.remove(hook)
+
+
+async def test_the_app_list_still_goes_through_msgraph_over_the_same_client(
+        admin: Any, clients: AzureClients, secrets_used: Any) -> None:
+    entra = register_rotatable_app(admin, secrets_used, name="lister", roles=("Application.Read.All",))
+    for n in range(3):
+        register_app(admin, secrets_used, tenant_id=entra.tenant_id, name=f"listed-{n}")
+    credential, graph = graph_for(clients, entra)
+    async with credential:
+        listed = await graph.list_applications()
+    assert {"listed-0", "listed-1", "listed-2", "lister"} <= {a["name"] for a in listed}
