@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from localdev.environment import LocalEnvironment
+from shared.azure.clients import AzureClients
 from shared.settings import reset_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,3 +83,19 @@ def api(host_url: str) -> Iterator[httpx.Client]:
 def admin(local_env: LocalEnvironment):  # type: ignore[no-untyped-def]
     assert local_env.standin is not None
     return local_env.standin.admin
+
+
+@pytest.fixture(scope="session")
+async def clients(local_env: LocalEnvironment) -> AsyncIterator[AzureClients]:
+    """The service's own Azure clients (``shared.azure.clients``), on the local environment; closed at the end."""
+    from shared.azure.clients import close_clients, get_clients
+
+    yield get_clients()
+    await close_clients()
+
+
+@pytest.fixture
+def no_faults(admin):  # type: ignore[no-untyped-def]
+    """Clears the stand-in's fault rules after the test."""
+    yield
+    admin.clear_faults()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,14 +31,6 @@ def utc(text: str) -> datetime:
 
 def iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-@pytest.fixture(scope="session")
-async def clients(local_env) -> AsyncIterator[AzureClients]:
-    from shared.azure.clients import close_clients, get_clients
-
-    yield get_clients()
-    await close_clients()
 
 
 def create_rotating(api, entra: EntraApp, app: str = APP, interval: int = 30, **rotation: Any):

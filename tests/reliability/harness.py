@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,6 +59,44 @@ def keep_log(path: Path, name: str) -> None:
     if path.exists():
         FIGURES.mkdir(exist_ok=True)
         shutil.copyfile(path, FIGURES / f"{name}-host.log")
+
+
+class Secrets:
+    """Every secret value a campaign saw, for its final scan (thread-safe: requests run in a pool)."""
+
+    def __init__(self) -> None:
+        self.values: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, *values: str) -> None:
+        with self._lock:
+            self.values.update(v for v in values if v)
+
+
+NEVER = "0 0 0 1 1 *"  # the timer fires only on 1 January: a campaign triggers every sweep itself
+
+
+@contextmanager
+def campaign_environment(name: str, state: Path, concurrency: int) -> Iterator[tuple[Any, HostProcess, Tables]]:
+    """Azurite and the stand-in in this process, the host in its own (started), the campaign's tables; all
+    stopped at the end, and the host's log kept as ``.reliability/<name>-host.log`` for a failure's diagnosis."""
+    from localdev.environment import LocalEnvironment
+
+    port = free_port()
+    env = LocalEnvironment(state, table_prefix=name.capitalize() + secrets.token_hex(4), sweep_schedule=NEVER,
+                           site_url=f"http://127.0.0.1:{port}")
+    env.start()
+    host = HostProcess(env.settings, port, state / "host.log", extra_env={
+        "ROTATION_MAX_CONCURRENCY": str(concurrency), "ROTATION_TEST_TIMEOUT_SECONDS": "60"})
+    tables = Tables(env.settings["AzureWebJobsStorage"], env.table_prefix)
+    try:
+        host.start()
+        yield env, host, tables
+    finally:
+        host.stop()
+        tables.close()
+        env.stop()
+        keep_log(host.log_path, name)
 
 
 # -- the host, as a process of its own --------------------------------------------------------------------

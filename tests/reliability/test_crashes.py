@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import secrets
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,10 +30,10 @@ from tests.reliability.harness import (
     BASE,
     HostProcess,
     Rotated,
+    Secrets,
     Tables,
     audit,
-    free_port,
-    keep_log,
+    campaign_environment,
     scan_for_secrets,
     write_figures,
 )
@@ -44,35 +43,12 @@ pytestmark = pytest.mark.slow
 APP = "azure-key-vault"
 CONNECTIONS = 30
 ROUNDS = int(os.environ.get("RELIABILITY_CRASHES", "20"))
-NEVER = "0 0 0 1 1 *"  # the timer fires only on 1 January: the test triggers every sweep itself
-
-
-class Secrets:
-    def __init__(self) -> None:
-        self.values: set[str] = set()
-
-    def add(self, *values: str) -> None:
-        self.values.update(v for v in values if v)
 
 
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalEnvironment, HostProcess, Tables]]:
-    port = free_port()
-    state = tmp_path_factory.mktemp("crashes")
-    env = LocalEnvironment(state, table_prefix="Crash" + secrets.token_hex(4), sweep_schedule=NEVER,
-                           site_url=f"http://127.0.0.1:{port}")
-    env.start()
-    host = HostProcess(env.settings, port, state / "host.log",
-                       extra_env={"ROTATION_MAX_CONCURRENCY": "8", "ROTATION_TEST_TIMEOUT_SECONDS": "60"})
-    tables = Tables(env.settings["AzureWebJobsStorage"], env.table_prefix)
-    try:
-        host.start()
-        yield env, host, tables
-    finally:
-        host.stop()
-        tables.close()
-        env.stop()
-        keep_log(host.log_path, "crashes")  # .reliability/crashes-host.log, for a failure's diagnosis
+    with campaign_environment("crashes", tmp_path_factory.mktemp("crashes"), concurrency=8) as parts:
+        yield parts
 
 
 def _create(api: httpx.Client, admin: Any, registry: Secrets) -> Rotated:

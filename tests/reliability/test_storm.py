@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import random
-import secrets
-import threading
 import time
 import uuid
 from collections import Counter
@@ -31,10 +29,10 @@ from tests.reliability.harness import (
     BASE,
     HostProcess,
     Rotated,
+    Secrets,
     Tables,
     audit,
-    free_port,
-    keep_log,
+    campaign_environment,
     scan_for_secrets,
     write_figures,
 )
@@ -53,7 +51,6 @@ SWEEP_LIMIT = 240 + 60 + 120
 FAILURE_RATE = 0.30
 # Entra's token endpoint and metadata, Graph, Key Vault.
 UPSTREAM = r"(/oauth2/v2\.0/token$|/v2\.0/\.well-known/|^/v1\.0/|^/secrets/)"
-NEVER = "0 0 0 1 1 *"
 
 
 def storm_rules(rate: float = FAILURE_RATE) -> list[dict[str, Any]]:
@@ -74,34 +71,10 @@ def storm_rules(rate: float = FAILURE_RATE) -> list[dict[str, Any]]:
     return rules
 
 
-class Secrets:
-    def __init__(self) -> None:
-        self.values: set[str] = set()
-        self._lock = threading.Lock()
-
-    def add(self, *values: str) -> None:
-        with self._lock:
-            self.values.update(v for v in values if v)
-
-
 @pytest.fixture(scope="module")
 def campaign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalEnvironment, HostProcess, Tables]]:
-    port = free_port()
-    state = tmp_path_factory.mktemp("storm")
-    env = LocalEnvironment(state, table_prefix="Storm" + secrets.token_hex(4), sweep_schedule=NEVER,
-                           site_url=f"http://127.0.0.1:{port}")
-    env.start()
-    host = HostProcess(env.settings, port, state / "host.log",
-                       extra_env={"ROTATION_MAX_CONCURRENCY": "32", "ROTATION_TEST_TIMEOUT_SECONDS": "60"})
-    tables = Tables(env.settings["AzureWebJobsStorage"], env.table_prefix)
-    try:
-        host.start()
-        yield env, host, tables
-    finally:
-        host.stop()
-        tables.close()
-        env.stop()
-        keep_log(host.log_path, "storm")  # .reliability/storm-host.log, for a failure's diagnosis
+    with campaign_environment("storm", tmp_path_factory.mktemp("storm"), concurrency=32) as parts:
+        yield parts
 
 
 def _create(api: httpx.Client, entra: Any, rotate: bool) -> httpx.Response:

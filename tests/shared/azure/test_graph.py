@@ -4,7 +4,6 @@ retried as before, and the Graph client's response hooks still seeing every answ
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,20 +18,6 @@ from shared.errors import NotFound, UpstreamError, UpstreamForbidden
 from tests.e2e.entra import EntraApp, register_app, register_rotatable_app
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="session")
-async def clients(local_env: Any) -> AsyncIterator[AzureClients]:
-    from shared.azure.clients import close_clients, get_clients
-
-    yield get_clients()
-    await close_clients()
-
-
-@pytest.fixture
-def no_faults(admin: Any) -> Iterator[None]:
-    yield
-    admin.clear_faults()
 
 
 def graph_for(clients: AzureClients, entra: EntraApp) -> tuple[Any, GraphApps]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,20 +27,6 @@ GRAPH_SCOPE_SUFFIX = "/.default"
 
 class Crash(BaseException):
     """The process dies here: nothing after this point runs."""
-
-
-@pytest.fixture(scope="session")
-async def clients(local_env: Any) -> AsyncIterator[AzureClients]:
-    from shared.azure.clients import close_clients, get_clients
-
-    yield get_clients()
-    await close_clients()
-
-
-@pytest.fixture
-def no_faults(admin: Any) -> Iterator[None]:
-    yield
-    admin.clear_faults()
 
 
 async def rotating(clients: AzureClients, admin: Any, secrets_used: Any) -> tuple[EntraApp, ConnectionRecord]:
