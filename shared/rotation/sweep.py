@@ -118,12 +118,19 @@ class Pacer:
     within two windows overshot: the pace goes back to where it was (it held for a window), and waits twice
     as many windows (up to ``max_patience``) before the next rise. Any other 429 sets the pace from the last
     window again. Only the first 429 of a burst changes the pace; those within its Retry-After only count.
+
+    The pace never falls below ``min_rate``: 429s that come now and then whatever the rate (Graph under load,
+    not a limit the sweep exceeds) would otherwise ratchet it down with every one, since a paced sweep's
+    "accepted in the last window" is its own pace. Microsoft Graph's limits for application writes are far
+    above one request a second, and each 429 is still honoured (nothing leaves before its Retry-After ends).
     """
 
     def __init__(self, *, headroom: float = 0.95, step: float = 0.05, min_samples: int = 10,
-                 max_patience: int = 8, cooldown: float = 1.0, clock: Callable[[], float] | None = None,
+                 max_patience: int = 8, cooldown: float = 1.0, min_rate: float = 1.0,
+                 clock: Callable[[], float] | None = None,
                  sleep: Callable[[float], Awaitable[None]] | None = None) -> None:
         self.headroom = headroom
+        self.min_rate = min_rate
         self.step = step
         self.min_samples = min_samples
         self.max_patience = max_patience
@@ -206,6 +213,7 @@ class Pacer:
             self.rate = min(max(1, recent) / self.window, before if before is not None else math.inf) * self.headroom
             self._patience = 1
             self._slow_start = recent < self.min_samples
+        self.rate = max(self.min_rate, self.rate)
         self.lowest = self.rate if self.lowest is None else min(self.lowest, self.rate)
         self._before_rise = None
         self._hold_until = self._next = self._checked_at = now + wait

@@ -239,9 +239,20 @@ async def test_a_throttle_long_after_a_rise_sets_the_pace_from_the_last_window()
     assert pacer.lowest == pytest.approx(3.0)
 
 
+async def test_throttles_that_come_whatever_the_rate_cannot_pace_below_the_floor():
+    clock = VirtualTime()
+    pacer = pacer_at(clock, min_rate=1.0)
+    for n in range(40):  # now and then a 429, whatever the pace: a paced sweep's last window is its own pace
+        clock.now = n * 3.0
+        pacer.accepted()
+        pacer.throttled(retry_after=1)
+    assert pacer.rate == pytest.approx(1.0)
+    assert pacer.lowest == pytest.approx(1.0)
+
+
 async def test_a_pace_learned_from_few_requests_doubles_until_the_next_throttle():
     clock = VirtualTime()
-    pacer = pacer_at(clock, headroom=1.0)
+    pacer = pacer_at(clock, headroom=1.0, min_rate=0.1)
     await pacer.acquire()
     clock.now = 0.5
     pacer.throttled(retry_after=1.5)  # no request accepted at all (the limit was used up by others)
