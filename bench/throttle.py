@@ -3,7 +3,7 @@ seconds and answers 429 (with Retry-After) beyond.
 
 Setup (no limit): ``--rotations`` connections with rotation enabled. Then a stand-in ``rate_limit`` rule on
 Graph's addPassword/removePassword, a clock past their due time, and one sweep at ``--concurrency`` (the sweep
-paces Graph requests once they are throttled and lowers its concurrency: ``shared.rotation.sweep.Pacer`` and
+paces Graph requests once they are throttled and lowers its concurrency: ``shared.rotation.pacing.Pacer`` and
 ``AimdLimiter``). Every Graph call is counted at the worker's Graph HTTP client (a response hook), with its
 answer. Figures: Graph writes accepted per second against the allowed rate; the share of all Graph calls
 throttled (the issue's measure) and of Graph writes.

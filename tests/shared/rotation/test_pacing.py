@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from shared.rotation.sweep import AimdLimiter, GraphPacing, Pacer
+from shared.rotation.pacing import AimdLimiter, GraphPacing, Pacer
 
 
 class Clock:
