@@ -56,6 +56,23 @@ def pacer_at(clock: Clock, **options) -> Pacer:
     return Pacer(clock=clock, sleep=sleep, **options)
 
 
+async def learn_pace_of_10(clock: VirtualTime, pacer: Pacer) -> None:
+    """50 requests accepted from t=0, then at t=1 a 429 with Retry-After 4: the window is 5 s, the pace (with
+    headroom 1) 10 per second, and nothing leaves before t=5."""
+    for _ in range(50):
+        await pacer.acquire()
+        pacer.accepted()
+    clock.now = 1.0
+    pacer.throttled(retry_after=4)
+
+
+async def busy(clock: VirtualTime, pacer: Pacer, until: float) -> None:
+    """More demand than the pace: a request as soon as the pacer lets one leave, each accepted, until ``until``."""
+    while clock.now < until:
+        await pacer.acquire()
+        pacer.accepted()
+
+
 # -- AimdLimiter ---------------------------------------------------------------------------------------------
 
 
@@ -175,60 +192,38 @@ async def test_requests_throttled_together_retry_spread_between_new_ones():
 async def test_the_pace_rises_after_quiet_windows_only_while_it_holds_requests_back():
     clock = VirtualTime()
     pacer = pacer_at(clock, headroom=1.0, step=0.1)
-    for _ in range(50):
-        await pacer.acquire()
-        pacer.accepted()
-    clock.now = 1.0
-    pacer.throttled(retry_after=4)  # window 5 s, pace 10 per second, held until 5
+    await learn_pace_of_10(clock, pacer)  # window 5 s, pace 10 per second, held until 5
     clock.now = 6.0
     pacer.accepted()  # quiet, but nothing was held back: no rise
     clock.now = 11.5
     pacer.accepted()
     assert pacer.rate == pytest.approx(10.0)
 
-    async def busy(until: float) -> None:  # more demand than the pace
-        while clock.now < until:
-            await pacer.acquire()
-            pacer.accepted()
-
-    await clock.run(busy(17.0))
+    await clock.run(busy(clock, pacer, 17.0))
     assert pacer.rate == pytest.approx(11.0)  # one rise per window held back
-    await clock.run(busy(22.5))
+    await clock.run(busy(clock, pacer, 22.5))
     assert pacer.rate == pytest.approx(12.1)
 
 
 async def test_a_rise_that_meets_a_throttle_goes_back_and_waits_longer_before_the_next():
     clock = VirtualTime()
     pacer = pacer_at(clock, headroom=1.0, step=0.1)
-    for _ in range(50):
-        await pacer.acquire()
-        pacer.accepted()
-    clock.now = 1.0
-    pacer.throttled(retry_after=4)  # window 5 s, pace 10
+    await learn_pace_of_10(clock, pacer)  # window 5 s, pace 10
 
-    async def busy(until: float) -> None:
-        while clock.now < until:
-            await pacer.acquire()
-            pacer.accepted()
-
-    await clock.run(busy(10.5))
+    await clock.run(busy(clock, pacer, 10.5))
     assert pacer.rate == pytest.approx(11.0)
     pacer.throttled(retry_after=1)  # the rise overshot
     assert pacer.rate == pytest.approx(10.0)
-    await clock.run(busy(21.0))  # one window after the hold: no rise yet (two windows now)
+    await clock.run(busy(clock, pacer, 21.0))  # one window after the hold: no rise yet (two windows now)
     assert pacer.rate == pytest.approx(10.0)
-    await clock.run(busy(22.0))
+    await clock.run(busy(clock, pacer, 22.0))
     assert pacer.rate == pytest.approx(11.0)
 
 
 async def test_a_throttle_long_after_a_rise_sets_the_pace_from_the_last_window():
     clock = VirtualTime()
     pacer = pacer_at(clock, headroom=1.0)
-    for _ in range(50):
-        await pacer.acquire()
-        pacer.accepted()
-    clock.now = 1.0
-    pacer.throttled(retry_after=4)  # window 5 s, pace 10
+    await learn_pace_of_10(clock, pacer)  # window 5 s, pace 10
     pacer._accepted.clear()
     for n in range(15):  # Graph now accepts 3 per second (someone else uses the rest)
         clock.now = 20.1 + n / 3
@@ -258,12 +253,7 @@ async def test_a_pace_learned_from_few_requests_doubles_until_the_next_throttle(
     pacer.throttled(retry_after=1.5)  # no request accepted at all (the limit was used up by others)
     assert pacer.window == pytest.approx(2.0) and pacer.rate == pytest.approx(0.5)
 
-    async def busy(until: float) -> None:
-        while clock.now < until:
-            await pacer.acquire()
-            pacer.accepted()
-
-    await clock.run(busy(12.0))
+    await clock.run(busy(clock, pacer, 12.0))
     assert pacer.rate >= 8  # 0.5 -> 1 -> 2 -> 4 -> 8 ...
 
 
