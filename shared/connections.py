@@ -1,22 +1,37 @@
-"""Create, read, update, delete and validate app connections.
+"""One lifecycle for every connection of every method: create, read, update, validate, re-authorize, status,
+rotate and delete.
 
-Validation comes first and nothing is stored when it fails. Secret material goes to Key
-Vault, metadata to Table Storage; the order of writes is chosen so that a failure leaves
-no secret behind that no connection points at.
+Validation comes first and nothing is stored when it fails. Secret material goes to the vault, metadata to the
+connection store; the order of writes is chosen so that a failure leaves no secret that no connection points at.
+A request that changes a connection's credentials, its rotation or its existence never interleaves with a
+rotation of it: while one is in progress such a request answers 409 with the rotation's id and ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import uuid
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared.apps import AppSpec, Method, find_app
-from shared.azure.clients import AzureClients
-from shared.credentials import acquire_token, parse_certificate
-from shared.errors import Conflict, CredentialRejected, FieldError, InvalidRequest, NotFound
+from shared.credentials import parse_certificate_async
+from shared.errors import (
+    ConcurrentChange,
+    CredentialRejected,
+    CredentialsLeftLive,
+    FieldError,
+    InvalidRequest,
+    NameTaken,
+    NotFound,
+    RotationFailed,
+    RotationInProgress,
+    RotationRefused,
+    ServiceError,
+)
 from shared.models import (
     CertificateCredentialsIn,
     ClientSecretCredentialsIn,
@@ -26,28 +41,29 @@ from shared.models import (
     parse_method,
     parse_model,
 )
-from shared.rotation.config import RotationConfig, parse_rotation, require_rotatable, resolve_key_id
-from shared.rotation.protocol import RotationOptions, Rotator
-from shared.rotation.state import (
+from shared.oauth_tokens import OAuthTokens, ReauthorizationRequired, TokenCache
+from shared.ports import Adapters
+from shared.records import (
+    STATUS_ACTIVE,
+    STATUS_DELETING,
     STATUS_DISABLED,
+    STATUS_INVALID,
+    STATUS_REAUTHORIZATION_REQUIRED,
     STATUS_SCHEDULED,
+    ConnectionRecord,
+    RotationEvent,
     RotationState,
-    read_state,
-    state_response,
-    with_state,
 )
-from shared.store.history import RotationHistory
-from shared.store.schedule import ScheduleIndex
-from shared.store.tables import ConnectionRecord, ConnectionsTable
-from shared.store.vault import SecretVault, secret_name_for
+from shared.rotation.config import RotationConfig, parse_rotation, require_rotatable, resolve_key_id
+from shared.rotation.protocol import Attempt, Rotator, backoff, schedule_of, secret_tags
+from shared.rotation.state import state_response
+from shared.store.vault import secret_name_for
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-
-STATUS_ACTIVE = "active"
-STATUS_INVALID = "invalid"
+DELETE_LEASE_SECONDS = 120
 
 
 def require_app(app_id: str) -> AppSpec:
@@ -57,10 +73,520 @@ def require_app(app_id: str) -> AppSpec:
     return app
 
 
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+def page_size(limit: int | None) -> int:
+    size = DEFAULT_PAGE_SIZE if limit is None else limit
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise InvalidRequest("The page size is out of range.",
+                             errors=[FieldError("/limit", f"must be between 1 and {MAX_PAGE_SIZE}")])
+    return size
+
+
+Credentials = ClientSecretCredentialsIn | CertificateCredentialsIn
+
+
+@dataclass(frozen=True)
+class Validated:
+    """Credentials that parsed and worked: what goes to the vault and what the record says of them."""
+
+    credentials: Credentials
+    material: dict[str, str]
+    expires_on: datetime | None
+
+
+@dataclass(frozen=True)
+class Deleted:
+    record: ConnectionRecord
+    removed_key_ids: list[str]
+    key_ids_left_live: list[str]
+
+
+class ConnectionService:
+    def __init__(self, adapters: Adapters, rotator: Rotator, token_cache: TokenCache | None = None) -> None:
+        self.adapters = adapters
+        self.rotator = rotator
+        self.oauth_tokens = OAuthTokens(adapters, self.store_refresh_token, token_cache)
+        self.store = adapters.connections
+        self.vault = adapters.vault
+
+    def now(self) -> datetime:
+        return self.adapters.clock()
+
+    # -- shared steps of every method ------------------------------------------------------------------------
+    async def ensure_name_free(self, app_id: str, name: str, pointer: str = "/name") -> None:
+        try:
+            await self.store.get_by_name(app_id, name)
+        except NotFound:
+            return
+        raise NameTaken(f"A connection named '{name}' already exists for {app_id}.",
+                        errors=[FieldError(pointer, "is already used by another connection of this app")])
+
+    async def _validated(self, app: AppSpec, method: Method, raw: Any) -> Validated:
+        credentials = parse_credentials(method, raw)
+        expires_on = None
+        if isinstance(credentials, CertificateCredentialsIn):
+            parsed = await parse_certificate_async(credentials.certificateBody, credentials.privateKey)
+            material = {"certificateBody": credentials.certificateBody, "privateKey": credentials.privateKey}
+            expires_on = parsed.not_after
+        else:
+            material = {"clientSecret": credentials.clientSecret}
+        await self.adapters.directory.probe(app, method, credentials.tenantId, credentials.clientId, material)
+        return Validated(credentials, material, expires_on)
+
+    async def insert_new(self, record: ConnectionRecord, material: Mapping[str, str],
+                         expires_on: datetime | None = None) -> ConnectionRecord:
+        """Write the secret, then the record; a record that cannot be written takes its secret with it."""
+        stored = await self.vault.write(record.secret_name, material, secret_tags(record), expires_on=expires_on)
+        try:
+            return await self.store.insert(record.evolve(secret_version=stored.version))
+        except BaseException:
+            await self.vault.delete(record.secret_name)
+            raise
+
+    def new_record(self, app: AppSpec, method: Method, name: str, description: str | None, tenant_id: str,
+                   client_id: str | None, rotation: RotationState | None = None) -> ConnectionRecord:
+        connection_id = str(uuid.uuid4())
+        now = self.now()
+        return ConnectionRecord(
+            app=app.id, id=connection_id, name=name, description=description, method=method.value,
+            tenant_id=tenant_id, client_id=client_id, created_at=now, updated_at=now,
+            secret_name=secret_name_for(connection_id), secret_version="", last_validated_at=now,
+            rotation=rotation or RotationState(),
+        )
+
+    async def switch_secret(self, record: ConnectionRecord, material: Mapping[str, str],
+                            expires_on: datetime | None, changes: Mapping[str, Any],
+                            previous_name: str | None = None) -> ConnectionRecord:
+        """Make a new secret version current together with ``changes`` (one ETag-guarded write), then disable the
+        versions it supersedes. A write that loses a race disables its own version and raises the conflict."""
+        stored = await self.vault.write(record.secret_name, material, secret_tags(record), expires_on=expires_on)
+        try:
+            saved = await self.store.update(record.evolve(secret_version=stored.version, **changes),
+                                            previous_name=previous_name)
+        except BaseException:
+            await self.vault.disable(record.secret_name, stored.version)
+            raise
+        if saved.rotation.retire_version is None:
+            await self.vault.disable_others(saved.secret_name, saved.secret_version)
+        return saved
+
+    async def record_status(self, record: ConnectionRecord, status: str, message: str | None) -> ConnectionRecord:
+        """Record a validation outcome on top of whatever else changed meanwhile (it is the newest news of the
+        credential, unless the credential itself changed, whose own validation is newer)."""
+        current = record
+        for _ in range(3):
+            try:
+                return await self.store.update(
+                    current.evolve(status=status, status_message=message, last_validated_at=self.now()))
+            except ConcurrentChange:
+                try:
+                    current = await self.store.get(record.app, record.id)
+                except NotFound:
+                    return record
+                if current.secret_version != record.secret_version or current.status == STATUS_DELETING:
+                    return current
+        log.info("Connection %s kept changing; its validation outcome was not recorded", record.id)
+        return current
+
+    # -- create ----------------------------------------------------------------------------------------------
+    async def create(self, app_id: str, body: Any) -> ConnectionRecord:
+        app = require_app(app_id)
+        request = parse_model(CreateConnectionIn, body)
+        method = parse_method(app.methods, request.method)
+        if method is Method.OAUTH:
+            raise InvalidRequest(
+                "OAuth connections are created by signing in.",
+                errors=[FieldError("/method", f"start with GET /api/v1/app-connections/{app.id}/oauth/authorize")],
+            )
+        config = parse_rotation(request.rotation) if request.rotation is not None else None
+        if request.isAutoRotationEnabled or config is not None:
+            require_rotatable(method, app.rotation_methods,
+                              "/isAutoRotationEnabled" if request.isAutoRotationEnabled else "/rotation")
+        if request.isAutoRotationEnabled and config is None:
+            raise InvalidRequest("Automatic rotation needs a schedule.",
+                                 errors=[FieldError("/rotation", "is required when isAutoRotationEnabled is true")])
+        await self.ensure_name_free(app.id, request.name)
+        valid = await self._validated(app, method, request.credentials)
+        credentials = valid.credentials
+        key_id = credentials.clientSecretKeyId if isinstance(credentials, ClientSecretCredentialsIn) else None
+        if request.isAutoRotationEnabled:
+            assert isinstance(credentials, ClientSecretCredentialsIn)
+            key_id = await self._key_id(credentials.tenantId, credentials.clientId, credentials.clientSecret, key_id)
+        state = configured(RotationState(key_id=key_id), config, request.isAutoRotationEnabled)
+        record = self.new_record(app, method, request.name, request.description, credentials.tenantId,
+                                 credentials.clientId, state)
+        try:
+            record = await self.insert_new(record, valid.material, valid.expires_on)
+        except NameTaken as taken:
+            raise NameTaken(taken.detail, errors=[FieldError("/name", "is already used by another connection")]
+                            ) from None
+        log.info("Created %s connection %s (%s)", app.id, record.id, method.value)
+        if request.isAutoRotationEnabled:
+            record = (await self._rotate_now(record, "enable")).record
+        return record
+
+    async def _key_id(self, tenant_id: str, client_id: str, secret: str, given: str | None) -> str:
+        material = {"clientSecret": secret}
+        async with self.adapters.directory.graph(Method.CLIENT_SECRET, tenant_id, client_id, material) as graph:
+            return await resolve_key_id(graph, client_id, secret, given)
+
+    # -- read ------------------------------------------------------------------------------------------------
+    async def get(self, app_id: str, connection_id: str) -> ConnectionRecord:
+        return await self.store.get(require_app(app_id).id, connection_id.lower())
+
+    async def get_by_name(self, app_id: str, name: str) -> ConnectionRecord:
+        return await self.store.get_by_name(require_app(app_id).id, name)
+
+    async def list_connections(self, app_id: str, limit: int | None,
+                               continuation: str | None) -> tuple[list[ConnectionRecord], str | None]:
+        return await self.store.list_page(require_app(app_id).id, page_size(limit), continuation)
+
+    async def rotations(self, app_id: str, connection_id: str, limit: int | None,
+                        continuation: str | None) -> tuple[list[RotationEvent], str | None]:
+        record = await self.get(app_id, connection_id)
+        return await self.adapters.history.page(record.id, page_size(limit), continuation)
+
+    async def clients_visible(self, connection_id: str) -> list[dict[str, str]]:
+        """The app registrations an azure-client-secrets connection can see in Microsoft Graph."""
+        record = await self.get("azure-client-secrets", connection_id)
+        if record.method == Method.OAUTH:
+            async with self.adapters.directory.graph_with(self.oauth_tokens.credential(record)) as graph:
+                return await graph.list_applications()
+        material = await self.vault.get(record.secret_name, record.secret_version)
+        async with self.adapters.directory.graph(Method(record.method), record.tenant_id, record.client_id or "",
+                                                 material) as graph:
+            return await graph.list_applications()
+
+    # -- update ----------------------------------------------------------------------------------------------
+    async def update(self, app_id: str, connection_id: str, body: Any) -> ConnectionRecord:
+        app = require_app(app_id)
+        request = parse_model(UpdateConnectionIn, body)
+        record = await self.get(app.id, connection_id)
+        method = Method(record.method)
+        given = request.model_fields_set
+        changes: dict[str, Any] = {}
+        if "name" in given:
+            if request.name is None:
+                raise InvalidRequest("A connection needs a name.", errors=[FieldError("/name", "must not be null")])
+            if request.name != record.name:
+                changes["name"] = request.name
+        if "description" in given and request.description != record.description:
+            changes["description"] = request.description
+        config = parse_rotation(request.rotation) if request.rotation is not None else None
+        rotation_change = config is not None or request.isAutoRotationEnabled is not None
+        if request.isAutoRotationEnabled or config is not None:
+            require_rotatable(method, app.rotation_methods,
+                              "/isAutoRotationEnabled" if request.isAutoRotationEnabled else "/rotation")
+        if request.credentials is not None and method is Method.OAUTH:
+            raise InvalidRequest(
+                "OAuth credentials are changed by signing in again.",
+                errors=[FieldError("/credentials", "re-authorize through the oauth/authorize route")],
+            )
+        if rotation_change or request.credentials is not None:
+            self._refuse_during_rotation(record)
+        if record.status == STATUS_DELETING:
+            raise self._being_deleted(record)
+        state = record.rotation
+        enabling = request.isAutoRotationEnabled is True and not state.enabled
+        if enabling and config is None and state.interval_days is None:
+            raise InvalidRequest("Automatic rotation needs a schedule.",
+                                 errors=[FieldError("/rotation", "is required when isAutoRotationEnabled is true")])
+        new_state = state
+        if rotation_change:
+            enabled = state.enabled if request.isAutoRotationEnabled is None else request.isAutoRotationEnabled
+            new_state = configured(state, config, enabled)
+        trigger = "enable" if enabling else None
+        if request.credentials is not None:
+            if state.retire_version is not None:  # the last change's clean-up first: one application at a time
+                record = await self._finish_retirement(record, raise_on_failure=True)
+                state = record.rotation
+                new_state = configured(state, config, new_state.enabled) if rotation_change else state
+            valid = await self._validated(app, method, request.credentials)
+            credentials = valid.credentials
+            key_id = credentials.clientSecretKeyId if isinstance(credentials, ClientSecretCredentialsIn) else None
+            if isinstance(credentials, ClientSecretCredentialsIn) and (new_state.enabled or key_id is not None):
+                key_id = await self._key_id(credentials.tenantId, credentials.clientId, credentials.clientSecret,
+                                            key_id)
+            if new_state.enabled and method in app.rotation_methods:
+                trigger = trigger or "credential-change"
+            new_state = new_state.evolve(key_id=key_id)
+            if state.managed:  # what the service created on the application in use is retired after the switch
+                new_state = new_state.evolve(retire_version=record.secret_version,
+                                             retire_tenant_id=record.tenant_id, retire_client_id=record.client_id)
+            changes.update(tenant_id=credentials.tenantId, client_id=credentials.clientId, status=STATUS_ACTIVE,
+                           status_message=None, last_validated_at=self.now())
+        elif enabling and method is Method.CLIENT_SECRET:
+            material = await self.vault.get(record.secret_name, record.secret_version)
+            new_state = new_state.evolve(key_id=await self._key_id(
+                record.tenant_id, record.client_id or "", material["clientSecret"], new_state.key_id))
+        if not changes and new_state == state and request.credentials is None:
+            return record
+        previous_name = record.name if "name" in changes else None
+        target = record.evolve(rotation=new_state, version=record.version + 1, updated_at=self.now(), **changes)
+        try:
+            if request.credentials is not None:
+                saved = await self.switch_secret(target, valid.material, valid.expires_on, {}, previous_name)
+            else:
+                saved = await self.store.update(target, previous_name=previous_name)
+        except NameTaken as taken:
+            raise NameTaken(taken.detail, errors=[FieldError("/name", "is already used by another connection")]
+                            ) from None
+        log.info("Updated %s connection %s to version %d", app.id, record.id, saved.version)
+        if saved.rotation.retire_version is not None:
+            saved = await self._finish_retirement(saved, raise_on_failure=False)
+        saved = await self._sync_schedule(saved, state)
+        if trigger is not None:
+            saved = (await self._rotate_now(saved, trigger)).record
+        return saved
+
+    def _refuse_during_rotation(self, record: ConnectionRecord) -> None:
+        state = record.rotation
+        if not state.in_progress:
+            return
+        now = self.now()
+        if state.leased(now) and state.lease_until is not None:
+            wait = (state.lease_until - now).total_seconds()
+            detail = "A rotation of this connection is running; try again when it has ended."
+        else:
+            wait = (state.next_at - now).total_seconds() if state.next_at else 60.0
+            detail = ("A rotation of this connection stopped half way and is resumed at its next attempt; finish it "
+                      "now with POST .../rotate, then try again.")
+        seconds = max(1, min(3600, math.ceil(wait)))
+        raise RotationInProgress(detail, headers={"Retry-After": str(seconds)},
+                                 extensions={"rotationId": state.rotation_id, "rotationStep": state.step,
+                                             "retryAfterSeconds": seconds})
+
+    @staticmethod
+    def _being_deleted(record: ConnectionRecord) -> RotationInProgress:
+        return RotationInProgress("This connection is being deleted; send the DELETE again to finish it.",
+                                  headers={"Retry-After": "1"}, extensions={"connectionStatus": STATUS_DELETING})
+
+    async def _finish_retirement(self, record: ConnectionRecord, raise_on_failure: bool) -> ConnectionRecord:
+        """Remove what the service created on the application the connection left. When Graph refuses, the
+        journal keeps it and the sweep tries again (with back-off); ``raise_on_failure`` answers 409 instead."""
+        try:
+            return await self.rotator.retire(record)
+        except ServiceError as error:
+            if raise_on_failure:
+                raise CredentialsLeftLive(
+                    "Client secrets the service created on the application this connection used before could not "
+                    f"be removed yet ({error.detail}); change the credentials again once they are.",
+                    extensions={"reason": error.detail},
+                ) from None
+            log.warning("Connection %s: retiring the previous application's secrets failed: %s", record.id,
+                        error.detail)
+            now = self.now()
+            state = record.rotation
+            failures = state.failures + 1
+            waiting = state.evolve(
+                failures=failures, next_at=min(filter(None, [state.next_at, now + backoff(failures)])),
+                message=("The client secrets the service created on the previous application could not be removed "
+                         f"yet ({error.detail}); they are retried."),
+            )
+            try:
+                saved = await self.store.update(record.evolve(rotation=waiting))
+            except ConcurrentChange:
+                return await self.store.get(record.app, record.id)
+            return await self._sync_schedule(saved, state)
+
+    async def _sync_schedule(self, record: ConnectionRecord, before: RotationState) -> ConnectionRecord:
+        """Point the schedule index at the connection's next due time (or at nothing when nothing is due)."""
+        state = record.rotation
+        if state.schedule_key == before.schedule_key and state.next_at == before.next_at:
+            return record
+        schedule = self.adapters.schedule
+        key = await schedule.put(state.next_at, record.app, record.id) if state.next_at else None
+        if key != state.schedule_key:
+            try:
+                record = await self.store.update(record.evolve(rotation=state.evolve(schedule_key=key)))
+            except ConcurrentChange:
+                record = await self.store.get(record.app, record.id)  # its writer indexes it
+        if before.schedule_key and before.schedule_key != key:
+            await schedule.remove(before.schedule_key)
+        return record
+
+    # -- rotation --------------------------------------------------------------------------------------------
+    async def _rotate_now(self, record: ConnectionRecord, trigger: str) -> Attempt:
+        claimed = await self.rotator.claim(record, trigger)
+        if claimed is None:
+            current = await self.store.get(record.app, record.id)
+            self._refuse_during_rotation(current)
+            raise ConcurrentChange("The connection changed while the rotation was starting; try again.")
+        return await self.rotator.run(claimed)
+
+    async def rotate(self, app_id: str, connection_id: str) -> ConnectionRecord:
+        """Rotate now, or finish a half-done rotation. 200 only when it completed; otherwise a problem carrying
+        the rotation's status and message."""
+        app = require_app(app_id)
+        record = await self.get(app.id, connection_id)
+        method = Method(record.method)
+        if method not in app.rotation_methods:
+            allowed = ", ".join(m.value for m in app.rotation_methods)
+            raise InvalidRequest(f"A {method.value} connection cannot be rotated; rotation is available for the "
+                                 f"{allowed} method.", extensions={"method": method.value})
+        if record.status == STATUS_DELETING:
+            raise self._being_deleted(record)
+        state = record.rotation
+        if not state.enabled and not state.in_progress:
+            raise InvalidRequest("Automatic credential rotation is not enabled for this connection; enable it "
+                                 "first (PATCH with isAutoRotationEnabled and rotation).")
+        if state.leased(self.now()):
+            self._refuse_during_rotation(record)
+        if state.retire_version is not None:
+            record = await self._finish_retirement(record, raise_on_failure=True)
+        attempt = await self._rotate_now(record, "manual")
+        if attempt.succeeded:
+            return attempt.record
+        raise rotation_problem(attempt)
+
+    # -- delete ----------------------------------------------------------------------------------------------
+    async def delete(self, app_id: str, connection_id: str, force: bool = False) -> Deleted:
+        """Remove every credential the service created on the application, then the connection. When Graph
+        refuses, 409 with the reason (nothing is deleted); ``force`` deletes anyway and lists what stays live."""
+        record = await self.get(app_id, connection_id)
+        state = record.rotation
+        now = self.now()
+        if state.leased(now) and state.lease_owner is not None and not state.lease_owner.startswith("delete:"):
+            self._refuse_during_rotation(record)
+        # Claim it first (ETag): no rotation starts on a connection being deleted, and no edit lands under us.
+        owner = f"delete:{uuid.uuid4().hex}"
+        marked = record.evolve(status=STATUS_DELETING, status_message="Being deleted.",
+                               rotation=state.evolve(lease_owner=owner,
+                                                     lease_until=now + timedelta(seconds=DELETE_LEASE_SECONDS)))
+        record = await self.store.update(marked)
+        removed: list[str] = []
+        left: list[str] = []
+        try:
+            removed = await self.rotator.remove_all(record)
+        except ServiceError as error:
+            known = [key for key in (state.key_id if state.managed else None, state.pending_key_id) if key]
+            if not force:
+                await self._release(record, marked_from=state)
+                raise CredentialsLeftLive(
+                    f"The client secrets the service created on the application could not be removed "
+                    f"({error.detail}); nothing was deleted. Grant the permission and try again, or delete with "
+                    "?force=true to leave them live.", extensions={"reason": error.detail, "keyIds": known},
+                ) from None
+            left = known
+        if record.method == Method.OAUTH:
+            self.oauth_tokens.forget(record)
+        await self.vault.disable_others(record.secret_name, "")
+        await self.vault.delete(record.secret_name)
+        await self.store.delete(record)
+        await self.adapters.schedule.remove(state.schedule_key)
+        await self.adapters.history.delete_all(record.id)
+        log.info("Deleted %s connection %s (%d service-created secrets removed, %d left live)", record.app,
+                 record.id, len(removed), len(left))
+        return Deleted(record, removed, left)
+
+    async def _release(self, record: ConnectionRecord, marked_from: RotationState) -> None:
+        """Undo the deletion mark (the connection is as it was)."""
+        try:
+            await self.store.update(record.evolve(status=STATUS_ACTIVE if record.status == STATUS_DELETING
+                                                  else record.status, status_message=None, rotation=marked_from))
+        except ConcurrentChange:
+            log.info("Connection %s changed while its deletion was undone", record.id)
+
+    # -- validate --------------------------------------------------------------------------------------------
+    async def validate(self, app_id: str, connection_id: str) -> ConnectionRecord:
+        app = require_app(app_id)
+        record = await self.get(app.id, connection_id)
+        if record.method == Method.OAUTH:
+            return await self._validate_oauth(app, record)
+        material = await self.vault.get(record.secret_name, record.secret_version)
+        try:
+            await self.adapters.directory.probe(app, Method(record.method), record.tenant_id,
+                                                record.client_id or "", material)
+        except CredentialRejected as rejected:
+            await self.record_status(record, STATUS_INVALID, rejected.detail)
+            raise
+        return await self.record_status(record, STATUS_ACTIVE, None)
+
+    async def _validate_oauth(self, app: AppSpec, record: ConnectionRecord) -> ConnectionRecord:
+        try:
+            record = await self.oauth_tokens.refresh_now(app, record)
+        except ReauthorizationRequired as error:
+            error.extensions["connectionStatus"] = STATUS_REAUTHORIZATION_REQUIRED
+            hint = f" Authorize it again: GET /api/v1/app-connections/{app.id}/oauth/authorize?connectionId={record.id}"
+            await self.record_status(record, STATUS_REAUTHORIZATION_REQUIRED, error.detail + hint)
+            raise
+        except CredentialRejected as error:
+            await self.record_status(record, STATUS_INVALID, error.detail)
+            raise
+        return await self.record_status(record, STATUS_ACTIVE, None)
+
+    # -- OAuth: created and re-authorized by signing in ------------------------------------------------------
+    async def create_oauth(self, app: AppSpec, name: str, description: str | None, tenant_id: str, client_id: str,
+                           refresh_token: str) -> ConnectionRecord:
+        record = self.new_record(app, Method.OAUTH, name, description, tenant_id, client_id)
+        return await self.insert_new(record, {"refreshToken": refresh_token})
+
+    async def reauthorize(self, app: AppSpec, connection_id: str, tenant_id: str, client_id: str,
+                          refresh_token: str, name: str | None, description: str | None) -> ConnectionRecord:
+        """The new refresh token becomes current (the superseded ones are disabled), the status active."""
+        record = await self.store.get(app.id, connection_id)
+        for _ in range(3):  # a concurrent validation or refresh changed the record: apply ours on top
+            if record.status == STATUS_DELETING:
+                raise self._being_deleted(record)
+            changes: dict[str, Any] = {
+                "tenant_id": tenant_id, "client_id": client_id, "status": STATUS_ACTIVE, "status_message": None,
+                "last_validated_at": self.now(), "updated_at": self.now(), "version": record.version + 1,
+            }
+            renamed = name is not None and name != record.name
+            if renamed:
+                changes["name"] = name
+            if description is not None:
+                changes["description"] = description
+            try:
+                saved = await self.switch_secret(record, {"refreshToken": refresh_token}, None, changes,
+                                                 previous_name=record.name if renamed else None)
+            except ConcurrentChange:
+                record = await self.store.get(app.id, connection_id)
+                continue
+            self.oauth_tokens.forget(saved)
+            return saved
+        raise ConcurrentChange(f"The connection '{connection_id}' kept changing; nothing was saved.")
+
+    async def store_refresh_token(self, record: ConnectionRecord, refresh_token: str) -> ConnectionRecord:
+        """Keep the refresh token Entra rotated to (the old one may no longer work). When the connection moved to
+        another refresh token meanwhile (re-authorized, or refreshed elsewhere), that one is newer and stays."""
+        used = record.secret_version
+        current = record
+        for _ in range(5):
+            try:
+                return await self.switch_secret(current, {"refreshToken": refresh_token}, None, {})
+            except ConcurrentChange:
+                current = await self.store.get(record.app, record.id)
+                if current.secret_version != used:
+                    return current
+        raise ConcurrentChange(f"The connection '{record.id}' kept changing; its refresh token could not be saved.")
+
+
+def configured(state: RotationState, config: RotationConfig | None, enabled: bool) -> RotationState:
+    """``state`` with the rotation schedule and switch applied (history and last rotation kept)."""
+    if config is not None:
+        state = state.evolve(interval_days=config.interval_days, rotate_at=config.rotate_at,
+                             time_zone=config.time_zone)
+    if not enabled:
+        return state.evolve(enabled=False, next_at=None, status=STATUS_DISABLED if state.status else None)
+    state = state.evolve(enabled=True, status=state.status or STATUS_SCHEDULED)
+    schedule = schedule_of(state)
+    if schedule is not None and state.last_rotated_at is not None:
+        state = state.evolve(next_at=schedule.next_due(state.last_rotated_at))
+    return state
+
+
+def rotation_problem(attempt: Attempt) -> ServiceError:
+    """The problem a rotation that did not complete answers: 502 when Azure failed, 400 when the connection's
+    own credentials or permissions are what is wrong (its owner must fix them); with the rotation's status."""
+    error = attempt.error
+    state = attempt.record.rotation
+    extensions: dict[str, Any] = {"rotation": state_response(state)}
+    detail = state.message or (error.detail if error else "The rotation did not complete.")
+    if error is not None:
+        extensions.update({k: v for k, v in error.extensions.items() if k not in extensions})
+    if error is not None and 400 <= error.status < 500:
+        return RotationRefused(detail, extensions=extensions)
+    return RotationFailed(detail, extensions=extensions)
 
 
 def to_response(record: ConnectionRecord) -> dict[str, Any]:
@@ -81,316 +607,13 @@ def to_response(record: ConnectionRecord) -> dict[str, Any]:
         "status": record.status,
         "statusMessage": record.status_message,
         "lastValidatedAt": _iso(record.last_validated_at),
-        "isAutoRotationEnabled": read_state(record).enabled,
-        "rotation": state_response(read_state(record)),
+        "isAutoRotationEnabled": record.rotation.enabled,
+        "rotation": state_response(record.rotation),
     }
 
 
-Credentials = ClientSecretCredentialsIn | CertificateCredentialsIn
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
-
-def _material(credentials: Credentials) -> dict[str, str]:
-    if isinstance(credentials, ClientSecretCredentialsIn):
-        return {"clientSecret": credentials.clientSecret}
-    return {"certificateBody": credentials.certificateBody, "privateKey": credentials.privateKey}
-
-
-def _check_credentials(method: Method, raw: Any) -> Credentials:
-    credentials = parse_credentials(method, raw)
-    if isinstance(credentials, CertificateCredentialsIn):
-        parse_certificate(credentials.certificateBody, credentials.privateKey)
-    return credentials
-
-
-class ConnectionService:
-    def __init__(self, clients: AzureClients, now: Callable[[], datetime] | None = None) -> None:
-        self.clients = clients
-        self.table = ConnectionsTable(clients)
-        self.vault = SecretVault(clients)
-        self.now = now or (lambda: datetime.now(UTC))
-
-    def rotator(self) -> Rotator:
-        settings = self.clients.settings
-        options = RotationOptions(test_timeout=settings.rotation_test_timeout_seconds)
-        return Rotator(self.clients, options=options, now=self.now)
-
-    async def _validate(self, app: AppSpec, method: Method, tenant_id: str, client_id: str,
-                        material: Mapping[str, str]) -> None:
-        await acquire_token(self.clients, app, method, tenant_id, client_id, material)
-
-    # -- create ----------------------------------------------------------------------------
-    async def create(self, app_id: str, body: Any) -> ConnectionRecord:
-        app = require_app(app_id)
-        request = parse_model(CreateConnectionIn, body)
-        method = parse_method(app.methods, request.method)
-        if method is Method.OAUTH:
-            raise InvalidRequest(
-                "OAuth connections are created by signing in.",
-                errors=[FieldError("/method", f"start with GET /api/v1/app-connections/{app.id}/oauth/authorize")],
-            )
-        credentials = _check_credentials(method, request.credentials)
-        config = parse_rotation(request.rotation) if request.rotation is not None else None
-        if request.isAutoRotationEnabled:
-            require_rotatable(method, app.rotation_methods)
-            if config is None:
-                raise InvalidRequest(
-                    "Automatic rotation needs a schedule.",
-                    errors=[FieldError("/rotation", "is required when isAutoRotationEnabled is true")],
-                )
-        elif config is not None:
-            require_rotatable(method, app.rotation_methods)
-        await self._ensure_name_free(app.id, request.name)
-        material = _material(credentials)
-        await self._validate(app, method, credentials.tenantId, credentials.clientId, material)
-        key_id = credentials.clientSecretKeyId if isinstance(credentials, ClientSecretCredentialsIn) else None
-        if request.isAutoRotationEnabled:
-            assert isinstance(credentials, ClientSecretCredentialsIn)
-            key_id = await resolve_key_id(
-                self.clients, credentials.tenantId, credentials.clientId, credentials.clientSecret, key_id
-            )
-
-        connection_id = str(uuid.uuid4())
-        secret_name = secret_name_for(connection_id)
-        version = await self.vault.put(
-            secret_name, material, {"connectionId": connection_id, "app": app.id, "method": method.value}
-        )
-        now = self.now()
-        record = ConnectionRecord(
-            app=app.id,
-            id=connection_id,
-            name=request.name,
-            description=request.description,
-            method=method.value,
-            tenant_id=credentials.tenantId,
-            client_id=credentials.clientId,
-            created_at=now,
-            updated_at=now,
-            secret_name=secret_name,
-            secret_version=version,
-            last_validated_at=now,
-        )
-        record = with_state(record, _configured(RotationState(key_id=key_id), config, request.isAutoRotationEnabled))
-        try:
-            record = await self.table.insert(record)
-        except BaseException:
-            await self.vault.delete(secret_name)
-            raise
-        log.info("Created %s connection %s (%s)", app.id, connection_id, method.value)
-        if request.isAutoRotationEnabled:
-            record = await self.rotate(app.id, record.id, trigger="enable")
-        return record
-
-    async def _ensure_name_free(self, app_id: str, name: str) -> None:
-        try:
-            await self.table.get_by_name(app_id, name)
-        except NotFound:
-            return
-        raise Conflict(f"A connection named '{name}' already exists for {app_id}.")
-
-    # -- read ------------------------------------------------------------------------------
-    async def get(self, app_id: str, connection_id: str) -> ConnectionRecord:
-        return await self.table.get(require_app(app_id).id, connection_id.lower())
-
-    async def get_by_name(self, app_id: str, name: str) -> ConnectionRecord:
-        return await self.table.get_by_name(require_app(app_id).id, name)
-
-    async def list_connections(
-        self, app_id: str, limit: int | None, continuation: str | None
-    ) -> tuple[list[ConnectionRecord], str | None]:
-        app = require_app(app_id)
-        size = DEFAULT_PAGE_SIZE if limit is None else limit
-        if not 1 <= size <= MAX_PAGE_SIZE:
-            raise InvalidRequest(
-                "The page size is out of range.",
-                errors=[FieldError("/limit", f"must be between 1 and {MAX_PAGE_SIZE}")],
-            )
-        return await self.table.list_page(app.id, size, continuation)
-
-    # -- update ----------------------------------------------------------------------------
-    async def update(self, app_id: str, connection_id: str, body: Any) -> ConnectionRecord:
-        app = require_app(app_id)
-        request = parse_model(UpdateConnectionIn, body)
-        record = await self.get(app.id, connection_id)
-        method = Method(record.method)
-        changes: dict[str, Any] = {}
-        if "name" in request.model_fields_set:
-            if request.name is None:
-                raise InvalidRequest("A connection needs a name.", errors=[FieldError("/name", "must not be null")])
-            if request.name != record.name:
-                changes["name"] = request.name
-        if "description" in request.model_fields_set and request.description != record.description:
-            changes["description"] = request.description
-        state = read_state(record)
-        new_state = state
-        rotate_after = False
-        config = parse_rotation(request.rotation) if request.rotation is not None else None
-        enabling = request.isAutoRotationEnabled is True and not state.enabled
-        disabling = request.isAutoRotationEnabled is False and state.enabled
-        if request.isAutoRotationEnabled or config is not None:
-            require_rotatable(method, app.rotation_methods)
-        if (enabling or disabling or config is not None) and state.rotation_id is not None:
-            raise Conflict("A rotation of this connection is under way or half done; rotate it now to finish it, "
-                           "then change its rotation settings.")
-        if enabling and config is None and state.interval_days is None:
-            raise InvalidRequest(
-                "Automatic rotation needs a schedule.",
-                errors=[FieldError("/rotation", "is required when isAutoRotationEnabled is true")],
-            )
-        if config is not None or enabling or disabling:
-            enabled = state.enabled if request.isAutoRotationEnabled is None else request.isAutoRotationEnabled
-            new_state = _configured(state, config, enabled)
-            rotate_after = enabling
-        new_version: str | None = None
-        if request.credentials is not None:
-            if method is Method.OAUTH:
-                raise InvalidRequest(
-                    "OAuth credentials are changed by signing in again.",
-                    errors=[FieldError("/credentials", "re-authorize through the oauth/authorize route")],
-                )
-            credentials = _check_credentials(method, request.credentials)
-            material = _material(credentials)
-            await self._validate(app, method, credentials.tenantId, credentials.clientId, material)
-            new_version = await self.vault.put(
-                record.secret_name, material, {"connectionId": record.id, "app": app.id, "method": method.value}
-            )
-            changes.update(
-                tenant_id=credentials.tenantId,
-                client_id=credentials.clientId,
-                secret_version=new_version,
-                status=STATUS_ACTIVE,
-                status_message=None,
-                last_validated_at=self.now(),
-            )
-            if isinstance(credentials, ClientSecretCredentialsIn):
-                new_state = new_state.evolve(key_id=credentials.clientSecretKeyId)
-                rotate_after = rotate_after or new_state.enabled
-        if rotate_after:
-            assert new_version is not None or record.method == Method.CLIENT_SECRET
-            secret = (material if new_version is not None else
-                      await self.vault.get(record.secret_name, record.secret_version))["clientSecret"]
-            tenant_id = changes.get("tenant_id", record.tenant_id)
-            client_id = changes.get("client_id", record.client_id) or ""
-            key_id = await resolve_key_id(self.clients, tenant_id, client_id, secret, new_state.key_id)
-            new_state = new_state.evolve(key_id=key_id)
-        if not changes and new_state == state:
-            return record
-        updated = with_state(record, new_state).evolve(**changes, version=record.version + 1, updated_at=self.now())
-        try:
-            saved = await self.table.update(updated, previous_name=record.name if "name" in changes else None)
-        except BaseException:
-            if new_version is not None:
-                await self.vault.disable(record.secret_name, new_version)
-            raise
-        log.info("Updated %s connection %s to version %d", app.id, record.id, saved.version)
-        saved = await self._sync_schedule(saved, state)
-        if rotate_after:
-            saved = await self.rotate(app.id, saved.id, trigger="enable")
-        return saved
-
-    async def _sync_schedule(self, record: ConnectionRecord, before: RotationState) -> ConnectionRecord:
-        """Point the schedule index at the connection's next due time (or at nothing when disabled)."""
-        state = read_state(record)
-        if state.schedule_key == before.schedule_key and state.next_at == before.next_at:
-            return record
-        index = ScheduleIndex(self.clients)
-        key = await index.put(state.next_at, record.app, record.id) if state.next_at else None
-        if key != state.schedule_key:
-            record = await self.table.update(with_state(record, state.evolve(schedule_key=key)))
-        if before.schedule_key and before.schedule_key != key:
-            await index.remove(before.schedule_key)
-        return record
-
-    # -- rotation --------------------------------------------------------------------------
-    async def rotate(self, app_id: str, connection_id: str, trigger: str = "manual") -> ConnectionRecord:
-        """Rotate now (or finish a half-done rotation); a rotation already under way elsewhere is a 409."""
-        app = require_app(app_id)
-        record = await self.get(app.id, connection_id)
-        require_rotatable(Method(record.method), app.rotation_methods)
-        state = read_state(record)
-        if not state.enabled and state.rotation_id is None:
-            raise Conflict("Automatic credential rotation is not enabled for this connection; enable it first.")
-        rotator = self.rotator()
-        claimed = await rotator.claim(record, trigger)
-        if claimed is None:
-            raise Conflict("A rotation of this connection is already under way.")
-        return await rotator.run(claimed)
-
-    async def rotations(
-        self, app_id: str, connection_id: str, limit: int | None, continuation: str | None
-    ) -> tuple[list[dict[str, Any]], str | None]:
-        record = await self.get(app_id, connection_id)
-        size = DEFAULT_PAGE_SIZE if limit is None else limit
-        if not 1 <= size <= MAX_PAGE_SIZE:
-            raise InvalidRequest(
-                "The page size is out of range.",
-                errors=[FieldError("/limit", f"must be between 1 and {MAX_PAGE_SIZE}")],
-            )
-        events, token = await RotationHistory(self.clients).page(record.id, size, continuation)
-        return [event.as_dict() for event in events], token
-
-    async def clients_visible(self, connection_id: str) -> list[dict[str, str]]:
-        """The app registrations an azure-client-secrets connection can see in Microsoft Graph."""
-        from shared.azure.graph import GraphApps
-        from shared.credentials import build_credential
-
-        record = await self.get("azure-client-secrets", connection_id)
-        if record.method == Method.OAUTH:
-            from shared.oauth import OAuthCredential
-
-            return await GraphApps(self.clients, OAuthCredential(self.clients, record)).list_applications()
-        material = await self.vault.get(record.secret_name, record.secret_version)
-        credential = build_credential(self.clients, Method(record.method), record.tenant_id,
-                                      record.client_id or "", material)
-        async with credential:
-            return await GraphApps(self.clients, credential).list_applications()
-
-    # -- delete ----------------------------------------------------------------------------
-    async def delete(self, app_id: str, connection_id: str) -> ConnectionRecord:
-        record = await self.get(app_id, connection_id)
-        state = read_state(record)
-        if state.leased(self.now()):
-            raise Conflict("A rotation of this connection is under way; delete it when it is done.")
-        await self.vault.delete(record.secret_name)
-        await self.table.delete(record)
-        await ScheduleIndex(self.clients).remove(state.schedule_key)
-        log.info("Deleted %s connection %s", record.app, record.id)
-        return record
-
-    # -- validate --------------------------------------------------------------------------
-    async def validate(self, app_id: str, connection_id: str) -> ConnectionRecord:
-        app = require_app(app_id)
-        record = await self.get(app.id, connection_id)
-        if record.method == Method.OAUTH:
-            from shared.oauth import validate_oauth_connection
-
-            return await validate_oauth_connection(self.clients, app, record, self.now)
-        material = await self.vault.get(record.secret_name, record.secret_version)
-        try:
-            await self._validate(app, Method(record.method), record.tenant_id, record.client_id or "", material)
-        except CredentialRejected as rejected:
-            await self._record_status(record, STATUS_INVALID, rejected.detail)
-            raise
-        return await self._record_status(record, STATUS_ACTIVE, None)
-
-    async def _record_status(self, record: ConnectionRecord, status: str, message: str | None) -> ConnectionRecord:
-        """Record a validation outcome; a concurrent change wins (its own outcome is newer)."""
-        updated = record.evolve(status=status, status_message=message, last_validated_at=self.now())
-        try:
-            return await self.table.update(updated)
-        except Conflict:
-            log.info("Connection %s changed during validation; its status is left as is", record.id)
-            return updated
-
-
-def _configured(state: RotationState, config: RotationConfig | None, enabled: bool) -> RotationState:
-    """``state`` with the rotation schedule and switch applied (history and last rotation kept)."""
-    if config is not None:
-        state = state.evolve(interval_days=config.interval_days, rotate_at=config.rotate_at,
-                             time_zone=config.time_zone)
-    if not enabled:
-        return state.evolve(enabled=False, next_at=None, status=STATUS_DISABLED if state.status else None)
-    state = state.evolve(enabled=True, status=state.status or STATUS_SCHEDULED)
-    schedule = state.schedule
-    if schedule is not None and state.last_rotated_at is not None:
-        state = state.evolve(next_at=schedule.next_due(state.last_rotated_at))
-    return state

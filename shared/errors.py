@@ -98,6 +98,58 @@ class Conflict(ServiceError):
     title = "Conflict"
 
 
+class ConcurrentChange(Conflict):
+    """The record changed since it was read (its ETag no longer matches)."""
+
+    slug = "concurrent-change"
+    title = "The connection was changed by another request"
+
+
+class NameTaken(Conflict):
+    slug = "name-taken"
+    title = "The name is already used"
+
+
+class RotationInProgress(Conflict):
+    """A rotation of the connection has begun and not ended: changes to its credentials, its rotation or its
+    existence wait until it has (``Retry-After``)."""
+
+    slug = "rotation-in-progress"
+    title = "A rotation of this connection is in progress"
+
+
+class LeaseLost(Conflict):
+    """Another worker took the rotation over; this one stopped without touching anything more."""
+
+    slug = "rotation-taken-over"
+    title = "Another worker took the rotation over"
+
+
+class RotationFailed(ServiceError):
+    """A rotation attempt did not complete because an Azure call failed (the connection's rotation status and
+    message say what happened; the credential in use was left working)."""
+
+    status = 502
+    slug = "rotation-failed"
+    title = "The rotation did not complete"
+
+
+class RotationRefused(ServiceError):
+    """A rotation attempt did not complete because the connection's own credential or permissions were refused:
+    its owner must fix them."""
+
+    status = 400
+    slug = "rotation-refused"
+    title = "The rotation did not complete"
+
+
+class CredentialsLeftLive(Conflict):
+    """Credentials the service created on the application could not be removed, so the connection was kept."""
+
+    slug = "credentials-not-removed"
+    title = "Credentials on the application could not be removed"
+
+
 class PayloadTooLarge(ServiceError):
     status = 413
     slug = "payload-too-large"

@@ -1,18 +1,28 @@
-"""A local stand-in for Entra ID (token endpoint) and Key Vault (secrets), over TLS on loopback.
+"""A local stand-in for Entra ID, Microsoft Graph (application passwords) and Key Vault (secrets), over TLS on
+loopback, with an admin API to seed it, inspect what it received and inject faults.
 
 ``StandIn(port=0, ca_dir=None).start()`` serves in a daemon thread; ``.url``, ``.ca_path`` and ``.admin``
-(an :class:`AdminClient`) say where it is and seed it; ``.state`` is the in-process state (one lock).
+(an :class:`AdminClient`) say where it is and seed it; ``.state`` is the in-process state (one lock). All
+services share the one URL: Entra under ``/{tenant}/...``, Graph under ``/v1.0/``, Key Vault under
+``/secrets`` and ``/deletedsecrets``, the admin API under ``/_admin/``.
 
-Modules: ``server`` (TLS, keep-alive, faults, request log), ``routing`` (Request/Response, the
-``(method, regex) -> handler`` table), ``state`` (tenants, apps, vault, faults), ``tokens`` (signing key),
-``entra``, ``keyvault``, ``admin_api`` (``/_admin/``), ``admin`` (client), ``pki`` (CA, certificates).
+Modules: ``server`` (TLS, keep-alive, fault rules and latency, request log, connection counters),
+``routing`` (Request/Response, the ``(method, regex) -> handler`` table), ``state`` (tenants, apps and their
+credentials, vault, fault rules, request log), ``context`` (what handlers reach), ``tokens`` (signing key),
+``entra`` (discovery, JWKS, token endpoint: client credentials with a secret or a certificate),
+``oauth`` (authorize endpoint, authorization_code and refresh_token grants, test users), ``graph``
+(applications, addPassword/removePassword, Graph-shaped fault rules), ``keyvault`` (secrets data plane),
+``admin_api`` (``/_admin/``), ``admin`` (its client), ``pki`` (CA, server and client certificates),
+``cli`` (``python -m localdev.standin``).
 
-Adding a service (e.g. Graph): write ``graph.py`` with ``register(router, ctx)`` adding rows such as
-``router.add("POST", r"/v1\\.0/applications/(?P<id>[^/]+)/addPassword", handler)`` and add it to
-``server.build_router``. Check bearer tokens with ``req.ctx.signer.verify(token, audience=...)`` (claims carry
-``tid``, ``appid``, ``roles``); keep state on ``State`` under ``state.lock`` (``state.extra`` is free).
-New token grants: ``entra.register_grant(ctx, "authorization_code", handler)``, reusing
-``entra.authenticate_client``, ``entra.issue_access_token``, ``entra.token_response`` and ``entra.fail``.
+Adding a service: write a module with ``register(router, ctx)`` adding rows such as
+``router.add("POST", r"/v1\\.0/applications/(?P<id>[^/]+)/addPassword", handler)`` (as ``graph.py`` does) and
+add it to ``server.build_router``. Check bearer tokens with ``req.ctx.signer.verify(token, audience=...)``
+(claims carry ``tid``, ``appid``, ``roles``); keep state on ``State`` under ``state.lock`` (a service's own
+state goes in ``state.extra``, which ``reset`` clears, as Graph's call counts and OAuth's users do).
+New token grants: ``entra.register_grant(ctx, grant_type, handler)`` (``oauth.py`` adds ``authorization_code``
+and ``refresh_token`` so), reusing ``entra.authenticate_client``, ``entra.issue_access_token``,
+``entra.token_response`` and ``entra.fail``.
 """
 
 from localdev.standin.admin import AdminClient, AdminError

@@ -1,6 +1,12 @@
 """A typed client for the stand-in's admin interface (``/_admin/``), over HTTPS trusting the stand-in's CA.
 
-It keeps one keep-alive connection (reopened when needed), so it barely moves the connection counter.
+It covers the directory (tenants, apps, roles, secrets, certificates, owners), Microsoft Graph (password
+history, propagation delay, call counts), OAuth (redirect URIs, test users, sign-in, consent, refresh token
+revocation, issued tokens), inspection (request log, vault contents, stats) and control (reset, fault rules,
+latency). Errors raise :class:`AdminError` with the status.
+
+It keeps one keep-alive connection (reopened when needed); its connections start with an admin request, so
+they are not counted in ``connections_opened``.
 """
 
 from __future__ import annotations
@@ -229,9 +235,11 @@ class AdminClient:
     def set_faults(self, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Replace the fault rules. A rule: ``{"method": "POST"|None, "path": "<regex, searched>", "status": 429,
         "headers": {...}, "body": dict|str|None, "times": int|None, "skip": 0, "probability": 1.0,
-        "action": "respond"|"drop"|"drop_after"|"delay", "delay_ms": 0}`` ("drop": the connection drops before
-        the request is handled; "drop_after": it is handled, then the connection drops without an answer).
-        Returns the rules with their ``hits``."""
+        "action": "respond"|"drop"|"drop_after"|"delay"|"rate_limit", "delay_ms": 0, "limit": 0, "window_ms": 0}``
+        ("drop": the connection drops before the request is handled; "drop_after": it is handled, then the
+        connection drops without an answer; "delay": only ``delay_ms``; "rate_limit": ``limit`` matches per
+        ``window_ms`` go through, the rest are answered with ``status``, default 429, and ``Retry-After``).
+        Returns the rules with their ``hits``. ``localdev.standin.graph`` builds Graph-shaped rules."""
         return cast(list[dict[str, Any]], self._dict("PUT", "/faults", {"rules": rules})["rules"])
 
     def faults(self) -> list[dict[str, Any]]:

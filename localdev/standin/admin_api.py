@@ -1,6 +1,24 @@
 """The admin interface under ``/_admin/`` (JSON): seed tenants and apps, inspect traffic and the vault, inject faults.
 
-It is not subject to faults or latency. :class:`localdev.standin.admin.AdminClient` is its typed client.
+Routes registered here (``{t}``: tenant id, ``{a}``: appId):
+
+* ``GET /health``, ``GET /stats`` (connections opened, handshakes, requests logged), ``POST /reset``;
+* directory: ``GET``/``POST /tenants``, ``POST /tenants/{t}/apps``, ``GET /tenants/{t}/apps/{a}``,
+  ``POST``/``DELETE .../roles``, ``POST .../secrets``, ``DELETE .../secrets/{keyId}``, ``POST .../certificates``,
+  ``DELETE .../certificates/{keyId}``, ``POST .../owners`` (for Application.ReadWrite.OwnedBy);
+* Key Vault: ``PUT /vault/tenant`` (the tenant whose tokens the vault accepts), ``GET /vault/secrets`` (every
+  version with its value);
+* traffic and failures: ``GET``/``DELETE /requests`` (the request log), ``GET``/``PUT /faults`` (fault rules,
+  see :class:`~localdev.standin.state.FaultRule`), ``PUT /latency``;
+* Graph: ``GET /tenants/{t}/apps/{a}/passwords`` (current and removed password credentials, who added and
+  removed them), ``PUT /graph/propagation-delay``, ``GET /graph/calls`` (counts and addPassword/removePassword
+  log).
+
+``oauth.py`` registers the OAuth ones (``/_admin/oauth/...``, ``.../redirect-uris``, ``/tenants/{t}/users``)
+with :func:`_guard` and :func:`_body` from here. A :class:`~localdev.standin.state.StateError` becomes a JSON
+error with its status. Admin requests are not subject to faults or latency, stay out of the request log, and a
+connection whose first request is one is not counted in ``connectionsOpened``.
+:class:`localdev.standin.admin.AdminClient` is the typed client.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""``python -m localdev.standin --port 8443 --ca-dir .localdev``: run the stand-in in the foreground."""
+"""``python -m localdev.standin [--port 8443] [--ca-dir .localdev] [--tenant GUID]... [--verbose]``: run the
+stand-in in the foreground (also ``python -m localdev standin``), printing its URL and CA file, until Ctrl-C."""
 
 from __future__ import annotations
 

@@ -1,7 +1,20 @@
 """Entra ID v2.0 endpoints: OpenID discovery, JWKS and the token endpoint (client credentials).
 
-Further grants (authorization_code, refresh_token) plug in through :func:`register_grant`; they can reuse
-:func:`authenticate_client`, :func:`issue_access_token` and :func:`entra_error`.
+* ``GET /{tenant}/v2.0/.well-known/openid-configuration`` and ``GET /{tenant}/discovery[/v2.0]/keys`` for a
+  known tenant or ``common``/``organizations``/``consumers``; an unknown tenant is 400 as in Entra.
+* ``POST /{tenant}/oauth2/v2.0/token`` dispatches on ``grant_type`` to the grants registered with
+  :func:`register_grant`: ``client_credentials`` here (a single ``{resource}/.default`` scope; an app-only
+  access token with the app's ``roles``), ``authorization_code`` and ``refresh_token`` by
+  :mod:`localdev.standin.oauth`. A tenant alias is refused here (AADSTS50059); ``oauth`` answers its own
+  grants at ``/organizations`` and ``/common``.
+* Client authentication (:func:`authenticate_client`): a client secret in the form or HTTP Basic (refused while
+  a secret added through Graph is still propagating, and when expired), or a certificate ``client_assertion``
+  (RS256, PS256 or ES256, the key found by ``x5t``/``x5t#S256``, audience, issuer/subject and times checked
+  with five minutes of clock skew). ``appidacr`` says which ("1" secret, "2" certificate).
+
+Errors are shaped like Entra's (``error``, ``error_description`` with ``AADSTS<code>``, ``error_codes``, trace
+and correlation ids): :func:`entra_error` and :func:`fail`. Other grants can reuse :func:`authenticate_client`,
+:func:`issue_access_token` and :func:`token_response`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Microsoft Graph v1.0 for application registrations, as msgraph-sdk calls it, on the stand-in's own URL.
 
 Routes (all need a bearer token issued by the stand-in for Graph: ``aud`` is the stand-in URL, as requested with
-the scope ``{GRAPH_ENDPOINT}/.default``, or ``https://graph.microsoft.com``):
+the scope ``{GRAPH_ENDPOINT}/.default``, or ``https://graph.microsoft.com`` or Graph's app id; ``$select`` is
+honoured on reads):
 
 * ``GET /v1.0/applications(appId='{appId}')`` and ``GET /v1.0/applications/{id}``: the application;
 * ``POST .../addPassword`` ``{"passwordCredential": {displayName, endDateTime, startDateTime}}``: 200 with the
@@ -19,12 +20,13 @@ or Application.ReadWrite.OwnedBy plus ownership. Else 403 ``Authorization_Reques
 Errors have Graph's shape ``{"error": {"code", "message", "innerError": {"date", "request-id",
 "client-request-id"}}}``. Choices where real Graph's answer was not confirmed: removePassword with an unknown
 keyId answers 400 ``Request_BadRequest`` (see :func:`remove_password`); ``$filter``/``$search``/``$orderby``
-answer 400 ``Request_UnsupportedQuery`` (the stand-in does not implement them).
+(and ``$expand``/``$count``) answer 400 ``Request_UnsupportedQuery`` (the stand-in does not implement them).
 
 Failure injection uses the generic fault rules (they apply to ``/v1.0/`` paths);
 :func:`graph_fault`, :func:`throttle_fault` and :func:`concurrency_fault` build rules with Graph-shaped
-bodies. Every Graph request that reaches a
-handler is counted per operation, and addPassword/removePassword calls are logged (:func:`calls_view`).
+bodies. Every Graph request that reaches a handler is counted per operation, and addPassword/removePassword
+calls are logged (:func:`calls_view`, ``GET /_admin/graph/calls``); :func:`app_passwords` lists an app's
+current and removed passwords with who added and removed them (``GET /_admin/tenants/{t}/apps/{a}/passwords``).
 """
 
 from __future__ import annotations

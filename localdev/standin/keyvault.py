@@ -1,8 +1,17 @@
 """The Key Vault secrets data plane (any api-version), on the stand-in's own URL.
 
+Routes: ``PUT /secrets/{name}`` (a new version), ``GET /secrets/{name}[/{version}]`` (403 for a disabled
+version), ``PATCH /secrets/{name}[/{version}]`` (content type, tags, enabled, nbf, exp), ``GET /secrets`` and
+``GET /secrets/{name}/versions`` (paged: ``maxresults`` up to 25, ``nextLink`` with ``$skiptoken``),
+``DELETE /secrets/{name}`` (soft delete, purge scheduled after 90 days; the name cannot be reused until it is
+recovered or purged: 409), ``GET /deletedsecrets[/{name}]``, ``DELETE /deletedsecrets/{name}`` (purge) and
+``POST /deletedsecrets/{name}/recover``. Names are checked as Key Vault does; errors have its shape
+(``{"error": {"code", "message", "innererror"}}``).
+
 Every request is authorised first, before its body is read: without a valid bearer token for
-``https://vault.azure.net`` from the vault's tenant it gets 401 with the ``WWW-Authenticate`` challenge the
-SDK's challenge policy expects.
+``https://vault.azure.net`` from the vault's tenant (set with ``PUT /_admin/vault/tenant``, else the first
+tenant created) it gets 401 with the ``WWW-Authenticate`` challenge the SDK's challenge policy expects.
+:func:`dump` is the admin API's view of every secret and version.
 """
 
 from __future__ import annotations

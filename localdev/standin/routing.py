@@ -1,8 +1,14 @@
 """Requests, responses and the dispatch table of the stand-in.
 
-A service (Entra, Key Vault, admin, later Graph) registers ``(method, regex) -> handler`` rows on a
-:class:`Router`; a handler takes a :class:`Request` and returns a :class:`Response`. Regexes are matched
-with ``fullmatch`` against the path (without the query string); named groups land in ``Request.params``.
+A service (admin, Key Vault, OAuth, Entra, Graph) registers ``(method, regex) -> handler`` rows on a
+:class:`Router`; a handler takes a :class:`Request` and returns a :class:`Response` (or raises
+:class:`HttpError` with one). Regexes are matched with ``fullmatch`` against the percent-decoded path (without
+the query string), first row first; named groups land in ``Request.params``. A path that only matches under
+other methods is a 405 for the server (:meth:`Router.path_known`).
+
+The body is read only when a handler asks for it (``Content-Length`` or chunked, at most ``MAX_BODY``:
+:class:`BodyTooLarge`; cut short: :class:`IncompleteBody`), so a handler can refuse a request before reading
+it. Handlers put what a test may want to see in ``Request.note``; it goes into the request log.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ class Readable(Protocol):
 
 
 class BodyTooLarge(Exception):
-    pass
+    """The request body exceeds ``MAX_BODY`` (the server answers 413 and closes the connection)."""
 
 
 class IncompleteBody(Exception):

@@ -1,4 +1,22 @@
-"""The stand-in server: HTTP/1.1 keep-alive over TLS on loopback, dispatching to Entra, Key Vault and admin."""
+"""The stand-in server: HTTP/1.1 keep-alive over TLS on 127.0.0.1, one thread per connection.
+
+Each request is dispatched through the :class:`~localdev.standin.routing.Router` built by :func:`build_router`
+(admin API, Key Vault, OAuth, Entra ID, Graph); no route is 404, a path known under other methods is 405, a
+body over ``routing.MAX_BODY`` is 413, a handler bug is 500 (JSON ``{"error": {"code", "message"}}``).
+
+Requests outside ``/_admin/`` also go through the failure injection set with the admin API: the first fault
+rule that fires (``State.take_fault``) is applied before the handler runs. Its ``delay_ms`` is slept first;
+then ``respond`` and ``rate_limit`` answer with the rule's status, headers and body instead of the handler,
+``drop`` closes the connection without handling the request, ``delay`` only delays it, and ``drop_after``
+lets the handler run (its effects stay) and then closes the connection without the answer. The global
+latency (``PUT /_admin/latency``) is added to each such request that a ``drop`` rule did not close. A client
+that goes away mid-body gets nothing done.
+
+Each non-admin request is appended to the request log (method, path, query, status, duration, selected
+headers, the fault applied and what the handler noted, never a secret) before its answer is written, and
+the server counts TLS handshakes and the connections whose first request was not an admin call
+(``GET /_admin/stats``). :class:`StandIn` starts and stops it and knows its URL, CA file and admin client.
+"""
 
 from __future__ import annotations
 
@@ -257,7 +275,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def build_router(ctx: Context) -> Router:
-    """The dispatch table: admin first, then Key Vault, then Entra (later services add their rows here)."""
+    """The dispatch table: admin, Key Vault, OAuth (before Entra), Entra, Graph; a new service adds its rows here."""
     router = Router()
     admin_api.register(router, ctx)
     keyvault.register(router, ctx)
@@ -268,7 +286,7 @@ def build_router(ctx: Context) -> Router:
 
 
 class StandIn:
-    """Entra ID + Key Vault stand-in over TLS on 127.0.0.1, serving in a daemon thread.
+    """Entra ID + Microsoft Graph + Key Vault stand-in over TLS on 127.0.0.1, serving in a daemon thread.
 
     ``ca_dir``: where the CA (reused across restarts) and the server certificate live; a temporary folder
     (removed on stop) when None.

@@ -1,6 +1,18 @@
 """Everything the stand-in knows, in one object guarded by one lock.
 
+:class:`State` holds the directory (tenants; their apps with roles, owners, password credentials, removed ones
+kept for inspection, and certificate credentials), the Key Vault secrets (versions oldest first, soft delete),
+which tenant the vault belongs to, the fault rules and the global latency, the request log (the last
+``REQUEST_LOG_LIMIT`` requests), the connection and handshake counters, Graph's secret propagation delay, and
+``extra`` for other services' own state (Graph's call counts, OAuth's users, codes and refresh tokens).
+``reset`` clears all of it.
+
+:class:`FaultRule` is one failure injection rule (actions ``respond``, ``drop``, ``drop_after``, ``delay``,
+``rate_limit``; see :mod:`localdev.standin.server` for how each is applied); :meth:`State.take_fault` picks the
+rule that fires for a request and counts it.
+
 Handlers take ``state.lock`` (re-entrant) around any read-modify-write; the helper methods here take it too.
+A bad admin request raises :class:`StateError`, answered with its status.
 """
 
 from __future__ import annotations
@@ -191,7 +203,14 @@ FAULT_ACTIONS = ("respond", "drop", "drop_after", "delay", "rate_limit")
 
 @dataclass
 class FaultRule:
-    """Applied before normal handling of a non-admin request whose method and path match."""
+    """A failure injection rule for non-admin requests whose method (if set) and path (regex, searched) match.
+
+    ``skip`` matches pass first, then it fires with ``probability`` at most ``times`` times (``hits`` counts
+    them). ``respond`` answers with ``status``/``headers``/``body`` instead of the handler, ``drop`` closes the
+    connection before handling, ``drop_after`` after handling (the answer is lost), ``delay`` only sleeps
+    ``delay_ms`` (which every action sleeps first), ``rate_limit`` lets ``limit`` requests per ``window_ms``
+    through and answers the rest like ``respond``.
+    """
 
     path: re.Pattern[str]
     method: str | None = None
@@ -260,6 +279,8 @@ class FaultRule:
 
 
 class State:
+    """The stand-in's whole state (see the module docstring); ``lock`` guards every field."""
+
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.tenants: dict[str, Tenant] = {}

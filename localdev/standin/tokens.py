@@ -1,4 +1,10 @@
-"""The stand-in's token signing key: issues RS256 access tokens, publishes them as JWKS, verifies them."""
+"""The stand-in's token signing key: issues RS256 tokens, publishes the public key as JWKS, verifies tokens.
+
+:class:`Signer` issues the access tokens of every grant (and OAuth's id tokens), serves its key at the JWKS
+endpoints (with ``x5c``; ``kid`` and ``x5t`` are the certificate's thumbprint) and verifies the bearer tokens
+Graph and Key Vault receive. A token's signature, claims and audience are checked once and remembered
+(up to ``VERIFIED_LIMIT`` tokens); later uses of it only have its times checked again, against ``clock``.
+"""
 
 from __future__ import annotations
 

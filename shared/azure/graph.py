@@ -19,6 +19,7 @@ import httpx
 
 from shared.azure.retry import RetryableError, parse_retry_after, with_retries
 from shared.errors import NotFound, UpstreamError, UpstreamForbidden
+from shared.ports import AppRegistration, NewPassword, PasswordCredential
 
 if TYPE_CHECKING:
     import aiohttp
@@ -32,29 +33,6 @@ PERMISSION_HINT = (
     "(az ad app owner add --id <appId> --owner-object-id <service principal object id>)."
 )
 _CONCURRENT = re.compile(r"concurren", re.IGNORECASE)  # "concurrent requests", "ConcurrencyViolation"
-
-
-@dataclass(frozen=True)
-class PasswordCredential:
-    key_id: str
-    hint: str | None
-    display_name: str | None
-    end_date_time: datetime | None
-
-
-@dataclass(frozen=True)
-class AppRegistration:
-    object_id: str
-    app_id: str
-    display_name: str | None
-    passwords: tuple[PasswordCredential, ...]
-
-
-@dataclass(frozen=True)
-class NewPassword:
-    key_id: str
-    secret_text: str
-    end_date_time: datetime | None
 
 
 def graph_http_client(clients: AzureClients) -> httpx.AsyncClient:

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING
 
 import azure.functions as func
 
-from shared.functions.http import endpoint, json_response, query_int, read_json
+from shared.functions.http import endpoint, json_response, query_bool, query_int, read_json
 
 if TYPE_CHECKING:
     from shared.connections import ConnectionService
+    from shared.records import ConnectionRecord
 
 bp = func.Blueprint()
 
@@ -22,17 +23,14 @@ KEY = func.AuthLevel.FUNCTION
 
 
 def _service() -> ConnectionService:
-    from shared.azure.clients import get_clients
-    from shared.connections import ConnectionService
+    from shared.wiring import connection_service
 
-    return ConnectionService(get_clients())
+    return connection_service()
 
 
-def _one(record: object, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
+def _one(record: ConnectionRecord, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
     from shared.connections import to_response
-    from shared.store.tables import ConnectionRecord
 
-    assert isinstance(record, ConnectionRecord)
     return json_response({"appConnection": to_response(record)}, status, headers)
 
 
@@ -93,7 +91,12 @@ async def update_app_connection(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route=BASE + "/{app}/{connectionId}", methods=["DELETE"], auth_level=KEY)
 @endpoint
 async def delete_app_connection(req: func.HttpRequest) -> func.HttpResponse:
-    return _one(await _service().delete(req.route_params["app"], req.route_params["connectionId"]))
+    from shared.connections import to_response
+
+    deleted = await _service().delete(req.route_params["app"], req.route_params["connectionId"],
+                                      force=query_bool(req, "force"))
+    return json_response({"appConnection": to_response(deleted.record), "removedKeyIds": deleted.removed_key_ids,
+                          "keyIdsLeftLive": deleted.key_ids_left_live})
 
 
 @bp.function_name("validate_app_connection")

@@ -140,6 +140,16 @@ def query_int(req: func.HttpRequest, name: str) -> int | None:
         ) from None
 
 
+def query_bool(req: func.HttpRequest, name: str) -> bool:
+    raw = (req.params.get(name) or "").lower()
+    if raw in ("", "false"):
+        return False
+    if raw == "true":
+        return True
+    raise InvalidRequest(f"The query parameter {name} must be true or false.",
+                         errors=[FieldError(f"/{name}", "must be true or false")])
+
+
 def endpoint(handler: Handler) -> Handler:
     """Wrap a handler so that every failure is answered with a problem document."""
 

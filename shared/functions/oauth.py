@@ -37,10 +37,9 @@ def _wants_json(req: func.HttpRequest) -> bool:
 @bp.route(route=BASE + "/{app}/oauth/authorize", methods=["GET"], auth_level=KEY)
 @endpoint
 async def authorize_app_connection_oauth(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.azure.clients import get_clients
-    from shared.oauth import start_authorization
+    from shared.wiring import oauth_flow
 
-    url = await start_authorization(get_clients(), req.route_params["app"], dict(req.params))
+    url = await oauth_flow().start(req.route_params["app"], dict(req.params))
     if _wants_json(req):
         return json_response({"authorizationUrl": url})
     return func.HttpResponse(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
@@ -63,12 +62,11 @@ def page(title: str, paragraphs: list[str], status: int) -> func.HttpResponse:
 @bp.function_name("app_connection_oauth_callback")
 @bp.route(route=CALLBACK_ROUTE, methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 async def app_connection_oauth_callback(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.azure.clients import get_clients
     from shared.errors import ServiceError
-    from shared.oauth import complete_authorization
+    from shared.wiring import oauth_flow
 
     try:
-        outcome = await complete_authorization(get_clients(), req.params)
+        outcome = await oauth_flow().complete(req.params)
     except ServiceError as error:
         if error.status >= 500:
             log.warning("OAuth callback failed: %s", error.detail)

@@ -29,7 +29,7 @@ async def list_app_connection_rotations(req: func.HttpRequest) -> func.HttpRespo
         req.route_params["app"], req.route_params["connectionId"], query_int(req, "limit"),
         req.params.get("continuationToken"),
     )
-    return json_response({"rotations": events, "continuationToken": token})
+    return json_response({"rotations": [event.as_dict() for event in events], "continuationToken": token})
 
 
 @bp.function_name("list_azure_client_secrets_clients")
@@ -42,7 +42,7 @@ async def list_azure_client_secrets_clients(req: func.HttpRequest) -> func.HttpR
 @bp.function_name("rotate_due_credentials")
 @bp.timer_trigger(schedule="%ROTATION_SWEEP_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
 async def rotate_due_credentials(timer: func.TimerRequest) -> None:
-    from shared.rotation.runner import run_sweep
+    from shared.wiring import run_sweep
 
     if timer.past_due:
         log.info("The rotation sweep is running late")

@@ -1,8 +1,8 @@
 """Turning a request's rotation fields into a connection's rotation settings, and finding the Key ID.
 
-The original secret's Key ID is what the first rotation revokes: given as ``clientSecretKeyId``, or
-looked up on the application's password credentials by ``hint`` (the secret's first three characters)
-when exactly one matches.
+The original secret's Key ID is what the first rotation revokes: given as ``clientSecretKeyId`` (and then
+checked to be that secret's), or looked up on the application's password credentials by ``hint`` (the
+secret's first three characters) when exactly one matches.
 """
 
 from __future__ import annotations
@@ -11,14 +11,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shared.apps import Method
-from shared.credentials import build_credential
 from shared.errors import FieldError, InvalidRequest
 from shared.models import RotationIn
 from shared.rotation.schedule import RotationSchedule, ScheduleError, parse_hhmm
 from shared.rotation.state import rotate_at_utc
 
 if TYPE_CHECKING:
-    from shared.azure.clients import AzureClients
+    from shared.ports import GraphSession
 
 
 @dataclass(frozen=True)
@@ -59,31 +58,33 @@ def parse_rotation(rotation: RotationIn) -> RotationConfig:
     return config
 
 
-def require_rotatable(method: Method, rotation_methods: tuple[Method, ...]) -> None:
+def require_rotatable(method: Method, rotation_methods: tuple[Method, ...], pointer: str) -> None:
+    """``pointer`` names the request field that asked for rotation."""
     if method not in rotation_methods:
         allowed = ", ".join(m.value for m in rotation_methods)
         raise InvalidRequest(
             f"Automatic credential rotation is only available for the {allowed} method.",
-            errors=[FieldError("/isAutoRotationEnabled", f"needs the {allowed} method")],
+            errors=[FieldError(pointer, f"needs the {allowed} method")],
         )
 
 
-async def resolve_key_id(
-    clients: AzureClients, tenant_id: str, client_id: str, client_secret: str, given: str | None
-) -> str:
-    """The Key ID of ``client_secret`` on the application: checked when given, else found by its hint."""
-    from shared.azure.graph import GraphApps
-
-    credential = build_credential(clients, Method.CLIENT_SECRET, tenant_id, client_id, {"clientSecret": client_secret})
-    async with credential:
-        registration = await GraphApps(clients, credential).find(client_id)
+async def resolve_key_id(graph: GraphSession, client_id: str, client_secret: str, given: str | None) -> str:
+    """The Key ID of ``client_secret`` on the application: the given one, which must be the Key ID of that very
+    secret (the secret starts with that password's ``hint``), or the one password whose hint it starts with."""
+    registration = await graph.find(client_id)
     if given is not None:
-        if given.lower() not in {p.key_id for p in registration.passwords}:
+        password = next((p for p in registration.passwords if p.key_id == given.lower()), None)
+        if password is None:
             raise InvalidRequest(
                 "The application has no client secret with that Key ID.",
                 errors=[FieldError("/credentials/clientSecretKeyId", "is not a Key ID of the application's secrets")],
             )
-        return given.lower()
+        if not password.hint or not client_secret.startswith(password.hint):
+            raise InvalidRequest(
+                "The Key ID belongs to another client secret of the application than the one given.",
+                errors=[FieldError("/credentials/clientSecretKeyId", "must be the Key ID of clientSecret")],
+            )
+        return password.key_id
     matches = [p.key_id for p in registration.passwords if p.hint and client_secret.startswith(p.hint)]
     if len(matches) != 1:
         found = "none" if not matches else f"{len(matches)}"

@@ -1,17 +1,22 @@
-"""The four-step rotation of a client secret: create, test, finish, revoke.
+"""The four-step rotation of a client secret (create, test, finish, revoke), and the retirement of credentials
+the service created on an application a connection no longer uses.
 
-Each step is recorded on the connection entity (ETag-guarded) before the next one starts, and each is
-idempotent, so a rotation interrupted anywhere is resumed by the next sweep:
+Each step is recorded on the connection record (ETag-guarded) before the next one starts, and each is
+idempotent, so a rotation interrupted anywhere is resumed by the next attempt:
 
-1. create: ``addPassword`` (display name carries the connection and rotation ids, so an orphan left by
-   a crash before it was recorded is found and removed), then the new value goes to Key Vault at once
-   as a pending version;
-2. test: a token is acquired with the pending secret, retried with back-off while Entra propagates it;
-   a secret that never works is removed again and the current one is left untouched;
+1. create: ``addPassword`` (display name = the rotation's marker, so a password left by a crash before it was
+   recorded is found and removed), then the new value goes to the vault at once as a pending version;
+2. test: a token is acquired with the pending secret, retried with back-off while Entra propagates it; a secret
+   that never works is removed again and the current one is left untouched;
 3. finish: the pending version becomes current;
-4. revoke: ``removePassword`` of the previous Key ID, only now that its successor has worked.
+4. revoke: ``removePassword`` of the previous Key ID, only now that its successor has worked; superseded vault
+   versions are disabled.
 
-The credential in use is never revoked before its successor has worked.
+Every attempt has exactly one history entry: written as ``running`` when it is claimed, replaced by its outcome
+when it ends; an attempt that died is marked ``interrupted`` by the attempt that resumes its rotation.
+
+The credential in use is never revoked before its successor has worked, and every credential the service
+created on an application is current, or recorded in the journal, or removed.
 """
 
 from __future__ import annotations
@@ -19,46 +24,44 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from datetime import datetime, timedelta
 
 from shared import telemetry
 from shared.apps import Method, find_app
 from shared.azure.retry import jittered
-from shared.credentials import acquire_token, build_credential
-from shared.errors import Conflict, CredentialRejected, NotFound, ServiceError, UpstreamError
-from shared.rotation.state import (
+from shared.errors import (
+    ConcurrentChange,
+    CredentialRejected,
+    LeaseLost,
+    NotFound,
+    ServiceError,
+    UpstreamError,
+)
+from shared.ports import Adapters, GraphSession
+from shared.records import (
     BEGUN,
     CREATED,
     FINISHED,
+    STATUS_DELETING,
     STATUS_FAILED,
     STATUS_ROTATING,
     STATUS_SUCCEEDED,
     TESTED,
+    ConnectionRecord,
+    RotationEvent,
     RotationState,
-    read_state,
-    with_state,
 )
-from shared.store.history import RotationEvent, RotationHistory
-from shared.store.schedule import ScheduleIndex
-from shared.store.tables import ConnectionRecord, ConnectionsTable
-from shared.store.vault import SecretVault
-
-if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
-    from shared.azure.clients import AzureClients
-    from shared.azure.graph import GraphApps
+from shared.rotation.schedule import RotationSchedule, parse_hhmm
 
 log = logging.getLogger(__name__)
 
 GRACE_DAYS = 3
 FIRST_BACKOFF = timedelta(minutes=5)
 MAX_BACKOFF = timedelta(days=1)
+MARKER_PREFIX = "app-connections"
 
 Checkpoint = Callable[[str, ConnectionRecord], Awaitable[None]]
 
@@ -73,8 +76,23 @@ def backoff(failures: int) -> timedelta:
     return min(MAX_BACKOFF, delay)
 
 
+def connection_marker(connection_id: str) -> str:
+    """The prefix of the display name of every credential the service creates for a connection."""
+    return f"{MARKER_PREFIX} {connection_id} rotation "
+
+
 def marker(connection_id: str, rotation_id: str) -> str:
-    return f"app-connections {connection_id} rotation {rotation_id}"
+    return connection_marker(connection_id) + rotation_id
+
+
+def schedule_of(state: RotationState) -> RotationSchedule | None:
+    if not state.enabled or state.interval_days is None or state.rotate_at is None:
+        return None
+    return RotationSchedule(state.interval_days, parse_hhmm(state.rotate_at), state.time_zone or "UTC")
+
+
+def secret_tags(record: ConnectionRecord, **more: str) -> dict[str, str]:
+    return {"connectionId": record.id, "app": record.app, "method": record.method, **more}
 
 
 @dataclass
@@ -88,270 +106,260 @@ class RotationOptions:
         return timedelta(seconds=self.test_timeout + 600)
 
 
-class LeaseLost(Exception):
-    """Another worker owns the rotation now; this one stops without touching anything."""
+@dataclass(frozen=True)
+class Attempt:
+    """How one rotation attempt ended: the connection afterwards, and the error that stopped it (if any)."""
+
+    record: ConnectionRecord
+    error: ServiceError | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.record.rotation.status == STATUS_SUCCEEDED and self.error is None
+
+
+class _Stopped(Exception):
+    """A step failed; ``error`` says why (as the domain error a request would answer)."""
+
+    def __init__(self, error: ServiceError) -> None:
+        super().__init__(error.detail)
+        self.error = error
 
 
 @dataclass
-class _RunCache:
-    """What one run of a rotation reads or builds once and reuses in its later steps (never beyond the run).
+class _Run:
+    """What one attempt reads or opens once and reuses in its later steps (never beyond the attempt): the
+    material of a vault version, and a Graph session per version (so its token is acquired once)."""
 
-    - the secret material of a vault version: read once; the pending version's is Key Vault's answer to its
-      write (Set Secret returns the stored value), so *test* reads nothing;
-    - a Graph client per secret version, whose credential acquires its token once: *create*, an *abandon* and
-      *revoke* share the one built with the secret that was current when the run began.
-    """
-
-    materials: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
-    graphs: dict[tuple[str, str], GraphApps] = field(default_factory=dict)
+    materials: dict[str, dict[str, str]] = field(default_factory=dict)
+    graphs: dict[str, GraphSession] = field(default_factory=dict)
     closing: AsyncExitStack = field(default_factory=AsyncExitStack)
-
-    def opened_graph(self, connection_id: str) -> GraphApps | None:
-        return next((graph for (owner, _), graph in self.graphs.items() if owner == connection_id), None)
-
-
-# The cache of the run under way in this task (the sweep runs each rotation in a task of its own).
-_RUN: ContextVar[_RunCache | None] = ContextVar("rotation_run", default=None)
-
-
-@asynccontextmanager
-async def _run_cache() -> AsyncIterator[_RunCache]:
-    cache = _RunCache()
-    token = _RUN.set(cache)
-    try:
-        async with cache.closing:
-            yield cache
-    finally:
-        _RUN.reset(token)
 
 
 class Rotator:
     def __init__(
         self,
-        clients: AzureClients,
+        adapters: Adapters,
         *,
         options: RotationOptions | None = None,
-        now: Callable[[], datetime] | None = None,
-        sleep: Callable[[float], Awaitable[None]] | None = None,
         owner: str | None = None,
         checkpoint: Checkpoint | None = None,
     ) -> None:
-        self.clients = clients
-        self.table = ConnectionsTable(clients)
-        self.vault = SecretVault(clients)
-        self.index = ScheduleIndex(clients)
-        self.history = RotationHistory(clients)
+        self.adapters = adapters
         self.options = options or RotationOptions()
-        self.now = now or (lambda: datetime.now(UTC))
-        self.sleep = sleep or asyncio.sleep
         self.owner = owner or uuid.uuid4().hex
         self.checkpoint = checkpoint or _no_checkpoint
-        # Rotation ids this rotator's claims started, with the ETag of the entity each claim wrote: until create
-        # begins, no version of the secret can be tagged with such an id (see _create).
-        self._minted: dict[str, str | None] = {}
+
+    def now(self) -> datetime:
+        return self.adapters.clock()
 
     # -- claiming ------------------------------------------------------------------------------
     async def claim(self, record: ConnectionRecord, trigger: str) -> ConnectionRecord | None:
-        """Take the rotation lease (ETag-guarded); start a journal unless one is there to resume."""
-        state = read_state(record)
+        """Take the rotation lease (ETag-guarded) and open this attempt's history entry; start a journal unless
+        one is there to resume (then the attempt's trigger is ``resume``). None when another holds the lease,
+        the connection is being deleted, or it changed meanwhile."""
+        state = record.rotation
         now = self.now()
-        if state.leased(now) and state.lease_owner != self.owner:
+        if (state.leased(now) and state.lease_owner != self.owner) or record.status == STATUS_DELETING:
             return None
-        minted = state.rotation_id is None
+        interrupted: RotationState | None = None
         if state.rotation_id is None:
             state = state.evolve(
-                rotation_id=str(uuid.uuid4()), step=BEGUN, trigger=trigger, started_at=now,
-                previous_key_id=state.key_id, previous_version=record.secret_version,
+                rotation_id=str(uuid.uuid4()), step=BEGUN, trigger=trigger, started_at=now, attempt=1,
+                previous_key_id=state.key_id, previous_version=record.secret_version, managed=True,
             )
+        else:
+            interrupted = state if state.attempt_started_at is not None and state.status == STATUS_ROTATING else None
+            state = state.evolve(trigger="resume", attempt=state.attempt + 1)
         state = state.evolve(
-            status=STATUS_ROTATING, last_attempt_at=now, lease_owner=self.owner, lease_until=now + self.options.lease
+            status=STATUS_ROTATING, message=None, last_attempt_at=now, attempt_started_at=now,
+            lease_owner=self.owner, lease_until=now + self.options.lease,
         )
         try:
-            claimed = await self.table.update(with_state(record, state))
-        except Conflict:
+            claimed = await self.adapters.connections.update(record.evolve(rotation=state))
+        except (ConcurrentChange, NotFound):
             return None
-        if minted and state.rotation_id is not None:
-            self._minted[state.rotation_id] = claimed.etag
+        if interrupted is not None:
+            await self._close_interrupted(claimed, interrupted)
+        await self._history(claimed, "running")
         return claimed
 
+    async def _close_interrupted(self, record: ConnectionRecord, before: RotationState) -> None:
+        """The attempt before this one stopped without an outcome: its entry says so."""
+        assert before.rotation_id is not None
+        assert before.attempt_started_at is not None
+        entry = await self.adapters.history.get(record.id, before.attempt_started_at, before.rotation_id,
+                                                before.attempt)
+        if entry is not None and entry.outcome != "running":
+            return
+        await self.adapters.history.record(RotationEvent(
+            rotation_id=before.rotation_id, attempt=before.attempt, connection_id=record.id, app=record.app,
+            started_at=before.attempt_started_at, finished_at=None, outcome="interrupted",
+            trigger=before.trigger or "", message="This attempt stopped before it ended; the next one resumed it.",
+        ))
+
+    async def _history(self, record: ConnectionRecord, outcome: str, message: str | None = None,
+                       new_key_id: str | None = None, revoked_key_id: str | None = None) -> None:
+        state = record.rotation
+        assert state.rotation_id is not None
+        assert state.attempt_started_at is not None
+        await self.adapters.history.record(RotationEvent(
+            rotation_id=state.rotation_id, attempt=state.attempt, connection_id=record.id, app=record.app,
+            started_at=state.attempt_started_at, finished_at=None if outcome == "running" else self.now(),
+            outcome=outcome, trigger=state.trigger or "", new_key_id=new_key_id, revoked_key_id=revoked_key_id,
+            message=message,
+        ))
+
     async def _save(self, record: ConnectionRecord, state: RotationState, **changes: object) -> ConnectionRecord:
-        """Write the next journal entry, guarded by the ETag of the entity this step started from."""
+        """Write the next journal entry, guarded by the ETag of the record this step started from."""
+        store = self.adapters.connections
         for _ in range(3):
-            target = with_state(record.evolve(**changes), state)
+            target = record.evolve(rotation=state, **changes)
             try:
-                return await self.table.update(target)
-            except Conflict:
+                return await store.update(target)
+            except ConcurrentChange:
                 pass
-            # The entity changed under us. Three cases: our own write landed but its answer was lost (the
-            # connection dropped and the retry met its own ETag); an edit that left the rotation and the secret
-            # alone (a new name or description), on top of which this step is applied again; anything else
-            # (another owner, a changed journal or secret), which means the rotation is no longer ours.
+            # The record changed under us. Our own write may have landed with its answer lost (the retry met its
+            # own ETag); an edit that left the rotation and the secret alone (a new name or description) is
+            # written over with this step again; anything else means the rotation is no longer ours.
             try:
-                current = await self.table.get(record.app, record.id)
+                current = await store.get(record.app, record.id)
             except NotFound:
-                raise LeaseLost(record.id) from None
-            if read_state(current) == state and current.secret_version == target.secret_version:
+                raise LeaseLost(f"The connection {record.id} was deleted.") from None
+            if current.rotation == state and current.secret_version == target.secret_version:
                 return current
-            if (read_state(current) != read_state(record) or current.secret_version != record.secret_version
-                    or read_state(current).lease_owner != self.owner):
-                raise LeaseLost(record.id)
+            if (current.rotation != record.rotation or current.secret_version != record.secret_version
+                    or current.rotation.lease_owner != self.owner):
+                raise LeaseLost(f"Another worker took the rotation of {record.id} over.")
             record = current
-        raise LeaseLost(record.id)
+        raise LeaseLost(f"The connection {record.id} kept changing.")
 
     # -- running -------------------------------------------------------------------------------
-    async def run(self, record: ConnectionRecord) -> ConnectionRecord:
-        """Drive a claimed rotation from its recorded step to the end (or a recorded failure)."""
-        started = read_state(record)
+    async def run(self, record: ConnectionRecord) -> Attempt:
+        """Drive a claimed rotation from its recorded step to the end, or to a recorded failure."""
+        started = record.rotation
         attributes = {"app": record.app, "connection.id": record.id, "rotation.id": started.rotation_id,
                       "rotation.trigger": started.trigger}
         watch = telemetry.Stopwatch()
         outcome = "error"
         try:
             with telemetry.span("rotation", attributes) as span:
-                async with _run_cache():
-                    record = await self._drive(record, attributes)
-                outcome = read_state(record).status or "unknown"
+                async with self._run() as run:
+                    attempt = await self._drive(record, run, attributes)
+                outcome = attempt.record.rotation.status or "unknown"
                 span.set_attribute("outcome", outcome)
-                return record
+                return attempt
         except LeaseLost:
             outcome = "lease-lost"
             raise
         finally:
             telemetry.record_rotation(record.app, outcome, started.trigger, watch.seconds())
 
-    async def _drive(self, record: ConnectionRecord, attributes: telemetry.Attributes) -> ConnectionRecord:
+    @asynccontextmanager
+    async def _run(self) -> AsyncIterator[_Run]:
+        run = _Run()
+        async with run.closing:
+            yield run
+
+    async def _drive(self, record: ConnectionRecord, run: _Run, attributes: telemetry.Attributes) -> Attempt:
+        steps: dict[str, tuple[str, Callable[[ConnectionRecord, _Run], Awaitable[ConnectionRecord]]]] = {
+            BEGUN: ("create", self._create), CREATED: ("test", self._test),
+            TESTED: ("finish", self._finish), FINISHED: ("revoke", self._revoke),
+        }
         try:
-            while True:
-                step = read_state(record).step
-                action = _STEPS.get(step or "")
-                if action is None:
-                    return record
-                name, method = action
-                with telemetry.span(f"rotation.{name}", {**attributes, "rotation.step": name}) as span:
-                    record = await method(self, record)
-                    span.set_attribute("outcome", "failed" if read_state(record).status == STATUS_FAILED else "ok")
-                if step == FINISHED:
-                    return record
+            if record.rotation.retire_version is not None:  # a credentials change's clean-up comes first
+                record = await self.retire(record)
+            while record.rotation.step in steps:
+                name, action = steps[record.rotation.step or ""]
+                with telemetry.span(f"rotation.{name}", {**attributes, "rotation.step": name}):
+                    record = await action(record, run)
+            return Attempt(record)
         except LeaseLost:
             log.warning("Rotation of %s stopped: another worker holds it now", record.id)
             raise
-        except (ServiceError, OSError, TimeoutError) as error:
-            return await self._failed(record, _describe(error))
+        except _Stopped as stopped:
+            return await self._failed(record, run, stopped.error)
+        except ServiceError as error:
+            return await self._failed(record, run, error)
+        except (OSError, TimeoutError) as error:
+            return await self._failed(record, run, UpstreamError(_describe(error)))
         except Exception as error:
             from azure.core.exceptions import AzureError
 
             if not isinstance(error, AzureError):
                 raise
-            return await self._failed(record, _describe(error))
+            return await self._failed(record, run, UpstreamError(_describe(error)))
 
-    async def _material(self, record: ConnectionRecord, version: str) -> dict[str, str]:
-        """The secret material of a vault version: read once per run."""
-        cache = _RUN.get()
-        key = (record.id, version)
-        if cache is not None and key in cache.materials:
-            return cache.materials[key]
-        material = await self.vault.get(record.secret_name, version)
-        if cache is not None:
-            cache.materials[key] = material
-        return material
+    async def _material(self, record: ConnectionRecord, version: str, run: _Run) -> dict[str, str]:
+        if version not in run.materials:
+            run.materials[version] = await self.adapters.vault.get(record.secret_name, version)
+        return run.materials[version]
 
-    @asynccontextmanager
-    async def _graph(self, record: ConnectionRecord, version: str) -> AsyncIterator[GraphApps]:
-        """Graph with the connection's credential of secret ``version``. Within a run it is built once (so its token
-        is acquired once) and closed when the run ends; outside one, when the block ends."""
-        from shared.azure.graph import GraphApps
+    async def _graph(self, record: ConnectionRecord, version: str, run: _Run, *,
+                     tenant_id: str | None = None, client_id: str | None = None) -> GraphSession:
+        """Graph with the connection's credential of secret ``version``, opened once per attempt."""
+        if version not in run.graphs:
+            material = await self._material(record, version, run)
+            run.graphs[version] = await run.closing.enter_async_context(self.adapters.directory.graph(
+                Method(record.method), tenant_id or record.tenant_id, client_id or record.client_id or "", material
+            ))
+        return run.graphs[version]
 
-        cache = _RUN.get()
-        key = (record.id, version)
-        if cache is not None and key in cache.graphs:
-            yield cache.graphs[key]
-            return
-        material = await self._material(record, version)
-        credential = build_credential(self.clients, Method.CLIENT_SECRET, record.tenant_id, record.client_id or "",
-                                      material)
-        if cache is None:
-            async with credential:
-                yield GraphApps(self.clients, credential)
-            return
-        await cache.closing.enter_async_context(credential)
-        cache.graphs[key] = graph = GraphApps(self.clients, credential)
-        yield graph
-
-    async def _create(self, record: ConnectionRecord) -> ConnectionRecord:
-        state = read_state(record)
+    async def _create(self, record: ConnectionRecord, run: _Run) -> ConnectionRecord:
+        state = record.rotation
         assert state.rotation_id is not None
         name = marker(record.id, state.rotation_id)
-        # A rotation this rotator's claim started, on the very entity that claim wrote, still under its lease: no
-        # create of it ran before, so no vault version carries its id and there is none to disable. Any other
-        # case (a resumed rotation, another worker's, a lease run out) looks for them.
-        minted = self._minted.pop(state.rotation_id, None)
-        first_attempt = (minted is not None and minted == record.etag and state.lease_owner == self.owner
-                         and state.leased(self.now()))
-        cache = _RUN.get()
         await self.checkpoint("before-add-password", record)
-        async with self._graph(record, record.secret_version) as graph:
-            registration = await graph.find(record.client_id or "")
-            for password in registration.passwords:  # an orphan of this rotation, left by a crash
-                if password.display_name == name:
-                    await graph.remove_password(registration.object_id, password.key_id)
-            if not first_attempt:
-                await self.vault.disable_tagged(record.secret_name, "rotationId", state.rotation_id)
-            days = 2 * (state.interval_days or 30) + GRACE_DAYS
-            added = await graph.add_password(registration.object_id, name, self.now() + timedelta(days=days))
+        graph = await self._graph(record, record.secret_version, run)
+        registration = await graph.find(record.client_id or "")
+        for password in registration.passwords:  # left by an attempt that stopped before recording it
+            if password.display_name == name:
+                await graph.remove_password(registration.object_id, password.key_id)
+        if state.attempt > 1:  # an earlier attempt may have written a pending version before it stopped
+            await self.adapters.vault.disable_tagged(record.secret_name, "rotationId", state.rotation_id)
+        end = self.now() + timedelta(days=2 * (state.interval_days or 30) + GRACE_DAYS)
+        added = await graph.add_password(registration.object_id, name, end)
         await self.checkpoint("after-add-password", record)
-        stored = await self.vault.write(
-            record.secret_name,
-            {"clientSecret": added.secret_text},
-            {"connectionId": record.id, "app": record.app, "method": record.method,
-             "rotationId": state.rotation_id, "keyId": added.key_id},
+        stored = await self.adapters.vault.write(
+            record.secret_name, {"clientSecret": added.secret_text},
+            secret_tags(record, rotationId=state.rotation_id, keyId=added.key_id),
+            expires_on=added.end_date_time or end,
         )
-        version = stored.version
-        if cache is not None and stored.material is not None:
-            cache.materials[(record.id, version)] = stored.material
+        if stored.material is not None:
+            run.materials[stored.version] = stored.material
         await self.checkpoint("after-vault-write", record)
         return await self._save(record, state.evolve(step=CREATED, pending_key_id=added.key_id,
-                                                     pending_version=version))
+                                                     pending_version=stored.version))
 
-    async def _test(self, record: ConnectionRecord) -> ConnectionRecord:
-        state = read_state(record)
+    async def _test(self, record: ConnectionRecord, run: _Run) -> ConnectionRecord:
+        state = record.rotation
         assert state.pending_version is not None
         app = find_app(record.app)
         assert app is not None
-        material = await self._material(record, state.pending_version)
+        material = await self._material(record, state.pending_version, run)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.test_timeout
         delay = self.options.test_first_delay
         last = "no attempt"
         while True:
             try:
-                await acquire_token(self.clients, app, Method.CLIENT_SECRET, record.tenant_id,
-                                    record.client_id or "", material)
+                await self.adapters.directory.probe(app, Method.CLIENT_SECRET, record.tenant_id,
+                                                    record.client_id or "", material)
                 break
             except (CredentialRejected, UpstreamError) as error:
                 last = error.detail
             if loop.time() + delay > deadline:
-                return await self._abandon(record, state, last)
-            await self.sleep(jittered(delay))
+                raise _Stopped(UpstreamError(
+                    f"The new client secret did not work within {self.options.test_timeout:.0f} s ({last}); it was "
+                    "removed and the current secret was left in place."
+                ))
+            await self.adapters.sleep(jittered(delay))
             delay = min(delay * 2, self.options.test_max_delay)
         await self.checkpoint("after-test", record)
         return await self._save(record, state.evolve(step=TESTED))
 
-    async def _abandon(self, record: ConnectionRecord, state: RotationState, last: str) -> ConnectionRecord:
-        """The new secret never worked: remove it, keep the current one, record the failure."""
-        assert state.pending_key_id is not None
-        assert state.pending_version is not None
-        async with self._graph(record, record.secret_version) as graph:
-            assert state.rotation_id is not None
-            await _revoke_if_present(graph, record, state.pending_key_id, marker(record.id, state.rotation_id))
-        await self.vault.disable(record.secret_name, state.pending_version)
-        message = (
-            f"The new client secret did not work within {self.options.test_timeout:.0f} s ({last}); it was removed "
-            "and the current secret was left in place."
-        )
-        return await self._failed(record, message, abandoned=True)
-
-    async def _finish(self, record: ConnectionRecord) -> ConnectionRecord:
-        state = read_state(record)
+    async def _finish(self, record: ConnectionRecord, run: _Run) -> ConnectionRecord:
+        state = record.rotation
         assert state.pending_version is not None
         record = await self._save(
             record, state.evolve(step=FINISHED, key_id=state.pending_key_id), secret_version=state.pending_version
@@ -359,112 +367,182 @@ class Rotator:
         await self.checkpoint("after-finish", record)
         return record
 
-    async def _revoke(self, record: ConnectionRecord) -> ConnectionRecord:
-        state = read_state(record)
+    async def _revoke(self, record: ConnectionRecord, run: _Run) -> ConnectionRecord:
+        """removePassword of the previous Key ID and of any stray password of this rotation's marker. In the
+        attempt that created the successor, with the Graph session opened with the previous secret (its token
+        is still valid after the revocation, and a successor Entra has not propagated everywhere yet cannot fail
+        this step); an attempt that resumes here uses the current secret."""
+        state = record.rotation
         assert state.rotation_id is not None
         previous = state.previous_key_id if state.previous_key_id != state.key_id else None
-        await self._revoke_previous(record, previous or "", marker(record.id, state.rotation_id), state.key_id)
-        if state.previous_version and state.previous_version != record.secret_version:
-            await self.vault.disable(record.secret_name, state.previous_version)
+        opened = next(iter(run.graphs.values()), None)
+        graph = opened or await self._graph(record, record.secret_version, run)
+        await remove_passwords(graph, record.client_id or "", {previous} if previous else set(),
+                               marker(record.id, state.rotation_id), keep=state.key_id)
+        await self.adapters.vault.disable_others(record.secret_name, record.secret_version)
         await self.checkpoint("after-revoke", record)
+        await self._history(record, STATUS_SUCCEEDED, new_key_id=state.key_id, revoked_key_id=previous)
         now = self.now()
-        assert state.rotation_id is not None
-        assert state.started_at is not None
-        await self.history.record(
-            RotationEvent(
-                rotation_id=state.rotation_id, connection_id=record.id, app=record.app, started_at=state.started_at,
-                finished_at=now, outcome=STATUS_SUCCEEDED, trigger=state.trigger or "", new_key_id=state.key_id,
-                revoked_key_id=state.previous_key_id, message=None,
-            )
-        )
-        schedule = state.schedule
-        next_at = schedule.next_due(now) if schedule else None
+        schedule = schedule_of(state)
         done = state.cleared_journal().evolve(
             status=STATUS_SUCCEEDED, message="Rotated: a new client secret is in use and the previous one is revoked.",
-            last_rotated_at=now, failures=0, next_at=next_at,
+            last_rotated_at=now, failures=0, next_at=schedule.next_due(now) if schedule else None,
         )
         return await self._reschedule(record, state, done)
 
-    async def _revoke_previous(self, record: ConnectionRecord, key_id: str, marker_name: str,
-                               keep: str | None) -> None:
-        """removePassword of the previous Key ID, and of any stray password of this rotation's marker. In the run
-        that created its successor, with the Graph client that run built with the previous secret: its token was
-        acquired before the revocation and stays valid after it, so no token is requested, and a successor that
-        Entra has not yet propagated everywhere cannot fail this step. A run that resumes here (the previous
-        secret may be gone already) uses the current secret."""
-        cache = _RUN.get()
-        opened = cache.opened_graph(record.id) if cache is not None else None
-        if opened is not None:
-            await _revoke_if_present(opened, record, key_id, marker_name, keep)
-            return
-        async with self._graph(record, record.secret_version) as graph:
-            await _revoke_if_present(graph, record, key_id, marker_name, keep)
-
     async def _reschedule(self, record: ConnectionRecord, old: RotationState, new: RotationState) -> ConnectionRecord:
         """Index the new due time first, then point the connection at it, then drop the old index entry."""
-        key = await self.index.put(new.next_at, record.app, record.id) if new.next_at else None
+        schedule = self.adapters.schedule
+        key = await schedule.put(new.next_at, record.app, record.id) if new.next_at else None
         record = await self._save(record, new.evolve(schedule_key=key))
         if old.schedule_key and old.schedule_key != key:
-            await self.index.remove(old.schedule_key)
+            await schedule.remove(old.schedule_key)
         return record
 
-    async def _failed(self, record: ConnectionRecord, message: str, abandoned: bool = False) -> ConnectionRecord:
-        """Record a failure and back off. The journal is kept, so the next attempt resumes the same rotation
-        (and finds any orphan of it by its marker), unless the rotation was abandoned and cleaned up."""
+    async def _failed(self, record: ConnectionRecord, run: _Run, error: ServiceError) -> Attempt:
+        """Record the failure, clean up what this rotation created unless the new secret is already in use, and
+        back off. A rotation whose clean-up fails keeps its journal: the next attempt resumes it (and finds
+        anything it created by its marker)."""
         try:
-            current = await self.table.get(record.app, record.id)
+            current = await self.adapters.connections.get(record.app, record.id)
         except NotFound:
-            return record
-        state = read_state(current)
-        if state.leased(self.now()) and state.lease_owner != self.owner:
-            return current
+            return Attempt(record, error)
+        state = current.rotation
+        if state.lease_owner != self.owner or state.rotation_id is None:
+            return Attempt(current, error)
+        message = error.detail
+        base = state
+        if state.step != FINISHED:
+            try:
+                graph = await self._graph(current, current.secret_version, run)
+                await remove_passwords(graph, current.client_id or "",
+                                       {state.pending_key_id} if state.pending_key_id else set(),
+                                       marker(current.id, state.rotation_id), keep=state.key_id)
+                await self.adapters.vault.disable_tagged(current.secret_name, "rotationId", state.rotation_id)
+                base = state.cleared_journal()
+            except Exception as cleanup:  # kept in the journal; the next attempt cleans up
+                log.warning("Rotation of %s: clean-up failed (%s); the next attempt resumes it", current.id,
+                            type(cleanup).__name__)
+        else:
+            message = (f"{message} The new client secret is in use; the previous one is still to be revoked "
+                       "(the next attempt does it).")
         failures = state.failures + 1
         now = self.now()
-        if state.rotation_id and state.started_at:
-            await self.history.record(
-                RotationEvent(
-                    rotation_id=state.rotation_id, connection_id=record.id, app=record.app,
-                    started_at=state.started_at, finished_at=now, outcome=STATUS_FAILED,
-                    trigger=state.trigger or "", new_key_id=None, revoked_key_id=None, message=message,
-                )
-            )
-        base = state.cleared_journal() if abandoned else state
-        new = base.evolve(
-            status=STATUS_FAILED, message=message, failures=failures, next_at=now + backoff(failures),
-            lease_owner=None, lease_until=None,
-        )
-        log.warning("Rotation of %s connection %s failed (attempt %d): %s", record.app, record.id, failures, message)
+        await self._history(current, STATUS_FAILED, message)
+        new = base.evolve(status=STATUS_FAILED, message=message, failures=failures, next_at=now + backoff(failures),
+                          lease_owner=None, lease_until=None)
+        log.warning("Rotation of %s connection %s failed (attempt %d): %s", current.app, current.id, failures,
+                    message)
         try:
-            return await self._reschedule(current, state, new)
+            return Attempt(await self._reschedule(current, state, new), error)
         except LeaseLost:
-            return current
+            return Attempt(current, error)
 
 
-_STEPS: dict[str, tuple[str, Callable[[Rotator, ConnectionRecord], Awaitable[ConnectionRecord]]]] = {
-    BEGUN: ("create", Rotator._create),
-    CREATED: ("test", Rotator._test),
-    TESTED: ("finish", Rotator._finish),
-    FINISHED: ("revoke", Rotator._revoke),
-}
+    # -- retiring what the service created on an application the connection left ----------------------------
+    async def retire(self, record: ConnectionRecord) -> ConnectionRecord:
+        """Remove every credential the service created for this connection on the application it used before its
+        credentials changed (recorded in ``retire_*``), then forget that application. With the current
+        credential when it is the same application (it just worked), else with the previous one."""
+        state = record.rotation
+        if state.retire_version is None:
+            return record
+        same_app = (state.retire_client_id or "").lower() == (record.client_id or "").lower() and (
+            (state.retire_tenant_id or "").lower() == record.tenant_id.lower())
+        version = record.secret_version if same_app else state.retire_version
+        material = await self.adapters.vault.get(record.secret_name, version)
+        async with self.adapters.directory.graph(Method(record.method), state.retire_tenant_id or record.tenant_id,
+                                                 state.retire_client_id or "", material) as graph:
+            await remove_passwords(graph, state.retire_client_id or "", set(), connection_marker(record.id),
+                                   keep=state.key_id if same_app else None)
+        await self.adapters.vault.disable_others(record.secret_name, record.secret_version)
+        await self.checkpoint("after-retire", record)
+        # The current credential is the user's now (a credentials change is what started a retirement): nothing
+        # the service created is left on the application it uses, unless a rotation has begun since.
+        return await self._apply(record, lambda current: current.rotation == state,
+                                 lambda current: current.evolve(rotation=current.rotation.evolve(
+                                     retire_version=None, retire_tenant_id=None, retire_client_id=None,
+                                     managed=current.rotation.rotation_id is not None)))
+
+    async def retire_due(self, record: ConnectionRecord) -> ConnectionRecord | None:
+        """The sweep's retry of a retirement that failed before: under the lease, with back-off when it fails
+        again. None when the connection is leased, being deleted, or changed meanwhile."""
+        now = self.now()
+        state = record.rotation
+        if (state.leased(now) and state.lease_owner != self.owner) or record.status == STATUS_DELETING:
+            return None
+        try:
+            claimed = await self.adapters.connections.update(record.evolve(
+                rotation=state.evolve(lease_owner=self.owner, lease_until=now + self.options.lease)))
+        except (ConcurrentChange, NotFound):
+            return None
+        try:
+            done = await self.retire(claimed)
+        except ServiceError as error:
+            failures = state.failures + 1
+            waiting = claimed.rotation.evolve(
+                lease_owner=None, lease_until=None, failures=failures, next_at=now + backoff(failures),
+                message=("The client secrets the service created on the previous application could not be removed "
+                         f"yet ({error.detail}); they are retried."))
+            return await self._reschedule(claimed, claimed.rotation, waiting)
+        schedule = schedule_of(done.rotation)
+        finished = done.rotation.evolve(lease_owner=None, lease_until=None, failures=0, message=None,
+                                        next_at=schedule.next_due(done.rotation.last_rotated_at)
+                                        if schedule and done.rotation.last_rotated_at else None)
+        return await self._reschedule(done, done.rotation, finished)
+
+    async def _apply(self, record: ConnectionRecord, still: Callable[[ConnectionRecord], bool],
+                     change: Callable[[ConnectionRecord], ConnectionRecord]) -> ConnectionRecord:
+        """Write ``change`` of the record, again on top of a concurrent edit while ``still`` holds of it."""
+        store = self.adapters.connections
+        current = record
+        for _ in range(3):
+            try:
+                return await store.update(change(current))
+            except ConcurrentChange:
+                current = await store.get(record.app, record.id)
+                if not still(current):
+                    return current
+        raise LeaseLost(f"The connection {record.id} kept changing.")
+
+    async def remove_all(self, record: ConnectionRecord) -> list[str]:
+        """Remove from the application every credential the service created for the connection (found by its
+        marker), with the connection's current credential; and from the application it left, if any."""
+        removed: list[str] = []
+        state = record.rotation
+        if state.retire_version is not None:
+            material = await self.adapters.vault.get(record.secret_name, state.retire_version)
+            async with self.adapters.directory.graph(Method(record.method), state.retire_tenant_id or "",
+                                                     state.retire_client_id or "", material) as graph:
+                removed += await remove_passwords(graph, state.retire_client_id or "", set(),
+                                                  connection_marker(record.id))
+        if state.managed or state.rotation_id is not None:
+            material = await self.adapters.vault.get(record.secret_name, record.secret_version)
+            async with self.adapters.directory.graph(Method(record.method), record.tenant_id,
+                                                     record.client_id or "", material) as graph:
+                removed += await remove_passwords(graph, record.client_id or "",
+                                                  {state.pending_key_id} if state.pending_key_id else set(),
+                                                  connection_marker(record.id))
+        return removed
 
 
-async def _revoke_if_present(graph: GraphApps, record: ConnectionRecord, key_id: str, marker_name: str | None = None,
-                             keep: str | None = None) -> None:
-    """removePassword of ``key_id`` unless it is already gone (Graph answers 400 for an unknown Key ID); with
-    ``marker_name``, also of every other password of that rotation's marker but ``keep`` (one that an addPassword
-    whose answer was lost may have made, and that Graph did not yet show when it was sent again)."""
-    registration = await graph.find(record.client_id or "")
-    doomed = {key_id.lower()} if key_id else set()
+async def remove_passwords(graph: GraphSession, client_id: str, key_ids: set[str], marker_name: str | None,
+                           keep: str | None = None) -> list[str]:
+    """removePassword of each of ``key_ids`` still on the application, and of every password whose display name
+    starts with ``marker_name``, but ``keep``; return the Key IDs removed (one already gone counts as done)."""
+    registration = await graph.find(client_id)
+    doomed = {key.lower() for key in key_ids if key}
     if marker_name is not None:
-        doomed |= {p.key_id for p in registration.passwords if p.display_name == marker_name}
+        doomed |= {p.key_id for p in registration.passwords if (p.display_name or "").startswith(marker_name)}
     doomed.discard((keep or "").lower())
+    removed: list[str] = []
     for password in registration.passwords:
         if password.key_id in doomed:
             await graph.remove_password(registration.object_id, password.key_id)
+            removed.append(password.key_id)
+    return removed
 
 
 def _describe(error: BaseException) -> str:
-    if isinstance(error, ServiceError):
-        return error.detail
     status = getattr(error, "status_code", None)
     return f"{type(error).__name__}" + (f" (status {status})" if status else "") + ": the call did not complete."

@@ -8,19 +8,17 @@ the sweep paces its Graph requests and runs fewer rotations at once (``shared.ro
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC
-from typing import Any
 
 from shared import telemetry
-from shared.errors import NotFound
+from shared.errors import LeaseLost, NotFound
+from shared.ports import DueEntry
 from shared.rotation.pacing import AimdLimiter, GraphPacing
-from shared.rotation.protocol import LeaseLost, Rotator
-from shared.rotation.state import STATUS_SUCCEEDED, read_state
-from shared.store.schedule import DueEntry
+from shared.rotation.protocol import Rotator
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +50,7 @@ async def sweep(
     monotonic = clock or loop.time
     started = monotonic()
     now = rotator.now()
-    entries = await rotator.index.due(now, limit=limit)
+    entries = await rotator.adapters.schedule.due(now, limit=limit)
     report = SweepReport(due=len(entries))
     telemetry.record_sweep_start(len(entries))
     log.info("Rotation sweep: %d due at %s", len(entries), now.astimezone(UTC).isoformat())
@@ -72,7 +70,7 @@ async def sweep(
         finally:
             await limiter.release(mark)
 
-    with _watch_throttling(rotator, pacing, bool(entries)):
+    with rotator.adapters.directory.paced(pacing.on_request, pacing.on_response) if entries else nullcontext():
         await asyncio.gather(*(one(entry) for entry in entries))
     report.throttled, report.lowest_concurrency = limiter.throttles, limiter.lowest
     report.paced = pacing.paced()
@@ -85,42 +83,32 @@ async def sweep(
     return report
 
 
-@contextlib.contextmanager
-def _watch_throttling(rotator: Rotator, pacing: GraphPacing, active: bool) -> Iterator[None]:
-    """Pace every Graph request and tell the pacers and the limiter of every answer while the sweep runs (a
-    request and a response hook on the one Graph HTTP client of these clients)."""
-    if not active:
-        yield
-        return
-    hooks: dict[str, list[Callable[[Any], Awaitable[None]]]] = rotator.clients.graph_http().event_hooks
-    hooks["request"].append(pacing.on_request)
-    hooks["response"].append(pacing.on_response)
-    try:
-        yield
-    finally:
-        hooks["request"].remove(pacing.on_request)
-        hooks["response"].remove(pacing.on_response)
-
-
 async def _rotate_entry(rotator: Rotator, entry: DueEntry, report: SweepReport) -> None:
+    adapters = rotator.adapters
     try:
-        record = await rotator.table.get(entry.app, entry.connection_id)
+        record = await adapters.connections.get(entry.app, entry.connection_id)
     except NotFound:
-        await rotator.index.remove(entry.key)
+        await adapters.schedule.remove(entry.key)
         report.stale += 1
         return
-    state = read_state(record)
-    if state.schedule_key != entry.key or not state.enabled:
-        await rotator.index.remove(entry.key)
+    state = record.rotation
+    if state.schedule_key != entry.key or not (state.enabled or state.in_progress or state.retire_version):
+        await adapters.schedule.remove(entry.key)
         report.stale += 1
         return
-    claimed = await rotator.claim(record, trigger="schedule")
-    if claimed is None:
-        report.skipped += 1
-        return
-    report.claimed += 1
     try:
-        result = await rotator.run(claimed)
+        if not (state.enabled or state.in_progress):  # only the clean-up of a credentials change is left
+            result = await rotator.retire_due(record)
+            report.outcomes[entry.connection_id] = "retired" if result is not None else "skipped"
+            report.skipped += result is None
+            report.succeeded += result is not None
+            return
+        claimed = await rotator.claim(record, trigger="schedule")
+        if claimed is None:
+            report.skipped += 1
+            return
+        report.claimed += 1
+        attempt = await rotator.run(claimed)
     except LeaseLost:
         report.skipped += 1
         return
@@ -129,9 +117,9 @@ async def _rotate_entry(rotator: Rotator, entry: DueEntry, report: SweepReport) 
         report.failed += 1
         report.outcomes[entry.connection_id] = "error"
         return
-    status = read_state(result).status or ""
+    status = attempt.record.rotation.status or ""
     report.outcomes[entry.connection_id] = status
-    if status == STATUS_SUCCEEDED:
+    if attempt.succeeded:
         report.succeeded += 1
     else:
         report.failed += 1

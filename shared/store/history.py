@@ -1,15 +1,15 @@
-"""Rotation history: one entity per rotation, newest first, written idempotently (keyed by the rotation).
+"""Rotation history: one entity per rotation attempt, newest first.
 
-Table ``{prefix}Rotations``, partition = connection id, RowKey = inverted start time + rotation id, so a
-resumed rotation writes the same row again rather than a second one.
+Table ``{prefix}Rotations``, partition = connection id, RowKey = inverted attempt start time + rotation id +
+attempt number, so an attempt written again (running, then its outcome) replaces its own row, never adds one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from shared.records import RotationEvent
 from shared.store.tables import decode_token, encode_token
 
 if TYPE_CHECKING:
@@ -19,43 +19,24 @@ HISTORY_TABLE = "Rotations"
 _MAX_MS = 10**14
 
 
-@dataclass(frozen=True)
-class RotationEvent:
-    rotation_id: str
-    connection_id: str
-    app: str
-    started_at: datetime
-    finished_at: datetime
-    outcome: str  # "succeeded" | "failed"
-    trigger: str  # "enable" | "schedule" | "manual"
-    new_key_id: str | None
-    revoked_key_id: str | None
-    message: str | None
-
-    @property
-    def duration_ms(self) -> int:
-        return int((self.finished_at - self.started_at).total_seconds() * 1000)
-
-    def as_dict(self) -> dict[str, Any]:
-        def iso(value: datetime) -> str:
-            return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-        return {
-            "id": self.rotation_id,
-            "startedAt": iso(self.started_at),
-            "finishedAt": iso(self.finished_at),
-            "outcome": self.outcome,
-            "trigger": self.trigger,
-            "newKeyId": self.new_key_id,
-            "revokedKeyId": self.revoked_key_id,
-            "message": self.message,
-            "durationMs": self.duration_ms,
-        }
-
-
-def _row_key(started_at: datetime, rotation_id: str) -> str:
+def row_key(started_at: datetime, rotation_id: str, attempt: int) -> str:
     inverted = _MAX_MS - int(started_at.timestamp() * 1000)
-    return f"{inverted:015d}|{rotation_id}"
+    return f"{inverted:015d}|{rotation_id}|{attempt:04d}"
+
+
+def _utc(value: Any) -> datetime | None:
+    return value.astimezone(UTC) if isinstance(value, datetime) else None
+
+
+def _event(connection_id: str, e: Any) -> RotationEvent:
+    started = _utc(e["StartedAt"])
+    assert started is not None
+    return RotationEvent(
+        rotation_id=str(e["RotationId"]), attempt=int(e.get("Attempt") or 1), connection_id=connection_id,
+        app=str(e["App"]), started_at=started, finished_at=_utc(e.get("FinishedAt")), outcome=str(e["Outcome"]),
+        trigger=str(e.get("Trigger") or ""), new_key_id=e.get("NewKeyId"), revoked_key_id=e.get("RevokedKeyId"),
+        message=e.get("Message"),
+    )
 
 
 class RotationHistory:
@@ -64,21 +45,32 @@ class RotationHistory:
 
     async def record(self, event: RotationEvent) -> None:
         table = await self._clients.table(HISTORY_TABLE)
-        await table.upsert_entity(
-            {
-                "PartitionKey": event.connection_id,
-                "RowKey": _row_key(event.started_at, event.rotation_id),
-                "RotationId": event.rotation_id,
-                "App": event.app,
-                "StartedAt": event.started_at,
-                "FinishedAt": event.finished_at,
-                "Outcome": event.outcome,
-                "Trigger": event.trigger,
-                "NewKeyId": event.new_key_id,
-                "RevokedKeyId": event.revoked_key_id,
-                "Message": event.message,
-            }
-        )
+        entity = {
+            "PartitionKey": event.connection_id,
+            "RowKey": row_key(event.started_at, event.rotation_id, event.attempt),
+            "RotationId": event.rotation_id,
+            "Attempt": event.attempt,
+            "App": event.app,
+            "StartedAt": event.started_at,
+            "FinishedAt": event.finished_at,
+            "Outcome": event.outcome,
+            "Trigger": event.trigger,
+            "NewKeyId": event.new_key_id,
+            "RevokedKeyId": event.revoked_key_id,
+            "Message": event.message,
+        }
+        await table.upsert_entity({key: value for key, value in entity.items() if value is not None})
+
+    async def get(self, connection_id: str, started_at: datetime, rotation_id: str,
+                  attempt: int) -> RotationEvent | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        table = await self._clients.table(HISTORY_TABLE)
+        try:
+            entity = await table.get_entity(connection_id, row_key(started_at, rotation_id, attempt))
+        except ResourceNotFoundError:
+            return None
+        return _event(connection_id, entity)
 
     async def page(
         self, connection_id: str, limit: int, continuation: str | None
@@ -89,15 +81,8 @@ class RotationHistory:
         ).by_page(continuation_token=decode_token(continuation))
         events: list[RotationEvent] = []
         async for page in pages:
-            async for e in page:
-                events.append(
-                    RotationEvent(
-                        rotation_id=str(e["RotationId"]), connection_id=connection_id, app=str(e["App"]),
-                        started_at=e["StartedAt"], finished_at=e["FinishedAt"], outcome=str(e["Outcome"]),
-                        trigger=str(e.get("Trigger") or ""), new_key_id=e.get("NewKeyId"),
-                        revoked_key_id=e.get("RevokedKeyId"), message=e.get("Message"),
-                    )
-                )
+            async for entity in page:
+                events.append(_event(connection_id, entity))
             break
         return events, encode_token(getattr(pages, "continuation_token", None))
 

@@ -12,9 +12,10 @@ import contextlib
 import hashlib
 import re
 import secrets
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+
+from shared.records import PendingAuthorization
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -24,22 +25,6 @@ if TYPE_CHECKING:
 OAUTH_STATES_TABLE = "OAuthStates"
 _STATE_RE = re.compile(r"^(?P<bucket>\d{10})\.[A-Za-z0-9_-]{32,128}$")
 _BUCKET = "%Y%m%d%H"
-
-
-@dataclass(frozen=True)
-class PendingAuthorization:
-    """What a state is bound to: the app, the instance client, the PKCE verifier and the requested fields."""
-
-    app: str
-    client_id: str
-    redirect_uri: str
-    verifier: str
-    created_at: datetime
-    expires_at: datetime
-    name: str | None = None
-    description: str | None = None
-    tenant_id: str | None = None
-    connection_id: str | None = None
 
 
 def new_state(expires_at: datetime) -> str:

@@ -7,23 +7,16 @@ with how many connections exist. A row whose connection no longer points at it i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
+
+from shared.ports import DueEntry
 
 if TYPE_CHECKING:
     from shared.azure.clients import AzureClients
 
 SCHEDULE_TABLE = "Schedule"
 PARTITION = "due"
-
-
-@dataclass(frozen=True)
-class DueEntry:
-    key: str
-    app: str
-    connection_id: str
-    due: datetime
 
 
 def schedule_key(due: datetime, app: str, connection_id: str) -> str:

@@ -13,11 +13,12 @@ import base64
 import binascii
 import json
 import re
-from dataclasses import dataclass, field, fields, replace
-from datetime import datetime
+from dataclasses import fields
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import Conflict, InvalidRequest, NotFound
+from shared.errors import ConcurrentChange, InvalidRequest, NameTaken, NotFound
+from shared.records import ConnectionRecord, RotationState
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -26,31 +27,6 @@ if TYPE_CHECKING:
 
 CONNECTIONS_TABLE = "Connections"
 NAME_PREFIX = "~name~"  # sorts after every connection id (ids are lowercase hex GUIDs)
-
-
-@dataclass(frozen=True)
-class ConnectionRecord:
-    app: str
-    id: str
-    name: str
-    method: str
-    tenant_id: str
-    client_id: str | None
-    created_at: datetime
-    updated_at: datetime
-    secret_name: str
-    secret_version: str
-    description: str | None = None
-    version: int = 1
-    status: str = "active"
-    status_message: str | None = None
-    last_validated_at: datetime | None = None
-    # Further properties owned by other modules (rotation), kept as they are.
-    extra: dict[str, Any] = field(default_factory=dict)
-    etag: str | None = field(default=None, compare=False)
-
-    def evolve(self, **changes: Any) -> ConnectionRecord:
-        return replace(self, **changes)
 
 
 _COLUMNS = {
@@ -68,7 +44,14 @@ _COLUMNS = {
     "status_message": "StatusMessage",
     "last_validated_at": "LastValidatedAt",
 }
-_SYSTEM = {"PartitionKey", "RowKey", "Timestamp", "etag", "odata.etag", "odata.metadata"}
+# The rotation state, one column per field: ``Rot`` + the field's name in CamelCase (``RotKeyId``).
+_ROTATION_COLUMNS = {
+    f.name: "Rot" + "".join(part.capitalize() for part in f.name.split("_")) for f in fields(RotationState)
+}
+
+
+def _utc(value: Any) -> Any:
+    return value.astimezone(UTC) if isinstance(value, datetime) else value
 
 
 def to_entity(record: ConnectionRecord) -> dict[str, Any]:
@@ -77,25 +60,21 @@ def to_entity(record: ConnectionRecord) -> dict[str, Any]:
         value = getattr(record, attr)
         if value is not None:
             entity[column] = value
-    entity.update({key: value for key, value in record.extra.items() if value is not None})
+    for attr, column in _ROTATION_COLUMNS.items():
+        value = getattr(record.rotation, attr)
+        if value is not None:
+            entity[column] = value
     return entity
 
 
 def from_entity(entity: Any) -> ConnectionRecord:
-    known = {column: attr for attr, column in _COLUMNS.items()}
     values: dict[str, Any] = {"app": entity["PartitionKey"], "id": entity["RowKey"]}
-    extra: dict[str, Any] = {}
-    for key, value in entity.items():
-        if key in _SYSTEM or key == "Kind":
-            continue
-        if key in known:
-            values[known[key]] = value
-        else:
-            extra[key] = value
-    names = {f.name for f in fields(ConnectionRecord)}
-    values = {key: value for key, value in values.items() if key in names}
+    for attr, column in _COLUMNS.items():
+        if column in entity:
+            values[attr] = _utc(entity[column])
+    rotation = {attr: _utc(entity[column]) for attr, column in _ROTATION_COLUMNS.items() if column in entity}
     etag = entity.metadata.get("etag") if hasattr(entity, "metadata") else None
-    return ConnectionRecord(**values, extra=extra, etag=etag)
+    return ConnectionRecord(**values, rotation=RotationState(**rotation), etag=etag)
 
 
 def _name_entity(app: str, name: str, connection_id: str) -> dict[str, Any]:
@@ -149,7 +128,7 @@ class ConnectionsTable:
             )
         except TableTransactionError as error:
             if error.index == 1:
-                raise Conflict(f"A connection named '{record.name}' already exists for {record.app}.") from None
+                raise NameTaken(f"A connection named '{record.name}' already exists for {record.app}.") from None
             raise
         return record.evolve(etag=results[0].get("etag"))
 
@@ -216,7 +195,7 @@ class ConnectionsTable:
                 etag = metadata.get("etag")
         except TableTransactionError as error:
             if error.index == 2:
-                raise Conflict(f"A connection named '{record.name}' already exists for {record.app}.") from None
+                raise NameTaken(f"A connection named '{record.name}' already exists for {record.app}.") from None
             raise self._changed(record) from None
         except (ResourceModifiedError, ResourceNotFoundError):
             raise self._changed(record) from None
@@ -239,7 +218,7 @@ class ConnectionsTable:
             raise self._changed(record) from None
 
     @staticmethod
-    def _changed(record: ConnectionRecord) -> Conflict:
-        return Conflict(
+    def _changed(record: ConnectionRecord) -> ConcurrentChange:
+        return ConcurrentChange(
             f"The connection '{record.id}' was changed by another request; read it again and retry.",
         )

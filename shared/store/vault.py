@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from shared.errors import UpstreamError
+from shared.ports import StoredVersion
 from shared.redaction import register_secret
 
 if TYPE_CHECKING:
@@ -24,12 +25,6 @@ CONTENT_TYPE = "application/vnd.app-connections.credentials+json"
 
 def secret_name_for(connection_id: str) -> str:
     return f"appconn-{connection_id}"
-
-
-@dataclass(frozen=True)
-class StoredVersion:
-    version: str
-    material: dict[str, str] | None  # None when Key Vault's answer did not carry the value as written
 
 
 def _material(value: str) -> dict[str, str]:
@@ -50,21 +45,17 @@ class SecretVault:
     def __init__(self, clients: AzureClients) -> None:
         self._clients = clients
 
-    async def put(
-        self, name: str, material: Mapping[str, str], tags: Mapping[str, str], *, enabled: bool = True
-    ) -> str:
-        """Write ``material`` as a new version of ``name``; return the version id."""
-        return (await self.write(name, material, tags, enabled=enabled)).version
-
     async def write(
-        self, name: str, material: Mapping[str, str], tags: Mapping[str, str], *, enabled: bool = True
+        self, name: str, material: Mapping[str, str], tags: Mapping[str, str], *,
+        expires_on: datetime | None = None,
     ) -> StoredVersion:
-        """Write ``material`` as a new version of ``name``: its version id, and the material as Key Vault answered
-        it (Set Secret returns the stored value), which is what a read of that version returns, without the read."""
+        """Write ``material`` as a new version of ``name`` (expiring with the credential it holds, where that has an
+        end): its version id, and the material as Key Vault answered it (Set Secret returns the stored value),
+        which is what a read of that version returns, without the read."""
         for value in material.values():
             register_secret(value)
         secret = await self._clients.secrets().set_secret(
-            name, json.dumps(dict(material)), content_type=CONTENT_TYPE, tags=dict(tags), enabled=enabled
+            name, json.dumps(dict(material)), content_type=CONTENT_TYPE, tags=dict(tags), expires_on=expires_on
         )
         version = secret.properties.version
         if not version:
@@ -80,7 +71,7 @@ class SecretVault:
         return _material(secret.value or "{}")
 
     async def disable(self, name: str, version: str) -> None:
-        """Disable a version that never became current (best effort)."""
+        """Disable a version that is not (or no longer) current (best effort)."""
         from azure.core.exceptions import HttpResponseError
 
         with contextlib.suppress(HttpResponseError):
@@ -93,14 +84,21 @@ class SecretVault:
         with contextlib.suppress(ResourceNotFoundError):
             await self._clients.secrets().delete_secret(name)
 
-    async def disable_tagged(self, name: str, tag: str, value: str, keep: str | None = None) -> int:
-        """Disable every enabled version of ``name`` tagged ``tag=value`` (but ``keep``); return how many."""
+    async def disable_others(self, name: str, keep: str) -> int:
+        """Disable every enabled version of ``name`` but ``keep`` (the current one); return how many."""
+        return await self._disable_where(name, lambda version, tags: version != keep)
+
+    async def disable_tagged(self, name: str, tag: str, value: str) -> int:
+        """Disable every enabled version of ``name`` tagged ``tag=value``; return how many."""
+        return await self._disable_where(name, lambda version, tags: tags.get(tag) == value)
+
+    async def _disable_where(self, name: str, doomed: Callable[[str, Mapping[str, str]], bool]) -> int:
         from azure.core.exceptions import ResourceNotFoundError
 
         count = 0
         try:
             async for props in self._clients.secrets().list_properties_of_secret_versions(name):
-                if props.enabled and (props.tags or {}).get(tag) == value and props.version != keep and props.version:
+                if props.enabled and props.version and doomed(props.version, props.tags or {}):
                     await self.disable(name, props.version)
                     count += 1
         except ResourceNotFoundError:

@@ -1,0 +1,194 @@
+"""The seams between the domain and the outside world: what the domain asks of its adapters.
+
+The domain services (connections, rotation, OAuth) are handed an :class:`Adapters` bundle through their
+constructors; ``shared.wiring`` builds the real one from the Azure SDK clients, tests build one from
+in-memory fakes. Nothing here imports an SDK, and no domain module builds an adapter of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from shared.records import ConnectionRecord, PendingAuthorization, RotationEvent
+
+if TYPE_CHECKING:
+    from shared.apps import AppSpec, Method
+    from shared.settings import Settings
+
+
+# -- values exchanged with the adapters -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class PasswordCredential:
+    key_id: str
+    hint: str | None
+    display_name: str | None
+    end_date_time: datetime | None
+
+
+@dataclass(frozen=True)
+class AppRegistration:
+    object_id: str
+    app_id: str
+    display_name: str | None
+    passwords: tuple[PasswordCredential, ...]
+
+
+@dataclass(frozen=True)
+class NewPassword:
+    key_id: str
+    secret_text: str = field(repr=False)
+    end_date_time: datetime | None
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    version: str
+    material: dict[str, str] | None = field(repr=False)  # as the vault answered the write (None: not returned)
+
+
+@dataclass(frozen=True)
+class DueEntry:
+    key: str
+    app: str
+    connection_id: str
+    due: datetime
+
+
+@dataclass(frozen=True)
+class TokenResult:
+    access_token: str = field(repr=False)
+    refresh_token: str | None = field(repr=False)
+    expires_on: int
+    claims: dict[str, Any] = field(default_factory=dict, repr=False)  # the ID token's, else the access token's
+
+    @property
+    def tenant_id(self) -> str | None:
+        tid = self.claims.get("tid")
+        return str(tid).lower() if tid else None
+
+    @property
+    def username(self) -> str | None:
+        value = self.claims.get("preferred_username") or self.claims.get("upn")
+        return str(value) if value else None
+
+
+# -- the adapters ---------------------------------------------------------------------------------------------
+class ConnectionStore(Protocol):
+    """Connection records; names unique per app; every update and delete guarded by the record's ETag (a
+    concurrent change is a ``Conflict``)."""
+
+    async def insert(self, record: ConnectionRecord) -> ConnectionRecord: ...
+    async def get(self, app: str, connection_id: str) -> ConnectionRecord: ...
+    async def get_by_name(self, app: str, name: str) -> ConnectionRecord: ...
+    async def list_page(
+        self, app: str, limit: int, continuation: str | None
+    ) -> tuple[list[ConnectionRecord], str | None]: ...
+    async def update(self, record: ConnectionRecord, previous_name: str | None = None) -> ConnectionRecord: ...
+    async def delete(self, record: ConnectionRecord) -> None: ...
+
+
+class SecretStore(Protocol):
+    """One secret per connection, a version per change (the only place secret material is kept)."""
+
+    async def write(
+        self, name: str, material: Mapping[str, str], tags: Mapping[str, str], *,
+        expires_on: datetime | None = None,
+    ) -> StoredVersion: ...
+    async def get(self, name: str, version: str) -> dict[str, str]: ...
+    async def disable(self, name: str, version: str) -> None: ...
+    async def disable_others(self, name: str, keep: str) -> int: ...
+    async def disable_tagged(self, name: str, tag: str, value: str) -> int: ...
+    async def delete(self, name: str) -> None: ...
+
+
+class ScheduleStore(Protocol):
+    """The due-time index of scheduled work: a sweep reads only what is due."""
+
+    async def put(self, due: datetime, app: str, connection_id: str) -> str: ...
+    async def remove(self, key: str | None) -> None: ...
+    async def due(self, now: datetime, limit: int = 1000) -> list[DueEntry]: ...
+
+
+class HistoryStore(Protocol):
+    """Rotation attempts, one entry each, newest first; writing an attempt again replaces it."""
+
+    async def record(self, event: RotationEvent) -> None: ...
+    async def get(self, connection_id: str, started_at: datetime, rotation_id: str,
+                  attempt: int) -> RotationEvent | None: ...
+    async def page(
+        self, connection_id: str, limit: int, continuation: str | None
+    ) -> tuple[list[RotationEvent], str | None]: ...
+    async def delete_all(self, connection_id: str) -> None: ...
+
+
+class GraphSession(Protocol):
+    """Microsoft Graph as one connection's credential sees it."""
+
+    async def find(self, app_id: str) -> AppRegistration: ...
+    async def add_password(self, object_id: str, display_name: str, end: datetime) -> NewPassword: ...
+    async def remove_password(self, object_id: str, key_id: str) -> None: ...
+    async def list_applications(self) -> list[dict[str, str]]: ...
+
+
+class TokenSource(Protocol):
+    """Anything that gives access tokens (an azure-core ``AsyncTokenCredential`` is one)."""
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> Any: ...
+
+
+class Directory(Protocol):
+    """Entra ID and Microsoft Graph with a connection's own credentials."""
+
+    async def probe(self, app: AppSpec, method: Method, tenant_id: str, client_id: str,
+                    material: Mapping[str, str]) -> None:
+        """Acquire a token for the app's scope; ``CredentialRejected`` (with the AADSTS code) when Entra refuses,
+        ``UpstreamError`` when it cannot be reached."""
+        ...
+
+    def graph(self, method: Method, tenant_id: str, client_id: str,
+              material: Mapping[str, str]) -> AbstractAsyncContextManager[GraphSession]: ...
+
+    def graph_with(self, tokens: TokenSource) -> AbstractAsyncContextManager[GraphSession]: ...
+
+    def paced(self, on_request: Callable[[Any], Awaitable[None]],
+              on_response: Callable[[Any], Awaitable[None]]) -> AbstractContextManager[None]:
+        """Every Graph request and answer passes through these hooks while the block runs (sweep pacing)."""
+        ...
+
+
+class TokenEndpoint(Protocol):
+    """The authority's token endpoint for the OAuth grants of the instance's own app registrations."""
+
+    async def redeem(self, tenant: str, form: Mapping[str, str]) -> TokenResult: ...
+
+
+class OAuthStateStore(Protocol):
+    """Pending OAuth authorizations: single use, expiring."""
+
+    async def put(self, state: str, pending: PendingAuthorization) -> None: ...
+    async def take(self, state: str) -> PendingAuthorization | None: ...
+    async def purge_expired(self, now: datetime) -> int: ...
+
+
+Clock = Callable[[], datetime]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Adapters:
+    """Everything the domain reaches outside itself, built once (``shared.wiring``) and handed in."""
+
+    settings: Settings
+    connections: ConnectionStore
+    vault: SecretStore
+    schedule: ScheduleStore
+    history: HistoryStore
+    directory: Directory
+    tokens: TokenEndpoint
+    oauth_states: OAuthStateStore
+    clock: Clock
+    sleep: Sleep

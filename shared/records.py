@@ -1,0 +1,166 @@
+"""The records the domain keeps and the stores persist: a connection, its rotation state, a rotation attempt.
+
+Plain frozen dataclasses with no behaviour beyond reading themselves: the stores serialize them (never a
+secret: secret material lives in Key Vault only), the domain reads and evolves them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+# The journal's steps, in order. "begun": the rotation is claimed and its previous credential noted; "created":
+# the new credential exists and is in the vault as a pending version; "tested": a token was acquired with it;
+# "finished": it is the current version. Revoking the previous one ends the rotation.
+BEGUN, CREATED, TESTED, FINISHED = "begun", "created", "tested", "finished"
+STEPS = (BEGUN, CREATED, TESTED, FINISHED)
+
+# A connection's status, and its rotation's.
+STATUS_ACTIVE = "active"
+STATUS_INVALID = "invalid"
+STATUS_DELETING = "deleting"
+STATUS_REAUTHORIZATION_REQUIRED = "reauthorization-required"
+STATUS_SCHEDULED = "scheduled"
+STATUS_ROTATING = "rotating"
+STATUS_SUCCEEDED = "succeeded"
+STATUS_FAILED = "failed"
+STATUS_DISABLED = "disabled"
+
+# What started a rotation attempt.
+TRIGGERS = ("enable", "schedule", "manual", "credential-change", "resume")
+
+
+@dataclass(frozen=True)
+class RotationState:
+    """A connection's rotation settings, status and the journal of the rotation under way (if any)."""
+
+    enabled: bool = False
+    interval_days: int | None = None
+    rotate_at: str | None = None  # "HH:MM", local time in time_zone
+    time_zone: str | None = None
+    status: str | None = None
+    message: str | None = None
+    last_rotated_at: datetime | None = None
+    last_attempt_at: datetime | None = None
+    next_at: datetime | None = None
+    schedule_key: str | None = None
+    failures: int = 0
+    key_id: str | None = None  # Key ID of the client secret in use
+    managed: bool = False  # the service created credentials on the application (DELETE removes them)
+    # Credentials the service created on the application the connection used before its credentials were
+    # changed, still to be removed (with that application's credential, kept in this vault version).
+    retire_version: str | None = None
+    retire_tenant_id: str | None = None
+    retire_client_id: str | None = None
+    # The journal of the rotation under way.
+    rotation_id: str | None = None
+    step: str | None = None
+    trigger: str | None = None
+    started_at: datetime | None = None
+    attempt: int = 0  # attempts of this rotation so far (each has one history entry)
+    attempt_started_at: datetime | None = None
+    pending_key_id: str | None = None
+    pending_version: str | None = None
+    previous_key_id: str | None = None
+    previous_version: str | None = None
+    lease_owner: str | None = None
+    lease_until: datetime | None = None
+
+    @property
+    def in_progress(self) -> bool:
+        """A rotation has begun and has not ended (running now, or interrupted and waiting to be resumed)."""
+        return self.rotation_id is not None
+
+    def leased(self, now: datetime) -> bool:
+        return self.lease_until is not None and self.lease_until > now
+
+    def cleared_journal(self) -> RotationState:
+        return replace(
+            self, rotation_id=None, step=None, trigger=None, started_at=None, attempt=0, attempt_started_at=None,
+            pending_key_id=None, pending_version=None, previous_key_id=None, previous_version=None,
+            lease_owner=None, lease_until=None,
+        )
+
+    def evolve(self, **changes: Any) -> RotationState:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ConnectionRecord:
+    app: str
+    id: str
+    name: str
+    method: str
+    tenant_id: str
+    client_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    secret_name: str
+    secret_version: str
+    description: str | None = None
+    version: int = 1
+    status: str = "active"
+    status_message: str | None = None
+    last_validated_at: datetime | None = None
+    rotation: RotationState = field(default_factory=RotationState)
+    etag: str | None = field(default=None, compare=False)
+
+    def evolve(self, **changes: Any) -> ConnectionRecord:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class RotationEvent:
+    """One attempt of one rotation: its own trigger, outcome, message and duration."""
+
+    rotation_id: str
+    attempt: int
+    connection_id: str
+    app: str
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str  # "running" | "succeeded" | "failed" | "interrupted" | "cancelled"
+    trigger: str
+    new_key_id: str | None = None
+    revoked_key_id: str | None = None
+    message: str | None = None
+
+    @property
+    def duration_ms(self) -> int | None:
+        if self.finished_at is None:
+            return None
+        return max(0, int((self.finished_at - self.started_at).total_seconds() * 1000))
+
+    def as_dict(self) -> dict[str, Any]:
+        def iso(value: datetime | None) -> str | None:
+            return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+        return {
+            "id": self.rotation_id,
+            "attempt": self.attempt,
+            "startedAt": iso(self.started_at),
+            "finishedAt": iso(self.finished_at),
+            "outcome": self.outcome,
+            "trigger": self.trigger,
+            "newKeyId": self.new_key_id,
+            "revokedKeyId": self.revoked_key_id,
+            "message": self.message,
+            "durationMs": self.duration_ms,
+        }
+
+
+@dataclass(frozen=True)
+class PendingAuthorization:
+    """What a state is bound to: the app, the instance client, the PKCE verifier and the requested fields."""
+
+    app: str
+    client_id: str
+    redirect_uri: str
+    verifier: str
+    created_at: datetime
+    expires_at: datetime
+    name: str | None = None
+    description: str | None = None
+    tenant_id: str | None = None
+    connection_id: str | None = None

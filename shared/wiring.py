@@ -1,0 +1,87 @@
+"""The one place that builds the adapters and hands them to the domain services.
+
+The HTTP functions and the timers get their services here; tests build the same services from in-memory fakes
+(``tests/fakes.py``) or, end to end, from :func:`adapters` over clients of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from shared.ports import Adapters, Clock
+
+if TYPE_CHECKING:
+    from shared.azure.clients import AzureClients
+    from shared.connections import ConnectionService
+    from shared.oauth import OAuthFlow
+    from shared.rotation.protocol import Checkpoint, RotationOptions, Rotator
+    from shared.rotation.sweep import SweepReport
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def adapters(clients: AzureClients | None = None, *, clock: Clock | None = None) -> Adapters:
+    """The real adapters over ``clients`` (the running event loop's by default)."""
+    from shared.azure.clients import get_clients
+    from shared.azure.directory import AzureDirectory
+    from shared.azure.entra import EntraTokenEndpoint
+    from shared.store.history import RotationHistory
+    from shared.store.oauth_states import OAuthStates
+    from shared.store.schedule import ScheduleIndex
+    from shared.store.tables import ConnectionsTable
+    from shared.store.vault import SecretVault
+
+    clients = clients or get_clients()
+    return Adapters(
+        settings=clients.settings, connections=ConnectionsTable(clients), vault=SecretVault(clients),
+        schedule=ScheduleIndex(clients), history=RotationHistory(clients), directory=AzureDirectory(clients),
+        tokens=EntraTokenEndpoint(clients), oauth_states=OAuthStates(clients), clock=clock or _now,
+        sleep=asyncio.sleep,
+    )
+
+
+@dataclass(frozen=True)
+class Services:
+    adapters: Adapters
+    rotator: Rotator
+    connections: ConnectionService
+    oauth: OAuthFlow
+
+
+def services(base: Adapters | None = None, *, clock: Clock | None = None, options: RotationOptions | None = None,
+             checkpoint: Checkpoint | None = None, owner: str | None = None) -> Services:
+    """The domain services over ``base`` (the real adapters by default)."""
+    from shared.connections import ConnectionService
+    from shared.oauth import OAuthFlow
+    from shared.rotation.protocol import RotationOptions, Rotator
+
+    base = base or adapters()
+    if clock is not None:
+        base = replace(base, clock=clock)
+    options = options or RotationOptions(test_timeout=base.settings.rotation_test_timeout_seconds)
+    rotator = Rotator(base, options=options, checkpoint=checkpoint, owner=owner)
+    connections = ConnectionService(base, rotator)
+    return Services(base, rotator, connections, OAuthFlow(base, connections))
+
+
+def connection_service() -> ConnectionService:
+    return services().connections
+
+
+def oauth_flow() -> OAuthFlow:
+    return services().oauth
+
+
+async def run_sweep() -> SweepReport:
+    """One rotation sweep as the timer runs it: the service's settings, the real clock."""
+    from shared.rotation.sweep import sweep
+
+    built = services()
+    settings = built.adapters.settings
+    return await sweep(built.rotator, max_concurrency=settings.rotation_max_concurrency,
+                       budget_seconds=settings.rotation_sweep_budget_seconds)
