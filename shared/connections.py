@@ -452,6 +452,7 @@ class ConnectionService:
         marked = record.evolve(status=STATUS_DELETING, status_message="Being deleted.",
                                rotation=state.evolve(lease_owner=owner,
                                                      lease_until=now + timedelta(seconds=DELETE_LEASE_SECONDS)))
+        before = record
         record = await self.store.update(marked)
         removed: list[str] = []
         left: list[str] = []
@@ -460,7 +461,7 @@ class ConnectionService:
         except ServiceError as error:
             known = [key for key in (state.key_id if state.managed else None, state.pending_key_id) if key]
             if not force:
-                await self._release(record, marked_from=state)
+                await self._release(record, before)
                 raise CredentialsLeftLive(
                     f"The client secrets the service created on the application could not be removed "
                     f"({error.detail}); nothing was deleted. Grant the permission and try again, or delete with "
@@ -478,11 +479,10 @@ class ConnectionService:
                  record.id, len(removed), len(left))
         return Deleted(record, removed, left)
 
-    async def _release(self, record: ConnectionRecord, marked_from: RotationState) -> None:
+    async def _release(self, record: ConnectionRecord, before: ConnectionRecord) -> None:
         """Undo the deletion mark (the connection is as it was)."""
         try:
-            await self.store.update(record.evolve(status=STATUS_ACTIVE if record.status == STATUS_DELETING
-                                                  else record.status, status_message=None, rotation=marked_from))
+            await self.store.update(before.evolve(etag=record.etag))
         except ConcurrentChange:
             log.info("Connection %s changed while its deletion was undone", record.id)
 

@@ -211,6 +211,7 @@ class RotationOut(_Out):
     lastRotationAttemptedAt: Timestamp | None
     lastRotationMessage: str | None
     nextRotationAt: Timestamp | None
+    rotationId: str | None
 
 
 class ConnectionOut(_Out):
@@ -239,16 +240,29 @@ class ConnectionList(_Out):
     continuationToken: str | None
 
 
+class DeletedOut(_Out):
+    """A deleted connection as it was, and the client secrets the service had created on its application: the
+    ones removed, and the ones left live (only with ``?force=true``, when Graph refused to remove them)."""
+
+    appConnection: ConnectionOut
+    removedKeyIds: list[str]
+    keyIdsLeftLive: list[str]
+
+
 class RotationEventOut(_Out):
+    """One attempt of one rotation (``running`` while it runs; ``interrupted`` when it stopped without an outcome
+    and a later attempt resumed its rotation): ``finishedAt`` and ``durationMs`` are null until it has ended."""
+
     id: str
+    attempt: int
     startedAt: Timestamp
-    finishedAt: Timestamp
+    finishedAt: Timestamp | None
     outcome: str
     trigger: str
     newKeyId: str | None
     revokedKeyId: str | None
     message: str | None
-    durationMs: int
+    durationMs: int | None
 
 
 class RotationHistoryOut(_Out):

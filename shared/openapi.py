@@ -25,6 +25,7 @@ from shared.models import (
     ConnectionEnvelope,
     ConnectionList,
     CreateConnectionIn,
+    DeletedOut,
     OptionsOut,
     Problem,
     RotationHistoryOut,
@@ -42,14 +43,16 @@ _REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     AuthorizeIn,
 )
 _RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
-    ConnectionEnvelope, ConnectionList, RotationHistoryOut, OptionsOut, ClientsOut, AuthorizationUrlOut, Problem,
+    ConnectionEnvelope, ConnectionList, DeletedOut, RotationHistoryOut, OptionsOut, ClientsOut, AuthorizationUrlOut,
+    Problem,
 )
 
 _PROBLEM_TEXT = {
     400: "The request is not valid (field errors in `errors`), or Entra ID refused the credentials (`aadstsCode`).",
     401: "No valid function key (`x-functions-key` header or `code` query parameter).",
     404: "No such app, connection or route.",
-    409: "The name is taken, or another change to the connection won the race (ETag).",
+    409: "The name is taken, another change to the connection won the race (ETag), or a rotation of it is in "
+         "progress (`rotation-in-progress`, with `rotationId` and `Retry-After`).",
     413: "The body is larger than 64 KiB.",
     415: "The body is not `application/json`.",
     502: "An Azure service (Entra ID, Graph, Key Vault, Table Storage) failed or could not be reached.",
@@ -135,9 +138,15 @@ def _paths() -> dict[str, Any]:
             "patch": _operation(
                 "update_app_connection", "Change name, description, credentials (re-validated) or rotation.",
                 {"200": one, **_problems(400, 404, 409, 415, 502, 503)}, requestBody=_body("UpdateConnectionIn")),
-            "delete": _operation("delete_app_connection", "Delete the connection and its Key Vault secret.",
-                                 {"200": _json("ConnectionEnvelope", "The connection as it was."),
-                                  **_problems(400, 404, 409, 502)}),
+            "delete": _operation(
+                "delete_app_connection",
+                "Delete the connection, the client secrets the service created on its application, and its Key "
+                "Vault secret.",
+                {"200": _json("DeletedOut", "The connection as it was, and the client secrets removed or left live."),
+                 **_problems(400, 404, 409, 502)},
+                parameters=[_query("force", "`true`: delete even when Graph refuses to remove the client secrets the "
+                                   "service created (they are listed in `keyIdsLeftLive`).",
+                                   {"type": "string", "enum": ["true", "false"]})]),
         },
         f"{item}/validate": {
             "parameters": [APP, CONNECTION_ID],

@@ -522,21 +522,23 @@ class Rotator:
                                                      record.client_id or "", material) as graph:
                 removed += await remove_passwords(graph, record.client_id or "",
                                                   {state.pending_key_id} if state.pending_key_id else set(),
-                                                  connection_marker(record.id))
+                                                  connection_marker(record.id), last=state.key_id)
         return removed
 
 
 async def remove_passwords(graph: GraphSession, client_id: str, key_ids: set[str], marker_name: str | None,
-                           keep: str | None = None) -> list[str]:
+                           keep: str | None = None, last: str | None = None) -> list[str]:
     """removePassword of each of ``key_ids`` still on the application, and of every password whose display name
-    starts with ``marker_name``, but ``keep``; return the Key IDs removed (one already gone counts as done)."""
+    starts with ``marker_name``, but ``keep``, and ``last`` after all others (the one in use: should a removal
+    fail, it is still there); return the Key IDs removed (one already gone counts as done)."""
     registration = await graph.find(client_id)
     doomed = {key.lower() for key in key_ids if key}
     if marker_name is not None:
         doomed |= {p.key_id for p in registration.passwords if (p.display_name or "").startswith(marker_name)}
     doomed.discard((keep or "").lower())
     removed: list[str] = []
-    for password in registration.passwords:
+    ordered = sorted(registration.passwords, key=lambda p: p.key_id == (last or "").lower())
+    for password in ordered:
         if password.key_id in doomed:
             await graph.remove_password(registration.object_id, password.key_id)
             removed.append(password.key_id)

@@ -1,0 +1,455 @@
+"""In-memory fakes of every adapter the domain is handed (``shared.ports``), for fast tests without network.
+
+They keep the contracts the real adapters keep (ETags, unique names, vault versions that can be disabled,
+Graph passwords with hints and display names, Entra accepting only live passwords), and they let a test
+inject faults (:meth:`World.fail_next`) and watch the invariants (:class:`World` records every credential the
+service created and every revocation).
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from shared.apps import AppSpec, Method
+from shared.errors import (
+    ConcurrentChange,
+    CredentialRejected,
+    NameTaken,
+    NotFound,
+    UpstreamError,
+    UpstreamForbidden,
+)
+from shared.ports import (
+    Adapters,
+    AppRegistration,
+    DueEntry,
+    NewPassword,
+    PasswordCredential,
+    StoredVersion,
+    TokenResult,
+)
+from shared.records import ConnectionRecord, PendingAuthorization, RotationEvent
+from shared.settings import load_settings
+from shared.store.history import row_key
+from shared.store.schedule import parse_key, schedule_key
+
+TENANT = "11111111-1111-1111-1111-111111111111"
+START = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self, now: datetime = START) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, delta: timedelta) -> None:
+        self.now += delta
+
+
+# -- Entra ID and Graph ------------------------------------------------------------------------------------------
+@dataclass
+class Password:
+    key_id: str
+    secret: str = field(repr=False)
+    display_name: str | None
+    end: datetime | None
+    created_by_service: bool
+
+
+@dataclass
+class Application:
+    client_id: str
+    object_id: str
+    passwords: dict[str, Password] = field(default_factory=dict)
+    may_manage_itself: bool = True
+
+
+class World:
+    """The tenant: applications and their passwords, and what happened to them."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.apps: dict[str, Application] = {}
+        self.worked: set[str] = set()  # secrets a token was acquired with
+        self.created: dict[str, tuple[str, Password]] = {}  # key id -> (client id, password) made through Graph
+        self.revocations: list[tuple[str, str]] = []  # (client id, key id)
+        self._faults: list[tuple[str, Exception, int]] = []  # (operation prefix, error, remaining)
+        self.on_revoke: Callable[[str, Password], None] | None = None
+        self.calls: list[str] = []
+
+    def application(self, client_id: str | None = None) -> Application:
+        client_id = client_id or str(uuid.uuid4())
+        app = Application(client_id, str(uuid.uuid4()))
+        self.apps[client_id] = app
+        return app
+
+    def add(self, client_id: str, display_name: str | None = None, *, by_service: bool = False,
+            end: datetime | None = None) -> Password:
+        secret = secrets.token_urlsafe(30)
+        password = Password(str(uuid.uuid4()), secret, display_name, end, by_service)
+        self.apps[client_id].passwords[password.key_id] = password
+        return password
+
+    def fail_next(self, operation: str, error: Exception | None = None, times: int = 1) -> None:
+        """The next ``times`` calls whose name starts with ``operation`` (probe, graph.find, graph.add,
+        graph.remove, vault.write, vault.get, store.update, ...) raise ``error`` (an upstream failure)."""
+        self._faults.append((operation, error or UpstreamError(f"{operation} failed (injected)"), times))
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def check(self, operation: str) -> None:
+        self.calls.append(operation)
+        for index, (prefix, error, remaining) in enumerate(self._faults):
+            if operation.startswith(prefix):
+                if remaining <= 1:
+                    del self._faults[index]
+                else:
+                    self._faults[index] = (prefix, error, remaining - 1)
+                raise error
+
+    def owner_of(self, secret: str) -> tuple[Application, Password] | None:
+        for app in self.apps.values():
+            for password in app.passwords.values():
+                if password.secret == secret:
+                    return app, password
+        return None
+
+    def live(self, client_id: str, secret: str) -> bool:
+        app = self.apps.get(client_id)
+        return app is not None and any(p.secret == secret for p in app.passwords.values())
+
+
+class FakeGraph:
+    def __init__(self, world: World, client_id: str) -> None:
+        self.world = world
+        self.client_id = client_id
+
+    def _app(self, client_id: str) -> Application:
+        app = self.world.apps.get(client_id)
+        if app is None:
+            raise NotFound(f"Microsoft Graph has no app registration with appId {client_id}.")
+        if client_id != self.client_id or not app.may_manage_itself:
+            raise UpstreamForbidden("Microsoft Graph refused (403 Authorization_RequestDenied).")
+        return app
+
+    def _by_object(self, object_id: str) -> Application:
+        app = next((a for a in self.world.apps.values() if a.object_id == object_id), None)
+        if app is None:
+            raise NotFound("No such application.")
+        return self._app(app.client_id)
+
+    async def find(self, app_id: str) -> AppRegistration:
+        self.world.check("graph.find")
+        app = self._app(app_id)
+        return AppRegistration(app.object_id, app.client_id, "app", tuple(
+            PasswordCredential(p.key_id, p.secret[:3], p.display_name, p.end) for p in app.passwords.values()))
+
+    async def add_password(self, object_id: str, display_name: str, end: datetime) -> NewPassword:
+        self.world.check("graph.add")
+        app = self._by_object(object_id)
+        password = self.world.add(app.client_id, display_name, by_service=True, end=end)
+        self.world.created[password.key_id] = (app.client_id, password)
+        self.world.check("graph.add.lost")  # applied, but the answer is lost
+        return NewPassword(password.key_id, password.secret, end)
+
+    async def remove_password(self, object_id: str, key_id: str) -> None:
+        self.world.check("graph.remove")
+        app = self._by_object(object_id)
+        password = app.passwords.get(key_id)
+        if password is None:
+            return
+        if self.world.on_revoke is not None:
+            self.world.on_revoke(app.client_id, password)
+        del app.passwords[key_id]
+        self.world.revocations.append((app.client_id, key_id))
+
+    async def list_applications(self) -> list[dict[str, str]]:
+        self.world.check("graph.list")
+        app = self._app(self.client_id)
+        return [{"name": "app", "id": app.object_id, "appId": app.client_id}]
+
+
+class FakeDirectory:
+    """Entra ID accepts a client secret that is a live password of the application; Graph lets an application
+    manage itself."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    async def probe(self, app: AppSpec, method: Method, tenant_id: str, client_id: str,
+                    material: Mapping[str, str]) -> None:
+        self.world.check("probe")
+        secret = material.get("clientSecret", "")
+        if not self.world.live(client_id, secret):
+            raise CredentialRejected("AADSTS7000215: Invalid client secret provided.",
+                                     extensions={"aadstsCode": "AADSTS7000215"})
+        self.world.worked.add(secret)
+
+    @asynccontextmanager
+    async def graph(self, method: Method, tenant_id: str, client_id: str,
+                    material: Mapping[str, str]) -> AsyncIterator[FakeGraph]:
+        self.world.check("graph.token")
+        if not self.world.live(client_id, material.get("clientSecret", "")):
+            raise CredentialRejected("AADSTS7000215: Invalid client secret provided.")
+        yield FakeGraph(self.world, client_id)
+
+    @asynccontextmanager
+    async def graph_with(self, tokens: Any) -> AsyncIterator[FakeGraph]:
+        await tokens.get_token("https://graph.microsoft.com/.default")
+        yield FakeGraph(self.world, "")
+
+    @contextmanager
+    def paced(self, on_request: Any, on_response: Any) -> Iterator[None]:
+        yield
+
+
+# -- Table Storage and Key Vault -----------------------------------------------------------------------------
+class FakeConnections:
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.records: dict[tuple[str, str], ConnectionRecord] = {}
+        self.names: dict[tuple[str, str], str] = {}
+        self._etags = itertools.count(1)
+
+    def _stamp(self, record: ConnectionRecord) -> ConnectionRecord:
+        stamped = replace(record, etag=f"W/{next(self._etags)}")
+        self.records[(record.app, record.id)] = stamped
+        return stamped
+
+    async def insert(self, record: ConnectionRecord) -> ConnectionRecord:
+        self.world.check("store.insert")
+        if (record.app, record.name.lower()) in self.names:
+            raise NameTaken(f"A connection named '{record.name}' already exists for {record.app}.")
+        self.names[(record.app, record.name.lower())] = record.id
+        return self._stamp(record)
+
+    async def get(self, app: str, connection_id: str) -> ConnectionRecord:
+        self.world.check("store.get")
+        record = self.records.get((app, connection_id))
+        if record is None:
+            raise NotFound(f"No {app} connection has the id '{connection_id}'.")
+        return record
+
+    async def get_by_name(self, app: str, name: str) -> ConnectionRecord:
+        connection_id = self.names.get((app, name.lower()))
+        if connection_id is None:
+            raise NotFound(f"No {app} connection is named '{name}'.")
+        return await self.get(app, connection_id)
+
+    async def list_page(self, app: str, limit: int,
+                        continuation: str | None) -> tuple[list[ConnectionRecord], str | None]:
+        rows = sorted((r for (a, _), r in self.records.items() if a == app), key=lambda r: r.id)
+        start = int(continuation or 0)
+        page = rows[start:start + limit]
+        return page, str(start + limit) if start + limit < len(rows) else None
+
+    async def update(self, record: ConnectionRecord, previous_name: str | None = None) -> ConnectionRecord:
+        self.world.check("store.update")
+        current = self.records.get((record.app, record.id))
+        if current is None or current.etag != record.etag:
+            raise ConcurrentChange(f"The connection '{record.id}' was changed by another request.")
+        if previous_name is not None and previous_name.lower() != record.name.lower():
+            if (record.app, record.name.lower()) in self.names:
+                raise NameTaken(f"A connection named '{record.name}' already exists for {record.app}.")
+            del self.names[(record.app, previous_name.lower())]
+            self.names[(record.app, record.name.lower())] = record.id
+        return self._stamp(record)
+
+    async def delete(self, record: ConnectionRecord) -> None:
+        self.world.check("store.delete")
+        current = self.records.get((record.app, record.id))
+        if current is None or current.etag != record.etag:
+            raise ConcurrentChange(f"The connection '{record.id}' was changed by another request.")
+        del self.records[(record.app, record.id)]
+        del self.names[(record.app, current.name.lower())]
+
+
+@dataclass
+class Version:
+    version: str
+    material: dict[str, str] = field(repr=False)
+    tags: dict[str, str]
+    enabled: bool = True
+    expires_on: datetime | None = None
+
+
+class FakeVault:
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.secrets: dict[str, list[Version]] = {}
+        self.deleted: set[str] = set()
+
+    def version(self, name: str, version: str) -> Version:
+        for item in self.secrets.get(name, []):
+            if item.version == version:
+                return item
+        raise NotFound(f"No version {version} of {name}.")
+
+    async def write(self, name: str, material: Mapping[str, str], tags: Mapping[str, str], *,
+                    expires_on: datetime | None = None) -> StoredVersion:
+        self.world.check("vault.write")
+        self.deleted.discard(name)
+        item = Version(uuid.uuid4().hex, dict(material), dict(tags), expires_on=expires_on)
+        self.secrets.setdefault(name, []).append(item)
+        return StoredVersion(item.version, dict(material))
+
+    async def get(self, name: str, version: str) -> dict[str, str]:
+        self.world.check("vault.get")
+        if name in self.deleted:
+            raise NotFound(f"The secret {name} was deleted.")
+        item = self.version(name, version)
+        if not item.enabled:
+            raise UpstreamError(f"Key Vault refused to read a disabled version of {name} (403 Forbidden).")
+        return dict(item.material)
+
+    async def disable(self, name: str, version: str) -> None:
+        self.world.check("vault.disable")
+        for item in self.secrets.get(name, []):
+            if item.version == version:
+                item.enabled = False
+
+    async def disable_others(self, name: str, keep: str) -> int:
+        return await self._disable(name, lambda item: item.version != keep)
+
+    async def disable_tagged(self, name: str, tag: str, value: str) -> int:
+        return await self._disable(name, lambda item: item.tags.get(tag) == value)
+
+    async def _disable(self, name: str, doomed: Callable[[Version], bool]) -> int:
+        self.world.check("vault.disable")
+        count = 0
+        for item in self.secrets.get(name, []):
+            if item.enabled and doomed(item):
+                item.enabled = False
+                count += 1
+        return count
+
+    async def delete(self, name: str) -> None:
+        self.world.check("vault.delete")
+        self.deleted.add(name)
+
+
+class FakeSchedule:
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.keys: set[str] = set()
+
+    async def put(self, due: datetime, app: str, connection_id: str) -> str:
+        self.world.check("schedule.put")
+        key = schedule_key(due, app, connection_id)
+        self.keys.add(key)
+        return key
+
+    async def remove(self, key: str | None) -> None:
+        if key:
+            self.world.check("schedule.remove")
+            self.keys.discard(key)
+
+    async def due(self, now: datetime, limit: int = 1000) -> list[DueEntry]:
+        upto = f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}|~"
+        return [parse_key(key) for key in sorted(self.keys) if key <= upto][:limit]
+
+
+class FakeHistory:
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.rows: dict[tuple[str, str], RotationEvent] = {}
+
+    async def record(self, event: RotationEvent) -> None:
+        self.world.check("history.record")
+        self.rows[(event.connection_id, row_key(event.started_at, event.rotation_id, event.attempt))] = event
+
+    async def get(self, connection_id: str, started_at: datetime, rotation_id: str,
+                  attempt: int) -> RotationEvent | None:
+        return self.rows.get((connection_id, row_key(started_at, rotation_id, attempt)))
+
+    async def page(self, connection_id: str, limit: int,
+                   continuation: str | None) -> tuple[list[RotationEvent], str | None]:
+        rows = [event for (cid, _), event in sorted(self.rows.items()) if cid == connection_id]
+        return rows[:limit], None
+
+    async def delete_all(self, connection_id: str) -> None:
+        for key in [key for key in self.rows if key[0] == connection_id]:
+            del self.rows[key]
+
+    def of(self, connection_id: str) -> list[RotationEvent]:
+        return [event for (cid, _), event in self.rows.items() if cid == connection_id]
+
+
+class FakeTokens:
+    """The authority's token endpoint for OAuth grants: codes and refresh tokens it issued, rotated on use."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.refresh_tokens: set[str] = set()
+
+    def issue(self) -> str:
+        token = "rt-" + secrets.token_urlsafe(16)
+        self.refresh_tokens.add(token)
+        return token
+
+    async def redeem(self, tenant: str, form: Mapping[str, str]) -> TokenResult:
+        self.world.check("tokens.redeem")
+        if form.get("grant_type") == "refresh_token":
+            if form.get("refresh_token") not in self.refresh_tokens:
+                raise CredentialRejected("AADSTS70008: The refresh token has expired.",
+                                         extensions={"entraError": "invalid_grant"})
+            self.refresh_tokens.discard(form["refresh_token"])
+        return TokenResult("at-" + secrets.token_urlsafe(8), self.issue(), 2_000_000_000, {"tid": TENANT})
+
+
+class FakeStates:
+    def __init__(self) -> None:
+        self.states: dict[str, PendingAuthorization] = {}
+
+    async def put(self, state: str, pending: PendingAuthorization) -> None:
+        self.states[state] = pending
+
+    async def take(self, state: str) -> PendingAuthorization | None:
+        return self.states.pop(state, None)
+
+    async def purge_expired(self, now: datetime) -> int:
+        return 0
+
+
+@dataclass
+class Fakes:
+    clock: Clock
+    world: World
+    connections: FakeConnections
+    vault: FakeVault
+    schedule: FakeSchedule
+    history: FakeHistory
+    directory: FakeDirectory
+    tokens: FakeTokens
+    states: FakeStates
+    adapters: Adapters
+
+
+async def _no_sleep(seconds: float) -> None:
+    return None
+
+
+def build_fakes(env: Mapping[str, str] | None = None) -> Fakes:
+    clock = Clock()
+    world = World(clock)
+    connections, vault = FakeConnections(world), FakeVault(world)
+    schedule, history = FakeSchedule(world), FakeHistory(world)
+    directory, tokens, states = FakeDirectory(world), FakeTokens(world), FakeStates()
+    settings = load_settings({
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true", "KEY_VAULT_URL": "https://vault.example",
+        "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_ID": "22222222-2222-2222-2222-222222222222",
+        "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_SECRET": "instance-secret", **(env or {}),
+    })
+    adapters = Adapters(settings=settings, connections=connections, vault=vault, schedule=schedule, history=history,
+                        directory=directory, tokens=tokens, oauth_states=states, clock=clock, sleep=_no_sleep)
+    return Fakes(clock, world, connections, vault, schedule, history, directory, tokens, states, adapters)

@@ -1,0 +1,258 @@
+"""A connection lifecycle over in-memory fakes, with the four invariants checked as it runs.
+
+- I1: the credential a connection uses is never revoked before its successor has worked (checked at every
+  ``removePassword``), and every connection's current credential is live;
+- I2: every credential the service created on an application is the connection's current one, or recorded in
+  its journal, or removed (or reported as left live by a forced DELETE);
+- I3: no request answers an error after it changed state, and none answers 5xx (but 502 while Azure is failing);
+- I4: each rotation attempt leaves exactly one history entry.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from shared import wiring
+from shared.apps import APPS
+from shared.errors import ServiceError
+from shared.records import STATUS_DELETING, ConnectionRecord
+from shared.rotation.protocol import Checkpoint, RotationOptions
+from shared.rotation.sweep import sweep
+from tests.fakes import TENANT, Fakes, Password, build_fakes
+
+APP = "azure-client-secrets"
+MARKER = re.compile(r"^app-connections (?P<connection>[0-9a-f-]{36}) rotation (?P<rotation>[0-9a-f-]{36})$")
+ROTATION = {"rotationInterval": 30, "rotateAt": "03:00", "timeZone": "Europe/Berlin"}
+
+
+class Crash(BaseException):
+    """The worker dies here (a BaseException: nothing in the service catches it)."""
+
+
+@dataclass
+class Outcome:
+    name: str
+    status: int
+    error: ServiceError | None = None
+    result: Any = None
+
+
+@dataclass
+class Harness:
+    fakes: Fakes = field(default_factory=build_fakes)
+    violations: list[str] = field(default_factory=list)
+    left_live: set[str] = field(default_factory=set)
+    outcomes: list[Outcome] = field(default_factory=list)
+    faults_armed: bool = False
+
+    def __post_init__(self) -> None:
+        self.fakes.world.on_revoke = self._on_revoke
+
+    def services(self, checkpoint: Checkpoint | None = None) -> wiring.Services:
+        options = RotationOptions(test_timeout=2, test_first_delay=0.01, test_max_delay=0.01)
+        return wiring.services(self.fakes.adapters, options=options, checkpoint=checkpoint)
+
+    @property
+    def api(self) -> Any:
+        return self.services().connections
+
+    # -- set-up --------------------------------------------------------------------------------------------
+    def new_app(self) -> tuple[str, Password]:
+        app = self.fakes.world.application()
+        return app.client_id, self.fakes.world.add(app.client_id, "given by the owner")
+
+    def credentials(self, client_id: str, password: Password, key_id: bool = False) -> dict[str, str]:
+        body = {"tenantId": TENANT, "clientId": client_id, "clientSecret": password.secret}
+        if key_id:
+            body["clientSecretKeyId"] = password.key_id
+        return body
+
+    async def create(self, name: str = "c1", rotation: bool = True) -> ConnectionRecord:
+        client_id, password = self.new_app()
+        body: dict[str, Any] = {"name": name, "method": "client-secret",
+                                "credentials": self.credentials(client_id, password)}
+        if rotation:
+            body.update(isAutoRotationEnabled=True, rotation=ROTATION)
+        record: ConnectionRecord = await self.api.create(APP, body)
+        return record
+
+    async def record(self, connection_id: str) -> ConnectionRecord | None:
+        return next((r for r in self.fakes.connections.records.values() if r.id == connection_id), None)
+
+    def current_secret(self, record: ConnectionRecord) -> str:
+        return self.fakes.vault.version(record.secret_name, record.secret_version).material.get("clientSecret", "")
+
+    # -- operations, each checked for I3 -------------------------------------------------------------------
+    async def op(self, name: str, connection_id: str, call: Callable[[], Awaitable[Any]],
+                 may_change_on_error: bool = False) -> Outcome:
+        before = await self._snapshot(connection_id)
+        try:
+            result = await call()
+        except ServiceError as error:
+            outcome = Outcome(name, error.status, error)
+            after = await self._snapshot(connection_id)
+            if error.status >= 500 and not (self.faults_armed or name == "rotate"):
+                self.violations.append(f"I3: {name} answered {error.status}: {error.detail}")
+            if before != after and not may_change_on_error:
+                self.violations.append(f"I3: {name} answered {error.status} ({error.slug}) after changing state:"
+                                       f" {before} -> {after}")
+        else:
+            outcome = Outcome(name, 200, result=result)
+        self.outcomes.append(outcome)
+        return outcome
+
+    async def _snapshot(self, connection_id: str) -> tuple[Any, ...]:
+        record = await self.record(connection_id)
+        if record is None:
+            return ("deleted",)
+        app = self.fakes.world.apps.get(record.client_id or "")
+        owners = tuple(sorted(p.key_id for p in app.passwords.values() if not p.created_by_service)) if app else ()
+        plain = record.evolve(etag=None, status_message=None, last_validated_at=None, status="")
+        return (plain, self.current_secret(record), owners)
+
+    # -- invariants ----------------------------------------------------------------------------------------
+    def _on_revoke(self, client_id: str, password: Password) -> None:
+        for record in self.fakes.connections.records.values():
+            if record.status == STATUS_DELETING or record.client_id != client_id:
+                continue
+            secret = self.current_secret(record)
+            if secret == password.secret:
+                self.violations.append(f"I1: the credential {password.key_id} in use by {record.id} was revoked")
+            elif secret not in self.fakes.world.worked:
+                self.violations.append(f"I1: {record.id} revoked {password.key_id} before its successor worked")
+
+    def check(self) -> list[str]:
+        """I1 (current credentials live), I2 and I4 at a quiet moment; every violation seen so far."""
+        world = self.fakes.world
+        records = {r.id: r for r in self.fakes.connections.records.values()}
+        for record in records.values():
+            if record.method == "client-secret" and record.status != STATUS_DELETING and not world.live(record.client_id or "",
+                                                                   self.current_secret(record)):
+                self.violations.append(f"I1: the current credential of {record.id} is not live")
+        for key_id, (client_id, password) in world.created.items():
+            if key_id not in world.apps[client_id].passwords:
+                continue
+            match = MARKER.match(password.display_name or "")
+            owner = records.get(match.group("connection")) if match else None
+            if owner is None:
+                if key_id not in self.left_live:
+                    self.violations.append(f"I2: {key_id} on {client_id} is live and no connection tracks it")
+                continue
+            state = owner.rotation
+            assert match is not None
+            tracked = (
+                self.current_secret(owner) == password.secret
+                or state.rotation_id == match.group("rotation")
+                or key_id in (state.pending_key_id, state.previous_key_id)
+                or state.retire_client_id == client_id
+                or (owner.status == STATUS_DELETING and owner.client_id == client_id)
+            )
+            if not tracked:
+                self.violations.append(f"I2: {key_id} of {owner.id} is live and untracked")
+        for connection_id, record in records.items():
+            self._check_history(connection_id, record)
+        return self.violations
+
+    def _check_history(self, connection_id: str, record: ConnectionRecord) -> None:
+        attempts: dict[str, list[int]] = {}
+        for event in self.fakes.history.of(connection_id):
+            attempts.setdefault(event.rotation_id, []).append(event.attempt)
+        state = record.rotation
+        for rotation_id, numbers in attempts.items():
+            if len(numbers) != len(set(numbers)):
+                self.violations.append(f"I4: {rotation_id} has an attempt with two history entries")
+            ongoing = rotation_id == state.rotation_id
+            expected = set(range(1, (state.attempt if ongoing else max(numbers)) + 1))
+            missing = expected - set(numbers)
+            if missing and not (ongoing and missing == {state.attempt}):
+                self.violations.append(f"I4: {rotation_id} attempts {sorted(missing)} have no history entry")
+        for event in self.fakes.history.of(connection_id):
+            if event.outcome == "running" and event.rotation_id != state.rotation_id:
+                self.violations.append(f"I4: attempt {event.attempt} of {event.rotation_id} never got an outcome")
+
+    # -- the runner ------------------------------------------------------------------------------------------
+    async def sweep(self, checkpoint: Checkpoint | None = None) -> None:
+        await sweep(self.services(checkpoint).rotator)
+
+    async def settle(self, rounds: int = 6) -> None:
+        """Let time pass and sweeps run until no rotation is half done (leases and back-offs run out)."""
+        self.fakes.world.clear_faults()
+        self.faults_armed = False
+        for _ in range(rounds):
+            if not any(r.rotation.in_progress or r.rotation.retire_version
+                       for r in self.fakes.connections.records.values()):
+                return
+            self.fakes.clock.advance(timedelta(days=1, minutes=1))
+            await self.sweep()
+
+    async def due(self) -> None:
+        """Move the clock past every connection's next rotation."""
+        nexts = [r.rotation.next_at for r in self.fakes.connections.records.values() if r.rotation.next_at]
+        if nexts:
+            self.fakes.clock.now = max(max(nexts), self.fakes.clock.now) + timedelta(minutes=1)
+
+
+def user_operations(h: Harness, connection_id: str) -> dict[str, Callable[[], Awaitable[Outcome]]]:
+    """Every operation a user can make on a connection, each as a checked call."""
+    api = h.api
+
+    async def patch_credentials() -> Outcome:
+        record = await h.record(connection_id)
+        assert record is not None
+        password = h.fakes.world.add(record.client_id or "", "given by the owner")
+        return await h.op("patch-credentials", connection_id, lambda: api.update(
+            APP, connection_id, {"credentials": h.credentials(record.client_id or "", password)}))
+
+    async def patch_other_app() -> Outcome:
+        client_id, password = h.new_app()
+        return await h.op("patch-other-app", connection_id, lambda: api.update(
+            APP, connection_id, {"credentials": h.credentials(client_id, password)}))
+
+    async def patch_rotation() -> Outcome:
+        return await h.op("patch-rotation", connection_id, lambda: api.update(
+            APP, connection_id, {"rotation": {**ROTATION, "rotationInterval": 45}}))
+
+    async def disable_rotation() -> Outcome:
+        return await h.op("disable-rotation", connection_id, lambda: api.update(
+            APP, connection_id, {"isAutoRotationEnabled": False}))
+
+    async def delete() -> Outcome:
+        return await h.op("delete", connection_id, lambda: api.delete(APP, connection_id))
+
+    async def validate() -> Outcome:
+        return await h.op("validate", connection_id, lambda: api.validate(APP, connection_id))
+
+    async def rotate() -> Outcome:
+        return await h.op("rotate", connection_id, lambda: api.rotate(APP, connection_id), may_change_on_error=True)
+
+    async def rename() -> Outcome:
+        return await h.op("rename", connection_id, lambda: api.update(APP, connection_id, {"name": "renamed"}))
+
+    async def reauthorize() -> Outcome:
+        return await h.op("reauthorize", connection_id, lambda: reauthorize_oauth(h))
+
+    return {"patch-credentials": patch_credentials, "patch-other-app": patch_other_app,
+            "patch-rotation": patch_rotation, "disable-rotation": disable_rotation, "delete": delete,
+            "validate": validate, "rotate": rotate, "rename": rename, "reauthorize": reauthorize}
+
+
+async def reauthorize_oauth(h: Harness) -> ConnectionRecord:
+    """Sign an OAuth connection in (creating it the first time), as the callback does."""
+    flow = h.services().oauth
+    existing = next((r for r in h.fakes.connections.records.values() if r.method == "oauth"), None)
+    params = {"connectionId": existing.id} if existing else {"name": "signed-in", "tenantId": TENANT}
+    url = await flow.start("azure-key-vault", params)
+    state = re.search(r"[?&]state=([^&]+)", url)
+    assert state is not None
+    import urllib.parse
+
+    outcome = await flow.complete({"code": "a-code", "state": urllib.parse.unquote(state.group(1))})
+    record: ConnectionRecord = outcome.record
+    return record
+
+
+assert APP in APPS

