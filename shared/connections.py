@@ -221,7 +221,7 @@ class ConnectionService:
                             ) from None
         log.info("Created %s connection %s (%s)", app.id, record.id, method.value)
         if request.isAutoRotationEnabled:
-            record = (await self._rotate_now(record, "enable")).record
+            record = await self._rotate_after_change(record, "enable")
         return record
 
     async def _key_id(self, tenant_id: str, client_id: str, secret: str, given: str | None) -> str:
@@ -335,7 +335,7 @@ class ConnectionService:
             saved = await self._finish_retirement(saved, raise_on_failure=False)
         saved = await self._sync_schedule(saved, state)
         if trigger is not None:
-            saved = (await self._rotate_now(saved, trigger)).record
+            saved = await self._rotate_after_change(saved, trigger)
         return saved
 
     def _refuse_during_rotation(self, record: ConnectionRecord) -> None:
@@ -405,6 +405,26 @@ class ConnectionService:
         return record
 
     # -- rotation --------------------------------------------------------------------------------------------
+    async def _rotate_after_change(self, record: ConnectionRecord, trigger: str) -> ConnectionRecord:
+        """The rotation a create or an edit starts: the change is saved already, so however the rotation ends,
+        the request succeeds and the connection's rotation status tells the outcome (a rotation that could not
+        start is taken up by the sweep)."""
+        try:
+            return (await self._rotate_now(record, trigger)).record
+        except ServiceError as error:
+            log.warning("Connection %s: the rotation after the change did not run (%s)", record.id, error.detail)
+        except Exception as error:
+            from azure.core.exceptions import AzureError
+
+            if not isinstance(error, AzureError):
+                raise
+            log.warning("Connection %s: the rotation after the change did not run (%s)", record.id,
+                        type(error).__name__)
+        try:
+            return await self.store.get(record.app, record.id)
+        except ServiceError:
+            return record
+
     async def _rotate_now(self, record: ConnectionRecord, trigger: str) -> Attempt:
         claimed = await self.rotator.claim(record, trigger)
         if claimed is None:

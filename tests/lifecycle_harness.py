@@ -202,7 +202,8 @@ def user_operations(h: Harness, connection_id: str) -> dict[str, Callable[[], Aw
 
     async def patch_credentials() -> Outcome:
         record = await h.record(connection_id)
-        assert record is not None
+        if record is None:
+            return await h.op("patch-credentials", connection_id, lambda: api.update(APP, connection_id, {}))
         password = h.fakes.world.add(record.client_id or "", "given by the owner")
         return await h.op("patch-credentials", connection_id, lambda: api.update(
             APP, connection_id, {"credentials": h.credentials(record.client_id or "", password)}))

@@ -1,0 +1,99 @@
+"""Random sequences of sweeps, user operations, crashes and Azure faults (hypothesis's rule-based state machine),
+with the invariants I1 to I4 checked after every step, against in-memory fakes."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from shared.errors import ServiceError
+from shared.records import ConnectionRecord
+from tests.lifecycle_harness import Crash, Harness, user_operations
+from tests.shared.rotation.test_invariants import CHECKPOINTS, OPERATIONS
+
+FAULTS = ["graph.find", "graph.add", "graph.add.lost", "graph.remove", "vault.write", "probe", "store.update",
+          "history.record"]
+
+
+class Lifecycle(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.h = Harness()
+        self.ids: list[str] = []
+        self.crash_at: str | None = None
+
+    def run(self, coroutine: object) -> object:
+        return self.loop.run_until_complete(coroutine)  # type: ignore[arg-type]
+
+    def teardown(self) -> None:
+        self.loop.close()
+
+    async def _checkpoint(self, name: str, record: ConnectionRecord) -> None:
+        if name == self.crash_at:
+            self.crash_at = None
+            raise Crash(name)
+
+    @initialize(rotation=st.booleans())
+    def first(self, rotation: bool) -> None:
+        self.ids.append(self.run(self.h.create("first", rotation=rotation)).id)  # type: ignore[attr-defined]
+
+    @rule(rotation=st.booleans())
+    def create(self, rotation: bool) -> None:
+        before = len(self.h.fakes.connections.records)
+        try:
+            self.ids.append(self.run(self.h.create(f"c{len(self.ids)}", rotation=rotation)).id)  # type: ignore
+        except ServiceError as error:  # Azure is failing: a clear error, and nothing stored
+            assert self.h.faults_armed
+            assert error.status in (400, 502), error
+            assert len(self.h.fakes.connections.records) == before
+
+    @rule(hours=st.integers(min_value=1, max_value=24 * 40))
+    def time_passes(self, hours: int) -> None:
+        self.h.fakes.clock.advance(timedelta(hours=hours))
+
+    @rule()
+    def sweep(self) -> None:
+        try:
+            self.run(self.h.sweep(self._checkpoint))
+        except Crash:
+            pass
+
+    @rule(index=st.integers(min_value=0, max_value=20), operation=st.sampled_from(OPERATIONS))
+    def user_operation(self, index: int, operation: str) -> None:
+        connection_id = self.ids[index % len(self.ids)]
+        try:
+            self.run(user_operations(self.h, connection_id)[operation]())
+        except Crash:
+            pass
+
+    @rule(checkpoint=st.sampled_from(CHECKPOINTS))
+    def crash_next_rotation_at(self, checkpoint: str) -> None:
+        self.crash_at = checkpoint
+
+    @rule(operation=st.sampled_from(FAULTS), times=st.integers(min_value=1, max_value=3))
+    def azure_fails(self, operation: str, times: int) -> None:
+        self.h.fakes.world.fail_next(operation, times=times)
+        self.h.faults_armed = True
+
+    @precondition(lambda self: self.h.faults_armed)
+    @rule()
+    def azure_recovers(self) -> None:
+        self.h.fakes.world.clear_faults()
+        self.h.faults_armed = False
+
+    @invariant()
+    def invariants_hold(self) -> None:
+        assert self.h.check() == []
+
+
+@pytest.mark.slow
+def test_random_sequences_keep_every_invariant() -> None:
+    runner = Lifecycle.TestCase
+    runner.settings = settings(max_examples=200, stateful_step_count=40, deadline=None,
+                               suppress_health_check=[HealthCheck.too_slow])
+    runner().runTest()
