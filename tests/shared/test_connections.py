@@ -1,0 +1,179 @@
+"""The lifecycle's rules, against in-memory fakes: deleting removes what the service created, Key IDs belong to
+their secret, superseded versions are disabled, ``rotate`` answers what happened, one history entry per attempt."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from shared.errors import (
+    CredentialsLeftLive,
+    InvalidRequest,
+    RotationFailed,
+    RotationInProgress,
+    RotationRefused,
+    UpstreamForbidden,
+)
+from shared.records import ConnectionRecord
+from tests.lifecycle_harness import APP, ROTATION, Harness
+
+
+async def test_delete_removes_every_secret_the_service_created_and_lists_them() -> None:
+    h = Harness()
+    record = await h.create()
+    created = record.rotation.key_id
+    assert created is not None
+    assert created in h.fakes.world.apps[record.client_id or ""].passwords
+    deleted = await h.api.delete(APP, record.id)
+    assert deleted.removed_key_ids == [created]
+    assert deleted.key_ids_left_live == []
+    assert created not in h.fakes.world.apps[record.client_id or ""].passwords
+    assert await h.record(record.id) is None
+    assert record.secret_name in h.fakes.vault.deleted
+    assert not any(v.enabled for v in h.fakes.vault.secrets[record.secret_name])
+    assert h.check() == []
+
+
+async def test_delete_answers_409_and_keeps_everything_when_graph_refuses_and_force_deletes_anyway() -> None:
+    h = Harness()
+    record = await h.create()
+    h.fakes.world.apps[record.client_id or ""].may_manage_itself = False
+    with pytest.raises(CredentialsLeftLive) as refused:
+        await h.api.delete(APP, record.id)
+    assert refused.value.status == 409
+    assert refused.value.extensions["keyIds"] == [record.rotation.key_id]
+    kept = await h.record(record.id)
+    assert kept is not None
+    assert kept.status == "active"
+    assert kept.rotation == record.rotation
+    forced = await h.api.delete(APP, record.id, force=True)
+    assert forced.removed_key_ids == []
+    assert forced.key_ids_left_live == [record.rotation.key_id]
+    assert await h.record(record.id) is None
+
+
+async def test_a_connection_the_service_never_changed_is_deleted_without_graph() -> None:
+    h = Harness()
+    record = await h.create(rotation=False)
+    calls = len(h.fakes.world.calls)
+    deleted = await h.api.delete(APP, record.id)
+    assert deleted.removed_key_ids == []
+    assert not [c for c in h.fakes.world.calls[calls:] if c.startswith("graph")]
+
+
+async def test_client_secret_key_id_must_be_the_key_id_of_the_given_secret() -> None:
+    h = Harness()
+    client_id, given = h.new_app()
+    other = h.fakes.world.add(client_id, "another secret")
+    body = {"name": "c", "method": "client-secret", "isAutoRotationEnabled": True, "rotation": ROTATION,
+            "credentials": {**h.credentials(client_id, given), "clientSecretKeyId": other.key_id}}
+    with pytest.raises(InvalidRequest) as refused:
+        await h.api.create(APP, body)
+    assert refused.value.errors[0].pointer == "/credentials/clientSecretKeyId"
+    assert h.fakes.connections.records == {}
+    body["credentials"]["clientSecretKeyId"] = given.key_id
+    record = await h.api.create(APP, body)
+    assert record.rotation.status == "succeeded"
+    assert given.key_id not in h.fakes.world.apps[client_id].passwords  # the given one was the one revoked
+    assert other.key_id in h.fakes.world.apps[client_id].passwords
+
+
+async def test_a_new_current_version_disables_the_superseded_ones_and_carries_the_credential_expiry() -> None:
+    h = Harness()
+    record = await h.create()
+    versions = h.fakes.vault.secrets[record.secret_name]
+    assert [v.enabled for v in versions] == [False, True]
+    assert versions[-1].expires_on is not None
+    password = h.fakes.world.add(record.client_id or "", "new from the owner")
+    await h.api.update(APP, record.id, {"isAutoRotationEnabled": False})
+    updated = await h.api.update(APP, record.id, {"credentials": h.credentials(record.client_id or "", password)})
+    enabled = [v.version for v in h.fakes.vault.secrets[record.secret_name] if v.enabled]
+    assert enabled == [updated.secret_version]
+    # the secret the service made is retired with the change: nothing it created stays live
+    assert record.rotation.key_id not in h.fakes.world.apps[record.client_id or ""].passwords
+    assert h.check() == []
+
+
+async def test_changing_to_another_application_retires_the_service_made_secret_on_the_first() -> None:
+    h = Harness()
+    record = await h.create()
+    client_id, password = h.new_app()
+    updated = await h.api.update(APP, record.id, {"credentials": h.credentials(client_id, password)})
+    assert updated.client_id == client_id
+    assert updated.rotation.retire_version is None
+    assert record.rotation.key_id not in h.fakes.world.apps[record.client_id or ""].passwords
+    assert updated.rotation.status == "succeeded"  # the change rotated the given secret of the new app
+    assert h.check() == []
+
+
+async def test_rotate_answers_200_only_when_the_rotation_completed() -> None:
+    h = Harness()
+    record = await h.create()
+    rotated = await h.api.rotate(APP, record.id)
+    assert rotated.rotation.status == "succeeded"
+    h.fakes.world.fail_next("graph.add", times=20)
+    with pytest.raises(RotationFailed) as failed:
+        await h.api.rotate(APP, record.id)
+    assert failed.value.status == 502
+    assert failed.value.extensions["rotation"]["status"] == "failed"
+    assert "failed" in failed.value.detail
+    h.fakes.world.clear_faults()
+    h.fakes.world.fail_next("graph.add", UpstreamForbidden("Microsoft Graph refused (403)."))
+    with pytest.raises(RotationRefused) as refused:
+        await h.api.rotate(APP, record.id)
+    assert refused.value.status == 400
+    assert refused.value.extensions["rotation"]["status"] == "failed"
+
+
+async def test_rotate_refuses_a_method_that_cannot_rotate_without_pointing_at_fields_it_never_had() -> None:
+    from tests.lifecycle_harness import reauthorize_oauth
+
+    h = Harness()
+    oauth = await reauthorize_oauth(h)
+    with pytest.raises(InvalidRequest) as refused:
+        await h.api.rotate(oauth.app, oauth.id)
+    assert refused.value.errors == ()
+    record = await h.create(rotation=False)
+    with pytest.raises(InvalidRequest) as disabled:
+        await h.api.rotate(APP, record.id)
+    assert disabled.value.errors == ()
+
+
+async def test_rotate_while_a_rotation_runs_answers_409_with_its_id_and_retry_after() -> None:
+    h = Harness()
+    record = await h.create()
+    answers: list[Exception] = []
+
+    async def meanwhile(name: str, current: ConnectionRecord) -> None:
+        if name == "after-test" and not answers:
+            try:
+                await h.api.rotate(APP, record.id)
+            except RotationInProgress as busy:
+                answers.append(busy)
+
+    await h.services(meanwhile).connections.rotate(APP, record.id)
+    assert len(answers) == 1
+    busy = answers[0]
+    assert isinstance(busy, RotationInProgress)
+    assert busy.extensions["rotationId"]
+    assert int(busy.headers["Retry-After"]) > 0
+
+
+async def test_each_attempt_has_one_history_entry_with_its_own_trigger_outcome_and_duration() -> None:
+    h = Harness()
+    record = await h.create()
+    h.fakes.world.fail_next("graph.remove", times=20)  # the new secret is in use; the old one stays to revoke
+    with pytest.raises(RotationFailed):
+        await h.api.rotate(APP, record.id)
+    h.fakes.world.clear_faults()
+    h.fakes.clock.advance(timedelta(hours=1))
+    await h.api.rotate(APP, record.id)
+    events = sorted(h.fakes.history.of(record.id), key=lambda e: (e.started_at, e.attempt))
+    assert [(e.trigger, e.outcome, e.attempt) for e in events] == [
+        ("enable", "succeeded", 1), ("manual", "failed", 1), ("resume", "succeeded", 2)]
+    assert events[1].message and "graph.remove failed" in events[1].message
+    assert events[2].message is None
+    assert events[1].rotation_id == events[2].rotation_id
+    assert all(e.duration_ms is not None and e.duration_ms < 60_000 for e in events)
+    assert h.check() == []
