@@ -37,10 +37,9 @@ INTERVAL_DAYS = 1
 
 
 async def create_connections(admin, count: int, concurrency: int = 16) -> list[str]:  # type: ignore[no-untyped-def]
-    from shared.azure.clients import get_clients
-    from shared.connections import ConnectionService
+    from shared import wiring
 
-    service = ConnectionService(get_clients())
+    service = wiring.services().connections
     tenant = admin.add_tenant()
     gate = asyncio.Semaphore(concurrency)
     step = common.progress(max(1, count // 10), count, "connections created")
@@ -75,8 +74,8 @@ def breakdown(logged: list[dict[str, object]]) -> str:
 
 
 async def run(args: argparse.Namespace) -> int:
+    from shared import wiring
     from shared.azure.clients import close_clients, get_clients
-    from shared.rotation.protocol import Rotator
     from shared.rotation.sweep import sweep
 
     admin = common.admin_client()
@@ -103,7 +102,8 @@ async def run(args: argparse.Namespace) -> int:
         standin0, azurite0 = common.environment_cpu_seconds()
         machine0 = common.machine_cpu_seconds()
         t0 = time.monotonic()
-        report = await sweep(Rotator(clients, now=lambda at=clock: at), max_concurrency=concurrency,
+        rotator = wiring.services(wiring.adapters(clients), clock=lambda at=clock: at).rotator
+        report = await sweep(rotator, max_concurrency=concurrency,
                              budget_seconds=1e9, limit=max(1000, args.rotations))
         wall = time.monotonic() - t0
         cpu = cpu_seconds() - cpu0

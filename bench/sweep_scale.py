@@ -176,9 +176,8 @@ async def count_index(clients: Any) -> int:
 
 
 async def run(args: argparse.Namespace) -> int:
+    from shared import wiring
     from shared.azure.clients import _BY_LOOP
-    from shared.connections import ConnectionService
-    from shared.rotation.protocol import Rotator
     from shared.rotation.sweep import sweep
     from shared.settings import get_settings
 
@@ -192,7 +191,7 @@ async def run(args: argparse.Namespace) -> int:
 
     admin = common.admin_client()
     tenant = admin.add_tenant()
-    service = ConnectionService(clients)
+    service = wiring.services(wiring.adapters(clients)).connections
     started = time.monotonic()
     for n in range(args.due):
         credentials = common.register_rotatable_app(admin, tenant, f"scale-{n}")
@@ -216,7 +215,8 @@ async def run(args: argparse.Namespace) -> int:
 
     counter.enabled = True
     started = time.monotonic()
-    report = await sweep(Rotator(clients, now=lambda: at), max_concurrency=8, budget_seconds=1e9)
+    rotator = wiring.services(wiring.adapters(clients), clock=lambda: at).rotator
+    report = await sweep(rotator, max_concurrency=8, budget_seconds=1e9)
     wall = time.monotonic() - started
     counter.enabled = False
     await clients.close()

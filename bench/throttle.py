@@ -51,7 +51,7 @@ class GraphCalls:
 
 async def one_sweep(admin, clients, at: datetime, concurrency: int, rule: dict | None,  # type: ignore[no-untyped-def]
                     latency_ms: int):
-    from shared.rotation.protocol import Rotator
+    from shared import wiring
     from shared.rotation.sweep import sweep
 
     admin.clear_requests()
@@ -62,7 +62,8 @@ async def one_sweep(admin, clients, at: datetime, concurrency: int, rule: dict |
     hooks.append(calls)
     started = time.monotonic()
     try:
-        report = await sweep(Rotator(clients, now=lambda: at), max_concurrency=concurrency, budget_seconds=1e9,
+        rotator = wiring.services(wiring.adapters(clients), clock=lambda: at).rotator
+        report = await sweep(rotator, max_concurrency=concurrency, budget_seconds=1e9,
                              limit=100_000)
     finally:
         wall = time.monotonic() - started

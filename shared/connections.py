@@ -42,7 +42,7 @@ from shared.models import (
     parse_model,
 )
 from shared.oauth_tokens import OAuthTokens, ReauthorizationRequired, TokenCache
-from shared.ports import Adapters
+from shared.ports import Adapters, PasswordCredential
 from shared.records import (
     STATUS_ACTIVE,
     STATUS_DELETING,
@@ -208,14 +208,16 @@ class ConnectionService:
         valid = await self._validated(app, method, request.credentials)
         credentials = valid.credentials
         key_id = credentials.clientSecretKeyId if isinstance(credentials, ClientSecretCredentialsIn) else None
+        expires_on = valid.expires_on
         if request.isAutoRotationEnabled:
             assert isinstance(credentials, ClientSecretCredentialsIn)
-            key_id = await self._key_id(credentials.tenantId, credentials.clientId, credentials.clientSecret, key_id)
+            password = await self._key_id(credentials.tenantId, credentials.clientId, credentials.clientSecret, key_id)
+            key_id, expires_on = password.key_id, password.end_date_time
         state = configured(RotationState(key_id=key_id), config, request.isAutoRotationEnabled)
         record = self.new_record(app, method, request.name, request.description, credentials.tenantId,
                                  credentials.clientId, state)
         try:
-            record = await self.insert_new(record, valid.material, valid.expires_on)
+            record = await self.insert_new(record, valid.material, expires_on)
         except NameTaken as taken:
             raise NameTaken(taken.detail, errors=[FieldError("/name", "is already used by another connection")]
                             ) from None
@@ -224,7 +226,8 @@ class ConnectionService:
             record = await self._rotate_after_change(record, "enable")
         return record
 
-    async def _key_id(self, tenant_id: str, client_id: str, secret: str, given: str | None) -> str:
+    async def _key_id(self, tenant_id: str, client_id: str, secret: str, given: str | None) -> PasswordCredential:
+        """The application's password that ``secret`` is (its Key ID, and its end date for the vault version)."""
         material = {"clientSecret": secret}
         async with self.adapters.directory.graph(Method.CLIENT_SECRET, tenant_id, client_id, material) as graph:
             return await resolve_key_id(graph, client_id, secret, given)
@@ -303,9 +306,11 @@ class ConnectionService:
             valid = await self._validated(app, method, request.credentials)
             credentials = valid.credentials
             key_id = credentials.clientSecretKeyId if isinstance(credentials, ClientSecretCredentialsIn) else None
+            expires_on = valid.expires_on
             if isinstance(credentials, ClientSecretCredentialsIn) and (new_state.enabled or key_id is not None):
-                key_id = await self._key_id(credentials.tenantId, credentials.clientId, credentials.clientSecret,
-                                            key_id)
+                password = await self._key_id(credentials.tenantId, credentials.clientId, credentials.clientSecret,
+                                              key_id)
+                key_id, expires_on = password.key_id, password.end_date_time
             if new_state.enabled and method in app.rotation_methods:
                 trigger = trigger or "credential-change"
             new_state = new_state.evolve(key_id=key_id)
@@ -316,15 +321,15 @@ class ConnectionService:
                            status_message=None, last_validated_at=self.now())
         elif enabling and method is Method.CLIENT_SECRET:
             material = await self.vault.get(record.secret_name, record.secret_version)
-            new_state = new_state.evolve(key_id=await self._key_id(
-                record.tenant_id, record.client_id or "", material["clientSecret"], new_state.key_id))
+            new_state = new_state.evolve(key_id=(await self._key_id(
+                record.tenant_id, record.client_id or "", material["clientSecret"], new_state.key_id)).key_id)
         if not changes and new_state == state and request.credentials is None:
             return record
         previous_name = record.name if "name" in changes else None
         target = record.evolve(rotation=new_state, version=record.version + 1, updated_at=self.now(), **changes)
         try:
             if request.credentials is not None:
-                saved = await self.switch_secret(target, valid.material, valid.expires_on, {}, previous_name)
+                saved = await self.switch_secret(target, valid.material, expires_on, {}, previous_name)
             else:
                 saved = await self.store.update(target, previous_name=previous_name)
         except NameTaken as taken:

@@ -130,8 +130,8 @@ class Harness:
         world = self.fakes.world
         records = {r.id: r for r in self.fakes.connections.records.values()}
         for record in records.values():
-            if record.method == "client-secret" and record.status != STATUS_DELETING and not world.live(record.client_id or "",
-                                                                   self.current_secret(record)):
+            live = world.live(record.client_id or "", self.current_secret(record))
+            if record.method == "client-secret" and record.status != STATUS_DELETING and not live:
                 self.violations.append(f"I1: the current credential of {record.id} is not live")
         for key_id, (client_id, password) in world.created.items():
             if key_id not in world.apps[client_id].passwords:

@@ -17,7 +17,7 @@ from shared.rotation.schedule import RotationSchedule, ScheduleError, parse_hhmm
 from shared.rotation.state import rotate_at_utc
 
 if TYPE_CHECKING:
-    from shared.ports import GraphSession
+    from shared.ports import GraphSession, PasswordCredential
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,8 @@ def require_rotatable(method: Method, rotation_methods: tuple[Method, ...], poin
         )
 
 
-async def resolve_key_id(graph: GraphSession, client_id: str, client_secret: str, given: str | None) -> str:
+async def resolve_key_id(graph: GraphSession, client_id: str, client_secret: str,
+                         given: str | None) -> PasswordCredential:
     """The Key ID of ``client_secret`` on the application: the given one, which must be the Key ID of that very
     secret (the secret starts with that password's ``hint``), or the one password whose hint it starts with."""
     registration = await graph.find(client_id)
@@ -84,8 +85,8 @@ async def resolve_key_id(graph: GraphSession, client_id: str, client_secret: str
                 "The Key ID belongs to another client secret of the application than the one given.",
                 errors=[FieldError("/credentials/clientSecretKeyId", "must be the Key ID of clientSecret")],
             )
-        return password.key_id
-    matches = [p.key_id for p in registration.passwords if p.hint and client_secret.startswith(p.hint)]
+        return password
+    matches = [p for p in registration.passwords if p.hint and client_secret.startswith(p.hint)]
     if len(matches) != 1:
         found = "none" if not matches else f"{len(matches)}"
         raise InvalidRequest(

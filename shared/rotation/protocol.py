@@ -271,8 +271,9 @@ class Rotator:
                 record = await self.retire(record)
             while record.rotation.step in steps:
                 name, action = steps[record.rotation.step or ""]
-                with telemetry.span(f"rotation.{name}", {**attributes, "rotation.step": name}):
+                with telemetry.span(f"rotation.{name}", {**attributes, "rotation.step": name}) as span:
                     record = await action(record, run)
+                    span.set_attribute("outcome", "ok")  # a step that fails raises: its span says error
             return Attempt(record)
         except LeaseLost:
             log.warning("Rotation of %s stopped: another worker holds it now", record.id)
@@ -379,7 +380,10 @@ class Rotator:
         graph = opened or await self._graph(record, record.secret_version, run)
         await remove_passwords(graph, record.client_id or "", {previous} if previous else set(),
                                marker(record.id, state.rotation_id), keep=state.key_id)
-        await self.adapters.vault.disable_others(record.secret_name, record.secret_version)
+        # The version it superseded is the only other one enabled (a resumed create disabled what earlier attempts
+        # wrote, a retirement what a credentials change left): disabled by its id, without listing the versions.
+        if state.previous_version and state.previous_version != record.secret_version:
+            await self.adapters.vault.disable(record.secret_name, state.previous_version)
         await self.checkpoint("after-revoke", record)
         await self._history(record, STATUS_SUCCEEDED, new_key_id=state.key_id, revoked_key_id=previous)
         now = self.now()

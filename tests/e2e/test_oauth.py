@@ -417,10 +417,10 @@ def test_abandoned_states_are_purged_when_a_new_sign_in_starts(api, states_table
 def test_access_tokens_are_cached_and_refreshed_only_when_needed(api, admin, browser, host_url):
     import asyncio
 
+    from shared import wiring
     from shared.azure.clients import AzureClients
-    from shared.oauth import TOKEN_CACHE, OAuthCredential
+    from shared.oauth_tokens import TOKEN_CACHE
     from shared.settings import get_settings
-    from shared.store.tables import ConnectionsTable
 
     app, name = "azure-key-vault", unique_name()
     assert dance(browser, host_url, app, name=name).status_code == 200
@@ -433,8 +433,9 @@ def test_access_tokens_are_cached_and_refreshed_only_when_needed(api, admin, bro
     async def tokens(count: int) -> list[str]:
         clients = AzureClients(get_settings())
         try:
-            record = await ConnectionsTable(clients).get(app, connection["id"])
-            async with OAuthCredential(clients, record) as credential:
+            service = wiring.services(wiring.adapters(clients)).connections
+            record = await service.get(app, connection["id"])
+            async with service.oauth_tokens.credential(record) as credential:
                 return [(await credential.get_token("https://vault.azure.net/.default")).token for _ in range(count)]
         finally:
             await clients.close()

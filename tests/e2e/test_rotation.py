@@ -11,18 +11,27 @@ from typing import Any
 
 import pytest
 
+from shared import wiring
 from shared.azure.clients import AzureClients
-from shared.rotation.protocol import Rotator
-from shared.rotation.state import read_state
+from shared.records import ConnectionRecord
+from shared.rotation.protocol import Checkpoint, RotationOptions, Rotator
 from shared.rotation.sweep import sweep
-from shared.store.tables import ConnectionRecord, ConnectionsTable
+from shared.store.tables import ConnectionsTable
 from shared.store.vault import SecretVault
-from tests.e2e.entra import ROTATION_ROLE, EntraApp, register_app, register_rotatable_app, token_works
+from tests.e2e.entra import (
+    ROTATION_ROLE,
+    EntraApp,
+    add_secret,
+    register_app,
+    register_rotatable_app,
+    token_works,
+)
 
 pytestmark = pytest.mark.e2e
 
 BASE = "/api/v1/app-connections"
 APP = "azure-key-vault"
+GUID = "6f1c1f4e-0000-4000-8000-000000000001"
 
 
 def utc(text: str) -> datetime:
@@ -31,6 +40,13 @@ def utc(text: str) -> datetime:
 
 def iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def rotator_at(clients: AzureClients, at: datetime | None = None, checkpoint: Checkpoint | None = None,
+               options: RotationOptions | None = None) -> Rotator:
+    """The service's rotator over ``clients``, its clock stopped at ``at`` (the real clock when None)."""
+    clock = None if at is None else (lambda: at)
+    return wiring.services(wiring.adapters(clients), clock=clock, checkpoint=checkpoint, options=options).rotator
 
 
 def create_rotating(api, entra: EntraApp, app: str = APP, interval: int = 30, **rotation: Any):
@@ -67,7 +83,7 @@ async def assert_healthy(clients, admin, standin, api, entra: EntraApp, app: str
     """A working current credential, one service-made password (the current one), the old ones revoked,
     every other vault version disabled, no journal left."""
     record = await stored(clients, app, cid)
-    state = read_state(record)
+    state = record.rotation
     assert state.status == "succeeded", state.message
     assert state.rotation_id is None and state.step is None and state.lease_until is None
     secret = await current_secret(clients, record, registry)
@@ -147,7 +163,8 @@ def test_disabling_keeps_history_and_clears_the_next_due_time(api, admin, secret
     assert rotation["enabled"] is False and rotation["nextRotationAt"] is None and rotation["status"] == "disabled"
     assert len(api.get(f"{BASE}/{APP}/{cid}/rotations").json()["rotations"]) == 1
     refused = api.post(f"{BASE}/{APP}/{cid}/rotate")
-    assert refused.status_code == 409
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["type"].endswith(":invalid-request") and "not enabled" in refused.json()["detail"]
 
 
 # -- the schedule -----------------------------------------------------------------------------------
@@ -155,17 +172,17 @@ async def test_a_scheduled_rotation_happens_when_due_and_not_before(api, admin, 
     entra = register_rotatable_app(admin, secrets_used)
     connection = create_rotating(api, entra, interval=30)
     due = utc(connection["rotation"]["nextRotationAt"])
-    first_key = read_state(await stored(clients, APP, connection["id"])).key_id
+    first_key = (await stored(clients, APP, connection["id"])).rotation.key_id
 
-    early = await sweep(Rotator(clients, now=lambda: due - timedelta(minutes=1)))
+    early = await sweep(rotator_at(clients, due - timedelta(minutes=1)))
     assert connection["id"] not in early.outcomes
-    assert read_state(await stored(clients, APP, connection["id"])).key_id == first_key
+    assert (await stored(clients, APP, connection["id"])).rotation.key_id == first_key
 
-    late = await sweep(Rotator(clients, now=lambda: due + timedelta(minutes=1)))
+    late = await sweep(rotator_at(clients, due + timedelta(minutes=1)))
     assert late.outcomes[connection["id"]] == "succeeded"
     record = await assert_healthy(clients, admin, local_env.standin, api, entra, APP, connection["id"], secrets_used,
                                   revoked={entra.key_id, first_key or ""})
-    state = read_state(record)
+    state = record.rotation
     assert state.last_rotated_at == due + timedelta(minutes=1)
     assert state.next_at == due + timedelta(days=30)
     history = api.get(f"{BASE}/{APP}/{connection['id']}/rotations").json()["rotations"]
@@ -178,10 +195,10 @@ async def test_the_schedule_keeps_local_time_across_dst(api, admin, clients, sec
     # 2027-03-14 is the US spring-forward day: 02:30 does not exist and moves to 03:30 EDT (07:30 UTC).
     for now, expected in [(datetime(2027, 3, 13, 12, 0, tzinfo=UTC), "2027-03-14T07:30:00Z"),
                           (datetime(2027, 3, 14, 7, 31, tzinfo=UTC), "2027-03-15T06:30:00Z")]:
-        rotator = Rotator(clients, now=lambda now=now: now)
+        rotator = rotator_at(clients, now)
         claimed = await rotator.claim(await stored(clients, APP, connection["id"]), "schedule")
         assert claimed is not None
-        await rotator.run(claimed)
+        assert (await rotator.run(claimed)).succeeded
         shown = api.get(f"{BASE}/{APP}/{connection['id']}").json()["appConnection"]["rotation"]
         assert shown["status"] == "succeeded"
         assert shown["nextRotationAt"] == expected
@@ -202,65 +219,76 @@ async def test_a_rotation_interrupted_at_any_step_is_finished_by_the_next_sweep(
     entra = register_rotatable_app(admin, secrets_used)
     connection = create_rotating(api, entra, interval=90)
     before = await stored(clients, APP, connection["id"])
-    previous_key = read_state(before).key_id
+    previous_key = before.rotation.key_id
     at = utc(connection["rotation"]["nextRotationAt"]) + timedelta(minutes=1)
 
     async def crash(name: str, record: ConnectionRecord) -> None:
         if name == step:
             raise Crash(name)
 
-    doomed = Rotator(clients, now=lambda: at, checkpoint=crash)
+    doomed = rotator_at(clients, at, crash)
     claimed = await doomed.claim(before, "schedule")
     assert claimed is not None
     with pytest.raises(Crash):
         await doomed.run(claimed)
+    # The attempt shows as running while it holds the lease.
+    running = api.get(f"{BASE}/{APP}/{connection['id']}/rotations").json()["rotations"][0]
+    assert (running["outcome"], running["attempt"], running["finishedAt"], running["durationMs"]) == (
+        "running", 1, None, None)
     # While the lease runs, the crashed rotation is left alone; then the next sweep resumes it.
-    blocked = await sweep(Rotator(clients, now=lambda: at + timedelta(minutes=1)))
+    blocked = await sweep(rotator_at(clients, at + timedelta(minutes=1)))
     assert blocked.outcomes.get(connection["id"]) is None
     later = at + doomed.options.lease + timedelta(minutes=1)
-    report = await sweep(Rotator(clients, now=lambda: later))
+    report = await sweep(rotator_at(clients, later))
     assert report.outcomes[connection["id"]] == "succeeded"
 
     record = await assert_healthy(clients, admin, local_env.standin, api, entra, APP, connection["id"], secrets_used,
                                   revoked={entra.key_id, previous_key or ""})
-    assert read_state(record).key_id != previous_key
+    assert record.rotation.key_id != previous_key
+    # One entry per attempt: the enabling rotation's, the crashed attempt's (interrupted: it has no end) and the
+    # attempt that resumed its rotation and finished it.
     history = api.get(f"{BASE}/{APP}/{connection['id']}/rotations").json()["rotations"]
-    assert len({h["id"] for h in history}) == len(history) == 2
-    assert history[0]["outcome"] == "succeeded" and history[0]["revokedKeyId"] == previous_key
+    assert [(h["outcome"], h["trigger"], h["attempt"]) for h in history] == [
+        ("succeeded", "resume", 2), ("interrupted", "schedule", 1), ("succeeded", "enable", 1)]
+    assert history[0]["id"] == history[1]["id"] != history[2]["id"]
+    assert history[0]["revokedKeyId"] == previous_key and history[0]["newKeyId"] == record.rotation.key_id
+    assert (history[1]["finishedAt"], history[1]["durationMs"]) == (None, None)
+    assert history[0]["durationMs"] is not None and history[0]["finishedAt"] is not None
 
 
 async def test_a_journal_write_that_landed_but_whose_answer_was_lost_does_not_stop_the_rotation(
         api, admin, local_env, clients, secrets_used):
     """A dropped connection after Table Storage applied a step: the retried, ETag-guarded write meets its own
     ETag (412). The rotation recognises its own write and goes on; nothing is added twice."""
-    from shared.errors import Conflict
+    from shared.errors import ConcurrentChange
 
     entra = register_rotatable_app(admin, secrets_used)
     connection = create_rotating(api, entra, interval=90)
     before = await stored(clients, APP, connection["id"])
     at = utc(connection["rotation"]["nextRotationAt"]) + timedelta(minutes=1)
-    rotator = Rotator(clients, now=lambda: at)
-    real_update = rotator.table.update
+    rotator = rotator_at(clients, at)
+    table = rotator.adapters.connections
+    real_update = table.update
     lost: list[str] = []
 
     async def answer_lost(record: ConnectionRecord, previous_name: str | None = None) -> ConnectionRecord:
         await real_update(record, previous_name)
-        step = read_state(record).step
+        step = record.rotation.step
         if step and step != "begun" and step not in lost:  # each step's first write lands; its answer is lost
             lost.append(step)
-            raise Conflict("The connection was changed by another request.")
+            raise ConcurrentChange("The connection was changed by another request.")
         return await stored(clients, APP, record.id)
 
-    rotator.table.update = answer_lost  # type: ignore[method-assign]
+    table.update = answer_lost  # type: ignore[method-assign]
     calls = _add_password_calls(admin, entra)
     claimed = await rotator.claim(before, "schedule")
     assert claimed is not None
-    done = await rotator.run(claimed)
-    assert read_state(done).status == "succeeded", read_state(done).message
+    done = (await rotator.run(claimed)).record
+    assert done.rotation.status == "succeeded", done.rotation.message
     assert lost == ["created", "tested", "finished"]
     assert _add_password_calls(admin, entra) == calls + 1
     await assert_healthy(clients, admin, local_env.standin, api, entra, APP, connection["id"], secrets_used,
-                         revoked={entra.key_id, read_state(before).key_id or ""})
+                         revoked={entra.key_id, before.rotation.key_id or ""})
 
 
 async def test_renaming_a_connection_during_its_rotation_neither_stops_the_rotation_nor_loses_the_name(
@@ -276,14 +304,100 @@ async def test_renaming_a_connection_during_its_rotation_neither_stops_the_rotat
             response = await asyncio.to_thread(api.patch, f"{BASE}/{APP}/{record.id}", json={"name": renamed})
             assert response.status_code == 200, response.text
 
-    rotator = Rotator(clients, now=lambda: at, checkpoint=rename)
+    rotator = rotator_at(clients, at, rename)
     claimed = await rotator.claim(before, "schedule")
     assert claimed is not None
-    done = await rotator.run(claimed)
-    assert read_state(done).status == "succeeded", read_state(done).message
+    done = (await rotator.run(claimed)).record
+    assert done.rotation.status == "succeeded", done.rotation.message
     assert done.name == renamed
     await assert_healthy(clients, admin, local_env.standin, api, entra, APP, connection["id"], secrets_used,
-                         revoked={entra.key_id, read_state(before).key_id or ""})
+                         revoked={entra.key_id, before.rotation.key_id or ""})
+
+
+
+async def test_credentials_rotation_settings_and_deletion_wait_while_a_rotation_runs(
+        api, admin, local_env, clients, secrets_used):
+    """A PATCH of the credentials or of the rotation, a DELETE and another rotate during a rotation answer 409
+    (``rotation-in-progress``, with the rotation's id and ``Retry-After``) and change nothing."""
+    entra = register_rotatable_app(admin, secrets_used)
+    other = register_rotatable_app(admin, secrets_used)
+    connection = create_rotating(api, entra, interval=90)
+    before = await stored(clients, APP, connection["id"])
+    at = utc(connection["rotation"]["nextRotationAt"]) + timedelta(minutes=1)
+    answers: dict[str, Any] = {}
+
+    async def meddle(name: str, record: ConnectionRecord) -> None:
+        if name != "after-vault-write":
+            return
+        item = f"{BASE}/{APP}/{record.id}"
+        answers["credentials"] = await asyncio.to_thread(api.patch, item, json={
+            "credentials": other.client_secret_body()})
+        answers["rotation"] = await asyncio.to_thread(api.patch, item, json={"isAutoRotationEnabled": False})
+        answers["delete"] = await asyncio.to_thread(api.delete, item)
+        answers["rotate"] = await asyncio.to_thread(api.post, f"{item}/rotate")
+        answers["shown"] = await asyncio.to_thread(api.get, item)
+
+    rotator = rotator_at(clients, at, meddle)
+    claimed = await rotator.claim(before, "schedule")
+    assert claimed is not None
+    done = (await rotator.run(claimed)).record
+    assert done.rotation.status == "succeeded", done.rotation.message
+    for what in ("credentials", "rotation", "delete", "rotate"):
+        response = answers[what]
+        assert response.status_code == 409, (what, response.text)
+        problem = response.json()
+        assert problem["type"].endswith(":rotation-in-progress"), what
+        assert problem["rotationId"] == claimed.rotation.rotation_id, what
+        assert 1 <= int(response.headers["Retry-After"]) <= 3600, what
+    shown = answers["shown"].json()["appConnection"]["rotation"]
+    assert (shown["status"], shown["rotationId"]) == ("rotating", claimed.rotation.rotation_id)
+    record = await assert_healthy(clients, admin, local_env.standin, api, entra, APP, connection["id"], secrets_used,
+                                  revoked={entra.key_id, before.rotation.key_id or ""})
+    assert (record.client_id, record.rotation.enabled) == (entra.client_id, True)
+    assert token_works(local_env.standin, other, other.client_secret)  # the other app was never touched
+
+
+def test_deleting_removes_the_secrets_the_service_created_and_only_those(api, admin, local_env, secrets_used):
+    entra = register_rotatable_app(admin, secrets_used)
+    connection = create_rotating(api, entra)
+    untouched = add_secret(admin, secrets_used, entra)
+    created = [p["keyId"] for p in service_passwords(admin, entra)]
+    assert len(created) == 1
+    assert all(p["displayName"].startswith(f"app-connections {connection['id']} rotation ")
+               for p in service_passwords(admin, entra))
+    deleted = api.delete(f"{BASE}/{APP}/{connection['id']}")
+    assert deleted.status_code == 200, deleted.text
+    answer = deleted.json()
+    assert answer["appConnection"]["id"] == connection["id"]
+    assert (answer["removedKeyIds"], answer["keyIdsLeftLive"]) == (created, [])
+    assert service_passwords(admin, entra) == []
+    assert untouched["keyId"] in {p["keyId"] for p in live_passwords(admin, entra)}  # not the service's: kept
+    assert token_works(local_env.standin, entra, untouched["secretText"])
+    assert api.get(f"{BASE}/{APP}/{connection['id']}").status_code == 404
+    assert admin.vault_secrets()[f"appconn-{connection['id']}"]["deleted"] is True
+
+
+def test_a_delete_graph_refuses_keeps_the_connection_unless_forced(api, admin, secrets_used, no_faults):
+    from localdev.standin.graph import graph_fault
+
+    entra = register_rotatable_app(admin, secrets_used)
+    connection = create_rotating(api, entra)
+    created = [p["keyId"] for p in service_passwords(admin, entra)]
+    admin.set_faults([{**graph_fault(403, "Authorization_RequestDenied", "Insufficient privileges to complete the "
+                                     "operation.", times=None), "method": "POST", "path": r"/removePassword$"}])
+    refused = api.delete(f"{BASE}/{APP}/{connection['id']}")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["type"].endswith(":credentials-not-removed")
+    assert refused.json()["keyIds"] == created
+    kept = api.get(f"{BASE}/{APP}/{connection['id']}")
+    assert kept.status_code == 200 and kept.json()["appConnection"]["status"] == "active"
+    assert api.post(f"{BASE}/{APP}/{connection['id']}/validate").status_code == 200
+    forced = api.delete(f"{BASE}/{APP}/{connection['id']}", params={"force": "true"})
+    assert forced.status_code == 200, forced.text
+    assert (forced.json()["removedKeyIds"], forced.json()["keyIdsLeftLive"]) == ([], created)
+    assert [p["keyId"] for p in service_passwords(admin, entra)] == created  # left live, as the answer says
+    assert api.get(f"{BASE}/{APP}/{connection['id']}").status_code == 404
+    assert api.delete(f"{BASE}/{APP}/{GUID}", params={"force": "maybe"}).status_code == 400
 
 
 # -- propagation, concurrency, throttling, permissions -------------------------------------------------
@@ -318,7 +432,7 @@ async def test_concurrent_sweeps_and_manual_rotations_rotate_each_connection_onc
         api, admin, local_env, clients, secrets_used):
     from concurrent.futures import ThreadPoolExecutor
 
-    from shared.connections import ConnectionService
+    from shared.errors import ServiceError
 
     apps = [register_rotatable_app(admin, secrets_used) for _ in range(50)]
     with ThreadPoolExecutor(8) as pool:
@@ -327,25 +441,25 @@ async def test_concurrent_sweeps_and_manual_rotations_rotate_each_connection_onc
     before = {e.client_id: len(service_passwords(admin, e)) for e in apps}
     counts_before = {e.client_id: _add_password_calls(admin, e) for e in apps}
 
-    manual = ConnectionService(clients, now=lambda: at)
+    manual = wiring.services(wiring.adapters(clients), clock=lambda: at).connections
 
     async def rotate_manually(cid: str) -> str:
         try:
-            return read_state(await manual.rotate(APP, cid)).status or ""
-        except Exception as error:  # a 409 while a sweep holds it is the right answer
-            return type(error).__name__
+            return (await manual.rotate(APP, cid)).rotation.status or ""
+        except ServiceError as error:  # a 409 while a sweep holds it is the right answer
+            return str(error.status)
 
     results = await asyncio.gather(
-        *(sweep(Rotator(clients, now=lambda: at), max_concurrency=8) for _ in range(4)),
+        *(sweep(rotator_at(clients, at), max_concurrency=8) for _ in range(4)),
         rotate_manually(connections[0]["id"]), rotate_manually(connections[1]["id"]),
     )
-    assert set(results[4:]) <= {"succeeded", "Conflict"}
+    assert set(results[4:]) <= {"succeeded", "409"}
     for entra, connection in zip(apps, connections, strict=True):
         calls = _add_password_calls(admin, entra) - counts_before[entra.client_id]
         assert calls == 1, (connection["id"], calls)
         assert len(service_passwords(admin, entra)) == before[entra.client_id] == 1
         record = await stored(clients, APP, connection["id"])
-        assert read_state(record).status == "succeeded"
+        assert record.rotation.status == "succeeded"
 
 
 def _add_password_calls(admin, entra: EntraApp) -> int:
@@ -395,10 +509,18 @@ def test_a_missing_graph_permission_stops_rotation_with_a_message_that_names_it(
     connection = create_rotating(api, entra)
     admin.revoke_roles(entra.tenant_id, entra.client_id, [ROTATION_ROLE])
     rotated = api.post(f"{BASE}/{APP}/{connection['id']}/rotate")
-    assert rotated.status_code == 200, rotated.text
-    rotation = rotated.json()["appConnection"]["rotation"]
+    # The rotation did not complete, and it is the connection's own permission that is missing: a 400 problem that
+    # carries the rotation's status and message.
+    assert rotated.status_code == 400, rotated.text
+    assert rotated.headers["content-type"].startswith("application/problem+json")
+    problem = rotated.json()
+    assert problem["type"].endswith(":rotation-refused")
+    rotation = problem["rotation"]
     assert rotation["status"] == "failed"
     assert ROTATION_ROLE in rotation["lastRotationMessage"] and "403" in rotation["lastRotationMessage"]
+    assert problem["detail"] == rotation["lastRotationMessage"]
+    shown = api.get(f"{BASE}/{APP}/{connection['id']}").json()["appConnection"]["rotation"]
+    assert shown["status"] == "failed" and shown["rotationId"] is None  # cleaned up: nothing left half done
     assert api.post(f"{BASE}/{APP}/{connection['id']}/validate").status_code == 200
 
 
@@ -418,22 +540,22 @@ def test_clients_lists_the_app_registrations_a_graph_connection_sees(api, admin,
 
 async def test_a_new_secret_that_never_works_is_removed_and_the_current_one_kept(
         api, admin, local_env, clients, secrets_used):
-    from shared.rotation.protocol import RotationOptions
-
     entra = register_rotatable_app(admin, secrets_used)
     connection = create_rotating(api, entra)
     before = await stored(clients, APP, connection["id"])
-    current_key = read_state(before).key_id
+    current_key = before.rotation.key_id
     admin.set_propagation_delay(600)  # Entra never accepts the new secret within the test deadline
     try:
-        rotator = Rotator(clients, options=RotationOptions(test_timeout=2, test_first_delay=0.2, test_max_delay=0.5))
+        rotator = rotator_at(clients, options=RotationOptions(test_timeout=2, test_first_delay=0.2,
+                                                              test_max_delay=0.5))
         claimed = await rotator.claim(before, "manual")
         assert claimed is not None
-        after = await rotator.run(claimed)
+        attempt = await rotator.run(claimed)
+        after = attempt.record
     finally:
         admin.set_propagation_delay(0)
-    state = read_state(after)
-    assert state.status == "failed"
+    state = after.rotation
+    assert state.status == "failed" and not attempt.succeeded and attempt.error is not None
     assert "did not work within 2 s" in (state.message or "") and "current secret was left in place" in state.message
     assert state.rotation_id is None and state.key_id == current_key
     assert after.secret_version == before.secret_version
@@ -450,11 +572,11 @@ async def test_a_sweep_stops_claiming_when_its_time_budget_is_spent(api, admin, 
     connection = create_rotating(api, entra, interval=3)
     at = utc(connection["rotation"]["nextRotationAt"]) + timedelta(minutes=1)
     ticks = iter(range(1000))
-    report = await sweep(Rotator(clients, now=lambda: at), budget_seconds=0.5, clock=lambda: float(next(ticks)))
+    report = await sweep(rotator_at(clients, at), budget_seconds=0.5, clock=lambda: float(next(ticks)))
     assert report.due >= 1
     assert report.left_for_next_sweep == report.due and report.claimed == 0
-    assert read_state(await stored(clients, APP, connection["id"])).status == "succeeded"  # untouched, still due
-    second = await sweep(Rotator(clients, now=lambda: at))
+    assert (await stored(clients, APP, connection["id"])).rotation.status == "succeeded"  # untouched, still due
+    second = await sweep(rotator_at(clients, at))
     assert second.outcomes[connection["id"]] == "succeeded"
 
 

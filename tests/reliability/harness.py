@@ -289,7 +289,8 @@ class Audit:
     orphaned: list[str] = field(default_factory=list)  # live passwords other than the current one
     unrevoked: list[str] = field(default_factory=list)  # a previous (given or rotated-out) key still live
     stray_versions: list[str] = field(default_factory=list)  # enabled vault versions other than the current
-    duplicate_history: list[str] = field(default_factory=list)  # a rotation recorded twice
+    duplicate_history: list[str] = field(default_factory=list)  # an attempt of a rotation recorded twice
+    unfinished_history: list[str] = field(default_factory=list)  # an attempt still "running" when all are done
     history_rows: int = 0
     secret_values: set[str] = field(default_factory=set)
 
@@ -298,7 +299,7 @@ class Audit:
         found = {
             "not succeeded": self.not_succeeded, "lost": self.lost, "orphaned": self.orphaned,
             "unrevoked": self.unrevoked, "stray vault versions": self.stray_versions,
-            "duplicate history": self.duplicate_history,
+            "duplicate history": self.duplicate_history, "unfinished history": self.unfinished_history,
         }
         return {name: items for name, items in found.items() if items}
 
@@ -315,21 +316,24 @@ def token_works(token_http: httpx.Client, authority: str, tenant_id: str, client
 def audit(tables: Tables, admin: Any, authority: str, ca_path: str, app: str, apps: list[Rotated]) -> Audit:
     """Check every connection: succeeded with no journal, a current vault secret that gets a token, exactly
     one live password at the stand-in (the current one), every previous key revoked, one enabled vault
-    version, and no rotation recorded twice in the history."""
+    version, and in the history one entry per attempt of a rotation, none of them still running (an attempt cut
+    short is marked interrupted by the one that resumes its rotation)."""
     result = Audit()
     by_id = {a.connection_id: a for a in apps}
     vault = admin.vault_secrets()
     entities = {e["RowKey"]: e for e in tables.connections(app)}
     history = tables.history()
     result.history_rows = len(history)
-    seen: dict[tuple[str, str], int] = {}
+    seen: dict[tuple[str, str, int], int] = {}
     revoked_by_history: dict[str, set[str]] = {}
     for row in history:
-        key = (row["PartitionKey"], row["RotationId"])
+        key = (row["PartitionKey"], row["RotationId"], int(row.get("Attempt") or 1))
         seen[key] = seen.get(key, 0) + 1
+        if row.get("Outcome") == "running" and row["PartitionKey"] in by_id:
+            result.unfinished_history.append(f"{row['PartitionKey']}:{row['RotationId']} attempt {key[2]}")
         if row.get("RevokedKeyId") and row.get("Outcome") == "succeeded":
             revoked_by_history.setdefault(row["PartitionKey"], set()).add(str(row["RevokedKeyId"]).lower())
-    result.duplicate_history = [f"{c}:{r} x{n}" for (c, r), n in seen.items() if n > 1]
+    result.duplicate_history = [f"{c}:{r} attempt {a} x{n}" for (c, r, a), n in seen.items() if n > 1]
     with httpx.Client(verify=ca_path, timeout=30) as token_http:
         for cid, rotated in by_id.items():
             result.connections += 1

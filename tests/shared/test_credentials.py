@@ -459,15 +459,14 @@ async def test_the_event_loop_keeps_ticking_while_4096_bit_keys_are_parsed_and_a
     ticking = asyncio.create_task(ticker())
     await asyncio.sleep(0.03)
     started = time.perf_counter()
-    parsed = await asyncio.gather(*(parse_certificate_async(*inputs[i % 2]) for i in range(24)))
+    parsed = await asyncio.gather(*(parse_certificate_async(*inputs[i % 2]) for i in range(32)))
     assertions = await asyncio.gather(*(client_assertion_async(p, TENANT, CLIENT, AUTHORITY) for p in parsed))
     total = time.perf_counter() - started
     stop.set()
     worst, ticks = await ticking
 
-    assert {p.key_size for p in parsed} == {4096} and len(set(assertions)) == 24
+    assert {p.key_size for p in parsed} == {4096} and len(set(assertions)) == 32
     verify(assertions[0], inputs[0][0], "RS256")
     assert ticks >= 3
-    print("MEASURED", worst, validating_parse, total)
     assert worst < 0.5 * validating_parse, (worst, validating_parse, total)
     assert worst < max(0.5 * total, 0.05), (worst, total)

@@ -5,26 +5,18 @@ import hashlib
 import json
 import re
 from datetime import UTC, datetime
-from types import SimpleNamespace
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from shared import wiring
 from shared.apps import APPS
+from shared.azure.entra import jwt_claims
 from shared.errors import InvalidRequest
-from shared.oauth import (
-    OAuthFailed,
-    OAuthNotConfigured,
-    TokenCache,
-    authorize_url,
-    code_challenge,
-    complete_authorization,
-    instance_client,
-    jwt_claims,
-    new_verifier,
-    start_authorization,
-)
+from shared.oauth import OAuthFailed, OAuthFlow, authorize_url, code_challenge, new_verifier
+from shared.oauth_tokens import OAuthNotConfigured, TokenCache, instance_client
 from shared.options import app_options
+from shared.ports import Adapters
 from shared.settings import load_settings
 from shared.store.oauth_states import new_state, state_keys
 
@@ -102,10 +94,30 @@ def test_an_unconfigured_app_names_the_two_settings_to_set():
     assert options["azure-app-configuration"]["oauthConfigured"] is False
 
 
+class NoIO:
+    """An adapter that must not be used: any call fails the test."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __getattr__(self, attribute: str):
+        raise AssertionError(f"{self.name}.{attribute} was used")
+
+
+def no_io_flow() -> OAuthFlow:
+    """The OAuth flow over adapters that fail on any I/O (only the settings and the clock are real)."""
+    adapters = Adapters(
+        settings=load_settings(CONFIGURED), connections=NoIO("connections"), vault=NoIO("vault"),
+        schedule=NoIO("schedule"), history=NoIO("history"), directory=NoIO("directory"), tokens=NoIO("tokens"),
+        oauth_states=NoIO("oauth_states"), clock=lambda: datetime(2026, 3, 4, tzinfo=UTC), sleep=NoIO("sleep"),
+    )
+    return wiring.services(adapters).oauth
+
+
 async def test_start_checks_configuration_and_fields_before_touching_storage():
-    clients = SimpleNamespace(settings=load_settings(CONFIGURED))  # no table: any I/O would fail
+    flow = no_io_flow()
     with pytest.raises(OAuthNotConfigured):
-        await start_authorization(clients, "azure-app-configuration", {"name": "x"})
+        await flow.start("azure-app-configuration", {"name": "x"})
     cases = [
         ({"name": "Not A Slug"}, "/name"),
         ({"name": "ok", "tenantId": "not-a-guid"}, "/tenantId"),
@@ -115,20 +127,20 @@ async def test_start_checks_configuration_and_fields_before_touching_storage():
     ]
     for params, pointer in cases:
         with pytest.raises(InvalidRequest) as caught:
-            await start_authorization(clients, "azure-key-vault", {"code": "function-key", **params})
+            await flow.start("azure-key-vault", {"code": "function-key", **params})
         assert pointer in [e.pointer for e in caught.value.errors], params
 
 
 async def test_the_callback_refuses_malformed_answers_before_touching_storage():
-    clients = SimpleNamespace(settings=load_settings(CONFIGURED))
+    flow = no_io_flow()
     with pytest.raises(OAuthFailed, match="no state"):
-        await complete_authorization(clients, {"code": "abc"})
+        await flow.complete({"code": "abc"})
     with pytest.raises(OAuthFailed, match="access_denied"):
-        await complete_authorization(clients, {"error": "access_denied", "error_description": "<b>no</b>"})
+        await flow.complete({"error": "access_denied", "error_description": "<b>no</b>"})
     with pytest.raises(OAuthFailed, match="'code'"):
-        await complete_authorization(clients, {"code": "x" * 9000, "state": "s"})
+        await flow.complete({"code": "x" * 9000, "state": "s"})
     with pytest.raises(OAuthFailed, match="'state'"):
-        await complete_authorization(clients, {"code": "x", "state": "a\x00b"})
+        await flow.complete({"code": "x", "state": "a\x00b"})
 
 
 def test_states_have_a_bucket_and_are_stored_by_hash():

@@ -10,20 +10,19 @@ import httpx
 import pytest
 
 from shared.connections import to_response
-from shared.errors import Conflict, FieldError, InvalidRequest, NotFound
+from shared.errors import Conflict, FieldError, InvalidRequest, NotFound, RotationInProgress
 from shared.models import (
     AppOptionOut,
     ConnectionEnvelope,
     ConnectionOut,
     CreateConnectionIn,
+    DeletedOut,
     Problem,
     RotationEventOut,
     UpdateConnectionIn,
 )
 from shared.openapi import openapi_document
-from shared.rotation.state import RotationState, with_state
-from shared.store.history import RotationEvent
-from shared.store.tables import ConnectionRecord
+from shared.records import ConnectionRecord, RotationEvent, RotationState
 
 NOW = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
 ROUTES = {
@@ -83,9 +82,12 @@ def test_connections_as_answered_match_the_response_model():
     ConnectionEnvelope.model_validate({"appConnection": plain})
     state = RotationState(enabled=True, interval_days=30, rotate_at="03:00", time_zone="Europe/Paris",
                           status="scheduled", last_rotated_at=NOW, next_at=NOW + timedelta(days=30))
-    rotated = to_response(with_state(_record(), state))
+    rotated = to_response(_record(rotation=state))
     assert rotated["rotation"] is not None
     ConnectionOut.model_validate(rotated)
+    rotating = to_response(_record(rotation=state.evolve(status="rotating", rotation_id="r1", step="created")))
+    assert rotating["rotation"]["rotationId"] == "r1"
+    ConnectionOut.model_validate(rotating)
     oauth = to_response(_record(method="oauth", client_id=None, status="reauthorization-required"))
     assert "clientId" not in oauth["credentials"]
     ConnectionOut.model_validate(oauth)
@@ -93,10 +95,25 @@ def test_connections_as_answered_match_the_response_model():
         ConnectionOut.model_validate({**plain, "secret": "x"})
 
 
+def test_deletions_as_answered_match_the_response_model():
+    answer = {"appConnection": to_response(_record()), "removedKeyIds": ["k1"], "keyIdsLeftLive": []}
+    DeletedOut.model_validate(answer)
+    with pytest.raises(ValueError, match="keyIdsLeftLive"):
+        DeletedOut.model_validate({k: v for k, v in answer.items() if k != "keyIdsLeftLive"})
+    delete = openapi_document()["paths"]["/api/v1/app-connections/{app}/{connectionId}"]["delete"]
+    assert delete["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/DeletedOut"}
+    assert [p["name"] for p in delete["parameters"]] == ["force"]
+
+
 def test_rotation_events_and_options_match_their_models():
-    event = RotationEvent("r", "c", "azure-key-vault", NOW, NOW + timedelta(seconds=2), "succeeded", "manual",
+    event = RotationEvent("r", 1, "c", "azure-key-vault", NOW, NOW + timedelta(seconds=2), "succeeded", "manual",
                           "k2", "k1", None)
     RotationEventOut.model_validate(event.as_dict())
+    assert event.as_dict()["durationMs"] == 2000
+    running = RotationEvent("r", 2, "c", "azure-key-vault", NOW, None, "running", "resume")
+    shown = RotationEventOut.model_validate(running.as_dict())
+    assert (shown.attempt, shown.finishedAt, shown.durationMs) == (2, None, None)
     from shared.options import app_options
     from shared.settings import load_settings
 
@@ -113,6 +130,7 @@ def test_rotation_events_and_options_match_their_models():
 @pytest.mark.parametrize("error", [
     InvalidRequest("bad", errors=[FieldError("/name", "is required")]), NotFound("no"),
     Conflict("taken", extensions={"aadstsCode": "AADSTS7000215"}),
+    RotationInProgress("busy", headers={"Retry-After": "5"}, extensions={"rotationId": "r", "retryAfterSeconds": 5}),
 ])
 def test_problems_match_the_problem_model(error):
     Problem.model_validate(error.to_problem("/api/v1/x"))

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
+from shared import wiring
 from shared.azure.clients import AzureClients
-from shared.rotation.protocol import Rotator
-from shared.rotation.state import FINISHED, read_state
-from shared.store.tables import ConnectionRecord, ConnectionsTable
+from shared.records import FINISHED, ConnectionRecord
+from shared.rotation.protocol import Checkpoint, Rotator
+from shared.store.tables import ConnectionsTable
 from tests.e2e.entra import EntraApp, register_rotatable_app, token_works
 
 pytestmark = pytest.mark.e2e
@@ -29,11 +30,13 @@ class Crash(BaseException):
     """The process dies here: nothing after this point runs."""
 
 
-async def rotating(clients: AzureClients, admin: Any, secrets_used: Any) -> tuple[EntraApp, ConnectionRecord]:
-    from shared.connections import ConnectionService
+def rotator_at(clients: AzureClients, at: datetime, checkpoint: Checkpoint | None = None) -> Rotator:
+    return wiring.services(wiring.adapters(clients), clock=lambda: at, checkpoint=checkpoint).rotator
 
+
+async def rotating(clients: AzureClients, admin: Any, secrets_used: Any) -> tuple[EntraApp, ConnectionRecord]:
     entra = register_rotatable_app(admin, secrets_used, name="calls")
-    created = await ConnectionService(clients).create(APP, {
+    created = await wiring.services(wiring.adapters(clients)).connections.create(APP, {
         "name": f"calls-{uuid.uuid4().hex[:8]}", "method": "client-secret",
         "credentials": entra.client_secret_body(clientSecretKeyId=entra.key_id), "isAutoRotationEnabled": True,
         "rotation": {"rotationInterval": 30, "rotateAtUtc": {"hours": 3, "minutes": 0}},
@@ -42,7 +45,7 @@ async def rotating(clients: AzureClients, admin: Any, secrets_used: Any) -> tupl
 
 
 def due(record: ConnectionRecord) -> datetime:
-    next_at = read_state(record).next_at
+    next_at = record.rotation.next_at
     assert next_at is not None
     return next_at + timedelta(minutes=1)
 
@@ -50,7 +53,7 @@ def due(record: ConnectionRecord) -> datetime:
 async def rotate(rotator: Rotator, record: ConnectionRecord) -> ConnectionRecord:
     claimed = await rotator.claim(record, "schedule")
     assert claimed is not None
-    return await rotator.run(claimed)
+    return (await rotator.run(claimed)).record
 
 
 def kind(entry: dict[str, Any]) -> str:
@@ -71,10 +74,10 @@ def live_keys(admin: Any, entra: EntraApp) -> set[str]:
 async def test_a_rotation_makes_nine_calls_and_revokes_with_the_token_create_acquired(
         admin: Any, clients: AzureClients, local_env: Any, secrets_used: Any) -> None:
     entra, record = await rotating(clients, admin, secrets_used)
-    before = read_state(record)
+    before = record.rotation
     admin.clear_requests()
-    done = await rotate(Rotator(clients, now=lambda: due(record)), record)
-    after = read_state(done)
+    done = await rotate(rotator_at(clients, due(record)), record)
+    after = done.rotation
     assert after.status == "succeeded", after.message
     log = admin.requests()
     assert sorted(kind(e) for e in log) == sorted([
@@ -101,14 +104,14 @@ async def test_a_rotation_makes_nine_calls_and_revokes_with_the_token_create_acq
 async def test_a_resumed_create_looks_for_this_rotations_vault_versions_and_a_resumed_revoke_uses_the_new_secret(
         admin: Any, clients: AzureClients, secrets_used: Any) -> None:
     entra, record = await rotating(clients, admin, secrets_used)
-    previous = read_state(record).key_id
+    previous = record.rotation.key_id
     at = due(record)
 
     async def crash_before_add(name: str, _: ConnectionRecord) -> None:
         if name == "before-add-password":
             raise Crash(name)
 
-    doomed = Rotator(clients, now=lambda: at, checkpoint=crash_before_add)
+    doomed = rotator_at(clients, at, crash_before_add)
     with pytest.raises(Crash):
         await rotate(doomed, record)
     later = at + doomed.options.lease + timedelta(minutes=1)
@@ -118,7 +121,7 @@ async def test_a_resumed_create_looks_for_this_rotations_vault_versions_and_a_re
             raise Crash(name)
 
     admin.clear_requests()
-    second = Rotator(clients, now=lambda: later, checkpoint=crash_after_finish)
+    second = rotator_at(clients, later, crash_after_finish)
     with pytest.raises(Crash):
         await rotate(second, await ConnectionsTable(clients).get(APP, record.id))
     assert "vault GET versions" in [kind(e) for e in admin.requests()]  # a resumed create looks for orphans
@@ -126,9 +129,9 @@ async def test_a_resumed_create_looks_for_this_rotations_vault_versions_and_a_re
 
     admin.clear_requests()
     resumed = await ConnectionsTable(clients).get(APP, record.id)
-    assert read_state(resumed).step == FINISHED
-    done = await rotate(Rotator(clients, now=lambda: later + second.options.lease), resumed)
-    state = read_state(done)
+    assert resumed.rotation.step == FINISHED
+    done = await rotate(rotator_at(clients, later + second.options.lease), resumed)
+    state = done.rotation
     assert state.status == "succeeded", state.message
     log = admin.requests()
     assert [kind(e) for e in log] == ["vault GET", "token", "graph get", "graph removePassword", "vault PATCH"]
@@ -139,7 +142,7 @@ async def test_a_resumed_create_looks_for_this_rotations_vault_versions_and_a_re
 async def test_a_previous_secret_removed_meanwhile_is_a_revocation_already_done(
         admin: Any, clients: AzureClients, secrets_used: Any) -> None:
     entra, record = await rotating(clients, admin, secrets_used)
-    previous = read_state(record).key_id
+    previous = record.rotation.key_id
     assert previous is not None
 
     async def someone_removes_it(name: str, _: ConnectionRecord) -> None:
@@ -147,8 +150,8 @@ async def test_a_previous_secret_removed_meanwhile_is_a_revocation_already_done(
             admin.remove_secret(entra.tenant_id, entra.client_id, previous)
 
     admin.clear_requests()
-    done = await rotate(Rotator(clients, now=lambda: due(record), checkpoint=someone_removes_it), record)
-    assert read_state(done).status == "succeeded", read_state(done).message
+    done = await rotate(rotator_at(clients, due(record), someone_removes_it), record)
+    assert done.rotation.status == "succeeded", done.rotation.message
     graph = [(e["graph"], e["status"]) for e in admin.requests() if e.get("graph")]
     assert graph == [("get", 200), ("addPassword", 200), ("get", 200)]  # revoke reads first: nothing to remove
 
@@ -158,20 +161,20 @@ async def test_a_refused_revocation_keeps_the_journal_and_the_next_run_finishes_
     from localdev.standin.graph import graph_fault
 
     entra, record = await rotating(clients, admin, secrets_used)
-    previous = read_state(record).key_id
+    previous = record.rotation.key_id
     at = due(record)
     admin.set_faults([{**graph_fault(403, "Authorization_RequestDenied", "Insufficient privileges to complete the "
                                      "operation."), "method": "POST", "path": r"/removePassword$"}])
-    failed = await rotate(Rotator(clients, now=lambda: at), record)
-    state = read_state(failed)
+    failed = await rotate(rotator_at(clients, at), record)
+    state = failed.rotation
     assert (state.status, state.step) == ("failed", FINISHED)
     assert "refused to revoke a client secret" in (state.message or "")
     assert previous in live_keys(admin, entra)  # still there: the refusal was not taken for "already gone"
 
     admin.clear_faults()
-    done = await rotate(Rotator(clients, now=lambda: at + timedelta(minutes=10)),
+    done = await rotate(rotator_at(clients, at + timedelta(minutes=10)),
                         await ConnectionsTable(clients).get(APP, record.id))
-    assert read_state(done).status == "succeeded", read_state(done).message
+    assert done.rotation.status == "succeeded", done.rotation.message
     assert previous not in live_keys(admin, entra)
 
 
@@ -181,7 +184,7 @@ async def test_an_add_password_whose_answer_was_lost_leaves_no_second_password_b
     service. Before sending the request again, the passwords of this rotation's marker are removed, so exactly one
     new password (the one whose secret the service holds) stays live."""
     entra, record = await rotating(clients, admin, secrets_used)
-    previous = read_state(record).key_id
+    previous = record.rotation.key_id
     admin.set_faults([{"method": "POST", "path": r"/addPassword$", "action": "drop_after", "times": 1}])
     admin.clear_requests()
     after_add: list[set[str]] = []
@@ -190,8 +193,8 @@ async def test_an_add_password_whose_answer_was_lost_leaves_no_second_password_b
         if name == "after-add-password":
             after_add.append(live_keys(admin, entra))
 
-    done = await rotate(Rotator(clients, now=lambda: due(record), checkpoint=look), record)
-    state = read_state(done)
+    done = await rotate(rotator_at(clients, due(record), look), record)
+    state = done.rotation
     assert state.status == "succeeded", state.message
     graph = [(e["graph"], e["status"]) for e in admin.requests() if e.get("graph")]
     assert ("addPassword", None) in graph and graph.count(("addPassword", 200)) == 1

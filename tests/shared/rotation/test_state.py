@@ -2,9 +2,10 @@
 
 from datetime import UTC, datetime, timedelta
 
+from shared.records import BEGUN, ConnectionRecord, RotationState
 from shared.rotation.protocol import MAX_BACKOFF, backoff
-from shared.rotation.state import BEGUN, RotationState, read_state, state_response, with_state
-from shared.store.tables import ConnectionRecord, from_entity, to_entity
+from shared.rotation.state import state_response
+from shared.store.tables import from_entity, to_entity
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -22,16 +23,21 @@ class FakeEntity(dict):
 
 def test_state_round_trips_through_the_table_entity():
     state = RotationState(enabled=True, interval_days=30, rotate_at="03:00", time_zone="Europe/Paris",
-                          rotation_id="r1", step=BEGUN, started_at=NOW, lease_until=NOW + timedelta(minutes=5))
-    entity = FakeEntity(to_entity(with_state(record(), state)))
-    assert read_state(from_entity(entity)) == state
+                          rotation_id="r1", step=BEGUN, started_at=NOW, attempt=2, attempt_started_at=NOW,
+                          managed=True, lease_until=NOW + timedelta(minutes=5))
+    entity = FakeEntity(to_entity(record().evolve(rotation=state)))
+    back = from_entity(entity)
+    assert back.rotation == state
+    assert back == record().evolve(rotation=state)
+    assert back.etag == "W/1"
 
 
 def test_clearing_fields_removes_them_from_the_entity():
-    with_journal = with_state(record(), RotationState(enabled=True, rotation_id="r1", step=BEGUN))
-    cleared = with_state(with_journal, read_state(with_journal).cleared_journal())
+    with_journal = record().evolve(rotation=RotationState(enabled=True, rotation_id="r1", step=BEGUN))
+    cleared = with_journal.evolve(rotation=with_journal.rotation.cleared_journal())
     assert "RotRotationId" not in to_entity(cleared)
     assert "RotStep" not in to_entity(cleared)
+    assert not cleared.rotation.in_progress and with_journal.rotation.in_progress
 
 
 def test_no_rotation_shows_as_null():
@@ -53,3 +59,4 @@ def test_a_schedule_given_without_enabling_is_shown_as_disabled_settings():
     shown = state_response(RotationState(interval_days=7, rotate_at="04:00", time_zone="UTC"))
     assert shown is not None
     assert shown["enabled"] is False and shown["rotationInterval"] == 7 and shown["nextRotationAt"] is None
+    assert shown["rotationId"] is None
