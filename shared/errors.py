@@ -80,6 +80,12 @@ class Unauthorized(ServiceError):
     title = "Unauthorized"
 
 
+class Forbidden(ServiceError):
+    status = 403
+    slug = "forbidden"
+    title = "Forbidden"
+
+
 class NotFound(ServiceError):
     status = 404
     slug = "not-found"
@@ -177,6 +183,14 @@ class UpstreamForbidden(ServiceError):
     status = 400
     slug = "permission-missing"
     title = "The application lacks a permission"
+
+
+class AuditUnavailable(ServiceError):
+    """The audit record of an action could not be written, so the action did not run (fail closed)."""
+
+    status = 503
+    slug = "audit-unavailable"
+    title = "The action was not run: its audit record could not be written"
 
 
 class ServiceMisconfigured(ServiceError):

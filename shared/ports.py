@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shared.records import ConnectionRecord, PendingAuthorization, RotationEvent
+from shared.records import AuditRecord, ConnectionRecord, PendingAuthorization, RotationEvent
 
 if TYPE_CHECKING:
     from shared.apps import AppSpec, Method
@@ -174,6 +174,16 @@ class OAuthStateStore(Protocol):
     async def purge_expired(self, now: datetime) -> int: ...
 
 
+class AuditStore(Protocol):
+    """The audit log: appended to, read by time range (newest first), purged past its retention."""
+
+    async def append(self, record: AuditRecord) -> None: ...
+    async def query(self, start: datetime, end: datetime, *, connection_id: str | None = None,
+                    actor: str | None = None, action: str | None = None, limit: int = 100,
+                    continuation: str | None = None) -> tuple[list[AuditRecord], str | None]: ...
+    async def purge(self, before: datetime, limit: int = 10_000) -> int: ...
+
+
 Clock = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -190,5 +200,6 @@ class Adapters:
     directory: Directory
     tokens: TokenEndpoint
     oauth_states: OAuthStateStore
+    audit: AuditStore
     clock: Clock
     sleep: Sleep

@@ -6,7 +6,8 @@ secret: secret material lives in Key Vault only), the domain reads and evolves t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+import uuid
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -164,3 +165,45 @@ class PendingAuthorization:
     description: str | None = None
     tenant_id: str | None = None
     connection_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Actor:
+    id: str
+    name: str
+    type: str  # "user" | "app" | "system"
+    role: str | None = None  # the role claim the request was allowed by
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    at: datetime
+    action: str
+    outcome: str
+    actor: Actor
+    app: str | None = None
+    connection_id: str | None = None
+    connection_name: str | None = None
+    detail: str | None = None
+    client_ip: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+    trace_id: str | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "action": self.action,
+            "outcome": self.outcome,
+            "actor": asdict(self.actor),
+            "app": self.app,
+            "connectionId": self.connection_id,
+            "connectionName": self.connection_name,
+            "detail": self.detail,
+            "clientIp": self.client_ip,
+            "userAgent": self.user_agent,
+            "requestId": self.request_id,
+            "traceId": self.trace_id,
+        }

@@ -60,6 +60,10 @@ class Settings:
     rotation_max_concurrency: int = 8
     rotation_test_timeout_seconds: float = 300.0
     rotation_sweep_budget_seconds: float = 240.0
+    # The API registration whose access tokens every route but the OAuth callback requires (shared.auth).
+    auth_tenant_id: str | None = None
+    auth_audience: str | None = None
+    audit_retention_days: int = 365
 
     @property
     def oauth_redirect_uri(self) -> str:
@@ -187,6 +191,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rotation_max_concurrency=int(_number(env, "ROTATION_MAX_CONCURRENCY", 8, 1, 256)),
         rotation_test_timeout_seconds=_number(env, "ROTATION_TEST_TIMEOUT_SECONDS", 300, 1, 3600),
         rotation_sweep_budget_seconds=_number(env, "ROTATION_SWEEP_BUDGET_SECONDS", 240, 1, 3600),
+        auth_tenant_id=_configured(env, "AUTH_TENANT_ID"),
+        auth_audience=_configured(env, "AUTH_AUDIENCE"),
+        audit_retention_days=int(_number(env, "AUDIT_RETENTION_DAYS", 365, 1, 3650)),
     )
 
 

@@ -30,6 +30,7 @@ def adapters(clients: AzureClients | None = None, *, clock: Clock | None = None)
     from shared.azure.clients import get_clients
     from shared.azure.directory import AzureDirectory
     from shared.azure.entra import EntraTokenEndpoint
+    from shared.store.audit import AuditTable
     from shared.store.history import RotationHistory
     from shared.store.oauth_states import OAuthStates
     from shared.store.schedule import ScheduleIndex
@@ -40,7 +41,8 @@ def adapters(clients: AzureClients | None = None, *, clock: Clock | None = None)
     return Adapters(
         settings=clients.settings, connections=ConnectionsTable(clients), vault=SecretVault(clients),
         schedule=ScheduleIndex(clients), history=RotationHistory(clients), directory=AzureDirectory(clients),
-        tokens=EntraTokenEndpoint(clients), oauth_states=OAuthStates(clients), clock=clock or _now,
+        tokens=EntraTokenEndpoint(clients), oauth_states=OAuthStates(clients), audit=AuditTable(clients),
+        clock=clock or _now,
         sleep=asyncio.sleep,
     )
 

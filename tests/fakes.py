@@ -35,7 +35,7 @@ from shared.ports import (
     StoredVersion,
     TokenResult,
 )
-from shared.records import ConnectionRecord, PendingAuthorization, RotationEvent
+from shared.records import AuditRecord, ConnectionRecord, PendingAuthorization, RotationEvent
 from shared.settings import load_settings
 from shared.store.history import row_key
 from shared.store.schedule import parse_key, schedule_key
@@ -407,6 +407,32 @@ class FakeTokens:
         return TokenResult("at-" + secrets.token_urlsafe(8), self.issue(), 2_000_000_000, {"tid": TENANT})
 
 
+class FakeAudit:
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.records: list[AuditRecord] = []
+
+    async def append(self, record: AuditRecord) -> None:
+        self.world.check("audit.append")
+        self.records.append(record)
+
+    async def query(self, start: datetime, end: datetime, *, connection_id: str | None = None,
+                    actor: str | None = None, action: str | None = None, limit: int = 100,
+                    continuation: str | None = None) -> tuple[list[AuditRecord], str | None]:
+        found = [r for r in reversed(self.records) if start <= r.at <= end
+                 and connection_id in (None, r.connection_id) and actor in (None, r.actor.id)
+                 and action in (None, r.action)]
+        offset = int(continuation or 0)
+        page = found[offset:offset + limit]
+        return page, str(offset + limit) if offset + limit < len(found) else None
+
+    async def purge(self, before: datetime, limit: int = 10_000) -> int:
+        kept = [r for r in self.records if r.at >= before]
+        purged = len(self.records) - len(kept)
+        self.records = kept
+        return purged
+
+
 class FakeStates:
     def __init__(self) -> None:
         self.states: dict[str, PendingAuthorization] = {}
@@ -432,6 +458,7 @@ class Fakes:
     directory: FakeDirectory
     tokens: FakeTokens
     states: FakeStates
+    audit: FakeAudit
     adapters: Adapters
 
 
@@ -444,12 +471,13 @@ def build_fakes(env: Mapping[str, str] | None = None) -> Fakes:
     world = World(clock)
     connections, vault = FakeConnections(world), FakeVault(world)
     schedule, history = FakeSchedule(world), FakeHistory(world)
-    directory, tokens, states = FakeDirectory(world), FakeTokens(world), FakeStates()
+    directory, tokens, states, audit = FakeDirectory(world), FakeTokens(world), FakeStates(), FakeAudit(world)
     settings = load_settings({
         "AzureWebJobsStorage": "UseDevelopmentStorage=true", "KEY_VAULT_URL": "https://vault.example",
         "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_ID": "22222222-2222-2222-2222-222222222222",
         "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_SECRET": "instance-secret", **(env or {}),
     })
     adapters = Adapters(settings=settings, connections=connections, vault=vault, schedule=schedule, history=history,
-                        directory=directory, tokens=tokens, oauth_states=states, clock=clock, sleep=_no_sleep)
-    return Fakes(clock, world, connections, vault, schedule, history, directory, tokens, states, adapters)
+                        directory=directory, tokens=tokens, oauth_states=states, audit=audit, clock=clock,
+                        sleep=_no_sleep)
+    return Fakes(clock, world, connections, vault, schedule, history, directory, tokens, states, audit, adapters)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
-from shared.credentials import acquire_token, build_credential
+from shared.credentials import acquire_token, build_credential_async
 
 if TYPE_CHECKING:
     from azure.core.credentials_async import AsyncTokenCredential
@@ -34,7 +34,7 @@ class AzureDirectory:
                     material: Mapping[str, str]) -> AsyncIterator[GraphApps]:
         from shared.azure.graph import GraphApps
 
-        credential = build_credential(self._clients, method, tenant_id, client_id, material)
+        credential = await build_credential_async(self._clients, method, tenant_id, client_id, material)
         async with credential:
             yield GraphApps(self._clients, credential)
 

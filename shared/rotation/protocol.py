@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 
 from shared import telemetry
 from shared.apps import Method, find_app
+from shared.audit import AuditLog
 from shared.azure.retry import jittered
 from shared.errors import (
     ConcurrentChange,
@@ -149,9 +150,17 @@ class Rotator:
         self.options = options or RotationOptions()
         self.owner = owner or uuid.uuid4().hex
         self.checkpoint = checkpoint or _no_checkpoint
+        self.audit = AuditLog(adapters.audit, adapters.clock)
 
     def now(self) -> datetime:
         return self.adapters.clock()
+
+    def _removal(self, record: ConnectionRecord) -> RemovalAudit:
+        async def audit(object_id: str, key_id: str, outcome: str) -> None:
+            await self.audit.credential_change("credential.remove", outcome, app=record.app,
+                                               connection_id=record.id, object_id=object_id, key_id=key_id)
+
+        return audit
 
     # -- claiming ------------------------------------------------------------------------------
     async def claim(self, record: ConnectionRecord, trigger: str) -> ConnectionRecord | None:
@@ -162,6 +171,9 @@ class Rotator:
         now = self.now()
         if (state.leased(now) and state.lease_owner != self.owner) or record.status == STATUS_DELETING:
             return None
+        await self.audit.record("rotation.attempt", "started", app=record.app, connection_id=record.id,
+                                connection_name=record.name,
+                                detail=f"trigger {trigger}" if state.rotation_id is None else "resume")
         interrupted: RotationState | None = None
         if state.rotation_id is None:
             state = state.evolve(
@@ -248,7 +260,9 @@ class Rotator:
                     attempt = await self._drive(record, run, attributes)
                 outcome = attempt.record.rotation.status or "unknown"
                 span.set_attribute("outcome", outcome)
-                return attempt
+            await self.audit.record("rotation.attempt", outcome, app=record.app, connection_id=record.id,
+                                    connection_name=record.name, detail=attempt.record.rotation.message)
+            return attempt
         except LeaseLost:
             outcome = "lease-lost"
             raise
@@ -312,14 +326,17 @@ class Rotator:
         name = marker(record.id, state.rotation_id)
         await self.checkpoint("before-add-password", record)
         graph = await self._graph(record, record.secret_version, run)
+        # A password of this rotation left by an attempt that stopped before recording it goes first.
+        await remove_passwords(graph, record.client_id or "", set(), name, audit=self._removal(record))
         registration = await graph.find(record.client_id or "")
-        for password in registration.passwords:  # left by an attempt that stopped before recording it
-            if password.display_name == name:
-                await graph.remove_password(registration.object_id, password.key_id)
         if state.attempt > 1:  # an earlier attempt may have written a pending version before it stopped
             await self.adapters.vault.disable_tagged(record.secret_name, "rotationId", state.rotation_id)
         end = self.now() + timedelta(days=2 * (state.interval_days or 30) + GRACE_DAYS)
+        await self.audit.credential_change("credential.add", "started", app=record.app, connection_id=record.id,
+                                           object_id=registration.object_id, detail=f"addPassword '{name}'")
         added = await graph.add_password(registration.object_id, name, end)
+        await self.audit.credential_change("credential.add", "succeeded", app=record.app, connection_id=record.id,
+                                           object_id=registration.object_id, key_id=added.key_id)
         await self.checkpoint("after-add-password", record)
         stored = await self.adapters.vault.write(
             record.secret_name, {"clientSecret": added.secret_text},
@@ -379,7 +396,7 @@ class Rotator:
         opened = next(iter(run.graphs.values()), None)
         graph = opened or await self._graph(record, record.secret_version, run)
         await remove_passwords(graph, record.client_id or "", {previous} if previous else set(),
-                               marker(record.id, state.rotation_id), keep=state.key_id)
+                               marker(record.id, state.rotation_id), keep=state.key_id, audit=self._removal(record))
         # The version it superseded is the only other one enabled (a resumed create disabled what earlier attempts
         # wrote, a retirement what a credentials change left): disabled by its id, without listing the versions.
         if state.previous_version and state.previous_version != record.secret_version:
@@ -421,7 +438,8 @@ class Rotator:
                 graph = await self._graph(current, current.secret_version, run)
                 await remove_passwords(graph, current.client_id or "",
                                        {state.pending_key_id} if state.pending_key_id else set(),
-                                       marker(current.id, state.rotation_id), keep=state.key_id)
+                                       marker(current.id, state.rotation_id), keep=state.key_id,
+                                       audit=self._removal(current))
                 await self.adapters.vault.disable_tagged(current.secret_name, "rotationId", state.rotation_id)
                 base = state.cleared_journal()
             except Exception as cleanup:  # kept in the journal; the next attempt cleans up
@@ -458,7 +476,7 @@ class Rotator:
         async with self.adapters.directory.graph(Method(record.method), state.retire_tenant_id or record.tenant_id,
                                                  state.retire_client_id or "", material) as graph:
             await remove_passwords(graph, state.retire_client_id or "", set(), connection_marker(record.id),
-                                   keep=state.key_id if same_app else None)
+                                   keep=state.key_id if same_app else None, audit=self._removal(record))
         await self.adapters.vault.disable_others(record.secret_name, record.secret_version)
         await self.checkpoint("after-retire", record)
         # The current credential is the user's now (a credentials change is what started a retirement): nothing
@@ -519,19 +537,24 @@ class Rotator:
             async with self.adapters.directory.graph(Method(record.method), state.retire_tenant_id or "",
                                                      state.retire_client_id or "", material) as graph:
                 removed += await remove_passwords(graph, state.retire_client_id or "", set(),
-                                                  connection_marker(record.id))
+                                                  connection_marker(record.id), audit=self._removal(record))
         if state.managed or state.rotation_id is not None:
             material = await self.adapters.vault.get(record.secret_name, record.secret_version)
             async with self.adapters.directory.graph(Method(record.method), record.tenant_id,
                                                      record.client_id or "", material) as graph:
                 removed += await remove_passwords(graph, record.client_id or "",
                                                   {state.pending_key_id} if state.pending_key_id else set(),
-                                                  connection_marker(record.id), last=state.key_id)
+                                                  connection_marker(record.id), last=state.key_id,
+                                                  audit=self._removal(record))
         return removed
 
 
+RemovalAudit = Callable[[str, str, str], Awaitable[None]]  # (object id, key id, "started" | "succeeded")
+
+
 async def remove_passwords(graph: GraphSession, client_id: str, key_ids: set[str], marker_name: str | None,
-                           keep: str | None = None, last: str | None = None) -> list[str]:
+                           keep: str | None = None, last: str | None = None,
+                           audit: RemovalAudit | None = None) -> list[str]:
     """removePassword of each of ``key_ids`` still on the application, and of every password whose display name
     starts with ``marker_name``, but ``keep``, and ``last`` after all others (the one in use: should a removal
     fail, it is still there); return the Key IDs removed (one already gone counts as done)."""
@@ -544,8 +567,12 @@ async def remove_passwords(graph: GraphSession, client_id: str, key_ids: set[str
     ordered = sorted(registration.passwords, key=lambda p: p.key_id == (last or "").lower())
     for password in ordered:
         if password.key_id in doomed:
+            if audit is not None:
+                await audit(registration.object_id, password.key_id, "started")
             await graph.remove_password(registration.object_id, password.key_id)
             removed.append(password.key_id)
+            if audit is not None:
+                await audit(registration.object_id, password.key_id, "succeeded")
     return removed
 
 

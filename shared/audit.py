@@ -1,0 +1,106 @@
+"""The audit log: who did what to which connection, and what came of it; never a secret.
+
+Every request that changes state or touches a credential, every action of the rotation runner (actor
+``system``) and every credential change made on an application through Graph is recorded **before** it runs:
+when the record cannot be written the action does not run (:class:`AuditUnavailable`, 503: fail closed). Its
+outcome is a second record. Records go to the audit store (Table Storage, keyed by time) and, as structured log
+records with ``audit=true``, to Log Analytics.
+
+Who is acting is the request's context (:func:`acting`): the HTTP functions set it from the caller's token, the
+timers set the system actor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from shared.errors import AuditUnavailable, ServiceError
+from shared.ports import AuditStore, Clock
+from shared.records import Actor, AuditRecord
+
+log = logging.getLogger("app_connections.audit")
+
+MAX_DETAIL = 500
+STARTED = "started"
+
+
+SYSTEM = Actor("system", "rotation runner", "system")
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    actor: Actor
+    client_ip: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+    trace_id: str | None = None
+
+
+_CONTEXT: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("audit_context", default=None)
+
+
+@contextlib.contextmanager
+def acting(context: RequestContext) -> Iterator[RequestContext]:
+    token = _CONTEXT.set(context)
+    try:
+        yield context
+    finally:
+        _CONTEXT.reset(token)
+
+
+def current() -> RequestContext:
+    return _CONTEXT.get() or RequestContext(SYSTEM)
+
+
+class AuditLog:
+    def __init__(self, store: AuditStore, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+
+    async def record(self, action: str, outcome: str, *, app: str | None = None, connection_id: str | None = None,
+                     connection_name: str | None = None, detail: str | None = None) -> AuditRecord:
+        """Write one record. Before an action (outcome ``started``) this fails closed: it raises
+        :class:`AuditUnavailable` when the record cannot be written, and the action must not run. The record of an
+        outcome is written as well as can be: the action has happened, and the structured log keeps it."""
+        context = current()
+        entry = AuditRecord(
+            at=self._clock(), action=action, outcome=outcome, actor=context.actor, app=app,
+            connection_id=connection_id, connection_name=connection_name,
+            detail=detail[:MAX_DETAIL] if detail else None, client_ip=context.client_ip,
+            user_agent=(context.user_agent or "")[:256] or None, request_id=context.request_id,
+            trace_id=context.trace_id,
+        )
+        try:
+            await self._store.append(entry)
+        except Exception as error:
+            if not isinstance(error, ServiceError):
+                from azure.core.exceptions import AzureError
+
+                if not isinstance(error, AzureError | OSError | TimeoutError):
+                    raise
+            log.warning("The audit log could not be written (%s): %s %s", type(error).__name__, action, outcome,
+                        extra={"audit": True, **{f"audit_{k}": v for k, v in _flat(entry).items()}})
+            if outcome == STARTED:
+                raise AuditUnavailable("The audit log could not be written; nothing was done.") from None
+            return entry
+        log.info("audit %s %s by %s", action, outcome, context.actor.id,
+                 extra={"audit": True, **{f"audit_{k}": v for k, v in _flat(entry).items()}})
+        return entry
+
+    async def credential_change(self, action: str, outcome: str, *, app: str, connection_id: str,
+                                object_id: str, key_id: str | None = None, detail: str = "") -> None:
+        """A credential added to or removed from an application through Graph (fail closed)."""
+        text = f"application {object_id}" + (f", keyId {key_id}" if key_id else "") + (f": {detail}" if detail else "")
+        await self.record(action, outcome, app=app, connection_id=connection_id, detail=text)
+
+
+def _flat(entry: AuditRecord) -> dict[str, Any]:
+    data = entry.as_dict()
+    actor = data.pop("actor")
+    return {**data, "actorId": actor["id"], "actorName": actor["name"], "actorType": actor["type"],
+            "actorRole": actor["role"]}

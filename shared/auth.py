@@ -1,0 +1,222 @@
+"""Who is calling, and may they: Entra ID access tokens for the service's API registration, and app roles.
+
+:class:`TokenValidator` checks a bearer token in the service itself (it holds where no platform
+authentication sits in front): RS256 signature by a key of the OIDC discovery document of
+``{AZURE_AUTHORITY_HOST}/{AUTH_TENANT_ID}/v2.0`` (cached; fetched again on an unknown ``kid``, at most once a
+minute), issuer, audience ``AUTH_AUDIENCE`` (the API's client ID or its application ID URI, both accepted),
+``exp`` and ``nbf`` with a small skew. ``alg: none``, HS256 and every other algorithm are refused. There is no
+open mode: without ``AUTH_TENANT_ID`` and ``AUTH_AUDIENCE`` every request is refused with a 503.
+
+Roles come from the token's ``roles`` claim, for people (delegated tokens) and daemons (app-only tokens) alike:
+``AppConnections.{Reader,Writer,Rotator,Auditor,Admin}``, each optionally limited to one app with a suffix
+(``AppConnections.Writer.azure-key-vault``). Admin grants every role.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from shared.errors import Forbidden, ServiceMisconfigured, Unauthorized
+from shared.settings import Settings
+
+ROLE_PREFIX = "AppConnections."
+READER, WRITER, ROTATOR, AUDITOR, ADMIN = "Reader", "Writer", "Rotator", "Auditor", "Admin"
+ROLES = (READER, WRITER, ROTATOR, AUDITOR, ADMIN)
+ALGORITHMS = ("RS256",)
+CLOCK_SKEW_SECONDS = 120
+REFETCH_INTERVAL_SECONDS = 60.0
+MAX_TOKEN_CHARS = 16 * 1024
+CHALLENGE = 'Bearer error="invalid_token"'
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The caller a valid token names."""
+
+    id: str  # the object id (oid) of the user or the daemon's service principal
+    name: str
+    type: str  # "user" | "app"
+    tenant_id: str
+    roles: frozenset[str]
+
+    def grant(self, role: str, app: str | None) -> str | None:
+        """The role claim that lets this caller act as ``role`` (for ``app``, when the route has one)."""
+        wanted = [f"{ROLE_PREFIX}{ADMIN}", f"{ROLE_PREFIX}{role}"]
+        if app:
+            wanted += [f"{ROLE_PREFIX}{ADMIN}.{app}", f"{ROLE_PREFIX}{role}.{app}"]
+        return next((claim for claim in wanted if claim in self.roles), None)
+
+    def apps_granted(self, role: str) -> set[str] | None:
+        """The apps ``role`` is granted for: None when for every app."""
+        if self.grant(role, None):
+            return None
+        prefixes = (f"{ROLE_PREFIX}{role}.", f"{ROLE_PREFIX}{ADMIN}.")
+        return {claim.split(".", 2)[2] for claim in self.roles if claim.startswith(prefixes)}
+
+
+def authorize(principal: Principal, role: str, app: str | None) -> str:
+    """The role claim used, or a 403 naming the role needed."""
+    used = principal.grant(role, app)
+    if used is None:
+        needed = f"{ROLE_PREFIX}{role}" + (f" (or {ROLE_PREFIX}{role}.{app})" if app else "")
+        raise Forbidden(f"This needs the app role {needed}.", extensions={"requiredRole": f"{ROLE_PREFIX}{role}"})
+    return used
+
+
+def _unauthorized(detail: str) -> Unauthorized:
+    return Unauthorized(detail, headers={"WWW-Authenticate": CHALLENGE})
+
+
+def bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthorized("Send an Entra ID access token for this API: Authorization: Bearer <token>.",
+                           headers={"WWW-Authenticate": "Bearer"})
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise _unauthorized("The Authorization header must be 'Bearer <token>'.")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise _unauthorized("The access token is too long.")
+    return token
+
+
+FetchJson = Callable[[str], Awaitable[Any]]
+
+
+class SigningKeys:
+    """The signing keys of the tenant's OIDC discovery document, cached; fetched again for an unknown ``kid``,
+    at most once every ``REFETCH_INTERVAL_SECONDS``."""
+
+    def __init__(self, settings: Settings, fetch_json: FetchJson,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._settings = settings
+        self._fetch = fetch_json
+        self._monotonic = monotonic
+        self._keys: dict[str, Any] = {}
+        self._issuer: str | None = None
+        self._fetched_at: float | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def discovery_url(self) -> str:
+        return f"{self._settings.authority_host}/{self._settings.auth_tenant_id}/v2.0/.well-known/openid-configuration"
+
+    async def issuer(self) -> str:
+        if self._issuer is None:
+            await self._refresh(force=True)
+        assert self._issuer is not None
+        return self._issuer
+
+    async def key(self, kid: str) -> Any | None:
+        if kid not in self._keys:
+            await self._refresh(force=self._fetched_at is None)
+        return self._keys.get(kid)
+
+    async def _refresh(self, force: bool) -> None:
+        async with self._lock:
+            now = self._monotonic()
+            if not force and self._fetched_at is not None and now - self._fetched_at < REFETCH_INTERVAL_SECONDS:
+                return
+            if force and self._fetched_at is not None and now - self._fetched_at < 1.0:
+                return  # fetched just now by a concurrent request
+            from jwt import PyJWK
+
+            document = await self._fetch(self.discovery_url)
+            if not isinstance(document, dict) or not document.get("jwks_uri") or not document.get("issuer"):
+                raise ServiceMisconfigured("The OIDC discovery document of AUTH_TENANT_ID has no issuer or keys.")
+            jwks = await self._fetch(str(document["jwks_uri"]))
+            keys: dict[str, Any] = {}
+            for jwk in (jwks or {}).get("keys", []) if isinstance(jwks, dict) else []:
+                if isinstance(jwk, dict) and jwk.get("kid") and jwk.get("kty") == "RSA":
+                    keys[str(jwk["kid"])] = PyJWK(jwk, algorithm="RS256").key
+            self._keys, self._issuer, self._fetched_at = keys, str(document["issuer"]), now
+
+
+class TokenValidator:
+    def __init__(self, settings: Settings, keys: SigningKeys) -> None:
+        self._settings = settings
+        self._keys = keys
+
+    @property
+    def audiences(self) -> list[str]:
+        audience = self._settings.auth_audience or ""
+        accepted = {audience}
+        if audience.startswith("api://"):
+            accepted.add(audience.removeprefix("api://"))
+        else:
+            accepted.add(f"api://{audience}")
+        return sorted(accepted)
+
+    def require_configured(self) -> None:
+        if not (self._settings.auth_tenant_id and self._settings.auth_audience):
+            raise ServiceMisconfigured(
+                "Authentication is not configured: set AUTH_TENANT_ID and AUTH_AUDIENCE (the API registration's "
+                "tenant and client ID). The service has no open mode.")
+
+    async def validate(self, authorization: str | None) -> Principal:
+        self.require_configured()
+        token = bearer_token(authorization)
+        import jwt
+
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise _unauthorized("The access token is not a JWT.") from None
+        if header.get("alg") not in ALGORITHMS:
+            raise _unauthorized("The access token is not signed with RS256.")
+        kid = header.get("kid")
+        key = await self._keys.key(str(kid)) if isinstance(kid, str) and kid else None
+        if key is None:
+            raise _unauthorized("The access token is signed with a key the tenant does not publish.")
+        issuer = await self._keys.issuer()
+        try:
+            claims = await asyncio.to_thread(
+                jwt.decode, token, key, algorithms=list(ALGORITHMS), audience=self.audiences, issuer=issuer,
+                leeway=CLOCK_SKEW_SECONDS, options={"require": ["exp", "iss", "aud"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise _unauthorized("The access token has expired.") from None
+        except jwt.ImmatureSignatureError:
+            raise _unauthorized("The access token is not valid yet.") from None
+        except jwt.InvalidAudienceError:
+            raise _unauthorized("The access token is for another API (audience).") from None
+        except jwt.InvalidIssuerError:
+            raise _unauthorized("The access token comes from another issuer.") from None
+        except jwt.PyJWTError:
+            raise _unauthorized("The access token's signature or claims are not valid.") from None
+        return principal_of(claims)
+
+
+def principal_of(claims: Mapping[str, Any]) -> Principal:
+    roles = claims.get("roles") or []
+    app_only = claims.get("idtyp") == "app" or ("scp" not in claims and "preferred_username" not in claims
+                                                 and "upn" not in claims and "name" not in claims)
+    name = claims.get("preferred_username") or claims.get("upn") or claims.get("name") or claims.get("azp") or ""
+    return Principal(
+        id=str(claims.get("oid") or claims.get("sub") or ""),
+        name=str(name),
+        type="app" if app_only else "user",
+        tenant_id=str(claims.get("tid") or ""),
+        roles=frozenset(str(role) for role in roles if isinstance(role, str)) if isinstance(roles, list)
+        else frozenset(),
+    )
+
+
+def fetch_json_with(send: Callable[[str], Awaitable[tuple[int, bytes]]]) -> FetchJson:
+    """A ``FetchJson`` over a function that GETs a URL and answers (status, body)."""
+
+    async def fetch(url: str) -> Any:
+        status, body = await send(url)
+        if status != 200:
+            raise ServiceMisconfigured(f"The OIDC document {url} answered {status}.")
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise ServiceMisconfigured(f"The OIDC document {url} is not JSON.") from None
+
+    return fetch

@@ -1,0 +1,132 @@
+"""The audit log in Table Storage: append-only, keyed by time, never a secret.
+
+Table ``{prefix}Audit``. PartitionKey = the record's UTC day (``YYYYMMDD``), RowKey = inverted milliseconds +
+the record id, so a day's records sort newest first and a time-range query reads only the days and the key
+range it asks for. Retention deletes whole days (a range over partitions), oldest first.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from shared.errors import InvalidRequest
+from shared.records import Actor, AuditRecord
+
+if TYPE_CHECKING:
+    from shared.azure.clients import AzureClients
+
+AUDIT_TABLE = "Audit"
+_MAX_MS = 10**14
+_COLUMNS = {"action": "Action", "outcome": "Outcome", "app": "App", "connection_id": "ConnectionId",
+            "connection_name": "ConnectionName", "detail": "Detail", "client_ip": "ClientIp",
+            "user_agent": "UserAgent", "request_id": "RequestId", "trace_id": "TraceId"}
+
+
+def day_of(at: datetime) -> str:
+    return f"{at.astimezone(UTC):%Y%m%d}"
+
+
+def row_key(at: datetime, record_id: str) -> str:
+    return f"{_MAX_MS - int(at.timestamp() * 1000):015d}|{record_id}"
+
+
+def to_entity(record: AuditRecord) -> dict[str, Any]:
+    entity: dict[str, Any] = {"PartitionKey": day_of(record.at), "RowKey": row_key(record.at, record.id),
+                              "At": record.at, "ActorId": record.actor.id, "ActorName": record.actor.name,
+                              "ActorType": record.actor.type}
+    if record.actor.role:
+        entity["ActorRole"] = record.actor.role
+    for attr, column in _COLUMNS.items():
+        value = getattr(record, attr)
+        if value is not None:
+            entity[column] = value
+    return entity
+
+
+def from_entity(entity: Any) -> AuditRecord:
+    at = entity["At"]
+    return AuditRecord(
+        at=at.astimezone(UTC), id=str(entity["RowKey"]).split("|", 1)[1],
+        actor=Actor(str(entity.get("ActorId") or ""), str(entity.get("ActorName") or ""),
+                    str(entity.get("ActorType") or ""), entity.get("ActorRole")),
+        **{attr: entity.get(column) for attr, column in _COLUMNS.items()},
+    )
+
+
+def _encode(day: str, after: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([day, after]).encode()).decode().rstrip("=")
+
+
+def _decode(token: str) -> tuple[str, str]:
+    try:
+        day, after = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if isinstance(day, str) and isinstance(after, str) and len(day) == 8 and day.isdigit():
+            return day, after
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        pass
+    raise InvalidRequest("The continuation token is not valid; start again without it.")
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "''")
+
+
+class AuditTable:
+    def __init__(self, clients: AzureClients) -> None:
+        self._clients = clients
+
+    async def append(self, record: AuditRecord) -> None:
+        table = await self._clients.table(AUDIT_TABLE)
+        await table.create_entity(to_entity(record))
+
+    async def query(self, start: datetime, end: datetime, *, connection_id: str | None = None,
+                    actor: str | None = None, action: str | None = None, limit: int = 100,
+                    continuation: str | None = None) -> tuple[list[AuditRecord], str | None]:
+        """Records with ``start <= at <= end``, newest first, at most ``limit``; a token for the rest."""
+        table = await self._clients.table(AUDIT_TABLE)
+        newest_day, after = _decode(continuation) if continuation else (day_of(end), None)
+        oldest_day = day_of(start)
+        filters = "".join(
+            f" and {column} eq '{_quote(value)}'"
+            for column, value in (("ConnectionId", connection_id), ("ActorId", actor), ("Action", action)) if value)
+        found: list[AuditRecord] = []
+        day = datetime.strptime(newest_day, "%Y%m%d").replace(tzinfo=UTC)
+        low = row_key(end, "")  # the newest wanted sorts first
+        high = row_key(start, "~")
+        while day_of(day) >= oldest_day:
+            key = day_of(day)
+            lower = max(low, after) if after else low
+            query = (f"PartitionKey eq '{key}' and RowKey {'gt' if after else 'ge'} '{_quote(lower)}'"
+                     f" and RowKey le '{_quote(high)}'{filters}")
+            async for entity in table.query_entities(query, results_per_page=min(1000, limit - len(found))):
+                found.append(from_entity(entity))
+                if len(found) == limit:
+                    return found, _encode(key, str(entity["RowKey"]))
+            after = None
+            day -= timedelta(days=1)
+        return found, None
+
+    async def purge(self, before: datetime, limit: int = 10_000) -> int:
+        """Delete the records of the days before ``before``'s day (at most ``limit``); return how many."""
+        table = await self._clients.table(AUDIT_TABLE)
+        deleted = 0
+        batch: list[tuple[str, dict[str, Any]]] = []
+        partition = None
+        async for entity in table.query_entities(f"PartitionKey lt '{day_of(before)}'",
+                                                 select=["PartitionKey", "RowKey"]):
+            if batch and (entity["PartitionKey"] != partition or len(batch) == 100):
+                await table.submit_transaction(batch)
+                deleted += len(batch)
+                batch = []
+            partition = entity["PartitionKey"]
+            batch.append(("delete", {"PartitionKey": entity["PartitionKey"], "RowKey": entity["RowKey"]}))
+            if deleted + len(batch) >= limit:
+                break
+        if batch:
+            await table.submit_transaction(batch)
+            deleted += len(batch)
+        return deleted
