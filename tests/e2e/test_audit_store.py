@@ -20,7 +20,8 @@ DAY = datetime(2024, 3, 10, 12, 0, tzinfo=UTC)
 
 def _record(at: datetime, action: str = "connection.update", connection: str | None = None,
             actor: str = "u1") -> AuditRecord:
-    return AuditRecord(at=at, action=action, outcome="started", actor=Actor(actor, "Ada", "user", "AppConnections.Writer"),
+    writer = Actor(actor, "Ada", "user", "AppConnections.Writer")
+    return AuditRecord(at=at, action=action, outcome="started", actor=writer,
                        app="azure-key-vault", connection_id=connection or str(uuid.uuid4()), detail="d",
                        client_ip="203.0.113.7", user_agent="curl", request_id="r", trace_id="t")
 
