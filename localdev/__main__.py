@@ -1,8 +1,11 @@
-"""``python -m localdev host|standin|up``: run the service locally without Azure Functions Core Tools.
+"""``python -m localdev host|standin|up|token``: run the service locally without Azure Functions Core Tools.
 
 - ``host``    serve the function app (reads local.settings.json; the environment wins)
 - ``standin`` run the Entra ID / Microsoft Graph / Key Vault stand-in alone
-- ``up``      start Azurite and the stand-in, register a demo tenant and app, and serve the function app
+- ``up``      start Azurite and the stand-in, register the service's API, a demo tenant and app, and serve the
+              function app
+- ``token``   print an access token for the API of the running ``up``:
+              ``python -m localdev token --role AppConnections.Admin [--role ...] [--user] [--app APP]``
 """
 
 from __future__ import annotations
@@ -36,10 +39,11 @@ def _up(argv: Sequence[str]) -> int:
     # uvicorn re-raises the signal that stopped it once it has shut down; turning SIGTERM into SystemExit
     # lets the environment below stop Azurite and the stand-in instead of leaving them running.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with LocalEnvironment(args.state_dir, site_url=site_url) as env:
+    with LocalEnvironment(args.state_dir, site_url=site_url, with_api=True) as env:
         assert env.standin is not None
         assert env.azurite is not None
-        env.apply()
+        assert env.api is not None
+        env.apply()  # with AUTH_TENANT_ID and AUTH_AUDIENCE: every route wants a token for the API
         os.environ.setdefault("SITE_URL", f"http://localhost:{args.port}")
         admin = env.standin.admin
         tenant = admin.add_tenant()
@@ -62,6 +66,11 @@ def _up(argv: Sequence[str]) -> int:
         )
         body_file.chmod(0o600)
         base = f"http://localhost:{args.port}"
+        api = env.api
+        token_command = "python -m localdev token"
+        if args.state_dir.resolve() != (ROOT / ".localdev").resolve():
+            token_command += f" --state-dir {args.state_dir}"
+        bearer = '-H "Authorization: Bearer $TOKEN"'
         print(
             "\n".join(
                 [
@@ -72,15 +81,23 @@ def _up(argv: Sequence[str]) -> int:
                     f"Demo app (client id): {demo['appId']}",
                     f"Its secret is in {body_file} (not printed).",
                     "",
+                    f"The service's API: AUTH_TENANT_ID={api.tenant_id} AUTH_AUDIENCE={api.api_app_id} "
+                    f"({api.identifier_uri})",
+                    f"Demo administrator: {api.user_principal_name}; demo daemon (client id): "
+                    f"{api.daemon_client_id}; both hold AppConnections.Admin ({env.api_access_path}, 0600).",
+                    "Every request needs an access token for the API; get one (a daemon's; --user for the",
+                    "administrator's, --role for other roles, --app azure-key-vault to limit them to one app):",
+                    f"  TOKEN=$({token_command} --role AppConnections.Admin)",
+                    "",
                     "Create a connection:",
-                    f"  curl -s -X POST {base}/api/v1/app-connections/azure-key-vault \\",
+                    f"  curl -s -X POST {base}/api/v1/app-connections/azure-key-vault {bearer} \\",
                     f"       -H 'content-type: application/json' --data @{body_file}",
                     "List connections:",
-                    f"  curl -s {base}/api/v1/app-connections/azure-key-vault",
+                    f"  curl -s {bearer} {base}/api/v1/app-connections/azure-key-vault",
                     "Create an OAuth connection (the stand-in consents as a test user; open the URL in a browser",
                     f"that trusts {env.standin.ca_path}, or follow it with curl --cacert):",
-                    f"  curl -s -H 'Accept: application/json' '{base}/api/v1/app-connections/azure-key-vault/oauth/"
-                    "authorize?name=demo-oauth'",
+                    f"  curl -s {bearer} -H 'Accept: application/json' '{base}/api/v1/app-connections/"
+                    "azure-key-vault/oauth/authorize?name=demo-oauth'",
                     "",
                 ]
             ),
@@ -109,7 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return standin_main(rest)
     if command == "up":
         return _up(rest)
-    print(f"unknown command {command!r}; use host, standin or up", file=sys.stderr)
+    if command == "token":
+        from localdev.api_token import main as token_main
+
+        return token_main(rest)
+    print(f"unknown command {command!r}; use host, standin, up or token", file=sys.stderr)
     return 2
 
 

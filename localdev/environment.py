@@ -1,5 +1,10 @@
 """A whole local environment: Azurite, the Entra/Graph/Key Vault stand-in, and the settings that wire the
 service to them. ``python -m localdev up`` and the end-to-end tests both build it here.
+
+:meth:`LocalEnvironment.register_api` (or ``with_api=True``) also registers the service's own API on the
+stand-in, whose access tokens every route requires: its app roles, a demo administrator and a demo daemon
+holding ``AppConnections.Admin``, the settings ``AUTH_TENANT_ID`` and ``AUTH_AUDIENCE``, and
+``{state_dir}/api-auth.json`` for ``python -m localdev token``.
 """
 
 from __future__ import annotations
@@ -9,6 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from localdev.api_token import (
+    ADMIN_ROLE,
+    AUTH_FILE,
+    DEMO_ADMIN_UPN,
+    TOKEN_REDIRECT_URI,
+    ApiAccess,
+    api_roles,
+)
 from localdev.azurite import Azurite
 from localdev.standin import StandIn
 from shared.apps import APPS
@@ -38,6 +51,9 @@ class LocalEnvironment:
     settings: dict[str, str] = field(default_factory=dict)
     # The instance's own app registrations for the OAuth method, by setting prefix (one per app).
     oauth_clients: dict[str, ServiceIdentity] = field(default_factory=dict)
+    # Register the service's API when started (see register_api), so that AUTH_* are in the settings at once.
+    with_api: bool = False
+    api: ApiAccess | None = None
 
     def start(self) -> LocalEnvironment:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -82,13 +98,64 @@ class LocalEnvironment:
         for prefix, client in self.oauth_clients.items():
             self.settings[f"{prefix}_CLIENT_ID"] = client.client_id
             self.settings[f"{prefix}_CLIENT_SECRET"] = client.client_secret
+        if self.with_api:
+            try:
+                self.register_api()
+            except BaseException:
+                self.stop()
+                raise
         return self
+
+    def register_api(self) -> ApiAccess:
+        """Register the service's API in the service's tenant (once; later calls return the same): app roles
+        ``AppConnections.<Reader|Writer|Rotator|Auditor|Admin>`` and the same limited to each app
+        (``AppConnections.<Role>.<app>``), a demo administrator (``admin@contoso.example``) and a demo daemon
+        (a confidential client, also the client a person signs in to for ``token --user``) both holding
+        ``AppConnections.Admin``. Sets ``AUTH_TENANT_ID`` and ``AUTH_AUDIENCE`` (the API's appId) in
+        :attr:`settings` (call :meth:`apply` after it) and writes ``{state_dir}/api-auth.json`` (0600)."""
+        if self.api is not None:
+            return self.api
+        if self.standin is None or self.identity is None:
+            raise RuntimeError("start the local environment before registering its API")
+        admin = self.standin.admin
+        tenant = self.identity.tenant_id
+        api = admin.add_api(tenant, "app-connections-api", api_roles(APPS.keys()))
+        user = admin.add_user(tenant, DEMO_ADMIN_UPN, "Demo Administrator")
+        daemon = admin.add_app(tenant, display_name="app-connections-demo-daemon")
+        secret = admin.add_secret(tenant, daemon["appId"], display_name="demo daemon")
+        admin.add_redirect_uri(tenant, daemon["appId"], TOKEN_REDIRECT_URI)
+        admin.assign_role(tenant, api["appId"], user["id"], ADMIN_ROLE)
+        admin.assign_role(tenant, api["appId"], daemon["appId"], ADMIN_ROLE)
+        access = ApiAccess(
+            standin_url=self.standin.url,
+            ca_path=str(self.standin.ca_path),
+            tenant_id=tenant,
+            api_app_id=api["appId"],
+            identifier_uri=api["identifierUri"],
+            daemon_client_id=daemon["appId"],
+            daemon_client_secret=secret["secretText"],
+            daemon_principal_id=daemon["servicePrincipalId"],
+            user_principal_name=user["userPrincipalName"],
+            user_id=user["id"],
+        )
+        access.save(self.api_access_path)
+        self.settings["AUTH_TENANT_ID"] = tenant
+        self.settings["AUTH_AUDIENCE"] = access.api_app_id
+        self.api = access
+        return access
+
+    @property
+    def api_access_path(self) -> Path:
+        return self.state_dir / AUTH_FILE
 
     def apply(self, environ: dict[str, str] | os._Environ[str] = os.environ) -> None:
         """Put the settings into the environment (for a host in this process)."""
         environ.update(self.settings)
 
     def stop(self) -> None:
+        if self.api is not None:  # its stand-in URL and daemon secret are of no use once the stand-in is gone
+            self.api_access_path.unlink(missing_ok=True)
+            self.api = None
         if self.standin is not None:
             self.standin.stop()
             self.standin = None

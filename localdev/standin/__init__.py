@@ -10,7 +10,9 @@ Modules: ``server`` (TLS, keep-alive, fault rules and latency, request log, conn
 ``routing`` (Request/Response, the ``(method, regex) -> handler`` table), ``state`` (tenants, apps and their
 credentials, vault, fault rules, request log), ``context`` (what handlers reach), ``tokens`` (signing key),
 ``entra`` (discovery, JWKS, token endpoint: client credentials with a secret or a certificate),
-``oauth`` (authorize endpoint, authorization_code and refresh_token grants, test users), ``graph``
+``oauth`` (authorize endpoint, authorization_code and refresh_token grants, test users), ``apis`` (API
+registrations with app roles, role assignments to users and client apps, for ``api://{appId}/.default``
+tokens that carry ``roles``), ``graph``
 (applications, addPassword/removePassword, Graph-shaped fault rules), ``keyvault`` (secrets data plane),
 ``admin_api`` (``/_admin/``), ``admin`` (its client), ``pki`` (CA, server and client certificates),
 ``cli`` (``python -m localdev.standin``).

@@ -2,7 +2,8 @@
 
 It covers the directory (tenants, apps, roles, secrets, certificates, owners), Microsoft Graph (password
 history, propagation delay, call counts), OAuth (redirect URIs, test users, sign-in, consent, refresh token
-revocation, issued tokens), inspection (request log, vault contents, stats) and control (reset, fault rules,
+revocation, issued tokens), APIs (app registrations with app roles, and role assignments to users and client
+applications), inspection (request log, vault contents, stats) and control (reset, fault rules,
 latency). Errors raise :class:`AdminError` with the status.
 
 It keeps one keep-alive connection (reopened when needed); its connections start with an admin request, so
@@ -178,7 +179,9 @@ class AdminClient:
 
     def add_user(self, tenant_id: str, user_principal_name: str | None = None,
                  display_name: str | None = None) -> dict[str, Any]:
-        """A test user of the tenant: ``id`` (object id), ``userPrincipalName``, ``displayName``, ``tenantId``."""
+        """A test user of the tenant: ``id`` (object id), ``userPrincipalName``, ``displayName``, ``tenantId``.
+        The authorize endpoint signs it in when asked with ``login_hint=<userPrincipalName>`` (or after
+        :meth:`set_sign_in`); :meth:`assign_role` gives it an API's app roles."""
         body = {"userPrincipalName": user_principal_name, "displayName": display_name}
         return self._dict("POST", f"/tenants/{tenant_id}/users", body)
 
@@ -199,6 +202,35 @@ class AdminClient:
         """``{"issued": [every access, id and refresh token value issued], "refreshTokens": [{value, tenantId,
         clientId, userId, issued, status: active|redeemed|revoked|expired}], "users": [...]}``."""
         return self._dict("GET", "/oauth/tokens")
+
+    # --- APIs: app roles and their assignments ------------------------------------------------------
+
+    def add_api(
+        self, tenant_id: str, display_name: str = "api", roles: Iterable[str] = (), app_id: str | None = None
+    ) -> dict[str, Any]:
+        """Register an app exposing an API with these app roles. Returns ``appId``, ``identifierUri``
+        (``api://{appId}``), ``appRoles``, ``id``, ``servicePrincipalId``, ``displayName``, ``tenantId``.
+        Tokens for it: scope ``api://{appId}/.default`` (or ``{appId}/.default``); their ``aud`` is the appId."""
+        body = {"displayName": display_name, "roles": list(roles), "appId": app_id}
+        return self._dict("POST", f"/tenants/{tenant_id}/apis", body)
+
+    def get_api(self, tenant_id: str, api_app_id: str) -> dict[str, Any]:
+        """The API as :meth:`add_api` returns it, with ``assignments``: ``[{principalId, role}]``."""
+        return self._dict("GET", f"/tenants/{tenant_id}/apis/{api_app_id}")
+
+    def assign_role(self, tenant_id: str, api_app_id: str, principal_id: str, role: str) -> dict[str, Any]:
+        """Assign the API's app role ``role`` to a principal: a user (its ``id`` or userPrincipalName) or a client
+        application (its appId or ``servicePrincipalId``). Idempotent. Returns ``principalId`` (the user's id or
+        the service principal id: the ``oid`` of its tokens), ``principalType`` ("User" | "ServicePrincipal"),
+        ``role``, ``resourceId``, ``resourceAppId``. A role the API does not define is a 400."""
+        body = {"principalId": principal_id, "role": role}
+        return self._dict("POST", f"/tenants/{tenant_id}/apis/{api_app_id}/assignments", body)
+
+    def unassign_role(self, tenant_id: str, api_app_id: str, principal_id: str, role: str) -> None:
+        """Remove an assignment made with :meth:`assign_role` (404 when the principal does not hold the role).
+        Tokens issued before keep their ``roles`` until they expire, as in Entra."""
+        body = {"principalId": principal_id, "role": role}
+        self._call("DELETE", f"/tenants/{tenant_id}/apis/{api_app_id}/assignments", body)
 
     # --- inspection ----------------------------------------------------------------------------------
 

@@ -4,7 +4,10 @@
   known tenant or ``common``/``organizations``/``consumers``; an unknown tenant is 400 as in Entra.
 * ``POST /{tenant}/oauth2/v2.0/token`` dispatches on ``grant_type`` to the grants registered with
   :func:`register_grant`: ``client_credentials`` here (a single ``{resource}/.default`` scope; an app-only
-  access token with the app's ``roles``), ``authorization_code`` and ``refresh_token`` by
+  access token with the app's ``roles``; for an app registration's API, ``api://{appId}/.default`` or
+  ``{appId}/.default``, a v2 token with ``aud`` = the API's appId and the app roles assigned to the client on
+  it, see :func:`issue_api_app_token`; an app the tenant lacks is AADSTS500011), ``authorization_code`` and
+  ``refresh_token`` by
   :mod:`localdev.standin.oauth`. A tenant alias is refused here (AADSTS50059); ``oauth`` answers its own
   grants at ``/organizations`` and ``/common``.
 * Client authentication (:func:`authenticate_client`): a client secret in the form or HTTP Basic (refused while
@@ -211,7 +214,66 @@ def token(req: Request) -> Response:
 def client_credentials(req: Request, tenant: Tenant, form: dict[str, str]) -> Response:
     app, acr = authenticate_client(req, tenant, form)
     resource = _default_scope_resource(req, form)
+    api = find_api(req, tenant, resource)
+    if api is not None:
+        req.note["api"] = api.app_id
+        return token_response(req, issue_api_app_token(req.ctx, tenant, app, api, acr))
     return token_response(req, issue_access_token(req.ctx, tenant, app, resource, acr))
+
+
+def names_an_app(resource: str) -> bool:
+    """Whether a resource names an app registration (``api://...`` or a bare appId), not a Microsoft service."""
+    if resource.lower().startswith("api://"):
+        return True
+    try:
+        uuid.UUID(resource)
+    except ValueError:
+        return False
+    return True
+
+
+def resource_not_found(req: Request, tenant: Tenant, resource: str) -> HttpError:
+    return fail(
+        req,
+        400,
+        "invalid_resource",
+        500011,
+        f"The resource principal named {resource} was not found in the tenant named {tenant.display_name}. This can "
+        "happen if the application has not been installed by the administrator of the tenant or consented to by "
+        "any user in the tenant. You might have sent your authentication request to the wrong tenant.",
+    )
+
+
+def find_api(req: Request, tenant: Tenant, resource: str) -> App | None:
+    """The app registration a ``resource`` names (``api://{appId}``, another application ID URI, or an appId) in
+    the tenant; None for other resources (Key Vault, Graph...); AADSTS500011 for an app the tenant lacks."""
+    if not names_an_app(resource):
+        return None
+    api = req.ctx.state.find_api(tenant.tenant_id, resource)
+    if api is None:
+        raise resource_not_found(req, tenant, resource)
+    return api
+
+
+def issue_api_app_token(ctx: Context, tenant: Tenant, client: App, api: App, acr: str) -> str:
+    """A v2 app-only access token for an app registration's API: ``aud`` is the API's appId, ``roles`` the app
+    roles assigned to the client's service principal on it (no claim when none)."""
+    with ctx.state.lock:
+        roles = api.roles_of(client.service_principal_id)
+    claims: dict[str, Any] = {
+        "aud": api.app_id,
+        "iss": issuer(ctx.url, tenant.tenant_id),
+        "tid": tenant.tenant_id,
+        "oid": client.service_principal_id,
+        "sub": client.service_principal_id,
+        "azp": client.app_id,
+        "azpacr": acr,
+        "idtyp": "app",
+        "ver": "2.0",
+    }
+    if roles:
+        claims["roles"] = roles
+    return ctx.signer.issue(claims)
 
 
 def _default_scope_resource(req: Request, form: dict[str, str]) -> str:

@@ -4,7 +4,9 @@
 - ``GET /{tenant}/oauth2/v2.0/authorize`` (``tenant``: a GUID, ``organizations`` or ``common``) checks the
   client and that ``redirect_uri`` is one registered on the app (admin ``add_redirect_uri``), signs in a test
   user of the tenant (for ``organizations``/``common``: the tenant set with admin ``set_sign_in``, else the
-  app's home tenant; a user is created on first use) and redirects (302) to ``redirect_uri`` with ``code``,
+  app's home tenant; the user ``login_hint`` names (its userPrincipalName or id; an error page, AADSTS50034, when
+  the tenant has none such), else the one set with ``set_sign_in``, else the tenant's first, created on first
+  use) and redirects (302) to ``redirect_uri`` with ``code``,
   ``state`` and ``session_state``, or with ``error=access_denied`` (AADSTS65004) when admin ``set_consent(
   decline=True)`` says the user declines. An unknown client or redirect URI gets an error page, as Entra shows.
 - Codes are bound to the client, the redirect URI and the PKCE challenge (S256 or plain), single use
@@ -12,6 +14,11 @@
 - Refresh tokens rotate: each use returns a new one and invalidates the old (AADSTS70000 afterwards); admin
   ``revoke_refresh_tokens`` revokes a tenant's (or one user's) tokens (AADSTS50173); they expire after 90 days
   (AADSTS700082).
+- Scopes for an app registration's API (admin ``add_api``: ``api://{appId}/.default`` or ``{appId}/.default``,
+  or ``/user_impersonation``, its one delegated permission) give a v2 access token with ``aud`` = the API's
+  appId, ``azp`` (the client), ``oid``, ``sub``, ``tid``, ``name``, ``preferred_username``, ``scp`` and
+  ``roles`` (the app roles assigned to the user on the API, admin ``assign_role``; no claim when none), and no
+  ``idtyp``; an API the tenant lacks is AADSTS500011, another permission name AADSTS65005.
 - Responses carry ``access_token`` (delegated: ``aud`` is the scope's resource, ``scp``, ``tid``, ``oid``),
   ``refresh_token`` (when ``offline_access`` was consented), ``id_token`` (``tid``, ``oid``,
   ``preferred_username``; when ``openid`` was asked), ``expires_in`` and ``scope``.
@@ -45,6 +52,7 @@ CODE_LIFETIME = dt.timedelta(minutes=5)
 REFRESH_TOKEN_LIFETIME = dt.timedelta(days=90)
 ALIASES = ("organizations", "common")
 SCOPE_NAMES_FOR_DEFAULT = "user_impersonation"
+API_SCOPE = "user_impersonation"  # the delegated permission an API registered with admin add_api exposes
 
 
 @dataclass
@@ -143,10 +151,15 @@ def add_user(state: State, tenant_id: str, username: str | None = None, display_
         return user
 
 
-def _signed_in_user(state: State, tenant: Tenant) -> User:
+def _signed_in_user(state: State, tenant: Tenant, login_hint: str | None = None) -> User | None:
+    """The user ``login_hint`` names (None when the tenant has no such user), else the one set with admin
+    ``set_sign_in``, else the tenant's first user (created when there is none)."""
     with state.lock:
         found = directory(state)
         users = found.users.get(tenant.tenant_id) or []
+        if login_hint:
+            hint = login_hint.lower()
+            return next((u for u in users if u.username.lower() == hint or u.user_id == hint), None)
         chosen = next((u for u in users if u.user_id == found.sign_in_user), None)
         return chosen or (users[0] if users else add_user(state, tenant.tenant_id))
 
@@ -167,7 +180,7 @@ def _resource_scopes(scopes: list[str], base_url: str) -> tuple[str, list[str]]:
     for scope in scopes:
         if scope.lower() in entra.RESERVED_SCOPES:
             continue
-        if "://" in scope:
+        if "/" in scope:  # {resource}/{name}, the resource a URI or an appId
             resource, _, name = scope.rpartition("/")
         else:  # a bare permission name is Microsoft Graph's
             resource, name = base_url, scope
@@ -176,6 +189,34 @@ def _resource_scopes(scopes: list[str], base_url: str) -> tuple[str, list[str]]:
     if len(resources) > 1:
         raise ValueError("scopes for more than one resource")
     return (resources.pop() if resources else base_url), (names or ["User.Read"])
+
+
+class ScopeRefused(Exception):
+    def __init__(self, error: str, code: int, message: str) -> None:
+        super().__init__(message)
+        self.error, self.code, self.message = error, code, message
+
+
+def _api_of(state: State, tenant: Tenant, resource: str, names: list[str]) -> App | None:
+    """The app registration whose API the scopes are for (None for other resources); its one delegated
+    permission is ``user_impersonation`` (``.default`` means it)."""
+    if not entra.names_an_app(resource):
+        return None
+    api = state.find_api(tenant.tenant_id, resource)
+    if api is None:
+        raise ScopeRefused(
+            "invalid_resource",
+            500011,
+            f"The resource principal named {resource} was not found in the tenant named {tenant.display_name}.",
+        )
+    unknown = sorted(set(names) - {API_SCOPE})
+    if unknown:
+        raise ScopeRefused(
+            "invalid_scope",
+            65005,
+            f"The application asked for scope '{unknown[0]}' that doesn't exist on the resource '{api.app_id}'.",
+        )
+    return api
 
 
 # --- authorize ----------------------------------------------------------------------------------------
@@ -246,9 +287,13 @@ def authorize(req: Request) -> Response:
     if not scopes:
         return refuse("invalid_request", 900144, "The request body must contain the following parameter: 'scope'.")
     try:
-        _resource_scopes(scopes, req.base_url)
+        resource, names = _resource_scopes(scopes, req.base_url)
     except ValueError:
         return refuse("invalid_scope", 28000, "Provided value for the input parameter scope is not valid.")
+    try:
+        _api_of(state, tenant, resource, names)
+    except ScopeRefused as refused:
+        return refuse(refused.error, refused.code, refused.message)
     challenge = query.get("code_challenge") or None
     method = query.get("code_challenge_method") or "plain"
     if challenge is not None and method not in ("S256", "plain"):
@@ -257,7 +302,16 @@ def authorize(req: Request) -> Response:
         return refuse(
             "access_denied", 65004, "User declined to consent to access the app."
         )
-    user = _signed_in_user(state, tenant)
+    login_hint = query.get("login_hint") or None
+    user = _signed_in_user(state, tenant, login_hint)
+    if user is None:
+        raise _error_page(
+            req,
+            400,
+            50034,
+            f"The user account {login_hint} does not exist in the {tenant.display_name} directory. To sign into "
+            "this application, the account must be added to the directory.",
+        )
     code = "1.A" + secrets.token_urlsafe(64)
     with state.lock:
         directory(state).codes[code] = AuthCode(
@@ -413,27 +467,36 @@ def _issue(
         raise entra.fail(
             req, 400, "invalid_scope", 28000, "Provided value for the input parameter scope is not valid."
         ) from None
-    if any(s.endswith("/.default") for s in scopes) and app.roles:
+    try:
+        api = _api_of(ctx.state, tenant, resource, names)
+    except ScopeRefused as refused:
+        raise entra.fail(req, 400, refused.error, refused.code, refused.message) from None
+    if api is None and any(s.endswith("/.default") for s in scopes) and app.roles:
         names = sorted(app.roles)  # `.default`: the client app's statically consented delegated permissions
     wanted = {s.lower() for s in scopes} | {s.lower() for s in consented}
     common = {"iss": entra.issuer(ctx.url, tenant.tenant_id), "tid": tenant.tenant_id, "oid": user.user_id}
-    access = ctx.signer.issue(
-        {
-            **common,
-            "aud": resource,
-            "sub": hashlib.sha256(f"{user.user_id}:{app.app_id}".encode()).hexdigest()[:43],
-            "appid": app.app_id,
-            "azp": app.app_id,
-            "appidacr": "1",
-            "app_displayname": app.display_name,
-            "scp": " ".join(names),
-            "upn": user.username,
-            "preferred_username": user.username,
-            "name": user.display_name,
-            "idtyp": "user",
-            "ver": "2.0",
-        }
-    )
+    subject = hashlib.sha256(f"{user.user_id}:{app.app_id}".encode()).hexdigest()[:43]
+    if api is not None:
+        req.note["api"] = api.app_id
+        access = ctx.signer.issue(_api_user_claims(ctx.state, common, api, app, user, subject, names))
+    else:
+        access = ctx.signer.issue(
+            {
+                **common,
+                "aud": resource,
+                "sub": subject,
+                "appid": app.app_id,
+                "azp": app.app_id,
+                "appidacr": "1",
+                "app_displayname": app.display_name,
+                "scp": " ".join(names),
+                "upn": user.username,
+                "preferred_username": user.username,
+                "name": user.display_name,
+                "idtyp": "user",
+                "ver": "2.0",
+            }
+        )
     extra: dict[str, Any] = {"scope": " ".join(f"{resource}/{name}" for name in names)}
     issued = [access]
     if "openid" in wanted:
@@ -466,6 +529,29 @@ def _issue(
         directory(ctx.state).issued.extend(issued)
     req.note["user"] = user.user_id
     return entra.token_response(req, access, extra)
+
+
+def _api_user_claims(
+    state: State, common: dict[str, Any], api: App, client: App, user: User, subject: str, names: list[str]
+) -> dict[str, Any]:
+    """A v2 delegated access token for an API: ``aud`` is its appId, ``roles`` the app roles assigned to the user
+    on it (no claim when none), no ``idtyp`` (it is an optional claim Entra adds to app-only tokens only here)."""
+    with state.lock:
+        roles = api.roles_of(user.user_id)
+    claims: dict[str, Any] = {
+        **common,
+        "aud": api.app_id,
+        "sub": subject,
+        "azp": client.app_id,
+        "azpacr": "1",
+        "scp": " ".join(dict.fromkeys(names)),
+        "name": user.display_name,
+        "preferred_username": user.username,
+        "ver": "2.0",
+    }
+    if roles:
+        claims["roles"] = roles
+    return claims
 
 
 def alias_token(req: Request) -> Response:

@@ -36,7 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from localdev.standin import admin_api, entra, graph, keyvault, oauth
+from localdev.standin import admin_api, apis, entra, graph, keyvault, oauth
 from localdev.standin.admin import AdminClient
 from localdev.standin.context import Context
 from localdev.standin.pki import server_pki
@@ -278,6 +278,7 @@ def build_router(ctx: Context) -> Router:
     """The dispatch table: admin, Key Vault, OAuth (before Entra), Entra, Graph; a new service adds its rows here."""
     router = Router()
     admin_api.register(router, ctx)
+    apis.register(router, ctx)
     keyvault.register(router, ctx)
     oauth.register(router, ctx)  # before entra: it answers /organizations/ token requests
     entra.register(router, ctx)

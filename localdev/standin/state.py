@@ -1,10 +1,12 @@
 """Everything the stand-in knows, in one object guarded by one lock.
 
 :class:`State` holds the directory (tenants; their apps with roles, owners, password credentials, removed ones
-kept for inspection, and certificate credentials), the Key Vault secrets (versions oldest first, soft delete),
-which tenant the vault belongs to, the fault rules and the global latency, the request log (the last
-``REQUEST_LOG_LIMIT`` requests), the connection and handshake counters, Graph's secret propagation delay, and
-``extra`` for other services' own state (Graph's call counts, OAuth's users, codes and refresh tokens).
+kept for inspection, and certificate credentials; an app exposing an API also has its app roles, its
+``api://{appId}`` URI and the roles assigned to principals, see :mod:`localdev.standin.apis`), the Key Vault
+secrets (versions oldest first, soft delete), which tenant the vault belongs to, the fault rules and the global
+latency, the request log (the last ``REQUEST_LOG_LIMIT`` requests), the connection and handshake counters,
+Graph's secret propagation delay, and ``extra`` for other services' own state (Graph's call counts, OAuth's
+users, codes and refresh tokens).
 ``reset`` clears all of it.
 
 :class:`FaultRule` is one failure injection rule (actions ``respond``, ``drop``, ``drop_after``, ``delay``,
@@ -143,6 +145,36 @@ class App:
     keys: list[KeyCredential] = field(default_factory=list)
     owners: set[str] = field(default_factory=set)  # service principal ids owning this app registration
     removed_passwords: list[PasswordCredential] = field(default_factory=list)
+    # As an API (``State.add_api``): the app roles it defines, its application ID URIs, and the roles assigned
+    # to principals (a user's object id or a client's service principal id -> role values).
+    app_roles: list[str] = field(default_factory=list)
+    identifier_uris: list[str] = field(default_factory=list)
+    assignments: dict[str, set[str]] = field(default_factory=dict)
+
+    @property
+    def is_api(self) -> bool:
+        return bool(self.identifier_uris or self.app_roles)
+
+    def roles_of(self, principal_id: str) -> list[str]:
+        """The app roles of this API assigned to a principal (a user's id or a service principal id), sorted."""
+        return sorted(self.assignments.get(principal_id.lower(), ()))
+
+    def api_dict(self) -> dict[str, Any]:
+        return {
+            "appId": self.app_id,
+            "id": self.object_id,
+            "servicePrincipalId": self.service_principal_id,
+            "displayName": self.display_name,
+            "tenantId": self.tenant_id,
+            "identifierUri": self.identifier_uris[0] if self.identifier_uris else None,
+            "identifierUris": list(self.identifier_uris),
+            "appRoles": list(self.app_roles),
+            "assignments": [
+                {"principalId": principal, "role": role}
+                for principal, roles in sorted(self.assignments.items())
+                for role in sorted(roles)
+            ],
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -156,6 +188,8 @@ class App:
             "passwordCredentials": [p.to_dict() for p in self.passwords],
             "keyCredentials": [k.to_dict() for k in self.keys],
             "owners": sorted(self.owners),
+            "appRoles": list(self.app_roles),
+            "identifierUris": list(self.identifier_uris),
         }
 
 
@@ -366,6 +400,58 @@ class State:
             )
             tenant.apps[aid] = app
             return app
+
+    # --- APIs: app registrations that define app roles, and the roles assigned to principals -----------
+
+    def add_api(
+        self, tenant_id: str, display_name: str = "api", roles: list[str] | None = None, app_id: str | None = None
+    ) -> App:
+        """An app registration exposing an API: ``api://{appId}`` as its application ID URI, ``roles`` as its app
+        roles (assignable to users and applications)."""
+        defined = list(dict.fromkeys(roles or ()))
+        for role in defined:
+            if not role or any(c.isspace() for c in role):
+                raise StateError(f"an app role value must be non-empty without spaces: {role!r}")
+        with self.lock:
+            app = self.add_app(tenant_id, display_name, app_id)
+            app.identifier_uris = [f"api://{app.app_id}"]
+            app.app_roles = defined
+            return app
+
+    def find_api(self, tenant_id: str, resource: str) -> App | None:
+        """The app of the tenant that ``resource`` (an appId or an application ID URI, as in a ``/.default``
+        scope or an audience) names."""
+        wanted = resource.rstrip("/").lower()
+        with self.lock:
+            tenant = self.tenants.get(tenant_id.lower())
+            if tenant is None:
+                return None
+            if wanted in tenant.apps:
+                return tenant.apps[wanted]
+            return next(
+                (a for a in tenant.apps.values() if wanted in (u.rstrip("/").lower() for u in a.identifier_uris)),
+                None,
+            )
+
+    def assign_role(self, tenant_id: str, api_app_id: str, principal_id: str, role: str) -> App:
+        """Assign one of the API's app roles to a principal id (the caller resolves and checks the principal)."""
+        with self.lock:
+            api = self.require_app(tenant_id, api_app_id)
+            if role not in api.app_roles:
+                raise StateError(f"the API {api.app_id} defines no app role {role!r}; it has {api.app_roles}")
+            api.assignments.setdefault(principal_id.lower(), set()).add(role)
+            return api
+
+    def unassign_role(self, tenant_id: str, api_app_id: str, principal_id: str, role: str) -> App:
+        with self.lock:
+            api = self.require_app(tenant_id, api_app_id)
+            held = api.assignments.get(principal_id.lower(), set())
+            if role not in held:
+                raise StateError(f"{principal_id} has no assignment of {role!r} on the API {api.app_id}", 404)
+            held.discard(role)
+            if not held:
+                del api.assignments[principal_id.lower()]
+            return api
 
     def grant_roles(self, tenant_id: str, app_id: str, roles: list[str]) -> App:
         with self.lock:
