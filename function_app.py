@@ -6,6 +6,7 @@ Azure SDKs are imported where they are used, not here, so that a cold start stay
 import azure.functions as func
 
 from shared import redaction, telemetry
+from shared.functions.audit import bp as audit
 from shared.functions.connections import bp as connections
 from shared.functions.oauth import bp as oauth
 from shared.functions.openapi import bp as openapi
@@ -13,8 +14,9 @@ from shared.functions.rotation import bp as rotation
 
 redaction.install()  # before anything logs: every log record is redacted
 telemetry.configure()  # exports only with APPLICATIONINSIGHTS_CONNECTION_STRING; imports nothing otherwise
-app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)  # every route checks an access token itself
 app.register_functions(connections)
 app.register_functions(oauth)
 app.register_functions(rotation)
 app.register_functions(openapi)
+app.register_functions(audit)

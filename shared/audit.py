@@ -17,15 +17,18 @@ import contextvars
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from shared.errors import AuditUnavailable, ServiceError
+from shared.errors import AuditUnavailable, FieldError, InvalidRequest, ServiceError
 from shared.ports import AuditStore, Clock
 from shared.records import Actor, AuditRecord
 
 log = logging.getLogger("app_connections.audit")
 
 MAX_DETAIL = 500
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
 STARTED = "started"
 
 
@@ -91,6 +94,26 @@ class AuditLog:
         log.info("audit %s %s by %s", action, outcome, context.actor.id,
                  extra={"audit": True, **{f"audit_{k}": v for k, v in _flat(entry).items()}})
         return entry
+
+    async def search(self, start: datetime | None, end: datetime | None, *, connection_id: str | None = None,
+                     actor: str | None = None, action: str | None = None, limit: int = DEFAULT_PAGE,
+                     continuation: str | None = None) -> tuple[list[AuditRecord], str | None]:
+        """Records between ``start`` (default: 30 days before ``end``) and ``end`` (default: now), newest first."""
+        end = end or self._clock()
+        start = start or end - timedelta(days=30)
+        if start > end:
+            raise InvalidRequest("from must not be after to.", errors=[FieldError("/from", "is after to")])
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidRequest("The page size is out of range.",
+                                 errors=[FieldError("/limit", f"must be between 1 and {MAX_PAGE}")])
+        return await self._store.query(start, end, connection_id=connection_id, actor=actor, action=action,
+                                       limit=limit, continuation=continuation)
+
+    async def purge_expired(self, retention_days: int) -> int:
+        """Delete the records older than the retention (whole days); how many."""
+        deleted = await self._store.purge(self._clock() - timedelta(days=retention_days))
+        log.info("Audit retention: %d records older than %d days deleted", deleted, retention_days)
+        return deleted
 
     async def credential_change(self, action: str, outcome: str, *, app: str, connection_id: str,
                                 object_id: str, key_id: str | None = None, detail: str = "") -> None:

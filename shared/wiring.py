@@ -7,6 +7,7 @@ The HTTP functions and the timers get their services here; tests build the same 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING
 from shared.ports import Adapters, Clock
 
 if TYPE_CHECKING:
+    from shared.audit import AuditLog
+    from shared.auth import TokenValidator
     from shared.azure.clients import AzureClients
     from shared.connections import ConnectionService
     from shared.oauth import OAuthFlow
@@ -69,6 +72,35 @@ def services(base: Adapters | None = None, *, clock: Clock | None = None, option
     rotator = Rotator(base, options=options, checkpoint=checkpoint, owner=owner)
     connections = ConnectionService(base, rotator)
     return Services(base, rotator, connections, OAuthFlow(base, connections))
+
+
+_VALIDATORS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TokenValidator] = weakref.WeakKeyDictionary()
+
+
+def token_validator() -> TokenValidator:
+    """The running loop's validator of access tokens (its signing keys cached across requests)."""
+    from shared.auth import SigningKeys, TokenValidator, fetch_json_with
+    from shared.azure.clients import get_clients
+    from shared.azure.oidc import get_document
+
+    loop = asyncio.get_running_loop()
+    validator = _VALIDATORS.get(loop)
+    if validator is None:
+        clients = get_clients()
+
+        async def send(url: str) -> tuple[int, bytes]:
+            return await get_document(clients, url)
+
+        validator = TokenValidator(clients.settings, SigningKeys(clients.settings, fetch_json_with(send)))
+        _VALIDATORS[loop] = validator
+    return validator
+
+
+def audit_log() -> AuditLog:
+    from shared.audit import AuditLog
+
+    base = adapters()
+    return AuditLog(base.audit, base.clock)
 
 
 def connection_service() -> ConnectionService:

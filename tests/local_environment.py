@@ -17,6 +17,7 @@ import pytest
 from localdev.environment import LocalEnvironment
 from shared.azure.clients import AzureClients
 from shared.settings import reset_settings
+from tests.tokens import Tokens
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,7 @@ def local_env(tmp_path_factory: pytest.TempPathFactory, secrets_used: Registry) 
         host_port = probe.getsockname()[1]
     env = LocalEnvironment(
         tmp_path_factory.mktemp("localdev"), table_prefix="E2e" + secrets.token_hex(4), sweep_schedule="0 0 0 1 1 *",
-        site_url=f"http://127.0.0.1:{host_port}",
+        site_url=f"http://127.0.0.1:{host_port}", with_api=True,
     )
     env.start()
     try:
@@ -74,8 +75,17 @@ def host_url(local_env: LocalEnvironment) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def api(host_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=host_url, timeout=60) as client:
+def tokens(local_env: LocalEnvironment) -> Tokens:
+    """Access tokens for the service's API, for daemons and people holding the roles a test names."""
+    assert local_env.api is not None
+    assert local_env.standin is not None
+    return Tokens(local_env.api, local_env.standin.admin)
+
+
+@pytest.fixture(scope="session")
+def api(host_url: str, tokens: Tokens) -> Iterator[httpx.Client]:
+    """The API as an administrator (a daemon holding AppConnections.Admin) calls it."""
+    with httpx.Client(base_url=host_url, timeout=60, auth=tokens.auth()) as client:
         yield client
 
 

@@ -6,6 +6,7 @@ The domain is imported inside each handler so that indexing the function app sta
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 import azure.functions as func
@@ -19,7 +20,26 @@ if TYPE_CHECKING:
 bp = func.Blueprint()
 
 BASE = "api/v1/app-connections"
-KEY = func.AuthLevel.FUNCTION
+# The access token is the gate (shared.auth), checked by every handler's ``endpoint``: there is no function key.
+OPEN = func.AuthLevel.ANONYMOUS
+ROTATION_FIELDS = ("isAutoRotationEnabled", "rotation")
+
+
+def writer_and_rotator(req: func.HttpRequest) -> tuple[str, ...]:
+    """A create or an edit needs Writer for what it changes of the connection and Rotator for what it changes of
+    its rotation (a body that is not a JSON object needs Writer, and gets its 400 from the handler)."""
+    try:
+        body = json.loads(req.get_body() or b"{}")
+    except ValueError:
+        return ("Writer",)
+    if not isinstance(body, dict):
+        return ("Writer",)
+    rotation = any(body.get(name) not in (None, False) for name in ROTATION_FIELDS)
+    if req.method == "PATCH":
+        rotation = any(name in body for name in ROTATION_FIELDS)
+        other = any(name not in ROTATION_FIELDS for name in body) or not body
+        return ("Writer", "Rotator") if rotation and other else ("Rotator",) if rotation else ("Writer",)
+    return ("Writer", "Rotator") if rotation else ("Writer",)
 
 
 def _service() -> ConnectionService:
@@ -35,8 +55,8 @@ def _one(record: ConnectionRecord, status: int = 200, headers: dict[str, str] | 
 
 
 @bp.function_name("list_app_connection_options")
-@bp.route(route=f"{BASE}/options", methods=["GET"], auth_level=KEY)
-@endpoint
+@bp.route(route=f"{BASE}/options", methods=["GET"], auth_level=OPEN)
+@endpoint("Reader", any_app=True)
 async def list_app_connection_options(req: func.HttpRequest) -> func.HttpResponse:
     from shared.options import app_options
     from shared.settings import get_settings
@@ -45,8 +65,8 @@ async def list_app_connection_options(req: func.HttpRequest) -> func.HttpRespons
 
 
 @bp.function_name("create_app_connection")
-@bp.route(route=BASE + "/{app}", methods=["POST"], auth_level=KEY)
-@endpoint
+@bp.route(route=BASE + "/{app}", methods=["POST"], auth_level=OPEN)
+@endpoint(writer_and_rotator, action="connection.create")
 async def create_app_connection(req: func.HttpRequest) -> func.HttpResponse:
     app = req.route_params["app"]
     record = await _service().create(app, read_json(req))
@@ -54,8 +74,8 @@ async def create_app_connection(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.function_name("list_app_connections")
-@bp.route(route=BASE + "/{app}", methods=["GET"], auth_level=KEY)
-@endpoint
+@bp.route(route=BASE + "/{app}", methods=["GET"], auth_level=OPEN)
+@endpoint("Reader")
 async def list_app_connections(req: func.HttpRequest) -> func.HttpResponse:
     from shared.connections import to_response
 
@@ -66,30 +86,30 @@ async def list_app_connections(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.function_name("get_app_connection")
-@bp.route(route=BASE + "/{app}/{connectionId}", methods=["GET"], auth_level=KEY)
-@endpoint
+@bp.route(route=BASE + "/{app}/{connectionId}", methods=["GET"], auth_level=OPEN)
+@endpoint("Reader")
 async def get_app_connection(req: func.HttpRequest) -> func.HttpResponse:
     return _one(await _service().get(req.route_params["app"], req.route_params["connectionId"]))
 
 
 @bp.function_name("get_app_connection_by_name")
-@bp.route(route=BASE + "/{app}/connection-name/{connectionName}", methods=["GET"], auth_level=KEY)
-@endpoint
+@bp.route(route=BASE + "/{app}/connection-name/{connectionName}", methods=["GET"], auth_level=OPEN)
+@endpoint("Reader")
 async def get_app_connection_by_name(req: func.HttpRequest) -> func.HttpResponse:
     return _one(await _service().get_by_name(req.route_params["app"], req.route_params["connectionName"]))
 
 
 @bp.function_name("update_app_connection")
-@bp.route(route=BASE + "/{app}/{connectionId}", methods=["PATCH"], auth_level=KEY)
-@endpoint
+@bp.route(route=BASE + "/{app}/{connectionId}", methods=["PATCH"], auth_level=OPEN)
+@endpoint(writer_and_rotator, action="connection.update")
 async def update_app_connection(req: func.HttpRequest) -> func.HttpResponse:
     params = req.route_params
     return _one(await _service().update(params["app"], params["connectionId"], read_json(req)))
 
 
 @bp.function_name("delete_app_connection")
-@bp.route(route=BASE + "/{app}/{connectionId}", methods=["DELETE"], auth_level=KEY)
-@endpoint
+@bp.route(route=BASE + "/{app}/{connectionId}", methods=["DELETE"], auth_level=OPEN)
+@endpoint("Writer", action="connection.delete")
 async def delete_app_connection(req: func.HttpRequest) -> func.HttpResponse:
     from shared.connections import to_response
 
@@ -100,7 +120,7 @@ async def delete_app_connection(req: func.HttpRequest) -> func.HttpResponse:
 
 
 @bp.function_name("validate_app_connection")
-@bp.route(route=BASE + "/{app}/{connectionId}/validate", methods=["POST"], auth_level=KEY)
-@endpoint
+@bp.route(route=BASE + "/{app}/{connectionId}/validate", methods=["POST"], auth_level=OPEN)
+@endpoint("Writer", action="connection.validate")
 async def validate_app_connection(req: func.HttpRequest) -> func.HttpResponse:
     return _one(await _service().validate(req.route_params["app"], req.route_params["connectionId"]))

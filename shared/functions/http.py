@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -150,47 +151,131 @@ def query_bool(req: func.HttpRequest, name: str) -> bool:
                          errors=[FieldError(f"/{name}", "must be true or false")])
 
 
-def endpoint(handler: Handler) -> Handler:
-    """Wrap a handler so that every failure is answered with a problem document."""
+RoleRule = Callable[[func.HttpRequest], tuple[str, ...]]
 
-    @functools.wraps(handler)
-    async def wrapper(req: func.HttpRequest) -> func.HttpResponse:
-        instance = _path(req.url)
-        params = req.route_params or {}
-        attributes = {"faas.name": handler.__name__, "http.request.method": req.method, "url.path": instance,
-                      "app": params.get("app"), "connection.id": params.get("connectionId")}
-        with telemetry.span(f"{req.method} {handler.__name__}", attributes) as span:
-            response = await _handle(req, instance)
-            status = response.status_code
-            span.set_attributes({"http.response.status_code": status,
-                                 "outcome": "ok" if status < 400 else "client-error" if status < 500 else "error"})
+
+def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None = None,
+             any_app: bool = False) -> Callable[[Handler], Handler]:
+    """Wrap a handler: the caller's access token is validated and must carry ``role`` (or every role a rule reads
+    from the request), for the route's app or ``app`` for a route whose path names none (``any_app``: a role
+    limited to any one app is enough); the request runs as that caller; a route with an audit ``action`` is
+    recorded before it runs (fail closed) and its outcome after; every failure is answered with a problem."""
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def wrapper(req: func.HttpRequest) -> func.HttpResponse:
+            instance = _path(req.url)
+            params = req.route_params or {}
+            attributes = {"faas.name": handler.__name__, "http.request.method": req.method, "url.path": instance,
+                          "app": params.get("app"), "connection.id": params.get("connectionId")}
+            with telemetry.span(f"{req.method} {handler.__name__}", attributes) as span:
+                response = await _guarded(req, instance)
+                status = response.status_code
+                span.set_attributes({"http.response.status_code": status,
+                                     "outcome": "ok" if status < 400 else "client-error" if status < 500 else "error"})
+                return response
+
+        async def _guarded(req: func.HttpRequest, instance: str) -> func.HttpResponse:
+            from shared.audit import RequestContext, acting
+            from shared.auth import authorize
+            from shared.records import Actor
+            from shared.wiring import token_validator
+
+            params = req.route_params or {}
+            route_app = app or params.get("app")
+            try:
+                principal = await token_validator().validate(req.headers.get("authorization"))
+                claims = []
+                for needed in (role,) if isinstance(role, str) else role(req):
+                    if any_app and principal.apps_granted(needed) != set():
+                        claims.append(principal.grant(needed, None) or f"AppConnections.{needed}.*")
+                    else:
+                        claims.append(authorize(principal, needed, route_app))
+                used = ",".join(dict.fromkeys(claims))
+            except ServiceError as error:
+                return problem_response(error, instance)
+            except Exception:
+                log.exception("%s %s: the caller could not be authenticated", req.method, instance)
+                return problem_response(ServiceError("The caller could not be authenticated."), instance)
+            context = RequestContext(
+                actor=Actor(principal.id, principal.name, principal.type, used),
+                client_ip=_client_ip(req), user_agent=req.headers.get("user-agent"),
+                request_id=req.headers.get("x-request-id") or uuid.uuid4().hex,
+                trace_id=_trace_id(req.headers.get("traceparent")),
+            )
+            with acting(context):
+                if action is None:
+                    return await _handle(handler, req, instance)
+                return await _audited(req, instance, route_app, params.get("connectionId"))
+
+        async def _audited(req: func.HttpRequest, instance: str, route_app: str | None,
+                           connection_id: str | None) -> func.HttpResponse:
+            from shared.wiring import audit_log
+
+            assert action is not None
+            audit = audit_log()
+            try:
+                await audit.record(action, "started", app=route_app, connection_id=connection_id,
+                                   detail=f"{req.method} {instance}")
+            except ServiceError as error:
+                return problem_response(error, instance)
+            response = await _handle(handler, req, instance)
+            connection = _connection_of(response)
+            await audit.record(action, str(response.status_code), app=route_app,
+                               connection_id=connection_id or connection.get("id"),
+                               connection_name=connection.get("name"), detail=f"{req.method} {instance}")
             return response
 
-    async def _handle(req: func.HttpRequest, instance: str) -> func.HttpResponse:
-        try:
-            return await handler(req)
-        except ServiceError as error:
-            if error.status >= 500:
-                log.warning("%s %s: %s", req.method, instance, error.detail)
-            return problem_response(error, instance)
-        except Exception as error:
-            from azure.core.exceptions import AzureError
+        return wrapper
 
-            if isinstance(error, AzureError):
-                status = getattr(error, "status_code", None)
-                log.warning("%s %s: Azure call failed (%s, status %s)", req.method, instance,
-                            type(error).__name__, status)
-                return problem_response(
-                    UpstreamError(
-                        "An Azure service the connection depends on failed; try again later."
-                        + (f" (Azure answered {status})" if status else "")
-                    ),
-                    instance,
-                )
-            log.exception("%s %s failed", req.method, instance)
-            return problem_response(ServiceError("The service failed to handle the request."), instance)
+    return decorate
 
-    return wrapper
+
+async def _handle(handler: Handler, req: func.HttpRequest, instance: str) -> func.HttpResponse:
+    try:
+        return await handler(req)
+    except ServiceError as error:
+        if error.status >= 500:
+            log.warning("%s %s: %s", req.method, instance, error.detail)
+        return problem_response(error, instance)
+    except Exception as error:
+        from azure.core.exceptions import AzureError
+
+        if isinstance(error, AzureError):
+            status = getattr(error, "status_code", None)
+            log.warning("%s %s: Azure call failed (%s, status %s)", req.method, instance,
+                        type(error).__name__, status)
+            return problem_response(
+                UpstreamError(
+                    "An Azure service the connection depends on failed; try again later."
+                    + (f" (Azure answered {status})" if status else "")
+                ),
+                instance,
+            )
+        log.exception("%s %s failed", req.method, instance)
+        return problem_response(ServiceError("The service failed to handle the request."), instance)
+
+
+def _client_ip(req: func.HttpRequest) -> str | None:
+    forwarded = (req.headers.get("x-forwarded-for") or "").split(",")[0].strip()
+    return forwarded[:64] or None
+
+
+def _trace_id(traceparent: str | None) -> str | None:
+    parts = (traceparent or "").split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+
+
+def _connection_of(response: func.HttpResponse) -> dict[str, Any]:
+    """The connection an answer carries (its id and name, for the audit record)."""
+    if response.mimetype != "application/json" or response.status_code >= 300:
+        return {}
+    try:
+        body = json.loads(response.get_body() or b"{}")
+    except ValueError:
+        return {}
+    connection = body.get("appConnection") if isinstance(body, dict) else None
+    return connection if isinstance(connection, dict) else {}
 
 
 def _path(url: str) -> str:

@@ -11,7 +11,7 @@ import logging
 
 import azure.functions as func
 
-from shared.functions.connections import BASE, KEY
+from shared.functions.connections import BASE, OPEN
 from shared.functions.http import endpoint, json_response
 
 bp = func.Blueprint()
@@ -34,8 +34,8 @@ def _wants_json(req: func.HttpRequest) -> bool:
 
 
 @bp.function_name("authorize_app_connection_oauth")
-@bp.route(route=BASE + "/{app}/oauth/authorize", methods=["GET"], auth_level=KEY)
-@endpoint
+@bp.route(route=BASE + "/{app}/oauth/authorize", methods=["GET"], auth_level=OPEN)
+@endpoint("Writer", action="connection.authorize")
 async def authorize_app_connection_oauth(req: func.HttpRequest) -> func.HttpResponse:
     from shared.wiring import oauth_flow
 

@@ -7,7 +7,7 @@ import logging
 
 import azure.functions as func
 
-from shared.functions.connections import BASE, KEY, _one, _service
+from shared.functions.connections import BASE, OPEN, _one, _service
 from shared.functions.http import endpoint, json_response, query_int
 
 bp = func.Blueprint()
@@ -15,15 +15,15 @@ log = logging.getLogger(__name__)
 
 
 @bp.function_name("rotate_app_connection")
-@bp.route(route=BASE + "/{app}/{connectionId}/rotate", methods=["POST"], auth_level=KEY)
-@endpoint
+@bp.route(route=BASE + "/{app}/{connectionId}/rotate", methods=["POST"], auth_level=OPEN)
+@endpoint("Rotator", action="connection.rotate")
 async def rotate_app_connection(req: func.HttpRequest) -> func.HttpResponse:
     return _one(await _service().rotate(req.route_params["app"], req.route_params["connectionId"]))
 
 
 @bp.function_name("list_app_connection_rotations")
-@bp.route(route=BASE + "/{app}/{connectionId}/rotations", methods=["GET"], auth_level=KEY)
-@endpoint
+@bp.route(route=BASE + "/{app}/{connectionId}/rotations", methods=["GET"], auth_level=OPEN)
+@endpoint("Reader")
 async def list_app_connection_rotations(req: func.HttpRequest) -> func.HttpResponse:
     events, token = await _service().rotations(
         req.route_params["app"], req.route_params["connectionId"], query_int(req, "limit"),
@@ -33,8 +33,8 @@ async def list_app_connection_rotations(req: func.HttpRequest) -> func.HttpRespo
 
 
 @bp.function_name("list_azure_client_secrets_clients")
-@bp.route(route=BASE + "/azure-client-secrets/{connectionId}/clients", methods=["GET"], auth_level=KEY)
-@endpoint
+@bp.route(route=BASE + "/azure-client-secrets/{connectionId}/clients", methods=["GET"], auth_level=OPEN)
+@endpoint("Reader", app="azure-client-secrets", action="connection.list-clients")
 async def list_azure_client_secrets_clients(req: func.HttpRequest) -> func.HttpResponse:
     return json_response({"clients": await _service().clients_visible(req.route_params["connectionId"])})
 

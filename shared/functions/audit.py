@@ -1,0 +1,54 @@
+"""The audit log: ``GET /api/v1/audit-logs`` (Auditor) and the timer that enforces ``AUDIT_RETENTION_DAYS``."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import azure.functions as func
+
+from shared.errors import FieldError, InvalidRequest
+from shared.functions.connections import OPEN
+from shared.functions.http import endpoint, json_response, query_int
+
+bp = func.Blueprint()
+log = logging.getLogger(__name__)
+
+# Daily at 03:15 UTC: a fixed time, as retention needs no tuning (the number of days is the setting).
+RETENTION_SCHEDULE = "0 15 3 * * *"
+
+
+def _when(req: func.HttpRequest, name: str) -> datetime | None:
+    raw = req.params.get(name)
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidRequest(f"The query parameter {name} must be an ISO 8601 time.",
+                             errors=[FieldError(f"/{name}", "must be an ISO 8601 time, e.g. 2026-01-31T00:00:00Z")]
+                             ) from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@bp.function_name("list_audit_logs")
+@bp.route(route="api/v1/audit-logs", methods=["GET"], auth_level=OPEN)
+@endpoint("Auditor")
+async def list_audit_logs(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.wiring import audit_log
+
+    records, token = await audit_log().search(
+        _when(req, "from"), _when(req, "to"), connection_id=req.params.get("connectionId") or None,
+        actor=req.params.get("actor") or None, action=req.params.get("action") or None,
+        limit=query_int(req, "limit") or 100, continuation=req.params.get("continuationToken") or None,
+    )
+    return json_response({"auditLogs": [record.as_dict() for record in records], "continuationToken": token})
+
+
+@bp.function_name("enforce_audit_retention")
+@bp.timer_trigger(schedule=RETENTION_SCHEDULE, arg_name="timer", run_on_startup=False, use_monitor=True)
+async def enforce_audit_retention(timer: func.TimerRequest) -> None:
+    from shared.settings import get_settings
+    from shared.wiring import audit_log
+
+    await audit_log().purge_expired(get_settings().audit_retention_days)
