@@ -323,3 +323,33 @@ class Problem(BaseModel):
     detail: str | None = None
     instance: str | None = None
     errors: list[FieldErrorOut] | None = None
+
+
+class ActorOut(_Out):
+    id: str
+    name: str
+    type: str
+    role: str | None
+
+
+class AuditRecordOut(_Out):
+    """One audit record: never a secret."""
+
+    id: str
+    at: Timestamp
+    action: str
+    outcome: str
+    actor: ActorOut
+    app: str | None
+    connectionId: str | None
+    connectionName: str | None
+    detail: str | None
+    clientIp: str | None
+    userAgent: str | None
+    requestId: str | None
+    traceId: str | None
+
+
+class AuditLogOut(_Out):
+    auditLogs: list[AuditRecordOut]
+    continuationToken: str | None

@@ -18,6 +18,7 @@ from shared.apps import APPS
 from shared.connections import MAX_PAGE_SIZE
 from shared.errors import PROBLEM_CONTENT_TYPE
 from shared.models import (
+    AuditLogOut,
     AuthorizationUrlOut,
     CertificateCredentialsIn,
     ClientSecretCredentialsIn,
@@ -36,6 +37,7 @@ from shared.oauth import CALLBACK_PARAMS, AuthorizeIn
 
 BASE = "/api/v1/app-connections"
 OPENAPI_PATH = "/api/v1/openapi.json"
+AUDIT_PATH = "/api/v1/audit-logs"
 CALLBACK_PATH = "/organization/app-connections/azure/oauth/callback"
 
 _REQUEST_MODELS: tuple[type[BaseModel], ...] = (
@@ -44,19 +46,21 @@ _REQUEST_MODELS: tuple[type[BaseModel], ...] = (
 )
 _RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     ConnectionEnvelope, ConnectionList, DeletedOut, RotationHistoryOut, OptionsOut, ClientsOut, AuthorizationUrlOut,
-    Problem,
+    AuditLogOut, Problem,
 )
 
 _PROBLEM_TEXT = {
     400: "The request is not valid (field errors in `errors`), or Entra ID refused the credentials (`aadstsCode`).",
-    401: "No valid function key (`x-functions-key` header or `code` query parameter).",
+    401: "No valid Entra ID access token for this API (`Authorization: Bearer`; `WWW-Authenticate` says why).",
+    403: "The token lacks the app role the route needs (`requiredRole`).",
     404: "No such app, connection or route.",
     409: "The name is taken, another change to the connection won the race (ETag), or a rotation of it is in "
          "progress (`rotation-in-progress`, with `rotationId` and `Retry-After`).",
     413: "The body is larger than 64 KiB.",
     415: "The body is not `application/json`.",
     502: "An Azure service (Entra ID, Graph, Key Vault, Table Storage) failed or could not be reached.",
-    503: "The service is not configured for this.",
+    503: "The service is not configured for this (authentication included), or the audit record of the action could "
+         "not be written, so the action did not run.",
 }
 
 
@@ -72,7 +76,7 @@ def _problems(*statuses: int) -> dict[str, Any]:
     return {
         str(status): {"description": _PROBLEM_TEXT[status],
                       "content": {PROBLEM_CONTENT_TYPE: {"schema": _ref("Problem")}}}
-        for status in sorted({401, 413, *statuses})
+        for status in sorted({401, 403, 413, 503, *statuses})
     }
 
 
@@ -192,6 +196,18 @@ def _paths() -> dict[str, Any]:
             parameters=[_query(name, f"At most {limit} characters.", {"type": "string", "maxLength": limit})
                         for name, limit in CALLBACK_PARAMS.items()],
             security=[], tag="oauth")},
+        AUDIT_PATH: {"get": _operation(
+            "list_audit_logs", "The audit log, newest first (AppConnections.Auditor).",
+            {"200": _json("AuditLogOut", "A page of audit records."), **_problems(400)},
+            parameters=[
+                _query("from", "ISO 8601 start (default: 30 days before `to`).", {"type": "string"}),
+                _query("to", "ISO 8601 end (default: now).", {"type": "string"}),
+                _query("connectionId", "Only this connection's records.", {"type": "string"}),
+                _query("actor", "Only this actor's records (its object id).", {"type": "string"}),
+                _query("action", "Only this action, e.g. `connection.delete` or `credential.remove`.",
+                       {"type": "string"}),
+                *PAGING],
+            tag="audit")},
         OPENAPI_PATH: {"get": _operation(
             "get_openapi_document", "This document.",
             {"200": {"description": "The OpenAPI 3.1 document.",
@@ -224,16 +240,17 @@ def _document() -> dict[str, Any]:
             "Azure Key Vault, Azure App Configuration and Microsoft Graph. Errors are RFC 9457 problem details.",
         },
         "servers": [{"url": "/"}],
-        "security": [{"functionKeyHeader": []}, {"functionKeyQuery": []}],
-        "tags": [{"name": name} for name in ("app-connections", "rotation", "oauth", "meta")],
+        "security": [{"entraId": []}],
+        "tags": [{"name": name} for name in ("app-connections", "rotation", "oauth", "audit", "meta")],
         "paths": _paths(),
         "components": {
             "schemas": _schemas(),
             "securitySchemes": {
-                "functionKeyHeader": {"type": "apiKey", "in": "header", "name": "x-functions-key",
-                                      "description": "An Azure Functions function or host key."},
-                "functionKeyQuery": {"type": "apiKey", "in": "query", "name": "code",
-                                     "description": "The same key in the query string."},
+                "entraId": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                            "description": "An Entra ID access token for the service's API registration (audience "
+                            "AUTH_AUDIENCE), whose `roles` claim carries the route's app role: "
+                            "AppConnections.Reader, .Writer, .Rotator, .Auditor or .Admin, optionally limited to "
+                            "one app with a suffix (`AppConnections.Writer.azure-key-vault`)."},
             },
         },
     }

@@ -37,6 +37,7 @@ ROUTES = {
     ("get", "/api/v1/app-connections/azure-client-secrets/{connectionId}/clients"),
     ("get", "/api/v1/app-connections/{app}/oauth/authorize"),
     ("get", "/organization/app-connections/azure/oauth/callback"), ("get", "/api/v1/openapi.json"),
+    ("get", "/api/v1/audit-logs"),
 }
 
 
@@ -48,18 +49,18 @@ def _record(**changes: object) -> ConnectionRecord:
     return record.evolve(**changes)
 
 
-def test_every_route_is_documented_with_its_problems_and_the_key():
+def test_every_route_is_documented_with_its_problems_and_the_bearer_token():
     document = openapi_document()
     assert document["openapi"] == "3.1.0"
     found = {(m, p) for p, item in document["paths"].items() for m in item if m != "parameters"}
     assert found == ROUTES
     schemes = document["components"]["securitySchemes"]
-    assert (schemes["functionKeyHeader"]["in"], schemes["functionKeyHeader"]["name"]) == ("header", "x-functions-key")
-    assert (schemes["functionKeyQuery"]["in"], schemes["functionKeyQuery"]["name"]) == ("query", "code")
+    assert schemes == {"entraId": {**schemes["entraId"], "type": "http", "scheme": "bearer"}}
+    assert document["security"] == [{"entraId": []}]
     callback = document["paths"]["/organization/app-connections/azure/oauth/callback"]["get"]
     assert callback["security"] == [] and "text/html" in callback["responses"]["200"]["content"]
     create = document["paths"]["/api/v1/app-connections/{app}"]["post"]
-    for status in ("201", "400", "404", "409", "413", "415", "502"):
+    for status in ("201", "400", "401", "403", "404", "409", "413", "415", "502", "503"):
         assert status in create["responses"]
     assert "application/problem+json" in create["responses"]["409"]["content"]
 

@@ -1,0 +1,166 @@
+"""Who may do what, through the host with real tokens from the stand-in: every route for every role, allowed and
+refused; tokens that are missing, forged or for another API; an audit record for each action; fail closed."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.tokens import Tokens
+
+pytestmark = pytest.mark.e2e
+
+BASE = "/api/v1/app-connections"
+KV = "azure-key-vault"
+ID = str(uuid.uuid4())
+ROTATION = {"rotationInterval": 30, "rotateAtUtc": {"hours": 3, "minutes": 0}}
+
+# (method, path, body, the roles it needs, the app they must be granted for: None = any)
+ROUTES: list[tuple[str, str, Any, tuple[str, ...], str | None]] = [
+    ("GET", f"{BASE}/options", None, ("Reader",), None),
+    ("GET", "/api/v1/openapi.json", None, ("Reader",), None),
+    ("POST", f"{BASE}/{KV}", {"name": "x"}, ("Writer",), KV),
+    ("POST", f"{BASE}/{KV}", {"name": "x", "isAutoRotationEnabled": True, "rotation": ROTATION},
+     ("Writer", "Rotator"), KV),
+    ("GET", f"{BASE}/{KV}", None, ("Reader",), KV),
+    ("GET", f"{BASE}/{KV}/{ID}", None, ("Reader",), KV),
+    ("GET", f"{BASE}/{KV}/connection-name/nothing", None, ("Reader",), KV),
+    ("PATCH", f"{BASE}/{KV}/{ID}", {"name": "y"}, ("Writer",), KV),
+    ("PATCH", f"{BASE}/{KV}/{ID}", {"rotation": ROTATION}, ("Rotator",), KV),
+    ("PATCH", f"{BASE}/{KV}/{ID}", {"name": "y", "isAutoRotationEnabled": False}, ("Writer", "Rotator"), KV),
+    ("DELETE", f"{BASE}/{KV}/{ID}", None, ("Writer",), KV),
+    ("POST", f"{BASE}/{KV}/{ID}/validate", None, ("Writer",), KV),
+    ("POST", f"{BASE}/{KV}/{ID}/rotate", None, ("Rotator",), KV),
+    ("GET", f"{BASE}/{KV}/{ID}/rotations", None, ("Reader",), KV),
+    ("GET", f"{BASE}/azure-client-secrets/{ID}/clients", None, ("Reader",), "azure-client-secrets"),
+    ("GET", f"{BASE}/{KV}/oauth/authorize?name=x", None, ("Writer",), KV),
+    ("GET", "/api/v1/audit-logs", None, ("Auditor",), None),
+]
+CALLERS = [
+    (), ("AppConnections.Reader",), ("AppConnections.Writer",), ("AppConnections.Rotator",),
+    ("AppConnections.Auditor",), ("AppConnections.Admin",), ("AppConnections.Writer", "AppConnections.Rotator"),
+    ("AppConnections.Writer.azure-key-vault",), ("AppConnections.Reader.azure-key-vault",),
+    ("AppConnections.Admin.azure-client-secrets",),
+]
+
+
+def _allowed(roles: tuple[str, ...], needed: tuple[str, ...], app: str | None, route: str) -> bool:
+    def grants(role: str) -> bool:
+        if {"AppConnections.Admin", f"AppConnections.{role}"} & set(roles):
+            return True
+        scoped = {f"AppConnections.{role}.", "AppConnections.Admin."}
+        if app is None:  # options and the document: a role for any one app will do; the audit log: not
+            return role == "Reader" and any(r.startswith(tuple(scoped)) for r in roles)
+        return bool({f"AppConnections.{role}.{app}", f"AppConnections.Admin.{app}"} & set(roles))
+
+    return all(grants(role) for role in needed)
+
+
+def _call(host_url: str, method: str, path: str, body: Any, token: str | None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(base_url=host_url, timeout=60) as client:
+        return client.request(method, path, json=body, headers=headers)
+
+
+@pytest.mark.parametrize("roles", CALLERS, ids=lambda roles: "+".join(roles) or "no-role")
+def test_each_route_admits_exactly_the_roles_it_needs(host_url: str, tokens: Tokens, roles: tuple[str, ...]) -> None:
+    token = tokens.for_roles(*roles)
+    wrong = []
+    for method, path, body, needed, app in ROUTES:
+        response = _call(host_url, method, path, body, token)
+        allowed = _allowed(roles, needed, app, path)
+        if allowed and response.status_code in (401, 403) or not allowed and response.status_code != 403:
+            wrong.append(f"{method} {path} {body}: {response.status_code} {response.text[:200]}")
+        if not allowed and response.status_code == 403:
+            problem = response.json()
+            assert problem["requiredRole"].startswith("AppConnections.")
+            assert response.headers["content-type"].startswith("application/problem+json")
+    assert wrong == []
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [(m, p, b) for m, p, b, _, _ in ROUTES])
+def test_no_route_but_the_callback_answers_without_a_token(host_url: str, method: str, path: str, body: Any) -> None:
+    response = _call(host_url, method, path, body, None)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    assert response.json()["type"] == "urn:app-connections:problem:unauthorized"
+
+
+def test_forged_and_foreign_tokens_are_refused(host_url: str, tokens: Tokens, local_env: Any) -> None:
+    genuine = tokens.for_roles("AppConnections.Admin")
+    header = json.loads(base64.urlsafe_b64decode(genuine.split(".")[0] + "=="))
+    claims = jwt.decode(genuine, options={"verify_signature": False})
+    forger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = jwt.encode(claims, forger, algorithm="RS256", headers={"kid": header["kid"]})
+    unknown_kid = jwt.encode(claims, forger, algorithm="RS256", headers={"kid": "not-a-published-key"})
+    unsigned = genuine.rsplit(".", 1)[0].split(".")
+    alg_none = ".".join([base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').decode().rstrip("="),
+                         unsigned[1], ""])
+    tampered = ".".join([unsigned[0], base64.urlsafe_b64encode(json.dumps(
+        {**claims, "roles": ["AppConnections.Admin", "x"]}).encode()).decode().rstrip("="), genuine.rsplit(".")[-1]])
+    for token in (forged, unknown_kid, alg_none, tampered, "not.a.jwt"):
+        response = _call(host_url, "GET", f"{BASE}/options", None, token)
+        assert response.status_code == 401, token[:40]
+        assert response.headers["www-authenticate"].startswith("Bearer")
+    # A genuine token of the tenant, but for Key Vault rather than this API.
+    standin = local_env.standin
+    assert standin is not None
+    with httpx.Client(verify=str(standin.ca_path)) as http:
+        other = http.post(f"{standin.url}/{tokens.access.tenant_id}/oauth2/v2.0/token", data={
+            "grant_type": "client_credentials", "client_id": local_env.identity.client_id,
+            "client_secret": local_env.identity.client_secret, "scope": "https://vault.azure.net/.default"})
+    assert other.status_code == 200, other.text
+    response = _call(host_url, "GET", f"{BASE}/options", None, other.json()["access_token"])
+    assert response.status_code == 401
+    assert "audience" in response.json()["detail"]
+
+
+def test_a_person_signed_in_with_a_role_is_admitted_by_it(host_url: str, tokens: Tokens) -> None:
+    person = tokens.person(f"reader-{uuid.uuid4().hex[:6]}@contoso.example", "AppConnections.Reader")
+    token = person["access_token"]
+    assert _call(host_url, "GET", f"{BASE}/{KV}", None, token).status_code == 200
+    assert _call(host_url, "POST", f"{BASE}/{KV}/{ID}/validate", None, token).status_code == 403
+
+
+def test_each_action_is_audited_with_who_did_it_and_what_came_of_it(api: httpx.Client, tokens: Tokens) -> None:
+    response = api.patch(f"{BASE}/{KV}/{ID}", json={"name": "audited"})
+    assert response.status_code == 404
+    records = api.get("/api/v1/audit-logs", params={"connectionId": ID, "action": "connection.update"}).json()
+    entries = records["auditLogs"]
+    assert [e["outcome"] for e in entries][:2] == ["404", "started"]
+    for entry in entries[:2]:
+        assert entry["actor"]["type"] == "app"
+        assert entry["actor"]["role"] == "AppConnections.Admin"
+        assert entry["actor"]["id"]
+        assert entry["app"] == KV
+        assert entry["requestId"]
+        assert entry["detail"] == f"PATCH {BASE}/{KV}/{ID}"
+    auditor = tokens.for_roles("AppConnections.Auditor")
+    reader = tokens.for_roles("AppConnections.Reader")
+    assert api.get("/api/v1/audit-logs", headers={"Authorization": f"Bearer {auditor}"}).status_code == 200
+    assert api.get("/api/v1/audit-logs", headers={"Authorization": f"Bearer {reader}"}).status_code == 403
+
+
+async def test_an_action_whose_audit_record_cannot_be_written_does_not_run(api: httpx.Client, clients: Any) -> None:
+    """Fail closed: with the audit table gone (a real Table Storage failure), a delete is refused with a 503 and
+    the connection is still there."""
+    from shared.store.audit import AUDIT_TABLE
+
+    options = api.get(f"{BASE}/options").json()["appConnectionOptions"]
+    assert options
+    name = f"{clients.settings.table_prefix}{AUDIT_TABLE}"
+    service = clients.table_service()
+    await service.delete_table(name)
+    try:
+        response = api.delete(f"{BASE}/{KV}/{ID}")
+        assert response.status_code == 503, response.text
+        assert response.json()["type"] == "urn:app-connections:problem:audit-unavailable"
+    finally:
+        await service.create_table(name)
