@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from shared import audit
 from shared.apps import AppSpec, Method, find_app
 from shared.credentials import parse_certificate_async
 from shared.errors import (
@@ -50,6 +51,8 @@ from shared.records import (
     STATUS_INVALID,
     STATUS_REAUTHORIZATION_REQUIRED,
     STATUS_SCHEDULED,
+    Actor,
+    Authorization,
     ConnectionRecord,
     RotationEvent,
     RotationState,
@@ -146,11 +149,12 @@ class ConnectionService:
                    client_id: str | None, rotation: RotationState | None = None) -> ConnectionRecord:
         connection_id = str(uuid.uuid4())
         now = self.now()
+        actor = acting_actor()
         return ConnectionRecord(
             app=app.id, id=connection_id, name=name, description=description, method=method.value,
             tenant_id=tenant_id, client_id=client_id, created_at=now, updated_at=now,
             secret_name=secret_name_for(connection_id), secret_version="", last_validated_at=now,
-            rotation=rotation or RotationState(),
+            rotation=rotation or RotationState(), created_by=actor, updated_by=actor,
         )
 
     async def switch_secret(self, record: ConnectionRecord, material: Mapping[str, str],
@@ -326,7 +330,8 @@ class ConnectionService:
         if not changes and new_state == state and request.credentials is None:
             return record
         previous_name = record.name if "name" in changes else None
-        target = record.evolve(rotation=new_state, version=record.version + 1, updated_at=self.now(), **changes)
+        target = record.evolve(rotation=new_state, version=record.version + 1, updated_at=self.now(),
+                               updated_by=acting_actor(), **changes)
         try:
             if request.credentials is not None:
                 saved = await self.switch_secret(target, valid.material, expires_on, {}, previous_name)
@@ -541,20 +546,26 @@ class ConnectionService:
 
     # -- OAuth: created and re-authorized by signing in ------------------------------------------------------
     async def create_oauth(self, app: AppSpec, name: str, description: str | None, tenant_id: str, client_id: str,
-                           refresh_token: str) -> ConnectionRecord:
+                           refresh_token: str, authorized_by: Authorization | None) -> ConnectionRecord:
         record = self.new_record(app, Method.OAUTH, name, description, tenant_id, client_id)
-        return await self.insert_new(record, {"refreshToken": refresh_token})
+        return await self.insert_new(record.evolve(authorized_by=authorized_by), {"refreshToken": refresh_token})
 
     async def reauthorize(self, app: AppSpec, connection_id: str, tenant_id: str, client_id: str,
-                          refresh_token: str, name: str | None, description: str | None) -> ConnectionRecord:
-        """The new refresh token becomes current (the superseded ones are disabled), the status active."""
+                          refresh_token: str, name: str | None, description: str | None,
+                          authorized_by: Authorization | None,
+                          check: Callable[[ConnectionRecord], None] | None = None) -> ConnectionRecord:
+        """The new refresh token becomes current (the superseded ones are disabled), the status active; ``check``
+        may refuse (raise) on the connection as it is before anything is written."""
         record = await self.store.get(app.id, connection_id)
         for _ in range(3):  # a concurrent validation or refresh changed the record: apply ours on top
             if record.status == STATUS_DELETING:
                 raise self._being_deleted(record)
+            if check is not None:
+                check(record)
             changes: dict[str, Any] = {
                 "tenant_id": tenant_id, "client_id": client_id, "status": STATUS_ACTIVE, "status_message": None,
                 "last_validated_at": self.now(), "updated_at": self.now(), "version": record.version + 1,
+                "updated_by": acting_actor(), "authorized_by": authorized_by or record.authorized_by,
             }
             renamed = name is not None and name != record.name
             if renamed:
@@ -614,11 +625,22 @@ def rotation_problem(attempt: Attempt) -> ServiceError:
     return RotationFailed(detail, extensions=extensions)
 
 
+def acting_actor() -> Actor:
+    """Who is acting (the request's caller, or the system), without the role they act by."""
+    actor = audit.current().actor
+    return Actor(actor.id, actor.name, actor.type)
+
+
+def _who(actor: Actor | None) -> dict[str, str] | None:
+    return {"id": actor.id, "name": actor.name, "type": actor.type} if actor else None
+
+
 def to_response(record: ConnectionRecord) -> dict[str, Any]:
     """The public view of a connection: never a secret, key or token."""
     credentials: dict[str, Any] = {"tenantId": record.tenant_id}
     if record.method != Method.OAUTH and record.client_id:
         credentials["clientId"] = record.client_id
+    authorized = record.authorized_by
     return {
         "id": record.id,
         "name": record.name,
@@ -634,6 +656,10 @@ def to_response(record: ConnectionRecord) -> dict[str, Any]:
         "lastValidatedAt": _iso(record.last_validated_at),
         "isAutoRotationEnabled": record.rotation.enabled,
         "rotation": state_response(record.rotation),
+        "createdBy": _who(record.created_by),
+        "updatedBy": _who(record.updated_by),
+        "authorizedBy": {"oid": authorized.oid, "upn": authorized.upn, "tenantId": authorized.tenant_id}
+        if authorized else None,
     }
 
 

@@ -214,6 +214,22 @@ class RotationOut(_Out):
     rotationId: str | None
 
 
+class WhoOut(_Out):
+    """A person (``user``), a daemon (``app``) or the service itself (``system``)."""
+
+    id: str
+    name: str
+    type: str
+
+
+class AuthorizedByOut(_Out):
+    """The person who consented to an OAuth connection, from the ID token of their sign-in."""
+
+    oid: str
+    upn: str | None
+    tenantId: str | None
+
+
 class ConnectionOut(_Out):
     id: str
     name: str
@@ -229,6 +245,9 @@ class ConnectionOut(_Out):
     lastValidatedAt: Timestamp | None
     isAutoRotationEnabled: bool
     rotation: RotationOut | None
+    createdBy: WhoOut | None
+    updatedBy: WhoOut | None
+    authorizedBy: AuthorizedByOut | None
 
 
 class ConnectionEnvelope(_Out):

@@ -22,11 +22,13 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from shared.apps import AppSpec, Method, find_app
-from shared.connections import ConnectionService, require_app
+from shared.audit import AuditLog, RequestContext, acting
+from shared.connections import ConnectionService, acting_actor, require_app
 from shared.errors import (
     ConcurrentChange,
     CredentialRejected,
@@ -38,8 +40,8 @@ from shared.errors import (
 )
 from shared.models import Description, Guid, Name, parse_model
 from shared.oauth_tokens import instance_client
-from shared.ports import Adapters
-from shared.records import ConnectionRecord, PendingAuthorization
+from shared.ports import Adapters, TokenResult
+from shared.records import Actor, Authorization, ConnectionRecord, PendingAuthorization
 from shared.settings import Settings
 from shared.store.oauth_states import new_state
 
@@ -104,6 +106,7 @@ class AuthorizeIn(BaseModel):
     description: Description | None = None
     tenantId: Guid | None = None
     connectionId: Guid | None = None
+    allowDifferentUser: Literal["true", "false"] | None = None
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,8 @@ class AuthorizationOutcome:
     app: AppSpec
     record: ConnectionRecord
     created: bool
-    username: str | None
+    username: str | None  # who signed in
+    started_by: Actor | None  # who started the sign-in
 
 
 def _declined(error: str, description: str | None) -> OAuthFailed:
@@ -162,7 +166,8 @@ class OAuthFlow:
             app=app.id, client_id=client.client_id, redirect_uri=settings.oauth_redirect_uri, verifier=verifier,
             created_at=now, expires_at=now + STATE_LIFETIME, name=request.name, description=request.description,
             tenant_id=tenant,  # for a re-authorization without tenantId: the connection's own
-            connection_id=request.connectionId,
+            connection_id=request.connectionId, started_by=acting_actor(),
+            allow_different_user=request.allowDifferentUser == "true",
         )
         states = self.adapters.oauth_states
         state = new_state(pending.expires_at)
@@ -185,6 +190,8 @@ class OAuthFlow:
         state, error = values["state"], values["error"]
         pending = await self.adapters.oauth_states.take(state) if state else None
         if error:
+            if pending is None:  # not an answer to a sign-in of ours: its text is not shown
+                raise OAuthFailed("The sign-in did not complete. Start again from the App Connections page.")
             raise _declined(error, values["error_description"])
         # Anything else fails too (a refusal from Entra above is reported as such, whatever came with it).
         if any(name not in CALLBACK_PARAMS and name not in CALLBACK_IGNORED for name in params):
@@ -234,14 +241,42 @@ class OAuthFlow:
         if pending.tenant_id is not None and tenant != pending.tenant_id:
             raise OAuthFailed("The user signed in to another tenant than the one asked for. Nothing was saved.")
         created = pending.connection_id is None
+        consent = authorization_of(result, tenant)
+        with acting(RequestContext(pending.started_by or Actor("unknown", "unknown", "user"))):
+            return await self._save(app, pending, client.client_id, tenant, result, consent, created)
+
+    async def _save(self, app: AppSpec, pending: PendingAuthorization, client_id: str, tenant: str,
+                    result: TokenResult, consent: Authorization | None, created: bool) -> AuthorizationOutcome:
+        """Create or re-authorize the connection as the person who started the sign-in (audited before)."""
+        assert result.refresh_token is not None
+        audit = AuditLog(self.adapters.audit, self.adapters.clock)
+        action = "connection.create" if created else "connection.reauthorize"
+        signed_in = consent.upn or consent.oid if consent else "an unknown user"
+        await audit.record(action, "started", app=app.id, connection_id=pending.connection_id,
+                           connection_name=pending.name, detail=f"OAuth sign-in by {signed_in}")
+
+        def same_person(record: ConnectionRecord) -> None:
+            before = record.authorized_by
+            if (before is None or consent is None or before.oid == consent.oid or pending.allow_different_user):
+                return
+            raise DifferentUser(
+                f"You signed in as {signed_in}, but this connection was authorized by {before.upn or before.oid}. "
+                "To replace their authorization with yours, start again with allowDifferentUser=true. Nothing was "
+                "saved.")
+
         try:
             if pending.connection_id is not None:
-                record = await self.connections.reauthorize(app, pending.connection_id, tenant, client.client_id,
-                                                            result.refresh_token, pending.name, pending.description)
+                record = await self.connections.reauthorize(app, pending.connection_id, tenant, client_id,
+                                                            result.refresh_token, pending.name, pending.description,
+                                                            consent, same_person)
             else:
                 assert pending.name is not None
                 record = await self.connections.create_oauth(app, pending.name, pending.description, tenant,
-                                                             client.client_id, result.refresh_token)
+                                                             client_id, result.refresh_token, consent)
+        except DifferentUser as refused:
+            await audit.record(action, "refused", app=app.id, connection_id=pending.connection_id,
+                               detail=f"OAuth sign-in by {signed_in}: another person than the one who consented")
+            raise OAuthFailed(refused.detail) from None
         except NotFound:
             raise OAuthFailed("The connection being re-authorized was deleted meanwhile. Nothing was saved.") from None
         except (NameTaken, ConcurrentChange) as conflict:
@@ -251,7 +286,24 @@ class OAuthFlow:
                 raise
             raise OAuthFailed(f"{refused.detail} Nothing was saved; start again.") from None
         self.connections.oauth_tokens.remember(record, app, result)
+        previous = "" if created or pending.allow_different_user is False else " (allowDifferentUser)"
+        await audit.record(action, "succeeded", app=app.id, connection_id=record.id, connection_name=record.name,
+                           detail=f"OAuth sign-in by {signed_in}{previous}")
         log.info("%s %s OAuth connection %s", "Created" if created else "Re-authorized", app.id, record.id)
-        return AuthorizationOutcome(app, record, created, result.username)
+        return AuthorizationOutcome(app, record, created, result.username, pending.started_by)
+
+
+class DifferentUser(ServiceError):
+    status = 400
+    slug = "oauth-different-user"
+    title = "Another person consented to this connection"
+
+
+def authorization_of(result: TokenResult, tenant: str) -> Authorization | None:
+    """Who consented, from the sign-in's ID token (or its access token)."""
+    oid = result.claims.get("oid")
+    if not oid:
+        return None
+    return Authorization(str(oid), result.username, tenant)
 
 

@@ -88,6 +88,23 @@ class RotationState:
 
 
 @dataclass(frozen=True)
+class Actor:
+    id: str
+    name: str
+    type: str  # "user" | "app" | "system"
+    role: str | None = None  # the role claim the request was allowed by
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """Who consented to an OAuth connection (from the ID token of their sign-in)."""
+
+    oid: str
+    upn: str | None
+    tenant_id: str | None
+
+
+@dataclass(frozen=True)
 class ConnectionRecord:
     app: str
     id: str
@@ -105,6 +122,9 @@ class ConnectionRecord:
     status_message: str | None = None
     last_validated_at: datetime | None = None
     rotation: RotationState = field(default_factory=RotationState)
+    created_by: Actor | None = None
+    updated_by: Actor | None = None
+    authorized_by: Authorization | None = None
     etag: str | None = field(default=None, compare=False)
 
     def evolve(self, **changes: Any) -> ConnectionRecord:
@@ -165,14 +185,8 @@ class PendingAuthorization:
     description: str | None = None
     tenant_id: str | None = None
     connection_id: str | None = None
-
-
-@dataclass(frozen=True)
-class Actor:
-    id: str
-    name: str
-    type: str  # "user" | "app" | "system"
-    role: str | None = None  # the role claim the request was allowed by
+    started_by: Actor | None = None  # who started the sign-in (the callback page and the audit log say so)
+    allow_different_user: bool = False  # a re-authorization may be consented by another person than before
 
 
 @dataclass(frozen=True)

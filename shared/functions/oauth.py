@@ -88,6 +88,8 @@ async def app_connection_oauth_callback(req: func.HttpRequest) -> func.HttpRespo
     ]
     if record.description:
         lines.append(f"Description: {record.description}")
+    if outcome.started_by is not None:
+        lines.append(f"Started by {outcome.started_by.name or outcome.started_by.id}.")
     if outcome.username:
         lines.append(f"Signed in as {outcome.username}.")
     lines.append("You can close this window.")

@@ -41,7 +41,7 @@ from shared.errors import (
     ServiceError,
     UpstreamError,
 )
-from shared.ports import Adapters, GraphSession
+from shared.ports import Adapters, AppRegistration, GraphSession
 from shared.records import (
     BEGUN,
     CREATED,
@@ -326,9 +326,11 @@ class Rotator:
         name = marker(record.id, state.rotation_id)
         await self.checkpoint("before-add-password", record)
         graph = await self._graph(record, record.secret_version, run)
-        # A password of this rotation left by an attempt that stopped before recording it goes first.
-        await remove_passwords(graph, record.client_id or "", set(), name, audit=self._removal(record))
         registration = await graph.find(record.client_id or "")
+        # A password of this rotation left by an attempt that stopped before recording it goes first (read again
+        # only then: the usual attempt reads the application once).
+        if any((p.display_name or "").startswith(name) for p in registration.passwords):
+            await remove_passwords(graph, record.client_id or "", set(), name, audit=self._removal(record))
         if state.attempt > 1:  # an earlier attempt may have written a pending version before it stopped
             await self.adapters.vault.disable_tagged(record.secret_name, "rotationId", state.rotation_id)
         end = self.now() + timedelta(days=2 * (state.interval_days or 30) + GRACE_DAYS)
@@ -554,11 +556,13 @@ RemovalAudit = Callable[[str, str, str], Awaitable[None]]  # (object id, key id,
 
 async def remove_passwords(graph: GraphSession, client_id: str, key_ids: set[str], marker_name: str | None,
                            keep: str | None = None, last: str | None = None,
-                           audit: RemovalAudit | None = None) -> list[str]:
+                           audit: RemovalAudit | None = None,
+                           registration: AppRegistration | None = None) -> list[str]:
     """removePassword of each of ``key_ids`` still on the application, and of every password whose display name
     starts with ``marker_name``, but ``keep``, and ``last`` after all others (the one in use: should a removal
-    fail, it is still there); return the Key IDs removed (one already gone counts as done)."""
-    registration = await graph.find(client_id)
+    fail, it is still there); return the Key IDs removed (one already gone counts as done). ``registration``: the
+    application as just read, when it was."""
+    registration = registration or await graph.find(client_id)
     doomed = {key.lower() for key in key_ids if key}
     if marker_name is not None:
         doomed |= {p.key_id for p in registration.passwords if (p.display_name or "").startswith(marker_name)}

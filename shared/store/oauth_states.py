@@ -15,7 +15,7 @@ import secrets
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from shared.records import PendingAuthorization
+from shared.records import Actor, PendingAuthorization
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -50,6 +50,7 @@ _COLUMNS = {
     "description": "Description",
     "tenant_id": "TenantId",
     "connection_id": "ConnectionId",
+    "allow_different_user": "AllowDifferentUser",
 }
 
 
@@ -74,6 +75,9 @@ class OAuthStates:
             field_value = getattr(pending, attr)
             if field_value is not None:
                 entity[column] = field_value
+        if pending.started_by is not None:
+            entity.update({"StartedById": pending.started_by.id, "StartedByName": pending.started_by.name,
+                           "StartedByType": pending.started_by.type})
         table = await self._table()
         await table.create_entity(entity)
 
@@ -99,7 +103,12 @@ class OAuthStates:
         values = {attr: _aware(entity.get(column)) for attr, column in _COLUMNS.items()}
         if not all(values[attr] for attr in ("app", "client_id", "redirect_uri", "verifier", "expires_at")):
             return None
-        return PendingAuthorization(**values)
+        values["allow_different_user"] = bool(values["allow_different_user"])
+        started_by = None
+        if entity.get("StartedById"):
+            started_by = Actor(str(entity["StartedById"]), str(entity.get("StartedByName") or ""),
+                               str(entity.get("StartedByType") or ""))
+        return PendingAuthorization(**values, started_by=started_by)
 
     async def purge_expired(self, now: datetime, limit: int = 100) -> int:
         """Delete states of buckets that have fully expired (at most ``limit``); return how many."""

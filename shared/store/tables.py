@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import ConcurrentChange, InvalidRequest, NameTaken, NotFound
-from shared.records import ConnectionRecord, RotationState
+from shared.records import Actor, Authorization, ConnectionRecord, RotationState
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -54,6 +54,19 @@ def _utc(value: Any) -> Any:
     return value.astimezone(UTC) if isinstance(value, datetime) else value
 
 
+def _actor_columns(prefix: str, actor: Actor | None) -> dict[str, Any]:
+    if actor is None:
+        return {}
+    return {f"{prefix}Id": actor.id, f"{prefix}Name": actor.name, f"{prefix}Type": actor.type}
+
+
+def _actor(entity: Any, prefix: str) -> Actor | None:
+    if not entity.get(f"{prefix}Id"):
+        return None
+    return Actor(str(entity[f"{prefix}Id"]), str(entity.get(f"{prefix}Name") or ""),
+                 str(entity.get(f"{prefix}Type") or ""))
+
+
 def to_entity(record: ConnectionRecord) -> dict[str, Any]:
     entity: dict[str, Any] = {"PartitionKey": record.app, "RowKey": record.id, "Kind": "connection"}
     for attr, column in _COLUMNS.items():
@@ -64,7 +77,12 @@ def to_entity(record: ConnectionRecord) -> dict[str, Any]:
         value = getattr(record.rotation, attr)
         if value is not None:
             entity[column] = value
-    return entity
+    entity.update(_actor_columns("CreatedBy", record.created_by))
+    entity.update(_actor_columns("UpdatedBy", record.updated_by))
+    if record.authorized_by is not None:
+        entity.update({"AuthorizedByOid": record.authorized_by.oid, "AuthorizedByUpn": record.authorized_by.upn,
+                       "AuthorizedByTenantId": record.authorized_by.tenant_id})
+    return {key: value for key, value in entity.items() if value is not None}
 
 
 def from_entity(entity: Any) -> ConnectionRecord:
@@ -74,7 +92,12 @@ def from_entity(entity: Any) -> ConnectionRecord:
             values[attr] = _utc(entity[column])
     rotation = {attr: _utc(entity[column]) for attr, column in _ROTATION_COLUMNS.items() if column in entity}
     etag = entity.metadata.get("etag") if hasattr(entity, "metadata") else None
-    return ConnectionRecord(**values, rotation=RotationState(**rotation), etag=etag)
+    authorized = None
+    if entity.get("AuthorizedByOid"):
+        authorized = Authorization(str(entity["AuthorizedByOid"]), entity.get("AuthorizedByUpn"),
+                                   entity.get("AuthorizedByTenantId"))
+    return ConnectionRecord(**values, rotation=RotationState(**rotation), created_by=_actor(entity, "CreatedBy"),
+                            updated_by=_actor(entity, "UpdatedBy"), authorized_by=authorized, etag=etag)
 
 
 def _name_entity(app: str, name: str, connection_id: str) -> dict[str, Any]:

@@ -46,10 +46,11 @@ def register_issued_tokens(admin, secrets_used) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def browser(local_env) -> Iterator[httpx.Client]:
-    """A user's browser: follows redirects, trusts the stand-in, has no function key."""
+def browser(local_env, tokens) -> Iterator[httpx.Client]:
+    """A user's browser: follows redirects, trusts the stand-in; the service's authorize route is called with an
+    administrator's token (the callback, the one anonymous route, needs none)."""
     trust = ssl.create_default_context(cafile=str(local_env.standin.ca_path))
-    with httpx.Client(verify=trust, follow_redirects=True, timeout=60) as client:
+    with httpx.Client(verify=trust, follow_redirects=True, timeout=60, auth=tokens.auth()) as client:
         yield client
 
 
@@ -459,3 +460,55 @@ def test_an_oauth_graph_connection_lists_the_app_registrations_it_sees(api, admi
     listed = api.get(f"{BASE}/azure-client-secrets/{connection['id']}/clients")
     assert listed.status_code == 200, listed.text
     assert "seen-by-oauth" in {c["name"] for c in listed.json()["clients"]}
+
+
+# -- who did it -----------------------------------------------------------------------------------------
+def test_the_connection_and_the_page_say_who_started_the_sign_in_and_who_consented(api, admin, browser, host_url):
+    tenant = admin.add_tenant()
+    user = admin.add_user(tenant, f"ada-{uuid.uuid4().hex[:6]}@contoso.example", "Ada")
+    admin.set_sign_in(tenant, user["id"])
+    name = unique_name("who")
+    try:
+        page = dance(browser, host_url, "azure-key-vault", name=name, tenantId=tenant)
+    finally:
+        admin.set_sign_in(None, None)
+    assert page.status_code == 200, page.text
+    connection = by_name(api, "azure-key-vault", name)
+    assert connection is not None
+    assert connection["authorizedBy"] == {"oid": user["id"], "upn": user["userPrincipalName"], "tenantId": tenant}
+    assert connection["createdBy"]["type"] == "app"  # the administrator daemon of the tests started it
+    assert connection["createdBy"] == connection["updatedBy"]
+    assert f"Started by {connection['createdBy']['name']}." in page.text
+    assert f"Signed in as {user['userPrincipalName']}." in page.text
+    audit = api.get("/api/v1/audit-logs", params={"connectionId": connection["id"]}).json()["auditLogs"]
+    assert audit[0]["action"] == "connection.create"
+    assert audit[0]["outcome"] == "succeeded"
+    assert user["userPrincipalName"] in audit[0]["detail"]
+
+
+def test_reauthorizing_as_another_person_needs_allow_different_user_and_is_audited(api, admin, browser, host_url):
+    tenant = admin.add_tenant()
+    first = admin.add_user(tenant, f"first-{uuid.uuid4().hex[:6]}@contoso.example", "First")
+    second = admin.add_user(tenant, f"second-{uuid.uuid4().hex[:6]}@contoso.example", "Second")
+    name = unique_name("reauth")
+    try:
+        admin.set_sign_in(tenant, first["id"])
+        assert dance(browser, host_url, "azure-key-vault", name=name, tenantId=tenant).status_code == 200
+        connection = by_name(api, "azure-key-vault", name)
+        assert connection is not None
+        admin.set_sign_in(tenant, second["id"])
+        refused = dance(browser, host_url, "azure-key-vault", connectionId=connection["id"])
+        assert_failure_page(refused, "allowDifferentUser=true", first["userPrincipalName"])
+        assert by_name(api, "azure-key-vault", name)["authorizedBy"]["oid"] == first["id"]
+        allowed = dance(browser, host_url, "azure-key-vault", connectionId=connection["id"],
+                        allowDifferentUser="true")
+        assert allowed.status_code == 200, allowed.text
+    finally:
+        admin.set_sign_in(None, None)
+    after = by_name(api, "azure-key-vault", name)
+    assert after["authorizedBy"]["oid"] == second["id"]
+    outcomes = [(e["action"], e["outcome"]) for e in api.get(
+        "/api/v1/audit-logs", params={"connectionId": connection["id"], "action": "connection.reauthorize"}
+    ).json()["auditLogs"]]
+    assert ("connection.reauthorize", "refused") in outcomes
+    assert outcomes[0] == ("connection.reauthorize", "succeeded")

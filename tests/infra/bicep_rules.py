@@ -7,12 +7,17 @@ tampered copies (tests/infra/test_bicep.py proves each rule can fail).
 pycep trees: a resource is {"type", "existing", "config"}, where "config" is the resource body,
 or {"condition", "config"} for `= if (...) {...}`; strings lose their quotes and identifiers are
 bare strings; expressions are {"operator": ...} / {"function": ...} nodes (see ``render``).
+
+Rules that depend on parameters (private networking on or off, the API registration by the template
+or by the hook) evaluate the templates for given parameter values with ``Deployment`` (a small
+evaluator of the expressions these templates use); values known only in Azure stay ``Ref``s.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 Tree = dict[str, Any]
@@ -48,6 +53,38 @@ USER_ROLES = {("Key Vault Secrets Officer", VAULT)}
 IDENTITY_PRINCIPAL_PARAM = "identityPrincipalId"
 USER_PRINCIPAL_PARAM = "userPrincipalId"
 
+# The service's API registration: its app roles (values exactly as the service checks them), each also
+# limited to one app as AppConnections.<Role>.<app>.
+API_ROLES = (
+    "AppConnections.Reader",
+    "AppConnections.Writer",
+    "AppConnections.Rotator",
+    "AppConnections.Auditor",
+    "AppConnections.Admin",
+)
+CONNECTION_APPS = ("azure-key-vault", "azure-app-configuration", "azure-client-secrets")
+APP_SCOPED_ROLES = tuple(f"{role}.{app}" for role in API_ROLES for app in CONNECTION_APPS)
+ROLE_MEMBER_TYPES = ["User", "Application"]
+GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+GRAPH_EXTENSION = "microsoftGraphV1"
+GRAPH_APPLICATION = "Microsoft.Graph/applications"
+GRAPH_SERVICE_PRINCIPAL = "Microsoft.Graph/servicePrincipals"
+API_REGISTRATION_MODULE = "app/api-registration.bicep"
+AUTH_SETTINGS = ("AUTH_TENANT_ID", "AUTH_AUDIENCE", "AUDIT_RETENTION_DAYS")
+DIAGNOSTIC_SETTINGS = "Microsoft.Insights/diagnosticSettings"
+TABLE_SERVICES = "Microsoft.Storage/storageAccounts/tableServices"
+TABLE_LOG_CATEGORIES = ("StorageRead", "StorageWrite", "StorageDelete")
+PRIVATE_ENDPOINT = "Microsoft.Network/privateEndpoints"
+PRIVATE_DNS_ZONE_GROUP = "Microsoft.Network/privateEndpoints/privateDnsZoneGroups"
+# Private endpoint sub-resource (group id) -> the privatelink DNS zone it needs (public-cloud prefix).
+PRIVATE_ENDPOINT_ZONES = {
+    "vault": "privatelink.vaultcore.",
+    "blob": "privatelink.blob.",
+    "queue": "privatelink.queue.",
+    "table": "privatelink.table.",
+}
+FLEX_SUBNET_DELEGATION = "Microsoft.App/environments"
+
 OAUTH_SETTINGS = (
     "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_ID",
     "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_SECRET",
@@ -73,6 +110,7 @@ REQUIRED_SETTINGS = (
     "ROTATION_MAX_CONCURRENCY",
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
+    *AUTH_SETTINGS,
     *OAUTH_SETTINGS,
 )
 # Settings Flex Consumption rejects or that would bring back key-based storage access.
@@ -179,6 +217,285 @@ def the_one(files: Files, type_: str, violations: list[str]) -> tuple[str, str, 
         violations.append(f"expected exactly one {type_}, found {[(p, s) for p, s, _ in found]}")
         return None
     return found[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluating the templates for given parameter values
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A value known only in Azure (a resource's or a module's property, a deployment function), as text.
+
+    Such values are taken to be non-empty: empty(ref) is false.
+    """
+
+    text: str
+
+
+def _operands(node: Tree) -> list[Any]:
+    return list(node["operands"].values())
+
+
+class Scope:
+    """The names of one template (parameters, variables, resource and module symbols) for given parameter values.
+
+    pycep drops quotes, so a bare string is a name when the template declares it and a literal otherwise.
+    """
+
+    def __init__(self, tree: Tree, params: dict[str, Any], local: dict[str, Any] | None = None) -> None:
+        """params: the values given (already evaluated); the other parameters take their defaults."""
+        self.tree = tree
+        declared = tree.get("parameters") or {}
+        self.values: dict[str, Any] = {name: value for name, value in params.items() if name in declared}
+        self.local = local or {}
+        self.symbols = set(tree.get("resources") or {}) | set(tree.get("modules") or {})
+
+    def child(self, local: dict[str, Any]) -> Scope:
+        scope = Scope(self.tree, {}, {**self.local, **local})
+        scope.values = self.values  # parameters and variables are shared, evaluated once
+        return scope
+
+    def lookup(self, name: str) -> tuple[bool, Any]:
+        if name in self.local:
+            return True, self.local[name]
+        if name not in self.values:
+            declared = (self.tree.get("parameters") or {}).get(name)
+            variable = (self.tree.get("variables") or {}).get(name)
+            if declared is None and variable is None:
+                return (True, Ref(name)) if name in self.symbols else (False, None)
+            self.values[name] = Ref(name)  # a cycle reads as unknown, not as a crash
+            outer = Scope(self.tree, {})  # parameters and variables see no loop variable
+            outer.values = self.values
+            self.values[name] = outer.evaluate(declared.get("default") if declared else variable["value"])
+        return True, self.values[name]
+
+    def evaluate(self, node: Any) -> Any:
+        if node is None or isinstance(node, (bool, int, float)):
+            return node
+        if isinstance(node, str):
+            found, value = self.lookup(node)
+            if found:
+                return value
+            return self._interpolate(node) if "${" in node else node
+        if isinstance(node, list):
+            return [self.evaluate(item) for item in node]
+        if isinstance(node, dict) and "loop_type" in node:
+            return self.loop(node)
+        if isinstance(node, dict) and set(node) == {"operator"}:
+            return self._operator(node["operator"])
+        if isinstance(node, dict) and set(node) == {"function"}:
+            return self._function(node)
+        if isinstance(node, dict):
+            return {unquote(key): self.evaluate(value) for key, value in node.items()}
+        return Ref(render(node))
+
+    def loop(self, node: Tree) -> list[Any]:
+        """[for ...: body] as the list of its evaluated items (the if-filter applied)."""
+        return [self.child(local).evaluate(node["config"]) for local in self.loop_scopes(node)]
+
+    def loop_scopes(self, node: Tree) -> list[dict[str, Any]]:
+        kind, detail = node["loop_type"]["type"], node["loop_type"]["detail"]
+        if kind == "range":
+            start, count = self.evaluate(detail["start_index"]), self.evaluate(detail["count"])
+            if not isinstance(start, int) or not isinstance(count, int):
+                raise ValueError(f"range({render(detail['start_index'])}, {render(detail['count'])}) is not known")
+            items: list[tuple[int, Any]] = [(k, start + k) for k in range(count)]
+            names = (
+                detail.get("item_name") or detail["index_name"],
+                detail["index_name"] if detail.get("item_name") else None,
+            )
+        elif kind in {"array", "array_index"}:
+            array = self.evaluate(detail["array_name"])
+            if not isinstance(array, list):
+                raise ValueError(f"the loop over {render(detail['array_name'])} is not over a known array")
+            items = list(enumerate(array))
+            names = (detail["item_name"], detail.get("index_name"))
+        else:
+            raise ValueError(f"{kind} loops are not evaluated")
+        scopes = []
+        for index, item in items:
+            local = {names[0]: item} | ({names[1]: index} if names[1] else {})
+            if node.get("condition") is None or self.child(local).evaluate(node["condition"]) is True:
+                scopes.append(local)
+        return scopes
+
+    def _interpolate(self, text: str) -> Any:
+        """'a-${name}': each ${name} whose value is a known string is filled in; anything else stays as written."""
+
+        def fill(match: re.Match[str]) -> str:
+            found, value = self.lookup(match.group(1))
+            if found and isinstance(value, (str, Ref)):
+                return value.text if isinstance(value, Ref) else value
+            return match.group(0)
+
+        return Ref(re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", fill, text))
+
+    def _member(self, base: Any, path: Any) -> Any:
+        """base.path, where pycep nests a.b.c as a.(b.c) and a.b[0] as a.(b[0])."""
+        if isinstance(path, dict) and "operator" in path:
+            inner = path["operator"]
+            if inner["type"] == "property_accessor":
+                first, rest = _operands(inner)
+                return self._member(self._member(base, first), rest)
+            if inner["type"] == "index_accessor":
+                first, index = _operands(inner)
+                return self._index(self._member(base, first), self.evaluate(index))
+        key = str(path)
+        if isinstance(base, dict):
+            return base[key] if key in base else Ref(f"{render(base)}.{key}")
+        if isinstance(base, Ref):
+            return Ref(f"{base.text}.{key}")
+        return Ref(f"{render(base)}.{key}")
+
+    @staticmethod
+    def _index(base: Any, index: Any) -> Any:
+        if isinstance(base, list) and isinstance(index, int):
+            return base[index]
+        if isinstance(base, dict) and isinstance(index, str):
+            return base.get(index, Ref(f"{render(base)}[{index}]"))
+        text = base.text if isinstance(base, Ref) else render(base)
+        return Ref(f"{text}[{index.text if isinstance(index, Ref) else index}]")
+
+    def _operator(self, operator: Tree) -> Any:
+        kind, operands = operator["type"], operator["operands"]
+        if kind == "conditional":
+            condition = self.evaluate(operands["condition"])
+            if isinstance(condition, bool):
+                return self.evaluate(operands["true_value" if condition else "false_value"])
+            return Ref(render({"operator": operator}))
+        if kind == "property_accessor":
+            first, rest = _operands(operator)
+            return self._member(self.evaluate(first), rest)
+        if kind == "index_accessor":
+            first, index = _operands(operator)
+            return self._index(self.evaluate(first), self.evaluate(index))
+        values = [self.evaluate(v) for v in operands.values()]
+        if any(isinstance(v, Ref) for v in values):
+            return Ref(render({"operator": operator}))
+        if kind == "not" and isinstance(values[0], bool):
+            return not values[0]
+        if kind == "equals":
+            return values[0] == values[1]
+        if kind == "not_equals":
+            return values[0] != values[1]
+        if kind == "and":
+            return all(values)
+        if kind == "or":
+            return any(values)
+        arithmetic: dict[str, Callable[[int, int], int]] = {
+            "add": lambda a, b: a + b,
+            "substract": lambda a, b: a - b,
+            "multiply": lambda a, b: a * b,
+            "divide": lambda a, b: a // b,
+            "modulo": lambda a, b: a % b,
+        }
+        if kind in arithmetic and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return arithmetic[kind](values[0], values[1])
+        return Ref(render({"operator": operator}))
+
+    def _function(self, node: Tree) -> Any:
+        function = node["function"]
+        kind = function["type"]
+        args = [self.evaluate(v) for v in (function.get("parameters") or {}).values() if v is not None]
+        if kind == "resource_id":
+            return Ref("resourceId(" + ", ".join(a.text if isinstance(a, Ref) else str(a) for a in args) + ")")
+        if function.get("property_name") or any(isinstance(a, Ref) for a in args):
+            if kind == "empty" and args and isinstance(args[0], Ref):
+                return False
+            if kind == "format" and isinstance(args[0], str):
+                texts = [a.text if isinstance(a, Ref) else str(a) for a in args[1:]]
+                return Ref(args[0].format(*texts))
+            return Ref(render(node))
+        if kind == "length" and isinstance(args[0], (str, list, dict)):
+            return len(args[0])
+        if kind == "empty":
+            return args[0] in (None, "", [], {})
+        if kind == "format" and isinstance(args[0], str):
+            return args[0].format(*args[1:])
+        if kind == "guid":
+            return "guid(" + ", ".join(str(a) for a in args) + ")"
+        if kind == "concat" and all(isinstance(a, list) for a in args):
+            return [item for a in args for item in a]
+        if kind == "concat" and all(isinstance(a, str) for a in args):
+            return "".join(args)
+        if kind == "string" and isinstance(args[0], (int, str)) and not isinstance(args[0], bool):
+            return str(args[0])
+        return Ref(render(node))
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One deployed resource: its file, symbol (symbol[i] in a loop) and evaluated body."""
+
+    path: str
+    symbol: str
+    type: str
+    body: dict[str, Any]
+    scope: Scope
+
+
+class Deployment:
+    """infra/main.bicep and the modules it calls (one level, as here), evaluated for given parameter values."""
+
+    def __init__(self, files: Files, params: dict[str, Any]) -> None:
+        self.files = files
+        self.main = Scope(files.get("main.bicep") or {}, params)
+        self.modules: dict[str, tuple[str, Scope] | None] = {}
+        for symbol, module in ((files.get("main.bicep") or {}).get("modules") or {}).items():
+            config = module["config"]
+            condition = config.get("condition") if "config" in config else None
+            body_ = config["config"] if "config" in config and "condition" in config else config
+            path = get(module, "detail", "path")
+            if (condition is not None and self.main.evaluate(condition) is not True) or path not in files:
+                self.modules[symbol] = None  # not deployed for these parameters (or not a local module)
+                continue
+            module_params = self.main.evaluate(body_.get("params") or {})
+            self.modules[symbol] = (path, Scope(files[path], module_params))
+
+    def module(self, path: str) -> tuple[str, Scope] | None:
+        """The main.bicep symbol and scope of the deployed module of that file, if it is deployed."""
+        for symbol, deployed in self.modules.items():
+            if deployed is not None and deployed[0] == path:
+                return symbol, deployed[1]
+        return None
+
+    def scopes(self) -> Iterator[tuple[str, Scope]]:
+        yield "main.bicep", self.main
+        for deployed in self.modules.values():
+            if deployed is not None:
+                yield deployed
+
+    def instances(self, type_: str, *, existing: bool | None = None) -> list[Instance]:
+        """Every deployed instance of resources of that type (declared or existing ones, or both), bodies evaluated."""
+        found = []
+        for path, scope in self.scopes():
+            for symbol, resource in (scope.tree.get("resources") or {}).items():
+                if resource["type"].lower() != type_.lower():
+                    continue
+                if existing is not None and bool(resource.get("existing")) != existing:
+                    continue
+                config = resource["config"]
+                if "loop_type" in config:
+                    for index, local in enumerate(scope.loop_scopes(config)):
+                        child = scope.child(local)
+                        found.append(
+                            Instance(
+                                path, f"{symbol}[{index}]", resource["type"], child.evaluate(config["config"]), child
+                            )
+                        )
+                    continue
+                if "condition" in config and "config" in config:
+                    if scope.evaluate(config["condition"]) is not True:
+                        continue
+                    config = config["config"]
+                found.append(Instance(path, symbol, resource["type"], scope.evaluate(config), scope))
+        return found
+
+
+def ref_text(value: Any) -> str:
+    return value.text if isinstance(value, Ref) else render(value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,8 +810,10 @@ def main_template_rules(files: Files) -> list[str]:
     if "unique_string(" not in render(get(main, "variables", "resourceToken", "value")):
         v.append("main.bicep: resourceToken must come from uniqueString(...)")
     for symbol, module in (main.get("modules") or {}).items():
-        params = get(module, "config", "params") or {}
-        if symbol != "rbac" and params.get("tags") != "tags":
+        config = get(module, "config") or {}
+        params = (config["config"] if "condition" in config and "config" in config else config).get("params") or {}
+        declared = (files.get(get(module, "detail", "path") or "") or {}).get("parameters") or {}
+        if "tags" in declared and params.get("tags") != "tags":
             v.append(f"main.bicep:{symbol}: pass tags: tags")
     outputs = main.get("outputs") or {}
     for name in (
@@ -517,6 +836,319 @@ def main_template_rules(files: Files) -> list[str]:
     return v
 
 
+def _declared(tree: Tree, type_: str) -> list[tuple[str, Tree]]:
+    return [
+        (symbol, r)
+        for symbol, r in (tree.get("resources") or {}).items()
+        if r["type"].lower() == type_.lower() and not r.get("existing")
+    ]
+
+
+def _module_symbol(files: Files, path: str) -> str | None:
+    modules = (files.get("main.bicep") or {}).get("modules") or {}
+    found = [symbol for symbol, m in modules.items() if get(m, "detail", "path") == path]
+    return found[0] if len(found) == 1 else None
+
+
+def app_role_violations(roles: Any, where: str) -> list[str]:
+    """The five roles with fixed literal GUIDs, each also limited to each app, for people and daemons."""
+    if not isinstance(roles, list) or not all(isinstance(r, dict) for r in roles):
+        return [f"{where}: app roles must be a list of objects known before deployment, not {ref_text(roles)}"]
+    v: list[str] = []
+    by_value = {r.get("value"): r for r in roles}
+    expected = set(API_ROLES) | set(APP_SCOPED_ROLES)
+    missing, extra = sorted(expected - set(by_value), key=str), sorted(set(by_value) - expected, key=str)
+    if missing or extra:
+        v.append(f"{where}: app roles missing {missing}, unexpected {extra}")
+    if len(by_value) != len(roles):
+        v.append(f"{where}: app role values must be unique")
+    ids = [r.get("id") for r in roles]
+    if len(set(map(str, ids))) != len(ids):
+        v.append(f"{where}: app role ids must be unique")
+    for role in roles:
+        value = role.get("value")
+        expect(v, f"{where}: role {value}", "allowedMemberTypes", role.get("allowedMemberTypes"), ROLE_MEMBER_TYPES)
+        expect(v, f"{where}: role {value}", "isEnabled", role.get("isEnabled"), True)
+        for key in ("description", "displayName"):
+            if not isinstance(role.get(key), str) or not role[key].strip():
+                v.append(f"{where}: role {value} needs a {key}")
+        role_id = role.get("id")
+        if value in API_ROLES and not (isinstance(role_id, str) and GUID.match(role_id)):
+            v.append(f"{where}: role {value} needs a fixed literal GUID id, not {ref_text(role_id)}")
+        if value in APP_SCOPED_ROLES and not (
+            isinstance(role_id, str) and (GUID.match(role_id) or role_id.startswith("guid("))
+        ):
+            v.append(f"{where}: role {value} needs a fixed or guid()-derived id, not {ref_text(role_id)}")
+    return v
+
+
+def api_registration_rules(files: Files) -> list[str]:
+    """The API registration (Graph Bicep extension): the roles, v2 tokens, api:// URI, role assignment required."""
+    v: list[str] = []
+    symbol = _module_symbol(files, API_REGISTRATION_MODULE)
+    main = files.get("main.bicep") or {}
+    if symbol is None:
+        return [f"main.bicep must deploy {API_REGISTRATION_MODULE} once"]
+    expect(
+        v,
+        f"main.bicep:{symbol}",
+        "condition",
+        get(main, "modules", symbol, "config", "condition"),
+        "deployApiRegistration",
+    )
+    deployment = Deployment(files, {"deployApiRegistration": True})
+    deployed = deployment.module(API_REGISTRATION_MODULE)
+    if deployed is None:
+        return [*v, f"main.bicep:{symbol} is not deployed with deployApiRegistration=true"]
+    path, scope = API_REGISTRATION_MODULE, deployed[1]
+    tree = files[path]
+    roles = scope.lookup("appRoles")[1]
+    v += app_role_violations(roles, f"main.bicep:{symbol} appRoles")
+    expect(
+        v,
+        "main.bicep",
+        "output AUTH_APP_ROLES",
+        deployment.main.evaluate(get(main, "outputs", "AUTH_APP_ROLES", "value")),
+        roles,
+    )
+    if GRAPH_EXTENSION not in (tree.get("extensions") or []):
+        v.append(f"{path}: must declare `extension {GRAPH_EXTENSION}` (Microsoft.Graph resources need it)")
+    others = [r["type"] for r in (tree.get("resources") or {}).values() if not r["type"].startswith("Microsoft.Graph/")]
+    if others:
+        v.append(f"{path}: holds Microsoft.Graph resources only (checkov skips this file), not {others}")
+    applications = _declared(tree, GRAPH_APPLICATION)
+    principals = _declared(tree, GRAPH_SERVICE_PRINCIPAL)
+    if len(applications) != 1 or len(principals) != 1:
+        return [
+            *v,
+            f"{path}: one {GRAPH_APPLICATION} and one {GRAPH_SERVICE_PRINCIPAL}, not {applications} / {principals}",
+        ]
+    app_symbol, application = applications[0]
+    app = scope.evaluate(body(application))
+    where = f"{path}:{app_symbol}"
+    expect(v, where, "appRoles", app.get("appRoles"), roles)
+    expect(v, where, "signInAudience", app.get("signInAudience"), "AzureADMyOrg")
+    expect(v, where, "api.requestedAccessTokenVersion", get(app, "api", "requestedAccessTokenVersion"), 2)
+    unique_name = scope.lookup("uniqueName")[1]
+    identifier_uri = Ref(f"api://{ref_text(unique_name)}")
+    expect(v, where, "identifierUris", app.get("identifierUris"), [identifier_uri])
+    expect(
+        v,
+        "main.bicep",
+        "output AUTH_IDENTIFIER_URI",
+        deployment.main.evaluate(get(main, "outputs", "AUTH_IDENTIFIER_URI", "value")),
+        identifier_uri,
+    )
+    scopes = get(app, "api", "oauth2PermissionScopes") or []
+    if not any(
+        isinstance(s_, dict)
+        and s_.get("value") == "user_impersonation"
+        and s_.get("type") == "User"
+        and s_.get("isEnabled") is True
+        and GUID.match(str(s_.get("id")))
+        for s_ in scopes
+    ):
+        v.append(f"{where}: api.oauth2PermissionScopes must hold user_impersonation (type User, enabled, a fixed GUID)")
+    sp_symbol, principal = principals[0]
+    sp = body(principal)
+    expect(v, f"{path}:{sp_symbol}", "appId", render(sp.get("appId")), f"{app_symbol}.appId")
+    expect(v, f"{path}:{sp_symbol}", "appRoleAssignmentRequired", sp.get("appRoleAssignmentRequired"), True)
+    expect(v, path, "output appId", render(get(tree, "outputs", "appId", "value")), f"{app_symbol}.appId")
+    return v
+
+
+def auth_settings_rules(files: Files) -> list[str]:
+    """AUTH_TENANT_ID: the tenant; AUTH_AUDIENCE: the registration's appId (or the hook's); AUDIT_RETENTION_DAYS."""
+    v: list[str] = []
+    registration = _module_symbol(files, API_REGISTRATION_MODULE)
+    hook_app_id = "00000000-0000-0000-0000-0000000000aa"
+    cases = [
+        ({"deployApiRegistration": True}, Ref(f"{registration}.outputs.appId"), "365"),
+        ({"deployApiRegistration": False, "authAudience": hook_app_id, "auditRetentionDays": 90}, hook_app_id, "90"),
+    ]
+    for params, audience, retention in cases:
+        deployment = Deployment(files, params)
+        settings = [
+            i for i in deployment.instances("Microsoft.Web/sites/config") if i.body.get("name") == "appsettings"
+        ]
+        if len(settings) != 1:
+            return [*v, f"{params}: expected one deployed appsettings config, found {len(settings)}"]
+        props = settings[0].body.get("properties") or {}
+        where = f"{settings[0].path}:{settings[0].symbol} with {params}"
+        expect(v, where, "AUTH_AUDIENCE", props.get("AUTH_AUDIENCE"), audience)
+        expect(v, where, "AUDIT_RETENTION_DAYS", props.get("AUDIT_RETENTION_DAYS"), retention)
+        tenant = ref_text(props.get("AUTH_TENANT_ID"))
+        if not (tenant.startswith("tenant()") and "tenantId" in tenant):
+            v.append(f"{where}: AUTH_TENANT_ID must be tenant().tenantId, not {tenant}")
+        outputs = (files.get("main.bicep") or {}).get("outputs") or {}
+        for name in ("AUTH_TENANT_ID", "AUTH_AUDIENCE", "AUTH_IDENTIFIER_URI", "AUTH_APP_ROLES"):
+            if name not in outputs:
+                v.append(f"main.bicep: output {name} missing")
+        output = deployment.main.evaluate(get(outputs, "AUTH_AUDIENCE", "value"))
+        expect(v, f"main.bicep with {params}", "output AUTH_AUDIENCE", output, audience)
+    return v
+
+
+def diagnostic_settings_rules(files: Files) -> list[str]:
+    """Key Vault's audit log and the table service's read/write/delete log go to the Log Analytics workspace."""
+    v: list[str] = []
+    deployment = Deployment(files, {})
+    monitoring = _module_symbol(files, "modules/monitoring.bicep")
+    workspace = Ref(f"{monitoring}.outputs.logAnalyticsId")
+    monitoring_tree = files.get("modules/monitoring.bicep") or {}
+    workspaces = _declared(monitoring_tree, "Microsoft.OperationalInsights/workspaces")
+    output = render(get(monitoring_tree, "outputs", "logAnalyticsId", "value"))
+    if len(workspaces) != 1 or output != f"{workspaces[0][0]}.id":
+        v.append(f"modules/monitoring.bicep: output logAnalyticsId must be the workspace's id, not {output}")
+    vault_logs = table_logs = False
+    for setting in deployment.instances(DIAGNOSTIC_SETTINGS):
+        where = f"{setting.path}:{setting.symbol}"
+        target = ref_text(setting.body.get("scope"))
+        resource = (setting.scope.tree.get("resources") or {}).get(target) or {}
+        props = setting.body.get("properties") or {}
+        expect(v, where, "workspaceId", props.get("workspaceId"), workspace)
+        logs = [log for log in props.get("logs") or [] if isinstance(log, dict) and log.get("enabled") is True]
+        groups = {log.get("categoryGroup") for log in logs} | {log.get("category") for log in logs}
+        if resource.get("type") == VAULT:
+            vault_logs = True
+            if not groups & {"audit", "allLogs", "AuditEvent"}:
+                v.append(
+                    f"{where}: the vault's AuditEvent log (group audit) must be on, has {sorted(map(str, groups))}"
+                )
+        elif resource.get("type") == TABLE_SERVICES:
+            table_logs = True
+            parent = render(body(resource).get("parent"))
+            parent_type = ((setting.scope.tree.get("resources") or {}).get(parent) or {}).get("type")
+            expect(v, where, "the table service's parent type", parent_type, STORAGE)
+            if "allLogs" not in groups and not set(TABLE_LOG_CATEGORIES) <= groups:
+                v.append(f"{where}: table logs {list(TABLE_LOG_CATEGORIES)} must be on, has {sorted(map(str, groups))}")
+    if not vault_logs:
+        v.append(f"no {DIAGNOSTIC_SETTINGS} on the Key Vault (AuditEvent to Log Analytics)")
+    if not table_logs:
+        v.append(f"no {DIAGNOSTIC_SETTINGS} on the storage account's tableServices (table logs to Log Analytics)")
+    return v
+
+
+def _network_violations(deployment: Deployment) -> list[str]:
+    """With private networking: the Flex subnet delegation, the DNS zones linked to the VNet."""
+    v: list[str] = []
+    network = deployment.module("modules/network.bicep")
+    if network is None:
+        return ["modules/network.bicep must be deployed with enablePrivateNetworking=true"]
+    vnets = deployment.instances("Microsoft.Network/virtualNetworks")
+    if len(vnets) != 1:
+        return [f"expected one virtual network, found {len(vnets)}"]
+    subnets = get(vnets[0].body, "properties", "subnets") or []
+    delegated = [
+        s_.get("name")
+        for s_ in subnets
+        if any(
+            get(d, "properties", "serviceName") == FLEX_SUBNET_DELEGATION
+            for d in get(s_, "properties", "delegations") or []
+        )
+    ]
+    if len(delegated) != 1:
+        v.append(
+            f"{vnets[0].path}: one subnet delegated to {FLEX_SUBNET_DELEGATION} (Flex Consumption), not {delegated}"
+        )
+    else:
+        output = network[1].evaluate(get(network[1].tree, "outputs", "appSubnetResourceId", "value"))
+        if f", {delegated[0]})" not in ref_text(output):
+            v.append(
+                f"{vnets[0].path}: output appSubnetResourceId must be subnet {delegated[0]}, is {ref_text(output)}"
+            )
+    zones = {i.symbol: ref_text(i.body.get("name")) for i in deployment.instances("Microsoft.Network/privateDnsZones")}
+    for service, prefix in PRIVATE_ENDPOINT_ZONES.items():
+        if not any(name.startswith(prefix) for name in zones.values()):
+            v.append(f"{network[0]}: private DNS zone {prefix}* missing (for {service})")
+    links = deployment.instances("Microsoft.Network/privateDnsZones/virtualNetworkLinks")
+    linked = {
+        ref_text(i.body.get("parent"))
+        for i in links
+        if get(i.body, "properties", "registrationEnabled") is False
+        and ref_text(get(i.body, "properties", "virtualNetwork", "id")).endswith(".id")
+    }
+    if set(zones) - linked:
+        v.append(
+            f"{network[0]}: DNS zones not linked to the VNet (registrationEnabled false): {sorted(set(zones) - linked)}"
+        )
+    return v
+
+
+def private_networking_rules(files: Files) -> list[str]:
+    """enablePrivateNetworking: the site integrates with the VNet, the vault and storage go private; off: all public."""
+    v: list[str] = []
+    for private in (True, False):
+        deployment = Deployment(files, {"enablePrivateNetworking": private})
+        mode = f"enablePrivateNetworking={str(private).lower()}"
+        access, default_action = ("Disabled", "Deny") if private else ("Enabled", "Allow")
+        for type_ in (VAULT, STORAGE):
+            for instance in deployment.instances(type_, existing=False):
+                where = f"{instance.path}:{instance.symbol} with {mode}"
+                props = instance.body.get("properties") or {}
+                expect(v, where, "publicNetworkAccess", props.get("publicNetworkAccess"), access)
+                expect(
+                    v, where, "networkAcls.defaultAction", get(props, "networkAcls", "defaultAction"), default_action
+                )
+        sites = deployment.instances("Microsoft.Web/sites")
+        for site in sites:
+            props = site.body.get("properties") or {}
+            subnet = props.get("virtualNetworkSubnetId")
+            where = f"{site.path}:{site.symbol} with {mode}"
+            if private and not ref_text(subnet).endswith(".outputs.appSubnetResourceId"):
+                v.append(
+                    f"{where}: virtualNetworkSubnetId must be the network module's app subnet, not {ref_text(subnet)}"
+                )
+            if not private and subnet is not None:
+                v.append(
+                    f"{where}: virtualNetworkSubnetId must be null without private networking, not {ref_text(subnet)}"
+                )
+            expect(v, where, "vnetRouteAllEnabled", props.get("vnetRouteAllEnabled"), private)
+        endpoints = deployment.instances(PRIVATE_ENDPOINT)
+        if not private:
+            if endpoints or deployment.module("modules/network.bicep"):
+                v.append(
+                    f"with {mode}: no network, no private endpoint expected, found {[i.symbol for i in endpoints]}"
+                )
+            continue
+        v += _network_violations(deployment)
+        groups = deployment.instances(PRIVATE_DNS_ZONE_GROUP)
+        wanted = {(VAULT, "vault"), (STORAGE, "blob"), (STORAGE, "queue"), (STORAGE, "table")}
+        found = set()
+        for endpoint in endpoints:
+            where = f"{endpoint.path}:{endpoint.symbol} with {mode}"
+            connections = get(endpoint.body, "properties", "privateLinkServiceConnections") or []
+            for connection in connections:
+                target = ref_text(get(connection, "properties", "privateLinkServiceId"))
+                target_type = ((endpoint.scope.tree.get("resources") or {}).get(target.removesuffix(".id")) or {}).get(
+                    "type"
+                )
+                for group_id in get(connection, "properties", "groupIds") or []:
+                    found.add((target_type, group_id))
+                    zone_groups = [
+                        g
+                        for g in groups
+                        if g.path == endpoint.path and ref_text(g.body.get("parent")) == endpoint.symbol
+                    ]
+                    zone_ids = [
+                        ref_text(get(c, "properties", "privateDnsZoneId"))
+                        for g in zone_groups
+                        for c in get(g.body, "properties", "privateDnsZoneConfigs") or []
+                    ]
+                    if zone_ids != [
+                        f"{_module_symbol(files, 'modules/network.bicep')}.outputs.privateDnsZoneResourceIds.{group_id}"
+                    ]:
+                        v.append(
+                            f"{where}: the {group_id} endpoint needs the network's {group_id} DNS zone, has {zone_ids}"
+                        )
+            subnet = ref_text(get(endpoint.body, "properties", "subnet", "id"))
+            if not subnet.endswith(".outputs.privateEndpointSubnetResourceId"):
+                v.append(f"{where}: must sit in the network module's private endpoint subnet, not {subnet}")
+        for target_type, group_id in sorted(wanted - found):
+            v.append(f"with {mode}: no private endpoint for {target_type} ({group_id})")
+    return v
+
+
 RULES: tuple[Callable[[Files], list[str]], ...] = (
     function_app_rules,
     publishing_credentials_rules,
@@ -528,6 +1160,10 @@ RULES: tuple[Callable[[Files], list[str]], ...] = (
     parameter_description_rules,
     app_settings_rules,
     main_template_rules,
+    api_registration_rules,
+    auth_settings_rules,
+    diagnostic_settings_rules,
+    private_networking_rules,
 )
 
 

@@ -7,7 +7,9 @@ of the real templates to prove each one can fail.
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +22,13 @@ Parse = Callable[[dict[str, str]], dict[str, Any]]
 
 
 def test_every_template_parses(templates: dict[str, Any]) -> None:
-    assert {"main.bicep", "app/api.bicep", "app/rbac.bicep"} <= set(templates)
+    assert {
+        "main.bicep",
+        "app/api.bicep",
+        "app/rbac.bicep",
+        "app/api-registration.bicep",
+        "modules/network.bicep",
+    } <= set(templates)
     for path, tree in templates.items():
         assert tree.get("resources") or tree.get("modules"), f"{path} declares nothing"
 
@@ -63,6 +71,79 @@ def test_app_settings_are_complete_and_secrets_are_key_vault_references(template
 
 def test_main_template_tags_names_and_outputs(templates: dict[str, Any]) -> None:
     assert rules.main_template_rules(templates) == []
+
+
+def test_api_registration_has_the_five_roles_and_their_per_app_variants(templates: dict[str, Any]) -> None:
+    assert rules.api_registration_rules(templates) == []
+
+
+def test_app_settings_carry_the_tenant_the_audience_and_the_audit_retention(templates: dict[str, Any]) -> None:
+    assert rules.auth_settings_rules(templates) == []
+
+
+def test_vault_audit_events_and_table_logs_go_to_log_analytics(templates: dict[str, Any]) -> None:
+    assert rules.diagnostic_settings_rules(templates) == []
+
+
+def test_private_networking_closes_the_vault_and_storage_and_integrates_the_app(templates: dict[str, Any]) -> None:
+    assert rules.private_networking_rules(templates) == []
+
+
+def test_the_evaluator_reads_the_roles_and_the_private_endpoints(templates: dict[str, Any]) -> None:
+    """The rules above see real values, not Refs: 20 roles, 4 private endpoints, none without private networking."""
+    private = rules.Deployment(templates, {"enablePrivateNetworking": True})
+    registration = private.module(rules.API_REGISTRATION_MODULE)
+    assert registration is not None
+    roles = registration[1].lookup("appRoles")[1]
+    assert [r["value"] for r in roles] == [*rules.API_ROLES, *rules.APP_SCOPED_ROLES]
+    endpoints = private.instances(rules.PRIVATE_ENDPOINT)
+    group_ids = sorted(
+        g
+        for e in endpoints
+        for c in e.body["properties"]["privateLinkServiceConnections"]
+        for g in c["properties"]["groupIds"]
+    )
+    assert group_ids == ["blob", "queue", "table", "vault"]
+    public = rules.Deployment(templates, {})
+    assert public.instances(rules.PRIVATE_ENDPOINT) == []
+    assert public.module("modules/network.bicep") is None
+
+
+def test_graph_extension_is_pinned_in_bicepconfig() -> None:
+    config = json.loads((INFRA_DIR / "bicepconfig.json").read_text())
+    alias = config["extensions"][rules.GRAPH_EXTENSION]
+    assert re.fullmatch(r"br:mcr\.microsoft\.com/bicep/extensions/microsoftgraph/v1\.0:\d+\.\d+\.\d+", alias), alias
+
+
+def test_postprovision_hook_registers_the_api_when_the_template_does_not(
+    parse: Parse, templates: dict[str, Any]
+) -> None:
+    """azure.yaml runs infra/hooks/register-api.sh; it acts only on AZURE_DEPLOY_API_REGISTRATION=false, the variable
+    main.parameters.json feeds deployApiRegistration from, and reads the outputs main.bicep declares."""
+    azure = parse({"azure.yaml": (ROOT / "azure.yaml").read_text()})["azure.yaml"]
+    hook = azure["hooks"]["postprovision"]["posix"]
+    assert hook["run"] == "./infra/hooks/register-api.sh"
+    script = INFRA_DIR / "hooks" / "register-api.sh"
+    assert os.access(script, os.X_OK), f"{script} must be executable"
+    subprocess.run(["sh", "-n", str(script)], check=True)
+    text = script.read_text()
+    parameters = json.loads((INFRA_DIR / "main.parameters.json").read_text())["parameters"]
+    assert parameters["deployApiRegistration"]["value"] == "${AZURE_DEPLOY_API_REGISTRATION=true}"
+    assert parameters["authAudience"]["value"] == "${AUTH_AUDIENCE=}"
+    assert '"${AZURE_DEPLOY_API_REGISTRATION:-true}" != "false"' in text
+    outputs = templates["main.bicep"]["outputs"]
+    for name in re.findall(r"\b(AUTH_[A-Z_]+|AZURE_[A-Z_]+)\b", text):
+        if name not in {"AZURE_DEPLOY_API_REGISTRATION", "AZURE_ENV_NAME"} and name != "AUTH_AUDIENCE":
+            assert name in outputs, f"register-api.sh reads {name}, which main.bicep does not output"
+    for flag in (
+        "--sign-in-audience AzureADMyOrg",
+        "--requested-access-token-version 2",
+        "--identifier-uris",
+        "--app-roles",
+    ):
+        assert flag in text, flag
+    assert "appRoleAssignmentRequired=true" in text
+    assert "azd env set AUTH_AUDIENCE" in text
 
 
 def test_parameters_file_feeds_every_required_parameter(templates: dict[str, Any]) -> None:
@@ -263,6 +344,114 @@ TAMPERINGS = [
         "param identityPrincipalId string\n",
         "param identityPrincipalId string = ''\n",
         "identityPrincipalId",
+    ),
+    # The API registration and its roles
+    (
+        "role-value-typo",
+        "main.bicep",
+        "value: 'AppConnections.Auditor'",
+        "value: 'AppConnections.Audit'",
+        "AppConnections.Auditor",
+    ),
+    (
+        "role-id-not-a-guid",
+        "main.bicep",
+        "id: 'a022145e-3999-4adb-99a8-13d538dc05eb'",
+        "id: 'admin'",
+        "fixed literal GUID",
+    ),
+    ("app-missing-from-scoped-roles", "main.bicep", "  'azure-client-secrets'\n]", "]", "Reader.azure-client-secrets"),
+    (
+        "v1-tokens",
+        "app/api-registration.bicep",
+        "requestedAccessTokenVersion: 2",
+        "requestedAccessTokenVersion: 1",
+        "requestedAccessTokenVersion",
+    ),
+    (
+        "anyone-gets-a-token",
+        "app/api-registration.bicep",
+        "appRoleAssignmentRequired: true",
+        "appRoleAssignmentRequired: false",
+        "appRoleAssignmentRequired",
+    ),
+    ("no-graph-extension", "app/api-registration.bicep", "extension microsoftGraphV1\n", "", "extension"),
+    (
+        "tenant-common",
+        "app/api.bicep",
+        "AUTH_TENANT_ID: tenant().tenantId",
+        "AUTH_TENANT_ID: 'common'",
+        "AUTH_TENANT_ID",
+    ),
+    ("no-audience", "app/api.bicep", "    AUTH_AUDIENCE: authAudience\n", "", "AUTH_AUDIENCE missing"),
+    (
+        "audience-ignores-the-registration",
+        "main.bicep",
+        "var effectiveAuthAudience = deployApiRegistration ? apiRegistration.outputs.appId : authAudience",
+        "var effectiveAuthAudience = authAudience",
+        "AUTH_AUDIENCE",
+    ),
+    # Audit logs to Log Analytics
+    ("vault-metrics-only", "modules/keyvault.bicep", "categoryGroup: 'audit'", "categoryGroup: 'none'", "AuditEvent"),
+    (
+        "no-table-deletes",
+        "modules/storage.bicep",
+        "category: 'StorageDelete'",
+        "category: 'StorageBlobLogs'",
+        "StorageDelete",
+    ),
+    ("account-not-tables", "modules/storage.bicep", "scope: tableServices", "scope: storageAccount", "tableServices"),
+    (
+        "vault-logs-elsewhere",
+        "modules/keyvault.bicep",
+        "workspaceId: logAnalyticsWorkspaceResourceId",
+        "workspaceId: 'ws'",
+        "workspaceId",
+    ),
+    # Private networking
+    (
+        "private-vault-allows-all",
+        "modules/keyvault.bicep",
+        "defaultAction: (publicNetworkAccess == 'Disabled') ? 'Deny' : 'Allow'",
+        "defaultAction: 'Allow'",
+        "defaultAction",
+    ),
+    (
+        "private-storage-public",
+        "modules/storage.bicep",
+        "    publicNetworkAccess: publicNetworkAccess\n",
+        "    publicNetworkAccess: 'Enabled'\n",
+        "publicNetworkAccess",
+    ),
+    ("no-queue-endpoint", "main.bicep", "service: 'queue'", "service: 'file'", "queue"),
+    (
+        "site-not-integrated",
+        "app/api.bicep",
+        "virtualNetworkSubnetId: empty(virtualNetworkSubnetResourceId) ? null : virtualNetworkSubnetResourceId",
+        "virtualNetworkSubnetId: null",
+        "virtualNetworkSubnetId",
+    ),
+    (
+        "no-route-all",
+        "app/api.bicep",
+        "vnetRouteAllEnabled: !empty(virtualNetworkSubnetResourceId)",
+        "vnetRouteAllEnabled: false",
+        "vnetRouteAllEnabled",
+    ),
+    (
+        "wrong-delegation",
+        "modules/network.bicep",
+        "serviceName: 'Microsoft.App/environments'",
+        "serviceName: 'Microsoft.Web/serverFarms'",
+        "Microsoft.App/environments",
+    ),
+    ("zone-unlinked", "modules/network.bicep", "registrationEnabled: false", "registrationEnabled: true", "linked"),
+    (
+        "endpoints-without-private-networking",
+        "main.bicep",
+        "privateEndpoints: enablePrivateNetworking ? keyVaultPrivateEndpoints : []",
+        "privateEndpoints: keyVaultPrivateEndpoints",
+        "no private endpoint expected",
     ),
     ("no-env-tag", "main.bicep", "  'azd-env-name': environmentName\n", "  'env': environmentName\n", "azd-env-name"),
     ("no-service-tag", "app/api.bicep", "'azd-service-name': 'api'", "'azd-service-name': 'web'", "azd-service-name"),

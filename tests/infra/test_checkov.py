@@ -1,8 +1,9 @@
 """checkov (framework bicep, offline) finds no failed check in infra/; every skip is a documented comment.
 
 A skip is a `// checkov:skip=CKV_AZURE_xxx: reason` line inside the resource's body (checkov reads
-suppressions between a resource's first and last line). The last test proves checkov still fails
-a tampered copy, and that deleting a skip comment brings its finding back.
+suppressions between a resource's first and last line). infra/.checkov.yaml keeps checkov off the one
+file its Bicep parser cannot read (the Microsoft Graph extension's). The last test proves checkov still
+fails a tampered copy, and that deleting a skip comment brings its finding back.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import json
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.infra import bicep_rules as rules
 from tests.infra.tooling import INFRA_DIR, infra_tool
 
 SKIP_COMMENT = re.compile(r"//\s*checkov:skip=([A-Z0-9_]+)(?::\s*(.*))?$")
@@ -85,6 +88,23 @@ def test_every_skip_is_a_documented_comment_that_checkov_honours(report: dict[st
     )
     for check in report["results"]["skipped_checks"]:
         assert check["check_result"].get("suppress_comment") not in (None, "", "No comment provided"), check["check_id"]
+
+
+def test_checkov_config_skips_only_the_graph_registration(
+    parse: Callable[[dict[str, str]], dict[str, Any]], templates: dict[str, Any], report: dict[str, Any]
+) -> None:
+    """The one file checkov does not read holds Microsoft.Graph resources only (checkov has no checks for them)."""
+    config = parse({"checkov.yaml": (INFRA_DIR / ".checkov.yaml").read_text()})["checkov.yaml"]
+    assert set(config) == {"skip-path"}, config
+    skipped = [path for path in templates if any(re.search(p, f"{INFRA_DIR}/{path}") for p in config["skip-path"])]
+    assert skipped == [rules.API_REGISTRATION_MODULE], skipped
+    types = {r["type"] for r in templates[rules.API_REGISTRATION_MODULE]["resources"].values()}
+    assert types == {rules.GRAPH_APPLICATION, rules.GRAPH_SERVICE_PRINCIPAL}, types
+    scanned = {
+        c["file_path"].lstrip("/") for kind in ("passed_checks", "skipped_checks") for c in report["results"][kind]
+    }
+    assert rules.API_REGISTRATION_MODULE not in scanned
+    assert {"modules/network.bicep", "modules/keyvault.bicep", "modules/storage.bicep"} <= scanned, scanned
 
 
 def test_checkov_fails_a_tampered_copy(tmp_path: Path) -> None:

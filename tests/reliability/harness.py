@@ -79,15 +79,20 @@ NEVER = "0 0 0 1 1 *"  # the timer fires only on 1 January: a campaign triggers 
 @contextmanager
 def campaign_environment(name: str, state: Path, concurrency: int) -> Iterator[tuple[Any, HostProcess, Tables]]:
     """Azurite and the stand-in in this process, the host in its own (started), the campaign's tables; all
-    stopped at the end, and the host's log kept as ``.reliability/<name>-host.log`` for a failure's diagnosis."""
+    stopped at the end, and the host's log kept as ``.reliability/<name>-host.log`` for a failure's diagnosis.
+    The service's API is registered on the stand-in: :meth:`HostProcess.api` calls it as an administrator."""
     from localdev.environment import LocalEnvironment
+    from tests.tokens import Tokens
 
     port = free_port()
     env = LocalEnvironment(state, table_prefix=name.capitalize() + secrets.token_hex(4), sweep_schedule=NEVER,
-                           site_url=f"http://127.0.0.1:{port}")
+                           site_url=f"http://127.0.0.1:{port}", with_api=True)
     env.start()
+    assert env.api is not None and env.standin is not None
+    auth = Tokens(env.api, env.standin.admin).auth()
+    auth.tokens.for_roles(*auth.roles)  # its daemon registered once, before requests run in parallel
     host = HostProcess(env.settings, port, state / "host.log", extra_env={
-        "ROTATION_MAX_CONCURRENCY": str(concurrency), "ROTATION_TEST_TIMEOUT_SECONDS": "60"})
+        "ROTATION_MAX_CONCURRENCY": str(concurrency), "ROTATION_TEST_TIMEOUT_SECONDS": "60"}, auth=auth)
     tables = Tables(env.settings["AzureWebJobsStorage"], env.table_prefix)
     try:
         host.start()
@@ -109,6 +114,7 @@ class HostProcess:
     port: int
     log_path: Path
     extra_env: dict[str, str] = field(default_factory=dict)
+    auth: httpx.Auth | None = None  # how API calls authenticate (an administrator daemon's token)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
     _read: int = 0  # bytes of the log already counted
@@ -117,6 +123,10 @@ class HostProcess:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def api(self, **kwargs: Any) -> httpx.Client:
+        """A client of the host's API, authenticated with :attr:`auth`."""
+        return httpx.Client(base_url=self.url, auth=self.auth, **kwargs)
 
     def start(self, timeout: float = 60.0) -> None:
         assert self.process is None or self.process.poll() is not None

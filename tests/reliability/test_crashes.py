@@ -90,7 +90,7 @@ def test_sigkill_mid_sweep_loses_nothing_and_leaves_no_orphan(campaign) -> None:
             print(problems[-1])
         return result
 
-    with httpx.Client(base_url=host.url, timeout=120) as api, ThreadPoolExecutor(6) as pool:
+    with host.api(timeout=120) as api, ThreadPoolExecutor(6) as pool:
         apps = list(pool.map(lambda _: _create(api, admin, registry), range(CONNECTIONS)))
     check("after creation")
 

@@ -101,7 +101,7 @@ def test_a_storm_of_retryable_failures_loses_nothing(campaign) -> None:
 
     # Calm weather: 100 connections that rotate, rotated once on creation.
     entras = [register_rotatable_app(admin, registry) for _ in range(ROTATIONS)]
-    with httpx.Client(base_url=host.url, timeout=120) as api, ThreadPoolExecutor(8) as pool:
+    with host.api(timeout=120) as api, ThreadPoolExecutor(8) as pool:
         created = list(pool.map(lambda e: _create(api, e, rotate=True), entras))
     assert all(r.status_code == 201 for r in created), [r.text for r in created if r.status_code != 201][:3]
     apps = [Rotated(e.tenant_id, e.client_id, e.object_id, e.key_id, r.json()["appConnection"]["id"])
@@ -149,7 +149,7 @@ def test_a_storm_of_retryable_failures_loses_nothing(campaign) -> None:
     before = host.sweeps_done()
     host.trigger_sweep()
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
-    with httpx.Client(base_url=host.url, timeout=180, limits=limits) as api, ThreadPoolExecutor(32) as pool:
+    with host.api(timeout=180, limits=limits) as api, ThreadPoolExecutor(32) as pool:
         results = list(pool.map(lambda item: call(api, *item), plan))
     api_seconds = time.monotonic() - started
     while host.sweeps_done() <= before:
@@ -177,7 +177,7 @@ def test_a_storm_of_retryable_failures_loses_nothing(campaign) -> None:
     registry.add(*result.secret_values)
     statuses = Counter(status for _, status, _ in results)
     server_errors = [(kind, status, text) for kind, status, text in results if status >= 500]
-    with httpx.Client(base_url=host.url, timeout=60) as api:
+    with host.api(timeout=60) as api:
         missing = [cid for cid in made if api.get(f"{BASE}/{APP}/{cid}").status_code != 200]
         invalid = [cid for cid in made if api.post(f"{BASE}/{APP}/{cid}/validate").status_code != 200]
     leaked = scan_for_secrets(registry.values, host.log_text(), tables.dump())

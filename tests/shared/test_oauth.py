@@ -109,7 +109,8 @@ def no_io_flow() -> OAuthFlow:
     adapters = Adapters(
         settings=load_settings(CONFIGURED), connections=NoIO("connections"), vault=NoIO("vault"),
         schedule=NoIO("schedule"), history=NoIO("history"), directory=NoIO("directory"), tokens=NoIO("tokens"),
-        oauth_states=NoIO("oauth_states"), clock=lambda: datetime(2026, 3, 4, tzinfo=UTC), sleep=NoIO("sleep"),
+        oauth_states=NoIO("oauth_states"), audit=NoIO("audit"), clock=lambda: datetime(2026, 3, 4, tzinfo=UTC),
+        sleep=NoIO("sleep"),
     )
     return wiring.services(adapters).oauth
 
@@ -135,8 +136,9 @@ async def test_the_callback_refuses_malformed_answers_before_touching_storage():
     flow = no_io_flow()
     with pytest.raises(OAuthFailed, match="no state"):
         await flow.complete({"code": "abc"})
-    with pytest.raises(OAuthFailed, match="access_denied"):
-        await flow.complete({"error": "access_denied", "error_description": "<b>no</b>"})
+    with pytest.raises(OAuthFailed) as declined:  # no valid state: a fixed text, never the one it was given
+        await flow.complete({"error": "access_denied", "error_description": "<b>no</b> call 555-0100"})
+    assert declined.value.detail == "The sign-in did not complete. Start again from the App Connections page."
     with pytest.raises(OAuthFailed, match="'code'"):
         await flow.complete({"code": "x" * 9000, "state": "s"})
     with pytest.raises(OAuthFailed, match="'state'"):

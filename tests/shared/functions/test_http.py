@@ -6,7 +6,7 @@ import azure.functions as func
 import pytest
 
 from shared.errors import InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
-from shared.functions.http import MAX_BODY_BYTES, endpoint, query_int, read_json
+from shared.functions.http import MAX_BODY_BYTES, answer, query_int, read_json
 
 
 def request(body: bytes = b"", content_type: str | None = "application/json", params=None) -> func.HttpRequest:
@@ -53,12 +53,11 @@ def test_query_int_refuses_words():
     assert query_int(request(), "limit") is None
 
 
-async def test_endpoint_turns_domain_errors_into_problems():
-    @endpoint
+async def test_answer_turns_domain_errors_into_problems():
     async def handler(req):
         raise NotFound("No such thing.")
 
-    response = await handler(request())
+    response = await answer(handler, request(), "/api/v1/x")
     assert response.status_code == 404
     assert response.mimetype == "application/problem+json"
     problem = json.loads(response.get_body())
@@ -71,23 +70,21 @@ async def test_endpoint_turns_domain_errors_into_problems():
     }
 
 
-async def test_endpoint_hides_unexpected_errors_behind_a_generic_500(caplog):
-    @endpoint
+async def test_answer_hides_unexpected_errors_behind_a_generic_500(caplog):
     async def handler(req):
         raise RuntimeError("internal detail")
 
-    response = await handler(request())
+    response = await answer(handler, request(), "/api/v1/x")
     assert response.status_code == 500
     assert b"internal detail" not in response.get_body()
 
 
-async def test_endpoint_maps_unmapped_azure_failures_to_502():
+async def test_answer_maps_unmapped_azure_failures_to_502():
     from azure.core.exceptions import ServiceRequestError
 
-    @endpoint
     async def handler(req):
         raise ServiceRequestError("connection refused")
 
-    response = await handler(request())
+    response = await answer(handler, request(), "/api/v1/x")
     assert response.status_code == 502
     assert json.loads(response.get_body())["type"].endswith("upstream-error")

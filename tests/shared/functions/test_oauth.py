@@ -5,18 +5,24 @@ import azure.functions as func
 from shared.functions.oauth import CALLBACK_ROUTE, _wants_json, page
 
 
-def test_only_the_callback_is_anonymous():
+def test_every_route_but_the_callback_requires_a_role_and_every_change_is_audited():
     import function_app
     from localdev.host import index_functions
 
-    levels = {}
+    guarded = {}
     for function in index_functions(function_app.app):
-        trigger = function.get_trigger()
-        if trigger is not None and trigger.get_dict_repr().get("route") is not None:
-            levels[trigger.get_dict_repr()["route"]] = str(trigger.get_dict_repr()["authLevel"])
-    assert levels[CALLBACK_ROUTE] == "ANONYMOUS"
-    assert levels["api/v1/app-connections/{app}/oauth/authorize"] == "FUNCTION"
-    assert [route for route, level in levels.items() if level != "FUNCTION"] == [CALLBACK_ROUTE]
+        trigger = function.get_trigger().get_dict_repr()
+        if trigger.get("route") is None:
+            continue
+        assert str(trigger["authLevel"]) == "ANONYMOUS"  # the access token is the gate, not a function key
+        user_function = function.get_user_function()
+        guarded[(trigger["route"], tuple(str(m).rsplit(".", 1)[-1] for m in trigger["methods"]))] = (
+            getattr(user_function, "required_role", None), getattr(user_function, "audit_action", None))
+    assert guarded.pop((CALLBACK_ROUTE, ("GET",))) == (None, None)
+    assert all(role is not None for role, _ in guarded.values()), guarded
+    changes = {key: action for key, (_, action) in guarded.items() if key[1] != ("GET",)}
+    assert all(changes.values()), changes
+    assert guarded[("api/v1/app-connections/{app}/oauth/authorize", ("GET",))] == ("Writer", "connection.authorize")
 
 
 def test_the_page_escapes_and_forbids_everything():
