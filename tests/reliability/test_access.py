@@ -1,9 +1,9 @@
-"""Access: every registered function but the OAuth callback needs a function key, and the callback reads
-nothing but ``code``, ``state``, ``error`` and ``error_description``.
+"""Access: every registered function but the OAuth callback requires an Entra ID access token (there is no
+function key), and the callback reads nothing but ``code``, ``state``, ``error`` and ``error_description``.
 
 The functions are enumerated from ``function_app.app`` through ``localdev.host.index_functions`` (which calls
-``get_functions()`` once per process and caches it, so this shares the index with the session's local host).
-The key is then enforced by a second, unserved ``LocalHost`` view of the same index, driven in process.
+``get_functions()`` once per process and caches it, so this shares the index with the session's local host), and
+every route is called without a token, with a malformed one and with a token for another API.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 CALLBACK = "app_connection_oauth_callback"
-KEY = "reliability-function-key-0123456789"
-STRICT = {"function", "admin"}
 
 
 def _triggers() -> list[tuple[str, dict[str, Any]]]:
@@ -35,22 +33,13 @@ def _triggers() -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
-def _level(trigger: dict[str, Any]) -> str:
-    value = trigger.get("authLevel")
-    return str(getattr(value, "value", value) or "function").lower()
-
-
-def test_every_function_but_the_callback_requires_a_key(host_url):  # host_url: index after the host, never twice
+def test_every_function_is_an_http_route_or_a_timer(host_url):  # host_url: index after the host, never twice
     triggers = _triggers()
     http = {name: trigger for name, trigger in triggers if trigger["type"] == "httpTrigger"}
     timers = {name for name, trigger in triggers if trigger["type"] == "timerTrigger"}
-    assert timers == {"rotate_due_credentials"}
+    assert timers == {"rotate_due_credentials", "enforce_audit_retention"}
     assert {name for name, _ in triggers} == set(http) | timers, "a trigger other than HTTP and timer appeared"
-    assert len(http) >= 14
-    levels = {name: _level(trigger) for name, trigger in http.items()}
-    assert levels.pop(CALLBACK) == "anonymous"
-    weak = {name: level for name, level in levels.items() if level not in STRICT}
-    assert weak == {}, f"functions that do not require a key: {weak}"
+    assert len(http) >= 15
 
 
 def _sample(route: str) -> str:
@@ -59,33 +48,31 @@ def _sample(route: str) -> str:
     return "/" + re.sub(r"\{(\w+)(?::[^}]*)?\??\}", lambda m: values.get(m.group(1), "x"), route)
 
 
-@pytest.fixture(scope="module")
-def keyed_host(host_url) -> LocalHost:
-    """The same functions (index cached: ``get_functions()`` is not called again) with a key required."""
-    return LocalHost(load_function_app("function_app", ROOT), ROOT / "host.json", function_key=KEY,
-                     run_timers=False)
-
-
-async def test_the_key_is_enforced_on_every_route_but_the_callback(keyed_host):
-    transport = httpx.ASGITransport(app=keyed_host.asgi)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-        checked = 0
-        for info in keyed_host.http_functions():
+def test_every_route_but_the_callback_refuses_a_missing_bad_or_foreign_token(host_url, local_env):
+    standin = local_env.standin
+    with httpx.Client(verify=str(standin.ca_path)) as http:
+        foreign = http.post(f"{standin.url}/{local_env.identity.tenant_id}/oauth2/v2.0/token", data={
+            "grant_type": "client_credentials", "client_id": local_env.identity.client_id,
+            "client_secret": local_env.identity.client_secret, "scope": "https://vault.azure.net/.default",
+        }).json()["access_token"]
+    host = LocalHost(load_function_app("function_app", ROOT), ROOT / "host.json", run_timers=False)
+    checked = 0
+    with httpx.Client(base_url=host_url, timeout=60) as client:
+        for info in host.http_functions():
             path = _sample(info.route)
             for method in sorted(info.methods or {"GET"}):
-                for headers, params in (({}, {}), ({"x-functions-key": "wrong"}, {}), ({}, {"code": "wrong"})):
-                    response = await client.request(method, path, headers=headers, params=params)
+                for headers in ({}, {"Authorization": "Bearer nope"}, {"x-functions-key": "a-key"},
+                                {"Authorization": f"Bearer {foreign}"}):
+                    response = client.request(method, path, headers=headers)
                     if info.name == CALLBACK:
                         assert response.status_code == 400, (info.name, response.status_code)
                         assert response.headers["content-type"].startswith("text/html")
                     else:
                         assert response.status_code == 401, (info.name, method, path, response.status_code)
                         assert response.headers["content-type"].startswith("application/problem+json")
+                        assert response.headers["www-authenticate"].startswith("Bearer")
                     checked += 1
-        assert checked >= 3 * 14
-        for auth in ({"headers": {"x-functions-key": KEY}}, {"params": {"code": KEY}}):
-            response = await client.get("/api/v1/openapi.json", **auth)  # type: ignore[arg-type]
-            assert response.status_code == 200
+    assert checked >= 4 * 15
 
 
 @pytest.mark.parametrize("extra", ["foo", "redirect_uri", "code_verifier", "admin_consent", "x-functions-key"])

@@ -177,3 +177,60 @@ async def test_each_attempt_has_one_history_entry_with_its_own_trigger_outcome_a
     assert events[1].rotation_id == events[2].rotation_id
     assert all(e.duration_ms is not None and e.duration_ms < 60_000 for e in events)
     assert h.check() == []
+
+
+async def test_the_runner_and_every_graph_change_are_audited_before_they_happen() -> None:
+    h = Harness()
+    record = await h.create()
+    await h.due()
+    await h.sweep()
+    actions = [(r.action, r.outcome, r.actor.type) for r in h.fakes.audit.records]
+    assert ("rotation.attempt", "started", "system") in actions
+    assert ("rotation.attempt", "succeeded", "system") in actions
+    adds = [r for r in h.fakes.audit.records if r.action == "credential.add"]
+    removes = [r for r in h.fakes.audit.records if r.action == "credential.remove"]
+    assert [r.outcome for r in adds] == ["started", "succeeded"] * 2  # enabling, then the scheduled rotation
+    assert [r.outcome for r in removes] == ["started", "succeeded"] * 2
+    after = await h.record(record.id)
+    assert after is not None
+    assert f"keyId {after.rotation.key_id}" in (adds[-1].detail or "")
+    assert all(r.connection_id == record.id for r in adds + removes)
+    for entry in h.fakes.audit.records:  # never a secret
+        for password in h.fakes.world.created.values():
+            assert password[1].secret not in str(entry)
+
+
+async def test_a_rotation_whose_audit_record_cannot_be_written_does_not_run() -> None:
+    from shared.errors import AuditUnavailable
+
+    h = Harness()
+    record = await h.create()
+    calls = len(h.fakes.world.calls)
+    h.fakes.world.fail_next("audit.append")
+    with pytest.raises(AuditUnavailable) as refused:
+        await h.api.rotate(APP, record.id)
+    assert refused.value.status == 503
+    assert not [c for c in h.fakes.world.calls[calls:] if c.startswith(("graph", "store.update", "vault.write"))]
+    assert (await h.record(record.id)) == record
+
+
+async def test_a_graph_change_whose_audit_record_cannot_be_written_is_not_made() -> None:
+    h = Harness()
+    record = await h.create()
+    await h.due()
+    h.fakes.world.calls.clear()
+    audit = h.fakes.audit
+
+    async def append_then_fail(entry):  # type: ignore[no-untyped-def]
+        if entry.action == "credential.add" and entry.outcome == "started":
+            raise OSError("Table Storage is unreachable")
+        audit.records.append(entry)
+
+    audit.append = append_then_fail  # type: ignore[method-assign]
+    await h.sweep()
+    assert "graph.add" not in h.fakes.world.calls
+    assert h.check() == []
+    after = await h.record(record.id)
+    assert after is not None
+    assert after.rotation.status == "failed"
+    assert after.rotation.key_id == record.rotation.key_id

@@ -18,7 +18,7 @@ from tests.lifecycle_harness import Crash, Harness, user_operations
 from tests.shared.rotation.test_invariants import CHECKPOINTS, OPERATIONS
 
 FAULTS = ["graph.find", "graph.add", "graph.add.lost", "graph.remove", "vault.write", "probe", "store.update",
-          "history.record"]
+          "history.record", "audit.append"]
 
 
 class Lifecycle(RuleBasedStateMachine):
