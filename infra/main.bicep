@@ -1,9 +1,10 @@
-// Azure App Connections: the Function App (Flex Consumption), its identity, storage, vault and monitoring.
+// Azure App Connections: the Function App (Flex Consumption), its identity, storage, vault and monitoring,
+// its API registration and app roles in Microsoft Entra ID, and optionally a private network.
 // Deploy with `azd up`, or `az deployment sub create` (see infra/README-deploy.md).
 targetScope = 'subscription'
 
 metadata name = 'Azure App Connections'
-metadata description = 'Deploys the Azure App Connections Function App with a user-assigned identity, Table Storage, Key Vault and Application Insights.'
+metadata description = 'Deploys the Azure App Connections Function App with a user-assigned identity, Table Storage, Key Vault, Application Insights and Log Analytics (with the vault\'s and the tables\' audit logs), its Entra ID API registration with app roles, and optionally VNet integration with private endpoints.'
 
 // ================ //
 // Parameters       //
@@ -85,8 +86,31 @@ param keyVaultSoftDeleteRetentionInDays int = 90
 
 @minValue(30)
 @maxValue(730)
-@description('Optional. Days Log Analytics keeps logs.')
+@description('Optional. Days Log Analytics keeps logs, the Key Vault and Table Storage audit logs included.')
 param logRetentionInDays int = 30
+
+@description('Optional. Register the service\'s API in Microsoft Entra ID with the Microsoft Graph Bicep extension (app/api-registration.bicep). Set false where the deploying identity cannot use it: the postprovision hook infra/hooks/register-api.sh then registers the same API with the Azure CLI.')
+param deployApiRegistration bool = true
+
+@description('Optional. Application (client) id of an API registration made outside this template (the postprovision hook sets it in the azd environment). Used only when deployApiRegistration is false.')
+param authAudience string = ''
+
+@minValue(1)
+@maxValue(3650)
+@description('Optional. Days the service keeps its audit log in Table Storage (AUDIT_RETENTION_DAYS).')
+param auditRetentionDays int = 365
+
+@description('Optional. Private networking: the Function App integrates with a new VNet, Key Vault and Storage get private endpoints and private DNS zones, and their public network access is disabled.')
+param enablePrivateNetworking bool = false
+
+@description('Optional. Address space of the VNet (with enablePrivateNetworking).')
+param virtualNetworkAddressPrefix string = '10.0.0.0/16'
+
+@description('Optional. Address prefix of the subnet the Function App integrates with (with enablePrivateNetworking); inside virtualNetworkAddressPrefix.')
+param appSubnetAddressPrefix string = '10.0.0.0/24'
+
+@description('Optional. Address prefix of the subnet of the private endpoints (with enablePrivateNetworking); inside virtualNetworkAddressPrefix.')
+param privateEndpointSubnetAddressPrefix string = '10.0.1.0/24'
 
 // ================ //
 // Variables        //
@@ -99,6 +123,104 @@ var tags = {
 }
 var functionAppName = '${abbrs.webSitesFunctions}api-${resourceToken}'
 var deploymentStorageContainerName = 'app-package-${take(functionAppName, 32)}-${take(toLower(uniqueString(functionAppName, resourceToken)), 7)}'
+
+// The API registration: its identifier URI is api://<uniqueName>.
+var apiRegistrationUniqueName = 'app-connections-api-${resourceToken}'
+var apiIdentifierUri = 'api://${apiRegistrationUniqueName}'
+
+// The app roles the service checks in the token's roles claim. Their ids are fixed: once deployed, a role's
+// id must never change (assignments refer to it), and the service matches on the value.
+var apiRoles = [
+  {
+    allowedMemberTypes: [
+      'User'
+      'Application'
+    ]
+    description: 'Read connections, their options, rotation history, health and the app registrations they see: every GET.'
+    displayName: 'App Connections Reader'
+    id: 'fae93c08-0e77-456d-9038-a8aa964a23ed'
+    isEnabled: true
+    value: 'AppConnections.Reader'
+  }
+  {
+    allowedMemberTypes: [
+      'User'
+      'Application'
+    ]
+    description: 'Create, update, delete and validate connections; authorize and re-authorize OAuth connections.'
+    displayName: 'App Connections Writer'
+    id: '7d590b83-c17d-4ad9-bf69-29041e8cb9b4'
+    isEnabled: true
+    value: 'AppConnections.Writer'
+  }
+  {
+    allowedMemberTypes: [
+      'User'
+      'Application'
+    ]
+    description: 'Rotate a connection\'s credential now; enable, change or disable its automatic rotation.'
+    displayName: 'App Connections Rotator'
+    id: 'ce056f22-f036-4e8a-8e5d-03515994ec82'
+    isEnabled: true
+    value: 'AppConnections.Rotator'
+  }
+  {
+    allowedMemberTypes: [
+      'User'
+      'Application'
+    ]
+    description: 'Read the audit log.'
+    displayName: 'App Connections Auditor'
+    id: '2c5dc5f9-46ec-49d6-9044-d95c85171627'
+    isEnabled: true
+    value: 'AppConnections.Auditor'
+  }
+  {
+    allowedMemberTypes: [
+      'User'
+      'Application'
+    ]
+    description: 'Everything the Reader, Writer, Rotator and Auditor roles allow.'
+    displayName: 'App Connections Admin'
+    id: 'a022145e-3999-4adb-99a8-13d538dc05eb'
+    isEnabled: true
+    value: 'AppConnections.Admin'
+  }
+]
+
+// The apps of the service; each role also exists limited to one of them: AppConnections.<Role>.<app>.
+var connectionApps = [
+  'azure-key-vault'
+  'azure-app-configuration'
+  'azure-client-secrets'
+]
+
+// Every role x every app. guid() is deterministic, so each scoped role's id is derived once and for all
+// from its role's fixed id and the app.
+var appScopedApiRoles = [
+  for i in range(0, length(apiRoles) * length(connectionApps)): {
+    allowedMemberTypes: apiRoles[i / length(connectionApps)].allowedMemberTypes
+    description: format('{0} Only {1} connections.', apiRoles[i / length(connectionApps)].description, connectionApps[i % length(connectionApps)])
+    displayName: format('{0} ({1})', apiRoles[i / length(connectionApps)].displayName, connectionApps[i % length(connectionApps)])
+    id: guid(apiRoles[i / length(connectionApps)].id, connectionApps[i % length(connectionApps)])
+    isEnabled: true
+    value: format('{0}.{1}', apiRoles[i / length(connectionApps)].value, connectionApps[i % length(connectionApps)])
+  }
+]
+
+var apiAppRoles = concat(apiRoles, appScopedApiRoles)
+
+// The delegated permission a person's client (the Azure CLI, the console) asks for.
+var apiUserImpersonationScope = {
+  adminConsentDescription: 'Call the App Connections API as the signed-in user; what the user may do is decided by the app roles assigned to them.'
+  adminConsentDisplayName: 'Access App Connections as the signed-in user'
+  id: '54933db8-d0d0-4be3-9d45-8c4eacf44e2b'
+  isEnabled: true
+  type: 'User'
+  userConsentDescription: 'Call App Connections on your behalf, with the roles you are assigned.'
+  userConsentDisplayName: 'Access App Connections as you'
+  value: 'user_impersonation'
+}
 
 // ================ //
 // Resources        //
@@ -132,6 +254,46 @@ module monitoring 'modules/monitoring.bicep' = {
   }
 }
 
+module network 'modules/network.bicep' = if (enablePrivateNetworking) {
+  name: 'network'
+  scope: rg
+  params: {
+    name: '${abbrs.networkVirtualNetworks}${resourceToken}'
+    networkSecurityGroupName: '${abbrs.networkNetworkSecurityGroups}${resourceToken}'
+    location: location
+    tags: tags
+    addressPrefix: virtualNetworkAddressPrefix
+    appSubnetAddressPrefix: appSubnetAddressPrefix
+    privateEndpointSubnetAddressPrefix: privateEndpointSubnetAddressPrefix
+  }
+}
+
+// With private networking, the private endpoints: the host's blobs (and the deployment package), its queues,
+// the state tables; and the vault.
+var storagePrivateEndpoints = [
+  {
+    service: 'blob'
+    subnetResourceId: network.outputs.privateEndpointSubnetResourceId
+    privateDnsZoneResourceId: network.outputs.privateDnsZoneResourceIds.blob
+  }
+  {
+    service: 'queue'
+    subnetResourceId: network.outputs.privateEndpointSubnetResourceId
+    privateDnsZoneResourceId: network.outputs.privateDnsZoneResourceIds.queue
+  }
+  {
+    service: 'table'
+    subnetResourceId: network.outputs.privateEndpointSubnetResourceId
+    privateDnsZoneResourceId: network.outputs.privateDnsZoneResourceIds.table
+  }
+]
+var keyVaultPrivateEndpoints = [
+  {
+    subnetResourceId: network.outputs.privateEndpointSubnetResourceId
+    privateDnsZoneResourceId: network.outputs.privateDnsZoneResourceIds.vault
+  }
+]
+
 module storage 'modules/storage.bicep' = {
   name: 'storage'
   scope: rg
@@ -141,6 +303,9 @@ module storage 'modules/storage.bicep' = {
     tags: tags
     deploymentContainerName: deploymentStorageContainerName
     skuName: storageSkuName
+    logAnalyticsWorkspaceResourceId: monitoring.outputs.logAnalyticsId
+    privateEndpoints: enablePrivateNetworking ? storagePrivateEndpoints : []
+    publicNetworkAccess: enablePrivateNetworking ? 'Disabled' : 'Enabled'
   }
 }
 
@@ -152,8 +317,25 @@ module keyVault 'modules/keyvault.bicep' = {
     location: location
     tags: tags
     softDeleteRetentionInDays: keyVaultSoftDeleteRetentionInDays
+    logAnalyticsWorkspaceResourceId: monitoring.outputs.logAnalyticsId
+    privateEndpoints: enablePrivateNetworking ? keyVaultPrivateEndpoints : []
+    publicNetworkAccess: enablePrivateNetworking ? 'Disabled' : 'Enabled'
   }
 }
+
+module apiRegistration 'app/api-registration.bicep' = if (deployApiRegistration) {
+  name: 'api-registration'
+  scope: rg
+  params: {
+    uniqueName: apiRegistrationUniqueName
+    displayName: 'App Connections API (${environmentName})'
+    appRoles: apiAppRoles
+    userImpersonationScope: apiUserImpersonationScope
+  }
+}
+
+// The API registration's application (client) id, from the template or from the postprovision hook.
+var effectiveAuthAudience = deployApiRegistration ? apiRegistration.outputs.appId : authAudience
 
 module rbac 'app/rbac.bicep' = {
   name: 'rbac'
@@ -188,6 +370,9 @@ module api 'app/api.bicep' = {
     rotationMaxConcurrency: rotationMaxConcurrency
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
+    authAudience: effectiveAuthAudience
+    auditRetentionDays: auditRetentionDays
+    virtualNetworkSubnetResourceId: enablePrivateNetworking ? network.outputs.appSubnetResourceId : ''
   }
   // The host starts with its storage and vault roles in place.
   dependsOn: [
@@ -212,3 +397,10 @@ output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output AZURE_KEY_VAULT_ENDPOINT string = keyVault.outputs.uri
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output AZURE_USER_ASSIGNED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+output AZURE_LOG_ANALYTICS_WORKSPACE_ID string = monitoring.outputs.logAnalyticsId
+output AUTH_TENANT_ID string = tenant().tenantId
+output AUTH_AUDIENCE string = effectiveAuthAudience
+output AUTH_IDENTIFIER_URI string = apiIdentifierUri
+// For the postprovision hook (deployApiRegistration=false): the same roles and scope, by the same ids.
+output AUTH_APP_ROLES array = apiAppRoles
+output AUTH_USER_IMPERSONATION_SCOPE object = apiUserImpersonationScope

@@ -57,6 +57,17 @@ param instanceMemoryMB int = 2048
 @description('Optional. Most instances the app scales out to.')
 param maximumInstanceCount int = 40
 
+@description('Optional. Application (client) id of the service\'s API registration (AUTH_AUDIENCE): tokens must be issued for it. Empty leaves the management routes answering 503 until it is set.')
+param authAudience string = ''
+
+@minValue(1)
+@maxValue(3650)
+@description('Optional. Days the service keeps its audit log in Table Storage (AUDIT_RETENTION_DAYS).')
+param auditRetentionDays int = 365
+
+@description('Optional. Resource id of the subnet (delegated to Microsoft.App/environments) the app integrates with; all its outbound traffic then goes through the VNet. Empty: no VNet integration.')
+param virtualNetworkSubnetResourceId string = ''
+
 resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' existing = {
   name: identityName
 }
@@ -102,8 +113,8 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     }
   }
   properties: {
-    // checkov:skip=CKV_AZURE_222: The API and the OAuth callback are public by design (browsers, callers holding a function key); no VNet integration here.
-    // checkov:skip=CKV_AZURE_17: Callers authenticate with function keys; browsers following the OAuth redirect to the callback carry no client certificate.
+    // checkov:skip=CKV_AZURE_222: The API and the OAuth callback are public by design (browsers, callers with Entra ID tokens); VNet integration (enablePrivateNetworking) governs outbound traffic only.
+    // checkov:skip=CKV_AZURE_17: Callers present Entra ID access tokens, validated by the service; browsers following the OAuth redirect to the callback carry no client certificate.
     // checkov:skip=CKV_AZURE_212: Flex Consumption scales instances itself (functionAppConfig.scaleAndConcurrency); siteConfig.numberOfWorkers does not apply.
     // checkov:skip=CKV_AZURE_213: Flex Consumption does not support the platform health check (siteConfig.healthCheckPath).
     serverFarmId: plan.id
@@ -111,6 +122,9 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     clientAffinityEnabled: false
     publicNetworkAccess: 'Enabled'
     keyVaultReferenceIdentity: identity.id
+    // VNet integration (enablePrivateNetworking): storage, Key Vault (references included) through their private endpoints.
+    virtualNetworkSubnetId: empty(virtualNetworkSubnetResourceId) ? null : virtualNetworkSubnetResourceId
+    vnetRouteAllEnabled: !empty(virtualNetworkSubnetResourceId)
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
@@ -142,7 +156,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
 
 resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
   // checkov scans every Microsoft.Web/sites/config as if it were the 'web', 'logs' or 'authsettings' config; this one is 'appsettings':
-  // checkov:skip=CKV_AZURE_13: False positive (authsettings check on the appsettings config); every HTTP function requires a function key, no EasyAuth in front of the OAuth callback.
+  // checkov:skip=CKV_AZURE_13: False positive (authsettings check on the appsettings config); the service validates Entra ID access tokens itself (AUTH_*), no EasyAuth in front of the OAuth callback.
   // checkov:skip=CKV_AZURE_63: False positive (logs config check on the appsettings config); the app logs to Application Insights.
   // checkov:skip=CKV_AZURE_65: False positive (logs config check on the appsettings config); the app logs to Application Insights.
   // checkov:skip=CKV_AZURE_66: False positive (logs config check on the appsettings config); the app logs to Application Insights.
@@ -168,6 +182,10 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     SITE_URL: effectiveSiteUrl
     ROTATION_SWEEP_SCHEDULE: rotationSweepSchedule
     ROTATION_MAX_CONCURRENCY: string(rotationMaxConcurrency)
+    // Access tokens: issued by this tenant for the service's API registration (app roles in the roles claim).
+    AUTH_TENANT_ID: tenant().tenantId
+    AUTH_AUDIENCE: authAudience
+    AUDIT_RETENTION_DAYS: string(auditRetentionDays)
     // The OAuth instance settings: Key Vault references resolved with the identity; the operator sets the secrets.
     INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_ID: '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-key-vault-client-id/)'
     INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-key-vault-client-secret/)'

@@ -163,3 +163,36 @@ async def test_an_action_whose_audit_record_cannot_be_written_does_not_run(api: 
         assert response.json()["type"] == "urn:app-connections:problem:audit-unavailable"
     finally:
         await service.create_table(name)
+
+
+AUDITED = {
+    ("POST", f"{BASE}/{KV}"): "connection.create",
+    ("PATCH", f"{BASE}/{KV}/{ID}"): "connection.update",
+    ("DELETE", f"{BASE}/{KV}/{ID}"): "connection.delete",
+    ("POST", f"{BASE}/{KV}/{ID}/validate"): "connection.validate",
+    ("POST", f"{BASE}/{KV}/{ID}/rotate"): "connection.rotate",
+    ("GET", f"{BASE}/azure-client-secrets/{ID}/clients"): "connection.list-clients",
+    ("GET", f"{BASE}/{KV}/oauth/authorize?name=x"): "connection.authorize",
+}
+
+
+def test_every_action_that_changes_state_or_touches_a_credential_leaves_two_records(
+        host_url: str, tokens: Tokens) -> None:
+    token = tokens.for_roles("AppConnections.Writer", "AppConnections.Rotator", "AppConnections.Reader")
+    auditor = {"Authorization": f"Bearer {tokens.for_roles('AppConnections.Auditor')}"}
+    for (method, path), action in AUDITED.items():
+        request_id = uuid.uuid4().hex
+        body = {"name": "x"} if method in ("POST", "PATCH") and action != "connection.rotate" else None
+        with httpx.Client(base_url=host_url, timeout=60) as client:
+            answer = client.request(method, path, json=body, headers={"Authorization": f"Bearer {token}",
+                                                                       "X-Request-Id": request_id,
+                                                                       "X-Forwarded-For": "203.0.113.9, 10.0.0.1",
+                                                                       "User-Agent": "audit-test"})
+            found = client.get("/api/v1/audit-logs", params={"action": action}, headers=auditor).json()
+        mine = [e for e in found["auditLogs"] if e["requestId"] == request_id]
+        assert [e["outcome"] for e in mine] == [str(answer.status_code), "started"], (action, found)
+        for entry in mine:
+            assert entry["clientIp"] == "203.0.113.9"
+            assert entry["userAgent"] == "audit-test"
+            assert entry["actor"]["type"] == "app"
+            assert "AppConnections." in entry["actor"]["role"]

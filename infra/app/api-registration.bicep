@@ -1,0 +1,53 @@
+extension microsoftGraphV1
+
+metadata description = 'The service\'s own API registration in Microsoft Entra ID (Microsoft Graph Bicep extension): the application with its app roles and v2 access tokens, and its service principal, to which people and daemons are assigned roles.'
+
+// The alias microsoftGraphV1 is pinned to a version of the Microsoft Graph v1.0 types in infra/bicepconfig.json.
+// ARM calls Microsoft Graph as the deploying identity: a person needs the delegated Application.ReadWrite.All
+// permission and an Entra role that may register applications; a pipeline's service principal needs
+// Application.ReadWrite.OwnedBy (or .All). Where that cannot be had, deploy with deployApiRegistration=false:
+// the postprovision hook infra/hooks/register-api.sh makes the same registration with the Azure CLI.
+
+@description('Required. Immutable client-provided key of the application in the tenant (Microsoft Graph uniqueName); the identifier URI is api://<uniqueName>.')
+param uniqueName string
+
+@description('Required. Display name of the application and its service principal.')
+param displayName string
+
+@description('Required. App roles of the API: Microsoft Graph appRole objects {allowedMemberTypes, description, displayName, id, isEnabled, value}.')
+param appRoles array
+
+@description('Required. The delegated permission (scope) that lets a signed-in person call the API: a Microsoft Graph permissionScope object.')
+param userImpersonationScope object
+
+resource application 'Microsoft.Graph/applications@v1.0' = {
+  uniqueName: uniqueName
+  displayName: displayName
+  signInAudience: 'AzureADMyOrg'
+  identifierUris: [
+    'api://${uniqueName}'
+  ]
+  api: {
+    // v2 tokens: issuer {authority}/{tenant}/v2.0 and audience = the application (client) id.
+    requestedAccessTokenVersion: 2
+    oauth2PermissionScopes: [
+      userImpersonationScope
+    ]
+  }
+  appRoles: appRoles
+}
+
+resource servicePrincipal 'Microsoft.Graph/servicePrincipals@v1.0' = {
+  appId: application.appId
+  // Only people and daemons assigned one of the roles get a token for the API at all.
+  appRoleAssignmentRequired: true
+}
+
+@description('The application (client) id of the API: AUTH_AUDIENCE.')
+output appId string = application.appId
+
+@description('The application id URI of the API (api://<uniqueName>).')
+output identifierUri string = 'api://${uniqueName}'
+
+@description('The object id of the API\'s service principal: the resource of every app role assignment.')
+output servicePrincipalId string = servicePrincipal.id

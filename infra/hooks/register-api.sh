@@ -1,0 +1,71 @@
+#!/bin/sh
+# azd postprovision hook (azure.yaml): registers the service's API in Microsoft Entra ID with the Azure CLI,
+# for tenants where the deploying identity cannot use the Microsoft Graph Bicep extension.
+#
+#   azd env set AZURE_DEPLOY_API_REGISTRATION false    # then: azd provision (or azd up)
+#
+# With the default (true), infra/app/api-registration.bicep registers the API and this hook does nothing.
+# It makes the same registration as that module, from the template's outputs, so the roles and their ids
+# are defined once, in infra/main.bicep:
+#   AUTH_IDENTIFIER_URI             api://app-connections-api-<token>
+#   AUTH_APP_ROLES                  the app roles (JSON array of Microsoft Graph appRole objects)
+#   AUTH_USER_IMPERSONATION_SCOPE   the delegated permission (JSON permissionScope object)
+# Idempotent: `az ad app create` patches the application that has this display name and identifier URI.
+# Needs `az login` to the same tenant as azd, as someone who may register applications.
+set -eu
+
+if [ "${AZURE_DEPLOY_API_REGISTRATION:-true}" != "false" ]; then
+    echo "register-api: the API registration is deployed by the template (AZURE_DEPLOY_API_REGISTRATION is not false)."
+    exit 0
+fi
+
+missing=""
+for name in AZURE_ENV_NAME AZURE_RESOURCE_GROUP AZURE_FUNCTION_APP_NAME AUTH_IDENTIFIER_URI AUTH_APP_ROLES AUTH_USER_IMPERSONATION_SCOPE; do
+    eval "value=\${$name:-}"
+    [ -n "$value" ] || missing="$missing $name"
+done
+if [ -n "$missing" ]; then
+    echo "register-api: missing from the azd environment:$missing (outputs of infra/main.bicep; run azd provision)." >&2
+    exit 1
+fi
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+printf '%s\n' "$AUTH_APP_ROLES" >"$work/app-roles.json"
+
+# The application: single tenant, v2 access tokens, the identifier URI and the app roles.
+app_id="$(az ad app create \
+    --display-name "App Connections API ($AZURE_ENV_NAME)" \
+    --sign-in-audience AzureADMyOrg \
+    --identifier-uris "$AUTH_IDENTIFIER_URI" \
+    --requested-access-token-version 2 \
+    --app-roles "@$work/app-roles.json" \
+    --query appId --output tsv)"
+object_id="$(az ad app show --id "$app_id" --query id --output tsv)"
+echo "register-api: application $app_id ($AUTH_IDENTIFIER_URI)"
+
+# The delegated permission (no az ad app flag sets it): added once, never rewritten, so a pre-authorization
+# an administrator added to api afterwards is left alone.
+scopes="$(az ad app show --id "$app_id" --query "length(api.oauth2PermissionScopes)" --output tsv)"
+if [ "${scopes:-0}" = "0" ]; then
+    graph="$(az cloud show --query endpoints.microsoftGraphResourceId --output tsv)"
+    printf '{"api": {"requestedAccessTokenVersion": 2, "oauth2PermissionScopes": [%s]}}\n' \
+        "$AUTH_USER_IMPERSONATION_SCOPE" >"$work/api.json"
+    az rest --method PATCH --uri "${graph%/}/v1.0/applications/$object_id" \
+        --headers "Content-Type=application/json" --body "@$work/api.json" --output none
+    echo "register-api: added the delegated permission user_impersonation"
+fi
+
+# The service principal: the resource people and daemons are assigned roles on; no role, no token.
+if ! az ad sp show --id "$app_id" --query id --output tsv >/dev/null 2>&1; then
+    az ad sp create --id "$app_id" --output none
+fi
+az ad sp update --id "$app_id" --set appRoleAssignmentRequired=true --output none
+
+# AUTH_AUDIENCE: into the azd environment (the next provision passes it as authAudience) and, so the service
+# takes tokens now, into the Function App's settings.
+azd env set AUTH_AUDIENCE "$app_id"
+az functionapp config appsettings set \
+    --name "$AZURE_FUNCTION_APP_NAME" --resource-group "$AZURE_RESOURCE_GROUP" \
+    --settings "AUTH_AUDIENCE=$app_id" --output none
+echo "register-api: AUTH_AUDIENCE=$app_id set on $AZURE_FUNCTION_APP_NAME"
