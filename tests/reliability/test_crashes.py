@@ -65,6 +65,62 @@ def _create(api: httpx.Client, admin: Any, registry: Secrets) -> Rotated:
     return Rotated(entra.tenant_id, entra.client_id, entra.object_id, entra.key_id, connection["id"])
 
 
+OPERATIONS = ("patch-credentials", "patch-rotation", "validate", "rotate", "rename", "delete")
+MAX_DELETES = 3
+
+
+def _interleave(api: httpx.Client, admin: Any, rng: random.Random, apps: list[Rotated], registry: Secrets,
+                deleted: list[str], when: str) -> tuple[list[str], list[str]]:
+    """User operations on random connections right after a crash: while the crashed sweep's leases still hold
+    (PATCHes and DELETE of a rotation in progress answer 409) or once they ran out (a half-done rotation is
+    finished or removed). What each answered, and what is wrong: a 5xx (but a rotate's 502), an answer the rules
+    do not allow, or a DELETE that left a secret the service made live on the application."""
+    seen: list[str] = []
+    wrong: list[str] = []
+    for _ in range(3):
+        target = rng.choice(apps)
+        operation = rng.choice(OPERATIONS if len(deleted) < MAX_DELETES else OPERATIONS[:-1])
+        path = f"{BASE}/{APP}/{target.connection_id}"
+        if operation == "patch-credentials":
+            secret = admin.add_secret(target.tenant_id, target.client_id, display_name="given again")
+            registry.add(secret["secretText"])
+            answer = api.patch(path, json={"credentials": {
+                "tenantId": target.tenant_id, "clientId": target.client_id, "clientSecret": secret["secretText"],
+                "clientSecretKeyId": secret["keyId"]}})
+            if answer.status_code == 200:
+                target.given_key_id = str(secret["keyId"])
+            else:  # refused: the secret given stays the owner's (not the service's) and is removed here
+                admin.remove_secret(target.tenant_id, target.client_id, secret["keyId"])
+        elif operation == "patch-rotation":
+            answer = api.patch(path, json={"rotation": {"rotationInterval": rng.choice([1, 2]),
+                                                        "rotateAtUtc": {"hours": 3, "minutes": 0}}})
+        elif operation == "validate":
+            answer = api.post(f"{path}/validate")
+        elif operation == "rotate":
+            answer = api.post(f"{path}/rotate")
+        elif operation == "rename":
+            answer = api.patch(path, json={"name": f"crash-{uuid.uuid4().hex[:10]}"})
+        else:
+            answer = api.delete(path)
+        status = answer.status_code
+        seen.append(f"{when} {operation} {status}")
+        allowed = {
+            "patch-credentials": {200, 409}, "patch-rotation": {200, 409}, "validate": {200},
+            "rotate": {200, 409, 502}, "rename": {200, 409}, "delete": {200, 409},
+        }[operation]
+        if status not in allowed:
+            wrong.append(f"{when} {operation} on {target.connection_id}: {status} {answer.text[:300]}")
+        if operation == "delete" and status == 200:
+            apps.remove(target)
+            deleted.append(target.connection_id)
+            marker = f"app-connections {target.connection_id} rotation "
+            live = [p["keyId"] for p in admin.app_passwords(target.tenant_id, target.client_id)
+                    if not p.get("revoked") and str(p.get("displayName") or "").startswith(marker)]
+            if live or answer.json()["keyIdsLeftLive"]:
+                wrong.append(f"{when} delete of {target.connection_id} left {live} live")
+    return seen, wrong
+
+
 def _journals(tables: Tables) -> int:
     return sum(1 for e in tables.connections(APP) if e.get("RotRotationId"))
 
@@ -103,8 +159,10 @@ def test_sigkill_mid_sweep_loses_nothing_and_leaves_no_orphan(campaign) -> None:
     print(f"a full sweep of {CONNECTIONS} rotations takes {full:.2f} s")
 
     rounds: list[dict[str, Any]] = []
+    operations: list[str] = []
+    deleted: list[str] = []
     for round_no in range(ROUNDS):
-        assert tables.make_due(APP) == CONNECTIONS
+        assert tables.make_due(APP) == len(apps)
         latency = rng.randint(20, 50)
         moment = rng.uniform(0.05, 0.85) * full
         admin.set_latency(latency)
@@ -117,7 +175,14 @@ def test_sigkill_mid_sweep_loses_nothing_and_leaves_no_orphan(campaign) -> None:
         journals = _journals(tables)
         still_due = sum(1 for e in tables.connections(APP) if e["RotNextAt"] <= datetime.now(UTC))
         host.start()
-        expired = tables.expire_leases(APP)
+        with host.api(timeout=120) as api:
+            during, wrong = _interleave(api, admin, rng, apps, registry, deleted, "leased")
+            expired = tables.expire_leases(APP)
+            after, wrong_after = _interleave(api, admin, rng, apps, registry, deleted, "expired")
+        operations.extend(during + after)
+        for line in wrong + wrong_after:
+            problems.append(f"round {round_no}: {line}")
+            print(problems[-1])
         recovery = host.run_sweep()
         result = check(f"round {round_no} (seed {seed}, killed at {moment:.2f} s)")
         rounds.append({"round": round_no, "latencyMs": latency, "killedAtSeconds": round(moment, 3),
@@ -144,6 +209,9 @@ def test_sigkill_mid_sweep_loses_nothing_and_leaves_no_orphan(campaign) -> None:
         "secretsInLogsOrTables": len(leaked),
         "secretsScanned": len(registry.values),
         "hostStarts": host.starts,
+        "userOperations": len(operations),
+        "userOperationAnswers": {k: operations.count(k) for k in sorted(set(operations))},
+        "deletedMidCampaign": len(deleted),
         "fullSweepSeconds": round(full, 2),
         "rounds": rounds,
     }
