@@ -50,19 +50,6 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def standin() -> Iterator[StandIn]:
-    server = StandIn().start()
-    patch = pytest.MonkeyPatch()
-    patch.setenv("SSL_CERT_FILE", str(server.ca_path))
-    patch.setenv("REQUESTS_CA_BUNDLE", str(server.ca_path))
-    try:
-        yield server
-    finally:
-        patch.undo()
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def world(standin: StandIn) -> World:
     admin = standin.admin
     tenant = admin.add_tenant()

@@ -58,19 +58,6 @@ class World:
         return str(self.api["appId"])
 
 
-@pytest.fixture(scope="module")
-def standin() -> Iterator[StandIn]:
-    server = StandIn().start()
-    patch = pytest.MonkeyPatch()
-    patch.setenv("SSL_CERT_FILE", str(server.ca_path))
-    patch.setenv("REQUESTS_CA_BUNDLE", str(server.ca_path))
-    try:
-        yield server
-    finally:
-        patch.undo()
-        server.stop()
-
-
 def new_daemon(standin: StandIn, tenant: str, name: str = "daemon") -> Daemon:
     app = standin.admin.add_app(tenant, name)
     secret = standin.admin.add_secret(tenant, app["appId"])

@@ -12,7 +12,7 @@ import datetime as dt
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -69,19 +69,6 @@ class World:
     @property
     def scope(self) -> str:
         return f"{self.url}/.default"
-
-
-@pytest.fixture(scope="module")
-def standin() -> Iterator[StandIn]:
-    server = StandIn().start()
-    patch = pytest.MonkeyPatch()
-    patch.setenv("SSL_CERT_FILE", str(server.ca_path))
-    patch.setenv("REQUESTS_CA_BUNDLE", str(server.ca_path))
-    try:
-        yield server
-    finally:
-        patch.undo()
-        server.stop()
 
 
 def make_app(standin: StandIn, tenant: str, name: str, roles: list[str], *, self_owned: bool = False) -> App:
