@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,6 +33,7 @@ from shared.errors import (
     RotationRefused,
     ServiceError,
 )
+from shared.expiry import REFRESH_TOKEN_LIFETIME, fresh_health
 from shared.models import (
     CertificateCredentialsIn,
     ClientSecretCredentialsIn,
@@ -42,6 +43,7 @@ from shared.models import (
     parse_method,
     parse_model,
 )
+from shared.notify import health_notice
 from shared.oauth_tokens import OAuthTokens, ReauthorizationRequired, TokenCache
 from shared.ports import Adapters, PasswordCredential
 from shared.records import (
@@ -54,6 +56,8 @@ from shared.records import (
     Actor,
     Authorization,
     ConnectionRecord,
+    HealthState,
+    Notification,
     RotationEvent,
     RotationState,
 )
@@ -137,13 +141,22 @@ class ConnectionService:
 
     async def insert_new(self, record: ConnectionRecord, material: Mapping[str, str],
                          expires_on: datetime | None = None) -> ConnectionRecord:
-        """Write the secret, then the record; a record that cannot be written takes its secret with it."""
+        """Write the secret, index the first health check, then write the record; a record that cannot be written
+        takes its secret with it (its index entry is stale, and dropped by the sweep that finds it)."""
         stored = await self.vault.write(record.secret_name, material, secret_tags(record), expires_on=expires_on)
+        health = self._fresh_health(record, expires_on)
         try:
-            return await self.store.insert(record.evolve(secret_version=stored.version))
+            key = await self.adapters.health_index.put(health.next_check_at or self.now(), record.app, record.id)
+            return await self.store.insert(record.evolve(secret_version=stored.version,
+                                                         health=health.evolve(check_key=key)))
         except BaseException:
             await self.vault.delete(record.secret_name)
             raise
+
+    def _fresh_health(self, record: ConnectionRecord, expires_on: datetime | None) -> HealthState:
+        settings = self.adapters.settings
+        return fresh_health(record, expires_on, self.now(), timedelta(days=settings.expiry_warning_days),
+                            timedelta(hours=settings.health_check_interval_hours))
 
     def new_record(self, app: AppSpec, method: Method, name: str, description: str | None, tenant_id: str,
                    client_id: str | None, rotation: RotationState | None = None) -> ConnectionRecord:
@@ -159,13 +172,14 @@ class ConnectionService:
 
     async def switch_secret(self, record: ConnectionRecord, material: Mapping[str, str],
                             expires_on: datetime | None, changes: Mapping[str, Any],
-                            previous_name: str | None = None) -> ConnectionRecord:
+                            previous_name: str | None = None,
+                            notify: Sequence[Notification] = ()) -> ConnectionRecord:
         """Make a new secret version current together with ``changes`` (one ETag-guarded write), then disable the
         versions it supersedes. A write that loses a race disables its own version and raises the conflict."""
         stored = await self.vault.write(record.secret_name, material, secret_tags(record), expires_on=expires_on)
         try:
             saved = await self.store.update(record.evolve(secret_version=stored.version, **changes),
-                                            previous_name=previous_name)
+                                            previous_name=previous_name, notify=notify)
         except BaseException:
             await self.vault.disable(record.secret_name, stored.version)
             raise
@@ -323,6 +337,7 @@ class ConnectionService:
                                              retire_tenant_id=record.tenant_id, retire_client_id=record.client_id)
             changes.update(tenant_id=credentials.tenantId, client_id=credentials.clientId, status=STATUS_ACTIVE,
                            status_message=None, last_validated_at=self.now())
+            fresh = self._fresh_health(record, expires_on)
         elif enabling and method is Method.CLIENT_SECRET:
             material = await self.vault.get(record.secret_name, record.secret_version)
             new_state = new_state.evolve(key_id=(await self._key_id(
@@ -334,7 +349,10 @@ class ConnectionService:
                                updated_by=acting_actor(), **changes)
         try:
             if request.credentials is not None:
-                saved = await self.switch_secret(target, valid.material, expires_on, {}, previous_name)
+                health = fresh.evolve(check_key=record.health.check_key, next_check_at=record.health.next_check_at)
+                notice, health = health_notice(target, health, self.now())
+                saved = await self.switch_secret(target.evolve(health=health), valid.material, expires_on, {},
+                                                 previous_name, notify=[notice] if notice else [])
             else:
                 saved = await self.store.update(target, previous_name=previous_name)
         except NameTaken as taken:
@@ -504,6 +522,7 @@ class ConnectionService:
         await self.vault.delete(record.secret_name)
         await self.store.delete(record)
         await self.adapters.schedule.remove(state.schedule_key)
+        await self.adapters.health_index.remove(record.health.check_key)
         await self.adapters.history.delete_all(record.id)
         log.info("Deleted %s connection %s (%d service-created secrets removed, %d left live)", record.app,
                  record.id, len(removed), len(left))
@@ -548,7 +567,8 @@ class ConnectionService:
     async def create_oauth(self, app: AppSpec, name: str, description: str | None, tenant_id: str, client_id: str,
                            refresh_token: str, authorized_by: Authorization | None) -> ConnectionRecord:
         record = self.new_record(app, Method.OAUTH, name, description, tenant_id, client_id)
-        return await self.insert_new(record.evolve(authorized_by=authorized_by), {"refreshToken": refresh_token})
+        return await self.insert_new(record.evolve(authorized_by=authorized_by), {"refreshToken": refresh_token},
+                                     self.now() + REFRESH_TOKEN_LIFETIME)
 
     async def reauthorize(self, app: AppSpec, connection_id: str, tenant_id: str, client_id: str,
                           refresh_token: str, name: str | None, description: str | None,
@@ -631,6 +651,12 @@ def acting_actor() -> Actor:
     return Actor(actor.id, actor.name, actor.type)
 
 
+def health_response(record: ConnectionRecord) -> dict[str, Any]:
+    health = record.health
+    return {"credentialExpiresAt": _iso(health.credential_expires_at),
+            "health": {"status": health.status, "checkedAt": _iso(health.checked_at), "message": health.message}}
+
+
 def _who(actor: Actor | None) -> dict[str, str] | None:
     return {"id": actor.id, "name": actor.name, "type": actor.type} if actor else None
 
@@ -656,6 +682,7 @@ def to_response(record: ConnectionRecord) -> dict[str, Any]:
         "lastValidatedAt": _iso(record.last_validated_at),
         "isAutoRotationEnabled": record.rotation.enabled,
         "rotation": state_response(record.rotation),
+        **health_response(record),
         "createdBy": _who(record.created_by),
         "updatedBy": _who(record.updated_by),
         "authorizedBy": {"oid": authorized.oid, "upn": authorized.upn, "tenantId": authorized.tenant_id}

@@ -214,6 +214,15 @@ class RotationOut(_Out):
     rotationId: str | None
 
 
+class HealthOut(_Out):
+    """``healthy``, ``expiring`` (within EXPIRY_WARNING_DAYS of expiry), ``failing`` (Entra refuses the credential),
+    ``expired`` or ``unknown`` (not checked yet); when, and what Entra answered."""
+
+    status: str
+    checkedAt: Timestamp | None
+    message: str | None
+
+
 class WhoOut(_Out):
     """A person (``user``), a daemon (``app``) or the service itself (``system``)."""
 
@@ -245,6 +254,8 @@ class ConnectionOut(_Out):
     lastValidatedAt: Timestamp | None
     isAutoRotationEnabled: bool
     rotation: RotationOut | None
+    credentialExpiresAt: Timestamp | None
+    health: HealthOut
     createdBy: WhoOut | None
     updatedBy: WhoOut | None
     authorizedBy: AuthorizedByOut | None
@@ -372,3 +383,26 @@ class AuditRecordOut(_Out):
 class AuditLogOut(_Out):
     auditLogs: list[AuditRecordOut]
     continuationToken: str | None
+
+
+class HealthCountsOut(_Out):
+    healthy: int
+    expiring: int
+    failing: int
+    expired: int
+    unknown: int
+
+
+class AttentionOut(_Out):
+    app: str
+    id: str
+    name: str
+    method: str
+    credentialExpiresAt: Timestamp | None
+    health: HealthOut
+
+
+class HealthSummaryOut(_Out):
+    counts: HealthCountsOut
+    byApp: dict[str, HealthCountsOut]
+    needsAttention: list[AttentionOut]

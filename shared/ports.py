@@ -7,13 +7,13 @@ in-memory fakes. Nothing here imports an SDK, and no domain module builds an ada
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shared.records import AuditRecord, ConnectionRecord, PendingAuthorization, RotationEvent
+from shared.records import AuditRecord, ConnectionRecord, Notification, PendingAuthorization, RotationEvent
 
 if TYPE_CHECKING:
     from shared.apps import AppSpec, Method
@@ -87,8 +87,23 @@ class ConnectionStore(Protocol):
     async def list_page(
         self, app: str, limit: int, continuation: str | None
     ) -> tuple[list[ConnectionRecord], str | None]: ...
-    async def update(self, record: ConnectionRecord, previous_name: str | None = None) -> ConnectionRecord: ...
+    async def update(self, record: ConnectionRecord, previous_name: str | None = None,
+                     notify: Sequence[Notification] = ()) -> ConnectionRecord: ...
     async def delete(self, record: ConnectionRecord) -> None: ...
+
+
+class OutboxStore(Protocol):
+    """Notifications queued with the change they tell of (same transaction), until delivered."""
+
+    async def pending(self, apps: Sequence[str], now: datetime, limit: int = 100) -> list[Notification]: ...
+    async def delivered(self, item: Notification) -> None: ...
+    async def retry_later(self, item: Notification) -> None: ...
+
+
+class Webhook(Protocol):
+    """POST of a JSON body to the configured receiver: its HTTP status (an exception when unreachable)."""
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int: ...
 
 
 class SecretStore(Protocol):
@@ -201,5 +216,8 @@ class Adapters:
     tokens: TokenEndpoint
     oauth_states: OAuthStateStore
     audit: AuditStore
+    outbox: OutboxStore
+    health_index: ScheduleStore
+    webhook: Webhook
     clock: Clock
     sleep: Sleep

@@ -28,6 +28,10 @@ STATUS_SUCCEEDED = "succeeded"
 STATUS_FAILED = "failed"
 STATUS_DISABLED = "disabled"
 
+# A connection's health.
+HEALTHY, EXPIRING, FAILING, EXPIRED, UNKNOWN = "healthy", "expiring", "failing", "expired", "unknown"
+HEALTH_STATUSES = (HEALTHY, EXPIRING, FAILING, EXPIRED, UNKNOWN)
+
 # What started a rotation attempt.
 TRIGGERS = ("enable", "schedule", "manual", "credential-change", "resume")
 
@@ -63,6 +67,7 @@ class RotationState:
     attempt_started_at: datetime | None = None
     pending_key_id: str | None = None
     pending_version: str | None = None
+    pending_expires_at: datetime | None = None  # when the new credential expires
     previous_key_id: str | None = None
     previous_version: str | None = None
     lease_owner: str | None = None
@@ -79,12 +84,51 @@ class RotationState:
     def cleared_journal(self) -> RotationState:
         return replace(
             self, rotation_id=None, step=None, trigger=None, started_at=None, attempt=0, attempt_started_at=None,
-            pending_key_id=None, pending_version=None, previous_key_id=None, previous_version=None,
-            lease_owner=None, lease_until=None,
+            pending_key_id=None, pending_version=None, pending_expires_at=None, previous_key_id=None,
+            previous_version=None, lease_owner=None, lease_until=None,
         )
 
     def evolve(self, **changes: Any) -> RotationState:
         return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class HealthState:
+    """Whether a connection's credential works and when it expires; when it is checked next; what was notified."""
+
+    status: str = UNKNOWN
+    checked_at: datetime | None = None
+    message: str | None = None
+    credential_expires_at: datetime | None = None
+    next_check_at: datetime | None = None
+    check_key: str | None = None  # its entry in the health-check index
+    notified_status: str | None = None  # the status the last notification was about
+    notified_at: datetime | None = None
+
+    def evolve(self, **changes: Any) -> HealthState:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A change of a connection's health or rotation that reaches a person: never a secret."""
+
+    # rotation-failed | validation-failed | credential-expiring | credential-expired | recovered (and -reminder)
+    event: str
+    app: str
+    connection_id: str
+    name: str
+    status: str
+    message: str | None
+    at: datetime
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)  # the idempotency key
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
+
+    def payload(self) -> dict[str, Any]:
+        return {"event": self.event, "app": self.app, "connectionId": self.connection_id, "name": self.name,
+                "status": self.status, "message": self.message,
+                "at": self.at.astimezone(UTC).isoformat().replace("+00:00", "Z")}
 
 
 @dataclass(frozen=True)
@@ -122,6 +166,7 @@ class ConnectionRecord:
     status_message: str | None = None
     last_validated_at: datetime | None = None
     rotation: RotationState = field(default_factory=RotationState)
+    health: HealthState = field(default_factory=HealthState)
     created_by: Actor | None = None
     updated_by: Actor | None = None
     authorized_by: Authorization | None = None

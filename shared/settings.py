@@ -64,6 +64,10 @@ class Settings:
     auth_tenant_id: str | None = None
     auth_audience: str | None = None
     audit_retention_days: int = 365
+    health_check_interval_hours: float = 24.0
+    expiry_warning_days: int = 30
+    notify_webhook_url: str | None = None
+    notify_webhook_secret: str | None = field(default=None, repr=False)
 
     @property
     def oauth_redirect_uri(self) -> str:
@@ -194,6 +198,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         auth_tenant_id=_configured(env, "AUTH_TENANT_ID"),
         auth_audience=_configured(env, "AUTH_AUDIENCE"),
         audit_retention_days=int(_number(env, "AUDIT_RETENTION_DAYS", 365, 1, 3650)),
+        health_check_interval_hours=_number(env, "HEALTH_CHECK_INTERVAL_HOURS", 24, 1, 720),
+        expiry_warning_days=int(_number(env, "EXPIRY_WARNING_DAYS", 30, 1, 365)),
+        notify_webhook_url=_https_url(env, "NOTIFY_WEBHOOK_URL", None),
+        notify_webhook_secret=_configured(env, "NOTIFY_WEBHOOK_SECRET"),
     )
 
 

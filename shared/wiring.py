@@ -33,18 +33,21 @@ def adapters(clients: AzureClients | None = None, *, clock: Clock | None = None)
     from shared.azure.clients import get_clients
     from shared.azure.directory import AzureDirectory
     from shared.azure.entra import EntraTokenEndpoint
+    from shared.azure.webhook import HttpWebhook
     from shared.store.audit import AuditTable
     from shared.store.history import RotationHistory
     from shared.store.oauth_states import OAuthStates
-    from shared.store.schedule import ScheduleIndex
+    from shared.store.schedule import HEALTH_PARTITION, ScheduleIndex
     from shared.store.tables import ConnectionsTable
     from shared.store.vault import SecretVault
 
     clients = clients or get_clients()
+    connections = ConnectionsTable(clients)
     return Adapters(
-        settings=clients.settings, connections=ConnectionsTable(clients), vault=SecretVault(clients),
+        settings=clients.settings, connections=connections, vault=SecretVault(clients),
         schedule=ScheduleIndex(clients), history=RotationHistory(clients), directory=AzureDirectory(clients),
         tokens=EntraTokenEndpoint(clients), oauth_states=OAuthStates(clients), audit=AuditTable(clients),
+        outbox=connections, health_index=ScheduleIndex(clients, HEALTH_PARTITION), webhook=HttpWebhook(clients),
         clock=clock or _now,
         sleep=asyncio.sleep,
     )

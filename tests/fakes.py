@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -35,7 +35,7 @@ from shared.ports import (
     StoredVersion,
     TokenResult,
 )
-from shared.records import AuditRecord, ConnectionRecord, PendingAuthorization, RotationEvent
+from shared.records import AuditRecord, ConnectionRecord, Notification, PendingAuthorization, RotationEvent
 from shared.settings import load_settings
 from shared.store.history import row_key
 from shared.store.schedule import parse_key, schedule_key
@@ -219,6 +219,7 @@ class FakeConnections:
         self.world = world
         self.records: dict[tuple[str, str], ConnectionRecord] = {}
         self.names: dict[tuple[str, str], str] = {}
+        self.outbox: list[Notification] = []
         self._etags = itertools.count(1)
 
     def _stamp(self, record: ConnectionRecord) -> ConnectionRecord:
@@ -253,7 +254,8 @@ class FakeConnections:
         page = rows[start:start + limit]
         return page, str(start + limit) if start + limit < len(rows) else None
 
-    async def update(self, record: ConnectionRecord, previous_name: str | None = None) -> ConnectionRecord:
+    async def update(self, record: ConnectionRecord, previous_name: str | None = None,
+                     notify: Sequence[Notification] = ()) -> ConnectionRecord:
         self.world.check("store.update")
         current = self.records.get((record.app, record.id))
         if current is None or current.etag != record.etag:
@@ -263,7 +265,19 @@ class FakeConnections:
                 raise NameTaken(f"A connection named '{record.name}' already exists for {record.app}.")
             del self.names[(record.app, previous_name.lower())]
             self.names[(record.app, record.name.lower())] = record.id
+        self.outbox.extend(notify)  # in the same transaction
         return self._stamp(record)
+
+    # the outbox
+    async def pending(self, apps: Sequence[str], now: datetime, limit: int = 100) -> list[Notification]:
+        self.world.check("outbox.pending")
+        return [n for n in self.outbox if n.next_attempt_at is None or n.next_attempt_at <= now][:limit]
+
+    async def delivered(self, item: Notification) -> None:
+        self.outbox = [n for n in self.outbox if n.id != item.id]
+
+    async def retry_later(self, item: Notification) -> None:
+        self.outbox = [item if n.id == item.id else n for n in self.outbox]
 
     async def delete(self, record: ConnectionRecord) -> None:
         self.world.check("store.delete")
@@ -433,6 +447,21 @@ class FakeAudit:
         return purged
 
 
+class FakeWebhook:
+    """A receiver: what it was sent, and an answer that can be made to fail."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.received: list[tuple[str, bytes, dict[str, str]]] = []
+        self.answer = 202
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int:
+        self.world.check("webhook.post")
+        if self.answer < 300:
+            self.received.append((url, body, dict(headers)))
+        return self.answer
+
+
 class FakeStates:
     def __init__(self) -> None:
         self.states: dict[str, PendingAuthorization] = {}
@@ -459,6 +488,8 @@ class Fakes:
     tokens: FakeTokens
     states: FakeStates
     audit: FakeAudit
+    health_index: FakeSchedule
+    webhook: FakeWebhook
     adapters: Adapters
 
 
@@ -472,12 +503,14 @@ def build_fakes(env: Mapping[str, str] | None = None) -> Fakes:
     connections, vault = FakeConnections(world), FakeVault(world)
     schedule, history = FakeSchedule(world), FakeHistory(world)
     directory, tokens, states, audit = FakeDirectory(world), FakeTokens(world), FakeStates(), FakeAudit(world)
+    health_index, webhook = FakeSchedule(world), FakeWebhook(world)
     settings = load_settings({
         "AzureWebJobsStorage": "UseDevelopmentStorage=true", "KEY_VAULT_URL": "https://vault.example",
         "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_ID": "22222222-2222-2222-2222-222222222222",
         "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_SECRET": "instance-secret", **(env or {}),
     })
     adapters = Adapters(settings=settings, connections=connections, vault=vault, schedule=schedule, history=history,
-                        directory=directory, tokens=tokens, oauth_states=states, audit=audit, clock=clock,
-                        sleep=_no_sleep)
-    return Fakes(clock, world, connections, vault, schedule, history, directory, tokens, states, audit, adapters)
+                        directory=directory, tokens=tokens, oauth_states=states, audit=audit, outbox=connections,
+                        health_index=health_index, webhook=webhook, clock=clock, sleep=_no_sleep)
+    return Fakes(clock, world, connections, vault, schedule, history, directory, tokens, states, audit, health_index,
+                 webhook, adapters)

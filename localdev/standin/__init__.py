@@ -1,10 +1,12 @@
-"""A local stand-in for Entra ID, Microsoft Graph (application passwords) and Key Vault (secrets), over TLS on
-loopback, with an admin API to seed it, inspect what it received and inject faults.
+"""A local stand-in for Entra ID, Microsoft Graph (application passwords) and Key Vault (secrets), and webhook
+receivers for the service's notifications, over TLS on loopback, with an admin API to seed it, inspect what it
+received and inject faults.
 
 ``StandIn(port=0, ca_dir=None).start()`` serves in a daemon thread; ``.url``, ``.ca_path`` and ``.admin``
 (an :class:`AdminClient`) say where it is and seed it; ``.state`` is the in-process state (one lock). All
 services share the one URL: Entra under ``/{tenant}/...``, Graph under ``/v1.0/``, Key Vault under
-``/secrets`` and ``/deletedsecrets``, the admin API under ``/_admin/``.
+``/secrets`` and ``/deletedsecrets``, webhook receivers at ``/webhooks/{name}`` (``POST``, any name: a
+``NOTIFY_WEBHOOK_URL`` of ``{url}/webhooks/{name}``), the admin API under ``/_admin/``.
 
 Modules: ``server`` (TLS, keep-alive, fault rules and latency, request log, connection counters),
 ``routing`` (Request/Response, the ``(method, regex) -> handler`` table), ``state`` (tenants, apps and their
@@ -14,6 +16,7 @@ credentials, vault, fault rules, request log), ``context`` (what handlers reach)
 registrations with app roles, role assignments to users and client apps, for ``api://{appId}/.default``
 tokens that carry ``roles``), ``graph``
 (applications, addPassword/removePassword, Graph-shaped fault rules), ``keyvault`` (secrets data plane),
+``webhooks`` (receivers that record every delivery: headers, raw body, parsed JSON; per-receiver failures),
 ``admin_api`` (``/_admin/``), ``admin`` (its client), ``pki`` (CA, server and client certificates),
 ``cli`` (``python -m localdev.standin``).
 

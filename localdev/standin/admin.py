@@ -3,8 +3,8 @@
 It covers the directory (tenants, apps, roles, secrets, certificates, owners), Microsoft Graph (password
 history, propagation delay, call counts), OAuth (redirect URIs, test users, sign-in, consent, refresh token
 revocation, issued tokens), APIs (app registrations with app roles, and role assignments to users and client
-applications), inspection (request log, vault contents, stats) and control (reset, fault rules,
-latency). Errors raise :class:`AdminError` with the status.
+applications), webhook receivers (deliveries received, failures to answer), inspection (request log, vault
+contents, stats) and control (reset, fault rules, latency). Errors raise :class:`AdminError` with the status.
 
 It keeps one keep-alive connection (reopened when needed); its connections start with an admin request, so
 they are not counted in ``connections_opened``.
@@ -231,6 +231,30 @@ class AdminClient:
         Tokens issued before keep their ``roles`` until they expire, as in Entra."""
         body = {"principalId": principal_id, "role": role}
         self._call("DELETE", f"/tenants/{tenant_id}/apis/{api_app_id}/assignments", body)
+
+    # --- webhook receivers (POST {url}/webhooks/{name}) ---------------------------------------------
+
+    def webhook_url(self, name: str) -> str:
+        """Where the receiver ``name`` listens: ``{url}/webhooks/{name}`` (a ``NOTIFY_WEBHOOK_URL``)."""
+        return f"{self.url}/webhooks/{urllib.parse.quote(name, safe='')}"
+
+    def webhook_deliveries(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Deliveries received (all receivers', or ``name``'s), oldest first: ``name``, ``headers``
+        (``signature``, ``timestamp``, ``idempotencyKey``, ``contentType``: the header values, None when absent),
+        ``body`` (the raw body, as UTF-8 text: recompute the HMAC over ``body.encode()``), ``json`` (the parsed
+        body, None when not JSON), ``receivedAt`` (ISO 8601 UTC) and ``status`` (what the receiver answered).
+        Requests answered or dropped by a fault rule are not deliveries (see :meth:`requests`)."""
+        data = self._dict("GET", "/webhooks/deliveries", query={"name": name} if name is not None else None)
+        return cast(list[dict[str, Any]], data["deliveries"])
+
+    def clear_webhook_deliveries(self) -> None:
+        self._call("DELETE", "/webhooks/deliveries")
+
+    def fail_webhook(self, name: str, status: int, times: int = 1) -> None:
+        """The receiver ``name`` answers ``status`` (200-599) to its next ``times`` deliveries, which are still
+        recorded (with that ``status``), then 202 again; ``times=0`` cancels. For drops or delays, use
+        :meth:`set_faults` with ``"path": "^/webhooks/{name}$"`` (those requests are not recorded as deliveries)."""
+        self._call("PUT", f"/webhooks/{urllib.parse.quote(name, safe='')}/failures", {"status": status, "times": times})
 
     # --- inspection ----------------------------------------------------------------------------------
 

@@ -12,13 +12,18 @@ Routes registered here (``{t}``: tenant id, ``{a}``: appId):
   see :class:`~localdev.standin.state.FaultRule`), ``PUT /latency``;
 * Graph: ``GET /tenants/{t}/apps/{a}/passwords`` (current and removed password credentials, who added and
   removed them), ``PUT /graph/propagation-delay``, ``GET /graph/calls`` (counts and addPassword/removePassword
-  log).
+  log);
+* webhook receivers (``POST /webhooks/{name}``; registered by ``webhooks.py``): ``GET /webhooks/deliveries``
+  (``?name=`` for one receiver; oldest first: ``name``, ``headers``, ``body``, ``json``, ``receivedAt``,
+  ``status``), ``DELETE /webhooks/deliveries``, ``PUT /webhooks/{name}/failures`` ``{"status", "times"}`` (the
+  receiver answers ``status`` to its next ``times`` deliveries, still recording them).
 
-``oauth.py`` registers the OAuth ones (``/_admin/oauth/...``, ``.../redirect-uris``, ``/tenants/{t}/users``)
-with :func:`_guard` and :func:`_body` from here. A :class:`~localdev.standin.state.StateError` becomes a JSON
-error with its status. Admin requests are not subject to faults or latency, stay out of the request log, and a
-connection whose first request is one is not counted in ``connectionsOpened``.
-:class:`localdev.standin.admin.AdminClient` is the typed client.
+``oauth.py`` registers the OAuth ones (``/_admin/oauth/...``, ``.../redirect-uris``, ``/tenants/{t}/users``),
+``apis.py`` the API ones (``/tenants/{t}/apis...``) and ``webhooks.py`` the webhook ones, with :func:`_guard` and
+:func:`_body` from here. A :class:`~localdev.standin.state.StateError` becomes a JSON error with its status.
+Admin requests are not subject to faults or latency, stay out of the request log, and a connection whose first
+request is one is not counted in ``connectionsOpened``. :class:`localdev.standin.admin.AdminClient` is the typed
+client.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The stand-in server: HTTP/1.1 keep-alive over TLS on 127.0.0.1, one thread per connection.
 
 Each request is dispatched through the :class:`~localdev.standin.routing.Router` built by :func:`build_router`
-(admin API, Key Vault, OAuth, Entra ID, Graph); no route is 404, a path known under other methods is 405, a
-body over ``routing.MAX_BODY`` is 413, a handler bug is 500 (JSON ``{"error": {"code", "message"}}``).
+(admin API, Key Vault, OAuth, Entra ID, Graph, webhook receivers); no route is 404, a path known under other
+methods is 405, a body over ``routing.MAX_BODY`` is 413, a handler bug is 500 (JSON ``{"error": {"code",
+"message"}}``).
 
 Requests outside ``/_admin/`` also go through the failure injection set with the admin API: the first fault
 rule that fires (``State.take_fault``) is applied before the handler runs. Its ``delay_ms`` is slept first;
@@ -36,7 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from localdev.standin import admin_api, apis, entra, graph, keyvault, oauth
+from localdev.standin import admin_api, apis, entra, graph, keyvault, oauth, webhooks
 from localdev.standin.admin import AdminClient
 from localdev.standin.context import Context
 from localdev.standin.pki import server_pki
@@ -275,7 +276,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def build_router(ctx: Context) -> Router:
-    """The dispatch table: admin, Key Vault, OAuth (before Entra), Entra, Graph; a new service adds its rows here."""
+    """The dispatch table: admin, APIs, Key Vault, OAuth (before Entra), Entra, Graph, webhook receivers; a new service
+    adds its rows here."""
     router = Router()
     admin_api.register(router, ctx)
     apis.register(router, ctx)
@@ -283,6 +285,7 @@ def build_router(ctx: Context) -> Router:
     oauth.register(router, ctx)  # before entra: it answers /organizations/ token requests
     entra.register(router, ctx)
     graph.register(router, ctx)
+    webhooks.register(router, ctx)
     return router
 
 

@@ -6,7 +6,7 @@ kept for inspection, and certificate credentials; an app exposing an API also ha
 secrets (versions oldest first, soft delete), which tenant the vault belongs to, the fault rules and the global
 latency, the request log (the last ``REQUEST_LOG_LIMIT`` requests), the connection and handshake counters,
 Graph's secret propagation delay, and ``extra`` for other services' own state (Graph's call counts, OAuth's
-users, codes and refresh tokens).
+users, codes and refresh tokens, the webhook receivers' deliveries).
 ``reset`` clears all of it.
 
 :class:`FaultRule` is one failure injection rule (actions ``respond``, ``drop``, ``drop_after``, ``delay``,

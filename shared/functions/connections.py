@@ -6,7 +6,6 @@ The domain is imported inside each handler so that indexing the function app sta
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING
 
 import azure.functions as func
@@ -28,9 +27,11 @@ ROTATION_FIELDS = ("isAutoRotationEnabled", "rotation")
 def writer_and_rotator(req: func.HttpRequest) -> tuple[str, ...]:
     """A create or an edit needs Writer for what it changes of the connection and Rotator for what it changes of
     its rotation (a body that is not a JSON object needs Writer, and gets its 400 from the handler)."""
-    try:
-        body = json.loads(req.get_body() or b"{}")
-    except ValueError:
+    from shared.errors import ServiceError
+
+    try:  # parsed as the handler parses it (size and depth bounded first): a body it refuses needs Writer
+        body = read_json(req)
+    except ServiceError:
         return ("Writer",)
     if not isinstance(body, dict):
         return ("Writer",)

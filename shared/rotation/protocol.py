@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -41,6 +41,7 @@ from shared.errors import (
     ServiceError,
     UpstreamError,
 )
+from shared.notify import rotation_failed
 from shared.ports import Adapters, AppRegistration, GraphSession
 from shared.records import (
     BEGUN,
@@ -52,6 +53,7 @@ from shared.records import (
     STATUS_SUCCEEDED,
     TESTED,
     ConnectionRecord,
+    Notification,
     RotationEvent,
     RotationState,
 )
@@ -222,13 +224,15 @@ class Rotator:
             message=message,
         ))
 
-    async def _save(self, record: ConnectionRecord, state: RotationState, **changes: object) -> ConnectionRecord:
-        """Write the next journal entry, guarded by the ETag of the record this step started from."""
+    async def _save(self, record: ConnectionRecord, state: RotationState, notify: Sequence[Notification] = (),
+                    **changes: object) -> ConnectionRecord:
+        """Write the next journal entry (with ``notify`` queued in the same transaction), guarded by the ETag of the
+        record this step started from."""
         store = self.adapters.connections
         for _ in range(3):
             target = record.evolve(rotation=state, **changes)
             try:
-                return await store.update(target)
+                return await store.update(target, notify=notify)
             except ConcurrentChange:
                 pass
             # The record changed under us. Our own write may have landed with its answer lost (the retry met its
@@ -349,7 +353,8 @@ class Rotator:
             run.materials[stored.version] = stored.material
         await self.checkpoint("after-vault-write", record)
         return await self._save(record, state.evolve(step=CREATED, pending_key_id=added.key_id,
-                                                     pending_version=stored.version))
+                                                     pending_version=stored.version,
+                                                     pending_expires_at=added.end_date_time or end))
 
     async def _test(self, record: ConnectionRecord, run: _Run) -> ConnectionRecord:
         state = record.rotation
@@ -381,8 +386,11 @@ class Rotator:
     async def _finish(self, record: ConnectionRecord, run: _Run) -> ConnectionRecord:
         state = record.rotation
         assert state.pending_version is not None
+        health = record.health.evolve(credential_expires_at=state.pending_expires_at or
+                                      record.health.credential_expires_at)
         record = await self._save(
-            record, state.evolve(step=FINISHED, key_id=state.pending_key_id), secret_version=state.pending_version
+            record, state.evolve(step=FINISHED, key_id=state.pending_key_id), secret_version=state.pending_version,
+            health=health,
         )
         await self.checkpoint("after-finish", record)
         return record
@@ -413,11 +421,12 @@ class Rotator:
         )
         return await self._reschedule(record, state, done)
 
-    async def _reschedule(self, record: ConnectionRecord, old: RotationState, new: RotationState) -> ConnectionRecord:
+    async def _reschedule(self, record: ConnectionRecord, old: RotationState, new: RotationState,
+                          notify: Sequence[Notification] = ()) -> ConnectionRecord:
         """Index the new due time first, then point the connection at it, then drop the old index entry."""
         schedule = self.adapters.schedule
         key = await schedule.put(new.next_at, record.app, record.id) if new.next_at else None
-        record = await self._save(record, new.evolve(schedule_key=key))
+        record = await self._save(record, new.evolve(schedule_key=key), notify)
         if old.schedule_key and old.schedule_key != key:
             await schedule.remove(old.schedule_key)
         return record
@@ -458,7 +467,8 @@ class Rotator:
         log.warning("Rotation of %s connection %s failed (attempt %d): %s", current.app, current.id, failures,
                     message)
         try:
-            return Attempt(await self._reschedule(current, state, new), error)
+            notice = rotation_failed(current.evolve(rotation=new), message, now)
+            return Attempt(await self._reschedule(current, state, new, [notice]), error)
         except LeaseLost:
             return Attempt(current, error)
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 SCHEDULE_TABLE = "Schedule"
 PARTITION = "due"
+HEALTH_PARTITION = "health"
 
 
 def schedule_key(due: datetime, app: str, connection_id: str) -> str:
@@ -30,20 +31,23 @@ def parse_key(key: str) -> DueEntry:
 
 
 class ScheduleIndex:
-    def __init__(self, clients: AzureClients) -> None:
+    """One partition of the index: ``due`` for rotations, ``health`` for health checks."""
+
+    def __init__(self, clients: AzureClients, partition: str = PARTITION) -> None:
         self._clients = clients
+        self._partition = partition
 
     async def put(self, due: datetime, app: str, connection_id: str) -> str:
         table = await self._clients.table(SCHEDULE_TABLE)
         key = schedule_key(due, app, connection_id)
-        await table.upsert_entity({"PartitionKey": PARTITION, "RowKey": key})
+        await table.upsert_entity({"PartitionKey": self._partition, "RowKey": key})
         return key
 
     async def remove(self, key: str | None) -> None:
         if not key:
             return
         table = await self._clients.table(SCHEDULE_TABLE)
-        await table.delete_entity(PARTITION, key)  # deleting an absent entity is not an error
+        await table.delete_entity(self._partition, key)  # deleting an absent entity is not an error
 
     async def due(self, now: datetime, limit: int = 1000) -> list[DueEntry]:
         """The entries due at ``now``, earliest first, at most ``limit``."""
@@ -52,7 +56,7 @@ class ScheduleIndex:
         entries: list[DueEntry] = []
         query = table.query_entities(
             "PartitionKey eq @p and RowKey le @upto",
-            parameters={"p": PARTITION, "upto": upto},
+            parameters={"p": self._partition, "upto": upto},
             select=["RowKey"],
             results_per_page=min(limit, 1000),
         )

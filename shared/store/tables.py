@@ -13,12 +13,13 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import ConcurrentChange, InvalidRequest, NameTaken, NotFound
-from shared.records import Actor, Authorization, ConnectionRecord, RotationState
+from shared.records import Actor, Authorization, ConnectionRecord, HealthState, Notification, RotationState
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -54,6 +55,13 @@ def _utc(value: Any) -> Any:
     return value.astimezone(UTC) if isinstance(value, datetime) else value
 
 
+# The health state, one column per field: ``Hlth`` + the field's name in CamelCase (``HlthStatus``).
+_HEALTH_COLUMNS = {
+    f.name: "Hlth" + "".join(part.capitalize() for part in f.name.split("_")) for f in fields(HealthState)
+}
+OUTBOX_PREFIX = "~outbox~"  # the notifications waiting to be delivered, in the partition of their connection
+
+
 def _actor_columns(prefix: str, actor: Actor | None) -> dict[str, Any]:
     if actor is None:
         return {}
@@ -77,6 +85,10 @@ def to_entity(record: ConnectionRecord) -> dict[str, Any]:
         value = getattr(record.rotation, attr)
         if value is not None:
             entity[column] = value
+    for attr, column in _HEALTH_COLUMNS.items():
+        value = getattr(record.health, attr)
+        if value is not None:
+            entity[column] = value
     entity.update(_actor_columns("CreatedBy", record.created_by))
     entity.update(_actor_columns("UpdatedBy", record.updated_by))
     if record.authorized_by is not None:
@@ -96,7 +108,9 @@ def from_entity(entity: Any) -> ConnectionRecord:
     if entity.get("AuthorizedByOid"):
         authorized = Authorization(str(entity["AuthorizedByOid"]), entity.get("AuthorizedByUpn"),
                                    entity.get("AuthorizedByTenantId"))
-    return ConnectionRecord(**values, rotation=RotationState(**rotation), created_by=_actor(entity, "CreatedBy"),
+    health = {attr: _utc(entity[column]) for attr, column in _HEALTH_COLUMNS.items() if column in entity}
+    return ConnectionRecord(**values, rotation=RotationState(**rotation), health=HealthState(**health),
+                            created_by=_actor(entity, "CreatedBy"),
                             updated_by=_actor(entity, "UpdatedBy"), authorized_by=authorized, etag=etag)
 
 
@@ -130,6 +144,27 @@ _KEY_FORBIDDEN = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
 def usable_key(value: str) -> bool:
     """Whether ``value`` can be a RowKey at all: an id or name that cannot be one names nothing (404)."""
     return 0 < len(value) <= 512 and not _KEY_FORBIDDEN.search(value)
+
+
+def outbox_key(item: Notification) -> str:
+    return f"{OUTBOX_PREFIX}{int(item.at.timestamp() * 1000):015d}|{item.id}"
+
+
+def outbox_entity(app: str, item: Notification) -> dict[str, Any]:
+    entity = {"PartitionKey": app, "RowKey": outbox_key(item), "Kind": "notification", "Event": item.event,
+              "ConnectionId": item.connection_id, "Name": item.name, "Status": item.status,
+              "Message": item.message, "At": item.at, "Attempts": item.attempts,
+              "NextAttemptAt": item.next_attempt_at}
+    return {key: value for key, value in entity.items() if value is not None}
+
+
+def notification_of(entity: Any) -> Notification:
+    return Notification(
+        event=str(entity["Event"]), app=str(entity["PartitionKey"]), connection_id=str(entity["ConnectionId"]),
+        name=str(entity.get("Name") or ""), status=str(entity.get("Status") or ""), message=entity.get("Message"),
+        at=_utc(entity["At"]), id=str(entity["RowKey"]).rsplit("|", 1)[1], attempts=int(entity.get("Attempts") or 0),
+        next_attempt_at=_utc(entity.get("NextAttemptAt")),
+    )
 
 
 class ConnectionsTable:
@@ -195,14 +230,17 @@ class ConnectionsTable:
             break
         return records, encode_token(getattr(pages, "continuation_token", None))
 
-    async def update(self, record: ConnectionRecord, previous_name: str | None = None) -> ConnectionRecord:
-        """Replace the entity if it has not changed since ``record.etag`` was read; rename atomically."""
+    async def update(self, record: ConnectionRecord, previous_name: str | None = None,
+                     notify: Sequence[Notification] = ()) -> ConnectionRecord:
+        """Replace the entity if it has not changed since ``record.etag`` was read; rename atomically; and queue
+        ``notify`` in the same entity-group transaction (the outbox: a change is never without its notice)."""
         from azure.core import MatchConditions
         from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import TableTransactionError, UpdateMode
 
         table = await self._table()
         guard: dict[str, Any] = {"etag": record.etag, "match_condition": MatchConditions.IfNotModified}
+        queued: list[Any] = [("create", outbox_entity(record.app, item)) for item in notify]
         try:
             if previous_name is not None and previous_name.lower() != record.name.lower():
                 results = await table.submit_transaction(
@@ -210,8 +248,13 @@ class ConnectionsTable:
                         ("update", to_entity(record), {"mode": UpdateMode.REPLACE, **guard}),
                         ("delete", _name_entity(record.app, previous_name, record.id)),
                         ("create", _name_entity(record.app, record.name, record.id)),
+                        *queued,
                     ]
                 )
+                etag = results[0].get("etag")
+            elif queued:
+                results = await table.submit_transaction(
+                    [("update", to_entity(record), {"mode": UpdateMode.REPLACE, **guard}), *queued])
                 etag = results[0].get("etag")
             else:
                 metadata = await table.update_entity(to_entity(record), mode=UpdateMode.REPLACE, **guard)
@@ -239,6 +282,33 @@ class ConnectionsTable:
             )
         except TableTransactionError:
             raise self._changed(record) from None
+
+    # -- the outbox ---------------------------------------------------------------------------------------
+    async def pending(self, apps: Sequence[str], now: datetime, limit: int = 100) -> list[Notification]:
+        """Notifications due for delivery (a range over each app's outbox rows), oldest first."""
+        table = await self._table()
+        found: list[Notification] = []
+        for app in apps:
+            async for entity in table.query_entities(
+                "PartitionKey eq @app and RowKey gt @low and RowKey lt @high",
+                parameters={"app": app, "low": OUTBOX_PREFIX, "high": OUTBOX_PREFIX + "~"},
+            ):
+                item = notification_of(entity)
+                if item.next_attempt_at is None or item.next_attempt_at <= now:
+                    found.append(item)
+                if len(found) >= limit:
+                    return found
+        return found
+
+    async def delivered(self, item: Notification) -> None:
+        table = await self._table()
+        await table.delete_entity(item.app, outbox_key(item))
+
+    async def retry_later(self, item: Notification) -> None:
+        from azure.data.tables import UpdateMode
+
+        table = await self._table()
+        await table.upsert_entity(outbox_entity(item.app, item), mode=UpdateMode.REPLACE)
 
     @staticmethod
     def _changed(record: ConnectionRecord) -> ConcurrentChange:

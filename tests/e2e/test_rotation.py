@@ -271,8 +271,9 @@ async def test_a_journal_write_that_landed_but_whose_answer_was_lost_does_not_st
     real_update = table.update
     lost: list[str] = []
 
-    async def answer_lost(record: ConnectionRecord, previous_name: str | None = None) -> ConnectionRecord:
-        await real_update(record, previous_name)
+    async def answer_lost(record: ConnectionRecord, previous_name: str | None = None,
+                          notify: Any = ()) -> ConnectionRecord:
+        await real_update(record, previous_name, notify)
         step = record.rotation.step
         if step and step != "begun" and step not in lost:  # each step's first write lands; its answer is lost
             lost.append(step)

@@ -109,7 +109,8 @@ def no_io_flow() -> OAuthFlow:
     adapters = Adapters(
         settings=load_settings(CONFIGURED), connections=NoIO("connections"), vault=NoIO("vault"),
         schedule=NoIO("schedule"), history=NoIO("history"), directory=NoIO("directory"), tokens=NoIO("tokens"),
-        oauth_states=NoIO("oauth_states"), audit=NoIO("audit"), clock=lambda: datetime(2026, 3, 4, tzinfo=UTC),
+        oauth_states=NoIO("oauth_states"), audit=NoIO("audit"), outbox=NoIO("outbox"),
+        health_index=NoIO("health_index"), webhook=NoIO("webhook"), clock=lambda: datetime(2026, 3, 4, tzinfo=UTC),
         sleep=NoIO("sleep"),
     )
     return wiring.services(adapters).oauth

@@ -1,0 +1,28 @@
+"""A credential's health from what is known of it: when it expires, whether Entra ID refused it."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from shared.records import EXPIRED, EXPIRING, FAILING, HEALTHY, ConnectionRecord, HealthState
+
+REFRESH_TOKEN_LIFETIME = timedelta(days=90)  # Entra ID's refresh tokens lapse after 90 days unused
+RETRY_UNREACHABLE = timedelta(hours=1)  # when Entra or Graph could not be reached, the next check comes sooner
+
+
+def status_of(expires_at: datetime | None, refused: bool, now: datetime, warning: timedelta) -> str:
+    """Expired before failing before expiring before healthy."""
+    if expires_at is not None and expires_at <= now:
+        return EXPIRED
+    if refused:
+        return FAILING
+    if expires_at is not None and expires_at - now <= warning:
+        return EXPIRING
+    return HEALTHY
+
+
+def fresh_health(record: ConnectionRecord, expires_at: datetime | None, now: datetime, warning: timedelta,
+                 interval: timedelta) -> HealthState:
+    """The health of credentials that just worked (created, changed, rotated): the notification memory kept."""
+    return record.health.evolve(status=status_of(expires_at, False, now, warning), checked_at=now, message=None,
+                                credential_expires_at=expires_at, next_check_at=now + interval)

@@ -1,0 +1,244 @@
+"""Credential health: when each connection's credential expires and whether it still works, checked
+continuously; what changes reaches a person (``shared.notify``).
+
+``health.status`` is ``healthy``, ``expiring`` (within ``EXPIRY_WARNING_DAYS`` of its expiry), ``failing``
+(Entra ID refuses it), ``expired`` or ``unknown`` (not checked yet). ``credentialExpiresAt`` is the client
+secret's ``endDateTime`` (known when the service created it or was told its Key ID, else read from Graph where
+the connection may read its own application), the certificate's ``notAfter``, or, for OAuth, when the refresh
+token would lapse from 90 days unused.
+
+The health sweep (a timer) reads only the connections whose check is due, through an index whose keys sort by
+due time, as the rotation schedule does, checks them with bounded concurrency under the same Graph pacing as
+rotation, and keeps OAuth refresh tokens alive by using them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from shared.apps import APPS, Method, find_app
+from shared.connections import ConnectionService, health_response
+from shared.errors import ConcurrentChange, CredentialRejected, NotFound, ServiceError
+from shared.expiry import REFRESH_TOKEN_LIFETIME, RETRY_UNREACHABLE, status_of
+from shared.notify import Notifier, health_notice
+from shared.oauth_tokens import ReauthorizationRequired
+from shared.ports import Adapters, DueEntry
+from shared.records import (
+    EXPIRED,
+    EXPIRING,
+    FAILING,
+    HEALTH_STATUSES,
+    STATUS_ACTIVE,
+    STATUS_DELETING,
+    STATUS_INVALID,
+    STATUS_REAUTHORIZATION_REQUIRED,
+    UNKNOWN,
+    ConnectionRecord,
+    HealthState,
+)
+from shared.rotation.pacing import AimdLimiter, GraphPacing
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class HealthReport:
+    due: int = 0
+    checked: int = 0
+    stale: int = 0
+    left_for_next_sweep: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    delivered: int = 0
+
+
+class HealthChecker:
+    def __init__(self, adapters: Adapters, connections: ConnectionService) -> None:
+        """``connections``: the lifecycle (its OAuth tokens keep refresh tokens alive)."""
+        self.adapters = adapters
+        self.connections = connections
+        self.notifier = Notifier(adapters)
+        settings = adapters.settings
+        self.interval = timedelta(hours=settings.health_check_interval_hours)
+        self.warning = timedelta(days=settings.expiry_warning_days)
+
+    # -- one connection ----------------------------------------------------------------------------------
+    async def check(self, record: ConnectionRecord) -> ConnectionRecord:
+        """Check one connection now and record its health (and the notification it calls for)."""
+        app = find_app(record.app)
+        assert app is not None
+        now = self.adapters.clock()
+        expires = record.health.credential_expires_at
+        refused: CredentialRejected | None = None
+        unreachable: str | None = None
+        try:
+            if record.method == Method.OAUTH:
+                record = await self.connections.oauth_tokens.refresh_now(app, record)
+                expires = self.adapters.clock() + REFRESH_TOKEN_LIFETIME
+            else:
+                material = await self.adapters.vault.get(record.secret_name, record.secret_version)
+                await self.adapters.directory.probe(app, Method(record.method), record.tenant_id,
+                                                    record.client_id or "", material)
+                if expires is None and record.method == Method.CLIENT_SECRET:
+                    expires = await self._password_end(record, material)
+        except CredentialRejected as error:
+            refused = error
+        except ServiceError as error:
+            unreachable = error.detail
+        except Exception as error:
+            from azure.core.exceptions import AzureError
+
+            if not isinstance(error, AzureError | OSError | TimeoutError):
+                raise
+            unreachable = type(error).__name__
+        if unreachable is not None:
+            health = record.health.evolve(message=f"The credential could not be checked ({unreachable}).",
+                                          next_check_at=now + RETRY_UNREACHABLE)
+            connection_status = record.status
+        else:
+            health = record.health.evolve(
+                status=status_of(expires, refused is not None, now, self.warning), checked_at=now,
+                message=refused.detail if refused else None, credential_expires_at=expires,
+                next_check_at=now + self.interval)
+            connection_status = (STATUS_REAUTHORIZATION_REQUIRED if isinstance(refused, ReauthorizationRequired)
+                                 else STATUS_INVALID if refused else STATUS_ACTIVE)
+        return await self._save(record, health, connection_status, refused.detail if refused else None)
+
+    async def _password_end(self, record: ConnectionRecord, material: dict[str, str]) -> datetime | None:
+        """The client secret's end date, read from Graph where the connection may read its own application."""
+        key_id = record.rotation.key_id
+        secret = material.get("clientSecret", "")
+        try:
+            async with self.adapters.directory.graph(Method.CLIENT_SECRET, record.tenant_id, record.client_id or "",
+                                                     material) as graph:
+                registration = await graph.find(record.client_id or "")
+        except ServiceError:
+            return None
+        matches = [p for p in registration.passwords
+                   if (key_id and p.key_id == key_id) or (not key_id and p.hint and secret.startswith(p.hint))]
+        return matches[0].end_date_time if len(matches) == 1 else None
+
+    async def _save(self, record: ConnectionRecord, health: HealthState, connection_status: str,
+                    message: str | None) -> ConnectionRecord:
+        """Index the next check first, then write the health with its notification (one transaction), then drop
+        the old index entry. A record changed meanwhile is checked again on top of the change."""
+        store = self.adapters.connections
+        index = self.adapters.health_index
+        now = self.adapters.clock()
+        current = record
+        for _ in range(3):
+            if current.status == STATUS_DELETING:
+                return current
+            notice, remembered = health_notice(current, health, now)
+            key = await index.put(health.next_check_at or now + self.interval, current.app, current.id)
+            target = current.evolve(health=remembered.evolve(check_key=key), status=connection_status,
+                                    status_message=message, last_validated_at=now)
+            try:
+                saved = await store.update(target, notify=[notice] if notice else [])
+            except ConcurrentChange:
+                await index.remove(key if key != current.health.check_key else None)
+                try:
+                    fresh = await store.get(record.app, record.id)
+                except NotFound:
+                    return current
+                if fresh.secret_version != current.secret_version:  # new credentials: their own check is newer
+                    return fresh
+                current = fresh
+                continue
+            if current.health.check_key and current.health.check_key != key:
+                await index.remove(current.health.check_key)
+            return saved
+        return current
+
+    async def check_now(self, app_id: str, connection_id: str) -> ConnectionRecord:
+        record = await self.connections.get(app_id, connection_id)
+        checked = await self.check(record)
+        await self._deliver()
+        return checked
+
+    # -- the sweep ----------------------------------------------------------------------------------------
+    async def sweep(self, *, max_concurrency: int = 8, budget_seconds: float = 240.0, limit: int = 1000,
+                    clock: Any = None) -> HealthReport:
+        loop = asyncio.get_running_loop()
+        monotonic = clock or loop.time
+        started = monotonic()
+        entries = await self.adapters.health_index.due(self.adapters.clock(), limit=limit)
+        report = HealthReport(due=len(entries))
+        limiter = AimdLimiter(max_concurrency, clock=loop.time)
+        pacing = GraphPacing(limiter, clock=loop.time)
+
+        async def one(entry: DueEntry) -> None:
+            mark = await limiter.acquire()
+            try:
+                if monotonic() - started > budget_seconds:
+                    report.left_for_next_sweep += 1
+                    return
+                await self._check_entry(entry, report)
+                done = report.checked + report.stale
+                if done % 100 == 0:
+                    log.info("Health sweep: %d of %d handled", done, report.due)
+            finally:
+                await limiter.release(mark)
+
+        with self.adapters.directory.paced(pacing.on_request, pacing.on_response):
+            await asyncio.gather(*(one(entry) for entry in entries))
+        report.delivered = await self._deliver()
+        log.info("Health sweep done in %.1f s: %d checked %s, %d stale, %d left for the next sweep",
+                 monotonic() - started, report.checked, report.statuses, report.stale, report.left_for_next_sweep)
+        return report
+
+    async def _check_entry(self, entry: DueEntry, report: HealthReport) -> None:
+        try:
+            record = await self.adapters.connections.get(entry.app, entry.connection_id)
+        except NotFound:
+            record = None
+        if record is None or record.health.check_key != entry.key:
+            await self.adapters.health_index.remove(entry.key)
+            report.stale += 1
+            return
+        try:
+            checked = await self.check(record)
+        except Exception:
+            log.exception("Health check of %s connection %s failed unexpectedly", entry.app, entry.connection_id)
+            return
+        report.checked += 1
+        report.statuses[checked.health.status] = report.statuses.get(checked.health.status, 0) + 1
+
+    async def _deliver(self) -> int:
+        try:
+            return await self.notifier.deliver()
+        except Exception as error:  # the outbox keeps them; the next sweep delivers
+            log.warning("Notifications not delivered now (%s); they stay queued", type(error).__name__)
+            return 0
+
+    # -- the summary --------------------------------------------------------------------------------------
+    async def summary(self, apps: set[str] | None = None) -> dict[str, Any]:
+        """Counts by status and app, and the connections that need attention."""
+        counts = {status: 0 for status in HEALTH_STATUSES}
+        by_app: dict[str, dict[str, int]] = {}
+        attention: list[dict[str, Any]] = []
+        for app in sorted(APPS):
+            if apps is not None and app not in apps:
+                continue
+            by_app[app] = {status: 0 for status in HEALTH_STATUSES}
+            token = None
+            while True:
+                page, token = await self.adapters.connections.list_page(app, 1000, token)
+                for record in page:
+                    status = record.health.status if record.health.status in counts else UNKNOWN
+                    counts[status] += 1
+                    by_app[app][status] += 1
+                    if status in (EXPIRING, FAILING, EXPIRED):
+                        attention.append(attention_item(record))
+                if token is None:
+                    break
+        order = {EXPIRED: 0, FAILING: 1, EXPIRING: 2}
+        attention.sort(key=lambda item: (order[item["health"]["status"]], item["credentialExpiresAt"] or ""))
+        return {"counts": counts, "byApp": by_app, "needsAttention": attention}
+
+
+def attention_item(record: ConnectionRecord) -> dict[str, Any]:
+    return {"app": record.app, "id": record.id, "name": record.name, "method": record.method,
+            **health_response(record)}

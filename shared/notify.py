@@ -1,0 +1,131 @@
+"""Notifications that reach a person: a rotation that failed, a validation that failed, a credential expiring or
+expired, and a recovery; one per change of state, and a reminder every 24 hours while it lasts.
+
+A notification is queued in the outbox **in the same transaction** as the change it tells of, so a crash between
+the change and the delivery loses nothing. :meth:`Notifier.deliver` then sends each one: a structured telemetry
+event (``notification=true``, for alert rules) and, when ``NOTIFY_WEBHOOK_URL`` is set, a JSON POST signed with
+HMAC-SHA256 (``NOTIFY_WEBHOOK_SECRET``), retried with back-off; its ``Idempotency-Key`` lets a receiver drop a
+duplicate. Never a secret: the payload is ``{event, app, connectionId, name, status, message, at}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from shared.apps import APPS
+from shared.ports import Adapters
+from shared.records import (
+    EXPIRED,
+    EXPIRING,
+    FAILING,
+    HEALTHY,
+    ConnectionRecord,
+    HealthState,
+    Notification,
+)
+
+log = logging.getLogger("app_connections.notifications")
+
+EVENTS = {EXPIRING: "credential-expiring", EXPIRED: "credential-expired", FAILING: "validation-failed"}
+ROTATION_FAILED = "rotation-failed"
+RECOVERED = "recovered"
+REMINDER_EVERY = timedelta(hours=24)
+FIRST_RETRY = timedelta(minutes=1)
+MAX_RETRY = timedelta(hours=1)
+MAX_ATTEMPTS = 30  # about a day of tries, then it is given up (and logged)
+SIGNATURE_HEADER = "X-AppConnections-Signature"
+TIMESTAMP_HEADER = "X-AppConnections-Timestamp"
+
+
+def health_notice(record: ConnectionRecord, health: HealthState, now: datetime) -> tuple[Notification | None,
+                                                                                         HealthState]:
+    """The notification a connection's (new) ``health`` calls for, and the health state that remembers it."""
+    notified = health.notified_status
+    if health.status == HEALTHY:
+        if notified in EVENTS:
+            return (_notice(record, RECOVERED, health, now),
+                    health.evolve(notified_status=HEALTHY, notified_at=now))
+        return None, health
+    event = EVENTS.get(health.status)
+    if event is None:  # unknown: not checked, or could not be
+        return None, health
+    if notified != health.status:
+        return _notice(record, event, health, now), health.evolve(notified_status=health.status, notified_at=now)
+    if health.notified_at is not None and now - health.notified_at >= REMINDER_EVERY:
+        return _notice(record, f"{event}-reminder", health, now), health.evolve(notified_at=now)
+    return None, health
+
+
+def rotation_failed(record: ConnectionRecord, message: str, now: datetime) -> Notification:
+    return Notification(ROTATION_FAILED, record.app, record.id, record.name, record.rotation.status or "failed",
+                        message, now)
+
+
+def _notice(record: ConnectionRecord, event: str, health: HealthState, now: datetime) -> Notification:
+    return Notification(event, record.app, record.id, record.name, health.status, health.message, now)
+
+
+def signature(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def retry_delay(attempts: int) -> timedelta:
+    delay: timedelta = FIRST_RETRY * 2 ** max(0, attempts - 1)
+    return min(MAX_RETRY, delay)
+
+
+class Notifier:
+    def __init__(self, adapters: Adapters) -> None:
+        self.adapters = adapters
+
+    def emit(self, item: Notification) -> None:
+        """The telemetry event alert rules query (a structured log record with ``notification=true``)."""
+        log.warning("notification %s %s %s", item.event, item.app, item.connection_id, extra={
+            "notification": "true", "event": item.event, "app": item.app, "connectionId": item.connection_id,
+            "name": item.name, "status": item.status, "message": item.message, "notificationId": item.id})
+
+    async def deliver(self, limit: int = 100) -> int:
+        """Send what the outbox holds and is due; how many were delivered (or given up)."""
+        now = self.adapters.clock()
+        done = 0
+        for item in await self.adapters.outbox.pending(tuple(APPS), now, limit):
+            if item.attempts == 0:
+                self.emit(item)
+            if await self._send(item):
+                await self.adapters.outbox.delivered(item)
+                done += 1
+                continue
+            attempts = item.attempts + 1
+            if attempts >= MAX_ATTEMPTS:
+                log.error("Notification %s (%s of %s) given up after %d attempts", item.id, item.event,
+                          item.connection_id, attempts)
+                await self.adapters.outbox.delivered(item)
+                done += 1
+                continue
+            await self.adapters.outbox.retry_later(replace(item, attempts=attempts,
+                                                           next_attempt_at=now + retry_delay(attempts)))
+        return done
+
+    async def _send(self, item: Notification) -> bool:
+        settings = self.adapters.settings
+        if not settings.notify_webhook_url:
+            return True  # the telemetry event is the notification
+        body = json.dumps(item.payload(), separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json", "Idempotency-Key": item.id,
+                   TIMESTAMP_HEADER: str(int(self.adapters.clock().timestamp()))}
+        if settings.notify_webhook_secret:
+            headers[SIGNATURE_HEADER] = signature(settings.notify_webhook_secret, body)
+        try:
+            status = await self.adapters.webhook.post(settings.notify_webhook_url, body, headers)
+        except Exception as error:
+            log.info("Notification %s not delivered (%s); it is retried", item.id, type(error).__name__)
+            return False
+        if 200 <= status < 300:
+            return True
+        log.info("Notification %s not delivered (the receiver answered %d); it is retried", item.id, status)
+        return False
