@@ -43,6 +43,7 @@ class LocalEnvironment:
     azurite_port: int = 0
     table_prefix: str = "AppConn"
     sweep_schedule: str = "0 */5 * * * *"
+    health_schedule: str = "0 0 * * * *"  # hourly
     # The service's public URL: the OAuth redirect URI registered on the instance apps is built from it.
     site_url: str = "http://localhost:7071"
     azurite: Azurite | None = None
@@ -91,6 +92,7 @@ class LocalEnvironment:
             "AZURE_CLIENT_ID": self.identity.client_id,
             "AZURE_CLIENT_SECRET": self.identity.client_secret,
             "ROTATION_SWEEP_SCHEDULE": self.sweep_schedule,
+            "HEALTH_SWEEP_SCHEDULE": self.health_schedule,
             "SITE_URL": self.site_url.rstrip("/"),
             "SSL_CERT_FILE": ca,
             "REQUESTS_CA_BUNDLE": ca,

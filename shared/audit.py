@@ -38,6 +38,7 @@ SYSTEM = Actor("system", "rotation runner", "system")
 @dataclass(frozen=True)
 class RequestContext:
     actor: Actor
+    roles: frozenset[str] = frozenset()  # the caller's app roles (what a handler may show them)
     client_ip: str | None = None
     user_agent: str | None = None
     request_id: str | None = None

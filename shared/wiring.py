@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from shared.auth import TokenValidator
     from shared.azure.clients import AzureClients
     from shared.connections import ConnectionService
+    from shared.health import HealthChecker, HealthReport
     from shared.oauth import OAuthFlow
     from shared.rotation.protocol import Checkpoint, RotationOptions, Rotator
     from shared.rotation.sweep import SweepReport
@@ -106,6 +107,13 @@ def audit_log() -> AuditLog:
     return AuditLog(base.audit, base.clock)
 
 
+def health_checker() -> HealthChecker:
+    from shared.health import HealthChecker
+
+    built = services()
+    return HealthChecker(built.adapters, built.connections)
+
+
 def connection_service() -> ConnectionService:
     return services().connections
 
@@ -116,9 +124,19 @@ def oauth_flow() -> OAuthFlow:
 
 async def run_sweep() -> SweepReport:
     """One rotation sweep as the timer runs it: the service's settings, the real clock."""
+    from shared.notify import Notifier
     from shared.rotation.sweep import sweep
 
     built = services()
     settings = built.adapters.settings
-    return await sweep(built.rotator, max_concurrency=settings.rotation_max_concurrency,
-                       budget_seconds=settings.rotation_sweep_budget_seconds)
+    report = await sweep(built.rotator, max_concurrency=settings.rotation_max_concurrency,
+                         budget_seconds=settings.rotation_sweep_budget_seconds)
+    await Notifier(built.adapters).deliver()  # a failed rotation's notification, queued with its record
+    return report
+
+
+async def run_health_sweep() -> HealthReport:
+    """One health sweep as the timer runs it (it delivers the notifications it queues)."""
+    settings = health_checker().adapters.settings
+    return await health_checker().sweep(max_concurrency=settings.rotation_max_concurrency,
+                                        budget_seconds=settings.rotation_sweep_budget_seconds)

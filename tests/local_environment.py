@@ -46,7 +46,8 @@ def local_env(tmp_path_factory: pytest.TempPathFactory, secrets_used: Registry) 
         probe.bind(("127.0.0.1", 0))
         host_port = probe.getsockname()[1]
     env = LocalEnvironment(
-        tmp_path_factory.mktemp("localdev"), table_prefix="E2e" + secrets.token_hex(4), sweep_schedule="0 0 0 1 1 *",
+        tmp_path_factory.mktemp("localdev"), table_prefix="E2e" + secrets.token_hex(4),
+        sweep_schedule="0 0 0 1 1 *", health_schedule="0 0 0 1 1 *",
         site_url=f"http://127.0.0.1:{host_port}", with_api=True,
     )
     env.start()

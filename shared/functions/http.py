@@ -198,7 +198,7 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
                 log.exception("%s %s: the caller could not be authenticated", req.method, instance)
                 return problem_response(ServiceError("The caller could not be authenticated."), instance)
             context = RequestContext(
-                actor=Actor(principal.id, principal.name, principal.type, used),
+                actor=Actor(principal.id, principal.name, principal.type, used), roles=principal.roles,
                 client_ip=_client_ip(req), user_agent=req.headers.get("user-agent"),
                 request_id=req.headers.get("x-request-id") or uuid.uuid4().hex,
                 trace_id=_trace_id(req.headers.get("traceparent")),

@@ -86,7 +86,7 @@ def campaign_environment(name: str, state: Path, concurrency: int) -> Iterator[t
 
     port = free_port()
     env = LocalEnvironment(state, table_prefix=name.capitalize() + secrets.token_hex(4), sweep_schedule=NEVER,
-                           site_url=f"http://127.0.0.1:{port}", with_api=True)
+                           health_schedule=NEVER, site_url=f"http://127.0.0.1:{port}", with_api=True)
     env.start()
     assert env.api is not None and env.standin is not None
     auth = Tokens(env.api, env.standin.admin).auth()

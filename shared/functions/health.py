@@ -1,0 +1,46 @@
+"""Credential health: the summary (Reader), a check now (Writer), and the timer that checks what is due
+(``%HEALTH_SWEEP_SCHEDULE%``)."""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+from shared.functions.connections import BASE, OPEN, _one
+from shared.functions.http import endpoint, json_response
+
+bp = func.Blueprint()
+log = logging.getLogger(__name__)
+
+
+@bp.function_name("get_app_connections_health")
+@bp.route(route=f"{BASE}/health", methods=["GET"], auth_level=OPEN)
+@endpoint("Reader", any_app=True)
+async def get_app_connections_health(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.audit import current
+    from shared.auth import READER, Principal
+    from shared.wiring import health_checker
+
+    caller = current()
+    granted = Principal(caller.actor.id, caller.actor.name, caller.actor.type, "", caller.roles).apps_granted(READER)
+    return json_response(await health_checker().summary(granted))
+
+
+@bp.function_name("check_app_connection_health")
+@bp.route(route=BASE + "/{app}/{connectionId}/health", methods=["POST"], auth_level=OPEN)
+@endpoint("Writer", action="connection.check-health")
+async def check_app_connection_health(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.wiring import health_checker
+
+    return _one(await health_checker().check_now(req.route_params["app"], req.route_params["connectionId"]))
+
+
+@bp.function_name("check_connection_health")
+@bp.timer_trigger(schedule="%HEALTH_SWEEP_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
+async def check_connection_health(timer: func.TimerRequest) -> None:
+    from shared.wiring import run_health_sweep
+
+    if timer.past_due:
+        log.info("The health sweep is running late")
+    await run_health_sweep()
