@@ -32,6 +32,7 @@ from shared.errors import (
     RotationInProgress,
     RotationRefused,
     ServiceError,
+    UpstreamForbidden,
 )
 from shared.expiry import REFRESH_TOKEN_LIFETIME, fresh_health
 from shared.models import (
@@ -227,10 +228,16 @@ class ConnectionService:
         credentials = valid.credentials
         key_id = credentials.clientSecretKeyId if isinstance(credentials, ClientSecretCredentialsIn) else None
         expires_on = valid.expires_on
-        if request.isAutoRotationEnabled:
-            assert isinstance(credentials, ClientSecretCredentialsIn)
-            password = await self._key_id(credentials.tenantId, credentials.clientId, credentials.clientSecret, key_id)
-            key_id, expires_on = password.key_id, password.end_date_time
+        if isinstance(credentials, ClientSecretCredentialsIn) and (request.isAutoRotationEnabled or key_id):
+            try:
+                password = await self._key_id(credentials.tenantId, credentials.clientId, credentials.clientSecret,
+                                              key_id)
+            except UpstreamForbidden:
+                if request.isAutoRotationEnabled:
+                    raise
+                password = None  # it may not read its application: the Key ID is kept, its expiry is not known
+            if password is not None:
+                key_id, expires_on = password.key_id, password.end_date_time
         state = configured(RotationState(key_id=key_id), config, request.isAutoRotationEnabled)
         record = self.new_record(app, method, request.name, request.description, credentials.tenantId,
                                  credentials.clientId, state)

@@ -84,10 +84,13 @@ class Notifier:
         self.adapters = adapters
 
     def emit(self, item: Notification) -> None:
-        """The telemetry event alert rules query (a structured log record with ``notification=true``)."""
+        """The telemetry event alert rules query: a structured log record whose custom dimensions are
+        ``notification=true``, ``event``, ``app``, ``connectionId``, ``connectionName``, ``status`` and ``detail``
+        (``name`` and ``message`` are taken by Python's log records)."""
         log.warning("notification %s %s %s", item.event, item.app, item.connection_id, extra={
             "notification": "true", "event": item.event, "app": item.app, "connectionId": item.connection_id,
-            "name": item.name, "status": item.status, "message": item.message, "notificationId": item.id})
+            "connectionName": item.name, "status": item.status, "detail": item.message,
+            "notificationId": item.id})
 
     async def deliver(self, limit: int = 100) -> int:
         """Send what the outbox holds and is due; how many were delivered (or given up)."""

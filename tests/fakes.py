@@ -124,9 +124,16 @@ class World:
                     return app, password
         return None
 
-    def live(self, client_id: str, secret: str) -> bool:
+    def present(self, client_id: str, secret: str) -> bool:
+        """``secret`` is a password of the application (not removed; it may have expired)."""
         app = self.apps.get(client_id)
         return app is not None and any(p.secret == secret for p in app.passwords.values())
+
+    def live(self, client_id: str, secret: str) -> bool:
+        """Entra accepts ``secret``: a password of the application that has not expired."""
+        app = self.apps.get(client_id)
+        return app is not None and any(p.secret == secret and (p.end is None or p.end > self.clock.now)
+                                       for p in app.passwords.values())
 
 
 class FakeGraph:

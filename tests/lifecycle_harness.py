@@ -130,7 +130,7 @@ class Harness:
         world = self.fakes.world
         records = {r.id: r for r in self.fakes.connections.records.values()}
         for record in records.values():
-            live = world.live(record.client_id or "", self.current_secret(record))
+            live = world.present(record.client_id or "", self.current_secret(record))  # expiring is not revoking
             if record.method == "client-secret" and record.status != STATUS_DELETING and not live:
                 self.violations.append(f"I1: the current credential of {record.id} is not live")
         for key_id, (client_id, password) in world.created.items():

@@ -189,12 +189,15 @@ class Rotator:
             status=STATUS_ROTATING, message=None, last_attempt_at=now, attempt_started_at=now,
             lease_owner=self.owner, lease_until=now + self.options.lease,
         )
+        # The attempt that died is closed before the journal moves on to the next attempt: once it has, nothing
+        # records which attempt that was (should this write fail, the record is unchanged and the next claim
+        # closes it; a claim that then loses the race closed an attempt that had stopped all the same).
+        if interrupted is not None:
+            await self._close_interrupted(record, interrupted)
         try:
             claimed = await self.adapters.connections.update(record.evolve(rotation=state))
         except (ConcurrentChange, NotFound):
             return None
-        if interrupted is not None:
-            await self._close_interrupted(claimed, interrupted)
         await self._history(claimed, "running")
         return claimed
 

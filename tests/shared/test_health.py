@@ -1,0 +1,194 @@
+"""Credential health against in-memory fakes, with an injected clock: healthy, expiring, expired, failing and
+recovered, one notification per change and a reminder a day while it lasts, a signed webhook, the outbox that
+survives a crash, and a sweep that reads only what is due."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import timedelta
+
+import pytest
+
+from shared import wiring
+from shared.health import HealthChecker
+from shared.notify import Notifier
+from shared.records import ConnectionRecord
+from tests.fakes import TENANT, build_fakes
+from tests.lifecycle_harness import APP, Harness
+
+SECRET = "webhook-signing-key"
+
+
+def _harness(**env: str) -> Harness:
+    return Harness(fakes=build_fakes({"NOTIFY_WEBHOOK_URL": "https://hooks.example/notify",
+                                      "NOTIFY_WEBHOOK_SECRET": SECRET, **env}))
+
+
+def _checker(h: Harness) -> HealthChecker:
+    built = wiring.services(h.fakes.adapters)
+    return HealthChecker(built.adapters, built.connections)
+
+
+async def _connection(h: Harness, days: int, name: str = "c1") -> ConnectionRecord:
+    app = h.fakes.world.application()
+    password = h.fakes.world.add(app.client_id, "given", end=h.fakes.clock.now + timedelta(days=days))
+    body = {"name": name, "method": "client-secret", "credentials": {
+        "tenantId": TENANT, "clientId": app.client_id, "clientSecret": password.secret,
+        "clientSecretKeyId": password.key_id}}
+    record: ConnectionRecord = await h.api.create(APP, body)
+    return record
+
+
+def _events(h: Harness) -> list[str]:
+    return [json.loads(body)["event"] for _, body, _ in h.fakes.webhook.received]
+
+
+async def _sweep_after(h: Harness, delta: timedelta) -> None:
+    h.fakes.clock.advance(delta)
+    await _checker(h).sweep()
+
+
+async def test_a_connection_walks_through_healthy_expiring_expired_and_recovery() -> None:
+    h = _harness()
+    record = await _connection(h, days=60)
+    assert record.health.status == "healthy"
+    assert record.health.credential_expires_at == h.fakes.clock.now + timedelta(days=60)
+    await _sweep_after(h, timedelta(days=31))  # 29 days left: within the 30-day warning
+    now = await h.record(record.id)
+    assert now is not None
+    assert now.health.status == "expiring"
+    assert _events(h) == ["credential-expiring"]
+    await _sweep_after(h, timedelta(hours=12))  # not due yet: nothing checked, nothing sent
+    assert _events(h) == ["credential-expiring"]
+    await _sweep_after(h, timedelta(hours=12, minutes=1))  # a day later, still expiring: one reminder
+    assert _events(h) == ["credential-expiring", "credential-expiring-reminder"]
+    await _sweep_after(h, timedelta(days=29))
+    expired = await h.record(record.id)
+    assert expired is not None
+    assert expired.health.status == "expired"
+    assert expired.status == "invalid"
+    assert _events(h)[-1] == "credential-expired"
+    fresh = h.fakes.world.add(record.client_id or "", "new", end=h.fakes.clock.now + timedelta(days=365))
+    updated = await h.api.update(APP, record.id, {"credentials": h.credentials(record.client_id or "", fresh,
+                                                                             key_id=True)})
+    assert updated.health.status == "healthy"
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h)[-1] == "recovered"
+    await _sweep_after(h, timedelta(days=1, minutes=1))
+    assert _events(h)[-1] == "recovered", "nothing more while it stays healthy"
+
+
+async def test_a_refused_credential_is_failing_and_notified_once() -> None:
+    h = _harness()
+    record = await _connection(h, days=365)
+    app = h.fakes.world.apps[record.client_id or ""]
+    app.passwords.clear()  # someone removed the secret on the application
+    checked = await _checker(h).check_now(APP, record.id)
+    assert checked.health.status == "failing"
+    assert "AADSTS7000215" in (checked.health.message or "")
+    assert checked.status == "invalid"
+    await _checker(h).check_now(APP, record.id)
+    assert _events(h) == ["validation-failed"]
+
+
+async def test_the_webhook_is_signed_carries_no_secret_and_is_retried_until_it_is_taken() -> None:
+    h = _harness()
+    record = await _connection(h, days=365)
+    h.fakes.world.apps[record.client_id or ""].passwords.clear()
+    h.fakes.webhook.answer = 503
+    await _checker(h).check_now(APP, record.id)
+    assert h.fakes.webhook.received == []
+    queued = h.fakes.connections.outbox
+    assert len(queued) == 1
+    assert queued[0].attempts == 1
+    assert queued[0].next_attempt_at == h.fakes.clock.now + timedelta(minutes=1)
+    await Notifier(h.fakes.adapters).deliver()  # not due again yet
+    assert h.fakes.webhook.received == []
+    h.fakes.webhook.answer = 202
+    h.fakes.clock.advance(timedelta(minutes=2))
+    await Notifier(h.fakes.adapters).deliver()
+    [(url, body, headers)] = h.fakes.webhook.received
+    assert url == "https://hooks.example/notify"
+    expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert headers["X-AppConnections-Signature"] == expected
+    assert headers["Idempotency-Key"] == queued[0].id
+    payload = json.loads(body)
+    assert set(payload) == {"event", "app", "connectionId", "name", "status", "message", "at"}
+    assert (payload["event"], payload["connectionId"], payload["status"]) == ("validation-failed", record.id,
+                                                                              "failing")
+    for version in h.fakes.vault.secrets[record.secret_name]:
+        assert version.material["clientSecret"] not in body.decode()
+    assert h.fakes.connections.outbox == []
+
+
+async def test_a_crash_between_the_change_and_the_delivery_still_delivers() -> None:
+    h = _harness()
+    record = await _connection(h, days=10)  # expiring at once
+    assert record.health.status == "expiring"
+    checker = _checker(h)
+    checker.notifier.deliver = _crash  # type: ignore[method-assign]  # the worker dies before it delivers
+    h.fakes.clock.advance(timedelta(days=1, minutes=1))
+    with pytest.raises(SystemExit):
+        await checker.sweep()
+    assert h.fakes.webhook.received == []
+    assert [n.event for n in h.fakes.connections.outbox] == ["credential-expiring"]  # queued with the change
+    await Notifier(h.fakes.adapters).deliver()  # the next worker
+    assert _events(h) == ["credential-expiring"]
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == ["credential-expiring"], "delivered once"
+
+
+async def _crash() -> int:
+    raise SystemExit("the worker died")
+
+
+async def test_a_failed_rotation_is_notified() -> None:
+    h = _harness()
+    record = await h.create()
+    await h.due()
+    h.fakes.world.fail_next("graph.add", times=50)
+    await h.sweep()
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == ["rotation-failed"]
+    assert json.loads(h.fakes.webhook.received[0][1])["connectionId"] == record.id
+
+
+async def test_an_unreachable_entra_changes_nothing_and_checks_again_sooner() -> None:
+    h = _harness()
+    record = await _connection(h, days=365)
+    h.fakes.world.fail_next("probe", times=5)
+    checked = await _checker(h).check_now(APP, record.id)
+    assert checked.health.status == "healthy"
+    assert "could not be checked" in (checked.health.message or "")
+    assert checked.health.next_check_at == h.fakes.clock.now + timedelta(hours=1)
+    assert _events(h) == []
+
+
+async def test_a_sweep_reads_only_the_connections_that_are_due() -> None:
+    h = _harness()
+    for index in range(40):
+        await _connection(h, days=365, name="first") if index == 0 else await h.create(f"c{index}", rotation=False)
+        h.fakes.clock.advance(timedelta(minutes=30))  # checks fall due half an hour apart
+    h.fakes.world.calls.clear()
+    h.fakes.clock.now = min(r.health.next_check_at for r in h.fakes.connections.records.values()  # type: ignore
+                            ) + timedelta(hours=2, minutes=1)
+    report = await _checker(h).sweep()
+    assert report.due == report.checked == 5
+    assert h.fakes.world.calls.count("store.get") == 5
+    assert h.fakes.world.calls.count("store.update") == 5
+
+
+async def test_an_oauth_connection_is_kept_alive_by_its_check() -> None:
+    from tests.lifecycle_harness import reauthorize_oauth
+
+    h = _harness()
+    oauth = await reauthorize_oauth(h)
+    assert oauth.health.credential_expires_at == h.fakes.clock.now + timedelta(days=90)
+    h.fakes.clock.advance(timedelta(days=60))
+    used = set(h.fakes.tokens.refresh_tokens)
+    checked = await _checker(h).check_now(oauth.app, oauth.id)
+    assert checked.health.status == "healthy"
+    assert checked.health.credential_expires_at == h.fakes.clock.now + timedelta(days=90)
+    assert set(h.fakes.tokens.refresh_tokens) != used  # the refresh token was used, and rotated
