@@ -4,7 +4,8 @@
    function_app.app.get_functions()`` against ``import azure.functions`` alone (the floor every Python
    function app pays), interleaved in the same run. Goal: ratio <= 1.3.
 2. First request: a fresh process imports the app, builds the service and creates a client-secret connection
-   against the stand-in (token, Key Vault, Table Storage); the median over ``--requests`` processes.
+   against the stand-in (the API access token checked, a token, Key Vault, Table Storage); the median over
+   ``--requests`` processes.
 
     .venv/bin/python bench/cold_start.py [--runs 9] [--requests 5]
 """
@@ -41,8 +42,9 @@ functions = {f.get_function_name(): f.get_user_function() for f in function_app.
 imported = time.perf_counter()
 body = json.loads(os.environ["BENCH_BODY"])
 req = func.HttpRequest("POST", "http://localhost/api/v1/app-connections/azure-key-vault",
-                       headers={"content-type": "application/json"}, route_params={"app": "azure-key-vault"},
-                       body=json.dumps(body).encode())
+                       headers={"content-type": "application/json",
+                                "authorization": "Bearer " + os.environ["BENCH_API_TOKEN"]},
+                       route_params={"app": "azure-key-vault"}, body=json.dumps(body).encode())
 
 async def main():
     from shared.azure.clients import close_clients

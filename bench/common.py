@@ -31,6 +31,7 @@ STANDIN_URL = "BENCH_STANDIN_URL"
 STANDIN_CA = "BENCH_STANDIN_CA"
 AZURITE_PID = "BENCH_AZURITE_PID"
 ENVIRONMENT_PID = "BENCH_ENVIRONMENT_PID"  # the process that serves the stand-in (it does nothing else)
+API_TOKEN = "BENCH_API_TOKEN"  # an access token for the service's API (an administrator daemon's)
 ROTATION_ROLE = "Application.ReadWrite.OwnedBy"
 
 log = logging.getLogger("bench")
@@ -52,23 +53,31 @@ def add_worker_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def run_in_environment(script: str, argv: Sequence[str], environment: dict[str, str] | None = None) -> int:
-    """Start Azurite and the stand-in, run ``script`` as a worker with their settings, stop them."""
+    """Start Azurite and the stand-in (with the service's API registered), run ``script`` as a worker with their
+    settings and an administrator's access token for the API, stop them."""
+    from localdev.api_token import daemon_token
     from localdev.environment import LocalEnvironment
 
     with tempfile.TemporaryDirectory(prefix="bench-") as state:
         started = time.monotonic()
         env = LocalEnvironment(Path(state), table_prefix="Bench" + secrets.token_hex(4),
-                               sweep_schedule="0 0 0 1 1 *")
+                               sweep_schedule="0 0 0 1 1 *", health_schedule="0 0 0 1 1 *", with_api=True)
         with env:
             assert env.standin is not None
             assert env.azurite is not None
+            assert env.api is not None
             assert env.azurite.process is not None
             log.info("environment up in %.1f s (stand-in %s)", time.monotonic() - started, env.standin.url)
             child_env = {**os.environ, **env.settings, STANDIN_URL: env.standin.url,
                          STANDIN_CA: str(env.standin.ca_path), AZURITE_PID: str(env.azurite.process.pid),
-                         ENVIRONMENT_PID: str(os.getpid()), **(environment or {})}
+                         ENVIRONMENT_PID: str(os.getpid()), API_TOKEN: daemon_token(env.api), **(environment or {})}
             child_env.setdefault("PYTHONPATH", str(ROOT))
             return subprocess.call([sys.executable, script, *argv, WORKER_FLAG], cwd=ROOT, env=child_env)
+
+
+def api_headers() -> dict[str, str]:
+    """The headers that authenticate a worker's requests to the service's API."""
+    return {"Authorization": f"Bearer {os.environ[API_TOKEN]}"}
 
 
 def admin_client() -> Any:

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     credentials = common.register_rotatable_app(admin, tenant, "pooling")
     host = LocalHost(load_function_app("function_app", common.ROOT), common.ROOT / "host.json")
     statuses: dict[int, int] = {}
-    with run_in_thread(host.asgi) as base_url, httpx.Client(base_url=base_url, timeout=120) as api:
+    with run_in_thread(host.asgi) as base_url, httpx.Client(base_url=base_url, timeout=120,
+                                                            headers=common.api_headers()) as api:
         before = admin.connections_opened()
         started = time.monotonic()
         created = api.post(f"{BASE}/{APP}", json={

@@ -27,6 +27,7 @@ from shared.models import (
     ConnectionList,
     CreateConnectionIn,
     DeletedOut,
+    HealthSummaryOut,
     OptionsOut,
     Problem,
     RotationHistoryOut,
@@ -46,7 +47,7 @@ _REQUEST_MODELS: tuple[type[BaseModel], ...] = (
 )
 _RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     ConnectionEnvelope, ConnectionList, DeletedOut, RotationHistoryOut, OptionsOut, ClientsOut, AuthorizationUrlOut,
-    AuditLogOut, Problem,
+    AuditLogOut, HealthSummaryOut, Problem,
 )
 
 _PROBLEM_TEXT = {
@@ -157,6 +158,16 @@ def _paths() -> dict[str, Any]:
             "post": _operation("validate_app_connection", "Acquire a token now; records status and lastValidatedAt.",
                                {"200": one, **_problems(400, 404, 409, 502, 503)}),
         },
+        f"{item}/health": {
+            "parameters": [APP, CONNECTION_ID],
+            "post": _operation("check_app_connection_health",
+                               "Check the connection's credential now (AppConnections.Writer): its health and expiry.",
+                               {"200": one, **_problems(400, 404, 502)}, tag="health"),
+        },
+        f"{BASE}/health": {"get": _operation(
+            "get_app_connections_health",
+            "Counts of connections by health and app, and those that need attention (the caller's apps).",
+            {"200": _json("HealthSummaryOut", "The summary."), **_problems()}, tag="health")},
         f"{item}/rotate": {
             "parameters": [APP, CONNECTION_ID],
             "post": _operation("rotate_app_connection", "Rotate the client secret now (or finish a half-done one).",
@@ -241,7 +252,7 @@ def _document() -> dict[str, Any]:
         },
         "servers": [{"url": "/"}],
         "security": [{"entraId": []}],
-        "tags": [{"name": name} for name in ("app-connections", "rotation", "oauth", "audit", "meta")],
+        "tags": [{"name": name} for name in ("app-connections", "rotation", "health", "oauth", "audit", "meta")],
         "paths": _paths(),
         "components": {
             "schemas": _schemas(),

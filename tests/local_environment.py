@@ -52,6 +52,11 @@ def local_env(tmp_path_factory: pytest.TempPathFactory, secrets_used: Registry) 
     )
     env.start()
     try:
+        assert env.standin is not None
+        # Notifications go to the stand-in's webhook receiver, signed with a secret of the session.
+        env.settings["NOTIFY_WEBHOOK_URL"] = env.standin.admin.webhook_url("e2e")
+        env.settings["NOTIFY_WEBHOOK_SECRET"] = secrets.token_urlsafe(24)
+        secrets_used.add(env.settings["NOTIFY_WEBHOOK_SECRET"])
         env.apply()
         reset_settings()
         assert env.identity is not None

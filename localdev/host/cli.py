@@ -30,6 +30,11 @@ __all__ = ["build_local_host", "main", "run_in_thread", "serve"]
 
 logger = logging.getLogger("localdev.host")  # one logger for the whole host, as before it was a package
 
+# The request line and headers uvicorn (h11) reads before it gives up with a bare 400 of its own (16 KiB by
+# default): room for the longest query the OpenAPI document allows (the OAuth callback's code, error and
+# error_description at their maximum lengths, in multi-byte UTF-8, percent-encoded), so the app answers it.
+MAX_REQUEST_HEAD_BYTES = 256 * 1024
+
 
 def build_local_host(
     app_dir: Path | None = None,
@@ -74,6 +79,7 @@ def serve(
         reload=False,
         access_log=False,  # the host logs each request without its query string instead
         timeout_graceful_shutdown=10,
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
     )
     uvicorn.Server(config).run()
 
@@ -109,6 +115,7 @@ def run_in_thread(
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=5,
+            h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
         )
         server = uvicorn.Server(config)
 

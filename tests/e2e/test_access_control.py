@@ -43,6 +43,8 @@ ROUTES: list[tuple[str, str, Any, tuple[str, ...], str | None]] = [
     ("GET", f"{BASE}/azure-client-secrets/{ID}/clients", None, ("Reader",), "azure-client-secrets"),
     ("GET", f"{BASE}/{KV}/oauth/authorize?name=x", None, ("Writer",), KV),
     ("GET", "/api/v1/audit-logs", None, ("Auditor",), None),
+    ("GET", f"{BASE}/health", None, ("Reader",), None),
+    ("POST", f"{BASE}/{KV}/{ID}/health", None, ("Writer",), KV),
 ]
 CALLERS = [
     (), ("AppConnections.Reader",), ("AppConnections.Writer",), ("AppConnections.Rotator",),
@@ -173,6 +175,7 @@ AUDITED = {
     ("POST", f"{BASE}/{KV}/{ID}/rotate"): "connection.rotate",
     ("GET", f"{BASE}/azure-client-secrets/{ID}/clients"): "connection.list-clients",
     ("GET", f"{BASE}/{KV}/oauth/authorize?name=x"): "connection.authorize",
+    ("POST", f"{BASE}/{KV}/{ID}/health"): "connection.check-health",
 }
 
 

@@ -93,6 +93,16 @@ OAUTH_SETTINGS = (
     "INF_APP_CONNECTION_AZURE_CLIENT_SECRETS_CLIENT_ID",
     "INF_APP_CONNECTION_AZURE_CLIENT_SECRETS_CLIENT_SECRET",
 )
+# Credential health (issue 15): the sweep, the checks, the expiry warning and the notification webhook.
+HEALTH_SETTINGS = (
+    "HEALTH_SWEEP_SCHEDULE",
+    "HEALTH_CHECK_INTERVAL_HOURS",
+    "EXPIRY_WARNING_DAYS",
+    "NOTIFY_WEBHOOK_URL",
+    "NOTIFY_WEBHOOK_SECRET",
+)
+NOTIFY_SECRET_SETTING = "NOTIFY_WEBHOOK_SECRET"
+NOTIFY_SECRET_NAME = "notify-webhook-secret"
 REQUIRED_SETTINGS = (
     "AzureWebJobsStorage__blobServiceUri",
     "AzureWebJobsStorage__queueServiceUri",
@@ -112,6 +122,7 @@ REQUIRED_SETTINGS = (
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
     *AUTH_SETTINGS,
     *OAUTH_SETTINGS,
+    *HEALTH_SETTINGS,
 )
 # Settings Flex Consumption rejects or that would bring back key-based storage access.
 FORBIDDEN_SETTINGS = (
@@ -129,10 +140,62 @@ SECRETISH = re.compile(r"SECRET|KEY|PASSWORD|PASSWD|TOKEN", re.IGNORECASE)
 KEY_VAULT_REFERENCE = re.compile(r"^@Microsoft\.KeyVault\(SecretUri=\$\{[A-Za-z_.]+\}secrets/([a-z0-9-]+)/\)$")
 REDIRECT_PATH = "/organization/app-connections/azure/oauth/callback"
 
+# The alerts on the service's notification log records (shared/notify.py): each is a trace with the custom
+# dimensions below, in the workspace's AppTraces table (Properties column).
+ALERTS_MODULE = "app/alerts.bicep"
+ACTION_GROUP = "Microsoft.Insights/actionGroups"
+SCHEDULED_QUERY_RULE = "Microsoft.Insights/scheduledQueryRules"
+SCHEDULED_QUERY_RULE_API_VERSIONS = ("2022-06-15", "2023-03-15-preview")
+NOTIFICATION_DIMENSIONS = ("notification", "event", "app", "connectionId", "connectionName", "status", "detail")
+# The queries' columns (alert dimensions, search results) -> the custom dimension each reads. Not `name` or `message`
+# as dimensions: Python's logging refuses those `extra` keys and OpenTelemetry's LoggingHandler drops them.
+QUERY_COLUMNS = {
+    "event": "event",
+    "app": "app",
+    "connectionId": "connectionId",
+    "name": "connectionName",
+    "status": "status",
+    "message": "detail",
+}
+# Every event the service notifies: five, and a daily reminder of the three health states that last.
+NOTIFICATION_BASE_EVENTS = (
+    "rotation-failed",
+    "validation-failed",
+    "credential-expiring",
+    "credential-expired",
+    "recovered",
+)
+REMINDED_EVENTS = ("validation-failed", "credential-expiring", "credential-expired")
+NOTIFICATION_EVENTS = (*NOTIFICATION_BASE_EVENTS, *(f"{event}-reminder" for event in REMINDED_EVENTS))
+# Severity -> the events its rule alerts on, exactly. The expiring credential's reminders alert on nothing (they
+# would email every day of the warning period; alerts.bicep says why), the failures' reminders do.
+ALERTED_EVENTS = {
+    1: {
+        "credential-expired",
+        "credential-expired-reminder",
+        "rotation-failed",
+        "validation-failed",
+        "validation-failed-reminder",
+    },
+    2: {"credential-expiring"},
+    4: {"recovered"},
+}
+UNALERTED_EVENTS = {"credential-expiring-reminder"}
+# Each connection alerts on its own.
+ALERT_DIMENSIONS = ("app", "connectionId")
+ALERT_WINDOW = "PT15M"
+
 
 def oauth_secret_name(setting: str) -> str:
     """The vault secret behind an OAuth instance setting: INF_A_B -> inf-a-b."""
     return setting.lower().replace("_", "-")
+
+
+# Every setting that must be a Key Vault reference, and the secret it must name.
+VAULT_SECRETS = {
+    **{name: oauth_secret_name(name) for name in OAUTH_SETTINGS},
+    NOTIFY_SECRET_SETTING: NOTIFY_SECRET_NAME,
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,6 +391,8 @@ class Scope:
             found, value = self.lookup(match.group(1))
             if found and isinstance(value, (str, Ref)):
                 return value.text if isinstance(value, Ref) else value
+            if found and isinstance(value, int) and not isinstance(value, bool):
+                return str(value)  # a loop index: 'email-${index}'
             return match.group(0)
 
         return Ref(re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", fill, text))
@@ -758,14 +823,11 @@ def app_settings_rules(files: Files) -> list[str]:
     for name in FORBIDDEN_SETTINGS:
         if name in settings:
             v.append(f"{where}: setting {name} must not be set (Flex Consumption / identity-based storage)")
+    key_vault_url = render(settings.get("KEY_VAULT_URL"))
     for name, value in settings.items():
         text = render(value)
-        if name in OAUTH_SETTINGS or (SECRETISH.search(name) and name not in NOT_SECRETS):
-            match = KEY_VAULT_REFERENCE.match(value) if isinstance(value, str) else None
-            if match is None:
-                v.append(f"{where}: {name} must be a @Microsoft.KeyVault(SecretUri=...) reference, not {text!r}")
-            elif name in OAUTH_SETTINGS and match.group(1) != oauth_secret_name(name):
-                v.append(f"{where}: {name} must reference secret {oauth_secret_name(name)}, not {match.group(1)}")
+        if name in VAULT_SECRETS or (SECRETISH.search(name) and name not in NOT_SECRETS):
+            v += _key_vault_reference_violations(where, name, value, key_vault_url)
         if re.search(r"AccountKey=|SharedAccessSignature=|InstrumentationKey=|list_?keys\(", text, re.IGNORECASE):
             v.append(f"{where}: {name} embeds a key: {text!r}")
     expected = {
@@ -787,12 +849,34 @@ def app_settings_rules(files: Files) -> list[str]:
         settings.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING"),
         f"ClientId=${{{client_id}}};Authorization=AAD",
     )
-    key_vault_url = render(settings.get("KEY_VAULT_URL"))
-    for name in OAUTH_SETTINGS:
-        value = settings.get(name)
-        if isinstance(value, str) and not value.startswith(
-            f"@Microsoft.KeyVault(SecretUri=${{{key_vault_url}}}secrets/"
-        ):
+    return v
+
+
+def _branches(value: Any) -> list[Any]:
+    """The values a setting can take: itself, or each branch of `condition ? a : b` (nested ones too)."""
+    operator = value.get("operator") if isinstance(value, dict) and set(value) == {"operator"} else None
+    if isinstance(operator, dict) and operator.get("type") == "conditional":
+        operands = operator["operands"]
+        return _branches(operands["true_value"]) + _branches(operands["false_value"])
+    return [value]
+
+
+def _key_vault_reference_violations(where: str, name: str, value: Any, key_vault_url: str) -> list[str]:
+    """A secret setting is a reference to its secret in the app's own vault; `condition ? reference : ''` may
+    leave it empty (a feature that is off), nothing else may."""
+    v: list[str] = []
+    branches = _branches(value)
+    references = [b for b in branches if b != ""]
+    if not references:
+        return [f"{where}: {name} must be a @Microsoft.KeyVault(SecretUri=...) reference, not {render(value)!r}"]
+    for branch in references:
+        match = KEY_VAULT_REFERENCE.match(branch) if isinstance(branch, str) else None
+        if match is None:
+            v.append(f"{where}: {name} must be a @Microsoft.KeyVault(SecretUri=...) reference, not {render(branch)!r}")
+            continue
+        if name in VAULT_SECRETS and match.group(1) != VAULT_SECRETS[name]:
+            v.append(f"{where}: {name} must reference secret {VAULT_SECRETS[name]}, not {match.group(1)}")
+        if not branch.startswith(f"@Microsoft.KeyVault(SecretUri=${{{key_vault_url}}}secrets/"):
             v.append(f"{where}: {name} must reference the app's own vault ({key_vault_url})")
     return v
 
@@ -989,6 +1073,241 @@ def auth_settings_rules(files: Files) -> list[str]:
     return v
 
 
+WEBHOOK_SAMPLE = "https://example.invalid/workflows/app-connections"
+# Parameter -> (minValue, maxValue, default): the bounds the service reads the setting with (shared/settings.py).
+HEALTH_PARAMETER_BOUNDS = {"healthCheckIntervalHours": (1, 720, 24), "expiryWarningDays": (1, 365, 30)}
+HEALTH_SWEEP_DEFAULT = "0 0 * * * *"
+
+
+def _decorators(param: Tree) -> dict[str, Any]:
+    return {d.get("type"): d.get("argument") for d in param.get("decorators") or []}
+
+
+def health_settings_rules(files: Files) -> list[str]:
+    """The health settings follow main.bicep's parameters (bounded as the service reads them); the webhook URL is a
+    secure parameter; NOTIFY_WEBHOOK_SECRET references the vault's notify-webhook-secret exactly when a webhook is
+    set, and is empty otherwise."""
+    v: list[str] = []
+    for path in ("main.bicep", "app/api.bicep"):
+        params = (files.get(path) or {}).get("parameters") or {}
+        for name, (low, high, default) in HEALTH_PARAMETER_BOUNDS.items():
+            if name not in params:
+                v.append(f"{path}: param {name} missing")
+                continue
+            decorators = _decorators(params[name])
+            expect(v, f"{path}: param {name}", "@minValue", decorators.get("min_value"), low)
+            expect(v, f"{path}: param {name}", "@maxValue", decorators.get("max_value"), high)
+            expect(v, f"{path}: param {name}", "default", params[name].get("default"), default)
+        schedule = params.get("healthSweepSchedule") or {}
+        expect(v, f"{path}: param healthSweepSchedule", "default", schedule.get("default"), HEALTH_SWEEP_DEFAULT)
+        url = params.get("notifyWebhookUrl")
+        if url is None or "secure" not in _decorators(url):
+            v.append(f"{path}: param notifyWebhookUrl must be @secure() (a workflow URL carries its own credential)")
+        elif url.get("default") != "":
+            v.append(f"{path}: param notifyWebhookUrl must default to '' (no webhook)")
+    for name, output in ((files.get("main.bicep") or {}).get("outputs") or {}).items():
+        if "notifyWebhookUrl" in render(output.get("value")):
+            v.append(f"main.bicep: output {name} exposes the webhook URL")
+    given = {
+        "healthSweepSchedule": "0 30 */2 * * *",
+        "healthCheckIntervalHours": 6,
+        "expiryWarningDays": 14,
+        "notifyWebhookUrl": WEBHOOK_SAMPLE,
+    }
+    for params in ({}, given):
+        deployment = Deployment(files, params)
+        settings = [
+            i for i in deployment.instances("Microsoft.Web/sites/config") if i.body.get("name") == "appsettings"
+        ]
+        if len(settings) != 1:
+            return [*v, f"{params}: expected one deployed appsettings config, found {len(settings)}"]
+        props = settings[0].body.get("properties") or {}
+        where = f"{settings[0].path}:{settings[0].symbol} with {params or 'the defaults'}"
+        vault = ref_text(props.get("KEY_VAULT_URL"))
+        reference = f"@Microsoft.KeyVault(SecretUri=${{{vault}}}secrets/{NOTIFY_SECRET_NAME}/)"
+        wanted = {
+            "HEALTH_SWEEP_SCHEDULE": params.get("healthSweepSchedule", HEALTH_SWEEP_DEFAULT),
+            "HEALTH_CHECK_INTERVAL_HOURS": str(params.get("healthCheckIntervalHours", 24)),
+            "EXPIRY_WARNING_DAYS": str(params.get("expiryWarningDays", 30)),
+            "NOTIFY_WEBHOOK_URL": params.get("notifyWebhookUrl", ""),
+            NOTIFY_SECRET_SETTING: reference if params.get("notifyWebhookUrl") else "",
+        }
+        for name, value in wanted.items():
+            actual = props.get(name)
+            expect(v, where, name, ref_text(actual) if isinstance(actual, Ref) else actual, value)
+    return v
+
+
+def _query_violations(where: str, query: str, dimensions: list[str]) -> tuple[list[str], set[str]]:
+    """A notification query: AppTraces, notification records only, the events it alerts on, the dimensions as
+    columns read from the Properties of the same name. Returns the violations and the events."""
+    v: list[str] = []
+    if not query.startswith("AppTraces "):
+        v.append(f"{where}: the query must read AppTraces (workspace-based Application Insights), not {query[:40]!r}")
+    if not re.search(r'\|\s*where\s+tostring\(Properties\.notification\)\s*==\s*"true"\s*\|', query):
+        v.append(
+            f'{where}: the query must keep notification records only (tostring(Properties.notification) == "true")'
+        )
+    if not re.search(r"\|\s*extend\s+event\s*=\s*tostring\(Properties\.event\)\s*\|", query):
+        v.append(f"{where}: the query must read the event from Properties.event")
+    clauses = re.findall(r"\|\s*where\s+event\s+in\s*\(([^)]*)\)", query)
+    events = set(re.findall(r'"([^"]*)"', clauses[0])) if len(clauses) == 1 else set()
+    if len(clauses) != 1:
+        v.append(f"{where}: the query must name its events in one `| where event in (...)`, has {len(clauses)}")
+    unknown = sorted(set(re.findall(r"Properties\.(\w+)", query)) - set(NOTIFICATION_DIMENSIONS))
+    if unknown:
+        v.append(f"{where}: the query reads Properties {unknown}, which notifications do not carry")
+    projections = re.findall(r"\|\s*project\s+([^|]*)$", query)
+    columns: dict[str, str] = {}
+    for column in projections[0].split(",") if projections else []:
+        left, _, right = column.partition("=")
+        columns[left.strip()] = right.strip()
+    expect(v, where, "the projected columns", sorted(columns), sorted(["TimeGenerated", *QUERY_COLUMNS]))
+    for column, source in columns.items():
+        wanted = f"tostring(Properties.{QUERY_COLUMNS[column]})" if column in QUERY_COLUMNS else ""
+        if column == "event":
+            wanted = ""  # extended above from Properties.event
+        if source != wanted:
+            v.append(f"{where}: column {column} must be {wanted or 'projected as is'}, not {source}")
+    for name in dimensions:
+        if name not in columns:
+            v.append(f"{where}: dimension {name} is not a column of the query ({sorted(columns)})")
+    return v, events
+
+
+def _action_group_violations(group: Instance, receivers: list[str]) -> list[str]:
+    v: list[str] = []
+    where = f"{group.path}:{group.symbol}"
+    props = group.body.get("properties") or {}
+    expect(v, where, "location", group.body.get("location"), "global")
+    expect(v, where, "enabled", props.get("enabled"), True)
+    short = props.get("groupShortName")
+    if not isinstance(short, str) or not 1 <= len(short) <= 12:
+        v.append(f"{where}: groupShortName must be 1 to 12 characters, not {ref_text(short)!r}")
+    emails = props.get("emailReceivers") or []
+    expect(v, where, "email addresses (one receiver each)", [e.get("emailAddress") for e in emails], receivers)
+    names = [ref_text(e.get("name")) for e in emails]
+    if len(set(names)) != len(names) or not all(names):
+        v.append(f"{where}: email receiver names must be unique, are {names}")
+    for email in emails:
+        expect(
+            v,
+            f"{where}: receiver {email.get('emailAddress')}",
+            "useCommonAlertSchema",
+            email.get("useCommonAlertSchema"),
+            True,
+        )
+    others = sorted(k for k in props if k.endswith("Receivers") and k != "emailReceivers" and props[k])
+    if others:
+        v.append(f"{where}: only email receivers expected, also has {others}")
+    return v
+
+
+def _alert_rule_violations(
+    rule: Instance, workspace: Ref, actions: list[Any], location: str
+) -> tuple[list[str], set[str]]:
+    v: list[str] = []
+    where = f"{rule.path}:{rule.symbol}"
+    body_ = rule.body
+    props = body_.get("properties") or {}
+    expect(v, where, "kind", body_.get("kind"), "LogAlert")
+    expect(v, where, "location", body_.get("location"), location)
+    expect(v, where, "enabled", props.get("enabled"), True)
+    expect(v, where, "scopes", props.get("scopes"), [workspace])
+    expect(v, where, "evaluationFrequency", props.get("evaluationFrequency"), ALERT_WINDOW)
+    expect(v, where, "windowSize", props.get("windowSize"), ALERT_WINDOW)
+    # Stateless: a notification is an event; a stateful rule would "resolve" while the credential is still expired.
+    expect(v, where, "autoMitigate", props.get("autoMitigate"), False)
+    expect(v, where, "actions.actionGroups", get(props, "actions", "actionGroups"), actions)
+    if props.get("severity") not in ALERTED_EVENTS:
+        v.append(f"{where}: severity must be one of {sorted(ALERTED_EVENTS)}, not {props.get('severity')!r}")
+    criteria = get(props, "criteria", "allOf") or []
+    if len(criteria) != 1:
+        return [*v, f"{where}: one criterion expected, has {len(criteria)}"], set()
+    criterion = criteria[0]
+    expect(v, where, "timeAggregation", criterion.get("timeAggregation"), "Count")
+    expect(v, where, "operator", criterion.get("operator"), "GreaterThan")
+    expect(v, where, "threshold", criterion.get("threshold"), 0)
+    periods = criterion.get("failingPeriods")
+    if periods is not None:
+        expect(v, where, "failingPeriods", periods, {"numberOfEvaluationPeriods": 1, "minFailingPeriodsToAlert": 1})
+    dimensions = criterion.get("dimensions") or []
+    names = [d.get("name") for d in dimensions]
+    for dimension in dimensions:
+        expect(
+            v,
+            f"{where}: dimension {dimension.get('name')}",
+            "operator/values",
+            (dimension.get("operator"), dimension.get("values")),
+            ("Include", ["*"]),
+        )
+    missing = [d for d in ALERT_DIMENSIONS if d not in names]
+    if missing:
+        v.append(f"{where}: must split by {missing} so that each connection alerts on its own (has {names})")
+    if len(names) > 6 or len(set(names)) != len(names):
+        v.append(f"{where}: at most six distinct dimensions, has {names}")
+    found, events = _query_violations(where, ref_text(criterion.get("query")), [str(n) for n in names])
+    return v + found, events
+
+
+def alert_rules(files: Files) -> list[str]:
+    """Log search alerts on the notification records, one rule per severity with exactly its events, split by
+    connection, stateless, every 15 minutes; an action group with one email receiver per address, only when there
+    are addresses, and the rules' action then."""
+    v: list[str] = []
+    symbol = _module_symbol(files, ALERTS_MODULE)
+    main = files.get("main.bicep") or {}
+    if symbol is None:
+        return [f"main.bicep must deploy {ALERTS_MODULE} once"]
+    if get(main, "modules", symbol, "config", "condition") is not None:
+        v.append(f"main.bicep:{symbol}: the alert rules are always deployed (the action group is what is optional)")
+    for rule_symbol, resource in _declared(files.get(ALERTS_MODULE) or {}, SCHEDULED_QUERY_RULE):
+        if resource.get("api_version") not in SCHEDULED_QUERY_RULE_API_VERSIONS:
+            v.append(
+                f"{ALERTS_MODULE}:{rule_symbol}: api version {resource.get('api_version')} is not one of "
+                f"{list(SCHEDULED_QUERY_RULE_API_VERSIONS)}"
+            )
+    workspace = Ref(f"{_module_symbol(files, 'modules/monitoring.bicep')}.outputs.logAnalyticsId")
+    location = "westeurope"
+    for receivers in ([], ["ops@example.com", "oncall@example.org"]):
+        mode = f"alertEmailReceivers={receivers}"
+        deployment = Deployment(files, {"alertEmailReceivers": receivers, "location": location})
+        groups = deployment.instances(ACTION_GROUP)
+        if not receivers:
+            actions: list[Any] = []
+            if groups:
+                v.append(f"with {mode}: no action group expected, found {[g.symbol for g in groups]}")
+        elif len(groups) != 1:
+            v.append(f"with {mode}: one action group expected, found {[g.symbol for g in groups]}")
+            actions = []
+        else:
+            v += [f"{x} with {mode}" for x in _action_group_violations(groups[0], receivers)]
+            actions = [Ref(f"{groups[0].symbol}.id")]
+        by_severity: dict[Any, set[str]] = {}
+        for rule in deployment.instances(SCHEDULED_QUERY_RULE):
+            found, events = _alert_rule_violations(rule, workspace, actions, location)
+            v += [f"{x} with {mode}" for x in found]
+            severity = get(rule.body, "properties", "severity")
+            if severity in by_severity:
+                v.append(f"{rule.path}:{rule.symbol}: a second rule of severity {severity}")
+            by_severity.setdefault(severity, set()).update(events)
+        for severity, wanted in ALERTED_EVENTS.items():
+            got = by_severity.get(severity, set())
+            if got != wanted:
+                v.append(
+                    f"with {mode}: the severity {severity} rule must alert on {sorted(wanted)}: "
+                    f"missing {sorted(wanted - got)}, unexpected {sorted(got - wanted)}"
+                )
+        covered = set().union(*by_severity.values()) if by_severity else set()
+        unknown = covered - set(NOTIFICATION_EVENTS)
+        if unknown:
+            v.append(f"with {mode}: alerts on events the service does not log: {sorted(unknown)}")
+        unalerted = set(NOTIFICATION_EVENTS) - covered - UNALERTED_EVENTS
+        if unalerted:
+            v.append(f"with {mode}: no rule alerts on {sorted(unalerted)}")
+    return v
+
+
 def diagnostic_settings_rules(files: Files) -> list[str]:
     """Key Vault's audit log and the table service's read/write/delete log go to the Log Analytics workspace."""
     v: list[str] = []
@@ -1164,6 +1483,8 @@ RULES: tuple[Callable[[Files], list[str]], ...] = (
     auth_settings_rules,
     diagnostic_settings_rules,
     private_networking_rules,
+    health_settings_rules,
+    alert_rules,
 )
 
 

@@ -7,10 +7,12 @@ of the real templates to prove each one can fail.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -27,6 +29,7 @@ def test_every_template_parses(templates: dict[str, Any]) -> None:
         "app/api.bicep",
         "app/rbac.bicep",
         "app/api-registration.bicep",
+        "app/alerts.bicep",
         "modules/network.bicep",
     } <= set(templates)
     for path, tree in templates.items():
@@ -109,6 +112,109 @@ def test_the_evaluator_reads_the_roles_and_the_private_endpoints(templates: dict
     assert public.module("modules/network.bicep") is None
 
 
+def test_health_settings_follow_the_parameters_and_the_webhook_secret_is_a_key_vault_reference(
+    templates: dict[str, Any],
+) -> None:
+    assert rules.health_settings_rules(templates) == []
+
+
+def test_alert_rules_cover_the_notification_events_and_the_action_group_emails_each_address(
+    templates: dict[str, Any],
+) -> None:
+    assert rules.alert_rules(templates) == []
+
+
+def test_the_evaluator_reads_the_alert_rules_and_the_action_group(templates: dict[str, Any]) -> None:
+    """The alert rules above see real values: three rules, their queries, one receiver per address."""
+    receivers = ["ops@example.com", "oncall@example.org", "security@example.net"]
+    emailed = rules.Deployment(templates, {"alertEmailReceivers": receivers})
+    (group,) = emailed.instances(rules.ACTION_GROUP)
+    assert [r["emailAddress"] for r in group.body["properties"]["emailReceivers"]] == receivers
+    alert_rules = emailed.instances(rules.SCHEDULED_QUERY_RULE)
+    assert sorted(r.body["properties"]["severity"] for r in alert_rules) == [1, 2, 4]
+    for rule in alert_rules:
+        query = rules.ref_text(rule.body["properties"]["criteria"]["allOf"][0]["query"])
+        assert query.startswith("AppTraces | where"), query
+        assert "${" not in query, query
+        assert rule.body["properties"]["actions"]["actionGroups"] == [rules.Ref(f"{group.symbol}.id")]
+    silent = rules.Deployment(templates, {})
+    assert silent.instances(rules.ACTION_GROUP) == []
+    assert [r.body["properties"]["actions"]["actionGroups"] for r in silent.instances(rules.SCHEDULED_QUERY_RULE)] == [
+        [],
+        [],
+        [],
+    ]
+    webhook = rules.Deployment(templates, {"notifyWebhookUrl": rules.WEBHOOK_SAMPLE})
+    (settings,) = [i for i in webhook.instances("Microsoft.Web/sites/config") if i.body["name"] == "appsettings"]
+    secret = rules.ref_text(settings.body["properties"][rules.NOTIFY_SECRET_SETTING])
+    assert secret.endswith(f"secrets/{rules.NOTIFY_SECRET_NAME}/)"), secret
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_the_alert_queries_read_dimensions_a_log_record_can_carry() -> None:
+    """Custom dimensions come from a LogRecord's `extra` attributes: a name the record already has (name, message,
+    msg, args, ...) is refused by logging and dropped by OpenTelemetry's LoggingHandler, so it never reaches
+    AppTraces.Properties."""
+    reserved = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+    assert not set(rules.NOTIFICATION_DIMENSIONS) & reserved, set(rules.NOTIFICATION_DIMENSIONS) & reserved
+
+
+def test_notification_records_carry_what_the_alert_queries_read() -> None:
+    """The contract between shared/notify.py and app/alerts.bicep: the service's events are the ones the rules know,
+    and Notifier.emit logs a record whose attributes (Application Insights custom dimensions, AppTraces.Properties)
+    are the ones the queries read."""
+    notify = pytest.importorskip("shared.notify")
+    from shared.records import Notification
+
+    base = {*notify.EVENTS.values(), notify.ROTATION_FAILED, notify.RECOVERED}
+    assert base == set(rules.NOTIFICATION_BASE_EVENTS)
+    assert set(notify.EVENTS.values()) == set(rules.REMINDED_EVENTS)  # health_notice reminds of these
+    item = Notification(
+        "credential-expired",
+        "azure-key-vault",
+        "c0ffee",
+        "prod-vault",
+        "expired",
+        "The secret expired.",
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+    )
+    handler = _Capture()
+    notify.log.addHandler(handler)
+    try:
+        notify.Notifier(None).emit(item)
+    except KeyError as error:
+        pytest.fail(
+            f"Notifier.emit raised KeyError {error}: logging refuses `extra` keys a LogRecord already has (name, "
+            "message, ...), so no notification is logged and no alert can fire. app/alerts.bicep reads "
+            f"{list(rules.NOTIFICATION_DIMENSIONS)}"
+        )
+    finally:
+        notify.log.removeHandler(handler)
+    assert len(handler.records) == 1, handler.records
+    record = handler.records[0]
+    assert record.getMessage() == "notification credential-expired azure-key-vault c0ffee"
+    attributes = vars(record)
+    wanted = {
+        "notification": "true",
+        "event": "credential-expired",
+        "app": "azure-key-vault",
+        "connectionId": "c0ffee",
+        "connectionName": "prod-vault",
+        "status": "expired",
+        "detail": "The secret expired.",
+    }
+    assert set(wanted) == set(rules.NOTIFICATION_DIMENSIONS)
+    assert {key: attributes.get(key) for key in wanted} == wanted
+
+
 def test_graph_extension_is_pinned_in_bicepconfig() -> None:
     config = json.loads((INFRA_DIR / "bicepconfig.json").read_text())
     alias = config["extensions"][rules.GRAPH_EXTENSION]
@@ -155,6 +261,36 @@ def test_parameters_file_feeds_every_required_parameter(templates: dict[str, Any
     assert parameters["environmentName"]["value"] == "${AZURE_ENV_NAME}"
     assert parameters["location"]["value"] == "${AZURE_LOCATION}"
     assert parameters["principalId"]["value"] == "${AZURE_PRINCIPAL_ID}"
+
+
+def test_parameters_file_feeds_the_health_and_alert_parameters_with_the_template_defaults(
+    templates: dict[str, Any],
+) -> None:
+    """azd env variables set them; unset, each takes the template's own default (an empty list: no action group)."""
+    parameters = json.loads((INFRA_DIR / "main.parameters.json").read_text())["parameters"]
+    declared = templates["main.bicep"]["parameters"]
+    wanted = {
+        "healthSweepSchedule": "AZURE_APP_CONNECTIONS_HEALTH_SWEEP_SCHEDULE",
+        "healthCheckIntervalHours": "AZURE_APP_CONNECTIONS_HEALTH_CHECK_INTERVAL_HOURS",
+        "expiryWarningDays": "AZURE_APP_CONNECTIONS_EXPIRY_WARNING_DAYS",
+        "notifyWebhookUrl": "AZURE_APP_CONNECTIONS_NOTIFY_WEBHOOK_URL",
+        "alertEmailReceivers": "AZURE_APP_CONNECTIONS_ALERT_EMAILS",
+    }
+    for name, variable in wanted.items():
+        match = re.fullmatch(r"\$\{([A-Z_]+)=(.*)\}", parameters[name]["value"])
+        assert match, f"{name}: {parameters[name]['value']}"
+        assert match.group(1) == variable
+        default = declared[name].get("default")
+        if declared[name]["type"] == "array":
+            assert json.loads(match.group(2)) == default == [], name  # azd parses an array parameter's JSON
+        else:
+            assert match.group(2) == str(default), f"{name}: azd default {match.group(2)!r}, Bicep default {default!r}"
+
+
+def test_main_uses_only_abbreviations_that_exist() -> None:
+    abbreviations = json.loads((INFRA_DIR / "abbreviations.json").read_text())
+    used = set(re.findall(r"\babbrs\.(\w+)", (INFRA_DIR / "main.bicep").read_text()))
+    assert used and used <= set(abbreviations), used - set(abbreviations)
 
 
 def test_azure_yaml_deploys_the_api_service_as_a_python_function(parse: Parse) -> None:
@@ -461,6 +597,114 @@ TAMPERINGS = [
         "/organization/app-connections/azure/oauth/callback'",
         "/oauth/callback'",
         "OAUTH_REDIRECT_URI",
+    ),
+    # Credential health settings and the webhook secret
+    (
+        "no-health-schedule",
+        "app/api.bicep",
+        "    HEALTH_SWEEP_SCHEDULE: healthSweepSchedule\n",
+        "",
+        "HEALTH_SWEEP_SCHEDULE missing",
+    ),
+    (
+        "interval-not-passed",
+        "main.bicep",
+        "    healthCheckIntervalHours: healthCheckIntervalHours\n",
+        "",
+        "HEALTH_CHECK_INTERVAL_HOURS",
+    ),
+    ("expiry-days-unbounded", "main.bicep", "@maxValue(365)\n", "", "expiryWarningDays"),
+    ("webhook-url-in-deployment-history", "main.bicep", "@secure()\n", "", "notifyWebhookUrl must be @secure()"),
+    (
+        "webhook-secret-literal",
+        "app/api.bicep",
+        "'@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/notify-webhook-secret/)'",
+        "'an-hmac-key-in-plain-sight'",
+        "NOTIFY_WEBHOOK_SECRET must be a @Microsoft.KeyVault",
+    ),
+    (
+        "webhook-secret-wrong-name",
+        "app/api.bicep",
+        "secrets/notify-webhook-secret/",
+        "secrets/webhook/",
+        "must reference secret notify-webhook-secret",
+    ),
+    (
+        "webhook-secret-never-set",
+        "app/api.bicep",
+        "NOTIFY_WEBHOOK_SECRET: empty(notifyWebhookUrl) ?",
+        "NOTIFY_WEBHOOK_SECRET: !empty(notifyWebhookUrl) ?",
+        "NOTIFY_WEBHOOK_SECRET",
+    ),
+    # Alerts on the notification records
+    ("alert-drops-an-event", "app/alerts.bicep", '"rotation-failed", ', "", "rotation-failed"),
+    (
+        "alert-on-expiring-reminders",
+        "app/alerts.bicep",
+        'event in ("credential-expiring")',
+        'event in ("credential-expiring", "credential-expiring-reminder")',
+        "credential-expiring-reminder",
+    ),
+    (
+        "alert-on-every-trace",
+        "app/alerts.bicep",
+        '| where tostring(Properties.notification) == "true" ',
+        "",
+        "notification records only",
+    ),
+    (
+        "alert-reads-a-misspelt-dimension",
+        "app/alerts.bicep",
+        "connectionId = tostring(Properties.connectionId)",
+        "connectionId = tostring(Properties.connection_id)",
+        "connection_id",
+    ),
+    (
+        "alert-not-per-connection",
+        "app/alerts.bicep",
+        "              {\n                name: 'connectionId'\n                operator: 'Include'\n"
+        "                values: [\n                  '*'\n                ]\n              }\n",
+        "",
+        "connectionId",
+    ),
+    ("alert-auto-resolves", "app/alerts.bicep", "autoMitigate: false", "autoMitigate: true", "autoMitigate"),
+    ("alert-window-1h", "app/alerts.bicep", "windowSize: 'PT15M'", "windowSize: 'PT1H'", "windowSize"),
+    ("recovered-at-sev1", "app/alerts.bicep", "severity: 4", "severity: 1", "severity"),
+    (
+        "alert-without-action",
+        "app/alerts.bicep",
+        "actionGroups: empty(emailReceivers) ? [] : [\n          actionGroup.id\n        ]",
+        "actionGroups: []",
+        "actionGroups",
+    ),
+    (
+        "alerts-on-another-workspace",
+        "main.bicep",
+        "    logAnalyticsWorkspaceResourceId: monitoring.outputs.logAnalyticsId\n    emailReceivers",
+        "    logAnalyticsWorkspaceResourceId: '/subscriptions/0/ws'\n    emailReceivers",
+        "scopes",
+    ),
+    ("email-to-one-address", "app/alerts.bicep", "emailAddress: address", "emailAddress: emailReceivers[0]", "email"),
+    (
+        "no-common-alert-schema",
+        "app/alerts.bicep",
+        "useCommonAlertSchema: true",
+        "useCommonAlertSchema: false",
+        "useCommonAlertSchema",
+    ),
+    (
+        "short-name-too-long",
+        "app/alerts.bicep",
+        "param actionGroupShortName string = 'AppConns'",
+        "param actionGroupShortName string = 'AppConnectionsAlerts'",
+        "groupShortName",
+    ),
+    (
+        "action-group-always",
+        "app/alerts.bicep",
+        "= if (!empty(emailReceivers)) {",
+        "= {",
+        "no action group expected",
     ),
 ]
 

@@ -37,7 +37,7 @@ def test_every_function_is_an_http_route_or_a_timer(host_url):  # host_url: inde
     triggers = _triggers()
     http = {name: trigger for name, trigger in triggers if trigger["type"] == "httpTrigger"}
     timers = {name for name, trigger in triggers if trigger["type"] == "timerTrigger"}
-    assert timers == {"rotate_due_credentials", "enforce_audit_retention"}
+    assert timers == {"rotate_due_credentials", "enforce_audit_retention", "check_connection_health"}
     assert {name for name, _ in triggers} == set(http) | timers, "a trigger other than HTTP and timer appeared"
     assert len(http) >= 15
 

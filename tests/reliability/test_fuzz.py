@@ -201,6 +201,11 @@ def test_a_walk_through_every_route_answers_as_documented(api, admin, secrets_us
     assert check("get", callback, api.get(callback, params=extra)).status_code == 400
     assert check("delete", item, api.delete(f"{base}/{app}/{cid}")).status_code == 200
     assert check("delete", item, api.delete(f"{base}/{app}/{cid}")).status_code == 404
+    audit = "/api/v1/audit-logs"
+    logged = check("get", audit, api.get(audit, params={"connectionId": cid}))
+    assert logged.status_code == 200, logged.text
+    assert {"connection.rotate", "connection.delete"} <= {r["action"] for r in logged.json()["auditLogs"]}
+    assert check("get", audit, api.get(audit, params={"from": "yesterday"})).status_code == 400
     documented = {f"{m.upper()} {p}" for p, item_ in conformance.document["paths"].items() for m in item_
                   if m != "parameters"}
     walked = {" ".join(seen.split(" ")[:2]) for seen in conformance.seen}

@@ -38,6 +38,7 @@ ROUTES = {
     ("get", "/api/v1/app-connections/{app}/oauth/authorize"),
     ("get", "/organization/app-connections/azure/oauth/callback"), ("get", "/api/v1/openapi.json"),
     ("get", "/api/v1/audit-logs"),
+    ("get", "/api/v1/app-connections/health"), ("post", "/api/v1/app-connections/{app}/{connectionId}/health"),
 }
 
 
