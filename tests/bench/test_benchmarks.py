@@ -20,6 +20,8 @@ SMALL = {
                        ["### One sweep over a schedule index of 2003 entries, 3 due", "entities read", "(seed, s)"]),
     "sweep_scale.py --setup api": (["--connections", "300", "--due", "2", "--setup", "api"],
                                    ["### One sweep over a schedule index of 302 entries, 2 due", "(api, s)"]),
+    "health_sweep.py": (["--connections", "300", "--due", "10"],
+                        ["### One health sweep over 300 connections, 10 due", "store reads per checked connection"]),
     "connections.py": (["--requests", "12"], ["### TLS connections opened", "TLS connections opened (goal"]),
     "throttle.py": (["--rotations", "6", "--limit", "4", "--window-s", "2", "--concurrency", "4"],
                     ["### Sweep of 6 rotations, Graph writes limited to 4 per 2 s", "| rate-limited",
