@@ -4,7 +4,7 @@
 targetScope = 'subscription'
 
 metadata name = 'Azure App Connections'
-metadata description = 'Deploys the Azure App Connections Function App with a user-assigned identity, Table Storage, Key Vault, Application Insights and Log Analytics (with the vault\'s and the tables\' audit logs), its Entra ID API registration with app roles, and optionally VNet integration with private endpoints.'
+metadata description = 'Deploys the Azure App Connections Function App with a user-assigned identity, Table Storage, Key Vault, Application Insights and Log Analytics (with the vault\'s and the tables\' audit logs), alert rules on credential health (emailed through an optional action group), its Entra ID API registration with app roles, and optionally VNet integration with private endpoints.'
 
 // ================ //
 // Parameters       //
@@ -99,6 +99,28 @@ param authAudience string = ''
 @maxValue(3650)
 @description('Optional. Days the service keeps its audit log in Table Storage (AUDIT_RETENTION_DAYS).')
 param auditRetentionDays int = 365
+
+@description('Optional. NCRONTAB schedule of the credential health sweep (HEALTH_SWEEP_SCHEDULE); each run re-checks the connections that are due.')
+param healthSweepSchedule string = '0 0 * * * *'
+
+@minValue(1)
+@maxValue(720)
+@description('Optional. Hours between two health checks of one connection (HEALTH_CHECK_INTERVAL_HOURS).')
+param healthCheckIntervalHours int = 24
+
+@minValue(1)
+@maxValue(365)
+@description('Optional. Days before a credential expires that it is reported as expiring (EXPIRY_WARNING_DAYS).')
+param expiryWarningDays int = 30
+
+// Secure: a Teams or Slack workflow URL carries its own signature or token (whoever holds it can post), so it stays
+// out of the deployment history.
+@secure()
+@description('Optional. https URL that also receives each notification (credential failing, expiring, expired, recovered; rotation failed) as a JSON POST (NOTIFY_WEBHOOK_URL): a Teams or Slack workflow, or any receiver. It is signed with HMAC-SHA256 once the vault secret notify-webhook-secret is set. Empty: notifications are log records and alerts only.')
+param notifyWebhookUrl string = ''
+
+@description('Optional. Email addresses the alerts on notifications go to (an action group with one email receiver each). Empty: the alert rules still fire (Azure Monitor > Alerts), with no action group.')
+param alertEmailReceivers array = []
 
 @description('Optional. Private networking: the Function App integrates with a new VNet, Key Vault and Storage get private endpoints and private DNS zones, and their public network access is disabled.')
 param enablePrivateNetworking bool = false
@@ -372,12 +394,30 @@ module api 'app/api.bicep' = {
     maximumInstanceCount: maximumInstanceCount
     authAudience: effectiveAuthAudience
     auditRetentionDays: auditRetentionDays
+    healthSweepSchedule: healthSweepSchedule
+    healthCheckIntervalHours: healthCheckIntervalHours
+    expiryWarningDays: expiryWarningDays
+    notifyWebhookUrl: notifyWebhookUrl
     virtualNetworkSubnetResourceId: enablePrivateNetworking ? network.outputs.appSubnetResourceId : ''
   }
   // The host starts with its storage and vault roles in place.
   dependsOn: [
     rbac
   ]
+}
+
+// Alerts on the service's notifications (AppTraces in the workspace), emailed when addresses are given.
+module alerts 'app/alerts.bicep' = {
+  name: 'alerts'
+  scope: rg
+  params: {
+    namePrefix: 'app-connections-${environmentName}'
+    actionGroupName: '${abbrs.insightsActionGroups}app-connections-${resourceToken}'
+    location: location
+    tags: tags
+    logAnalyticsWorkspaceResourceId: monitoring.outputs.logAnalyticsId
+    emailReceivers: alertEmailReceivers
+  }
 }
 
 // ================ //

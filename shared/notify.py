@@ -118,11 +118,14 @@ class Notifier:
         settings = self.adapters.settings
         if not settings.notify_webhook_url:
             return True  # the telemetry event is the notification
+        if not settings.notify_webhook_secret:  # never unsigned: it waits (and is retried) until the key is there
+            log.error("NOTIFY_WEBHOOK_URL is set but NOTIFY_WEBHOOK_SECRET is not (or its Key Vault reference does "
+                      "not resolve): notification %s is not sent unsigned", item.id)
+            return False
         body = json.dumps(item.payload(), separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json", "Idempotency-Key": item.id,
-                   TIMESTAMP_HEADER: str(int(self.adapters.clock().timestamp()))}
-        if settings.notify_webhook_secret:
-            headers[SIGNATURE_HEADER] = signature(settings.notify_webhook_secret, body)
+                   TIMESTAMP_HEADER: str(int(self.adapters.clock().timestamp())),
+                   SIGNATURE_HEADER: signature(settings.notify_webhook_secret, body)}
         try:
             status = await self.adapters.webhook.post(settings.notify_webhook_url, body, headers)
         except Exception as error:

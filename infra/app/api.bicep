@@ -65,6 +65,24 @@ param authAudience string = ''
 @description('Optional. Days the service keeps its audit log in Table Storage (AUDIT_RETENTION_DAYS).')
 param auditRetentionDays int = 365
 
+@description('Optional. NCRONTAB schedule of the credential health sweep (HEALTH_SWEEP_SCHEDULE).')
+param healthSweepSchedule string = '0 0 * * * *'
+
+@minValue(1)
+@maxValue(720)
+@description('Optional. Hours between two health checks of one connection (HEALTH_CHECK_INTERVAL_HOURS).')
+param healthCheckIntervalHours int = 24
+
+@minValue(1)
+@maxValue(365)
+@description('Optional. Days before a credential expires that it is reported as expiring (EXPIRY_WARNING_DAYS).')
+param expiryWarningDays int = 30
+
+// Secure: a Teams or Slack workflow URL carries its own signature or token, so whoever holds it can post.
+@secure()
+@description('Optional. https URL that also receives each notification as a signed JSON POST (NOTIFY_WEBHOOK_URL). When set, NOTIFY_WEBHOOK_SECRET references the vault secret notify-webhook-secret, the HMAC key the operator sets. Empty: no webhook.')
+param notifyWebhookUrl string = ''
+
 @description('Optional. Resource id of the subnet (delegated to Microsoft.App/environments) the app integrates with; all its outbound traffic then goes through the VNet. Empty: no VNet integration.')
 param virtualNetworkSubnetResourceId string = ''
 
@@ -193,6 +211,15 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     INF_APP_CONNECTION_AZURE_APP_CONFIGURATION_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-app-configuration-client-secret/)'
     INF_APP_CONNECTION_AZURE_CLIENT_SECRETS_CLIENT_ID: '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-client-secrets-client-id/)'
     INF_APP_CONNECTION_AZURE_CLIENT_SECRETS_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-client-secrets-client-secret/)'
+    // Credential health: the sweep's schedule, how often each connection is re-checked, how early expiry warns.
+    HEALTH_SWEEP_SCHEDULE: healthSweepSchedule
+    HEALTH_CHECK_INTERVAL_HOURS: string(healthCheckIntervalHours)
+    EXPIRY_WARNING_DAYS: string(expiryWarningDays)
+    // Each notification is a log record (AppTraces, Properties.notification == "true": app/alerts.bicep alerts on it)
+    // and, when the webhook is set, a POST signed (HMAC-SHA256) with a vault secret the operator sets, like the OAuth
+    // secrets. Without a webhook the secret setting stays empty: no reference that could never resolve.
+    NOTIFY_WEBHOOK_URL: notifyWebhookUrl
+    NOTIFY_WEBHOOK_SECRET: empty(notifyWebhookUrl) ? '' : '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/notify-webhook-secret/)'
     // Telemetry with Microsoft Entra ID authentication.
     APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
     APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identity.properties.clientId};Authorization=AAD'

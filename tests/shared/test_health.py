@@ -192,3 +192,12 @@ async def test_an_oauth_connection_is_kept_alive_by_its_check() -> None:
     assert checked.health.status == "healthy"
     assert checked.health.credential_expires_at == h.fakes.clock.now + timedelta(days=90)
     assert set(h.fakes.tokens.refresh_tokens) != used  # the refresh token was used, and rotated
+
+
+async def test_a_webhook_without_its_signing_key_is_not_sent_unsigned() -> None:
+    h = Harness(fakes=build_fakes({"NOTIFY_WEBHOOK_URL": "https://hooks.example/notify"}))
+    record = await _connection(h, days=365)
+    h.fakes.world.apps[record.client_id or ""].passwords.clear()
+    await _checker(h).check_now(APP, record.id)
+    assert h.fakes.webhook.received == []
+    assert [n.attempts for n in h.fakes.connections.outbox] == [1]  # kept, and retried once the key is set

@@ -1,0 +1,187 @@
+metadata description = 'Log search alert rules on the service\'s notification log records (a credential failed or expired, a credential expiring, a recovery), and the action group that emails them.'
+
+// Where the rules look: the service logs each notification (shared/notify.py, Notifier.emit) as one Python log record
+// with `extra` fields; azure-monitor-opentelemetry exports it to Application Insights as a trace whose custom
+// dimensions are those fields. Application Insights here is workspace-based (modules/monitoring.bicep), so the trace
+// lands in the workspace's AppTraces table with the custom dimensions in its Properties column (dynamic):
+//   Message    'notification <event> <app> <connectionId>'
+//   Properties notification = "true", event, app, connectionId, connectionName, status, detail
+// (in the component's classic view the same record is traces / customDimensions). The connection's name and the
+// status message cannot be dimensions called `name` and `message`: Python's logging refuses those `extra` keys (a
+// LogRecord has them) and OpenTelemetry's LoggingHandler drops them. The queries give them back those column names.
+// The filter on Properties.notification also leaves out any copy of the message the Functions host may log.
+
+@description('Required. Prefix of the alert rules\' names, e.g. app-connections-<environment>; it also appears in their display names.')
+param namePrefix string
+
+@description('Required. Name of the action group, deployed only when emailReceivers is not empty.')
+param actionGroupName string
+
+@description('Required. Resource id of the Log Analytics workspace of the workspace-based Application Insights (its AppTraces table).')
+param logAnalyticsWorkspaceResourceId string
+
+@description('Optional. Email addresses the alerts go to, one email receiver each. Empty: no action group; the rules still fire and show in Azure Monitor > Alerts.')
+param emailReceivers array = []
+
+@minLength(1)
+@maxLength(12)
+@description('Optional. Short name of the action group (at most 12 characters), shown as the sender of its notifications.')
+param actionGroupShortName string = 'AppConns'
+
+@description('Optional. Location of the alert rules (the workspace\'s region).')
+param location string = resourceGroup().location
+
+@description('Optional. Tags of the alert rules and the action group.')
+param tags object = {}
+
+// ================ //
+// The queries      //
+// ================ //
+
+// Every notification record, with its dimensions as columns (strings: alert dimensions must be string columns).
+var notificationTraces = 'AppTraces | where tostring(Properties.notification) == "true" | extend event = tostring(Properties.event)'
+var notificationColumns = 'project TimeGenerated, event, app = tostring(Properties.app), connectionId = tostring(Properties.connectionId), name = tostring(Properties.connectionName), status = tostring(Properties.status), message = tostring(Properties.detail)'
+
+// Reminders: while a connection stays expiring, expired or failing, the service logs `<event>-reminder` every 24
+// hours. They are separate events, so a rule that includes them fires again (one alert a day per connection):
+// - the failures rule includes them: the connection still does not work and someone has to act; and the daily alert
+//   is the safety net when the first one was missed (an email lost, ingestion later than the 15-minute window, the
+//   action group added afterwards). rotation-failed has no reminder: each failed attempt (retried with back-off)
+//   is a notification of its own.
+// - the expiring rule does not: the credential still works, and with EXPIRY_WARNING_DAYS = 30 its reminders would
+//   email every day for a month. The first alert (the webhook's reminders, if one is set) and then credential-expired
+//   suffice.
+// - recovered has no reminder.
+var failedQuery = '${notificationTraces} | where event in ("credential-expired", "credential-expired-reminder", "rotation-failed", "validation-failed", "validation-failed-reminder") | ${notificationColumns}'
+var expiringQuery = '${notificationTraces} | where event in ("credential-expiring") | ${notificationColumns}'
+var recoveredQuery = '${notificationTraces} | where event in ("recovered") | ${notificationColumns}'
+
+var rules = [
+  {
+    name: '${namePrefix}-credential-failed'
+    displayName: '${namePrefix}: a credential failed or expired'
+    description: 'An app connection\'s credential expired or failed validation (events credential-expired, validation-failed and their daily reminders): the connection does not work until someone acts. Or its rotation failed (rotation-failed): it still works with its current credential, which stays in use until a retry (with back-off) succeeds. See its health and rotation history in the API.'
+    severity: 1
+    query: failedQuery
+  }
+  {
+    name: '${namePrefix}-credential-expiring'
+    displayName: '${namePrefix}: a credential is expiring'
+    description: 'An app connection\'s credential expires within EXPIRY_WARNING_DAYS (event credential-expiring, once per connection; its daily reminders go to the webhook only). Rotate it, or enable automatic rotation.'
+    severity: 2
+    query: expiringQuery
+  }
+  {
+    name: '${namePrefix}-credential-recovered'
+    displayName: '${namePrefix}: a credential works again'
+    description: 'An app connection that was reported failing, expiring or expired works again (event recovered). For information: its earlier alert needs no more action.'
+    // Sev4 (Verbose), the lowest: nothing to do.
+    severity: 4
+    query: recoveredQuery
+  }
+]
+
+// ================ //
+// Resources        //
+// ================ //
+
+resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = if (!empty(emailReceivers)) {
+  name: actionGroupName
+  location: 'global'
+  tags: tags
+  properties: {
+    groupShortName: actionGroupShortName
+    enabled: true
+    emailReceivers: [
+      for (address, index) in emailReceivers: {
+        name: 'email-${index}'
+        emailAddress: address
+        useCommonAlertSchema: true
+      }
+    ]
+  }
+}
+
+resource alertRules 'Microsoft.Insights/scheduledQueryRules@2022-06-15' = [
+  for rule in rules: {
+    name: rule.name
+    location: location
+    tags: tags
+    kind: 'LogAlert'
+    properties: {
+      displayName: rule.displayName
+      description: rule.description
+      severity: rule.severity
+      enabled: true
+      scopes: [
+        logAnalyticsWorkspaceResourceId
+      ]
+      // Every 15 minutes over the last 15: each record is counted by one evaluation.
+      evaluationFrequency: 'PT15M'
+      windowSize: 'PT15M'
+      criteria: {
+        allOf: [
+          {
+            query: rule.query
+            timeAggregation: 'Count'
+            operator: 'GreaterThan'
+            threshold: 0
+            // One alert per connection (and event): two connections failing in one window are two alerts.
+            dimensions: [
+              {
+                name: 'app'
+                operator: 'Include'
+                values: [
+                  '*'
+                ]
+              }
+              {
+                name: 'connectionId'
+                operator: 'Include'
+                values: [
+                  '*'
+                ]
+              }
+              {
+                name: 'name'
+                operator: 'Include'
+                values: [
+                  '*'
+                ]
+              }
+              {
+                name: 'event'
+                operator: 'Include'
+                values: [
+                  '*'
+                ]
+              }
+            ]
+            failingPeriods: {
+              numberOfEvaluationPeriods: 1
+              minFailingPeriodsToAlert: 1
+            }
+          }
+        ]
+      }
+      // Stateless: each notification is an event, not a condition that holds. A stateful rule would send a
+      // "Resolved" email 15 minutes later, when the window holds no new record, while the credential is still
+      // expired; the recovery is its own event and rule. Stateless rules fire for each window with records.
+      autoMitigate: false
+      // The workspace of a new deployment has no AppTraces rows until the app logs: validating the query then can
+      // fail the deployment. tests/infra checks the query's shape instead.
+      skipQueryValidation: true
+      actions: {
+        actionGroups: empty(emailReceivers) ? [] : [
+          actionGroup.id
+        ]
+      }
+    }
+  }
+]
+
+@description('The resource id of the action group, or empty when there are no email receivers.')
+output actionGroupResourceId string = empty(emailReceivers) ? '' : actionGroup.id
+
+@description('The names of the alert rules.')
+output alertRuleNames array = [for rule in rules: rule.name]
