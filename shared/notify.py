@@ -61,9 +61,18 @@ def health_notice(record: ConnectionRecord, health: HealthState, now: datetime) 
     return None, health
 
 
-def rotation_failed(record: ConnectionRecord, message: str, now: datetime) -> Notification:
-    return Notification(ROTATION_FAILED, record.app, record.id, record.name, record.rotation.status or "failed",
-                        message, now)
+def rotation_failed(record: ConnectionRecord, message: str, now: datetime,
+                    next_attempt_in: timedelta) -> Notification | None:
+    """The notification of a failed rotation attempt: the first failure in a row, then a reminder whenever the
+    back-off has reached a day (so about daily while it lasts), not one per attempt."""
+    failures = record.rotation.failures
+    if failures == 1:
+        event = ROTATION_FAILED
+    elif next_attempt_in >= REMINDER_EVERY:
+        event = f"{ROTATION_FAILED}-reminder"
+    else:
+        return None
+    return Notification(event, record.app, record.id, record.name, record.rotation.status or "failed", message, now)
 
 
 def _notice(record: ConnectionRecord, event: str, health: HealthState, now: datetime) -> Notification:

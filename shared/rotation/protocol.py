@@ -470,8 +470,8 @@ class Rotator:
         log.warning("Rotation of %s connection %s failed (attempt %d): %s", current.app, current.id, failures,
                     message)
         try:
-            notice = rotation_failed(current.evolve(rotation=new), message, now)
-            return Attempt(await self._reschedule(current, state, new, [notice]), error)
+            notice = rotation_failed(current.evolve(rotation=new), message, now, backoff(failures))
+            return Attempt(await self._reschedule(current, state, new, [notice] if notice else []), error)
         except LeaseLost:
             return Attempt(current, error)
 

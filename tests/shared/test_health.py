@@ -144,15 +144,25 @@ async def _crash() -> int:
     raise SystemExit("the worker died")
 
 
-async def test_a_failed_rotation_is_notified() -> None:
+async def test_a_failed_rotation_is_notified_once_then_daily_while_it_keeps_failing() -> None:
     h = _harness()
     record = await h.create()
     await h.due()
-    h.fakes.world.fail_next("graph.add", times=50)
+    h.fakes.world.fail_next("graph.add", times=500)
     await h.sweep()
     await Notifier(h.fakes.adapters).deliver()
     assert _events(h) == ["rotation-failed"]
     assert json.loads(h.fakes.webhook.received[0][1])["connectionId"] == record.id
+    for _ in range(12):  # back-off: 10 min, 20 min, ... then a day
+        failing = await h.record(record.id)
+        assert failing is not None
+        h.fakes.clock.now = (failing.rotation.next_at or h.fakes.clock.now) + timedelta(minutes=1)
+        await h.sweep()
+    await Notifier(h.fakes.adapters).deliver()
+    events = _events(h)
+    assert events[0] == "rotation-failed"
+    assert set(events[1:]) == {"rotation-failed-reminder"}
+    assert 1 <= len(events[1:]) <= 4, events
 
 
 async def test_an_unreachable_entra_changes_nothing_and_checks_again_sooner() -> None:
