@@ -179,6 +179,9 @@ def test_a_walk_through_every_route_answers_as_documented(api, admin, secrets_us
     assert check("post", f"{item}/rotate", api.post(f"{base}/{app}/{cid}/rotate")).status_code == 200
     history = check("get", f"{item}/rotations", api.get(f"{base}/{app}/{cid}/rotations"))
     assert history.status_code == 200 and history.json()["rotations"]
+    checked = check("post", f"{item}/health", api.post(f"{base}/{app}/{cid}/health"))
+    assert checked.status_code == 200 and checked.json()["appConnection"]["health"]["status"] == "healthy"
+    assert check("get", f"{base}/health", api.get(f"{base}/health")).status_code == 200
     clients = check("get", f"{base}/azure-client-secrets/{{connectionId}}/clients",
                     api.get(f"{base}/azure-client-secrets/{cid}/clients"))
     assert clients.status_code == 200, clients.text
