@@ -19,9 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared import wiring  # noqa: E402
-from shared.health import HealthChecker  # noqa: E402
-from tests.fakes import TENANT, build_fakes  # noqa: E402
+from shared import wiring
+from shared.health import HealthChecker
+from tests.fakes import TENANT, build_fakes
 
 APP = "azure-key-vault"
 
@@ -30,18 +30,16 @@ async def run(connections: int, due: int) -> None:
     fakes = build_fakes()
     built = wiring.services(fakes.adapters)
     world = fakes.world
-    created = 0
     started = time.perf_counter()
     for index in range(connections):
         app = world.application()  # one application each: the fake Entra looks a secret up in its application
         password = world.add(app.client_id, f"s{index}", end=fakes.clock.now + timedelta(days=400))
         await built.connections.create(APP, {"name": f"c{index}", "method": "client-secret", "credentials": {
             "tenantId": TENANT, "clientId": app.client_id, "clientSecret": password.secret}})
-        created += 1
         if index == due - 1:  # the first ``due`` fall due first; the rest an hour later
             fakes.clock.advance(timedelta(hours=1))
-        if created % 5000 == 0:
-            print(f"created {created} of {connections} connections ({time.perf_counter() - started:.0f} s)",
+        if (index + 1) % 5000 == 0:
+            print(f"created {index + 1} of {connections} connections ({time.perf_counter() - started:.0f} s)",
                   file=sys.stderr)
     fakes.clock.advance(timedelta(hours=23, minutes=1))  # the first ``due`` are due, the others not yet
     world.calls.clear()
