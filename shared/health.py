@@ -40,7 +40,7 @@ from shared.records import (
     ConnectionRecord,
     HealthState,
 )
-from shared.rotation.pacing import AimdLimiter, GraphPacing
+from shared.rotation.pacing import paced_fan_out
 
 log = logging.getLogger(__name__)
 
@@ -166,24 +166,14 @@ class HealthChecker:
         started = monotonic()
         entries = await self.adapters.health_index.due(self.adapters.clock(), limit=limit)
         report = HealthReport(due=len(entries))
-        limiter = AimdLimiter(max_concurrency, clock=loop.time)
-        pacing = GraphPacing(limiter, clock=loop.time)
 
-        async def one(entry: DueEntry) -> None:
-            mark = await limiter.acquire()
-            try:
-                if monotonic() - started > budget_seconds:
-                    report.left_for_next_sweep += 1
-                    return
-                await self._check_entry(entry, report)
-                done = report.checked + report.stale
-                if done % 100 == 0:
-                    log.info("Health sweep: %d of %d handled", done, report.due)
-            finally:
-                await limiter.release(mark)
+        async def handle(entry: DueEntry) -> None:
+            await self._check_entry(entry, report)
 
-        with self.adapters.directory.paced(pacing.on_request, pacing.on_response):
-            await asyncio.gather(*(one(entry) for entry in entries))
+        fan = await paced_fan_out(entries, handle, paced=self.adapters.directory.paced,
+                                  max_concurrency=max_concurrency, budget_seconds=budget_seconds,
+                                  monotonic=monotonic, what="Health sweep", progress_every=100)
+        report.left_for_next_sweep = fan.left
         report.delivered = await self._deliver()
         log.info("Health sweep done in %.1f s: %d checked %s, %d stale, %d left for the next sweep",
                  monotonic() - started, report.checked, report.statuses, report.stale, report.left_for_next_sweep)

@@ -9,10 +9,16 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from shared import telemetry
+
+T = TypeVar("T")
+Hook = Callable[[Any], Awaitable[None]]
+Paced = Callable[[Hook, Hook], AbstractContextManager[None]]
 
 log = logging.getLogger(__name__)
 
@@ -225,3 +231,47 @@ class GraphPacing:
 
     def paced(self) -> dict[str, float]:
         return {kind: pacer.rate for kind, pacer in self.pacers.items() if pacer.rate is not None}
+
+
+@dataclass
+class FanOut:
+    """How a paced fan-out went: items handled, items left for the next run (the budget ran out), and what the
+    throttling did (Graph 429s seen, the concurrency's low point, the pace each pacer ended at)."""
+
+    handled: int = 0
+    left: int = 0
+    throttled: int = 0
+    lowest_concurrency: int = 0
+    paced: dict[str, float] = field(default_factory=dict)
+
+
+async def paced_fan_out(items: Sequence[T], handle: Callable[[T], Awaitable[None]], *, paced: Paced,
+                        max_concurrency: int, budget_seconds: float, monotonic: Callable[[], float],
+                        what: str, progress_every: int = 25) -> FanOut:
+    """Run ``handle`` on every item with at most ``max_concurrency`` at once (fewer while Graph throttles), every
+    Graph request paced (``paced``: the directory's hooks), and none started once ``budget_seconds`` have passed:
+    the one way both sweeps (rotation, health) work through what is due."""
+    loop = asyncio.get_running_loop()
+    started = monotonic()
+    limiter = AimdLimiter(max_concurrency, clock=loop.time)
+    pacing = GraphPacing(limiter, clock=loop.time)
+    outcome = FanOut()
+
+    async def one(item: T) -> None:
+        mark = await limiter.acquire()
+        try:
+            if monotonic() - started > budget_seconds:
+                outcome.left += 1
+                return
+            await handle(item)
+            outcome.handled += 1
+            if outcome.handled % progress_every == 0:
+                log.info("%s: %d of %d handled", what, outcome.handled, len(items))
+        finally:
+            await limiter.release(mark)
+
+    if items:
+        with paced(pacing.on_request, pacing.on_response):
+            await asyncio.gather(*(one(item) for item in items))
+    outcome.throttled, outcome.lowest_concurrency, outcome.paced = limiter.throttles, limiter.lowest, pacing.paced()
+    return outcome

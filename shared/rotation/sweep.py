@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC
 
 from shared import telemetry
 from shared.errors import LeaseLost, NotFound
 from shared.ports import DueEntry
-from shared.rotation.pacing import AimdLimiter, GraphPacing
+from shared.rotation.pacing import paced_fan_out
 from shared.rotation.protocol import Rotator
 
 log = logging.getLogger(__name__)
@@ -54,26 +53,15 @@ async def sweep(
     report = SweepReport(due=len(entries))
     telemetry.record_sweep_start(len(entries))
     log.info("Rotation sweep: %d due at %s", len(entries), now.astimezone(UTC).isoformat())
-    limiter = AimdLimiter(max_concurrency, clock=loop.time)
-    pacing = GraphPacing(limiter, clock=loop.time)
 
-    async def one(entry: DueEntry) -> None:
-        mark = await limiter.acquire()
-        try:
-            if monotonic() - started > budget_seconds:
-                report.left_for_next_sweep += 1
-                return
-            await _rotate_entry(rotator, entry, report)
-            done = report.succeeded + report.failed + report.skipped + report.stale
-            if done % 25 == 0:
-                log.info("Rotation sweep: %d of %d handled", done, report.due)
-        finally:
-            await limiter.release(mark)
+    async def handle(entry: DueEntry) -> None:
+        await _rotate_entry(rotator, entry, report)
 
-    with rotator.adapters.directory.paced(pacing.on_request, pacing.on_response) if entries else nullcontext():
-        await asyncio.gather(*(one(entry) for entry in entries))
-    report.throttled, report.lowest_concurrency = limiter.throttles, limiter.lowest
-    report.paced = pacing.paced()
+    fan = await paced_fan_out(entries, handle, paced=rotator.adapters.directory.paced,
+                              max_concurrency=max_concurrency, budget_seconds=budget_seconds, monotonic=monotonic,
+                              what="Rotation sweep")
+    report.left_for_next_sweep = fan.left
+    report.throttled, report.lowest_concurrency, report.paced = fan.throttled, fan.lowest_concurrency, fan.paced
     log.info(
         "Rotation sweep done in %.1f s: %d succeeded, %d failed, %d skipped, %d stale, %d left for the next sweep",
         monotonic() - started, report.succeeded, report.failed, report.skipped, report.stale,
