@@ -25,6 +25,7 @@ from shared.ports import AuditStore, Clock
 from shared.records import Actor, AuditRecord
 
 log = logging.getLogger("app_connections.audit")
+log.setLevel(logging.INFO)  # every record reaches the exporter, whatever the root logger's level
 
 MAX_DETAIL = 500
 DEFAULT_PAGE = 100
