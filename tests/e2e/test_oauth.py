@@ -332,6 +332,8 @@ def test_refreshing_rotates_the_refresh_token_and_stores_the_newest(api, admin, 
     with TableServiceClient.from_connection_string(local_env.azurite.connection_string) as service:
         entity = service.get_table_client(local_env.table_prefix + "Connections").get_entity(app, connection["id"])
     assert entity["SecretVersion"] == secret["versions"][-1]["version"]
+    # Only the newest refresh token's version is enabled: the superseded ones are disabled.
+    assert [v["enabled"] for v in secret["versions"]] == [False, False, True]
     # The oldest refresh token no longer works at Entra.
     client = local_env.oauth_clients[PREFIXES[app]]
     trust = ssl.create_default_context(cafile=str(local_env.standin.ca_path))
@@ -367,7 +369,8 @@ def test_a_revoked_refresh_token_needs_reauthorization_which_restores_the_connec
     assert restored["status"] == "active" and restored["statusMessage"] is None
     assert restored["credentials"] == {"tenantId": tenant}  # the connection's tenant is signed in to again
     assert restored["version"] == connection["version"] + 1
-    assert len(admin.vault_secrets()[f"appconn-{connection['id']}"]["versions"]) == 2
+    versions = admin.vault_secrets()[f"appconn-{connection['id']}"]["versions"]
+    assert [v["enabled"] for v in versions] == [False, True]  # the superseded refresh token is disabled
     assert api.post(f"{BASE}/{app}/{connection['id']}/validate").json()["appConnection"]["status"] == "active"
     # Re-authorizing can rename, with the same uniqueness rule as creating.
     renamed = dance(browser, host_url, app, connectionId=connection["id"], name=name + "-b")
