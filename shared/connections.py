@@ -63,7 +63,7 @@ from shared.records import (
     RotationState,
 )
 from shared.rotation.config import RotationConfig, parse_rotation, require_rotatable, resolve_key_id
-from shared.rotation.protocol import Attempt, Rotator, backoff, schedule_of, secret_tags
+from shared.rotation.protocol import Attempt, Rotator, reindex, retire_waiting, schedule_of, secret_tags
 from shared.rotation.state import state_response
 from shared.store.vault import secret_name_for
 
@@ -226,18 +226,8 @@ class ConnectionService:
         await self.ensure_name_free(app.id, request.name)
         valid = await self._validated(app, method, request.credentials)
         credentials = valid.credentials
-        key_id = credentials.clientSecretKeyId if isinstance(credentials, ClientSecretCredentialsIn) else None
-        expires_on = valid.expires_on
-        if isinstance(credentials, ClientSecretCredentialsIn) and (request.isAutoRotationEnabled or key_id):
-            try:
-                password = await self._key_id(credentials.tenantId, credentials.clientId, credentials.clientSecret,
-                                              key_id)
-            except UpstreamForbidden:
-                if request.isAutoRotationEnabled:
-                    raise
-                password = None  # it may not read its application: the Key ID is kept, its expiry is not known
-            if password is not None:
-                key_id, expires_on = password.key_id, password.end_date_time
+        key_id, expires_on = await self._given_secret(valid, rotating=request.isAutoRotationEnabled,
+                                                      may_be_unreadable=not request.isAutoRotationEnabled)
         state = configured(RotationState(key_id=key_id), config, request.isAutoRotationEnabled)
         record = self.new_record(app, method, request.name, request.description, credentials.tenantId,
                                  credentials.clientId, state)
@@ -250,6 +240,27 @@ class ConnectionService:
         if request.isAutoRotationEnabled:
             record = await self._rotate_after_change(record, "enable")
         return record
+
+    async def _given_secret(self, valid: Validated, *, rotating: bool,
+                            may_be_unreadable: bool) -> tuple[str | None, datetime | None]:
+        """The Key ID and expiry of the credentials given: for a client secret that will be rotated or whose Key ID
+        was given, its password on the application (checked to be that very secret); else what the credentials
+        say of themselves (a certificate's notAfter). ``may_be_unreadable``: an application that may not read
+        itself keeps the given Key ID, with no expiry known."""
+        credentials = valid.credentials
+        if not isinstance(credentials, ClientSecretCredentialsIn):
+            return None, valid.expires_on
+        key_id = credentials.clientSecretKeyId
+        if not (rotating or key_id):
+            return key_id, valid.expires_on
+        try:
+            password = await self._key_id(credentials.tenantId, credentials.clientId, credentials.clientSecret,
+                                          key_id)
+        except UpstreamForbidden:
+            if not may_be_unreadable:
+                raise
+            return key_id, valid.expires_on
+        return password.key_id, password.end_date_time
 
     async def _key_id(self, tenant_id: str, client_id: str, secret: str, given: str | None) -> PasswordCredential:
         """The application's password that ``secret`` is (its Key ID, and its end date for the vault version)."""
@@ -330,12 +341,7 @@ class ConnectionService:
                 new_state = configured(state, config, new_state.enabled) if rotation_change else state
             valid = await self._validated(app, method, request.credentials)
             credentials = valid.credentials
-            key_id = credentials.clientSecretKeyId if isinstance(credentials, ClientSecretCredentialsIn) else None
-            expires_on = valid.expires_on
-            if isinstance(credentials, ClientSecretCredentialsIn) and (new_state.enabled or key_id is not None):
-                password = await self._key_id(credentials.tenantId, credentials.clientId, credentials.clientSecret,
-                                              key_id)
-                key_id, expires_on = password.key_id, password.end_date_time
+            key_id, expires_on = await self._given_secret(valid, rotating=new_state.enabled, may_be_unreadable=False)
             if new_state.enabled and method in app.rotation_methods:
                 trigger = trigger or "credential-change"
             new_state = new_state.evolve(key_id=key_id)
@@ -409,14 +415,8 @@ class ConnectionService:
                 ) from None
             log.warning("Connection %s: retiring the previous application's secrets failed: %s", record.id,
                         error.detail)
-            now = self.now()
             state = record.rotation
-            failures = state.failures + 1
-            waiting = state.evolve(
-                failures=failures, next_at=min(filter(None, [state.next_at, now + backoff(failures)])),
-                message=("The client secrets the service created on the previous application could not be removed "
-                         f"yet ({error.detail}); they are retried."),
-            )
+            waiting = retire_waiting(state, error, self.now(), keep_earlier=True)
             try:
                 saved = await self.store.update(record.evolve(rotation=waiting))
             except ConcurrentChange:
@@ -428,16 +428,16 @@ class ConnectionService:
         state = record.rotation
         if state.schedule_key == before.schedule_key and state.next_at == before.next_at:
             return record
-        schedule = self.adapters.schedule
-        key = await schedule.put(state.next_at, record.app, record.id) if state.next_at else None
-        if key != state.schedule_key:
+
+        async def point(key: str | None) -> ConnectionRecord:
+            if key == state.schedule_key:
+                return record
             try:
-                record = await self.store.update(record.evolve(rotation=state.evolve(schedule_key=key)))
+                return await self.store.update(record.evolve(rotation=state.evolve(schedule_key=key)))
             except ConcurrentChange:
-                record = await self.store.get(record.app, record.id)  # its writer indexes it
-        if before.schedule_key and before.schedule_key != key:
-            await schedule.remove(before.schedule_key)
-        return record
+                return await self.store.get(record.app, record.id)  # its writer indexes it
+
+        return await reindex(self.adapters.schedule, before.schedule_key, state.next_at, record, point)
 
     # -- rotation --------------------------------------------------------------------------------------------
     async def _rotate_after_change(self, record: ConnectionRecord, trigger: str) -> ConnectionRecord:

@@ -137,6 +137,7 @@ async def run_sweep() -> SweepReport:
 
 async def run_health_sweep() -> HealthReport:
     """One health sweep as the timer runs it (it delivers the notifications it queues)."""
-    settings = health_checker().adapters.settings
-    return await health_checker().sweep(max_concurrency=settings.rotation_max_concurrency,
-                                        budget_seconds=settings.rotation_sweep_budget_seconds)
+    checker = health_checker()
+    settings = checker.adapters.settings
+    return await checker.sweep(max_concurrency=settings.rotation_max_concurrency,
+                               budget_seconds=settings.rotation_sweep_budget_seconds)

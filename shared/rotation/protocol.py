@@ -42,7 +42,7 @@ from shared.errors import (
     UpstreamError,
 )
 from shared.notify import rotation_failed
-from shared.ports import Adapters, AppRegistration, GraphSession
+from shared.ports import Adapters, AppRegistration, GraphSession, ScheduleStore
 from shared.records import (
     BEGUN,
     CREATED,
@@ -426,13 +426,10 @@ class Rotator:
 
     async def _reschedule(self, record: ConnectionRecord, old: RotationState, new: RotationState,
                           notify: Sequence[Notification] = ()) -> ConnectionRecord:
-        """Index the new due time first, then point the connection at it, then drop the old index entry."""
-        schedule = self.adapters.schedule
-        key = await schedule.put(new.next_at, record.app, record.id) if new.next_at else None
-        record = await self._save(record, new.evolve(schedule_key=key), notify)
-        if old.schedule_key and old.schedule_key != key:
-            await schedule.remove(old.schedule_key)
-        return record
+        async def point(key: str | None) -> ConnectionRecord:
+            return await self._save(record, new.evolve(schedule_key=key), notify)
+
+        return await reindex(self.adapters.schedule, old.schedule_key, new.next_at, record, point)
 
     async def _failed(self, record: ConnectionRecord, run: _Run, error: ServiceError) -> Attempt:
         """Record the failure, clean up what this rotation created unless the new secret is already in use, and
@@ -516,11 +513,8 @@ class Rotator:
         try:
             done = await self.retire(claimed)
         except ServiceError as error:
-            failures = state.failures + 1
-            waiting = claimed.rotation.evolve(
-                lease_owner=None, lease_until=None, failures=failures, next_at=now + backoff(failures),
-                message=("The client secrets the service created on the previous application could not be removed "
-                         f"yet ({error.detail}); they are retried."))
+            waiting = retire_waiting(claimed.rotation, error, now, keep_earlier=False).evolve(
+                lease_owner=None, lease_until=None)
             return await self._reschedule(claimed, claimed.rotation, waiting)
         schedule = schedule_of(done.rotation)
         finished = done.rotation.evolve(lease_owner=None, lease_until=None, failures=0, message=None,
@@ -562,6 +556,29 @@ class Rotator:
                                                   connection_marker(record.id), last=state.key_id,
                                                   audit=self._removal(record))
         return removed
+
+
+async def reindex(index: ScheduleStore, old_key: str | None, due: datetime | None, record: ConnectionRecord,
+                  point: Callable[[str | None], Awaitable[ConnectionRecord]]) -> ConnectionRecord:
+    """Move a connection's entry in a due-time index: index the new due time first (none when ``due`` is None),
+    then point the connection at it (``point``), then drop the old entry. A crash in between leaves at most a
+    stale entry, which the sweep that reads it drops."""
+    key = await index.put(due, record.app, record.id) if due else None
+    pointed = await point(key)
+    if old_key and old_key != key:
+        await index.remove(old_key)
+    return pointed
+
+
+def retire_waiting(state: RotationState, error: ServiceError, now: datetime, *, keep_earlier: bool) -> RotationState:
+    """The state of a retirement that failed: one more failure, retried after the back-off (or at the due time
+    already set, when ``keep_earlier`` and it comes first), and a message that says so."""
+    failures = state.failures + 1
+    retry = now + backoff(failures)
+    return state.evolve(
+        failures=failures, next_at=min(retry, state.next_at) if keep_earlier and state.next_at else retry,
+        message=("The client secrets the service created on the previous application could not be removed "
+                 f"yet ({error.detail}); they are retried."))
 
 
 RemovalAudit = Callable[[str, str, str], Awaitable[None]]  # (object id, key id, "started" | "succeeded")
