@@ -334,10 +334,10 @@ class Rotator:
         await self.checkpoint("before-add-password", record)
         graph = await self._graph(record, record.secret_version, run)
         registration = await graph.find(record.client_id or "")
-        # A password of this rotation left by an attempt that stopped before recording it goes first (read again
-        # only then: the usual attempt reads the application once).
-        if any((p.display_name or "").startswith(name) for p in registration.passwords):
-            await remove_passwords(graph, record.client_id or "", set(), name, audit=self._removal(record))
+        # A password of this rotation left by an attempt that stopped before recording it goes first (from the
+        # application as just read: an attempt reads it once).
+        await remove_passwords(graph, record.client_id or "", set(), name, audit=self._removal(record),
+                               registration=registration)
         if state.attempt > 1:  # an earlier attempt may have written a pending version before it stopped
             await self.adapters.vault.disable_tagged(record.secret_name, "rotationId", state.rotation_id)
         end = self.now() + timedelta(days=2 * (state.interval_days or 30) + GRACE_DAYS)
