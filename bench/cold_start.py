@@ -7,7 +7,7 @@
    against the stand-in (the API access token checked, a token, Key Vault, Table Storage); the median over
    ``--requests`` processes.
 
-    .venv/bin/python bench/cold_start.py [--runs 9] [--requests 5]
+    .venv/bin/python -m bench.cold_start [--runs 9] [--requests 5]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-import common
+from bench import common
 
 log = logging.getLogger("bench.cold_start")
 

@@ -6,7 +6,7 @@ validations (a token each) with a manual rotation every tenth (Graph, Key Vault,
 the TLS connections its clients open (``admin.connections_opened()``). Pooled clients keep that count bounded
 by the pool sizes, not by the number of requests.
 
-    .venv/bin/python bench/connections.py [--requests 100]
+    .venv/bin/python -m bench.connections [--requests 100]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import sys
 import time
 
-import common
+from bench import common
 
 log = logging.getLogger("bench.connections")
 BASE = "/api/v1/app-connections"

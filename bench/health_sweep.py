@@ -5,7 +5,7 @@ sweep without the due-time index would need (reading every connection to find th
 It measures what the domain asks of its stores (reads and writes per checked connection, CPU per check), not
 Table Storage's latency; ``sweep_scale.py`` measures the index's range query against Azurite.
 
-    .venv/bin/python bench/health_sweep.py --connections 20000 --due 200
+    .venv/bin/python -m bench.health_sweep --connections 20000 --due 200
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ benchmark's parent: it serves the stand-in and does nothing else) and Azurite, w
 cores, and what every other process of the machine used meanwhile (other work slows a sweep down); the worker's
 peak RSS. Goals: efficiency >= 0.7 at 32, RSS < 250 MiB.
 
-    .venv/bin/python bench/sweep.py --rotations 500 --latency-ms 50 --concurrency 1,8,32
+    .venv/bin/python -m bench.sweep --rotations 500 --latency-ms 50 --concurrency 1,8,32
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import common
+from bench import common
 
 log = logging.getLogger("bench.sweep")
 APP = "azure-key-vault"

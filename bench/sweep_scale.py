@@ -17,7 +17,7 @@ How the entries not due get into the schedule table (``--setup``):
 
 Goal: the sweep's reads (GET requests, entities read) <= 2 x due + a constant, whatever the index size.
 
-    .venv/bin/python bench/sweep_scale.py --connections 100000 --due 10
+    .venv/bin/python -m bench.sweep_scale --connections 100000 --due 10
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import common
+from bench import common
 
 log = logging.getLogger("bench.sweep_scale")
 APP = "azure-key-vault"

@@ -9,7 +9,7 @@ answer. Figures: Graph writes accepted per second against the allowed rate; the 
 throttled (the issue's measure) and of Graph writes.
 Goals: >= 80 % of the allowed rate, < 5 % of Graph calls throttled.
 
-    .venv/bin/python bench/throttle.py --rotations 1000 --limit 300 --window-s 10 --concurrency 32
+    .venv/bin/python -m bench.throttle --rotations 1000 --limit 300 --window-s 10 --concurrency 32
 
 A rate the worker cannot reach by itself (see the ``unthrottled`` row) does not test the pacing: lower
 ``--limit`` until the unthrottled rate is well above it. The unthrottled sweep runs second, over the same
@@ -27,8 +27,8 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
-import common
-from sweep import create_connections
+from bench import common
+from bench.sweep import create_connections
 
 log = logging.getLogger("bench.throttle")
 WRITES = r"^/v1\.0/applications/[^/]+/(addPassword|removePassword)$"

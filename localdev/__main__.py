@@ -6,28 +6,42 @@
               function app
 - ``token``   print an access token for the API of the running ``up``:
               ``python -m localdev token --role AppConnections.Admin [--role ...] [--user] [--app APP]``
+- ``demo-connection``  add a new secret to ``up``'s demo app, write a create body with it, print its path
+- ``json PATH``  print one field of the JSON on stdin (``appConnection.id``), so no ``jq`` is needed
+
+``up --persist`` keeps Azurite's tables and the stand-in's directory and vault in ``.localdev/`` across restarts.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from localdev.environment import LocalEnvironment
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _up(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m localdev up", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m localdev up", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=7071, help="port of the function host (default 7071)")
-    parser.add_argument("--state-dir", type=Path, default=ROOT / ".localdev", help="where the local CA is kept")
+    parser.add_argument("--state-dir", type=Path, default=ROOT / ".localdev",
+                        help="where the local CA, the access files and (with --persist) the data are kept")
+    parser.add_argument("--persist", action="store_true",
+                        help="keep the data across restarts: Azurite's tables in STATE_DIR/azurite, the stand-in's "
+                             "directory and vault in STATE_DIR/standin-state.json (default: in memory)")
     args = parser.parse_args(argv)
 
+    from localdev.demo import ensure_demo_app, write_demo_body
     from localdev.environment import LocalEnvironment
     from localdev.host import serve
 
@@ -37,76 +51,74 @@ def _up(argv: Sequence[str]) -> int:
 
     site_url = os.environ.get("SITE_URL") or f"http://localhost:{args.port}"
     # uvicorn re-raises the signal that stopped it once it has shut down; turning SIGTERM into SystemExit
-    # lets the environment below stop Azurite and the stand-in instead of leaving them running.
+    # lets the environment below stop Azurite and the stand-in instead of leaving them running (Ctrl+C's
+    # KeyboardInterrupt does the same, and main() turns it into exit code 130 without a traceback).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    with LocalEnvironment(args.state_dir, site_url=site_url, with_api=True) as env:
+    state_dir: Path = args.state_dir
+    with LocalEnvironment(state_dir, site_url=site_url, with_api=True, persist=args.persist) as env:
         assert env.standin is not None
         assert env.azurite is not None
         assert env.api is not None
         env.apply()  # with AUTH_TENANT_ID and AUTH_AUDIENCE: every route wants a token for the API
         os.environ.setdefault("SITE_URL", f"http://localhost:{args.port}")
         admin = env.standin.admin
-        tenant = admin.add_tenant()
-        demo = admin.add_app(tenant, display_name="demo-app")
-        secret = admin.add_secret(tenant, demo["appId"], display_name="demo secret")
-        body_file = args.state_dir / "demo-connection.json"
-        body_file.write_text(
-            json.dumps(
-                {
-                    "name": "demo-key-vault",
-                    "method": "client-secret",
-                    "credentials": {
-                        "tenantId": tenant,
-                        "clientId": demo["appId"],
-                        "clientSecret": secret["secretText"],
-                    },
-                },
-                indent=2,
-            )
-        )
-        body_file.chmod(0o600)
-        base = f"http://localhost:{args.port}"
-        api = env.api
-        token_command = "python -m localdev token"
-        if args.state_dir.resolve() != (ROOT / ".localdev").resolve():
-            token_command += f" --state-dir {args.state_dir}"
-        bearer = '-H "Authorization: Bearer $TOKEN"'
-        print(
-            "\n".join(
-                [
-                    "",
-                    f"Azurite (Table Storage): {env.azurite.endpoint}",
-                    f"Entra ID / Graph / Key Vault stand-in: {env.standin.url} (CA: {env.standin.ca_path})",
-                    f"Demo tenant: {tenant}",
-                    f"Demo app (client id): {demo['appId']}",
-                    f"Its secret is in {body_file} (not printed).",
-                    "",
-                    f"The service's API: AUTH_TENANT_ID={api.tenant_id} AUTH_AUDIENCE={api.api_app_id} "
-                    f"({api.identifier_uri})",
-                    f"Demo administrator: {api.user_principal_name}; demo daemon (client id): "
-                    f"{api.daemon_client_id}; both hold AppConnections.Admin ({env.api_access_path}, 0600).",
-                    "Every request needs an access token for the API; get one (a daemon's; --user for the",
-                    "administrator's, --role for other roles, --app azure-key-vault to limit them to one app):",
-                    f"  TOKEN=$({token_command} --role AppConnections.Admin)",
-                    "",
-                    "Create a connection:",
-                    f"  curl -s -X POST {base}/api/v1/app-connections/azure-key-vault {bearer} \\",
-                    f"       -H 'content-type: application/json' --data @{body_file}",
-                    "List connections:",
-                    f"  curl -s {bearer} {base}/api/v1/app-connections/azure-key-vault",
-                    "Create an OAuth connection (the stand-in consents as a test user; open the URL in a browser",
-                    f"that trusts {env.standin.ca_path}, or follow it with curl --cacert):",
-                    f"  curl -s {bearer} -H 'Accept: application/json' '{base}/api/v1/app-connections/"
-                    "azure-key-vault/oauth/authorize?name=demo-oauth'",
-                    "",
-                ]
-            ),
-            flush=True,
-        )
+        demo = ensure_demo_app(admin, env.standin.url, str(env.standin.ca_path), state_dir)
+        body_file = write_demo_body(admin, demo, state_dir, "demo-key-vault")
+        for line in _instructions(env, demo.tenant_id, demo.client_id, body_file, args.port, state_dir,
+                                  args.persist):
+            print(line)
+        sys.stdout.flush()
         from shared.azure.clients import close_clients
 
         serve(port=args.port, app_dir=ROOT, on_shutdown=[close_clients])
     return 0
+
+
+def _instructions(env: LocalEnvironment, tenant: str, client_id: str, body_file: Path, port: int,
+                  state_dir: Path, persist: bool) -> list[str]:
+    """What ``up`` prints: where everything is and commands that work as printed, before and after a rotation
+    (each create asks ``demo-connection`` for a new secret of the demo app), with no tool beyond curl."""
+    assert env.standin is not None
+    assert env.azurite is not None
+    assert env.api is not None
+    python = sys.executable
+    with contextlib.suppress(ValueError):
+        python = str(Path(sys.executable).relative_to(ROOT))  # .venv/bin/python, run from the project folder
+    helper = f"{python} -m localdev"
+    options = "" if state_dir.resolve() == (ROOT / ".localdev").resolve() else f" --state-dir {state_dir}"
+    base = f"http://localhost:{port}/api/v1/app-connections/azure-key-vault"
+    bearer = '-H "Authorization: Bearer $TOKEN"'
+    api = env.api
+    return [
+        "",
+        f"Azurite (Table Storage): {env.azurite.endpoint}"
+        + (f" (kept in {env.azurite.location})" if persist else " (in memory: --persist keeps it)"),
+        f"Entra ID / Graph / Key Vault stand-in: {env.standin.url} (CA: {env.standin.ca_path})"
+        + (f" (kept in {env.standin_state_path})" if persist else ""),
+        f"Demo tenant: {tenant}",
+        f"Demo app (client id): {client_id}, with Application.ReadWrite.OwnedBy and owner of itself, so the",
+        f"service can rotate its secret. A create body with a new secret of it: {body_file} (0600, not printed).",
+        "",
+        f"The service's API: AUTH_TENANT_ID={api.tenant_id} AUTH_AUDIENCE={api.api_app_id} ({api.identifier_uri})",
+        f"Demo administrator: {api.user_principal_name}; demo daemon (client id): {api.daemon_client_id}; both hold "
+        f"AppConnections.Admin ({env.api_access_path}, 0600).",
+        "In another shell, from the project folder: every request needs an access token for the API (a daemon's;",
+        "--user for the administrator's, --role for other roles, --app azure-key-vault to limit them to one app):",
+        f"  TOKEN=$({helper} token{options} --role AppConnections.Admin)",
+        "Create the demo connection (demo-connection adds a new secret to the demo app each time it runs):",
+        f"  curl -s -X POST {base} {bearer} -H 'content-type: application/json' \\",
+        f"       --data @\"$({helper} demo-connection{options} --name demo-key-vault)\"",
+        "Rotate its secret now, then list connections:",
+        f"  ID=$(curl -s {bearer} {base}/connection-name/demo-key-vault | {helper} json appConnection.id)",
+        f"  curl -s -X POST {bearer} {base}/$ID/rotate",
+        f"  curl -s {bearer} {base}",
+        "Create an OAuth connection (the stand-in consents as a test user):",
+        f"  URL=$(curl -s {bearer} -H 'Accept: application/json' '{base}/oauth/authorize?name=demo-oauth' \\",
+        f"       | {helper} json authorizationUrl)",
+        f"  curl -sL --cacert {env.standin.ca_path} \"$URL\"",
+        "Ctrl+C stops Azurite, the stand-in and the host.",
+        "",
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,9 +142,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         from localdev.api_token import main as token_main
 
         return token_main(rest)
-    print(f"unknown command {command!r}; use host, standin, up or token", file=sys.stderr)
+    if command == "demo-connection":
+        from localdev.demo import demo_connection_main
+
+        return demo_connection_main(rest)
+    if command == "json":
+        from localdev.demo import json_main
+
+        return json_main(rest)
+    print(f"unknown command {command!r}; use host, standin, up, token, demo-connection or json", file=sys.stderr)
     return 2
 
 
+def _run(argv: Sequence[str] | None = None) -> int:
+    """:func:`main`, with Ctrl+C ending it quietly (exit code 130) once everything it started has stopped."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(_run())

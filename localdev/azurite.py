@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -91,7 +92,9 @@ class Azurite:
         if self.process is None:
             return
         if self.process.poll() is None:
-            self.process.terminate()
+            # SIGINT is Azurite's graceful stop: it closes the server and saves its database (with ``location``)
+            # first; SIGTERM would end it at once, losing what it changed since its last autosave (5 s).
+            self.process.send_signal(signal.SIGINT)
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:

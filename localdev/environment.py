@@ -24,7 +24,10 @@ from localdev.api_token import (
 )
 from localdev.azurite import Azurite
 from localdev.standin import StandIn
+from localdev.standin.state import read_state, save_state
 from shared.apps import APPS
+
+STANDIN_STATE_FILE = "standin-state.json"
 
 
 @dataclass
@@ -55,12 +58,21 @@ class LocalEnvironment:
     # Register the service's API when started (see register_api), so that AUTH_* are in the settings at once.
     with_api: bool = False
     api: ApiAccess | None = None
+    # Keep the local data across restarts (``up --persist``): Azurite's tables in ``{state_dir}/azurite`` and the
+    # stand-in's directory and vault in ``{state_dir}/standin-state.json`` (loaded at start, saved at stop).
+    persist: bool = False
 
     def start(self) -> LocalEnvironment:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self.azurite = Azurite(self.azurite_port).start()
+            location = None
+            if self.persist:
+                location = self.state_dir / "azurite"
+                location.mkdir(mode=0o700, exist_ok=True)
+            self.azurite = Azurite(self.azurite_port, location=location).start()
             self.standin = StandIn(port=self.standin_port, ca_dir=self.state_dir).start()
+            if self.persist:
+                read_state(self.standin.state, self.standin_state_path)
             admin = self.standin.admin
             tenant = admin.add_tenant()
             admin.set_vault_tenant(tenant)
@@ -150,6 +162,10 @@ class LocalEnvironment:
     def api_access_path(self) -> Path:
         return self.state_dir / AUTH_FILE
 
+    @property
+    def standin_state_path(self) -> Path:
+        return self.state_dir / STANDIN_STATE_FILE
+
     def apply(self, environ: dict[str, str] | os._Environ[str] = os.environ) -> None:
         """Put the settings into the environment (for a host in this process)."""
         environ.update(self.settings)
@@ -159,6 +175,8 @@ class LocalEnvironment:
             self.api_access_path.unlink(missing_ok=True)
             self.api = None
         if self.standin is not None:
+            if self.persist:
+                save_state(self.standin.state, self.standin_state_path)
             self.standin.stop()
             self.standin = None
         if self.azurite is not None:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the infrastructure checks (checkov, which brings the pycep-parser Bicep parser)
+# Installs the infrastructure checks (checkov, which brings the pycep-parser Bicep parser), locked with hashes
+# in requirements-infra.txt (from requirements-infra.in; bash scripts/lock.sh re-locks),
 # into their own venv, .venv-infra: checkov pins packaging<24, which clashes with the
 # pytest of requirements-dev.txt, so it cannot share the main .venv.
 #
@@ -26,7 +27,8 @@ STAMP="$VENV/.requirements-infra.sha256"
 WANT="$(sha256sum "$REQS" | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ] || [ ! -x "$VENV/bin/checkov" ]; then
     echo "infra-check: installing $REQS into $VENV"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQS"
+    # --require-hashes: every package, transitive ones included, must be in the lock with a matching hash.
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes -r "$REQS"
     echo "$WANT" >"$STAMP"
 fi
 

@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
-# Installs everything the project needs into the project folder: a Python venv with the pinned
-# packages (.venv) and Azurite from npm with the lock file (node_modules). Safe to run again.
+# Installs everything the project needs into the project folder: a Python venv (.venv) with the locked,
+# hash-checked packages of requirements-dev.txt (the runtime set of requirements.txt plus the local host,
+# stand-in, tests and checks) and Azurite from npm with its lock file (node_modules, `npm ci`). Safe to run
+# again: it reinstalls only when a lock changed. Re-lock after changing a .in file or package.json:
+# bash scripts/lock.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-python3}"
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-if [ ! -x node_modules/.bin/azurite-table ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+STAMP=.venv/.requirements-dev.sha256
+WANT="$(sha256sum requirements-dev.txt | cut -d' ' -f1)"
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+  # --require-hashes: every package, transitive ones included, must be in the lock with a matching hash.
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.txt
+  echo "$WANT" >"$STAMP"
+fi
+if [ ! -x node_modules/.bin/azurite-table ] || ! cmp -s package-lock.json node_modules/.ops-package-lock.json; then
   npm ci --no-audit --no-fund --loglevel=error
+  cp package-lock.json node_modules/.ops-package-lock.json
 fi

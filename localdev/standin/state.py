@@ -20,7 +20,9 @@ A bad admin request raises :class:`StateError`, answered with its status.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
+import os
 import random
 import re
 import secrets
@@ -30,6 +32,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -606,4 +609,124 @@ def _over_limit(rule: FaultRule) -> bool:
         return False
     wait = max(1, math.ceil(rule.passed[0] + window - now))
     rule.headers = {**rule.headers, "Retry-After": str(wait)}
+    return True
+
+
+# --- persistence (``python -m localdev up --persist``) -------------------------------------------------------
+# The directory (tenants, apps and their credentials, API roles and assignments) and the vault are saved as
+# JSON; fault rules, the request log, counters and ``extra`` (OAuth's users and tokens, webhook deliveries,
+# Graph's call counts) are not. The file holds secrets: it is written 0600, like the CA key beside it.
+
+STATE_FORMAT = 1
+
+
+def _when(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def _parse_when(value: str | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromisoformat(value)
+
+
+def _password_dict(p: PasswordCredential) -> dict[str, Any]:
+    return {"key_id": p.key_id, "display_name": p.display_name, "secret_text": p.secret_text,
+            "start": _when(p.start), "end": _when(p.end), "created_by": p.created_by,
+            "created_by_app": p.created_by_app, "created": _when(p.created), "revoked": _when(p.revoked),
+            "revoked_by": p.revoked_by, "ready_at": _when(p.ready_at)}
+
+
+def _password(raw: dict[str, Any]) -> PasswordCredential:
+    times = {name: _parse_when(raw[name]) for name in ("start", "end", "created", "revoked", "ready_at")}
+    return PasswordCredential(
+        key_id=raw["key_id"], display_name=raw["display_name"], secret_text=raw["secret_text"],
+        start=times["start"] or utcnow(), end=times["end"] or utcnow(), created_by=raw["created_by"],
+        created_by_app=raw["created_by_app"], created=times["created"] or utcnow(), revoked=times["revoked"],
+        revoked_by=raw["revoked_by"], ready_at=times["ready_at"],
+    )
+
+
+def _key(raw: dict[str, Any]) -> KeyCredential:
+    cert = x509.load_pem_x509_certificate(raw["certificate"].encode())
+    public_key = cert.public_key()
+    if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise StateError("only RSA and EC certificates are supported")
+    return KeyCredential(key_id=raw["key_id"], display_name=raw["display_name"], certificate=cert,
+                         public_key=public_key, thumbprints=Thumbprints.of(cert),
+                         start=cert.not_valid_before_utc, end=cert.not_valid_after_utc)
+
+
+def dump_state(state: State) -> dict[str, Any]:
+    """The persisted part of ``state`` as JSON-ready data (see :func:`load_state`)."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    with state.lock:
+        tenants = [
+            {"tenant_id": t.tenant_id, "display_name": t.display_name, "apps": [
+                {"app_id": a.app_id, "object_id": a.object_id, "service_principal_id": a.service_principal_id,
+                 "display_name": a.display_name, "created": _when(a.created), "roles": sorted(a.roles),
+                 "passwords": [_password_dict(p) for p in a.passwords],
+                 "removed_passwords": [_password_dict(p) for p in a.removed_passwords],
+                 "keys": [{"key_id": k.key_id, "display_name": k.display_name,
+                           "certificate": k.certificate.public_bytes(Encoding.PEM).decode()} for k in a.keys],
+                 "owners": sorted(a.owners), "app_roles": list(a.app_roles),
+                 "identifier_uris": list(a.identifier_uris),
+                 "assignments": {principal: sorted(roles) for principal, roles in a.assignments.items()}}
+                for a in t.apps.values()]}
+            for t in state.tenants.values()
+        ]
+        vault = [
+            {"name": s.name, "deleted_date": s.deleted_date, "scheduled_purge_date": s.scheduled_purge_date,
+             "versions": [vars(v).copy() for v in s.versions]}
+            for s in state.vault.values()
+        ]
+        return {"format": STATE_FORMAT, "tenants": tenants, "vault": vault, "vault_tenant": state.vault_tenant,
+                "propagation_delay": state.propagation_delay}
+
+
+def load_state(state: State, data: dict[str, Any]) -> None:
+    """Replace ``state``'s directory and vault with what :func:`dump_state` returned."""
+    if data.get("format") != STATE_FORMAT:
+        raise StateError(f"unknown stand-in state format {data.get('format')!r} (want {STATE_FORMAT})")
+    with state.lock:
+        state.tenants.clear()
+        for raw_tenant in data["tenants"]:
+            tenant = Tenant(raw_tenant["tenant_id"], raw_tenant["display_name"])
+            for raw in raw_tenant["apps"]:
+                tenant.apps[raw["app_id"]] = App(
+                    tenant_id=tenant.tenant_id, app_id=raw["app_id"], object_id=raw["object_id"],
+                    service_principal_id=raw["service_principal_id"], display_name=raw["display_name"],
+                    created=_parse_when(raw["created"]) or utcnow(), roles=set(raw["roles"]),
+                    passwords=[_password(p) for p in raw["passwords"]],
+                    keys=[_key(k) for k in raw["keys"]], owners=set(raw["owners"]),
+                    removed_passwords=[_password(p) for p in raw["removed_passwords"]],
+                    app_roles=list(raw["app_roles"]), identifier_uris=list(raw["identifier_uris"]),
+                    assignments={principal: set(roles) for principal, roles in raw["assignments"].items()},
+                )
+            state.tenants[tenant.tenant_id] = tenant
+        state.vault.clear()
+        state.vault.update({
+            raw["name"]: VaultSecret(raw["name"], [SecretVersion(**v) for v in raw["versions"]],
+                                     raw["deleted_date"], raw["scheduled_purge_date"])
+            for raw in data["vault"]
+        })
+        state.vault_tenant = data["vault_tenant"]
+        state.propagation_delay = float(data["propagation_delay"])
+
+
+def save_state(state: State, path: Path) -> None:
+    """Write ``state``'s persisted part to ``path`` (0600), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+        json.dump(dump_state(state), out)
+    os.replace(temporary, path)
+
+
+def read_state(state: State, path: Path) -> bool:
+    """Load ``path`` into ``state`` if it exists; whether it did."""
+    if not path.exists():
+        return False
+    load_state(state, json.loads(path.read_text(encoding="utf-8")))
     return True

@@ -33,7 +33,7 @@ SMALL = {
 def test_benchmark_runs_and_prints_its_table(run):
     args, expected = SMALL[run]
     script = run.split()[0]
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", f"bench.{Path(script).stem}", *args], cwd=ROOT, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     for text in expected:
