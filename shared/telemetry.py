@@ -9,7 +9,8 @@
 * :func:`server_span` is the span of one invocation, a child of the Functions host's span (the invocation's
   ``context.trace_context``); :func:`client_span` is the span of one HTTP request to Entra ID, Graph, Key Vault
   or Table Storage, with the OpenTelemetry HTTP attributes, its URL's query values redacted (:func:`safe_url`).
-* azure-core logs one INFO record with headers per request: :func:`configure` lowers that logger to WARNING.
+* azure-core logs one INFO record with headers per request, httpx one with the URL: :func:`configure` lowers
+  both loggers to WARNING.
 
 Sampling (``docs/telemetry.md``): every span is kept. The infrastructure sets ``OTEL_TRACES_SAMPLER=always_on``,
 which azure-monitor-opentelemetry reads, here and in the worker; its default, 5 traces a second, would drop
@@ -44,8 +45,10 @@ SWEEP_CONCURRENCY = "app_connections.sweep.concurrency"
 
 Attributes = Mapping[str, str | int | float | bool | None]
 
-# azure-core's per-request log (INFO, with the request's headers and query parameter names).
+# azure-core's per-request log (INFO, with the request's headers and query parameter names), and httpx's (INFO,
+# one line with the URL of every Graph request): the client spans say the same without them.
 AZURE_HTTP_LOGGER = "azure.core.pipeline.policies.http_logging_policy"
+PER_REQUEST_LOGGERS = (AZURE_HTTP_LOGGER, "httpx")
 # Query parameters whose values are kept in ``url.full``; any other value may be a code or a token.
 KEPT_QUERY_PARAMETERS = frozenset({"api-version"})
 REDACTED = "REDACTED"
@@ -109,8 +112,10 @@ def configure(env: Mapping[str, str] | None = None) -> bool:
 
 
 def quiet_azure_http_logging() -> None:
-    """azure-core logs every request and response at INFO with their headers: keep its warnings only."""
-    logging.getLogger(AZURE_HTTP_LOGGER).setLevel(logging.WARNING)
+    """azure-core logs every request and response at INFO with their headers, httpx every request's URL: keep
+    their warnings only."""
+    for name in PER_REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _no_azure_sdk_spans() -> None:
@@ -226,12 +231,17 @@ def client_span(method: str, url: str, headers: MutableMapping[str, str] | None 
 
 def set_response(current: Span, status: int) -> None:
     """The answer of a client span: ``http.response.status_code``; a status of 400 or more is an error."""
-    from opentelemetry.trace import Status, StatusCode
-
     current.set_attribute("http.response.status_code", status)
     if status >= 400:
-        current.set_attribute("error.type", str(status))
-        current.set_status(Status(StatusCode.ERROR))
+        set_error(current, str(status))
+
+
+def set_error(current: Span, error_type: str) -> None:
+    """Mark the span failed, with ``error.type`` (a status code or a class name, never a message)."""
+    from opentelemetry.trace import Status, StatusCode
+
+    current.set_attribute("error.type", error_type)
+    current.set_status(Status(StatusCode.ERROR))
 
 
 def safe_url(url: str) -> str:
