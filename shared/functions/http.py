@@ -8,7 +8,6 @@ nothing about the request (the details go to the log, never a secret).
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 import logging
 import sys
@@ -28,6 +27,7 @@ from shared.errors import (
     UnsupportedMediaType,
     UpstreamError,
 )
+from shared.functions.invocation import accept_context, host_trace
 
 log = logging.getLogger(__name__)
 
@@ -259,14 +259,7 @@ def _traced(handler: Handler, run: Handler) -> Handler:
                 telemetry.set_error(span, str(status))
             return response
 
-    parameters = list(inspect.signature(handler).parameters.values())
-    if "context" not in {p.name for p in parameters}:
-        parameters.append(inspect.Parameter("context", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
-                                            annotation=func.Context))
-    # The worker (and the local host) read the parameters through inspect.signature, which would otherwise
-    # follow __wrapped__ to the handler's: declaring ``context`` is what makes the worker pass it.
-    wrapper.__signature__ = inspect.signature(handler).replace(parameters=parameters)  # type: ignore[attr-defined]
-    wrapper.__annotations__ = {**handler.__annotations__, "context": func.Context}
+    accept_context(wrapper, handler)
     return wrapper
 
 
@@ -294,10 +287,9 @@ _ROUTES: dict[Callable[..., Any], str | None] = {}
 
 def _incoming_trace(req: func.HttpRequest, context: func.Context | None) -> tuple[str | None, str | None]:
     """The host's span (``context.trace_context``), else the caller's ``traceparent`` and ``tracestate``."""
-    trace_context = getattr(context, "trace_context", None)
-    traceparent = getattr(trace_context, "trace_parent", None)
+    traceparent, tracestate = host_trace(context)
     if traceparent:
-        return str(traceparent), getattr(trace_context, "trace_state", None) or None
+        return traceparent, tracestate
     return req.headers.get("traceparent"), req.headers.get("tracestate")
 
 

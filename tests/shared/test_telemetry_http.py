@@ -11,6 +11,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import azure.functions as func
 import pytest
@@ -21,6 +22,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from shared import telemetry
 from shared.functions.http import endpoint, http_route, traced
+from shared.functions.invocation import traced_timer
 
 ROOT = Path(__file__).resolve().parents[2]
 HOST_TRACE, HOST_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
@@ -42,6 +44,17 @@ async def sample_page(req: func.HttpRequest) -> func.HttpResponse:
 @endpoint("Reader")
 async def sample_reader(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse("never reached without a token")
+
+
+@traced_timer
+async def sample_sweep(timer: func.TimerRequest) -> None:
+    with telemetry.span("rotation", {"app": "azure-key-vault"}):
+        pass
+
+
+@dataclass(frozen=True)
+class Timer:
+    past_due: bool
 
 
 @dataclass(frozen=True)
@@ -122,11 +135,17 @@ async def test_a_request_refused_before_its_handler_still_has_its_server_span(ex
     assert span.name == "GET readers/{app}" and span.attributes["http.response.status_code"] == response.status_code
 
 
-def test_every_http_function_of_the_app_takes_context_and_has_its_route_template():
-    import function_app
+@pytest.fixture(scope="module")
+def app_functions() -> list[Any]:
+    """The app's functions, through the local host's index (cached: indexing twice in one process fails)."""
+    from localdev.host import index_functions, load_function_app
 
+    return list(index_functions(load_function_app("function_app", ROOT)))
+
+
+def test_every_http_function_of_the_app_takes_context_and_has_its_route_template(app_functions):
     routes = {}
-    for function in function_app.app.get_functions():
+    for function in app_functions:
         if not function.is_http_function():
             continue
         user_function = function.get_user_function()
@@ -139,6 +158,24 @@ def test_every_http_function_of_the_app_takes_context_and_has_its_route_template
     assert len(routes) >= 15 and all(declared == found for declared, found in routes.values()), routes
     assert routes["get_app_connection"][1] == "api/v1/app-connections/{app}/{connectionId}"
     assert routes["app_connection_oauth_callback"][1] == "organization/app-connections/azure/oauth/callback"
+
+
+async def test_a_timer_run_is_one_trace_under_the_hosts_span(exporter):
+    context = HostContext("inv-3", HostTraceContext(f"00-{HOST_TRACE}-{HOST_SPAN}-01"))
+    await sample_sweep(Timer(past_due=True), context=context)  # type: ignore[arg-type, call-arg]
+    rotation, run = exporter.get_finished_spans()
+    assert run.kind is SpanKind.SERVER and run.name == "sample_sweep"
+    assert f"{run.parent.span_id:016x}" == HOST_SPAN and f"{run.context.trace_id:032x}" == HOST_TRACE
+    assert dict(run.attributes) == {"faas.trigger": "timer", "faas.name": "sample_sweep",
+                                    "faas.invocation_id": "inv-3", "timer.past_due": True}
+    assert rotation.parent.span_id == run.context.span_id
+
+
+def test_every_timer_function_of_the_app_takes_context(app_functions):
+    timers = [f for f in app_functions if not f.is_http_function()]
+    assert {f.get_function_name() for f in timers} >= {"rotate_due_credentials", "check_connection_health"}
+    for function in timers:
+        assert list(inspect.signature(function.get_user_function()).parameters) == ["timer", "context"]
 
 
 # -- client spans ---------------------------------------------------------------------------------------------------
