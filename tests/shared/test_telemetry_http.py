@@ -204,6 +204,15 @@ def test_a_client_span_has_the_http_attributes_and_propagates_the_trace(exporter
     assert headers["authorization"] == "Bearer secret-token"  # added to, never read
 
 
+def test_an_upstream_receives_the_trace_state_of_the_hosts_span(exporter):
+    headers: dict[str, str] = {}
+    with telemetry.server_span("GET x", traceparent=f"00-{HOST_TRACE}-{HOST_SPAN}-01", tracestate="az=1"), \
+            telemetry.client_span("GET", "https://graph.example/v1.0/me", headers):
+        pass
+    call, _ = exporter.get_finished_spans()
+    assert headers == {"traceparent": f"00-{HOST_TRACE}-{call.context.span_id:016x}-01", "tracestate": "az=1"}
+
+
 def test_a_client_span_without_a_port_has_the_schemes(exporter):
     with telemetry.client_span("GET", "https://graph.example/v1.0/applications"):
         pass
