@@ -214,3 +214,10 @@ def test_one_request_is_one_tree_under_the_callers_trace(api, admin, local_env, 
     assert list(steps) == STEPS and all(s.parent.span_id == rotation.context.span_id for s in steps.values())
     assert {c.attributes["upstream"] for c in tree_of(steps["create"], spans) if c.kind is SpanKind.CLIENT} >= \
         {"graph", "key-vault"}
+
+    # The audit records of the request name its trace: from an audit entry to the request's spans.
+    connection_id = response.json()["appConnection"]["id"]
+    audit = api.get("/api/v1/audit-logs", params={"connectionId": connection_id})
+    assert audit.status_code == 200, audit.text
+    created = [r for r in audit.json()["auditLogs"] if r["action"] == "connection.create"]
+    assert created and {r["traceId"] for r in created} == {trace_id}
