@@ -9,6 +9,7 @@ import json
 import logging
 import subprocess
 import sys
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,8 @@ def test_every_http_function_of_the_app_takes_context_and_has_its_route_template
         # The worker passes ``context`` (with the host's trace context) only to a function that declares it.
         assert list(parameters) == ["req", "context"], function.get_function_name()
         assert parameters["context"].annotation is func.Context and parameters["context"].default is None
+        # The worker resolves the annotations and refuses a ``context`` that is not an azure.functions.Context.
+        assert typing.get_type_hints(user_function)["context"] is func.Context
         assert list(inspect.signature(user_function.__wrapped__).parameters) == ["req"]  # the handler is untouched
         routes[function.get_function_name()] = (function.get_trigger().route, http_route(user_function))
     assert len(routes) >= 15 and all(declared == found for declared, found in routes.values()), routes
@@ -176,6 +179,7 @@ def test_every_timer_function_of_the_app_takes_context(app_functions):
     assert {f.get_function_name() for f in timers} >= {"rotate_due_credentials", "check_connection_health"}
     for function in timers:
         assert list(inspect.signature(function.get_user_function()).parameters) == ["timer", "context"]
+        assert typing.get_type_hints(function.get_user_function())["context"] is func.Context
 
 
 # -- client spans ---------------------------------------------------------------------------------------------------
