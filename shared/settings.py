@@ -213,6 +213,9 @@ class TelemetrySettings:
     # With ``Authorization=AAD`` in APPLICATIONINSIGHTS_AUTHENTICATION_STRING: the managed identity's client id
     # ("" for the system-assigned one); None: no Entra ID authentication.
     aad_client_id: str | None = None
+    # OTEL_TRACES_SAMPLER when set (azure-monitor-opentelemetry reads it and its OTEL_TRACES_SAMPLER_ARG itself);
+    # without it the service keeps every trace (docs/telemetry.md).
+    sampler: str | None = None
 
 
 def load_telemetry_settings(env: Mapping[str, str] | None = None) -> TelemetrySettings:
@@ -225,7 +228,8 @@ def load_telemetry_settings(env: Mapping[str, str] | None = None) -> TelemetrySe
         if key.strip():
             parts[key.strip().lower()] = value.strip()
     aad = parts.get("authorization", "").lower() == "aad"
-    return TelemetrySettings(connection_string, parts.get("clientid", "") if aad else None)
+    sampler = (env.get("OTEL_TRACES_SAMPLER") or "").strip() or None
+    return TelemetrySettings(connection_string, parts.get("clientid", "") if aad else None, sampler)
 
 
 @lru_cache(maxsize=1)

@@ -6,6 +6,15 @@
   and nothing is exported.
 * :func:`span` and the ``record_*`` functions are what the service calls. They import ``opentelemetry`` (the
   API only) on first use, never at import, so a cold start stays cheap; without an SDK they are no-ops.
+* :func:`server_span` is the span of one invocation, a child of the Functions host's span (the invocation's
+  ``context.trace_context``); :func:`client_span` is the span of one HTTP request to Entra ID, Graph, Key Vault
+  or Table Storage, with the OpenTelemetry HTTP attributes, its URL's query values redacted (:func:`safe_url`).
+* azure-core logs one INFO record with headers per request, httpx one with the URL: :func:`configure` lowers
+  both loggers to WARNING.
+
+Sampling (``docs/telemetry.md``): every span is kept. The infrastructure sets ``OTEL_TRACES_SAMPLER=always_on``,
+which azure-monitor-opentelemetry reads, here and in the worker; its default, 5 traces a second, would drop
+failed requests and rotations in a burst, and this service's volume is far below what sampling would save.
 
 Attributes carry ids, names, steps and outcomes only, never a secret: span and metric attributes are set here
 from explicit values, and no exception message is recorded (an SDK's message may quote a request).
@@ -17,7 +26,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +44,14 @@ SWEEP_DURATION = "app_connections.sweep.duration"
 SWEEP_CONCURRENCY = "app_connections.sweep.concurrency"
 
 Attributes = Mapping[str, str | int | float | bool | None]
+
+# azure-core's per-request log (INFO, with the request's headers and query parameter names), and httpx's (INFO,
+# one line with the URL of every Graph request): the client spans say the same without them.
+AZURE_HTTP_LOGGER = "azure.core.pipeline.policies.http_logging_policy"
+PER_REQUEST_LOGGERS = (AZURE_HTTP_LOGGER, "httpx")
+# Query parameters whose values are kept in ``url.full``; any other value may be a code or a token.
+KEPT_QUERY_PARAMETERS = frozenset({"api-version"})
+REDACTED = "REDACTED"
 
 
 @dataclass
@@ -59,6 +76,7 @@ def configure(env: Mapping[str, str] | None = None) -> bool:
     global _configured
     from shared.settings import load_telemetry_settings
 
+    quiet_azure_http_logging()
     settings = load_telemetry_settings(env)
     if not settings.connection_string:
         return False
@@ -70,17 +88,42 @@ def configure(env: Mapping[str, str] | None = None) -> bool:
         # The Functions Python worker configures Azure Monitor itself when told to
         # (PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY): configuring it twice would export everything twice.
         log.info("Telemetry: an OpenTelemetry SDK is already configured in this process; using it")
+        _no_azure_sdk_spans()
         return True
     from azure.monitor.opentelemetry import configure_azure_monitor
 
-    options: dict[str, Any] = {"connection_string": settings.connection_string}
+    options: dict[str, Any] = {
+        "connection_string": settings.connection_string,
+        # Every HTTP request of the service is a client span of shared.telemetry (the SDKs' requests go out
+        # through shared.azure.clients' transport): azure-core's own spans would count each one twice.
+        "instrumentation_options": {"azure_sdk": {"enabled": False}},
+    }
+    if not settings.sampler:
+        # Keep every trace (docs/telemetry.md); an OTEL_TRACES_SAMPLER setting, read by the distro, wins.
+        options["sampling_ratio"] = 1.0
     if settings.aad_client_id is not None:
         from azure.identity import ManagedIdentityCredential
 
         options["credential"] = ManagedIdentityCredential(client_id=settings.aad_client_id or None)
     configure_azure_monitor(**options)
+    _no_azure_sdk_spans()
     log.info("Telemetry: exporting traces, metrics and logs to Application Insights")
     return True
+
+
+def quiet_azure_http_logging() -> None:
+    """azure-core logs every request and response at INFO with their headers, httpx every request's URL: keep
+    their warnings only."""
+    for name in PER_REQUEST_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _no_azure_sdk_spans() -> None:
+    """Switch off azure-core's spans (the worker's Azure Monitor set-up turns them on): the transport of
+    ``shared.azure.clients`` already makes one client span per request, with the same attributes."""
+    from azure.core.settings import settings
+
+    settings.tracing_enabled = False
 
 
 def _sdk_already_installed() -> bool:
@@ -134,20 +177,131 @@ def _clean(attributes: Attributes) -> dict[str, str | int | float | bool]:
 def span(name: str, attributes: Attributes | None = None) -> Iterator[Span]:
     """A span around a block. An escaping exception sets ``outcome=error`` and ``error.type`` (its class name,
     never its message) unless the block set an outcome; the span's status is then ERROR."""
+    with _span(name, attributes, "internal") as current:
+        yield current
+
+
+@contextlib.contextmanager
+def server_span(name: str, attributes: Attributes | None = None, *, traceparent: str | None = None,
+                tracestate: str | None = None) -> Iterator[Span]:
+    """The span of one invocation, as :func:`span`: a SERVER span whose parent is ``traceparent`` (the host's
+    span, from the invocation's ``context.trace_context``), or the current span when that is missing or
+    malformed."""
+    from opentelemetry import context as otel_context
+
+    parent = None
+    if traceparent:
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        carrier = {"traceparent": traceparent, **({"tracestate": tracestate} if tracestate else {})}
+        parent = TraceContextTextMapPropagator().extract(carrier, context=otel_context.get_current())
+    with _span(name, attributes, "server", parent) as current:
+        yield current
+
+
+@contextlib.contextmanager
+def client_span(method: str, url: str, headers: MutableMapping[str, str] | None = None,
+                attributes: Attributes | None = None) -> Iterator[Span]:
+    """The span of one HTTP request to an upstream (each attempt of a retried call is its own span), named by
+    its method, with ``http.request.method``, ``server.address``, ``server.port`` and ``url.full`` (query values
+    redacted, no user info). The W3C trace context is added to ``headers``, so the upstream's own logs carry
+    the trace. Record the answer with :func:`set_response`; a failure without one sets ``error.type`` to the
+    exception's qualified class name (never its message)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    default_port = 443 if parts.scheme == "https" else 80
+    try:
+        port = parts.port or default_port
+    except ValueError:
+        port = default_port
+    base = {
+        "http.request.method": method.upper(),
+        "server.address": parts.hostname,
+        "server.port": port,
+        "url.full": safe_url(url),
+    }
+    with _span(method.upper(), {**base, **(attributes or {})}, "client", qualified_errors=True) as current:
+        if headers is not None:
+            _inject(current, headers)
+        yield current
+
+
+def _inject(current: Span, headers: MutableMapping[str, str]) -> None:
+    """The W3C ``traceparent`` (and ``tracestate``) of ``current``, written directly: the global propagator
+    (``opentelemetry.propagate``) costs tens of milliseconds to load, as it scans the installed entry points."""
+    context = current.get_span_context()
+    if context.is_valid:
+        headers["traceparent"] = f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+        if context.trace_state:
+            headers["tracestate"] = context.trace_state.to_header()
+
+
+def set_response(current: Span, status: int) -> None:
+    """The answer of a client span: ``http.response.status_code``; a status of 400 or more is an error."""
+    current.set_attribute("http.response.status_code", status)
+    if status >= 400:
+        set_error(current, str(status))
+
+
+def set_error(current: Span, error_type: str) -> None:
+    """Mark the span failed, with ``error.type`` (a status code or a class name, never a message)."""
     from opentelemetry.trace import Status, StatusCode
+
+    current.set_attribute("error.type", error_type)
+    current.set_status(Status(StatusCode.ERROR))
+
+
+def safe_url(url: str) -> str:
+    """``url`` for a span: no user info, no fragment, and the value of every query parameter but
+    ``api-version`` replaced by ``REDACTED`` (a query may carry an authorization code or a token)."""
+    from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    netloc = f"{host}:{port}" if port else host
+    query = "&".join(
+        f"{quote(name, safe='$-_.')}={quote(value, safe='-_.') if name.lower() in KEPT_QUERY_PARAMETERS else REDACTED}"
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+@contextlib.contextmanager
+def _span(name: str, attributes: Attributes | None, kind: str, parent: Any = None,
+          qualified_errors: bool = False) -> Iterator[Span]:
+    from opentelemetry.trace import SpanKind, Status, StatusCode
 
     tracer = _get().tracer
     with tracer.start_as_current_span(
-        name, attributes=_clean(attributes or {}), record_exception=False, set_status_on_exception=False
+        name, context=parent, kind=SpanKind[kind.upper()], attributes=_clean(attributes or {}),
+        record_exception=False, set_status_on_exception=False,
     ) as current:
         try:
             yield current
         except BaseException as error:
-            current.set_attribute("error.type", type(error).__name__)
+            current.set_attribute("error.type", _error_type(error) if qualified_errors else type(error).__name__)
             if not _has_attribute(current, "outcome"):
                 current.set_attribute("outcome", "error")
             current.set_status(Status(StatusCode.ERROR))
             raise
+
+
+def _error_type(error: BaseException) -> str:
+    kind = type(error)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def trace_id(current: Span) -> str | None:
+    """The span's trace id as 32 hex digits (what Application Insights calls the operation id), if it has one."""
+    context = current.get_span_context()
+    return f"{context.trace_id:032x}" if context.is_valid else None
 
 
 def _has_attribute(current: Span, key: str) -> bool:

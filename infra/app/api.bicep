@@ -220,9 +220,15 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     // secrets. Without a webhook the secret setting stays empty: no reference that could never resolve.
     NOTIFY_WEBHOOK_URL: notifyWebhookUrl
     NOTIFY_WEBHOOK_SECRET: empty(notifyWebhookUrl) ? '' : '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/notify-webhook-secret/)'
-    // Telemetry with Microsoft Entra ID authentication.
+    // Telemetry with Microsoft Entra ID authentication (docs/telemetry.md). host.json sets "telemetryMode":
+    // "OpenTelemetry"; with this switch the Python worker configures Azure Monitor itself and makes each invocation's
+    // host span the current one, so the service's spans join the host's request instead of starting traces.
     APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsights.properties.ConnectionString
     APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identity.properties.clientId};Authorization=AAD'
+    PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
+    // Keep every trace: the distro's default (5 traces a second) could drop a failed request or a rotation in a
+    // burst, and at this service's volume keeping all of them costs little (docs/telemetry.md has the figures).
+    OTEL_TRACES_SAMPLER: 'always_on'
   }
 }
 

@@ -38,6 +38,7 @@ from azure.functions.decorators.function_app import Function
 
 from localdev.host.functions import (
     OtherFunction,
+    TraceContext,
     call_function,
     check_parameters,
     enum_text,
@@ -81,6 +82,12 @@ def _problem(status: int, title: str, detail: str | None = None) -> tuple[int, l
         document["detail"] = detail
     body = json.dumps(document).encode()
     return status, [(b"content-type", PROBLEM_JSON.encode())], body
+
+
+def _trace_context(headers: Mapping[str, str]) -> TraceContext | None:
+    """The caller's W3C trace context, handed to the function as the host hands its own."""
+    traceparent = headers.get("traceparent")
+    return TraceContext(traceparent, headers.get("tracestate") or "") if traceparent else None
 
 
 class _TooLarge(Exception):
@@ -325,7 +332,8 @@ class LocalHost:
         try:
             result = await call_function(
                 function.user_function,
-                invocation_kwargs(function.info.name, function.info.arg_name, request, function.wants_context),
+                invocation_kwargs(function.info.name, function.info.arg_name, request, function.wants_context,
+                                  _trace_context(headers)),
             )
         except Exception:
             # The message and traceback only; never the request body or query (it may carry ?code=).

@@ -29,6 +29,7 @@ from localdev.host.loading import HostConfigError
 __all__ = [
     "InvocationContext",
     "OtherFunction",
+    "TraceContext",
     "call_function",
     "check_parameters",
     "enum_text",
@@ -92,22 +93,33 @@ def check_parameters(name: str, user_function: Callable[..., Any], bindings: lis
 
 
 @dataclass(frozen=True)
+class TraceContext:
+    """The W3C trace context of an invocation (``func.TraceContext``). The real host gives its own span, a
+    child of the caller's; the local host has no span of its own, so it gives the caller's ``traceparent``."""
+
+    trace_parent: str
+    trace_state: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class InvocationContext:
     """What a function that declares a ``context`` parameter receives (a subset of ``func.Context``)."""
 
     invocation_id: str
     function_name: str
     function_directory: str
-    trace_context: None = None
+    trace_context: TraceContext | None = None
     retry_context: None = None
     thread_local_storage: threading.local = field(default_factory=threading.local)
 
 
-def invocation_kwargs(name: str, arg_name: str, value: object, wants_context: bool) -> dict[str, Any]:
+def invocation_kwargs(name: str, arg_name: str, value: object, wants_context: bool,
+                      trace_context: TraceContext | None = None) -> dict[str, Any]:
     """The keyword arguments of one invocation: the trigger value, and a fresh ``context`` when it takes one."""
     kwargs: dict[str, Any] = {arg_name: value}
     if wants_context:
-        kwargs["context"] = InvocationContext(str(uuid.uuid4()), name, str(Path.cwd()))
+        kwargs["context"] = InvocationContext(str(uuid.uuid4()), name, str(Path.cwd()), trace_context)
     return kwargs
 
 

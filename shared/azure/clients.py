@@ -5,6 +5,10 @@ loop, so in Azure that is once per process). All clients share one aiohttp sessi
 connections to Entra ID, Key Vault and Table Storage are pooled across invocations, and
 all go through the one retry policy of ``shared.azure.retry``. SDK modules are imported
 here, lazily, so that importing the function app stays cheap.
+
+Every request goes out through :meth:`AzureClients.transport`, which makes it a client span of
+``shared.telemetry`` (each attempt of a retried call its own span), labelled with its ``upstream``:
+``entra`` (every token request), ``key-vault``, ``tables``; Graph's transport does the same (``graph``).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import contextlib
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from shared import telemetry
 from shared.azure.retry import JitteredRetryPolicy, retry_policy
 from shared.errors import ServiceMisconfigured
 from shared.settings import Settings, get_settings
@@ -72,17 +77,16 @@ class AzureClients:
             )
         return self._session
 
-    def transport(self) -> AioHttpTransport:
-        """A transport over the shared session; closing it leaves the session open."""
-        from azure.core.pipeline.transport import AioHttpTransport
-
-        return AioHttpTransport(session=self.session(), session_owner=False, read_timeout=READ_TIMEOUT_SECONDS)
+    def transport(self, upstream: str) -> AioHttpTransport:
+        """A transport over the shared session whose requests are client spans labelled ``upstream``; closing
+        it leaves the session open."""
+        return _traced_transport(self.session(), upstream)
 
     def identity_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for any azure-identity credential the service builds."""
         return {
             "authority": self.settings.authority_host,
-            "transport": self.transport(),
+            "transport": self.transport(ENTRA),
             "retry_policy_class": JitteredRetryPolicy,
         }
 
@@ -104,7 +108,7 @@ class AzureClients:
             from azure.data.tables.aio import TableServiceClient
 
             storage = self.settings.storage
-            common: dict[str, Any] = {"transport": self.transport(), "retry_policy": retry_policy()}
+            common: dict[str, Any] = {"transport": self.transport(TABLES), "retry_policy": retry_policy()}
             if storage.connection_string:
                 self._table_service = TableServiceClient.from_connection_string(
                     storage.connection_string, **common
@@ -145,7 +149,7 @@ class AzureClients:
                 self.settings.key_vault_url,
                 self.service_credential(),
                 verify_challenge_resource=self.settings.key_vault_verify_challenge_resource,
-                transport=self.transport(),
+                transport=self.transport(KEY_VAULT),
                 retry_policy=retry_policy(),
             )
         return self._secrets
@@ -170,7 +174,7 @@ class AzureClients:
             self._entra_tokens = AsyncPipelineClient(
                 self.settings.authority_host,
                 policies=[UserAgentPolicy(sdk_moniker="app-connections-oauth"), retry_policy()],
-                transport=self.transport(),
+                transport=self.transport(ENTRA),
             )
         return self._entra_tokens
 
@@ -188,6 +192,42 @@ class AzureClients:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+# The ``upstream`` attribute of a client span: which service a request went to.
+ENTRA = "entra"
+KEY_VAULT = "key-vault"
+TABLES = "tables"
+GRAPH = "graph"
+
+_TRACED_TRANSPORT: type[AioHttpTransport] | None = None
+
+
+def _traced_transport(session: aiohttp.ClientSession, upstream: str) -> AioHttpTransport:
+    """azure-core's aiohttp transport, each ``send`` inside a client span (built on first use: azure-core is
+    imported only when a client is)."""
+    global _TRACED_TRANSPORT
+    if _TRACED_TRANSPORT is None:
+        from azure.core.pipeline.transport import AioHttpTransport
+
+        class TracedTransport(AioHttpTransport):  # type: ignore[misc]  # azure-core exports it untyped
+            def __init__(self, upstream: str, **kwargs: Any) -> None:
+                super().__init__(**kwargs)
+                self.upstream = upstream
+
+            async def send(self, request: Any, **config: Any) -> Any:
+                with telemetry.client_span(request.method, request.url, request.headers,
+                                           {"upstream": self.upstream}) as span:
+                    response = await super().send(request, **config)
+                    telemetry.set_response(span, response.status_code)
+                    return response
+
+        _TRACED_TRANSPORT = TracedTransport
+    transport_class: Any = _TRACED_TRANSPORT
+    traced: AioHttpTransport = transport_class(
+        upstream, session=session, session_owner=False, read_timeout=READ_TIMEOUT_SECONDS
+    )
+    return traced
 
 
 _BY_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AzureClients] = weakref.WeakKeyDictionary()

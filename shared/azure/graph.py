@@ -17,6 +17,7 @@ from urllib.parse import quote, urlparse
 
 import httpx
 
+from shared import telemetry
 from shared.azure.retry import RetryableError, parse_retry_after, with_retries
 from shared.errors import NotFound, UpstreamError, UpstreamForbidden
 from shared.ports import AppRegistration, NewPassword, PasswordCredential
@@ -61,12 +62,22 @@ class SessionTransport(httpx.AsyncBaseTransport):
     installed, through every ``sys.path`` entry. Bodies are passed through as they come (aiohttp does not
     decompress them; httpx does, as it asked for the encodings), redirects are left to the middleware, and
     aiohttp's failures become httpx's transport errors, which :func:`classify` retries.
+
+    Each request is a client span of ``shared.telemetry`` (``upstream=graph``): OpenTelemetry's httpx
+    instrumentation wraps httpx's own transports only, so it never sees these.
     """
 
     def __init__(self, session: Callable[[], aiohttp.ClientSession]) -> None:
         self._session = session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = str(request.url)
+        with telemetry.client_span(request.method, url, request.headers, {"upstream": "graph"}) as span:
+            response = await self._send(request, url)
+            telemetry.set_response(span, response.status_code)
+            return response
+
+    async def _send(self, request: httpx.Request, url: str) -> httpx.Response:
         import aiohttp
 
         timeouts = request.extensions.get("timeout") or {}
@@ -77,7 +88,7 @@ class SessionTransport(httpx.AsyncBaseTransport):
         body = await request.aread()
         try:
             async with self._session().request(
-                request.method, str(request.url), headers=headers, data=body or None, allow_redirects=False,
+                request.method, url, headers=headers, data=body or None, allow_redirects=False,
                 auto_decompress=False, timeout=timeout,
             ) as answer:
                 content = await answer.read()

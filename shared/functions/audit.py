@@ -10,6 +10,7 @@ import azure.functions as func
 from shared.errors import FieldError, InvalidRequest
 from shared.functions.connections import OPEN
 from shared.functions.http import endpoint, json_response, query_int
+from shared.functions.invocation import traced_timer
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ async def list_audit_logs(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("enforce_audit_retention")
 @bp.timer_trigger(schedule=RETENTION_SCHEDULE, arg_name="timer", run_on_startup=False, use_monitor=True)
+@traced_timer
 async def enforce_audit_retention(timer: func.TimerRequest) -> None:
     from shared.settings import get_settings
     from shared.wiring import audit_log

@@ -9,6 +9,7 @@ import azure.functions as func
 
 from shared.functions.connections import BASE, OPEN, _one
 from shared.functions.http import endpoint, json_response
+from shared.functions.invocation import traced_timer
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ async def check_app_connection_health(req: func.HttpRequest) -> func.HttpRespons
 
 @bp.function_name("check_connection_health")
 @bp.timer_trigger(schedule="%HEALTH_SWEEP_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
+@traced_timer
 async def check_connection_health(timer: func.TimerRequest) -> None:
     from shared.wiring import run_health_sweep
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,6 +27,7 @@ from shared.errors import (
     UnsupportedMediaType,
     UpstreamError,
 )
+from shared.functions.invocation import accept_context, host_trace
 
 log = logging.getLogger(__name__)
 
@@ -162,18 +164,8 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
     recorded before it runs (fail closed) and its outcome after; every failure is answered with a problem."""
 
     def decorate(handler: Handler) -> Handler:
-        @functools.wraps(handler)
-        async def wrapper(req: func.HttpRequest) -> func.HttpResponse:
-            instance = _path(req.url)
-            params = req.route_params or {}
-            attributes = {"faas.name": handler.__name__, "http.request.method": req.method, "url.path": instance,
-                          "app": params.get("app"), "connection.id": params.get("connectionId")}
-            with telemetry.span(f"{req.method} {handler.__name__}", attributes) as span:
-                response = await _guarded(req, instance)
-                status = response.status_code
-                span.set_attributes({"http.response.status_code": status,
-                                     "outcome": "ok" if status < 400 else "client-error" if status < 500 else "error"})
-                return response
+        async def guarded(req: func.HttpRequest) -> func.HttpResponse:
+            return await _guarded(req, _path(req.url))
 
         async def _guarded(req: func.HttpRequest, instance: str) -> func.HttpResponse:
             from shared.audit import RequestContext, acting
@@ -201,7 +193,7 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
                 actor=Actor(principal.id, principal.name, principal.type, used), roles=principal.roles,
                 client_ip=_client_ip(req), user_agent=req.headers.get("user-agent"),
                 request_id=req.headers.get("x-request-id") or uuid.uuid4().hex,
-                trace_id=_trace_id(req.headers.get("traceparent")),
+                trace_id=_current_trace_id() or _trace_id(req.headers.get("traceparent")),
             )
             with acting(context):
                 if action is None:
@@ -226,11 +218,85 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
                                connection_name=connection.get("name"), detail=f"{req.method} {instance}")
             return response
 
+        wrapper = _traced(handler, guarded)
         wrapper.required_role = role  # type: ignore[attr-defined]  # read by the tests of the access model
         wrapper.audit_action = action  # type: ignore[attr-defined]
         return wrapper
 
     return decorate
+
+
+def traced(handler: Handler) -> Handler:
+    """Wrap a handler that answers every request itself (no access token) in the invocation's server span."""
+    return _traced(handler, handler)
+
+
+def _traced(handler: Handler, run: Handler) -> Handler:
+    """``run`` inside the invocation's SERVER span: a child of the host's span (the invocation's
+    ``context.trace_context``; the request's ``traceparent`` header when the host gives none), named and
+    attributed as OpenTelemetry's HTTP conventions say, with ``http.route`` the function's route template.
+    The wrapper takes the ``context`` argument the Functions worker passes to a function that declares it."""
+
+    @functools.wraps(handler)
+    async def wrapper(req: func.HttpRequest, context: func.Context | None = None) -> func.HttpResponse:
+        route = http_route(wrapper)
+        params = req.route_params or {}
+        traceparent, tracestate = _incoming_trace(req, context)
+        attributes = {
+            "http.request.method": req.method, "http.route": route, "url.path": _path(req.url),
+            "url.scheme": req.url.split("://", 1)[0] if "://" in req.url else None,
+            "faas.trigger": "http", "faas.name": handler.__name__,
+            "faas.invocation_id": getattr(context, "invocation_id", None),
+            "app": params.get("app"), "connection.id": params.get("connectionId"),
+        }
+        name = f"{req.method} {route}" if route else req.method
+        with telemetry.server_span(name, attributes, traceparent=traceparent, tracestate=tracestate) as span:
+            response = await run(req)
+            status = response.status_code
+            span.set_attributes({"http.response.status_code": status,
+                                 "outcome": "ok" if status < 400 else "client-error" if status < 500 else "error"})
+            if status >= 500:
+                telemetry.set_error(span, str(status))
+            return response
+
+    accept_context(wrapper, handler)
+    return wrapper
+
+
+def http_route(function: Callable[..., Any]) -> str | None:
+    """The route template of the HTTP function whose Python function is ``function`` (as declared with
+    ``bp.route``; host.json's routePrefix is empty), read once from its module's blueprint."""
+    if function in _ROUTES:
+        return _ROUTES[function]
+    route = None
+    module = sys.modules.get(getattr(function, "__module__", ""))
+    for blueprint in vars(module).values() if module is not None else ():
+        if not isinstance(blueprint, func.Blueprint):
+            continue
+        for builder in getattr(blueprint, "_function_builders", ()):
+            declared = getattr(builder, "_function", None)
+            if declared is not None and declared.get_user_function() is function:
+                trigger = declared.get_trigger()
+                route = getattr(trigger, "route", None) or declared.get_function_name()
+    _ROUTES[function] = route
+    return route
+
+
+_ROUTES: dict[Callable[..., Any], str | None] = {}
+
+
+def _incoming_trace(req: func.HttpRequest, context: func.Context | None) -> tuple[str | None, str | None]:
+    """The host's span (``context.trace_context``), else the caller's ``traceparent`` and ``tracestate``."""
+    traceparent, tracestate = host_trace(context)
+    if traceparent:
+        return traceparent, tracestate
+    return req.headers.get("traceparent"), req.headers.get("tracestate")
+
+
+def _current_trace_id() -> str | None:
+    from opentelemetry import trace
+
+    return telemetry.trace_id(trace.get_current_span())
 
 
 async def answer(handler: Handler, req: func.HttpRequest, instance: str) -> func.HttpResponse:

@@ -12,7 +12,7 @@ import logging
 import azure.functions as func
 
 from shared.functions.connections import BASE, OPEN
-from shared.functions.http import endpoint, json_response
+from shared.functions.http import endpoint, json_response, traced
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ def page(title: str, paragraphs: list[str], status: int) -> func.HttpResponse:
 
 @bp.function_name("app_connection_oauth_callback")
 @bp.route(route=CALLBACK_ROUTE, methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@traced
 async def app_connection_oauth_callback(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import ServiceError
     from shared.wiring import oauth_flow

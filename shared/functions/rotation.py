@@ -9,6 +9,7 @@ import azure.functions as func
 
 from shared.functions.connections import BASE, OPEN, _one, _service
 from shared.functions.http import endpoint, json_response, query_int
+from shared.functions.invocation import traced_timer
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ async def list_azure_client_secrets_clients(req: func.HttpRequest) -> func.HttpR
 
 @bp.function_name("rotate_due_credentials")
 @bp.timer_trigger(schedule="%ROTATION_SWEEP_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
+@traced_timer
 async def rotate_due_credentials(timer: func.TimerRequest) -> None:
     from shared.wiring import run_sweep
 

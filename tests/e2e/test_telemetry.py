@@ -1,6 +1,7 @@
 """Telemetry end to end: a rotation through the API and one through a sweep leave the spans and metrics of
 ``shared.telemetry`` (an in-memory exporter and metric reader of the OpenTelemetry SDK), and none of their
-attributes, nor any log line, holds a secret."""
+attributes, nor any log line, holds a secret. One request's spans form one tree under the caller's trace: the
+server span with its route, and a client span for every request to Entra ID, Key Vault, Tables and Graph."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
 from shared import telemetry, wiring
 from shared.azure.clients import AzureClients
@@ -93,7 +95,7 @@ async def test_a_rotation_leaves_spans_and_metrics_without_secrets(api, admin, c
 
     # The rotation on enabling ran inside the HTTP function: its span, then the rotation and its four steps.
     spans = exporter.get_finished_spans()
-    http = [s for s in spans if s.name == "POST create_app_connection"]
+    http = [s for s in spans if s.name == "POST api/v1/app-connections/{app}"]
     assert len(http) == 1
     assert http[0].attributes["app"] == APP and http[0].attributes["http.response.status_code"] == 201
     assert http[0].attributes["outcome"] == "ok"
@@ -142,5 +144,80 @@ async def test_a_failed_request_is_an_error_span(api, otel):
     exporter, _ = otel
     response = api.get(f"{BASE}/{APP}/{uuid.uuid4()}")
     assert response.status_code == 404
-    [span] = [s for s in exporter.get_finished_spans() if s.name == "GET get_app_connection"]
+    [span] = [s for s in exporter.get_finished_spans() if s.name == "GET api/v1/app-connections/{app}/{connectionId}"]
     assert span.attributes["http.response.status_code"] == 404 and span.attributes["outcome"] == "client-error"
+    assert span.kind is SpanKind.SERVER and span.status.status_code is StatusCode.UNSET  # a 4xx is the caller's
+
+
+def tree_of(root: ReadableSpan, spans: list[ReadableSpan]) -> list[ReadableSpan]:
+    """``root`` and every span below it."""
+    below: dict[int, list[ReadableSpan]] = {}
+    for span in spans:
+        if span.parent is not None:
+            below.setdefault(span.parent.span_id, []).append(span)
+    tree, todo = [], [root]
+    while todo:
+        span = todo.pop()
+        tree.append(span)
+        todo.extend(below.get(span.context.span_id, []))
+    return tree
+
+
+def test_one_request_is_one_tree_under_the_callers_trace(api, admin, local_env, secrets_used, otel):
+    exporter, _ = otel
+    trace_id, parent_id = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    entra = register_rotatable_app(admin, secrets_used)
+    response = api.post(f"{BASE}/{APP}", headers={"traceparent": f"00-{trace_id}-{parent_id}-01"}, json={
+        "name": f"tree-{uuid.uuid4().hex[:8]}", "method": "client-secret", "credentials": entra.client_secret_body(),
+        "isAutoRotationEnabled": True, "rotation": {"rotationInterval": 30, "rotateAtUtc": {"hours": 3, "minutes": 0}},
+    })
+    assert response.status_code == 201, response.text
+    spans = list(exporter.get_finished_spans())
+
+    # The server span: a child of the given traceparent (the host's span in Azure), named by the route template.
+    [server] = [s for s in spans if s.kind is SpanKind.SERVER and f"{s.context.trace_id:032x}" == trace_id]
+    assert server.parent is not None and server.parent.is_remote and f"{server.parent.span_id:016x}" == parent_id
+    assert server.name == "POST api/v1/app-connections/{app}"
+    assert server.attributes["http.route"] == "api/v1/app-connections/{app}"
+    assert server.attributes["http.request.method"] == "POST"
+    assert server.attributes["http.response.status_code"] == 201
+    assert server.attributes["faas.trigger"] == "http" and server.attributes["faas.invocation_id"]
+
+    # Every span of the request is in that tree, and every upstream call is a client span in it.
+    tree = tree_of(server, spans)
+    assert {f"{s.context.trace_id:032x}" for s in tree} == {trace_id}
+    assert len([s for s in spans if f"{s.context.trace_id:032x}" == trace_id]) == len(tree)
+    calls = [s for s in tree if s.kind is SpanKind.CLIENT]
+    assert {s.attributes["upstream"] for s in calls} == {"entra", "key-vault", "tables", "graph"}
+    endpoints = {
+        "tables": local_env.settings["AzureWebJobsStorage"], "key-vault": local_env.settings["KEY_VAULT_URL"],
+        "entra": local_env.settings["AZURE_AUTHORITY_HOST"], "graph": local_env.settings["GRAPH_ENDPOINT"],
+    }
+    for call in calls:
+        attributes = call.attributes
+        assert call.name == attributes["http.request.method"]
+        assert attributes["http.request.method"] in {"GET", "POST", "PUT", "PATCH", "DELETE", "MERGE"}
+        assert attributes["server.address"] == "127.0.0.1"
+        port = attributes["server.port"]
+        assert f"127.0.0.1:{port}" in endpoints[attributes["upstream"]], (attributes, endpoints)
+        assert attributes["url.full"].startswith(("http://127.0.0.1:", "https://127.0.0.1:"))
+        status = attributes["http.response.status_code"]
+        assert isinstance(status, int)
+        if status >= 400:  # Key Vault's first request in a process is answered by its 401 challenge
+            assert attributes["error.type"] == str(status) and call.status.status_code is StatusCode.ERROR
+        else:
+            assert "error.type" not in attributes and call.status.status_code is StatusCode.UNSET
+    # The service's own steps sit between them: the rotation on enabling, its steps, each with their calls.
+    [rotation] = [s for s in tree if s.name == "rotation"]
+    steps = {s.attributes["rotation.step"]: s for s in sorted(tree, key=lambda s: s.start_time or 0)
+             if s.name.startswith("rotation.")}
+    assert list(steps) == STEPS and all(s.parent.span_id == rotation.context.span_id for s in steps.values())
+    assert {c.attributes["upstream"] for c in tree_of(steps["create"], spans) if c.kind is SpanKind.CLIENT} >= \
+        {"graph", "key-vault"}
+
+    # The audit records of the request name its trace: from an audit entry to the request's spans.
+    connection_id = response.json()["appConnection"]["id"]
+    audit = api.get("/api/v1/audit-logs", params={"connectionId": connection_id})
+    assert audit.status_code == 200, audit.text
+    created = [r for r in audit.json()["auditLogs"] if r["action"] == "connection.create"]
+    assert created and {r["traceId"] for r in created} == {trace_id}

@@ -1468,6 +1468,30 @@ def private_networking_rules(files: Files) -> list[str]:
     return v
 
 
+TELEMETRY_SETTINGS = {
+    # The Python worker configures Azure Monitor and makes the host's span current: the service's spans join it.
+    "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY": "true",
+    # Every trace kept (docs/telemetry.md): failed requests and rotations are never sampled away.
+    "OTEL_TRACES_SAMPLER": "always_on",
+}
+
+
+def telemetry_settings_rules(files: Files) -> list[str]:
+    """The worker exports OpenTelemetry (joining the host's trace), keeps every trace, with Entra ID auth."""
+    v: list[str] = []
+    deployment = Deployment(files, {})
+    settings = [i for i in deployment.instances("Microsoft.Web/sites/config") if i.body.get("name") == "appsettings"]
+    if len(settings) != 1:
+        return [f"expected one deployed appsettings config, found {len(settings)}"]
+    props = settings[0].body.get("properties") or {}
+    where = f"{settings[0].path}:{settings[0].symbol}"
+    for name, wanted in TELEMETRY_SETTINGS.items():
+        expect(v, where, name, props.get(name), wanted)
+    if "Authorization=AAD" not in ref_text(props.get("APPLICATIONINSIGHTS_AUTHENTICATION_STRING")):
+        v.append(f"{where}: APPLICATIONINSIGHTS_AUTHENTICATION_STRING must ask for Authorization=AAD")
+    return v
+
+
 RULES: tuple[Callable[[Files], list[str]], ...] = (
     function_app_rules,
     publishing_credentials_rules,
@@ -1485,6 +1509,7 @@ RULES: tuple[Callable[[Files], list[str]], ...] = (
     private_networking_rules,
     health_settings_rules,
     alert_rules,
+    telemetry_settings_rules,
 )
 
 

@@ -84,6 +84,12 @@ def test_app_settings_carry_the_tenant_the_audience_and_the_audit_retention(temp
     assert rules.auth_settings_rules(templates) == []
 
 
+def test_the_worker_exports_opentelemetry_and_keeps_every_trace(templates: dict[str, Any]) -> None:
+    assert rules.telemetry_settings_rules(templates) == []
+    host = json.loads((ROOT / "host.json").read_text())
+    assert host["telemetryMode"] == "OpenTelemetry"
+
+
 def test_vault_audit_events_and_table_logs_go_to_log_analytics(templates: dict[str, Any]) -> None:
     assert rules.diagnostic_settings_rules(templates) == []
 
@@ -329,6 +335,20 @@ resource identityOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
 
 # (id, file, old text, new text, a fragment of the violation it must cause)
 TAMPERINGS = [
+    (
+        "worker-telemetry-off",
+        "app/api.bicep",
+        "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'",
+        "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'false'",
+        "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY",
+    ),
+    (
+        "rate-limited-sampling",
+        "app/api.bicep",
+        "OTEL_TRACES_SAMPLER: 'always_on'",
+        "OTEL_TRACES_SAMPLER: 'microsoft.rate_limited'",
+        "OTEL_TRACES_SAMPLER",
+    ),
     ("https-off", "app/api.bicep", "httpsOnly: true", "httpsOnly: false", "httpsOnly"),
     ("https-renamed", "app/api.bicep", "httpsOnly: true", "supportsHttpsOnly: false", "httpsOnly"),
     ("tls-1.0", "app/api.bicep", "minTlsVersion: '1.2'", "minTlsVersion: '1.0'", "minTlsVersion"),

@@ -19,7 +19,7 @@ from azure.core.pipeline import AsyncPipeline
 from azure.core.rest import HttpRequest
 
 from shared.azure import clients as clients_module
-from shared.azure.clients import KEEPALIVE_SECONDS, AzureClients
+from shared.azure.clients import KEEPALIVE_SECONDS, TABLES, AzureClients
 from shared.azure.retry import retry_policy
 from shared.settings import load_settings
 
@@ -72,7 +72,7 @@ async def two_posts_apart(
     clients = AzureClients(load_settings({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}))
     try:
         async with IdleClosingServer(idle).running() as server:
-            pipeline = AsyncPipeline(clients.transport(), policies=[retry_policy()])
+            pipeline = AsyncPipeline(clients.transport(TABLES), policies=[retry_policy()])
             url = f"http://127.0.0.1:{server.port}/devstoreaccount1/$batch"
             first = await pipeline.run(HttpRequest("POST", url, content=b"{}"))
             await first.http_response.read()
