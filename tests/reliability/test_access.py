@@ -1,5 +1,6 @@
-"""Access: every registered function but the OAuth callback requires an Entra ID access token (there is no
-function key), and the callback reads nothing but ``code``, ``state``, ``error`` and ``error_description``.
+"""Access: every registered function but the OAuth callback and the console's static page requires an Entra ID
+access token (there is no function key), and the callback reads nothing but ``code``, ``state``, ``error`` and
+``error_description``.
 
 The functions are enumerated from ``function_app.app`` through ``localdev.host.index_functions`` (which calls
 ``get_functions()`` once per process and caches it, so this shares the index with the session's local host), and
@@ -21,6 +22,7 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 CALLBACK = "app_connection_oauth_callback"
+CONSOLE = {"console_root", "console_page", "console_connection_page", "console_asset"}
 
 
 def _triggers() -> list[tuple[str, dict[str, Any]]]:
@@ -64,7 +66,10 @@ def test_every_route_but_the_callback_refuses_a_missing_bad_or_foreign_token(hos
                 for headers in ({}, {"Authorization": "Bearer nope"}, {"x-functions-key": "a-key"},
                                 {"Authorization": f"Bearer {foreign}"}):
                     response = client.request(method, path, headers=headers)
-                    if info.name == CALLBACK:
+                    if info.name in CONSOLE:  # the static page and its assets: the same for everyone, no data
+                        assert response.status_code in (200, 302, 404), (info.name, response.status_code)
+                        assert "application/json" not in response.headers.get("content-type", "")
+                    elif info.name == CALLBACK:
                         assert response.status_code == 400, (info.name, response.status_code)
                         assert response.headers["content-type"].startswith("text/html")
                     else:

@@ -16,6 +16,8 @@ def test_every_route_but_the_callback_requires_a_role_and_every_change_is_audite
             continue
         assert str(trigger["authLevel"]) == "ANONYMOUS"  # the access token is the gate, not a function key
         user_function = function.get_user_function()
+        if user_function.__module__ == "shared.functions.console":  # the static page: no data (test_console)
+            continue
         guarded[(trigger["route"], tuple(str(m).rsplit(".", 1)[-1] for m in trigger["methods"]))] = (
             getattr(user_function, "required_role", None), getattr(user_function, "audit_action", None))
     assert guarded.pop((CALLBACK_ROUTE, ("GET",))) == (None, None)
