@@ -86,7 +86,7 @@ function copyButton(text, label) {
     } catch {
       announce(`Copying failed; select the ${label.toLowerCase()} and copy it.`);
     }
-  }}, `Copy ${label.toLowerCase()}`);
+  }}, `Copy ${label}`);
 }
 
 /** The setup of the docs for this app and method: the permissions, and for OAuth the redirect URI and settings. */

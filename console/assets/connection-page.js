@@ -9,6 +9,11 @@ import {
 import {openConnectionDialog} from './connection-form.js';
 
 const OUTCOME_KIND = {succeeded: 'ok', failed: 'bad', running: 'warn', interrupted: 'muted'};
+const TRIGGER_NAMES = {
+  manual: 'Rotate now', schedule: 'Scheduled rotation', resume: 'Resumed rotation',
+  enable: 'First rotation (rotation turned on)',
+  create: 'First rotation (connection created)',
+};
 const OUTCOME_NAMES = {succeeded: 'Succeeded', failed: 'Failed', running: 'Running', interrupted: 'Interrupted'};
 
 function row(label, ...content) {
@@ -57,8 +62,7 @@ function timeline(events) {
       h('div', {class: 'when'}, time(event.startedAt)),
       h('div', {class: 'what'},
         badge(OUTCOME_KIND[event.outcome] || 'muted', OUTCOME_NAMES[event.outcome] || event.outcome),
-        ` ${event.trigger === 'manual' ? 'Rotated by hand' : event.trigger === 'scheduled' ? 'Scheduled rotation'
-          : `Rotation (${event.trigger})`}`,
+        ` ${TRIGGER_NAMES[event.trigger] || `Rotation (${event.trigger})`}`,
         event.attempt > 1 ? `, attempt ${event.attempt}` : '',
         event.durationMs !== null && event.durationMs !== undefined ? h('span', {class: 'sub'},
           ` ${(event.durationMs / 1000).toFixed(1)} s`) : null),
