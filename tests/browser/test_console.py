@@ -1,0 +1,265 @@
+"""The App Connections page, as people use it in a browser: sign in, add connections of every method the options
+list (client secret, certificate by file and paste, OAuth through Entra and back), errors beside their fields,
+rotation and its timeline, a Reader who can change nothing, a lapsed session, delete with what it removes, and
+no serious or critical accessibility violation."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from localdev.environment import LocalEnvironment
+from localdev.standin.pki import make_certificate
+from tests.browser.conftest import PAGE, Console
+from tests.e2e.entra import register_app, register_rotatable_app
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def admin(local_env: LocalEnvironment) -> Any:
+    assert local_env.standin is not None
+    return local_env.standin.admin
+
+
+def add_dialog(page: Any, app: str, method: str) -> None:
+    page.click("#add-connection")
+    page.wait_for_selector("#connection-dialog[open]")
+    page.check(f"#app-{app}", force=True)
+    page.check(f"#method-{method}", force=True)
+
+
+def open_list(console: Console) -> None:
+    console.page.click(f"a[href='{PAGE}']")
+    console.page.wait_for_selector("#connections-title")
+
+
+def test_the_page_signs_in_and_lists_with_strict_headers(open_console: Any, host_url: str) -> None:
+    console = open_console("admin", "/")
+    page = console.page
+    assert page.url == console.url(PAGE)
+    assert page.inner_text("h1") == "App Connections"
+    response = httpx.get(console.url(PAGE))
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "style-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert response.headers["cache-control"] == "no-store"
+    # the filters are labelled controls, and the add button opens a modal dialog that closes with Escape
+    assert page.get_by_label("App", exact=True).is_visible()
+    assert page.get_by_label("Status", exact=True).is_visible()
+    page.click("#add-connection")
+    assert page.is_visible("#connection-dialog[open]")
+    page.keyboard.press("Escape")
+    assert not page.is_visible("#connection-dialog[open]")
+    assert page.evaluate("document.activeElement.id") == "add-connection"  # the focus goes back to the opener
+
+
+def test_a_client_secret_connection_errors_beside_fields_and_the_secret_is_never_shown(
+        open_console: Any, admin: Any, secrets_used: Any) -> None:
+    app = register_app(admin, secrets_used, name="console-kv")
+    console = open_console("admin")
+    page = console.page
+    add_dialog(page, "azure-key-vault", "client-secret")
+    page.fill("#field-name", "Not A Slug")
+    page.fill("#field-tenantId", "not-a-guid")
+    page.fill("#field-clientId", app.client_id)
+    page.fill("#field-clientSecret", app.client_secret)
+    page.click("#connection-submit")
+    page.wait_for_selector("#field-name-error:not([hidden])")
+    assert "lowercase letters" in page.inner_text("#field-name-error")
+    assert "GUID" in page.inner_text("#field-tenantId-error")
+    assert page.get_attribute("#field-name", "aria-invalid") == "true"
+    assert "field-name-error" in (page.get_attribute("#field-name", "aria-describedby") or "")
+    assert page.evaluate("document.activeElement.id") == "field-name"  # the first invalid field has the focus
+    console.screenshot("add-client-secret-errors")
+    page.fill("#field-name", "console-kv")
+    page.fill("#field-tenantId", app.tenant_id)
+    page.click("#connection-submit")
+    page.wait_for_selector("#connection-details")
+    assert page.inner_text("h1") == "console-kv"
+    assert re.search(r"/organization/app-connections/azure-key-vault/[0-9a-f-]{36}$", page.url)
+    details = page.inner_text("#connection-details")
+    assert "Client Secret" in details and app.client_id in details and "Active" in details
+    assert app.client_secret not in page.content()
+    page.click("#edit-connection")  # write-only: the edit dialog does not hold the secret
+    assert page.input_value("#field-clientSecret") == ""
+    page.keyboard.press("Escape")
+    open_list(console)
+    row = page.locator("table.connections tr", has_text="console-kv")
+    assert "Azure Key Vault" in row.inner_text() and "Healthy" in row.inner_text()
+    assert app.client_secret not in page.content()
+
+
+def test_a_certificate_connection_by_file_and_by_paste(open_console: Any, admin: Any, secrets_used: Any,
+                                                      tmp_path: Path) -> None:
+    app = register_app(admin, secrets_used, name="console-cert")
+    certificate, key = make_certificate(f"cn-{app.client_id}")
+    secrets_used.add(key)
+    admin.add_certificate(app.tenant_id, app.client_id, certificate)
+    (tmp_path / "cert.pem").write_text(certificate)
+    console = open_console("operator")
+    page = console.page
+    add_dialog(page, "azure-app-configuration", "certificate")
+    setup = page.inner_text(".setup")
+    for permission in ("KeyValue.Delete", "KeyValue.Read", "KeyValue.Write"):
+        assert permission in setup
+    page.fill("#field-name", "console-appconfig-cert")
+    page.fill("#field-tenantId", app.tenant_id)
+    page.fill("#field-clientId", app.client_id)
+    page.set_input_files("#field-certificateBody-file", str(tmp_path / "cert.pem"))
+    assert page.input_value("#field-certificateBody") == certificate
+    page.fill("#field-privateKey", key)
+    page.click("#connection-submit")
+    page.wait_for_selector("#connection-details")
+    assert "Certificate" in page.inner_text("#connection-details")
+    assert "BEGIN" not in page.content()  # neither the key nor the certificate comes back
+
+
+def test_oauth_connects_to_azure_and_comes_back_to_the_connection(open_console: Any, host_url: str) -> None:
+    console = open_console("admin")
+    page = console.page
+    add_dialog(page, "azure-key-vault", "oauth")
+    redirect_uri = page.inner_text("#redirect-uri")
+    assert redirect_uri == f"{host_url}/organization/app-connections/azure/oauth/callback"
+    assert "user_impersonation" in page.inner_text(".setup")
+    console.screenshot("add-oauth")
+    page.fill("#field-name", "console-kv-oauth")
+    page.click("#connection-submit")  # Connect to Azure: to the stand-in's authorize endpoint and back
+    page.wait_for_url(re.compile(r".*/organization/app-connections/azure-key-vault/[0-9a-f-]{36}\?authorized=created$"),
+                      timeout=30_000)
+    page.wait_for_selector("#connection-details")
+    assert page.inner_text("h1") == "console-kv-oauth"
+    assert "OAuth" in page.inner_text("#connection-details")
+    first = page.url.split("?")[0]
+    page.click("#reauthorize")
+    page.wait_for_url(re.compile(r".*\?authorized=again$"), timeout=30_000)
+    assert page.url.split("?")[0] == first
+    page.wait_for_selector("#connection-details")
+
+
+def test_rotation_enabled_at_creation_shows_in_the_timeline_and_delete_lists_what_it_removes(
+        open_console: Any, admin: Any, secrets_used: Any) -> None:
+    app = register_rotatable_app(admin, secrets_used, name="console-rotated")
+    console = open_console("operator")
+    page = console.page
+    add_dialog(page, "azure-client-secrets", "client-secret")
+    assert page.get_attribute("#field-isAutoRotationEnabled", "role") == "switch"
+    assert page.is_hidden("#rotation-settings")
+    page.fill("#field-name", "console-rotated")
+    page.fill("#field-tenantId", app.tenant_id)
+    page.fill("#field-clientId", app.client_id)
+    page.fill("#field-clientSecret", app.client_secret)
+    page.check("#field-isAutoRotationEnabled")
+    assert "Secret ID" in page.inner_text("#field-clientSecretKeyId-hint")
+    assert page.input_value("#field-timeZone") == "Europe/Berlin"  # the browser's zone by default
+    page.fill("#field-clientSecretKeyId", app.key_id)
+    page.fill("#field-rotationInterval", "0")
+    page.fill("#field-rotateAt", "03:30")
+    page.click("#connection-submit")
+    page.wait_for_selector("#field-rotationInterval-error:not([hidden])")
+    assert "at least 1" in page.inner_text("#field-rotationInterval-error")
+    page.fill("#field-rotationInterval", "7")
+    console.screenshot("add-rotation")
+    page.click("#connection-submit")
+    page.wait_for_selector("#rotation-timeline", timeout=30_000)
+    details = page.inner_text("#connection-details")
+    assert "every 7 days at 03:30 (Europe/Berlin)" in details
+    first = page.inner_text("#rotation-timeline")
+    assert "Succeeded" in first and f"Revoked: {app.key_id}" in first
+    # Rotate now: progress on the button while it runs (the stand-in answers slowly), then a second event
+    admin.set_latency(400)
+    try:
+        page.click("#rotate-now")
+        page.wait_for_selector("#rotate-now[aria-busy=true]")
+        assert page.inner_text("#rotate-now") == "Rotating…"
+        page.wait_for_selector("#rotation-timeline li:nth-child(2)", timeout=30_000)
+    finally:
+        admin.set_latency(0)
+    assert page.locator("#rotation-timeline li").count() == 2
+    assert "Rotate now" in page.inner_text("#rotation-timeline li:first-child")
+    console.screenshot("connection-rotated")
+    current = page.inner_text("#rotation-timeline li:first-child code")  # the secret now in use
+    assert current in {p["keyId"] for p in admin.app_passwords(app.tenant_id, app.client_id)}
+    page.click("#delete-connection")
+    page.wait_for_selector("#confirm-dialog[open]")
+    assert page.inner_text("#keys-to-remove").strip() == current
+    assert page.evaluate("document.activeElement.textContent") == "Cancel"
+    page.click("#confirm-delete")
+    page.wait_for_selector("#connections-title")
+    assert "was deleted" in page.inner_text("#toast")
+    assert current not in {p["keyId"] for p in admin.app_passwords(app.tenant_id, app.client_id)}
+    assert page.locator("table.connections tr", has_text="console-rotated").count() == 0
+
+
+def test_a_reader_sees_everything_but_can_change_nothing(open_console: Any, admin: Any, secrets_used: Any,
+                                                        api: httpx.Client) -> None:
+    app = register_app(admin, secrets_used, name="console-read")
+    created = api.post("/api/v1/app-connections/azure-key-vault", json={
+        "name": "console-read", "method": "client-secret", "credentials": app.client_secret_body()})
+    assert created.status_code == 201, created.text
+    connection = created.json()["appConnection"]
+    console = open_console("reader")
+    page = console.page
+    page.wait_for_selector("table.connections")
+    assert page.locator("table.connections tr", has_text="console-read").count() == 1
+    assert page.locator("#add-connection").count() == 0
+    page.click("text=console-read")
+    page.wait_for_selector("#connection-details")
+    for action in ("validate-now", "rotate-now", "edit-connection", "reauthorize", "delete-connection"):
+        assert page.locator(f"#{action}").count() == 0, action
+    assert "changing it needs the Writer or Rotator role" in page.inner_text("#read-only-note")
+    assert page.locator("#audit-title").count() == 0  # audit records are for an Auditor
+    console.screenshot("reader-connection")
+    # and the API refuses a change from this session, even one crafted by hand
+    status = page.evaluate("""async (path) => {
+        const session = await (await fetch('/auth/session')).json();
+        const answer = await fetch(path, {method: 'POST', credentials: 'same-origin',
+            headers: {'X-CSRF-Token': session.csrfToken}});
+        return answer.status; }""", f"/api/v1/app-connections/azure-key-vault/{connection['id']}/validate")
+    assert status == 403
+
+
+def test_a_lapsed_session_goes_back_to_sign_in_and_returns_to_the_same_page(open_console: Any) -> None:
+    console = open_console("admin")
+    page = console.page
+    page.select_option("#filter-app", "azure-key-vault")
+    assert page.url.endswith(f"{PAGE}?app=azure-key-vault")
+    page.context.clear_cookies()  # the session is gone, as when it expires
+    logins: list[str] = []
+    page.on("request", lambda request: logins.append(request.url) if "/auth/login" in request.url else None)
+    page.reload()
+    page.wait_for_selector("#who-name:not(:empty)", timeout=30_000)
+    assert logins and "returnTo=%2Forganization%2Fapp-connections%3Fapp%3Dazure-key-vault" in logins[0]
+    assert page.url.endswith(f"{PAGE}?app=azure-key-vault")
+    assert page.input_value("#filter-app") == "azure-key-vault"
+
+
+def test_no_serious_or_critical_accessibility_violation(open_console: Any, admin: Any, secrets_used: Any,
+                                                        api: httpx.Client) -> None:
+    app = register_rotatable_app(admin, secrets_used, name="console-a11y")
+    created = api.post("/api/v1/app-connections/azure-client-secrets", json={
+        "name": "console-a11y", "method": "client-secret", "credentials": app.client_secret_body(),
+        "isAutoRotationEnabled": True,
+        "rotation": {"rotationInterval": 30, "rotateAt": "02:00", "timeZone": "UTC"}})
+    assert created.status_code == 201, created.text
+    connection = created.json()["appConnection"]
+    console = open_console("admin")
+    page = console.page
+    page.wait_for_selector("table.connections")
+    assert console.axe() == []
+    console.screenshot("list")
+    page.screenshot(path=str(ROOT / ".localdev" / "screenshots" / "console.png"))
+    add_dialog(page, "azure-client-secrets", "client-secret")
+    page.check("#field-isAutoRotationEnabled")
+    assert console.axe("#connection-dialog") == []
+    console.screenshot("add-dialog")
+    page.keyboard.press("Escape")
+    page.goto(console.url(f"{PAGE}/azure-client-secrets/{connection['id']}"))
+    page.wait_for_selector("#rotation-timeline")
+    assert console.axe() == []
+    console.screenshot("connection")
