@@ -28,7 +28,7 @@ def _up(argv: Sequence[str]) -> int:
     parser.add_argument("--state-dir", type=Path, default=ROOT / ".localdev", help="where the local CA is kept")
     args = parser.parse_args(argv)
 
-    from localdev.environment import LocalEnvironment
+    from localdev.environment import DEMO_USERS, LocalEnvironment
     from localdev.host import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -66,6 +66,7 @@ def _up(argv: Sequence[str]) -> int:
         )
         body_file.chmod(0o600)
         base = f"http://localhost:{args.port}"
+        admin.set_account_picker(True)  # the console's sign-in page offers the demo people
         api = env.api
         token_command = "python -m localdev token"
         if args.state_dir.resolve() != (ROOT / ".localdev").resolve():
@@ -98,6 +99,13 @@ def _up(argv: Sequence[str]) -> int:
                     f"that trusts {env.standin.ca_path}, or follow it with curl --cacert):",
                     f"  curl -s {bearer} -H 'Accept: application/json' '{base}/api/v1/app-connections/"
                     "azure-key-vault/oauth/authorize?name=demo-oauth'",
+                    "",
+                    f"The console: {base}/organization/app-connections (sign in at {base}/auth/login)",
+                    "Demo sign-in (the stand-in's account picker): "
+                    + "; ".join([f"{api.user_principal_name} (AppConnections.Admin)"]
+                                + [f"{upn} ({', '.join(r.removeprefix('AppConnections.') for r in roles)})"
+                                   for upn, (_, roles) in DEMO_USERS.items()]),
+                    f"  or skip the picker: {base}/auth/login?loginHint=reader@contoso.example",
                     "",
                 ]
             ),
