@@ -69,7 +69,8 @@ class Session:
     key: str  # SHA-256 (hex) of the session id
     bucket: str  # the hour it ends at the latest (YYYYMMDDHH, UTC): the store's partition
     user_id: str
-    name: str
+    name: str  # the user name (preferred_username), as the audit names the user
+    display_name: str  # the ``name`` claim, for the page
     tenant_id: str
     roles: frozenset[str]
     csrf_token: str = field(repr=False)
@@ -82,6 +83,15 @@ class Session:
 
     def principal(self) -> Principal:
         return Principal(id=self.user_id, name=self.name, type="user", tenant_id=self.tenant_id, roles=self.roles)
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """A completed sign-in: the user (from the validated ID token), their display name, where to go back to."""
+
+    principal: Principal
+    display_name: str
+    return_to: str
 
 
 @dataclass(frozen=True)
@@ -178,7 +188,7 @@ class Sessions:
         self.idle = timedelta(minutes=settings.console.session_idle_minutes)
         self.origin = origin_of(settings.site_url)
 
-    async def start(self, principal: Principal) -> tuple[str, Session]:
+    async def start(self, principal: Principal, display_name: str = "") -> tuple[str, Session]:
         """A new session for ``principal``: its id (for the cookie alone) and the session."""
         now = self._clock()
         expires = now + self.absolute
@@ -186,7 +196,8 @@ class Sessions:
         keys = id_keys(session_id)
         assert keys is not None
         session = Session(key=keys[1], bucket=keys[0], user_id=principal.id, name=principal.name,
-                          tenant_id=principal.tenant_id, roles=principal.roles,
+                          display_name=display_name or principal.name, tenant_id=principal.tenant_id,
+                          roles=principal.roles,
                           csrf_token=secrets.token_urlsafe(32), created_at=now, last_seen_at=now, expires_at=expires)
         await self._store.create(session)
         return session_id, session
@@ -241,7 +252,8 @@ class Sessions:
     def describe(self, session: Session) -> dict[str, object]:
         """``GET /auth/session``'s answer."""
         return {
-            "user": {"name": session.name, "oid": session.user_id, "tid": session.tenant_id},
+            "user": {"name": session.display_name, "username": session.name, "oid": session.user_id,
+                     "tid": session.tenant_id},
             "roles": sorted(session.roles),
             "csrfToken": session.csrf_token,
             "expiresAt": session.ends_at(self.idle).astimezone(UTC).isoformat().replace("+00:00", "Z"),
@@ -315,7 +327,7 @@ class SignIn:
         })
         return f"{self._authorize_endpoint()}?{query}", state
 
-    async def complete(self, params: Mapping[str, str], login_cookie: str | None) -> tuple[Principal, str]:
+    async def complete(self, params: Mapping[str, str], login_cookie: str | None) -> SignedIn:
         """Redeem the callback's code: the signed-in user (from the validated ID token) and the return path."""
         self._require_configured()
         state = params.get("state") or ""
@@ -347,7 +359,8 @@ class SignIn:
         principal = principal_of(claims)
         if principal.type != "user" or not principal.id:
             raise Unauthorized("The ID token does not name a user.")
-        return principal, pending.return_to
+        display_name = claims.get("name")
+        return SignedIn(principal, display_name if isinstance(display_name, str) else "", pending.return_to)
 
     async def _client_authentication(self) -> dict[str, str]:
         console = self._settings.console

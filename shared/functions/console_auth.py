@@ -9,7 +9,7 @@ The contract the console page relies on:
 * ``GET /auth/callback`` -> redeems the code, creates the session, sets ``__Host-appconn`` (HttpOnly, Secure,
   SameSite=Lax, Path=/) and 302 to ``returnTo`` (default ``/organization/app-connections``). A failure is a small
   HTML page with a link to sign in again, never a stack trace.
-* ``GET /auth/session`` -> 200 ``{"user": {"name", "oid", "tid"}, "roles": [...], "csrfToken": "...",
+* ``GET /auth/session`` -> 200 ``{"user": {"name", "username", "oid", "tid"}, "roles": [...], "csrfToken": "...",
   "expiresAt": "..."}``, or 401 problem ``{"type": "urn:app-connections:problem:unauthenticated",
   "loginUrl": "/auth/login"}``.
 * ``POST /auth/logout`` (cookie, ``X-CSRF-Token`` and this service's ``Origin``) -> 204, the session deleted and
@@ -116,12 +116,11 @@ async def console_callback(req: func.HttpRequest) -> func.HttpResponse:
     from shared.wiring import audit_log, sessions, sign_in
 
     try:
-        principal, return_to = await sign_in().complete(
-            dict(req.params), cookie_value(req.headers.get("cookie"), LOGIN_COOKIE))
-        with acting(_context(req, principal)):
+        signed_in = await sign_in().complete(dict(req.params), cookie_value(req.headers.get("cookie"), LOGIN_COOKIE))
+        with acting(_context(req, signed_in.principal)):
             audit = audit_log()
             await audit.record("session.start", "started", detail="console sign-in")
-            session_id, session = await sessions().start(principal)
+            session_id, session = await sessions().start(signed_in.principal, signed_in.display_name)
             await audit.record("session.start", "succeeded",
                                detail=f"console session {session.key[:12]}; roles: {' '.join(sorted(session.roles))}")
     except ServiceError as error:
@@ -137,7 +136,7 @@ async def console_callback(req: func.HttpRequest) -> func.HttpResponse:
             log.warning("Console sign-in failed: an Azure call failed (%s)", type(error).__name__)
         return error_page("You are not signed in", "The service could not finish the sign-in; try again.", 502)
     max_age = int((session.expires_at - session.created_at).total_seconds())
-    return _redirect(return_to or DEFAULT_RETURN_TO,
+    return _redirect(signed_in.return_to or DEFAULT_RETURN_TO,
                      [set_cookie(SESSION_COOKIE, session_id, max_age), clear_cookie(LOGIN_COOKIE)])
 
 

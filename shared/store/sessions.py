@@ -31,7 +31,8 @@ def _aware(value: Any) -> datetime:
 def session_entity(session: Session) -> dict[str, Any]:
     return {
         "PartitionKey": SESSION + session.bucket, "RowKey": session.key, "Kind": "session",
-        "UserId": session.user_id, "Name": session.name, "TenantId": session.tenant_id,
+        "UserId": session.user_id, "Name": session.name, "DisplayName": session.display_name,
+        "TenantId": session.tenant_id,
         "Roles": " ".join(sorted(session.roles)), "CsrfToken": session.csrf_token,
         "CreatedAt": session.created_at, "LastSeenAt": session.last_seen_at, "ExpiresAt": session.expires_at,
     }
@@ -40,7 +41,8 @@ def session_entity(session: Session) -> dict[str, Any]:
 def session_of(entity: Any) -> Session:
     return Session(
         key=str(entity["RowKey"]), bucket=str(entity["PartitionKey"])[1:], user_id=str(entity["UserId"]),
-        name=str(entity.get("Name") or ""), tenant_id=str(entity.get("TenantId") or ""),
+        name=str(entity.get("Name") or ""),
+        display_name=str(entity.get("DisplayName") or ""), tenant_id=str(entity.get("TenantId") or ""),
         roles=frozenset(str(entity.get("Roles") or "").split()), csrf_token=str(entity["CsrfToken"]),
         created_at=_aware(entity["CreatedAt"]), last_seen_at=_aware(entity["LastSeenAt"]),
         expires_at=_aware(entity["ExpiresAt"]),

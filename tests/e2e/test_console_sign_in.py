@@ -108,7 +108,8 @@ def test_sign_in_sets_an_opaque_host_cookie_and_describes_the_user(client, local
     described = client.get("/auth/session", headers={"cookie": f"{SESSION}={session_id}"})
     assert described.status_code == 200
     body = described.json()
-    assert body["user"]["name"] == READER  # preferred_username, as the audit names a bearer token's user
+    assert body["user"]["name"] == DEMO_USERS[READER][0]
+    assert body["user"]["username"] == READER  # preferred_username, as the audit names the user
     assert body["user"]["tid"] == local_env.settings["AUTH_TENANT_ID"]
     assert body["roles"] == ["AppConnections.Reader"]
     assert body["csrfToken"] and body["expiresAt"].endswith("Z")
