@@ -223,6 +223,7 @@ export async function renderList() {
 // -- routing -------------------------------------------------------------------------------------------
 async function route() {
   hideToast();
+  main().dataset.ready = 'false';  // 'true' once the view has its data (the browser tests wait for it)
   const path = location.pathname.replace(/\/+$/, '');
   try {
     if (path === BASE) {
@@ -237,6 +238,7 @@ async function route() {
     show('Something went wrong', h('p', {class: 'warning'}, error.message),
       h('p', {}, h('a', {href: BASE, 'data-link': ''}, 'Back to App Connections')));
   }
+  main().dataset.ready = 'true';
 }
 
 document.addEventListener('click', (event) => {

@@ -114,8 +114,12 @@ def sign_in(console: Console, admin: Any, tenant: str, path: str = PAGE) -> None
     admin.set_sign_in(tenant, console.person.user_id)
     page = console.page
     page.goto(console.url(path))
-    page.wait_for_url(console.url(path) + "*", timeout=30_000)
-    page.wait_for_selector("#who-name:not(:empty)", timeout=30_000)
+    try:
+        page.wait_for_selector("#who-name:not(:empty)", timeout=30_000)
+        page.wait_for_selector("main[data-ready=true]")
+    except Exception as error:
+        raise AssertionError(f"the sign-in did not come back to the page: at {page.url}: "
+                             f"{page.inner_text('body')[:500]}") from error
     assert page.inner_text("#who-name") == console.person.name
 
 

@@ -35,9 +35,13 @@ def add_dialog(page: Any, app: str, method: str) -> None:
     page.check(f"#method-{method}", force=True)
 
 
+def live_keys(admin: Any, app: Any) -> set[str]:
+    return {p["keyId"] for p in admin.app_passwords(app.tenant_id, app.client_id) if not p["revoked"]}
+
+
 def open_list(console: Console) -> None:
     console.page.click(f"a[href='{PAGE}']")
-    console.page.wait_for_selector("#connections-title")
+    console.page.wait_for_selector("main[data-ready=true]")
 
 
 def test_the_page_signs_in_and_lists_with_strict_headers(open_console: Any, host_url: str) -> None:
@@ -72,12 +76,15 @@ def test_a_client_secret_connection_errors_beside_fields_and_the_secret_is_never
     page.click("#connection-submit")
     page.wait_for_selector("#field-name-error:not([hidden])")
     assert "lowercase letters" in page.inner_text("#field-name-error")
-    assert "GUID" in page.inner_text("#field-tenantId-error")
     assert page.get_attribute("#field-name", "aria-invalid") == "true"
     assert "field-name-error" in (page.get_attribute("#field-name", "aria-describedby") or "")
     assert page.evaluate("document.activeElement.id") == "field-name"  # the first invalid field has the focus
     console.screenshot("add-client-secret-errors")
     page.fill("#field-name", "console-kv")
+    page.click("#connection-submit")  # the credentials are checked next: the error moves to the Tenant ID
+    page.wait_for_selector("#field-tenantId-error:not([hidden])")
+    assert "GUID" in page.inner_text("#field-tenantId-error")
+    assert page.is_hidden("#field-name-error") and page.get_attribute("#field-name", "aria-invalid") is None
     page.fill("#field-tenantId", app.tenant_id)
     page.click("#connection-submit")
     page.wait_for_selector("#connection-details")
@@ -184,15 +191,16 @@ def test_rotation_enabled_at_creation_shows_in_the_timeline_and_delete_lists_wha
     assert "Rotate now" in page.inner_text("#rotation-timeline li:first-child")
     console.screenshot("connection-rotated")
     current = page.inner_text("#rotation-timeline li:first-child code")  # the secret now in use
-    assert current in {p["keyId"] for p in admin.app_passwords(app.tenant_id, app.client_id)}
+    assert live_keys(admin, app) == {current}
     page.click("#delete-connection")
     page.wait_for_selector("#confirm-dialog[open]")
     assert page.inner_text("#keys-to-remove").strip() == current
     assert page.evaluate("document.activeElement.textContent") == "Cancel"
     page.click("#confirm-delete")
     page.wait_for_selector("#connections-title")
-    assert "was deleted" in page.inner_text("#toast")
-    assert current not in {p["keyId"] for p in admin.app_passwords(app.tenant_id, app.client_id)}
+    page.wait_for_selector("main[data-ready=true]")
+    assert f"was deleted. Removed from the application: {current}." in page.inner_text("#toast")
+    assert live_keys(admin, app) == set()
     assert page.locator("table.connections tr", has_text="console-rotated").count() == 0
 
 
