@@ -156,6 +156,15 @@ def open_console(browser: Any, host_url: str, local_env: LocalEnvironment, peopl
         assert console.problems == [], console.problems
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test here drives the browser, and is end to end: ``-m browser`` picks them, ``-m "not e2e"`` skips them."""
+    here = Path(__file__).parent
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(here):
+            item.add_marker(pytest.mark.browser)
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
