@@ -91,8 +91,10 @@ def people(local_env: LocalEnvironment) -> dict[str, Person]:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium, for one module: Playwright's sync API runs an event loop in this thread while it is open, so it
+    must be closed before tests that run their own loop (``asyncio.run``) come next."""
     if not Path(CHROMIUM).exists():
         pytest.fail("Chromium is missing: run scripts/install.sh (it installs Debian's chromium)")
     from playwright.sync_api import sync_playwright

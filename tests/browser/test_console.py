@@ -118,7 +118,8 @@ def test_a_certificate_connection_by_file_and_by_paste(open_console: Any, admin:
     page.fill("#field-name", "console-appconfig-cert")
     page.fill("#field-tenantId", app.tenant_id)
     page.fill("#field-clientId", app.client_id)
-    page.set_input_files("#field-certificateBody-file", str(tmp_path / "cert.pem"))
+    page.set_input_files("#field-certificateBody-file", str(tmp_path / "cert.pem"))  # read by the page itself
+    page.wait_for_function("() => document.getElementById('field-certificateBody').value !== ''")
     assert page.input_value("#field-certificateBody") == certificate
     page.fill("#field-privateKey", key)
     page.click("#connection-submit")
