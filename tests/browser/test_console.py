@@ -233,19 +233,35 @@ def test_a_reader_sees_everything_but_can_change_nothing(open_console: Any, admi
     assert status == 403
 
 
-def test_a_lapsed_session_goes_back_to_sign_in_and_returns_to_the_same_page(open_console: Any) -> None:
+def test_a_lapsed_session_goes_back_to_sign_in_and_returns_to_the_same_page(
+        open_console: Any, admin: Any, secrets_used: Any, api: httpx.Client) -> None:
+    app = register_app(admin, secrets_used, name="console-lapsed")
+    created = api.post("/api/v1/app-connections/azure-app-configuration", json={
+        "name": "console-lapsed", "method": "client-secret", "credentials": app.client_secret_body()})
+    assert created.status_code == 201, created.text
+    connection = created.json()["appConnection"]
     console = open_console("admin")
     page = console.page
-    page.select_option("#filter-app", "azure-key-vault")
-    assert page.url.endswith(f"{PAGE}?app=azure-key-vault")
-    page.context.clear_cookies()  # the session is gone, as when it expires
+    page.select_option("#filter-app", "azure-app-configuration")
+    assert page.url.endswith(f"{PAGE}?app=azure-app-configuration")
     logins: list[str] = []
     page.on("request", lambda request: logins.append(request.url) if "/auth/login" in request.url else None)
+    # the session is gone (as when it expires): a reload goes to sign-in and back, filters kept
+    page.context.clear_cookies()
     page.reload()
     page.wait_for_selector("#who-name:not(:empty)", timeout=30_000)
-    assert logins and "returnTo=%2Forganization%2Fapp-connections%3Fapp%3Dazure-key-vault" in logins[0]
-    assert page.url.endswith(f"{PAGE}?app=azure-key-vault")
-    assert page.input_value("#filter-app") == "azure-key-vault"
+    page.wait_for_selector("main[data-ready=true]")
+    assert "returnTo=%2Forganization%2Fapp-connections%3Fapp%3Dazure-app-configuration" in logins[-1]
+    assert page.url.endswith(f"{PAGE}?app=azure-app-configuration")
+    assert page.input_value("#filter-app") == "azure-app-configuration"
+    # and within the page: the next API call answers 401, and the sign-in comes back to where the person went
+    page.context.clear_cookies()
+    page.click("text=console-lapsed")
+    path = f"{PAGE}/azure-app-configuration/{connection['id']}"
+    page.wait_for_url(console.url(path), timeout=30_000)
+    page.wait_for_selector("#connection-details")
+    assert f"returnTo={path.replace('/', '%2F')}" in logins[-1]
+    assert len(logins) == 2
 
 
 def test_no_serious_or_critical_accessibility_violation(open_console: Any, admin: Any, secrets_used: Any,

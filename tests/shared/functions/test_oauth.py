@@ -2,7 +2,7 @@
 
 import azure.functions as func
 
-from shared.functions.oauth import CALLBACK_ROUTE, _wants_json, page
+from shared.functions.oauth import CALLBACK_ROUTE, _from_console, _wants_json, page
 
 
 def test_every_route_but_the_callback_requires_a_role_and_every_change_is_audited():
@@ -55,3 +55,15 @@ def test_json_is_given_to_clients_that_ask_for_it():
     assert _wants_json(request("text/html;q=0.9, application/json;q=1"))
     assert not _wants_json(request("text/html,application/xhtml+xml,*/*;q=0.8"))
     assert not _wants_json(request(""))
+
+
+def test_only_a_browser_with_a_console_session_cookie_is_sent_back_to_the_console():
+    def request(cookie: str | None) -> func.HttpRequest:
+        headers = {"cookie": cookie} if cookie is not None else {}
+        return func.HttpRequest("GET", "http://h/" + CALLBACK_ROUTE, headers=headers, body=b"")
+
+    assert _from_console(request("__Host-appconn=abc; other=1"))
+    assert not _from_console(request(None))
+    assert not _from_console(request("__Host-appconn="))
+    assert not _from_console(request("__Host-appconn-login=abc"))
+    assert not _from_console(request("appconn=abc"))
