@@ -11,7 +11,7 @@ confidential client (the API's own app registration, ``AUTH_AUDIENCE``), the bro
   after sign-in (``CONSOLE_SESSION_ABSOLUTE_HOURS``, default 8) or ``session_idle_minutes`` after its last use
   (``CONSOLE_SESSION_IDLE_MINUTES``, default 30; the last use is written at most once a minute). Roles are those
   of sign-in: a role removed in Entra ID stops at the next sign-in, at most ``session_absolute_hours`` later.
-  No refresh token is requested or kept.
+  No refresh token is requested or kept. Each sign-in purges (best effort, at most 100) what has expired.
 * Calls that change state (anything but GET, HEAD, OPTIONS) by cookie need the header ``X-CSRF-Token`` equal to
   the session's (compared in constant time) AND an ``Origin`` equal to the service's own: the origin of
   ``SITE_URL`` (the public base URL the OAuth redirect URIs are built on), not the request's Host header.
@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import urllib.parse
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from shared.auth import TokenValidator
     from shared.ports import Clock, SessionStore, TokenEndpoint
     from shared.settings import Settings
+
+log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "__Host-appconn"
 LOGIN_COOKIE = "__Host-appconn-login"
@@ -319,6 +322,10 @@ class SignIn:
         verifier, nonce = secrets.token_urlsafe(64), secrets.token_urlsafe(32)
         await self._store.put_login(PendingLogin(key=keys[1], bucket=keys[0], verifier=verifier, nonce=nonce,
                                                  return_to=safe_return_to(return_to), expires_at=expires))
+        try:  # best effort, as the OAuth states: what expired waits harmlessly for the next sign-in
+            await self._store.purge_expired(now)
+        except Exception as error:
+            log.info("Could not purge expired console sessions (%s)", type(error).__name__)
         query = urllib.parse.urlencode({
             "client_id": self.client_id, "response_type": "code", "redirect_uri": self.redirect_uri,
             "response_mode": "query", "scope": SCOPE, "state": state, "nonce": nonce,

@@ -109,7 +109,7 @@ class SessionTable:
         return PendingLogin(key=key, bucket=bucket, verifier=str(entity["Verifier"]), nonce=str(entity["Nonce"]),
                             return_to=str(entity["ReturnTo"]), expires_at=_aware(entity["ExpiresAt"]))
 
-    async def purge_expired(self, now: datetime, limit: int = 1000) -> int:
+    async def purge_expired(self, now: datetime, limit: int = 100) -> int:
         """Delete sessions and pending sign-ins of hours that have fully passed (at most ``limit``)."""
         from azure.core.exceptions import ResourceNotFoundError
 

@@ -206,12 +206,16 @@ async def test_a_sessions_caller_is_authorized_by_the_same_roles() -> None:
         authorize(caller, "Writer", "azure-key-vault")
 
 
-async def test_expired_sessions_and_sign_ins_are_purged_by_hour() -> None:
+async def test_expired_sessions_are_purged_by_hour_and_at_each_sign_in() -> None:
     clock, store = Clock(), FakeSessions()
     service = sessions(clock, store)
     await service.start(READER)
     clock.advance(timedelta(hours=9))
     assert await service.purge_expired() == 1 and store.sessions == {}
+    await service.start(READER)
+    clock.advance(timedelta(hours=9))
+    await sign_in(clock, store, Endpoint()).begin(None)
+    assert store.sessions == {}
 
 
 # -- the sign-in ---------------------------------------------------------------------------------------------------
