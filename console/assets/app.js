@@ -49,10 +49,11 @@ export function who(person) {
   return person ? person.name || person.id : '—';
 }
 
+/** Go to a view of the page; once it has its data, its heading gets the focus (so a screen reader says where). */
 export function navigate(path, {replace = false} = {}) {
   if (replace) history.replaceState(null, '', path);
   else history.pushState(null, '', path);
-  route();
+  return route().then(focusTitle);
 }
 
 function main() {
@@ -61,10 +62,12 @@ function main() {
 
 /** Show a view: its heading gets the focus, so a screen reader hears where the person is now. */
 export function show(title, ...content) {
+  const hadFocus = document.activeElement && document.activeElement.id === 'page-title';
   const root = clear(main());
   const heading = h('h1', {tabindex: '-1', id: 'page-title'}, title);
   root.append(heading, ...content.flat().filter(Boolean));
   document.title = `${title} · Azure App Connections`;
+  if (hadFocus) heading.focus();
   return heading;
 }
 
@@ -246,7 +249,6 @@ document.addEventListener('click', (event) => {
   if (!link || event.defaultPrevented || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey) return;
   event.preventDefault();
   navigate(link.getAttribute('href'));
-  focusTitle();
 });
 window.addEventListener('popstate', () => { route().then(focusTitle); });
 

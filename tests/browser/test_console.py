@@ -286,5 +286,35 @@ def test_no_serious_or_critical_accessibility_violation(open_console: Any, admin
     page.keyboard.press("Escape")
     page.goto(console.url(f"{PAGE}/azure-client-secrets/{connection['id']}"))
     page.wait_for_selector("#rotation-timeline")
+    assert "connection.create" in page.inner_text("#audit-table")  # an Auditor (here Admin) reads the records
     assert console.axe() == []
     console.screenshot("connection")
+
+
+def test_adding_a_connection_with_the_keyboard_alone(open_console: Any, admin: Any, secrets_used: Any) -> None:
+    app = register_app(admin, secrets_used, name="console-keys")
+    console = open_console("operator")
+    page = console.page
+    page.focus("#add-connection")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#connection-dialog[open]")
+    assert page.evaluate("document.activeElement.name") == "app"  # the first choice has the focus
+    page.keyboard.press("ArrowRight")  # Azure App Configuration
+    page.keyboard.press("Tab")  # to the methods
+    page.keyboard.press("ArrowRight")  # Client Secret
+    assert page.evaluate("document.activeElement.id") == "method-client-secret"
+    outline = page.evaluate("getComputedStyle(document.activeElement.nextElementSibling).outlineStyle")
+    assert outline == "solid"  # the focus is visible on the chosen card
+    page.keyboard.press("Tab")  # past the copy of the docs' setup, to the fields
+    for value in ("console-keys", None, app.tenant_id, app.client_id, app.client_secret):
+        while page.evaluate("document.activeElement.tagName") not in ("INPUT", "TEXTAREA"):
+            page.keyboard.press("Tab")
+        if value is not None:
+            page.keyboard.type(value)
+        page.keyboard.press("Tab")
+    assert page.input_value("#field-clientSecret") == app.client_secret
+    page.focus("#connection-submit")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#connection-details")
+    assert page.inner_text("h1") == "console-keys"
+    assert page.evaluate("document.activeElement.id") == "page-title"  # the new page's heading has the focus
