@@ -71,14 +71,13 @@ class SessionTable:
         return session_of(entity)
 
     async def touch(self, bucket: str, key: str, at: datetime) -> bool:
-        from azure.core import MatchConditions
         from azure.core.exceptions import ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
         table = await self._table()
-        try:  # a merge that requires the entity: a session ended meanwhile stays ended
-            await table.update_entity({"PartitionKey": SESSION + bucket, "RowKey": key, "LastSeenAt": at},
-                                      mode=UpdateMode.MERGE, etag="*", match_condition=MatchConditions.IfPresent)
+        try:  # a merge with If-Match: * (the SDK's unconditional update) requires the entity: an ended session
+            await table.update_entity(  # stays ended (404), never comes back as a stub
+                {"PartitionKey": SESSION + bucket, "RowKey": key, "LastSeenAt": at}, mode=UpdateMode.MERGE)
         except ResourceNotFoundError:
             return False
         return True

@@ -208,3 +208,35 @@ def test_a_callback_from_another_browser_gets_a_page_with_a_link_to_sign_in(clie
     assert 'href="/auth/login"' in stolen.text
     assert SESSION not in set_cookies(stolen)
     assert "Traceback" not in stolen.text
+
+
+async def test_a_session_in_use_is_kept_alive_and_expired_ones_are_purged_at_sign_in(  # type: ignore[no-untyped-def]
+        client, local_env, secrets_used, clients):
+    import asyncio
+
+    reader = browser(client, local_env, READER, secrets_used)
+    table = await clients.table("Sessions")
+    keys = {"PartitionKey": "s" + reader.session_id.split(".", 1)[0],
+            "RowKey": hashlib.sha256(reader.session_id.encode()).hexdigest()}
+    five_minutes_ago = datetime.now(UTC) - timedelta(minutes=5)
+    await table.update_entity({**keys, "LastSeenAt": five_minutes_ago})
+    stale = {"PartitionKey": "s2020010100", "RowKey": "0" * 64, "Kind": "session", "UserId": "gone",
+             "CsrfToken": "x", "CreatedAt": five_minutes_ago, "LastSeenAt": five_minutes_ago,
+             "ExpiresAt": five_minutes_ago}
+    await table.upsert_entity(stale)
+
+    listed = await asyncio.to_thread(client.get, "/api/v1/app-connections/azure-key-vault",
+                                     headers=reader.headers(csrf=None, origin=None))
+    assert listed.status_code == 200
+    touched = await table.get_entity(keys["PartitionKey"], keys["RowKey"])
+    assert touched["LastSeenAt"] > five_minutes_ago + timedelta(minutes=4)  # its last use, written
+
+    await asyncio.to_thread(browser, client, local_env, READER, secrets_used)  # a sign-in purges what expired
+    remaining = [e async for e in table.query_entities("PartitionKey eq 's2020010100'")]
+    assert remaining == []
+
+    from shared.store.sessions import SessionTable
+
+    ended = SessionTable(clients)  # noting the use of an ended session does not bring it back
+    assert await ended.touch("2020010100", "1" * 64, datetime.now(UTC)) is False
+    assert await ended.get("2020010100", "1" * 64) is None
