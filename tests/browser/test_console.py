@@ -318,3 +318,23 @@ def test_adding_a_connection_with_the_keyboard_alone(open_console: Any, admin: A
     page.wait_for_selector("#connection-details")
     assert page.inner_text("h1") == "console-keys"
     assert page.evaluate("document.activeElement.id") == "page-title"  # the new page's heading has the focus
+
+
+def test_a_person_picks_a_demo_account_at_the_stand_in_as_the_local_run_prints(
+        browser: Any, host_url: str, admin: Any) -> None:
+    admin.set_account_picker(True)
+    context = browser.new_context(ignore_https_errors=True)
+    try:
+        page = context.new_page()
+        page.goto(f"{host_url}/")
+        page.wait_for_selector("text=Pick an account", timeout=30_000)
+        page.click("text=Sign in as Demo Reader")
+        page.wait_for_selector("main[data-ready=true]", timeout=30_000)
+        assert page.url == f"{host_url}{PAGE}"
+        assert page.inner_text("#who-name") == "Demo Reader"
+        assert page.locator("#add-connection").count() == 0
+        page.click("#sign-out")  # signed out: the next visit asks again
+        page.wait_for_selector("text=Pick an account", timeout=30_000)
+    finally:
+        admin.set_account_picker(False)
+        context.close()
