@@ -338,3 +338,31 @@ def test_a_person_picks_a_demo_account_at_the_stand_in_as_the_local_run_prints(
     finally:
         admin.set_account_picker(False)
         context.close()
+
+
+def test_edit_changes_only_what_changed_and_turns_rotation_on(open_console: Any, admin: Any, secrets_used: Any,
+                                                              api: httpx.Client) -> None:
+    app = register_rotatable_app(admin, secrets_used, name="console-edit")
+    created = api.post("/api/v1/app-connections/azure-client-secrets", json={
+        "name": "console-edit", "method": "client-secret", "credentials": app.client_secret_body()})
+    assert created.status_code == 201, created.text
+    connection = created.json()["appConnection"]
+    console = open_console("operator", f"{PAGE}/azure-client-secrets/{connection['id']}")
+    page = console.page
+    patches: list[Any] = []
+    page.on("request", lambda request: patches.append(request.post_data_json) if request.method == "PATCH" else None)
+    page.click("#edit-connection")
+    page.wait_for_selector("#connection-dialog[open]")
+    assert page.input_value("#field-name") == "console-edit" and page.input_value("#field-clientSecret") == ""
+    page.fill("#field-description", "Graph access of the build pipeline")
+    page.check("#field-isAutoRotationEnabled")
+    page.fill("#field-rotationInterval", "14")
+    page.fill("#field-rotateAt", "22:15")
+    page.select_option("#field-timeZone", "UTC")
+    page.click("#connection-submit")
+    page.wait_for_selector("#rotation-timeline", timeout=30_000)
+    assert patches == [{"description": "Graph access of the build pipeline", "isAutoRotationEnabled": True,
+                        "rotation": {"rotationInterval": 14, "rotateAt": "22:15", "timeZone": "UTC"}}]
+    details = page.inner_text("#connection-details")
+    assert "Graph access of the build pipeline" in details and "every 14 days at 22:15 (UTC)" in details
+    assert "First rotation (rotation turned on)" in page.inner_text("#rotation-timeline")
