@@ -8,6 +8,7 @@ themselves: what the service sets is exactly what they send back."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import ssl
 import urllib.parse
 from collections.abc import Iterator
@@ -57,9 +58,17 @@ class Browser:
 
 @pytest.fixture(scope="module")
 def client(host_url: str, local_env: LocalEnvironment, secrets_used) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
+    """The browser's HTTP client. Its own transport's debug log (httpcore prints response headers, the session
+    cookie among them) is off, so that the final secret scan looks for session ids in what the service logs."""
     secrets_used.add(local_env.settings["CONSOLE_CLIENT_SECRET"])
-    with httpx.Client(base_url=host_url, timeout=60) as client:
-        yield client
+    transport_log = logging.getLogger("httpcore")
+    level = transport_log.level
+    transport_log.setLevel(logging.INFO)
+    try:
+        with httpx.Client(base_url=host_url, timeout=60) as client:
+            yield client
+    finally:
+        transport_log.setLevel(level)
 
 
 def sign_in(client: httpx.Client, local_env: LocalEnvironment, upn: str, return_to: str | None = None,
