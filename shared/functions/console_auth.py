@@ -120,9 +120,12 @@ async def console_callback(req: func.HttpRequest) -> func.HttpResponse:
         with acting(_context(req, signed_in.principal)):
             audit = audit_log()
             await audit.record("session.start", "started", detail="console sign-in")
-            session_id, session = await sessions().start(signed_in.principal, signed_in.display_name)
+            service = sessions()
+            previous = await service.end(cookie_value(req.headers.get("cookie"), SESSION_COOKIE))
+            session_id, session = await service.start(signed_in.principal, signed_in.display_name)
             await audit.record("session.start", "succeeded",
-                               detail=f"console session {session.key[:12]}; roles: {' '.join(sorted(session.roles))}")
+                               detail=f"console session {session.key[:12]}; roles: {' '.join(sorted(session.roles))}"
+                               + (f"; replaces session {previous.key[:12]}" if previous else ""))
     except ServiceError as error:
         if error.status >= 500:
             log.warning("Console sign-in failed: %s", error.detail)

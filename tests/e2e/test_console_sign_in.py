@@ -249,3 +249,21 @@ async def test_a_session_in_use_is_kept_alive_and_expired_ones_are_purged_at_sig
     ended = SessionTable(clients)  # noting the use of an ended session does not bring it back
     assert await ended.touch("2020010100", "1" * 64, datetime.now(UTC)) is False
     assert await ended.get("2020010100", "1" * 64) is None
+
+
+def test_signing_in_again_ends_the_session_the_browser_had(client, local_env, secrets_used):  # type: ignore[no-untyped-def]
+    assert local_env.standin is not None
+    before = browser(client, local_env, READER, secrets_used)
+    login = client.get("/auth/login", params={"loginHint": OPERATOR})
+    state = cookie_of(set_cookies(login)[LOGIN])
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(local_env.standin.ca_path)), timeout=30) as entra:
+        callback = urllib.parse.urlsplit(entra.get(login.headers["location"]).headers["location"])
+    done = client.get(f"{callback.path}?{callback.query}",
+                      headers={"cookie": f"{LOGIN}={state}; {SESSION}={before.session_id}"})
+    after = cookie_of(set_cookies(done)[SESSION])
+    secrets_used.add(after)
+
+    assert after != before.session_id  # a new id at every sign-in: no fixation
+    assert client.get("/auth/session", headers={"cookie": f"{SESSION}={before.session_id}"}).status_code == 401
+    assert client.get("/auth/session", headers={"cookie": f"{SESSION}={after}"}).json()["roles"] == [
+        "AppConnections.Reader", "AppConnections.Rotator", "AppConnections.Writer"]
