@@ -343,3 +343,16 @@ async def test_without_a_client_credential_the_sign_in_does_not_start() -> None:
         await sign_in(Clock(), FakeSessions(), Endpoint(), CONSOLE_CLIENT_SECRET="").begin(None)
     with pytest.raises(ServiceMisconfigured):
         await sign_in(Clock(), FakeSessions(), Endpoint(), AUTH_AUDIENCE="https://contoso.example/api").begin(None)
+
+
+def test_the_session_settings_are_bounded_and_an_unresolved_secret_is_none() -> None:
+    from shared.settings import SettingsError
+
+    for name, value in (("CONSOLE_SESSION_IDLE_MINUTES", "0"), ("CONSOLE_SESSION_ABSOLUTE_HOURS", "25"),
+                        ("CONSOLE_SESSION_ABSOLUTE_HOURS", "eight")):
+        with pytest.raises(SettingsError, match=name):
+            load_settings({**ENV, name: value})
+    reference = "@Microsoft.KeyVault(SecretUri=https://v.vault.azure.net/secrets/console-client-secret/)"
+    console = load_settings({**ENV, "CONSOLE_CLIENT_SECRET": reference}).console
+    assert console.client_secret is None and console.federation_identity_client_id is None
+    assert "console-secret" not in repr(load_settings(ENV))
