@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT / "shared"
 # The domain: what the functions call and the adapters serve. It is handed its adapters (shared.ports).
-DOMAIN = ["connections", "oauth", "oauth_tokens", "records", "ports", "apps", "models", "errors", "options",
+DOMAIN = ["connections", "oauth", "oauth_tokens", "records", "ports", "apps", "models", "errors", "options", "sessions",
           "rotation.protocol", "rotation.sweep", "rotation.schedule", "rotation.config", "rotation.state",
           "rotation.pacing"]
 ADAPTER_CONSTRUCTORS = {"AzureClients", "get_clients", "ConnectionsTable", "SecretVault", "ScheduleIndex",
