@@ -8,6 +8,8 @@ import azure.functions as func
 from shared import redaction, telemetry
 from shared.functions.audit import bp as audit
 from shared.functions.connections import bp as connections
+from shared.functions.console import bp as console
+from shared.functions.console_auth import bp as console_auth
 from shared.functions.health import bp as health
 from shared.functions.oauth import bp as oauth
 from shared.functions.openapi import bp as openapi
@@ -22,3 +24,5 @@ app.register_functions(rotation)
 app.register_functions(openapi)
 app.register_functions(audit)
 app.register_functions(health)
+app.register_functions(console_auth)  # the console's sign-in: a session cookie, never a token in the browser
+app.register_functions(console)  # the web console: static page and assets, nothing heavy imported

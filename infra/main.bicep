@@ -353,8 +353,17 @@ module apiRegistration 'app/api-registration.bicep' = if (deployApiRegistration)
     displayName: 'App Connections API (${environmentName})'
     appRoles: apiAppRoles
     userImpersonationScope: apiUserImpersonationScope
+    consoleRedirectUris: [
+      consoleRedirectUri
+    ]
+    federatedIdentityPrincipalId: identity.outputs.principalId
   }
 }
+
+// The console's sign-in redirect URI on the API registration. Known before the Function App exists (the app
+// needs the registration's id): SITE_URL when set, else the app's default host name <name>.azurewebsites.net.
+var trimmedSiteUrl = endsWith(siteUrl, '/') ? substring(siteUrl, 0, length(siteUrl) - 1) : siteUrl
+var consoleRedirectUri = '${empty(siteUrl) ? 'https://${functionAppName}.azurewebsites.net' : trimmedSiteUrl}/auth/callback'
 
 // The API registration's application (client) id, from the template or from the postprovision hook.
 var effectiveAuthAudience = deployApiRegistration ? apiRegistration.outputs.appId : authAudience
@@ -432,6 +441,8 @@ output SERVICE_API_NAME string = api.outputs.name
 output SERVICE_API_URI string = api.outputs.uri
 output AZURE_FUNCTION_APP_URL string = api.outputs.uri
 output SITE_URL string = api.outputs.siteUrl
+output CONSOLE_REDIRECT_URI string = consoleRedirectUri
+output AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
 output OAUTH_REDIRECT_URI string = '${api.outputs.siteUrl}/organization/app-connections/azure/oauth/callback'
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output AZURE_KEY_VAULT_ENDPOINT string = keyVault.outputs.uri

@@ -62,6 +62,7 @@ def _up(argv: Sequence[str]) -> int:
         env.apply()  # with AUTH_TENANT_ID and AUTH_AUDIENCE: every route wants a token for the API
         os.environ.setdefault("SITE_URL", f"http://localhost:{args.port}")
         admin = env.standin.admin
+        admin.set_account_picker(True)  # the console's sign-in page offers the demo people
         demo = ensure_demo_app(admin, env.standin.url, str(env.standin.ca_path), state_dir)
         body_file = write_demo_body(admin, demo, state_dir, "demo-key-vault")
         for line in _instructions(env, demo.tenant_id, demo.client_id, body_file, args.port, state_dir,
@@ -78,6 +79,8 @@ def _instructions(env: LocalEnvironment, tenant: str, client_id: str, body_file:
                   state_dir: Path, persist: bool) -> list[str]:
     """What ``up`` prints: where everything is and commands that work as printed, before and after a rotation
     (each create asks ``demo-connection`` for a new secret of the demo app), with no tool beyond curl."""
+    from localdev.environment import DEMO_USERS
+
     assert env.standin is not None
     assert env.azurite is not None
     assert env.api is not None
@@ -116,6 +119,15 @@ def _instructions(env: LocalEnvironment, tenant: str, client_id: str, body_file:
         f"  URL=$(curl -s {bearer} -H 'Accept: application/json' '{base}/oauth/authorize?name=demo-oauth' \\",
         f"       | {helper} json authorizationUrl)",
         f"  curl -sL --cacert {env.standin.ca_path} \"$URL\"",
+        "",
+        f"The console: http://localhost:{port}/organization/app-connections (sign in at "
+        f"http://localhost:{port}/auth/login; the sign-in page is the stand-in's, on TLS with its local CA:",
+        f"let the browser trust {env.standin.ca_path}, or accept its warning once).",
+        "Demo sign-in (the stand-in's account picker): "
+        + "; ".join([f"{api.user_principal_name} (AppConnections.Admin)"]
+                    + [f"{upn} ({', '.join(r.removeprefix('AppConnections.') for r in roles)})"
+                       for upn, (_, roles) in DEMO_USERS.items()]),
+        f"  or skip the picker: http://localhost:{port}/auth/login?loginHint=reader@contoso.example",
         "Ctrl+C stops Azurite, the stand-in and the host.",
         "",
     ]

@@ -4,7 +4,9 @@ service to them. ``python -m localdev up`` and the end-to-end tests both build i
 :meth:`LocalEnvironment.register_api` (or ``with_api=True``) also registers the service's own API on the
 stand-in, whose access tokens every route requires: its app roles, a demo administrator and a demo daemon
 holding ``AppConnections.Admin``, the settings ``AUTH_TENANT_ID`` and ``AUTH_AUDIENCE``, and
-``{state_dir}/api-auth.json`` for ``python -m localdev token``.
+``{state_dir}/api-auth.json`` for ``python -m localdev token``; and the console's sign-in on that registration:
+its redirect URI ``{site_url}/auth/callback``, a client secret (``CONSOLE_CLIENT_SECRET``) and demo users
+(:data:`DEMO_USERS`: a reader and an operator beside the administrator).
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ from localdev.standin.state import read_state, save_state
 from shared.apps import APPS
 
 STANDIN_STATE_FILE = "standin-state.json"
+
+# The console's demo people beside the administrator (DEMO_ADMIN_UPN): userPrincipalName -> (name, app roles).
+DEMO_USERS = {
+    "operator@contoso.example": ("Demo Operator", ("AppConnections.Reader", "AppConnections.Writer",
+                                                   "AppConnections.Rotator")),
+    "reader@contoso.example": ("Demo Reader", ("AppConnections.Reader",)),
+}
 
 
 @dataclass
@@ -140,6 +149,13 @@ class LocalEnvironment:
         admin.add_redirect_uri(tenant, daemon["appId"], TOKEN_REDIRECT_URI)
         admin.assign_role(tenant, api["appId"], user["id"], ADMIN_ROLE)
         admin.assign_role(tenant, api["appId"], daemon["appId"], ADMIN_ROLE)
+        # The console signs people in to the API registration itself (shared.sessions).
+        admin.add_redirect_uri(tenant, api["appId"], f"{self.site_url.rstrip('/')}/auth/callback")
+        console_secret = admin.add_secret(tenant, api["appId"], display_name="console sign-in")
+        for upn, (name, roles) in DEMO_USERS.items():
+            person = admin.add_user(tenant, upn, name)
+            for role in roles:
+                admin.assign_role(tenant, api["appId"], person["id"], role)
         access = ApiAccess(
             standin_url=self.standin.url,
             ca_path=str(self.standin.ca_path),
@@ -155,6 +171,7 @@ class LocalEnvironment:
         access.save(self.api_access_path)
         self.settings["AUTH_TENANT_ID"] = tenant
         self.settings["AUTH_AUDIENCE"] = access.api_app_id
+        self.settings["CONSOLE_CLIENT_SECRET"] = console_secret["secretText"]
         self.api = access
         return access
 

@@ -159,8 +159,13 @@ class TokenValidator:
                 "tenant and client ID). The service has no open mode.")
 
     async def validate(self, authorization: str | None) -> Principal:
+        return principal_of(await self.claims(bearer_token(authorization)))
+
+    async def claims(self, token: str) -> dict[str, Any]:
+        """The claims of a token of the tenant for this API (an access token, or the console's ID token)."""
         self.require_configured()
-        token = bearer_token(authorization)
+        if len(token) > MAX_TOKEN_CHARS:
+            raise _unauthorized("The token is too long.")
         import jwt
 
         try:
@@ -189,7 +194,7 @@ class TokenValidator:
             raise _unauthorized("The access token comes from another issuer.") from None
         except jwt.PyJWTError:
             raise _unauthorized("The access token's signature or claims are not valid.") from None
-        return principal_of(claims)
+        return dict(claims)
 
 
 def principal_of(claims: Mapping[str, Any]) -> Principal:

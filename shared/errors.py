@@ -197,3 +197,17 @@ class ServiceMisconfigured(ServiceError):
     status = 503
     slug = "service-misconfigured"
     title = "The service is not configured for this"
+
+
+class SignInRequired(Unauthorized):
+    """A browser call without a live console session (none, expired or ended): sign in again at ``loginUrl``."""
+
+    slug = "unauthenticated"
+    title = "Sign in"
+
+
+class RequestForgery(Forbidden):
+    """A state-changing call by session cookie without this service's ``Origin`` or the session's CSRF token."""
+
+    slug = "csrf-rejected"
+    title = "The request's origin or CSRF token is not valid"

@@ -17,6 +17,7 @@ from shared.records import AuditRecord, ConnectionRecord, Notification, PendingA
 
 if TYPE_CHECKING:
     from shared.apps import AppSpec, Method
+    from shared.sessions import PendingLogin, Session
     from shared.settings import Settings
 
 
@@ -64,6 +65,7 @@ class TokenResult:
     refresh_token: str | None = field(repr=False)
     expires_on: int
     claims: dict[str, Any] = field(default_factory=dict, repr=False)  # the ID token's, else the access token's
+    id_token: str | None = field(default=None, repr=False)  # as the token endpoint answered (not yet validated)
 
     @property
     def tenant_id(self) -> str | None:
@@ -186,6 +188,18 @@ class OAuthStateStore(Protocol):
 
     async def put(self, state: str, pending: PendingAuthorization) -> None: ...
     async def take(self, state: str) -> PendingAuthorization | None: ...
+    async def purge_expired(self, now: datetime) -> int: ...
+
+
+class SessionStore(Protocol):
+    """Console sessions and pending sign-ins, keyed by (bucket, SHA-256 of the id); never the id itself."""
+
+    async def create(self, session: Session) -> None: ...
+    async def get(self, bucket: str, key: str) -> Session | None: ...
+    async def touch(self, bucket: str, key: str, at: datetime) -> bool: ...  # False: the session is gone
+    async def delete(self, bucket: str, key: str) -> None: ...
+    async def put_login(self, pending: PendingLogin) -> None: ...
+    async def take_login(self, bucket: str, key: str) -> PendingLogin | None: ...  # single use
     async def purge_expired(self, now: datetime) -> int: ...
 
 

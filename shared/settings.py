@@ -48,6 +48,18 @@ class OAuthClient:
 
 
 @dataclass(frozen=True)
+class ConsoleSettings:
+    """The console's sign-in (``shared.sessions``): the confidential client is the API registration itself
+    (AUTH_AUDIENCE), authenticated by the managed identity's federated credential when
+    ``FEDERATION_IDENTITY_CLIENT_ID`` is set, else by ``CONSOLE_CLIENT_SECRET`` (a Key Vault reference)."""
+
+    session_absolute_hours: float = 8.0
+    session_idle_minutes: float = 30.0
+    client_secret: str | None = field(default=None, repr=False)
+    federation_identity_client_id: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     storage: StorageSettings
     table_prefix: str
@@ -68,6 +80,7 @@ class Settings:
     expiry_warning_days: int = 30
     notify_webhook_url: str | None = None
     notify_webhook_secret: str | None = field(default=None, repr=False)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
     @property
     def oauth_redirect_uri(self) -> str:
@@ -202,6 +215,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         expiry_warning_days=int(_number(env, "EXPIRY_WARNING_DAYS", 30, 1, 365)),
         notify_webhook_url=_https_url(env, "NOTIFY_WEBHOOK_URL", None),
         notify_webhook_secret=_configured(env, "NOTIFY_WEBHOOK_SECRET"),
+        console=_console(env),
+    )
+
+
+def _console(env: Mapping[str, str]) -> ConsoleSettings:
+    return ConsoleSettings(
+        session_absolute_hours=_number(env, "CONSOLE_SESSION_ABSOLUTE_HOURS", 8, 0.25, 24),
+        session_idle_minutes=_number(env, "CONSOLE_SESSION_IDLE_MINUTES", 30, 1, 480),
+        client_secret=_configured(env, "CONSOLE_CLIENT_SECRET"),
+        federation_identity_client_id=_configured(env, "FEDERATION_IDENTITY_CLIENT_ID"),
     )
 
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from shared.oauth import OAuthFlow
     from shared.rotation.protocol import Checkpoint, RotationOptions, Rotator
     from shared.rotation.sweep import SweepReport
+    from shared.sessions import Sessions, SignIn
 
 
 def _now() -> datetime:
@@ -98,6 +99,35 @@ def token_validator() -> TokenValidator:
         validator = TokenValidator(clients.settings, SigningKeys(clients.settings, fetch_json_with(send)))
         _VALIDATORS[loop] = validator
     return validator
+
+
+def sessions() -> Sessions:
+    """The console's sessions (``shared.sessions``) in Table Storage."""
+    from shared.azure.clients import get_clients
+    from shared.sessions import Sessions
+    from shared.store.sessions import SessionTable
+
+    clients = get_clients()
+    return Sessions(SessionTable(clients), _now, clients.settings)
+
+
+def sign_in() -> SignIn:
+    """The console's sign-in: the API registration's authorization code flow, its client authenticated by the
+    managed identity's federated credential (FEDERATION_IDENTITY_CLIENT_ID) or CONSOLE_CLIENT_SECRET."""
+    from shared.azure.clients import get_clients
+    from shared.azure.entra import EntraTokenEndpoint
+    from shared.sessions import FEDERATION_SCOPE, SignIn
+    from shared.store.sessions import SessionTable
+
+    clients = get_clients()
+    identity = clients.settings.console.federation_identity_client_id
+
+    async def assertion() -> str:
+        assert identity is not None
+        return (await clients.managed_identity(identity).get_token(FEDERATION_SCOPE)).token
+
+    return SignIn(clients.settings, SessionTable(clients), EntraTokenEndpoint(clients), token_validator(), _now,
+                  assertion if identity else None)
 
 
 def audit_log() -> AuditLog:

@@ -36,6 +36,7 @@ from shared.ports import (
     TokenResult,
 )
 from shared.records import AuditRecord, ConnectionRecord, Notification, PendingAuthorization, RotationEvent
+from shared.sessions import PendingLogin, Session
 from shared.settings import load_settings
 from shared.store.history import row_key
 from shared.store.schedule import parse_key, schedule_key
@@ -481,6 +482,45 @@ class FakeStates:
 
     async def purge_expired(self, now: datetime) -> int:
         return 0
+
+
+class FakeSessions:
+    """The console's session store (``shared.store.sessions``): what it holds, by (bucket, hash)."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[tuple[str, str], Session] = {}
+        self.logins: dict[tuple[str, str], PendingLogin] = {}
+        self.touches = 0
+
+    async def create(self, session: Session) -> None:
+        assert (session.bucket, session.key) not in self.sessions
+        self.sessions[(session.bucket, session.key)] = session
+
+    async def get(self, bucket: str, key: str) -> Session | None:
+        return self.sessions.get((bucket, key))
+
+    async def touch(self, bucket: str, key: str, at: datetime) -> bool:
+        if (bucket, key) not in self.sessions:
+            return False
+        self.touches += 1
+        self.sessions[(bucket, key)] = replace(self.sessions[(bucket, key)], last_seen_at=at)
+        return True
+
+    async def delete(self, bucket: str, key: str) -> None:
+        self.sessions.pop((bucket, key), None)
+
+    async def put_login(self, pending: PendingLogin) -> None:
+        self.logins[(pending.bucket, pending.key)] = pending
+
+    async def take_login(self, bucket: str, key: str) -> PendingLogin | None:
+        return self.logins.pop((bucket, key), None)
+
+    async def purge_expired(self, now: datetime) -> int:
+        cutoff = now.strftime("%Y%m%d%H")
+        gone = [k for k in self.sessions if k[0] < cutoff]
+        for k in gone:
+            del self.sessions[k]
+        return len(gone)
 
 
 @dataclass

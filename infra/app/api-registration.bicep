@@ -20,6 +20,15 @@ param appRoles array
 @description('Required. The delegated permission (scope) that lets a signed-in person call the API: a Microsoft Graph permissionScope object.')
 param userImpersonationScope object
 
+@description('Required. Web redirect URIs of the console\'s sign-in (https://<host>/auth/callback): the registration is the confidential client that signs people in to the console.')
+param consoleRedirectUris array
+
+@description('Optional. Principal (object) id of the managed identity that authenticates the console\'s sign-in with a federated credential (no client secret). Empty: none.')
+param federatedIdentityPrincipalId string = ''
+
+@description('Optional. Issuer of the managed identity\'s tokens: {login endpoint}{tenant}/v2.0.')
+param federatedIdentityIssuer string = '${environment().authentication.loginEndpoint}${tenant().tenantId}/v2.0'
+
 resource application 'Microsoft.Graph/applications@v1.0' = {
   uniqueName: uniqueName
   displayName: displayName
@@ -35,6 +44,26 @@ resource application 'Microsoft.Graph/applications@v1.0' = {
     ]
   }
   appRoles: appRoles
+  // The console signs people in to this registration (authorization code + PKCE, a confidential client):
+  // ID tokens only through the code flow, never the implicit grant.
+  web: {
+    redirectUris: consoleRedirectUris
+    implicitGrantSettings: {
+      enableAccessTokenIssuance: false
+      enableIdTokenIssuance: false
+    }
+  }
+}
+
+// The console's client credential: the managed identity's token for api://AzureADTokenExchange, no secret.
+resource consoleFederatedCredential 'Microsoft.Graph/applications/federatedIdentityCredentials@v1.0' = if (!empty(federatedIdentityPrincipalId)) {
+  name: '${application.uniqueName}/console-managed-identity'
+  description: 'The App Connections service\'s managed identity signs people in to the console.'
+  issuer: federatedIdentityIssuer
+  subject: federatedIdentityPrincipalId
+  audiences: [
+    'api://AzureADTokenExchange'
+  ]
 }
 
 resource servicePrincipal 'Microsoft.Graph/servicePrincipals@v1.0' = {

@@ -204,6 +204,12 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     AUTH_TENANT_ID: tenant().tenantId
     AUTH_AUDIENCE: authAudience
     AUDIT_RETENTION_DAYS: string(auditRetentionDays)
+    // The console's sign-in (shared.sessions): the API registration's client secret, a Key Vault reference the
+    // operator sets only where the managed identity's federated credential cannot be used; sessions last 8 h at
+    // most and end after 30 idle minutes.
+    CONSOLE_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/console-client-secret/)'
+    CONSOLE_SESSION_ABSOLUTE_HOURS: '8'
+    CONSOLE_SESSION_IDLE_MINUTES: '30'
     // The OAuth instance settings: Key Vault references resolved with the identity; the operator sets the secrets.
     INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_ID: '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-key-vault-client-id/)'
     INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-key-vault-client-secret/)'

@@ -10,6 +10,8 @@
 #   AUTH_IDENTIFIER_URI             api://app-connections-api-<token>
 #   AUTH_APP_ROLES                  the app roles (JSON array of Microsoft Graph appRole objects)
 #   AUTH_USER_IMPERSONATION_SCOPE   the delegated permission (JSON permissionScope object)
+#   CONSOLE_REDIRECT_URI            the console's sign-in redirect URI (https://<host>/auth/callback)
+#   AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID   the managed identity of the console's federated credential
 # Idempotent: `az ad app create` patches the application that has this display name and identifier URI.
 # Needs `az login` to the same tenant as azd, as someone who may register applications.
 set -eu
@@ -20,7 +22,7 @@ if [ "${AZURE_DEPLOY_API_REGISTRATION:-true}" != "false" ]; then
 fi
 
 missing=""
-for name in AZURE_ENV_NAME AZURE_RESOURCE_GROUP AZURE_FUNCTION_APP_NAME AUTH_IDENTIFIER_URI AUTH_APP_ROLES AUTH_USER_IMPERSONATION_SCOPE; do
+for name in AZURE_ENV_NAME AZURE_RESOURCE_GROUP AZURE_FUNCTION_APP_NAME AUTH_IDENTIFIER_URI AUTH_APP_ROLES AUTH_USER_IMPERSONATION_SCOPE CONSOLE_REDIRECT_URI AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID; do
     eval "value=\${$name:-}"
     [ -n "$value" ] || missing="$missing $name"
 done
@@ -40,6 +42,9 @@ app_id="$(az ad app create \
     --identifier-uris "$AUTH_IDENTIFIER_URI" \
     --requested-access-token-version 2 \
     --app-roles "@$work/app-roles.json" \
+    --web-redirect-uris "$CONSOLE_REDIRECT_URI" \
+    --enable-id-token-issuance false \
+    --enable-access-token-issuance false \
     --query appId --output tsv)"
 object_id="$(az ad app show --id "$app_id" --query id --output tsv)"
 echo "register-api: application $app_id ($AUTH_IDENTIFIER_URI)"
@@ -54,6 +59,17 @@ if [ "${scopes:-0}" = "0" ]; then
     az rest --method PATCH --uri "${graph%/}/v1.0/applications/$object_id" \
         --headers "Content-Type=application/json" --body "@$work/api.json" --output none
     echo "register-api: added the delegated permission user_impersonation"
+fi
+
+# The console's client credential: the managed identity's token, trusted by a federated credential (no secret).
+fic="$(az ad app federated-credential list --id "$app_id" --query "[?name=='console-managed-identity'] | length(@)" --output tsv)"
+if [ "${fic:-0}" = "0" ]; then
+    login="$(az cloud show --query endpoints.activeDirectory --output tsv)"
+    tenant="$(az account show --query tenantId --output tsv)"
+    printf '{"name": "console-managed-identity", "issuer": "%s/%s/v2.0", "subject": "%s", "audiences": ["api://AzureADTokenExchange"], "description": "The App Connections service signs people in to the console."}\n' \
+        "${login%/}" "$tenant" "$AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID" >"$work/fic.json"
+    az ad app federated-credential create --id "$app_id" --parameters "@$work/fic.json" --output none
+    echo "register-api: added the console's federated credential (managed identity $AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID)"
 fi
 
 # The service principal: the resource people and daemons are assigned roles on; no role, no token.

@@ -194,6 +194,11 @@ class AdminClient:
         """``decline=True``: the user declines consent (redirect with ``error=access_denied``, AADSTS65004)."""
         self._call("PUT", "/oauth/consent", {"decline": decline})
 
+    def set_account_picker(self, enabled: bool) -> None:
+        """``enabled=True``: an authorize request without ``login_hint`` answers a page with a link per user of the
+        tenant ("Sign in as <name>"), as Entra's account picker; the person chooses who signs in."""
+        self._call("PUT", "/oauth/account-picker", {"enabled": enabled})
+
     def revoke_refresh_tokens(self, tenant_id: str, user_id: str | None = None) -> int:
         """Revoke the tenant's (or one user's) refresh tokens: they then fail with AADSTS50173. Returns how many."""
         return int(self._dict("POST", "/oauth/revoke", {"tenantId": tenant_id, "userId": user_id})["revoked"])

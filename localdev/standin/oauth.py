@@ -82,6 +82,7 @@ class AuthCode:
     challenge_method: str
     expires: dt.datetime
     used: bool = False
+    nonce: str | None = None
 
 
 @dataclass
@@ -113,6 +114,7 @@ class Directory:
     sign_in_tenant: str | None = None
     sign_in_user: str | None = None
     decline: bool = False
+    account_picker: bool = False  # without login_hint, the authorize endpoint lets the person choose a user
     codes: dict[str, AuthCode] = field(default_factory=dict)
     refresh_tokens: dict[str, RefreshToken] = field(default_factory=dict)
     issued: list[str] = field(default_factory=list)  # every token value issued here (for secret scans)
@@ -303,6 +305,10 @@ def authorize(req: Request) -> Response:
             "access_denied", 65004, "User declined to consent to access the app."
         )
     login_hint = query.get("login_hint") or None
+    with state.lock:
+        picker = directory(state).account_picker
+    if picker and not login_hint:
+        return _account_picker(req, tenant, app)
     user = _signed_in_user(state, tenant, login_hint)
     if user is None:
         raise _error_page(
@@ -323,9 +329,35 @@ def authorize(req: Request) -> Response:
             challenge=challenge,
             challenge_method=method,
             expires=utcnow() + CODE_LIFETIME,
+            nonce=query.get("nonce") or None,
         )
     req.note["user"] = user.user_id
     return _redirect(redirect_uri, {"code": code, **back, "session_state": str(uuid.uuid4())})
+
+
+def _account_picker(req: Request, tenant: Tenant, app: App) -> Response:
+    """"Pick an account": a link per user of the tenant, each the same authorize request with its login_hint
+    (and the app roles it holds on ``app``, when ``app`` is an API)."""
+    state = req.ctx.state
+    with state.lock:
+        users = list(directory(state).users.get(tenant.tenant_id) or [])
+        roles = {user.user_id: app.roles_of(user.user_id) for user in users}
+    items = []
+    for user in users:
+        query = urllib.parse.urlencode({**req.query, "login_hint": user.username})
+        held = ", ".join(roles[user.user_id]) or "no app roles"
+        items.append(
+            f'<li><a href="{html.escape(req.path + "?" + query)}">Sign in as {html.escape(user.display_name)}</a> '
+            f"({html.escape(user.username)}: {html.escape(held)})</li>"
+        )
+    body = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Pick an account</title></head>'
+        f"<body><main><h1>Pick an account</h1><p>Sign in to {html.escape(app.display_name or app.app_id)} "
+        f"(local stand-in for Entra ID).</p><ul>{''.join(items)}</ul></main></body></html>"
+    )
+    req.note["picker"] = True
+    return Response(200, body.encode(), {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store",
+                                         "Content-Security-Policy": "default-src 'none'"})
 
 
 # --- token grants -------------------------------------------------------------------------------------
@@ -409,7 +441,8 @@ def authorization_code(req: Request, tenant: Tenant, form: dict[str, str]) -> Re
         )
     issued_in = state.tenant(code.tenant_id)
     assert issued_in is not None
-    return _issue(req, issued_in, app, _user(state, code.tenant_id, code.user_id), code.scopes, form.get("scope"))
+    return _issue(req, issued_in, app, _user(state, code.tenant_id, code.user_id), code.scopes, form.get("scope"),
+                  nonce=code.nonce)
 
 
 def refresh_token(req: Request, tenant: Tenant, form: dict[str, str]) -> Response:
@@ -456,7 +489,8 @@ def refresh_token(req: Request, tenant: Tenant, form: dict[str, str]) -> Respons
 
 
 def _issue(
-    req: Request, tenant: Tenant, app: App, user: User, consented: list[str], requested: str | None
+    req: Request, tenant: Tenant, app: App, user: User, consented: list[str], requested: str | None,
+    nonce: str | None = None,
 ) -> Response:
     """Access, refresh and id tokens for ``user`` and the requested (else the consented) scopes."""
     ctx = req.ctx
@@ -500,16 +534,21 @@ def _issue(
     extra: dict[str, Any] = {"scope": " ".join(f"{resource}/{name}" for name in names)}
     issued = [access]
     if "openid" in wanted:
-        extra["id_token"] = ctx.signer.issue(
-            {
-                **common,
-                "aud": app.app_id,
-                "sub": hashlib.sha256(f"{user.user_id}:{app.app_id}".encode()).hexdigest()[:43],
-                "preferred_username": user.username,
-                "name": user.display_name,
-                "ver": "2.0",
-            }
-        )
+        id_claims: dict[str, Any] = {
+            **common,
+            "aud": app.app_id,
+            "sub": hashlib.sha256(f"{user.user_id}:{app.app_id}".encode()).hexdigest()[:43],
+            "preferred_username": user.username,
+            "name": user.display_name,
+            "ver": "2.0",
+        }
+        if nonce:  # the authorize request's nonce, as Entra echoes it (only from the authorization code grant)
+            id_claims["nonce"] = nonce
+        with ctx.state.lock:  # an app signing users in to itself: the app roles assigned to them on it
+            own_roles = app.roles_of(user.user_id)
+        if own_roles:
+            id_claims["roles"] = own_roles
+        extra["id_token"] = ctx.signer.issue(id_claims)
         issued.append(extra["id_token"])
     if "offline_access" in wanted:
         value = "1.A" + secrets.token_urlsafe(96)
@@ -631,6 +670,13 @@ def admin_set_consent(req: Request) -> Response:
     return json_response(200, {"decline": decline})
 
 
+def admin_set_account_picker(req: Request) -> Response:
+    enabled = bool(_body(req).get("enabled"))
+    with req.ctx.state.lock:
+        directory(req.ctx.state).account_picker = enabled
+    return json_response(200, {"enabled": enabled})
+
+
 def admin_revoke(req: Request) -> Response:
     body = _body(req)
     state = req.ctx.state
@@ -681,5 +727,6 @@ def register(router: Router, ctx: Context) -> None:
     router.add("POST", rf"{admin}/tenants/{tenant}/users", _guard(admin_add_user))
     router.add("PUT", rf"{admin}/oauth/sign-in", _guard(admin_set_sign_in))
     router.add("PUT", rf"{admin}/oauth/consent", _guard(admin_set_consent))
+    router.add("PUT", rf"{admin}/oauth/account-picker", _guard(admin_set_account_picker))
     router.add("POST", rf"{admin}/oauth/revoke", _guard(admin_revoke))
     router.add("GET", rf"{admin}/oauth/tokens", _guard(admin_tokens))

@@ -53,6 +53,7 @@ class AzureClients:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._service_credential: AsyncTokenCredential | None = None
+        self._identities: dict[str, AsyncTokenCredential] = {}
         self._table_service: TableServiceClient | None = None
         self._tables: dict[str, TableClient] = {}
         self._table_lock = asyncio.Lock()
@@ -101,6 +102,17 @@ class AzureClients:
                 **self.identity_kwargs(),
             )
         return self._service_credential
+
+    def managed_identity(self, client_id: str) -> AsyncTokenCredential:
+        """The user-assigned managed identity ``client_id`` alone (the console's federated client assertion)."""
+        credential = self._identities.get(client_id)
+        if credential is None:
+            from azure.identity.aio import ManagedIdentityCredential
+
+            credential = ManagedIdentityCredential(client_id=client_id, transport=self.transport(ENTRA),
+                                                   retry_policy_class=JitteredRetryPolicy)
+            self._identities[client_id] = credential
+        return credential
 
     # -- Table Storage ---------------------------------------------------------------------
     def table_service(self) -> TableServiceClient:
@@ -182,6 +194,9 @@ class AzureClients:
         if self._graph_http is not None:
             await self._graph_http.aclose()
             self._graph_http = None
+        for identity in self._identities.values():
+            await identity.close()
+        self._identities.clear()
         for client in self._tables.values():
             await client.close()
         self._tables.clear()

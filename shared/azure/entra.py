@@ -74,6 +74,7 @@ async def redeem(clients: AzureClients, tenant: str, form: Mapping[str, str]) ->
             refresh_token=refresh if isinstance(refresh, str) and refresh else None,
             expires_on=int(started) + expires_in,
             claims=claims,
+            id_token=body["id_token"] if isinstance(body.get("id_token"), str) else None,
         )
     error = str(body.get("error") or "")
     description = str(body.get("error_description") or "")

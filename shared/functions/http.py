@@ -13,7 +13,7 @@ import logging
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
@@ -28,6 +28,9 @@ from shared.errors import (
     UpstreamError,
 )
 from shared.functions.invocation import accept_context, host_trace
+
+if TYPE_CHECKING:
+    from shared.auth import Principal
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +174,11 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
             from shared.audit import RequestContext, acting
             from shared.auth import authorize
             from shared.records import Actor
-            from shared.wiring import token_validator
 
             params = req.route_params or {}
             route_app = app or params.get("app")
             try:
-                principal = await token_validator().validate(req.headers.get("authorization"))
+                principal = await caller(req)
                 claims = []
                 for needed in (role,) if isinstance(role, str) else role(req):
                     if any_app and principal.apps_granted(needed) != set():
@@ -297,6 +299,18 @@ def _current_trace_id() -> str | None:
     from opentelemetry import trace
 
     return telemetry.trace_id(trace.get_current_span())
+
+
+async def caller(req: func.HttpRequest) -> Principal:
+    """Who calls: the bearer token, else the console's session cookie (``shared.sessions``: a change needs the
+    service's Origin and the session's CSRF token); the same role checks and audit follow for both."""
+    from shared.sessions import CSRF_HEADER, SESSION_COOKIE, cookie_value
+    from shared.wiring import sessions, token_validator
+
+    authorization, cookies = req.headers.get("authorization"), req.headers.get("cookie")
+    if authorization or cookie_value(cookies, SESSION_COOKIE) is None:
+        return await token_validator().validate(authorization)
+    return await sessions().caller(cookies, req.method, req.headers.get("origin"), req.headers.get(CSRF_HEADER))
 
 
 async def answer(handler: Handler, req: func.HttpRequest, instance: str) -> func.HttpResponse:

@@ -1,6 +1,7 @@
 """HTTP functions of the OAuth method: start (function key) and the callback (the one anonymous function).
 
-The callback answers an HTML page for a person, never JSON: every value in it is HTML-escaped, it never holds
+A browser signed in to the console is sent back to the connection's page there (303). Anyone else gets a page:
+the callback answers an HTML page for a person, never JSON: every value in it is HTML-escaped, it never holds
 a token or code, and it is neither cached nor allowed to load or run anything.
 """
 
@@ -18,6 +19,7 @@ bp = func.Blueprint()
 log = logging.getLogger(__name__)
 
 CALLBACK_ROUTE = "organization/app-connections/azure/oauth/callback"
+CONSOLE_SESSION_COOKIE = "__Host-appconn"  # the cookie of a sign-in to the console (GET /auth/login)
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Pragma": "no-cache",
@@ -26,6 +28,19 @@ PAGE_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
+
+
+def _from_console(req: func.HttpRequest) -> bool:
+    """The browser holds a session cookie of the console: its page, not this one, shows the outcome (the console
+    checks the session itself; the redirect carries only the connection's id, which this page would show too)."""
+    from http.cookies import CookieError, SimpleCookie
+
+    cookies: SimpleCookie = SimpleCookie()
+    try:
+        cookies.load(req.headers.get("cookie") or "")
+    except CookieError:
+        return False
+    return bool(cookies.get(CONSOLE_SESSION_COOKIE) and cookies[CONSOLE_SESSION_COOKIE].value)
 
 
 def _wants_json(req: func.HttpRequest) -> bool:
@@ -82,6 +97,10 @@ async def app_connection_oauth_callback(req: func.HttpRequest) -> func.HttpRespo
         log.exception("OAuth callback failed")
         return page("The service could not finish", ["The service failed to handle the sign-in."], 500)
     record = outcome.record
+    if _from_console(req):  # a signed-in browser goes back to the connection's page of the console
+        path = f"/organization/app-connections/{outcome.app.id}/{record.id}"
+        return func.HttpResponse(status_code=303, headers={
+            **PAGE_HEADERS, "Location": f"{path}?authorized={'created' if outcome.created else 'again'}"})
     action = "created" if outcome.created else "authorized again"
     lines = [
         f"The {outcome.app.name} connection '{record.name}' was {action}.",

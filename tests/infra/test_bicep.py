@@ -769,3 +769,19 @@ def test_extra_role_assignment_for_the_identity_is_caught(
     violations = rules.role_assignment_rules(files)
     assert any("'Owner'" in v for v in violations), violations
     assert any(re.search(r"role roleDefinitions\[Owner\]|unexpected", v) for v in violations), violations
+
+
+def test_the_console_signs_in_through_the_api_registration(sources: dict[str, str]) -> None:
+    """The registration is the console's confidential client: its web redirect URI is SITE_URL's /auth/callback, no
+    implicit grant, and the managed identity's federated credential (api://AzureADTokenExchange) instead of a
+    secret; the secret setting, where one is used, is a Key Vault reference (app_settings_rules)."""
+    registration, main, api = sources["app/api-registration.bicep"], sources["main.bicep"], sources["app/api.bicep"]
+    assert "redirectUris: consoleRedirectUris" in registration
+    assert "enableIdTokenIssuance: false" in registration and "enableAccessTokenIssuance: false" in registration
+    assert "Microsoft.Graph/applications/federatedIdentityCredentials@v1.0" in registration
+    assert "'api://AzureADTokenExchange'" in registration and "subject: federatedIdentityPrincipalId" in registration
+    assert "/auth/callback'" in main and "federatedIdentityPrincipalId: identity.outputs.principalId" in main
+    assert "CONSOLE_CLIENT_SECRET: '@Microsoft.KeyVault(" in api
+    hook = (INFRA_DIR / "hooks" / "register-api.sh").read_text()
+    assert '--web-redirect-uris "$CONSOLE_REDIRECT_URI"' in hook and "--enable-id-token-issuance false" in hook
+    assert "az ad app federated-credential create" in hook and "api://AzureADTokenExchange" in hook

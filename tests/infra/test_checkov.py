@@ -99,7 +99,9 @@ def test_checkov_config_skips_only_the_graph_registration(
     skipped = [path for path in templates if any(re.search(p, f"{INFRA_DIR}/{path}") for p in config["skip-path"])]
     assert skipped == [rules.API_REGISTRATION_MODULE], skipped
     types = {r["type"] for r in templates[rules.API_REGISTRATION_MODULE]["resources"].values()}
-    assert types == {rules.GRAPH_APPLICATION, rules.GRAPH_SERVICE_PRINCIPAL}, types
+    # The application, its service principal, and the console's federated credential (docs/console.md, Sign-in).
+    assert types == {rules.GRAPH_APPLICATION, rules.GRAPH_SERVICE_PRINCIPAL,
+                     f"{rules.GRAPH_APPLICATION}/federatedIdentityCredentials"}, types
     scanned = {
         c["file_path"].lstrip("/") for kind in ("passed_checks", "skipped_checks") for c in report["results"][kind]
     }

@@ -28,7 +28,7 @@ from azure.identity.aio import ClientSecretCredential as AsyncClientSecretCreden
 
 from localdev import api_token
 from localdev.__main__ import main as localdev_main
-from localdev.environment import LocalEnvironment
+from localdev.environment import DEMO_USERS, LocalEnvironment
 from localdev.standin import AdminError, StandIn
 
 ROLES = ["AppConnections.Reader", "AppConnections.Writer", "AppConnections.Admin",
@@ -326,7 +326,13 @@ def test_up_registers_the_api_and_sets_auth_settings(local_env: LocalEnvironment
         for app in ("azure-key-vault", "azure-app-configuration", "azure-client-secrets"):
             assert f"AppConnections.{role}.{app}" in api["appRoles"]
     held = {(a["principalId"], a["role"]) for a in api["assignments"]}
-    assert held == {(access.user_id, "AppConnections.Admin"), (access.daemon_principal_id, "AppConnections.Admin")}
+    admins = {(access.user_id, "AppConnections.Admin"), (access.daemon_principal_id, "AppConnections.Admin")}
+    assert admins <= held
+    # The console's demo people (localdev.environment.DEMO_USERS) and nobody else.
+    users = {u["userPrincipalName"]: u["id"] for u in local_env.standin.admin.oauth_tokens()["users"]}
+    people = {(users[upn], role) for upn, (_, roles) in DEMO_USERS.items() for role in roles}
+    assert held - admins == people
+    assert local_env.settings["CONSOLE_CLIENT_SECRET"]
     assert access.user_principal_name == "admin@contoso.example"
 
 

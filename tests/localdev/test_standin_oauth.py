@@ -194,3 +194,67 @@ def test_other_grants_at_organizations_still_get_entras_answer(client, http):
             "scope": "https://vault.azure.net/.default"}
     response = http.post("/organizations/oauth2/v2.0/token", data=form)
     assert response.status_code == 400 and "AADSTS50059" in response.text
+
+
+# --- signing people in to an app's own API (the console's sign-in) ---------------------------------------------
+
+
+@pytest.fixture
+def own_api(standin: StandIn) -> Iterator[dict[str, Any]]:
+    """An API registration that signs people in to itself, a reader and an operator; the account picker on."""
+    admin = standin.admin
+    tenant = admin.add_tenant()
+    api = admin.add_api(tenant, "console api", ["AppConnections.Reader", "AppConnections.Writer"])
+    admin.add_redirect_uri(tenant, api["appId"], REDIRECT)
+    secret = admin.add_secret(tenant, api["appId"])
+    reader = admin.add_user(tenant, f"reader-{secrets.token_hex(3)}@contoso.example", "Reader Person")
+    operator = admin.add_user(tenant, f"operator-{secrets.token_hex(3)}@contoso.example", "Operator Person")
+    admin.assign_role(tenant, api["appId"], reader["id"], "AppConnections.Reader")
+    for role in ("AppConnections.Reader", "AppConnections.Writer"):
+        admin.assign_role(tenant, api["appId"], operator["id"], role)
+    admin.set_account_picker(True)
+    try:
+        yield {"client": Client(tenant, api["appId"], secret["secretText"]), "reader": reader, "operator": operator}
+    finally:
+        admin.set_account_picker(False)
+
+
+def test_the_account_picker_links_each_user_with_their_roles(own_api, http):  # type: ignore[no-untyped-def]
+    client = own_api["client"]
+    picker = authorize(http, client, client.tenant, scope="openid profile", nonce="n-1",
+                       code_challenge=challenge_of("v" * 43), code_challenge_method="S256")
+
+    assert picker.status_code == 200 and picker.headers["content-type"].startswith("text/html")
+    assert "Sign in as Operator Person" in picker.text and "AppConnections.Reader, AppConnections.Writer" in picker.text
+    links = [part.split('"', 1)[0].replace("&amp;", "&") for part in picker.text.split('href="')[1:]]
+    chosen = next(link for link in links if "operator-" in link)
+    assert parse_qs(urlsplit(chosen).query)["login_hint"] == [own_api["operator"]["userPrincipalName"]]
+    answered = http.get(chosen)
+    assert answered.status_code == 302 and query_of(answered)["state"] == "st-1"
+
+
+def test_the_id_token_of_a_sign_in_to_the_apps_own_api_has_nonce_and_roles(own_api, http):  # type: ignore[no-untyped-def]
+    client, reader = own_api["client"], own_api["reader"]
+    verifier = secrets.token_urlsafe(48)
+    code = query_of(authorize(http, client, client.tenant, scope="openid profile", nonce="nonce-42",
+                              login_hint=reader["userPrincipalName"], code_challenge=challenge_of(verifier),
+                              code_challenge_method="S256"))["code"]
+
+    wrong = redeem(http, client, code, "x" * 43, client.tenant, scope="openid profile")
+    assert aadsts(wrong) == "invalid_grant AADSTS50148"  # PKCE checked (and the code used up)
+    code = query_of(authorize(http, client, client.tenant, scope="openid profile", nonce="nonce-42",
+                              login_hint=reader["userPrincipalName"], code_challenge=challenge_of(verifier),
+                              code_challenge_method="S256"))["code"]
+    body = redeem(http, client, code, verifier, client.tenant, scope="openid profile").json()
+    identity = jwt.decode(body["id_token"], options={"verify_signature": False})
+    assert identity["aud"] == client.app_id and identity["nonce"] == "nonce-42"
+    assert identity["roles"] == ["AppConnections.Reader"]
+    assert identity["oid"] == reader["id"] and identity["name"] == "Reader Person"
+    assert "refresh_token" not in body  # no offline_access asked
+
+
+def test_an_id_token_for_another_app_has_no_roles_and_no_nonce_unless_asked(standin, client, http):  # type: ignore[no-untyped-def]
+    verifier = secrets.token_urlsafe(48)
+    body = redeem(http, client, code_for(http, client, verifier), verifier).json()
+    identity = jwt.decode(body["id_token"], options={"verify_signature": False})
+    assert "roles" not in identity and "nonce" not in identity

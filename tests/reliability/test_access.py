@@ -1,5 +1,6 @@
-"""Access: every registered function but the OAuth callback requires an Entra ID access token (there is no
-function key), and the callback reads nothing but ``code``, ``state``, ``error`` and ``error_description``.
+"""Access: every registered function but the OAuth callback, the console's static page and its sign-in requires an
+Entra ID access token (there is no function key), and the callback reads nothing but ``code``, ``state``, ``error`` and
+``error_description``.
 
 The functions are enumerated from ``function_app.app`` through ``localdev.host.index_functions`` (which calls
 ``get_functions()`` once per process and caches it, so this shares the index with the session's local host), and
@@ -21,6 +22,9 @@ pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 CALLBACK = "app_connection_oauth_callback"
+CONSOLE = {"console_root", "console_page", "console_connection_page", "console_asset"}
+# The console's sign-in reads no token: the session cookie is its only credential (tests/e2e/test_console_sign_in.py).
+SIGN_IN = {"console_login": 302, "console_callback": 400, "console_session": 401, "console_logout": 403}
 
 
 def _triggers() -> list[tuple[str, dict[str, Any]]]:
@@ -64,7 +68,15 @@ def test_every_route_but_the_callback_refuses_a_missing_bad_or_foreign_token(hos
                 for headers in ({}, {"Authorization": "Bearer nope"}, {"x-functions-key": "a-key"},
                                 {"Authorization": f"Bearer {foreign}"}):
                     response = client.request(method, path, headers=headers)
-                    if info.name == CALLBACK:
+                    if info.name in CONSOLE:  # the static page and its assets: the same for everyone, no data
+                        assert response.status_code in (200, 302, 404), (info.name, response.status_code)
+                        assert "application/json" not in response.headers.get("content-type", "")
+                    elif info.name in SIGN_IN:  # to the authority; no state; no session; no Origin
+                        assert response.status_code == SIGN_IN[info.name], (info.name, response.status_code)
+                        # No session is made: at most the login cookie is set or the session cookie cleared.
+                        assert all(line.startswith(("__Host-appconn-login=", "__Host-appconn=;"))
+                                   for line in response.headers.get_list("set-cookie")), info.name
+                    elif info.name == CALLBACK:
                         assert response.status_code == 400, (info.name, response.status_code)
                         assert response.headers["content-type"].startswith("text/html")
                     else:

@@ -11,11 +11,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT / "shared"
 # The domain: what the functions call and the adapters serve. It is handed its adapters (shared.ports).
-DOMAIN = ["connections", "oauth", "oauth_tokens", "records", "ports", "apps", "models", "errors", "options",
+DOMAIN = ["connections", "oauth", "oauth_tokens", "records", "ports", "apps", "models", "errors", "options", "sessions",
           "rotation.protocol", "rotation.sweep", "rotation.schedule", "rotation.config", "rotation.state",
           "rotation.pacing"]
 ADAPTER_CONSTRUCTORS = {"AzureClients", "get_clients", "ConnectionsTable", "SecretVault", "ScheduleIndex",
-                        "RotationHistory", "OAuthStates", "AzureDirectory", "EntraTokenEndpoint", "GraphApps"}
+                        "RotationHistory", "OAuthStates", "AzureDirectory", "EntraTokenEndpoint", "GraphApps",
+                        "SessionTable"}
 
 
 def _module(path: Path) -> str:
@@ -83,6 +84,7 @@ def test_only_the_wiring_module_builds_the_adapters() -> None:
         calls = {node.func.id for node in ast.walk(ast.parse(path.read_text()))
                  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
         if calls & {"ConnectionsTable", "SecretVault", "ScheduleIndex", "RotationHistory", "OAuthStates",
-                    "AzureDirectory", "EntraTokenEndpoint", "ConnectionService", "Rotator", "OAuthFlow"}:
+                    "AzureDirectory", "EntraTokenEndpoint", "ConnectionService", "Rotator", "OAuthFlow",
+                    "SessionTable", "Sessions", "SignIn"}:
             builders.add(name)
     assert builders == {"shared.wiring"}

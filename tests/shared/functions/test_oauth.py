@@ -2,7 +2,7 @@
 
 import azure.functions as func
 
-from shared.functions.oauth import CALLBACK_ROUTE, _wants_json, page
+from shared.functions.oauth import CALLBACK_ROUTE, _from_console, _wants_json, page
 
 
 def test_every_route_but_the_callback_requires_a_role_and_every_change_is_audited():
@@ -10,15 +10,22 @@ def test_every_route_but_the_callback_requires_a_role_and_every_change_is_audite
     from localdev.host import index_functions
 
     guarded = {}
+    sign_in = set()
     for function in index_functions(function_app.app):
         trigger = function.get_trigger().get_dict_repr()
         if trigger.get("route") is None:
             continue
         assert str(trigger["authLevel"]) == "ANONYMOUS"  # the access token is the gate, not a function key
         user_function = function.get_user_function()
+        if user_function.__module__ == "shared.functions.console":  # the static page: no data (test_console)
+            continue
+        if user_function.__module__ == "shared.functions.console_auth":  # the console's sign-in (test_console_auth)
+            sign_in.add(trigger["route"])
+            continue
         guarded[(trigger["route"], tuple(str(m).rsplit(".", 1)[-1] for m in trigger["methods"]))] = (
             getattr(user_function, "required_role", None), getattr(user_function, "audit_action", None))
     assert guarded.pop((CALLBACK_ROUTE, ("GET",))) == (None, None)
+    assert sign_in == {"auth/login", "auth/callback", "auth/session", "auth/logout"}
     assert all(role is not None for role, _ in guarded.values()), guarded
     changes = {key: action for key, (_, action) in guarded.items() if key[1] != ("GET",)}
     assert all(changes.values()), changes
@@ -48,3 +55,15 @@ def test_json_is_given_to_clients_that_ask_for_it():
     assert _wants_json(request("text/html;q=0.9, application/json;q=1"))
     assert not _wants_json(request("text/html,application/xhtml+xml,*/*;q=0.8"))
     assert not _wants_json(request(""))
+
+
+def test_only_a_browser_with_a_console_session_cookie_is_sent_back_to_the_console():
+    def request(cookie: str | None) -> func.HttpRequest:
+        headers = {"cookie": cookie} if cookie is not None else {}
+        return func.HttpRequest("GET", "http://h/" + CALLBACK_ROUTE, headers=headers, body=b"")
+
+    assert _from_console(request("__Host-appconn=abc; other=1"))
+    assert not _from_console(request(None))
+    assert not _from_console(request("__Host-appconn="))
+    assert not _from_console(request("__Host-appconn-login=abc"))
+    assert not _from_console(request("appconn=abc"))

@@ -1,0 +1,86 @@
+// The API seen from the page: same-origin fetches with the session cookie, the CSRF token on every change,
+// problem details (RFC 9457) turned into ApiError, and a lapsed session sent back to sign-in.
+
+let csrfToken = null;
+
+export class ApiError extends Error {
+  constructor(status, problem) {
+    super((problem && (problem.detail || problem.title)) || `The service answered ${status}.`);
+    this.status = status;
+    this.problem = problem || {};
+  }
+
+  /** The field errors of the problem: [{pointer: '/credentials/tenantId', detail: 'is required'}]. */
+  get fieldErrors() {
+    return Array.isArray(this.problem.errors) ? this.problem.errors : [];
+  }
+}
+
+export function setCsrfToken(token) {
+  csrfToken = token;
+}
+
+/** Where to sign in so as to come back to this very page (a same-origin path only). */
+export function signInUrl() {
+  const back = location.pathname + location.search;
+  return `/auth/login?returnTo=${encodeURIComponent(back.startsWith('/') && !back.startsWith('//') ? back : '/')}`;
+}
+
+export function goToSignIn() {
+  location.assign(signInUrl());
+  return new Promise(() => {}); // the page is leaving: nothing after this runs
+}
+
+async function body(response) {
+  const type = response.headers.get('content-type') || '';
+  if (!type.includes('json')) return null;
+  try {
+    return await response.json();
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Call the API. A 401 anywhere means the session is gone: back to sign-in, then to this page.
+ * Answers JSON (null for 204), or throws ApiError with the problem.
+ */
+export async function api(method, path, payload, {signInOn401 = true} = {}) {
+  const headers = {Accept: 'application/json'};
+  if (method !== 'GET' && method !== 'HEAD') {
+    if (csrfToken) headers['X-CSRF-Token'] = csrfToken;
+  }
+  const init = {method, headers, credentials: 'same-origin', cache: 'no-store', redirect: 'error'};
+  if (payload !== undefined) {
+    headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(payload);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch {
+    throw new ApiError(0, {title: 'The service could not be reached', detail: 'Check the connection and try again.'});
+  }
+  if (response.status === 401 && signInOn401) return goToSignIn();
+  if (response.status === 204) return null;
+  const data = await body(response);
+  if (!response.ok) throw new ApiError(response.status, data);
+  return data;
+}
+
+/** Every page of a list: follows continuationToken (bounded). */
+export async function all(path, key, limit = 20) {
+  const items = [];
+  let token = null;
+  for (let page = 0; page < limit; page += 1) {
+    const separator = path.includes('?') ? '&' : '?';
+    const url = token ? `${path}${separator}continuationToken=${encodeURIComponent(token)}` : path;
+    const data = await api('GET', url);
+    items.push(...(data[key] || []));
+    token = data.continuationToken;
+    if (!token) break;
+  }
+  return items;
+}
+
+export const enc = encodeURIComponent;

@@ -1,0 +1,277 @@
+// The App Connections page: the session, the routes (the list and a connection's page) and the list itself.
+
+import {ApiError, all, api, enc, goToSignIn, setCsrfToken} from './api.js';
+import {announce, badge, clear, h, hideToast, time, toast} from './dom.js';
+import {openConnectionDialog} from './connection-form.js';
+import {renderConnection} from './connection-page.js';
+
+export const BASE = '/organization/app-connections';
+export const API = '/api/v1/app-connections';
+export const METHOD_NAMES = {
+  'oauth': 'OAuth', 'client-secret': 'Client Secret', 'certificate': 'Certificate', 'federated': 'Federated',
+};
+export const STATUS_NAMES = {
+  'active': 'Active', 'invalid': 'Invalid', 'deleting': 'Being deleted',
+  'reauthorization-required': 'Re-authorization required',
+};
+export const HEALTH_NAMES = {
+  healthy: 'Healthy', expiring: 'Expiring', failing: 'Failing', expired: 'Expired', unknown: 'Not checked yet',
+};
+const STATUS_KIND = {'active': 'ok', 'invalid': 'bad', 'deleting': 'muted', 'reauthorization-required': 'warn'};
+const HEALTH_KIND = {healthy: 'ok', expiring: 'warn', failing: 'bad', expired: 'bad', unknown: 'muted'};
+
+/** What the page knows of the person and the service, once signed in. */
+export const state = {session: null, options: [], roles: new Set()};
+
+/** May the signed-in person act as `role` (Reader, Writer, Rotator, Auditor) for `app` (or any app)? */
+export function can(role, app) {
+  const roles = state.roles;
+  if (roles.has('Admin') || roles.has(role)) return true;
+  if (app) return roles.has(`${role}.${app}`) || roles.has(`Admin.${app}`);
+  return [...roles].some((name) => name.startsWith(`${role}.`) || name.startsWith('Admin.'));
+}
+
+export function appName(id) {
+  const option = state.options.find((item) => item.app === id);
+  return option ? option.name : id;
+}
+
+export function statusBadge(status) {
+  return badge(STATUS_KIND[status] || 'muted', STATUS_NAMES[status] || status);
+}
+
+export function healthBadge(health) {
+  const status = (health && health.status) || 'unknown';
+  return badge(HEALTH_KIND[status] || 'muted', HEALTH_NAMES[status] || status);
+}
+
+export function who(person) {
+  return person ? person.name || person.id : '—';
+}
+
+/** Go to a view of the page; once it has its data, its heading gets the focus (so a screen reader says where). */
+export function navigate(path, {replace = false} = {}) {
+  if (replace) history.replaceState(null, '', path);
+  else history.pushState(null, '', path);
+  return route().then(focusTitle);
+}
+
+function main() {
+  return document.getElementById('main');
+}
+
+/** Show a view: its heading gets the focus, so a screen reader hears where the person is now. */
+export function show(title, ...content) {
+  const hadFocus = document.activeElement && document.activeElement.id === 'page-title';
+  const root = clear(main());
+  const heading = h('h1', {tabindex: '-1', id: 'page-title'}, title);
+  root.append(heading, ...content.flat().filter(Boolean));
+  document.title = `${title} · Azure App Connections`;
+  if (hadFocus) heading.focus();
+  return heading;
+}
+
+export function focusTitle() {
+  const heading = document.getElementById('page-title');
+  if (heading) heading.focus();
+}
+
+// -- session ------------------------------------------------------------------------------------------
+let expiryTimer = null;
+
+async function loadSession() {
+  const session = await api('GET', '/auth/session');
+  state.session = session;
+  setCsrfToken(session.csrfToken);
+  state.roles = new Set((session.roles || []).map((name) => String(name).replace(/^AppConnections\./, '')));
+  document.getElementById('who-name').textContent = (session.user && session.user.name) || '';
+  document.getElementById('who').hidden = false;
+  clearTimeout(expiryTimer);
+  const expires = session.expiresAt ? new Date(session.expiresAt).getTime() - Date.now() : NaN;
+  if (Number.isFinite(expires) && expires > 0 && expires < 2 ** 31 - 1) {
+    // When the session lapses, ask again: a 401 there takes the person back to sign-in.
+    expiryTimer = setTimeout(() => { api('GET', '/auth/session').catch(() => {}); }, expires + 1000);
+  }
+}
+
+async function signOut() {
+  try {
+    await api('POST', '/auth/logout', undefined, {signInOn401: false});
+  } catch (error) {
+    toast(`Signing out failed: ${error.message}`);
+    return;
+  }
+  location.assign(`/auth/login?returnTo=${enc(BASE)}`);
+}
+
+// -- the list ------------------------------------------------------------------------------------------
+const filters = {app: '', status: ''};
+
+function readFilters() {
+  const params = new URLSearchParams(location.search);
+  filters.app = params.get('app') || '';
+  filters.status = params.get('status') || '';
+}
+
+function writeFilters() {
+  const params = new URLSearchParams();
+  if (filters.app) params.set('app', filters.app);
+  if (filters.status) params.set('status', filters.status);
+  const query = params.toString();
+  history.replaceState(null, '', query ? `${BASE}?${query}` : BASE);
+}
+
+async function loadConnections(apps) {
+  const results = await Promise.all(apps.map(async (option) => {
+    try {
+      return {app: option.app, items: await all(`${API}/${enc(option.app)}`, 'appConnections')};
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 403) return {app: option.app, items: [], forbidden: true};
+      return {app: option.app, items: [], error};
+    }
+  }));
+  return results;
+}
+
+function filterSelect(id, label, choices, value, onChange) {
+  const select = h('select', {id, name: id, onchange: (event) => onChange(event.target.value)},
+    choices.map(([key, text]) => h('option', {value: key, selected: key === value}, text)));
+  return h('div', {class: 'field inline'}, h('label', {for: id}, label), select);
+}
+
+function connectionRow(item) {
+  const rotation = item.rotation || {};
+  const changed = item.updatedBy || item.createdBy;
+  return h('tr', {},
+    h('th', {scope: 'row'}, h('a', {href: `${BASE}/${enc(item.app)}/${enc(item.id)}`, 'data-link': ''}, item.name),
+      item.description ? h('div', {class: 'sub'}, item.description) : null),
+    h('td', {}, appName(item.app)),
+    h('td', {}, METHOD_NAMES[item.method] || item.method),
+    h('td', {}, statusBadge(item.status)),
+    h('td', {}, healthBadge(item.health)),
+    h('td', {}, item.isAutoRotationEnabled ? time(rotation.nextRotationAt) : h('span', {class: 'muted'}, 'Off')),
+    h('td', {}, time(item.credentialExpiresAt)),
+    h('td', {}, who(changed), h('div', {class: 'sub'}, time(item.updatedAt || item.createdAt))),
+  );
+}
+
+export async function renderList() {
+  readFilters();
+  const apps = state.options.filter((option) => can('Reader', option.app));
+  const addButton = state.options.some((option) => can('Writer', option.app))
+    ? h('button', {type: 'button', class: 'primary', id: 'add-connection', onclick: () => openConnectionDialog()},
+      'Add connection')
+    : null;
+  const intro = h('p', {class: 'lead'},
+    'The credentials your Entra ID applications use to reach Azure Key Vault, Azure App Configuration and ' +
+    'Microsoft Graph: checked, rotated and recorded.');
+  const region = h('section', {'aria-labelledby': 'connections-title', 'aria-busy': 'true'},
+    h('h2', {id: 'connections-title', class: 'sr-only'}, 'Connections'),
+    h('p', {class: 'loading'}, 'Loading connections…'));
+  show('App Connections', h('div', {class: 'toolbar'}, intro, addButton), region);
+  if (!apps.length) {
+    clear(region).append(h('div', {class: 'empty'}, h('p', {}, 'Your account has no role for any app.'),
+      h('p', {}, 'Ask an administrator for the App Connections Reader role.')));
+    region.setAttribute('aria-busy', 'false');
+    return;
+  }
+  const results = await loadConnections(apps);
+  const items = results.flatMap((result) => result.items)
+    .sort((a, b) => (b.updatedAt || '').localeCompare(a.updatedAt || ''));
+  const statuses = [...new Set(items.map((item) => item.status))];
+  const draw = () => {
+    const shown = items.filter((item) => (!filters.app || item.app === filters.app) &&
+      (!filters.status || item.status === filters.status || (item.health && item.health.status) === filters.status));
+    const filterBar = h('div', {class: 'filters', role: 'group', 'aria-label': 'Filter connections'},
+      filterSelect('filter-app', 'App', [['', 'All apps'], ...apps.map((o) => [o.app, o.name])], filters.app,
+        (value) => { filters.app = value; writeFilters(); redraw(); }),
+      filterSelect('filter-status', 'Status', [['', 'Any status'],
+        ...Object.entries(STATUS_NAMES).filter(([key]) => key !== 'deleting' || statuses.includes(key)),
+        ...Object.entries(HEALTH_NAMES).map(([key, text]) => [key, `Health: ${text}`])], filters.status,
+      (value) => { filters.status = value; writeFilters(); redraw(); }),
+      h('p', {class: 'count', id: 'connection-count'}, `${shown.length} of ${items.length} connections`));
+    const problems = results.filter((result) => result.error).map((result) =>
+      h('p', {class: 'warning'}, `${appName(result.app)}: the connections could not be loaded (${result.error.message}).`));
+    let content;
+    if (!items.length) {
+      content = h('div', {class: 'empty'}, h('h3', {}, 'No connections yet'),
+        h('p', {}, 'A connection holds the Tenant ID, Client ID and a client secret, a certificate or an OAuth ' +
+          'sign-in of an Entra ID application, for one app.'),
+        addButton ? h('p', {}, 'Choose Add connection to create the first one.') : h('p', {}, 'Nobody has added one yet.'));
+    } else if (!shown.length) {
+      content = h('div', {class: 'empty'}, h('p', {}, 'No connection matches these filters.'),
+        h('button', {type: 'button', onclick: () => { filters.app = ''; filters.status = ''; writeFilters(); redraw(); }},
+          'Clear filters'));
+    } else {
+      content = h('div', {class: 'table-wrap'}, h('table', {class: 'connections'},
+        h('caption', {class: 'sr-only'}, 'App connections'),
+        h('thead', {}, h('tr', {}, ['Name', 'App', 'Method', 'Status', 'Health', 'Next rotation',
+          'Credential expires', 'Changed by'].map((text) => h('th', {scope: 'col'}, text)))),
+        h('tbody', {}, shown.map(connectionRow))));
+    }
+    return [filterBar, ...problems, content];
+  };
+  const redraw = () => {
+    const focused = document.activeElement && document.activeElement.id;
+    clear(region).append(h('h2', {id: 'connections-title', class: 'sr-only'}, 'Connections'), ...draw());
+    if (focused) document.getElementById(focused)?.focus();
+    announce(document.getElementById('connection-count').textContent);
+  };
+  redraw();
+  region.setAttribute('aria-busy', 'false');
+  const params = new URLSearchParams(location.search);
+  if (params.get('add') === '1' && addButton) openConnectionDialog();
+}
+
+// -- routing -------------------------------------------------------------------------------------------
+async function route() {
+  hideToast();
+  main().dataset.ready = 'false';  // 'true' once the view has its data (the browser tests wait for it)
+  const path = location.pathname.replace(/\/+$/, '');
+  try {
+    if (path === BASE) {
+      await renderList();
+    } else if (path.startsWith(`${BASE}/`)) {
+      const [app, id] = path.slice(BASE.length + 1).split('/').map(decodeURIComponent);
+      await renderConnection(app, id);
+    } else {
+      show('Page not found', h('p', {}, h('a', {href: BASE, 'data-link': ''}, 'Go to App Connections')));
+    }
+  } catch (error) {
+    show('Something went wrong', h('p', {class: 'warning'}, error.message),
+      h('p', {}, h('a', {href: BASE, 'data-link': ''}, 'Back to App Connections')));
+  }
+  main().dataset.ready = 'true';
+}
+
+document.addEventListener('click', (event) => {
+  const link = event.target.closest && event.target.closest('a[data-link]');
+  if (!link || event.defaultPrevented || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey) return;
+  event.preventDefault();
+  navigate(link.getAttribute('href'));
+});
+window.addEventListener('popstate', () => { route().then(focusTitle); });
+
+async function start() {
+  document.getElementById('sign-out').addEventListener('click', signOut);
+  try {
+    await loadSession();
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) return goToSignIn();
+    show('The page could not start', h('p', {class: 'warning'}, error.message));
+    return undefined;
+  }
+  try {
+    state.options = (await api('GET', `${API}/options`)).appConnectionOptions || [];
+  } catch (error) {
+    if (!(error instanceof ApiError && error.status === 403)) toast(`The apps could not be loaded: ${error.message}`);
+  }
+  await route();
+  const notice = new URLSearchParams(location.search).get('authorized');
+  if (notice) {
+    announce(notice === 'created' ? 'The connection was created.' : 'The connection was authorized again.');
+  }
+  return undefined;
+}
+
+start();

@@ -1,0 +1,237 @@
+// A connection's page: its details, validate / rotate / edit / re-authorize / delete, the rotation history as a
+// timeline and, for an Auditor, its audit records.
+
+import {ApiError, all, api, enc} from './api.js';
+import {announce, append, badge, clear, h, relative, time, toast} from './dom.js';
+import {
+  API, BASE, METHOD_NAMES, appName, can, healthBadge, navigate, show, state, statusBadge, who,
+} from './app.js';
+import {openConnectionDialog} from './connection-form.js';
+
+const OUTCOME_KIND = {succeeded: 'ok', failed: 'bad', running: 'warn', interrupted: 'muted'};
+const TRIGGER_NAMES = {
+  manual: 'Rotate now', schedule: 'Scheduled rotation', resume: 'Resumed rotation',
+  enable: 'First rotation (rotation turned on)',
+  create: 'First rotation (connection created)',
+};
+const OUTCOME_NAMES = {succeeded: 'Succeeded', failed: 'Failed', running: 'Running', interrupted: 'Interrupted'};
+
+function row(label, ...content) {
+  return [h('dt', {}, label), h('dd', {}, ...content)];
+}
+
+function details(connection) {
+  const rotation = connection.rotation || {};
+  const credentials = connection.credentials || {};
+  const health = connection.health || {};
+  const items = [
+    row('App', appName(connection.app)),
+    row('Method', METHOD_NAMES[connection.method] || connection.method),
+    row('Status', statusBadge(connection.status),
+      connection.statusMessage ? h('span', {class: 'sub'}, connection.statusMessage) : null),
+    row('Health', healthBadge(health), health.message ? h('span', {class: 'sub'}, health.message) : null,
+      health.checkedAt ? h('span', {class: 'sub'}, 'Checked ', time(health.checkedAt)) : null),
+    row('Tenant ID', h('code', {}, credentials.tenantId || '—')),
+    connection.method !== 'oauth' ? row('Client ID', h('code', {}, credentials.clientId || '—')) : null,
+    connection.authorizedBy ? row('Authorized by', connection.authorizedBy.upn || connection.authorizedBy.oid) : null,
+    row('Description', connection.description || '—'),
+    row('Credential expires', time(connection.credentialExpiresAt, 'Not known'),
+      connection.credentialExpiresAt ? h('span', {class: 'sub'}, relative(connection.credentialExpiresAt)) : null),
+    row('Last validated', time(connection.lastValidatedAt, 'Never')),
+    row('Created', time(connection.createdAt), ' by ', who(connection.createdBy)),
+    row('Changed', time(connection.updatedAt), ' by ', who(connection.updatedBy)),
+  ];
+  const rotationItems = connection.isAutoRotationEnabled ? [
+    row('Automatic rotation', badge('ok', 'On'), ` every ${rotation.rotationInterval} days at ${rotation.rotateAt} ` +
+      `(${rotation.timeZone})`),
+    row('Next rotation', time(rotation.nextRotationAt),
+      rotation.nextRotationAt ? h('span', {class: 'sub'}, relative(rotation.nextRotationAt)) : null),
+    row('Last rotated', time(rotation.lastRotatedAt, 'Not yet')),
+    rotation.lastRotationMessage ? row('Last rotation', rotation.lastRotationMessage) : null,
+  ] : [row('Automatic rotation', badge('muted', 'Off'))];
+  return h('dl', {class: 'details-list', id: 'connection-details'}, items, rotationItems);
+}
+
+function timeline(events) {
+  if (!events.length) {
+    return h('p', {class: 'empty'}, 'No rotation yet. With automatic rotation on, the first one runs when the ' +
+      'connection is created; Rotate now runs one at once.');
+  }
+  return h('ol', {class: 'timeline', id: 'rotation-timeline'}, events.map((event) =>
+    h('li', {class: `event event-${event.outcome}`},
+      h('div', {class: 'when'}, time(event.startedAt)),
+      h('div', {class: 'what'},
+        badge(OUTCOME_KIND[event.outcome] || 'muted', OUTCOME_NAMES[event.outcome] || event.outcome),
+        ` ${TRIGGER_NAMES[event.trigger] || `Rotation (${event.trigger})`}`,
+        event.attempt > 1 ? `, attempt ${event.attempt}` : '',
+        event.durationMs !== null && event.durationMs !== undefined ? h('span', {class: 'sub'},
+          ` ${(event.durationMs / 1000).toFixed(1)} s`) : null),
+      event.newKeyId ? h('div', {class: 'sub'}, 'New secret: ', h('code', {}, event.newKeyId)) : null,
+      event.revokedKeyId ? h('div', {class: 'sub'}, 'Revoked: ', h('code', {}, event.revokedKeyId)) : null,
+      event.message ? h('div', {class: 'sub'}, event.message) : null)));
+}
+
+function auditTable(records) {
+  if (!records.length) return h('p', {class: 'empty'}, 'No audit record for this connection.');
+  return h('div', {class: 'table-wrap'}, h('table', {id: 'audit-table'},
+    h('caption', {class: 'sr-only'}, 'Audit records of this connection'),
+    h('thead', {}, h('tr', {}, ['When', 'Action', 'Outcome', 'Who', 'Detail'].map((text) =>
+      h('th', {scope: 'col'}, text)))),
+    h('tbody', {}, records.map((record) => h('tr', {},
+      h('td', {}, time(record.at)), h('td', {}, record.action), h('td', {}, record.outcome),
+      h('td', {}, record.actor.name || record.actor.id, record.actor.role ? h('div', {class: 'sub'}, record.actor.role) : null),
+      h('td', {}, record.detail || ''))))));
+}
+
+/** The client secrets the service created on the application and has not revoked: what a delete removes. */
+function liveKeyIds(events) {
+  const revoked = new Set(events.map((event) => event.revokedKeyId).filter(Boolean));
+  return [...new Set(events.filter((event) => event.outcome === 'succeeded' && event.newKeyId)
+    .map((event) => event.newKeyId))].filter((key) => !revoked.has(key));
+}
+
+/** Run an action with its progress shown on the button and said in the live region. */
+async function busy(button, doing, work) {
+  const original = button.textContent;
+  button.disabled = true;
+  button.setAttribute('aria-busy', 'true');
+  button.textContent = doing;
+  announce(doing);
+  try {
+    return await work();
+  } finally {
+    button.disabled = false;
+    button.removeAttribute('aria-busy');
+    button.textContent = original;
+  }
+}
+
+function confirmDelete(connection, events) {
+  const dialog = document.getElementById('confirm-dialog');
+  const body = clear(document.getElementById('confirm-dialog-body'));
+  const actions = clear(document.getElementById('confirm-dialog-actions'));
+  document.getElementById('confirm-dialog-title').textContent = `Delete ${connection.name}?`;
+  const keys = liveKeyIds(events);
+  append(body, [
+    h('p', {}, `The connection ${connection.name} (${appName(connection.app)}) and its stored credential will be ` +
+      'deleted. This cannot be undone.'),
+    keys.length
+      ? [h('p', {}, 'These client secrets, which the service created, will be removed from the application:'),
+        h('ul', {id: 'keys-to-remove'}, keys.map((key) => h('li', {}, h('code', {}, key))))]
+      : h('p', {id: 'keys-to-remove'}, 'The service created no client secret on the application: nothing is removed ' +
+        'from it. The secret, certificate or sign-in you gave stays valid in Entra ID until you revoke it there.'),
+    h('p', {class: 'field-error', id: 'delete-error', role: 'alert', hidden: true})]);
+  const cancel = h('button', {type: 'button', onclick: () => dialog.close()}, 'Cancel');
+  const run = async (force) => {
+    const answer = await api('DELETE', `${API}/${enc(connection.app)}/${enc(connection.id)}${force ? '?force=true' : ''}`);
+    dialog.close();
+    const removed = answer.removedKeyIds.length ? ` Removed from the application: ${answer.removedKeyIds.join(', ')}.` : '';
+    const left = answer.keyIdsLeftLive.length ? ` Still live on the application: ${answer.keyIdsLeftLive.join(', ')}.` : '';
+    navigate(BASE);
+    toast(`The connection ${connection.name} was deleted.${removed}${left}`, left ? 'error' : 'notice');
+  };
+  const confirm = h('button', {type: 'button', class: 'danger', id: 'confirm-delete', onclick: async () => {
+    try {
+      await busy(confirm, 'Deleting…', () => run(false));
+    } catch (error) {
+      const slot = document.getElementById('delete-error');
+      slot.textContent = error.message;
+      slot.hidden = false;
+      if (error instanceof ApiError && error.status === 409 && Array.isArray(error.problem.keyIds)) {
+        actions.append(h('button', {type: 'button', class: 'danger', onclick: (event) =>
+          busy(event.target, 'Deleting…', () => run(true)).catch((again) => { slot.textContent = again.message; })},
+        'Delete anyway and leave them live'));
+      }
+    }
+  }}, 'Delete connection');
+  actions.append(cancel, confirm);
+  dialog.showModal();
+  cancel.focus();
+}
+
+export async function renderConnection(app, id) {
+  show('Loading connection…', h('p', {class: 'loading'}, 'Loading…'));
+  let connection;
+  try {
+    connection = (await api('GET', `${API}/${enc(app)}/${enc(id)}`)).appConnection;
+  } catch (error) {
+    if (error instanceof ApiError && (error.status === 404 || error.status === 400 || error.status === 403)) {
+      show('Connection not found', h('p', {}, error.message),
+        h('p', {}, h('a', {href: BASE, 'data-link': ''}, 'Back to App Connections')));
+      return;
+    }
+    throw error;
+  }
+  const [events, audit] = await Promise.all([
+    all(`${API}/${enc(app)}/${enc(id)}/rotations?limit=50`, 'rotations', 4).catch(() => []),
+    can('Auditor', app)
+      ? api('GET', `/api/v1/audit-logs?connectionId=${enc(id)}&limit=50`).then((data) => data.auditLogs)
+        .catch((error) => error)
+      : Promise.resolve(null),
+  ]);
+  const refresh = async (message) => {
+    await renderConnection(app, id);
+    if (message) announce(message);
+  };
+  const actions = h('div', {class: 'actions', role: 'group', 'aria-label': 'Actions'});
+  const writer = can('Writer', app);
+  if (writer) {
+    const validate = h('button', {type: 'button', id: 'validate-now', onclick: async () => {
+      try {
+        const answer = await busy(validate, 'Validating…', () =>
+          api('POST', `${API}/${enc(app)}/${enc(id)}/validate`));
+        await refresh(`Validated: ${answer.appConnection.status}.`);
+      } catch (error) {
+        await refresh();
+        toast(`Validation failed: ${error.message}`);
+      }
+    }}, 'Validate now');
+    actions.append(validate);
+  }
+  const option = state.options.find((item) => item.app === app);
+  const rotatable = option && option.rotationMethods.includes(connection.method);
+  if (rotatable && can('Rotator', app)) {
+    const rotate = h('button', {type: 'button', id: 'rotate-now', onclick: async () => {
+      try {
+        await busy(rotate, 'Rotating…', () => api('POST', `${API}/${enc(app)}/${enc(id)}/rotate`));
+        await refresh('Rotated: a new client secret is in use and the previous one is revoked.');
+      } catch (error) {
+        await refresh();
+        toast(`Rotation failed: ${error.message}`);
+      }
+    }}, 'Rotate now');
+    actions.append(rotate);
+  }
+  if (writer || (rotatable && can('Rotator', app))) {
+    actions.append(h('button', {type: 'button', id: 'edit-connection', onclick: () => openConnectionDialog(connection)},
+      'Edit'));
+  }
+  if (connection.method === 'oauth' && writer) {
+    const reauthorize = h('button', {type: 'button', id: 'reauthorize', onclick: async () => {
+      try {
+        const answer = await busy(reauthorize, 'Connecting…', () =>
+          api('GET', `${API}/${enc(app)}/oauth/authorize?connectionId=${enc(id)}`));
+        location.assign(answer.authorizationUrl);
+      } catch (error) {
+        toast(`Re-authorization could not start: ${error.message}`);
+      }
+    }}, 'Re-authorize');
+    actions.append(reauthorize);
+  }
+  if (writer) {
+    actions.append(h('button', {type: 'button', class: 'danger', id: 'delete-connection',
+      onclick: () => confirmDelete(connection, events)}, 'Delete'));
+  }
+  const auditSection = audit === null ? null : h('section', {'aria-labelledby': 'audit-title'},
+    h('h2', {id: 'audit-title'}, 'Audit records'),
+    audit instanceof Error ? h('p', {class: 'warning'}, `The audit records could not be loaded: ${audit.message}`)
+      : auditTable(audit));
+  show(connection.name,
+    h('p', {class: 'crumbs'}, h('a', {href: BASE, 'data-link': ''}, 'App Connections'), ' › ', appName(app)),
+    actions.childElementCount ? actions : h('p', {class: 'muted', id: 'read-only-note'},
+      'You can read this connection; changing it needs the Writer or Rotator role.'),
+    h('section', {'aria-labelledby': 'details-title'}, h('h2', {id: 'details-title'}, 'Details'), details(connection)),
+    h('section', {'aria-labelledby': 'history-title'}, h('h2', {id: 'history-title'}, 'Rotation history'),
+      timeline(events)),
+    auditSection);
+}

@@ -1,0 +1,193 @@
+"""The console's sign-in routes (``shared.sessions``): a session cookie for the browser, never a token.
+
+The contract the console page relies on:
+
+* ``GET /auth/login?returnTo=/organization/app-connections/...`` -> 302 to the authority's authorize endpoint
+  (state, nonce, PKCE S256) and sets ``__Host-appconn-login`` (the state: the callback must come back to this
+  browser). ``returnTo`` must be a path of this origin, else it is ignored; ``loginHint`` (optional, a user name)
+  is passed on to Entra ID as ``login_hint``.
+* ``GET /auth/callback`` -> redeems the code, creates the session, sets ``__Host-appconn`` (HttpOnly, Secure,
+  SameSite=Lax, Path=/) and 302 to ``returnTo`` (default ``/organization/app-connections``). A failure is a small
+  HTML page with a link to sign in again, never a stack trace.
+* ``GET /auth/session`` -> 200 ``{"user": {"name", "username", "oid", "tid"}, "roles": [...], "csrfToken": "...",
+  "expiresAt": "..."}``, or 401 problem ``{"type": "urn:app-connections:problem:unauthenticated",
+  "loginUrl": "/auth/login"}``.
+* ``POST /auth/logout`` (cookie, ``X-CSRF-Token`` and this service's ``Origin``) -> 204, the session deleted and
+  the cookie cleared (also 204 when there was no session).
+* Every ``/api/v1/...`` route accepts the cookie (``fetch(url, {credentials: 'same-origin'})``), with
+  ``X-CSRF-Token`` and ``Origin`` on POST, PUT, PATCH and DELETE (``shared.functions.http.caller``).
+
+Each sign-in and sign-out is audited (``session.start``, ``session.end``; the user as actor, never the id).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import uuid
+from typing import TYPE_CHECKING
+
+import azure.functions as func
+
+from shared.functions.http import json_response, problem_response
+from shared.sessions import (
+    CSRF_HEADER,
+    DEFAULT_RETURN_TO,
+    LOGIN_COOKIE,
+    LOGIN_LIFETIME,
+    LOGIN_PATH,
+    SESSION_COOKIE,
+    clear_cookie,
+    cookie_value,
+    login_url,
+    set_cookie,
+)
+
+if TYPE_CHECKING:
+    from shared.audit import RequestContext
+    from shared.auth import Principal
+
+bp = func.Blueprint()
+log = logging.getLogger(__name__)
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache", "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer"}
+PAGE_HEADERS = {**NO_STORE, "X-Frame-Options": "DENY",
+                "Content-Security-Policy": "default-src 'none'; base-uri 'none'; form-action 'none'; "
+                                           "frame-ancestors 'none'"}
+
+
+def _redirect(location: str, cookies: list[str]) -> func.HttpResponse:
+    response = func.HttpResponse(status_code=302, headers={**NO_STORE, "Location": location})
+    for cookie in cookies:
+        response.headers.add("Set-Cookie", cookie)
+    return response
+
+
+def error_page(title: str, detail: str, status: int, return_to: str | None = None) -> func.HttpResponse:
+    """A small page: what went wrong (plain text, escaped) and a link to sign in again."""
+    document = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="referrer" content="no-referrer">'
+        f"<title>{html.escape(title)}</title></head><body><main><h1>{html.escape(title)}</h1>"
+        f"<p>{html.escape(detail)}</p><p><a href=\"{html.escape(login_url(return_to))}\">Sign in again</a></p>"
+        "</main></body></html>"
+    )
+    response = func.HttpResponse(document, status_code=status, headers=dict(PAGE_HEADERS), mimetype="text/html",
+                                 charset="utf-8")
+    response.headers.add("Set-Cookie", clear_cookie(LOGIN_COOKIE))
+    return response
+
+
+def _context(req: func.HttpRequest, principal: Principal) -> RequestContext:
+    """The audit context of a sign-in or sign-out: the user acts, by their console session."""
+    from shared.audit import RequestContext
+    from shared.functions.http import _client_ip, _trace_id
+    from shared.records import Actor
+
+    actor = Actor(principal.id, principal.name, principal.type, "session")
+    return RequestContext(actor=actor, client_ip=_client_ip(req), user_agent=req.headers.get("user-agent"),
+                          request_id=req.headers.get("x-request-id") or uuid.uuid4().hex,
+                          trace_id=_trace_id(req.headers.get("traceparent")))
+
+
+@bp.function_name("console_login")
+@bp.route(route="auth/login", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def console_login(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.errors import ServiceError
+    from shared.wiring import sign_in
+
+    try:
+        url, state = await sign_in().begin(req.params.get("returnTo"), req.params.get("loginHint"))
+    except ServiceError as error:
+        log.warning("Console sign-in could not start: %s", error.detail)
+        return error_page("Sign-in is not available", error.detail, error.status)
+    except Exception as error:
+        log.warning("Console sign-in could not start (%s)", type(error).__name__)
+        return error_page("Sign-in is not available", "The service could not start the sign-in; try again later.",
+                          503)
+    return _redirect(url, [set_cookie(LOGIN_COOKIE, state, int(LOGIN_LIFETIME.total_seconds()))])
+
+
+@bp.function_name("console_callback")
+@bp.route(route="auth/callback", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def console_callback(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.audit import acting
+    from shared.errors import ServiceError
+    from shared.wiring import audit_log, sessions, sign_in
+
+    try:
+        signed_in = await sign_in().complete(dict(req.params), cookie_value(req.headers.get("cookie"), LOGIN_COOKIE))
+        with acting(_context(req, signed_in.principal)):
+            audit = audit_log()
+            await audit.record("session.start", "started", detail="console sign-in")
+            service = sessions()
+            previous = await service.end(cookie_value(req.headers.get("cookie"), SESSION_COOKIE))
+            session_id, session = await service.start(signed_in.principal, signed_in.display_name)
+            await audit.record("session.start", "succeeded",
+                               detail=f"console session {session.key[:12]}; roles: {' '.join(sorted(session.roles))}"
+                               + (f"; replaces session {previous.key[:12]}" if previous else ""))
+    except ServiceError as error:
+        if error.status >= 500:
+            log.warning("Console sign-in failed: %s", error.detail)
+        return error_page("You are not signed in", error.detail, 400 if error.status < 500 else error.status)
+    except Exception as error:
+        from azure.core.exceptions import AzureError
+
+        if not isinstance(error, AzureError | OSError | TimeoutError):
+            log.exception("Console sign-in failed")
+        else:
+            log.warning("Console sign-in failed: an Azure call failed (%s)", type(error).__name__)
+        return error_page("You are not signed in", "The service could not finish the sign-in; try again.", 502)
+    max_age = int((session.expires_at - session.created_at).total_seconds())
+    return _redirect(signed_in.return_to or DEFAULT_RETURN_TO,
+                     [set_cookie(SESSION_COOKIE, session_id, max_age), clear_cookie(LOGIN_COOKIE)])
+
+
+@bp.function_name("console_session")
+@bp.route(route="auth/session", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+async def console_session(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.errors import ServiceError
+    from shared.wiring import sessions
+
+    service = sessions()
+    try:
+        session = await service.resume(cookie_value(req.headers.get("cookie"), SESSION_COOKIE))
+    except ServiceError as error:
+        return problem_response(error, "/auth/session")
+    except Exception as error:
+        log.warning("The console session could not be read (%s)", type(error).__name__)
+        return problem_response(ServiceError("The session could not be read; try again."), "/auth/session")
+    return json_response(service.describe(session))
+
+
+@bp.function_name("console_logout")
+@bp.route(route="auth/logout", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+async def console_logout(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.audit import acting
+    from shared.errors import RequestForgery, ServiceError, SignInRequired
+    from shared.wiring import audit_log, sessions
+
+    service = sessions()
+    cleared = func.HttpResponse(status_code=204, headers=dict(NO_STORE))
+    cleared.headers.add("Set-Cookie", clear_cookie(SESSION_COOKIE))
+    try:
+        origin = (req.headers.get("origin") or "").strip().lower()
+        if origin != service.origin:
+            raise RequestForgery(f"Sign out from {service.origin} (the Origin header).")
+        try:
+            session = await service.resume(cookie_value(req.headers.get("cookie"), SESSION_COOKIE))
+        except SignInRequired:
+            return cleared  # nothing to end
+        service.check_change(session, req.method, req.headers.get("origin"), req.headers.get(CSRF_HEADER))
+        with acting(_context(req, session.principal())):
+            await service.end(cookie_value(req.headers.get("cookie"), SESSION_COOKIE))
+            await audit_log().record("session.end", "succeeded", detail=f"console session {session.key[:12]}")
+    except ServiceError as error:
+        return problem_response(error, "/auth/logout")
+    except Exception as error:
+        log.warning("The console session could not be ended (%s)", type(error).__name__)
+        return problem_response(ServiceError("The session could not be ended; try again."), "/auth/logout")
+    return cleared
+
+
+__all__ = ["LOGIN_PATH", "bp"]

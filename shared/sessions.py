@@ -1,0 +1,377 @@
+"""Console sign-in: Entra ID authorization code with PKCE, and server-side sessions behind an opaque cookie.
+
+The backend-for-frontend pattern of the IETF draft "OAuth 2.0 for Browser-Based Applications": the service is the
+confidential client (the API's own app registration, ``AUTH_AUDIENCE``), the browser never holds a token.
+
+* The cookie ``__Host-appconn`` (HttpOnly, Secure, SameSite=Lax, Path=/, no Domain) holds only a random session
+  id ``{YYYYMMDDHH}.{43 random characters}`` (the hour it expires at the latest, then 256 random bits). The store
+  keys the session by the SHA-256 of the id, never the id itself; session ids are never logged or audited.
+* A session holds the user's identity and roles from the validated ID token (signature, issuer, audience,
+  lifetime: ``shared.auth.TokenValidator``; nonce), a CSRF token, and its times: it ends ``session_absolute_hours``
+  after sign-in (``CONSOLE_SESSION_ABSOLUTE_HOURS``, default 8) or ``session_idle_minutes`` after its last use
+  (``CONSOLE_SESSION_IDLE_MINUTES``, default 30; the last use is written at most once a minute). Roles are those
+  of sign-in: a role removed in Entra ID stops at the next sign-in, at most ``session_absolute_hours`` later.
+  No refresh token is requested or kept. Each sign-in purges (best effort, at most 100) what has expired.
+* Calls that change state (anything but GET, HEAD, OPTIONS) by cookie need the header ``X-CSRF-Token`` equal to
+  the session's (compared in constant time) AND an ``Origin`` equal to the service's own: the origin of
+  ``SITE_URL`` (the public base URL the OAuth redirect URIs are built on), not the request's Host header.
+* Sign-in: ``/auth/login`` stores a pending login (PKCE S256 verifier, nonce, the return path) keyed by the hash
+  of its ``state``, single use, ten minutes, and sets ``__Host-appconn-login`` to the state: the callback must
+  come back to the browser that started it (no login CSRF). The client authenticates with a client assertion
+  (the managed identity's token for ``api://AzureADTokenExchange``, a federated credential on the registration)
+  when ``FEDERATION_IDENTITY_CLIENT_ID`` is set, else with ``CONSOLE_CLIENT_SECRET``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from shared.auth import Principal, principal_of
+from shared.errors import InvalidRequest, RequestForgery, ServiceMisconfigured, SignInRequired, Unauthorized
+
+if TYPE_CHECKING:
+    from shared.auth import TokenValidator
+    from shared.ports import Clock, SessionStore, TokenEndpoint
+    from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "__Host-appconn"
+LOGIN_COOKIE = "__Host-appconn-login"
+CSRF_HEADER = "X-CSRF-Token"
+LOGIN_PATH = "/auth/login"
+CALLBACK_PATH = "/auth/callback"
+DEFAULT_RETURN_TO = "/organization/app-connections"
+LOGIN_LIFETIME = timedelta(minutes=10)
+TOUCH_INTERVAL = timedelta(seconds=60)
+SCOPE = "openid profile"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+FEDERATION_SCOPE = "api://AzureADTokenExchange/.default"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+
+_BUCKET = "%Y%m%d%H"
+_ID = re.compile(r"^(?P<bucket>\d{10})\.[A-Za-z0-9_-]{43}$")
+_LOGIN_HINT = re.compile(r"^[A-Za-z0-9._%+@-]{1,256}$")
+_RETURN_TO = re.compile(r"^/(?![/\\])[\x21-\x7e]{0,2047}$")
+
+
+@dataclass(frozen=True)
+class Session:
+    """A signed-in user's session as stored (keyed by the hash of its id)."""
+
+    key: str  # SHA-256 (hex) of the session id
+    bucket: str  # the hour it ends at the latest (YYYYMMDDHH, UTC): the store's partition
+    user_id: str
+    name: str  # the user name (preferred_username), as the audit names the user
+    display_name: str  # the ``name`` claim, for the page
+    tenant_id: str
+    roles: frozenset[str]
+    csrf_token: str = field(repr=False)
+    created_at: datetime
+    last_seen_at: datetime
+    expires_at: datetime  # absolute
+
+    def ends_at(self, idle: timedelta) -> datetime:
+        return min(self.expires_at, self.last_seen_at + idle)
+
+    def principal(self) -> Principal:
+        return Principal(id=self.user_id, name=self.name, type="user", tenant_id=self.tenant_id, roles=self.roles)
+
+
+@dataclass(frozen=True)
+class SignedIn:
+    """A completed sign-in: the user (from the validated ID token), their display name, where to go back to."""
+
+    principal: Principal
+    display_name: str
+    return_to: str
+
+
+@dataclass(frozen=True)
+class PendingLogin:
+    key: str  # SHA-256 (hex) of the state
+    bucket: str
+    verifier: str = field(repr=False)
+    nonce: str = field(repr=False)
+    return_to: str
+    expires_at: datetime
+
+
+def hash_of(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def new_id(expires_at: datetime) -> str:
+    """A session id or login state: the hour it expires in, then 256 random bits."""
+    return f"{expires_at.astimezone(UTC).strftime(_BUCKET)}.{secrets.token_urlsafe(32)}"
+
+
+def id_keys(value: str | None) -> tuple[str, str] | None:
+    """(bucket, hash) of an id shaped like ours, else None."""
+    match = _ID.match(value or "")
+    return (match.group("bucket"), hash_of(value or "")) if match else None
+
+
+def bucket_of(at: datetime) -> str:
+    return at.astimezone(UTC).strftime(_BUCKET)
+
+
+def cookie_value(header: str | None, name: str) -> str | None:
+    """The value of cookie ``name`` in a ``Cookie`` header (the first, as browsers send the most specific first)."""
+    for part in (header or "").split(";"):
+        key, sep, value = part.strip().partition("=")
+        if sep and key == name:
+            return value.strip().strip('"')
+    return None
+
+
+def set_cookie(name: str, value: str, max_age: int) -> str:
+    """A ``__Host-`` cookie: HttpOnly, Secure, SameSite=Lax, Path=/, no Domain."""
+    return f"{name}={value}; Max-Age={max(0, max_age)}; Path=/; Secure; HttpOnly; SameSite=Lax"
+
+
+def clear_cookie(name: str) -> str:
+    return f"{name}=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/; Secure; HttpOnly; SameSite=Lax"
+
+
+def safe_return_to(value: str | None) -> str:
+    """``value`` when it is a path of this origin (``/x``, not ``//host`` or ``/\\host``, printable ASCII, not a
+    sign-in route), else the console's page."""
+    if not value or not _RETURN_TO.match(value):
+        return DEFAULT_RETURN_TO
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme or parts.netloc or parts.path.startswith("/auth/"):
+        return DEFAULT_RETURN_TO
+    return value
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of a URL, lowercased, without a default port (as browsers send ``Origin``)."""
+    parts = urllib.parse.urlsplit(url.strip())
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:
+        return ""
+    default = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{host}" + (f":{port}" if port and port != default else "")
+
+
+def login_url(return_to: str | None = None) -> str:
+    if not return_to:
+        return LOGIN_PATH
+    return f"{LOGIN_PATH}?{urllib.parse.urlencode({'returnTo': safe_return_to(return_to)})}"
+
+
+def _sign_in_again(detail: str, return_to: str | None = None) -> SignInRequired:
+    return SignInRequired(detail, extensions={"loginUrl": login_url(return_to)},
+                          headers={"Set-Cookie": clear_cookie(SESSION_COOKIE)})
+
+
+class Sessions:
+    """Sessions: started at sign-in, resumed by cookie (absolute and idle expiry), ended at sign-out."""
+
+    def __init__(self, store: SessionStore, clock: Clock, settings: Settings) -> None:
+        self._store = store
+        self._clock = clock
+        self._settings = settings
+        self.absolute = timedelta(hours=settings.console.session_absolute_hours)
+        self.idle = timedelta(minutes=settings.console.session_idle_minutes)
+        self.origin = origin_of(settings.site_url)
+
+    async def start(self, principal: Principal, display_name: str = "") -> tuple[str, Session]:
+        """A new session for ``principal``: its id (for the cookie alone) and the session."""
+        now = self._clock()
+        expires = now + self.absolute
+        session_id = new_id(expires)
+        keys = id_keys(session_id)
+        assert keys is not None
+        session = Session(key=keys[1], bucket=keys[0], user_id=principal.id, name=principal.name,
+                          display_name=display_name or principal.name, tenant_id=principal.tenant_id,
+                          roles=principal.roles,
+                          csrf_token=secrets.token_urlsafe(32), created_at=now, last_seen_at=now, expires_at=expires)
+        await self._store.create(session)
+        return session_id, session
+
+    async def resume(self, session_id: str | None) -> Session:
+        """The live session of ``session_id`` (its last use noted), or a 401 with ``loginUrl`` that clears the
+        cookie: no such session, ended, or past its absolute or idle expiry (then deleted)."""
+        keys = id_keys(session_id)
+        if keys is None:
+            raise _sign_in_again("Sign in to use the console.")
+        session = await self._store.get(*keys)
+        if session is None:
+            raise _sign_in_again("The session has ended; sign in again.")
+        now = self._clock()
+        if now >= session.ends_at(self.idle):
+            await self._store.delete(session.bucket, session.key)
+            raise _sign_in_again("The session has expired; sign in again.")
+        if now - session.last_seen_at >= TOUCH_INTERVAL:
+            if not await self._store.touch(session.bucket, session.key, now):
+                raise _sign_in_again("The session has ended; sign in again.")
+            session = replace(session, last_seen_at=now)
+        return session
+
+    async def end(self, session_id: str | None) -> Session | None:
+        """Delete the session (None when there was none)."""
+        keys = id_keys(session_id)
+        if keys is None:
+            return None
+        session = await self._store.get(*keys)
+        if session is None:
+            return None
+        await self._store.delete(session.bucket, session.key)
+        return session
+
+    def check_change(self, session: Session, method: str, origin: str | None, csrf_token: str | None) -> None:
+        """A state-changing call by cookie must come from this service's origin with the session's CSRF token."""
+        if method.upper() in SAFE_METHODS:
+            return
+        if not origin or not self.origin or not hmac.compare_digest(origin.strip().lower(), self.origin):
+            raise RequestForgery(f"A change by session cookie must come from {self.origin or 'this service'} "
+                                 "(the Origin header).")
+        if not csrf_token or not hmac.compare_digest(csrf_token.encode(), session.csrf_token.encode()):
+            raise RequestForgery(f"A change by session cookie needs the session's CSRF token in {CSRF_HEADER}.")
+
+    async def caller(self, cookie_header: str | None, method: str, origin: str | None,
+                     csrf_token: str | None) -> Principal:
+        """The principal of the request's session cookie, checked as :meth:`resume` and :meth:`check_change`."""
+        session = await self.resume(cookie_value(cookie_header, SESSION_COOKIE))
+        self.check_change(session, method, origin, csrf_token)
+        return session.principal()
+
+    def describe(self, session: Session) -> dict[str, object]:
+        """``GET /auth/session``'s answer."""
+        return {
+            "user": {"name": session.display_name, "username": session.name, "oid": session.user_id,
+                     "tid": session.tenant_id},
+            "roles": sorted(session.roles),
+            "csrfToken": session.csrf_token,
+            "expiresAt": session.ends_at(self.idle).astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        }
+
+    async def purge_expired(self) -> int:
+        return await self._store.purge_expired(self._clock())
+
+
+ClientAssertion = Callable[[], Awaitable[str]]
+
+
+def _challenge(verifier: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=").decode()
+
+
+class SignIn:
+    """The authorization-code flow with PKCE against the API's own registration, for the console."""
+
+    def __init__(self, settings: Settings, store: SessionStore, tokens: TokenEndpoint, validator: TokenValidator,
+                 clock: Clock, assertion: ClientAssertion | None = None) -> None:
+        self._settings = settings
+        self._store = store
+        self._tokens = tokens
+        self._validator = validator
+        self._clock = clock
+        self._assertion = assertion
+
+    @property
+    def client_id(self) -> str:
+        audience = (self._settings.auth_audience or "").removeprefix("api://")
+        if not audience or "/" in audience or ":" in audience:
+            raise ServiceMisconfigured("Sign-in needs AUTH_AUDIENCE to be the API registration's client ID "
+                                       "(or api://<client ID>).")
+        return audience
+
+    @property
+    def redirect_uri(self) -> str:
+        return self._settings.site_url + CALLBACK_PATH
+
+    def _require_configured(self) -> None:
+        self._validator.require_configured()
+        _ = self.client_id
+        console = self._settings.console
+        if not (console.federation_identity_client_id and self._assertion) and not console.client_secret:
+            raise ServiceMisconfigured("Sign-in is not configured: set FEDERATION_IDENTITY_CLIENT_ID (the managed "
+                                       "identity of a federated credential on the API registration) or "
+                                       "CONSOLE_CLIENT_SECRET.")
+
+    def _authorize_endpoint(self) -> str:
+        tenant = urllib.parse.quote(self._settings.auth_tenant_id or "", safe="")
+        return f"{self._settings.authority_host}/{tenant}/oauth2/v2.0/authorize"
+
+    async def begin(self, return_to: str | None, login_hint: str | None = None) -> tuple[str, str]:
+        """(the authorize URL to send the browser to, the state for the login cookie); ``login_hint`` (a user
+        name, passed on to Entra ID) skips its account picker."""
+        self._require_configured()
+        now = self._clock()
+        expires = now + LOGIN_LIFETIME
+        state = new_id(expires)
+        keys = id_keys(state)
+        assert keys is not None
+        verifier, nonce = secrets.token_urlsafe(64), secrets.token_urlsafe(32)
+        await self._store.put_login(PendingLogin(key=keys[1], bucket=keys[0], verifier=verifier, nonce=nonce,
+                                                 return_to=safe_return_to(return_to), expires_at=expires))
+        try:  # best effort, as the OAuth states: what expired waits harmlessly for the next sign-in
+            await self._store.purge_expired(now)
+        except Exception as error:
+            log.info("Could not purge expired console sessions (%s)", type(error).__name__)
+        query = urllib.parse.urlencode({
+            "client_id": self.client_id, "response_type": "code", "redirect_uri": self.redirect_uri,
+            "response_mode": "query", "scope": SCOPE, "state": state, "nonce": nonce,
+            "code_challenge": _challenge(verifier), "code_challenge_method": "S256",
+            **({"login_hint": login_hint} if login_hint and _LOGIN_HINT.match(login_hint) else {}),
+        })
+        return f"{self._authorize_endpoint()}?{query}", state
+
+    async def complete(self, params: Mapping[str, str], login_cookie: str | None) -> SignedIn:
+        """Redeem the callback's code: the signed-in user (from the validated ID token) and the return path."""
+        self._require_configured()
+        state = params.get("state") or ""
+        keys = id_keys(state)
+        if keys is None or not login_cookie or not hmac.compare_digest(state.encode(), login_cookie.encode()):
+            raise InvalidRequest("This sign-in was not started in this browser, or has already been used; "
+                                 "sign in again.")
+        pending = await self._store.take_login(*keys)
+        if pending is None or pending.expires_at <= self._clock():
+            raise InvalidRequest("This sign-in has expired or has already been used; sign in again.")
+        if params.get("error"):
+            code = re.sub(r"[^A-Za-z0-9_]", "", params["error"])[:64]
+            described = re.search(r"AADSTS\d{4,9}", params.get("error_description") or "")
+            raise InvalidRequest(f"Entra ID did not sign you in ({code}"
+                                 + (f", {described.group(0)}" if described else "") + ").")
+        code = params.get("code") or ""
+        if not code or len(code) > 4096:
+            raise InvalidRequest("The sign-in answer has no authorization code; sign in again.")
+        form = {"grant_type": "authorization_code", "client_id": self.client_id, "code": code,
+                "redirect_uri": self.redirect_uri, "code_verifier": pending.verifier, "scope": SCOPE,
+                **await self._client_authentication()}
+        result = await self._tokens.redeem(self._settings.auth_tenant_id or "", form)
+        if not result.id_token:
+            raise Unauthorized("Entra ID answered without an ID token.")
+        claims = await self._validator.claims(result.id_token)
+        nonce = claims.get("nonce")
+        if not isinstance(nonce, str) or not hmac.compare_digest(nonce.encode(), pending.nonce.encode()):
+            raise Unauthorized("The ID token is not the answer to this sign-in (nonce).")
+        principal = principal_of(claims)
+        if principal.type != "user" or not principal.id:
+            raise Unauthorized("The ID token does not name a user.")
+        display_name = claims.get("name")
+        return SignedIn(principal, display_name if isinstance(display_name, str) else "", pending.return_to)
+
+    async def _client_authentication(self) -> dict[str, str]:
+        console = self._settings.console
+        if console.federation_identity_client_id and self._assertion is not None:
+            return {"client_assertion_type": ASSERTION_TYPE, "client_assertion": await self._assertion()}
+        assert console.client_secret is not None
+        return {"client_secret": console.client_secret}

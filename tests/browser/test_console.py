@@ -1,0 +1,368 @@
+"""The App Connections page, as people use it in a browser: sign in, add connections of every method the options
+list (client secret, certificate by file and paste, OAuth through Entra and back), errors beside their fields,
+rotation and its timeline, a Reader who can change nothing, a lapsed session, delete with what it removes, and
+no serious or critical accessibility violation."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from localdev.environment import LocalEnvironment
+from localdev.standin.pki import make_certificate
+from tests.browser.conftest import PAGE, Console
+from tests.e2e.entra import register_app, register_rotatable_app
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def admin(local_env: LocalEnvironment) -> Any:
+    assert local_env.standin is not None
+    return local_env.standin.admin
+
+
+def add_dialog(page: Any, app: str, method: str) -> None:
+    page.click("#add-connection")
+    page.wait_for_selector("#connection-dialog[open]")
+    page.check(f"#app-{app}", force=True)
+    page.check(f"#method-{method}", force=True)
+
+
+def live_keys(admin: Any, app: Any) -> set[str]:
+    return {p["keyId"] for p in admin.app_passwords(app.tenant_id, app.client_id) if not p["revoked"]}
+
+
+def open_list(console: Console) -> None:
+    console.page.click(f"a[href='{PAGE}']")
+    console.page.wait_for_selector("main[data-ready=true]")
+
+
+def test_the_page_signs_in_and_lists_with_strict_headers(open_console: Any, host_url: str) -> None:
+    console = open_console("admin", "/")
+    page = console.page
+    assert page.url == console.url(PAGE)
+    assert page.inner_text("h1") == "App Connections"
+    response = httpx.get(console.url(PAGE))
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "style-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert response.headers["cache-control"] == "no-store"
+    # the filters are labelled controls, and the add button opens a modal dialog that closes with Escape
+    assert page.get_by_label("App", exact=True).is_visible()
+    assert page.get_by_label("Status", exact=True).is_visible()
+    page.click("#add-connection")
+    assert page.is_visible("#connection-dialog[open]")
+    page.keyboard.press("Escape")
+    assert not page.is_visible("#connection-dialog[open]")
+    assert page.evaluate("document.activeElement.id") == "add-connection"  # the focus goes back to the opener
+
+
+def test_a_client_secret_connection_errors_beside_fields_and_the_secret_is_never_shown(
+        open_console: Any, admin: Any, secrets_used: Any) -> None:
+    app = register_app(admin, secrets_used, name="console-kv")
+    console = open_console("admin")
+    page = console.page
+    add_dialog(page, "azure-key-vault", "client-secret")
+    page.fill("#field-name", "Not A Slug")
+    page.fill("#field-tenantId", "not-a-guid")
+    page.fill("#field-clientId", app.client_id)
+    page.fill("#field-clientSecret", app.client_secret)
+    page.click("#connection-submit")
+    page.wait_for_selector("#field-name-error:not([hidden])")
+    assert "lowercase letters" in page.inner_text("#field-name-error")
+    assert page.get_attribute("#field-name", "aria-invalid") == "true"
+    assert "field-name-error" in (page.get_attribute("#field-name", "aria-describedby") or "")
+    assert page.evaluate("document.activeElement.id") == "field-name"  # the first invalid field has the focus
+    console.screenshot("add-client-secret-errors")
+    page.fill("#field-name", "console-kv")
+    page.click("#connection-submit")  # the credentials are checked next: the error moves to the Tenant ID
+    page.wait_for_selector("#field-tenantId-error:not([hidden])")
+    assert "GUID" in page.inner_text("#field-tenantId-error")
+    assert page.is_hidden("#field-name-error") and page.get_attribute("#field-name", "aria-invalid") is None
+    page.fill("#field-tenantId", app.tenant_id)
+    page.click("#connection-submit")
+    page.wait_for_selector("#connection-details")
+    assert page.inner_text("h1") == "console-kv"
+    assert re.search(r"/organization/app-connections/azure-key-vault/[0-9a-f-]{36}$", page.url)
+    details = page.inner_text("#connection-details")
+    assert "Client Secret" in details and app.client_id in details and "Active" in details
+    assert app.client_secret not in page.content()
+    page.click("#edit-connection")  # write-only: the edit dialog does not hold the secret
+    assert page.input_value("#field-clientSecret") == ""
+    page.keyboard.press("Escape")
+    open_list(console)
+    row = page.locator("table.connections tr", has_text="console-kv")
+    assert "Azure Key Vault" in row.inner_text() and "Healthy" in row.inner_text()
+    assert app.client_secret not in page.content()
+
+
+def test_a_certificate_connection_by_file_and_by_paste(open_console: Any, admin: Any, secrets_used: Any,
+                                                      tmp_path: Path) -> None:
+    app = register_app(admin, secrets_used, name="console-cert")
+    certificate, key = make_certificate(f"cn-{app.client_id}")
+    secrets_used.add(key)
+    admin.add_certificate(app.tenant_id, app.client_id, certificate)
+    (tmp_path / "cert.pem").write_text(certificate)
+    console = open_console("operator")
+    page = console.page
+    add_dialog(page, "azure-app-configuration", "certificate")
+    setup = page.inner_text(".setup")
+    for permission in ("KeyValue.Delete", "KeyValue.Read", "KeyValue.Write"):
+        assert permission in setup
+    page.fill("#field-name", "console-appconfig-cert")
+    page.fill("#field-tenantId", app.tenant_id)
+    page.fill("#field-clientId", app.client_id)
+    page.set_input_files("#field-certificateBody-file", str(tmp_path / "cert.pem"))  # read by the page itself
+    page.wait_for_function("() => document.getElementById('field-certificateBody').value !== ''")
+    assert page.input_value("#field-certificateBody") == certificate
+    page.fill("#field-privateKey", key)
+    page.click("#connection-submit")
+    page.wait_for_selector("#connection-details")
+    assert "Certificate" in page.inner_text("#connection-details")
+    assert "BEGIN" not in page.content()  # neither the key nor the certificate comes back
+
+
+def test_oauth_connects_to_azure_and_comes_back_to_the_connection(open_console: Any, host_url: str) -> None:
+    console = open_console("admin")
+    page = console.page
+    add_dialog(page, "azure-key-vault", "oauth")
+    redirect_uri = page.inner_text("#redirect-uri")
+    assert redirect_uri == f"{host_url}/organization/app-connections/azure/oauth/callback"
+    assert "user_impersonation" in page.inner_text(".setup")
+    console.screenshot("add-oauth")
+    page.fill("#field-name", "console-kv-oauth")
+    page.click("#connection-submit")  # Connect to Azure: to the stand-in's authorize endpoint and back
+    page.wait_for_url(re.compile(r".*/organization/app-connections/azure-key-vault/[0-9a-f-]{36}\?authorized=created$"),
+                      timeout=30_000)
+    page.wait_for_selector("#connection-details")
+    assert page.inner_text("h1") == "console-kv-oauth"
+    assert "OAuth" in page.inner_text("#connection-details")
+    first = page.url.split("?")[0]
+    page.click("#reauthorize")
+    page.wait_for_url(re.compile(r".*\?authorized=again$"), timeout=30_000)
+    assert page.url.split("?")[0] == first
+    page.wait_for_selector("#connection-details")
+
+
+def test_rotation_enabled_at_creation_shows_in_the_timeline_and_delete_lists_what_it_removes(
+        open_console: Any, admin: Any, secrets_used: Any) -> None:
+    app = register_rotatable_app(admin, secrets_used, name="console-rotated")
+    console = open_console("operator")
+    page = console.page
+    add_dialog(page, "azure-client-secrets", "client-secret")
+    assert page.get_attribute("#field-isAutoRotationEnabled", "role") == "switch"
+    assert page.is_hidden("#rotation-settings")
+    page.fill("#field-name", "console-rotated")
+    page.fill("#field-tenantId", app.tenant_id)
+    page.fill("#field-clientId", app.client_id)
+    page.fill("#field-clientSecret", app.client_secret)
+    page.check("#field-isAutoRotationEnabled")
+    assert "Secret ID" in page.inner_text("#field-clientSecretKeyId-hint")
+    assert page.input_value("#field-timeZone") == "Europe/Berlin"  # the browser's zone by default
+    page.fill("#field-clientSecretKeyId", app.key_id)
+    page.fill("#field-rotationInterval", "0")
+    page.fill("#field-rotateAt", "03:30")
+    page.click("#connection-submit")
+    page.wait_for_selector("#field-rotationInterval-error:not([hidden])")
+    assert "at least 1" in page.inner_text("#field-rotationInterval-error")
+    page.fill("#field-rotationInterval", "7")
+    console.screenshot("add-rotation")
+    page.click("#connection-submit")
+    page.wait_for_selector("#rotation-timeline", timeout=30_000)
+    details = page.inner_text("#connection-details")
+    assert "every 7 days at 03:30 (Europe/Berlin)" in details
+    first = page.inner_text("#rotation-timeline")
+    assert "Succeeded" in first and f"Revoked: {app.key_id}" in first
+    # Rotate now: progress on the button while it runs (the stand-in answers slowly), then a second event
+    admin.set_latency(400)
+    try:
+        page.click("#rotate-now")
+        page.wait_for_selector("#rotate-now[aria-busy=true]")
+        assert page.inner_text("#rotate-now") == "Rotating…"
+        page.wait_for_selector("#rotation-timeline li:nth-child(2)", timeout=30_000)
+    finally:
+        admin.set_latency(0)
+    assert page.locator("#rotation-timeline li").count() == 2
+    assert "Rotate now" in page.inner_text("#rotation-timeline li:first-child")
+    console.screenshot("connection-rotated")
+    current = page.inner_text("#rotation-timeline li:first-child code")  # the secret now in use
+    assert live_keys(admin, app) == {current}
+    page.click("#delete-connection")
+    page.wait_for_selector("#confirm-dialog[open]")
+    assert page.inner_text("#keys-to-remove").strip() == current
+    assert page.evaluate("document.activeElement.textContent") == "Cancel"
+    page.click("#confirm-delete")
+    page.wait_for_selector("#connections-title")
+    page.wait_for_selector("main[data-ready=true]")
+    assert f"was deleted. Removed from the application: {current}." in page.inner_text("#toast")
+    assert live_keys(admin, app) == set()
+    assert page.locator("table.connections tr", has_text="console-rotated").count() == 0
+
+
+def test_a_reader_sees_everything_but_can_change_nothing(open_console: Any, admin: Any, secrets_used: Any,
+                                                        api: httpx.Client) -> None:
+    app = register_app(admin, secrets_used, name="console-read")
+    created = api.post("/api/v1/app-connections/azure-key-vault", json={
+        "name": "console-read", "method": "client-secret", "credentials": app.client_secret_body()})
+    assert created.status_code == 201, created.text
+    connection = created.json()["appConnection"]
+    console = open_console("reader")
+    page = console.page
+    page.wait_for_selector("table.connections")
+    assert page.locator("table.connections tr", has_text="console-read").count() == 1
+    assert page.locator("#add-connection").count() == 0
+    page.click("text=console-read")
+    page.wait_for_selector("#connection-details")
+    for action in ("validate-now", "rotate-now", "edit-connection", "reauthorize", "delete-connection"):
+        assert page.locator(f"#{action}").count() == 0, action
+    assert "changing it needs the Writer or Rotator role" in page.inner_text("#read-only-note")
+    assert page.locator("#audit-title").count() == 0  # audit records are for an Auditor
+    console.screenshot("reader-connection")
+    # and the API refuses a change from this session, even one crafted by hand
+    status = page.evaluate("""async (path) => {
+        const session = await (await fetch('/auth/session')).json();
+        const answer = await fetch(path, {method: 'POST', credentials: 'same-origin',
+            headers: {'X-CSRF-Token': session.csrfToken}});
+        return answer.status; }""", f"/api/v1/app-connections/azure-key-vault/{connection['id']}/validate")
+    assert status == 403
+
+
+def test_a_lapsed_session_goes_back_to_sign_in_and_returns_to_the_same_page(
+        open_console: Any, admin: Any, secrets_used: Any, api: httpx.Client) -> None:
+    app = register_app(admin, secrets_used, name="console-lapsed")
+    created = api.post("/api/v1/app-connections/azure-app-configuration", json={
+        "name": "console-lapsed", "method": "client-secret", "credentials": app.client_secret_body()})
+    assert created.status_code == 201, created.text
+    connection = created.json()["appConnection"]
+    console = open_console("admin")
+    page = console.page
+    page.select_option("#filter-app", "azure-app-configuration")
+    assert page.url.endswith(f"{PAGE}?app=azure-app-configuration")
+    logins: list[str] = []
+    page.on("request", lambda request: logins.append(request.url) if "/auth/login" in request.url else None)
+    # the session is gone (as when it expires): a reload goes to sign-in and back, filters kept
+    page.context.clear_cookies()
+    page.reload()
+    page.wait_for_selector("#who-name:not(:empty)", timeout=30_000)
+    page.wait_for_selector("main[data-ready=true]")
+    assert "returnTo=%2Forganization%2Fapp-connections%3Fapp%3Dazure-app-configuration" in logins[-1]
+    assert page.url.endswith(f"{PAGE}?app=azure-app-configuration")
+    assert page.input_value("#filter-app") == "azure-app-configuration"
+    # and within the page: the next API call answers 401, and the sign-in comes back to where the person went
+    page.context.clear_cookies()
+    page.click("text=console-lapsed")
+    path = f"{PAGE}/azure-app-configuration/{connection['id']}"
+    page.wait_for_url(console.url(path), timeout=30_000)
+    page.wait_for_selector("#connection-details")
+    assert f"returnTo={path.replace('/', '%2F')}" in logins[-1]
+    assert len(logins) == 2
+
+
+def test_no_serious_or_critical_accessibility_violation(open_console: Any, admin: Any, secrets_used: Any,
+                                                        api: httpx.Client) -> None:
+    app = register_rotatable_app(admin, secrets_used, name="console-a11y")
+    created = api.post("/api/v1/app-connections/azure-client-secrets", json={
+        "name": "console-a11y", "method": "client-secret", "credentials": app.client_secret_body(),
+        "isAutoRotationEnabled": True,
+        "rotation": {"rotationInterval": 30, "rotateAt": "02:00", "timeZone": "UTC"}})
+    assert created.status_code == 201, created.text
+    connection = created.json()["appConnection"]
+    console = open_console("admin")
+    page = console.page
+    page.wait_for_selector("table.connections")
+    assert console.axe() == []
+    console.screenshot("list")
+    page.screenshot(path=str(ROOT / ".localdev" / "screenshots" / "console.png"))
+    add_dialog(page, "azure-client-secrets", "client-secret")
+    page.check("#field-isAutoRotationEnabled")
+    assert console.axe("#connection-dialog") == []
+    console.screenshot("add-dialog")
+    page.keyboard.press("Escape")
+    page.goto(console.url(f"{PAGE}/azure-client-secrets/{connection['id']}"))
+    page.wait_for_selector("#rotation-timeline")
+    assert "connection.create" in page.inner_text("#audit-table")  # an Auditor (here Admin) reads the records
+    assert console.axe() == []
+    console.screenshot("connection")
+
+
+def test_adding_a_connection_with_the_keyboard_alone(open_console: Any, admin: Any, secrets_used: Any) -> None:
+    app = register_app(admin, secrets_used, name="console-keys")
+    console = open_console("operator")
+    page = console.page
+    page.focus("#add-connection")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#connection-dialog[open]")
+    assert page.evaluate("document.activeElement.name") == "app"  # the first choice has the focus
+    page.keyboard.press("ArrowRight")  # Azure App Configuration
+    page.keyboard.press("Tab")  # to the methods
+    page.keyboard.press("ArrowRight")  # Client Secret
+    assert page.evaluate("document.activeElement.id") == "method-client-secret"
+    outline = page.evaluate("getComputedStyle(document.activeElement.nextElementSibling).outlineStyle")
+    assert outline == "solid"  # the focus is visible on the chosen card
+    page.keyboard.press("Tab")  # past the copy of the docs' setup, to the fields
+    for value in ("console-keys", None, app.tenant_id, app.client_id, app.client_secret):
+        while page.evaluate("document.activeElement.tagName") not in ("INPUT", "TEXTAREA"):
+            page.keyboard.press("Tab")
+        if value is not None:
+            page.keyboard.type(value)
+        page.keyboard.press("Tab")
+    assert page.input_value("#field-clientSecret") == app.client_secret
+    page.focus("#connection-submit")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#connection-details")
+    assert page.inner_text("h1") == "console-keys"
+    assert page.evaluate("document.activeElement.id") == "page-title"  # the new page's heading has the focus
+
+
+def test_a_person_picks_a_demo_account_at_the_stand_in_as_the_local_run_prints(
+        browser: Any, host_url: str, admin: Any) -> None:
+    admin.set_account_picker(True)
+    context = browser.new_context(ignore_https_errors=True)
+    try:
+        page = context.new_page()
+        page.goto(f"{host_url}/")
+        page.wait_for_selector("text=Pick an account", timeout=30_000)
+        page.click("text=Sign in as Demo Reader")
+        page.wait_for_selector("main[data-ready=true]", timeout=30_000)
+        assert page.url == f"{host_url}{PAGE}"
+        assert page.inner_text("#who-name") == "Demo Reader"
+        assert page.locator("#add-connection").count() == 0
+        page.click("#sign-out")  # signed out: the next visit asks again
+        page.wait_for_selector("text=Pick an account", timeout=30_000)
+    finally:
+        admin.set_account_picker(False)
+        context.close()
+
+
+def test_edit_changes_only_what_changed_and_turns_rotation_on(open_console: Any, admin: Any, secrets_used: Any,
+                                                              api: httpx.Client) -> None:
+    app = register_rotatable_app(admin, secrets_used, name="console-edit")
+    created = api.post("/api/v1/app-connections/azure-client-secrets", json={
+        "name": "console-edit", "method": "client-secret", "credentials": app.client_secret_body()})
+    assert created.status_code == 201, created.text
+    connection = created.json()["appConnection"]
+    console = open_console("operator", f"{PAGE}/azure-client-secrets/{connection['id']}")
+    page = console.page
+    patches: list[Any] = []
+    page.on("request", lambda request: patches.append(request.post_data_json) if request.method == "PATCH" else None)
+    page.click("#edit-connection")
+    page.wait_for_selector("#connection-dialog[open]")
+    assert page.input_value("#field-name") == "console-edit" and page.input_value("#field-clientSecret") == ""
+    page.fill("#field-description", "Graph access of the build pipeline")
+    page.check("#field-isAutoRotationEnabled")
+    page.fill("#field-rotationInterval", "14")
+    page.fill("#field-rotateAt", "22:15")
+    page.select_option("#field-timeZone", "UTC")
+    page.click("#connection-submit")
+    page.wait_for_selector("#rotation-timeline", timeout=30_000)
+    assert patches == [{"description": "Graph access of the build pipeline", "isAutoRotationEnabled": True,
+                        "rotation": {"rotationInterval": 14, "rotateAt": "22:15", "timeZone": "UTC"}}]
+    details = page.inner_text("#connection-details")
+    assert "Graph access of the build pipeline" in details and "every 14 days at 22:15 (UTC)" in details
+    assert "First rotation (rotation turned on)" in page.inner_text("#rotation-timeline")
