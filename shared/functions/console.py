@@ -19,6 +19,8 @@ from pathlib import Path
 
 import azure.functions as func
 
+from shared.functions.http import traced
+
 bp = func.Blueprint()
 
 CONSOLE_DIR = Path(__file__).resolve().parent.parent.parent / "console"
@@ -69,6 +71,7 @@ def _page() -> func.HttpResponse:
 
 @bp.function_name("console_root")
 @bp.route(route="/", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@traced
 async def console_root(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse(status_code=302, headers={**COMMON_HEADERS, "Location": PAGE_PATH,
                                                        "Cache-Control": "no-store"})
@@ -76,6 +79,7 @@ async def console_root(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("console_page")
 @bp.route(route="organization/app-connections", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@traced
 async def console_page(req: func.HttpRequest) -> func.HttpResponse:
     return _page()
 
@@ -83,6 +87,7 @@ async def console_page(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("console_connection_page")
 @bp.route(route="organization/app-connections/{app}/{connectionId}", methods=["GET"],
           auth_level=func.AuthLevel.ANONYMOUS)
+@traced
 async def console_connection_page(req: func.HttpRequest) -> func.HttpResponse:
     """A connection's page: the same document; the browser reads the path and asks the API for the connection."""
     params = req.route_params or {}
@@ -93,6 +98,7 @@ async def console_connection_page(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("console_asset")
 @bp.route(route="console/assets/{name}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@traced
 async def console_asset(req: func.HttpRequest) -> func.HttpResponse:
     name = (req.route_params or {}).get("name") or ""
     match = ASSET_NAME.match(name)

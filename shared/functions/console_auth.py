@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 import azure.functions as func
 
-from shared.functions.http import json_response, problem_response
+from shared.functions.http import json_response, problem_response, traced
 from shared.sessions import (
     CSRF_HEADER,
     DEFAULT_RETURN_TO,
@@ -92,6 +92,7 @@ def _context(req: func.HttpRequest, principal: Principal) -> RequestContext:
 
 @bp.function_name("console_login")
 @bp.route(route="auth/login", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@traced
 async def console_login(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import ServiceError
     from shared.wiring import sign_in
@@ -110,6 +111,7 @@ async def console_login(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("console_callback")
 @bp.route(route="auth/callback", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@traced
 async def console_callback(req: func.HttpRequest) -> func.HttpResponse:
     from shared.audit import acting
     from shared.errors import ServiceError
@@ -145,6 +147,7 @@ async def console_callback(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("console_session")
 @bp.route(route="auth/session", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@traced
 async def console_session(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import ServiceError
     from shared.wiring import sessions
@@ -162,6 +165,7 @@ async def console_session(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("console_logout")
 @bp.route(route="auth/logout", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@traced
 async def console_logout(req: func.HttpRequest) -> func.HttpResponse:
     from shared.audit import acting
     from shared.errors import RequestForgery, ServiceError, SignInRequired
