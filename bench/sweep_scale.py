@@ -84,7 +84,7 @@ def counting_clients(settings: Any, counter: TableCounter) -> Any:
             return response
 
     class CountingClients(AzureClients):
-        def transport(self) -> AioHttpTransport:
+        def transport(self, upstream: str) -> AioHttpTransport:  # counted, not traced
             return CountingTransport(session=self.session(), session_owner=False)
 
     return CountingClients(settings)
