@@ -557,7 +557,7 @@ async def test_a_new_secret_that_never_works_is_removed_and_the_current_one_kept
         admin.set_propagation_delay(0)
     state = after.rotation
     assert state.status == "failed" and not attempt.succeeded and attempt.error is not None
-    assert "did not work within 2 s" in (state.message or "") and "current secret was left in place" in state.message
+    assert "did not work within 2 s" in (state.message or "") and "current client secret was left in place" in state.message
     assert state.rotation_id is None and state.key_id == current_key
     assert after.secret_version == before.secret_version
     assert [p["keyId"] for p in service_passwords(admin, entra)] == [current_key]
