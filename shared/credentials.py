@@ -290,8 +290,24 @@ def client_assertion(
     (RFC 7515 raw r||s) with ``x5t#S256``. Valid for :data:`ASSERTION_LIFETIME_SECONDS` from ``now``.
     CPU-bound (about 5 ms for a 4096-bit key): on the event loop, prefer :func:`client_assertion_async`.
     """
-    key = _signing_key(parsed)
     issued = int(time.time() if now is None else now)
+    claims = {
+        "aud": _token_endpoint(authority, tenant_id),
+        "iss": client_id,
+        "sub": client_id,
+        "jti": str(uuid.uuid4()),
+        "nbf": issued,
+        "iat": issued,
+        "exp": issued + ASSERTION_LIFETIME_SECONDS,
+    }
+    return signed_jwt(parsed, claims)
+
+
+def signed_jwt(parsed: ParsedCertificate, claims: Mapping[str, Any]) -> str:
+    """A compact JWS of ``claims`` signed with the certificate's private key, with the certificate's thumbprints
+    in the header: RS256 with ``x5t`` and ``x5t#S256`` for RSA keys, ES256/384/512 (raw r||s, RFC 7515) with
+    ``x5t#S256`` for EC keys. CPU-bound: run it in a worker thread on the event loop."""
+    key = _signing_key(parsed)
     header: dict[str, Any]
     if isinstance(key, rsa.RSAPrivateKey):
         header = {
@@ -303,15 +319,6 @@ def client_assertion(
     else:
         header = {"alg": _EC_ALGORITHMS[key.curve.name][0], "typ": "JWT"}
         header["x5t#S256"] = _b64url(bytes.fromhex(parsed.thumbprint_sha256))
-    claims = {
-        "aud": _token_endpoint(authority, tenant_id),
-        "iss": client_id,
-        "sub": client_id,
-        "jti": str(uuid.uuid4()),
-        "nbf": issued,
-        "iat": issued,
-        "exp": issued + ASSERTION_LIFETIME_SECONDS,
-    }
     signing_input = f"{_b64url(_json(header))}.{_b64url(_json(claims))}"
     if isinstance(key, rsa.RSAPrivateKey):
         signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
