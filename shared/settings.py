@@ -7,6 +7,7 @@ configuration table. Nothing else in the package reads ``os.environ``.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -20,6 +21,7 @@ DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 DEFAULT_GRAPH_ENDPOINT = "https://graph.microsoft.com"
 DEFAULT_SITE_URL = "http://localhost:7071"
 DEFAULT_TABLE_PREFIX = "AppConn"
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 class SettingsError(ValueError):
@@ -68,6 +70,12 @@ class Settings:
     expiry_warning_days: int = 30
     notify_webhook_url: str | None = None
     notify_webhook_secret: str | None = field(default=None, repr=False)
+    # The user-assigned managed identity whose tokens are the client assertions of federated connections
+    # (issue 14, the federated method): its client id, its principal (object) id, the subject of the federated
+    # identity credential, and its tenant, the issuer's. All three, or the federated method is unavailable.
+    federation_identity_client_id: str | None = None
+    federation_identity_principal_id: str | None = None
+    federation_identity_tenant_id: str | None = None
 
     @property
     def oauth_redirect_uri(self) -> str:
@@ -202,7 +210,21 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         expiry_warning_days=int(_number(env, "EXPIRY_WARNING_DAYS", 30, 1, 365)),
         notify_webhook_url=_https_url(env, "NOTIFY_WEBHOOK_URL", None),
         notify_webhook_secret=_configured(env, "NOTIFY_WEBHOOK_SECRET"),
+        **_federation(env),
     )
+
+
+def _federation(env: Mapping[str, str]) -> dict[str, str | None]:
+    """FEDERATION_IDENTITY_CLIENT_ID / _PRINCIPAL_ID / _TENANT_ID: GUIDs, each optional (absent: no federated
+    method)."""
+    values: dict[str, str | None] = {}
+    for suffix in ("CLIENT_ID", "PRINCIPAL_ID", "TENANT_ID"):
+        name = f"FEDERATION_IDENTITY_{suffix}"
+        value = _configured(env, name)
+        if value is not None and not _GUID.match(value):
+            raise SettingsError(f"{name} must be a GUID")
+        values[f"federation_identity_{suffix.lower()}"] = value.lower() if value else None
+    return values
 
 
 @dataclass(frozen=True)
