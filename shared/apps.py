@@ -34,8 +34,9 @@ class AppSpec:
     methods: tuple[Method, ...]
     oauth_setting_prefix: str
     permissions: tuple[Permission, ...]
-    # Microsoft Graph is needed to rotate (addPassword/removePassword on the app registration).
-    rotation_methods: tuple[Method, ...] = (Method.CLIENT_SECRET,)
+    # Rotated through Microsoft Graph on the app registration: addPassword/removePassword (a permission is needed),
+    # addKey/removeKey with proofs of possession (an application may roll its own keys without one).
+    rotation_methods: tuple[Method, ...] = (Method.CLIENT_SECRET, Method.CERTIFICATE)
 
     def scope(self, settings: Settings) -> str:
         return f"{self.resource or settings.graph_endpoint}/.default"

@@ -33,7 +33,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from shared import telemetry
 from shared.apps import Method, find_app
@@ -41,6 +41,7 @@ from shared.audit import AuditLog
 from shared.azure.retry import jittered
 from shared.errors import (
     ConcurrentChange,
+    CredentialLifetimeRefused,
     CredentialRejected,
     LeaseLost,
     NotFound,
@@ -63,12 +64,20 @@ from shared.records import (
     RotationEvent,
     RotationState,
 )
-from shared.rotation.rolls import CredentialRoll, roll_of
+from shared.rotation.kinds import roll_of
+from shared.rotation.lifetimes import (
+    GRACE_DAYS,
+    LIFETIME_CODE,
+    addition_refused,
+    capped_end,
+    lifetime_refused,
+    needed_lifetime,
+)
+from shared.rotation.rolls import CredentialRoll, Successor
 from shared.rotation.schedule import RotationSchedule, parse_hhmm
 
 log = logging.getLogger(__name__)
 
-GRACE_DAYS = 3
 FIRST_BACKOFF = timedelta(minutes=5)
 MAX_BACKOFF = timedelta(days=1)
 MARKER_PREFIX = "app-connections"
@@ -346,31 +355,59 @@ class Rotator:
         # A credential of this rotation left by an attempt that stopped before recording it goes first (from the
         # application as just read: an attempt reads it once).
         await remove_rolled(roll, graph, record.client_id or "", set(), name, audit=self._removal(record),
-                            registration=registration, signer=current)
+                            registration=registration, signer=current, now=self.now())
         if state.attempt > 1:  # an earlier attempt may have written a pending version before it stopped
             await self.adapters.vault.disable_tagged(record.secret_name, "rotationId", state.rotation_id)
         # The predecessor's Key ID, when the rotation did not know it (a certificate's, found by its thumbprint).
         previous = state.previous_key_id or roll.identify(registration, current)
-        end = self.now() + timedelta(days=2 * (state.interval_days or 30) + GRACE_DAYS)
         await self.audit.credential_change("credential.add", "started", app=record.app, connection_id=record.id,
                                            object_id=registration.object_id, detail=f"add {roll.noun} '{name}'")
-        added = await roll.add_successor(graph, registration, name, end, current)
+        added = await self._add_within_policy(roll, graph, registration, name, state.interval_days or 30, current)
         await self.audit.credential_change("credential.add", "succeeded", app=record.app, connection_id=record.id,
                                            object_id=registration.object_id, key_id=added.key_id)
         await self.checkpoint("after-add-password", record)
         stored = await self.adapters.vault.write(
             record.secret_name, roll.store_successor(added),
             secret_tags(record, rotationId=state.rotation_id, keyId=added.key_id),
-            expires_on=added.end or end,
+            expires_on=added.end,
         )
         if stored.material is not None:
             run.materials[stored.version] = stored.material
         await self.checkpoint("after-vault-write", record)
         return await self._save(record, state.evolve(step=CREATED, pending_key_id=added.key_id,
                                                      pending_version=stored.version,
-                                                     pending_expires_at=added.end or end,
+                                                     pending_expires_at=added.end,
                                                      previous_key_id=previous,
                                                      key_id=state.key_id or previous))
+
+    async def _add_within_policy(self, roll: CredentialRoll, graph: GraphSession, registration: AppRegistration,
+                                 name: str, interval_days: int, current: Mapping[str, str]) -> Successor:
+        """The roll's ``add_successor``, ending within the lifetime the tenant's app-management policy allows (see
+        :mod:`shared.rotation.lifetimes`); on Graph's ``CredentialInvalidLifetimeAsPerAppPolicy`` the policy is
+        read again and the addition retried once within it (or with the least lifetime that outlives the next
+        rotation, when the policy cannot be read), else the rotation fails saying what to change."""
+        now = self.now()
+        policy = await graph.lifetime_policy(registration.object_id, registration.created_at)
+        if policy is not None and roll.addition_refused(policy):
+            raise CredentialLifetimeRefused(addition_refused(roll, policy), extensions={"policySource": policy.source})
+        end = capped_end(now, interval_days, roll.max_lifetime(policy) if policy else None)
+        try:
+            return await roll.add_successor(graph, registration, name, end, current, now)
+        except CredentialLifetimeRefused as refused:
+            if refused.extensions.get("graphCode") != LIFETIME_CODE:
+                raise CredentialLifetimeRefused(addition_refused(roll, policy, refused.extensions.get("graphCode")),
+                                                extensions=refused.extensions) from None
+            log.warning("Rotation of %s: Graph refused a %s valid until %s under the app-management policy; "
+                        "retrying within it", registration.app_id, roll.noun, end.isoformat())
+        policy = await graph.lifetime_policy(registration.object_id, registration.created_at)
+        cap = roll.max_lifetime(policy) if policy else None
+        shorter = capped_end(now, interval_days, cap) if cap is not None else now + needed_lifetime(interval_days)
+        if shorter >= end:
+            raise lifetime_refused(roll, end - now, policy)
+        try:
+            return await roll.add_successor(graph, registration, name, shorter, current, now)
+        except CredentialLifetimeRefused:
+            raise lifetime_refused(roll, shorter - now, policy) from None
 
     async def _test(self, record: ConnectionRecord, run: _Run) -> ConnectionRecord:
         state = record.rotation
@@ -426,7 +463,7 @@ class Rotator:
         signer = await self._material(record, record.secret_version, run)
         await remove_rolled(roll, graph, record.client_id or "", {previous} if previous else set(),
                             marker(record.id, state.rotation_id), keep=state.key_id, audit=self._removal(record),
-                            signer=signer)
+                            signer=signer, now=self.now())
         # The version it superseded is the only other one enabled (a resumed create disabled what earlier attempts
         # wrote, a retirement what a credentials change left): disabled by its id, without listing the versions.
         if state.previous_version and state.previous_version != record.secret_version:
@@ -437,7 +474,7 @@ class Rotator:
         schedule = schedule_of(state)
         done = state.cleared_journal().evolve(
             status=STATUS_SUCCEEDED, message=f"Rotated: a new {roll.noun} is in use and the previous one is revoked.",
-            last_rotated_at=now, failures=0, next_at=schedule.next_due(now) if schedule else None,
+            last_rotated_at=now, failures=0, next_at=_next_rotation(schedule, now, state.pending_expires_at),
         )
         return await self._reschedule(record, state, done)
 
@@ -468,7 +505,7 @@ class Rotator:
                 await remove_rolled(roll_of(current), graph, current.client_id or "",
                                     {state.pending_key_id} if state.pending_key_id else set(),
                                     marker(current.id, state.rotation_id), keep=state.key_id,
-                                    audit=self._removal(current), signer=signer)
+                                    audit=self._removal(current), signer=signer, now=self.now())
                 await self.adapters.vault.disable_tagged(current.secret_name, "rotationId", state.rotation_id)
                 base = state.cleared_journal()
             except Exception as cleanup:  # kept in the journal; the next attempt cleans up
@@ -507,7 +544,7 @@ class Rotator:
                                                  state.retire_client_id or "", material) as graph:
             await remove_rolled(roll_of(record), graph, state.retire_client_id or "", set(),
                                 connection_marker(record.id), keep=state.key_id if same_app else None,
-                                audit=self._removal(record), signer=material)
+                                audit=self._removal(record), signer=material, now=self.now())
         await self.adapters.vault.disable_others(record.secret_name, record.secret_version)
         await self.checkpoint("after-retire", record)
         # The current credential is the user's now (a credentials change is what started a retirement): nothing
@@ -566,7 +603,7 @@ class Rotator:
                                                      state.retire_client_id or "", material) as graph:
                 removed += await remove_rolled(roll_of(record), graph, state.retire_client_id or "", set(),
                                                connection_marker(record.id), audit=self._removal(record),
-                                               signer=material)
+                                               signer=material, now=self.now())
         if state.managed or state.rotation_id is not None:
             material = await self.adapters.vault.get(record.secret_name, record.secret_version)
             async with self.adapters.directory.graph(Method(record.method), record.tenant_id,
@@ -574,7 +611,7 @@ class Rotator:
                 removed += await remove_rolled(roll_of(record), graph, record.client_id or "",
                                                {state.pending_key_id} if state.pending_key_id else set(),
                                                connection_marker(record.id), last=state.key_id,
-                                               audit=self._removal(record), signer=material)
+                                               audit=self._removal(record), signer=material, now=self.now())
         return removed
 
 
@@ -607,12 +644,12 @@ RemovalAudit = Callable[[str, str, str], Awaitable[None]]  # (object id, key id,
 async def remove_rolled(roll: CredentialRoll, graph: GraphSession, client_id: str, key_ids: set[str],
                         marker_name: str | None, keep: str | None = None, last: str | None = None,
                         audit: RemovalAudit | None = None, registration: AppRegistration | None = None,
-                        signer: Mapping[str, str] | None = None) -> list[str]:
+                        signer: Mapping[str, str] | None = None, now: datetime | None = None) -> list[str]:
     """Remove (the roll's ``remove_predecessor``) each of ``key_ids`` still on the application, and every
     credential of the roll's kind whose display name starts with ``marker_name``, but ``keep``, and ``last`` after
     all others (the one in use: should a removal fail, it is still there); return the Key IDs removed (one already
     gone counts as done). ``registration``: the application as just read, when it was; ``signer``: the material of
-    the version in use (it signs a proof of possession where the kind needs one)."""
+    the version in use (it signs a proof of possession where the kind needs one), checked as of ``now``."""
     registration = registration or await graph.find(client_id)
     present = roll.rolled(registration)
     doomed = {key.lower() for key in key_ids if key}
@@ -625,11 +662,21 @@ async def remove_rolled(roll: CredentialRoll, graph: GraphSession, client_id: st
         if credential.key_id in doomed:
             if audit is not None:
                 await audit(registration.object_id, credential.key_id, "started")
-            await roll.remove_predecessor(graph, registration, credential.key_id, signer or {})
+            await roll.remove_predecessor(graph, registration, credential.key_id, signer or {},
+                                          now or datetime.now(UTC))
             removed.append(credential.key_id)
             if audit is not None:
                 await audit(registration.object_id, credential.key_id, "succeeded")
     return removed
+
+
+def _next_rotation(schedule: RotationSchedule | None, now: datetime, expires: datetime | None) -> datetime | None:
+    """The schedule's next due time, but never later than the grace period before the new credential ends (a
+    policy may have capped its lifetime below two intervals)."""
+    if schedule is None:
+        return None
+    due = schedule.next_due(now)
+    return min(due, expires - timedelta(days=GRACE_DAYS)) if expires is not None else due
 
 
 def _describe(error: BaseException) -> str:

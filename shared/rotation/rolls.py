@@ -23,23 +23,22 @@ for free: its ``method`` is the method after the migration (what ``test_successo
 "material" names the issuer and subject instead of holding a secret), ``rolled`` lists the credentials of both
 kinds on the application (so strays of the migration's marker are found whatever their kind), and
 ``remove_predecessor`` removes the old kind (the journal's ``previous_key_id`` is the old password's or key's
-id). The rotator picks the roll of a record with :func:`roll_of`; a migration journals which roll it is running
-(so a resumed attempt picks the same one) and registers it in :data:`ROLLS` under that name.
+id). The rotator picks the roll of a record with :func:`shared.rotation.kinds.roll_of`; a migration journals which
+roll it is running (so a resumed attempt picks the same one) and registers it in ``kinds.ROLLS`` under that name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
 from shared.apps import Method
-from shared.errors import InvalidRequest
 
 if TYPE_CHECKING:
     from shared.apps import AppSpec
-    from shared.ports import AppRegistration, Directory, GraphSession
+    from shared.ports import AppRegistration, Directory, GraphSession, LifetimePolicy
     from shared.records import ConnectionRecord
 
 
@@ -74,6 +73,14 @@ class CredentialRoll(Protocol):
         """What the successor is called in messages: "client secret", "certificate"."""
         ...
 
+    def max_lifetime(self, policy: LifetimePolicy) -> timedelta | None:
+        """The longest lifetime ``policy`` allows a new credential of this kind (None: no limit)."""
+        ...
+
+    def addition_refused(self, policy: LifetimePolicy) -> bool:
+        """``policy`` does not allow adding a credential of this kind at all."""
+        ...
+
     def rolled(self, registration: AppRegistration) -> Sequence[Rolled]:
         """The credentials of this kind on the application (to find strays by marker, and what is still there)."""
         ...
@@ -84,8 +91,9 @@ class CredentialRoll(Protocol):
         ...
 
     async def add_successor(self, graph: GraphSession, registration: AppRegistration, display_name: str,
-                            end: datetime, current: Mapping[str, str]) -> Successor:
-        """Create the successor on the application; ``current`` is the material of the credential in use."""
+                            end: datetime, current: Mapping[str, str], now: datetime) -> Successor:
+        """Create the successor on the application, ending at ``end``; ``current`` is the material of the credential
+        in use; ``now`` the rotator's clock."""
         ...
 
     async def test_successor(self, directory: Directory, app: AppSpec, record: ConnectionRecord,
@@ -98,7 +106,7 @@ class CredentialRoll(Protocol):
         ...
 
     async def remove_predecessor(self, graph: GraphSession, registration: AppRegistration, key_id: str,
-                                 signer: Mapping[str, str]) -> None:
+                                 signer: Mapping[str, str], now: datetime) -> None:
         """Revoke the credential ``key_id``; ``signer`` is the material of the version in use now."""
         ...
 
@@ -109,6 +117,12 @@ class PasswordRoll:
     method = Method.CLIENT_SECRET
     noun = "client secret"
 
+    def max_lifetime(self, policy: LifetimePolicy) -> timedelta | None:
+        return policy.password_max_lifetime
+
+    def addition_refused(self, policy: LifetimePolicy) -> bool:
+        return policy.password_addition_restricted
+
     def rolled(self, registration: AppRegistration) -> Sequence[Rolled]:
         return [Rolled(p.key_id, p.display_name) for p in registration.passwords]
 
@@ -116,7 +130,7 @@ class PasswordRoll:
         return None
 
     async def add_successor(self, graph: GraphSession, registration: AppRegistration, display_name: str,
-                            end: datetime, current: Mapping[str, str]) -> Successor:
+                            end: datetime, current: Mapping[str, str], now: datetime) -> Successor:
         added = await graph.add_password(registration.object_id, display_name, end)
         return Successor(added.key_id, {"clientSecret": added.secret_text}, added.end_date_time or end)
 
@@ -128,16 +142,5 @@ class PasswordRoll:
         return dict(successor.material)
 
     async def remove_predecessor(self, graph: GraphSession, registration: AppRegistration, key_id: str,
-                                 signer: Mapping[str, str]) -> None:
+                                 signer: Mapping[str, str], now: datetime) -> None:
         await graph.remove_password(registration.object_id, key_id)
-
-
-ROLLS: dict[str, CredentialRoll] = {Method.CLIENT_SECRET.value: PasswordRoll()}
-
-
-def roll_of(record: ConnectionRecord) -> CredentialRoll:
-    """The roll a rotation of ``record`` runs: the one of its method."""
-    roll = ROLLS.get(record.method)
-    if roll is None:
-        raise InvalidRequest(f"A {record.method} connection has no credential the service can rotate.")
-    return roll
