@@ -272,8 +272,13 @@ class AdminClient:
     ) -> dict[str, Any]:
         """Add a federated identity credential to an app (at most 20; 409 for a duplicate name or
         issuer+subject). Returns ``id``, ``name``, ``issuer``, ``subject``, ``audiences``, ``description``."""
-        body = {"name": name, "issuer": issuer, "subject": subject, "audiences": list(audiences),
-                "description": description}
+        body = {
+            "name": name,
+            "issuer": issuer,
+            "subject": subject,
+            "audiences": list(audiences),
+            "description": description,
+        }
         return self._dict("POST", f"/tenants/{tenant_id}/apps/{app_id}/federated-credentials", body)
 
     def federated_credentials(self, tenant_id: str, app_id: str) -> list[dict[str, Any]]:
@@ -283,6 +288,54 @@ class AdminClient:
     def remove_federated_credential(self, tenant_id: str, app_id: str, ref: str) -> None:
         """Remove a federated identity credential by its id or name."""
         self._call("DELETE", f"/tenants/{tenant_id}/apps/{app_id}/federated-credentials/{urllib.parse.quote(ref)}")
+
+    # --- app management policies (see localdev.standin.policies) ------------------------------------
+
+    def set_default_app_management_policy(
+        self,
+        tenant_id: str,
+        password_restrictions: Iterable[dict[str, Any]] = (),
+        key_restrictions: Iterable[dict[str, Any]] = (),
+        enabled: bool = True,
+    ) -> dict[str, Any]:
+        """Set the tenant default policy's ``applicationRestrictions``: restrictions such as
+        ``{"restrictionType": "passwordLifetime", "maxLifetime": "P180D"}``, ``{"restrictionType":
+        "passwordAddition"}`` (passwords) or ``{"restrictionType": "asymmetricKeyLifetime", "maxLifetime":
+        "P90D"}`` (certificates), each with optional ``state`` and ``restrictForAppsCreatedAfterDateTime``.
+        Returns the policy as ``GET /v1.0/policies/defaultAppManagementPolicy`` shows it."""
+        body = {
+            "isEnabled": enabled,
+            "applicationRestrictions": {
+                "passwordCredentials": list(password_restrictions),
+                "keyCredentials": list(key_restrictions),
+            },
+        }
+        return self._dict("PUT", f"/tenants/{tenant_id}/app-management-policies/default", body)
+
+    def add_app_management_policy(
+        self,
+        tenant_id: str,
+        app_ids: Iterable[str],
+        password_restrictions: Iterable[dict[str, Any]] = (),
+        key_restrictions: Iterable[dict[str, Any]] = (),
+        display_name: str = "app management policy",
+        enabled: bool = True,
+    ) -> dict[str, Any]:
+        """Create an app management policy assigned to these apps (it overrides the tenant default for the
+        restriction types it names). Returns ``id``, ``displayName``, ``isEnabled``, ``restrictions``."""
+        body = {
+            "displayName": display_name,
+            "isEnabled": enabled,
+            "appIds": list(app_ids),
+            "restrictions": {
+                "passwordCredentials": list(password_restrictions),
+                "keyCredentials": list(key_restrictions),
+            },
+        }
+        return self._dict("POST", f"/tenants/{tenant_id}/app-management-policies", body)
+
+    def app_management_policies(self, tenant_id: str) -> list[dict[str, Any]]:
+        return list(self._dict("GET", f"/tenants/{tenant_id}/app-management-policies")["policies"])
 
     # --- webhook receivers (POST {url}/webhooks/{name}) ---------------------------------------------
 

@@ -17,7 +17,8 @@ is refused (the stand-in has no system-assigned identity).
 **Federated identity credentials** on applications (Graph v1.0, addressed by ``/applications/{objectId}`` or
 ``/applications(appId='{appId}')``): ``GET .../federatedIdentityCredentials`` (``{"value": [...]}``),
 ``POST`` the same ``{"name", "issuer", "subject", "audiences": [one], "description"?}`` -> 201,
-``GET``/``DELETE .../federatedIdentityCredentials/{id or name}`` -> 200 / 204. At most 20 per app (400
+``GET``/``DELETE .../federatedIdentityCredentials/{id or name}`` (or ``...(name='{name}')``, msgraph's
+``federated_identity_credentials_with_name``) -> 200 / 204. At most 20 per app (400
 ``Request_BadRequest`` past that; the wording of Graph's answer was not confirmed), a duplicate name or
 issuer+subject is 409 ``Request_BadRequest``-shaped as ``Conflict``. Reading needs what reading the app needs;
 writing needs Application.ReadWrite.All, or Application.ReadWrite.OwnedBy as an owner (see graph.py).
@@ -71,8 +72,7 @@ TOKEN_EXCHANGE_AUDIENCES = (
 MANAGED_IDENTITY_TOKEN_LIFETIME = 86_399  # managed identity tokens live about 24 hours
 FIC_DOCS = "https://docs.microsoft.com/en-us/azure/active-directory/develop/workload-identity-federation"
 FIC_CHECK = (
-    "Please check your federated identity credential Subject, Audience and Issuer against the presented "
-    "assertion."
+    "Please check your federated identity credential Subject, Audience and Issuer against the presented assertion."
 )
 TENANT = r"(?P<tenant>[^/]+)"
 APP = r"(?P<app>[^/]+)"
@@ -107,8 +107,7 @@ def _identity(req: Request) -> ManagedIdentity:
         raise _msi_error(
             req,
             400,
-            "No User Assigned or Delegated Managed Identity found for specified "
-            "ClientId/ResourceId/PrincipalId.",
+            "No User Assigned or Delegated Managed Identity found for specified ClientId/ResourceId/PrincipalId.",
         )
     return wanted[0]
 
@@ -426,8 +425,9 @@ def register(router: Router, ctx: Context) -> None:
         collection = address + "/federatedIdentityCredentials"
         router.add("GET", collection + "/?", list_fics)
         router.add("POST", collection + "/?", add_fic)
-        router.add("GET", collection + "/(?P<fic>[^/]+)", get_fic)
-        router.add("DELETE", collection + "/(?P<fic>[^/]+)", delete_fic)
+        for item in (r"/(?P<fic>[^/()]+)", r"\(name='(?P<fic>[^'/]+)'\)"):
+            router.add("GET", collection + item, get_fic)
+            router.add("DELETE", collection + item, delete_fic)
     admin = "/_admin"
     app_path = f"{admin}/tenants/{TENANT}/apps/{APP}/federated-credentials"
     router.add("POST", f"{admin}/managed-identities", _guard(admin_add_identity))

@@ -57,7 +57,8 @@ def _tls(world: World) -> ssl.SSLContext:
 
 def _mi_token(world: World, resource: str = EXCHANGE) -> str:
     credential = ManagedIdentityCredential(client_id=world.identity["clientId"])
-    return credential.get_token(resource + "/.default").token
+    token: str = credential.get_token(resource + "/.default").token
+    return token
 
 
 def _exchange(world: World, assertion: str) -> str:
@@ -189,6 +190,8 @@ def test_graph_adds_lists_and_deletes_federated_credentials_by_object_id_and_app
         listed = graph.get(f"/applications(appId='{world.app['appId']}')/federatedIdentityCredentials")
         assert [c["id"] for c in listed.json()["value"]] == [created.json()["id"]]
         assert graph.post(f"/applications/{world.app['id']}/federatedIdentityCredentials", json=body).status_code == 409
+        by_name = graph.get(f"/applications/{world.app['id']}/federatedIdentityCredentials(name='func-mi')")
+        assert by_name.json()["id"] == created.json()["id"]
         deleted = graph.delete(f"/applications/{world.app['id']}/federatedIdentityCredentials/{created.json()['id']}")
         assert deleted.status_code == 204
         assert graph.get(f"/applications/{world.app['id']}/federatedIdentityCredentials").json()["value"] == []
