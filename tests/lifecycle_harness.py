@@ -22,7 +22,7 @@ from shared.errors import ServiceError
 from shared.records import STATUS_DELETING, ConnectionRecord
 from shared.rotation.protocol import Checkpoint, RotationOptions
 from shared.rotation.sweep import sweep
-from tests.fakes import TENANT, Fakes, Password, build_fakes
+from tests.fakes import TENANT, Fakes, Key, Password, build_fakes
 
 APP = "azure-client-secrets"
 MARKER = re.compile(r"^app-connections (?P<connection>[0-9a-f-]{36}) rotation (?P<rotation>[0-9a-f-]{36})$")
@@ -48,6 +48,7 @@ class Harness:
     left_live: set[str] = field(default_factory=set)
     outcomes: list[Outcome] = field(default_factory=list)
     faults_armed: bool = False
+    method: str = "client-secret"  # or "certificate": the connections create() makes and rotates
 
     def __post_init__(self) -> None:
         self.fakes.world.on_revoke = self._on_revoke
@@ -71,10 +72,21 @@ class Harness:
             body["clientSecretKeyId"] = password.key_id
         return body
 
+    def new_credential(self, client_id: str) -> dict[str, str]:
+        """Credentials of the harness's method for the application: a password, or a certificate the owner
+        uploaded."""
+        if self.method == "certificate":
+            _, material = self.fakes.world.add_certificate(client_id, "given by the owner")
+            return {"tenantId": TENANT, "clientId": client_id, **material}
+        return self.credentials(client_id, self.fakes.world.add(client_id, "given by the owner"))
+
+    def new_application(self) -> tuple[str, dict[str, str]]:
+        app = self.fakes.world.application()
+        return app.client_id, self.new_credential(app.client_id)
+
     async def create(self, name: str = "c1", rotation: bool = True) -> ConnectionRecord:
-        client_id, password = self.new_app()
-        body: dict[str, Any] = {"name": name, "method": "client-secret",
-                                "credentials": self.credentials(client_id, password)}
+        _, credentials = self.new_application()
+        body: dict[str, Any] = {"name": name, "method": self.method, "credentials": credentials}
         if rotation:
             body.update(isAutoRotationEnabled=True, rotation=ROTATION)
         record: ConnectionRecord = await self.api.create(APP, body)
@@ -84,7 +96,8 @@ class Harness:
         return next((r for r in self.fakes.connections.records.values() if r.id == connection_id), None)
 
     def current_secret(self, record: ConnectionRecord) -> str:
-        return self.fakes.vault.version(record.secret_name, record.secret_version).material.get("clientSecret", "")
+        material = self.fakes.vault.version(record.secret_name, record.secret_version).material
+        return material.get("clientSecret") or material.get("certificateBody", "")
 
     # -- operations, each checked for I3 -------------------------------------------------------------------
     async def op(self, name: str, connection_id: str, call: Callable[[], Awaitable[Any]],
@@ -110,12 +123,13 @@ class Harness:
         if record is None:
             return ("deleted",)
         app = self.fakes.world.apps.get(record.client_id or "")
-        owners = tuple(sorted(p.key_id for p in app.passwords.values() if not p.created_by_service)) if app else ()
+        owners = tuple(sorted(p.key_id for p in [*app.passwords.values(), *app.keys.values()]
+                              if not p.created_by_service)) if app else ()
         plain = record.evolve(etag=None, status_message=None, last_validated_at=None, status="")
         return (plain, self.current_secret(record), owners)
 
     # -- invariants ----------------------------------------------------------------------------------------
-    def _on_revoke(self, client_id: str, password: Password) -> None:
+    def _on_revoke(self, client_id: str, password: Password | Key) -> None:
         for record in self.fakes.connections.records.values():
             if record.status == STATUS_DELETING or record.client_id != client_id:
                 continue
@@ -131,10 +145,10 @@ class Harness:
         records = {r.id: r for r in self.fakes.connections.records.values()}
         for record in records.values():
             live = world.present(record.client_id or "", self.current_secret(record))  # expiring is not revoking
-            if record.method == "client-secret" and record.status != STATUS_DELETING and not live:
+            if record.method in ("client-secret", "certificate") and record.status != STATUS_DELETING and not live:
                 self.violations.append(f"I1: the current credential of {record.id} is not live")
         for key_id, (client_id, password) in world.created.items():
-            if key_id not in world.apps[client_id].passwords:
+            if world.credential(client_id, key_id) is None:
                 continue
             match = MARKER.match(password.display_name or "")
             owner = records.get(match.group("connection")) if match else None
@@ -204,14 +218,14 @@ def user_operations(h: Harness, connection_id: str) -> dict[str, Callable[[], Aw
         record = await h.record(connection_id)
         if record is None:
             return await h.op("patch-credentials", connection_id, lambda: api.update(APP, connection_id, {}))
-        password = h.fakes.world.add(record.client_id or "", "given by the owner")
+        credentials = h.new_credential(record.client_id or "")
         return await h.op("patch-credentials", connection_id, lambda: api.update(
-            APP, connection_id, {"credentials": h.credentials(record.client_id or "", password)}))
+            APP, connection_id, {"credentials": credentials}))
 
     async def patch_other_app() -> Outcome:
-        client_id, password = h.new_app()
+        _, credentials = h.new_application()
         return await h.op("patch-other-app", connection_id, lambda: api.update(
-            APP, connection_id, {"credentials": h.credentials(client_id, password)}))
+            APP, connection_id, {"credentials": credentials}))
 
     async def patch_rotation() -> Outcome:
         return await h.op("patch-rotation", connection_id, lambda: api.update(
