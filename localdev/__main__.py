@@ -43,6 +43,8 @@ def _up(argv: Sequence[str]) -> int:
         assert env.standin is not None
         assert env.azurite is not None
         assert env.api is not None
+        assert env.federation is not None
+        federation = env.federation
         env.apply()  # with AUTH_TENANT_ID and AUTH_AUDIENCE: every route wants a token for the API
         os.environ.setdefault("SITE_URL", f"http://localhost:{args.port}")
         admin = env.standin.admin
@@ -94,6 +96,10 @@ def _up(argv: Sequence[str]) -> int:
                     f"       -H 'content-type: application/json' --data @{body_file}",
                     "List connections:",
                     f"  curl -s {bearer} {base}/api/v1/app-connections/azure-key-vault",
+                    "The host's user-assigned managed identity (the federated method; IDENTITY_ENDPOINT is the",
+                    f"stand-in's): client id {federation.client_id}; an application trusts it with a federated",
+                    f"identity credential: issuer {federation.issuer}, subject {federation.principal_id},",
+                    "audience api://AzureADTokenExchange.",
                     "Create an OAuth connection (the stand-in consents as a test user; open the URL in a browser",
                     f"that trusts {env.standin.ca_path}, or follow it with curl --cacert):",
                     f"  curl -s {bearer} -H 'Accept: application/json' '{base}/api/v1/app-connections/"

@@ -5,6 +5,13 @@ service to them. ``python -m localdev up`` and the end-to-end tests both build i
 stand-in, whose access tokens every route requires: its app roles, a demo administrator and a demo daemon
 holding ``AppConnections.Admin``, the settings ``AUTH_TENANT_ID`` and ``AUTH_AUDIENCE``, and
 ``{state_dir}/api-auth.json`` for ``python -m localdev token``.
+
+It also registers a demo user-assigned managed identity in the service's tenant (:attr:`LocalEnvironment.
+federation`) and sets ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER`` (the stand-in's managed-identity endpoint, as
+App Service sets them for a Function App) and ``FEDERATION_IDENTITY_CLIENT_ID``/``_PRINCIPAL_ID``/
+``_TENANT_ID``, so that the federated method works locally: an application trusts the identity with a federated
+identity credential whose issuer is ``{stand-in URL}/{tenant}/v2.0``, subject the principal id and audience
+``api://AzureADTokenExchange``.
 """
 
 from __future__ import annotations
@@ -35,6 +42,16 @@ class ServiceIdentity:
 
 
 @dataclass
+class FederationIdentity:
+    """The demo user-assigned managed identity of the local function host."""
+
+    tenant_id: str
+    client_id: str
+    principal_id: str
+    issuer: str
+
+
+@dataclass
 class LocalEnvironment:
     """Starts Azurite and the stand-in; :attr:`settings` are the app settings that point the service at them."""
 
@@ -55,6 +72,7 @@ class LocalEnvironment:
     # Register the service's API when started (see register_api), so that AUTH_* are in the settings at once.
     with_api: bool = False
     api: ApiAccess | None = None
+    federation: FederationIdentity | None = None
 
     def start(self) -> LocalEnvironment:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -67,6 +85,11 @@ class LocalEnvironment:
             app = admin.add_app(tenant, display_name="app-connections-service")
             secret = admin.add_secret(tenant, app["appId"], display_name="local service identity")
             self.identity = ServiceIdentity(tenant, app["appId"], secret["secretText"])
+            managed = admin.add_managed_identity(tenant, "id-app-connections-local")
+            self.federation = FederationIdentity(
+                tenant, managed["clientId"], managed["principalId"], admin.issuer(tenant)
+            )
+            endpoint = admin.identity_endpoint()
             redirect_uri = f"{self.site_url.rstrip('/')}/organization/app-connections/azure/oauth/callback"
             for spec in APPS.values():
                 # The delegated permissions the reference asks for, consented (a `.default` token carries them).
@@ -96,6 +119,11 @@ class LocalEnvironment:
             "SITE_URL": self.site_url.rstrip("/"),
             "SSL_CERT_FILE": ca,
             "REQUESTS_CA_BUNDLE": ca,
+            "IDENTITY_ENDPOINT": endpoint["endpoint"],
+            "IDENTITY_HEADER": endpoint["header"],
+            "FEDERATION_IDENTITY_CLIENT_ID": self.federation.client_id,
+            "FEDERATION_IDENTITY_PRINCIPAL_ID": self.federation.principal_id,
+            "FEDERATION_IDENTITY_TENANT_ID": self.federation.tenant_id,
         }
         for prefix, client in self.oauth_clients.items():
             self.settings[f"{prefix}_CLIENT_ID"] = client.client_id

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ssl
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import jwt
@@ -18,8 +19,10 @@ import pytest
 from azure.core.exceptions import ClientAuthenticationError
 from azure.identity import ClientAssertionCredential, ClientSecretCredential, ManagedIdentityCredential
 
+from localdev.environment import LocalEnvironment
 from localdev.standin import StandIn
 from localdev.standin.admin import AdminError
+from shared.settings import Settings, load_settings
 
 EXCHANGE = "api://AzureADTokenExchange"
 
@@ -211,3 +214,48 @@ def test_an_app_holds_at_most_twenty_federated_credentials(world: World) -> None
         )
     assert refused.status_code == 400
     assert len(admin.federated_credentials(world.tenant, world.app["appId"])) == 20
+
+
+# --- the local environment ----------------------------------------------------------------------------------
+
+
+def test_the_local_environment_gives_the_host_a_managed_identity_an_app_can_trust(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with LocalEnvironment(tmp_path) as env:
+        assert env.standin is not None and env.federation is not None
+        settings = load_settings(env.settings)
+        identity = federation_identity_of(settings)
+        assert identity == (env.federation.client_id, env.federation.principal_id, env.federation.tenant_id)
+        for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE"):
+            monkeypatch.setenv(name, env.settings[name])
+        assertion = ManagedIdentityCredential(client_id=settings.federation_identity_client_id).get_token(
+            settings.token_exchange_audience + "/.default"
+        )
+        claims = jwt.decode(assertion.token, options={"verify_signature": False})
+        issuer = f"{settings.authority_host}/{settings.federation_identity_tenant_id}/v2.0"
+        assert (claims["iss"], claims["sub"], claims["aud"]) == (
+            issuer,
+            settings.federation_identity_principal_id,
+            "api://AzureADTokenExchange",
+        )
+        admin = env.standin.admin
+        tenant = admin.add_tenant()
+        customer = admin.add_app(tenant, "customer")
+        admin.add_federated_credential(tenant, customer["appId"], "app-connections", issuer, claims["sub"])
+        token = ClientAssertionCredential(
+            tenant,
+            customer["appId"],
+            lambda: assertion.token,
+            authority=settings.authority_host,
+            disable_instance_discovery=True,
+        ).get_token(settings.scope_for(None))
+        assert jwt.decode(token.token, options={"verify_signature": False})["appid"] == customer["appId"]
+
+
+def federation_identity_of(settings: Settings) -> tuple[str | None, str | None, str | None]:
+    return (
+        settings.federation_identity_client_id,
+        settings.federation_identity_principal_id,
+        settings.federation_identity_tenant_id,
+    )
