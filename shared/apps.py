@@ -15,6 +15,37 @@ class Method(StrEnum):
     OAUTH = "oauth"
     CLIENT_SECRET = "client-secret"
     CERTIFICATE = "certificate"
+    # Secretless: the service signs in as the customer's application with a client assertion that is its own
+    # managed identity's token (workload identity federation). Nothing is stored in Key Vault.
+    FEDERATED = "federated"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What differs between methods, once: drives storage, rotation, health and migration."""
+
+    method: Method
+    # Secret material goes to Key Vault (False: nothing to store, and nothing to rotate).
+    stores_secret: bool = True
+    # A connection of this method may move to the federated method in one step (migrate-to-federated).
+    migrates_to_federated: bool = False
+    # The credential has an end date (False: it never expires; health still validates it).
+    expires: bool = True
+
+
+METHODS: dict[Method, MethodSpec] = {
+    spec.method: spec
+    for spec in (
+        MethodSpec(Method.OAUTH),
+        MethodSpec(Method.CLIENT_SECRET, migrates_to_federated=True),
+        MethodSpec(Method.CERTIFICATE, migrates_to_federated=True),
+        MethodSpec(Method.FEDERATED, stores_secret=False, expires=False),
+    )
+}
+
+
+def method_spec(method: Method | str) -> MethodSpec:
+    return METHODS[Method(method)]
 
 
 @dataclass(frozen=True)
@@ -46,7 +77,7 @@ class AppSpec:
         return self.scope(settings)
 
 
-_ALL_METHODS = (Method.OAUTH, Method.CLIENT_SECRET, Method.CERTIFICATE)
+_ALL_METHODS = (Method.OAUTH, Method.CLIENT_SECRET, Method.CERTIFICATE, Method.FEDERATED)
 _GRAPH_PERMISSIONS = (
     Permission("Microsoft Graph", "Application.ReadWrite.All", "Application"),
     Permission("Microsoft Graph", "Application.ReadWrite.OwnedBy", "Application"),

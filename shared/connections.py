@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared import audit
-from shared.apps import AppSpec, Method, find_app
+from shared.apps import AppSpec, Method, find_app, method_spec
 from shared.credentials import parse_certificate_async
 from shared.errors import (
     ConcurrentChange,
@@ -35,10 +35,13 @@ from shared.errors import (
     UpstreamForbidden,
 )
 from shared.expiry import REFRESH_TOKEN_LIFETIME, fresh_health
+from shared.federation import require_identity
 from shared.models import (
     CertificateCredentialsIn,
     ClientSecretCredentialsIn,
     CreateConnectionIn,
+    FederatedCredentialsIn,
+    MigrateToFederatedIn,
     UpdateConnectionIn,
     parse_credentials,
     parse_method,
@@ -63,6 +66,7 @@ from shared.records import (
     RotationState,
 )
 from shared.rotation.config import RotationConfig, parse_rotation, require_rotatable, resolve_key_id
+from shared.rotation.migration import MIGRATION_STEPS, Migrator
 from shared.rotation.protocol import Attempt, Rotator, reindex, retire_waiting, schedule_of, secret_tags
 from shared.rotation.state import state_response
 from shared.store.vault import secret_name_for
@@ -89,7 +93,7 @@ def page_size(limit: int | None) -> int:
     return size
 
 
-Credentials = ClientSecretCredentialsIn | CertificateCredentialsIn
+Credentials = ClientSecretCredentialsIn | CertificateCredentialsIn | FederatedCredentialsIn
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,7 @@ class ConnectionService:
     def __init__(self, adapters: Adapters, rotator: Rotator, token_cache: TokenCache | None = None) -> None:
         self.adapters = adapters
         self.rotator = rotator
+        self.migrator = Migrator(adapters, options=rotator.options, owner=rotator.owner, checkpoint=rotator.checkpoint)
         self.oauth_tokens = OAuthTokens(adapters, self.store_refresh_token, token_cache)
         self.store = adapters.connections
         self.vault = adapters.vault
@@ -129,9 +134,14 @@ class ConnectionService:
                         errors=[FieldError(pointer, "is already used by another connection of this app")])
 
     async def _validated(self, app: AppSpec, method: Method, raw: Any) -> Validated:
+        if method is Method.FEDERATED:
+            require_identity(self.adapters.settings)
         credentials = parse_credentials(method, raw)
         expires_on = None
-        if isinstance(credentials, CertificateCredentialsIn):
+        material: dict[str, str] = {}
+        if isinstance(credentials, FederatedCredentialsIn):
+            pass  # nothing secret: the service's managed identity signs in as the application
+        elif isinstance(credentials, CertificateCredentialsIn):
             parsed = await parse_certificate_async(credentials.certificateBody, credentials.privateKey)
             material = {"certificateBody": credentials.certificateBody, "privateKey": credentials.privateKey}
             expires_on = parsed.not_after
@@ -143,16 +153,28 @@ class ConnectionService:
     async def insert_new(self, record: ConnectionRecord, material: Mapping[str, str],
                          expires_on: datetime | None = None) -> ConnectionRecord:
         """Write the secret, index the first health check, then write the record; a record that cannot be written
-        takes its secret with it (its index entry is stale, and dropped by the sweep that finds it)."""
-        stored = await self.vault.write(record.secret_name, material, secret_tags(record), expires_on=expires_on)
+        takes its secret with it (its index entry is stale, and dropped by the sweep that finds it). A method that
+        stores no secret (federated) writes nothing to the vault."""
+        stores = method_spec(record.method).stores_secret
+        version = ""
+        if stores:
+            version = (await self.vault.write(record.secret_name, material, secret_tags(record),
+                                              expires_on=expires_on)).version
         health = self._fresh_health(record, expires_on)
         try:
             key = await self.adapters.health_index.put(health.next_check_at or self.now(), record.app, record.id)
-            return await self.store.insert(record.evolve(secret_version=stored.version,
+            return await self.store.insert(record.evolve(secret_version=version,
                                                          health=health.evolve(check_key=key)))
         except BaseException:
-            await self.vault.delete(record.secret_name)
+            if stores:
+                await self.vault.delete(record.secret_name)
             raise
+
+    async def material_of(self, record: ConnectionRecord) -> dict[str, str]:
+        """The secret material of the connection's current version ({} for a method that stores none)."""
+        if not method_spec(record.method).stores_secret:
+            return {}
+        return await self.vault.get(record.secret_name, record.secret_version)
 
     def _fresh_health(self, record: ConnectionRecord, expires_on: datetime | None) -> HealthState:
         settings = self.adapters.settings
@@ -218,8 +240,9 @@ class ConnectionService:
             )
         config = parse_rotation(request.rotation) if request.rotation is not None else None
         if request.isAutoRotationEnabled or config is not None:
-            require_rotatable(method, app.rotation_methods,
-                              "/isAutoRotationEnabled" if request.isAutoRotationEnabled else "/rotation")
+            pointer = "/isAutoRotationEnabled" if request.isAutoRotationEnabled else "/rotation"
+            refuse_rotation_of_secretless(method, pointer)
+            require_rotatable(method, app.rotation_methods, pointer)
         if request.isAutoRotationEnabled and config is None:
             raise InvalidRequest("Automatic rotation needs a schedule.",
                                  errors=[FieldError("/rotation", "is required when isAutoRotationEnabled is true")])
@@ -290,7 +313,7 @@ class ConnectionService:
         if record.method == Method.OAUTH:
             async with self.adapters.directory.graph_with(self.oauth_tokens.credential(record)) as graph:
                 return await graph.list_applications()
-        material = await self.vault.get(record.secret_name, record.secret_version)
+        material = await self.material_of(record)
         async with self.adapters.directory.graph(Method(record.method), record.tenant_id, record.client_id or "",
                                                  material) as graph:
             return await graph.list_applications()
@@ -313,8 +336,9 @@ class ConnectionService:
         config = parse_rotation(request.rotation) if request.rotation is not None else None
         rotation_change = config is not None or request.isAutoRotationEnabled is not None
         if request.isAutoRotationEnabled or config is not None:
-            require_rotatable(method, app.rotation_methods,
-                              "/isAutoRotationEnabled" if request.isAutoRotationEnabled else "/rotation")
+            pointer = "/isAutoRotationEnabled" if request.isAutoRotationEnabled else "/rotation"
+            refuse_rotation_of_secretless(method, pointer)
+            require_rotatable(method, app.rotation_methods, pointer)
         if request.credentials is not None and method is Method.OAUTH:
             raise InvalidRequest(
                 "OAuth credentials are changed by signing in again.",
@@ -364,8 +388,12 @@ class ConnectionService:
             if request.credentials is not None:
                 health = fresh.evolve(check_key=record.health.check_key, next_check_at=record.health.next_check_at)
                 notice, health = health_notice(target, health, self.now())
-                saved = await self.switch_secret(target.evolve(health=health), valid.material, expires_on, {},
-                                                 previous_name, notify=[notice] if notice else [])
+                if method_spec(method).stores_secret:
+                    saved = await self.switch_secret(target.evolve(health=health), valid.material, expires_on, {},
+                                                     previous_name, notify=[notice] if notice else [])
+                else:
+                    saved = await self.store.update(target.evolve(health=health), previous_name=previous_name,
+                                                    notify=[notice] if notice else [])
             else:
                 saved = await self.store.update(target, previous_name=previous_name)
         except NameTaken as taken:
@@ -474,6 +502,11 @@ class ConnectionService:
         app = require_app(app_id)
         record = await self.get(app.id, connection_id)
         method = Method(record.method)
+        if record.rotation.step in MIGRATION_STEPS:  # a migration that stopped half way: finish it
+            return await self.migrator.resume(record)
+        if not method_spec(method).stores_secret:
+            raise InvalidRequest(f"A {method.value} connection has no secret: there is nothing to rotate.",
+                                 extensions={"method": method.value})
         if method not in app.rotation_methods:
             allowed = ", ".join(m.value for m in app.rotation_methods)
             raise InvalidRequest(f"A {method.value} connection cannot be rotated; rotation is available for the "
@@ -492,6 +525,26 @@ class ConnectionService:
         if attempt.succeeded:
             return attempt.record
         raise rotation_problem(attempt)
+
+    # -- going secretless ------------------------------------------------------------------------------------
+    async def migrate_to_federated(self, app_id: str, connection_id: str, body: Any) -> ConnectionRecord:
+        """Move a client-secret or certificate connection to the federated method in one journaled, resumable step
+        (:mod:`shared.rotation.migration`); a migration that stopped half way is finished by the same request."""
+        app = require_app(app_id)
+        request = parse_model(MigrateToFederatedIn, {} if body is None else body)
+        record = await self.get(app.id, connection_id)
+        if record.status == STATUS_DELETING:
+            raise self._being_deleted(record)
+        if record.rotation.step in MIGRATION_STEPS:
+            return await self.migrator.resume(record)
+        if not method_spec(record.method).migrates_to_federated:
+            raise InvalidRequest(f"A {record.method} connection cannot be migrated to the federated method; only "
+                                 "client-secret and certificate connections can.", extensions={"method": record.method})
+        require_identity(self.adapters.settings, "/")
+        self._refuse_during_rotation(record)
+        if record.rotation.retire_version is not None:
+            record = await self._finish_retirement(record, raise_on_failure=True)
+        return await self.migrator.start(record, request.revokeOriginal)
 
     # -- delete ----------------------------------------------------------------------------------------------
     async def delete(self, app_id: str, connection_id: str, force: bool = False) -> Deleted:
@@ -548,7 +601,7 @@ class ConnectionService:
         record = await self.get(app.id, connection_id)
         if record.method == Method.OAUTH:
             return await self._validate_oauth(app, record)
-        material = await self.vault.get(record.secret_name, record.secret_version)
+        material = await self.material_of(record)
         try:
             await self.adapters.directory.probe(app, Method(record.method), record.tenant_id,
                                                 record.client_id or "", material)
@@ -622,6 +675,13 @@ class ConnectionService:
                 if current.secret_version != used:
                     return current
         raise ConcurrentChange(f"The connection '{record.id}' kept changing; its refresh token could not be saved.")
+
+
+def refuse_rotation_of_secretless(method: Method, pointer: str) -> None:
+    if not method_spec(method).stores_secret:
+        raise InvalidRequest(f"A {method.value} connection has no secret: there is nothing to rotate.",
+                             errors=[FieldError(pointer, f"{method.value} connections are not rotated")],
+                             extensions={"method": method.value})
 
 
 def configured(state: RotationState, config: RotationConfig | None, enabled: bool) -> RotationState:

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from shared.apps import AppSpec, Method
 from shared.errors import CredentialRejected, FieldError, InvalidRequest, UpstreamError
+from shared.federation import explain, require_identity
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken
@@ -396,7 +397,30 @@ def build_credential(
         authority = clients.settings.authority_host
         assertions = _Assertions(parsed, tenant_id, client_id, authority)
         return _assertion_credential(clients, tenant_id, client_id, assertions)
+    if method is Method.FEDERATED:
+        raise InvalidRequest("A federated credential is built asynchronously (build_credential_async).")
     raise InvalidRequest(f"The {method.value} method has no client credential.")
+
+
+async def _federated_credential(clients: AzureClients, tenant_id: str, client_id: str) -> AsyncTokenCredential:
+    """Sign in as the customer's application with the service's managed identity's token as the client assertion.
+
+    The identity's token (for the token-exchange audience) is acquired here, on the event loop, with the async
+    ``ManagedIdentityCredential`` (which caches it); the ``ClientAssertionCredential``'s ``func`` is synchronous
+    and returns that token (a credential serves one run, well within the token's lifetime). The identity's
+    failure is an ``UpstreamError``: it is the service's, not the connection's.
+    """
+    from azure.core.exceptions import AzureError
+    from azure.identity.aio import ClientAssertionCredential
+
+    identity = require_identity(clients.settings)
+    try:
+        token = await clients.federation_credential().get_token(f"{identity.audience}/.default")
+    except (AzureError, OSError, TimeoutError):
+        raise UpstreamError("The service's managed identity could not get a token for the token exchange "
+                            f"(FEDERATION_IDENTITY_CLIENT_ID {identity.client_id}).") from None
+    assertion = token.token
+    return ClientAssertionCredential(tenant_id, client_id, lambda: assertion, **clients.identity_kwargs())
 
 
 def _prepare_assertion(
@@ -416,6 +440,8 @@ async def build_credential_async(
     The credential is a ``ClientAssertionCredential`` whose function returns that precomputed assertion
     (valid 10 minutes; signed again, quickly, if the credential is still in use after 5).
     """
+    if method is Method.FEDERATED:
+        return await _federated_credential(clients, tenant_id, client_id)
     if method is Method.CERTIFICATE:
         assertions = await asyncio.to_thread(
             _prepare_assertion,
@@ -460,6 +486,8 @@ async def acquire_token(
             return await credential.get_token(app.scope(clients.settings))
     except ClientAuthenticationError as error:
         rejected = rejection_from(error)
+        if rejected is not None and method is Method.FEDERATED:
+            raise explain(rejected, require_identity(clients.settings)) from None
         if rejected is not None:
             raise rejected from None
         raise UpstreamError("Entra ID could not be reached or did not answer as expected.") from None

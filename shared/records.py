@@ -72,6 +72,8 @@ class RotationState:
     previous_version: str | None = None
     lease_owner: str | None = None
     lease_until: datetime | None = None
+    # A migration to the federated method (shared.rotation.migration) also removes the credential the user gave.
+    revoke_original: bool = False
 
     @property
     def in_progress(self) -> bool:

@@ -48,6 +48,7 @@ class AzureClients:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._service_credential: AsyncTokenCredential | None = None
+        self._federation_credential: AsyncTokenCredential | None = None
         self._table_service: TableServiceClient | None = None
         self._tables: dict[str, TableClient] = {}
         self._table_lock = asyncio.Lock()
@@ -97,6 +98,18 @@ class AzureClients:
                 **self.identity_kwargs(),
             )
         return self._service_credential
+
+    def federation_credential(self) -> AsyncTokenCredential:
+        """The user-assigned managed identity whose tokens are federated connections' client assertions
+        (``FEDERATION_IDENTITY_CLIENT_ID``); one per process, so its token is cached between sign-ins."""
+        if self._federation_credential is None:
+            from azure.identity.aio import ManagedIdentityCredential
+
+            self._federation_credential = ManagedIdentityCredential(
+                client_id=self.settings.federation_identity_client_id,
+                transport=self.transport(), retry_policy_class=JitteredRetryPolicy,
+            )
+        return self._federation_credential
 
     # -- Table Storage ---------------------------------------------------------------------
     def table_service(self) -> TableServiceClient:
@@ -181,10 +194,10 @@ class AzureClients:
         for client in self._tables.values():
             await client.close()
         self._tables.clear()
-        for closable in (self._secrets, self._table_service, self._service_credential):
+        for closable in (self._secrets, self._table_service, self._service_credential, self._federation_credential):
             if closable is not None:
                 await closable.close()
-        self._secrets = self._table_service = self._service_credential = None
+        self._secrets = self._table_service = self._service_credential = self._federation_credential = None
         if self._session is not None:
             await self._session.close()
             self._session = None
