@@ -234,6 +234,17 @@ def _applies(restriction: Mapping[str, Any], created: datetime | None) -> bool:
     return after is None or created is None or created >= after
 
 
+def _merged(own: Mapping[str, Any], tenant: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """An application's restrictions, and the tenant's of every restriction type the application's do not name."""
+    merged: dict[str, list[Any]] = {}
+    for kind in ("passwordCredentials", "keyCredentials"):
+        mine = [r for r in own.get(kind) or [] if isinstance(r, dict)]
+        named = {r.get("restrictionType") for r in mine}
+        merged[kind] = mine + [r for r in tenant.get(kind) or []
+                               if isinstance(r, dict) and r.get("restrictionType") not in named]
+    return merged
+
+
 def lifetime_policy_of(restrictions: Mapping[str, Any], source: str, created: datetime | None) -> LifetimePolicy:
     """What ``restrictions`` (an appManagementPolicy's ``restrictions`` or the default policy's
     ``applicationRestrictions``) allow a new credential of an application created at ``created``."""
@@ -465,8 +476,9 @@ class GraphApps:
             return
 
     async def lifetime_policy(self, object_id: str, created_at: datetime | None = None) -> LifetimePolicy | None:
-        """The effective app-management policy: the application's own (an enabled one assigned to it), else the
-        tenant's default (when enabled). None when the credential may not read them (403): unknown, no cap."""
+        """The effective app-management policy: the restrictions of an enabled policy assigned to the application,
+        and the tenant's default (when enabled and readable) for the restriction types that one does not name.
+        None when the credential may not read the application's policies (403): unknown, no cap."""
         async def read(path: str) -> Any:
             try:
                 return await self._call("read the app-management policy", lambda: self._send("GET", path))
@@ -475,15 +487,21 @@ class GraphApps:
 
         try:
             assigned = await read(f"/applications/{_quoted(object_id)}/appManagementPolicies")
-            for policy in (assigned or {}).get("value") or []:
-                if isinstance(policy, dict) and policy.get("isEnabled", True) is not False:
-                    return lifetime_policy_of(policy.get("restrictions") or {}, "application", created_at)
-            default = await read("/policies/defaultAppManagementPolicy")
         except UpstreamForbidden:
             return None
-        if not isinstance(default, dict) or default.get("isEnabled") is False:
-            return LifetimePolicy(source="tenant")
-        return lifetime_policy_of(default.get("applicationRestrictions") or {}, "tenant", created_at)
+        own: Mapping[str, Any] = {}
+        for policy in (assigned or {}).get("value") or []:
+            if isinstance(policy, dict) and policy.get("isEnabled", True) is not False:
+                own = policy.get("restrictions") or {}
+                break
+        try:
+            default = await read("/policies/defaultAppManagementPolicy")
+        except UpstreamForbidden:  # commonly: it needs Policy.Read.All, which a connection seldom has
+            default = None
+        tenant: Mapping[str, Any] = {}
+        if isinstance(default, dict) and default.get("isEnabled") is not False:
+            tenant = default.get("applicationRestrictions") or {}
+        return lifetime_policy_of(_merged(own, tenant), "application" if own else "tenant", created_at)
 
     async def list_applications(self) -> list[dict[str, str]]:
         """Every app registration the credential can see, following ``@odata.nextLink``."""
