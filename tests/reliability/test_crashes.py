@@ -2,11 +2,12 @@
 
 Azurite and the stand-in run in this process; the host (``python -m localdev host``) runs in its own, with
 the environment's settings and a timer schedule that never fires by itself. 30 connections with rotation
-enabled are created through its API. Each round makes them all due again (through the Table API: see
-``tests/reliability/harness.py``), triggers a sweep, kills the host with SIGKILL after a seeded random
-delay (the stand-in answers with 20-50 ms latency, so the sweep is long enough to be cut mid-way),
-restarts it, lets the crashed leases run out (again through the Table API), runs a recovery sweep and
-audits every connection. Figures go to ``.reliability/crashes.json``.
+enabled are created through its API: two in three client secrets, one in three certificates (rolled with
+addKey/removeKey and proofs of possession, with no Graph permission). Each round makes them all due again
+(through the Table API: see ``tests/reliability/harness.py``), triggers a sweep, kills the host with SIGKILL
+after a seeded random delay (the stand-in answers with 20-50 ms latency, so the sweep is long enough to be
+cut mid-way), restarts it, lets the crashed leases run out (again through the Table API), runs a recovery
+sweep and audits every connection. Figures go to ``.reliability/crashes.json``.
 
 ``RELIABILITY_SEED`` fixes the seed; ``RELIABILITY_CRASHES`` the number of rounds (default 20).
 """
@@ -34,6 +35,7 @@ from tests.reliability.harness import (
     Tables,
     audit,
     campaign_environment,
+    live_credentials,
     scan_for_secrets,
     write_figures,
 )
@@ -51,18 +53,25 @@ def campaign(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalEn
         yield parts
 
 
-def _create(api: httpx.Client, admin: Any, registry: Secrets) -> Rotated:
-    from tests.e2e.entra import register_rotatable_app
+def _create(api: httpx.Client, admin: Any, registry: Secrets, number: int) -> Rotated:
+    from tests.e2e.entra import certificate_body, register_app, register_rotatable_app
 
-    entra = register_rotatable_app(admin, registry)
+    if number % 3 == 2:  # a certificate connection: no Graph permission, the app rolls its own keys
+        entra = register_app(admin, registry, name="crash-cert")
+        credentials = certificate_body(admin, registry, entra, key_type="ec")
+        (given,) = admin.get_app(entra.tenant_id, entra.client_id)["keyCredentials"]
+        method, given_key = "certificate", str(given["keyId"])
+    else:
+        entra = register_rotatable_app(admin, registry)
+        credentials, method, given_key = entra.client_secret_body(), "client-secret", entra.key_id
     response = api.post(f"{BASE}/{APP}", json={
-        "name": f"crash-{uuid.uuid4().hex[:10]}", "method": "client-secret", "credentials": entra.client_secret_body(),
+        "name": f"crash-{uuid.uuid4().hex[:10]}", "method": method, "credentials": credentials,
         "isAutoRotationEnabled": True, "rotation": {"rotationInterval": 1, "rotateAtUtc": {"hours": 3, "minutes": 0}},
     })
     assert response.status_code == 201, response.text
     connection = response.json()["appConnection"]
     assert connection["rotation"]["status"] == "succeeded", connection
-    return Rotated(entra.tenant_id, entra.client_id, entra.object_id, entra.key_id, connection["id"])
+    return Rotated(entra.tenant_id, entra.client_id, entra.object_id, given_key, connection["id"], method)
 
 
 OPERATIONS = ("patch-credentials", "patch-rotation", "validate", "rotate", "rename", "delete")
@@ -81,7 +90,20 @@ def _interleave(api: httpx.Client, admin: Any, rng: random.Random, apps: list[Ro
         target = rng.choice(apps)
         operation = rng.choice(OPERATIONS if len(deleted) < MAX_DELETES else OPERATIONS[:-1])
         path = f"{BASE}/{APP}/{target.connection_id}"
-        if operation == "patch-credentials":
+        if operation == "patch-credentials" and target.method == "certificate":
+            from tests.e2e.entra import EntraApp, certificate_body
+
+            owner = EntraApp(target.tenant_id, target.client_id, target.object_id, "", "")
+            before = {k["keyId"] for k in admin.get_app(target.tenant_id, target.client_id)["keyCredentials"]}
+            body = certificate_body(admin, registry, owner, key_type="ec")
+            (uploaded,) = [k for k in admin.get_app(target.tenant_id, target.client_id)["keyCredentials"]
+                           if k["keyId"] not in before]
+            answer = api.patch(path, json={"credentials": body})
+            if answer.status_code == 200:
+                target.given_key_id = str(uploaded["keyId"])
+            else:  # refused: the certificate given stays the owner's and is removed here
+                admin.remove_certificate(target.tenant_id, target.client_id, uploaded["keyId"])
+        elif operation == "patch-credentials":
             secret = admin.add_secret(target.tenant_id, target.client_id, display_name="given again")
             registry.add(secret["secretText"])
             answer = api.patch(path, json={"credentials": {
@@ -114,8 +136,8 @@ def _interleave(api: httpx.Client, admin: Any, rng: random.Random, apps: list[Ro
             apps.remove(target)
             deleted.append(target.connection_id)
             marker = f"app-connections {target.connection_id} rotation "
-            live = [p["keyId"] for p in admin.app_passwords(target.tenant_id, target.client_id)
-                    if not p.get("revoked") and str(p.get("displayName") or "").startswith(marker)]
+            live = [key for key, c in live_credentials(admin, target).items()
+                    if str(c.get("displayName") or "").startswith(marker)]
             if live or answer.json()["keyIdsLeftLive"]:
                 wrong.append(f"{when} delete of {target.connection_id} left {live} live")
     return seen, wrong
@@ -147,7 +169,7 @@ def test_sigkill_mid_sweep_loses_nothing_and_leaves_no_orphan(campaign) -> None:
         return result
 
     with host.api(timeout=120) as api, ThreadPoolExecutor(6) as pool:
-        apps = list(pool.map(lambda _: _create(api, admin, registry), range(CONNECTIONS)))
+        apps = list(pool.map(lambda number: _create(api, admin, registry, number), range(CONNECTIONS)))
     check("after creation")
 
     # Calibrate: how long a full sweep of 30 due rotations takes at this latency on this machine.
