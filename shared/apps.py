@@ -70,7 +70,8 @@ class AppSpec:
     rotation_methods: tuple[Method, ...] = (Method.CLIENT_SECRET, Method.CERTIFICATE)
 
     def scope(self, settings: Settings) -> str:
-        return f"{self.resource or settings.graph_endpoint}/.default"
+        """The ``/.default`` scope in the configured cloud (``AZURE_CLOUD``; ``resource`` is the public cloud's)."""
+        return settings.scope_for(self.resource)
 
     def oauth_scope(self, settings: Settings) -> str:
         """The delegated scope asked for in the OAuth authorization-code flow."""

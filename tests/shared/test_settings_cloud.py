@@ -3,6 +3,7 @@ the federation identity settings are GUIDs."""
 
 import pytest
 
+from shared.apps import APPS
 from shared.settings import SettingsError, load_settings
 
 BASE = {"AzureWebJobsStorage": "UseDevelopmentStorage=true"}
@@ -101,3 +102,14 @@ def test_federation_identity_settings_are_guids_read_in_lower_case() -> None:
 def test_a_federation_identity_setting_that_is_not_a_guid_is_refused_by_name(name: str) -> None:
     with pytest.raises(SettingsError, match=f"FEDERATION_IDENTITY_{name} must be a GUID"):
         load_settings({**BASE, f"FEDERATION_IDENTITY_{name}": "not-a-guid"})
+
+
+@pytest.mark.parametrize(("cloud", "authority", "graph", "vault", "appconfig", "exchange"), CLOUDS)
+def test_each_app_asks_for_its_resource_s_scope_in_the_configured_cloud(
+    cloud: str, authority: str, graph: str, vault: str, appconfig: str, exchange: str
+) -> None:
+    del authority, exchange
+    settings = load_settings({**BASE, "AZURE_CLOUD": cloud})
+    assert APPS["azure-key-vault"].scope(settings) == vault
+    assert APPS["azure-app-configuration"].scope(settings) == appconfig
+    assert APPS["azure-client-secrets"].scope(settings) == graph
