@@ -35,7 +35,7 @@ from shared.errors import (
     UpstreamForbidden,
 )
 from shared.expiry import REFRESH_TOKEN_LIFETIME, fresh_health
-from shared.federation import require_identity
+from shared.federation import explain, require_identity
 from shared.models import (
     CertificateCredentialsIn,
     ClientSecretCredentialsIn,
@@ -147,8 +147,18 @@ class ConnectionService:
             expires_on = parsed.not_after
         else:
             material = {"clientSecret": credentials.clientSecret}
-        await self.adapters.directory.probe(app, method, credentials.tenantId, credentials.clientId, material)
+        await self.probe(app, method, credentials.tenantId, credentials.clientId, material)
         return Validated(credentials, material, expires_on)
+
+    async def probe(self, app: AppSpec, method: Method, tenant_id: str, client_id: str,
+                    material: Mapping[str, str]) -> None:
+        """Acquire a token; a federated sign-in Entra refuses says which federated credential is expected."""
+        try:
+            await self.adapters.directory.probe(app, method, tenant_id, client_id, material)
+        except CredentialRejected as rejected:
+            if method is not Method.FEDERATED:
+                raise
+            raise explain(rejected, require_identity(self.adapters.settings)) from None
 
     async def insert_new(self, record: ConnectionRecord, material: Mapping[str, str],
                          expires_on: datetime | None = None) -> ConnectionRecord:
@@ -603,8 +613,7 @@ class ConnectionService:
             return await self._validate_oauth(app, record)
         material = await self.material_of(record)
         try:
-            await self.adapters.directory.probe(app, Method(record.method), record.tenant_id,
-                                                record.client_id or "", material)
+            await self.probe(app, Method(record.method), record.tenant_id, record.client_id or "", material)
         except CredentialRejected as rejected:
             await self.record_status(record, STATUS_INVALID, rejected.detail)
             raise

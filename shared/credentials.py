@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from shared.apps import AppSpec, Method
 from shared.errors import CredentialRejected, FieldError, InvalidRequest, UpstreamError
-from shared.federation import explain, require_identity
+from shared.federation import require_identity
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken
@@ -486,8 +486,6 @@ async def acquire_token(
             return await credential.get_token(app.scope(clients.settings))
     except ClientAuthenticationError as error:
         rejected = rejection_from(error)
-        if rejected is not None and method is Method.FEDERATED:
-            raise explain(rejected, require_identity(clients.settings)) from None
         if rejected is not None:
             raise rejected from None
         raise UpstreamError("Entra ID could not be reached or did not answer as expected.") from None

@@ -27,10 +27,12 @@ from shared.errors import (
     UpstreamError,
     UpstreamForbidden,
 )
+from shared.federation import FederationIdentity, federation_identity
 from shared.ports import (
     Adapters,
     AppRegistration,
     DueEntry,
+    FederatedCredential,
     KeyCredential,
     LifetimePolicy,
     NewPassword,
@@ -44,6 +46,8 @@ from shared.store.history import row_key
 from shared.store.schedule import parse_key, schedule_key
 
 TENANT = "11111111-1111-1111-1111-111111111111"
+IDENTITY_CLIENT_ID = "33333333-3333-3333-3333-333333333333"  # the service's user-assigned managed identity
+IDENTITY_PRINCIPAL_ID = "44444444-4444-4444-4444-444444444444"
 START = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
 
@@ -92,6 +96,7 @@ class Application:
     # The application's own app-management policy (None: none assigned), readable unless policy_forbidden.
     policy: LifetimePolicy | None = None
     policy_forbidden: bool = False
+    federated: dict[str, FederatedCredential] = field(default_factory=dict)  # by id
 
 
 def make_certificate(kind: str = "EC", *, days: int = 3650, start: datetime | None = None) -> dict[str, str]:
@@ -137,10 +142,15 @@ class World:
         self._faults: list[tuple[str, Exception, int]] = []  # (operation prefix, error, remaining)
         self.on_revoke: Callable[[str, Password | Key], None] | None = None
         self.calls: list[str] = []
+        self.federated_added: list[tuple[str, str]] = []  # (client id, federated credential id) made through Graph
         self.proofs: list[str] = []  # Key IDs of the keys that signed each accepted proof, in order
         self.tenant_policy: LifetimePolicy | None = None  # the tenant's defaultAppManagementPolicy (None: disabled)
         self.tenant_policy_forbidden = False
         self.policy_reads = 0
+        # The service's managed identity (the FEDERATION_IDENTITY_* settings), and how many federated sign-ins
+        # Entra refuses after a federated credential was added (propagation).
+        self.federation: FederationIdentity | None = None
+        self.federation_delay = 0
 
     def application(self, client_id: str | None = None) -> Application:
         client_id = client_id or str(uuid.uuid4())
@@ -166,6 +176,22 @@ class World:
     def credential(self, client_id: str, key_id: str) -> Password | Key | None:
         app = self.apps[client_id]
         return app.passwords.get(key_id) or app.keys.get(key_id)
+
+    def add_federated(self, client_id: str, name: str = "by-hand", *, issuer: str | None = None,
+                      subject: str | None = None) -> FederatedCredential:
+        """A federated identity credential the user added (naming the service's identity unless told otherwise)."""
+        assert self.federation is not None
+        credential = FederatedCredential(str(uuid.uuid4()), name, issuer or self.federation.issuer,
+                                         subject or self.federation.principal_id, (self.federation.audience,))
+        self.apps[client_id].federated[credential.id] = credential
+        return credential
+
+    def federated_live(self, client_id: str) -> bool:
+        """Entra accepts the service's identity's token as the application's assertion."""
+        app = self.apps.get(client_id)
+        identity = self.federation
+        return app is not None and identity is not None and any(
+            identity.matches(c.issuer, c.subject, c.audiences) for c in app.federated.values())
 
     def fail_next(self, operation: str, error: Exception | None = None, times: int = 1) -> None:
         """The next ``times`` calls whose name starts with ``operation`` (probe, graph.find, graph.add,
@@ -354,6 +380,28 @@ class FakeGraph:
         del app.passwords[key_id]
         self.world.revocations.append((app.client_id, key_id))
 
+    async def federated_credentials(self, object_id: str) -> list[FederatedCredential]:
+        self.world.check("graph.fic.list")
+        return list(self._by_object(object_id).federated.values())
+
+    async def add_federated_credential(self, object_id: str, credential: Mapping[str, Any]) -> FederatedCredential:
+        self.world.check("graph.fic.add")
+        app = self._by_object(object_id)
+        if any(c.name == credential["name"] for c in app.federated.values()):
+            raise UpstreamError("Microsoft Graph failed to add a federated identity credential (409 Conflict).")
+        if len(app.federated) >= 20:
+            raise UpstreamError("Microsoft Graph failed to add a federated identity credential (400 limit).")
+        added = FederatedCredential(str(uuid.uuid4()), credential["name"], credential["issuer"],
+                                    credential["subject"], tuple(credential["audiences"]))
+        app.federated[added.id] = added
+        self.world.federated_added.append((app.client_id, added.id))
+        self.world.check("graph.fic.add.lost")  # applied, but the answer is lost
+        return added
+
+    async def remove_federated_credential(self, object_id: str, credential_id: str) -> None:
+        self.world.check("graph.fic.remove")
+        self._by_object(object_id).federated.pop(credential_id, None)
+
     async def list_applications(self) -> list[dict[str, str]]:
         self.world.check("graph.list")
         app = self._app(self.client_id)
@@ -370,6 +418,10 @@ class FakeDirectory:
     async def probe(self, app: AppSpec, method: Method, tenant_id: str, client_id: str,
                     material: Mapping[str, str]) -> None:
         self.world.check("probe")
+        if method is Method.FEDERATED:
+            self._federated(client_id)
+            self.world.worked.add(f"federated:{client_id}")
+            return
         secret = material.get("clientSecret") or material.get("certificateBody", "")
         if method is Method.CERTIFICATE and not material.get("privateKey"):
             raise CredentialRejected("AADSTS700027: Client assertion failed signature validation.")
@@ -382,9 +434,22 @@ class FakeDirectory:
     async def graph(self, method: Method, tenant_id: str, client_id: str,
                     material: Mapping[str, str]) -> AsyncIterator[FakeGraph]:
         self.world.check("graph.token")
-        if not self.world.live(client_id, material.get("clientSecret") or material.get("certificateBody", "")):
+        if method is Method.FEDERATED:
+            self._federated(client_id)
+        elif not self.world.live(client_id, material.get("clientSecret") or material.get("certificateBody", "")):
             raise CredentialRejected("AADSTS7000215: Invalid client secret provided.")
         yield FakeGraph(self.world, client_id)
+
+    def _federated(self, client_id: str) -> None:
+        if self.world.federation is None:
+            raise UpstreamError("The service's managed identity could not get a token.")
+        if not self.world.federated_live(client_id):
+            raise CredentialRejected("AADSTS70021: No matching federated identity record found for presented "
+                                     "assertion.", extensions={"aadstsCode": "AADSTS70021"})
+        if self.world.federation_delay > 0:
+            self.world.federation_delay -= 1
+            raise CredentialRejected("AADSTS70021: No matching federated identity record found for presented "
+                                     "assertion.", extensions={"aadstsCode": "AADSTS70021"})
 
     @asynccontextmanager
     async def graph_with(self, tokens: Any) -> AsyncIterator[FakeGraph]:
@@ -690,8 +755,11 @@ def build_fakes(env: Mapping[str, str] | None = None) -> Fakes:
     settings = load_settings({
         "AzureWebJobsStorage": "UseDevelopmentStorage=true", "KEY_VAULT_URL": "https://vault.example",
         "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_ID": "22222222-2222-2222-2222-222222222222",
-        "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_SECRET": "instance-secret", **(env or {}),
+        "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_SECRET": "instance-secret",
+        "FEDERATION_IDENTITY_CLIENT_ID": IDENTITY_CLIENT_ID, "FEDERATION_IDENTITY_PRINCIPAL_ID": IDENTITY_PRINCIPAL_ID,
+        "FEDERATION_IDENTITY_TENANT_ID": TENANT, **(env or {}),
     })
+    world.federation = federation_identity(settings)
     adapters = Adapters(settings=settings, connections=connections, vault=vault, schedule=schedule, history=history,
                         directory=directory, tokens=tokens, oauth_states=states, audit=audit, outbox=connections,
                         health_index=health_index, webhook=webhook, clock=clock, sleep=_no_sleep)

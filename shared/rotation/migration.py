@@ -44,6 +44,7 @@ from shared.errors import (
     RotationRefused,
     ServiceError,
     UpstreamError,
+    UpstreamForbidden,
 )
 from shared.federation import (
     MAX_FEDERATED_CREDENTIALS,
@@ -319,7 +320,12 @@ class Migrator:
                 base = state.cleared_journal().evolve(revoke_original=False)
                 message = f"The migration to the federated method did not complete: {message}"
             except Exception as cleanup:  # kept in the journal: the next request resumes and cleans up
-                log.warning("Migration of %s: clean-up failed (%s)", current.id, type(cleanup).__name__)
+                if isinstance(cleanup, UpstreamForbidden) and state.step == BEGUN and state.attempt == 1:
+                    # Graph refused this application everything from the start: nothing can have been added.
+                    base = state.cleared_journal().evolve(revoke_original=False)
+                    message = f"The migration to the federated method did not start: {message}"
+                else:
+                    log.warning("Migration of %s: clean-up failed (%s)", current.id, type(cleanup).__name__)
         else:
             message = (f"The connection is federated now; removing its previous credentials did not complete "
                        f"({message}). Send POST .../migrate-to-federated again to finish.")
