@@ -38,6 +38,7 @@ class Cloud:
     key_vault_resource: str  # the resource whose /.default scope Key Vault tokens are for
     app_configuration_resource: str
     token_exchange_audience: str  # the audience of a managed identity's token used as a federated assertion
+    storage_suffix: str  # of Table Storage endpoints built from an account name ({account}.table.{suffix})
 
 
 # Sources: azure-identity's ``AzureAuthorityHosts`` (login.microsoftonline.com, login.microsoftonline.us,
@@ -50,7 +51,9 @@ class Cloud:
 # ``KnownAppConfigAudience``: appconfig.azure.us, appconfig.azure.cn; the public cloud keeps https://azconfig.io,
 # which App Configuration still accepts, as the service has always asked for it); workload identity federation's
 # token-exchange audiences (https://learn.microsoft.com/entra/workload-id/workload-identity-federation:
-# api://AzureADTokenExchange, api://AzureADTokenExchangeUSGov, api://AzureADTokenExchangeChina).
+# api://AzureADTokenExchange, api://AzureADTokenExchangeUSGov, api://AzureADTokenExchangeChina); Azure Storage's
+# endpoint suffixes (azure-identity's and the CLI's cloud definitions: core.windows.net, core.usgovcloudapi.net,
+# core.chinacloudapi.cn).
 CLOUDS: dict[str, Cloud] = {
     cloud.name: cloud
     for cloud in (
@@ -61,6 +64,7 @@ CLOUDS: dict[str, Cloud] = {
             "https://vault.azure.net",
             "https://azconfig.io",
             "api://AzureADTokenExchange",
+            "core.windows.net",
         ),
         Cloud(
             "AzureUSGovernment",
@@ -69,6 +73,7 @@ CLOUDS: dict[str, Cloud] = {
             "https://vault.usgovcloudapi.net",
             "https://appconfig.azure.us",
             "api://AzureADTokenExchangeUSGov",
+            "core.usgovcloudapi.net",
         ),
         Cloud(
             "AzureChinaCloud",
@@ -77,6 +82,7 @@ CLOUDS: dict[str, Cloud] = {
             "https://vault.azure.cn",
             "https://appconfig.azure.cn",
             "api://AzureADTokenExchangeChina",
+            "core.chinacloudapi.cn",
         ),
     )
 }
@@ -207,7 +213,7 @@ def _https_url(env: Mapping[str, str], name: str, default: str | None) -> str | 
     return raw.rstrip("/")
 
 
-def _storage(env: Mapping[str, str]) -> StorageSettings:
+def _storage(env: Mapping[str, str], cloud: Cloud | None = None) -> StorageSettings:
     name = (env.get("STATE_STORAGE") or "AzureWebJobsStorage").strip()
     connection_string = (env.get(name) or "").strip()
     if connection_string:
@@ -220,7 +226,7 @@ def _storage(env: Mapping[str, str]) -> StorageSettings:
     uri = (env.get(f"{name}__tableServiceUri") or "").strip()
     account = (env.get(f"{name}__accountName") or "").strip()
     if not uri and account:
-        uri = f"https://{account}.table.core.windows.net"
+        uri = f"https://{account}.table.{(cloud or CLOUDS[DEFAULT_CLOUD]).storage_suffix}"
     if uri:
         return StorageSettings(
             table_service_uri=uri.rstrip("/"),
@@ -270,7 +276,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("SITE_URL must be an absolute http(s) URL")
     cloud = _cloud(env)
     return Settings(
-        storage=_storage(env),
+        storage=_storage(env, cloud),
         table_prefix=_table_prefix(env),
         key_vault_url=_https_url(env, "KEY_VAULT_URL", None),
         key_vault_verify_challenge_resource=_bool(env, "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", True),

@@ -113,3 +113,16 @@ def test_each_app_asks_for_its_resource_s_scope_in_the_configured_cloud(
     assert APPS["azure-key-vault"].scope(settings) == vault
     assert APPS["azure-app-configuration"].scope(settings) == appconfig
     assert APPS["azure-client-secrets"].scope(settings) == graph
+
+
+@pytest.mark.parametrize(
+    ("cloud", "endpoint"),
+    [
+        ("AzurePublicCloud", "https://acct.table.core.windows.net"),
+        ("AzureUSGovernment", "https://acct.table.core.usgovcloudapi.net"),
+        ("AzureChinaCloud", "https://acct.table.core.chinacloudapi.cn"),
+    ],
+)
+def test_a_storage_account_name_gives_the_cloud_s_table_endpoint(cloud: str, endpoint: str) -> None:
+    settings = load_settings({"AzureWebJobsStorage__accountName": "acct", "AZURE_CLOUD": cloud})
+    assert settings.storage.table_service_uri == endpoint
