@@ -65,7 +65,13 @@ from shared.records import (
     RotationEvent,
     RotationState,
 )
-from shared.rotation.config import RotationConfig, parse_rotation, require_rotatable, resolve_key_id
+from shared.rotation.config import (
+    RotationConfig,
+    parse_rotation,
+    require_interval_allowed,
+    require_rotatable,
+    resolve_key_id,
+)
 from shared.rotation.migration import MIGRATION_STEPS, Migrator
 from shared.rotation.protocol import Attempt, Rotator, reindex, retire_waiting, schedule_of, secret_tags
 from shared.rotation.state import state_response
@@ -261,6 +267,9 @@ class ConnectionService:
         credentials = valid.credentials
         key_id, expires_on = await self._given_secret(valid, rotating=request.isAutoRotationEnabled,
                                                       may_be_unreadable=not request.isAutoRotationEnabled)
+        if request.isAutoRotationEnabled and config is not None:
+            await require_interval_allowed(self.adapters.directory, method, credentials.tenantId,
+                                           credentials.clientId, valid.material, config.interval_days)
         state = configured(RotationState(key_id=key_id), config, request.isAutoRotationEnabled)
         record = self.new_record(app, method, request.name, request.description, credentials.tenantId,
                                  credentials.clientId, state)
@@ -389,6 +398,13 @@ class ConnectionService:
             material = await self.vault.get(record.secret_name, record.secret_version)
             new_state = new_state.evolve(key_id=(await self._key_id(
                 record.tenant_id, record.client_id or "", material["clientSecret"], new_state.key_id)).key_id)
+        if new_state.enabled and new_state.interval_days and (config is not None or enabling
+                                                               or request.credentials is not None):
+            await require_interval_allowed(
+                self.adapters.directory, method, changes.get("tenant_id", record.tenant_id),
+                changes.get("client_id", record.client_id) or "",
+                valid.material if request.credentials is not None else await self.material_of(record),
+                new_state.interval_days)
         if not changes and new_state == state and request.credentials is None:
             return record
         previous_name = record.name if "name" in changes else None

@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shared.apps import Method
-from shared.errors import FieldError, InvalidRequest
+from shared.errors import FieldError, InvalidRequest, UpstreamForbidden
 from shared.models import RotationIn
 from shared.rotation.schedule import RotationSchedule, ScheduleError, parse_hhmm
 from shared.rotation.state import rotate_at_utc
 
 if TYPE_CHECKING:
-    from shared.ports import GraphSession, PasswordCredential
+    from collections.abc import Mapping
+
+    from shared.ports import Directory, GraphSession, PasswordCredential
 
 
 @dataclass(frozen=True)
@@ -95,3 +97,22 @@ async def resolve_key_id(graph: GraphSession, client_id: str, client_secret: str
             errors=[FieldError("/credentials/clientSecretKeyId", "is required to rotate this secret")],
         )
     return matches[0]
+
+
+async def require_interval_allowed(directory: Directory, method: Method, tenant_id: str, client_id: str,
+                                   material: Mapping[str, str], interval_days: int) -> None:
+    """Refuse (400 ``rotation-interval-exceeds-policy``, naming the limit) a rotation interval whose credentials
+    cannot outlive the next rotation plus the grace period under the application's app-management policy, as the
+    connection's credential reads it. An application that may not read itself or its policy refuses nothing here:
+    its rotations cap the lifetime, or retry within Graph's refusal."""
+    from shared.rotation.kinds import ROLLS
+    from shared.rotation.lifetimes import check_interval
+
+    roll = ROLLS.get(method.value)
+    if roll is None:
+        return
+    try:
+        async with directory.graph(method, tenant_id, client_id, material) as graph:
+            await check_interval(graph, await graph.find(client_id), roll, interval_days)
+    except UpstreamForbidden:
+        return

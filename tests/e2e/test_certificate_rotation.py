@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from shared import wiring
 from shared.azure.clients import AzureClients
+from shared.errors import CredentialLifetimeRefused, RotationIntervalTooLong
 from shared.records import ConnectionRecord
 from shared.store.tables import ConnectionsTable
 from tests.e2e.entra import EntraApp, certificate_body, register_app
@@ -130,13 +131,28 @@ async def test_a_tenant_that_forbids_client_secrets_fails_the_rotation_proposing
     admin.add_app_management_policy(entra.tenant_id, [entra.client_id],
                                     password_restrictions=[{"restrictionType": "passwordAddition"}])
     service = wiring.services(wiring.adapters(clients)).connections
-    created = await service.create(APP, {
-        "name": f"pw-{uuid.uuid4().hex[:8]}", "method": "client-secret",
-        "credentials": entra.client_secret_body(clientSecretKeyId=entra.key_id),
-        "isAutoRotationEnabled": True, "rotation": ROTATION,
-    })
-    state = created.rotation
-    assert state.status == "failed"
-    assert "certificate method" in (state.message or "") and "federated method" in (state.message or "")
+    with pytest.raises(CredentialLifetimeRefused) as refused:
+        await service.create(APP, {
+            "name": f"pw-{uuid.uuid4().hex[:8]}", "method": "client-secret",
+            "credentials": entra.client_secret_body(clientSecretKeyId=entra.key_id),
+            "isAutoRotationEnabled": True, "rotation": ROTATION,
+        })
+    assert refused.value.status == 400
+    assert "certificate method" in refused.value.detail and "federated method" in refused.value.detail
     live = [p for p in admin.app_passwords(entra.tenant_id, entra.client_id) if not p["revoked"]]
     assert [p["keyId"] for p in live] == [entra.key_id]
+
+
+async def test_an_interval_longer_than_the_applications_policy_allows_is_refused_naming_the_limit(
+        admin: Any, clients: AzureClients, secrets_used: Any) -> None:
+    entra = register_app(admin, secrets_used, name="cert-short-policy")
+    given = certificate_body(admin, secrets_used, entra, key_type="ec")
+    admin.add_app_management_policy(entra.tenant_id, [entra.client_id],
+                                    key_restrictions=[{"restrictionType": "asymmetricKeyLifetime",
+                                                       "maxLifetime": "P30D"}])
+    with pytest.raises(RotationIntervalTooLong) as refused:
+        await create(clients, given, {"rotationInterval": 45, "rotateAtUtc": {"hours": 3, "minutes": 0}})
+    problem = refused.value.to_problem()
+    assert problem["status"] == 400 and problem["maxRotationInterval"] == 26
+    assert problem["restrictionType"] == "asymmetricKeyLifetime" and "30 days" in problem["detail"]
+    assert [k["thumbprint"] for k in keys_of(admin, entra)] == [thumbprint(given["certificateBody"])]

@@ -87,14 +87,29 @@ async def test_a_refusal_that_the_retry_cannot_fix_fails_naming_graphs_code_and_
 
 async def test_a_tenant_that_forbids_client_secrets_is_told_to_use_a_certificate_or_federated() -> None:
     h = Harness()
-    h.fakes.world.tenant_policy = LifetimePolicy("tenant", password_addition_restricted=True)
     created = await h.create(rotation=False)
+    h.fakes.world.tenant_policy = LifetimePolicy("tenant", password_addition_restricted=True)
+    # Enabling rotation is refused at once, as the policy is readable...
+    with pytest.raises(CredentialLifetimeRefused) as refused:
+        await h.api.update("azure-client-secrets", created.id, {
+            "isAutoRotationEnabled": True,
+            "rotation": {"rotationInterval": 14, "rotateAt": "03:00", "timeZone": "UTC"}})
+    for words in ("passwordAddition", "certificate method", "federated method"):
+        assert words in refused.value.detail
+    # ... and a rotation that meets the restriction later fails with the same advice, having added nothing.
+    h.fakes.world.tenant_policy = None
     saved = await h.api.update("azure-client-secrets", created.id, {
         "isAutoRotationEnabled": True, "rotation": {"rotationInterval": 14, "rotateAt": "03:00", "timeZone": "UTC"}})
-    assert saved.rotation.status == "failed"
-    message = saved.rotation.message or ""
+    assert saved.rotation.status == "succeeded"
+    h.fakes.world.tenant_policy = LifetimePolicy("tenant", password_addition_restricted=True)
+    await h.due()
+    h.fakes.world.calls.clear()
+    await h.sweep()
+    after = await h.record(created.id)
+    assert after is not None and after.rotation.status == "failed"
+    message = after.rotation.message or ""
     assert "passwordAddition" in message and "certificate method" in message and "federated method" in message
-    assert "graph.add" not in h.fakes.world.calls[-20:]  # refused before anything was added
+    assert "graph.add" not in h.fakes.world.calls  # refused before anything was added
     assert h.check() == []
 
 
@@ -138,3 +153,25 @@ def test_graphs_durations_and_restrictions_are_read_as_the_policy_means_them() -
                                     password_addition_restricted=True)
     newer = lifetime_policy_of(restrictions, "tenant", datetime(2025, 6, 1, tzinfo=UTC))
     assert newer.password_max_lifetime == 10 * DAYS
+
+
+@pytest.mark.parametrize("method", ["client-secret", "certificate"])
+async def test_create_and_patch_refuse_an_interval_the_policy_cannot_fit_and_change_nothing(method: str) -> None:
+    h = Harness(method=method)
+    h.fakes.world.tenant_policy = LifetimePolicy("tenant", password_max_lifetime=30 * DAYS,
+                                                 key_max_lifetime=30 * DAYS)
+    _, credentials = h.new_application()
+    with pytest.raises(RotationIntervalTooLong) as refused:
+        await h.api.create("azure-client-secrets", {
+            "name": "too-long", "method": method, "credentials": credentials, "isAutoRotationEnabled": True,
+            "rotation": {"rotationInterval": 28, "rotateAt": "03:00", "timeZone": "UTC"}})
+    assert refused.value.extensions["maxRotationInterval"] == 26
+    assert not h.fakes.connections.records  # nothing stored
+    record = await rotated(h, interval=20)
+    assert record.rotation.status == "succeeded", record.rotation.message
+    with pytest.raises(RotationIntervalTooLong):
+        await h.api.update("azure-client-secrets", record.id, {
+            "rotation": {"rotationInterval": 60, "rotateAt": "03:00", "timeZone": "UTC"}})
+    after = await h.record(record.id)
+    assert after is not None and after.rotation.interval_days == 20
+    assert h.check() == []
