@@ -11,10 +11,11 @@ Graph v1.0 routes (an app addressed as ``/applications/{objectId}`` or ``/applic
 * The proof (as Microsoft documents for addKey/removeKey): a JWT signed by the key of one of the app's
   certificates valid now (found by ``x5t``, ``x5t#S256`` or ``kid`` = SHA-1 thumbprint hex; RS256, PS256 or
   ES256), ``aud`` ``00000002-0000-0000-c000-000000000000``, ``iss`` the application's object id, ``nbf`` and
-  ``exp`` with ``exp`` at most 10 minutes after ``nbf``, now within them (five minutes of skew). No proof, or
-  one that cannot be parsed: 400 ``Request_BadRequest``; a proof that does not verify or whose claims are wrong:
-  401 ``Authentication_Unauthorized`` (the stand-in's choice: the status and code of Graph's answers to a bad
-  proof were not confirmed). An app with no certificate valid now cannot use these actions (400).
+  ``exp`` with ``exp`` at most 10 minutes after ``nbf``, now within them (five minutes of skew). No proof: 400
+  ``Request_BadRequest``; a proof that is not a JWT, does not verify or has wrong claims: 401
+  ``Authentication_MissingOrMalformed`` "Access Token missing or malformed." (Graph's answer reported for a
+  proof with the wrong ``aud``; the reason is in the request log's ``proofError``). An app with no certificate
+  valid now cannot use these actions (400).
 * The caller: the application itself (a token whose ``appid`` is the app's, no Graph permission needed), or a
   caller that may write the app (Application.ReadWrite.All, or ReadWrite.OwnedBy as an owner).
 * ``PATCH /applications/{id}`` ``{"keyCredentials": [...]}``: the app's certificates become exactly this list;
@@ -64,7 +65,10 @@ def _bad(req: Request, message: str) -> HttpError:
 
 
 def _unauthorized(req: Request, reason: str) -> HttpError:
-    return graph.graph_error(req, 401, "Authentication_Unauthorized", f"Proof of possession is invalid: {reason}")
+    """Graph's answer to a proof it refuses (seen for a wrong ``aud``): 401 ``Authentication_MissingOrMalformed``
+    "Access Token missing or malformed."; why is only in the request log (``proofError``)."""
+    req.note["proofError"] = reason
+    return graph.graph_error(req, 401, "Authentication_MissingOrMalformed", "Access Token missing or malformed.")
 
 
 def _may_roll_keys(caller: Caller, app: App) -> bool:
@@ -92,7 +96,7 @@ def check_proof(req: Request, app: App, proof: Any) -> None:
     try:
         header = jwt.get_unverified_header(proof)
     except jwt.PyJWTError as exc:
-        raise _bad(req, f"Invalid value specified for property 'proof': {exc}") from exc
+        raise _unauthorized(req, f"the proof is not a JWT ({exc}).") from exc
     alg = str(header.get("alg"))
     if alg not in PROOF_ALGORITHMS:
         raise _unauthorized(req, f"the algorithm '{alg}' is not supported.")

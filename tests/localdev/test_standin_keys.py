@@ -199,7 +199,7 @@ def test_a_proof_with_wrong_claims_is_refused_and_nothing_is_added(
     with http_as_app(world) as http:
         answer = http.post(f"/applications/{world.app['id']}/addKey", json=body)
     assert answer.status_code == status
-    assert answer.json()["error"]["code"] == "Authentication_Unauthorized"
+    assert answer.json()["error"]["code"] == "Authentication_MissingOrMalformed"
     assert len(world.standin.admin.get_app(world.tenant, world.app["appId"])["keyCredentials"]) == 1
 
 
@@ -214,7 +214,7 @@ def test_a_proof_signed_by_a_certificate_the_app_does_not_have_or_no_proof_is_re
         )
     assert foreign.status_code == 401
     assert missing.status_code == 400
-    assert garbled.status_code == 400
+    assert garbled.status_code == 401
 
 
 def test_another_app_without_write_permission_cannot_roll_the_app_s_keys(world: World) -> None:
