@@ -20,7 +20,7 @@ is refused (the stand-in has no system-assigned identity).
 ``GET``/``DELETE .../federatedIdentityCredentials/{id or name}`` (or ``...(name='{name}')``, msgraph's
 ``federated_identity_credentials_with_name``) -> 200 / 204. At most 20 per app (400
 ``Request_BadRequest`` past that; the wording of Graph's answer was not confirmed), a duplicate name or
-issuer+subject is 409 ``Request_BadRequest``-shaped as ``Conflict``. Reading needs what reading the app needs;
+issuer+subject is 409 with code ``Conflict`` (wording not confirmed either). Reading needs what reading the app needs;
 writing needs Application.ReadWrite.All, or Application.ReadWrite.OwnedBy as an owner (see graph.py).
 
 **Token endpoint** (``client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer``, a
