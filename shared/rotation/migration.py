@@ -55,6 +55,7 @@ from shared.federation import (
 )
 from shared.ports import Adapters, FederatedCredential, GraphSession
 from shared.records import (
+    HEALTHY,
     STATUS_FAILED,
     STATUS_ROTATING,
     STATUS_SUCCEEDED,
@@ -64,7 +65,8 @@ from shared.records import (
     RotationEvent,
     RotationState,
 )
-from shared.rotation.protocol import Checkpoint, RotationOptions, connection_marker
+from shared.rotation.kinds import ROLLS
+from shared.rotation.protocol import Checkpoint, RemovalAudit, RotationOptions, connection_marker, remove_rolled
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +255,7 @@ class Migrator:
         caller = Actor(acting.id, acting.name, acting.type)
         now = self.now()
         state = record.rotation.evolve(step=SWITCHED, enabled=False, key_id=None, next_at=None)
-        health = HealthState(status="healthy", checked_at=now, next_check_at=record.health.next_check_at,
+        health = HealthState(status=HEALTHY, checked_at=now, next_check_at=record.health.next_check_at,
                              check_key=record.health.check_key, notified_status=record.health.notified_status,
                              notified_at=record.health.notified_at)
         switched = await self._save(record, rotation=state, method=Method.FEDERATED.value, secret_version="",
@@ -267,21 +269,24 @@ class Migrator:
         (last), then the vault secret; with the federated sign-in, which has just worked."""
         state = record.rotation
         client_id = record.client_id or ""
+        material: dict[str, str] = {}
+        if state.previous_version:
+            from azure.core.exceptions import AzureError
+
+            try:
+                material = await self._old_material(record)
+            except (ServiceError, AzureError):  # disabled or deleted: a resumed attempt past the removals, which
+                material = {}  # came first
+        now = self.now()
         async with self.adapters.directory.graph(Method.FEDERATED, record.tenant_id, client_id, {}) as graph:
             registration = await graph.find(client_id)
-            marker = connection_marker(record.id)
-            doomed = [p.key_id for p in registration.passwords if (p.display_name or "").startswith(marker)]
             original = state.previous_key_id if state.revoke_original else None
-            if original and any(p.key_id == original for p in registration.passwords):
-                doomed.append(original)  # last: the user's own credential
-            for key_id in dict.fromkeys(doomed):
-                await self.audit.credential_change("credential.remove", "started", app=record.app,
-                                                   connection_id=record.id, object_id=registration.object_id,
-                                                   key_id=key_id)
-                await graph.remove_password(registration.object_id, key_id)
-                await self.audit.credential_change("credential.remove", "succeeded", app=record.app,
-                                                   connection_id=record.id, object_id=registration.object_id,
-                                                   key_id=key_id)
+            for roll in ROLLS.values():  # passwords, then certificates (removeKey: proofs signed by the old one)
+                present = {c.key_id for c in roll.rolled(registration)}
+                in_use = roll.identify(registration, material) if material else None
+                await remove_rolled(roll, graph, client_id, {original} if original in present else set(),
+                                    connection_marker(record.id), last=original or in_use,
+                                    audit=self._removal(record), registration=registration, signer=material, now=now)
         await self.checkpoint("after-remove-originals", record)
         if state.previous_version:
             await self.adapters.vault.disable_others(record.secret_name, "")
@@ -297,6 +302,13 @@ class Migrator:
         await self.audit.record("connection.migrate", STATUS_SUCCEEDED, app=record.app, connection_id=record.id,
                                 connection_name=record.name, detail=saved.rotation.message)
         return saved
+
+    def _removal(self, record: ConnectionRecord) -> RemovalAudit:
+        async def audit(object_id: str, key_id: str, outcome: str) -> None:
+            await self.audit.credential_change("credential.remove", outcome, app=record.app,
+                                               connection_id=record.id, object_id=object_id, key_id=key_id)
+
+        return audit
 
     # -- failing ---------------------------------------------------------------------------------------------
     async def _failed(self, record: ConnectionRecord, error: ServiceError) -> ServiceError:
@@ -365,14 +377,17 @@ class Migrator:
         material = await self.adapters.vault.get(record.secret_name, record.secret_version)
         client_id = record.client_id or ""
         method = method_of(material)
-        if method is not Method.CLIENT_SECRET:
-            raise InvalidRequest("revokeOriginal is available for client-secret connections; migrate this certificate "
-                                 "connection with revokeOriginal false, then remove the certificate from the app "
-                                 "registration (Certificates & secrets).",
-                                 errors=[FieldError("/revokeOriginal", "must be false for a certificate connection")])
-        if record.rotation.key_id:
-            return record.rotation.key_id
         async with self.adapters.directory.graph(method, record.tenant_id, client_id, material) as graph:
+            if method is Method.CERTIFICATE:
+                key_id = ROLLS[method.value].identify(await graph.find(client_id), material)
+                if key_id is None:
+                    raise InvalidRequest(
+                        "The certificate in use is not on the application, so it cannot be revoked; migrate with "
+                        "revokeOriginal false.",
+                        errors=[FieldError("/revokeOriginal", "the certificate in use was not found")])
+                return key_id
+            if record.rotation.key_id:
+                return record.rotation.key_id
             password = await resolve_key_id(graph, client_id, material["clientSecret"], None)
         return password.key_id
 

@@ -13,7 +13,7 @@ from azure.core.exceptions import ResourceNotFoundError
 
 from shared.azure.clients import AzureClients
 from shared.store.tables import ConnectionsTable
-from tests.e2e.entra import EntraApp, register_app, register_rotatable_app, token_works
+from tests.e2e.entra import EntraApp, certificate_body, register_app, register_rotatable_app, token_works
 
 pytestmark = pytest.mark.e2e
 
@@ -62,6 +62,10 @@ async def test_a_federated_connection_signs_in_with_the_identity_s_token_and_sto
     rotate = api.post(f"{BASE}/{APP}/{connection['id']}/rotate")
     assert rotate.status_code == 400
     assert "nothing to rotate" in rotate.json()["detail"]
+    deleted = api.delete(f"{BASE}/{APP}/{connection['id']}")
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["keyIdsLeftLive"] == []
+    assert admin.federated_credentials(app.tenant_id, app.client_id)  # the owner's own, left alone
     tokens = [r for r in admin.requests() if r.get("path", "").endswith("/oauth2/v2.0/token")
               and r.get("auth") == "federated"]
     assert tokens, "the token endpoint saw a federated client assertion"
@@ -105,3 +109,21 @@ def test_migrate_to_federated_goes_secretless_in_one_step(api: Any, admin: Any, 
 
 def admin_standin(local_env: Any) -> Any:
     return local_env.standin
+
+
+@pytest.mark.parametrize("revoke", [False, True])
+def test_a_certificate_connection_migrates_too_and_its_certificate_is_revoked_only_when_asked(
+        api: Any, admin: Any, local_env: Any, secrets_used: Any, revoke: bool) -> None:
+    app = register_rotatable_app(admin, secrets_used, name="certificate-to-federated")
+    body = certificate_body(admin, secrets_used, app, key_type="ec")
+    created = api.post(f"{BASE}/{APP}", json={"name": f"mig-{uuid.uuid4().hex[:10]}", "method": "certificate",
+                                              "credentials": body})
+    assert created.status_code == 201, created.text
+    cid = created.json()["appConnection"]["id"]
+    response = api.post(f"{BASE}/{APP}/{cid}/migrate-to-federated", json={"revokeOriginal": revoke})
+    assert response.status_code == 200, response.text
+    assert response.json()["appConnection"]["method"] == "federated"
+    # the owner's certificate stays, unless asked (removeKey with a proof signed by it)
+    assert len(admin.get_app(app.tenant_id, app.client_id)["keyCredentials"]) == (0 if revoke else 1)
+    assert [f["name"] for f in admin.federated_credentials(app.tenant_id, app.client_id)] == [
+        f"app-connections-{cid}"]

@@ -153,7 +153,7 @@ async def migrated(h: Harness, record: ConnectionRecord, revoke: bool = False) -
 @pytest.mark.parametrize("method", ["client-secret", "certificate"])
 async def test_migration_adds_the_credential_switches_and_removes_what_the_service_created(method: str) -> None:
     h = Harness(method=method)
-    record = await h.create(rotation=method == "client-secret")  # a rotated secret: the service created it
+    record = await h.create()  # rotated once: the credential in use is the service's own
     app = h.fakes.world.apps[record.client_id or ""]
     given = {p.key_id for p in [*app.passwords.values(), *app.keys.values()] if not p.created_by_service}
     done = await migrated(h, record)
@@ -256,13 +256,17 @@ async def test_without_the_identity_settings_a_migration_is_refused_before_anyth
     assert [c for c in h.fakes.world.calls[calls:] if not c.startswith("store.get")] == []
 
 
-async def test_revoke_original_of_a_certificate_connection_is_refused_before_anything_changes() -> None:
+@pytest.mark.parametrize("rotated", [False, True])
+async def test_revoke_original_of_a_certificate_connection_removes_its_key_with_a_proof_signed_by_it(
+        rotated: bool) -> None:
     h = Harness(method="certificate")
-    record = await h.create(rotation=False)
-    with pytest.raises(InvalidRequest) as refused:
-        await migrated(h, record, revoke=True)
-    assert [e.pointer for e in refused.value.errors] == ["/revokeOriginal"]
-    assert h.fakes.world.apps[record.client_id or ""].federated == {}
+    record = await h.create(rotation=rotated)
+    app = h.fakes.world.apps[record.client_id or ""]
+    assert len(app.keys) == 1
+    done = await migrated(h, record, revoke=True)
+    assert done.method == "federated"
+    assert app.keys == {}
+    assert h.check() == []
 
 
 CHECKPOINTS = ("before-add-federated", "after-add-federated", "after-test-federated", "after-switch",
