@@ -11,14 +11,17 @@ application, the connection's marker, :func:`remove_rolled`):
 3. ``migrate-tested``: a token acquired with the federated sign-in, retried while Entra propagates it; one that
    never works removes what this migration added, and the connection is left as it was;
 4. ``migrate-switched``: the connection's method is federated (one ETag-guarded write);
-5. done: the credentials the service created on the application (the connection's marker) are removed, and the
-   one the user gave only when ``revokeOriginal``; then the vault secret is disabled and deleted.
+5. done: the credentials the service created on the application (client secrets and certificates of the
+   connection's marker, by the roll of each kind) are removed, and the one the user gave only when
+   ``revokeOriginal`` (last); then the vault secret is disabled and deleted.
 
 A step is recorded before the next starts and each is idempotent, so a migration interrupted anywhere is
 finished by ``POST .../migrate-to-federated`` (or ``POST .../rotate``) again. Note for the rotation protocol's
-owner: this uses only public names of :mod:`shared.rotation.protocol` and :mod:`shared.rotation.rolls`; the
-journal's steps are its own, so ``Rotator._drive`` never runs them (a claim of the rotator on a record in one of
-:data:`MIGRATION_STEPS` would do nothing: the schedule entry is dropped at the claim so the sweep never tries).
+owner: this uses only public names of :mod:`shared.rotation.protocol` and :mod:`shared.rotation.kinds`; the
+journal's steps are its own, so ``Rotator._drive`` never runs them (the schedule entry is dropped at the claim, so
+the sweep never claims a migration). It is not a ``CredentialRoll``: a roll's finish makes a pending *vault version*
+current and its revoke removes the previous credential unconditionally, while a migration switches the method,
+stores nothing, and keeps the user's credential unless asked.
 """
 
 from __future__ import annotations
