@@ -174,12 +174,25 @@ class Migrator:
             message=message))
 
     async def _save(self, record: ConnectionRecord, **changes: object) -> ConnectionRecord:
-        """The next journal entry, guarded by the ETag of the record this step started from (lost: stop)."""
-        try:
-            return await self.adapters.connections.update(record.evolve(**changes))
-        except (ConcurrentChange, NotFound):
-            raise _Stopped(ConcurrentChange(f"The connection {record.id} changed during its migration; send the "
-                                            "request again to finish it.")) from None
+        """The next journal entry, guarded by the ETag of the record this step started from. A change that left the
+        journal, the method and the secret alone (a health check, a rename) is written over again; anything else
+        means the migration is no longer this worker's: stop."""
+        store = self.adapters.connections
+        for _ in range(3):
+            try:
+                return await store.update(record.evolve(**changes))
+            except (ConcurrentChange, NotFound):
+                pass
+            try:
+                current = await store.get(record.app, record.id)
+            except NotFound:
+                break
+            if (current.rotation != record.rotation or current.method != record.method
+                    or current.secret_version != record.secret_version):
+                break
+            record = current
+        raise _Stopped(ConcurrentChange(f"The connection {record.id} changed during its migration; send the "
+                                        "request again to finish it."))
 
     # -- the steps -------------------------------------------------------------------------------------------
     async def _drive(self, record: ConnectionRecord, identity: FederationIdentity) -> ConnectionRecord:

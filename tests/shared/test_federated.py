@@ -326,3 +326,22 @@ async def test_an_azure_failure_at_any_step_is_reported_and_the_request_again_fi
     assert not done.rotation.in_progress
     assert len(h.fakes.world.apps[record.client_id or ""].federated) == 1
     assert h.check() == []
+
+
+@pytest.mark.parametrize("where", ["after-add-federated", "after-test-federated", "after-switch"])
+async def test_a_health_check_or_rename_during_a_migration_does_not_stop_it(where: str) -> None:
+    h = Harness()
+    record = await h.create(rotation=False)
+
+    async def meanwhile(name: str, current: ConnectionRecord) -> None:
+        if name == where:
+            stored = await h.record(record.id)
+            assert stored is not None
+            checked = await HealthChecker(h.fakes.adapters, h.api).check(stored)
+            await h.api.update(APP, checked.id, {"description": "renamed meanwhile"})
+
+    done = await h.services(checkpoint=meanwhile).connections.migrate_to_federated(APP, record.id, {})
+    assert done.method == "federated"
+    assert done.description == "renamed meanwhile"
+    assert not done.rotation.in_progress
+    assert h.check() == []
