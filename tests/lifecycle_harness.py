@@ -74,21 +74,21 @@ class Harness:
             body["clientSecretKeyId"] = password.key_id
         return body
 
-    def new_credential(self, client_id: str) -> dict[str, str]:
-        """Credentials of the harness's method for the application: a password, or a certificate the owner
-        uploaded."""
-        if self.method == "certificate":
+    def new_credential(self, client_id: str, method: str | None = None) -> dict[str, str]:
+        """Credentials of ``method`` (the harness's by default) for the application: a password, or a certificate
+        the owner uploaded."""
+        if (method or self.method) == "certificate":
             _, material = self.fakes.world.add_certificate(client_id, "given by the owner")
             return {"tenantId": TENANT, "clientId": client_id, **material}
         return self.credentials(client_id, self.fakes.world.add(client_id, "given by the owner"))
 
-    def new_application(self) -> tuple[str, dict[str, str]]:
+    def new_application(self, method: str | None = None) -> tuple[str, dict[str, str]]:
         app = self.fakes.world.application()
-        return app.client_id, self.new_credential(app.client_id)
+        return app.client_id, self.new_credential(app.client_id, method)
 
-    async def create(self, name: str = "c1", rotation: bool = True) -> ConnectionRecord:
-        _, credentials = self.new_application()
-        body: dict[str, Any] = {"name": name, "method": self.method, "credentials": credentials}
+    async def create(self, name: str = "c1", rotation: bool = True, method: str | None = None) -> ConnectionRecord:
+        _, credentials = self.new_application(method)
+        body: dict[str, Any] = {"name": name, "method": method or self.method, "credentials": credentials}
         if rotation:
             body.update(isAutoRotationEnabled=True, rotation=ROTATION)
         record: ConnectionRecord = await self.api.create(APP, body)
@@ -230,12 +230,13 @@ def user_operations(h: Harness, connection_id: str) -> dict[str, Callable[[], Aw
         record = await h.record(connection_id)
         if record is None:
             return await h.op("patch-credentials", connection_id, lambda: api.update(APP, connection_id, {}))
-        credentials = h.new_credential(record.client_id or "")
+        credentials = h.new_credential(record.client_id or "", record.method)
         return await h.op("patch-credentials", connection_id, lambda: api.update(
             APP, connection_id, {"credentials": credentials}))
 
     async def patch_other_app() -> Outcome:
-        _, credentials = h.new_application()
+        record = await h.record(connection_id)
+        _, credentials = h.new_application(record.method if record else None)
         return await h.op("patch-other-app", connection_id, lambda: api.update(
             APP, connection_id, {"credentials": credentials}))
 
