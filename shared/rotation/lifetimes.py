@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from shared.errors import CredentialLifetimeRefused, FieldError, RotationIntervalTooLong
 
 if TYPE_CHECKING:
-    from shared.ports import AppRegistration, GraphSession, LifetimePolicy
+    from shared.ports import LifetimePolicy
     from shared.rotation.rolls import CredentialRoll
 
 GRACE_DAYS = 3
@@ -101,9 +101,3 @@ def require_interval_fits(roll: CredentialRoll, policy: LifetimePolicy | None, i
                     "restrictionType": kind, "maxRotationInterval": max(limit, 0)},
     )
 
-
-async def check_interval(graph: GraphSession, registration: AppRegistration, roll: CredentialRoll,
-                         interval_days: int) -> None:
-    """:func:`require_interval_fits` with the policy as the connection's credential reads it."""
-    policy = await graph.lifetime_policy(registration.object_id, registration.created_at)
-    require_interval_fits(roll, policy, interval_days)
