@@ -263,9 +263,13 @@ def user_operations(h: Harness, connection_id: str) -> dict[str, Callable[[], Aw
     async def reauthorize() -> Outcome:
         return await h.op("reauthorize", connection_id, lambda: reauthorize_oauth(h))
 
+    async def migrate() -> Outcome:
+        return await h.op("migrate", connection_id, lambda: api.migrate_to_federated(APP, connection_id, {}),
+                          may_change_on_error=True)
+
     return {"patch-credentials": patch_credentials, "patch-other-app": patch_other_app,
             "patch-rotation": patch_rotation, "disable-rotation": disable_rotation, "delete": delete,
-            "validate": validate, "rotate": rotate, "rename": rename, "reauthorize": reauthorize}
+            "validate": validate, "rotate": rotate, "rename": rename, "reauthorize": reauthorize, "migrate": migrate}
 
 
 async def reauthorize_oauth(h: Harness) -> ConnectionRecord:

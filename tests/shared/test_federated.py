@@ -19,7 +19,7 @@ from shared.options import app_options
 from shared.records import ConnectionRecord
 from shared.rotation.migration import MIGRATION_STEPS
 from tests.fakes import IDENTITY_PRINCIPAL_ID, TENANT, build_fakes
-from tests.lifecycle_harness import APP, Crash, Harness
+from tests.lifecycle_harness import APP, Crash, Harness, user_operations
 
 NO_FEDERATION = {"FEDERATION_IDENTITY_CLIENT_ID": "", "FEDERATION_IDENTITY_PRINCIPAL_ID": "",
                  "FEDERATION_IDENTITY_TENANT_ID": ""}
@@ -343,5 +343,41 @@ async def test_a_health_check_or_rename_during_a_migration_does_not_stop_it(wher
     done = await h.services(checkpoint=meanwhile).connections.migrate_to_federated(APP, record.id, {})
     assert done.method == "federated"
     assert done.description == "renamed meanwhile"
+    assert not done.rotation.in_progress
+    assert h.check() == []
+
+
+USER_OPERATIONS = ["patch-credentials", "patch-other-app", "patch-rotation", "disable-rotation", "delete", "validate",
+                   "rotate", "rename", "reauthorize", "migrate"]
+# While a migration runs (leased), these wait for it: 409 with the journal's id.
+REFUSED_WHILE_MIGRATING = {"patch-credentials", "patch-other-app", "patch-rotation", "disable-rotation", "delete",
+                           "rotate", "migrate"}
+
+
+@pytest.mark.parametrize("operation", USER_OPERATIONS)
+@pytest.mark.parametrize("where", CHECKPOINTS)
+async def test_a_user_operation_during_a_migration_step_keeps_every_invariant(where: str, operation: str) -> None:
+    h = Harness()
+    record = await h.create()
+    ops = user_operations(h, record.id)
+    seen = []
+
+    async def interleave(name: str, current: ConnectionRecord) -> None:
+        if name == where and not seen:
+            seen.append(await ops[operation]())
+
+    done = await h.services(checkpoint=interleave).connections.migrate_to_federated(APP, record.id, {})
+    assert seen, f"the migration never reached {where}"
+    switched = CHECKPOINTS.index(where) >= CHECKPOINTS.index("after-switch")
+    if operation == "patch-rotation" and switched:  # federated already: refused for what it asks
+        assert seen[0].status == 400, seen[0]
+        assert "nothing to rotate" in seen[0].error.detail if seen[0].error else False
+    elif operation in REFUSED_WHILE_MIGRATING:
+        assert seen[0].status == 409, seen[0]
+        assert seen[0].error is not None
+        assert seen[0].error.extensions.get("rotationId") == done.rotation.rotation_id or seen[0].error.headers
+    else:
+        assert seen[0].status == 200, seen[0].error
+    assert done.method == "federated"
     assert not done.rotation.in_progress
     assert h.check() == []
