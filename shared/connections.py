@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared import audit
-from shared.apps import AppSpec, Method, find_app, method_spec
+from shared.apps import APPS, AppSpec, Method, find_app, method_spec
 from shared.credentials import parse_certificate_async
 from shared.errors import (
     ConcurrentChange,
@@ -441,6 +441,10 @@ class ConnectionService:
         if state.leased(now) and state.lease_until is not None:
             wait = (state.lease_until - now).total_seconds()
             detail = "A rotation of this connection is running; try again when it has ended."
+        elif state.step in MIGRATION_STEPS:
+            wait = 1.0
+            detail = ("A migration of this connection to the federated method stopped half way; finish it with "
+                      "POST .../migrate-to-federated, then try again.")
         else:
             wait = (state.next_at - now).total_seconds() if state.next_at else 60.0
             detail = ("A rotation of this connection stopped half way and is resumed at its next attempt; finish it "
@@ -581,6 +585,12 @@ class ConnectionService:
         now = self.now()
         if state.leased(now) and state.lease_owner is not None and not state.lease_owner.startswith("delete:"):
             self._refuse_during_rotation(record)
+        if state.step in MIGRATION_STEPS:  # it finishes, or undoes itself when it cannot: then delete
+            raise RotationInProgress(
+                "A migration of this connection to the federated method stopped half way; finish it with POST "
+                f"/api/v1/app-connections/{record.app}/{record.id}/migrate-to-federated (it completes, or removes "
+                "what it added when the federated sign-in cannot work), then delete.",
+                headers={"Retry-After": "1"}, extensions={"rotationId": state.rotation_id, "rotationStep": state.step})
         # Claim it first (ETag): no rotation starts on a connection being deleted, and no edit lands under us.
         owner = f"delete:{uuid.uuid4().hex}"
         marked = record.evolve(status=STATUS_DELETING, status_message="Being deleted.",
@@ -592,8 +602,10 @@ class ConnectionService:
         left: list[str] = []
         try:
             removed = await self.rotator.remove_all(record)
+            removed += await self._remove_federated_credential(record)
         except ServiceError as error:
-            known = [key for key in (state.key_id if state.managed else None, state.pending_key_id) if key]
+            federated = state.key_id if record.method == Method.FEDERATED else None
+            known = [key for key in (state.key_id if state.managed else None, state.pending_key_id, federated) if key]
             if not force:
                 await self._release(record, before)
                 raise CredentialsLeftLive(
@@ -604,8 +616,9 @@ class ConnectionService:
             left = known
         if record.method == Method.OAUTH:
             self.oauth_tokens.forget(record)
-        await self.vault.disable_others(record.secret_name, "")
-        await self.vault.delete(record.secret_name)
+        if method_spec(record.method).stores_secret:
+            await self.vault.disable_others(record.secret_name, "")
+            await self.vault.delete(record.secret_name)
         await self.store.delete(record)
         await self.adapters.schedule.remove(state.schedule_key)
         await self.adapters.health_index.remove(record.health.check_key)
@@ -613,6 +626,40 @@ class ConnectionService:
         log.info("Deleted %s connection %s (%d service-created secrets removed, %d left live)", record.app,
                  record.id, len(removed), len(left))
         return Deleted(record, removed, left)
+
+    async def _remove_federated_credential(self, record: ConnectionRecord) -> list[str]:
+        """The federated credential the service added to the application for this connection (its migration
+        journaled its id in ``key_id``), unless another federated connection of the same application relies on it
+        (an application trusts an issuer and subject once)."""
+        credential_id = record.rotation.key_id
+        if record.method != Method.FEDERATED or not credential_id or await self._shared_federation(record):
+            return []
+        client_id = record.client_id or ""
+        async with self.adapters.directory.graph(Method.FEDERATED, record.tenant_id, client_id, {}) as graph:
+            registration = await graph.find(client_id)
+            if credential_id not in {c.id for c in await graph.federated_credentials(registration.object_id)}:
+                return []
+            audit_log = self.rotator.audit
+            await audit_log.credential_change("credential.remove", "started", app=record.app, connection_id=record.id,
+                                              object_id=registration.object_id, key_id=credential_id)
+            await graph.remove_federated_credential(registration.object_id, credential_id)
+            await audit_log.credential_change("credential.remove", "succeeded", app=record.app,
+                                              connection_id=record.id, object_id=registration.object_id,
+                                              key_id=credential_id)
+        return [credential_id]
+
+    async def _shared_federation(self, record: ConnectionRecord) -> bool:
+        for app_id in APPS:
+            continuation: str | None = None
+            while True:
+                page, continuation = await self.store.list_page(app_id, MAX_PAGE_SIZE, continuation)
+                if any(other.id != record.id and other.method == Method.FEDERATED
+                       and other.client_id == record.client_id and other.tenant_id == record.tenant_id
+                       for other in page):
+                    return True
+                if continuation is None:
+                    break
+        return False
 
     async def _release(self, record: ConnectionRecord, before: ConnectionRecord) -> None:
         """Undo the deletion mark (the connection is as it was)."""

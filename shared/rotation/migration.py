@@ -296,6 +296,10 @@ class Migrator:
         now = self.now()
         async with self.adapters.directory.graph(Method.FEDERATED, record.tenant_id, client_id, {}) as graph:
             registration = await graph.find(client_id)
+            # The federated credential is the connection's credential now: its id is kept when the service added it
+            # (DELETE removes it then), not when it is the owner's.
+            ours = next((c.id for c in await graph.federated_credentials(registration.object_id)
+                         if c.name == credential_name(record.id)), None)
             original = state.previous_key_id if state.revoke_original else None
             for roll in ROLLS.values():  # passwords, then certificates (removeKey: proofs signed by the old one)
                 present = {c.key_id for c in roll.rolled(registration)}
@@ -313,7 +317,8 @@ class Migrator:
                 else "the credential given was left on the application")
         done = state.cleared_journal().evolve(
             status=STATUS_SUCCEEDED, message=f"Migrated to the federated method; {kept}.", failures=0,
-            managed=False, revoke_original=False, retire_version=None, retire_tenant_id=None, retire_client_id=None)
+            managed=False, revoke_original=False, retire_version=None, retire_tenant_id=None, retire_client_id=None,
+            key_id=ours)
         saved = await self._save(record, rotation=done)
         await self.audit.record("connection.migrate", STATUS_SUCCEEDED, app=record.app, connection_id=record.id,
                                 connection_name=record.name, detail=saved.rotation.message)

@@ -381,3 +381,60 @@ async def test_a_user_operation_during_a_migration_step_keeps_every_invariant(wh
     assert done.method == "federated"
     assert not done.rotation.in_progress
     assert h.check() == []
+
+
+@pytest.mark.parametrize("operation", USER_OPERATIONS)
+@pytest.mark.parametrize("where", CHECKPOINTS)
+async def test_after_a_crash_mid_migration_and_its_lease_ran_out_a_user_operation_keeps_every_invariant(
+        where: str, operation: str) -> None:
+    """Edits and DELETE wait (409, naming migrate-to-federated) until the migration is finished; the same request
+    (or POST .../rotate) finishes it; then nothing the service created is left untracked."""
+    h = Harness()
+    record = await h.create()
+
+    async def crash(name: str, current: ConnectionRecord) -> None:
+        if name == where:
+            raise Crash(name)
+
+    with pytest.raises(Crash):
+        await h.services(checkpoint=crash).connections.migrate_to_federated(APP, record.id, {})
+    h.fakes.clock.advance(h.services().rotator.options.lease)
+    outcome = await user_operations(h, record.id)[operation]()
+    if operation in ("migrate", "rotate"):
+        assert outcome.status == 200, outcome
+    elif operation in ("patch-credentials", "patch-other-app", "disable-rotation", "delete"):
+        assert outcome.status == 409, outcome
+        assert outcome.error is not None
+        assert "migrate-to-federated" in outcome.error.detail
+    assert h.check() == []
+    finished = await h.api.migrate_to_federated(APP, record.id, {}) if operation not in ("migrate", "rotate") \
+        else await h.record(record.id)
+    assert finished is not None
+    assert finished.method == "federated"
+    assert not finished.rotation.in_progress
+    assert h.check() == []
+    assert (await h.api.delete(APP, record.id)).key_ids_left_live == []
+    assert h.check() == []
+
+
+async def test_deleting_a_migrated_connection_removes_the_federated_credential_the_service_added() -> None:
+    h = Harness()
+    record = await h.create()
+    await migrated(h, record)
+    app = h.fakes.world.apps[record.client_id or ""]
+    [added] = app.federated
+    deleted = await h.api.delete(APP, record.id)
+    assert deleted.removed_key_ids == [added]
+    assert app.federated == {}
+    assert ("credential.remove", "succeeded") in [(r.action, r.outcome) for r in h.fakes.audit.records]
+
+
+async def test_a_federated_credential_another_connection_relies_on_stays_when_one_is_deleted() -> None:
+    h = Harness()
+    record = await h.create()
+    await migrated(h, record)
+    app = h.fakes.world.apps[record.client_id or ""]
+    other = await h.api.create("azure-key-vault", federated_body(app.client_id, "kv"))
+    assert (await h.api.delete(APP, record.id)).removed_key_ids == []
+    assert len(app.federated) == 1
+    assert (await h.api.validate("azure-key-vault", other.id)).status == "active"
