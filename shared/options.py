@@ -6,16 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from shared.apps import APPS, METHODS, Method
-from shared.federation import LIMITS, SETTINGS, credential_name, federation_identity, unavailable_reason
+from shared.federation import LIMITS, SETTINGS, federation_identity, unavailable_reason
 from shared.settings import Settings
 
 
 def federated_option(settings: Settings) -> dict[str, Any]:
     identity = federation_identity(settings)
-    credential = None
-    if identity is not None:
-        credential = identity.credential(credential_name("{connectionId}"))
-        credential["name"] = "app-connections-federation"  # any unique name; a migration names it for the connection
+    # Any name unique on the application will do; a migration names the one it adds for the connection.
+    credential = identity.credential("app-connections-federation") if identity is not None else None
     return {
         "available": identity is not None,
         "reason": unavailable_reason(settings),
