@@ -121,7 +121,9 @@ def _paths() -> dict[str, Any]:
     ]
     return {
         f"{BASE}/options": {"get": _operation(
-            "list_app_connection_options", "The apps, their methods and permissions, the OAuth redirect URI.",
+            "list_app_connection_options",
+            "The apps, their methods (and those unavailable here, with why), permissions, the OAuth redirect URI, "
+            "and the federated identity credential the federated method needs.",
             {"200": _json("OptionsOut", "The options."), **_problems()})},
         f"{BASE}/{{app}}": {
             "parameters": [APP],
