@@ -33,7 +33,7 @@ HEALTHY, EXPIRING, FAILING, EXPIRED, UNKNOWN = "healthy", "expiring", "failing",
 HEALTH_STATUSES = (HEALTHY, EXPIRING, FAILING, EXPIRED, UNKNOWN)
 
 # What started a rotation attempt.
-TRIGGERS = ("enable", "schedule", "manual", "credential-change", "resume")
+TRIGGERS = ("enable", "schedule", "manual", "credential-change", "resume", "migrate-to-federated")
 
 
 @dataclass(frozen=True)
