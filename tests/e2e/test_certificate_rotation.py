@@ -156,3 +156,48 @@ async def test_an_interval_longer_than_the_applications_policy_allows_is_refused
     assert problem["status"] == 400 and problem["maxRotationInterval"] == 26
     assert problem["restrictionType"] == "asymmetricKeyLifetime" and "30 days" in problem["detail"]
     assert [k["thumbprint"] for k in keys_of(admin, entra)] == [thumbprint(given["certificateBody"])]
+
+
+class Crash(BaseException):
+    """The process dies here: nothing after this point runs."""
+
+
+CHECKPOINTS = ["before-add-password", "after-add-password", "after-vault-write", "after-test", "after-finish",
+               "after-revoke"]
+
+
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
+async def test_a_certificate_rotation_cut_at_any_step_is_resumed_and_leaves_one_key(
+        admin: Any, clients: AzureClients, secrets_used: Any, checkpoint: str) -> None:
+    entra = register_app(admin, secrets_used, name="cert-crash")
+    record = await create(clients, certificate_body(admin, secrets_used, entra, key_type="ec"))
+    assert record.rotation.status == "succeeded", record.rotation.message
+
+    async def crash(name: str, _: ConnectionRecord) -> None:
+        if name == checkpoint:
+            raise Crash(name)
+
+    # The real clock throughout: a new certificate is valid from the rotator's "now", and Entra checks it with its
+    # own. The sweep's due time is not needed to claim; the crashed worker's lease is made to run out instead.
+    doomed = wiring.services(wiring.adapters(clients), checkpoint=crash).rotator
+    claimed = await doomed.claim(record, "schedule")
+    assert claimed is not None
+    with pytest.raises(Crash):
+        await doomed.run(claimed)
+    table = ConnectionsTable(clients)
+    crashed = await table.get(APP, record.id)
+    assert crashed.rotation.in_progress
+    await table.update(crashed.evolve(rotation=crashed.rotation.evolve(
+        lease_until=datetime.now(UTC) - timedelta(seconds=1))))
+    resumer = wiring.services(wiring.adapters(clients)).rotator
+    again = await resumer.claim(await table.get(APP, record.id), "schedule")
+    assert again is not None and again.rotation.trigger == "resume"
+    done = (await resumer.run(again)).record
+    assert done.rotation.status == "succeeded", done.rotation.message
+    assert not done.rotation.in_progress
+    material = current_material(admin, done, secrets_used)
+    assert [k["thumbprint"] for k in keys_of(admin, entra)] == [thumbprint(material["certificateBody"])]
+    versions = admin.vault_secrets()[done.secret_name]["versions"]
+    assert [v["version"] for v in versions if v["enabled"]] == [done.secret_version]
+    validated = await wiring.services(wiring.adapters(clients)).connections.validate(APP, done.id)
+    assert validated.status == "active"
