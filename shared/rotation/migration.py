@@ -69,7 +69,15 @@ from shared.records import (
     RotationState,
 )
 from shared.rotation.kinds import ROLLS
-from shared.rotation.protocol import Checkpoint, RemovalAudit, RotationOptions, connection_marker, remove_rolled
+from shared.rotation.protocol import (
+    Checkpoint,
+    RemovalAudit,
+    RotationOptions,
+    connection_marker,
+    reindex,
+    remove_rolled,
+    schedule_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -364,8 +372,16 @@ class Migrator:
                        f"({message}). Send POST .../migrate-to-federated again to finish.")
         await self._history(current, STATUS_FAILED, message)
         failed = base.evolve(status=STATUS_FAILED, message=message, lease_owner=None, lease_until=None)
-        with contextlib.suppress(ConcurrentChange):
-            await self.adapters.connections.update(current.evolve(rotation=failed))
+        schedule = schedule_of(failed) if failed.step is None else None  # undone: the rotation schedule resumes
+        due = schedule.next_due(failed.last_rotated_at or self.now()) if schedule else None
+
+        async def point(key: str | None) -> ConnectionRecord:
+            with contextlib.suppress(ConcurrentChange):
+                return await self.adapters.connections.update(
+                    current.evolve(rotation=failed.evolve(next_at=due, schedule_key=key)))
+            return current
+
+        await reindex(self.adapters.schedule, None, due, current, point)
         await self.audit.record("connection.migrate", STATUS_FAILED, app=current.app, connection_id=current.id,
                                 connection_name=current.name, detail=message)
         extensions = {**error.extensions, "rotationStep": state.step}

@@ -438,3 +438,24 @@ async def test_a_federated_credential_another_connection_relies_on_stays_when_on
     assert (await h.api.delete(APP, record.id)).removed_key_ids == []
     assert len(app.federated) == 1
     assert (await h.api.validate("azure-key-vault", other.id)).status == "active"
+
+
+async def test_a_migration_that_failed_before_the_switch_leaves_the_rotation_schedule_as_it_was() -> None:
+    h = Harness()
+    record = await h.create()  # rotating on a schedule
+    assert record.rotation.next_at is not None
+    h.fakes.world.federation_delay = 10**6
+    with pytest.raises(CredentialRejected):
+        await migrated(h, record)
+    after = await h.record(record.id)
+    assert after is not None
+    assert after.rotation.enabled
+    assert after.rotation.next_at == record.rotation.next_at
+    assert after.rotation.schedule_key is not None
+    assert [e.connection_id for e in await h.fakes.schedule.due(after.rotation.next_at)] == [record.id]
+    await h.due()
+    await h.sweep()  # the schedule goes on: the next rotation runs
+    rotated = await h.record(record.id)
+    assert rotated is not None
+    assert rotated.rotation.last_rotated_at != record.rotation.last_rotated_at
+    assert h.check() == []
