@@ -18,8 +18,9 @@ application, the connection's marker, :func:`remove_rolled`):
 A step is recorded before the next starts and each is idempotent, so a migration interrupted anywhere is
 finished by ``POST .../migrate-to-federated`` (or ``POST .../rotate``) again. Note for the rotation protocol's
 owner: this uses only public names of :mod:`shared.rotation.protocol` and :mod:`shared.rotation.kinds`; the
-journal's steps are its own, so ``Rotator._drive`` never runs them (the schedule entry is dropped at the claim, so
-the sweep never claims a migration). It is not a ``CredentialRoll``: a roll's finish makes a pending *vault version*
+journal's steps are its own, so ``Rotator._drive`` never runs them: the sweep hands a due connection whose journal
+is a migration to :meth:`Migrator.resume` (due when its lease runs out, or after a back-off when its clean-up
+failed). It is not a ``CredentialRoll``: a roll's finish makes a pending *vault version*
 current and its revoke removes the previous credential unconditionally, while a migration switches the method,
 stores nothing, and keeps the user's credential unless asked.
 """
@@ -73,6 +74,7 @@ from shared.rotation.protocol import (
     Checkpoint,
     RemovalAudit,
     RotationOptions,
+    backoff,
     connection_marker,
     reindex,
     remove_rolled,
@@ -147,14 +149,18 @@ class Migrator:
                                 detail="to federated" + (" (resumed)" if interrupted or state.attempt > 1 else ""))
         if interrupted is not None:
             await self._close_interrupted(record, interrupted)
+        # Due again when the lease runs out: should this worker die, the sweep resumes the migration.
+        lease_until = now + self.options.lease
+        key = await self.adapters.schedule.put(lease_until, record.app, record.id)
         claimed_state = state.evolve(status=STATUS_ROTATING, message="Migrating to the federated method.",
                                      last_attempt_at=now, attempt_started_at=now, lease_owner=self.owner,
-                                     lease_until=now + self.options.lease, next_at=None, schedule_key=None)
+                                     lease_until=lease_until, next_at=lease_until, schedule_key=key)
         try:
             claimed = await self.adapters.connections.update(record.evolve(rotation=claimed_state))
         except ConcurrentChange:
             raise ConcurrentChange("The connection changed while the migration was starting; try again.") from None
-        await self.adapters.schedule.remove(record.rotation.schedule_key)  # the sweep has nothing to do here
+        if record.rotation.schedule_key and record.rotation.schedule_key != key:
+            await self.adapters.schedule.remove(record.rotation.schedule_key)
         await self._history(claimed, "running")
         return claimed
 
@@ -278,7 +284,7 @@ class Migrator:
         acting = audit.current().actor  # the request's caller, as an edit records it (without its role)
         caller = Actor(acting.id, acting.name, acting.type)
         now = self.now()
-        state = record.rotation.evolve(step=SWITCHED, enabled=False, key_id=None, next_at=None)
+        state = record.rotation.evolve(step=SWITCHED, enabled=False, key_id=None)
         health = HealthState(status=HEALTHY, checked_at=now, next_check_at=record.health.next_check_at,
                              check_key=record.health.check_key, notified_status=record.health.notified_status,
                              notified_at=record.health.notified_at)
@@ -327,7 +333,8 @@ class Migrator:
             status=STATUS_SUCCEEDED, message=f"Migrated to the federated method; {kept}.", failures=0,
             managed=False, revoke_original=False, retire_version=None, retire_tenant_id=None, retire_client_id=None,
             key_id=ours)
-        saved = await self._save(record, rotation=done)
+        saved = await self._save(record, rotation=done.evolve(next_at=None, schedule_key=None))
+        await self.adapters.schedule.remove(state.schedule_key)
         await self.audit.record("connection.migrate", STATUS_SUCCEEDED, app=record.app, connection_id=record.id,
                                 connection_name=record.name, detail=saved.rotation.message)
         return saved
@@ -372,8 +379,12 @@ class Migrator:
                        f"({message}). Send POST .../migrate-to-federated again to finish.")
         await self._history(current, STATUS_FAILED, message)
         failed = base.evolve(status=STATUS_FAILED, message=message, lease_owner=None, lease_until=None)
-        schedule = schedule_of(failed) if failed.step is None else None  # undone: the rotation schedule resumes
-        due = schedule.next_due(failed.last_rotated_at or self.now()) if schedule else None
+        if failed.step is None:  # undone: the rotation schedule resumes
+            schedule = schedule_of(failed)
+            due = schedule.next_due(failed.last_rotated_at or self.now()) if schedule else None
+        else:  # kept: the sweep resumes it, with back-off
+            failed = failed.evolve(failures=failed.failures + 1)
+            due = self.now() + backoff(failed.failures)
 
         async def point(key: str | None) -> ConnectionRecord:
             with contextlib.suppress(ConcurrentChange):
@@ -381,7 +392,7 @@ class Migrator:
                     current.evolve(rotation=failed.evolve(next_at=due, schedule_key=key)))
             return current
 
-        await reindex(self.adapters.schedule, None, due, current, point)
+        await reindex(self.adapters.schedule, state.schedule_key, due, current, point)
         await self.audit.record("connection.migrate", STATUS_FAILED, app=current.app, connection_id=current.id,
                                 connection_name=current.name, detail=message)
         extensions = {**error.extensions, "rotationStep": state.step}

@@ -8,6 +8,7 @@ invariants I1 to I4 of :mod:`tests.lifecycle_harness` holding throughout.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -458,4 +459,30 @@ async def test_a_migration_that_failed_before_the_switch_leaves_the_rotation_sch
     rotated = await h.record(record.id)
     assert rotated is not None
     assert rotated.rotation.last_rotated_at != record.rotation.last_rotated_at
+    assert h.check() == []
+
+
+@pytest.mark.parametrize("where", CHECKPOINTS)
+async def test_the_sweep_finishes_a_migration_whose_worker_died_once_its_lease_ran_out(where: str) -> None:
+    h = Harness()
+    record = await h.create()
+
+    async def crash(name: str, current: ConnectionRecord) -> None:
+        if name == where:
+            raise Crash(name)
+
+    with pytest.raises(Crash):
+        await h.services(checkpoint=crash).connections.migrate_to_federated(APP, record.id, {})
+    await h.sweep()  # leased still: nothing happens
+    stopped = await h.record(record.id)
+    assert stopped is not None
+    assert stopped.rotation.step in MIGRATION_STEPS
+    h.fakes.clock.advance(h.services().rotator.options.lease + timedelta(minutes=1))
+    await h.sweep()
+    done = await h.record(record.id)
+    assert done is not None
+    assert done.method == "federated"
+    assert not done.rotation.in_progress
+    assert done.rotation.schedule_key is None
+    assert await h.fakes.schedule.due(h.fakes.clock.now + timedelta(days=3650)) == []
     assert h.check() == []
