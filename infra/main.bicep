@@ -41,11 +41,19 @@ param resourceGroupName string = ''
 @description('Optional. Public base URL of the service (SITE_URL), e.g. a custom domain. Defaults to the Function App\'s own https URL.')
 param siteUrl string = ''
 
-@description('Optional. Microsoft Entra authority host (AZURE_AUTHORITY_HOST). Defaults to the login endpoint of the cloud deployed to.')
-param authorityHost string = environment().authentication.loginEndpoint
+@description('Optional. The Azure cloud the service talks to (AZURE_CLOUD): its authority host, Microsoft Graph endpoint, Key Vault and App Configuration scopes and token-exchange audience. Defaults to the cloud deployed to.')
+@allowed([
+  'AzurePublicCloud'
+  'AzureUSGovernment'
+  'AzureChinaCloud'
+])
+param azureCloud string = environment().name == 'AzureUSGovernment' || environment().name == 'AzureChinaCloud' ? environment().name : 'AzurePublicCloud'
 
-@description('Optional. Microsoft Graph endpoint used to rotate client secrets (GRAPH_ENDPOINT).')
-param graphEndpoint string = 'https://graph.microsoft.com'
+@description('Optional. Microsoft Entra authority host (AZURE_AUTHORITY_HOST), overriding the one of azureCloud. Empty: the cloud\'s.')
+param authorityHost string = ''
+
+@description('Optional. Microsoft Graph endpoint used to rotate credentials (GRAPH_ENDPOINT), overriding the one of azureCloud. Empty: the cloud\'s.')
+param graphEndpoint string = ''
 
 @description('Optional. NCRONTAB schedule of the rotation sweep (ROTATION_SWEEP_SCHEDULE).')
 param rotationSweepSchedule string = '0 */5 * * * *'
@@ -395,6 +403,7 @@ module api 'app/api.bicep' = {
     keyVaultName: keyVault.outputs.name
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     siteUrl: siteUrl
+    azureCloud: azureCloud
     authorityHost: authorityHost
     graphEndpoint: graphEndpoint
     rotationSweepSchedule: rotationSweepSchedule

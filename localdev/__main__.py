@@ -59,6 +59,7 @@ def _up(argv: Sequence[str]) -> int:
         assert env.standin is not None
         assert env.azurite is not None
         assert env.api is not None
+        assert env.federation is not None
         env.apply()  # with AUTH_TENANT_ID and AUTH_AUDIENCE: every route wants a token for the API
         os.environ.setdefault("SITE_URL", f"http://localhost:{args.port}")
         admin = env.standin.admin
@@ -84,6 +85,8 @@ def _instructions(env: LocalEnvironment, tenant: str, client_id: str, body_file:
     assert env.standin is not None
     assert env.azurite is not None
     assert env.api is not None
+    assert env.federation is not None
+    federation = env.federation
     python = sys.executable
     with contextlib.suppress(ValueError):
         python = str(Path(sys.executable).relative_to(ROOT))  # .venv/bin/python, run from the project folder
@@ -115,6 +118,9 @@ def _instructions(env: LocalEnvironment, tenant: str, client_id: str, body_file:
         f"  ID=$(curl -s {bearer} {base}/connection-name/demo-key-vault | {helper} json appConnection.id)",
         f"  curl -s -X POST {bearer} {base}/$ID/rotate",
         f"  curl -s {bearer} {base}",
+        "The host's user-assigned managed identity (the federated method; IDENTITY_ENDPOINT is the stand-in's):",
+        f"client id {federation.client_id}; an application trusts it with a federated identity credential: issuer",
+        f"{federation.issuer}, subject {federation.principal_id}, audience api://AzureADTokenExchange.",
         "Create an OAuth connection (the stand-in consents as a test user):",
         f"  URL=$(curl -s {bearer} -H 'Accept: application/json' '{base}/oauth/authorize?name=demo-oauth' \\",
         f"       | {helper} json authorizationUrl)",

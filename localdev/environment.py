@@ -7,6 +7,15 @@ holding ``AppConnections.Admin``, the settings ``AUTH_TENANT_ID`` and ``AUTH_AUD
 ``{state_dir}/api-auth.json`` for ``python -m localdev token``; and the console's sign-in on that registration:
 its redirect URI ``{site_url}/auth/callback``, a client secret (``CONSOLE_CLIENT_SECRET``) and demo users
 (:data:`DEMO_USERS`: a reader and an operator beside the administrator).
+
+``{state_dir}/api-auth.json`` for ``python -m localdev token``.
+
+It also registers a demo user-assigned managed identity in the service's tenant (:attr:`LocalEnvironment.
+federation`) and sets ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER`` (the stand-in's managed-identity endpoint, as
+App Service sets them for a Function App) and ``FEDERATION_IDENTITY_CLIENT_ID``/``_PRINCIPAL_ID``/
+``_TENANT_ID``, so that the federated method works locally: an application trusts the identity with a federated
+identity credential whose issuer is ``{stand-in URL}/{tenant}/v2.0``, subject the principal id and audience
+``api://AzureADTokenExchange``.
 """
 
 from __future__ import annotations
@@ -47,6 +56,16 @@ class ServiceIdentity:
 
 
 @dataclass
+class FederationIdentity:
+    """The demo user-assigned managed identity of the local function host."""
+
+    tenant_id: str
+    client_id: str
+    principal_id: str
+    issuer: str
+
+
+@dataclass
 class LocalEnvironment:
     """Starts Azurite and the stand-in; :attr:`settings` are the app settings that point the service at them."""
 
@@ -70,6 +89,7 @@ class LocalEnvironment:
     # Keep the local data across restarts (``up --persist``): Azurite's tables in ``{state_dir}/azurite`` and the
     # stand-in's directory and vault in ``{state_dir}/standin-state.json`` (loaded at start, saved at stop).
     persist: bool = False
+    federation: FederationIdentity | None = None
 
     def start(self) -> LocalEnvironment:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -88,6 +108,11 @@ class LocalEnvironment:
             app = admin.add_app(tenant, display_name="app-connections-service")
             secret = admin.add_secret(tenant, app["appId"], display_name="local service identity")
             self.identity = ServiceIdentity(tenant, app["appId"], secret["secretText"])
+            managed = admin.add_managed_identity(tenant, "id-app-connections-local")
+            self.federation = FederationIdentity(
+                tenant, managed["clientId"], managed["principalId"], admin.issuer(tenant)
+            )
+            endpoint = admin.identity_endpoint()
             redirect_uri = f"{self.site_url.rstrip('/')}/organization/app-connections/azure/oauth/callback"
             for spec in APPS.values():
                 # The delegated permissions the reference asks for, consented (a `.default` token carries them).
@@ -117,6 +142,11 @@ class LocalEnvironment:
             "SITE_URL": self.site_url.rstrip("/"),
             "SSL_CERT_FILE": ca,
             "REQUESTS_CA_BUNDLE": ca,
+            "IDENTITY_ENDPOINT": endpoint["endpoint"],
+            "IDENTITY_HEADER": endpoint["header"],
+            "FEDERATION_IDENTITY_CLIENT_ID": self.federation.client_id,
+            "FEDERATION_IDENTITY_PRINCIPAL_ID": self.federation.principal_id,
+            "FEDERATION_IDENTITY_TENANT_ID": self.federation.tenant_id,
         }
         for prefix, client in self.oauth_clients.items():
             self.settings[f"{prefix}_CLIENT_ID"] = client.client_id

@@ -15,6 +15,37 @@ class Method(StrEnum):
     OAUTH = "oauth"
     CLIENT_SECRET = "client-secret"
     CERTIFICATE = "certificate"
+    # Secretless: the service signs in as the customer's application with a client assertion that is its own
+    # managed identity's token (workload identity federation). Nothing is stored in Key Vault.
+    FEDERATED = "federated"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What differs between methods, once: drives storage, rotation, health and migration."""
+
+    method: Method
+    # Secret material goes to Key Vault (False: nothing to store, and nothing to rotate).
+    stores_secret: bool = True
+    # A connection of this method may move to the federated method in one step (migrate-to-federated).
+    migrates_to_federated: bool = False
+    # The credential has an end date (False: it never expires; health still validates it).
+    expires: bool = True
+
+
+METHODS: dict[Method, MethodSpec] = {
+    spec.method: spec
+    for spec in (
+        MethodSpec(Method.OAUTH),
+        MethodSpec(Method.CLIENT_SECRET, migrates_to_federated=True),
+        MethodSpec(Method.CERTIFICATE, migrates_to_federated=True),
+        MethodSpec(Method.FEDERATED, stores_secret=False, expires=False),
+    )
+}
+
+
+def method_spec(method: Method | str) -> MethodSpec:
+    return METHODS[Method(method)]
 
 
 @dataclass(frozen=True)
@@ -34,18 +65,20 @@ class AppSpec:
     methods: tuple[Method, ...]
     oauth_setting_prefix: str
     permissions: tuple[Permission, ...]
-    # Microsoft Graph is needed to rotate (addPassword/removePassword on the app registration).
-    rotation_methods: tuple[Method, ...] = (Method.CLIENT_SECRET,)
+    # Rotated through Microsoft Graph on the app registration: addPassword/removePassword (a permission is needed),
+    # addKey/removeKey with proofs of possession (an application may roll its own keys without one).
+    rotation_methods: tuple[Method, ...] = (Method.CLIENT_SECRET, Method.CERTIFICATE)
 
     def scope(self, settings: Settings) -> str:
-        return f"{self.resource or settings.graph_endpoint}/.default"
+        """The ``/.default`` scope in the configured cloud (``AZURE_CLOUD``; ``resource`` is the public cloud's)."""
+        return settings.scope_for(self.resource)
 
     def oauth_scope(self, settings: Settings) -> str:
         """The delegated scope asked for in the OAuth authorization-code flow."""
         return self.scope(settings)
 
 
-_ALL_METHODS = (Method.OAUTH, Method.CLIENT_SECRET, Method.CERTIFICATE)
+_ALL_METHODS = (Method.OAUTH, Method.CLIENT_SECRET, Method.CERTIFICATE, Method.FEDERATED)
 _GRAPH_PERMISSIONS = (
     Permission("Microsoft Graph", "Application.ReadWrite.All", "Application"),
     Permission("Microsoft Graph", "Application.ReadWrite.OwnedBy", "Application"),

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from shared import audit
-from shared.apps import AppSpec, Method, find_app
+from shared.apps import APPS, AppSpec, Method, find_app, method_spec
 from shared.credentials import parse_certificate_async
 from shared.errors import (
     ConcurrentChange,
@@ -35,10 +35,13 @@ from shared.errors import (
     UpstreamForbidden,
 )
 from shared.expiry import REFRESH_TOKEN_LIFETIME, fresh_health
+from shared.federation import explain, require_identity
 from shared.models import (
     CertificateCredentialsIn,
     ClientSecretCredentialsIn,
     CreateConnectionIn,
+    FederatedCredentialsIn,
+    MigrateToFederatedIn,
     UpdateConnectionIn,
     parse_credentials,
     parse_method,
@@ -62,7 +65,14 @@ from shared.records import (
     RotationEvent,
     RotationState,
 )
-from shared.rotation.config import RotationConfig, parse_rotation, require_rotatable, resolve_key_id
+from shared.rotation.config import (
+    RotationConfig,
+    parse_rotation,
+    require_interval_allowed,
+    require_rotatable,
+    resolve_key_id,
+)
+from shared.rotation.migration import MIGRATION_STEPS, Migrator
 from shared.rotation.protocol import Attempt, Rotator, reindex, retire_waiting, schedule_of, secret_tags
 from shared.rotation.state import state_response
 from shared.store.vault import secret_name_for
@@ -89,7 +99,7 @@ def page_size(limit: int | None) -> int:
     return size
 
 
-Credentials = ClientSecretCredentialsIn | CertificateCredentialsIn
+Credentials = ClientSecretCredentialsIn | CertificateCredentialsIn | FederatedCredentialsIn
 
 
 @dataclass(frozen=True)
@@ -112,6 +122,7 @@ class ConnectionService:
     def __init__(self, adapters: Adapters, rotator: Rotator, token_cache: TokenCache | None = None) -> None:
         self.adapters = adapters
         self.rotator = rotator
+        self.migrator = Migrator(adapters, options=rotator.options, owner=rotator.owner, checkpoint=rotator.checkpoint)
         self.oauth_tokens = OAuthTokens(adapters, self.store_refresh_token, token_cache)
         self.store = adapters.connections
         self.vault = adapters.vault
@@ -129,30 +140,57 @@ class ConnectionService:
                         errors=[FieldError(pointer, "is already used by another connection of this app")])
 
     async def _validated(self, app: AppSpec, method: Method, raw: Any) -> Validated:
+        if method is Method.FEDERATED:
+            require_identity(self.adapters.settings)
         credentials = parse_credentials(method, raw)
         expires_on = None
-        if isinstance(credentials, CertificateCredentialsIn):
+        material: dict[str, str] = {}
+        if isinstance(credentials, FederatedCredentialsIn):
+            pass  # nothing secret: the service's managed identity signs in as the application
+        elif isinstance(credentials, CertificateCredentialsIn):
             parsed = await parse_certificate_async(credentials.certificateBody, credentials.privateKey)
             material = {"certificateBody": credentials.certificateBody, "privateKey": credentials.privateKey}
             expires_on = parsed.not_after
         else:
             material = {"clientSecret": credentials.clientSecret}
-        await self.adapters.directory.probe(app, method, credentials.tenantId, credentials.clientId, material)
+        await self.probe(app, method, credentials.tenantId, credentials.clientId, material)
         return Validated(credentials, material, expires_on)
+
+    async def probe(self, app: AppSpec, method: Method, tenant_id: str, client_id: str,
+                    material: Mapping[str, str]) -> None:
+        """Acquire a token; a federated sign-in Entra refuses says which federated credential is expected."""
+        try:
+            await self.adapters.directory.probe(app, method, tenant_id, client_id, material)
+        except CredentialRejected as rejected:
+            if method is not Method.FEDERATED:
+                raise
+            raise explain(rejected, require_identity(self.adapters.settings)) from None
 
     async def insert_new(self, record: ConnectionRecord, material: Mapping[str, str],
                          expires_on: datetime | None = None) -> ConnectionRecord:
         """Write the secret, index the first health check, then write the record; a record that cannot be written
-        takes its secret with it (its index entry is stale, and dropped by the sweep that finds it)."""
-        stored = await self.vault.write(record.secret_name, material, secret_tags(record), expires_on=expires_on)
+        takes its secret with it (its index entry is stale, and dropped by the sweep that finds it). A method that
+        stores no secret (federated) writes nothing to the vault."""
+        stores = method_spec(record.method).stores_secret
+        version = ""
+        if stores:
+            version = (await self.vault.write(record.secret_name, material, secret_tags(record),
+                                              expires_on=expires_on)).version
         health = self._fresh_health(record, expires_on)
         try:
             key = await self.adapters.health_index.put(health.next_check_at or self.now(), record.app, record.id)
-            return await self.store.insert(record.evolve(secret_version=stored.version,
+            return await self.store.insert(record.evolve(secret_version=version,
                                                          health=health.evolve(check_key=key)))
         except BaseException:
-            await self.vault.delete(record.secret_name)
+            if stores:
+                await self.vault.delete(record.secret_name)
             raise
+
+    async def material_of(self, record: ConnectionRecord) -> dict[str, str]:
+        """The secret material of the connection's current version ({} for a method that stores none)."""
+        if not method_spec(record.method).stores_secret:
+            return {}
+        return await self.vault.get(record.secret_name, record.secret_version)
 
     def _fresh_health(self, record: ConnectionRecord, expires_on: datetime | None) -> HealthState:
         settings = self.adapters.settings
@@ -218,8 +256,9 @@ class ConnectionService:
             )
         config = parse_rotation(request.rotation) if request.rotation is not None else None
         if request.isAutoRotationEnabled or config is not None:
-            require_rotatable(method, app.rotation_methods,
-                              "/isAutoRotationEnabled" if request.isAutoRotationEnabled else "/rotation")
+            pointer = "/isAutoRotationEnabled" if request.isAutoRotationEnabled else "/rotation"
+            refuse_rotation_of_secretless(method, pointer)
+            require_rotatable(method, app.rotation_methods, pointer)
         if request.isAutoRotationEnabled and config is None:
             raise InvalidRequest("Automatic rotation needs a schedule.",
                                  errors=[FieldError("/rotation", "is required when isAutoRotationEnabled is true")])
@@ -228,6 +267,9 @@ class ConnectionService:
         credentials = valid.credentials
         key_id, expires_on = await self._given_secret(valid, rotating=request.isAutoRotationEnabled,
                                                       may_be_unreadable=not request.isAutoRotationEnabled)
+        if request.isAutoRotationEnabled and config is not None:
+            await require_interval_allowed(self.adapters.directory, method, credentials.tenantId,
+                                           credentials.clientId, valid.material, config.interval_days)
         state = configured(RotationState(key_id=key_id), config, request.isAutoRotationEnabled)
         record = self.new_record(app, method, request.name, request.description, credentials.tenantId,
                                  credentials.clientId, state)
@@ -290,7 +332,7 @@ class ConnectionService:
         if record.method == Method.OAUTH:
             async with self.adapters.directory.graph_with(self.oauth_tokens.credential(record)) as graph:
                 return await graph.list_applications()
-        material = await self.vault.get(record.secret_name, record.secret_version)
+        material = await self.material_of(record)
         async with self.adapters.directory.graph(Method(record.method), record.tenant_id, record.client_id or "",
                                                  material) as graph:
             return await graph.list_applications()
@@ -313,8 +355,9 @@ class ConnectionService:
         config = parse_rotation(request.rotation) if request.rotation is not None else None
         rotation_change = config is not None or request.isAutoRotationEnabled is not None
         if request.isAutoRotationEnabled or config is not None:
-            require_rotatable(method, app.rotation_methods,
-                              "/isAutoRotationEnabled" if request.isAutoRotationEnabled else "/rotation")
+            pointer = "/isAutoRotationEnabled" if request.isAutoRotationEnabled else "/rotation"
+            refuse_rotation_of_secretless(method, pointer)
+            require_rotatable(method, app.rotation_methods, pointer)
         if request.credentials is not None and method is Method.OAUTH:
             raise InvalidRequest(
                 "OAuth credentials are changed by signing in again.",
@@ -355,6 +398,13 @@ class ConnectionService:
             material = await self.vault.get(record.secret_name, record.secret_version)
             new_state = new_state.evolve(key_id=(await self._key_id(
                 record.tenant_id, record.client_id or "", material["clientSecret"], new_state.key_id)).key_id)
+        if new_state.enabled and new_state.interval_days and (config is not None or enabling
+                                                               or request.credentials is not None):
+            await require_interval_allowed(
+                self.adapters.directory, method, changes.get("tenant_id", record.tenant_id),
+                changes.get("client_id", record.client_id) or "",
+                valid.material if request.credentials is not None else await self.material_of(record),
+                new_state.interval_days)
         if not changes and new_state == state and request.credentials is None:
             return record
         previous_name = record.name if "name" in changes else None
@@ -364,8 +414,12 @@ class ConnectionService:
             if request.credentials is not None:
                 health = fresh.evolve(check_key=record.health.check_key, next_check_at=record.health.next_check_at)
                 notice, health = health_notice(target, health, self.now())
-                saved = await self.switch_secret(target.evolve(health=health), valid.material, expires_on, {},
-                                                 previous_name, notify=[notice] if notice else [])
+                if method_spec(method).stores_secret:
+                    saved = await self.switch_secret(target.evolve(health=health), valid.material, expires_on, {},
+                                                     previous_name, notify=[notice] if notice else [])
+                else:
+                    saved = await self.store.update(target.evolve(health=health), previous_name=previous_name,
+                                                    notify=[notice] if notice else [])
             else:
                 saved = await self.store.update(target, previous_name=previous_name)
         except NameTaken as taken:
@@ -387,6 +441,10 @@ class ConnectionService:
         if state.leased(now) and state.lease_until is not None:
             wait = (state.lease_until - now).total_seconds()
             detail = "A rotation of this connection is running; try again when it has ended."
+        elif state.step in MIGRATION_STEPS:
+            wait = 1.0
+            detail = ("A migration of this connection to the federated method stopped half way; finish it with "
+                      "POST .../migrate-to-federated, then try again.")
         else:
             wait = (state.next_at - now).total_seconds() if state.next_at else 60.0
             detail = ("A rotation of this connection stopped half way and is resumed at its next attempt; finish it "
@@ -474,6 +532,11 @@ class ConnectionService:
         app = require_app(app_id)
         record = await self.get(app.id, connection_id)
         method = Method(record.method)
+        if record.rotation.step in MIGRATION_STEPS:  # a migration that stopped half way: finish it
+            return await self.migrator.resume(record)
+        if not method_spec(method).stores_secret:
+            raise InvalidRequest(f"A {method.value} connection has no secret: there is nothing to rotate.",
+                                 extensions={"method": method.value})
         if method not in app.rotation_methods:
             allowed = ", ".join(m.value for m in app.rotation_methods)
             raise InvalidRequest(f"A {method.value} connection cannot be rotated; rotation is available for the "
@@ -493,6 +556,26 @@ class ConnectionService:
             return attempt.record
         raise rotation_problem(attempt)
 
+    # -- going secretless ------------------------------------------------------------------------------------
+    async def migrate_to_federated(self, app_id: str, connection_id: str, body: Any) -> ConnectionRecord:
+        """Move a client-secret or certificate connection to the federated method in one journaled, resumable step
+        (:mod:`shared.rotation.migration`); a migration that stopped half way is finished by the same request."""
+        app = require_app(app_id)
+        request = parse_model(MigrateToFederatedIn, {} if body is None else body)
+        record = await self.get(app.id, connection_id)
+        if record.status == STATUS_DELETING:
+            raise self._being_deleted(record)
+        if record.rotation.step in MIGRATION_STEPS:
+            return await self.migrator.resume(record)
+        if not method_spec(record.method).migrates_to_federated:
+            raise InvalidRequest(f"A {record.method} connection cannot be migrated to the federated method; only "
+                                 "client-secret and certificate connections can.", extensions={"method": record.method})
+        require_identity(self.adapters.settings, "/")
+        self._refuse_during_rotation(record)
+        if record.rotation.retire_version is not None:
+            record = await self._finish_retirement(record, raise_on_failure=True)
+        return await self.migrator.start(record, request.revokeOriginal)
+
     # -- delete ----------------------------------------------------------------------------------------------
     async def delete(self, app_id: str, connection_id: str, force: bool = False) -> Deleted:
         """Remove every credential the service created on the application, then the connection. When Graph
@@ -502,6 +585,12 @@ class ConnectionService:
         now = self.now()
         if state.leased(now) and state.lease_owner is not None and not state.lease_owner.startswith("delete:"):
             self._refuse_during_rotation(record)
+        if state.step in MIGRATION_STEPS:  # it finishes, or undoes itself when it cannot: then delete
+            raise RotationInProgress(
+                "A migration of this connection to the federated method stopped half way; finish it with POST "
+                f"/api/v1/app-connections/{record.app}/{record.id}/migrate-to-federated (it completes, or removes "
+                "what it added when the federated sign-in cannot work), then delete.",
+                headers={"Retry-After": "1"}, extensions={"rotationId": state.rotation_id, "rotationStep": state.step})
         # Claim it first (ETag): no rotation starts on a connection being deleted, and no edit lands under us.
         owner = f"delete:{uuid.uuid4().hex}"
         marked = record.evolve(status=STATUS_DELETING, status_message="Being deleted.",
@@ -513,8 +602,10 @@ class ConnectionService:
         left: list[str] = []
         try:
             removed = await self.rotator.remove_all(record)
+            removed += await self._remove_federated_credential(record)
         except ServiceError as error:
-            known = [key for key in (state.key_id if state.managed else None, state.pending_key_id) if key]
+            federated = state.key_id if record.method == Method.FEDERATED else None
+            known = [key for key in (state.key_id if state.managed else None, state.pending_key_id, federated) if key]
             if not force:
                 await self._release(record, before)
                 raise CredentialsLeftLive(
@@ -525,8 +616,9 @@ class ConnectionService:
             left = known
         if record.method == Method.OAUTH:
             self.oauth_tokens.forget(record)
-        await self.vault.disable_others(record.secret_name, "")
-        await self.vault.delete(record.secret_name)
+        if method_spec(record.method).stores_secret:
+            await self.vault.disable_others(record.secret_name, "")
+            await self.vault.delete(record.secret_name)
         await self.store.delete(record)
         await self.adapters.schedule.remove(state.schedule_key)
         await self.adapters.health_index.remove(record.health.check_key)
@@ -534,6 +626,40 @@ class ConnectionService:
         log.info("Deleted %s connection %s (%d service-created secrets removed, %d left live)", record.app,
                  record.id, len(removed), len(left))
         return Deleted(record, removed, left)
+
+    async def _remove_federated_credential(self, record: ConnectionRecord) -> list[str]:
+        """The federated credential the service added to the application for this connection (its migration
+        journaled its id in ``key_id``), unless another federated connection of the same application relies on it
+        (an application trusts an issuer and subject once)."""
+        credential_id = record.rotation.key_id
+        if record.method != Method.FEDERATED or not credential_id or await self._shared_federation(record):
+            return []
+        client_id = record.client_id or ""
+        async with self.adapters.directory.graph(Method.FEDERATED, record.tenant_id, client_id, {}) as graph:
+            registration = await graph.find(client_id)
+            if credential_id not in {c.id for c in await graph.federated_credentials(registration.object_id)}:
+                return []
+            audit_log = self.rotator.audit
+            await audit_log.credential_change("credential.remove", "started", app=record.app, connection_id=record.id,
+                                              object_id=registration.object_id, key_id=credential_id)
+            await graph.remove_federated_credential(registration.object_id, credential_id)
+            await audit_log.credential_change("credential.remove", "succeeded", app=record.app,
+                                              connection_id=record.id, object_id=registration.object_id,
+                                              key_id=credential_id)
+        return [credential_id]
+
+    async def _shared_federation(self, record: ConnectionRecord) -> bool:
+        for app_id in APPS:
+            continuation: str | None = None
+            while True:
+                page, continuation = await self.store.list_page(app_id, MAX_PAGE_SIZE, continuation)
+                if any(other.id != record.id and other.method == Method.FEDERATED
+                       and other.client_id == record.client_id and other.tenant_id == record.tenant_id
+                       for other in page):
+                    return True
+                if continuation is None:
+                    break
+        return False
 
     async def _release(self, record: ConnectionRecord, before: ConnectionRecord) -> None:
         """Undo the deletion mark (the connection is as it was)."""
@@ -548,10 +674,9 @@ class ConnectionService:
         record = await self.get(app.id, connection_id)
         if record.method == Method.OAUTH:
             return await self._validate_oauth(app, record)
-        material = await self.vault.get(record.secret_name, record.secret_version)
+        material = await self.material_of(record)
         try:
-            await self.adapters.directory.probe(app, Method(record.method), record.tenant_id,
-                                                record.client_id or "", material)
+            await self.probe(app, Method(record.method), record.tenant_id, record.client_id or "", material)
         except CredentialRejected as rejected:
             await self.record_status(record, STATUS_INVALID, rejected.detail)
             raise
@@ -622,6 +747,13 @@ class ConnectionService:
                 if current.secret_version != used:
                     return current
         raise ConcurrentChange(f"The connection '{record.id}' kept changing; its refresh token could not be saved.")
+
+
+def refuse_rotation_of_secretless(method: Method, pointer: str) -> None:
+    if not method_spec(method).stores_secret:
+        raise InvalidRequest(f"A {method.value} connection has no secret: there is nothing to rotate.",
+                             errors=[FieldError(pointer, f"{method.value} connections are not rotated")],
+                             extensions={"method": method.value})
 
 
 def configured(state: RotationState, config: RotationConfig | None, enabled: bool) -> RotationState:

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from shared.apps import AppSpec, Method
 from shared.errors import CredentialRejected, FieldError, InvalidRequest, UpstreamError
+from shared.federation import require_identity
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken
@@ -290,8 +291,24 @@ def client_assertion(
     (RFC 7515 raw r||s) with ``x5t#S256``. Valid for :data:`ASSERTION_LIFETIME_SECONDS` from ``now``.
     CPU-bound (about 5 ms for a 4096-bit key): on the event loop, prefer :func:`client_assertion_async`.
     """
-    key = _signing_key(parsed)
     issued = int(time.time() if now is None else now)
+    claims = {
+        "aud": _token_endpoint(authority, tenant_id),
+        "iss": client_id,
+        "sub": client_id,
+        "jti": str(uuid.uuid4()),
+        "nbf": issued,
+        "iat": issued,
+        "exp": issued + ASSERTION_LIFETIME_SECONDS,
+    }
+    return signed_jwt(parsed, claims)
+
+
+def signed_jwt(parsed: ParsedCertificate, claims: Mapping[str, Any]) -> str:
+    """A compact JWS of ``claims`` signed with the certificate's private key, with the certificate's thumbprints
+    in the header: RS256 with ``x5t`` and ``x5t#S256`` for RSA keys, ES256/384/512 (raw r||s, RFC 7515) with
+    ``x5t#S256`` for EC keys. CPU-bound: run it in a worker thread on the event loop."""
+    key = _signing_key(parsed)
     header: dict[str, Any]
     if isinstance(key, rsa.RSAPrivateKey):
         header = {
@@ -303,15 +320,6 @@ def client_assertion(
     else:
         header = {"alg": _EC_ALGORITHMS[key.curve.name][0], "typ": "JWT"}
         header["x5t#S256"] = _b64url(bytes.fromhex(parsed.thumbprint_sha256))
-    claims = {
-        "aud": _token_endpoint(authority, tenant_id),
-        "iss": client_id,
-        "sub": client_id,
-        "jti": str(uuid.uuid4()),
-        "nbf": issued,
-        "iat": issued,
-        "exp": issued + ASSERTION_LIFETIME_SECONDS,
-    }
     signing_input = f"{_b64url(_json(header))}.{_b64url(_json(claims))}"
     if isinstance(key, rsa.RSAPrivateKey):
         signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
@@ -389,7 +397,30 @@ def build_credential(
         authority = clients.settings.authority_host
         assertions = _Assertions(parsed, tenant_id, client_id, authority)
         return _assertion_credential(clients, tenant_id, client_id, assertions)
+    if method is Method.FEDERATED:
+        raise InvalidRequest("A federated credential is built asynchronously (build_credential_async).")
     raise InvalidRequest(f"The {method.value} method has no client credential.")
+
+
+async def _federated_credential(clients: AzureClients, tenant_id: str, client_id: str) -> AsyncTokenCredential:
+    """Sign in as the customer's application with the service's managed identity's token as the client assertion.
+
+    The identity's token (for the token-exchange audience) is acquired here, on the event loop, with the async
+    ``ManagedIdentityCredential`` (which caches it); the ``ClientAssertionCredential``'s ``func`` is synchronous
+    and returns that token (a credential serves one run, well within the token's lifetime). The identity's
+    failure is an ``UpstreamError``: it is the service's, not the connection's.
+    """
+    from azure.core.exceptions import AzureError
+    from azure.identity.aio import ClientAssertionCredential
+
+    identity = require_identity(clients.settings)
+    try:
+        token = await clients.federation_credential().get_token(f"{identity.audience}/.default")
+    except (AzureError, OSError, TimeoutError):
+        raise UpstreamError("The service's managed identity could not get a token for the token exchange "
+                            f"(FEDERATION_IDENTITY_CLIENT_ID {identity.client_id}).") from None
+    assertion = token.token
+    return ClientAssertionCredential(tenant_id, client_id, lambda: assertion, **clients.identity_kwargs())
 
 
 def _prepare_assertion(
@@ -409,6 +440,8 @@ async def build_credential_async(
     The credential is a ``ClientAssertionCredential`` whose function returns that precomputed assertion
     (valid 10 minutes; signed again, quickly, if the credential is still in use after 5).
     """
+    if method is Method.FEDERATED:
+        return await _federated_credential(clients, tenant_id, client_id)
     if method is Method.CERTIFICATE:
         assertions = await asyncio.to_thread(
             _prepare_assertion,

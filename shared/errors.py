@@ -156,6 +156,22 @@ class CredentialsLeftLive(Conflict):
     title = "Credentials on the application could not be removed"
 
 
+class CredentialLifetimeRefused(ServiceError):
+    """Microsoft Graph refused a new credential's lifetime under the tenant's app-management policy
+    (``CredentialInvalidLifetimeAsPerAppPolicy``), or the policy forbids adding a credential of that kind."""
+
+    status = 400
+    slug = "credential-lifetime-refused"
+    title = "The tenant's app-management policy refused the new credential"
+
+
+class RotationIntervalTooLong(InvalidRequest):
+    """The rotation interval cannot fit in the lifetime the tenant's app-management policy allows."""
+
+    slug = "rotation-interval-exceeds-policy"
+    title = "The rotation interval does not fit the credential lifetime the tenant allows"
+
+
 class PayloadTooLarge(ServiceError):
     status = 413
     slug = "payload-too-large"

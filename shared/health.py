@@ -78,7 +78,7 @@ class HealthChecker:
                 record = await self.connections.oauth_tokens.refresh_now(app, record)
                 expires = self.adapters.clock() + REFRESH_TOKEN_LIFETIME
             else:
-                material = await self.adapters.vault.get(record.secret_name, record.secret_version)
+                material = await self.connections.material_of(record)  # {} for a federated one: nothing stored
                 await self.adapters.directory.probe(app, Method(record.method), record.tenant_id,
                                                     record.client_id or "", material)
                 if expires is None and record.method == Method.CLIENT_SECRET:

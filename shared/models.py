@@ -63,12 +63,27 @@ class CertificateCredentialsIn(_Strict):
     privateKey: Pem
 
 
-CredentialsIn = ClientSecretCredentialsIn | CertificateCredentialsIn
+class FederatedCredentialsIn(_Strict):
+    """Nothing secret: the application signs in with the service's managed identity's token as its assertion."""
+
+    tenantId: Guid
+    clientId: Guid
+
+
+CredentialsIn = ClientSecretCredentialsIn | CertificateCredentialsIn | FederatedCredentialsIn
 
 CREDENTIAL_MODELS: dict[Method, type[_Strict]] = {
     Method.CLIENT_SECRET: ClientSecretCredentialsIn,
     Method.CERTIFICATE: CertificateCredentialsIn,
+    Method.FEDERATED: FederatedCredentialsIn,
 }
+
+
+class MigrateToFederatedIn(_Strict):
+    """``POST .../migrate-to-federated``: ``revokeOriginal`` also removes the credential the user gave (the
+    client secret's password, or the certificate's key) once the federated sign-in has worked."""
+
+    revokeOriginal: bool = False
 
 
 class RotateAtUtcIn(_Strict):
@@ -169,7 +184,7 @@ def parse_method(app_methods: tuple[Method, ...], raw: str, pointer: str = "/met
     return method
 
 
-def parse_credentials(method: Method, data: Any) -> ClientSecretCredentialsIn | CertificateCredentialsIn:
+def parse_credentials(method: Method, data: Any) -> CredentialsIn:
     model = CREDENTIAL_MODELS.get(method)
     if model is None:
         raise InvalidRequest(
@@ -177,7 +192,7 @@ def parse_credentials(method: Method, data: Any) -> ClientSecretCredentialsIn | 
             errors=[FieldError("/method", f"{method.value} connections are created through their own flow")],
         )
     parsed = parse_model(model, data, "/credentials")
-    assert isinstance(parsed, ClientSecretCredentialsIn | CertificateCredentialsIn)
+    assert isinstance(parsed, ClientSecretCredentialsIn | CertificateCredentialsIn | FederatedCredentialsIn)
     return parsed
 
 
@@ -306,10 +321,35 @@ class PermissionOut(_Out):
     type: str
 
 
+class FederatedCredentialOut(_Out):
+    """The federated identity credential to add to the app registration (Graph's field names)."""
+
+    name: str
+    issuer: str
+    subject: str
+    audiences: list[str]
+    description: str
+
+
+class FederatedOptionOut(_Out):
+    """Whether the federated method is available here, and what the application needs for it."""
+
+    available: bool
+    reason: str | None
+    identityClientId: str | None
+    identityPrincipalId: str | None
+    identityTenantId: str | None
+    federatedCredential: FederatedCredentialOut | None
+    limits: list[str]
+    settings: list[str]
+    migrationMethods: list[str]
+
+
 class AppOptionOut(_Out):
     app: str
     name: str
     methods: list[str]
+    unavailableMethods: dict[str, str]
     rotationMethods: list[str]
     scope: str
     permissions: list[PermissionOut]
@@ -317,6 +357,7 @@ class AppOptionOut(_Out):
     oauthClientId: str | None
     oauthSettings: list[str]
     redirectUri: str
+    federated: FederatedOptionOut
 
 
 class OptionsOut(_Out):

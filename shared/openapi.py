@@ -27,7 +27,9 @@ from shared.models import (
     ConnectionList,
     CreateConnectionIn,
     DeletedOut,
+    FederatedCredentialsIn,
     HealthSummaryOut,
+    MigrateToFederatedIn,
     OptionsOut,
     Problem,
     RotationHistoryOut,
@@ -42,8 +44,8 @@ AUDIT_PATH = "/api/v1/audit-logs"
 CALLBACK_PATH = "/organization/app-connections/azure/oauth/callback"
 
 _REQUEST_MODELS: tuple[type[BaseModel], ...] = (
-    CreateConnectionIn, UpdateConnectionIn, ClientSecretCredentialsIn, CertificateCredentialsIn, RotationIn,
-    AuthorizeIn,
+    CreateConnectionIn, UpdateConnectionIn, ClientSecretCredentialsIn, CertificateCredentialsIn, FederatedCredentialsIn,
+    RotationIn, AuthorizeIn, MigrateToFederatedIn,
 )
 _RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     ConnectionEnvelope, ConnectionList, DeletedOut, RotationHistoryOut, OptionsOut, ClientsOut, AuthorizationUrlOut,
@@ -119,7 +121,9 @@ def _paths() -> dict[str, Any]:
     ]
     return {
         f"{BASE}/options": {"get": _operation(
-            "list_app_connection_options", "The apps, their methods and permissions, the OAuth redirect URI.",
+            "list_app_connection_options",
+            "The apps, their methods (and those unavailable here, with why), permissions, the OAuth redirect URI, "
+            "and the federated identity credential the federated method needs.",
             {"200": _json("OptionsOut", "The options."), **_problems()})},
         f"{BASE}/{{app}}": {
             "parameters": [APP],
@@ -172,6 +176,19 @@ def _paths() -> dict[str, Any]:
             "parameters": [APP, CONNECTION_ID],
             "post": _operation("rotate_app_connection", "Rotate the client secret now (or finish a half-done one).",
                                {"200": one, **_problems(400, 404, 409, 502, 503)}, tag="rotation"),
+        },
+        f"{item}/migrate-to-federated": {
+            "parameters": [APP, CONNECTION_ID],
+            "post": _operation(
+                "migrate_app_connection_to_federated",
+                "Go secretless: add the federated identity credential to the application (with the connection's own "
+                "credential), check a federated sign-in, switch the connection to the federated method, then remove "
+                "the credentials the service created (and the one given, with `revokeOriginal`) and the Key Vault "
+                "secret. Journaled: the same request finishes one that stopped half way (AppConnections.Rotator).",
+                {"200": one, **_problems(400, 404, 409, 415, 502, 503)},
+                requestBody={"required": False,
+                             "content": {"application/json": {"schema": _ref("MigrateToFederatedIn")}}},
+                tag="rotation"),
         },
         f"{item}/rotations": {
             "parameters": [APP, CONNECTION_ID],
@@ -235,7 +252,8 @@ def _schemas() -> dict[str, Any]:
     # ``credentials`` is checked against the method's model once ``method`` is known; say which ones.
     for name in ("CreateConnectionIn", "UpdateConnectionIn"):
         credentials = schemas[name]["properties"]["credentials"]
-        credentials["description"] = "ClientSecretCredentialsIn or CertificateCredentialsIn, by method."
+        credentials["description"] = ("ClientSecretCredentialsIn, CertificateCredentialsIn or "
+                                     "FederatedCredentialsIn, by method.")
     return schemas
 
 

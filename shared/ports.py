@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.records import AuditRecord, ConnectionRecord, Notification, PendingAuthorization, RotationEvent
@@ -31,11 +31,48 @@ class PasswordCredential:
 
 
 @dataclass(frozen=True)
+class KeyCredential:
+    """A certificate on an application (``keyCredentials``): ``thumbprint`` is its ``customKeyIdentifier``, the
+    SHA-1 thumbprint of the certificate in upper-case hex."""
+
+    key_id: str
+    display_name: str | None
+    thumbprint: str | None
+    end_date_time: datetime | None
+    usage: str | None = None
+
+
+@dataclass(frozen=True)
 class AppRegistration:
     object_id: str
     app_id: str
     display_name: str | None
     passwords: tuple[PasswordCredential, ...]
+    keys: tuple[KeyCredential, ...] = ()
+    created_at: datetime | None = None  # createdDateTime: some policy restrictions bind only newer applications
+
+
+@dataclass(frozen=True)
+class LifetimePolicy:
+    """What an app-management policy (the application's own, else the tenant's default) allows a new credential:
+    the longest lifetime of a password and of a certificate key (None: no limit), whether passwords may be added
+    at all, and where the policy came from ("application" or "tenant")."""
+
+    source: str
+    password_max_lifetime: timedelta | None = None
+    key_max_lifetime: timedelta | None = None
+    password_addition_restricted: bool = False
+
+
+@dataclass(frozen=True)
+class FederatedCredential:
+    """A federated identity credential of an application (``federatedIdentityCredentials``)."""
+
+    id: str
+    name: str
+    issuer: str
+    subject: str
+    audiences: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -148,7 +185,26 @@ class GraphSession(Protocol):
     async def find(self, app_id: str) -> AppRegistration: ...
     async def add_password(self, object_id: str, display_name: str, end: datetime) -> NewPassword: ...
     async def remove_password(self, object_id: str, key_id: str) -> None: ...
+    async def add_key(self, object_id: str, display_name: str, certificate_der: bytes, proof: str) -> KeyCredential:
+        """addKey of a certificate (``AsymmetricX509Cert``, usage ``Verify``); ``proof`` is signed by a key the
+        application has already."""
+        ...
+    async def remove_key(self, object_id: str, key_id: str, proof: str) -> None:
+        """removeKey; one already gone is fine."""
+        ...
+    async def lifetime_policy(self, object_id: str, created_at: datetime | None = None) -> LifetimePolicy | None:
+        """The effective app-management policy of the application (its own, else the tenant's default); None when
+        the credential may not read it (unknown: no cap)."""
+        ...
     async def list_applications(self) -> list[dict[str, str]]: ...
+    # Federated identity credentials (the federated method; migrate-to-federated).
+    async def federated_credentials(self, object_id: str) -> list[FederatedCredential]: ...
+    async def add_federated_credential(self, object_id: str, credential: Mapping[str, Any]) -> FederatedCredential:
+        """POST /applications/{id}/federatedIdentityCredentials (Graph's 400/409 become problems)."""
+        ...
+    async def remove_federated_credential(self, object_id: str, credential_id: str) -> None:
+        """One already gone is fine."""
+        ...
 
 
 class TokenSource(Protocol):

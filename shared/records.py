@@ -33,7 +33,7 @@ HEALTHY, EXPIRING, FAILING, EXPIRED, UNKNOWN = "healthy", "expiring", "failing",
 HEALTH_STATUSES = (HEALTHY, EXPIRING, FAILING, EXPIRED, UNKNOWN)
 
 # What started a rotation attempt.
-TRIGGERS = ("enable", "schedule", "manual", "credential-change", "resume")
+TRIGGERS = ("enable", "schedule", "manual", "credential-change", "resume", "migrate-to-federated")
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,8 @@ class RotationState:
     previous_version: str | None = None
     lease_owner: str | None = None
     lease_until: datetime | None = None
+    # A migration to the federated method (shared.rotation.migration) also removes the credential the user gave.
+    revoke_original: bool = False
 
     @property
     def in_progress(self) -> bool:

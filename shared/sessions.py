@@ -56,7 +56,6 @@ LOGIN_LIFETIME = timedelta(minutes=10)
 TOUCH_INTERVAL = timedelta(seconds=60)
 SCOPE = "openid profile"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-FEDERATION_SCOPE = "api://AzureADTokenExchange/.default"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 _BUCKET = "%Y%m%d%H"
@@ -301,7 +300,7 @@ class SignIn:
         self._validator.require_configured()
         _ = self.client_id
         console = self._settings.console
-        if not (console.federation_identity_client_id and self._assertion) and not console.client_secret:
+        if not (self._settings.federation_identity_client_id and self._assertion) and not console.client_secret:
             raise ServiceMisconfigured("Sign-in is not configured: set FEDERATION_IDENTITY_CLIENT_ID (the managed "
                                        "identity of a federated credential on the API registration) or "
                                        "CONSOLE_CLIENT_SECRET.")
@@ -371,7 +370,7 @@ class SignIn:
 
     async def _client_authentication(self) -> dict[str, str]:
         console = self._settings.console
-        if console.federation_identity_client_id and self._assertion is not None:
+        if self._settings.federation_identity_client_id and self._assertion is not None:
             return {"client_assertion_type": ASSERTION_TYPE, "client_assertion": await self._assertion()}
         assert console.client_secret is not None
         return {"client_secret": console.client_secret}

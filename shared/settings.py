@@ -2,11 +2,19 @@
 
 Every setting the service reads is named here and documented in the README's
 configuration table. Nothing else in the package reads ``os.environ``.
+
+``AZURE_CLOUD`` (``AzurePublicCloud``, ``AzureUSGovernment`` or ``AzureChinaCloud``; :data:`CLOUDS`) sets the
+authority host, the Graph endpoint, the Key Vault and App Configuration resources and the token-exchange audience
+of a federated assertion; ``AZURE_AUTHORITY_HOST`` and ``GRAPH_ENDPOINT`` still override the first two. Code that
+asks for a token names the resource as the public cloud does and gets this cloud's scope from
+:meth:`Settings.scope_for` (``shared.apps.AppSpec.scope`` should return ``settings.scope_for(self.resource)``);
+the federated method reads :attr:`Settings.token_exchange_audience`.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -18,8 +26,73 @@ AZURITE_TABLE_ENDPOINT = "http://127.0.0.1:10002/devstoreaccount1"
 
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 DEFAULT_GRAPH_ENDPOINT = "https://graph.microsoft.com"
+
+
+@dataclass(frozen=True)
+class Cloud:
+    """The endpoints and audiences of one Azure cloud (``AZURE_CLOUD``)."""
+
+    name: str
+    authority_host: str
+    graph_endpoint: str
+    key_vault_resource: str  # the resource whose /.default scope Key Vault tokens are for
+    app_configuration_resource: str
+    token_exchange_audience: str  # the audience of a managed identity's token used as a federated assertion
+    storage_suffix: str  # of Table Storage endpoints built from an account name ({account}.table.{suffix})
+
+
+# Sources: azure-identity's ``AzureAuthorityHosts`` (login.microsoftonline.com, login.microsoftonline.us,
+# login.chinacloudapi.cn); Microsoft Graph national cloud deployments
+# (https://learn.microsoft.com/graph/deployments: graph.microsoft.com, graph.microsoft.us,
+# microsoftgraph.chinacloudapi.cn); Key Vault's national-cloud endpoints
+# (https://learn.microsoft.com/azure/key-vault/general/about-keys-secrets-certificates: vault.azure.net,
+# vault.usgovcloudapi.net, vault.azure.cn); App Configuration's Entra ID audiences
+# (https://learn.microsoft.com/azure/azure-app-configuration/concept-enable-rbac and the SDKs'
+# ``KnownAppConfigAudience``: appconfig.azure.us, appconfig.azure.cn; the public cloud keeps https://azconfig.io,
+# which App Configuration still accepts, as the service has always asked for it); workload identity federation's
+# token-exchange audiences (https://learn.microsoft.com/entra/workload-id/workload-identity-federation:
+# api://AzureADTokenExchange, api://AzureADTokenExchangeUSGov, api://AzureADTokenExchangeChina); Azure Storage's
+# endpoint suffixes (azure-identity's and the CLI's cloud definitions: core.windows.net, core.usgovcloudapi.net,
+# core.chinacloudapi.cn).
+CLOUDS: dict[str, Cloud] = {
+    cloud.name: cloud
+    for cloud in (
+        Cloud(
+            "AzurePublicCloud",
+            DEFAULT_AUTHORITY_HOST,
+            DEFAULT_GRAPH_ENDPOINT,
+            "https://vault.azure.net",
+            "https://azconfig.io",
+            "api://AzureADTokenExchange",
+            "core.windows.net",
+        ),
+        Cloud(
+            "AzureUSGovernment",
+            "https://login.microsoftonline.us",
+            "https://graph.microsoft.us",
+            "https://vault.usgovcloudapi.net",
+            "https://appconfig.azure.us",
+            "api://AzureADTokenExchangeUSGov",
+            "core.usgovcloudapi.net",
+        ),
+        Cloud(
+            "AzureChinaCloud",
+            "https://login.chinacloudapi.cn",
+            "https://microsoftgraph.chinacloudapi.cn",
+            "https://vault.azure.cn",
+            "https://appconfig.azure.cn",
+            "api://AzureADTokenExchangeChina",
+            "core.chinacloudapi.cn",
+        ),
+    )
+}
+DEFAULT_CLOUD = "AzurePublicCloud"
+# The public cloud's resources, as app specs name them (shared.apps), and what each cloud calls them.
+PUBLIC_KEY_VAULT_RESOURCE = CLOUDS[DEFAULT_CLOUD].key_vault_resource
+PUBLIC_APP_CONFIGURATION_RESOURCE = CLOUDS[DEFAULT_CLOUD].app_configuration_resource
 DEFAULT_SITE_URL = "http://localhost:7071"
 DEFAULT_TABLE_PREFIX = "AppConn"
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 class SettingsError(ValueError):
@@ -56,7 +129,6 @@ class ConsoleSettings:
     session_absolute_hours: float = 8.0
     session_idle_minutes: float = 30.0
     client_secret: str | None = field(default=None, repr=False)
-    federation_identity_client_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +153,30 @@ class Settings:
     notify_webhook_url: str | None = None
     notify_webhook_secret: str | None = field(default=None, repr=False)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    # The user-assigned managed identity whose tokens are the client assertions of federated connections
+    # (issue 14, the federated method): its client id, its principal (object) id, the subject of the federated
+    # identity credential, and its tenant, the issuer's. All three, or the federated method is unavailable.
+    federation_identity_client_id: str | None = None
+    federation_identity_principal_id: str | None = None
+    federation_identity_tenant_id: str | None = None
+    # AZURE_CLOUD: the cloud whose Key Vault and App Configuration resources tokens are asked for, and the
+    # audience of the federated assertion (the authority host and Graph endpoint above follow it too, unless
+    # AZURE_AUTHORITY_HOST / GRAPH_ENDPOINT override them).
+    azure_cloud: str = DEFAULT_CLOUD
+    key_vault_resource: str = PUBLIC_KEY_VAULT_RESOURCE
+    app_configuration_resource: str = PUBLIC_APP_CONFIGURATION_RESOURCE
+    token_exchange_audience: str = CLOUDS[DEFAULT_CLOUD].token_exchange_audience
+
+    def scope_for(self, public_resource: str | None) -> str:
+        """The ``/.default`` scope in this cloud for a resource named by its public-cloud identifier (Key Vault's
+        or App Configuration's, as ``shared.apps`` names them), or for Microsoft Graph when None."""
+        if public_resource is None:
+            return f"{self.graph_endpoint}/.default"
+        resource = {
+            PUBLIC_KEY_VAULT_RESOURCE: self.key_vault_resource,
+            PUBLIC_APP_CONFIGURATION_RESOURCE: self.app_configuration_resource,
+        }.get(public_resource.rstrip("/"), public_resource)
+        return f"{resource}/.default"
 
     @property
     def oauth_redirect_uri(self) -> str:
@@ -129,7 +225,7 @@ def _https_url(env: Mapping[str, str], name: str, default: str | None) -> str | 
     return raw.rstrip("/")
 
 
-def _storage(env: Mapping[str, str]) -> StorageSettings:
+def _storage(env: Mapping[str, str], cloud: Cloud | None = None) -> StorageSettings:
     name = (env.get("STATE_STORAGE") or "AzureWebJobsStorage").strip()
     connection_string = (env.get(name) or "").strip()
     if connection_string:
@@ -142,7 +238,7 @@ def _storage(env: Mapping[str, str]) -> StorageSettings:
     uri = (env.get(f"{name}__tableServiceUri") or "").strip()
     account = (env.get(f"{name}__accountName") or "").strip()
     if not uri and account:
-        uri = f"https://{account}.table.core.windows.net"
+        uri = f"https://{account}.table.{(cloud or CLOUDS[DEFAULT_CLOUD]).storage_suffix}"
     if uri:
         return StorageSettings(
             table_service_uri=uri.rstrip("/"),
@@ -190,13 +286,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     site_url = (env.get("SITE_URL") or DEFAULT_SITE_URL).strip().rstrip("/")
     if not site_url.startswith(("https://", "http://")):
         raise SettingsError("SITE_URL must be an absolute http(s) URL")
+    cloud = _cloud(env)
     return Settings(
-        storage=_storage(env),
+        storage=_storage(env, cloud),
         table_prefix=_table_prefix(env),
         key_vault_url=_https_url(env, "KEY_VAULT_URL", None),
         key_vault_verify_challenge_resource=_bool(env, "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE", True),
-        authority_host=_https_url(env, "AZURE_AUTHORITY_HOST", DEFAULT_AUTHORITY_HOST) or DEFAULT_AUTHORITY_HOST,
-        graph_endpoint=_https_url(env, "GRAPH_ENDPOINT", DEFAULT_GRAPH_ENDPOINT) or DEFAULT_GRAPH_ENDPOINT,
+        authority_host=_https_url(env, "AZURE_AUTHORITY_HOST", cloud.authority_host) or cloud.authority_host,
+        graph_endpoint=_https_url(env, "GRAPH_ENDPOINT", cloud.graph_endpoint) or cloud.graph_endpoint,
         site_url=site_url,
         oauth_clients={
             prefix: OAuthClient(
@@ -215,6 +312,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         expiry_warning_days=int(_number(env, "EXPIRY_WARNING_DAYS", 30, 1, 365)),
         notify_webhook_url=_https_url(env, "NOTIFY_WEBHOOK_URL", None),
         notify_webhook_secret=_configured(env, "NOTIFY_WEBHOOK_SECRET"),
+        **_federation(env),
+        azure_cloud=cloud.name,
+        key_vault_resource=cloud.key_vault_resource,
+        app_configuration_resource=cloud.app_configuration_resource,
+        token_exchange_audience=cloud.token_exchange_audience,
         console=_console(env),
     )
 
@@ -224,8 +326,31 @@ def _console(env: Mapping[str, str]) -> ConsoleSettings:
         session_absolute_hours=_number(env, "CONSOLE_SESSION_ABSOLUTE_HOURS", 8, 0.25, 24),
         session_idle_minutes=_number(env, "CONSOLE_SESSION_IDLE_MINUTES", 30, 1, 480),
         client_secret=_configured(env, "CONSOLE_CLIENT_SECRET"),
-        federation_identity_client_id=_configured(env, "FEDERATION_IDENTITY_CLIENT_ID"),
     )
+
+
+def _cloud(env: Mapping[str, str]) -> Cloud:
+    """AZURE_CLOUD: AzurePublicCloud (default), AzureUSGovernment or AzureChinaCloud (case-insensitive)."""
+    raw = (env.get("AZURE_CLOUD") or "").strip()
+    if not raw:
+        return CLOUDS[DEFAULT_CLOUD]
+    found = next((cloud for name, cloud in CLOUDS.items() if name.lower() == raw.lower()), None)
+    if found is None:
+        raise SettingsError(f"AZURE_CLOUD must be one of {', '.join(CLOUDS)}, not {raw!r}")
+    return found
+
+
+def _federation(env: Mapping[str, str]) -> dict[str, str | None]:
+    """FEDERATION_IDENTITY_CLIENT_ID / _PRINCIPAL_ID / _TENANT_ID: GUIDs, each optional (absent: no federated
+    method)."""
+    values: dict[str, str | None] = {}
+    for suffix in ("CLIENT_ID", "PRINCIPAL_ID", "TENANT_ID"):
+        name = f"FEDERATION_IDENTITY_{suffix}"
+        value = _configured(env, name)
+        if value is not None and not _GUID.match(value):
+            raise SettingsError(f"{name} must be a GUID")
+        values[f"federation_identity_{suffix.lower()}"] = value.lower() if value else None
+    return values
 
 
 @dataclass(frozen=True)

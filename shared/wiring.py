@@ -116,15 +116,17 @@ def sign_in() -> SignIn:
     managed identity's federated credential (FEDERATION_IDENTITY_CLIENT_ID) or CONSOLE_CLIENT_SECRET."""
     from shared.azure.clients import get_clients
     from shared.azure.entra import EntraTokenEndpoint
-    from shared.sessions import FEDERATION_SCOPE, SignIn
+    from shared.sessions import SignIn
     from shared.store.sessions import SessionTable
 
     clients = get_clients()
-    identity = clients.settings.console.federation_identity_client_id
+    identity = clients.settings.federation_identity_client_id
 
     async def assertion() -> str:
         assert identity is not None
-        return (await clients.managed_identity(identity).get_token(FEDERATION_SCOPE)).token
+        # The cloud's token-exchange audience (AZURE_CLOUD), as for federated connections.
+        scope = f"{clients.settings.token_exchange_audience}/.default"
+        return (await clients.managed_identity(identity).get_token(scope)).token
 
     return SignIn(clients.settings, SessionTable(clients), EntraTokenEndpoint(clients), token_validator(), _now,
                   assertion if identity else None)

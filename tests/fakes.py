@@ -20,16 +20,21 @@ from typing import Any
 from shared.apps import AppSpec, Method
 from shared.errors import (
     ConcurrentChange,
+    CredentialLifetimeRefused,
     CredentialRejected,
     NameTaken,
     NotFound,
     UpstreamError,
     UpstreamForbidden,
 )
+from shared.federation import FederationIdentity, federation_identity
 from shared.ports import (
     Adapters,
     AppRegistration,
     DueEntry,
+    FederatedCredential,
+    KeyCredential,
+    LifetimePolicy,
     NewPassword,
     PasswordCredential,
     StoredVersion,
@@ -42,6 +47,8 @@ from shared.store.history import row_key
 from shared.store.schedule import parse_key, schedule_key
 
 TENANT = "11111111-1111-1111-1111-111111111111"
+IDENTITY_CLIENT_ID = "33333333-3333-3333-3333-333333333333"  # the service's user-assigned managed identity
+IDENTITY_PRINCIPAL_ID = "44444444-4444-4444-4444-444444444444"
 START = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
 
@@ -67,11 +74,61 @@ class Password:
 
 
 @dataclass
+class Key:
+    """A certificate on an application (``keyCredentials``). ``secret`` is its certificate's PEM: what a
+    connection's material names, as a password's secret does."""
+
+    key_id: str
+    secret: str = field(repr=False)
+    display_name: str | None
+    end: datetime | None
+    created_by_service: bool
+    thumbprint: str = ""
+    public_key: Any = field(default=None, repr=False)
+
+
+@dataclass
 class Application:
     client_id: str
     object_id: str
     passwords: dict[str, Password] = field(default_factory=dict)
     may_manage_itself: bool = True
+    keys: dict[str, Key] = field(default_factory=dict)
+    # The application's own app-management policy (None: none assigned), readable unless policy_forbidden.
+    policy: LifetimePolicy | None = None
+    policy_forbidden: bool = False
+    federated: dict[str, FederatedCredential] = field(default_factory=dict)  # by id
+
+
+def make_certificate(kind: str = "EC", *, days: int = 3650, start: datetime | None = None) -> dict[str, str]:
+    """The material of a certificate connection: a self-signed certificate and its key (EC P-256 by default,
+    cheap to make; ``RSA`` for a 2048-bit RSA key), valid ``days`` from ``start``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1()) if kind == "EC" else rsa.generate_private_key(65537, 2048)
+    begin = (start or START) - timedelta(days=1)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake-app")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(begin)
+            .not_valid_after(begin + timedelta(days=days)).sign(key, hashes.SHA256()))
+    return {"certificateBody": cert.public_bytes(serialization.Encoding.PEM).decode(),
+            "privateKey": key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.NoEncryption()).decode()}
+
+
+def _key_of(certificate_pem: str, display_name: str | None, by_service: bool) -> Key:
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(certificate_pem.encode())
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return Key(str(uuid.uuid4()), certificate_pem, display_name, cert.not_valid_after_utc, by_service,
+               hashlib.sha1(der, usedforsecurity=False).hexdigest().upper(), cert.public_key())
 
 
 class World:
@@ -81,11 +138,20 @@ class World:
         self.clock = clock
         self.apps: dict[str, Application] = {}
         self.worked: set[str] = set()  # secrets a token was acquired with
-        self.created: dict[str, tuple[str, Password]] = {}  # key id -> (client id, password) made through Graph
+        self.created: dict[str, tuple[str, Password | Key]] = {}  # key id -> (client id, password) made through Graph
         self.revocations: list[tuple[str, str]] = []  # (client id, key id)
         self._faults: list[tuple[str, Exception, int]] = []  # (operation prefix, error, remaining)
-        self.on_revoke: Callable[[str, Password], None] | None = None
+        self.on_revoke: Callable[[str, Password | Key], None] | None = None
         self.calls: list[str] = []
+        self.federated_added: list[tuple[str, str]] = []  # (client id, federated credential id) made through Graph
+        self.proofs: list[str] = []  # Key IDs of the keys that signed each accepted proof, in order
+        self.tenant_policy: LifetimePolicy | None = None  # the tenant's defaultAppManagementPolicy (None: disabled)
+        self.tenant_policy_forbidden = False
+        self.policy_reads = 0
+        # The service's managed identity (the FEDERATION_IDENTITY_* settings), and how many federated sign-ins
+        # Entra refuses after a federated credential was added (propagation).
+        self.federation: FederationIdentity | None = None
+        self.federation_delay = 0
 
     def application(self, client_id: str | None = None) -> Application:
         client_id = client_id or str(uuid.uuid4())
@@ -99,6 +165,34 @@ class World:
         password = Password(str(uuid.uuid4()), secret, display_name, end, by_service)
         self.apps[client_id].passwords[password.key_id] = password
         return password
+
+    def add_certificate(self, client_id: str, display_name: str | None = None, *, kind: str = "EC",
+                        by_service: bool = False) -> tuple[Key, dict[str, str]]:
+        """A certificate the owner uploaded (or the service added): the key on the application and its material."""
+        material = make_certificate(kind, start=self.clock.now)
+        key = _key_of(material["certificateBody"], display_name, by_service)
+        self.apps[client_id].keys[key.key_id] = key
+        return key, material
+
+    def credential(self, client_id: str, key_id: str) -> Password | Key | None:
+        app = self.apps[client_id]
+        return app.passwords.get(key_id) or app.keys.get(key_id)
+
+    def add_federated(self, client_id: str, name: str = "by-hand", *, issuer: str | None = None,
+                      subject: str | None = None) -> FederatedCredential:
+        """A federated identity credential the user added (naming the service's identity unless told otherwise)."""
+        assert self.federation is not None
+        credential = FederatedCredential(str(uuid.uuid4()), name, issuer or self.federation.issuer,
+                                         subject or self.federation.principal_id, (self.federation.audience,))
+        self.apps[client_id].federated[credential.id] = credential
+        return credential
+
+    def federated_live(self, client_id: str) -> bool:
+        """Entra accepts the service's identity's token as the application's assertion."""
+        app = self.apps.get(client_id)
+        identity = self.federation
+        return app is not None and identity is not None and any(
+            identity.matches(c.issuer, c.subject, c.audiences) for c in app.federated.values())
 
     def fail_next(self, operation: str, error: Exception | None = None, times: int = 1) -> None:
         """The next ``times`` calls whose name starts with ``operation`` (probe, graph.find, graph.add,
@@ -126,15 +220,67 @@ class World:
         return None
 
     def present(self, client_id: str, secret: str) -> bool:
-        """``secret`` is a password of the application (not removed; it may have expired)."""
+        """``secret`` is a password (or certificate) of the application (not removed; it may have expired)."""
         app = self.apps.get(client_id)
-        return app is not None and any(p.secret == secret for p in app.passwords.values())
+        return app is not None and any(p.secret == secret for p in [*app.passwords.values(), *app.keys.values()])
 
     def live(self, client_id: str, secret: str) -> bool:
-        """Entra accepts ``secret``: a password of the application that has not expired."""
+        """Entra accepts ``secret``: a password (or certificate) of the application that has not expired."""
         app = self.apps.get(client_id)
         return app is not None and any(p.secret == secret and (p.end is None or p.end > self.clock.now)
-                                       for p in app.passwords.values())
+                                       for p in [*app.passwords.values(), *app.keys.values()])
+
+    def verify_proof(self, app: Application, proof: str) -> Key:
+        """Graph's check of an addKey / removeKey proof: a JWT signed by a live key of the application (found by
+        the x5t#S256 of its header), ``aud`` Graph, ``iss`` the application's object id, within nbf..exp.
+        Records which key signed it (``proofs``)."""
+        import base64
+        import hashlib
+        import json
+        import time
+
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+        from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+        def part(text: str) -> bytes:
+            return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+        refused = UpstreamError("Microsoft Graph failed to check the proof (400 InvalidProof).")
+        try:
+            head, body, signature = proof.split(".")
+            header, claims = json.loads(part(head)), json.loads(part(body))
+        except ValueError:
+            raise refused from None
+        signer = None
+        for key in app.keys.values():
+            from cryptography import x509
+            from cryptography.hazmat.primitives import serialization
+
+            der = x509.load_pem_x509_certificate(key.secret.encode()).public_bytes(serialization.Encoding.DER)
+            if base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode() == header.get("x5t#S256"):
+                signer = key
+        if signer is None or (signer.end is not None and signer.end <= self.clock.now):
+            raise refused
+        raw, message = part(signature), f"{head}.{body}".encode()
+        try:
+            if isinstance(signer.public_key, rsa.RSAPublicKey):
+                signer.public_key.verify(raw, message, padding.PKCS1v15(), hashes.SHA256())
+            else:
+                assert isinstance(signer.public_key, ec.EllipticCurvePublicKey)
+                half = len(raw) // 2
+                digest = {32: hashes.SHA256(), 48: hashes.SHA384(), 66: hashes.SHA512()}[half]
+                der_signature = encode_dss_signature(int.from_bytes(raw[:half]), int.from_bytes(raw[half:]))
+                signer.public_key.verify(der_signature, message, ec.ECDSA(digest))
+        except Exception:
+            raise refused from None
+        now = time.time()
+        if (claims.get("aud") != "00000002-0000-0000-c000-000000000000" or claims.get("iss") != app.object_id
+                or not claims.get("nbf", now + 1) <= now + 60 or not now < claims.get("exp", 0)
+                or claims["exp"] - claims["nbf"] > 600):
+            raise refused
+        self.proofs.append(signer.key_id)
+        return signer
 
 
 class FakeGraph:
@@ -160,11 +306,65 @@ class FakeGraph:
         self.world.check("graph.find")
         app = self._app(app_id)
         return AppRegistration(app.object_id, app.client_id, "app", tuple(
-            PasswordCredential(p.key_id, p.secret[:3], p.display_name, p.end) for p in app.passwords.values()))
+            PasswordCredential(p.key_id, p.secret[:3], p.display_name, p.end) for p in app.passwords.values()),
+            keys=tuple(KeyCredential(k.key_id, k.display_name, k.thumbprint, k.end, "Verify")
+                       for k in app.keys.values()))
+
+    def _within_policy(self, app: Application, lifetime: timedelta, password: bool) -> None:
+        policy = app.policy or self.world.tenant_policy
+        if policy is None:
+            return
+        if password and policy.password_addition_restricted:
+            raise CredentialLifetimeRefused("refused (CredentialTypeNotAllowedAsPerAppPolicy)",
+                                            extensions={"graphCode": "CredentialTypeNotAllowedAsPerAppPolicy"})
+        cap = policy.password_max_lifetime if password else policy.key_max_lifetime
+        if cap is not None and lifetime > cap:
+            raise CredentialLifetimeRefused("refused (CredentialInvalidLifetimeAsPerAppPolicy)",
+                                            extensions={"graphCode": "CredentialInvalidLifetimeAsPerAppPolicy"})
+
+    async def lifetime_policy(self, object_id: str, created_at: datetime | None = None) -> LifetimePolicy | None:
+        self.world.check("graph.policy")
+        self.world.policy_reads += 1
+        app = self._by_object(object_id)
+        if app.policy_forbidden:
+            return None
+        if app.policy is not None:
+            return app.policy
+        if self.world.tenant_policy_forbidden:
+            return None
+        return self.world.tenant_policy or LifetimePolicy("tenant")
+
+    async def add_key(self, object_id: str, display_name: str, certificate_der: bytes, proof: str) -> KeyCredential:
+        self.world.check("graph.add")
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+
+        app = self._by_object(object_id)
+        self.world.verify_proof(app, proof)
+        pem = x509.load_der_x509_certificate(certificate_der).public_bytes(serialization.Encoding.PEM).decode()
+        key = _key_of(pem, display_name, True)
+        self._within_policy(app, (key.end or self.world.clock.now) - self.world.clock.now, password=False)
+        app.keys[key.key_id] = key
+        self.world.created[key.key_id] = (app.client_id, key)
+        self.world.check("graph.add.lost")  # applied, but the answer is lost
+        return KeyCredential(key.key_id, display_name, key.thumbprint, key.end, "Verify")
+
+    async def remove_key(self, object_id: str, key_id: str, proof: str) -> None:
+        self.world.check("graph.remove")
+        app = self._by_object(object_id)
+        self.world.verify_proof(app, proof)
+        key = app.keys.get(key_id)
+        if key is None:
+            return
+        if self.world.on_revoke is not None:
+            self.world.on_revoke(app.client_id, key)
+        del app.keys[key_id]
+        self.world.revocations.append((app.client_id, key_id))
 
     async def add_password(self, object_id: str, display_name: str, end: datetime) -> NewPassword:
         self.world.check("graph.add")
         app = self._by_object(object_id)
+        self._within_policy(app, end - self.world.clock.now, password=True)
         password = self.world.add(app.client_id, display_name, by_service=True, end=end)
         self.world.created[password.key_id] = (app.client_id, password)
         self.world.check("graph.add.lost")  # applied, but the answer is lost
@@ -180,6 +380,28 @@ class FakeGraph:
             self.world.on_revoke(app.client_id, password)
         del app.passwords[key_id]
         self.world.revocations.append((app.client_id, key_id))
+
+    async def federated_credentials(self, object_id: str) -> list[FederatedCredential]:
+        self.world.check("graph.fic.list")
+        return list(self._by_object(object_id).federated.values())
+
+    async def add_federated_credential(self, object_id: str, credential: Mapping[str, Any]) -> FederatedCredential:
+        self.world.check("graph.fic.add")
+        app = self._by_object(object_id)
+        if any(c.name == credential["name"] for c in app.federated.values()):
+            raise UpstreamError("Microsoft Graph failed to add a federated identity credential (409 Conflict).")
+        if len(app.federated) >= 20:
+            raise UpstreamError("Microsoft Graph failed to add a federated identity credential (400 limit).")
+        added = FederatedCredential(str(uuid.uuid4()), credential["name"], credential["issuer"],
+                                    credential["subject"], tuple(credential["audiences"]))
+        app.federated[added.id] = added
+        self.world.federated_added.append((app.client_id, added.id))
+        self.world.check("graph.fic.add.lost")  # applied, but the answer is lost
+        return added
+
+    async def remove_federated_credential(self, object_id: str, credential_id: str) -> None:
+        self.world.check("graph.fic.remove")
+        self._by_object(object_id).federated.pop(credential_id, None)
 
     async def list_applications(self) -> list[dict[str, str]]:
         self.world.check("graph.list")
@@ -197,7 +419,13 @@ class FakeDirectory:
     async def probe(self, app: AppSpec, method: Method, tenant_id: str, client_id: str,
                     material: Mapping[str, str]) -> None:
         self.world.check("probe")
-        secret = material.get("clientSecret", "")
+        if method is Method.FEDERATED:
+            self._federated(client_id)
+            self.world.worked.add(f"federated:{client_id}")
+            return
+        secret = material.get("clientSecret") or material.get("certificateBody", "")
+        if method is Method.CERTIFICATE and not material.get("privateKey"):
+            raise CredentialRejected("AADSTS700027: Client assertion failed signature validation.")
         if not self.world.live(client_id, secret):
             raise CredentialRejected("AADSTS7000215: Invalid client secret provided.",
                                      extensions={"aadstsCode": "AADSTS7000215"})
@@ -207,9 +435,22 @@ class FakeDirectory:
     async def graph(self, method: Method, tenant_id: str, client_id: str,
                     material: Mapping[str, str]) -> AsyncIterator[FakeGraph]:
         self.world.check("graph.token")
-        if not self.world.live(client_id, material.get("clientSecret", "")):
+        if method is Method.FEDERATED:
+            self._federated(client_id)
+        elif not self.world.live(client_id, material.get("clientSecret") or material.get("certificateBody", "")):
             raise CredentialRejected("AADSTS7000215: Invalid client secret provided.")
         yield FakeGraph(self.world, client_id)
+
+    def _federated(self, client_id: str) -> None:
+        if self.world.federation is None:
+            raise UpstreamError("The service's managed identity could not get a token.")
+        if not self.world.federated_live(client_id):
+            raise CredentialRejected("AADSTS70021: No matching federated identity record found for presented "
+                                     "assertion.", extensions={"aadstsCode": "AADSTS70021"})
+        if self.world.federation_delay > 0:
+            self.world.federation_delay -= 1
+            raise CredentialRejected("AADSTS70021: No matching federated identity record found for presented "
+                                     "assertion.", extensions={"aadstsCode": "AADSTS70021"})
 
     @asynccontextmanager
     async def graph_with(self, tokens: Any) -> AsyncIterator[FakeGraph]:
@@ -554,8 +795,11 @@ def build_fakes(env: Mapping[str, str] | None = None) -> Fakes:
     settings = load_settings({
         "AzureWebJobsStorage": "UseDevelopmentStorage=true", "KEY_VAULT_URL": "https://vault.example",
         "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_ID": "22222222-2222-2222-2222-222222222222",
-        "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_SECRET": "instance-secret", **(env or {}),
+        "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_SECRET": "instance-secret",
+        "FEDERATION_IDENTITY_CLIENT_ID": IDENTITY_CLIENT_ID, "FEDERATION_IDENTITY_PRINCIPAL_ID": IDENTITY_PRINCIPAL_ID,
+        "FEDERATION_IDENTITY_TENANT_ID": TENANT, **(env or {}),
     })
+    world.federation = federation_identity(settings)
     adapters = Adapters(settings=settings, connections=connections, vault=vault, schedule=schedule, history=history,
                         directory=directory, tokens=tokens, oauth_states=states, audit=audit, outbox=connections,
                         health_index=health_index, webhook=webhook, clock=clock, sleep=_no_sleep)

@@ -19,10 +19,12 @@ from typing import Any
 from shared import wiring
 from shared.apps import APPS
 from shared.errors import ServiceError
+from shared.federation import credential_name
 from shared.records import STATUS_DELETING, ConnectionRecord
+from shared.rotation.migration import MIGRATION_STEPS
 from shared.rotation.protocol import Checkpoint, RotationOptions
 from shared.rotation.sweep import sweep
-from tests.fakes import TENANT, Fakes, Password, build_fakes
+from tests.fakes import TENANT, Fakes, Key, Password, build_fakes
 
 APP = "azure-client-secrets"
 MARKER = re.compile(r"^app-connections (?P<connection>[0-9a-f-]{36}) rotation (?P<rotation>[0-9a-f-]{36})$")
@@ -48,6 +50,7 @@ class Harness:
     left_live: set[str] = field(default_factory=set)
     outcomes: list[Outcome] = field(default_factory=list)
     faults_armed: bool = False
+    method: str = "client-secret"  # or "certificate": the connections create() makes and rotates
 
     def __post_init__(self) -> None:
         self.fakes.world.on_revoke = self._on_revoke
@@ -71,10 +74,21 @@ class Harness:
             body["clientSecretKeyId"] = password.key_id
         return body
 
-    async def create(self, name: str = "c1", rotation: bool = True) -> ConnectionRecord:
-        client_id, password = self.new_app()
-        body: dict[str, Any] = {"name": name, "method": "client-secret",
-                                "credentials": self.credentials(client_id, password)}
+    def new_credential(self, client_id: str, method: str | None = None) -> dict[str, str]:
+        """Credentials of ``method`` (the harness's by default) for the application: a password, or a certificate
+        the owner uploaded."""
+        if (method or self.method) == "certificate":
+            _, material = self.fakes.world.add_certificate(client_id, "given by the owner")
+            return {"tenantId": TENANT, "clientId": client_id, **material}
+        return self.credentials(client_id, self.fakes.world.add(client_id, "given by the owner"))
+
+    def new_application(self, method: str | None = None) -> tuple[str, dict[str, str]]:
+        app = self.fakes.world.application()
+        return app.client_id, self.new_credential(app.client_id, method)
+
+    async def create(self, name: str = "c1", rotation: bool = True, method: str | None = None) -> ConnectionRecord:
+        _, credentials = self.new_application(method)
+        body: dict[str, Any] = {"name": name, "method": method or self.method, "credentials": credentials}
         if rotation:
             body.update(isAutoRotationEnabled=True, rotation=ROTATION)
         record: ConnectionRecord = await self.api.create(APP, body)
@@ -84,7 +98,10 @@ class Harness:
         return next((r for r in self.fakes.connections.records.values() if r.id == connection_id), None)
 
     def current_secret(self, record: ConnectionRecord) -> str:
-        return self.fakes.vault.version(record.secret_name, record.secret_version).material.get("clientSecret", "")
+        if record.method == "federated":  # nothing stored: what works is the federated sign-in (see FakeDirectory)
+            return f"federated:{record.client_id}"
+        material = self.fakes.vault.version(record.secret_name, record.secret_version).material
+        return material.get("clientSecret") or material.get("certificateBody", "")
 
     # -- operations, each checked for I3 -------------------------------------------------------------------
     async def op(self, name: str, connection_id: str, call: Callable[[], Awaitable[Any]],
@@ -110,12 +127,13 @@ class Harness:
         if record is None:
             return ("deleted",)
         app = self.fakes.world.apps.get(record.client_id or "")
-        owners = tuple(sorted(p.key_id for p in app.passwords.values() if not p.created_by_service)) if app else ()
+        owners = tuple(sorted(p.key_id for p in [*app.passwords.values(), *app.keys.values()]
+                              if not p.created_by_service)) if app else ()
         plain = record.evolve(etag=None, status_message=None, last_validated_at=None, status="")
         return (plain, self.current_secret(record), owners)
 
     # -- invariants ----------------------------------------------------------------------------------------
-    def _on_revoke(self, client_id: str, password: Password) -> None:
+    def _on_revoke(self, client_id: str, password: Password | Key) -> None:
         for record in self.fakes.connections.records.values():
             if record.status == STATUS_DELETING or record.client_id != client_id:
                 continue
@@ -131,10 +149,10 @@ class Harness:
         records = {r.id: r for r in self.fakes.connections.records.values()}
         for record in records.values():
             live = world.present(record.client_id or "", self.current_secret(record))  # expiring is not revoking
-            if record.method == "client-secret" and record.status != STATUS_DELETING and not live:
+            if record.method in ("client-secret", "certificate") and record.status != STATUS_DELETING and not live:
                 self.violations.append(f"I1: the current credential of {record.id} is not live")
         for key_id, (client_id, password) in world.created.items():
-            if key_id not in world.apps[client_id].passwords:
+            if world.credential(client_id, key_id) is None:
                 continue
             match = MARKER.match(password.display_name or "")
             owner = records.get(match.group("connection")) if match else None
@@ -150,9 +168,17 @@ class Harness:
                 or key_id in (state.pending_key_id, state.previous_key_id)
                 or state.retire_client_id == client_id
                 or (owner.status == STATUS_DELETING and owner.client_id == client_id)
+                or owner.rotation.step in MIGRATION_STEPS  # a migration's clean-up removes all of its marker
             )
             if not tracked:
                 self.violations.append(f"I2: {key_id} of {owner.id} is live and untracked")
+        for client_id, credential_id in world.federated_added:
+            added = world.apps[client_id].federated.get(credential_id)
+            if added is None:
+                continue
+            owner = next((r for r in records.values() if credential_name(r.id) == added.name), None)
+            if owner is None or not (owner.method == "federated" or owner.rotation.step in MIGRATION_STEPS):
+                self.violations.append(f"I2: federated credential {added.name} on {client_id} is live and untracked")
         for connection_id, record in records.items():
             self._check_history(connection_id, record)
         return self.violations
@@ -204,14 +230,15 @@ def user_operations(h: Harness, connection_id: str) -> dict[str, Callable[[], Aw
         record = await h.record(connection_id)
         if record is None:
             return await h.op("patch-credentials", connection_id, lambda: api.update(APP, connection_id, {}))
-        password = h.fakes.world.add(record.client_id or "", "given by the owner")
+        credentials = h.new_credential(record.client_id or "", record.method)
         return await h.op("patch-credentials", connection_id, lambda: api.update(
-            APP, connection_id, {"credentials": h.credentials(record.client_id or "", password)}))
+            APP, connection_id, {"credentials": credentials}))
 
     async def patch_other_app() -> Outcome:
-        client_id, password = h.new_app()
+        record = await h.record(connection_id)
+        _, credentials = h.new_application(record.method if record else None)
         return await h.op("patch-other-app", connection_id, lambda: api.update(
-            APP, connection_id, {"credentials": h.credentials(client_id, password)}))
+            APP, connection_id, {"credentials": credentials}))
 
     async def patch_rotation() -> Outcome:
         return await h.op("patch-rotation", connection_id, lambda: api.update(
@@ -236,9 +263,13 @@ def user_operations(h: Harness, connection_id: str) -> dict[str, Callable[[], Aw
     async def reauthorize() -> Outcome:
         return await h.op("reauthorize", connection_id, lambda: reauthorize_oauth(h))
 
+    async def migrate() -> Outcome:
+        return await h.op("migrate", connection_id, lambda: api.migrate_to_federated(APP, connection_id, {}),
+                          may_change_on_error=True)
+
     return {"patch-credentials": patch_credentials, "patch-other-app": patch_other_app,
             "patch-rotation": patch_rotation, "disable-rotation": disable_rotation, "delete": delete,
-            "validate": validate, "rotate": rotate, "rename": rename, "reauthorize": reauthorize}
+            "validate": validate, "rotate": rotate, "rename": rename, "reauthorize": reauthorize, "migrate": migrate}
 
 
 async def reauthorize_oauth(h: Harness) -> ConnectionRecord:

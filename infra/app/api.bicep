@@ -30,11 +30,19 @@ param tags object = {}
 @description('Optional. Public base URL of the service (SITE_URL). Defaults to the app\'s own https URL.')
 param siteUrl string = ''
 
-@description('Optional. Microsoft Entra authority host (AZURE_AUTHORITY_HOST).')
-param authorityHost string = environment().authentication.loginEndpoint
+@description('Optional. The Azure cloud (AZURE_CLOUD): authority host, Graph endpoint, Key Vault and App Configuration scopes, token-exchange audience.')
+@allowed([
+  'AzurePublicCloud'
+  'AzureUSGovernment'
+  'AzureChinaCloud'
+])
+param azureCloud string = 'AzurePublicCloud'
 
-@description('Optional. Microsoft Graph endpoint (GRAPH_ENDPOINT).')
-param graphEndpoint string = 'https://graph.microsoft.com'
+@description('Optional. Microsoft Entra authority host (AZURE_AUTHORITY_HOST), overriding the cloud\'s. Empty: the cloud\'s.')
+param authorityHost string = ''
+
+@description('Optional. Microsoft Graph endpoint (GRAPH_ENDPOINT), overriding the cloud\'s. Empty: the cloud\'s.')
+param graphEndpoint string = ''
 
 @description('Optional. NCRONTAB schedule of the rotation sweep (ROTATION_SWEEP_SCHEDULE).')
 param rotationSweepSchedule string = '0 */5 * * * *'
@@ -195,8 +203,14 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     KEY_VAULT_URL: keyVault.properties.vaultUri
     KEY_VAULT_VERIFY_CHALLENGE_RESOURCE: 'true'
     AZURE_CLIENT_ID: identity.properties.clientId
+    AZURE_CLOUD: azureCloud
     AZURE_AUTHORITY_HOST: authorityHost
     GRAPH_ENDPOINT: graphEndpoint
+    // The federated method: the app's own user-assigned identity signs in as customers' applications that trust it
+    // with a federated identity credential (issuer {authority}/{tenant}/v2.0, subject its principal id).
+    FEDERATION_IDENTITY_CLIENT_ID: identity.properties.clientId
+    FEDERATION_IDENTITY_PRINCIPAL_ID: identity.properties.principalId
+    FEDERATION_IDENTITY_TENANT_ID: identity.properties.tenantId
     SITE_URL: effectiveSiteUrl
     ROTATION_SWEEP_SCHEDULE: rotationSweepSchedule
     ROTATION_MAX_CONCURRENCY: string(rotationMaxConcurrency)

@@ -237,6 +237,111 @@ class AdminClient:
         body = {"principalId": principal_id, "role": role}
         self._call("DELETE", f"/tenants/{tenant_id}/apis/{api_app_id}/assignments", body)
 
+    # --- federation: managed identities and federated identity credentials -------------------------
+
+    def add_managed_identity(
+        self,
+        tenant_id: str,
+        display_name: str = "identity",
+        client_id: str | None = None,
+        principal_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Register a user-assigned managed identity for the managed-identity endpoint. Returns ``clientId``,
+        ``principalId`` (the ``sub``/``oid`` of its tokens), ``tenantId``, ``displayName``, ``resourceId``."""
+        body = {"tenantId": tenant_id, "displayName": display_name, "clientId": client_id, "principalId": principal_id}
+        return self._dict("POST", "/managed-identities", body)
+
+    def managed_identities(self) -> list[dict[str, Any]]:
+        return list(self._dict("GET", "/managed-identities")["identities"])
+
+    def identity_endpoint(self) -> dict[str, str]:
+        """``{"endpoint", "header"}``: the values of ``IDENTITY_ENDPOINT`` and ``IDENTITY_HEADER`` for a process
+        whose ``ManagedIdentityCredential(client_id=...)`` should get tokens from the stand-in."""
+        data = self._dict("GET", "/managed-identities/endpoint")
+        return {"endpoint": str(data["endpoint"]), "header": str(data["header"])}
+
+    def issuer(self, tenant_id: str) -> str:
+        """The issuer of the stand-in's tokens for a tenant (``{url}/{tenant}/v2.0``): a managed identity's
+        federated credential has this issuer, its principal id as subject, ``api://AzureADTokenExchange``."""
+        return f"{self.url}/{tenant_id}/v2.0"
+
+    def add_federated_credential(
+        self,
+        tenant_id: str,
+        app_id: str,
+        name: str,
+        issuer: str,
+        subject: str,
+        audiences: Iterable[str] = ("api://AzureADTokenExchange",),
+        description: str | None = None,
+    ) -> dict[str, Any]:
+        """Add a federated identity credential to an app (at most 20; 409 for a duplicate name or
+        issuer+subject). Returns ``id``, ``name``, ``issuer``, ``subject``, ``audiences``, ``description``."""
+        body = {
+            "name": name,
+            "issuer": issuer,
+            "subject": subject,
+            "audiences": list(audiences),
+            "description": description,
+        }
+        return self._dict("POST", f"/tenants/{tenant_id}/apps/{app_id}/federated-credentials", body)
+
+    def federated_credentials(self, tenant_id: str, app_id: str) -> list[dict[str, Any]]:
+        data = self._dict("GET", f"/tenants/{tenant_id}/apps/{app_id}/federated-credentials")
+        return list(data["federatedCredentials"])
+
+    def remove_federated_credential(self, tenant_id: str, app_id: str, ref: str) -> None:
+        """Remove a federated identity credential by its id or name."""
+        self._call("DELETE", f"/tenants/{tenant_id}/apps/{app_id}/federated-credentials/{urllib.parse.quote(ref)}")
+
+    # --- app management policies (see localdev.standin.policies) ------------------------------------
+
+    def set_default_app_management_policy(
+        self,
+        tenant_id: str,
+        password_restrictions: Iterable[dict[str, Any]] = (),
+        key_restrictions: Iterable[dict[str, Any]] = (),
+        enabled: bool = True,
+    ) -> dict[str, Any]:
+        """Set the tenant default policy's ``applicationRestrictions``: restrictions such as
+        ``{"restrictionType": "passwordLifetime", "maxLifetime": "P180D"}``, ``{"restrictionType":
+        "passwordAddition"}`` (passwords) or ``{"restrictionType": "asymmetricKeyLifetime", "maxLifetime":
+        "P90D"}`` (certificates), each with optional ``state`` and ``restrictForAppsCreatedAfterDateTime``.
+        Returns the policy as ``GET /v1.0/policies/defaultAppManagementPolicy`` shows it."""
+        body = {
+            "isEnabled": enabled,
+            "applicationRestrictions": {
+                "passwordCredentials": list(password_restrictions),
+                "keyCredentials": list(key_restrictions),
+            },
+        }
+        return self._dict("PUT", f"/tenants/{tenant_id}/app-management-policies/default", body)
+
+    def add_app_management_policy(
+        self,
+        tenant_id: str,
+        app_ids: Iterable[str],
+        password_restrictions: Iterable[dict[str, Any]] = (),
+        key_restrictions: Iterable[dict[str, Any]] = (),
+        display_name: str = "app management policy",
+        enabled: bool = True,
+    ) -> dict[str, Any]:
+        """Create an app management policy assigned to these apps (it overrides the tenant default for the
+        restriction types it names). Returns ``id``, ``displayName``, ``isEnabled``, ``restrictions``."""
+        body = {
+            "displayName": display_name,
+            "isEnabled": enabled,
+            "appIds": list(app_ids),
+            "restrictions": {
+                "passwordCredentials": list(password_restrictions),
+                "keyCredentials": list(key_restrictions),
+            },
+        }
+        return self._dict("POST", f"/tenants/{tenant_id}/app-management-policies", body)
+
+    def app_management_policies(self, tenant_id: str) -> list[dict[str, Any]]:
+        return list(self._dict("GET", f"/tenants/{tenant_id}/app-management-policies")["policies"])
+
     # --- webhook receivers (POST {url}/webhooks/{name}) ---------------------------------------------
 
     def webhook_url(self, name: str) -> str:

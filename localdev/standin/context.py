@@ -11,10 +11,13 @@ from localdev.standin.tokens import Signer
 
 if TYPE_CHECKING:
     from localdev.standin.routing import Request, Response
-    from localdev.standin.state import Tenant
+    from localdev.standin.state import App, Tenant
 
 # A token endpoint grant: (request, tenant, form fields) -> response. Keyed by grant_type in Context.grants.
 GrantHandler = Callable[["Request", "Tenant", dict[str, str]], "Response"]
+# Checks a client assertion against the app's federated identity credentials (request, tenant, app, header,
+# assertion); raises HttpError to refuse it. Set by localdev.standin.federation.
+FederatedCheck = Callable[["Request", "Tenant", "App", dict[str, object], str], None]
 
 
 @dataclass
@@ -23,3 +26,4 @@ class Context:
     signer: Signer
     url: str = ""  # https://127.0.0.1:PORT, set once the socket is bound
     grants: dict[str, GrantHandler] = field(default_factory=dict)
+    federated_check: FederatedCheck | None = None

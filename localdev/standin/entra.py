@@ -13,7 +13,9 @@
 * Client authentication (:func:`authenticate_client`): a client secret in the form or HTTP Basic (refused while
   a secret added through Graph is still propagating, and when expired), or a certificate ``client_assertion``
   (RS256, PS256 or ES256, the key found by ``x5t``/``x5t#S256``, audience, issuer/subject and times checked
-  with five minutes of clock skew). ``appidacr`` says which ("1" secret, "2" certificate).
+  with five minutes of clock skew), or, when no certificate of the app signed it, a federated credential's token
+  checked by :mod:`localdev.standin.federation` (``Context.federated_check``). ``appidacr`` says which ("1"
+  secret, "2" certificate or federated assertion).
 
 Errors are shaped like Entra's (``error``, ``error_description`` with ``AADSTS<code>``, ``error_codes``, trace
 and correlation ids): :func:`entra_error` and :func:`fail`. Other grants can reuse :func:`authenticate_client`,
@@ -457,6 +459,12 @@ def check_assertion(req: Request, tenant: Tenant, app: App, assertion: str) -> N
         )
     with req.ctx.state.lock:
         key, thumbprint = _find_key(app, header)
+        federated = bool(app.federated_credentials) or header.get("kid") == req.ctx.signer.kid
+    if key is None and federated and req.ctx.federated_check is not None:
+        # Not signed by a certificate of the app: a federated credential's token (workload identity federation).
+        req.note["auth"] = "federated"
+        req.ctx.federated_check(req, tenant, app, header, assertion)
+        return
     if key is None:
         raise _invalid_signature(req, app, "The key was not found.", thumbprint)
     req.note["key_id"] = key.key_id

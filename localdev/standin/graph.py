@@ -9,6 +9,10 @@ honoured on reads):
   new credential and its ``secretText`` (the only time it is shown); the secret is a client secret of that app
   at the token endpoint, refused there (AADSTS7000215) until ``state.propagation_delay`` seconds have passed;
 * ``POST .../removePassword`` ``{"keyId"}``: 204; the secret stops working at once;
+* an app management policy (:mod:`localdev.standin.policies`) can refuse addPassword with 400
+  ``CredentialInvalidLifetimeAsPerAppPolicy`` or ``CredentialTypeNotAllowedAsPerAppPolicy``;
+  :mod:`localdev.standin.federation` adds ``.../federatedIdentityCredentials``, :mod:`localdev.standin.keys`
+  ``addKey``/``removeKey``, ``PATCH`` of ``keyCredentials`` and the policy reads;
 * ``GET /v1.0/applications`` with ``$select``, ``$top`` (default 100, at most 999): the caller's tenant's apps it
   may read, paged by ``@odata.nextLink`` (``$skiptoken``).
 
@@ -34,6 +38,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import json
 import urllib.parse
 import uuid
 from collections import deque
@@ -41,6 +46,7 @@ from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any
 
+from localdev.standin import policies
 from localdev.standin.context import Context
 from localdev.standin.routing import Handler, HttpError, Request, Response, Router, empty_response, json_response
 from localdev.standin.state import App, PasswordCredential, State, Tenant, iso, parse_iso, utcnow
@@ -56,6 +62,7 @@ OPERATIONS = ("get", "list", "addPassword", "removePassword")
 DEFAULT_PAGE = 100
 MAX_PAGE = 999
 LOG_LIMIT = 10_000
+DEFAULT_PASSWORD_LIFETIME = dt.timedelta(days=730)  # Graph's default endDateTime: startDateTime + 2 years
 JSON_TYPE = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
 
 # Graph's answer to concurrent changes of one tenant's directory objects (seen on addPassword as 409, and as 503).
@@ -217,6 +224,17 @@ def graph_error(req: Request, status: int, code: str, message: str, headers: dic
     merged = _headers(req)
     merged.update(headers or {})
     return HttpError(json_response(status, body, merged))
+
+
+def policy_error(req: Request, refused: tuple[str, str, str]) -> HttpError:
+    """400 with Graph's answer to a credential an app management policy refuses (see ``policies.violation``)."""
+    code, message, _policy = refused
+    error = graph_error(req, 400, code, message)
+    if code == policies.LIFETIME_CODE:
+        payload = json.loads(error.response.body)
+        payload["error"]["details"] = [{"code": "InvalidKeyEndDate", "message": message, "target": "EndDate"}]
+        error.response.body = json.dumps(payload, separators=(",", ":")).encode()
+    return error
 
 
 def _bad_request(req: Request, message: str) -> HttpError:
@@ -526,6 +544,10 @@ def add_password(req: Request) -> Response:
         app = _find(req, caller)
         if not caller.may_write(app):
             raise _denied(req)
+        begin = start or utcnow()
+        refused = policies.violation(state, app, "passwordCredentials", begin, end or begin + DEFAULT_PASSWORD_LIFETIME)
+        if refused is not None:
+            raise policy_error(req, refused)
         credential = state.add_password(
             app.tenant_id,
             app.app_id,

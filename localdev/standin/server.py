@@ -37,7 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from localdev.standin import admin_api, apis, entra, graph, keyvault, oauth, webhooks
+from localdev.standin import admin_api, apis, entra, federation, graph, keys, keyvault, oauth, webhooks
 from localdev.standin.admin import AdminClient
 from localdev.standin.context import Context
 from localdev.standin.pki import server_pki
@@ -285,6 +285,8 @@ def build_router(ctx: Context) -> Router:
     oauth.register(router, ctx)  # before entra: it answers /organizations/ token requests
     entra.register(router, ctx)
     graph.register(router, ctx)
+    federation.register(router, ctx)
+    keys.register(router, ctx)
     webhooks.register(router, ctx)
     return router
 

@@ -133,6 +133,52 @@ class KeyCredential:
         }
 
 
+FEDERATED_CREDENTIAL_LIMIT = 20  # per application, as Entra documents
+
+
+@dataclass
+class FederatedCredential:
+    """A federated identity credential of an application (Graph's ``federatedIdentityCredential``): a token whose
+    ``iss``, ``sub`` and ``aud`` equal these exactly (case-sensitive) is accepted as the app's client assertion."""
+
+    id: str
+    name: str
+    issuer: str
+    subject: str
+    audiences: list[str]
+    description: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "issuer": self.issuer,
+            "subject": self.subject,
+            "audiences": list(self.audiences),
+            "description": self.description,
+        }
+
+
+@dataclass
+class ManagedIdentity:
+    """A user-assigned managed identity the stand-in's managed-identity endpoint issues tokens for."""
+
+    client_id: str
+    principal_id: str
+    tenant_id: str
+    display_name: str
+    resource_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "clientId": self.client_id,
+            "principalId": self.principal_id,
+            "tenantId": self.tenant_id,
+            "displayName": self.display_name,
+            "resourceId": self.resource_id,
+        }
+
+
 @dataclass
 class App:
     """An application registration and its service principal in one tenant."""
@@ -153,6 +199,10 @@ class App:
     app_roles: list[str] = field(default_factory=list)
     identifier_uris: list[str] = field(default_factory=list)
     assignments: dict[str, set[str]] = field(default_factory=dict)
+    # Federated identity credentials (at most FEDERATED_CREDENTIAL_LIMIT) and the ids of the app management
+    # policies assigned to the app (in its tenant's ``app_management_policies``): plain data.
+    federated_credentials: list[FederatedCredential] = field(default_factory=list)
+    management_policy_ids: list[str] = field(default_factory=list)
 
     @property
     def is_api(self) -> bool:
@@ -193,6 +243,8 @@ class App:
             "owners": sorted(self.owners),
             "appRoles": list(self.app_roles),
             "identifierUris": list(self.identifier_uris),
+            "federatedIdentityCredentials": [f.to_dict() for f in self.federated_credentials],
+            "appManagementPolicyIds": list(self.management_policy_ids),
         }
 
 
@@ -201,6 +253,10 @@ class Tenant:
     tenant_id: str
     display_name: str
     apps: dict[str, App] = field(default_factory=dict)  # by lower-case appId
+    # App management policies as Graph shows them (plain JSON): the tenant default (``applicationRestrictions``)
+    # and the policies assignable to apps (``restrictions``), by lower-case id. See localdev.standin.policies.
+    default_app_management_policy: dict[str, Any] = field(default_factory=dict)
+    app_management_policies: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -333,6 +389,10 @@ class State:
         self.extra: dict[str, Any] = {}
         # Graph: seconds after addPassword before the token endpoint accepts the new secret (as in Entra).
         self.propagation_delay = 0.0
+        # The managed-identity endpoint (localdev.standin.federation): user-assigned identities by lower-case
+        # client id, and the secret callers send as X-IDENTITY-HEADER (App Service's IDENTITY_HEADER).
+        self.managed_identities: dict[str, ManagedIdentity] = {}
+        self.identity_header = secrets.token_hex(16)
 
     def reset(self) -> None:
         with self.lock:
@@ -346,6 +406,7 @@ class State:
             self.handshakes = 0
             self.extra.clear()
             self.propagation_delay = 0.0
+            self.managed_identities.clear()
 
     # --- directory ---------------------------------------------------------------------------------
 
@@ -551,6 +612,81 @@ class State:
             if len(kept) == len(app.keys):
                 raise StateError(f"no key credential {key_id} on app {app_id}", 404)
             app.keys = kept
+
+    # --- federation: federated identity credentials and managed identities ------------------------------
+
+    def add_federated_credential(
+        self,
+        tenant_id: str,
+        app_id: str,
+        name: str,
+        issuer: str,
+        subject: str,
+        audiences: list[str],
+        description: str | None = None,
+    ) -> FederatedCredential:
+        """Add a federated identity credential; StateError for a bad or duplicate one or past the limit of 20."""
+        if not 3 <= len(name) <= 120 or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
+            raise StateError("name must be 3 to 120 characters: letters, digits, '-' and '_', starting alphanumeric")
+        if not issuer or not subject:
+            raise StateError("issuer and subject are required")
+        if len(audiences) != 1 or not audiences[0]:
+            raise StateError("audiences must hold exactly one value")
+        with self.lock:
+            app = self.require_app(tenant_id, app_id)
+            if any(f.name == name for f in app.federated_credentials):
+                raise StateError(f"a federated identity credential named {name!r} exists on app {app.app_id}", 409)
+            if any(f.issuer == issuer and f.subject == subject for f in app.federated_credentials):
+                raise StateError("a federated identity credential with this issuer and subject exists", 409)
+            if len(app.federated_credentials) >= FEDERATED_CREDENTIAL_LIMIT:
+                raise StateError(
+                    f"app {app.app_id} has the maximum of {FEDERATED_CREDENTIAL_LIMIT} federated identity credentials"
+                )
+            credential = FederatedCredential(str(uuid.uuid4()), name, issuer, subject, list(audiences), description)
+            app.federated_credentials.append(credential)
+            return credential
+
+    def remove_federated_credential(self, tenant_id: str, app_id: str, ref: str) -> FederatedCredential:
+        """Remove the federated identity credential with this id or name."""
+        with self.lock:
+            app = self.require_app(tenant_id, app_id)
+            for credential in app.federated_credentials:
+                if credential.id == ref.lower() or credential.name == ref:
+                    app.federated_credentials.remove(credential)
+                    return credential
+            raise StateError(f"no federated identity credential {ref} on app {app.app_id}", 404)
+
+    def add_managed_identity(
+        self,
+        tenant_id: str,
+        display_name: str = "identity",
+        client_id: str | None = None,
+        principal_id: str | None = None,
+    ) -> ManagedIdentity:
+        """Register a user-assigned managed identity in a tenant (its client id and principal id are GUIDs)."""
+        try:
+            cid = str(uuid.UUID(client_id)) if client_id else str(uuid.uuid4())
+            pid = str(uuid.UUID(principal_id)) if principal_id else str(uuid.uuid4())
+        except ValueError as exc:
+            raise StateError("clientId and principalId must be GUIDs") from exc
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{2,127}", display_name):
+            raise StateError("displayName must be 3 to 128 characters: letters, digits, '-' and '_'")
+        with self.lock:
+            tenant = self.require_tenant(tenant_id)
+            if cid in self.managed_identities:
+                raise StateError(f"managed identity {cid} exists", 409)
+            identity = ManagedIdentity(
+                client_id=cid,
+                principal_id=pid,
+                tenant_id=tenant.tenant_id,
+                display_name=display_name,
+                resource_id=(
+                    "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/rg-local/providers/"
+                    f"Microsoft.ManagedIdentity/userAssignedIdentities/{display_name}"
+                ),
+            )
+            self.managed_identities[cid] = identity
+            return identity
 
     def effective_vault_tenant(self) -> str:
         with self.lock:

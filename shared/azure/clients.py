@@ -54,6 +54,7 @@ class AzureClients:
         self._session: aiohttp.ClientSession | None = None
         self._service_credential: AsyncTokenCredential | None = None
         self._identities: dict[str, AsyncTokenCredential] = {}
+        self._federation_credential: AsyncTokenCredential | None = None
         self._table_service: TableServiceClient | None = None
         self._tables: dict[str, TableClient] = {}
         self._table_lock = asyncio.Lock()
@@ -113,6 +114,14 @@ class AzureClients:
                                                    retry_policy_class=JitteredRetryPolicy)
             self._identities[client_id] = credential
         return credential
+
+    def federation_credential(self) -> AsyncTokenCredential:
+        """The user-assigned managed identity whose tokens are federated connections' client assertions
+        (``FEDERATION_IDENTITY_CLIENT_ID``); one per process, so its token is cached between sign-ins."""
+        client_id = self.settings.federation_identity_client_id
+        if client_id is None:
+            raise RuntimeError("FEDERATION_IDENTITY_CLIENT_ID is not set")
+        return self.managed_identity(client_id)
 
     # -- Table Storage ---------------------------------------------------------------------
     def table_service(self) -> TableServiceClient:
@@ -200,10 +209,10 @@ class AzureClients:
         for client in self._tables.values():
             await client.close()
         self._tables.clear()
-        for closable in (self._secrets, self._table_service, self._service_credential):
+        for closable in (self._secrets, self._table_service, self._service_credential, self._federation_credential):
             if closable is not None:
                 await closable.close()
-        self._secrets = self._table_service = self._service_credential = None
+        self._secrets = self._table_service = self._service_credential = self._federation_credential = None
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -1,4 +1,5 @@
-"""Microsoft Graph: an app registration's password credentials (plain JSON requests) and the app list (msgraph-sdk).
+"""Microsoft Graph: an app registration's password and key credentials and the app-management policies that bound
+them (plain JSON requests), and the app list (msgraph-sdk).
 
 msgraph is imported here, when the app list is first asked for, never at start-up (it loads ~1,200 modules);
 a rotation never imports it.
@@ -8,10 +9,12 @@ policy (Retry-After honoured, jittered back-off), and Graph's "concurrent reques
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlparse
 
@@ -19,8 +22,15 @@ import httpx
 
 from shared import telemetry
 from shared.azure.retry import RetryableError, parse_retry_after, with_retries
-from shared.errors import NotFound, UpstreamError, UpstreamForbidden
-from shared.ports import AppRegistration, NewPassword, PasswordCredential
+from shared.errors import CredentialLifetimeRefused, NotFound, UpstreamError, UpstreamForbidden
+from shared.ports import (
+    AppRegistration,
+    FederatedCredential,
+    KeyCredential,
+    LifetimePolicy,
+    NewPassword,
+    PasswordCredential,
+)
 
 if TYPE_CHECKING:
     import aiohttp
@@ -142,10 +152,20 @@ def classify(error: Exception) -> RetryableError | None:
     return None
 
 
+# Graph's refusals of a new credential under an app-management policy: a lifetime over the policy's maxLifetime,
+# or a kind of credential the policy does not allow to be added.
+POLICY_CODES = frozenset({"CredentialInvalidLifetimeAsPerAppPolicy", "CredentialTypeNotAllowedAsPerAppPolicy"})
+
+
 def translate(error: Exception, action: str) -> Exception:
     """A Graph failure that retries did not fix, as a domain error with a useful message."""
     status = _status(error)
     code = _code(error)
+    if code in POLICY_CODES:
+        return CredentialLifetimeRefused(
+            f"Microsoft Graph refused to {action}: the tenant's app-management policy does not allow it ({code}).",
+            extensions={"graphCode": code},
+        )
     if status == 403:
         return UpstreamForbidden(
             f"Microsoft Graph refused to {action} (403 {code or 'Forbidden'}). {PERMISSION_HINT}",
@@ -176,7 +196,84 @@ class _GraphErrorBody:
 
 
 # What a rotation reads of an application: ``$select`` keeps the answer small, as the rest is never used.
-APPLICATION_SELECT = "id,appId,displayName,passwordCredentials"
+APPLICATION_SELECT = "id,appId,displayName,createdDateTime,passwordCredentials,keyCredentials"
+GRAPH_AUDIENCE = "00000002-0000-0000-c000-000000000000"  # the ``aud`` of an addKey / removeKey proof
+_DURATION = re.compile(
+    r"^P(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
+    r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$"
+)
+
+
+def parse_duration(value: object) -> timedelta | None:
+    """An ISO 8601 duration as Graph writes a ``maxLifetime`` (``P90D``, ``P1Y``, ``P4DT12H``); a year counts
+    365 days and a month 28 (never longer than the policy means). None when it is not one."""
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is None or value == "P" or str(value).endswith("T"):
+        return None
+    parts = {name: float(number) for name, number in match.groupdict().items() if number}
+    return timedelta(days=365 * parts.get("years", 0) + 28 * parts.get("months", 0) + 7 * parts.get("weeks", 0)
+                     + parts.get("days", 0), hours=parts.get("hours", 0), minutes=parts.get("minutes", 0),
+                     seconds=parts.get("seconds", 0))
+
+
+def _thumbprint(value: object) -> str | None:
+    """``customKeyIdentifier`` (Edm.Binary: base64 of the SHA-1 thumbprint) as upper-case hex; a 40-digit hex
+    text is taken as it is."""
+    if not isinstance(value, str) or not value:
+        return None
+    if re.fullmatch(r"[0-9A-Fa-f]{40}", value):
+        return value.upper()
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw.hex().upper() if len(raw) == 20 else None
+
+
+def _key_credential(k: Mapping[str, Any]) -> KeyCredential:
+    return KeyCredential(key_id=str(k["keyId"]).lower(), display_name=k.get("displayName"),
+                         thumbprint=_thumbprint(k.get("customKeyIdentifier")),
+                         end_date_time=_parse_datetime(k.get("endDateTime")), usage=k.get("usage"))
+
+
+def _applies(restriction: Mapping[str, Any], created: datetime | None) -> bool:
+    """A restriction binds an application unless it is switched off or only binds applications created after a
+    date this one is known to predate."""
+    if str(restriction.get("state") or "enabled").lower() == "disabled":
+        return False
+    after = _parse_datetime(restriction.get("restrictForAppsCreatedAfterDateTime"))
+    return after is None or created is None or created >= after
+
+
+def _merged(own: Mapping[str, Any], tenant: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """An application's restrictions, and the tenant's of every restriction type the application's do not name."""
+    merged: dict[str, list[Any]] = {}
+    for kind in ("passwordCredentials", "keyCredentials"):
+        mine = [r for r in own.get(kind) or [] if isinstance(r, dict)]
+        named = {r.get("restrictionType") for r in mine}
+        merged[kind] = mine + [r for r in tenant.get(kind) or []
+                               if isinstance(r, dict) and r.get("restrictionType") not in named]
+    return merged
+
+
+def lifetime_policy_of(restrictions: Mapping[str, Any], source: str, created: datetime | None) -> LifetimePolicy:
+    """What ``restrictions`` (an appManagementPolicy's ``restrictions`` or the default policy's
+    ``applicationRestrictions``) allow a new credential of an application created at ``created``."""
+    def bounds(kind: str, restriction_type: str) -> list[Mapping[str, Any]]:
+        items = restrictions.get(kind) or []
+        return [r for r in items if isinstance(r, dict) and r.get("restrictionType") == restriction_type
+                and _applies(r, created)]
+
+    def shortest(items: list[Mapping[str, Any]]) -> timedelta | None:
+        lifetimes = [d for d in (parse_duration(r.get("maxLifetime")) for r in items) if d is not None]
+        return min(lifetimes) if lifetimes else None
+
+    return LifetimePolicy(
+        source=source,
+        password_max_lifetime=shortest(bounds("passwordCredentials", "passwordLifetime")),
+        key_max_lifetime=shortest(bounds("keyCredentials", "asymmetricKeyLifetime")),
+        password_addition_restricted=bool(bounds("passwordCredentials", "passwordAddition")),
+    )
 
 
 def _quoted(value: str) -> str:
@@ -273,6 +370,7 @@ class GraphApps:
         if not isinstance(app, dict) or not app.get("id"):
             raise NotFound(f"Microsoft Graph has no app registration with appId {app_id}.")
         passwords = app.get("passwordCredentials") or []
+        keys = app.get("keyCredentials") or []
         return AppRegistration(
             object_id=str(app["id"]),
             app_id=str(app.get("appId") or app_id),
@@ -285,6 +383,9 @@ class GraphApps:
                 for p in (passwords if isinstance(passwords, list) else [])
                 if isinstance(p, dict) and p.get("keyId")
             ),
+            keys=tuple(_key_credential(k) for k in (keys if isinstance(keys, list) else [])
+                       if isinstance(k, dict) and k.get("keyId")),
+            created_at=_parse_datetime(app.get("createdDateTime")),
         )
 
     async def add_password(self, object_id: str, display_name: str, end: datetime) -> NewPassword:
@@ -331,6 +432,88 @@ class GraphApps:
         except NotFound:
             return
 
+    async def add_key(self, object_id: str, display_name: str, certificate_der: bytes, proof: str) -> KeyCredential:
+        """addKey of a certificate's public part (``AsymmetricX509Cert``, usage ``Verify``; never a private key),
+        ``proof`` signed by a key the application has. A request lost after it was sent may have been applied: the
+        application's keys are read and a key of this certificate's thumbprint is the answer (adding it again
+        would be refused or would add a duplicate)."""
+        import hashlib
+
+        thumbprint = hashlib.sha1(certificate_der, usedforsecurity=False).hexdigest().upper()
+        body = {
+            "keyCredential": {"type": "AsymmetricX509Cert", "usage": "Verify", "displayName": display_name,
+                              "key": base64.b64encode(certificate_der).decode("ascii")},
+            "passwordCredential": None,
+            "proof": proof,
+        }
+        path = f"/applications/{_quoted(object_id)}/addKey"
+
+        async def attempt() -> Any:
+            try:
+                return await self._send("POST", path, body)
+            except httpx.TransportError as error:
+                if not isinstance(error, httpx.ConnectError):  # it was sent: it may have been applied
+                    applied = await self._key_of(object_id, thumbprint)
+                    if applied is not None:
+                        return applied
+                raise
+
+        added = await self._call("add a certificate", attempt)
+        if not isinstance(added, dict) or not added.get("keyId"):
+            raise UpstreamError("Microsoft Graph did not return the new certificate's key credential.")
+        return _key_credential(added)
+
+    async def _key_of(self, object_id: str, thumbprint: str) -> dict[str, Any] | None:
+        app = await self._call(
+            "read the app registration",
+            lambda: self._send("GET", f"/applications/{_quoted(object_id)}?$select=id,keyCredentials"),
+        )
+        for key in (app or {}).get("keyCredentials") or []:
+            if isinstance(key, dict) and key.get("keyId") and _thumbprint(key.get("customKeyIdentifier")) == thumbprint:
+                return key
+        return None
+
+    async def remove_key(self, object_id: str, key_id: str, proof: str) -> None:
+        """removeKey, ``proof`` signed by a key the application keeps; one already gone is fine (idempotent)."""
+        from uuid import UUID
+
+        body = {"keyId": str(UUID(key_id)), "proof": proof}
+        try:
+            await self._call(
+                "remove a certificate",
+                lambda: self._send("POST", f"/applications/{_quoted(object_id)}/removeKey", body),
+            )
+        except NotFound:
+            return
+
+    async def lifetime_policy(self, object_id: str, created_at: datetime | None = None) -> LifetimePolicy | None:
+        """The effective app-management policy: the restrictions of an enabled policy assigned to the application,
+        and the tenant's default (when enabled and readable) for the restriction types that one does not name.
+        None when the credential may not read the application's policies (403): unknown, no cap."""
+        async def read(path: str) -> Any:
+            try:
+                return await self._call("read the app-management policy", lambda: self._send("GET", path))
+            except NotFound:  # a cloud without app-management policies: nothing bounds the credential
+                return None
+
+        try:
+            assigned = await read(f"/applications/{_quoted(object_id)}/appManagementPolicies")
+        except UpstreamForbidden:
+            return None
+        own: Mapping[str, Any] = {}
+        for policy in (assigned or {}).get("value") or []:
+            if isinstance(policy, dict) and policy.get("isEnabled", True) is not False:
+                own = policy.get("restrictions") or {}
+                break
+        try:
+            default = await read("/policies/defaultAppManagementPolicy")
+        except UpstreamForbidden:  # commonly: it needs Policy.Read.All, which a connection seldom has
+            default = None
+        tenant: Mapping[str, Any] = {}
+        if isinstance(default, dict) and default.get("isEnabled") is not False:
+            tenant = default.get("applicationRestrictions") or {}
+        return lifetime_policy_of(_merged(own, tenant), "application" if own else "tenant", created_at)
+
     async def list_applications(self) -> list[dict[str, str]]:
         """Every app registration the credential can see, following ``@odata.nextLink``."""
         from msgraph.generated.applications.applications_request_builder import ApplicationsRequestBuilder
@@ -353,3 +536,46 @@ class GraphApps:
                 "list app registrations", lambda link=link: self._msgraph().applications.with_url(link).get()
             )
         return found
+
+    # -- federated identity credentials (the federated method; engineer B, issue 14) -------------------------
+    async def federated_credentials(self, object_id: str) -> list[FederatedCredential]:
+        """The application's federated identity credentials (at most 20: one page)."""
+        answer = await self._call(
+            "read the federated identity credentials",
+            lambda: self._send("GET", f"/applications/{_quoted(object_id)}/federatedIdentityCredentials"),
+        )
+        items = (answer or {}).get("value") if isinstance(answer, dict) else None
+        return [_federated(item) for item in (items if isinstance(items, list) else [])
+                if isinstance(item, dict) and item.get("id")]
+
+    async def add_federated_credential(self, object_id: str, credential: Mapping[str, Any]) -> FederatedCredential:
+        """POST a federated identity credential (its name is unique per application: a lost answer is found again
+        by the caller, by name)."""
+        added = await self._call(
+            "add a federated identity credential",
+            lambda: self._send("POST", f"/applications/{_quoted(object_id)}/federatedIdentityCredentials",
+                               dict(credential)),
+        )
+        if not isinstance(added, dict) or not added.get("id"):
+            raise UpstreamError("Microsoft Graph did not return the new federated identity credential.")
+        return _federated(added)
+
+    async def remove_federated_credential(self, object_id: str, credential_id: str) -> None:
+        """DELETE a federated identity credential; one already gone is fine."""
+        try:
+            await self._call(
+                "remove a federated identity credential",
+                lambda: self._send("DELETE", f"/applications/{_quoted(object_id)}/federatedIdentityCredentials/"
+                                             f"{_quoted(credential_id)}"),
+            )
+        except NotFound:
+            return
+
+
+def _federated(item: Mapping[str, Any]) -> FederatedCredential:
+    audiences = item.get("audiences")
+    return FederatedCredential(
+        id=str(item["id"]), name=str(item.get("name") or ""), issuer=str(item.get("issuer") or ""),
+        subject=str(item.get("subject") or ""),
+        audiences=tuple(str(a) for a in audiences) if isinstance(audiences, list) else (),
+    )

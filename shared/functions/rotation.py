@@ -1,5 +1,5 @@
-"""Rotation: rotate now, the rotation history, the app registrations a Graph connection sees, and the
-timer that sweeps due rotations (``%ROTATION_SWEEP_SCHEDULE%``)."""
+"""Rotation: rotate now, migrate to the federated method, the rotation history, the app registrations a Graph
+connection sees, and the timer that sweeps due rotations (``%ROTATION_SWEEP_SCHEDULE%``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import azure.functions as func
 
 from shared.functions.connections import BASE, OPEN, _one, _service
-from shared.functions.http import endpoint, json_response, query_int
+from shared.functions.http import endpoint, json_response, query_int, read_json
 from shared.functions.invocation import traced_timer
 
 bp = func.Blueprint()
@@ -20,6 +20,15 @@ log = logging.getLogger(__name__)
 @endpoint("Rotator", action="connection.rotate")
 async def rotate_app_connection(req: func.HttpRequest) -> func.HttpResponse:
     return _one(await _service().rotate(req.route_params["app"], req.route_params["connectionId"]))
+
+
+@bp.function_name("migrate_app_connection_to_federated")
+@bp.route(route=BASE + "/{app}/{connectionId}/migrate-to-federated", methods=["POST"], auth_level=OPEN)
+@endpoint("Rotator", action="connection.migrate-to-federated")
+async def migrate_app_connection_to_federated(req: func.HttpRequest) -> func.HttpResponse:
+    body = read_json(req) if (req.get_body() or b"").strip() else {}
+    return _one(await _service().migrate_to_federated(req.route_params["app"], req.route_params["connectionId"],
+                                                      body))
 
 
 @bp.function_name("list_app_connection_rotations")

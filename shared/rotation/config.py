@@ -7,17 +7,22 @@ secret's first three characters) when exactly one matches.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from shared.apps import Method
-from shared.errors import FieldError, InvalidRequest
+from shared.errors import CredentialRejected, FieldError, InvalidRequest, NotFound, UpstreamError, UpstreamForbidden
 from shared.models import RotationIn
 from shared.rotation.schedule import RotationSchedule, ScheduleError, parse_hhmm
 from shared.rotation.state import rotate_at_utc
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
-    from shared.ports import GraphSession, PasswordCredential
+    from collections.abc import Mapping
+
+    from shared.ports import Directory, GraphSession, PasswordCredential
 
 
 @dataclass(frozen=True)
@@ -95,3 +100,27 @@ async def resolve_key_id(graph: GraphSession, client_id: str, client_secret: str
             errors=[FieldError("/credentials/clientSecretKeyId", "is required to rotate this secret")],
         )
     return matches[0]
+
+
+async def require_interval_allowed(directory: Directory, method: Method, tenant_id: str, client_id: str,
+                                   material: Mapping[str, str], interval_days: int) -> None:
+    """Refuse (400 ``rotation-interval-exceeds-policy``, naming the limit) a rotation interval whose credentials
+    cannot outlive the next rotation plus the grace period under the application's app-management policy, as the
+    connection's credential reads it. An application that may not read itself or its policy refuses nothing here:
+    its rotations cap the lifetime, or retry within Graph's refusal."""
+    from shared.rotation.kinds import ROLLS
+    from shared.rotation.lifetimes import require_interval_fits
+
+    roll = ROLLS.get(method.value)
+    if roll is None:
+        return
+    try:
+        async with directory.graph(method, tenant_id, client_id, material) as graph:
+            registration = await graph.find(client_id)
+            policy = await graph.lifetime_policy(registration.object_id, registration.created_at)
+    except (UpstreamForbidden, CredentialRejected, UpstreamError, NotFound) as unread:
+        # Not readable now: the change is not refused for it (a rotation reports what Graph answers).
+        log.info("The app-management policy of %s could not be read (%s); the interval is not checked",
+                 client_id, type(unread).__name__)
+        return
+    require_interval_fits(roll, policy, interval_days)

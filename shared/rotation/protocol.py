@@ -1,16 +1,22 @@
-"""The four-step rotation of a client secret (create, test, finish, revoke), and the retirement of credentials
-the service created on an application a connection no longer uses.
+"""The four-step rotation of a connection's credential (create, test, finish, revoke), and the retirement of
+credentials the service created on an application a connection no longer uses.
+
+What is rolled is a strategy, a :class:`~shared.rotation.rolls.CredentialRoll` (client secrets: addPassword /
+removePassword; certificates: addKey / removeKey with proofs of possession; a migration to another method is a
+roll too, see :mod:`shared.rotation.rolls`): this module holds the journal, the order of the steps and the
+guarantees, the same for every kind.
 
 Each step is recorded on the connection record (ETag-guarded) before the next one starts, and each is
 idempotent, so a rotation interrupted anywhere is resumed by the next attempt:
 
-1. create: ``addPassword`` (display name = the rotation's marker, so a password left by a crash before it was
-   recorded is found and removed), then the new value goes to the vault at once as a pending version;
-2. test: a token is acquired with the pending secret, retried with back-off while Entra propagates it; a secret
-   that never works is removed again and the current one is left untouched;
+1. create: the roll's ``add_successor`` (display name = the rotation's marker, so a credential left by a crash
+   before it was recorded is found and removed), then its material goes to the vault at once as a pending
+   version (``store_successor``);
+2. test: the roll's ``test_successor`` acquires a token with the pending version, retried with back-off while
+   Entra propagates it; a successor that never works is removed again and the current one is left untouched;
 3. finish: the pending version becomes current;
-4. revoke: ``removePassword`` of the previous Key ID, only now that its successor has worked; superseded vault
-   versions are disabled.
+4. revoke: the roll's ``remove_predecessor`` of the previous Key ID, only now that its successor has worked;
+   superseded vault versions are disabled.
 
 Every attempt has exactly one history entry: written as ``running`` when it is claimed, replaced by its outcome
 when it ends; an attempt that died is marked ``interrupted`` by the attempt that resumes its rotation.
@@ -24,10 +30,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from shared import telemetry
 from shared.apps import Method, find_app
@@ -35,6 +41,7 @@ from shared.audit import AuditLog
 from shared.azure.retry import jittered
 from shared.errors import (
     ConcurrentChange,
+    CredentialLifetimeRefused,
     CredentialRejected,
     LeaseLost,
     NotFound,
@@ -57,11 +64,20 @@ from shared.records import (
     RotationEvent,
     RotationState,
 )
+from shared.rotation.kinds import roll_of
+from shared.rotation.lifetimes import (
+    GRACE_DAYS,
+    LIFETIME_CODE,
+    addition_refused,
+    capped_end,
+    lifetime_refused,
+    needed_lifetime,
+)
+from shared.rotation.rolls import CredentialRoll, Successor
 from shared.rotation.schedule import RotationSchedule, parse_hhmm
 
 log = logging.getLogger(__name__)
 
-GRACE_DAYS = 3
 FIRST_BACKOFF = timedelta(minutes=5)
 MAX_BACKOFF = timedelta(days=1)
 MARKER_PREFIX = "app-connections"
@@ -330,40 +346,75 @@ class Rotator:
     async def _create(self, record: ConnectionRecord, run: _Run) -> ConnectionRecord:
         state = record.rotation
         assert state.rotation_id is not None
+        roll = roll_of(record)
         name = marker(record.id, state.rotation_id)
         await self.checkpoint("before-add-password", record)
         graph = await self._graph(record, record.secret_version, run)
+        current = await self._material(record, record.secret_version, run)
         registration = await graph.find(record.client_id or "")
-        # A password of this rotation left by an attempt that stopped before recording it goes first (from the
+        # A credential of this rotation left by an attempt that stopped before recording it goes first (from the
         # application as just read: an attempt reads it once).
-        await remove_passwords(graph, record.client_id or "", set(), name, audit=self._removal(record),
-                               registration=registration)
+        await remove_rolled(roll, graph, record.client_id or "", set(), name, audit=self._removal(record),
+                            registration=registration, signer=current, now=self.now())
         if state.attempt > 1:  # an earlier attempt may have written a pending version before it stopped
             await self.adapters.vault.disable_tagged(record.secret_name, "rotationId", state.rotation_id)
-        end = self.now() + timedelta(days=2 * (state.interval_days or 30) + GRACE_DAYS)
+        # The predecessor's Key ID, when the rotation did not know it (a certificate's, found by its thumbprint).
+        previous = state.previous_key_id or roll.identify(registration, current)
         await self.audit.credential_change("credential.add", "started", app=record.app, connection_id=record.id,
-                                           object_id=registration.object_id, detail=f"addPassword '{name}'")
-        added = await graph.add_password(registration.object_id, name, end)
+                                           object_id=registration.object_id, detail=f"add {roll.noun} '{name}'")
+        added = await self._add_within_policy(roll, graph, registration, name, state.interval_days or 30, current)
         await self.audit.credential_change("credential.add", "succeeded", app=record.app, connection_id=record.id,
                                            object_id=registration.object_id, key_id=added.key_id)
         await self.checkpoint("after-add-password", record)
         stored = await self.adapters.vault.write(
-            record.secret_name, {"clientSecret": added.secret_text},
+            record.secret_name, roll.store_successor(added),
             secret_tags(record, rotationId=state.rotation_id, keyId=added.key_id),
-            expires_on=added.end_date_time or end,
+            expires_on=added.end,
         )
         if stored.material is not None:
             run.materials[stored.version] = stored.material
         await self.checkpoint("after-vault-write", record)
         return await self._save(record, state.evolve(step=CREATED, pending_key_id=added.key_id,
                                                      pending_version=stored.version,
-                                                     pending_expires_at=added.end_date_time or end))
+                                                     pending_expires_at=added.end,
+                                                     previous_key_id=previous,
+                                                     key_id=state.key_id or previous))
+
+    async def _add_within_policy(self, roll: CredentialRoll, graph: GraphSession, registration: AppRegistration,
+                                 name: str, interval_days: int, current: Mapping[str, str]) -> Successor:
+        """The roll's ``add_successor``, ending within the lifetime the tenant's app-management policy allows (see
+        :mod:`shared.rotation.lifetimes`); on Graph's ``CredentialInvalidLifetimeAsPerAppPolicy`` the policy is
+        read again and the addition retried once within it (or with the least lifetime that outlives the next
+        rotation, when the policy cannot be read), else the rotation fails saying what to change."""
+        now = self.now()
+        policy = await graph.lifetime_policy(registration.object_id, registration.created_at)
+        if policy is not None and roll.addition_refused(policy):
+            raise CredentialLifetimeRefused(addition_refused(roll, policy), extensions={"policySource": policy.source})
+        end = capped_end(now, interval_days, roll.max_lifetime(policy) if policy else None)
+        try:
+            return await roll.add_successor(graph, registration, name, end, current, now)
+        except CredentialLifetimeRefused as refused:
+            if refused.extensions.get("graphCode") != LIFETIME_CODE:
+                raise CredentialLifetimeRefused(addition_refused(roll, policy, refused.extensions.get("graphCode")),
+                                                extensions=refused.extensions) from None
+            log.warning("Rotation of %s: Graph refused a %s valid until %s under the app-management policy; "
+                        "retrying within it", registration.app_id, roll.noun, end.isoformat())
+        policy = await graph.lifetime_policy(registration.object_id, registration.created_at)
+        cap = roll.max_lifetime(policy) if policy else None
+        shorter = capped_end(now, interval_days, cap) if cap is not None else now + needed_lifetime(interval_days)
+        if shorter >= end:
+            raise lifetime_refused(roll, end - now, policy)
+        try:
+            return await roll.add_successor(graph, registration, name, shorter, current, now)
+        except CredentialLifetimeRefused:
+            raise lifetime_refused(roll, shorter - now, policy) from None
 
     async def _test(self, record: ConnectionRecord, run: _Run) -> ConnectionRecord:
         state = record.rotation
         assert state.pending_version is not None
         app = find_app(record.app)
         assert app is not None
+        roll = roll_of(record)
         material = await self._material(record, state.pending_version, run)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.test_timeout
@@ -371,15 +422,14 @@ class Rotator:
         last = "no attempt"
         while True:
             try:
-                await self.adapters.directory.probe(app, Method.CLIENT_SECRET, record.tenant_id,
-                                                    record.client_id or "", material)
+                await roll.test_successor(self.adapters.directory, app, record, material)
                 break
             except (CredentialRejected, UpstreamError) as error:
                 last = error.detail
             if loop.time() + delay > deadline:
                 raise _Stopped(UpstreamError(
-                    f"The new client secret did not work within {self.options.test_timeout:.0f} s ({last}); it was "
-                    "removed and the current secret was left in place."
+                    f"The new {roll.noun} did not work within {self.options.test_timeout:.0f} s ({last}); it was "
+                    f"removed and the current {roll.noun} was left in place."
                 ))
             await self.adapters.sleep(jittered(delay))
             delay = min(delay * 2, self.options.test_max_delay)
@@ -399,17 +449,21 @@ class Rotator:
         return record
 
     async def _revoke(self, record: ConnectionRecord, run: _Run) -> ConnectionRecord:
-        """removePassword of the previous Key ID and of any stray password of this rotation's marker. In the
-        attempt that created the successor, with the Graph session opened with the previous secret (its token
-        is still valid after the revocation, and a successor Entra has not propagated everywhere yet cannot fail
-        this step); an attempt that resumes here uses the current secret."""
+        """Remove the previous Key ID and any stray credential of this rotation's marker. In the attempt that
+        created the successor, with the Graph session opened with the previous credential (its token is still
+        valid after the revocation, and a successor Entra has not propagated everywhere yet cannot fail this
+        step); an attempt that resumes here uses the current one. A proof of possession, where the kind needs
+        one, is signed with the successor (the version in use now)."""
         state = record.rotation
         assert state.rotation_id is not None
+        roll = roll_of(record)
         previous = state.previous_key_id if state.previous_key_id != state.key_id else None
         opened = next(iter(run.graphs.values()), None)
         graph = opened or await self._graph(record, record.secret_version, run)
-        await remove_passwords(graph, record.client_id or "", {previous} if previous else set(),
-                               marker(record.id, state.rotation_id), keep=state.key_id, audit=self._removal(record))
+        signer = await self._material(record, record.secret_version, run)
+        await remove_rolled(roll, graph, record.client_id or "", {previous} if previous else set(),
+                            marker(record.id, state.rotation_id), keep=state.key_id, audit=self._removal(record),
+                            signer=signer, now=self.now())
         # The version it superseded is the only other one enabled (a resumed create disabled what earlier attempts
         # wrote, a retirement what a credentials change left): disabled by its id, without listing the versions.
         if state.previous_version and state.previous_version != record.secret_version:
@@ -419,8 +473,8 @@ class Rotator:
         now = self.now()
         schedule = schedule_of(state)
         done = state.cleared_journal().evolve(
-            status=STATUS_SUCCEEDED, message="Rotated: a new client secret is in use and the previous one is revoked.",
-            last_rotated_at=now, failures=0, next_at=schedule.next_due(now) if schedule else None,
+            status=STATUS_SUCCEEDED, message=f"Rotated: a new {roll.noun} is in use and the previous one is revoked.",
+            last_rotated_at=now, failures=0, next_at=_next_rotation(schedule, now, state.pending_expires_at),
         )
         return await self._reschedule(record, state, done)
 
@@ -447,18 +501,19 @@ class Rotator:
         if state.step != FINISHED:
             try:
                 graph = await self._graph(current, current.secret_version, run)
-                await remove_passwords(graph, current.client_id or "",
-                                       {state.pending_key_id} if state.pending_key_id else set(),
-                                       marker(current.id, state.rotation_id), keep=state.key_id,
-                                       audit=self._removal(current))
+                signer = await self._material(current, current.secret_version, run)
+                await remove_rolled(roll_of(current), graph, current.client_id or "",
+                                    {state.pending_key_id} if state.pending_key_id else set(),
+                                    marker(current.id, state.rotation_id), keep=state.key_id,
+                                    audit=self._removal(current), signer=signer, now=self.now())
                 await self.adapters.vault.disable_tagged(current.secret_name, "rotationId", state.rotation_id)
                 base = state.cleared_journal()
             except Exception as cleanup:  # kept in the journal; the next attempt cleans up
                 log.warning("Rotation of %s: clean-up failed (%s); the next attempt resumes it", current.id,
                             type(cleanup).__name__)
         else:
-            message = (f"{message} The new client secret is in use; the previous one is still to be revoked "
-                       "(the next attempt does it).")
+            message = (f"{message} The new {roll_of(current).noun} is in use; the previous one is still to be "
+                       "revoked (the next attempt does it).")
         failures = state.failures + 1
         now = self.now()
         await self._history(current, STATUS_FAILED, message)
@@ -487,8 +542,9 @@ class Rotator:
         material = await self.adapters.vault.get(record.secret_name, version)
         async with self.adapters.directory.graph(Method(record.method), state.retire_tenant_id or record.tenant_id,
                                                  state.retire_client_id or "", material) as graph:
-            await remove_passwords(graph, state.retire_client_id or "", set(), connection_marker(record.id),
-                                   keep=state.key_id if same_app else None, audit=self._removal(record))
+            await remove_rolled(roll_of(record), graph, state.retire_client_id or "", set(),
+                                connection_marker(record.id), keep=state.key_id if same_app else None,
+                                audit=self._removal(record), signer=material, now=self.now())
         await self.adapters.vault.disable_others(record.secret_name, record.secret_version)
         await self.checkpoint("after-retire", record)
         # The current credential is the user's now (a credentials change is what started a retirement): nothing
@@ -545,16 +601,17 @@ class Rotator:
             material = await self.adapters.vault.get(record.secret_name, state.retire_version)
             async with self.adapters.directory.graph(Method(record.method), state.retire_tenant_id or "",
                                                      state.retire_client_id or "", material) as graph:
-                removed += await remove_passwords(graph, state.retire_client_id or "", set(),
-                                                  connection_marker(record.id), audit=self._removal(record))
+                removed += await remove_rolled(roll_of(record), graph, state.retire_client_id or "", set(),
+                                               connection_marker(record.id), audit=self._removal(record),
+                                               signer=material, now=self.now())
         if state.managed or state.rotation_id is not None:
             material = await self.adapters.vault.get(record.secret_name, record.secret_version)
             async with self.adapters.directory.graph(Method(record.method), record.tenant_id,
                                                      record.client_id or "", material) as graph:
-                removed += await remove_passwords(graph, record.client_id or "",
-                                                  {state.pending_key_id} if state.pending_key_id else set(),
-                                                  connection_marker(record.id), last=state.key_id,
-                                                  audit=self._removal(record))
+                removed += await remove_rolled(roll_of(record), graph, record.client_id or "",
+                                               {state.pending_key_id} if state.pending_key_id else set(),
+                                               connection_marker(record.id), last=state.key_id,
+                                               audit=self._removal(record), signer=material, now=self.now())
         return removed
 
 
@@ -584,30 +641,42 @@ def retire_waiting(state: RotationState, error: ServiceError, now: datetime, *, 
 RemovalAudit = Callable[[str, str, str], Awaitable[None]]  # (object id, key id, "started" | "succeeded")
 
 
-async def remove_passwords(graph: GraphSession, client_id: str, key_ids: set[str], marker_name: str | None,
-                           keep: str | None = None, last: str | None = None,
-                           audit: RemovalAudit | None = None,
-                           registration: AppRegistration | None = None) -> list[str]:
-    """removePassword of each of ``key_ids`` still on the application, and of every password whose display name
-    starts with ``marker_name``, but ``keep``, and ``last`` after all others (the one in use: should a removal
-    fail, it is still there); return the Key IDs removed (one already gone counts as done). ``registration``: the
-    application as just read, when it was."""
+async def remove_rolled(roll: CredentialRoll, graph: GraphSession, client_id: str, key_ids: set[str],
+                        marker_name: str | None, keep: str | None = None, last: str | None = None,
+                        audit: RemovalAudit | None = None, registration: AppRegistration | None = None,
+                        signer: Mapping[str, str] | None = None, now: datetime | None = None) -> list[str]:
+    """Remove (the roll's ``remove_predecessor``) each of ``key_ids`` still on the application, and every
+    credential of the roll's kind whose display name starts with ``marker_name``, but ``keep``, and ``last`` after
+    all others (the one in use: should a removal fail, it is still there); return the Key IDs removed (one already
+    gone counts as done). ``registration``: the application as just read, when it was; ``signer``: the material of
+    the version in use (it signs a proof of possession where the kind needs one), checked as of ``now``."""
     registration = registration or await graph.find(client_id)
+    present = roll.rolled(registration)
     doomed = {key.lower() for key in key_ids if key}
     if marker_name is not None:
-        doomed |= {p.key_id for p in registration.passwords if (p.display_name or "").startswith(marker_name)}
+        doomed |= {c.key_id for c in present if (c.display_name or "").startswith(marker_name)}
     doomed.discard((keep or "").lower())
     removed: list[str] = []
-    ordered = sorted(registration.passwords, key=lambda p: p.key_id == (last or "").lower())
-    for password in ordered:
-        if password.key_id in doomed:
+    ordered = sorted(present, key=lambda c: c.key_id == (last or "").lower())
+    for credential in ordered:
+        if credential.key_id in doomed:
             if audit is not None:
-                await audit(registration.object_id, password.key_id, "started")
-            await graph.remove_password(registration.object_id, password.key_id)
-            removed.append(password.key_id)
+                await audit(registration.object_id, credential.key_id, "started")
+            await roll.remove_predecessor(graph, registration, credential.key_id, signer or {},
+                                          now or datetime.now(UTC))
+            removed.append(credential.key_id)
             if audit is not None:
-                await audit(registration.object_id, password.key_id, "succeeded")
+                await audit(registration.object_id, credential.key_id, "succeeded")
     return removed
+
+
+def _next_rotation(schedule: RotationSchedule | None, now: datetime, expires: datetime | None) -> datetime | None:
+    """The schedule's next due time, but never later than the grace period before the new credential ends (a
+    policy may have capped its lifetime below two intervals)."""
+    if schedule is None:
+        return None
+    due = schedule.next_due(now)
+    return min(due, expires - timedelta(days=GRACE_DAYS)) if expires is not None else due
 
 
 def _describe(error: BaseException) -> str:

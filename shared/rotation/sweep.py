@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from datetime import UTC
 
 from shared import telemetry
-from shared.errors import LeaseLost, NotFound
+from shared.errors import LeaseLost, NotFound, ServiceError
 from shared.ports import DueEntry
+from shared.records import ConnectionRecord
+from shared.rotation.migration import MIGRATION_STEPS, Migrator
 from shared.rotation.pacing import paced_fan_out
 from shared.rotation.protocol import Rotator
 
@@ -91,6 +93,9 @@ async def _rotate_entry(rotator: Rotator, entry: DueEntry, report: SweepReport) 
             report.skipped += result is None
             report.succeeded += result is not None
             return
+        if state.step in MIGRATION_STEPS:  # a migration to the federated method that stopped: finish it
+            await _resume_migration(rotator, record, report)
+            return
         claimed = await rotator.claim(record, trigger="schedule")
         if claimed is None:
             report.skipped += 1
@@ -111,3 +116,21 @@ async def _rotate_entry(rotator: Rotator, entry: DueEntry, report: SweepReport) 
         report.succeeded += 1
     else:
         report.failed += 1
+
+
+async def _resume_migration(rotator: Rotator, record: ConnectionRecord, report: SweepReport) -> None:
+    """(Engineer B, issue 14.) The migration's own journal, resumed by :class:`~shared.rotation.migration.Migrator`
+    with this rotator's identity and options."""
+    if record.rotation.leased(rotator.now()):
+        report.skipped += 1
+        return
+    migrator = Migrator(rotator.adapters, options=rotator.options, owner=rotator.owner, checkpoint=rotator.checkpoint)
+    try:
+        done = await migrator.resume(record)
+    except ServiceError as error:
+        log.warning("Migration of %s connection %s failed again: %s", record.app, record.id, error.detail)
+        report.failed += 1
+        report.outcomes[record.id] = "failed"
+        return
+    report.succeeded += 1
+    report.outcomes[record.id] = done.rotation.status or ""

@@ -39,6 +39,7 @@ ROUTES: list[tuple[str, str, Any, tuple[str, ...], str | None]] = [
     ("DELETE", f"{BASE}/{KV}/{ID}", None, ("Writer",), KV),
     ("POST", f"{BASE}/{KV}/{ID}/validate", None, ("Writer",), KV),
     ("POST", f"{BASE}/{KV}/{ID}/rotate", None, ("Rotator",), KV),
+    ("POST", f"{BASE}/{KV}/{ID}/migrate-to-federated", {"revokeOriginal": False}, ("Rotator",), KV),
     ("GET", f"{BASE}/{KV}/{ID}/rotations", None, ("Reader",), KV),
     ("GET", f"{BASE}/azure-client-secrets/{ID}/clients", None, ("Reader",), "azure-client-secrets"),
     ("GET", f"{BASE}/{KV}/oauth/authorize?name=x", None, ("Writer",), KV),
@@ -167,12 +168,14 @@ async def test_an_action_whose_audit_record_cannot_be_written_does_not_run(api: 
         await service.create_table(name)
 
 
+NO_BODY = ("connection.rotate", "connection.migrate-to-federated")
 AUDITED = {
     ("POST", f"{BASE}/{KV}"): "connection.create",
     ("PATCH", f"{BASE}/{KV}/{ID}"): "connection.update",
     ("DELETE", f"{BASE}/{KV}/{ID}"): "connection.delete",
     ("POST", f"{BASE}/{KV}/{ID}/validate"): "connection.validate",
     ("POST", f"{BASE}/{KV}/{ID}/rotate"): "connection.rotate",
+    ("POST", f"{BASE}/{KV}/{ID}/migrate-to-federated"): "connection.migrate-to-federated",
     ("GET", f"{BASE}/azure-client-secrets/{ID}/clients"): "connection.list-clients",
     ("GET", f"{BASE}/{KV}/oauth/authorize?name=x"): "connection.authorize",
     ("POST", f"{BASE}/{KV}/{ID}/health"): "connection.check-health",
@@ -185,7 +188,7 @@ def test_every_action_that_changes_state_or_touches_a_credential_leaves_two_reco
     auditor = {"Authorization": f"Bearer {tokens.for_roles('AppConnections.Auditor')}"}
     for (method, path), action in AUDITED.items():
         request_id = uuid.uuid4().hex
-        body = {"name": "x"} if method in ("POST", "PATCH") and action != "connection.rotate" else None
+        body = {"name": "x"} if method in ("POST", "PATCH") and action not in NO_BODY else None
         with httpx.Client(base_url=host_url, timeout=60) as client:
             answer = client.request(method, path, json=body, headers={"Authorization": f"Bearer {token}",
                                                                        "X-Request-Id": request_id,

@@ -44,7 +44,7 @@ def test_options_list_every_app_with_methods_permissions_and_redirect_uri(api):
     options = {o["app"]: o for o in response.json()["appConnectionOptions"]}
     assert sorted(options) == sorted(APPS)
     for option in options.values():
-        assert option["methods"] == ["oauth", "client-secret", "certificate"]
+        assert option["methods"] == ["oauth", "client-secret", "certificate", "federated"]
         assert option["redirectUri"].endswith("/organization/app-connections/azure/oauth/callback")
         assert option["oauthConfigured"] is True  # the local environment registers the instance OAuth apps
     assert options["azure-key-vault"]["scope"] == "https://vault.azure.net/.default"

@@ -138,16 +138,21 @@ def test_key_id_is_found_by_hint_only_when_unambiguous(api, admin, secrets_used)
     assert entra.key_id not in keys and twin["keyId"] in keys  # only the given secret was revoked
 
 
-def test_rotation_needs_the_client_secret_method_and_a_schedule(api, admin, secrets_used):
-    from tests.e2e.entra import certificate_body
+def test_a_certificate_connection_rotates_through_the_api_and_rotation_needs_a_schedule(api, admin, secrets_used):
+    from tests.e2e.entra import certificate_body, register_app
 
-    entra = register_rotatable_app(admin, secrets_used)
-    certificate = certificate_body(admin, secrets_used, entra)
+    owner = register_app(admin, secrets_used, name="cert-rot")  # no Graph permission: it rolls its own keys
+    certificate = certificate_body(admin, secrets_used, owner)
     response = api.post(f"{BASE}/{APP}", json={
         "name": "cert-rot", "method": "certificate", "credentials": certificate, "isAutoRotationEnabled": True,
         "rotation": {"rotationInterval": 7, "rotateAt": "04:00"}})
-    assert response.status_code == 400
-    assert response.json()["errors"][0]["pointer"] == "/isAutoRotationEnabled"
+    assert response.status_code == 201, response.text
+    rotation = response.json()["appConnection"]["rotation"]
+    assert rotation["status"] == "succeeded", rotation
+    assert "new certificate is in use" in rotation["lastRotationMessage"]
+    keys = admin.get_app(owner.tenant_id, owner.client_id)["keyCredentials"]
+    assert len(keys) == 1 and keys[0]["displayName"].startswith("app-connections ")
+    entra = register_rotatable_app(admin, secrets_used)
     missing = api.post(f"{BASE}/{APP}", json={"name": "no-schedule", "method": "client-secret",
                                               "credentials": entra.client_secret_body(), "isAutoRotationEnabled": True})
     assert missing.status_code == 400
@@ -557,7 +562,8 @@ async def test_a_new_secret_that_never_works_is_removed_and_the_current_one_kept
         admin.set_propagation_delay(0)
     state = after.rotation
     assert state.status == "failed" and not attempt.succeeded and attempt.error is not None
-    assert "did not work within 2 s" in (state.message or "") and "current secret was left in place" in state.message
+    assert "did not work within 2 s" in (state.message or "")
+    assert "current client secret was left in place" in (state.message or "")
     assert state.rotation_id is None and state.key_id == current_key
     assert after.secret_version == before.secret_version
     assert [p["keyId"] for p in service_passwords(admin, entra)] == [current_key]

@@ -103,6 +103,12 @@ HEALTH_SETTINGS = (
 )
 NOTIFY_SECRET_SETTING = "NOTIFY_WEBHOOK_SECRET"
 NOTIFY_SECRET_NAME = "notify-webhook-secret"
+# The federated method's identity: the Function App's user-assigned identity (property of its identity resource).
+FEDERATION_SETTINGS = {
+    "FEDERATION_IDENTITY_CLIENT_ID": "clientId",
+    "FEDERATION_IDENTITY_PRINCIPAL_ID": "principalId",
+    "FEDERATION_IDENTITY_TENANT_ID": "tenantId",
+}
 REQUIRED_SETTINGS = (
     "AzureWebJobsStorage__blobServiceUri",
     "AzureWebJobsStorage__queueServiceUri",
@@ -113,8 +119,10 @@ REQUIRED_SETTINGS = (
     "KEY_VAULT_URL",
     "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE",
     "AZURE_CLIENT_ID",
+    "AZURE_CLOUD",
     "AZURE_AUTHORITY_HOST",
     "GRAPH_ENDPOINT",
+    *FEDERATION_SETTINGS,
     "SITE_URL",
     "ROTATION_SWEEP_SCHEDULE",
     "ROTATION_MAX_CONCURRENCY",
@@ -1038,6 +1046,33 @@ def api_registration_rules(files: Files) -> list[str]:
     expect(v, f"{path}:{sp_symbol}", "appId", render(sp.get("appId")), f"{app_symbol}.appId")
     expect(v, f"{path}:{sp_symbol}", "appRoleAssignmentRequired", sp.get("appRoleAssignmentRequired"), True)
     expect(v, path, "output appId", render(get(tree, "outputs", "appId", "value")), f"{app_symbol}.appId")
+    return v
+
+
+def cloud_settings_rules(files: Files) -> list[str]:
+    """AZURE_CLOUD follows the azureCloud parameter; AZURE_AUTHORITY_HOST and GRAPH_ENDPOINT stay empty (the
+    cloud's) unless given; FEDERATION_IDENTITY_* are the app's user-assigned identity's ids."""
+    v: list[str] = []
+    for params, cloud, authority in (
+        ({"azureCloud": "AzureUSGovernment"}, "AzureUSGovernment", ""),
+        ({"azureCloud": "AzureChinaCloud", "authorityHost": "https://login.example"}, "AzureChinaCloud",
+         "https://login.example"),
+    ):
+        deployment = Deployment(files, params)
+        settings = [
+            i for i in deployment.instances("Microsoft.Web/sites/config") if i.body.get("name") == "appsettings"
+        ]
+        if len(settings) != 1:
+            return [*v, f"{params}: expected one deployed appsettings config, found {len(settings)}"]
+        props = settings[0].body.get("properties") or {}
+        where = f"{settings[0].path}:{settings[0].symbol} with {params}"
+        expect(v, where, "AZURE_CLOUD", props.get("AZURE_CLOUD"), cloud)
+        expect(v, where, "AZURE_AUTHORITY_HOST", props.get("AZURE_AUTHORITY_HOST"), authority)
+        expect(v, where, "GRAPH_ENDPOINT", props.get("GRAPH_ENDPOINT"), "")
+        for name, prop in FEDERATION_SETTINGS.items():
+            text = ref_text(props.get(name))
+            if not (text.startswith("identity.") and text.endswith(f"properties.{prop}")):
+                v.append(f"{where}: {name} must be the user-assigned identity's {prop}, not {text}")
     return v
 
 

@@ -80,6 +80,10 @@ def test_api_registration_has_the_five_roles_and_their_per_app_variants(template
     assert rules.api_registration_rules(templates) == []
 
 
+def test_app_settings_carry_the_cloud_and_the_federation_identity(templates: dict[str, Any]) -> None:
+    assert rules.cloud_settings_rules(templates) == []
+
+
 def test_app_settings_carry_the_tenant_the_audience_and_the_audit_retention(templates: dict[str, Any]) -> None:
     assert rules.auth_settings_rules(templates) == []
 

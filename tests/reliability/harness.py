@@ -289,6 +289,7 @@ class Rotated:
     object_id: str
     given_key_id: str
     connection_id: str = ""
+    method: str = "client-secret"  # or "certificate": its keys (keyCredentials) are rolled, not its passwords
 
 
 @dataclass
@@ -314,13 +315,30 @@ class Audit:
         return {name: items for name, items in found.items() if items}
 
 
-def token_works(token_http: httpx.Client, authority: str, tenant_id: str, client_id: str, secret: str) -> bool:
-    response = token_http.post(
-        f"{authority}/{tenant_id}/oauth2/v2.0/token",
-        data={"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret,
-              "scope": "https://vault.azure.net/.default"},
-    )
+def token_works(token_http: httpx.Client, authority: str, tenant_id: str, client_id: str, secret: str,
+                certificate: tuple[str, str] | None = None) -> bool:
+    """A client-credentials token with ``secret``, or with a client assertion signed by ``certificate``
+    (certificate PEM, private key PEM) as the certificate method signs it."""
+    form = {"grant_type": "client_credentials", "client_id": client_id, "scope": "https://vault.azure.net/.default"}
+    if certificate is not None:
+        from shared.credentials import client_assertion, parse_certificate
+
+        parsed = parse_certificate(*certificate)
+        form.update(client_assertion_type="urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                    client_assertion=client_assertion(parsed, tenant_id, client_id, authority))
+    else:
+        form["client_secret"] = secret
+    response = token_http.post(f"{authority}/{tenant_id}/oauth2/v2.0/token", data=form)
     return response.status_code == 200
+
+
+def live_credentials(admin: Any, rotated: Rotated) -> dict[str, dict[str, Any]]:
+    """The application's live credentials of the connection's kind (passwords, or certificate keys), by Key ID."""
+    if rotated.method == "certificate":
+        keys = admin.get_app(rotated.tenant_id, rotated.client_id)["keyCredentials"]
+        return {str(k["keyId"]).lower(): k for k in keys}
+    passwords = admin.app_passwords(rotated.tenant_id, rotated.client_id)
+    return {str(p["keyId"]).lower(): p for p in passwords if not p.get("revoked")}
 
 
 def audit(tables: Tables, admin: Any, authority: str, ca_path: str, app: str, apps: list[Rotated]) -> Audit:
@@ -358,23 +376,26 @@ def audit(tables: Tables, admin: Any, authority: str, ca_path: str, app: str, ap
             secret = vault.get(entity["SecretName"])
             versions = secret["versions"] if secret else []
             current = next((v for v in versions if v["version"] == entity.get("SecretVersion")), None)
-            value = json.loads(current["value"]).get("clientSecret") if current else None
+            material = json.loads(current["value"]) if current else {}
+            value = material.get("clientSecret") or material.get("privateKey")
             if value:
                 result.secret_values.add(value)
             for version in versions:
-                with_value = json.loads(version["value"]).get("clientSecret") if version.get("value") else None
+                stored = json.loads(version["value"]) if version.get("value") else {}
+                with_value = stored.get("clientSecret") or stored.get("privateKey")
                 if with_value:
                     result.secret_values.add(with_value)
+            certificate = ((material.get("certificateBody", ""), material.get("privateKey", ""))
+                           if rotated.method == "certificate" else None)
             if not (current and current["enabled"] and value and token_works(
-                    token_http, authority, rotated.tenant_id, rotated.client_id, value)):
+                    token_http, authority, rotated.tenant_id, rotated.client_id, value, certificate)):
                 result.lost.append(cid)
             enabled = [v["version"] for v in versions if v["enabled"]]
             if enabled != [entity.get("SecretVersion")]:
                 result.stray_versions.append(f"{cid}: {len(enabled)} enabled")
-            passwords = admin.app_passwords(rotated.tenant_id, rotated.client_id)
-            live = {str(p["keyId"]).lower() for p in passwords if not p.get("revoked")}
+            details = live_credentials(admin, rotated)
+            live = set(details)
             if live - {current_key}:
-                details = {str(p["keyId"]).lower(): p for p in passwords}
                 result.orphaned.extend(
                     f"{cid}:{k} ({details[k].get('displayName')!r}, created {details[k].get('createdAt')}, "
                     f"current {current_key}, step {entity.get('RotStep')})" for k in sorted(live - {current_key}))

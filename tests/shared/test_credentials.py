@@ -339,7 +339,8 @@ def fake_clients(monkeypatch: pytest.MonkeyPatch) -> Any:
     Recorded.instances = []
     monkeypatch.setattr(azure.identity.aio, "ClientAssertionCredential", Recorded)
     return SimpleNamespace(
-        settings=SimpleNamespace(authority_host=AUTHORITY, graph_endpoint="https://graph.example.test"),
+        settings=SimpleNamespace(authority_host=AUTHORITY, graph_endpoint="https://graph.example.test",
+                                 scope_for=lambda resource: f"{resource or 'https://graph.example.test'}/.default"),
         identity_kwargs=lambda: {"authority": AUTHORITY, "retry_total": 0},
     )
 

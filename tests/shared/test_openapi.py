@@ -33,6 +33,7 @@ ROUTES = {
     ("delete", "/api/v1/app-connections/{app}/{connectionId}"),
     ("post", "/api/v1/app-connections/{app}/{connectionId}/validate"),
     ("post", "/api/v1/app-connections/{app}/{connectionId}/rotate"),
+    ("post", "/api/v1/app-connections/{app}/{connectionId}/migrate-to-federated"),
     ("get", "/api/v1/app-connections/{app}/{connectionId}/rotations"),
     ("get", "/api/v1/app-connections/azure-client-secrets/{connectionId}/clients"),
     ("get", "/api/v1/app-connections/{app}/oauth/authorize"),

@@ -329,7 +329,8 @@ async def test_the_managed_identitys_assertion_authenticates_the_client_when_fed
         asked.append("mi")
         return "mi-assertion"
 
-    flow = sign_in(Clock(), store, endpoint, assertion, FEDERATION_IDENTITY_CLIENT_ID="mi-client")
+    flow = sign_in(Clock(), store, endpoint, assertion,
+                   FEDERATION_IDENTITY_CLIENT_ID="aaaaaaaa-1111-1111-1111-111111111111")
     _, state = await flow.begin(None)
     endpoint.claims = {"nonce": next(iter(store.logins.values())).nonce}
     await flow.complete({"code": "c", "state": state}, state)
@@ -354,5 +355,5 @@ def test_the_session_settings_are_bounded_and_an_unresolved_secret_is_none() -> 
             load_settings({**ENV, name: value})
     reference = "@Microsoft.KeyVault(SecretUri=https://v.vault.azure.net/secrets/console-client-secret/)"
     console = load_settings({**ENV, "CONSOLE_CLIENT_SECRET": reference}).console
-    assert console.client_secret is None and console.federation_identity_client_id is None
+    assert console.client_secret is None
     assert "console-secret" not in repr(load_settings(ENV))

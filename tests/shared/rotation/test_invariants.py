@@ -1,6 +1,7 @@
-"""The rotation invariants, at every step boundary, with every user operation interleaved there, against
-in-memory fakes (no network): I1 nothing in use is revoked before its successor worked; I2 nothing the service
-created is live and untracked; I3 no error after a change of state, no 5xx; I4 one history entry per attempt."""
+"""The rotation invariants, at every step boundary, with every user operation interleaved there, for a client
+secret's rotation and a certificate's, against in-memory fakes (no network): I1 nothing in use is revoked before
+its successor worked; I2 nothing the service created is live and untracked; I3 no error after a change of state,
+no 5xx; I4 one history entry per attempt."""
 
 from __future__ import annotations
 
@@ -27,10 +28,15 @@ async def _rotating(h: Harness) -> ConnectionRecord:
     return record
 
 
+METHODS = ["client-secret", "certificate"]
+
+
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("operation", OPERATIONS)
 @pytest.mark.parametrize("checkpoint", CHECKPOINTS)
-async def test_a_user_operation_during_a_rotation_step_keeps_every_invariant(checkpoint: str, operation: str) -> None:
-    h = Harness()
+async def test_a_user_operation_during_a_rotation_step_keeps_every_invariant(checkpoint: str, operation: str,
+                                                                             method: str) -> None:
+    h = Harness(method=method)
     record = await _rotating(h)
     ops = user_operations(h, record.id)
     seen = []
@@ -65,12 +71,13 @@ EXPECTED_AFTER_CRASH = {
 }
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("lease_ran_out", [False, True], ids=["leased", "lease-ran-out"])
 @pytest.mark.parametrize("operation", OPERATIONS)
 @pytest.mark.parametrize("checkpoint", CHECKPOINTS)
 async def test_a_crash_at_a_step_then_a_user_operation_keeps_every_invariant(checkpoint: str, operation: str,
-                                                                             lease_ran_out: bool) -> None:
-    h = Harness()
+                                                                             lease_ran_out: bool, method: str) -> None:
+    h = Harness(method=method)
     record = await _rotating(h)
 
     async def crash(name: str, current: ConnectionRecord) -> None:
@@ -94,10 +101,11 @@ async def test_a_crash_at_a_step_then_a_user_operation_keeps_every_invariant(che
         assert not after.rotation.in_progress
 
 
-@pytest.mark.parametrize("operation", ["graph.find", "graph.add", "graph.add.lost", "vault.write", "probe",
-                                       "graph.remove", "store.update", "history.record"])
-async def test_an_azure_failure_at_any_call_of_a_rotation_keeps_every_invariant(operation: str) -> None:
-    h = Harness()
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("operation", ["graph.find", "graph.policy", "graph.add", "graph.add.lost", "vault.write",
+                                       "probe", "graph.remove", "store.update", "history.record"])
+async def test_an_azure_failure_at_any_call_of_a_rotation_keeps_every_invariant(operation: str, method: str) -> None:
+    h = Harness(method=method)
     record = await _rotating(h)
     h.fakes.world.fail_next(operation, times=50 if operation == "probe" else 1)
     h.faults_armed = True

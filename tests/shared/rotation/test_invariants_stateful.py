@@ -17,8 +17,8 @@ from shared.records import ConnectionRecord
 from tests.lifecycle_harness import Crash, Harness, user_operations
 from tests.shared.rotation.test_invariants import CHECKPOINTS, OPERATIONS
 
-FAULTS = ["graph.find", "graph.add", "graph.add.lost", "graph.remove", "vault.write", "probe", "store.update",
-          "history.record", "audit.append"]
+FAULTS = ["graph.find", "graph.policy", "graph.add", "graph.add.lost", "graph.remove", "vault.write", "probe",
+          "store.update", "history.record", "audit.append"]
 
 
 class Lifecycle(RuleBasedStateMachine):
@@ -44,11 +44,12 @@ class Lifecycle(RuleBasedStateMachine):
     def first(self, rotation: bool) -> None:
         self.ids.append(self.run(self.h.create("first", rotation=rotation)).id)  # type: ignore[attr-defined]
 
-    @rule(rotation=st.booleans())
-    def create(self, rotation: bool) -> None:
+    @rule(rotation=st.booleans(), method=st.sampled_from(["client-secret", "certificate"]))
+    def create(self, rotation: bool, method: str) -> None:
         before = len(self.h.fakes.connections.records)
         try:
-            self.ids.append(self.run(self.h.create(f"c{len(self.ids)}", rotation=rotation)).id)  # type: ignore
+            self.ids.append(self.run(self.h.create(f"c{len(self.ids)}", rotation=rotation,  # type: ignore
+                                                   method=method)).id)
         except ServiceError as error:  # Azure is failing: a clear error, and nothing stored
             refused = error
         else:

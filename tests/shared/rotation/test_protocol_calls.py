@@ -60,6 +60,10 @@ def kind(entry: dict[str, Any]) -> str:
     path = str(entry["path"])
     if path.endswith("/oauth2/v2.0/token"):
         return "token"
+    if path.endswith("/appManagementPolicies"):
+        return "graph app policies"
+    if path.endswith("/policies/defaultAppManagementPolicy"):
+        return "graph default policy"
     if entry.get("graph"):
         return f"graph {entry['graph']}"
     if path.startswith("/secrets/"):
@@ -71,7 +75,7 @@ def live_keys(admin: Any, entra: EntraApp) -> set[str]:
     return {p["keyId"] for p in admin.app_passwords(entra.tenant_id, entra.client_id) if not p["revoked"]}
 
 
-async def test_a_rotation_makes_nine_calls_and_revokes_with_the_token_create_acquired(
+async def test_a_rotation_makes_eleven_calls_and_revokes_with_the_token_create_acquired(
         admin: Any, clients: AzureClients, local_env: Any, secrets_used: Any) -> None:
     entra, record = await rotating(clients, admin, secrets_used)
     before = record.rotation
@@ -81,8 +85,8 @@ async def test_a_rotation_makes_nine_calls_and_revokes_with_the_token_create_acq
     assert after.status == "succeeded", after.message
     log = admin.requests()
     assert sorted(kind(e) for e in log) == sorted([
-        "token", "vault GET", "graph get", "graph addPassword", "vault PUT", "token", "graph get",
-        "graph removePassword", "vault PATCH"])
+        "token", "vault GET", "graph get", "graph app policies", "graph default policy", "graph addPassword",
+        "vault PUT", "token", "graph get", "graph removePassword", "vault PATCH"])
     tokens = [e for e in log if kind(e) == "token"]
     # The Graph token, with the secret in use when the run began, is the one the revocation used; the only other
     # token is the test of the new secret, for the app's scope.

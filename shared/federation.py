@@ -1,0 +1,106 @@
+"""The federated method's one fact: which federated identity credential an application needs for the service.
+
+A federated connection holds nothing secret. The service signs in as the customer's application with a client
+assertion that is its own user-assigned managed identity's token for the token-exchange audience; Entra ID
+accepts it when the application has a federated identity credential naming that identity: issuer
+``{authority}/{identity tenant}/v2.0``, subject the identity's principal (object) id, audience
+``api://AzureADTokenExchange`` (the national clouds have their own: ``Settings.token_exchange_audience``, by
+``AZURE_CLOUD``). This module says what that credential is,
+whether the service is set up for it (the ``FEDERATION_IDENTITY_*`` settings), and turns Entra's refusal into a
+problem that shows what is expected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from shared.errors import CredentialRejected, FieldError, InvalidRequest
+from shared.settings import Settings
+
+# Entra ID's limit of federated identity credentials per application.
+MAX_FEDERATED_CREDENTIALS = 20
+SETTINGS = ("FEDERATION_IDENTITY_CLIENT_ID", "FEDERATION_IDENTITY_PRINCIPAL_ID", "FEDERATION_IDENTITY_TENANT_ID")
+LIMITS = (
+    "The app registration must be in the managed identity's tenant, or be a multi-tenant application whose "
+    "service principal is in it (Entra ID only trusts the identity's issuer for applications it can see).",
+    f"An application has at most {MAX_FEDERATED_CREDENTIALS} federated identity credentials; each issuer and "
+    "subject pair at most once.",
+    "Changes to federated identity credentials can take a few minutes to take effect.",
+)
+# AADSTS codes meaning the application has no matching federated credential (or the assertion does not match it).
+FEDERATION_CODES = ("AADSTS70021", "AADSTS700211", "AADSTS700212", "AADSTS700213", "AADSTS700024", "AADSTS70025")
+
+
+@dataclass(frozen=True)
+class FederationIdentity:
+    """The service's managed identity, as a federated identity credential must name it."""
+
+    client_id: str
+    principal_id: str
+    tenant_id: str
+    issuer: str
+    audience: str
+
+    def credential(self, name: str) -> dict[str, Any]:
+        """The federated identity credential (Graph's ``federatedIdentityCredential``) with this name."""
+        return {"name": name, "issuer": self.issuer, "subject": self.principal_id, "audiences": [self.audience],
+                "description": "Azure App Connections signs in as this application with its managed identity."}
+
+    def matches(self, issuer: str | None, subject: str | None, audiences: list[str] | tuple[str, ...]) -> bool:
+        return ((issuer or "").rstrip("/") == self.issuer and (subject or "").lower() == self.principal_id
+                and self.audience in audiences)
+
+    def expected(self) -> dict[str, Any]:
+        return {"issuer": self.issuer, "subject": self.principal_id, "audiences": [self.audience]}
+
+
+def federation_identity(settings: Settings) -> FederationIdentity | None:
+    """The identity, or None when a ``FEDERATION_IDENTITY_*`` setting is missing."""
+    client_id = settings.federation_identity_client_id
+    principal_id = settings.federation_identity_principal_id
+    tenant_id = settings.federation_identity_tenant_id
+    if not (client_id and principal_id and tenant_id):
+        return None
+    issuer = f"{settings.authority_host.rstrip('/')}/{tenant_id}/v2.0"
+    return FederationIdentity(client_id, principal_id, tenant_id, issuer, settings.token_exchange_audience)
+
+
+def unavailable_reason(settings: Settings) -> str | None:
+    if federation_identity(settings) is not None:
+        return None
+    missing = [name for name, value in zip(SETTINGS, (settings.federation_identity_client_id,
+                                                      settings.federation_identity_principal_id,
+                                                      settings.federation_identity_tenant_id), strict=True)
+               if not value]
+    return (f"The service has no managed identity for federation: set {', '.join(missing)} (the user-assigned "
+            "identity whose tokens are the client assertions).")
+
+
+def require_identity(settings: Settings, pointer: str = "/method") -> FederationIdentity:
+    identity = federation_identity(settings)
+    if identity is None:
+        reason = unavailable_reason(settings) or ""
+        raise InvalidRequest(f"The federated method is not available on this service. {reason}",
+                             extensions={"method": "federated", "settings": list(SETTINGS)},
+                             errors=[FieldError(pointer, "federated is not available here (see GET "
+                                                         "/api/v1/app-connections/options)")])
+    return identity
+
+
+def credential_name(connection_id: str) -> str:
+    """The name of the federated credential the service adds for a connection (3-120 letters, digits, '-')."""
+    return f"app-connections-{connection_id}"
+
+
+def explain(rejected: CredentialRejected, identity: FederationIdentity) -> CredentialRejected:
+    """Entra's refusal of a federated sign-in, with the federated credential the application needs."""
+    extensions = dict(rejected.extensions)
+    extensions["expectedFederatedCredential"] = identity.expected()
+    code = str(extensions.get("aadstsCode") or "")
+    detail = rejected.detail
+    if code in FEDERATION_CODES or not code:
+        detail = (f"{detail} The application needs a federated identity credential with issuer {identity.issuer}, "
+                  f"subject {identity.principal_id} and audience {identity.audience} (see GET "
+                  "/api/v1/app-connections/options).")
+    return CredentialRejected(detail, extensions=extensions)

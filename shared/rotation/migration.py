@@ -1,0 +1,447 @@
+"""Going secretless in one step: a client-secret or certificate connection moves to the federated method.
+
+Journaled, resumable and verify-before-revoke like a rotation, with the protocol's public pieces (the lease and
+journal fields of :class:`RotationState`, one :class:`RotationEvent` per attempt, the audit of every change to an
+application, the connection's marker, :func:`remove_rolled`):
+
+1. ``migrate-begun``: claimed (lease, journal, history entry ``running``), the schedule entry dropped;
+2. ``migrate-added``: the application's federated identity credential for the service's identity, added through
+   Graph with the connection's own credential (``app-connections-{connection id}``; one that already names the
+   identity is reused and never removed), its id journaled;
+3. ``migrate-tested``: a token acquired with the federated sign-in, retried while Entra propagates it; one that
+   never works removes what this migration added, and the connection is left as it was;
+4. ``migrate-switched``: the connection's method is federated (one ETag-guarded write);
+5. done: the credentials the service created on the application (client secrets and certificates of the
+   connection's marker, by the roll of each kind) are removed, and the one the user gave only when
+   ``revokeOriginal`` (last); then the vault secret is disabled and deleted.
+
+A step is recorded before the next starts and each is idempotent, so a migration interrupted anywhere is
+finished by ``POST .../migrate-to-federated`` (or ``POST .../rotate``) again. Note for the rotation protocol's
+owner: this uses only public names of :mod:`shared.rotation.protocol` and :mod:`shared.rotation.kinds`; the
+journal's steps are its own, so ``Rotator._drive`` never runs them: the sweep hands a due connection whose journal
+is a migration to :meth:`Migrator.resume` (due when its lease runs out, or after a back-off when its clean-up
+failed). It is not a ``CredentialRoll``: a roll's finish makes a pending *vault version*
+current and its revoke removes the previous credential unconditionally, while a migration switches the method,
+stores nothing, and keeps the user's credential unless asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+
+from shared import audit
+from shared.apps import Method, find_app
+from shared.audit import AuditLog
+from shared.azure.retry import jittered
+from shared.errors import (
+    ConcurrentChange,
+    CredentialRejected,
+    FieldError,
+    InvalidRequest,
+    NotFound,
+    RotationInProgress,
+    RotationRefused,
+    ServiceError,
+    UpstreamError,
+    UpstreamForbidden,
+)
+from shared.federation import (
+    MAX_FEDERATED_CREDENTIALS,
+    FederationIdentity,
+    credential_name,
+    explain,
+    require_identity,
+)
+from shared.ports import Adapters, FederatedCredential, GraphSession
+from shared.records import (
+    HEALTHY,
+    STATUS_FAILED,
+    STATUS_ROTATING,
+    STATUS_SUCCEEDED,
+    Actor,
+    ConnectionRecord,
+    HealthState,
+    RotationEvent,
+    RotationState,
+)
+from shared.rotation.kinds import ROLLS
+from shared.rotation.protocol import (
+    Checkpoint,
+    RemovalAudit,
+    RotationOptions,
+    backoff,
+    connection_marker,
+    reindex,
+    remove_rolled,
+    schedule_of,
+)
+
+log = logging.getLogger(__name__)
+
+BEGUN, ADDED, TESTED, SWITCHED = "migrate-begun", "migrate-added", "migrate-tested", "migrate-switched"
+MIGRATION_STEPS = (BEGUN, ADDED, TESTED, SWITCHED)
+TRIGGER = "migrate-to-federated"
+
+
+async def _no_checkpoint(name: str, record: ConnectionRecord) -> None:
+    return None
+
+
+def method_of(material: Mapping[str, str]) -> Method:
+    """The method a vault version's material is for (the connection's method before the migration)."""
+    return Method.CERTIFICATE if "certificateBody" in material else Method.CLIENT_SECRET
+
+
+class _Stopped(Exception):
+    def __init__(self, error: ServiceError) -> None:
+        super().__init__(error.detail)
+        self.error = error
+
+
+class Migrator:
+    def __init__(self, adapters: Adapters, *, options: RotationOptions | None = None, owner: str | None = None,
+                 checkpoint: Checkpoint | None = None) -> None:
+        self.adapters = adapters
+        self.options = options or RotationOptions()
+        self.owner = owner or uuid.uuid4().hex
+        self.checkpoint = checkpoint or _no_checkpoint
+        self.audit = AuditLog(adapters.audit, adapters.clock)
+
+    def now(self) -> datetime:
+        return self.adapters.clock()
+
+    # -- starting and resuming -------------------------------------------------------------------------------
+    async def start(self, record: ConnectionRecord, revoke_original: bool) -> ConnectionRecord:
+        """Begin a migration of ``record`` (checked by the caller: migratable, no rotation under way) and drive it."""
+        identity = require_identity(self.adapters.settings, "/")
+        original = await self._original_key_id(record) if revoke_original else None
+        state = record.rotation
+        now = self.now()
+        begun = state.evolve(
+            rotation_id=str(uuid.uuid4()), step=BEGUN, trigger=TRIGGER, started_at=now, attempt=1,
+            previous_key_id=original, previous_version=record.secret_version, revoke_original=revoke_original,
+            pending_key_id=None, pending_version=None, pending_expires_at=None,
+        )
+        return await self._drive(await self._claim(record, begun, None), identity)
+
+    async def resume(self, record: ConnectionRecord) -> ConnectionRecord:
+        """Finish a migration that stopped half way (from its journaled step)."""
+        identity = require_identity(self.adapters.settings, "/")
+        state = record.rotation
+        if state.leased(self.now()) and state.lease_owner != self.owner:
+            raise RotationInProgress("A migration of this connection to the federated method is running; try again "
+                                     "when it has ended.", headers={"Retry-After": "30"},
+                                     extensions={"rotationId": state.rotation_id, "rotationStep": state.step})
+        interrupted = state if state.attempt_started_at is not None and state.status == STATUS_ROTATING else None
+        return await self._drive(await self._claim(record, state.evolve(attempt=state.attempt + 1), interrupted),
+                                 identity)
+
+    async def _claim(self, record: ConnectionRecord, state: RotationState,
+                     interrupted: RotationState | None) -> ConnectionRecord:
+        now = self.now()
+        await self.audit.record("connection.migrate", "started", app=record.app, connection_id=record.id,
+                                connection_name=record.name,
+                                detail="to federated" + (" (resumed)" if interrupted or state.attempt > 1 else ""))
+        if interrupted is not None:
+            await self._close_interrupted(record, interrupted)
+        # Due again when the lease runs out: should this worker die, the sweep resumes the migration.
+        lease_until = now + self.options.lease
+        key = await self.adapters.schedule.put(lease_until, record.app, record.id)
+        claimed_state = state.evolve(status=STATUS_ROTATING, message="Migrating to the federated method.",
+                                     last_attempt_at=now, attempt_started_at=now, lease_owner=self.owner,
+                                     lease_until=lease_until, next_at=lease_until, schedule_key=key)
+        try:
+            claimed = await self.adapters.connections.update(record.evolve(rotation=claimed_state))
+        except ConcurrentChange:
+            raise ConcurrentChange("The connection changed while the migration was starting; try again.") from None
+        if record.rotation.schedule_key and record.rotation.schedule_key != key:
+            await self.adapters.schedule.remove(record.rotation.schedule_key)
+        await self._history(claimed, "running")
+        return claimed
+
+    async def _close_interrupted(self, record: ConnectionRecord, before: RotationState) -> None:
+        assert before.rotation_id is not None
+        assert before.attempt_started_at is not None
+        entry = await self.adapters.history.get(record.id, before.attempt_started_at, before.rotation_id,
+                                                before.attempt)
+        if entry is not None and entry.outcome != "running":
+            return
+        await self.adapters.history.record(RotationEvent(
+            rotation_id=before.rotation_id, attempt=before.attempt, connection_id=record.id, app=record.app,
+            started_at=before.attempt_started_at, finished_at=None, outcome="interrupted", trigger=TRIGGER,
+            message="This attempt stopped before it ended; the next one resumed it."))
+
+    async def _history(self, record: ConnectionRecord, outcome: str, message: str | None = None) -> None:
+        state = record.rotation
+        assert state.rotation_id is not None
+        assert state.attempt_started_at is not None
+        await self.adapters.history.record(RotationEvent(
+            rotation_id=state.rotation_id, attempt=state.attempt, connection_id=record.id, app=record.app,
+            started_at=state.attempt_started_at, finished_at=None if outcome == "running" else self.now(),
+            outcome=outcome, trigger=TRIGGER, new_key_id=state.pending_key_id,
+            revoked_key_id=state.previous_key_id if outcome == STATUS_SUCCEEDED and state.revoke_original else None,
+            message=message))
+
+    async def _save(self, record: ConnectionRecord, **changes: object) -> ConnectionRecord:
+        """The next journal entry, guarded by the ETag of the record this step started from. A change that left the
+        journal, the method and the secret alone (a health check, a rename) is written over again; anything else
+        means the migration is no longer this worker's: stop."""
+        store = self.adapters.connections
+        for _ in range(3):
+            try:
+                return await store.update(record.evolve(**changes))
+            except (ConcurrentChange, NotFound):
+                pass
+            try:
+                current = await store.get(record.app, record.id)
+            except NotFound:
+                break
+            if (current.rotation != record.rotation or current.method != record.method
+                    or current.secret_version != record.secret_version):
+                break
+            record = current
+        raise _Stopped(ConcurrentChange(f"The connection {record.id} changed during its migration; send the "
+                                        "request again to finish it."))
+
+    # -- the steps -------------------------------------------------------------------------------------------
+    async def _drive(self, record: ConnectionRecord, identity: FederationIdentity) -> ConnectionRecord:
+        try:
+            while record.rotation.step in MIGRATION_STEPS:
+                step = record.rotation.step
+                if step == BEGUN:
+                    record = await self._add(record, identity)
+                elif step == ADDED:
+                    record = await self._test(record, identity)
+                elif step == TESTED:
+                    record = await self._switch(record)
+                else:
+                    record = await self._clean_up(record)
+        except _Stopped as stopped:
+            raise await self._failed(record, stopped.error) from None
+        except ServiceError as error:
+            raise await self._failed(record, error) from None
+        except (OSError, TimeoutError) as error:
+            raise await self._failed(record, UpstreamError(f"{type(error).__name__}: the call did not complete.")
+                                     ) from None
+        return record
+
+    async def _old_material(self, record: ConnectionRecord) -> dict[str, str]:
+        return await self.adapters.vault.get(record.secret_name, record.rotation.previous_version or "")
+
+    async def _add(self, record: ConnectionRecord, identity: FederationIdentity) -> ConnectionRecord:
+        material = await self._old_material(record)
+        client_id = record.client_id or ""
+        async with self.adapters.directory.graph(method_of(material), record.tenant_id, client_id,
+                                                 material) as graph:
+            registration = await graph.find(client_id)
+            present = await graph.federated_credentials(registration.object_id)
+            found = _usable(present, identity, credential_name(record.id))
+            if found is None:
+                if len(present) >= MAX_FEDERATED_CREDENTIALS:
+                    raise _Stopped(InvalidRequest(
+                        f"The application has {len(present)} federated identity credentials, Entra ID's limit "
+                        f"({MAX_FEDERATED_CREDENTIALS}); remove one it no longer needs, then try again.",
+                        extensions={"expectedFederatedCredential": identity.expected()}))
+                name = credential_name(record.id)
+                await self.audit.credential_change("credential.add", "started", app=record.app,
+                                                   connection_id=record.id, object_id=registration.object_id,
+                                                   detail=f"federated identity credential '{name}'")
+                await self.checkpoint("before-add-federated", record)
+                found = await graph.add_federated_credential(registration.object_id, identity.credential(name))
+                await self.audit.credential_change("credential.add", "succeeded", app=record.app,
+                                                   connection_id=record.id, object_id=registration.object_id,
+                                                   key_id=found.id)
+                await self.checkpoint("after-add-federated", record)
+        return await self._save(record, rotation=record.rotation.evolve(step=ADDED, pending_key_id=found.id))
+
+    async def _test(self, record: ConnectionRecord, identity: FederationIdentity) -> ConnectionRecord:
+        app = find_app(record.app)
+        assert app is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.test_timeout
+        delay = self.options.test_first_delay
+        while True:
+            try:
+                await self.adapters.directory.probe(app, Method.FEDERATED, record.tenant_id, record.client_id or "",
+                                                    {})
+                break
+            except (CredentialRejected, UpstreamError) as error:
+                last = error
+            if loop.time() + delay > deadline:
+                raise _Stopped(explain(last, identity) if isinstance(last, CredentialRejected) else last)
+            await self.adapters.sleep(jittered(delay))
+            delay = min(delay * 2, self.options.test_max_delay)
+        await self.checkpoint("after-test-federated", record)
+        return await self._save(record, rotation=record.rotation.evolve(step=TESTED))
+
+    async def _switch(self, record: ConnectionRecord) -> ConnectionRecord:
+        """The connection is federated from here: no secret version, nothing to rotate, nothing that expires."""
+        acting = audit.current().actor  # the request's caller, as an edit records it (without its role)
+        caller = Actor(acting.id, acting.name, acting.type)
+        now = self.now()
+        state = record.rotation.evolve(step=SWITCHED, enabled=False, key_id=None)
+        health = HealthState(status=HEALTHY, checked_at=now, next_check_at=record.health.next_check_at,
+                             check_key=record.health.check_key, notified_status=record.health.notified_status,
+                             notified_at=record.health.notified_at)
+        switched = await self._save(record, rotation=state, method=Method.FEDERATED.value, secret_version="",
+                                    version=record.version + 1, updated_at=now, updated_by=caller,
+                                    status="active", status_message=None, last_validated_at=now, health=health)
+        await self.checkpoint("after-switch", switched)
+        return switched
+
+    async def _clean_up(self, record: ConnectionRecord) -> ConnectionRecord:
+        """Remove what the service created on the application (the marker), the user's credential when asked
+        (last), then the vault secret; with the federated sign-in, which has just worked."""
+        state = record.rotation
+        client_id = record.client_id or ""
+        material: dict[str, str] = {}
+        if state.previous_version:
+            from azure.core.exceptions import AzureError
+
+            try:
+                material = await self._old_material(record)
+            except (ServiceError, AzureError):  # disabled or deleted: a resumed attempt past the removals, which
+                material = {}  # came first
+        now = self.now()
+        async with self.adapters.directory.graph(Method.FEDERATED, record.tenant_id, client_id, {}) as graph:
+            registration = await graph.find(client_id)
+            # The federated credential is the connection's credential now: its id is kept when the service added it
+            # (DELETE removes it then), not when it is the owner's.
+            ours = next((c.id for c in await graph.federated_credentials(registration.object_id)
+                         if c.name == credential_name(record.id)), None)
+            original = state.previous_key_id if state.revoke_original else None
+            for roll in ROLLS.values():  # passwords, then certificates (removeKey: proofs signed by the old one)
+                present = {c.key_id for c in roll.rolled(registration)}
+                in_use = roll.identify(registration, material) if material else None
+                await remove_rolled(roll, graph, client_id, {original} if original in present else set(),
+                                    connection_marker(record.id), last=original or in_use,
+                                    audit=self._removal(record), registration=registration, signer=material, now=now)
+        await self.checkpoint("after-remove-originals", record)
+        if state.previous_version:
+            await self.adapters.vault.disable_others(record.secret_name, "")
+            await self.adapters.vault.delete(record.secret_name)
+        await self.checkpoint("after-vault-delete", record)
+        await self._history(record, STATUS_SUCCEEDED, "Migrated to the federated method.")
+        kept = ("the credential given was revoked" if state.revoke_original
+                else "the credential given was left on the application")
+        done = state.cleared_journal().evolve(
+            status=STATUS_SUCCEEDED, message=f"Migrated to the federated method; {kept}.", failures=0,
+            managed=False, revoke_original=False, retire_version=None, retire_tenant_id=None, retire_client_id=None,
+            key_id=ours)
+        saved = await self._save(record, rotation=done.evolve(next_at=None, schedule_key=None))
+        await self.adapters.schedule.remove(state.schedule_key)
+        await self.audit.record("connection.migrate", STATUS_SUCCEEDED, app=record.app, connection_id=record.id,
+                                connection_name=record.name, detail=saved.rotation.message)
+        return saved
+
+    def _removal(self, record: ConnectionRecord) -> RemovalAudit:
+        async def audit(object_id: str, key_id: str, outcome: str) -> None:
+            await self.audit.credential_change("credential.remove", outcome, app=record.app,
+                                               connection_id=record.id, object_id=object_id, key_id=key_id)
+
+        return audit
+
+    # -- failing ---------------------------------------------------------------------------------------------
+    async def _failed(self, record: ConnectionRecord, error: ServiceError) -> ServiceError:
+        """Before the switch: remove the federated credential this migration added (by its name) and forget the
+        journal; the connection is as it was. After: keep the journal (the clean-up is resumed)."""
+        try:
+            current = await self.adapters.connections.get(record.app, record.id)
+        except NotFound:
+            return error
+        state = current.rotation
+        if state.lease_owner != self.owner or state.step not in MIGRATION_STEPS:
+            return error
+        message = error.detail
+        base = state
+        if state.step != SWITCHED:
+            try:
+                material = await self._old_material(current)
+                async with self.adapters.directory.graph(method_of(material), current.tenant_id,
+                                                         current.client_id or "", material) as graph:
+                    await self._remove_added(current, graph)
+                base = state.cleared_journal().evolve(revoke_original=False)
+                message = f"The migration to the federated method did not complete: {message}"
+            except Exception as cleanup:  # kept in the journal: the next request resumes and cleans up
+                if isinstance(cleanup, UpstreamForbidden) and state.step == BEGUN and state.attempt == 1:
+                    # Graph refused this application everything from the start: nothing can have been added.
+                    base = state.cleared_journal().evolve(revoke_original=False)
+                    message = f"The migration to the federated method did not start: {message}"
+                else:
+                    log.warning("Migration of %s: clean-up failed (%s)", current.id, type(cleanup).__name__)
+        else:
+            message = (f"The connection is federated now; removing its previous credentials did not complete "
+                       f"({message}). Send POST .../migrate-to-federated again to finish.")
+        await self._history(current, STATUS_FAILED, message)
+        failed = base.evolve(status=STATUS_FAILED, message=message, lease_owner=None, lease_until=None)
+        if failed.step is None:  # undone: the rotation schedule resumes
+            schedule = schedule_of(failed)
+            due = schedule.next_due(failed.last_rotated_at or self.now()) if schedule else None
+        else:  # kept: the sweep resumes it, with back-off
+            failed = failed.evolve(failures=failed.failures + 1)
+            due = self.now() + backoff(failed.failures)
+
+        async def point(key: str | None) -> ConnectionRecord:
+            with contextlib.suppress(ConcurrentChange):
+                return await self.adapters.connections.update(
+                    current.evolve(rotation=failed.evolve(next_at=due, schedule_key=key)))
+            return current
+
+        await reindex(self.adapters.schedule, state.schedule_key, due, current, point)
+        await self.audit.record("connection.migrate", STATUS_FAILED, app=current.app, connection_id=current.id,
+                                connection_name=current.name, detail=message)
+        extensions = {**error.extensions, "rotationStep": state.step}
+        if isinstance(error, CredentialRejected):
+            return CredentialRejected(message, extensions=extensions)
+        if 400 <= error.status < 500:
+            return RotationRefused(message, extensions=extensions) if not isinstance(error, InvalidRequest) \
+                else InvalidRequest(message, errors=error.errors, extensions=extensions)
+        return type(error)(message, extensions=extensions) if isinstance(error, UpstreamError) \
+            else UpstreamError(message, extensions=extensions)
+
+    async def _remove_added(self, record: ConnectionRecord, graph: GraphSession) -> None:
+        registration = await graph.find(record.client_id or "")
+        name = credential_name(record.id)
+        for credential in await graph.federated_credentials(registration.object_id):
+            if credential.name == name:
+                await self.audit.credential_change("credential.remove", "started", app=record.app,
+                                                   connection_id=record.id, object_id=registration.object_id,
+                                                   key_id=credential.id)
+                await graph.remove_federated_credential(registration.object_id, credential.id)
+                await self.audit.credential_change("credential.remove", "succeeded", app=record.app,
+                                                   connection_id=record.id, object_id=registration.object_id,
+                                                   key_id=credential.id)
+
+    # -- the credential the user gave ------------------------------------------------------------------------
+    async def _original_key_id(self, record: ConnectionRecord) -> str:
+        """The Key ID of the credential in use (to revoke it at the end), checked before anything changes."""
+        from shared.rotation.config import resolve_key_id
+
+        material = await self.adapters.vault.get(record.secret_name, record.secret_version)
+        client_id = record.client_id or ""
+        method = method_of(material)
+        async with self.adapters.directory.graph(method, record.tenant_id, client_id, material) as graph:
+            if method is Method.CERTIFICATE:
+                key_id = ROLLS[method.value].identify(await graph.find(client_id), material)
+                if key_id is None:
+                    raise InvalidRequest(
+                        "The certificate in use is not on the application, so it cannot be revoked; migrate with "
+                        "revokeOriginal false.",
+                        errors=[FieldError("/revokeOriginal", "the certificate in use was not found")])
+                return key_id
+            if record.rotation.key_id:
+                return record.rotation.key_id
+            password = await resolve_key_id(graph, client_id, material["clientSecret"], None)
+        return password.key_id
+
+
+def _usable(present: list[FederatedCredential], identity: FederationIdentity, name: str) -> FederatedCredential | None:
+    """A federated credential that names the identity (ours by name first; else one the user added)."""
+    matching = [c for c in present if identity.matches(c.issuer, c.subject, c.audiences)]
+    return next((c for c in matching if c.name == name), matching[0] if matching else None)
+

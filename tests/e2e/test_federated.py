@@ -1,0 +1,129 @@
+"""The federated method and migrate-to-federated, end to end: the host's real ``ManagedIdentityCredential`` (the
+stand-in's managed-identity endpoint, ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER``) and ``ClientAssertionCredential``
+against the stand-in's token endpoint, which checks the assertion against the application's federated identity
+credentials; Graph's ``federatedIdentityCredentials`` through the service's Graph adapter; Key Vault and Tables."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from azure.core.exceptions import ResourceNotFoundError
+
+from shared.azure.clients import AzureClients
+from shared.store.tables import ConnectionsTable
+from tests.e2e.entra import EntraApp, certificate_body, register_app, register_rotatable_app, token_works
+
+pytestmark = pytest.mark.e2e
+
+BASE = "/api/v1/app-connections"
+APP = "azure-key-vault"
+EXCHANGE = "api://AzureADTokenExchange"
+
+
+def trust(admin: Any, local_env: Any, app: EntraApp, name: str = "by-the-owner") -> None:
+    """The owner adds the federated credential the options name (as in the portal or with az)."""
+    federation = local_env.federation
+    admin.add_federated_credential(app.tenant_id, app.client_id, name, federation.issuer, federation.principal_id)
+
+
+def federated_body(app: EntraApp) -> dict[str, Any]:
+    return {"name": f"fed-{uuid.uuid4().hex[:10]}", "method": "federated",
+            "credentials": {"tenantId": app.tenant_id, "clientId": app.client_id}}
+
+
+def test_the_options_show_the_federated_credential_of_the_service_s_identity(api: Any, local_env: Any) -> None:
+    options = api.get(f"{BASE}/options").json()["appConnectionOptions"]
+    for option in options:
+        assert "federated" in option["methods"]
+        assert option["unavailableMethods"] == {}
+        credential = option["federated"]["federatedCredential"]
+        assert credential["issuer"] == local_env.federation.issuer
+        assert credential["subject"] == local_env.federation.principal_id
+        assert credential["audiences"] == [EXCHANGE]
+
+
+async def test_a_federated_connection_signs_in_with_the_identity_s_token_and_stores_nothing(
+        api: Any, admin: Any, local_env: Any, secrets_used: Any, clients: AzureClients) -> None:
+    app = register_app(admin, secrets_used, name="federated")
+    trust(admin, local_env, app)
+    response = api.post(f"{BASE}/{APP}", json=federated_body(app))
+    assert response.status_code == 201, response.text
+    connection = response.json()["appConnection"]
+    assert connection["method"] == "federated"
+    assert connection["credentials"] == {"tenantId": app.tenant_id, "clientId": app.client_id}
+    assert connection["credentialExpiresAt"] is None
+    record = await ConnectionsTable(clients).get(APP, connection["id"])
+    assert record.secret_version == ""
+    with pytest.raises(ResourceNotFoundError):
+        await clients.secrets().get_secret(record.secret_name)
+    assert api.post(f"{BASE}/{APP}/{connection['id']}/validate").status_code == 200
+    rotate = api.post(f"{BASE}/{APP}/{connection['id']}/rotate")
+    assert rotate.status_code == 400
+    assert "nothing to rotate" in rotate.json()["detail"]
+    deleted = api.delete(f"{BASE}/{APP}/{connection['id']}")
+    assert deleted.status_code == 200, deleted.text
+    assert deleted.json()["keyIdsLeftLive"] == []
+    assert admin.federated_credentials(app.tenant_id, app.client_id)  # the owner's own, left alone
+    tokens = [r for r in admin.requests() if r.get("path", "").endswith("/oauth2/v2.0/token")
+              and r.get("auth") == "federated"]
+    assert tokens, "the token endpoint saw a federated client assertion"
+
+
+def test_without_the_federated_credential_the_answer_is_400_with_aadsts70021_and_what_to_add(
+        api: Any, admin: Any, local_env: Any, secrets_used: Any) -> None:
+    app = register_app(admin, secrets_used, name="untrusting")
+    response = api.post(f"{BASE}/{APP}", json=federated_body(app))
+    assert response.status_code == 400, response.text
+    problem = response.json()
+    assert problem["aadstsCode"] == "AADSTS70021"
+    assert problem["expectedFederatedCredential"] == {
+        "issuer": local_env.federation.issuer, "subject": local_env.federation.principal_id, "audiences": [EXCHANGE]}
+
+
+@pytest.mark.parametrize("revoke", [False, True])
+def test_migrate_to_federated_goes_secretless_in_one_step(api: Any, admin: Any, local_env: Any, secrets_used: Any,
+                                                          revoke: bool) -> None:
+    app = register_rotatable_app(admin, secrets_used, name="going-secretless")
+    created = api.post(f"{BASE}/{APP}", json={"name": f"mig-{uuid.uuid4().hex[:10]}", "method": "client-secret",
+                                              "credentials": app.client_secret_body()})
+    assert created.status_code == 201, created.text
+    cid = created.json()["appConnection"]["id"]
+    response = api.post(f"{BASE}/{APP}/{cid}/migrate-to-federated", json={"revokeOriginal": revoke})
+    assert response.status_code == 200, response.text
+    connection = response.json()["appConnection"]
+    assert connection["method"] == "federated"
+    assert connection["rotation"]["status"] == "succeeded"
+    [credential] = admin.federated_credentials(app.tenant_id, app.client_id)
+    assert credential["name"] == f"app-connections-{cid}"
+    assert (credential["issuer"], credential["subject"]) == (local_env.federation.issuer,
+                                                             local_env.federation.principal_id)
+    assert token_works(admin_standin(local_env), app, app.client_secret) is not revoke
+    assert api.post(f"{BASE}/{APP}/{cid}/validate").status_code == 200
+    history = api.get(f"{BASE}/{APP}/{cid}/rotations").json()["rotations"]
+    assert [(e["trigger"], e["outcome"]) for e in history] == [("migrate-to-federated", "succeeded")]
+    again = api.post(f"{BASE}/{APP}/{cid}/migrate-to-federated", json={})
+    assert again.status_code == 400  # federated already
+
+
+def admin_standin(local_env: Any) -> Any:
+    return local_env.standin
+
+
+@pytest.mark.parametrize("revoke", [False, True])
+def test_a_certificate_connection_migrates_too_and_its_certificate_is_revoked_only_when_asked(
+        api: Any, admin: Any, local_env: Any, secrets_used: Any, revoke: bool) -> None:
+    app = register_rotatable_app(admin, secrets_used, name="certificate-to-federated")
+    body = certificate_body(admin, secrets_used, app, key_type="ec")
+    created = api.post(f"{BASE}/{APP}", json={"name": f"mig-{uuid.uuid4().hex[:10]}", "method": "certificate",
+                                              "credentials": body})
+    assert created.status_code == 201, created.text
+    cid = created.json()["appConnection"]["id"]
+    response = api.post(f"{BASE}/{APP}/{cid}/migrate-to-federated", json={"revokeOriginal": revoke})
+    assert response.status_code == 200, response.text
+    assert response.json()["appConnection"]["method"] == "federated"
+    # the owner's certificate stays, unless asked (removeKey with a proof signed by it)
+    assert len(admin.get_app(app.tenant_id, app.client_id)["keyCredentials"]) == (0 if revoke else 1)
+    assert [f["name"] for f in admin.federated_credentials(app.tenant_id, app.client_id)] == [
+        f"app-connections-{cid}"]

@@ -1,0 +1,177 @@
+"""Lifetimes the tenant allows: a rotated credential ends within its app-management policy's maxLifetime; an
+interval that cannot fit is refused naming the limit; Graph's refusal is retried once within the limit, else the
+rotation fails saying what to change; a tenant that forbids client secrets is told to use a certificate or the
+federated method."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shared.azure.graph import lifetime_policy_of, parse_duration
+from shared.errors import CredentialLifetimeRefused, RotationIntervalTooLong
+from shared.functions.http import problem_response
+from shared.ports import LifetimePolicy
+from shared.records import ConnectionRecord
+from shared.rotation.certificates import CertificateRoll
+from shared.rotation.lifetimes import MARGIN, require_interval_fits
+from shared.rotation.rolls import PasswordRoll
+from tests.lifecycle_harness import Harness
+
+DAYS = timedelta(days=1)
+
+
+async def rotated(h: Harness, interval: int = 30) -> ConnectionRecord:
+    record = await h.create(rotation=False)
+    saved: ConnectionRecord = await h.api.update("azure-client-secrets", record.id, {
+        "isAutoRotationEnabled": True,
+        "rotation": {"rotationInterval": interval, "rotateAt": "03:00", "timeZone": "UTC"}})
+    return saved
+
+
+def pending_end(h: Harness, record: ConnectionRecord) -> datetime | None:
+    return h.fakes.vault.version(record.secret_name, record.secret_version).expires_on
+
+
+@pytest.mark.parametrize("method", ["client-secret", "certificate"])
+async def test_the_new_credential_ends_within_the_applications_policy(method: str) -> None:
+    h = Harness(method=method)
+    policy = LifetimePolicy("application", password_max_lifetime=40 * DAYS, key_max_lifetime=40 * DAYS)
+    h.fakes.world.tenant_policy = policy
+    record = await rotated(h, interval=30)  # 2 x 30 + 3 days wanted; 40 allowed
+    assert record.rotation.status == "succeeded", record.rotation.message
+    assert pending_end(h, record) == h.fakes.clock.now + 40 * DAYS - MARGIN
+    # The next rotation comes before the capped credential's grace period begins.
+    assert record.rotation.next_at is not None
+    assert record.rotation.next_at <= h.fakes.clock.now + 37 * DAYS
+    assert h.check() == []
+
+
+async def test_without_a_policy_or_when_it_cannot_be_read_the_credential_lives_two_intervals_and_the_grace() -> None:
+    h = Harness()
+    record = await rotated(h, interval=30)
+    assert pending_end(h, record) == h.fakes.clock.now + 63 * DAYS
+    h2 = Harness()
+    h2.fakes.world.tenant_policy_forbidden = True
+    record2 = await rotated(h2, interval=10)
+    assert pending_end(h2, record2) == h2.fakes.clock.now + 23 * DAYS
+
+
+async def test_a_refusal_by_a_policy_the_credential_cannot_read_is_retried_once_with_the_least_lifetime() -> None:
+    h = Harness()
+    h.fakes.world.tenant_policy = LifetimePolicy("tenant", password_max_lifetime=20 * DAYS)
+    h.fakes.world.tenant_policy_forbidden = True  # enforced by Graph, invisible to the connection
+    record = await rotated(h, interval=14)  # 31 days asked and refused; 17 (interval + grace) fits
+    assert record.rotation.status == "succeeded", record.rotation.message
+    assert pending_end(h, record) == h.fakes.clock.now + 17 * DAYS
+    assert h.check() == []
+
+
+async def test_a_refusal_that_the_retry_cannot_fix_fails_naming_graphs_code_and_keeps_the_credential() -> None:
+    h = Harness()
+    h.fakes.world.tenant_policy = LifetimePolicy("tenant", password_max_lifetime=10 * DAYS)
+    h.fakes.world.tenant_policy_forbidden = True
+    created = await h.create(rotation=False)
+    before = h.current_secret(created)
+    saved = await h.api.update("azure-client-secrets", created.id, {
+        "isAutoRotationEnabled": True, "rotation": {"rotationInterval": 14, "rotateAt": "03:00", "timeZone": "UTC"}})
+    assert saved.rotation.status == "failed"
+    message = saved.rotation.message or ""
+    assert "CredentialInvalidLifetimeAsPerAppPolicy" in message and "could not be read" in message
+    assert h.current_secret(saved) == before
+    assert not saved.rotation.in_progress
+    assert h.check() == []
+
+
+async def test_a_tenant_that_forbids_client_secrets_is_told_to_use_a_certificate_or_federated() -> None:
+    h = Harness()
+    created = await h.create(rotation=False)
+    h.fakes.world.tenant_policy = LifetimePolicy("tenant", password_addition_restricted=True)
+    # Enabling rotation is refused at once, as the policy is readable...
+    with pytest.raises(CredentialLifetimeRefused) as refused:
+        await h.api.update("azure-client-secrets", created.id, {
+            "isAutoRotationEnabled": True,
+            "rotation": {"rotationInterval": 14, "rotateAt": "03:00", "timeZone": "UTC"}})
+    for words in ("passwordAddition", "certificate method", "federated method"):
+        assert words in refused.value.detail
+    # ... and a rotation that meets the restriction later fails with the same advice, having added nothing.
+    h.fakes.world.tenant_policy = None
+    saved = await h.api.update("azure-client-secrets", created.id, {
+        "isAutoRotationEnabled": True, "rotation": {"rotationInterval": 14, "rotateAt": "03:00", "timeZone": "UTC"}})
+    assert saved.rotation.status == "succeeded"
+    h.fakes.world.tenant_policy = LifetimePolicy("tenant", password_addition_restricted=True)
+    await h.due()
+    h.fakes.world.calls.clear()
+    await h.sweep()
+    after = await h.record(created.id)
+    assert after is not None and after.rotation.status == "failed"
+    message = after.rotation.message or ""
+    assert "passwordAddition" in message and "certificate method" in message and "federated method" in message
+    assert "graph.add" not in h.fakes.world.calls  # refused before anything was added
+    assert h.check() == []
+
+
+def test_an_interval_that_cannot_fit_is_refused_with_a_problem_naming_the_limit() -> None:
+    policy = LifetimePolicy("tenant", password_max_lifetime=30 * DAYS, key_max_lifetime=90 * DAYS)
+    require_interval_fits(PasswordRoll(), policy, 26)  # 26 + 3 days of grace < 30 days less the margin
+    require_interval_fits(CertificateRoll(), policy, 80)
+    require_interval_fits(PasswordRoll(), None, 365)  # unreadable: nothing refused
+    with pytest.raises(RotationIntervalTooLong) as refused:
+        require_interval_fits(PasswordRoll(), policy, 27)
+    problem = json.loads(problem_response(refused.value, "/x").get_body())
+    assert problem["status"] == 400
+    assert problem["type"].endswith("rotation-interval-exceeds-policy")
+    assert problem["maxRotationInterval"] == 26 and problem["maxLifetimeDays"] == 30
+    assert problem["restrictionType"] == "passwordLifetime"
+    assert problem["errors"][0]["pointer"] == "/rotation/rotationInterval"
+    assert "30 days" in problem["detail"] and "at most 26 days" in problem["detail"]
+    with pytest.raises(CredentialLifetimeRefused, match="certificate method"):
+        require_interval_fits(PasswordRoll(), LifetimePolicy("tenant", password_addition_restricted=True), 7)
+
+
+def test_graphs_durations_and_restrictions_are_read_as_the_policy_means_them() -> None:
+    assert parse_duration("P90D") == 90 * DAYS
+    assert parse_duration("P1Y") == 365 * DAYS
+    assert parse_duration("P2M") == 56 * DAYS  # a month counts 28 days: never longer than meant
+    assert parse_duration("P4DT12H") == timedelta(days=4, hours=12)
+    assert parse_duration("PT") is None and parse_duration("90 days") is None and parse_duration(None) is None
+    created = datetime(2024, 6, 1, tzinfo=UTC)
+    restrictions = {
+        "passwordCredentials": [
+            {"restrictionType": "passwordLifetime", "maxLifetime": "P180D"},
+            {"restrictionType": "passwordLifetime", "maxLifetime": "P30D", "state": "disabled"},
+            {"restrictionType": "passwordLifetime", "maxLifetime": "P10D",
+             "restrictForAppsCreatedAfterDateTime": "2025-01-01T00:00:00Z"},
+            {"restrictionType": "passwordAddition", "restrictForAppsCreatedAfterDateTime": "2020-01-01T00:00:00Z"},
+        ],
+        "keyCredentials": [{"restrictionType": "asymmetricKeyLifetime", "maxLifetime": "P1Y"}],
+    }
+    policy = lifetime_policy_of(restrictions, "tenant", created)
+    assert policy == LifetimePolicy("tenant", password_max_lifetime=180 * DAYS, key_max_lifetime=365 * DAYS,
+                                    password_addition_restricted=True)
+    newer = lifetime_policy_of(restrictions, "tenant", datetime(2025, 6, 1, tzinfo=UTC))
+    assert newer.password_max_lifetime == 10 * DAYS
+
+
+@pytest.mark.parametrize("method", ["client-secret", "certificate"])
+async def test_create_and_patch_refuse_an_interval_the_policy_cannot_fit_and_change_nothing(method: str) -> None:
+    h = Harness(method=method)
+    h.fakes.world.tenant_policy = LifetimePolicy("tenant", password_max_lifetime=30 * DAYS,
+                                                 key_max_lifetime=30 * DAYS)
+    _, credentials = h.new_application()
+    with pytest.raises(RotationIntervalTooLong) as refused:
+        await h.api.create("azure-client-secrets", {
+            "name": "too-long", "method": method, "credentials": credentials, "isAutoRotationEnabled": True,
+            "rotation": {"rotationInterval": 28, "rotateAt": "03:00", "timeZone": "UTC"}})
+    assert refused.value.extensions["maxRotationInterval"] == 26
+    assert not h.fakes.connections.records  # nothing stored
+    record = await rotated(h, interval=20)
+    assert record.rotation.status == "succeeded", record.rotation.message
+    with pytest.raises(RotationIntervalTooLong):
+        await h.api.update("azure-client-secrets", record.id, {
+            "rotation": {"rotationInterval": 60, "rotateAt": "03:00", "timeZone": "UTC"}})
+    after = await h.record(record.id)
+    assert after is not None and after.rotation.interval_days == 20
+    assert h.check() == []

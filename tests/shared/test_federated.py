@@ -1,0 +1,488 @@
+"""The federated method and the one-step migration to it, against in-memory fakes.
+
+A federated connection holds nothing secret (nothing in Key Vault), is never rotated, and is validated like any
+other; ``migrate-to-federated`` adds the federated credential, proves it works, switches, and only then removes what
+the service created (and the user's own credential when asked), resumable after a crash at any step with the
+invariants I1 to I4 of :mod:`tests.lifecycle_harness` holding throughout.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from shared.errors import CredentialRejected, InvalidRequest, RotationInProgress, ServiceError
+from shared.federation import credential_name
+from shared.health import HealthChecker
+from shared.options import app_options
+from shared.records import ConnectionRecord
+from shared.rotation.migration import MIGRATION_STEPS
+from tests.fakes import IDENTITY_PRINCIPAL_ID, TENANT, build_fakes
+from tests.lifecycle_harness import APP, Crash, Harness, user_operations
+
+NO_FEDERATION = {"FEDERATION_IDENTITY_CLIENT_ID": "", "FEDERATION_IDENTITY_PRINCIPAL_ID": "",
+                 "FEDERATION_IDENTITY_TENANT_ID": ""}
+ISSUER = f"https://login.microsoftonline.com/{TENANT}/v2.0"
+
+
+def federated_body(client_id: str, name: str = "f1") -> dict[str, Any]:
+    return {"name": name, "method": "federated", "credentials": {"tenantId": TENANT, "clientId": client_id}}
+
+
+# -- the method ------------------------------------------------------------------------------------------------
+async def test_a_federated_connection_is_validated_and_stores_nothing_in_the_vault() -> None:
+    h = Harness()
+    app = h.fakes.world.application()
+    h.fakes.world.add_federated(app.client_id)
+    record = await h.api.create(APP, federated_body(app.client_id))
+    assert record.method == "federated"
+    assert record.secret_version == ""
+    assert record.secret_name not in h.fakes.vault.secrets
+    assert record.health.credential_expires_at is None  # never expires
+    assert f"federated:{app.client_id}" in h.fakes.world.worked
+    validated = await h.api.validate(APP, record.id)
+    assert validated.status == "active"
+    assert h.check() == []
+
+
+async def test_a_missing_federated_credential_is_a_400_with_the_aadsts_code_and_what_is_expected() -> None:
+    h = Harness()
+    app = h.fakes.world.application()
+    with pytest.raises(CredentialRejected) as refused:
+        await h.api.create(APP, federated_body(app.client_id))
+    problem = refused.value.to_problem()
+    assert problem["status"] == 400
+    assert problem["aadstsCode"] == "AADSTS70021"
+    assert problem["expectedFederatedCredential"] == {
+        "issuer": ISSUER, "subject": IDENTITY_PRINCIPAL_ID, "audiences": ["api://AzureADTokenExchange"]}
+    assert ISSUER in problem["detail"] and IDENTITY_PRINCIPAL_ID in problem["detail"]
+    assert h.fakes.connections.records == {}
+
+
+async def test_a_federated_credential_for_another_subject_does_not_count() -> None:
+    h = Harness()
+    app = h.fakes.world.application()
+    h.fakes.world.add_federated(app.client_id, subject="55555555-5555-5555-5555-555555555555")
+    with pytest.raises(CredentialRejected):
+        await h.api.create(APP, federated_body(app.client_id))
+
+
+async def test_the_credentials_are_checked_like_every_method_and_no_secret_field_is_accepted() -> None:
+    h = Harness()
+    with pytest.raises(InvalidRequest) as bad:
+        await h.api.create(APP, {"name": "f1", "method": "federated",
+                                 "credentials": {"tenantId": "x", "clientId": TENANT, "clientSecret": "s"}})
+    pointers = {e.pointer for e in bad.value.errors}
+    assert pointers == {"/credentials/tenantId", "/credentials/clientSecret"}
+
+
+async def test_without_the_identity_settings_the_method_is_unavailable_and_creating_one_is_a_clear_400() -> None:
+    h = Harness(fakes=build_fakes(NO_FEDERATION))
+    app = h.fakes.world.application()
+    with pytest.raises(InvalidRequest) as refused:
+        await h.api.create(APP, federated_body(app.client_id))
+    assert "FEDERATION_IDENTITY_CLIENT_ID" in refused.value.detail
+    options = app_options(h.fakes.adapters.settings)
+    assert all("federated" in o["unavailableMethods"] for o in options)
+    assert options[0]["federated"]["available"] is False
+    assert options[0]["federated"]["federatedCredential"] is None
+
+
+def test_the_options_show_the_exact_federated_credential_and_its_limits() -> None:
+    options = app_options(build_fakes().adapters.settings)
+    federated = options[0]["federated"]
+    assert federated["available"] is True
+    assert options[0]["unavailableMethods"] == {}
+    assert federated["federatedCredential"]["issuer"] == ISSUER
+    assert federated["federatedCredential"]["subject"] == IDENTITY_PRINCIPAL_ID
+    assert federated["federatedCredential"]["audiences"] == ["api://AzureADTokenExchange"]
+    assert any("20" in limit for limit in federated["limits"])
+    assert any("tenant" in limit for limit in federated["limits"])
+    assert federated["migrationMethods"] == ["client-secret", "certificate"]
+
+
+async def test_a_federated_connection_cannot_be_rotated_there_is_nothing_to_rotate() -> None:
+    h = Harness()
+    app = h.fakes.world.application()
+    h.fakes.world.add_federated(app.client_id)
+    record = await h.api.create(APP, federated_body(app.client_id))
+    with pytest.raises(InvalidRequest, match="nothing to rotate"):
+        await h.api.rotate(APP, record.id)
+    with pytest.raises(InvalidRequest, match="nothing to rotate"):
+        await h.api.update(APP, record.id, {"isAutoRotationEnabled": True,
+                                            "rotation": {"rotationInterval": 30, "rotateAt": "03:00"}})
+    with pytest.raises(InvalidRequest, match="nothing to rotate"):
+        await h.api.create(APP, {**federated_body(app.client_id, "f2"), "isAutoRotationEnabled": True,
+                                 "rotation": {"rotationInterval": 30, "rotateAt": "03:00"}})
+
+
+async def test_health_validates_a_federated_connection_and_it_never_expires() -> None:
+    h = Harness()
+    app = h.fakes.world.application()
+    credential = h.fakes.world.add_federated(app.client_id)
+    record = await h.api.create(APP, federated_body(app.client_id))
+    checker = HealthChecker(h.fakes.adapters, h.api)
+    healthy = await checker.check(record)
+    assert healthy.health.status == "healthy"
+    assert healthy.health.credential_expires_at is None
+    del h.fakes.world.apps[app.client_id].federated[credential.id]  # the owner removed it
+    failing = await checker.check(healthy)
+    assert failing.health.status == "failing"
+    assert "AADSTS70021" in (failing.health.message or "")
+
+
+async def test_the_credentials_of_a_federated_connection_change_without_the_vault() -> None:
+    h = Harness()
+    first, second = h.fakes.world.application(), h.fakes.world.application()
+    h.fakes.world.add_federated(first.client_id)
+    h.fakes.world.add_federated(second.client_id)
+    record = await h.api.create(APP, federated_body(first.client_id))
+    changed = await h.api.update(APP, record.id, {"credentials": {"tenantId": TENANT, "clientId": second.client_id}})
+    assert changed.client_id == second.client_id
+    assert changed.secret_version == ""
+    assert record.secret_name not in h.fakes.vault.secrets
+
+
+# -- migrate-to-federated ----------------------------------------------------------------------------------------
+async def migrated(h: Harness, record: ConnectionRecord, revoke: bool = False) -> ConnectionRecord:
+    result: ConnectionRecord = await h.api.migrate_to_federated(APP, record.id, {"revokeOriginal": revoke})
+    return result
+
+
+@pytest.mark.parametrize("method", ["client-secret", "certificate"])
+async def test_migration_adds_the_credential_switches_and_removes_what_the_service_created(method: str) -> None:
+    h = Harness(method=method)
+    record = await h.create()  # rotated once: the credential in use is the service's own
+    app = h.fakes.world.apps[record.client_id or ""]
+    given = {p.key_id for p in [*app.passwords.values(), *app.keys.values()] if not p.created_by_service}
+    done = await migrated(h, record)
+    assert done.method == "federated"
+    assert done.secret_version == ""
+    assert not done.rotation.in_progress
+    assert done.rotation.status == "succeeded"
+    assert not done.rotation.enabled
+    [added] = app.federated.values()
+    assert added.name == credential_name(record.id)
+    assert (added.issuer, added.subject) == (ISSUER, IDENTITY_PRINCIPAL_ID)
+    # what the service created is gone; what the user gave is left alone
+    assert not [p for p in [*app.passwords.values(), *app.keys.values()] if p.created_by_service]
+    assert {p.key_id for p in [*app.passwords.values(), *app.keys.values()]} == given
+    # the vault secret is disabled and deleted, after the switch
+    assert record.secret_name in h.fakes.vault.deleted
+    assert not any(v.enabled for v in h.fakes.vault.secrets[record.secret_name])
+    assert (await h.api.validate(APP, record.id)).status == "active"
+    [event] = [e for e in h.fakes.history.of(record.id) if e.trigger == "migrate-to-federated"]
+    assert event.outcome == "succeeded"
+    actions = [(r.action, r.outcome) for r in h.fakes.audit.records]
+    assert ("connection.migrate", "succeeded") in actions
+    assert ("credential.add", "succeeded") in actions
+    assert h.check() == []
+
+
+async def test_revoke_original_also_removes_the_client_secret_the_user_gave_but_only_after_the_switch() -> None:
+    h = Harness()
+    record = await h.create(rotation=False)
+    app = h.fakes.world.apps[record.client_id or ""]
+    done = await migrated(h, record, revoke=True)
+    assert done.method == "federated"
+    assert app.passwords == {}
+    assert h.check() == []  # I1: revoked only once the federated sign-in had worked
+
+
+async def test_an_existing_federated_credential_of_the_identity_is_reused_and_never_removed() -> None:
+    h = Harness()
+    record = await h.create(rotation=False)
+    mine = h.fakes.world.add_federated(record.client_id or "", "added-by-the-owner")
+    h.fakes.world.federation_delay = 10**6  # the sign-in never works: the migration fails
+    with pytest.raises(CredentialRejected):
+        await migrated(h, record)
+    assert list(h.fakes.world.apps[record.client_id or ""].federated) == [mine.id]
+    h.fakes.world.federation_delay = 0
+    done = await migrated(h, record)
+    assert done.method == "federated"
+    assert list(h.fakes.world.apps[record.client_id or ""].federated) == [mine.id]
+
+
+async def test_a_federated_sign_in_that_never_works_removes_what_was_added_and_leaves_the_connection_as_is() -> None:
+    h = Harness()
+    record = await h.create(rotation=False)
+    h.fakes.world.federation_delay = 10**6
+    with pytest.raises(CredentialRejected) as refused:
+        await migrated(h, record)
+    assert refused.value.to_problem()["expectedFederatedCredential"]["subject"] == IDENTITY_PRINCIPAL_ID
+    after = await h.record(record.id)
+    assert after is not None
+    assert (after.method, after.secret_version) == ("client-secret", record.secret_version)
+    assert not after.rotation.in_progress
+    assert after.rotation.status == "failed"
+    assert h.fakes.world.apps[record.client_id or ""].federated == {}
+    assert await h.api.validate(APP, record.id)  # the secret still works
+    assert h.check() == []
+
+
+async def test_propagation_is_waited_for() -> None:
+    h = Harness()
+    record = await h.create(rotation=False)
+    h.fakes.world.federation_delay = 3  # Entra refuses the first sign-ins after the credential was added
+    assert (await migrated(h, record)).method == "federated"
+
+
+async def test_only_secret_and_certificate_connections_of_an_application_that_may_edit_itself_migrate() -> None:
+    h = Harness()
+    app = h.fakes.world.application()
+    h.fakes.world.add_federated(app.client_id)
+    federated = await h.api.create(APP, federated_body(app.client_id))
+    with pytest.raises(InvalidRequest, match="cannot be migrated"):
+        await migrated(h, federated)
+    record = await h.create(rotation=False)
+    h.fakes.world.apps[record.client_id or ""].may_manage_itself = False
+    with pytest.raises(ServiceError) as refused:
+        await migrated(h, record)
+    assert refused.value.status == 400
+    assert "403" in refused.value.detail  # Graph refused: the application may not edit itself
+    after = await h.record(record.id)
+    assert after is not None
+    assert after.method == "client-secret"
+    assert not after.rotation.in_progress
+
+
+async def test_without_the_identity_settings_a_migration_is_refused_before_anything_changes() -> None:
+    h = Harness(fakes=build_fakes(NO_FEDERATION))
+    record = await h.create(rotation=False)
+    calls = len(h.fakes.world.calls)
+    with pytest.raises(InvalidRequest, match="not available"):
+        await migrated(h, record)
+    assert [c for c in h.fakes.world.calls[calls:] if not c.startswith("store.get")] == []
+
+
+@pytest.mark.parametrize("rotated", [False, True])
+async def test_revoke_original_of_a_certificate_connection_removes_its_key_with_a_proof_signed_by_it(
+        rotated: bool) -> None:
+    h = Harness(method="certificate")
+    record = await h.create(rotation=rotated)
+    app = h.fakes.world.apps[record.client_id or ""]
+    assert len(app.keys) == 1
+    done = await migrated(h, record, revoke=True)
+    assert done.method == "federated"
+    assert app.keys == {}
+    assert h.check() == []
+
+
+CHECKPOINTS = ("before-add-federated", "after-add-federated", "after-test-federated", "after-switch",
+               "after-remove-originals", "after-vault-delete")
+
+
+@pytest.mark.parametrize("revoke", [False, True])
+@pytest.mark.parametrize("where", CHECKPOINTS)
+async def test_a_migration_interrupted_at_any_step_is_finished_by_the_same_request(where: str, revoke: bool) -> None:
+    h = Harness()
+    record = await h.create(rotation=False)  # the user's own client secret
+
+    async def crash(name: str, current: ConnectionRecord) -> None:
+        if name == where:
+            raise Crash(name)
+
+    crashing = h.services(checkpoint=crash).connections
+    with pytest.raises(Crash):
+        await crashing.migrate_to_federated(APP, record.id, {"revokeOriginal": revoke})
+    assert h.check() == []
+    stopped = await h.record(record.id)
+    assert stopped is not None
+    assert stopped.rotation.step in MIGRATION_STEPS
+    # while it is leased, the same request (another worker) answers 409; an edit of the credentials too
+    with pytest.raises(RotationInProgress):
+        await h.api.migrate_to_federated(APP, record.id, {})
+    with pytest.raises(RotationInProgress):
+        await h.api.update(APP, record.id, {"credentials": {"tenantId": TENANT, "clientId": record.client_id,
+                                                            "clientSecret": "not-checked"}})
+    h.fakes.clock.advance(h.services().rotator.options.lease)  # the lease runs out
+    done = await h.api.migrate_to_federated(APP, record.id, {})
+    assert done.method == "federated"
+    assert not done.rotation.in_progress
+    app = h.fakes.world.apps[record.client_id or ""]
+    assert not [p for p in app.passwords.values() if p.created_by_service]
+    assert (app.passwords == {}) is revoke
+    assert len(app.federated) == 1
+    assert h.check() == []
+    outcomes = sorted(e.outcome for e in h.fakes.history.of(record.id) if e.trigger == "migrate-to-federated")
+    assert outcomes == ["interrupted", "succeeded"]
+
+
+@pytest.mark.parametrize("operation", ["graph.fic.add.lost", "graph.fic.add", "graph.remove", "vault.delete",
+                                       "store.update"])
+async def test_an_azure_failure_at_any_step_is_reported_and_the_request_again_finishes_it(operation: str) -> None:
+    h = Harness()
+    record = await h.create()
+    h.fakes.world.fail_next(operation)
+    h.faults_armed = True
+    with pytest.raises(Exception):  # a problem (4xx/5xx) or the injected failure itself
+        await h.api.migrate_to_federated(APP, record.id, {})
+    assert h.check() == []
+    h.fakes.world.clear_faults()
+    h.fakes.clock.advance(h.services().rotator.options.lease)
+    done = await h.api.migrate_to_federated(APP, record.id, {})
+    assert done.method == "federated"
+    assert not done.rotation.in_progress
+    assert len(h.fakes.world.apps[record.client_id or ""].federated) == 1
+    assert h.check() == []
+
+
+@pytest.mark.parametrize("where", ["after-add-federated", "after-test-federated", "after-switch"])
+async def test_a_health_check_or_rename_during_a_migration_does_not_stop_it(where: str) -> None:
+    h = Harness()
+    record = await h.create(rotation=False)
+
+    async def meanwhile(name: str, current: ConnectionRecord) -> None:
+        if name == where:
+            stored = await h.record(record.id)
+            assert stored is not None
+            checked = await HealthChecker(h.fakes.adapters, h.api).check(stored)
+            await h.api.update(APP, checked.id, {"description": "renamed meanwhile"})
+
+    done = await h.services(checkpoint=meanwhile).connections.migrate_to_federated(APP, record.id, {})
+    assert done.method == "federated"
+    assert done.description == "renamed meanwhile"
+    assert not done.rotation.in_progress
+    assert h.check() == []
+
+
+USER_OPERATIONS = ["patch-credentials", "patch-other-app", "patch-rotation", "disable-rotation", "delete", "validate",
+                   "rotate", "rename", "reauthorize", "migrate"]
+# While a migration runs (leased), these wait for it: 409 with the journal's id.
+REFUSED_WHILE_MIGRATING = {"patch-credentials", "patch-other-app", "patch-rotation", "disable-rotation", "delete",
+                           "rotate", "migrate"}
+
+
+@pytest.mark.parametrize("operation", USER_OPERATIONS)
+@pytest.mark.parametrize("where", CHECKPOINTS)
+async def test_a_user_operation_during_a_migration_step_keeps_every_invariant(where: str, operation: str) -> None:
+    h = Harness()
+    record = await h.create()
+    ops = user_operations(h, record.id)
+    seen = []
+
+    async def interleave(name: str, current: ConnectionRecord) -> None:
+        if name == where and not seen:
+            seen.append(await ops[operation]())
+
+    done = await h.services(checkpoint=interleave).connections.migrate_to_federated(APP, record.id, {})
+    assert seen, f"the migration never reached {where}"
+    switched = CHECKPOINTS.index(where) >= CHECKPOINTS.index("after-switch")
+    if operation == "patch-rotation" and switched:  # federated already: refused for what it asks
+        assert seen[0].status == 400, seen[0]
+        assert "nothing to rotate" in seen[0].error.detail if seen[0].error else False
+    elif operation in REFUSED_WHILE_MIGRATING:
+        assert seen[0].status == 409, seen[0]
+        assert seen[0].error is not None
+        assert seen[0].error.extensions.get("rotationId") == done.rotation.rotation_id or seen[0].error.headers
+    else:
+        assert seen[0].status == 200, seen[0].error
+    assert done.method == "federated"
+    assert not done.rotation.in_progress
+    assert h.check() == []
+
+
+@pytest.mark.parametrize("operation", USER_OPERATIONS)
+@pytest.mark.parametrize("where", CHECKPOINTS)
+async def test_after_a_crash_mid_migration_and_its_lease_ran_out_a_user_operation_keeps_every_invariant(
+        where: str, operation: str) -> None:
+    """Edits and DELETE wait (409, naming migrate-to-federated) until the migration is finished; the same request
+    (or POST .../rotate) finishes it; then nothing the service created is left untracked."""
+    h = Harness()
+    record = await h.create()
+
+    async def crash(name: str, current: ConnectionRecord) -> None:
+        if name == where:
+            raise Crash(name)
+
+    with pytest.raises(Crash):
+        await h.services(checkpoint=crash).connections.migrate_to_federated(APP, record.id, {})
+    h.fakes.clock.advance(h.services().rotator.options.lease)
+    outcome = await user_operations(h, record.id)[operation]()
+    if operation in ("migrate", "rotate"):
+        assert outcome.status == 200, outcome
+    elif operation in ("patch-credentials", "patch-other-app", "disable-rotation", "delete"):
+        assert outcome.status == 409, outcome
+        assert outcome.error is not None
+        assert "migrate-to-federated" in outcome.error.detail
+    assert h.check() == []
+    finished = await h.api.migrate_to_federated(APP, record.id, {}) if operation not in ("migrate", "rotate") \
+        else await h.record(record.id)
+    assert finished is not None
+    assert finished.method == "federated"
+    assert not finished.rotation.in_progress
+    assert h.check() == []
+    assert (await h.api.delete(APP, record.id)).key_ids_left_live == []
+    assert h.check() == []
+
+
+async def test_deleting_a_migrated_connection_removes_the_federated_credential_the_service_added() -> None:
+    h = Harness()
+    record = await h.create()
+    await migrated(h, record)
+    app = h.fakes.world.apps[record.client_id or ""]
+    [added] = app.federated
+    deleted = await h.api.delete(APP, record.id)
+    assert deleted.removed_key_ids == [added]
+    assert app.federated == {}
+    assert ("credential.remove", "succeeded") in [(r.action, r.outcome) for r in h.fakes.audit.records]
+
+
+async def test_a_federated_credential_another_connection_relies_on_stays_when_one_is_deleted() -> None:
+    h = Harness()
+    record = await h.create()
+    await migrated(h, record)
+    app = h.fakes.world.apps[record.client_id or ""]
+    other = await h.api.create("azure-key-vault", federated_body(app.client_id, "kv"))
+    assert (await h.api.delete(APP, record.id)).removed_key_ids == []
+    assert len(app.federated) == 1
+    assert (await h.api.validate("azure-key-vault", other.id)).status == "active"
+
+
+async def test_a_migration_that_failed_before_the_switch_leaves_the_rotation_schedule_as_it_was() -> None:
+    h = Harness()
+    record = await h.create()  # rotating on a schedule
+    assert record.rotation.next_at is not None
+    h.fakes.world.federation_delay = 10**6
+    with pytest.raises(CredentialRejected):
+        await migrated(h, record)
+    after = await h.record(record.id)
+    assert after is not None
+    assert after.rotation.enabled
+    assert after.rotation.next_at == record.rotation.next_at
+    assert after.rotation.schedule_key is not None
+    assert [e.connection_id for e in await h.fakes.schedule.due(after.rotation.next_at)] == [record.id]
+    await h.due()
+    await h.sweep()  # the schedule goes on: the next rotation runs
+    rotated = await h.record(record.id)
+    assert rotated is not None
+    assert rotated.rotation.last_rotated_at != record.rotation.last_rotated_at
+    assert h.check() == []
+
+
+@pytest.mark.parametrize("where", CHECKPOINTS)
+async def test_the_sweep_finishes_a_migration_whose_worker_died_once_its_lease_ran_out(where: str) -> None:
+    h = Harness()
+    record = await h.create()
+
+    async def crash(name: str, current: ConnectionRecord) -> None:
+        if name == where:
+            raise Crash(name)
+
+    with pytest.raises(Crash):
+        await h.services(checkpoint=crash).connections.migrate_to_federated(APP, record.id, {})
+    await h.sweep()  # leased still: nothing happens
+    stopped = await h.record(record.id)
+    assert stopped is not None
+    assert stopped.rotation.step in MIGRATION_STEPS
+    h.fakes.clock.advance(h.services().rotator.options.lease + timedelta(minutes=1))
+    await h.sweep()
+    done = await h.record(record.id)
+    assert done is not None
+    assert done.method == "federated"
+    assert not done.rotation.in_progress
+    assert done.rotation.schedule_key is None
+    assert await h.fakes.schedule.due(h.fakes.clock.now + timedelta(days=3650)) == []
+    assert h.check() == []
