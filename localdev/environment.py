@@ -5,7 +5,8 @@ service to them. ``python -m localdev up`` and the end-to-end tests both build i
 stand-in, whose access tokens every route requires: its app roles, a demo administrator and a demo daemon
 holding ``AppConnections.Admin``, the settings ``AUTH_TENANT_ID`` and ``AUTH_AUDIENCE``, and
 ``{state_dir}/api-auth.json`` for ``python -m localdev token``; and the console's sign-in on that registration:
-its redirect URI ``{site_url}/auth/callback``, a client secret (``CONSOLE_CLIENT_SECRET``) and demo users
+its redirect URI ``{site_url}/auth/callback``, a federated credential for the managed identity below (a client
+secret, ``CONSOLE_CLIENT_SECRET``, only without one) and demo users
 (:data:`DEMO_USERS`: a reader and an operator beside the administrator).
 
 ``{state_dir}/api-auth.json`` for ``python -m localdev token``.
@@ -181,7 +182,14 @@ class LocalEnvironment:
         admin.assign_role(tenant, api["appId"], daemon["appId"], ADMIN_ROLE)
         # The console signs people in to the API registration itself (shared.sessions).
         admin.add_redirect_uri(tenant, api["appId"], f"{self.site_url.rstrip('/')}/auth/callback")
-        console_secret = admin.add_secret(tenant, api["appId"], display_name="console sign-in")
+        # Its client credential is the host's managed identity, as infra/ deploys it (a federated credential on the
+        # registration); a client secret only where there is no identity.
+        console_secret = None
+        if self.federation is not None:
+            admin.add_federated_credential(tenant, api["appId"], "app-connections-console", self.federation.issuer,
+                                           self.federation.principal_id)
+        else:
+            console_secret = admin.add_secret(tenant, api["appId"], display_name="console sign-in")
         for upn, (name, roles) in DEMO_USERS.items():
             person = admin.add_user(tenant, upn, name)
             for role in roles:
@@ -201,7 +209,8 @@ class LocalEnvironment:
         access.save(self.api_access_path)
         self.settings["AUTH_TENANT_ID"] = tenant
         self.settings["AUTH_AUDIENCE"] = access.api_app_id
-        self.settings["CONSOLE_CLIENT_SECRET"] = console_secret["secretText"]
+        if console_secret is not None:
+            self.settings["CONSOLE_CLIENT_SECRET"] = console_secret["secretText"]
         self.api = access
         return access
 

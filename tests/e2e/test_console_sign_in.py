@@ -60,7 +60,7 @@ class Browser:
 def client(host_url: str, local_env: LocalEnvironment, secrets_used) -> Iterator[httpx.Client]:  # type: ignore[no-untyped-def]
     """The browser's HTTP client. Its own transport's debug log (httpcore prints response headers, the session
     cookie among them) is off, so that the final secret scan looks for session ids in what the service logs."""
-    secrets_used.add(local_env.settings["CONSOLE_CLIENT_SECRET"])
+    assert "CONSOLE_CLIENT_SECRET" not in local_env.settings  # the managed identity's federated credential signs in
     transport_log = logging.getLogger("httpcore")
     level = transport_log.level
     transport_log.setLevel(logging.INFO)

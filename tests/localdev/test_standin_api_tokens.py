@@ -332,7 +332,12 @@ def test_up_registers_the_api_and_sets_auth_settings(local_env: LocalEnvironment
     users = {u["userPrincipalName"]: u["id"] for u in local_env.standin.admin.oauth_tokens()["users"]}
     people = {(users[upn], role) for upn, (_, roles) in DEMO_USERS.items() for role in roles}
     assert held - admins == people
-    assert local_env.settings["CONSOLE_CLIENT_SECRET"]
+    # The console signs in with the host's managed identity, through a federated credential on the registration.
+    assert "CONSOLE_CLIENT_SECRET" not in local_env.settings
+    assert local_env.federation is not None
+    federated = local_env.standin.admin.federated_credentials(access.tenant_id, access.api_app_id)
+    assert [(f["issuer"], f["subject"]) for f in federated] == [
+        (local_env.federation.issuer, local_env.federation.principal_id)]
     assert access.user_principal_name == "admin@contoso.example"
 
 
