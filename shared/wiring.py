@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from shared.oauth import OAuthFlow
     from shared.rotation.protocol import Checkpoint, RotationOptions, Rotator
     from shared.rotation.sweep import SweepReport
+    from shared.views import ConnectionReader
 
 
 def _now() -> datetime:
@@ -112,6 +113,16 @@ def health_checker() -> HealthChecker:
 
     built = services()
     return HealthChecker(built.adapters, built.connections)
+
+
+def connection_reader() -> ConnectionReader:
+    """The reads of connections over the connection store alone: no other adapter is built or imported, so a read
+    on a cold instance imports no more than it needs."""
+    from shared.azure.clients import get_clients
+    from shared.store.tables import ConnectionsTable
+    from shared.views import ConnectionReader
+
+    return ConnectionReader(ConnectionsTable(get_clients()))
 
 
 def connection_service() -> ConnectionService:
