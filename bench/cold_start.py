@@ -41,6 +41,10 @@ MEASURE = (
 
 FIRST_REQUEST = """
 import asyncio, json, os, sys, time
+if os.environ.get("BENCH_PROFILE"):
+    import cProfile
+    profile = cProfile.Profile()
+    profile.enable()
 started = time.perf_counter()
 call = json.loads(os.environ["BENCH_CALL"])
 import azure.functions as func
@@ -60,6 +64,9 @@ async def main():
     return response, done
 
 response, done = asyncio.run(main())
+if os.environ.get("BENCH_PROFILE"):
+    profile.disable()
+    profile.dump_stats(os.environ["BENCH_PROFILE"])
 body = response.get_body()
 created = None
 if response.status_code == 201:
@@ -127,8 +134,9 @@ def imports(runs: int) -> None:
     print(f"ratio function_app / azure.functions: {ratio:.2f} (goal <= 1.3: {'met' if ratio <= 1.3 else 'missed'})\n")
 
 
-def first_request(request: dict[str, object], pythonpath: str) -> dict[str, object]:
-    env = {**os.environ, "BENCH_CALL": json.dumps(request), "PYTHONPATH": pythonpath}
+def first_request(request: dict[str, object], pythonpath: str, profile: str | None = None) -> dict[str, object]:
+    env = {**os.environ, "BENCH_CALL": json.dumps(request), "PYTHONPATH": pythonpath,
+           **({"BENCH_PROFILE": profile} if profile else {})}
     out = subprocess.run([sys.executable, "-c", FIRST_REQUEST], cwd=common.ROOT, env=env, capture_output=True,
                          text=True, check=False)
     if out.returncode != 0:
@@ -148,7 +156,7 @@ def new_connection_body(admin: object, tenant: str, name: str) -> dict[str, obje
             "credentials": {"tenantId": tenant, "clientId": app["appId"], "clientSecret": secret["secretText"]}}
 
 
-def first_requests(requests: int, routes: list[str]) -> None:
+def first_requests(requests: int, routes: list[str], profile: str | None = None) -> None:
     admin = common.admin_client()
     tenant = admin.add_tenant()
     with tempfile.TemporaryDirectory(prefix="bench-bare-") as bare_dir:
@@ -163,12 +171,14 @@ def first_requests(requests: int, routes: list[str]) -> None:
             for run in range(requests):  # interleaved, so that drift in the machine's load hits both alike
                 bare.append(float(str(first_request(call("bare", None), pythonpath)["total"])))
                 body = new_connection_body(admin, tenant, f"cold-{route}-{run}") if route == "write" else None
-                service.append(first_request(call(route, connection_id, body), pythonpath))
+                where = str(Path(profile) / f"{route}.pstats") if profile and run == 0 else None
+                service.append(first_request(call(route, connection_id, body), pythonpath, where))
             total = common.median([float(str(r["total"])) for r in service])
             floor = common.median(bare)
             ratios[route] = total / floor
             statuses = sorted({int(str(r["status"])) for r in service})
-            log.info("%s (%s): %.3f s against %.3f s (bare), statuses %s", route, service[0]["body"][:80], total, floor, statuses)
+            log.info("%s (%s): %.3f s against %.3f s (bare), statuses %s", route, str(service[0]["body"])[:80], total,
+                     floor, statuses)
             rows.append([route, str(call(route, connection_id)["function"]), ",".join(map(str, statuses)),
                          common.median([float(str(r["import"])) for r in service]),
                          common.median([float(str(r["request"])) for r in service]), total, floor, ratios[route],
@@ -186,6 +196,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=9, help="fresh processes per import (at least 7 for the goal)")
     parser.add_argument("--requests", type=int, default=5, help="cold processes per kind of route")
+    parser.add_argument("--profile", help="a folder: a cProfile of each route's first cold process goes there")
     parser.add_argument("--routes", default=",".join(ROUTES), help="kinds of route, comma-separated")
     common.add_worker_flag(parser)
     args = parser.parse_args()
@@ -194,7 +205,7 @@ def main() -> int:
         return common.run_in_environment(__file__, sys.argv[1:])
     started = time.monotonic()
     imports(args.runs)
-    first_requests(args.requests, [r for r in args.routes.split(",") if r])
+    first_requests(args.requests, [r for r in args.routes.split(",") if r], args.profile)
     log.info("done in %.1f s", time.monotonic() - started)
     return 0
 
