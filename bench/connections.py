@@ -133,6 +133,14 @@ async def read_path(args: argparse.Namespace, admin: Any, tenant: str, connectio
     for what, name, request, goal in (("GET one connection", "get_app_connection", get, 0.5),
                                       (f"list page of {args.rows}", "list_app_connections", page,
                                        2.5 * args.rows / 50)):
+        if args.profile:
+            import cProfile
+
+            profile = cProfile.Profile()
+            profile.enable()
+            await cpu_per_call(functions[name], request, args.reads)
+            profile.disable()
+            profile.dump_stats(str(Path(args.profile) / f"{name}.pstats"))
         service_ms = await cpu_per_call(functions[name], request, args.reads)
         bare_ms = await cpu_per_call(bare, bare_request, args.reads)
         rows.append([what, service_ms, bare_ms, service_ms / bare_ms, f"<= {goal:.2f}",
@@ -149,6 +157,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--reads", type=int, default=300, help="warm requests per read measured")
+    parser.add_argument("--profile", help="a folder: a cProfile of each read measured goes there")
     parser.add_argument("--rows", type=int, default=50, help="connections in a list page")
     common.add_worker_flag(parser)
     args = parser.parse_args()
