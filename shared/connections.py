@@ -68,9 +68,10 @@ from shared.rotation.state import state_response
 from shared.store.vault import secret_name_for
 from shared.views import DEFAULT_PAGE_SIZE as DEFAULT_PAGE_SIZE  # the reads and the public view live apart,
 from shared.views import MAX_PAGE_SIZE as MAX_PAGE_SIZE  # so that a read imports none of the above
-from shared.views import ConnectionReader, require_app
+from shared.views import ConnectionReader
 from shared.views import health_response as health_response
 from shared.views import page_size as page_size
+from shared.views import require_app as require_app
 from shared.views import to_response as to_response
 
 log = logging.getLogger(__name__)
