@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import logging
+import resource
 import sys
 import tempfile
 import time
@@ -79,15 +80,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def cpu_per_call(function: Callable[[Any], Awaitable[Any]], request: Callable[[], Any], calls: int,
-                       status: int = 200) -> float:
-    """Milliseconds of this process's CPU per call of ``function``, after a warm-up."""
+                       status: int = 200) -> tuple[float, float]:
+    """Milliseconds of this process's CPU per call of ``function`` after a warm-up: in all, and in user mode
+    (without the kernel's share, mostly the loopback sockets to Azurite)."""
     for _ in range(min(10, calls)):
         response = await function(request())
         assert response.status_code == status, response.get_body()[:300]
-    started = time.process_time()
+    before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(calls):
         await function(request())
-    return (time.process_time() - started) * 1000 / calls
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    user = after.ru_utime - before.ru_utime
+    return (user + after.ru_stime - before.ru_stime) * 1000 / calls, user * 1000 / calls
 
 
 async def read_path(args: argparse.Namespace, admin: Any, tenant: str, connection_id: str) -> int:
@@ -141,14 +145,15 @@ async def read_path(args: argparse.Namespace, admin: Any, tenant: str, connectio
             await cpu_per_call(functions[name], request, args.reads)
             profile.disable()
             profile.dump_stats(str(Path(args.profile) / f"{name}.pstats"))
-        service_ms = await cpu_per_call(functions[name], request, args.reads)
-        bare_ms = await cpu_per_call(bare, bare_request, args.reads)
-        rows.append([what, service_ms, bare_ms, service_ms / bare_ms, f"<= {goal:.2f}",
+        service_ms, service_user_ms = await cpu_per_call(functions[name], request, args.reads)
+        bare_ms, _ = await cpu_per_call(bare, bare_request, args.reads)
+        rows.append([what, service_ms, service_user_ms, bare_ms, service_ms / max(bare_ms, 1e-6), f"<= {goal:.2f}",
                      "met" if service_ms <= goal else "missed"])
         log.info("%s: %.3f ms of CPU per request (bare %.3f ms)", what, service_ms, bare_ms)
     await close_clients()
     print(common.table(f"Read path: worker CPU per warm request, {args.reads} requests each, side by side with a "
-                       "bare function", ["request", "service (ms CPU)", "bare (ms CPU)", "ratio", "goal (ms)", ""],
+                       "bare function", ["request", "service (ms CPU)", "of which user (ms)", "bare (ms CPU)", "ratio",
+                        "goal (ms)", ""],
                        rows))
     return 0
 
