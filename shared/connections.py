@@ -104,7 +104,7 @@ class ConnectionService:
         self.rotator = rotator
         self.oauth_tokens = OAuthTokens(adapters, self.store_refresh_token, token_cache)
         self.store = adapters.connections
-        self.reader = ConnectionReader(adapters.connections)
+        self.reader = ConnectionReader(adapters.connections, adapters.history)
         self.vault = adapters.vault
 
     def now(self) -> datetime:
@@ -272,8 +272,7 @@ class ConnectionService:
 
     async def rotations(self, app_id: str, connection_id: str, limit: int | None,
                         continuation: str | None) -> tuple[list[RotationEvent], str | None]:
-        record = await self.get(app_id, connection_id)
-        return await self.adapters.history.page(record.id, page_size(limit), continuation)
+        return await self.reader.rotations(app_id, connection_id, limit, continuation)
 
     async def clients_visible(self, connection_id: str) -> list[dict[str, str]]:
         """The app registrations an azure-client-secrets connection can see in Microsoft Graph."""

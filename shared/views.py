@@ -12,8 +12,8 @@ from typing import Any
 
 from shared.apps import AppSpec, Method, find_app
 from shared.errors import FieldError, InvalidRequest, NotFound
-from shared.ports import ConnectionStore
-from shared.records import Actor, ConnectionRecord
+from shared.ports import ConnectionStore, HistoryStore
+from shared.records import Actor, ConnectionRecord, RotationEvent
 from shared.rotation.state import state_response
 
 DEFAULT_PAGE_SIZE = 100
@@ -36,10 +36,11 @@ def page_size(limit: int | None) -> int:
 
 
 class ConnectionReader:
-    """The reads of connections: by id, by name, a page of an app's connections."""
+    """The reads of connections: by id, by name, a page of an app's connections, a page of one's rotations."""
 
-    def __init__(self, store: ConnectionStore) -> None:
+    def __init__(self, store: ConnectionStore, history: HistoryStore) -> None:
         self.store = store
+        self.history = history
 
     async def get(self, app_id: str, connection_id: str) -> ConnectionRecord:
         return await self.store.get(require_app(app_id).id, connection_id.lower())
@@ -50,6 +51,11 @@ class ConnectionReader:
     async def list_connections(self, app_id: str, limit: int | None,
                                continuation: str | None) -> tuple[list[ConnectionRecord], str | None]:
         return await self.store.list_page(require_app(app_id).id, page_size(limit), continuation)
+
+    async def rotations(self, app_id: str, connection_id: str, limit: int | None,
+                        continuation: str | None) -> tuple[list[RotationEvent], str | None]:
+        record = await self.get(app_id, connection_id)
+        return await self.history.page(record.id, page_size(limit), continuation)
 
 
 def health_response(record: ConnectionRecord) -> dict[str, Any]:

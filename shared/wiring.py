@@ -116,13 +116,15 @@ def health_checker() -> HealthChecker:
 
 
 def connection_reader() -> ConnectionReader:
-    """The reads of connections over the connection store alone: no other adapter is built or imported, so a read
-    on a cold instance imports no more than it needs."""
+    """The reads of connections over the connection store and the rotation history alone: no other adapter is
+    built or imported, so a read on a cold instance imports no more than it needs."""
     from shared.azure.clients import get_clients
+    from shared.store.history import RotationHistory
     from shared.store.tables import ConnectionsTable
     from shared.views import ConnectionReader
 
-    return ConnectionReader(ConnectionsTable(get_clients()))
+    clients = get_clients()
+    return ConnectionReader(ConnectionsTable(clients), RotationHistory(clients))
 
 
 def connection_service() -> ConnectionService:

@@ -7,7 +7,7 @@ import logging
 
 import azure.functions as func
 
-from shared.functions.connections import BASE, OPEN, _one, _service
+from shared.functions.connections import BASE, OPEN, _one, _reader, _service
 from shared.functions.http import endpoint, json_response, query_int
 
 bp = func.Blueprint()
@@ -25,7 +25,7 @@ async def rotate_app_connection(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route=BASE + "/{app}/{connectionId}/rotations", methods=["GET"], auth_level=OPEN)
 @endpoint("Reader")
 async def list_app_connection_rotations(req: func.HttpRequest) -> func.HttpResponse:
-    events, token = await _service().rotations(
+    events, token = await _reader().rotations(
         req.route_params["app"], req.route_params["connectionId"], query_int(req, "limit"),
         req.params.get("continuationToken"),
     )
