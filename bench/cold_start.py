@@ -1,13 +1,16 @@
-"""Cold start: what a fresh Functions worker process pays before and at its first request.
+"""Cold start: what a fresh Functions worker process pays before and at its first request, side by side with a
+bare function app (one async HTTP function that answers a small JSON document: ``common.BARE_APP_SOURCE``).
 
 1. Import: the median over ``--runs`` fresh processes of ``import function_app;
    function_app.app.get_functions()`` against ``import azure.functions`` alone (the floor every Python
    function app pays), interleaved in the same run. Goal: ratio <= 1.3.
-2. First request: a fresh process imports the app, builds the service and creates a client-secret connection
-   against the stand-in (the API access token checked, a token, Key Vault, Table Storage); the median over
-   ``--requests`` processes.
+2. First request, by kind of route: a fresh process imports the app, indexes its functions and answers one
+   request (the API access token checked; for a write, also a token from Entra, Key Vault and Table Storage
+   against the stand-in and Azurite). The same for the bare app, interleaved. The figure is the process's time
+   from before the import to the answer, median over ``--requests`` processes each. Goal: ratio <= 1.3 for
+   every kind of route.
 
-    .venv/bin/python -m bench.cold_start [--runs 9] [--requests 5]
+    .venv/bin/python -m bench.cold_start [--runs 9] [--requests 5] [--routes read,list,...]
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from bench import common
 
@@ -35,28 +41,69 @@ MEASURE = (
 
 FIRST_REQUEST = """
 import asyncio, json, os, sys, time
+if os.environ.get("BENCH_PROFILE"):
+    import cProfile
+    profile = cProfile.Profile()
+    profile.enable()
 started = time.perf_counter()
+call = json.loads(os.environ["BENCH_CALL"])
 import azure.functions as func
-import function_app
-functions = {f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()}
+module = __import__(call["module"])
+functions = {f.get_function_name(): f.get_user_function() for f in module.app.get_functions()}
 imported = time.perf_counter()
-body = json.loads(os.environ["BENCH_BODY"])
-req = func.HttpRequest("POST", "http://localhost/api/v1/app-connections/azure-key-vault",
-                       headers={"content-type": "application/json",
-                                "authorization": "Bearer " + os.environ["BENCH_API_TOKEN"]},
-                       route_params={"app": "azure-key-vault"}, body=json.dumps(body).encode())
+req = func.HttpRequest(call["method"], "http://localhost/" + call["path"], headers=call["headers"],
+                       route_params=call["route_params"], params=call["params"],
+                       body=json.dumps(call["body"]).encode() if call["body"] is not None else b"")
 
 async def main():
-    from shared.azure.clients import close_clients
-    response = await functions["create_app_connection"](req)
+    response = await functions[call["function"]](req)
     done = time.perf_counter()
-    await close_clients()
+    if call["module"] != "bare_function_app":
+        from shared.azure.clients import close_clients
+        await close_clients()
     return response, done
 
 response, done = asyncio.run(main())
-assert response.status_code == 201, response.get_body()[:300]
-print(json.dumps({"import": imported - started, "request": done - imported, "total": done - started}))
+if os.environ.get("BENCH_PROFILE"):
+    profile.disable()
+    profile.dump_stats(os.environ["BENCH_PROFILE"])
+body = response.get_body()
+created = None
+if response.status_code == 201:
+    created = json.loads(body)["appConnection"]["id"]
+print(json.dumps({"import": imported - started, "request": done - imported, "total": done - started,
+                  "status": response.status_code, "created": created, "body": body[:300].decode("utf-8", "replace"),
+                  "modules": len(sys.modules)}))
 """
+
+BASE = "api/v1/app-connections"
+KV = "azure-key-vault"
+ROUTES = ("read", "list", "write", "authorize", "callback", "openapi", "audit", "health")
+
+
+def call(route: str, connection_id: str | None, body: dict[str, object] | None = None) -> dict[str, object]:
+    """The function and request of one kind of route (the bare app's when ``route`` is "bare")."""
+    headers = {"authorization": "Bearer " + os.environ.get(common.API_TOKEN, ""), "content-type": "application/json"}
+    table: dict[str, tuple[str, str, str, dict[str, str], dict[str, str]]] = {
+        "bare": ("bare", "GET", "bare/1", {"id": "1"}, {}),
+        "read": ("get_app_connection", "GET", f"{BASE}/{KV}/{connection_id}", {"app": KV,
+                                                                              "connectionId": str(connection_id)}, {}),
+        "list": ("list_app_connections", "GET", f"{BASE}/{KV}", {"app": KV}, {"limit": "50"}),
+        "write": ("create_app_connection", "POST", f"{BASE}/{KV}", {"app": KV}, {}),
+        "authorize": ("authorize_app_connection_oauth", "GET", f"{BASE}/{KV}/oauth/authorize", {"app": KV},
+                      {"name": f"cold-oauth-{secrets.token_hex(4)}"}),
+        "callback": ("app_connection_oauth_callback", "GET", "organization/app-connections/azure/oauth/callback", {},
+                     {"state": secrets.token_urlsafe(24), "code": "not-a-code"}),
+        "openapi": ("get_openapi_document", "GET", "api/v1/openapi.json", {}, {}),
+        "audit": ("list_audit_logs", "GET", "api/v1/audit-logs", {}, {"limit": "50"}),
+        "health": ("get_app_connections_health", "GET", f"{BASE}/health", {}, {}),
+    }
+    function, method, path, route_params, params = table[route]
+    if route == "authorize":
+        headers["accept"] = "application/json"
+    return {"module": common.BARE_MODULE if route == "bare" else "function_app", "function": function,
+            "method": method, "path": path, "route_params": route_params, "params": params,
+            "headers": {} if route in ("bare", "callback") else headers, "body": body}
 
 
 def clean_env() -> dict[str, str]:
@@ -87,35 +134,70 @@ def imports(runs: int) -> None:
     print(f"ratio function_app / azure.functions: {ratio:.2f} (goal <= 1.3: {'met' if ratio <= 1.3 else 'missed'})\n")
 
 
-def first_requests(requests: int) -> None:
+def first_request(request: dict[str, object], pythonpath: str, profile: str | None = None) -> dict[str, object]:
+    env = {**os.environ, "BENCH_CALL": json.dumps(request), "PYTHONPATH": pythonpath,
+           **({"BENCH_PROFILE": profile} if profile else {})}
+    out = subprocess.run([sys.executable, "-c", FIRST_REQUEST], cwd=common.ROOT, env=env, capture_output=True,
+                         text=True, check=False)
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr[-3000:])
+        raise SystemExit(f"the first-request process failed (exit {out.returncode})")
+    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    status = int(str(result["status"]))
+    if status >= 500:
+        raise SystemExit(f"{request['function']} answered {status}: {result['body']}")
+    return result
+
+
+def new_connection_body(admin: object, tenant: str, name: str) -> dict[str, object]:
+    app = admin.add_app(tenant, display_name=name)  # type: ignore[attr-defined]
+    secret = admin.add_secret(tenant, app["appId"])  # type: ignore[attr-defined]
+    return {"name": f"{name}-{os.getpid()}", "method": "client-secret",
+            "credentials": {"tenantId": tenant, "clientId": app["appId"], "clientSecret": secret["secretText"]}}
+
+
+def first_requests(requests: int, routes: list[str], profile: str | None = None) -> None:
     admin = common.admin_client()
     tenant = admin.add_tenant()
-    rows: list[dict[str, float]] = []
-    for run in range(requests):
-        app = admin.add_app(tenant, display_name=f"cold-{run}")
-        secret = admin.add_secret(tenant, app["appId"])
-        body = {"name": f"cold-{run}-{os.getpid()}", "method": "client-secret",
-                "credentials": {"tenantId": tenant, "clientId": app["appId"], "clientSecret": secret["secretText"]}}
-        env = {**os.environ, "BENCH_BODY": json.dumps(body)}
-        out = subprocess.run([sys.executable, "-c", FIRST_REQUEST], cwd=common.ROOT, env=env, capture_output=True,
-                             text=True, check=False)
-        if out.returncode != 0:
-            sys.stderr.write(out.stderr[-3000:])
-            raise SystemExit(f"the first-request process failed (exit {out.returncode})")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        log.info("first request %d of %d: %.3f s after %.3f s of import", run + 1, requests, rows[-1]["request"],
-                 rows[-1]["import"])
-    print(common.table(f"Cold process, first request (create a client-secret connection), median of {requests}",
-                       ["phase", "median (s)", "min (s)", "max (s)"], [
-        [phase, common.median([r[phase] for r in rows]), min(r[phase] for r in rows), max(r[phase] for r in rows)]
-        for phase in ("import", "request", "total")
-    ]))
+    with tempfile.TemporaryDirectory(prefix="bench-bare-") as bare_dir:
+        pythonpath = os.pathsep.join([str(common.bare_app_dir(Path(bare_dir))), str(common.ROOT)])
+        seeded = first_request(call("write", None, new_connection_body(admin, tenant, "cold-seed")), pythonpath)
+        connection_id = str(seeded["created"])
+        rows: list[list[object]] = []
+        ratios: dict[str, float] = {}
+        for route in routes:
+            bare: list[float] = []
+            service: list[dict[str, object]] = []
+            for run in range(requests):  # interleaved, so that drift in the machine's load hits both alike
+                bare.append(float(str(first_request(call("bare", None), pythonpath)["total"])))
+                body = new_connection_body(admin, tenant, f"cold-{route}-{run}") if route == "write" else None
+                where = str(Path(profile) / f"{route}.pstats") if profile and run == 0 else None
+                service.append(first_request(call(route, connection_id, body), pythonpath, where))
+            total = common.median([float(str(r["total"])) for r in service])
+            floor = common.median(bare)
+            ratios[route] = total / floor
+            statuses = sorted({int(str(r["status"])) for r in service})
+            log.info("%s (%s): %.3f s against %.3f s (bare), statuses %s", route, str(service[0]["body"])[:80], total,
+                     floor, statuses)
+            rows.append([route, str(call(route, connection_id)["function"]), ",".join(map(str, statuses)),
+                         common.median([float(str(r["import"])) for r in service]),
+                         common.median([float(str(r["request"])) for r in service]), total, floor, ratios[route],
+                         int(str(service[0]["modules"]))])
+    print(common.table(f"Cold process, first request by kind of route, median of {requests} processes each, side "
+                       "by side with a bare function app", ["route", "function", "status", "import + index (s)",
+                                                           "request (s)", "total (s)", "bare total (s)",
+                                                           "ratio", "modules"], rows))
+    worst = max(ratios, key=lambda route: ratios[route])
+    print(f"worst ratio to the bare function's first request: {ratios[worst]:.2f} ({worst}; goal <= 1.3: "
+          f"{'met' if ratios[worst] <= 1.3 else 'missed'})\n")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=9, help="fresh processes per import (at least 7 for the goal)")
-    parser.add_argument("--requests", type=int, default=5, help="cold processes that serve a first request")
+    parser.add_argument("--requests", type=int, default=5, help="cold processes per kind of route")
+    parser.add_argument("--profile", help="a folder: a cProfile of each route's first cold process goes there")
+    parser.add_argument("--routes", default=",".join(ROUTES), help="kinds of route, comma-separated")
     common.add_worker_flag(parser)
     args = parser.parse_args()
     common.setup_logging()
@@ -123,7 +205,7 @@ def main() -> int:
         return common.run_in_environment(__file__, sys.argv[1:])
     started = time.monotonic()
     imports(args.runs)
-    first_requests(args.requests)
+    first_requests(args.requests, [r for r in args.routes.split(",") if r], args.profile)
     log.info("done in %.1f s", time.monotonic() - started)
     return 0
 

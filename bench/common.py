@@ -168,3 +168,29 @@ def progress(every: int, total: int, what: str) -> Callable[[], None]:
             log.info("%s: %d of %d", what, done[0], total)
 
     return step
+
+
+# A bare Functions app: one anonymous async HTTP function that answers a small JSON document and does nothing
+# else. The baseline the service's cold start and read path are compared with, on the same host and runtime.
+BARE_MODULE = "bare_function_app"
+BARE_FUNCTION = "bare"
+BARE_APP_SOURCE = '''
+import json
+
+import azure.functions as func
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+
+@app.function_name("bare")
+@app.route(route="bare/{id}", methods=["GET"])
+async def bare(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps({"id": req.route_params.get("id")}), mimetype="application/json",
+                             headers={"Cache-Control": "no-store"})
+'''
+
+
+def bare_app_dir(parent: Path) -> Path:
+    """Write the bare function app into ``parent`` (as ``bare_function_app.py``); put ``parent`` on sys.path."""
+    (parent / f"{BARE_MODULE}.py").write_text(BARE_APP_SOURCE)
+    return parent

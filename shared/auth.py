@@ -15,8 +15,10 @@ Roles come from the token's ``roles`` claim, for people (delegated tokens) and d
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +34,7 @@ CLOCK_SKEW_SECONDS = 120
 REFETCH_INTERVAL_SECONDS = 60.0
 MAX_TOKEN_CHARS = 16 * 1024
 CHALLENGE = 'Bearer error="invalid_token"'
+VALIDATED_CACHE_SIZE = 1024  # tokens whose principal is kept until they expire (the oldest used goes first)
 
 
 @dataclass(frozen=True)
@@ -138,9 +141,16 @@ class SigningKeys:
 
 
 class TokenValidator:
-    def __init__(self, settings: Settings, keys: SigningKeys) -> None:
+    """Validates bearer tokens. A token that passed is remembered, by its SHA-256, with the principal it names
+    until its ``exp`` (at most ``VALIDATED_CACHE_SIZE`` of them): the same token again is answered without a
+    second signature check. Its outcome is the one a full check would give, since the keys are cached too and
+    a token past ``exp`` is checked in full again (and refused once past the clock skew)."""
+
+    def __init__(self, settings: Settings, keys: SigningKeys, now: Callable[[], float] = time.time) -> None:
         self._settings = settings
         self._keys = keys
+        self._now = now
+        self._validated: OrderedDict[bytes, tuple[dict[str, Any], float]] = OrderedDict()
 
     @property
     def audiences(self) -> list[str]:
@@ -166,6 +176,13 @@ class TokenValidator:
         self.require_configured()
         if len(token) > MAX_TOKEN_CHARS:
             raise _unauthorized("The token is too long.")
+        digest = hashlib.sha256(token.encode()).digest()
+        known = self._validated.get(digest)
+        if known is not None:
+            if self._now() < known[1]:
+                self._validated.move_to_end(digest)
+                return dict(known[0])
+            del self._validated[digest]
         import jwt
 
         try:
@@ -194,7 +211,16 @@ class TokenValidator:
             raise _unauthorized("The access token comes from another issuer.") from None
         except jwt.PyJWTError:
             raise _unauthorized("The access token's signature or claims are not valid.") from None
-        return dict(claims)
+        checked = dict(claims)
+        self._remember(digest, checked, claims.get("exp"))
+        return dict(checked)
+
+    def _remember(self, digest: bytes, claims: dict[str, Any], expires: Any) -> None:
+        if not isinstance(expires, int | float) or isinstance(expires, bool) or expires <= self._now():
+            return
+        self._validated[digest] = (claims, float(expires))
+        while len(self._validated) > VALIDATED_CACHE_SIZE:
+            self._validated.popitem(last=False)
 
 
 def principal_of(claims: Mapping[str, Any]) -> Principal:

@@ -14,11 +14,11 @@ import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared import audit
-from shared.apps import APPS, AppSpec, Method, find_app, method_spec
+from shared.apps import APPS, AppSpec, Method, method_spec
 from shared.credentials import parse_certificate_async
 from shared.errors import (
     ConcurrentChange,
@@ -76,27 +76,17 @@ from shared.rotation.migration import MIGRATION_STEPS, Migrator
 from shared.rotation.protocol import Attempt, Rotator, reindex, retire_waiting, schedule_of, secret_tags
 from shared.rotation.state import state_response
 from shared.store.vault import secret_name_for
+from shared.views import DEFAULT_PAGE_SIZE as DEFAULT_PAGE_SIZE  # the reads and the public view live apart,
+from shared.views import MAX_PAGE_SIZE as MAX_PAGE_SIZE  # so that a read imports none of the above
+from shared.views import ConnectionReader
+from shared.views import health_response as health_response
+from shared.views import page_size as page_size
+from shared.views import require_app as require_app
+from shared.views import to_response as to_response
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 DELETE_LEASE_SECONDS = 120
-
-
-def require_app(app_id: str) -> AppSpec:
-    app = find_app(app_id)
-    if app is None:
-        raise NotFound(f"There is no app '{app_id}'.")
-    return app
-
-
-def page_size(limit: int | None) -> int:
-    size = DEFAULT_PAGE_SIZE if limit is None else limit
-    if not 1 <= size <= MAX_PAGE_SIZE:
-        raise InvalidRequest("The page size is out of range.",
-                             errors=[FieldError("/limit", f"must be between 1 and {MAX_PAGE_SIZE}")])
-    return size
 
 
 Credentials = ClientSecretCredentialsIn | CertificateCredentialsIn | FederatedCredentialsIn
@@ -125,6 +115,7 @@ class ConnectionService:
         self.migrator = Migrator(adapters, options=rotator.options, owner=rotator.owner, checkpoint=rotator.checkpoint)
         self.oauth_tokens = OAuthTokens(adapters, self.store_refresh_token, token_cache)
         self.store = adapters.connections
+        self.reader = ConnectionReader(adapters.connections, adapters.history)
         self.vault = adapters.vault
 
     def now(self) -> datetime:
@@ -312,19 +303,18 @@ class ConnectionService:
 
     # -- read ------------------------------------------------------------------------------------------------
     async def get(self, app_id: str, connection_id: str) -> ConnectionRecord:
-        return await self.store.get(require_app(app_id).id, connection_id.lower())
+        return await self.reader.get(app_id, connection_id)
 
     async def get_by_name(self, app_id: str, name: str) -> ConnectionRecord:
-        return await self.store.get_by_name(require_app(app_id).id, name)
+        return await self.reader.get_by_name(app_id, name)
 
     async def list_connections(self, app_id: str, limit: int | None,
                                continuation: str | None) -> tuple[list[ConnectionRecord], str | None]:
-        return await self.store.list_page(require_app(app_id).id, page_size(limit), continuation)
+        return await self.reader.list_connections(app_id, limit, continuation)
 
     async def rotations(self, app_id: str, connection_id: str, limit: int | None,
                         continuation: str | None) -> tuple[list[RotationEvent], str | None]:
-        record = await self.get(app_id, connection_id)
-        return await self.adapters.history.page(record.id, page_size(limit), continuation)
+        return await self.reader.rotations(app_id, connection_id, limit, continuation)
 
     async def clients_visible(self, connection_id: str) -> list[dict[str, str]]:
         """The app registrations an azure-client-secrets connection can see in Microsoft Graph."""
@@ -788,49 +778,4 @@ def acting_actor() -> Actor:
     """Who is acting (the request's caller, or the system), without the role they act by."""
     actor = audit.current().actor
     return Actor(actor.id, actor.name, actor.type)
-
-
-def health_response(record: ConnectionRecord) -> dict[str, Any]:
-    health = record.health
-    return {"credentialExpiresAt": _iso(health.credential_expires_at),
-            "health": {"status": health.status, "checkedAt": _iso(health.checked_at), "message": health.message}}
-
-
-def _who(actor: Actor | None) -> dict[str, str] | None:
-    return {"id": actor.id, "name": actor.name, "type": actor.type} if actor else None
-
-
-def to_response(record: ConnectionRecord) -> dict[str, Any]:
-    """The public view of a connection: never a secret, key or token."""
-    credentials: dict[str, Any] = {"tenantId": record.tenant_id}
-    if record.method != Method.OAUTH and record.client_id:
-        credentials["clientId"] = record.client_id
-    authorized = record.authorized_by
-    return {
-        "id": record.id,
-        "name": record.name,
-        "description": record.description,
-        "app": record.app,
-        "method": record.method,
-        "credentials": credentials,
-        "createdAt": _iso(record.created_at),
-        "updatedAt": _iso(record.updated_at),
-        "version": record.version,
-        "status": record.status,
-        "statusMessage": record.status_message,
-        "lastValidatedAt": _iso(record.last_validated_at),
-        "isAutoRotationEnabled": record.rotation.enabled,
-        "rotation": state_response(record.rotation),
-        **health_response(record),
-        "createdBy": _who(record.created_by),
-        "updatedBy": _who(record.updated_by),
-        "authorizedBy": {"oid": authorized.oid, "upn": authorized.upn, "tenantId": authorized.tenant_id}
-        if authorized else None,
-    }
-
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 

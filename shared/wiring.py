@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from shared.rotation.protocol import Checkpoint, RotationOptions, Rotator
     from shared.rotation.sweep import SweepReport
     from shared.sessions import Sessions, SignIn
+    from shared.views import ConnectionReader
 
 
 def _now() -> datetime:
@@ -144,6 +145,18 @@ def health_checker() -> HealthChecker:
 
     built = services()
     return HealthChecker(built.adapters, built.connections)
+
+
+def connection_reader() -> ConnectionReader:
+    """The reads of connections over the connection store and the rotation history alone: no other adapter is
+    built or imported, so a read on a cold instance imports no more than it needs."""
+    from shared.azure.clients import get_clients
+    from shared.store.history import RotationHistory
+    from shared.store.tables import ConnectionsTable
+    from shared.views import ConnectionReader
+
+    clients = get_clients()
+    return ConnectionReader(ConnectionsTable(clients), RotationHistory(clients))
 
 
 def connection_service() -> ConnectionService:

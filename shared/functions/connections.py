@@ -15,6 +15,7 @@ from shared.functions.http import endpoint, json_response, query_bool, query_int
 if TYPE_CHECKING:
     from shared.connections import ConnectionService
     from shared.records import ConnectionRecord
+    from shared.views import ConnectionReader
 
 bp = func.Blueprint()
 
@@ -49,8 +50,14 @@ def _service() -> ConnectionService:
     return connection_service()
 
 
+def _reader() -> ConnectionReader:
+    from shared.wiring import connection_reader
+
+    return connection_reader()
+
+
 def _one(record: ConnectionRecord, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
-    from shared.connections import to_response
+    from shared.views import to_response
 
     return json_response({"appConnection": to_response(record)}, status, headers)
 
@@ -78,9 +85,9 @@ async def create_app_connection(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route=BASE + "/{app}", methods=["GET"], auth_level=OPEN)
 @endpoint("Reader")
 async def list_app_connections(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.connections import to_response
+    from shared.views import to_response
 
-    records, token = await _service().list_connections(
+    records, token = await _reader().list_connections(
         req.route_params["app"], query_int(req, "limit"), req.params.get("continuationToken")
     )
     return json_response({"appConnections": [to_response(r) for r in records], "continuationToken": token})
@@ -90,14 +97,14 @@ async def list_app_connections(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route=BASE + "/{app}/{connectionId}", methods=["GET"], auth_level=OPEN)
 @endpoint("Reader")
 async def get_app_connection(req: func.HttpRequest) -> func.HttpResponse:
-    return _one(await _service().get(req.route_params["app"], req.route_params["connectionId"]))
+    return _one(await _reader().get(req.route_params["app"], req.route_params["connectionId"]))
 
 
 @bp.function_name("get_app_connection_by_name")
 @bp.route(route=BASE + "/{app}/connection-name/{connectionName}", methods=["GET"], auth_level=OPEN)
 @endpoint("Reader")
 async def get_app_connection_by_name(req: func.HttpRequest) -> func.HttpResponse:
-    return _one(await _service().get_by_name(req.route_params["app"], req.route_params["connectionName"]))
+    return _one(await _reader().get_by_name(req.route_params["app"], req.route_params["connectionName"]))
 
 
 @bp.function_name("update_app_connection")
@@ -112,7 +119,7 @@ async def update_app_connection(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route=BASE + "/{app}/{connectionId}", methods=["DELETE"], auth_level=OPEN)
 @endpoint("Writer", action="connection.delete")
 async def delete_app_connection(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.connections import to_response
+    from shared.views import to_response
 
     deleted = await _service().delete(req.route_params["app"], req.route_params["connectionId"],
                                       force=query_bool(req, "force"))

@@ -7,7 +7,7 @@ import logging
 
 import azure.functions as func
 
-from shared.functions.connections import BASE, OPEN, _one, _service
+from shared.functions.connections import BASE, OPEN, _one, _reader, _service
 from shared.functions.http import endpoint, json_response, query_int, read_json
 from shared.functions.invocation import traced_timer
 
@@ -35,7 +35,7 @@ async def migrate_app_connection_to_federated(req: func.HttpRequest) -> func.Htt
 @bp.route(route=BASE + "/{app}/{connectionId}/rotations", methods=["GET"], auth_level=OPEN)
 @endpoint("Reader")
 async def list_app_connection_rotations(req: func.HttpRequest) -> func.HttpResponse:
-    events, token = await _service().rotations(
+    events, token = await _reader().rotations(
         req.route_params["app"], req.route_params["connectionId"], query_int(req, "limit"),
         req.params.get("continuationToken"),
     )

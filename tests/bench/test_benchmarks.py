@@ -13,7 +13,9 @@ pytestmark = pytest.mark.slow
 
 SMALL = {
     "cold_start.py": (["--runs", "3", "--requests", "1"], ["### Import cost", "ratio function_app / azure.functions",
-                                                          "### Cold process, first request"]),
+                                                          "### Cold process, first request by kind of route",
+                                                          "| read ", "| write ", "| callback ", "| health ",
+                                                          "worst ratio to the bare function's first request"]),
     "sweep.py": (["--rotations", "6", "--latency-ms", "5", "--concurrency", "1,4"],
                  ["### Sweep of 6 due rotations", "| 4 ", "efficiency at concurrency 4"]),
     "sweep_scale.py": (["--connections", "2000", "--due", "3"],
@@ -22,7 +24,9 @@ SMALL = {
                                    ["### One sweep over a schedule index of 302 entries, 2 due", "(api, s)"]),
     "health_sweep.py": (["--connections", "300", "--due", "10"],
                         ["### One health sweep over 300 connections, 10 due", "store reads per checked connection"]),
-    "connections.py": (["--requests", "12"], ["### TLS connections opened", "TLS connections opened (goal"]),
+    "connections.py": (["--requests", "12", "--reads", "20", "--rows", "5"],
+                       ["### TLS connections opened", "TLS connections opened (goal", "### Read path",
+                        "| GET one connection ", "| list page of 5 "]),
     "throttle.py": (["--rotations", "6", "--limit", "4", "--window-s", "2", "--concurrency", "4"],
                     ["### Sweep of 6 rotations, Graph writes limited to 4 per 2 s", "| rate-limited",
                      "of Graph calls and"]),

@@ -191,3 +191,79 @@ def test_roles_grant_what_they_name_and_an_app_suffix_limits_them(roles: set[str
         assert refused.value.status == 403
     else:
         assert authorize(principal, role, app) == granted
+
+
+class WallClock:
+    """The validator's wall clock (epoch seconds), moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _counting(validator: TokenValidator, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tokens whose signature is checked (jwt.decode), in order."""
+    checked: list[str] = []
+    decode = jwt.decode
+
+    def counted(raw: str, *args: Any, **kwargs: Any) -> Any:
+        checked.append(raw)
+        return decode(raw, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counted)
+    return checked
+
+
+async def test_a_token_that_passed_is_not_checked_again_until_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = WallClock()
+    settings = load_settings({**STORAGE, "AZURE_AUTHORITY_HOST": AUTHORITY, "AUTH_TENANT_ID": TENANT,
+                              "AUTH_AUDIENCE": API})
+    validator = TokenValidator(settings, SigningKeys(settings, Tenant().fetch, monotonic=Clock()), now=clock)
+    checked = _counting(validator, monkeypatch)
+    issued = int(clock.now)
+    raw = token({"exp": issued + 600})
+    first = await validator.validate(f"Bearer {raw}")
+    assert await validator.validate(f"Bearer {raw}") == first
+    assert checked == [raw]  # the second time, the principal was remembered
+
+    other = token({"oid": "u2", "exp": issued + 600})
+    assert (await validator.validate(f"Bearer {other}")).id == "u2"  # another token is checked on its own
+    assert checked == [raw, other]
+
+    clock.now = issued + 600  # at exp, the token is checked in full again (it is still within the clock skew)
+    assert await validator.validate(f"Bearer {raw}") == first
+    assert checked == [raw, other, raw]
+
+
+async def test_a_refused_token_is_refused_every_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    validator = _validator(Tenant())
+    checked = _counting(validator, monkeypatch)
+    forged = token(key=OTHER_KEY)
+    for _ in range(2):
+        with pytest.raises(Unauthorized):
+            await validator.validate(f"Bearer {forged}")
+    assert checked == [forged, forged]
+
+
+async def test_a_token_whose_signature_is_changed_is_not_taken_for_the_remembered_one() -> None:
+    validator = _validator(Tenant())
+    raw = token()
+    await validator.validate(f"Bearer {raw}")
+    head, body, signature = raw.split(".")
+    tampered = ".".join([head, body, ("A" if signature[0] != "A" else "B") + signature[1:]])
+    with pytest.raises(Unauthorized):
+        await validator.validate(f"Bearer {tampered}")
+
+
+async def test_the_remembered_tokens_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shared.auth.VALIDATED_CACHE_SIZE", 2)
+    validator = _validator(Tenant())
+    checked = _counting(validator, monkeypatch)
+    tokens = [token({"oid": f"u{n}"}) for n in range(3)]
+    for raw in tokens:
+        await validator.validate(f"Bearer {raw}")
+    await validator.validate(f"Bearer {tokens[0]}")  # the oldest was let go: checked again
+    await validator.validate(f"Bearer {tokens[2]}")  # still remembered
+    assert checked == [*tokens, tokens[0]]

@@ -1,0 +1,103 @@
+"""Reading connections, and their public view: what a read request needs and nothing else.
+
+A read (get, get by name, a list page) imports this module, the records and the connection store only: not the
+pydantic models, the credential parsers or the rotation protocol that a write needs (``shared.connections``),
+so that a cold instance's first read stays cheap.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.apps import AppSpec, Method, find_app
+from shared.errors import FieldError, InvalidRequest, NotFound
+from shared.ports import ConnectionStore, HistoryStore
+from shared.records import Actor, ConnectionRecord, RotationEvent
+from shared.rotation.state import state_response
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+def require_app(app_id: str) -> AppSpec:
+    app = find_app(app_id)
+    if app is None:
+        raise NotFound(f"There is no app '{app_id}'.")
+    return app
+
+
+def page_size(limit: int | None) -> int:
+    size = DEFAULT_PAGE_SIZE if limit is None else limit
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise InvalidRequest("The page size is out of range.",
+                             errors=[FieldError("/limit", f"must be between 1 and {MAX_PAGE_SIZE}")])
+    return size
+
+
+class ConnectionReader:
+    """The reads of connections: by id, by name, a page of an app's connections, a page of one's rotations."""
+
+    def __init__(self, store: ConnectionStore, history: HistoryStore) -> None:
+        self.store = store
+        self.history = history
+
+    async def get(self, app_id: str, connection_id: str) -> ConnectionRecord:
+        return await self.store.get(require_app(app_id).id, connection_id.lower())
+
+    async def get_by_name(self, app_id: str, name: str) -> ConnectionRecord:
+        return await self.store.get_by_name(require_app(app_id).id, name)
+
+    async def list_connections(self, app_id: str, limit: int | None,
+                               continuation: str | None) -> tuple[list[ConnectionRecord], str | None]:
+        return await self.store.list_page(require_app(app_id).id, page_size(limit), continuation)
+
+    async def rotations(self, app_id: str, connection_id: str, limit: int | None,
+                        continuation: str | None) -> tuple[list[RotationEvent], str | None]:
+        record = await self.get(app_id, connection_id)
+        return await self.history.page(record.id, page_size(limit), continuation)
+
+
+def health_response(record: ConnectionRecord) -> dict[str, Any]:
+    health = record.health
+    return {"credentialExpiresAt": _iso(health.credential_expires_at),
+            "health": {"status": health.status, "checkedAt": _iso(health.checked_at), "message": health.message}}
+
+
+def _who(actor: Actor | None) -> dict[str, str] | None:
+    return {"id": actor.id, "name": actor.name, "type": actor.type} if actor else None
+
+
+def to_response(record: ConnectionRecord) -> dict[str, Any]:
+    """The public view of a connection: never a secret, key or token."""
+    credentials: dict[str, Any] = {"tenantId": record.tenant_id}
+    if record.method != Method.OAUTH and record.client_id:
+        credentials["clientId"] = record.client_id
+    authorized = record.authorized_by
+    return {
+        "id": record.id,
+        "name": record.name,
+        "description": record.description,
+        "app": record.app,
+        "method": record.method,
+        "credentials": credentials,
+        "createdAt": _iso(record.created_at),
+        "updatedAt": _iso(record.updated_at),
+        "version": record.version,
+        "status": record.status,
+        "statusMessage": record.status_message,
+        "lastValidatedAt": _iso(record.last_validated_at),
+        "isAutoRotationEnabled": record.rotation.enabled,
+        "rotation": state_response(record.rotation),
+        **health_response(record),
+        "createdBy": _who(record.created_by),
+        "updatedBy": _who(record.updated_by),
+        "authorizedBy": {"oid": authorized.oid, "upn": authorized.upn, "tenantId": authorized.tenant_id}
+        if authorized else None,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
