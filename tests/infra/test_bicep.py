@@ -309,13 +309,15 @@ def test_azure_yaml_deploys_the_api_service_as_a_python_function(parse: Parse) -
     assert azure.get("infra", {}).get("path", "infra") == "infra"
 
 
-def test_deploy_readme_names_the_secrets_the_template_references(templates: dict[str, Any]) -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_deploy_guide_names_the_secrets_the_template_references(templates: dict[str, Any]) -> None:
+    """The README names the redirect URI and points at docs/deployment.md, whose commands set every secret."""
+    readme, guide = (ROOT / "README.md").read_text(), (ROOT / "docs" / "deployment.md").read_text()
     for setting in rules.OAUTH_SETTINGS:
-        assert f"--name {rules.oauth_secret_name(setting)} " in readme, (
-            f"README.md: no command sets {setting}'s secret"
+        assert f"--name {rules.oauth_secret_name(setting)} " in guide, (
+            f"docs/deployment.md: no command sets {setting}'s secret"
         )
     assert rules.REDIRECT_PATH in readme
+    assert "docs/deployment.md#after-the-deployment" in readme
 
 
 # ------------------------------------------------------------------------------------------------
