@@ -27,17 +27,13 @@ stores nothing, and keeps the user's credential unless asked.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import uuid
 from collections.abc import Mapping
-from datetime import datetime
 
 from shared import audit
 from shared.apps import Method, find_app
-from shared.audit import AuditLog
-from shared.azure.retry import jittered
 from shared.errors import (
     ConcurrentChange,
     CredentialRejected,
@@ -57,23 +53,19 @@ from shared.federation import (
     explain,
     require_identity,
 )
-from shared.ports import Adapters, FederatedCredential, GraphSession
+from shared.ports import FederatedCredential, GraphSession
 from shared.records import (
     HEALTHY,
     STATUS_FAILED,
-    STATUS_ROTATING,
     STATUS_SUCCEEDED,
     Actor,
     ConnectionRecord,
     HealthState,
-    RotationEvent,
     RotationState,
 )
+from shared.rotation.journal import Journaled, Stopped, interrupted_attempt
 from shared.rotation.kinds import ROLLS
 from shared.rotation.protocol import (
-    Checkpoint,
-    RemovalAudit,
-    RotationOptions,
     backoff,
     connection_marker,
     reindex,
@@ -88,33 +80,12 @@ MIGRATION_STEPS = (BEGUN, ADDED, TESTED, SWITCHED)
 TRIGGER = "migrate-to-federated"
 
 
-async def _no_checkpoint(name: str, record: ConnectionRecord) -> None:
-    return None
-
-
 def method_of(material: Mapping[str, str]) -> Method:
     """The method a vault version's material is for (the connection's method before the migration)."""
     return Method.CERTIFICATE if "certificateBody" in material else Method.CLIENT_SECRET
 
 
-class _Stopped(Exception):
-    def __init__(self, error: ServiceError) -> None:
-        super().__init__(error.detail)
-        self.error = error
-
-
-class Migrator:
-    def __init__(self, adapters: Adapters, *, options: RotationOptions | None = None, owner: str | None = None,
-                 checkpoint: Checkpoint | None = None) -> None:
-        self.adapters = adapters
-        self.options = options or RotationOptions()
-        self.owner = owner or uuid.uuid4().hex
-        self.checkpoint = checkpoint or _no_checkpoint
-        self.audit = AuditLog(adapters.audit, adapters.clock)
-
-    def now(self) -> datetime:
-        return self.adapters.clock()
-
+class Migrator(Journaled):
     # -- starting and resuming -------------------------------------------------------------------------------
     async def start(self, record: ConnectionRecord, revoke_original: bool) -> ConnectionRecord:
         """Begin a migration of ``record`` (checked by the caller: migratable, no rotation under way) and drive it."""
@@ -137,7 +108,7 @@ class Migrator:
             raise RotationInProgress("A migration of this connection to the federated method is running; try again "
                                      "when it has ended.", headers={"Retry-After": "30"},
                                      extensions={"rotationId": state.rotation_id, "rotationStep": state.step})
-        interrupted = state if state.attempt_started_at is not None and state.status == STATUS_ROTATING else None
+        interrupted = interrupted_attempt(state)
         return await self._drive(await self._claim(record, state.evolve(attempt=state.attempt + 1), interrupted),
                                  identity)
 
@@ -148,13 +119,12 @@ class Migrator:
                                 connection_name=record.name,
                                 detail="to federated" + (" (resumed)" if interrupted or state.attempt > 1 else ""))
         if interrupted is not None:
-            await self._close_interrupted(record, interrupted)
+            await self._close_interrupted(record, interrupted, TRIGGER)
         # Due again when the lease runs out: should this worker die, the sweep resumes the migration.
         lease_until = now + self.options.lease
         key = await self.adapters.schedule.put(lease_until, record.app, record.id)
-        claimed_state = state.evolve(status=STATUS_ROTATING, message="Migrating to the federated method.",
-                                     last_attempt_at=now, attempt_started_at=now, lease_owner=self.owner,
-                                     lease_until=lease_until, next_at=lease_until, schedule_key=key)
+        claimed_state = self._leased(state, now, message="Migrating to the federated method.", next_at=lease_until,
+                                     schedule_key=key)
         try:
             claimed = await self.adapters.connections.update(record.evolve(rotation=claimed_state))
         except ConcurrentChange:
@@ -164,28 +134,11 @@ class Migrator:
         await self._history(claimed, "running")
         return claimed
 
-    async def _close_interrupted(self, record: ConnectionRecord, before: RotationState) -> None:
-        assert before.rotation_id is not None
-        assert before.attempt_started_at is not None
-        entry = await self.adapters.history.get(record.id, before.attempt_started_at, before.rotation_id,
-                                                before.attempt)
-        if entry is not None and entry.outcome != "running":
-            return
-        await self.adapters.history.record(RotationEvent(
-            rotation_id=before.rotation_id, attempt=before.attempt, connection_id=record.id, app=record.app,
-            started_at=before.attempt_started_at, finished_at=None, outcome="interrupted", trigger=TRIGGER,
-            message="This attempt stopped before it ended; the next one resumed it."))
-
     async def _history(self, record: ConnectionRecord, outcome: str, message: str | None = None) -> None:
         state = record.rotation
-        assert state.rotation_id is not None
-        assert state.attempt_started_at is not None
-        await self.adapters.history.record(RotationEvent(
-            rotation_id=state.rotation_id, attempt=state.attempt, connection_id=record.id, app=record.app,
-            started_at=state.attempt_started_at, finished_at=None if outcome == "running" else self.now(),
-            outcome=outcome, trigger=TRIGGER, new_key_id=state.pending_key_id,
-            revoked_key_id=state.previous_key_id if outcome == STATUS_SUCCEEDED and state.revoke_original else None,
-            message=message))
+        await self._record_attempt(
+            record, outcome, trigger=TRIGGER, message=message, new_key_id=state.pending_key_id,
+            revoked_key_id=state.previous_key_id if outcome == STATUS_SUCCEEDED and state.revoke_original else None)
 
     async def _save(self, record: ConnectionRecord, **changes: object) -> ConnectionRecord:
         """The next journal entry, guarded by the ETag of the record this step started from. A change that left the
@@ -205,7 +158,7 @@ class Migrator:
                     or current.secret_version != record.secret_version):
                 break
             record = current
-        raise _Stopped(ConcurrentChange(f"The connection {record.id} changed during its migration; send the "
+        raise Stopped(ConcurrentChange(f"The connection {record.id} changed during its migration; send the "
                                         "request again to finish it."))
 
     # -- the steps -------------------------------------------------------------------------------------------
@@ -221,7 +174,7 @@ class Migrator:
                     record = await self._switch(record)
                 else:
                     record = await self._clean_up(record)
-        except _Stopped as stopped:
+        except Stopped as stopped:
             raise await self._failed(record, stopped.error) from None
         except ServiceError as error:
             raise await self._failed(record, error) from None
@@ -243,7 +196,7 @@ class Migrator:
             found = _usable(present, identity, credential_name(record.id))
             if found is None:
                 if len(present) >= MAX_FEDERATED_CREDENTIALS:
-                    raise _Stopped(InvalidRequest(
+                    raise Stopped(InvalidRequest(
                         f"The application has {len(present)} federated identity credentials, Entra ID's limit "
                         f"({MAX_FEDERATED_CREDENTIALS}); remove one it no longer needs, then try again.",
                         extensions={"expectedFederatedCredential": identity.expected()}))
@@ -262,20 +215,10 @@ class Migrator:
     async def _test(self, record: ConnectionRecord, identity: FederationIdentity) -> ConnectionRecord:
         app = find_app(record.app)
         assert app is not None
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.options.test_timeout
-        delay = self.options.test_first_delay
-        while True:
-            try:
-                await self.adapters.directory.probe(app, Method.FEDERATED, record.tenant_id, record.client_id or "",
-                                                    {})
-                break
-            except (CredentialRejected, UpstreamError) as error:
-                last = error
-            if loop.time() + delay > deadline:
-                raise _Stopped(explain(last, identity) if isinstance(last, CredentialRejected) else last)
-            await self.adapters.sleep(jittered(delay))
-            delay = min(delay * 2, self.options.test_max_delay)
+        last = await self._until_it_works(lambda: self.adapters.directory.probe(
+            app, Method.FEDERATED, record.tenant_id, record.client_id or "", {}))
+        if last is not None:
+            raise Stopped(explain(last, identity) if isinstance(last, CredentialRejected) else last)
         await self.checkpoint("after-test-federated", record)
         return await self._save(record, rotation=record.rotation.evolve(step=TESTED))
 
@@ -338,13 +281,6 @@ class Migrator:
         await self.audit.record("connection.migrate", STATUS_SUCCEEDED, app=record.app, connection_id=record.id,
                                 connection_name=record.name, detail=saved.rotation.message)
         return saved
-
-    def _removal(self, record: ConnectionRecord) -> RemovalAudit:
-        async def audit(object_id: str, key_id: str, outcome: str) -> None:
-            await self.audit.credential_change("credential.remove", outcome, app=record.app,
-                                               connection_id=record.id, object_id=object_id, key_id=key_id)
-
-        return audit
 
     # -- failing ---------------------------------------------------------------------------------------------
     async def _failed(self, record: ConnectionRecord, error: ServiceError) -> ServiceError:

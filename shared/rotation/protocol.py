@@ -27,7 +27,6 @@ created on an application is current, or recorded in the journal, or removed.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -37,33 +36,32 @@ from datetime import UTC, datetime, timedelta
 
 from shared import telemetry
 from shared.apps import Method, find_app
-from shared.audit import AuditLog
-from shared.azure.retry import jittered
 from shared.errors import (
     ConcurrentChange,
     CredentialLifetimeRefused,
-    CredentialRejected,
     LeaseLost,
     NotFound,
     ServiceError,
     UpstreamError,
 )
 from shared.notify import rotation_failed
-from shared.ports import Adapters, AppRegistration, GraphSession, ScheduleStore
+from shared.ports import AppRegistration, GraphSession, ScheduleStore
 from shared.records import (
     BEGUN,
     CREATED,
     FINISHED,
     STATUS_DELETING,
     STATUS_FAILED,
-    STATUS_ROTATING,
     STATUS_SUCCEEDED,
     TESTED,
     ConnectionRecord,
     Notification,
-    RotationEvent,
     RotationState,
 )
+from shared.rotation.journal import Checkpoint as Checkpoint
+from shared.rotation.journal import Journaled, Stopped, interrupted_attempt
+from shared.rotation.journal import RemovalAudit as RemovalAudit
+from shared.rotation.journal import RotationOptions as RotationOptions
 from shared.rotation.kinds import roll_of
 from shared.rotation.lifetimes import (
     GRACE_DAYS,
@@ -81,13 +79,6 @@ log = logging.getLogger(__name__)
 FIRST_BACKOFF = timedelta(minutes=5)
 MAX_BACKOFF = timedelta(days=1)
 MARKER_PREFIX = "app-connections"
-
-Checkpoint = Callable[[str, ConnectionRecord], Awaitable[None]]
-
-
-async def _no_checkpoint(name: str, record: ConnectionRecord) -> None:
-    return None
-
 
 def backoff(failures: int) -> timedelta:
     """Exponential back-off for a failing connection: 5 min, 10 min, ... capped at one day."""
@@ -114,17 +105,6 @@ def secret_tags(record: ConnectionRecord, **more: str) -> dict[str, str]:
     return {"connectionId": record.id, "app": record.app, "method": record.method, **more}
 
 
-@dataclass
-class RotationOptions:
-    test_timeout: float = 300.0
-    test_first_delay: float = 1.0
-    test_max_delay: float = 5.0
-
-    @property
-    def lease(self) -> timedelta:
-        return timedelta(seconds=self.test_timeout + 600)
-
-
 @dataclass(frozen=True)
 class Attempt:
     """How one rotation attempt ended: the connection afterwards, and the error that stopped it (if any)."""
@@ -137,14 +117,6 @@ class Attempt:
         return self.record.rotation.status == STATUS_SUCCEEDED and self.error is None
 
 
-class _Stopped(Exception):
-    """A step failed; ``error`` says why (as the domain error a request would answer)."""
-
-    def __init__(self, error: ServiceError) -> None:
-        super().__init__(error.detail)
-        self.error = error
-
-
 @dataclass
 class _Run:
     """What one attempt reads or opens once and reuses in its later steps (never beyond the attempt): the
@@ -155,31 +127,7 @@ class _Run:
     closing: AsyncExitStack = field(default_factory=AsyncExitStack)
 
 
-class Rotator:
-    def __init__(
-        self,
-        adapters: Adapters,
-        *,
-        options: RotationOptions | None = None,
-        owner: str | None = None,
-        checkpoint: Checkpoint | None = None,
-    ) -> None:
-        self.adapters = adapters
-        self.options = options or RotationOptions()
-        self.owner = owner or uuid.uuid4().hex
-        self.checkpoint = checkpoint or _no_checkpoint
-        self.audit = AuditLog(adapters.audit, adapters.clock)
-
-    def now(self) -> datetime:
-        return self.adapters.clock()
-
-    def _removal(self, record: ConnectionRecord) -> RemovalAudit:
-        async def audit(object_id: str, key_id: str, outcome: str) -> None:
-            await self.audit.credential_change("credential.remove", outcome, app=record.app,
-                                               connection_id=record.id, object_id=object_id, key_id=key_id)
-
-        return audit
-
+class Rotator(Journaled):
     # -- claiming ------------------------------------------------------------------------------
     async def claim(self, record: ConnectionRecord, trigger: str) -> ConnectionRecord | None:
         """Take the rotation lease (ETag-guarded) and open this attempt's history entry; start a journal unless
@@ -199,17 +147,14 @@ class Rotator:
                 previous_key_id=state.key_id, previous_version=record.secret_version, managed=True,
             )
         else:
-            interrupted = state if state.attempt_started_at is not None and state.status == STATUS_ROTATING else None
+            interrupted = interrupted_attempt(state)
             state = state.evolve(trigger="resume", attempt=state.attempt + 1)
-        state = state.evolve(
-            status=STATUS_ROTATING, message=None, last_attempt_at=now, attempt_started_at=now,
-            lease_owner=self.owner, lease_until=now + self.options.lease,
-        )
+        state = self._leased(state, now, message=None)
         # The attempt that died is closed before the journal moves on to the next attempt: once it has, nothing
         # records which attempt that was (should this write fail, the record is unchanged and the next claim
         # closes it; a claim that then loses the race closed an attempt that had stopped all the same).
         if interrupted is not None:
-            await self._close_interrupted(record, interrupted)
+            await self._close_interrupted(record, interrupted, interrupted.trigger or "")
         try:
             claimed = await self.adapters.connections.update(record.evolve(rotation=state))
         except (ConcurrentChange, NotFound):
@@ -217,31 +162,10 @@ class Rotator:
         await self._history(claimed, "running")
         return claimed
 
-    async def _close_interrupted(self, record: ConnectionRecord, before: RotationState) -> None:
-        """The attempt before this one stopped without an outcome: its entry says so."""
-        assert before.rotation_id is not None
-        assert before.attempt_started_at is not None
-        entry = await self.adapters.history.get(record.id, before.attempt_started_at, before.rotation_id,
-                                                before.attempt)
-        if entry is not None and entry.outcome != "running":
-            return
-        await self.adapters.history.record(RotationEvent(
-            rotation_id=before.rotation_id, attempt=before.attempt, connection_id=record.id, app=record.app,
-            started_at=before.attempt_started_at, finished_at=None, outcome="interrupted",
-            trigger=before.trigger or "", message="This attempt stopped before it ended; the next one resumed it.",
-        ))
-
     async def _history(self, record: ConnectionRecord, outcome: str, message: str | None = None,
                        new_key_id: str | None = None, revoked_key_id: str | None = None) -> None:
-        state = record.rotation
-        assert state.rotation_id is not None
-        assert state.attempt_started_at is not None
-        await self.adapters.history.record(RotationEvent(
-            rotation_id=state.rotation_id, attempt=state.attempt, connection_id=record.id, app=record.app,
-            started_at=state.attempt_started_at, finished_at=None if outcome == "running" else self.now(),
-            outcome=outcome, trigger=state.trigger or "", new_key_id=new_key_id, revoked_key_id=revoked_key_id,
-            message=message,
-        ))
+        await self._record_attempt(record, outcome, trigger=record.rotation.trigger or "", message=message,
+                                   new_key_id=new_key_id, revoked_key_id=revoked_key_id)
 
     async def _save(self, record: ConnectionRecord, state: RotationState, notify: Sequence[Notification] = (),
                     **changes: object) -> ConnectionRecord:
@@ -315,7 +239,7 @@ class Rotator:
         except LeaseLost:
             log.warning("Rotation of %s stopped: another worker holds it now", record.id)
             raise
-        except _Stopped as stopped:
+        except Stopped as stopped:
             return await self._failed(record, run, stopped.error)
         except ServiceError as error:
             return await self._failed(record, run, error)
@@ -416,23 +340,12 @@ class Rotator:
         assert app is not None
         roll = roll_of(record)
         material = await self._material(record, state.pending_version, run)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.options.test_timeout
-        delay = self.options.test_first_delay
-        last = "no attempt"
-        while True:
-            try:
-                await roll.test_successor(self.adapters.directory, app, record, material)
-                break
-            except (CredentialRejected, UpstreamError) as error:
-                last = error.detail
-            if loop.time() + delay > deadline:
-                raise _Stopped(UpstreamError(
-                    f"The new {roll.noun} did not work within {self.options.test_timeout:.0f} s ({last}); it was "
-                    f"removed and the current {roll.noun} was left in place."
-                ))
-            await self.adapters.sleep(jittered(delay))
-            delay = min(delay * 2, self.options.test_max_delay)
+        last = await self._until_it_works(lambda: roll.test_successor(self.adapters.directory, app, record, material))
+        if last is not None:
+            raise Stopped(UpstreamError(
+                f"The new {roll.noun} did not work within {self.options.test_timeout:.0f} s ({last.detail}); it was "
+                f"removed and the current {roll.noun} was left in place."
+            ))
         await self.checkpoint("after-test", record)
         return await self._save(record, state.evolve(step=TESTED))
 
@@ -636,9 +549,6 @@ def retire_waiting(state: RotationState, error: ServiceError, now: datetime, *, 
         failures=failures, next_at=min(retry, state.next_at) if keep_earlier and state.next_at else retry,
         message=("The client secrets the service created on the previous application could not be removed "
                  f"yet ({error.detail}); they are retried."))
-
-
-RemovalAudit = Callable[[str, str, str], Awaitable[None]]  # (object id, key id, "started" | "succeeded")
 
 
 async def remove_rolled(roll: CredentialRoll, graph: GraphSession, client_id: str, key_ids: set[str],

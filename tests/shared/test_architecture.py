@@ -13,7 +13,7 @@ SHARED = ROOT / "shared"
 # The domain: what the functions call and the adapters serve. It is handed its adapters (shared.ports).
 DOMAIN = ["connections", "oauth", "oauth_tokens", "records", "ports", "apps", "models", "errors", "options", "sessions",
           "rotation.protocol", "rotation.sweep", "rotation.schedule", "rotation.config", "rotation.state",
-          "rotation.pacing"]
+          "rotation.pacing", "rotation.journal"]
 ADAPTER_CONSTRUCTORS = {"AzureClients", "get_clients", "ConnectionsTable", "SecretVault", "ScheduleIndex",
                         "RotationHistory", "OAuthStates", "AzureDirectory", "EntraTokenEndpoint", "GraphApps",
                         "SessionTable"}

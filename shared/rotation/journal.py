@@ -1,0 +1,123 @@
+"""What every journaled change of a connection's credential shares, a rotation
+(:mod:`shared.rotation.protocol`) as a migration to the federated method (:mod:`shared.rotation.migration`):
+the worker's identity as lease owner, the crash-test checkpoints, the lease taken on the journal, one history
+entry per attempt (``running`` when claimed, its outcome when it ends, ``interrupted`` when the next attempt
+finds it unfinished), the audit of every removal from an application, and the test of a new credential retried
+with back-off while Entra propagates it. The steps themselves, and what a failure undoes, are each journal's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from shared.audit import AuditLog
+from shared.azure.retry import jittered
+from shared.errors import CredentialRejected, ServiceError, UpstreamError
+from shared.ports import Adapters
+from shared.records import STATUS_ROTATING, ConnectionRecord, RotationEvent, RotationState
+
+Checkpoint = Callable[[str, ConnectionRecord], Awaitable[None]]
+RemovalAudit = Callable[[str, str, str], Awaitable[None]]  # (object id, key id, "started" | "succeeded")
+
+
+async def _no_checkpoint(name: str, record: ConnectionRecord) -> None:
+    return None
+
+
+@dataclass
+class RotationOptions:
+    test_timeout: float = 300.0
+    test_first_delay: float = 1.0
+    test_max_delay: float = 5.0
+
+    @property
+    def lease(self) -> timedelta:
+        return timedelta(seconds=self.test_timeout + 600)
+
+
+class Stopped(Exception):
+    """A step failed; ``error`` says why (as the domain error a request would answer)."""
+
+    def __init__(self, error: ServiceError) -> None:
+        super().__init__(error.detail)
+        self.error = error
+
+
+def interrupted_attempt(state: RotationState) -> RotationState | None:
+    """The journal as the attempt before left it, when that attempt stopped without an outcome."""
+    return state if state.attempt_started_at is not None and state.status == STATUS_ROTATING else None
+
+
+class Journaled:
+    """The base of a worker that drives a journal on a connection record under its lease."""
+
+    def __init__(self, adapters: Adapters, *, options: RotationOptions | None = None, owner: str | None = None,
+                 checkpoint: Checkpoint | None = None) -> None:
+        self.adapters = adapters
+        self.options = options or RotationOptions()
+        self.owner = owner or uuid.uuid4().hex
+        self.checkpoint = checkpoint or _no_checkpoint
+        self.audit = AuditLog(adapters.audit, adapters.clock)
+
+    def now(self) -> datetime:
+        return self.adapters.clock()
+
+    def _leased(self, state: RotationState, now: datetime, **changes: object) -> RotationState:
+        """``state`` claimed by this worker at ``now``: a new attempt under way, leased until the lease runs out."""
+        return state.evolve(status=STATUS_ROTATING, last_attempt_at=now, attempt_started_at=now,
+                            lease_owner=self.owner, lease_until=now + self.options.lease, **changes)
+
+    def _removal(self, record: ConnectionRecord) -> RemovalAudit:
+        async def audit(object_id: str, key_id: str, outcome: str) -> None:
+            await self.audit.credential_change("credential.remove", outcome, app=record.app,
+                                               connection_id=record.id, object_id=object_id, key_id=key_id)
+
+        return audit
+
+    async def _close_interrupted(self, record: ConnectionRecord, before: RotationState, trigger: str) -> None:
+        """The attempt before this one stopped without an outcome: its entry says so (unless it has one)."""
+        assert before.rotation_id is not None
+        assert before.attempt_started_at is not None
+        entry = await self.adapters.history.get(record.id, before.attempt_started_at, before.rotation_id,
+                                                before.attempt)
+        if entry is not None and entry.outcome != "running":
+            return
+        await self.adapters.history.record(RotationEvent(
+            rotation_id=before.rotation_id, attempt=before.attempt, connection_id=record.id, app=record.app,
+            started_at=before.attempt_started_at, finished_at=None, outcome="interrupted", trigger=trigger,
+            message="This attempt stopped before it ended; the next one resumed it."))
+
+    async def _record_attempt(self, record: ConnectionRecord, outcome: str, *, trigger: str,
+                              message: str | None = None, new_key_id: str | None = None,
+                              revoked_key_id: str | None = None) -> None:
+        """This attempt's history entry: ``running``, or its outcome (then with the time it ended)."""
+        state = record.rotation
+        assert state.rotation_id is not None
+        assert state.attempt_started_at is not None
+        await self.adapters.history.record(RotationEvent(
+            rotation_id=state.rotation_id, attempt=state.attempt, connection_id=record.id, app=record.app,
+            started_at=state.attempt_started_at, finished_at=None if outcome == "running" else self.now(),
+            outcome=outcome, trigger=trigger, new_key_id=new_key_id, revoked_key_id=revoked_key_id,
+            message=message))
+
+    async def _until_it_works(self, test: Callable[[], Awaitable[object]]) -> ServiceError | None:
+        """Run ``test`` until it passes, retried with jittered back-off while it is refused or Graph/Entra fail
+        (a new credential takes a while to reach every Entra replica); None once it passed, else the last error
+        when the next try would start after the options' ``test_timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.test_timeout
+        delay = self.options.test_first_delay
+        while True:
+            try:
+                await test()
+                return None
+            except (CredentialRejected, UpstreamError) as error:
+                last: ServiceError = error
+            if loop.time() + delay > deadline:
+                return last
+            await self.adapters.sleep(jittered(delay))
+            delay = min(delay * 2, self.options.test_max_delay)
