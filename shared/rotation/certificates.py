@@ -28,12 +28,10 @@ from cryptography.x509.oid import NameOID
 
 from shared.apps import Method
 from shared.credentials import ParsedCertificate, parse_certificate, signed_jwt
-from shared.rotation.rolls import Rolled, Successor
+from shared.rotation.rolls import Rolled, SignInRoll, Successor
 
 if TYPE_CHECKING:
-    from shared.apps import AppSpec
-    from shared.ports import AppRegistration, Directory, GraphSession, LifetimePolicy
-    from shared.records import ConnectionRecord
+    from shared.ports import AppRegistration, GraphSession, LifetimePolicy
 
 RSA_BITS = 3072
 PROOF_LIFETIME_SECONDS = 600
@@ -115,7 +113,7 @@ async def proof_async(material: Mapping[str, str], object_id: str, now: datetime
     return await asyncio.to_thread(lambda: proof_of_possession(_parsed(material, now), object_id))
 
 
-class CertificateRoll:
+class CertificateRoll(SignInRoll):
     """Certificates: ``addKey`` with a proof signed by the certificate in use, ``removeKey`` with a proof signed by
     the certificate in use when it runs (the successor's, at the revoke step). No Graph permission is needed: an
     application may roll its own keys."""
@@ -154,13 +152,6 @@ class CertificateRoll:
         made, proof = await asyncio.to_thread(make)
         added = await graph.add_key(registration.object_id, display_name, made.certificate_der, proof)
         return Successor(added.key_id, made.material, added.end_date_time or made.not_after)
-
-    async def test_successor(self, directory: Directory, app: AppSpec, record: ConnectionRecord,
-                             material: Mapping[str, str]) -> None:
-        await directory.probe(app, self.method, record.tenant_id, record.client_id or "", material)
-
-    def store_successor(self, successor: Successor) -> dict[str, str]:
-        return dict(successor.material)
 
     async def remove_predecessor(self, graph: GraphSession, registration: AppRegistration, key_id: str,
                                  signer: Mapping[str, str], now: datetime) -> None:

@@ -111,7 +111,21 @@ class CredentialRoll(Protocol):
         ...
 
 
-class PasswordRoll:
+class SignInRoll:
+    """What the rolls of the service's secret-bearing kinds share: the successor is tested by signing in with its
+    own material, with the connection's method, and the vault keeps that material as it is."""
+
+    method: Method
+
+    async def test_successor(self, directory: Directory, app: AppSpec, record: ConnectionRecord,
+                             material: Mapping[str, str]) -> None:
+        await directory.probe(app, self.method, record.tenant_id, record.client_id or "", material)
+
+    def store_successor(self, successor: Successor) -> dict[str, str]:
+        return dict(successor.material)
+
+
+class PasswordRoll(SignInRoll):
     """Client secrets: ``addPassword`` / ``removePassword``."""
 
     method = Method.CLIENT_SECRET
@@ -133,13 +147,6 @@ class PasswordRoll:
                             end: datetime, current: Mapping[str, str], now: datetime) -> Successor:
         added = await graph.add_password(registration.object_id, display_name, end)
         return Successor(added.key_id, {"clientSecret": added.secret_text}, added.end_date_time or end)
-
-    async def test_successor(self, directory: Directory, app: AppSpec, record: ConnectionRecord,
-                             material: Mapping[str, str]) -> None:
-        await directory.probe(app, self.method, record.tenant_id, record.client_id or "", material)
-
-    def store_successor(self, successor: Successor) -> dict[str, str]:
-        return dict(successor.material)
 
     async def remove_predecessor(self, graph: GraphSession, registration: AppRegistration, key_id: str,
                                  signer: Mapping[str, str], now: datetime) -> None:
