@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -393,29 +393,52 @@ class GraphApps:
         after it was sent (the connection dropped, no answer), Graph may have applied it, so the passwords of that
         name are removed before it is sent again; otherwise one would be left behind, live and unknown."""
         body = {"passwordCredential": {"displayName": display_name, "endDateTime": end.isoformat()}}
-        path = f"/applications/{_quoted(object_id)}/addPassword"
+        async def undo() -> None:
+            await self._remove_named(object_id, display_name)
 
-        async def attempt() -> Any:
-            try:
-                return await self._send("POST", path, body)
-            except httpx.TransportError as error:
-                if not isinstance(error, httpx.ConnectError):  # it was sent: it may have been applied
-                    await self._remove_named(object_id, display_name)
-                raise
-
-        added = await self._call("add a client secret", attempt)
+        added = await self._add_once("add a client secret", object_id, "addPassword", body, undo)
         if not isinstance(added, dict) or not added.get("secretText") or not added.get("keyId"):
             raise UpstreamError("Microsoft Graph did not return the new client secret.")
         return NewPassword(
             str(added["keyId"]).lower(), str(added["secretText"]), _parse_datetime(added.get("endDateTime"))
         )
 
-    async def _remove_named(self, object_id: str, display_name: str) -> None:
+    async def _add_once(self, what: str, object_id: str, action: str, body: Mapping[str, Any],
+                        applied: Callable[[], Awaitable[Any]]) -> Any:
+        """POST the application's ``action``; when a try is lost after it was sent (the connection dropped, no
+        answer), Graph may have applied it: ``applied`` finds (its answer is the result) or undoes it (None) before
+        the next try."""
+        path = f"/applications/{_quoted(object_id)}/{action}"
+
+        async def attempt() -> Any:
+            try:
+                return await self._send("POST", path, body)
+            except httpx.TransportError as error:
+                if not isinstance(error, httpx.ConnectError):  # it was sent: it may have been applied
+                    found = await applied()
+                    if found is not None:
+                        return found
+                raise
+
+        return await self._call(what, attempt)
+
+    async def _credentials(self, object_id: str, kind: str) -> list[Any]:
+        """The application's ``kind`` (``passwordCredentials``, ``keyCredentials``) as Graph lists them."""
         app = await self._call(
             "read the app registration",
-            lambda: self._send("GET", f"/applications/{_quoted(object_id)}?$select=id,passwordCredentials"),
+            lambda: self._send("GET", f"/applications/{_quoted(object_id)}?$select=id,{kind}"),
         )
-        for password in (app or {}).get("passwordCredentials") or []:
+        return list((app or {}).get(kind) or [])
+
+    async def _remove_credential(self, what: str, object_id: str, action: str, body: Mapping[str, Any]) -> None:
+        """POST the application's ``action`` (removePassword, removeKey); one already gone is fine (idempotent)."""
+        try:
+            await self._call(what, lambda: self._send("POST", f"/applications/{_quoted(object_id)}/{action}", body))
+        except NotFound:
+            return
+
+    async def _remove_named(self, object_id: str, display_name: str) -> None:
+        for password in await self._credentials(object_id, "passwordCredentials"):
             if isinstance(password, dict) and password.get("displayName") == display_name and password.get("keyId"):
                 await self.remove_password(object_id, str(password["keyId"]))
 
@@ -423,14 +446,8 @@ class GraphApps:
         """Revoke a client secret; one that is already gone is fine (idempotent)."""
         from uuid import UUID
 
-        body = {"keyId": str(UUID(key_id))}
-        try:
-            await self._call(
-                "revoke a client secret",
-                lambda: self._send("POST", f"/applications/{_quoted(object_id)}/removePassword", body),
-            )
-        except NotFound:
-            return
+        await self._remove_credential("revoke a client secret", object_id, "removePassword",
+                                      {"keyId": str(UUID(key_id))})
 
     async def add_key(self, object_id: str, display_name: str, certificate_der: bytes, proof: str) -> KeyCredential:
         """addKey of a certificate's public part (``AsymmetricX509Cert``, usage ``Verify``; never a private key),
@@ -446,29 +463,14 @@ class GraphApps:
             "passwordCredential": None,
             "proof": proof,
         }
-        path = f"/applications/{_quoted(object_id)}/addKey"
-
-        async def attempt() -> Any:
-            try:
-                return await self._send("POST", path, body)
-            except httpx.TransportError as error:
-                if not isinstance(error, httpx.ConnectError):  # it was sent: it may have been applied
-                    applied = await self._key_of(object_id, thumbprint)
-                    if applied is not None:
-                        return applied
-                raise
-
-        added = await self._call("add a certificate", attempt)
+        added = await self._add_once("add a certificate", object_id, "addKey", body,
+                                     lambda: self._key_of(object_id, thumbprint))
         if not isinstance(added, dict) or not added.get("keyId"):
             raise UpstreamError("Microsoft Graph did not return the new certificate's key credential.")
         return _key_credential(added)
 
     async def _key_of(self, object_id: str, thumbprint: str) -> dict[str, Any] | None:
-        app = await self._call(
-            "read the app registration",
-            lambda: self._send("GET", f"/applications/{_quoted(object_id)}?$select=id,keyCredentials"),
-        )
-        for key in (app or {}).get("keyCredentials") or []:
+        for key in await self._credentials(object_id, "keyCredentials"):
             if isinstance(key, dict) and key.get("keyId") and _thumbprint(key.get("customKeyIdentifier")) == thumbprint:
                 return key
         return None
@@ -477,14 +479,8 @@ class GraphApps:
         """removeKey, ``proof`` signed by a key the application keeps; one already gone is fine (idempotent)."""
         from uuid import UUID
 
-        body = {"keyId": str(UUID(key_id)), "proof": proof}
-        try:
-            await self._call(
-                "remove a certificate",
-                lambda: self._send("POST", f"/applications/{_quoted(object_id)}/removeKey", body),
-            )
-        except NotFound:
-            return
+        await self._remove_credential("remove a certificate", object_id, "removeKey",
+                                      {"keyId": str(UUID(key_id)), "proof": proof})
 
     async def lifetime_policy(self, object_id: str, created_at: datetime | None = None) -> LifetimePolicy | None:
         """The effective app-management policy: the restrictions of an enabled policy assigned to the application,
