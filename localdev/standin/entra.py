@@ -31,6 +31,7 @@ import hmac
 import time
 import urllib.parse
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import jwt
@@ -54,6 +55,14 @@ def issuer(base_url: str, tenant_id: str) -> str:
 
 def token_endpoint(base_url: str, tenant: str) -> str:
     return f"{base_url}/{tenant}/oauth2/v2.0/token"
+
+
+def outside_valid_time(claims: Mapping[str, Any]) -> bool:
+    """An assertion without ``exp``, expired, or not valid yet (``nbf``), each with Entra's clock skew."""
+    now = time.time()
+    exp, nbf = claims.get("exp"), claims.get("nbf")
+    return (not isinstance(exp, int | float) or exp + CLOCK_SKEW < now
+            or (isinstance(nbf, int | float) and nbf - CLOCK_SKEW > now))
 
 
 def _timestamp() -> str:
@@ -515,13 +524,8 @@ def check_assertion(req: Request, tenant: Tenant, app: App, assertion: str) -> N
             700021,
             "Client assertion application identifier doesn't match 'client_id' parameter.",
         )
-    now = time.time()
     exp, nbf = claims.get("exp"), claims.get("nbf")
-    if (
-        not isinstance(exp, int | float)
-        or exp + CLOCK_SKEW < now
-        or (isinstance(nbf, int | float) and nbf - CLOCK_SKEW > now)
-    ):
+    if outside_valid_time(claims):
         stamp = _timestamp()
 
         def when(value: object) -> str:

@@ -59,7 +59,7 @@ import jwt
 from localdev.standin import graph
 from localdev.standin.admin_api import _body, _guard, _strings
 from localdev.standin.context import Context
-from localdev.standin.entra import CLOCK_SKEW, fail, issuer
+from localdev.standin.entra import fail, issuer, outside_valid_time
 from localdev.standin.routing import HttpError, Request, Response, Router, empty_response, json_response
 from localdev.standin.state import App, ManagedIdentity, StateError, Tenant
 
@@ -245,13 +245,7 @@ def check_federated(req: Request, tenant: Tenant, app: App, header: dict[str, ob
         ) from exc
     except jwt.PyJWTError as exc:
         raise fail(req, 401, "invalid_client", 50027, f"JWT token is invalid or malformed. ({exc})") from exc
-    now = time.time()
-    exp, nbf = claims.get("exp"), claims.get("nbf")
-    if (
-        not isinstance(exp, int | float)
-        or exp + CLOCK_SKEW < now
-        or (isinstance(nbf, int | float) and nbf - CLOCK_SKEW > now)
-    ):
+    if outside_valid_time(claims):
         raise fail(
             req,
             401,
@@ -303,9 +297,7 @@ def list_fics(req: Request) -> Response:
     caller = graph.authorize(req)
     state = req.ctx.state
     with state.lock:
-        app = graph._find(req, caller)
-        if not caller.may_read(app):
-            raise graph._denied(req)
+        app = graph.permitted_app(req, caller, graph.Caller.may_read)
         items = [c.to_dict() for c in app.federated_credentials]
         context = graph._context(req, f"applications('{app.object_id}')/federatedIdentityCredentials")
     return graph.graph_response(req, 200, {"@odata.context": context, "value": items})
@@ -316,9 +308,7 @@ def add_fic(req: Request) -> Response:
     name, iss, sub, audiences, description = _graph_fic_input(req, graph._json_body(req))
     state = req.ctx.state
     with state.lock:
-        app = graph._find(req, caller)
-        if not caller.may_write(app):
-            raise graph._denied(req)
+        app = graph.permitted_app(req, caller, graph.Caller.may_write)
         try:
             credential = state.add_federated_credential(
                 app.tenant_id, app.app_id, name, iss, sub, audiences, description
@@ -347,9 +337,7 @@ def get_fic(req: Request) -> Response:
     caller = graph.authorize(req)
     state = req.ctx.state
     with state.lock:
-        app = graph._find(req, caller)
-        if not caller.may_read(app):
-            raise graph._denied(req)
+        app = graph.permitted_app(req, caller, graph.Caller.may_read)
         fid = _fic_of(req, app)
         found = next(c for c in app.federated_credentials if c.id == fid)
         return graph.graph_response(req, 200, _fic_json(req, app, found.to_dict()))
@@ -359,9 +347,7 @@ def delete_fic(req: Request) -> Response:
     caller = graph.authorize(req)
     state = req.ctx.state
     with state.lock:
-        app = graph._find(req, caller)
-        if not caller.may_write(app):
-            raise graph._denied(req)
+        app = graph.permitted_app(req, caller, graph.Caller.may_write)
         state.remove_federated_credential(app.tenant_id, app.app_id, _fic_of(req, app))
     return empty_response(204, {k: v for k, v in graph._headers(req).items() if k != "Content-Type"})
 

@@ -42,6 +42,7 @@ import json
 import urllib.parse
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import wraps
 from typing import Any
@@ -322,6 +323,14 @@ def _tenant(state: State, caller: Caller) -> Tenant | None:
     return state.tenants.get(caller.tenant_id)
 
 
+def permitted_app(req: Request, caller: Caller, allowed: Callable[[Caller, App], bool]) -> App:
+    """The application the request's path names, when ``allowed`` lets the caller act on it (else Graph's 403)."""
+    app = _find(req, caller)
+    if not allowed(caller, app):
+        raise _denied(req)
+    return app
+
+
 def _find(req: Request, caller: Caller) -> App:
     """The addressed app in the caller's tenant (call under ``state.lock``); 404 or 403 when it can't be seen."""
     state = req.ctx.state
@@ -443,9 +452,7 @@ def get_application(req: Request) -> Response:
     caller = authorize(req)
     state = req.ctx.state
     with state.lock:
-        app = _find(req, caller)
-        if not caller.may_read(app):
-            raise _denied(req)
+        app = permitted_app(req, caller, Caller.may_read)
         item = _project(application_json(app), _selected(req))
     return graph_response(req, 200, {"@odata.context": _context(req, "applications/$entity"), **item})
 
@@ -541,9 +548,7 @@ def add_password(req: Request) -> Response:
     start = _date(req, credential_in.get("startDateTime"), "startDateTime")
     state = req.ctx.state
     with state.lock:
-        app = _find(req, caller)
-        if not caller.may_write(app):
-            raise _denied(req)
+        app = permitted_app(req, caller, Caller.may_write)
         begin = start or utcnow()
         refused = policies.violation(state, app, "passwordCredentials", begin, end or begin + DEFAULT_PASSWORD_LIFETIME)
         if refused is not None:
@@ -575,9 +580,7 @@ def remove_password(req: Request) -> Response:
         raise _bad_request(req, "Invalid value specified for property 'keyId' of resource 'removePassword'.") from exc
     state = req.ctx.state
     with state.lock:
-        app = _find(req, caller)
-        if not caller.may_write(app):
-            raise _denied(req)
+        app = permitted_app(req, caller, Caller.may_write)
         if not any(p.key_id.lower() == key_id for p in app.passwords):
             raise _bad_request(req, f"No password credential found with keyId '{key_id}'.")
         state.remove_password(app.tenant_id, app.app_id, key_id, revoked_by="graph")

@@ -193,9 +193,7 @@ def add_key(req: Request) -> Response:
         raise _bad(req, "The stand-in's addKey does not add password credentials.")
     state = req.ctx.state
     with state.lock:
-        app = graph._find(req, caller)
-        if not _may_roll_keys(caller, app):
-            raise graph._denied(req)
+        app = graph.permitted_app(req, caller, _may_roll_keys)
         check_proof(req, app, body.get("proof"))
         key = _new_key(req, app, entry)
         app.keys.append(key)
@@ -214,9 +212,7 @@ def remove_key(req: Request) -> Response:
     req.note["keyId"] = key_id
     state = req.ctx.state
     with state.lock:
-        app = graph._find(req, caller)
-        if not _may_roll_keys(caller, app):
-            raise graph._denied(req)
+        app = graph.permitted_app(req, caller, _may_roll_keys)
         check_proof(req, app, body.get("proof"))
         if not any(k.key_id == key_id for k in app.keys):
             raise _bad(req, f"No key credential found with keyId '{key_id}'.")
@@ -235,9 +231,7 @@ def patch_application(req: Request) -> Response:
         raise _bad(req, "Invalid value specified for property 'keyCredentials'.")
     state = req.ctx.state
     with state.lock:
-        app = graph._find(req, caller)
-        if not caller.may_write(app):
-            raise graph._denied(req)
+        app = graph.permitted_app(req, caller, Caller.may_write)
         current = {k.key_id: k for k in app.keys}
         result: list[KeyCredential] = []
         for entry in entries:
@@ -275,9 +269,7 @@ def app_policies(req: Request) -> Response:
     caller = graph.authorize(req)
     state = req.ctx.state
     with state.lock:
-        app = graph._find(req, caller)
-        if not caller.may_read(app):
-            raise graph._denied(req)
+        app = graph.permitted_app(req, caller, Caller.may_read)
         tenant = state.require_tenant(app.tenant_id)
         items = [dict(p) for p in policies.app_policies(tenant, app)]
     context = graph._context(req, "appManagementPolicies")
