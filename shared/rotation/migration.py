@@ -1,8 +1,9 @@
 """Going secretless in one step: a client-secret or certificate connection moves to the federated method.
 
-Journaled, resumable and verify-before-revoke like a rotation, with the protocol's public pieces (the lease and
-journal fields of :class:`RotationState`, one :class:`RotationEvent` per attempt, the audit of every change to an
-application, the connection's marker, :func:`remove_rolled`):
+Journaled, resumable and verify-before-revoke like a rotation, on the same base as the rotator
+(:class:`shared.rotation.journal.Journaled`: the lease and journal fields of :class:`RotationState`, one
+:class:`RotationEvent` per attempt, the audit of every change to an application, the retried test of the new
+credential) and with the protocol's public pieces (the connection's marker, :func:`remove_rolled`):
 
 1. ``migrate-begun``: claimed (lease, journal, history entry ``running``), the schedule entry dropped;
 2. ``migrate-added``: the application's federated identity credential for the service's identity, added through
@@ -17,12 +18,13 @@ application, the connection's marker, :func:`remove_rolled`):
 
 A step is recorded before the next starts and each is idempotent, so a migration interrupted anywhere is
 finished by ``POST .../migrate-to-federated`` (or ``POST .../rotate``) again. Note for the rotation protocol's
-owner: this uses only public names of :mod:`shared.rotation.protocol` and :mod:`shared.rotation.kinds`; the
-journal's steps are its own, so ``Rotator._drive`` never runs them: the sweep hands a due connection whose journal
-is a migration to :meth:`Migrator.resume` (due when its lease runs out, or after a back-off when its clean-up
-failed). It is not a ``CredentialRoll``: a roll's finish makes a pending *vault version*
-current and its revoke removes the previous credential unconditionally, while a migration switches the method,
-stores nothing, and keeps the user's credential unless asked.
+owner: this uses only public names of :mod:`shared.rotation.journal`, :mod:`shared.rotation.protocol` and
+:mod:`shared.rotation.kinds` (and the hooks :class:`Journaled` leaves to its subclasses); the journal's steps are
+its own, so ``Rotator._drive`` never runs them: the sweep hands a due connection whose journal is a migration to
+:meth:`Migrator.resume` (due when its lease runs out, or after a back-off when its clean-up failed). It is not a
+``CredentialRoll``: a roll's finish makes a pending *vault version* current and its revoke removes the previous
+credential unconditionally, while a migration switches the method, stores nothing, and keeps the user's credential
+unless asked.
 """
 
 from __future__ import annotations
