@@ -448,7 +448,7 @@ def test_a_client_secret_connection_moves_to_federated_through_the_page(
         page.click("#confirm-migrate")
         page.wait_for_selector("#confirm-migrate[aria-busy=true]")
         assert page.is_visible("#migrate-progress")
-        page.wait_for_selector("#confirm-dialog:not([open])", timeout=60_000)
+        page.wait_for_selector("#confirm-dialog[open]", state="detached", timeout=60_000)
     finally:
         admin.set_latency(0)
     assert posts == [(console.url(f"/api/v1/app-connections/azure-key-vault/{connection['id']}/migrate-to-federated"),
