@@ -336,7 +336,9 @@ function showExpectedCredential(problem) {
     slot.textContent = `This application does not trust the service's identity yet${code}: add the federated ` +
       'credential shown above the form.';
     slot.hidden = false;
-    document.getElementById(fieldId('clientId')).setAttribute('aria-invalid', 'true');
+    const control = document.getElementById(fieldId('clientId'));
+    control.setAttribute('aria-invalid', 'true');
+    control.focus();
   }
   const general = document.getElementById('form-error');
   const block = h('div', {class: 'expected-credential', id: 'expected-credential'},

@@ -36,7 +36,8 @@ function details(connection) {
     connection.method !== 'oauth' ? row('Client ID', h('code', {}, credentials.clientId || '—')) : null,
     connection.authorizedBy ? row('Authorized by', connection.authorizedBy.upn || connection.authorizedBy.oid) : null,
     row('Description', connection.description || '—'),
-    row('Credential expires', time(connection.credentialExpiresAt, 'Not known'),
+    row('Credential expires', time(connection.credentialExpiresAt,
+      connection.method === 'federated' ? 'Never (nothing secret is stored)' : 'Not known'),
       connection.credentialExpiresAt ? h('span', {class: 'sub'}, relative(connection.credentialExpiresAt)) : null),
     row('Last validated', time(connection.lastValidatedAt, 'Never')),
     row('Created', time(connection.createdAt), ' by ', who(connection.createdBy)),
@@ -70,7 +71,8 @@ function timeline(events) {
         event.attempt > 1 ? `, attempt ${event.attempt}` : '',
         event.durationMs !== null && event.durationMs !== undefined ? h('span', {class: 'sub'},
           ` ${(event.durationMs / 1000).toFixed(1)} s`) : null),
-      event.newKeyId ? h('div', {class: 'sub'}, 'New secret: ', h('code', {}, event.newKeyId)) : null,
+      event.newKeyId ? h('div', {class: 'sub'}, event.trigger === 'migrate-to-federated'
+        ? 'Federated credential: ' : 'New secret: ', h('code', {}, event.newKeyId)) : null,
       event.revokedKeyId ? h('div', {class: 'sub'}, 'Revoked: ', h('code', {}, event.revokedKeyId)) : null,
       event.message ? h('div', {class: 'sub'}, event.message) : null)));
 }
@@ -200,7 +202,7 @@ function confirmMigrate(connection, refresh) {
       const message = (moved.rotation && moved.rotation.lastRotationMessage) || '';
       toast(`${moved.name} now signs in with the federated credential: nothing secret is stored. ` +
         (revokeOriginal ? `The ${given} you gave was revoked.` : `The ${given} you gave is still valid in Entra ID.`) +
-        (message ? ` ${message}` : ''), 'notice');
+        (message && !/^Migrated to the federated method/.test(message) ? ` ${message}` : ''), 'notice');
     } catch (error) {
       progress.hidden = true;
       const expected = error instanceof ApiError && error.problem.expectedFederatedCredential;
