@@ -178,7 +178,7 @@ function confirmMigrate(connection, refresh) {
       h('li', {}, `removes the ${given}s the service itself created on the application (by rotations), and the ` +
         'stored credential.')),
     h('div', {class: 'field-check'}, revoke,
-      h('label', {for: 'revoke-original'}, `Also revoke the ${given} I gave`)),
+      h('label', {for: 'revoke-original'}, 'Also revoke the credential I gave')),
     h('p', {class: 'hint', id: 'revoke-original-hint'}, `Left unchecked, the ${given} you entered stays valid in ` +
       'Entra ID until you remove it there; checked, the service removes it from the application last.'),
     progress,

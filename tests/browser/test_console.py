@@ -439,7 +439,8 @@ def test_a_client_secret_connection_moves_to_federated_through_the_page(
     page.wait_for_selector("#confirm-dialog[open]")
     steps = page.inner_text("#migrate-steps")
     assert "adds the federated credential" in steps and "tests" in steps and "switches" in steps
-    assert page.get_by_label("Also revoke the client secret I gave").is_visible()
+    assert page.get_by_label("Also revoke the credential I gave").is_visible()
+    assert "the client secret you entered stays valid" in page.inner_text("#revoke-original-hint")
     assert not page.is_checked("#revoke-original")
     assert console.axe("#confirm-dialog") == []
     page.check("#revoke-original")
@@ -475,3 +476,29 @@ def test_the_form_with_federated_chosen_has_no_serious_or_critical_accessibility
     page.wait_for_selector("#federated-credential")
     assert console.axe("#connection-dialog") == []
     console.screenshot("add-federated")
+
+
+def test_a_method_the_options_list_as_unavailable_is_disabled_with_its_reason(open_console: Any) -> None:
+    console = open_console("admin")
+    page = console.page
+    reason = "The service has no managed identity for federation: set FEDERATION_IDENTITY_CLIENT_ID."
+
+    def without_federation(route: Any) -> None:  # the options of a service without the FEDERATION_* settings
+        answer = route.fetch()
+        options = answer.json()
+        for option in options["appConnectionOptions"]:
+            option["unavailableMethods"] = {"federated": reason}
+            option["federated"].update(available=False, reason=reason, federatedCredential=None)
+        route.fulfill(response=answer, json=options)
+
+    page.route("**/api/v1/app-connections/options", without_federation)
+    page.reload()
+    page.wait_for_selector("main[data-ready=true]")
+    page.click("#add-connection")
+    page.wait_for_selector("#connection-dialog[open]")
+    page.check("#app-azure-key-vault", force=True)
+    assert page.is_disabled("#method-federated")
+    assert page.inner_text("#method-federated-reason") == f"Federated: {reason}"
+    assert page.get_attribute("#method-federated", "aria-describedby") == "method-federated-reason"
+    assert page.is_enabled("#method-client-secret")
+    assert console.axe("#connection-dialog") == []
