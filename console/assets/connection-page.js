@@ -159,8 +159,14 @@ function confirmDelete(connection, events) {
  * Move a client-secret or certificate connection to the federated method: what it does, whether to revoke the
  * credential the person gave, progress while the service adds, tests and switches, then the outcome.
  */
+let migrating = false;
+
 function confirmMigrate(connection, refresh) {
   const dialog = document.getElementById('confirm-dialog');
+  if (!dialog.dataset.guarded) { // Escape does not hide a move that is still running
+    dialog.dataset.guarded = 'true';
+    dialog.addEventListener('cancel', (event) => { if (migrating) event.preventDefault(); });
+  }
   const body = clear(document.getElementById('confirm-dialog-body'));
   const actions = clear(document.getElementById('confirm-dialog-actions'));
   document.getElementById('confirm-dialog-title').textContent = `Move ${connection.name} to federated?`;
@@ -192,6 +198,7 @@ function confirmMigrate(connection, refresh) {
     progress.textContent = 'Adding the federated credential, testing it, switching, then cleaning up… ' +
       'This can take a minute while Entra ID takes the credential in.';
     progress.hidden = false;
+    migrating = true;
     try {
       const revokeOriginal = revoke.checked;
       const answer = await busy(confirm, 'Moving…', () => api('POST',
@@ -211,6 +218,7 @@ function confirmMigrate(connection, refresh) {
         : `The move did not finish: ${error.message} Moving again continues from where it stopped.`;
       slot.hidden = false;
     } finally {
+      migrating = false;
       revoke.disabled = false;
       cancel.disabled = false;
     }
