@@ -65,16 +65,22 @@ function pemField(name, label, hint) {
   return wrapper;
 }
 
+/** Choices as cards: [key, text, detail?, unavailable?] (an unavailable one is disabled, its reason beside it). */
 function radios(name, legend, choices, value, onChange) {
+  const reasons = choices.filter((choice) => choice[3]);
   return h('fieldset', {class: 'choices', id: `${fieldId(name)}`},
     h('legend', {}, legend),
-    choices.map(([key, text, detail]) => {
+    choices.map(([key, text, detail, unavailable]) => {
       const id = `${name}-${key}`;
-      return h('div', {class: 'choice'},
-        h('input', {type: 'radio', name, id, value: key, checked: key === value,
+      return h('div', {class: unavailable ? 'choice unavailable' : 'choice'},
+        h('input', {type: 'radio', name, id, value: key, checked: key === value && !unavailable,
+          disabled: Boolean(unavailable), 'aria-describedby': unavailable ? `${id}-reason` : null,
           onchange: () => onChange(key)}),
-        h('label', {for: id}, text, detail ? h('span', {class: 'sub'}, detail) : null));
+        h('label', {for: id}, text, detail ? h('span', {class: 'sub'}, detail) : null,
+          unavailable ? h('span', {class: 'sub'}, 'Not available here') : null));
     }),
+    reasons.map(([key, text, , unavailable]) => h('p', {class: 'hint unavailable-reason', id: `${name}-${key}-reason`},
+      `${text}: ${unavailable}`)),
     h('p', {class: 'field-error', id: `${fieldId(name)}-error`, hidden: true}));
 }
 
@@ -112,7 +118,40 @@ function setupPanel(option, method) {
     panel.append(h('p', {}, 'Upload the certificate (not the key) under Certificates & secrets of the app ' +
       'registration. The private key never leaves this service: it only signs the client assertion.'));
   }
+  if (method === 'federated') panel.append(...federatedSetup(option.federated));
   return panel;
+}
+
+/** One line of a federated credential to copy: its label, its value in code, and a Copy button. */
+function copyLine(id, label, text) {
+  return h('div', {class: 'copy-line'}, h('span', {class: 'copy-label', id: `${id}-label`}, label),
+    h('div', {class: 'copy'}, h('code', {id}, text), copyButton(text, label)));
+}
+
+/** The federated credential to add to the app registration (issuer, subject, audience), and the method's limits. */
+export function federatedCredentialLines(credential, prefix = 'federated') {
+  return [
+    copyLine(`${prefix}-issuer`, 'Issuer', credential.issuer),
+    copyLine(`${prefix}-subject`, 'Subject', credential.subject),
+    copyLine(`${prefix}-audience`, 'Audience', (credential.audiences || []).join(' ')),
+  ];
+}
+
+function federatedSetup(federated) {
+  const credential = federated && federated.federatedCredential;
+  if (!credential) {
+    return [h('p', {class: 'warning'}, (federated && federated.reason) || 'The federated method is not available.')];
+  }
+  return [
+    h('p', {}, 'Nothing secret is stored: the service signs in as the application with its own managed identity. ' +
+      'In the app registration, open Certificates & secrets, then Federated credentials, add a credential for ' +
+      '"Other issuer" and enter exactly:'),
+    h('div', {class: 'federated-credential', id: 'federated-credential'}, federatedCredentialLines(credential)),
+    h('p', {class: 'hint'}, 'Any name will do (e.g. ', h('code', {}, credential.name), '). There is nothing to rotate.'),
+    h('h4', {id: 'federated-limits-title'}, 'Limits'),
+    h('ul', {class: 'limits', id: 'federated-limits', 'aria-labelledby': 'federated-limits-title'},
+      (federated.limits || []).map((limit) => h('li', {}, limit))),
+  ];
 }
 
 function rotationFields(connection) {
@@ -199,15 +238,18 @@ function build() {
     }));
   }
   if (!option) return;
+  if (method && (option.unavailableMethods || {})[method]) current.method = null;
   if (!editing) {
-    root.append(radios('method', 'Method', option.methods.map((key) => [key, METHOD_NAMES[key] || key]), method,
+    const unavailable = option.unavailableMethods || {};
+    root.append(radios('method', 'Method', option.methods.map((key) =>
+      [key, METHOD_NAMES[key] || key, null, unavailable[key]]), method,
       (choice) => {
         current.method = choice;
         build();
         document.getElementById(`method-${choice}`).focus();
       }));
   }
-  if (!method) return;
+  if (!current.method) return;
   root.append(setupPanel(option, method));
   const details = h('section', {class: 'details', 'aria-labelledby': 'details-title'},
     h('h3', {id: 'details-title'}, 'Connection'),
@@ -245,6 +287,7 @@ function clearErrors() {
     element.textContent = '';
   }
   for (const element of body().querySelectorAll('[aria-invalid]')) element.removeAttribute('aria-invalid');
+  document.getElementById('expected-credential')?.remove();
 }
 
 const POINTER_FIELDS = {rotateAtUtc: 'rotateAt', credentials: 'tenantId', rotation: 'rotationInterval'};
@@ -280,6 +323,31 @@ function showErrors(errors, detail) {
   else if (general && !general.hidden) general.focus?.();
 }
 
+/**
+ * Entra refused a federated sign-in (400 with aadstsCode and expectedFederatedCredential): say beside the Client ID
+ * that the application does not trust the service yet, and show the exact credential to add, ready to copy.
+ */
+function showExpectedCredential(problem) {
+  const expected = problem && problem.expectedFederatedCredential;
+  if (!expected) return;
+  const code = problem.aadstsCode ? ` (${problem.aadstsCode})` : '';
+  const slot = document.getElementById(`${fieldId('clientId')}-error`);
+  if (slot && slot.hidden) {
+    slot.textContent = `This application does not trust the service's identity yet${code}: add the federated ` +
+      'credential shown above the form.';
+    slot.hidden = false;
+    const control = document.getElementById(fieldId('clientId'));
+    control.setAttribute('aria-invalid', 'true');
+    control.focus();
+  }
+  const general = document.getElementById('form-error');
+  const block = h('div', {class: 'expected-credential', id: 'expected-credential'},
+    h('p', {}, `Entra ID refused the federated sign-in${code}. Add this federated credential to the app ` +
+      'registration (Certificates & secrets, Federated credentials), wait a minute, and create the connection again:'),
+    federatedCredentialLines(expected, 'expected'));
+  general.after(block);
+}
+
 // -- submitting ---------------------------------------------------------------------------------------
 function rotationBody() {
   const toggle = document.getElementById(fieldId('isAutoRotationEnabled'));
@@ -305,6 +373,8 @@ function createBody() {
   } else if (method === 'certificate') {
     result.credentials = {tenantId: value('tenantId'), clientId: value('clientId'),
       certificateBody: value('certificateBody'), privateKey: value('privateKey')};
+  } else if (method === 'federated') {
+    result.credentials = {tenantId: value('tenantId'), clientId: value('clientId')};
   }
   const rotation = rotationBody();
   if (rotation.isAutoRotationEnabled) Object.assign(result, rotation);
@@ -325,7 +395,7 @@ function updateBody() {
   if (description !== (connection.description ?? null)) result.description = description;
   if (method !== 'oauth') {
     const secret = method === 'client-secret' ? {clientSecret: value('clientSecret')}
-      : {certificateBody: value('certificateBody'), privateKey: value('privateKey')};
+      : method === 'certificate' ? {certificateBody: value('certificateBody'), privateKey: value('privateKey')} : {};
     const ids = {tenantId: value('tenantId'), clientId: value('clientId')};
     const newMaterial = Object.values(secret).some((item) => item !== undefined);
     if (newMaterial || ids.tenantId !== connection.credentials.tenantId ||
@@ -396,6 +466,7 @@ async function submit(event) {
   } catch (error) {
     if (error instanceof ApiError) {
       showErrors(error.fieldErrors, error.message);
+      showExpectedCredential(error.problem);
       announce(`Not saved: ${error.message}`);
     } else {
       toast(error.message);

@@ -11,6 +11,7 @@ import {openConnectionDialog} from './connection-form.js';
 const OUTCOME_KIND = {succeeded: 'ok', failed: 'bad', running: 'warn', interrupted: 'muted'};
 const TRIGGER_NAMES = {
   manual: 'Rotate now', schedule: 'Scheduled rotation', resume: 'Resumed rotation',
+  'migrate-to-federated': 'Move to federated',
   enable: 'First rotation (rotation turned on)',
   create: 'First rotation (connection created)',
 };
@@ -35,7 +36,8 @@ function details(connection) {
     connection.method !== 'oauth' ? row('Client ID', h('code', {}, credentials.clientId || '—')) : null,
     connection.authorizedBy ? row('Authorized by', connection.authorizedBy.upn || connection.authorizedBy.oid) : null,
     row('Description', connection.description || '—'),
-    row('Credential expires', time(connection.credentialExpiresAt, 'Not known'),
+    row('Credential expires', time(connection.credentialExpiresAt,
+      connection.method === 'federated' ? 'Never (nothing secret is stored)' : 'Not known'),
       connection.credentialExpiresAt ? h('span', {class: 'sub'}, relative(connection.credentialExpiresAt)) : null),
     row('Last validated', time(connection.lastValidatedAt, 'Never')),
     row('Created', time(connection.createdAt), ' by ', who(connection.createdBy)),
@@ -48,7 +50,10 @@ function details(connection) {
       rotation.nextRotationAt ? h('span', {class: 'sub'}, relative(rotation.nextRotationAt)) : null),
     row('Last rotated', time(rotation.lastRotatedAt, 'Not yet')),
     rotation.lastRotationMessage ? row('Last rotation', rotation.lastRotationMessage) : null,
-  ] : [row('Automatic rotation', badge('muted', 'Off'))];
+  ] : connection.method === 'federated'
+    ? [row('Automatic rotation', badge('muted', 'Not needed'), h('span', {class: 'sub'}, 'Nothing secret is ' +
+      'stored: the service signs in with its managed identity, which the application trusts.'))]
+    : [row('Automatic rotation', badge('muted', 'Off'))];
   return h('dl', {class: 'details-list', id: 'connection-details'}, items, rotationItems);
 }
 
@@ -66,7 +71,8 @@ function timeline(events) {
         event.attempt > 1 ? `, attempt ${event.attempt}` : '',
         event.durationMs !== null && event.durationMs !== undefined ? h('span', {class: 'sub'},
           ` ${(event.durationMs / 1000).toFixed(1)} s`) : null),
-      event.newKeyId ? h('div', {class: 'sub'}, 'New secret: ', h('code', {}, event.newKeyId)) : null,
+      event.newKeyId ? h('div', {class: 'sub'}, event.trigger === 'migrate-to-federated'
+        ? 'Federated credential: ' : 'New secret: ', h('code', {}, event.newKeyId)) : null,
       event.revokedKeyId ? h('div', {class: 'sub'}, 'Revoked: ', h('code', {}, event.revokedKeyId)) : null,
       event.message ? h('div', {class: 'sub'}, event.message) : null)));
 }
@@ -149,6 +155,79 @@ function confirmDelete(connection, events) {
   cancel.focus();
 }
 
+/**
+ * Move a client-secret or certificate connection to the federated method: what it does, whether to revoke the
+ * credential the person gave, progress while the service adds, tests and switches, then the outcome.
+ */
+let migrating = false;
+
+function confirmMigrate(connection, refresh) {
+  const dialog = document.getElementById('confirm-dialog');
+  if (!dialog.dataset.guarded) { // Escape does not hide a move that is still running
+    dialog.dataset.guarded = 'true';
+    dialog.addEventListener('cancel', (event) => { if (migrating) event.preventDefault(); });
+  }
+  const body = clear(document.getElementById('confirm-dialog-body'));
+  const actions = clear(document.getElementById('confirm-dialog-actions'));
+  document.getElementById('confirm-dialog-title').textContent = `Move ${connection.name} to federated?`;
+  const given = connection.method === 'certificate' ? 'certificate' : 'client secret';
+  const revoke = h('input', {type: 'checkbox', id: 'revoke-original', 'aria-describedby': 'revoke-original-hint'});
+  const progress = h('p', {class: 'confirm-progress', id: 'migrate-progress', role: 'status', hidden: true});
+  append(body, [
+    h('p', {}, `The connection ${connection.name} (${appName(connection.app)}) stops using a stored ` +
+      `${given} and signs in with the service's managed identity instead. The service:`),
+    h('ol', {id: 'migrate-steps'},
+      h('li', {}, 'adds the federated credential for its identity to the application (with the connection\'s ' +
+        'current credential);'),
+      h('li', {}, 'tests a federated sign-in, and if it never works removes what it added and changes nothing;'),
+      h('li', {}, 'switches the connection to the federated method;'),
+      h('li', {}, `removes the ${given}s the service itself created on the application (by rotations), and the ` +
+        'stored credential.')),
+    h('div', {class: 'field-check'}, revoke,
+      h('label', {for: 'revoke-original'}, 'Also revoke the credential I gave')),
+    h('p', {class: 'hint', id: 'revoke-original-hint'}, `Left unchecked, the ${given} you entered stays valid in ` +
+      'Entra ID until you remove it there; checked, the service removes it from the application last.'),
+    progress,
+    h('p', {class: 'field-error', id: 'migrate-error', role: 'alert', hidden: true})]);
+  const cancel = h('button', {type: 'button', onclick: () => dialog.close()}, 'Cancel');
+  const confirm = h('button', {type: 'button', class: 'primary', id: 'confirm-migrate', onclick: async () => {
+    const slot = document.getElementById('migrate-error');
+    slot.hidden = true;
+    revoke.disabled = true;
+    cancel.disabled = true;
+    progress.textContent = 'Adding the federated credential, testing it, switching, then cleaning up… ' +
+      'This can take a minute while Entra ID takes the credential in.';
+    progress.hidden = false;
+    migrating = true;
+    try {
+      const revokeOriginal = revoke.checked;
+      const answer = await busy(confirm, 'Moving…', () => api('POST',
+        `${API}/${enc(connection.app)}/${enc(connection.id)}/migrate-to-federated`, {revokeOriginal}));
+      dialog.close();
+      const moved = answer.appConnection;
+      await refresh();
+      const message = (moved.rotation && moved.rotation.lastRotationMessage) || '';
+      toast(`${moved.name} now signs in with the federated credential: nothing secret is stored. ` +
+        (revokeOriginal ? `The ${given} you gave was revoked.` : `The ${given} you gave is still valid in Entra ID.`) +
+        (message && !/^Migrated to the federated method/.test(message) ? ` ${message}` : ''), 'notice');
+    } catch (error) {
+      progress.hidden = true;
+      const expected = error instanceof ApiError && error.problem.expectedFederatedCredential;
+      slot.textContent = expected
+        ? `${error.message} Nothing was changed.`
+        : `The move did not finish: ${error.message} Moving again continues from where it stopped.`;
+      slot.hidden = false;
+    } finally {
+      migrating = false;
+      revoke.disabled = false;
+      cancel.disabled = false;
+    }
+  }}, 'Move to federated');
+  actions.append(cancel, confirm);
+  dialog.showModal();
+  cancel.focus();
+}
+
 export async function renderConnection(app, id) {
   show('Loading connection…', h('p', {class: 'loading'}, 'Loading…'));
   let connection;
@@ -201,6 +280,12 @@ export async function renderConnection(app, id) {
       }
     }}, 'Rotate now');
     actions.append(rotate);
+  }
+  const federated = option && option.federated;
+  if (federated && federated.available && (federated.migrationMethods || []).includes(connection.method) &&
+      can('Rotator', app)) {
+    actions.append(h('button', {type: 'button', id: 'move-to-federated',
+      onclick: () => confirmMigrate(connection, refresh)}, 'Move to federated'));
   }
   if (writer || (rotatable && can('Rotator', app))) {
     actions.append(h('button', {type: 'button', id: 'edit-connection', onclick: () => openConnectionDialog(connection)},

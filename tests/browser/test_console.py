@@ -366,3 +366,139 @@ def test_edit_changes_only_what_changed_and_turns_rotation_on(open_console: Any,
     details = page.inner_text("#connection-details")
     assert "Graph access of the build pipeline" in details and "every 14 days at 22:15 (UTC)" in details
     assert "First rotation (rotation turned on)" in page.inner_text("#rotation-timeline")
+
+
+def trust(admin: Any, local_env: LocalEnvironment, app: Any) -> None:
+    """The owner adds the federated credential the form shows (as in the portal)."""
+    assert local_env.federation is not None
+    admin.add_federated_credential(app.tenant_id, app.client_id, "console-by-the-owner", local_env.federation.issuer,
+                                   local_env.federation.principal_id)
+
+
+def test_a_federated_connection_shows_the_credential_to_add_and_is_created_with_nothing_secret(
+        open_console: Any, admin: Any, secrets_used: Any, local_env: LocalEnvironment) -> None:
+    assert local_env.federation is not None
+    app = register_app(admin, secrets_used, name="console-federated")
+    console = open_console("admin")
+    page = console.page
+    add_dialog(page, "azure-key-vault", "federated")
+    # the exact federated credential to add, each part with its Copy button, and the limits
+    assert page.inner_text("#federated-issuer") == local_env.federation.issuer
+    assert page.inner_text("#federated-subject") == local_env.federation.principal_id
+    assert page.inner_text("#federated-audience") == "api://AzureADTokenExchange"
+    for label in ("Issuer", "Subject", "Audience"):
+        assert page.locator(".setup button", has_text=f"Copy {label}").count() == 1
+    assert "federated identity credentials" in page.inner_text("#federated-limits")
+    # Tenant ID and Client ID only: nothing secret, nothing to rotate
+    fields = page.eval_on_selector_all("#connection-form-body .details [data-field]",
+                                       "nodes => nodes.map(n => n.dataset.field)")
+    assert fields == ["name", "description", "tenantId", "clientId"]
+    assert page.locator("#field-isAutoRotationEnabled").count() == 0
+    page.fill("#field-name", "console-federated")
+    page.fill("#field-tenantId", app.tenant_id)
+    page.fill("#field-clientId", app.client_id)
+    # before the owner trusts the identity, Entra refuses: the code and the credential to add are shown
+    page.click("#connection-submit")
+    page.wait_for_selector("#expected-credential", timeout=30_000)
+    assert "AADSTS70021" in page.inner_text("#field-clientId-error")
+    assert page.get_attribute("#field-clientId", "aria-invalid") == "true"
+    assert page.inner_text("#expected-issuer") == local_env.federation.issuer
+    assert page.inner_text("#expected-subject") == local_env.federation.principal_id
+    assert page.inner_text("#expected-audience") == "api://AzureADTokenExchange"
+    console.screenshot("add-federated-untrusted")
+    trust(admin, local_env, app)
+    page.click("#connection-submit")
+    page.wait_for_selector("#connection-details", timeout=30_000)
+    assert page.inner_text("h1") == "console-federated"
+    details = page.inner_text("#connection-details")
+    assert "Federated" in details and app.client_id in details and "Active" in details and "Not needed" in details
+    for action in ("rotate-now", "move-to-federated"):
+        assert page.locator(f"#{action}").count() == 0, action
+    page.click("#edit-connection")  # the edit dialog has no rotation switch and no secret field either
+    page.wait_for_selector("#connection-dialog[open]")
+    assert page.locator("#field-isAutoRotationEnabled").count() == 0
+    assert page.locator("#field-clientSecret").count() == 0
+    page.keyboard.press("Escape")
+
+
+def test_a_client_secret_connection_moves_to_federated_through_the_page(
+        open_console: Any, admin: Any, secrets_used: Any, local_env: LocalEnvironment, api: httpx.Client) -> None:
+    assert local_env.federation is not None
+    app = register_rotatable_app(admin, secrets_used, name="console-migrate")
+    created = api.post("/api/v1/app-connections/azure-key-vault", json={
+        "name": "console-migrate", "method": "client-secret", "credentials": app.client_secret_body()})
+    assert created.status_code == 201, created.text
+    connection = created.json()["appConnection"]
+    console = open_console("operator", f"{PAGE}/azure-key-vault/{connection['id']}")
+    page = console.page
+    assert "Client Secret" in page.inner_text("#connection-details")
+    posts: list[Any] = []
+    page.on("request", lambda request: posts.append((request.url, request.post_data_json))
+            if request.method == "POST" and "migrate-to-federated" in request.url else None)
+    page.click("#move-to-federated")
+    page.wait_for_selector("#confirm-dialog[open]")
+    steps = page.inner_text("#migrate-steps")
+    assert "adds the federated credential" in steps and "tests" in steps and "switches" in steps
+    assert page.get_by_label("Also revoke the credential I gave").is_visible()
+    assert "the client secret you entered stays valid" in page.inner_text("#revoke-original-hint")
+    assert not page.is_checked("#revoke-original")
+    assert console.axe("#confirm-dialog") == []
+    page.check("#revoke-original")
+    admin.set_latency(300)  # the stand-in answers slowly: the progress shows while the service works
+    try:
+        page.click("#confirm-migrate")
+        page.wait_for_selector("#confirm-migrate[aria-busy=true]")
+        assert page.is_visible("#migrate-progress")
+        page.wait_for_selector("#confirm-dialog[open]", state="detached", timeout=60_000)
+    finally:
+        admin.set_latency(0)
+    assert posts == [(console.url(f"/api/v1/app-connections/azure-key-vault/{connection['id']}/migrate-to-federated"),
+                      {"revokeOriginal": True})]
+    page.wait_for_selector("#connection-details")
+    details = page.inner_text("#connection-details")
+    assert "Federated" in details and "Client Secret" not in details
+    assert "now signs in with the federated credential" in page.inner_text("#toast")
+    assert "was revoked" in page.inner_text("#toast")
+    assert "Move to federated" in page.inner_text("#rotation-timeline")
+    for action in ("rotate-now", "move-to-federated"):
+        assert page.locator(f"#{action}").count() == 0, action
+    [credential] = admin.federated_credentials(app.tenant_id, app.client_id)
+    assert credential["subject"] == local_env.federation.principal_id
+    assert live_keys(admin, app) == set()  # the secret given was revoked, as asked
+    console.screenshot("connection-moved-to-federated")
+
+
+def test_the_form_with_federated_chosen_has_no_serious_or_critical_accessibility_violation(
+        open_console: Any) -> None:
+    console = open_console("admin")
+    page = console.page
+    add_dialog(page, "azure-client-secrets", "federated")
+    page.wait_for_selector("#federated-credential")
+    assert console.axe("#connection-dialog") == []
+    console.screenshot("add-federated")
+
+
+def test_a_method_the_options_list_as_unavailable_is_disabled_with_its_reason(open_console: Any) -> None:
+    console = open_console("admin")
+    page = console.page
+    reason = "The service has no managed identity for federation: set FEDERATION_IDENTITY_CLIENT_ID."
+
+    def without_federation(route: Any) -> None:  # the options of a service without the FEDERATION_* settings
+        answer = route.fetch()
+        options = answer.json()
+        for option in options["appConnectionOptions"]:
+            option["unavailableMethods"] = {"federated": reason}
+            option["federated"].update(available=False, reason=reason, federatedCredential=None)
+        route.fulfill(response=answer, json=options)
+
+    page.route("**/api/v1/app-connections/options", without_federation)
+    page.reload()
+    page.wait_for_selector("main[data-ready=true]")
+    page.click("#add-connection")
+    page.wait_for_selector("#connection-dialog[open]")
+    page.check("#app-azure-key-vault", force=True)
+    assert page.is_disabled("#method-federated")
+    assert page.inner_text("#method-federated-reason") == f"Federated: {reason}"
+    assert page.get_attribute("#method-federated", "aria-describedby") == "method-federated-reason"
+    assert page.is_enabled("#method-client-secret")
+    assert console.axe("#connection-dialog") == []
