@@ -139,7 +139,7 @@ class ConnectionService:
         if isinstance(credentials, FederatedCredentialsIn):
             pass  # nothing secret: the service's managed identity signs in as the application
         elif isinstance(credentials, CertificateCredentialsIn):
-            parsed = await parse_certificate_async(credentials.certificateBody, credentials.privateKey)
+            parsed = await parse_certificate_async(credentials.certificateBody, credentials.privateKey, self.now())
             material = {"certificateBody": credentials.certificateBody, "privateKey": credentials.privateKey}
             expires_on = parsed.not_after
         else:

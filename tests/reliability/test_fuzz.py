@@ -202,6 +202,11 @@ def test_a_walk_through_every_route_answers_as_documented(api, admin, secrets_us
     assert check("get", callback, api.get(callback, params={"state": "x" * 20, "code": "y"})).status_code == 400
     extra = {"state": "s", "code": "c", "extra": "1"}
     assert check("get", callback, api.get(callback, params=extra)).status_code == 400
+    migrate = f"{item}/migrate-to-federated"
+    assert check("post", migrate, api.post(f"{base}/{app}/{uuid.uuid4()}/migrate-to-federated",
+                                           json={})).status_code == 404
+    moved = check("post", migrate, api.post(f"{base}/{app}/{cid}/migrate-to-federated", json={}))
+    assert moved.status_code == 200 and moved.json()["appConnection"]["method"] == "federated", moved.text
     assert check("delete", item, api.delete(f"{base}/{app}/{cid}")).status_code == 200
     assert check("delete", item, api.delete(f"{base}/{app}/{cid}")).status_code == 404
     audit = "/api/v1/audit-logs"

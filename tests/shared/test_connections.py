@@ -234,3 +234,14 @@ async def test_a_graph_change_whose_audit_record_cannot_be_written_is_not_made()
     assert after is not None
     assert after.rotation.status == "failed"
     assert after.rotation.key_id == record.rotation.key_id
+
+
+async def test_a_certificates_validity_is_judged_by_the_services_clock() -> None:
+    """A year on (the service's clock, not the machine's), a certificate issued then is valid and one that
+    ended before then is refused."""
+    h = Harness()
+    h.fakes.clock.advance(timedelta(days=400))
+    record = await h.create("cert-later", rotation=False, method="certificate")
+    assert record.method == "certificate"
+    expires = record.health.credential_expires_at
+    assert expires is not None and expires > h.fakes.clock.now
