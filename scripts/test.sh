@@ -11,5 +11,5 @@ echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
-echo "== reliability figures (written by this run's campaigns; see README, Reliability)"
+echo "== reliability figures (written by this run's campaigns; see docs/reliability.md)"
 .venv/bin/python -m tests.reliability.report
