@@ -124,10 +124,9 @@ def sign_in() -> SignIn:
     identity = clients.settings.federation_identity_client_id
 
     async def assertion() -> str:
-        assert identity is not None
         # The cloud's token-exchange audience (AZURE_CLOUD), as for federated connections.
         scope = f"{clients.settings.token_exchange_audience}/.default"
-        return (await clients.managed_identity(identity).get_token(scope)).token
+        return (await clients.federation_credential().get_token(scope)).token
 
     return SignIn(clients.settings, SessionTable(clients), EntraTokenEndpoint(clients), token_validator(), _now,
                   assertion if identity else None)

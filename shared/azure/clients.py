@@ -53,7 +53,6 @@ class AzureClients:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
         self._service_credential: AsyncTokenCredential | None = None
-        self._identities: dict[str, AsyncTokenCredential] = {}
         self._federation_credential: AsyncTokenCredential | None = None
         self._table_service: TableServiceClient | None = None
         self._tables: dict[str, TableClient] = {}
@@ -104,24 +103,19 @@ class AzureClients:
             )
         return self._service_credential
 
-    def managed_identity(self, client_id: str) -> AsyncTokenCredential:
-        """The user-assigned managed identity ``client_id`` alone (the console's federated client assertion)."""
-        credential = self._identities.get(client_id)
-        if credential is None:
+    def federation_credential(self) -> AsyncTokenCredential:
+        """The user-assigned managed identity (``FEDERATION_IDENTITY_CLIENT_ID``) whose tokens for the token-exchange
+        audience are client assertions: of federated connections, and of the console's sign-in. One per process,
+        so its token is cached between sign-ins."""
+        if self._federation_credential is None:
+            client_id = self.settings.federation_identity_client_id
+            if client_id is None:
+                raise RuntimeError("FEDERATION_IDENTITY_CLIENT_ID is not set")
             from azure.identity.aio import ManagedIdentityCredential
 
-            credential = ManagedIdentityCredential(client_id=client_id, transport=self.transport(ENTRA),
-                                                   retry_policy_class=JitteredRetryPolicy)
-            self._identities[client_id] = credential
-        return credential
-
-    def federation_credential(self) -> AsyncTokenCredential:
-        """The user-assigned managed identity whose tokens are federated connections' client assertions
-        (``FEDERATION_IDENTITY_CLIENT_ID``); one per process, so its token is cached between sign-ins."""
-        client_id = self.settings.federation_identity_client_id
-        if client_id is None:
-            raise RuntimeError("FEDERATION_IDENTITY_CLIENT_ID is not set")
-        return self.managed_identity(client_id)
+            self._federation_credential = ManagedIdentityCredential(
+                client_id=client_id, transport=self.transport(ENTRA), retry_policy_class=JitteredRetryPolicy)
+        return self._federation_credential
 
     # -- Table Storage ---------------------------------------------------------------------
     def table_service(self) -> TableServiceClient:
@@ -203,9 +197,6 @@ class AzureClients:
         if self._graph_http is not None:
             await self._graph_http.aclose()
             self._graph_http = None
-        for identity in self._identities.values():
-            await identity.close()
-        self._identities.clear()
         for client in self._tables.values():
             await client.close()
         self._tables.clear()
