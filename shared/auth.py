@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from shared.errors import Forbidden, ServiceMisconfigured, Unauthorized
@@ -150,7 +151,7 @@ class TokenValidator:
         self._settings = settings
         self._keys = keys
         self._now = now
-        self._validated: OrderedDict[bytes, tuple[dict[str, Any], float]] = OrderedDict()
+        self._validated: OrderedDict[bytes, tuple[Mapping[str, Any], Principal, float]] = OrderedDict()
 
     @property
     def audiences(self) -> list[str]:
@@ -169,19 +170,23 @@ class TokenValidator:
                 "tenant and client ID). The service has no open mode.")
 
     async def validate(self, authorization: str | None) -> Principal:
-        return principal_of(await self.claims(bearer_token(authorization)))
+        return (await self._checked(bearer_token(authorization)))[1]
 
     async def claims(self, token: str) -> dict[str, Any]:
         """The claims of a token of the tenant for this API (an access token, or the console's ID token)."""
+        return dict((await self._checked(token))[0])
+
+    async def _checked(self, token: str) -> tuple[Mapping[str, Any], Principal]:
+        """The token's claims and the principal they name: remembered, or checked in full."""
         self.require_configured()
         if len(token) > MAX_TOKEN_CHARS:
             raise _unauthorized("The token is too long.")
         digest = hashlib.sha256(token.encode()).digest()
         known = self._validated.get(digest)
         if known is not None:
-            if self._now() < known[1]:
+            if self._now() < known[2]:
                 self._validated.move_to_end(digest)
-                return dict(known[0])
+                return known[0], known[1]
             del self._validated[digest]
         import jwt
 
@@ -211,14 +216,15 @@ class TokenValidator:
             raise _unauthorized("The access token comes from another issuer.") from None
         except jwt.PyJWTError:
             raise _unauthorized("The access token's signature or claims are not valid.") from None
-        checked = dict(claims)
-        self._remember(digest, checked, claims.get("exp"))
-        return dict(checked)
+        checked = MappingProxyType(dict(claims))
+        principal = principal_of(checked)
+        self._remember(digest, checked, principal, claims.get("exp"))
+        return checked, principal
 
-    def _remember(self, digest: bytes, claims: dict[str, Any], expires: Any) -> None:
+    def _remember(self, digest: bytes, claims: Mapping[str, Any], principal: Principal, expires: Any) -> None:
         if not isinstance(expires, int | float) or isinstance(expires, bool) or expires <= self._now():
             return
-        self._validated[digest] = (claims, float(expires))
+        self._validated[digest] = (claims, principal, float(expires))
         while len(self._validated) > VALIDATED_CACHE_SIZE:
             self._validated.popitem(last=False)
 
