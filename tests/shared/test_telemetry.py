@@ -6,9 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
 from shared import telemetry
@@ -55,17 +52,6 @@ def test_an_sdk_the_worker_already_configured_is_used_not_configured_twice():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
                          env={"PATH": "/usr/bin:/bin"})
     assert out.stdout.split() == ["True", "False"]
-
-
-@pytest.fixture
-def exporter():
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    telemetry.use_providers(provider)
-    yield exporter
-    telemetry.use_providers()
-    provider.shutdown()
 
 
 def test_a_span_records_the_error_type_but_not_its_message(exporter):

@@ -16,9 +16,6 @@ from typing import Any
 
 import azure.functions as func
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from shared import telemetry
@@ -70,17 +67,6 @@ class HostContext:
 
     invocation_id: str
     trace_context: HostTraceContext | None
-
-
-@pytest.fixture
-def exporter():
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    telemetry.use_providers(provider)
-    yield exporter
-    telemetry.use_providers()
-    provider.shutdown()
 
 
 def request(url: str, headers: dict[str, str] | None = None, **route: str) -> func.HttpRequest:
