@@ -5,7 +5,11 @@
   ``APPLICATIONINSIGHTS_AUTHENTICATION_STRING`` says ``Authorization=AAD``). Without it nothing is imported
   and nothing is exported.
 * :func:`span` and the ``record_*`` functions are what the service calls. They import ``opentelemetry`` (the
-  API only) on first use, never at import, so a cold start stays cheap; without an SDK they are no-ops.
+  API only) on first use, never at import, so a cold start stays cheap; without an SDK they are no-ops. While
+  nothing in the process has loaded ``opentelemetry`` at all (no connection string, no worker telemetry, no test
+  provider), no tracer provider can be set, so every span would be the API's no-op one: spans are then quiet
+  ones that carry the trace context as the no-op spans do, and the API is not even imported (about 35 ms of a
+  cold start's first request).
 * :func:`server_span` is the span of one invocation, a child of the Functions host's span (the invocation's
   ``context.trace_context``); :func:`client_span` is the span of one HTTP request to Entra ID, Graph, Key Vault
   or Table Storage, with the OpenTelemetry HTTP attributes, its URL's query values redacted (:func:`safe_url`).
@@ -23,7 +27,10 @@ from explicit values, and no exception message is recorded (an SDK's message may
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
+import re
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, MutableMapping
@@ -187,6 +194,13 @@ def server_span(name: str, attributes: Attributes | None = None, *, traceparent:
     """The span of one invocation, as :func:`span`: a SERVER span whose parent is ``traceparent`` (the host's
     span, from the invocation's ``context.trace_context``), or the current span when that is missing or
     malformed."""
+    if quiet():
+        token = _quiet_current.set(_quiet_parent(traceparent, tracestate))
+        try:
+            yield _quiet_current.get()
+        finally:
+            _quiet_current.reset(token)
+        return
     from opentelemetry import context as otel_context
 
     parent = None
@@ -246,6 +260,8 @@ def set_response(current: Span, status: int) -> None:
 
 def set_error(current: Span, error_type: str) -> None:
     """Mark the span failed, with ``error.type`` (a status code or a class name, never a message)."""
+    if isinstance(current, _QuietSpan):
+        return
     from opentelemetry.trace import Status, StatusCode
 
     current.set_attribute("error.type", error_type)
@@ -273,9 +289,80 @@ def safe_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
+class _QuietContext:
+    """A span context as W3C trace context carries it (what the API's no-op span keeps of its parent)."""
+
+    def __init__(self, trace_id: int = 0, span_id: int = 0, trace_flags: int = 0, trace_state: str | None = None):
+        self.trace_id, self.span_id, self.trace_flags = trace_id, span_id, trace_flags
+        self.trace_state = _QuietState(trace_state) if trace_state else None
+        self.is_valid = trace_id != 0 and span_id != 0
+
+
+class _QuietState(str):
+    def to_header(self) -> str:
+        return str(self)
+
+
+class _QuietSpan:
+    """The span of a process without OpenTelemetry: records nothing and carries its parent's context, as the
+    API's no-op span does (so upstream requests and audit records still carry the host's trace)."""
+
+    attributes: Mapping[str, Any] = {}
+
+    def __init__(self, context: _QuietContext | None = None) -> None:
+        self._context = context or _QuietContext()
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        pass
+
+    def set_attributes(self, attributes: Mapping[str, Any]) -> None:
+        pass
+
+    def set_status(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def is_recording(self) -> bool:
+        return False
+
+    def get_span_context(self) -> _QuietContext:
+        return self._context
+
+
+QUIET: Any = _QuietSpan()
+_quiet_current: contextvars.ContextVar[Any] = contextvars.ContextVar("quiet_span", default=QUIET)  # a _QuietSpan
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+
+
+def quiet() -> bool:
+    """Whether spans are quiet (:class:`_QuietSpan`): no test provider, and nothing in the process has loaded the
+    API, so no tracer provider can have been set and every span would be the API's no-op one."""
+    return _tracer_provider is None and "opentelemetry.trace" not in sys.modules
+
+
+def _quiet_parent(traceparent: str | None, tracestate: str | None) -> Any:
+    """The host's span as W3C trace context gives it (as the API's propagator reads it), else the current one."""
+    match = _TRACEPARENT.fullmatch(traceparent or "")
+    if match is None or match[1] == "ff" or (match[1] == "00" and match[5]):
+        return _quiet_current.get()
+    context = _QuietContext(int(match[2], 16), int(match[3], 16), int(match[4], 16), tracestate)
+    return _QuietSpan(context) if context.is_valid else _quiet_current.get()
+
+
+def current_trace_id() -> str | None:
+    """The trace id of the current span, if there is one."""
+    if quiet():
+        return trace_id(_quiet_current.get())
+    from opentelemetry import trace
+
+    return trace_id(trace.get_current_span())
+
+
 @contextlib.contextmanager
 def _span(name: str, attributes: Attributes | None, kind: str, parent: Any = None,
           qualified_errors: bool = False) -> Iterator[Span]:
+    if quiet():
+        yield _quiet_current.get()
+        return
     from opentelemetry.trace import SpanKind, Status, StatusCode
 
     tracer = _get().tracer

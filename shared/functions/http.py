@@ -195,7 +195,7 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
                 actor=Actor(principal.id, principal.name, principal.type, used), roles=principal.roles,
                 client_ip=_client_ip(req), user_agent=req.headers.get("user-agent"),
                 request_id=req.headers.get("x-request-id") or uuid.uuid4().hex,
-                trace_id=_current_trace_id() or _trace_id(req.headers.get("traceparent")),
+                trace_id=telemetry.current_trace_id() or _trace_id(req.headers.get("traceparent")),
             )
             with acting(context):
                 if action is None:
@@ -293,12 +293,6 @@ def _incoming_trace(req: func.HttpRequest, context: func.Context | None) -> tupl
     if traceparent:
         return traceparent, tracestate
     return req.headers.get("traceparent"), req.headers.get("tracestate")
-
-
-def _current_trace_id() -> str | None:
-    from opentelemetry import trace
-
-    return telemetry.trace_id(trace.get_current_span())
 
 
 async def caller(req: func.HttpRequest) -> Principal:

@@ -80,3 +80,43 @@ def test_metrics_without_an_sdk_are_no_ops():
     telemetry.record_rotation("azure-key-vault", "succeeded", "schedule", 0.1)
     telemetry.record_sweep_start(3)
     telemetry.record_sweep_end(1.0, 3, 0)
+
+
+QUIET_SPANS = """
+import json, sys
+from shared import telemetry
+if sys.argv[1] == "api":
+    import opentelemetry.trace  # the API loaded, no SDK: its no-op spans
+host = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+seen = {}
+for parent in (host, "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "junk", None,
+               "00-00000000000000000000000000000000-b7ad6b7169203331-01"):
+    with telemetry.server_span("GET /x", {"a": 1}, traceparent=parent, tracestate="k=v") as server:
+        server.set_attributes({"http.response.status_code": 200})
+        headers = {}
+        with telemetry.client_span("GET", "https://example.test/a?code=1", headers) as client:
+            telemetry.set_response(client, 500)
+            with telemetry.span("inner"):
+                inner = telemetry.current_trace_id()
+        seen[str(parent)] = [headers, telemetry.current_trace_id(), inner]
+    seen[str(parent) + " after"] = telemetry.current_trace_id()
+print(json.dumps({"seen": seen, "api": "opentelemetry.trace" in sys.modules}))
+"""
+
+
+def test_without_opentelemetry_loaded_spans_are_quiet_but_carry_the_hosts_trace_as_the_api_does():
+    """A process where nothing loaded the OpenTelemetry API (no connection string, no worker telemetry) cannot
+    have a tracer provider: its spans record nothing, the API is not imported (a cold start's first request saves
+    its import), and the host's trace still reaches upstream requests and audit records exactly as the API's
+    no-op spans carry it."""
+    runs = {}
+    for mode in ("quiet", "api"):
+        out = subprocess.run([sys.executable, "-c", QUIET_SPANS, mode], cwd=ROOT, capture_output=True, text=True,
+                             check=True, env={"PATH": "/usr/bin:/bin"})
+        runs[mode] = json.loads(out.stdout)
+    assert runs["quiet"]["api"] is False and runs["api"]["api"] is True
+    assert runs["quiet"]["seen"] == runs["api"]["seen"]
+    host = runs["quiet"]["seen"]["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]
+    assert host == [{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+                     "tracestate": "k=v"}, "0af7651916cd43dd8448eb211c80319c", "0af7651916cd43dd8448eb211c80319c"]
+    assert runs["quiet"]["seen"]["junk"] == [{}, None, None]
