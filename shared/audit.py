@@ -18,11 +18,13 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import AuditUnavailable, FieldError, InvalidRequest, ServiceError
-from shared.ports import AuditStore, Clock
 from shared.records import Actor, AuditRecord
+
+if TYPE_CHECKING:
+    from shared.ports import AuditStore, Clock
 
 log = logging.getLogger("app_connections.audit")
 log.setLevel(logging.INFO)  # every record reaches the exporter, whatever the root logger's level

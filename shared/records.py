@@ -6,10 +6,17 @@ secret: secret material lives in Key Vault only), the domain reads and evolves t
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
+
+
+def new_id() -> str:
+    """A random id (a UUID4's hex); ``uuid`` is imported on first use, not by a read that makes none."""
+    import uuid
+
+    return uuid.uuid4().hex
+
 
 # The journal's steps, in order. "begun": the rotation is claimed and its previous credential noted; "created":
 # the new credential exists and is in the vault as a pending version; "tested": a token was acquired with it;
@@ -123,7 +130,7 @@ class Notification:
     status: str
     message: str | None
     at: datetime
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)  # the idempotency key
+    id: str = field(default_factory=new_id)  # the idempotency key
     attempts: int = 0
     next_attempt_at: datetime | None = None
 
@@ -250,7 +257,7 @@ class AuditRecord:
     user_agent: str | None = None
     request_id: str | None = None
     trace_id: str | None = None
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=new_id)
 
     def as_dict(self) -> dict[str, Any]:
         return {
