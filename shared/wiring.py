@@ -133,10 +133,12 @@ def sign_in() -> SignIn:
 
 
 def audit_log() -> AuditLog:
+    """The audit log over its table alone (a search, or a route's records, builds no other adapter)."""
     from shared.audit import AuditLog
+    from shared.azure.clients import get_clients
+    from shared.store.audit import AuditTable
 
-    base = adapters()
-    return AuditLog(base.audit, base.clock)
+    return AuditLog(AuditTable(get_clients()), _now)
 
 
 def health_checker() -> HealthChecker:
