@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from shared import jws
 from shared.auth import Principal, SigningKeys, TokenValidator, authorize
 from shared.errors import Forbidden, ServiceMisconfigured, Unauthorized
 from shared.settings import load_settings
@@ -204,15 +205,16 @@ class WallClock:
 
 
 def _counting(validator: TokenValidator, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The tokens whose signature is checked (jwt.decode), in order."""
+    """The tokens whose signature is checked (``shared.jws.verify``), in order."""
     checked: list[str] = []
-    decode = jwt.decode
+    verify = jws.verify
 
-    def counted(raw: str, *args: Any, **kwargs: Any) -> Any:
-        checked.append(raw)
-        return decode(raw, *args, **kwargs)
+    def counted(signed: jws.SignedToken, *args: Any, **kwargs: Any) -> Any:
+        signature = base64.urlsafe_b64encode(signed.signature).decode().rstrip("=")
+        checked.append(f"{signed.signing_input.decode()}.{signature}")
+        return verify(signed, *args, **kwargs)
 
-    monkeypatch.setattr(jwt, "decode", counted)
+    monkeypatch.setattr(jws, "verify", counted)
     return checked
 
 
