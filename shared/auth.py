@@ -243,7 +243,7 @@ class TokenValidator:
     def _remember(self, digest: bytes, claims: Mapping[str, Any], principal: Principal, expires: Any) -> None:
         if not isinstance(expires, int | float) or isinstance(expires, bool) or expires <= self._now():
             return
-        self._validated[digest] = (claims, principal, float(expires))
+        self._validated[digest] = (claims, principal, float(min(expires, 2.0**53)))  # an int may be huge
         while len(self._validated) > VALIDATED_CACHE_SIZE:
             self._validated.popitem(last=False)
 

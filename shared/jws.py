@@ -160,10 +160,13 @@ def public_key(jwk: Mapping[str, Any]) -> RSAPublicKey:
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float:
+    """A NumericDate claim: an integer (of any size: compared exactly) or a finite float."""
     value = claims[name]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise JwsError("invalid", f"The {name} claim is not a number.")
-    return float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise JwsError("invalid", f"The {name} claim is not a number.")
+    return value
 
 
 def verify(token: SignedToken, key: RSAPublicKey, *, issuer: str, audiences: Iterable[str], now: float,

@@ -493,7 +493,8 @@ def _corpus() -> dict[str, str]:
     claim_variants: dict[str, dict[str, Any]] = {
         "valid": {}, "exp -119": {"exp": now - 100}, "exp -130": {"exp": now - 130}, "exp -1h": {"exp": now - 3600},
         "exp float": {"exp": now + 10.5}, "exp missing": {"exp": ...}, "exp null": {"exp": None},
-        "exp huge": {"exp": 10**30}, "exp list": {"exp": [now + 60]}, "nbf +100": {"nbf": now + 100},
+        "exp huge": {"exp": 10**30}, "exp 400 digits": {"exp": 10**400},
+        "exp 1e400": {"exp": ...}, "exp list": {"exp": [now + 60]}, "nbf +100": {"nbf": now + 100},
         "nbf +130": {"nbf": now + 130}, "nbf null": {"nbf": None}, "iat +130": {"iat": now + 130},
         "iat text": {"iat": "yesterday"}, "iss other": {"iss": "https://sts.windows.net/x/"},
         "iss missing": {"iss": ...},
@@ -504,6 +505,7 @@ def _corpus() -> dict[str, str]:
         "jti number": {"jti": 7}, "jti text": {"jti": "abc"}, "roles odd": {"roles": "x"},
     }
     corpus = {f"claims {name}": signed(RS256_K1, _claims(**changes)) for name, changes in claim_variants.items()}
+    corpus["claims exp 1e400"] = signed(RS256_K1, json.dumps(_claims(exp=...)).encode()[:-1] + b', "exp": 1e400}')
     header_variants: dict[str, dict[str, Any]] = {
         "no typ": {"alg": "RS256", "kid": "k1"}, "kid k2": {"alg": "RS256", "kid": "k2"},
         "no kid": {"alg": "RS256"}, "kid number": {"alg": "RS256", "kid": 1},
@@ -569,7 +571,8 @@ async def test_the_verdict_on_a_corpus_of_tokens_is_the_one_pyjwt_gave() -> None
         verdicts[name] = (ours, _pyjwt_accepts(raw))
     assert {name for name, (ours, theirs) in verdicts.items() if ours != theirs} == set()
     accepted = {name for name, (ours, _) in verdicts.items() if ours}
-    assert accepted == {"claims valid", "claims exp -119", "claims exp float", "claims exp huge", "claims nbf +100",
+    assert accepted == {"claims valid", "claims exp -119", "claims exp float", "claims exp huge",
+                        "claims exp 400 digits", "claims nbf +100",
                         "claims aud api uri", "claims aud list ours", "claims jti text", "claims roles odd",
                         "header no typ", "header jku elsewhere", "header x5c junk"}
 
