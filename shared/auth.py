@@ -165,7 +165,8 @@ def _usable_keys(jwks: Any) -> dict[str, RSAPublicKey]:
     """The RS256 signing keys of a key set, by ``kid``; a key that is not one (another type or use, a modulus
     under 2048 bits, a malformed number) is left out, so no token signed by it is accepted."""
     keys: dict[str, RSAPublicKey] = {}
-    for jwk in (jwks or {}).get("keys", []) if isinstance(jwks, dict) else []:
+    listed = jwks.get("keys") if isinstance(jwks, dict) else None
+    for jwk in listed if isinstance(listed, list) else []:
         if not isinstance(jwk, dict) or not isinstance(jwk.get("kid"), str) or not jwk["kid"]:
             continue
         try:

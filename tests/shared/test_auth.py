@@ -429,6 +429,17 @@ async def test_keys_the_tenant_publishes_that_are_not_rs256_signing_keys_verify_
     assert (await validator.validate(f"Bearer {signed(RS256_K1, _claims())}")).id == "u1"
 
 
+@pytest.mark.parametrize("key_set", [{"keys": 5}, {"keys": "k1"}, {"keys": None}, {}, [], "keys", None])
+async def test_a_key_set_that_is_not_one_publishes_no_key(key_set: Any) -> None:
+    class Odd(Tenant):
+        async def fetch(self, url: str) -> Any:
+            return await super().fetch(url) if url.endswith("openid-configuration") else key_set
+
+    with pytest.raises(Unauthorized) as refused:
+        await _validator(Odd()).validate(f"Bearer {token()}")
+    assert refused.value.detail == UNKNOWN_KEY
+
+
 async def test_the_first_key_fetch_imports_cryptography_in_a_thread_alongside_the_network(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The import runs while the discovery document is awaited: both have started before either ends."""
