@@ -5,7 +5,10 @@ authentication sits in front): RS256 signature by a key of the OIDC discovery do
 ``{AZURE_AUTHORITY_HOST}/{AUTH_TENANT_ID}/v2.0`` (cached; fetched again on an unknown ``kid``, at most once a
 minute), issuer, audience ``AUTH_AUDIENCE`` (the API's client ID or its application ID URI, both accepted),
 ``exp`` and ``nbf`` with a small skew. ``alg: none``, HS256 and every other algorithm are refused. There is no
-open mode: without ``AUTH_TENANT_ID`` and ``AUTH_AUDIENCE`` every request is refused with a 503.
+open mode: without ``AUTH_TENANT_ID`` and ``AUTH_AUDIENCE`` every request is refused with a 503. The token
+format is checked by :mod:`shared.jws` (our own strict JOSE parsing, the RSA signature by ``cryptography``),
+not by a general JWT library: importing this module imports no cryptography at all, and the first fetch of
+the keys imports it in a thread while it waits on the network, so a cold process's first request stays lean.
 
 Roles come from the token's ``roles`` claim, for people (delegated tokens) and daemons (app-only tokens) alike:
 ``AppConnections.{Reader,Writer,Rotator,Auditor,Admin}``, each optionally limited to one app with a suffix
@@ -22,18 +25,21 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from shared import jws
 from shared.errors import Forbidden, ServiceMisconfigured, Unauthorized
 from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 ROLE_PREFIX = "AppConnections."
 READER, WRITER, ROTATOR, AUDITOR, ADMIN = "Reader", "Writer", "Rotator", "Auditor", "Admin"
 ROLES = (READER, WRITER, ROTATOR, AUDITOR, ADMIN)
-ALGORITHMS = ("RS256",)
 CLOCK_SKEW_SECONDS = 120
 REFETCH_INTERVAL_SECONDS = 60.0
-MAX_TOKEN_CHARS = 16 * 1024
+MAX_TOKEN_CHARS = jws.MAX_TOKEN_CHARS
 CHALLENGE = 'Bearer error="invalid_token"'
 VALIDATED_CACHE_SIZE = 1024  # tokens whose principal is kept until they expire (the oldest used goes first)
 
@@ -72,6 +78,17 @@ def authorize(principal: Principal, role: str, app: str | None) -> str:
     return used
 
 
+REFUSALS: Mapping[jws.Reason, str] = MappingProxyType({
+    "malformed": "The access token is not a JWT.",
+    "algorithm": "The access token is not signed with RS256.",
+    "expired": "The access token has expired.",
+    "not_yet_valid": "The access token is not valid yet.",
+    "audience": "The access token is for another API (audience).",
+    "issuer": "The access token comes from another issuer.",
+    "invalid": "The access token's signature or claims are not valid.",
+})
+
+
 def _unauthorized(detail: str) -> Unauthorized:
     return Unauthorized(detail, headers={"WWW-Authenticate": CHALLENGE})
 
@@ -101,7 +118,7 @@ class SigningKeys:
         self._settings = settings
         self._fetch = fetch_json
         self._monotonic = monotonic
-        self._keys: dict[str, Any] = {}
+        self._keys: dict[str, RSAPublicKey] = {}
         self._issuer: str | None = None
         self._fetched_at: float | None = None
         self._lock = asyncio.Lock()
@@ -116,7 +133,7 @@ class SigningKeys:
         assert self._issuer is not None
         return self._issuer
 
-    async def key(self, kid: str) -> Any | None:
+    async def key(self, kid: str) -> RSAPublicKey | None:
         if kid not in self._keys:
             await self._refresh(force=self._fetched_at is None)
         return self._keys.get(kid)
@@ -128,17 +145,34 @@ class SigningKeys:
                 return
             if force and self._fetched_at is not None and now - self._fetched_at < 1.0:
                 return  # fetched just now by a concurrent request
-            from jwt import PyJWK
+            if self._fetched_at is None:  # a cold start: import cryptography while the documents are fetched
+                (issuer, jwks), _ = await asyncio.gather(self._documents(), asyncio.to_thread(jws.load_crypto))
+            else:
+                issuer, jwks = await self._documents()
+            keys = await asyncio.to_thread(_usable_keys, jwks)
+            self._keys, self._issuer, self._fetched_at = keys, issuer, now
 
-            document = await self._fetch(self.discovery_url)
-            if not isinstance(document, dict) or not document.get("jwks_uri") or not document.get("issuer"):
-                raise ServiceMisconfigured("The OIDC discovery document of AUTH_TENANT_ID has no issuer or keys.")
-            jwks = await self._fetch(str(document["jwks_uri"]))
-            keys: dict[str, Any] = {}
-            for jwk in (jwks or {}).get("keys", []) if isinstance(jwks, dict) else []:
-                if isinstance(jwk, dict) and jwk.get("kid") and jwk.get("kty") == "RSA":
-                    keys[str(jwk["kid"])] = PyJWK(jwk, algorithm="RS256").key
-            self._keys, self._issuer, self._fetched_at = keys, str(document["issuer"]), now
+    async def _documents(self) -> tuple[str, Any]:
+        """The issuer of the discovery document and the key set it points to."""
+        document = await self._fetch(self.discovery_url)
+        if not isinstance(document, dict) or not document.get("jwks_uri") or not document.get("issuer"):
+            raise ServiceMisconfigured("The OIDC discovery document of AUTH_TENANT_ID has no issuer or keys.")
+        return str(document["issuer"]), await self._fetch(str(document["jwks_uri"]))
+
+
+def _usable_keys(jwks: Any) -> dict[str, RSAPublicKey]:
+    """The RS256 signing keys of a key set, by ``kid``; a key that is not one (another type or use, a modulus
+    under 2048 bits, a malformed number) is left out, so no token signed by it is accepted."""
+    keys: dict[str, RSAPublicKey] = {}
+    listed = jwks.get("keys") if isinstance(jwks, dict) else None
+    for jwk in listed if isinstance(listed, list) else []:
+        if not isinstance(jwk, dict) or not isinstance(jwk.get("kid"), str) or not jwk["kid"]:
+            continue
+        try:
+            keys[jwk["kid"]] = jws.public_key(jwk)
+        except jws.JwsError:
+            continue
+    return keys
 
 
 class TokenValidator:
@@ -188,34 +222,19 @@ class TokenValidator:
                 self._validated.move_to_end(digest)
                 return known[0], known[1]
             del self._validated[digest]
-        import jwt
-
         try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError:
-            raise _unauthorized("The access token is not a JWT.") from None
-        if header.get("alg") not in ALGORITHMS:
-            raise _unauthorized("The access token is not signed with RS256.")
-        kid = header.get("kid")
-        key = await self._keys.key(str(kid)) if isinstance(kid, str) and kid else None
+            signed = jws.parse(token)
+        except jws.JwsError as refused:
+            raise _unauthorized(REFUSALS[refused.reason]) from None
+        key = await self._keys.key(signed.kid) if signed.kid else None
         if key is None:
             raise _unauthorized("The access token is signed with a key the tenant does not publish.")
         issuer = await self._keys.issuer()
         try:
-            claims = await asyncio.to_thread(
-                jwt.decode, token, key, algorithms=list(ALGORITHMS), audience=self.audiences, issuer=issuer,
-                leeway=CLOCK_SKEW_SECONDS, options={"require": ["exp", "iss", "aud"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise _unauthorized("The access token has expired.") from None
-        except jwt.ImmatureSignatureError:
-            raise _unauthorized("The access token is not valid yet.") from None
-        except jwt.InvalidAudienceError:
-            raise _unauthorized("The access token is for another API (audience).") from None
-        except jwt.InvalidIssuerError:
-            raise _unauthorized("The access token comes from another issuer.") from None
-        except jwt.PyJWTError:
-            raise _unauthorized("The access token's signature or claims are not valid.") from None
+            claims = await asyncio.to_thread(jws.verify, signed, key, issuer=issuer, audiences=self.audiences,
+                                             now=self._now(), leeway=CLOCK_SKEW_SECONDS)
+        except jws.JwsError as refused:
+            raise _unauthorized(REFUSALS[refused.reason]) from None
         checked = MappingProxyType(dict(claims))
         principal = principal_of(checked)
         self._remember(digest, checked, principal, claims.get("exp"))
@@ -224,7 +243,7 @@ class TokenValidator:
     def _remember(self, digest: bytes, claims: Mapping[str, Any], principal: Principal, expires: Any) -> None:
         if not isinstance(expires, int | float) or isinstance(expires, bool) or expires <= self._now():
             return
-        self._validated[digest] = (claims, principal, float(expires))
+        self._validated[digest] = (claims, principal, float(min(expires, 2.0**53)))  # an int may be huge
         while len(self._validated) > VALIDATED_CACHE_SIZE:
             self._validated.popitem(last=False)
 

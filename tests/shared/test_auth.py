@@ -3,16 +3,25 @@ RS256 only; roles come from the ``roles`` claim, optionally limited to one app."
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
+import hmac
 import json
+import subprocess
+import sys
+import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from shared import jws
 from shared.auth import Principal, SigningKeys, TokenValidator, authorize
 from shared.errors import Forbidden, ServiceMisconfigured, Unauthorized
 from shared.settings import load_settings
@@ -22,6 +31,7 @@ API = "22222222-2222-2222-2222-222222222222"
 AUTHORITY = "https://login.example"
 ISSUER = f"{AUTHORITY}/{TENANT}/v2.0"
 STORAGE = {"AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _key() -> rsa.RSAPrivateKey:
@@ -128,9 +138,6 @@ async def test_alg_none_is_refused() -> None:
 async def test_hs256_signed_with_the_public_key_is_refused() -> None:
     public = KEY.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     header = base64.urlsafe_b64encode(json.dumps({"alg": "HS256", "kid": "k1"}).encode()).decode().rstrip("=")
-    import hashlib
-    import hmac
-
     payload = base64.urlsafe_b64encode(json.dumps({"iss": ISSUER, "aud": API, "exp": 9999999999}).encode())
     signing_input = f"{header}.{payload.decode().rstrip('=')}"
     signature = base64.urlsafe_b64encode(hmac.new(public, signing_input.encode(), hashlib.sha256).digest())
@@ -204,15 +211,16 @@ class WallClock:
 
 
 def _counting(validator: TokenValidator, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The tokens whose signature is checked (jwt.decode), in order."""
+    """The tokens whose signature is checked (``shared.jws.verify``), in order."""
     checked: list[str] = []
-    decode = jwt.decode
+    verify = jws.verify
 
-    def counted(raw: str, *args: Any, **kwargs: Any) -> Any:
-        checked.append(raw)
-        return decode(raw, *args, **kwargs)
+    def counted(signed: jws.SignedToken, *args: Any, **kwargs: Any) -> Any:
+        signature = base64.urlsafe_b64encode(signed.signature).decode().rstrip("=")
+        checked.append(f"{signed.signing_input.decode()}.{signature}")
+        return verify(signed, *args, **kwargs)
 
-    monkeypatch.setattr(jwt, "decode", counted)
+    monkeypatch.setattr(jws, "verify", counted)
     return checked
 
 
@@ -267,3 +275,322 @@ async def test_the_remembered_tokens_are_bounded(monkeypatch: pytest.MonkeyPatch
     await validator.validate(f"Bearer {tokens[0]}")  # the oldest was let go: checked again
     await validator.validate(f"Bearer {tokens[2]}")  # still remembered
     assert checked == [*tokens, tokens[0]]
+
+
+# The token format, checked by shared.jws: each case names the 401 a caller reads.
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _claims(**changes: Any) -> dict[str, Any]:
+    """A valid access token's claims, changed (a value of ``...`` leaves the claim out)."""
+    now = int(time.time())
+    body = {"iss": ISSUER, "aud": API, "tid": TENANT, "oid": "u1", "sub": "u1", "roles": ["AppConnections.Reader"],
+            "iat": now, "nbf": now, "exp": now + 3600, **changes}
+    return {name: value for name, value in body.items() if value is not ...}
+
+
+def signed(header: dict[str, Any] | bytes, payload: dict[str, Any] | bytes, key: rsa.RSAPrivateKey = KEY) -> str:
+    """A compact JWS of exactly these header and payload bytes, signed RS256 (whatever the header says)."""
+    head = _b64(header if isinstance(header, bytes) else json.dumps(header).encode())
+    body = _b64(payload if isinstance(payload, bytes) else json.dumps(payload).encode())
+    signature = key.sign(f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{head}.{body}.{_b64(signature)}"
+
+
+RS256_K1 = {"alg": "RS256", "typ": "JWT", "kid": "k1"}
+NOT_A_JWT = "The access token is not a JWT."
+NOT_RS256 = "The access token is not signed with RS256."
+UNKNOWN_KEY = "The access token is signed with a key the tenant does not publish."
+NOT_VALID = "The access token's signature or claims are not valid."
+EXPIRED = "The access token has expired."
+NOT_YET = "The access token is not valid yet."
+AUDIENCE = "The access token is for another API (audience)."
+ISSUER_MSG = "The access token comes from another issuer."
+
+
+def _tampered_payload() -> str:
+    head, _, signature = signed(RS256_K1, _claims()).split(".")
+    return f"{head}.{_b64(json.dumps(_claims(roles=['AppConnections.Admin'])).encode())}.{signature}"
+
+
+def _tampered_signature() -> str:
+    head, body, signature = signed(RS256_K1, _claims()).split(".")
+    raw = bytearray(base64.urlsafe_b64decode(signature + "=="))
+    raw[-1] ^= 1
+    return f"{head}.{body}.{_b64(bytes(raw))}"
+
+
+def _hs256_with_the_public_key() -> str:
+    public = KEY.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    signing_input = f"{_b64(json.dumps({'alg': 'HS256', 'kid': 'k1'}).encode())}.{_b64(json.dumps(_claims()).encode())}"
+    return f"{signing_input}.{_b64(hmac.new(public, signing_input.encode(), hashlib.sha256).digest())}"
+
+
+REFUSED: dict[str, tuple[Callable[[], str], str]] = {
+    "payload changed after signing": (_tampered_payload, NOT_VALID),
+    "signature changed": (_tampered_signature, NOT_VALID),
+    "signed by another key under our kid": (lambda: signed(RS256_K1, _claims(), OTHER_KEY), NOT_VALID),
+    "alg none, empty signature": (lambda: signed({"alg": "none", "kid": "k1"}, _claims()).rsplit(".", 1)[0] + ".",
+                                  NOT_RS256),
+    "alg none, any signature": (lambda: signed({"alg": "none", "kid": "k1"}, _claims()), NOT_RS256),
+    "HS256 keyed with the public key": (_hs256_with_the_public_key, NOT_RS256),
+    "RS384": (lambda: jwt.encode(_claims(), KEY, algorithm="RS384", headers={"kid": "k1"}), NOT_RS256),
+    "PS256": (lambda: jwt.encode(_claims(), KEY, algorithm="PS256", headers={"kid": "k1"}), NOT_RS256),
+    "alg missing": (lambda: signed({"kid": "k1"}, _claims()), NOT_RS256),
+    "alg in another case": (lambda: signed({"alg": "rs256", "kid": "k1"}, _claims()), NOT_RS256),
+    "kid missing": (lambda: signed({"alg": "RS256"}, _claims()), UNKNOWN_KEY),
+    "kid unknown": (lambda: signed({"alg": "RS256", "kid": "k9"}, _claims()), UNKNOWN_KEY),
+    "kid not a string": (lambda: signed({"alg": "RS256", "kid": 1}, _claims()), NOT_A_JWT),
+    "a critical header": (lambda: signed({**RS256_K1, "crit": ["exp"], "exp": 1}, _claims()), NOT_VALID),
+    "an unencoded payload": (lambda: signed({**RS256_K1, "b64": False}, _claims()), NOT_VALID),
+    "expired beyond the skew": (lambda: signed(RS256_K1, _claims(exp=int(time.time()) - 200)), EXPIRED),
+    "not before, beyond the skew": (lambda: signed(RS256_K1, _claims(nbf=int(time.time()) + 200)), NOT_YET),
+    "issued in the future": (lambda: signed(RS256_K1, _claims(iat=int(time.time()) + 200)), NOT_YET),
+    "another issuer": (lambda: signed(RS256_K1, _claims(iss=f"{AUTHORITY}/{TENANT}/v2.0/")), ISSUER_MSG),
+    "issuer not a string": (lambda: signed(RS256_K1, _claims(iss=[ISSUER])), ISSUER_MSG),
+    "audiences without ours": (lambda: signed(RS256_K1, _claims(aud=["api://other", "x"])), AUDIENCE),
+    "audience not a string": (lambda: signed(RS256_K1, _claims(aud=[API, 1])), AUDIENCE),
+    "exp as a string": (lambda: signed(RS256_K1, _claims(exp=str(int(time.time()) + 3600))), NOT_VALID),
+    "exp as a boolean": (lambda: signed(RS256_K1, _claims(exp=True)), NOT_VALID),
+    "nbf as a boolean": (lambda: signed(RS256_K1, _claims(nbf=False)), NOT_VALID),
+    "exp missing": (lambda: signed(RS256_K1, _claims(exp=...)), NOT_VALID),
+    "exp null": (lambda: signed(RS256_K1, _claims(exp=None)), NOT_VALID),
+    "iss missing": (lambda: signed(RS256_K1, _claims(iss=...)), NOT_VALID),
+    "aud missing": (lambda: signed(RS256_K1, _claims(aud=...)), NOT_VALID),
+    "exp infinite": (lambda: signed(RS256_K1, json.dumps(_claims(exp=float("inf"))).encode()), NOT_A_JWT),
+    "two parts": (lambda: signed(RS256_K1, _claims()).rsplit(".", 1)[0], NOT_A_JWT),
+    "four parts": (lambda: signed(RS256_K1, _claims()) + ".e30", NOT_A_JWT),
+    "bad base64": (lambda: "ey!!." + signed(RS256_K1, _claims()).split(".", 1)[1], NOT_A_JWT),
+    "padded base64": (lambda: signed(RS256_K1, _claims()) + "=", NOT_A_JWT),
+    "header not JSON": (lambda: signed(b"{alg: RS256}", _claims()), NOT_A_JWT),
+    "header not an object": (lambda: signed(b'["RS256"]', _claims()), NOT_A_JWT),
+    "header with a member twice": (lambda: signed(b'{"alg":"none","alg":"RS256","kid":"k1"}', _claims()), NOT_A_JWT),
+    "payload not JSON (signed)": (lambda: signed(RS256_K1, b"not json"), NOT_A_JWT),
+    "payload not an object (signed)": (lambda: signed(RS256_K1, b'"claims"'), NOT_A_JWT),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+async def test_a_token_that_fails_a_check_is_refused_saying_which(case: str) -> None:
+    make, detail = REFUSED[case]
+    with pytest.raises(Unauthorized) as refused:
+        await _validator(Tenant()).validate(f"Bearer {make()}")
+    assert refused.value.detail == detail
+    assert refused.value.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+
+
+@pytest.mark.parametrize("claims", [
+    {"exp": -60},  # expired a minute ago: within the clock skew
+    {"nbf": 60},  # valid in a minute: within the clock skew
+    {"iat": 60},
+    {"aud": ["api://other", API]},
+    {"aud": [f"api://{API}"]},
+    {"exp": 3600.5},  # NumericDate may have a fraction
+])
+async def test_tokens_within_the_skew_or_naming_us_among_others_are_accepted(claims: dict[str, Any]) -> None:
+    now = int(time.time())
+    changed = {k: now + v if k in ("exp", "nbf", "iat") else v for k, v in claims.items()}
+    principal = await _validator(Tenant()).validate(f"Bearer {signed(RS256_K1, _claims(**changed))}")
+    assert principal.id == "u1"
+
+
+async def test_a_huge_token_is_refused_before_any_parsing() -> None:
+    head, body, signature = signed(RS256_K1, _claims(padding="x" * 20000)).split(".")
+    with pytest.raises(Unauthorized) as refused:
+        await _validator(Tenant()).validate(f"Bearer {head}.{body}.{signature}")
+    assert refused.value.detail == "The access token is too long."
+    with pytest.raises(Unauthorized) as refused:
+        await _validator(Tenant()).claims(f"{head}.{body}.{signature}")
+    assert refused.value.detail == "The token is too long."
+
+
+async def test_keys_the_tenant_publishes_that_are_not_rs256_signing_keys_verify_nothing() -> None:
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+
+    class Published(Tenant):
+        async def fetch(self, url: str) -> Any:
+            document = await super().fetch(url)
+            if "keys" not in document:
+                return document
+            jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(KEY.public_key()))
+            return {"keys": [*document["keys"],
+                             {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(small.public_key())), "kid": "small"},
+                             {**jwk, "kid": "enc", "use": "enc"}, {**jwk, "kid": "rs384", "alg": "RS384"},
+                             {**jwk, "kid": "no-n", "n": None}, {"kty": "oct", "kid": "secret", "k": _b64(b"s" * 32)},
+                             "not a key", {**jwk, "kid": 5}]}
+
+    validator = _validator(Published())
+    for kid, key in [("small", small), ("enc", KEY), ("rs384", KEY), ("no-n", KEY), ("secret", KEY)]:
+        with pytest.raises(Unauthorized) as refused:
+            await validator.validate(f"Bearer {signed({'alg': 'RS256', 'kid': kid}, _claims(), key)}")
+        assert refused.value.detail == UNKNOWN_KEY, kid
+    assert (await validator.validate(f"Bearer {signed(RS256_K1, _claims())}")).id == "u1"
+
+
+@pytest.mark.parametrize("key_set", [{"keys": 5}, {"keys": "k1"}, {"keys": None}, {}, [], "keys", None])
+async def test_a_key_set_that_is_not_one_publishes_no_key(key_set: Any) -> None:
+    class Odd(Tenant):
+        async def fetch(self, url: str) -> Any:
+            return await super().fetch(url) if url.endswith("openid-configuration") else key_set
+
+    with pytest.raises(Unauthorized) as refused:
+        await _validator(Odd()).validate(f"Bearer {token()}")
+    assert refused.value.detail == UNKNOWN_KEY
+
+
+async def test_the_first_key_fetch_imports_cryptography_in_a_thread_alongside_the_network(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The import runs while the discovery document is awaited: both have started before either ends."""
+    events: list[str] = []
+    loaded = threading.Event()
+
+    def load() -> None:
+        events.append("import started")
+        loaded.wait(5)
+        events.append("import done")
+
+    class Slow(Tenant):
+        async def fetch(self, url: str) -> Any:
+            events.append(f"fetch {url.rsplit('/', 1)[1]}")
+            await asyncio.sleep(0.05)
+            if url.endswith("keys"):
+                loaded.set()
+            return await super().fetch(url)
+
+    monkeypatch.setattr(jws, "load_crypto", load)
+    tenant, clock = Slow(), Clock()
+    validator = _validator(tenant, clock)
+    await validator.validate(f"Bearer {token()}")
+    assert events.index("import started") < events.index("fetch keys") < events.index("import done")
+    events.clear()
+    tenant.keys["k2"] = OTHER_KEY
+    clock.now += 61  # a later fetch, for a new kid, has the import behind it
+    await validator.validate(f"Bearer {token(kid='k2', key=OTHER_KEY)}")
+    assert events == ["fetch openid-configuration", "fetch keys"]
+
+
+IMPORT_AUTH = """
+import json, sys
+import shared.auth
+print(json.dumps(sorted(name for name in sys.modules if name.split(".")[0] in ("jwt", "cryptography"))))
+"""
+
+
+def test_importing_the_token_check_imports_neither_pyjwt_nor_cryptography() -> None:
+    out = subprocess.run([sys.executable, "-c", IMPORT_AUTH], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
+
+
+# Differential: on a corpus of tokens, the verdict is the one today's PyJWT check gives, except where we are
+# deliberately stricter (each such case is named below, and PyJWT is shown to accept it).
+
+def _pyjwt_accepts(raw: str) -> bool:
+    """The check of shared.auth before shared.jws, with PyJWT: header, RS256, known kid, then jwt.decode."""
+    try:
+        header = jwt.get_unverified_header(raw)
+        if header.get("alg") != "RS256" or header.get("kid") != "k1":
+            return False
+        jwt.decode(raw, KEY.public_key(), algorithms=["RS256"], audience=[API, f"api://{API}"], issuer=ISSUER,
+                   leeway=120, options={"require": ["exp", "iss", "aud"]})
+    except jwt.PyJWTError:
+        return False
+    return True
+
+
+def _corpus() -> dict[str, str]:
+    now = int(time.time())
+    claim_variants: dict[str, dict[str, Any]] = {
+        "valid": {}, "exp -119": {"exp": now - 100}, "exp -130": {"exp": now - 130}, "exp -1h": {"exp": now - 3600},
+        "exp float": {"exp": now + 10.5}, "exp missing": {"exp": ...}, "exp null": {"exp": None},
+        "exp huge": {"exp": 10**30}, "exp 400 digits": {"exp": 10**400},
+        "exp 1e400": {"exp": ...}, "exp list": {"exp": [now + 60]}, "nbf +100": {"nbf": now + 100},
+        "nbf +130": {"nbf": now + 130}, "nbf null": {"nbf": None}, "iat +130": {"iat": now + 130},
+        "iat text": {"iat": "yesterday"}, "iss other": {"iss": "https://sts.windows.net/x/"},
+        "iss missing": {"iss": ...},
+        "iss null": {"iss": None}, "iss number": {"iss": 1}, "aud api uri": {"aud": f"api://{API}"},
+        "aud list ours": {"aud": ["x", API]}, "aud list other": {"aud": ["x", "y"]}, "aud empty list": {"aud": []},
+        "aud empty": {"aud": ""}, "aud missing": {"aud": ...}, "aud number": {"aud": 5},
+        "aud list with number": {"aud": [API, 5]}, "aud object": {"aud": {"a": API}}, "sub number": {"sub": 7},
+        "jti number": {"jti": 7}, "jti text": {"jti": "abc"}, "roles odd": {"roles": "x"},
+    }
+    corpus = {f"claims {name}": signed(RS256_K1, _claims(**changes)) for name, changes in claim_variants.items()}
+    corpus["claims exp 1e400"] = signed(RS256_K1, json.dumps(_claims(exp=...)).encode()[:-1] + b', "exp": 1e400}')
+    header_variants: dict[str, dict[str, Any]] = {
+        "no typ": {"alg": "RS256", "kid": "k1"}, "kid k2": {"alg": "RS256", "kid": "k2"},
+        "no kid": {"alg": "RS256"}, "kid number": {"alg": "RS256", "kid": 1},
+        "alg RS512": {"alg": "RS512", "kid": "k1"},
+        "alg ES256": {"alg": "ES256", "kid": "k1"}, "alg HS256": {"alg": "HS256", "kid": "k1"},
+        "alg none": {"alg": "none", "kid": "k1"}, "alg null": {"alg": None, "kid": "k1"},
+        "jku elsewhere": {**RS256_K1, "jku": "https://evil.example/keys"}, "x5c junk": {**RS256_K1, "x5c": ["AAAA"]},
+        "crit empty": {**RS256_K1, "crit": []}, "crit unknown": {**RS256_K1, "crit": ["x"], "x": 1},
+        "b64 false": {**RS256_K1, "b64": False},
+    }
+    corpus |= {f"header {name}": signed(header, _claims()) for name, header in header_variants.items()}
+    valid = signed(RS256_K1, _claims())
+    head, body, signature = valid.split(".")
+    corpus |= {
+        "other key": signed(RS256_K1, _claims(), OTHER_KEY), "payload swapped": _tampered_payload(),
+        "signature flipped": _tampered_signature(), "signature cut": f"{head}.{body}.{signature[:-4]}",
+        "signature empty": f"{head}.{body}.", "signature of another token": f"{head}.{body}."
+        + signed(RS256_K1, _claims(oid="u2")).split(".")[2], "two parts": f"{head}.{body}",
+        "four parts": f"{valid}.{signature}", "one part": head, "empty": "", "dots": "..",
+        "bad char": f"{head}.{body}.{signature[:-1]}*", "space": f"{head}.{body} .{signature}",
+        "non-ascii": f"{head}.{body}.{signature[:-1]}é", "length 4n+1": f"{head}.{body}.{signature}A",
+        "header not json": signed(b"alg=RS256", _claims()), "header array": signed(b"[]", _claims()),
+        "payload not json": signed(RS256_K1, b"{"), "payload array": signed(RS256_K1, b"[1]"),
+        "payload latin-1": signed(RS256_K1, b'{"name":"\xe9"}'),
+        "deep header": signed(b"[" * 3000 + b"]" * 3000, b"{}"),
+        "HS256 public key": _hs256_with_the_public_key(),
+        "PS256": jwt.encode(_claims(), KEY, algorithm="PS256", headers={"kid": "k1"}),
+    }
+    return corpus
+
+
+def _padded(raw: str) -> str:
+    signature = raw.rsplit(".", 1)[1]
+    assert len(signature) % 4, "a 2048-bit signature's base64url needs padding"
+    return raw + "=" * (-len(signature) % 4)
+
+
+STRICTER = {
+    # Claim types: a NumericDate is a JSON number (RFC 7519 2); PyJWT takes int("1767225600") and int(True).
+    "exp as text": lambda: signed(RS256_K1, _claims(exp=str(int(time.time()) + 3600))),
+    "nbf as a boolean": lambda: signed(RS256_K1, _claims(nbf=True)),
+    "iat as text": lambda: signed(RS256_K1, _claims(iat=str(int(time.time())))),
+    # One spelling per token: no base64 padding (RFC 7515 2), no member twice (RFC 7515 5.2), no NaN.
+    "padded signature": lambda: _padded(signed(RS256_K1, _claims())),
+    "NaN in the header": lambda: signed(b'{"alg":"RS256","kid":"k1","x":NaN}', _claims()),
+    "payload member twice": lambda: signed(RS256_K1, json.dumps(_claims()).encode()[:-1] + b', "aud": "' + API.encode()
+                                           + b'"}'),
+    "NaN in the payload": lambda: signed(RS256_K1, json.dumps(_claims()).encode()[:-1] + b', "x": NaN}'),
+    # No critical extension is understood here, not even b64 (RFC 7797).
+    "crit b64 true": lambda: signed({**RS256_K1, "crit": ["b64"], "b64": True}, _claims()),
+}
+
+
+async def test_the_verdict_on_a_corpus_of_tokens_is_the_one_pyjwt_gave() -> None:
+    validator = _validator(Tenant())
+    verdicts: dict[str, tuple[bool, bool]] = {}
+    for name, raw in _corpus().items():
+        try:
+            await validator.claims(raw)
+            ours = True
+        except Unauthorized:
+            ours = False
+        verdicts[name] = (ours, _pyjwt_accepts(raw))
+    assert {name for name, (ours, theirs) in verdicts.items() if ours != theirs} == set()
+    accepted = {name for name, (ours, _) in verdicts.items() if ours}
+    assert accepted == {"claims valid", "claims exp -119", "claims exp float", "claims exp huge",
+                        "claims exp 400 digits", "claims nbf +100",
+                        "claims aud api uri", "claims aud list ours", "claims jti text", "claims roles odd",
+                        "header no typ", "header jku elsewhere", "header x5c junk"}
+
+
+@pytest.mark.parametrize("case", STRICTER)
+async def test_where_pyjwt_is_lenient_we_refuse(case: str) -> None:
+    raw = STRICTER[case]()
+    assert _pyjwt_accepts(raw), "PyJWT accepts it (else this is not a difference)"
+    with pytest.raises(Unauthorized):
+        await _validator(Tenant()).claims(raw)
