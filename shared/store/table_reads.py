@@ -29,7 +29,7 @@ import hmac
 import json
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlsplit
@@ -67,19 +67,24 @@ class Entity(dict[str, Any]):
 # -- typing what the service stores, as the SDK does -------------------------------------------------------------
 def _datetime(value: str) -> datetime:
     """``Edm.DateTime`` as the SDK reads it: UTC, the fraction cut to microseconds."""
-    head, dot, fraction = value.partition(".")
-    if dot:
-        fraction = fraction.replace("Z", "")[:6]
-        text = f"{head}.{fraction}" if fraction else head
+    if 22 <= len(value) <= 28 and value[19] == "." and value[-1] == "Z":  # the service's form: 1 to 7 digits
+        text = value[:-1][:26]
     else:
-        text = head.removesuffix("Z")
+        head, dot, fraction = value.partition(".")
+        if dot:
+            fraction = fraction.replace("Z", "")[:6]
+            text = f"{head}.{fraction}" if fraction else head
+        else:
+            text = head.removesuffix("Z")
+        if "+" in text or text.endswith("Z") or text.count("-") != 2:  # the SDK too accepts nothing but "Z"
+            raise UpstreamError("Table Storage returned a date-time that cannot be read.")
     try:
-        parsed = datetime.fromisoformat(text)
+        return _from_iso(text + "+00:00")
     except ValueError:
         raise UpstreamError("Table Storage returned a date-time that cannot be read.") from None
-    if parsed.tzinfo is not None:  # the service writes UTC with "Z", which the SDK requires too
-        raise UpstreamError("Table Storage returned a date-time that cannot be read.")
-    return parsed.replace(tzinfo=UTC)
+
+
+_from_iso = datetime.fromisoformat
 
 
 def _int64(value: Any) -> EntityProperty:
@@ -95,36 +100,37 @@ _CONVERT: dict[str, Any] = {
 }
 
 
+_AS_IS = frozenset({"Edm.String", "Edm.Int32"})
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31
+
+
 def entity_of(item: Mapping[str, Any]) -> Entity:
     """One entity of an answer's JSON (minimal metadata), typed as azure-data-tables types it."""
-    entity = Entity()
-    types: dict[str, str] = {}
-    etag = None
-    timestamp = None
-    for name, value in item.items():
-        if name.endswith("@odata.type"):
-            types[name[:-11]] = value
-        elif name.startswith("odata."):
-            if name == "odata.etag":
-                etag = value
-        elif name == "Timestamp":
-            timestamp = value
-        else:
-            entity[name] = value
-    for name, edm in types.items():
-        if name in entity and edm not in ("Edm.String", "Edm.Int32"):
-            convert = _CONVERT.get(edm)
+    entity = Entity(item)
+    timestamp = entity.pop("Timestamp", None)
+    odata: dict[str, Any] = {}
+    for key in [key for key in entity if key.endswith("@odata.type") or key.startswith("odata.")]:
+        annotation = entity.pop(key)
+        if key.startswith("odata."):
+            odata[key[6:]] = annotation
+            continue
+        name = key[:-11]
+        if name in entity and annotation not in _AS_IS:
+            convert = _CONVERT.get(annotation)
             # A type without a conversion (the service annotates none: Edm.Boolean is implied) is held as the SDK
             # holds it, type first.
-            entity[name] = EntityProperty(edm, entity[name]) if convert is None else convert(entity[name])
-    for name, value in entity.items():  # a large untyped integer is an Int64 to the SDK
-        if type(value) is int and not -(2**31) <= value < 2**31 and name not in types:
-            entity[name] = EntityProperty(value, "Edm.Int64")
+            entity[name] = EntityProperty(annotation, entity[name]) if convert is None else convert(entity[name])
+    for name in [name for name, value in entity.items()  # a large untyped integer is an Int64 to the SDK
+                 if value.__class__ is int and not _INT32_MIN <= value < _INT32_MAX]:
+        entity[name] = EntityProperty(entity[name], "Edm.Int64")
+    etag = odata.pop("etag", None)
+    odata.pop("metadata", None)
     if timestamp:
         if not etag:
             etag = "W/\"datetime'" + quote(timestamp) + "'\""
         timestamp = _datetime(timestamp)
-    entity.metadata = {"etag": etag, "timestamp": timestamp}
+    odata.update({"etag": etag, "timestamp": timestamp})
+    entity.metadata = odata
     return entity
 
 
