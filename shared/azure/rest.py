@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import ssl
 import time
@@ -126,17 +127,10 @@ class RestClient:
     async def get(self, url: str, headers: Mapping[str, str]) -> Response:
         """GET ``url`` (absolute, http or https) with ``headers``; retried on the service's schedule."""
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise RestError(f"Not an http(s) URL: {parts.scheme}://{parts.hostname or ''}{parts.path}")
-        https = parts.scheme == "https"
-        port = parts.port or (443 if https else 80)
-        origin = (parts.scheme, parts.hostname, port)
+        origin, host = _origin(parts.scheme, parts.netloc)
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-        host = parts.hostname if port == (443 if https else 80) else f"{parts.hostname}:{port}"
-        if ":" in parts.hostname and not host.startswith("["):
-            host = f"[{parts.hostname}]" + ("" if port == (443 if https else 80) else f":{port}")
         lines = [f"GET {target} HTTP/1.1", f"Host: {host}"]
 
         async def attempt() -> Response:
@@ -151,13 +145,13 @@ class RestClient:
                 if ms is not None:
                     with contextlib.suppress(ValueError):
                         retry_after = max(0.0, float(ms) / 1000)
-                raise RestError(f"GET {self._where(parts.scheme, host, parts.path)} answered {response.status}",
+                raise RestError(f"GET {self._where(origin[0], host, parts.path)} answered {response.status}",
                                 status=response.status, retry_after=retry_after, retryable=True)
             return response
 
         return await with_retries(attempt, _classify, attempts=self.attempts, budget=self.budget,
                                   sleep=self._sleep, rng=self._rng,
-                                  what=f"GET {self._where(parts.scheme, host, parts.path)}")
+                                  what=f"GET {self._where(origin[0], host, parts.path)}")
 
     @staticmethod
     def _where(scheme: str, host: str, path: str) -> str:
@@ -294,6 +288,22 @@ class RestClient:
             for connection in pool:
                 with contextlib.suppress(OSError, ssl.SSLError):
                     await connection.writer.wait_closed()
+
+
+@functools.lru_cache(maxsize=64)
+def _origin(scheme: str, netloc: str) -> tuple[tuple[str, str, int], str]:
+    """The pool key ``(scheme, host, port)`` of a URL's origin and its ``Host`` header."""
+    parts = urlsplit(f"{scheme}://{netloc}")
+    hostname = parts.hostname
+    if scheme not in ("http", "https") or not hostname:
+        raise RestError(f"Not an http(s) URL: {scheme}://{hostname or ''}")
+    default = 443 if scheme == "https" else 80
+    try:
+        port = parts.port or default
+    except ValueError:
+        raise RestError(f"Not a valid port in {scheme}://{netloc}") from None
+    name = f"[{hostname}]" if ":" in hostname else hostname
+    return (scheme, hostname, port), (name if port == default else f"{name}:{port}")
 
 
 def _parse_head(raw: bytes) -> tuple[int, str, dict[str, str]]:

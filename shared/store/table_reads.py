@@ -109,11 +109,14 @@ def entity_of(item: Mapping[str, Any]) -> Entity:
     entity = Entity(item)
     timestamp = entity.pop("Timestamp", None)
     odata: dict[str, Any] = {}
-    for key in [key for key in entity if key.endswith("@odata.type") or key.startswith("odata.")]:
-        annotation = entity.pop(key)
+    # A property's name is an identifier (no "."): the keys with a dot are the metadata and the type annotations.
+    for key in [key for key in entity if "." in key]:
         if key.startswith("odata."):
-            odata[key[6:]] = annotation
+            odata[key[6:]] = entity.pop(key)
             continue
+        if not key.endswith("@odata.type"):
+            continue
+        annotation = entity.pop(key)
         name = key[:-11]
         if name in entity and annotation not in _AS_IS:
             convert = _CONVERT.get(annotation)

@@ -117,7 +117,9 @@ def from_entity(entity: Any) -> ConnectionRecord:
     for column, value in entity.items():
         target = field_of(column)
         if target is not None:
-            parts[target[0]][target[1]] = _utc(value)
+            if isinstance(value, datetime) and value.tzinfo is not UTC:
+                value = value.astimezone(UTC)
+            parts[target[0]][target[1]] = value
     values, rotation, health = parts
     etag = entity.metadata.get("etag") if hasattr(entity, "metadata") else None
     authorized = None
