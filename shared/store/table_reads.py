@@ -30,7 +30,6 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlsplit
 from uuid import UUID
@@ -195,7 +194,9 @@ def parse_connection_string(connection_string: str) -> Endpoint:
     return Endpoint(url, urlsplit(url).path, SharedKey(account, secret))
 
 
-_DATE: tuple[int, str] = (0, "")
+_DATE: tuple[int, str] = (-1, "")
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def _http_date() -> str:
@@ -203,7 +204,9 @@ def _http_date() -> str:
     global _DATE
     now = int(time.time())
     if _DATE[0] != now:
-        _DATE = (now, formatdate(now, usegmt=True))
+        t = time.gmtime(now)  # not email.utils.formatdate: its import costs more than a cold read should
+        _DATE = (now, f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year:04d} "
+                      f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT")
     return _DATE[1]
 
 

@@ -22,6 +22,7 @@ from shared.azure.clients import AzureClients
 from shared.errors import NotFound
 from shared.records import Actor, Authorization, ConnectionRecord, HealthState, RotationEvent, RotationState
 from shared.settings import AZURITE_ACCOUNT, AZURITE_KEY, load_settings
+from shared.store import table_reads
 from shared.store.history import RotationHistory
 from shared.store.table_reads import (
     ConnectionReads,
@@ -88,6 +89,15 @@ def test_the_shared_key_signature_is_the_sdks() -> None:
     policy.on_request(PipelineRequest(request, PipelineContext(None)))
     key = SharedKey(AZURITE_ACCOUNT, base64.b64decode(AZURITE_KEY))
     assert key.authorization(path, date) == request.headers["Authorization"]
+
+
+@pytest.mark.parametrize("instant", [0, 951782400, 1735689599, 1800000000 + 86400 * 200])
+def test_the_date_header_is_rfc_1123_as_the_sdk_writes_it(instant: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from email.utils import formatdate
+
+    monkeypatch.setattr(table_reads, "_DATE", (-1, ""))
+    monkeypatch.setattr(table_reads.time, "time", lambda: instant + 0.75)
+    assert table_reads._http_date() == formatdate(instant, usegmt=True)
 
 
 def test_the_connection_string_gives_the_endpoint_and_key() -> None:
