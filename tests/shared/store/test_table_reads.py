@@ -241,3 +241,53 @@ async def test_the_rotation_history_pages_are_the_sdks(clients: AzureClients) ->
             if token is None:
                 break
     assert await lean.page(uuid.uuid4().hex, 5, None) == ([], None)
+
+
+async def test_with_an_identity_a_read_carries_its_bearer_token_reused_until_near_expiry() -> None:
+    """No connection string: the service's identity signs in for Table Storage (its credential is handed in here
+    as the running service gets it from ``AzureClients.service_credential``)."""
+    import asyncio
+    import time
+
+    from azure.core.credentials import AccessToken
+
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                seen.append(await reader.readuntil(b"\r\n\r\n"))
+                writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    class Credential:
+        def __init__(self) -> None:
+            self.scopes: list[str] = []
+
+        async def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
+            self.scopes.extend(scopes)
+            return AccessToken(f"token-{len(self.scopes)}", int(time.time()) + (3600 if len(self.scopes) > 1 else 200))
+
+        async def close(self) -> None:
+            pass
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    built = AzureClients(load_settings({"AzureWebJobsStorage__tableServiceUri": f"http://127.0.0.1:{port}"}))
+    credential = Credential()
+    built._service_credential = credential  # type: ignore[assignment]
+    lean = ConnectionReads(TableReads(built))
+    try:
+        for _ in range(3):
+            with pytest.raises(NotFound):
+                await lean.get(APP, "0123")
+    finally:
+        await built.close()
+        server.close()
+    # The first token expires within the refresh margin, so it is replaced once; the second is reused.
+    assert credential.scopes == ["https://storage.azure.com/.default"] * 2
+    assert [b"Authorization: Bearer token-1" in s for s in seen] == [True, False, False]
+    assert all(b"Authorization: Bearer token-2" in s for s in seen[1:])
+    assert seen[0].startswith(b"GET /AppConnConnections(PartitionKey='azure-key-vault',RowKey='0123') HTTP/1.1")
