@@ -9,6 +9,11 @@ here, lazily, so that importing the function app stays cheap.
 Every request goes out through :meth:`AzureClients.transport`, which makes it a client span of
 ``shared.telemetry`` (each attempt of a retried call its own span), labelled with its ``upstream``:
 ``entra`` (every token request), ``key-vault``, ``tables``; Graph's transport does the same (``graph``).
+
+Reads of connections (and of their rotation history) do not go through the SDK: :meth:`AzureClients.rest` gives
+the lean GET client of ``shared.azure.rest`` (standard library only, same keep-alive, read timeout, retry schedule
+and spans), over which ``shared.store.table_reads`` reads Table Storage. Importing this module imports neither
+aiohttp nor azure-core: the SDKs' retry policy (``shared.azure.retry_policy``) is imported where a client is built.
 """
 
 from __future__ import annotations

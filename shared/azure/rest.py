@@ -132,6 +132,9 @@ class RestClient:
         if parts.query:
             target += "?" + parts.query
         lines = [f"GET {target} HTTP/1.1", f"Host: {host}"]
+        for name, value in headers.items():
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
+                raise RestError(f"The header {name!r} cannot be sent: it would split the request")
 
         async def attempt() -> Response:
             sent = dict(headers)

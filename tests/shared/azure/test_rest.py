@@ -208,6 +208,15 @@ async def test_retries_end_after_the_last_attempt() -> None:
     assert len(server.requests) == RETRY_TOTAL + 1 and len(waits.waits) == RETRY_TOTAL
 
 
+async def test_a_header_that_would_split_the_request_is_refused_unsent() -> None:
+    async with ScriptedServer([ok()]).running() as server:
+        lean, _ = client()
+        with pytest.raises(RestError, match="split the request"):
+            await lean.get(server.url(), {"Authorization": "Bearer x\r\nX-Injected: 1"})
+        await lean.close()
+    assert server.requests == []
+
+
 async def test_a_body_past_the_cap_is_refused_not_retried() -> None:
     async with ScriptedServer([ok(b"x" * 100)]).running() as server:
         lean, waits = client(max_body=10)
