@@ -116,6 +116,24 @@ class TokenResult:
 
 
 # -- the adapters ---------------------------------------------------------------------------------------------
+class ConnectionReads(Protocol):
+    """The reads of connection records alone (what a read request needs; a ``ConnectionStore`` has them too)."""
+
+    async def get(self, app: str, connection_id: str) -> ConnectionRecord: ...
+    async def get_by_name(self, app: str, name: str) -> ConnectionRecord: ...
+    async def list_page(
+        self, app: str, limit: int, continuation: str | None
+    ) -> tuple[list[ConnectionRecord], str | None]: ...
+
+
+class HistoryReads(Protocol):
+    """A page of a connection's rotation attempts, newest first (a ``HistoryStore`` has it too)."""
+
+    async def page(
+        self, connection_id: str, limit: int, continuation: str | None
+    ) -> tuple[list[RotationEvent], str | None]: ...
+
+
 class ConnectionStore(Protocol):
     """Connection records; names unique per app; every update and delete guarded by the record's ETag (a
     concurrent change is a ``Conflict``)."""

@@ -12,7 +12,7 @@ from typing import Any
 
 from shared.apps import AppSpec, Method, find_app
 from shared.errors import FieldError, InvalidRequest, NotFound
-from shared.ports import ConnectionStore, HistoryStore
+from shared.ports import ConnectionReads, HistoryReads
 from shared.records import Actor, ConnectionRecord, RotationEvent
 from shared.rotation.state import state_response
 
@@ -38,7 +38,7 @@ def page_size(limit: int | None) -> int:
 class ConnectionReader:
     """The reads of connections: by id, by name, a page of an app's connections, a page of one's rotations."""
 
-    def __init__(self, store: ConnectionStore, history: HistoryStore) -> None:
+    def __init__(self, store: ConnectionReads, history: HistoryReads) -> None:
         self.store = store
         self.history = history
 
@@ -100,4 +100,4 @@ def to_response(record: ConnectionRecord) -> dict[str, Any]:
 def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return (value if value.tzinfo is UTC else value.astimezone(UTC)).isoformat().replace("+00:00", "Z")

@@ -149,15 +149,15 @@ def health_checker() -> HealthChecker:
 
 
 def connection_reader() -> ConnectionReader:
-    """The reads of connections over the connection store and the rotation history alone: no other adapter is
-    built or imported, so a read on a cold instance imports no more than it needs."""
+    """The reads of connections and of their rotation history over Table Storage's REST API without the SDK
+    (``shared.store.table_reads``): no other adapter is built or imported, and neither aiohttp, azure-core nor
+    azure-data-tables, so a read on a cold instance imports no more than it needs and a warm one costs little."""
     from shared.azure.clients import get_clients
-    from shared.store.history import RotationHistory
-    from shared.store.tables import ConnectionsTable
+    from shared.store.table_reads import ConnectionReads, HistoryReads, TableReads
     from shared.views import ConnectionReader
 
-    clients = get_clients()
-    return ConnectionReader(ConnectionsTable(clients), RotationHistory(clients))
+    reads = TableReads(get_clients())
+    return ConnectionReader(ConnectionReads(reads), HistoryReads(reads))
 
 
 def connection_service() -> ConnectionService:

@@ -9,6 +9,11 @@ here, lazily, so that importing the function app stays cheap.
 Every request goes out through :meth:`AzureClients.transport`, which makes it a client span of
 ``shared.telemetry`` (each attempt of a retried call its own span), labelled with its ``upstream``:
 ``entra`` (every token request), ``key-vault``, ``tables``; Graph's transport does the same (``graph``).
+
+Reads of connections (and of their rotation history) do not go through the SDK: :meth:`AzureClients.rest` gives
+the lean GET client of ``shared.azure.rest`` (standard library only, same keep-alive, read timeout, retry schedule
+and spans), over which ``shared.store.table_reads`` reads Table Storage. Importing this module imports neither
+aiohttp nor azure-core: the SDKs' retry policy (``shared.azure.retry_policy``) is imported where a client is built.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from shared import telemetry
-from shared.azure.retry import JitteredRetryPolicy, retry_policy
 from shared.errors import ServiceMisconfigured
 from shared.settings import Settings, get_settings
 
@@ -45,6 +49,11 @@ if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient, TableServiceClient
     from azure.keyvault.secrets.aio import SecretClient
 
+    from shared.azure.rest import RestClient
+
+STORAGE_SCOPE = "https://storage.azure.com/.default"
+TOKEN_REFRESH_MARGIN = 300  # seconds before its expiry a cached bearer token is no longer used
+
 
 class AzureClients:
     """The service's Azure clients for one event loop; build with :func:`get_clients`."""
@@ -60,6 +69,8 @@ class AzureClients:
         self._secrets: SecretClient | None = None
         self._graph_http: httpx.AsyncClient | None = None
         self._entra_tokens: AsyncPipelineClient[HttpRequest, AsyncHttpResponse] | None = None
+        self._rest: dict[str, RestClient] = {}
+        self._storage_token: tuple[str, float] | None = None  # the token and when it expires (epoch seconds)
 
     # -- shared plumbing -------------------------------------------------------------------
     def session(self) -> aiohttp.ClientSession:
@@ -83,8 +94,32 @@ class AzureClients:
         it leaves the session open."""
         return _traced_transport(self.session(), upstream)
 
+    def rest(self, upstream: str) -> RestClient:
+        """The lean GET client of the read path (``shared.azure.rest``: no aiohttp, no azure-core) to ``upstream``,
+        one per upstream, on the same keep-alive and read timeout as the SDKs' session."""
+        client = self._rest.get(upstream)
+        if client is None:
+            from shared.azure.rest import RestClient
+
+            client = RestClient(upstream, keepalive=KEEPALIVE_SECONDS, read_timeout=READ_TIMEOUT_SECONDS)
+            self._rest[upstream] = client
+        return client
+
+    async def storage_token(self) -> str:
+        """A bearer token of the service's identity for Table Storage (the read path's; the SDK clients get
+        theirs through their own policy), reused until ``TOKEN_REFRESH_MARGIN`` before it expires."""
+        import time
+
+        cached = self._storage_token
+        if cached is None or cached[1] - TOKEN_REFRESH_MARGIN <= time.time():
+            token = await self.service_credential().get_token(STORAGE_SCOPE)
+            cached = self._storage_token = (token.token, float(token.expires_on))
+        return cached[0]
+
     def identity_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for any azure-identity credential the service builds."""
+        from shared.azure.retry_policy import JitteredRetryPolicy
+
         return {
             "authority": self.settings.authority_host,
             "transport": self.transport(ENTRA),
@@ -113,6 +148,8 @@ class AzureClients:
                 raise RuntimeError("FEDERATION_IDENTITY_CLIENT_ID is not set")
             from azure.identity.aio import ManagedIdentityCredential
 
+            from shared.azure.retry_policy import JitteredRetryPolicy
+
             self._federation_credential = ManagedIdentityCredential(
                 client_id=client_id, transport=self.transport(ENTRA), retry_policy_class=JitteredRetryPolicy)
         return self._federation_credential
@@ -121,6 +158,8 @@ class AzureClients:
     def table_service(self) -> TableServiceClient:
         if self._table_service is None:
             from azure.data.tables.aio import TableServiceClient
+
+            from shared.azure.retry_policy import retry_policy
 
             storage = self.settings.storage
             common: dict[str, Any] = {"transport": self.transport(TABLES), "retry_policy": retry_policy()}
@@ -160,6 +199,8 @@ class AzureClients:
                 raise ServiceMisconfigured("KEY_VAULT_URL is not set, so no secret can be stored or read.")
             from azure.keyvault.secrets.aio import SecretClient
 
+            from shared.azure.retry_policy import retry_policy
+
             self._secrets = SecretClient(
                 self.settings.key_vault_url,
                 self.service_credential(),
@@ -186,6 +227,8 @@ class AzureClients:
             from azure.core import AsyncPipelineClient
             from azure.core.pipeline.policies import UserAgentPolicy
 
+            from shared.azure.retry_policy import retry_policy
+
             self._entra_tokens = AsyncPipelineClient(
                 self.settings.authority_host,
                 policies=[UserAgentPolicy(sdk_moniker="app-connections-oauth"), retry_policy()],
@@ -194,6 +237,10 @@ class AzureClients:
         return self._entra_tokens
 
     async def close(self) -> None:
+        rest, self._rest = self._rest, {}
+        for lean in rest.values():
+            await lean.close()
+        self._storage_token = None
         if self._graph_http is not None:
             await self._graph_http.aclose()
             self._graph_http = None

@@ -1,8 +1,10 @@
 """The one retry policy every Azure call of the service goes through.
 
-Two faces of one schedule: :class:`JitteredRetryPolicy` for the azure-core pipelines (Table Storage, Key
-Vault, Entra ID through azure-identity, the OAuth token endpoint) and :func:`with_retries` for Microsoft
-Graph (msgraph/httpx). Both:
+Three faces of one schedule: ``JitteredRetryPolicy`` (``shared.azure.retry_policy``, imported only where an
+azure-core pipeline is built) for the azure-core pipelines (Table Storage writes, Key Vault, Entra ID through
+azure-identity, the OAuth token endpoint); :func:`with_retries` for Microsoft Graph (msgraph/httpx); and the
+lean GET client of the read path (``shared.azure.rest``: Table Storage reads without the SDK). This module, the
+schedule itself, imports no SDK, so a read imports neither azure-core nor aiohttp. All three:
 
 - retry up to ``RETRY_TOTAL`` times (azure-core's own default), whatever the mix of failures: azure-core
   also stops after 3 connection, 3 read or 3 status retries, which the storm's 30% of faults (half of
@@ -37,10 +39,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
-
-from azure.core.pipeline import PipelineResponse
-from azure.core.pipeline.policies import AsyncRetryPolicy
+from typing import TypeVar
 
 RETRY_TOTAL = 10  # retries after the first attempt
 BACKOFF_FACTOR = 0.5  # seconds: the ceiling of the first retry's wait; it doubles with each retry ...
@@ -71,93 +70,6 @@ def retry_delay(retry: int, retry_after: float | None, rng: random.Random | None
     if retry_after is not None and retry_after > 0:
         return retry_after + (rng or random).uniform(0, retry_after * RETRY_AFTER_SPREAD)
     return backoff(retry, rng)
-
-
-class JitteredRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
-    """azure-core's retry policy on the service's schedule (see the module's docstring).
-
-    ``retry_budget`` (seconds) may be given like azure-core's own keywords; ``retry_connect``,
-    ``retry_read`` and ``retry_status`` default to ``retry_total``."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        total = kwargs.setdefault("retry_total", RETRY_TOTAL)
-        for count in ("retry_connect", "retry_read", "retry_status"):
-            kwargs.setdefault(count, total)
-        kwargs.setdefault("retry_backoff_factor", BACKOFF_FACTOR)
-        kwargs.setdefault("retry_backoff_max", BACKOFF_MAX)
-        self.retry_budget = float(kwargs.pop("retry_budget", RETRY_BUDGET))
-        self.rng: random.Random | None = kwargs.pop("retry_rng", None)
-        super().__init__(**kwargs)
-
-    def configure_retries(self, options: dict[str, Any]) -> dict[str, Any]:
-        settings: dict[str, Any] = super().configure_retries(options)
-        settings["retries"] = 0  # made so far
-        settings["waited"] = 0.0  # seconds, between attempts so far
-        settings["delay"] = 0.0  # the wait before the next retry, chosen by increment()
-        return settings
-
-    def get_backoff_time(self, settings: dict[str, Any]) -> float:
-        return backoff(max(1, len(settings["history"])), self.rng)
-
-    def increment(self, settings: dict[str, Any], response: Any = None, error: Exception | None = None) -> bool:
-        """azure-core's counting, then the wait is chosen here, once, and the retry is refused if it would
-        take the waiting past the budget."""
-        answer = response if isinstance(response, PipelineResponse) else None
-        if not super().increment(settings, response=response, error=error):
-            _gave_up(getattr(response, "http_request", None), settings["retries"] + 1, settings["waited"],
-                     error, answer, "no retries left")
-            return False
-        retry_after = self.get_retry_after(answer) if answer is not None else None
-        delay = retry_delay(settings["retries"] + 1, retry_after, self.rng)
-        if settings["waited"] + delay > self.retry_budget:
-            _gave_up(getattr(response, "http_request", None), settings["retries"] + 1, settings["waited"],
-                     error, answer, f"the next wait ({delay:.1f} s) would pass the {self.retry_budget:.0f} s budget")
-            return False
-        settings["retries"] += 1
-        settings["waited"] += delay
-        settings["delay"] = delay
-        return True
-
-    async def sleep(self, settings: dict[str, Any], transport: Any, response: Any = None) -> None:
-        """Wait what :meth:`increment` chose (it already took ``Retry-After`` into account)."""
-        delay = float(settings.get("delay") or 0.0)
-        settings["delay"] = 0.0
-        if delay > 0:
-            await transport.sleep(delay)
-
-    def _is_method_retryable(self, settings: dict[str, Any], request: Any, response: Any = None) -> bool:
-        if response is not None and response.status_code in ALWAYS_RETRIED:
-            return True
-        if response is None and _unconditional_patch(request):
-            return True
-        return bool(super()._is_method_retryable(settings, request, response=response))
-
-
-def _gave_up(request: Any, attempts: int, waited: float, error: Exception | None, answer: Any, why: str) -> None:
-    """One line for a call whose retryable failure stays unfixed (what a 5xx of the service is traced to)."""
-    what = f"{getattr(request, 'method', '?')} {str(getattr(request, 'url', '?')).split('?', 1)[0]}"
-    if answer is not None:
-        outcome = f"answered {answer.http_response.status_code}"
-    else:
-        outcome = f"{type(error).__name__}" if error is not None else "failed"
-    log.warning("%s %s after %d attempt(s) and %.1f s of waiting; giving up: %s", what, outcome, attempts, waited, why)
-
-
-def _unconditional_patch(request: Any) -> bool:
-    """A PATCH without ``If-Match`` that got no answer (the connection dropped) is safe to send again: the
-    service's are Key Vault's ``update_secret_properties`` and Table upserts (merge), which set absolute
-    values, so applying one twice is applying it once. azure-core retries only GET, HEAD, PUT, DELETE,
-    OPTIONS and TRACE then. A conditional PATCH stays unretried: a retry of one that was applied would fail
-    its ETag check (412) and be taken for a concurrent change. (A PATCH that is not absolute, e.g. a JSON
-    Patch that appends, must not be sent through this policy without ``If-Match``.)"""
-    if str(getattr(request, "method", "")).upper() != "PATCH":
-        return False
-    headers = getattr(request, "headers", None) or {}
-    return not any(str(name).lower() == "if-match" for name in headers)
-
-
-def retry_policy() -> JitteredRetryPolicy:
-    return JitteredRetryPolicy()
 
 
 class RetryableError(Exception):
@@ -195,7 +107,7 @@ async def with_retries(
     what: str = "A Microsoft Graph call",
 ) -> T:
     """Run ``call``, retrying what ``classify`` calls retryable, on the schedule of
-    :class:`JitteredRetryPolicy`: at most ``attempts`` in all and ``budget`` seconds of waiting between
+    ``JitteredRetryPolicy``: at most ``attempts`` in all and ``budget`` seconds of waiting between
     them, ``Retry-After`` honoured (never sooner), full-jitter back-off otherwise. What is not retryable,
     or no longer, is raised as it came."""
     pause = sleep or asyncio.sleep

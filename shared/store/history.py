@@ -28,7 +28,8 @@ def _utc(value: Any) -> datetime | None:
     return value.astimezone(UTC) if isinstance(value, datetime) else None
 
 
-def _event(connection_id: str, e: Any) -> RotationEvent:
+def event_of(connection_id: str, e: Any) -> RotationEvent:
+    """The rotation attempt of a history entity (of the SDK or of ``shared.store.table_reads``)."""
     started = _utc(e["StartedAt"])
     assert started is not None
     return RotationEvent(
@@ -70,7 +71,7 @@ class RotationHistory:
             entity = await table.get_entity(connection_id, row_key(started_at, rotation_id, attempt))
         except ResourceNotFoundError:
             return None
-        return _event(connection_id, entity)
+        return event_of(connection_id, entity)
 
     async def page(
         self, connection_id: str, limit: int, continuation: str | None
@@ -82,7 +83,7 @@ class RotationHistory:
         events: list[RotationEvent] = []
         async for page in pages:
             async for entity in page:
-                events.append(_event(connection_id, entity))
+                events.append(event_of(connection_id, entity))
             break
         return events, encode_token(getattr(pages, "continuation_token", None))
 

@@ -52,7 +52,9 @@ _ROTATION_COLUMNS = {
 
 
 def _utc(value: Any) -> Any:
-    return value.astimezone(UTC) if isinstance(value, datetime) else value
+    if isinstance(value, datetime):
+        return value if value.tzinfo is UTC else value.astimezone(UTC)
+    return value
 
 
 # The health state, one column per field: ``Hlth`` + the field's name in CamelCase (``HlthStatus``).
@@ -97,18 +99,33 @@ def to_entity(record: ConnectionRecord) -> dict[str, Any]:
     return {key: value for key, value in entity.items() if value is not None}
 
 
+# Each column of a connection entity: which of the record's parts it fills (0: the record, 1: its rotation state,
+# 2: its health state) and the field.
+_FIELD_OF = {
+    **{column: (0, attr) for attr, column in _COLUMNS.items()},
+    **{column: (1, attr) for attr, column in _ROTATION_COLUMNS.items()},
+    **{column: (2, attr) for attr, column in _HEALTH_COLUMNS.items()},
+}
+
+
 def from_entity(entity: Any) -> ConnectionRecord:
-    values: dict[str, Any] = {"app": entity["PartitionKey"], "id": entity["RowKey"]}
-    for attr, column in _COLUMNS.items():
-        if column in entity:
-            values[attr] = _utc(entity[column])
-    rotation = {attr: _utc(entity[column]) for attr, column in _ROTATION_COLUMNS.items() if column in entity}
+    """The record of a connection entity: the SDK's ``TableEntity`` or ``shared.store.table_reads.Entity`` (a
+    mapping with ``metadata``); one pass over the entity's columns, as a read of a page does it 50 times."""
+    parts: tuple[dict[str, Any], dict[str, Any], dict[str, Any]] = (
+        {"app": entity["PartitionKey"], "id": entity["RowKey"]}, {}, {})
+    field_of = _FIELD_OF.get
+    for column, value in entity.items():
+        target = field_of(column)
+        if target is not None:
+            if isinstance(value, datetime) and value.tzinfo is not UTC:
+                value = value.astimezone(UTC)
+            parts[target[0]][target[1]] = value
+    values, rotation, health = parts
     etag = entity.metadata.get("etag") if hasattr(entity, "metadata") else None
     authorized = None
     if entity.get("AuthorizedByOid"):
         authorized = Authorization(str(entity["AuthorizedByOid"]), entity.get("AuthorizedByUpn"),
                                    entity.get("AuthorizedByTenantId"))
-    health = {attr: _utc(entity[column]) for attr, column in _HEALTH_COLUMNS.items() if column in entity}
     return ConnectionRecord(**values, rotation=RotationState(**rotation), health=HealthState(**health),
                             created_by=_actor(entity, "CreatedBy"),
                             updated_by=_actor(entity, "UpdatedBy"), authorized_by=authorized, etag=etag)

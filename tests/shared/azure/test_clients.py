@@ -20,7 +20,7 @@ from azure.core.rest import HttpRequest
 
 from shared.azure import clients as clients_module
 from shared.azure.clients import KEEPALIVE_SECONDS, TABLES, AzureClients
-from shared.azure.retry import retry_policy
+from shared.azure.retry_policy import retry_policy
 from shared.settings import load_settings
 
 AZURITE_IDLE_SECONDS = 5.0  # Node's default keepAliveTimeout, which Azurite keeps

@@ -20,15 +20,14 @@ from shared.azure.retry import (
     RETRY_AFTER_SPREAD,
     RETRY_BUDGET,
     RETRY_TOTAL,
-    JitteredRetryPolicy,
     RetryableError,
     backoff,
     jittered,
     parse_retry_after,
     retry_delay,
-    retry_policy,
     with_retries,
 )
+from shared.azure.retry_policy import JitteredRetryPolicy, retry_policy
 from shared.errors import NotFound, UpstreamError, UpstreamForbidden
 
 

@@ -1,0 +1,335 @@
+"""A small HTTP/1.1 GET client on the standard library alone, for the read path (Table Storage reads).
+
+A read request must stay lean: on a cold instance it must not import aiohttp or azure-core (a quarter of a
+second between them), and warm it must cost little CPU, which azure-core's pipeline and the Tables SDK's generic
+deserializer do not. GET is all a read needs, so this client does GET only, and does it the way every other Azure
+call of the service is made:
+
+- one keep-alive pool per origin; a connection idle for longer than ``KEEPALIVE_SECONDS``
+  (``shared.azure.clients``: below the 5 s after which Azurite, Node's server, closes it) is closed, not
+  reused. A GET that finds its reused connection closed by the server before any answer byte is sent once more
+  at once on a new connection (it was not processed), without counting as a retry;
+- TLS with ``ssl.create_default_context()``, built once on first HTTPS use (so ``SSL_CERT_FILE`` set by the
+  host is honoured, as the local stand-in's CA is);
+- a connect timeout, and ``READ_TIMEOUT_SECONDS`` without a byte counted as a dropped connection;
+- bodies delimited by ``Content-Length`` or chunked, at most ``max_body`` bytes;
+- the ONE retry schedule of ``shared.azure.retry`` (:func:`~shared.azure.retry.with_retries`): 429 and 503
+  (``Retry-After`` honoured), 500, 502, 504 and 408, and dropped connections are retried, since a GET is
+  idempotent, within ``RETRY_TOTAL`` retries and ``RETRY_BUDGET`` seconds of waiting;
+- each attempt a client span of ``shared.telemetry`` labelled with its ``upstream``, as azure-core's transport
+  of ``shared.azure.clients`` makes them.
+
+Any other answer (404, 403, ...) is returned to the caller as it came; what cannot be retried or ran out of
+retries is a :class:`RestError`. Build clients with ``AzureClients.rest(upstream)`` only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from shared import telemetry
+from shared.azure.retry import RETRY_BUDGET, RETRY_TOTAL, RetryableError, parse_retry_after, with_retries
+
+RETRIED_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+CONNECT_TIMEOUT_SECONDS = 10.0
+MAX_BODY_BYTES = 32 * 1024 * 1024  # a page of 1000 entities is a few MB; more is not an answer we asked for
+MAX_IDLE_PER_ORIGIN = 32  # idle connections kept per origin; more are closed when released
+_HEAD_LIMIT = 64 * 1024  # the status line and headers, in all
+
+_TLS: ssl.SSLContext | None = None
+
+
+def _tls() -> ssl.SSLContext:
+    """The TLS context of every HTTPS connection, built on first use (not at import: ``SSL_CERT_FILE``)."""
+    global _TLS
+    if _TLS is None:
+        _TLS = ssl.create_default_context()
+    return _TLS
+
+
+class RestError(Exception):
+    """A GET that got no usable answer: retries ran out (``status`` is the last answer's, or None when the
+    connection failed), or the answer was malformed or too large (not retried). The message names the
+    request without its query (which may carry a continuation key) and never holds a body."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None,
+                 retryable: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+        self.retryable = retryable
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]  # names in lower case
+    body: bytes
+
+
+@dataclass(slots=True)
+class _Connection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    idle_since: float
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _Dropped(Exception):
+    """The connection failed; ``answered`` when some of the answer had arrived."""
+
+    def __init__(self, cause: BaseException, answered: bool) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.cause = cause
+        self.answered = answered
+
+
+class RestClient:
+    """Keep-alive GETs to one upstream (``upstream`` labels its spans); close with :meth:`close`."""
+
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        keepalive: float,
+        read_timeout: float,
+        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        max_body: int = MAX_BODY_BYTES,
+        attempts: int = RETRY_TOTAL + 1,
+        budget: float = RETRY_BUDGET,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.upstream = upstream
+        self.keepalive = keepalive
+        self.read_timeout = read_timeout
+        self.connect_timeout = connect_timeout
+        self.max_body = max_body
+        self.attempts = attempts
+        self.budget = budget
+        self._sleep = sleep
+        self._rng = rng
+        self._clock = clock
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self.opened = 0  # connections opened so far (what keep-alive saves is visible in tests)
+
+    async def get(self, url: str, headers: Mapping[str, str]) -> Response:
+        """GET ``url`` (absolute, http or https) with ``headers``; retried on the service's schedule."""
+        parts = urlsplit(url)
+        origin, host = _origin(parts.scheme, parts.netloc)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        lines = [f"GET {target} HTTP/1.1", f"Host: {host}"]
+        for name, value in headers.items():
+            if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
+                raise RestError(f"The header {name!r} cannot be sent: it would split the request")
+
+        async def attempt() -> Response:
+            sent = dict(headers)
+            with telemetry.client_span("GET", url, sent, {"upstream": self.upstream}) as span:
+                head = "\r\n".join([*lines, *(f"{name}: {value}" for name, value in sent.items()), "", ""])
+                response = await self._exchange(origin, head.encode("latin-1"))
+                telemetry.set_response(span, response.status)
+            if response.status in RETRIED_STATUSES:
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+                ms = response.headers.get("retry-after-ms")
+                if ms is not None:
+                    with contextlib.suppress(ValueError):
+                        retry_after = max(0.0, float(ms) / 1000)
+                raise RestError(f"GET {self._where(origin[0], host, parts.path)} answered {response.status}",
+                                status=response.status, retry_after=retry_after, retryable=True)
+            return response
+
+        return await with_retries(attempt, _classify, attempts=self.attempts, budget=self.budget,
+                                  sleep=self._sleep, rng=self._rng,
+                                  what=f"GET {self._where(origin[0], host, parts.path)}")
+
+    @staticmethod
+    def _where(scheme: str, host: str, path: str) -> str:
+        return f"{scheme}://{host}{path}"
+
+    async def _exchange(self, origin: tuple[str, str, int], head: bytes) -> Response:
+        """One request on a pooled connection (once more on a new one if a reused one was found closed)."""
+        connection = self._take(origin)
+        if connection is not None:
+            try:
+                return await self._send(origin, connection, head)
+            except _Dropped as dropped:
+                if dropped.answered:
+                    raise RestError(f"The connection dropped mid-answer ({dropped})", retryable=True) from None
+        try:
+            return await self._send(origin, await self._open(origin), head)
+        except _Dropped as dropped:
+            raise RestError(f"The connection dropped ({dropped})", retryable=True) from None
+
+    def _take(self, origin: tuple[str, str, int]) -> _Connection | None:
+        pool = self._idle.get(origin)
+        now = self._clock()
+        while pool:
+            connection = pool.pop()
+            if now - connection.idle_since <= self.keepalive and not connection.reader.at_eof():
+                return connection
+            connection.close()
+        return None
+
+    async def _open(self, origin: tuple[str, str, int]) -> _Connection:
+        scheme, hostname, port = origin
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                reader, writer = await asyncio.open_connection(
+                    hostname, port, ssl=_tls() if scheme == "https" else None,
+                    server_hostname=hostname if scheme == "https" else None, limit=_HEAD_LIMIT)
+        except (OSError, TimeoutError, ssl.SSLError) as error:
+            raise RestError(f"Could not connect to {scheme}://{hostname}:{port} ({type(error).__name__})",
+                            retryable=not isinstance(error, ssl.SSLCertVerificationError)) from None
+        self.opened += 1
+        return _Connection(reader, writer, self._clock())
+
+    async def _send(self, origin: tuple[str, str, int], connection: _Connection, head: bytes) -> Response:
+        answered = False
+        reusable = False
+        try:
+            async with asyncio.timeout(self.read_timeout) as deadline:
+                loop = asyncio.get_running_loop()
+                connection.writer.write(head)
+                await connection.writer.drain()
+                reader = connection.reader
+                while True:
+                    raw = await reader.readuntil(b"\r\n\r\n")
+                    answered = True
+                    status, version, headers = _parse_head(raw)
+                    if not 100 <= status < 200 or status == 101:
+                        break
+                deadline.reschedule(loop.time() + self.read_timeout)
+                body, delimited = await self._body(reader, headers, status, deadline, loop)
+                keep = headers.get("connection", "").lower()
+                reusable = delimited and "close" not in keep and (version == "HTTP/1.1" or "keep-alive" in keep)
+        except asyncio.LimitOverrunError:
+            connection.close()
+            raise RestError("The answer's headers are too large") from None
+        except RestError:
+            connection.close()
+            raise
+        except (OSError, asyncio.IncompleteReadError, TimeoutError, ssl.SSLError) as error:
+            connection.close()
+            raise _Dropped(error, answered) from None
+        except ValueError as error:  # a malformed status line, header or chunk size
+            connection.close()
+            raise RestError(f"A malformed answer ({error})") from None
+        except BaseException:
+            connection.close()
+            raise
+        if reusable:
+            connection.idle_since = self._clock()
+            pool = self._idle.setdefault(origin, [])
+            if len(pool) < MAX_IDLE_PER_ORIGIN:
+                pool.append(connection)
+            else:
+                connection.close()
+        else:
+            connection.close()
+        return Response(status, headers, body)
+
+    async def _body(self, reader: asyncio.StreamReader, headers: Mapping[str, str], status: int,
+                    deadline: asyncio.Timeout, loop: asyncio.AbstractEventLoop) -> tuple[bytes, bool]:
+        """The body and whether its end was delimited (so the connection may be reused)."""
+        if status in (204, 304):
+            return b"", True
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                line = await reader.readuntil(b"\r\n")
+                length = int(line.split(b";", 1)[0].strip(), 16)
+                if length < 0:
+                    raise ValueError("negative chunk size")
+                if length == 0:
+                    while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers
+                        pass
+                    return b"".join(chunks), True
+                size += length
+                if size > self.max_body:
+                    raise RestError(f"The answer is larger than {self.max_body} bytes")
+                chunks.append(await reader.readexactly(length))
+                if await reader.readexactly(2) != b"\r\n":
+                    raise ValueError("a chunk without its CRLF")
+                deadline.reschedule(loop.time() + self.read_timeout)
+        declared = headers.get("content-length")
+        if declared is not None:
+            length = int(declared)
+            if length < 0:
+                raise ValueError("negative Content-Length")
+            if length > self.max_body:
+                raise RestError(f"The answer is larger than {self.max_body} bytes")
+            return (await reader.readexactly(length) if length else b""), True
+        data = bytearray()  # delimited by the end of the connection
+        while chunk := await reader.read(65536):
+            data += chunk
+            if len(data) > self.max_body:
+                raise RestError(f"The answer is larger than {self.max_body} bytes")
+            deadline.reschedule(loop.time() + self.read_timeout)
+        return bytes(data), False
+
+    async def close(self) -> None:
+        pools, self._idle = self._idle, {}
+        for pool in pools.values():
+            for connection in pool:
+                connection.close()
+        for pool in pools.values():
+            for connection in pool:
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    await connection.writer.wait_closed()
+
+
+@functools.lru_cache(maxsize=64)
+def _origin(scheme: str, netloc: str) -> tuple[tuple[str, str, int], str]:
+    """The pool key ``(scheme, host, port)`` of a URL's origin and its ``Host`` header."""
+    parts = urlsplit(f"{scheme}://{netloc}")
+    hostname = parts.hostname
+    if scheme not in ("http", "https") or not hostname:
+        raise RestError(f"Not an http(s) URL: {scheme}://{hostname or ''}")
+    default = 443 if scheme == "https" else 80
+    try:
+        port = parts.port or default
+    except ValueError:
+        raise RestError(f"Not a valid port in {scheme}://{netloc}") from None
+    name = f"[{hostname}]" if ":" in hostname else hostname
+    return (scheme, hostname, port), (name if port == default else f"{name}:{port}")
+
+
+def _parse_head(raw: bytes) -> tuple[int, str, dict[str, str]]:
+    text = raw.decode("latin-1")
+    status_line, _, rest = text.partition("\r\n")
+    version, _, remainder = status_line.partition(" ")
+    if not version.startswith("HTTP/1."):
+        raise ValueError("not an HTTP/1.x status line")
+    status = int(remainder[:3])
+    headers: dict[str, str] = {}
+    for line in rest.split("\r\n"):
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise ValueError("a header line without a colon")
+        key = name.strip().lower()
+        value = value.strip()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return status, version, headers
+
+
+def _classify(error: Exception) -> RetryableError | None:
+    if isinstance(error, RestError) and error.retryable:
+        return RetryableError(str(error), error.retry_after)
+    return None

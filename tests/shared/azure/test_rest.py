@@ -1,0 +1,258 @@
+"""The read path's GET client (``shared.azure.rest``) against a real HTTP server on a loopback port.
+
+The server answers each request with the next of a script of raw answers (or drops the connection), and
+counts the connections it accepted, so keep-alive, idle expiry, retries and their waits are seen as a client
+of Table Storage would see them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from localdev.standin.pki import server_pki
+from shared.azure import rest
+from shared.azure.clients import KEEPALIVE_SECONDS, READ_TIMEOUT_SECONDS, AzureClients
+from shared.azure.rest import RestClient, RestError
+from shared.azure.retry import RETRY_BUDGET, RETRY_TOTAL
+from shared.settings import load_settings
+
+DROP = b""  # in a script: close the connection instead of answering
+
+
+def ok(body: bytes = b'{"ok":true}', *extra: str) -> bytes:
+    head = "".join(f"{line}\r\n" for line in extra)
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (len(body), head.encode()) + body
+
+
+def status(code: int, *extra: str) -> bytes:
+    head = "".join(f"{line}\r\n" for line in extra)
+    return b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n%s\r\n" % (code, head.encode())
+
+
+class ScriptedServer:
+    """Answers the n-th request with ``script[n]`` (the last one from then on)."""
+
+    def __init__(self, script: list[bytes], tls: ssl.SSLContext | None = None) -> None:
+        self.script = script
+        self.tls = tls
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.port = 0
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.requests.append(head)
+                answer = self.script[min(len(self.requests), len(self.script)) - 1]
+                if answer == DROP:
+                    break
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def close_idle(self) -> None:
+        """Close every connection, as a server whose keep-alive timeout passed."""
+        for writer in self._writers:
+            writer.close()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[ScriptedServer]:
+        server = await asyncio.start_server(self.handle, "127.0.0.1", 0, ssl=self.tls)
+        self.port = server.sockets[0].getsockname()[1]
+        try:
+            yield self
+        finally:
+            self.close_idle()
+            server.close()
+            await server.wait_closed()
+
+    def url(self, path: str = "/devstoreaccount1/T()?$top=1") -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}{path}"
+
+
+class Waits:
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def client(**kwargs: object) -> tuple[RestClient, Waits]:
+    waits = Waits()
+    options: dict[str, object] = {"keepalive": KEEPALIVE_SECONDS, "read_timeout": 5.0, "sleep": waits,
+                                  "rng": random.Random(7), **kwargs}
+    return RestClient("tables", **options), waits  # type: ignore[arg-type]
+
+
+async def test_a_connection_is_kept_alive_and_reused() -> None:
+    async with ScriptedServer([ok(b"one"), ok(b"two")]).running() as server:
+        lean, waits = client()
+        first = await lean.get(server.url(), {"x-ms-version": "2019-02-02"})
+        second = await lean.get(server.url(), {})
+        await lean.close()
+    assert (first.status, first.body, second.body) == (200, b"one", b"two")
+    assert server.connections == 1 and lean.opened == 1 and waits.waits == []
+    assert server.requests[0].startswith(b"GET /devstoreaccount1/T()?$top=1 HTTP/1.1\r\n")
+    assert b"Host: 127.0.0.1:%d\r\n" % server.port in server.requests[0]
+    assert b"x-ms-version: 2019-02-02\r\n" in server.requests[0]
+
+
+async def test_a_connection_idle_past_the_keepalive_is_closed_not_reused() -> None:
+    now = [100.0]
+    clock: Callable[[], float] = lambda: now[0]  # noqa: E731
+    async with ScriptedServer([ok()]).running() as server:
+        lean, _ = client(clock=clock)
+        await lean.get(server.url(), {})
+        now[0] += KEEPALIVE_SECONDS - 0.1
+        await lean.get(server.url(), {})
+        assert server.connections == 1
+        now[0] += KEEPALIVE_SECONDS + 0.1
+        await lean.get(server.url(), {})
+        await lean.close()
+    assert server.connections == 2 and lean.opened == 2
+
+
+def test_the_keepalive_and_read_timeout_are_the_sdk_sessions() -> None:
+    built = AzureClients(load_settings({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}))
+    lean = built.rest("tables")
+    assert built.rest("tables") is lean and built.rest("graph") is not lean
+    assert (lean.keepalive, lean.read_timeout, lean.upstream) == (KEEPALIVE_SECONDS, READ_TIMEOUT_SECONDS, "tables")
+
+
+async def test_a_chunked_body_is_read_whole() -> None:
+    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
+               b"5;ext=1\r\n{\"a\":\r\n" b"A\r\n [1,2,3]}\n\r\n" b"0\r\nTrailer: x\r\n\r\n")
+    async with ScriptedServer([chunked, ok(b"next")]).running() as server:
+        lean, _ = client()
+        first = await lean.get(server.url(), {})
+        second = await lean.get(server.url(), {})
+        await lean.close()
+    assert first.body == b'{"a": [1,2,3]}\n' and first.headers["content-type"] == "application/json"
+    assert second.body == b"next" and server.connections == 1
+
+
+async def test_a_throttled_get_waits_the_retry_after_then_succeeds(exporter) -> None:  # type: ignore[no-untyped-def]
+    async with ScriptedServer([status(429, "Retry-After: 2"), status(503), ok(b"done")]).running() as server:
+        lean, waits = client()
+        answer = await lean.get(server.url(), {})
+        await lean.close()
+    assert answer.body == b"done" and len(server.requests) == 3
+    assert 2.0 <= waits.waits[0] <= 2.2  # never sooner than asked, at most 10% later
+    assert 0 <= waits.waits[1] <= 1.0  # the second retry's full-jitter ceiling
+    spans = [s for s in exporter.get_finished_spans() if s.attributes.get("upstream") == "tables"]
+    assert [s.attributes["http.response.status_code"] for s in spans] == [429, 503, 200]
+    assert all(s.name == "GET" and s.attributes["server.port"] == server.port for s in spans)
+    assert b"traceparent: 00-" in server.requests[0]  # each attempt carries its own span's trace context
+
+
+async def test_a_dropped_connection_is_retried() -> None:
+    async with ScriptedServer([DROP, status(502), ok(b"after")]).running() as server:
+        lean, waits = client()
+        answer = await lean.get(server.url(), {})
+        await lean.close()
+    assert answer.body == b"after" and len(waits.waits) == 2 and server.connections == 2
+
+
+async def test_a_reused_connection_the_server_closed_is_replaced_at_once() -> None:
+    async with ScriptedServer([ok(b"first"), ok(b"second")]).running() as server:
+        lean, waits = client()
+        await lean.get(server.url(), {})
+        server.close_idle()
+        await asyncio.sleep(0.05)
+        answer = await lean.get(server.url(), {})
+        await lean.close()
+    assert answer.body == b"second" and waits.waits == [] and lean.opened == 2
+
+
+async def test_other_answers_are_returned_as_they_came() -> None:
+    body = b'{"odata.error":{"code":"ResourceNotFound"}}'
+    answer = b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    async with ScriptedServer([answer]).running() as server:
+        lean, waits = client()
+        got = await lean.get(server.url(), {})
+        await lean.close()
+    assert (got.status, got.body, waits.waits, len(server.requests)) == (404, body, [], 1)
+
+
+async def test_retries_end_when_the_next_wait_would_pass_the_budget() -> None:
+    async with ScriptedServer([status(503, f"Retry-After: {int(RETRY_BUDGET) + 1}")]).running() as server:
+        lean, waits = client()
+        with pytest.raises(RestError) as raised:
+            await lean.get(server.url(), {})
+        await lean.close()
+    assert raised.value.status == 503 and waits.waits == [] and len(server.requests) == 1
+
+
+async def test_retries_end_after_the_last_attempt() -> None:
+    async with ScriptedServer([DROP]).running() as server:
+        lean, waits = client(budget=10_000.0)
+        with pytest.raises(RestError) as raised:
+            await lean.get(server.url(), {})
+        await lean.close()
+    assert raised.value.status is None and "dropped" in str(raised.value)
+    assert len(server.requests) == RETRY_TOTAL + 1 and len(waits.waits) == RETRY_TOTAL
+
+
+async def test_a_header_that_would_split_the_request_is_refused_unsent() -> None:
+    async with ScriptedServer([ok()]).running() as server:
+        lean, _ = client()
+        with pytest.raises(RestError, match="split the request"):
+            await lean.get(server.url(), {"Authorization": "Bearer x\r\nX-Injected: 1"})
+        await lean.close()
+    assert server.requests == []
+
+
+async def test_a_body_past_the_cap_is_refused_not_retried() -> None:
+    async with ScriptedServer([ok(b"x" * 100)]).running() as server:
+        lean, waits = client(max_body=10)
+        with pytest.raises(RestError, match="larger than 10 bytes"):
+            await lean.get(server.url(), {})
+        await lean.close()
+    assert len(server.requests) == 1 and waits.waits == []
+
+
+async def test_a_silent_server_is_a_dropped_connection() -> None:
+    async with ScriptedServer([b"HTTP/1.1 200 OK\r\n"]).running() as server:  # then nothing
+        lean, waits = client(read_timeout=0.2, attempts=2)
+        with pytest.raises(RestError):
+            await lean.get(server.url(), {})
+        await lean.close()
+    assert len(server.requests) == 2 and len(waits.waits) == 1
+
+
+async def test_tls_is_verified_against_the_ca_of_ssl_cert_file(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    pki = server_pki(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(pki.cert_path, pki.key_path)
+    async with ScriptedServer([ok(b"secure")], tls=tls).running() as server:
+        monkeypatch.setattr(rest, "_TLS", None)
+        monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+        untrusting, waits = client()
+        with pytest.raises(RestError, match="SSLCertVerificationError"):
+            await untrusting.get(server.url(), {})
+        assert waits.waits == []  # a certificate refused is not retried
+        await untrusting.close()
+
+        monkeypatch.setattr(rest, "_TLS", None)
+        monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca_path))
+        lean, _ = client()
+        answer = await lean.get(server.url(), {})
+        again = await lean.get(server.url(), {})
+        await lean.close()
+    assert answer.body == again.body == b"secure" and lean.opened == 1
