@@ -2,13 +2,22 @@
 (``CreateConnectionIn``, ``UpdateConnectionIn``, ``AuthorizeIn``) and shape responses (``ConnectionOut``,
 ``Problem``, ...): the document cannot drift from the code that enforces it.
 
-Built once per process and cached; it names no secret and depends on no setting.
+It names no secret and depends on no setting (the server is ``/``, the token's audience is named, not given), so
+it is generated ahead of time and checked in as ``shared/openapi.json``, which ``GET /api/v1/openapi.json``
+serves as it is: a cold process answers it without importing pydantic or the models.
+``tests/shared/test_openapi.py`` fails when the file differs from what this module generates. Regenerate with::
+
+    .venv/bin/python -m shared.openapi --write
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -37,6 +46,9 @@ from shared.models import (
     UpdateConnectionIn,
 )
 from shared.oauth import CALLBACK_PARAMS, AuthorizeIn
+
+DOCUMENT_FILE = Path(__file__).with_name("openapi.json")  # what the route serves (shared.functions.openapi)
+REGENERATE = ".venv/bin/python -m shared.openapi --write"
 
 BASE = "/api/v1/app-connections"
 OPENAPI_PATH = "/api/v1/openapi.json"
@@ -288,3 +300,33 @@ def _document() -> dict[str, Any]:
 def openapi_document() -> dict[str, Any]:
     """The document (a fresh copy: callers may change it)."""
     return copy.deepcopy(_document())
+
+
+def rendered() -> str:
+    """The document as checked in: indented (reviewable diffs), in the generator's order, UTF-8, one final newline."""
+    return json.dumps(_document(), ensure_ascii=False, indent=2) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shared.openapi", description=(
+        f"Generate the OpenAPI document that GET /api/v1/openapi.json serves ({DOCUMENT_FILE.name})."))
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--write", action="store_true", help=f"write it to shared/{DOCUMENT_FILE.name}")
+    action.add_argument("--check", action="store_true", help="exit 1 when the checked-in file is out of date")
+    args = parser.parse_args(argv)
+    text = rendered()
+    if args.write:
+        DOCUMENT_FILE.write_text(text, encoding="utf-8")
+        print(f"wrote {DOCUMENT_FILE}")
+    elif args.check:
+        current = DOCUMENT_FILE.read_text(encoding="utf-8") if DOCUMENT_FILE.is_file() else None
+        if current != text:
+            print(f"{DOCUMENT_FILE} is out of date; regenerate it with: {REGENERATE}", file=sys.stderr)
+            return 1
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 
 import azure.functions as func
 
-from shared.errors import FieldError, InvalidRequest
 from shared.functions.connections import OPEN
 from shared.functions.http import endpoint, json_response, query_int
 from shared.functions.invocation import traced_timer
@@ -20,6 +19,8 @@ RETENTION_SCHEDULE = "0 15 3 * * *"
 
 
 def _when(req: func.HttpRequest, name: str) -> datetime | None:
+    from shared.errors import FieldError, InvalidRequest
+
     raw = req.params.get(name)
     if not raw:
         return None

@@ -6,16 +6,16 @@ datum comes from the API, which checks the caller's session or token. Strict hea
 Content-Security-Policy that allows only this origin's scripts and styles (no inline script or style, nothing from
 a third party) and form posts only to this origin and the sign-in authority; no framing, no sniffing, no referrer.
 
-Nothing heavy is imported here (the page is on the read path of a cold start): the standard library and, inside
-the handler, the settings.
+Nothing heavy is imported here (the page is on the read path of a cold start): the standard library already loaded
+by azure.functions (``os.path``, not ``pathlib``) and, inside the handler, the settings.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from functools import lru_cache
-from pathlib import Path
 
 import azure.functions as func
 
@@ -23,7 +23,7 @@ from shared.functions.http import traced
 
 bp = func.Blueprint()
 
-CONSOLE_DIR = Path(__file__).resolve().parent.parent.parent / "console"
+CONSOLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__)))), "console")
 PAGE_PATH = "/organization/app-connections"
 ASSET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}\.(js|css|svg)$")
 SEGMENT = re.compile(r"^[A-Za-z0-9-]{1,64}$")
@@ -50,8 +50,14 @@ def content_security_policy(authority_host: str) -> str:
 @lru_cache(maxsize=32)
 def _read(name: str) -> tuple[bytes, str]:
     """The bytes of a file of the console and their strong ETag (read once per process)."""
-    data = (CONSOLE_DIR / name).read_bytes()
+    with open(os.path.join(CONSOLE_DIR, name), "rb") as file:
+        data = file.read()
     return data, '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+
+
+def _is_asset(name: str) -> bool:
+    """Whether ``console/assets`` holds a file of that name (a name ``ASSET_NAME`` allows: no path)."""
+    return os.path.isfile(os.path.join(CONSOLE_DIR, "assets", name))
 
 
 def _not_found() -> func.HttpResponse:
@@ -102,7 +108,7 @@ async def console_connection_page(req: func.HttpRequest) -> func.HttpResponse:
 async def console_asset(req: func.HttpRequest) -> func.HttpResponse:
     name = (req.route_params or {}).get("name") or ""
     match = ASSET_NAME.match(name)
-    if match is None or not (CONSOLE_DIR / "assets" / name).is_file():
+    if match is None or not _is_asset(name):
         return _not_found()
     body, etag = _read(f"assets/{name}")
     headers = {**COMMON_HEADERS, "ETag": etag, "Cache-Control": "no-cache",

@@ -22,27 +22,15 @@ Each sign-in and sign-out is audited (``session.start``, ``session.end``; the us
 
 from __future__ import annotations
 
-import html
 import logging
-import uuid
 from typing import TYPE_CHECKING
 
 import azure.functions as func
 
 from shared.functions.http import json_response, problem_response, traced
-from shared.sessions import (
-    CSRF_HEADER,
-    DEFAULT_RETURN_TO,
-    LOGIN_COOKIE,
-    LOGIN_LIFETIME,
-    LOGIN_PATH,
-    SESSION_COOKIE,
-    clear_cookie,
-    cookie_value,
-    login_url,
-    set_cookie,
-)
 
+# shared.sessions (and through it shared.auth and shared.settings) is imported inside the handlers: registering
+# these routes needs none of it, and the other routes' first request must not pay for it (cold start).
 if TYPE_CHECKING:
     from shared.audit import RequestContext
     from shared.auth import Principal
@@ -66,6 +54,10 @@ def _redirect(location: str, cookies: list[str]) -> func.HttpResponse:
 
 def error_page(title: str, detail: str, status: int, return_to: str | None = None) -> func.HttpResponse:
     """A small page: what went wrong (plain text, escaped) and a link to sign in again."""
+    import html
+
+    from shared.sessions import LOGIN_COOKIE, clear_cookie, login_url
+
     document = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="referrer" content="no-referrer">'
         f"<title>{html.escape(title)}</title></head><body><main><h1>{html.escape(title)}</h1>"
@@ -80,6 +72,8 @@ def error_page(title: str, detail: str, status: int, return_to: str | None = Non
 
 def _context(req: func.HttpRequest, principal: Principal) -> RequestContext:
     """The audit context of a sign-in or sign-out: the user acts, by their console session."""
+    import uuid
+
     from shared.audit import RequestContext
     from shared.functions.http import _client_ip, _trace_id
     from shared.records import Actor
@@ -95,6 +89,7 @@ def _context(req: func.HttpRequest, principal: Principal) -> RequestContext:
 @traced
 async def console_login(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import ServiceError
+    from shared.sessions import LOGIN_COOKIE, LOGIN_LIFETIME, set_cookie
     from shared.wiring import sign_in
 
     try:
@@ -115,6 +110,7 @@ async def console_login(req: func.HttpRequest) -> func.HttpResponse:
 async def console_callback(req: func.HttpRequest) -> func.HttpResponse:
     from shared.audit import acting
     from shared.errors import ServiceError
+    from shared.sessions import DEFAULT_RETURN_TO, LOGIN_COOKIE, SESSION_COOKIE, clear_cookie, cookie_value, set_cookie
     from shared.wiring import audit_log, sessions, sign_in
 
     try:
@@ -150,6 +146,7 @@ async def console_callback(req: func.HttpRequest) -> func.HttpResponse:
 @traced
 async def console_session(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import ServiceError
+    from shared.sessions import SESSION_COOKIE, cookie_value
     from shared.wiring import sessions
 
     service = sessions()
@@ -169,6 +166,7 @@ async def console_session(req: func.HttpRequest) -> func.HttpResponse:
 async def console_logout(req: func.HttpRequest) -> func.HttpResponse:
     from shared.audit import acting
     from shared.errors import RequestForgery, ServiceError, SignInRequired
+    from shared.sessions import CSRF_HEADER, SESSION_COOKIE, clear_cookie, cookie_value
     from shared.wiring import audit_log, sessions
 
     service = sessions()
@@ -193,5 +191,3 @@ async def console_logout(req: func.HttpRequest) -> func.HttpResponse:
         return problem_response(ServiceError("The session could not be ended; try again."), "/auth/logout")
     return cleared
 
-
-__all__ = ["LOGIN_PATH", "bp"]

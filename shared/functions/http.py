@@ -3,6 +3,9 @@
 Every handler is wrapped by :func:`endpoint`: domain errors become RFC 9457 problems, Azure
 failures the domain did not map become a 502, and anything else a generic 500 that says
 nothing about the request (the details go to the log, never a secret).
+
+Registering the routes needs only azure.functions and this module: the errors, the domain and ``uuid`` are
+imported where they are used, so that indexing the function app stays cheap (cold start).
 """
 
 from __future__ import annotations
@@ -11,26 +14,17 @@ import functools
 import json
 import logging
 import sys
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
 
 from shared import telemetry
-from shared.errors import (
-    PROBLEM_CONTENT_TYPE,
-    FieldError,
-    InvalidRequest,
-    PayloadTooLarge,
-    ServiceError,
-    UnsupportedMediaType,
-    UpstreamError,
-)
 from shared.functions.invocation import accept_context, host_trace
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: registering the routes needs neither (cold start)
     from shared.auth import Principal
+    from shared.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +35,14 @@ Handler = Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
+    return json_bytes_response(json.dumps(data, ensure_ascii=False, separators=(",", ":")), status, headers)
+
+
+def json_bytes_response(body: bytes | str, status: int = 200,
+                        headers: dict[str, str] | None = None) -> func.HttpResponse:
+    """An answer whose JSON body is already serialized (UTF-8)."""
     return func.HttpResponse(
-        json.dumps(data, ensure_ascii=False, separators=(",", ":")),
+        body,
         status_code=status,
         headers={"Cache-Control": "no-store", **(headers or {})},
         mimetype="application/json",
@@ -51,6 +51,8 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def problem_response(error: ServiceError, instance: str | None = None) -> func.HttpResponse:
+    from shared.errors import PROBLEM_CONTENT_TYPE
+
     return func.HttpResponse(
         json.dumps(error.to_problem(instance), ensure_ascii=False),
         status_code=error.status,
@@ -61,6 +63,8 @@ def problem_response(error: ServiceError, instance: str | None = None) -> func.H
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    from shared.errors import FieldError, InvalidRequest
+
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
@@ -89,6 +93,8 @@ def _depth(value: Any, limit: int) -> int:
 
 def read_json(req: func.HttpRequest) -> Any:
     """The request's JSON body: within size, UTF-8, well-formed, no duplicate keys, not too deep."""
+    from shared.errors import InvalidRequest, PayloadTooLarge, ServiceError, UnsupportedMediaType
+
     body = req.get_body() or b""
     if len(body) > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"The body is larger than {MAX_BODY_BYTES // 1024} KiB.")
@@ -135,6 +141,8 @@ def _bracket_depth(text: str) -> int:
 
 
 def query_int(req: func.HttpRequest, name: str) -> int | None:
+    from shared.errors import FieldError, InvalidRequest
+
     raw = req.params.get(name)
     if raw is None or raw == "":
         return None
@@ -147,6 +155,8 @@ def query_int(req: func.HttpRequest, name: str) -> int | None:
 
 
 def query_bool(req: func.HttpRequest, name: str) -> bool:
+    from shared.errors import FieldError, InvalidRequest
+
     raw = (req.params.get(name) or "").lower()
     if raw in ("", "false"):
         return False
@@ -171,8 +181,11 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
             return await _guarded(req, _path(req.url))
 
         async def _guarded(req: func.HttpRequest, instance: str) -> func.HttpResponse:
+            import uuid
+
             from shared.audit import RequestContext, acting
             from shared.auth import authorize
+            from shared.errors import ServiceError
             from shared.records import Actor
 
             params = req.route_params or {}
@@ -204,6 +217,7 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
 
         async def _audited(req: func.HttpRequest, instance: str, route_app: str | None,
                            connection_id: str | None) -> func.HttpResponse:
+            from shared.errors import ServiceError
             from shared.wiring import audit_log
 
             assert action is not None
@@ -310,6 +324,8 @@ async def caller(req: func.HttpRequest) -> Principal:
 async def answer(handler: Handler, req: func.HttpRequest, instance: str) -> func.HttpResponse:
     """Run ``handler``: a domain error becomes its problem, an unmapped Azure failure a 502, anything else a 500
     that says nothing of the request (the details go to the log, never a secret)."""
+    from shared.errors import ServiceError, UpstreamError
+
     try:
         return await handler(req)
     except ServiceError as error:

@@ -1,10 +1,16 @@
 """The OpenAPI document is generated from the models, covers every route, and the models match what the
-service's own functions produce (``to_response``, ``state_response``, ``as_dict``, ``app_options``, problems)."""
+service's own functions produce (``to_response``, ``state_response``, ``as_dict``, ``app_options``, problems).
+The route serves the checked-in ``shared/openapi.json``, which must be what the models generate, deployed, and
+served without importing pydantic (a cold process)."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -21,9 +27,10 @@ from shared.models import (
     RotationEventOut,
     UpdateConnectionIn,
 )
-from shared.openapi import openapi_document
+from shared.openapi import DOCUMENT_FILE, REGENERATE, openapi_document, rendered
 from shared.records import ConnectionRecord, RotationEvent, RotationState
 
+ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
 ROUTES = {
     ("get", "/api/v1/app-connections/options"), ("post", "/api/v1/app-connections/{app}"),
@@ -162,3 +169,62 @@ def test_the_conformance_check_catches_a_wrong_answer():
     with pytest.raises(AssertionError):
         conformance.check("get", path, _response(404, request, content=b"<p>", headers={"content-type": "text/html"}))
     assert json.dumps(openapi_document())  # serializable
+
+
+def test_the_checked_in_document_is_the_one_the_models_generate():
+    assert DOCUMENT_FILE == ROOT / "shared" / "openapi.json"
+    checked_in = DOCUMENT_FILE.read_text(encoding="utf-8") if DOCUMENT_FILE.is_file() else "(missing)"
+    assert checked_in == rendered(), f"shared/openapi.json is out of date: regenerate it with `{REGENERATE}`"
+    assert json.loads(checked_in) == openapi_document()
+
+
+def _funcignore_lines_matching(path: str) -> list[str]:
+    """The lines of .funcignore (gitignore syntax, as the deployment reads it) that exclude ``path``."""
+    parts = path.split("/")
+    hits = []
+    for line in (ROOT / ".funcignore").read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        assert not pattern.startswith("!"), "a negated pattern: teach this check about it"
+        anchored = "/" in pattern.rstrip("/")  # with a slash: relative to the root; without: any path segment
+        pattern = pattern.strip("/")
+        candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)] if anchored else parts
+        if any(fnmatch.fnmatchcase(candidate, pattern) for candidate in candidates):
+            hits.append(line)
+    return hits
+
+
+def test_the_document_is_deployed():
+    assert _funcignore_lines_matching("shared/openapi.json") == []
+    assert _funcignore_lines_matching("shared/functions/openapi.py") == []
+    assert _funcignore_lines_matching("tests/shared/test_openapi.py") == ["tests"]  # the check can fail
+    assert _funcignore_lines_matching("shared/__pycache__/openapi.cpython-311.pyc") == ["__pycache__"]
+
+
+SERVE_IN_A_FRESH_PROCESS = """
+import asyncio, json, sys
+import azure.functions as func
+import function_app
+
+handler = {f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()}[
+    "get_openapi_document"].__wrapped__  # the handler itself: the access check is every route's (test_views)
+request = func.HttpRequest("GET", "http://localhost/api/v1/openapi.json", headers={}, body=b"")
+response = asyncio.run(handler(request))
+again = asyncio.run(handler(request))
+print(json.dumps({"status": response.status_code, "mimetype": response.mimetype, "charset": response.charset,
+                  "headers": dict(response.headers), "body": response.get_body().decode("utf-8"),
+                  "same": again.get_body() == response.get_body(), "modules": sorted(sys.modules)}))
+"""
+GENERATOR_ONLY = ["pydantic", "shared.models", "shared.openapi", "shared.oauth", "shared.connections"]
+
+
+def test_the_route_serves_the_document_without_importing_pydantic_or_the_models():
+    out = subprocess.run([sys.executable, "-c", SERVE_IN_A_FRESH_PROCESS], cwd=ROOT, capture_output=True, text=True,
+                         check=True)
+    served = json.loads(out.stdout)
+    assert [name for name in GENERATOR_ONLY if name in served["modules"]] == []
+    assert (served["status"], served["mimetype"], served["charset"]) == (200, "application/json", "utf-8")
+    assert served["headers"]["Cache-Control"] == "no-store"
+    assert json.loads(served["body"]) == openapi_document()
+    assert served["same"]

@@ -13,9 +13,10 @@ import httpx
 import pytest
 
 from localdev.host import LocalHost, run_in_thread
-from shared.functions.console import CONSOLE_DIR, bp, content_security_policy
+from shared.functions.console import bp, content_security_policy
 
 ROOT = Path(__file__).resolve().parents[3]
+CONSOLE_DIR = ROOT / "console"
 POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
           "form-action 'self' https://login.example.test; frame-ancestors 'none'; base-uri 'none'")
 
