@@ -20,23 +20,18 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.apps import APPS, Method, find_app
-from shared.connections import ConnectionService, health_response
+from shared.apps import Method, find_app
+from shared.connections import ConnectionService
 from shared.errors import ConcurrentChange, CredentialRejected, NotFound, ServiceError
 from shared.expiry import REFRESH_TOKEN_LIFETIME, RETRY_UNREACHABLE, status_of
 from shared.notify import Notifier, health_notice
 from shared.oauth_tokens import ReauthorizationRequired
 from shared.ports import Adapters, DueEntry
 from shared.records import (
-    EXPIRED,
-    EXPIRING,
-    FAILING,
-    HEALTH_STATUSES,
     STATUS_ACTIVE,
     STATUS_DELETING,
     STATUS_INVALID,
     STATUS_REAUTHORIZATION_REQUIRED,
-    UNKNOWN,
     ConnectionRecord,
     HealthState,
 )
@@ -202,33 +197,3 @@ class HealthChecker:
         except Exception as error:  # the outbox keeps them; the next sweep delivers
             log.warning("Notifications not delivered now (%s); they stay queued", type(error).__name__)
             return 0
-
-    # -- the summary --------------------------------------------------------------------------------------
-    async def summary(self, apps: set[str] | None = None) -> dict[str, Any]:
-        """Counts by status and app, and the connections that need attention."""
-        counts = {status: 0 for status in HEALTH_STATUSES}
-        by_app: dict[str, dict[str, int]] = {}
-        attention: list[dict[str, Any]] = []
-        for app in sorted(APPS):
-            if apps is not None and app not in apps:
-                continue
-            by_app[app] = {status: 0 for status in HEALTH_STATUSES}
-            token = None
-            while True:
-                page, token = await self.adapters.connections.list_page(app, 1000, token)
-                for record in page:
-                    status = record.health.status if record.health.status in counts else UNKNOWN
-                    counts[status] += 1
-                    by_app[app][status] += 1
-                    if status in (EXPIRING, FAILING, EXPIRED):
-                        attention.append(attention_item(record))
-                if token is None:
-                    break
-        order = {EXPIRED: 0, FAILING: 1, EXPIRING: 2}
-        attention.sort(key=lambda item: (order[item["health"]["status"]], item["credentialExpiresAt"] or ""))
-        return {"counts": counts, "byApp": by_app, "needsAttention": attention}
-
-
-def attention_item(record: ConnectionRecord) -> dict[str, Any]:
-    return {"app": record.app, "id": record.id, "name": record.name, "method": record.method,
-            **health_response(record)}

@@ -10,10 +10,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.apps import AppSpec, Method, find_app
+from shared.apps import APPS, AppSpec, Method, find_app
 from shared.errors import FieldError, InvalidRequest, NotFound
 from shared.ports import ConnectionReads, HistoryReads
-from shared.records import Actor, ConnectionRecord, RotationEvent
+from shared.records import EXPIRED, EXPIRING, FAILING, HEALTH_STATUSES, UNKNOWN, Actor, ConnectionRecord, RotationEvent
 from shared.rotation.state import state_response
 
 DEFAULT_PAGE_SIZE = 100
@@ -57,6 +57,36 @@ class ConnectionReader:
         record = await self.get(app_id, connection_id)
         return await self.history.page(record.id, page_size(limit), continuation)
 
+
+    async def health_summary(self, apps: set[str] | None = None) -> dict[str, Any]:
+        """Counts by health status and app (of the ``apps`` given, or all), and the connections that need
+        attention: expired, then failing, then expiring, soonest expiry first."""
+        counts = {status: 0 for status in HEALTH_STATUSES}
+        by_app: dict[str, dict[str, int]] = {}
+        attention: list[dict[str, Any]] = []
+        for app in sorted(APPS):
+            if apps is not None and app not in apps:
+                continue
+            by_app[app] = {status: 0 for status in HEALTH_STATUSES}
+            token = None
+            while True:
+                page, token = await self.store.list_page(app, MAX_PAGE_SIZE, token)
+                for record in page:
+                    status = record.health.status if record.health.status in counts else UNKNOWN
+                    counts[status] += 1
+                    by_app[app][status] += 1
+                    if status in (EXPIRING, FAILING, EXPIRED):
+                        attention.append(attention_item(record))
+                if token is None:
+                    break
+        order = {EXPIRED: 0, FAILING: 1, EXPIRING: 2}
+        attention.sort(key=lambda item: (order[item["health"]["status"]], item["credentialExpiresAt"] or ""))
+        return {"counts": counts, "byApp": by_app, "needsAttention": attention}
+
+
+def attention_item(record: ConnectionRecord) -> dict[str, Any]:
+    return {"app": record.app, "id": record.id, "name": record.name, "method": record.method,
+            **health_response(record)}
 
 def health_response(record: ConnectionRecord) -> dict[str, Any]:
     health = record.health

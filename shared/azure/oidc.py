@@ -1,5 +1,6 @@
-"""GET of the authority's OIDC documents (discovery and signing keys) for ``shared.auth``: the Entra pipeline of
-``shared.azure.clients`` (the shared session, the one retry policy)."""
+"""GET of the authority's OIDC documents (discovery and signing keys) for ``shared.auth``: the lean GET client of
+``shared.azure.clients`` (``shared.azure.rest``: keep-alive, the one retry schedule, a client span per attempt), so
+that the first request of a cold instance imports neither aiohttp nor azure-core to check its token."""
 
 from __future__ import annotations
 
@@ -12,13 +13,11 @@ if TYPE_CHECKING:
 
 
 async def get_document(clients: AzureClients, url: str) -> tuple[int, bytes]:
-    from azure.core.exceptions import AzureError
-    from azure.core.rest import HttpRequest
+    from shared.azure.clients import ENTRA
+    from shared.azure.rest import RestError
 
     try:
-        request = HttpRequest("GET", url, headers={"Accept": "application/json"})
-        response = await clients.entra_tokens().send_request(request)
-        body = await response.read()
-    except (AzureError, OSError, TimeoutError):
+        response = await clients.rest(ENTRA).get(url, {"Accept": "application/json"})
+    except (RestError, OSError, TimeoutError):
         raise UpstreamError("Entra ID's signing keys could not be fetched.") from None
-    return response.status_code, body
+    return response.status, response.body

@@ -21,11 +21,11 @@ log = logging.getLogger(__name__)
 async def get_app_connections_health(req: func.HttpRequest) -> func.HttpResponse:
     from shared.audit import current
     from shared.auth import READER, Principal
-    from shared.wiring import health_checker
+    from shared.wiring import connection_reader
 
     caller = current()
     granted = Principal(caller.actor.id, caller.actor.name, caller.actor.type, "", caller.roles).apps_granted(READER)
-    return json_response(await health_checker().summary(granted))
+    return json_response(await connection_reader().health_summary(granted))
 
 
 @bp.function_name("check_app_connection_health")
