@@ -87,7 +87,9 @@ class AuditTable:
                     actor: str | None = None, action: str | None = None, limit: int = 100,
                     continuation: str | None = None) -> tuple[list[AuditRecord], str | None]:
         """Records with ``start <= at <= end``, newest first, at most ``limit``; a token for the rest."""
-        table = await self._clients.table(AUDIT_TABLE)
+        from shared.store.table_reads import TableReads
+
+        reads = TableReads(self._clients)
         newest_day, after = _decode(continuation) if continuation else (day_of(end), None)
         oldest_day = day_of(start)
         filters = "".join(
@@ -102,10 +104,16 @@ class AuditTable:
             lower = max(low, after) if after else low
             query = (f"PartitionKey eq '{key}' and RowKey {'gt' if after else 'ge'} '{_quote(lower)}'"
                      f" and RowKey le '{_quote(high)}'{filters}")
-            async for entity in table.query_entities(query, results_per_page=min(1000, limit - len(found))):
-                found.append(from_entity(entity))
-                if len(found) == limit:
-                    return found, _encode(key, str(entity["RowKey"]))
+            page_token: dict[str, Any] | None = None
+            while True:  # the day's pages, read without the SDK (shared.store.table_reads): a search is a read
+                page, page_token = await reads.query_page(AUDIT_TABLE, query, {}, top=min(1000, limit - len(found)),
+                                                          continuation=page_token)
+                for entity in page:
+                    found.append(from_entity(entity))
+                    if len(found) == limit:
+                        return found, _encode(key, str(entity["RowKey"]))
+                if page_token is None:
+                    break
             after = None
             day -= timedelta(days=1)
         return found, None

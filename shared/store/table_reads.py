@@ -139,6 +139,8 @@ def entity_of(item: Mapping[str, Any]) -> Entity:
 def odata_filter(template: str, parameters: Mapping[str, str | bool | int]) -> str:
     """``template`` with each ``@name`` word replaced by its parameter, quoted as azure-data-tables quotes it:
     a string in single quotes with each quote doubled, ``true``/``false``, an integer (``L`` past 32 bits)."""
+    if not parameters:  # as the SDK: a filter without parameters goes as written (its literals may hold an '@')
+        return template
     words = template.split(" ")
     for index, word in enumerate(words):
         if word.startswith("@"):
