@@ -4,6 +4,7 @@ adapters), the domain builds no client or store of its own, no import cycle unde
 from __future__ import annotations
 
 import ast
+import copy
 from pathlib import Path
 
 import pytest
@@ -24,9 +25,22 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+_TREES: dict[Path, ast.Module] = {}
+
+
+def _parsed(path: Path) -> ast.Module:
+    """The source of ``path`` parsed once, at collection, which is single-threaded: CPython 3.11.7's parser can
+    fail with "AST constructor recursion depth mismatch" when another thread (a test's host or worker thread)
+    compiles at the same time (python/cpython#106905)."""
+    tree = _TREES.get(path)
+    if tree is None:
+        tree = _TREES[path] = ast.parse(path.read_text())
+    return copy.deepcopy(tree)
+
+
 def _imports(path: Path) -> set[str]:
     """Every module ``path`` imports, at the top or inside a function (lazily), but for type checking only."""
-    tree = ast.parse(path.read_text())
+    tree = _parsed(path)
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
@@ -68,8 +82,8 @@ def test_the_domain_neither_imports_triggers_nor_builds_adapters(name: str) -> N
     assert not any(m.startswith("azure.functions") for m in imports)
     assert not any(m.startswith("shared.functions") for m in imports)
     assert not any(m.startswith("shared.wiring") for m in imports)
-    used = {node.id for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Name)}
-    used |= {node.attr for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Attribute)}
+    used = {node.id for node in ast.walk(_parsed(path)) if isinstance(node, ast.Name)}
+    used |= {node.attr for node in ast.walk(_parsed(path)) if isinstance(node, ast.Attribute)}
     assert not (used & ADAPTER_CONSTRUCTORS), f"shared.{name} builds {used & ADAPTER_CONSTRUCTORS}"
 
 
@@ -81,7 +95,7 @@ def test_nothing_under_shared_imports_localdev() -> None:
 def test_only_the_wiring_module_builds_the_adapters() -> None:
     builders = set()
     for name, path in MODULES.items():
-        calls = {node.func.id for node in ast.walk(ast.parse(path.read_text()))
+        calls = {node.func.id for node in ast.walk(_parsed(path))
                  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
         if calls & {"ConnectionsTable", "SecretVault", "ScheduleIndex", "RotationHistory", "OAuthStates",
                     "AzureDirectory", "EntraTokenEndpoint", "ConnectionService", "Rotator", "OAuthFlow",
