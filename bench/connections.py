@@ -6,25 +6,25 @@ validations (a token each) with a manual rotation every tenth (Graph, Key Vault,
 the TLS connections its clients open (``admin.connections_opened()``). Pooled clients keep that count bounded
 by the pool sizes, not by the number of requests.
 
-Then the read path: host CPU (the worker process's user + system CPU, which holds the function and the Azure SDK
-with its HTTP client, not Azurite's) per warm GET of one connection and per list page of ``--rows`` connections,
-each function called in process as the Functions host calls it, side by side with a bare function app
-(``common.BARE_APP_SOURCE``) called the same way. Goals: at most 0.5 ms per GET and 2.5 ms per 50-row page.
+Then the read path: worker CPU (user + system of the process that holds the function and its HTTP client, not
+Azurite's) per warm GET of one connection and per list page of ``--rows`` connections, each function called in
+process as the Functions host calls it. Three apps are measured alike, each in processes of its own, interleaved
+over ``--rounds``: the service, a bare function app (``common.BARE_APP_SOURCE``), and the service at
+``--baseline``, by default the revision issue 17 measured (0.9 ms per GET and about 6 ms per 50-row page on the
+machine it was filed from). Goals: at most 0.5 ms per GET and 2.5 ms per 50-row page; on another machine, the
+same goals as ratios to that revision run side by side (0.5 / 0.9 and 2.5 / 6).
 
-    .venv/bin/python -m bench.connections [--requests 100] [--reads 300] [--rows 50]
+    .venv/bin/python -m bench.connections [--requests 100] [--reads 300] [--rows 50] [--rounds 3] [--baseline REV]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
-import resource
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,85 +76,174 @@ def run(args: argparse.Namespace) -> int:
           f"(goal: bounded, <= {BOUND}: {'met' if total <= BOUND else 'missed'})\n")
     if set(statuses) > {200, 201}:
         return 1
-    return asyncio.run(read_path(args, admin, tenant, cid))
+    return read_path(args, admin, tenant)
 
 
-async def cpu_per_call(function: Callable[[Any], Awaitable[Any]], request: Callable[[], Any], calls: int,
-                       status: int = 200) -> tuple[float, float]:
-    """Milliseconds of this process's CPU per call of ``function`` after a warm-up: in all, and in user mode
-    (without the kernel's share, mostly the loopback sockets to Azurite)."""
-    for _ in range(min(10, calls)):
-        response = await function(request())
-        assert response.status_code == status, response.get_body()[:300]
+# The read path of one function app, measured in a process of its own, so that ``shared`` is the package at that
+# app's root: seeds ``rows`` connections through its create function when asked, then the worker CPU per call of
+# a GET of one of them and of a list page, each after a warm-up, called in process as the Functions host calls it.
+READ_CPU = r"""
+import asyncio, json, os, resource, sys
+spec = json.loads(os.environ["BENCH_READS"])
+sys.path.insert(0, spec["root"])
+import azure.functions as func
+module = __import__(spec["module"])
+functions = {f.get_function_name(): f.get_user_function() for f in module.app.get_functions()}
+base, app, headers = spec["base"], spec["app"], spec["headers"]
+
+def request(kind, connection_id=None, body=None):
+    if spec["module"] != "function_app":
+        return "bare", func.HttpRequest("GET", "http://localhost/bare/1", headers={}, route_params={"id": "1"},
+                                        body=b"")
+    if kind == "create":
+        return "create_app_connection", func.HttpRequest(
+            "POST", f"http://localhost{base}/{app}", headers={**headers, "content-type": "application/json"},
+            route_params={"app": app}, body=json.dumps(body).encode())
+    if kind == "get":
+        return "get_app_connection", func.HttpRequest(
+            "GET", f"http://localhost{base}/{app}/{connection_id}", headers=headers,
+            route_params={"app": app, "connectionId": connection_id}, body=b"")
+    return "list_app_connections", func.HttpRequest("GET", f"http://localhost{base}/{app}", headers=headers,
+                                                    route_params={"app": app}, params={"limit": str(spec["rows"])},
+                                                    body=b"")
+
+async def call(kind, connection_id=None, body=None):
+    name, req = request(kind, connection_id, body)
+    return await functions[name](req)
+
+async def cpu(kind, connection_id):
+    for _ in range(10):
+        response = await call(kind, connection_id)
+        assert response.status_code == 200, response.get_body()[:300]
     before = resource.getrusage(resource.RUSAGE_SELF)
-    for _ in range(calls):
-        await function(request())
+    for _ in range(spec["calls"]):
+        await call(kind, connection_id)
     after = resource.getrusage(resource.RUSAGE_SELF)
     user = after.ru_utime - before.ru_utime
-    return (user + after.ru_stime - before.ru_stime) * 1000 / calls, user * 1000 / calls
+    if spec.get("profile"):  # a profiled pass of its own: profiling inflates CPU, so it is not the figure
+        import cProfile
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(spec["calls"]):
+            await call(kind, connection_id)
+        profile.disable()
+        profile.dump_stats(os.path.join(spec["profile"], f"{kind}.pstats"))
+    return (user + after.ru_stime - before.ru_stime) * 1000 / spec["calls"], user * 1000 / spec["calls"]
+
+async def main():
+    result = {}
+    if spec["module"] == "function_app":
+        for body in spec["seed"]:
+            created = await call("create", body=body)
+            assert created.status_code == 201, created.get_body()[:300]
+        listed = json.loads((await call("list")).get_body())["appConnections"]
+        assert len(listed) == spec["rows"], len(listed)
+        connection_id = listed[0]["id"]
+    else:
+        connection_id = None
+    result["get"] = await cpu("get", connection_id)
+    result["page"] = await cpu("list", connection_id)
+    if spec["module"] == "function_app":
+        from shared.azure.clients import close_clients
+        await close_clients()
+    return result
+
+print(json.dumps(asyncio.run(main())))
+"""
+
+# The revision whose read path issue 17 measured (0.9 ms per GET, about 6 ms per 50-row page, on the machine it
+# was filed from): run side by side, it turns the issue's goals into ratios that hold on any machine.
+ISSUE_BASELINE = "1886fe0"
 
 
-async def read_path(args: argparse.Namespace, admin: Any, tenant: str, connection_id: str) -> int:
-    import importlib
+def baseline_root(revision: str, parent: Path) -> Path | None:
+    """The function app at ``revision`` of this repository, unpacked into ``parent`` (None without that history)."""
+    import subprocess
 
-    import azure.functions as func
+    archive = subprocess.run(["git", "archive", "--format=tar", revision], cwd=common.ROOT, capture_output=True,
+                             check=False)
+    if archive.returncode != 0:
+        log.warning("revision %s is not in this clone (%s): no baseline", revision,
+                    archive.stderr.decode(errors="replace").strip()[:200])
+        return None
+    parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(parent)], input=archive.stdout, check=True)
+    return parent
 
-    from localdev.host import load_function_app_file
-    from shared.azure.clients import close_clients
 
-    with tempfile.TemporaryDirectory(prefix="bench-bare-") as bare_dir:
-        sys.path.insert(0, str(common.bare_app_dir(Path(bare_dir))))
-        bare_app = importlib.import_module(common.BARE_MODULE)
-    app = load_function_app_file(common.ROOT / "function_app.py")  # a second index of the app the host served
-    functions = {f.get_function_name(): f.get_user_function() for f in app.get_functions()}
-    bare = {f.get_function_name(): f.get_user_function() for f in bare_app.app.get_functions()}[common.BARE_FUNCTION]
-    headers = {k.lower(): v for k, v in common.api_headers().items()}
+def read_cpu(root: Path, module: str, prefix: str, args: argparse.Namespace, seed: list[dict[str, object]],
+             profile: str | None = None) -> dict[str, tuple[float, float]]:
+    """One process of ``module`` at ``root`` on the tables ``prefix``: ms of CPU (all, user) per GET and per page."""
+    import os
+    import subprocess
+
+    spec = {"root": str(root), "module": module, "base": BASE, "app": APP, "rows": args.rows, "calls": args.reads,
+            "headers": {k.lower(): v for k, v in common.api_headers().items()}, "seed": seed, "profile": profile}
+    env = {**os.environ, "BENCH_READS": json.dumps(spec), "STATE_TABLE_PREFIX": prefix, "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", READ_CPU], cwd=root, env=env, capture_output=True, text=True,
+                         check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"the read-path process of {root} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
+    figures: dict[str, list[float]] = json.loads(out.stdout.strip().splitlines()[-1])
+    return {kind: (values[0], values[1]) for kind, values in figures.items()}
+
+
+def read_path(args: argparse.Namespace, admin: Any, tenant: str) -> int:
+    """Worker CPU per warm GET and per list page: the service, a bare function app and (unless ``--baseline ''``)
+    the service at ``--baseline``, each in processes of its own, interleaved over ``--rounds``."""
+    import secrets
+
     registered = admin.add_app(tenant, display_name="reads")
     secret = admin.add_secret(tenant, registered["appId"])
     short = {"tenantId": tenant, "clientId": registered["appId"], "clientSecret": secret["secretText"]}
-    for n in range(args.rows - 1):  # with the connection made above: --rows in the app
-        created = await functions["create_app_connection"](func.HttpRequest(
-            "POST", f"http://localhost{BASE}/{APP}", headers={**headers, "content-type": "application/json"},
-            route_params={"app": APP}, body=json.dumps({"name": f"read-{n}", "method": "client-secret",
-                                                        "credentials": short}).encode()))
-        assert created.status_code == 201, created.get_body()[:300]
-    log.info("%d connections in %s", args.rows, APP)
-
-    def get() -> func.HttpRequest:
-        return func.HttpRequest("GET", f"http://localhost{BASE}/{APP}/{connection_id}", headers=headers,
-                                route_params={"app": APP, "connectionId": connection_id}, body=b"")
-
-    def page() -> func.HttpRequest:
-        return func.HttpRequest("GET", f"http://localhost{BASE}/{APP}", headers=headers, route_params={"app": APP},
-                                params={"limit": str(args.rows)}, body=b"")
-
-    def bare_request() -> func.HttpRequest:
-        return func.HttpRequest("GET", "http://localhost/bare/1", headers={}, route_params={"id": "1"}, body=b"")
-
-    listed = json.loads((await functions["list_app_connections"](page())).get_body())
-    assert len(listed["appConnections"]) == args.rows, len(listed["appConnections"])
-    rows = []
-    for what, name, request, goal in (("GET one connection", "get_app_connection", get, 0.5),
-                                      (f"list page of {args.rows}", "list_app_connections", page,
-                                       2.5 * args.rows / 50)):
-        if args.profile:
-            import cProfile
-
-            profile = cProfile.Profile()
-            profile.enable()
-            await cpu_per_call(functions[name], request, args.reads)
-            profile.disable()
-            profile.dump_stats(str(Path(args.profile) / f"{name}.pstats"))
-        service_ms, service_user_ms = await cpu_per_call(functions[name], request, args.reads)
-        bare_ms, _ = await cpu_per_call(bare, bare_request, args.reads)
-        rows.append([what, service_ms, service_user_ms, bare_ms, service_ms / max(bare_ms, 1e-6), f"<= {goal:.2f}",
-                     "met" if service_ms <= goal else "missed"])
-        log.info("%s: %.3f ms of CPU per request (bare %.3f ms)", what, service_ms, bare_ms)
-    await close_clients()
-    print(common.table(f"Read path: worker CPU per warm request, {args.reads} requests each, side by side with a "
-                       "bare function", ["request", "service (ms CPU)", "of which user (ms)", "bare (ms CPU)", "ratio",
-                        "goal (ms)", ""],
-                       rows))
+    seed: list[dict[str, object]] = [{"name": f"read-{n}", "method": "client-secret", "credentials": short}
+                                     for n in range(args.rows)]
+    with tempfile.TemporaryDirectory(prefix="bench-reads-") as scratch:
+        apps: dict[str, tuple[Path, str, str]] = {
+            "bare function": (common.bare_app_dir(Path(scratch)), common.BARE_MODULE, "Unused"),
+            "service": (common.ROOT, "function_app", "Reads" + secrets.token_hex(4)),
+        }
+        if args.baseline:
+            root = baseline_root(args.baseline, Path(scratch) / "baseline")
+            if root is not None:
+                apps[f"service at {args.baseline} (issue 17)"] = (root, "function_app", "Base" + secrets.token_hex(4))
+        for name, (root, module, prefix) in apps.items():
+            if module == "function_app":
+                read_cpu(root, module, prefix, argparse.Namespace(rows=args.rows, reads=1), seed)
+                log.info("%s: %d connections seeded", name, args.rows)
+        runs: dict[str, list[dict[str, tuple[float, float]]]] = {name: [] for name in apps}
+        for round_ in range(args.rounds):  # interleaved, so that drift in the machine's load hits all alike
+            for name, (root, module, prefix) in apps.items():
+                profile = args.profile if args.profile and name == "service" and round_ == 0 else None
+                runs[name].append(read_cpu(root, module, prefix, args, [], profile))
+            log.info("read path round %d of %d: %s", round_ + 1, args.rounds,
+                     ", ".join(f"{name} {runs[name][-1]['get'][0]:.3f} / {runs[name][-1]['page'][0]:.3f} ms"
+                               for name in apps))
+    figures = {name: {kind: (common.median([r[kind][0] for r in found]), common.median([r[kind][1] for r in found]))
+                      for kind in ("get", "page")} for name, found in runs.items()}
+    bare = figures.pop("bare function")
+    service = figures["service"]
+    baseline = next((figures[name] for name in figures if name != "service"), None)
+    rows: list[list[object]] = []
+    verdicts: list[str] = []
+    for kind, what, goal, issue in (("get", "GET one connection", 0.5, 0.9),
+                                    ("page", f"list page of {args.rows}", 2.5 * args.rows / 50, 6.0 * args.rows / 50)):
+        for name, found in [*figures.items(), ("bare function", bare)]:
+            ms, user = found[kind]
+            rows.append([what, name, ms, user, ms / max(bare[kind][0], 1e-6)]
+                        + ([ms / baseline[kind][0]] if baseline is not None else []))
+        ms = service[kind][0]
+        verdict = f"{what}: {ms:.3f} ms (goal <= {goal:.2f} ms: {'met' if ms <= goal else 'missed'})"
+        if baseline is not None:
+            scaled, allowed = ms / baseline[kind][0], goal / issue
+            verdict += (f"; {scaled:.2f} x the issue's revision (goal {goal:.2f} / {issue:.2f} ms = {allowed:.2f} x:"
+                        f" {'met' if scaled <= allowed else 'missed'})")
+        verdicts.append(verdict)
+    print(common.table(f"Read path: worker CPU per warm request, {args.reads} requests each, median of {args.rounds} "
+                       "interleaved processes per app", ["request", "app", "ms CPU", "of which user (ms)",
+                                                         "ratio to bare"]
+                       + (["ratio to the issue's revision"] if baseline is not None else []), rows))
+    print("\n".join(verdicts) + "\n")
     return 0
 
 
@@ -162,8 +251,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--reads", type=int, default=300, help="warm requests per read measured")
-    parser.add_argument("--profile", help="a folder: a cProfile of each read measured goes there")
+    parser.add_argument(
+        "--profile", help="a folder: a cProfile of the service's GET and page goes there (get.pstats, page.pstats)")
     parser.add_argument("--rows", type=int, default=50, help="connections in a list page")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved processes per app for the read path")
+    parser.add_argument("--baseline", default=ISSUE_BASELINE,
+                        help="a revision of this repository measured side by side ('' for none)")
     common.add_worker_flag(parser)
     args = parser.parse_args()
     common.setup_logging()

@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from bench.connections import ISSUE_BASELINE
+
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow
+
+# The read path is measured side by side with the revision issue 17 measured, when the clone has its history.
+HAS_BASELINE = subprocess.run(["git", "cat-file", "-e", f"{ISSUE_BASELINE}^{{commit}}"], cwd=ROOT,
+                              capture_output=True, check=False).returncode == 0
 
 SMALL = {
     "cold_start.py": (["--runs", "3", "--requests", "1"], ["### Import cost", "ratio function_app / azure.functions",
@@ -24,9 +30,11 @@ SMALL = {
                                    ["### One sweep over a schedule index of 302 entries, 2 due", "(api, s)"]),
     "health_sweep.py": (["--connections", "300", "--due", "10"],
                         ["### One health sweep over 300 connections, 10 due", "store reads per checked connection"]),
-    "connections.py": (["--requests", "12", "--reads", "20", "--rows", "5"],
+    "connections.py": (["--requests", "12", "--reads", "20", "--rows", "5", "--rounds", "1"],
                        ["### TLS connections opened", "TLS connections opened (goal", "### Read path",
-                        "| GET one connection ", "| list page of 5 "]),
+                        "| GET one connection ", "| list page of 5 ", "| bare function ",
+                        *([f"| service at {ISSUE_BASELINE} (issue 17) ", "x the issue's revision (goal"]
+                          if HAS_BASELINE else [])]),
     "throttle.py": (["--rotations", "6", "--limit", "4", "--window-s", "2", "--concurrency", "4"],
                     ["### Sweep of 6 rotations, Graph writes limited to 4 per 2 s", "| rate-limited",
                      "of Graph calls and"]),
