@@ -1,5 +1,8 @@
 """Cold start: what a fresh Functions worker process pays before and at its first request, side by side with a
 bare function app (one async HTTP function that answers a small JSON document: ``common.BARE_APP_SOURCE``).
+Both run as deployed: the service from its deployment package unpacked with its bytecode
+(``localdev.package.build``), the bare app compiled alike, in processes that write no bytecode (the package is
+read-only in Azure).
 
 1. Import: the median over ``--runs`` fresh processes of ``import function_app;
    function_app.app.get_functions()`` against ``import azure.functions`` alone (the floor every Python
@@ -19,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import py_compile
 import secrets
 import subprocess
 import sys
@@ -111,18 +115,18 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("BENCH_", "AZURE", "KEY_VAULT"))}
 
 
-def time_import(code: str) -> float:
-    out = subprocess.run([sys.executable, "-c", MEASURE.format(code=code)], cwd=common.ROOT, env=clean_env(),
+def time_import(code: str, package: Path) -> float:
+    out = subprocess.run([sys.executable, "-c", MEASURE.format(code=code)], cwd=package, env=clean_env(),
                          capture_output=True, text=True, check=True)
     return float(json.loads(out.stdout))
 
 
-def imports(runs: int) -> None:
+def imports(runs: int, package: Path) -> None:
     floor: list[float] = []
     app: list[float] = []
     for run in range(runs):  # interleaved, so that drift in the machine's load hits both alike
-        floor.append(time_import(IMPORT_FLOOR))
-        app.append(time_import(IMPORT_APP))
+        floor.append(time_import(IMPORT_FLOOR, package))
+        app.append(time_import(IMPORT_APP, package))
         log.info("import run %d of %d: azure.functions %.3f s, function_app %.3f s", run + 1, runs, floor[-1], app[-1])
     floor_median, app_median = common.median(floor), common.median(app)
     ratio = app_median / floor_median
@@ -134,10 +138,11 @@ def imports(runs: int) -> None:
     print(f"ratio function_app / azure.functions: {ratio:.2f} (goal <= 1.3: {'met' if ratio <= 1.3 else 'missed'})\n")
 
 
-def first_request(request: dict[str, object], pythonpath: str, profile: str | None = None) -> dict[str, object]:
+def first_request(request: dict[str, object], pythonpath: str, package: Path,
+                  profile: str | None = None) -> dict[str, object]:
     env = {**os.environ, "BENCH_CALL": json.dumps(request), "PYTHONPATH": pythonpath,
            **({"BENCH_PROFILE": profile} if profile else {})}
-    out = subprocess.run([sys.executable, "-c", FIRST_REQUEST], cwd=common.ROOT, env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", FIRST_REQUEST], cwd=package, env=env, capture_output=True,
                          text=True, check=False)
     if out.returncode != 0:
         sys.stderr.write(out.stderr[-3000:])
@@ -156,12 +161,16 @@ def new_connection_body(admin: object, tenant: str, name: str) -> dict[str, obje
             "credentials": {"tenantId": tenant, "clientId": app["appId"], "clientSecret": secret["secretText"]}}
 
 
-def first_requests(requests: int, routes: list[str], profile: str | None = None) -> None:
+def first_requests(requests: int, routes: list[str], package: Path, profile: str | None = None) -> None:
     admin = common.admin_client()
     tenant = admin.add_tenant()
     with tempfile.TemporaryDirectory(prefix="bench-bare-") as bare_dir:
-        pythonpath = os.pathsep.join([str(common.bare_app_dir(Path(bare_dir))), str(common.ROOT)])
-        seeded = first_request(call("write", None, new_connection_body(admin, tenant, "cold-seed")), pythonpath)
+        bare_app = common.bare_app_dir(Path(bare_dir))
+        py_compile.compile(str(bare_app / f"{common.BARE_MODULE}.py"), doraise=True,
+                           invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)  # compiled alike
+        pythonpath = os.pathsep.join([str(bare_app), str(package)])
+        seeded = first_request(call("write", None, new_connection_body(admin, tenant, "cold-seed")), pythonpath,
+                               package)
         connection_id = str(seeded["created"])
         rows: list[list[object]] = []
         ratios: dict[str, float] = {}
@@ -169,10 +178,10 @@ def first_requests(requests: int, routes: list[str], profile: str | None = None)
             bare: list[float] = []
             service: list[dict[str, object]] = []
             for run in range(requests):  # interleaved, so that drift in the machine's load hits both alike
-                bare.append(float(str(first_request(call("bare", None), pythonpath)["total"])))
+                bare.append(float(str(first_request(call("bare", None), pythonpath, package)["total"])))
                 body = new_connection_body(admin, tenant, f"cold-{route}-{run}") if route == "write" else None
                 where = str(Path(profile) / f"{route}.pstats") if profile and run == 0 else None
-                service.append(first_request(call(route, connection_id, body), pythonpath, where))
+                service.append(first_request(call(route, connection_id, body), pythonpath, package, where))
             total = common.median([float(str(r["total"])) for r in service])
             floor = common.median(bare)
             ratios[route] = total / floor
@@ -204,8 +213,12 @@ def main() -> int:
     if not args.worker:
         return common.run_in_environment(__file__, sys.argv[1:])
     started = time.monotonic()
-    imports(args.runs)
-    first_requests(args.requests, [r for r in args.routes.split(",") if r], args.profile)
+    from localdev import package
+
+    with tempfile.TemporaryDirectory(prefix="bench-package-") as unpacked:
+        deployed = package.build(Path(unpacked))  # what a cold instance runs: the package, with its bytecode
+        imports(args.runs, deployed)
+        first_requests(args.requests, [r for r in args.routes.split(",") if r], deployed, args.profile)
     log.info("done in %.1f s", time.monotonic() - started)
     return 0
 

@@ -5,7 +5,6 @@ served without importing pydantic (a cold process)."""
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import subprocess
 import sys
@@ -180,26 +179,16 @@ def test_the_checked_in_document_is_the_one_the_models_generate():
 
 def _funcignore_lines_matching(path: str) -> list[str]:
     """The lines of .funcignore (gitignore syntax, as the deployment reads it) that exclude ``path``."""
-    parts = path.split("/")
-    hits = []
-    for line in (ROOT / ".funcignore").read_text().splitlines():
-        pattern = line.strip()
-        if not pattern or pattern.startswith("#"):
-            continue
-        assert not pattern.startswith("!"), "a negated pattern: teach this check about it"
-        anchored = "/" in pattern.rstrip("/")  # with a slash: relative to the root; without: any path segment
-        pattern = pattern.strip("/")
-        candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)] if anchored else parts
-        if any(fnmatch.fnmatchcase(candidate, pattern) for candidate in candidates):
-            hits.append(line)
-    return hits
+    from localdev import package
+
+    return package.ignored_by(path, package.ignore_patterns(ROOT))
 
 
 def test_the_document_is_deployed():
     assert _funcignore_lines_matching("shared/openapi.json") == []
     assert _funcignore_lines_matching("shared/functions/openapi.py") == []
     assert _funcignore_lines_matching("tests/shared/test_openapi.py") == ["tests"]  # the check can fail
-    assert _funcignore_lines_matching("shared/__pycache__/openapi.cpython-311.pyc") == ["__pycache__"]
+    assert _funcignore_lines_matching("shared/__pycache__/openapi.cpython-311.pyc") == []  # shipped compiled
 
 
 SERVE_IN_A_FRESH_PROCESS = """
