@@ -335,12 +335,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
 
 
-# Environment variables with which azure-identity's DefaultAzureCredential uses another credential before the
-# managed identity: EnvironmentCredential's (a secret, a certificate, a user), WorkloadIdentityCredential's.
+# Environment variables with which azure-identity's (async) DefaultAzureCredential uses another credential before
+# the managed identity: EnvironmentCredential's (a secret, a certificate), WorkloadIdentityCredential's.
 _CREDENTIALS_BEFORE_MANAGED_IDENTITY = (
     ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET"),
     ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_CERTIFICATE_PATH"),
-    ("AZURE_CLIENT_ID", "AZURE_USERNAME", "AZURE_PASSWORD"),
     ("AZURE_FEDERATED_TOKEN_FILE",),
 )
 
