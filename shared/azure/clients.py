@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from shared import telemetry
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
 
 STORAGE_SCOPE = "https://storage.azure.com/.default"
 TOKEN_REFRESH_MARGIN = 300  # seconds before its expiry a cached bearer token is no longer used
+TOKEN_REFRESH_RETRY_DELAY = 30  # seconds after a failed refresh before a still valid token is refreshed again
 
 
 class AzureClients:
@@ -120,7 +122,8 @@ class AzureClients:
         identity is the one DefaultAzureCredential would use (``AzureWebJobsStorage__clientId``, or the
         system-assigned one). Elsewhere (environment credentials locally, the CLI) it is
         :meth:`service_credential`'s. Concurrent first reads wait for one request. A refresh that fails while
-        the cached token is still usable keeps the cached token (logged, without it); otherwise the error (an
+        the cached token is still usable keeps the cached token (logged, without it) and is tried again
+        ``TOKEN_REFRESH_RETRY_DELAY`` later, as azure-identity does; otherwise the error (an
         RFC 9457 ``ServiceError`` on the lean path) reaches the caller."""
         import time
 
@@ -135,6 +138,7 @@ class AzureClients:
             try:
                 fresh = await self._fetch_storage_token()
             except Exception as error:
+                now = time.time()
                 if cached is None or now >= cached.expires_on - TOKEN_REFRESH_MARGIN:
                     raise
                 import logging
@@ -142,6 +146,8 @@ class AzureClients:
                 logging.getLogger(__name__).warning(
                     "The Table Storage token could not be refreshed (%s); the cached one, valid %d s more, is used",
                     type(error).__name__, int(cached.expires_on - now))
+                # Not asked again for a while, so that reads do not each wait for a failing endpoint.
+                self._storage_token = replace(cached, refresh_on=now + TOKEN_REFRESH_RETRY_DELAY)
                 return cached.token
             self._storage_token = fresh
         return fresh.token

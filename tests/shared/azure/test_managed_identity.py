@@ -30,7 +30,14 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from localdev.standin import StandIn
 from shared.azure import rest
-from shared.azure.clients import ENTRA, KEEPALIVE_SECONDS, READ_TIMEOUT_SECONDS, STORAGE_SCOPE, AzureClients
+from shared.azure.clients import (
+    ENTRA,
+    KEEPALIVE_SECONDS,
+    READ_TIMEOUT_SECONDS,
+    STORAGE_SCOPE,
+    TOKEN_REFRESH_RETRY_DELAY,
+    AzureClients,
+)
 from shared.azure.managed_identity import HALF_LIFE_FROM, AccessToken, parse_token, resource_of, token_url
 from shared.azure.rest import RestClient
 from shared.errors import ServiceMisconfigured, UpstreamError
@@ -176,8 +183,10 @@ async def test_a_wrong_identity_header_is_a_clear_error(host: Host) -> None:
 
 
 # -- the one retry policy --------------------------------------------------------------------------------------------
-async def test_a_500_and_a_503_are_retried_by_the_one_policy(host: Host, exporter: InMemorySpanExporter) -> None:
+async def test_a_429_a_503_and_a_500_are_retried_by_the_one_policy(
+        host: Host, exporter: InMemorySpanExporter) -> None:
     host.standin.admin.set_faults([
+        {"path": f"^{MSI}$", "status": 429, "times": 1, "headers": {"Retry-After": "0"}},
         {"path": f"^{MSI}$", "status": 503, "times": 1, "headers": {"Retry-After": "0"}},
         {"path": f"^{MSI}$", "status": 500, "times": 1},
     ])
@@ -188,9 +197,9 @@ async def test_a_500_and_a_503_are_retried_by_the_one_policy(host: Host, exporte
         await clients.close()
         host.standin.admin.clear_faults()
     assert host.claims(token)["appid"] == host.identity["clientId"]
-    assert [r["status"] for r in host.token_requests()] == [503, 500, 200]
+    assert [r["status"] for r in host.token_requests()] == [429, 503, 500, 200]
     spans = [s for s in exporter.get_finished_spans() if s.attributes and s.attributes.get("upstream") == ENTRA]
-    assert [s.attributes["http.response.status_code"] for s in spans if s.attributes] == [503, 500, 200]
+    assert [s.attributes["http.response.status_code"] for s in spans if s.attributes] == [429, 503, 500, 200]
 
 
 async def test_when_retries_run_out_the_read_fails_as_an_upstream_error(host: Host) -> None:
@@ -241,11 +250,15 @@ async def test_a_token_is_refreshed_at_its_refresh_time_and_a_failed_refresh_kee
         host.standin.admin.set_faults([{"path": f"^{MSI}$", "status": 400, "times": 1}])
         with caplog.at_level(logging.WARNING, logger="shared.azure.clients"):
             kept = await clients.storage_token()  # the endpoint refuses: the still valid token is kept ...
-        renewed = await clients.storage_token()  # ... and the next read refreshes it
+        again = await clients.storage_token()  # ... and not asked for again at once ...
+        retry_at = clients._storage_token.refresh_on if clients._storage_token else None
+        assert retry_at is not None and abs(retry_at - (time.time() + TOKEN_REFRESH_RETRY_DELAY)) <= 2
+        clients._storage_token = AccessToken(first, cached.expires_on, now - 1)  # ... but once the delay is over
+        renewed = await clients.storage_token()
     finally:
         await clients.close()
         host.standin.admin.clear_faults()
-    assert kept == first and renewed != first
+    assert kept == again == first and renewed != first
     assert host.claims(renewed)["appid"] == host.identity["clientId"]
     assert [r["status"] for r in host.token_requests()] == [200, 400, 200]
     assert [r.getMessage().split(";")[0] for r in caplog.records if r.name == "shared.azure.clients"] == [
