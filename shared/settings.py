@@ -109,6 +109,16 @@ class StorageSettings:
 
 
 @dataclass(frozen=True)
+class ManagedIdentityEndpoint:
+    """The host's local token endpoint of the app's managed identities (``IDENTITY_ENDPOINT``, as Azure Functions
+    and App Service provide it), asked with ``header`` (``IDENTITY_HEADER``, a secret of the host, sent as
+    ``X-IDENTITY-HEADER``: never logged)."""
+
+    url: str
+    header: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class OAuthClient:
     """The instance's own app registration for one app's OAuth method."""
 
@@ -166,6 +176,9 @@ class Settings:
     key_vault_resource: str = PUBLIC_KEY_VAULT_RESOURCE
     app_configuration_resource: str = PUBLIC_APP_CONFIGURATION_RESOURCE
     token_exchange_audience: str = CLOUDS[DEFAULT_CLOUD].token_exchange_audience
+    # IDENTITY_ENDPOINT / IDENTITY_HEADER, when the service's identity is the host's managed identity (see
+    # _managed_identity_endpoint): the read path then gets its Table Storage token there, without azure-identity.
+    managed_identity_endpoint: ManagedIdentityEndpoint | None = None
 
     def scope_for(self, public_resource: str | None) -> str:
         """The ``/.default`` scope in this cloud for a resource named by its public-cloud identifier (Key Vault's
@@ -318,7 +331,37 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         app_configuration_resource=cloud.app_configuration_resource,
         token_exchange_audience=cloud.token_exchange_audience,
         console=_console(env),
+        managed_identity_endpoint=_managed_identity_endpoint(env),
     )
+
+
+# Environment variables with which azure-identity's (async) DefaultAzureCredential uses another credential before
+# the managed identity: EnvironmentCredential's (a secret, a certificate), WorkloadIdentityCredential's.
+_CREDENTIALS_BEFORE_MANAGED_IDENTITY = (
+    ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET"),
+    ("AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_CERTIFICATE_PATH"),
+    ("AZURE_FEDERATED_TOKEN_FILE",),
+)
+
+
+def _managed_identity_endpoint(env: Mapping[str, str]) -> ManagedIdentityEndpoint | None:
+    """IDENTITY_ENDPOINT and IDENTITY_HEADER (set by Azure Functions and App Service, and by ``localdev`` for the
+    stand-in's endpoint), when they are what the service's identity (``AzureClients.service_credential``,
+    DefaultAzureCredential) would sign in with: not on Service Fabric (IDENTITY_SERVER_THUMBPRINT, another
+    protocol), not when DefaultAzureCredential would use environment or workload-identity credentials first, not
+    when AZURE_TOKEN_CREDENTIALS excludes the managed identity. Otherwise None (the read path then uses
+    DefaultAzureCredential as the rest of the service does)."""
+    url = (env.get("IDENTITY_ENDPOINT") or "").strip()
+    header = (env.get("IDENTITY_HEADER") or "").strip()
+    if not url or not header or not url.startswith(("http://", "https://")):
+        return None
+    if (env.get("IDENTITY_SERVER_THUMBPRINT") or "").strip():
+        return None
+    if any(all((env.get(name) or "").strip() for name in names) for names in _CREDENTIALS_BEFORE_MANAGED_IDENTITY):
+        return None
+    if (env.get("AZURE_TOKEN_CREDENTIALS") or "").strip().lower() not in ("", "prod", "managedidentitycredential"):
+        return None
+    return ManagedIdentityEndpoint(url, header)
 
 
 def _console(env: Mapping[str, str]) -> ConsoleSettings:

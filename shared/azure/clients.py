@@ -12,7 +12,9 @@ Every request goes out through :meth:`AzureClients.transport`, which makes it a 
 
 Reads of connections (and of their rotation history) do not go through the SDK: :meth:`AzureClients.rest` gives
 the lean GET client of ``shared.azure.rest`` (standard library only, same keep-alive, read timeout, retry schedule
-and spans), over which ``shared.store.table_reads`` reads Table Storage. Importing this module imports neither
+and spans), over which ``shared.store.table_reads`` reads Table Storage. In Azure the read's token comes over
+the same client from the host's managed-identity endpoint (``shared.azure.managed_identity``, see
+:meth:`AzureClients.storage_token`), not through azure-identity. Importing this module imports neither
 aiohttp nor azure-core: the SDKs' retry policy (``shared.azure.retry_policy``) is imported where a client is built.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import weakref
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from shared import telemetry
@@ -49,10 +52,12 @@ if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient, TableServiceClient
     from azure.keyvault.secrets.aio import SecretClient
 
+    from shared.azure.managed_identity import AccessToken
     from shared.azure.rest import RestClient
 
 STORAGE_SCOPE = "https://storage.azure.com/.default"
 TOKEN_REFRESH_MARGIN = 300  # seconds before its expiry a cached bearer token is no longer used
+TOKEN_REFRESH_RETRY_DELAY = 30  # seconds after a failed refresh before a still valid token is refreshed again
 
 
 class AzureClients:
@@ -70,7 +75,8 @@ class AzureClients:
         self._graph_http: httpx.AsyncClient | None = None
         self._entra_tokens: AsyncPipelineClient[HttpRequest, AsyncHttpResponse] | None = None
         self._rest: dict[str, RestClient] = {}
-        self._storage_token: tuple[str, float] | None = None  # the token and when it expires (epoch seconds)
+        self._storage_token: AccessToken | None = None
+        self._storage_token_lock = asyncio.Lock()
 
     # -- shared plumbing -------------------------------------------------------------------
     def session(self) -> aiohttp.ClientSession:
@@ -107,14 +113,54 @@ class AzureClients:
 
     async def storage_token(self) -> str:
         """A bearer token of the service's identity for Table Storage (the read path's; the SDK clients get
-        theirs through their own policy), reused until ``TOKEN_REFRESH_MARGIN`` before it expires."""
+        theirs through their own policy), reused until ``TOKEN_REFRESH_MARGIN`` before it expires, or until the
+        refresh time its issuer named, whichever is first.
+
+        Where the host provides the managed-identity endpoint (``settings.managed_identity_endpoint``: Azure
+        Functions), the token comes from there in one GET over the lean client (``shared.azure.managed_identity``,
+        labelled ``entra``), so a cold read imports neither azure-identity nor MSAL, azure-core or aiohttp; the
+        identity is the one DefaultAzureCredential would use (``AzureWebJobsStorage__clientId``, or the
+        system-assigned one). Elsewhere (environment credentials locally, the CLI) it is
+        :meth:`service_credential`'s. Concurrent first reads wait for one request. A refresh that fails while
+        the cached token is still usable keeps the cached token (logged, without it) and is tried again
+        ``TOKEN_REFRESH_RETRY_DELAY`` later, as azure-identity does; otherwise the error (an
+        RFC 9457 ``ServiceError`` on the lean path) reaches the caller."""
         import time
 
         cached = self._storage_token
-        if cached is None or cached[1] - TOKEN_REFRESH_MARGIN <= time.time():
-            token = await self.service_credential().get_token(STORAGE_SCOPE)
-            cached = self._storage_token = (token.token, float(token.expires_on))
-        return cached[0]
+        if cached is not None and time.time() < _renew_at(cached):
+            return cached.token
+        async with self._storage_token_lock:
+            cached = self._storage_token
+            now = time.time()
+            if cached is not None and now < _renew_at(cached):
+                return cached.token
+            try:
+                fresh = await self._fetch_storage_token()
+            except Exception as error:
+                now = time.time()
+                if cached is None or now >= cached.expires_on - TOKEN_REFRESH_MARGIN:
+                    raise
+                import logging
+
+                logging.getLogger(__name__).warning(
+                    "The Table Storage token could not be refreshed (%s); the cached one, valid %d s more, is used",
+                    type(error).__name__, int(cached.expires_on - now))
+                # Not asked again for a while, so that reads do not each wait for a failing endpoint.
+                self._storage_token = replace(cached, refresh_on=now + TOKEN_REFRESH_RETRY_DELAY)
+                return cached.token
+            self._storage_token = fresh
+        return fresh.token
+
+    async def _fetch_storage_token(self) -> AccessToken:
+        from shared.azure.managed_identity import AccessToken, get_token
+
+        endpoint = self.settings.managed_identity_endpoint
+        if endpoint is not None:
+            return await get_token(self.rest(ENTRA), endpoint, STORAGE_SCOPE,
+                                   self.settings.storage.managed_identity_client_id)
+        token = await self.service_credential().get_token(STORAGE_SCOPE)
+        return AccessToken(token.token, float(token.expires_on))
 
     def identity_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for any azure-identity credential the service builds."""
@@ -290,6 +336,13 @@ def _traced_transport(session: aiohttp.ClientSession, upstream: str) -> AioHttpT
         upstream, session=session, session_owner=False, read_timeout=READ_TIMEOUT_SECONDS
     )
     return traced
+
+
+def _renew_at(token: AccessToken) -> float:
+    """When a cached token is no longer used as it is: its refresh time, or ``TOKEN_REFRESH_MARGIN`` before its
+    expiry if that is sooner."""
+    renew = token.expires_on - TOKEN_REFRESH_MARGIN
+    return renew if token.refresh_on is None else min(renew, token.refresh_on)
 
 
 _BY_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AzureClients] = weakref.WeakKeyDictionary()

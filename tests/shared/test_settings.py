@@ -1,5 +1,7 @@
 """Settings are read from the environment in one place, with safe defaults and clear errors."""
 
+from pathlib import Path
+
 import pytest
 
 from shared.settings import AZURITE_TABLE_ENDPOINT, SettingsError, load_settings
@@ -94,3 +96,66 @@ def test_an_unresolved_key_vault_reference_is_not_a_configured_oauth_client():
         }
     )
     assert not settings.oauth_client("INF_APP_CONNECTION_AZURE_KEY_VAULT").configured
+
+
+# -- the host's managed-identity endpoint: used exactly where DefaultAzureCredential would use it ---------------------
+HOST = {"IDENTITY_ENDPOINT": "http://localhost:8081/msi/token", "IDENTITY_HEADER": "host-secret"}
+SECRET = {"AZURE_TENANT_ID": "t", "AZURE_CLIENT_ID": "c", "AZURE_CLIENT_SECRET": "s"}
+
+
+def _dac_uses_app_service_identity() -> bool:
+    """Whether azure-identity's DefaultAzureCredential, as the service builds it, would sign in with App Service's
+    managed identity: its first configured credential is a ManagedIdentityCredential over App Service's endpoint."""
+    from azure.identity.aio import DefaultAzureCredential, EnvironmentCredential, ManagedIdentityCredential
+
+    for credential in DefaultAzureCredential(managed_identity_client_id=None).credentials:
+        if isinstance(credential, EnvironmentCredential) and credential._credential is None:
+            continue  # not configured
+        if type(credential).__name__ == "AsyncFailedDACCredential":
+            continue
+        if isinstance(credential, ManagedIdentityCredential):
+            return type(credential._credential).__name__ == "AppServiceCredential"
+        return False
+    return False
+
+
+@pytest.mark.parametrize("env", [
+    HOST,  # Azure Functions
+    {**HOST, "AZURE_CLIENT_ID": "c"},  # as infra/app/api.bicep sets it: still the managed identity
+    {**HOST, **SECRET},  # localdev: environment credentials come first
+    {**HOST, "AZURE_TENANT_ID": "t", "AZURE_CLIENT_ID": "c", "AZURE_CLIENT_CERTIFICATE_PATH": "CERTIFICATE"},
+    {**HOST, "AZURE_CLIENT_ID": "c", "AZURE_USERNAME": "u", "AZURE_PASSWORD": "p"},  # not the async credential's
+    {**HOST, "AZURE_TENANT_ID": "t", "AZURE_CLIENT_ID": "c", "AZURE_FEDERATED_TOKEN_FILE": "/t"},
+    {**HOST, "IDENTITY_SERVER_THUMBPRINT": "AB12"},  # Service Fabric: another protocol
+    {**HOST, "AZURE_TOKEN_CREDENTIALS": "dev"},
+    {**HOST, "AZURE_TOKEN_CREDENTIALS": "prod"},
+    {**HOST, "AZURE_TOKEN_CREDENTIALS": "ManagedIdentityCredential"},
+    {**HOST, "AZURE_TOKEN_CREDENTIALS": "AzureCliCredential"},
+    {"IDENTITY_ENDPOINT": HOST["IDENTITY_ENDPOINT"]},  # no header: not App Service
+    {},
+])
+def test_the_managed_identity_endpoint_is_read_exactly_when_default_azure_credential_would_use_it(
+        env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    from tests.fakes import make_certificate
+
+    if env.get("AZURE_CLIENT_CERTIFICATE_PATH") == "CERTIFICATE":  # EnvironmentCredential reads it when built
+        material = make_certificate("RSA")
+        (tmp_path / "c.pem").write_text(material["privateKey"] + material["certificateBody"])
+        env = {**env, "AZURE_CLIENT_CERTIFICATE_PATH": str(tmp_path / "c.pem")}
+    for name in list(os.environ):
+        if name.startswith(("AZURE_", "IDENTITY_", "MSI_", "IMDS_")):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    endpoint = load_settings({**BASE, **env}).managed_identity_endpoint
+    assert (endpoint is not None) == _dac_uses_app_service_identity()
+    if endpoint is not None:
+        assert (endpoint.url, endpoint.header) == (HOST["IDENTITY_ENDPOINT"], HOST["IDENTITY_HEADER"])
+
+
+def test_the_identity_header_is_not_in_the_settings_repr():
+    settings = load_settings({**BASE, **HOST})
+    assert settings.managed_identity_endpoint is not None
+    assert "host-secret" not in repr(settings)

@@ -1,0 +1,422 @@
+"""The read path's Table Storage token from the host's managed-identity endpoint, without azure-identity.
+
+On Azure Functions ``AzureClients.storage_token`` asks App Service's local endpoint (``IDENTITY_ENDPOINT`` with the
+``X-IDENTITY-HEADER`` secret) in one GET over the lean client (``shared.azure.managed_identity``). Here it asks the
+stand-in's endpoint over real HTTPS, and what it gets is compared with what azure-identity's
+``ManagedIdentityCredential`` gets from the same endpoint: the same request, the same token claims and expiry. Its
+failures go through the one retry policy and end as problem details; neither the token nor the header's value
+reaches a log, a span or an error; and in a fresh interpreter a read that signs in this way imports neither
+azure-identity nor MSAL, azure-core or aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from localdev.standin import StandIn
+from shared.azure import rest
+from shared.azure.clients import (
+    ENTRA,
+    KEEPALIVE_SECONDS,
+    READ_TIMEOUT_SECONDS,
+    STORAGE_SCOPE,
+    TOKEN_REFRESH_RETRY_DELAY,
+    AzureClients,
+)
+from shared.azure.managed_identity import HALF_LIFE_FROM, AccessToken, parse_token, resource_of, token_url
+from shared.azure.rest import RestClient
+from shared.errors import ServiceMisconfigured, UpstreamError
+from shared.settings import load_settings
+
+ROOT = Path(__file__).resolve().parents[3]
+MSI = "/msi/token"
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[StandIn]:
+    server = StandIn().start()
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SSL_CERT_FILE", str(server.ca_path))
+    patch.setenv("REQUESTS_CA_BUNDLE", str(server.ca_path))
+    patch.setattr(rest, "_TLS", None)  # the lean client's TLS context, rebuilt so that it trusts the stand-in
+    try:
+        yield server
+    finally:
+        patch.undo()
+        server.stop()
+
+
+@dataclass
+class Host:
+    """A function app's host as the stand-in plays it: its managed-identity endpoint and one user-assigned identity."""
+
+    standin: StandIn
+    tenant: str
+    identity: dict[str, str]
+    endpoint: str
+    header: str
+
+    def env(self, client_id: str | None = "identity") -> dict[str, str]:
+        """The app settings of a function app whose state tables are reached with this identity."""
+        env = {"AzureWebJobsStorage__tableServiceUri": "https://acct.table.core.windows.net",
+               "IDENTITY_ENDPOINT": self.endpoint, "IDENTITY_HEADER": self.header}
+        if client_id is not None:
+            env["AzureWebJobsStorage__clientId"] = self.identity["clientId"] if client_id == "identity" else client_id
+        return env
+
+    def clients(self, client_id: str | None = "identity") -> AzureClients:
+        return AzureClients(load_settings(self.env(client_id)))
+
+    def token_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.standin.admin.requests() if r["path"] == MSI]
+
+    def claims(self, token: str) -> dict[str, Any]:
+        """The token's claims, its signature checked with the stand-in's published key."""
+        import ssl
+
+        import httpx
+
+        keys = httpx.get(f"{self.standin.url}/{self.tenant}/discovery/v2.0/keys",
+                         verify=ssl.create_default_context(cafile=str(self.standin.ca_path))).json()
+        key = jwt.PyJWKSet.from_dict(keys).keys[0].key
+        claims: dict[str, Any] = jwt.decode(token, key, algorithms=["RS256"], audience="https://storage.azure.com")
+        return claims
+
+
+@pytest.fixture
+def host(standin: StandIn) -> Host:
+    admin = standin.admin
+    admin.reset()
+    tenant = admin.add_tenant()
+    identity = admin.add_managed_identity(tenant, "id-func")
+    endpoint = admin.identity_endpoint()
+    return Host(standin, tenant, identity, endpoint["endpoint"], endpoint["header"])
+
+
+# -- the same request and the same token as azure-identity's ---------------------------------------------------------
+async def test_the_lean_token_is_the_one_azure_identity_gets_from_the_same_endpoint(
+        host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    from azure.identity import ManagedIdentityCredential
+
+    clients = host.clients()
+    try:
+        lean = await clients.storage_token()
+        cached = clients._storage_token
+    finally:
+        await clients.close()
+    monkeypatch.setenv("IDENTITY_ENDPOINT", host.endpoint)
+    monkeypatch.setenv("IDENTITY_HEADER", host.header)
+    with ManagedIdentityCredential(client_id=host.identity["clientId"]) as credential:
+        sdk = credential.get_token_info(STORAGE_SCOPE)
+
+    ours, theirs = host.claims(lean), host.claims(sdk.token)
+    for claim in ("aud", "iss", "tid", "sub", "oid", "appid", "azp", "idtyp", "xms_mirid"):
+        assert ours[claim] == theirs[claim], claim
+    assert ours["aud"] == "https://storage.azure.com" and ours["appid"] == host.identity["clientId"]
+    # The same expiry and refresh time (the two requests were made within a second or two of each other).
+    assert cached is not None and cached.token == lean
+    assert abs(cached.expires_on - sdk.expires_on) <= 2 and cached.expires_on == ours["exp"]
+    assert sdk.refresh_on is not None and cached.refresh_on is not None
+    assert abs(cached.refresh_on - sdk.refresh_on) <= 2
+    # The same request: api-version, the resource without /.default, the user-assigned identity's client_id.
+    lean_request, sdk_request = host.token_requests()
+    assert lean_request["query"] == sdk_request["query"] == {
+        "api-version": "2019-08-01", "resource": "https://storage.azure.com", "client_id": host.identity["clientId"]}
+    assert lean_request["status"] == sdk_request["status"] == 200
+
+
+async def test_without_a_client_id_the_system_assigned_identity_is_asked_and_its_absence_is_a_clear_error(
+        host: Host) -> None:
+    """The stand-in's app has no system-assigned identity: the endpoint answers 400, as App Service does."""
+    clients = host.clients(client_id=None)
+    try:
+        with pytest.raises(ServiceMisconfigured) as raised:
+            await clients.storage_token()
+    finally:
+        await clients.close()
+    (request,) = host.token_requests()
+    assert "client_id" not in request["query"] and request["status"] == 400
+    problem = raised.value.to_problem()
+    assert problem["status"] == 503
+    assert problem["detail"].startswith("The host has no token for the system-assigned identity (its token endpoint "
+                                        "answered 400: No system assigned managed identity is enabled")
+    assert "AzureWebJobsStorage__clientId" in problem["detail"]
+
+
+async def test_an_identity_not_assigned_to_the_app_is_a_clear_error_naming_it(host: Host) -> None:
+    stranger = "7f0c1d2e-3a4b-4c5d-8e6f-708192a3b4c5"
+    clients = host.clients(client_id=stranger)
+    try:
+        with pytest.raises(ServiceMisconfigured) as raised:
+            await clients.storage_token()
+    finally:
+        await clients.close()
+    (request,) = host.token_requests()
+    assert request["query"]["client_id"] == stranger and request["status"] == 400
+    assert f"the user-assigned managed identity {stranger}" in raised.value.detail
+    assert "No User Assigned or Delegated Managed Identity found" in raised.value.detail
+
+
+async def test_a_wrong_identity_header_is_a_clear_error(host: Host) -> None:
+    env = {**host.env(), "IDENTITY_HEADER": "not-the-hosts"}
+    clients = AzureClients(load_settings(env))
+    try:
+        with pytest.raises(ServiceMisconfigured, match=r"refused the request \(401: Unauthorized.*IDENTITY_HEADER"):
+            await clients.storage_token()
+    finally:
+        await clients.close()
+
+
+# -- the one retry policy --------------------------------------------------------------------------------------------
+async def test_a_429_a_503_and_a_500_are_retried_by_the_one_policy(
+        host: Host, exporter: InMemorySpanExporter) -> None:
+    host.standin.admin.set_faults([
+        {"path": f"^{MSI}$", "status": 429, "times": 1, "headers": {"Retry-After": "0"}},
+        {"path": f"^{MSI}$", "status": 503, "times": 1, "headers": {"Retry-After": "0"}},
+        {"path": f"^{MSI}$", "status": 500, "times": 1},
+    ])
+    clients = host.clients()
+    try:
+        token = await clients.storage_token()
+    finally:
+        await clients.close()
+        host.standin.admin.clear_faults()
+    assert host.claims(token)["appid"] == host.identity["clientId"]
+    assert [r["status"] for r in host.token_requests()] == [429, 503, 500, 200]
+    spans = [s for s in exporter.get_finished_spans() if s.attributes and s.attributes.get("upstream") == ENTRA]
+    assert [s.attributes["http.response.status_code"] for s in spans if s.attributes] == [429, 503, 500, 200]
+
+
+async def test_when_retries_run_out_the_read_fails_as_an_upstream_error(host: Host) -> None:
+    host.standin.admin.set_faults([{"path": f"^{MSI}$", "status": 503, "headers": {"Retry-After": "0"}}])
+    clients = host.clients()
+
+    async def no_wait(_: float) -> None:
+        return None
+
+    # The service's lean client to Entra ID, with two attempts and no waiting (the schedule is tested in test_rest).
+    clients._rest[ENTRA] = RestClient(ENTRA, keepalive=KEEPALIVE_SECONDS, read_timeout=READ_TIMEOUT_SECONDS,
+                                      attempts=2, sleep=no_wait)
+    try:
+        with pytest.raises(UpstreamError) as raised:
+            await clients.storage_token()
+    finally:
+        await clients.close()
+        host.standin.admin.clear_faults()
+    assert [r["status"] for r in host.token_requests()] == [503, 503]
+    assert raised.value.to_problem()["status"] == 502
+    assert raised.value.detail == (f"The managed identity's token endpoint could not be reached (GET "
+                                   f"{host.endpoint} answered 503).")
+
+
+# -- the cache, its refresh, and concurrent first reads --------------------------------------------------------------
+async def test_concurrent_first_reads_make_one_request_and_later_reads_none(host: Host) -> None:
+    clients = host.clients()
+    try:
+        tokens = await asyncio.gather(*(clients.storage_token() for _ in range(5)))
+        again = await clients.storage_token()
+    finally:
+        await clients.close()
+    assert len(set(tokens)) == 1 and again == tokens[0]
+    assert len(host.token_requests()) == 1
+
+
+async def test_a_token_is_refreshed_at_its_refresh_time_and_a_failed_refresh_keeps_the_valid_one(
+        host: Host, caplog: pytest.LogCaptureFixture) -> None:
+    clients = host.clients()
+    now = time.time()
+    try:
+        first = await clients.storage_token()
+        cached = clients._storage_token
+        assert cached is not None and cached.refresh_on is not None
+        # Half of the stand-in's 24 h, as azure-identity refreshes a token that names no refresh_in.
+        assert abs(cached.refresh_on - (now + (cached.expires_on - now) // 2)) <= 2
+        clients._storage_token = AccessToken(first, cached.expires_on, now - 1)  # its refresh time has passed
+        host.standin.admin.set_faults([{"path": f"^{MSI}$", "status": 400, "times": 1}])
+        with caplog.at_level(logging.WARNING, logger="shared.azure.clients"):
+            kept = await clients.storage_token()  # the endpoint refuses: the still valid token is kept ...
+        again = await clients.storage_token()  # ... and not asked for again at once ...
+        retry_at = clients._storage_token.refresh_on if clients._storage_token else None
+        assert retry_at is not None and abs(retry_at - (time.time() + TOKEN_REFRESH_RETRY_DELAY)) <= 2
+        clients._storage_token = AccessToken(first, cached.expires_on, now - 1)  # ... but once the delay is over
+        renewed = await clients.storage_token()
+    finally:
+        await clients.close()
+        host.standin.admin.clear_faults()
+    assert kept == again == first and renewed != first
+    assert host.claims(renewed)["appid"] == host.identity["clientId"]
+    assert [r["status"] for r in host.token_requests()] == [200, 400, 200]
+    assert [r.getMessage().split(";")[0] for r in caplog.records if r.name == "shared.azure.clients"] == [
+        "The Table Storage token could not be refreshed (ServiceMisconfigured)"]
+
+
+# -- no secret in a log, a span or an error --------------------------------------------------------------------------
+async def test_neither_the_token_nor_the_identity_header_reach_a_log_a_span_or_an_error(
+        host: Host, exporter: InMemorySpanExporter, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    clients = host.clients()
+    failing = AzureClients(load_settings(host.env(client_id="7f0c1d2e-3a4b-4c5d-8e6f-708192a3b4c5")))
+    try:
+        token = await clients.storage_token()
+        with pytest.raises(ServiceMisconfigured) as raised:
+            await failing.storage_token()
+    finally:
+        await clients.close()
+        await failing.close()
+    secrets = (token, host.header)
+    seen: list[str] = [record.getMessage() for record in caplog.records]
+    for span in exporter.get_finished_spans():
+        seen.append(span.name)
+        seen.extend(f"{k}={v!r}" for k, v in (span.attributes or {}).items())
+        seen.extend(str(event.attributes) for event in span.events)
+    seen += [str(raised.value), json.dumps(raised.value.to_problem()), repr(clients._storage_token),
+             repr(clients.settings)]
+    assert len([s for s in exporter.get_finished_spans() if (s.attributes or {}).get("upstream") == ENTRA]) == 2
+    assert [text for text in seen if any(secret in text for secret in secrets)] == []
+    assert all(record.levelno < logging.ERROR for record in caplog.records)
+
+
+# -- the answer, read as azure-identity reads it ---------------------------------------------------------------------
+def test_the_request_names_the_resource_the_api_version_and_the_identity() -> None:
+    assert resource_of(STORAGE_SCOPE) == "https://storage.azure.com"
+    assert resource_of("https://vault.azure.net") == "https://vault.azure.net"
+    assert token_url("http://localhost:8081/msi/token", STORAGE_SCOPE, "c1d2") == (
+        "http://localhost:8081/msi/token?api-version=2019-08-01&resource=https%3A%2F%2Fstorage.azure.com"
+        "&client_id=c1d2")
+    assert token_url("http://127.0.0.1:41741/MSI/token/?x=1", STORAGE_SCOPE, None) == (
+        "http://127.0.0.1:41741/MSI/token/?x=1&api-version=2019-08-01&resource=https%3A%2F%2Fstorage.azure.com")
+
+
+LINUX = datetime(2019, 6, 20, 2, 57, 58, tzinfo=UTC).timestamp()
+WINDOWS = datetime(2020, 1, 16, 17, 24, 12, tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize(("answer", "at", "expires_on", "refresh_on"), [
+    # 2019-08-01: epoch seconds as text; a token of two hours or more is refreshed at half its life.
+    ({"expires_on": "1767229200"}, 1000, 1767229200, 1000 + (1767229200 - 1000) // 2),
+    ({"expires_on": 1000 + HALF_LIFE_FROM}, 1000, 1000 + HALF_LIFE_FROM, 1000 + HALF_LIFE_FROM // 2),
+    ({"expires_on": 5000}, 1000, 5000, None),  # a number; under two hours: refreshed near its expiry only
+    ({"expires_in": 3599}, 1000, 4599, None),
+    ({"expires_in": "86399", "refresh_in": "43199"}, 1000, 87399, 44199),  # the issuer's refresh time wins
+    # 2017-09-01's date text, as App Service on Linux and on Windows wrote it (azure-identity read both).
+    ({"expires_on": "06/20/2019 02:57:58 +00:00"}, LINUX - 3600, LINUX, None),
+    ({"expires_on": "1/16/2020 5:24:12 PM +00:00"}, WINDOWS - 3600, WINDOWS, None),
+    ({"expires_on": "1/16/2020 5:24:12 AM +00:00"}, WINDOWS - 3600, WINDOWS - 12 * 3600, None),
+])
+def test_the_expiry_is_read_in_every_form_the_endpoint_gives_it(
+        answer: dict[str, Any], at: float, expires_on: float, refresh_on: float | None) -> None:
+    body = json.dumps({"access_token": "eyJ.x.y", "token_type": "Bearer", "resource": "r", **answer}).encode()
+    token = parse_token(body, at)
+    assert (token.token, token.expires_on, token.refresh_on) == ("eyJ.x.y", expires_on, refresh_on)
+    assert "eyJ" not in repr(token)
+
+
+@pytest.mark.parametrize(("body", "detail"), [
+    (b"<html>busy</html>", "answered without a JSON object"),
+    (b'["eyJ.secret"]', "answered without a JSON object"),
+    (b'{"expires_on": "1767229200"}', "without an access token"),
+    (b'{"access_token": "", "expires_on": "1767229200"}', "without an access token"),
+    (b'{"access_token": "eyJ.secret\\r\\nX: y", "expires_on": "1767229200"}', "without an access token"),
+    (b'{"access_token": "eyJ.secret", "token_type": "pop", "expires_on": "1"}', "not a bearer token"),
+    (b'{"access_token": "eyJ.secret"}', "without a valid expiry"),
+    (b'{"access_token": "eyJ.secret", "expires_on": "tomorrow"}', "without a valid expiry"),
+])
+def test_an_answer_without_a_usable_token_is_an_upstream_error_that_quotes_none_of_it(body: bytes, detail: str) -> None:
+    with pytest.raises(UpstreamError, match=detail) as raised:
+        parse_token(body, 1000.0)
+    assert "secret" not in str(raised.value)
+
+
+# -- a cold read signing in this way imports no SDK ------------------------------------------------------------------
+# A fresh interpreter with the app settings of Azure Functions (IDENTITY_ENDPOINT/IDENTITY_HEADER, a table endpoint
+# reached with the identity): one loopback server plays the managed-identity endpoint and Table Storage, answers a
+# table request only with the endpoint's token, and the read's imports are listed.
+A_READ_WITH_THE_MANAGED_IDENTITY = """
+import asyncio, json, os, sys
+
+ID = "0123456789abcdef0123456789abcdef"
+WHEN = "2026-03-04T05:06:07.1234567Z"
+ENTITY = {"odata.etag": "W/\\"datetime'2026-03-04T05%3A06%3A07.1234567Z'\\"", "PartitionKey": "azure-key-vault",
+          "RowKey": ID, "Timestamp": WHEN, "Name": "n", "Method": "client-secret", "TenantId": "t",
+          "ClientId": "c", "CreatedAt@odata.type": "Edm.DateTime", "CreatedAt": WHEN,
+          "UpdatedAt@odata.type": "Edm.DateTime", "UpdatedAt": WHEN, "SecretName": "s", "SecretVersion": "v"}
+TOKEN = "eyJ0eXAiOiJKV1QifQ.eyJhdWQiOiJzdG9yYWdlIn0.c2ln"
+seen = []
+
+async def answer(reader, writer):
+    try:
+        while True:
+            head = (await reader.readuntil(b"\\r\\n\\r\\n")).decode()
+            target = head.split(" ")[1]
+            headers = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in head.split("\\r\\n")[1:] if l}
+            if target.startswith("/msi/token"):
+                seen.append(target)
+                ok = headers.get("x-identity-header") == "host-secret"
+                status, body = (200, {"access_token": TOKEN, "expires_on": "4102444800", "token_type": "Bearer",
+                                      "resource": "https://storage.azure.com"}) if ok else (401, {})
+            elif headers.get("authorization") != "Bearer " + TOKEN:
+                status, body = 403, {}
+            else:
+                seen.append(target.split("?")[0])
+                status, body = 200, ({"value": []} if "Rotations" in target
+                                     else {"value": [ENTITY]} if "()" in target else ENTITY)
+            data = json.dumps(body).encode()
+            writer.write(b"HTTP/1.1 %d X\\r\\nContent-Length: %d\\r\\n\\r\\n" % (status, len(data)) + data)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+async def main():
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    os.environ.update({"IDENTITY_ENDPOINT": f"http://127.0.0.1:{port}/msi/token", "IDENTITY_HEADER": "host-secret",
+                       "AzureWebJobsStorage__tableServiceUri": f"http://127.0.0.1:{port}",
+                       "AzureWebJobsStorage__clientId": "5e2d7c1a-0b9f-4e3d-8c7b-6a5f4e3d2c1b"})
+    import function_app
+    import shared.wiring
+    from shared.azure.clients import close_clients
+
+    reader = shared.wiring.connection_reader()
+    record = await reader.get("azure-key-vault", ID)
+    listed, _ = await reader.list_connections("azure-key-vault", 50, None)
+    rotations, _ = await reader.rotations("azure-key-vault", ID, 50, None)
+    assert record.name == "n" and [r.id for r in listed] == [ID] and rotations == [], (record, listed, rotations)
+    await close_clients()
+    server.close()
+    print(json.dumps({"seen": seen, "modules": sorted(sys.modules)}))
+
+asyncio.run(main())
+"""
+NOT_ON_A_READ = ["azure.identity", "msal", "azure.core", "aiohttp", "requests", "azure.data.tables"]
+
+
+def test_a_cold_read_with_the_managed_identity_imports_neither_azure_identity_nor_msal_azure_core_or_aiohttp() -> None:
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith(("AZURE_", "IDENTITY_", "MSI_", "AzureWebJobs", "STATE_"))}
+    out = subprocess.run([sys.executable, "-c", A_READ_WITH_THE_MANAGED_IDENTITY], cwd=ROOT, capture_output=True,
+                         text=True, check=False, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    token_request, *table_requests = result["seen"]
+    # One token request, then every table request carried its token (the server answers 403 to any other).
+    assert token_request == ("/msi/token?api-version=2019-08-01&resource=https%3A%2F%2Fstorage.azure.com"
+                             "&client_id=5e2d7c1a-0b9f-4e3d-8c7b-6a5f4e3d2c1b")
+    assert len(table_requests) >= 3 and not any(r.startswith("/msi/") for r in table_requests)
+    loaded = set(result["modules"])
+    assert {"shared.azure.managed_identity", "shared.azure.rest", "shared.store.table_reads"} <= loaded
+    assert [name for name in NOT_ON_A_READ if name in loaded or any(m.startswith(name + ".") for m in loaded)] == []
