@@ -2,7 +2,8 @@
 bare function app (one async HTTP function that answers a small JSON document: ``common.BARE_APP_SOURCE``).
 Both run as deployed: the service from its deployment package unpacked with its bytecode
 (``localdev.package.build``), the bare app compiled alike, in processes that write no bytecode (the package is
-read-only in Azure).
+read-only in Azure). The service at ``--baseline`` (by default the revision issue 17 measured, where a cold read
+cost 2.31 x a bare function's first request) is measured alike, on tables of its own.
 
 1. Import: the median over ``--runs`` fresh processes of ``import function_app;
    function_app.app.get_functions()`` against ``import azure.functions`` alone (the floor every Python
@@ -13,7 +14,7 @@ read-only in Azure).
    from before the import to the answer, median over ``--requests`` processes each. Goal: ratio <= 1.3 for
    every kind of route.
 
-    .venv/bin/python -m bench.cold_start [--runs 9] [--requests 5] [--routes read,list,...]
+    .venv/bin/python -m bench.cold_start [--runs 9] [--requests 5] [--routes read,list,...] [--baseline REV]
 """
 
 from __future__ import annotations
@@ -138,9 +139,9 @@ def imports(runs: int, package: Path) -> None:
     print(f"ratio function_app / azure.functions: {ratio:.2f} (goal <= 1.3: {'met' if ratio <= 1.3 else 'missed'})\n")
 
 
-def first_request(request: dict[str, object], pythonpath: str, package: Path,
-                  profile: str | None = None) -> dict[str, object]:
-    env = {**os.environ, "BENCH_CALL": json.dumps(request), "PYTHONPATH": pythonpath,
+def first_request(request: dict[str, object], pythonpath: str, package: Path, profile: str | None = None,
+                  environment: dict[str, str] | None = None) -> dict[str, object]:
+    env = {**os.environ, "BENCH_CALL": json.dumps(request), "PYTHONPATH": pythonpath, **(environment or {}),
            **({"BENCH_PROFILE": profile} if profile else {})}
     out = subprocess.run([sys.executable, "-c", FIRST_REQUEST], cwd=package, env=env, capture_output=True,
                          text=True, check=False)
@@ -161,41 +162,49 @@ def new_connection_body(admin: object, tenant: str, name: str) -> dict[str, obje
             "credentials": {"tenantId": tenant, "clientId": app["appId"], "clientSecret": secret["secretText"]}}
 
 
-def first_requests(requests: int, routes: list[str], package: Path, profile: str | None = None) -> None:
+def first_requests(requests: int, routes: list[str], apps: dict[str, tuple[Path, dict[str, str]]],
+                   profile: str | None = None) -> None:
+    """``apps``: the unpacked package of each app measured, with its environment; the first is the service."""
     admin = common.admin_client()
     tenant = admin.add_tenant()
+    service = next(iter(apps))
     with tempfile.TemporaryDirectory(prefix="bench-bare-") as bare_dir:
         bare_app = common.bare_app_dir(Path(bare_dir))
         py_compile.compile(str(bare_app / f"{common.BARE_MODULE}.py"), doraise=True,
                            invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)  # compiled alike
-        pythonpath = os.pathsep.join([str(bare_app), str(package)])
-        seeded = first_request(call("write", None, new_connection_body(admin, tenant, "cold-seed")), pythonpath,
-                               package)
-        connection_id = str(seeded["created"])
+        paths = {name: os.pathsep.join([str(bare_app), str(package)]) for name, (package, _) in apps.items()}
+        seeded = {name: str(first_request(call("write", None, new_connection_body(admin, tenant, "cold-seed")),
+                                          paths[name], package, environment=env)["created"])
+                  for name, (package, env) in apps.items()}
         rows: list[list[object]] = []
         ratios: dict[str, float] = {}
         for route in routes:
             bare: list[float] = []
-            service: list[dict[str, object]] = []
-            for run in range(requests):  # interleaved, so that drift in the machine's load hits both alike
-                bare.append(float(str(first_request(call("bare", None), pythonpath, package)["total"])))
-                body = new_connection_body(admin, tenant, f"cold-{route}-{run}") if route == "write" else None
-                where = str(Path(profile) / f"{route}.pstats") if profile and run == 0 else None
-                service.append(first_request(call(route, connection_id, body), pythonpath, package, where))
-            total = common.median([float(str(r["total"])) for r in service])
+            runs: dict[str, list[dict[str, object]]] = {name: [] for name in apps}
+            for run in range(requests):  # interleaved, so that drift in the machine's load hits all alike
+                bare.append(float(str(first_request(call("bare", None), paths[service], apps[service][0])["total"])))
+                for name, (package, env) in apps.items():
+                    body = new_connection_body(admin, tenant, f"cold-{route}-{run}") if route == "write" else None
+                    where = (str(Path(profile) / f"{route}.pstats") if profile and run == 0 and name == service
+                             else None)
+                    runs[name].append(first_request(call(route, seeded[name], body), paths[name], package, where,
+                                                    env))
             floor = common.median(bare)
-            ratios[route] = total / floor
-            statuses = sorted({int(str(r["status"])) for r in service})
-            log.info("%s (%s): %.3f s against %.3f s (bare), statuses %s", route, str(service[0]["body"])[:80], total,
-                     floor, statuses)
-            rows.append([route, str(call(route, connection_id)["function"]), ",".join(map(str, statuses)),
-                         common.median([float(str(r["import"])) for r in service]),
-                         common.median([float(str(r["request"])) for r in service]), total, floor, ratios[route],
-                         int(str(service[0]["modules"]))])
+            for name, found in runs.items():
+                total = common.median([float(str(r["total"])) for r in found])
+                if name == service:
+                    ratios[route] = total / floor
+                statuses = sorted({int(str(r["status"])) for r in found})
+                log.info("%s, %s (%s): %.3f s against %.3f s (bare), statuses %s", route, name,
+                         str(found[0]["body"])[:80], total, floor, statuses)
+                rows.append([route, name, str(call(route, None)["function"]), ",".join(map(str, statuses)),
+                             common.median([float(str(r["import"])) for r in found]),
+                             common.median([float(str(r["request"])) for r in found]), total, floor, total / floor,
+                             int(str(found[0]["modules"]))])
     print(common.table(f"Cold process, first request by kind of route, median of {requests} processes each, side "
-                       "by side with a bare function app", ["route", "function", "status", "import + index (s)",
-                                                           "request (s)", "total (s)", "bare total (s)",
-                                                           "ratio", "modules"], rows))
+                       "by side with a bare function app", ["route", "app", "function", "status",
+                                                           "import + index (s)", "request (s)", "total (s)",
+                                                           "bare total (s)", "ratio", "modules"], rows))
     worst = max(ratios, key=lambda route: ratios[route])
     print(f"worst ratio to the bare function's first request: {ratios[worst]:.2f} ({worst}; goal <= 1.3: "
           f"{'met' if ratios[worst] <= 1.3 else 'missed'})\n")
@@ -207,6 +216,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=5, help="cold processes per kind of route")
     parser.add_argument("--profile", help="a folder: a cProfile of each route's first cold process goes there")
     parser.add_argument("--routes", default=",".join(ROUTES), help="kinds of route, comma-separated")
+    parser.add_argument("--baseline", default=common.ISSUE_BASELINE,
+                        help="a revision of this repository measured side by side ('' for none)")
     common.add_worker_flag(parser)
     args = parser.parse_args()
     common.setup_logging()
@@ -216,9 +227,16 @@ def main() -> int:
     from localdev import package
 
     with tempfile.TemporaryDirectory(prefix="bench-package-") as unpacked:
-        deployed = package.build(Path(unpacked))  # what a cold instance runs: the package, with its bytecode
+        deployed = package.build(Path(unpacked) / "service")  # what a cold instance runs: the package, compiled
+        apps: dict[str, tuple[Path, dict[str, str]]] = {"service": (deployed, {})}
+        if args.baseline:
+            source = common.baseline_root(args.baseline, Path(unpacked) / "baseline-source")
+            if source is not None:
+                apps[f"service at {args.baseline} (issue 17)"] = (
+                    package.build(Path(unpacked) / "baseline", source),
+                    {"STATE_TABLE_PREFIX": "Cold" + secrets.token_hex(4)})
         imports(args.runs, deployed)
-        first_requests(args.requests, [r for r in args.routes.split(",") if r], deployed, args.profile)
+        first_requests(args.requests, [r for r in args.routes.split(",") if r], apps, args.profile)
     log.info("done in %.1f s", time.monotonic() - started)
     return 0
 

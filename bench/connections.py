@@ -151,26 +151,6 @@ async def main():
 print(json.dumps(asyncio.run(main())))
 """
 
-# The revision whose read path issue 17 measured (0.9 ms per GET, about 6 ms per 50-row page, on the machine it
-# was filed from): run side by side, it turns the issue's goals into ratios that hold on any machine.
-ISSUE_BASELINE = "1886fe0"
-
-
-def baseline_root(revision: str, parent: Path) -> Path | None:
-    """The function app at ``revision`` of this repository, unpacked into ``parent`` (None without that history)."""
-    import subprocess
-
-    archive = subprocess.run(["git", "archive", "--format=tar", revision], cwd=common.ROOT, capture_output=True,
-                             check=False)
-    if archive.returncode != 0:
-        log.warning("revision %s is not in this clone (%s): no baseline", revision,
-                    archive.stderr.decode(errors="replace").strip()[:200])
-        return None
-    parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["tar", "-x", "-C", str(parent)], input=archive.stdout, check=True)
-    return parent
-
-
 def read_cpu(root: Path, module: str, prefix: str, args: argparse.Namespace, seed: list[dict[str, object]],
              profile: str | None = None) -> dict[str, tuple[float, float]]:
     """One process of ``module`` at ``root`` on the tables ``prefix``: ms of CPU (all, user) per GET and per page."""
@@ -204,7 +184,7 @@ def read_path(args: argparse.Namespace, admin: Any, tenant: str) -> int:
             "service": (common.ROOT, "function_app", "Reads" + secrets.token_hex(4)),
         }
         if args.baseline:
-            root = baseline_root(args.baseline, Path(scratch) / "baseline")
+            root = common.baseline_root(args.baseline, Path(scratch) / "baseline")
             if root is not None:
                 apps[f"service at {args.baseline} (issue 17)"] = (root, "function_app", "Base" + secrets.token_hex(4))
         for name, (root, module, prefix) in apps.items():
@@ -255,7 +235,7 @@ def main() -> int:
         "--profile", help="a folder: a cProfile of the service's GET and page goes there (get.pstats, page.pstats)")
     parser.add_argument("--rows", type=int, default=50, help="connections in a list page")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved processes per app for the read path")
-    parser.add_argument("--baseline", default=ISSUE_BASELINE,
+    parser.add_argument("--baseline", default=common.ISSUE_BASELINE,
                         help="a revision of this repository measured side by side ('' for none)")
     common.add_worker_flag(parser)
     args = parser.parse_args()

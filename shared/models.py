@@ -45,8 +45,10 @@ Secret = Annotated[str, StringConstraints(min_length=1, max_length=1024), AfterV
 Pem = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PEM_CHARS), AfterValidator(_no_controls)]
 
 
+# defer_build: a model's validator is built when it is first used, not at import, so a request builds only the
+# models it validates (the response models serve the OpenAPI document and tests).
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=False)
+    model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=False, defer_build=True)
 
 
 class ClientSecretCredentialsIn(_Strict):
@@ -203,7 +205,7 @@ def parse_credentials(method: Method, data: Any) -> CredentialsIn:
 
 
 class _Out(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
@@ -386,7 +388,7 @@ class FieldErrorOut(_Out):
 class Problem(BaseModel):
     """RFC 9457 problem details; further members (``aadstsCode``, ``settings``, ...) are extensions."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
     type: str
     title: str

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.connections import ISSUE_BASELINE
+from bench.common import ISSUE_BASELINE
 
 ROOT = Path(__file__).resolve().parents[2]
 
