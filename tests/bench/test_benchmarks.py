@@ -21,7 +21,9 @@ SMALL = {
     "cold_start.py": (["--runs", "3", "--requests", "1"], ["### Import cost", "ratio function_app / azure.functions",
                                                           "### Cold process, first request by kind of route",
                                                           "| read ", "| write ", "| callback ", "| health ",
-                                                          "worst ratio to the bare function's first request"]),
+                                                          "worst ratio to the bare function's first request",
+                                                          *([f"| service at {ISSUE_BASELINE} (issue 17) "]
+                                                            if HAS_BASELINE else [])]),
     "sweep.py": (["--rotations", "6", "--latency-ms", "5", "--concurrency", "1,4"],
                  ["### Sweep of 6 due rotations", "| 4 ", "efficiency at concurrency 4"]),
     "sweep_scale.py": (["--connections", "2000", "--due", "3"],
