@@ -94,3 +94,16 @@ def test_an_unresolved_key_vault_reference_is_not_a_configured_oauth_client():
         }
     )
     assert not settings.oauth_client("INF_APP_CONNECTION_AZURE_KEY_VAULT").configured
+
+
+def test_no_secret_setting_appears_in_the_settings_repr():
+    secrets = {"STORE_CS": "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0LWtleQ==",
+               "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_SECRET": "kv-client-secret",
+               "NOTIFY_WEBHOOK_SECRET": "webhook-secret", "CONSOLE_CLIENT_SECRET": "console-secret"}
+    settings = load_settings({**secrets, "STATE_STORAGE": "STORE_CS",
+                              "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_ID": "kv-client-id"})
+    assert settings.oauth_client("INF_APP_CONNECTION_AZURE_KEY_VAULT").client_secret == "kv-client-secret"
+    assert settings.storage.connection_string == secrets["STORE_CS"]
+    shown = repr(settings)
+    assert "kv-client-id" in shown and "AppConn" in shown
+    assert [name for name, value in secrets.items() if value in shown or "c2VjcmV0LWtleQ" in shown] == []
