@@ -3,6 +3,10 @@
 A browser signed in to the console is sent back to the connection's page there (303). Anyone else gets a page:
 the callback answers an HTML page for a person, never JSON: every value in it is HTML-escaped, it never holds
 a token or code, and it is neither cached nor allowed to load or run anything.
+
+The callback first asks whether the answer's state is pending (``shared.oauth_callback``, one lean read of the
+state table): an answer that completes no sign-in is refused with the flow's own failure, without building the
+flow; a pending state goes to ``OAuthFlow.complete``, which consumes it.
 """
 
 from __future__ import annotations
