@@ -39,6 +39,10 @@ from shared.errors import (
     ServiceError,
 )
 from shared.models import Description, Guid, Name, parse_model
+from shared.oauth_callback import CALLBACK_IGNORED as CALLBACK_IGNORED  # the callback's names are the flow's too
+from shared.oauth_callback import CALLBACK_PARAMS as CALLBACK_PARAMS
+from shared.oauth_callback import OAuthFailed as OAuthFailed
+from shared.oauth_callback import callback_values, no_pending_sign_in, unexpected_parameter
 from shared.oauth_tokens import instance_client
 from shared.ports import Adapters, TokenResult
 from shared.records import Actor, Authorization, ConnectionRecord, PendingAuthorization
@@ -49,18 +53,6 @@ log = logging.getLogger(__name__)
 
 STATE_LIFETIME = timedelta(minutes=10)
 DEFAULT_TENANT = "organizations"
-CALLBACK_PARAMS = {"code": 8192, "state": 256, "error": 256, "error_description": 4096}  # name -> max length
-# What Entra (or RFC 6749/9207) may add to the answer besides those: tolerated, never read. Any other
-# query parameter makes the callback fail (a 400 page).
-CALLBACK_IGNORED = frozenset({"session_state", "iss", "error_uri"})
-
-
-class OAuthFailed(ServiceError):
-    """The callback could not create or update the connection; ``detail`` says why (shown on the page)."""
-
-    status = 400
-    slug = "oauth-failed"
-    title = "The connection was not authorized"
 
 
 # -- PKCE and the authorize URL -------------------------------------------------------------------------
@@ -181,27 +173,17 @@ class OAuthFlow:
     async def complete(self, params: Mapping[str, str]) -> AuthorizationOutcome:
         """Finish the flow the callback received: only ``code``, ``state``, ``error`` and ``error_description``
         are read. The state is consumed whatever happens next, so a callback never runs twice."""
-        values: dict[str, str | None] = {}
-        for name, limit in CALLBACK_PARAMS.items():
-            value = params.get(name) or None
-            if value is not None and (len(value) > limit or any(ord(ch) < 32 and ch not in "\r\n\t" for ch in value)):
-                raise OAuthFailed(f"The '{name}' parameter of the sign-in answer is not valid.")
-            values[name] = value
+        values = callback_values(params)
         state, error = values["state"], values["error"]
         pending = await self.adapters.oauth_states.take(state) if state else None
+        if pending is None:  # not an answer to a sign-in of ours (an error's text is not shown then)
+            raise no_pending_sign_in(values, params)
         if error:
-            if pending is None:  # not an answer to a sign-in of ours: its text is not shown
-                raise OAuthFailed("The sign-in did not complete. Start again from the App Connections page.")
             raise _declined(error, values["error_description"])
         # Anything else fails too (a refusal from Entra above is reported as such, whatever came with it).
-        if any(name not in CALLBACK_PARAMS and name not in CALLBACK_IGNORED for name in params):
-            raise OAuthFailed(
-                "The sign-in answer carries a parameter it should not. Start again from the authorize link.")
-        if not state:
-            raise OAuthFailed("The sign-in answer carries no state. Start again from the authorize link.")
-        if pending is None:
-            raise OAuthFailed(
-                "This sign-in answer is unknown or was already used. Start again from the authorize link.")
+        unexpected = unexpected_parameter(params)
+        if unexpected is not None:
+            raise unexpected
         if pending.expires_at <= self.adapters.clock():
             raise OAuthFailed(
                 "This sign-in took longer than 10 minutes and expired. Start again from the authorize link.")

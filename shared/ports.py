@@ -265,6 +265,13 @@ class OAuthStateStore(Protocol):
     async def purge_expired(self, now: datetime) -> int: ...
 
 
+class OAuthStateLookup(Protocol):
+    """Whether a state is pending, read only (the OAuth callback's first step, ``shared.oauth_callback``): it
+    consumes nothing and reads no column of the state (no PKCE verifier)."""
+
+    async def pending(self, state: str) -> bool: ...
+
+
 class SessionStore(Protocol):
     """Console sessions and pending sign-ins, keyed by (bucket, SHA-256 of the id); never the id itself."""
 

@@ -12,15 +12,14 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from shared.ports import Adapters, Clock
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # shared.ports is imported where used: a read, the audit search or a token check builds no Adapters
     from shared.audit import AuditLog
     from shared.auth import TokenValidator
     from shared.azure.clients import AzureClients
     from shared.connections import ConnectionService
     from shared.health import HealthChecker, HealthReport
     from shared.oauth import OAuthFlow
+    from shared.ports import Adapters, Clock, OAuthStateLookup
     from shared.rotation.protocol import Checkpoint, RotationOptions, Rotator
     from shared.rotation.sweep import SweepReport
     from shared.sessions import Sessions, SignIn
@@ -37,6 +36,7 @@ def adapters(clients: AzureClients | None = None, *, clock: Clock | None = None)
     from shared.azure.directory import AzureDirectory
     from shared.azure.entra import EntraTokenEndpoint
     from shared.azure.webhook import HttpWebhook
+    from shared.ports import Adapters
     from shared.store.audit import AuditTable
     from shared.store.history import RotationHistory
     from shared.store.oauth_states import OAuthStates
@@ -158,6 +158,16 @@ def connection_reader() -> ConnectionReader:
 
     reads = TableReads(get_clients())
     return ConnectionReader(ConnectionReads(reads), HistoryReads(reads))
+
+
+def oauth_state_lookup() -> OAuthStateLookup:
+    """Whether an OAuth state is pending, over the lean Table reads (``shared.store.oauth_state_reads``): the
+    callback refuses an answer that completes no sign-in without building the write side."""
+    from shared.azure.clients import get_clients
+    from shared.store.oauth_state_reads import OAuthStateReads
+    from shared.store.table_reads import TableReads
+
+    return OAuthStateReads(TableReads(get_clients()))
 
 
 def connection_service() -> ConnectionService:

@@ -3,17 +3,25 @@
 A browser signed in to the console is sent back to the connection's page there (303). Anyone else gets a page:
 the callback answers an HTML page for a person, never JSON: every value in it is HTML-escaped, it never holds
 a token or code, and it is neither cached nor allowed to load or run anything.
+
+The callback first asks whether the answer's state is pending (``shared.oauth_callback``, one lean read of the
+state table): an answer that completes no sign-in is refused with the flow's own failure, without building the
+flow; a pending state goes to ``OAuthFlow.complete``, which consumes it.
 """
 
 from __future__ import annotations
 
 import html
 import logging
+from typing import TYPE_CHECKING
 
 import azure.functions as func
 
 from shared.functions.connections import BASE, OPEN
 from shared.functions.http import endpoint, json_response, traced
+
+if TYPE_CHECKING:
+    from shared.errors import ServiceError
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
@@ -78,22 +86,50 @@ def page(title: str, paragraphs: list[str], status: int) -> func.HttpResponse:
 @bp.route(route=CALLBACK_ROUTE, methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 @traced
 async def app_connection_oauth_callback(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.errors import ServiceError, UpstreamError
+    from shared.oauth_callback import refuse_unless_pending
+    from shared.wiring import oauth_state_lookup
+
+    try:  # an answer that completes no pending sign-in is refused here, before the flow (and its SDKs) is built
+        await refuse_unless_pending(oauth_state_lookup(), req.params)
+    except ServiceError as error:
+        if isinstance(error, UpstreamError):  # Table Storage failed: the page an Azure failure of the flow gives
+            return _azure_failed(error.detail)
+        return _failure_page(error)
+    except (OSError, TimeoutError) as error:
+        return _azure_failed(type(error).__name__)
+    except Exception:
+        log.exception("OAuth callback failed")
+        return page("The service could not finish", ["The service failed to handle the sign-in."], 500)
+    return await _complete(req)
+
+
+def _azure_failed(what: str) -> func.HttpResponse:
+    log.warning("OAuth callback: an Azure call failed (%s)", what)
+    return page("The service could not finish", ["An Azure service failed; try again later."], 502)
+
+
+def _failure_page(error: ServiceError) -> func.HttpResponse:
+    if error.status >= 500:
+        log.warning("OAuth callback failed: %s", error.detail)
+    title = "The connection was not authorized" if error.status < 500 else "The service could not finish"
+    return page(title, [error.detail, "You can close this window."], 400 if error.status < 500 else error.status)
+
+
+async def _complete(req: func.HttpRequest) -> func.HttpResponse:
+    """The state is pending: the flow consumes it atomically, redeems the code and saves the connection."""
     from shared.errors import ServiceError
     from shared.wiring import oauth_flow
 
     try:
         outcome = await oauth_flow().complete(req.params)
     except ServiceError as error:
-        if error.status >= 500:
-            log.warning("OAuth callback failed: %s", error.detail)
-        title = "The connection was not authorized" if error.status < 500 else "The service could not finish"
-        return page(title, [error.detail, "You can close this window."], 400 if error.status < 500 else error.status)
+        return _failure_page(error)
     except Exception as error:
         from azure.core.exceptions import AzureError
 
         if isinstance(error, AzureError):
-            log.warning("OAuth callback: an Azure call failed (%s)", type(error).__name__)
-            return page("The service could not finish", ["An Azure service failed; try again later."], 502)
+            return _azure_failed(type(error).__name__)
         log.exception("OAuth callback failed")
         return page("The service could not finish", ["The service failed to handle the sign-in."], 500)
     record = outcome.record

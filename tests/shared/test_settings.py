@@ -159,3 +159,16 @@ def test_the_identity_header_is_not_in_the_settings_repr():
     settings = load_settings({**BASE, **HOST})
     assert settings.managed_identity_endpoint is not None
     assert "host-secret" not in repr(settings)
+
+
+def test_no_secret_setting_appears_in_the_settings_repr():
+    secrets = {"STORE_CS": "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0LWtleQ==",
+               "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_SECRET": "kv-client-secret",
+               "NOTIFY_WEBHOOK_SECRET": "webhook-secret", "CONSOLE_CLIENT_SECRET": "console-secret"}
+    settings = load_settings({**secrets, "STATE_STORAGE": "STORE_CS",
+                              "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_ID": "kv-client-id"})
+    assert settings.oauth_client("INF_APP_CONNECTION_AZURE_KEY_VAULT").client_secret == "kv-client-secret"
+    assert settings.storage.connection_string == secrets["STORE_CS"]
+    shown = repr(settings)
+    assert "kv-client-id" in shown and "AppConn" in shown
+    assert [name for name, value in secrets.items() if value in shown or "c2VjcmV0LWtleQ" in shown] == []

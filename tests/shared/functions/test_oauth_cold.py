@@ -1,0 +1,85 @@
+"""The OAuth callback on a cold instance: an answer whose state is not pending is refused after one read of the
+state table over the lean reads, in a fresh interpreter that imports neither the flow and its models nor an Azure
+SDK; the page is the one the flow gives."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[3]
+
+# A Table endpoint on a loopback port that holds no state: every query answers an empty page. The callback is called
+# as the host calls it; the script prints the answer, the requests the endpoint saw and what the process imported.
+UNKNOWN_STATE = """
+import asyncio, json, os, sys
+from shared.settings import AZURITE_ACCOUNT, AZURITE_KEY
+
+seen = []
+
+async def answer(reader, writer):
+    try:
+        while True:
+            head = (await reader.readuntil(b"\\r\\n\\r\\n")).decode()
+            seen.append(head.split(" ")[:2])
+            data = b'{"value": []}'
+            writer.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(data) + data)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+
+async def main():
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    os.environ["AzureWebJobsStorage"] = (
+        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+        f"TableEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};")
+    import azure.functions as func
+    import function_app
+    from shared.azure.clients import close_clients
+
+    functions = {f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()}
+    req = func.HttpRequest("GET", "http://localhost/organization/app-connections/azure/oauth/callback",
+                           headers={}, params=json.loads(sys.argv[1]), body=b"")
+    response = await functions["app_connection_oauth_callback"](req)
+    await close_clients()
+    server.close()
+    print(json.dumps({"status": response.status_code, "body": response.get_body().decode(),
+                      "requests": seen, "modules": sorted(sys.modules)}))
+
+asyncio.run(main())
+"""
+# What only completing a sign-in needs: the flow, its models and the SDKs it writes with.
+FLOW_ONLY = ["pydantic", "shared.oauth", "shared.oauth_tokens", "shared.models", "shared.connections",
+             "shared.credentials", "shared.rotation.protocol", "shared.store.vault", "shared.azure.entra",
+             "aiohttp", "azure.core", "azure.data.tables", "azure.identity", "msal", "cryptography"]
+
+
+def _callback(params: dict[str, str]) -> dict[str, object]:
+    out = subprocess.run([sys.executable, "-c", UNKNOWN_STATE, json.dumps(params)], cwd=ROOT, capture_output=True,
+                         text=True, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def test_an_unknown_state_is_refused_with_one_lean_read_and_nothing_of_the_flow_imported() -> None:
+    state = "2026030405." + "u" * 43
+    result = _callback({"code": "c", "state": state})
+    assert result["status"] == 400
+    assert "This sign-in answer is unknown or was already used." in str(result["body"])
+    requests = result["requests"]
+    assert isinstance(requests, list) and len(requests) == 1 and requests[0][0] == "GET"
+    assert "OAuthStates()" in requests[0][1] and requests[0][1].endswith("&$select=RowKey")
+    loaded = set(result["modules"])  # type: ignore[arg-type]
+    assert {"shared.oauth_callback", "shared.store.oauth_state_reads", "shared.azure.rest"} <= loaded
+    assert [name for name in FLOW_ONLY if name in loaded] == []
+
+
+def test_an_answer_without_a_state_reads_nothing() -> None:
+    result = _callback({"error": "access_denied", "error_description": "<script>x</script>"})
+    assert result["status"] == 400
+    assert "The sign-in did not complete." in str(result["body"]) and "script" not in str(result["body"])
+    assert result["requests"] == []

@@ -1,0 +1,41 @@
+"""What a request that checks its token and reads no connection (``GET /api/v1/openapi.json``) loads on a cold
+instance, in a fresh interpreter: the function app, the request's wrapper and the token check, and not the ports
+of the domain (``shared.ports``: protocols and the ``Adapters`` of the write side), the write side or an SDK."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TOKEN_CHECK = """
+import asyncio, json, os, sys
+os.environ.update({"AzureWebJobsStorage": "UseDevelopmentStorage=true",
+                   "AUTH_TENANT_ID": "11111111-1111-1111-1111-111111111111", "AUTH_AUDIENCE": "api://app"})
+import function_app
+import shared.audit, shared.auth, shared.records, shared.sessions  # what the wrapper of every route imports
+from shared import wiring
+
+async def main():
+    validator = wiring.token_validator()  # built as a request builds it (no network until a token comes)
+    assert validator is wiring.token_validator()
+    validator.require_configured()
+    from shared.azure.clients import close_clients
+    await close_clients()
+
+asyncio.run(main())
+print(json.dumps(sorted(sys.modules)))
+"""
+NOT_FOR_A_TOKEN_CHECK = ["shared.ports", "shared.views", "shared.store.tables", "shared.oauth", "shared.connections",
+                         "pydantic", "aiohttp", "azure.core", "azure.identity", "azure.data.tables", "cryptography"]
+
+
+def test_a_token_check_loads_neither_the_ports_nor_the_write_side_nor_an_sdk() -> None:
+    out = subprocess.run([sys.executable, "-c", TOKEN_CHECK], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert {"shared.wiring", "shared.auth", "shared.jws", "shared.azure.clients"} <= loaded
+    assert [name for name in NOT_FOR_A_TOKEN_CHECK if name in loaded] == []
