@@ -75,3 +75,29 @@ async def test_purge_deletes_whole_days_before_the_cutoff(clients: AzureClients)
     left, _ = await store.query(old - timedelta(days=1), old + timedelta(days=4))
     assert left
     assert all(r.at >= old + timedelta(days=2) for r in left)
+
+
+async def test_a_search_over_many_quiet_days_pages_exactly_as_one_read(clients: AzureClients) -> None:
+    """Days are asked for ahead of the one being read (shared.store.audit.SEARCH_AHEAD): whatever the page size, the
+    pages follow each other newest first over sparse days, without a gap or a repeat."""
+    store = AuditTable(clients)
+    base = DAY + timedelta(days=4000 + uuid.uuid4().int % 1000)
+    connection = str(uuid.uuid4())
+    records = [_record(base + timedelta(days=d, hours=h), connection=connection)
+               for d in (0, 1, 9, 10, 17, 26, 33, 39) for h in (1, 5)]
+    for record in records:
+        await store.append(record)
+    expected = [r.id for r in sorted(records, key=lambda r: r.at, reverse=True)]
+    start, end = base - timedelta(days=1), base + timedelta(days=40)
+    whole, token = await store.query(start, end, connection_id=connection, limit=1000)
+    assert ([r.id for r in whole], token) == (expected, None)
+    for limit in (1, 3, 5):
+        pages: list[str] = []
+        token = None
+        while True:
+            page, token = await store.query(start, end, connection_id=connection, limit=limit, continuation=token)
+            assert len(page) <= limit
+            pages += [r.id for r in page]
+            if token is None:
+                break
+        assert pages == expected, limit
