@@ -36,7 +36,8 @@ def records() -> list[ConnectionRecord]:
             secret_name=f"conn-{n}", secret_version=f"v{n}", created_by=actor,
             updated_by=app_actor if n % 2 else actor, etag=f"W/\"datetime'{n}'\"")
         if n % 3 == 0:
-            record = record.evolve(description='Quotes \' and " and ünïcødé ✓ and a\nnew line \u2028 \x7f', version=n + 2)
+            record = record.evolve(description='Quotes \' and " and ünïcødé ✓ and a\nnew line \u2028 \x7f',
+                                   version=n + 2)
         if n % 4 == 1:
             record = record.evolve(
                 status="invalid", status_message="AADSTS7000215: Invalid client secret provided.",
