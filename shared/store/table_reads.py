@@ -196,8 +196,16 @@ class SharedKey(NamedTuple):
         ``x-ms-date``, then ``/{account}{path}`` (the path as sent) and ``?comp=`` when the query has one."""
         comp = (query or {}).get("comp")
         to_sign = f"GET\n\n\n{date}\n/{self.account}{path}" + (f"?comp={comp}" if comp is not None else "")
-        digest = hmac.digest(self.key, to_sign.encode("utf-8"), "sha256")  # one call, OpenSSL's one-shot HMAC
+        mac = _keyed(self.key).copy()  # the key's HMAC state, set up once (OpenSSL 3 looks SHA-256 up per new HMAC)
+        mac.update(to_sign.encode("utf-8"))
+        digest = mac.digest()
         return f"SharedKey {self.account}:{base64.b64encode(digest).decode()}"
+
+
+@functools.lru_cache(maxsize=4)
+def _keyed(key: bytes) -> hmac.HMAC:
+    """HMAC-SHA256 keyed with ``key`` and fed nothing: each signature copies it."""
+    return hmac.new(key, digestmod="sha256")
 
 
 class Endpoint(NamedTuple):
