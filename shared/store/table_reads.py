@@ -151,16 +151,15 @@ _RECORD_ANNOTATIONS = {column + "@odata.type": column for column in RECORD_COLUM
 def connection_record_of(item: Mapping[str, Any]) -> ConnectionRecord:
     """The record of one connection entity of an answer's JSON: ``from_entity(entity_of(item))``, typing only the
     columns the record is read from (the same conversions), in one step."""
-    columns = {key: value for key, value in item.items() if key in RECORD_COLUMNS}
+    # A large untyped integer is an Int64 to the SDK; a typed column is then typed from its JSON value.
+    columns = {key: value if value.__class__ is not int or _INT32_MIN <= value < _INT32_MAX
+               else EntityProperty(value, "Edm.Int64") for key, value in item.items() if key in RECORD_COLUMNS}
     for key in _RECORD_ANNOTATIONS.keys() & item.keys():
         name = _RECORD_ANNOTATIONS[key]
         annotation = item[key]
         if name in columns and annotation not in _AS_IS:
             convert = _CONVERT.get(annotation)
-            columns[name] = EntityProperty(annotation, columns[name]) if convert is None else convert(columns[name])
-    for name, value in columns.items():  # a large untyped integer is an Int64 to the SDK
-        if value.__class__ is int and not _INT32_MIN <= value < _INT32_MAX:
-            columns[name] = EntityProperty(value, "Edm.Int64")
+            columns[name] = EntityProperty(annotation, item[name]) if convert is None else convert(item[name])
     etag = item.get("odata.etag")
     if not etag:
         timestamp = item.get("Timestamp")

@@ -84,6 +84,9 @@ def test_a_connection_entity_is_read_into_its_record_as_from_its_typed_entity() 
         {key: value for key, value in base.items() if key != "odata.etag"},  # the ETag made from the Timestamp
         {**base, "Version@odata.type": "Edm.Int64", "Version": "9007199254740993"},  # an Int64 column
         {**base, "RotFailures": 2**40, "Unread@odata.type": "Edm.DateTime", "Unread": "junk"},  # a large untyped int
+        {**base, "RotAttempt@odata.type": "Edm.Double", "RotAttempt": 2**40,  # a typed large integer
+         "RotFailures@odata.type": "Edm.Int32", "RotFailures": 2**35, "RotStep@odata.type": "Edm.Boolean",
+         "RotStep": True},
         {**base, "UpdatedById@odata.type": "Edm.Guid", "UpdatedById": "0D6F0C1E-1111-4222-8333-444455556666"},
         {**base, "RotLeaseUntil@odata.type": "Edm.DateTime", "RotLeaseUntil": "2026-03-04T05:06:07.9999999Z",
          "AuthorizedByUpn": "a@b.example", "AuthorizedByTenantId": "tt", "Description": "d\n✓"},
