@@ -13,7 +13,7 @@ from typing import Any
 from shared.apps import APPS, AppSpec, Method, find_app
 from shared.errors import FieldError, InvalidRequest, NotFound
 from shared.ports import ConnectionReads, HistoryReads
-from shared.records import EXPIRED, EXPIRING, FAILING, HEALTH_STATUSES, UNKNOWN, ConnectionRecord, RotationEvent
+from shared.records import EXPIRED, EXPIRING, FAILING, HEALTH_STATUSES, UNKNOWN, Actor, ConnectionRecord, RotationEvent
 from shared.rotation.state import state_response
 
 DEFAULT_PAGE_SIZE = 100
@@ -94,14 +94,16 @@ def health_response(record: ConnectionRecord) -> dict[str, Any]:
             "health": {"status": health.status, "checkedAt": _iso(health.checked_at), "message": health.message}}
 
 
+def _who(actor: Actor | None) -> dict[str, str] | None:
+    return {"id": actor.id, "name": actor.name, "type": actor.type} if actor else None
+
+
 def to_response(record: ConnectionRecord) -> dict[str, Any]:
-    """The public view of a connection: never a secret, key or token. Built in one expression (a page builds 50
-    of them): the same keys, in the same order, as :func:`health_response` and the rest give."""
+    """The public view of a connection: never a secret, key or token."""
     credentials: dict[str, Any] = {"tenantId": record.tenant_id}
     if record.method != Method.OAUTH and record.client_id:
         credentials["clientId"] = record.client_id
-    health, created_by, updated_by, authorized = record.health, record.created_by, record.updated_by, \
-        record.authorized_by
+    authorized = record.authorized_by
     return {
         "id": record.id,
         "name": record.name,
@@ -117,10 +119,9 @@ def to_response(record: ConnectionRecord) -> dict[str, Any]:
         "lastValidatedAt": _iso(record.last_validated_at),
         "isAutoRotationEnabled": record.rotation.enabled,
         "rotation": state_response(record.rotation),
-        "credentialExpiresAt": _iso(health.credential_expires_at),
-        "health": {"status": health.status, "checkedAt": _iso(health.checked_at), "message": health.message},
-        "createdBy": {"id": created_by.id, "name": created_by.name, "type": created_by.type} if created_by else None,
-        "updatedBy": {"id": updated_by.id, "name": updated_by.name, "type": updated_by.type} if updated_by else None,
+        **health_response(record),
+        "createdBy": _who(record.created_by),
+        "updatedBy": _who(record.updated_by),
         "authorizedBy": {"oid": authorized.oid, "upn": authorized.upn, "tenantId": authorized.tenant_id}
         if authorized else None,
     }
