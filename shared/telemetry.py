@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -180,27 +181,19 @@ def _clean(attributes: Attributes) -> dict[str, str | int | float | bool]:
     return {key: value for key, value in attributes.items() if value is not None}
 
 
-@contextlib.contextmanager
-def span(name: str, attributes: Attributes | None = None) -> Iterator[Span]:
+def span(name: str, attributes: Attributes | None = None) -> AbstractContextManager[Span]:
     """A span around a block. An escaping exception sets ``outcome=error`` and ``error.type`` (its class name,
     never its message) unless the block set an outcome; the span's status is then ERROR."""
-    with _span(name, attributes, "internal") as current:
-        yield current
+    return _span(name, attributes, "internal")
 
 
-@contextlib.contextmanager
 def server_span(name: str, attributes: Attributes | None = None, *, traceparent: str | None = None,
-                tracestate: str | None = None) -> Iterator[Span]:
+                tracestate: str | None = None) -> AbstractContextManager[Span]:
     """The span of one invocation, as :func:`span`: a SERVER span whose parent is ``traceparent`` (the host's
     span, from the invocation's ``context.trace_context``), or the current span when that is missing or
     malformed."""
     if quiet():
-        token = _quiet_current.set(_quiet_parent(traceparent, tracestate))
-        try:
-            yield _quiet_current.get()
-        finally:
-            _quiet_current.reset(token)
-        return
+        return _QuietBlock(_quiet_parent(traceparent, tracestate))
     from opentelemetry import context as otel_context
 
     parent = None
@@ -209,18 +202,27 @@ def server_span(name: str, attributes: Attributes | None = None, *, traceparent:
 
         carrier = {"traceparent": traceparent, **({"tracestate": tracestate} if tracestate else {})}
         parent = TraceContextTextMapPropagator().extract(carrier, context=otel_context.get_current())
-    with _span(name, attributes, "server", parent) as current:
-        yield current
+    return _recording_span(name, attributes, "server", parent)
 
 
-@contextlib.contextmanager
 def client_span(method: str, url: str, headers: MutableMapping[str, str] | None = None,
-                attributes: Attributes | None = None) -> Iterator[Span]:
+                attributes: Attributes | None = None) -> AbstractContextManager[Span]:
     """The span of one HTTP request to an upstream (each attempt of a retried call is its own span), named by
     its method, with ``http.request.method``, ``server.address``, ``server.port`` and ``url.full`` (query values
     redacted, no user info). The W3C trace context is added to ``headers``, so the upstream's own logs carry
     the trace. Record the answer with :func:`set_response`; a failure without one sets ``error.type`` to the
-    exception's qualified class name (never its message)."""
+    exception's qualified class name (never its message). Quiet, the attributes are not even worked out."""
+    if quiet():
+        current = _quiet_current.get()
+        if headers is not None:
+            _inject(current, headers)
+        return contextlib.nullcontext(current)
+    return _recording_client_span(method, url, headers, attributes)
+
+
+@contextlib.contextmanager
+def _recording_client_span(method: str, url: str, headers: MutableMapping[str, str] | None,
+                           attributes: Attributes | None) -> Iterator[Span]:
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
@@ -235,7 +237,7 @@ def client_span(method: str, url: str, headers: MutableMapping[str, str] | None 
         "server.port": port,
         "url.full": safe_url(url),
     }
-    with _span(method.upper(), {**base, **(attributes or {})}, "client", qualified_errors=True) as current:
+    with _recording_span(method.upper(), {**base, **(attributes or {})}, "client", qualified_errors=True) as current:
         if headers is not None:
             _inject(current, headers)
         yield current
@@ -334,9 +336,30 @@ _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f
 
 
 def quiet() -> bool:
-    """Whether spans are quiet (:class:`_QuietSpan`): no test provider, and nothing in the process has loaded the
-    API, so no tracer provider can have been set and every span would be the API's no-op one."""
-    return _tracer_provider is None and "opentelemetry.trace" not in sys.modules
+    """Whether spans are quiet (:class:`_QuietSpan`): no test provider, and no tracer provider set in the process
+    (nothing has loaded the OpenTelemetry API, or it is loaded and its global provider is still the proxy it hands
+    out before one is set), so every span would be the API's no-op one. Checked at each span: a provider set
+    later (``configure``) makes the next span a recording one."""
+    if _tracer_provider is not None:
+        return False
+    api = sys.modules.get("opentelemetry.trace")
+    return api is None or isinstance(api.get_tracer_provider(), api.ProxyTracerProvider)
+
+
+class _QuietBlock:
+    """A quiet SERVER span's block: ``current`` is the current quiet span inside it."""
+
+    __slots__ = ("_current", "_token")
+
+    def __init__(self, current: Any) -> None:
+        self._current = current
+
+    def __enter__(self) -> Any:
+        self._token = _quiet_current.set(self._current)
+        return self._current
+
+    def __exit__(self, *exc_info: object) -> None:
+        _quiet_current.reset(self._token)
 
 
 def _quiet_parent(traceparent: str | None, tracestate: str | None) -> Any:
@@ -357,12 +380,16 @@ def current_trace_id() -> str | None:
     return trace_id(trace.get_current_span())
 
 
-@contextlib.contextmanager
 def _span(name: str, attributes: Attributes | None, kind: str, parent: Any = None,
-          qualified_errors: bool = False) -> Iterator[Span]:
+          qualified_errors: bool = False) -> AbstractContextManager[Span]:
     if quiet():
-        yield _quiet_current.get()
-        return
+        return contextlib.nullcontext(_quiet_current.get())
+    return _recording_span(name, attributes, kind, parent, qualified_errors)
+
+
+@contextlib.contextmanager
+def _recording_span(name: str, attributes: Attributes | None, kind: str, parent: Any = None,
+                    qualified_errors: bool = False) -> Iterator[Span]:
     from opentelemetry.trace import SpanKind, Status, StatusCode
 
     tracer = _get().tracer

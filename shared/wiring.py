@@ -151,13 +151,27 @@ def health_checker() -> HealthChecker:
 def connection_reader() -> ConnectionReader:
     """The reads of connections and of their rotation history over Table Storage's REST API without the SDK
     (``shared.store.table_reads``): no other adapter is built or imported, and neither aiohttp, azure-core nor
-    azure-data-tables, so a read on a cold instance imports no more than it needs and a warm one costs little."""
+    azure-data-tables, so a read on a cold instance imports no more than it needs and a warm one costs little.
+    Built once per clients (the running loop's): the reader holds no data, only its clients and endpoint, so
+    every request still reads Table Storage."""
+    global _READER
     from shared.azure.clients import get_clients
+
+    clients = get_clients()
+    cached = _READER
+    if cached is not None and cached[0] is clients:
+        return cached[1]
     from shared.store.table_reads import ConnectionReads, HistoryReads, TableReads
     from shared.views import ConnectionReader
 
-    reads = TableReads(get_clients())
-    return ConnectionReader(ConnectionReads(reads), HistoryReads(reads))
+    reads = TableReads(clients)
+    reader = ConnectionReader(ConnectionReads(reads), HistoryReads(reads))
+    _READER = (clients, reader)
+    return reader
+
+
+# The last reader built and the clients it reads with (one slot: a new loop's clients replace it).
+_READER: tuple[AzureClients, ConnectionReader] | None = None
 
 
 def oauth_state_lookup() -> OAuthStateLookup:

@@ -212,7 +212,7 @@ class RestClient:
                     status, version, headers = _parse_head(raw)
                     if not 100 <= status < 200 or status == 101:
                         break
-                deadline.reschedule(loop.time() + self.read_timeout)
+                self._renew(deadline, loop)
                 body, delimited = await self._body(reader, headers, status, deadline, loop)
                 keep = headers.get("connection", "").lower()
                 reusable = delimited and "close" not in keep and (version == "HTTP/1.1" or "keep-alive" in keep)
@@ -242,6 +242,15 @@ class RestClient:
             connection.close()
         return Response(status, headers, body)
 
+    def _renew(self, deadline: asyncio.Timeout, loop: asyncio.AbstractEventLoop) -> None:
+        """Bytes arrived: the read deadline moves to ``read_timeout`` from now, unless it was set less than a
+        hundredth of that ago (a head and body that arrive together reschedule no timer). So it is never later
+        than ``read_timeout`` after the last bytes, and at most a hundredth of it sooner."""
+        now = loop.time()
+        when = deadline.when()
+        if when is None or when - now < self.read_timeout * 0.99:
+            deadline.reschedule(now + self.read_timeout)
+
     async def _body(self, reader: asyncio.StreamReader, headers: Mapping[str, str], status: int,
                     deadline: asyncio.Timeout, loop: asyncio.AbstractEventLoop) -> tuple[bytes, bool]:
         """The body and whether its end was delimited (so the connection may be reused)."""
@@ -265,7 +274,7 @@ class RestClient:
                 chunks.append(await reader.readexactly(length))
                 if await reader.readexactly(2) != b"\r\n":
                     raise ValueError("a chunk without its CRLF")
-                deadline.reschedule(loop.time() + self.read_timeout)
+                self._renew(deadline, loop)
         declared = headers.get("content-length")
         if declared is not None:
             length = int(declared)
@@ -279,7 +288,7 @@ class RestClient:
             data += chunk
             if len(data) > self.max_body:
                 raise RestError(f"The answer is larger than {self.max_body} bytes")
-            deadline.reschedule(loop.time() + self.read_timeout)
+            self._renew(deadline, loop)
         return bytes(data), False
 
     async def close(self) -> None:

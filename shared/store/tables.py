@@ -13,13 +13,21 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from shared.errors import ConcurrentChange, InvalidRequest, NameTaken, NotFound
-from shared.records import Actor, Authorization, ConnectionRecord, HealthState, Notification, RotationState
+from shared.records import (
+    Actor,
+    Authorization,
+    ConnectionRecord,
+    HealthState,
+    Notification,
+    RotationState,
+    restore,
+)
 
 if TYPE_CHECKING:
     from azure.data.tables.aio import TableClient
@@ -71,10 +79,11 @@ def _actor_columns(prefix: str, actor: Actor | None) -> dict[str, Any]:
 
 
 def _actor(entity: Any, prefix: str) -> Actor | None:
-    if not entity.get(f"{prefix}Id"):
+    get = entity.get
+    if not get(prefix + "Id"):
         return None
-    return Actor(str(entity[f"{prefix}Id"]), str(entity.get(f"{prefix}Name") or ""),
-                 str(entity.get(f"{prefix}Type") or ""))
+    return restore(Actor, {"id": str(entity[prefix + "Id"]), "name": str(get(prefix + "Name") or ""),
+                           "type": str(get(prefix + "Type") or "")})
 
 
 def to_entity(record: ConnectionRecord) -> dict[str, Any]:
@@ -106,29 +115,41 @@ _FIELD_OF = {
     **{column: (1, attr) for attr, column in _ROTATION_COLUMNS.items()},
     **{column: (2, attr) for attr, column in _HEALTH_COLUMNS.items()},
 }
+_ACTOR_COLUMNS = tuple(f"{prefix}{part}" for prefix in ("CreatedBy", "UpdatedBy") for part in ("Id", "Name", "Type"))
+_AUTHORIZATION_COLUMNS = ("AuthorizedByOid", "AuthorizedByUpn", "AuthorizedByTenantId")
+# Every column a record is read from (an entity's other columns, such as Kind, are not).
+RECORD_COLUMNS = frozenset({"PartitionKey", "RowKey", *_FIELD_OF, *_ACTOR_COLUMNS, *_AUTHORIZATION_COLUMNS})
 
 
 def from_entity(entity: Any) -> ConnectionRecord:
     """The record of a connection entity: the SDK's ``TableEntity`` or ``shared.store.table_reads.Entity`` (a
-    mapping with ``metadata``); one pass over the entity's columns, as a read of a page does it 50 times."""
+    mapping with ``metadata``)."""
+    return record_of_columns(entity, entity.metadata.get("etag") if hasattr(entity, "metadata") else None)
+
+
+def record_of_columns(columns: Mapping[str, Any], etag: str | None) -> ConnectionRecord:
+    """The record of a connection entity's typed columns (at least those of ``RECORD_COLUMNS`` it has; others are
+    ignored) and its ETag: one pass over the columns, and the records built without their ``__init__``
+    (``shared.records.restore``), as a read of a page does it 50 times."""
     parts: tuple[dict[str, Any], dict[str, Any], dict[str, Any]] = (
-        {"app": entity["PartitionKey"], "id": entity["RowKey"]}, {}, {})
+        {"app": columns["PartitionKey"], "id": columns["RowKey"]}, {}, {})
     field_of = _FIELD_OF.get
-    for column, value in entity.items():
+    for column, value in columns.items():
         target = field_of(column)
         if target is not None:
             if isinstance(value, datetime) and value.tzinfo is not UTC:
                 value = value.astimezone(UTC)
             parts[target[0]][target[1]] = value
     values, rotation, health = parts
-    etag = entity.metadata.get("etag") if hasattr(entity, "metadata") else None
+    get = columns.get
     authorized = None
-    if entity.get("AuthorizedByOid"):
-        authorized = Authorization(str(entity["AuthorizedByOid"]), entity.get("AuthorizedByUpn"),
-                                   entity.get("AuthorizedByTenantId"))
-    return ConnectionRecord(**values, rotation=RotationState(**rotation), health=HealthState(**health),
-                            created_by=_actor(entity, "CreatedBy"),
-                            updated_by=_actor(entity, "UpdatedBy"), authorized_by=authorized, etag=etag)
+    if get("AuthorizedByOid"):
+        authorized = restore(Authorization, {"oid": str(columns["AuthorizedByOid"]), "upn": get("AuthorizedByUpn"),
+                                             "tenant_id": get("AuthorizedByTenantId")})
+    values.update(rotation=restore(RotationState, rotation), health=restore(HealthState, health),
+                  created_by=_actor(columns, "CreatedBy"), updated_by=_actor(columns, "UpdatedBy"),
+                  authorized_by=authorized, etag=etag)
+    return restore(ConnectionRecord, values)
 
 
 def _name_entity(app: str, name: str, connection_id: str) -> dict[str, Any]:

@@ -85,8 +85,10 @@ def test_metrics_without_an_sdk_are_no_ops():
 QUIET_SPANS = """
 import json, sys
 from shared import telemetry
-if sys.argv[1] == "api":
-    import opentelemetry.trace  # the API loaded, no SDK: its no-op spans
+if sys.argv[1] in ("api", "api-unset"):
+    import opentelemetry.trace  # the API loaded, no SDK
+if sys.argv[1] == "api":  # its no-op spans, from a provider set (no longer the proxy it hands out before one is)
+    opentelemetry.trace.set_tracer_provider(opentelemetry.trace.NoOpTracerProvider())
 host = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 seen = {}
 for parent in (host, "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "junk", None,
@@ -100,7 +102,7 @@ for parent in (host, "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", 
                 inner = telemetry.current_trace_id()
         seen[str(parent)] = [headers, telemetry.current_trace_id(), inner]
     seen[str(parent) + " after"] = telemetry.current_trace_id()
-print(json.dumps({"seen": seen, "api": "opentelemetry.trace" in sys.modules}))
+print(json.dumps({"seen": seen, "api": "opentelemetry.trace" in sys.modules, "quiet": telemetry.quiet()}))
 """
 
 
@@ -108,14 +110,16 @@ def test_without_opentelemetry_loaded_spans_are_quiet_but_carry_the_hosts_trace_
     """A process where nothing loaded the OpenTelemetry API (no connection string, no worker telemetry) cannot
     have a tracer provider: its spans record nothing, the API is not imported (a cold start's first request saves
     its import), and the host's trace still reaches upstream requests and audit records exactly as the API's
-    no-op spans carry it."""
+    no-op spans carry it. So are they while the API is loaded but no tracer provider is set: every span would be
+    a no-op one."""
     runs = {}
-    for mode in ("quiet", "api"):
+    for mode in ("quiet", "api", "api-unset"):
         out = subprocess.run([sys.executable, "-c", QUIET_SPANS, mode], cwd=ROOT, capture_output=True, text=True,
                              check=True, env={"PATH": "/usr/bin:/bin"})
         runs[mode] = json.loads(out.stdout)
-    assert runs["quiet"]["api"] is False and runs["api"]["api"] is True
-    assert runs["quiet"]["seen"] == runs["api"]["seen"]
+    assert runs["quiet"]["api"] is False and runs["api"]["api"] is True and runs["api-unset"]["api"] is True
+    assert [runs[mode]["quiet"] for mode in ("quiet", "api", "api-unset")] == [True, False, True]
+    assert runs["quiet"]["seen"] == runs["api"]["seen"] == runs["api-unset"]["seen"]
     host = runs["quiet"]["seen"]["00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]
     assert host == [{"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
                      "tracestate": "k=v"}, "0af7651916cd43dd8448eb211c80319c", "0af7651916cd43dd8448eb211c80319c"]

@@ -59,6 +59,9 @@ async def main():
     listed, _ = await reader.list_connections("azure-key-vault", 50, None)
     rotations, _ = await reader.rotations("azure-key-vault", ID, 50, None)
     assert record.name == "n" and [r.id for r in listed] == [ID] and rotations == [], (record, listed, rotations)
+    assert shared.wiring.connection_reader() is reader  # built once per clients, not per request
+    await close_clients()
+    assert shared.wiring.connection_reader() is not reader  # new clients, a reader of theirs
     await close_clients()
     server.close()
     print(json.dumps(sorted(sys.modules)))

@@ -235,6 +235,49 @@ async def test_a_silent_server_is_a_dropped_connection() -> None:
     assert len(server.requests) == 2 and len(waits.waits) == 1
 
 
+class TricklingServer(ScriptedServer):
+    """Answers with a chunked body, one chunk every ``gap`` seconds (then stops after ``stall`` chunks)."""
+
+    def __init__(self, gap: float, chunks: int, stall: int | None = None) -> None:
+        super().__init__([])
+        self.gap, self.chunks, self.stall = gap, chunks, stall
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        try:
+            self.requests.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for n in range(self.chunks):
+                await asyncio.sleep(self.gap)
+                if n == self.stall:
+                    await asyncio.sleep(3600)
+                writer.write(b"1\r\nx\r\n")
+                await writer.drain()
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            await reader.read()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_the_read_timeout_counts_from_the_last_bytes_not_from_the_request() -> None:
+    async with TricklingServer(gap=0.12, chunks=5).running() as server:  # 0.6 s in all, 0.12 s between bytes
+        lean, _ = client(read_timeout=0.3, attempts=1)
+        answer = await lean.get(server.url(), {})
+        await lean.close()
+    assert answer.body == b"xxxxx"
+    async with TricklingServer(gap=0.12, chunks=5, stall=2).running() as server:  # silent after 2 chunks
+        lean, _ = client(read_timeout=0.3, attempts=1)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(RestError, match="dropped"):
+            await lean.get(server.url(), {})
+        await lean.close()
+    assert 0.3 * 0.99 <= asyncio.get_running_loop().time() - started - 0.24 < 0.6  # read_timeout after the last bytes
+
+
 async def test_tls_is_verified_against_the_ca_of_ssl_cert_file(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     pki = server_pki(tmp_path)

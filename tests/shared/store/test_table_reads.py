@@ -19,7 +19,7 @@ import pytest
 
 from localdev.azurite import Azurite
 from shared.azure.clients import AzureClients
-from shared.errors import NotFound
+from shared.errors import NotFound, UpstreamError
 from shared.records import Actor, Authorization, ConnectionRecord, HealthState, RotationEvent, RotationState
 from shared.settings import AZURITE_ACCOUNT, AZURITE_KEY, load_settings
 from shared.store import table_reads
@@ -29,11 +29,12 @@ from shared.store.table_reads import (
     HistoryReads,
     SharedKey,
     TableReads,
+    connection_record_of,
     entity_of,
     odata_filter,
     parse_connection_string,
 )
-from shared.store.tables import ConnectionsTable
+from shared.store.tables import ConnectionsTable, from_entity
 from shared.views import to_response
 
 APP = "azure-key-vault"
@@ -67,6 +68,38 @@ def test_entities_are_typed_as_the_sdk_types_them() -> None:
     assert lean.metadata == sdk.metadata
 
 
+def test_a_connection_entity_is_read_into_its_record_as_from_its_typed_entity() -> None:
+    """``connection_record_of`` types only the columns a record is read from, in one step: the record (and ETag)
+    is the one ``from_entity`` makes of the entity ``entity_of`` types, whatever the typing of those columns."""
+    when = "2026-03-04T05:06:07.1234567Z"
+    base = {"odata.etag": "W/\"datetime'2026-03-04T05%3A06%3A07.1234567Z'\"", "PartitionKey": APP,
+            "RowKey": "0" * 32, "Timestamp": when, "Kind": "connection", "Name": "n", "Method": "client-secret",
+            "TenantId": "t", "ClientId": "c", "CreatedAt@odata.type": "Edm.DateTime", "CreatedAt": when,
+            "UpdatedAt@odata.type": "Edm.DateTime", "UpdatedAt": "2026-03-04T05:06:07Z", "SecretName": "s",
+            "SecretVersion": "v", "Version": 3, "RotEnabled": True, "RotFailures": 0,
+            "HlthCheckedAt@odata.type": "Edm.DateTime", "HlthCheckedAt": "2026-03-04T05:06:07.5Z",
+            "CreatedById": "u", "CreatedByName": "Zoë", "CreatedByType": "user", "AuthorizedByOid": "o"}
+    variants = [
+        base,
+        {key: value for key, value in base.items() if key != "odata.etag"},  # the ETag made from the Timestamp
+        {**base, "Version@odata.type": "Edm.Int64", "Version": "9007199254740993"},  # an Int64 column
+        {**base, "RotFailures": 2**40, "Unread@odata.type": "Edm.DateTime", "Unread": "junk"},  # a large untyped int
+        {**base, "RotAttempt@odata.type": "Edm.Double", "RotAttempt": 2**40,  # a typed large integer
+         "RotFailures@odata.type": "Edm.Int32", "RotFailures": 2**35, "RotStep@odata.type": "Edm.Boolean",
+         "RotStep": True},
+        {**base, "UpdatedById@odata.type": "Edm.Guid", "UpdatedById": "0D6F0C1E-1111-4222-8333-444455556666"},
+        {**base, "RotLeaseUntil@odata.type": "Edm.DateTime", "RotLeaseUntil": "2026-03-04T05:06:07.9999999Z",
+         "AuthorizedByUpn": "a@b.example", "AuthorizedByTenantId": "tt", "Description": "d\n✓"},
+    ]
+    for item in variants:
+        expected = from_entity(entity_of({key: value for key, value in item.items() if key != "Unread"}))
+        record = connection_record_of(item)
+        assert record == expected and record.etag == expected.etag and repr(record) == repr(expected)
+        assert to_response(record) == to_response(expected)
+    with pytest.raises(UpstreamError):  # a malformed date-time of a column the record reads
+        connection_record_of({**base, "CreatedAt": "2026-03-04 05:06:07+02:00"})
+
+
 def test_a_filter_is_quoted_as_the_sdk_quotes_it() -> None:
     from azure.data.tables._serialize import _parameter_filter_substitution
 
@@ -89,6 +122,7 @@ def test_the_shared_key_signature_is_the_sdks() -> None:
     policy.on_request(PipelineRequest(request, PipelineContext(None)))
     key = SharedKey(AZURITE_ACCOUNT, base64.b64decode(AZURITE_KEY))
     assert key.authorization(path, date) == request.headers["Authorization"]
+    assert key.authorization(path, date) == request.headers["Authorization"]  # each signature from a fresh state
 
 
 @pytest.mark.parametrize("instant", [0, 951782400, 1735689599, 1800000000 + 86400 * 200])
