@@ -10,6 +10,7 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -18,6 +19,9 @@ from localdev.environment import LocalEnvironment
 from shared.azure.clients import AzureClients
 from shared.settings import reset_settings
 from tests.tokens import Tokens
+
+if TYPE_CHECKING:
+    from localdev.standin import StandIn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,6 +34,25 @@ class Registry:
 
     def add(self, *values: str) -> None:
         self.values.update(v for v in values if v)
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[StandIn]:
+    """A stand-in of its own for a test module, trusted while it runs by the SDKs and by the lean client (whose TLS
+    context is built again, from ``SSL_CERT_FILE``)."""
+    from localdev.standin import StandIn
+    from shared.azure import rest
+
+    server = StandIn().start()
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SSL_CERT_FILE", str(server.ca_path))
+    patch.setenv("REQUESTS_CA_BUNDLE", str(server.ca_path))
+    patch.setattr(rest, "_TLS", None)
+    try:
+        yield server
+    finally:
+        patch.undo()
+        server.stop()
 
 
 @pytest.fixture(scope="session")

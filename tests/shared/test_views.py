@@ -21,35 +21,11 @@ print(json.dumps(sorted(sys.modules)))
 # does (one entity for Get Entity and for the list's query, no rotation yet): what it imported, end to end.
 A_READ = """
 import asyncio, json, os, sys
-from shared.settings import AZURITE_ACCOUNT, AZURITE_KEY
-
-ID = "0123456789abcdef0123456789abcdef"
-WHEN = "2026-03-04T05:06:07.1234567Z"
-ENTITY = {"odata.etag": "W/\\"datetime'2026-03-04T05%3A06%3A07.1234567Z'\\"", "PartitionKey": "azure-key-vault",
-          "RowKey": ID, "Timestamp": WHEN, "Name": "n", "Method": "client-secret", "TenantId": "t",
-          "ClientId": "c", "CreatedAt@odata.type": "Edm.DateTime", "CreatedAt": WHEN,
-          "UpdatedAt@odata.type": "Edm.DateTime", "UpdatedAt": WHEN, "SecretName": "s", "SecretVersion": "v"}
-
-async def answer(reader, writer):
-    try:
-        while True:
-            target = (await reader.readuntil(b"\\r\\n\\r\\n")).split(b" ")[1].decode()
-            if "Rotations" in target:
-                body = {"value": []}
-            else:
-                body = {"value": [ENTITY]} if "()" in target else ENTITY
-            data = json.dumps(body).encode()
-            writer.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(data) + data)
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        writer.close()
+from tests.loopback_table import ID, connection_string, port_of, serve, table_answer
 
 async def main():
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    os.environ["AzureWebJobsStorage"] = (
-        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
-        f"TableEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};")
+    server = await serve(lambda method, target, headers: (200, table_answer(target)))
+    os.environ["AzureWebJobsStorage"] = connection_string(port_of(server))
     import function_app
     import shared.wiring
     from shared.azure.clients import close_clients

@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,7 +28,6 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from localdev.standin import StandIn
-from shared.azure import rest
 from shared.azure.clients import (
     ENTRA,
     KEEPALIVE_SECONDS,
@@ -45,20 +43,6 @@ from shared.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[3]
 MSI = "/msi/token"
-
-
-@pytest.fixture(scope="module")
-def standin() -> Iterator[StandIn]:
-    server = StandIn().start()
-    patch = pytest.MonkeyPatch()
-    patch.setenv("SSL_CERT_FILE", str(server.ca_path))
-    patch.setenv("REQUESTS_CA_BUNDLE", str(server.ca_path))
-    patch.setattr(rest, "_TLS", None)  # the lean client's TLS context, rebuilt so that it trusts the stand-in
-    try:
-        yield server
-    finally:
-        patch.undo()
-        server.stop()
 
 
 @dataclass
@@ -348,42 +332,26 @@ def test_an_answer_without_a_usable_token_is_an_upstream_error_that_quotes_none_
 # table request only with the endpoint's token, and the read's imports are listed.
 A_READ_WITH_THE_MANAGED_IDENTITY = """
 import asyncio, json, os, sys
+from tests.loopback_table import ID, port_of, serve, table_answer
 
-ID = "0123456789abcdef0123456789abcdef"
-WHEN = "2026-03-04T05:06:07.1234567Z"
-ENTITY = {"odata.etag": "W/\\"datetime'2026-03-04T05%3A06%3A07.1234567Z'\\"", "PartitionKey": "azure-key-vault",
-          "RowKey": ID, "Timestamp": WHEN, "Name": "n", "Method": "client-secret", "TenantId": "t",
-          "ClientId": "c", "CreatedAt@odata.type": "Edm.DateTime", "CreatedAt": WHEN,
-          "UpdatedAt@odata.type": "Edm.DateTime", "UpdatedAt": WHEN, "SecretName": "s", "SecretVersion": "v"}
 TOKEN = "eyJ0eXAiOiJKV1QifQ.eyJhdWQiOiJzdG9yYWdlIn0.c2ln"
 seen = []
 
-async def answer(reader, writer):
-    try:
-        while True:
-            head = (await reader.readuntil(b"\\r\\n\\r\\n")).decode()
-            target = head.split(" ")[1]
-            headers = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in head.split("\\r\\n")[1:] if l}
-            if target.startswith("/msi/token"):
-                seen.append(target)
-                ok = headers.get("x-identity-header") == "host-secret"
-                status, body = (200, {"access_token": TOKEN, "expires_on": "4102444800", "token_type": "Bearer",
-                                      "resource": "https://storage.azure.com"}) if ok else (401, {})
-            elif headers.get("authorization") != "Bearer " + TOKEN:
-                status, body = 403, {}
-            else:
-                seen.append(target.split("?")[0])
-                status, body = 200, ({"value": []} if "Rotations" in target
-                                     else {"value": [ENTITY]} if "()" in target else ENTITY)
-            data = json.dumps(body).encode()
-            writer.write(b"HTTP/1.1 %d X\\r\\nContent-Length: %d\\r\\n\\r\\n" % (status, len(data)) + data)
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        writer.close()
+def answer(method, target, headers):
+    if target.startswith("/msi/token"):
+        seen.append(target)
+        if headers.get("x-identity-header") != "host-secret":
+            return 401, {}
+        return 200, {"access_token": TOKEN, "expires_on": "4102444800", "token_type": "Bearer",
+                     "resource": "https://storage.azure.com"}
+    if headers.get("authorization") != "Bearer " + TOKEN:
+        return 403, {}
+    seen.append(target.split("?")[0])
+    return 200, table_answer(target)
 
 async def main():
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    server = await serve(answer)
+    port = port_of(server)
     os.environ.update({"IDENTITY_ENDPOINT": f"http://127.0.0.1:{port}/msi/token", "IDENTITY_HEADER": "host-secret",
                        "AzureWebJobsStorage__tableServiceUri": f"http://127.0.0.1:{port}",
                        "AzureWebJobsStorage__clientId": "5e2d7c1a-0b9f-4e3d-8c7b-6a5f4e3d2c1b"})

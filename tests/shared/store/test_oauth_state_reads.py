@@ -3,35 +3,15 @@ as ``shared.store.oauth_states`` stores it through the SDK; it consumes nothing 
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
-
-from localdev.azurite import Azurite
 from shared.azure.clients import AzureClients
 from shared.records import Actor, PendingAuthorization
-from shared.settings import load_settings
 from shared.store.oauth_state_reads import OAuthStateReads
 from shared.store.oauth_states import OAuthStates, new_state
 from shared.store.table_reads import Entity, TableReads
-
-
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[Azurite]:
-    with Azurite() as running:
-        yield running
-
-
-@pytest.fixture
-async def clients(azurite: Azurite) -> AsyncIterator[AzureClients]:
-    settings = load_settings({"AzureWebJobsStorage": azurite.connection_string,
-                              "STATE_TABLE_PREFIX": "t" + uuid.uuid4().hex[:10]})
-    built = AzureClients(settings)
-    yield built
-    await built.close()
 
 
 class Recorded(TableReads):

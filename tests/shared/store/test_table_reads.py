@@ -11,13 +11,11 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from localdev.azurite import Azurite
 from shared.azure.clients import AzureClients
 from shared.errors import NotFound, UpstreamError
 from shared.records import Actor, Authorization, ConnectionRecord, HealthState, RotationEvent, RotationState
@@ -146,21 +144,6 @@ def test_the_connection_string_gives_the_endpoint_and_key() -> None:
 
 
 # -- against Azurite: the SDK store writes, both read -----------------------------------------------------------
-@pytest.fixture(scope="module")
-def azurite() -> Iterator[Azurite]:
-    with Azurite() as running:
-        yield running
-
-
-@pytest.fixture
-async def clients(azurite: Azurite) -> AsyncIterator[AzureClients]:
-    settings = load_settings({"AzureWebJobsStorage": azurite.connection_string,
-                              "STATE_TABLE_PREFIX": "t" + uuid.uuid4().hex[:10]})
-    built = AzureClients(settings)
-    yield built
-    await built.close()
-
-
 def shapes() -> list[ConnectionRecord]:
     """Connections of every shape the store holds."""
     actor = Actor("0d6f0c1e-1111-4222-8333-444455556666", "Zoë O'Neil \"admin\"", "user")
