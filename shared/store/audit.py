@@ -93,15 +93,13 @@ class AuditTable:
 
         reads = TableReads(self._clients)
         newest_day, after = _decode(continuation) if continuation else (day_of(end), None)
-        oldest_day = day_of(start)
         filters = "".join(
             f" and {column} eq '{_quote(value)}'"
             for column, value in (("ConnectionId", connection_id), ("ActorId", actor), ("Action", action)) if value)
         found: list[AuditRecord] = []
         newest = datetime.strptime(newest_day, "%Y%m%d").replace(tzinfo=UTC)
-        days: list[str] = []
-        while day_of(newest - timedelta(days=len(days))) >= oldest_day:
-            days.append(day_of(newest - timedelta(days=len(days))))
+        oldest = datetime.strptime(day_of(start), "%Y%m%d").replace(tzinfo=UTC)
+        days = [day_of(newest - timedelta(days=n)) for n in range((newest - oldest).days + 1)]
         low = row_key(end, "")  # the newest wanted sorts first
         high = row_key(start, "~")
 
@@ -110,6 +108,9 @@ class AuditTable:
             return (f"PartitionKey eq '{key}' and RowKey {'gt' if after else 'ge'} '{_quote(lower)}'"
                     f" and RowKey le '{_quote(high)}'{filters}")
 
+        # Each day's query, once (a continuation's ``after`` is in the first day).
+        queries = [day_query(key, after if n == 0 else None) for n, key in enumerate(days)]
+
         # Each day is a partition of its own: the first pages of the next SEARCH_AHEAD days are asked for at
         # once, and read in order, so a search over quiet days is not one round trip per day after another. The
         # reads are read without the SDK (shared.store.table_reads): a search is a read.
@@ -117,9 +118,8 @@ class AuditTable:
 
         def ask(index: int) -> None:
             if index < len(days) and index not in first_pages:
-                query = day_query(days[index], after if index == 0 else None)
                 first_pages[index] = asyncio.ensure_future(
-                    reads.query_page(AUDIT_TABLE, query, {}, top=min(1000, limit), continuation=None))
+                    reads.query_page(AUDIT_TABLE, queries[index], {}, top=min(1000, limit), continuation=None))
 
         try:
             for index, key in enumerate(days):
@@ -134,8 +134,7 @@ class AuditTable:
                     if page_token is None:
                         break
                     page, page_token = await reads.query_page(
-                        AUDIT_TABLE, day_query(key, after if index == 0 else None), {},
-                        top=min(1000, limit - len(found)), continuation=page_token)
+                        AUDIT_TABLE, queries[index], {}, top=min(1000, limit - len(found)), continuation=page_token)
             return found, None
         finally:
             for task in first_pages.values():  # days asked for ahead that the page did not need
