@@ -130,6 +130,7 @@ def test_install_and_deploy_use_the_locks():
     assert 'REQS="$ROOT/requirements-infra.txt"' in infra
     # Azure Functions' remote build installs requirements.txt: it must be deployed, and pip checks its hashes
     # (a requirements file with hashes turns hash-checking on for every package it installs).
-    ignored = {line.strip() for line in (ROOT / ".funcignore").read_text().splitlines()}
-    assert "requirements.txt" not in ignored
+    from localdev import package
+
+    assert package.ignored_by("requirements.txt", package.ignore_patterns(ROOT)) == []
     assert "--hash=sha256:" in (ROOT / "requirements.txt").read_text()
