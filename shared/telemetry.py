@@ -184,7 +184,9 @@ def _clean(attributes: Attributes) -> dict[str, str | int | float | bool]:
 def span(name: str, attributes: Attributes | None = None) -> AbstractContextManager[Span]:
     """A span around a block. An escaping exception sets ``outcome=error`` and ``error.type`` (its class name,
     never its message) unless the block set an outcome; the span's status is then ERROR."""
-    return _span(name, attributes, "internal")
+    if quiet():
+        return contextlib.nullcontext(_quiet_current.get())
+    return _recording_span(name, attributes, "internal")
 
 
 def server_span(name: str, attributes: Attributes | None = None, *, traceparent: str | None = None,
@@ -378,13 +380,6 @@ def current_trace_id() -> str | None:
     from opentelemetry import trace
 
     return trace_id(trace.get_current_span())
-
-
-def _span(name: str, attributes: Attributes | None, kind: str, parent: Any = None,
-          qualified_errors: bool = False) -> AbstractContextManager[Span]:
-    if quiet():
-        return contextlib.nullcontext(_quiet_current.get())
-    return _recording_span(name, attributes, kind, parent, qualified_errors)
 
 
 @contextlib.contextmanager
