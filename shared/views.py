@@ -57,7 +57,6 @@ class ConnectionReader:
         record = await self.get(app_id, connection_id)
         return await self.history.page(record.id, page_size(limit), continuation)
 
-
     async def health_summary(self, apps: set[str] | None = None) -> dict[str, Any]:
         """Counts by health status and app (of the ``apps`` given, or all), and the connections that need
         attention: expired, then failing, then expiring, soonest expiry first."""
@@ -87,6 +86,7 @@ class ConnectionReader:
 def attention_item(record: ConnectionRecord) -> dict[str, Any]:
     return {"app": record.app, "id": record.id, "name": record.name, "method": record.method,
             **health_response(record)}
+
 
 def health_response(record: ConnectionRecord) -> dict[str, Any]:
     health = record.health
