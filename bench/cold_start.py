@@ -232,7 +232,7 @@ def main() -> int:
         if args.baseline:
             source = common.baseline_root(args.baseline, Path(unpacked) / "baseline-source")
             if source is not None:
-                apps[f"service at {args.baseline} (issue 17)"] = (
+                apps[common.baseline_name(args.baseline)] = (
                     package.build(Path(unpacked) / "baseline", source),
                     {"STATE_TABLE_PREFIX": "Cold" + secrets.token_hex(4)})
         imports(args.runs, deployed)

@@ -176,6 +176,11 @@ def progress(every: int, total: int, what: str) -> Callable[[], None]:
 ISSUE_BASELINE = "1886fe0"
 
 
+def baseline_name(revision: str) -> str:
+    """How the benchmarks' tables name the service at ``revision``."""
+    return f"service at {revision}" + (" (issue 17)" if revision == ISSUE_BASELINE else "")
+
+
 def baseline_root(revision: str, parent: Path) -> Path | None:
     """The function app at ``revision`` of this repository, unpacked into ``parent`` (None without that history)."""
     archive = subprocess.run(["git", "archive", "--format=tar", revision], cwd=ROOT, capture_output=True,
