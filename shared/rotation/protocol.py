@@ -125,6 +125,9 @@ class _Run:
     materials: dict[str, dict[str, str]] = field(default_factory=dict)
     graphs: dict[str, GraphSession] = field(default_factory=dict)
     closing: AsyncExitStack = field(default_factory=AsyncExitStack)
+    # What this attempt added to the application (and the vault version it wrote) before its journal recorded it.
+    unrecorded: Successor | None = None
+    unrecorded_version: str | None = None
 
 
 class Rotator(Journaled):
@@ -238,6 +241,7 @@ class Rotator(Journaled):
             return Attempt(record)
         except LeaseLost:
             log.warning("Rotation of %s stopped: another worker holds it now", record.id)
+            await self._withdraw(record, run)
             raise
         except Stopped as stopped:
             return await self._failed(record, run, stopped.error)
@@ -269,9 +273,10 @@ class Rotator(Journaled):
 
     async def _create(self, record: ConnectionRecord, run: _Run) -> ConnectionRecord:
         state = record.rotation
-        assert state.rotation_id is not None
+        rotation_id = state.rotation_id
+        assert rotation_id is not None
         roll = roll_of(record)
-        name = marker(record.id, state.rotation_id)
+        name = marker(record.id, rotation_id)
         await self.checkpoint("before-add-password", record)
         graph = await self._graph(record, record.secret_version, run)
         current = await self._material(record, record.secret_version, run)
@@ -281,28 +286,64 @@ class Rotator(Journaled):
         await remove_rolled(roll, graph, record.client_id or "", set(), name, audit=self._removal(record),
                             registration=registration, signer=current, now=self.now())
         if state.attempt > 1:  # an earlier attempt may have written a pending version before it stopped
-            await self.adapters.vault.disable_tagged(record.secret_name, "rotationId", state.rotation_id)
+            await self.adapters.vault.disable_tagged(record.secret_name, "rotationId", rotation_id)
         # The predecessor's Key ID, when the rotation did not know it (a certificate's, found by its thumbprint).
         previous = state.previous_key_id or roll.identify(registration, current)
+        # Graph cannot make an addition conditional: the lease is renewed (ETag-guarded) just before it, so that a
+        # worker held up past its lease while another took the rotation over adds nothing.
+        state = state.evolve(lease_until=self.now() + self.options.lease)
+        record = await self._save(record, state)
+        await self.checkpoint("lease-renewed", record)
         await self.audit.credential_change("credential.add", "started", app=record.app, connection_id=record.id,
                                            object_id=registration.object_id, detail=f"add {roll.noun} '{name}'")
         added = await self._add_within_policy(roll, graph, registration, name, state.interval_days or 30, current)
+        run.unrecorded = added
         await self.audit.credential_change("credential.add", "succeeded", app=record.app, connection_id=record.id,
                                            object_id=registration.object_id, key_id=added.key_id)
         await self.checkpoint("after-add-password", record)
         stored = await self.adapters.vault.write(
             record.secret_name, roll.store_successor(added),
-            secret_tags(record, rotationId=state.rotation_id, keyId=added.key_id),
+            secret_tags(record, rotationId=rotation_id, keyId=added.key_id),
             expires_on=added.end,
         )
+        run.unrecorded_version = stored.version
         if stored.material is not None:
             run.materials[stored.version] = stored.material
         await self.checkpoint("after-vault-write", record)
-        return await self._save(record, state.evolve(step=CREATED, pending_key_id=added.key_id,
-                                                     pending_version=stored.version,
-                                                     pending_expires_at=added.end,
-                                                     previous_key_id=previous,
-                                                     key_id=state.key_id or previous))
+        saved = await self._save(record, state.evolve(step=CREATED, pending_key_id=added.key_id,
+                                                      pending_version=stored.version,
+                                                      pending_expires_at=added.end,
+                                                      previous_key_id=previous,
+                                                      key_id=state.key_id or previous))
+        run.unrecorded = run.unrecorded_version = None
+        return saved
+
+    async def _withdraw(self, record: ConnectionRecord, run: _Run) -> None:
+        """This attempt added a credential, then lost the rotation before its journal recorded it (the worker was
+        held up past its lease and another took over, or the connection was deleted): nothing would ever track it,
+        so it is removed, with a proof signed by itself where one is needed, and the vault version holding it is
+        disabled. Unless the journal has it now; a removal that fails is logged (the audit log has the addition and
+        the removal started), and the credential keeps the rotation's marker, by which ``DELETE`` finds it."""
+        added, version = run.unrecorded, run.unrecorded_version
+        run.unrecorded = run.unrecorded_version = None
+        if added is None:
+            return
+        try:
+            current: ConnectionRecord | None = await self.adapters.connections.get(record.app, record.id)
+        except NotFound:
+            current = None
+        if current is not None and added.key_id in (current.rotation.pending_key_id, current.rotation.key_id):
+            return
+        roll = roll_of(record)
+        try:
+            graph = await self._graph(record, record.secret_version, run)
+            await remove_rolled(roll, graph, record.client_id or "", {added.key_id}, None,
+                                audit=self._removal(record), signer=roll.store_successor(added), now=self.now())
+            if version is not None:
+                await self.adapters.vault.disable(record.secret_name, version)
+        except Exception as error:
+            log.warning("Rotation of %s: the %s it added after losing the rotation could not be removed (%s)",
+                        record.id, roll.noun, type(error).__name__)
 
     async def _add_within_policy(self, roll: CredentialRoll, graph: GraphSession, registration: AppRegistration,
                                  name: str, interval_days: int, current: Mapping[str, str]) -> Successor:
@@ -405,9 +446,11 @@ class Rotator(Journaled):
         try:
             current = await self.adapters.connections.get(record.app, record.id)
         except NotFound:
+            await self._withdraw(record, run)
             return Attempt(record, error)
         state = current.rotation
         if state.lease_owner != self.owner or state.rotation_id is None:
+            await self._withdraw(record, run)
             return Attempt(current, error)
         message = error.detail
         base = state
