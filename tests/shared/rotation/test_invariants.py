@@ -5,15 +5,16 @@ no 5xx; I4 one history entry per attempt."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import pytest
 
 from shared.records import ConnectionRecord
-from tests.lifecycle_harness import Crash, Harness, user_operations
+from tests.lifecycle_harness import Crash, Harness, only_retired, user_operations
 
-CHECKPOINTS = ["before-add-password", "after-add-password", "after-vault-write", "after-test", "after-finish",
-               "after-revoke"]
+CHECKPOINTS = ["before-add-password", "lease-renewed", "after-add-password", "after-vault-write", "after-test",
+               "after-finish", "after-revoke"]
 OPERATIONS = ["patch-credentials", "patch-other-app", "patch-rotation", "disable-rotation", "delete", "validate",
               "rotate", "rename", "reauthorize"]
 # While a rotation runs, these wait for it: they answer 409 with the rotation's id and Retry-After.
@@ -117,3 +118,66 @@ async def test_an_azure_failure_at_any_call_of_a_rotation_keeps_every_invariant(
     after = await h.record(record.id)
     assert after is not None
     assert not after.rotation.in_progress
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
+async def test_a_worker_held_up_past_its_lease_at_a_step_leaves_nothing_behind(checkpoint: str, method: str) -> None:
+    """A worker held up at a step (a frozen host, a hung call) longer than its lease: another worker takes the
+    rotation over and ends it. When the first one wakes, it stops at its next write; what it added or wrote
+    meanwhile is removed or disabled, nothing in use is revoked, and the other's journal stands."""
+    h = Harness(method=method)
+    record = await _rotating(h)
+    held, woken = asyncio.Event(), asyncio.Event()
+
+    async def hold(name: str, current: ConnectionRecord) -> None:
+        if name == checkpoint and not held.is_set():
+            held.set()
+            await woken.wait()
+
+    first = asyncio.create_task(h.sweep(hold))
+    await asyncio.wait([first, asyncio.create_task(held.wait())], return_when=asyncio.FIRST_COMPLETED)
+    assert held.is_set(), f"the rotation never reached {checkpoint}"
+    h.fakes.clock.advance(h.services().rotator.options.lease + timedelta(minutes=1))
+    await h.sweep()
+    taken = await h.record(record.id)
+    assert taken is not None
+    assert taken.rotation.status == "succeeded", taken.rotation.message
+    woken.set()
+    await first
+    assert h.check() == []
+    after = await h.record(record.id)
+    assert after is not None
+    assert (after.rotation, after.secret_version) == (taken.rotation, taken.secret_version)
+    enabled = [v for v in h.fakes.vault.secrets[after.secret_name] if v.enabled]
+    assert [v.version for v in enabled] == [after.secret_version]
+
+
+async def test_a_credentials_change_that_fails_first_finishes_the_clean_up_an_earlier_one_left_and_nothing_else(
+) -> None:
+    """Found by the stateful test: the clean-up a credentials change journals (the service's secrets on the
+    application it left) is finished before the next change, which may then fail (Key Vault down) and answer 502.
+    I3 lets it have finished that clean-up, as the sweep would have, and nothing else."""
+    h = Harness()
+    record = await h.create(rotation=True)
+    h.fakes.world.fail_next("graph.remove", times=2)
+    h.faults_armed = True
+    first = await user_operations(h, record.id)["patch-credentials"]()
+    assert first.status == 200, first.error
+    waiting = await h.record(record.id)
+    assert waiting is not None
+    assert waiting.rotation.retire_version is not None
+    h.fakes.world.fail_next("vault.write")
+    before = await h.snapshot(record.id)
+    second = await user_operations(h, record.id)["patch-credentials"]()
+    assert second.status == 502, second
+    after = await h.record(record.id)
+    assert after is not None
+    assert after.rotation.retire_version is None
+    assert after.secret_version == waiting.secret_version
+    assert h.check() == []
+    snapshot = await h.snapshot(record.id)
+    before = (*before[:2], snapshot[2])  # the owner's new secret was added to the application before the request
+    assert only_retired(before, snapshot)
+    assert not only_retired(before, (snapshot[0].evolve(name="renamed"), *snapshot[1:]))
+    assert not only_retired(before, (snapshot[0], "another secret", *snapshot[2:]))
