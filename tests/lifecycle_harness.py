@@ -4,7 +4,8 @@
   ``removePassword``), and every connection's current credential is live;
 - I2: every credential the service created on an application is the connection's current one, or recorded in
   its journal, or removed (or reported as left live by a forced DELETE);
-- I3: no request answers an error after it changed state, and none answers 5xx (but 502 while Azure is failing);
+- I3: no request answers an error after it changed state (but for finishing first the clean-up an earlier
+  credentials change journaled), and none answers 5xx (but 502 while Azure is failing);
 - I4: each rotation attempt leaves exactly one history entry.
 """
 
