@@ -109,13 +109,14 @@ class Lifecycle(RuleBasedStateMachine):
     def sweep(self) -> None:
         self._sweep()
 
-    @precondition(lambda self: self.held is None)
     @rule(checkpoint=st.sampled_from(CHECKPOINTS))
     def due_sweep_held_up_at(self, checkpoint: str) -> None:
         """Every rotation is due, and the first worker to reach ``checkpoint`` is held up there (a frozen host, a
-        hung call) until it wakes; the sweep goes on meanwhile as far as it can (its other rotations)."""
+        hung call) until it wakes; the sweep goes on meanwhile as far as it can (its other rotations). One worker
+        is held up at a time. (No rule has a precondition on what the sweeps did: threads decide their order, and
+        hypothesis needs the rules it may draw to be the same when it replays an example.)"""
         self.run(self.h.due())
-        self.hold_at = checkpoint
+        self.hold_at = checkpoint if self.held is None else None
         self._sweep()
         self.hold_at = None
 
@@ -126,15 +127,14 @@ class Lifecycle(RuleBasedStateMachine):
             task = self.loop.create_task(self.h.sweep(self._checkpoint))
             self.run(self._until_held_or_done(task))
             if not task.done():
-                assert self.held is None  # a worker is held up only where none is (due_sweep_held_up_at)
                 self.held = task
                 return
             self.run(task)
 
-    @precondition(lambda self: self.held is not None)
     @rule()
     def held_worker_wakes(self) -> None:
-        assert self.held is not None
+        if self.held is None:
+            return
         held, self.held = self.held, None
         self.woken.set()
         with contextlib.suppress(Crash):
