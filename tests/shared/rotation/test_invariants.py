@@ -120,14 +120,8 @@ async def test_an_azure_failure_at_any_call_of_a_rotation_keeps_every_invariant(
     assert not after.rotation.in_progress
 
 
-@pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
-async def test_a_worker_held_up_past_its_lease_at_a_step_leaves_nothing_behind(checkpoint: str, method: str) -> None:
-    """A worker held up at a step (a frozen host, a hung call) longer than its lease: another worker takes the
-    rotation over and ends it. When the first one wakes, it stops at its next write; what it added or wrote
-    meanwhile is removed or disabled, nothing in use is revoked, and the other's journal stands."""
-    h = Harness(method=method)
-    record = await _rotating(h)
+async def _held_up_at(h: Harness, checkpoint: str) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """A sweep whose worker is held up at ``checkpoint`` (a frozen host, a hung call), then its lease runs out."""
     held, woken = asyncio.Event(), asyncio.Event()
 
     async def hold(name: str, current: ConnectionRecord) -> None:
@@ -139,6 +133,18 @@ async def test_a_worker_held_up_past_its_lease_at_a_step_leaves_nothing_behind(c
     await asyncio.wait([first, asyncio.create_task(held.wait())], return_when=asyncio.FIRST_COMPLETED)
     assert held.is_set(), f"the rotation never reached {checkpoint}"
     h.fakes.clock.advance(h.services().rotator.options.lease + timedelta(minutes=1))
+    return first, woken
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
+async def test_a_worker_held_up_past_its_lease_at_a_step_leaves_nothing_behind(checkpoint: str, method: str) -> None:
+    """A worker held up at a step longer than its lease: another worker takes the rotation over and ends it. When
+    the first one wakes, it stops at its next write; what it added or wrote meanwhile is removed or disabled,
+    nothing in use is revoked, and the other's journal stands."""
+    h = Harness(method=method)
+    record = await _rotating(h)
+    first, woken = await _held_up_at(h, checkpoint)
     await h.sweep()
     taken = await h.record(record.id)
     assert taken is not None
@@ -151,6 +157,26 @@ async def test_a_worker_held_up_past_its_lease_at_a_step_leaves_nothing_behind(c
     assert (after.rotation, after.secret_version) == (taken.rotation, taken.secret_version)
     enabled = [v for v in h.fakes.vault.secrets[after.secret_name] if v.enabled]
     assert [v.version for v in enabled] == [after.secret_version]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
+async def test_a_worker_held_up_past_its_lease_while_the_connection_is_deleted_leaves_nothing_live(
+        checkpoint: str, method: str) -> None:
+    """The same, but the connection is deleted meanwhile: a secret the worker adds when it wakes is removed again.
+    (A certificate's addition is refused: its proof is signed with the key the deletion removed.)"""
+    h = Harness(method=method)
+    record = await _rotating(h)
+    first, woken = await _held_up_at(h, checkpoint)
+    deleted = await user_operations(h, record.id)["delete"]()
+    assert deleted.status == 200, deleted.error
+    woken.set()
+    await first
+    assert h.check() == []
+    assert await h.record(record.id) is None
+    made = [key_id for key_id, (client_id, _) in h.fakes.world.created.items() if client_id == record.client_id]
+    assert made
+    assert all(h.fakes.world.credential(record.client_id or "", key_id) is None for key_id in made)
 
 
 async def test_a_credentials_change_that_fails_first_finishes_the_clean_up_an_earlier_one_left_and_nothing_else(
