@@ -203,10 +203,13 @@ class Migrator(Journaled):
                         f"({MAX_FEDERATED_CREDENTIALS}); remove one it no longer needs, then try again.",
                         extensions={"expectedFederatedCredential": identity.expected()}))
                 name = credential_name(record.id)
+                await self.checkpoint("before-add-federated", record)
+                # Graph cannot make the addition conditional: an ETag-guarded write just before it stops a worker
+                # held up past its lease while another took the migration over (and perhaps undid it).
+                record = await self._save(record)
                 await self.audit.credential_change("credential.add", "started", app=record.app,
                                                    connection_id=record.id, object_id=registration.object_id,
                                                    detail=f"federated identity credential '{name}'")
-                await self.checkpoint("before-add-federated", record)
                 found = await graph.add_federated_credential(registration.object_id, identity.credential(name))
                 await self.audit.credential_change("credential.add", "succeeded", app=record.app,
                                                    connection_id=record.id, object_id=registration.object_id,

@@ -8,6 +8,7 @@ invariants I1 to I4 of :mod:`tests.lifecycle_harness` holding throughout.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -486,3 +487,36 @@ async def test_the_sweep_finishes_a_migration_whose_worker_died_once_its_lease_r
     assert done.rotation.schedule_key is None
     assert await h.fakes.schedule.due(h.fakes.clock.now + timedelta(days=3650)) == []
     assert h.check() == []
+
+
+async def test_a_migration_worker_held_up_past_its_lease_adds_nothing_once_another_undid_the_migration() -> None:
+    """A worker held up just before it adds the federated credential (a frozen host) while its lease runs out; the
+    same request again takes the migration over, whose sign-in never works, so it undoes it. When the first worker
+    wakes, its next write fails before the addition: nothing is left that no journal tracks."""
+    h = Harness()
+    record = await h.create(rotation=False)
+    held, woken = asyncio.Event(), asyncio.Event()
+
+    async def hold(name: str, current: ConnectionRecord) -> None:
+        if name == "before-add-federated" and not held.is_set():
+            held.set()
+            await woken.wait()
+
+    first = asyncio.create_task(h.services(checkpoint=hold).connections.migrate_to_federated(APP, record.id, {}))
+    await asyncio.wait([first, asyncio.create_task(held.wait())], return_when=asyncio.FIRST_COMPLETED)
+    assert held.is_set()
+    h.fakes.clock.advance(h.services().rotator.options.lease + timedelta(minutes=1))
+    h.fakes.world.federation_delay = 10**6
+    with pytest.raises(CredentialRejected):
+        await migrated(h, record)
+    assert h.fakes.world.apps[record.client_id or ""].federated == {}
+    h.fakes.world.federation_delay = 0
+    woken.set()
+    with pytest.raises(ServiceError):
+        await first
+    assert h.fakes.world.apps[record.client_id or ""].federated == {}
+    assert h.check() == []
+    after = await h.record(record.id)
+    assert after is not None
+    assert (after.method, after.secret_version) == ("client-secret", record.secret_version)
+    assert not after.rotation.in_progress
