@@ -19,7 +19,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from shared.errors import ServiceError
 from shared.records import ConnectionRecord
 from tests.lifecycle_harness import Crash, Harness, user_operations
-from tests.shared.rotation.test_invariants import CHECKPOINTS, OPERATIONS
+from tests.shared.rotation.test_invariants import CHECKPOINTS as ROTATION_CHECKPOINTS
+from tests.shared.rotation.test_invariants import OPERATIONS as ROTATION_OPERATIONS
+from tests.shared.test_federated import CHECKPOINTS as MIGRATION_CHECKPOINTS
 
 # Ids (connections, rotations, Key IDs, vault versions) decide the order a sweep takes connections in: drawn from
 # a generator seeded afresh for every example, so that a failing example replays as it ran and shrinks.
@@ -30,6 +32,8 @@ def _uuid4() -> uuid.UUID:
     return uuid.UUID(int=IDS.getrandbits(128), version=4)
 
 
+OPERATIONS = [*ROTATION_OPERATIONS, "migrate"]
+CHECKPOINTS = [*ROTATION_CHECKPOINTS, *MIGRATION_CHECKPOINTS]  # a sweep resumes a migration a dead worker left
 FAULTS = ["graph.find", "graph.policy", "graph.add", "graph.add.lost", "graph.remove", "vault.write", "probe",
           "store.update", "history.record", "audit.append"]
 
