@@ -322,28 +322,36 @@ class Rotator(Journaled):
         """This attempt added a credential, then lost the rotation before its journal recorded it (the worker was
         held up past its lease and another took over, or the connection was deleted): nothing would ever track it,
         so it is removed, with a proof signed by itself where one is needed, and the vault version holding it is
-        disabled. Unless the journal has it now; a removal that fails is logged (the audit log has the addition and
-        the removal started), and the credential keeps the rotation's marker, by which ``DELETE`` finds it."""
+        disabled, unless the journal has it now. Retried with back-off while Azure fails, for as long as a
+        successor's test is; a withdrawal that still fails is logged (the audit log has the addition and the
+        removal started), and the credential keeps the rotation's marker, by which ``DELETE`` finds it."""
         added, version = run.unrecorded, run.unrecorded_version
         run.unrecorded = run.unrecorded_version = None
         if added is None:
             return
-        try:
-            current: ConnectionRecord | None = await self.adapters.connections.get(record.app, record.id)
-        except NotFound:
-            current = None
-        if current is not None and added.key_id in (current.rotation.pending_key_id, current.rotation.key_id):
-            return
         roll = roll_of(record)
-        try:
+
+        async def withdraw() -> None:
+            try:
+                current: ConnectionRecord | None = await self.adapters.connections.get(record.app, record.id)
+            except NotFound:
+                current = None
+            if current is not None and added.key_id in (current.rotation.pending_key_id, current.rotation.key_id):
+                return
             graph = await self._graph(record, record.secret_version, run)
             await remove_rolled(roll, graph, record.client_id or "", {added.key_id}, None,
                                 audit=self._removal(record), signer=roll.store_successor(added), now=self.now())
             if version is not None:
                 await self.adapters.vault.disable(record.secret_name, version)
+
+        failed: Exception | None
+        try:
+            failed = await self._until_it_works(withdraw)
         except Exception as error:
+            failed = error
+        if failed is not None:
             log.warning("Rotation of %s: the %s it added after losing the rotation could not be removed (%s)",
-                        record.id, roll.noun, type(error).__name__)
+                        record.id, roll.noun, type(failed).__name__)
 
     async def _add_within_policy(self, roll: CredentialRoll, graph: GraphSession, registration: AppRegistration,
                                  name: str, interval_days: int, current: Mapping[str, str]) -> Successor:

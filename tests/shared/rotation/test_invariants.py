@@ -137,11 +137,13 @@ async def _held_up_at(h: Harness, checkpoint: str) -> tuple[asyncio.Task[None], 
 
 
 @pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("fault", [None, "graph.find", "graph.remove"])
 @pytest.mark.parametrize("checkpoint", CHECKPOINTS)
-async def test_a_worker_held_up_past_its_lease_at_a_step_leaves_nothing_behind(checkpoint: str, method: str) -> None:
+async def test_a_worker_held_up_past_its_lease_at_a_step_leaves_nothing_behind(checkpoint: str, fault: str | None,
+                                                                              method: str) -> None:
     """A worker held up at a step longer than its lease: another worker takes the rotation over and ends it. When
-    the first one wakes, it stops at its next write; what it added or wrote meanwhile is removed or disabled,
-    nothing in use is revoked, and the other's journal stands."""
+    the first one wakes, it stops at its next write; what it added or wrote meanwhile is removed or disabled (and
+    retried when Graph fails once as it wakes), nothing in use is revoked, and the other's journal stands."""
     h = Harness(method=method)
     record = await _rotating(h)
     first, woken = await _held_up_at(h, checkpoint)
@@ -149,6 +151,9 @@ async def test_a_worker_held_up_past_its_lease_at_a_step_leaves_nothing_behind(c
     taken = await h.record(record.id)
     assert taken is not None
     assert taken.rotation.status == "succeeded", taken.rotation.message
+    if fault is not None:
+        h.fakes.world.fail_next(fault)
+        h.faults_armed = True
     woken.set()
     await first
     assert h.check() == []
