@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
@@ -143,13 +143,15 @@ class CertificateRoll(SignInRoll):
         return next((k.key_id for k in registration.keys if (k.thumbprint or "").upper() == thumbprint), None)
 
     async def add_successor(self, graph: GraphSession, registration: AppRegistration, display_name: str,
-                            end: datetime, current: Mapping[str, str], now: datetime) -> Successor:
+                            end: datetime, current: Mapping[str, str], now: datetime,
+                            fence: Callable[[], None]) -> Successor:
         def make() -> tuple[NewCertificate, str]:
             in_use = _parsed(current, now)
             made = new_certificate(in_use, registration.app_id, end, now)
             return made, proof_of_possession(in_use, registration.object_id)
 
         made, proof = await asyncio.to_thread(make)
+        fence()
         added = await graph.add_key(registration.object_id, display_name, made.certificate_der, proof)
         return Successor(added.key_id, made.material, added.end_date_time or made.not_after)
 

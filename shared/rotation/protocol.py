@@ -75,6 +75,9 @@ from shared.rotation.rolls import CredentialRoll, Successor
 from shared.rotation.schedule import RotationSchedule, parse_hhmm
 
 log = logging.getLogger(__name__)
+# A worker adds a credential only while its lease has at least this long to run by its own clock: more than an
+# addition in flight can take (its retries wait 30 s at most in all) and any clock skew between workers.
+ADD_MARGIN = timedelta(minutes=5)
 
 FIRST_BACKOFF = timedelta(minutes=5)
 MAX_BACKOFF = timedelta(days=1)
@@ -125,9 +128,11 @@ class _Run:
     materials: dict[str, dict[str, str]] = field(default_factory=dict)
     graphs: dict[str, GraphSession] = field(default_factory=dict)
     closing: AsyncExitStack = field(default_factory=AsyncExitStack)
-    # What this attempt added to the application (and the vault version it wrote) before its journal recorded it.
-    unrecorded: Successor | None = None
-    unrecorded_version: str | None = None
+    # An addition this attempt began and its journal has not recorded yet; what it added (unless Graph's answer was
+    # lost) and the vault version it wrote.
+    unrecorded: bool = False
+    added: Successor | None = None
+    added_version: str | None = None
 
 
 class Rotator(Journaled):
@@ -296,8 +301,8 @@ class Rotator(Journaled):
         await self.checkpoint("lease-renewed", record)
         await self.audit.credential_change("credential.add", "started", app=record.app, connection_id=record.id,
                                            object_id=registration.object_id, detail=f"add {roll.noun} '{name}'")
-        added = await self._add_within_policy(roll, graph, registration, name, state.interval_days or 30, current)
-        run.unrecorded = added
+        added = run.added = await self._add_within_policy(roll, graph, registration, name, state.interval_days or 30,
+                                                          current, self._fence(state, run))
         await self.audit.credential_change("credential.add", "succeeded", app=record.app, connection_id=record.id,
                                            object_id=registration.object_id, key_id=added.key_id)
         await self.checkpoint("after-add-password", record)
@@ -306,7 +311,7 @@ class Rotator(Journaled):
             secret_tags(record, rotationId=rotation_id, keyId=added.key_id),
             expires_on=added.end,
         )
-        run.unrecorded_version = stored.version
+        run.added_version = stored.version
         if stored.material is not None:
             run.materials[stored.version] = stored.material
         await self.checkpoint("after-vault-write", record)
@@ -315,32 +320,39 @@ class Rotator(Journaled):
                                                       pending_expires_at=added.end,
                                                       previous_key_id=previous,
                                                       key_id=state.key_id or previous))
-        run.unrecorded = run.unrecorded_version = None
+        run.unrecorded = False
         return saved
 
     async def _withdraw(self, record: ConnectionRecord, run: _Run) -> None:
-        """This attempt added a credential, then lost the rotation before its journal recorded it (the worker was
-        held up past its lease and another took over, or the connection was deleted): nothing would ever track it,
-        so it is removed, with a proof signed by itself where one is needed, and the vault version holding it is
-        disabled, unless the journal has it now. Retried with back-off while Azure fails, for as long as a
-        successor's test is; a withdrawal that still fails is logged (the audit log has the addition and the
-        removal started), and the credential keeps the rotation's marker, by which ``DELETE`` finds it."""
-        added, version = run.unrecorded, run.unrecorded_version
-        run.unrecorded = run.unrecorded_version = None
-        if added is None:
+        """This attempt began an addition, then lost the rotation before its journal recorded it (the worker was
+        held up past its lease and another took over, or the connection was deleted): nothing would track what it
+        added. Unless the rotation goes on under another worker (whose revocation removes whatever carries its
+        marker but the key it keeps), every credential of the rotation's marker is removed, but the one the journal
+        now uses, and the vault version this attempt wrote is disabled. A certificate's proof is signed by the one
+        it added (else by the one in use). Retried with back-off while Azure fails, for as long as a successor's
+        test is; a withdrawal that still fails is logged (the audit log has the addition started), and what it
+        added keeps the rotation's marker, by which ``DELETE`` finds it."""
+        rotation_id = record.rotation.rotation_id
+        if not run.unrecorded or rotation_id is None:
             return
+        run.unrecorded = False
         roll = roll_of(record)
+        added, version = run.added, run.added_version
 
         async def withdraw() -> None:
             try:
                 current: ConnectionRecord | None = await self.adapters.connections.get(record.app, record.id)
             except NotFound:
                 current = None
-            if current is not None and added.key_id in (current.rotation.pending_key_id, current.rotation.key_id):
+            if current is not None and current.rotation.rotation_id == rotation_id:
                 return
             graph = await self._graph(record, record.secret_version, run)
-            await remove_rolled(roll, graph, record.client_id or "", {added.key_id}, None,
-                                audit=self._removal(record), signer=roll.store_successor(added), now=self.now())
+            signer = roll.store_successor(added) if added is not None else (
+                await self.adapters.vault.get(current.secret_name, current.secret_version)
+                if current is not None and current.secret_version else {})
+            await remove_rolled(roll, graph, record.client_id or "", set(), marker(record.id, rotation_id),
+                                keep=current.rotation.key_id if current is not None else None,
+                                audit=self._removal(record), signer=signer, now=self.now())
             if version is not None:
                 await self.adapters.vault.disable(record.secret_name, version)
 
@@ -350,11 +362,27 @@ class Rotator(Journaled):
         except Exception as error:
             failed = error
         if failed is not None:
-            log.warning("Rotation of %s: the %s it added after losing the rotation could not be removed (%s)",
-                        record.id, roll.noun, type(failed).__name__)
+            log.warning("Rotation of %s: what it added after losing the rotation could not be removed (%s)",
+                        record.id, type(failed).__name__)
+
+    def _fence(self, state: RotationState, run: _Run) -> Callable[[], None]:
+        """Called right before Graph is asked to add: a worker whose lease runs out within ``ADD_MARGIN`` by its own
+        clock stops there (another may take the rotation over once it has run out, and an addition in flight takes
+        far less than the margin); otherwise the attempt notes that it is adding."""
+        assert state.lease_until is not None
+        deadline = state.lease_until - ADD_MARGIN
+
+        def fence() -> None:
+            if self.now() > deadline:
+                raise LeaseLost("This worker was held up until its rotation lease had nearly run out; it stopped "
+                                "before adding anything.")
+            run.unrecorded = True
+
+        return fence
 
     async def _add_within_policy(self, roll: CredentialRoll, graph: GraphSession, registration: AppRegistration,
-                                 name: str, interval_days: int, current: Mapping[str, str]) -> Successor:
+                                 name: str, interval_days: int, current: Mapping[str, str],
+                                 fence: Callable[[], None]) -> Successor:
         """The roll's ``add_successor``, ending within the lifetime the tenant's app-management policy allows (see
         :mod:`shared.rotation.lifetimes`); on Graph's ``CredentialInvalidLifetimeAsPerAppPolicy`` the policy is
         read again and the addition retried once within it (or with the least lifetime that outlives the next
@@ -365,7 +393,7 @@ class Rotator(Journaled):
             raise CredentialLifetimeRefused(addition_refused(roll, policy), extensions={"policySource": policy.source})
         end = capped_end(now, interval_days, roll.max_lifetime(policy) if policy else None)
         try:
-            return await roll.add_successor(graph, registration, name, end, current, now)
+            return await roll.add_successor(graph, registration, name, end, current, now, fence)
         except CredentialLifetimeRefused as refused:
             if refused.extensions.get("graphCode") != LIFETIME_CODE:
                 raise CredentialLifetimeRefused(addition_refused(roll, policy, refused.extensions.get("graphCode")),
@@ -378,7 +406,7 @@ class Rotator(Journaled):
         if shorter >= end:
             raise lifetime_refused(roll, end - now, policy)
         try:
-            return await roll.add_successor(graph, registration, name, shorter, current, now)
+            return await roll.add_successor(graph, registration, name, shorter, current, now, fence)
         except CredentialLifetimeRefused:
             raise lifetime_refused(roll, shorter - now, policy) from None
 

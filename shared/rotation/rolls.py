@@ -29,7 +29,7 @@ roll it is running (so a resumed attempt picks the same one) and registers it in
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
@@ -91,9 +91,11 @@ class CredentialRoll(Protocol):
         ...
 
     async def add_successor(self, graph: GraphSession, registration: AppRegistration, display_name: str,
-                            end: datetime, current: Mapping[str, str], now: datetime) -> Successor:
+                            end: datetime, current: Mapping[str, str], now: datetime,
+                            fence: Callable[[], None]) -> Successor:
         """Create the successor on the application, ending at ``end``; ``current`` is the material of the credential
-        in use; ``now`` the rotator's clock."""
+        in use; ``now`` the rotator's clock; ``fence`` is called right before the addition (it raises when the
+        rotation is no longer this worker's)."""
         ...
 
     async def test_successor(self, directory: Directory, app: AppSpec, record: ConnectionRecord,
@@ -144,7 +146,9 @@ class PasswordRoll(SignInRoll):
         return None
 
     async def add_successor(self, graph: GraphSession, registration: AppRegistration, display_name: str,
-                            end: datetime, current: Mapping[str, str], now: datetime) -> Successor:
+                            end: datetime, current: Mapping[str, str], now: datetime,
+                            fence: Callable[[], None]) -> Successor:
+        fence()
         added = await graph.add_password(registration.object_id, display_name, end)
         return Successor(added.key_id, {"clientSecret": added.secret_text}, added.end_date_time or end)
 
