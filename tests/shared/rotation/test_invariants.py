@@ -171,8 +171,8 @@ async def test_a_worker_held_up_past_its_lease_at_a_step_leaves_nothing_behind(c
 @pytest.mark.parametrize("checkpoint", CHECKPOINTS)
 async def test_a_worker_held_up_past_its_lease_while_the_connection_is_deleted_leaves_nothing_live(
         checkpoint: str, method: str) -> None:
-    """The same, but the connection is deleted meanwhile: a secret the worker adds when it wakes is removed again.
-    (A certificate's addition is refused: its proof is signed with the key the deletion removed.)"""
+    """The same, but the connection is deleted meanwhile: when the worker wakes, it adds nothing (its lease ran
+    out), and nothing the service made stays live."""
     h = Harness(method=method)
     record = await _rotating(h)
     first, woken = await _held_up_at(h, checkpoint)
