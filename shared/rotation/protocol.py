@@ -75,9 +75,10 @@ from shared.rotation.rolls import CredentialRoll, Successor
 from shared.rotation.schedule import RotationSchedule, parse_hhmm
 
 log = logging.getLogger(__name__)
-# A worker adds a credential only while its lease has at least this long to run by its own clock: more than an
-# addition in flight can take (its retries wait 30 s at most in all) and any clock skew between workers.
-ADD_MARGIN = timedelta(minutes=5)
+# A worker asks Graph to add or remove a credential only while its lease has at least this long to run by its own
+# clock: more than a change in flight can take (its retries wait 30 s at most in all) and any clock skew between
+# workers.
+LEASE_MARGIN = timedelta(minutes=5)
 
 FIRST_BACKOFF = timedelta(minutes=5)
 MAX_BACKOFF = timedelta(days=1)
@@ -283,22 +284,24 @@ class Rotator(Journaled):
         roll = roll_of(record)
         name = marker(record.id, rotation_id)
         await self.checkpoint("before-add-password", record)
+        # Graph cannot make a change conditional: the lease is renewed (ETag-guarded) before the first one, so that a
+        # worker held up past its lease while another took the rotation over changes nothing; each change then
+        # checks the lease by the clock (``_lease_check``).
+        state = state.evolve(lease_until=self.now() + self.options.lease)
+        record = await self._save(record, state)
+        await self.checkpoint("lease-renewed", record)
         graph = await self._graph(record, record.secret_version, run)
         current = await self._material(record, record.secret_version, run)
         registration = await graph.find(record.client_id or "")
         # A credential of this rotation left by an attempt that stopped before recording it goes first (from the
         # application as just read: an attempt reads it once).
         await remove_rolled(roll, graph, record.client_id or "", set(), name, audit=self._removal(record),
-                            registration=registration, signer=current, now=self.now())
+                            registration=registration, signer=current, now=self.now(),
+                            fence=self._lease_check(state))
         if state.attempt > 1:  # an earlier attempt may have written a pending version before it stopped
             await self.adapters.vault.disable_tagged(record.secret_name, "rotationId", rotation_id)
         # The predecessor's Key ID, when the rotation did not know it (a certificate's, found by its thumbprint).
         previous = state.previous_key_id or roll.identify(registration, current)
-        # Graph cannot make an addition conditional: the lease is renewed (ETag-guarded) just before it, so that a
-        # worker held up past its lease while another took the rotation over adds nothing.
-        state = state.evolve(lease_until=self.now() + self.options.lease)
-        record = await self._save(record, state)
-        await self.checkpoint("lease-renewed", record)
         await self.audit.credential_change("credential.add", "started", app=record.app, connection_id=record.id,
                                            object_id=registration.object_id, detail=f"add {roll.noun} '{name}'")
         added = run.added = await self._add_within_policy(roll, graph, registration, name, state.interval_days or 30,
@@ -365,17 +368,25 @@ class Rotator(Journaled):
             log.warning("Rotation of %s: what it added after losing the rotation could not be removed (%s)",
                         record.id, type(failed).__name__)
 
+    def _lease_check(self, state: RotationState) -> Callable[[], None]:
+        """Called right before each change Graph is asked to make: a worker whose lease (``state``'s) runs out
+        within ``LEASE_MARGIN`` by its own clock stops there. Another may take the rotation over once it has run
+        out, and a change in flight takes far less than the margin."""
+        deadline = state.lease_until - LEASE_MARGIN if state.lease_until is not None else None
+
+        def check() -> None:
+            if deadline is not None and self.now() > deadline:
+                raise LeaseLost("This worker was held up until its rotation lease had nearly run out; it stopped "
+                                "before changing the application.")
+
+        return check
+
     def _fence(self, state: RotationState, run: _Run) -> Callable[[], None]:
-        """Called right before Graph is asked to add: a worker whose lease runs out within ``ADD_MARGIN`` by its own
-        clock stops there (another may take the rotation over once it has run out, and an addition in flight takes
-        far less than the margin); otherwise the attempt notes that it is adding."""
-        assert state.lease_until is not None
-        deadline = state.lease_until - ADD_MARGIN
+        """The lease check right before an addition; past it, the attempt notes that it is adding."""
+        check = self._lease_check(state)
 
         def fence() -> None:
-            if self.now() > deadline:
-                raise LeaseLost("This worker was held up until its rotation lease had nearly run out; it stopped "
-                                "before adding anything.")
+            check()
             run.unrecorded = True
 
         return fence
@@ -453,7 +464,7 @@ class Rotator(Journaled):
         signer = await self._material(record, record.secret_version, run)
         await remove_rolled(roll, graph, record.client_id or "", {previous} if previous else set(),
                             marker(record.id, state.rotation_id), keep=state.key_id, audit=self._removal(record),
-                            signer=signer, now=self.now())
+                            signer=signer, now=self.now(), fence=self._lease_check(state))
         # The version it superseded is the only other one enabled (a resumed create disabled what earlier attempts
         # wrote, a retirement what a credentials change left): disabled by its id, without listing the versions.
         if state.previous_version and state.previous_version != record.secret_version:
@@ -497,7 +508,8 @@ class Rotator(Journaled):
                 await remove_rolled(roll_of(current), graph, current.client_id or "",
                                     {state.pending_key_id} if state.pending_key_id else set(),
                                     marker(current.id, state.rotation_id), keep=state.key_id,
-                                    audit=self._removal(current), signer=signer, now=self.now())
+                                    audit=self._removal(current), signer=signer, now=self.now(),
+                                    fence=self._lease_check(state))
                 await self.adapters.vault.disable_tagged(current.secret_name, "rotationId", state.rotation_id)
                 base = state.cleared_journal()
             except Exception as cleanup:  # kept in the journal; the next attempt cleans up
@@ -633,12 +645,14 @@ def retire_waiting(state: RotationState, error: ServiceError, now: datetime, *, 
 async def remove_rolled(roll: CredentialRoll, graph: GraphSession, client_id: str, key_ids: set[str],
                         marker_name: str | None, keep: str | None = None, last: str | None = None,
                         audit: RemovalAudit | None = None, registration: AppRegistration | None = None,
-                        signer: Mapping[str, str] | None = None, now: datetime | None = None) -> list[str]:
+                        signer: Mapping[str, str] | None = None, now: datetime | None = None,
+                        fence: Callable[[], None] | None = None) -> list[str]:
     """Remove (the roll's ``remove_predecessor``) each of ``key_ids`` still on the application, and every
     credential of the roll's kind whose display name starts with ``marker_name``, but ``keep``, and ``last`` after
     all others (the one in use: should a removal fail, it is still there); return the Key IDs removed (one already
     gone counts as done). ``registration``: the application as just read, when it was; ``signer``: the material of
-    the version in use (it signs a proof of possession where the kind needs one), checked as of ``now``."""
+    the version in use (it signs a proof of possession where the kind needs one), checked as of ``now``;
+    ``fence``: called right before each removal (it raises when the rotation is no longer the caller's)."""
     registration = registration or await graph.find(client_id)
     present = roll.rolled(registration)
     doomed = {key.lower() for key in key_ids if key}
@@ -649,6 +663,8 @@ async def remove_rolled(roll: CredentialRoll, graph: GraphSession, client_id: st
     ordered = sorted(present, key=lambda c: c.key_id == (last or "").lower())
     for credential in ordered:
         if credential.key_id in doomed:
+            if fence is not None:
+                fence()
             if audit is not None:
                 await audit(registration.object_id, credential.key_id, "started")
             await roll.remove_predecessor(graph, registration, credential.key_id, signer or {},

@@ -168,6 +168,34 @@ async def test_a_worker_held_up_past_its_lease_at_a_step_leaves_nothing_behind(c
 
 
 @pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS[:CHECKPOINTS.index("after-finish")])  # before its own switch
+async def test_a_worker_held_up_past_its_lease_revokes_nothing_another_put_in_use(checkpoint: str,
+                                                                                 method: str) -> None:
+    """Found by the stateful test: another worker takes the rotation over, puts its new credential in use, and
+    stops before revoking the old one (there, Graph failed; here, it dies). The held-up worker, when it wakes, must
+    not remove that new credential as a stray of the rotation's marker: it stops before any change, its lease
+    having run out."""
+    h = Harness(method=method)
+    record = await _rotating(h)
+    first, woken = await _held_up_at(h, checkpoint)
+
+    async def dies_after_the_switch(name: str, current: ConnectionRecord) -> None:
+        if name == "after-finish":
+            raise Crash(name)
+
+    with pytest.raises(Crash):
+        await h.sweep(dies_after_the_switch)
+    taken = await h.record(record.id)
+    assert taken is not None
+    assert taken.secret_version != record.secret_version
+    woken.set()
+    await first
+    assert h.check() == []
+    await h.settle()
+    assert h.check() == []
+
+
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("checkpoint", CHECKPOINTS)
 async def test_a_worker_held_up_past_its_lease_while_the_connection_is_deleted_leaves_nothing_live(
         checkpoint: str, method: str) -> None:
