@@ -548,7 +548,8 @@ class Rotator(Journaled):
                                                  state.retire_client_id or "", material) as graph:
             await remove_rolled(roll_of(record), graph, state.retire_client_id or "", set(),
                                 connection_marker(record.id), keep=state.key_id if same_app else None,
-                                audit=self._removal(record), signer=material, now=self.now())
+                                audit=self._removal(record), signer=material, now=self.now(),
+                                fence=self._lease_check(state))  # when a rotation's worker retires, under its lease
         await self.adapters.vault.disable_others(record.secret_name, record.secret_version)
         await self.checkpoint("after-retire", record)
         # The current credential is the user's now (a credentials change is what started a retirement): nothing
