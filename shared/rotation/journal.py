@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from shared.audit import AuditLog
 from shared.azure.retry import jittered
-from shared.errors import CredentialRejected, ServiceError, UpstreamError
+from shared.errors import CredentialRejected, LeaseLost, ServiceError, UpstreamError
 from shared.ports import Adapters
 from shared.records import STATUS_ROTATING, ConnectionRecord, RotationEvent, RotationState
 
@@ -52,6 +52,12 @@ def interrupted_attempt(state: RotationState) -> RotationState | None:
     return state if state.attempt_started_at is not None and state.status == STATUS_ROTATING else None
 
 
+# A worker asks Graph to add or remove a credential only while its lease has at least this long to run by its own
+# clock: more than a change in flight can take (its retries wait 30 s at most in all) and any clock skew between
+# workers.
+LEASE_MARGIN = timedelta(minutes=5)
+
+
 class Journaled:
     """The base of a worker that drives a journal on a connection record under its lease."""
 
@@ -65,6 +71,19 @@ class Journaled:
 
     def now(self) -> datetime:
         return self.adapters.clock()
+
+    def lease_check(self, state: RotationState) -> Callable[[], None]:
+        """Called right before each change Graph is asked to make: a worker whose lease (``state``'s) runs out
+        within ``LEASE_MARGIN`` by its own clock stops there (``LeaseLost``). Another may take the journal over once
+        it has run out, and a change in flight takes far less than the margin. No lease, no check."""
+        deadline = state.lease_until - LEASE_MARGIN if state.lease_until is not None else None
+
+        def check() -> None:
+            if deadline is not None and self.now() > deadline:
+                raise LeaseLost("This worker was held up until its lease had nearly run out; it stopped before "
+                                "changing the application.")
+
+        return check
 
     def _leased(self, state: RotationState, now: datetime, **changes: object) -> RotationState:
         """``state`` claimed by this worker at ``now``: a new attempt under way, leased until the lease runs out."""

@@ -210,6 +210,7 @@ class Migrator(Journaled):
                 await self.audit.credential_change("credential.add", "started", app=record.app,
                                                    connection_id=record.id, object_id=registration.object_id,
                                                    detail=f"federated identity credential '{name}'")
+                self.lease_check(record.rotation)()  # and its clock, right before the addition
                 found = await graph.add_federated_credential(registration.object_id, identity.credential(name))
                 await self.audit.credential_change("credential.add", "succeeded", app=record.app,
                                                    connection_id=record.id, object_id=registration.object_id,
@@ -350,6 +351,7 @@ class Migrator(Journaled):
         name = credential_name(record.id)
         for credential in await graph.federated_credentials(registration.object_id):
             if credential.name == name:
+                self.lease_check(record.rotation)()  # a later migration may have adopted it meanwhile
                 await self.audit.credential_change("credential.remove", "started", app=record.app,
                                                    connection_id=record.id, object_id=registration.object_id,
                                                    key_id=credential.id)

@@ -75,10 +75,6 @@ from shared.rotation.rolls import CredentialRoll, Successor
 from shared.rotation.schedule import RotationSchedule, parse_hhmm
 
 log = logging.getLogger(__name__)
-# A worker asks Graph to add or remove a credential only while its lease has at least this long to run by its own
-# clock: more than a change in flight can take (its retries wait 30 s at most in all) and any clock skew between
-# workers.
-LEASE_MARGIN = timedelta(minutes=5)
 
 FIRST_BACKOFF = timedelta(minutes=5)
 MAX_BACKOFF = timedelta(days=1)
@@ -286,7 +282,7 @@ class Rotator(Journaled):
         await self.checkpoint("before-add-password", record)
         # Graph cannot make a change conditional: the lease is renewed (ETag-guarded) before the first one, so that a
         # worker held up past its lease while another took the rotation over changes nothing; each change then
-        # checks the lease by the clock (``_lease_check``).
+        # checks the lease by the clock (``lease_check``).
         state = state.evolve(lease_until=self.now() + self.options.lease)
         record = await self._save(record, state)
         await self.checkpoint("lease-renewed", record)
@@ -297,7 +293,7 @@ class Rotator(Journaled):
         # application as just read: an attempt reads it once).
         await remove_rolled(roll, graph, record.client_id or "", set(), name, audit=self._removal(record),
                             registration=registration, signer=current, now=self.now(),
-                            fence=self._lease_check(state))
+                            fence=self.lease_check(state))
         if state.attempt > 1:  # an earlier attempt may have written a pending version before it stopped
             await self.adapters.vault.disable_tagged(record.secret_name, "rotationId", rotation_id)
         # The predecessor's Key ID, when the rotation did not know it (a certificate's, found by its thumbprint).
@@ -368,22 +364,9 @@ class Rotator(Journaled):
             log.warning("Rotation of %s: what it added after losing the rotation could not be removed (%s)",
                         record.id, type(failed).__name__)
 
-    def _lease_check(self, state: RotationState) -> Callable[[], None]:
-        """Called right before each change Graph is asked to make: a worker whose lease (``state``'s) runs out
-        within ``LEASE_MARGIN`` by its own clock stops there. Another may take the rotation over once it has run
-        out, and a change in flight takes far less than the margin."""
-        deadline = state.lease_until - LEASE_MARGIN if state.lease_until is not None else None
-
-        def check() -> None:
-            if deadline is not None and self.now() > deadline:
-                raise LeaseLost("This worker was held up until its rotation lease had nearly run out; it stopped "
-                                "before changing the application.")
-
-        return check
-
     def _fence(self, state: RotationState, run: _Run) -> Callable[[], None]:
         """The lease check right before an addition; past it, the attempt notes that it is adding."""
-        check = self._lease_check(state)
+        check = self.lease_check(state)
 
         def fence() -> None:
             check()
@@ -464,7 +447,7 @@ class Rotator(Journaled):
         signer = await self._material(record, record.secret_version, run)
         await remove_rolled(roll, graph, record.client_id or "", {previous} if previous else set(),
                             marker(record.id, state.rotation_id), keep=state.key_id, audit=self._removal(record),
-                            signer=signer, now=self.now(), fence=self._lease_check(state))
+                            signer=signer, now=self.now(), fence=self.lease_check(state))
         # The version it superseded is the only other one enabled (a resumed create disabled what earlier attempts
         # wrote, a retirement what a credentials change left): disabled by its id, without listing the versions.
         if state.previous_version and state.previous_version != record.secret_version:
@@ -509,7 +492,7 @@ class Rotator(Journaled):
                                     {state.pending_key_id} if state.pending_key_id else set(),
                                     marker(current.id, state.rotation_id), keep=state.key_id,
                                     audit=self._removal(current), signer=signer, now=self.now(),
-                                    fence=self._lease_check(state))
+                                    fence=self.lease_check(state))
                 await self.adapters.vault.disable_tagged(current.secret_name, "rotationId", state.rotation_id)
                 base = state.cleared_journal()
             except Exception as cleanup:  # kept in the journal; the next attempt cleans up
@@ -549,7 +532,7 @@ class Rotator(Journaled):
             await remove_rolled(roll_of(record), graph, state.retire_client_id or "", set(),
                                 connection_marker(record.id), keep=state.key_id if same_app else None,
                                 audit=self._removal(record), signer=material, now=self.now(),
-                                fence=self._lease_check(state))  # when a rotation's worker retires, under its lease
+                                fence=self.lease_check(state))  # when a rotation's worker retires, under its lease
         await self.adapters.vault.disable_others(record.secret_name, record.secret_version)
         await self.checkpoint("after-retire", record)
         # The current credential is the user's now (a credentials change is what started a retirement): nothing

@@ -520,3 +520,33 @@ async def test_a_migration_worker_held_up_past_its_lease_adds_nothing_once_anoth
     assert after is not None
     assert (after.method, after.secret_version) == ("client-secret", record.secret_version)
     assert not after.rotation.in_progress
+
+
+async def test_a_migration_worker_whose_lease_ran_out_while_held_up_adds_nothing_and_the_request_again_does() -> None:
+    """Held up just before the addition until its lease ran out, though nobody took the migration over: by its own
+    clock the worker stops before changing anything, and the migration is undone as a failure before the switch
+    is; the same request again migrates."""
+    h = Harness()
+    record = await h.create(rotation=False)
+    held, woken = asyncio.Event(), asyncio.Event()
+
+    async def hold(name: str, current: ConnectionRecord) -> None:
+        if name == "before-add-federated" and not held.is_set():
+            held.set()
+            await woken.wait()
+
+    first = asyncio.create_task(h.services(checkpoint=hold).connections.migrate_to_federated(APP, record.id, {}))
+    await asyncio.wait([first, asyncio.create_task(held.wait())], return_when=asyncio.FIRST_COMPLETED)
+    assert held.is_set()
+    h.fakes.clock.advance(h.services().rotator.options.lease + timedelta(minutes=1))
+    woken.set()
+    with pytest.raises(ServiceError):
+        await first
+    assert h.fakes.world.apps[record.client_id or ""].federated == {}
+    assert h.check() == []
+    undone = await h.record(record.id)
+    assert undone is not None
+    assert (undone.method, undone.secret_version) == ("client-secret", record.secret_version)
+    assert not undone.rotation.in_progress
+    assert (await migrated(h, record)).method == "federated"
+    assert h.check() == []
