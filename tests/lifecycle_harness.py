@@ -11,8 +11,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -215,6 +216,23 @@ class Harness:
                 return
             self.fakes.clock.advance(timedelta(days=1, minutes=1))
             await self.sweep()
+
+    async def held_up_at(self, checkpoint: str, run: Callable[[Checkpoint], Coroutine[Any, Any, object]]
+                         ) -> tuple[asyncio.Task[object], asyncio.Event]:
+        """``run`` (a sweep, a request) as a task whose worker is held up at ``checkpoint`` (a frozen host, a hung
+        call) until the event returned is set; the lease of what it holds has run out meanwhile."""
+        held, woken = asyncio.Event(), asyncio.Event()
+
+        async def hold(name: str, current: ConnectionRecord) -> None:
+            if name == checkpoint and not held.is_set():
+                held.set()
+                await woken.wait()
+
+        task = asyncio.create_task(run(hold))
+        await asyncio.wait([task, asyncio.create_task(held.wait())], return_when=asyncio.FIRST_COMPLETED)
+        assert held.is_set(), f"the worker never reached {checkpoint}"
+        self.fakes.clock.advance(self.services().rotator.options.lease + timedelta(minutes=1))
+        return task, woken
 
     async def due(self) -> None:
         """Move the clock past every connection's next rotation."""

@@ -20,6 +20,7 @@ from shared.health import HealthChecker
 from shared.options import app_options
 from shared.records import ConnectionRecord
 from shared.rotation.migration import MIGRATION_STEPS
+from shared.rotation.protocol import Checkpoint
 from tests.fakes import IDENTITY_PRINCIPAL_ID, TENANT, build_fakes
 from tests.lifecycle_harness import APP, Crash, Harness, user_operations
 
@@ -489,23 +490,24 @@ async def test_the_sweep_finishes_a_migration_whose_worker_died_once_its_lease_r
     assert h.check() == []
 
 
+async def _migration_held_up_before_the_addition(h: Harness, record: ConnectionRecord
+                                                 ) -> tuple[asyncio.Task[object], asyncio.Event]:
+    """A migration whose worker is held up just before it adds the federated credential, its lease run out."""
+    async def migrate(hold: Checkpoint) -> ConnectionRecord:
+        result: ConnectionRecord = await h.services(checkpoint=hold).connections.migrate_to_federated(
+            APP, record.id, {})
+        return result
+
+    return await h.held_up_at("before-add-federated", migrate)
+
+
 async def test_a_migration_worker_held_up_past_its_lease_adds_nothing_once_another_undid_the_migration() -> None:
     """A worker held up just before it adds the federated credential (a frozen host) while its lease runs out; the
     same request again takes the migration over, whose sign-in never works, so it undoes it. When the first worker
     wakes, its next write fails before the addition: nothing is left that no journal tracks."""
     h = Harness()
     record = await h.create(rotation=False)
-    held, woken = asyncio.Event(), asyncio.Event()
-
-    async def hold(name: str, current: ConnectionRecord) -> None:
-        if name == "before-add-federated" and not held.is_set():
-            held.set()
-            await woken.wait()
-
-    first = asyncio.create_task(h.services(checkpoint=hold).connections.migrate_to_federated(APP, record.id, {}))
-    await asyncio.wait([first, asyncio.create_task(held.wait())], return_when=asyncio.FIRST_COMPLETED)
-    assert held.is_set()
-    h.fakes.clock.advance(h.services().rotator.options.lease + timedelta(minutes=1))
+    first, woken = await _migration_held_up_before_the_addition(h, record)
     h.fakes.world.federation_delay = 10**6
     with pytest.raises(CredentialRejected):
         await migrated(h, record)
@@ -528,17 +530,7 @@ async def test_a_migration_worker_whose_lease_ran_out_while_held_up_adds_nothing
     is; the same request again migrates."""
     h = Harness()
     record = await h.create(rotation=False)
-    held, woken = asyncio.Event(), asyncio.Event()
-
-    async def hold(name: str, current: ConnectionRecord) -> None:
-        if name == "before-add-federated" and not held.is_set():
-            held.set()
-            await woken.wait()
-
-    first = asyncio.create_task(h.services(checkpoint=hold).connections.migrate_to_federated(APP, record.id, {}))
-    await asyncio.wait([first, asyncio.create_task(held.wait())], return_when=asyncio.FIRST_COMPLETED)
-    assert held.is_set()
-    h.fakes.clock.advance(h.services().rotator.options.lease + timedelta(minutes=1))
+    first, woken = await _migration_held_up_before_the_addition(h, record)
     woken.set()
     with pytest.raises(ServiceError):
         await first

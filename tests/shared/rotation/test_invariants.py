@@ -120,20 +120,9 @@ async def test_an_azure_failure_at_any_call_of_a_rotation_keeps_every_invariant(
     assert not after.rotation.in_progress
 
 
-async def _held_up_at(h: Harness, checkpoint: str) -> tuple[asyncio.Task[None], asyncio.Event]:
-    """A sweep whose worker is held up at ``checkpoint`` (a frozen host, a hung call), then its lease runs out."""
-    held, woken = asyncio.Event(), asyncio.Event()
-
-    async def hold(name: str, current: ConnectionRecord) -> None:
-        if name == checkpoint and not held.is_set():
-            held.set()
-            await woken.wait()
-
-    first = asyncio.create_task(h.sweep(hold))
-    await asyncio.wait([first, asyncio.create_task(held.wait())], return_when=asyncio.FIRST_COMPLETED)
-    assert held.is_set(), f"the rotation never reached {checkpoint}"
-    h.fakes.clock.advance(h.services().rotator.options.lease + timedelta(minutes=1))
-    return first, woken
+async def _held_up_at(h: Harness, checkpoint: str) -> tuple[asyncio.Task[object], asyncio.Event]:
+    """A sweep whose worker is held up at ``checkpoint``, then its lease runs out."""
+    return await h.held_up_at(checkpoint, h.sweep)
 
 
 @pytest.mark.parametrize("method", METHODS)
