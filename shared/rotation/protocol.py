@@ -347,7 +347,7 @@ class Rotator(Journaled):
                 return
             graph = await self._graph(record, record.secret_version, run)
             signer = roll.store_successor(added) if added is not None else (
-                await self.adapters.vault.get(current.secret_name, current.secret_version)
+                await self._material(current, current.secret_version, run)
                 if current is not None and current.secret_version else {})
             await remove_rolled(roll, graph, record.client_id or "", set(), marker(record.id, rotation_id),
                                 keep=current.rotation.key_id if current is not None else None,
