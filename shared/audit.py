@@ -64,6 +64,12 @@ def current() -> RequestContext:
     return _CONTEXT.get() or RequestContext(SYSTEM)
 
 
+def acting_actor() -> Actor:
+    """Who is acting (the request's caller, or the system), without the role they act by."""
+    actor = current().actor
+    return Actor(actor.id, actor.name, actor.type)
+
+
 class AuditLog:
     def __init__(self, store: AuditStore, clock: Clock) -> None:
         self._store = store

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared import audit
 from shared.apps import APPS, AppSpec, Method, method_spec
+from shared.audit import acting_actor
 from shared.credentials import parse_certificate_async
 from shared.errors import (
     ConcurrentChange,
@@ -57,7 +57,6 @@ from shared.records import (
     STATUS_INVALID,
     STATUS_REAUTHORIZATION_REQUIRED,
     STATUS_SCHEDULED,
-    Actor,
     Authorization,
     ConnectionRecord,
     HealthState,
@@ -78,7 +77,7 @@ from shared.rotation.state import state_response
 from shared.store.vault import secret_name_for
 from shared.views import DEFAULT_PAGE_SIZE as DEFAULT_PAGE_SIZE  # the reads and the public view live apart,
 from shared.views import MAX_PAGE_SIZE as MAX_PAGE_SIZE  # so that a read imports none of the above
-from shared.views import ConnectionReader
+from shared.views import ConnectionReader, ensure_name_free
 from shared.views import health_response as health_response
 from shared.views import page_size as page_size
 from shared.views import require_app as require_app
@@ -123,12 +122,7 @@ class ConnectionService:
 
     # -- shared steps of every method ------------------------------------------------------------------------
     async def ensure_name_free(self, app_id: str, name: str, pointer: str = "/name") -> None:
-        try:
-            await self.store.get_by_name(app_id, name)
-        except NotFound:
-            return
-        raise NameTaken(f"A connection named '{name}' already exists for {app_id}.",
-                        errors=[FieldError(pointer, "is already used by another connection of this app")])
+        await ensure_name_free(self.store, app_id, name, pointer)
 
     async def _validated(self, app: AppSpec, method: Method, raw: Any) -> Validated:
         if method is Method.FEDERATED:
@@ -772,10 +766,4 @@ def rotation_problem(attempt: Attempt) -> ServiceError:
     if error is not None and 400 <= error.status < 500:
         return RotationRefused(detail, extensions=extensions)
     return RotationFailed(detail, extensions=extensions)
-
-
-def acting_actor() -> Actor:
-    """Who is acting (the request's caller, or the system), without the role they act by."""
-    actor = audit.current().actor
-    return Actor(actor.id, actor.name, actor.type)
 

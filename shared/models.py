@@ -6,41 +6,23 @@ never echoed, so a misplaced secret cannot come back in an error.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from shared.apps import Method
 from shared.errors import FieldError, InvalidRequest
+from shared.fields import DESCRIPTION_MAX
+from shared.fields import guid as _guid
+from shared.fields import name as _name
+from shared.fields import no_controls as _no_controls
 
-GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-NAME_RE = re.compile(r"^[a-z0-9-]{1,64}$")
 MAX_PEM_CHARS = 16_384
 M = TypeVar("M", bound=BaseModel)
 
-
-def _guid(value: str) -> str:
-    if not GUID_RE.match(value):
-        raise ValueError("must be a GUID such as 00000000-0000-0000-0000-000000000000")
-    return value.lower()
-
-
-def _name(value: str) -> str:
-    if not NAME_RE.match(value):
-        raise ValueError("must be 1 to 64 lowercase letters, digits or hyphens (a slug)")
-    return value
-
-
-def _no_controls(value: str) -> str:
-    if any(ord(ch) < 32 and ch not in "\r\n\t" for ch in value) or "\x7f" in value:
-        raise ValueError("must not contain control characters")
-    return value
-
-
 Guid = Annotated[str, AfterValidator(_guid)]
 Name = Annotated[str, AfterValidator(_name)]
-Description = Annotated[str, StringConstraints(max_length=1024), AfterValidator(_no_controls)]
+Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX), AfterValidator(_no_controls)]
 Secret = Annotated[str, StringConstraints(min_length=1, max_length=1024), AfterValidator(_no_controls)]
 Pem = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PEM_CHARS), AfterValidator(_no_controls)]
 

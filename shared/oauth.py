@@ -14,83 +14,39 @@ or a response: only the vault holds the refresh token.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
-import secrets
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from shared.apps import AppSpec, Method, find_app
+from shared.apps import AppSpec, find_app
 from shared.audit import AuditLog, RequestContext, acting
-from shared.connections import ConnectionService, acting_actor, require_app
+from shared.connections import ConnectionService
 from shared.errors import (
     ConcurrentChange,
     CredentialRejected,
-    FieldError,
-    InvalidRequest,
     NameTaken,
     NotFound,
     ServiceError,
 )
-from shared.models import Description, Guid, Name, parse_model
+from shared.models import Description, Guid, Name
 from shared.oauth_callback import CALLBACK_IGNORED as CALLBACK_IGNORED  # the callback's names are the flow's too
 from shared.oauth_callback import CALLBACK_PARAMS as CALLBACK_PARAMS
 from shared.oauth_callback import OAuthFailed as OAuthFailed
 from shared.oauth_callback import callback_values, no_pending_sign_in, unexpected_parameter
+from shared.oauth_start import DEFAULT_TENANT, OAuthStart, oauth_scopes
 from shared.oauth_tokens import instance_client
 from shared.ports import Adapters, TokenResult
 from shared.records import Actor, Authorization, ConnectionRecord, PendingAuthorization
-from shared.settings import Settings
-from shared.store.oauth_states import new_state
 
 log = logging.getLogger(__name__)
 
-STATE_LIFETIME = timedelta(minutes=10)
-DEFAULT_TENANT = "organizations"
 
-
-# -- PKCE and the authorize URL -------------------------------------------------------------------------
-def new_verifier() -> str:
-    """A PKCE code verifier (RFC 7636): 86 characters of the unreserved URL-safe alphabet."""
-    return secrets.token_urlsafe(64)
-
-
-def code_challenge(verifier: str) -> str:
-    """The S256 challenge of a verifier: BASE64URL(SHA256(ASCII(verifier))), without padding."""
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
-def oauth_scopes(app: AppSpec, settings: Settings) -> str:
-    return f"openid offline_access {app.oauth_scope(settings)}"
-
-
-def authorize_url(
-    settings: Settings, app: AppSpec, client_id: str, tenant: str | None, state: str, challenge: str
-) -> str:
-    query = urllib.parse.urlencode(
-        {
-            "client_id": client_id,
-            "response_type": "code",
-            "response_mode": "query",
-            "redirect_uri": settings.oauth_redirect_uri,
-            "scope": oauth_scopes(app, settings),
-            "state": state,
-            "code_challenge": challenge,
-            "code_challenge_method": "S256",
-        },
-        quote_via=urllib.parse.quote,
-    )
-    return f"{settings.authority_host}/{tenant or DEFAULT_TENANT}/oauth2/v2.0/authorize?{query}"
-
-
-# -- start ---------------------------------------------------------------------------------------------
+# -- start (shared.oauth_start) ------------------------------------------------------------------------
+# The authorize route's query: its schema in the OpenAPI document; shared.oauth_start checks a query by the same
+# rules (shared.fields), to the same field errors.
 class AuthorizeIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -121,54 +77,11 @@ class OAuthFlow:
         self.connections = connections
 
     async def start(self, app_id: str, params: Mapping[str, str]) -> str:
-        """Validate the request, store its state and return the URL to send the user's browser to."""
-        app = require_app(app_id)
-        settings = self.adapters.settings
-        client = instance_client(settings, app)
-        # ``code`` is the function key when it travels in the query; empty fields count as absent.
-        query = {key: value for key, value in params.items() if key != "code" and value != ""}
-        request = parse_model(AuthorizeIn, query)
-        tenant = request.tenantId
-        if request.connectionId is not None:
-            try:
-                record = await self.adapters.connections.get(app.id, request.connectionId)
-            except NotFound:
-                raise NotFound(
-                    f"No {app.id} connection has the id '{request.connectionId}'.",
-                    errors=[FieldError("/connectionId", "is not a connection of this app")],
-                ) from None
-            if record.method != Method.OAUTH:
-                raise InvalidRequest(
-                    "Only OAuth connections are authorized by signing in.",
-                    errors=[FieldError("/connectionId", f"must be an oauth connection, not {record.method}")],
-                )
-            tenant = tenant or record.tenant_id
-            if request.name is not None and request.name.lower() != record.name.lower():
-                await self.connections.ensure_name_free(app.id, request.name)
-        else:
-            if request.name is None:
-                raise InvalidRequest(
-                    "A new connection needs a name.",
-                    errors=[FieldError("/name", "is required (or give connectionId to re-authorize a connection)")],
-                )
-            await self.connections.ensure_name_free(app.id, request.name)
-        now = self.adapters.clock()
-        verifier = new_verifier()
-        pending = PendingAuthorization(
-            app=app.id, client_id=client.client_id, redirect_uri=settings.oauth_redirect_uri, verifier=verifier,
-            created_at=now, expires_at=now + STATE_LIFETIME, name=request.name, description=request.description,
-            tenant_id=tenant,  # for a re-authorization without tenantId: the connection's own
-            connection_id=request.connectionId, started_by=acting_actor(),
-            allow_different_user=request.allowDifferentUser == "true",
-        )
-        states = self.adapters.oauth_states
-        state = new_state(pending.expires_at)
-        await states.put(state, pending)
-        try:
-            await states.purge_expired(now)
-        except Exception as error:  # best effort: abandoned states are harmless until the next purge
-            log.info("Could not purge expired OAuth states (%s)", type(error).__name__)
-        return authorize_url(settings, app, client.client_id, tenant, state, code_challenge(verifier))
+        """Validate the request, store its state and return the URL to send the user's browser to
+        (``shared.oauth_start``, over this flow's adapters)."""
+        adapters = self.adapters
+        return await OAuthStart(adapters.settings, adapters.connections, adapters.oauth_states,
+                                adapters.clock).start(app_id, params)
 
     async def complete(self, params: Mapping[str, str]) -> AuthorizationOutcome:
         """Finish the flow the callback received: only ``code``, ``state``, ``error`` and ``error_description``

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.apps import APPS, AppSpec, Method, find_app
-from shared.errors import FieldError, InvalidRequest, NotFound
+from shared.errors import FieldError, InvalidRequest, NameTaken, NotFound
 from shared.ports import ConnectionReads, HistoryReads
 from shared.records import EXPIRED, EXPIRING, FAILING, HEALTH_STATUSES, UNKNOWN, Actor, ConnectionRecord, RotationEvent
 from shared.rotation.state import state_response
@@ -25,6 +25,16 @@ def require_app(app_id: str) -> AppSpec:
     if app is None:
         raise NotFound(f"There is no app '{app_id}'.")
     return app
+
+
+async def ensure_name_free(connections: ConnectionReads, app_id: str, name: str, pointer: str = "/name") -> None:
+    """A 409 when a connection of ``app_id`` is already named ``name`` (names are unique per app, any case)."""
+    try:
+        await connections.get_by_name(app_id, name)
+    except NotFound:
+        return
+    raise NameTaken(f"A connection named '{name}' already exists for {app_id}.",
+                    errors=[FieldError(pointer, "is already used by another connection of this app")])
 
 
 def page_size(limit: int | None) -> int:

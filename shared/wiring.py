@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # shared.ports is imported where used: a read, the audit sear
     from shared.connections import ConnectionService
     from shared.health import HealthChecker, HealthReport
     from shared.oauth import OAuthFlow
+    from shared.oauth_start import OAuthStart
     from shared.ports import Adapters, Clock, OAuthStateLookup
     from shared.rotation.protocol import Checkpoint, RotationOptions, Rotator
     from shared.rotation.sweep import SweepReport
@@ -182,6 +183,19 @@ def oauth_state_lookup() -> OAuthStateLookup:
     from shared.store.table_reads import TableReads
 
     return OAuthStateReads(TableReads(get_clients()))
+
+
+def oauth_start() -> OAuthStart:
+    """The authorize route's start of a sign-in over the lean Table Storage adapters alone: a connection's reads
+    (``shared.store.table_reads``) and the OAuth states (``shared.store.oauth_states``), so that it imports
+    neither pydantic, the connection service nor the SDKs."""
+    from shared.azure.clients import get_clients
+    from shared.oauth_start import OAuthStart
+    from shared.store.oauth_states import OAuthStates
+    from shared.store.table_reads import ConnectionReads, TableReads
+
+    clients = get_clients()
+    return OAuthStart(clients.settings, ConnectionReads(TableReads(clients)), OAuthStates(clients), _now)
 
 
 def connection_service() -> ConnectionService:

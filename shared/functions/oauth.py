@@ -60,9 +60,9 @@ def _wants_json(req: func.HttpRequest) -> bool:
 @bp.route(route=BASE + "/{app}/oauth/authorize", methods=["GET"], auth_level=OPEN)
 @endpoint("Writer", action="connection.authorize")
 async def authorize_app_connection_oauth(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.wiring import oauth_flow
+    from shared.wiring import oauth_start
 
-    url = await oauth_flow().start(req.route_params["app"], dict(req.params))
+    url = await oauth_start().start(req.route_params["app"], dict(req.params))
     if _wants_json(req):
         return json_response({"authorizationUrl": url})
     return func.HttpResponse(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})

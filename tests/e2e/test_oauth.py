@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import httpx
 import pytest
 
-from shared.oauth import code_challenge
+from shared.oauth_start import code_challenge
 from shared.store.oauth_states import OAUTH_STATES_TABLE, state_keys
 
 pytestmark = pytest.mark.e2e

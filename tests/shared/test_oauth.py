@@ -1,4 +1,5 @@
-"""OAuth building blocks: PKCE, the authorize URL, states, the token cache, and the checks made before any I/O."""
+"""OAuth building blocks: the instance client, states, the token cache, and the checks made before any I/O (PKCE
+and the authorize URL: test_oauth_start.py)."""
 
 import base64
 import hashlib
@@ -13,7 +14,7 @@ from shared import wiring
 from shared.apps import APPS
 from shared.azure.entra import jwt_claims
 from shared.errors import InvalidRequest
-from shared.oauth import OAuthFailed, OAuthFlow, authorize_url, code_challenge, new_verifier
+from shared.oauth import OAuthFailed, OAuthFlow
 from shared.oauth_tokens import OAuthNotConfigured, TokenCache, instance_client
 from shared.options import app_options
 from shared.ports import Adapters
@@ -28,52 +29,6 @@ CONFIGURED = {
     "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_SECRET": "not-a-real-secret",
 }
 KEY_VAULT = APPS["azure-key-vault"]
-
-
-def test_the_rfc_7636_appendix_b_example_challenge():
-    verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
-    assert code_challenge(verifier) == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
-
-
-def test_verifiers_are_long_random_and_url_safe():
-    verifiers = {new_verifier() for _ in range(50)}
-    assert len(verifiers) == 50
-    for verifier in verifiers:
-        assert 43 <= len(verifier) <= 128
-        assert re.fullmatch(r"[A-Za-z0-9_-]+", verifier)
-        challenge = code_challenge(verifier)
-        digest = hashlib.sha256(verifier.encode()).digest()
-        assert challenge == base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
-        assert "=" not in challenge
-
-
-@pytest.mark.parametrize(("tenant", "segment"), [(None, "organizations"), ("aaaaaaaa-0000-0000-0000-000000000001",
-                                                                           "aaaaaaaa-0000-0000-0000-000000000001")])
-def test_the_authorize_url_carries_every_parameter(tenant, segment):
-    settings = load_settings(CONFIGURED)
-    url = authorize_url(settings, KEY_VAULT, "client-1", tenant, "state-1", "challenge-1")
-    parts = urlsplit(url)
-    assert f"{parts.scheme}://{parts.netloc}{parts.path}" == (
-        f"https://login.microsoftonline.us/{segment}/oauth2/v2.0/authorize"
-    )
-    query = {key: values[0] for key, values in parse_qs(parts.query, strict_parsing=True).items()}
-    assert query == {
-        "client_id": "client-1",
-        "response_type": "code",
-        "response_mode": "query",
-        "redirect_uri": "https://connections.example.com/organization/app-connections/azure/oauth/callback",
-        "scope": "openid offline_access https://vault.azure.net/.default",
-        "state": "state-1",
-        "code_challenge": "challenge-1",
-        "code_challenge_method": "S256",
-    }
-    assert "+" not in parts.query  # spaces are %20
-
-
-def test_the_graph_scope_follows_the_graph_endpoint_setting():
-    settings = load_settings({**CONFIGURED, "GRAPH_ENDPOINT": "https://graph.microsoft.us"})
-    url = authorize_url(settings, APPS["azure-client-secrets"], "c", None, "s", "x")
-    assert parse_qs(urlsplit(url).query)["scope"] == ["openid offline_access https://graph.microsoft.us/.default"]
 
 
 def test_an_unconfigured_app_names_the_two_settings_to_set():

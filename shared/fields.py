@@ -1,0 +1,33 @@
+"""The rules of the request fields that are strings (a GUID, a connection's name, free text), without pydantic.
+
+``shared.models`` builds its pydantic types from these, and a route that must stay lean on a cold instance (the
+OAuth authorize route: ``shared.oauth_start``) checks its query with them directly, so both say the same. Each
+rule returns the value it accepts (a GUID in lower case) or raises ``ValueError`` with the message a field
+error carries; no message holds the value it was given.
+"""
+
+from __future__ import annotations
+
+import re
+
+GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+NAME_RE = re.compile(r"^[a-z0-9-]{1,64}$")
+DESCRIPTION_MAX = 1024  # characters
+
+
+def guid(value: str) -> str:
+    if not GUID_RE.match(value):
+        raise ValueError("must be a GUID such as 00000000-0000-0000-0000-000000000000")
+    return value.lower()
+
+
+def name(value: str) -> str:
+    if not NAME_RE.match(value):
+        raise ValueError("must be 1 to 64 lowercase letters, digits or hyphens (a slug)")
+    return value
+
+
+def no_controls(value: str) -> str:
+    if any(ord(ch) < 32 and ch not in "\r\n\t" for ch in value) or "\x7f" in value:
+        raise ValueError("must not contain control characters")
+    return value
