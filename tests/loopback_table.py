@@ -45,8 +45,9 @@ async def serve(answer: Answer) -> asyncio.Server:
                 method, target = request.split(" ")[:2]
                 headers = {line.split(":", 1)[0].lower(): line.split(":", 1)[1].strip()
                            for line in lines if ":" in line}
+                await reader.readexactly(int(headers.get("content-length") or 0))  # a write's entity: not kept
                 status, body = answer(method, target, headers)
-                data = json.dumps(body).encode()
+                data = b"" if body is None else json.dumps(body).encode()  # None: no body (a 204)
                 writer.write(b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\n\r\n"
                              % (status, HTTPStatus(status).phrase.encode(), len(data)) + data)
                 await writer.drain()

@@ -10,9 +10,10 @@ Every request goes out through :meth:`AzureClients.transport`, which makes it a 
 ``shared.telemetry`` (each attempt of a retried call its own span), labelled with its ``upstream``:
 ``entra`` (every token request), ``key-vault``, ``tables``; Graph's transport does the same (``graph``).
 
-Reads of connections (and of their rotation history) do not go through the SDK: :meth:`AzureClients.rest` gives
-the lean GET client of ``shared.azure.rest`` (standard library only, same keep-alive, read timeout, retry schedule
-and spans), over which ``shared.store.table_reads`` reads Table Storage. In Azure the read's token comes over
+Reads of connections (and of their rotation history), the audit records and the OAuth states do not go through
+the SDK: :meth:`AzureClients.rest` gives the lean client of ``shared.azure.rest`` (standard library only, same
+keep-alive, read timeout, retry schedule and spans), over which ``shared.store.table_reads`` reads Table Storage
+and ``shared.store.table_writes`` inserts and deletes single entities. In Azure the read's token comes over
 the same client from the host's managed-identity endpoint (``shared.azure.managed_identity``, see
 :meth:`AzureClients.storage_token`), not through azure-identity. Importing this module imports neither
 aiohttp nor azure-core: the SDKs' retry policy (``shared.azure.retry_policy``) is imported where a client is built.
@@ -70,6 +71,9 @@ class AzureClients:
         self._federation_credential: AsyncTokenCredential | None = None
         self._table_service: TableServiceClient | None = None
         self._tables: dict[str, TableClient] = {}
+        # The state tables this process has created or written to: a table is created on first use only, so one
+        # that vanishes later (the audit log deleted) is a failure, not a new empty table (fail closed).
+        self.tables_in_use: set[str] = set()
         self._table_lock = asyncio.Lock()
         self._secrets: SecretClient | None = None
         self._graph_http: httpx.AsyncClient | None = None
@@ -101,8 +105,9 @@ class AzureClients:
         return _traced_transport(self.session(), upstream)
 
     def rest(self, upstream: str) -> RestClient:
-        """The lean GET client of the read path (``shared.azure.rest``: no aiohttp, no azure-core) to ``upstream``,
-        one per upstream, on the same keep-alive and read timeout as the SDKs' session."""
+        """The lean client of the read path and of single-entity writes (``shared.azure.rest``: no aiohttp, no
+        azure-core) to ``upstream``, one per upstream, on the same keep-alive and read timeout as the SDKs'
+        session."""
         client = self._rest.get(upstream)
         if client is None:
             from shared.azure.rest import RestClient
@@ -236,6 +241,7 @@ class AzureClients:
                     await service.create_table(name)
                 client = service.get_table_client(name)
                 self._tables[name] = client
+                self.tables_in_use.add(name)
         return client
 
     # -- Key Vault -------------------------------------------------------------------------

@@ -1,26 +1,41 @@
-"""A small HTTP/1.1 GET client on the standard library alone, for the read path (Table Storage reads).
+"""A small HTTP/1.1 client on the standard library alone, for the lean paths (Table Storage reads and small
+single-entity writes).
 
-A read request must stay lean: on a cold instance it must not import aiohttp or azure-core (a quarter of a
-second between them), and warm it must cost little CPU, which azure-core's pipeline and the Tables SDK's generic
-deserializer do not. GET is all a read needs, so this client does GET only, and does it the way every other Azure
-call of the service is made:
+A read, or a route that writes only a small entity, must stay lean: on a cold instance it must not import aiohttp
+or azure-core (a quarter of a second between them), and warm it must cost little CPU, which azure-core's pipeline
+and the Tables SDK's generic (de)serializer do not. This client sends one request with an optional body
+(:meth:`RestClient.send`; :meth:`RestClient.get` for a GET), and does it the way every other Azure call of the
+service is made:
 
 - one keep-alive pool per origin; a connection idle for longer than ``KEEPALIVE_SECONDS``
   (``shared.azure.clients``: below the 5 s after which Azurite, Node's server, closes it) is closed, not
-  reused. A GET that finds its reused connection closed by the server before any answer byte is sent once more
-  at once on a new connection (it was not processed), without counting as a retry;
+  reused, nor is one already known to be closed (so nothing of a request is written on it);
+- a request that finds its reused connection closed by the server before any answer byte is sent once more at
+  once on a new connection, without counting as a retry, when it may be sent again at all (:func:`replayable`:
+  an idempotent method, or a PATCH without ``If-Match``). A POST is not: once its bytes are written, nothing
+  tells a server that closed the connection before reading them from one that read and applied them and then
+  closed it (the server's FIN and the request cross on the wire), and a POST applied twice is two entities or a
+  409 for the caller's own insert. So a POST is written only on a connection not known to be closed, and if that
+  connection then drops without an answer, the POST is not resent: the caller gets a :class:`RestError`;
+- a body is sent with its ``Content-Length`` (also ``0`` for a POST, PUT or PATCH without one, which servers
+  may require); the framing headers are the client's, a caller's ``Content-Length`` or ``Transfer-Encoding`` is
+  refused;
 - TLS with ``ssl.create_default_context()``, built once on first HTTPS use (so ``SSL_CERT_FILE`` set by the
   host is honoured, as the local stand-in's CA is);
 - a connect timeout, and ``READ_TIMEOUT_SECONDS`` without a byte counted as a dropped connection;
-- bodies delimited by ``Content-Length`` or chunked, at most ``max_body`` bytes;
-- the ONE retry schedule of ``shared.azure.retry`` (:func:`~shared.azure.retry.with_retries`): 429 and 503
-  (``Retry-After`` honoured), 500, 502, 504 and 408, and dropped connections are retried, since a GET is
-  idempotent, within ``RETRY_TOTAL`` retries and ``RETRY_BUDGET`` seconds of waiting;
+- answers delimited by ``Content-Length`` or chunked, at most ``max_body`` bytes;
+- the ONE retry schedule of ``shared.azure.retry`` (:func:`~shared.azure.retry.with_retries`), with its method
+  rules (:func:`retried_statuses`, :func:`replayable`): 429 and 503 (``Retry-After`` honoured) for every
+  method; 408, 500, 502 and 504, and dropped connections, for the idempotent methods (GET, HEAD, PUT, DELETE,
+  OPTIONS, TRACE); 500 and 504 also for POST and PATCH; a dropped PATCH without ``If-Match`` too; never a
+  POST whose connection dropped (it may have been applied). Within ``RETRY_TOTAL`` retries and
+  ``RETRY_BUDGET`` seconds of waiting. A connection that could not be opened is retried for every method
+  (nothing was sent);
 - each attempt a client span of ``shared.telemetry`` labelled with its ``upstream``, as azure-core's transport
   of ``shared.azure.clients`` makes them.
 
-Any other answer (404, 403, ...) is returned to the caller as it came; what cannot be retried or ran out of
-retries is a :class:`RestError`. Build clients with ``AzureClients.rest(upstream)`` only.
+Any other answer (404, 409, 412, a POST's 502, ...) is returned to the caller as it came; what cannot be retried
+or ran out of retries is a :class:`RestError`. Build clients with ``AzureClients.rest(upstream)`` only.
 """
 
 from __future__ import annotations
@@ -36,9 +51,19 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from shared import telemetry
-from shared.azure.retry import RETRY_BUDGET, RETRY_TOTAL, RetryableError, parse_retry_after, with_retries
+from shared.azure.retry import (
+    ALWAYS_RETRIED,
+    RETRY_BUDGET,
+    RETRY_TOTAL,
+    RetryableError,
+    parse_retry_after,
+    with_retries,
+)
 
-RETRIED_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})  # azure-core's
+RETRIED_STATUSES = frozenset({408, 429, 500, 502, 503, 504})  # an idempotent request's
+UNSAFE_RETRIED_STATUSES = ALWAYS_RETRIED | {500, 504}  # a POST's or a PATCH's, as azure-core retries them
+_WITH_BODY = frozenset({"POST", "PUT", "PATCH"})  # methods that always say their Content-Length
 CONNECT_TIMEOUT_SECONDS = 10.0
 MAX_BODY_BYTES = 32 * 1024 * 1024  # a page of 1000 entities is a few MB; more is not an answer we asked for
 MAX_IDLE_PER_ORIGIN = 32  # idle connections kept per origin; more are closed when released
@@ -55,10 +80,30 @@ def _tls() -> ssl.SSLContext:
     return _TLS
 
 
+def retried_statuses(method: str) -> frozenset[int]:
+    """The answers after which a request of ``method`` (upper case) is sent again: ``shared.azure.retry``'s
+    rules, as azure-core applies them (a POST or PATCH after 429, 500, 503 or 504 only)."""
+    if method in IDEMPOTENT_METHODS:
+        return RETRIED_STATUSES
+    if method in ("POST", "PATCH"):
+        return UNSAFE_RETRIED_STATUSES
+    return ALWAYS_RETRIED
+
+
+def replayable(method: str, headers: Mapping[str, str]) -> bool:
+    """Whether a request that got no answer (its connection dropped) may be sent again: an idempotent one, or a
+    PATCH without ``If-Match`` (absolute values: see ``shared.azure.retry_policy._unconditional_patch``). Not a
+    POST (it may have been applied) nor a conditional PATCH (applied, its retry would fail its ETag check)."""
+    if method in IDEMPOTENT_METHODS:
+        return True
+    return method == "PATCH" and not any(name.lower() == "if-match" for name in headers)
+
+
 class RestError(Exception):
-    """A GET that got no usable answer: retries ran out (``status`` is the last answer's, or None when the
-    connection failed), or the answer was malformed or too large (not retried). The message names the
-    request without its query (which may carry a continuation key) and never holds a body."""
+    """A request that got no usable answer: retries ran out (``status`` is the last answer's, or None when the
+    connection failed), its connection dropped and it may not be sent again (a POST: it may have been applied),
+    or the answer was malformed or too large (not retried). The message names the request without its query
+    (which may carry a continuation key) and never holds a body."""
 
     def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None,
                  retryable: bool = False) -> None:
@@ -95,7 +140,7 @@ class _Dropped(Exception):
 
 
 class RestClient:
-    """Keep-alive GETs to one upstream (``upstream`` labels its spans); close with :meth:`close`."""
+    """Keep-alive requests to one upstream (``upstream`` labels its spans); close with :meth:`close`."""
 
     def __init__(
         self,
@@ -126,60 +171,82 @@ class RestClient:
 
     async def get(self, url: str, headers: Mapping[str, str]) -> Response:
         """GET ``url`` (absolute, http or https) with ``headers``; retried on the service's schedule."""
+        return await self.send("GET", url, headers)
+
+    async def send(self, method: str, url: str, headers: Mapping[str, str], body: bytes = b"") -> Response:
+        """``method`` ``url`` (absolute, http or https) with ``headers`` and ``body``; retried on the service's
+        schedule as the method allows (:func:`retried_statuses`, :func:`replayable`)."""
+        method = method.upper()
+        if not (method.isascii() and method.isalpha()):
+            raise RestError(f"The method {method[:20]!r} cannot be sent")
         parts = urlsplit(url)
         origin, host = _origin(parts.scheme, parts.netloc)
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-        lines = [f"GET {target} HTTP/1.1", f"Host: {host}"]
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
         for name, value in headers.items():
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
                 raise RestError(f"The header {name!r} cannot be sent: it would split the request")
+            if name.lower() in ("content-length", "transfer-encoding"):
+                raise RestError(f"The header {name!r} is the client's to send")
+        if body or method in _WITH_BODY:
+            lines.append(f"Content-Length: {len(body)}")
+        retried = retried_statuses(method)
+        again = replayable(method, headers)
+        where = f"{method} {self._where(origin[0], host, parts.path)}"
 
         async def attempt() -> Response:
             sent = dict(headers)
-            with telemetry.client_span("GET", url, sent, {"upstream": self.upstream}) as span:
+            with telemetry.client_span(method, url, sent, {"upstream": self.upstream}) as span:
                 head = "\r\n".join([*lines, *(f"{name}: {value}" for name, value in sent.items()), "", ""])
-                response = await self._exchange(origin, head.encode("latin-1"))
+                response = await self._exchange(origin, head.encode("latin-1") + body, again, method == "HEAD")
                 telemetry.set_response(span, response.status)
-            if response.status in RETRIED_STATUSES:
+            if response.status in retried:
                 retry_after = parse_retry_after(response.headers.get("retry-after"))
                 ms = response.headers.get("retry-after-ms")
                 if ms is not None:
                     with contextlib.suppress(ValueError):
                         retry_after = max(0.0, float(ms) / 1000)
-                raise RestError(f"GET {self._where(origin[0], host, parts.path)} answered {response.status}",
+                raise RestError(f"{where} answered {response.status}",
                                 status=response.status, retry_after=retry_after, retryable=True)
             return response
 
         return await with_retries(attempt, _classify, attempts=self.attempts, budget=self.budget,
-                                  sleep=self._sleep, rng=self._rng,
-                                  what=f"GET {self._where(origin[0], host, parts.path)}")
+                                  sleep=self._sleep, rng=self._rng, what=where)
 
     @staticmethod
     def _where(scheme: str, host: str, path: str) -> str:
         return f"{scheme}://{host}{path}"
 
-    async def _exchange(self, origin: tuple[str, str, int], head: bytes) -> Response:
-        """One request on a pooled connection (once more on a new one if a reused one was found closed)."""
+    async def _exchange(self, origin: tuple[str, str, int], request: bytes, again: bool, head_only: bool) -> Response:
+        """One request on a pooled connection; once more on a new one if a reused one was found closed before any
+        answer byte and the request may be sent ``again`` (see the module's docstring)."""
         connection = self._take(origin)
         if connection is not None:
             try:
-                return await self._send(origin, connection, head)
+                return await self._send(origin, connection, request, head_only)
             except _Dropped as dropped:
                 if dropped.answered:
-                    raise RestError(f"The connection dropped mid-answer ({dropped})", retryable=True) from None
+                    raise RestError(f"The connection dropped mid-answer ({dropped})", retryable=again) from None
+                if not again:
+                    raise RestError(f"The reused connection dropped before any answer ({dropped}); the request "
+                                    "was not sent again, as it may have been applied") from None
         try:
-            return await self._send(origin, await self._open(origin), head)
+            return await self._send(origin, await self._open(origin), request, head_only)
         except _Dropped as dropped:
-            raise RestError(f"The connection dropped ({dropped})", retryable=True) from None
+            if again:
+                raise RestError(f"The connection dropped ({dropped})", retryable=True) from None
+            raise RestError(f"The connection dropped ({dropped}); the request was not sent again, as it may have "
+                            "been applied") from None
 
     def _take(self, origin: tuple[str, str, int]) -> _Connection | None:
         pool = self._idle.get(origin)
         now = self._clock()
         while pool:
             connection = pool.pop()
-            if now - connection.idle_since <= self.keepalive and not connection.reader.at_eof():
+            if (now - connection.idle_since <= self.keepalive and not connection.reader.at_eof()
+                    and not connection.writer.is_closing()):
                 return connection
             connection.close()
         return None
@@ -197,13 +264,14 @@ class RestClient:
         self.opened += 1
         return _Connection(reader, writer, self._clock())
 
-    async def _send(self, origin: tuple[str, str, int], connection: _Connection, head: bytes) -> Response:
+    async def _send(self, origin: tuple[str, str, int], connection: _Connection, request: bytes,
+                    head_only: bool) -> Response:
         answered = False
         reusable = False
         try:
             async with asyncio.timeout(self.read_timeout) as deadline:
                 loop = asyncio.get_running_loop()
-                connection.writer.write(head)
+                connection.writer.write(request)
                 await connection.writer.drain()
                 reader = connection.reader
                 while True:
@@ -213,7 +281,7 @@ class RestClient:
                     if not 100 <= status < 200 or status == 101:
                         break
                 self._renew(deadline, loop)
-                body, delimited = await self._body(reader, headers, status, deadline, loop)
+                body, delimited = await self._body(reader, headers, status, head_only, deadline, loop)
                 keep = headers.get("connection", "").lower()
                 reusable = delimited and "close" not in keep and (version == "HTTP/1.1" or "keep-alive" in keep)
         except asyncio.LimitOverrunError:
@@ -251,10 +319,11 @@ class RestClient:
         if when is None or when - now < self.read_timeout * 0.99:
             deadline.reschedule(now + self.read_timeout)
 
-    async def _body(self, reader: asyncio.StreamReader, headers: Mapping[str, str], status: int,
+    async def _body(self, reader: asyncio.StreamReader, headers: Mapping[str, str], status: int, head_only: bool,
                     deadline: asyncio.Timeout, loop: asyncio.AbstractEventLoop) -> tuple[bytes, bool]:
-        """The body and whether its end was delimited (so the connection may be reused)."""
-        if status in (204, 304):
+        """The body and whether its end was delimited (so the connection may be reused). A HEAD's answer has
+        none, whatever its headers say."""
+        if head_only or status in (204, 304):
             return b"", True
         if "chunked" in headers.get("transfer-encoding", "").lower():
             chunks: list[bytes] = []

@@ -1,9 +1,10 @@
 """The one retry policy every Azure call of the service goes through.
 
 Three faces of one schedule: ``JitteredRetryPolicy`` (``shared.azure.retry_policy``, imported only where an
-azure-core pipeline is built) for the azure-core pipelines (Table Storage writes, Key Vault, Entra ID through
+azure-core pipeline is built) for the azure-core pipelines (most Table Storage writes, Key Vault, Entra ID through
 azure-identity, the OAuth token endpoint); :func:`with_retries` for Microsoft Graph (msgraph/httpx); and the
-lean GET client of the read path (``shared.azure.rest``: Table Storage reads without the SDK). This module, the
+lean client of the read path (``shared.azure.rest``: Table Storage reads, and single-entity inserts and deletes,
+without the SDK). This module, the
 schedule itself, imports no SDK, so a read imports neither azure-core nor aiohttp. All three:
 
 - retry up to ``RETRY_TOTAL`` times (azure-core's own default), whatever the mix of failures: azure-core

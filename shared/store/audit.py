@@ -82,8 +82,11 @@ class AuditTable:
         self._clients = clients
 
     async def append(self, record: AuditRecord) -> None:
-        table = await self._clients.table(AUDIT_TABLE)
-        await table.create_entity(to_entity(record))
+        """Insert the record, over Table Storage's REST API without the SDK (``shared.store.table_writes``): every
+        audited route writes one before it runs, so one that is otherwise lean stays lean."""
+        from shared.store.table_writes import TableWrites
+
+        await TableWrites(self._clients).insert(AUDIT_TABLE, to_entity(record))
 
     async def query(self, start: datetime, end: datetime, *, connection_id: str | None = None,
                     actor: str | None = None, action: str | None = None, limit: int = 100,

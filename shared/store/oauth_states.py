@@ -8,7 +8,6 @@ A state is consumed by deleting its entity under its ETag: of two callbacks with
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
 import secrets
@@ -18,8 +17,6 @@ from typing import TYPE_CHECKING, Any
 from shared.records import Actor, PendingAuthorization
 
 if TYPE_CHECKING:
-    from azure.data.tables.aio import TableClient
-
     from shared.azure.clients import AzureClients
 
 OAUTH_STATES_TABLE = "OAuthStates"
@@ -61,11 +58,15 @@ def _aware(value: Any) -> Any:
 
 
 class OAuthStates:
-    def __init__(self, clients: AzureClients) -> None:
-        self._clients = clients
+    """The OAuth states over Table Storage's REST API without the SDK (``shared.store.table_reads`` and
+    ``table_writes``): starting a sign-in, often a cold instance's first request, loads no SDK."""
 
-    async def _table(self) -> TableClient:
-        return await self._clients.table(OAUTH_STATES_TABLE)
+    def __init__(self, clients: AzureClients) -> None:
+        from shared.store.table_reads import TableReads
+        from shared.store.table_writes import TableWrites
+
+        self._reads = TableReads(clients)
+        self._writes = TableWrites(clients)
 
     async def put(self, value: str, pending: PendingAuthorization) -> None:
         keys = state_keys(value)
@@ -78,27 +79,17 @@ class OAuthStates:
         if pending.started_by is not None:
             entity.update({"StartedById": pending.started_by.id, "StartedByName": pending.started_by.name,
                            "StartedByType": pending.started_by.type})
-        table = await self._table()
-        await table.create_entity(entity)
+        await self._writes.insert(OAUTH_STATES_TABLE, entity)
 
     async def take(self, value: str) -> PendingAuthorization | None:
         """Consume the state: its pending authorization, or None when it is unknown or already used."""
-        from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-
         keys = state_keys(value)
         if keys is None:
             return None
-        table = await self._table()
-        try:
-            entity = await table.get_entity(*keys)
-        except ResourceNotFoundError:
+        entity = await self._reads.get_entity(OAUTH_STATES_TABLE, *keys)
+        if entity is None:
             return None
-        try:
-            await table.delete_entity(
-                *keys, etag=entity.metadata["etag"], match_condition=MatchConditions.IfNotModified
-            )
-        except (ResourceModifiedError, ResourceNotFoundError):
+        if not await self._writes.delete(OAUTH_STATES_TABLE, *keys, etag=entity.metadata["etag"]):
             return None  # another callback consumed it first
         values = {attr: _aware(entity.get(column)) for attr, column in _COLUMNS.items()}
         if not all(values[attr] for attr in ("app", "client_id", "redirect_uri", "verifier", "expires_at")):
@@ -111,18 +102,10 @@ class OAuthStates:
         return PendingAuthorization(**values, started_by=started_by)
 
     async def purge_expired(self, now: datetime, limit: int = 100) -> int:
-        """Delete states of buckets that have fully expired (at most ``limit``); return how many."""
-        from azure.core.exceptions import ResourceNotFoundError
-
-        table = await self._table()
+        """Delete states of buckets that have fully expired (at most ``limit``, one page); return how many."""
         cutoff = now.astimezone(UTC).strftime(_BUCKET)
-        count = 0
-        async for entity in table.query_entities(
-            "PartitionKey lt @cutoff", parameters={"cutoff": cutoff}, select=["PartitionKey", "RowKey"]
-        ):
-            with contextlib.suppress(ResourceNotFoundError):
-                await table.delete_entity(entity["PartitionKey"], entity["RowKey"])
-            count += 1
-            if count >= limit:
-                break
-        return count
+        expired, _ = await self._reads.query_page(OAUTH_STATES_TABLE, "PartitionKey lt @cutoff", {"cutoff": cutoff},
+                                                  top=limit, select=["PartitionKey", "RowKey"])
+        for entity in expired:
+            await self._writes.delete(OAUTH_STATES_TABLE, entity["PartitionKey"], entity["RowKey"])
+        return len(expired)

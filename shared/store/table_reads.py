@@ -3,7 +3,9 @@
 A read request (one connection, a list page, a rotation history page) goes through here, so a cold instance
 imports neither aiohttp, azure-core nor azure-data-tables for it, and a warm one spends its CPU on its own work
 rather than on azure-core's pipeline and the Tables SDK's generic deserializer. Writes stay on the SDK
-(``shared.store.tables``): this module only reads, and what it reads is what the SDK would give:
+(``shared.store.tables``), but for single small entities (``shared.store.table_writes``, which shares the
+endpoint, signing, paths and errors of :class:`TableRequests` here). This module only reads, and what it reads is
+what the SDK would give:
 
 - entities typed as azure-data-tables types them (:func:`entity_of`): strings, Int32 as ``int``, Int64 as an
   ``(int, "Edm.Int64")`` pair equal to the SDK's ``EntityProperty``, booleans, doubles, ``Edm.DateTime`` as an
@@ -190,11 +192,14 @@ class SharedKey(NamedTuple):
     account: str
     key: bytes
 
-    def authorization(self, path: str, date: str, query: Mapping[str, str] | None = None) -> str:
-        """SharedKey as the SDK signs a request without a body: the verb, empty Content-MD5 and Content-Type,
-        ``x-ms-date``, then ``/{account}{path}`` (the path as sent) and ``?comp=`` when the query has one."""
+    def authorization(self, path: str, date: str, query: Mapping[str, str] | None = None, *, method: str = "GET",
+                      content_type: str = "") -> str:
+        """SharedKey as the SDK signs a request: the verb, an empty Content-MD5, the ``Content-Type`` (empty
+        without a body), ``x-ms-date``, then ``/{account}{path}`` (the path as sent) and ``?comp=`` when the query
+        has one."""
         comp = (query or {}).get("comp")
-        to_sign = f"GET\n\n\n{date}\n/{self.account}{path}" + (f"?comp={comp}" if comp is not None else "")
+        to_sign = (f"{method}\n\n{content_type}\n{date}\n/{self.account}{path}"
+                   + (f"?comp={comp}" if comp is not None else ""))
         mac = _keyed(self.key).copy()  # the key's HMAC state, set up once (OpenSSL 3 looks SHA-256 up per new HMAC)
         mac.update(to_sign.encode("utf-8"))
         digest = mac.digest()
@@ -255,9 +260,11 @@ def _quote(value: str) -> str:
     return quote(value, safe="")
 
 
-# -- the reads -----------------------------------------------------------------------------------------------------
-class TableReads:
-    """Get Entity and Query Entities on the service's state tables (``{prefix}{suffix}``)."""
+# -- requests to the state tables, shared by the reads and the writes (shared.store.table_writes) ------------------
+class TableRequests:
+    """Signed requests to the service's state tables (``{prefix}{suffix}``) over the lean client: the endpoint and
+    authorization of the settings (a connection string's account key, or the service's identity), the paths of a
+    table and of an entity, and the errors."""
 
     def __init__(self, clients: AzureClients) -> None:
         from shared.azure.clients import TABLES
@@ -274,34 +281,62 @@ class TableReads:
             self._endpoint = Endpoint(url, urlsplit(url).path, None)
         self._prefix = clients.settings.table_prefix
 
-    async def _headers(self, path: str) -> dict[str, str]:
+    async def _headers(self, path: str, method: str = "GET", content_type: str = "") -> dict[str, str]:
         date = _http_date()
         headers = {"x-ms-version": API_VERSION, "DataServiceVersion": "3.0", "Accept": ACCEPT, "x-ms-date": date}
+        if content_type:
+            headers["Content-Type"] = content_type
         key = self._endpoint.shared_key
         if key is not None:
-            headers["Authorization"] = key.authorization(path, date)
+            headers["Authorization"] = key.authorization(path, date, method=method, content_type=content_type)
         else:
             headers["Authorization"] = "Bearer " + await self._clients.storage_token()
         return headers
 
     async def _get(self, path: str, query: str = "") -> Response:
+        return await self._request("GET", path, query)
+
+    async def _request(self, method: str, path: str, query: str = "", *, body: bytes = b"", content_type: str = "",
+                       extra: Mapping[str, str] | None = None) -> Response:
+        """``method`` on ``path`` (the path as sent: the endpoint's, then the table's), signed; a request that got
+        no usable answer is an ``UpstreamError`` (its message names no key, body or secret)."""
         from shared.azure.rest import RestError
 
         url = self._endpoint.url + path[len(self._endpoint.path):] + (("?" + query) if query else "")
+        headers = await self._headers(path, method, content_type)
+        if extra:
+            headers.update(extra)
         try:
-            return await self._rest.get(url, await self._headers(path))
+            return await self._rest.send(method, url, headers, body)
         except RestError as error:
-            raise UpstreamError(f"Table Storage could not be read ({error}).") from None
+            done = "read" if method == "GET" else "written"
+            raise UpstreamError(f"Table Storage could not be {done} ({error}).") from None
 
     @staticmethod
     def _failed(response: Response) -> UpstreamError:
-        code = ""
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            code = str(json.loads(response.body)["odata.error"]["code"])
+        code = error_code(response)
         return UpstreamError(f"Table Storage answered {response.status}" + (f" ({code[:100]})." if code else "."))
 
     def _table_path(self, suffix: str) -> str:
         return f"{self._endpoint.path}/{_quote(self._prefix + suffix)}"
+
+    def _entity_path(self, suffix: str, partition_key: str, row_key: str) -> str:
+        """The entity's path, each key's quotes doubled (OData) and then percent-encoded, as the SDK's."""
+        return (f"{self._table_path(suffix)}(PartitionKey='{_quote(partition_key.replace(chr(39), chr(39) * 2))}',"
+                f"RowKey='{_quote(row_key.replace(chr(39), chr(39) * 2))}')")
+
+
+def error_code(response: Response) -> str:
+    """The service's error code of a failed answer (``odata.error.code`` of its body, else ``x-ms-error-code``), or
+    an empty string."""
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        return str(json.loads(response.body)["odata.error"]["code"])
+    return response.headers.get("x-ms-error-code", "")
+
+
+# -- the reads -----------------------------------------------------------------------------------------------------
+class TableReads(TableRequests):
+    """Get Entity and Query Entities on the service's state tables (``{prefix}{suffix}``)."""
 
     async def get_entity(self, suffix: str, partition_key: str, row_key: str) -> Entity | None:
         """The entity, or None when it (or its table) does not exist."""
@@ -310,9 +345,7 @@ class TableReads:
     async def read_entity(self, suffix: str, partition_key: str, row_key: str,
                           of: Callable[[Mapping[str, Any]], _Read]) -> _Read | None:
         """What ``of`` reads from the entity's JSON, or None when the entity (or its table) does not exist."""
-        path = (f"{self._table_path(suffix)}(PartitionKey='{_quote(partition_key.replace(chr(39), chr(39) * 2))}',"
-                f"RowKey='{_quote(row_key.replace(chr(39), chr(39) * 2))}')")
-        response = await self._get(path)
+        response = await self._get(self._entity_path(suffix, partition_key, row_key))
         if response.status == 404:
             return None
         if response.status != 200:

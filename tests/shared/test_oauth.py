@@ -4,9 +4,7 @@ and the authorize URL: test_oauth_start.py)."""
 import base64
 import hashlib
 import json
-import re
 from datetime import UTC, datetime
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 

@@ -123,3 +123,69 @@ def test_no_error_echoes_the_value_it_refused():
         parse_authorize_query({"name": "Secret-Looking-Value", "tenantId": "also-secret", "zz-secret": "v"})
     text = repr(caught.value.to_problem())
     assert "Secret-Looking-Value" not in text and "also-secret" not in text
+
+
+# The start of a sign-in as the authorize route makes it, audited as the route audits it, in a fresh interpreter,
+# against a Table endpoint on a loopback port that answers as Table Storage does: the name is free, the state and
+# the audit records are inserted, there is no expired state to purge. What it sent and what it imported.
+A_START = """
+import asyncio, json, os, sys
+from tests.loopback_table import connection_string, port_of, serve
+
+seen = []
+
+def answer(method, target, headers):
+    seen.append([method, target.split("?")[0]])
+    if method == "POST":
+        return 204, None
+    if "OAuthStates()" in target:
+        return 200, {"value": []}
+    return 404, {"odata.error": {"code": "ResourceNotFound", "message": {"value": "Not found"}}}
+
+async def main():
+    server = await serve(answer)
+    os.environ.update({"AzureWebJobsStorage": connection_string(port_of(server)),
+                       "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_ID": "11111111-1111-1111-1111-111111111111",
+                       "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_SECRET": "not-a-real-secret",
+                       "AZURE_AUTHORITY_HOST": "https://login.microsoftonline.com"})
+    import function_app
+    from shared import wiring
+    from shared.azure.clients import close_clients
+
+    audit = wiring.audit_log()
+    await audit.record("connection.authorize", "started", app="azure-key-vault")
+    url = await wiring.oauth_start().start("azure-key-vault", {"code": "function-key", "name": "new-one"})
+    await audit.record("connection.authorize", "302", app="azure-key-vault")
+    await close_clients()
+    server.close()
+    print(json.dumps({"url": url, "requests": seen, "modules": sorted(sys.modules)}))
+
+asyncio.run(main())
+"""
+# What a write of connections needs and the start of a sign-in does not: the models and the connection service,
+# the rest of the OAuth flow, the SDKs and their transport.
+NOT_TO_START = ["pydantic", "shared.models", "shared.connections", "shared.oauth", "shared.credentials",
+                "shared.rotation.protocol", "aiohttp", "azure.core", "azure.data.tables", "azure.identity", "msal",
+                "cryptography"]
+
+
+def test_a_sign_in_starts_over_the_lean_table_calls_without_the_models_or_an_sdk() -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", A_START], cwd=root, capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["url"].startswith("https://login.microsoftonline.com/organizations/oauth2/v2.0/authorize?")
+    methods = [method for method, _ in result["requests"]]
+    targets = [target for _, target in result["requests"]]
+    assert methods == ["POST", "GET", "POST", "GET", "POST"], result["requests"]
+    assert targets[0].endswith("Audit") and targets[2].endswith("OAuthStates") and targets[4].endswith("Audit")
+    assert "(PartitionKey='azure-key-vault',RowKey='" in targets[1]  # the name's index entry, read
+    assert targets[3].endswith("OAuthStates()")  # the purge's query: nothing expired
+    loaded = set(result["modules"])
+    assert {"shared.oauth_start", "shared.store.table_writes", "shared.azure.rest"} <= loaded
+    assert [name for name in NOT_TO_START if name in loaded] == []

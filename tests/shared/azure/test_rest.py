@@ -1,8 +1,8 @@
-"""The read path's GET client (``shared.azure.rest``) against a real HTTP server on a loopback port.
+"""The lean HTTP client (``shared.azure.rest``) against a real HTTP server on a loopback port.
 
-The server answers each request with the next of a script of raw answers (or drops the connection), and
-counts the connections it accepted, so keep-alive, idle expiry, retries and their waits are seen as a client
-of Table Storage would see them.
+The server answers each request with the next of a script of raw answers (or drops the connection once it has
+read the request), and counts the connections it accepted, so keep-alive, idle expiry, retries and their waits,
+and which requests are sent again by method, are seen as a client of Table Storage would see them.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import pytest
 from localdev.standin.pki import server_pki
 from shared.azure import rest
 from shared.azure.clients import KEEPALIVE_SECONDS, READ_TIMEOUT_SECONDS, AzureClients
-from shared.azure.rest import RestClient, RestError
+from shared.azure.rest import RestClient, RestError, replayable, retried_statuses
 from shared.azure.retry import RETRY_BUDGET, RETRY_TOTAL
 from shared.settings import load_settings
 
-DROP = b""  # in a script: close the connection instead of answering
+DROP = b""  # in a script: close the connection instead of answering (the request, body too, was read)
 
 
 def ok(body: bytes = b'{"ok":true}', *extra: str) -> bytes:
@@ -43,6 +43,7 @@ class ScriptedServer:
         self.script = script
         self.tls = tls
         self.requests: list[bytes] = []
+        self.bodies: list[bytes] = []
         self.connections = 0
         self.port = 0
         self._writers: list[asyncio.StreamWriter] = []
@@ -54,6 +55,9 @@ class ScriptedServer:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
                 self.requests.append(head)
+                length = next((int(line[15:]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                self.bodies.append(await reader.readexactly(length))
                 answer = self.script[min(len(self.requests), len(self.script)) - 1]
                 if answer == DROP:
                     break
@@ -299,3 +303,145 @@ async def test_tls_is_verified_against_the_ca_of_ssl_cert_file(tmp_path: Path,
         again = await lean.get(server.url(), {})
         await lean.close()
     assert answer.body == again.body == b"secure" and lean.opened == 1
+
+
+# -- requests with a body, and the method rules of the one retry schedule -----------------------------------------
+def test_the_method_rules_are_the_retry_schedules() -> None:
+    """``shared.azure.retry``: 429 and 503 for every method; 408, 500, 502, 504 and dropped connections for the
+    idempotent methods; 500, 503, 504 also for POST and PATCH; a dropped PATCH without If-Match; no dropped POST."""
+    for method in ("GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"):
+        assert retried_statuses(method) == {408, 429, 500, 502, 503, 504}
+        assert replayable(method, {}) and replayable(method, {"If-Match": "*"})
+    for method in ("POST", "PATCH"):
+        assert retried_statuses(method) == {429, 500, 503, 504}
+    assert retried_statuses("MERGE") == {429, 503}
+    assert not replayable("POST", {}) and not replayable("MERGE", {})
+    assert replayable("PATCH", {"Prefer": "return-no-content"})
+    assert not replayable("PATCH", {"if-match": 'W/"x"'})
+
+
+async def test_a_body_is_sent_with_its_content_length_on_a_kept_alive_connection(exporter) -> None:  # type: ignore[no-untyped-def]
+    body = '{"PartitionKey":"p","Text":"ünï"}'.encode()
+    async with ScriptedServer([status(204), status(201), status(204), ok(b"read")]).running() as server:
+        lean, waits = client()
+        inserted = await lean.send("post", server.url("/devstoreaccount1/T"), {"Content-Type": "application/json"},
+                                   body)
+        created = await lean.send("POST", server.url("/devstoreaccount1/Tables"), {})
+        deleted = await lean.send("DELETE", server.url("/devstoreaccount1/T(PartitionKey='p',RowKey='r')"),
+                                  {"If-Match": "*"})
+        read = await lean.get(server.url(), {})
+        await lean.close()
+    assert [inserted.status, created.status, deleted.status, read.body] == [204, 201, 204, b"read"]
+    assert server.connections == 1 and waits.waits == []
+    assert server.requests[0].startswith(b"POST /devstoreaccount1/T HTTP/1.1\r\n")
+    assert b"Content-Length: %d\r\n" % len(body) in server.requests[0] and server.bodies[0] == body
+    assert b"Content-Length: 0\r\n" in server.requests[1]  # a POST without a body says so
+    assert server.requests[2].startswith(b"DELETE ") and b"Content-Length" not in server.requests[2]
+    assert b"Content-Length" not in server.requests[3] and server.bodies == [body, b"", b"", b""]
+    spans = [s for s in exporter.get_finished_spans() if s.attributes.get("upstream") == "tables"]
+    assert [s.name for s in spans] == ["POST", "POST", "DELETE", "GET"]
+
+
+async def test_a_caller_cannot_frame_the_body_itself() -> None:
+    async with ScriptedServer([ok()]).running() as server:
+        lean, _ = client()
+        for framing in ({"Content-Length": "3"}, {"transfer-encoding": "chunked"}):
+            with pytest.raises(RestError, match="is the client's to send"):
+                await lean.send("POST", server.url(), framing, b"abc")
+        with pytest.raises(RestError, match="cannot be sent"):
+            await lean.send("GET /x HTTP/1.1\r\n", server.url(), {})
+        await lean.close()
+    assert server.requests == []
+
+
+async def test_a_post_answered_503_is_retried_with_its_body() -> None:
+    async with ScriptedServer([status(503), status(500), status(204)]).running() as server:
+        lean, waits = client()
+        answer = await lean.send("POST", server.url("/devstoreaccount1/T"), {}, b"{}")
+        await lean.close()
+    assert answer.status == 204 and len(server.requests) == 3 and len(waits.waits) == 2
+    assert server.bodies == [b"{}"] * 3
+
+
+@pytest.mark.parametrize(("method", "code", "retried"), [
+    ("POST", 429, True), ("POST", 504, True), ("POST", 502, False), ("POST", 408, False),
+    ("PATCH", 500, True), ("PATCH", 502, False), ("PUT", 502, True), ("DELETE", 408, True), ("MERGE", 500, False),
+])
+async def test_which_answers_are_retried_depends_on_the_method(method: str, code: int, retried: bool) -> None:
+    async with ScriptedServer([status(code), status(204)]).running() as server:
+        lean, waits = client()
+        answer = await lean.send(method, server.url(), {}, b"{}")
+        await lean.close()
+    # Retried, the second answer is seen; not retried, the first is returned as it came.
+    assert (answer.status, len(server.requests), len(waits.waits)) == ((204, 2, 1) if retried else (code, 1, 0))
+
+
+async def test_a_post_whose_connection_drops_is_not_sent_again() -> None:
+    async with ScriptedServer([DROP, status(204)]).running() as server:
+        lean, waits = client()
+        with pytest.raises(RestError, match="may have been applied") as raised:
+            await lean.send("POST", server.url("/devstoreaccount1/T"), {}, b"{}")
+        await lean.close()
+    assert raised.value.status is None and not raised.value.retryable
+    assert len(server.requests) == 1 and waits.waits == []
+
+
+@pytest.mark.parametrize(("method", "headers"), [("PUT", {}), ("DELETE", {"If-Match": "*"}), ("PATCH", {})])
+async def test_an_idempotent_request_or_an_unconditional_patch_whose_connection_drops_is_retried(
+        method: str, headers: dict[str, str]) -> None:
+    async with ScriptedServer([DROP, status(204)]).running() as server:
+        lean, waits = client()
+        answer = await lean.send(method, server.url(), headers, b"{}" if method != "DELETE" else b"")
+        await lean.close()
+    assert answer.status == 204 and len(server.requests) == 2 and len(waits.waits) == 1
+
+
+async def test_a_conditional_patch_whose_connection_drops_is_not_sent_again() -> None:
+    async with ScriptedServer([DROP, status(204)]).running() as server:
+        lean, waits = client()
+        with pytest.raises(RestError, match="may have been applied"):
+            await lean.send("PATCH", server.url(), {"If-Match": 'W/"1"'}, b"{}")
+        await lean.close()
+    assert len(server.requests) == 1 and waits.waits == []
+
+
+async def test_a_post_on_a_reused_connection_known_closed_goes_on_a_new_one() -> None:
+    """The server closed the idle connection and the client saw it: nothing of the POST is written on it."""
+    async with ScriptedServer([status(204)]).running() as server:
+        lean, waits = client()
+        await lean.send("POST", server.url(), {}, b"1")
+        server.close_idle()
+        await asyncio.sleep(0.05)
+        answer = await lean.send("POST", server.url(), {}, b"2")
+        await lean.close()
+    assert answer.status == 204 and server.bodies == [b"1", b"2"] and lean.opened == 2 and waits.waits == []
+
+
+async def test_a_post_whose_reused_connection_drops_before_an_answer_is_not_sent_again() -> None:
+    """Written on a reused connection that then closes without an answer, a POST may have been applied (the
+    server's close and the request can cross): it is not resent, where a GET or a PUT is, at once."""
+    async with ScriptedServer([status(204), DROP, status(204)]).running() as server:
+        lean, waits = client()
+        await lean.send("POST", server.url(), {}, b"1")
+        with pytest.raises(RestError, match="reused connection dropped before any answer"):
+            await lean.send("POST", server.url(), {}, b"2")
+        await lean.close()
+    assert server.bodies == [b"1", b"2"] and lean.opened == 1 and waits.waits == []
+
+    for method in ("GET", "PUT"):
+        async with ScriptedServer([status(204), DROP, status(204)]).running() as server:
+            lean, waits = client()
+            await lean.send(method, server.url(), {})
+            answer = await lean.send(method, server.url(), {}, b"" if method == "GET" else b"2")
+            await lean.close()
+        assert answer.status == 204 and len(server.requests) == 3 and lean.opened == 2 and waits.waits == []
+
+
+async def test_a_head_answer_has_no_body_whatever_its_length() -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+    async with ScriptedServer([head, ok(b"after")]).running() as server:
+        lean, _ = client()
+        answer = await lean.send("HEAD", server.url(), {})
+        after = await lean.get(server.url(), {})
+        await lean.close()
+    assert (answer.status, answer.body, after.body, server.connections) == (200, b"", b"after", 1)
