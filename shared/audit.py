@@ -15,10 +15,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared.errors import AuditUnavailable, FieldError, InvalidRequest, ServiceError
 from shared.records import Actor, AuditRecord
@@ -33,6 +33,7 @@ MAX_DETAIL = 500
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 STARTED = "started"
+_Made = TypeVar("_Made")
 
 
 SYSTEM = Actor("system", "rotation runner", "system")
@@ -130,6 +131,25 @@ class AuditLog:
         """A credential added to or removed from an application through Graph (fail closed)."""
         text = f"application {object_id}" + (f", keyId {key_id}" if key_id else "") + (f": {detail}" if detail else "")
         await self.record(action, outcome, app=app, connection_id=connection_id, detail=text)
+
+    async def credential_changed(self, action: str, change: Callable[[], Awaitable[_Made]], *, app: str,
+                                 connection_id: str, object_id: str, key_id: str | None = None, detail: str = "",
+                                 key_id_of: Callable[[_Made], str] | None = None) -> _Made:
+        """Make a credential ``change`` to an application through Graph, recorded before it runs (fail closed: no
+        record, no change) and after, however it ends: ``succeeded`` (with the Key ID, or ``key_id_of`` what the
+        change made), or ``failed`` with the kind of error, never its text (nothing changed, or Graph's answer was
+        lost: whoever made the change finds the credential again by its Key ID or name)."""
+        await self.credential_change(action, STARTED, app=app, connection_id=connection_id, object_id=object_id,
+                                     key_id=key_id, detail=detail)
+        try:
+            made = await change()
+        except Exception as error:
+            await self.credential_change(action, "failed", app=app, connection_id=connection_id, object_id=object_id,
+                                         key_id=key_id, detail=f"{detail}: {type(error).__name__}".lstrip(": "))
+            raise
+        await self.credential_change(action, "succeeded", app=app, connection_id=connection_id, object_id=object_id,
+                                     key_id=key_id_of(made) if key_id_of is not None else key_id)
+        return made
 
 
 def _flat(entry: AuditRecord) -> dict[str, Any]:

@@ -9,6 +9,7 @@ rotation of it: while one is in progress such a request answers 409 with the rot
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import uuid
@@ -624,12 +625,10 @@ class ConnectionService:
             if credential_id not in {c.id for c in await graph.federated_credentials(registration.object_id)}:
                 return []
             audit_log = self.rotator.audit
-            await audit_log.credential_change("credential.remove", "started", app=record.app, connection_id=record.id,
-                                              object_id=registration.object_id, key_id=credential_id)
-            await graph.remove_federated_credential(registration.object_id, credential_id)
-            await audit_log.credential_change("credential.remove", "succeeded", app=record.app,
-                                              connection_id=record.id, object_id=registration.object_id,
-                                              key_id=credential_id)
+            await audit_log.credential_changed(
+                "credential.remove", functools.partial(graph.remove_federated_credential, registration.object_id,
+                                                       credential_id),
+                app=record.app, connection_id=record.id, object_id=registration.object_id, key_id=credential_id)
         return [credential_id]
 
     async def _shared_federation(self, record: ConnectionRecord) -> bool:

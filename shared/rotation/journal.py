@@ -21,7 +21,8 @@ from shared.ports import Adapters
 from shared.records import STATUS_ROTATING, ConnectionRecord, RotationEvent, RotationState
 
 Checkpoint = Callable[[str, ConnectionRecord], Awaitable[None]]
-RemovalAudit = Callable[[str, str, str], Awaitable[None]]  # (object id, key id, "started" | "succeeded")
+# Makes a removal audited: (object id, key id, the removal) -> the removal made, recorded before and after it.
+RemovalAudit = Callable[[str, str, Callable[[], Awaitable[None]]], Awaitable[None]]
 
 
 async def _no_checkpoint(name: str, record: ConnectionRecord) -> None:
@@ -91,9 +92,9 @@ class Journaled:
                             lease_owner=self.owner, lease_until=now + self.options.lease, **changes)
 
     def _removal(self, record: ConnectionRecord) -> RemovalAudit:
-        async def audit(object_id: str, key_id: str, outcome: str) -> None:
-            await self.audit.credential_change("credential.remove", outcome, app=record.app,
-                                               connection_id=record.id, object_id=object_id, key_id=key_id)
+        async def audit(object_id: str, key_id: str, remove: Callable[[], Awaitable[None]]) -> None:
+            await self.audit.credential_changed("credential.remove", remove, app=record.app,
+                                                connection_id=record.id, object_id=object_id, key_id=key_id)
 
         return audit
 

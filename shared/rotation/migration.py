@@ -30,6 +30,7 @@ unless asked.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Mapping
@@ -207,14 +208,15 @@ class Migrator(Journaled):
                 # Graph cannot make the addition conditional: an ETag-guarded write just before it stops a worker
                 # held up past its lease while another took the migration over (and perhaps undid it).
                 record = await self._save(record)
-                await self.audit.credential_change("credential.add", "started", app=record.app,
-                                                   connection_id=record.id, object_id=registration.object_id,
-                                                   detail=f"federated identity credential '{name}'")
-                self.lease_check(record.rotation)()  # and its clock, right before the addition
-                found = await graph.add_federated_credential(registration.object_id, identity.credential(name))
-                await self.audit.credential_change("credential.add", "succeeded", app=record.app,
-                                                   connection_id=record.id, object_id=registration.object_id,
-                                                   key_id=found.id)
+                check = self.lease_check(record.rotation)
+
+                async def add() -> FederatedCredential:
+                    check()  # and its clock, right before the addition
+                    return await graph.add_federated_credential(registration.object_id, identity.credential(name))
+
+                found = await self.audit.credential_changed(
+                    "credential.add", add, app=record.app, connection_id=record.id, object_id=registration.object_id,
+                    detail=f"federated identity credential '{name}'", key_id_of=lambda added: added.id)
                 await self.checkpoint("after-add-federated", record)
         return await self._save(record, rotation=record.rotation.evolve(step=ADDED, pending_key_id=found.id))
 
@@ -352,13 +354,10 @@ class Migrator(Journaled):
         for credential in await graph.federated_credentials(registration.object_id):
             if credential.name == name:
                 self.lease_check(record.rotation)()  # a later migration may have adopted it meanwhile
-                await self.audit.credential_change("credential.remove", "started", app=record.app,
-                                                   connection_id=record.id, object_id=registration.object_id,
-                                                   key_id=credential.id)
-                await graph.remove_federated_credential(registration.object_id, credential.id)
-                await self.audit.credential_change("credential.remove", "succeeded", app=record.app,
-                                                   connection_id=record.id, object_id=registration.object_id,
-                                                   key_id=credential.id)
+                await self.audit.credential_changed(
+                    "credential.remove", functools.partial(graph.remove_federated_credential, registration.object_id,
+                                                           credential.id),
+                    app=record.app, connection_id=record.id, object_id=registration.object_id, key_id=credential.id)
 
     # -- the credential the user gave ------------------------------------------------------------------------
     async def _original_key_id(self, record: ConnectionRecord) -> str:

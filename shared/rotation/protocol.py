@@ -27,6 +27,7 @@ created on an application is current, or recorded in the journal, or removed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -298,12 +299,11 @@ class Rotator(Journaled):
             await self.adapters.vault.disable_tagged(record.secret_name, "rotationId", rotation_id)
         # The predecessor's Key ID, when the rotation did not know it (a certificate's, found by its thumbprint).
         previous = state.previous_key_id or roll.identify(registration, current)
-        await self.audit.credential_change("credential.add", "started", app=record.app, connection_id=record.id,
-                                           object_id=registration.object_id, detail=f"add {roll.noun} '{name}'")
-        added = run.added = await self._add_within_policy(roll, graph, registration, name, state.interval_days or 30,
-                                                          current, self._fence(state, run))
-        await self.audit.credential_change("credential.add", "succeeded", app=record.app, connection_id=record.id,
-                                           object_id=registration.object_id, key_id=added.key_id)
+        add = functools.partial(self._add_within_policy, roll, graph, registration, name, state.interval_days or 30,
+                                current, self._fence(state, run))
+        added = run.added = await self.audit.credential_changed(
+            "credential.add", add, app=record.app, connection_id=record.id, object_id=registration.object_id,
+            detail=f"add {roll.noun} '{name}'", key_id_of=lambda successor: successor.key_id)
         await self.checkpoint("after-add-password", record)
         stored = await self.adapters.vault.write(
             record.secret_name, roll.store_successor(added),
@@ -649,13 +649,13 @@ async def remove_rolled(roll: CredentialRoll, graph: GraphSession, client_id: st
         if credential.key_id in doomed:
             if fence is not None:
                 fence()
+            remove = functools.partial(roll.remove_predecessor, graph, registration, credential.key_id, signer or {},
+                                       now or datetime.now(UTC))
             if audit is not None:
-                await audit(registration.object_id, credential.key_id, "started")
-            await roll.remove_predecessor(graph, registration, credential.key_id, signer or {},
-                                          now or datetime.now(UTC))
+                await audit(registration.object_id, credential.key_id, remove)
+            else:
+                await remove()
             removed.append(credential.key_id)
-            if audit is not None:
-                await audit(registration.object_id, credential.key_id, "succeeded")
     return removed
 
 

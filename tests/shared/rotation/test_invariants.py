@@ -118,6 +118,37 @@ async def test_an_azure_failure_at_any_call_of_a_rotation_keeps_every_invariant(
     after = await h.record(record.id)
     assert after is not None
     assert not after.rotation.in_progress
+    _every_change_recorded_has_an_outcome(h)
+
+
+def _every_change_recorded_has_an_outcome(h: Harness) -> None:
+    """Each credential change the audit log has as started has its outcome too: succeeded, or failed when Graph
+    failed or lost its answer, or the lease's clock stopped the worker right before it (no worker died here)."""
+    changes = [(r.action, r.outcome) for r in h.fakes.audit.records if r.action.startswith("credential.")]
+    for action in ("credential.add", "credential.remove"):
+        started = changes.count((action, "started"))
+        assert started == sum(1 for a, outcome in changes if a == action and outcome != "started"), changes
+
+
+@pytest.mark.parametrize("method", METHODS)
+async def test_a_worker_whose_lease_ran_out_before_its_addition_adds_nothing_and_says_so(method: str) -> None:
+    """Held up after renewing its lease until the lease ran out, with nobody taking over: as it wakes, the lease's
+    clock stops it right before the addition. Nothing is added, and the audit log says the addition failed."""
+    h = Harness(method=method)
+    record = await _rotating(h)
+    first, woken = await _held_up_at(h, "lease-renewed")
+    made = len(h.fakes.world.created)
+    woken.set()
+    await first
+    assert len(h.fakes.world.created) == made
+    assert h.check() == []
+    adds = [(r.outcome, r.detail) for r in h.fakes.audit.records if r.action == "credential.add"][-2:]
+    assert adds[0][0] == "started" and adds[1][0] == "failed" and (adds[1][1] or "").endswith(": LeaseLost"), adds
+    _every_change_recorded_has_an_outcome(h)
+    await h.settle()
+    assert h.check() == []
+    after = await h.record(record.id)
+    assert after is not None and not after.rotation.in_progress
 
 
 async def _held_up_at(h: Harness, checkpoint: str) -> tuple[asyncio.Task[object], asyncio.Event]:
@@ -154,6 +185,7 @@ async def test_a_worker_held_up_past_its_lease_at_a_step_leaves_nothing_behind(c
     assert (after.rotation, after.secret_version) == (taken.rotation, taken.secret_version)
     enabled = [v for v in h.fakes.vault.secrets[after.secret_name] if v.enabled]
     assert [v.version for v in enabled] == [after.secret_version]
+    _every_change_recorded_has_an_outcome(h)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -1,0 +1,92 @@
+"""The audit log's record of a credential change made through Graph: before it (fail closed), and after it however
+it ends, without the text of an error."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from shared.audit import AuditLog
+from shared.errors import AuditUnavailable, LeaseLost
+from shared.records import AuditRecord
+
+OBJECT = "00000000-0000-0000-0000-0000000000aa"
+
+
+class Records:
+    def __init__(self, fail_started: bool = False) -> None:
+        self.records: list[AuditRecord] = []
+        self.fail_started = fail_started
+
+    async def append(self, record: AuditRecord) -> None:
+        if self.fail_started and record.outcome == "started":
+            raise OSError("Table Storage is unreachable")
+        self.records.append(record)
+
+    def seen(self) -> list[tuple[str, str, str | None]]:
+        return [(r.action, r.outcome, r.detail) for r in self.records]
+
+
+def log_over(records: Records) -> AuditLog:
+    return AuditLog(records, lambda: datetime(2026, 12, 1, tzinfo=UTC))  # type: ignore[arg-type]
+
+
+async def test_a_change_is_recorded_before_and_after_with_what_it_made() -> None:
+    records = Records()
+
+    async def add() -> str:
+        assert records.seen()[-1][1] == "started"  # recorded before it runs
+        return "key-1"
+
+    made = await log_over(records).credential_changed("credential.add", add, app="a", connection_id="c",
+                                                      object_id=OBJECT, detail="add client secret 'x'",
+                                                      key_id_of=lambda key: key)
+    assert made == "key-1"
+    assert records.seen() == [
+        ("credential.add", "started", f"application {OBJECT}: add client secret 'x'"),
+        ("credential.add", "succeeded", f"application {OBJECT}, keyId key-1"),
+    ]
+
+
+async def test_a_change_that_fails_is_recorded_as_failed_with_the_kind_of_error_only() -> None:
+    records = Records()
+
+    async def remove() -> None:
+        raise LeaseLost("the lease ran out at 2026-12-01 with secret-looking text")
+
+    with pytest.raises(LeaseLost):
+        await log_over(records).credential_changed("credential.remove", remove, app="a", connection_id="c",
+                                                   object_id=OBJECT, key_id="key-2")
+    assert records.seen() == [
+        ("credential.remove", "started", f"application {OBJECT}, keyId key-2"),
+        ("credential.remove", "failed", f"application {OBJECT}, keyId key-2: LeaseLost"),
+    ]
+
+
+async def test_a_change_whose_record_cannot_be_written_is_not_made() -> None:
+    made: list[str] = []
+
+    async def add() -> str:
+        made.append("added")
+        return "key-3"
+
+    with pytest.raises(AuditUnavailable):
+        await log_over(Records(fail_started=True)).credential_changed("credential.add", add, app="a",
+                                                                      connection_id="c", object_id=OBJECT)
+    assert made == []
+
+
+async def test_a_worker_that_dies_in_the_change_records_nothing_more() -> None:
+    class Crash(BaseException):
+        pass
+
+    records = Records()
+
+    async def add() -> str:
+        raise Crash
+
+    with pytest.raises(Crash):
+        await log_over(records).credential_changed("credential.add", add, app="a", connection_id="c",
+                                                   object_id=OBJECT)
+    assert [outcome for _, outcome, _ in records.seen()] == ["started"]
