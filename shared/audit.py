@@ -144,8 +144,12 @@ class AuditLog:
         try:
             made = await change()
         except Exception as error:
-            await self.credential_change(action, "failed", app=app, connection_id=connection_id, object_id=object_id,
-                                         key_id=key_id, detail=f"{detail}: {type(error).__name__}".lstrip(": "))
+            try:  # the change's own error is what the caller must see, whatever becomes of this record
+                await self.credential_change(action, "failed", app=app, connection_id=connection_id,
+                                             object_id=object_id, key_id=key_id,
+                                             detail=f"{detail}: {type(error).__name__}".lstrip(": "))
+            except Exception as unrecorded:
+                log.warning("The audit log could not be written (%s): %s failed", type(unrecorded).__name__, action)
             raise
         await self.credential_change(action, "succeeded", app=app, connection_id=connection_id, object_id=object_id,
                                      key_id=key_id_of(made) if key_id_of is not None else key_id)

@@ -90,3 +90,21 @@ async def test_a_worker_that_dies_in_the_change_records_nothing_more() -> None:
         await log_over(records).credential_changed("credential.add", add, app="a", connection_id="c",
                                                    object_id=OBJECT)
     assert [outcome for _, outcome, _ in records.seen()] == ["started"]
+
+
+async def test_the_change_s_own_error_is_raised_even_when_its_outcome_cannot_be_recorded() -> None:
+    class Broken(Records):
+        async def append(self, record: AuditRecord) -> None:
+            if record.outcome == "failed":
+                raise RuntimeError("the store broke in an unexpected way")
+            await super().append(record)
+
+    records = Broken()
+
+    async def add() -> str:
+        raise LeaseLost("lost")
+
+    with pytest.raises(LeaseLost):
+        await log_over(records).credential_changed("credential.add", add, app="a", connection_id="c",
+                                                   object_id=OBJECT)
+    assert [outcome for _, outcome, _ in records.seen()] == ["started"]
