@@ -8,15 +8,12 @@ sign-in is taken by deleting it under its ETag: of two callbacks with one state,
 
 from __future__ import annotations
 
-import contextlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from shared.sessions import PendingLogin, Session, bucket_of
 
 if TYPE_CHECKING:
-    from azure.data.tables.aio import TableClient
-
     from shared.azure.clients import AzureClients
 
 SESSIONS_TABLE = "Sessions"
@@ -50,79 +47,57 @@ def session_of(entity: Any) -> Session:
 
 
 class SessionTable:
-    def __init__(self, clients: AzureClients) -> None:
-        self._clients = clients
+    """The console's sessions over Table Storage's REST API without the SDK (``shared.store.table_reads`` and
+    ``table_writes``): a console request checks its session, so a cold instance's first one loads no SDK."""
 
-    async def _table(self) -> TableClient:
-        return await self._clients.table(SESSIONS_TABLE)
+    def __init__(self, clients: AzureClients) -> None:
+        from shared.store.table_reads import TableReads
+        from shared.store.table_writes import TableWrites
+
+        self._reads = TableReads(clients)
+        self._writes = TableWrites(clients)
 
     async def create(self, session: Session) -> None:
-        table = await self._table()
-        await table.create_entity(session_entity(session))
+        await self._writes.insert(SESSIONS_TABLE, session_entity(session))
 
     async def get(self, bucket: str, key: str) -> Session | None:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        table = await self._table()
-        try:
-            entity = await table.get_entity(SESSION + bucket, key)
-        except ResourceNotFoundError:
-            return None
-        return session_of(entity)
+        entity = await self._reads.get_entity(SESSIONS_TABLE, SESSION + bucket, key)
+        return session_of(entity) if entity is not None else None
 
     async def touch(self, bucket: str, key: str, at: datetime) -> bool:
-        from azure.core.exceptions import ResourceNotFoundError
-        from azure.data.tables import UpdateMode
-
-        table = await self._table()
-        try:  # a merge with If-Match: * (the SDK's unconditional update) requires the entity: an ended session
-            await table.update_entity(  # stays ended (404), never comes back as a stub
-                {"PartitionKey": SESSION + bucket, "RowKey": key, "LastSeenAt": at}, mode=UpdateMode.MERGE)
-        except ResourceNotFoundError:
-            return False
-        return True
+        # A merge (If-Match: *) requires the entity: an ended session stays ended, never comes back as a stub.
+        return await self._writes.merge(SESSIONS_TABLE, SESSION + bucket, key, {"LastSeenAt": at})
 
     async def delete(self, bucket: str, key: str) -> None:
-        table = await self._table()
-        await table.delete_entity(SESSION + bucket, key)
+        await self._writes.delete(SESSIONS_TABLE, SESSION + bucket, key)
 
     async def put_login(self, pending: PendingLogin) -> None:
-        table = await self._table()
-        await table.create_entity({
+        await self._writes.insert(SESSIONS_TABLE, {
             "PartitionKey": LOGIN + pending.bucket, "RowKey": pending.key, "Kind": "login",
             "Verifier": pending.verifier, "Nonce": pending.nonce, "ReturnTo": pending.return_to,
             "ExpiresAt": pending.expires_at,
         })
 
     async def take_login(self, bucket: str, key: str) -> PendingLogin | None:
-        from azure.core import MatchConditions
-        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
-
-        table = await self._table()
-        try:
-            entity = await table.get_entity(LOGIN + bucket, key)
-            await table.delete_entity(LOGIN + bucket, key, etag=entity.metadata["etag"],
-                                      match_condition=MatchConditions.IfNotModified)
-        except (ResourceModifiedError, ResourceNotFoundError):
-            return None
+        entity = await self._reads.get_entity(SESSIONS_TABLE, LOGIN + bucket, key)
+        if entity is None or not await self._writes.delete(SESSIONS_TABLE, LOGIN + bucket, key,
+                                                           etag=entity.metadata["etag"]):
+            return None  # unknown, or another callback took it first
         return PendingLogin(key=key, bucket=bucket, verifier=str(entity["Verifier"]), nonce=str(entity["Nonce"]),
                             return_to=str(entity["ReturnTo"]), expires_at=_aware(entity["ExpiresAt"]))
 
     async def purge_expired(self, now: datetime, limit: int = 100) -> int:
-        """Delete sessions and pending sign-ins of hours that have fully passed (at most ``limit``)."""
-        from azure.core.exceptions import ResourceNotFoundError
-
-        table = await self._table()
+        """Delete sessions and pending sign-ins of hours that have fully passed (at most ``limit``, a page of each
+        kind)."""
         cutoff = bucket_of(now)
         count = 0
         for prefix in (SESSION, LOGIN):
-            async for entity in table.query_entities(
-                "PartitionKey ge @low and PartitionKey lt @cutoff",
-                parameters={"low": prefix, "cutoff": prefix + cutoff}, select=["PartitionKey", "RowKey"],
-            ):
-                with contextlib.suppress(ResourceNotFoundError):
-                    await table.delete_entity(entity["PartitionKey"], entity["RowKey"])
-                count += 1
-                if count >= limit:
-                    return count
+            if count >= limit:
+                break
+            expired, _ = await self._reads.query_page(
+                SESSIONS_TABLE, "PartitionKey ge @low and PartitionKey lt @cutoff",
+                {"low": prefix, "cutoff": prefix + cutoff}, top=limit - count, select=["PartitionKey", "RowKey"])
+            for entity in expired:
+                await self._writes.delete(SESSIONS_TABLE, entity["PartitionKey"], entity["RowKey"])
+            count += len(expired)
         return count

@@ -1,6 +1,7 @@
-"""Single-entity Table Storage writes without the SDK: Insert Entity and Delete Entity over ``shared.azure.rest``.
+"""Single-entity Table Storage writes without the SDK: Insert, Merge and Delete Entity over ``shared.azure.rest``.
 
-A route that writes only a small entity (an audit record, an OAuth state) must stay lean on a cold instance:
+A route that writes only a small entity (an audit record, an OAuth state, a console session) must stay lean on a
+cold instance:
 through the SDK its one write would import aiohttp, azure-core and azure-data-tables (a quarter of a second and
 more) for a request of a few hundred bytes. So these two writes are made here, on the endpoint, signing and
 errors of the lean reads (``shared.store.table_reads.TableRequests``), with the one retry schedule of
@@ -208,6 +209,21 @@ class TableWrites(TableRequests):
         if response.status in (201, 204) or (response.status == 409
                                              and error_code(response) == "TableAlreadyExists"):
             return
+        raise self._failed(response)
+
+    async def merge(self, suffix: str, partition_key: str, row_key: str, properties: Mapping[str, Any],
+                    etag: str = "*") -> bool:
+        """Merge ``properties`` into the entity if it still has ``etag`` (``"*"``: whatever it has, but it must
+        exist: a merge never creates one). True when merged; False when it (or its table) does not exist or its
+        ETag changed; another failure is an ``UpstreamError``. A PATCH with ``If-Match``: retried after 429, 500,
+        503 and 504, never sent again once its connection dropped (applied, its retry would fail its ETag)."""
+        body = _body(entity_json({**properties, "PartitionKey": partition_key, "RowKey": row_key}))
+        response = await self._request("PATCH", self._entity_path(suffix, partition_key, row_key), body=body,
+                                       content_type=CONTENT_TYPE, extra={"If-Match": etag})
+        if 200 <= response.status < 300:
+            return True
+        if response.status in (404, 412):
+            return False
         raise self._failed(response)
 
     async def delete(self, suffix: str, partition_key: str, row_key: str, etag: str = "*") -> bool:

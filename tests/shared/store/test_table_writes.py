@@ -127,6 +127,24 @@ async def test_a_table_deleted_after_its_first_use_is_a_failure_not_a_new_empty_
     assert clients.settings.table_prefix + SUFFIX not in tables
 
 
+async def test_a_merge_changes_only_what_it_is_given_and_never_creates(clients: AzureClients) -> None:
+    reads, writes = TableReads(clients), TableWrites(clients)
+    assert await writes.merge(SUFFIX, "p", "absent", {"N": 2}) is False  # no table yet
+    await writes.insert(SUFFIX, {"PartitionKey": "p", "RowKey": "r", "N": 1, "Name": "kept"})
+    assert await writes.merge(SUFFIX, "p", "absent", {"N": 2}) is False
+    assert await reads.get_entity(SUFFIX, "p", "absent") is None
+    before = await reads.get_entity(SUFFIX, "p", "r")
+    assert before is not None
+    at = datetime(2026, 12, 1, 10, 30, tzinfo=UTC)
+    assert await writes.merge(SUFFIX, "p", "r", {"N": 2, "At": at}, etag=before.metadata["etag"]) is True
+    after = await reads.get_entity(SUFFIX, "p", "r")
+    assert after is not None and (after["N"], after["Name"], after["At"]) == (2, "kept", at)
+    assert await writes.merge(SUFFIX, "p", "r", {"N": 3}, etag=before.metadata["etag"]) is False  # stale
+    assert await writes.merge(SUFFIX, "p", "r", {"N": 4}) is True  # "*"
+    final = await reads.get_entity(SUFFIX, "p", "r")
+    assert final is not None and final["N"] == 4
+
+
 async def test_a_second_insert_of_the_same_keys_is_entity_exists(clients: AzureClients) -> None:
     writes = TableWrites(clients)
     await writes.insert(SUFFIX, {"PartitionKey": "p", "RowKey": "r", "N": 1})
