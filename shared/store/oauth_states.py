@@ -58,15 +58,13 @@ def _aware(value: Any) -> Any:
 
 
 class OAuthStates:
-    """The OAuth states over Table Storage's REST API without the SDK (``shared.store.table_reads`` and
-    ``table_writes``): starting a sign-in, often a cold instance's first request, loads no SDK."""
+    """The OAuth states over Table Storage's REST API without the SDK (``shared.store.table_writes``): starting a
+    sign-in, often a cold instance's first request, loads no SDK."""
 
     def __init__(self, clients: AzureClients) -> None:
-        from shared.store.table_reads import TableReads
         from shared.store.table_writes import TableWrites
 
-        self._reads = TableReads(clients)
-        self._writes = TableWrites(clients)
+        self._table = TableWrites(clients)
 
     async def put(self, value: str, pending: PendingAuthorization) -> None:
         keys = state_keys(value)
@@ -79,18 +77,16 @@ class OAuthStates:
         if pending.started_by is not None:
             entity.update({"StartedById": pending.started_by.id, "StartedByName": pending.started_by.name,
                            "StartedByType": pending.started_by.type})
-        await self._writes.insert(OAUTH_STATES_TABLE, entity)
+        await self._table.insert(OAUTH_STATES_TABLE, entity)
 
     async def take(self, value: str) -> PendingAuthorization | None:
         """Consume the state: its pending authorization, or None when it is unknown or already used."""
         keys = state_keys(value)
         if keys is None:
             return None
-        entity = await self._reads.get_entity(OAUTH_STATES_TABLE, *keys)
+        entity = await self._table.take(OAUTH_STATES_TABLE, *keys)
         if entity is None:
-            return None
-        if not await self._writes.delete(OAUTH_STATES_TABLE, *keys, etag=entity.metadata["etag"]):
-            return None  # another callback consumed it first
+            return None  # unknown, or another callback consumed it first
         values = {attr: _aware(entity.get(column)) for attr, column in _COLUMNS.items()}
         if not all(values[attr] for attr in ("app", "client_id", "redirect_uri", "verifier", "expires_at")):
             return None
@@ -104,8 +100,5 @@ class OAuthStates:
     async def purge_expired(self, now: datetime, limit: int = 100) -> int:
         """Delete states of buckets that have fully expired (at most ``limit``, one page); return how many."""
         cutoff = now.astimezone(UTC).strftime(_BUCKET)
-        expired, _ = await self._reads.query_page(OAUTH_STATES_TABLE, "PartitionKey lt @cutoff", {"cutoff": cutoff},
-                                                  top=limit, select=["PartitionKey", "RowKey"])
-        for entity in expired:
-            await self._writes.delete(OAUTH_STATES_TABLE, entity["PartitionKey"], entity["RowKey"])
-        return len(expired)
+        return await self._table.delete_page(OAUTH_STATES_TABLE, "PartitionKey lt @cutoff", {"cutoff": cutoff},
+                                             top=limit)

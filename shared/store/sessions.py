@@ -47,41 +47,38 @@ def session_of(entity: Any) -> Session:
 
 
 class SessionTable:
-    """The console's sessions over Table Storage's REST API without the SDK (``shared.store.table_reads`` and
-    ``table_writes``): a console request checks its session, so a cold instance's first one loads no SDK."""
+    """The console's sessions over Table Storage's REST API without the SDK (``shared.store.table_writes``): a
+    console request checks its session, so a cold instance's first one loads no SDK."""
 
     def __init__(self, clients: AzureClients) -> None:
-        from shared.store.table_reads import TableReads
         from shared.store.table_writes import TableWrites
 
-        self._reads = TableReads(clients)
-        self._writes = TableWrites(clients)
+        self._table = TableWrites(clients)
 
     async def create(self, session: Session) -> None:
-        await self._writes.insert(SESSIONS_TABLE, session_entity(session))
+        await self._table.insert(SESSIONS_TABLE, session_entity(session))
 
     async def get(self, bucket: str, key: str) -> Session | None:
-        entity = await self._reads.get_entity(SESSIONS_TABLE, SESSION + bucket, key)
+        entity = await self._table.get_entity(SESSIONS_TABLE, SESSION + bucket, key)
         return session_of(entity) if entity is not None else None
 
     async def touch(self, bucket: str, key: str, at: datetime) -> bool:
         # A merge (If-Match: *) requires the entity: an ended session stays ended, never comes back as a stub.
-        return await self._writes.merge(SESSIONS_TABLE, SESSION + bucket, key, {"LastSeenAt": at})
+        return await self._table.merge(SESSIONS_TABLE, SESSION + bucket, key, {"LastSeenAt": at})
 
     async def delete(self, bucket: str, key: str) -> None:
-        await self._writes.delete(SESSIONS_TABLE, SESSION + bucket, key)
+        await self._table.delete(SESSIONS_TABLE, SESSION + bucket, key)
 
     async def put_login(self, pending: PendingLogin) -> None:
-        await self._writes.insert(SESSIONS_TABLE, {
+        await self._table.insert(SESSIONS_TABLE, {
             "PartitionKey": LOGIN + pending.bucket, "RowKey": pending.key, "Kind": "login",
             "Verifier": pending.verifier, "Nonce": pending.nonce, "ReturnTo": pending.return_to,
             "ExpiresAt": pending.expires_at,
         })
 
     async def take_login(self, bucket: str, key: str) -> PendingLogin | None:
-        entity = await self._reads.get_entity(SESSIONS_TABLE, LOGIN + bucket, key)
-        if entity is None or not await self._writes.delete(SESSIONS_TABLE, LOGIN + bucket, key,
-                                                           etag=entity.metadata["etag"]):
+        entity = await self._table.take(SESSIONS_TABLE, LOGIN + bucket, key)
+        if entity is None:
             return None  # unknown, or another callback took it first
         return PendingLogin(key=key, bucket=bucket, verifier=str(entity["Verifier"]), nonce=str(entity["Nonce"]),
                             return_to=str(entity["ReturnTo"]), expires_at=_aware(entity["ExpiresAt"]))
@@ -94,10 +91,6 @@ class SessionTable:
         for prefix in (SESSION, LOGIN):
             if count >= limit:
                 break
-            expired, _ = await self._reads.query_page(
-                SESSIONS_TABLE, "PartitionKey ge @low and PartitionKey lt @cutoff",
-                {"low": prefix, "cutoff": prefix + cutoff}, top=limit - count, select=["PartitionKey", "RowKey"])
-            for entity in expired:
-                await self._writes.delete(SESSIONS_TABLE, entity["PartitionKey"], entity["RowKey"])
-            count += len(expired)
+            count += await self._table.delete_page(SESSIONS_TABLE, "PartitionKey ge @low and PartitionKey lt @cutoff",
+                                                   {"low": prefix, "cutoff": prefix + cutoff}, top=limit - count)
         return count

@@ -1,13 +1,13 @@
 """Single-entity Table Storage writes without the SDK: Insert, Merge and Delete Entity over ``shared.azure.rest``.
 
 A route that writes only a small entity (an audit record, an OAuth state, a console session) must stay lean on a
-cold instance:
-through the SDK its one write would import aiohttp, azure-core and azure-data-tables (a quarter of a second and
-more) for a request of a few hundred bytes. So these two writes are made here, on the endpoint, signing and
-errors of the lean reads (``shared.store.table_reads.TableRequests``), with the one retry schedule of
-``shared.azure.rest`` and its method rules: an insert is a POST, retried after 429, 500, 503 and 504 but never
-sent again once its connection dropped (it may have been applied), so a dropped insert is an ``UpstreamError``;
-a delete is idempotent and retried like a read.
+cold instance: through the SDK its one write would import aiohttp, azure-core and azure-data-tables (a quarter of
+a second and more) for a request of a few hundred bytes. So these writes are made here, on the endpoint, signing
+and errors of the lean reads (:class:`TableWrites` is a ``shared.store.table_reads.TableReads``), with the one
+retry schedule of ``shared.azure.rest`` and its method rules: an insert is a POST, retried after 429, 500, 503
+and 504 but never sent again once its connection dropped (it may have been applied), so a dropped insert is an
+``UpstreamError``; a delete is idempotent and retried like a read. Two uses of the stores are made once here: a
+single-use entity taken (read, then deleted under its ETag) and a page of expired entities deleted.
 
 An entity is serialised as azure-data-tables serialises it (:func:`entity_json`), so that what is stored, and
 read back by the SDK or by ``shared.store.table_reads``, is the same either way: ``bool``, an ``int`` of the
@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from shared.store.table_reads import TableRequests, error_code
+from shared.store.table_reads import Entity, TableReads, error_code
 
 if TYPE_CHECKING:
     from shared.azure.rest import Response
@@ -172,8 +172,8 @@ def _body(value: Mapping[str, Any]) -> bytes:
 
 
 # -- the writes ----------------------------------------------------------------------------------------------------
-class TableWrites(TableRequests):
-    """Insert Entity and Delete Entity on the service's state tables (``{prefix}{suffix}``)."""
+class TableWrites(TableReads):
+    """Insert, Merge and Delete Entity on the service's state tables (``{prefix}{suffix}``), beside the reads."""
 
     async def insert(self, suffix: str, entity: Mapping[str, Any]) -> None:
         """Insert ``entity`` (its keys are its ``PartitionKey`` and ``RowKey``); the table is created if it does not
@@ -240,3 +240,18 @@ class TableWrites(TableRequests):
             return False
         raise self._failed(response)
 
+    async def take(self, suffix: str, partition_key: str, row_key: str) -> Entity | None:
+        """A single-use entity (a pending sign-in): read, then deleted under its ETag, so that of two takers one
+        wins. None when it does not exist or another took it first."""
+        entity = await self.get_entity(suffix, partition_key, row_key)
+        if entity is None or not await self.delete(suffix, partition_key, row_key, etag=entity.metadata["etag"]):
+            return None
+        return entity
+
+    async def delete_page(self, suffix: str, query_filter: str, parameters: Mapping[str, str], *, top: int) -> int:
+        """Delete the entities of the first page of ``query_filter`` (at most ``top``, their keys alone read);
+        how many were found."""
+        found, _ = await self.query_page(suffix, query_filter, parameters, top=top, select=["PartitionKey", "RowKey"])
+        for entity in found:
+            await self.delete(suffix, entity["PartitionKey"], entity["RowKey"])
+        return len(found)

@@ -145,6 +145,20 @@ async def test_a_merge_changes_only_what_it_is_given_and_never_creates(clients: 
     assert final is not None and final["N"] == 4
 
 
+async def test_a_single_use_entity_is_taken_once_and_a_page_of_expired_ones_deleted(clients: AzureClients) -> None:
+    writes = TableWrites(clients)
+    assert await writes.take(SUFFIX, "p", "r") is None  # no table yet
+    await writes.insert(SUFFIX, {"PartitionKey": "p", "RowKey": "r", "N": 1})
+    taken = await writes.take(SUFFIX, "p", "r")
+    assert taken is not None and taken["N"] == 1
+    assert await writes.take(SUFFIX, "p", "r") is None
+    for partition in ("a1", "a2", "a3", "b1"):
+        await writes.insert(SUFFIX, {"PartitionKey": partition, "RowKey": "x"})
+    assert await writes.delete_page(SUFFIX, "PartitionKey lt @cutoff", {"cutoff": "a3"}, top=5) == 2
+    left = [e["PartitionKey"] for e in (await writes.query_page(SUFFIX, "PartitionKey ne ''", {}, top=10))[0]]
+    assert left == ["a3", "b1"]
+
+
 async def test_a_second_insert_of_the_same_keys_is_entity_exists(clients: AzureClients) -> None:
     writes = TableWrites(clients)
     await writes.insert(SUFFIX, {"PartitionKey": "p", "RowKey": "r", "N": 1})
