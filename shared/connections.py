@@ -122,9 +122,6 @@ class ConnectionService:
         return self.adapters.clock()
 
     # -- shared steps of every method ------------------------------------------------------------------------
-    async def ensure_name_free(self, app_id: str, name: str, pointer: str = "/name") -> None:
-        await ensure_name_free(self.store, app_id, name, pointer)
-
     async def _validated(self, app: AppSpec, method: Method, raw: Any) -> Validated:
         if method is Method.FEDERATED:
             require_identity(self.adapters.settings)
@@ -248,7 +245,7 @@ class ConnectionService:
         if request.isAutoRotationEnabled and config is None:
             raise InvalidRequest("Automatic rotation needs a schedule.",
                                  errors=[FieldError("/rotation", "is required when isAutoRotationEnabled is true")])
-        await self.ensure_name_free(app.id, request.name)
+        await ensure_name_free(self.store, app.id, request.name)
         valid = await self._validated(app, method, request.credentials)
         credentials = valid.credentials
         key_id, expires_on = await self._given_secret(valid, rotating=request.isAutoRotationEnabled,

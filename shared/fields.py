@@ -15,6 +15,11 @@ NAME_RE = re.compile(r"^[a-z0-9-]{1,64}$")
 DESCRIPTION_MAX = 1024  # characters
 
 
+def pointer_part(name: str | int) -> str:
+    """One reference token of a JSON Pointer (RFC 6901): ``~`` as ``~0``, ``/`` as ``~1``."""
+    return str(name).replace("~", "~0").replace("/", "~1")
+
+
 def guid(value: str) -> str:
     if not GUID_RE.match(value):
         raise ValueError("must be a GUID such as 00000000-0000-0000-0000-000000000000")

@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from shared.apps import Method
 from shared.errors import FieldError, InvalidRequest
-from shared.fields import DESCRIPTION_MAX
+from shared.fields import DESCRIPTION_MAX, pointer_part
 from shared.fields import guid as _guid
 from shared.fields import name as _name
 from shared.fields import no_controls as _no_controls
@@ -103,8 +103,7 @@ class UpdateConnectionIn(_Strict):
 
 
 def _pointer(loc: tuple[int | str, ...], prefix: str) -> str:
-    parts = [str(part).replace("~", "~0").replace("/", "~1") for part in loc]
-    return prefix + "".join(f"/{part}" for part in parts)
+    return prefix + "".join(f"/{pointer_part(part)}" for part in loc)
 
 
 _MESSAGES = {

@@ -119,15 +119,12 @@ def parse_authorize_query(query: Mapping[str, str]) -> AuthorizeQuery:
             try:
                 values[key] = rule(query[key])
             except ValueError as error:
-                errors.append(FieldError(f"/{_pointer_part(key)}", str(error)))
-    errors += [FieldError(f"/{_pointer_part(key)}", "is not a known field") for key in query if key not in QUERY_FIELDS]
+                errors.append(FieldError(f"/{fields.pointer_part(key)}", str(error)))
+    errors += [FieldError(f"/{fields.pointer_part(key)}", "is not a known field")
+               for key in query if key not in QUERY_FIELDS]
     if errors:
         raise InvalidRequest("Some fields are not valid.", errors=errors)
     return AuthorizeQuery(**values)
-
-
-def _pointer_part(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
 
 
 # -- start ----------------------------------------------------------------------------------------------

@@ -10,10 +10,11 @@ Every request goes out through :meth:`AzureClients.transport`, which makes it a 
 ``shared.telemetry`` (each attempt of a retried call its own span), labelled with its ``upstream``:
 ``entra`` (every token request), ``key-vault``, ``tables``; Graph's transport does the same (``graph``).
 
-Reads of connections (and of their rotation history), the audit records and the OAuth states do not go through
-the SDK: :meth:`AzureClients.rest` gives the lean client of ``shared.azure.rest`` (standard library only, same
-keep-alive, read timeout, retry schedule and spans), over which ``shared.store.table_reads`` reads Table Storage
-and ``shared.store.table_writes`` inserts and deletes single entities. In Azure the read's token comes over
+Reads of connections (and of their rotation history), the audit records, the OAuth states and the console's
+sessions do not go through the SDK: :meth:`AzureClients.rest` gives the lean client of ``shared.azure.rest``
+(standard library only, same keep-alive, read timeout, retry schedule and spans), over which
+``shared.store.table_reads`` reads Table Storage and ``shared.store.table_writes`` inserts, merges and deletes
+single entities. In Azure the read's token comes over
 the same client from the host's managed-identity endpoint (``shared.azure.managed_identity``, see
 :meth:`AzureClients.storage_token`), not through azure-identity. Importing this module imports neither
 aiohttp nor azure-core: the SDKs' retry policy (``shared.azure.retry_policy``) is imported where a client is built.
