@@ -4,12 +4,7 @@ of the domain (``shared.ports``: protocols and the ``Adapters`` of the write sid
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.fresh import in_a_fresh_interpreter
 
 TOKEN_CHECK = """
 import asyncio, json, os, sys
@@ -34,8 +29,6 @@ NOT_FOR_A_TOKEN_CHECK = ["shared.ports", "shared.views", "shared.store.tables", 
 
 
 def test_a_token_check_loads_neither_the_ports_nor_the_write_side_nor_an_sdk() -> None:
-    out = subprocess.run([sys.executable, "-c", TOKEN_CHECK], cwd=ROOT, capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
-    loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    loaded = set(in_a_fresh_interpreter(TOKEN_CHECK))
     assert {"shared.wiring", "shared.auth", "shared.jws", "shared.azure.clients"} <= loaded
     assert [name for name in NOT_FOR_A_TOKEN_CHECK if name in loaded] == []

@@ -501,6 +501,17 @@ async def _migration_held_up_before_the_addition(h: Harness, record: ConnectionR
     return await h.held_up_at("before-add-federated", migrate)
 
 
+async def _nothing_migrated(h: Harness, record: ConnectionRecord) -> None:
+    """The migration is undone: no federated credential on the application, every invariant holds, and the
+    connection is the client-secret one it was, with no journal under way."""
+    assert h.fakes.world.apps[record.client_id or ""].federated == {}
+    assert h.check() == []
+    after = await h.record(record.id)
+    assert after is not None
+    assert (after.method, after.secret_version) == ("client-secret", record.secret_version)
+    assert not after.rotation.in_progress
+
+
 async def test_a_migration_worker_held_up_past_its_lease_adds_nothing_once_another_undid_the_migration() -> None:
     """A worker held up just before it adds the federated credential (a frozen host) while its lease runs out; the
     same request again takes the migration over, whose sign-in never works, so it undoes it. When the first worker
@@ -516,12 +527,7 @@ async def test_a_migration_worker_held_up_past_its_lease_adds_nothing_once_anoth
     woken.set()
     with pytest.raises(ServiceError):
         await first
-    assert h.fakes.world.apps[record.client_id or ""].federated == {}
-    assert h.check() == []
-    after = await h.record(record.id)
-    assert after is not None
-    assert (after.method, after.secret_version) == ("client-secret", record.secret_version)
-    assert not after.rotation.in_progress
+    await _nothing_migrated(h, record)
 
 
 async def test_a_migration_worker_whose_lease_ran_out_while_held_up_adds_nothing_and_the_request_again_does() -> None:
@@ -534,11 +540,6 @@ async def test_a_migration_worker_whose_lease_ran_out_while_held_up_adds_nothing
     woken.set()
     with pytest.raises(ServiceError):
         await first
-    assert h.fakes.world.apps[record.client_id or ""].federated == {}
-    assert h.check() == []
-    undone = await h.record(record.id)
-    assert undone is not None
-    assert (undone.method, undone.secret_version) == ("client-secret", record.secret_version)
-    assert not undone.rotation.in_progress
+    await _nothing_migrated(h, record)
     assert (await migrated(h, record)).method == "federated"
     assert h.check() == []

@@ -16,6 +16,7 @@ from shared.models import parse_model
 from shared.oauth import AuthorizeIn
 from shared.oauth_start import QUERY_FIELDS, authorize_url, code_challenge, new_verifier, parse_authorize_query
 from shared.settings import load_settings
+from tests.fresh import in_a_fresh_interpreter
 
 CONFIGURED = {
     "AzureWebJobsStorage": "UseDevelopmentStorage=true", "SITE_URL": "https://connections.example.com/",
@@ -170,15 +171,7 @@ NOT_TO_START = ["pydantic", "shared.models", "shared.connections", "shared.oauth
 
 
 def test_a_sign_in_starts_over_the_lean_table_calls_without_the_models_or_an_sdk() -> None:
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, "-c", A_START], cwd=root, capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = in_a_fresh_interpreter(A_START)
     assert result["url"].startswith("https://login.microsoftonline.com/organizations/oauth2/v2.0/authorize?")
     methods = [method for method, _ in result["requests"]]
     targets = [target for _, target in result["requests"]]

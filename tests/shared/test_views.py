@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.fresh import in_a_fresh_interpreter
+
 ROOT = Path(__file__).resolve().parents[2]
 
 WHAT_A_READ_IMPORTS = """
@@ -60,8 +62,6 @@ def test_the_read_path_imports_nothing_that_only_writes_need() -> None:
 
 
 def test_a_read_imports_neither_aiohttp_nor_azure_core_nor_the_tables_sdk() -> None:
-    out = subprocess.run([sys.executable, "-c", A_READ], cwd=ROOT, capture_output=True, text=True, check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
-    loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    loaded = set(in_a_fresh_interpreter(A_READ))
     assert {"shared.views", "shared.store.table_reads", "shared.azure.rest"} <= loaded
     assert [name for name in [*WRITE_ONLY, *SDK_ONLY] if name in loaded] == []

@@ -5,11 +5,8 @@ SDK; the page is the one the flow gives."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
+from tests.fresh import in_a_fresh_interpreter
 
 # A Table endpoint on a loopback port that holds no state: every query answers an empty page. The callback is called
 # as the host calls it; the script prints the answer, the requests the endpoint saw and what the process imported.
@@ -48,10 +45,7 @@ FLOW_ONLY = ["pydantic", "shared.oauth", "shared.oauth_tokens", "shared.models",
 
 
 def _callback(params: dict[str, str]) -> dict[str, object]:
-    out = subprocess.run([sys.executable, "-c", UNKNOWN_STATE, json.dumps(params)], cwd=ROOT, capture_output=True,
-                         text=True, check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result: dict[str, object] = json.loads(out.stdout.strip().splitlines()[-1])
+    result: dict[str, object] = in_a_fresh_interpreter(UNKNOWN_STATE, json.dumps(params))
     return result
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from shared.azure.clients import AzureClients
 from shared.sessions import PendingLogin, Session, bucket_of, hash_of
 from shared.store.sessions import SessionTable
+from tests.fresh import in_a_fresh_interpreter
 
 NOW = datetime(2026, 12, 1, 10, 30, tzinfo=UTC)
 
@@ -109,16 +110,7 @@ SDK = ["aiohttp", "azure.core", "azure.data.tables", "azure.identity", "msal", "
 
 
 def test_a_console_request_checks_its_session_without_an_sdk() -> None:
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[3]
-    out = subprocess.run([sys.executable, "-c", A_CONSOLE_REQUEST], cwd=root, capture_output=True, text=True,
-                         check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = in_a_fresh_interpreter(A_CONSOLE_REQUEST)
     assert result["roles"] == ["AppConnections.Reader"]
     assert result["requests"] == ["GET", "PATCH"]  # read, then touched (last seen 5 minutes ago)
     loaded = set(result["modules"])

@@ -13,11 +13,8 @@ import base64
 import json
 import math
 import os
-import subprocess
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,8 +25,8 @@ from shared.errors import UpstreamError
 from shared.settings import AZURITE_ACCOUNT, AZURITE_KEY
 from shared.store.table_reads import EntityProperty, SharedKey, TableReads
 from shared.store.table_writes import CONTENT_TYPE, EntityExists, TableWrites, entity_json
+from tests.fresh import in_a_fresh_interpreter
 
-ROOT = Path(__file__).resolve().parents[3]
 SUFFIX = "Writes"
 
 
@@ -257,10 +254,7 @@ def test_a_cold_write_imports_none_of_the_sdks(azurite: Azurite) -> None:
     env = {name: value for name, value in os.environ.items()
            if not name.startswith(("AZURE_", "IDENTITY_", "MSI_", "AzureWebJobs", "STATE_"))}
     env.update({"AzureWebJobsStorage": azurite.connection_string, "STATE_TABLE_PREFIX": "c" + uuid.uuid4().hex[:10]})
-    out = subprocess.run([sys.executable, "-c", A_COLD_WRITE], cwd=ROOT, capture_output=True, text=True,
-                         check=False, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = in_a_fresh_interpreter(A_COLD_WRITE, env=env)
     loaded = set(result["modules"])
     assert result["deleted"] is True and {"shared.azure.rest", "shared.store.table_writes"} <= loaded
     assert [name for name in NOT_ON_A_LEAN_WRITE if name in loaded or any(m.startswith(name + ".") for m in loaded)] \
