@@ -212,14 +212,20 @@ def first_requests(requests: int, routes: list[str], apps: dict[str, tuple[Path,
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=9, help="fresh processes per import (at least 7 for the goal)")
-    parser.add_argument("--requests", type=int, default=5, help="cold processes per kind of route")
+    parser.add_argument("--runs", type=common.count, default=9,
+                        help="fresh processes per import (at least 7 for the goal)")
+    parser.add_argument("--requests", type=common.count, default=5, help="cold processes per kind of route")
     parser.add_argument("--profile", help="a folder: a cProfile of each route's first cold process goes there")
     parser.add_argument("--routes", default=",".join(ROUTES), help="kinds of route, comma-separated")
     parser.add_argument("--baseline", default=common.ISSUE_BASELINE,
                         help="a revision of this repository measured side by side ('' for none)")
     common.add_worker_flag(parser)
     args = parser.parse_args()
+    unknown = sorted({r for r in args.routes.split(",") if r} - set(ROUTES))
+    if unknown:
+        parser.error(f"unknown route {', '.join(unknown)}: the routes are {', '.join(ROUTES)}")
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
     common.setup_logging()
     if not args.worker:
         return common.run_in_environment(__file__, sys.argv[1:])

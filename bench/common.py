@@ -48,6 +48,42 @@ def in_worker(argv: Sequence[str] | None = None) -> bool:
     return WORKER_FLAG in (sys.argv[1:] if argv is None else argv)
 
 
+def count(text: str) -> int:
+    """An argument that counts something: a whole number of at least 1 (argparse's error otherwise)."""
+    return _whole(text, 1)
+
+
+def amount(text: str) -> int:
+    """An argument that may be nothing: a whole number of at least 0 (argparse's error otherwise)."""
+    return _whole(text, 0)
+
+
+def counts(text: str) -> list[int]:
+    """Comma-separated counts (``1,8,32``)."""
+    return [count(part) for part in text.split(",")]
+
+
+def seconds(text: str) -> float:
+    """A duration in seconds, more than 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not more than 0")
+    return value
+
+
+def _whole(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} is less than {least}")
+    return value
+
+
 def add_worker_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
 

@@ -229,16 +229,19 @@ def read_path(args: argparse.Namespace, admin: Any, tenant: str) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=100)
-    parser.add_argument("--reads", type=int, default=300, help="warm requests per read measured")
+    parser.add_argument("--requests", type=common.count, default=100)
+    parser.add_argument("--reads", type=common.count, default=300, help="warm requests per read measured")
     parser.add_argument(
-        "--profile", help="a folder: a cProfile of the service's GET and page goes there (get.pstats, page.pstats)")
-    parser.add_argument("--rows", type=int, default=50, help="connections in a list page")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved processes per app for the read path")
+        "--profile", help="a folder: a cProfile of the service's GET and page goes there (get.pstats, list.pstats)")
+    parser.add_argument("--rows", type=common.count, default=50, help="connections in a list page")
+    parser.add_argument("--rounds", type=common.count, default=3,
+                        help="interleaved processes per app for the read path")
     parser.add_argument("--baseline", default=common.ISSUE_BASELINE,
                         help="a revision of this repository measured side by side ('' for none)")
     common.add_worker_flag(parser)
     args = parser.parse_args()
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
     common.setup_logging()
     if not args.worker:
         return common.run_in_environment(__file__, sys.argv[1:])

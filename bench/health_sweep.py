@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import common
 from shared import wiring
 from shared.health import HealthChecker
 from tests.fakes import TENANT, build_fakes
@@ -67,8 +68,8 @@ async def run(connections: int, due: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--connections", type=int, default=20000)
-    parser.add_argument("--due", type=int, default=200)
+    parser.add_argument("--connections", type=common.amount, default=20000)
+    parser.add_argument("--due", type=common.count, default=200)
     args = parser.parse_args()
     if not 0 < args.due <= args.connections:
         parser.error("--due must be between 1 and --connections")

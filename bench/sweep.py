@@ -143,9 +143,9 @@ async def run(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rotations", type=int, default=500)
-    parser.add_argument("--latency-ms", type=int, default=50)
-    parser.add_argument("--concurrency", type=lambda text: [int(v) for v in text.split(",")], default=[1, 8, 32])
+    parser.add_argument("--rotations", type=common.count, default=500)
+    parser.add_argument("--latency-ms", type=common.amount, default=50)
+    parser.add_argument("--concurrency", type=common.counts, default=[1, 8, 32])
     parser.add_argument("--profile", metavar="PATH", help="write a cProfile of each sweep to PATH.c<concurrency>")
     common.add_worker_flag(parser)
     args = parser.parse_args()

@@ -241,8 +241,8 @@ async def run(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--connections", type=int, default=100_000, help="schedule-index entries not due")
-    parser.add_argument("--due", type=int, default=10, help="connections due now")
+    parser.add_argument("--connections", type=common.amount, default=100_000, help="schedule-index entries not due")
+    parser.add_argument("--due", type=common.count, default=10, help="connections due now")
     parser.add_argument("--setup", choices=("seed", "api"), default="seed",
                         help="how the entries not due are written (see above)")
     parser.add_argument("--at", help=argparse.SUPPRESS)  # the sweep's clock (set for the worker)

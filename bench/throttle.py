@@ -122,11 +122,12 @@ async def run(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rotations", type=int, default=1000)
-    parser.add_argument("--limit", type=int, default=300, help="Graph writes allowed per window")
-    parser.add_argument("--window-s", type=float, default=10.0)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--latency-ms", type=int, default=0, help="added to every stand-in call during the sweeps")
+    parser.add_argument("--rotations", type=common.count, default=1000)
+    parser.add_argument("--limit", type=common.count, default=300, help="Graph writes allowed per window")
+    parser.add_argument("--window-s", type=common.seconds, default=10.0)
+    parser.add_argument("--concurrency", type=common.count, default=32)
+    parser.add_argument("--latency-ms", type=common.amount, default=0,
+                        help="added to every stand-in call during the sweeps")
     parser.add_argument("--skip-unthrottled", action="store_true", help="run only the rate-limited sweep")
     parser.add_argument("--log-pacing", action="store_true", help="log each change of the sweep's pace and limit")
     common.add_worker_flag(parser)

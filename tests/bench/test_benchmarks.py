@@ -53,3 +53,23 @@ def test_benchmark_runs_and_prints_its_table(run):
     for text in expected:
         assert text in result.stdout, result.stdout
     assert "|---" in result.stdout
+
+
+BAD_ARGUMENTS = {
+    "cold_start.py": (["--routes", "read,create"], "unknown route create"),
+    "connections.py": (["--rows", "0"], "argument --rows: 0 is less than 1"),
+    "sweep.py": (["--concurrency", "1,x"], "argument --concurrency: 'x' is not a whole number"),
+    "sweep_scale.py": (["--due", "-1"], "argument --due: -1 is less than 1"),
+    "health_sweep.py": (["--connections", "many"], "argument --connections: 'many' is not a whole number"),
+    "throttle.py": (["--window-s", "0"], "argument --window-s: 0 is not more than 0"),
+}
+
+
+@pytest.mark.parametrize("script", sorted(BAD_ARGUMENTS))
+def test_a_benchmark_refuses_bad_arguments_with_a_usage_error_before_it_starts_anything(script):
+    args, said = BAD_ARGUMENTS[script]
+    result = subprocess.run([sys.executable, "-m", f"bench.{Path(script).stem}", *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert said in result.stderr and "usage:" in result.stderr
+    assert "Traceback" not in result.stderr and "environment up" not in result.stderr
