@@ -154,7 +154,8 @@ class AdminClient:
     def app_passwords(self, tenant_id: str, app_id: str) -> list[dict[str, Any]]:
         """Password credentials, current then removed: ``keyId``, ``hint``, ``displayName``, ``startDateTime``,
         ``endDateTime``, ``createdBy`` ("admin" | "graph"), ``createdByAppId``, ``createdAt``, ``revoked``,
-        ``revokedAt``, ``revokedBy``. Never the secret text."""
+        ``revokedAt``, ``revokedBy``, ``readyAt`` (when a secret added during a propagation delay works). Never
+        the secret text."""
         data = self._dict("GET", f"/tenants/{tenant_id}/apps/{app_id}/passwords")
         return cast(list[dict[str, Any]], data["passwords"])
 

@@ -116,6 +116,10 @@ def password_view(credential: PasswordCredential) -> dict[str, Any]:
         "revoked": credential.revoked is not None,
         "revokedAt": None if credential.revoked is None else iso(credential.revoked),
         "revokedBy": credential.revoked_by,
+        # When the token endpoint starts accepting it (set for a secret added through Graph while a propagation
+        # delay is set), else None.
+        "readyAt": None if credential.ready_at is None
+        else credential.ready_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
     }
 
 

@@ -248,6 +248,9 @@ async def test_propagation_delay(world: World) -> None:
                 new_password("propagating")
             )
         created = time.monotonic()
+        ready = {p["keyId"]: p["readyAt"] for p in admin.app_passwords(world.tenant, world.rotator.app_id)}
+        assert ready.pop(str(added.key_id)) is not None  # shown, so that a failed test can say when
+        assert set(ready.values()) == {None}  # the secrets made before the delay was set work at once
         with pytest.raises(ClientAuthenticationError, match="AADSTS7000215"):
             token_with(world, world.rotator.app_id, added.secret_text)
         assert token_with(world, world.rotator.app_id, world.rotator.secret)  # older secrets are not affected
