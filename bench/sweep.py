@@ -83,52 +83,55 @@ async def run(args: argparse.Namespace) -> int:
     await create_connections(admin, args.rotations)
     log.info("setup: %d connections in %.1f s", args.rotations, time.monotonic() - started)
     clients = get_clients()
-    rows = []
-    clock = datetime.now(UTC)
-    for concurrency in args.concurrency:
-        clock += timedelta(days=INTERVAL_DAYS + 2)  # past every connection's next due time
-        admin.clear_requests()
-        admin.set_latency(args.latency_ms)
-        log.info("sweep of %d due rotations at concurrency %d, %d ms per call ...", args.rotations, concurrency,
-                 args.latency_ms)
-        profiler = None
-        if args.profile:
-            import cProfile
+    try:
+        rows = []
+        clock = datetime.now(UTC)
+        for concurrency in args.concurrency:
+            clock += timedelta(days=INTERVAL_DAYS + 2)  # past every connection's next due time
+            admin.clear_requests()
+            admin.set_latency(args.latency_ms)
+            log.info("sweep of %d due rotations at concurrency %d, %d ms per call ...", args.rotations, concurrency,
+                     args.latency_ms)
+            profiler = None
+            if args.profile:
+                import cProfile
 
-            profiler = cProfile.Profile()
-            profiler.enable()
-        handshakes0 = admin.stats()["handshakes"]
-        cpu0 = cpu_seconds()
-        standin0, azurite0 = common.environment_cpu_seconds()
-        machine0 = common.machine_cpu_seconds()
-        t0 = time.monotonic()
-        rotator = wiring.services(wiring.adapters(clients), clock=lambda at=clock: at).rotator
-        report = await sweep(rotator, max_concurrency=concurrency,
-                             budget_seconds=1e9, limit=max(1000, args.rotations))
-        wall = time.monotonic() - t0
-        cpu = cpu_seconds() - cpu0
-        standin1, azurite1 = common.environment_cpu_seconds()
-        others = common.machine_cpu_seconds() - machine0 - cpu - (standin1 - standin0) - (azurite1 - azurite0)
-        handshakes = admin.stats()["handshakes"] - handshakes0
-        if profiler is not None:
-            profiler.disable()
-            profiler.dump_stats(f"{args.profile}.c{concurrency}")
-        admin.set_latency(0)
-        logged = admin.requests(clear=True)
-        calls = len(logged)
-        log.info("calls by kind: %s; TLS handshakes at the stand-in: %d", breakdown(logged), handshakes)
-        if report.succeeded != args.rotations:
-            log.error("only %d of %d rotations succeeded: %s", report.succeeded, args.rotations, report)
-            return 1
-        per_rotation = calls / report.succeeded
-        ideal = report.succeeded * per_rotation * args.latency_ms / 1000 / concurrency
-        rows.append([concurrency, report.succeeded, wall, per_rotation, ideal, ideal / wall, cpu,
-                     1000 * cpu / report.succeeded, standin1 - standin0, azurite1 - azurite0, max(0.0, others),
-                     common.peak_rss_mib()])
-        log.info("concurrency %d: %.1f s wall, efficiency %.2f; CPU: worker %.1f s, stand-in %.1f s, Azurite %.1f s, "
-                 "other processes %.1f s (of %.0f s on %d cores)", concurrency, wall, ideal / wall, cpu,
-                 standin1 - standin0, azurite1 - azurite0, others, wall * (os.cpu_count() or 1), os.cpu_count() or 1)
-    await close_clients()
+                profiler = cProfile.Profile()
+                profiler.enable()
+            handshakes0 = admin.stats()["handshakes"]
+            cpu0 = cpu_seconds()
+            standin0, azurite0 = common.environment_cpu_seconds()
+            machine0 = common.machine_cpu_seconds()
+            t0 = time.monotonic()
+            rotator = wiring.services(wiring.adapters(clients), clock=lambda at=clock: at).rotator
+            report = await sweep(rotator, max_concurrency=concurrency,
+                                 budget_seconds=1e9, limit=max(1000, args.rotations))
+            wall = time.monotonic() - t0
+            cpu = cpu_seconds() - cpu0
+            standin1, azurite1 = common.environment_cpu_seconds()
+            others = common.machine_cpu_seconds() - machine0 - cpu - (standin1 - standin0) - (azurite1 - azurite0)
+            handshakes = admin.stats()["handshakes"] - handshakes0
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(f"{args.profile}.c{concurrency}")
+            admin.set_latency(0)
+            logged = admin.requests(clear=True)
+            calls = len(logged)
+            log.info("calls by kind: %s; TLS handshakes at the stand-in: %d", breakdown(logged), handshakes)
+            if report.succeeded != args.rotations:
+                log.error("only %d of %d rotations succeeded: %s", report.succeeded, args.rotations, report)
+                return 1
+            per_rotation = calls / report.succeeded
+            ideal = report.succeeded * per_rotation * args.latency_ms / 1000 / concurrency
+            rows.append([concurrency, report.succeeded, wall, per_rotation, ideal, ideal / wall, cpu,
+                         1000 * cpu / report.succeeded, standin1 - standin0, azurite1 - azurite0, max(0.0, others),
+                         common.peak_rss_mib()])
+            cores = os.cpu_count() or 1
+            log.info("concurrency %d: %.1f s wall, efficiency %.2f; CPU: worker %.1f s, stand-in %.1f s, "
+                     "Azurite %.1f s, other processes %.1f s (of %.0f s on %d cores)", concurrency, wall,
+                     ideal / wall, cpu, standin1 - standin0, azurite1 - azurite0, others, wall * cores, cores)
+    finally:
+        await close_clients()
     print(common.table(
         f"Sweep of {args.rotations} due rotations, {args.latency_ms} ms added to every stand-in call",
         ["concurrency", "rotations", "wall (s)", "calls/rotation", "ideal (s)", "efficiency", "worker CPU (s)",

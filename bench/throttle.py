@@ -88,23 +88,25 @@ async def run(args: argparse.Namespace) -> int:
     rule = {"method": "POST", "path": WRITES, "action": "rate_limit", "limit": args.limit,
             "window_ms": int(args.window_s * 1000), "status": 429,
             "body": {"error": {"code": "TooManyRequests", "message": "Please retry again later."}}}
-    for name, applied in (("rate-limited", rule), ("unthrottled", None)):
-        if name == "unthrottled" and args.skip_unthrottled:
-            continue
-        clock += timedelta(days=3)
-        log.info("%s sweep of %d rotations at concurrency %d ...", name, args.rotations, args.concurrency)
-        report, wall, calls = await one_sweep(admin, clients, clock, args.concurrency, applied, args.latency_ms)
-        accepted = calls.writes - calls.writes_throttled
-        rate = accepted / wall
-        share = calls.throttled / max(1, calls.calls)
-        write_share = calls.writes_throttled / max(1, calls.writes)
-        pace = report.paced.get("write")
-        rows.append([name, report.succeeded, report.failed, wall, accepted, calls.writes_throttled, rate,
-                     rate / allowed if applied else "-", calls.calls, calls.throttled, share, write_share,
-                     report.lowest_concurrency, "-" if pace is None else pace])
-        log.info("%s: %.1f writes/s, %.1f %% of Graph calls throttled, %d failed", name, rate, 100 * share,
-                 report.failed)
-    await close_clients()
+    try:
+        for name, applied in (("rate-limited", rule), ("unthrottled", None)):
+            if name == "unthrottled" and args.skip_unthrottled:
+                continue
+            clock += timedelta(days=3)
+            log.info("%s sweep of %d rotations at concurrency %d ...", name, args.rotations, args.concurrency)
+            report, wall, calls = await one_sweep(admin, clients, clock, args.concurrency, applied, args.latency_ms)
+            accepted = calls.writes - calls.writes_throttled
+            rate = accepted / wall
+            share = calls.throttled / max(1, calls.calls)
+            write_share = calls.writes_throttled / max(1, calls.writes)
+            pace = report.paced.get("write")
+            rows.append([name, report.succeeded, report.failed, wall, accepted, calls.writes_throttled, rate,
+                         rate / allowed if applied else "-", calls.calls, calls.throttled, share, write_share,
+                         report.lowest_concurrency, "-" if pace is None else pace])
+            log.info("%s: %.1f writes/s, %.1f %% of Graph calls throttled, %d failed", name, rate, 100 * share,
+                     report.failed)
+    finally:
+        await close_clients()
     print(common.table(
         f"Sweep of {args.rotations} rotations, Graph writes limited to {args.limit} per {args.window_s:g} s "
         f"({allowed:.1f}/s), concurrency {args.concurrency}, {args.latency_ms} ms per call",
