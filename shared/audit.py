@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared.errors import AuditUnavailable, FieldError, InvalidRequest, ServiceError
+from shared.fields import page_size
 from shared.records import Actor, AuditRecord
 
 if TYPE_CHECKING:
@@ -30,8 +31,6 @@ log = logging.getLogger("app_connections.audit")
 log.setLevel(logging.INFO)  # every record reaches the exporter, whatever the root logger's level
 
 MAX_DETAIL = 500
-DEFAULT_PAGE = 100
-MAX_PAGE = 1000
 STARTED = "started"
 _Made = TypeVar("_Made")
 
@@ -107,18 +106,15 @@ class AuditLog:
         return entry
 
     async def search(self, start: datetime | None, end: datetime | None, *, connection_id: str | None = None,
-                     actor: str | None = None, action: str | None = None, limit: int = DEFAULT_PAGE,
+                     actor: str | None = None, action: str | None = None, limit: int | None = None,
                      continuation: str | None = None) -> tuple[list[AuditRecord], str | None]:
         """Records between ``start`` (default: 30 days before ``end``) and ``end`` (default: now), newest first."""
         end = end or self._clock()
         start = start or end - timedelta(days=30)
         if start > end:
             raise InvalidRequest("from must not be after to.", errors=[FieldError("/from", "is after to")])
-        if not 1 <= limit <= MAX_PAGE:
-            raise InvalidRequest("The page size is out of range.",
-                                 errors=[FieldError("/limit", f"must be between 1 and {MAX_PAGE}")])
         return await self._store.query(start, end, connection_id=connection_id, actor=actor, action=action,
-                                       limit=limit, continuation=continuation)
+                                       limit=page_size(limit), continuation=continuation)
 
     async def purge_expired(self, retention_days: int) -> int:
         """Delete the records older than the retention (whole days); how many."""

@@ -37,6 +37,7 @@ from shared.errors import (
 )
 from shared.expiry import REFRESH_TOKEN_LIFETIME, fresh_health
 from shared.federation import explain, require_identity
+from shared.fields import MAX_PAGE_SIZE
 from shared.models import (
     CertificateCredentialsIn,
     ClientSecretCredentialsIn,
@@ -76,11 +77,8 @@ from shared.rotation.migration import MIGRATION_STEPS, Migrator
 from shared.rotation.protocol import Attempt, Rotator, reindex, retire_waiting, schedule_of, secret_tags
 from shared.rotation.state import state_response
 from shared.store.vault import secret_name_for
-from shared.views import DEFAULT_PAGE_SIZE as DEFAULT_PAGE_SIZE  # the reads and the public view live apart,
-from shared.views import MAX_PAGE_SIZE as MAX_PAGE_SIZE  # so that a read imports none of the above
 from shared.views import ConnectionReader, ensure_name_free
 from shared.views import health_response as health_response
-from shared.views import page_size as page_size
 from shared.views import require_app as require_app
 from shared.views import to_response as to_response
 

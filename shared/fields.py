@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import re
 
+from shared.errors import FieldError, InvalidRequest
+
 GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 NAME_RE = re.compile(r"^[a-z0-9-]{1,64}$")
 DESCRIPTION_MAX = 1024  # characters
+DEFAULT_PAGE_SIZE = 100  # items of a page (connections, rotations, audit records) when no limit is asked for
+MAX_PAGE_SIZE = 1000
 
 
 def pointer_part(name: str | int) -> str:
@@ -36,3 +40,12 @@ def no_controls(value: str) -> str:
     if any(ord(ch) < 32 and ch not in "\r\n\t" for ch in value) or "\x7f" in value:
         raise ValueError("must not contain control characters")
     return value
+
+
+def page_size(limit: int | None) -> int:
+    """The size of a page asked for with ``limit`` (None: the default); a 400 out of 1 to ``MAX_PAGE_SIZE``."""
+    size = DEFAULT_PAGE_SIZE if limit is None else limit
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise InvalidRequest("The page size is out of range.",
+                             errors=[FieldError("/limit", f"must be between 1 and {MAX_PAGE_SIZE}")])
+    return size

@@ -24,8 +24,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from shared.apps import APPS
-from shared.connections import MAX_PAGE_SIZE
 from shared.errors import PROBLEM_CONTENT_TYPE
+from shared.fields import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from shared.models import (
     AuditLogOut,
     AuthorizationUrlOut,
@@ -107,7 +107,7 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
 APP = _path_param("app", "The app.", enum=sorted(APPS))
 CONNECTION_ID = _path_param("connectionId", "The connection's id (a GUID).")
 PAGING = [
-    _query("limit", f"Page size, 1 to {MAX_PAGE_SIZE} (default 100).",
+    _query("limit", f"Page size, 1 to {MAX_PAGE_SIZE} (default {DEFAULT_PAGE_SIZE}).",
            {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE}),
     _query("continuationToken", "The `continuationToken` of the previous page.", {"type": "string"}),
 ]

@@ -11,13 +11,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.apps import APPS, AppSpec, Method, find_app
-from shared.errors import FieldError, InvalidRequest, NameTaken, NotFound
+from shared.errors import FieldError, NameTaken, NotFound
+from shared.fields import MAX_PAGE_SIZE, page_size
 from shared.ports import ConnectionReads, HistoryReads
 from shared.records import EXPIRED, EXPIRING, FAILING, HEALTH_STATUSES, UNKNOWN, Actor, ConnectionRecord, RotationEvent
 from shared.rotation.state import state_response
-
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 
 
 def require_app(app_id: str) -> AppSpec:
@@ -37,12 +35,6 @@ async def ensure_name_free(connections: ConnectionReads, app_id: str, name: str,
                     errors=[FieldError(pointer, "is already used by another connection of this app")])
 
 
-def page_size(limit: int | None) -> int:
-    size = DEFAULT_PAGE_SIZE if limit is None else limit
-    if not 1 <= size <= MAX_PAGE_SIZE:
-        raise InvalidRequest("The page size is out of range.",
-                             errors=[FieldError("/limit", f"must be between 1 and {MAX_PAGE_SIZE}")])
-    return size
 
 
 class ConnectionReader:

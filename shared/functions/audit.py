@@ -42,7 +42,7 @@ async def list_audit_logs(req: func.HttpRequest) -> func.HttpResponse:
     records, token = await audit_log().search(
         _when(req, "from"), _when(req, "to"), connection_id=req.params.get("connectionId") or None,
         actor=req.params.get("actor") or None, action=req.params.get("action") or None,
-        limit=query_int(req, "limit") or 100, continuation=req.params.get("continuationToken") or None,
+        limit=query_int(req, "limit"), continuation=req.params.get("continuationToken") or None,
     )
     return json_response({"auditLogs": [record.as_dict() for record in records], "continuationToken": token})
 

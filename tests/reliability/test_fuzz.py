@@ -214,6 +214,8 @@ def test_a_walk_through_every_route_answers_as_documented(api, admin, secrets_us
     assert logged.status_code == 200, logged.text
     assert {"connection.rotate", "connection.delete"} <= {r["action"] for r in logged.json()["auditLogs"]}
     assert check("get", audit, api.get(audit, params={"from": "yesterday"})).status_code == 400
+    for limit in (0, 1001):  # the same page sizes as the connections' (0 is not "the default")
+        assert check("get", audit, api.get(audit, params={"limit": limit})).status_code == 400
     documented = {f"{m.upper()} {p}" for p, item_ in conformance.document["paths"].items() for m in item_
                   if m != "parameters"}
     walked = {" ".join(seen.split(" ")[:2]) for seen in conformance.seen}

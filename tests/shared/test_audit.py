@@ -108,3 +108,31 @@ async def test_the_change_s_own_error_is_raised_even_when_its_outcome_cannot_be_
         await log_over(records).credential_changed("credential.add", add, app="a", connection_id="c",
                                                    object_id=OBJECT)
     assert [outcome for _, outcome, _ in records.seen()] == ["started"]
+
+
+class Searched(Records):
+    def __init__(self) -> None:
+        super().__init__()
+        self.limits: list[int] = []
+
+    async def query(self, start: datetime, end: datetime, **options: object) -> tuple[list[AuditRecord], None]:
+        self.limits.append(int(str(options["limit"])))
+        return [], None
+
+
+@pytest.mark.parametrize(("asked", "read"), [(None, 100), (1, 1), (1000, 1000)])
+async def test_a_search_reads_pages_of_the_size_asked_for_or_100(asked: int | None, read: int) -> None:
+    store = Searched()
+    await log_over(store).search(None, None, limit=asked)
+    assert store.limits == [read]
+
+
+@pytest.mark.parametrize("asked", [0, -1, 1001])
+async def test_a_search_refuses_a_page_size_out_of_1_to_1000_as_the_lists_do(asked: int) -> None:
+    from shared.errors import InvalidRequest
+
+    store = Searched()
+    with pytest.raises(InvalidRequest) as refused:
+        await log_over(store).search(None, None, limit=asked)
+    assert [(e.pointer, e.detail) for e in refused.value.errors] == [("/limit", "must be between 1 and 1000")]
+    assert store.limits == []
