@@ -316,7 +316,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             )
             for prefix in OAUTH_SETTING_PREFIXES
         },
-        rotation_max_concurrency=int(_number(env, "ROTATION_MAX_CONCURRENCY", 8, 1, 256)),
+        rotation_max_concurrency=int(_number(env, "ROTATION_MAX_CONCURRENCY", 8, 1, 64)),
         rotation_test_timeout_seconds=_number(env, "ROTATION_TEST_TIMEOUT_SECONDS", 300, 1, 3600),
         rotation_sweep_budget_seconds=_number(env, "ROTATION_SWEEP_BUDGET_SECONDS", 240, 1, 3600),
         auth_tenant_id=_configured(env, "AUTH_TENANT_ID"),
