@@ -468,12 +468,21 @@ class ConnectionService:
             return record
 
         async def point(key: str | None) -> ConnectionRecord:
-            if key == state.schedule_key:
-                return record
-            try:
-                return await self.store.update(record.evolve(rotation=state.evolve(schedule_key=key)))
-            except ConcurrentChange:
-                return await self.store.get(record.app, record.id)  # its writer indexes it
+            current = record
+            for _ in range(3):
+                if current.rotation.schedule_key == key:
+                    return current
+                try:
+                    return await self.store.update(current.evolve(rotation=current.rotation.evolve(schedule_key=key)))
+                except ConcurrentChange:
+                    current = await self.store.get(record.app, record.id)
+                # Another write (a health check, a validation, a rename) landed first: point it at the new entry
+                # all the same, unless it moved the due time itself (its writer indexes that) or a rotation has
+                # begun since (its end indexes its next due time; a change of its state would end its run).
+                moved = current.rotation.next_at != state.next_at
+                if moved or current.rotation.in_progress or current.rotation.leased(self.now()):
+                    return current
+            return current
 
         return await reindex(self.adapters.schedule, before.schedule_key, state.next_at, record, point)
 

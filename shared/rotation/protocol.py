@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -82,9 +83,15 @@ MAX_BACKOFF = timedelta(days=1)
 MARKER_PREFIX = "app-connections"
 
 def backoff(failures: int) -> timedelta:
-    """Exponential back-off for a failing connection: 5 min, 10 min, ... capped at one day."""
-    delay: timedelta = FIRST_BACKOFF * 2 ** max(0, failures - 1)
+    """Exponential back-off for a failing connection: 5 min, 10 min, ... capped at one day, for any number of
+    failures (the exponent is capped first: 2 ** 39 five-minute spans no longer fit in a ``timedelta``)."""
+    doublings = min(max(0, failures - 1), _DOUBLINGS_TO_MAX)
+    delay: timedelta = FIRST_BACKOFF * 2**doublings
     return min(MAX_BACKOFF, delay)
+
+
+# The doublings after which the back-off is at its ceiling: 5 min x 2 ** 9 is past a day.
+_DOUBLINGS_TO_MAX = math.ceil(math.log2(MAX_BACKOFF / FIRST_BACKOFF))
 
 
 def connection_marker(connection_id: str) -> str:
@@ -606,12 +613,16 @@ class Rotator(Journaled):
 async def reindex(index: ScheduleStore, old_key: str | None, due: datetime | None, record: ConnectionRecord,
                   point: Callable[[str | None], Awaitable[ConnectionRecord]]) -> ConnectionRecord:
     """Move a connection's entry in a due-time index: index the new due time first (none when ``due`` is None),
-    then point the connection at it (``point``), then drop the old entry. A crash in between leaves at most a
-    stale entry, which the sweep that reads it drops."""
+    then point the connection at it (``point``, which returns the record as it is now), then drop the entry the
+    connection no longer points at. When ``point`` could not adopt the new entry (another write won), the entry
+    the connection still points at is kept and the new one dropped: an entry is removed only once nothing points
+    at it, so a connection is never left without one. A crash in between leaves at most a stale entry, which the
+    sweep that reads it drops."""
     key = await index.put(due, record.app, record.id) if due else None
     pointed = await point(key)
-    if old_key and old_key != key:
-        await index.remove(old_key)
+    adopted = pointed.rotation.schedule_key
+    for unused in {old_key, key} - {adopted, None}:
+        await index.remove(unused)
     return pointed
 
 

@@ -53,6 +53,7 @@ def test_lease_is_held_until_it_runs_out():
 def test_failing_connections_back_off_exponentially_up_to_a_day():
     assert [backoff(n) for n in (1, 2, 3)] == [timedelta(minutes=5), timedelta(minutes=10), timedelta(minutes=20)]
     assert backoff(30) == MAX_BACKOFF == timedelta(days=1)
+    assert [backoff(n) for n in (9, 10, 40, 10_000)] == [timedelta(minutes=5 * 256), *[MAX_BACKOFF] * 3]
 
 
 def test_a_schedule_given_without_enabling_is_shown_as_disabled_settings():

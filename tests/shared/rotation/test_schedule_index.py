@@ -1,0 +1,88 @@
+"""The schedule index and the records that point at it: an entry is removed only once nothing points at it, so a
+write that lands while a change moves a connection's due time never leaves the connection unscheduled
+(``protocol.reindex`` and ``ConnectionService``'s schedule update), against in-memory fakes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from shared.health import HealthChecker
+from shared.records import ConnectionRecord
+from shared.rotation.protocol import reindex
+from tests.lifecycle_harness import APP, ROTATION, Harness
+
+
+def entries_of(h: Harness, record: ConnectionRecord) -> set[str]:
+    return {key for key in h.fakes.schedule.keys if record.id in key}
+
+
+async def test_a_health_check_that_lands_while_a_patch_moves_the_due_time_leaves_the_new_time_scheduled() -> None:
+    h = Harness()
+    record = await h.create()
+    services = h.services()
+    checker = HealthChecker(h.fakes.adapters, services.connections)
+    put = h.fakes.schedule.put
+    checked: list[str] = []
+
+    async def put_then_a_health_check(due, app, connection_id):  # type: ignore[no-untyped-def]
+        key = await put(due, app, connection_id)
+        if not checked:  # the health sweep (or POST .../health) writes the record between the two writes of the PATCH
+            checked.append(key)
+            await checker.check(await h.fakes.connections.get(app, connection_id))
+        return key
+
+    h.fakes.schedule.put = put_then_a_health_check  # type: ignore[method-assign]
+    await services.connections.update(APP, record.id, {"rotation": {**ROTATION, "rotationInterval": 7}})
+    h.fakes.schedule.put = put  # type: ignore[method-assign]
+
+    after = await h.record(record.id)
+    assert after is not None and after.rotation.interval_days == 7 and after.health.checked_at is not None
+    assert after.rotation.schedule_key == checked[0]  # the PATCH's entry, adopted over the health check's write
+    assert entries_of(h, after) == {checked[0]}  # and the old one dropped
+    secret = h.current_secret(after)
+    h.fakes.clock.advance(timedelta(days=8))
+    await h.sweep()
+    rotated = await h.record(record.id)
+    assert rotated is not None and rotated.rotation.status == "succeeded"
+    assert h.current_secret(rotated) != secret  # rotated on the new schedule
+
+
+@pytest.mark.parametrize("pointed_at", ["old", "elsewhere"])
+async def test_an_entry_the_connection_still_points_at_is_kept_and_the_one_it_did_not_adopt_dropped(
+        pointed_at: str) -> None:
+    h = Harness()
+    record = await h.create()
+    old = record.rotation.schedule_key
+    assert old is not None and old in h.fakes.schedule.keys
+    held = old
+    if pointed_at == "elsewhere":  # a third writer moved it meanwhile, to an entry of its own
+        held = await h.fakes.schedule.put(h.fakes.clock.now + timedelta(days=3), APP, record.id)
+
+    async def point(key: str | None) -> ConnectionRecord:  # another write won: the record points at ``held``
+        return record.evolve(rotation=record.rotation.evolve(schedule_key=held))
+
+    await reindex(h.fakes.schedule, old, h.fakes.clock.now + timedelta(days=7), record, point)
+    assert entries_of(h, record) == {held}
+
+
+async def test_a_connection_that_keeps_failing_past_its_40th_failure_is_still_failed_and_tried_daily() -> None:
+    h = Harness()
+    record = await h.create()
+    h.fakes.world.apps[record.client_id or ""].may_manage_itself = False  # Graph refuses every rotation from now on
+    key = (record.app, record.id)
+    stored = h.fakes.connections.records[key]  # it has failed for weeks already (5 min x 2 ** 39 is no timedelta)
+    h.fakes.connections.records[key] = stored.evolve(rotation=stored.rotation.evolve(failures=45))
+    await h.due()
+    for _ in range(3):
+        await h.sweep()
+        after = await h.record(record.id)
+        assert after is not None
+        state = after.rotation
+        assert (state.status, state.leased(h.fakes.clock.now)) == ("failed", False), state.message
+        assert state.next_at is not None and state.next_at - h.fakes.clock.now == timedelta(days=1)
+        h.fakes.clock.now = state.next_at
+    assert state.failures == 48 and state.message
+    outcome = await h.op("rotate", record.id, lambda: h.api.rotate(APP, record.id))
+    assert outcome.status == 400 and "Graph refused" in str(outcome.error), outcome  # said as such, not a 500
