@@ -234,21 +234,30 @@ class Sessions:
         await self._store.delete(session.bucket, session.key)
         return session
 
-    def check_change(self, session: Session, method: str, origin: str | None, csrf_token: str | None) -> None:
-        """A state-changing call by cookie must come from this service's origin with the session's CSRF token."""
-        if method.upper() in SAFE_METHODS:
+    def check_change(self, session: Session, method: str, origin: str | None, csrf_token: str | None,
+                     changes: bool = False) -> None:
+        """A state-changing call by cookie must come from this service's origin with the session's CSRF token.
+
+        ``changes``: the route changes state (or is audited) whatever its method: the OAuth authorize route is a
+        GET that starts a sign-in which creates or rebinds a connection, and a link on another site would reach
+        it with the cookie (SameSite=Lax). It needs the CSRF token as well, which only the console's own script
+        can send (a header: another site cannot set it without a CORS preflight, which the service never
+        grants); its Origin, which browsers leave out of a same-origin GET, must be the service's when sent."""
+        safe = method.upper() in SAFE_METHODS
+        if safe and not changes:
             return
-        if not origin or not self.origin or not hmac.compare_digest(origin.strip().lower(), self.origin):
+        if (origin or not safe) and (
+                not origin or not self.origin or not hmac.compare_digest(origin.strip().lower(), self.origin)):
             raise RequestForgery(f"A change by session cookie must come from {self.origin or 'this service'} "
                                  "(the Origin header).")
         if not csrf_token or not hmac.compare_digest(csrf_token.encode(), session.csrf_token.encode()):
             raise RequestForgery(f"A change by session cookie needs the session's CSRF token in {CSRF_HEADER}.")
 
     async def caller(self, cookie_header: str | None, method: str, origin: str | None,
-                     csrf_token: str | None) -> Principal:
+                     csrf_token: str | None, changes: bool = False) -> Principal:
         """The principal of the request's session cookie, checked as :meth:`resume` and :meth:`check_change`."""
         session = await self.resume(cookie_value(cookie_header, SESSION_COOKIE))
-        self.check_change(session, method, origin, csrf_token)
+        self.check_change(session, method, origin, csrf_token, changes)
         return session.principal()
 
     def describe(self, session: Session) -> dict[str, object]:

@@ -47,9 +47,8 @@ async function body(response) {
  */
 export async function api(method, path, payload, {signInOn401 = true} = {}) {
   const headers = {Accept: 'application/json'};
-  if (method !== 'GET' && method !== 'HEAD') {
-    if (csrfToken) headers['X-CSRF-Token'] = csrfToken;
-  }
+  // On every call: a GET that starts an OAuth sign-in changes state too, and the service asks for the token there.
+  if (csrfToken) headers['X-CSRF-Token'] = csrfToken;
   const init = {method, headers, credentials: 'same-origin', cache: 'no-store', redirect: 'error'};
   if (payload !== undefined) {
     headers['Content-Type'] = 'application/json';

@@ -191,7 +191,7 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
             params = req.route_params or {}
             route_app = app or params.get("app")
             try:
-                principal = await caller(req)
+                principal = await caller(req, changes=action is not None)
                 claims = []
                 for needed in (role,) if isinstance(role, str) else role(req):
                     if any_app and principal.apps_granted(needed) != set():
@@ -311,16 +311,18 @@ def _incoming_trace(req: func.HttpRequest, context: func.Context | None) -> tupl
     return req.headers.get("traceparent"), req.headers.get("tracestate")
 
 
-async def caller(req: func.HttpRequest) -> Principal:
-    """Who calls: the bearer token, else the console's session cookie (``shared.sessions``: a change needs the
-    service's Origin and the session's CSRF token); the same role checks and audit follow for both."""
+async def caller(req: func.HttpRequest, changes: bool = False) -> Principal:
+    """Who calls: the bearer token, else the console's session cookie (``shared.sessions``: a change, which is
+    any method but GET and HEAD, and any route that ``changes`` state or is audited, needs the session's CSRF
+    token and the service's Origin); the same role checks and audit follow for both."""
     from shared.sessions import CSRF_HEADER, SESSION_COOKIE, cookie_value
     from shared.wiring import sessions, token_validator
 
     authorization, cookies = req.headers.get("authorization"), req.headers.get("cookie")
     if authorization or cookie_value(cookies, SESSION_COOKIE) is None:
         return await token_validator().validate(authorization)
-    return await sessions().caller(cookies, req.method, req.headers.get("origin"), req.headers.get(CSRF_HEADER))
+    return await sessions().caller(cookies, req.method, req.headers.get("origin"), req.headers.get(CSRF_HEADER),
+                                   changes)
 
 
 async def answer(handler: Handler, req: func.HttpRequest, instance: str) -> func.HttpResponse:

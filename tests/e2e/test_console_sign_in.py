@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import ssl
+import uuid
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -154,6 +155,27 @@ def test_a_change_by_cookie_needs_the_csrf_token_and_the_services_origin(client,
         assert refused.json()["type"] == "urn:app-connections:problem:csrf-rejected"
     allowed = client.delete(missing, headers=operator.headers())
     assert allowed.status_code == 404, allowed.text  # authorized as Writer: the connection does not exist
+
+
+def test_a_sign_in_started_by_cookie_needs_the_csrf_token_so_a_link_on_another_site_cannot_start_one(  # type: ignore[no-untyped-def]
+        client, local_env, secrets_used, api):
+    operator = browser(client, local_env, OPERATOR, secrets_used)
+    authorize = "/api/v1/app-connections/azure-key-vault/oauth/authorize"
+    name = f"csrf-{uuid.uuid4().hex[:8]}"
+    for linked in ({}, {"sec-fetch-site": "cross-site"}):  # what a link or a form of another site sends: the cookie
+        refused = client.get(authorize, params={"name": name}, headers={**operator.headers(csrf=None, origin=None),
+                                                                         **linked})
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["type"] == "urn:app-connections:problem:csrf-rejected"
+    other_site = client.get(authorize, params={"name": name}, headers=operator.headers(origin="https://evil.example"))
+    assert other_site.status_code == 403
+    logged = api.get("/api/v1/audit-logs", params={"action": "connection.authorize"}).json()["auditLogs"]
+    assert not [r for r in logged if name in str(r)], "a refused sign-in is not started, so not audited"
+    # The console's own script: the token in its header, and no Origin (a browser sends none on a same-origin GET).
+    started = client.get(authorize, params={"name": name}, headers={**operator.headers(origin=None),
+                                                                    "accept": "application/json"})
+    assert started.status_code == 200, started.text
+    assert started.json()["authorizationUrl"].startswith("https://")
 
 
 def test_a_change_by_cookie_is_audited_with_the_user_as_actor(client, local_env, secrets_used, api):  # type: ignore[no-untyped-def]

@@ -189,6 +189,22 @@ async def test_reads_by_cookie_need_no_csrf_token_and_changes_need_origin_and_to
             assert refused.value.status == 403
 
 
+async def test_a_get_that_changes_state_by_cookie_needs_the_csrf_token_and_the_origin_when_one_is_sent() -> None:
+    # The OAuth authorize route: a GET that starts a sign-in which creates or rebinds a connection. A link on another
+    # site reaches it with the cookie (SameSite=Lax) but cannot send the token; a same-origin fetch sends no Origin.
+    service = sessions(Clock())
+    session_id, session = await service.start(READER)
+    cookie = f"{SESSION_COOKIE}={session_id}"
+
+    assert await service.caller(cookie, "GET", None, session.csrf_token, changes=True) == READER
+    assert await service.caller(cookie, "GET", SITE, session.csrf_token, changes=True) == READER
+    for origin, csrf in ((None, None), (SITE, None), (None, ""), (None, session.csrf_token + "x"),
+                         ("https://evil.example", session.csrf_token), ("null", session.csrf_token)):
+        with pytest.raises(RequestForgery) as refused:
+            await service.caller(cookie, "GET", origin, csrf, changes=True)
+        assert refused.value.status == 403
+
+
 async def test_another_sessions_csrf_token_does_not_do() -> None:
     service = sessions(Clock())
     first, _ = await service.start(READER)
