@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import ssl
-import uuid
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
