@@ -197,11 +197,19 @@ class HistoryStore(Protocol):
     async def delete_all(self, connection_id: str) -> None: ...
 
 
+# What an addition whose answer was lost may have made, removed (and audited) by the caller before it is sent again.
+Lost = Callable[[], Awaitable[None]]
+
+
 class GraphSession(Protocol):
     """Microsoft Graph as one connection's credential sees it."""
 
     async def find(self, app_id: str) -> AppRegistration: ...
-    async def add_password(self, object_id: str, display_name: str, end: datetime) -> NewPassword: ...
+    async def add_password(self, object_id: str, display_name: str, end: datetime, lost: Lost) -> NewPassword:
+        """addPassword; ``display_name`` is unique to the call. When a try was sent and its answer lost, Graph may
+        have applied it and its secret is gone: ``lost`` is awaited (the caller removes the passwords of that name,
+        audited) before the next try."""
+        ...
     async def remove_password(self, object_id: str, key_id: str) -> None: ...
     async def add_key(self, object_id: str, display_name: str, certificate_der: bytes, proof: str) -> KeyCredential:
         """addKey of a certificate (``AsymmetricX509Cert``, usage ``Verify``); ``proof`` is signed by a key the

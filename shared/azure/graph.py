@@ -28,6 +28,7 @@ from shared.ports import (
     FederatedCredential,
     KeyCredential,
     LifetimePolicy,
+    Lost,
     NewPassword,
     PasswordCredential,
 )
@@ -388,15 +389,14 @@ class GraphApps:
             created_at=_parse_datetime(app.get("createdDateTime")),
         )
 
-    async def add_password(self, object_id: str, display_name: str, end: datetime) -> NewPassword:
+    async def add_password(self, object_id: str, display_name: str, end: datetime, lost: Lost) -> NewPassword:
         """addPassword. ``display_name`` must be unique to this call (the rotation's marker): when a request is lost
-        after it was sent (the connection dropped, no answer), Graph may have applied it, so the passwords of that
-        name are removed before it is sent again; otherwise one would be left behind, live and unknown."""
+        after it was sent (the connection dropped, no answer), Graph may have applied it, and its secret is gone,
+        so ``lost`` removes the passwords of that name before it is sent again (otherwise one would be left
+        behind, live and unknown). The caller removes them, so that the removal is audited and fenced as every
+        other change of a credential is; this adapter changes nothing it was not asked to."""
         body = {"passwordCredential": {"displayName": display_name, "endDateTime": end.isoformat()}}
-        async def undo() -> None:
-            await self._remove_named(object_id, display_name)
-
-        added = await self._add_once("add a client secret", object_id, "addPassword", body, undo)
+        added = await self._add_once("add a client secret", object_id, "addPassword", body, lost)
         if not isinstance(added, dict) or not added.get("secretText") or not added.get("keyId"):
             raise UpstreamError("Microsoft Graph did not return the new client secret.")
         return NewPassword(
@@ -436,11 +436,6 @@ class GraphApps:
             await self._call(what, lambda: self._send("POST", f"/applications/{_quoted(object_id)}/{action}", body))
         except NotFound:
             return
-
-    async def _remove_named(self, object_id: str, display_name: str) -> None:
-        for password in await self._credentials(object_id, "passwordCredentials"):
-            if isinstance(password, dict) and password.get("displayName") == display_name and password.get("keyId"):
-                await self.remove_password(object_id, str(password["keyId"]))
 
     async def remove_password(self, object_id: str, key_id: str) -> None:
         """Revoke a client secret; one that is already gone is fine (idempotent)."""

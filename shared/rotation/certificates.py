@@ -31,7 +31,7 @@ from shared.credentials import ParsedCertificate, parse_certificate, signed_jwt
 from shared.rotation.rolls import Rolled, SignInRoll, Successor
 
 if TYPE_CHECKING:
-    from shared.ports import AppRegistration, GraphSession, LifetimePolicy
+    from shared.ports import AppRegistration, GraphSession, LifetimePolicy, Lost
 
 RSA_BITS = 3072
 PROOF_LIFETIME_SECONDS = 600
@@ -144,7 +144,7 @@ class CertificateRoll(SignInRoll):
 
     async def add_successor(self, graph: GraphSession, registration: AppRegistration, display_name: str,
                             end: datetime, current: Mapping[str, str], now: datetime,
-                            fence: Callable[[], None]) -> Successor:
+                            fence: Callable[[], None], lost: Lost) -> Successor:
         def make() -> tuple[NewCertificate, str]:
             in_use = _parsed(current, now)
             made = new_certificate(in_use, registration.app_id, end, now)

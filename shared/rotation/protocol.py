@@ -47,7 +47,7 @@ from shared.errors import (
     UpstreamError,
 )
 from shared.notify import rotation_failed
-from shared.ports import AppRegistration, GraphSession, ScheduleStore
+from shared.ports import AppRegistration, GraphSession, Lost, ScheduleStore
 from shared.records import (
     BEGUN,
     CREATED,
@@ -306,8 +306,12 @@ class Rotator(Journaled):
             await self.adapters.vault.disable_tagged(record.secret_name, "rotationId", rotation_id)
         # The predecessor's Key ID, when the rotation did not know it (a certificate's, found by its thumbprint).
         previous = state.previous_key_id or roll.identify(registration, current)
+        async def lost() -> None:  # an addition whose answer was lost may have been made: removed before a retry
+            await remove_rolled(roll, graph, record.client_id or "", set(), name, audit=self._removal(record),
+                                signer=current, now=self.now(), fence=self.lease_check(state))
+
         add = functools.partial(self._add_within_policy, roll, graph, registration, name, state.interval_days or 30,
-                                current, self._fence(state, run))
+                                current, self._fence(state, run), lost)
         added = run.added = await self.audit.credential_changed(
             "credential.add", add, app=record.app, connection_id=record.id, object_id=registration.object_id,
             detail=f"add {roll.noun} '{name}'", key_id_of=lambda successor: successor.key_id)
@@ -383,7 +387,7 @@ class Rotator(Journaled):
 
     async def _add_within_policy(self, roll: CredentialRoll, graph: GraphSession, registration: AppRegistration,
                                  name: str, interval_days: int, current: Mapping[str, str],
-                                 fence: Callable[[], None]) -> Successor:
+                                 fence: Callable[[], None], lost: Lost) -> Successor:
         """The roll's ``add_successor``, ending within the lifetime the tenant's app-management policy allows (see
         :mod:`shared.rotation.lifetimes`); on Graph's ``CredentialInvalidLifetimeAsPerAppPolicy`` the policy is
         read again and the addition retried once within it (or with the least lifetime that outlives the next
@@ -394,7 +398,7 @@ class Rotator(Journaled):
             raise CredentialLifetimeRefused(addition_refused(roll, policy), extensions={"policySource": policy.source})
         end = capped_end(now, interval_days, roll.max_lifetime(policy) if policy else None)
         try:
-            return await roll.add_successor(graph, registration, name, end, current, now, fence)
+            return await roll.add_successor(graph, registration, name, end, current, now, fence, lost)
         except CredentialLifetimeRefused as refused:
             if refused.extensions.get("graphCode") != LIFETIME_CODE:
                 raise CredentialLifetimeRefused(addition_refused(roll, policy, refused.extensions.get("graphCode")),
@@ -407,7 +411,7 @@ class Rotator(Journaled):
         if shorter >= end:
             raise lifetime_refused(roll, end - now, policy)
         try:
-            return await roll.add_successor(graph, registration, name, shorter, current, now, fence)
+            return await roll.add_successor(graph, registration, name, shorter, current, now, fence, lost)
         except CredentialLifetimeRefused:
             raise lifetime_refused(roll, shorter - now, policy) from None
 

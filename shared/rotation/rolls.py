@@ -38,7 +38,7 @@ from shared.apps import Method
 
 if TYPE_CHECKING:
     from shared.apps import AppSpec
-    from shared.ports import AppRegistration, Directory, GraphSession, LifetimePolicy
+    from shared.ports import AppRegistration, Directory, GraphSession, LifetimePolicy, Lost
     from shared.records import ConnectionRecord
 
 
@@ -92,10 +92,11 @@ class CredentialRoll(Protocol):
 
     async def add_successor(self, graph: GraphSession, registration: AppRegistration, display_name: str,
                             end: datetime, current: Mapping[str, str], now: datetime,
-                            fence: Callable[[], None]) -> Successor:
+                            fence: Callable[[], None], lost: Lost) -> Successor:
         """Create the successor on the application, ending at ``end``; ``current`` is the material of the credential
         in use; ``now`` the rotator's clock; ``fence`` is called right before the addition (it raises when the
-        rotation is no longer this worker's)."""
+        rotation is no longer this worker's); ``lost`` removes, audited, what an addition whose answer was lost
+        may have made, before it is sent again (a kind that can find its successor again need not call it)."""
         ...
 
     async def test_successor(self, directory: Directory, app: AppSpec, record: ConnectionRecord,
@@ -147,9 +148,9 @@ class PasswordRoll(SignInRoll):
 
     async def add_successor(self, graph: GraphSession, registration: AppRegistration, display_name: str,
                             end: datetime, current: Mapping[str, str], now: datetime,
-                            fence: Callable[[], None]) -> Successor:
+                            fence: Callable[[], None], lost: Lost) -> Successor:
         fence()
-        added = await graph.add_password(registration.object_id, display_name, end)
+        added = await graph.add_password(registration.object_id, display_name, end, lost)
         return Successor(added.key_id, {"clientSecret": added.secret_text}, added.end_date_time or end)
 
     async def remove_predecessor(self, graph: GraphSession, registration: AppRegistration, key_id: str,

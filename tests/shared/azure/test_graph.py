@@ -30,6 +30,10 @@ def graph_requests(admin: Any, entra: EntraApp) -> list[dict[str, Any]]:
     return [r for r in admin.requests() if r.get("graph") and r.get("appId") == entra.client_id]
 
 
+async def never_lost() -> None:
+    raise AssertionError("no addition's answer was lost here")
+
+
 async def test_find_add_and_remove_a_password(admin: Any, clients: AzureClients, secrets_used: Any) -> None:
     entra = register_rotatable_app(admin, secrets_used, name="graph-calls")
     credential, graph = graph_for(clients, entra)
@@ -42,7 +46,7 @@ async def test_find_add_and_remove_a_password(admin: Any, clients: AzureClients,
         assert given.end_date_time is not None
 
         end = datetime.now(UTC) + timedelta(days=10)
-        added = await graph.add_password(found.object_id, "rotation marker", end)
+        added = await graph.add_password(found.object_id, "rotation marker", end, never_lost)
         secrets_used.add(added.secret_text)
         assert added.end_date_time is not None
         assert abs((added.end_date_time - end).total_seconds()) < 2
@@ -68,7 +72,7 @@ async def test_graph_refusals_become_domain_errors(admin: Any, clients: AzureCli
     async with credential:
         mine = await graph.find(reader.client_id)  # an app may always read itself
         with pytest.raises(UpstreamForbidden, match=r"Application\.ReadWrite\.OwnedBy"):
-            await graph.add_password(mine.object_id, "x", datetime.now(UTC) + timedelta(days=1))
+            await graph.add_password(mine.object_id, "x", datetime.now(UTC) + timedelta(days=1), never_lost)
         with pytest.raises((NotFound, UpstreamForbidden)):
             await graph.find("00000000-0000-0000-0000-00000000dead")
 
@@ -91,10 +95,34 @@ async def test_throttling_and_dropped_connections_are_retried_and_seen_by_the_re
             assert found.object_id == entra.object_id
             assert statuses[-2:] == [429, 200]
 
+            # A try sent whose answer never came may have been applied, and its secret is gone: the caller's ``lost``
+            # runs (it removes the passwords of that name, audited) before the request is sent again.
+            undone: list[set[str]] = []
+
+            def named(name: str) -> set[str]:
+                return {p["keyId"] for p in admin.app_passwords(entra.tenant_id, entra.client_id)
+                        if not p["revoked"] and p["displayName"] == name}
+
+            def lost_of(name: str) -> Any:
+                async def lost() -> None:
+                    undone.append(named(name))
+                    for key_id in undone[-1]:
+                        await graph.remove_password(found.object_id, key_id)
+                return lost
+
             admin.set_faults([{"method": "POST", "path": r"/addPassword$", "action": "drop", "times": 1}])
-            added = await graph.add_password(found.object_id, "after a drop", datetime.now(UTC) + timedelta(days=1))
+            added = await graph.add_password(found.object_id, "after a drop", datetime.now(UTC) + timedelta(days=1),
+                                             lost_of("after a drop"))
             secrets_used.add(added.secret_text)
             assert [f["hits"] for f in admin.faults()] == [1]
+            assert undone == [set()]  # dropped before Graph handled it: nothing had been made
+
+            admin.set_faults([{"method": "POST", "path": r"/addPassword$", "action": "drop_after", "times": 1}])
+            kept = await graph.add_password(found.object_id, "after a lost answer",
+                                            datetime.now(UTC) + timedelta(days=1), lost_of("after a lost answer"))
+            secrets_used.add(kept.secret_text)
+            assert len(undone) == 2 and len(undone[1]) == 1 and kept.key_id not in undone[1]
+            assert named("after a lost answer") == {kept.key_id}
 
             admin.set_faults([{"method": "POST", "path": r"/removePassword$", "status": 400, "body": "not JSON",
                                "times": 1}])  # an error that is not Graph-shaped keeps its status

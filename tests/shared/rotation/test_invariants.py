@@ -128,6 +128,11 @@ def _every_change_recorded_has_an_outcome(h: Harness) -> None:
     for action in ("credential.add", "credential.remove"):
         started = changes.count((action, "started"))
         assert started == sum(1 for a, outcome in changes if a == action and outcome != "started"), changes
+    # And every credential the service removed from an application was recorded as removed (by its Key ID): an
+    # addition whose answer was lost is undone through the same audited removal, not quietly by the adapter.
+    removed = {r.detail.split("keyId ", 1)[1].split(":", 1)[0] for r in h.fakes.audit.records
+               if r.action == "credential.remove" and r.outcome == "succeeded" and "keyId " in (r.detail or "")}
+    assert {key_id for _, key_id in h.fakes.world.revocations} <= removed, (h.fakes.world.revocations, removed)
 
 
 @pytest.mark.parametrize("method", METHODS)

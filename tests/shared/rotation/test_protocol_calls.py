@@ -205,3 +205,15 @@ async def test_an_add_password_whose_answer_was_lost_leaves_no_second_password_b
     assert after_add == [{previous, state.key_id}]  # the lost one was removed before addPassword was sent again
     assert live_keys(admin, entra) == {state.key_id}
     assert previous not in live_keys(admin, entra)
+    # Removed by the rotation, fenced and audited as any removal is (not quietly inside the Graph adapter).
+    marked = f"app-connections {record.id} rotation "
+    lost = {p["keyId"] for p in admin.app_passwords(entra.tenant_id, entra.client_id)
+            if p["revoked"] and (p["displayName"] or "").startswith(marked)} - {previous}
+    assert len(lost) == 1 and state.key_id not in lost
+    from shared.store.audit import AuditTable
+
+    at = due(record)  # the rotator's clock: its records are of that day
+    logged, _ = await AuditTable(clients).query(at - timedelta(hours=1), at + timedelta(hours=1),
+                                                connection_id=record.id, action="credential.remove")
+    assert {(r.outcome, f"keyId {key}" in (r.detail or "")) for r in logged for key in lost} >= {
+        ("started", True), ("succeeded", True)}, [(r.outcome, r.detail) for r in logged]
