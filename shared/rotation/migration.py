@@ -312,8 +312,11 @@ class Migrator(Journaled):
                 base = state.cleared_journal().evolve(revoke_original=False)
                 message = f"The migration to the federated method did not complete: {message}"
             except Exception as cleanup:  # kept in the journal: the next request resumes and cleans up
-                if isinstance(cleanup, UpstreamForbidden) and state.step == BEGUN and state.attempt == 1:
-                    # Graph refused this application everything from the start: nothing can have been added.
+                if (isinstance(cleanup, UpstreamForbidden) and isinstance(error, UpstreamForbidden)
+                        and state.step == BEGUN and state.attempt == 1):
+                    # Graph refused this application everything from the start, the addition (or what comes before
+                    # it) included: nothing can have been added. Not so when the migration stopped otherwise (an
+                    # addition whose answer was lost may have been made): the journal keeps it for the clean-up.
                     base = state.cleared_journal().evolve(revoke_original=False)
                     message = f"The migration to the federated method did not start: {message}"
                 else:

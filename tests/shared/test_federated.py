@@ -543,3 +543,36 @@ async def test_a_migration_worker_whose_lease_ran_out_while_held_up_adds_nothing
     await _nothing_migrated(h, record)
     assert (await migrated(h, record)).method == "federated"
     assert h.check() == []
+
+
+async def test_a_lost_addition_then_a_refused_clean_up_keeps_the_journal_so_the_credential_is_found_again() -> None:
+    # Graph applied the federated credential's addition but its answer was lost; the clean-up that follows then
+    # met a 403. Only Graph refusing the migration itself says nothing was added: the journal is kept, and the
+    # request again finds the credential by its name and goes on (DELETE meanwhile asks for that request first).
+    h = Harness()
+    record = await h.create(rotation=False)
+    world = h.fakes.world
+    app = world.apps[record.client_id or ""]
+    world.fail_next("graph.fic.add.lost")
+    h.faults_armed = True  # the 502 is Graph's lost answer, said as such
+    append = h.fakes.audit.append
+
+    async def refused_after_the_addition(entry: Any) -> None:
+        await append(entry)
+        if entry.action == "credential.add" and entry.outcome == "failed":
+            app.may_manage_itself = False  # Graph refuses the clean-up (a 403)
+
+    h.fakes.audit.append = refused_after_the_addition  # type: ignore[method-assign]
+    outcome = await h.op("migrate", record.id, lambda: h.api.migrate_to_federated(APP, record.id, {}),
+                         may_change_on_error=True)
+    h.fakes.audit.append = append  # type: ignore[method-assign]
+    app.may_manage_itself = True
+    assert outcome.error is not None and "did not start" not in outcome.error.detail
+    kept = await h.record(record.id)
+    assert kept is not None and kept.rotation.step in MIGRATION_STEPS  # tracked: the journal names the migration
+    assert [c for c in app.federated.values() if c.name == credential_name(record.id)]
+    assert h.check() == []
+    finished = await h.api.migrate_to_federated(APP, record.id, {})  # the request again finds it and goes on
+    assert finished.method == "federated"
+    assert len([c for c in app.federated.values() if c.name == credential_name(record.id)]) == 1
+    assert h.check() == []
