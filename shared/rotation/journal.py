@@ -29,6 +29,16 @@ async def _no_checkpoint(name: str, record: ConnectionRecord) -> None:
     return None
 
 
+# A change of a journal step worked out from the record it is written over (its health state, say): a step that is
+# written again over a concurrent edit that left the journal alone (a health check) keeps what that edit wrote.
+Derived = Callable[[ConnectionRecord], object]
+
+
+def evolved(record: ConnectionRecord, changes: dict[str, object | Derived]) -> ConnectionRecord:
+    """``record`` with ``changes``, each :data:`Derived` change worked out from ``record``."""
+    return record.evolve(**{name: change(record) if callable(change) else change for name, change in changes.items()})
+
+
 @dataclass
 class RotationOptions:
     test_timeout: float = 300.0

@@ -66,7 +66,7 @@ from shared.records import (
     HealthState,
     RotationState,
 )
-from shared.rotation.journal import Journaled, Stopped, interrupted_attempt
+from shared.rotation.journal import Journaled, Stopped, evolved, interrupted_attempt
 from shared.rotation.kinds import ROLLS
 from shared.rotation.protocol import (
     backoff,
@@ -150,7 +150,7 @@ class Migrator(Journaled):
         store = self.adapters.connections
         for _ in range(3):
             try:
-                return await store.update(record.evolve(**changes))
+                return await store.update(evolved(record, changes))
             except (ConcurrentChange, NotFound):
                 pass
             try:
@@ -236,9 +236,11 @@ class Migrator(Journaled):
         caller = Actor(acting.id, acting.name, acting.type)
         now = self.now()
         state = record.rotation.evolve(step=SWITCHED, enabled=False, key_id=None)
-        health = HealthState(status=HEALTHY, checked_at=now, next_check_at=record.health.next_check_at,
-                             check_key=record.health.check_key, notified_status=record.health.notified_status,
-                             notified_at=record.health.notified_at)
+        def health(current: ConnectionRecord) -> HealthState:  # the health index's entry as it is when written
+            return HealthState(status=HEALTHY, checked_at=now, next_check_at=current.health.next_check_at,
+                               check_key=current.health.check_key, notified_status=current.health.notified_status,
+                               notified_at=current.health.notified_at)
+
         switched = await self._save(record, rotation=state, method=Method.FEDERATED.value, secret_version="",
                                     version=record.version + 1, updated_at=now, updated_by=caller,
                                     status="active", status_message=None, last_validated_at=now, health=health)

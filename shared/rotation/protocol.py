@@ -57,11 +57,12 @@ from shared.records import (
     STATUS_SUCCEEDED,
     TESTED,
     ConnectionRecord,
+    HealthState,
     Notification,
     RotationState,
 )
 from shared.rotation.journal import Checkpoint as Checkpoint
-from shared.rotation.journal import Journaled, Stopped, interrupted_attempt
+from shared.rotation.journal import Journaled, Stopped, evolved, interrupted_attempt
 from shared.rotation.journal import RemovalAudit as RemovalAudit
 from shared.rotation.journal import RotationOptions as RotationOptions
 from shared.rotation.kinds import roll_of
@@ -186,7 +187,7 @@ class Rotator(Journaled):
         record this step started from."""
         store = self.adapters.connections
         for _ in range(3):
-            target = record.evolve(rotation=state, **changes)
+            target = evolved(record.evolve(rotation=state), changes)
             try:
                 return await store.update(target, notify=notify)
             except ConcurrentChange:
@@ -434,8 +435,10 @@ class Rotator(Journaled):
     async def _finish(self, record: ConnectionRecord, run: _Run) -> ConnectionRecord:
         state = record.rotation
         assert state.pending_version is not None
-        health = record.health.evolve(credential_expires_at=state.pending_expires_at or
-                                      record.health.credential_expires_at)
+        def health(current: ConnectionRecord) -> HealthState:  # over a health check that landed meanwhile too
+            return current.health.evolve(credential_expires_at=state.pending_expires_at or
+                                         current.health.credential_expires_at)
+
         record = await self._save(
             record, state.evolve(step=FINISHED, key_id=state.pending_key_id), secret_version=state.pending_version,
             health=health,

@@ -1,6 +1,8 @@
-"""The schedule index and the records that point at it: an entry is removed only once nothing points at it, so a
-write that lands while a change moves a connection's due time never leaves the connection unscheduled
-(``protocol.reindex`` and ``ConnectionService``'s schedule update), against in-memory fakes."""
+"""The due-time indexes (rotation schedule, health checks) and the records that point at them: an entry is removed
+only once nothing points at it, and a journal step written again over a concurrent write keeps the entry that
+write made, so a write that lands while a change moves a connection's due time never leaves the connection
+unscheduled or unchecked (``protocol.reindex``, ``ConnectionService``'s schedule update, the journals' steps),
+against in-memory fakes."""
 
 from __future__ import annotations
 
@@ -86,3 +88,36 @@ async def test_a_connection_that_keeps_failing_past_its_40th_failure_is_still_fa
     assert state.failures == 48 and state.message
     outcome = await h.op("rotate", record.id, lambda: h.api.rotate(APP, record.id))
     assert outcome.status == 400 and "Graph refused" in str(outcome.error), outcome  # said as such, not a 500
+
+
+@pytest.mark.parametrize("written", ["finished", "migrate-switched"])
+async def test_a_health_check_that_lands_before_a_journal_step_is_kept_and_the_connection_stays_checked(
+        written: str) -> None:
+    h = Harness()
+    record = await h.create(rotation=written == "finished")
+    services = h.services()
+    checker = HealthChecker(h.fakes.adapters, services.connections)
+    store = h.fakes.connections
+    update = store.update
+    checked: list[str] = []
+
+    async def a_health_check_first(target, previous_name=None, notify=()):  # type: ignore[no-untyped-def]
+        if target.rotation.step == written and not checked:  # the health sweep writes the record just before
+            checked.append(str((await checker.check(await store.get(target.app, target.id))).health.check_key))
+        return await update(target, previous_name=previous_name, notify=notify)
+
+    store.update = a_health_check_first  # type: ignore[method-assign]
+    if written == "finished":
+        await h.due()
+        await h.sweep()
+    else:
+        h.fakes.clock.advance(timedelta(hours=2))  # so that the check's next due time is another entry
+        await services.connections.migrate_to_federated(APP, record.id, {})
+    store.update = update  # type: ignore[method-assign]
+    after = await h.record(record.id)
+    assert checked and after is not None and after.rotation.step is None
+    assert after.health.check_key == checked[0] and checked[0] in h.fakes.health_index.keys
+    for _ in range(3):  # and the health sweep keeps checking it
+        h.fakes.clock.advance(timedelta(days=1))
+        await checker.sweep()
+        assert [k for k in h.fakes.health_index.keys if record.id in k]
