@@ -107,14 +107,25 @@ class AuditLog:
 
     async def search(self, start: datetime | None, end: datetime | None, *, connection_id: str | None = None,
                      actor: str | None = None, action: str | None = None, limit: int | None = None,
-                     continuation: str | None = None) -> tuple[list[AuditRecord], str | None]:
-        """Records between ``start`` (default: 30 days before ``end``) and ``end`` (default: now), newest first."""
-        end = end or self._clock()
+                     continuation: str | None = None, retention_days: int | None = None,
+                     ) -> tuple[list[AuditRecord], str | None]:
+        """Records between ``start`` (default: 30 days before ``end``) and ``end`` (default: now), newest first.
+
+        ``retention_days``: no record is older (they are purged daily) nor newer than now, so the days searched
+        are cut to those: a search over centuries reads a year's partitions at most, not one per day asked for."""
+        now = self._clock()
+        end = end or now
         start = start or end - timedelta(days=30)
         if start > end:
             raise InvalidRequest("from must not be after to.", errors=[FieldError("/from", "is after to")])
+        size = page_size(limit)
+        if retention_days is not None:
+            start = max(start, now - timedelta(days=retention_days + 1))
+            end = min(end, now + timedelta(days=1))
+            if start > end:
+                return [], None
         return await self._store.query(start, end, connection_id=connection_id, actor=actor, action=action,
-                                       limit=page_size(limit), continuation=continuation)
+                                       limit=size, continuation=continuation)
 
     async def purge_expired(self, retention_days: int) -> int:
         """Delete the records older than the retention (whole days); how many."""

@@ -240,8 +240,9 @@ def _paths() -> dict[str, Any]:
             "list_audit_logs", "The audit log, newest first (AppConnections.Auditor).",
             {"200": _json("AuditLogOut", "A page of audit records."), **_problems(400)},
             parameters=[
-                _query("from", "ISO 8601 start (default: 30 days before `to`).", {"type": "string"}),
-                _query("to", "ISO 8601 end (default: now).", {"type": "string"}),
+                _query("from", "ISO 8601 start, from 1970 (default: 30 days before `to`; no earlier than the "
+                               "retention).", {"type": "string", "format": "date-time"}),
+                _query("to", "ISO 8601 end, before 9000 (default: now).", {"type": "string", "format": "date-time"}),
                 _query("connectionId", "Only this connection's records.", {"type": "string"}),
                 _query("actor", "Only this actor's records (its object id).", {"type": "string"}),
                 _query("action", "Only this action, e.g. `connection.delete` or `credential.remove`.",

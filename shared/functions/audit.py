@@ -30,19 +30,28 @@ def _when(req: func.HttpRequest, name: str) -> datetime | None:
         raise InvalidRequest(f"The query parameter {name} must be an ISO 8601 time.",
                              errors=[FieldError(f"/{name}", "must be an ISO 8601 time, e.g. 2026-01-31T00:00:00Z")]
                              ) from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    if not _EARLIEST <= value < _LATEST:  # nothing is recorded outside these (and the day arithmetic stays in range)
+        raise InvalidRequest(f"The query parameter {name} is out of range.",
+                             errors=[FieldError(f"/{name}", "must be between 1970-01-01T00:00:00Z and 9000-01-01")])
+    return value
+
+
+_EARLIEST, _LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
 
 
 @bp.function_name("list_audit_logs")
 @bp.route(route="api/v1/audit-logs", methods=["GET"], auth_level=OPEN)
 @endpoint("Auditor")
 async def list_audit_logs(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.settings import get_settings
     from shared.wiring import audit_log
 
     records, token = await audit_log().search(
         _when(req, "from"), _when(req, "to"), connection_id=req.params.get("connectionId") or None,
         actor=req.params.get("actor") or None, action=req.params.get("action") or None,
         limit=query_int(req, "limit"), continuation=req.params.get("continuationToken") or None,
+        retention_days=get_settings().audit_retention_days,
     )
     return json_response({"auditLogs": [record.as_dict() for record in records], "continuationToken": token})
 

@@ -114,9 +114,11 @@ class Searched(Records):
     def __init__(self) -> None:
         super().__init__()
         self.limits: list[int] = []
+        self.windows: list[tuple[datetime, datetime]] = []
 
     async def query(self, start: datetime, end: datetime, **options: object) -> tuple[list[AuditRecord], None]:
         self.limits.append(int(str(options["limit"])))
+        self.windows.append((start, end))
         return [], None
 
 
@@ -136,3 +138,19 @@ async def test_a_search_refuses_a_page_size_out_of_1_to_1000_as_the_lists_do(ask
         await log_over(store).search(None, None, limit=asked)
     assert [(e.pointer, e.detail) for e in refused.value.errors] == [("/limit", "must be between 1 and 1000")]
     assert store.limits == []
+
+
+async def test_a_search_reads_no_day_older_than_the_retention_nor_after_tomorrow() -> None:
+    from datetime import timedelta
+
+    now = datetime(2026, 12, 1, tzinfo=UTC)  # log_over's clock
+    store = Searched()
+    log = log_over(store)
+    await log.search(datetime(1970, 1, 1, tzinfo=UTC), datetime(8999, 1, 1, tzinfo=UTC), retention_days=365)
+    assert store.windows == [(now - timedelta(days=366), now + timedelta(days=1))]
+    inside = (now - timedelta(days=3), now - timedelta(days=2))
+    await log.search(*inside, retention_days=365)
+    assert store.windows[-1] == inside
+    assert await log.search(datetime(2000, 1, 1, tzinfo=UTC), datetime(2001, 1, 1, tzinfo=UTC),
+                            retention_days=365) == ([], None)  # all of it purged long ago: nothing read
+    assert len(store.windows) == 2
