@@ -28,6 +28,10 @@ if TYPE_CHECKING:  # imported where used: registering the routes needs neither (
 
 log = logging.getLogger(__name__)
 
+# On every API answer (JSON or a problem): never cached, never sniffed as another type, and nothing in it runs or
+# is framed should a browser open it (a problem's detail may quote a path or a name the caller chose).
+API_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
+               "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'"}
 MAX_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 32
 
@@ -44,7 +48,7 @@ def json_bytes_response(body: bytes | str, status: int = 200,
     return func.HttpResponse(
         body,
         status_code=status,
-        headers={"Cache-Control": "no-store", **(headers or {})},
+        headers={**API_HEADERS, **(headers or {})},
         mimetype="application/json",
         charset="utf-8",
     )
@@ -56,7 +60,7 @@ def problem_response(error: ServiceError, instance: str | None = None) -> func.H
     return func.HttpResponse(
         json.dumps(error.to_problem(instance), ensure_ascii=False),
         status_code=error.status,
-        headers={"Cache-Control": "no-store", **error.headers},
+        headers={**API_HEADERS, **error.headers},
         mimetype=PROBLEM_CONTENT_TYPE,
         charset="utf-8",
     )
@@ -355,8 +359,20 @@ async def answer(handler: Handler, req: func.HttpRequest, instance: str) -> func
 
 
 def _client_ip(req: func.HttpRequest) -> str | None:
-    forwarded = (req.headers.get("x-forwarded-for") or "").split(",")[0].strip()
-    return forwarded[:64] or None
+    """The caller's address as the platform's front end saw it: the last entry of ``X-Forwarded-For``, the one
+    that front end appends (earlier entries are whatever the caller sent), without its port; None when it is not
+    an IP address. Behind another proxy (Front Door, API Management) it is that proxy's address."""
+    import ipaddress
+
+    last = (req.headers.get("x-forwarded-for") or "").rsplit(",", 1)[-1].strip()
+    if last.startswith("["):  # [IPv6]:port
+        last = last[1:].split("]", 1)[0]
+    elif last.count(":") == 1:  # IPv4:port
+        last = last.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(last))
+    except ValueError:
+        return None
 
 
 def _trace_id(traceparent: str | None) -> str | None:

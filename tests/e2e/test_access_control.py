@@ -192,7 +192,7 @@ def test_every_action_that_changes_state_or_touches_a_credential_leaves_two_reco
         with httpx.Client(base_url=host_url, timeout=60) as client:
             answer = client.request(method, path, json=body, headers={"Authorization": f"Bearer {token}",
                                                                        "X-Request-Id": request_id,
-                                                                       "X-Forwarded-For": "203.0.113.9, 10.0.0.1",
+                                                                       "X-Forwarded-For": "6.6.6.6, 203.0.113.9:51234",
                                                                        "User-Agent": "audit-test"})
             found = client.get("/api/v1/audit-logs", params={"action": action}, headers=auditor).json()
         mine = [e for e in found["auditLogs"] if e["requestId"] == request_id]

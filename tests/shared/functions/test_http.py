@@ -88,3 +88,37 @@ async def test_answer_maps_unmapped_azure_failures_to_502():
     response = await answer(handler, request(), "/api/v1/x")
     assert response.status_code == 502
     assert json.loads(response.get_body())["type"].endswith("upstream-error")
+
+
+@pytest.mark.parametrize(("forwarded", "recorded"), [
+    ("203.0.113.9", "203.0.113.9"),
+    ("203.0.113.9:51234", "203.0.113.9"),
+    ("6.6.6.6, 203.0.113.9:51234", "203.0.113.9"),  # the caller's own entry first: not believed
+    ("[2001:db8::1]:443", "2001:db8::1"),
+    ("2001:db8::1", "2001:db8::1"),
+    ("203.0.113.9, not-an-ip-" + "a" * 60, None),
+    ("", None),
+    (None, None),
+])
+def test_the_client_ip_is_the_last_forwarded_address_the_front_end_appended(forwarded, recorded):
+    from shared.functions.http import _client_ip
+
+    headers = {"x-forwarded-for": forwarded} if forwarded is not None else {}
+    req = func.HttpRequest(method="GET", url="http://localhost/api/v1/x", headers=headers, params={}, body=b"")
+    assert _client_ip(req) == recorded
+
+
+async def test_every_api_answer_is_never_cached_sniffed_run_or_framed():
+    async def fails(req):
+        raise NotFound("No '<script>' here.")
+
+    async def works(req):
+        from shared.functions.http import json_response
+
+        return json_response({"ok": True})
+
+    for handler in (fails, works):
+        response = await answer(handler, request(), "/api/v1/x")
+        assert response.headers["Cache-Control"] == "no-store"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'"
