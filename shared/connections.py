@@ -120,10 +120,13 @@ class ConnectionService:
         return self.adapters.clock()
 
     # -- shared steps of every method ------------------------------------------------------------------------
-    async def _validated(self, app: AppSpec, method: Method, raw: Any) -> Validated:
+    def _credentials(self, method: Method, raw: Any) -> Credentials:
+        """The credentials' fields checked (a 400 before anything else is looked at or changed)."""
         if method is Method.FEDERATED:
             require_identity(self.adapters.settings)
-        credentials = parse_credentials(method, raw)
+        return parse_credentials(method, raw)
+
+    async def _validated(self, app: AppSpec, method: Method, credentials: Credentials) -> Validated:
         expires_on = None
         material: dict[str, str] = {}
         if isinstance(credentials, FederatedCredentialsIn):
@@ -243,8 +246,9 @@ class ConnectionService:
         if request.isAutoRotationEnabled and config is None:
             raise InvalidRequest("Automatic rotation needs a schedule.",
                                  errors=[FieldError("/rotation", "is required when isAutoRotationEnabled is true")])
+        given = self._credentials(method, request.credentials)  # every field checked before the name is looked up
         await ensure_name_free(self.store, app.id, request.name)
-        valid = await self._validated(app, method, request.credentials)
+        valid = await self._validated(app, method, given)
         credentials = valid.credentials
         key_id, expires_on = await self._given_secret(valid, rotating=request.isAutoRotationEnabled,
                                                       may_be_unreadable=not request.isAutoRotationEnabled)
@@ -347,6 +351,7 @@ class ConnectionService:
             self._refuse_during_rotation(record)
         if record.status == STATUS_DELETING:
             raise self._being_deleted(record)
+        given_credentials = self._credentials(method, request.credentials) if request.credentials is not None else None
         state = record.rotation
         enabling = request.isAutoRotationEnabled is True and not state.enabled
         if enabling and config is None and state.interval_days is None:
@@ -362,7 +367,8 @@ class ConnectionService:
                 record = await self._finish_retirement(record, raise_on_failure=True)
                 state = record.rotation
                 new_state = configured(state, config, new_state.enabled) if rotation_change else state
-            valid = await self._validated(app, method, request.credentials)
+            assert given_credentials is not None
+            valid = await self._validated(app, method, given_credentials)
             credentials = valid.credentials
             key_id, expires_on = await self._given_secret(valid, rotating=new_state.enabled, may_be_unreadable=False)
             if new_state.enabled and method in app.rotation_methods:

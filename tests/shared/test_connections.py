@@ -245,3 +245,17 @@ async def test_a_certificates_validity_is_judged_by_the_services_clock() -> None
     assert record.method == "certificate"
     expires = record.health.credential_expires_at
     assert expires is not None and expires > h.fakes.clock.now
+
+
+async def test_a_body_s_fields_are_checked_before_its_name_is_looked_up() -> None:
+    # A 400 that says what is wrong with the fields, not a 409 for a taken name that hides it.
+    h = Harness()
+    record = await h.create(name="taken", rotation=False)
+    bad = {"tenantId": "not-a-guid", "clientId": record.client_id, "clientSecret": "x"}
+    with pytest.raises(InvalidRequest) as refused:
+        await h.api.create(APP, {"name": "taken", "method": "client-secret", "credentials": bad})
+    assert [e.pointer for e in refused.value.errors] == ["/credentials/tenantId"]
+    other = await h.create(name="other", rotation=False)
+    with pytest.raises(InvalidRequest) as refused:
+        await h.api.update(APP, other.id, {"name": "taken", "credentials": bad})
+    assert [e.pointer for e in refused.value.errors] == ["/credentials/tenantId"]
