@@ -36,8 +36,13 @@ def name(value: str) -> str:
     return value
 
 
+# The bidirectional embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069): text that shows in another
+# order than it is ("Trojan Source"), in the console, a log or an alert. Joiners and marks stay (emoji, scripts).
+_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
 def no_controls(value: str) -> str:
-    if any(ord(ch) < 32 and ch not in "\r\n\t" for ch in value) or "\x7f" in value:
+    if any(ord(ch) < 32 and ch not in "\r\n\t" for ch in value) or "\x7f" in value or _BIDI_CONTROLS.search(value):
         raise ValueError("must not contain control characters")
     return value
 

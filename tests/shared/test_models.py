@@ -68,6 +68,21 @@ def test_control_characters_in_a_secret_are_refused():
     assert pointers(caught.value) == {"/credentials/clientSecret": "must not contain control characters"}
 
 
+@pytest.mark.parametrize("description", ["a\x00b", "a\x1bb", "a\x7fb", "invoice \u202egnp.exe", "a\u2066b\u2069"])
+def test_control_and_bidirectional_override_characters_in_a_description_are_refused(description):
+    body = {"name": "n", "description": description, "method": "client-secret", "credentials": {}}
+    with pytest.raises(InvalidRequest) as caught:
+        parse_model(CreateConnectionIn, body)
+    assert pointers(caught.value) == {"/description": "must not contain control characters"}
+
+
+@pytest.mark.parametrize("description", ["line one\nline two\ttab", "zero\u200bwidth",
+                                         "family \U0001f468\u200d\U0001f469", "\u05e9\u05dc\u05d5\u05dd marked \u200f"])
+def test_text_with_newlines_joiners_and_other_scripts_is_a_description(description):
+    body = {"name": "n", "description": description, "method": "client-secret", "credentials": {}}
+    assert parse_model(CreateConnectionIn, body).description == description
+
+
 def test_certificate_credentials_need_both_pems():
     with pytest.raises(InvalidRequest) as caught:
         parse_credentials(Method.CERTIFICATE, {"tenantId": TENANT, "clientId": CLIENT, "certificateBody": "x"})
