@@ -81,7 +81,15 @@ def _problem(status: int, title: str, detail: str | None = None) -> tuple[int, l
     if detail:
         document["detail"] = detail
     body = json.dumps(document).encode()
-    return status, [(b"content-type", PROBLEM_JSON.encode())], body
+    return status, [(b"content-type", PROBLEM_JSON.encode()), (b"cache-control", b"no-store"),
+                    (b"x-content-type-options", b"nosniff")], body
+
+
+def _logged_path(scope: Scope) -> str:
+    """The request's path for the log, as it came (still percent-encoded: a %0a cannot start a line of its own)."""
+    raw = scope.get("raw_path")
+    text = raw.decode("latin-1") if isinstance(raw, bytes) else str(scope.get("path") or "")
+    return text.encode("unicode_escape").decode("ascii")[:2000]
 
 
 def _trace_context(headers: Mapping[str, str]) -> TraceContext | None:
@@ -236,7 +244,7 @@ class LocalHost:
         try:
             status, headers, body = await self._dispatch(scope, receive, method)
         except Exception:  # a bug in the host itself, not in a function
-            logger.exception("Local host failed on %s %s", method, scope.get("path"))
+            logger.exception("Local host failed on %s %s", method, _logged_path(scope))
             status, headers, body = _problem(500, "Internal Server Error")
         if status in _NO_BODY_STATUSES:
             body = b""
@@ -246,7 +254,7 @@ class LocalHost:
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
         # The path only: a query string may carry the function key (?code=).
         elapsed_ms = (time.perf_counter() - started) * 1e3
-        logger.info("%s %s -> %d (%.1f ms)", method, scope.get("path"), status, elapsed_ms)
+        logger.info("%s %s -> %d (%.1f ms)", method, _logged_path(scope), status, elapsed_ms)
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
         for name, value in scope.get("headers", []):
@@ -303,11 +311,12 @@ class LocalHost:
             if values is not None:
                 candidates.append((function, values))
         if not candidates:
-            return _problem(404, "Not Found")
+            return _problem(404, "Not Found", "No function of this app answers at this path.")
         allowed = [(f, v) for f, v in candidates if f.info.methods is None or method in f.info.methods]
         if not allowed:
             methods = sorted({m for f, _ in candidates for m in (f.info.methods or ())})
-            status, response_headers, body = _problem(405, "Method Not Allowed")
+            status, response_headers, body = _problem(405, "Method Not Allowed",
+                                                      f"This path answers {', '.join(methods)}.")
             response_headers.append((b"allow", ", ".join(methods).encode()))
             return status, response_headers, body
         function, route_params = min(allowed, key=lambda fv: (fv[0].template.precedence, fv[0].order))

@@ -141,7 +141,18 @@ def test_not_found_is_problem_json(client: httpx.Client) -> None:
     response = client.get("/nothing/here")
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
-    assert response.json() == {"type": "about:blank", "title": "Not Found", "status": 404}
+    assert response.json() == {"type": "about:blank", "title": "Not Found", "status": 404,
+                               "detail": "No function of this app answers at this path."}
+    assert (response.headers["cache-control"], response.headers["x-content-type-options"]) == ("no-store", "nosniff")
+
+
+def test_a_path_is_logged_as_it_came_so_it_cannot_forge_a_log_line(client: httpx.Client,
+                                                                    log_capture: CaptureAll) -> None:
+    before = len(log_capture.records)
+    assert client.get("/x%0a2026-12-01 12:00:00,000 ERROR FORGED").status_code == 404
+    lines = "\n".join(log_capture.texts()[before:]).splitlines()
+    assert not [line for line in lines if line.startswith("2026-12-01 12:00:00,000 ERROR FORGED")]
+    assert [line for line in lines if "/x%0a2026-12-01" in line and "-> 404" in line]
 
 
 def test_wrong_method_is_405_with_allow(client: httpx.Client) -> None:
@@ -149,7 +160,8 @@ def test_wrong_method_is_405_with_allow(client: httpx.Client) -> None:
     assert response.status_code == 405
     assert response.headers["allow"] == "DELETE, GET"
     assert response.headers["content-type"] == "application/problem+json"
-    assert response.json() == {"type": "about:blank", "title": "Method Not Allowed", "status": 405}
+    assert response.json() == {"type": "about:blank", "title": "Method Not Allowed", "status": 405,
+                               "detail": "This path answers DELETE, GET."}
 
 
 @pytest.mark.parametrize("path", ["/boom", "/boom-sync"])
