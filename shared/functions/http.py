@@ -105,6 +105,9 @@ def read_json(req: func.HttpRequest) -> Any:
     content_type = (req.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
     if content_type and not (content_type == "application/json" or content_type.endswith("+json")):
         raise UnsupportedMediaType("Send the body as application/json.")
+    encoding = (req.headers.get("content-encoding") or "identity").strip().lower()
+    if encoding != "identity":  # a gzip body, say: not decoded here, so it is refused for what it is
+        raise UnsupportedMediaType("Send the body without a Content-Encoding (no gzip or other compression).")
     if not body.strip():
         raise InvalidRequest("The body is empty; send a JSON object.")
     try:

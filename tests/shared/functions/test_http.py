@@ -122,3 +122,14 @@ async def test_every_api_answer_is_never_cached_sniffed_run_or_framed():
         assert response.headers["Cache-Control"] == "no-store"
         assert response.headers["X-Content-Type-Options"] == "nosniff"
         assert response.headers["Content-Security-Policy"] == "default-src 'none'; frame-ancestors 'none'"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate, gzip"])
+def test_a_compressed_body_is_refused_as_unsupported_not_as_bad_utf8(encoding):
+    req = func.HttpRequest(method="POST", url="http://localhost/api/v1/x", params={}, body=b"\x1f\x8b\x08\x00",
+                           headers={"content-type": "application/json", "content-encoding": encoding})
+    with pytest.raises(UnsupportedMediaType, match="Content-Encoding"):
+        read_json(req)
+    plain = func.HttpRequest(method="POST", url="http://localhost/api/v1/x", params={}, body=b'{"a": 1}',
+                             headers={"content-type": "application/json", "content-encoding": "identity"})
+    assert read_json(plain) == {"a": 1}
