@@ -229,10 +229,14 @@ def _paths() -> dict[str, Any]:
             "app_connection_oauth_callback",
             "Finish an OAuth sign-in (anonymous: Entra ID redirects the browser here). Any query parameter but "
             "these (and Entra's `session_state`, `iss`, `error_uri`, which are ignored) is refused.",
-            {str(status): {"description": text, "content": {"text/html": {"schema": {"type": "string"}}}}
-             for status, text in ((200, "The connection was created or authorized again."),
-                                  (400, "The sign-in failed; the page says why."),
-                                  (502, "An Azure service failed."))},
+            {**{str(status): {"description": text, "content": {"text/html": {"schema": {"type": "string"}}}}
+                for status, text in ((200, "The connection was created or authorized again."),
+                                     (400, "The sign-in failed; the page says why."),
+                                     (500, "The service failed; the page says nothing more (the log does)."),
+                                     (502, "An Azure service failed."),
+                                     (503, "The service is not configured for it; the page says what is missing."))},
+             "303": {"description": "A browser signed in to the console: back to the connection's page there.",
+                     "headers": {"Location": {"required": True, "schema": {"type": "string"}}}}},
             parameters=[_query(name, f"At most {limit} characters.", {"type": "string", "maxLength": limit})
                         for name, limit in CALLBACK_PARAMS.items()],
             security=[], tag="oauth")},
