@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything the project needs into the project folder: a Python venv (.venv) with the locked,
 # hash-checked packages of requirements-dev.txt (the runtime set of requirements.txt plus the local host,
-# stand-in, tests and checks), Azurite and axe-core from npm with their lock file (node_modules, `npm ci`), and
-# Debian's Chromium for the console's browser tests. Safe to run again: it reinstalls only when a lock changed.
+# stand-in, tests and checks), Azurite and axe-core from npm with their lock file (node_modules, `npm ci`), and,
+# with --browser (scripts/test.sh), Debian's Chromium for the console's browser tests (apt-get, as root or with
+# sudo; running the service needs none of it). Safe to run again: it reinstalls only when a lock changed.
 # Re-lock after changing a .in file or package.json: bash scripts/lock.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ if [ ! -x node_modules/.bin/azurite-table ] || ! cmp -s package-lock.json node_m
   cp package-lock.json node_modules/.ops-package-lock.json
 fi
 # The console's browser tests drive Debian's Chromium (Playwright's own browser download does not work here).
-if ! command -v chromium >/dev/null; then
+if [ "${1:-}" = "--browser" ] && ! command -v chromium >/dev/null; then
   if [ "$(id -u)" -eq 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
   else

@@ -3,7 +3,7 @@
 # end-to-end tests start Azurite and the stand-in on free loopback ports and stop them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh
+bash scripts/install.sh --browser
 bash scripts/infra-check.sh   # checkov and the Bicep parser, in their own venv (.venv-infra)
 echo "== ruff"
 .venv/bin/ruff check .

@@ -96,7 +96,7 @@ def browser() -> Iterator[Any]:
     """Chromium, for one module: Playwright's sync API runs an event loop in this thread while it is open, so it
     must be closed before tests that run their own loop (``asyncio.run``) come next."""
     if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is missing: run scripts/install.sh (it installs Debian's chromium)")
+        pytest.fail("Chromium is missing: run scripts/install.sh --browser (it installs Debian's chromium)")
     from playwright.sync_api import sync_playwright
 
     profile = Path(tempfile.mkdtemp(prefix="console-chromium-"))
