@@ -243,7 +243,7 @@ class Rotator(Journaled):
         }
         try:
             if record.rotation.retire_version is not None:  # a credentials change's clean-up comes first
-                record = await self.retire(record)
+                record = await self._retire_before(record)
             while record.rotation.step in steps:
                 name, action = steps[record.rotation.step or ""]
                 with telemetry.span(f"rotation.{name}", {**attributes, "rotation.step": name}) as span:
@@ -470,8 +470,12 @@ class Rotator(Journaled):
         await self._history(record, STATUS_SUCCEEDED, new_key_id=state.key_id, revoked_key_id=previous)
         now = self.now()
         schedule = schedule_of(state)
+        message = f"Rotated: a new {roll.noun} is in use and the previous one is revoked."
+        if state.retire_version is not None:
+            message += (f" The {roll.noun}s the service created on the application used before "
+                        f"({state.retire_client_id}) could not be removed yet; that is tried again at each rotation.")
         done = state.cleared_journal().evolve(
-            status=STATUS_SUCCEEDED, message=f"Rotated: a new {roll.noun} is in use and the previous one is revoked.",
+            status=STATUS_SUCCEEDED, message=message,
             last_rotated_at=now, failures=0, next_at=_next_rotation(schedule, now, state.pending_expires_at),
         )
         return await self._reschedule(record, state, done)
@@ -530,6 +534,21 @@ class Rotator(Journaled):
 
 
     # -- retiring what the service created on an application the connection left ----------------------------
+    async def _retire_before(self, record: ConnectionRecord) -> ConnectionRecord:
+        """The clean-up of the application the connection used before, tried before its credential is rotated; when
+        that application refuses (its permission withdrawn, its secret expired: often why the credentials were
+        changed), the rotation of the credential in use goes on all the same. The clean-up stays in the journal
+        (``retire_*``: tracked, and shown in the rotation's message) and is tried again before each rotation."""
+        try:
+            return await self.retire(record)
+        except LeaseLost:
+            raise
+        except (ServiceError, OSError, TimeoutError) as error:
+            detail = error.detail if isinstance(error, ServiceError) else type(error).__name__
+            log.warning("Connection %s: retiring the previous application's secrets failed (%s); rotating the "
+                        "credential in use all the same", record.id, detail)
+            return record
+
     async def retire(self, record: ConnectionRecord) -> ConnectionRecord:
         """Remove every credential the service created for this connection on the application it used before its
         credentials changed (recorded in ``retire_*``), then forget that application. With the current

@@ -259,3 +259,31 @@ async def test_a_body_s_fields_are_checked_before_its_name_is_looked_up() -> Non
     with pytest.raises(InvalidRequest) as refused:
         await h.api.update(APP, other.id, {"name": "taken", "credentials": bad})
     assert [e.pointer for e in refused.value.errors] == ["/credentials/tenantId"]
+
+
+async def test_a_previous_application_that_refuses_its_clean_up_does_not_stop_the_new_credential_s_rotation() -> None:
+    # The previous application's owner withdrew the service's permission (often why the credentials were changed):
+    # its clean-up fails, stays in the journal and is tried again; the credential in use is rotated all the same.
+    h = Harness()
+    record = await h.create()
+    assert record.rotation.managed
+    old = h.fakes.world.apps[record.client_id or ""]
+    old.may_manage_itself = False
+    _, credentials = h.new_application()
+    changed = await h.op("patch-other-app", record.id, lambda: h.api.update(APP, record.id,
+                                                                             {"credentials": credentials}))
+    assert changed.status == 200
+    after = await h.record(record.id)
+    assert after is not None and after.rotation.status == "succeeded"
+    assert h.current_secret(after) != credentials["clientSecret"]  # rotated at once, as after any change
+    assert after.rotation.retire_version is not None  # the clean-up is still tracked
+    assert "could not be removed yet" in (after.rotation.message or "")
+    assert [p for p in old.passwords.values() if p.created_by_service]
+    assert h.check() == []
+    old.may_manage_itself = True
+    h.fakes.clock.advance(timedelta(days=31))
+    await h.sweep()  # the next rotation removes them first
+    final = await h.record(record.id)
+    assert final is not None and final.rotation.retire_version is None and final.rotation.status == "succeeded"
+    assert not [p for p in old.passwords.values() if p.created_by_service]
+    assert h.check() == []
