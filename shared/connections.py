@@ -77,7 +77,7 @@ from shared.rotation.migration import MIGRATION_STEPS, Migrator
 from shared.rotation.protocol import Attempt, Rotator, reindex, retire_waiting, schedule_of, secret_tags
 from shared.rotation.state import state_response
 from shared.store.vault import secret_name_for
-from shared.views import ConnectionReader, ensure_name_free
+from shared.views import ConnectionReader, ensure_name_free, require_match
 from shared.views import health_response as health_response
 from shared.views import require_app as require_app
 from shared.views import to_response as to_response
@@ -322,10 +322,14 @@ class ConnectionService:
             return await graph.list_applications()
 
     # -- update ----------------------------------------------------------------------------------------------
-    async def update(self, app_id: str, connection_id: str, body: Any) -> ConnectionRecord:
+    async def update(self, app_id: str, connection_id: str, body: Any, if_match: str | None = None,
+                     ) -> ConnectionRecord:
+        """Change what ``body`` names. ``if_match``: only if the connection is still at that version (412 else; the
+        write is guarded by the ETag of this very read, so no change slips in between)."""
         app = require_app(app_id)
         request = parse_model(UpdateConnectionIn, body)
         record = await self.get(app.id, connection_id)
+        require_match(record, if_match)
         method = Method(record.method)
         given = request.model_fields_set
         changes: dict[str, Any] = {}
@@ -572,10 +576,13 @@ class ConnectionService:
         return await self.migrator.start(record, request.revokeOriginal)
 
     # -- delete ----------------------------------------------------------------------------------------------
-    async def delete(self, app_id: str, connection_id: str, force: bool = False) -> Deleted:
+    async def delete(self, app_id: str, connection_id: str, force: bool = False, if_match: str | None = None,
+                     ) -> Deleted:
         """Remove every credential the service created on the application, then the connection. When Graph
-        refuses, 409 with the reason (nothing is deleted); ``force`` deletes anyway and lists what stays live."""
+        refuses, 409 with the reason (nothing is deleted); ``force`` deletes anyway and lists what stays live.
+        ``if_match``: only if the connection is still at that version (412 else)."""
         record = await self.get(app_id, connection_id)
+        require_match(record, if_match)
         state = record.rotation
         now = self.now()
         if state.leased(now) and state.lease_owner is not None and not state.lease_owner.startswith("delete:"):

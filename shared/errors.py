@@ -111,6 +111,14 @@ class ConcurrentChange(Conflict):
     title = "The connection was changed by another request"
 
 
+class PreconditionFailed(ServiceError):
+    """``If-Match`` named another version of the connection than the current one (RFC 9110, 13.1.1)."""
+
+    status = 412
+    slug = "precondition-failed"
+    title = "The connection is not at the version named"
+
+
 class NameTaken(Conflict):
     slug = "name-taken"
     title = "The name is already used"

@@ -71,6 +71,7 @@ _PROBLEM_TEXT = {
     404: "No such app, connection or route.",
     409: "The name is taken, another change to the connection won the race (ETag), or a rotation of it is in "
          "progress (`rotation-in-progress`, with `rotationId` and `Retry-After`).",
+    412: "`If-Match` names another version of the connection than its current one (`version`, and its `ETag`).",
     413: "The body is larger than 64 KiB.",
     415: "The body is not `application/json`.",
     502: "An Azure service (Entra ID, Graph, Key Vault, Table Storage) failed or could not be reached.",
@@ -123,11 +124,15 @@ def _operation(operation_id: str, summary: str, responses: dict[str, Any], **mor
 
 
 def _paths() -> dict[str, Any]:
-    one = _json("ConnectionEnvelope", "The connection.")
+    etag = {"ETag": {"description": "The connection's version, quoted: what `If-Match` takes to make a change "
+                                    "conditional.", "required": True, "schema": {"type": "string"}}}
+    one = {**_json("ConnectionEnvelope", "The connection."), "headers": etag}
     item = f"{BASE}/{{app}}/{{connectionId}}"
     created = {**_json("ConnectionEnvelope", "Validated and created."),
                "headers": {"Location": {"description": "The new connection's path.", "required": True,
-                                        "schema": {"type": "string"}}}}
+                                        "schema": {"type": "string"}}, **etag}}
+    if_match = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
+                "description": "Only if the connection is still at this version (its `ETag`; `*`: any), else 412."}
     authorize_query = [
         _query(name, f"See `AuthorizeIn.{name}`.", {"type": "string"}) for name in AuthorizeIn.model_fields
     ]
@@ -158,16 +163,17 @@ def _paths() -> dict[str, Any]:
             "get": _operation("get_app_connection", "One connection.", {"200": one, **_problems(400, 404, 502)}),
             "patch": _operation(
                 "update_app_connection", "Change name, description, credentials (re-validated) or rotation.",
-                {"200": one, **_problems(400, 404, 409, 415, 502, 503)}, requestBody=_body("UpdateConnectionIn")),
+                {"200": one, **_problems(400, 404, 409, 412, 415, 502, 503)}, requestBody=_body("UpdateConnectionIn"),
+                parameters=[if_match]),
             "delete": _operation(
                 "delete_app_connection",
                 "Delete the connection, the client secrets the service created on its application, and its Key "
                 "Vault secret.",
                 {"200": _json("DeletedOut", "The connection as it was, and the client secrets removed or left live."),
-                 **_problems(400, 404, 409, 502)},
-                parameters=[_query("force", "`true`: delete even when Graph refuses to remove the client secrets the "
-                                   "service created (they are listed in `keyIdsLeftLive`).",
-                                   {"type": "string", "enum": ["true", "false"]})]),
+                 **_problems(400, 404, 409, 412, 502)},
+                parameters=[if_match, _query(
+                    "force", "`true`: delete even when Graph refuses to remove the client secrets the service "
+                    "created (they are listed in `keyIdsLeftLive`).", {"type": "string", "enum": ["true", "false"]})]),
         },
         f"{item}/validate": {
             "parameters": [APP, CONNECTION_ID],

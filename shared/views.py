@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.apps import APPS, AppSpec, Method, find_app
-from shared.errors import FieldError, NameTaken, NotFound
+from shared.errors import FieldError, NameTaken, NotFound, PreconditionFailed
 from shared.fields import MAX_PAGE_SIZE, page_size
 from shared.ports import ConnectionReads, HistoryReads
 from shared.records import EXPIRED, EXPIRING, FAILING, HEALTH_STATUSES, UNKNOWN, Actor, ConnectionRecord, RotationEvent
@@ -133,3 +133,21 @@ def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     return (value if value.tzinfo is UTC else value.astimezone(UTC)).isoformat().replace("+00:00", "Z")
+
+
+def etag_of(record: ConnectionRecord) -> str:
+    """The connection's entity tag: its version, which every change made through the API moves on (rotations and
+    health checks, the service's own, do not), so that a client can make a change conditional (``If-Match``)."""
+    return f'"{record.version}"'
+
+
+def require_match(record: ConnectionRecord, if_match: str | None) -> None:
+    """RFC 9110's ``If-Match``: absent or ``*``, or a list of entity tags one of which is the connection's (strong
+    comparison: a weak tag never matches); else 412, with the current one."""
+    if if_match is None or if_match.strip() == "*":
+        return
+    tags = [tag.strip() for tag in if_match.split(",")]
+    if etag_of(record) not in tags:
+        raise PreconditionFailed(
+            f"The connection is at version {record.version}, not the one If-Match names: read it again, then "
+            "decide.", extensions={"version": record.version}, headers={"ETag": etag_of(record)})

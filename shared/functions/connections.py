@@ -57,9 +57,9 @@ def _reader() -> ConnectionReader:
 
 
 def _one(record: ConnectionRecord, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
-    from shared.views import to_response
+    from shared.views import etag_of, to_response
 
-    return json_response({"appConnection": to_response(record)}, status, headers)
+    return json_response({"appConnection": to_response(record)}, status, {"ETag": etag_of(record), **(headers or {})})
 
 
 @bp.function_name("list_app_connection_options")
@@ -112,7 +112,8 @@ async def get_app_connection_by_name(req: func.HttpRequest) -> func.HttpResponse
 @endpoint(writer_and_rotator, action="connection.update")
 async def update_app_connection(req: func.HttpRequest) -> func.HttpResponse:
     params = req.route_params
-    return _one(await _service().update(params["app"], params["connectionId"], read_json(req)))
+    return _one(await _service().update(params["app"], params["connectionId"], read_json(req),
+                                        if_match=req.headers.get("if-match")))
 
 
 @bp.function_name("delete_app_connection")
@@ -122,7 +123,7 @@ async def delete_app_connection(req: func.HttpRequest) -> func.HttpResponse:
     from shared.views import to_response
 
     deleted = await _service().delete(req.route_params["app"], req.route_params["connectionId"],
-                                      force=query_bool(req, "force"))
+                                      force=query_bool(req, "force"), if_match=req.headers.get("if-match"))
     return json_response({"appConnection": to_response(deleted.record), "removedKeyIds": deleted.removed_key_ids,
                           "keyIdsLeftLive": deleted.key_ids_left_live})
 

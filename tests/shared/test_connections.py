@@ -287,3 +287,27 @@ async def test_a_previous_application_that_refuses_its_clean_up_does_not_stop_th
     assert final is not None and final.rotation.retire_version is None and final.rotation.status == "succeeded"
     assert not [p for p in old.passwords.values() if p.created_by_service]
     assert h.check() == []
+
+
+async def test_a_change_made_conditional_with_if_match_is_made_only_at_that_version() -> None:
+    from shared.errors import PreconditionFailed
+    from shared.views import etag_of
+
+    h = Harness()
+    record = await h.create(rotation=False)
+    seen = etag_of(record)
+    renamed = await h.api.update(APP, record.id, {"description": "first"}, if_match=seen)
+    assert renamed.description == "first" and etag_of(renamed) != seen
+    for stale in (seen, f"W/{etag_of(renamed)}", '"999", "0"'):  # an older version, a weak tag, none of a list
+        with pytest.raises(PreconditionFailed) as refused:
+            await h.api.update(APP, record.id, {"description": "lost update"}, if_match=stale)
+        assert refused.value.status == 412 and refused.value.headers["ETag"] == etag_of(renamed)
+        with pytest.raises(PreconditionFailed):
+            await h.api.delete(APP, record.id, if_match=stale)
+    unchanged = await h.record(record.id)
+    assert unchanged is not None and unchanged.description == "first"
+    listed = f'"0", {etag_of(renamed)}'
+    assert (await h.api.update(APP, record.id, {"description": "second"}, if_match=listed)).description == "second"
+    assert (await h.api.update(APP, record.id, {"description": "third"}, if_match="*")).description == "third"
+    await h.api.delete(APP, record.id, if_match=etag_of(await h.record(record.id)))  # type: ignore[arg-type]
+    assert await h.record(record.id) is None

@@ -112,7 +112,7 @@ def test_deletions_as_answered_match_the_response_model():
     delete = openapi_document()["paths"]["/api/v1/app-connections/{app}/{connectionId}"]["delete"]
     assert delete["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/DeletedOut"}
-    assert [p["name"] for p in delete["parameters"]] == ["force"]
+    assert [p["name"] for p in delete["parameters"]] == ["If-Match", "force"]
 
 
 def test_rotation_events_and_options_match_their_models():
@@ -158,9 +158,12 @@ def test_the_conformance_check_catches_a_wrong_answer():
     conformance = Conformance(openapi_document())
     path = "/api/v1/app-connections/{app}/{connectionId}"
     request = httpx.Request("GET", "http://h/api/v1/app-connections/azure-key-vault/x")
-    good = _response(200, request, json={"appConnection": to_response(_record())})
+    good = _response(200, request, json={"appConnection": to_response(_record())}, headers={"ETag": '"1"'})
     conformance.check("get", path, good)
-    bad = _response(200, request, json={"appConnection": {**to_response(_record()), "clientSecret": "x"}})
+    with pytest.raises(AssertionError, match="no ETag"):  # a header the document requires
+        conformance.check("get", path, _response(200, request, json={"appConnection": to_response(_record())}))
+    bad = _response(200, request, json={"appConnection": {**to_response(_record()), "clientSecret": "x"}},
+                    headers={"ETag": '"1"'})
     with pytest.raises(Exception):  # schemathesis' failure group
         conformance.check("get", path, bad)
     with pytest.raises(AssertionError):
