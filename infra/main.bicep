@@ -1,6 +1,6 @@
 // Azure App Connections: the Function App (Flex Consumption), its identity, storage, vault and monitoring,
 // its API registration and app roles in Microsoft Entra ID, and optionally a private network.
-// Deploy with `azd up`, or `az deployment sub create` (see infra/README-deploy.md).
+// Deploy with `azd up`, or `az deployment sub create` (see docs/deployment.md).
 targetScope = 'subscription'
 
 metadata name = 'Azure App Connections'
@@ -166,7 +166,7 @@ var apiRoles = [
       'User'
       'Application'
     ]
-    description: 'Read connections, their options, rotation history, health and the app registrations they see: every GET.'
+    description: 'Read connections, their options, rotation history and health, the app registrations they see and the OpenAPI document: every GET but OAuth authorize (Writer) and the audit log (Auditor).'
     displayName: 'App Connections Reader'
     id: 'fae93c08-0e77-456d-9038-a8aa964a23ed'
     isEnabled: true
@@ -177,7 +177,7 @@ var apiRoles = [
       'User'
       'Application'
     ]
-    description: 'Create, update, delete and validate connections; authorize and re-authorize OAuth connections.'
+    description: 'Create, update, delete and validate connections, and check their health now; authorize and re-authorize OAuth connections.'
     displayName: 'App Connections Writer'
     id: '7d590b83-c17d-4ad9-bf69-29041e8cb9b4'
     isEnabled: true
@@ -365,6 +365,7 @@ module apiRegistration 'app/api-registration.bicep' = if (deployApiRegistration)
       consoleRedirectUri
     ]
     federatedIdentityPrincipalId: identity.outputs.principalId
+    azureCloud: azureCloud
   }
 }
 
@@ -452,6 +453,8 @@ output AZURE_FUNCTION_APP_URL string = api.outputs.uri
 output SITE_URL string = api.outputs.siteUrl
 output CONSOLE_REDIRECT_URI string = consoleRedirectUri
 output AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
+// The cloud of AZURE_CLOUD: the postprovision hook gives the console's federated credential its audience.
+output AZURE_CLOUD string = azureCloud
 output OAUTH_REDIRECT_URI string = '${api.outputs.siteUrl}/organization/app-connections/azure/oauth/callback'
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 output AZURE_KEY_VAULT_ENDPOINT string = keyVault.outputs.uri

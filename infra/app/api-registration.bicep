@@ -29,6 +29,22 @@ param federatedIdentityPrincipalId string = ''
 @description('Optional. Issuer of the managed identity\'s tokens: {login endpoint}{tenant}/v2.0.')
 param federatedIdentityIssuer string = '${environment().authentication.loginEndpoint}${tenant().tenantId}/v2.0'
 
+@description('Optional. The Azure cloud the service talks to (AZURE_CLOUD): the federated credential\'s audience is its token-exchange audience. Defaults to the cloud deployed to.')
+@allowed([
+  'AzurePublicCloud'
+  'AzureUSGovernment'
+  'AzureChinaCloud'
+])
+param azureCloud string = environment().name == 'AzureUSGovernment' || environment().name == 'AzureChinaCloud' ? environment().name : 'AzurePublicCloud'
+
+// Each cloud's token-exchange audience, as shared/settings.py (CLOUDS) has it: the service asks its managed
+// identity for a token for the audience of AZURE_CLOUD, so the federated credential must name the same one.
+var tokenExchangeAudiences = {
+  AzurePublicCloud: 'api://AzureADTokenExchange'
+  AzureUSGovernment: 'api://AzureADTokenExchangeUSGov'
+  AzureChinaCloud: 'api://AzureADTokenExchangeChina'
+}
+
 resource application 'Microsoft.Graph/applications@v1.0' = {
   uniqueName: uniqueName
   displayName: displayName
@@ -55,14 +71,15 @@ resource application 'Microsoft.Graph/applications@v1.0' = {
   }
 }
 
-// The console's client credential: the managed identity's token for api://AzureADTokenExchange, no secret.
+// The console's client credential: the managed identity's token for the cloud's token-exchange audience
+// (api://AzureADTokenExchange in the public cloud), no secret.
 resource consoleFederatedCredential 'Microsoft.Graph/applications/federatedIdentityCredentials@v1.0' = if (!empty(federatedIdentityPrincipalId)) {
   name: '${application.uniqueName}/console-managed-identity'
   description: 'The App Connections service\'s managed identity signs people in to the console.'
   issuer: federatedIdentityIssuer
   subject: federatedIdentityPrincipalId
   audiences: [
-    'api://AzureADTokenExchange'
+    tokenExchangeAudiences[azureCloud]
   ]
 }
 

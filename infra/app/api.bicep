@@ -65,7 +65,7 @@ param instanceMemoryMB int = 2048
 @description('Optional. Most instances the app scales out to.')
 param maximumInstanceCount int = 40
 
-@description('Optional. Application (client) id of the service\'s API registration (AUTH_AUDIENCE): tokens must be issued for it. Empty leaves the management routes answering 503 until it is set.')
+@description('Optional. Application (client) id of the service\'s API registration (AUTH_AUDIENCE): tokens must be issued for it. Empty: until it is set, the /api/v1 routes answer a token with 503 and the console cannot sign in.')
 param authAudience string = ''
 
 @minValue(1)
@@ -247,7 +247,8 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identity.properties.clientId};Authorization=AAD'
     PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
     // Keep every trace: the distro's default (5 traces a second) could drop a failed request or a rotation in a
-    // burst, and at this service's volume keeping all of them costs little (docs/telemetry.md has the figures).
+    // burst, and at this service's volume keeping all of them costs little (docs/telemetry.md, "Sampling",
+    // estimates that volume).
     OTEL_TRACES_SAMPLER: 'always_on'
   }
 }

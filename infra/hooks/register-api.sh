@@ -12,6 +12,7 @@
 #   AUTH_USER_IMPERSONATION_SCOPE   the delegated permission (JSON permissionScope object)
 #   CONSOLE_REDIRECT_URI            the console's sign-in redirect URI (https://<host>/auth/callback)
 #   AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID   the managed identity of the console's federated credential
+#   AZURE_CLOUD                     the service's cloud (azureCloud): the federated credential's audience
 # Idempotent: `az ad app create` patches the application that has this display name and identifier URI.
 # Needs `az login` to the same tenant as azd, as someone who may register applications.
 set -eu
@@ -22,7 +23,7 @@ if [ "${AZURE_DEPLOY_API_REGISTRATION:-true}" != "false" ]; then
 fi
 
 missing=""
-for name in AZURE_ENV_NAME AZURE_RESOURCE_GROUP AZURE_FUNCTION_APP_NAME AUTH_IDENTIFIER_URI AUTH_APP_ROLES AUTH_USER_IMPERSONATION_SCOPE CONSOLE_REDIRECT_URI AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID; do
+for name in AZURE_ENV_NAME AZURE_RESOURCE_GROUP AZURE_FUNCTION_APP_NAME AUTH_IDENTIFIER_URI AUTH_APP_ROLES AUTH_USER_IMPERSONATION_SCOPE CONSOLE_REDIRECT_URI AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID AZURE_CLOUD; do
     eval "value=\${$name:-}"
     [ -n "$value" ] || missing="$missing $name"
 done
@@ -30,6 +31,17 @@ if [ -n "$missing" ]; then
     echo "register-api: missing from the azd environment:$missing (outputs of infra/main.bicep; run azd provision)." >&2
     exit 1
 fi
+
+# The audience of the console's federated credential: the token-exchange audience of AZURE_CLOUD, the one the
+# service asks its managed identity's token for (shared/settings.py CLOUDS; infra/app/api-registration.bicep maps
+# it the same way). Case-insensitive, as the service reads AZURE_CLOUD.
+case "$(printf '%s' "$AZURE_CLOUD" | tr '[:upper:]' '[:lower:]')" in
+    azurepubliccloud) audience="api://AzureADTokenExchange" ;;
+    azureusgovernment) audience="api://AzureADTokenExchangeUSGov" ;;
+    azurechinacloud) audience="api://AzureADTokenExchangeChina" ;;
+    *) echo "register-api: AZURE_CLOUD must be AzurePublicCloud, AzureUSGovernment or AzureChinaCloud, not '$AZURE_CLOUD'." >&2
+       exit 1 ;;
+esac
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -66,10 +78,10 @@ fic="$(az ad app federated-credential list --id "$app_id" --query "[?name=='cons
 if [ "${fic:-0}" = "0" ]; then
     login="$(az cloud show --query endpoints.activeDirectory --output tsv)"
     tenant="$(az account show --query tenantId --output tsv)"
-    printf '{"name": "console-managed-identity", "issuer": "%s/%s/v2.0", "subject": "%s", "audiences": ["api://AzureADTokenExchange"], "description": "The App Connections service signs people in to the console."}\n' \
-        "${login%/}" "$tenant" "$AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID" >"$work/fic.json"
+    printf '{"name": "console-managed-identity", "issuer": "%s/%s/v2.0", "subject": "%s", "audiences": ["%s"], "description": "The App Connections service signs people in to the console."}\n' \
+        "${login%/}" "$tenant" "$AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID" "$audience" >"$work/fic.json"
     az ad app federated-credential create --id "$app_id" --parameters "@$work/fic.json" --output none
-    echo "register-api: added the console's federated credential (managed identity $AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID)"
+    echo "register-api: added the console's federated credential (managed identity $AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID, audience $audience)"
 fi
 
 # The service principal: the resource people and daemons are assigned roles on; no role, no token.
