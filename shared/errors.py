@@ -200,6 +200,10 @@ class UpstreamError(ServiceError):
     title = "An Azure service did not answer as expected"
 
 
+class VersionDisabled(UpstreamError):
+    """Key Vault refuses to read a version because it is disabled (it was superseded)."""
+
+
 class UpstreamForbidden(ServiceError):
     """Azure refused a call made with the connection's own credentials for lack of a permission: the
     owner must grant it, so this is the caller's to fix (400), not a service fault."""

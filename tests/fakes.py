@@ -26,6 +26,7 @@ from shared.errors import (
     NotFound,
     UpstreamError,
     UpstreamForbidden,
+    VersionDisabled,
 )
 from shared.federation import FederationIdentity, federation_identity
 from shared.ports import (
@@ -577,7 +578,7 @@ class FakeVault:
             raise NotFound(f"The secret {name} was deleted.")
         item = self.version(name, version)
         if not item.enabled:
-            raise UpstreamError(f"Key Vault refused to read a disabled version of {name} (403 Forbidden).")
+            raise VersionDisabled(f"Key Vault refused to read a disabled version of {name}.")
         return dict(item.material)
 
     async def disable(self, name: str, version: str) -> None:

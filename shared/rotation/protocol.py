@@ -27,6 +27,7 @@ created on an application is current, or recorded in the journal, or removed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -45,6 +46,7 @@ from shared.errors import (
     NotFound,
     ServiceError,
     UpstreamError,
+    VersionDisabled,
 )
 from shared.notify import rotation_failed
 from shared.ports import AppRegistration, GraphSession, Lost, ScheduleStore
@@ -540,7 +542,7 @@ class Rotator(Journaled):
         changed), the rotation of the credential in use goes on all the same. The clean-up stays in the journal
         (``retire_*``: tracked, and shown in the rotation's message) and is tried again before each rotation."""
         try:
-            return await self.retire(record)
+            retired = await self.retire(record)
         except LeaseLost:
             raise
         except (ServiceError, OSError, TimeoutError) as error:
@@ -548,6 +550,11 @@ class Rotator(Journaled):
             log.warning("Connection %s: retiring the previous application's secrets failed (%s); rotating the "
                         "credential in use all the same", record.id, detail)
             return record
+        # The record as the retirement left it, or as a concurrent change made it: the rotation's steps go on only
+        # while this worker still holds it (a worker held up past its lease finds another's journal here).
+        if retired.rotation.lease_owner != self.owner or retired.rotation.rotation_id != record.rotation.rotation_id:
+            raise LeaseLost(f"Another worker took the rotation of {record.id} over.")
+        return retired
 
     async def retire(self, record: ConnectionRecord) -> ConnectionRecord:
         """Remove every credential the service created for this connection on the application it used before its
@@ -559,14 +566,21 @@ class Rotator(Journaled):
         same_app = (state.retire_client_id or "").lower() == (record.client_id or "").lower() and (
             (state.retire_tenant_id or "").lower() == record.tenant_id.lower())
         version = record.secret_version if same_app else state.retire_version
-        material = await self.adapters.vault.get(record.secret_name, version)
-        async with self.adapters.directory.graph(Method(record.method), state.retire_tenant_id or record.tenant_id,
-                                                 state.retire_client_id or "", material) as graph:
-            await remove_rolled(roll_of(record), graph, state.retire_client_id or "", set(),
-                                connection_marker(record.id), keep=state.key_id if same_app else None,
-                                audit=self._removal(record), signer=material, now=self.now(),
-                                fence=self.lease_check(state))  # when a rotation's worker retires, under its lease
-        await self.adapters.vault.disable_others(record.secret_name, record.secret_version)
+        try:
+            material: dict[str, str] | None = await self.adapters.vault.get(record.secret_name, version)
+        except VersionDisabled:
+            # Only a retirement disables the previous application's version, once its removals are done: one that
+            # stopped before it forgot that application (a crash, a worker held up past its lease) did them all.
+            material = None
+        if material is not None:
+            async with self.adapters.directory.graph(Method(record.method),
+                                                     state.retire_tenant_id or record.tenant_id,
+                                                     state.retire_client_id or "", material) as graph:
+                await remove_rolled(roll_of(record), graph, state.retire_client_id or "", set(),
+                                    connection_marker(record.id), keep=state.key_id if same_app else None,
+                                    audit=self._removal(record), signer=material, now=self.now(),
+                                    fence=self.lease_check(state))  # a rotation's worker retires under its lease
+            await self.adapters.vault.disable_others(record.secret_name, record.secret_version)
         await self.checkpoint("after-retire", record)
         # The current credential is the user's now (a credentials change is what started a retirement): nothing
         # the service created is left on the application it uses, unless a rotation has begun since.
@@ -618,13 +632,16 @@ class Rotator(Journaled):
         marker), with the connection's current credential; and from the application it left, if any."""
         removed: list[str] = []
         state = record.rotation
+        retired: dict[str, str] | None = None
         if state.retire_version is not None:
-            material = await self.adapters.vault.get(record.secret_name, state.retire_version)
+            with contextlib.suppress(VersionDisabled):  # disabled once that application's removals were all done
+                retired = await self.adapters.vault.get(record.secret_name, state.retire_version)
+        if retired is not None:
             async with self.adapters.directory.graph(Method(record.method), state.retire_tenant_id or "",
-                                                     state.retire_client_id or "", material) as graph:
+                                                     state.retire_client_id or "", retired) as graph:
                 removed += await remove_rolled(roll_of(record), graph, state.retire_client_id or "", set(),
                                                connection_marker(record.id), audit=self._removal(record),
-                                               signer=material, now=self.now())
+                                               signer=retired, now=self.now())
         if state.managed or state.rotation_id is not None:
             material = await self.adapters.vault.get(record.secret_name, record.secret_version)
             async with self.adapters.directory.graph(Method(record.method), record.tenant_id,

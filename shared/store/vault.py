@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from shared.errors import UpstreamError
+from shared.errors import UpstreamError, VersionDisabled
 from shared.ports import StoredVersion
 from shared.redaction import register_secret
 
@@ -67,7 +67,15 @@ class SecretVault:
         return StoredVersion(version, stored)
 
     async def get(self, name: str, version: str) -> dict[str, str]:
-        secret = await self._clients.secrets().get_secret(name, version)
+        """The material of a version; :class:`VersionDisabled` when the vault refuses it as disabled."""
+        from azure.core.exceptions import HttpResponseError
+
+        try:
+            secret = await self._clients.secrets().get_secret(name, version)
+        except HttpResponseError as error:
+            if error.status_code == 403 and "disabled" in str(getattr(error, "message", "") or error).lower():
+                raise VersionDisabled(f"Key Vault refused to read a disabled version of {name}.") from None
+            raise
         return _material(secret.value or "{}")
 
     async def disable(self, name: str, version: str) -> None:

@@ -311,3 +311,67 @@ async def test_a_change_made_conditional_with_if_match_is_made_only_at_that_vers
     assert (await h.api.update(APP, record.id, {"description": "third"}, if_match="*")).description == "third"
     await h.api.delete(APP, record.id, if_match=etag_of(await h.record(record.id)))  # type: ignore[arg-type]
     assert await h.record(record.id) is None
+
+
+async def test_a_worker_held_up_in_the_clean_up_before_its_rotation_goes_no_further_once_another_took_over() -> None:
+    from shared.errors import LeaseLost
+    from shared.rotation.protocol import Rotator
+
+    h = Harness()
+    record = await h.create()
+    old = h.fakes.world.apps[record.client_id or ""]
+    old.may_manage_itself = False  # the clean-up of the previous application waits in the journal
+    _, credentials = h.new_application()
+    await h.api.update(APP, record.id, {"credentials": credentials})
+    old.may_manage_itself = True
+    await h.due()
+    driven: list[str] = []
+    real_test = Rotator._test
+
+    async def noted(self: Rotator, record: ConnectionRecord, run: object) -> ConnectionRecord:
+        driven.append(self.owner)
+        return await real_test(self, record, run)  # type: ignore[arg-type]
+
+    Rotator._test = noted  # type: ignore[method-assign]
+    try:
+        first, woken = await h.held_up_at("after-retire", h.sweep)  # its lease runs out in the clean-up
+        await h.sweep()  # another worker takes the rotation over and ends it
+        taken = await h.record(record.id)
+        assert taken is not None and taken.rotation.status == "succeeded" and taken.rotation.retire_version is None
+        steps_of_others = len(driven)
+        woken.set()
+        await first  # the sweep reports the attempt as skipped: LeaseLost
+        assert len(driven) == steps_of_others  # the first one drove no step of the journal it no longer holds
+        after = await h.record(record.id)
+        assert after is not None and (after.rotation, after.secret_version) == (taken.rotation, taken.secret_version)
+        assert h.check() == []
+    finally:
+        Rotator._test = real_test  # type: ignore[method-assign]
+    assert LeaseLost  # the error the sweep takes for "another worker holds it"
+
+
+async def test_a_clean_up_of_the_previous_application_that_crashed_after_its_removals_is_finished_later() -> None:
+    # It disabled the previous application's vault version, then the process died before the journal forgot that
+    # application: the next attempt cannot read that version, and must take the removals as done, not fail forever.
+    from tests.lifecycle_harness import Crash
+
+    h = Harness()
+    record = await h.create()
+    old = h.fakes.world.apps[record.client_id or ""]
+
+    async def crash(name: str, current: ConnectionRecord) -> None:
+        if name == "after-retire":
+            raise Crash(name)
+
+    _, credentials = h.new_application()
+    with pytest.raises(Crash):
+        await h.services(checkpoint=crash).connections.update(APP, record.id, {"credentials": credentials})
+    stopped = await h.record(record.id)
+    assert stopped is not None and stopped.rotation.retire_version is not None
+    assert not [p for p in old.passwords.values() if p.created_by_service]  # its removals were done
+    await h.due()
+    await h.sweep()
+    after = await h.record(record.id)
+    assert after is not None and after.rotation.status == "succeeded", after.rotation.message
+    assert after.rotation.retire_version is None and "could not be removed" not in (after.rotation.message or "")
+    assert h.check() == []

@@ -1,0 +1,29 @@
+"""The Key Vault store (``shared.store.vault``) against the stand-in's vault, through the real SDK: a version the
+vault refuses as disabled is told apart from every other failure, as the rotation's clean-up needs."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from shared.azure.clients import AzureClients
+from shared.errors import VersionDisabled
+from shared.store.vault import SecretVault
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_a_disabled_version_is_refused_as_disabled_and_an_enabled_one_is_read(clients: AzureClients) -> None:
+    vault = SecretVault(clients)
+    name = f"vault-test-{uuid.uuid4().hex[:8]}"
+    old = await vault.write(name, {"clientSecret": "old-" + uuid.uuid4().hex}, {})
+    new = await vault.write(name, {"clientSecret": "new-" + uuid.uuid4().hex}, {})
+    assert await vault.disable_others(name, new.version) == 1
+    with pytest.raises(VersionDisabled):
+        await vault.get(name, old.version)
+    assert await vault.get(name, new.version) == new.material
+    with pytest.raises(Exception) as missing:  # a version that does not exist is another failure
+        await vault.get(name, uuid.uuid4().hex)
+    assert not isinstance(missing.value, VersionDisabled)
+    await vault.delete(name)
