@@ -332,12 +332,35 @@ async def caller(req: func.HttpRequest, changes: bool = False) -> Principal:
                                    changes)
 
 
+def refuse_repeated_query(req: func.HttpRequest) -> None:
+    """A query parameter given twice is a 400: which one counts would be the host's choice, not the caller's."""
+    query = req.url.partition("?")[2].partition("#")[0]
+    if "&" not in query:
+        return
+    from urllib.parse import parse_qsl
+
+    from shared.errors import FieldError, InvalidRequest
+    from shared.fields import pointer_part
+
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for name, _ in parse_qsl(query, keep_blank_values=True):
+        if name in seen and name not in repeated:
+            repeated.append(name)
+        seen.add(name)
+    if repeated:
+        raise InvalidRequest("A query parameter is given more than once.",
+                             errors=[FieldError(f"/{pointer_part(name)}", "is given more than once")
+                                     for name in repeated])
+
+
 async def answer(handler: Handler, req: func.HttpRequest, instance: str) -> func.HttpResponse:
     """Run ``handler``: a domain error becomes its problem, an unmapped Azure failure a 502, anything else a 500
     that says nothing of the request (the details go to the log, never a secret)."""
     from shared.errors import ServiceError, UpstreamError
 
     try:
+        refuse_repeated_query(req)
         return await handler(req)
     except ServiceError as error:
         if error.status >= 500:

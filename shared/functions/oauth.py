@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import azure.functions as func
 
 from shared.functions.connections import BASE, OPEN
-from shared.functions.http import endpoint, json_response, traced
+from shared.functions.http import endpoint, json_response, refuse_repeated_query, traced
 
 if TYPE_CHECKING:
     from shared.errors import ServiceError
@@ -91,6 +91,7 @@ async def app_connection_oauth_callback(req: func.HttpRequest) -> func.HttpRespo
     from shared.wiring import oauth_state_lookup
 
     try:  # an answer that completes no pending sign-in is refused here, before the flow (and its SDKs) is built
+        refuse_repeated_query(req)  # a state or code given twice: which one counts is not the host's to choose
         await refuse_unless_pending(oauth_state_lookup(), req.params)
     except ServiceError as error:
         if isinstance(error, UpstreamError):  # Table Storage failed: the page an Azure failure of the flow gives

@@ -133,3 +133,30 @@ def test_a_compressed_body_is_refused_as_unsupported_not_as_bad_utf8(encoding):
     plain = func.HttpRequest(method="POST", url="http://localhost/api/v1/x", params={}, body=b'{"a": 1}',
                              headers={"content-type": "application/json", "content-encoding": "identity"})
     assert read_json(plain) == {"a": 1}
+
+
+@pytest.mark.parametrize(("query", "pointers"), [
+    ("limit=1&limit=1000", ["/limit"]),
+    ("name=a&description=b&name=c&description=d", ["/name", "/description"]),
+    ("a%2Fb=1&a/b=2", ["/a~1b"]),
+])
+async def test_a_query_parameter_given_twice_is_refused_before_the_handler_runs(query, pointers):
+    ran: list[bool] = []
+
+    async def handler(req):
+        ran.append(True)
+        return func.HttpResponse("ok")
+
+    req = func.HttpRequest(method="GET", url=f"http://localhost/api/v1/x?{query}", headers={}, params={}, body=b"")
+    response = await answer(handler, req, "/api/v1/x")
+    assert response.status_code == 400 and not ran
+    assert [e["pointer"] for e in json.loads(response.get_body())["errors"]] == pointers
+
+
+async def test_distinct_query_parameters_reach_the_handler():
+    async def handler(req):
+        return func.HttpResponse("ok")
+
+    req = func.HttpRequest(method="GET", url="http://localhost/api/v1/x?limit=2&continuationToken=a%26b", headers={},
+                           params={}, body=b"")
+    assert (await answer(handler, req, "/api/v1/x")).status_code == 200

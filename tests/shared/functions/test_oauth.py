@@ -67,3 +67,15 @@ def test_only_a_browser_with_a_console_session_cookie_is_sent_back_to_the_consol
     assert not _from_console(request("__Host-appconn="))
     assert not _from_console(request("__Host-appconn-login=abc"))
     assert not _from_console(request("appconn=abc"))
+
+
+async def test_a_callback_with_a_state_or_code_given_twice_is_refused_before_anything_is_read() -> None:
+    from shared.functions.oauth import bp
+
+    callback = next(b._function.get_user_function() for b in bp._function_builders
+                    if b._function.get_function_name() == "app_connection_oauth_callback")
+    req = func.HttpRequest("GET", "http://localhost/organization/app-connections/azure/oauth/callback?state=a&code=b"
+                           "&state=c", headers={}, params={"state": "a", "code": "b"}, body=b"")
+    response = await callback(req)  # no Table endpoint is configured: a read would fail as a 502, not a 400
+    assert response.status_code == 400
+    assert "more than once" in response.get_body().decode()
