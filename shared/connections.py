@@ -717,7 +717,8 @@ class ConnectionService:
             changes: dict[str, Any] = {
                 "tenant_id": tenant_id, "client_id": client_id, "status": STATUS_ACTIVE, "status_message": None,
                 "last_validated_at": self.now(), "updated_at": self.now(), "version": record.version + 1,
-                "updated_by": acting_actor(), "authorized_by": authorized_by or record.authorized_by,
+                # The person whose grant the new refresh token is, never the one before (None when Entra named none).
+                "updated_by": acting_actor(), "authorized_by": authorized_by,
             }
             renamed = name is not None and name != record.name
             if renamed:

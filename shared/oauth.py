@@ -152,7 +152,14 @@ class OAuthFlow:
 
         def same_person(record: ConnectionRecord) -> None:
             before = record.authorized_by
-            if (before is None or consent is None or before.oid == consent.oid or pending.allow_different_user):
+            if before is None or pending.allow_different_user:
+                return
+            if consent is None:  # who signed in is not known: it cannot be shown to be the same person (fail closed)
+                raise DifferentUser(
+                    f"Entra ID did not say who signed in, so it cannot be checked against who authorized this "
+                    f"connection ({before.upn or before.oid}). To replace their authorization, start again with "
+                    "allowDifferentUser=true. Nothing was saved.")
+            if before.oid == consent.oid:
                 return
             raise DifferentUser(
                 f"You signed in as {signed_in}, but this connection was authorized by {before.upn or before.oid}. "
@@ -195,10 +202,18 @@ class DifferentUser(ServiceError):
 
 
 def authorization_of(result: TokenResult, tenant: str) -> Authorization | None:
-    """Who consented, from the sign-in's ID token (or its access token)."""
+    """Who consented: the sign-in's ID token names them (with the profile scope), else its access token does (a
+    user's access token carries ``oid`` and ``upn``); None when neither says."""
+    from shared.azure.entra import jwt_claims
+
     oid = result.claims.get("oid")
+    username = result.username
+    if not oid:
+        access = jwt_claims(result.access_token)
+        oid = access.get("oid")
+        username = username or access.get("upn") or access.get("preferred_username")
     if not oid:
         return None
-    return Authorization(str(oid), result.username, tenant)
+    return Authorization(str(oid), str(username) if username else None, tenant)
 
 

@@ -53,7 +53,9 @@ def code_challenge(verifier: str) -> str:
 
 
 def oauth_scopes(app: AppSpec, settings: Settings) -> str:
-    return f"openid offline_access {app.oauth_scope(settings)}"
+    # profile: the ID token names who signed in (oid, preferred_username) only with it (Entra's ID token claims
+    # reference), and the connection records that person and refuses another's re-authorization by it.
+    return f"openid profile offline_access {app.oauth_scope(settings)}"
 
 
 def authorize_url(

@@ -542,6 +542,9 @@ def _issue(
             "name": user.display_name,
             "ver": "2.0",
         }
+        if "profile" not in wanted:  # as Entra: who signed in (oid) and their names need the profile scope
+            for claim in ("oid", "preferred_username", "name"):
+                id_claims.pop(claim, None)
         if nonce:  # the authorize request's nonce, as Entra echoes it (only from the authorization code grant)
             id_claims["nonce"] = nonce
         with ctx.state.lock:  # an app signing users in to itself: the app roles assigned to them on it

@@ -142,7 +142,7 @@ def test_start_stores_a_state_with_pkce_and_points_at_the_authorize_endpoint(api
         "https://azconfig.io" if app == "azure-app-configuration" else local_env.standin.url)
     assert query["client_id"] == local_env.oauth_clients[PREFIXES[app]].client_id
     assert query["redirect_uri"] == host_url + CALLBACK
-    assert query["scope"] == f"openid offline_access {scope}/.default"
+    assert query["scope"] == f"openid profile offline_access {scope}/.default"
     assert (query["response_type"], query["response_mode"], query["code_challenge_method"]) == ("code", "query", "S256")
     entity = entity_of(states_table, url)
     assert entity["App"] == app and entity["TenantId"] == tenant and entity["Description"] == "d"

@@ -19,7 +19,7 @@ import pytest
 from localdev.standin import StandIn
 
 REDIRECT = "https://app.example.com/organization/app-connections/azure/oauth/callback"
-SCOPE = "openid offline_access https://vault.azure.net/.default"
+SCOPE = "openid profile offline_access https://vault.azure.net/.default"
 
 
 @dataclass
@@ -117,6 +117,20 @@ def test_the_whole_flow_gives_delegated_tokens_and_a_refresh_token(standin, clie
     assert identity["oid"] == access["oid"] and identity["preferred_username"]
     issued = standin.admin.oauth_tokens()
     assert {body["access_token"], body["refresh_token"], body["id_token"]} <= set(issued["issued"])
+
+
+def test_without_the_profile_scope_the_id_token_names_nobody_as_entra_s_does(standin, client, http):
+    # Entra's ID token claims reference: oid, preferred_username and name need the profile scope.
+    verifier = secrets.token_urlsafe(64)
+    answer = query_of(authorize(http, client, code_challenge=challenge_of(verifier), code_challenge_method="S256",
+                                scope="openid offline_access https://vault.azure.net/.default"))
+    token = redeem(http, client, answer["code"], verifier, scope="openid offline_access https://vault.azure.net/.default")
+    assert token.status_code == 200, token.text
+    identity = jwt.decode(token.json()["id_token"], options={"verify_signature": False})
+    assert identity["tid"] == client.tenant and identity["sub"]
+    assert not {"oid", "preferred_username", "name"} & identity.keys()
+    access = jwt.decode(token.json()["access_token"], options={"verify_signature": False})
+    assert access["oid"] and access["upn"]  # the user's access token still says who it is
 
 
 def test_codes_are_single_use_and_bound_to_pkce_client_and_redirect_uri(standin, client, http):

@@ -136,3 +136,64 @@ def test_jwt_claims_are_read_without_trusting_anything_else():
     assert jwt_claims(None) == {}
     assert jwt_claims("a.!!!.c") == {}
     assert jwt_claims("a." + base64.urlsafe_b64encode(b"[1]").decode() + ".c") == {}
+
+
+# -- who authorized a connection ----------------------------------------------------------------------------------
+def _access_token(claims: dict[str, str]) -> str:
+    def part(value: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'RS256'})}.{part(claims)}.c2ln"
+
+
+def _answers(fakes, id_claims: dict[str, str], access_claims: dict[str, str] | None = None) -> None:  # type: ignore[no-untyped-def]
+    """The fake token endpoint answers a sign-in with these ID token claims (and an access token of these)."""
+    from shared.ports import TokenResult
+
+    redeem = fakes.tokens.redeem
+
+    async def answered(tenant, form):  # type: ignore[no-untyped-def]
+        result = await redeem(tenant, form)
+        access = _access_token(access_claims) if access_claims is not None else result.access_token
+        return TokenResult(access, result.refresh_token, result.expires_on, dict(id_claims))
+
+    fakes.tokens.redeem = answered
+
+
+async def _signed_in(fakes, params: dict[str, str]):  # type: ignore[no-untyped-def]
+    import urllib.parse
+
+    from shared.audit import RequestContext, acting
+    from shared.records import Actor
+
+    flow = wiring.services(fakes.adapters).oauth
+    with acting(RequestContext(Actor("writer-1", "writer@contoso.example", "user", "AppConnections.Writer"))):
+        url = await flow.start("azure-key-vault", params)
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    assert "profile" in query["scope"][0].split()  # so that Entra's ID token names who signed in (oid)
+    return await flow.complete({"code": "a-code", "state": query["state"][0]})
+
+
+async def test_a_sign_in_that_names_nobody_cannot_replace_another_person_s_authorization_unless_allowed():
+    from tests.fakes import TENANT, build_fakes
+
+    fakes = build_fakes()
+    _answers(fakes, {"tid": TENANT, "oid": "alice-oid", "preferred_username": "alice@contoso.example"})
+    created = (await _signed_in(fakes, {"name": "kv", "tenantId": TENANT})).record
+    assert (created.authorized_by.oid, created.authorized_by.upn) == ("alice-oid", "alice@contoso.example")
+    _answers(fakes, {"tid": TENANT, "sub": "pairwise"}, access_claims={"tid": TENANT})  # neither token says who
+    with pytest.raises(OAuthFailed, match="did not say who signed in"):
+        await _signed_in(fakes, {"connectionId": created.id})
+    kept = await fakes.connections.get("azure-key-vault", created.id)
+    assert (kept.authorized_by, kept.secret_version) == (created.authorized_by, created.secret_version)
+    allowed = await _signed_in(fakes, {"connectionId": created.id, "allowDifferentUser": "true"})
+    assert allowed.record.authorized_by is None  # the new grant is nobody known, not still Alice's
+
+
+async def test_who_signed_in_is_taken_from_the_access_token_when_the_id_token_does_not_say():
+    from tests.fakes import TENANT, build_fakes
+
+    fakes = build_fakes()
+    _answers(fakes, {"tid": TENANT}, access_claims={"tid": TENANT, "oid": "bob-oid", "upn": "bob@contoso.example"})
+    created = (await _signed_in(fakes, {"name": "kv2", "tenantId": TENANT})).record
+    assert (created.authorized_by.oid, created.authorized_by.upn) == ("bob-oid", "bob@contoso.example")

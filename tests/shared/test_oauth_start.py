@@ -59,7 +59,7 @@ def test_the_authorize_url_carries_every_parameter(tenant, segment):
         "response_type": "code",
         "response_mode": "query",
         "redirect_uri": "https://connections.example.com/organization/app-connections/azure/oauth/callback",
-        "scope": "openid offline_access https://vault.azure.net/.default",
+        "scope": "openid profile offline_access https://vault.azure.net/.default",
         "state": "state-1",
         "code_challenge": "challenge-1",
         "code_challenge_method": "S256",
@@ -70,7 +70,7 @@ def test_the_authorize_url_carries_every_parameter(tenant, segment):
 def test_the_graph_scope_follows_the_graph_endpoint_setting():
     settings = load_settings({**CONFIGURED, "GRAPH_ENDPOINT": "https://graph.microsoft.us"})
     url = authorize_url(settings, APPS["azure-client-secrets"], "c", None, "s", "x")
-    assert parse_qs(urlsplit(url).query)["scope"] == ["openid offline_access https://graph.microsoft.us/.default"]
+    assert parse_qs(urlsplit(url).query)["scope"] == ["openid profile offline_access https://graph.microsoft.us/.default"]
 
 
 def test_the_query_has_the_fields_of_its_schema_in_its_order():
