@@ -204,7 +204,12 @@ class TokenValidator:
                 "tenant and client ID). The service has no open mode.")
 
     async def validate(self, authorization: str | None) -> Principal:
-        return (await self._checked(bearer_token(authorization)))[1]
+        claims, principal = await self._checked(bearer_token(authorization))
+        # An access token names the client it was issued to (azp, v1 appid) and never carries a nonce; an ID token
+        # (the console's, whose audience is this API too) is the other way round, and is no credential for the API.
+        if "nonce" in claims or not (claims.get("azp") or claims.get("appid")):
+            raise _unauthorized("The token is not an access token (an ID token is not accepted as a bearer token).")
+        return principal
 
     async def claims(self, token: str) -> dict[str, Any]:
         """The claims of a token of the tenant for this API (an access token, or the console's ID token)."""

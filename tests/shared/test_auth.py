@@ -74,7 +74,7 @@ def _validator(tenant: Tenant, clock: Clock | None = None, **env: str) -> TokenV
 def token(claims: dict[str, Any] | None = None, key: rsa.RSAPrivateKey = KEY, kid: str = "k1",
           alg: str = "RS256") -> str:
     now = int(time.time())
-    body = {"iss": ISSUER, "aud": API, "tid": TENANT, "oid": "u1", "sub": "u1", "name": "Ada",
+    body = {"iss": ISSUER, "aud": API, "tid": TENANT, "azp": "client-app", "oid": "u1", "sub": "u1", "name": "Ada",
             "preferred_username": "ada@contoso.example", "roles": ["AppConnections.Reader"], "iat": now,
             "nbf": now, "exp": now + 3600, **(claims or {})}
     return jwt.encode(body, key, algorithm=alg, headers={"kid": kid})
@@ -84,6 +84,20 @@ async def test_a_valid_token_of_a_person_names_them_and_their_roles() -> None:
     principal = await _validator(Tenant()).validate(f"Bearer {token()}")
     assert principal == Principal("u1", "ada@contoso.example", "user", TENANT,
                                   frozenset({"AppConnections.Reader"}))
+
+
+@pytest.mark.parametrize("claims", [
+    {"azp": None},  # Entra's ID tokens name no client (azp, v1 appid): access tokens always do
+    {"nonce": "n-1"},  # an ID token of the authorization code flow echoes its nonce; no access token has one
+])
+async def test_an_id_token_for_this_api_is_no_bearer_token(claims: dict[str, Any]) -> None:
+    with pytest.raises(Unauthorized, match="not an access token") as refused:
+        await _validator(Tenant()).validate(f"Bearer {token(claims)}")
+    assert refused.value.status == 401 and "WWW-Authenticate" in refused.value.headers
+
+
+async def test_a_v1_access_token_names_its_client_by_appid() -> None:
+    assert await _validator(Tenant()).validate(f"Bearer {token({'azp': None, 'appid': 'client-app'})}")
 
 
 async def test_an_app_only_token_is_a_daemon() -> None:
@@ -286,7 +300,8 @@ def _b64(data: bytes) -> str:
 def _claims(**changes: Any) -> dict[str, Any]:
     """A valid access token's claims, changed (a value of ``...`` leaves the claim out)."""
     now = int(time.time())
-    body = {"iss": ISSUER, "aud": API, "tid": TENANT, "oid": "u1", "sub": "u1", "roles": ["AppConnections.Reader"],
+    body = {"iss": ISSUER, "aud": API, "tid": TENANT, "azp": "client-app", "oid": "u1", "sub": "u1",
+            "roles": ["AppConnections.Reader"],
             "iat": now, "nbf": now, "exp": now + 3600, **changes}
     return {name: value for name, value in body.items() if value is not ...}
 
