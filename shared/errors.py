@@ -204,6 +204,10 @@ class VersionDisabled(UpstreamError):
     """Key Vault refuses to read a version because it is disabled (it was superseded)."""
 
 
+class SecretGone(UpstreamError):
+    """Key Vault has no such secret or version (deleted outside the service): the connection cannot sign in."""
+
+
 class UpstreamForbidden(ServiceError):
     """Azure refused a call made with the connection's own credentials for lack of a permission: the
     owner must grant it, so this is the caller's to fix (400), not a service fault."""

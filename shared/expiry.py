@@ -21,8 +21,20 @@ def status_of(expires_at: datetime | None, refused: bool, now: datetime, warning
     return HEALTHY
 
 
+def next_check(now: datetime, interval: timedelta, expires_at: datetime | None, warning: timedelta) -> datetime:
+    """When to check next: after ``interval``, or sooner when the credential starts expiring or expires before
+    then, so that the warning and the expiry are noticed (and notified) when they happen, not an interval late."""
+    due = now + interval
+    if expires_at is not None:
+        for milestone in (expires_at - warning, expires_at):
+            if now < milestone < due:
+                due = milestone
+    return due
+
+
 def fresh_health(record: ConnectionRecord, expires_at: datetime | None, now: datetime, warning: timedelta,
                  interval: timedelta) -> HealthState:
     """The health of credentials that just worked (created, changed, rotated): the notification memory kept."""
     return record.health.evolve(status=status_of(expires_at, False, now, warning), checked_at=now, message=None,
-                                credential_expires_at=expires_at, next_check_at=now + interval)
+                                credential_expires_at=expires_at,
+                                next_check_at=next_check(now, interval, expires_at, warning))

@@ -22,12 +22,22 @@ from typing import Any
 
 from shared.apps import Method, find_app
 from shared.connections import ConnectionService
-from shared.errors import ConcurrentChange, CredentialRejected, NotFound, ServiceError
-from shared.expiry import REFRESH_TOKEN_LIFETIME, RETRY_UNREACHABLE, status_of
+from shared.errors import (
+    ConcurrentChange,
+    CredentialRejected,
+    NotFound,
+    SecretGone,
+    ServiceError,
+    VersionDisabled,
+)
+from shared.expiry import REFRESH_TOKEN_LIFETIME, RETRY_UNREACHABLE, next_check, status_of
 from shared.notify import Notifier, health_notice
 from shared.oauth_tokens import ReauthorizationRequired
 from shared.ports import Adapters, DueEntry
 from shared.records import (
+    EXPIRED,
+    EXPIRING,
+    FAILING,
     STATUS_ACTIVE,
     STATUS_DELETING,
     STATUS_INVALID,
@@ -38,6 +48,9 @@ from shared.records import (
 from shared.rotation.pacing import paced_fan_out
 
 log = logging.getLogger(__name__)
+
+# How bad a status is (status_of's order): an unchecked credential's known expiry only ever makes it worse.
+_SEVERITY = {EXPIRING: 1, FAILING: 2, EXPIRED: 3}
 
 @dataclass
 class HealthReport:
@@ -73,7 +86,11 @@ class HealthChecker:
                 record = await self.connections.oauth_tokens.refresh_now(app, record)
                 expires = self.adapters.clock() + REFRESH_TOKEN_LIFETIME
             else:
-                material = await self.connections.material_of(record)  # {} for a federated one: nothing stored
+                try:
+                    material = await self.connections.material_of(record)  # {} for a federated one: nothing stored
+                except (SecretGone, VersionDisabled) as gone:  # nothing to sign in with: as good as refused
+                    raise CredentialRejected(f"The stored credential cannot be read from Key Vault: {gone.detail}"
+                                             ) from None
                 await self.adapters.directory.probe(app, Method(record.method), record.tenant_id,
                                                     record.client_id or "", material)
                 if expires is None and record.method == Method.CLIENT_SECRET:
@@ -91,12 +108,16 @@ class HealthChecker:
         if unreachable is not None:
             health = record.health.evolve(message=f"The credential could not be checked ({unreachable}).",
                                           next_check_at=now + RETRY_UNREACHABLE)
+            # What the known expiry says still holds without a check: expiring, then expired, on time.
+            dated = status_of(expires, False, now, self.warning)
+            if _SEVERITY.get(dated, 0) > _SEVERITY.get(record.health.status, 0):
+                health = health.evolve(status=dated)
             connection_status = record.status
         else:
             health = record.health.evolve(
                 status=status_of(expires, refused is not None, now, self.warning), checked_at=now,
                 message=refused.detail if refused else None, credential_expires_at=expires,
-                next_check_at=now + self.interval)
+                next_check_at=next_check(now, self.interval, expires, self.warning))
             connection_status = (STATUS_REAUTHORIZATION_REQUIRED if isinstance(refused, ReauthorizationRequired)
                                  else STATUS_INVALID if refused else STATUS_ACTIVE)
         return await self._save(record, health, connection_status, refused.detail if refused else None)

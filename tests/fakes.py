@@ -24,6 +24,7 @@ from shared.errors import (
     CredentialRejected,
     NameTaken,
     NotFound,
+    SecretGone,
     UpstreamError,
     UpstreamForbidden,
     VersionDisabled,
@@ -575,7 +576,7 @@ class FakeVault:
     async def get(self, name: str, version: str) -> dict[str, str]:
         self.world.check("vault.get")
         if name in self.deleted:
-            raise NotFound(f"The secret {name} was deleted.")
+            raise SecretGone(f"The secret {name} was deleted.")
         item = self.version(name, version)
         if not item.enabled:
             raise VersionDisabled(f"Key Vault refused to read a disabled version of {name}.")

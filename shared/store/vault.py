@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from shared.errors import UpstreamError, VersionDisabled
+from shared.errors import SecretGone, UpstreamError, VersionDisabled
 from shared.ports import StoredVersion
 from shared.redaction import register_secret
 
@@ -67,11 +67,14 @@ class SecretVault:
         return StoredVersion(version, stored)
 
     async def get(self, name: str, version: str) -> dict[str, str]:
-        """The material of a version; :class:`VersionDisabled` when the vault refuses it as disabled."""
-        from azure.core.exceptions import HttpResponseError
+        """The material of a version; :class:`VersionDisabled` when the vault refuses it as disabled,
+        :class:`SecretGone` when it has no such secret or version (deleted outside the service)."""
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
         try:
             secret = await self._clients.secrets().get_secret(name, version)
+        except ResourceNotFoundError:
+            raise SecretGone(f"Key Vault has no version {version} of {name}.") from None
         except HttpResponseError as error:
             if error.status_code == 403 and "disabled" in str(getattr(error, "message", "") or error).lower():
                 raise VersionDisabled(f"Key Vault refused to read a disabled version of {name}.") from None

@@ -211,3 +211,55 @@ async def test_a_webhook_without_its_signing_key_is_not_sent_unsigned() -> None:
     await _checker(h).check_now(APP, record.id)
     assert h.fakes.webhook.received == []
     assert [n.attempts for n in h.fakes.connections.outbox] == [1]  # kept, and retried once the key is set
+
+
+async def test_a_connection_whose_stored_credential_is_gone_from_the_vault_is_failing_and_notified() -> None:
+    for gone in ("deleted", "disabled"):
+        h = _harness()
+        record = await _connection(h, days=365)
+        if gone == "deleted":
+            h.fakes.vault.deleted.add(record.secret_name)
+        else:
+            for version in h.fakes.vault.secrets[record.secret_name]:
+                version.enabled = False
+        checked = await _checker(h).check_now(APP, record.id)
+        assert checked.health.status == "failing", gone
+        assert "cannot be read from Key Vault" in (checked.health.message or "")
+        assert _events(h) == ["validation-failed"]
+
+
+async def test_an_unchecked_credential_still_turns_expiring_then_expired_on_its_known_date() -> None:
+    h = _harness()
+    record = await _connection(h, days=40)
+    expires = record.health.credential_expires_at
+    assert expires is not None
+    h.fakes.world.fail_next("probe", times=10_000)  # Entra unreachable from now on: nothing can be checked
+    seen: list[tuple[str, timedelta]] = []
+    for _ in range(45 * 24):
+        await _sweep_after(h, timedelta(hours=1))
+        now = await h.record(record.id)
+        assert now is not None
+        if not seen or seen[-1][0] != now.health.status:
+            seen.append((now.health.status, h.fakes.clock.now - expires))
+    assert [status for status, _ in seen] == ["healthy", "expiring", "expired"]
+    assert -timedelta(days=30, hours=1) <= seen[1][1] <= -timedelta(days=30) + timedelta(hours=1)
+    assert timedelta(0) <= seen[2][1] <= timedelta(hours=1)
+    assert [e for e in _events(h) if not e.endswith("-reminder")] == ["credential-expiring", "credential-expired"]
+
+
+@pytest.mark.parametrize("interval_hours", ["24", "720"])
+async def test_the_warning_and_the_expiry_are_noticed_when_they_happen_not_an_interval_late(
+        interval_hours: str) -> None:
+    h = _harness(HEALTH_CHECK_INTERVAL_HOURS=interval_hours)
+    record = await _connection(h, days=31)
+    expires = record.health.credential_expires_at
+    assert expires is not None and record.health.status == "healthy"
+    timeline: list[tuple[str, timedelta]] = []
+    for _ in range(33 * 24):  # hourly sweeps
+        await _sweep_after(h, timedelta(hours=1))
+        timeline += [(event, h.fakes.clock.now - expires) for event in _events(h)[len(timeline):]]
+    timeline = [(event, at) for event, at in timeline if not event.endswith("-reminder")]  # daily, as designed
+    assert [event for event, _ in timeline] == ["credential-expiring", "credential-expired"]
+    warned, expired = timeline[0][1], timeline[1][1]
+    assert -timedelta(days=30) <= warned <= -timedelta(days=30) + timedelta(hours=1)  # the hour it began
+    assert timedelta(0) <= expired <= timedelta(hours=1)
