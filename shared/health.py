@@ -31,7 +31,7 @@ from shared.errors import (
     VersionDisabled,
 )
 from shared.expiry import REFRESH_TOKEN_LIFETIME, RETRY_UNREACHABLE, next_check, status_of
-from shared.notify import Notifier, health_notice
+from shared.notify import DELIVERY_BUDGET_SECONDS, Notifier, health_notice
 from shared.oauth_tokens import ReauthorizationRequired
 from shared.ports import Adapters, DueEntry
 from shared.records import (
@@ -48,6 +48,8 @@ from shared.records import (
 from shared.rotation.pacing import paced_fan_out
 
 log = logging.getLogger(__name__)
+
+REQUEST_DELIVERY_BUDGET = 10.0  # seconds POST .../health may spend sending notifications before it answers
 
 # How bad a status is (status_of's order): an unchecked credential's known expiry only ever makes it worse.
 _SEVERITY = {EXPIRING: 1, FAILING: 2, EXPIRED: 3}
@@ -171,7 +173,7 @@ class HealthChecker:
     async def check_now(self, app_id: str, connection_id: str) -> ConnectionRecord:
         record = await self.connections.get(app_id, connection_id)
         checked = await self.check(record)
-        await self._deliver()
+        await self._deliver(REQUEST_DELIVERY_BUDGET)  # within the request's time; the timers deliver the rest
         return checked
 
     # -- the sweep ----------------------------------------------------------------------------------------
@@ -212,9 +214,9 @@ class HealthChecker:
         report.checked += 1
         report.statuses[checked.health.status] = report.statuses.get(checked.health.status, 0) + 1
 
-    async def _deliver(self) -> int:
+    async def _deliver(self, budget_seconds: float = DELIVERY_BUDGET_SECONDS) -> int:
         try:
-            return await self.notifier.deliver()
+            return await self.notifier.deliver(budget_seconds=budget_seconds)
         except Exception as error:  # the outbox keeps them; the next sweep delivers
             log.warning("Notifications not delivered now (%s); they stay queued", type(error).__name__)
             return 0

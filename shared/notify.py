@@ -14,6 +14,8 @@ import hashlib
 import hmac
 import json
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
@@ -38,6 +40,8 @@ REMINDER_EVERY = timedelta(hours=24)
 FIRST_RETRY = timedelta(minutes=1)
 MAX_RETRY = timedelta(hours=1)
 MAX_ATTEMPTS = 30  # about a day of tries, then it is given up (and logged)
+DELIVERY_BUDGET_SECONDS = 60.0  # a pass starts no send after this long (a timer's; a request's is shorter)
+GIVE_UP_AFTER_FAILURES = 3  # failures in a row that end a pass: the receiver is down or hangs
 SIGNATURE_HEADER = "X-AppConnections-Signature"
 TIMESTAMP_HEADER = "X-AppConnections-Timestamp"
 
@@ -101,17 +105,28 @@ class Notifier:
             "connectionName": item.name, "status": item.status, "detail": item.message,
             "notificationId": item.id})
 
-    async def deliver(self, limit: int = 100) -> int:
-        """Send what the outbox holds and is due; how many were delivered (or given up)."""
+    async def deliver(self, limit: int = 100, budget_seconds: float = DELIVERY_BUDGET_SECONDS,
+                      monotonic: Callable[[], float] = time.monotonic) -> int:
+        """Send what the outbox holds and is due; how many were delivered (or given up). One pass starts no send
+        after ``budget_seconds`` and stops after ``GIVE_UP_AFTER_FAILURES`` failures in a row (a receiver that is
+        down or hangs): the rest stays queued, untouched, for the next pass, which a timer or a request makes."""
         now = self.adapters.clock()
-        done = 0
+        started = monotonic()
+        done = failed_in_a_row = 0
         for item in await self.adapters.outbox.pending(tuple(APPS), now, limit):
+            if monotonic() - started >= budget_seconds or failed_in_a_row >= GIVE_UP_AFTER_FAILURES:
+                if item.attempts == 0:  # its alert record goes out now all the same, once: the send waits
+                    self.emit(item)
+                    await self.adapters.outbox.retry_later(replace(item, attempts=1, next_attempt_at=now))
+                continue
             if item.attempts == 0:
                 self.emit(item)
             if await self._send(item):
                 await self.adapters.outbox.delivered(item)
                 done += 1
+                failed_in_a_row = 0
                 continue
+            failed_in_a_row += 1
             attempts = item.attempts + 1
             if attempts >= MAX_ATTEMPTS:
                 log.error("Notification %s (%s of %s) given up after %d attempts", item.id, item.event,

@@ -140,7 +140,7 @@ async def test_a_crash_between_the_change_and_the_delivery_still_delivers() -> N
     assert _events(h) == ["credential-expiring"], "delivered once"
 
 
-async def _crash() -> int:
+async def _crash(**_: object) -> int:
     raise SystemExit("the worker died")
 
 
@@ -263,3 +263,39 @@ async def test_the_warning_and_the_expiry_are_noticed_when_they_happen_not_an_in
     warned, expired = timeline[0][1], timeline[1][1]
     assert -timedelta(days=30) <= warned <= -timedelta(days=30) + timedelta(hours=1)  # the hour it began
     assert timedelta(0) <= expired <= timedelta(hours=1)
+
+
+async def test_a_receiver_that_is_down_ends_a_delivery_pass_and_every_alert_record_still_goes_out_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    h = _harness()
+    for n in range(12):
+        await _connection(h, days=365, name=f"c{n}")
+        h.fakes.vault.deleted.add((await h.fakes.connections.get_by_name(APP, f"c{n}")).secret_name)
+    h.fakes.webhook.answer = 503  # the receiver is down
+    with caplog.at_level("WARNING", logger="shared.notify"):
+        await _sweep_after(h, timedelta(days=1, minutes=1))  # twelve connections failing: twelve notices
+    posts = [c for c in h.fakes.world.calls if c == "webhook.post"]
+    assert len(posts) == 3  # three failures in a row end the pass; the rest waits, untouched by the receiver
+    alerts = [r for r in caplog.records if getattr(r, "notification", None) == "true"]
+    assert len(alerts) == 12  # but every alert record went out, once
+    h.fakes.webhook.answer = 202
+    for _ in range(3):
+        await Notifier(h.fakes.adapters).deliver()
+        h.fakes.clock.advance(timedelta(minutes=5))
+    assert sorted(_events(h)) == ["validation-failed"] * 12
+    with caplog.at_level("WARNING", logger="shared.notify"):
+        alerts_after = [r for r in caplog.records if getattr(r, "notification", None) == "true"]
+    assert len(alerts_after) == 12  # none twice
+
+
+async def test_a_delivery_pass_starts_no_send_after_its_budget() -> None:
+    h = _harness()
+    for n in range(5):
+        await _connection(h, days=365, name=f"c{n}")
+        h.fakes.vault.deleted.add((await h.fakes.connections.get_by_name(APP, f"c{n}")).secret_name)
+    for n in range(5):  # each check queues a notice
+        record = await h.fakes.connections.get_by_name(APP, f"c{n}")
+        await _checker(h).check(record)
+    ticks = iter(range(100))
+    sent = await Notifier(h.fakes.adapters).deliver(budget_seconds=2.5, monotonic=lambda: float(next(ticks)))
+    assert sent == 2 and len(_events(h)) == 2  # started at 0, sends at 1 and 2, nothing from 3 on
