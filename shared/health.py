@@ -198,6 +198,14 @@ class HealthChecker:
         return report
 
     async def _check_entry(self, entry: DueEntry, report: HealthReport) -> None:
+        """One due entry; whatever fails in it ends its check, not the sweep: the entry stays due."""
+        try:
+            await self._check_due(entry, report)
+        except Exception as error:
+            log.warning("Health check of %s connection %s not made this sweep (%s)", entry.app,
+                        entry.connection_id, type(error).__name__)
+
+    async def _check_due(self, entry: DueEntry, report: HealthReport) -> None:
         try:
             record = await self.adapters.connections.get(entry.app, entry.connection_id)
         except NotFound:

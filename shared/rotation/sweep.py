@@ -74,6 +74,18 @@ async def sweep(
 
 
 async def _rotate_entry(rotator: Rotator, entry: DueEntry, report: SweepReport) -> None:
+    """One due entry; whatever fails in it (a read of the connection, the removal of a stale entry) ends its turn,
+    not the sweep: the entry stays due for the next one."""
+    try:
+        await _rotate_due(rotator, entry, report)
+    except Exception as error:
+        log.warning("Rotation of %s connection %s not done this sweep (%s)", entry.app, entry.connection_id,
+                    type(error).__name__)
+        report.failed += 1
+        report.outcomes[entry.connection_id] = "error"
+
+
+async def _rotate_due(rotator: Rotator, entry: DueEntry, report: SweepReport) -> None:
     adapters = rotator.adapters
     try:
         record = await adapters.connections.get(entry.app, entry.connection_id)

@@ -299,3 +299,17 @@ async def test_a_delivery_pass_starts_no_send_after_its_budget() -> None:
     ticks = iter(range(100))
     sent = await Notifier(h.fakes.adapters).deliver(budget_seconds=2.5, monotonic=lambda: float(next(ticks)))
     assert sent == 2 and len(_events(h)) == 2  # started at 0, sends at 1 and 2, nothing from 3 on
+
+
+async def test_a_failed_read_of_one_connection_ends_its_check_not_the_sweep() -> None:
+    h = _harness()
+    for n in range(4):
+        await _connection(h, days=365, name=f"c{n}")
+        h.fakes.vault.deleted.add((await h.fakes.connections.get_by_name(APP, f"c{n}")).secret_name)
+    h.fakes.world.fail_next("store.get")  # Table Storage fails one read (a 503 its retries did not fix)
+    h.fakes.clock.advance(timedelta(days=1, minutes=1))
+    report = await _checker(h).sweep()
+    assert (report.due, report.checked) == (4, 3)
+    assert sorted(_events(h)) == ["validation-failed"] * 3  # the others were checked and notified
+    await _sweep_after(h, timedelta(hours=1))  # the one left is still due, and checked by the next sweep
+    assert sorted(_events(h)) == ["validation-failed"] * 4

@@ -121,3 +121,20 @@ async def test_a_health_check_that_lands_before_a_journal_step_is_kept_and_the_c
         h.fakes.clock.advance(timedelta(days=1))
         await checker.sweep()
         assert [k for k in h.fakes.health_index.keys if record.id in k]
+
+
+async def test_a_failed_read_of_one_due_connection_ends_its_turn_not_the_rotation_sweep() -> None:
+    from shared.rotation.sweep import sweep
+
+    h = Harness()
+    records = [await h.create(name=f"c{n}") for n in range(3)]
+    secrets = {r.id: h.current_secret(r) for r in records}
+    await h.due()
+    h.fakes.world.fail_next("store.get")
+    report = await sweep(h.services().rotator)
+    assert (report.succeeded, report.failed) == (2, 1)
+    await h.sweep()  # its entry is still due: the next sweep rotates it
+    for record in records:
+        now = await h.record(record.id)
+        assert now is not None and h.current_secret(now) != secrets[record.id], record.name
+    assert h.check() == []
