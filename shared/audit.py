@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,6 +27,9 @@ from shared.records import Actor, AuditRecord
 
 if TYPE_CHECKING:
     from shared.ports import AuditStore, Clock
+
+PURGE_BATCH = 10_000  # records one store call deletes at most
+PURGE_BUDGET_SECONDS = 240.0  # a run of the retention timer deletes for this long at most
 
 log = logging.getLogger("app_connections.audit")
 log.setLevel(logging.INFO)  # every record reaches the exporter, whatever the root logger's level
@@ -127,9 +131,22 @@ class AuditLog:
         return await self._store.query(start, end, connection_id=connection_id, actor=actor, action=action,
                                        limit=size, continuation=continuation)
 
-    async def purge_expired(self, retention_days: int) -> int:
-        """Delete the records older than the retention (whole days); how many."""
-        deleted = await self._store.purge(self._clock() - timedelta(days=retention_days))
+    async def purge_expired(self, retention_days: int, budget_seconds: float = PURGE_BUDGET_SECONDS,
+                            monotonic: Callable[[], float] = time.monotonic) -> int:
+        """Delete the records older than the retention (whole days), a batch of ``PURGE_BATCH`` after another
+        until none is left or ``budget_seconds`` have passed (the next day's run goes on); how many."""
+        before = self._clock() - timedelta(days=retention_days)
+        started = monotonic()
+        deleted = 0
+        while True:
+            batch = await self._store.purge(before, limit=PURGE_BATCH)
+            deleted += batch
+            if batch < PURGE_BATCH:
+                break
+            if monotonic() - started >= budget_seconds:
+                log.warning("Audit retention: %d records older than %d days deleted, and more are left for the next "
+                            "run (this one's %.0f s are up)", deleted, retention_days, budget_seconds)
+                return deleted
         log.info("Audit retention: %d records older than %d days deleted", deleted, retention_days)
         return deleted
 

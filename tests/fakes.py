@@ -697,10 +697,11 @@ class FakeAudit:
         return page, str(offset + limit) if offset + limit < len(found) else None
 
     async def purge(self, before: datetime, limit: int = 10_000) -> int:
-        kept = [r for r in self.records if r.at >= before]
-        purged = len(self.records) - len(kept)
-        self.records = kept
-        return purged
+        """As the store: the records of the days before ``before``'s day, at most ``limit`` of them."""
+        day = before.replace(hour=0, minute=0, second=0, microsecond=0)
+        doomed = [r for r in self.records if r.at < day][:limit]
+        self.records = [r for r in self.records if r not in doomed]
+        return len(doomed)
 
 
 class FakeWebhook:

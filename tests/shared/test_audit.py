@@ -154,3 +154,28 @@ async def test_a_search_reads_no_day_older_than_the_retention_nor_after_tomorrow
     assert await log.search(datetime(2000, 1, 1, tzinfo=UTC), datetime(2001, 1, 1, tzinfo=UTC),
                             retention_days=365) == ([], None)  # all of it purged long ago: nothing read
     assert len(store.windows) == 2
+
+
+async def test_the_retention_run_deletes_batch_after_batch_until_none_is_left_or_its_time_is_up() -> None:
+    from shared.audit import PURGE_BATCH
+
+    class Expired(Records):
+        def __init__(self, count: int) -> None:
+            super().__init__()
+            self.left = count
+            self.calls: list[int] = []
+
+        async def purge(self, before: datetime, limit: int = 10_000) -> int:
+            self.calls.append(limit)
+            taken = min(limit, self.left)
+            self.left -= taken
+            return taken
+
+    many = Expired(3 * PURGE_BATCH + 5)  # more than a day's batch: 15,000 audited calls a day, say
+    assert await log_over(many).purge_expired(365) == 3 * PURGE_BATCH + 5
+    assert many.left == 0 and many.calls == [PURGE_BATCH] * 4
+    slow = Expired(10 * PURGE_BATCH)
+    ticks = iter(range(0, 10_000, 100))  # each batch takes 100 s
+    assert await log_over(slow).purge_expired(365, budget_seconds=250,
+                                              monotonic=lambda: float(next(ticks))) == 3 * PURGE_BATCH
+    assert slow.left == 7 * PURGE_BATCH  # left for the next day's run, which goes on
