@@ -48,7 +48,8 @@ from shared.errors import (
     UpstreamError,
     VersionDisabled,
 )
-from shared.notify import rotation_failed
+from shared.expiry import status_of
+from shared.notify import health_notice, rotation_failed
 from shared.ports import AppRegistration, GraphSession, Lost, ScheduleStore
 from shared.records import (
     BEGUN,
@@ -183,15 +184,16 @@ class Rotator(Journaled):
         await self._record_attempt(record, outcome, trigger=record.rotation.trigger or "", message=message,
                                    new_key_id=new_key_id, revoked_key_id=revoked_key_id)
 
-    async def _save(self, record: ConnectionRecord, state: RotationState, notify: Sequence[Notification] = (),
+    async def _save(self, record: ConnectionRecord, state: RotationState,
+                    notify: Sequence[Notification] | Callable[[ConnectionRecord], Sequence[Notification]] = (),
                     **changes: object) -> ConnectionRecord:
-        """Write the next journal entry (with ``notify`` queued in the same transaction), guarded by the ETag of the
-        record this step started from."""
+        """Write the next journal entry (with ``notify`` queued in the same transaction; worked out from the record
+        written over, when it is a function of it), guarded by the ETag of the record this step started from."""
         store = self.adapters.connections
         for _ in range(3):
             target = evolved(record.evolve(rotation=state), changes)
             try:
-                return await store.update(target, notify=notify)
+                return await store.update(target, notify=notify(record) if callable(notify) else notify)
             except ConcurrentChange:
                 pass
             # The record changed under us. Our own write may have landed with its answer lost (the retry met its
@@ -437,13 +439,25 @@ class Rotator(Journaled):
     async def _finish(self, record: ConnectionRecord, run: _Run) -> ConnectionRecord:
         state = record.rotation
         assert state.pending_version is not None
-        def health(current: ConnectionRecord) -> HealthState:  # over a health check that landed meanwhile too
-            return current.health.evolve(credential_expires_at=state.pending_expires_at or
-                                         current.health.credential_expires_at)
+        now = self.now()
+        warning = timedelta(days=self.adapters.settings.expiry_warning_days)
+
+        def checked(current: ConnectionRecord) -> tuple[Notification | None, HealthState]:
+            """The successor works (its test just passed): the health of its expiry, and the notice that calls for
+            (``recovered`` after an expiring one), over a health check that landed meanwhile too; the index entry of
+            the next check stays as it is."""
+            expires = state.pending_expires_at or current.health.credential_expires_at
+            return health_notice(current, current.health.evolve(
+                status=status_of(expires, False, now, warning), checked_at=now, message=None,
+                credential_expires_at=expires), now)
+
+        def notices(current: ConnectionRecord) -> list[Notification]:
+            notice = checked(current)[0]
+            return [notice] if notice else []
 
         record = await self._save(
-            record, state.evolve(step=FINISHED, key_id=state.pending_key_id), secret_version=state.pending_version,
-            health=health,
+            record, state.evolve(step=FINISHED, key_id=state.pending_key_id), notices,
+            secret_version=state.pending_version, health=lambda current: checked(current)[1],
         )
         await self.checkpoint("after-finish", record)
         return record

@@ -313,3 +313,22 @@ async def test_a_failed_read_of_one_connection_ends_its_check_not_the_sweep() ->
     assert sorted(_events(h)) == ["validation-failed"] * 3  # the others were checked and notified
     await _sweep_after(h, timedelta(hours=1))  # the one left is still due, and checked by the next sweep
     assert sorted(_events(h)) == ["validation-failed"] * 4
+
+
+async def test_a_rotation_of_an_expiring_credential_makes_it_healthy_at_once_and_says_it_recovered() -> None:
+    from tests.lifecycle_harness import ROTATION
+
+    h = _harness()
+    record = await _connection(h, days=10)
+    assert record.health.status == "expiring"
+    await _sweep_after(h, timedelta(days=1, minutes=1))
+    assert _events(h) == ["credential-expiring"]
+    rotated = await h.api.update(APP, record.id, {"isAutoRotationEnabled": True, "rotation": ROTATION})
+    assert rotated.rotation.status == "succeeded"
+    assert rotated.health.status == "healthy" and rotated.health.checked_at == h.fakes.clock.now
+    assert rotated.health.credential_expires_at is not None
+    assert rotated.health.credential_expires_at - h.fakes.clock.now > timedelta(days=30)
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == ["credential-expiring", "recovered"]  # queued with the rotation's own write
+    await _sweep_after(h, timedelta(days=1, minutes=1))
+    assert _events(h) == ["credential-expiring", "recovered"]  # once
