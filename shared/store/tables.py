@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -343,10 +344,14 @@ class ConnectionsTable:
         await table.delete_entity(item.app, outbox_key(item))
 
     async def retry_later(self, item: Notification) -> None:
+        """Write the notice's next attempt over its row, if the row is still there: a pass that delivered it
+        meanwhile (two passes can hold one notice) deleted it, and it must not come back to be sent again."""
+        from azure.core.exceptions import ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
         table = await self._table()
-        await table.upsert_entity(outbox_entity(item.app, item), mode=UpdateMode.REPLACE)
+        with contextlib.suppress(ResourceNotFoundError):
+            await table.update_entity(outbox_entity(item.app, item), mode=UpdateMode.REPLACE)
 
     @staticmethod
     def _changed(record: ConnectionRecord) -> ConcurrentChange:

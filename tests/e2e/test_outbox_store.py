@@ -1,0 +1,37 @@
+"""The notifications' outbox in Table Storage (``shared.store.tables``), against Azurite through the SDK: a notice
+queued with its change, read when due, and never brought back once delivered."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shared.azure.clients import AzureClients
+from shared.records import ConnectionRecord, Notification
+from shared.store.tables import ConnectionsTable
+
+pytestmark = pytest.mark.e2e
+
+APP = "azure-key-vault"
+
+
+async def test_a_failed_delivery_of_a_notice_delivered_meanwhile_does_not_bring_it_back(
+        clients: AzureClients) -> None:
+    store = ConnectionsTable(clients)
+    now = datetime.now(UTC)
+    cid = uuid.uuid4().hex
+    record = await store.insert(ConnectionRecord(
+        app=APP, id=cid, name=f"outbox-{cid[:8]}", method="client-secret", tenant_id=str(uuid.uuid4()),
+        client_id=str(uuid.uuid4()), created_at=now, updated_at=now, secret_name=f"s-{cid[:8]}", secret_version="v1"))
+    notice = Notification("validation-failed", APP, cid, record.name, "failing", "refused", now)
+    await store.update(record.evolve(status="invalid"), notify=[notice])
+    due = [n for n in await store.pending((APP,), now + timedelta(seconds=1)) if n.connection_id == cid]
+    assert [n.id for n in due] == [notice.id]
+    # Two passes hold it: one delivers it, the other's receiver failed and would queue it again.
+    await store.delivered(due[0])
+    await store.retry_later(replace(due[0], attempts=1, next_attempt_at=now))
+    later = [n for n in await store.pending((APP,), now + timedelta(days=1)) if n.connection_id == cid]
+    assert later == []  # delivered stays delivered: not sent again
