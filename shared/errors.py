@@ -243,3 +243,14 @@ class RequestForgery(Forbidden):
 
     slug = "csrf-rejected"
     title = "The request's origin or CSRF token is not valid"
+
+
+def entra_said(error: str, description: str | None) -> str:
+    """What a refusal Entra sent back through the browser may show of itself: its error code and the AADSTS
+    number in its description, never the description's text (whoever sends a browser to the callback with a
+    valid state writes that text)."""
+    import re
+
+    code = re.sub(r"[^A-Za-z0-9_]", "", error)[:64] or "error"
+    number = re.search(r"AADSTS\d{4,9}", description or "")
+    return code + (f", {number.group(0)}" if number else "")

@@ -30,6 +30,7 @@ from shared.errors import (
     NameTaken,
     NotFound,
     ServiceError,
+    entra_said,
 )
 from shared.models import Description, Guid, Name
 from shared.oauth_callback import CALLBACK_IGNORED as CALLBACK_IGNORED  # the callback's names are the flow's too
@@ -67,8 +68,8 @@ class AuthorizationOutcome:
 
 
 def _declined(error: str, description: str | None) -> OAuthFailed:
-    text = f"Entra ID did not grant access ({error})"
-    return OAuthFailed(f"{text}: {description}" if description else f"{text}.", extensions={"entraError": error})
+    return OAuthFailed(f"Entra ID did not grant access ({entra_said(error, description)}).",
+                       extensions={"entraError": entra_said(error, None)})
 
 
 class OAuthFlow:

@@ -37,7 +37,14 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from shared.auth import Principal, principal_of
-from shared.errors import InvalidRequest, RequestForgery, ServiceMisconfigured, SignInRequired, Unauthorized
+from shared.errors import (
+    InvalidRequest,
+    RequestForgery,
+    ServiceMisconfigured,
+    SignInRequired,
+    Unauthorized,
+    entra_said,
+)
 
 if TYPE_CHECKING:
     from shared.auth import TokenValidator
@@ -354,10 +361,8 @@ class SignIn:
         if pending is None or pending.expires_at <= self._clock():
             raise InvalidRequest("This sign-in has expired or has already been used; sign in again.")
         if params.get("error"):
-            code = re.sub(r"[^A-Za-z0-9_]", "", params["error"])[:64]
-            described = re.search(r"AADSTS\d{4,9}", params.get("error_description") or "")
-            raise InvalidRequest(f"Entra ID did not sign you in ({code}"
-                                 + (f", {described.group(0)}" if described else "") + ").")
+            said = entra_said(params["error"], params.get("error_description"))
+            raise InvalidRequest(f"Entra ID did not sign you in ({said}).")
         code = params.get("code") or ""
         if not code or len(code) > 4096:
             raise InvalidRequest("The sign-in answer has no authorization code; sign in again.")

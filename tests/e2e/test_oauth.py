@@ -303,7 +303,8 @@ def test_declined_consent_is_refused(api, admin, browser, host_url):
         page = browser.get(url)
     finally:
         admin.set_consent(decline=False)
-    assert_failure_page(page, "access_denied", "AADSTS65004: User declined to consent")
+    assert_failure_page(page, "access_denied, AADSTS65004")  # the code and its number: never the description
+    assert "User declined to consent" not in page.text
     assert by_name(api, "azure-client-secrets", name) is None
     # Its state was consumed: the same sign-in cannot be finished later.
     state = query_of(url)["state"]
@@ -381,7 +382,8 @@ def test_a_revoked_refresh_token_needs_reauthorization_which_restores_the_connec
 # -- the page escapes what it shows ----------------------------------------------------------------------
 def test_the_callback_page_escapes_every_value(api, browser, host_url):
     """Names are slugs (``[a-z0-9-]``), so they cannot hold HTML: escaping is shown with the description (on
-    the success page) and with Entra's ``error_description`` (on a failure page), both free text."""
+    the success page); Entra's ``error_description`` is not shown at all (whoever sends a browser here with a
+    valid state writes it), only the error code and an AADSTS number found in it."""
     name = unique_name()
     description = "<script>alert('x')</script> & \"quotes\""
     page = dance(browser, host_url, "azure-key-vault", name=name, description=description)
@@ -393,9 +395,11 @@ def test_the_callback_page_escapes_every_value(api, browser, host_url):
     state = query_of(authorization_url(api, "azure-key-vault", name=unique_name()))["state"]
     hostile = "<img src=x onerror=alert(1)>"
     failed = browser.get(f"{host_url}{CALLBACK}?" + urlencode(
-        {"error": "access_denied", "error_description": hostile, "state": state, "extra": "<b>ignored</b>"}))
-    assert_failure_page(failed, "&lt;img src=x onerror=alert(1)&gt;")
+        {"error": "access_denied<i>", "error_description": hostile + " Call +1 555 0100.", "state": state,
+         "extra": "<b>ignored</b>"}))
+    assert_failure_page(failed, "(access_deniedi)")
     assert "<img" not in failed.text and "<b>ignored" not in failed.text
+    assert "img src" not in failed.text and "555" not in failed.text
 
 
 # -- concurrency, housekeeping and the token cache ---------------------------------------------------------
