@@ -101,7 +101,14 @@ async function signOut() {
     toast(`Signing out failed: ${error.message}`);
     return;
   }
-  location.assign(`/auth/login?returnTo=${enc(BASE)}`);
+  // Not straight back to sign-in: Entra's own session would sign the person in again without asking (a shared
+  // machine). They sign in again when they choose to; Entra may still ask them to pick an account.
+  clearTimeout(expiryTimer);
+  state.session = null;
+  document.getElementById('who').hidden = true;
+  const again = h('a', {href: `/auth/login?returnTo=${enc(BASE)}`, id: 'sign-in-again'}, 'Sign in');
+  show('You have signed out', h('p', {}, 'Your session here has ended.'), h('p', {}, again));
+  announce('You have signed out.');
 }
 
 // -- the list ------------------------------------------------------------------------------------------

@@ -333,7 +333,11 @@ def test_a_person_picks_a_demo_account_at_the_stand_in_as_the_local_run_prints(
         assert page.url == f"{host_url}{PAGE}"
         assert page.inner_text("#who-name") == "Demo Reader"
         assert page.locator("#add-connection").count() == 0
-        page.click("#sign-out")  # signed out: the next visit asks again
+        page.click("#sign-out")  # signed out: a page that says so, not an automatic sign-in again
+        page.wait_for_selector("text=You have signed out", timeout=30_000)
+        assert page.locator("#who").is_hidden()
+        assert page.url.startswith(f"{host_url}{PAGE}")
+        page.click("#sign-in-again")  # when the person chooses to, and the next visit asks again
         page.wait_for_selector("text=Pick an account", timeout=30_000)
     finally:
         admin.set_account_picker(False)
