@@ -83,8 +83,11 @@ def _notice(record: ConnectionRecord, event: str, health: HealthState, now: date
     return Notification(event, record.app, record.id, record.name, health.status, health.message, now)
 
 
-def signature(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def signature(secret: str, timestamp: str, body: bytes) -> str:
+    """``sha256=<hex HMAC-SHA256 of "{timestamp}.{body}">``: the timestamp is signed too, so a captured request
+    cannot be sent again later under a new one (a receiver refuses a stale timestamp), and the body names the
+    notification (``id``, the ``Idempotency-Key``), so neither can be swapped."""
+    return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
 def retry_delay(attempts: int) -> timedelta:
@@ -147,9 +150,9 @@ class Notifier:
                       "not resolve): notification %s is not sent unsigned", item.id)
             return False
         body = json.dumps(item.payload(), separators=(",", ":")).encode()
-        headers = {"Content-Type": "application/json", "Idempotency-Key": item.id,
-                   TIMESTAMP_HEADER: str(int(self.adapters.clock().timestamp())),
-                   SIGNATURE_HEADER: signature(settings.notify_webhook_secret, body)}
+        timestamp = str(int(self.adapters.clock().timestamp()))
+        headers = {"Content-Type": "application/json", "Idempotency-Key": item.id, TIMESTAMP_HEADER: timestamp,
+                   SIGNATURE_HEADER: signature(settings.notify_webhook_secret, timestamp, body)}
         try:
             status = await self.adapters.webhook.post(settings.notify_webhook_url, body, headers)
         except Exception as error:

@@ -172,7 +172,8 @@ class Notification:
     next_attempt_at: datetime | None = None
 
     def payload(self) -> dict[str, Any]:
-        return {"event": self.event, "app": self.app, "connectionId": self.connection_id, "name": self.name,
+        return {"id": self.id, "event": self.event, "app": self.app, "connectionId": self.connection_id,
+                "name": self.name,
                 "status": self.status, "message": self.message,
                 "at": self.at.astimezone(UTC).isoformat().replace("+00:00", "Z")}
 

@@ -1,8 +1,9 @@
 """Webhook receivers: where the service's notifications (``NOTIFY_WEBHOOK_URL``) can point in tests.
 
 ``POST /webhooks/{name}`` (any name without ``/``; ``{standin.url}/webhooks/{name}``) records the delivery and
-answers ``202`` ``{"accepted": true}``. It does not check the signature: a test recomputes the HMAC-SHA256 of
-``body`` with the secret it configured and compares it with ``headers.signature`` (``sha256=<hex>``). The body is
+answers ``202`` ``{"accepted": true}``. It does not check the signature: a test recomputes it with the secret it
+configured (the service's: HMAC-SHA256 of ``{timestamp}.{body}``) and compares it with ``headers.signature``
+(``sha256=<hex>``). The body is
 kept as received, decoded as UTF-8 (bytes that are not UTF-8 become U+FFFD, so such a body cannot be re-signed).
 
 A delivery, as the admin interface shows it: ``name``, ``headers`` (``signature`` from

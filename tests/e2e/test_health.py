@@ -44,10 +44,11 @@ def test_a_refused_credential_is_failing_summarised_and_notified_once(
     assert [d["json"]["event"] for d in deliveries] == ["validation-failed"], "one per change of state"
     [delivery] = deliveries
     secret = local_env.settings["NOTIFY_WEBHOOK_SECRET"]
-    expected = "sha256=" + hmac.new(secret.encode(), delivery["body"].encode(), hashlib.sha256).hexdigest()
+    signed = f'{delivery["headers"]["timestamp"]}.{delivery["body"]}'.encode()
+    expected = "sha256=" + hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
     assert delivery["headers"]["signature"] == expected
-    assert delivery["headers"]["idempotencyKey"]
-    assert set(delivery["json"]) == {"event", "app", "connectionId", "name", "status", "message", "at"}
+    assert delivery["headers"]["idempotencyKey"] == delivery["json"]["id"]
+    assert set(delivery["json"]) == {"id", "event", "app", "connectionId", "name", "status", "message", "at"}
     assert entra.client_secret not in delivery["body"]
 
     summary = api.get(f"{BASE}/health").json()

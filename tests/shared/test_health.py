@@ -111,11 +111,17 @@ async def test_the_webhook_is_signed_carries_no_secret_and_is_retried_until_it_i
     await Notifier(h.fakes.adapters).deliver()
     [(url, body, headers)] = h.fakes.webhook.received
     assert url == "https://hooks.example/notify"
-    expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    timestamp = headers["X-AppConnections-Timestamp"]
+    assert int(timestamp) == int(h.fakes.clock.now.timestamp())
+    signed = timestamp.encode() + b"." + body  # the timestamp is signed with the body: no replay under a new one
+    expected = "sha256=" + hmac.new(SECRET.encode(), signed, hashlib.sha256).hexdigest()
     assert headers["X-AppConnections-Signature"] == expected
+    unsigned_time = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert headers["X-AppConnections-Signature"] != unsigned_time
     assert headers["Idempotency-Key"] == queued[0].id
     payload = json.loads(body)
-    assert set(payload) == {"event", "app", "connectionId", "name", "status", "message", "at"}
+    assert set(payload) == {"id", "event", "app", "connectionId", "name", "status", "message", "at"}
+    assert payload["id"] == queued[0].id
     assert (payload["event"], payload["connectionId"], payload["status"]) == ("validation-failed", record.id,
                                                                               "failing")
     for version in h.fakes.vault.secrets[record.secret_name]:
