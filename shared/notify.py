@@ -145,7 +145,7 @@ class Notifier:
         settings = self.adapters.settings
         if not settings.notify_webhook_url:
             return True  # the telemetry event is the notification
-        if not settings.notify_webhook_secret:  # never unsigned: it waits (and is retried) until the key is there
+        if not settings.notify_webhook_secret:  # never unsigned: retried as a failed delivery (about a day)
             log.error("NOTIFY_WEBHOOK_URL is set but NOTIFY_WEBHOOK_SECRET is not (or its Key Vault reference does "
                       "not resolve): notification %s is not sent unsigned", item.id)
             return False
