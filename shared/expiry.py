@@ -21,10 +21,13 @@ def status_of(expires_at: datetime | None, refused: bool, now: datetime, warning
     return HEALTHY
 
 
-def next_check(now: datetime, interval: timedelta, expires_at: datetime | None, warning: timedelta) -> datetime:
-    """When to check next: after ``interval``, or sooner when the credential starts expiring or expires before
-    then, so that the warning and the expiry are noticed (and notified) when they happen, not an interval late."""
-    due = now + interval
+def next_check(now: datetime, interval: timedelta, expires_at: datetime | None, warning: timedelta,
+               scheduled: datetime | None = None) -> datetime:
+    """When to check next: ``interval`` after the check was due (``scheduled``, when it is not in the future and
+    this is not much later: a sweep picks a check up a little after its time, and counting from then would drift
+    it past the next sweep, every 25 hours with hourly sweeps), else after ``now``; or sooner when the credential
+    starts expiring or expires before then, so that the warning and the expiry are noticed when they happen."""
+    due = (scheduled if scheduled is not None and now - interval < scheduled <= now else now) + interval
     if expires_at is not None:
         for milestone in (expires_at - warning, expires_at):
             if now < milestone < due:

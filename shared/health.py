@@ -119,7 +119,7 @@ class HealthChecker:
             health = record.health.evolve(
                 status=status_of(expires, refused is not None, now, self.warning), checked_at=now,
                 message=refused.detail if refused else None, credential_expires_at=expires,
-                next_check_at=next_check(now, self.interval, expires, self.warning))
+                next_check_at=next_check(now, self.interval, expires, self.warning, record.health.next_check_at))
             connection_status = (STATUS_REAUTHORIZATION_REQUIRED if isinstance(refused, ReauthorizationRequired)
                                  else STATUS_INVALID if refused else STATUS_ACTIVE)
         return await self._save(record, health, connection_status, refused.detail if refused else None)

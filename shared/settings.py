@@ -231,13 +231,14 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be true or false, not {raw!r}")
 
 
-def _https_url(env: Mapping[str, str], name: str, default: str | None) -> str | None:
+def _https_url(env: Mapping[str, str], name: str, default: str | None, *, base: bool = True) -> str | None:
+    """An https:// URL; a ``base`` one (paths are added to it) without its trailing slash, any other as given."""
     raw = (env.get(name) or "").strip() or default
     if raw is None:
         return None
     if not raw.startswith("https://"):
         raise SettingsError(f"{name} must be an https:// URL")
-    return raw.rstrip("/")
+    return raw.rstrip("/") if base else raw
 
 
 def _storage(env: Mapping[str, str], cloud: Cloud | None = None) -> StorageSettings:
@@ -325,7 +326,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         audit_retention_days=int(_number(env, "AUDIT_RETENTION_DAYS", 365, 1, 3650)),
         health_check_interval_hours=_number(env, "HEALTH_CHECK_INTERVAL_HOURS", 24, 1, 720),
         expiry_warning_days=int(_number(env, "EXPIRY_WARNING_DAYS", 30, 1, 365)),
-        notify_webhook_url=_https_url(env, "NOTIFY_WEBHOOK_URL", None),
+        notify_webhook_url=_https_url(env, "NOTIFY_WEBHOOK_URL", None, base=False),  # posted to as it is
         notify_webhook_secret=_configured(env, "NOTIFY_WEBHOOK_SECRET"),
         **_federation(env),
         azure_cloud=cloud.name,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 from datetime import timedelta
 
@@ -338,3 +339,32 @@ async def test_a_rotation_of_an_expiring_credential_makes_it_healthy_at_once_and
     assert _events(h) == ["credential-expiring", "recovered"]  # queued with the rotation's own write
     await _sweep_after(h, timedelta(days=1, minutes=1))
     assert _events(h) == ["credential-expiring", "recovered"]  # once
+
+
+async def test_a_connection_is_checked_every_interval_when_the_sweeps_pick_it_up_a_little_late() -> None:
+    h = _harness()
+    record = await _connection(h, days=365)
+    due = record.health.next_check_at
+    assert due is not None
+    checks = []
+    due_entries = h.fakes.health_index.due
+
+    async def then_a_while(*args, **kwargs):  # type: ignore[no-untyped-def]  # the checks before it take a while
+        entries = await due_entries(*args, **kwargs)
+        h.fakes.clock.advance(timedelta(seconds=5))
+        return entries
+
+    h.fakes.health_index.due = then_a_while  # type: ignore[method-assign]
+    h.fakes.clock.now = due.replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    for _ in range(72):  # three days of hourly sweeps, each a few seconds after the hour
+        h.fakes.clock.advance(timedelta(hours=1))
+        moment = h.fakes.clock.now
+        h.fakes.clock.advance(timedelta(seconds=7))
+        await _checker(h).sweep()
+        now = await h.record(record.id)
+        assert now is not None
+        if now.health.checked_at is not None and (not checks or now.health.checked_at != checks[-1]):
+            checks.append(now.health.checked_at)
+        h.fakes.clock.now = moment
+    gaps = {later - earlier for earlier, later in itertools.pairwise(checks)}
+    assert gaps == {timedelta(hours=24)}, gaps  # not 25 hours

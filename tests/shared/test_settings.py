@@ -53,6 +53,12 @@ def test_endpoints_must_be_https(name):
         load_settings({**BASE, name: "http://127.0.0.1:1"})
 
 
+@pytest.mark.parametrize("url", ["https://hooks.example/notify/", "https://hooks.example/notify"])
+def test_the_webhook_url_is_posted_to_as_given_trailing_slash_included(url):
+    # A receiver may need the slash (else it answers with a redirect, which is not followed: nothing arrives).
+    assert load_settings({**BASE, "NOTIFY_WEBHOOK_URL": url}).notify_webhook_url == url
+
+
 def test_site_url_trailing_slash_does_not_double_in_redirect_uri():
     settings = load_settings({**BASE, "SITE_URL": "https://connections.example.com/"})
     assert settings.oauth_redirect_uri == "https://connections.example.com/organization/app-connections/azure/oauth/callback"
