@@ -201,9 +201,8 @@ class HealthChecker:
         """One due entry; whatever fails in it ends its check, not the sweep: the entry stays due."""
         try:
             await self._check_due(entry, report)
-        except Exception as error:
-            log.warning("Health check of %s connection %s not made this sweep (%s)", entry.app,
-                        entry.connection_id, type(error).__name__)
+        except Exception:
+            log.exception("Health check of %s connection %s failed unexpectedly", entry.app, entry.connection_id)
 
     async def _check_due(self, entry: DueEntry, report: HealthReport) -> None:
         try:
@@ -214,11 +213,7 @@ class HealthChecker:
             await self.adapters.health_index.remove(entry.key)
             report.stale += 1
             return
-        try:
-            checked = await self.check(record)
-        except Exception:
-            log.exception("Health check of %s connection %s failed unexpectedly", entry.app, entry.connection_id)
-            return
+        checked = await self.check(record)
         report.checked += 1
         report.statuses[checked.health.status] = report.statuses.get(checked.health.status, 0) + 1
 

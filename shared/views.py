@@ -35,8 +35,6 @@ async def ensure_name_free(connections: ConnectionReads, app_id: str, name: str,
                     errors=[FieldError(pointer, "is already used by another connection of this app")])
 
 
-
-
 class ConnectionReader:
     """The reads of connections: by id, by name, a page of an app's connections, a page of one's rotations."""
 

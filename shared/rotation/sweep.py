@@ -78,9 +78,10 @@ async def _rotate_entry(rotator: Rotator, entry: DueEntry, report: SweepReport) 
     not the sweep: the entry stays due for the next one."""
     try:
         await _rotate_due(rotator, entry, report)
-    except Exception as error:
-        log.warning("Rotation of %s connection %s not done this sweep (%s)", entry.app, entry.connection_id,
-                    type(error).__name__)
+    except LeaseLost:
+        report.skipped += 1
+    except Exception:
+        log.exception("Rotation of %s connection %s failed unexpectedly", entry.app, entry.connection_id)
         report.failed += 1
         report.outcomes[entry.connection_id] = "error"
 
@@ -98,30 +99,21 @@ async def _rotate_due(rotator: Rotator, entry: DueEntry, report: SweepReport) ->
         await adapters.schedule.remove(entry.key)
         report.stale += 1
         return
-    try:
-        if not (state.enabled or state.in_progress):  # only the clean-up of a credentials change is left
-            result = await rotator.retire_due(record)
-            report.outcomes[entry.connection_id] = "retired" if result is not None else "skipped"
-            report.skipped += result is None
-            report.succeeded += result is not None
-            return
-        if state.step in MIGRATION_STEPS:  # a migration to the federated method that stopped: finish it
-            await _resume_migration(rotator, record, report)
-            return
-        claimed = await rotator.claim(record, trigger="schedule")
-        if claimed is None:
-            report.skipped += 1
-            return
-        report.claimed += 1
-        attempt = await rotator.run(claimed)
-    except LeaseLost:
+    if not (state.enabled or state.in_progress):  # only the clean-up of a credentials change is left
+        result = await rotator.retire_due(record)
+        report.outcomes[entry.connection_id] = "retired" if result is not None else "skipped"
+        report.skipped += result is None
+        report.succeeded += result is not None
+        return
+    if state.step in MIGRATION_STEPS:  # a migration to the federated method that stopped: finish it
+        await _resume_migration(rotator, record, report)
+        return
+    claimed = await rotator.claim(record, trigger="schedule")
+    if claimed is None:
         report.skipped += 1
         return
-    except Exception:
-        log.exception("Rotation of %s connection %s failed unexpectedly", entry.app, entry.connection_id)
-        report.failed += 1
-        report.outcomes[entry.connection_id] = "error"
-        return
+    report.claimed += 1
+    attempt = await rotator.run(claimed)
     status = attempt.record.rotation.status or ""
     report.outcomes[entry.connection_id] = status
     if attempt.succeeded:
