@@ -1,5 +1,6 @@
 """The Key Vault store (``shared.store.vault``) against the stand-in's vault, through the real SDK: a version the
-vault refuses as disabled is told apart from every other failure, as the rotation's clean-up needs."""
+vault refuses as disabled, and one it does not have, are told apart, as the rotation's clean-up and the health
+check need."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import uuid
 import pytest
 
 from shared.azure.clients import AzureClients
-from shared.errors import VersionDisabled
+from shared.errors import SecretGone, VersionDisabled
 from shared.store.vault import SecretVault
 
 pytestmark = pytest.mark.e2e
@@ -23,7 +24,7 @@ async def test_a_disabled_version_is_refused_as_disabled_and_an_enabled_one_is_r
     with pytest.raises(VersionDisabled):
         await vault.get(name, old.version)
     assert await vault.get(name, new.version) == new.material
-    with pytest.raises(Exception) as missing:  # a version that does not exist is another failure
+    with pytest.raises(SecretGone) as missing:  # a version that does not exist is another failure
         await vault.get(name, uuid.uuid4().hex)
     assert not isinstance(missing.value, VersionDisabled)
     await vault.delete(name)
