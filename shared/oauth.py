@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from shared.apps import AppSpec, find_app
-from shared.audit import AuditLog, RequestContext, acting
+from shared.audit import AuditLog, acting, current
 from shared.connections import ConnectionService
 from shared.errors import (
     ConcurrentChange,
@@ -88,10 +88,32 @@ class OAuthFlow:
         """Finish the flow the callback received: only ``code``, ``state``, ``error`` and ``error_description``
         are read. The state is consumed whatever happens next, so a callback never runs twice."""
         values = callback_values(params)
-        state, error = values["state"], values["error"]
+        state = values["state"]
         pending = await self.adapters.oauth_states.take(state) if state else None
         if pending is None:  # not an answer to a sign-in of ours (an error's text is not shown then)
             raise no_pending_sign_in(values, params)
+        # From here the sign-in is used up: whatever ends it is audited, as the person who started it (from the
+        # browser that brought the answer back).
+        started_by = pending.started_by or Actor("unknown", "unknown", "user")
+        action = "connection.create" if pending.connection_id is None else "connection.reauthorize"
+        audit = AuditLog(self.adapters.audit, self.adapters.clock)
+        with acting(replace(current(), actor=started_by)):
+            try:
+                return await self._redeem(pending, values, params, audit, action)
+            except DifferentUser as refused:
+                await audit.record(action, "refused", app=pending.app, connection_id=pending.connection_id,
+                                   connection_name=pending.name, detail=refused.audit_detail)
+                raise OAuthFailed(refused.detail) from None
+            except Exception as failed:
+                detail = failed.detail if isinstance(failed, ServiceError) else "the service failed"
+                await audit.record(action, "failed", app=pending.app, connection_id=pending.connection_id,
+                                   connection_name=pending.name, detail=f"OAuth sign-in not completed: {detail}")
+                raise
+
+    async def _redeem(self, pending: PendingAuthorization, values: Mapping[str, str | None],
+                      params: Mapping[str, str], audit: AuditLog, action: str) -> AuthorizationOutcome:
+        """Redeem the answer of the pending sign-in ``pending`` and save the connection."""
+        error = values["error"]
         if error:
             raise _declined(error, values["error_description"])
         # Anything else fails too (a refusal from Entra above is reported as such, whatever came with it).
@@ -136,17 +158,15 @@ class OAuthFlow:
                 "Entra ID did not say which tenant the user signed in to. Start again with a tenantId.")
         if pending.tenant_id is not None and tenant != pending.tenant_id:
             raise OAuthFailed("The user signed in to another tenant than the one asked for. Nothing was saved.")
-        created = pending.connection_id is None
         consent = authorization_of(result, tenant)
-        with acting(RequestContext(pending.started_by or Actor("unknown", "unknown", "user"))):
-            return await self._save(app, pending, client.client_id, tenant, result, consent, created)
+        return await self._save(app, pending, client.client_id, tenant, result, consent, audit, action)
 
     async def _save(self, app: AppSpec, pending: PendingAuthorization, client_id: str, tenant: str,
-                    result: TokenResult, consent: Authorization | None, created: bool) -> AuthorizationOutcome:
+                    result: TokenResult, consent: Authorization | None, audit: AuditLog, action: str,
+                    ) -> AuthorizationOutcome:
         """Create or re-authorize the connection as the person who started the sign-in (audited before)."""
         assert result.refresh_token is not None
-        audit = AuditLog(self.adapters.audit, self.adapters.clock)
-        action = "connection.create" if created else "connection.reauthorize"
+        created = pending.connection_id is None
         signed_in = consent.upn or consent.oid if consent else "an unknown user"
         await audit.record(action, "started", app=app.id, connection_id=pending.connection_id,
                            connection_name=pending.name, detail=f"OAuth sign-in by {signed_in}")
@@ -155,17 +175,18 @@ class OAuthFlow:
             before = record.authorized_by
             if before is None or pending.allow_different_user:
                 return
+            refused = f"OAuth sign-in by {signed_in}: another person than the one who consented"
             if consent is None:  # who signed in is not known: it cannot be shown to be the same person (fail closed)
                 raise DifferentUser(
                     f"Entra ID did not say who signed in, so it cannot be checked against who authorized this "
                     f"connection ({before.upn or before.oid}). To replace their authorization, start again with "
-                    "allowDifferentUser=true. Nothing was saved.")
+                    "allowDifferentUser=true. Nothing was saved.", refused)
             if before.oid == consent.oid:
                 return
             raise DifferentUser(
                 f"You signed in as {signed_in}, but this connection was authorized by {before.upn or before.oid}. "
                 "To replace their authorization with yours, start again with allowDifferentUser=true. Nothing was "
-                "saved.")
+                "saved.", refused)
 
         try:
             if pending.connection_id is not None:
@@ -176,10 +197,8 @@ class OAuthFlow:
                 assert pending.name is not None
                 record = await self.connections.create_oauth(app, pending.name, pending.description, tenant,
                                                              client_id, result.refresh_token, consent)
-        except DifferentUser as refused:
-            await audit.record(action, "refused", app=app.id, connection_id=pending.connection_id,
-                               detail=f"OAuth sign-in by {signed_in}: another person than the one who consented")
-            raise OAuthFailed(refused.detail) from None
+        except DifferentUser:
+            raise  # audited as refused by complete()
         except NotFound:
             raise OAuthFailed("The connection being re-authorized was deleted meanwhile. Nothing was saved.") from None
         except (NameTaken, ConcurrentChange) as conflict:
@@ -200,6 +219,10 @@ class DifferentUser(ServiceError):
     status = 400
     slug = "oauth-different-user"
     title = "Another person consented to this connection"
+
+    def __init__(self, detail: str, audit_detail: str) -> None:
+        super().__init__(detail)
+        self.audit_detail = audit_detail  # what the audit record says (who signed in), not addressed to them
 
 
 def authorization_of(result: TokenResult, tenant: str) -> Authorization | None:

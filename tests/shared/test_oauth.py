@@ -197,3 +197,63 @@ async def test_who_signed_in_is_taken_from_the_access_token_when_the_id_token_do
     _answers(fakes, {"tid": TENANT}, access_claims={"tid": TENANT, "oid": "bob-oid", "upn": "bob@contoso.example"})
     created = (await _signed_in(fakes, {"name": "kv2", "tenantId": TENANT})).record
     assert (created.authorized_by.oid, created.authorized_by.upn) == ("bob-oid", "bob@contoso.example")
+
+
+def _outcomes(fakes, action: str) -> list[tuple[str, str, str | None]]:  # type: ignore[no-untyped-def]
+    return [(r.outcome, r.actor.id, r.detail) for r in fakes.audit.records if r.action == action]
+
+
+async def test_a_used_up_sign_in_that_entra_declined_is_audited_as_failed_by_the_person_who_started_it():
+    import urllib.parse
+
+    from shared.audit import RequestContext, acting
+    from shared.records import Actor
+    from tests.fakes import TENANT, build_fakes
+
+    fakes = build_fakes()
+    flow = wiring.services(fakes.adapters).oauth
+    with acting(RequestContext(Actor("writer-1", "writer@contoso.example", "user", "AppConnections.Writer"))):
+        url = await flow.start("azure-key-vault", {"name": "kv", "tenantId": TENANT})
+    state = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["state"][0]
+    with pytest.raises(OAuthFailed, match="access_denied, AADSTS65004"):
+        await flow.complete({"state": state, "error": "access_denied",
+                             "error_description": "AADSTS65004: User declined to consent. <script>x</script>"})
+    [(outcome, actor, detail)] = _outcomes(fakes, "connection.create")
+    assert (outcome, actor) == ("failed", "writer-1")
+    assert detail == "OAuth sign-in not completed: Entra ID did not grant access (access_denied, AADSTS65004)."
+
+
+async def test_a_sign_in_whose_save_fails_after_it_was_audited_as_started_is_audited_as_failed():
+    from tests.fakes import TENANT, build_fakes
+
+    import urllib.parse
+
+    from shared.audit import RequestContext, acting
+    from shared.records import Actor
+
+    fakes = build_fakes()
+    _answers(fakes, {"tid": TENANT, "oid": "alice-oid", "preferred_username": "alice@contoso.example"})
+    flow = wiring.services(fakes.adapters).oauth
+    with acting(RequestContext(Actor("writer-1", "writer@contoso.example", "user", "AppConnections.Writer"))):
+        url = await flow.start("azure-key-vault", {"name": "kv", "tenantId": TENANT})
+    state = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["state"][0]
+    await _signed_in(fakes, {"name": "kv", "tenantId": TENANT})  # the name is taken while the person signs in
+    fakes.audit.records.clear()
+    with pytest.raises(OAuthFailed, match="already exists"):
+        await flow.complete({"code": "a-code", "state": state})
+    assert [(o, a) for o, a, _ in _outcomes(fakes, "connection.create")] == [("started", "writer-1"),
+                                                                           ("failed", "writer-1")]
+
+
+async def test_a_refused_re_authorization_is_audited_once_as_refused():
+    from tests.fakes import TENANT, build_fakes
+
+    fakes = build_fakes()
+    _answers(fakes, {"tid": TENANT, "oid": "alice-oid", "preferred_username": "alice@contoso.example"})
+    created = (await _signed_in(fakes, {"name": "kv", "tenantId": TENANT})).record
+    _answers(fakes, {"tid": TENANT, "oid": "bob-oid", "preferred_username": "bob@contoso.example"})
+    with pytest.raises(OAuthFailed, match="authorized by alice@contoso.example"):
+        await _signed_in(fakes, {"connectionId": created.id})
+    assert _outcomes(fakes, "connection.reauthorize") == [
+        ("started", "writer-1", "OAuth sign-in by bob@contoso.example"),
+        ("refused", "writer-1", "OAuth sign-in by bob@contoso.example: another person than the one who consented")]
