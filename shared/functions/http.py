@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 # is framed should a browser open it (a problem's detail may quote a path or a name the caller chose).
 API_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
                "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'"}
+# On every answer to a request that came over HTTPS (the front end's scheme, as the request's URL gives it): the
+# browser uses HTTPS only for this host from then on, so a first visit typed as http:// cannot be intercepted. Not
+# for a loopback host (a developer's other local servers) nor over plain HTTP (RFC 6797 §8.1: ignored there).
+HSTS = "max-age=31536000; includeSubDomains"
+_LOOPBACK_HOSTS = ("https://localhost", "https://127.", "https://[::1]")
 MAX_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 32
 
@@ -277,6 +282,8 @@ def _traced(handler: Handler, run: Handler) -> Handler:
         name = f"{req.method} {route}" if route else req.method
         with telemetry.server_span(name, attributes, traceparent=traceparent, tracestate=tracestate) as span:
             response = await run(req)
+            if req.url.startswith("https://") and not req.url.startswith(_LOOPBACK_HOSTS):
+                response.headers["Strict-Transport-Security"] = HSTS
             status = response.status_code
             span.set_attributes({"http.response.status_code": status,
                                  "outcome": "ok" if status < 400 else "client-error" if status < 500 else "error"})

@@ -160,3 +160,33 @@ async def test_distinct_query_parameters_reach_the_handler():
     req = func.HttpRequest(method="GET", url="http://localhost/api/v1/x?limit=2&continuationToken=a%26b", headers={},
                            params={}, body=b"")
     assert (await answer(handler, req, "/api/v1/x")).status_code == 200
+
+
+@pytest.mark.parametrize(("url", "hsts"), [
+    ("https://connections.contoso.example/api/v1/app-connections/options", True),
+    ("https://func-x.azurewebsites.net/organization/app-connections", True),
+    ("http://connections.contoso.example/auth/session", False),  # ignored over plain HTTP (RFC 6797 §8.1)
+    ("https://localhost:7071/auth/session", False),  # a developer's machine: not every local port for a year
+    ("https://127.0.0.1:8443/auth/session", False),
+])
+async def test_every_answer_over_https_tells_the_browser_to_use_https_only(url, hsts):
+    from shared.functions.http import HSTS, traced
+
+    @traced
+    async def handler(req):
+        return func.HttpResponse("ok")
+
+    response = await handler(func.HttpRequest(method="GET", url=url, headers={}, params={}, body=b""))
+    assert response.headers.get("Strict-Transport-Security") == (HSTS if hsts else None)
+    assert not hsts or "max-age=31536000" in HSTS
+
+
+def test_every_http_function_of_the_app_answers_through_the_span_that_adds_hsts():
+    import function_app
+    from shared.functions.http import _traced
+
+    wrapped = _traced(lambda req: req, lambda req: req).__code__  # type: ignore[arg-type, return-value]
+    functions = [f for f in function_app.app.get_functions() if f.get_trigger().get_binding_name() == "httpTrigger"]
+    assert functions
+    for function in functions:
+        assert function.get_user_function().__code__ is wrapped, function.get_function_name()
