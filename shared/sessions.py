@@ -211,8 +211,9 @@ class Sessions:
         await self._store.create(session)
         return session_id, session
 
-    async def resume(self, session_id: str | None) -> Session:
-        """The live session of ``session_id`` (its last use noted), or a 401 with ``loginUrl`` that clears the
+    async def resume(self, session_id: str | None, *, use: bool = True) -> Session:
+        """The live session of ``session_id`` (its last use noted, unless ``use`` is False: a look at the session,
+        as the page's check of its expiry, does not keep it alive), or a 401 with ``loginUrl`` that clears the
         cookie: no such session, ended, or past its absolute or idle expiry (then deleted)."""
         keys = id_keys(session_id)
         if keys is None:
@@ -224,7 +225,7 @@ class Sessions:
         if now >= session.ends_at(self.idle):
             await self._store.delete(session.bucket, session.key)
             raise _sign_in_again("The session has expired; sign in again.")
-        if now - session.last_seen_at >= TOUCH_INTERVAL:
+        if use and now - session.last_seen_at >= TOUCH_INTERVAL:
             if not await self._store.touch(session.bucket, session.key, now):
                 raise _sign_in_again("The session has ended; sign in again.")
             session = replace(session, last_seen_at=now)

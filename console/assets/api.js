@@ -2,6 +2,7 @@
 // problem details (RFC 9457) turned into ApiError, and a lapsed session sent back to sign-in.
 
 let csrfToken = null;
+let sessionUser = null; // the oid the page shows as signed in: a token of another person's session is not used
 
 export class ApiError extends Error {
   constructor(status, problem) {
@@ -16,8 +17,10 @@ export class ApiError extends Error {
   }
 }
 
-export function setCsrfToken(token) {
-  csrfToken = token;
+/** The session the page acts in: its CSRF token and whose it is (`/auth/session`'s answer). */
+export function setSession(session) {
+  csrfToken = session.csrfToken;
+  sessionUser = session.user ? session.user.oid : null;
 }
 
 /** Where to sign in so as to come back to this very page (a same-origin path only). */
@@ -44,8 +47,12 @@ async function body(response) {
 /**
  * Call the API. A 401 anywhere means the session is gone: back to sign-in, then to this page.
  * Answers JSON (null for 204), or throws ApiError with the problem.
+ *
+ * A 403 for the CSRF token means the browser signed in again (another tab), so the session and its token are new:
+ * the call is made once more with the new token if the session is still the same person's (`anyone`: whoever's it
+ * is, as signing out the browser is). Another person's session is not acted in: the page says to reload.
  */
-export async function api(method, path, payload, {signInOn401 = true} = {}) {
+export async function api(method, path, payload, {signInOn401 = true, anyone = false, again = true} = {}) {
   const headers = {Accept: 'application/json'};
   // On every call: a GET that starts an OAuth sign-in changes state too, and the service asks for the token there.
   if (csrfToken) headers['X-CSRF-Token'] = csrfToken;
@@ -63,6 +70,15 @@ export async function api(method, path, payload, {signInOn401 = true} = {}) {
   if (response.status === 401 && signInOn401) return goToSignIn();
   if (response.status === 204) return null;
   const data = await body(response);
+  if (response.status === 403 && again && data && String(data.type || '').endsWith(':csrf-rejected')) {
+    const session = await api('GET', '/auth/session', undefined, {signInOn401, again: false});
+    if (!anyone && session.user && session.user.oid !== sessionUser) {
+      throw new ApiError(403, {title: 'Signed in as someone else',
+        detail: 'This browser signed in again as another person; reload the page.'});
+    }
+    setSession(session);
+    return api(method, path, payload, {signInOn401, anyone, again: false});
+  }
   if (!response.ok) throw new ApiError(response.status, data);
   return data;
 }

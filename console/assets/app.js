@@ -1,6 +1,6 @@
 // The App Connections page: the session, the routes (the list and a connection's page) and the list itself.
 
-import {ApiError, all, api, enc, goToSignIn, setCsrfToken} from './api.js';
+import {ApiError, all, api, enc, goToSignIn, setSession} from './api.js';
 import {announce, badge, clear, h, hideToast, time, toast} from './dom.js';
 import {openConnectionDialog} from './connection-form.js';
 import {renderConnection} from './connection-page.js';
@@ -79,36 +79,57 @@ export function focusTitle() {
 // -- session ------------------------------------------------------------------------------------------
 let expiryTimer = null;
 
-async function loadSession() {
-  const session = await api('GET', '/auth/session');
+function useSession(session) {
   state.session = session;
-  setCsrfToken(session.csrfToken);
+  setSession(session);
   state.roles = new Set((session.roles || []).map((name) => String(name).replace(/^AppConnections\./, '')));
   document.getElementById('who-name').textContent = (session.user && session.user.name) || '';
   document.getElementById('who').hidden = false;
   clearTimeout(expiryTimer);
   const expires = session.expiresAt ? new Date(session.expiresAt).getTime() - Date.now() : NaN;
   if (Number.isFinite(expires) && expires > 0 && expires < 2 ** 31 - 1) {
-    // When the session lapses, ask again: a 401 there takes the person back to sign-in.
-    expiryTimer = setTimeout(() => { api('GET', '/auth/session').catch(() => {}); }, expires + 1000);
+    expiryTimer = setTimeout(checkSession, expires + 1000);
   }
+}
+
+async function loadSession() {
+  useSession(await api('GET', '/auth/session'));
+}
+
+/** When the session should have lapsed, ask (a look that does not count as a use): if it has, say so. If another
+ * tab kept it in use, it lapses later. */
+async function checkSession() {
+  let session;
+  try {
+    session = await api('GET', '/auth/session', undefined, {signInOn401: false});
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) ended('Your session has ended', 'It was not used for a while.');
+    return;
+  }
+  useSession(session);
+}
+
+/** The page without a session. Not straight back to sign-in: Entra's own session would sign the person in again
+ * without asking (a shared machine). They sign in again when they choose to; Entra may still ask for an account. */
+function ended(title, text) {
+  clearTimeout(expiryTimer);
+  state.session = null;
+  document.getElementById('who').hidden = true;
+  const again = h('a', {href: `/auth/login?returnTo=${enc(location.pathname + location.search)}`,
+    id: 'sign-in-again'}, 'Sign in');
+  show(title, h('p', {}, text), h('p', {}, again));
+  announce(`${title}.`);
 }
 
 async function signOut() {
   try {
-    await api('POST', '/auth/logout', undefined, {signInOn401: false});
+    await api('POST', '/auth/logout', undefined, {signInOn401: false, anyone: true});
   } catch (error) {
     toast(`Signing out failed: ${error.message}`);
     return;
   }
-  // Not straight back to sign-in: Entra's own session would sign the person in again without asking (a shared
-  // machine). They sign in again when they choose to; Entra may still ask them to pick an account.
-  clearTimeout(expiryTimer);
-  state.session = null;
-  document.getElementById('who').hidden = true;
-  const again = h('a', {href: `/auth/login?returnTo=${enc(BASE)}`, id: 'sign-in-again'}, 'Sign in');
-  show('You have signed out', h('p', {}, 'Your session here has ended.'), h('p', {}, again));
-  announce('You have signed out.');
+  history.replaceState(null, '', BASE);
+  ended('You have signed out', 'Your session here has ended.');
 }
 
 // -- the list ------------------------------------------------------------------------------------------
@@ -197,8 +218,10 @@ export async function renderList() {
         ...Object.entries(HEALTH_NAMES).map(([key, text]) => [key, `Health: ${text}`])], filters.status,
       (value) => { filters.status = value; writeFilters(); redraw(); }),
       h('p', {class: 'count', id: 'connection-count'}, `${shown.length} of ${items.length} connections`));
-    const problems = results.filter((result) => result.error).map((result) =>
-      h('p', {class: 'warning'}, `${appName(result.app)}: the connections could not be loaded (${result.error.message}).`));
+    const problems = results.filter((result) => result.error || result.forbidden).map((result) =>
+      h('p', {class: 'warning'}, result.forbidden
+        ? `${appName(result.app)}: your account may not read its connections (ask for the Reader role).`
+        : `${appName(result.app)}: the connections could not be loaded (${result.error.message}).`));
     let content;
     if (!items.length) {
       content = h('div', {class: 'empty'}, h('h3', {}, 'No connections yet'),

@@ -202,7 +202,7 @@ function credentialFields(method, connection) {
   ];
   const again = editing ? ' Leave empty to keep the one stored.' : '';
   if (method === 'client-secret') {
-    fields.push(field('clientSecret', 'Client Secret', input('password', {autocomplete: 'new-password'}),
+    fields.push(field('clientSecret', 'Client Secret', input('password', {autocomplete: 'off'}),
       {required: !editing, hint: `The Value of a client secret from Certificates & secrets; it is never shown again.${again}`}));
   } else if (method === 'certificate') {
     fields.push(pemField('certificateBody', 'Certificate (PEM format)',
@@ -367,16 +367,18 @@ function rotationBody() {
 function createBody() {
   const {method} = current;
   const result = {name: value('name'), description: value('description'), method};
+  const rotation = rotationBody();
   if (method === 'client-secret') {
     result.credentials = {tenantId: value('tenantId'), clientId: value('clientId'),
-      clientSecret: value('clientSecret'), clientSecretKeyId: value('clientSecretKeyId')};
+      clientSecret: value('clientSecret')};
+    // The Key ID is a rotation setting: while rotation is off its field is hidden, and it is not sent.
+    if (rotation.isAutoRotationEnabled) result.credentials.clientSecretKeyId = value('clientSecretKeyId');
   } else if (method === 'certificate') {
     result.credentials = {tenantId: value('tenantId'), clientId: value('clientId'),
       certificateBody: value('certificateBody'), privateKey: value('privateKey')};
   } else if (method === 'federated') {
     result.credentials = {tenantId: value('tenantId'), clientId: value('clientId')};
   }
-  const rotation = rotationBody();
   if (rotation.isAutoRotationEnabled) Object.assign(result, rotation);
   return result;
 }

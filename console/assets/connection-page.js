@@ -235,7 +235,7 @@ export async function renderConnection(app, id) {
     connection = (await api('GET', `${API}/${enc(app)}/${enc(id)}`)).appConnection;
   } catch (error) {
     if (error instanceof ApiError && (error.status === 404 || error.status === 400 || error.status === 403)) {
-      show('Connection not found', h('p', {}, error.message),
+      show(error.status === 403 ? 'Not allowed' : 'Connection not found', h('p', {}, error.message),
         h('p', {}, h('a', {href: BASE, 'data-link': ''}, 'Back to App Connections')));
       return;
     }

@@ -9,7 +9,8 @@ The contract the console page relies on:
 * ``GET /auth/callback`` -> redeems the code, creates the session, sets ``__Host-appconn`` (HttpOnly, Secure,
   SameSite=Lax, Path=/) and 302 to ``returnTo`` (default ``/organization/app-connections``). A failure is a small
   HTML page with a link to sign in again, never a stack trace.
-* ``GET /auth/session`` -> 200 ``{"user": {"name", "username", "oid", "tid"}, "roles": [...], "csrfToken": "...",
+* ``GET /auth/session`` (not a use of the session: it does not move the idle expiry) -> 200
+  ``{"user": {"name", "username", "oid", "tid"}, "roles": [...], "csrfToken": "...",
   "expiresAt": "..."}``, or 401 problem ``{"type": "urn:app-connections:problem:unauthenticated",
   "loginUrl": "/auth/login"}``.
 * ``POST /auth/logout`` (cookie, ``X-CSRF-Token`` and this service's ``Origin``) -> 204, the session deleted and
@@ -151,7 +152,8 @@ async def console_session(req: func.HttpRequest) -> func.HttpResponse:
 
     service = sessions()
     try:
-        session = await service.resume(cookie_value(req.headers.get("cookie"), SESSION_COOKIE))
+        # Not a use: the page asks when the session should lapse, and that must not keep it alive.
+        session = await service.resume(cookie_value(req.headers.get("cookie"), SESSION_COOKIE), use=False)
     except ServiceError as error:
         return problem_response(error, "/auth/session")
     except Exception as error:

@@ -86,6 +86,10 @@ def test_a_client_secret_connection_errors_beside_fields_and_the_secret_is_never
     assert "GUID" in page.inner_text("#field-tenantId-error")
     assert page.is_hidden("#field-name-error") and page.get_attribute("#field-name", "aria-invalid") is None
     page.fill("#field-tenantId", app.tenant_id)
+    page.check("#field-isAutoRotationEnabled")  # a Key ID typed, then rotation turned off: the hidden field is
+    page.fill("#field-clientSecretKeyId", "nope")  # not sent (its error could not be seen)
+    page.uncheck("#field-isAutoRotationEnabled")
+    assert page.is_hidden("#field-clientSecretKeyId")
     page.click("#connection-submit")
     page.wait_for_selector("#connection-details")
     assert page.inner_text("h1") == "console-kv"
@@ -262,6 +266,46 @@ def test_a_lapsed_session_goes_back_to_sign_in_and_returns_to_the_same_page(
     page.wait_for_selector("#connection-details")
     assert f"returnTo={path.replace('/', '%2F')}" in logins[-1]
     assert len(logins) == 2
+
+
+def test_a_tab_opened_before_the_browser_signed_in_again_acts_and_signs_out_with_the_new_session(
+        open_console: Any, admin: Any, secrets_used: Any, api: httpx.Client) -> None:
+    app = register_app(admin, secrets_used, name="console-stale-tab")
+    created = api.post("/api/v1/app-connections/azure-app-configuration", json={
+        "name": "console-stale-tab", "method": "client-secret", "credentials": app.client_secret_body()})
+    assert created.status_code == 201, created.text
+    console = open_console("admin")
+    page = console.page
+    other = page.context.new_page()  # another tab signs in again: a new session, with a new CSRF token
+    other.goto(console.url(f"/auth/login?returnTo={PAGE}"))
+    other.wait_for_selector("main[data-ready=true]")
+    # the first tab's change goes through with the new token (the same person's session)
+    validated = page.evaluate("""async (path) => {
+        const {api} = await import('/console/assets/api.js');
+        return (await api('POST', path)).appConnection.id; }""",
+        f"/api/v1/app-connections/azure-app-configuration/{created.json()['appConnection']['id']}/validate")
+    assert validated == created.json()["appConnection"]["id"]
+    page.click("#sign-out")
+    page.wait_for_selector("#sign-in-again")
+    assert page.inner_text("h1") == "You have signed out"
+    assert other.evaluate("fetch('/auth/session', {credentials: 'same-origin'}).then((r) => r.status)") == 401
+    other.close()
+
+
+def test_an_open_page_whose_session_lapsed_says_so_and_does_not_sign_in_again_by_itself(open_console: Any) -> None:
+    console = open_console("admin")
+    page = console.page
+    page.clock.install()  # the page's timers run on a clock the test moves
+    page.reload()
+    page.wait_for_selector("main[data-ready=true]")
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.context.clear_cookies()  # the session is gone, as when it lapses
+    page.clock.run_for("09:00:00")  # past the idle and the absolute lifetime: the page asks when it should lapse
+    page.wait_for_selector("#sign-in-again")
+    assert page.inner_text("h1") == "Your session has ended"
+    assert [url for url in requests if "/auth/" in url] == [console.url("/auth/session")]  # no sign-in started
+    assert page.is_hidden("#who")
 
 
 def test_no_serious_or_critical_accessibility_violation(open_console: Any, admin: Any, secrets_used: Any,

@@ -241,7 +241,7 @@ def test_a_callback_from_another_browser_gets_a_page_with_a_link_to_sign_in(clie
     assert "Traceback" not in stolen.text
 
 
-async def test_a_session_in_use_is_kept_alive_and_expired_ones_are_purged_at_sign_in(  # type: ignore[no-untyped-def]
+async def test_a_session_in_use_is_kept_alive_a_look_at_it_is_not_a_use_and_expired_ones_are_purged(  # type: ignore[no-untyped-def]
         client, local_env, secrets_used, clients):
     import asyncio
 
@@ -256,6 +256,10 @@ async def test_a_session_in_use_is_kept_alive_and_expired_ones_are_purged_at_sig
              "ExpiresAt": five_minutes_ago}
     await table.upsert_entity(stale)
 
+    # the page's look at its session (when it should lapse) is not a use: it does not keep the session alive
+    looked = await asyncio.to_thread(client.get, "/auth/session", headers=reader.headers(csrf=None, origin=None))
+    assert looked.status_code == 200
+    assert (await table.get_entity(keys["PartitionKey"], keys["RowKey"]))["LastSeenAt"] == five_minutes_ago
     listed = await asyncio.to_thread(client.get, "/api/v1/app-connections/azure-key-vault",
                                      headers=reader.headers(csrf=None, origin=None))
     assert listed.status_code == 200
