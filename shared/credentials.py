@@ -455,14 +455,33 @@ async def build_credential_async(
     return build_credential(clients, method, tenant_id, client_id, material)
 
 
+# Entra's answers that say it failed or is throttling, not that it refused the credential: its 5xx and 429 (whose
+# body still carries an AADSTS code, e.g. AADSTS90033 "A transient error has occurred"), and these OAuth errors.
+_ENTRA_UNAVAILABLE = frozenset({"temporarily_unavailable", "server_error"})
+
+
+def entra_unavailable(status: int | None, error: str | None) -> UpstreamError | None:
+    """The error for an answer of Entra's token endpoint that is a failure of Entra, not a refusal of the
+    credential (a 5xx, a 429, ``temporarily_unavailable`` or ``server_error``): nothing is wrong with the
+    credential, and it must not be marked invalid or failing for it."""
+    if (status is not None and (status >= 500 or status == 429)) or (error or "") in _ENTRA_UNAVAILABLE:
+        return UpstreamError(f"Entra ID is unavailable or throttling{f' (HTTP {status})' if status else ''}; "
+                             "the credential was not checked. Try again later.")
+    return None
+
+
 def rejection_from(error: Exception) -> CredentialRejected | None:
-    """Entra's refusal (``AADSTS`` code and message) in an azure-identity error, if it is one."""
+    """Entra's refusal (``AADSTS`` code and message) in an azure-identity error, if it is one: not when the error
+    is Entra's own failure (:func:`entra_unavailable`)."""
     message = str(getattr(error, "message", None) or error)
     match = _AADSTS.search(message)
     if match is None:
         return None
     code, text = match.group(1), match.group(2).strip()
     kind = _ENTRA_ERROR.search(message)
+    response = getattr(error, "response", None)
+    if entra_unavailable(getattr(response, "status_code", None), kind.group("error") if kind else None):
+        return None
     extensions: dict[str, Any] = {"aadstsCode": code}
     if kind:
         extensions["entraError"] = kind.group("error")
@@ -488,6 +507,10 @@ async def acquire_token(
         rejected = rejection_from(error)
         if rejected is not None:
             raise rejected from None
+        response = getattr(error, "response", None)
+        unavailable = entra_unavailable(getattr(response, "status_code", None), None)
+        if unavailable is not None:
+            raise unavailable from None
         raise UpstreamError("Entra ID could not be reached or did not answer as expected.") from None
     except (AzureError, OSError, TimeoutError):
         raise UpstreamError("Entra ID could not be reached.") from None

@@ -13,7 +13,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from shared.credentials import rejection_from
+from shared.credentials import entra_unavailable, rejection_from
 from shared.errors import CredentialRejected, UpstreamError
 from shared.ports import TokenResult
 
@@ -78,6 +78,9 @@ async def redeem(clients: AzureClients, tenant: str, form: Mapping[str, str]) ->
         )
     error = str(body.get("error") or "")
     description = str(body.get("error_description") or "")
+    unavailable = entra_unavailable(response.status_code, error)
+    if unavailable is not None:
+        raise unavailable
     if error:
         rejected = rejection_from(Exception(f"({error}) {description}"))
         if rejected is None:

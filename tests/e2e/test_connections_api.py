@@ -176,6 +176,38 @@ def test_entra_unreachable_gives_502_and_stores_nothing(api, admin, secrets_used
     _assert_nothing_stored(api, admin, "azure-key-vault", name, before)
 
 
+# Entra's own failures: their bodies carry an AADSTS code too, but they say nothing about the credential.
+ENTRA_DOWN = [
+    (503, "temporarily_unavailable", "AADSTS90033: A transient error has occurred. Please try again."),
+    (500, "server_error", "AADSTS90100: An internal error occurred."),
+    (429, "temporarily_unavailable", "AADSTS50196: The server terminated an operation because it encountered a "
+                                     "client request loop."),
+]
+
+
+@pytest.mark.parametrize(("status", "error", "description"), ENTRA_DOWN, ids=["503", "500", "429"])
+def test_entra_failing_or_throttling_is_a_502_not_a_refused_credential(api, admin, secrets_used, status, error,
+                                                                     description):
+    entra = register_app(admin, secrets_used)
+    cid = create(api, "azure-key-vault", "client-secret", entra.client_secret_body()).json()["appConnection"]["id"]
+    name = unique_name()
+    before = set(admin.vault_secrets())
+    admin.set_faults([{"method": "POST", "path": r"/oauth2/v2\.0/token$", "status": status,
+                       "headers": {"Retry-After": "0.01"},  # retried at once, in vain
+                       "body": {"error": error, "error_description": description, "error_codes": [0]}}])
+    try:
+        created = create(api, "azure-key-vault", "client-secret", entra.client_secret_body(), name=name)
+        validated = api.post(f"{BASE}/azure-key-vault/{cid}/validate")
+    finally:
+        admin.set_faults([])
+    problem = assert_problem(created, 502)
+    assert "aadstsCode" not in problem and "not checked" in problem["detail"]
+    _assert_nothing_stored(api, admin, "azure-key-vault", name, before)
+    assert_problem(validated, 502)
+    shown = api.get(f"{BASE}/azure-key-vault/{cid}").json()["appConnection"]
+    assert (shown["status"], shown["statusMessage"]) == ("active", None)  # not marked invalid for Entra's outage
+
+
 def test_a_credential_change_that_entra_refuses_leaves_the_connection_as_it_was(api, admin, secrets_used):
     entra = register_app(admin, secrets_used)
     cid = create(api, "azure-key-vault", "client-secret", entra.client_secret_body()).json()["appConnection"]["id"]

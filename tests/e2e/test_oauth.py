@@ -379,6 +379,26 @@ def test_a_revoked_refresh_token_needs_reauthorization_which_restores_the_connec
     assert by_name(api, app, name + "-b")["id"] == connection["id"]
 
 
+def test_entra_unavailable_when_refreshing_is_a_502_and_the_connection_stays_active(api, admin, browser, host_url):
+    app, name, tenant = "azure-key-vault", unique_name(), admin.add_tenant()
+    assert dance(browser, host_url, app, name=name, tenantId=tenant).status_code == 200
+    connection = by_name(api, app, name)
+    assert connection is not None
+    admin.set_faults([{"method": "POST", "path": r"/oauth2/v2\.0/token$", "status": 503,
+                       "headers": {"Retry-After": "0.01"},
+                       "body": {"error": "temporarily_unavailable",
+                                "error_description": "AADSTS90033: A transient error has occurred."}}])
+    try:
+        failed = api.post(f"{BASE}/{app}/{connection['id']}/validate")
+    finally:
+        admin.set_faults([])
+    assert failed.status_code == 502, failed.text
+    assert "aadstsCode" not in failed.json()
+    shown = api.get(f"{BASE}/{app}/{connection['id']}").json()["appConnection"]
+    assert (shown["status"], shown["statusMessage"]) == ("active", None)
+    assert api.post(f"{BASE}/{app}/{connection['id']}/validate").status_code == 200  # the grant was kept
+
+
 # -- the page escapes what it shows ----------------------------------------------------------------------
 def test_the_callback_page_escapes_every_value(api, browser, host_url):
     """Names are slugs (``[a-z0-9-]``), so they cannot hold HTML: escaping is shown with the description (on
