@@ -18,8 +18,11 @@ from shared.azure.retry import (
     RETRY_TOTAL,
     backoff,
     log,
+    parse_retry_after,
     retry_delay,
 )
+
+RETRIED_IF_SAFE = frozenset({408, 500, 502, 504})  # retried where the method may be sent again (azure-core's rules)
 
 
 class JitteredRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
@@ -56,7 +59,7 @@ class JitteredRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
             _gave_up(getattr(response, "http_request", None), settings["retries"] + 1, settings["waited"],
                      error, answer, "no retries left")
             return False
-        retry_after = self.get_retry_after(answer) if answer is not None else None
+        retry_after = _retry_after(answer) if answer is not None else None
         delay = retry_delay(settings["retries"] + 1, retry_after, self.rng)
         if settings["waited"] + delay > self.retry_budget:
             _gave_up(getattr(response, "http_request", None), settings["retries"] + 1, settings["waited"],
@@ -74,12 +77,37 @@ class JitteredRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
         if delay > 0:
             await transport.sleep(delay)
 
+    def is_retry(self, settings: dict[str, Any], response: Any) -> bool:
+        """Only what the schedule retries: 429 and 503 for every method, 408, 500, 502 and 504 where the method
+        may be sent again. Not azure-core's rule that retries any 4xx or 5xx carrying ``Retry-After`` (a 400, 404
+        or 409 is the same the next time) nor its 505 to 998."""
+        status = response.http_response.status_code
+        if not settings["total"] or (status not in ALWAYS_RETRIED and status not in RETRIED_IF_SAFE):
+            return False
+        return status in ALWAYS_RETRIED or self._is_method_retryable(settings, response.http_request,
+                                                                     response=response.http_response)
+
     def _is_method_retryable(self, settings: dict[str, Any], request: Any, response: Any = None) -> bool:
         if response is not None and response.status_code in ALWAYS_RETRIED:
             return True
         if response is None and _unconditional_patch(request):
             return True
         return bool(super()._is_method_retryable(settings, request, response=response))
+
+
+def _retry_after(answer: Any) -> float | None:
+    """The answer's ``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms``, in seconds; None when absent
+    or unreadable (azure-core's parser raises on a malformed one, which would fail the call)."""
+    headers = {str(name).lower(): str(value) for name, value in answer.http_response.headers.items()}
+    seconds = parse_retry_after(headers.get("retry-after"))
+    if seconds is not None:
+        return seconds
+    for name in ("retry-after-ms", "x-ms-retry-after-ms"):
+        try:
+            return max(0.0, float(headers[name])) / 1000.0
+        except (KeyError, ValueError):
+            continue
+    return None
 
 
 def _gave_up(request: Any, attempts: int, waited: float, error: Exception | None, answer: Any, why: str) -> None:

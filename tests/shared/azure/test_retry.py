@@ -445,3 +445,33 @@ def test_every_sdk_client_gets_the_same_policy():
     settings = policy.configure_retries({})
     assert settings["total"] == settings["connect"] == settings["read"] == settings["status"] == RETRY_TOTAL
     assert policy.retry_budget == RETRY_BUDGET
+
+
+@pytest.mark.parametrize(("method", "status", "headers"), [
+    ("GET", 404, {"Retry-After": "1"}),  # azure-core retries any 4xx with Retry-After: it is the same next time
+    ("POST", 409, {"Retry-After": "1"}),
+    ("POST", 400, {"Retry-After": "2"}),
+    ("GET", 507, {}),  # and 505 to 998
+    ("PUT", 501, {}),
+    ("POST", 502, {}),  # a POST that got a 502 may have been applied
+])
+async def test_sdk_policy_retries_only_what_the_schedule_retries(method, status, headers):
+    pipeline, transport, clock = pipeline_for(lambda attempt: (status, headers))
+    response = await pipeline.run(HttpRequest(method, "https://vault.example/secrets/s"))
+    assert response.http_response.status_code == status
+    assert len(transport.sent) == 1 and clock.slept == []
+
+
+@pytest.mark.parametrize(("method", "status"), [("GET", 408), ("GET", 500), ("DELETE", 502), ("PUT", 504),
+                                                ("POST", 500), ("POST", 503), ("PATCH", 429)])
+async def test_sdk_policy_still_retries_what_the_schedule_retries(method, status):
+    pipeline, transport, _ = pipeline_for(failing(2, lambda: status))
+    assert (await pipeline.run(HttpRequest(method, "https://vault.example/secrets/s"))).http_response.status_code == 200
+    assert len(transport.sent) == 3
+
+
+@pytest.mark.parametrize("value", ["soon", "Wed, 99 Foo 2099", "1e999x", ""])
+async def test_an_unreadable_retry_after_is_backed_off_from_not_a_failure_of_the_call(value):
+    pipeline, transport, clock = pipeline_for(failing(1, lambda: (503, {"Retry-After": value})))
+    assert (await pipeline.run(HttpRequest("GET", "https://vault.example/secrets/s"))).http_response.status_code == 200
+    assert len(transport.sent) == 2 and clock.slept[0] <= BACKOFF_FACTOR
