@@ -44,6 +44,11 @@ _BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
 def no_controls(value: str) -> str:
     if any(ord(ch) < 32 and ch not in "\r\n\t" for ch in value) or "\x7f" in value or _BIDI_CONTROLS.search(value):
         raise ValueError("must not contain control characters")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: not Unicode text, it cannot be stored or sent on
+            raise ValueError("must be Unicode text (no lone surrogate)") from None
     return value
 
 

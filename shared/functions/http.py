@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -128,7 +129,18 @@ def read_json(req: func.HttpRequest) -> Any:
         raise
     except (ValueError, RecursionError):
         raise InvalidRequest("The body is not well-formed JSON.") from None
+    # An escaped lone surrogate ("\ud800") is well-formed JSON but not Unicode text: it cannot be stored, logged or
+    # sent on (RFC 8259 §8.2), so the body is refused rather than failing wherever the string goes.
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest("The body holds a lone surrogate (\\uD800 to \\uDFFF without its pair), which is "
+                                 "not Unicode text.") from None
     return value
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def _bracket_depth(text: str) -> int:

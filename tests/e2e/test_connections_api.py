@@ -263,6 +263,15 @@ def test_bad_create_bodies_get_problems(api, body, status, pointer):
     assert_problem(response, status, pointer)
 
 
+def test_a_secret_that_is_not_unicode_text_is_a_400_before_anything_is_sent(api, admin, secrets_used):
+    entra = register_app(admin, secrets_used)
+    body = json.dumps({"name": unique_name(), "method": "client-secret",
+                       "credentials": entra.client_secret_body(clientSecret="abc\ud800")}).encode()
+    problem = assert_problem(api.post(f"{BASE}/azure-key-vault", content=body,
+                                      headers={"content-type": "application/json"}), 400)
+    assert "lone surrogate" in problem["detail"]  # the body's own problem: nothing was read or sent
+
+
 def test_wrong_content_type_is_415(api):
     assert_problem(api.post(f"{BASE}/azure-key-vault", content=b"name=a", headers={"content-type": "text/plain"}), 415)
 

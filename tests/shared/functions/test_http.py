@@ -190,3 +190,19 @@ def test_every_http_function_of_the_app_answers_through_the_span_that_adds_hsts(
     assert functions
     for function in functions:
         assert function.get_user_function().__code__ is wrapped, function.get_function_name()
+
+
+def test_a_lone_surrogate_anywhere_in_the_body_is_a_400_and_a_surrogate_pair_is_text():
+    for lone in (b'{"credentials": {"clientSecret": "abc\\ud800"}}', b'{"description": "\\uDC00x"}',
+                 b'{"a": ["\\ud83d"]}'):
+        with pytest.raises(InvalidRequest, match="lone surrogate"):
+            read_json(request(lone))
+    assert read_json(request(b'{"description": "\\ud83d\\ude00 \\u00e9"}')) == {"description": "\U0001F600 \u00e9"}
+
+
+def test_a_field_that_is_not_unicode_text_is_refused_by_its_rule():
+    from shared.fields import no_controls
+
+    with pytest.raises(ValueError, match="lone surrogate"):
+        no_controls("secret\ud800")
+    assert no_controls("caf\u00e9 \U0001F600") == "caf\u00e9 \U0001F600"
