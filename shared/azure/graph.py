@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import httpx
 
 from shared import telemetry
 from shared.azure.retry import RetryableError, parse_retry_after, with_retries
-from shared.errors import CredentialLifetimeRefused, NotFound, UpstreamError, UpstreamForbidden
+from shared.errors import CredentialLifetimeRefused, NotFound, ServiceError, UpstreamError, UpstreamForbidden
 from shared.ports import (
     AppRegistration,
     FederatedCredential,
@@ -32,6 +33,8 @@ from shared.ports import (
     NewPassword,
     PasswordCredential,
 )
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import aiohttp
@@ -431,11 +434,25 @@ class GraphApps:
         return list((app or {}).get(kind) or [])
 
     async def _remove_credential(self, what: str, object_id: str, action: str, body: Mapping[str, Any]) -> None:
-        """POST the application's ``action`` (removePassword, removeKey); one already gone is fine (idempotent)."""
+        """POST the application's ``action`` (removePassword, removeKey); one already gone is fine (idempotent).
+
+        A POST whose connection dropped is sent again (``classify``), and if the first one was applied the second
+        is refused (the key is unknown by then). So a refusal is checked against the application: when the key is
+        no longer among its credentials, the removal is done, whichever attempt did it."""
+        kind = "passwordCredentials" if action == "removePassword" else "keyCredentials"
+        key_id = str(body["keyId"]).lower()
         try:
             await self._call(what, lambda: self._send("POST", f"/applications/{_quoted(object_id)}/{action}", body))
         except NotFound:
             return
+        except ServiceError as refused:
+            try:
+                present = await self._credentials(object_id, kind)
+            except ServiceError:
+                raise refused from None
+            if any(isinstance(item, Mapping) and str(item.get("keyId") or "").lower() == key_id for item in present):
+                raise
+            log.info("Microsoft Graph refused to %s, but it is done (an earlier attempt's answer was lost)", what)
 
     async def remove_password(self, object_id: str, key_id: str) -> None:
         """Revoke a client secret; one that is already gone is fine (idempotent)."""
@@ -542,11 +559,26 @@ class GraphApps:
     async def add_federated_credential(self, object_id: str, credential: Mapping[str, Any]) -> FederatedCredential:
         """POST a federated identity credential (its name is unique per application: a lost answer is found again
         by the caller, by name)."""
-        added = await self._call(
-            "add a federated identity credential",
-            lambda: self._send("POST", f"/applications/{_quoted(object_id)}/federatedIdentityCredentials",
-                               dict(credential)),
-        )
+        try:
+            added = await self._call(
+                "add a federated identity credential",
+                lambda: self._send("POST", f"/applications/{_quoted(object_id)}/federatedIdentityCredentials",
+                                   dict(credential)),
+            )
+        except ServiceError as refused:
+            # Sent again after a dropped connection, an addition that was applied is refused (its name is taken):
+            # the credential of that name, issuer and subject is the one asked for, whichever attempt made it.
+            try:
+                present = await self.federated_credentials(object_id)
+            except ServiceError:
+                raise refused from None
+            wanted = (credential.get("name"), credential.get("issuer"), credential.get("subject"))
+            same = [c for c in present if (c.name, c.issuer, c.subject) == wanted]
+            if not same:
+                raise
+            log.info("Microsoft Graph refused to add a federated identity credential that is there (an earlier "
+                     "attempt's answer was lost)")
+            return same[0]
         if not isinstance(added, dict) or not added.get("id"):
             raise UpstreamError("Microsoft Graph did not return the new federated identity credential.")
         return _federated(added)

@@ -56,14 +56,52 @@ async def test_find_add_and_remove_a_password(admin: Any, clients: AzureClients,
         await graph.remove_password(found.object_id, added.key_id)
         live = {p["keyId"] for p in admin.app_passwords(entra.tenant_id, entra.client_id) if not p["revoked"]}
         assert added.key_id not in live
-        # Graph refuses a Key ID the application does not have: the caller decides whether that means "gone".
-        with pytest.raises(UpstreamError, match="400 Request_BadRequest"):
-            await graph.remove_password(found.object_id, added.key_id)
+        # Graph refuses a Key ID the application does not have (400): the application is read, and the key is gone,
+        # so the removal is done (idempotent).
+        await graph.remove_password(found.object_id, added.key_id)
 
     reads = [r for r in graph_requests(admin, entra) if r["graph"] == "get"]
     assert reads
-    assert all(r["query"] == {"$select": APPLICATION_SELECT} for r in reads)
+    # every read selects what it uses (the application; its passwords alone, to see the refused removal done)
+    assert {r["query"]["$select"] for r in reads} == {APPLICATION_SELECT, "id,passwordCredentials"}
     assert graph._client is None  # msgraph-sdk was never built for these calls
+
+
+async def test_a_removal_or_a_federated_addition_sent_again_after_its_answer_was_lost_is_done_once(
+        admin: Any, clients: AzureClients, secrets_used: Any) -> None:
+    """A POST whose connection dropped is sent again; Graph then refuses the second (the key is gone, the name is
+    taken), and what was asked for is done: the application says so."""
+    entra = register_rotatable_app(admin, secrets_used, name="graph-lost-answers")
+    credential, graph = graph_for(clients, entra)
+    try:
+        async with credential:
+            found = await graph.find(entra.client_id)
+            added = await graph.add_password(found.object_id, "to remove", datetime.now(UTC) + timedelta(days=1),
+                                             never_lost)
+            secrets_used.add(added.secret_text)
+            admin.set_faults([{"method": "POST", "path": r"/removePassword$", "action": "drop_after", "times": 1}])
+            await graph.remove_password(found.object_id, added.key_id)
+            assert [f["hits"] for f in admin.faults()] == [1]  # the first was applied, its answer lost
+            assert added.key_id not in {p["keyId"] for p in admin.app_passwords(entra.tenant_id, entra.client_id)
+                                        if not p["revoked"]}
+
+            wanted = {"name": "appconn-lost-answer", "issuer": "https://issuer.example/", "subject": "subject-1",
+                      "audiences": ["api://AzureADTokenExchange"]}
+            admin.set_faults([{"method": "POST", "path": r"/federatedIdentityCredentials$", "action": "drop_after",
+                               "times": 1}])
+            made = await graph.add_federated_credential(found.object_id, wanted)
+            assert [f["hits"] for f in admin.faults()] == [1]
+            assert [(c.id, c.name) for c in await graph.federated_credentials(found.object_id)] == [
+                (made.id, "appconn-lost-answer")]
+            admin.clear_faults()
+            with pytest.raises(UpstreamError):  # a name taken by another credential (another subject) is refused
+                await graph.add_federated_credential(found.object_id, {**wanted, "subject": "someone-else"})
+            # a key that is still there is not taken for removed when Graph refuses its removal
+            admin.set_faults([graph_fault(400, "Request_BadRequest", "refused", times=1)])
+            with pytest.raises(UpstreamError, match="Request_BadRequest"):
+                await graph.remove_password(found.object_id, entra.key_id)
+    finally:
+        admin.clear_faults()
 
 
 async def test_graph_refusals_become_domain_errors(admin: Any, clients: AzureClients, secrets_used: Any) -> None:
