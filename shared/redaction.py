@@ -103,8 +103,13 @@ def redact(text: str) -> str:
     return text
 
 
+# A record's own attributes; any other is an ``extra=`` one, which exporters (OpenTelemetry's LoggingHandler, so
+# Application Insights) send as an attribute of the record as it is.
+_RECORD_ATTRIBUTES = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
 def redact_record(record: logging.LogRecord) -> logging.LogRecord:
-    """Rewrite ``record`` in place when its message or exception text holds a secret."""
+    """Rewrite ``record`` in place when its message, exception, stack or ``extra=`` text holds a secret."""
     try:
         message = record.getMessage()
     except Exception:  # arguments that do not format: keep their text, redacted
@@ -118,9 +123,17 @@ def redact_record(record: logging.LogRecord) -> logging.LogRecord:
         text = logging.Formatter().formatException(record.exc_info)
         cleaned = redact(text)
         if cleaned != text:
-            record.exc_text = cleaned  # what formatters print; the exception itself is left alone
+            # The exception itself holds the secret, and exporters read it (OpenTelemetry's exception.message and
+            # exception.stacktrace): the record keeps only the cleaned text, in its message.
+            record.msg, record.args = f"{record.getMessage()}\n{cleaned}", ()
+            record.exc_info, record.exc_text = None, None
     if record.stack_info:
         record.stack_info = redact(record.stack_info)
+    for name, value in record.__dict__.items():
+        if name not in _RECORD_ATTRIBUTES and isinstance(value, str):
+            cleaned = redact(value)
+            if cleaned != value:
+                record.__dict__[name] = cleaned
     return record
 
 

@@ -66,8 +66,40 @@ def test_exception_texts_are_redacted():
         raise ValueError("SDK said: Bearer sdk-token-value-123 was refused")
     except ValueError as error:
         record = redact_record(_record("failed", exc=error))
-    assert record.exc_text and "sdk-token-value-123" not in record.exc_text
-    assert "sdk-token-value-123" not in logging.Formatter().format(record)
+    formatted = logging.Formatter().format(record)
+    assert "sdk-token-value-123" not in formatted
+    assert formatted.startswith("failed\nTraceback") and "Bearer [REDACTED] was refused" in formatted
+    assert record.exc_info is None  # exporters read the exception itself, which still holds it
+
+
+def test_what_application_insights_is_sent_holds_no_secret():
+    """OpenTelemetry's LoggingHandler (the one azure-monitor-opentelemetry installs) reads a record's exception
+    and ``extra=`` attributes itself, not what a formatter prints."""
+    from opentelemetry.instrumentation.logging.handler import LoggingHandler  # azure-monitor-opentelemetry's
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+
+    secret = "Qx8~exported-secret-value-1"
+    register_secret(secret)
+    exporter = InMemoryLogRecordExporter()
+    provider = LoggerProvider()
+    provider.add_log_record_processor(SimpleLogRecordProcessor(exporter))
+    handler = LoggingHandler(logger_provider=provider)
+    try:
+        raise RuntimeError(f"form client_secret={secret}&grant_type=client_credentials")
+    except RuntimeError as error:
+        failed = redact_record(_record("POST /x failed", exc=error))
+    noted = redact_record(_record("audit %s", "connection.create"))
+    noted.__dict__.update(audit_detail=f"refresh_token={secret}", audit_count=3)
+    redact_record(noted)
+    for record in (failed, noted):
+        handler.emit(record)
+    exported = [getattr(item, "log_record", item) for item in exporter.get_finished_logs()]
+    assert len(exported) == 2
+    for item in exported:
+        assert secret not in f"{item.body} {dict(item.attributes or {})}"
+    assert dict(exported[1].attributes or {})["audit_detail"] == f"refresh_token={REDACTED}"
+    assert dict(exported[1].attributes or {})["audit_count"] == 3
 
 
 def test_installed_filter_sees_every_logger_and_handler():
