@@ -14,7 +14,7 @@ import logging
 import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -95,7 +95,7 @@ class Validated:
     """Credentials that parsed and worked: what goes to the vault and what the record says of them."""
 
     credentials: Credentials
-    material: dict[str, str]
+    material: dict[str, str] = field(repr=False)
     expires_on: datetime | None
 
 

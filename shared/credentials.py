@@ -26,7 +26,7 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +75,7 @@ class ParsedCertificate:
     """A certificate and its private key, checked by :func:`parse_certificate` (build it only there)."""
 
     certificate_pem: bytes
-    private_key_pem: bytes  # PKCS#8, unencrypted; never leaves the service
+    private_key_pem: bytes = field(repr=False)  # PKCS#8, unencrypted; never leaves the service
     key_type: str  # "RSA" or "EC"
     thumbprint_sha1: str
     thumbprint_sha256: str

@@ -36,7 +36,7 @@ class _Strict(BaseModel):
 class ClientSecretCredentialsIn(_Strict):
     tenantId: Guid
     clientId: Guid
-    clientSecret: Secret
+    clientSecret: Secret = Field(repr=False)  # never shown, whatever prints the model
     clientSecretKeyId: Guid | None = None
 
 
@@ -44,7 +44,7 @@ class CertificateCredentialsIn(_Strict):
     tenantId: Guid
     clientId: Guid
     certificateBody: Pem
-    privateKey: Pem
+    privateKey: Pem = Field(repr=False)
 
 
 class FederatedCredentialsIn(_Strict):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -180,13 +180,13 @@ class OAuthFlow:
                 raise DifferentUser(
                     f"Entra ID did not say who signed in, so it cannot be checked against who authorized this "
                     f"connection ({before.upn or before.oid}). To replace their authorization, start again with "
-                    "allowDifferentUser=true. Nothing was saved.", refused)
+                    "allowDifferentUser=true. Nothing was saved.", audit_detail=refused)
             if before.oid == consent.oid:
                 return
             raise DifferentUser(
                 f"You signed in as {signed_in}, but this connection was authorized by {before.upn or before.oid}. "
                 "To replace their authorization with yours, start again with allowDifferentUser=true. Nothing was "
-                "saved.", refused)
+                "saved.", audit_detail=refused)
 
         try:
             if pending.connection_id is not None:
@@ -220,9 +220,9 @@ class DifferentUser(ServiceError):
     slug = "oauth-different-user"
     title = "Another person consented to this connection"
 
-    def __init__(self, detail: str, audit_detail: str) -> None:
-        super().__init__(detail)
-        self.audit_detail = audit_detail  # what the audit record says (who signed in), not addressed to them
+    def __init__(self, detail: str, *, audit_detail: str | None = None, **kwargs: Any) -> None:
+        super().__init__(detail, **kwargs)
+        self.audit_detail = audit_detail or detail  # what the audit record says (who signed in), not to them
 
 
 def authorization_of(result: TokenResult, tenant: str) -> Authorization | None:

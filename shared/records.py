@@ -270,7 +270,7 @@ class PendingAuthorization:
     app: str
     client_id: str
     redirect_uri: str
-    verifier: str
+    verifier: str = field(repr=False)
     created_at: datetime
     expires_at: datetime
     name: str | None = None

@@ -134,7 +134,7 @@ class _Run:
     """What one attempt reads or opens once and reuses in its later steps (never beyond the attempt): the
     material of a vault version, and a Graph session per version (so its token is acquired once)."""
 
-    materials: dict[str, dict[str, str]] = field(default_factory=dict)
+    materials: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
     graphs: dict[str, GraphSession] = field(default_factory=dict)
     closing: AsyncExitStack = field(default_factory=AsyncExitStack)
     # An addition this attempt began and its journal has not recorded yet; what it added (unless Graph's answer was

@@ -145,3 +145,31 @@ def test_registered_values_are_found_anywhere_and_the_oldest_are_forgotten_beyon
     assert redact("a-fifth-secret-value") == REDACTED
     redaction.forget_secrets()
     assert redact(values[3]) == values[3]
+
+
+def test_what_holds_secret_material_never_shows_it_in_its_repr():
+    from dataclasses import fields as dataclass_fields
+    from datetime import UTC, datetime
+
+    from shared.connections import Validated
+    from shared.credentials import ParsedCertificate
+    from shared.models import CertificateCredentialsIn, ClientSecretCredentialsIn
+    from shared.records import PendingAuthorization
+    from shared.rotation.protocol import _Run
+
+    marker = "Qx8~repr-marker-secret-1"
+    now = datetime.now(UTC)
+    guid = "00000000-0000-0000-0000-000000000001"
+    secret_form = ClientSecretCredentialsIn(tenantId=guid, clientId=guid, clientSecret=marker)
+    holders = [
+        secret_form,
+        CertificateCredentialsIn(tenantId=guid, clientId=guid, certificateBody="cert", privateKey=marker),
+        ParsedCertificate(b"cert", marker.encode(), "RSA", "a", "b", now, 2048),
+        PendingAuthorization("app", guid, "https://x/cb", marker, now, now),
+        Validated(secret_form, {"clientSecret": marker}, None),
+        _Run(materials={"v1": {"clientSecret": marker}}),
+    ]
+    for holder in holders:
+        assert marker not in repr(holder), type(holder).__name__
+        assert marker not in str(holder), type(holder).__name__
+    assert [f.name for f in dataclass_fields(Validated) if not f.repr] == ["material"]
