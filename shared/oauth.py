@@ -37,7 +37,7 @@ from shared.oauth_callback import CALLBACK_IGNORED as CALLBACK_IGNORED  # the ca
 from shared.oauth_callback import CALLBACK_PARAMS as CALLBACK_PARAMS
 from shared.oauth_callback import OAuthFailed as OAuthFailed
 from shared.oauth_callback import callback_values, no_pending_sign_in, unexpected_parameter
-from shared.oauth_start import DEFAULT_TENANT, OAuthStart, oauth_scopes
+from shared.oauth_start import DEFAULT_TENANT, OAuthStart, held_by, oauth_scopes
 from shared.oauth_tokens import instance_client
 from shared.ports import Adapters, TokenResult
 from shared.records import Actor, Authorization, ConnectionRecord, PendingAuthorization
@@ -77,16 +77,18 @@ class OAuthFlow:
         self.adapters = adapters
         self.connections = connections
 
-    async def start(self, app_id: str, params: Mapping[str, str]) -> str:
+    async def start(self, app_id: str, params: Mapping[str, str], browser_binding: str | None = None) -> str:
         """Validate the request, store its state and return the URL to send the user's browser to
         (``shared.oauth_start``, over this flow's adapters)."""
         adapters = self.adapters
         return await OAuthStart(adapters.settings, adapters.connections, adapters.oauth_states,
-                                adapters.clock).start(app_id, params)
+                                adapters.clock).start(app_id, params, browser_binding)
 
-    async def complete(self, params: Mapping[str, str]) -> AuthorizationOutcome:
+    async def complete(self, params: Mapping[str, str], cookies: Mapping[str, str] | None = None,
+                       ) -> AuthorizationOutcome:
         """Finish the flow the callback received: only ``code``, ``state``, ``error`` and ``error_description``
-        are read. The state is consumed whatever happens next, so a callback never runs twice."""
+        are read, and the browser's ``cookies`` (name to value) for a sign-in bound to the browser that started
+        it. The state is consumed whatever happens next, so a callback never runs twice."""
         values = callback_values(params)
         state = values["state"]
         pending = await self.adapters.oauth_states.take(state) if state else None
@@ -99,7 +101,7 @@ class OAuthFlow:
         audit = AuditLog(self.adapters.audit, self.adapters.clock)
         with acting(replace(current(), actor=started_by)):
             try:
-                return await self._redeem(pending, values, params, audit, action)
+                return await self._redeem(pending, values, params, cookies or {}, audit, action)
             except DifferentUser as refused:
                 await audit.record(action, "refused", app=pending.app, connection_id=pending.connection_id,
                                    connection_name=pending.name, detail=refused.audit_detail)
@@ -111,8 +113,14 @@ class OAuthFlow:
                 raise
 
     async def _redeem(self, pending: PendingAuthorization, values: Mapping[str, str | None],
-                      params: Mapping[str, str], audit: AuditLog, action: str) -> AuthorizationOutcome:
+                      params: Mapping[str, str], cookies: Mapping[str, str], audit: AuditLog, action: str,
+                      ) -> AuthorizationOutcome:
         """Redeem the answer of the pending sign-in ``pending`` and save the connection."""
+        if pending.browser_binding is not None and not held_by(pending.browser_binding, cookies):
+            # Started in a browser (the console): a sign-in's URL opened in another one (sent to someone, say)
+            # would bind their grant to a connection the starter chose. Nothing is redeemed.
+            raise OAuthFailed("This sign-in was started in another browser. Start it again from the App "
+                              "Connections page in the browser you sign in with. Nothing was saved.")
         error = values["error"]
         if error:
             raise _declined(error, values["error_description"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import logging
 import secrets
 import urllib.parse
@@ -129,6 +130,26 @@ def parse_authorize_query(query: Mapping[str, str]) -> AuthorizeQuery:
     return AuthorizeQuery(**values)
 
 
+# -- the starting browser ---------------------------------------------------------------------------------
+BINDING_COOKIE_PREFIX = "__Host-appconn-oauth-"  # + a tag of the value: one cookie per sign-in, so tabs coexist
+
+
+def new_browser_binding() -> tuple[str, str]:
+    """A new binding: the cookie's name and its value (random, 256 bits)."""
+    value = secrets.token_urlsafe(32)
+    return BINDING_COOKIE_PREFIX + binding_hash(value)[:12], value
+
+
+def binding_hash(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def held_by(binding: str, cookies: Mapping[str, str]) -> bool:
+    """Whether ``cookies`` (name to value) hold the value whose hash is ``binding``."""
+    return any(name.startswith(BINDING_COOKIE_PREFIX) and hmac.compare_digest(binding_hash(value), binding)
+               for name, value in cookies.items())
+
+
 # -- start ----------------------------------------------------------------------------------------------
 class OAuthStart:
     """Starts sign-ins: ``settings``, a connection's reads, the OAuth states and the clock are handed in."""
@@ -140,8 +161,10 @@ class OAuthStart:
         self._states = states
         self._clock = clock
 
-    async def start(self, app_id: str, params: Mapping[str, str]) -> str:
-        """Validate the request, store its state and return the URL to send the user's browser to."""
+    async def start(self, app_id: str, params: Mapping[str, str], browser_binding: str | None = None) -> str:
+        """Validate the request, store its state and return the URL to send the user's browser to.
+        ``browser_binding``: the value of the cookie the starting browser gets (:func:`new_browser_binding`); the
+        answer is then taken only from the browser that holds it (RFC 9700 §4.7.1)."""
         app = require_app(app_id)
         settings = self._settings
         client = instance_client(settings, app)
@@ -180,6 +203,7 @@ class OAuthStart:
             tenant_id=tenant,  # for a re-authorization without tenantId: the connection's own
             connection_id=request.connectionId, started_by=acting_actor(),
             allow_different_user=request.allowDifferentUser == "true",
+            browser_binding=binding_hash(browser_binding) if browser_binding else None,
         )
         state = new_state(pending.expires_at)
         await self._states.put(state, pending)

@@ -279,6 +279,9 @@ class PendingAuthorization:
     connection_id: str | None = None
     started_by: Actor | None = None  # who started the sign-in (the callback page and the audit log say so)
     allow_different_user: bool = False  # a re-authorization may be consented by another person than before
+    # SHA-256 (hex) of the value of the cookie set in the browser that started the sign-in (the console, by its
+    # session cookie): the answer must come back to that browser. None when started with a bearer token.
+    browser_binding: str | None = None
 
 
 @dataclass(frozen=True)

@@ -38,17 +38,20 @@ PAGE_HEADERS = {
 }
 
 
+def _cookies(req: func.HttpRequest) -> dict[str, str]:
+    """The request's cookies, name to value (the first of a name, as ``shared.sessions.cookie_value`` reads one)."""
+    cookies: dict[str, str] = {}
+    for part in (req.headers.get("cookie") or "").split(";"):
+        name, sep, value = part.strip().partition("=")
+        if sep and name and name not in cookies:
+            cookies[name] = value.strip().strip('"')
+    return cookies
+
+
 def _from_console(req: func.HttpRequest) -> bool:
     """The browser holds a session cookie of the console: its page, not this one, shows the outcome (the console
     checks the session itself; the redirect carries only the connection's id, which this page would show too)."""
-    from http.cookies import CookieError, SimpleCookie
-
-    cookies: SimpleCookie = SimpleCookie()
-    try:
-        cookies.load(req.headers.get("cookie") or "")
-    except CookieError:
-        return False
-    return bool(cookies.get(CONSOLE_SESSION_COOKIE) and cookies[CONSOLE_SESSION_COOKIE].value)
+    return bool(_cookies(req).get(CONSOLE_SESSION_COOKIE))
 
 
 def _wants_json(req: func.HttpRequest) -> bool:
@@ -60,12 +63,20 @@ def _wants_json(req: func.HttpRequest) -> bool:
 @bp.route(route=BASE + "/{app}/oauth/authorize", methods=["GET"], auth_level=OPEN)
 @endpoint("Writer", action="connection.authorize")
 async def authorize_app_connection_oauth(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.oauth_start import STATE_LIFETIME, new_browser_binding
     from shared.wiring import oauth_start
 
-    url = await oauth_start().start(req.route_params["app"], dict(req.params))
-    if _wants_json(req):
-        return json_response({"authorizationUrl": url})
-    return func.HttpResponse(status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
+    # Started by the console's session cookie (a bearer token wins when both are sent): the answer must come back
+    # to this browser, which gets a cookie for it. An API client's sign-in goes to whoever it hands the URL to.
+    cookie = new_browser_binding() if not req.headers.get("authorization") else None
+    url = await oauth_start().start(req.route_params["app"], dict(req.params), cookie[1] if cookie else None)
+    response = json_response({"authorizationUrl": url}) if _wants_json(req) else func.HttpResponse(
+        status_code=302, headers={"Location": url, "Cache-Control": "no-store"})
+    if cookie is not None:
+        from shared.sessions import set_cookie  # the cookie's caller loaded it already
+
+        response.headers.add("Set-Cookie", set_cookie(*cookie, int(STATE_LIFETIME.total_seconds())))
+    return response
 
 
 def page(title: str, paragraphs: list[str], status: int) -> func.HttpResponse:
@@ -123,7 +134,7 @@ async def _complete(req: func.HttpRequest) -> func.HttpResponse:
     from shared.wiring import oauth_flow
 
     try:
-        outcome = await oauth_flow().complete(req.params)
+        outcome = await oauth_flow().complete(req.params, _cookies(req))
     except ServiceError as error:
         return _failure_page(error)
     except Exception as error:

@@ -48,6 +48,7 @@ _COLUMNS = {
     "tenant_id": "TenantId",
     "connection_id": "ConnectionId",
     "allow_different_user": "AllowDifferentUser",
+    "browser_binding": "BrowserBinding",
 }
 
 

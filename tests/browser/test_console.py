@@ -209,6 +209,26 @@ def test_rotation_enabled_at_creation_shows_in_the_timeline_and_delete_lists_wha
     assert page.locator("table.connections tr", has_text="console-rotated").count() == 0
 
 
+def test_a_sign_in_started_in_the_console_cannot_be_finished_in_another_browser(
+        open_console: Any, host_url: str) -> None:
+    """Its URL, sent to someone (who signs in to Entra), would bind their grant to the starter's connection."""
+    starter = open_console("admin")
+    url = starter.page.evaluate("""async () => {
+        const {api} = await import('/console/assets/api.js');
+        return (await api('GET', '/api/v1/app-connections/azure-key-vault/oauth/authorize?name=console-sent-link'))
+            .authorizationUrl; }""")
+    assert [c["name"] for c in starter.page.context.cookies() if c["name"].startswith("__Host-appconn-oauth-")]
+    other = open_console("reader")  # another browser, signed in to the console as someone else
+    other.page.goto(url)
+    other.page.wait_for_selector("h1")
+    assert other.page.inner_text("h1") == "The connection was not authorized"
+    assert "started in another browser" in other.page.inner_text("main")
+    listed = starter.page.evaluate("""async () => {
+        const {api} = await import('/console/assets/api.js');
+        return (await api('GET', '/api/v1/app-connections/azure-key-vault')).appConnections.map((c) => c.name); }""")
+    assert "console-sent-link" not in listed
+
+
 def test_a_reader_sees_everything_but_can_change_nothing(open_console: Any, admin: Any, secrets_used: Any,
                                                         api: httpx.Client) -> None:
     app = register_app(admin, secrets_used, name="console-read")

@@ -256,3 +256,36 @@ async def test_a_refused_re_authorization_is_audited_once_as_refused():
     assert _outcomes(fakes, "connection.reauthorize") == [
         ("started", "writer-1", "OAuth sign-in by bob@contoso.example"),
         ("refused", "writer-1", "OAuth sign-in by bob@contoso.example: another person than the one who consented")]
+
+
+async def test_a_sign_in_started_in_a_browser_is_completed_only_by_that_browser():
+    """RFC 9700 §4.7.1: a sign-in started from the console carries a cookie; its URL opened in another browser
+    (sent to someone else, say) would bind their grant to a connection the starter chose. Refused, audited."""
+    import urllib.parse
+
+    from shared.audit import RequestContext, acting
+    from shared.oauth_start import new_browser_binding
+    from shared.records import Actor
+    from tests.fakes import TENANT, build_fakes
+
+    fakes = build_fakes()
+    _answers(fakes, {"tid": TENANT, "oid": "alice-oid", "preferred_username": "alice@contoso.example"})
+    flow = wiring.services(fakes.adapters).oauth
+
+    async def started(name: str) -> tuple[str, str, str]:
+        cookie, value = new_browser_binding()
+        with acting(RequestContext(Actor("writer-1", "writer@contoso.example", "user", "AppConnections.Writer"))):
+            url = await flow.start("azure-key-vault", {"name": name, "tenantId": TENANT}, value)
+        return urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["state"][0], cookie, value
+
+    for cookies in ({}, {"__Host-appconn-oauth-000000000000": "a-guess"}, {"other": "x"}):
+        state, cookie, value = await started("kv")
+        with pytest.raises(OAuthFailed, match="started in another browser"):
+            await flow.complete({"code": "a-code", "state": state}, cookies)
+    assert [o for o, _, _ in _outcomes(fakes, "connection.create")] == ["failed"] * 3
+    state, cookie, value = await started("kv")  # the browser that started it: two sign-ins' cookies, one its own
+    _, other_cookie, other_value = await started("kv2")
+    outcome = await flow.complete({"code": "a-code", "state": state}, {other_cookie: other_value, cookie: value})
+    assert outcome.record.name == "kv"
+    unbound = await _signed_in(fakes, {"name": "kv3", "tenantId": TENANT})  # started with a bearer token: unbound
+    assert unbound.record.name == "kv3"

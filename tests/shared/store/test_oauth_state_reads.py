@@ -61,3 +61,15 @@ async def test_a_value_not_shaped_like_a_state_is_not_looked_up(clients: AzureCl
     for value in ("", "abc", "2026030405.short", "2026030405." + "a" * 40 + "'", "x' or RowKey ne '"):
         assert await OAuthStateReads(reads).pending(value) is False
     assert not hasattr(reads, "returned")
+
+
+async def test_a_state_keeps_the_hash_of_the_browser_it_is_bound_to(clients: AzureClients) -> None:
+    from dataclasses import replace
+
+    from shared.oauth_start import binding_hash
+
+    expires = datetime.now(UTC) + timedelta(minutes=10)
+    state = new_state(expires)
+    bound = replace(pending_until(expires), browser_binding=binding_hash("cookie-value"))
+    await OAuthStates(clients).put(state, bound)
+    assert (await OAuthStates(clients).take(state)) == bound
