@@ -48,6 +48,9 @@ def parse_hhmm(value: str) -> time:
     return time(int(match.group(1)), int(match.group(2)))
 
 
+SLOT_TOLERANCE = timedelta(hours=6)  # how late after its due time a rotation still counts for that day
+
+
 @dataclass(frozen=True)
 class RotationSchedule:
     interval_days: int
@@ -68,10 +71,15 @@ class RotationSchedule:
         return local.astimezone(UTC)
 
     def next_due(self, last_rotated_at: datetime) -> datetime:
-        """The first due time on the day ``interval_days`` after the last rotation's local date."""
+        """The first due time on the day ``interval_days`` after the last rotation's local date. A rotation made
+        less than ``SLOT_TOLERANCE`` after a due time counts for that due time's day: one due at 23:55 that the
+        hourly sweep makes at 00:05 would otherwise move the schedule a day later at every rotation."""
         tz = zone(self.time_zone)
-        last_local_day = last_rotated_at.astimezone(tz).date()
-        return self.at_local(last_local_day + timedelta(days=self.interval_days))
+        day = last_rotated_at.astimezone(tz).date()
+        slot = self.at_local(day)
+        if slot > last_rotated_at and last_rotated_at - self.at_local(day - timedelta(days=1)) < SLOT_TOLERANCE:
+            day -= timedelta(days=1)
+        return self.at_local(day + timedelta(days=self.interval_days))
 
     @property
     def rotate_at_text(self) -> str:

@@ -65,3 +65,31 @@ def test_bad_times_are_refused(text):
 
 def test_good_times_parse():
     assert parse_hhmm("23:59") == time(23, 59)
+
+
+def test_a_rotation_made_just_after_midnight_for_a_time_before_it_keeps_the_schedule_s_day():
+    schedule = RotationSchedule(30, time(23, 55))
+    assert schedule.next_due(utc(2026, 1, 2, 0, 5)) == utc(2026, 1, 31, 23, 55)  # made for Jan 1 23:55
+    assert schedule.next_due(utc(2026, 1, 1, 23, 56)) == utc(2026, 1, 31, 23, 55)
+    assert schedule.next_due(utc(2026, 1, 2, 10, 0)) == utc(2026, 2, 1, 23, 55)  # later than that: its own day
+
+
+def test_hourly_sweeps_keep_a_late_evening_schedule_from_drifting_a_day_a_cycle():
+    from datetime import timedelta
+    from itertools import pairwise
+
+    schedule = RotationSchedule(7, time(23, 30), "Europe/Paris")
+    due = schedule.next_due(utc(2026, 1, 1, 12, 0))
+    dues = []
+    for _ in range(12):  # the sweep runs on the hour and the rotation takes a few minutes
+        swept = due.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+        due = schedule.next_due(swept + timedelta(minutes=3))
+        dues.append(due)
+    assert all((b - a) in (timedelta(days=7), timedelta(days=7, hours=-1), timedelta(days=7, hours=1))
+               for a, b in pairwise(dues))  # a week apart (DST moves UTC by an hour)
+    assert all(d.astimezone(zone("Europe/Paris")).time() == time(23, 30) for d in dues)
+
+
+def test_a_manual_rotation_early_in_the_day_still_counts_from_its_own_day():
+    schedule = RotationSchedule(1, time(3, 0))
+    assert schedule.next_due(utc(2026, 1, 5, 1, 0)) == utc(2026, 1, 6, 3, 0)  # 22 h after the last due time
