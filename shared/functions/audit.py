@@ -42,7 +42,7 @@ _EARLIEST, _LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzin
 
 @bp.function_name("list_audit_logs")
 @bp.route(route="api/v1/audit-logs", methods=["GET"], auth_level=OPEN)
-@endpoint("Auditor")
+@endpoint("Auditor", query=("from", "to", "connectionId", "actor", "action", "limit", "continuationToken"))
 async def list_audit_logs(req: func.HttpRequest) -> func.HttpResponse:
     from shared.settings import get_settings
     from shared.wiring import audit_log

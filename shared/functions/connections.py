@@ -83,7 +83,7 @@ async def create_app_connection(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("list_app_connections")
 @bp.route(route=BASE + "/{app}", methods=["GET"], auth_level=OPEN)
-@endpoint("Reader")
+@endpoint("Reader", query=("limit", "continuationToken"))
 async def list_app_connections(req: func.HttpRequest) -> func.HttpResponse:
     from shared.views import to_response
 
@@ -118,7 +118,7 @@ async def update_app_connection(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.function_name("delete_app_connection")
 @bp.route(route=BASE + "/{app}/{connectionId}", methods=["DELETE"], auth_level=OPEN)
-@endpoint("Writer", action="connection.delete")
+@endpoint("Writer", action="connection.delete", query=("force",))
 async def delete_app_connection(req: func.HttpRequest) -> func.HttpResponse:
     from shared.views import to_response
 

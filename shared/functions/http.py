@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 import azure.functions as func
@@ -194,11 +194,14 @@ RoleRule = Callable[[func.HttpRequest], tuple[str, ...]]
 
 
 def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None = None,
-             any_app: bool = False) -> Callable[[Handler], Handler]:
+             any_app: bool = False, query: Collection[str] | None = ()) -> Callable[[Handler], Handler]:
     """Wrap a handler: the caller's access token is validated and must carry ``role`` (or every role a rule reads
     from the request), for the route's app or ``app`` for a route whose path names none (``any_app``: a role
     limited to any one app is enough); the request runs as that caller; a route with an audit ``action`` is
-    recorded before it runs (fail closed) and its outcome after; every failure is answered with a problem."""
+    recorded before it runs (fail closed) and its outcome after; every failure is answered with a problem.
+    ``query``: the query parameters the route reads; any other is a 400 (None: the handler checks its query)."""
+
+    allowed = None if query is None else frozenset(query)
 
     def decorate(handler: Handler) -> Handler:
         async def guarded(req: func.HttpRequest) -> func.HttpResponse:
@@ -236,7 +239,7 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
             )
             with acting(context):
                 if action is None:
-                    return await answer(handler, req, instance)
+                    return await answer(handler, req, instance, allowed)
                 return await _audited(req, instance, route_app, params.get("connectionId"))
 
         async def _audited(req: func.HttpRequest, instance: str, route_app: str | None,
@@ -251,7 +254,7 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
                                    detail=f"{req.method} {instance}")
             except ServiceError as error:
                 return problem_response(error, instance)
-            response = await answer(handler, req, instance)
+            response = await answer(handler, req, instance, allowed)
             connection = _connection_of(response)
             await audit.record(action, str(response.status_code), app=route_app,
                                connection_id=connection_id or connection.get("id"),
@@ -261,6 +264,7 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
         wrapper = _traced(handler, guarded)
         wrapper.required_role = role  # type: ignore[attr-defined]  # read by the tests of the access model
         wrapper.audit_action = action  # type: ignore[attr-defined]
+        wrapper.query_parameters = allowed  # type: ignore[attr-defined]
         return wrapper
 
     return decorate
@@ -373,13 +377,31 @@ def refuse_repeated_query(req: func.HttpRequest) -> None:
                                      for name in repeated])
 
 
-async def answer(handler: Handler, req: func.HttpRequest, instance: str) -> func.HttpResponse:
+def refuse_unknown_query(req: func.HttpRequest, allowed: frozenset[str]) -> None:
+    """A query parameter the route does not read is a 400 (a misspelt ``limt`` would otherwise be ignored). The
+    function key (``code``) may always travel in the query."""
+    unknown = [name for name in req.params if name not in allowed and name != "code"]
+    if unknown:
+        from shared.errors import FieldError, InvalidRequest
+        from shared.fields import pointer_part
+
+        known = ", ".join(sorted(allowed)) or "none"
+        raise InvalidRequest(f"This route reads no such query parameter (it reads: {known}).",
+                             errors=[FieldError(f"/{pointer_part(name)}", "is not a known query parameter")
+                                     for name in sorted(unknown)])
+
+
+async def answer(handler: Handler, req: func.HttpRequest, instance: str,
+                 query: frozenset[str] | None = None) -> func.HttpResponse:
     """Run ``handler``: a domain error becomes its problem, an unmapped Azure failure a 502, anything else a 500
-    that says nothing of the request (the details go to the log, never a secret)."""
+    that says nothing of the request (the details go to the log, never a secret). ``query``: the query parameters
+    the route reads (None: not checked here)."""
     from shared.errors import ServiceError, UpstreamError
 
     try:
         refuse_repeated_query(req)
+        if query is not None:
+            refuse_unknown_query(req, query)
         return await handler(req)
     except ServiceError as error:
         if error.status >= 500:

@@ -61,7 +61,7 @@ def _wants_json(req: func.HttpRequest) -> bool:
 
 @bp.function_name("authorize_app_connection_oauth")
 @bp.route(route=BASE + "/{app}/oauth/authorize", methods=["GET"], auth_level=OPEN)
-@endpoint("Writer", action="connection.authorize")
+@endpoint("Writer", action="connection.authorize", query=None)  # its query is checked field by field
 async def authorize_app_connection_oauth(req: func.HttpRequest) -> func.HttpResponse:
     from shared.oauth_start import STATE_LIFETIME, new_browser_binding
     from shared.wiring import oauth_start

@@ -33,7 +33,7 @@ async def migrate_app_connection_to_federated(req: func.HttpRequest) -> func.Htt
 
 @bp.function_name("list_app_connection_rotations")
 @bp.route(route=BASE + "/{app}/{connectionId}/rotations", methods=["GET"], auth_level=OPEN)
-@endpoint("Reader")
+@endpoint("Reader", query=("limit", "continuationToken"))
 async def list_app_connection_rotations(req: func.HttpRequest) -> func.HttpResponse:
     events, token = await _reader().rotations(
         req.route_params["app"], req.route_params["connectionId"], query_int(req, "limit"),

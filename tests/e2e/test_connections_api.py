@@ -309,6 +309,21 @@ def test_bad_list_queries_are_400(api, query):
     assert_problem(api.get(f"{BASE}/azure-key-vault", params=query), 400)
 
 
+@pytest.mark.parametrize(("method", "path", "query", "pointers"), [
+    ("GET", f"{BASE}/azure-key-vault", {"limt": "5"}, ["/limt"]),  # misspelt: not silently the default page
+    ("GET", f"{BASE}/options", {"app": "azure-key-vault"}, ["/app"]),
+    ("GET", "/api/v1/audit-logs", {"limit": "5", "user": "x", "since": "y"}, ["/since", "/user"]),
+    ("GET", f"{BASE}/azure-key-vault/{GUID}/rotations", {"force": "true"}, ["/force"]),
+])
+def test_a_query_parameter_a_route_does_not_read_is_400(api, method, path, query, pointers):
+    problem = assert_problem(api.request(method, path, params=query), 400)
+    assert [e["pointer"] for e in problem["errors"]] == pointers
+
+
+def test_the_function_key_may_travel_in_any_query(api):
+    assert api.get(f"{BASE}/options", params={"code": "a-function-key"}).status_code == 200
+
+
 def test_list_is_paged_with_a_continuation_token(api, admin, secrets_used):
     entra = register_app(admin, secrets_used)
     app = "azure-app-configuration"

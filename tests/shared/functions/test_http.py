@@ -214,3 +214,30 @@ def test_a_field_that_is_not_unicode_text_is_refused_by_its_rule():
     with pytest.raises(ValueError, match="lone surrogate"):
         no_controls("secret\ud800")
     assert no_controls("caf\u00e9 \U0001F600") == "caf\u00e9 \U0001F600"
+
+
+def test_the_query_parameters_each_route_reads_are_those_its_openapi_operation_documents():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import json
+import function_app
+documented = {}
+for operations in json.load(open("shared/openapi.json"))["paths"].values():
+    for operation in operations.values():
+        if isinstance(operation, dict) and "operationId" in operation:
+            documented[operation["operationId"]] = sorted(p["name"] for p in operation.get("parameters", [])
+                                                          if p.get("in") == "query")
+read = {f.get_function_name(): getattr(f.get_user_function(), "query_parameters", "unchecked")
+        for f in function_app.app.get_functions()}
+print(json.dumps({name: [sorted(q) if q not in (None, "unchecked") else q, documented.get(name)]
+                  for name, q in read.items() if q != "unchecked"}))
+"""
+    root = Path(__file__).resolve().parents[3]
+    out = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, check=True)
+    routes = json.loads(out.stdout.strip().splitlines()[-1])
+    assert len(routes) >= 15
+    for name, (reads, documented) in routes.items():
+        assert reads is None or reads == documented, name  # None: the route checks its query itself
