@@ -74,7 +74,15 @@ from shared.rotation.config import (
     resolve_key_id,
 )
 from shared.rotation.migration import MIGRATION_STEPS, Migrator
-from shared.rotation.protocol import Attempt, Rotator, reindex, retire_waiting, schedule_of, secret_tags
+from shared.rotation.protocol import (
+    Attempt,
+    Removals,
+    Rotator,
+    reindex,
+    retire_waiting,
+    schedule_of,
+    secret_tags,
+)
 from shared.rotation.state import state_response
 from shared.store.vault import secret_name_for
 from shared.views import ConnectionReader, ensure_name_free, require_match
@@ -600,22 +608,28 @@ class ConnectionService:
                                                      lease_until=now + timedelta(seconds=DELETE_LEASE_SECONDS)))
         before = record
         record = await self.store.update(marked)
-        removed: list[str] = []
+        progress = Removals()
         left: list[str] = []
         try:
-            removed = await self.rotator.remove_all(record)
-            removed += await self._remove_federated_credential(record)
+            await self.rotator.remove_all(record, progress)
+            progress.removed += await self._remove_federated_credential(record)
         except ServiceError as error:
-            federated = state.key_id if record.method == Method.FEDERATED else None
-            known = [key for key in (state.key_id if state.managed else None, state.pending_key_id, federated) if key]
+            left, unread = self._left_live(record, progress)
+            where = (f" The credentials it created on the application {', '.join(unread)} could not be read, so "
+                     "they are not listed." if unread else "")
             if not force:
                 await self._release(record, before)
                 raise CredentialsLeftLive(
                     f"The client secrets the service created on the application could not be removed "
                     f"({error.detail}); nothing was deleted. Grant the permission and try again, or delete with "
-                    "?force=true to leave them live.", extensions={"reason": error.detail, "keyIds": known},
+                    f"?force=true to leave them live.{where}",
+                    extensions={"reason": error.detail, "keyIds": left, "applicationsNotRead": unread},
                 ) from None
-            left = known
+            await self.rotator.audit.record(
+                "connection.delete", "credentials-left-live", app=record.app, connection_id=record.id,
+                connection_name=record.name,
+                detail=f"Left live by ?force=true: Key IDs {', '.join(left) or 'none known'}.{where}")
+        removed = progress.removed
         if record.method == Method.OAUTH:
             self.oauth_tokens.forget(record)
         if method_spec(record.method).stores_secret:
@@ -628,6 +642,28 @@ class ConnectionService:
         log.info("Deleted %s connection %s (%d service-created secrets removed, %d left live)", record.app,
                  record.id, len(removed), len(left))
         return Deleted(record, removed, left)
+
+    @staticmethod
+    def _left_live(record: ConnectionRecord, progress: Removals) -> tuple[list[str], list[str]]:
+        """After a removal pass that failed: the Key IDs still live that the service created (those it found on
+        each application it read and did not remove; for one it could not read, those the record names), and the
+        client IDs of the applications it could not read."""
+        state = record.rotation
+        client_id = record.client_id or ""
+        left: list[str] = []
+        unread: list[str] = []
+        if state.retire_version is not None and state.retire_client_id:
+            if state.retire_client_id in progress.found:
+                left += progress.left(state.retire_client_id)
+            else:
+                unread.append(state.retire_client_id)
+        if client_id in progress.found:
+            left += progress.left(client_id)
+        else:  # not read: the ones the record names
+            left += [key for key in (state.key_id if state.managed else None, state.pending_key_id) if key]
+        if record.method == Method.FEDERATED and state.key_id and state.key_id not in progress.removed:
+            left.append(state.key_id)
+        return list(dict.fromkeys(left)), unread
 
     async def _remove_federated_credential(self, record: ConnectionRecord) -> list[str]:
         """The federated credential the service added to the application for this connection (its migration

@@ -641,10 +641,11 @@ class Rotator(Journaled):
                     return current
         raise LeaseLost(f"The connection {record.id} kept changing.")
 
-    async def remove_all(self, record: ConnectionRecord) -> list[str]:
+    async def remove_all(self, record: ConnectionRecord, progress: Removals | None = None) -> list[str]:
         """Remove from the application every credential the service created for the connection (found by its
-        marker), with the connection's current credential; and from the application it left, if any."""
-        removed: list[str] = []
+        marker), with the connection's current credential; and from the application it left, if any. ``progress``
+        tells how far it got, should it fail."""
+        progress = progress if progress is not None else Removals()
         state = record.rotation
         retired: dict[str, str] | None = None
         if state.retire_version is not None:
@@ -653,18 +654,18 @@ class Rotator(Journaled):
         if retired is not None:
             async with self.adapters.directory.graph(Method(record.method), state.retire_tenant_id or "",
                                                      state.retire_client_id or "", retired) as graph:
-                removed += await remove_rolled(roll_of(record), graph, state.retire_client_id or "", set(),
-                                               connection_marker(record.id), audit=self._removal(record),
-                                               signer=retired, now=self.now())
+                await remove_rolled(roll_of(record), graph, state.retire_client_id or "", set(),
+                                    connection_marker(record.id), audit=self._removal(record), signer=retired,
+                                    now=self.now(), progress=progress)
         if state.managed or state.rotation_id is not None:
             material = await self.adapters.vault.get(record.secret_name, record.secret_version)
             async with self.adapters.directory.graph(Method(record.method), record.tenant_id,
                                                      record.client_id or "", material) as graph:
-                removed += await remove_rolled(roll_of(record), graph, record.client_id or "",
-                                               {state.pending_key_id} if state.pending_key_id else set(),
-                                               connection_marker(record.id), last=state.key_id,
-                                               audit=self._removal(record), signer=material, now=self.now())
-        return removed
+                await remove_rolled(roll_of(record), graph, record.client_id or "",
+                                    {state.pending_key_id} if state.pending_key_id else set(),
+                                    connection_marker(record.id), last=state.key_id, audit=self._removal(record),
+                                    signer=material, now=self.now(), progress=progress)
+        return progress.removed
 
 
 async def reindex(index: ScheduleStore, old_key: str | None, due: datetime | None, record: ConnectionRecord,
@@ -694,24 +695,42 @@ def retire_waiting(state: RotationState, error: ServiceError, now: datetime, *, 
                  f"yet ({error.detail}); they are retried."))
 
 
+@dataclass
+class Removals:
+    """How far a removal pass got, kept as it goes (so that a failure halfway still tells): the Key IDs removed,
+    and per application (client ID) the Key IDs it found to remove; an application absent from ``found`` was not
+    read (what it holds is not known)."""
+
+    removed: list[str] = field(default_factory=list)
+    found: dict[str, set[str]] = field(default_factory=dict)
+
+    def left(self, client_id: str) -> list[str]:
+        """The Key IDs found on ``client_id``'s application to remove and not removed (sorted)."""
+        return sorted(self.found.get(client_id, set()) - set(self.removed))
+
+
 async def remove_rolled(roll: CredentialRoll, graph: GraphSession, client_id: str, key_ids: set[str],
                         marker_name: str | None, keep: str | None = None, last: str | None = None,
                         audit: RemovalAudit | None = None, registration: AppRegistration | None = None,
                         signer: Mapping[str, str] | None = None, now: datetime | None = None,
-                        fence: Callable[[], None] | None = None) -> list[str]:
+                        fence: Callable[[], None] | None = None, progress: Removals | None = None) -> list[str]:
     """Remove (the roll's ``remove_predecessor``) each of ``key_ids`` still on the application, and every
     credential of the roll's kind whose display name starts with ``marker_name``, but ``keep``, and ``last`` after
     all others (the one in use: should a removal fail, it is still there); return the Key IDs removed (one already
     gone counts as done). ``registration``: the application as just read, when it was; ``signer``: the material of
     the version in use (it signs a proof of possession where the kind needs one), checked as of ``now``;
-    ``fence``: called right before each removal (it raises when the rotation is no longer the caller's)."""
+    ``fence``: called right before each removal (it raises when the rotation is no longer the caller's);
+    ``progress``: filled as the pass goes."""
     registration = registration or await graph.find(client_id)
     present = roll.rolled(registration)
     doomed = {key.lower() for key in key_ids if key}
     if marker_name is not None:
         doomed |= {c.key_id for c in present if (c.display_name or "").startswith(marker_name)}
     doomed.discard((keep or "").lower())
-    removed: list[str] = []
+    if progress is not None:
+        progress.found[client_id] = {c.key_id for c in present if c.key_id in doomed}
+    removed: list[str] = progress.removed if progress is not None else []
+    before = len(removed)
     ordered = sorted(present, key=lambda c: c.key_id == (last or "").lower())
     for credential in ordered:
         if credential.key_id in doomed:
@@ -724,7 +743,7 @@ async def remove_rolled(roll: CredentialRoll, graph: GraphSession, client_id: st
             else:
                 await remove()
             removed.append(credential.key_id)
-    return removed
+    return removed[before:]
 
 
 def _next_rotation(schedule: RotationSchedule | None, now: datetime, expires: datetime | None) -> datetime | None:

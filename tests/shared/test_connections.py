@@ -53,6 +53,34 @@ async def test_delete_answers_409_and_keeps_everything_when_graph_refuses_and_fo
     assert await h.record(record.id) is None
 
 
+async def test_a_forced_delete_that_failed_halfway_lists_exactly_what_it_left_live_and_audits_it() -> None:
+    from shared.rotation.protocol import connection_marker
+
+    h = Harness()
+    record = await h.create()
+    client_id = record.client_id or ""
+    leftover = h.fakes.world.add(client_id, connection_marker(record.id) + "interrupted", by_service=True)
+    world = h.fakes.world
+    watching = world.on_revoke
+
+    def refuse_the_next(client: str, password: object) -> None:  # the first removal goes through, then 403s
+        if watching is not None:
+            watching(client, password)  # type: ignore[arg-type]
+        world.fail_next("graph.remove", UpstreamForbidden("Graph refused (injected)"))
+
+    world.on_revoke = refuse_the_next
+    with pytest.raises(CredentialsLeftLive) as refused:
+        await h.api.delete(APP, record.id)
+    assert refused.value.extensions["keyIds"] == [record.rotation.key_id]  # the leftover was removed before
+    assert leftover.key_id not in world.apps[client_id].passwords
+    world.on_revoke = watching
+    world.fail_next("graph.remove", UpstreamForbidden("Graph refused (injected)"))
+    forced = await h.api.delete(APP, record.id, force=True)
+    assert (forced.removed_key_ids, forced.key_ids_left_live) == ([], [record.rotation.key_id])
+    [noted] = [r for r in h.fakes.audit.records if r.outcome == "credentials-left-live"]
+    assert noted.detail == f"Left live by ?force=true: Key IDs {record.rotation.key_id}."
+
+
 async def test_a_connection_the_service_never_changed_is_deleted_without_graph() -> None:
     h = Harness()
     record = await h.create(rotation=False)
@@ -280,7 +308,19 @@ async def test_a_previous_application_that_refuses_its_clean_up_does_not_stop_th
     assert "could not be removed yet" in (after.rotation.message or "")
     assert [p for p in old.passwords.values() if p.created_by_service]
     assert h.check() == []
+    # Deleting now: what the service made on the previous application cannot even be read, so it is named.
+    left_there = sorted(p.key_id for p in old.passwords.values() if p.created_by_service)
+    with pytest.raises(CredentialsLeftLive) as refused:
+        await h.api.delete(APP, record.id)
+    assert refused.value.extensions["applicationsNotRead"] == [record.client_id]
+    assert refused.value.extensions["keyIds"] == [after.rotation.key_id]  # named by the record (nothing was read)
+    assert f"application {record.client_id} could not be read" in refused.value.detail
     old.may_manage_itself = True
+    h.fakes.world.fail_next("graph.remove", UpstreamForbidden("Graph refused (injected)"))
+    with pytest.raises(CredentialsLeftLive) as refused:  # read, but its removal refused: its Key IDs are listed
+        await h.api.delete(APP, record.id)
+    assert refused.value.extensions["applicationsNotRead"] == []
+    assert refused.value.extensions["keyIds"] == [*left_there, after.rotation.key_id]
     h.fakes.clock.advance(timedelta(days=31))
     await h.sweep()  # the next rotation removes them first
     final = await h.record(record.id)
