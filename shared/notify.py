@@ -42,6 +42,9 @@ MAX_RETRY = timedelta(hours=1)
 MAX_ATTEMPTS = 30  # about a day of tries, then it is given up (and logged)
 DELIVERY_BUDGET_SECONDS = 60.0  # a pass starts no send after this long (a timer's; a request's is shorter)
 GIVE_UP_AFTER_FAILURES = 3  # failures in a row that end a pass: the receiver is down or hangs
+# A pass takes each notice before it handles it (an ETag-guarded write of its next attempt), so two passes never
+# send one notice twice; should the pass die holding it, the notice is due again this long after.
+CLAIM = timedelta(minutes=5)
 SIGNATURE_HEADER = "X-AppConnections-Signature"
 TIMESTAMP_HEADER = "X-AppConnections-Timestamp"
 
@@ -116,11 +119,17 @@ class Notifier:
         now = self.adapters.clock()
         started = monotonic()
         done = failed_in_a_row = 0
-        for item in await self.adapters.outbox.pending(tuple(APPS), now, limit):
-            if monotonic() - started >= budget_seconds or failed_in_a_row >= GIVE_UP_AFTER_FAILURES:
-                if item.attempts == 0:  # its alert record goes out now all the same, once: the send waits
-                    self.emit(item)
-                    await self.adapters.outbox.retry_later(replace(item, attempts=1, next_attempt_at=now))
+        outbox = self.adapters.outbox
+        for seen in await outbox.pending(tuple(APPS), now, limit):
+            stopping = monotonic() - started >= budget_seconds or failed_in_a_row >= GIVE_UP_AFTER_FAILURES
+            if stopping and seen.attempts != 0:
+                continue  # untouched: the next pass sends it
+            item = await outbox.claim(seen, now + CLAIM)
+            if item is None:
+                continue  # another pass took it (or delivered it) since this one read it
+            if stopping:  # its alert record goes out now all the same, once: the send waits
+                self.emit(item)
+                await outbox.retry_later(replace(item, attempts=1, next_attempt_at=now))
                 continue
             if item.attempts == 0:
                 self.emit(item)

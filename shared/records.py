@@ -170,6 +170,7 @@ class Notification:
     id: str = field(default_factory=new_id)  # the idempotency key
     attempts: int = 0
     next_attempt_at: datetime | None = None
+    etag: str | None = field(default=None, compare=False, repr=False)  # of its outbox row, as read
 
     def payload(self) -> dict[str, Any]:
         return {"id": self.id, "event": self.event, "app": self.app, "connectionId": self.connection_id,

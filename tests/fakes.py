@@ -529,6 +529,16 @@ class FakeConnections:
         self.world.check("outbox.pending")
         return [n for n in self.outbox if n.next_attempt_at is None or n.next_attempt_at <= now][:limit]
 
+    async def claim(self, item: Notification, until: datetime) -> Notification | None:
+        """As the store: under the ETag the notice was read with (another pass's copy no longer matches)."""
+        self.world.check("outbox.claim")
+        stored = next((n for n in self.outbox if n.id == item.id), None)
+        if stored is None or stored.etag != item.etag:
+            return None
+        claimed = replace(item, next_attempt_at=until, etag=uuid.uuid4().hex)
+        self.outbox = [claimed if n.id == item.id else n for n in self.outbox]
+        return claimed
+
     async def delivered(self, item: Notification) -> None:
         self.outbox = [n for n in self.outbox if n.id != item.id]
 

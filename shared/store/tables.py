@@ -15,7 +15,7 @@ import contextlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -203,6 +203,7 @@ def notification_of(entity: Any) -> Notification:
         name=str(entity.get("Name") or ""), status=str(entity.get("Status") or ""), message=entity.get("Message"),
         at=_utc(entity["At"]), id=str(entity["RowKey"]).rsplit("|", 1)[1], attempts=int(entity.get("Attempts") or 0),
         next_attempt_at=_utc(entity.get("NextAttemptAt")),
+        etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
     )
 
 
@@ -338,6 +339,22 @@ class ConnectionsTable:
                 if len(found) >= limit:
                     return found
         return found
+
+    async def claim(self, item: Notification, until: datetime) -> Notification | None:
+        """Take ``item`` (as read) for one delivery until ``until``: its row's next attempt moves there, under the
+        ETag it was read with. None when another pass took it, delivered it or changed it first."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
+        from azure.data.tables import UpdateMode
+
+        table = await self._table()
+        claimed = replace(item, next_attempt_at=until)
+        try:
+            metadata = await table.update_entity(outbox_entity(item.app, claimed), mode=UpdateMode.REPLACE,
+                                                 etag=item.etag, match_condition=MatchConditions.IfNotModified)
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return None
+        return replace(claimed, etag=(metadata or {}).get("etag"))
 
     async def delivered(self, item: Notification) -> None:
         table = await self._table()

@@ -35,3 +35,25 @@ async def test_a_failed_delivery_of_a_notice_delivered_meanwhile_does_not_bring_
     await store.retry_later(replace(due[0], attempts=1, next_attempt_at=now))
     later = [n for n in await store.pending((APP,), now + timedelta(days=1)) if n.connection_id == cid]
     assert later == []  # delivered stays delivered: not sent again
+
+
+async def test_a_notice_is_taken_by_one_pass_under_the_etag_it_was_read_with(clients: AzureClients) -> None:
+    store = ConnectionsTable(clients)
+    now = datetime.now(UTC)
+    cid = uuid.uuid4().hex
+    record = await store.insert(ConnectionRecord(
+        app=APP, id=cid, name=f"claim-{cid[:8]}", method="client-secret", tenant_id=str(uuid.uuid4()),
+        client_id=str(uuid.uuid4()), created_at=now, updated_at=now, secret_name=f"s-{cid[:8]}", secret_version="v1"))
+    notice = Notification("validation-failed", APP, cid, record.name, "failing", "refused", now)
+    await store.update(record.evolve(status="invalid"), notify=[notice])
+    first, second = [[n for n in await store.pending((APP,), now + timedelta(seconds=1)) if n.connection_id == cid]
+                     for _ in range(2)]  # two passes read it
+    assert first[0].etag and first[0].etag == second[0].etag
+    taken = await store.claim(first[0], now + timedelta(minutes=5))
+    assert taken is not None and taken.etag != first[0].etag and taken.next_attempt_at == now + timedelta(minutes=5)
+    assert await store.claim(second[0], now + timedelta(minutes=5)) is None  # the other pass: already taken
+    assert [n for n in await store.pending((APP,), now + timedelta(minutes=1)) if n.connection_id == cid] == []
+    assert [n.id for n in await store.pending((APP,), now + timedelta(minutes=6)) if n.connection_id == cid] == [
+        notice.id]  # should the pass die holding it, it is due again after the claim
+    await store.delivered(taken)
+    assert await store.claim(taken, now) is None  # delivered: nothing to take

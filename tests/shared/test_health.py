@@ -368,3 +368,33 @@ async def test_a_connection_is_checked_every_interval_when_the_sweeps_pick_it_up
         h.fakes.clock.now = moment
     gaps = {later - earlier for earlier, later in itertools.pairwise(checks)}
     assert gaps == {timedelta(hours=24)}, gaps  # not 25 hours
+
+
+async def test_two_delivery_passes_at_once_send_a_notice_once() -> None:
+    import asyncio
+
+    h = _harness()
+    record = await _connection(h, days=365)
+    h.fakes.world.apps[record.client_id or ""].passwords.clear()
+    h.fakes.webhook.answer = 503
+    await _checker(h).check_now(APP, record.id)  # queued, its first send failed
+    h.fakes.webhook.answer = 202
+    h.fakes.clock.advance(timedelta(minutes=2))
+    stale = await h.fakes.connections.pending(("azure-key-vault",), h.fakes.clock.now)  # a pass's copy, read now
+    release = asyncio.Event()
+    post = h.fakes.webhook.post
+
+    async def slow(url: str, body: bytes, headers: dict[str, str]) -> int:
+        await release.wait()  # the receiver takes its time: the other pass runs meanwhile
+        return await post(url, body, headers)
+
+    h.fakes.webhook.post = slow  # type: ignore[method-assign]
+    first = asyncio.create_task(Notifier(h.fakes.adapters).deliver())
+    await asyncio.sleep(0)
+    # the notice is taken: not due for another pass (which would wait on the receiver, too, if it sent it)
+    assert await asyncio.wait_for(Notifier(h.fakes.adapters).deliver(), timeout=5) == 0
+    release.set()
+    assert await first == 1
+    assert len(h.fakes.webhook.received) == 1
+    assert await h.fakes.connections.claim(stale[0], h.fakes.clock.now) is None  # a copy read before: refused
+    assert h.fakes.connections.outbox == []
