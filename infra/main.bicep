@@ -4,7 +4,7 @@
 targetScope = 'subscription'
 
 metadata name = 'Azure App Connections'
-metadata description = 'Deploys the Azure App Connections Function App with a user-assigned identity, Table Storage, Key Vault, Application Insights and Log Analytics (with the vault\'s and the tables\' audit logs), alert rules on credential health (emailed through an optional action group), its Entra ID API registration with app roles, and optionally VNet integration with private endpoints.'
+metadata description = 'Deploys the Azure App Connections Function App with a user-assigned identity, Table Storage, two Key Vaults (the connections\' credentials; the operator-set settings), Application Insights and Log Analytics (with the vaults\' and the tables\' audit logs), alert rules on credential health (emailed through an optional action group), its Entra ID API registration with app roles, and optionally VNet integration with private endpoints.'
 
 // ================ //
 // Parameters       //
@@ -24,7 +24,7 @@ param environmentName string
 })
 param location string
 
-@description('Optional. Object id of the deploying user or principal (azd AZURE_PRINCIPAL_ID). When set, it gets Key Vault Secrets Officer on the vault so it can set the OAuth secrets.')
+@description('Optional. Object id of the deploying user or principal (azd AZURE_PRINCIPAL_ID). When set, it gets Key Vault Secrets Officer on the settings vault only, so it can set the operator-set secrets (OAuth instance apps, console client secret, webhook signing key); it gets no role on the credential vault.')
 param principalId string = ''
 
 @description('Optional. Type of principalId.')
@@ -94,8 +94,8 @@ param keyVaultSoftDeleteRetentionInDays int = 90
 
 @minValue(30)
 @maxValue(730)
-@description('Optional. Days Log Analytics keeps logs, the Key Vault and Table Storage audit logs included.')
-param logRetentionInDays int = 30
+@description('Optional. Days Log Analytics keeps logs, the Key Vault and Table Storage audit logs included: their tamper-evident copies, which the service cannot delete.')
+param logRetentionInDays int = 90
 
 @description('Optional. Register the service\'s API in Microsoft Entra ID with the Microsoft Graph Bicep extension (app/api-registration.bicep). Set false where the deploying identity cannot use it: the postprovision hook infra/hooks/register-api.sh then registers the same API with the Azure CLI.')
 param deployApiRegistration bool = true
@@ -122,15 +122,16 @@ param healthCheckIntervalHours int = 24
 param expiryWarningDays int = 30
 
 // Secure: a Teams or Slack workflow URL carries its own signature or token (whoever holds it can post), so it stays
-// out of the deployment history.
+// out of the deployment history and out of the app settings: it is written to the settings vault as the secret
+// notify-webhook-url, which NOTIFY_WEBHOOK_URL references.
 @secure()
-@description('Optional. https URL that also receives each notification (credential failing, expiring, expired, recovered; rotation failed) as a JSON POST (NOTIFY_WEBHOOK_URL): a Teams or Slack workflow, or any receiver. It is signed with HMAC-SHA256 once the vault secret notify-webhook-secret is set. Empty: notifications are log records and alerts only.')
+@description('Optional. https URL that also receives each notification (credential failing, expiring, expired, recovered; rotation failed) as a JSON POST (NOTIFY_WEBHOOK_URL, a Key Vault reference to the settings vault secret notify-webhook-url that the deployment writes): a Teams or Slack workflow, or any receiver. It is signed with HMAC-SHA256 once the settings vault secret notify-webhook-secret is set. Empty: notifications are log records and alerts only.')
 param notifyWebhookUrl string = ''
 
 @description('Optional. Email addresses the alerts on notifications go to (an action group with one email receiver each). Empty: the alert rules still fire (Azure Monitor > Alerts), with no action group.')
 param alertEmailReceivers array = []
 
-@description('Optional. Private networking: the Function App integrates with a new VNet, Key Vault and Storage get private endpoints and private DNS zones, and their public network access is disabled.')
+@description('Optional. Private networking: the Function App integrates with a new VNet, both Key Vaults and Storage get private endpoints and private DNS zones, and their public network access is disabled.')
 param enablePrivateNetworking bool = false
 
 @description('Optional. Address space of the VNet (with enablePrivateNetworking).')
@@ -152,6 +153,15 @@ var tags = {
   'azd-env-name': environmentName
 }
 var functionAppName = '${abbrs.webSitesFunctions}api-${resourceToken}'
+
+// The Function App's default host name is <name>.<the cloud's App Service suffix>. environment().name is the cloud
+// deployed to; another one (none offers Flex Consumption) gets the public suffix: set siteUrl there.
+var appServiceHostSuffixes = {
+  AzureCloud: 'azurewebsites.net'
+  AzureUSGovernment: 'azurewebsites.us'
+  AzureChinaCloud: 'chinacloudsites.cn'
+}
+var appServiceHostSuffix = contains(appServiceHostSuffixes, environment().name) ? appServiceHostSuffixes[environment().name] : 'azurewebsites.net'
 var deploymentStorageContainerName = 'app-package-${take(functionAppName, 32)}-${take(toLower(uniqueString(functionAppName, resourceToken)), 7)}'
 
 // The API registration: its identifier URI is api://<uniqueName>.
@@ -299,7 +309,7 @@ module network 'modules/network.bicep' = if (enablePrivateNetworking) {
 }
 
 // With private networking, the private endpoints: the host's blobs (and the deployment package), its queues,
-// the state tables; and the vault.
+// the state tables; and each vault (one endpoint each, in the same subnet and DNS zone).
 var storagePrivateEndpoints = [
   {
     service: 'blob'
@@ -339,11 +349,30 @@ module storage 'modules/storage.bicep' = {
   }
 }
 
+// The credential vault (KEY_VAULT_URL): every connection's secret material (appconn-*), which the service writes.
+// Only the app's identity has a data role on it.
 module keyVault 'modules/keyvault.bicep' = {
   name: 'keyvault'
   scope: rg
   params: {
     name: '${abbrs.keyVaultVaults}${resourceToken}'
+    location: location
+    tags: tags
+    softDeleteRetentionInDays: keyVaultSoftDeleteRetentionInDays
+    logAnalyticsWorkspaceResourceId: monitoring.outputs.logAnalyticsId
+    privateEndpoints: enablePrivateNetworking ? keyVaultPrivateEndpoints : []
+    publicNetworkAccess: enablePrivateNetworking ? 'Disabled' : 'Enabled'
+  }
+}
+
+// The settings vault: only the operator-set secrets the app settings reference (inf-app-connection-*,
+// console-client-secret, notify-webhook-secret) and notify-webhook-url, which this deployment writes. The app reads
+// it; the deploying principal may write it, and so never holds a role on the customers' credentials.
+module settingsKeyVault 'modules/keyvault.bicep' = {
+  name: 'settings-keyvault'
+  scope: rg
+  params: {
+    name: '${abbrs.keyVaultVaults}cfg-${resourceToken}'
     location: location
     tags: tags
     softDeleteRetentionInDays: keyVaultSoftDeleteRetentionInDays
@@ -369,10 +398,12 @@ module apiRegistration 'app/api-registration.bicep' = if (deployApiRegistration)
   }
 }
 
-// The console's sign-in redirect URI on the API registration. Known before the Function App exists (the app
-// needs the registration's id): SITE_URL when set, else the app's default host name <name>.azurewebsites.net.
+// The service's public base URL (SITE_URL) and the console's sign-in redirect URI on the API registration. Known
+// before the Function App exists (the app needs the registration's id, so its defaultHostName would be a cycle):
+// siteUrl when set, else the app's default host name in the cloud deployed to. The app gets the same base URL.
 var trimmedSiteUrl = endsWith(siteUrl, '/') ? substring(siteUrl, 0, length(siteUrl) - 1) : siteUrl
-var consoleRedirectUri = '${empty(siteUrl) ? 'https://${functionAppName}.azurewebsites.net' : trimmedSiteUrl}/auth/callback'
+var siteBaseUrl = empty(siteUrl) ? 'https://${functionAppName}.${appServiceHostSuffix}' : trimmedSiteUrl
+var consoleRedirectUri = '${siteBaseUrl}/auth/callback'
 
 // The API registration's application (client) id, from the template or from the postprovision hook.
 var effectiveAuthAudience = deployApiRegistration ? apiRegistration.outputs.appId : authAudience
@@ -384,6 +415,7 @@ module rbac 'app/rbac.bicep' = {
     identityPrincipalId: identity.outputs.principalId
     storageAccountName: storage.outputs.name
     keyVaultName: keyVault.outputs.name
+    settingsKeyVaultName: settingsKeyVault.outputs.name
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     userPrincipalId: principalId
     userPrincipalType: principalType
@@ -402,8 +434,9 @@ module api 'app/api.bicep' = {
     storageAccountName: storage.outputs.name
     deploymentContainerName: deploymentStorageContainerName
     keyVaultName: keyVault.outputs.name
+    settingsKeyVaultName: settingsKeyVault.outputs.name
     applicationInsightsName: monitoring.outputs.applicationInsightsName
-    siteUrl: siteUrl
+    siteUrl: siteBaseUrl
     azureCloud: azureCloud
     authorityHost: authorityHost
     graphEndpoint: graphEndpoint
@@ -419,7 +452,7 @@ module api 'app/api.bicep' = {
     notifyWebhookUrl: notifyWebhookUrl
     virtualNetworkSubnetResourceId: enablePrivateNetworking ? network.outputs.appSubnetResourceId : ''
   }
-  // The host starts with its storage and vault roles in place.
+  // The host starts with its storage and vault roles in place (Key Vault references resolve at once).
   dependsOn: [
     rbac
   ]
@@ -443,27 +476,76 @@ module alerts 'app/alerts.bicep' = {
 // Outputs          //
 // ================ //
 
+@description('The region of every resource.')
 output AZURE_LOCATION string = location
+
+@description('The tenant deployed to (the register-api.sh hook stops when the Azure CLI is signed in to another).')
 output AZURE_TENANT_ID string = tenant().tenantId
+
+@description('The name of the resource group.')
 output AZURE_RESOURCE_GROUP string = rg.name
+
+@description('The name of the Function App.')
 output AZURE_FUNCTION_APP_NAME string = api.outputs.name
+
+@description('The name of the Function App (azd service api).')
 output SERVICE_API_NAME string = api.outputs.name
+
+@description('The Function App\'s own https URL (azd service api).')
 output SERVICE_API_URI string = api.outputs.uri
+
+@description('The Function App\'s own https URL.')
 output AZURE_FUNCTION_APP_URL string = api.outputs.uri
+
+@description('The public base URL of the service (SITE_URL).')
 output SITE_URL string = api.outputs.siteUrl
+
+@description('The console\'s sign-in redirect URI on the API registration: SITE_URL/auth/callback.')
 output CONSOLE_REDIRECT_URI string = consoleRedirectUri
+
+@description('The principal (object) id of the Function App\'s user-assigned identity.')
 output AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID string = identity.outputs.principalId
+
 // The cloud of AZURE_CLOUD: the postprovision hook gives the console's federated credential its audience.
+@description('The Azure cloud the service talks to (AZURE_CLOUD).')
 output AZURE_CLOUD string = azureCloud
+
+@description('The OAuth redirect URI to add to each OAuth instance app registration.')
 output OAUTH_REDIRECT_URI string = '${api.outputs.siteUrl}/organization/app-connections/azure/oauth/callback'
+
+@description('The name of the credential vault (KEY_VAULT_URL): the connections\' secret material, which only the app\'s identity may read or write.')
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
+
+@description('The URI of the credential vault (KEY_VAULT_URL).')
 output AZURE_KEY_VAULT_ENDPOINT string = keyVault.outputs.uri
+
+@description('The name of the settings vault: set the operator-set secrets (inf-app-connection-*, console-client-secret, notify-webhook-secret) here.')
+output AZURE_SETTINGS_KEY_VAULT_NAME string = settingsKeyVault.outputs.name
+
+@description('The URI of the settings vault.')
+output AZURE_SETTINGS_KEY_VAULT_ENDPOINT string = settingsKeyVault.outputs.uri
+
+@description('The name of the storage account (host storage, deployment package, state tables).')
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+
+@description('The client id of the Function App\'s user-assigned identity.')
 output AZURE_USER_ASSIGNED_IDENTITY_CLIENT_ID string = identity.outputs.clientId
+
+@description('The resource id of the Log Analytics workspace (telemetry and the audit logs).')
 output AZURE_LOG_ANALYTICS_WORKSPACE_ID string = monitoring.outputs.logAnalyticsId
+
+@description('The tenant whose tokens the service accepts (AUTH_TENANT_ID).')
 output AUTH_TENANT_ID string = tenant().tenantId
+
+@description('The application (client) id of the API registration (AUTH_AUDIENCE).')
 output AUTH_AUDIENCE string = effectiveAuthAudience
+
+@description('The identifier URI of the API registration: api://app-connections-api-<token>.')
 output AUTH_IDENTIFIER_URI string = apiIdentifierUri
+
 // For the postprovision hook (deployApiRegistration=false): the same roles and scope, by the same ids.
+@description('The app roles of the API registration (Microsoft Graph appRole objects).')
 output AUTH_APP_ROLES array = apiAppRoles
+
+@description('The delegated permission user_impersonation of the API registration (a Microsoft Graph permissionScope object).')
 output AUTH_USER_IMPERSONATION_SCOPE object = apiUserImpersonationScope

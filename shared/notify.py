@@ -30,6 +30,7 @@ from shared.records import (
     HealthState,
     Notification,
 )
+from shared.settings import KEY_VAULT_REFERENCE
 
 log = logging.getLogger("app_connections.notifications")
 
@@ -154,6 +155,10 @@ class Notifier:
         settings = self.adapters.settings
         if not settings.notify_webhook_url:
             return True  # the telemetry event is the notification
+        if settings.notify_webhook_url.startswith(KEY_VAULT_REFERENCE):  # retried as a failed delivery (about a day)
+            log.error("NOTIFY_WEBHOOK_URL is a Key Vault reference that does not resolve (the secret is missing or "
+                      "the identity may not read it): notification %s waits for it", item.id)
+            return False
         if not settings.notify_webhook_secret:  # never unsigned: retried as a failed delivery (about a day)
             log.error("NOTIFY_WEBHOOK_URL is set but NOTIFY_WEBHOOK_SECRET is not (or its Key Vault reference does "
                       "not resolve): notification %s is not sent unsigned", item.id)

@@ -145,9 +145,13 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+# Settings whose whole value is a secret (the webhook URL is a bearer credential of the receiver's workflow).
+_SECRET_SETTINGS = frozenset({"AZURE_CLIENT_SECRET", "NOTIFY_WEBHOOK_URL", "NOTIFY_WEBHOOK_SECRET"})
+
+
 def _register_environment() -> None:
     for name, value in os.environ.items():
-        if name.endswith(("_CLIENT_SECRET", "_ACCOUNT_KEY", "_FUNCTION_KEY")) or name == "AZURE_CLIENT_SECRET":
+        if name.endswith(("_CLIENT_SECRET", "_ACCOUNT_KEY", "_FUNCTION_KEY")) or name in _SECRET_SETTINGS:
             register_secret(value)
         for match in re.finditer(r"AccountKey=([^;]+)", value):
             register_secret(match.group(1))

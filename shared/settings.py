@@ -162,7 +162,9 @@ class Settings:
     audit_retention_days: int = 365
     health_check_interval_hours: float = 24.0
     expiry_warning_days: int = 30
-    notify_webhook_url: str | None = None
+    # A Teams or Slack workflow URL is a bearer credential (whoever holds it can post): never shown. An unresolved
+    # Key Vault reference stays as it is (KEY_VAULT_REFERENCE): the notices wait for it, they are not dropped.
+    notify_webhook_url: str | None = field(default=None, repr=False)
     notify_webhook_secret: str | None = field(default=None, repr=False)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     # The user-assigned managed identity whose tokens are the client assertions of federated connections
@@ -287,11 +289,22 @@ def _table_prefix(env: Mapping[str, str]) -> str:
     return prefix
 
 
+KEY_VAULT_REFERENCE = "@Microsoft.KeyVault("  # how App Service leaves a reference it could not resolve
+
+
+def _webhook_url(env: Mapping[str, str]) -> str | None:
+    """NOTIFY_WEBHOOK_URL, posted to as it is; an unresolved Key Vault reference as it is (checked when sent)."""
+    raw = (env.get("NOTIFY_WEBHOOK_URL") or "").strip()
+    if raw.startswith(KEY_VAULT_REFERENCE):
+        return raw
+    return _https_url(env, "NOTIFY_WEBHOOK_URL", None, base=False)
+
+
 def _configured(env: Mapping[str, str], name: str) -> str | None:
     """A setting's value, or None when empty or an unresolved Key Vault reference (App Service leaves the
     ``@Microsoft.KeyVault(...)`` text in place until the secret exists and the identity may read it)."""
     value = (env.get(name) or "").strip()
-    if not value or value.startswith("@Microsoft.KeyVault("):
+    if not value or value.startswith(KEY_VAULT_REFERENCE):
         return None
     return value
 
@@ -326,7 +339,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         audit_retention_days=int(_number(env, "AUDIT_RETENTION_DAYS", 365, 1, 3650)),
         health_check_interval_hours=_number(env, "HEALTH_CHECK_INTERVAL_HOURS", 24, 1, 720),
         expiry_warning_days=int(_number(env, "EXPIRY_WARNING_DAYS", 30, 1, 365)),
-        notify_webhook_url=_https_url(env, "NOTIFY_WEBHOOK_URL", None, base=False),  # posted to as it is
+        notify_webhook_url=_webhook_url(env),
         notify_webhook_secret=_configured(env, "NOTIFY_WEBHOOK_SECRET"),
         **_federation(env),
         azure_cloud=cloud.name,

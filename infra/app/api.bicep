@@ -15,8 +15,11 @@ param storageAccountName string
 @description('Required. Name of the blob container that holds the deployment package.')
 param deploymentContainerName string
 
-@description('Required. Name of the Key Vault holding the secret material and the OAuth instance secrets.')
+@description('Required. Name of the credential vault (KEY_VAULT_URL): the connections\' secret material, which the service writes.')
 param keyVaultName string
+
+@description('Required. Name of the settings vault: the operator-set secrets (OAuth instance apps, console client secret, webhook signing key) and the webhook URL, which the app settings reference.')
+param settingsKeyVaultName string
 
 @description('Required. Name of the Application Insights component.')
 param applicationInsightsName string
@@ -88,7 +91,7 @@ param expiryWarningDays int = 30
 
 // Secure: a Teams or Slack workflow URL carries its own signature or token, so whoever holds it can post.
 @secure()
-@description('Optional. https URL that also receives each notification as a signed JSON POST (NOTIFY_WEBHOOK_URL). When set, NOTIFY_WEBHOOK_SECRET references the vault secret notify-webhook-secret, the HMAC key the operator sets. Empty: no webhook.')
+@description('Optional. https URL that also receives each notification as a signed JSON POST. When set, it is written to the settings vault as the secret notify-webhook-url, NOTIFY_WEBHOOK_URL references that secret and NOTIFY_WEBHOOK_SECRET references the settings vault secret notify-webhook-secret, the HMAC key the operator sets. Empty: no webhook.')
 param notifyWebhookUrl string = ''
 
 @description('Optional. Resource id of the subnet (delegated to Microsoft.App/environments) the app integrates with; all its outbound traffic then goes through the VNet. Empty: no VNet integration.')
@@ -104,6 +107,24 @@ resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing 
 
 resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
   name: keyVaultName
+}
+
+resource settingsKeyVault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
+  name: settingsKeyVaultName
+}
+
+// The webhook URL is a bearer credential (whoever holds it can post): a settings vault secret, not a plain app
+// setting anyone who may list the site's config could read. ARM writes it (a control-plane write of the
+// deployment, no data-plane role needed); each deployment stores the parameter's value as the current version.
+resource notifyWebhookUrlSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(notifyWebhookUrl)) {
+  parent: settingsKeyVault
+  name: 'notify-webhook-url'
+  properties: {
+    // checkov:skip=CKV_AZURE_41: A workflow URL has no expiry of its own; an expiry date would silently stop the notifications (the reference would no longer resolve). It is replaced by redeploying with a new notifyWebhookUrl.
+    // checkov:skip=CKV_AZURE_114: False positive: checkov does not read the properties of a conditional (= if) resource; contentType is set below.
+    value: notifyWebhookUrl
+    contentType: 'text/uri-list'
+  }
 }
 
 resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
@@ -218,28 +239,30 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     AUTH_TENANT_ID: tenant().tenantId
     AUTH_AUDIENCE: authAudience
     AUDIT_RETENTION_DAYS: string(auditRetentionDays)
-    // The console's sign-in (shared.sessions): the API registration's client secret, a Key Vault reference the
-    // operator sets only where the managed identity's federated credential cannot be used; sessions last 8 h at
-    // most and end after 30 idle minutes.
-    CONSOLE_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/console-client-secret/)'
+    // The console's sign-in (shared.sessions): the API registration's client secret, a Key Vault reference to the
+    // settings vault, set by the operator only where the managed identity's federated credential cannot be used;
+    // sessions last 8 h at most and end after 30 idle minutes.
+    CONSOLE_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${settingsKeyVault.properties.vaultUri}secrets/console-client-secret/)'
     CONSOLE_SESSION_ABSOLUTE_HOURS: '8'
     CONSOLE_SESSION_IDLE_MINUTES: '30'
-    // The OAuth instance settings: Key Vault references resolved with the identity; the operator sets the secrets.
-    INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_ID: '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-key-vault-client-id/)'
-    INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-key-vault-client-secret/)'
-    INF_APP_CONNECTION_AZURE_APP_CONFIGURATION_CLIENT_ID: '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-app-configuration-client-id/)'
-    INF_APP_CONNECTION_AZURE_APP_CONFIGURATION_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-app-configuration-client-secret/)'
-    INF_APP_CONNECTION_AZURE_CLIENT_SECRETS_CLIENT_ID: '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-client-secrets-client-id/)'
-    INF_APP_CONNECTION_AZURE_CLIENT_SECRETS_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-client-secrets-client-secret/)'
+    // The OAuth instance settings: Key Vault references to the settings vault, resolved with the identity; the
+    // operator sets the secrets.
+    INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_ID: '@Microsoft.KeyVault(SecretUri=${settingsKeyVault.properties.vaultUri}secrets/inf-app-connection-azure-key-vault-client-id/)'
+    INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${settingsKeyVault.properties.vaultUri}secrets/inf-app-connection-azure-key-vault-client-secret/)'
+    INF_APP_CONNECTION_AZURE_APP_CONFIGURATION_CLIENT_ID: '@Microsoft.KeyVault(SecretUri=${settingsKeyVault.properties.vaultUri}secrets/inf-app-connection-azure-app-configuration-client-id/)'
+    INF_APP_CONNECTION_AZURE_APP_CONFIGURATION_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${settingsKeyVault.properties.vaultUri}secrets/inf-app-connection-azure-app-configuration-client-secret/)'
+    INF_APP_CONNECTION_AZURE_CLIENT_SECRETS_CLIENT_ID: '@Microsoft.KeyVault(SecretUri=${settingsKeyVault.properties.vaultUri}secrets/inf-app-connection-azure-client-secrets-client-id/)'
+    INF_APP_CONNECTION_AZURE_CLIENT_SECRETS_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${settingsKeyVault.properties.vaultUri}secrets/inf-app-connection-azure-client-secrets-client-secret/)'
     // Credential health: the sweep's schedule, how often each connection is re-checked, how early expiry warns.
     HEALTH_SWEEP_SCHEDULE: healthSweepSchedule
     HEALTH_CHECK_INTERVAL_HOURS: string(healthCheckIntervalHours)
     EXPIRY_WARNING_DAYS: string(expiryWarningDays)
     // Each notification is a log record (AppTraces, Properties.notification == "true": app/alerts.bicep alerts on it)
-    // and, when the webhook is set, a POST signed (HMAC-SHA256) with a vault secret the operator sets, like the OAuth
-    // secrets. Without a webhook the secret setting stays empty: no reference that could never resolve.
-    NOTIFY_WEBHOOK_URL: notifyWebhookUrl
-    NOTIFY_WEBHOOK_SECRET: empty(notifyWebhookUrl) ? '' : '@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/notify-webhook-secret/)'
+    // and, when the webhook is set, a POST to the URL of the settings vault secret notify-webhook-url (written above)
+    // signed (HMAC-SHA256) with the settings vault secret notify-webhook-secret the operator sets, like the OAuth
+    // secrets. Without a webhook both settings stay empty: no reference that could never resolve.
+    NOTIFY_WEBHOOK_URL: empty(notifyWebhookUrl) ? '' : '@Microsoft.KeyVault(SecretUri=${settingsKeyVault.properties.vaultUri}secrets/notify-webhook-url/)'
+    NOTIFY_WEBHOOK_SECRET: empty(notifyWebhookUrl) ? '' : '@Microsoft.KeyVault(SecretUri=${settingsKeyVault.properties.vaultUri}secrets/notify-webhook-secret/)'
     // Telemetry with Microsoft Entra ID authentication (docs/telemetry.md). host.json sets "telemetryMode":
     // "OpenTelemetry"; with this switch the Python worker configures Azure Monitor itself and makes each invocation's
     // host span the current one, so the service's spans join the host's request instead of starting traces.
@@ -251,6 +274,10 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     // estimates that volume).
     OTEL_TRACES_SAMPLER: 'always_on'
   }
+  // NOTIFY_WEBHOOK_URL resolves from the first start: its secret exists before the settings do.
+  dependsOn: [
+    notifyWebhookUrlSecret
+  ]
 }
 
 // No FTP or SCM basic-auth publishing: azd and az deploy with Microsoft Entra ID tokens.

@@ -1,4 +1,4 @@
-metadata description = 'The role assignments of the Function App\'s identity, each on the one resource it needs, and optionally the deploying user\'s on the vault.'
+metadata description = 'The role assignments of the Function App\'s identity, each on the one resource it needs, and optionally the deploying user\'s on the settings vault (never on the credential vault).'
 
 @description('Required. Object (principal) id of the Function App\'s user-assigned identity.')
 param identityPrincipalId string
@@ -6,13 +6,16 @@ param identityPrincipalId string
 @description('Required. Name of the storage account (host storage, deployment package, state tables).')
 param storageAccountName string
 
-@description('Required. Name of the Key Vault holding the secret material.')
+@description('Required. Name of the credential vault: the connections\' secret material, which the service writes.')
 param keyVaultName string
+
+@description('Required. Name of the settings vault: the operator-set secrets the app settings reference.')
+param settingsKeyVaultName string
 
 @description('Required. Name of the Application Insights component.')
 param applicationInsightsName string
 
-@description('Optional. Object id of the deploying user or principal; when set it gets Key Vault Secrets Officer on the vault.')
+@description('Optional. Object id of the deploying user or principal; when set it gets Key Vault Secrets Officer on the settings vault (and no role on the credential vault).')
 param userPrincipalId string = ''
 
 @description('Optional. Type of userPrincipalId.')
@@ -29,6 +32,7 @@ var roleDefinitions = {
   'Storage Queue Data Contributor': '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
   'Storage Table Data Contributor': '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
   'Key Vault Secrets Officer': 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
+  'Key Vault Secrets User': '4633458b-17de-408a-b874-0445c86b69e6'
   'Monitoring Metrics Publisher': '3913510d-42f4-4e42-8a64-420c390055eb'
 }
 
@@ -38,6 +42,10 @@ resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing 
 
 resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
   name: keyVaultName
+}
+
+resource settingsKeyVault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
+  name: settingsKeyVaultName
 }
 
 resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
@@ -77,12 +85,23 @@ resource identityTableDataContributor 'Microsoft.Authorization/roleAssignments@2
   }
 }
 
-// The service writes, reads and deletes the secret material; Key Vault references resolve with it too.
+// The service writes, reads and deletes the connections' secret material in the credential vault.
 resource identitySecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(keyVault.id, identityPrincipalId, roleDefinitions['Key Vault Secrets Officer'])
   scope: keyVault
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleDefinitions['Key Vault Secrets Officer'])
+    principalId: identityPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The app settings' Key Vault references resolve, with the identity, against the settings vault: read only.
+resource identitySettingsSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(settingsKeyVault.id, identityPrincipalId, roleDefinitions['Key Vault Secrets User'])
+  scope: settingsKeyVault
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleDefinitions['Key Vault Secrets User'])
     principalId: identityPrincipalId
     principalType: 'ServicePrincipal'
   }
@@ -99,10 +118,11 @@ resource identityMetricsPublisher 'Microsoft.Authorization/roleAssignments@2022-
   }
 }
 
-// The deploying user sets the OAuth instance secrets after deployment.
-resource userSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(userPrincipalId)) {
-  name: guid(keyVault.id, userPrincipalId, roleDefinitions['Key Vault Secrets Officer'])
-  scope: keyVault
+// The deploying user sets the operator-set secrets after deployment, in the settings vault only: no standing access
+// to the customers' credentials in the credential vault.
+resource userSettingsSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(userPrincipalId)) {
+  name: guid(settingsKeyVault.id, userPrincipalId, roleDefinitions['Key Vault Secrets Officer'])
+  scope: settingsKeyVault
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleDefinitions['Key Vault Secrets Officer'])
     principalId: userPrincipalId

@@ -13,9 +13,15 @@
 #   CONSOLE_REDIRECT_URI            the console's sign-in redirect URI (https://<host>/auth/callback)
 #   AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID   the managed identity of the console's federated credential
 #   AZURE_CLOUD                     the service's cloud (azureCloud): the federated credential's audience
+#   AZURE_TENANT_ID                 the tenant deployed to: the Azure CLI must be signed in to it
+# and azd's AZURE_SUBSCRIPTION_ID, which every az command on a resource names explicitly.
 # Idempotent: `az ad app create` patches the application that has this display name and identifier URI.
-# Needs `az login` to the same tenant as azd, as someone who may register applications.
+# Needs `az login` to the same tenant as azd, as someone who may register applications; stops before changing
+# anything when the Azure CLI's tenant is another one. Writes no secret anywhere (the console signs in with a
+# federated credential) and prints none.
 set -eu
+# pipefail where the shell has it (POSIX added it only in 2024; some dash builds lack it).
+if (set -o pipefail) 2>/dev/null; then set -o pipefail; fi
 
 if [ "${AZURE_DEPLOY_API_REGISTRATION:-true}" != "false" ]; then
     echo "register-api: the API registration is deployed by the template (AZURE_DEPLOY_API_REGISTRATION is not false)."
@@ -23,7 +29,7 @@ if [ "${AZURE_DEPLOY_API_REGISTRATION:-true}" != "false" ]; then
 fi
 
 missing=""
-for name in AZURE_ENV_NAME AZURE_RESOURCE_GROUP AZURE_FUNCTION_APP_NAME AUTH_IDENTIFIER_URI AUTH_APP_ROLES AUTH_USER_IMPERSONATION_SCOPE CONSOLE_REDIRECT_URI AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID AZURE_CLOUD; do
+for name in AZURE_ENV_NAME AZURE_SUBSCRIPTION_ID AZURE_TENANT_ID AZURE_RESOURCE_GROUP AZURE_FUNCTION_APP_NAME AUTH_IDENTIFIER_URI AUTH_APP_ROLES AUTH_USER_IMPERSONATION_SCOPE CONSOLE_REDIRECT_URI AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID AZURE_CLOUD; do
     eval "value=\${$name:-}"
     [ -n "$value" ] || missing="$missing $name"
 done
@@ -32,10 +38,22 @@ if [ -n "$missing" ]; then
     exit 1
 fi
 
+# `az ad` registers in the Azure CLI's tenant, which can differ from the one azd deployed to: the registration would
+# then land in the wrong tenant and the service would reject every token. Stop before changing anything.
+if ! cli_tenant="$(az account show --query tenantId --output tsv)"; then
+    echo "register-api: the Azure CLI is not signed in: az login --tenant $AZURE_TENANT_ID" >&2
+    exit 1
+fi
+lower() { printf '%s' "$1" | tr '[:upper:]' '[:lower:]'; }
+if [ "$(lower "$cli_tenant")" != "$(lower "$AZURE_TENANT_ID")" ]; then
+    echo "register-api: the Azure CLI is signed in to tenant '$cli_tenant', but azd deployed to tenant '$AZURE_TENANT_ID'; nothing was registered. Run: az login --tenant $AZURE_TENANT_ID (then azd provision again)." >&2
+    exit 1
+fi
+
 # The audience of the console's federated credential: the token-exchange audience of AZURE_CLOUD, the one the
 # service asks its managed identity's token for (shared/settings.py CLOUDS; infra/app/api-registration.bicep maps
 # it the same way). Case-insensitive, as the service reads AZURE_CLOUD.
-case "$(printf '%s' "$AZURE_CLOUD" | tr '[:upper:]' '[:lower:]')" in
+case "$(lower "$AZURE_CLOUD")" in
     azurepubliccloud) audience="api://AzureADTokenExchange" ;;
     azureusgovernment) audience="api://AzureADTokenExchangeUSGov" ;;
     azurechinacloud) audience="api://AzureADTokenExchangeChina" ;;
@@ -77,7 +95,7 @@ fi
 fic="$(az ad app federated-credential list --id "$app_id" --query "[?name=='console-managed-identity'] | length(@)" --output tsv)"
 if [ "${fic:-0}" = "0" ]; then
     login="$(az cloud show --query endpoints.activeDirectory --output tsv)"
-    tenant="$(az account show --query tenantId --output tsv)"
+    tenant="$AZURE_TENANT_ID"
     printf '{"name": "console-managed-identity", "issuer": "%s/%s/v2.0", "subject": "%s", "audiences": ["%s"], "description": "The App Connections service signs people in to the console."}\n' \
         "${login%/}" "$tenant" "$AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID" "$audience" >"$work/fic.json"
     az ad app federated-credential create --id "$app_id" --parameters "@$work/fic.json" --output none
@@ -93,7 +111,7 @@ az ad sp update --id "$app_id" --set appRoleAssignmentRequired=true --output non
 # AUTH_AUDIENCE: into the azd environment (the next provision passes it as authAudience) and, so the service
 # takes tokens now, into the Function App's settings.
 azd env set AUTH_AUDIENCE "$app_id"
-az functionapp config appsettings set \
+az functionapp config appsettings set --subscription "$AZURE_SUBSCRIPTION_ID" \
     --name "$AZURE_FUNCTION_APP_NAME" --resource-group "$AZURE_RESOURCE_GROUP" \
     --settings "AUTH_AUDIENCE=$app_id" --output none
 echo "register-api: AUTH_AUDIENCE=$app_id set on $AZURE_FUNCTION_APP_NAME"

@@ -1,4 +1,4 @@
-metadata description = 'The Key Vault of the secret material: Azure RBAC, soft delete and purge protection, its audit log sent to Log Analytics, and optionally a private endpoint.'
+metadata description = 'A Key Vault (the credential vault or the settings vault): Azure RBAC, soft delete and purge protection, its audit log sent to Log Analytics, and optionally a private endpoint.'
 
 @minLength(3)
 @maxLength(24)
@@ -125,5 +125,5 @@ output name string = keyVault.name
 @description('The resource id of the Key Vault.')
 output resourceId string = keyVault.id
 
-@description('The URI of the Key Vault (KEY_VAULT_URL).')
+@description('The URI of the Key Vault.')
 output uri string = keyVault.properties.vaultUri

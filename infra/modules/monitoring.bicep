@@ -15,7 +15,7 @@ param tags object = {}
 @minValue(30)
 @maxValue(730)
 @description('Optional. Days the workspace keeps data.')
-param retentionInDays int = 30
+param retentionInDays int = 90
 
 resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
   name: logAnalyticsName

@@ -32,6 +32,7 @@ ROLE_GUIDS = {
     "Storage Queue Data Contributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
     "Storage Table Data Contributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
     "Key Vault Secrets Officer": "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
+    "Key Vault Secrets User": "4633458b-17de-408a-b874-0445c86b69e6",
     "Monitoring Metrics Publisher": "3913510d-42f4-4e42-8a64-420c390055eb",
 }
 STORAGE = "Microsoft.Storage/storageAccounts"
@@ -40,16 +41,33 @@ APP_INSIGHTS = "Microsoft.Insights/components"
 UAMI = "Microsoft.ManagedIdentity/userAssignedIdentities"
 ROLE_ASSIGNMENT = "Microsoft.Authorization/roleAssignments"
 
-# The identity's roles, each on its resource type, and no others.
+# Two vaults, both deployed by modules/keyvault.bicep, told apart by the parameter that names them in app/rbac.bicep
+# and app/api.bicep: the credential vault (KEY_VAULT_URL) holds the connections' secret material (appconn-*), which
+# the service writes; the settings vault holds only the operator-set secrets the app settings reference.
+KEY_VAULT_MODULE = "modules/keyvault.bicep"
+CREDENTIAL_VAULT_PARAM = "keyVaultName"
+SETTINGS_VAULT_PARAM = "settingsKeyVaultName"
+CREDENTIAL_VAULT = f"{VAULT} (credential vault, {CREDENTIAL_VAULT_PARAM})"
+SETTINGS_VAULT = f"{VAULT} (settings vault, {SETTINGS_VAULT_PARAM})"
+VAULT_BY_PARAM = {CREDENTIAL_VAULT_PARAM: CREDENTIAL_VAULT, SETTINGS_VAULT_PARAM: SETTINGS_VAULT}
+VAULT_OUTPUTS = {
+    CREDENTIAL_VAULT_PARAM: ("AZURE_KEY_VAULT_NAME", "AZURE_KEY_VAULT_ENDPOINT"),
+    SETTINGS_VAULT_PARAM: ("AZURE_SETTINGS_KEY_VAULT_NAME", "AZURE_SETTINGS_KEY_VAULT_ENDPOINT"),
+}
+VAULT_SECRET = "Microsoft.KeyVault/vaults/secrets"
+
+# The identity's roles, each on its resource, and no others: it writes the credential vault, reads the settings vault.
 IDENTITY_ROLES = {
     ("Storage Blob Data Owner", STORAGE),
     ("Storage Queue Data Contributor", STORAGE),
     ("Storage Table Data Contributor", STORAGE),
-    ("Key Vault Secrets Officer", VAULT),
+    ("Key Vault Secrets Officer", CREDENTIAL_VAULT),
+    ("Key Vault Secrets User", SETTINGS_VAULT),
     ("Monitoring Metrics Publisher", APP_INSIGHTS),
 }
-# The deploying user's optional role.
-USER_ROLES = {("Key Vault Secrets Officer", VAULT)}
+# The deploying user's role (when principalId is given): it sets the operator-set secrets in the settings vault,
+# and holds no role on the credential vault, i.e. on the customers' credentials.
+USER_ROLES = {("Key Vault Secrets Officer", SETTINGS_VAULT)}
 IDENTITY_PRINCIPAL_PARAM = "identityPrincipalId"
 USER_PRINCIPAL_PARAM = "userPrincipalId"
 
@@ -103,6 +121,11 @@ HEALTH_SETTINGS = (
 )
 NOTIFY_SECRET_SETTING = "NOTIFY_WEBHOOK_SECRET"
 NOTIFY_SECRET_NAME = "notify-webhook-secret"
+# The webhook URL is a bearer credential: the deployment writes it to the settings vault, the setting references it.
+NOTIFY_URL_SETTING = "NOTIFY_WEBHOOK_URL"
+NOTIFY_URL_SECRET_NAME = "notify-webhook-url"
+CONSOLE_SECRET_SETTING = "CONSOLE_CLIENT_SECRET"
+CONSOLE_SECRET_NAME = "console-client-secret"
 # The federated method's identity: the Function App's user-assigned identity (property of its identity resource).
 FEDERATION_SETTINGS = {
     "FEDERATION_IDENTITY_CLIENT_ID": "clientId",
@@ -199,11 +222,30 @@ def oauth_secret_name(setting: str) -> str:
     return setting.lower().replace("_", "-")
 
 
-# Every setting that must be a Key Vault reference, and the secret it must name.
+# Every setting that must be a Key Vault reference (to the settings vault), and the secret it must name.
 VAULT_SECRETS = {
     **{name: oauth_secret_name(name) for name in OAUTH_SETTINGS},
+    CONSOLE_SECRET_SETTING: CONSOLE_SECRET_NAME,
     NOTIFY_SECRET_SETTING: NOTIFY_SECRET_NAME,
+    NOTIFY_URL_SETTING: NOTIFY_URL_SECRET_NAME,
 }
+# The secrets the operator sets (docs/deployment.md, "After the deployment"); the deployment writes the others.
+OPERATOR_SECRETS = tuple(name for name in VAULT_SECRETS.values() if name != NOTIFY_URL_SECRET_NAME)
+
+# The public base URL when siteUrl is empty: the Function App's default host name in the cloud deployed to
+# (environment().name), which the console's redirect URI on the API registration and SITE_URL share.
+APP_SERVICE_HOST_SUFFIXES = {
+    "AzureCloud": "azurewebsites.net",
+    "AzureUSGovernment": "azurewebsites.us",
+    "AzureChinaCloud": "chinacloudsites.cn",
+}
+CONSOLE_CALLBACK_PATH = "/auth/callback"
+
+# Log Analytics keeps the tamper-evident copies of the audit logs (the vaults', the tables'): the service cannot delete
+# them, unlike its own audit table. Its default retention is at least this many days.
+LOG_RETENTION_PARAM = "logRetentionInDays"
+LOG_RETENTION_DEFAULT = 90
+LOG_RETENTION_BOUNDS = (30, 730)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,16 +357,24 @@ class Scope:
     pycep drops quotes, so a bare string is a name when the template declares it and a literal otherwise.
     """
 
-    def __init__(self, tree: Tree, params: dict[str, Any], local: dict[str, Any] | None = None) -> None:
-        """params: the values given (already evaluated); the other parameters take their defaults."""
+    def __init__(
+        self,
+        tree: Tree,
+        params: dict[str, Any],
+        local: dict[str, Any] | None = None,
+        environment: str | None = None,
+    ) -> None:
+        """params: the values given (already evaluated); the other parameters take their defaults. environment: the
+        cloud deployed to (environment().name, e.g. AzureUSGovernment); None leaves it unknown."""
         self.tree = tree
+        self.environment = environment
         declared = tree.get("parameters") or {}
         self.values: dict[str, Any] = {name: value for name, value in params.items() if name in declared}
         self.local = local or {}
         self.symbols = set(tree.get("resources") or {}) | set(tree.get("modules") or {})
 
     def child(self, local: dict[str, Any]) -> Scope:
-        scope = Scope(self.tree, {}, {**self.local, **local})
+        scope = Scope(self.tree, {}, {**self.local, **local}, self.environment)
         scope.values = self.values  # parameters and variables are shared, evaluated once
         return scope
 
@@ -337,7 +387,7 @@ class Scope:
             if declared is None and variable is None:
                 return (True, Ref(name)) if name in self.symbols else (False, None)
             self.values[name] = Ref(name)  # a cycle reads as unknown, not as a crash
-            outer = Scope(self.tree, {})  # parameters and variables see no loop variable
+            outer = Scope(self.tree, {}, environment=self.environment)  # no loop variable in parameters, variables
             outer.values = self.values
             self.values[name] = outer.evaluate(declared.get("default") if declared else variable["value"])
         return True, self.values[name]
@@ -472,6 +522,8 @@ class Scope:
         function = node["function"]
         kind = function["type"]
         args = [self.evaluate(v) for v in (function.get("parameters") or {}).values() if v is not None]
+        if kind == "environment" and function.get("property_name") == "name" and self.environment is not None:
+            return self.environment
         if kind == "resource_id":
             return Ref("resourceId(" + ", ".join(a.text if isinstance(a, Ref) else str(a) for a in args) + ")")
         if function.get("property_name") or any(isinstance(a, Ref) for a in args):
@@ -495,26 +547,38 @@ class Scope:
             return "".join(args)
         if kind == "string" and isinstance(args[0], (int, str)) and not isinstance(args[0], bool):
             return str(args[0])
+        if kind == "ends_with" and all(isinstance(a, str) for a in args):
+            return args[0].lower().endswith(args[1].lower())  # Bicep's endsWith ignores case
+        if kind == "substring" and isinstance(args[0], str) and all(isinstance(a, int) for a in args[1:]):
+            start = args[1]
+            return args[0][start : start + args[2]] if len(args) > 2 else args[0][start:]
+        if kind == "contains" and isinstance(args[0], dict) and isinstance(args[1], str):
+            return any(key.lower() == args[1].lower() for key in args[0])  # object keys: case-insensitive
+        if kind == "contains" and isinstance(args[0], (list, str)):
+            return args[1] in args[0]
         return Ref(render(node))
 
 
 @dataclass(frozen=True)
 class Instance:
-    """One deployed resource: its file, symbol (symbol[i] in a loop) and evaluated body."""
+    """One deployed resource: its file, symbol (symbol[i] in a loop), evaluated body, and the main.bicep module
+    symbol that deployed it (main.bicep for its own resources): one file can be deployed by two modules."""
 
     path: str
     symbol: str
     type: str
     body: dict[str, Any]
     scope: Scope
+    module: str = "main.bicep"
 
 
 class Deployment:
     """infra/main.bicep and the modules it calls (one level, as here), evaluated for given parameter values."""
 
-    def __init__(self, files: Files, params: dict[str, Any]) -> None:
+    def __init__(self, files: Files, params: dict[str, Any], environment: str | None = None) -> None:
+        """environment: the cloud deployed to, environment().name (AzureCloud, AzureUSGovernment, AzureChinaCloud)."""
         self.files = files
-        self.main = Scope(files.get("main.bicep") or {}, params)
+        self.main = Scope(files.get("main.bicep") or {}, params, environment=environment)
         self.modules: dict[str, tuple[str, Scope] | None] = {}
         for symbol, module in ((files.get("main.bicep") or {}).get("modules") or {}).items():
             config = module["config"]
@@ -525,7 +589,7 @@ class Deployment:
                 self.modules[symbol] = None  # not deployed for these parameters (or not a local module)
                 continue
             module_params = self.main.evaluate(body_.get("params") or {})
-            self.modules[symbol] = (path, Scope(files[path], module_params))
+            self.modules[symbol] = (path, Scope(files[path], module_params, environment=environment))
 
     def module(self, path: str) -> tuple[str, Scope] | None:
         """The main.bicep symbol and scope of the deployed module of that file, if it is deployed."""
@@ -535,15 +599,20 @@ class Deployment:
         return None
 
     def scopes(self) -> Iterator[tuple[str, Scope]]:
-        yield "main.bicep", self.main
-        for deployed in self.modules.values():
+        for _, path, scope in self.module_scopes():
+            yield path, scope
+
+    def module_scopes(self) -> Iterator[tuple[str, str, Scope]]:
+        """(main.bicep's module symbol, or main.bicep itself; file; scope) of main.bicep and each deployed module."""
+        yield "main.bicep", "main.bicep", self.main
+        for symbol, deployed in self.modules.items():
             if deployed is not None:
-                yield deployed
+                yield symbol, *deployed
 
     def instances(self, type_: str, *, existing: bool | None = None) -> list[Instance]:
         """Every deployed instance of resources of that type (declared or existing ones, or both), bodies evaluated."""
         found = []
-        for path, scope in self.scopes():
+        for module, path, scope in self.module_scopes():
             for symbol, resource in (scope.tree.get("resources") or {}).items():
                 if resource["type"].lower() != type_.lower():
                     continue
@@ -555,7 +624,12 @@ class Deployment:
                         child = scope.child(local)
                         found.append(
                             Instance(
-                                path, f"{symbol}[{index}]", resource["type"], child.evaluate(config["config"]), child
+                                path,
+                                f"{symbol}[{index}]",
+                                resource["type"],
+                                child.evaluate(config["config"]),
+                                child,
+                                module,
                             )
                         )
                     continue
@@ -563,7 +637,7 @@ class Deployment:
                     if scope.evaluate(config["condition"]) is not True:
                         continue
                     config = config["config"]
-                found.append(Instance(path, symbol, resource["type"], scope.evaluate(config), scope))
+                found.append(Instance(path, symbol, resource["type"], scope.evaluate(config), scope, module))
         return found
 
 
@@ -701,8 +775,21 @@ def monitoring_rules(files: Files) -> list[str]:
     return v
 
 
+def _scope_kind(tree: Tree, scope: Any) -> str | None:
+    """The resource type a role assignment's scope symbol names; for a vault, which of the two (by its name param)."""
+    resource = (tree.get("resources") or {}).get(scope) if isinstance(scope, str) else None
+    if resource is None:
+        return None
+    if resource["type"] == VAULT:
+        name = render(body(resource).get("name"))
+        return VAULT_BY_PARAM.get(name, f"{VAULT} named {name}")
+    return str(resource["type"])
+
+
 def role_assignment_rules(files: Files) -> list[str]:
-    """The identity has exactly the five roles on their resources; names are guid(scope.id, principal, role)."""
+    """The identity has exactly its six roles on their resources (Secrets Officer on the credential vault, Secrets
+    User on the settings vault); the deploying user has Secrets Officer on the settings vault and nothing else, so no
+    role on the credential vault; names are guid(scope.id, principal, role)."""
     v: list[str] = []
     identity_roles: list[tuple[str, str]] = []
     user_roles: list[tuple[str, str]] = []
@@ -716,7 +803,6 @@ def role_assignment_rules(files: Files) -> list[str]:
         for name, guid in role_map.items():
             if ROLE_GUIDS.get(name) != guid:
                 v.append(f"{path}: roleDefinitions[{name!r}] = {guid!r} is not an allowed role GUID")
-        symbols = {s: r["type"] for s, r in (tree.get("resources") or {}).items()}
         for symbol, resource in assignments:
             where = f"{path}:{symbol}"
             config = body(resource)
@@ -742,7 +828,7 @@ def role_assignment_rules(files: Files) -> list[str]:
                 v.append(f"{where}: role {rendered_ref} is not one of {sorted(ROLE_GUIDS)}")
                 continue
             scope = config.get("scope")
-            scope_type = symbols.get(scope) if isinstance(scope, str) else None
+            scope_type = _scope_kind(tree, scope)
             principal = render(props.get("principalId"))
             wanted_name = f"guid({scope}.id, {principal}, {rendered_ref})"
             if render(config.get("name")) != wanted_name:
@@ -762,8 +848,8 @@ def role_assignment_rules(files: Files) -> list[str]:
         missing = IDENTITY_ROLES - set(identity_roles)
         extra = [r for r in identity_roles if r not in IDENTITY_ROLES or identity_roles.count(r) > 1]
         v.append(f"identity role assignments: missing {sorted(missing)}, unexpected {sorted(set(extra))}")
-    if not set(user_roles) <= USER_ROLES or len(user_roles) != len(set(user_roles)):
-        v.append(f"user role assignments must be only {sorted(USER_ROLES)}, not {user_roles}")
+    if sorted(user_roles) != sorted(USER_ROLES):
+        v.append(f"user role assignments must be exactly {sorted(USER_ROLES)}, not {sorted(user_roles)}")
     return v
 
 
@@ -793,6 +879,75 @@ def rbac_wiring_rules(files: Files) -> list[str]:
     return v
 
 
+def _vault_symbols(tree: Tree) -> dict[str, str]:
+    """{name parameter: symbol} of the existing vaults a module names by a parameter (keyVaultName, ...)."""
+    return {
+        render(body(resource).get("name")): symbol
+        for symbol, resource in (tree.get("resources") or {}).items()
+        if resource["type"] == VAULT and resource.get("existing")
+    }
+
+
+def vault_wiring_rules(files: Files) -> list[str]:
+    """Two vaults, both modules/keyvault.bicep (RBAC, soft delete, purge protection, audit log, private endpoint),
+    always deployed: app/rbac.bicep and app/api.bicep get the same credential vault as keyVaultName and the same
+    settings vault as settingsKeyVaultName, two different vaults; the outputs name each. A vault secret the
+    deployment writes goes to the settings vault only, from a @secure() parameter."""
+    v: list[str] = []
+    main = files.get("main.bicep") or {}
+    modules = main.get("modules") or {}
+    vaults = sorted(s_ for s_, m in modules.items() if get(m, "detail", "path") == KEY_VAULT_MODULE)
+    if len(vaults) != 2:
+        v.append(f"main.bicep must deploy {KEY_VAULT_MODULE} twice (the credential and the settings vault): {vaults}")
+    for symbol in vaults:
+        if get(modules[symbol], "config", "condition") is not None:
+            v.append(f"main.bicep:{symbol}: a vault is always deployed")
+    chosen: dict[str, set[str]] = {}
+    for consumer in ("app/rbac.bicep", "app/api.bicep"):
+        symbol = _module_symbol(files, consumer)
+        if symbol is None:
+            v.append(f"main.bicep must deploy {consumer} once")
+            continue
+        params = get(modules[symbol], "config", "params") or {}
+        named = _vault_symbols(files.get(consumer) or {})
+        for param in VAULT_BY_PARAM:
+            value = render(params.get(param))
+            match = re.fullmatch(r"(\w+)\.outputs\.name", value)
+            if match is None or match.group(1) not in vaults:
+                v.append(
+                    f"main.bicep:{symbol}: {param} must be a {KEY_VAULT_MODULE} module's outputs.name, not {value}"
+                )
+            else:
+                chosen.setdefault(param, set()).add(match.group(1))
+            if param not in named:
+                v.append(f"{consumer}: needs an existing {VAULT} named by param {param}")
+    for param, found in chosen.items():
+        if len(found) != 1:
+            v.append(f"main.bicep: {param} names different vaults in app/rbac.bicep and app/api.bicep: {sorted(found)}")
+    credential, settings = chosen.get(CREDENTIAL_VAULT_PARAM, set()), chosen.get(SETTINGS_VAULT_PARAM, set())
+    if credential & settings:
+        v.append(f"main.bicep: the settings vault must not be the credential vault ({sorted(credential & settings)})")
+    outputs = main.get("outputs") or {}
+    for param, (name_output, uri_output) in VAULT_OUTPUTS.items():
+        symbol = next(iter(chosen.get(param) or {"<none>"}))
+        expect(v, "main.bicep", f"output {name_output}", render(get(outputs, name_output, "value")),
+               f"{symbol}.outputs.name")
+        expect(v, "main.bicep", f"output {uri_output}", render(get(outputs, uri_output, "value")),
+               f"{symbol}.outputs.uri")
+    for path, tree in files.items():
+        named = _vault_symbols(tree)
+        secure = {n for n, p in (tree.get("parameters") or {}).items() if "secure" in _decorators(p)}
+        for symbol, resource in _declared(tree, VAULT_SECRET):
+            config = body(resource)
+            parent = render(config.get("parent"))
+            if parent != named.get(SETTINGS_VAULT_PARAM):
+                v.append(f"{path}:{symbol}: a secret the deployment writes belongs in the settings vault, not {parent}")
+            value = get(config, "properties", "value")
+            if not (isinstance(value, str) and value in secure):
+                v.append(f"{path}:{symbol}: the secret's value must be a @secure() parameter, not {render(value)}")
+    return v
+
+
 def parameter_description_rules(files: Files) -> list[str]:
     """Every parameter says 'Required. ...' (no default) or 'Optional. ...' (a default)."""
     v: list[str] = []
@@ -808,6 +963,17 @@ def parameter_description_rules(files: Files) -> list[str]:
                     f"{path}: param {name} is described {text.split('.')[0]} "
                     f"but {'has' if has_default else 'has no'} default"
                 )
+    return v
+
+
+def output_description_rules(files: Files) -> list[str]:
+    """Every output of every template says what it is (@description), as the modules' outputs already do."""
+    v: list[str] = []
+    for path, tree in files.items():
+        for name, output in (tree.get("outputs") or {}).items():
+            texts = [d.get("argument") for d in output.get("decorators") or [] if d.get("type") == "description"]
+            if not texts or not isinstance(texts[0], str) or not texts[0].strip():
+                v.append(f"{path}: output {name} needs a @description")
     return v
 
 
@@ -831,11 +997,14 @@ def app_settings_rules(files: Files) -> list[str]:
     for name in FORBIDDEN_SETTINGS:
         if name in settings:
             v.append(f"{where}: setting {name} must not be set (Flex Consumption / identity-based storage)")
-    key_vault_url = render(settings.get("KEY_VAULT_URL"))
+    vaults = _vault_symbols(files.get(path) or {})
+    credential_uri = f"{vaults.get(CREDENTIAL_VAULT_PARAM)}.properties.vaultUri"
+    settings_uri = f"{vaults.get(SETTINGS_VAULT_PARAM)}.properties.vaultUri"
+    expect(v, where, "KEY_VAULT_URL (the credential vault)", render(settings.get("KEY_VAULT_URL")), credential_uri)
     for name, value in settings.items():
         text = render(value)
         if name in VAULT_SECRETS or (SECRETISH.search(name) and name not in NOT_SECRETS):
-            v += _key_vault_reference_violations(where, name, value, key_vault_url)
+            v += _key_vault_reference_violations(where, name, value, settings_uri)
         if re.search(r"AccountKey=|SharedAccessSignature=|InstrumentationKey=|list_?keys\(", text, re.IGNORECASE):
             v.append(f"{where}: {name} embeds a key: {text!r}")
     expected = {
@@ -869,9 +1038,10 @@ def _branches(value: Any) -> list[Any]:
     return [value]
 
 
-def _key_vault_reference_violations(where: str, name: str, value: Any, key_vault_url: str) -> list[str]:
-    """A secret setting is a reference to its secret in the app's own vault; `condition ? reference : ''` may
-    leave it empty (a feature that is off), nothing else may."""
+def _key_vault_reference_violations(where: str, name: str, value: Any, settings_vault_uri: str) -> list[str]:
+    """A secret setting is a reference to its secret in the settings vault (the operator sets it there, and may
+    not touch the credential vault); `condition ? reference : ''` may leave it empty (a feature that is off), nothing
+    else may."""
     v: list[str] = []
     branches = _branches(value)
     references = [b for b in branches if b != ""]
@@ -884,8 +1054,8 @@ def _key_vault_reference_violations(where: str, name: str, value: Any, key_vault
             continue
         if name in VAULT_SECRETS and match.group(1) != VAULT_SECRETS[name]:
             v.append(f"{where}: {name} must reference secret {VAULT_SECRETS[name]}, not {match.group(1)}")
-        if not branch.startswith(f"@Microsoft.KeyVault(SecretUri=${{{key_vault_url}}}secrets/"):
-            v.append(f"{where}: {name} must reference the app's own vault ({key_vault_url})")
+        if not branch.startswith(f"@Microsoft.KeyVault(SecretUri=${{{settings_vault_uri}}}secrets/"):
+            v.append(f"{where}: {name} must reference the settings vault ({settings_vault_uri}), not {branch!r}")
     return v
 
 
@@ -1158,18 +1328,103 @@ def health_settings_rules(files: Files) -> list[str]:
             return [*v, f"{params}: expected one deployed appsettings config, found {len(settings)}"]
         props = settings[0].body.get("properties") or {}
         where = f"{settings[0].path}:{settings[0].symbol} with {params or 'the defaults'}"
-        vault = ref_text(props.get("KEY_VAULT_URL"))
-        reference = f"@Microsoft.KeyVault(SecretUri=${{{vault}}}secrets/{NOTIFY_SECRET_NAME}/)"
+        settings_vault = _vault_symbols(files.get(settings[0].path) or {}).get(SETTINGS_VAULT_PARAM)
+        webhook = bool(params.get("notifyWebhookUrl"))
+
+        def reference(secret: str, vault: str | None = settings_vault) -> str:
+            return f"@Microsoft.KeyVault(SecretUri=${{{vault}.properties.vaultUri}}secrets/{secret}/)"
+
         wanted = {
             "HEALTH_SWEEP_SCHEDULE": params.get("healthSweepSchedule", HEALTH_SWEEP_DEFAULT),
             "HEALTH_CHECK_INTERVAL_HOURS": str(params.get("healthCheckIntervalHours", 24)),
             "EXPIRY_WARNING_DAYS": str(params.get("expiryWarningDays", 30)),
-            "NOTIFY_WEBHOOK_URL": params.get("notifyWebhookUrl", ""),
-            NOTIFY_SECRET_SETTING: reference if params.get("notifyWebhookUrl") else "",
+            # The URL is a bearer credential: a reference to the secret the deployment writes, never the URL itself.
+            NOTIFY_URL_SETTING: reference(NOTIFY_URL_SECRET_NAME) if webhook else "",
+            NOTIFY_SECRET_SETTING: reference(NOTIFY_SECRET_NAME) if webhook else "",
         }
         for name, value in wanted.items():
             actual = props.get(name)
             expect(v, where, name, ref_text(actual) if isinstance(actual, Ref) else actual, value)
+        secrets = [i for i in deployment.instances(VAULT_SECRET, existing=False) if i.path == settings[0].path]
+        if not webhook:
+            if secrets:
+                v.append(f"{where}: no vault secret expected without a webhook, found {[i.symbol for i in secrets]}")
+            continue
+        url_secrets = [i for i in secrets if i.body.get("name") == NOTIFY_URL_SECRET_NAME]
+        if len(url_secrets) != 1:
+            v.append(f"{where}: the settings vault secret {NOTIFY_URL_SECRET_NAME} must be written once, not "
+                     f"{[i.symbol for i in url_secrets]}")
+            continue
+        secret = url_secrets[0]
+        expect(v, f"{where}: {secret.symbol}", "parent", ref_text(secret.body.get("parent")), settings_vault)
+        expect(v, f"{where}: {secret.symbol}", "properties.value", get(secret.body, "properties", "value"),
+               params["notifyWebhookUrl"])
+        depends = [ref_text(d) for d in settings[0].body.get("dependsOn") or []]
+        if secret.symbol not in depends:
+            v.append(f"{where}: the appsettings must dependsOn {secret.symbol} (the reference resolves from the start)")
+    return v
+
+
+def site_url_rules(files: Files) -> list[str]:
+    """The console's redirect URI on the API registration is SITE_URL/auth/callback, and the app's SITE_URL is that
+    same base URL: siteUrl when given (no trailing slash), else the Function App's default host name in the cloud
+    deployed to (azurewebsites.net, azurewebsites.us, chinacloudsites.cn), never the public cloud's everywhere."""
+    v: list[str] = []
+    main = files.get("main.bicep") or {}
+    for environment, suffix in APP_SERVICE_HOST_SUFFIXES.items():
+        for site_url in ("", "https://connections.example.com/"):
+            deployment = Deployment(files, {"siteUrl": site_url}, environment)
+            where = f"main.bicep with siteUrl={site_url!r} in {environment}"
+            redirect = ref_text(deployment.main.evaluate(get(main, "outputs", "CONSOLE_REDIRECT_URI", "value")))
+            registration = deployment.module(API_REGISTRATION_MODULE)
+            api = deployment.module("app/api.bicep")
+            if registration is None or api is None:
+                return [*v, f"{where}: {API_REGISTRATION_MODULE} and app/api.bicep must be deployed"]
+            registered = [ref_text(u) for u in registration[1].lookup("consoleRedirectUris")[1] or []]
+            expect(v, where, f"{API_REGISTRATION_MODULE} consoleRedirectUris", registered, [redirect])
+            base = ref_text(api[1].lookup("siteUrl")[1])
+            if site_url:
+                expect(v, where, "the app's siteUrl", base, site_url.rstrip("/"))
+            else:
+                name = ref_text(deployment.main.lookup("functionAppName")[1])
+                expect(v, where, "the app's siteUrl (its default host name)", base, f"https://{name}.{suffix}")
+            expect(v, where, "CONSOLE_REDIRECT_URI", redirect, f"{base}{CONSOLE_CALLBACK_PATH}")
+            # SITE_URL is the siteUrl the app is given (trimmed), so it and the registered redirect URI agree.
+            tree = files["app/api.bicep"]
+            scope = Scope(tree, {**api[1].values, "siteUrl": base}, environment=environment)
+            configs = _declared(tree, "Microsoft.Web/sites/config")
+            for _, config in (c for c in configs if body(c[1]).get("name") == "appsettings"):
+                site = scope.evaluate(get(body(config), "properties", "SITE_URL"))
+                expect(v, f"app/api.bicep with siteUrl={base!r}", "SITE_URL", ref_text(site), base)
+    return v
+
+
+def log_retention_rules(files: Files) -> list[str]:
+    """The workspace keeps the audit logs' tamper-evident copies logRetentionInDays, by default 90 days at least
+    (bounded 30 to 730, what Log Analytics allows), in main.bicep and in modules/monitoring.bicep."""
+    v: list[str] = []
+    low, high = LOG_RETENTION_BOUNDS
+    for path, name in (("main.bicep", LOG_RETENTION_PARAM), ("modules/monitoring.bicep", "retentionInDays")):
+        param = ((files.get(path) or {}).get("parameters") or {}).get(name)
+        if param is None:
+            v.append(f"{path}: param {name} missing")
+            continue
+        decorators = _decorators(param)
+        expect(v, f"{path}: param {name}", "@minValue", decorators.get("min_value"), low)
+        expect(v, f"{path}: param {name}", "@maxValue", decorators.get("max_value"), high)
+        default = param.get("default")
+        if not isinstance(default, int) or default < LOG_RETENTION_DEFAULT:
+            v.append(f"{path}: param {name} must default to {LOG_RETENTION_DEFAULT} days or more, not {default!r}")
+    for given in (None, 365):
+        deployment = Deployment(files, {} if given is None else {LOG_RETENTION_PARAM: given})
+        workspaces = deployment.instances("Microsoft.OperationalInsights/workspaces")
+        if len(workspaces) != 1:
+            return [*v, f"expected one Log Analytics workspace, found {len(workspaces)}"]
+        retention = get(workspaces[0].body, "properties", "retentionInDays")
+        default = get(files.get("main.bicep") or {}, "parameters", LOG_RETENTION_PARAM, "default")
+        wanted = default if given is None else given
+        expect(v, f"{workspaces[0].path}:{workspaces[0].symbol} with {LOG_RETENTION_PARAM}={given}",
+               "retentionInDays", retention, wanted)
     return v
 
 
@@ -1354,7 +1609,8 @@ def diagnostic_settings_rules(files: Files) -> list[str]:
     output = render(get(monitoring_tree, "outputs", "logAnalyticsId", "value"))
     if len(workspaces) != 1 or output != f"{workspaces[0][0]}.id":
         v.append(f"modules/monitoring.bicep: output logAnalyticsId must be the workspace's id, not {output}")
-    vault_logs = table_logs = False
+    vault_logs: set[str] = set()
+    table_logs = False
     for setting in deployment.instances(DIAGNOSTIC_SETTINGS):
         where = f"{setting.path}:{setting.symbol}"
         target = ref_text(setting.body.get("scope"))
@@ -1364,7 +1620,7 @@ def diagnostic_settings_rules(files: Files) -> list[str]:
         logs = [log for log in props.get("logs") or [] if isinstance(log, dict) and log.get("enabled") is True]
         groups = {log.get("categoryGroup") for log in logs} | {log.get("category") for log in logs}
         if resource.get("type") == VAULT:
-            vault_logs = True
+            vault_logs.add(setting.module)
             if not groups & {"audit", "allLogs", "AuditEvent"}:
                 v.append(
                     f"{where}: the vault's AuditEvent log (group audit) must be on, has {sorted(map(str, groups))}"
@@ -1376,8 +1632,10 @@ def diagnostic_settings_rules(files: Files) -> list[str]:
             expect(v, where, "the table service's parent type", parent_type, STORAGE)
             if "allLogs" not in groups and not set(TABLE_LOG_CATEGORIES) <= groups:
                 v.append(f"{where}: table logs {list(TABLE_LOG_CATEGORIES)} must be on, has {sorted(map(str, groups))}")
-    if not vault_logs:
-        v.append(f"no {DIAGNOSTIC_SETTINGS} on the Key Vault (AuditEvent to Log Analytics)")
+    vaults = {i.module for i in deployment.instances(VAULT, existing=False)}
+    if not vaults or vaults - vault_logs:
+        v.append(f"no {DIAGNOSTIC_SETTINGS} on the Key Vault of {sorted(vaults - vault_logs) or 'any module'} "
+                 "(AuditEvent to Log Analytics)")
     if not table_logs:
         v.append(f"no {DIAGNOSTIC_SETTINGS} on the storage account's tableServices (table logs to Log Analytics)")
     return v
@@ -1467,7 +1725,14 @@ def private_networking_rules(files: Files) -> list[str]:
             continue
         v += _network_violations(deployment)
         groups = deployment.instances(PRIVATE_DNS_ZONE_GROUP)
-        wanted = {(VAULT, "vault"), (STORAGE, "blob"), (STORAGE, "queue"), (STORAGE, "table")}
+        # Each vault (the credential one and the settings one) and the storage account: its own endpoints.
+        services = {VAULT: ("vault",), STORAGE: ("blob", "queue", "table")}
+        wanted = {
+            (instance.module, type_, group_id)
+            for type_, group_ids in services.items()
+            for instance in deployment.instances(type_, existing=False)
+            for group_id in group_ids
+        }
         found = set()
         for endpoint in endpoints:
             where = f"{endpoint.path}:{endpoint.symbol} with {mode}"
@@ -1478,11 +1743,13 @@ def private_networking_rules(files: Files) -> list[str]:
                     "type"
                 )
                 for group_id in get(connection, "properties", "groupIds") or []:
-                    found.add((target_type, group_id))
+                    found.add((endpoint.module, target_type, group_id))
                     zone_groups = [
                         g
                         for g in groups
-                        if g.path == endpoint.path and ref_text(g.body.get("parent")) == endpoint.symbol
+                        if g.module == endpoint.module
+                        and g.path == endpoint.path
+                        and ref_text(g.body.get("parent")) == endpoint.symbol
                     ]
                     zone_ids = [
                         ref_text(get(c, "properties", "privateDnsZoneId"))
@@ -1498,8 +1765,8 @@ def private_networking_rules(files: Files) -> list[str]:
             subnet = ref_text(get(endpoint.body, "properties", "subnet", "id"))
             if not subnet.endswith(".outputs.privateEndpointSubnetResourceId"):
                 v.append(f"{where}: must sit in the network module's private endpoint subnet, not {subnet}")
-        for target_type, group_id in sorted(wanted - found):
-            v.append(f"with {mode}: no private endpoint for {target_type} ({group_id})")
+        for module, target_type, group_id in sorted(wanted - found):
+            v.append(f"with {mode}: no private endpoint for {target_type} of main.bicep:{module} ({group_id})")
     return v
 
 
@@ -1535,7 +1802,9 @@ RULES: tuple[Callable[[Files], list[str]], ...] = (
     monitoring_rules,
     role_assignment_rules,
     rbac_wiring_rules,
+    vault_wiring_rules,
     parameter_description_rules,
+    output_description_rules,
     app_settings_rules,
     main_template_rules,
     api_registration_rules,
@@ -1543,6 +1812,8 @@ RULES: tuple[Callable[[Files], list[str]], ...] = (
     diagnostic_settings_rules,
     private_networking_rules,
     health_settings_rules,
+    site_url_rules,
+    log_retention_rules,
     alert_rules,
     telemetry_settings_rules,
 )

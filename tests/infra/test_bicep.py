@@ -56,7 +56,9 @@ def test_monitoring_has_local_auth_disabled(templates: dict[str, Any]) -> None:
     assert rules.monitoring_rules(templates) == []
 
 
-def test_identity_has_exactly_the_five_roles(templates: dict[str, Any]) -> None:
+def test_identity_has_exactly_its_six_roles_and_the_deployer_none_on_the_credential_vault(
+    templates: dict[str, Any],
+) -> None:
     assert rules.role_assignment_rules(templates) == []
 
 
@@ -64,8 +66,26 @@ def test_role_assignments_go_to_the_user_assigned_identity(templates: dict[str, 
     assert rules.rbac_wiring_rules(templates) == []
 
 
+def test_the_operator_set_secrets_live_in_a_settings_vault_apart_from_the_credentials(
+    templates: dict[str, Any],
+) -> None:
+    assert rules.vault_wiring_rules(templates) == []
+
+
 def test_every_parameter_is_described_required_or_optional(templates: dict[str, Any]) -> None:
     assert rules.parameter_description_rules(templates) == []
+
+
+def test_every_output_is_described(templates: dict[str, Any]) -> None:
+    assert rules.output_description_rules(templates) == []
+
+
+def test_site_url_and_the_console_redirect_uri_agree_in_every_cloud(templates: dict[str, Any]) -> None:
+    assert rules.site_url_rules(templates) == []
+
+
+def test_log_analytics_keeps_the_audit_logs_90_days_by_default(templates: dict[str, Any]) -> None:
+    assert rules.log_retention_rules(templates) == []
 
 
 def test_app_settings_are_complete_and_secrets_are_key_vault_references(templates: dict[str, Any]) -> None:
@@ -116,7 +136,9 @@ def test_the_evaluator_reads_the_roles_and_the_private_endpoints(templates: dict
         for c in e.body["properties"]["privateLinkServiceConnections"]
         for g in c["properties"]["groupIds"]
     )
-    assert group_ids == ["blob", "queue", "table", "vault"]
+    assert group_ids == ["blob", "queue", "table", "vault", "vault"]  # the credential vault and the settings vault
+    vaults = {e.module for e in endpoints if e.path == rules.KEY_VAULT_MODULE}
+    assert len(vaults) == 2, vaults
     public = rules.Deployment(templates, {})
     assert public.instances(rules.PRIVATE_ENDPOINT) == []
     assert public.module("modules/network.bicep") is None
@@ -158,6 +180,21 @@ def test_the_evaluator_reads_the_alert_rules_and_the_action_group(templates: dic
     (settings,) = [i for i in webhook.instances("Microsoft.Web/sites/config") if i.body["name"] == "appsettings"]
     secret = rules.ref_text(settings.body["properties"][rules.NOTIFY_SECRET_SETTING])
     assert secret.endswith(f"secrets/{rules.NOTIFY_SECRET_NAME}/)"), secret
+    url = rules.ref_text(settings.body["properties"][rules.NOTIFY_URL_SETTING])
+    assert url == "@Microsoft.KeyVault(SecretUri=${settingsKeyVault.properties.vaultUri}secrets/notify-webhook-url/)"
+    (written,) = webhook.instances(rules.VAULT_SECRET)
+    assert written.body["properties"]["value"] == rules.WEBHOOK_SAMPLE
+    assert rules.Deployment(templates, {}).instances(rules.VAULT_SECRET) == []
+
+
+def test_the_evaluator_knows_the_cloud_deployed_to(templates: dict[str, Any]) -> None:
+    """environment().name is the given cloud: the default host name, hence SITE_URL and the redirect URI, follow it."""
+    output = templates["main.bicep"]["outputs"]["CONSOLE_REDIRECT_URI"]["value"]
+    for environment, suffix in rules.APP_SERVICE_HOST_SUFFIXES.items():
+        redirect = rules.ref_text(rules.Deployment(templates, {}, environment).main.evaluate(output))
+        assert redirect.startswith("https://") and redirect.endswith(f".{suffix}/auth/callback"), redirect
+    given = rules.Deployment(templates, {"siteUrl": "https://connections.example.com/"}, "AzureChinaCloud")
+    assert rules.ref_text(given.main.evaluate(output)) == "https://connections.example.com/auth/callback"
 
 
 class _Capture(logging.Handler):
@@ -249,7 +286,10 @@ def test_postprovision_hook_registers_the_api_when_the_template_does_not(
     assert '"${AZURE_DEPLOY_API_REGISTRATION:-true}" != "false"' in text
     outputs = templates["main.bicep"]["outputs"]
     for name in re.findall(r"\b(AUTH_[A-Z_]+|AZURE_[A-Z_]+)\b", text):
-        if name not in {"AZURE_DEPLOY_API_REGISTRATION", "AZURE_ENV_NAME"} and name != "AUTH_AUDIENCE":
+        # azd's own variables (not outputs): the switch, the environment, the subscription it deployed to.
+        if name not in {"AZURE_DEPLOY_API_REGISTRATION", "AZURE_ENV_NAME", "AZURE_SUBSCRIPTION_ID"} and (
+            name != "AUTH_AUDIENCE"
+        ):
             assert name in outputs, f"register-api.sh reads {name}, which main.bicep does not output"
     for flag in (
         "--sign-in-audience AzureADMyOrg",
@@ -260,6 +300,89 @@ def test_postprovision_hook_registers_the_api_when_the_template_does_not(
         assert flag in text, flag
     assert "appRoleAssignmentRequired=true" in text
     assert "azd env set AUTH_AUDIENCE" in text
+
+
+# A stand-in Azure CLI and azd for the hook: each call is logged; the answers are just enough to get through.
+FAKE_AZ = r"""#!/bin/sh
+printf 'az %s\n' "$*" >>"$FAKE_LOG"
+case "$*" in
+    "account show --query tenantId --output tsv")
+        [ -n "$FAKE_CLI_TENANT" ] || { echo "Please run 'az login' to setup account." >&2; exit 1; }
+        printf '%s\n' "$FAKE_CLI_TENANT" ;;
+    "ad app create "*) echo 11111111-1111-1111-1111-111111111111 ;;
+    "ad app show "*"--query id "*) echo 22222222-2222-2222-2222-222222222222 ;;
+    "ad app show "*) echo 1 ;;
+    "ad app federated-credential list "*) echo 1 ;;
+    "ad sp show "*) echo 33333333-3333-3333-3333-333333333333 ;;
+esac
+"""
+FAKE_AZD = r"""#!/bin/sh
+printf 'azd %s\n' "$*" >>"$FAKE_LOG"
+"""
+AZD_TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+SUBSCRIPTION = "00000000-0000-0000-0000-00000000abcd"
+
+
+def run_hook(tmp_path: Any, cli_tenant: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """infra/hooks/register-api.sh as azd runs it (AZURE_DEPLOY_API_REGISTRATION=false, the outputs in the
+    environment), with the fake az and azd first on PATH; returns the run and the commands it called."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("az", FAKE_AZ), ("azd", FAKE_AZD)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "calls.log"
+    log.touch()
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "FAKE_LOG": str(log),
+        "FAKE_CLI_TENANT": cli_tenant,
+        "AZURE_DEPLOY_API_REGISTRATION": "false",
+        "AZURE_ENV_NAME": "test",
+        "AZURE_SUBSCRIPTION_ID": SUBSCRIPTION,
+        "AZURE_TENANT_ID": AZD_TENANT,
+        "AZURE_RESOURCE_GROUP": "rg-test",
+        "AZURE_FUNCTION_APP_NAME": "func-api-test",
+        "AUTH_IDENTIFIER_URI": "api://app-connections-api-test",
+        "AUTH_APP_ROLES": "[]",
+        "AUTH_USER_IMPERSONATION_SCOPE": "{}",
+        "CONSOLE_REDIRECT_URI": "https://func-api-test.azurewebsites.net/auth/callback",
+        "AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID": "44444444-4444-4444-4444-444444444444",
+        "AZURE_CLOUD": "AzurePublicCloud",
+    }
+    done = subprocess.run(
+        ["sh", str(INFRA_DIR / "hooks" / "register-api.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done, log.read_text().splitlines()
+
+
+@pytest.mark.parametrize("cli_tenant", ["0b0b0b0b-0000-0000-0000-000000000000", ""], ids=["other-tenant", "signed-out"])
+def test_the_hook_stops_before_registering_anything_in_another_tenant(tmp_path: Any, cli_tenant: str) -> None:
+    """`az ad` registers in the Azure CLI's tenant: signed in to another one than azd deployed to (or not at all),
+    the hook must stop with the command that fixes it, before any registration or app setting."""
+    done, calls = run_hook(tmp_path, cli_tenant)
+    assert done.returncode != 0, done.stdout
+    assert f"az login --tenant {AZD_TENANT}" in done.stderr, done.stderr
+    assert calls == ["az account show --query tenantId --output tsv"], calls
+
+
+def test_the_hook_registers_in_azd_s_tenant_and_names_the_subscription(tmp_path: Any) -> None:
+    """Same tenant (GUIDs compared without case): it registers, and the az command on the Function App names azd's
+    subscription rather than the Azure CLI's default one."""
+    done, calls = run_hook(tmp_path, AZD_TENANT.upper())
+    assert done.returncode == 0, done.stderr
+    assert any(c.startswith("az ad app create ") for c in calls), calls
+    resource_calls = [c for c in calls if c.startswith("az functionapp ")]
+    assert resource_calls, calls
+    for call in resource_calls:
+        assert f"--subscription {SUBSCRIPTION}" in call, call
+    assert "azd env set AUTH_AUDIENCE 11111111-1111-1111-1111-111111111111" in calls
 
 
 def test_parameters_file_feeds_every_required_parameter(templates: dict[str, Any]) -> None:
@@ -322,6 +445,25 @@ def test_deploy_guide_names_the_secrets_the_template_references(templates: dict[
     assert "docs/deployment.md#after-the-deployment" in readme
 
 
+def test_deploy_guide_sets_the_operator_secrets_in_the_settings_vault(templates: dict[str, Any]) -> None:
+    """The operator's commands (the secrets, the role fallback) target the settings vault, the output that names it;
+    no document says the deploying principal gets a role on the credential vault."""
+    guide = (ROOT / "docs" / "deployment.md").read_text()
+    assert "VAULT=$(azd env get-value AZURE_SETTINGS_KEY_VAULT_NAME)" in guide
+    assert "AZURE_SETTINGS_KEY_VAULT_NAME" in templates["main.bicep"]["outputs"]
+    for setting in rules.OAUTH_SETTINGS:
+        assert f'--vault-name "$VAULT" --name {rules.oauth_secret_name(setting)} ' in guide, setting
+    for secret in rules.OPERATOR_SECRETS:
+        assert secret in guide, f"docs/deployment.md does not say where {secret} goes"
+    fallback = re.search(
+        r'az role assignment create --role "([^"]+)".*--scope "\$\(az keyvault show --name "\$(\w+)"', guide
+    )
+    assert fallback and fallback.groups() == ("Key Vault Secrets Officer", "VAULT"), fallback
+    for path in ("README.md", "docs/deployment.md", "docs/deployment-security.md"):
+        text = (ROOT / path).read_text()
+        assert "Secrets Officer on the vault" not in text, f"{path}: which vault?"
+
+
 # ------------------------------------------------------------------------------------------------
 # The rules catch a tampered template
 # ------------------------------------------------------------------------------------------------
@@ -341,8 +483,173 @@ resource identityOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
 }
 """
 
+# The parameters of main.bicep's two vault modules up to privateEndpoints, which tell them apart.
+_VAULT_PARAMS = (
+    "'\n    location: location\n    tags: tags\n    softDeleteRetentionInDays: keyVaultSoftDeleteRetentionInDays\n"
+    "    logAnalyticsWorkspaceResourceId: monitoring.outputs.logAnalyticsId\n    "
+)
+CREDENTIAL_VAULT_PARAMS = "name: '${abbrs.keyVaultVaults}${resourceToken}" + _VAULT_PARAMS
+SETTINGS_VAULT_PARAMS = "name: '${abbrs.keyVaultVaults}cfg-${resourceToken}" + _VAULT_PARAMS
+WEBHOOK_URL_REFERENCE = (
+    "NOTIFY_WEBHOOK_URL: empty(notifyWebhookUrl) ? '' : "
+    "'@Microsoft.KeyVault(SecretUri=${settingsKeyVault.properties.vaultUri}secrets/notify-webhook-url/)'"
+)
+
 # (id, file, old text, new text, a fragment of the violation it must cause)
 TAMPERINGS = [
+    # The settings vault: the deployer's role there only, the operator-set secrets there only
+    (
+        "deployer-officer-on-credential-vault",
+        "app/rbac.bicep",
+        "name: guid(settingsKeyVault.id, userPrincipalId, roleDefinitions['Key Vault Secrets Officer'])\n"
+        "  scope: settingsKeyVault",
+        "name: guid(keyVault.id, userPrincipalId, roleDefinitions['Key Vault Secrets Officer'])\n  scope: keyVault",
+        "user role assignments must be exactly",
+    ),
+    (
+        "deployer-has-no-settings-role",
+        "app/rbac.bicep",
+        "roleDefinitions['Key Vault Secrets Officer'])\n    principalId: userPrincipalId",
+        "roleDefinitions['Key Vault Secrets Officer'])\n    principalId: identityPrincipalId",
+        "user role assignments must be exactly",
+    ),
+    (
+        "identity-writes-settings-vault",
+        "app/rbac.bicep",
+        "name: guid(settingsKeyVault.id, identityPrincipalId, roleDefinitions['Key Vault Secrets User'])\n"
+        "  scope: settingsKeyVault\n  properties: {\n    roleDefinitionId: subscriptionResourceId("
+        "'Microsoft.Authorization/roleDefinitions', roleDefinitions['Key Vault Secrets User'])",
+        "name: guid(settingsKeyVault.id, identityPrincipalId, roleDefinitions['Key Vault Secrets Officer'])\n"
+        "  scope: settingsKeyVault\n  properties: {\n    roleDefinitionId: subscriptionResourceId("
+        "'Microsoft.Authorization/roleDefinitions', roleDefinitions['Key Vault Secrets Officer'])",
+        "Key Vault Secrets User",
+    ),
+    (
+        "oauth-secret-in-credential-vault",
+        "app/api.bicep",
+        "${settingsKeyVault.properties.vaultUri}secrets/inf-app-connection-azure-app-configuration-client-id/",
+        "${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-app-configuration-client-id/",
+        "INF_APP_CONNECTION_AZURE_APP_CONFIGURATION_CLIENT_ID must reference the settings vault",
+    ),
+    (
+        "console-secret-in-credential-vault",
+        "app/api.bicep",
+        "${settingsKeyVault.properties.vaultUri}secrets/console-client-secret/",
+        "${keyVault.properties.vaultUri}secrets/console-client-secret/",
+        "CONSOLE_CLIENT_SECRET must reference the settings vault",
+    ),
+    (
+        "console-secret-wrong-name",
+        "app/api.bicep",
+        "secrets/console-client-secret/",
+        "secrets/console/",
+        "must reference secret console-client-secret",
+    ),
+    (
+        "settings-vault-is-the-credential-vault",
+        "main.bicep",
+        "settingsKeyVaultName: settingsKeyVault.outputs.name\n    applicationInsightsName: monitoring.outputs."
+        "applicationInsightsName\n    userPrincipalId",
+        "settingsKeyVaultName: keyVault.outputs.name\n    applicationInsightsName: monitoring.outputs."
+        "applicationInsightsName\n    userPrincipalId",
+        "must not be the credential vault",
+    ),
+    (
+        "credential-vault-url-is-the-settings-vault",
+        "app/api.bicep",
+        "KEY_VAULT_URL: keyVault.properties.vaultUri",
+        "KEY_VAULT_URL: settingsKeyVault.properties.vaultUri",
+        "KEY_VAULT_URL (the credential vault)",
+    ),
+    (
+        "settings-output-names-the-credential-vault",
+        "main.bicep",
+        "output AZURE_SETTINGS_KEY_VAULT_NAME string = settingsKeyVault.outputs.name",
+        "output AZURE_SETTINGS_KEY_VAULT_NAME string = keyVault.outputs.name",
+        "output AZURE_SETTINGS_KEY_VAULT_NAME",
+    ),
+    # The webhook URL: a settings vault secret the deployment writes, referenced by NOTIFY_WEBHOOK_URL
+    (
+        "webhook-url-plain-setting",
+        "app/api.bicep",
+        WEBHOOK_URL_REFERENCE,
+        "NOTIFY_WEBHOOK_URL: notifyWebhookUrl",
+        "NOTIFY_WEBHOOK_URL must be a @Microsoft.KeyVault",
+    ),
+    (
+        "webhook-url-secret-never-written",
+        "app/api.bicep",
+        "'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(notifyWebhookUrl)) {",
+        "'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (false) {",
+        "notify-webhook-url must be written once",
+    ),
+    (
+        "webhook-url-secret-in-credential-vault",
+        "app/api.bicep",
+        "parent: settingsKeyVault\n  name: 'notify-webhook-url'",
+        "parent: keyVault\n  name: 'notify-webhook-url'",
+        "belongs in the settings vault",
+    ),
+    (
+        "webhook-url-secret-from-a-plain-value",
+        "app/api.bicep",
+        "    value: notifyWebhookUrl\n",
+        "    value: 'https://example.invalid/hook'\n",
+        "must be a @secure() parameter",
+    ),
+    (
+        "settings-before-the-secret",
+        "app/api.bicep",
+        "  dependsOn: [\n    notifyWebhookUrlSecret\n  ]\n",
+        "",
+        "must dependsOn notifyWebhookUrlSecret",
+    ),
+    # SITE_URL and the console's redirect URI: the same host, the cloud's
+    (
+        "redirect-host-public-cloud-only",
+        "main.bicep",
+        "'https://${functionAppName}.${appServiceHostSuffix}'",
+        "'https://${functionAppName}.azurewebsites.net'",
+        "azurewebsites.us",
+    ),
+    (
+        "gov-host-suffix-wrong",
+        "main.bicep",
+        "AzureUSGovernment: 'azurewebsites.us'",
+        "AzureUSGovernment: 'azurewebsites.net'",
+        "in AzureUSGovernment",
+    ),
+    ("site-url-not-shared", "main.bicep", "siteUrl: siteBaseUrl", "siteUrl: siteUrl", "the app's siteUrl"),
+    (
+        "redirect-not-on-site-url",
+        "main.bicep",
+        "var consoleRedirectUri = '${siteBaseUrl}/auth/callback'",
+        "var consoleRedirectUri = 'https://${functionAppName}.azurewebsites.net/auth/callback'",
+        "CONSOLE_REDIRECT_URI",
+    ),
+    # Log Analytics retention and output descriptions
+    (
+        "log-retention-30-days",
+        "main.bicep",
+        "param logRetentionInDays int = 90",
+        "param logRetentionInDays int = 30",
+        "logRetentionInDays must default to 90",
+    ),
+    (
+        "workspace-retention-fixed",
+        "main.bicep",
+        "retentionInDays: logRetentionInDays",
+        "retentionInDays: 30",
+        "retentionInDays",
+    ),
+    ("module-retention-30-days", "modules/monitoring.bicep", "int = 90", "int = 30", "retentionInDays must default"),
+    (
+        "undescribed-output",
+        "main.bicep",
+        "@description('The region of every resource.')\n",
+        "",
+        "output AZURE_LOCATION needs a @description",
+    ),
     (
         "worker-telemetry-off",
         "app/api.bicep",
@@ -467,7 +774,7 @@ TAMPERINGS = [
     (
         "plain-oauth-secret",
         "app/api.bicep",
-        "'@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/inf-app-connection-azure-client-secrets-client-secret/)'",
+        "'@Microsoft.KeyVault(SecretUri=${settingsKeyVault.properties.vaultUri}secrets/inf-app-connection-azure-client-secrets-client-secret/)'",
         "'s3cr3t-value'",
         "INF_APP_CONNECTION_AZURE_CLIENT_SECRETS_CLIENT_SECRET",
     ),
@@ -613,9 +920,32 @@ TAMPERINGS = [
     (
         "endpoints-without-private-networking",
         "main.bicep",
-        "privateEndpoints: enablePrivateNetworking ? keyVaultPrivateEndpoints : []",
-        "privateEndpoints: keyVaultPrivateEndpoints",
+        CREDENTIAL_VAULT_PARAMS + "privateEndpoints: enablePrivateNetworking ? keyVaultPrivateEndpoints : []",
+        CREDENTIAL_VAULT_PARAMS + "privateEndpoints: keyVaultPrivateEndpoints",
         "no private endpoint expected",
+    ),
+    (
+        "settings-vault-without-private-endpoint",
+        "main.bicep",
+        SETTINGS_VAULT_PARAMS + "privateEndpoints: enablePrivateNetworking ? keyVaultPrivateEndpoints : []",
+        SETTINGS_VAULT_PARAMS + "privateEndpoints: []",
+        "no private endpoint for Microsoft.KeyVault/vaults of main.bicep:settingsKeyVault",
+    ),
+    (
+        "settings-vault-public-with-private-networking",
+        "main.bicep",
+        SETTINGS_VAULT_PARAMS + "privateEndpoints: enablePrivateNetworking ? keyVaultPrivateEndpoints : []\n"
+        "    publicNetworkAccess: enablePrivateNetworking ? 'Disabled' : 'Enabled'",
+        SETTINGS_VAULT_PARAMS + "privateEndpoints: enablePrivateNetworking ? keyVaultPrivateEndpoints : []\n"
+        "    publicNetworkAccess: 'Enabled'",
+        "publicNetworkAccess",
+    ),
+    (
+        "settings-vault-logs-elsewhere",
+        "main.bicep",
+        SETTINGS_VAULT_PARAMS,
+        SETTINGS_VAULT_PARAMS.replace("monitoring.outputs.logAnalyticsId", "'/subscriptions/0/ws'"),
+        "workspaceId",
     ),
     ("no-env-tag", "main.bicep", "  'azd-env-name': environmentName\n", "  'env': environmentName\n", "azd-env-name"),
     ("no-service-tag", "app/api.bicep", "'azd-service-name': 'api'", "'azd-service-name': 'web'", "azd-service-name"),
@@ -646,7 +976,7 @@ TAMPERINGS = [
     (
         "webhook-secret-literal",
         "app/api.bicep",
-        "'@Microsoft.KeyVault(SecretUri=${keyVault.properties.vaultUri}secrets/notify-webhook-secret/)'",
+        "'@Microsoft.KeyVault(SecretUri=${settingsKeyVault.properties.vaultUri}secrets/notify-webhook-secret/)'",
         "'an-hmac-key-in-plain-sight'",
         "NOTIFY_WEBHOOK_SECRET must be a @Microsoft.KeyVault",
     ),

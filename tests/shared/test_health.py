@@ -398,3 +398,14 @@ async def test_two_delivery_passes_at_once_send_a_notice_once() -> None:
     assert len(h.fakes.webhook.received) == 1
     assert await h.fakes.connections.claim(stale[0], h.fakes.clock.now) is None  # a copy read before: refused
     assert h.fakes.connections.outbox == []
+
+
+async def test_notices_wait_while_the_webhook_url_s_key_vault_reference_does_not_resolve(caplog) -> None:
+    h = _harness(NOTIFY_WEBHOOK_URL="@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/notify-webhook-url/)")
+    record = await _connection(h, days=365)
+    h.fakes.world.apps[record.client_id or ""].passwords.clear()
+    await _checker(h).check_now(APP, record.id)
+    assert h.fakes.webhook.received == []
+    [queued] = h.fakes.connections.outbox  # kept, not dropped as if no webhook were configured
+    assert queued.attempts == 1
+    assert "does not resolve" in caplog.text

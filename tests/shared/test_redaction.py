@@ -173,3 +173,11 @@ def test_what_holds_secret_material_never_shows_it_in_its_repr():
         assert marker not in repr(holder), type(holder).__name__
         assert marker not in str(holder), type(holder).__name__
     assert [f.name for f in dataclass_fields(Validated) if not f.repr] == ["material"]
+
+
+def test_the_webhook_url_and_its_signing_key_from_the_environment_are_redacted(monkeypatch):
+    url = "https://prod.westus.logic.azure.com/workflows/abc/triggers/manual?sig=bearer-like-signature"
+    monkeypatch.setenv("NOTIFY_WEBHOOK_URL", url)
+    monkeypatch.setenv("NOTIFY_WEBHOOK_SECRET", "webhook-signing-key-1")
+    redaction._register_environment()
+    assert redact(f"POST {url} failed; key webhook-signing-key-1") == f"POST {REDACTED} failed; key {REDACTED}"

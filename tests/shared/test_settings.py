@@ -59,6 +59,13 @@ def test_the_webhook_url_is_posted_to_as_given_trailing_slash_included(url):
     assert load_settings({**BASE, "NOTIFY_WEBHOOK_URL": url}).notify_webhook_url == url
 
 
+def test_a_webhook_url_whose_key_vault_reference_does_not_resolve_is_kept_for_delivery_to_wait_on():
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv-cfg.vault.azure.net/secrets/notify-webhook-url/)"
+    assert load_settings({**BASE, "NOTIFY_WEBHOOK_URL": reference}).notify_webhook_url == reference
+    with pytest.raises(SettingsError, match="NOTIFY_WEBHOOK_URL"):
+        load_settings({**BASE, "NOTIFY_WEBHOOK_URL": "http://hooks.example/notify"})
+
+
 def test_site_url_trailing_slash_does_not_double_in_redirect_uri():
     settings = load_settings({**BASE, "SITE_URL": "https://connections.example.com/"})
     assert settings.oauth_redirect_uri == "https://connections.example.com/organization/app-connections/azure/oauth/callback"
@@ -170,7 +177,8 @@ def test_the_identity_header_is_not_in_the_settings_repr():
 def test_no_secret_setting_appears_in_the_settings_repr():
     secrets = {"STORE_CS": "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0LWtleQ==",
                "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_SECRET": "kv-client-secret",
-               "NOTIFY_WEBHOOK_SECRET": "webhook-secret", "CONSOLE_CLIENT_SECRET": "console-secret"}
+               "NOTIFY_WEBHOOK_SECRET": "webhook-secret", "CONSOLE_CLIENT_SECRET": "console-secret",
+               "NOTIFY_WEBHOOK_URL": "https://prod.westus.logic.azure.com/workflows/1/triggers?sig=bearer"}
     settings = load_settings({**secrets, "STATE_STORAGE": "STORE_CS",
                               "INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_ID": "kv-client-id"})
     assert settings.oauth_client("INF_APP_CONNECTION_AZURE_KEY_VAULT").client_secret == "kv-client-secret"
