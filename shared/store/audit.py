@@ -63,14 +63,19 @@ def _encode(day: str, after: str) -> str:
     return base64.urlsafe_b64encode(json.dumps([day, after]).encode()).decode().rstrip("=")
 
 
-def _decode(token: str) -> tuple[str, str]:
+def _decode(token: str, start: datetime, end: datetime) -> tuple[str, str]:
+    """A token's day and last RowKey: a day of the search's window (``start`` to ``end``), as the search that
+    gave the token had it. Another day (a token forged, or from a search of other times) would have the search
+    read day after day outside the window: a 400."""
     try:
         day, after = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if isinstance(day, str) and isinstance(after, str) and len(day) == 8 and day.isdigit():
+        if (isinstance(day, str) and isinstance(after, str) and len(day) == 8 and day.isdigit()
+                and day_of(start) <= day <= day_of(end)):
+            datetime.strptime(day, "%Y%m%d")  # a real date (not 20261399)
             return day, after
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
         pass
-    raise InvalidRequest("The continuation token is not valid; start again without it.")
+    raise InvalidRequest("The continuation token is not valid for this search; start again without it.")
 
 
 def _quote(value: str) -> str:
@@ -95,7 +100,7 @@ class AuditTable:
         from shared.store.table_reads import Entity, TableReads
 
         reads = TableReads(self._clients)
-        newest_day, after = _decode(continuation) if continuation else (day_of(end), None)
+        newest_day, after = _decode(continuation, start, end) if continuation else (day_of(end), None)
         filters = "".join(
             f" and {column} eq '{_quote(value)}'"
             for column, value in (("ConnectionId", connection_id), ("ActorId", actor), ("Action", action)) if value)

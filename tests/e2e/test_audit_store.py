@@ -65,6 +65,20 @@ async def test_filters_and_pages(clients: AzureClients) -> None:
         await store.query(base, base, continuation="not-a-token")
 
 
+@pytest.mark.parametrize("day", ["89991231", "21251231", "00000000", "20261399"])
+async def test_a_continuation_token_for_a_day_outside_the_search_is_refused_before_anything_is_read(
+        clients: AzureClients, day: str) -> None:
+    """A forged day would have the search read one day partition after another, from there back to the start."""
+    import asyncio
+    import base64
+    import json
+
+    token = base64.urlsafe_b64encode(json.dumps([day, ""]).encode()).decode().rstrip("=")
+    end = datetime(2026, 12, 1, tzinfo=UTC)
+    with pytest.raises(InvalidRequest, match="not valid for this search"):
+        await asyncio.wait_for(AuditTable(clients).query(end - timedelta(days=30), end, continuation=token), 10)
+
+
 async def test_purge_deletes_whole_days_before_the_cutoff(clients: AzureClients) -> None:
     store = AuditTable(clients)
     old = datetime(2001, 1, 1, tzinfo=UTC) + timedelta(days=uuid.uuid4().int % 3000)
