@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -28,8 +29,10 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from shared import jws
-from shared.errors import Forbidden, ServiceMisconfigured, Unauthorized
+from shared.errors import Forbidden, ServiceError, ServiceMisconfigured, Unauthorized, UpstreamError
 from shared.settings import Settings
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
@@ -39,6 +42,8 @@ READER, WRITER, ROTATOR, AUDITOR, ADMIN = "Reader", "Writer", "Rotator", "Audito
 ROLES = (READER, WRITER, ROTATOR, AUDITOR, ADMIN)
 CLOCK_SKEW_SECONDS = 120
 REFETCH_INTERVAL_SECONDS = 60.0
+KEYS_MAX_AGE_SECONDS = 24 * 3600.0  # the key set is read again after a day, so a key Entra withdrew stops working
+FETCH_BACKOFF_SECONDS = 10.0  # after a failed read of the documents, none is tried again for this long
 MAX_TOKEN_CHARS = jws.MAX_TOKEN_CHARS
 CHALLENGE = 'Bearer error="invalid_token"'
 VALIDATED_CACHE_SIZE = 1024  # tokens whose principal is kept until they expire (the oldest used goes first)
@@ -111,7 +116,10 @@ FetchJson = Callable[[str], Awaitable[Any]]
 
 class SigningKeys:
     """The signing keys of the tenant's OIDC discovery document, cached; fetched again for an unknown ``kid``,
-    at most once every ``REFETCH_INTERVAL_SECONDS``."""
+    at most once every ``REFETCH_INTERVAL_SECONDS``, and once they are ``KEYS_MAX_AGE_SECONDS`` old (a key Entra
+    withdrew in an emergency rollover is no longer trusted). A read that fails keeps the keys there are, and no
+    other read is tried for ``FETCH_BACKOFF_SECONDS``: an outage of the authority is not met with a read per
+    request."""
 
     def __init__(self, settings: Settings, fetch_json: FetchJson,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
@@ -121,6 +129,7 @@ class SigningKeys:
         self._keys: dict[str, RSAPublicKey] = {}
         self._issuer: str | None = None
         self._fetched_at: float | None = None
+        self._failed_at: float | None = None
         self._lock = asyncio.Lock()
 
     @property
@@ -134,8 +143,9 @@ class SigningKeys:
         return self._issuer
 
     async def key(self, kid: str) -> RSAPublicKey | None:
-        if kid not in self._keys:
-            await self._refresh(force=self._fetched_at is None)
+        fetched = self._fetched_at
+        if kid not in self._keys or (fetched is not None and self._monotonic() - fetched >= KEYS_MAX_AGE_SECONDS):
+            await self._refresh(force=fetched is None)
         return self._keys.get(kid)
 
     async def _refresh(self, force: bool) -> None:
@@ -145,12 +155,26 @@ class SigningKeys:
                 return
             if force and self._fetched_at is not None and now - self._fetched_at < 1.0:
                 return  # fetched just now by a concurrent request
-            if self._fetched_at is None:  # a cold start: import cryptography while the documents are fetched
-                (issuer, jwks), _ = await asyncio.gather(self._documents(), asyncio.to_thread(jws.load_crypto))
-            else:
-                issuer, jwks = await self._documents()
-            keys = await asyncio.to_thread(_usable_keys, jwks)
-            self._keys, self._issuer, self._fetched_at = keys, issuer, now
+            if self._failed_at is not None and now - self._failed_at < FETCH_BACKOFF_SECONDS:
+                if self._issuer is None:
+                    raise UpstreamError("The tenant's signing keys could not be read; try again in a few seconds.")
+                return  # the keys there are, until the next try
+            try:
+                if self._fetched_at is None:  # a cold start: import cryptography while the documents are fetched
+                    (issuer, jwks), _ = await asyncio.gather(self._documents(), asyncio.to_thread(jws.load_crypto))
+                else:
+                    issuer, jwks = await self._documents()
+                keys = await asyncio.to_thread(_usable_keys, jwks)
+            except Exception as error:
+                self._failed_at = now
+                if self._issuer is None:
+                    if isinstance(error, ServiceError):
+                        raise
+                    raise UpstreamError(f"The tenant's signing keys could not be read ({type(error).__name__}); "
+                                        "try again in a few seconds.") from None
+                log.warning("The tenant's signing keys could not be read again; the ones read before are kept")
+                return
+            self._keys, self._issuer, self._fetched_at, self._failed_at = keys, issuer, now, None
 
     async def _documents(self) -> tuple[str, Any]:
         """The issuer of the discovery document and the key set it points to."""

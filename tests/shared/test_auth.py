@@ -609,3 +609,49 @@ async def test_where_pyjwt_is_lenient_we_refuse(case: str) -> None:
     assert _pyjwt_accepts(raw), "PyJWT accepts it (else this is not a difference)"
     with pytest.raises(Unauthorized):
         await _validator(Tenant()).claims(raw)
+
+
+async def test_the_keys_are_read_again_after_a_day_so_a_withdrawn_key_stops_working() -> None:
+    tenant, clock = Tenant(), Clock()
+    validator = _validator(tenant, clock)
+    await validator.validate(f"Bearer {token()}")
+    del tenant.keys["k1"]  # Entra withdrew it (an emergency rollover)
+    tenant.keys["k2"] = OTHER_KEY
+    clock.now += 23 * 3600
+    assert await validator.validate(f"Bearer {token({'oid': 'u2'})}")  # within the day: the keys read before
+    clock.now += 3600
+    with pytest.raises(Unauthorized):
+        await validator.validate(f"Bearer {token({'oid': 'u3'})}")
+    assert tenant.fetches == 4
+
+
+class FlakyTenant(Tenant):
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def fetch(self, url: str) -> Any:
+        if self.down:
+            self.fetches += 1
+            raise OSError("the authority is down")
+        return await super().fetch(url)
+
+
+async def test_an_authority_that_fails_is_not_asked_again_on_every_request() -> None:
+    from shared.errors import UpstreamError
+
+    tenant, clock = FlakyTenant(), Clock()
+    validator = _validator(tenant, clock)
+    tenant.down = True
+    for _ in range(20):  # cold: nothing to serve, a 502 that says so, and one read per ten seconds
+        with pytest.raises(UpstreamError, match="signing keys could not be read"):
+            await validator.validate(f"Bearer {token()}")
+    assert tenant.fetches == 1
+    clock.now += 11
+    tenant.down = False
+    await validator.validate(f"Bearer {token()}")
+    tenant.down = True
+    clock.now += 25 * 3600  # the keys are due to be read again, and the authority fails: the ones read are kept
+    for n in range(20):
+        assert await validator.validate(f"Bearer {token({'oid': f'u{n}'})}")
+    assert tenant.fetches == 4  # one failed read, the discovery document and the keys, one failed read
