@@ -3,7 +3,7 @@
 :class:`TokenValidator` checks a bearer token in the service itself (it holds where no platform
 authentication sits in front): RS256 signature by a key of the OIDC discovery document of
 ``{AZURE_AUTHORITY_HOST}/{AUTH_TENANT_ID}/v2.0`` (cached; fetched again on an unknown ``kid``, at most once a
-minute), issuer, audience ``AUTH_AUDIENCE`` (the API's client ID or its application ID URI, both accepted),
+minute), issuer, audience ``AUTH_AUDIENCE`` (the API's client ID, or ``api://`` and it, both accepted),
 ``exp`` and ``nbf`` with a small skew. ``alg: none``, HS256 and every other algorithm are refused. There is no
 open mode: without ``AUTH_TENANT_ID`` and ``AUTH_AUDIENCE`` every request is refused with a 503. The token
 format is checked by :mod:`shared.jws` (our own strict JOSE parsing, the RSA signature by ``cryptography``),
@@ -41,6 +41,8 @@ ROLE_PREFIX = "AppConnections."
 READER, WRITER, ROTATOR, AUDITOR, ADMIN = "Reader", "Writer", "Rotator", "Auditor", "Admin"
 ROLES = (READER, WRITER, ROTATOR, AUDITOR, ADMIN)
 CLOCK_SKEW_SECONDS = 120
+DELEGATED_SCOPE = "user_impersonation"  # the API's one delegated permission (infra/main.bicep)
+INSUFFICIENT_SCOPE = f'Bearer error="insufficient_scope", scope="{DELEGATED_SCOPE}"'
 REFETCH_INTERVAL_SECONDS = 60.0
 KEYS_MAX_AGE_SECONDS = 24 * 3600.0  # the key set is read again after a day, so a key Entra withdrew stops working
 FETCH_BACKOFF_SECONDS = 10.0  # after a failed read of the documents, none is tried again for this long
@@ -233,6 +235,12 @@ class TokenValidator:
         # (the console's, whose audience is this API too) is the other way round, and is no credential for the API.
         if "nonce" in claims or not (claims.get("azp") or claims.get("appid")):
             raise _unauthorized("The token is not an access token (an ID token is not accepted as a bearer token).")
+        # A delegated token (scp) acts for a person through a client: only with the API's delegated permission,
+        # which the person (or an administrator) consented that client to use. An app-only token has no scp.
+        if "scp" in claims and DELEGATED_SCOPE not in str(claims.get("scp") or "").split():
+            raise Forbidden(f"The token's delegated permissions (scp) do not include {DELEGATED_SCOPE}; ask for "
+                            f"the scope <the API's identifier URI>/{DELEGATED_SCOPE} (or /.default).",
+                            headers={"WWW-Authenticate": INSUFFICIENT_SCOPE})
         return principal
 
     async def claims(self, token: str) -> dict[str, Any]:

@@ -655,3 +655,16 @@ async def test_an_authority_that_fails_is_not_asked_again_on_every_request() -> 
     for n in range(20):
         assert await validator.validate(f"Bearer {token({'oid': f'u{n}'})}")
     assert tenant.fetches == 4  # one failed read, the discovery document and the keys, one failed read
+
+
+async def test_a_delegated_token_needs_the_api_s_delegated_permission() -> None:
+    validator = _validator(Tenant())
+    assert await validator.validate(f"Bearer {token({'scp': 'openid user_impersonation'})}")
+    for scp in ("", "Files.Read", "user_impersonation_other"):  # consented for something else, or nothing
+        with pytest.raises(Forbidden, match="user_impersonation") as refused:
+            await validator.validate(f"Bearer {token({'scp': scp, 'oid': f'u-{scp}'})}")
+        assert refused.value.status == 403
+        assert 'error="insufficient_scope"' in refused.value.headers["WWW-Authenticate"]
+    daemon = token({"idtyp": "app", "oid": "daemon", "preferred_username": None})
+    app_only = await validator.validate(f"Bearer {daemon}")
+    assert app_only.type == "app"  # no scp: an application's own token, held to its app roles alone
