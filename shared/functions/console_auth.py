@@ -73,15 +73,13 @@ def error_page(title: str, detail: str, status: int, return_to: str | None = Non
 
 def _context(req: func.HttpRequest, principal: Principal) -> RequestContext:
     """The audit context of a sign-in or sign-out: the user acts, by their console session."""
-    import uuid
-
     from shared.audit import RequestContext
-    from shared.functions.http import _client_ip, _trace_id
+    from shared.functions.http import _client_ip, _trace_id, request_id
     from shared.records import Actor
 
     actor = Actor(principal.id, principal.name, principal.type, "session")
     return RequestContext(actor=actor, client_ip=_client_ip(req), user_agent=req.headers.get("user-agent"),
-                          request_id=req.headers.get("x-request-id") or uuid.uuid4().hex,
+                          request_id=request_id(req),
                           trace_id=_trace_id(req.headers.get("traceparent")))
 
 
@@ -184,8 +182,10 @@ async def console_logout(req: func.HttpRequest) -> func.HttpResponse:
             return cleared  # nothing to end
         service.check_change(session, req.method, req.headers.get("origin"), req.headers.get(CSRF_HEADER))
         with acting(_context(req, session.principal())):
+            audit = audit_log()
+            await audit.record("session.end", "started", detail=f"console session {session.key[:12]}")
             await service.end(cookie_value(req.headers.get("cookie"), SESSION_COOKIE))
-            await audit_log().record("session.end", "succeeded", detail=f"console session {session.key[:12]}")
+            await audit.record("session.end", "succeeded", detail=f"console session {session.key[:12]}")
     except ServiceError as error:
         return problem_response(error, "/auth/logout")
     except Exception as error:

@@ -208,7 +208,6 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
             return await _guarded(req, _path(req.url))
 
         async def _guarded(req: func.HttpRequest, instance: str) -> func.HttpResponse:
-            import uuid
 
             from shared.audit import RequestContext, acting
             from shared.auth import authorize
@@ -234,7 +233,7 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
             context = RequestContext(
                 actor=Actor(principal.id, principal.name, principal.type, used), roles=principal.roles,
                 client_ip=_client_ip(req), user_agent=req.headers.get("user-agent"),
-                request_id=req.headers.get("x-request-id") or uuid.uuid4().hex,
+                request_id=request_id(req),
                 trace_id=telemetry.current_trace_id() or _trace_id(req.headers.get("traceparent")),
             )
             with acting(context):
@@ -375,6 +374,20 @@ def refuse_repeated_query(req: func.HttpRequest) -> None:
         raise InvalidRequest("A query parameter is given more than once.",
                              errors=[FieldError(f"/{pointer_part(name)}", "is given more than once")
                                      for name in repeated])
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def request_id(req: func.HttpRequest) -> str:
+    """The caller's ``X-Request-Id`` for the audit record when it is a short plain token (1 to 64 letters, digits
+    and ``._:-``), else a new one: it correlates, it must not smuggle text into the record."""
+    given = (req.headers.get("x-request-id") or "").strip()
+    if _REQUEST_ID.fullmatch(given):
+        return given
+    import uuid
+
+    return uuid.uuid4().hex
 
 
 def refuse_unknown_query(req: func.HttpRequest, allowed: frozenset[str]) -> None:

@@ -192,7 +192,7 @@ def test_a_change_by_cookie_is_audited_with_the_user_as_actor(client, local_env,
     assert operator.session_id not in str(records)
 
 
-def test_sign_out_ends_the_session_on_the_server(client, local_env, secrets_used):  # type: ignore[no-untyped-def]
+def test_sign_out_ends_the_session_on_the_server(client, local_env, secrets_used, api):  # type: ignore[no-untyped-def]
     reader = browser(client, local_env, READER, secrets_used)
 
     forged = client.post("/auth/logout", headers=reader.headers(csrf="y" * 43))
@@ -207,6 +207,9 @@ def test_sign_out_ends_the_session_on_the_server(client, local_env, secrets_used
     assert again.json()["loginUrl"] == "/auth/login"
     listed = client.get("/api/v1/app-connections/azure-key-vault", headers=reader.headers(csrf=None, origin=None))
     assert listed.status_code == 401 and listed.json()["loginUrl"] == "/auth/login"
+    oid = reader.session["user"]["oid"]  # type: ignore[index]
+    ended = api.get("/api/v1/audit-logs", params={"actor": oid, "action": "session.end"}).json()["auditLogs"]
+    assert [r["outcome"] for r in ended][:2] == ["succeeded", "started"]  # newest first: recorded before it ran
 
 
 async def test_an_idle_session_is_refused_with_a_login_url(client, local_env, secrets_used, clients):  # type: ignore[no-untyped-def]

@@ -241,3 +241,17 @@ print(json.dumps({name: [sorted(q) if q not in (None, "unchecked") else q, docum
     assert len(routes) >= 15
     for name, (reads, documented) in routes.items():
         assert reads is None or reads == documented, name  # None: the route checks its query itself
+
+
+@pytest.mark.parametrize(("given", "kept"), [
+    ("3f2a-req.1:a", True), ("a" * 64, True),
+    ("a" * 65, False), ("", False), ("id with spaces", False), ("x\r\ninjected: audit", False), ("é", False),
+])
+def test_the_request_id_in_an_audit_record_is_the_caller_s_only_when_it_is_a_short_plain_token(given, kept):
+    from shared.functions.http import request_id
+
+    req = func.HttpRequest(method="GET", url="http://localhost/api/v1/x", headers={"x-request-id": given},
+                           params={}, body=b"")
+    chosen = request_id(req)
+    assert (chosen == given) is kept
+    assert kept or (len(chosen) == 32 and chosen.isalnum())
