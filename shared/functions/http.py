@@ -208,14 +208,14 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
             return await _guarded(req, _path(req.url))
 
         async def _guarded(req: func.HttpRequest, instance: str) -> func.HttpResponse:
-
             from shared.audit import RequestContext, acting
             from shared.auth import authorize
-            from shared.errors import ServiceError
+            from shared.errors import Forbidden, ServiceError
             from shared.records import Actor
 
             params = req.route_params or {}
             route_app = app or params.get("app")
+            principal = None
             try:
                 principal = await caller(req, changes=action is not None)
                 claims = []
@@ -226,6 +226,8 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
                         claims.append(authorize(principal, needed, route_app))
                 used = ",".join(dict.fromkeys(claims))
             except ServiceError as error:
+                if principal is not None and isinstance(error, Forbidden):
+                    await _refused(req, instance, principal, route_app, error)
                 return problem_response(error, instance)
             except Exception:
                 log.exception("%s %s: the caller could not be authenticated", req.method, instance)
@@ -267,6 +269,23 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
         return wrapper
 
     return decorate
+
+
+async def _refused(req: func.HttpRequest, instance: str, principal: Principal, app: str | None,
+                   error: ServiceError) -> None:
+    """An authenticated caller refused for want of a role: recorded (``access.refused``), as an audit device
+    records denied requests; who probes for what shows in the audit log, not only in telemetry."""
+    from shared.audit import RequestContext, acting
+    from shared.records import Actor
+    from shared.wiring import audit_log
+
+    context = RequestContext(actor=Actor(principal.id, principal.name, principal.type), roles=principal.roles,
+                             client_ip=_client_ip(req), user_agent=req.headers.get("user-agent"),
+                             request_id=request_id(req), trace_id=_trace_id(req.headers.get("traceparent")))
+    with acting(context):
+        await audit_log().record("access.refused", "403", app=app,
+                                 connection_id=((req.route_params or {}).get("connectionId") or "")[:64] or None,
+                                 detail=f"{req.method} {instance}: {error.detail}")
 
 
 def traced(handler: Handler) -> Handler:

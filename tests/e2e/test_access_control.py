@@ -152,6 +152,19 @@ def test_each_action_is_audited_with_who_did_it_and_what_came_of_it(api: httpx.C
     assert api.get("/api/v1/audit-logs", headers={"Authorization": f"Bearer {reader}"}).status_code == 403
 
 
+def test_an_authenticated_caller_refused_for_want_of_a_role_is_audited(api: httpx.Client, tokens: Tokens) -> None:
+    reader = tokens.for_roles("AppConnections.Reader.azure-key-vault")
+    target = f"{BASE}/azure-app-configuration/{ID}"
+    refused = api.delete(target, headers={"Authorization": f"Bearer {reader}"})
+    assert refused.status_code == 403
+    records = api.get("/api/v1/audit-logs", params={"action": "access.refused", "connectionId": ID}).json()
+    [entry] = [r for r in records["auditLogs"] if r["detail"].startswith(f"DELETE {target}")][:1]
+    assert (entry["outcome"], entry["app"], entry["actor"]["type"]) == ("403", "azure-app-configuration", "app")
+    assert "Writer" in entry["detail"]
+    # without a token there is nobody to record (and anyone could fill the log): a 401, no record
+    assert httpx.delete(f"{str(api.base_url).rstrip('/')}{target}").status_code == 401
+
+
 async def test_an_action_whose_audit_record_cannot_be_written_does_not_run(api: httpx.Client, clients: Any) -> None:
     """Fail closed: with the audit table gone (a real Table Storage failure), a delete is refused with a 503 and
     the connection is still there."""
