@@ -129,12 +129,20 @@ def _failure_page(error: ServiceError) -> func.HttpResponse:
 
 
 async def _complete(req: func.HttpRequest) -> func.HttpResponse:
-    """The state is pending: the flow consumes it atomically, redeems the code and saves the connection."""
+    """The state is pending: the flow consumes it atomically, redeems the code and saves the connection (its
+    audit records name the browser that brought the answer back, by address and user agent)."""
+    from shared.audit import RequestContext, acting
     from shared.errors import ServiceError
+    from shared.functions.http import _client_ip, _trace_id, request_id
+    from shared.records import Actor
     from shared.wiring import oauth_flow
 
+    browser = RequestContext(Actor("anonymous", "the OAuth callback", "user"), client_ip=_client_ip(req),
+                             user_agent=req.headers.get("user-agent"), request_id=request_id(req),
+                             trace_id=_trace_id(req.headers.get("traceparent")))
     try:
-        outcome = await oauth_flow().complete(req.params, _cookies(req))
+        with acting(browser):
+            outcome = await oauth_flow().complete(req.params, _cookies(req))
     except ServiceError as error:
         return _failure_page(error)
     except Exception as error:
