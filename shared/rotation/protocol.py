@@ -27,7 +27,6 @@ created on an application is current, or recorded in the journal, or removed.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
@@ -649,8 +648,10 @@ class Rotator(Journaled):
         state = record.rotation
         retired: dict[str, str] | None = None
         if state.retire_version is not None:
-            with contextlib.suppress(VersionDisabled):  # disabled once that application's removals were all done
+            try:
                 retired = await self.adapters.vault.get(record.secret_name, state.retire_version)
+            except VersionDisabled:  # disabled once that application's removals were all done: nothing is left
+                progress.found[state.retire_client_id or ""] = set()
         if retired is not None:
             async with self.adapters.directory.graph(Method(record.method), state.retire_tenant_id or "",
                                                      state.retire_client_id or "", retired) as graph:

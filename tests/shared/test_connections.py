@@ -409,6 +409,13 @@ async def test_a_clean_up_of_the_previous_application_that_crashed_after_its_rem
     stopped = await h.record(record.id)
     assert stopped is not None and stopped.rotation.retire_version is not None
     assert not [p for p in old.passwords.values() if p.created_by_service]  # its removals were done
+    # A delete refused meanwhile does not name that application as unread: nothing of it is left.
+    new = h.fakes.world.apps[stopped.client_id or ""]
+    new.may_manage_itself = False
+    with pytest.raises(CredentialsLeftLive) as refused:
+        await h.api.delete(APP, record.id)
+    assert refused.value.extensions["applicationsNotRead"] == []
+    new.may_manage_itself = True
     await h.due()
     await h.sweep()
     after = await h.record(record.id)
