@@ -141,9 +141,11 @@ def cookie_value(header: str | None, name: str) -> str | None:
     return None
 
 
-def set_cookie(name: str, value: str, max_age: int) -> str:
-    """A ``__Host-`` cookie: HttpOnly, Secure, SameSite=Lax, Path=/, no Domain."""
-    return f"{name}={value}; Max-Age={max(0, max_age)}; Path=/; Secure; HttpOnly; SameSite=Lax"
+def set_cookie(name: str, value: str, max_age: int | None) -> str:
+    """A ``__Host-`` cookie: HttpOnly, Secure, SameSite=Lax, Path=/, no Domain; ``max_age`` None: a cookie of the
+    browser's session (it goes when the browser is closed)."""
+    lifetime = "" if max_age is None else f"Max-Age={max(0, max_age)}; "
+    return f"{name}={value}; {lifetime}Path=/; Secure; HttpOnly; SameSite=Lax"
 
 
 def clear_cookie(name: str) -> str:

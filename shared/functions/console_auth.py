@@ -135,9 +135,10 @@ async def console_callback(req: func.HttpRequest) -> func.HttpResponse:
         else:
             log.warning("Console sign-in failed: an Azure call failed (%s)", type(error).__name__)
         return error_page("You are not signed in", "The service could not finish the sign-in; try again.", 502)
-    max_age = int((session.expires_at - session.created_at).total_seconds())
+    # No Max-Age: the cookie goes with the browser's session (a shared machine); the server ends the session at its
+    # idle and absolute expiry whatever the browser keeps.
     return _redirect(signed_in.return_to or DEFAULT_RETURN_TO,
-                     [set_cookie(SESSION_COOKIE, session_id, max_age), clear_cookie(LOGIN_COOKIE)])
+                     [set_cookie(SESSION_COOKIE, session_id, None), clear_cookie(LOGIN_COOKIE)])
 
 
 @bp.function_name("console_session")
