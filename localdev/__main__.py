@@ -55,6 +55,10 @@ def _up(argv: Sequence[str]) -> int:
     # KeyboardInterrupt does the same, and main() turns it into exit code 130 without a traceback).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     state_dir: Path = args.state_dir
+    busy = _busy(args.port, state_dir)
+    if busy is not None:
+        print(f"localdev up: {busy}", file=sys.stderr)
+        return 2
     with LocalEnvironment(state_dir, site_url=site_url, with_api=True, persist=args.persist) as env:
         assert env.standin is not None
         assert env.azurite is not None
@@ -72,8 +76,37 @@ def _up(argv: Sequence[str]) -> int:
         sys.stdout.flush()
         from shared.azure.clients import close_clients
 
-        serve(port=args.port, app_dir=ROOT, on_shutdown=[close_clients])
+        serve(port=args.port, app_dir=ROOT, on_shutdown=[close_clients], routes_level=logging.DEBUG)
     return 0
+
+
+_LOCKS: list[object] = []  # the state folder's lock, held while `up` runs
+
+
+def _busy(port: int, state_dir: Path) -> str | None:
+    """Why ``up`` cannot start (checked before anything starts or is written), or None: another ``up`` holds the
+    state folder (it would rewrite the demo's files under the running one), or the port is taken."""
+    import errno
+    import fcntl
+    import socket
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(state_dir / ".up.lock", "w")  # noqa: SIM115  # held (and open) for the process's life
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        return (f"another `localdev up` is running with the state folder {state_dir}; stop it first (Ctrl+C in its "
+                "shell), or give this one --state-dir and --port of its own.")
+    _LOCKS.append(lock)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return f"port {port} is in use (another service, or another `localdev up`): give --port."
+            raise
+    return None
 
 
 def _instructions(env: LocalEnvironment, tenant: str, client_id: str, body_file: Path, port: int,
@@ -121,10 +154,10 @@ def _instructions(env: LocalEnvironment, tenant: str, client_id: str, body_file:
         "The host's user-assigned managed identity (the federated method; IDENTITY_ENDPOINT is the stand-in's):",
         f"client id {federation.client_id}; an application trusts it with a federated identity credential: issuer",
         f"{federation.issuer}, subject {federation.principal_id}, audience api://AzureADTokenExchange.",
-        "Create an OAuth connection (the stand-in consents as a test user):",
+        f"Create an OAuth connection (the stand-in signs {api.user_principal_name} in and consents):",
         f"  URL=$(curl -s {bearer} -H 'Accept: application/json' '{base}/oauth/authorize?name=demo-oauth' \\",
         f"       | {helper} json authorizationUrl)",
-        f"  curl -sL --cacert {env.standin.ca_path} \"$URL\"",
+        f"  curl -sL --cacert {env.standin.ca_path} \"$URL&login_hint={api.user_principal_name}\"",
         "",
         f"The console: http://localhost:{port}/organization/app-connections (sign in at "
         f"http://localhost:{port}/auth/login; the sign-in page is the stand-in's, on TLS with its local CA:",

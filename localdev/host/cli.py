@@ -61,14 +61,16 @@ def serve(
     log_level: str = "info",
     function_key: str | None = None,
     on_shutdown: Iterable[ShutdownHook] = (),
+    routes_level: int = logging.INFO,
 ) -> None:
-    """Serve ``app_dir``'s function app with uvicorn until interrupted."""
+    """Serve ``app_dir``'s function app with uvicorn until interrupted; the routes are logged at ``routes_level``
+    (``localdev up`` prints its own instructions, which the list would push off the screen)."""
     import uvicorn
 
     local = build_local_host(app_dir, module=module, function_key=function_key, on_shutdown=on_shutdown)
     display_host = f"[{host}]" if ":" in host else host
     for line in local.describe(f"http://{display_host}:{port}"):
-        logger.info("%s", line)
+        logger.log(routes_level, "%s", line)
     config = uvicorn.Config(
         local.asgi,
         host=host,

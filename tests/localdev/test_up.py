@@ -146,6 +146,7 @@ def test_the_printed_commands_create_rotate_and_create_again_and_ctrl_c_stops_ev
         named = {name: next(c for c in commands if c.startswith(prefix)) for name, prefix in {
             "token": "TOKEN=", "create": "curl -s -X POST " + up.base + " ", "id": "ID=",
             "rotate": "curl -s -X POST -H", "list": f"curl -s -H \"Authorization: Bearer $TOKEN\" {up.base}",
+            "oauth-url": "URL=", "oauth": "curl -sL --cacert",
         }.items()}
         assert not any("jq" in command.split() for command in commands)
         assert not any(secret_like in up.output for secret_like in ("clientSecret", "8Q~"))  # no secret printed
@@ -162,6 +163,23 @@ def test_the_printed_commands_create_rotate_and_create_again_and_ctrl_c_stops_ev
         again = named["create"].replace("--name demo-key-vault", "--name demo-after-rotation")
         second = json.loads(_bash(named["token"] + "\n" + again))
         assert second["appConnection"]["name"] == "demo-after-rotation", second
+
+        # The OAuth commands, as printed: the stand-in signs the demo administrator in (no account picker to click).
+        page = _bash("\n".join([named["token"], named["oauth-url"], named["oauth"]]))
+        assert "Connection authorized" in page and "demo-oauth" in page, page[-2000:]
+
+        # A second `up` on the same state folder refuses at once, and leaves the first one's files alone.
+        before = {p.name: p.read_bytes() for p in up.state_dir.iterdir() if p.is_file()}
+        second = subprocess.run([sys.executable, "-m", "localdev", "up", "--port", str(free_port()), "--state-dir",
+                                 str(up.state_dir)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2 and "another `localdev up` is running" in second.stderr, second.stderr
+        assert {p.name: p.read_bytes() for p in up.state_dir.iterdir() if p.is_file()} == before
+        taken = subprocess.run([sys.executable, "-m", "localdev", "up", "--port", str(up.port), "--state-dir",
+                                str(up.state_dir.parent / "other")], cwd=ROOT, capture_output=True, text=True,
+                               timeout=60)
+        assert taken.returncode == 2 and f"port {up.port} is in use" in taken.stderr, taken.stderr
+        after = up.output.split("Ctrl+C stops", 1)[1]  # the instructions stay on the screen: no list of routes after
+        assert "[GET]" not in after and "timerTrigger" not in after, after[:2000]
 
         children = _descendants(up.process.pid)
         assert children, "Azurite runs as a child of `up`"
