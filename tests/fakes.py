@@ -774,12 +774,16 @@ class FakeSessions:
     async def take_login(self, bucket: str, key: str) -> PendingLogin | None:
         return self.logins.pop((bucket, key), None)
 
-    async def purge_expired(self, now: datetime) -> int:
+    async def purge_expired(self, now: datetime, limit: int = 100) -> int:
+        """As the table store: the sessions, then the pending sign-ins, of hours that have passed; a page of
+        ``limit`` at most."""
         cutoff = now.strftime("%Y%m%d%H")
-        gone = [k for k in self.sessions if k[0] < cutoff]
-        for k in gone:
-            del self.sessions[k]
-        return len(gone)
+        count = 0
+        for kept in (self.sessions, self.logins):
+            for key in [k for k in kept if k[0] < cutoff][:limit - count]:
+                del kept[key]
+                count += 1
+        return count
 
 
 @dataclass

@@ -373,3 +373,14 @@ def test_the_session_settings_are_bounded_and_an_unresolved_secret_is_none() -> 
     console = load_settings({**ENV, "CONSOLE_CLIENT_SECRET": reference}).console
     assert console.client_secret is None
     assert "console-secret" not in repr(load_settings(ENV))
+
+
+async def test_the_daily_purge_removes_every_expired_sign_in_start_not_a_page_of_them() -> None:
+    clock, store = Clock(), FakeSessions()
+    sign = sign_in(clock, store, Endpoint())
+    for _ in range(250):  # anonymous starts, never finished
+        await sign.begin(None)
+    clock.advance(timedelta(hours=2))
+    service = sessions(clock, store)
+    assert await service.purge_expired() == 100  # a page, as a sign-in removes
+    assert await service.purge_all_expired() == 150 and store.logins == {}
