@@ -133,13 +133,20 @@ def bucket_of(at: datetime) -> str:
     return at.astimezone(UTC).strftime(_BUCKET)
 
 
-def cookie_value(header: str | None, name: str) -> str | None:
-    """The value of cookie ``name`` in a ``Cookie`` header (the first, as browsers send the most specific first)."""
+def cookies_of(header: str | None) -> dict[str, str]:
+    """The cookies of a ``Cookie`` header, name to value (the first of a name, as browsers send the most specific
+    first)."""
+    cookies: dict[str, str] = {}
     for part in (header or "").split(";"):
         key, sep, value = part.strip().partition("=")
-        if sep and key == name:
-            return value.strip().strip('"')
-    return None
+        if sep and key and key not in cookies:
+            cookies[key] = value.strip().strip('"')
+    return cookies
+
+
+def cookie_value(header: str | None, name: str) -> str | None:
+    """The value of cookie ``name`` in a ``Cookie`` header (:func:`cookies_of`)."""
+    return cookies_of(header).get(name)
 
 
 def set_cookie(name: str, value: str, max_age: int | None) -> str:

@@ -39,13 +39,10 @@ PAGE_HEADERS = {
 
 
 def _cookies(req: func.HttpRequest) -> dict[str, str]:
-    """The request's cookies, name to value (the first of a name, as ``shared.sessions.cookie_value`` reads one)."""
-    cookies: dict[str, str] = {}
-    for part in (req.headers.get("cookie") or "").split(";"):
-        name, sep, value = part.strip().partition("=")
-        if sep and name and name not in cookies:
-            cookies[name] = value.strip().strip('"')
-    return cookies
+    """The request's cookies, name to value (``shared.sessions.cookies_of``)."""
+    from shared.sessions import cookies_of
+
+    return cookies_of(req.headers.get("cookie"))
 
 
 def _from_console(req: func.HttpRequest) -> bool:
