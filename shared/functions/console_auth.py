@@ -73,14 +73,10 @@ def error_page(title: str, detail: str, status: int, return_to: str | None = Non
 
 def _context(req: func.HttpRequest, principal: Principal) -> RequestContext:
     """The audit context of a sign-in or sign-out: the user acts, by their console session."""
-    from shared.audit import RequestContext
-    from shared.functions.http import _client_ip, _trace_id, request_id
+    from shared.functions.http import request_context
     from shared.records import Actor
 
-    actor = Actor(principal.id, principal.name, principal.type, "session")
-    return RequestContext(actor=actor, client_ip=_client_ip(req), user_agent=req.headers.get("user-agent"),
-                          request_id=request_id(req),
-                          trace_id=_trace_id(req.headers.get("traceparent")))
+    return request_context(req, Actor(principal.id, principal.name, principal.type, "session"))
 
 
 @bp.function_name("console_login")

@@ -24,8 +24,10 @@ from shared import telemetry
 from shared.functions.invocation import accept_context, host_trace
 
 if TYPE_CHECKING:  # imported where used: registering the routes needs neither (cold start)
+    from shared.audit import RequestContext
     from shared.auth import Principal
     from shared.errors import ServiceError
+    from shared.records import Actor
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +210,7 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
             return await _guarded(req, _path(req.url))
 
         async def _guarded(req: func.HttpRequest, instance: str) -> func.HttpResponse:
-            from shared.audit import RequestContext, acting
+            from shared.audit import acting
             from shared.auth import authorize
             from shared.errors import Forbidden, ServiceError
             from shared.records import Actor
@@ -232,12 +234,8 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
             except Exception:
                 log.exception("%s %s: the caller could not be authenticated", req.method, instance)
                 return problem_response(ServiceError("The caller could not be authenticated."), instance)
-            context = RequestContext(
-                actor=Actor(principal.id, principal.name, principal.type, used), roles=principal.roles,
-                client_ip=_client_ip(req), user_agent=req.headers.get("user-agent"),
-                request_id=request_id(req),
-                trace_id=telemetry.current_trace_id() or _trace_id(req.headers.get("traceparent")),
-            )
+            context = request_context(req, Actor(principal.id, principal.name, principal.type, used),
+                                      principal.roles, trace_id=telemetry.current_trace_id())
             with acting(context):
                 if action is None:
                     return await answer(handler, req, instance, allowed)
@@ -275,14 +273,11 @@ async def _refused(req: func.HttpRequest, instance: str, principal: Principal, a
                    error: ServiceError) -> None:
     """An authenticated caller refused for want of a role: recorded (``access.refused``), as an audit device
     records denied requests; who probes for what shows in the audit log, not only in telemetry."""
-    from shared.audit import RequestContext, acting
+    from shared.audit import acting
     from shared.records import Actor
     from shared.wiring import audit_log
 
-    context = RequestContext(actor=Actor(principal.id, principal.name, principal.type), roles=principal.roles,
-                             client_ip=_client_ip(req), user_agent=req.headers.get("user-agent"),
-                             request_id=request_id(req), trace_id=_trace_id(req.headers.get("traceparent")))
-    with acting(context):
+    with acting(request_context(req, Actor(principal.id, principal.name, principal.type), principal.roles)):
         await audit_log().record("access.refused", "403", app=app,
                                  connection_id=((req.route_params or {}).get("connectionId") or "")[:64] or None,
                                  detail=f"{req.method} {instance}: {error.detail}")
@@ -407,6 +402,17 @@ def request_id(req: func.HttpRequest) -> str:
     import uuid
 
     return uuid.uuid4().hex
+
+
+def request_context(req: func.HttpRequest, actor: Actor, roles: frozenset[str] = frozenset(),
+                    trace_id: str | None = None) -> RequestContext:
+    """Who acts in a request, for its audit records: ``actor`` (with ``roles``), from the address the front end
+    saw, with the caller's user agent and request id, and its trace (``trace_id``, else the ``traceparent``'s)."""
+    from shared.audit import RequestContext
+
+    return RequestContext(actor=actor, roles=roles, client_ip=_client_ip(req),
+                          user_agent=req.headers.get("user-agent"), request_id=request_id(req),
+                          trace_id=trace_id or _trace_id(req.headers.get("traceparent")))
 
 
 def refuse_unknown_query(req: func.HttpRequest, allowed: frozenset[str]) -> None:

@@ -128,15 +128,13 @@ def _failure_page(error: ServiceError) -> func.HttpResponse:
 async def _complete(req: func.HttpRequest) -> func.HttpResponse:
     """The state is pending: the flow consumes it atomically, redeems the code and saves the connection (its
     audit records name the browser that brought the answer back, by address and user agent)."""
-    from shared.audit import RequestContext, acting
+    from shared.audit import acting
     from shared.errors import ServiceError
-    from shared.functions.http import _client_ip, _trace_id, request_id
+    from shared.functions.http import request_context
     from shared.records import Actor
     from shared.wiring import oauth_flow
 
-    browser = RequestContext(Actor("anonymous", "the OAuth callback", "user"), client_ip=_client_ip(req),
-                             user_agent=req.headers.get("user-agent"), request_id=request_id(req),
-                             trace_id=_trace_id(req.headers.get("traceparent")))
+    browser = request_context(req, Actor("anonymous", "the OAuth callback", "user"))
     try:
         with acting(browser):
             outcome = await oauth_flow().complete(req.params, _cookies(req))
