@@ -56,7 +56,7 @@ from shared.azure.retry import (
     RETRY_BUDGET,
     RETRY_TOTAL,
     RetryableError,
-    parse_retry_after,
+    retry_after_of,
     with_retries,
 )
 
@@ -203,13 +203,8 @@ class RestClient:
                 response = await self._exchange(origin, head.encode("latin-1") + body, again, method == "HEAD")
                 telemetry.set_response(span, response.status)
             if response.status in retried:
-                retry_after = parse_retry_after(response.headers.get("retry-after"))
-                ms = response.headers.get("retry-after-ms")
-                if ms is not None:
-                    with contextlib.suppress(ValueError):
-                        retry_after = max(0.0, float(ms) / 1000)
-                raise RestError(f"{where} answered {response.status}",
-                                status=response.status, retry_after=retry_after, retryable=True)
+                raise RestError(f"{where} answered {response.status}", status=response.status,
+                                retry_after=retry_after_of(response.headers), retryable=True)
             return response
 
         return await with_retries(attempt, _classify, attempts=self.attempts, budget=self.budget,

@@ -39,7 +39,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 RETRY_TOTAL = 10  # retries after the first attempt
@@ -95,6 +95,21 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def retry_after_of(headers: Mapping[str, str]) -> float | None:
+    """An answer's wait, in seconds, from its headers (names in lower case): ``Retry-After`` (seconds or an HTTP
+    date), else ``retry-after-ms`` or ``x-ms-retry-after-ms``, as azure-core reads them; None when absent or
+    unreadable (a malformed value must not fail the call: it is backed off from)."""
+    seconds = parse_retry_after(headers.get("retry-after"))
+    if seconds is not None:
+        return seconds
+    for name in ("retry-after-ms", "x-ms-retry-after-ms"):
+        try:
+            return max(0.0, float(headers[name])) / 1000.0
+        except (KeyError, ValueError):
+            continue
+    return None
 
 
 async def with_retries(

@@ -18,7 +18,7 @@ from shared.azure.retry import (
     RETRY_TOTAL,
     backoff,
     log,
-    parse_retry_after,
+    retry_after_of,
     retry_delay,
 )
 
@@ -96,18 +96,9 @@ class JitteredRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
 
 
 def _retry_after(answer: Any) -> float | None:
-    """The answer's ``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms``, in seconds; None when absent
-    or unreadable (azure-core's parser raises on a malformed one, which would fail the call)."""
-    headers = {str(name).lower(): str(value) for name, value in answer.http_response.headers.items()}
-    seconds = parse_retry_after(headers.get("retry-after"))
-    if seconds is not None:
-        return seconds
-    for name in ("retry-after-ms", "x-ms-retry-after-ms"):
-        try:
-            return max(0.0, float(headers[name])) / 1000.0
-        except (KeyError, ValueError):
-            continue
-    return None
+    """The answer's wait (``shared.azure.retry.retry_after_of``; azure-core's own parser raises on a malformed
+    ``Retry-After``, which would fail the call)."""
+    return retry_after_of({str(name).lower(): str(value) for name, value in answer.http_response.headers.items()})
 
 
 def _gave_up(request: Any, attempts: int, waited: float, error: Exception | None, answer: Any, why: str) -> None:

@@ -475,3 +475,14 @@ async def test_an_unreadable_retry_after_is_backed_off_from_not_a_failure_of_the
     pipeline, transport, clock = pipeline_for(failing(1, lambda: (503, {"Retry-After": value})))
     assert (await pipeline.run(HttpRequest("GET", "https://vault.example/secrets/s"))).http_response.status_code == 200
     assert len(transport.sent) == 2 and clock.slept[0] <= BACKOFF_FACTOR
+
+
+@pytest.mark.parametrize(("headers", "seconds"), [
+    ({"retry-after": "2", "retry-after-ms": "500"}, 2.0),  # Retry-After first, as azure-core reads them
+    ({"retry-after-ms": "1500"}, 1.5), ({"x-ms-retry-after-ms": "250"}, 0.25),
+    ({"retry-after": "soon", "retry-after-ms": "300"}, 0.3), ({"retry-after-ms": "x"}, None), ({}, None),
+])
+def test_every_client_reads_an_answer_s_wait_the_same_way(headers, seconds):
+    from shared.azure.retry import retry_after_of
+
+    assert retry_after_of(headers) == seconds
