@@ -39,6 +39,15 @@ def live_keys(admin: Any, app: Any) -> set[str]:
     return {p["keyId"] for p in admin.app_passwords(app.tenant_id, app.client_id) if not p["revoked"]}
 
 
+def new_connection(api: httpx.Client, admin: Any, secrets_used: Any, app: str, name: str) -> dict[str, Any]:
+    """A client-secret connection named ``name`` of ``app``, made through the API for an app registered for it."""
+    entra = register_app(admin, secrets_used, name=name)
+    answer = api.post(f"/api/v1/app-connections/{app}", json={
+        "name": name, "method": "client-secret", "credentials": entra.client_secret_body()})
+    assert answer.status_code == 201, answer.text
+    return dict(answer.json()["appConnection"])
+
+
 def open_list(console: Console) -> None:
     console.page.click(f"a[href='{PAGE}']")
     console.page.wait_for_selector("main[data-ready=true]")
@@ -231,11 +240,7 @@ def test_a_sign_in_started_in_the_console_cannot_be_finished_in_another_browser(
 
 def test_a_reader_sees_everything_but_can_change_nothing(open_console: Any, admin: Any, secrets_used: Any,
                                                         api: httpx.Client) -> None:
-    app = register_app(admin, secrets_used, name="console-read")
-    created = api.post("/api/v1/app-connections/azure-key-vault", json={
-        "name": "console-read", "method": "client-secret", "credentials": app.client_secret_body()})
-    assert created.status_code == 201, created.text
-    connection = created.json()["appConnection"]
+    connection = new_connection(api, admin, secrets_used, "azure-key-vault", "console-read")
     console = open_console("reader")
     page = console.page
     page.wait_for_selector("table.connections")
@@ -259,11 +264,7 @@ def test_a_reader_sees_everything_but_can_change_nothing(open_console: Any, admi
 
 def test_a_lapsed_session_goes_back_to_sign_in_and_returns_to_the_same_page(
         open_console: Any, admin: Any, secrets_used: Any, api: httpx.Client) -> None:
-    app = register_app(admin, secrets_used, name="console-lapsed")
-    created = api.post("/api/v1/app-connections/azure-app-configuration", json={
-        "name": "console-lapsed", "method": "client-secret", "credentials": app.client_secret_body()})
-    assert created.status_code == 201, created.text
-    connection = created.json()["appConnection"]
+    connection = new_connection(api, admin, secrets_used, "azure-app-configuration", "console-lapsed")
     console = open_console("admin")
     page = console.page
     page.select_option("#filter-app", "azure-app-configuration")
@@ -290,10 +291,7 @@ def test_a_lapsed_session_goes_back_to_sign_in_and_returns_to_the_same_page(
 
 def test_a_tab_opened_before_the_browser_signed_in_again_acts_and_signs_out_with_the_new_session(
         open_console: Any, admin: Any, secrets_used: Any, api: httpx.Client) -> None:
-    app = register_app(admin, secrets_used, name="console-stale-tab")
-    created = api.post("/api/v1/app-connections/azure-app-configuration", json={
-        "name": "console-stale-tab", "method": "client-secret", "credentials": app.client_secret_body()})
-    assert created.status_code == 201, created.text
+    connection = new_connection(api, admin, secrets_used, "azure-app-configuration", "console-stale-tab")
     console = open_console("admin")
     page = console.page
     other = page.context.new_page()  # another tab signs in again: a new session, with a new CSRF token
@@ -303,8 +301,8 @@ def test_a_tab_opened_before_the_browser_signed_in_again_acts_and_signs_out_with
     validated = page.evaluate("""async (path) => {
         const {api} = await import('/console/assets/api.js');
         return (await api('POST', path)).appConnection.id; }""",
-        f"/api/v1/app-connections/azure-app-configuration/{created.json()['appConnection']['id']}/validate")
-    assert validated == created.json()["appConnection"]["id"]
+        f"/api/v1/app-connections/azure-app-configuration/{connection['id']}/validate")
+    assert validated == connection["id"]
     page.click("#sign-out")
     page.wait_for_selector("#sign-in-again")
     assert page.inner_text("h1") == "You have signed out"

@@ -18,16 +18,23 @@ pytestmark = pytest.mark.e2e
 APP = "azure-key-vault"
 
 
+async def queued_notice(store: ConnectionsTable, now: datetime, prefix: str) -> Notification:
+    """A connection of its own whose change queued a notice, as a health check queues one."""
+    cid = uuid.uuid4().hex
+    record = await store.insert(ConnectionRecord(
+        app=APP, id=cid, name=f"{prefix}-{cid[:8]}", method="client-secret", tenant_id=str(uuid.uuid4()),
+        client_id=str(uuid.uuid4()), created_at=now, updated_at=now, secret_name=f"s-{cid[:8]}", secret_version="v1"))
+    notice = Notification("validation-failed", APP, cid, record.name, "failing", "refused", now)
+    await store.update(record.evolve(status="invalid"), notify=[notice])
+    return notice
+
+
 async def test_a_failed_delivery_of_a_notice_delivered_meanwhile_does_not_bring_it_back(
         clients: AzureClients) -> None:
     store = ConnectionsTable(clients)
     now = datetime.now(UTC)
-    cid = uuid.uuid4().hex
-    record = await store.insert(ConnectionRecord(
-        app=APP, id=cid, name=f"outbox-{cid[:8]}", method="client-secret", tenant_id=str(uuid.uuid4()),
-        client_id=str(uuid.uuid4()), created_at=now, updated_at=now, secret_name=f"s-{cid[:8]}", secret_version="v1"))
-    notice = Notification("validation-failed", APP, cid, record.name, "failing", "refused", now)
-    await store.update(record.evolve(status="invalid"), notify=[notice])
+    notice = await queued_notice(store, now, "outbox")
+    cid = notice.connection_id
     due = [n for n in await store.pending((APP,), now + timedelta(seconds=1)) if n.connection_id == cid]
     assert [n.id for n in due] == [notice.id]
     # Two passes hold it: one delivers it, the other's receiver failed and would queue it again.
@@ -40,12 +47,8 @@ async def test_a_failed_delivery_of_a_notice_delivered_meanwhile_does_not_bring_
 async def test_a_notice_is_taken_by_one_pass_under_the_etag_it_was_read_with(clients: AzureClients) -> None:
     store = ConnectionsTable(clients)
     now = datetime.now(UTC)
-    cid = uuid.uuid4().hex
-    record = await store.insert(ConnectionRecord(
-        app=APP, id=cid, name=f"claim-{cid[:8]}", method="client-secret", tenant_id=str(uuid.uuid4()),
-        client_id=str(uuid.uuid4()), created_at=now, updated_at=now, secret_name=f"s-{cid[:8]}", secret_version="v1"))
-    notice = Notification("validation-failed", APP, cid, record.name, "failing", "refused", now)
-    await store.update(record.evolve(status="invalid"), notify=[notice])
+    notice = await queued_notice(store, now, "claim")
+    cid = notice.connection_id
     first, second = [[n for n in await store.pending((APP,), now + timedelta(seconds=1)) if n.connection_id == cid]
                      for _ in range(2)]  # two passes read it
     assert first[0].etag and first[0].etag == second[0].etag
