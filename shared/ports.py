@@ -48,7 +48,7 @@ class AppRegistration:
     app_id: str
     display_name: str | None
     passwords: tuple[PasswordCredential, ...]
-    keys: tuple[KeyCredential, ...] = ()
+    keys: tuple[KeyCredential, ...] = ()  # read by a certificate's session only (Graph throttles those reads)
     created_at: datetime | None = None  # createdDateTime: some policy restrictions bind only newer applications
 
 
@@ -249,8 +249,12 @@ class Directory(Protocol):
         ``UpstreamError`` when it cannot be reached."""
         ...
 
-    def graph(self, method: Method, tenant_id: str, client_id: str,
-              material: Mapping[str, str]) -> AbstractAsyncContextManager[GraphSession]: ...
+    def graph(self, method: Method, tenant_id: str, client_id: str, material: Mapping[str, str], *,
+              read_keys: bool | None = None) -> AbstractAsyncContextManager[GraphSession]:
+        """Graph with the connection's credential. ``read_keys``: whether ``find`` reads the application's key
+        credentials (Graph throttles those reads at 150 a minute per tenant); by default only a certificate's
+        session does, as it rolls keys."""
+        ...
 
     def graph_with(self, tokens: TokenSource) -> AbstractAsyncContextManager[GraphSession]: ...
 

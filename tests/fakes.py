@@ -287,9 +287,10 @@ class World:
 
 
 class FakeGraph:
-    def __init__(self, world: World, client_id: str) -> None:
+    def __init__(self, world: World, client_id: str, read_keys: bool = False) -> None:
         self.world = world
         self.client_id = client_id
+        self.read_keys = read_keys  # as Graph's $select: the key credentials only when asked for
 
     def _app(self, client_id: str) -> Application:
         app = self.world.apps.get(client_id)
@@ -311,7 +312,7 @@ class FakeGraph:
         return AppRegistration(app.object_id, app.client_id, "app", tuple(
             PasswordCredential(p.key_id, p.secret[:3], p.display_name, p.end) for p in app.passwords.values()),
             keys=tuple(KeyCredential(k.key_id, k.display_name, k.thumbprint, k.end, "Verify")
-                       for k in app.keys.values()))
+                       for k in app.keys.values()) if self.read_keys else ())
 
     def _within_policy(self, app: Application, lifetime: timedelta, password: bool) -> None:
         policy = app.policy or self.world.tenant_policy
@@ -439,14 +440,14 @@ class FakeDirectory:
         self.world.worked.add(secret)
 
     @asynccontextmanager
-    async def graph(self, method: Method, tenant_id: str, client_id: str,
-                    material: Mapping[str, str]) -> AsyncIterator[FakeGraph]:
+    async def graph(self, method: Method, tenant_id: str, client_id: str, material: Mapping[str, str], *,
+                    read_keys: bool | None = None) -> AsyncIterator[FakeGraph]:
         self.world.check("graph.token")
         if method is Method.FEDERATED:
             self._federated(client_id)
         elif not self.world.live(client_id, material.get("clientSecret") or material.get("certificateBody", "")):
             raise CredentialRejected("AADSTS7000215: Invalid client secret provided.")
-        yield FakeGraph(self.world, client_id)
+        yield FakeGraph(self.world, client_id, method is Method.CERTIFICATE if read_keys is None else read_keys)
 
     def _federated(self, client_id: str) -> None:
         if self.world.federation is None:

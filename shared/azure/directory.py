@@ -30,13 +30,15 @@ class AzureDirectory:
         await acquire_token(self._clients, app, method, tenant_id, client_id, material)
 
     @asynccontextmanager
-    async def graph(self, method: Method, tenant_id: str, client_id: str,
-                    material: Mapping[str, str]) -> AsyncIterator[GraphApps]:
+    async def graph(self, method: Method, tenant_id: str, client_id: str, material: Mapping[str, str], *,
+                    read_keys: bool | None = None) -> AsyncIterator[GraphApps]:
+        from shared.apps import Method
         from shared.azure.graph import GraphApps
 
         credential = await build_credential_async(self._clients, method, tenant_id, client_id, material)
         async with credential:
-            yield GraphApps(self._clients, credential)
+            yield GraphApps(self._clients, credential,
+                            read_keys=method is Method.CERTIFICATE if read_keys is None else read_keys)
 
     @asynccontextmanager
     async def graph_with(self, tokens: TokenSource) -> AsyncIterator[GraphApps]:

@@ -199,8 +199,12 @@ class _GraphErrorBody:
     message: str
 
 
-# What a rotation reads of an application: ``$select`` keeps the answer small, as the rest is never used.
-APPLICATION_SELECT = "id,appId,displayName,createdDateTime,passwordCredentials,keyCredentials"
+# What a rotation reads of an application: ``$select`` keeps the answer small, as the rest is never used. Its key
+# credentials only where a certificate is rolled: Graph throttles reads that select ``keyCredentials`` at 150 a
+# minute per tenant (and returns each key's public value with them), so a session of any other method leaves
+# them out.
+APPLICATION_SELECT = "id,appId,displayName,createdDateTime,passwordCredentials"
+APPLICATION_SELECT_WITH_KEYS = f"{APPLICATION_SELECT},keyCredentials"
 GRAPH_AUDIENCE = "00000002-0000-0000-c000-000000000000"  # the ``aud`` of an addKey / removeKey proof
 _DURATION = re.compile(
     r"^P(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
@@ -317,9 +321,11 @@ class GraphApps:
     through msgraph-sdk, built on first use.
     """
 
-    def __init__(self, clients: AzureClients, credential: AsyncTokenCredential) -> None:
+    def __init__(self, clients: AzureClients, credential: AsyncTokenCredential, *, read_keys: bool = False) -> None:
+        """``read_keys``: :meth:`find` reads the application's key credentials too (a certificate's session)."""
         self._clients = clients
         self._credential = credential
+        self._select = APPLICATION_SELECT_WITH_KEYS if read_keys else APPLICATION_SELECT
         self._endpoint = clients.settings.graph_endpoint.rstrip("/")
         self._scope = f"{self._endpoint}/.default"
         self._client: Any = None
@@ -369,7 +375,7 @@ class GraphApps:
     async def find(self, app_id: str) -> AppRegistration:
         app = await self._call(
             "read the app registration",
-            lambda: self._send("GET", f"/applications(appId='{_quoted(app_id)}')?$select={APPLICATION_SELECT}"),
+            lambda: self._send("GET", f"/applications(appId='{_quoted(app_id)}')?$select={self._select}"),
         )
         if not isinstance(app, dict) or not app.get("id"):
             raise NotFound(f"Microsoft Graph has no app registration with appId {app_id}.")

@@ -261,7 +261,9 @@ class Migrator(Journaled):
             except (ServiceError, AzureError):  # disabled or deleted: a resumed attempt past the removals, which
                 material = {}  # came first
         now = self.now()
-        async with self.adapters.directory.graph(Method.FEDERATED, record.tenant_id, client_id, {}) as graph:
+        # Every kind of credential the service may have left is looked for, keys too (one read, once).
+        async with self.adapters.directory.graph(Method.FEDERATED, record.tenant_id, client_id, {},
+                                                 read_keys=True) as graph:
             registration = await graph.find(client_id)
             # The federated credential is the connection's credential now: its id is kept when the service added it
             # (DELETE removes it then), not when it is the owner's.

@@ -116,6 +116,16 @@ async def test_enabling_on_create_replaces_and_revokes_the_given_secret(api, adm
                          revoked={entra.key_id})
     history = api.get(f"{BASE}/{app}/{connection['id']}/rotations").json()["rotations"]
     assert [(h["outcome"], h["trigger"], h["revokedKeyId"]) for h in history] == [("succeeded", "enable", entra.key_id)]
+    # A client secret's rotation reads the application's passwords, never its key credentials: Graph throttles
+    # the reads that select those at 150 a minute per tenant.
+    assert application_selects(admin, entra.client_id) and not any(
+        "keyCredentials" in select for select in application_selects(admin, entra.client_id))
+
+
+def application_selects(admin, client_id):
+    """The ``$select`` of every Graph read of the application with ``client_id`` (by its appId)."""
+    return [r["query"].get("$select", "") for r in admin.requests()
+            if r.get("graph") == "get" and r.get("appId") == client_id and "$select" in r.get("query", {})]
 
 
 def test_key_id_is_found_by_hint_only_when_unambiguous(api, admin, secrets_used):
@@ -152,6 +162,7 @@ def test_a_certificate_connection_rotates_through_the_api_and_rotation_needs_a_s
     assert "new certificate is in use" in rotation["lastRotationMessage"]
     keys = admin.get_app(owner.tenant_id, owner.client_id)["keyCredentials"]
     assert len(keys) == 1 and keys[0]["displayName"].startswith("app-connections ")
+    assert any("keyCredentials" in select for select in application_selects(admin, owner.client_id))
     entra = register_rotatable_app(admin, secrets_used)
     missing = api.post(f"{BASE}/{APP}", json={"name": "no-schedule", "method": "client-secret",
                                               "credentials": entra.client_secret_body(), "isAutoRotationEnabled": True})

@@ -12,7 +12,7 @@ import pytest
 from localdev.standin.graph import graph_fault, throttle_fault
 from shared.apps import Method
 from shared.azure.clients import AzureClients
-from shared.azure.graph import APPLICATION_SELECT, GraphApps
+from shared.azure.graph import APPLICATION_SELECT, APPLICATION_SELECT_WITH_KEYS, GraphApps
 from shared.credentials import build_credential
 from shared.errors import NotFound, UpstreamError, UpstreamForbidden
 from tests.e2e.entra import EntraApp, register_app, register_rotatable_app
@@ -62,8 +62,10 @@ async def test_find_add_and_remove_a_password(admin: Any, clients: AzureClients,
 
     reads = [r for r in graph_requests(admin, entra) if r["graph"] == "get"]
     assert reads
-    # every read selects what it uses (the application; its passwords alone, to see the refused removal done)
+    # every read selects what it uses (the application; its passwords alone, to see the refused removal done), and
+    # never the key credentials, whose reads Graph throttles at 150 a minute per tenant
     assert {r["query"]["$select"] for r in reads} == {APPLICATION_SELECT, "id,passwordCredentials"}
+    assert "keyCredentials" not in APPLICATION_SELECT and "keyCredentials" in APPLICATION_SELECT_WITH_KEYS
     assert graph._client is None  # msgraph-sdk was never built for these calls
 
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 
 def graph_for(clients: AzureClients, entra: EntraApp, material: dict[str, str]) -> tuple[Any, GraphApps]:
     credential = build_credential(clients, Method.CERTIFICATE, entra.tenant_id, entra.client_id, material)
-    return credential, GraphApps(clients, credential)
+    return credential, GraphApps(clients, credential, read_keys=True)
 
 
 async def test_add_and_remove_a_key_with_proofs_and_a_lost_answer_adds_no_duplicate(
