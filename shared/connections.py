@@ -32,8 +32,10 @@ from shared.errors import (
     RotationFailed,
     RotationInProgress,
     RotationRefused,
+    SecretGone,
     ServiceError,
     UpstreamForbidden,
+    VersionDisabled,
 )
 from shared.expiry import REFRESH_TOKEN_LIFETIME, fresh_health
 from shared.federation import explain, require_identity
@@ -179,10 +181,29 @@ class ConnectionService:
             raise
 
     async def material_of(self, record: ConnectionRecord) -> dict[str, str]:
-        """The secret material of the connection's current version ({} for a method that stores none)."""
+        """The secret material of the connection's current version ({} for a method that stores none). A version
+        the vault no longer gives is first explained by the connection as it is now (:meth:`vault_refusal`)."""
         if not method_spec(record.method).stores_secret:
             return {}
-        return await self.vault.get(record.secret_name, record.secret_version)
+        try:
+            return await self.vault.get(record.secret_name, record.secret_version)
+        except (SecretGone, VersionDisabled) as refusal:
+            raise await self.vault_refusal(record, refusal) from None
+
+    async def vault_refusal(self, record: ConnectionRecord, refusal: ServiceError) -> ServiceError:
+        """What a version of the connection's secret that the vault no longer gives means, for a request that read
+        ``record``: the connection was deleted meanwhile (404), is being deleted, or another request replaced its
+        credential (409, read it again); else the vault lost it (the refusal as it was, a 502)."""
+        try:
+            current = await self.store.get(record.app, record.id)
+        except NotFound:
+            return NotFound("The connection was deleted while this request read it.")
+        if current.status == STATUS_DELETING:
+            return self._being_deleted(current)
+        if current.secret_version != record.secret_version:
+            return ConcurrentChange("The connection's credential changed while this request read it; read the "
+                                    "connection again.")
+        return refusal
 
     def _fresh_health(self, record: ConnectionRecord, expires_on: datetime | None) -> HealthState:
         settings = self.adapters.settings
@@ -393,7 +414,7 @@ class ConnectionService:
                            status_message=None, last_validated_at=self.now())
             fresh = self._fresh_health(record, expires_on)
         elif enabling and method is Method.CLIENT_SECRET:
-            material = await self.vault.get(record.secret_name, record.secret_version)
+            material = await self.material_of(record)
             new_state = new_state.evolve(key_id=(await self._key_id(
                 record.tenant_id, record.client_id or "", material["clientSecret"], new_state.key_id)).key_id)
         if new_state.enabled and new_state.interval_days and (config is not None or enabling
@@ -581,7 +602,10 @@ class ConnectionService:
         self._refuse_during_rotation(record)
         if record.rotation.retire_version is not None:
             record = await self._finish_retirement(record, raise_on_failure=True)
-        return await self.migrator.start(record, request.revokeOriginal)
+        try:
+            return await self.migrator.start(record, request.revokeOriginal)
+        except (SecretGone, VersionDisabled) as refusal:  # read before the migration's journal was written
+            raise await self.vault_refusal(record, refusal) from None
 
     # -- delete ----------------------------------------------------------------------------------------------
     async def delete(self, app_id: str, connection_id: str, force: bool = False, if_match: str | None = None,

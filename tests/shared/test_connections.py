@@ -4,15 +4,19 @@ their secret, superseded versions are disabled, ``rotate`` answers what happened
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
 from shared.errors import (
+    ConcurrentChange,
     CredentialsLeftLive,
     InvalidRequest,
+    NotFound,
     RotationFailed,
     RotationInProgress,
     RotationRefused,
+    SecretGone,
     UpstreamForbidden,
 )
 from shared.records import ConnectionRecord
@@ -422,3 +426,43 @@ async def test_a_clean_up_of_the_previous_application_that_crashed_after_its_rem
     assert after is not None and after.rotation.status == "succeeded", after.rotation.message
     assert after.rotation.retire_version is None and "could not be removed" not in (after.rotation.message or "")
     assert h.check() == []
+
+
+async def _overtaken_by(h: Harness, change: Any) -> None:
+    """The next vault read runs ``change`` (another request) to its end first: a request that read the connection
+    then meets what that change left in the vault."""
+    vault = h.fakes.vault
+    read = vault.get
+
+    async def overtaken(name: str, version: str) -> dict[str, str]:
+        vault.get = read  # type: ignore[method-assign]
+        await change()
+        return await read(name, version)
+
+    vault.get = overtaken  # type: ignore[method-assign]
+
+
+async def test_a_validation_that_a_delete_overtakes_answers_404_not_a_vault_failure() -> None:
+    h = Harness()
+    record = await h.create()
+    await _overtaken_by(h, lambda: h.api.delete(APP, record.id))
+    with pytest.raises(NotFound, match="deleted while this request read it"):
+        await h.api.validate(APP, record.id)
+
+
+async def test_a_validation_whose_credential_another_request_replaced_answers_409() -> None:
+    h = Harness()
+    record = await h.create(rotation=False)
+    password = h.fakes.world.add(record.client_id or "", "new from the owner")
+    await _overtaken_by(h, lambda: h.api.update(APP, record.id, {
+        "credentials": h.credentials(record.client_id or "", password)}))
+    with pytest.raises(ConcurrentChange, match="credential changed while this request read it"):
+        await h.api.validate(APP, record.id)
+
+
+async def test_a_version_lost_from_the_vault_with_the_connection_unchanged_stays_an_upstream_failure() -> None:
+    h = Harness()
+    record = await h.create(rotation=False)
+    h.fakes.world.fail_next("vault.get", SecretGone(f"Key Vault has no version of {record.secret_name}."))
+    with pytest.raises(SecretGone):
+        await h.api.validate(APP, record.id)
