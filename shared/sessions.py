@@ -41,6 +41,7 @@ from shared.auth import Principal, principal_of
 from shared.errors import (
     InvalidRequest,
     RequestForgery,
+    ServiceError,
     ServiceMisconfigured,
     SignInRequired,
     Unauthorized,
@@ -375,8 +376,12 @@ class SignIn:
         })
         return f"{self._authorize_endpoint()}?{query}", state
 
-    async def complete(self, params: Mapping[str, str], login_cookie: str | None) -> SignedIn:
-        """Redeem the callback's code: the signed-in user (from the validated ID token) and the return path."""
+    async def complete(self, params: Mapping[str, str], login_cookie: str | None,
+                       failed: Callable[[ServiceError], Awaitable[None]] | None = None) -> SignedIn:
+        """Redeem the callback's code: the signed-in user (from the validated ID token) and the return path.
+        ``failed`` hears how a sign-in this browser started ended when it did not sign anyone in (Entra's refusal,
+        an ID token that is not the answer to it, ...); an answer that completes no pending sign-in is only
+        refused."""
         self._require_configured()
         state = params.get("state") or ""
         keys = id_keys(state)
@@ -386,6 +391,14 @@ class SignIn:
         pending = await self._store.take_login(*keys)
         if pending is None or pending.expires_at <= self._clock():
             raise InvalidRequest("This sign-in has expired or has already been used; sign in again.")
+        try:
+            return await self._redeem(params, pending)
+        except ServiceError as error:
+            if failed is not None:
+                await failed(error)
+            raise
+
+    async def _redeem(self, params: Mapping[str, str], pending: PendingLogin) -> SignedIn:
         if params.get("error"):
             said = entra_said(params["error"], params.get("error_description"))
             raise InvalidRequest(f"Entra ID did not sign you in ({said}).")

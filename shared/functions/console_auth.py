@@ -108,8 +108,18 @@ async def console_callback(req: func.HttpRequest) -> func.HttpResponse:
     from shared.sessions import DEFAULT_RETURN_TO, LOGIN_COOKIE, SESSION_COOKIE, clear_cookie, cookie_value, set_cookie
     from shared.wiring import audit_log, sessions, sign_in
 
+    async def failed(error: ServiceError) -> None:
+        """A sign-in this browser started that signed no one in: audited, by the browser that brought it back."""
+        from shared.functions.http import request_context
+        from shared.records import Actor
+
+        with acting(request_context(req, Actor("anonymous", "the console sign-in", "user"))):
+            await audit_log().record("session.start", "refused" if error.status < 500 else "failed",
+                                     detail=f"console sign-in: {error.detail}")
+
     try:
-        signed_in = await sign_in().complete(dict(req.params), cookie_value(req.headers.get("cookie"), LOGIN_COOKIE))
+        signed_in = await sign_in().complete(dict(req.params), cookie_value(req.headers.get("cookie"), LOGIN_COOKIE),
+                                             failed)
         with acting(_context(req, signed_in.principal)):
             audit = audit_log()
             await audit.record("session.start", "started", detail="console sign-in")
@@ -120,8 +130,7 @@ async def console_callback(req: func.HttpRequest) -> func.HttpResponse:
                                detail=f"console session {session.key[:12]}; roles: {' '.join(sorted(session.roles))}"
                                + (f"; replaces session {previous.key[:12]}" if previous else ""))
     except ServiceError as error:
-        if error.status >= 500:
-            log.warning("Console sign-in failed: %s", error.detail)
+        log.warning("Console sign-in %s: %s", "refused" if error.status < 500 else "failed", error.detail)
         return error_page("You are not signed in", error.detail, 400 if error.status < 500 else error.status)
     except Exception as error:
         from azure.core.exceptions import AzureError

@@ -235,7 +235,7 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
                 log.exception("%s %s: the caller could not be authenticated", req.method, instance)
                 return problem_response(ServiceError("The caller could not be authenticated."), instance)
             context = request_context(req, Actor(principal.id, principal.name, principal.type, used),
-                                      principal.roles, trace_id=telemetry.current_trace_id())
+                                      principal.roles)
             with acting(context):
                 if action is None:
                     return await answer(handler, req, instance, allowed)
@@ -404,15 +404,15 @@ def request_id(req: func.HttpRequest) -> str:
     return uuid.uuid4().hex
 
 
-def request_context(req: func.HttpRequest, actor: Actor, roles: frozenset[str] = frozenset(),
-                    trace_id: str | None = None) -> RequestContext:
+def request_context(req: func.HttpRequest, actor: Actor, roles: frozenset[str] = frozenset()) -> RequestContext:
     """Who acts in a request, for its audit records: ``actor`` (with ``roles``), from the address the front end
-    saw, with the caller's user agent and request id, and its trace (``trace_id``, else the ``traceparent``'s)."""
+    saw, with the caller's user agent and request id, and the trace of the invocation's span (every HTTP function
+    runs in one: its ``operation_Id`` in Application Insights)."""
     from shared.audit import RequestContext
 
     return RequestContext(actor=actor, roles=roles, client_ip=_client_ip(req),
                           user_agent=req.headers.get("user-agent"), request_id=request_id(req),
-                          trace_id=trace_id or _trace_id(req.headers.get("traceparent")))
+                          trace_id=telemetry.current_trace_id())
 
 
 def refuse_unknown_query(req: func.HttpRequest, allowed: frozenset[str]) -> None:
@@ -478,11 +478,6 @@ def _client_ip(req: func.HttpRequest) -> str | None:
         return str(ipaddress.ip_address(last))
     except ValueError:
         return None
-
-
-def _trace_id(traceparent: str | None) -> str | None:
-    parts = (traceparent or "").split("-")
-    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
 
 
 def _connection_of(response: func.HttpResponse) -> dict[str, Any]:

@@ -244,6 +244,26 @@ def test_a_callback_from_another_browser_gets_a_page_with_a_link_to_sign_in(clie
     assert "Traceback" not in stolen.text
 
 
+def test_a_sign_in_this_browser_started_that_signs_no_one_in_is_audited_and_a_stray_answer_is_not(  # type: ignore[no-untyped-def]
+        client, local_env, api):
+    login = client.get("/auth/login", params={"loginHint": READER})
+    state = cookie_of(set_cookies(login)[LOGIN])
+    marker = uuid.uuid4().hex  # the browser's user agent, to find this record
+    refused = client.get("/auth/callback", params={"state": state, "error": "access_denied",
+                                                   "error_description": "AADSTS65004: User declined to consent."},
+                         headers={"cookie": f"{LOGIN}={state}", "user-agent": marker})
+    assert refused.status_code == 400 and "did not sign you in" in refused.text
+    stray = client.get("/auth/callback", params={"state": state, "code": "x"},
+                       headers={"cookie": f"{LOGIN}={state}", "user-agent": marker})
+    assert stray.status_code == 400  # the sign-in is used up: nothing is pending, nothing more is audited
+
+    records = api.get("/api/v1/audit-logs", params={"action": "session.start"}).json()["auditLogs"]
+    mine = [r for r in records if r.get("userAgent") == marker]
+    assert [(r["outcome"], r["actor"]["id"], r["detail"]) for r in mine] == [
+        ("refused", "anonymous", "console sign-in: Entra ID did not sign you in (access_denied, AADSTS65004).")]
+    assert state not in str(records)
+
+
 async def test_a_session_in_use_is_kept_alive_a_look_at_it_is_not_a_use_and_expired_ones_are_purged(  # type: ignore[no-untyped-def]
         client, local_env, secrets_used, clients):
     import asyncio

@@ -19,7 +19,7 @@ import pytest
 from opentelemetry.trace import SpanKind, StatusCode
 
 from shared import telemetry
-from shared.functions.http import endpoint, http_route, traced
+from shared.functions.http import endpoint, http_route, request_context, traced
 from shared.functions.invocation import traced_timer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +35,16 @@ bp = func.Blueprint()  # http_route reads the route template from the blueprint 
 async def sample_page(req: func.HttpRequest) -> func.HttpResponse:
     status = int(req.params.get("status", "200"))
     return func.HttpResponse("page", status_code=status)
+
+
+@bp.function_name("sample_audited_page")
+@bp.route(route="audited/{app}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@traced
+async def sample_audited_page(req: func.HttpRequest) -> func.HttpResponse:
+    """An anonymous route that audits (the console's sign-in, the OAuth callback): its record's trace."""
+    from shared.audit import Actor
+
+    return func.HttpResponse(request_context(req, Actor("anonymous", "a page", "user")).trace_id or "none")
 
 
 @bp.function_name("sample_reader")
@@ -103,6 +113,16 @@ async def test_without_the_hosts_trace_context_the_callers_traceparent_is_the_pa
     joined, fresh = exporter.get_finished_spans()
     assert f"{joined.context.trace_id:032x}" == CALLER_TRACE and f"{joined.parent.span_id:016x}" == CALLER_SPAN
     assert fresh.parent is None  # a malformed traceparent starts a trace of its own
+
+
+async def test_an_audit_record_names_the_trace_of_the_invocations_span_never_the_callers_header(exporter):
+    forged = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"}
+    hosted = await sample_audited_page(request("https://svc.example/audited/a", forged),  # type: ignore[call-arg]
+                                       context=HostContext("inv-3", HostTraceContext(f"00-{HOST_TRACE}-{HOST_SPAN}-01")))
+    fresh = await sample_audited_page(request("https://svc.example/audited/a"))
+    hosted_span, fresh_span = exporter.get_finished_spans()
+    assert hosted.get_body().decode() == HOST_TRACE == f"{hosted_span.context.trace_id:032x}"
+    assert fresh.get_body().decode() == f"{fresh_span.context.trace_id:032x}"  # a trace of its own, not "none"
 
 
 async def test_a_server_error_marks_the_span_failed_and_a_client_error_does_not(exporter):
