@@ -117,8 +117,9 @@ async def test_without_the_hosts_trace_context_the_callers_traceparent_is_the_pa
 
 async def test_an_audit_record_names_the_trace_of_the_invocations_span_never_the_callers_header(exporter):
     forged = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"}
+    host = HostContext("inv-3", HostTraceContext(f"00-{HOST_TRACE}-{HOST_SPAN}-01"))
     hosted = await sample_audited_page(request("https://svc.example/audited/a", forged),  # type: ignore[call-arg]
-                                       context=HostContext("inv-3", HostTraceContext(f"00-{HOST_TRACE}-{HOST_SPAN}-01")))
+                                       context=host)
     fresh = await sample_audited_page(request("https://svc.example/audited/a"))
     hosted_span, fresh_span = exporter.get_finished_spans()
     assert hosted.get_body().decode() == HOST_TRACE == f"{hosted_span.context.trace_id:032x}"
