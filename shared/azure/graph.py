@@ -1,9 +1,7 @@
 """Microsoft Graph: an app registration's password and key credentials and the app-management policies that bound
-them (plain JSON requests), and the app list (msgraph-sdk).
+them, and the app list: plain JSON requests over msgraph-core's HTTP client (msgraph-sdk is not used).
 
-msgraph is imported here, when the app list is first asked for, never at start-up (it loads ~1,200 modules);
-a rotation never imports it.
-Its own retry handler is switched off: Graph calls go through ``with_retries`` with the service's one
+msgraph-core's own retry handler is switched off: Graph calls go through ``with_retries`` with the service's one
 policy (Retry-After honoured, jittered back-off), and Graph's "concurrent requests" 400 is retried too.
 """
 
@@ -17,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlparse
+from urllib.parse import quote
 
 import httpx
 
@@ -206,6 +204,7 @@ class _GraphErrorBody:
 APPLICATION_SELECT = "id,appId,displayName,createdDateTime,passwordCredentials"
 APPLICATION_SELECT_WITH_KEYS = f"{APPLICATION_SELECT},keyCredentials"
 GRAPH_AUDIENCE = "00000002-0000-0000-c000-000000000000"  # the ``aud`` of an addKey / removeKey proof
+MAX_LIST_PAGES = 1000  # of app registrations: 100,000 at Graph's page size of 100
 _DURATION = re.compile(
     r"^P(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
     r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$"
@@ -315,10 +314,11 @@ class GraphApps:
 
     The three calls of a rotation (read an application, addPassword, removePassword) are plain JSON requests on
     the service's one Graph HTTP client (msgraph-core's, with its middleware and the sweep's response hook),
-    with a bearer token from the connection's credential: msgraph-sdk's ``Application`` model costs about 17 ms
-    of CPU to deserialize (its base class imports a thousand model modules on every call), more than the rest
-    of a rotation's Graph work together. Listing app registrations (paged, not on the rotation path) still goes
-    through msgraph-sdk, built on first use.
+    with a bearer token from the connection's credential, and so is the list of app registrations (page by page):
+    msgraph-sdk's ``Application`` model costs about 17 ms of CPU to deserialize (its base class imports a thousand
+    model modules on every call), more than the rest of a rotation's Graph work together, and its kiota layer
+    makes spans of its own through the global tracer, their ``url.full`` with every query value. The service does
+    not depend on msgraph-sdk (392 MB installed); the stand-in's tests use it, to hold the stand-in to it.
     """
 
     def __init__(self, clients: AzureClients, credential: AsyncTokenCredential, *, read_keys: bool = False) -> None:
@@ -328,24 +328,6 @@ class GraphApps:
         self._select = APPLICATION_SELECT_WITH_KEYS if read_keys else APPLICATION_SELECT
         self._endpoint = clients.settings.graph_endpoint.rstrip("/")
         self._scope = f"{self._endpoint}/.default"
-        self._client: Any = None
-
-    def _msgraph(self) -> Any:
-        """msgraph-sdk's client over the same HTTP client, built (and msgraph imported) on first use."""
-        if self._client is None:
-            from kiota_authentication_azure.azure_identity_authentication_provider import (
-                AzureIdentityAuthenticationProvider,
-            )
-            from msgraph import GraphServiceClient
-            from msgraph.graph_request_adapter import GraphRequestAdapter
-
-            provider = AzureIdentityAuthenticationProvider(
-                self._credential, scopes=[self._scope], allowed_hosts=[urlparse(self._endpoint).hostname or ""]
-            )
-            adapter = GraphRequestAdapter(provider, client=self._clients.graph_http())
-            adapter.base_url = f"{self._endpoint}/v1.0"
-            self._client = GraphServiceClient(request_adapter=adapter)
-        return self._client
 
     async def _call(self, action: str, call: Any) -> Any:
         try:
@@ -528,28 +510,31 @@ class GraphApps:
             tenant = default.get("applicationRestrictions") or {}
         return lifetime_policy_of(_merged(own, tenant), "application" if own else "tenant", created_at)
 
-    async def list_applications(self) -> list[dict[str, str]]:
-        """Every app registration the credential can see, following ``@odata.nextLink``."""
-        from msgraph.generated.applications.applications_request_builder import ApplicationsRequestBuilder
-
-        config = ApplicationsRequestBuilder.ApplicationsRequestBuilderGetRequestConfiguration(
-            query_parameters=ApplicationsRequestBuilder.ApplicationsRequestBuilderGetQueryParameters(
-                select=["id", "appId", "displayName"], top=100
-            )
-        )
-        page = await self._call("list app registrations", lambda: self._msgraph().applications.get(config))
+    async def list_applications(self, page_size: int = 100) -> list[dict[str, str]]:
+        """Every app registration the credential can see, page by page. ``@odata.nextLink`` is followed only on
+        this Graph endpoint (the bearer token goes nowhere else), for at most ``MAX_LIST_PAGES`` pages."""
+        path: str | None = f"/applications?$select=id,appId,displayName&$top={page_size}"
         found: list[dict[str, str]] = []
-        while page is not None:
-            found += [
-                {"name": a.display_name or "", "id": str(a.id), "appId": str(a.app_id)} for a in page.value or []
-            ]
-            link = page.odata_next_link
-            if not link:
-                break
-            page = await self._call(
-                "list app registrations", lambda link=link: self._msgraph().applications.with_url(link).get()
-            )
-        return found
+        for _ in range(MAX_LIST_PAGES):
+            if path is None:
+                return found
+            page = await self._call("list app registrations", lambda path=path: self._send("GET", path))
+            items = page.get("value") if isinstance(page, dict) else None
+            if not isinstance(items, list):
+                raise UpstreamError("Microsoft Graph answered the list of app registrations without its value.")
+            found += [{"name": str(a.get("displayName") or ""), "id": str(a.get("id")), "appId": str(a.get("appId"))}
+                      for a in items if isinstance(a, dict) and a.get("id")]
+            path = self._next_page(page.get("@odata.nextLink"))
+        raise UpstreamError(f"Microsoft Graph listed more than {MAX_LIST_PAGES} pages of app registrations.")
+
+    def _next_page(self, link: object) -> str | None:
+        """The path (under ``/v1.0``) of a next page Graph named, None at the end; a link elsewhere is refused."""
+        if link is None:
+            return None
+        prefix = f"{self._endpoint}/v1.0/"
+        if not isinstance(link, str) or not link.startswith(prefix):
+            raise UpstreamError("Microsoft Graph named a next page that is not on its own endpoint; it was not read.")
+        return link[len(prefix) - 1:]
 
     # -- federated identity credentials (the federated method; engineer B, issue 14) -------------------------
     async def federated_credentials(self, object_id: str) -> list[FederatedCredential]:
