@@ -53,10 +53,15 @@ SWEEP_CONCURRENCY = "app_connections.sweep.concurrency"
 
 Attributes = Mapping[str, str | int | float | bool | None]
 
-# azure-core's per-request log (INFO, with the request's headers and query parameter names), and httpx's (INFO,
-# one line with the URL of every Graph request): the client spans say the same without them.
+# azure-core's per-request log (INFO, with the request's headers and query parameter names), httpx's (INFO, one
+# line with the URL of every Graph request), and azure-identity's (INFO, a line for every token a credential gets;
+# a credential is built per health check, rotation and validation): the client spans say the same without them.
 AZURE_HTTP_LOGGER = "azure.core.pipeline.policies.http_logging_policy"
-PER_REQUEST_LOGGERS = (AZURE_HTTP_LOGGER, "httpx")
+PER_REQUEST_LOGGERS = (AZURE_HTTP_LOGGER, "httpx", "azure.identity")
+# The values of OTEL_TRACES_SAMPLER that azure-monitor-opentelemetry knows (its SUPPORTED_OTEL_SAMPLERS).
+DISTRO_SAMPLERS = frozenset({"microsoft.rate_limited", "microsoft.fixed_percentage", "always_on", "always_off",
+                             "trace_id_ratio", "parentbased_always_on", "parentbased_always_off",
+                             "parentbased_trace_id_ratio"})
 # Query parameters whose values are kept in ``url.full``; any other value may be a code or a token.
 KEPT_QUERY_PARAMETERS = frozenset({"api-version"})
 REDACTED = "REDACTED"
@@ -106,8 +111,12 @@ def configure(env: Mapping[str, str] | None = None) -> bool:
         # through shared.azure.clients' transport): azure-core's own spans would count each one twice.
         "instrumentation_options": {"azure_sdk": {"enabled": False}},
     }
-    if not settings.sampler:
-        # Keep every trace (docs/telemetry.md); an OTEL_TRACES_SAMPLER setting, read by the distro, wins.
+    if settings.sampler not in DISTRO_SAMPLERS:
+        # Keep every trace (docs/telemetry.md); an OTEL_TRACES_SAMPLER setting the distro knows, read by it, wins.
+        # One it does not know would make it keep 5 traces a second, and drop failures in a burst.
+        if settings.sampler:
+            log.warning("Telemetry: OTEL_TRACES_SAMPLER=%s is not a sampler Azure Monitor knows (%s); every trace "
+                        "is kept", settings.sampler, ", ".join(sorted(DISTRO_SAMPLERS)))
         options["sampling_ratio"] = 1.0
     if settings.aad_client_id is not None:
         from azure.identity import ManagedIdentityCredential

@@ -224,6 +224,8 @@ class Rotator(Journaled):
                     attempt = await self._drive(record, run, attributes)
                 outcome = attempt.record.rotation.status or "unknown"
                 span.set_attribute("outcome", outcome)
+                if attempt.error is not None:  # recorded and answered, not raised: the span says it failed
+                    telemetry.set_error(span, type(attempt.error).__name__)
             await self.audit.record("rotation.attempt", outcome, app=record.app, connection_id=record.id,
                                     connection_name=record.name, detail=attempt.record.rotation.message)
             return attempt

@@ -466,3 +466,18 @@ async def test_a_version_lost_from_the_vault_with_the_connection_unchanged_stays
     h.fakes.world.fail_next("vault.get", SecretGone(f"Key Vault has no version of {record.secret_name}."))
     with pytest.raises(SecretGone):
         await h.api.validate(APP, record.id)
+
+
+async def test_a_rotation_that_failed_is_a_failed_span_with_its_error_type(exporter: Any) -> None:
+    h = Harness()
+    record = await h.create()
+    exporter.clear()
+    h.fakes.world.fail_next("graph.add", UpstreamForbidden("Microsoft Graph refused (403)."))
+    with pytest.raises(RotationRefused):
+        await h.api.rotate(APP, record.id)
+    await h.api.rotate(APP, record.id)
+    failed, succeeded = [s for s in exporter.get_finished_spans() if s.name == "rotation"]
+    assert (failed.attributes["outcome"], failed.attributes["error.type"]) == ("failed", "UpstreamForbidden")
+    assert failed.status.status_code.name == "ERROR"
+    assert succeeded.attributes["outcome"] == "succeeded" and "error.type" not in succeeded.attributes
+    assert succeeded.status.status_code.name == "UNSET"

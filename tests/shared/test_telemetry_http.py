@@ -265,6 +265,7 @@ def test_azure_cores_per_request_log_is_lowered_to_warning():
 @pytest.mark.parametrize(("sampler", "expected"), [
     (None, "ApplicationInsightsSampler1.0"),
     ("always_on", "AlwaysOnSampler"),
+    ("parentbased_traceidratio", "ApplicationInsightsSampler1.0"),  # misspelt: the distro would keep 5 a second
 ])
 def test_exporting_keeps_every_trace_and_switches_off_azure_cores_own_spans(sampler, expected):
     code = (
@@ -285,3 +286,9 @@ def test_exporting_keeps_every_trace_and_switches_off_azure_cores_own_spans(samp
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, env=env,
                          timeout=120)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [True, expected, False]
+
+
+def test_the_samplers_the_service_passes_on_are_the_distros():
+    from azure.monitor.opentelemetry._constants import SUPPORTED_OTEL_SAMPLERS
+
+    assert frozenset(SUPPORTED_OTEL_SAMPLERS) == telemetry.DISTRO_SAMPLERS
