@@ -43,8 +43,13 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
      r"\1\2" + REDACTED + r"\2"),
     # client_secret=..., refresh_token=... in forms, URLs and messages.
     (re.compile(r"\b(" + _KEYS + r")=[^&\s'\",;]+", re.I), r"\1=" + REDACTED),
-    # ?code= / &code=: the function key, or an authorization code.
-    (re.compile(r"([?&]code=)[^&\s'\"]+"), r"\1" + REDACTED),
+    # code= (the function key, or an authorization code), state= (an OAuth sign-in's) and sig= (a SAS signature) in
+    # a query or a form, at its start or after ? & or a space.
+    (re.compile(r"((?:^|[?&\s])(?:code|state|sig)=)[^&\s'\"]+"), r"\1" + REDACTED),
+    # A SharedKey signature (Table Storage) after its account name.
+    (re.compile(r"\b(SharedKey(?:Lite)?\s+[^:\s]+:)[A-Za-z0-9+/=]{8,}"), r"\1" + REDACTED),
+    # The console's cookies (__Host-appconn, its login and OAuth ones), in a Cookie or Set-Cookie line.
+    (re.compile(r"(__Host-appconn[A-Za-z0-9-]*=)[^;\s'\"]+"), r"\1" + REDACTED),
 )
 
 _lock = threading.Lock()

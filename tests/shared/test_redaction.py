@@ -28,6 +28,12 @@ PEM = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nabcdef==\n
     ("-----BEGIN RSA PRIVATE KEY-----\nMIIcutshort", "MIIcutshort"),
     ("GET /api/v1/x?code=function-key-value&limit=1", "function-key-value"),
     ("code_verifier=pkce-verifier-value", "pkce-verifier-value"),
+    ("code=1.AXoA-authorization-code&grant_type=authorization_code", "1.AXoA-authorization-code"),
+    ("callback ?state=oauth-state-value&code=x", "oauth-state-value"),
+    ("https://acct.table.core.windows.net/T?sv=2024&sig=sas%2Bsignature%3D", "sas%2Bsignature%3D"),
+    ("Authorization: SharedKey devstoreaccount1:c2hhcmVka2V5c2lnbmF0dXJl=", "c2hhcmVka2V5c2lnbmF0dXJl="),
+    ("Cookie: __Host-appconn=s1.opaque-session-id; theme=dark", "s1.opaque-session-id"),
+    ("Set-Cookie: __Host-appconn-oauth-ab12=browser-binding; Path=/", "browser-binding"),
 ])
 def test_patterns_are_redacted(text, secret):
     cleaned = redact(text)
@@ -38,6 +44,8 @@ def test_patterns_are_redacted(text, secret):
 def test_ordinary_text_is_left_alone():
     text = "Entra refused the credentials (AADSTS7000215); tenant 72f988bf-86f1-41af-91ab-2d7cd011db47, code 400"
     assert redact(text) == text
+    graph = '{"error": {"code": "Authorization_RequestDenied", "message": "Insufficient privileges"}}'
+    assert redact(graph) == graph  # Graph's error code is what an operator acts on
 
 
 def test_registered_values_and_their_json_form_are_redacted():
