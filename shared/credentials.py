@@ -51,6 +51,8 @@ MAX_RSA_BITS = 4096
 # A 4096-bit RSA key is about 3.3 KB of PEM (PKCS#8 or PKCS#1); an 8192-bit one about 6.4 KB. Anything longer
 # than this is refused before it is parsed (room is left for CRLF line ends and "Bag Attributes" text).
 MAX_PRIVATE_KEY_PEM_CHARS = 8192
+# Key Vault holds a secret value of at most 25k bytes; the certificate method's value is the JSON of both fields.
+MAX_SECRET_VALUE_BYTES = 25_000
 ASSERTION_LIFETIME_SECONDS = 600
 # A precomputed assertion is handed out again for this long; after that a fresh one is signed.
 ASSERTION_REUSE_SECONDS = ASSERTION_LIFETIME_SECONDS // 2
@@ -156,6 +158,11 @@ def _refuse(detail: str, pointer: str, message: str) -> InvalidRequest:
     return InvalidRequest(detail, errors=[FieldError(pointer, message)])
 
 
+def stored_size(certificate_body: str, private_key: str) -> int:
+    """The bytes of the certificate method's secret value in Key Vault (the JSON the vault adapter writes)."""
+    return len(json.dumps({"certificateBody": certificate_body, "privateKey": private_key}).encode())
+
+
 def parse_certificate(certificate_body: str, private_key: str, now: datetime | None = None) -> ParsedCertificate:
     """Check that the PEM certificate and key parse, match, and that the certificate is valid now.
 
@@ -179,6 +186,10 @@ def parse_certificate(certificate_body: str, private_key: str, now: datetime | N
         )
     elif _ENCRYPTED_PEM.search(private_key):
         errors.append(FieldError("/credentials/privateKey", "must not be encrypted with a password"))
+    elif not errors and stored_size(certificate_body, private_key) > MAX_SECRET_VALUE_BYTES:
+        errors.append(FieldError("/credentials/certificateBody", (
+            f"must fit in one Key Vault secret with its key ({MAX_SECRET_VALUE_BYTES} bytes of JSON): give the "
+            "certificate alone, without its chain or text around it")))
     if errors:
         raise InvalidRequest("The certificate or private key cannot be read.", errors=errors)
     assert cert is not None

@@ -29,6 +29,7 @@ from localdev.standin.tokens import InvalidAccessToken
 VAULT_RESOURCE = "https://vault.azure.net"
 NAME_RE = re.compile(r"[0-9a-zA-Z-]{1,127}")
 RECOVERABLE_DAYS = 90
+MAX_SECRET_VALUE_BYTES = 25 * 1024  # Key Vault: "the maximum size of a secret value is 25k bytes"
 DEFAULT_PAGE = 25
 NAME = r"(?P<name>[^/]+)"
 NOT_FOUND_HELP = (
@@ -195,6 +196,8 @@ def set_secret(req: Request) -> Response:
     value = body.get("value")
     if not isinstance(value, str):
         raise kv_error(400, "BadParameter", "Property 'value' is required and must be a string.")
+    if len(value.encode()) > MAX_SECRET_VALUE_BYTES:
+        raise kv_error(400, "BadParameter", "The secret value exceeds the maximum allowed size of 25 KB.")
     attributes = body.get("attributes") or {}
     content_type = body.get("contentType")
     now = _now()

@@ -442,6 +442,11 @@ def test_key_vault_sync(world: World) -> None:
     client.purge_deleted_secret("conn-1")
     assert "conn-1" not in world.standin.admin.vault_secrets()
     assert client.set_secret("conn-1", "fresh").value == "fresh"
+    # A value is at most 25 KB, as Key Vault's
+    assert len(client.set_secret("conn-1", "x" * 25 * 1024).value or "") == 25 * 1024
+    with pytest.raises(HttpResponseError) as too_big:
+        client.set_secret("conn-1", "x" * (25 * 1024 + 1))
+    assert too_big.value.status_code == 400 and "BadParameter" in str(too_big.value)
     client.close()
 
 

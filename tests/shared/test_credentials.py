@@ -25,6 +25,7 @@ from shared.apps import APPS, Method
 from shared.credentials import (
     ASSERTION_LIFETIME_SECONDS,
     MAX_PRIVATE_KEY_PEM_CHARS,
+    MAX_SECRET_VALUE_BYTES,
     ParsedCertificate,
     build_credential,
     build_credential_async,
@@ -33,6 +34,7 @@ from shared.credentials import (
     ec_client_assertion,
     parse_certificate,
     parse_certificate_async,
+    stored_size,
 )
 from shared.errors import InvalidRequest
 
@@ -186,6 +188,19 @@ def test_a_15360_bit_key_pem_is_too_long_whatever_its_certificate(rsa_keys, key_
     body = "\n".join("A" * 64 for _ in range(180))
     errors = refusal(certificate, f"-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n")
     assert "at most" in errors["/credentials/privateKey"]
+
+
+def test_a_certificate_and_key_that_would_not_fit_in_one_key_vault_secret_are_refused_unparsed(
+        rsa_keys, key_never_parsed):
+    certificate, private_key = pair(rsa_keys[2048])
+    # Text before the PEM block is allowed, and a non-ASCII letter takes six bytes of JSON (\u00e9).
+    wordy = "Friendly name: " + "é" * 4000 + "\n" + certificate
+    assert len(wordy) < 16384 and stored_size(wordy, private_key) > MAX_SECRET_VALUE_BYTES
+    errors = refusal(wordy, private_key)
+    assert list(errors) == ["/credentials/certificateBody"]
+    said = errors["/credentials/certificateBody"]
+    assert f"one Key Vault secret with its key ({MAX_SECRET_VALUE_BYTES} bytes" in said
+    assert stored_size(certificate, private_key) < MAX_SECRET_VALUE_BYTES // 5  # a certificate alone fits easily
 
 
 def test_unreadable_certificate_and_too_long_key_are_both_reported(key_never_parsed):
