@@ -1,10 +1,11 @@
 """A credential per method, certificate and key parsing, and token acquisition.
 
 The private key of a certificate connection never leaves the service: it signs the client assertion
-here (RS256 with ``x5t``/``x5t#S256`` for RSA keys, ES256/384/512 with ``x5t#S256`` for EC keys), and
-azure-identity's ``ClientAssertionCredential`` sends it.
+here (RS256 with ``x5t`` and ``x5t#S256``), and azure-identity's ``ClientAssertionCredential`` sends it.
 
-Keys are bounded before any costly work (issue 12): RSA 2048 to 4096 bits, EC P-256, P-384 or P-521.
+Keys are RSA, bounded before any costly work (issue 12): 2048 to 4096 bits. Entra ID signs no client in with
+an elliptic-curve key (its certificate credentials are RSA: RS256 or PS256; an ES256 assertion is refused,
+AADSTS5002738), so an EC certificate is refused at once, with the reason, rather than at Entra's door.
 The certificate's public key (cheap to read) is checked first, and the private key's PEM text is
 bounded in length, so that an over-size key is refused without being parsed. The private key is then
 loaded without OpenSSL's RSA key check, whose primality tests cost about 0.5 s for a 4096-bit key
@@ -34,7 +35,6 @@ from cryptography import exceptions as crypto_exceptions
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from shared.apps import AppSpec, Method
 from shared.errors import CredentialRejected, FieldError, InvalidRequest, UpstreamError
@@ -61,15 +61,11 @@ _AADSTS = re.compile(r"(AADSTS\d+):\s*(.*?)(?:\s+Trace ID:.*)?$", re.DOTALL)
 _ENTRA_ERROR = re.compile(r"\((?P<error>[a-z_]+)\)")
 _ENCRYPTED_PEM = re.compile(r"-----BEGIN ENCRYPTED PRIVATE KEY-----|Proc-Type:\s*4\s*,\s*ENCRYPTED")
 
-_EC_ALGORITHMS: dict[str, tuple[str, hashes.HashAlgorithm, int]] = {
-    "secp256r1": ("ES256", hashes.SHA256(), 32),
-    "secp384r1": ("ES384", hashes.SHA384(), 48),
-    "secp521r1": ("ES512", hashes.SHA512(), 66),
-}
 _CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
-_SUPPORTED_KEYS = f"an RSA key of {MIN_RSA_BITS} to {MAX_RSA_BITS} bits or an EC key on P-256, P-384 or P-521"
+_SUPPORTED_KEYS = f"an RSA key of {MIN_RSA_BITS} to {MAX_RSA_BITS} bits"
+_NO_EC = "Entra ID accepts RSA certificates only"
 
-PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+PrivateKey = rsa.RSAPrivateKey
 
 
 @dataclass(frozen=True)
@@ -78,11 +74,11 @@ class ParsedCertificate:
 
     certificate_pem: bytes
     private_key_pem: bytes = field(repr=False)  # PKCS#8, unencrypted; never leaves the service
-    key_type: str  # "RSA" or "EC"
+    key_type: str  # "RSA"
     thumbprint_sha1: str
     thumbprint_sha256: str
     not_after: datetime
-    key_size: int = 0  # bits of the RSA modulus, or of the EC curve
+    key_size: int = 0  # bits of the RSA modulus
 
     @property
     def bundle(self) -> bytes:
@@ -94,7 +90,7 @@ def _describe(key: object) -> str:
     if isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
         return f"an RSA key of {key.key_size} bits"
     if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
-        return f"an EC key on {_CURVE_NAMES.get(key.curve.name, key.curve.name)}"
+        return f"an EC key on {_CURVE_NAMES.get(key.curve.name, key.curve.name)} ({_NO_EC})"
     if key is None:
         return "a key of a type that cannot be read"
     name = type(key).__name__.removeprefix("_").replace("PublicKey", "").replace("PrivateKey", "")
@@ -104,8 +100,6 @@ def _describe(key: object) -> str:
 def _supported(key: object) -> bool:
     if isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
         return MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS
-    if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
-        return key.curve.name in _EC_ALGORITHMS
     return False
 
 
@@ -141,14 +135,9 @@ def _signs_for(key: PrivateKey, public_key: object) -> bool:
     """A pairwise consistency test: a signature made with ``key`` verifies with the certificate's key."""
     message = b"app-connections pairwise consistency test"
     try:
-        if isinstance(key, rsa.RSAPrivateKey):
-            assert isinstance(public_key, rsa.RSAPublicKey)
-            signature = key.sign(message, padding.PKCS1v15(), hashes.SHA256())
-            public_key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
-        else:
-            assert isinstance(public_key, ec.EllipticCurvePublicKey)
-            signature = key.sign(message, ec.ECDSA(hashes.SHA256()))
-            public_key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+        assert isinstance(public_key, rsa.RSAPublicKey)
+        signature = key.sign(message, padding.PKCS1v15(), hashes.SHA256())
+        public_key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
     except Exception:  # an invalid signature, or OpenSSL refusing an inconsistent key
         return False
     return True
@@ -218,7 +207,7 @@ def parse_certificate(certificate_body: str, private_key: str, now: datetime | N
         raise _refuse(
             "The certificate or private key cannot be read.",
             "/credentials/privateKey",
-            "must be a PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC)",
+            "must be a PEM private key (PKCS#8 or PKCS#1 RSA)",
         ) from None
     if not _supported(key):
         raise _refuse(
@@ -226,8 +215,8 @@ def parse_certificate(certificate_body: str, private_key: str, now: datetime | N
             "/credentials/privateKey",
             f"must be {_SUPPORTED_KEYS}; this one is {_describe(key)}",
         )
-    assert isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey)
-    assert isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    assert isinstance(public_key, rsa.RSAPublicKey)
     spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if public_key.public_bytes(*spki) != key.public_key().public_bytes(*spki):
         raise _refuse(
@@ -235,7 +224,7 @@ def parse_certificate(certificate_body: str, private_key: str, now: datetime | N
             "/credentials/privateKey",
             "must be the private key of the certificate",
         )
-    if (isinstance(key, rsa.RSAPrivateKey) and not _rsa_numbers_consistent(key)) or not _signs_for(key, public_key):
+    if not _rsa_numbers_consistent(key) or not _signs_for(key, public_key):
         raise _refuse(
             "The private key is not valid.",
             "/credentials/privateKey",
@@ -256,7 +245,7 @@ def parse_certificate(certificate_body: str, private_key: str, now: datetime | N
         private_key_pem=key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ),
-        key_type="RSA" if isinstance(key, rsa.RSAPrivateKey) else "EC",
+        key_type="RSA",
         thumbprint_sha1=hashlib.sha1(der, usedforsecurity=False).hexdigest().upper(),
         thumbprint_sha256=hashlib.sha256(der).hexdigest().upper(),
         not_after=cert.not_valid_after_utc,
@@ -289,7 +278,7 @@ def _token_endpoint(authority: str, tenant_id: str) -> str:
 def _signing_key(parsed: ParsedCertificate) -> PrivateKey:
     # Checked by parse_certificate, which wrote this PEM: loading it again is cheap, without the RSA key check.
     key = serialization.load_pem_private_key(parsed.private_key_pem, password=None, unsafe_skip_rsa_key_validation=True)
-    assert isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey)
+    assert isinstance(key, rsa.RSAPrivateKey)
     return key
 
 
@@ -298,9 +287,9 @@ def client_assertion(
 ) -> str:
     """A JWT client assertion for Entra ID's token endpoint, signed with the certificate's private key.
 
-    RSA keys sign RS256 with ``x5t`` (base64url SHA-1 thumbprint) and ``x5t#S256``; EC keys ES256/384/512
-    (RFC 7515 raw r||s) with ``x5t#S256``. Valid for :data:`ASSERTION_LIFETIME_SECONDS` from ``now``.
-    CPU-bound (about 5 ms for a 4096-bit key): on the event loop, prefer :func:`client_assertion_async`.
+    RS256 with ``x5t`` (base64url SHA-1 thumbprint) and ``x5t#S256``. Valid for
+    :data:`ASSERTION_LIFETIME_SECONDS` from ``now``. CPU-bound (about 5 ms for a 4096-bit key): on the event
+    loop, prefer :func:`client_assertion_async`.
     """
     issued = int(time.time() if now is None else now)
     claims = {
@@ -316,28 +305,18 @@ def client_assertion(
 
 
 def signed_jwt(parsed: ParsedCertificate, claims: Mapping[str, Any]) -> str:
-    """A compact JWS of ``claims`` signed with the certificate's private key, with the certificate's thumbprints
-    in the header: RS256 with ``x5t`` and ``x5t#S256`` for RSA keys, ES256/384/512 (raw r||s, RFC 7515) with
-    ``x5t#S256`` for EC keys. CPU-bound: run it in a worker thread on the event loop."""
+    """A compact JWS of ``claims`` signed with the certificate's private key, RS256 with the certificate's
+    thumbprints in the header (``x5t`` and ``x5t#S256``). CPU-bound: run it in a worker thread on the event
+    loop."""
     key = _signing_key(parsed)
-    header: dict[str, Any]
-    if isinstance(key, rsa.RSAPrivateKey):
-        header = {
-            "alg": "RS256",
-            "typ": "JWT",
-            "x5t": _b64url(bytes.fromhex(parsed.thumbprint_sha1)),
-            "x5t#S256": _b64url(bytes.fromhex(parsed.thumbprint_sha256)),
-        }
-    else:
-        header = {"alg": _EC_ALGORITHMS[key.curve.name][0], "typ": "JWT"}
-        header["x5t#S256"] = _b64url(bytes.fromhex(parsed.thumbprint_sha256))
+    header = {
+        "alg": "RS256",
+        "typ": "JWT",
+        "x5t": _b64url(bytes.fromhex(parsed.thumbprint_sha1)),
+        "x5t#S256": _b64url(bytes.fromhex(parsed.thumbprint_sha256)),
+    }
     signing_input = f"{_b64url(_json(header))}.{_b64url(_json(claims))}"
-    if isinstance(key, rsa.RSAPrivateKey):
-        signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
-    else:
-        _, digest, size = _EC_ALGORITHMS[key.curve.name]
-        r, s = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(digest)))
-        signature = r.to_bytes(size, "big") + s.to_bytes(size, "big")
+    signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
     return f"{signing_input}.{_b64url(signature)}"
 
 
@@ -346,13 +325,6 @@ async def client_assertion_async(
 ) -> str:
     """:func:`client_assertion` in a worker thread, off the event loop."""
     return await asyncio.to_thread(client_assertion, parsed, tenant_id, client_id, authority, now)
-
-
-def ec_client_assertion(parsed: ParsedCertificate, tenant_id: str, client_id: str, authority: str) -> str:
-    """A JWT client assertion signed with an EC key (RFC 7515 JWS, raw r||s signature)."""
-    if parsed.key_type != "EC":
-        raise ValueError("not an EC key")
-    return client_assertion(parsed, tenant_id, client_id, authority)
 
 
 class _Assertions:

@@ -103,15 +103,31 @@ class Application:
     federated: dict[str, FederatedCredential] = field(default_factory=dict)  # by id
 
 
-def make_certificate(kind: str = "EC", *, days: int = 3650, start: datetime | None = None) -> dict[str, str]:
-    """The material of a certificate connection: a self-signed certificate and its key (EC P-256 by default,
-    cheap to make; ``RSA`` for a 2048-bit RSA key), valid ``days`` from ``start``."""
+_KEY_POOLS: dict[int, list[Any]] = {}
+KEY_POOL_SIZE = 6
+
+
+def pooled_rsa_key(bits: int) -> Any:
+    """An RSA key of ``bits`` from a small pool, made once and handed out in turn: a certificate's key pair is not
+    what the fakes' tests check, and RSA keys cost 50 ms (2048 bits) to 160 ms (3072) each to make."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pool = _KEY_POOLS.setdefault(bits, [])
+    if len(pool) < KEY_POOL_SIZE:
+        pool.append(rsa.generate_private_key(65537, bits))
+        return pool[-1]
+    pool.append(pool.pop(0))
+    return pool[-1]
+
+
+def make_certificate(*, days: int = 3650, start: datetime | None = None) -> dict[str, str]:
+    """The material of a certificate connection: a self-signed certificate and its 2048-bit RSA key (Entra ID
+    takes RSA certificates only), valid ``days`` from ``start``."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from cryptography.x509.oid import NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1()) if kind == "EC" else rsa.generate_private_key(65537, 2048)
+    key = pooled_rsa_key(2048)
     begin = (start or START) - timedelta(days=1)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fake-app")])
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
@@ -169,10 +185,10 @@ class World:
         self.apps[client_id].passwords[password.key_id] = password
         return password
 
-    def add_certificate(self, client_id: str, display_name: str | None = None, *, kind: str = "EC",
+    def add_certificate(self, client_id: str, display_name: str | None = None, *,
                         by_service: bool = False) -> tuple[Key, dict[str, str]]:
         """A certificate the owner uploaded (or the service added): the key on the application and its material."""
-        material = make_certificate(kind, start=self.clock.now)
+        material = make_certificate(start=self.clock.now)
         key = _key_of(material["certificateBody"], display_name, by_service)
         self.apps[client_id].keys[key.key_id] = key
         return key, material
@@ -243,8 +259,7 @@ class World:
         import time
 
         from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-        from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+        from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
         def part(text: str) -> bytes:
             return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
@@ -267,14 +282,8 @@ class World:
             raise refused
         raw, message = part(signature), f"{head}.{body}".encode()
         try:
-            if isinstance(signer.public_key, rsa.RSAPublicKey):
-                signer.public_key.verify(raw, message, padding.PKCS1v15(), hashes.SHA256())
-            else:
-                assert isinstance(signer.public_key, ec.EllipticCurvePublicKey)
-                half = len(raw) // 2
-                digest = {32: hashes.SHA256(), 48: hashes.SHA384(), 66: hashes.SHA512()}[half]
-                der_signature = encode_dss_signature(int.from_bytes(raw[:half]), int.from_bytes(raw[half:]))
-                signer.public_key.verify(der_signature, message, ec.ECDSA(digest))
+            assert isinstance(signer.public_key, rsa.RSAPublicKey)
+            signer.public_key.verify(raw, message, padding.PKCS1v15(), hashes.SHA256())
         except Exception:
             raise refused from None
         now = time.time()

@@ -12,7 +12,7 @@
   grants at ``/organizations`` and ``/common``.
 * Client authentication (:func:`authenticate_client`): a client secret in the form or HTTP Basic (refused while
   a secret added through Graph is still propagating, and when expired), or a certificate ``client_assertion``
-  (RS256, PS256 or ES256, the key found by ``x5t``/``x5t#S256``, audience, issuer/subject and times checked
+  (RS256 or PS256, the key found by ``x5t``/``x5t#S256``, audience, issuer/subject and times checked
   with five minutes of clock skew), or, when no certificate of the app signed it, a federated credential's token
   checked by :mod:`localdev.standin.federation` (``Context.federated_check``). ``appidacr`` says which ("1"
   secret, "2" certificate or federated assertion).
@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from localdev.standin.context import Context, GrantHandler
 from localdev.standin.routing import HttpError, Request, Response, Router, json_response
@@ -43,7 +43,7 @@ from localdev.standin.state import App, KeyCredential, Tenant, utcnow
 
 TENANT_ALIASES = ("common", "organizations", "consumers")
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-ASSERTION_ALGORITHMS = ("RS256", "PS256", "ES256")
+ASSERTION_ALGORITHMS = ("RS256", "PS256")  # Entra ID's: RSA only ('ES256' is AADSTS5002738)
 CLOCK_SKEW = 300  # seconds of clock skew tolerated on assertion times, as Entra does
 RESERVED_SCOPES = {"openid", "profile", "offline_access", "email"}
 TENANT = r"(?P<tenant>[^/]+)"
@@ -477,10 +477,7 @@ def check_assertion(req: Request, tenant: Tenant, app: App, assertion: str) -> N
     if key is None:
         raise _invalid_signature(req, app, "The key was not found.", thumbprint)
     req.note["key_id"] = key.key_id
-    wants_ec = alg == "ES256"
-    if wants_ec != isinstance(key.public_key, ec.EllipticCurvePublicKey) or (
-        not wants_ec and not isinstance(key.public_key, rsa.RSAPublicKey)
-    ):
+    if not isinstance(key.public_key, rsa.RSAPublicKey):
         raise _invalid_signature(req, app, f"The key type does not match the algorithm {alg}.", thumbprint)
     now_dt = utcnow()
     if not key.start <= now_dt <= key.end:

@@ -9,8 +9,8 @@ Graph v1.0 routes (an app addressed as ``/applications/{objectId}`` or ``/applic
 * ``POST .../removeKey`` ``{"keyId", "proof"}`` -> 204. Removing the key that signed the proof is allowed (the
   caller's responsibility, as in Graph).
 * The proof (as Microsoft documents for addKey/removeKey): a JWT signed by the key of one of the app's
-  certificates valid now (found by ``x5t``, ``x5t#S256`` or ``kid`` = SHA-1 thumbprint hex; RS256, PS256 or
-  ES256), ``aud`` ``00000002-0000-0000-c000-000000000000``, ``iss`` the application's object id, ``nbf`` and
+  certificates valid now (found by ``x5t``, ``x5t#S256`` or ``kid`` = SHA-1 thumbprint hex; RS256 or PS256:
+  an RSA key), ``aud`` ``00000002-0000-0000-c000-000000000000``, ``iss`` the application's object id, ``nbf`` and
   ``exp`` with ``exp`` at most 10 minutes after ``nbf``, now within them (five minutes of skew). No proof: 400
   ``Request_BadRequest``; a proof that is not a JWT, does not verify or has wrong claims: 401
   ``Authentication_MissingOrMalformed`` "Access Token missing or malformed." (Graph's answer reported for a
@@ -42,7 +42,7 @@ from typing import Any
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from localdev.standin import graph, policies
 from localdev.standin.admin_api import _body, _guard, _strings
@@ -54,7 +54,7 @@ from localdev.standin.state import App, KeyCredential, StateError, iso, parse_is
 GRAPH_AAD_AUDIENCE = "00000002-0000-0000-c000-000000000000"
 PROOF_MAX_LIFETIME = 600  # seconds between nbf and exp
 PROOF_SKEW = 300
-PROOF_ALGORITHMS = ("RS256", "PS256", "ES256")
+PROOF_ALGORITHMS = ("RS256", "PS256")
 POLICY_READ_ROLES = frozenset(
     {"Policy.Read.All", "Policy.Read.ApplicationConfiguration", "Policy.ReadWrite.ApplicationConfiguration"}
 )
@@ -103,9 +103,7 @@ def check_proof(req: Request, app: App, proof: Any) -> None:
     key = _proof_key(app, header)
     if key is None or not key.start <= now <= key.end:
         raise _unauthorized(req, "it is not signed by a current certificate of the application.")
-    if (alg == "ES256") != isinstance(key.public_key, ec.EllipticCurvePublicKey) or (
-        alg != "ES256" and not isinstance(key.public_key, rsa.RSAPublicKey)
-    ):
+    if not isinstance(key.public_key, rsa.RSAPublicKey):
         raise _unauthorized(req, f"the certificate's key does not match the algorithm {alg}.")
     try:
         claims = jwt.decode(

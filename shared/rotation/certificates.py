@@ -1,8 +1,8 @@
 """Certificate self-rotation: a new key pair and self-signed certificate, and the proofs of possession Graph's
 ``addKey`` and ``removeKey`` ask for; the roll that uses them (:class:`CertificateRoll`).
 
-The new key is of the same kind as the one in use: RSA 3072 bits for an RSA key (whatever its size: 3072 is
-the size recommended past 2030, and within what the service accepts), the same curve for an EC key. The
+The new key is RSA of 3072 bits, whatever the size of the one in use (3072 is the size recommended past 2030, and
+within what the service accepts; Entra ID takes RSA certificates only). The
 certificate is self-signed (Entra trusts the key it was given, not a chain), its subject the application's
 client ID, valid from a few minutes ago (clock skew) to the rotation's end date. Key generation (about 0.1 to
 1 s for RSA 3072) and signing run in a worker thread, never on the event loop.
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from shared.apps import Method
@@ -53,19 +53,19 @@ class NewCertificate:
         return {"certificateBody": self.certificate_pem, "privateKey": self.private_key_pem}
 
 
+def new_rsa_key() -> rsa.RSAPrivateKey:
+    """A new RSA key of :data:`RSA_BITS` (about 0.1 to 1 s of CPU)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
+
+
 def new_certificate(current: ParsedCertificate, subject: str, not_after: datetime,
                     now: datetime | None = None) -> NewCertificate:
-    """A key of the same kind as ``current``'s (RSA 3072 for RSA, the same curve for EC) and a self-signed
-    certificate for it, valid until ``not_after``. CPU-heavy: call :func:`new_certificate_async` on the loop."""
-    in_use = serialization.load_pem_private_key(current.private_key_pem, password=None,
-                                                unsafe_skip_rsa_key_validation=True)
-    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-    if isinstance(in_use, ec.EllipticCurvePrivateKey):
-        key = ec.generate_private_key(in_use.curve)
-    elif isinstance(in_use, rsa.RSAPrivateKey):
-        key = rsa.generate_private_key(public_exponent=65537, key_size=RSA_BITS)
-    else:  # parse_certificate admits only RSA and EC keys
-        raise ValueError("the certificate in use has a key that is neither RSA nor EC")
+    """A new RSA key of :data:`RSA_BITS` and a self-signed certificate for it, valid until ``not_after``, to
+    succeed ``current`` (an RSA certificate: the only kind :func:`parse_certificate` admits). CPU-heavy: call
+    :func:`new_certificate_async` on the loop."""
+    if current.key_type != "RSA":
+        raise ValueError("the certificate in use has a key that is not RSA")
+    key = new_rsa_key()
     now = now or datetime.now(UTC)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject[:64] or "app-connections")])
     certificate = (

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from shared import wiring
 from shared.azure.clients import AzureClients
@@ -55,11 +55,10 @@ def keys_of(admin: Any, entra: EntraApp) -> list[dict[str, Any]]:
     return list(admin.get_app(entra.tenant_id, entra.client_id)["keyCredentials"])
 
 
-@pytest.mark.parametrize("key_type", ["rsa", "ec"])
 async def test_a_certificate_connection_rolls_its_own_key_with_no_graph_permission(
-        admin: Any, clients: AzureClients, secrets_used: Any, key_type: str) -> None:
+        admin: Any, clients: AzureClients, secrets_used: Any) -> None:
     entra = register_app(admin, secrets_used, name="cert-rotated")  # no Graph role, not its own owner
-    given = certificate_body(admin, secrets_used, entra, key_type=key_type)
+    given = certificate_body(admin, secrets_used, entra)
     admin.clear_requests()
     record = await create(clients, given)
     state = record.rotation
@@ -71,12 +70,7 @@ async def test_a_certificate_connection_rolls_its_own_key_with_no_graph_permissi
     assert [k["thumbprint"] for k in keys] == [thumbprint(material["certificateBody"])]
     assert keys[0]["keyId"] == state.key_id
     key = serialization.load_pem_private_key(material["privateKey"].encode(), password=None)
-    if key_type == "rsa":
-        assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 3072
-    else:
-        assert isinstance(key, ec.EllipticCurvePrivateKey)
-        given_key = serialization.load_pem_private_key(given["privateKey"].encode(), password=None)
-        assert isinstance(given_key, ec.EllipticCurvePrivateKey) and key.curve.name == given_key.curve.name
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 3072
     log = admin.requests()
     graph = [(e.get("graph") or e["path"].rsplit("/", 1)[-1], e["status"]) for e in log
              if "/v1.0/" in e["path"] and e["path"].endswith(("addKey", "removeKey"))]
@@ -91,7 +85,7 @@ async def test_a_certificate_connection_rolls_its_own_key_with_no_graph_permissi
 async def test_the_certificate_is_capped_at_the_applications_key_lifetime_policy(
         admin: Any, clients: AzureClients, secrets_used: Any) -> None:
     entra = register_app(admin, secrets_used, name="cert-capped")
-    given = certificate_body(admin, secrets_used, entra, key_type="ec")
+    given = certificate_body(admin, secrets_used, entra)
     admin.add_app_management_policy(entra.tenant_id, [entra.client_id],
                                     key_restrictions=[{"restrictionType": "asymmetricKeyLifetime",
                                                        "maxLifetime": "P40D"}])
@@ -106,7 +100,7 @@ async def test_the_certificate_is_capped_at_the_applications_key_lifetime_policy
 async def test_a_tenant_policy_the_connection_cannot_read_is_met_by_one_retry_within_the_interval(
         admin: Any, clients: AzureClients, secrets_used: Any) -> None:
     entra = register_app(admin, secrets_used, name="cert-tenant-capped")
-    given = certificate_body(admin, secrets_used, entra, key_type="ec")
+    given = certificate_body(admin, secrets_used, entra)
     # The default policy needs Policy.Read.All to be read, which the connection lacks; Graph enforces it all the same.
     admin.set_default_app_management_policy(entra.tenant_id, key_restrictions=[
         {"restrictionType": "asymmetricKeyLifetime", "maxLifetime": "P20D"}])
@@ -146,7 +140,7 @@ async def test_a_tenant_that_forbids_client_secrets_fails_the_rotation_proposing
 async def test_an_interval_longer_than_the_applications_policy_allows_is_refused_naming_the_limit(
         admin: Any, clients: AzureClients, secrets_used: Any) -> None:
     entra = register_app(admin, secrets_used, name="cert-short-policy")
-    given = certificate_body(admin, secrets_used, entra, key_type="ec")
+    given = certificate_body(admin, secrets_used, entra)
     admin.add_app_management_policy(entra.tenant_id, [entra.client_id],
                                     key_restrictions=[{"restrictionType": "asymmetricKeyLifetime",
                                                        "maxLifetime": "P30D"}])
@@ -170,7 +164,7 @@ CHECKPOINTS = ["before-add-password", "after-add-password", "after-vault-write",
 async def test_a_certificate_rotation_cut_at_any_step_is_resumed_and_leaves_one_key(
         admin: Any, clients: AzureClients, secrets_used: Any, checkpoint: str) -> None:
     entra = register_app(admin, secrets_used, name="cert-crash")
-    record = await create(clients, certificate_body(admin, secrets_used, entra, key_type="ec"))
+    record = await create(clients, certificate_body(admin, secrets_used, entra))
     assert record.rotation.status == "succeeded", record.rotation.message
 
     async def crash(name: str, _: ConnectionRecord) -> None:

@@ -117,11 +117,17 @@ def test_create_read_update_validate_delete(api, admin, secrets_used, app, metho
     assert admin.vault_secrets()[f"appconn-{cid}"]["deleted"] is True
 
 
-def test_ec_certificate_signs_its_own_assertion(api, admin, secrets_used):
+def test_an_ec_certificate_is_refused_with_the_reason_and_nothing_stored(api, admin, secrets_used):
     entra = register_app(admin, secrets_used)
-    credentials = certificate_body(admin, secrets_used, entra, key_type="ec")
+    credentials = certificate_body(admin, secrets_used, entra, key_type="ec")  # on the application, but EC
+    vault_before = set(admin.vault_secrets())
+    admin.clear_requests()
     response = create(api, "azure-key-vault", "certificate", credentials)
-    assert response.status_code == 201, response.text
+    problem = assert_problem(response, 400)
+    assert "Entra ID accepts RSA certificates only" in problem["errors"][0]["detail"]
+    assert problem["errors"][0]["pointer"] == "/credentials/certificateBody"
+    assert admin.token_requests() == []  # refused before Entra is asked
+    assert set(admin.vault_secrets()) == vault_before
 
 
 # -- Entra refusals: a clear 400 with the AADSTS code, nothing stored -----------------------------

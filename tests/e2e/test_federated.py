@@ -115,7 +115,7 @@ def admin_standin(local_env: Any) -> Any:
 def test_a_certificate_connection_migrates_too_and_its_certificate_is_revoked_only_when_asked(
         api: Any, admin: Any, local_env: Any, secrets_used: Any, revoke: bool) -> None:
     app = register_rotatable_app(admin, secrets_used, name="certificate-to-federated")
-    body = certificate_body(admin, secrets_used, app, key_type="ec")
+    body = certificate_body(admin, secrets_used, app)
     created = api.post(f"{BASE}/{APP}", json={"name": f"mig-{uuid.uuid4().hex[:10]}", "method": "certificate",
                                               "credentials": body})
     assert created.status_code == 201, created.text

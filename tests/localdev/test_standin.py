@@ -325,7 +325,8 @@ def test_certificate_credential_needs_rsa() -> None:
         CertificateCredential(str(uuid.uuid4()), str(uuid.uuid4()), certificate_data=(cert + key).encode())
 
 
-def es256_assertion(cert_pem: str, key_pem: str, client_id: str, audience: str, **overrides: Any) -> str:
+def signed_assertion(cert_pem: str, key_pem: str, client_id: str, audience: str, alg: str = "RS256",
+                     **overrides: Any) -> str:
     thumbprints = Thumbprints.of(x509.load_pem_x509_certificate(cert_pem.encode()))
     now = int(time.time())
     claims = {
@@ -337,29 +338,42 @@ def es256_assertion(cert_pem: str, key_pem: str, client_id: str, audience: str, 
         "exp": now + 600,
     }
     claims.update(overrides)
-    return jwt.encode(claims, key_pem, algorithm="ES256", headers={"x5t#S256": thumbprints.x5t_s256})
+    return jwt.encode(claims, key_pem, algorithm=alg, headers={"x5t#S256": thumbprints.x5t_s256})
 
 
-async def test_es256_client_assertion(world: World) -> None:
-    app_id = new_app(world, display_name="ec user")
-    cert, key = make_certificate("ec", key_type="ec", key_format="pkcs1")
+async def test_an_rs256_client_assertion_signs_in_and_an_es256_one_is_refused_as_entra_refuses_it(
+        world: World) -> None:
+    app_id = new_app(world, display_name="assertion user")
+    cert, key = make_certificate("rsa", key_format="pkcs1")
     world.standin.admin.add_certificate(world.tenant, app_id, cert)
     audience = f"{world.url}/{world.tenant}/oauth2/v2.0/token"
     async with AsyncClientAssertionCredential(
         world.tenant,
         app_id,
-        lambda: es256_assertion(cert, key, app_id, audience),
+        lambda: signed_assertion(cert, key, app_id, audience),
         authority=world.url,
         connection_verify=world.ca,
     ) as credential:
         token = await credential.get_token(VAULT_SCOPE)
     assert claims_of(token.token)["appid"] == app_id
-    assert last_assertion(world)["header"]["alg"] == "ES256"
+    assert last_assertion(world)["header"]["alg"] == "RS256"
+
+    ec_cert, ec_key = make_certificate("ec", key_type="ec")
+    world.standin.admin.add_certificate(world.tenant, app_id, ec_cert)
+    async with AsyncClientAssertionCredential(
+        world.tenant,
+        app_id,
+        lambda: signed_assertion(ec_cert, ec_key, app_id, audience, alg="ES256"),
+        authority=world.url,
+        connection_verify=world.ca,
+    ) as credential:
+        with pytest.raises(ClientAuthenticationError, match=r"AADSTS5002738.*'ES256' is not a supported"):
+            await credential.get_token(VAULT_SCOPE)
 
 
 def test_assertion_checks(world: World, http: httpx.Client) -> None:
     app_id = new_app(world, display_name="assertion checks")
-    cert, key = make_certificate("ec", key_type="ec")
+    cert, key = make_certificate("rsa")
     world.standin.admin.add_certificate(world.tenant, app_id, cert)
     endpoint = f"{world.url}/{world.tenant}/oauth2/v2.0/token"
 
@@ -381,19 +395,19 @@ def test_assertion_checks(world: World, http: httpx.Client) -> None:
         endpoint.replace("127.0.0.1", "localhost"),
         f"{world.url}/{world.tenant}/v2.0",
     ):
-        assert post(es256_assertion(cert, key, app_id, audience)).status_code == 200, audience
+        assert post(signed_assertion(cert, key, app_id, audience)).status_code == 200, audience
 
     def code(response: httpx.Response) -> int:
         assert response.status_code == 401
         return int(response.json()["error_codes"][0])
 
     now = int(time.time())
-    assert code(post(es256_assertion(cert, key, app_id, f"{world.url}/other/oauth2/v2.0/token"))) == 700027
-    assert code(post(es256_assertion(cert, key, app_id, endpoint, exp=now - 3600, nbf=now - 7200))) == 700024
-    assert code(post(es256_assertion(cert, key, app_id, endpoint, nbf=now + 3600, exp=now + 7200))) == 700024
-    assert code(post(es256_assertion(cert, key, app_id, endpoint, iss=str(uuid.uuid4())))) == 700021
-    _, other_key = make_certificate("other", key_type="ec")
-    assert code(post(es256_assertion(cert, other_key, app_id, endpoint))) == 700027  # same x5t, wrong key
+    assert code(post(signed_assertion(cert, key, app_id, f"{world.url}/other/oauth2/v2.0/token"))) == 700027
+    assert code(post(signed_assertion(cert, key, app_id, endpoint, exp=now - 3600, nbf=now - 7200))) == 700024
+    assert code(post(signed_assertion(cert, key, app_id, endpoint, nbf=now + 3600, exp=now + 7200))) == 700024
+    assert code(post(signed_assertion(cert, key, app_id, endpoint, iss=str(uuid.uuid4())))) == 700021
+    _, other_key = make_certificate("other")
+    assert code(post(signed_assertion(cert, other_key, app_id, endpoint))) == 700027  # same x5t, wrong key
     assert code(post("not.a.jwt")) == 50027
 
 

@@ -58,7 +58,7 @@ def _create(api: httpx.Client, admin: Any, registry: Secrets, number: int) -> Ro
 
     if number % 3 == 2:  # a certificate connection: no Graph permission, the app rolls its own keys
         entra = register_app(admin, registry, name="crash-cert")
-        credentials = certificate_body(admin, registry, entra, key_type="ec")
+        credentials = certificate_body(admin, registry, entra)
         (given,) = admin.get_app(entra.tenant_id, entra.client_id)["keyCredentials"]
         method, given_key = "certificate", str(given["keyId"])
     else:
@@ -95,7 +95,7 @@ def _interleave(api: httpx.Client, admin: Any, rng: random.Random, apps: list[Ro
 
             owner = EntraApp(target.tenant_id, target.client_id, target.object_id, "", "")
             before = {k["keyId"] for k in admin.get_app(target.tenant_id, target.client_id)["keyCredentials"]}
-            body = certificate_body(admin, registry, owner, key_type="ec")
+            body = certificate_body(admin, registry, owner)
             (uploaded,) = [k for k in admin.get_app(target.tenant_id, target.client_id)["keyCredentials"]
                            if k["keyId"] not in before]
             answer = api.patch(path, json={"credentials": body})

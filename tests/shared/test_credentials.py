@@ -31,7 +31,6 @@ from shared.credentials import (
     build_credential_async,
     client_assertion,
     client_assertion_async,
-    ec_client_assertion,
     parse_certificate,
     parse_certificate_async,
     stored_size,
@@ -43,7 +42,6 @@ TENANT = "11111111-2222-3333-4444-555555555555"
 CLIENT = "66666666-7777-8888-9999-000000000000"
 GARBAGE_KEY = "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5IGF0IGFsbA==\n-----END PRIVATE KEY-----\n"
 CURVES = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}
-EC_ALGS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 # PKCS#1 for RSA keys, SEC1 for EC keys: "traditional OpenSSL".
 FORMATS = {"pkcs8": serialization.PrivateFormat.PKCS8, "pkcs1": serialization.PrivateFormat.TraditionalOpenSSL,
            "sec1": serialization.PrivateFormat.TraditionalOpenSSL}
@@ -130,12 +128,14 @@ def test_rsa_keys_of_2048_to_4096_bits_are_accepted(rsa_keys, bits, fmt):
     assert parsed.not_after == cert.not_valid_after_utc
 
 
+# -- refused: Entra ID signs no client in with an elliptic-curve key (AADSTS5002738 for ES256) -------------
 @pytest.mark.parametrize("fmt", ["pkcs8", "sec1"])
 @pytest.mark.parametrize("curve", list(CURVES))
-def test_ec_keys_on_p256_p384_p521_are_accepted(curve, fmt):
-    key = ec.generate_private_key(CURVES[curve])
-    parsed = parse_certificate(*pair(key, fmt))
-    assert (parsed.key_type, parsed.key_size) == ("EC", key.curve.key_size)
+def test_ec_certificates_are_refused_unparsed_because_entra_id_takes_rsa_only(key_never_parsed, curve, fmt):
+    errors = refusal(*pair(ec.generate_private_key(CURVES[curve]), fmt))
+    assert list(errors) == ["/credentials/certificateBody"]
+    assert f"an EC key on {curve} (Entra ID accepts RSA certificates only)" in errors["/credentials/certificateBody"]
+    assert "RSA key of 2048 to 4096 bits" in errors["/credentials/certificateBody"]
 
 
 # -- refused from the certificate, the private key unparsed ------------------------------------------------
@@ -300,22 +300,6 @@ def test_an_rsa_assertion_is_rs256_with_both_thumbprints(rsa_keys, bits):
     assert len(header["x5t"]) == 27  # base64url SHA-1, unpadded
 
 
-@pytest.mark.parametrize("curve", list(CURVES))
-def test_an_ec_assertion_is_es256_384_512_with_the_sha256_thumbprint(curve):
-    certificate, private_key = pair(ec.generate_private_key(CURVES[curve]))
-    parsed = parse_certificate(certificate, private_key)
-    for assertion in (client_assertion(parsed, TENANT, CLIENT, AUTHORITY),
-                      ec_client_assertion(parsed, TENANT, CLIENT, AUTHORITY)):
-        header, _ = verify(assertion, certificate, EC_ALGS[curve])
-        assert header["x5t#S256"] == b64url_hex(parsed.thumbprint_sha256)
-
-
-def test_ec_client_assertion_refuses_an_rsa_key(rsa_keys):
-    parsed = parse_certificate(*pair(rsa_keys[2048]))
-    with pytest.raises(ValueError):
-        ec_client_assertion(parsed, TENANT, CLIENT, AUTHORITY)
-
-
 def test_the_audience_is_the_token_endpoint_whatever_the_authority_spelling(rsa_keys):
     certificate, private_key = pair(rsa_keys[2048])
     parsed = parse_certificate(certificate, private_key)
@@ -383,12 +367,10 @@ def material_of(certificate: str, private_key: str) -> dict[str, str]:
     return {"certificateBody": certificate, "privateKey": private_key}
 
 
-@pytest.mark.parametrize("key", ["rsa", "ec"])
 async def test_build_credential_async_parses_and_signs_in_a_thread_and_hands_over_the_assertion(
-    rsa_keys, fake_clients, threads_of, key
+    rsa_keys, fake_clients, threads_of
 ):
-    private = rsa_keys[2048] if key == "rsa" else ec.generate_private_key(ec.SECP384R1())
-    certificate, private_key = pair(private)
+    certificate, private_key = pair(rsa_keys[2048])
     credential = await build_credential_async(fake_clients, Method.CERTIFICATE, TENANT, CLIENT,
                                               material_of(certificate, private_key))
     (recorded,) = Recorded.instances
@@ -401,7 +383,7 @@ async def test_build_credential_async_parses_and_signs_in_a_thread_and_hands_ove
     signed = len(threads_of["sign"])
     first, again = recorded.func(), recorded.func()
     assert first == again and len(threads_of["sign"]) == signed  # precomputed, not signed on the loop
-    verify(first, certificate, "RS256" if key == "rsa" else "ES384")
+    verify(first, certificate, "RS256")
 
 
 async def test_a_stale_assertion_is_signed_again(rsa_keys, fake_clients, monkeypatch):

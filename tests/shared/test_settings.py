@@ -154,7 +154,7 @@ def test_the_managed_identity_endpoint_is_read_exactly_when_default_azure_creden
     from tests.fakes import make_certificate
 
     if env.get("AZURE_CLIENT_CERTIFICATE_PATH") == "CERTIFICATE":  # EnvironmentCredential reads it when built
-        material = make_certificate("RSA")
+        material = make_certificate()
         (tmp_path / "c.pem").write_text(material["privateKey"] + material["certificateBody"])
         env = {**env, "AZURE_CLIENT_CERTIFICATE_PATH": str(tmp_path / "c.pem")}
     for name in list(os.environ):

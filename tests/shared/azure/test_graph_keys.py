@@ -58,7 +58,7 @@ async def test_add_and_remove_a_key_with_proofs_and_a_lost_answer_adds_no_duplic
 async def test_the_effective_policy_and_graphs_lifetime_refusal(
         admin: Any, clients: AzureClients, secrets_used: Any) -> None:
     entra = register_app(admin, secrets_used, name="graph-policies")
-    given = certificate_body(admin, secrets_used, entra, key_type="ec")
+    given = certificate_body(admin, secrets_used, entra)
     in_use = parse_certificate(given["certificateBody"], given["privateKey"])
     credential, graph = graph_for(clients, entra, given)
     async with credential:

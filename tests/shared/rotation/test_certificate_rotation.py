@@ -9,10 +9,9 @@ import hashlib
 import json
 from datetime import timedelta
 
-import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from shared.credentials import parse_certificate
 from shared.records import ConnectionRecord
@@ -32,11 +31,11 @@ def material(h: Harness, record: ConnectionRecord) -> dict[str, str]:
     return h.fakes.vault.version(record.secret_name, record.secret_version).material
 
 
-async def rotating(h: Harness, kind: str = "EC") -> tuple[ConnectionRecord, str]:
-    """A certificate connection with rotation on, created with the owner's certificate (of ``kind``), before its
-    first rotation: (the record, the Key ID of the owner's certificate on the application)."""
+async def rotating(h: Harness) -> tuple[ConnectionRecord, str]:
+    """A certificate connection with rotation on, created with the owner's certificate, before its first
+    rotation: (the record, the Key ID of the owner's certificate on the application)."""
     app = h.fakes.world.application()
-    key, given = h.fakes.world.add_certificate(app.client_id, "given by the owner", kind=kind)
+    key, given = h.fakes.world.add_certificate(app.client_id, "given by the owner")
     record = await h.api.create("azure-client-secrets", {
         "name": "cert", "method": "certificate",
         "credentials": {"tenantId": "11111111-1111-1111-1111-111111111111", "clientId": app.client_id, **given},
@@ -48,10 +47,9 @@ async def rotating(h: Harness, kind: str = "EC") -> tuple[ConnectionRecord, str]
     return saved, key.key_id
 
 
-@pytest.mark.parametrize("kind", ["EC", "RSA"])
-async def test_a_certificate_is_rolled_with_addkey_and_removekey_and_proofs_by_the_right_keys(kind: str) -> None:
+async def test_a_certificate_is_rolled_with_addkey_and_removekey_and_proofs_by_the_right_keys() -> None:
     h = Harness(method="certificate")
-    record, owners_key = await rotating(h, kind)
+    record, owners_key = await rotating(h)
     assert record.rotation.status == "succeeded", record.rotation.message
     app = h.fakes.world.apps[record.client_id or ""]
     # The owner's key is gone; one key is left, the one the service added, and it is the connection's certificate.
@@ -66,10 +64,7 @@ async def test_a_certificate_is_rolled_with_addkey_and_removekey_and_proofs_by_t
     # The vault keeps the new PEM key and certificate, which the certificate method reads as it is.
     parsed = parse_certificate(now["certificateBody"], now["privateKey"], START)
     key = serialization.load_pem_private_key(now["privateKey"].encode(), password=None)
-    if kind == "EC":
-        assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1"
-    else:
-        assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 3072
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 3072  # whatever the size of the owner's
     # Valid two intervals and the grace period: it outlives a missed rotation.
     assert parsed.not_after - START == timedelta(days=2 * INTERVAL + 3)
     assert now["certificateBody"] in h.fakes.world.worked  # a token was acquired with it before the revocation
@@ -113,10 +108,8 @@ async def test_a_new_certificate_that_never_works_is_removed_with_a_proof_by_the
     assert h.check() == []
 
 
-@pytest.mark.parametrize("kind", ["RSA", "EC"])
-def test_a_proof_names_graph_and_the_application_lives_ten_minutes_and_carries_the_signers_thumbprint(
-        kind: str) -> None:
-    given = make_certificate(kind)
+def test_a_proof_names_graph_and_the_application_lives_ten_minutes_and_carries_the_signers_thumbprint() -> None:
+    given = make_certificate()
     signer = parse_certificate(given["certificateBody"], given["privateKey"], START)
     proof = proof_of_possession(signer, "object-id-of-the-app", now=1_800_000_000)
     head, body, _ = proof.split(".")
@@ -124,14 +117,13 @@ def test_a_proof_names_graph_and_the_application_lives_ten_minutes_and_carries_t
     claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
     assert claims == {"aud": "00000002-0000-0000-c000-000000000000", "iss": "object-id-of-the-app",
                       "nbf": 1_800_000_000, "exp": 1_800_000_600}
-    assert header["alg"] == ("RS256" if kind == "RSA" else "ES256")
+    assert header["alg"] == "RS256"
     assert base64.urlsafe_b64decode(header["x5t#S256"] + "=") == bytes.fromhex(signer.thumbprint_sha256)
-    if kind == "RSA":
-        assert base64.urlsafe_b64decode(header["x5t"] + "=") == bytes.fromhex(signer.thumbprint_sha1)
+    assert base64.urlsafe_b64decode(header["x5t"] + "=") == bytes.fromhex(signer.thumbprint_sha1)
 
 
-def test_a_new_key_is_of_the_same_kind_and_its_certificate_is_self_signed_for_the_asked_end() -> None:
-    given = make_certificate("EC")
+def test_a_new_key_is_rsa_3072_and_its_certificate_is_self_signed_for_the_asked_end() -> None:
+    given = make_certificate()
     current = parse_certificate(given["certificateBody"], given["privateKey"], START)
     made = new_certificate(current, "00000000-0000-0000-0000-0000000000aa", START + timedelta(days=63), START)
     cert = x509.load_pem_x509_certificate(made.certificate_pem.encode())
@@ -139,7 +131,7 @@ def test_a_new_key_is_of_the_same_kind_and_its_certificate_is_self_signed_for_th
     assert cert.not_valid_after_utc == START + timedelta(days=63)
     assert cert.not_valid_before_utc <= START
     public = cert.public_key()
-    assert isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name == "secp256r1"
+    assert isinstance(public, rsa.RSAPublicKey) and public.key_size == 3072
     assert made.certificate_der == cert.public_bytes(serialization.Encoding.DER)
     assert "PRIVATE KEY" in made.private_key_pem and "PRIVATE KEY" not in repr(made)
     parse_certificate(made.certificate_pem, made.private_key_pem, START + timedelta(days=1))  # it parses back
