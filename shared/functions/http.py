@@ -166,18 +166,20 @@ def _bracket_depth(text: str) -> int:
     return deepest
 
 
+_INTEGER = re.compile(r"-?[0-9]{1,9}")
+
+
 def query_int(req: func.HttpRequest, name: str) -> int | None:
     from shared.errors import FieldError, InvalidRequest
 
     raw = req.params.get(name)
     if raw is None or raw == "":
         return None
-    try:
-        return int(raw)
-    except ValueError:
+    if not _INTEGER.fullmatch(raw):  # int() would also take " 5", "+5", "1_000" and non-ASCII digits
         raise InvalidRequest(
             f"The query parameter {name} must be an integer.", errors=[FieldError(f"/{name}", "must be an integer")]
-        ) from None
+        )
+    return int(raw)
 
 
 def query_bool(req: func.HttpRequest, name: str) -> bool:

@@ -27,9 +27,14 @@ class ScheduleError(ValueError):
         self.message = message
 
 
+# Files of the zone database that name no place: the host's own zone (which follows the machine, not the owner)
+# and tzdata's placeholder.
+_NOT_ZONES = frozenset({"localtime", "Factory"})
+
+
 @lru_cache(maxsize=1)
 def _zones() -> frozenset[str]:
-    return frozenset(available_timezones())
+    return frozenset(available_timezones()) - _NOT_ZONES
 
 
 def zone(name: str) -> ZoneInfo:

@@ -46,10 +46,15 @@ def test_brackets_inside_strings_do_not_count_as_depth():
     assert read_json(request(json.dumps({"s": "[" * 100}).encode())) == {"s": "[" * 100}
 
 
-def test_query_int_refuses_words():
+@pytest.mark.parametrize("given", ["ten", " 5", "5 ", "+5", "1_000", "\u0665", "0x10", "1e3", "9" * 10])
+def test_query_int_takes_plain_ascii_digits_only(given):
     with pytest.raises(InvalidRequest):
-        query_int(request(params={"limit": "ten"}), "limit")
+        query_int(request(params={"limit": given}), "limit")
+
+
+def test_query_int_reads_an_integer_or_nothing():
     assert query_int(request(params={"limit": "10"}), "limit") == 10
+    assert query_int(request(params={"limit": "-1"}), "limit") == -1  # the route says what range it takes
     assert query_int(request(), "limit") is None
 
 

@@ -50,7 +50,7 @@ def test_interval_out_of_range_is_refused(days):
     assert caught.value.field == "rotationInterval"
 
 
-@pytest.mark.parametrize("name", ["Mars/Olympus", "../../etc/passwd", "", "utc+1"])
+@pytest.mark.parametrize("name", ["Mars/Olympus", "../../etc/passwd", "", "utc+1", "localtime", "Factory"])
 def test_unknown_time_zones_are_refused(name):
     with pytest.raises(ScheduleError) as caught:
         RotationSchedule(1, time(0, 0), name)
