@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from shared.apps import Method
 from shared.errors import FieldError, InvalidRequest
-from shared.fields import DESCRIPTION_MAX, pointer_part
+from shared.fields import DESCRIPTION_MAX, GUID_RE, NAME_RE, pointer_part
 from shared.fields import guid as _guid
 from shared.fields import name as _name
 from shared.fields import no_controls as _no_controls
@@ -20,8 +20,11 @@ from shared.fields import no_controls as _no_controls
 MAX_PEM_CHARS = 16_384
 M = TypeVar("M", bound=BaseModel)
 
-Guid = Annotated[str, AfterValidator(_guid)]
-Name = Annotated[str, AfterValidator(_name)]
+# What the rules check, said in the document too (json_schema_extra: the rules of shared.fields still decide, with
+# their own messages), so a client generated from it builds what the service takes.
+Guid = Annotated[str, AfterValidator(_guid), Field(json_schema_extra={"format": "uuid", "pattern": GUID_RE.pattern})]
+Name = Annotated[str, AfterValidator(_name),
+                 Field(json_schema_extra={"pattern": NAME_RE.pattern, "minLength": 1, "maxLength": 64})]
 Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX), AfterValidator(_no_controls)]
 Secret = Annotated[str, StringConstraints(min_length=1, max_length=1024), AfterValidator(_no_controls)]
 Pem = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PEM_CHARS), AfterValidator(_no_controls)]
@@ -88,7 +91,7 @@ class RotationIn(_Strict):
 class CreateConnectionIn(_Strict):
     name: Name
     description: Description | None = None
-    method: str
+    method: Annotated[str, Field(json_schema_extra={"enum": [m.value for m in Method if m is not Method.OAUTH]})]
     credentials: dict[str, Any]
     isAutoRotationEnabled: bool = False
     rotation: RotationIn | None = None

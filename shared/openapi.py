@@ -101,6 +101,12 @@ def _path_param(name: str, description: str, **schema: Any) -> dict[str, Any]:
             "schema": {"type": "string", **schema}}
 
 
+def _present(schema: dict[str, Any]) -> dict[str, Any]:
+    """An optional field's schema when it is given: its ``anyOf`` without the null, without pydantic's title."""
+    given = [part for part in schema.get("anyOf", [schema]) if part.get("type") != "null"]
+    return {key: value for key, value in given[0].items() if key != "title"}
+
+
 def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
 
@@ -125,7 +131,9 @@ def _operation(operation_id: str, summary: str, responses: dict[str, Any], **mor
 
 def _paths() -> dict[str, Any]:
     etag = {"ETag": {"description": "The connection's version, quoted: what `If-Match` takes to make a change "
-                                    "conditional.", "required": True, "schema": {"type": "string"}}}
+                                    "conditional. It moves with every change a caller makes (PATCH, a new "
+                                    "credential), not with what the service records by itself (validations, health "
+                                    "checks, rotations).", "required": True, "schema": {"type": "string"}}}
     one = {**_json("ConnectionEnvelope", "The connection."), "headers": etag}
     item = f"{BASE}/{{app}}/{{connectionId}}"
     created = {**_json("ConnectionEnvelope", "Validated and created."),
@@ -134,7 +142,8 @@ def _paths() -> dict[str, Any]:
     if_match = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
                 "description": "Only if the connection is still at this version (its `ETag`; `*`: any), else 412."}
     authorize_query = [
-        _query(name, f"See `AuthorizeIn.{name}`.", {"type": "string"}) for name in AuthorizeIn.model_fields
+        _query(name, f"See `AuthorizeIn.{name}`.", _present(schema))
+        for name, schema in AuthorizeIn.model_json_schema()["properties"].items()
     ]
     return {
         f"{BASE}/options": {"get": _operation(
