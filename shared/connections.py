@@ -227,7 +227,8 @@ class ConnectionService:
                             previous_name: str | None = None,
                             notify: Sequence[Notification] = ()) -> ConnectionRecord:
         """Make a new secret version current together with ``changes`` (one ETag-guarded write), then disable the
-        versions it supersedes. A write that loses a race disables its own version and raises the conflict."""
+        version it supersedes (only that one: a version a later request made current meanwhile stays enabled). A
+        write that loses a race disables its own version and raises the conflict."""
         stored = await self.vault.write(record.secret_name, material, secret_tags(record), expires_on=expires_on)
         try:
             saved = await self.store.update(record.evolve(secret_version=stored.version, **changes),
@@ -235,15 +236,18 @@ class ConnectionService:
         except BaseException:
             await self.vault.disable(record.secret_name, stored.version)
             raise
-        if saved.rotation.retire_version is None:
-            await self.vault.disable_others(saved.secret_name, saved.secret_version)
+        if saved.rotation.retire_version is None and record.secret_version:
+            await self.vault.disable(saved.secret_name, record.secret_version)
         return saved
 
     async def record_status(self, record: ConnectionRecord, status: str, message: str | None) -> ConnectionRecord:
         """Record a validation outcome on top of whatever else changed meanwhile (it is the newest news of the
-        credential, unless the credential itself changed, whose own validation is newer)."""
+        credential, unless the credential itself changed, whose own validation is newer). A connection being deleted
+        keeps its mark: the outcome is not written over it (the DELETE's last write is guarded by it)."""
         current = record
         for _ in range(3):
+            if current.status == STATUS_DELETING:
+                return current
             try:
                 return await self.store.update(
                     current.evolve(status=status, status_message=message, last_validated_at=self.now()))
@@ -252,7 +256,7 @@ class ConnectionService:
                     current = await self.store.get(record.app, record.id)
                 except NotFound:
                     return record
-                if current.secret_version != record.secret_version or current.status == STATUS_DELETING:
+                if current.secret_version != record.secret_version:
                     return current
         log.info("Connection %s kept changing; its validation outcome was not recorded", record.id)
         return current
@@ -406,6 +410,8 @@ class ConnectionService:
             key_id, expires_on = await self._given_secret(valid, rotating=new_state.enabled, may_be_unreadable=False)
             if new_state.enabled and method in app.rotation_methods:
                 trigger = trigger or "credential-change"
+            if method is Method.FEDERATED:
+                key_id = await self._federated_credential_kept(record, credentials.tenantId, credentials.clientId)
             new_state = new_state.evolve(key_id=key_id)
             if state.managed:  # what the service created on the application in use is retired after the switch
                 new_state = new_state.evolve(retire_version=record.secret_version,
@@ -482,7 +488,7 @@ class ConnectionService:
         """Remove what the service created on the application the connection left. When Graph refuses, the
         journal keeps it and the sweep tries again (with back-off); ``raise_on_failure`` answers 409 instead."""
         try:
-            return await self.rotator.retire(record)
+            return await self.rotator.retire_leased(record)
         except ServiceError as error:
             if raise_on_failure:
                 raise CredentialsLeftLive(
@@ -492,10 +498,13 @@ class ConnectionService:
                 ) from None
             log.warning("Connection %s: retiring the previous application's secrets failed: %s", record.id,
                         error.detail)
-            state = record.rotation
+            current = await self.store.get(record.app, record.id)  # the lease was taken and given back meanwhile
+            state = current.rotation
+            if state.retire_version != record.rotation.retire_version or state.leased(self.now()):
+                return current  # done meanwhile, or another request's or worker's now
             waiting = retire_waiting(state, error, self.now(), keep_earlier=True)
             try:
-                saved = await self.store.update(record.evolve(rotation=waiting))
+                saved = await self.store.update(current.evolve(rotation=waiting))
             except ConcurrentChange:
                 return await self.store.get(record.app, record.id)
             return await self._sync_schedule(saved, state)
@@ -638,34 +647,58 @@ class ConnectionService:
             await self.rotator.remove_all(record, progress)
             progress.removed += await self._remove_federated_credential(record)
         except ServiceError as error:
-            left, unread = self._left_live(record, progress)
-            where = (f" The credentials it created on the application {', '.join(unread)} could not be read, so "
-                     "they are not listed." if unread else "")
-            if not force:
-                await self._release(record, before)
-                raise CredentialsLeftLive(
-                    f"The client secrets the service created on the application could not be removed "
-                    f"({error.detail}); nothing was deleted. Grant the permission and try again, or delete with "
-                    f"?force=true to leave them live.{where}",
-                    extensions={"reason": error.detail, "keyIds": left, "applicationsNotRead": unread},
-                ) from None
-            await self.rotator.audit.record(
-                "connection.delete", "credentials-left-live", app=record.app, connection_id=record.id,
-                connection_name=record.name,
-                detail=f"Left live by ?force=true: Key IDs {', '.join(left) or 'none known'}.{where}")
+            if before.status == STATUS_DELETING and isinstance(error, SecretGone | VersionDisabled):
+                # An earlier DELETE of this connection stopped after its removals: it disables and deletes the
+                # secret only once they are done. This one finishes it.
+                log.info("Connection %s: an earlier deletion got past its removals; finishing it", record.id)
+            else:
+                left = await self._removal_failed(record, before, progress, error, force)
         removed = progress.removed
         if record.method == Method.OAUTH:
             self.oauth_tokens.forget(record)
         if method_spec(record.method).stores_secret:
             await self.vault.disable_others(record.secret_name, "")
             await self.vault.delete(record.secret_name)
-        await self.store.delete(record)
+        try:
+            await self.store.delete(record)
+        except (ConcurrentChange, NotFound):
+            if await self._still_there(record):
+                raise
+            log.info("Connection %s was deleted by another DELETE meanwhile", record.id)
         await self.adapters.schedule.remove(state.schedule_key)
         await self.adapters.health_index.remove(record.health.check_key)
         await self.adapters.history.delete_all(record.id)
         log.info("Deleted %s connection %s (%d service-created secrets removed, %d left live)", record.app,
                  record.id, len(removed), len(left))
         return Deleted(record, removed, left)
+
+    async def _removal_failed(self, record: ConnectionRecord, before: ConnectionRecord, progress: Removals,
+                              error: ServiceError, force: bool) -> list[str]:
+        """A DELETE's removals failed: without ``force`` the connection is as it was and the answer a 409 naming what
+        stays live; with it, what stays live is audited and returned."""
+        left, unread = self._left_live(record, progress)
+        where = (f" The credentials it created on the application {', '.join(unread)} could not be read, so "
+                 "they are not listed." if unread else "")
+        if not force:
+            await self._release(record, before)
+            raise CredentialsLeftLive(
+                f"The client secrets the service created on the application could not be removed "
+                f"({error.detail}); nothing was deleted. Grant the permission and try again, or delete with "
+                f"?force=true to leave them live.{where}",
+                extensions={"reason": error.detail, "keyIds": left, "applicationsNotRead": unread},
+            ) from None
+        await self.rotator.audit.record(
+            "connection.delete", "credentials-left-live", app=record.app, connection_id=record.id,
+            connection_name=record.name,
+            detail=f"Left live by ?force=true: Key IDs {', '.join(left) or 'none known'}.{where}")
+        return left
+
+    async def _still_there(self, record: ConnectionRecord) -> bool:
+        try:
+            await self.store.get(record.app, record.id)
+        except NotFound:
+            return False
+        return True
 
     @staticmethod
     def _left_live(record: ConnectionRecord, progress: Removals) -> tuple[list[str], list[str]]:
@@ -688,6 +721,23 @@ class ConnectionService:
         if record.method == Method.FEDERATED and state.key_id and state.key_id not in progress.removed:
             left.append(state.key_id)
         return list(dict.fromkeys(left)), unread
+
+    async def _federated_credential_kept(self, record: ConnectionRecord, tenant_id: str, client_id: str) -> str | None:
+        """New credentials of a federated connection: the federated credential the service added (``key_id``, which
+        a DELETE removes) stays the connection's on the same application; one on the application it leaves is
+        removed first, so that nothing the service added stays there untracked (409 when Graph refuses: nothing
+        changed)."""
+        same = (tenant_id.lower(), client_id.lower()) == (record.tenant_id.lower(), (record.client_id or "").lower())
+        if same or not record.rotation.key_id:
+            return record.rotation.key_id if same else None
+        try:
+            await self._remove_federated_credential(record)
+        except ServiceError as error:
+            raise CredentialsLeftLive(
+                "The federated identity credential the service added to the application this connection leaves "
+                f"could not be removed ({error.detail}); nothing was changed.",
+                extensions={"reason": error.detail, "keyIds": [record.rotation.key_id]}) from None
+        return None
 
     async def _remove_federated_credential(self, record: ConnectionRecord) -> list[str]:
         """The federated credential the service added to the application for this connection (its migration
@@ -732,6 +782,8 @@ class ConnectionService:
     async def validate(self, app_id: str, connection_id: str) -> ConnectionRecord:
         app = require_app(app_id)
         record = await self.get(app.id, connection_id)
+        if record.status == STATUS_DELETING:
+            raise self._being_deleted(record)
         if record.method == Method.OAUTH:
             return await self._validate_oauth(app, record)
         material = await self.material_of(record)

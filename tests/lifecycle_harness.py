@@ -37,6 +37,29 @@ class Crash(BaseException):
     """The worker dies here (a BaseException: nothing in the service catches it)."""
 
 
+def overtaken_at(monkeypatch: Any, adapter: type, method: str, nth: int,
+                 change: Callable[[], Awaitable[Any]]) -> list[ServiceError]:
+    """The ``nth`` call of ``adapter.method`` (a fake adapter's coroutine) first runs ``change`` (another request)
+    to its end: the request that made the call meets what ``change`` left. The list gets the ``ServiceError`` the
+    change answered, if it answered one (a refusal is a fine answer to a race)."""
+    original = getattr(adapter, method)
+    calls = 0
+    answered: list[ServiceError] = []
+
+    async def overtaken(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == nth:
+            try:
+                await change()
+            except ServiceError as error:
+                answered.append(error)
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(adapter, method, overtaken)
+    return answered
+
+
 @dataclass
 class Outcome:
     name: str

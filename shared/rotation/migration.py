@@ -275,7 +275,8 @@ class Migrator(Journaled):
                 in_use = roll.identify(registration, material) if material else None
                 await remove_rolled(roll, graph, client_id, {original} if original in present else set(),
                                     connection_marker(record.id), last=original or in_use,
-                                    audit=self._removal(record), registration=registration, signer=material, now=now)
+                                    audit=self._removal(record), registration=registration, signer=material, now=now,
+                                    fence=self.lease_check(state))  # a worker held up past its lease stops here
         await self.checkpoint("after-remove-originals", record)
         if state.previous_version:
             await self.adapters.vault.disable_others(record.secret_name, "")

@@ -67,7 +67,7 @@ from shared.rotation.journal import Checkpoint as Checkpoint
 from shared.rotation.journal import Journaled, Stopped, evolved, interrupted_attempt
 from shared.rotation.journal import RemovalAudit as RemovalAudit
 from shared.rotation.journal import RotationOptions as RotationOptions
-from shared.rotation.kinds import roll_of
+from shared.rotation.kinds import ROLLS, roll_of
 from shared.rotation.lifetimes import (
     GRACE_DAYS,
     LIFETIME_CODE,
@@ -148,10 +148,13 @@ class Rotator(Journaled):
     async def claim(self, record: ConnectionRecord, trigger: str) -> ConnectionRecord | None:
         """Take the rotation lease (ETag-guarded) and open this attempt's history entry; start a journal unless
         one is there to resume (then the attempt's trigger is ``resume``). None when another holds the lease,
-        the connection is being deleted, or it changed meanwhile."""
+        the connection is being deleted, or it changed meanwhile, and, with no journal to resume, when rotation is
+        off or the connection's method has nothing to rotate (a migration landed meanwhile)."""
         state = record.rotation
         now = self.now()
         if (state.leased(now) and state.lease_owner != self.owner) or record.status == STATUS_DELETING:
+            return None
+        if state.rotation_id is None and not (state.enabled and record.method in ROLLS):
             return None
         await self.audit.record("rotation.attempt", "started", app=record.app, connection_id=record.id,
                                 connection_name=record.name,
@@ -604,17 +607,49 @@ class Rotator(Journaled):
                                      retire_version=None, retire_tenant_id=None, retire_client_id=None,
                                      managed=current.rotation.rotation_id is not None)))
 
-    async def retire_due(self, record: ConnectionRecord) -> ConnectionRecord | None:
-        """The sweep's retry of a retirement that failed before: under the lease, with back-off when it fails
-        again. None when the connection is leased, being deleted, or changed meanwhile."""
+    async def _lease_for_retirement(self, record: ConnectionRecord) -> ConnectionRecord | None:
+        """``record`` leased to this worker for its retirement (ETag-guarded: a rotation, a credentials change or
+        another request's clean-up waits, 409, until it is released). None when another holds the lease, the
+        connection is being deleted, or it changed meanwhile."""
         now = self.now()
         state = record.rotation
         if (state.leased(now) and state.lease_owner != self.owner) or record.status == STATUS_DELETING:
             return None
         try:
-            claimed = await self.adapters.connections.update(record.evolve(
+            return await self.adapters.connections.update(record.evolve(
                 rotation=state.evolve(lease_owner=self.owner, lease_until=now + self.options.lease)))
         except (ConcurrentChange, NotFound):
+            return None
+
+    async def retire_leased(self, record: ConnectionRecord) -> ConnectionRecord:
+        """:meth:`retire` for a request: under the lease (without it, a rotation another request ran meanwhile
+        would see what it made current removed as a leftover), released after, whatever happens. ``LeaseLost``
+        when the lease cannot be taken."""
+        if record.rotation.retire_version is None:
+            return record
+        claimed = await self._lease_for_retirement(record)
+        if claimed is None:
+            raise LeaseLost("The connection changed, or another request is changing it, while its previous "
+                            "application's clean-up was starting.")
+        try:
+            done = await self.retire(claimed)
+        except BaseException:
+            await self._released(claimed)
+            raise
+        return await self._released(done)
+
+    async def _released(self, record: ConnectionRecord) -> ConnectionRecord:
+        """The lease this worker holds on ``record`` given up (on top of concurrent edits while it holds it)."""
+        return await self._apply(record, lambda current: current.rotation.lease_owner == self.owner,
+                                 lambda current: current.evolve(rotation=current.rotation.evolve(
+                                     lease_owner=None, lease_until=None)))
+
+    async def retire_due(self, record: ConnectionRecord) -> ConnectionRecord | None:
+        """The sweep's retry of a retirement that failed before: under the lease, with back-off when it fails
+        again. None when the connection is leased, being deleted, or changed meanwhile."""
+        now = self.now()
+        claimed = await self._lease_for_retirement(record)
+        if claimed is None:
             return None
         try:
             done = await self.retire(claimed)

@@ -20,7 +20,8 @@ from shared.errors import (
     UpstreamForbidden,
 )
 from shared.records import ConnectionRecord
-from tests.lifecycle_harness import APP, ROTATION, Harness
+from tests.fakes import FakeVault
+from tests.lifecycle_harness import APP, ROTATION, Harness, overtaken_at
 
 
 async def test_delete_removes_every_secret_the_service_created_and_lists_them() -> None:
@@ -428,33 +429,21 @@ async def test_a_clean_up_of_the_previous_application_that_crashed_after_its_rem
     assert h.check() == []
 
 
-async def _overtaken_by(h: Harness, change: Any) -> None:
-    """The next vault read runs ``change`` (another request) to its end first: a request that read the connection
-    then meets what that change left in the vault."""
-    vault = h.fakes.vault
-    read = vault.get
-
-    async def overtaken(name: str, version: str) -> dict[str, str]:
-        vault.get = read  # type: ignore[method-assign]
-        await change()
-        return await read(name, version)
-
-    vault.get = overtaken  # type: ignore[method-assign]
-
-
-async def test_a_validation_that_a_delete_overtakes_answers_404_not_a_vault_failure() -> None:
+async def test_a_validation_that_a_delete_overtakes_answers_404_not_a_vault_failure(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     h = Harness()
     record = await h.create()
-    await _overtaken_by(h, lambda: h.api.delete(APP, record.id))
+    overtaken_at(monkeypatch, FakeVault, "get", 1, lambda: h.api.delete(APP, record.id))
     with pytest.raises(NotFound, match="deleted while this request read it"):
         await h.api.validate(APP, record.id)
 
 
-async def test_a_validation_whose_credential_another_request_replaced_answers_409() -> None:
+async def test_a_validation_whose_credential_another_request_replaced_answers_409(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     h = Harness()
     record = await h.create(rotation=False)
     password = h.fakes.world.add(record.client_id or "", "new from the owner")
-    await _overtaken_by(h, lambda: h.api.update(APP, record.id, {
+    overtaken_at(monkeypatch, FakeVault, "get", 1, lambda: h.api.update(APP, record.id, {
         "credentials": h.credentials(record.client_id or "", password)}))
     with pytest.raises(ConcurrentChange, match="credential changed while this request read it"):
         await h.api.validate(APP, record.id)

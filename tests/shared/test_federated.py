@@ -576,3 +576,30 @@ async def test_a_lost_addition_then_a_refused_clean_up_keeps_the_journal_so_the_
     assert finished.method == "federated"
     assert len([c for c in app.federated.values() if c.name == credential_name(record.id)]) == 1
     assert h.check() == []
+
+
+@pytest.mark.parametrize("method", ["client-secret", "certificate"])
+async def test_a_migration_worker_whose_lease_ran_out_after_its_switch_removes_nothing_and_the_request_again_does(
+        method: str) -> None:
+    """Held up right after the switch until its lease ran out (a frozen host): by its own clock the worker stops
+    before asking Graph to remove anything, as another may have taken the migration over, and says to send the
+    request again, which finishes the clean-up."""
+    h = Harness(method=method)
+    record = await h.create()
+
+    async def migrate(hold: Checkpoint) -> ConnectionRecord:
+        result: ConnectionRecord = await h.services(checkpoint=hold).connections.migrate_to_federated(
+            APP, record.id, {"revokeOriginal": True})
+        return result
+
+    first, woken = await h.held_up_at("after-switch", migrate)
+    removals = list(h.fakes.world.revocations)
+    woken.set()
+    with pytest.raises(ServiceError, match="migrate-to-federated again to finish") as stopped:
+        await first
+    assert 400 <= stopped.value.status < 500
+    assert h.fakes.world.revocations == removals  # nothing removed past the lease
+    finished = await h.api.migrate_to_federated(APP, record.id, {})  # resumes the half-done migration
+    assert finished.method == "federated" and not finished.rotation.in_progress
+    assert len(h.fakes.world.revocations) > len(removals)
+    assert h.check() == []

@@ -1,0 +1,133 @@
+"""Two user requests on one connection, one overtaking the other at an adapter call (over the in-memory fakes):
+whichever way they interleave, neither leaves a revoked credential in use, a credential live that nothing tracks,
+a connection pointing at a disabled secret, or a connection that cannot be deleted; the one that loses answers a
+4xx. (The rotation sweep against each user operation: tests/shared/rotation/test_invariants_stateful.py.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.errors import ServiceError
+from tests.fakes import TENANT, FakeGraph, FakeVault
+from tests.lifecycle_harness import APP, Harness, overtaken_at
+
+
+def _refusals_only(answered: list[ServiceError]) -> None:
+    assert all(400 <= error.status < 500 for error in answered), [(e.status, e.detail) for e in answered]
+
+
+async def test_a_validation_during_a_delete_neither_undoes_the_deletion_nor_revives_the_connection(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness()
+    record = await h.create()
+    # The DELETE has marked the connection and reads its secret to remove what the service made: a validation
+    # comes in then.
+    answered = overtaken_at(monkeypatch, FakeVault, "get", 1, lambda: h.api.validate(APP, record.id))
+    await h.api.delete(APP, record.id)
+    assert [error.status for error in answered] == [409]  # "being deleted"
+    assert await h.record(record.id) is None
+    assert h.check() == []
+
+
+@pytest.mark.parametrize("other", ["rotate", "new credentials"])
+async def test_a_credentials_change_cleaning_up_does_not_remove_what_a_later_request_made_current(
+        monkeypatch: pytest.MonkeyPatch, other: str) -> None:
+    h = Harness()
+    record = await h.create()
+    client_id = record.client_id or ""
+
+    async def change() -> object:
+        if other == "rotate":
+            return await h.api.rotate(APP, record.id)
+        return await h.api.update(APP, record.id, {"credentials": h.new_credential(client_id)})
+
+    # The third Graph read is the first change's clean-up of the secret the service made, after its switch.
+    answered = overtaken_at(monkeypatch, FakeGraph, "find", 3, change)
+    try:
+        await h.api.update(APP, record.id, {"credentials": h.new_credential(client_id)})
+    except ServiceError as error:
+        answered.append(error)
+    _refusals_only(answered)
+    assert h.check() == []
+    current = await h.record(record.id)
+    assert current is not None
+    await h.api.validate(APP, record.id)  # the credential it points at is there and works
+
+
+async def test_two_credentials_changes_at_once_leave_the_current_version_enabled(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness()
+    record = await h.create(rotation=False)
+    client_id = record.client_id or ""
+    answered = overtaken_at(monkeypatch, FakeVault, "disable_others", 1,
+                            lambda: h.api.update(APP, record.id, {"credentials": h.new_credential(client_id)}))
+    await h.api.update(APP, record.id, {"credentials": h.new_credential(client_id)})
+    _refusals_only(answered)
+    validated = await h.api.validate(APP, record.id)
+    assert validated.status == "active"
+    assert h.check() == []
+
+
+async def test_a_delete_sent_again_while_the_first_one_finishes_leaves_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness()
+    record = await h.create()
+    answered = overtaken_at(monkeypatch, FakeVault, "delete", 1, lambda: h.api.delete(APP, record.id))
+    try:
+        await h.api.delete(APP, record.id)
+    except ServiceError as error:
+        answered.append(error)
+    _refusals_only(answered)
+    monkeypatch.undo()
+    if await h.record(record.id) is not None:
+        await h.api.delete(APP, record.id)  # a DELETE sent again finishes it
+    assert await h.record(record.id) is None
+    assert h.check() == []
+
+
+async def test_a_delete_that_failed_at_its_last_write_is_finished_by_the_next_one() -> None:
+    h = Harness()
+    record = await h.create()
+    h.fakes.world.fail_next("store.delete")
+    with pytest.raises(ServiceError):
+        await h.api.delete(APP, record.id)
+    deleted = await h.api.delete(APP, record.id)
+    assert deleted.key_ids_left_live == []
+    assert await h.record(record.id) is None
+    assert h.check() == []
+
+
+@pytest.mark.parametrize("same_application", [True, False])
+async def test_new_credentials_for_a_migrated_connection_leave_no_federated_credential_untracked(
+        same_application: bool) -> None:
+    h = Harness()
+    record = await h.create()
+    await h.api.migrate_to_federated(APP, record.id, {})
+    client_id = record.client_id or ""
+    if not same_application:
+        other = h.fakes.world.application()
+        h.fakes.world.add_federated(other.client_id)
+        client_id = other.client_id
+    await h.api.update(APP, record.id, {"credentials": {"tenantId": TENANT, "clientId": client_id}})
+    await h.api.delete(APP, record.id)
+    assert h.check() == []
+
+
+async def test_a_credentials_change_overtaken_by_a_migration_starts_no_rotation_of_the_federated_connection(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness()
+    record = await h.create()
+    answered = overtaken_at(monkeypatch, FakeVault, "get", 1, lambda: h.api.migrate_to_federated(APP, record.id, {}))
+    try:
+        await h.api.update(APP, record.id, {"credentials": h.new_credential(record.client_id or "")})
+    except ServiceError as error:
+        answered.append(error)
+    _refusals_only(answered)
+    current = await h.record(record.id)
+    assert current is not None
+    if current.method == "federated":
+        assert current.rotation.rotation_id is None, current.rotation
+    monkeypatch.undo()
+    await h.api.delete(APP, record.id)
+    assert await h.record(record.id) is None
+    assert h.check() == []
