@@ -518,8 +518,10 @@ class Rotator(Journaled):
             return Attempt(record, error)
         state = current.rotation
         if state.lease_owner != self.owner or state.rotation_id is None:
+            # Another worker took the rotation over (and may have ended it): its outcome is its own to tell.
             await self._withdraw(record, run)
-            return Attempt(current, error)
+            raise LeaseLost(f"Another worker took the rotation of {record.id} over while this one failed "
+                            f"({error.detail}).")
         message = error.detail
         base = state
         if state.step != FINISHED:

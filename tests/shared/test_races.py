@@ -5,6 +5,8 @@ a connection pointing at a disabled secret, or a connection that cannot be delet
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from shared.errors import ServiceError
@@ -130,4 +132,23 @@ async def test_a_credentials_change_overtaken_by_a_migration_starts_no_rotation_
     monkeypatch.undo()
     await h.api.delete(APP, record.id)
     assert await h.record(record.id) is None
+    assert h.check() == []
+
+
+async def test_a_rotation_held_up_past_its_lease_while_the_sweep_rotated_answers_409_not_the_sweeps_outcome(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness()
+    record = await h.create()
+
+    async def take_over() -> None:  # the request's worker is held up past its lease; the sweep takes it over
+        h.fakes.clock.advance(h.services().rotator.options.lease + timedelta(minutes=1))
+        await h.due()
+        await h.sweep()
+
+    overtaken_at(monkeypatch, FakeVault, "get", 1, take_over)
+    with pytest.raises(ServiceError) as stopped:
+        await h.api.rotate(APP, record.id)
+    assert stopped.value.status == 409 and "took the rotation" in stopped.value.detail
+    rotated = await h.record(record.id)
+    assert rotated is not None and rotated.rotation.status == "succeeded"  # the sweep's outcome, told by the record
     assert h.check() == []
