@@ -187,7 +187,9 @@ class ScheduleStore(Protocol):
 
 
 class HistoryStore(Protocol):
-    """Rotation attempts, one entry each, newest first; writing an attempt again replaces it."""
+    """Rotation attempts, one entry each, newest first; writing an attempt's outcome again replaces it, and its
+    ``running`` entry is written only when the attempt has none (a worker held up past its lease must not reopen
+    an attempt the worker that took it over closed)."""
 
     async def record(self, event: RotationEvent) -> None: ...
     async def get(self, connection_id: str, started_at: datetime, rotation_id: str,

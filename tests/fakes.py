@@ -656,7 +656,9 @@ class FakeHistory:
 
     async def record(self, event: RotationEvent) -> None:
         self.world.check("history.record")
-        self.rows[(event.connection_id, row_key(event.started_at, event.rotation_id, event.attempt))] = event
+        key = (event.connection_id, row_key(event.started_at, event.rotation_id, event.attempt))
+        if event.outcome != "running" or key not in self.rows:
+            self.rows[key] = event
 
     async def get(self, connection_id: str, started_at: datetime, rotation_id: str,
                   attempt: int) -> RotationEvent | None:

@@ -1,11 +1,14 @@
 """Rotation history: one entity per rotation attempt, newest first.
 
 Table ``{prefix}Rotations``, partition = connection id, RowKey = inverted attempt start time + rotation id +
-attempt number, so an attempt written again (running, then its outcome) replaces its own row, never adds one.
+attempt number, so an attempt written again (running, then its outcome) replaces its own row, never adds one. A
+``running`` entry is only ever inserted: a worker held up before it wrote one finds the attempt's outcome there
+(written by the worker that took it over) and leaves it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +63,14 @@ class RotationHistory:
             "RevokedKeyId": event.revoked_key_id,
             "Message": event.message,
         }
-        await table.upsert_entity({key: value for key, value in entity.items() if value is not None})
+        written = {key: value for key, value in entity.items() if value is not None}
+        if event.outcome != "running":
+            await table.upsert_entity(written)
+            return
+        from azure.core.exceptions import ResourceExistsError
+
+        with contextlib.suppress(ResourceExistsError):  # the attempt has an entry: it stays (see HistoryStore)
+            await table.create_entity(written)
 
     async def get(self, connection_id: str, started_at: datetime, rotation_id: str,
                   attempt: int) -> RotationEvent | None:

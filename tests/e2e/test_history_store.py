@@ -1,0 +1,38 @@
+"""The rotation history in Table Storage (``shared.store.history``), against Azurite through the SDK: one entry per
+attempt, its outcome written over its ``running`` entry, and a ``running`` entry never written over an outcome."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from shared.azure.clients import AzureClients
+from shared.records import RotationEvent
+from shared.store.history import RotationHistory
+
+pytestmark = pytest.mark.e2e
+
+
+def attempt(connection_id: str, rotation_id: str, started: datetime, outcome: str) -> RotationEvent:
+    return RotationEvent(rotation_id=rotation_id, attempt=1, connection_id=connection_id, app="azure-key-vault",
+                         started_at=started, finished_at=None if outcome == "running" else started, outcome=outcome,
+                         trigger="schedule")
+
+
+async def test_an_attempts_outcome_replaces_its_running_entry_and_a_late_running_one_never_reopens_it(
+        clients: AzureClients) -> None:
+    history = RotationHistory(clients)
+    connection_id, rotation_id = str(uuid.uuid4()), str(uuid.uuid4())
+    started = datetime.now(UTC).replace(microsecond=0)
+    await history.record(attempt(connection_id, rotation_id, started, "running"))
+    await history.record(attempt(connection_id, rotation_id, started, "interrupted"))  # closed by another worker
+    # The worker held up past its lease wakes and writes the entry it was about to write: the outcome stays.
+    await history.record(attempt(connection_id, rotation_id, started, "running"))
+    entries, _ = await history.page(connection_id, 10, None)
+    assert [(e.rotation_id, e.outcome) for e in entries] == [(rotation_id, "interrupted")]
+    later = started + timedelta(minutes=1)
+    await history.record(attempt(connection_id, rotation_id, later, "running"))  # a new attempt opens its own
+    entries, _ = await history.page(connection_id, 10, None)
+    assert [e.outcome for e in entries] == ["running", "interrupted"]
