@@ -212,7 +212,11 @@ class Migrator(Journaled):
 
                 async def add() -> FederatedCredential:
                     check()  # and its clock, right before the addition
-                    return await graph.add_federated_credential(registration.object_id, identity.credential(name))
+                    try:
+                        return await graph.add_federated_credential(registration.object_id, identity.credential(name))
+                    except ServiceError:
+                        check()  # a call that outlived the lease: another worker may have added it meanwhile
+                        raise
 
                 found = await self.audit.credential_changed(
                     "credential.add", add, app=record.app, connection_id=record.id, object_id=registration.object_id,

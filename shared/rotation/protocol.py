@@ -600,7 +600,8 @@ class Rotator(Journaled):
                                     connection_marker(record.id), keep=state.key_id if same_app else None,
                                     audit=self._removal(record), signer=material, now=self.now(),
                                     fence=self.lease_check(state))  # a rotation's worker retires under its lease
-            await self.adapters.vault.disable_others(record.secret_name, record.secret_version)
+            # The version the change superseded, and only that one: a version current meanwhile stays enabled.
+            await self.adapters.vault.disable(record.secret_name, state.retire_version)
         await self.checkpoint("after-retire", record)
         # The current credential is the user's now (a credentials change is what started a retirement): nothing
         # the service created is left on the application it uses, unless a rotation has begun since.
@@ -778,10 +779,15 @@ async def remove_rolled(roll: CredentialRoll, graph: GraphSession, client_id: st
                 fence()
             remove = functools.partial(roll.remove_predecessor, graph, registration, credential.key_id, signer or {},
                                        now or datetime.now(UTC))
-            if audit is not None:
-                await audit(registration.object_id, credential.key_id, remove)
-            else:
-                await remove()
+            try:
+                if audit is not None:
+                    await audit(registration.object_id, credential.key_id, remove)
+                else:
+                    await remove()
+            except ServiceError:
+                if fence is not None:  # a call that outlived the lease: another worker may own the application now
+                    fence()
+                raise
             removed.append(credential.key_id)
     return removed[before:]
 

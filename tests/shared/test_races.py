@@ -152,3 +152,57 @@ async def test_a_rotation_held_up_past_its_lease_while_the_sweep_rotated_answers
     rotated = await h.record(record.id)
     assert rotated is not None and rotated.rotation.status == "succeeded"  # the sweep's outcome, told by the record
     assert h.check() == []
+
+
+async def test_a_credentials_change_held_up_in_its_clean_up_past_its_lease_leaves_what_the_sweep_made_current(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness()
+    record = await h.create()
+
+    async def take_over() -> None:  # the change's clean-up call hangs past its lease; the sweep rotates meanwhile
+        h.fakes.clock.advance(h.services().rotator.options.lease + timedelta(minutes=1))
+        await h.due()
+        await h.sweep()
+
+    overtaken_at(monkeypatch, FakeGraph, "remove_password", 1, take_over)
+    await h.api.update(APP, record.id, {"credentials": h.new_credential(record.client_id or "")})
+    monkeypatch.undo()
+    validated = await h.api.validate(APP, record.id)  # the version the sweep made current is still enabled
+    assert validated.status == "active"
+    assert h.check() == []
+
+
+async def test_a_migration_whose_graph_call_outlived_its_lease_answers_409_not_graphs_refusal_as_a_502(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness()
+    record = await h.create()
+
+    async def take_over() -> None:  # the addition hangs past the lease; the request sent again finishes it
+        h.fakes.clock.advance(h.services().rotator.options.lease + timedelta(minutes=1))
+        await h.api.migrate_to_federated(APP, record.id, {})
+
+    overtaken_at(monkeypatch, FakeGraph, "add_federated_credential", 1, take_over)
+    with pytest.raises(ServiceError) as stopped:
+        await h.api.migrate_to_federated(APP, record.id, {})
+    assert 400 <= stopped.value.status < 500, stopped.value.detail
+    monkeypatch.undo()
+    migrated = await h.record(record.id)
+    assert migrated is not None and migrated.method == "federated" and not migrated.rotation.in_progress
+    assert h.check() == []
+
+
+async def test_a_removal_that_outlived_its_lease_answers_409_not_graphs_refusal_as_a_502(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(method="certificate")
+    record = await h.create()
+
+    async def take_over() -> None:  # the removal hangs past the lease; the request sent again finishes the clean-up
+        h.fakes.clock.advance(h.services().rotator.options.lease + timedelta(minutes=1))
+        await h.api.migrate_to_federated(APP, record.id, {"revokeOriginal": True})
+
+    overtaken_at(monkeypatch, FakeGraph, "remove_key", 1, take_over)
+    with pytest.raises(ServiceError) as stopped:
+        await h.api.migrate_to_federated(APP, record.id, {"revokeOriginal": True})
+    assert 400 <= stopped.value.status < 500, stopped.value.detail
+    monkeypatch.undo()
+    assert h.check() == []
