@@ -27,6 +27,7 @@ from shared.errors import (
     CredentialsLeftLive,
     FieldError,
     InvalidRequest,
+    LeaseLost,
     NameTaken,
     NotFound,
     RotationFailed,
@@ -227,7 +228,8 @@ class ConnectionService:
                             previous_name: str | None = None,
                             notify: Sequence[Notification] = ()) -> ConnectionRecord:
         """Make a new secret version current together with ``changes`` (one ETag-guarded write), then disable the
-        version it supersedes (only that one: a version a later request made current meanwhile stays enabled). A
+        version it superseded and any other written before it (one that a later request made current meanwhile
+        was written later, and stays enabled; one that a failed call left enabled is caught by the next change). A
         write that loses a race disables its own version and raises the conflict."""
         stored = await self.vault.write(record.secret_name, material, secret_tags(record), expires_on=expires_on)
         try:
@@ -236,8 +238,10 @@ class ConnectionService:
         except BaseException:
             await self.vault.disable(record.secret_name, stored.version)
             raise
-        if saved.rotation.retire_version is None and record.secret_version:
-            await self.vault.disable(saved.secret_name, record.secret_version)
+        if saved.rotation.retire_version is None:
+            if record.secret_version:
+                await self.vault.disable(saved.secret_name, record.secret_version)
+            await self.vault.disable_older(saved.secret_name, saved.secret_version)
         return saved
 
     async def record_status(self, record: ConnectionRecord, status: str, message: str | None) -> ConnectionRecord:
@@ -411,7 +415,7 @@ class ConnectionService:
             if new_state.enabled and method in app.rotation_methods:
                 trigger = trigger or "credential-change"
             if method is Method.FEDERATED:
-                key_id = await self._federated_credential_kept(record, credentials.tenantId, credentials.clientId)
+                key_id = federated_credential_kept(record, credentials.tenantId, credentials.clientId)
             new_state = new_state.evolve(key_id=key_id)
             if state.managed:  # what the service created on the application in use is retired after the switch
                 new_state = new_state.evolve(retire_version=record.secret_version,
@@ -451,6 +455,8 @@ class ConnectionService:
             raise NameTaken(taken.detail, errors=[FieldError("/name", "is already used by another connection")]
                             ) from None
         log.info("Updated %s connection %s to version %d", app.id, record.id, saved.version)
+        if method is Method.FEDERATED and record.rotation.key_id and saved.rotation.key_id is None:
+            await self._leave_federated_credential(record)
         if saved.rotation.retire_version is not None:
             saved = await self._finish_retirement(saved, raise_on_failure=False)
         saved = await self._sync_schedule(saved, state)
@@ -490,6 +496,10 @@ class ConnectionService:
         try:
             return await self.rotator.retire_leased(record)
         except ServiceError as error:
+            if raise_on_failure and isinstance(error, LeaseLost):
+                raise RotationInProgress(
+                    "Another request or the rotation runner is changing this connection's credentials or cleaning "
+                    "up after them; try again shortly.", headers={"Retry-After": "5"}) from None
             if raise_on_failure:
                 raise CredentialsLeftLive(
                     "Client secrets the service created on the application this connection used before could not "
@@ -722,22 +732,23 @@ class ConnectionService:
             left.append(state.key_id)
         return list(dict.fromkeys(left)), unread
 
-    async def _federated_credential_kept(self, record: ConnectionRecord, tenant_id: str, client_id: str) -> str | None:
-        """New credentials of a federated connection: the federated credential the service added (``key_id``, which
-        a DELETE removes) stays the connection's on the same application; one on the application it leaves is
-        removed first, so that nothing the service added stays there untracked (409 when Graph refuses: nothing
-        changed)."""
-        same = (tenant_id.lower(), client_id.lower()) == (record.tenant_id.lower(), (record.client_id or "").lower())
-        if same or not record.rotation.key_id:
-            return record.rotation.key_id if same else None
+    async def _leave_federated_credential(self, before: ConnectionRecord) -> None:
+        """After a federated connection moved to another application: remove the federated credential the service
+        added to the one it left (``before``). One already gone (or an application that no longer trusts the
+        service's identity) leaves nothing; one Graph refuses to remove stays live, and the audit log says so
+        (``credentials-left-live``), as a forced DELETE's does: the change itself is made."""
         try:
-            await self._remove_federated_credential(record)
+            await self._remove_federated_credential(before)
+        except (CredentialRejected, NotFound):
+            return  # the trust is gone already, or the application: nothing the service added is left there
         except ServiceError as error:
-            raise CredentialsLeftLive(
-                "The federated identity credential the service added to the application this connection leaves "
-                f"could not be removed ({error.detail}); nothing was changed.",
-                extensions={"reason": error.detail, "keyIds": [record.rotation.key_id]}) from None
-        return None
+            log.warning("Connection %s: the federated credential added to the application it left could not be "
+                        "removed: %s", before.id, error.detail)
+            await self.rotator.audit.record(
+                "connection.update", "credentials-left-live", app=before.app, connection_id=before.id,
+                connection_name=before.name,
+                detail=f"Federated identity credential {before.rotation.key_id} on the application "
+                       f"{before.client_id} it left could not be removed ({error.detail}).")
 
     async def _remove_federated_credential(self, record: ConnectionRecord) -> list[str]:
         """The federated credential the service added to the application for this connection (its migration
@@ -860,6 +871,14 @@ class ConnectionService:
                 if current.secret_version != used:
                     return current
         raise ConcurrentChange(f"The connection '{record.id}' kept changing; its refresh token could not be saved.")
+
+
+def federated_credential_kept(record: ConnectionRecord, tenant_id: str, client_id: str) -> str | None:
+    """New credentials of a federated connection: the federated credential the service added (``key_id``, which a
+    DELETE removes) stays the connection's on the same application; on another one there is none (the one it
+    leaves is removed once the change is saved: ``ConnectionService._leave_federated_credential``)."""
+    same = (tenant_id.lower(), client_id.lower()) == (record.tenant_id.lower(), (record.client_id or "").lower())
+    return record.rotation.key_id if same else None
 
 
 def refuse_rotation_of_secretless(method: Method, pointer: str) -> None:

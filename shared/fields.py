@@ -25,13 +25,13 @@ def pointer_part(name: str | int) -> str:
 
 
 def guid(value: str) -> str:
-    if not GUID_RE.match(value):
+    if not GUID_RE.fullmatch(value):  # match's $ would also take a trailing newline
         raise ValueError("must be a GUID such as 00000000-0000-0000-0000-000000000000")
     return value.lower()
 
 
 def name(value: str) -> str:
-    if not NAME_RE.match(value):
+    if not NAME_RE.fullmatch(value):
         raise ValueError("must be 1 to 64 lowercase letters, digits or hyphens (a slug)")
     return value
 

@@ -68,9 +68,9 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 _BUCKET = "%Y%m%d%H"
-_ID = re.compile(r"^(?P<bucket>\d{10})\.[A-Za-z0-9_-]{43}$")
-_LOGIN_HINT = re.compile(r"^[A-Za-z0-9._%+@-]{1,256}$")
-_RETURN_TO = re.compile(r"^/(?![/\\])[\x21-\x7e]{0,2047}$")
+_ID = re.compile(r"^(?P<bucket>\d{10})\.[A-Za-z0-9_-]{43}\Z")
+_LOGIN_HINT = re.compile(r"^[A-Za-z0-9._%+@-]{1,256}\Z")
+_RETURN_TO = re.compile(r"^/(?![/\\])[\x21-\x7e]{0,2047}\Z")
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ PUBLIC_KEY_VAULT_RESOURCE = CLOUDS[DEFAULT_CLOUD].key_vault_resource
 PUBLIC_APP_CONFIGURATION_RESOURCE = CLOUDS[DEFAULT_CLOUD].app_configuration_resource
 DEFAULT_SITE_URL = "http://localhost:7071"
 DEFAULT_TABLE_PREFIX = "AppConn"
-_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 
 
 class SettingsError(ValueError):
@@ -435,7 +435,7 @@ def load_telemetry_settings(env: Mapping[str, str] | None = None) -> TelemetrySe
         if key.strip():
             parts[key.strip().lower()] = value.strip()
     aad = parts.get("authorization", "").lower() == "aad"
-    sampler = (env.get("OTEL_TRACES_SAMPLER") or "").strip() or None
+    sampler = env.get("OTEL_TRACES_SAMPLER") or None  # as the distro reads it: " always_on" is not always_on
     return TelemetrySettings(connection_string, parts.get("clientid", "") if aad else None, sampler)
 
 

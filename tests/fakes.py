@@ -614,6 +614,13 @@ class FakeVault:
     async def disable_tagged(self, name: str, tag: str, value: str) -> int:
         return await self._disable(name, lambda item: item.tags.get(tag) == value)
 
+    async def disable_older(self, name: str, version: str) -> int:
+        written = [item.version for item in self.secrets.get(name, [])]  # in the order they were written
+        if version not in written:
+            return 0
+        older = set(written[:written.index(version)])
+        return await self._disable(name, lambda item: item.version in older)
+
     async def _disable(self, name: str, doomed: Callable[[Version], bool]) -> int:
         self.world.check("vault.disable")
         count = 0

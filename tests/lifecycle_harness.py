@@ -37,19 +37,27 @@ class Crash(BaseException):
     """The worker dies here (a BaseException: nothing in the service catches it)."""
 
 
+class Overtaken(list[ServiceError]):
+    """What the overtaking request answered (a ``ServiceError``, if it answered one), and whether it ran."""
+
+    ran = False
+
+
 def overtaken_at(monkeypatch: Any, adapter: type, method: str, nth: int,
-                 change: Callable[[], Awaitable[Any]]) -> list[ServiceError]:
+                 change: Callable[[], Awaitable[Any]]) -> Overtaken:
     """The ``nth`` call of ``adapter.method`` (a fake adapter's coroutine) first runs ``change`` (another request)
-    to its end: the request that made the call meets what ``change`` left. The list gets the ``ServiceError`` the
-    change answered, if it answered one (a refusal is a fine answer to a race)."""
+    to its end: the request that made the call meets what ``change`` left. The result gets the ``ServiceError``
+    the change answered, if it answered one (a refusal is a fine answer to a race); its ``ran`` says whether the
+    call was made at all (a test whose race never happened proves nothing)."""
     original = getattr(adapter, method)
     calls = 0
-    answered: list[ServiceError] = []
+    answered = Overtaken()
 
     async def overtaken(self: Any, *args: Any, **kwargs: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == nth:
+            answered.ran = True
             try:
                 await change()
             except ServiceError as error:

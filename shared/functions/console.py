@@ -25,8 +25,8 @@ bp = func.Blueprint()
 
 CONSOLE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__)))), "console")
 PAGE_PATH = "/organization/app-connections"
-ASSET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}\.(js|css|svg)$")
-SEGMENT = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+ASSET_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}\.(js|css|svg)\Z")
+SEGMENT = re.compile(r"^[A-Za-z0-9-]{1,64}\Z")
 ASSET_TYPES = {"js": "text/javascript", "css": "text/css", "svg": "image/svg+xml"}
 COMMON_HEADERS = {
     "X-Content-Type-Options": "nosniff",

@@ -612,17 +612,26 @@ class Rotator(Journaled):
 
     async def _lease_for_retirement(self, record: ConnectionRecord) -> ConnectionRecord | None:
         """``record`` leased to this worker for its retirement (ETag-guarded: a rotation, a credentials change or
-        another request's clean-up waits, 409, until it is released). None when another holds the lease, the
-        connection is being deleted, or it changed meanwhile."""
-        now = self.now()
-        state = record.rotation
-        if (state.leased(now) and state.lease_owner != self.owner) or record.status == STATUS_DELETING:
-            return None
-        try:
-            return await self.adapters.connections.update(record.evolve(
-                rotation=state.evolve(lease_owner=self.owner, lease_until=now + self.options.lease)))
-        except (ConcurrentChange, NotFound):
-            return None
+        another request's clean-up waits, 409, until it is released), taken on top of concurrent writes. None when
+        another holds the lease, the connection is being deleted, or its retirement changed meanwhile."""
+        current = record
+        for _ in range(3):  # a write that changed nothing of the retirement (a validation, a health check) is no bar
+            now = self.now()
+            state = current.rotation
+            if (state.leased(now) and state.lease_owner != self.owner) or current.status == STATUS_DELETING or (
+                    state.retire_version != record.rotation.retire_version):
+                return None
+            try:
+                return await self.adapters.connections.update(current.evolve(
+                    rotation=state.evolve(lease_owner=self.owner, lease_until=now + self.options.lease)))
+            except ConcurrentChange:
+                try:
+                    current = await self.adapters.connections.get(record.app, record.id)
+                except NotFound:
+                    return None
+            except NotFound:
+                return None
+        return None
 
     async def retire_leased(self, record: ConnectionRecord) -> ConnectionRecord:
         """:meth:`retire` for a request: under the lease (without it, a rotation another request ran meanwhile

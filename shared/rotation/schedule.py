@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 MIN_INTERVAL_DAYS = 1
 MAX_INTERVAL_DAYS = 365
-_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)\Z")
 
 
 class ScheduleError(ValueError):

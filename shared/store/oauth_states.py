@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from shared.azure.clients import AzureClients
 
 OAUTH_STATES_TABLE = "OAuthStates"
-_STATE_RE = re.compile(r"^(?P<bucket>\d{10})\.[A-Za-z0-9_-]{32,128}$")
+_STATE_RE = re.compile(r"^(?P<bucket>\d{10})\.[A-Za-z0-9_-]{32,128}\Z")
 _BUCKET = "%Y%m%d%H"
 
 

@@ -99,6 +99,25 @@ class SecretVault:
         """Disable every enabled version of ``name`` but ``keep`` (the current one); return how many."""
         return await self._disable_where(name, lambda version, tags: version != keep)
 
+    async def disable_older(self, name: str, version: str) -> int:
+        """Disable every enabled version of ``name`` that Key Vault created before ``version`` (as it records the
+        time: to the second); one created after it, or in the same second, stays. Return how many."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            versions = [props async for props in self._clients.secrets().list_properties_of_secret_versions(name)]
+        except ResourceNotFoundError:
+            return 0
+        mine = next((props.created_on for props in versions if props.version == version), None)
+        if mine is None:
+            return 0
+        count = 0
+        for props in versions:
+            if props.enabled and props.version and props.created_on is not None and props.created_on < mine:
+                await self.disable(name, props.version)
+                count += 1
+        return count
+
     async def disable_tagged(self, name: str, tag: str, value: str) -> int:
         """Disable every enabled version of ``name`` tagged ``tag=value``; return how many."""
         return await self._disable_where(name, lambda version, tags: tags.get(tag) == value)

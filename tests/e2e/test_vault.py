@@ -28,3 +28,23 @@ async def test_a_disabled_version_is_refused_as_disabled_and_an_enabled_one_is_r
         await vault.get(name, uuid.uuid4().hex)
     assert not isinstance(missing.value, VersionDisabled)
     await vault.delete(name)
+
+
+async def test_the_versions_written_before_one_are_disabled_and_those_written_after_it_stay(
+        clients: AzureClients) -> None:
+    import asyncio
+
+    vault = SecretVault(clients)
+    name = f"vault-test-{uuid.uuid4().hex[:8]}"
+    versions = []
+    for n in range(3):  # Key Vault records when a version was created to the second
+        versions.append(await vault.write(name, {"clientSecret": f"v{n}-" + uuid.uuid4().hex}, {}))
+        await asyncio.sleep(1.1)
+    first, mine, later = versions
+    assert await vault.disable_older(name, mine.version) == 1
+    with pytest.raises(VersionDisabled):
+        await vault.get(name, first.version)
+    assert await vault.get(name, mine.version) == mine.material
+    assert await vault.get(name, later.version) == later.material  # a later request's, current perhaps: kept
+    assert await vault.disable_older(name, uuid.uuid4().hex) == 0  # a version it does not have: nothing
+    await vault.delete(name)

@@ -100,3 +100,15 @@ def test_unknown_methods_list_the_allowed_ones(raw):
     with pytest.raises(InvalidRequest) as caught:
         parse_method((Method.CLIENT_SECRET, Method.CERTIFICATE), raw)
     assert pointers(caught.value) == {"/method": "must be one of: client-secret, certificate"}
+
+
+@pytest.mark.parametrize("field", ["name", "tenantId"])
+def test_a_value_with_a_trailing_newline_is_refused(field):
+    """``re.match`` with ``$`` also takes a value followed by a newline; the field rules match the whole value."""
+    from shared.fields import guid, name
+
+    rule = name if field == "name" else guid
+    valid = "prod-vault" if field == "name" else "00000000-0000-0000-0000-000000000000"
+    assert rule(valid) == valid
+    with pytest.raises(ValueError):
+        rule(valid + "\n")

@@ -11,10 +11,11 @@ import pytest
 
 from shared.errors import ServiceError
 from tests.fakes import TENANT, FakeGraph, FakeVault
-from tests.lifecycle_harness import APP, Harness, overtaken_at
+from tests.lifecycle_harness import APP, Harness, Overtaken, overtaken_at
 
 
-def _refusals_only(answered: list[ServiceError]) -> None:
+def _refusals_only(answered: Overtaken) -> None:
+    assert answered.ran, "the overtaking request never ran: the race did not happen"
     assert all(400 <= error.status < 500 for error in answered), [(e.status, e.detail) for e in answered]
 
 
@@ -61,7 +62,8 @@ async def test_two_credentials_changes_at_once_leave_the_current_version_enabled
     h = Harness()
     record = await h.create(rotation=False)
     client_id = record.client_id or ""
-    answered = overtaken_at(monkeypatch, FakeVault, "disable_others", 1,
+    # The first change is saved and about to disable what it superseded: the second one comes in then.
+    answered = overtaken_at(monkeypatch, FakeVault, "disable", 1,
                             lambda: h.api.update(APP, record.id, {"credentials": h.new_credential(client_id)}))
     await h.api.update(APP, record.id, {"credentials": h.new_credential(client_id)})
     _refusals_only(answered)
@@ -115,7 +117,16 @@ async def test_new_credentials_for_a_migrated_connection_leave_no_federated_cred
     assert h.check() == []
 
 
-async def test_a_credentials_change_overtaken_by_a_migration_starts_no_rotation_of_the_federated_connection(
+async def test_a_rotation_with_no_journal_is_not_started_on_a_connection_with_nothing_to_rotate() -> None:
+    h = Harness()
+    record = await h.create()
+    migrated = await h.api.migrate_to_federated(APP, record.id, {})  # a migration landed under a stale request
+    assert await h.services().rotator.claim(migrated, "credential-change") is None
+    off = await h.create(name="off", rotation=False)
+    assert await h.services().rotator.claim(off, "manual") is None
+
+
+async def test_a_migration_during_a_credentials_change_leaves_a_connection_that_can_be_deleted(
         monkeypatch: pytest.MonkeyPatch) -> None:
     h = Harness()
     record = await h.create()
@@ -206,3 +217,52 @@ async def test_a_removal_that_outlived_its_lease_answers_409_not_graphs_refusal_
     assert 400 <= stopped.value.status < 500, stopped.value.detail
     monkeypatch.undo()
     assert h.check() == []
+
+
+async def test_moving_a_migrated_connection_that_the_store_refuses_changes_nothing_on_either_application() -> None:
+    h = Harness()
+    await h.create(name="taken")
+    record = await h.create(name="mine")
+    await h.api.migrate_to_federated(APP, record.id, {})
+    other = h.fakes.world.application()
+    h.fakes.world.add_federated(other.client_id)
+    with pytest.raises(ServiceError) as refused:  # the name is taken: the write is refused, after the checks
+        await h.api.update(APP, record.id, {"name": "taken",
+                                            "credentials": {"tenantId": TENANT, "clientId": other.client_id}})
+    assert refused.value.status == 409
+    assert (await h.api.validate(APP, record.id)).status == "active"  # still signs in where it was
+    assert h.check() == []
+
+
+async def test_a_migrated_connection_whose_application_dropped_the_trust_can_still_move_to_another() -> None:
+    h = Harness()
+    record = await h.create()
+    migrated = await h.api.migrate_to_federated(APP, record.id, {})
+    h.fakes.world.apps[migrated.client_id or ""].federated.clear()  # the owner removed it by hand
+    other = h.fakes.world.application()
+    h.fakes.world.add_federated(other.client_id)
+    moved = await h.api.update(APP, record.id, {"credentials": {"tenantId": TENANT, "clientId": other.client_id}})
+    assert moved.client_id == other.client_id and moved.rotation.key_id is None
+    assert h.check() == []
+
+
+async def test_a_superseded_version_a_failed_call_left_enabled_is_disabled_by_the_next_change(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness()
+    record = await h.create(rotation=False)
+    client_id = record.client_id or ""
+    disable = FakeVault.disable
+    calls = 0
+
+    async def throttled_once(self: FakeVault, name: str, version: str) -> None:  # the adapter's is best effort
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            await disable(self, name, version)
+
+    monkeypatch.setattr(FakeVault, "disable", throttled_once)
+    for _ in range(3):
+        await h.api.update(APP, record.id, {"credentials": h.new_credential(client_id)})
+    current = await h.record(record.id)
+    assert current is not None
+    assert [v.version for v in h.fakes.vault.secrets[current.secret_name] if v.enabled] == [current.secret_version]

@@ -266,6 +266,7 @@ def test_azure_cores_per_request_log_is_lowered_to_warning():
     (None, "ApplicationInsightsSampler1.0"),
     ("always_on", "AlwaysOnSampler"),
     ("parentbased_traceidratio", "ApplicationInsightsSampler1.0"),  # misspelt: the distro would keep 5 a second
+    ("always_on ", "ApplicationInsightsSampler1.0"),  # the distro reads it as it is: not always_on either
 ])
 def test_exporting_keeps_every_trace_and_switches_off_azure_cores_own_spans(sampler, expected):
     code = (
