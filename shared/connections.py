@@ -801,7 +801,10 @@ class ConnectionService:
         try:
             await self.probe(app, Method(record.method), record.tenant_id, record.client_id or "", material)
         except CredentialRejected as rejected:
-            await self.record_status(record, STATUS_INVALID, rejected.detail)
+            current = await self.record_status(record, STATUS_INVALID, rejected.detail)
+            if current.secret_version != record.secret_version:  # Entra refused a credential replaced meanwhile
+                raise ConcurrentChange("The connection's credential changed while it was being validated; "
+                                       "validate it again.") from None
             raise
         return await self.record_status(record, STATUS_ACTIVE, None)
 

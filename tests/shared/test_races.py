@@ -10,7 +10,8 @@ from datetime import timedelta
 import pytest
 
 from shared.errors import ServiceError
-from tests.fakes import TENANT, FakeGraph, FakeVault
+from tests import fakes
+from tests.fakes import TENANT, FakeDirectory, FakeGraph, FakeVault
 from tests.lifecycle_harness import APP, Harness, Overtaken, overtaken_at
 
 
@@ -266,3 +267,30 @@ async def test_a_superseded_version_a_failed_call_left_enabled_is_disabled_by_th
     current = await h.record(record.id)
     assert current is not None
     assert [v.version for v in h.fakes.vault.secrets[current.secret_name] if v.enabled] == [current.secret_version]
+
+
+async def test_a_validation_whose_credential_was_replaced_while_entra_refused_it_answers_409_not_invalid(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness()
+    record = await h.create()  # its secret is the service's: the change below removes it from the application
+    answered = overtaken_at(monkeypatch, FakeDirectory, "probe", 1, lambda: h.api.update(
+        APP, record.id, {"credentials": h.new_credential(record.client_id or "")}))
+    with pytest.raises(ServiceError) as refused:
+        await h.api.validate(APP, record.id)
+    _refusals_only(answered)
+    assert refused.value.status == 409 and "changed while it was being validated" in refused.value.detail
+    current = await h.record(record.id)
+    assert current is not None and current.status == "active"  # the new credential's own validation stands
+
+
+async def test_a_validation_saved_just_before_a_credentials_changes_clean_up_does_not_put_the_clean_up_off(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness()
+    record = await h.create()
+    _, moved_to = h.new_application()
+    # The change's second write takes the clean-up's lease: a validation's status lands just before it.
+    answered = overtaken_at(monkeypatch, fakes.FakeConnections, "update", 2, lambda: h.api.validate(APP, record.id))
+    changed = await h.api.update(APP, record.id, {"credentials": moved_to, "isAutoRotationEnabled": False})
+    _refusals_only(answered)
+    assert changed.rotation.retire_version is None  # the application it left is cleaned up now, not by a sweep
+    assert h.check() == []
