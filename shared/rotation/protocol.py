@@ -612,26 +612,22 @@ class Rotator(Journaled):
 
     async def _lease_for_retirement(self, record: ConnectionRecord) -> ConnectionRecord | None:
         """``record`` leased to this worker for its retirement (ETag-guarded: a rotation, a credentials change or
-        another request's clean-up waits, 409, until it is released), taken on top of concurrent writes. None when
-        another holds the lease, the connection is being deleted, or its retirement changed meanwhile."""
-        current = record
-        for _ in range(3):  # a write that changed nothing of the retirement (a validation, a health check) is no bar
-            now = self.now()
+        another request's clean-up waits, 409, until it is released), taken on top of concurrent writes that leave
+        the retirement as it was (a validation, a health check). None when another holds the lease, the connection
+        is being deleted, or its retirement changed meanwhile."""
+        def free(current: ConnectionRecord) -> bool:
             state = current.rotation
-            if (state.leased(now) and state.lease_owner != self.owner) or current.status == STATUS_DELETING or (
-                    state.retire_version != record.rotation.retire_version):
-                return None
-            try:
-                return await self.adapters.connections.update(current.evolve(
-                    rotation=state.evolve(lease_owner=self.owner, lease_until=now + self.options.lease)))
-            except ConcurrentChange:
-                try:
-                    current = await self.adapters.connections.get(record.app, record.id)
-                except NotFound:
-                    return None
-            except NotFound:
-                return None
-        return None
+            return not ((state.leased(self.now()) and state.lease_owner != self.owner)
+                        or current.status == STATUS_DELETING or state.retire_version != record.rotation.retire_version)
+
+        if not free(record):
+            return None
+        try:
+            claimed = await self._apply(record, free, lambda current: current.evolve(rotation=current.rotation.evolve(
+                lease_owner=self.owner, lease_until=self.now() + self.options.lease)))
+        except (LeaseLost, NotFound):
+            return None
+        return claimed if claimed.rotation.lease_owner == self.owner else None
 
     async def retire_leased(self, record: ConnectionRecord) -> ConnectionRecord:
         """:meth:`retire` for a request: under the lease (without it, a rotation another request ran meanwhile
