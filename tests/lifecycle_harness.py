@@ -262,8 +262,12 @@ class Harness:
         task = asyncio.create_task(run(hold))
         await asyncio.wait([task, asyncio.create_task(held.wait())], return_when=asyncio.FIRST_COMPLETED)
         assert held.is_set(), f"the worker never reached {checkpoint}"
-        self.fakes.clock.advance(self.services().rotator.options.lease + timedelta(minutes=1))
+        self.lease_runs_out()
         return task, woken
+
+    def lease_runs_out(self) -> None:
+        """Move the clock past a worker's lease: one held up since then may have been taken over."""
+        self.fakes.clock.advance(self.services().rotator.options.lease + timedelta(minutes=1))
 
     async def due(self) -> None:
         """Move the clock past every connection's next rotation."""

@@ -479,7 +479,7 @@ async def test_the_sweep_finishes_a_migration_whose_worker_died_once_its_lease_r
     stopped = await h.record(record.id)
     assert stopped is not None
     assert stopped.rotation.step in MIGRATION_STEPS
-    h.fakes.clock.advance(h.services().rotator.options.lease + timedelta(minutes=1))
+    h.lease_runs_out()
     await h.sweep()
     done = await h.record(record.id)
     assert done is not None

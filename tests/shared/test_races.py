@@ -5,8 +5,6 @@ a connection pointing at a disabled secret, or a connection that cannot be delet
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 
 from shared.errors import ServiceError
@@ -153,7 +151,7 @@ async def test_a_rotation_held_up_past_its_lease_while_the_sweep_rotated_answers
     record = await h.create()
 
     async def take_over() -> None:  # the request's worker is held up past its lease; the sweep takes it over
-        h.fakes.clock.advance(h.services().rotator.options.lease + timedelta(minutes=1))
+        h.lease_runs_out()
         await h.due()
         await h.sweep()
 
@@ -172,7 +170,7 @@ async def test_a_credentials_change_held_up_in_its_clean_up_past_its_lease_leave
     record = await h.create()
 
     async def take_over() -> None:  # the change's clean-up call hangs past its lease; the sweep rotates meanwhile
-        h.fakes.clock.advance(h.services().rotator.options.lease + timedelta(minutes=1))
+        h.lease_runs_out()
         await h.due()
         await h.sweep()
 
@@ -190,7 +188,7 @@ async def test_a_migration_whose_graph_call_outlived_its_lease_answers_409_not_g
     record = await h.create()
 
     async def take_over() -> None:  # the addition hangs past the lease; the request sent again finishes it
-        h.fakes.clock.advance(h.services().rotator.options.lease + timedelta(minutes=1))
+        h.lease_runs_out()
         await h.api.migrate_to_federated(APP, record.id, {})
 
     overtaken_at(monkeypatch, FakeGraph, "add_federated_credential", 1, take_over)
@@ -209,7 +207,7 @@ async def test_a_removal_that_outlived_its_lease_answers_409_not_graphs_refusal_
     record = await h.create()
 
     async def take_over() -> None:  # the removal hangs past the lease; the request sent again finishes the clean-up
-        h.fakes.clock.advance(h.services().rotator.options.lease + timedelta(minutes=1))
+        h.lease_runs_out()
         await h.api.migrate_to_federated(APP, record.id, {"revokeOriginal": True})
 
     overtaken_at(monkeypatch, FakeGraph, "remove_key", 1, take_over)
