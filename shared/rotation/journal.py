@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from shared.audit import AuditLog
 from shared.azure.retry import jittered
@@ -67,6 +68,19 @@ def interrupted_attempt(state: RotationState) -> RotationState | None:
 # clock: more than a change in flight can take (its retries wait 30 s at most in all) and any clock skew between
 # workers.
 LEASE_MARGIN = timedelta(minutes=5)
+T = TypeVar("T")
+
+
+async def fenced(fence: Callable[[], None], change: Callable[[], Awaitable[T]]) -> T:
+    """``change`` (one Graph is asked to make) between two looks at ``fence`` (:meth:`Journaled.lease_check`):
+    right before it, and after it fails, since a call that outlived the lease may have failed because another
+    worker owns the application now; the answer is then ``LeaseLost``, not the failure."""
+    fence()
+    try:
+        return await change()
+    except ServiceError:
+        fence()
+        raise
 
 
 class Journaled:

@@ -66,7 +66,7 @@ from shared.records import (
     HealthState,
     RotationState,
 )
-from shared.rotation.journal import Journaled, Stopped, evolved, interrupted_attempt
+from shared.rotation.journal import Journaled, Stopped, evolved, fenced, interrupted_attempt
 from shared.rotation.kinds import ROLLS
 from shared.rotation.protocol import (
     backoff,
@@ -210,13 +210,9 @@ class Migrator(Journaled):
                 record = await self._save(record)
                 check = self.lease_check(record.rotation)
 
-                async def add() -> FederatedCredential:
-                    check()  # and its clock, right before the addition
-                    try:
-                        return await graph.add_federated_credential(registration.object_id, identity.credential(name))
-                    except ServiceError:
-                        check()  # a call that outlived the lease: another worker may have added it meanwhile
-                        raise
+                async def add() -> FederatedCredential:  # and its clock, right before the addition (and after)
+                    return await fenced(check, lambda: graph.add_federated_credential(registration.object_id,
+                                                                                      identity.credential(name)))
 
                 found = await self.audit.credential_changed(
                     "credential.add", add, app=record.app, connection_id=record.id, object_id=registration.object_id,

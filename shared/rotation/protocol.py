@@ -64,7 +64,7 @@ from shared.records import (
     RotationState,
 )
 from shared.rotation.journal import Checkpoint as Checkpoint
-from shared.rotation.journal import Journaled, Stopped, evolved, interrupted_attempt
+from shared.rotation.journal import Journaled, Stopped, evolved, fenced, interrupted_attempt
 from shared.rotation.journal import RemovalAudit as RemovalAudit
 from shared.rotation.journal import RotationOptions as RotationOptions
 from shared.rotation.kinds import ROLLS, roll_of
@@ -780,21 +780,16 @@ async def remove_rolled(roll: CredentialRoll, graph: GraphSession, client_id: st
     ordered = sorted(present, key=lambda c: c.key_id == (last or "").lower())
     for credential in ordered:
         if credential.key_id in doomed:
-            if fence is not None:
-                fence()
             remove = functools.partial(roll.remove_predecessor, graph, registration, credential.key_id, signer or {},
                                        now or datetime.now(UTC))
-            try:
-                if audit is not None:
-                    await audit(registration.object_id, credential.key_id, remove)
-                else:
-                    await remove()
-            except ServiceError:
-                if fence is not None:  # a call that outlived the lease: another worker may own the application now
-                    fence()
-                raise
+            audited = functools.partial(audit, registration.object_id, credential.key_id, remove) if audit else remove
+            await fenced(fence or _unfenced, audited)
             removed.append(credential.key_id)
     return removed[before:]
+
+
+def _unfenced() -> None:
+    """No lease to look at (a DELETE's removals, under its own)."""
 
 
 def _next_rotation(schedule: RotationSchedule | None, now: datetime, expires: datetime | None) -> datetime | None:
