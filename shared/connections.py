@@ -418,7 +418,9 @@ class ConnectionService:
                 key_id = federated_credential_kept(record, credentials.tenantId, credentials.clientId)
             new_state = new_state.evolve(key_id=key_id)
             if state.managed:  # what the service created on the application in use is retired after the switch
-                new_state = new_state.evolve(retire_version=record.secret_version,
+                # (tracked by ``retire_*`` from here on): the credential in use is the user's, and nothing the
+                # service creates is on its application until a rotation begins (which sets ``managed`` again).
+                new_state = new_state.evolve(retire_version=record.secret_version, managed=False,
                                              retire_tenant_id=record.tenant_id, retire_client_id=record.client_id)
             changes.update(tenant_id=credentials.tenantId, client_id=credentials.clientId, status=STATUS_ACTIVE,
                            status_message=None, last_validated_at=self.now())

@@ -195,8 +195,11 @@ class Harness:
                 continue
             state = owner.rotation
             assert match is not None
+            # What DELETE would remove: a credential of the service's in use counts only while the record says the
+            # service created something on that application (``managed``, a rotation, a clean-up of it).
             tracked = (
-                self.current_secret(owner) == password.secret
+                (self.current_secret(owner) == password.secret
+                 and (state.managed or state.rotation_id is not None or state.retire_client_id == client_id))
                 or state.rotation_id == match.group("rotation")
                 or key_id in (state.pending_key_id, state.previous_key_id)
                 or state.retire_client_id == client_id
@@ -282,8 +285,7 @@ def only_retired(before: tuple[Any, ...], after: tuple[Any, ...]) -> bool:
     if len(before) != 3 or len(after) != 3 or before[0].rotation.retire_version is None or before[1:] != after[1:]:
         return False
     record: ConnectionRecord = before[0]
-    retired = record.rotation.evolve(retire_version=None, retire_tenant_id=None, retire_client_id=None,
-                                     managed=record.rotation.rotation_id is not None)
+    retired = record.rotation.evolve(retire_version=None, retire_tenant_id=None, retire_client_id=None)
     return bool(after[0] == record.evolve(rotation=retired))
 
 

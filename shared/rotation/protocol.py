@@ -583,8 +583,7 @@ class Rotator(Journaled):
         state = record.rotation
         if state.retire_version is None:
             return record
-        same_app = (state.retire_client_id or "").lower() == (record.client_id or "").lower() and (
-            (state.retire_tenant_id or "").lower() == record.tenant_id.lower())
+        same_app = retires_in_use(record)
         version = record.secret_version if same_app else state.retire_version
         try:
             material: dict[str, str] | None = await self.adapters.vault.get(record.secret_name, version)
@@ -603,12 +602,11 @@ class Rotator(Journaled):
             # The version the change superseded, and only that one: a version current meanwhile stays enabled.
             await self.adapters.vault.disable(record.secret_name, state.retire_version)
         await self.checkpoint("after-retire", record)
-        # The current credential is the user's now (a credentials change is what started a retirement): nothing
-        # the service created is left on the application it uses, unless a rotation has begun since.
+        # Only the journal of the clean-up is forgotten: ``managed`` says whether the service created something on
+        # the application in use since the change (a rotation that began since sets it; the change cleared it).
         return await self._apply(record, lambda current: current.rotation == state,
                                  lambda current: current.evolve(rotation=current.rotation.evolve(
-                                     retire_version=None, retire_tenant_id=None, retire_client_id=None,
-                                     managed=current.rotation.rotation_id is not None)))
+                                     retire_version=None, retire_tenant_id=None, retire_client_id=None)))
 
     async def _lease_for_retirement(self, record: ConnectionRecord) -> ConnectionRecord | None:
         """``record`` leased to this worker for its retirement (ETag-guarded: a rotation, a credentials change or
@@ -692,7 +690,11 @@ class Rotator(Journaled):
         progress = progress if progress is not None else Removals()
         state = record.rotation
         retired: dict[str, str] | None = None
-        if state.retire_version is not None:
+        # The application it left is the one in use (new credentials for the same one): its clean-up is this one,
+        # made with the credential in use, which goes last; with the previous credential, the first removals would
+        # revoke the credential in use (a rotation made since) before the last ones were done.
+        in_use = retires_in_use(record)
+        if state.retire_version is not None and not in_use:
             try:
                 retired = await self.adapters.vault.get(record.secret_name, state.retire_version)
             except VersionDisabled:  # disabled once that application's removals were all done: nothing is left
@@ -703,7 +705,7 @@ class Rotator(Journaled):
                 await remove_rolled(roll_of(record), graph, state.retire_client_id or "", set(),
                                     connection_marker(record.id), audit=self._removal(record), signer=retired,
                                     now=self.now(), progress=progress)
-        if state.managed or state.rotation_id is not None:
+        if state.managed or state.rotation_id is not None or in_use:
             material = await self.adapters.vault.get(record.secret_name, record.secret_version)
             async with self.adapters.directory.graph(Method(record.method), record.tenant_id,
                                                      record.client_id or "", material) as graph:
@@ -712,6 +714,15 @@ class Rotator(Journaled):
                                     connection_marker(record.id), last=state.key_id, audit=self._removal(record),
                                     signer=material, now=self.now(), progress=progress)
         return progress.removed
+
+
+def retires_in_use(record: ConnectionRecord) -> bool:
+    """The application whose clean-up the journal holds (``retire_*``) is the one the connection uses: its new
+    credentials were for the same application."""
+    state = record.rotation
+    return state.retire_version is not None and (
+        (state.retire_client_id or "").lower() == (record.client_id or "").lower()
+        and (state.retire_tenant_id or "").lower() == record.tenant_id.lower())
 
 
 async def reindex(index: ScheduleStore, old_key: str | None, due: datetime | None, record: ConnectionRecord,

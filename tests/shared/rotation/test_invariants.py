@@ -241,6 +241,32 @@ async def test_a_worker_held_up_past_its_lease_while_the_connection_is_deleted_l
     assert all(h.fakes.world.credential(record.client_id or "", key_id) is None for key_id in made)
 
 
+@pytest.mark.parametrize("first", ["patch-credentials", "patch-other-app"])
+@pytest.mark.parametrize("then", ["patch-credentials", "patch-other-app", "delete"])
+async def test_a_secret_a_rotation_made_while_an_earlier_clean_up_waited_is_tracked_until_it_is_removed(
+        first: str, then: str) -> None:
+    """Found by the stateful test: new credentials whose clean-up fails twice (the change's, then the rotation's
+    that follows it) leave the clean-up in the journal while the rotation makes a secret of the service's current.
+    Finishing that clean-up later must not take the secret for the user's (the next change would leave it live and
+    untracked), and a DELETE must not remove it with the previous credential before the rest is done (it then
+    fails, with the credential in use revoked)."""
+    h = Harness()
+    record = await h.create(rotation=True)
+    h.fakes.world.fail_next("graph.remove", times=2)
+    h.faults_armed = True
+    changed = await user_operations(h, record.id)[first]()
+    assert changed.status == 200, changed.error
+    waiting = await h.record(record.id)
+    assert waiting is not None and waiting.rotation.retire_version is not None
+    assert waiting.rotation.status == "succeeded" and waiting.rotation.managed  # the service's secret is in use
+    outcome = await user_operations(h, record.id)[then]()
+    assert outcome.status == 200, outcome.error
+    assert h.check() == []
+    if then == "delete":
+        assert not [key for key, (client_id, _) in h.fakes.world.created.items()
+                    if h.fakes.world.credential(client_id, key) is not None]
+
+
 async def test_a_credentials_change_that_fails_first_finishes_the_clean_up_an_earlier_one_left_and_nothing_else(
 ) -> None:
     """Found by the stateful test: the clean-up a credentials change journals (the service's secrets on the
