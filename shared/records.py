@@ -26,13 +26,13 @@ def restore(cls: type[_Record], values: dict[str, Any]) -> _Record:
     sets each field through ``object.__setattr__``: a page of 50 connections read back sets thousands. For the
     stores' reading side; like ``__init__``, it refuses a field the class has not and a required one missing."""
     template, required, factories = _templates.get(cls) or _template(cls)
-    if not (required <= values.keys() <= template.keys()):
-        raise TypeError(f"{cls.__name__} has no field {sorted(values.keys() - template.keys())} or misses "
-                        f"{sorted(required - values.keys())}")
     record: Any = object.__new__(cls)
     state = record.__dict__
     state.update(template)
     state.update(values)
+    if len(state) != len(template) or not required <= values.keys():  # a field it has not adds one
+        raise TypeError(f"{cls.__name__} has no field {sorted(values.keys() - template.keys())} or misses "
+                        f"{sorted(required - values.keys())}")
     for name, factory in factories:
         if name not in values:
             state[name] = factory()

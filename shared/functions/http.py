@@ -47,7 +47,9 @@ Handler = Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
-    return json_bytes_response(json.dumps(data, ensure_ascii=False, separators=(",", ":")), status, headers)
+    from shared.json_codec import dumps  # orjson: not loaded to index the app
+
+    return json_bytes_response(dumps(data), status, headers)
 
 
 def json_bytes_response(body: bytes | str, status: int = 200,

@@ -36,15 +36,17 @@ from urllib.parse import quote, urlsplit
 from uuid import UUID
 
 from shared.errors import NotFound, ServiceMisconfigured, UpstreamError
+from shared.json_codec import loads
 from shared.records import ConnectionRecord, RotationEvent
 from shared.store.history import HISTORY_TABLE, event_of
 from shared.store.tables import (
     CONNECTIONS_TABLE,
     NAME_PREFIX,
-    RECORD_COLUMNS,
+    PART_OF,
     decode_token,
     encode_token,
-    record_of_columns,
+    record_of_parts,
+    record_parts,
     usable_key,
 )
 
@@ -146,27 +148,39 @@ def entity_of(item: Mapping[str, Any]) -> Entity:
     return entity
 
 
-# The annotation of each column a connection record is read from.
-_RECORD_ANNOTATIONS = {column + "@odata.type": column for column in RECORD_COLUMNS}
+# Where each key of a connection entity's JSON goes: a column's value to its part of the record (two items), a
+# column's type annotation to its column (three: the column is typed once the whole item is read).
+_TARGET_OF: dict[str, tuple[int, str] | tuple[int, str, str]] = {
+    **PART_OF, **{column + "@odata.type": (*target, column) for column, target in PART_OF.items()}}
 
 
 def connection_record_of(item: Mapping[str, Any]) -> ConnectionRecord:
     """The record of one connection entity of an answer's JSON: ``from_entity(entity_of(item))``, typing only the
-    columns the record is read from (the same conversions), in one step."""
-    # A large untyped integer is an Int64 to the SDK; a typed column is then typed from its JSON value.
-    columns = {key: value if value.__class__ is not int or _INT32_MIN <= value < _INT32_MAX
-               else EntityProperty(value, "Edm.Int64") for key, value in item.items() if key in RECORD_COLUMNS}
-    for key in _RECORD_ANNOTATIONS.keys() & item.keys():
-        name = _RECORD_ANNOTATIONS[key]
-        annotation = item[key]
-        if name in columns and annotation not in _AS_IS:
+    columns the record is read from (the same conversions), in one pass over the item."""
+    parts = record_parts(item["PartitionKey"], item["RowKey"])
+    annotated: list[tuple[tuple[int, str] | tuple[int, str, str], Any]] = []
+    target_of = _TARGET_OF.get
+    for key, value in item.items():
+        target = target_of(key)
+        if target is None:
+            continue
+        if len(target) == 3:
+            annotated.append((target, value))
+        elif value.__class__ is not int or _INT32_MIN <= value < _INT32_MAX:
+            parts[target[0]][target[1]] = value
+        else:  # a large untyped integer is an Int64 to the SDK
+            parts[target[0]][target[1]] = EntityProperty(value, "Edm.Int64")
+    for target, annotation in annotated:  # a typed column is typed from its JSON value
+        column = target[2]  # type: ignore[misc]
+        if column in item and annotation not in _AS_IS:
             convert = _CONVERT.get(annotation)
-            columns[name] = EntityProperty(annotation, item[name]) if convert is None else convert(item[name])
+            parts[target[0]][target[1]] = (EntityProperty(annotation, item[column]) if convert is None
+                                           else convert(item[column]))
     etag = item.get("odata.etag")
     if not etag:
         timestamp = item.get("Timestamp")
         etag = "W/\"datetime'" + quote(timestamp) + "'\"" if timestamp else None
-    return record_of_columns(columns, etag)
+    return record_of_parts(parts, etag)
 
 
 def odata_filter(template: str, parameters: Mapping[str, str | bool | int]) -> str:
@@ -351,7 +365,7 @@ class TableReads(TableRequests):
         if response.status != 200:
             raise self._failed(response)
         try:
-            return of(json.loads(response.body))
+            return of(loads(response.body))
         except (ValueError, KeyError, TypeError, AttributeError):
             raise UpstreamError("Table Storage returned an entity that cannot be read.") from None
 
@@ -384,7 +398,7 @@ class TableReads(TableRequests):
         if response.status != 200:
             raise self._failed(response)
         try:
-            read = [of(item) for item in json.loads(response.body)["value"]]
+            read = [of(item) for item in loads(response.body)["value"]]
         except (ValueError, KeyError, TypeError, AttributeError):
             raise UpstreamError("Table Storage returned a page that cannot be read.") from None
         next_pk, next_rk = response.headers.get(NEXT_PARTITION_KEY), response.headers.get(NEXT_ROW_KEY)

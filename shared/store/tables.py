@@ -110,7 +110,7 @@ def to_entity(record: ConnectionRecord) -> dict[str, Any]:
 
 
 # Each column of a connection entity: which of the record's parts it fills (0: the record, 1: its rotation state,
-# 2: its health state) and the field.
+# 2: its health state, 3: the actors and the consent, by column) and the field.
 _FIELD_OF = {
     **{column: (0, attr) for attr, column in _COLUMNS.items()},
     **{column: (1, attr) for attr, column in _ROTATION_COLUMNS.items()},
@@ -118,8 +118,11 @@ _FIELD_OF = {
 }
 _ACTOR_COLUMNS = tuple(f"{prefix}{part}" for prefix in ("CreatedBy", "UpdatedBy") for part in ("Id", "Name", "Type"))
 _AUTHORIZATION_COLUMNS = ("AuthorizedByOid", "AuthorizedByUpn", "AuthorizedByTenantId")
+PART_OF: dict[str, tuple[int, str]] = {
+    **_FIELD_OF, **{column: (3, column) for column in (*_ACTOR_COLUMNS, *_AUTHORIZATION_COLUMNS)}}
 # Every column a record is read from (an entity's other columns, such as Kind, are not).
-RECORD_COLUMNS = frozenset({"PartitionKey", "RowKey", *_FIELD_OF, *_ACTOR_COLUMNS, *_AUTHORIZATION_COLUMNS})
+RECORD_COLUMNS = frozenset({"PartitionKey", "RowKey", *PART_OF})
+RecordParts = tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]
 
 
 def from_entity(entity: Any) -> ConnectionRecord:
@@ -128,27 +131,37 @@ def from_entity(entity: Any) -> ConnectionRecord:
     return record_of_columns(entity, entity.metadata.get("etag") if hasattr(entity, "metadata") else None)
 
 
+def record_parts(app: Any, connection_id: Any) -> RecordParts:
+    """The empty parts :func:`record_of_parts` builds a record from, with its keys."""
+    return {"app": app, "id": connection_id}, {}, {}, {}
+
+
 def record_of_columns(columns: Mapping[str, Any], etag: str | None) -> ConnectionRecord:
     """The record of a connection entity's typed columns (at least those of ``RECORD_COLUMNS`` it has; others are
-    ignored) and its ETag: one pass over the columns, and the records built without their ``__init__``
-    (``shared.records.restore``), as a read of a page does it 50 times."""
-    parts: tuple[dict[str, Any], dict[str, Any], dict[str, Any]] = (
-        {"app": columns["PartitionKey"], "id": columns["RowKey"]}, {}, {})
-    field_of = _FIELD_OF.get
+    ignored) and its ETag."""
+    parts = record_parts(columns["PartitionKey"], columns["RowKey"])
+    part_of = PART_OF.get
     for column, value in columns.items():
-        target = field_of(column)
+        target = part_of(column)
         if target is not None:
             if isinstance(value, datetime) and value.tzinfo is not UTC:
                 value = value.astimezone(UTC)
             parts[target[0]][target[1]] = value
-    values, rotation, health = parts
-    get = columns.get
+    return record_of_parts(parts, etag)
+
+
+def record_of_parts(parts: RecordParts, etag: str | None) -> ConnectionRecord:
+    """The record of a connection entity's typed columns sorted into its parts by ``PART_OF`` (date-times in
+    UTC), and its ETag; built without the records' ``__init__`` (``shared.records.restore``), as a read of a page
+    does it 50 times."""
+    values, rotation, health, others = parts
+    get = others.get
     authorized = None
     if get("AuthorizedByOid"):
-        authorized = restore(Authorization, {"oid": str(columns["AuthorizedByOid"]), "upn": get("AuthorizedByUpn"),
+        authorized = restore(Authorization, {"oid": str(others["AuthorizedByOid"]), "upn": get("AuthorizedByUpn"),
                                              "tenant_id": get("AuthorizedByTenantId")})
     values.update(rotation=restore(RotationState, rotation), health=restore(HealthState, health),
-                  created_by=_actor(columns, "CreatedBy"), updated_by=_actor(columns, "UpdatedBy"),
+                  created_by=_actor(others, "CreatedBy"), updated_by=_actor(others, "UpdatedBy"),
                   authorized_by=authorized, etag=etag)
     return restore(ConnectionRecord, values)
 
