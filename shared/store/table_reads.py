@@ -148,34 +148,33 @@ def entity_of(item: Mapping[str, Any]) -> Entity:
     return entity
 
 
-# Where each key of a connection entity's JSON goes: a column's value to its part of the record (two items), a
-# column's type annotation to its column (three: the column is typed once the whole item is read).
-_TARGET_OF: dict[str, tuple[int, str] | tuple[int, str, str]] = {
-    **PART_OF, **{column + "@odata.type": (*target, column) for column, target in PART_OF.items()}}
+# Where each key of a connection entity's JSON goes: a column's value to its part of the record (part, field), a
+# column's type annotation to its column (a string: the column is typed once the whole item is read).
+_TARGET_OF: dict[str, tuple[int, str] | str] = {
+    **PART_OF, **{column + "@odata.type": column for column in PART_OF}}
 
 
 def connection_record_of(item: Mapping[str, Any]) -> ConnectionRecord:
     """The record of one connection entity of an answer's JSON: ``from_entity(entity_of(item))``, typing only the
     columns the record is read from (the same conversions), in one pass over the item."""
     parts = record_parts(item["PartitionKey"], item["RowKey"])
-    annotated: list[tuple[tuple[int, str] | tuple[int, str, str], Any]] = []
+    annotated: list[tuple[str, Any]] = []
     target_of = _TARGET_OF.get
     for key, value in item.items():
         target = target_of(key)
         if target is None:
             continue
-        if len(target) == 3:
+        if target.__class__ is str:
             annotated.append((target, value))
-        elif value.__class__ is not int or _INT32_MIN <= value < _INT32_MAX:
-            parts[target[0]][target[1]] = value
-        else:  # a large untyped integer is an Int64 to the SDK
-            parts[target[0]][target[1]] = EntityProperty(value, "Edm.Int64")
-    for target, annotation in annotated:  # a typed column is typed from its JSON value
-        column = target[2]  # type: ignore[misc]
+            continue
+        if value.__class__ is int and not _INT32_MIN <= value < _INT32_MAX:
+            value = EntityProperty(value, "Edm.Int64")  # a large untyped integer is an Int64 to the SDK
+        parts[target[0]][target[1]] = value  # type: ignore[index]
+    for column, annotation in annotated:  # a typed column is typed from its JSON value
         if column in item and annotation not in _AS_IS:
             convert = _CONVERT.get(annotation)
-            parts[target[0]][target[1]] = (EntityProperty(annotation, item[column]) if convert is None
-                                           else convert(item[column]))
+            part, field = PART_OF[column]
+            parts[part][field] = EntityProperty(annotation, item[column]) if convert is None else convert(item[column])
     etag = item.get("odata.etag")
     if not etag:
         timestamp = item.get("Timestamp")
