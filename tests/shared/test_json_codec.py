@@ -35,7 +35,8 @@ def test_a_document_reads_back_as_the_standard_library_reads_it(data: Any) -> No
     assert loads(document.encode()) == json.loads(document) == data
 
 
-@pytest.mark.parametrize("data", [{1: "a", True: "b", None: "c"}, {"big": 2**70}, {"negative": -(2**70)}])
+@pytest.mark.parametrize("data", [{1: "a", None: "c", 2.5: "d"}, {True: "t", False: "f"}, {"big": 2**70},
+                                  {"negative": -(2**70)}])
 def test_what_orjson_refuses_or_keys_otherwise_is_written_as_the_standard_library_writes_it(data: Any) -> None:
     assert dumps(data) == _standard(data)
 
