@@ -247,11 +247,13 @@ class ConnectionService:
     async def record_status(self, record: ConnectionRecord, status: str, message: str | None) -> ConnectionRecord:
         """Record a validation outcome on top of whatever else changed meanwhile (it is the newest news of the
         credential, unless the credential itself changed, whose own validation is newer). A connection being deleted
-        keeps its mark: the outcome is not written over it (the DELETE's last write is guarded by it)."""
+        keeps its mark: the outcome is not written over it (the DELETE's last write is guarded by it), and the
+        request answers that it is being deleted (409), or deleted (404), rather than with a record that is not
+        the connection's any more."""
         current = record
         for _ in range(3):
             if current.status == STATUS_DELETING:
-                return current
+                raise self._being_deleted(current)
             try:
                 return await self.store.update(
                     current.evolve(status=status, status_message=message, last_validated_at=self.now()))
@@ -259,7 +261,7 @@ class ConnectionService:
                 try:
                     current = await self.store.get(record.app, record.id)
                 except NotFound:
-                    return record
+                    raise NotFound("The connection was deleted while it was being validated.") from None
                 if current.secret_version != record.secret_version:
                     return current
         log.info("Connection %s kept changing; its validation outcome was not recorded", record.id)
@@ -652,7 +654,13 @@ class ConnectionService:
                                rotation=state.evolve(lease_owner=owner,
                                                      lease_until=now + timedelta(seconds=DELETE_LEASE_SECONDS)))
         before = record
-        record = await self.store.update(marked)
+        try:
+            record = await self.store.update(marked)
+        except ConcurrentChange:
+            if not await self._still_there(before):  # another DELETE finished it meanwhile
+                raise NotFound(f"No {before.app} connection has the id '{before.id}': another request deleted it "
+                               "meanwhile.") from None
+            raise
         progress = Removals()
         left: list[str] = []
         try:

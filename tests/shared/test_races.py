@@ -31,6 +31,45 @@ async def test_a_validation_during_a_delete_neither_undoes_the_deletion_nor_revi
     assert h.check() == []
 
 
+@pytest.mark.parametrize("refused", [False, True])
+async def test_a_validation_that_a_delete_overtakes_before_it_records_its_outcome_answers_404(
+        monkeypatch: pytest.MonkeyPatch, refused: bool) -> None:
+    """Entra has answered (the credential works, or is refused); the DELETE ends before the outcome is written: the
+    validation answers that the connection is gone, not 200 (or 400) with the record it read before."""
+    h = Harness()
+    record = await h.create(rotation=False)  # the user's own secret: the DELETE needs no Graph call
+    if refused:
+        h.fakes.world.apps[record.client_id or ""].passwords.clear()  # revoked in the portal
+    answered = overtaken_at(monkeypatch, fakes.FakeConnections, "update", 1, lambda: h.api.delete(APP, record.id))
+    with pytest.raises(ServiceError) as validated:
+        await h.api.validate(APP, record.id)
+    assert answered.ran and list(answered) == []
+    assert validated.value.status == 404, validated.value.detail
+    assert await h.record(record.id) is None
+    assert h.check() == []
+
+
+async def test_a_delete_that_another_delete_overtakes_answers_404() -> None:
+    """Both read the connection; the other one deletes it before this one marks it: this one answers that it is
+    gone (as a DELETE sent after would), not 409 "changed by another request"."""
+    h = Harness()
+    record = await h.create(rotation=False)
+    original = h.fakes.connections.get
+
+    async def read_then_overtaken(app: str, connection_id: str) -> object:
+        read = await original(app, connection_id)
+        h.fakes.connections.get = original  # type: ignore[method-assign]
+        await h.api.delete(APP, record.id)
+        return read
+
+    h.fakes.connections.get = read_then_overtaken  # type: ignore[method-assign]
+    with pytest.raises(ServiceError) as second:
+        await h.api.delete(APP, record.id)
+    assert second.value.status == 404, second.value.detail
+    assert await h.record(record.id) is None
+    assert h.check() == []
+
+
 @pytest.mark.parametrize("other", ["rotate", "new credentials"])
 async def test_a_credentials_change_cleaning_up_does_not_remove_what_a_later_request_made_current(
         monkeypatch: pytest.MonkeyPatch, other: str) -> None:
