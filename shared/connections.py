@@ -81,8 +81,10 @@ from shared.rotation.protocol import (
     Attempt,
     Removals,
     Rotator,
+    connection_marker,
     reindex,
     retire_waiting,
+    retires_in_use,
     schedule_of,
     secret_tags,
 )
@@ -115,6 +117,7 @@ class Deleted:
     record: ConnectionRecord
     removed_key_ids: list[str]
     key_ids_left_live: list[str]
+    applications_not_read: list[str] = field(default_factory=list)
 
 
 class ConnectionService:
@@ -418,7 +421,7 @@ class ConnectionService:
                 trigger = trigger or "credential-change"
             if method is Method.FEDERATED:
                 key_id = federated_credential_kept(record, credentials.tenantId, credentials.clientId)
-            new_state = new_state.evolve(key_id=key_id)
+            new_state = new_state.evolve(key_id=key_id, key_made=False)
             if state.managed:  # what the service created on the application in use is retired after the switch
                 # (tracked by ``retire_*`` from here on): the credential in use is the user's, and nothing the
                 # service creates is on its application until a rotation begins (which sets ``managed`` again).
@@ -429,8 +432,10 @@ class ConnectionService:
             fresh = self._fresh_health(record, expires_on)
         elif enabling and method is Method.CLIENT_SECRET:
             material = await self.material_of(record)
-            new_state = new_state.evolve(key_id=(await self._key_id(
-                record.tenant_id, record.client_id or "", material["clientSecret"], new_state.key_id)).key_id)
+            known = await self._key_id(record.tenant_id, record.client_id or "", material["clientSecret"],
+                                       new_state.key_id)
+            new_state = new_state.evolve(key_id=known.key_id,
+                                         key_made=new_state.key_made and known.key_id == new_state.key_id)
         if new_state.enabled and new_state.interval_days and (config is not None or enabling
                                                                or request.credentials is not None):
             await require_interval_allowed(
@@ -663,6 +668,7 @@ class ConnectionService:
             raise
         progress = Removals()
         left: list[str] = []
+        unread: list[str] = []
         try:
             await self.rotator.remove_all(record, progress)
             progress.removed += await self._remove_federated_credential(record)
@@ -672,7 +678,7 @@ class ConnectionService:
                 # secret only once they are done. This one finishes it.
                 log.info("Connection %s: an earlier deletion got past its removals; finishing it", record.id)
             else:
-                left = await self._removal_failed(record, before, progress, error, force)
+                left, unread = await self._removal_failed(record, before, progress, error, force)
         removed = progress.removed
         if record.method == Method.OAUTH:
             self.oauth_tokens.forget(record)
@@ -690,15 +696,16 @@ class ConnectionService:
         await self.adapters.history.delete_all(record.id)
         log.info("Deleted %s connection %s (%d service-created secrets removed, %d left live)", record.app,
                  record.id, len(removed), len(left))
-        return Deleted(record, removed, left)
+        return Deleted(record, removed, left, unread)
 
     async def _removal_failed(self, record: ConnectionRecord, before: ConnectionRecord, progress: Removals,
-                              error: ServiceError, force: bool) -> list[str]:
+                              error: ServiceError, force: bool) -> tuple[list[str], list[str]]:
         """A DELETE's removals failed: without ``force`` the connection is as it was and the answer a 409 naming what
         stays live; with it, what stays live is audited and returned."""
         left, unread = self._left_live(record, progress)
-        where = (f" The credentials it created on the application {', '.join(unread)} could not be read, so "
-                 "they are not listed." if unread else "")
+        where = (f" The application {', '.join(unread)} could not be read, so what the service created there is "
+                 "not listed (but the Key IDs the connection records): its display name starts with "
+                 f"'{connection_marker(record.id)}'." if unread else "")
         if not force:
             await self._release(record, before)
             raise CredentialsLeftLive(
@@ -711,7 +718,7 @@ class ConnectionService:
             "connection.delete", "credentials-left-live", app=record.app, connection_id=record.id,
             connection_name=record.name,
             detail=f"Left live by ?force=true: Key IDs {', '.join(left) or 'none known'}.{where}")
-        return left
+        return left, unread
 
     async def _still_there(self, record: ConnectionRecord) -> bool:
         try:
@@ -723,8 +730,9 @@ class ConnectionService:
     @staticmethod
     def _left_live(record: ConnectionRecord, progress: Removals) -> tuple[list[str], list[str]]:
         """After a removal pass that failed: the Key IDs still live that the service created (those it found on
-        each application it read and did not remove; for one it could not read, those the record names), and the
-        client IDs of the applications it could not read."""
+        each application it read and did not remove; for the one in use, not read, those the record names as the
+        service's), and the client IDs of the applications it could not read (what else the service created there
+        is found by its display name). The credential the user gave is never listed."""
         state = record.rotation
         client_id = record.client_id or ""
         left: list[str] = []
@@ -736,11 +744,12 @@ class ConnectionService:
                 unread.append(state.retire_client_id)
         if client_id in progress.found:
             left += progress.left(client_id)
-        else:  # not read: the ones the record names
-            left += [key for key in (state.key_id if state.managed else None, state.pending_key_id) if key]
+        elif state.managed or state.rotation_id is not None or retires_in_use(record):
+            left += [key for key in (state.key_id if state.key_made else None, state.pending_key_id) if key]
+            unread.append(client_id)
         if record.method == Method.FEDERATED and state.key_id and state.key_id not in progress.removed:
             left.append(state.key_id)
-        return list(dict.fromkeys(left)), unread
+        return list(dict.fromkeys(left)), list(dict.fromkeys(unread))
 
     async def _leave_federated_credential(self, before: ConnectionRecord) -> None:
         """After a federated connection moved to another application: remove the federated credential the service

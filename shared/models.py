@@ -273,11 +273,14 @@ class ConnectionList(_Out):
 
 class DeletedOut(_Out):
     """A deleted connection as it was, and the client secrets the service had created on its application: the
-    ones removed, and the ones left live (only with ``?force=true``, when Graph refused to remove them)."""
+    ones removed, and the ones left live (only with ``?force=true``, when Graph refused to remove them); and the
+    applications (client IDs) that could not even be read, where what the service created is found by its display
+    name, ``app-connections <connection id> rotation ...``."""
 
     appConnection: ConnectionOut
     removedKeyIds: list[str]
     keyIdsLeftLive: list[str]
+    applicationsNotRead: list[str] = Field(default_factory=list)
 
 
 class RotationEventOut(_Out):

@@ -96,7 +96,10 @@ class RotationState:
     schedule_key: str | None = None
     failures: int = 0
     key_id: str | None = None  # Key ID of the client secret in use
-    managed: bool = False  # the service created credentials on the application (DELETE removes them)
+    key_made: bool = False  # that credential is one a rotation made (not the one the user gave)
+    # The service may have created credentials on the application in use (a rotation began since the credentials
+    # were given; DELETE removes them). The clean-up of an application left behind is tracked by ``retire_*``.
+    managed: bool = False
     # Credentials the service created on the application the connection used before its credentials were
     # changed, still to be removed (with that application's credential, kept in this vault version).
     retire_version: str | None = None

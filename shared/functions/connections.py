@@ -125,7 +125,8 @@ async def delete_app_connection(req: func.HttpRequest) -> func.HttpResponse:
     deleted = await _service().delete(req.route_params["app"], req.route_params["connectionId"],
                                       force=query_bool(req, "force"), if_match=req.headers.get("if-match"))
     return json_response({"appConnection": to_response(deleted.record), "removedKeyIds": deleted.removed_key_ids,
-                          "keyIdsLeftLive": deleted.key_ids_left_live})
+                          "keyIdsLeftLive": deleted.key_ids_left_live,
+                          "applicationsNotRead": deleted.applications_not_read})
 
 
 @bp.function_name("validate_app_connection")

@@ -235,7 +235,7 @@ class Migrator(Journaled):
         acting = audit.current().actor  # the request's caller, as an edit records it (without its role)
         caller = Actor(acting.id, acting.name, acting.type)
         now = self.now()
-        state = record.rotation.evolve(step=SWITCHED, enabled=False, key_id=None)
+        state = record.rotation.evolve(step=SWITCHED, enabled=False, key_id=None, key_made=False)
         def health(current: ConnectionRecord) -> HealthState:  # the health index's entry as it is when written
             return HealthState(status=HEALTHY, checked_at=now, next_check_at=current.health.next_check_at,
                                check_key=current.health.check_key, notified_status=current.health.notified_status,

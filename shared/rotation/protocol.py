@@ -438,7 +438,9 @@ class Rotator(Journaled):
                 f"removed and the current {roll.noun} was left in place."
             ))
         await self.checkpoint("after-test", record)
-        return await self._save(record, state.evolve(step=TESTED))
+        tested = await self._save(record, state.evolve(step=TESTED))
+        await self.checkpoint("after-tested", tested)
+        return tested
 
     async def _finish(self, record: ConnectionRecord, run: _Run) -> ConnectionRecord:
         state = record.rotation
@@ -460,7 +462,7 @@ class Rotator(Journaled):
             return [notice] if notice else []
 
         record = await self._save(
-            record, state.evolve(step=FINISHED, key_id=state.pending_key_id), notices,
+            record, state.evolve(step=FINISHED, key_id=state.pending_key_id, key_made=True), notices,
             secret_version=state.pending_version, health=lambda current: checked(current)[1],
         )
         await self.checkpoint("after-finish", record)
@@ -595,10 +597,13 @@ class Rotator(Journaled):
             async with self.adapters.directory.graph(Method(record.method),
                                                      state.retire_tenant_id or record.tenant_id,
                                                      state.retire_client_id or "", material) as graph:
+                # On the application in use: neither its credential nor what a rotation under way added (one
+                # resumed past its addition retires first; its new credential is about to be the one in use).
+                under_way = marker(record.id, state.rotation_id) if same_app and state.rotation_id else None
                 await remove_rolled(roll_of(record), graph, state.retire_client_id or "", set(),
                                     connection_marker(record.id), keep=state.key_id if same_app else None,
-                                    audit=self._removal(record), signer=material, now=self.now(),
-                                    fence=self.lease_check(state))  # a rotation's worker retires under its lease
+                                    spare=under_way, audit=self._removal(record), signer=material,
+                                    now=self.now(), fence=self.lease_check(state))  # under a rotation's lease
             # The version the change superseded, and only that one: a version current meanwhile stays enabled.
             await self.adapters.vault.disable(record.secret_name, state.retire_version)
         await self.checkpoint("after-retire", record)
@@ -768,12 +773,14 @@ class Removals:
 
 async def remove_rolled(roll: CredentialRoll, graph: GraphSession, client_id: str, key_ids: set[str],
                         marker_name: str | None, keep: str | None = None, last: str | None = None,
+                        spare: str | None = None,
                         audit: RemovalAudit | None = None, registration: AppRegistration | None = None,
                         signer: Mapping[str, str] | None = None, now: datetime | None = None,
                         fence: Callable[[], None] | None = None, progress: Removals | None = None) -> list[str]:
     """Remove (the roll's ``remove_predecessor``) each of ``key_ids`` still on the application, and every
-    credential of the roll's kind whose display name starts with ``marker_name``, but ``keep``, and ``last`` after
-    all others (the one in use: should a removal fail, it is still there); return the Key IDs removed (one already
+    credential of the roll's kind whose display name starts with ``marker_name``, but ``keep`` and those whose
+    display name starts with ``spare`` (a rotation's under way), and ``last`` after all others (the one in use:
+    should a removal fail, it is still there); return the Key IDs removed (one already
     gone counts as done). ``registration``: the application as just read, when it was; ``signer``: the material of
     the version in use (it signs a proof of possession where the kind needs one), checked as of ``now``;
     ``fence``: called right before each removal (it raises when the rotation is no longer the caller's);
@@ -784,6 +791,8 @@ async def remove_rolled(roll: CredentialRoll, graph: GraphSession, client_id: st
     if marker_name is not None:
         doomed |= {c.key_id for c in present if (c.display_name or "").startswith(marker_name)}
     doomed.discard((keep or "").lower())
+    if spare is not None:
+        doomed -= {c.key_id for c in present if (c.display_name or "").startswith(spare)}
     if progress is not None:
         progress.found[client_id] = {c.key_id for c in present if c.key_id in doomed}
     removed: list[str] = progress.removed if progress is not None else []

@@ -54,8 +54,34 @@ async def test_delete_answers_409_and_keeps_everything_when_graph_refuses_and_fo
     assert kept.rotation == record.rotation
     forced = await h.api.delete(APP, record.id, force=True)
     assert forced.removed_key_ids == []
-    assert forced.key_ids_left_live == [record.rotation.key_id]
+    assert forced.key_ids_left_live == [record.rotation.key_id]  # a rotation made it: the service's to list
+    assert forced.applications_not_read == [record.client_id]
     assert await h.record(record.id) is None
+
+
+@pytest.mark.parametrize("given", ["at create", "by a change"])
+async def test_a_delete_never_lists_the_credential_the_user_gave_as_one_to_remove(given: str) -> None:
+    """Found by a review: a rotation that failed before adding anything leaves the user's secret in use, and the
+    application unreadable (its permission withdrawn). The DELETE listed that secret's Key ID among those the
+    service created, which the docs tell the user to remove: their own secret, which other systems may use."""
+    h = Harness()
+    if given == "at create":
+        h.fakes.world.fail_next("graph.add")
+        record = await h.create()
+    else:
+        record = await h.create()
+        h.fakes.world.fail_next("graph.add")
+        await h.api.update(APP, record.id, {"credentials": h.new_credential(record.client_id or "")})
+    failed = await h.record(record.id)
+    assert failed is not None and failed.rotation.status == "failed" and not failed.rotation.key_made
+    h.fakes.world.apps[record.client_id or ""].may_manage_itself = False
+    with pytest.raises(CredentialsLeftLive) as refused:
+        await h.api.delete(APP, record.id)
+    assert refused.value.extensions["keyIds"] == []
+    assert refused.value.extensions["applicationsNotRead"] == [record.client_id]
+    forced = await h.api.delete(APP, record.id, force=True)
+    assert forced.key_ids_left_live == [] and forced.applications_not_read == [record.client_id]
+    assert failed.rotation.key_id in h.fakes.world.apps[record.client_id or ""].passwords  # and it still works
 
 
 async def test_a_forced_delete_that_failed_halfway_lists_exactly_what_it_left_live_and_audits_it() -> None:
@@ -317,14 +343,15 @@ async def test_a_previous_application_that_refuses_its_clean_up_does_not_stop_th
     left_there = sorted(p.key_id for p in old.passwords.values() if p.created_by_service)
     with pytest.raises(CredentialsLeftLive) as refused:
         await h.api.delete(APP, record.id)
-    assert refused.value.extensions["applicationsNotRead"] == [record.client_id]
+    # The pass stopped there: the application in use was not read either.
+    assert refused.value.extensions["applicationsNotRead"] == [record.client_id, after.client_id]
     assert refused.value.extensions["keyIds"] == [after.rotation.key_id]  # named by the record (nothing was read)
-    assert f"application {record.client_id} could not be read" in refused.value.detail
+    assert f"application {record.client_id}, {after.client_id} could not be read" in refused.value.detail
     old.may_manage_itself = True
     h.fakes.world.fail_next("graph.remove", UpstreamForbidden("Graph refused (injected)"))
     with pytest.raises(CredentialsLeftLive) as refused:  # read, but its removal refused: its Key IDs are listed
         await h.api.delete(APP, record.id)
-    assert refused.value.extensions["applicationsNotRead"] == []
+    assert refused.value.extensions["applicationsNotRead"] == [after.client_id]  # the pass stopped before it
     assert refused.value.extensions["keyIds"] == [*left_there, after.rotation.key_id]
     h.fakes.clock.advance(timedelta(days=31))
     await h.sweep()  # the next rotation removes them first

@@ -11,10 +11,10 @@ from datetime import timedelta
 import pytest
 
 from shared.records import ConnectionRecord
-from tests.lifecycle_harness import Crash, Harness, only_retired, user_operations
+from tests.lifecycle_harness import APP, Crash, Harness, only_retired, user_operations
 
 CHECKPOINTS = ["before-add-password", "lease-renewed", "after-add-password", "after-vault-write", "after-test",
-               "after-finish", "after-revoke"]
+               "after-tested", "after-finish", "after-revoke"]
 OPERATIONS = ["patch-credentials", "patch-other-app", "patch-rotation", "disable-rotation", "delete", "validate",
               "rotate", "rename", "reauthorize"]
 # While a rotation runs, these wait for it: they answer 409 with the rotation's id and Retry-After.
@@ -265,6 +265,42 @@ async def test_a_secret_a_rotation_made_while_an_earlier_clean_up_waited_is_trac
     if then == "delete":
         assert not [key for key, (client_id, _) in h.fakes.world.created.items()
                     if h.fakes.world.credential(client_id, key) is not None]
+
+
+@pytest.mark.parametrize("stopped", ["created", "tested"])
+@pytest.mark.parametrize("resumed_by", ["sweep", "rotate"])
+async def test_a_clean_up_of_the_application_in_use_spares_what_a_rotation_under_way_added(
+        stopped: str, resumed_by: str) -> None:
+    """Found by a review: new credentials for the same application, whose clean-up fails twice (the change's, then
+    the rotation's that follows it), and the rotation dies after adding its secret. The attempt that resumes it
+    (the sweep's, or a manual rotation's) cleans up first: that clean-up removed the rotation's new secret as a
+    leftover, and the rotation then made it current (I1) or could not test it."""
+    h = Harness()
+    record = await h.create(rotation=True)
+    h.fakes.world.fail_next("graph.remove", times=2)
+    died: list[str] = []
+
+    async def checkpoint(name: str, current: ConnectionRecord) -> None:
+        if name == {"created": "after-test", "tested": "after-tested"}[stopped] and not died:
+            died.append(name)
+            raise Crash(name)
+
+    with pytest.raises(Crash):
+        await h.services(checkpoint).connections.update(
+            APP, record.id, {"credentials": h.new_credential(record.client_id or "")})
+    waiting = await h.record(record.id)
+    assert waiting is not None and waiting.rotation.step == stopped and waiting.rotation.retire_version is not None
+    h.lease_runs_out()
+    if resumed_by == "sweep":
+        await h.due()
+        await h.sweep()
+    else:
+        await h.api.rotate(APP, record.id)
+    done = await h.record(record.id)
+    assert done is not None and done.rotation.status == "succeeded", done.rotation.message
+    assert done.rotation.retire_version is None
+    assert h.check() == []
+    await h.api.validate(APP, record.id)
 
 
 async def test_a_credentials_change_that_fails_first_finishes_the_clean_up_an_earlier_one_left_and_nothing_else(
