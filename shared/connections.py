@@ -242,9 +242,14 @@ class ConnectionService:
             await self.vault.disable(record.secret_name, stored.version)
             raise
         if saved.rotation.retire_version is None:
-            if record.secret_version:
-                await self.vault.disable(saved.secret_name, record.secret_version)
-            await self.vault.disable_older(saved.secret_name, saved.secret_version)
+            try:
+                if record.secret_version:
+                    await self.vault.disable(saved.secret_name, record.secret_version)
+                await self.vault.disable_older(saved.secret_name, saved.secret_version)
+            except (ServiceError, OSError, TimeoutError) as error:  # the change is made: it is not undone for this
+                log.warning("Connection %s: the secret versions its change superseded are still enabled (%s); the "
+                            "next change of its secret disables them", record.id,
+                            error.detail if isinstance(error, ServiceError) else type(error).__name__)
         return saved
 
     async def record_status(self, record: ConnectionRecord, status: str, message: str | None) -> ConnectionRecord:

@@ -84,6 +84,23 @@ async def test_a_delete_never_lists_the_credential_the_user_gave_as_one_to_remov
     assert failed.rotation.key_id in h.fakes.world.apps[record.client_id or ""].passwords  # and it still works
 
 
+async def test_a_change_whose_superseded_version_cannot_be_disabled_is_made_and_the_next_change_disables_it(
+) -> None:
+    """Found by a review: Key Vault refusing to disable the superseded version (after its retries) answered 502 for
+    a change already saved (I3). The change stands; the next change of the secret disables every older version."""
+    h = Harness()
+    record = await h.create(rotation=False)
+    _, credentials = h.new_application()
+    h.fakes.world.fail_next("vault.disable")
+    changed = await h.api.update(APP, record.id, {"credentials": credentials})
+    assert changed.client_id == credentials["clientId"] and changed.secret_version != record.secret_version
+    assert h.fakes.vault.version(record.secret_name, record.secret_version).enabled  # left enabled for now
+    again = await h.api.update(APP, record.id, {"credentials": h.new_credential(changed.client_id or "")})
+    versions = h.fakes.vault.secrets[record.secret_name]
+    assert [v.version for v in versions if v.enabled] == [again.secret_version]
+    assert h.check() == []
+
+
 async def test_a_forced_delete_that_failed_halfway_lists_exactly_what_it_left_live_and_audits_it() -> None:
     from shared.rotation.protocol import connection_marker
 
