@@ -677,6 +677,7 @@ class ConnectionService:
         try:
             await self.rotator.remove_all(record, progress)
             progress.removed += await self._remove_federated_credential(record)
+            record = await self._removals_done(record)
         except ServiceError as error:
             if before.status == STATUS_DELETING and isinstance(error, SecretGone | VersionDisabled):
                 # An earlier DELETE of this connection stopped after its removals: it disables and deletes the
@@ -687,21 +688,45 @@ class ConnectionService:
         removed = progress.removed
         if record.method == Method.OAUTH:
             self.oauth_tokens.forget(record)
-        if method_spec(record.method).stores_secret:
-            await self.vault.disable_others(record.secret_name, "")
-            await self.vault.delete(record.secret_name)
         try:
-            await self.store.delete(record)
-        except (ConcurrentChange, NotFound):
-            if await self._still_there(record):
-                raise
-            log.info("Connection %s was deleted by another DELETE meanwhile", record.id)
-        await self.adapters.schedule.remove(state.schedule_key)
-        await self.adapters.health_index.remove(record.health.check_key)
-        await self.adapters.history.delete_all(record.id)
+            if method_spec(record.method).stores_secret:
+                await self.vault.disable_others(record.secret_name, "")
+                await self.vault.delete(record.secret_name)
+            try:
+                await self.store.delete(record)
+            except (ConcurrentChange, NotFound):
+                if await self._still_there(record):
+                    raise
+                log.info("Connection %s was deleted by another DELETE meanwhile", record.id)
+        except ServiceError as error:  # past its removals: the mark stays, and the next DELETE finishes it
+            error.detail += " The connection is marked as being deleted; send the DELETE again to finish it."
+            raise
+        await self._forget_indexes(record)
         log.info("Deleted %s connection %s (%d service-created secrets removed, %d left live)", record.app,
                  record.id, len(removed), len(left))
         return Deleted(record, removed, left, unread)
+
+    async def _removals_done(self, record: ConnectionRecord) -> ConnectionRecord:
+        """A DELETE's removals all done, journaled before the vault's clean-up: nothing the service created is left
+        to remove (a DELETE sent again after a failure past this point goes straight on, rather than signing in
+        with the credential in use, which the removals revoked when it was the service's)."""
+        state = record.rotation
+        done = state.evolve(
+            managed=False, key_made=False, retire_version=None, retire_tenant_id=None, retire_client_id=None,
+            rotation_id=None, step=None, pending_key_id=None, pending_version=None, pending_expires_at=None,
+            previous_key_id=None, previous_version=None)
+        return record if done == state else await self.store.update(record.evolve(rotation=done))
+
+    async def _forget_indexes(self, record: ConnectionRecord) -> None:
+        """A deleted connection's schedule and health-check entries and its rotation history. Best effort: the
+        connection is gone whatever happens here (the sweeps drop an entry whose connection is gone)."""
+        try:
+            await self.adapters.schedule.remove(record.rotation.schedule_key)
+            await self.adapters.health_index.remove(record.health.check_key)
+            await self.adapters.history.delete_all(record.id)
+        except (ServiceError, OSError, TimeoutError) as error:
+            log.warning("Connection %s is deleted; its schedule, health-check or history entries are not all (%s)",
+                        record.id, error.detail if isinstance(error, ServiceError) else type(error).__name__)
 
     async def _removal_failed(self, record: ConnectionRecord, before: ConnectionRecord, progress: Removals,
                               error: ServiceError, force: bool) -> tuple[list[str], list[str]]:

@@ -17,6 +17,7 @@ from shared.errors import (
     RotationInProgress,
     RotationRefused,
     SecretGone,
+    ServiceError,
     UpstreamForbidden,
 )
 from shared.records import ConnectionRecord
@@ -99,6 +100,31 @@ async def test_a_change_whose_superseded_version_cannot_be_disabled_is_made_and_
     versions = h.fakes.vault.secrets[record.secret_name]
     assert [v.version for v in versions if v.enabled] == [again.secret_version]
     assert h.check() == []
+
+
+@pytest.mark.parametrize("fails", ["vault.disable", "vault.delete", "store.delete"])
+async def test_a_delete_that_azure_stops_past_its_removals_says_to_send_it_again_and_the_next_one_finishes(
+        fails: str) -> None:
+    h = Harness()
+    record = await h.create()
+    h.fakes.world.fail_next(fails)
+    with pytest.raises(ServiceError) as stopped:
+        await h.api.delete(APP, record.id)
+    assert stopped.value.status == 502 and "send the DELETE again" in stopped.value.detail
+    marked = await h.record(record.id)
+    assert marked is not None and marked.status == "deleting"
+    await h.api.delete(APP, record.id)
+    assert await h.record(record.id) is None
+    assert h.check() == []
+
+
+@pytest.mark.parametrize("fails", ["schedule.remove"])
+async def test_a_deleted_connection_stays_deleted_when_its_indexes_cannot_be_cleared(fails: str) -> None:
+    h = Harness()
+    record = await h.create()
+    h.fakes.world.fail_next(fails)
+    deleted = await h.api.delete(APP, record.id)
+    assert deleted.record.id == record.id and await h.record(record.id) is None
 
 
 async def test_a_forced_delete_that_failed_halfway_lists_exactly_what_it_left_live_and_audits_it() -> None:
