@@ -674,10 +674,10 @@ class ConnectionService:
         progress = Removals()
         left: list[str] = []
         unread: list[str] = []
+        complete = True  # every removal done (or done by an earlier DELETE)
         try:
             await self.rotator.remove_all(record, progress)
             progress.removed += await self._remove_federated_credential(record)
-            record = await self._removals_done(record)
         except ServiceError as error:
             if before.status == STATUS_DELETING and isinstance(error, SecretGone | VersionDisabled):
                 # An earlier DELETE of this connection stopped after its removals: it disables and deletes the
@@ -685,10 +685,13 @@ class ConnectionService:
                 log.info("Connection %s: an earlier deletion got past its removals; finishing it", record.id)
             else:
                 left, unread = await self._removal_failed(record, before, progress, error, force)
+                complete = False
         removed = progress.removed
         if record.method == Method.OAUTH:
             self.oauth_tokens.forget(record)
         try:
+            if complete:
+                record = await self._removals_done(record)
             if method_spec(record.method).stores_secret:
                 await self.vault.disable_others(record.secret_name, "")
                 await self.vault.delete(record.secret_name)
