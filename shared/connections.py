@@ -701,6 +701,9 @@ class ConnectionService:
                 if await self._still_there(record):
                     raise
                 log.info("Connection %s was deleted by another DELETE meanwhile", record.id)
+        except NotFound:  # another DELETE, which came in while this one removed, finished it
+            log.info("Connection %s was deleted by another DELETE meanwhile", record.id)
+            return Deleted(record, progress.removed, left, unread)
         except ServiceError as error:  # past its removals: the mark stays, and the next DELETE finishes it
             error.detail += " The connection is marked as being deleted; send the DELETE again to finish it."
             raise
@@ -713,12 +716,22 @@ class ConnectionService:
         """A DELETE's removals all done, journaled before the vault's clean-up: nothing the service created is left
         to remove (a DELETE sent again after a failure past this point goes straight on, rather than signing in
         with the credential in use, which the removals revoked when it was the service's)."""
-        state = record.rotation
-        done = state.evolve(
-            managed=False, key_made=False, retire_version=None, retire_tenant_id=None, retire_client_id=None,
-            rotation_id=None, step=None, pending_key_id=None, pending_version=None, pending_expires_at=None,
-            previous_key_id=None, previous_version=None)
-        return record if done == state else await self.store.update(record.evolve(rotation=done))
+        current = record
+        for _ in range(3):  # on top of another DELETE's mark (it may have come in while these removals ran)
+            state = current.rotation
+            done = state.evolve(
+                managed=False, key_made=False, retire_version=None, retire_tenant_id=None, retire_client_id=None,
+                rotation_id=None, step=None, pending_key_id=None, pending_version=None, pending_expires_at=None,
+                previous_key_id=None, previous_version=None)
+            if done == state:
+                return current
+            try:
+                return await self.store.update(current.evolve(rotation=done))
+            except ConcurrentChange:
+                current = await self.store.get(record.app, record.id)  # NotFound: another DELETE finished it
+                if current.status != STATUS_DELETING:
+                    raise
+        raise ConcurrentChange(f"The connection '{record.id}' kept changing while it was being deleted.")
 
     async def _forget_indexes(self, record: ConnectionRecord) -> None:
         """A deleted connection's schedule and health-check entries and its rotation history. Best effort: the
