@@ -133,8 +133,12 @@ function confirmDelete(connection, events) {
     dialog.close();
     const removed = answer.removedKeyIds.length ? ` Removed from the application: ${answer.removedKeyIds.join(', ')}.` : '';
     const left = answer.keyIdsLeftLive.length ? ` Still live on the application: ${answer.keyIdsLeftLive.join(', ')}.` : '';
+    const unread = (answer.applicationsNotRead || []).length
+      ? ` Not read (what the service created there is named "app-connections ${connection.id} rotation …"): ` +
+        `${answer.applicationsNotRead.join(', ')}.`
+      : '';
     navigate(BASE);
-    toast(`The connection ${connection.name} was deleted.${removed}${left}`, left ? 'error' : 'notice');
+    toast(`The connection ${connection.name} was deleted.${removed}${left}${unread}`, left || unread ? 'error' : 'notice');
   };
   const confirm = h('button', {type: 'button', class: 'danger', id: 'confirm-delete', onclick: async () => {
     try {
