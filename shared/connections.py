@@ -679,13 +679,10 @@ class ConnectionService:
             await self.rotator.remove_all(record, progress)
             progress.removed += await self._remove_federated_credential(record)
         except ServiceError as error:
-            if before.status == STATUS_DELETING and isinstance(error, SecretGone | VersionDisabled):
-                # An earlier DELETE of this connection stopped after its removals: it disables and deletes the
-                # secret only once they are done. This one finishes it.
-                log.info("Connection %s: an earlier deletion got past its removals; finishing it", record.id)
-            else:
-                left, unread = await self._removal_failed(record, before, progress, error, force)
-                complete = False
+            # Only the journal says the removals are done (``_removals_done``): a secret an earlier DELETE disabled
+            # may be one that a forced DELETE, which left credentials live, got past.
+            left, unread = await self._removal_failed(record, before, progress, error, force)
+            complete = False
         removed = progress.removed
         if record.method == Method.OAUTH:
             self.oauth_tokens.forget(record)
@@ -716,13 +713,14 @@ class ConnectionService:
         """A DELETE's removals all done, journaled before the vault's clean-up: nothing the service created is left
         to remove (a DELETE sent again after a failure past this point goes straight on, rather than signing in
         with the credential in use, which the removals revoked when it was the service's)."""
+        await self.rotator.close_interrupted(record)  # a rotation's worker that died: its attempt ends here
         current = record
         for _ in range(3):  # on top of another DELETE's mark (it may have come in while these removals ran)
             state = current.rotation
             done = state.evolve(
                 managed=False, key_made=False, retire_version=None, retire_tenant_id=None, retire_client_id=None,
-                rotation_id=None, step=None, pending_key_id=None, pending_version=None, pending_expires_at=None,
-                previous_key_id=None, previous_version=None)
+                rotation_id=None, step=None, attempt=0, attempt_started_at=None, pending_key_id=None,
+                pending_version=None, pending_expires_at=None, previous_key_id=None, previous_version=None)
             if done == state:
                 return current
             try:

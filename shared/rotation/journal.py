@@ -122,6 +122,13 @@ class Journaled:
 
         return audit
 
+    async def close_interrupted(self, record: ConnectionRecord) -> None:
+        """When the journal holds an attempt that stopped without an outcome: its history entry says so (for a
+        DELETE, which forgets the journal once its removals are done)."""
+        before = interrupted_attempt(record.rotation)
+        if before is not None and before.rotation_id is not None:
+            await self._close_interrupted(record, before, before.trigger or "")
+
     async def _close_interrupted(self, record: ConnectionRecord, before: RotationState, trigger: str) -> None:
         """The attempt before this one stopped without an outcome: its entry says so (unless it has one)."""
         assert before.rotation_id is not None

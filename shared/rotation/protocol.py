@@ -605,7 +605,13 @@ class Rotator(Journaled):
                                     spare=under_way, audit=self._removal(record), signer=material,
                                     now=self.now(), fence=self.lease_check(state))  # under a rotation's lease
             # The version the change superseded, and only that one: a version current meanwhile stays enabled.
-            await self.adapters.vault.disable(record.secret_name, state.retire_version)
+            # Best effort: the removals are done, and its credential may be one of them, so the clean-up must be
+            # forgotten all the same (the next change of the secret disables every older version).
+            try:
+                await self.adapters.vault.disable(record.secret_name, state.retire_version)
+            except (ServiceError, OSError, TimeoutError) as error:
+                log.warning("Connection %s: the previous application's secret version is still enabled (%s)",
+                            record.id, error.detail if isinstance(error, ServiceError) else type(error).__name__)
         await self.checkpoint("after-retire", record)
         # Only the journal of the clean-up is forgotten: ``managed`` says whether the service created something on
         # the application in use since the change (a rotation that began since sets it; the change cleared it).

@@ -412,6 +412,7 @@ def test_a_delete_graph_refuses_keeps_the_connection_unless_forced(api, admin, s
     forced = api.delete(f"{BASE}/{APP}/{connection['id']}", params={"force": "true"})
     assert forced.status_code == 200, forced.text
     assert (forced.json()["removedKeyIds"], forced.json()["keyIdsLeftLive"]) == ([], created)
+    assert forced.json()["applicationsNotRead"] == []  # it was read: Graph refused the removals
     assert [p["keyId"] for p in service_passwords(admin, entra)] == created  # left live, as the answer says
     assert api.get(f"{BASE}/{APP}/{connection['id']}").status_code == 404
     assert api.delete(f"{BASE}/{APP}/{GUID}", params={"force": "maybe"}).status_code == 400

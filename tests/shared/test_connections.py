@@ -127,6 +127,66 @@ async def test_a_deleted_connection_stays_deleted_when_its_indexes_cannot_be_cle
     assert deleted.record.id == record.id and await h.record(record.id) is None
 
 
+@pytest.mark.parametrize("fails", ["vault.delete", "store.delete"])
+async def test_a_plain_delete_after_a_forced_one_that_stopped_does_not_drop_what_that_one_left_live(
+        fails: str) -> None:
+    """Found by a review: a forced DELETE that left the service's secret live (its application unreadable), then
+    stopped in Key Vault or Table Storage (502, its lists lost with it). The next plain DELETE took the disabled
+    secret for the sign of an earlier DELETE past its removals, and answered 200 with nothing listed."""
+    h = Harness()
+    record = await h.create()
+    h.fakes.world.apps[record.client_id or ""].may_manage_itself = False
+    h.fakes.world.fail_next(fails)
+    with pytest.raises(ServiceError) as stopped:
+        await h.api.delete(APP, record.id, force=True)
+    assert stopped.value.status == 502 and "send the DELETE again" in stopped.value.detail
+    with pytest.raises(CredentialsLeftLive) as refused:
+        await h.api.delete(APP, record.id)
+    assert refused.value.extensions["applicationsNotRead"] == [record.client_id]
+    forced = await h.api.delete(APP, record.id, force=True)
+    assert forced.key_ids_left_live == [record.rotation.key_id]
+    assert forced.applications_not_read == [record.client_id]
+    assert await h.record(record.id) is None
+
+
+async def test_a_clean_up_whose_vault_version_cannot_be_disabled_is_forgotten_once_its_removals_are_done() -> None:
+    """Found by a review: the clean-up of the application left removed the service's secrets there (the one it
+    signs in with among them), then Key Vault refused to disable that version: the clean-up stayed journaled with
+    a revoked credential, and every sweep and plain DELETE failed for good."""
+    h = Harness()
+    record = await h.create()
+    old = h.fakes.world.apps[record.client_id or ""]
+    _, credentials = h.new_application()
+    h.fakes.world.fail_next("vault.disable")
+    changed = await h.api.update(APP, record.id, {"credentials": credentials})
+    assert changed.rotation.retire_version is None
+    assert not [p for p in old.passwords.values() if p.created_by_service]
+    assert h.check() == []
+    await h.api.delete(APP, record.id)
+    assert await h.record(record.id) is None
+
+
+async def test_a_delete_that_forgets_a_dead_rotation_s_journal_closes_its_attempt() -> None:
+    """Found by a review (the stateful test): a worker died in a rotation; a DELETE that journals its removals done
+    forgets that rotation, then stops in Key Vault: the attempt's history said "running" for good (I4)."""
+    h = Harness()
+    record = await h.create()
+    await h.due()
+    task, woken = await h.held_up_at("before-add-password", lambda checkpoint: h.sweep(checkpoint))
+    h.fakes.world.fail_next("vault.disable")
+    with pytest.raises(ServiceError) as stopped:
+        await h.api.delete(APP, record.id)
+    assert stopped.value.status == 502
+    marked = await h.record(record.id)
+    assert marked is not None and marked.rotation.rotation_id is None
+    assert "running" not in [event.outcome for event in h.fakes.history.of(record.id)]
+    woken.set()
+    await task
+    assert h.check() == []
+    await h.api.delete(APP, record.id)
+    assert await h.record(record.id) is None
+
+
 async def test_a_forced_delete_that_failed_halfway_lists_exactly_what_it_left_live_and_audits_it() -> None:
     from shared.rotation.protocol import connection_marker
 

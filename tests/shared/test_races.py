@@ -32,20 +32,25 @@ async def test_a_validation_during_a_delete_neither_undoes_the_deletion_nor_revi
 
 
 @pytest.mark.parametrize("refused", [False, True])
-async def test_a_validation_that_a_delete_overtakes_before_it_records_its_outcome_answers_404(
-        monkeypatch: pytest.MonkeyPatch, refused: bool) -> None:
-    """Entra has answered (the credential works, or is refused); the DELETE ends before the outcome is written: the
-    validation answers that the connection is gone, not 200 (or 400) with the record it read before."""
+@pytest.mark.parametrize("deletion", ["done", "stopped"])
+async def test_a_validation_that_a_delete_overtakes_before_it_records_its_outcome_answers_404_or_409(
+        monkeypatch: pytest.MonkeyPatch, refused: bool, deletion: str) -> None:
+    """Entra has answered (the credential works, or is refused); the DELETE ends (or stops, marked, in Key Vault)
+    before the outcome is written: the validation answers that the connection is gone (404) or being deleted
+    (409), not 200 (or 400) with the record it read before, and writes nothing over the mark."""
     h = Harness()
     record = await h.create(rotation=False)  # the user's own secret: the DELETE needs no Graph call
     if refused:
         h.fakes.world.apps[record.client_id or ""].passwords.clear()  # revoked in the portal
+    if deletion == "stopped":
+        h.fakes.world.fail_next("vault.disable")
     answered = overtaken_at(monkeypatch, fakes.FakeConnections, "update", 1, lambda: h.api.delete(APP, record.id))
     with pytest.raises(ServiceError) as validated:
         await h.api.validate(APP, record.id)
-    assert answered.ran and list(answered) == []
-    assert validated.value.status == 404, validated.value.detail
-    assert await h.record(record.id) is None
+    assert answered.ran and [error.status for error in answered] == ([] if deletion == "done" else [502])
+    assert validated.value.status == (404 if deletion == "done" else 409), validated.value.detail
+    left = await h.record(record.id)
+    assert left is None if deletion == "done" else (left is not None and left.status == "deleting")
     assert h.check() == []
 
 
