@@ -167,7 +167,11 @@ class Rotator(Journaled):
             )
         else:
             interrupted = interrupted_attempt(state)
-            state = state.evolve(trigger="resume", attempt=state.attempt + 1)
+            # One resumed past its test is tested again: an attempt that failed after it may have removed the new
+            # credential (its clean-up) and then failed to write so; finishing with it would revoke nothing but
+            # leave a removed credential in use.
+            state = state.evolve(trigger="resume", attempt=state.attempt + 1,
+                                 step=CREATED if state.step == TESTED else state.step)
         state = self._leased(state, now, message=None)
         # The attempt that died is closed before the journal moves on to the next attempt: once it has, nothing
         # records which attempt that was (should this write fail, the record is unchanged and the next claim

@@ -303,6 +303,28 @@ async def test_a_clean_up_of_the_application_in_use_spares_what_a_rotation_under
     await h.api.validate(APP, record.id)
 
 
+async def test_a_rotation_resumed_past_its_test_tests_again_what_a_failed_attempt_may_have_removed() -> None:
+    """Found by the stateful test (seed 30247): a worker held up after the test, past its lease, wakes and fails to
+    write its finish; its clean-up removes the new secret, and writing that it did fails too. The journal still
+    said "tested": the next attempt made the removed secret current (I1)."""
+    h = Harness()
+    record = await h.create()
+    await h.due()
+
+    async def table_storage_fails_from_here(name: str, current: ConnectionRecord) -> None:
+        if name == "after-tested":
+            h.fakes.world.fail_next("store.update", times=2)  # the finish's write, then the failure's
+
+    await h.sweep(table_storage_fails_from_here)
+    stuck = await h.record(record.id)
+    assert stuck is not None and stuck.rotation.step == "tested"
+    assert h.fakes.world.credential(record.client_id or "", stuck.rotation.pending_key_id or "") is None  # removed
+    h.fakes.clock.advance(timedelta(hours=1))
+    await h.sweep()
+    assert h.check() == []
+    await h.api.validate(APP, record.id)
+
+
 async def test_a_credentials_change_that_fails_first_finishes_the_clean_up_an_earlier_one_left_and_nothing_else(
 ) -> None:
     """Found by the stateful test: the clean-up a credentials change journals (the service's secrets on the
