@@ -37,6 +37,7 @@ from shared.errors import (
     ServiceError,
     UpstreamForbidden,
     VersionDisabled,
+    detail_of,
 )
 from shared.expiry import REFRESH_TOKEN_LIFETIME, fresh_health
 from shared.federation import explain, require_identity
@@ -249,7 +250,7 @@ class ConnectionService:
             except (ServiceError, OSError, TimeoutError) as error:  # the change is made: it is not undone for this
                 log.warning("Connection %s: the secret versions its change superseded are still enabled (%s); the "
                             "next change of its secret disables them", record.id,
-                            error.detail if isinstance(error, ServiceError) else type(error).__name__)
+                            detail_of(error))
         return saved
 
     async def record_status(self, record: ConnectionRecord, status: str, message: str | None) -> ConnectionRecord:
@@ -740,7 +741,7 @@ class ConnectionService:
             await self.adapters.history.delete_all(record.id)
         except (ServiceError, OSError, TimeoutError) as error:
             log.warning("Connection %s is deleted; its schedule, health-check or history entries are not all (%s)",
-                        record.id, error.detail if isinstance(error, ServiceError) else type(error).__name__)
+                        record.id, detail_of(error))
 
     async def _removal_failed(self, record: ConnectionRecord, before: ConnectionRecord, progress: Removals,
                               error: ServiceError, force: bool) -> tuple[list[str], list[str]]:

@@ -86,6 +86,12 @@ class Forbidden(ServiceError):
     title = "Forbidden"
 
 
+def detail_of(error: BaseException) -> str:
+    """What a log line says of a failure: a service error's detail, else only its type (never its message, which
+    may quote a request)."""
+    return error.detail if isinstance(error, ServiceError) else type(error).__name__
+
+
 class NotFound(ServiceError):
     status = 404
     slug = "not-found"

@@ -46,6 +46,7 @@ from shared.errors import (
     ServiceError,
     UpstreamError,
     VersionDisabled,
+    detail_of,
 )
 from shared.expiry import status_of
 from shared.notify import health_notice, rotation_failed
@@ -572,7 +573,7 @@ class Rotator(Journaled):
         except LeaseLost:
             raise
         except (ServiceError, OSError, TimeoutError) as error:
-            detail = error.detail if isinstance(error, ServiceError) else type(error).__name__
+            detail = detail_of(error)
             log.warning("Connection %s: retiring the previous application's secrets failed (%s); rotating the "
                         "credential in use all the same", record.id, detail)
             return record
@@ -615,7 +616,7 @@ class Rotator(Journaled):
                 await self.adapters.vault.disable(record.secret_name, state.retire_version)
             except (ServiceError, OSError, TimeoutError) as error:
                 log.warning("Connection %s: the previous application's secret version is still enabled (%s)",
-                            record.id, error.detail if isinstance(error, ServiceError) else type(error).__name__)
+                            record.id, detail_of(error))
         await self.checkpoint("after-retire", record)
         # Only the journal of the clean-up is forgotten: ``managed`` says whether the service created something on
         # the application in use since the change (a rotation that began since sets it; the change cleared it).
