@@ -84,8 +84,8 @@ from shared.rotation.protocol import (
     Rotator,
     connection_marker,
     reindex,
+    removes_in_use,
     retire_waiting,
-    retires_in_use,
     schedule_of,
     secret_tags,
 )
@@ -789,7 +789,7 @@ class ConnectionService:
                 unread.append(state.retire_client_id)
         if client_id in progress.found:
             left += progress.left(client_id)
-        elif state.managed or state.rotation_id is not None or retires_in_use(record):
+        elif removes_in_use(record):
             left += [key for key in (state.key_id if state.key_made else None, state.pending_key_id) if key]
             unread.append(client_id)
         if record.method == Method.FEDERATED and state.key_id and state.key_id not in progress.removed:

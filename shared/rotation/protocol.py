@@ -721,7 +721,7 @@ class Rotator(Journaled):
                 await remove_rolled(roll_of(record), graph, state.retire_client_id or "", set(),
                                     connection_marker(record.id), audit=self._removal(record), signer=retired,
                                     now=self.now(), progress=progress)
-        if state.managed or state.rotation_id is not None or in_use:
+        if removes_in_use(record):
             material = await self.adapters.vault.get(record.secret_name, record.secret_version)
             async with self.adapters.directory.graph(Method(record.method), record.tenant_id,
                                                      record.client_id or "", material) as graph:
@@ -739,6 +739,13 @@ def retires_in_use(record: ConnectionRecord) -> bool:
     return state.retire_version is not None and (
         (state.retire_client_id or "").lower() == (record.client_id or "").lower()
         and (state.retire_tenant_id or "").lower() == record.tenant_id.lower())
+
+
+def removes_in_use(record: ConnectionRecord) -> bool:
+    """Whether a removal pass (:meth:`Rotator.remove_all`) reads the application in use: the service may have
+    created something there (``managed``), a rotation is under way, or the clean-up journaled is of that one."""
+    state = record.rotation
+    return state.managed or state.rotation_id is not None or retires_in_use(record)
 
 
 async def reindex(index: ScheduleStore, old_key: str | None, due: datetime | None, record: ConnectionRecord,
