@@ -109,19 +109,17 @@ def to_entity(record: ConnectionRecord) -> dict[str, Any]:
     return {key: value for key, value in entity.items() if value is not None}
 
 
-# Each column of a connection entity: which of the record's parts it fills (0: the record, 1: its rotation state,
-# 2: its health state, 3: the actors and the consent, by column) and the field.
-_FIELD_OF = {
+_ACTOR_COLUMNS = tuple(f"{prefix}{part}" for prefix in ("CreatedBy", "UpdatedBy") for part in ("Id", "Name", "Type"))
+_AUTHORIZATION_COLUMNS = ("AuthorizedByOid", "AuthorizedByUpn", "AuthorizedByTenantId")
+# Every column a record is read from but its keys (an entity's other columns, such as Kind, are not): which of the
+# record's parts it fills (0: the record, 1: its rotation state, 2: its health state, 3: the actors and the
+# consent, by column) and the field.
+PART_OF: dict[str, tuple[int, str]] = {
     **{column: (0, attr) for attr, column in _COLUMNS.items()},
     **{column: (1, attr) for attr, column in _ROTATION_COLUMNS.items()},
     **{column: (2, attr) for attr, column in _HEALTH_COLUMNS.items()},
+    **{column: (3, column) for column in (*_ACTOR_COLUMNS, *_AUTHORIZATION_COLUMNS)},
 }
-_ACTOR_COLUMNS = tuple(f"{prefix}{part}" for prefix in ("CreatedBy", "UpdatedBy") for part in ("Id", "Name", "Type"))
-_AUTHORIZATION_COLUMNS = ("AuthorizedByOid", "AuthorizedByUpn", "AuthorizedByTenantId")
-PART_OF: dict[str, tuple[int, str]] = {
-    **_FIELD_OF, **{column: (3, column) for column in (*_ACTOR_COLUMNS, *_AUTHORIZATION_COLUMNS)}}
-# Every column a record is read from (an entity's other columns, such as Kind, are not).
-RECORD_COLUMNS = frozenset({"PartitionKey", "RowKey", *PART_OF})
 RecordParts = tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]
 
 
@@ -137,7 +135,7 @@ def record_parts(app: Any, connection_id: Any) -> RecordParts:
 
 
 def record_of_columns(columns: Mapping[str, Any], etag: str | None) -> ConnectionRecord:
-    """The record of a connection entity's typed columns (at least those of ``RECORD_COLUMNS`` it has; others are
+    """The record of a connection entity's typed columns (its keys and those of ``PART_OF`` it has; others are
     ignored) and its ETag."""
     parts = record_parts(columns["PartitionKey"], columns["RowKey"])
     part_of = PART_OF.get
