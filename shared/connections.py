@@ -676,14 +676,26 @@ class ConnectionService:
         left: list[str] = []
         unread: list[str] = []
         complete = True  # every removal done (or done by an earlier DELETE)
+
+        async def removing_in_use(key_id: str) -> None:  # journaled ahead of the last removal: see _removing
+            nonlocal record
+            record = await self._on_mark(record, lambda state: state.evolve(
+                removing_key_id=key_id, retire_version=None, retire_tenant_id=None, retire_client_id=None))
+
         try:
-            await self.rotator.remove_all(record, progress)
+            await self.rotator.remove_all(record, progress, before_last=removing_in_use)
             progress.removed += await self._remove_federated_credential(record)
         except ServiceError as error:
             # Only the journal says the removals are done (``_removals_done``): a secret an earlier DELETE disabled
             # may be one that a forced DELETE, which left credentials live, got past.
-            left, unread = await self._removal_failed(record, before, progress, error, force)
-            complete = False
+            if not await self._still_there(record):  # another DELETE, which came in meanwhile, finished it
+                log.info("Connection %s was deleted by another DELETE meanwhile", record.id)
+                return Deleted(record, progress.removed, [], [])
+            if self._removing(record, error, force, progress):
+                complete = True
+            else:
+                left, unread = await self._removal_failed(record, before, progress, error, force)
+                complete = False
         removed = progress.removed
         if record.method == Method.OAUTH:
             self.oauth_tokens.forget(record)
@@ -710,24 +722,51 @@ class ConnectionService:
                  record.id, len(removed), len(left))
         return Deleted(record, removed, left, unread)
 
+    @staticmethod
+    def _removing(record: ConnectionRecord, error: ServiceError, force: bool, progress: Removals) -> bool:
+        """A DELETE's removals that failed once the journal said the last one, of the credential in use, was sent
+        (``removing_key_id``, by this DELETE or an earlier one; nothing else is left to remove by then). That
+        credential no longer signing in means the removal went through (or the user revoked it): the removals are
+        done (True). An answer that did not come (a 5xx, a timeout) leaves its outcome unknown: the mark stays, and
+        a plain DELETE says to send it again. A refusal (a 4xx) is a removal that failed, as before it (False)."""
+        state = record.rotation
+        if state.removing_key_id is None or state.removing_key_id.lower() != (state.key_id or "").lower():
+            return False
+        if isinstance(error, CredentialRejected):
+            progress.removed.append(state.removing_key_id)
+            return True
+        if error.status >= 500 and not force:
+            error.detail += (f" The removal of the credential in use (Key ID {state.removing_key_id}), the last, was "
+                             "sent; the connection is marked as being deleted; send the DELETE again to finish it.")
+            raise error
+        return False
+
     async def _removals_done(self, record: ConnectionRecord) -> ConnectionRecord:
         """A DELETE's removals all done, journaled before the vault's clean-up: nothing the service created is left
         to remove (a DELETE sent again after a failure past this point goes straight on, rather than signing in
         with the credential in use, which the removals revoked when it was the service's)."""
         await self.rotator.close_interrupted(record)  # a rotation's worker that died: its attempt ends here
+        return await self._on_mark(record, lambda state: state.evolve(
+            managed=False, key_made=False, removing_key_id=None, retire_version=None, retire_tenant_id=None,
+            retire_client_id=None, rotation_id=None, step=None, attempt=0, attempt_started_at=None,
+            pending_key_id=None, pending_version=None, pending_expires_at=None, previous_key_id=None,
+            previous_version=None))
+
+    async def _on_mark(self, record: ConnectionRecord,
+                       change: Callable[[RotationState], RotationState]) -> ConnectionRecord:
+        """A DELETE's journal entry (``change`` of the rotation state), written on top of another DELETE's mark (it
+        may have come in while this one's removals ran); none when there is nothing to change. ``NotFound``: another
+        DELETE finished it; ``ConcurrentChange``: it is no longer being deleted."""
         current = record
-        for _ in range(3):  # on top of another DELETE's mark (it may have come in while these removals ran)
+        for _ in range(3):
             state = current.rotation
-            done = state.evolve(
-                managed=False, key_made=False, retire_version=None, retire_tenant_id=None, retire_client_id=None,
-                rotation_id=None, step=None, attempt=0, attempt_started_at=None, pending_key_id=None,
-                pending_version=None, pending_expires_at=None, previous_key_id=None, previous_version=None)
-            if done == state:
+            changed = change(state)
+            if changed == state:
                 return current
             try:
-                return await self.store.update(current.evolve(rotation=done))
+                return await self.store.update(current.evolve(rotation=changed))
             except ConcurrentChange:
-                current = await self.store.get(record.app, record.id)  # NotFound: another DELETE finished it
+                current = await self.store.get(record.app, record.id)
                 if current.status != STATUS_DELETING:
                     raise
         raise ConcurrentChange(f"The connection '{record.id}' kept changing while it was being deleted.")

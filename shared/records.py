@@ -100,6 +100,9 @@ class RotationState:
     # The service may have created credentials on the application in use (a rotation began since the credentials
     # were given; DELETE removes them). The clean-up of an application left behind is tracked by ``retire_*``.
     managed: bool = False
+    # A DELETE's journal: everything else the service created is removed, and the removal of the credential in use
+    # (this Key ID), the last one, is sent; once that credential no longer signs in, nothing is left to remove.
+    removing_key_id: str | None = None
     # Credentials the service created on the application the connection used before its credentials were
     # changed, still to be removed (with that application's credential, kept in this vault version).
     retire_version: str | None = None

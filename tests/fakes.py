@@ -373,6 +373,8 @@ class FakeGraph:
             self.world.on_revoke(app.client_id, key)
         del app.keys[key_id]
         self.world.revocations.append((app.client_id, key_id))
+        self.world.check("graph.removal.lost")  # applied, but the answer is lost (not "graph.remove...": a fault
+        # armed for the next removal while this one is made must not fire here)
 
     async def add_password(self, object_id: str, display_name: str, end: datetime, lost: Lost) -> NewPassword:
         self.world.check("graph.add")
@@ -397,6 +399,8 @@ class FakeGraph:
             self.world.on_revoke(app.client_id, password)
         del app.passwords[key_id]
         self.world.revocations.append((app.client_id, key_id))
+        self.world.check("graph.removal.lost")  # applied, but the answer is lost (not "graph.remove...": a fault
+        # armed for the next removal while this one is made must not fire here)
 
     async def federated_credentials(self, object_id: str) -> list[FederatedCredential]:
         self.world.check("graph.fic.list")

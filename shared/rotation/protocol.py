@@ -699,10 +699,12 @@ class Rotator(Journaled):
                     return current
         raise LeaseLost(f"The connection {record.id} kept changing.")
 
-    async def remove_all(self, record: ConnectionRecord, progress: Removals | None = None) -> list[str]:
+    async def remove_all(self, record: ConnectionRecord, progress: Removals | None = None,
+                         before_last: Callable[[str], Awaitable[None]] | None = None) -> list[str]:
         """Remove from the application every credential the service created for the connection (found by its
         marker), with the connection's current credential; and from the application it left, if any. ``progress``
-        tells how far it got, should it fail."""
+        tells how far it got, should it fail; ``before_last`` is awaited with the Key ID of the credential in use
+        right before its removal, the last (when the service made it)."""
         progress = progress if progress is not None else Removals()
         state = record.rotation
         retired: dict[str, str] | None = None
@@ -728,7 +730,7 @@ class Rotator(Journaled):
                 await remove_rolled(roll_of(record), graph, record.client_id or "",
                                     {state.pending_key_id} if state.pending_key_id else set(),
                                     connection_marker(record.id), last=state.key_id, audit=self._removal(record),
-                                    signer=material, now=self.now(), progress=progress)
+                                    signer=material, now=self.now(), progress=progress, before_last=before_last)
         return progress.removed
 
 
@@ -794,7 +796,8 @@ async def remove_rolled(roll: CredentialRoll, graph: GraphSession, client_id: st
                         spare: str | None = None,
                         audit: RemovalAudit | None = None, registration: AppRegistration | None = None,
                         signer: Mapping[str, str] | None = None, now: datetime | None = None,
-                        fence: Callable[[], None] | None = None, progress: Removals | None = None) -> list[str]:
+                        fence: Callable[[], None] | None = None, progress: Removals | None = None,
+                        before_last: Callable[[str], Awaitable[None]] | None = None) -> list[str]:
     """Remove (the roll's ``remove_predecessor``) each of ``key_ids`` still on the application, and every
     credential of the roll's kind whose display name starts with ``marker_name``, but ``keep`` and those whose
     display name starts with ``spare`` (a rotation's under way), and ``last`` after all others (the one in use:
@@ -802,7 +805,8 @@ async def remove_rolled(roll: CredentialRoll, graph: GraphSession, client_id: st
     gone counts as done). ``registration``: the application as just read, when it was; ``signer``: the material of
     the version in use (it signs a proof of possession where the kind needs one), checked as of ``now``;
     ``fence``: called right before each removal (it raises when the rotation is no longer the caller's);
-    ``progress``: filled as the pass goes."""
+    ``progress``: filled as the pass goes; ``before_last``: awaited with ``last``'s Key ID right before its removal
+    (a journal written ahead of it)."""
     registration = registration or await graph.find(client_id)
     present = roll.rolled(registration)
     doomed = {key.lower() for key in key_ids if key}
@@ -818,6 +822,8 @@ async def remove_rolled(roll: CredentialRoll, graph: GraphSession, client_id: st
     ordered = sorted(present, key=lambda c: c.key_id == (last or "").lower())
     for credential in ordered:
         if credential.key_id in doomed:
+            if before_last is not None and credential.key_id == (last or "").lower():
+                await before_last(credential.key_id)
             remove = functools.partial(roll.remove_predecessor, graph, registration, credential.key_id, signer or {},
                                        now or datetime.now(UTC))
             audited = functools.partial(audit, registration.object_id, credential.key_id, remove) if audit else remove

@@ -604,3 +604,55 @@ async def test_a_rotation_that_failed_is_a_failed_span_with_its_error_type(expor
     assert failed.status.status_code.name == "ERROR"
     assert succeeded.attributes["outcome"] == "succeeded" and "error.type" not in succeeded.attributes
     assert succeeded.status.status_code.name == "UNSET"
+
+
+@pytest.mark.parametrize("method", ["client-secret", "certificate"])
+@pytest.mark.parametrize("stops", ["the answer to the last removal is lost", "the journal after it fails"])
+async def test_a_delete_stopped_right_after_removing_the_credential_in_use_is_finished_by_the_next_one(
+        stops: str, method: str) -> None:
+    """Left open by session 12: the removal of the credential in use (the last, a rotation's) went through, then
+    its answer was lost, or Table Storage failed the journal that says the removals are done. The connection was
+    put back as active with a revoked credential (I1), or stayed marked; either way the next DELETE signed in with
+    that credential, was refused, and answered 409 for good. The removal is journaled ahead of it now."""
+    h = Harness()
+    record = await h.create(method=method)
+    in_use = record.rotation.key_id
+    assert in_use is not None and record.rotation.key_made
+    world = h.fakes.world
+    watching = world.on_revoke
+    if stops == "the answer to the last removal is lost":
+        world.fail_next("graph.removal.lost")
+    else:
+        def then_the_store_fails(client: str, credential: Any) -> None:
+            if watching is not None:
+                watching(client, credential)
+            world.fail_next("store.update")
+
+        world.on_revoke = then_the_store_fails
+    with pytest.raises(ServiceError) as stopped:
+        await h.api.delete(APP, record.id)
+    world.on_revoke = watching
+    assert stopped.value.status == 502 and "send the DELETE again" in stopped.value.detail
+    assert in_use not in {*world.apps[record.client_id or ""].passwords, *world.apps[record.client_id or ""].keys}
+    marked = await h.record(record.id)
+    assert marked is not None and marked.status == "deleting"  # never active with a revoked credential
+    assert h.check() == []
+    deleted = await h.api.delete(APP, record.id)
+    assert (deleted.removed_key_ids, deleted.key_ids_left_live) == ([in_use], [])
+    assert await h.record(record.id) is None
+    assert h.check() == []
+
+
+async def test_a_delete_whose_last_removal_was_sent_and_refused_puts_the_connection_back_and_says_why() -> None:
+    """The journal ahead of the last removal does not turn a refusal (a 4xx: nothing was removed) into a stopped
+    DELETE: the connection is as it was, its credential still works, and the answer names what stays live."""
+    h = Harness()
+    record = await h.create()
+    h.fakes.world.fail_next("graph.remove", UpstreamForbidden("Graph refused (injected)"))
+    with pytest.raises(CredentialsLeftLive) as refused:
+        await h.api.delete(APP, record.id)
+    assert refused.value.extensions["keyIds"] == [record.rotation.key_id]
+    kept = await h.record(record.id)
+    assert kept is not None and kept.status == "active" and kept.rotation == record.rotation
+    assert h.check() == []
+    assert (await h.api.delete(APP, record.id)).removed_key_ids == [record.rotation.key_id]

@@ -34,8 +34,9 @@ def _uuid4() -> uuid.UUID:
 
 OPERATIONS = [*ROTATION_OPERATIONS, "migrate"]
 CHECKPOINTS = [*ROTATION_CHECKPOINTS, *MIGRATION_CHECKPOINTS]  # a sweep resumes a migration a dead worker left
-FAULTS = ["graph.find", "graph.policy", "graph.add", "graph.add.lost", "graph.remove", "vault.write", "probe",
-          "store.update", "history.record", "audit.append", "vault.disable", "vault.get", "graph.token"]
+FAULTS = ["graph.find", "graph.policy", "graph.add", "graph.add.lost", "graph.remove", "graph.removal.lost",
+          "vault.write", "probe", "store.update", "history.record", "audit.append", "vault.disable", "vault.get",
+          "graph.token"]
 
 
 class Lifecycle(RuleBasedStateMachine):
