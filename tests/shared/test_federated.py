@@ -162,6 +162,7 @@ async def test_migration_adds_the_credential_switches_and_removes_what_the_servi
     done = await migrated(h, record)
     assert done.method == "federated"
     assert done.secret_version == ""
+    assert record.rotation.key_made and not done.rotation.key_made  # a federated credential is listed by its own rule
     assert not done.rotation.in_progress
     assert done.rotation.status == "succeeded"
     assert not done.rotation.enabled
