@@ -683,7 +683,7 @@ class ConnectionService:
                 removing_key_id=key_id, retire_version=None, retire_tenant_id=None, retire_client_id=None))
 
         try:
-            await self.rotator.remove_all(record, progress, before_last=removing_in_use)
+            await self.rotator.remove_all(record, progress, before_last=removing_in_use, keep_going=force)
             progress.removed += await self._remove_federated_credential(record)
         except ServiceError as error:
             # Only the journal says the removals are done (``_removals_done``): a secret an earlier DELETE disabled
@@ -722,17 +722,20 @@ class ConnectionService:
                  record.id, len(removed), len(left))
         return Deleted(record, removed, left, unread)
 
-    @staticmethod
-    def _removing(record: ConnectionRecord, error: ServiceError, force: bool, progress: Removals) -> bool:
+    def _removing(self, record: ConnectionRecord, error: ServiceError, force: bool, progress: Removals) -> bool:
         """A DELETE's removals that failed once the journal said the last one, of the credential in use, was sent
         (``removing_key_id``, by this DELETE or an earlier one; nothing else is left to remove by then). That
-        credential no longer signing in means the removal went through (or the user revoked it): the removals are
-        done (True). An answer that did not come (a 5xx, a timeout) leaves its outcome unknown: the mark stays, and
-        a plain DELETE says to send it again. A refusal (a 4xx) is a removal that failed, as before it (False)."""
+        credential no longer signing in, unexpired, means the removal went through (or the user revoked it): the
+        removals are done (True). An expired one is still on the application: as before the journal (False). An
+        answer that did not come (a 5xx, a timeout) leaves its outcome unknown: the mark stays, and a plain DELETE
+        says to send it again. A refusal (a 4xx) is a removal that failed, as before the journal (False)."""
         state = record.rotation
         if state.removing_key_id is None or state.removing_key_id.lower() != (state.key_id or "").lower():
             return False
         if isinstance(error, CredentialRejected):
+            expires = record.health.credential_expires_at
+            if expires is None or expires <= self.now():
+                return False
             progress.removed.append(state.removing_key_id)
             return True
         if error.status >= 500 and not force:

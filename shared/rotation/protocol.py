@@ -700,29 +700,27 @@ class Rotator(Journaled):
         raise LeaseLost(f"The connection {record.id} kept changing.")
 
     async def remove_all(self, record: ConnectionRecord, progress: Removals | None = None,
-                         before_last: Callable[[str], Awaitable[None]] | None = None) -> list[str]:
+                         before_last: Callable[[str], Awaitable[None]] | None = None,
+                         keep_going: bool = False) -> list[str]:
         """Remove from the application every credential the service created for the connection (found by its
         marker), with the connection's current credential; and from the application it left, if any. ``progress``
         tells how far it got, should it fail; ``before_last`` is awaited with the Key ID of the credential in use
-        right before its removal, the last (when the service made it)."""
+        right before its removal, when the service made it and it is the last credential of the service's left;
+        ``keep_going``: a failure at the application left behind does not stop the pass before the one in use (it
+        is raised at the end)."""
         progress = progress if progress is not None else Removals()
         state = record.rotation
-        retired: dict[str, str] | None = None
+        failure: ServiceError | None = None
         # The application it left is the one in use (new credentials for the same one): its clean-up is this one,
         # made with the credential in use, which goes last; with the previous credential, the first removals would
         # revoke the credential in use (a rotation made since) before the last ones were done.
-        in_use = retires_in_use(record)
-        if state.retire_version is not None and not in_use:
+        if state.retire_version is not None and not retires_in_use(record):
             try:
-                retired = await self.adapters.vault.get(record.secret_name, state.retire_version)
-            except VersionDisabled:  # disabled once that application's removals were all done: nothing is left
-                progress.found[state.retire_client_id or ""] = set()
-        if retired is not None:
-            async with self.adapters.directory.graph(Method(record.method), state.retire_tenant_id or "",
-                                                     state.retire_client_id or "", retired) as graph:
-                await remove_rolled(roll_of(record), graph, state.retire_client_id or "", set(),
-                                    connection_marker(record.id), audit=self._removal(record), signer=retired,
-                                    now=self.now(), progress=progress)
+                await self._remove_left_behind(record, progress)
+            except ServiceError as error:
+                if not keep_going:
+                    raise
+                failure = error
         if removes_in_use(record):
             material = await self.adapters.vault.get(record.secret_name, record.secret_version)
             async with self.adapters.directory.graph(Method(record.method), record.tenant_id,
@@ -730,8 +728,25 @@ class Rotator(Journaled):
                 await remove_rolled(roll_of(record), graph, record.client_id or "",
                                     {state.pending_key_id} if state.pending_key_id else set(),
                                     connection_marker(record.id), last=state.key_id, audit=self._removal(record),
-                                    signer=material, now=self.now(), progress=progress, before_last=before_last)
+                                    signer=material, now=self.now(), progress=progress,
+                                    before_last=before_last if failure is None else None)  # else not the last left
+        if failure is not None:
+            raise failure
         return progress.removed
+
+    async def _remove_left_behind(self, record: ConnectionRecord, progress: Removals) -> None:
+        """A removal pass's part at the application the connection left (``retire_*``), with its credential."""
+        state = record.rotation
+        try:
+            retired = await self.adapters.vault.get(record.secret_name, state.retire_version or "")
+        except VersionDisabled:  # disabled once that application's removals were all done: nothing is left
+            progress.found[state.retire_client_id or ""] = set()
+            return
+        async with self.adapters.directory.graph(Method(record.method), state.retire_tenant_id or "",
+                                                 state.retire_client_id or "", retired) as graph:
+            await remove_rolled(roll_of(record), graph, state.retire_client_id or "", set(),
+                                connection_marker(record.id), audit=self._removal(record), signer=retired,
+                                now=self.now(), progress=progress)
 
 
 def retires_in_use(record: ConnectionRecord) -> bool:

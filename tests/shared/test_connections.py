@@ -656,3 +656,29 @@ async def test_a_delete_whose_last_removal_was_sent_and_refused_puts_the_connect
     assert kept is not None and kept.status == "active" and kept.rotation == record.rotation
     assert h.check() == []
     assert (await h.api.delete(APP, record.id)).removed_key_ids == [record.rotation.key_id]
+
+
+async def test_a_forced_delete_whose_previous_application_refuses_still_cleans_up_the_one_in_use() -> None:
+    """Left open by session 12: a forced DELETE stopped its pass at the first application that failed. With the
+    clean-up of the application left behind refused, the application in use was not tried, and what a rotation
+    made there was listed as left live, though it could be removed."""
+    h = Harness()
+    record = await h.create()
+    old = h.fakes.world.apps[record.client_id or ""]
+    left_behind = record.rotation.key_id
+    old.may_manage_itself = False
+    client_id, credentials = h.new_application()
+    moved = await h.api.update(APP, record.id, {"credentials": credentials})
+    assert moved.rotation.retire_client_id == old.client_id  # its clean-up waits
+    await h.due()
+    await h.sweep()  # its clean-up fails again; the sweep rotates all the same
+    rotated = await h.record(record.id)
+    assert rotated is not None and rotated.rotation.retire_client_id == old.client_id
+    made = rotated.rotation.key_id
+    assert made is not None and rotated.rotation.key_made and rotated.client_id == client_id
+    forced = await h.api.delete(APP, record.id, force=True)
+    assert forced.removed_key_ids == [made]
+    assert made not in h.fakes.world.apps[client_id].passwords
+    assert forced.applications_not_read == [old.client_id]
+    assert left_behind in old.passwords and forced.key_ids_left_live == []  # found by its display name
+    assert await h.record(record.id) is None
