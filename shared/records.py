@@ -7,8 +7,10 @@ secret: secret material lives in Key Vault only), the domain reads and evolves t
 from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
+
+from shared.json_codec import iso
 
 _Record = TypeVar("_Record")
 
@@ -182,7 +184,7 @@ class Notification:
         return {"id": self.id, "event": self.event, "app": self.app, "connectionId": self.connection_id,
                 "name": self.name,
                 "status": self.status, "message": self.message,
-                "at": self.at.astimezone(UTC).isoformat().replace("+00:00", "Z")}
+                "at": iso(self.at)}
 
 
 @dataclass(frozen=True)
@@ -253,9 +255,6 @@ class RotationEvent:
         return max(0, int((self.finished_at - self.started_at).total_seconds() * 1000))
 
     def as_dict(self) -> dict[str, Any]:
-        def iso(value: datetime | None) -> str | None:
-            return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
-
         return {
             "id": self.rotation_id,
             "attempt": self.attempt,
@@ -310,7 +309,7 @@ class AuditRecord:
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "at": self.at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "at": iso(self.at),
             "action": self.action,
             "outcome": self.outcome,
             "actor": asdict(self.actor),

@@ -47,6 +47,7 @@ from shared.errors import (
     Unauthorized,
     entra_said,
 )
+from shared.json_codec import iso
 
 if TYPE_CHECKING:
     from shared.auth import TokenValidator
@@ -286,7 +287,7 @@ class Sessions:
                      "tid": session.tenant_id},
             "roles": sorted(session.roles),
             "csrfToken": session.csrf_token,
-            "expiresAt": session.ends_at(self.idle).astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "expiresAt": iso(session.ends_at(self.idle)),
         }
 
     async def purge_expired(self) -> int:

@@ -7,12 +7,12 @@ so that a cold instance's first read stays cheap.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from shared.apps import APPS, AppSpec, Method, find_app
 from shared.errors import FieldError, NameTaken, NotFound, PreconditionFailed
 from shared.fields import MAX_PAGE_SIZE, page_size
+from shared.json_codec import iso
 from shared.ports import ConnectionReads, HistoryReads
 from shared.records import EXPIRED, EXPIRING, FAILING, HEALTH_STATUSES, UNKNOWN, Actor, ConnectionRecord, RotationEvent
 from shared.rotation.state import state_response
@@ -90,8 +90,8 @@ def attention_item(record: ConnectionRecord) -> dict[str, Any]:
 
 def health_response(record: ConnectionRecord) -> dict[str, Any]:
     health = record.health
-    return {"credentialExpiresAt": _iso(health.credential_expires_at),
-            "health": {"status": health.status, "checkedAt": _iso(health.checked_at), "message": health.message}}
+    return {"credentialExpiresAt": iso(health.credential_expires_at),
+            "health": {"status": health.status, "checkedAt": iso(health.checked_at), "message": health.message}}
 
 
 def _who(actor: Actor | None) -> dict[str, str] | None:
@@ -111,12 +111,12 @@ def to_response(record: ConnectionRecord) -> dict[str, Any]:
         "app": record.app,
         "method": record.method,
         "credentials": credentials,
-        "createdAt": _iso(record.created_at),
-        "updatedAt": _iso(record.updated_at),
+        "createdAt": iso(record.created_at),
+        "updatedAt": iso(record.updated_at),
         "version": record.version,
         "status": record.status,
         "statusMessage": record.status_message,
-        "lastValidatedAt": _iso(record.last_validated_at),
+        "lastValidatedAt": iso(record.last_validated_at),
         "isAutoRotationEnabled": record.rotation.enabled,
         "rotation": state_response(record.rotation),
         **health_response(record),
@@ -125,12 +125,6 @@ def to_response(record: ConnectionRecord) -> dict[str, Any]:
         "authorizedBy": {"oid": authorized.oid, "upn": authorized.upn, "tenantId": authorized.tenant_id}
         if authorized else None,
     }
-
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return (value if value.tzinfo is UTC else value.astimezone(UTC)).isoformat().replace("+00:00", "Z")
 
 
 def etag_of(record: ConnectionRecord) -> str:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, time
+from datetime import time
 from typing import Any
 
+from shared.json_codec import iso
 from shared.records import RotationState
 
 
 def state_response(state: RotationState) -> dict[str, Any] | None:
-    def iso(value: datetime | None) -> str | None:
-        return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
-
     if not state.enabled and state.status is None and state.interval_days is None:
         return None  # never configured
     return {

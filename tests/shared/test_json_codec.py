@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.json_codec import DecodeError, dumps, loads
+from shared.json_codec import DecodeError, dumps, iso, loads
 
 # What an answer holds: strings of any script (control characters, quotes, emoji), integers, booleans, None,
 # lists and string-keyed objects, nested.
@@ -51,3 +52,36 @@ def test_what_is_not_json_is_a_value_error(document: bytes) -> None:
     with pytest.raises(ValueError):
         loads(document)
     assert issubclass(DecodeError, ValueError)
+
+
+# Date-times of any year, with or without microseconds, in UTC, at a fixed offset, or naive (local time).
+_ZONES = st.none() | st.just(UTC) | st.builds(timezone, st.timedeltas(min_value=timedelta(hours=-23, minutes=-59),
+                                                                       max_value=timedelta(hours=23, minutes=59)))
+DATETIMES = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=_ZONES)
+
+
+def _isoformat(value: datetime) -> str:
+    """What the answers wrote before ``iso``."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@settings(max_examples=500, deadline=None)
+@given(DATETIMES | DATETIMES.map(lambda value: value.replace(microsecond=0)))
+def test_a_date_time_is_written_as_isoformat_wrote_it_in_utc(value: datetime) -> None:
+    assert iso(value) == _isoformat(value)
+
+
+@pytest.mark.parametrize("value", [datetime(2026, 12, 1, 10, 0, 0, 123456, tzinfo=UTC), datetime(999, 1, 1, tzinfo=UTC),
+                                   datetime(2026, 12, 1, 10, 0, 0, 1, tzinfo=timezone(timedelta(hours=1))),
+                                   datetime(2026, 12, 1, 10), datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)])
+def test_the_edges_of_a_date_time_are_written_as_isoformat_wrote_them(value: datetime) -> None:
+    assert iso(value) == _isoformat(value)
+    assert iso(None) is None
+
+
+def test_a_subclass_of_datetime_which_orjson_refuses_is_written_alike() -> None:
+    class Instant(datetime):
+        pass
+
+    value = Instant(2026, 12, 1, 10, 0, 0, 5, tzinfo=UTC)
+    assert iso(value) == _isoformat(value) == "2026-12-01T10:00:00.000005Z"
