@@ -79,7 +79,7 @@ class Entity(dict[str, Any]):
 def _datetime(value: str) -> datetime:
     """``Edm.DateTime`` as the SDK reads it: UTC, the fraction cut to microseconds."""
     if 22 <= len(value) <= 28 and value[19] == "." and value[-1] == "Z":  # the service's form: 1 to 7 digits
-        text = value[:-1][:26]
+        text = value  # fromisoformat reads the "Z" as UTC and cuts the fraction to microseconds
     else:
         head, dot, fraction = value.partition(".")
         if dot:
@@ -89,8 +89,9 @@ def _datetime(value: str) -> datetime:
             text = head.removesuffix("Z")
         if "+" in text or text.endswith("Z") or text.count("-") != 2:  # the SDK too accepts nothing but "Z"
             raise UpstreamError("Table Storage returned a date-time that cannot be read.")
+        text += "+00:00"
     try:
-        return _from_iso(text + "+00:00")
+        return _from_iso(text)
     except ValueError:
         raise UpstreamError("Table Storage returned a date-time that cannot be read.") from None
 

@@ -15,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shared.azure.clients import AzureClients
 from shared.errors import NotFound, UpstreamError
@@ -64,6 +66,20 @@ def test_entities_are_typed_as_the_sdk_types_them() -> None:
     assert lean["Big"] == sdk["Big"] == (9007199254740993, "Edm.Int64")
     assert lean["When"].tzinfo is not None and lean["When"] == datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
     assert lean.metadata == sdk.metadata
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9999, 12, 31)), st.integers(1, 7),
+       st.integers(0, 9))
+def test_a_date_time_of_the_services_form_is_read_as_the_sdk_reads_it(when: datetime, digits: int,
+                                                                        seventh: int) -> None:
+    """The service writes 1 to 7 fraction digits and a "Z" (fromisoformat reads them as they are)."""
+    from azure.data.tables._deserialize import _convert_to_entity
+
+    value = f"{when.isoformat(timespec='seconds')}.{f'{when.microsecond:06d}{seventh}'[:digits]}Z"
+    item = {"PartitionKey": "p", "RowKey": "r", "When@odata.type": "Edm.DateTime", "When": value}
+    read = entity_of(item)["When"]
+    assert read == _convert_to_entity(dict(item))["When"] and read.tzinfo is UTC
 
 
 def test_a_connection_entity_is_read_into_its_record_as_from_its_typed_entity() -> None:
