@@ -682,3 +682,26 @@ async def test_a_forced_delete_whose_previous_application_refuses_still_cleans_u
     assert forced.applications_not_read == [old.client_id]
     assert left_behind in old.passwords and forced.key_ids_left_live == []  # found by its display name
     assert await h.record(record.id) is None
+
+
+async def test_a_credential_in_use_that_expired_after_its_removal_was_journaled_is_not_taken_for_removed() -> None:
+    """Found by the stateful test (seed 60001): the audit log failed right before the last removal was sent (so it
+    was not), and the credential in use expired before the DELETE came again. It no longer signs in, but it is
+    still on the application: the DELETE must not list it as removed (I2), and answers as for any credential that
+    cannot sign in."""
+    h = Harness()
+    record = await h.create()
+    in_use = record.rotation.key_id
+    expires = record.health.credential_expires_at
+    assert in_use is not None and expires is not None
+    h.fakes.world.fail_next("audit.append")  # the removal's "started" record: the removal is not sent
+    with pytest.raises(ServiceError) as stopped:
+        await h.api.delete(APP, record.id)
+    assert stopped.value.status >= 500 and "send the DELETE again" in stopped.value.detail
+    h.fakes.clock.now = expires + timedelta(minutes=1)
+    with pytest.raises(CredentialsLeftLive) as refused:
+        await h.api.delete(APP, record.id)
+    assert refused.value.extensions["keyIds"] == [in_use]
+    forced = await h.api.delete(APP, record.id, force=True)
+    assert (forced.removed_key_ids, forced.key_ids_left_live) == ([], [in_use])
+    assert in_use in h.fakes.world.apps[record.client_id or ""].passwords and await h.record(record.id) is None
