@@ -834,7 +834,10 @@ async def remove_rolled(roll: CredentialRoll, graph: GraphSession, client_id: st
         progress.found[client_id] = {c.key_id for c in present if c.key_id in doomed}
     removed: list[str] = progress.removed if progress is not None else []
     before = len(removed)
-    ordered = sorted(present, key=lambda c: c.key_id == (last or "").lower())
+    # The credential that signs in goes last (should a removal fail, the pass can be made again): the one in use
+    # when the caller knows it, else the one the signer's material is, as far as the application tells.
+    signing = (last or "").lower() or (_signing(roll, registration, signer) if signer else None)
+    ordered = sorted(present, key=lambda c: c.key_id == signing)
     for credential in ordered:
         if credential.key_id in doomed:
             if before_last is not None and credential.key_id == (last or "").lower():
@@ -845,6 +848,17 @@ async def remove_rolled(roll: CredentialRoll, graph: GraphSession, client_id: st
             await fenced(fence or _unfenced, audited)
             removed.append(credential.key_id)
     return removed[before:]
+
+
+def _signing(roll: CredentialRoll, registration: AppRegistration, material: Mapping[str, str]) -> str | None:
+    """The Key ID of the credential ``material`` is, as far as the application tells: a certificate's thumbprint,
+    or the one client secret whose hint the secret starts with. Only to order removals: a wrong guess costs nothing."""
+    found = roll.identify(registration, material)
+    secret = material.get("clientSecret")
+    if found is None and secret:
+        matches = [p.key_id for p in registration.passwords if p.hint and secret.startswith(p.hint)]
+        found = matches[0] if len(matches) == 1 else None
+    return found
 
 
 def _unfenced() -> None:

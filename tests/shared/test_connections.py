@@ -21,6 +21,7 @@ from shared.errors import (
     UpstreamForbidden,
 )
 from shared.records import ConnectionRecord
+from shared.rotation.protocol import connection_marker
 from tests.fakes import FakeVault
 from tests.lifecycle_harness import APP, ROTATION, Harness, overtaken_at
 
@@ -188,8 +189,6 @@ async def test_a_delete_that_forgets_a_dead_rotation_s_journal_closes_its_attemp
 
 
 async def test_a_forced_delete_that_failed_halfway_lists_exactly_what_it_left_live_and_audits_it() -> None:
-    from shared.rotation.protocol import connection_marker
-
     h = Harness()
     record = await h.create()
     client_id = record.client_id or ""
@@ -705,3 +704,39 @@ async def test_a_credential_in_use_that_expired_after_its_removal_was_journaled_
     forced = await h.api.delete(APP, record.id, force=True)
     assert (forced.removed_key_ids, forced.key_ids_left_live) == ([], [in_use])
     assert in_use in h.fakes.world.apps[record.client_id or ""].passwords and await h.record(record.id) is None
+
+
+@pytest.mark.parametrize("method", ["client-secret", "certificate"])
+async def test_the_clean_up_of_an_application_left_behind_removes_the_credential_it_signs_in_with_last(
+        method: str) -> None:
+    """Left open by session 12: the clean-up of the application a connection left signed in with the credential it
+    used there, a rotation's, and removed the service's credentials in no set order. Removing that one first, then
+    failing, left the clean-up unable to sign in again, failing until a forced DELETE."""
+    h = Harness(method=method)
+    record = await h.create()
+    client_id = record.client_id or ""
+    signer = record.rotation.key_id
+    world = h.fakes.world
+    marker = connection_marker(record.id) + "interrupted"
+    if method == "certificate":
+        world.add_certificate(client_id, marker, by_service=True)
+    else:
+        world.add(client_id, marker, by_service=True)
+    watching = world.on_revoke
+
+    def refuse_the_next(client: str, credential: Any) -> None:  # the first removal goes through, the next 403s
+        if watching is not None:
+            watching(client, credential)
+        world.on_revoke = watching
+        world.fail_next("graph.remove", UpstreamForbidden("Graph refused (injected)"))
+
+    world.on_revoke = refuse_the_next
+    _, credentials = h.new_application()
+    await h.api.update(APP, record.id, {"credentials": credentials})  # its clean-up fails once, halfway
+    await h.settle()
+    old = world.apps[client_id]
+    assert signer not in {*old.passwords, *old.keys}
+    assert not [c for c in [*old.passwords.values(), *old.keys.values()] if c.created_by_service]
+    done = await h.record(record.id)
+    assert done is not None and done.rotation.retire_version is None
+    assert h.check() == []
