@@ -15,7 +15,7 @@ import pytest
 from localdev.environment import LocalEnvironment
 from localdev.standin.pki import make_certificate
 from tests.browser.conftest import PAGE, Console
-from tests.e2e.entra import register_app, register_rotatable_app
+from tests.e2e.entra import ROTATION_ROLE, register_app, register_rotatable_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -216,6 +216,37 @@ def test_rotation_enabled_at_creation_shows_in_the_timeline_and_delete_lists_wha
     assert f"was deleted. Removed from the application: {current}." in page.inner_text("#toast")
     assert live_keys(admin, app) == set()
     assert page.locator("table.connections tr", has_text="console-rotated").count() == 0
+
+
+def test_a_delete_graph_refuses_offers_to_leave_them_live_and_the_toast_says_what_stays_live(
+        open_console: Any, admin: Any, secrets_used: Any, api: httpx.Client) -> None:
+    app = register_rotatable_app(admin, secrets_used, name="console-refused")
+    answer = api.post("/api/v1/app-connections/azure-client-secrets", json={
+        "name": "console-refused", "method": "client-secret",
+        "credentials": app.client_secret_body(clientSecretKeyId=app.key_id), "isAutoRotationEnabled": True,
+        "rotation": {"rotationInterval": 30, "rotateAtUtc": {"hours": 3, "minutes": 0}}})
+    assert answer.status_code == 201, answer.text
+    connection_id = answer.json()["appConnection"]["id"]
+    [made] = live_keys(admin, app)  # the first rotation's secret, now in use
+    admin.revoke_roles(app.tenant_id, app.client_id, [ROTATION_ROLE])  # Graph refuses from here
+    console = open_console("operator")
+    page = console.page
+    page.wait_for_selector("table.connections")
+    page.click("text=console-refused")
+    page.wait_for_selector("#connection-details")
+    page.click("#delete-connection")
+    page.wait_for_selector("#confirm-dialog[open]")
+    page.click("#confirm-delete")
+    page.wait_for_selector("#delete-error:not([hidden])")
+    assert "could not be removed" in page.inner_text("#delete-error")
+    page.click("text=Delete anyway and leave them live")
+    page.wait_for_selector("#connections-title")
+    # Graph read the application (it refused the removal only): nothing is named as not read
+    assert page.inner_text("#toast span") == (
+        f"The connection console-refused was deleted. Still live on the application: {made}.")
+    assert page.get_attribute("#toast", "role") == "alert"  # shown as an error: something stays live
+    assert live_keys(admin, app) == {made}  # left live, as the toast says
+    assert api.get(f"/api/v1/app-connections/azure-client-secrets/{connection_id}").status_code == 404
 
 
 def test_a_sign_in_started_in_the_console_cannot_be_finished_in_another_browser(
