@@ -436,8 +436,10 @@ class GraphApps:
         except ServiceError as refused:
             try:
                 present = await self._credentials(object_id, kind)
-            except ServiceError:
-                raise refused from None
+            except ServiceError:  # an earlier attempt may have done it: a refusal would tell what did not happen
+                raise UpstreamError(f"Microsoft Graph refused to {what} ({refused.detail}), and the application "
+                                    "could not be read to tell whether an earlier attempt did it: the outcome is not "
+                                    "known.") from None
             if any(isinstance(item, Mapping) and str(item.get("keyId") or "").lower() == key_id for item in present):
                 raise
             log.info("Microsoft Graph refused to %s, but it is done (an earlier attempt's answer was lost)", what)
