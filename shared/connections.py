@@ -86,6 +86,7 @@ from shared.rotation.protocol import (
     reindex,
     removes_in_use,
     retire_waiting,
+    retires_in_use,
     schedule_of,
     secret_tags,
 )
@@ -99,6 +100,9 @@ from shared.views import to_response as to_response
 log = logging.getLogger(__name__)
 
 DELETE_LEASE_SECONDS = 120
+# Entra's refusals of a credential it does not know: no such client secret; no key of the application's that the
+# certificate's signature verifies against (an expired key too: see ``_removing``).
+CREDENTIAL_UNKNOWN = frozenset({"AADSTS7000215", "AADSTS700027"})
 
 
 Credentials = ClientSecretCredentialsIn | CertificateCredentialsIn | FederatedCredentialsIn
@@ -677,10 +681,16 @@ class ConnectionService:
         unread: list[str] = []
         complete = True  # every removal done (or done by an earlier DELETE)
 
+        unjournaled: list[ServiceError] = []  # the journal ahead of the last removal, not written
+
         async def removing_in_use(key_id: str) -> None:  # journaled ahead of the last removal: see _removing
             nonlocal record
-            record = await self._on_mark(record, lambda state: state.evolve(
-                removing_key_id=key_id, retire_version=None, retire_tenant_id=None, retire_client_id=None))
+            try:
+                record = await self._on_mark(record, lambda state: state.evolve(
+                    removing_key_id=key_id, retire_version=None, retire_tenant_id=None, retire_client_id=None))
+            except ServiceError as error:
+                unjournaled.append(error)
+                raise
 
         try:
             await self.rotator.remove_all(record, progress, before_last=removing_in_use, keep_going=force)
@@ -688,9 +698,18 @@ class ConnectionService:
         except ServiceError as error:
             # Only the journal says the removals are done (``_removals_done``): a secret an earlier DELETE disabled
             # may be one that a forced DELETE, which left credentials live, got past.
-            if not await self._still_there(record):  # another DELETE, which came in meanwhile, finished it
+            try:
+                gone = not await self._still_there(record)
+            except ServiceError:
+                gone = False  # cannot tell: a removal that failed
+            if gone:  # another DELETE, which came in meanwhile, finished it
                 log.info("Connection %s was deleted by another DELETE meanwhile", record.id)
                 return Deleted(record, progress.removed, [], [])
+            if error in unjournaled and not force:  # so the last removal was not sent: Table Storage failed
+                released = await self._release(record, before, progress)
+                error.detail += (" Nothing was deleted; send the DELETE again." if released else
+                                 " The connection is marked as being deleted; send the DELETE again to finish it.")
+                raise
             if self._removing(record, error, force, progress):
                 complete = True
             else:
@@ -725,8 +744,10 @@ class ConnectionService:
     def _removing(self, record: ConnectionRecord, error: ServiceError, force: bool, progress: Removals) -> bool:
         """A DELETE's removals that failed once the journal said the last one, of the credential in use, was sent
         (``removing_key_id``, by this DELETE or an earlier one; nothing else is left to remove by then). That
-        credential no longer signing in, unexpired, means the removal went through (or the user revoked it): the
-        removals are done (True). An expired one is still on the application: as before the journal (False). An
+        credential refused by Entra as unknown (``CREDENTIAL_UNKNOWN``), and unexpired, means the removal went
+        through (or the user revoked it): the removals are done (True). An expired one is still on the application,
+        and a refusal for another reason (the application disabled, a Conditional Access policy) tells nothing: as
+        before the journal (False). An
         answer that did not come (a 5xx, a timeout) leaves its outcome unknown: the mark stays, and a plain DELETE
         says to send it again. A refusal (a 4xx) is a removal that failed, as before the journal (False)."""
         state = record.rotation
@@ -734,7 +755,8 @@ class ConnectionService:
             return False
         if isinstance(error, CredentialRejected):
             expires = record.health.credential_expires_at
-            if expires is None or expires <= self.now():
+            if (error.extensions.get("aadstsCode") not in CREDENTIAL_UNKNOWN or expires is None
+                    or expires <= self.now()):
                 return False
             progress.removed.append(state.removing_key_id)
             return True
@@ -794,10 +816,11 @@ class ConnectionService:
                  "not listed (but the Key IDs the connection records): its display name starts with "
                  f"'{connection_marker(record.id)}'." if unread else "")
         if not force:
-            await self._release(record, before)
+            outcome = ("nothing was deleted" if await self._release(record, before, progress) else
+                       "the connection is still marked as being deleted")
             raise CredentialsLeftLive(
                 f"The client secrets the service created on the application could not be removed "
-                f"({error.detail}); nothing was deleted. Grant the permission and try again, or delete with "
+                f"({error.detail}); {outcome}. Grant the permission and try again, or delete with "
                 f"?force=true to leave them live.{where}",
                 extensions={"reason": error.detail, "keyIds": left, "applicationsNotRead": unread},
             ) from None
@@ -888,12 +911,27 @@ class ConnectionService:
                     break
         return False
 
-    async def _release(self, record: ConnectionRecord, before: ConnectionRecord) -> None:
-        """Undo the deletion mark (the connection is as it was)."""
+    async def _release(self, record: ConnectionRecord, before: ConnectionRecord, progress: Removals) -> bool:
+        """Undo the deletion mark: the connection is as it was, but for a clean-up of the application it left that
+        this DELETE's removals finished (which can no longer sign in: it removed its own credential last). False
+        when the connection changed meanwhile (the mark may stay: the next DELETE finishes it)."""
+        state = before.rotation
+        left_behind = state.retire_client_id
+        if (state.retire_version is not None and left_behind and not retires_in_use(before)
+                and left_behind in progress.found and not progress.left(left_behind)):
+            before = before.evolve(rotation=state.evolve(retire_version=None, retire_tenant_id=None,
+                                                         retire_client_id=None))
+            try:
+                await self.vault.disable(record.secret_name, state.retire_version)
+            except (ServiceError, OSError, TimeoutError) as error:  # the next change disables every older version
+                log.warning("Connection %s: the version of the application it left is not disabled (%s)",
+                            record.id, detail_of(error))
         try:
             await self.store.update(before.evolve(etag=record.etag))
         except ConcurrentChange:
             log.info("Connection %s changed while its deletion was undone", record.id)
+            return False
+        return True
 
     # -- validate --------------------------------------------------------------------------------------------
     async def validate(self, app_id: str, connection_id: str) -> ConnectionRecord:

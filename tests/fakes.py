@@ -459,8 +459,19 @@ class FakeDirectory:
         if method is Method.FEDERATED:
             self._federated(client_id)
         elif not self.world.live(client_id, material.get("clientSecret") or material.get("certificateBody", "")):
-            raise CredentialRejected("AADSTS7000215: Invalid client secret provided.")
+            raise self._refusal(method, client_id, material)
         yield FakeGraph(self.world, client_id, method is Method.CERTIFICATE if read_keys is None else read_keys)
+
+    def _refusal(self, method: Method, client_id: str, material: Mapping[str, str]) -> CredentialRejected:
+        """Entra's refusal of a credential that is not live, with its code: a certificate's key not found or
+        expired (AADSTS700027), a client secret expired (AADSTS7000222) or unknown (AADSTS7000215)."""
+        if method is Method.CERTIFICATE:
+            code, text = "AADSTS700027", "Client assertion contains an invalid signature."
+        elif self.world.present(client_id, material.get("clientSecret", "")):
+            code, text = "AADSTS7000222", "The provided client secret keys are expired."
+        else:
+            code, text = "AADSTS7000215", "Invalid client secret provided."
+        return CredentialRejected(f"{code}: {text}", extensions={"aadstsCode": code})
 
     def _federated(self, client_id: str) -> None:
         if self.world.federation is None:

@@ -10,6 +10,7 @@ import pytest
 
 from shared.errors import (
     ConcurrentChange,
+    CredentialRejected,
     CredentialsLeftLive,
     InvalidRequest,
     NotFound,
@@ -18,6 +19,7 @@ from shared.errors import (
     RotationRefused,
     SecretGone,
     ServiceError,
+    UpstreamError,
     UpstreamForbidden,
 )
 from shared.records import ConnectionRecord
@@ -740,3 +742,129 @@ async def test_the_clean_up_of_an_application_left_behind_removes_the_credential
     done = await h.record(record.id)
     assert done is not None and done.rotation.retire_version is None
     assert h.check() == []
+
+
+def _fails_once(h: Harness, operation: str, nth: int, applied: bool = False) -> None:
+    """The ``nth`` call from now of the connection store's ``operation`` (``update``, ``get``) fails: before it
+    is applied, or after it (its answer lost)."""
+    store = h.fakes.connections
+    original = getattr(store, operation)
+    calls = 0
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls != nth:
+            return await original(*args, **kwargs)
+        setattr(store, operation, original)
+        if applied:
+            await original(*args, **kwargs)
+        raise UpstreamError(f"Table Storage failed (injected{', the write applied' if applied else ''}).")
+
+    setattr(store, operation, failing)
+
+
+async def _stopped_with_the_last_removal_journaled(h: Harness) -> ConnectionRecord:
+    """A DELETE whose removal of the credential in use (journaled ahead) answered a 502 before Graph applied it."""
+    record = await h.create()
+    h.fakes.world.fail_next("graph.remove")
+    with pytest.raises(ServiceError) as stopped:
+        await h.api.delete(APP, record.id)
+    assert stopped.value.status == 502 and "send the DELETE again" in stopped.value.detail
+    marked = await h.record(record.id)
+    assert marked is not None and marked.rotation.removing_key_id == record.rotation.key_id
+    assert record.rotation.key_id in h.fakes.world.apps[record.client_id or ""].passwords
+    return record
+
+
+@pytest.mark.parametrize("refusal", ["AADSTS7000112: Application is disabled.",
+                                     "AADSTS53003: Access has been blocked by Conditional Access policies."])
+async def test_a_sign_in_refused_for_another_reason_than_an_unknown_credential_is_not_taken_for_the_removal(
+        refusal: str) -> None:
+    """Found by a review: once the last removal was journaled, any refusal of the next DELETE's sign-in was taken
+    for that removal done. The application disabled, or a Conditional Access policy, tells nothing of it: the
+    credential stayed live, listed as removed, with nothing tracking it (I2)."""
+    h = Harness()
+    record = await _stopped_with_the_last_removal_journaled(h)
+    in_use = record.rotation.key_id
+    code = refusal.partition(":")[0]
+    h.fakes.world.fail_next("graph.token", CredentialRejected(refusal, extensions={"aadstsCode": code}))
+    with pytest.raises(CredentialsLeftLive) as refused:
+        await h.api.delete(APP, record.id)
+    assert refused.value.extensions["keyIds"] == [in_use] or refused.value.extensions["applicationsNotRead"]
+    marked = await h.record(record.id)
+    assert marked is not None and marked.status == "deleting" and marked.rotation.removing_key_id == in_use
+    assert h.check() == []
+    deleted = await h.api.delete(APP, record.id)
+    assert (deleted.removed_key_ids, deleted.key_ids_left_live) == ([in_use], [])
+    assert in_use not in h.fakes.world.apps[record.client_id or ""].passwords
+
+
+@pytest.mark.parametrize("applied", [False, True], ids=["failed", "applied-answer-lost"])
+async def test_a_journal_of_the_last_removal_that_table_storage_fails_sends_no_removal_and_says_so(
+        applied: bool) -> None:
+    """Found by a review: Table Storage failing the journal ahead of the last removal was answered 409 "could not
+    be removed ... Grant the permission", and, when the write had been applied, "nothing was deleted" while the
+    connection stayed marked. The removal is not sent; the answer is Table Storage's 502, and says what is so."""
+    h = Harness()
+    record = await h.create()
+    in_use = record.rotation.key_id
+    _fails_once(h, "update", 2, applied=applied)  # 1: the deletion mark; 2: the journal ahead of the last removal
+    with pytest.raises(ServiceError) as failed:
+        await h.api.delete(APP, record.id)
+    assert failed.value.status == 502 and not isinstance(failed.value, CredentialsLeftLive)
+    after = await h.record(record.id)
+    assert after is not None
+    if applied:
+        assert "marked as being deleted; send the DELETE again" in failed.value.detail
+        assert after.status == "deleting"
+    else:
+        assert "Nothing was deleted; send the DELETE again." in failed.value.detail
+        assert after.status == "active" and after.rotation == record.rotation
+    assert in_use in h.fakes.world.apps[record.client_id or ""].passwords  # never sent
+    assert h.check() == []
+    assert (await h.api.delete(APP, record.id)).removed_key_ids == [in_use]
+
+
+async def test_a_refused_delete_keeps_the_clean_up_of_the_application_left_behind_that_it_finished() -> None:
+    """Found by a review (older than the journal): the clean-up of the application the connection left went
+    through (its credential removed last), then Graph refused a removal at the application in use. Putting the
+    connection back brought that clean-up back too: it could never sign in again, and every plain DELETE, PATCH of
+    credentials and rotation answered 409 for good."""
+    h = Harness()
+    record = await h.create()
+    old = h.fakes.world.apps[record.client_id or ""]
+    old.may_manage_itself = False
+    client_id, credentials = h.new_application()
+    await h.api.update(APP, record.id, {"credentials": credentials})
+    await h.due()
+    await h.sweep()  # rotates on the new application; the old one's clean-up still refused
+    rotated = await h.record(record.id)
+    assert rotated is not None and rotated.rotation.retire_client_id == old.client_id
+    retired = rotated.rotation.retire_version
+    old.may_manage_itself = True
+    new = h.fakes.world.apps[client_id]
+    new.may_manage_itself = False
+    with pytest.raises(CredentialsLeftLive) as refused:
+        await h.api.delete(APP, record.id)
+    assert "nothing was deleted" in refused.value.detail
+    assert not [c for c in old.passwords.values() if c.created_by_service]  # that clean-up is done
+    after = await h.record(record.id)
+    assert after is not None and after.status == "active" and after.rotation.retire_version is None
+    assert retired is not None and not h.fakes.vault.version(record.secret_name, retired).enabled
+    assert h.check() == []
+    new.may_manage_itself = True
+    assert (await h.api.delete(APP, record.id)).removed_key_ids == [rotated.rotation.key_id]
+
+
+async def test_a_refused_delete_whose_read_of_another_delete_fails_is_answered_as_refused() -> None:
+    """Found by a review: after Graph refused, the read that asks whether another DELETE finished the connection
+    failed, and its 502 was the answer: without the refusal's reason, and with the connection left marked."""
+    h = Harness()
+    record = await h.create()
+    h.fakes.world.apps[record.client_id or ""].may_manage_itself = False
+    _fails_once(h, "get", 2)  # 1: the DELETE's own read; 2: whether another DELETE finished it
+    with pytest.raises(CredentialsLeftLive):
+        await h.api.delete(APP, record.id)
+    after = await h.record(record.id)
+    assert after is not None and after.status == "active"
