@@ -868,3 +868,17 @@ async def test_a_refused_delete_whose_read_of_another_delete_fails_is_answered_a
         await h.api.delete(APP, record.id)
     after = await h.record(record.id)
     assert after is not None and after.status == "active"
+
+
+async def test_a_forced_delete_whose_last_removal_has_no_answer_deletes_and_lists_it_as_perhaps_live() -> None:
+    """A forced DELETE does not stop at an unknown outcome: it deletes, and lists the credential in use among those
+    left live (it may be: the answer did not say), as the audit log does."""
+    h = Harness()
+    record = await h.create()
+    in_use = record.rotation.key_id
+    h.fakes.world.fail_next("graph.removal.lost")
+    forced = await h.api.delete(APP, record.id, force=True)
+    assert (forced.removed_key_ids, forced.key_ids_left_live) == ([], [in_use])
+    assert await h.record(record.id) is None
+    [noted] = [r for r in h.fakes.audit.records if r.outcome == "credentials-left-live"]
+    assert f"Key IDs {in_use}" in (noted.detail or "")
