@@ -747,9 +747,8 @@ class ConnectionService:
         credential refused by Entra as unknown (``CREDENTIAL_UNKNOWN``), and unexpired, means the removal went
         through (or the user revoked it): the removals are done (True). An expired one is still on the application,
         and a refusal for another reason (the application disabled, a Conditional Access policy) tells nothing: as
-        before the journal (False). An
-        answer that did not come (a 5xx, a timeout) leaves its outcome unknown: the mark stays, and a plain DELETE
-        says to send it again. A refusal (a 4xx) is a removal that failed, as before the journal (False)."""
+        before the journal (False). An answer that did not come (a 5xx, a timeout) leaves its outcome unknown: the
+        mark stays, and a plain DELETE says to send it again. A refusal (a 4xx) is a removal that failed (False)."""
         state = record.rotation
         if state.removing_key_id is None or state.removing_key_id.lower() != (state.key_id or "").lower():
             return False
