@@ -706,14 +706,14 @@ class ConnectionService:
                 log.info("Connection %s was deleted by another DELETE meanwhile", record.id)
                 return Deleted(record, progress.removed, [], [])
             if error in unjournaled and not force:  # so the last removal was not sent: Table Storage failed
-                released = await self._release(record, before, progress)
-                error.detail += (" Nothing was deleted; send the DELETE again." if released else
+                released = await self._release(record, before, progress, owner)
+                error.detail += (" The connection was not deleted; send the DELETE again." if released else
                                  " The connection is marked as being deleted; send the DELETE again to finish it.")
                 raise
             if self._removing(record, error, force, progress):
                 complete = True
             else:
-                left, unread = await self._removal_failed(record, before, progress, error, force)
+                left, unread = await self._removal_failed(record, before, progress, error, force, owner)
                 complete = False
         removed = progress.removed
         if record.method == Method.OAUTH:
@@ -744,24 +744,29 @@ class ConnectionService:
     def _removing(self, record: ConnectionRecord, error: ServiceError, force: bool, progress: Removals) -> bool:
         """A DELETE's removals that failed once the journal said the last one, of the credential in use, was sent
         (``removing_key_id``, by this DELETE or an earlier one; nothing else is left to remove by then). That
-        credential refused by Entra as unknown (``CREDENTIAL_UNKNOWN``), and unexpired, means the removal went
-        through (or the user revoked it): the removals are done (True). An expired one is still on the application,
-        and a refusal for another reason (the application disabled, a Conditional Access policy) tells nothing: as
-        before the journal (False). An answer that did not come (a 5xx, a timeout) leaves its outcome unknown: the
+        credential refused by Entra as unknown (``CREDENTIAL_UNKNOWN``; a certificate, unexpired) means the removal
+        went through (or the user revoked it): the removals are done (True). An expired secret (AADSTS7000222) is
+        still on the application, and a refusal for another reason (the application disabled, a Conditional Access
+        policy) tells nothing, nor does a vault version that a forced DELETE cleaned up: as before the journal
+        (False). An answer that did not come (a 5xx, a timeout) leaves its outcome unknown: the
         mark stays, and a plain DELETE says to send it again. A refusal (a 4xx) is a removal that failed (False)."""
         state = record.rotation
         if state.removing_key_id is None or state.removing_key_id.lower() != (state.key_id or "").lower():
             return False
         if isinstance(error, CredentialRejected):
+            code = error.extensions.get("aadstsCode")
             expires = record.health.credential_expires_at
-            if (error.extensions.get("aadstsCode") not in CREDENTIAL_UNKNOWN or expires is None
-                    or expires <= self.now()):
+            if code not in CREDENTIAL_UNKNOWN or (  # a certificate's key expired is refused as one not found
+                    code == "AADSTS700027" and (expires is None or expires <= self.now())):
                 return False
             progress.removed.append(state.removing_key_id)
             return True
+        if isinstance(error, (SecretGone, VersionDisabled)):  # its vault version, cleaned up by a forced DELETE
+            return False
         if error.status >= 500 and not force:
-            error.detail += (f" The removal of the credential in use (Key ID {state.removing_key_id}), the last, was "
-                             "sent; the connection is marked as being deleted; send the DELETE again to finish it.")
+            error.detail += (f" The removal of the credential in use (Key ID {state.removing_key_id}), the last, may "
+                             "have been made; the connection is marked as being deleted; send the DELETE again to "
+                             "finish it.")
             raise error
         return False
 
@@ -807,7 +812,7 @@ class ConnectionService:
                         record.id, detail_of(error))
 
     async def _removal_failed(self, record: ConnectionRecord, before: ConnectionRecord, progress: Removals,
-                              error: ServiceError, force: bool) -> tuple[list[str], list[str]]:
+                              error: ServiceError, force: bool, owner: str) -> tuple[list[str], list[str]]:
         """A DELETE's removals failed: without ``force`` the connection is as it was and the answer a 409 naming what
         stays live; with it, what stays live is audited and returned."""
         left, unread = self._left_live(record, progress)
@@ -815,8 +820,8 @@ class ConnectionService:
                  "not listed (but the Key IDs the connection records): its display name starts with "
                  f"'{connection_marker(record.id)}'." if unread else "")
         if not force:
-            outcome = ("nothing was deleted" if await self._release(record, before, progress) else
-                       "the connection is still marked as being deleted")
+            outcome = ("the connection was not deleted" if await self._release(record, before, progress, owner)
+                       else "the connection is still marked as being deleted")
             raise CredentialsLeftLive(
                 f"The client secrets the service created on the application could not be removed "
                 f"({error.detail}); {outcome}. Grant the permission and try again, or delete with "
@@ -910,10 +915,15 @@ class ConnectionService:
                     break
         return False
 
-    async def _release(self, record: ConnectionRecord, before: ConnectionRecord, progress: Removals) -> bool:
-        """Undo the deletion mark: the connection is as it was, but for a clean-up of the application it left that
-        this DELETE's removals finished (which can no longer sign in: it removed its own credential last). False
-        when the connection changed meanwhile (the mark may stay: the next DELETE finishes it)."""
+    async def _release(self, record: ConnectionRecord, before: ConnectionRecord, progress: Removals,
+                       owner: str) -> bool:
+        """Undo this DELETE's mark (``owner``'s): the connection is as it was, but for a clean-up of the application
+        it left that this DELETE's removals finished (which can no longer sign in: it removed its own credential
+        last). False when the mark is another DELETE's now (its journal was written on top of it: that one goes on)
+        or the connection changed meanwhile, or Table Storage failed: the mark may stay, and the next DELETE
+        finishes it."""
+        if record.rotation.lease_owner != owner:
+            return False
         state = before.rotation
         left_behind = state.retire_client_id
         if (state.retire_version is not None and left_behind and not retires_in_use(before)
@@ -927,8 +937,8 @@ class ConnectionService:
                             record.id, detail_of(error))
         try:
             await self.store.update(before.evolve(etag=record.etag))
-        except ConcurrentChange:
-            log.info("Connection %s changed while its deletion was undone", record.id)
+        except ServiceError as error:  # ConcurrentChange: another request's write came first
+            log.info("Connection %s: its deletion was not undone (%s)", record.id, detail_of(error))
             return False
         return True
 

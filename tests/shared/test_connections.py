@@ -819,7 +819,7 @@ async def test_a_journal_of_the_last_removal_that_table_storage_fails_sends_no_r
         assert "marked as being deleted; send the DELETE again" in failed.value.detail
         assert after.status == "deleting"
     else:
-        assert "Nothing was deleted; send the DELETE again." in failed.value.detail
+        assert "The connection was not deleted; send the DELETE again." in failed.value.detail
         assert after.status == "active" and after.rotation == record.rotation
     assert in_use in h.fakes.world.apps[record.client_id or ""].passwords  # never sent
     assert h.check() == []
@@ -847,7 +847,7 @@ async def test_a_refused_delete_keeps_the_clean_up_of_the_application_left_behin
     new.may_manage_itself = False
     with pytest.raises(CredentialsLeftLive) as refused:
         await h.api.delete(APP, record.id)
-    assert "nothing was deleted" in refused.value.detail
+    assert "the connection was not deleted" in refused.value.detail
     assert not [c for c in old.passwords.values() if c.created_by_service]  # that clean-up is done
     after = await h.record(record.id)
     assert after is not None and after.status == "active" and after.rotation.retire_version is None
@@ -882,3 +882,96 @@ async def test_a_forced_delete_whose_last_removal_has_no_answer_deletes_and_list
     assert await h.record(record.id) is None
     [noted] = [r for r in h.fakes.audit.records if r.outcome == "credentials-left-live"]
     assert f"Key IDs {in_use}" in (noted.detail or "")
+
+
+async def test_a_refused_delete_never_puts_back_a_connection_another_delete_marked_on_top(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a second review (a regression of the journal ahead of the last removal): DELETE A's journal was
+    written on top of DELETE B's mark; Graph then refused A's removal, and A put the connection back, active, over
+    B's mark. B's removal went through: active with its credential revoked (I1), and stuck for good."""
+    import asyncio
+
+    from tests import fakes
+
+    h = Harness()
+    record = await h.create()
+    in_use = record.rotation.key_id
+    b_marked, b_removing, a_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    vault_get, remove = fakes.FakeVault.get, fakes.FakeGraph.remove_password
+
+    def who() -> str:
+        task = asyncio.current_task()
+        return task.get_name() if task else ""
+
+    async def get(self: Any, name: str, version: str) -> Any:  # after its mark, A waits for B's on top
+        if who() == "A":
+            await b_marked.wait()
+        elif who() == "B":
+            b_marked.set()
+        return await vault_get(self, name, version)
+
+    async def remove_password(self: Any, object_id: str, key_id: str) -> None:
+        if who() == "A":
+            await b_removing.wait()
+            raise UpstreamForbidden("Graph refused (injected)")
+        if who() == "B":
+            b_removing.set()
+            await a_done.wait()
+        await remove(self, object_id, key_id)
+
+    monkeypatch.setattr(fakes.FakeVault, "get", get)
+    monkeypatch.setattr(fakes.FakeGraph, "remove_password", remove_password)
+
+    async def delete() -> object:
+        try:
+            return await h.api.delete(APP, record.id)
+        except ServiceError as error:
+            return error
+        finally:
+            if who() == "A":
+                a_done.set()
+
+    a = asyncio.create_task(delete(), name="A")
+    await asyncio.sleep(0)  # A marks first
+    b = asyncio.create_task(delete(), name="B")
+    answer_a, answer_b = await asyncio.gather(a, b)
+    assert isinstance(answer_a, CredentialsLeftLive) and "still marked" in answer_a.detail
+    assert not isinstance(answer_b, ServiceError) and answer_b.removed_key_ids == [in_use]  # type: ignore[attr-defined]
+    assert await h.record(record.id) is None
+    assert h.check() == []
+
+
+async def test_a_secret_removed_by_a_delete_whose_answer_was_lost_counts_as_removed_even_once_expired() -> None:
+    """Found by a second review: a secret removed by a DELETE that had no answer, which then passed its end date,
+    was never taken for removed (the expiry rule is for a certificate's key: an expired secret still there is
+    refused with its own code, AADSTS7000222)."""
+    h = Harness()
+    record = await h.create()
+    in_use, expires = record.rotation.key_id, record.health.credential_expires_at
+    assert in_use is not None and expires is not None
+    h.fakes.world.fail_next("graph.removal.lost")
+    with pytest.raises(ServiceError):
+        await h.api.delete(APP, record.id)
+    h.fakes.clock.now = expires + timedelta(minutes=1)
+    deleted = await h.api.delete(APP, record.id)
+    assert (deleted.removed_key_ids, deleted.key_ids_left_live) == ([in_use], [])
+
+
+@pytest.mark.parametrize("past", ["store.delete", "vault.delete"])
+async def test_a_plain_delete_after_a_forced_one_that_stopped_past_its_unanswered_last_removal_points_to_force(
+        past: str) -> None:
+    """Found by a second review: the forced DELETE had cleaned the vault up; every plain DELETE then read the
+    version in use, found it gone, and took that for an unknown outcome: 502 "send the DELETE again", for good."""
+    h = Harness()
+    record = await h.create()
+    h.fakes.world.fail_next("graph.removal.lost")
+    h.fakes.world.fail_next(past)
+    with pytest.raises(ServiceError) as stopped:
+        await h.api.delete(APP, record.id, force=True)
+    assert stopped.value.status == 502 and "send the DELETE again" in stopped.value.detail
+    with pytest.raises(CredentialsLeftLive) as refused:
+        await h.api.delete(APP, record.id)
+    assert "?force=true" in refused.value.detail
+    forced = await h.api.delete(APP, record.id, force=True)
+    assert forced.key_ids_left_live == [record.rotation.key_id]
+    assert await h.record(record.id) is None
