@@ -28,6 +28,13 @@ from tests.fakes import FakeVault
 from tests.lifecycle_harness import APP, ROTATION, Harness, overtaken_at
 
 
+async def stops_and_says_to_send_it_again(h: Harness, connection_id: str, force: bool = False) -> None:
+    """A DELETE that Azure stops once the connection is marked: a 502 that says to send the DELETE again."""
+    with pytest.raises(ServiceError) as stopped:
+        await h.api.delete(APP, connection_id, force=force)
+    assert stopped.value.status == 502 and "send the DELETE again" in stopped.value.detail
+
+
 async def test_delete_removes_every_secret_the_service_created_and_lists_them() -> None:
     h = Harness()
     record = await h.create()
@@ -111,9 +118,7 @@ async def test_a_delete_that_azure_stops_past_its_removals_says_to_send_it_again
     h = Harness()
     record = await h.create()
     h.fakes.world.fail_next(fails)
-    with pytest.raises(ServiceError) as stopped:
-        await h.api.delete(APP, record.id)
-    assert stopped.value.status == 502 and "send the DELETE again" in stopped.value.detail
+    await stops_and_says_to_send_it_again(h, record.id)
     marked = await h.record(record.id)
     assert marked is not None and marked.status == "deleting"
     await h.api.delete(APP, record.id)
@@ -140,9 +145,7 @@ async def test_a_plain_delete_after_a_forced_one_that_stopped_does_not_drop_what
     record = await h.create()
     h.fakes.world.apps[record.client_id or ""].may_manage_itself = False
     h.fakes.world.fail_next(fails)
-    with pytest.raises(ServiceError) as stopped:
-        await h.api.delete(APP, record.id, force=True)
-    assert stopped.value.status == 502 and "send the DELETE again" in stopped.value.detail
+    await stops_and_says_to_send_it_again(h, record.id, force=True)
     with pytest.raises(CredentialsLeftLive) as refused:
         await h.api.delete(APP, record.id)
     assert refused.value.extensions["applicationsNotRead"] == [record.client_id]
@@ -630,10 +633,8 @@ async def test_a_delete_stopped_right_after_removing_the_credential_in_use_is_fi
             world.fail_next("store.update")
 
         world.on_revoke = then_the_store_fails
-    with pytest.raises(ServiceError) as stopped:
-        await h.api.delete(APP, record.id)
+    await stops_and_says_to_send_it_again(h, record.id)
     world.on_revoke = watching
-    assert stopped.value.status == 502 and "send the DELETE again" in stopped.value.detail
     assert in_use not in {*world.apps[record.client_id or ""].passwords, *world.apps[record.client_id or ""].keys}
     marked = await h.record(record.id)
     assert marked is not None and marked.status == "deleting"  # never active with a revoked credential
@@ -768,9 +769,7 @@ async def _stopped_with_the_last_removal_journaled(h: Harness) -> ConnectionReco
     """A DELETE whose removal of the credential in use (journaled ahead) answered a 502 before Graph applied it."""
     record = await h.create()
     h.fakes.world.fail_next("graph.remove")
-    with pytest.raises(ServiceError) as stopped:
-        await h.api.delete(APP, record.id)
-    assert stopped.value.status == 502 and "send the DELETE again" in stopped.value.detail
+    await stops_and_says_to_send_it_again(h, record.id)
     marked = await h.record(record.id)
     assert marked is not None and marked.rotation.removing_key_id == record.rotation.key_id
     assert record.rotation.key_id in h.fakes.world.apps[record.client_id or ""].passwords
@@ -966,9 +965,7 @@ async def test_a_plain_delete_after_a_forced_one_that_stopped_past_its_unanswere
     record = await h.create()
     h.fakes.world.fail_next("graph.removal.lost")
     h.fakes.world.fail_next(past)
-    with pytest.raises(ServiceError) as stopped:
-        await h.api.delete(APP, record.id, force=True)
-    assert stopped.value.status == 502 and "send the DELETE again" in stopped.value.detail
+    await stops_and_says_to_send_it_again(h, record.id, force=True)
     with pytest.raises(CredentialsLeftLive) as refused:
         await h.api.delete(APP, record.id)
     assert "?force=true" in refused.value.detail
