@@ -930,11 +930,7 @@ class ConnectionService:
                 and left_behind in progress.found and not progress.left(left_behind)):
             before = before.evolve(rotation=state.evolve(retire_version=None, retire_tenant_id=None,
                                                          retire_client_id=None))
-            try:
-                await self.vault.disable(record.secret_name, state.retire_version)
-            except (ServiceError, OSError, TimeoutError) as error:  # the next change disables every older version
-                log.warning("Connection %s: the version of the application it left is not disabled (%s)",
-                            record.id, detail_of(error))
+            await self.rotator.disable_left_behind(record, state.retire_version)
         try:
             await self.store.update(before.evolve(etag=record.etag))
         except ServiceError as error:  # ConcurrentChange: another request's write came first

@@ -609,20 +609,24 @@ class Rotator(Journaled):
                                     connection_marker(record.id), keep=state.key_id if same_app else None,
                                     spare=under_way, audit=self._removal(record), signer=material,
                                     now=self.now(), fence=self.lease_check(state))  # under a rotation's lease
-            # The version the change superseded, and only that one: a version current meanwhile stays enabled.
-            # Best effort: the removals are done, and its credential may be one of them, so the clean-up must be
-            # forgotten all the same (the next change of the secret disables every older version).
-            try:
-                await self.adapters.vault.disable(record.secret_name, state.retire_version)
-            except (ServiceError, OSError, TimeoutError) as error:
-                log.warning("Connection %s: the previous application's secret version is still enabled (%s)",
-                            record.id, detail_of(error))
+            await self.disable_left_behind(record, state.retire_version)
         await self.checkpoint("after-retire", record)
         # Only the journal of the clean-up is forgotten: ``managed`` says whether the service created something on
         # the application in use since the change (a rotation that began since sets it; the change cleared it).
         return await self._apply(record, lambda current: current.rotation == state,
                                  lambda current: current.evolve(rotation=current.rotation.evolve(
                                      retire_version=None, retire_tenant_id=None, retire_client_id=None)))
+
+    async def disable_left_behind(self, record: ConnectionRecord, version: str) -> None:
+        """Disable the version the credentials change superseded (that of the application left behind), and only
+        that one: a version current meanwhile stays enabled. Best effort: its clean-up is done, and its credential
+        may be among what it removed, so the clean-up is forgotten all the same (the next change of the secret
+        disables every older version)."""
+        try:
+            await self.adapters.vault.disable(record.secret_name, version)
+        except (ServiceError, OSError, TimeoutError) as error:
+            log.warning("Connection %s: the previous application's secret version is still enabled (%s)",
+                        record.id, detail_of(error))
 
     async def _lease_for_retirement(self, record: ConnectionRecord) -> ConnectionRecord | None:
         """``record`` leased to this worker for its retirement (ETag-guarded: a rotation, a credentials change or
