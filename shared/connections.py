@@ -79,7 +79,9 @@ from shared.rotation.config import (
 )
 from shared.rotation.migration import MIGRATION_STEPS, Migrator
 from shared.rotation.protocol import (
+    CREDENTIAL_UNKNOWN,
     Attempt,
+    JournalEntry,
     Removals,
     Rotator,
     connection_marker,
@@ -100,9 +102,6 @@ from shared.views import to_response as to_response
 log = logging.getLogger(__name__)
 
 DELETE_LEASE_SECONDS = 120
-# Entra's refusals of a credential it does not know: no such client secret; no key of the application's that the
-# certificate's signature verifies against (an expired key too: see ``_removing``).
-CREDENTIAL_UNKNOWN = frozenset({"AADSTS7000215", "AADSTS700027"})
 
 
 Credentials = ClientSecretCredentialsIn | CertificateCredentialsIn | FederatedCredentialsIn
@@ -435,8 +434,9 @@ class ConnectionService:
             if state.managed:  # what the service created on the application in use is retired after the switch
                 # (tracked by ``retire_*`` from here on): the credential in use is the user's, and nothing the
                 # service creates is on its application until a rotation begins (which sets ``managed`` again).
-                new_state = new_state.evolve(retire_version=record.secret_version, managed=False,
-                                             retire_tenant_id=record.tenant_id, retire_client_id=record.client_id)
+                new_state = new_state.left_behind_forgotten().evolve(
+                    retire_version=record.secret_version, managed=False, retire_tenant_id=record.tenant_id,
+                    retire_client_id=record.client_id)
             changes.update(tenant_id=credentials.tenantId, client_id=credentials.clientId, status=STATUS_ACTIVE,
                            status_message=None, last_validated_at=self.now())
             fresh = self._fresh_health(record, expires_on)
@@ -683,17 +683,16 @@ class ConnectionService:
 
         unjournaled: list[ServiceError] = []  # the journal ahead of the last removal, not written
 
-        async def removing_in_use(key_id: str) -> None:  # journaled ahead of the last removal: see _removing
+        async def journal(entry: JournalEntry) -> None:  # ahead of a last removal: see _removing
             nonlocal record
             try:
-                record = await self._on_mark(record, lambda state: state.evolve(
-                    removing_key_id=key_id, retire_version=None, retire_tenant_id=None, retire_client_id=None))
+                record = await self._on_mark(record, entry)
             except ServiceError as error:
                 unjournaled.append(error)
                 raise
 
         try:
-            await self.rotator.remove_all(record, progress, before_last=removing_in_use, keep_going=force)
+            await self.rotator.remove_all(record, progress, journal=journal, keep_going=force)
             progress.removed += await self._remove_federated_credential(record)
         except ServiceError as error:
             # Only the journal says the removals are done (``_removals_done``): a secret an earlier DELETE disabled
@@ -775,11 +774,10 @@ class ConnectionService:
         to remove (a DELETE sent again after a failure past this point goes straight on, rather than signing in
         with the credential in use, which the removals revoked when it was the service's)."""
         await self.rotator.close_interrupted(record)  # a rotation's worker that died: its attempt ends here
-        return await self._on_mark(record, lambda state: state.evolve(
-            managed=False, key_made=False, removing_key_id=None, retire_version=None, retire_tenant_id=None,
-            retire_client_id=None, rotation_id=None, step=None, attempt=0, attempt_started_at=None,
-            pending_key_id=None, pending_version=None, pending_expires_at=None, previous_key_id=None,
-            previous_version=None))
+        return await self._on_mark(record, lambda state: state.left_behind_forgotten().evolve(
+            managed=False, key_made=False, removing_key_id=None, rotation_id=None, step=None, attempt=0,
+            attempt_started_at=None, pending_key_id=None, pending_version=None, pending_expires_at=None,
+            previous_key_id=None, previous_version=None))
 
     async def _on_mark(self, record: ConnectionRecord,
                        change: Callable[[RotationState], RotationState]) -> ConnectionRecord:
@@ -928,9 +926,12 @@ class ConnectionService:
         left_behind = state.retire_client_id
         if (state.retire_version is not None and left_behind and not retires_in_use(before)
                 and left_behind in progress.found and not progress.left(left_behind)):
-            before = before.evolve(rotation=state.evolve(retire_version=None, retire_tenant_id=None,
-                                                         retire_client_id=None))
+            before = before.evolve(rotation=state.left_behind_forgotten())
             await self.rotator.disable_left_behind(record, state.retire_version)
+        elif state.retire_version is not None and record.rotation.retire_version == state.retire_version:
+            # That clean-up's journal, as this DELETE wrote it: its last removal may have gone through.
+            before = before.evolve(rotation=state.evolve(
+                retire_removing_key_id=record.rotation.retire_removing_key_id))
         try:
             await self.store.update(before.evolve(etag=record.etag))
         except ServiceError as error:  # ConcurrentChange: another request's write came first

@@ -110,6 +110,9 @@ class RotationState:
     retire_version: str | None = None
     retire_tenant_id: str | None = None
     retire_client_id: str | None = None
+    # That clean-up's journal: everything else it was to remove there is removed, and the removal of the credential
+    # it signs in with (this Key ID), the last one, is sent; once that credential no longer signs in, it is done.
+    retire_removing_key_id: str | None = None
     # The journal of the rotation under way.
     rotation_id: str | None = None
     step: str | None = None
@@ -141,6 +144,11 @@ class RotationState:
             pending_key_id=None, pending_version=None, pending_expires_at=None, previous_key_id=None,
             previous_version=None, lease_owner=None, lease_until=None,
         )
+
+    def left_behind_forgotten(self) -> RotationState:
+        """No clean-up of an application left behind pending any more (``retire_*``: done, or another's now)."""
+        return replace(self, retire_version=None, retire_tenant_id=None, retire_client_id=None,
+                       retire_removing_key_id=None)
 
     def evolve(self, **changes: Any) -> RotationState:
         return replace(self, **changes)

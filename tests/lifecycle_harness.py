@@ -293,7 +293,7 @@ def only_retired(before: tuple[Any, ...], after: tuple[Any, ...]) -> bool:
     if len(before) != 3 or len(after) != 3 or before[0].rotation.retire_version is None or before[1:] != after[1:]:
         return False
     record: ConnectionRecord = before[0]
-    retired = record.rotation.evolve(retire_version=None, retire_tenant_id=None, retire_client_id=None)
+    retired = record.rotation.left_behind_forgotten()
     return bool(after[0] == record.evolve(rotation=retired))
 
 

@@ -285,10 +285,9 @@ class Migrator(Journaled):
         await self._history(record, STATUS_SUCCEEDED, "Migrated to the federated method.")
         kept = ("the credential given was revoked" if state.revoke_original
                 else "the credential given was left on the application")
-        done = state.cleared_journal().evolve(
+        done = state.cleared_journal().left_behind_forgotten().evolve(
             status=STATUS_SUCCEEDED, message=f"Migrated to the federated method; {kept}.", failures=0,
-            managed=False, revoke_original=False, retire_version=None, retire_tenant_id=None, retire_client_id=None,
-            key_id=ours)
+            managed=False, revoke_original=False, key_id=ours)
         saved = await self._save(record, rotation=done.evolve(next_at=None, schedule_key=None))
         await self.adapters.schedule.remove(state.schedule_key)
         await self.audit.record("connection.migrate", STATUS_SUCCEEDED, app=record.app, connection_id=record.id,

@@ -41,6 +41,7 @@ from shared.apps import Method, find_app
 from shared.errors import (
     ConcurrentChange,
     CredentialLifetimeRefused,
+    CredentialRejected,
     LeaseLost,
     NotFound,
     ServiceError,
@@ -85,6 +86,15 @@ log = logging.getLogger(__name__)
 FIRST_BACKOFF = timedelta(minutes=5)
 MAX_BACKOFF = timedelta(days=1)
 MARKER_PREFIX = "app-connections"
+# Entra's refusals of a credential it does not know: no such client secret; no key of the application's that the
+# certificate's signature verifies against (an expired key too).
+CREDENTIAL_UNKNOWN = frozenset({"AADSTS7000215", "AADSTS700027"})
+# ... and of an expired client secret: a credential that no longer signs in, whichever the reason.
+CREDENTIAL_UNUSABLE = CREDENTIAL_UNKNOWN | {"AADSTS7000222"}
+
+# A journal entry written ahead of a removal pass's last removal: the change it makes to the rotation state.
+JournalEntry = Callable[[RotationState], RotationState]
+Journal = Callable[[JournalEntry], Awaitable[None]]
 
 def backoff(failures: int) -> timedelta:
     """Exponential back-off for a failing connection: 5 min, 10 min, ... capped at one day, for any number of
@@ -599,23 +609,32 @@ class Rotator(Journaled):
             # stopped before it forgot that application (a crash, a worker held up past its lease) did them all.
             material = None
         if material is not None:
-            async with self.adapters.directory.graph(Method(record.method),
-                                                     state.retire_tenant_id or record.tenant_id,
-                                                     state.retire_client_id or "", material) as graph:
-                # On the application in use: neither its credential nor what a rotation under way added (one
-                # resumed past its addition retires first; its new credential is about to be the one in use).
-                under_way = marker(record.id, state.rotation_id) if same_app and state.rotation_id else None
-                await remove_rolled(roll_of(record), graph, state.retire_client_id or "", set(),
-                                    connection_marker(record.id), keep=state.key_id if same_app else None,
-                                    spare=under_way, audit=self._removal(record), signer=material,
-                                    now=self.now(), fence=self.lease_check(state))  # under a rotation's lease
+            journaled = record
+
+            async def journal(entry: JournalEntry) -> None:  # under the lease, of this clean-up only
+                nonlocal journaled
+                mine = journaled.rotation
+                journaled = await self._apply(
+                    journaled, lambda current: (current.rotation.lease_owner == mine.lease_owner
+                                                and current.rotation.retire_version == mine.retire_version),
+                    lambda current: current.evolve(rotation=entry(current.rotation)))
+                if journaled.rotation != entry(journaled.rotation):
+                    raise LeaseLost(f"The connection {record.id} changed while its clean-up was under way.")
+
+            # On the application in use: neither its credential nor what a rotation under way added (one
+            # resumed past its addition retires first; its new credential is about to be the one in use).
+            under_way = marker(record.id, state.rotation_id) if same_app and state.rotation_id else None
+            await self._remove_there(record, state.retire_tenant_id or record.tenant_id, state.retire_client_id or "",
+                                     material, None if same_app else journal, keep=state.key_id if same_app else None,
+                                     spare=under_way, fence=self.lease_check(state))  # under a rotation's lease
+            record = journaled
             await self.disable_left_behind(record, state.retire_version)
         await self.checkpoint("after-retire", record)
         # Only the journal of the clean-up is forgotten: ``managed`` says whether the service created something on
         # the application in use since the change (a rotation that began since sets it; the change cleared it).
-        return await self._apply(record, lambda current: current.rotation == state,
-                                 lambda current: current.evolve(rotation=current.rotation.evolve(
-                                     retire_version=None, retire_tenant_id=None, retire_client_id=None)))
+        mine = record.rotation
+        return await self._apply(record, lambda current: current.rotation == mine,
+                                 lambda current: current.evolve(rotation=current.rotation.left_behind_forgotten()))
 
     async def disable_left_behind(self, record: ConnectionRecord, version: str) -> None:
         """Disable the version the credentials change superseded (that of the application left behind), and only
@@ -704,14 +723,14 @@ class Rotator(Journaled):
         raise LeaseLost(f"The connection {record.id} kept changing.")
 
     async def remove_all(self, record: ConnectionRecord, progress: Removals | None = None,
-                         before_last: Callable[[str], Awaitable[None]] | None = None,
-                         keep_going: bool = False) -> list[str]:
+                         journal: Journal | None = None, keep_going: bool = False) -> list[str]:
         """Remove from the application every credential the service created for the connection (found by its
         marker), with the connection's current credential; and from the application it left, if any. ``progress``
-        tells how far it got, should it fail; ``before_last`` is awaited with the Key ID of the credential in use
-        right before its removal, when the service made it and it is the last credential of the service's left;
-        ``keep_going``: a failure at the application left behind does not stop the pass before the one in use (it
-        is raised at the end)."""
+        tells how far it got, should it fail; ``journal`` writes an entry right before the last removal at each
+        application, of the credential it signs in with (``retire_removing_key_id`` at the one left behind;
+        ``removing_key_id`` at the one in use, when the service made that credential and nothing else of the
+        service's is left); ``keep_going``: a failure at the application left behind does not stop the pass before
+        the one in use (it is raised at the end)."""
         progress = progress if progress is not None else Removals()
         state = record.rotation
         failure: ServiceError | None = None
@@ -720,25 +739,31 @@ class Rotator(Journaled):
         # revoke the credential in use (a rotation made since) before the last ones were done.
         if state.retire_version is not None and not retires_in_use(record):
             try:
-                await self._remove_left_behind(record, progress)
+                await self._remove_left_behind(record, progress, journal)
             except ServiceError as error:
                 if not keep_going:
                     raise
                 failure = error
         if removes_in_use(record):
             material = await self.adapters.vault.get(record.secret_name, record.secret_version)
+
+            async def removing(key_id: str) -> None:  # nothing else of the service's is left by then
+                if journal is not None:
+                    await journal(lambda state: state.left_behind_forgotten().evolve(removing_key_id=key_id))
+
             async with self.adapters.directory.graph(Method(record.method), record.tenant_id,
                                                      record.client_id or "", material) as graph:
                 await remove_rolled(roll_of(record), graph, record.client_id or "",
                                     {state.pending_key_id} if state.pending_key_id else set(),
                                     connection_marker(record.id), last=state.key_id, audit=self._removal(record),
                                     signer=material, now=self.now(), progress=progress,
-                                    before_last=before_last if failure is None else None)  # else not the last left
+                                    before_last=removing if failure is None else None)  # else not the last left
         if failure is not None:
             raise failure
         return progress.removed
 
-    async def _remove_left_behind(self, record: ConnectionRecord, progress: Removals) -> None:
+    async def _remove_left_behind(self, record: ConnectionRecord, progress: Removals,
+                                  journal: Journal | None) -> None:
         """A removal pass's part at the application the connection left (``retire_*``), with its credential."""
         state = record.rotation
         try:
@@ -746,11 +771,42 @@ class Rotator(Journaled):
         except VersionDisabled:  # disabled once that application's removals were all done: nothing is left
             progress.found[state.retire_client_id or ""] = set()
             return
-        async with self.adapters.directory.graph(Method(record.method), state.retire_tenant_id or "",
-                                                 state.retire_client_id or "", retired) as graph:
-            await remove_rolled(roll_of(record), graph, state.retire_client_id or "", set(),
-                                connection_marker(record.id), audit=self._removal(record), signer=retired,
-                                now=self.now(), progress=progress)
+        await self._remove_there(record, state.retire_tenant_id or "", state.retire_client_id or "", retired,
+                                 journal, progress=progress)
+
+    async def _remove_there(self, record: ConnectionRecord, tenant_id: str, client_id: str,
+                            material: Mapping[str, str], journal: Journal | None, *, keep: str | None = None,
+                            spare: str | None = None, fence: Callable[[], None] | None = None,
+                            progress: Removals | None = None) -> None:
+        """The clean-up of the application ``client_id`` (one the connection left, or the one in use when its new
+        credentials were for the same one), signed in with ``material``: every credential there that the service
+        created for the connection but ``keep`` and a rotation's under way (``spare``); the one it signs in with
+        last, journaled ahead (``retire_removing_key_id``, through ``journal``) when it is among them. Once that
+        entry is written, that credential refused by Entra as one it does not know, or as expired, means the
+        clean-up is done: everything else was removed before, and it no longer signs in, whether this removal went
+        through or not. Any other refusal (the application disabled, a Conditional Access policy) tells nothing."""
+        removing = record.rotation.retire_removing_key_id
+
+        async def ahead(key_id: str) -> None:
+            if journal is not None:
+                await journal(lambda state: state.evolve(retire_removing_key_id=key_id))
+
+        try:
+            async with self.adapters.directory.graph(Method(record.method), tenant_id, client_id, material) as graph:
+                await remove_rolled(roll_of(record), graph, client_id, set(), connection_marker(record.id),
+                                    keep=keep, spare=spare, audit=self._removal(record), signer=material,
+                                    now=self.now(), fence=fence, progress=progress,
+                                    before_last=ahead if journal is not None else None)
+        except CredentialRejected as error:
+            if removing is None or error.extensions.get("aadstsCode") not in CREDENTIAL_UNUSABLE:
+                raise
+            expired = error.extensions.get("aadstsCode") not in CREDENTIAL_UNKNOWN  # a secret still there, expired
+            log.info("Connection %s: the credential of application %s whose removal was sent last (Key ID %s) no "
+                     "longer signs in (%s); its clean-up is done", record.id, client_id, removing,
+                     "expired" if expired else "removed")
+            if progress is not None:  # an expired secret is not listed: neither removed nor live
+                progress.found[client_id] = set() if expired else {removing}
+                progress.removed.extend([] if expired else [removing])
 
 
 def retires_in_use(record: ConnectionRecord) -> bool:
@@ -824,8 +880,8 @@ async def remove_rolled(roll: CredentialRoll, graph: GraphSession, client_id: st
     gone counts as done). ``registration``: the application as just read, when it was; ``signer``: the material of
     the version in use (it signs a proof of possession where the kind needs one), checked as of ``now``;
     ``fence``: called right before each removal (it raises when the rotation is no longer the caller's);
-    ``progress``: filled as the pass goes; ``before_last``: awaited with ``last``'s Key ID right before its removal
-    (a journal written ahead of it)."""
+    ``progress``: filled as the pass goes; ``before_last``: awaited with the Key ID of the credential that signs in
+    (``last``, else the one ``signer`` is) right before its removal (a journal written ahead of it)."""
     registration = registration or await graph.find(client_id)
     present = roll.rolled(registration)
     doomed = {key.lower() for key in key_ids if key}
@@ -844,7 +900,7 @@ async def remove_rolled(roll: CredentialRoll, graph: GraphSession, client_id: st
     ordered = sorted(present, key=lambda c: c.key_id == signing)
     for credential in ordered:
         if credential.key_id in doomed:
-            if before_last is not None and credential.key_id == (last or "").lower():
+            if before_last is not None and credential.key_id == signing:
                 await before_last(credential.key_id)
             remove = functools.partial(roll.remove_predecessor, graph, registration, credential.key_id, signer or {},
                                        now or datetime.now(UTC))

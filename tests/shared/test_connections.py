@@ -972,3 +972,116 @@ async def test_a_plain_delete_after_a_forced_one_that_stopped_past_its_unanswere
     forced = await h.api.delete(APP, record.id, force=True)
     assert forced.key_ids_left_live == [record.rotation.key_id]
     assert await h.record(record.id) is None
+
+
+async def _left_behind_with_its_last_removal_unanswered(h: Harness, *, by: str, applied: bool = True,
+                                                        ) -> tuple[ConnectionRecord, str]:
+    """A connection moved to another application (rotation off, so the clean-up of the one it left is all that
+    runs) whose clean-up removed a stray of the service's, then sent the removal of the credential it signs in
+    with, last, and had no answer: the removal went through (``applied``) or not. ``by``: the credentials change's
+    clean-up, or a DELETE's (the change's refused first). Returns the connection as it was before and the Key ID
+    of that credential."""
+    record = await h.create()
+    await h.api.update(APP, record.id, {"isAutoRotationEnabled": False})
+    client_id = record.client_id or ""
+    signer = record.rotation.key_id
+    assert signer is not None and record.rotation.key_made
+    world = h.fakes.world
+    old = world.apps[client_id]
+    marker = connection_marker(record.id) + "interrupted"
+    if h.method == "certificate":
+        world.add_certificate(client_id, marker, by_service=True)
+    else:
+        world.add(client_id, marker, by_service=True)
+    watching = world.on_revoke
+    removals = 0
+
+    def lose_the_answer_to_the_last(client: str, credential: Any) -> None:
+        nonlocal removals
+        if watching is not None:
+            watching(client, credential)
+        removals += client == client_id
+        if removals == (2 if applied else 1):  # the stray, then the one it signs in with
+            world.on_revoke = watching
+            world.fail_next("graph.removal.lost" if applied else "graph.remove")
+
+    world.on_revoke = lose_the_answer_to_the_last
+    _, credentials = h.new_application()
+    if by == "delete":
+        old.may_manage_itself = False
+        await h.api.update(APP, record.id, {"credentials": credentials})  # its clean-up waits
+        old.may_manage_itself = True
+        with pytest.raises(CredentialsLeftLive) as refused:
+            await h.api.delete(APP, record.id)
+        assert "the connection was not deleted" in refused.value.detail
+    else:
+        await h.api.update(APP, record.id, {"credentials": credentials})
+    assert removals == (2 if applied else 1) and (signer not in {*old.passwords, *old.keys}) == applied
+    assert [c.key_id for c in [*old.passwords.values(), *old.keys.values()] if c.created_by_service] == (
+        [] if applied else [signer])
+    waiting = await h.record(record.id)
+    assert waiting is not None and waiting.status == "active"
+    assert waiting.rotation.retire_client_id == client_id and waiting.rotation.retire_removing_key_id == signer
+    assert h.check() == []
+    return record, signer
+
+
+@pytest.mark.parametrize("method", ["client-secret", "certificate"])
+@pytest.mark.parametrize("by", ["credentials-change", "delete"])
+@pytest.mark.parametrize("then", ["the sweep", "a delete"])
+@pytest.mark.parametrize("applied", [True, False], ids=["removed", "not-removed"])
+async def test_a_clean_up_of_an_application_left_behind_whose_last_removal_had_no_answer_is_finished_next_time(
+        method: str, by: str, then: str, applied: bool) -> None:
+    """Left open by session 13: the clean-up of the application a connection left removes the credential it signs
+    in with last; when the answer to that removal was lost, nothing said so, and every later pass signed in with
+    the removed credential and was refused: the sweep retried for good, a credentials change, a rotation and a
+    plain DELETE answered 409. That removal is journaled ahead of it now (``retire_removing_key_id``), and that
+    credential then refused as unknown means the clean-up is done."""
+    h = Harness(method=method)
+    record, signer = await _left_behind_with_its_last_removal_unanswered(h, by=by, applied=applied)
+    retired = (await h.record(record.id) or record).rotation.retire_version
+    assert retired is not None
+    if then == "the sweep":
+        await h.settle()
+        done = await h.record(record.id)
+        assert done is not None and done.rotation.retire_version is None
+        assert done.rotation.retire_removing_key_id is None and done.rotation.failures == 0
+        assert not h.fakes.vault.version(record.secret_name, retired).enabled
+    else:
+        deleted = await h.api.delete(APP, record.id)
+        assert (deleted.removed_key_ids, deleted.key_ids_left_live) == ([signer], [])
+        assert await h.record(record.id) is None
+    old = h.fakes.world.apps[record.client_id or ""]
+    assert signer not in {*old.passwords, *old.keys}
+    assert h.check() == []
+
+
+@pytest.mark.parametrize("refusal", ["AADSTS7000112: Application is disabled.",
+                                     "AADSTS53003: Access has been blocked by Conditional Access policies."])
+async def test_a_clean_up_left_behind_refused_for_another_reason_than_an_unknown_credential_is_not_done(
+        refusal: str) -> None:
+    """The journal of a clean-up's last removal does not turn any refusal into that removal done: the application
+    disabled, or a Conditional Access policy, says nothing of it, and the clean-up waits as before."""
+    h = Harness()
+    record, _ = await _left_behind_with_its_last_removal_unanswered(h, by="credentials-change")
+    code = refusal.partition(":")[0]
+    h.fakes.world.fail_next("graph.token", CredentialRejected(refusal, extensions={"aadstsCode": code}))
+    with pytest.raises(CredentialsLeftLive):
+        await h.api.update(APP, record.id, {"credentials": h.new_application()[1]})
+    waiting = await h.record(record.id)
+    assert waiting is not None and waiting.rotation.retire_removing_key_id is not None
+
+
+async def test_a_clean_up_left_behind_whose_credential_expired_after_its_last_removal_failed_is_done_unlisted(
+        ) -> None:
+    """The last removal of a clean-up journaled and sent, and not made (a 5xx); that secret then expired. It no
+    longer signs in (Entra's AADSTS7000222), and everything else there was removed first: the clean-up is done.
+    The secret is still on the application, expired, so a DELETE lists it neither as removed nor as live."""
+    h = Harness()
+    record, signer = await _left_behind_with_its_last_removal_unanswered(h, by="delete", applied=False)
+    expires = record.health.credential_expires_at
+    assert expires is not None
+    h.fakes.clock.now = expires + timedelta(minutes=1)
+    deleted = await h.api.delete(APP, record.id)
+    assert (deleted.removed_key_ids, deleted.key_ids_left_live, deleted.applications_not_read) == ([], [], [])
+    assert signer in h.fakes.world.apps[record.client_id or ""].passwords and await h.record(record.id) is None
