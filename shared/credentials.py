@@ -480,12 +480,18 @@ async def acquire_token(
     material: Mapping[str, str],
 ) -> AccessToken:
     """Acquire a token for the app's scope with the given credentials, or raise a clear error."""
+    credential = await build_credential_async(clients, method, tenant_id, client_id, material)
+    async with credential:
+        return await token_of(credential, app.scope(clients.settings))
+
+
+async def token_of(credential: AsyncTokenCredential, scope: str) -> AccessToken:
+    """``credential``'s token for ``scope``, or a clear error: Entra's refusal of the credential
+    (``CredentialRejected``, with its AADSTS code), or Entra's own failure (``UpstreamError``)."""
     from azure.core.exceptions import AzureError, ClientAuthenticationError
 
-    credential = await build_credential_async(clients, method, tenant_id, client_id, material)
     try:
-        async with credential:
-            return await credential.get_token(app.scope(clients.settings))
+        return await credential.get_token(scope)
     except ClientAuthenticationError as error:
         rejected = rejection_from(error)
         if rejected is not None:

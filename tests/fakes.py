@@ -296,10 +296,17 @@ class World:
 
 
 class FakeGraph:
-    def __init__(self, world: World, client_id: str, read_keys: bool = False) -> None:
+    def __init__(self, world: World, client_id: str, read_keys: bool = False,
+                 refusal: CredentialRejected | None = None) -> None:
         self.world = world
         self.client_id = client_id
         self.read_keys = read_keys  # as Graph's $select: the key credentials only when asked for
+        self.refusal = refusal  # Entra's, of the session's credential: raised by its first call, as a token's is
+
+    def _signed_in(self, operation: str) -> None:
+        if self.refusal is not None:
+            raise self.refusal
+        self.world.check(operation)
 
     def _app(self, client_id: str) -> Application:
         app = self.world.apps.get(client_id)
@@ -316,7 +323,7 @@ class FakeGraph:
         return self._app(app.client_id)
 
     async def find(self, app_id: str) -> AppRegistration:
-        self.world.check("graph.find")
+        self._signed_in("graph.find")
         app = self._app(app_id)
         return AppRegistration(app.object_id, app.client_id, "app", tuple(
             PasswordCredential(p.key_id, p.secret[:3], p.display_name, p.end) for p in app.passwords.values()),
@@ -336,7 +343,7 @@ class FakeGraph:
                                             extensions={"graphCode": "CredentialInvalidLifetimeAsPerAppPolicy"})
 
     async def lifetime_policy(self, object_id: str, created_at: datetime | None = None) -> LifetimePolicy | None:
-        self.world.check("graph.policy")
+        self._signed_in("graph.policy")
         self.world.policy_reads += 1
         app = self._by_object(object_id)
         if app.policy_forbidden:
@@ -348,7 +355,7 @@ class FakeGraph:
         return self.world.tenant_policy or LifetimePolicy("tenant")
 
     async def add_key(self, object_id: str, display_name: str, certificate_der: bytes, proof: str) -> KeyCredential:
-        self.world.check("graph.add")
+        self._signed_in("graph.add")
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
 
@@ -363,7 +370,7 @@ class FakeGraph:
         return KeyCredential(key.key_id, display_name, key.thumbprint, key.end, "Verify")
 
     async def remove_key(self, object_id: str, key_id: str, proof: str) -> None:
-        self.world.check("graph.remove")
+        self._signed_in("graph.remove")
         app = self._by_object(object_id)
         self.world.verify_proof(app, proof)
         key = app.keys.get(key_id)
@@ -377,7 +384,7 @@ class FakeGraph:
         # armed for the next removal while this one is made must not fire here)
 
     async def add_password(self, object_id: str, display_name: str, end: datetime, lost: Lost) -> NewPassword:
-        self.world.check("graph.add")
+        self._signed_in("graph.add")
         app = self._by_object(object_id)
         self._within_policy(app, end - self.world.clock.now, password=True)
         password = self.world.add(app.client_id, display_name, by_service=True, end=end)
@@ -390,7 +397,7 @@ class FakeGraph:
         return NewPassword(password.key_id, password.secret, end)
 
     async def remove_password(self, object_id: str, key_id: str) -> None:
-        self.world.check("graph.remove")
+        self._signed_in("graph.remove")
         app = self._by_object(object_id)
         password = app.passwords.get(key_id)
         if password is None:
@@ -403,11 +410,11 @@ class FakeGraph:
         # armed for the next removal while this one is made must not fire here)
 
     async def federated_credentials(self, object_id: str) -> list[FederatedCredential]:
-        self.world.check("graph.fic.list")
+        self._signed_in("graph.fic.list")
         return list(self._by_object(object_id).federated.values())
 
     async def add_federated_credential(self, object_id: str, credential: Mapping[str, Any]) -> FederatedCredential:
-        self.world.check("graph.fic.add")
+        self._signed_in("graph.fic.add")
         app = self._by_object(object_id)
         if any(c.name == credential["name"] for c in app.federated.values()):
             raise UpstreamError("Microsoft Graph failed to add a federated identity credential (409 Conflict).")
@@ -421,11 +428,11 @@ class FakeGraph:
         return added
 
     async def remove_federated_credential(self, object_id: str, credential_id: str) -> None:
-        self.world.check("graph.fic.remove")
+        self._signed_in("graph.fic.remove")
         self._by_object(object_id).federated.pop(credential_id, None)
 
     async def list_applications(self) -> list[dict[str, str]]:
-        self.world.check("graph.list")
+        self._signed_in("graph.list")
         app = self._app(self.client_id)
         return [{"name": "app", "id": app.object_id, "appId": app.client_id}]
 
@@ -458,9 +465,12 @@ class FakeDirectory:
         self.world.check("graph.token")
         if method is Method.FEDERATED:
             self._federated(client_id)
-        elif not self.world.live(client_id, material.get("clientSecret") or material.get("certificateBody", "")):
-            raise self._refusal(method, client_id, material)
-        yield FakeGraph(self.world, client_id, method is Method.CERTIFICATE if read_keys is None else read_keys)
+        refusal = None  # the real session acquires its token at its first call, and is refused there
+        if method is not Method.FEDERATED and not self.world.live(
+                client_id, material.get("clientSecret") or material.get("certificateBody", "")):
+            refusal = self._refusal(method, client_id, material)
+        yield FakeGraph(self.world, client_id, method is Method.CERTIFICATE if read_keys is None else read_keys,
+                        refusal)
 
     def _refusal(self, method: Method, client_id: str, material: Mapping[str, str]) -> CredentialRejected:
         """Entra's refusal of a credential that is not live, with its code: a certificate's key not found or

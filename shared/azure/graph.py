@@ -21,6 +21,7 @@ import httpx
 
 from shared import telemetry
 from shared.azure.retry import RetryableError, parse_retry_after, with_retries
+from shared.credentials import token_of
 from shared.errors import CredentialLifetimeRefused, NotFound, ServiceError, UpstreamError, UpstreamForbidden
 from shared.ports import (
     AppRegistration,
@@ -340,7 +341,7 @@ class GraphApps:
     async def _send(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         """One Graph request (``path`` under ``/v1.0``): the JSON answer (None for 204), or :class:`GraphCallError`.
         The token is the credential's cached one (azure-identity acquires it once, and again near its expiry)."""
-        token = await self._credential.get_token(self._scope)
+        token = await token_of(self._credential, self._scope)  # Entra's refusal: CredentialRejected, with its code
         headers = {"Authorization": f"Bearer {token.token}", "Accept": "application/json"}
         response = await self._clients.graph_http().request(
             method, f"{self._endpoint}/v1.0{path}", headers=headers, json=body

@@ -113,6 +113,18 @@ async def proof_async(material: Mapping[str, str], object_id: str, now: datetime
     return await asyncio.to_thread(lambda: proof_of_possession(_parsed(material, now), object_id))
 
 
+async def ends_async(material: Mapping[str, str]) -> datetime | None:
+    """When the certificate of a vault version's material ends (its notAfter), None when it cannot be read; in a
+    worker thread."""
+    def end() -> datetime | None:
+        try:
+            return x509.load_pem_x509_certificate(material.get("certificateBody", "").encode()).not_valid_after_utc
+        except ValueError:
+            return None
+
+    return await asyncio.to_thread(end)
+
+
 class CertificateRoll(SignInRoll):
     """Certificates: ``addKey`` with a proof signed by the certificate in use, ``removeKey`` with a proof signed by
     the certificate in use when it runs (the successor's, at the revoke step). No Graph permission is needed: an

@@ -65,6 +65,7 @@ from shared.records import (
     Notification,
     RotationState,
 )
+from shared.rotation.certificates import ends_async
 from shared.rotation.journal import Checkpoint as Checkpoint
 from shared.rotation.journal import Journaled, Stopped, evolved, fenced, interrupted_attempt
 from shared.rotation.journal import RemovalAudit as RemovalAudit
@@ -586,7 +587,7 @@ class Rotator(Journaled):
             detail = detail_of(error)
             log.warning("Connection %s: retiring the previous application's secrets failed (%s); rotating the "
                         "credential in use all the same", record.id, detail)
-            return record
+            return await self._as_left(record)
         # The record as the retirement left it, or as a concurrent change made it: the rotation's steps go on only
         # while this worker still holds it (a worker held up past its lease finds another's journal here).
         if retired.rotation.lease_owner != self.owner or retired.rotation.rotation_id != record.rotation.rotation_id:
@@ -647,6 +648,19 @@ class Rotator(Journaled):
             log.warning("Connection %s: the previous application's secret version is still enabled (%s)",
                         record.id, detail_of(error))
 
+    async def _as_left(self, record: ConnectionRecord) -> ConnectionRecord:
+        """``record`` as a clean-up that failed left it (it may have journaled its last removal), read again; the
+        steps that follow write on top of it. ``LeaseLost`` when it is no longer this worker's."""
+        try:
+            current = await self.adapters.connections.get(record.app, record.id)
+        except NotFound:
+            raise LeaseLost(f"The connection {record.id} was deleted.") from None
+        state, mine = current.rotation, record.rotation
+        if (state.lease_owner != mine.lease_owner or state.rotation_id != mine.rotation_id
+                or state.retire_version != mine.retire_version):
+            raise LeaseLost(f"Another worker took the connection {record.id} over.")
+        return current
+
     async def _lease_for_retirement(self, record: ConnectionRecord) -> ConnectionRecord | None:
         """``record`` leased to this worker for its retirement (ETag-guarded: a rotation, a credentials change or
         another request's clean-up waits, 409, until it is released), taken on top of concurrent writes that leave
@@ -699,9 +713,13 @@ class Rotator(Journaled):
         try:
             done = await self.retire(claimed)
         except ServiceError as error:
-            waiting = retire_waiting(claimed.rotation, error, now, keep_earlier=False).evolve(
+            try:
+                left = await self._as_left(claimed)
+            except LeaseLost:
+                return None
+            waiting = retire_waiting(left.rotation, error, now, keep_earlier=False).evolve(
                 lease_owner=None, lease_until=None)
-            return await self._reschedule(claimed, claimed.rotation, waiting)
+            return await self._reschedule(left, left.rotation, waiting)
         schedule = schedule_of(done.rotation)
         finished = done.rotation.evolve(lease_owner=None, lease_until=None, failures=0, message=None,
                                         next_at=schedule.next_due(done.rotation.last_rotated_at)
@@ -798,13 +816,17 @@ class Rotator(Journaled):
                                     now=self.now(), fence=fence, progress=progress,
                                     before_last=ahead if journal is not None else None)
         except CredentialRejected as error:
-            if removing is None or error.extensions.get("aadstsCode") not in CREDENTIAL_UNUSABLE:
+            code = error.extensions.get("aadstsCode")
+            if removing is None or code not in CREDENTIAL_UNUSABLE:
                 raise
-            expired = error.extensions.get("aadstsCode") not in CREDENTIAL_UNKNOWN  # a secret still there, expired
+            # Still there, expired (Entra says so of a secret; a certificate's key expired is refused as unknown):
+            # not listed as removed. One whose end cannot be read is not either.
+            end = await ends_async(material) if code == "AADSTS700027" else None
+            expired = code == "AADSTS7000222" or (code == "AADSTS700027" and (end is None or end <= self.now()))
             log.info("Connection %s: the credential of application %s whose removal was sent last (Key ID %s) no "
                      "longer signs in (%s); its clean-up is done", record.id, client_id, removing,
                      "expired" if expired else "removed")
-            if progress is not None:  # an expired secret is not listed: neither removed nor live
+            if progress is not None:  # an expired one is listed neither as removed nor as live
                 progress.found[client_id] = set() if expired else {removing}
                 progress.removed.extend([] if expired else [removing])
 

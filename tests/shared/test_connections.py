@@ -1072,16 +1072,94 @@ async def test_a_clean_up_left_behind_refused_for_another_reason_than_an_unknown
     assert waiting is not None and waiting.rotation.retire_removing_key_id is not None
 
 
+@pytest.mark.parametrize("method", ["client-secret", "certificate"])
 async def test_a_clean_up_left_behind_whose_credential_expired_after_its_last_removal_failed_is_done_unlisted(
-        ) -> None:
-    """The last removal of a clean-up journaled and sent, and not made (a 5xx); that secret then expired. It no
-    longer signs in (Entra's AADSTS7000222), and everything else there was removed first: the clean-up is done.
-    The secret is still on the application, expired, so a DELETE lists it neither as removed nor as live."""
-    h = Harness()
+        method: str) -> None:
+    """The last removal of a clean-up journaled and sent, and not made (a 5xx); that credential then expired. It
+    no longer signs in (Entra's AADSTS7000222 for a secret; for a certificate, AADSTS700027, as for one removed),
+    and everything else there was removed first: the clean-up is done. The credential is still on the
+    application, expired, so a DELETE lists it neither as removed nor as live. (A review found an expired
+    certificate listed as removed.)"""
+    h = Harness(method=method)
     record, signer = await _left_behind_with_its_last_removal_unanswered(h, by="delete", applied=False)
-    expires = record.health.credential_expires_at
-    assert expires is not None
-    h.fakes.clock.now = expires + timedelta(minutes=1)
+    ends = h.fakes.world.credential(record.client_id or "", signer)
+    assert ends is not None and ends.end is not None
+    h.fakes.clock.now = ends.end + timedelta(minutes=1)
     deleted = await h.api.delete(APP, record.id)
     assert (deleted.removed_key_ids, deleted.key_ids_left_live, deleted.applications_not_read) == ([], [], [])
-    assert signer in h.fakes.world.apps[record.client_id or ""].passwords and await h.record(record.id) is None
+    assert h.fakes.world.credential(record.client_id or "", signer) is not None and await h.record(record.id) is None
+    assert h.check() == []
+
+
+async def _left_behind_waiting_for_the_sweep(h: Harness, *, rotation: bool) -> ConnectionRecord:
+    """A connection moved to another application whose clean-up of the one it left was refused once (a 403): it
+    waits for the sweep, which then loses the answer to that clean-up's last removal."""
+    record = await h.create()
+    if not rotation:
+        await h.api.update(APP, record.id, {"isAutoRotationEnabled": False})
+    client_id = record.client_id or ""
+    world = h.fakes.world
+    world.add(client_id, connection_marker(record.id) + "interrupted", by_service=True)
+    world.apps[client_id].may_manage_itself = False
+    await h.api.update(APP, record.id, {"credentials": h.new_application()[1]})
+    world.apps[client_id].may_manage_itself = True
+    watching, removals = world.on_revoke, 0
+
+    def lose_the_answer_to_the_last(client: str, credential: Any) -> None:
+        nonlocal removals
+        if watching is not None:
+            watching(client, credential)
+        removals += client == client_id
+        if removals == 2:
+            world.on_revoke = watching
+            world.fail_next("graph.removal.lost")
+
+    world.on_revoke = lose_the_answer_to_the_last
+    waiting = await h.record(record.id)
+    assert waiting is not None and waiting.rotation.retire_client_id == client_id
+    return waiting
+
+
+async def test_the_sweep_whose_clean_up_stops_past_its_journal_backs_off_and_gives_the_lease_back() -> None:
+    """Found by a review: the journal of the clean-up's last removal is a write; the sweep's back-off was then
+    written over the record as it was before it, refused, and the sweep kept the lease (every request answered 409
+    until it ran out) and recorded no failure."""
+    h = Harness()
+    waiting = await _left_behind_waiting_for_the_sweep(h, rotation=False)
+    h.fakes.clock.now = (waiting.rotation.next_at or h.fakes.clock.now) + timedelta(minutes=1)
+    await h.sweep()
+    after = await h.record(waiting.id)
+    assert after is not None and after.rotation.lease_owner is None
+    assert after.rotation.failures == waiting.rotation.failures + 1 and after.rotation.retire_removing_key_id
+    await h.settle()
+    assert (await h.record(waiting.id) or after).rotation.retire_version is None
+    assert h.check() == []
+
+
+async def test_a_rotation_whose_clean_up_first_stops_past_its_journal_still_rotates() -> None:
+    """Found by a review: a rotation first tries the clean-up of the application left behind; once that wrote its
+    journal and failed, the rotation went on from the record as it was before, and stopped (LeaseLost) at its
+    first step, holding the lease. The clean-up's failure does not stop the rotation of the credential in use."""
+    h = Harness()
+    waiting = await _left_behind_waiting_for_the_sweep(h, rotation=True)
+    await h.due()
+    await h.sweep()
+    after = await h.record(waiting.id)
+    assert after is not None and after.rotation.rotation_id is None and after.rotation.lease_owner is None
+    assert after.rotation.last_rotated_at != waiting.rotation.last_rotated_at
+    assert after.rotation.key_id != waiting.rotation.key_id
+    assert h.check() == []
+
+
+@pytest.mark.parametrize("operation", ["patch-other-app", "delete"])
+async def test_a_request_refused_once_the_clean_up_journaled_its_last_removal_changed_only_that(
+        operation: str) -> None:
+    """A request refused (409) after it journaled the last removal of the clean-up it finishes first has changed
+    the connection by that entry only (I3 allows it: it is that clean-up's progress, as the sweep's would be)."""
+    from tests.lifecycle_harness import user_operations
+
+    h = Harness()
+    waiting = await _left_behind_waiting_for_the_sweep(h, rotation=False)
+    outcome = await user_operations(h, waiting.id)[operation]()
+    assert outcome.status == 409
+    assert h.check() == []

@@ -14,7 +14,7 @@ from shared.apps import Method
 from shared.azure.clients import AzureClients
 from shared.azure.graph import APPLICATION_SELECT, APPLICATION_SELECT_WITH_KEYS, GraphApps
 from shared.credentials import build_credential
-from shared.errors import NotFound, UpstreamError, UpstreamForbidden
+from shared.errors import CredentialRejected, NotFound, UpstreamError, UpstreamForbidden
 from tests.e2e.entra import EntraApp, register_app, register_rotatable_app
 
 pytestmark = pytest.mark.e2e
@@ -121,6 +121,20 @@ async def test_graph_refusals_become_domain_errors(admin: Any, clients: AzureCli
             await graph.add_password(mine.object_id, "x", datetime.now(UTC) + timedelta(days=1), never_lost)
         with pytest.raises((NotFound, UpstreamForbidden)):
             await graph.find("00000000-0000-0000-0000-00000000dead")
+
+
+async def test_a_session_whose_credential_entra_refuses_answers_the_refusal_with_its_code(
+        admin: Any, clients: AzureClients, secrets_used: Any) -> None:
+    """Found by a review: the token of a Graph session is acquired at its first call, and azure-identity's
+    refusal went through untranslated (an unhandled 500), so the rules that read Entra's code (a credential it
+    does not know: removed) never saw one."""
+    entra = register_app(admin, secrets_used, name="refused-session")
+    credential = build_credential(clients, Method.CLIENT_SECRET, entra.tenant_id, entra.client_id,
+                                  {"clientSecret": entra.client_secret + "-not-it"})
+    async with credential:
+        with pytest.raises(CredentialRejected) as refused:
+            await GraphApps(clients, credential).find(entra.client_id)
+    assert refused.value.extensions["aadstsCode"] == "AADSTS7000215"
 
 
 async def test_throttling_and_dropped_connections_are_retried_and_seen_by_the_response_hooks(

@@ -166,6 +166,27 @@ class Lifecycle(RuleBasedStateMachine):
         self.h.fakes.world.clear_faults()
         self.h.faults_armed = False
 
+    @rule()
+    def azure_recovers_and_the_clean_ups_finish(self) -> None:
+        """Liveness: once Azure answers again and the sweeps have run, the clean-up of every application a
+        connection left is done, but one that cannot sign in there any more (its credential expired, or removed
+        by hand) before its journal said the last removal was sent: that one is the user's to finish, and its
+        rotation's message says so. (Not while a worker is held up: it holds what it works on.)"""
+        if self.held is not None:
+            return
+        self.crash_at = None
+        with contextlib.suppress(Crash):
+            self.run(self.h.settle())
+        world = self.h.fakes.world
+        for record in self.h.fakes.connections.records.values():
+            state = record.rotation
+            if record.status == "deleting" or state.retire_version is None:
+                continue
+            material = self.h.fakes.vault.version(record.secret_name, state.retire_version).material
+            signs_in = world.live(state.retire_client_id or "",
+                                  material.get("clientSecret") or material.get("certificateBody", ""))
+            assert not signs_in and state.retire_removing_key_id is None, (record.id, state)
+
     @invariant()
     def invariants_hold(self) -> None:
         if self.held is None:  # else a worker is in the middle of a step (its revocations are checked as made)
