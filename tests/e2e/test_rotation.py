@@ -418,6 +418,30 @@ def test_a_delete_graph_refuses_keeps_the_connection_unless_forced(api, admin, s
     assert api.delete(f"{BASE}/{APP}/{GUID}", params={"force": "maybe"}).status_code == 400
 
 
+def test_a_delete_whose_last_removal_lost_its_answer_is_finished_by_the_next_one(api, admin, secrets_used, no_faults):
+    """The removal of the credential in use (a rotation's, the last) went through and its answer was lost every
+    time it was sent: the DELETE answers 502 and keeps its mark. The next one signs in with that credential, and
+    Entra refuses it as unknown: it was removed. Found by a review: azure-identity's refusal came out of the Graph
+    session untranslated, so that rule never saw Entra's code, and every DELETE answered 502 for good."""
+    from localdev.standin.graph import graph_fault
+
+    entra = register_rotatable_app(admin, secrets_used)
+    connection = create_rotating(api, entra)
+    created = [p["keyId"] for p in service_passwords(admin, entra)]
+    admin.set_faults([  # and the application cannot be read to tell, once the DELETE has read it
+        {"method": "POST", "path": r"/removePassword$", "action": "drop_after", "times": None},
+        {**graph_fault(503, "ServiceUnavailable", "unavailable", method="GET", times=None), "skip": 1}])
+    stopped = api.delete(f"{BASE}/{APP}/{connection['id']}", timeout=120)
+    admin.clear_faults()
+    assert stopped.status_code == 502, stopped.text
+    assert "send the DELETE again" in stopped.json()["detail"]
+    assert service_passwords(admin, entra) == []  # applied
+    deleted = api.delete(f"{BASE}/{APP}/{connection['id']}")
+    assert deleted.status_code == 200, deleted.text
+    assert (deleted.json()["removedKeyIds"], deleted.json()["keyIdsLeftLive"]) == (created, [])
+    assert api.get(f"{BASE}/{APP}/{connection['id']}").status_code == 404
+
+
 # -- propagation, concurrency, throttling, permissions -------------------------------------------------
 def test_propagation_delay_is_waited_out_and_revocation_comes_after_the_new_secret_worked(
         api, admin, local_env, secrets_used):
