@@ -50,6 +50,7 @@ from shared.errors import (
     detail_of,
 )
 from shared.expiry import status_of
+from shared.json_codec import iso
 from shared.notify import health_notice, rotation_failed
 from shared.ports import AppRegistration, GraphSession, Lost, ScheduleStore
 from shared.records import (
@@ -190,12 +191,32 @@ class Rotator(Journaled):
         # closes it; a claim that then loses the race closed an attempt that had stopped all the same).
         if interrupted is not None:
             await self._close_interrupted(record, interrupted, interrupted.trigger or "")
+        # Should this worker die, the sweep resumes the attempt once its lease has run out: the connection is due
+        # then at the latest (a request's rotation may have no due time yet, or a later one). The entry is written
+        # before the record points at it, as ``reindex`` does.
+        old_key = state.schedule_key
+        resume = state.lease_until if state.next_at is None or old_key is None or (
+            state.lease_until is not None and state.next_at > state.lease_until) else None
+        if resume is not None:
+            state = state.evolve(next_at=resume, schedule_key=await self.adapters.schedule.put(
+                resume, record.app, record.id))
         try:
             claimed = await self.adapters.connections.update(record.evolve(rotation=state))
         except (ConcurrentChange, NotFound):
+            if resume is not None:
+                await self._drop_entry(state.schedule_key)
             return None
+        if resume is not None:
+            await self._drop_entry(old_key)
         await self._history(claimed, "running")
         return claimed
+
+    async def _drop_entry(self, key: str | None) -> None:
+        """Remove a schedule entry nothing points at. Best effort: the sweep that reads a stale one drops it."""
+        try:
+            await self.adapters.schedule.remove(key)
+        except (ServiceError, OSError, TimeoutError) as error:
+            log.info("A schedule entry nothing points at is left for the sweep to drop (%s)", detail_of(error))
 
     async def _history(self, record: ConnectionRecord, outcome: str, message: str | None = None,
                        new_key_id: str | None = None, revoked_key_id: str | None = None) -> None:
@@ -446,6 +467,12 @@ class Rotator(Journaled):
         app = find_app(record.app)
         assert app is not None
         roll = roll_of(record)
+        if state.pending_expires_at is not None and state.pending_expires_at <= self.now():
+            # A rotation resumed after its new credential ended (it stopped before its test, long ago): that one
+            # cannot work, and retrying its test until the timeout at every attempt would only hold the sweep up.
+            raise Stopped(UpstreamError(
+                f"The new {roll.noun} ended on {iso(state.pending_expires_at)}, before this rotation could test it; "
+                f"it was removed and the current {roll.noun} was left in place."))
         material = await self._material(record, state.pending_version, run)
         last = await self._until_it_works(lambda: roll.test_successor(self.adapters.directory, app, record, material))
         if last is not None:

@@ -353,3 +353,76 @@ async def test_a_credentials_change_that_fails_first_finishes_the_clean_up_an_ea
     assert only_retired(before, snapshot)
     assert not only_retired(before, (snapshot[0].evolve(name="renamed"), *snapshot[1:]))
     assert not only_retired(before, (snapshot[0], "another secret", *snapshot[2:]))
+
+
+@pytest.mark.parametrize("method", METHODS)
+async def test_a_rotation_resumed_after_its_new_credential_ended_fails_at_once_and_removes_it(method: str) -> None:
+    """A rotation stopped right after it tested its new credential (before it journaled that), and was resumed only
+    once that one had ended: it cannot work, so it is not tested again (each attempt retried its test until the
+    timeout, holding the sweep up for nothing, which the stateful test found); the attempt fails at once, removes
+    it with the credential in use (the owner's, which does not end), and the next rotation starts afresh."""
+    from tests.lifecycle_harness import ROTATION
+
+    h = Harness(method=method)
+    _, credentials = h.new_application()
+
+    async def crash(name: str, current: ConnectionRecord) -> None:
+        if name == "after-test":  # tested, not yet journaled as such: the next attempt tests it again
+            raise Crash(name)
+
+    with pytest.raises(Crash):  # the first rotation, at creation
+        await h.services(crash).connections.create(APP, {
+            "name": "c1", "method": method, "credentials": credentials, "isAutoRotationEnabled": True,
+            "rotation": ROTATION})
+    [stopped] = h.fakes.connections.records.values()
+    assert stopped.rotation.pending_expires_at is not None and stopped.rotation.in_progress
+    pending = stopped.rotation.pending_key_id
+    h.fakes.clock.now = stopped.rotation.pending_expires_at + timedelta(minutes=1)
+    probes = h.fakes.world.calls.count("probe")
+    await h.sweep()
+    assert h.fakes.world.calls.count("probe") == probes  # never tested again
+    after = await h.record(stopped.id)
+    assert after is not None and after.rotation.status == "failed" and not after.rotation.in_progress
+    assert "before this rotation could test it" in (after.rotation.message or "")
+    assert h.fakes.world.credential(stopped.client_id or "", pending or "") is None
+    assert h.check() == []
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("started_by", ["create", "rotate"])
+async def test_a_rotation_a_request_started_whose_worker_died_is_resumed_by_the_sweep(
+        started_by: str, method: str) -> None:
+    """Found by this session's stateful runs: a rotation a request started (a create with rotation on, POST
+    .../rotate) had no due time before its lease ran out; when its worker died, the sweep never came to it (a
+    create's had none at all: the connection never rotated again, its new credential left pending). Claiming it
+    now makes the connection due when its lease runs out."""
+    from tests.lifecycle_harness import ROTATION
+
+    h = Harness(method=method)
+
+    async def crash(name: str, current: ConnectionRecord) -> None:
+        if name == "after-add-password":
+            raise Crash(name)
+
+    if started_by == "create":
+        _, credentials = h.new_application()
+        with pytest.raises(Crash):
+            await h.services(crash).connections.create(APP, {
+                "name": "c1", "method": method, "credentials": credentials, "isAutoRotationEnabled": True,
+                "rotation": ROTATION})
+        [record] = h.fakes.connections.records.values()
+    else:
+        record = await h.create()
+        with pytest.raises(Crash):
+            await h.services(crash).connections.rotate(APP, record.id)
+    stopped = await h.record(record.id)
+    assert stopped is not None and stopped.rotation.in_progress and stopped.rotation.next_at is not None
+    assert stopped.rotation.next_at == stopped.rotation.lease_until
+    assert set(h.fakes.schedule.keys) == {stopped.rotation.schedule_key}  # the earlier entry is gone
+    h.lease_runs_out()
+    await h.sweep()
+    after = await h.record(record.id)
+    assert after is not None and not after.rotation.in_progress and after.rotation.status == "succeeded"
+    assert after.rotation.next_at is not None and after.rotation.next_at > h.fakes.clock.now + timedelta(days=20)
+    assert set(h.fakes.schedule.keys) == {after.rotation.schedule_key}
+    assert h.check() == []

@@ -175,17 +175,24 @@ class Lifecycle(RuleBasedStateMachine):
         if self.held is not None:
             return
         self.crash_at = None
-        with contextlib.suppress(Crash):
-            self.run(self.h.settle())
+        self.h.fakes.world.clear_faults()
+        self.h.faults_armed = False
+        for _ in range(3):  # the back-off after a failure is a day at most
+            if not self._cleaning_up():
+                break
+            self.h.fakes.clock.advance(timedelta(days=1, minutes=1))
+            self._sweep()
         world = self.h.fakes.world
-        for record in self.h.fakes.connections.records.values():
+        for record in self._cleaning_up():
             state = record.rotation
-            if record.status == "deleting" or state.retire_version is None:
-                continue
             material = self.h.fakes.vault.version(record.secret_name, state.retire_version).material
             signs_in = world.live(state.retire_client_id or "",
                                   material.get("clientSecret") or material.get("certificateBody", ""))
             assert not signs_in and state.retire_removing_key_id is None, (record.id, state)
+
+    def _cleaning_up(self) -> list[ConnectionRecord]:
+        return [r for r in self.h.fakes.connections.records.values()
+                if r.status != "deleting" and r.rotation.retire_version is not None]
 
     @invariant()
     def invariants_hold(self) -> None:
