@@ -38,6 +38,7 @@ from shared.errors import (
     UpstreamForbidden,
     VersionDisabled,
     detail_of,
+    failed_upstream,
 )
 from shared.expiry import REFRESH_TOKEN_LIFETIME, fresh_health
 from shared.federation import explain, require_identity
@@ -80,6 +81,7 @@ from shared.rotation.config import (
 from shared.rotation.migration import MIGRATION_STEPS, Migrator
 from shared.rotation.protocol import (
     CREDENTIAL_UNKNOWN,
+    FIRST_BACKOFF,
     Attempt,
     JournalEntry,
     Removals,
@@ -102,6 +104,10 @@ from shared.views import to_response as to_response
 log = logging.getLogger(__name__)
 
 DELETE_LEASE_SECONDS = 120
+# Entra's refusals of the service's identity at an application that says it trusts it no more (no federated
+# identity credential matches), or that is gone; any other (a Conditional Access policy, the application disabled)
+# tells nothing of what is left there.
+TRUST_GONE = frozenset({"AADSTS70021", "AADSTS700016"})
 
 
 Credentials = ClientSecretCredentialsIn | CertificateCredentialsIn | FederatedCredentialsIn
@@ -580,8 +586,25 @@ class ConnectionService:
             log.warning("Connection %s: the rotation after the change did not run (%s)", record.id,
                         type(error).__name__)
         try:
-            return await self.store.get(record.app, record.id)
+            current = await self.store.get(record.app, record.id)
         except ServiceError:
+            return record
+        return await self._due_soon(current)
+
+    async def _due_soon(self, record: ConnectionRecord) -> ConnectionRecord:
+        """A connection whose rotation is on and that is due at no time (its first rotation did not start): due in
+        ``FIRST_BACKOFF``, for the sweep to take it up. Best effort: the answer is the request's all the same."""
+        state = record.rotation
+        if not state.enabled or state.in_progress or state.next_at is not None:
+            return record
+        try:
+            saved = await self.store.update(record.evolve(rotation=state.evolve(next_at=self.now() + FIRST_BACKOFF)))
+            return await self._sync_schedule(saved, state)
+        except Exception as error:
+            if not failed_upstream(error):
+                raise
+            log.warning("Connection %s is due at no time: its rotation did not start (%s)", record.id,
+                        detail_of(error))
             return record
 
     async def _rotate_now(self, record: ConnectionRecord, trigger: str) -> Attempt:
@@ -870,9 +893,10 @@ class ConnectionService:
         (``credentials-left-live``), as a forced DELETE's does: the change itself is made."""
         try:
             await self._remove_federated_credential(before)
-        except (CredentialRejected, NotFound):
-            return  # the trust is gone already, or the application: nothing the service added is left there
         except ServiceError as error:
+            code = error.extensions.get("aadstsCode") if isinstance(error, CredentialRejected) else None
+            if isinstance(error, NotFound) or code in TRUST_GONE:
+                return  # the trust is gone already, or the application: nothing the service added is left there
             log.warning("Connection %s: the federated credential added to the application it left could not be "
                         "removed: %s", before.id, error.detail)
             await self.rotator.audit.record(

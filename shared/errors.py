@@ -86,6 +86,13 @@ class Forbidden(ServiceError):
     title = "Forbidden"
 
 
+def failed_upstream(error: BaseException) -> bool:
+    """``error`` is a call to Azure that failed (the service's own error, the network's, or an Azure SDK's error type,
+    which an adapter may let through), not a bug: what a best-effort step logs and goes past."""
+    return isinstance(error, (ServiceError, OSError, TimeoutError)) or any(
+        cls.__module__ == "azure.core.exceptions" for cls in type(error).__mro__)
+
+
 def detail_of(error: BaseException) -> str:
     """What a log line says of a failure: a service error's detail, else only its type (never its message, which
     may quote a request)."""

@@ -48,6 +48,7 @@ from shared.errors import (
     UpstreamError,
     VersionDisabled,
     detail_of,
+    failed_upstream,
 )
 from shared.expiry import status_of
 from shared.json_codec import iso
@@ -203,9 +204,16 @@ class Rotator(Journaled):
         try:
             claimed = await self.adapters.connections.update(record.evolve(rotation=state))
         except (ConcurrentChange, NotFound):
-            if resume is not None:
-                await self._drop_entry(state.schedule_key)
-            return None
+            # Its own write may have landed, its answer lost (the retry met its own ETag): claimed all the same.
+            try:
+                current: ConnectionRecord | None = await self.adapters.connections.get(record.app, record.id)
+            except NotFound:
+                current = None
+            if current is None or current.rotation != state:
+                if resume is not None and (current is None or current.rotation.schedule_key != state.schedule_key):
+                    await self._drop_entry(state.schedule_key)  # nothing points at it
+                return None
+            claimed = current
         if resume is not None:
             await self._drop_entry(old_key)
         await self._history(claimed, "running")
@@ -215,7 +223,9 @@ class Rotator(Journaled):
         """Remove a schedule entry nothing points at. Best effort: the sweep that reads a stale one drops it."""
         try:
             await self.adapters.schedule.remove(key)
-        except (ServiceError, OSError, TimeoutError) as error:
+        except Exception as error:
+            if not failed_upstream(error):
+                raise
             log.info("A schedule entry nothing points at is left for the sweep to drop (%s)", detail_of(error))
 
     async def _history(self, record: ConnectionRecord, outcome: str, message: str | None = None,
@@ -671,7 +681,9 @@ class Rotator(Journaled):
         disables every older version)."""
         try:
             await self.adapters.vault.disable(record.secret_name, version)
-        except (ServiceError, OSError, TimeoutError) as error:
+        except Exception as error:
+            if not failed_upstream(error):
+                raise
             log.warning("Connection %s: the previous application's secret version is still enabled (%s)",
                         record.id, detail_of(error))
 

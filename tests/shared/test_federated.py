@@ -604,3 +604,29 @@ async def test_a_migration_worker_whose_lease_ran_out_after_its_switch_removes_n
     assert finished.method == "federated" and not finished.rotation.in_progress
     assert len(h.fakes.world.revocations) > len(removals)
     assert h.check() == []
+
+
+@pytest.mark.parametrize(("refusal", "left_live"), [
+    ("AADSTS53003: Access has been blocked by Conditional Access policies.", True),
+    ("AADSTS7000112: Application is disabled.", True),
+    ("AADSTS70021: No matching federated identity record found for presented assertion.", False),
+])
+async def test_leaving_a_federated_application_that_refuses_the_sign_in_says_what_may_be_left_live(
+        refusal: str, left_live: bool) -> None:
+    """Found by a review: a federated connection moved to another application removes the federated credential
+    it added to the one it left; any refusal of the sign-in there was taken for "nothing left". Only "no
+    federated credential matches" says so; any other (a Conditional Access policy, the application disabled)
+    leaves it perhaps live, and the audit log says so, as for a removal Graph refuses."""
+    h = Harness()
+    record = await h.create()
+    migrated = await h.api.migrate_to_federated(APP, record.id, {})
+    other = h.fakes.world.application()
+    h.fakes.world.add_federated(other.client_id)
+    code = refusal.partition(":")[0]
+    h.fakes.world.fail_next("graph.token", CredentialRejected(refusal, extensions={"aadstsCode": code}))
+    moved = await h.api.update(APP, record.id, {"credentials": {"tenantId": TENANT, "clientId": other.client_id}})
+    assert moved.client_id == other.client_id
+    noted = [r for r in h.fakes.audit.records if r.outcome == "credentials-left-live"]
+    assert bool(noted) == left_live
+    if left_live:
+        assert f"Federated identity credential {migrated.rotation.key_id}" in (noted[0].detail or "")

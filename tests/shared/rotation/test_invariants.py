@@ -426,3 +426,89 @@ async def test_a_rotation_a_request_started_whose_worker_died_is_resumed_by_the_
     assert after.rotation.next_at is not None and after.rotation.next_at > h.fakes.clock.now + timedelta(days=20)
     assert set(h.fakes.schedule.keys) == {after.rotation.schedule_key}
     assert h.check() == []
+
+
+async def test_a_claim_whose_write_landed_and_whose_answer_was_lost_is_claimed_and_keeps_its_entry() -> None:
+    """Found by a review: Table Storage's retry of a claim whose write had landed meets its own ETag (a
+    ConcurrentChange); the claim took that for lost, and dropped the schedule entry the connection now pointed
+    at. The rotation was never resumed (and POST .../rotate answered 409). It is taken as claimed now."""
+    from shared.errors import ConcurrentChange
+
+    h = Harness()
+    record = await h.create()
+    store = h.fakes.connections
+    update = store.update
+
+    async def landed_then_lost(target: ConnectionRecord, *args: object, **kwargs: object) -> ConnectionRecord:
+        saved = await update(target, *args, **kwargs)  # type: ignore[arg-type]
+        if target.rotation.trigger == "manual" and target.rotation.step == "begun":
+            store.update = update  # type: ignore[method-assign]
+            raise ConcurrentChange("The retry of a write that landed met its own ETag (injected).")
+        return saved
+
+    store.update = landed_then_lost  # type: ignore[method-assign]
+    rotated = await h.api.rotate(APP, record.id)
+    assert rotated.rotation.status == "succeeded" and rotated.rotation.key_id != record.rotation.key_id
+    assert set(h.fakes.schedule.keys) == {rotated.rotation.schedule_key}
+    assert h.check() == []
+
+
+@pytest.mark.parametrize("fails", ["the schedule index", "the claim's write"])
+async def test_a_create_whose_first_rotation_did_not_start_is_due_soon_and_rotated_by_the_sweep(fails: str) -> None:
+    """Found by a review (the claim's write failing is older): a create with rotation on whose first rotation could
+    not start was due at no time; nothing ever rotated it. It is due in five minutes now."""
+    from shared.errors import UpstreamError
+    from tests.lifecycle_harness import ROTATION
+
+    h = Harness()
+    _, credentials = h.new_application()
+    if fails == "the schedule index":
+        put = h.fakes.schedule.put
+
+        async def put_fails_once(*args: object) -> str:
+            h.fakes.schedule.put = put  # type: ignore[method-assign]
+            raise UpstreamError("Table Storage failed (injected).")
+
+        h.fakes.schedule.put = put_fails_once  # type: ignore[method-assign]
+    else:
+        store = h.fakes.connections
+        update = store.update
+
+        async def claim_fails(target: ConnectionRecord, *args: object, **kwargs: object) -> ConnectionRecord:
+            if target.rotation.trigger == "enable":
+                store.update = update  # type: ignore[method-assign]
+                raise UpstreamError("Table Storage failed (injected).")
+            return await update(target, *args, **kwargs)  # type: ignore[arg-type]
+
+        store.update = claim_fails  # type: ignore[method-assign]
+    created = await h.api.create(APP, {"name": "c1", "method": "client-secret", "credentials": credentials,
+                                       "isAutoRotationEnabled": True, "rotation": ROTATION})
+    assert created.rotation.last_rotated_at is None and created.rotation.next_at is not None
+    assert created.rotation.next_at <= h.fakes.clock.now + timedelta(minutes=5)
+    assert created.rotation.schedule_key in h.fakes.schedule.keys  # (a claim's own, unused, is dropped as stale)
+    h.fakes.clock.advance(timedelta(minutes=6))
+    await h.sweep()
+    after = await h.record(created.id)
+    assert after is not None and after.rotation.status == "succeeded" and after.rotation.last_rotated_at is not None
+    assert h.check() == []
+
+
+async def test_a_claim_whose_old_schedule_entry_cannot_be_removed_still_rotates() -> None:
+    """Found by a review: the old entry's removal is best effort, but an Azure SDK error (what the Tables SDK
+    raises) went through it, and the claimed rotation never ran, its lease held."""
+    from azure.core.exceptions import ServiceRequestError
+
+    h = Harness()
+    record = await h.create()
+    remove = h.fakes.schedule.remove
+
+    async def remove_fails_once(key: str | None) -> None:
+        if key == record.rotation.schedule_key:
+            h.fakes.schedule.remove = remove  # type: ignore[method-assign]
+            raise ServiceRequestError("Table Storage: connection reset (injected)")
+        await remove(key)
+
+    h.fakes.schedule.remove = remove_fails_once  # type: ignore[method-assign]
+    rotated = await h.api.rotate(APP, record.id)
+    assert rotated.rotation.status == "succeeded" and not rotated.rotation.in_progress
+    assert h.check() == []
