@@ -187,6 +187,10 @@ class ConnectionService:
         health = self._fresh_health(record, expires_on)
         try:
             key = await self.adapters.health_index.put(health.next_check_at or self.now(), record.app, record.id)
+            due = record.rotation.next_at  # indexed first too: a rotation that never starts is taken up by the sweep
+            if due is not None:
+                record = record.evolve(rotation=record.rotation.evolve(
+                    schedule_key=await self.adapters.schedule.put(due, record.app, record.id)))
             return await self.store.insert(record.evolve(secret_version=version,
                                                          health=health.evolve(check_key=key)))
         except BaseException:
@@ -312,7 +316,7 @@ class ConnectionService:
         if request.isAutoRotationEnabled and config is not None:
             await require_interval_allowed(self.adapters.directory, method, credentials.tenantId,
                                            credentials.clientId, valid.material, config.interval_days)
-        state = configured(RotationState(key_id=key_id), config, request.isAutoRotationEnabled)
+        state = configured(RotationState(key_id=key_id), config, request.isAutoRotationEnabled, self.now())
         record = self.new_record(app, method, request.name, request.description, credentials.tenantId,
                                  credentials.clientId, state)
         try:
@@ -421,13 +425,13 @@ class ConnectionService:
         new_state = state
         if rotation_change:
             enabled = state.enabled if request.isAutoRotationEnabled is None else request.isAutoRotationEnabled
-            new_state = configured(state, config, enabled)
+            new_state = configured(state, config, enabled, self.now())
         trigger = "enable" if enabling else None
         if request.credentials is not None:
             if state.retire_version is not None:  # the last change's clean-up first: one application at a time
                 record = await self._finish_retirement(record, raise_on_failure=True)
                 state = record.rotation
-                new_state = configured(state, config, new_state.enabled) if rotation_change else state
+                new_state = configured(state, config, new_state.enabled, self.now()) if rotation_change else state
             assert given_credentials is not None
             valid = await self._validated(app, method, given_credentials)
             credentials = valid.credentials
@@ -586,25 +590,8 @@ class ConnectionService:
             log.warning("Connection %s: the rotation after the change did not run (%s)", record.id,
                         type(error).__name__)
         try:
-            current = await self.store.get(record.app, record.id)
+            return await self.store.get(record.app, record.id)
         except ServiceError:
-            return record
-        return await self._due_soon(current)
-
-    async def _due_soon(self, record: ConnectionRecord) -> ConnectionRecord:
-        """A connection whose rotation is on and that is due at no time (its first rotation did not start): due in
-        ``FIRST_BACKOFF``, for the sweep to take it up. Best effort: the answer is the request's all the same."""
-        state = record.rotation
-        if not state.enabled or state.in_progress or state.next_at is not None:
-            return record
-        try:
-            saved = await self.store.update(record.evolve(rotation=state.evolve(next_at=self.now() + FIRST_BACKOFF)))
-            return await self._sync_schedule(saved, state)
-        except Exception as error:
-            if not failed_upstream(error):
-                raise
-            log.warning("Connection %s is due at no time: its rotation did not start (%s)", record.id,
-                        detail_of(error))
             return record
 
     async def _rotate_now(self, record: ConnectionRecord, trigger: str) -> Attempt:
@@ -828,7 +815,9 @@ class ConnectionService:
             await self.adapters.schedule.remove(record.rotation.schedule_key)
             await self.adapters.health_index.remove(record.health.check_key)
             await self.adapters.history.delete_all(record.id)
-        except (ServiceError, OSError, TimeoutError) as error:
+        except Exception as error:
+            if not failed_upstream(error):
+                raise
             log.warning("Connection %s is deleted; its schedule, health-check or history entries are not all (%s)",
                         record.id, detail_of(error))
 
@@ -1065,8 +1054,9 @@ def refuse_rotation_of_secretless(method: Method, pointer: str) -> None:
                              extensions={"method": method.value})
 
 
-def configured(state: RotationState, config: RotationConfig | None, enabled: bool) -> RotationState:
-    """``state`` with the rotation schedule and switch applied (history and last rotation kept)."""
+def configured(state: RotationState, config: RotationConfig | None, enabled: bool, now: datetime) -> RotationState:
+    """``state`` with the rotation schedule and switch applied (history and last rotation kept). One never rotated
+    is due within ``FIRST_BACKOFF`` (its first rotation follows the request; should it not start, the sweep's)."""
     if config is not None:
         state = state.evolve(interval_days=config.interval_days, rotate_at=config.rotate_at,
                              time_zone=config.time_zone)
@@ -1076,6 +1066,8 @@ def configured(state: RotationState, config: RotationConfig | None, enabled: boo
     schedule = schedule_of(state)
     if schedule is not None and state.last_rotated_at is not None:
         state = state.evolve(next_at=schedule.next_due(state.last_rotated_at))
+    elif state.next_at is None:
+        state = state.evolve(next_at=now + FIRST_BACKOFF)
     return state
 
 

@@ -417,7 +417,7 @@ async def test_a_rotation_a_request_started_whose_worker_died_is_resumed_by_the_
             await h.services(crash).connections.rotate(APP, record.id)
     stopped = await h.record(record.id)
     assert stopped is not None and stopped.rotation.in_progress and stopped.rotation.next_at is not None
-    assert stopped.rotation.next_at == stopped.rotation.lease_until
+    assert stopped.rotation.next_at <= stopped.rotation.lease_until  # (a create's is due in five minutes already)
     assert set(h.fakes.schedule.keys) == {stopped.rotation.schedule_key}  # the earlier entry is gone
     h.lease_runs_out()
     await h.sweep()
@@ -455,13 +455,16 @@ async def test_a_claim_whose_write_landed_and_whose_answer_was_lost_is_claimed_a
 
 @pytest.mark.parametrize("fails", ["the schedule index", "the claim's write"])
 async def test_a_create_whose_first_rotation_did_not_start_is_due_soon_and_rotated_by_the_sweep(fails: str) -> None:
-    """Found by a review (the claim's write failing is older): a create with rotation on whose first rotation could
-    not start was due at no time; nothing ever rotated it. It is due in five minutes now."""
+    """Found by a review (older than this session): a create with rotation on whose first rotation could not start
+    (Table Storage failed its claim) was due at no time, and nothing ever rotated it. A connection never rotated
+    is due in five minutes now, indexed before it is stored: should the index fail, nothing is created."""
     from shared.errors import UpstreamError
     from tests.lifecycle_harness import ROTATION
 
     h = Harness()
     _, credentials = h.new_application()
+    body = {"name": "c1", "method": "client-secret", "credentials": credentials, "isAutoRotationEnabled": True,
+            "rotation": ROTATION}
     if fails == "the schedule index":
         put = h.fakes.schedule.put
 
@@ -470,22 +473,24 @@ async def test_a_create_whose_first_rotation_did_not_start_is_due_soon_and_rotat
             raise UpstreamError("Table Storage failed (injected).")
 
         h.fakes.schedule.put = put_fails_once  # type: ignore[method-assign]
-    else:
-        store = h.fakes.connections
-        update = store.update
+        with pytest.raises(UpstreamError):
+            await h.api.create(APP, body)
+        assert h.fakes.connections.records == {} and h.check() == []
+        return
+    store = h.fakes.connections
+    update = store.update
 
-        async def claim_fails(target: ConnectionRecord, *args: object, **kwargs: object) -> ConnectionRecord:
-            if target.rotation.trigger == "enable":
-                store.update = update  # type: ignore[method-assign]
-                raise UpstreamError("Table Storage failed (injected).")
-            return await update(target, *args, **kwargs)  # type: ignore[arg-type]
+    async def claim_fails(target: ConnectionRecord, *args: object, **kwargs: object) -> ConnectionRecord:
+        if target.rotation.trigger == "enable":
+            store.update = update  # type: ignore[method-assign]
+            raise UpstreamError("Table Storage failed (injected).")
+        return await update(target, *args, **kwargs)  # type: ignore[arg-type]
 
-        store.update = claim_fails  # type: ignore[method-assign]
-    created = await h.api.create(APP, {"name": "c1", "method": "client-secret", "credentials": credentials,
-                                       "isAutoRotationEnabled": True, "rotation": ROTATION})
+    store.update = claim_fails  # type: ignore[method-assign]
+    created = await h.api.create(APP, body)
     assert created.rotation.last_rotated_at is None and created.rotation.next_at is not None
     assert created.rotation.next_at <= h.fakes.clock.now + timedelta(minutes=5)
-    assert created.rotation.schedule_key in h.fakes.schedule.keys  # (a claim's own, unused, is dropped as stale)
+    assert set(h.fakes.schedule.keys) == {created.rotation.schedule_key}
     h.fakes.clock.advance(timedelta(minutes=6))
     await h.sweep()
     after = await h.record(created.id)
