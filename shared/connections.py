@@ -13,7 +13,7 @@ import functools
 import logging
 import math
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -463,6 +463,11 @@ class ConnectionService:
                 changes.get("client_id", record.client_id) or "",
                 valid.material if request.credentials is not None else await self.material_of(record),
                 new_state.interval_days)
+        if new_state.next_at is not None and (new_state.next_at != state.next_at or state.schedule_key is None):
+            # Indexed before the record says so (as ``reindex`` does): a write that then fails leaves only an entry
+            # nothing points at, which the sweep drops; once written, the old entry goes (``_sync_schedule``).
+            new_state = new_state.evolve(schedule_key=await self.adapters.schedule.put(
+                new_state.next_at, record.app, record.id))
         if not changes and new_state == state and request.credentials is None:
             return record
         previous_name = record.name if "name" in changes else None
@@ -811,15 +816,18 @@ class ConnectionService:
     async def _forget_indexes(self, record: ConnectionRecord) -> None:
         """A deleted connection's schedule and health-check entries and its rotation history. Best effort: the
         connection is gone whatever happens here (the sweeps drop an entry whose connection is gone)."""
-        try:
-            await self.adapters.schedule.remove(record.rotation.schedule_key)
-            await self.adapters.health_index.remove(record.health.check_key)
-            await self.adapters.history.delete_all(record.id)
-        except Exception as error:
-            if not failed_upstream(error):
-                raise
-            log.warning("Connection %s is deleted; its schedule, health-check or history entries are not all (%s)",
-                        record.id, detail_of(error))
+        forgets: tuple[tuple[str, Callable[[], Awaitable[None]]], ...] = (
+            ("schedule", lambda: self.adapters.schedule.remove(record.rotation.schedule_key)),
+            ("health-check", lambda: self.adapters.health_index.remove(record.health.check_key)),
+            ("history", lambda: self.adapters.history.delete_all(record.id)))
+        for what, forget in forgets:  # each on its own: one failing does not keep the others
+            try:
+                await forget()
+            except Exception as error:
+                if not failed_upstream(error):
+                    raise
+                log.warning("Connection %s is deleted; its %s entries are not all (%s)", record.id, what,
+                            detail_of(error))
 
     async def _removal_failed(self, record: ConnectionRecord, before: ConnectionRecord, progress: Removals,
                               error: ServiceError, force: bool, owner: str) -> tuple[list[str], list[str]]:

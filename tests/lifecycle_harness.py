@@ -221,6 +221,16 @@ class Harness:
             self._check_history(connection_id, record)
         return self.violations
 
+    def unscheduled(self) -> list[str]:
+        """The connections the sweep has to come to (rotation on, a rotation under way, a clean-up pending) that
+        point at no entry of the schedule index."""
+        keys = self.fakes.schedule.keys
+        return [f"{r.id}: points at {r.rotation.schedule_key!r}, due {r.rotation.next_at}"
+                for r in self.fakes.connections.records.values()
+                if r.status != STATUS_DELETING and (r.rotation.enabled or r.rotation.in_progress
+                                                    or r.rotation.retire_version)
+                and r.rotation.schedule_key not in keys]
+
     def _check_history(self, connection_id: str, record: ConnectionRecord) -> None:
         attempts: dict[str, list[int]] = {}
         for event in self.fakes.history.of(connection_id):

@@ -214,7 +214,7 @@ class Rotator(Journaled):
                     await self._drop_entry(state.schedule_key)  # nothing points at it
                 return None
             claimed = current
-        if resume is not None:
+        if resume is not None and old_key != state.schedule_key:  # (the same key when due in the same second)
             await self._drop_entry(old_key)
         await self._history(claimed, "running")
         return claimed

@@ -1163,3 +1163,16 @@ async def test_a_request_refused_once_the_clean_up_journaled_its_last_removal_ch
     outcome = await user_operations(h, waiting.id)[operation]()
     assert outcome.status == 409
     assert h.check() == []
+
+
+@pytest.mark.parametrize("times", [1, 2], ids=["the schedule entry", "both index entries"])
+async def test_a_delete_whose_index_clean_up_fails_still_forgets_the_rest(times: int) -> None:
+    """Found by a review: DELETE's clean-up of the indexes and the history stopped at the first that failed; the
+    history of a deleted connection was never removed. Each is tried on its own (a stale index entry is dropped by
+    the sweep that reads it)."""
+    h = Harness()
+    record = await h.create()
+    assert h.fakes.history.of(record.id)
+    h.fakes.world.fail_next("schedule.remove", times=times)  # the schedule's entry, then the health check's
+    await h.api.delete(APP, record.id)
+    assert await h.record(record.id) is None and h.fakes.history.of(record.id) == []

@@ -13,7 +13,7 @@ import pytest
 from shared.health import HealthChecker
 from shared.records import ConnectionRecord
 from shared.rotation.protocol import reindex
-from tests.lifecycle_harness import APP, ROTATION, Harness
+from tests.lifecycle_harness import APP, ROTATION, Harness, user_operations
 
 
 def entries_of(h: Harness, record: ConnectionRecord) -> set[str]:
@@ -28,9 +28,14 @@ async def test_a_health_check_that_lands_while_a_patch_moves_the_due_time_leaves
     put = h.fakes.schedule.put
     checked: list[str] = []
 
+    puts: list[str] = []
+
     async def put_then_a_health_check(due, app, connection_id):  # type: ignore[no-untyped-def]
         key = await put(due, app, connection_id)
-        if not checked:  # the health sweep (or POST .../health) writes the record between the two writes of the PATCH
+        puts.append(key)
+        # The PATCH indexes the new due time before its write, and again after it (idempotent), when it drops the old
+        # entry: the health sweep (or POST .../health) writes the record in between.
+        if len(puts) == 2 and not checked:
             checked.append(key)
             await checker.check(await h.fakes.connections.get(app, connection_id))
         return key
@@ -138,3 +143,60 @@ async def test_a_failed_read_of_one_due_connection_ends_its_turn_not_the_rotatio
         now = await h.record(record.id)
         assert now is not None and h.current_secret(now) != secrets[record.id], record.name
     assert h.check() == []
+
+
+@pytest.mark.parametrize("fails", ["the schedule index", "the write after it"])
+async def test_turning_rotation_on_indexes_its_due_time_before_the_record_says_so(fails: str) -> None:
+    """Found by a review: turning rotation on for a connection never rotated wrote the record (due in five
+    minutes) before its schedule entry; Table Storage failing the entry answered 502 with the record changed
+    (I3), due at a time nothing indexed, and a PATCH sent again changed nothing: it never rotated. The entry is
+    written first now, so a failure changes nothing, and the PATCH sent again works."""
+    from shared.errors import UpstreamError
+
+    h = Harness()
+    _, credentials = h.new_application()
+    record = await h.api.create(APP, {"name": "c1", "method": "client-secret", "credentials": credentials,
+                                      "rotation": ROTATION})
+    if fails == "the schedule index":
+        h.fakes.world.fail_next("schedule.put")
+    else:
+        h.fakes.world.fail_next("store.update")
+    h.faults_armed = True
+    outcome = await h.op("enable", record.id, lambda: h.api.update(APP, record.id, {"isAutoRotationEnabled": True}))
+    assert outcome.status == 502 and h.check() == []
+    h.faults_armed = False
+    again = await h.api.update(APP, record.id, {"isAutoRotationEnabled": True})
+    assert again.rotation.status == "succeeded" and h.unscheduled() == []
+    assert h.check() == []
+    assert isinstance(outcome.error, UpstreamError)
+
+
+async def test_a_claim_due_in_the_same_second_as_before_keeps_the_entry_it_points_at() -> None:
+    """Found by a review: an entry's key is its due time to the second. A claim whose lease ended in the same
+    second as the connection's earlier due time wrote the same key, pointed at it, then removed "the old one":
+    the rotation, its worker dead, was never resumed."""
+    from tests.lifecycle_harness import Crash
+
+    h = Harness()
+    record = await h.create()
+    h.fakes.clock.now = h.fakes.clock.now.replace(microsecond=600000)
+    for _ in range(3):  # failed attempts: due after a back-off, to the microsecond
+        h.fakes.world.fail_next("graph.add", times=5)
+        await user_operations(h, record.id)["rotate"]()
+    h.fakes.world.clear_faults()
+    failed = await h.record(record.id)
+    assert failed is not None and failed.rotation.next_at is not None
+    lease = h.services().rotator.options.lease
+    h.fakes.clock.now = failed.rotation.next_at - lease - timedelta(microseconds=100000)
+
+    async def crash(name: str, current: ConnectionRecord) -> None:
+        if name == "after-add-password":
+            raise Crash(name)
+
+    with pytest.raises(Crash):
+        await h.services(crash).connections.rotate(APP, record.id)
+    assert h.unscheduled() == []
+    h.lease_runs_out()
+    await h.sweep()
+    after = await h.record(record.id)
+    assert after is not None and after.rotation.status == "succeeded" and h.check() == []
