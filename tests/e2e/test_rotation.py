@@ -13,6 +13,7 @@ import pytest
 
 from shared import wiring
 from shared.azure.clients import AzureClients
+from shared.errors import VersionDisabled
 from shared.records import ConnectionRecord
 from shared.rotation.protocol import Checkpoint, RotationOptions, Rotator
 from shared.rotation.sweep import sweep
@@ -440,6 +441,42 @@ def test_a_delete_whose_last_removal_lost_its_answer_is_finished_by_the_next_one
     assert deleted.status_code == 200, deleted.text
     assert (deleted.json()["removedKeyIds"], deleted.json()["keyIdsLeftLive"]) == (created, [])
     assert api.get(f"{BASE}/{APP}/{connection['id']}").status_code == 404
+
+
+async def test_a_clean_up_of_the_application_left_whose_last_removal_lost_its_answer_is_finished_by_the_sweep(
+        api, admin, clients, secrets_used, no_faults):
+    """The clean-up of the application a connection left removes the credential it signs in with last; that
+    removal went through and its answer was lost every time it was sent (and the application could not be read
+    to tell). The next pass, the sweep's, signs in with it: Entra (the stand-in, through azure-identity) refuses
+    it as unknown, and the journal says it was the last: the clean-up is done, and its vault version disabled."""
+    from localdev.standin.graph import graph_fault
+
+    entra = register_rotatable_app(admin, secrets_used)
+    other = register_rotatable_app(admin, secrets_used)
+    connection = create_rotating(api, entra)
+    item = f"{BASE}/{APP}/{connection['id']}"
+    assert api.patch(item, json={"isAutoRotationEnabled": False}).status_code == 200
+    made = [p["keyId"] for p in service_passwords(admin, entra)]
+    assert len(made) == 1
+    admin.set_faults([  # once the clean-up has read the application
+        {"method": "POST", "path": r"/removePassword$", "action": "drop_after", "times": None},
+        {**graph_fault(503, "ServiceUnavailable", "unavailable", method="GET", times=None),
+         "path": f"{entra.client_id}|{entra.object_id}", "skip": 1}])
+    try:
+        changed = api.patch(item, json={"credentials": other.client_secret_body()}, timeout=120)
+    finally:
+        admin.clear_faults()
+    assert changed.status_code == 200, changed.text
+    assert service_passwords(admin, entra) == []  # removed, without an answer
+    waiting = await stored(clients, APP, connection["id"])
+    assert waiting.rotation.retire_client_id == entra.client_id and waiting.rotation.retire_removing_key_id == made[0]
+    assert waiting.rotation.next_at is not None
+    await sweep(rotator_at(clients, waiting.rotation.next_at + timedelta(minutes=1)))
+    done = await stored(clients, APP, connection["id"])
+    assert (done.rotation.retire_version, done.rotation.retire_removing_key_id) == (None, None), done.rotation
+    assert done.client_id == other.client_id and done.rotation.failures == 0
+    with pytest.raises(VersionDisabled):  # the version of the application left, disabled once its clean-up is done
+        await SecretVault(clients).get(done.secret_name, waiting.rotation.retire_version or "")
 
 
 # -- propagation, concurrency, throttling, permissions -------------------------------------------------
