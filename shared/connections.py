@@ -13,7 +13,7 @@ import functools
 import logging
 import math
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,8 +37,8 @@ from shared.errors import (
     ServiceError,
     UpstreamForbidden,
     VersionDisabled,
+    best_effort,
     detail_of,
-    failed_upstream,
 )
 from shared.expiry import REFRESH_TOKEN_LIFETIME, fresh_health
 from shared.federation import explain, require_identity
@@ -816,18 +816,16 @@ class ConnectionService:
     async def _forget_indexes(self, record: ConnectionRecord) -> None:
         """A deleted connection's schedule and health-check entries and its rotation history. Best effort: the
         connection is gone whatever happens here (the sweeps drop an entry whose connection is gone)."""
-        forgets: tuple[tuple[str, Callable[[], Awaitable[None]]], ...] = (
-            ("schedule", lambda: self.adapters.schedule.remove(record.rotation.schedule_key)),
-            ("health-check", lambda: self.adapters.health_index.remove(record.health.check_key)),
-            ("history", lambda: self.adapters.history.delete_all(record.id)))
-        for what, forget in forgets:  # each on its own: one failing does not keep the others
-            try:
-                await forget()
-            except Exception as error:
-                if not failed_upstream(error):
-                    raise
-                log.warning("Connection %s is deleted; its %s entries are not all (%s)", record.id, what,
-                            detail_of(error))
+        def failed(what: str) -> Callable[[Exception], None]:  # each on its own: one failing keeps no other
+            return lambda error: log.warning("Connection %s is deleted; its %s entries are not all (%s)", record.id,
+                                             what, detail_of(error))
+
+        with best_effort(failed("schedule")):
+            await self.adapters.schedule.remove(record.rotation.schedule_key)
+        with best_effort(failed("health-check")):
+            await self.adapters.health_index.remove(record.health.check_key)
+        with best_effort(failed("history")):
+            await self.adapters.history.delete_all(record.id)
 
     async def _removal_failed(self, record: ConnectionRecord, before: ConnectionRecord, progress: Removals,
                               error: ServiceError, force: bool, owner: str) -> tuple[list[str], list[str]]:

@@ -7,7 +7,8 @@ never from the values a caller sent.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -91,6 +92,18 @@ def failed_upstream(error: BaseException) -> bool:
     which an adapter may let through), not a bug: what a best-effort step logs and goes past."""
     return isinstance(error, (ServiceError, OSError, TimeoutError)) or any(
         cls.__module__ == "azure.core.exceptions" for cls in type(error).__mro__)
+
+
+@contextmanager
+def best_effort(failed: Callable[[Exception], None]) -> Iterator[None]:
+    """A step whose failure (:func:`failed_upstream`) is handed to ``failed`` (which logs it) and gone past; any
+    other error, a bug, goes through."""
+    try:
+        yield
+    except Exception as error:
+        if not failed_upstream(error):
+            raise
+        failed(error)
 
 
 def detail_of(error: BaseException) -> str:

@@ -47,8 +47,8 @@ from shared.errors import (
     ServiceError,
     UpstreamError,
     VersionDisabled,
+    best_effort,
     detail_of,
-    failed_upstream,
 )
 from shared.expiry import status_of
 from shared.json_codec import iso
@@ -221,12 +221,9 @@ class Rotator(Journaled):
 
     async def _drop_entry(self, key: str | None) -> None:
         """Remove a schedule entry nothing points at. Best effort: the sweep that reads a stale one drops it."""
-        try:
+        with best_effort(lambda error: log.info("A schedule entry nothing points at is left for the sweep to drop "
+                                                "(%s)", detail_of(error))):
             await self.adapters.schedule.remove(key)
-        except Exception as error:
-            if not failed_upstream(error):
-                raise
-            log.info("A schedule entry nothing points at is left for the sweep to drop (%s)", detail_of(error))
 
     async def _history(self, record: ConnectionRecord, outcome: str, message: str | None = None,
                        new_key_id: str | None = None, revoked_key_id: str | None = None) -> None:
@@ -679,13 +676,9 @@ class Rotator(Journaled):
         that one: a version current meanwhile stays enabled. Best effort: its clean-up is done, and its credential
         may be among what it removed, so the clean-up is forgotten all the same (the next change of the secret
         disables every older version)."""
-        try:
+        with best_effort(lambda error: log.warning("Connection %s: the previous application's secret version is "
+                                                   "still enabled (%s)", record.id, detail_of(error))):
             await self.adapters.vault.disable(record.secret_name, version)
-        except Exception as error:
-            if not failed_upstream(error):
-                raise
-            log.warning("Connection %s: the previous application's secret version is still enabled (%s)",
-                        record.id, detail_of(error))
 
     async def _as_left(self, record: ConnectionRecord) -> ConnectionRecord:
         """``record`` as a clean-up that failed left it (it may have journaled its last removal), read again; the

@@ -53,3 +53,18 @@ def test_each_error_type_maps_to_its_problem(kind: type[ServiceError]) -> None:
     if kind is not ServiceError:
         assert kind.slug != "internal-error", f"{kind.__name__} has no problem type of its own"
         assert kind.status != 500, f"{kind.__name__} would answer a bare 500"
+
+
+def test_a_best_effort_step_goes_past_a_failed_azure_call_and_lets_a_bug_through() -> None:
+    from azure.core.exceptions import ServiceRequestError
+
+    from shared.errors import UpstreamError, best_effort
+
+    failures: list[Exception] = []
+    for failure in (UpstreamError("Table Storage failed"), ServiceRequestError("connection reset"), TimeoutError()):
+        with best_effort(failures.append):
+            raise failure
+    assert [type(f) for f in failures] == [UpstreamError, ServiceRequestError, TimeoutError]
+    with pytest.raises(KeyError), best_effort(failures.append):
+        raise KeyError("a bug")
+    assert len(failures) == 3
