@@ -113,14 +113,20 @@ async def proof_async(material: Mapping[str, str], object_id: str, now: datetime
     return await asyncio.to_thread(lambda: proof_of_possession(_parsed(material, now), object_id))
 
 
+def _certificate(material: Mapping[str, str]) -> x509.Certificate | None:
+    """The certificate of a vault version's material, None when it cannot be read."""
+    try:
+        return x509.load_pem_x509_certificate(material.get("certificateBody", "").encode())
+    except ValueError:
+        return None
+
+
 async def ends_async(material: Mapping[str, str]) -> datetime | None:
     """When the certificate of a vault version's material ends (its notAfter), None when it cannot be read; in a
     worker thread."""
     def end() -> datetime | None:
-        try:
-            return x509.load_pem_x509_certificate(material.get("certificateBody", "").encode()).not_valid_after_utc
-        except ValueError:
-            return None
+        certificate = _certificate(material)
+        return certificate.not_valid_after_utc if certificate is not None else None
 
     return await asyncio.to_thread(end)
 
@@ -146,9 +152,8 @@ class CertificateRoll(SignInRoll):
         """The key whose thumbprint is the certificate's (``customKeyIdentifier``)."""
         import hashlib
 
-        try:
-            certificate = x509.load_pem_x509_certificate(material.get("certificateBody", "").encode())
-        except ValueError:
+        certificate = _certificate(material)
+        if certificate is None:
             return None
         thumbprint = hashlib.sha1(certificate.public_bytes(serialization.Encoding.DER),
                                   usedforsecurity=False).hexdigest().upper()
