@@ -974,6 +974,25 @@ async def test_a_plain_delete_after_a_forced_one_that_stopped_past_its_unanswere
     assert await h.record(record.id) is None
 
 
+def _arm_once_removed(h: Harness, client_id: str, removals: int, fault: str) -> list[int]:
+    """Arm ``fault`` once Graph has applied the ``removals``-th removal from now at the application ``client_id``
+    (``graph.removal.lost``: the answer to that same removal is lost; ``graph.remove``: the next one fails before
+    it is made). Returns the count of removals there, kept as they are made."""
+    world = h.fakes.world
+    watching, seen = world.on_revoke, [0]
+
+    def arm(client: str, credential: Any) -> None:
+        if watching is not None:
+            watching(client, credential)
+        seen[0] += client == client_id
+        if seen[0] == removals:
+            world.on_revoke = watching
+            world.fail_next(fault)
+
+    world.on_revoke = arm
+    return seen
+
+
 async def _left_behind_with_its_last_removal_unanswered(h: Harness, *, by: str, applied: bool = True,
                                                         ) -> tuple[ConnectionRecord, str]:
     """A connection moved to another application (rotation off, so the clean-up of the one it left is all that
@@ -993,19 +1012,9 @@ async def _left_behind_with_its_last_removal_unanswered(h: Harness, *, by: str, 
         world.add_certificate(client_id, marker, by_service=True)
     else:
         world.add(client_id, marker, by_service=True)
-    watching = world.on_revoke
-    removals = 0
-
-    def lose_the_answer_to_the_last(client: str, credential: Any) -> None:
-        nonlocal removals
-        if watching is not None:
-            watching(client, credential)
-        removals += client == client_id
-        if removals == (2 if applied else 1):  # the stray, then the one it signs in with
-            world.on_revoke = watching
-            world.fail_next("graph.removal.lost" if applied else "graph.remove")
-
-    world.on_revoke = lose_the_answer_to_the_last
+    # the stray, then the one it signs in with
+    removals = (_arm_once_removed(h, client_id, 2, "graph.removal.lost") if applied
+                else _arm_once_removed(h, client_id, 1, "graph.remove"))
     _, credentials = h.new_application()
     if by == "delete":
         old.may_manage_itself = False
@@ -1016,7 +1025,7 @@ async def _left_behind_with_its_last_removal_unanswered(h: Harness, *, by: str, 
         assert "the connection was not deleted" in refused.value.detail
     else:
         await h.api.update(APP, record.id, {"credentials": credentials})
-    assert removals == (2 if applied else 1) and (signer not in {*old.passwords, *old.keys}) == applied
+    assert removals == [2 if applied else 1] and (signer not in {*old.passwords, *old.keys}) == applied
     assert [c.key_id for c in [*old.passwords.values(), *old.keys.values()] if c.created_by_service] == (
         [] if applied else [signer])
     waiting = await h.record(record.id)
@@ -1103,18 +1112,7 @@ async def _left_behind_waiting_for_the_sweep(h: Harness, *, rotation: bool) -> C
     world.apps[client_id].may_manage_itself = False
     await h.api.update(APP, record.id, {"credentials": h.new_application()[1]})
     world.apps[client_id].may_manage_itself = True
-    watching, removals = world.on_revoke, 0
-
-    def lose_the_answer_to_the_last(client: str, credential: Any) -> None:
-        nonlocal removals
-        if watching is not None:
-            watching(client, credential)
-        removals += client == client_id
-        if removals == 2:
-            world.on_revoke = watching
-            world.fail_next("graph.removal.lost")
-
-    world.on_revoke = lose_the_answer_to_the_last
+    _arm_once_removed(h, client_id, 2, "graph.removal.lost")
     waiting = await h.record(record.id)
     assert waiting is not None and waiting.rotation.retire_client_id == client_id
     return waiting

@@ -466,13 +466,7 @@ async def test_a_create_whose_first_rotation_did_not_start_is_due_soon_and_rotat
     body = {"name": "c1", "method": "client-secret", "credentials": credentials, "isAutoRotationEnabled": True,
             "rotation": ROTATION}
     if fails == "the schedule index":
-        put = h.fakes.schedule.put
-
-        async def put_fails_once(*args: object) -> str:
-            h.fakes.schedule.put = put  # type: ignore[method-assign]
-            raise UpstreamError("Table Storage failed (injected).")
-
-        h.fakes.schedule.put = put_fails_once  # type: ignore[method-assign]
+        h.fakes.world.fail_next("schedule.put")
         with pytest.raises(UpstreamError):
             await h.api.create(APP, body)
         assert h.fakes.connections.records == {} and h.check() == []
