@@ -13,7 +13,7 @@ import functools
 import logging
 import math
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -39,6 +39,7 @@ from shared.errors import (
     VersionDisabled,
     best_effort,
     detail_of,
+    failed_upstream,
 )
 from shared.expiry import REFRESH_TOKEN_LIFETIME, fresh_health
 from shared.federation import explain, require_identity
@@ -193,10 +194,11 @@ class ConnectionService:
                     schedule_key=await self.adapters.schedule.put(due, record.app, record.id)))
             return await self.store.insert(record.evolve(secret_version=version,
                                                          health=health.evolve(check_key=key)))
-        except BaseException:
-            if stores:
-                await self.vault.delete(record.secret_name)
-            raise
+        except Exception as error:
+            async def undo() -> None:
+                if stores:
+                    await self.vault.delete(record.secret_name)
+            return await self._landed(record, version, error, undo)
 
     async def material_of(self, record: ConnectionRecord) -> dict[str, str]:
         """The secret material of the connection's current version ({} for a method that stores none). A version
@@ -252,9 +254,9 @@ class ConnectionService:
         try:
             saved = await self.store.update(record.evolve(secret_version=stored.version, **changes),
                                             previous_name=previous_name, notify=notify)
-        except BaseException:
-            await self.vault.disable(record.secret_name, stored.version)
-            raise
+        except Exception as error:
+            saved = await self._landed(record, stored.version, error,
+                                       lambda: self.vault.disable(record.secret_name, stored.version))
         if saved.rotation.retire_version is None:
             try:
                 if record.secret_version:
@@ -265,6 +267,28 @@ class ConnectionService:
                             "next change of its secret disables them", record.id,
                             detail_of(error))
         return saved
+
+    async def _landed(self, record: ConnectionRecord, version: str, error: Exception,
+                      undo: Callable[[], Awaitable[None]]) -> ConnectionRecord:
+        """The record as a write that failed with ``error`` left it, when that write (of ``version`` as current)
+        landed all the same, its answer lost (a 5xx, a timeout, or Table Storage's retry meeting its own ETag or
+        entity); else the secret written for it is undone (``undo``) and ``error`` raised. When the record cannot be
+        read back, the secret stays (a version no record points at is never used) and ``error`` is raised."""
+        try:
+            current = await self.store.get(record.app, record.id)
+        except NotFound:
+            current = None
+        except Exception as unread:
+            if not failed_upstream(unread):
+                raise
+            log.warning("Connection %s: its write failed (%s) and cannot be read back (%s); the secret written for it "
+                        "stays in Key Vault as %s", record.id, detail_of(error), detail_of(unread), record.secret_name)
+            raise error from None
+        if current is not None and current.secret_version == version:
+            log.info("Connection %s: its write landed though its answer was lost (%s)", record.id, detail_of(error))
+            return current
+        await undo()
+        raise error
 
     async def record_status(self, record: ConnectionRecord, status: str, message: str | None) -> ConnectionRecord:
         """Record a validation outcome on top of whatever else changed meanwhile (it is the newest news of the

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import pytest
 
+from shared import wiring
+from shared.azure.clients import AzureClients
+from shared.settings import StorageSettings, get_settings
+from shared.store.tables import ConnectionsTable
+from shared.store.vault import SecretVault
+from tests.answer_dropper import AnswerDropper, Picks
 from tests.e2e.entra import add_secret, certificate_body, register_app
 
 pytestmark = pytest.mark.e2e
@@ -382,3 +392,74 @@ def test_concurrent_patches_never_lose_an_update(api, admin, secrets_used):
     final = api.get(f"{BASE}/azure-key-vault/{cid}").json()["appConnection"]
     assert final["version"] == 1 + len(ok)
     assert final["description"] in {r.json()["appConnection"]["description"] for r in ok}
+
+
+# -- a write whose answer was lost ------------------------------------------------------------------
+@contextlib.asynccontextmanager
+async def answers_lost(drops: Picks) -> AsyncIterator[tuple[AnswerDropper, AzureClients]]:
+    """Clients whose Table Storage calls go through an :class:`AnswerDropper` in front of Azurite."""
+    settings = get_settings()
+    plain = settings.storage.connection_string or ""
+    endpoint = next(part.split("=", 1)[1] for part in plain.split(";") if part.startswith("TableEndpoint="))
+    table = urlsplit(endpoint)
+    dropper = AnswerDropper(table.hostname or "", table.port or 0, drops)
+    port = await dropper.start()
+    proxied = AzureClients(replace(settings, storage=StorageSettings(
+        connection_string=plain.replace(endpoint, endpoint.replace(f":{table.port}", f":{port}")))))
+    try:
+        yield dropper, proxied
+    finally:
+        await dropper.stop()
+        await proxied.close()
+
+
+@pytest.mark.parametrize(("method", "renamed"), [("client-secret", False), ("certificate", True)])
+async def test_new_credentials_whose_table_write_lost_its_answer_keep_the_secret_version_they_point_at(
+        api, admin, secrets_used, method, renamed):
+    """Table Storage applied the write of new credentials and the connection dropped before its answer. Alone,
+    it is a PUT, which the Tables SDK sends again and which then meets its own ETag; with a new name, a `$batch`
+    POST, which the SDK does not send again. Either way the change is made and answered, and its Key Vault version
+    stays enabled: the connection can read the secret it points at."""
+    entra = register_app(admin, secrets_used)
+    if method == "client-secret":
+        given = entra.client_secret_body()
+        new = entra.client_secret_body(clientSecret=add_secret(admin, secrets_used, entra)["secretText"])
+    else:
+        given = certificate_body(admin, secrets_used, entra)
+        new = certificate_body(admin, secrets_used, entra)
+    cid = create(api, "azure-key-vault", method, given).json()["appConnection"]["id"]
+
+    def drops(verb: str, target: str, body: bytes) -> bool:  # the write of the connection's record
+        return (verb == "PUT" and cid in target) or (verb == "POST" and "$batch" in target and cid.encode() in body)
+
+    async with answers_lost(drops) as (dropper, proxied):
+        saved = await wiring.services(wiring.adapters(proxied)).connections.update(
+            "azure-key-vault", cid, {"credentials": new, **({"name": unique_name()} if renamed else {})})
+        assert [name.split(" ")[0] for name in dropper.dropped] == ["POST" if renamed else "PUT"]
+        stored = await ConnectionsTable(proxied).get("azure-key-vault", cid)
+        assert stored.secret_version == saved.secret_version
+        material = await SecretVault(proxied).get(stored.secret_name, stored.secret_version)
+        assert material == {k: v for k, v in new.items() if k not in ("tenantId", "clientId")}
+    validated = api.post(f"{BASE}/azure-key-vault/{cid}/validate")
+    assert validated.status_code == 200, validated.text
+
+
+async def test_a_create_whose_table_write_lost_its_answer_is_created_with_its_secret(api, admin, secrets_used):
+    """The create's `$batch` (the record and its name) applied, its answer lost: the connection is answered created,
+    and the secret it points at is still in Key Vault (it was deleted, and the name taken by a broken connection)."""
+    entra = register_app(admin, secrets_used)
+    name = unique_name()
+
+    def drops(verb: str, target: str, body: bytes) -> bool:
+        return verb == "POST" and "$batch" in target and name.encode() in body
+
+    async with answers_lost(drops) as (dropper, proxied):
+        created = await wiring.services(wiring.adapters(proxied)).connections.create(
+            "azure-key-vault", {"name": name, "method": "client-secret", "credentials": entra.client_secret_body()})
+        assert len(dropper.dropped) == 1
+        material = await SecretVault(proxied).get(created.secret_name, created.secret_version)
+        assert material == {"clientSecret": entra.client_secret}
+    read = api.get(f"{BASE}/azure-key-vault/{created.id}")
+    assert read.status_code == 200 and read.json()["appConnection"]["name"] == name
+    validated = api.post(f"{BASE}/azure-key-vault/{created.id}/validate")
+    assert validated.status_code == 200, validated.text

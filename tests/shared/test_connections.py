@@ -1174,3 +1174,88 @@ async def test_a_delete_whose_index_clean_up_fails_still_forgets_the_rest(times:
     h.fakes.world.fail_next("schedule.remove", times=times)  # the schedule's entry, then the health check's
     await h.api.delete(APP, record.id)
     assert await h.record(record.id) is None and h.fakes.history.of(record.id) == []
+
+
+@pytest.mark.parametrize("answer", ["upstream", "conflict"])
+async def test_a_new_credential_whose_write_landed_with_its_answer_lost_keeps_its_vault_version_enabled(
+        answer: str) -> None:
+    """Found by a read: a PATCH of the credentials whose record write landed but whose answer was lost (a 5xx or a
+    timeout; or Table Storage's retry meeting its own ETag, a conflict) disabled the vault version the record now
+    points at: the connection could no longer read its own secret. The write is read back first: landed, the
+    change is made and answered; not landed, its version is disabled as before."""
+    h = Harness()
+    record = await h.create(rotation=False)
+    _, credentials = h.new_application()
+    if answer == "upstream":
+        _fails_once(h, "update", 1, applied=True)
+    else:
+        _conflicts_once_applied(h)
+    changed = await h.api.update(APP, record.id, {"credentials": credentials})
+    assert changed.client_id == credentials["clientId"]
+    stored = await h.fakes.connections.get(APP, record.id)
+    assert stored.secret_version == changed.secret_version
+    assert h.fakes.vault.version(record.secret_name, stored.secret_version).enabled
+    assert (await h.api.material_of(stored))["clientSecret"] == credentials["clientSecret"]
+    assert h.check() == []
+
+
+async def test_a_new_credential_whose_write_did_not_land_disables_its_vault_version_and_answers_the_failure(
+) -> None:
+    h = Harness()
+    record = await h.create(rotation=False)
+    _, credentials = h.new_application()
+    _fails_once(h, "update", 1)
+    with pytest.raises(UpstreamError):
+        await h.api.update(APP, record.id, {"credentials": credentials})
+    stored = await h.fakes.connections.get(APP, record.id)
+    assert stored.secret_version == record.secret_version
+    assert [v.version for v in h.fakes.vault.secrets[record.secret_name] if v.enabled] == [record.secret_version]
+    assert h.check() == []
+
+
+async def test_a_rotated_refresh_token_whose_write_landed_with_its_answer_lost_stays_readable() -> None:
+    """The same for the refresh token Entra rotated to: kept, and its version enabled."""
+    h = Harness()
+    record = await h.create(rotation=False)
+    _conflicts_once_applied(h)
+    saved = await h.api.switch_secret(record, {"clientSecret": "the next one"}, None, {})
+    stored = await h.fakes.connections.get(APP, record.id)
+    assert stored.secret_version == saved.secret_version != record.secret_version
+    assert h.fakes.vault.version(record.secret_name, stored.secret_version).enabled
+
+
+def _conflicts_once_applied(h: Harness) -> None:
+    """The next record write lands and its answer is lost; Table Storage's retry then meets the write's own ETag
+    (412): a conflict, as the adapter answers it."""
+    store = h.fakes.connections
+    original = store.update
+
+    async def landed(*args: Any, **kwargs: Any) -> Any:
+        store.update = original  # type: ignore[method-assign]
+        await original(*args, **kwargs)
+        raise ConcurrentChange("The connection was changed by another request (injected: its own write).")
+
+    store.update = landed  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("rotation", [False, True])
+async def test_a_create_whose_write_landed_with_its_answer_lost_is_answered_created_with_its_secret(
+        rotation: bool) -> None:
+    """Found by a read: a create whose record write landed with its answer lost deleted the secret the record
+    points at. The connection was there (its name taken: a create sent again answered 409) and could never read
+    its secret. Read back, it is created."""
+    h = Harness()
+    _fails_once(h, "insert", 1, applied=True)
+    record = await h.create(rotation=rotation)
+    stored = await h.fakes.connections.get(APP, record.id)
+    assert stored.secret_version == record.secret_version
+    assert await h.api.material_of(stored)
+    assert h.check() == []
+
+
+async def test_a_create_whose_write_did_not_land_leaves_no_secret() -> None:
+    h = Harness()
+    _fails_once(h, "insert", 1)
+    with pytest.raises(UpstreamError):
+        await h.create(rotation=False)
+    assert not h.fakes.connections.records and set(h.fakes.vault.secrets) == h.fakes.vault.deleted
