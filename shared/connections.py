@@ -198,7 +198,7 @@ class ConnectionService:
             async def undo() -> None:
                 if stores:
                     await self.vault.delete(record.secret_name)
-            return await self._landed(record, version, error, undo)
+            return await self._landed(record, error, lambda current: current.secret_version == version, undo)
 
     async def material_of(self, record: ConnectionRecord) -> dict[str, str]:
         """The secret material of the connection's current version ({} for a method that stores none). A version
@@ -255,25 +255,24 @@ class ConnectionService:
             saved = await self.store.update(record.evolve(secret_version=stored.version, **changes),
                                             previous_name=previous_name, notify=notify)
         except Exception as error:
-            saved = await self._landed(record, stored.version, error,
+            saved = await self._landed(record, error, lambda current: current.secret_version == stored.version,
                                        lambda: self.vault.disable(record.secret_name, stored.version))
         if saved.rotation.retire_version is None:
-            try:
+            with best_effort(lambda error: log.warning(  # the change is made: it is not undone for this
+                    "Connection %s: the secret versions its change superseded are still enabled (%s); the next change "
+                    "of its secret disables them", record.id, detail_of(error))):
                 if record.secret_version:
                     await self.vault.disable(saved.secret_name, record.secret_version)
                 await self.vault.disable_older(saved.secret_name, saved.secret_version)
-            except (ServiceError, OSError, TimeoutError) as error:  # the change is made: it is not undone for this
-                log.warning("Connection %s: the secret versions its change superseded are still enabled (%s); the "
-                            "next change of its secret disables them", record.id,
-                            detail_of(error))
         return saved
 
-    async def _landed(self, record: ConnectionRecord, version: str, error: Exception,
-                      undo: Callable[[], Awaitable[None]]) -> ConnectionRecord:
-        """The record as a write that failed with ``error`` left it, when that write (of ``version`` as current)
-        landed all the same, its answer lost (a 5xx, a timeout, or Table Storage's retry meeting its own ETag or
-        entity); else the secret written for it is undone (``undo``) and ``error`` raised. When the record cannot be
-        read back, the secret stays (a version no record points at is never used) and ``error`` is raised."""
+    async def _landed(self, record: ConnectionRecord, error: Exception, mine: Callable[[ConnectionRecord], bool],
+                      undo: Callable[[], Awaitable[None]] | None = None) -> ConnectionRecord:
+        """The record as a write that failed with ``error`` left it, when that write landed all the same (``mine``
+        says so of the record read back), its answer lost: a 5xx, a timeout, or Table Storage's retry meeting its
+        own ETag or entity. Else what was written for it (a secret) is undone (``undo``) and ``error`` raised. When
+        the record cannot be read back, the secret stays (a version no record points at is never used) and
+        ``error`` is raised."""
         try:
             current = await self.store.get(record.app, record.id)
         except NotFound:
@@ -284,11 +283,21 @@ class ConnectionService:
             log.warning("Connection %s: its write failed (%s) and cannot be read back (%s); the secret written for it "
                         "stays in Key Vault as %s", record.id, detail_of(error), detail_of(unread), record.secret_name)
             raise error from None
-        if current is not None and current.secret_version == version:
+        if current is not None and mine(current):
             log.info("Connection %s: its write landed though its answer was lost (%s)", record.id, detail_of(error))
             return current
-        await undo()
+        if undo is not None:
+            await undo()
         raise error
+
+    async def _write(self, target: ConnectionRecord, previous_name: str | None = None,
+                     notify: Sequence[Notification] = ()) -> ConnectionRecord:
+        """An edit's write of ``target`` (a new version, stamped now), which may land with its answer lost."""
+        try:
+            return await self.store.update(target, previous_name=previous_name, notify=notify)
+        except Exception as error:
+            return await self._landed(target, error, lambda current: (current.version, current.updated_at) == (
+                target.version, target.updated_at))
 
     async def record_status(self, record: ConnectionRecord, status: str, message: str | None) -> ConnectionRecord:
         """Record a validation outcome on top of whatever else changed meanwhile (it is the newest news of the
@@ -505,19 +514,22 @@ class ConnectionService:
                     saved = await self.switch_secret(target.evolve(health=health), valid.material, expires_on, {},
                                                      previous_name, notify=[notice] if notice else [])
                 else:
-                    saved = await self.store.update(target.evolve(health=health), previous_name=previous_name,
-                                                    notify=[notice] if notice else [])
+                    saved = await self._write(target.evolve(health=health), previous_name,
+                                              [notice] if notice else [])
             else:
-                saved = await self.store.update(target, previous_name=previous_name)
+                saved = await self._write(target, previous_name)
         except NameTaken as taken:
             raise NameTaken(taken.detail, errors=[FieldError("/name", "is already used by another connection")]
                             ) from None
         log.info("Updated %s connection %s to version %d", app.id, record.id, saved.version)
         if method is Method.FEDERATED and record.rotation.key_id and saved.rotation.key_id is None:
             await self._leave_federated_credential(record)
-        if saved.rotation.retire_version is not None:
-            saved = await self._finish_retirement(saved, raise_on_failure=False)
-        saved = await self._sync_schedule(saved, state)
+        with best_effort(lambda error: log.warning(  # the change is saved, and answered as such
+                "Connection %s: its change is saved; tidying up after it failed (%s): the sweep finishes it",
+                record.id, detail_of(error))):
+            if saved.rotation.retire_version is not None:
+                saved = await self._finish_retirement(saved, raise_on_failure=False)
+            saved = await self._sync_schedule(saved, state)
         if trigger is not None:
             saved = await self._rotate_after_change(saved, trigger)
         return saved

@@ -45,9 +45,11 @@ from shared.errors import (
     NotFound,
     RotationInProgress,
     RotationRefused,
+    SecretGone,
     ServiceError,
     UpstreamError,
     UpstreamForbidden,
+    VersionDisabled,
 )
 from shared.federation import (
     MAX_FEDERATED_CREDENTIALS,
@@ -254,12 +256,10 @@ class Migrator(Journaled):
         client_id = record.client_id or ""
         material: dict[str, str] = {}
         if state.previous_version:
-            from azure.core.exceptions import AzureError
-
             try:
                 material = await self._old_material(record)
-            except (ServiceError, AzureError):  # disabled or deleted: a resumed attempt past the removals, which
-                material = {}  # came first
+            except (SecretGone, VersionDisabled):  # a resumed attempt past the removals, which came first; any other
+                material = {}  # failure (Key Vault not answering) is the attempt's, which is retried
         now = self.now()
         # Every kind of credential the service may have left is looked for, keys too (one read, once).
         async with self.adapters.directory.graph(Method.FEDERATED, record.tenant_id, client_id, {},

@@ -1259,3 +1259,59 @@ async def test_a_create_whose_write_did_not_land_leaves_no_secret() -> None:
     with pytest.raises(UpstreamError):
         await h.create(rotation=False)
     assert not h.fakes.connections.records and set(h.fakes.vault.secrets) == h.fakes.vault.deleted
+
+
+def _fails_at(h: Harness, operation: str, nth: int) -> None:
+    """The ``nth`` call from now of the fakes' operations named ``operation`` (a prefix) fails upstream."""
+    world = h.fakes.world
+    check = world.check
+    seen = 0
+
+    def failing(name: str) -> None:
+        nonlocal seen
+        if name.startswith(operation):
+            seen += 1
+            if seen == nth:
+                world.check = check  # type: ignore[method-assign]
+                raise UpstreamError(f"{operation} failed (injected)")
+        check(name)
+
+    world.check = failing  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize(("body", "operation", "nth"), [
+    ({"rotation": {**ROTATION, "rotationInterval": 60}}, "schedule.remove", 1),  # the old entry's removal
+    ({"rotation": {**ROTATION, "rotationInterval": 60}}, "schedule.put", 2),  # the new entry's put again
+    ({"isAutoRotationEnabled": False}, "store.update", 2),  # the write that points at no entry
+    ({"isAutoRotationEnabled": False}, "schedule.remove", 1),
+], ids=["interval/remove", "interval/put-again", "disable/pointer-write", "disable/remove"])
+async def test_a_patch_of_the_rotation_is_answered_as_saved_when_tidying_the_schedule_after_it_fails(
+        body: dict[str, Any], operation: str, nth: int) -> None:
+    """Found by a review: the schedule index's tidying after a saved PATCH (the old entry's removal, pointing at
+    none) was not best effort: one Table Storage failure there answered 502 for a change that was made (I3). The
+    change is answered; what is left is a stale entry, which the sweep drops."""
+    h = Harness()
+    record = await h.create()
+    _fails_at(h, operation, nth)
+    changed = await h.api.update(APP, record.id, body)
+    stored = await h.fakes.connections.get(APP, record.id)
+    assert changed.version == stored.version == record.version + 1
+    assert (stored.rotation.enabled, stored.rotation.interval_days) == (
+        body.get("isAutoRotationEnabled", True), body.get("rotation", {}).get("rotationInterval", 30))
+    await h.sweep()
+    assert h.unscheduled() == [] and h.check() == []
+
+
+@pytest.mark.parametrize("answer", ["upstream", "conflict"])
+async def test_an_edit_whose_write_landed_with_its_answer_lost_is_answered_as_made(answer: str) -> None:
+    """Found by a review: a rename whose write landed, its answer lost, was answered 409 (or 502) for a change it
+    made. Read back, it is answered as made."""
+    h = Harness()
+    record = await h.create(rotation=False)
+    if answer == "upstream":
+        _fails_once(h, "update", 1, applied=True)
+    else:
+        _conflicts_once_applied(h)
+    renamed = await h.api.update(APP, record.id, {"name": "renamed"})
+    assert renamed.name == "renamed" and renamed.version == record.version + 1
+    assert (await h.fakes.connections.get(APP, record.id)).name == "renamed"

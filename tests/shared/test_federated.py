@@ -630,3 +630,27 @@ async def test_leaving_a_federated_application_that_refuses_the_sign_in_says_wha
     assert bool(noted) == left_live
     if left_live:
         assert f"Federated identity credential {migrated.rotation.key_id}" in (noted[0].detail or "")
+
+
+async def test_a_key_vault_failure_in_the_clean_up_after_the_switch_is_a_502_and_the_request_again_finishes_it(
+) -> None:
+    """Found by a review: the clean-up took any failure to read the old vault version for one already deleted,
+    signed the proof of its certificate's removal with nothing, and answered 400 with a field error about a
+    certificate the request never had (a client does not send a 400 again). Key Vault not answering is now the
+    attempt's failure, a 502, and the request sent again finishes."""
+    h = Harness(method="certificate")
+    record = await h.create(rotation=False)
+
+    async def vault_fails(name: str, current: ConnectionRecord) -> None:
+        if name == "after-switch":
+            h.fakes.world.fail_next("vault.get")
+
+    with pytest.raises(ServiceError) as failed:
+        await h.services(checkpoint=vault_fails).connections.migrate_to_federated(
+            APP, record.id, {"revokeOriginal": True})
+    assert failed.value.status == 502 and not failed.value.errors, (failed.value.status, failed.value.errors)
+    h.fakes.clock.advance(h.services().rotator.options.lease)
+    done = await h.api.migrate_to_federated(APP, record.id, {})
+    assert done.method == "federated" and not done.rotation.in_progress
+    assert h.fakes.world.apps[record.client_id or ""].keys == {}
+    assert h.check() == []
