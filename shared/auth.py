@@ -211,7 +211,9 @@ class TokenValidator:
         self._settings = settings
         self._keys = keys
         self._now = now
-        self._validated: OrderedDict[bytes, tuple[Mapping[str, Any], Principal, float]] = OrderedDict()
+        # sha256(token) -> (claims, principal, expiry, key id, the key it was verified with)
+        self._validated: OrderedDict[bytes, tuple[Mapping[str, Any], Principal, float, str, RSAPublicKey]] = (
+            OrderedDict())
 
     @property
     def audiences(self) -> list[str]:
@@ -255,7 +257,10 @@ class TokenValidator:
         digest = hashlib.sha256(token.encode()).digest()
         known = self._validated.get(digest)
         if known is not None:
-            if self._now() < known[2]:
+            # Remembered while it has not expired and the tenant still publishes the key it was verified with (the
+            # keys are read again daily: a key withdrawn in an emergency rollover is no longer trusted, nor what it
+            # signed); else checked in full again.
+            if self._now() < known[2] and await self._keys.key(known[3]) is known[4]:
                 self._validated.move_to_end(digest)
                 return known[0], known[1]
             del self._validated[digest]
@@ -274,13 +279,14 @@ class TokenValidator:
             raise _unauthorized(REFUSALS[refused.reason]) from None
         checked = MappingProxyType(dict(claims))
         principal = principal_of(checked)
-        self._remember(digest, checked, principal, claims.get("exp"))
+        self._remember(digest, checked, principal, claims.get("exp"), signed.kid or "", key)
         return checked, principal
 
-    def _remember(self, digest: bytes, claims: Mapping[str, Any], principal: Principal, expires: Any) -> None:
+    def _remember(self, digest: bytes, claims: Mapping[str, Any], principal: Principal, expires: Any, kid: str,
+                  key: RSAPublicKey) -> None:
         if not isinstance(expires, int | float) or isinstance(expires, bool) or expires <= self._now():
             return
-        self._validated[digest] = (claims, principal, float(min(expires, 2.0**53)))  # an int may be huge
+        self._validated[digest] = (claims, principal, float(min(expires, 2.0**53)), kid, key)  # an int may be huge
         while len(self._validated) > VALIDATED_CACHE_SIZE:
             self._validated.popitem(last=False)
 

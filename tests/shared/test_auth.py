@@ -625,6 +625,21 @@ async def test_the_keys_are_read_again_after_a_day_so_a_withdrawn_key_stops_work
     assert tenant.fetches == 4
 
 
+async def test_a_remembered_token_is_refused_once_the_key_it_was_verified_with_is_withdrawn() -> None:
+    """Found by a review: a token once accepted was remembered until its expiry, whatever became of its key: one
+    signed with a leaked key (and a far expiry) stayed an administrator's after the key was withdrawn."""
+    tenant, clock = Tenant(), Clock()
+    validator = _validator(tenant, clock)
+    leaked = token({"roles": ["AppConnections.Admin"], "exp": int(time.time()) + 10 * 365 * 86400})
+    assert "AppConnections.Admin" in (await validator.validate(f"Bearer {leaked}")).roles
+    assert await validator.validate(f"Bearer {leaked}")  # remembered
+    del tenant.keys["k1"]  # Entra withdrew it (an emergency rollover)
+    tenant.keys["k2"] = OTHER_KEY
+    clock.now += 24 * 3600  # the keys are read again
+    with pytest.raises(Unauthorized):
+        await validator.validate(f"Bearer {leaked}")
+
+
 class FlakyTenant(Tenant):
     def __init__(self) -> None:
         super().__init__()
