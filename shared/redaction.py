@@ -134,12 +134,17 @@ def redact_record(record: logging.LogRecord) -> logging.LogRecord:
             record.exc_info, record.exc_text = None, None
     if record.stack_info:
         record.stack_info = redact(record.stack_info)
+    _redact_extra(record)
+    return record
+
+
+def _redact_extra(record: logging.LogRecord) -> None:
+    """The fields a log call attached (``extra=``), which exporters send as custom dimensions."""
     for name, value in record.__dict__.items():
         if name not in _RECORD_ATTRIBUTES and isinstance(value, str):
             cleaned = redact(value)
             if cleaned != value:
                 record.__dict__[name] = cleaned
-    return record
 
 
 class RedactingFilter(logging.Filter):
@@ -180,4 +185,23 @@ def install() -> None:
                 return record
 
         logging.setLogRecordFactory(factory)
+        # A log call's ``extra=`` fields are set on the record after the factory made it: redacted once they are.
+        make_record = logging.Logger.makeRecord
+
+        def made_with_extra(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
+            record = make_record(self, *args, **kwargs)
+            if kwargs.get("extra") or (len(args) > _EXTRA_ARGUMENT and args[_EXTRA_ARGUMENT]):
+                try:
+                    _redact_extra(record)
+                except Exception:  # never lose a record to the filter
+                    for name in list(record.__dict__):
+                        if name not in _RECORD_ATTRIBUTES:
+                            record.__dict__[name] = "[withheld]"
+            return record
+
+        logging.Logger.makeRecord = made_with_extra  # type: ignore[method-assign]
     _register_environment()
+
+
+# Logger.makeRecord(name, level, fn, lno, msg, args, exc_info, func=None, extra=None, sinfo=None): where ``extra`` is
+_EXTRA_ARGUMENT = 8

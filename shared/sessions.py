@@ -267,7 +267,8 @@ class Sessions:
         if safe and not changes:
             return
         if (origin or not safe) and (
-                not origin or not self.origin or not hmac.compare_digest(origin.strip().lower(), self.origin)):
+                not origin or not self.origin
+                or not hmac.compare_digest(origin.strip().lower().encode(), self.origin.encode())):
             raise RequestForgery(f"A change by session cookie must come from {self.origin or 'this service'} "
                                  "(the Origin header).")
         if not csrf_token or not hmac.compare_digest(csrf_token.encode(), session.csrf_token.encode()):

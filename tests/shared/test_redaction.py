@@ -133,6 +133,33 @@ def test_installed_filter_sees_every_logger_and_handler():
     assert all(REDACTED in line for line in seen)
 
 
+def test_the_fields_a_log_call_attaches_are_redacted_too():
+    """Found by a review: ``extra=`` fields (the audit line's detail, user agent and connection name; exported as
+    custom dimensions) are set on the record after the record factory ran, so the installed redaction never saw
+    them."""
+    register_secret("extra-field-secret-1")
+    redaction.install()
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    handler = Keep()
+    logger = logging.getLogger("app_connections.audit.test")
+    logger.addHandler(handler)
+    try:
+        logger.info("audit %s", "connection.create", extra={"audit_detail": "refresh_token=extra-field-secret-1",
+                                                            "audit_user_agent": f"client {JWT}", "count": 3})
+        logger.info("no extra")
+    finally:
+        logger.removeHandler(handler)
+    record = seen[0]
+    assert "extra-field-secret-1" not in record.__dict__["audit_detail"] and REDACTED in record.__dict__["audit_detail"]
+    assert JWT not in record.__dict__["audit_user_agent"] and record.__dict__["count"] == 3
+    assert seen[1].getMessage() == "no extra"
+
+
 def test_the_filter_class_works_on_a_handler():
     record = _record("refresh_token=%s", "rt-value-123456")
     assert RedactingFilter().filter(record) is True

@@ -182,7 +182,9 @@ async def test_reads_by_cookie_need_no_csrf_token_and_changes_need_origin_and_to
     assert await service.caller(cookie, "DELETE", SITE.upper(), session.csrf_token) == READER
     for origin, csrf in ((None, session.csrf_token), ("https://evil.example", session.csrf_token),
                          ("null", session.csrf_token), (SITE + ":8443", session.csrf_token), (SITE, None),
-                         (SITE, ""), (SITE, session.csrf_token + "x"), (SITE, "x" * 43)):
+                         (SITE, ""), (SITE, session.csrf_token + "x"), (SITE, "x" * 43),
+                         ("https://connéctions.contoso.example", session.csrf_token),  # not a TypeError (a 500)
+                         (SITE, "é" * 43)):
         for method in ("POST", "PATCH", "PUT", "DELETE"):
             with pytest.raises(RequestForgery) as refused:
                 await service.caller(cookie, method, origin, csrf)
