@@ -243,7 +243,7 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
             with acting(context):
                 if action is None:
                     return await answer(handler, req, instance, allowed)
-                return await _audited(req, instance, route_app, params.get("connectionId"))
+                return await _audited(req, instance, route_app, _named_connection(req))
 
         async def _audited(req: func.HttpRequest, instance: str, route_app: str | None,
                            connection_id: str | None) -> func.HttpResponse:
@@ -283,8 +283,25 @@ async def _refused(req: func.HttpRequest, instance: str, principal: Principal, a
 
     with acting(request_context(req, Actor(principal.id, principal.name, principal.type), principal.roles)):
         await audit_log().record("access.refused", "403", app=app,
-                                 connection_id=((req.route_params or {}).get("connectionId") or "")[:64] or None,
+                                 connection_id=_named_connection(req),
                                  detail=f"{req.method} {instance}: {error.detail}")
+
+
+def _named_connection(req: func.HttpRequest) -> str | None:
+    """The connection a request names: its route's, or (the OAuth authorize route, which re-authorizes one) its
+    ``connectionId`` query parameter when that is an id at all; for the audit record."""
+    routed = (req.route_params or {}).get("connectionId")
+    if routed:
+        return str(routed)[:64]
+    asked = (req.params or {}).get("connectionId")
+    if not asked:
+        return None
+    import uuid
+
+    try:
+        return str(uuid.UUID(asked))
+    except ValueError:
+        return None
 
 
 def traced(handler: Handler) -> Handler:

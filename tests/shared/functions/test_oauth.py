@@ -79,3 +79,35 @@ async def test_a_callback_with_a_state_or_code_given_twice_is_refused_before_any
     response = await callback(req)  # no Table endpoint is configured: a read would fail as a 502, not a 400
     assert response.status_code == 400
     assert "more than once" in response.get_body().decode()
+
+
+class _Writer:
+    async def validate(self, authorization: str) -> object:
+        from shared.auth import Principal
+
+        return Principal("oid-w", "writer@contoso.example", "user", "t", frozenset({"AppConnections.Writer"}))
+
+
+async def test_the_audit_records_of_a_re_authorization_name_the_connection(monkeypatch) -> None:
+    """Found by a review: the connection a re-authorization names is a query parameter of the authorize route, and
+    its audit records named none: a sign-in started against a given connection could not be found by its id."""
+    from shared import wiring
+    from shared.audit import AuditLog
+    from shared.functions.oauth import authorize_app_connection_oauth
+    from tests.lifecycle_harness import Harness, reauthorize_oauth
+
+    h = Harness()
+    existing = await reauthorize_oauth(h)
+    monkeypatch.setattr(wiring, "token_validator", lambda: _Writer())
+    monkeypatch.setattr(wiring, "audit_log", lambda: AuditLog(h.fakes.audit, h.fakes.clock))
+    monkeypatch.setattr(wiring, "oauth_start", lambda: h.services().oauth)
+    for named, recorded in ((existing.id.upper(), existing.id), ("not-an-id", None)):
+        seen = len(h.fakes.audit.records)
+        req = func.HttpRequest(
+            "GET", "https://svc.example/api/v1/app-connections/azure-key-vault/oauth/authorize",
+            headers={"authorization": "Bearer t", "accept": "application/json"},
+            params={"connectionId": named}, route_params={"app": "azure-key-vault"}, body=b"")
+        await authorize_app_connection_oauth(req)
+        records = [r for r in h.fakes.audit.records[seen:] if r.action == "connection.authorize"]
+        assert [r.outcome for r in records][:1] == ["started"] and len(records) == 2
+        assert {r.connection_id for r in records} == {recorded}
