@@ -1066,18 +1066,20 @@ class ConnectionService:
             return saved
         raise ConcurrentChange(f"The connection '{connection_id}' kept changing; nothing was saved.")
 
-    async def store_refresh_token(self, record: ConnectionRecord, refresh_token: str) -> ConnectionRecord:
-        """Keep the refresh token Entra rotated to (the old one may no longer work). When the connection moved to
-        another refresh token meanwhile (re-authorized, or refreshed elsewhere), that one is newer and stays."""
+    async def store_refresh_token(self, record: ConnectionRecord, refresh_token: str) -> tuple[ConnectionRecord,
+                                                                                                 bool]:
+        """Keep the refresh token Entra rotated to (the old one may no longer work): the connection afterwards, and
+        whether it holds that token. When the connection moved to another refresh token meanwhile (re-authorized,
+        or refreshed elsewhere), that one is newer and stays."""
         used = record.secret_version
         current = record
         for _ in range(5):
             try:
-                return await self.switch_secret(current, {"refreshToken": refresh_token}, None, {})
+                return await self.switch_secret(current, {"refreshToken": refresh_token}, None, {}), True
             except ConcurrentChange:
                 current = await self.store.get(record.app, record.id)
                 if current.secret_version != used:
-                    return current
+                    return current, False
         raise ConcurrentChange(f"The connection '{record.id}' kept changing; its refresh token could not be saved.")
 
 

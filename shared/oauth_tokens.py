@@ -111,7 +111,9 @@ def _access_token(token: str, expires_on: int) -> AccessToken:
     return AccessToken(token, expires_on)
 
 
-SaveRefreshToken = Callable[[ConnectionRecord, str], Awaitable[ConnectionRecord]]
+# Keep a rotated refresh token: the connection afterwards, and whether it holds that token (not when another
+# refresh token became current meanwhile: a re-authorization, or a refresh elsewhere).
+SaveRefreshToken = Callable[[ConnectionRecord, str], Awaitable[tuple[ConnectionRecord, bool]]]
 
 
 class OAuthTokens:
@@ -140,8 +142,9 @@ class OAuthTokens:
             current = await self.adapters.connections.get(record.app, record.id)  # the newest refresh token
             if not force_refresh and (hit := self.cache.get(key, current.secret_version)) is not None:
                 return current, _access_token(*hit)
-            current, result = await self._refresh(app, current, scope)
-            self.cache.put(key, current.secret_version, result.access_token, result.expires_on)
+            current, result, grant = await self._refresh(app, current, scope)
+            if grant == current.secret_version:  # never a token of the grant before under a newer one's version
+                self.cache.put(key, grant, result.access_token, result.expires_on)
             return current, _access_token(result.access_token, result.expires_on)
 
     async def refresh_now(self, app: AppSpec, record: ConnectionRecord) -> ConnectionRecord:
@@ -149,8 +152,10 @@ class OAuthTokens:
         record, _token = await self.access_token(app, record, force_refresh=True)
         return record
 
-    async def _refresh(self, app: AppSpec, record: ConnectionRecord, scope: str) -> tuple[ConnectionRecord,
-                                                                                          TokenResult]:
+    async def _refresh(self, app: AppSpec, record: ConnectionRecord,
+                       scope: str) -> tuple[ConnectionRecord, TokenResult, str | None]:
+        """A refresh: the connection afterwards, Entra's answer, and the version of the connection's secret whose
+        grant the access token is (None when the connection moved to another grant meanwhile)."""
         client = instance_client(self.adapters.settings, app)
         for attempt in (1, 2):
             material = await self.adapters.vault.get(record.secret_name, record.secret_version)
@@ -173,9 +178,11 @@ class OAuthTokens:
                         continue
                 raise ReauthorizationRequired(rejected.detail, extensions=rejected.extensions) from None
             break
+        grant: str | None = record.secret_version
         if result.refresh_token is not None and result.refresh_token != refresh_token:
-            record = await self._save(record, result.refresh_token)
-        return record, result
+            record, kept = await self._save(record, result.refresh_token)
+            grant = record.secret_version if kept else None
+        return record, result, grant
 
     def credential(self, record: ConnectionRecord) -> OAuthCredential:
         return OAuthCredential(self, record)

@@ -19,6 +19,8 @@ from shared.ports import Adapters
 from shared.settings import load_settings
 from shared.store.oauth_states import new_state, state_keys
 
+KV = APPS["azure-key-vault"]
+
 BASE = {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "SITE_URL": "https://connections.example.com/"}
 CONFIGURED = {
     **BASE,
@@ -289,3 +291,39 @@ async def test_a_sign_in_started_in_a_browser_is_completed_only_by_that_browser(
     assert outcome.record.name == "kv"
     unbound = await _signed_in(fakes, {"name": "kv3", "tenantId": TENANT})  # started with a bearer token: unbound
     assert unbound.record.name == "kv3"
+
+
+async def test_a_refresh_overtaken_by_a_re_authorization_does_not_serve_the_old_grant_s_token_for_the_new_one():
+    """Found by a review: a refresh that redeemed Alice's refresh token while a re-authorization as Bob made his
+    grant current cached Alice's access token under Bob's version (its save of the rotated token rightly lost, and
+    returned Bob's record); it was served for Bob's grant for up to an hour. Re-authorizing as someone else is how
+    an administrator cuts a person's delegated access off."""
+    from shared.connections import ConnectionService
+    from shared.ports import TokenResult
+    from shared.rotation.protocol import Rotator
+    from tests.fakes import TENANT, build_fakes
+
+    fakes = build_fakes()
+    who = {"oid": "alice-oid", "preferred_username": "alice@contoso.example"}
+    redeem = fakes.tokens.redeem
+    overtake: list[str] = []
+
+    async def answered(tenant, form):  # type: ignore[no-untyped-def]
+        if form["grant_type"] == "refresh_token" and overtake:  # Bob signs in while Alice's token is redeemed
+            connection_id = overtake.pop()
+            who.update(oid="bob-oid", preferred_username="bob@contoso.example")
+            await _signed_in(fakes, {"connectionId": connection_id, "allowDifferentUser": "true"})
+            result = await redeem(tenant, form)
+            return TokenResult("token-of-alice", result.refresh_token, result.expires_on, {"tid": TENANT})
+        result = await redeem(tenant, form)
+        return TokenResult(f"token-of-{who['oid']}", result.refresh_token, result.expires_on, {"tid": TENANT, **who})
+
+    fakes.tokens.redeem = answered
+    created = (await _signed_in(fakes, {"name": "kv", "tenantId": TENANT})).record
+    other_instance = ConnectionService(fakes.adapters, Rotator(fakes.adapters), token_cache=TokenCache())
+    overtake.append(created.id)
+    await other_instance.oauth_tokens.access_token(KV, created)
+    now = await fakes.connections.get("azure-key-vault", created.id)
+    assert now.authorized_by is not None and now.authorized_by.oid == "bob-oid"
+    _, token = await other_instance.oauth_tokens.access_token(KV, now)
+    assert token.token == "token-of-bob-oid"
