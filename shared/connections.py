@@ -780,6 +780,11 @@ class ConnectionService:
                 if await self._still_there(record):
                     raise
                 log.info("Connection %s was deleted by another DELETE meanwhile", record.id)
+            except Exception as error:  # its answer lost: deleted if it is gone (only a DELETE deletes it)
+                if not failed_upstream(error) or await self._still_there(record):
+                    raise
+                log.info("Connection %s: its deletion landed though its answer was lost (%s)", record.id,
+                         detail_of(error))
         except NotFound:  # another DELETE, which came in while this one removed, finished it
             log.info("Connection %s was deleted by another DELETE meanwhile", record.id)
             return Deleted(record, progress.removed, left, unread)

@@ -156,11 +156,16 @@ class HealthChecker:
             try:
                 saved = await store.update(target, notify=[notice] if notice else [])
             except ConcurrentChange:
-                await index.remove(key if key != current.health.check_key else None)
                 try:
                     fresh = await store.get(record.app, record.id)
                 except NotFound:
+                    await index.remove(key if key != current.health.check_key else None)
                     return current
+                if fresh.health.check_key == key:  # its own write, landed with its answer lost
+                    if current.health.check_key and current.health.check_key != key:
+                        await index.remove(current.health.check_key)
+                    return fresh
+                await index.remove(key if key != current.health.check_key else None)
                 if fresh.secret_version != current.secret_version:  # new credentials: their own check is newer
                     return fresh
                 current = fresh

@@ -20,7 +20,7 @@ from typing import Any
 
 from shared import wiring
 from shared.apps import APPS
-from shared.errors import ServiceError
+from shared.errors import ConcurrentChange, ServiceError, UpstreamError
 from shared.federation import credential_name
 from shared.records import STATUS_DELETING, ConnectionRecord
 from shared.rotation.migration import MIGRATION_STEPS
@@ -374,5 +374,32 @@ async def reauthorize_oauth(h: Harness) -> ConnectionRecord:
     record: ConnectionRecord = outcome.record
     return record
 
+
+
+def own_etag() -> ConcurrentChange:
+    """What the Tables adapter raises when azure-core's retry of a conditional PUT meets its own first try's ETag."""
+    return ConcurrentChange("The connection was changed by another request (injected: its own write).")
+
+
+def fails_once(h: Harness, operation: str, nth: int = 1, applied: bool = False,
+               error: Exception | None = None) -> None:
+    """The ``nth`` call from now of the connection store's ``operation`` (``insert``, ``update``, ``get``,
+    ``delete``) fails with ``error`` (an upstream failure by default): before it is applied, or after it
+    (``applied``: its answer lost)."""
+    store = h.fakes.connections
+    original = getattr(store, operation)
+    calls = 0
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls != nth:
+            return await original(*args, **kwargs)
+        setattr(store, operation, original)
+        if applied:
+            await original(*args, **kwargs)
+        raise error or UpstreamError(f"Table Storage failed (injected{', the write applied' if applied else ''}).")
+
+    setattr(store, operation, failing)
 
 assert APP in APPS

@@ -50,6 +50,8 @@ from shared.errors import (
     UpstreamError,
     UpstreamForbidden,
     VersionDisabled,
+    best_effort,
+    detail_of,
 )
 from shared.federation import (
     MAX_FEDERATED_CREDENTIALS,
@@ -132,11 +134,21 @@ class Migrator(Journaled):
                                      schedule_key=key)
         try:
             claimed = await self.adapters.connections.update(record.evolve(rotation=claimed_state))
-        except ConcurrentChange:
-            raise ConcurrentChange("The connection changed while the migration was starting; try again.") from None
+        except (ConcurrentChange, NotFound):
+            # Its own write may have landed, its answer lost (the retry met its own ETag): claimed all the same.
+            try:
+                current: ConnectionRecord | None = await self.adapters.connections.get(record.app, record.id)
+            except NotFound:
+                current = None
+            if current is None or current.rotation != claimed_state:
+                raise ConcurrentChange("The connection changed while the migration was starting; try again."
+                                       ) from None
+            claimed = current
         if record.rotation.schedule_key and record.rotation.schedule_key != key:
             await self.adapters.schedule.remove(record.rotation.schedule_key)
-        await self._history(claimed, "running")
+        with best_effort(lambda error: log.info("Migration of %s: its running history entry is not written (%s); "
+                                                "its outcome writes it", record.id, detail_of(error))):
+            await self._history(claimed, "running")
         return claimed
 
     async def _history(self, record: ConnectionRecord, outcome: str, message: str | None = None) -> None:
@@ -151,14 +163,18 @@ class Migrator(Journaled):
         means the migration is no longer this worker's: stop."""
         store = self.adapters.connections
         for _ in range(3):
+            target = evolved(record, changes)
             try:
-                return await store.update(evolved(record, changes))
+                return await store.update(target)
             except (ConcurrentChange, NotFound):
                 pass
             try:
                 current = await store.get(record.app, record.id)
             except NotFound:
                 break
+            if (current.rotation == target.rotation and current.method == target.method
+                    and current.secret_version == target.secret_version):
+                return current  # its own write, landed with its answer lost
             if (current.rotation != record.rotation or current.method != record.method
                     or current.secret_version != record.secret_version):
                 break

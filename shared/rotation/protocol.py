@@ -216,7 +216,9 @@ class Rotator(Journaled):
             claimed = current
         if resume is not None and old_key != state.schedule_key:  # (the same key when due in the same second)
             await self._drop_entry(old_key)
-        await self._history(claimed, "running")
+        with best_effort(lambda error: log.info("Rotation of %s: its running history entry is not written (%s); "
+                                                "its outcome writes it", record.id, detail_of(error))):
+            await self._history(claimed, "running")
         return claimed
 
     async def _drop_entry(self, key: str | None) -> None:

@@ -463,3 +463,18 @@ async def test_a_create_whose_table_write_lost_its_answer_is_created_with_its_se
     assert read.status_code == 200 and read.json()["appConnection"]["name"] == name
     validated = api.post(f"{BASE}/azure-key-vault/{created.id}/validate")
     assert validated.status_code == 200, validated.text
+
+
+async def test_a_delete_whose_last_table_write_lost_its_answer_is_answered_deleted(api, admin, secrets_used):
+    """DELETE's last write, the record and its name (a `$batch` POST, not sent again), applied with its answer
+    lost: answered deleted, with what it removed (it was a 502, then a 404 to the DELETE sent again)."""
+    entra = register_app(admin, secrets_used)
+    cid = create(api, "azure-key-vault", "client-secret", entra.client_secret_body()).json()["appConnection"]["id"]
+
+    def drops(verb: str, target: str, body: bytes) -> bool:
+        return verb == "POST" and "$batch" in target and cid.encode() in body and b"DELETE " in body
+
+    async with answers_lost(drops) as (dropper, proxied):
+        deleted = await wiring.services(wiring.adapters(proxied)).connections.delete("azure-key-vault", cid)
+        assert len(dropper.dropped) == 1 and deleted.record.id == cid
+    assert api.get(f"{BASE}/azure-key-vault/{cid}").status_code == 404

@@ -25,7 +25,7 @@ from shared.errors import (
 from shared.records import ConnectionRecord
 from shared.rotation.protocol import connection_marker
 from tests.fakes import FakeVault
-from tests.lifecycle_harness import APP, ROTATION, Harness, overtaken_at
+from tests.lifecycle_harness import APP, ROTATION, Harness, fails_once, overtaken_at, own_etag
 
 
 async def stops_and_says_to_send_it_again(h: Harness, connection_id: str, force: bool = False) -> None:
@@ -745,26 +745,6 @@ async def test_the_clean_up_of_an_application_left_behind_removes_the_credential
     assert h.check() == []
 
 
-def _fails_once(h: Harness, operation: str, nth: int, applied: bool = False) -> None:
-    """The ``nth`` call from now of the connection store's ``operation`` (``update``, ``get``) fails: before it
-    is applied, or after it (its answer lost)."""
-    store = h.fakes.connections
-    original = getattr(store, operation)
-    calls = 0
-
-    async def failing(*args: Any, **kwargs: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls != nth:
-            return await original(*args, **kwargs)
-        setattr(store, operation, original)
-        if applied:
-            await original(*args, **kwargs)
-        raise UpstreamError(f"Table Storage failed (injected{', the write applied' if applied else ''}).")
-
-    setattr(store, operation, failing)
-
-
 async def _stopped_with_the_last_removal_journaled(h: Harness) -> ConnectionRecord:
     """A DELETE whose removal of the credential in use (journaled ahead) answered a 502 before Graph applied it."""
     record = await h.create()
@@ -808,7 +788,7 @@ async def test_a_journal_of_the_last_removal_that_table_storage_fails_sends_no_r
     h = Harness()
     record = await h.create()
     in_use = record.rotation.key_id
-    _fails_once(h, "update", 2, applied=applied)  # 1: the deletion mark; 2: the journal ahead of the last removal
+    fails_once(h, "update", 2, applied=applied)  # 1: the deletion mark; 2: the journal ahead of the last removal
     with pytest.raises(ServiceError) as failed:
         await h.api.delete(APP, record.id)
     assert failed.value.status == 502 and not isinstance(failed.value, CredentialsLeftLive)
@@ -862,7 +842,7 @@ async def test_a_refused_delete_whose_read_of_another_delete_fails_is_answered_a
     h = Harness()
     record = await h.create()
     h.fakes.world.apps[record.client_id or ""].may_manage_itself = False
-    _fails_once(h, "get", 2)  # 1: the DELETE's own read; 2: whether another DELETE finished it
+    fails_once(h, "get", 2)  # 1: the DELETE's own read; 2: whether another DELETE finished it
     with pytest.raises(CredentialsLeftLive):
         await h.api.delete(APP, record.id)
     after = await h.record(record.id)
@@ -1187,9 +1167,9 @@ async def test_a_new_credential_whose_write_landed_with_its_answer_lost_keeps_it
     record = await h.create(rotation=False)
     _, credentials = h.new_application()
     if answer == "upstream":
-        _fails_once(h, "update", 1, applied=True)
+        fails_once(h, "update", 1, applied=True)
     else:
-        _conflicts_once_applied(h)
+        fails_once(h, "update", applied=True, error=own_etag())
     changed = await h.api.update(APP, record.id, {"credentials": credentials})
     assert changed.client_id == credentials["clientId"]
     stored = await h.fakes.connections.get(APP, record.id)
@@ -1204,7 +1184,7 @@ async def test_a_new_credential_whose_write_did_not_land_disables_its_vault_vers
     h = Harness()
     record = await h.create(rotation=False)
     _, credentials = h.new_application()
-    _fails_once(h, "update", 1)
+    fails_once(h, "update", 1)
     with pytest.raises(UpstreamError):
         await h.api.update(APP, record.id, {"credentials": credentials})
     stored = await h.fakes.connections.get(APP, record.id)
@@ -1217,25 +1197,11 @@ async def test_a_rotated_refresh_token_whose_write_landed_with_its_answer_lost_s
     """The same for the refresh token Entra rotated to: kept, and its version enabled."""
     h = Harness()
     record = await h.create(rotation=False)
-    _conflicts_once_applied(h)
+    fails_once(h, "update", applied=True, error=own_etag())
     saved = await h.api.switch_secret(record, {"clientSecret": "the next one"}, None, {})
     stored = await h.fakes.connections.get(APP, record.id)
     assert stored.secret_version == saved.secret_version != record.secret_version
     assert h.fakes.vault.version(record.secret_name, stored.secret_version).enabled
-
-
-def _conflicts_once_applied(h: Harness) -> None:
-    """The next record write lands and its answer is lost; Table Storage's retry then meets the write's own ETag
-    (412): a conflict, as the adapter answers it."""
-    store = h.fakes.connections
-    original = store.update
-
-    async def landed(*args: Any, **kwargs: Any) -> Any:
-        store.update = original  # type: ignore[method-assign]
-        await original(*args, **kwargs)
-        raise ConcurrentChange("The connection was changed by another request (injected: its own write).")
-
-    store.update = landed  # type: ignore[method-assign]
 
 
 @pytest.mark.parametrize("rotation", [False, True])
@@ -1245,7 +1211,7 @@ async def test_a_create_whose_write_landed_with_its_answer_lost_is_answered_crea
     points at. The connection was there (its name taken: a create sent again answered 409) and could never read
     its secret. Read back, it is created."""
     h = Harness()
-    _fails_once(h, "insert", 1, applied=True)
+    fails_once(h, "insert", 1, applied=True)
     record = await h.create(rotation=rotation)
     stored = await h.fakes.connections.get(APP, record.id)
     assert stored.secret_version == record.secret_version
@@ -1255,7 +1221,7 @@ async def test_a_create_whose_write_landed_with_its_answer_lost_is_answered_crea
 
 async def test_a_create_whose_write_did_not_land_leaves_no_secret() -> None:
     h = Harness()
-    _fails_once(h, "insert", 1)
+    fails_once(h, "insert", 1)
     with pytest.raises(UpstreamError):
         await h.create(rotation=False)
     assert not h.fakes.connections.records and set(h.fakes.vault.secrets) == h.fakes.vault.deleted
@@ -1309,9 +1275,50 @@ async def test_an_edit_whose_write_landed_with_its_answer_lost_is_answered_as_ma
     h = Harness()
     record = await h.create(rotation=False)
     if answer == "upstream":
-        _fails_once(h, "update", 1, applied=True)
+        fails_once(h, "update", 1, applied=True)
     else:
-        _conflicts_once_applied(h)
+        fails_once(h, "update", applied=True, error=own_etag())
     renamed = await h.api.update(APP, record.id, {"name": "renamed"})
     assert renamed.name == "renamed" and renamed.version == record.version + 1
     assert (await h.fakes.connections.get(APP, record.id)).name == "renamed"
+
+
+async def test_a_delete_whose_last_write_landed_with_its_answer_lost_is_answered_deleted_and_forgets_the_rest(
+) -> None:
+    """Found by a review: DELETE's last write (the record and its name: one `$batch` POST, not sent again once its
+    connection dropped) landed with its answer lost: a 502, then a 404 to the DELETE sent again, so its list of
+    removed Key IDs never reached the user, and the connection's history rows were never deleted."""
+    from azure.core.exceptions import ServiceResponseError
+
+    h = Harness()
+    record = await h.create()
+    assert h.fakes.history.of(record.id)
+    fails_once(h, "delete", applied=True, error=ServiceResponseError("Connection closed before the answer (injected)"))
+    deleted = await h.api.delete(APP, record.id)
+    assert deleted.record.id == record.id and deleted.removed_key_ids == [record.rotation.key_id]
+    assert await h.record(record.id) is None and h.fakes.history.of(record.id) == []
+    assert h.check() == []
+
+
+async def test_a_rotation_whose_running_history_entry_lost_its_answer_runs() -> None:
+    """Found by a review: the attempt's `running` history entry (a Table insert: a POST, not sent again) written
+    with its answer lost stopped the rotation it had claimed: a 502, then 409 "a rotation is running" to every
+    request until the lease ran out. It is written again by the attempt's outcome."""
+    from azure.core.exceptions import ServiceResponseError
+
+    h = Harness()
+    record = await h.create()
+    history = h.fakes.history
+    original = history.record
+
+    async def lands_then_drops(event: Any) -> None:
+        await original(event)
+        if event.outcome == "running":
+            history.record = original  # type: ignore[method-assign]
+            raise ServiceResponseError("Connection closed before the answer (injected)")
+
+    history.record = lands_then_drops  # type: ignore[method-assign]
+    rotated = await h.api.rotate(APP, record.id)
+    assert rotated.rotation.status == "succeeded"
+    assert [e.outcome for e in history.of(record.id)][:1] == ["succeeded"]
+    assert h.check() == []

@@ -22,7 +22,7 @@ from shared.records import ConnectionRecord
 from shared.rotation.migration import MIGRATION_STEPS
 from shared.rotation.protocol import Checkpoint
 from tests.fakes import IDENTITY_PRINCIPAL_ID, TENANT, build_fakes
-from tests.lifecycle_harness import APP, Crash, Harness, user_operations
+from tests.lifecycle_harness import APP, Crash, Harness, fails_once, own_etag, user_operations
 
 NO_FEDERATION = {"FEDERATION_IDENTITY_CLIENT_ID": "", "FEDERATION_IDENTITY_PRINCIPAL_ID": "",
                  "FEDERATION_IDENTITY_TENANT_ID": ""}
@@ -653,4 +653,39 @@ async def test_a_key_vault_failure_in_the_clean_up_after_the_switch_is_a_502_and
     done = await h.api.migrate_to_federated(APP, record.id, {})
     assert done.method == "federated" and not done.rotation.in_progress
     assert h.fakes.world.apps[record.client_id or ""].keys == {}
+    assert h.check() == []
+
+
+async def test_moving_to_another_application_whose_write_landed_with_its_answer_lost_leaves_the_first_one(
+) -> None:
+    """Found by a review: the write of a federated connection's new application landed with its answer lost (a
+    409); the federated credential the service had added to the application it left stayed there, trusted,
+    tracked by nothing, and the PATCH sent again changed nothing. Read back, the change is made and the credential
+    left."""
+    h = Harness()
+    record = await h.create()
+    moved_once = await migrated(h, record)
+    left = h.fakes.world.apps[moved_once.client_id or ""]
+    assert moved_once.rotation.key_id in left.federated
+    other = h.fakes.world.application()
+    h.fakes.world.add_federated(other.client_id)
+    fails_once(h, "update", applied=True, error=own_etag())
+    moved = await h.api.update(APP, record.id, {"credentials": {"tenantId": TENANT, "clientId": other.client_id}})
+    assert moved.client_id == other.client_id
+    assert moved_once.rotation.key_id not in left.federated
+    assert h.check() == []
+
+
+@pytest.mark.parametrize("nth", [1, 2, 3, 4, 5, 6])  # 1 the claim, 2 before the addition, 3 added, 4 tested,
+async def test_a_migration_whose_journal_write_landed_with_its_answer_lost_goes_on(nth: int) -> None:  # 5, 6
+    """Found by a review: a migration took its own write, landed with its answer lost (the retry met its own
+    ETag), for another's. Its claim answered 409, then the lease it held refused every request for 15 minutes;
+    a step's write undid what the migration had added (a 400), or answered 409 for a migration that was done,
+    then 400 for good ("a federated connection cannot be migrated") with no audit record of its success."""
+    h = Harness()
+    record = await h.create(rotation=False)
+    fails_once(h, "update", nth, applied=True, error=own_etag())
+    done = await h.api.migrate_to_federated(APP, record.id, {})
+    assert done.method == "federated" and not done.rotation.in_progress
+    assert ("connection.migrate", "succeeded") in [(r.action, r.outcome) for r in h.fakes.audit.records]
     assert h.check() == []

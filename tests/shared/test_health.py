@@ -409,3 +409,23 @@ async def test_notices_wait_while_the_webhook_url_s_key_vault_reference_does_not
     [queued] = h.fakes.connections.outbox  # kept, not dropped as if no webhook were configured
     assert queued.attempts == 1
     assert "does not resolve" in caplog.text
+
+
+async def test_a_check_whose_write_landed_with_its_answer_lost_keeps_the_index_entry_its_record_points_at() -> None:
+    """Found by a review: a check whose write landed with its answer lost removed the index entry it had put (the
+    one the stored record now points at) before reading the record back; when that read failed too, the
+    connection was never checked again. The record is read back first."""
+    from shared.errors import UpstreamError
+    from shared.health import HealthChecker
+    from tests.lifecycle_harness import fails_once, own_etag
+
+    h = Harness()
+    record = await h.create(rotation=False)
+    checker = HealthChecker(h.fakes.adapters, h.api)
+    h.fakes.clock.advance(timedelta(days=2))  # its check is due
+    fails_once(h, "update", applied=True, error=own_etag())
+    fails_once(h, "get", 2, error=UpstreamError("Table Storage failed (injected)."))  # 1: the check's read
+    await checker.sweep()
+    stored = await h.record(record.id)
+    assert stored is not None and stored.health.checked_at == h.fakes.clock.now
+    assert stored.health.check_key in h.fakes.health_index.keys
