@@ -721,7 +721,10 @@ class ConnectionService:
                                                      lease_until=now + timedelta(seconds=DELETE_LEASE_SECONDS)))
         before = record
         try:
-            record = await self.store.update(marked)
+            try:
+                record = await self.store.update(marked)
+            except Exception as error:  # its own mark, landed with its answer lost: marked all the same
+                record = await self._landed(marked, error, lambda current: current.rotation.lease_owner == owner)
         except ConcurrentChange:
             if not await self._still_there(before):  # another DELETE finished it meanwhile
                 raise NotFound(f"No {before.app} connection has the id '{before.id}': another request deleted it "

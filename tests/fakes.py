@@ -516,6 +516,8 @@ class FakeConnections:
     def _stamp(self, record: ConnectionRecord) -> ConnectionRecord:
         stamped = replace(record, etag=f"W/{next(self._etags)}")
         self.records[(record.app, record.id)] = stamped
+        # Applied, but the answer is lost (not "store.update...": a fault armed for the next write cannot fire here)
+        self.world.check("store.landed")
         return stamped
 
     async def insert(self, record: ConnectionRecord) -> ConnectionRecord:
@@ -587,6 +589,7 @@ class FakeConnections:
             raise ConcurrentChange(f"The connection '{record.id}' was changed by another request.")
         del self.records[(record.app, record.id)]
         del self.names[(record.app, current.name.lower())]
+        self.world.check("store.landed")  # applied, but the answer is lost
 
 
 @dataclass

@@ -18,7 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from shared.errors import ServiceError
 from shared.records import ConnectionRecord
-from tests.lifecycle_harness import Crash, Harness, user_operations
+from tests.lifecycle_harness import Crash, Harness, own_etag, user_operations
 from tests.shared.rotation.test_invariants import CHECKPOINTS as ROTATION_CHECKPOINTS
 from tests.shared.rotation.test_invariants import OPERATIONS as ROTATION_OPERATIONS
 from tests.shared.test_federated import CHECKPOINTS as MIGRATION_CHECKPOINTS
@@ -36,7 +36,7 @@ OPERATIONS = [*ROTATION_OPERATIONS, "migrate"]
 CHECKPOINTS = [*ROTATION_CHECKPOINTS, *MIGRATION_CHECKPOINTS]  # a sweep resumes a migration a dead worker left
 FAULTS = ["graph.find", "graph.policy", "graph.add", "graph.add.lost", "graph.remove", "graph.removal.lost",
           "vault.write", "probe", "store.update", "history.record", "audit.append", "vault.disable", "vault.get",
-          "graph.token"]
+          "graph.token", "store.landed", "store.landed/etag"]
 
 
 class Lifecycle(RuleBasedStateMachine):
@@ -157,7 +157,10 @@ class Lifecycle(RuleBasedStateMachine):
 
     @rule(operation=st.sampled_from(FAULTS), times=st.integers(min_value=1, max_value=3))
     def azure_fails(self, operation: str, times: int) -> None:
-        self.h.fakes.world.fail_next(operation, times=times)
+        if operation == "store.landed/etag":  # a write applied, its answer lost: the PUT's retry meets its own ETag
+            self.h.fakes.world.fail_next("store.landed", own_etag(), times=times)
+        else:
+            self.h.fakes.world.fail_next(operation, times=times)
         self.h.faults_armed = True
 
     @precondition(lambda self: self.h.faults_armed)
