@@ -126,6 +126,24 @@ def schedule_of(state: RotationState) -> RotationSchedule | None:
     return RotationSchedule(state.interval_days, parse_hhmm(state.rotate_at), state.time_zone or "UTC")
 
 
+def scheduled_rotation(state: RotationState) -> datetime | None:
+    """When the schedule next rotates the credential after its last rotation (None: rotation off, or never
+    rotated)."""
+    schedule = schedule_of(state)
+    return schedule.next_due(state.last_rotated_at) if schedule and state.last_rotated_at else None
+
+
+def only_the_clean_up_due(state: RotationState, now: datetime) -> bool:
+    """What the sweep has to do for a connection whose entry is due is the clean-up of the application it left
+    (``retire_due``), not a rotation: rotation is off, or its last rotation succeeded and the next is not due."""
+    if state.in_progress or state.retire_version is None:
+        return False
+    if not state.enabled:
+        return True
+    due = scheduled_rotation(state)
+    return state.status == STATUS_SUCCEEDED and due is not None and due > now
+
+
 def secret_tags(record: ConnectionRecord, **more: str) -> dict[str, str]:
     return {"connectionId": record.id, "app": record.app, "method": record.method, **more}
 
@@ -545,12 +563,15 @@ class Rotator(Journaled):
         now = self.now()
         schedule = schedule_of(state)
         message = f"Rotated: a new {roll.noun} is in use and the previous one is revoked."
+        due = _next_rotation(schedule, now, state.pending_expires_at)
         if state.retire_version is not None:
             message += (f" The {roll.noun}s the service created on the application used before "
-                        f"({state.retire_client_id}) could not be removed yet; that is tried again at each rotation.")
+                        f"({state.retire_client_id}) could not be removed yet; that is tried again, with back-off, "
+                        "until it is done.")
+            # The sweep comes back for the clean-up (only_the_clean_up_due), not at the next rotation only.
+            due = min(due, now + backoff(1)) if due is not None else now + backoff(1)
         done = state.cleared_journal().evolve(
-            status=STATUS_SUCCEEDED, message=message,
-            last_rotated_at=now, failures=0, next_at=_next_rotation(schedule, now, state.pending_expires_at),
+            status=STATUS_SUCCEEDED, message=message, last_rotated_at=now, failures=0, next_at=due,
         )
         return await self._reschedule(record, state, done)
 
@@ -753,11 +774,12 @@ class Rotator(Journaled):
                 return None
             waiting = retire_waiting(left.rotation, error, now, keep_earlier=False).evolve(
                 lease_owner=None, lease_until=None)
+            rotation = scheduled_rotation(left.rotation)  # a rotation due before the retry is not put off
+            if rotation is not None and waiting.next_at is not None and rotation < waiting.next_at:
+                waiting = waiting.evolve(next_at=rotation)
             return await self._reschedule(left, left.rotation, waiting)
-        schedule = schedule_of(done.rotation)
         finished = done.rotation.evolve(lease_owner=None, lease_until=None, failures=0, message=None,
-                                        next_at=schedule.next_due(done.rotation.last_rotated_at)
-                                        if schedule and done.rotation.last_rotated_at else None)
+                                        next_at=scheduled_rotation(done.rotation))
         return await self._reschedule(done, done.rotation, finished)
 
     async def _apply(self, record: ConnectionRecord, still: Callable[[ConnectionRecord], bool],

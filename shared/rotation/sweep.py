@@ -19,7 +19,7 @@ from shared.ports import DueEntry
 from shared.records import ConnectionRecord
 from shared.rotation.migration import MIGRATION_STEPS, Migrator
 from shared.rotation.pacing import paced_fan_out
-from shared.rotation.protocol import Rotator
+from shared.rotation.protocol import Rotator, only_the_clean_up_due
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ async def _rotate_due(rotator: Rotator, entry: DueEntry, report: SweepReport) ->
         await adapters.schedule.remove(entry.key)
         report.stale += 1
         return
-    if not (state.enabled or state.in_progress):  # only the clean-up of a credentials change is left
+    if only_the_clean_up_due(state, rotator.now()):  # the clean-up of the application a change left
         result = await rotator.retire_due(record)
         report.outcomes[entry.connection_id] = "retired" if result is not None else "skipped"
         report.skipped += result is None

@@ -1118,9 +1118,13 @@ async def test_a_rotation_whose_clean_up_first_stops_past_its_journal_still_rota
     """Found by a review: a rotation first tries the clean-up of the application left behind; once that wrote its
     journal and failed, the rotation went on from the record as it was before, and stopped (LeaseLost) at its
     first step, holding the lease. The clean-up's failure does not stop the rotation of the credential in use."""
+    from shared.rotation.protocol import scheduled_rotation
+
     h = Harness()
     waiting = await _left_behind_waiting_for_the_sweep(h, rotation=True)
-    await h.due()
+    rotation = scheduled_rotation(waiting.rotation)
+    assert rotation is not None
+    h.fakes.clock.now = rotation + timedelta(minutes=1)  # the rotation is due (not only the clean-up's retry)
     await h.sweep()
     after = await h.record(waiting.id)
     assert after is not None and after.rotation.rotation_id is None and after.rotation.lease_owner is None

@@ -200,3 +200,32 @@ async def test_a_claim_due_in_the_same_second_as_before_keeps_the_entry_it_point
     await h.sweep()
     after = await h.record(record.id)
     assert after is not None and after.rotation.status == "succeeded" and h.check() == []
+
+
+@pytest.mark.parametrize("method", ["client-secret", "certificate"])
+async def test_a_clean_up_a_rotation_could_not_finish_is_tried_again_by_the_next_sweep_not_the_next_rotation(
+        method: str) -> None:
+    """Found by the stateful test: a credentials change whose clean-up of what the service had made on the
+    application failed, and failed again before the rotation that followed, was left to the next rotation, up to
+    an interval later (its secrets live there all that time). The rotation's next due time is now the clean-up's
+    retry, when that comes first; the sweep then does only the clean-up, and the rotation stays on schedule."""
+    h = Harness(method=method)
+    record = await h.create()
+    h.fakes.world.fail_next("graph.remove", times=2)
+    h.faults_armed = True
+    outcome = await user_operations(h, record.id)["patch-credentials"]()
+    assert outcome.status == 200
+    changed = await h.record(record.id)
+    assert changed is not None and changed.rotation.retire_version is not None
+    rotation = changed.rotation.last_rotated_at
+    assert changed.rotation.next_at is not None and changed.rotation.next_at < h.fakes.clock.now + timedelta(days=1)
+    h.fakes.world.clear_faults()
+    h.faults_armed = False
+    h.fakes.clock.advance(timedelta(days=1))
+    await h.sweep()
+    done = await h.record(record.id)
+    assert done is not None and done.rotation.retire_version is None
+    assert done.rotation.last_rotated_at == rotation  # not rotated again for it
+    assert done.rotation.next_at is not None and done.rotation.next_at > h.fakes.clock.now + timedelta(days=25)
+    assert done.rotation.schedule_key in h.fakes.schedule.keys
+    assert h.check() == []
