@@ -40,6 +40,7 @@ _Made = TypeVar("_Made")
 
 
 SYSTEM = Actor("system", "rotation runner", "system")
+HEALTH_RUNNER = Actor("system", "health runner", "system")
 
 
 @dataclass(frozen=True)

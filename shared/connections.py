@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.apps import APPS, AppSpec, Method, method_spec
-from shared.audit import acting_actor
+from shared.audit import STARTED, acting_actor
 from shared.credentials import parse_certificate_async
 from shared.errors import (
     ConcurrentChange,
@@ -129,6 +129,9 @@ class Deleted:
     removed_key_ids: list[str]
     key_ids_left_live: list[str]
     applications_not_read: list[str] = field(default_factory=list)
+
+
+STORE_REFRESH_TOKEN = "connection.store-refresh-token"  # the audit action of keeping a rotated refresh token
 
 
 class ConnectionService:
@@ -1081,14 +1084,27 @@ class ConnectionService:
         or refreshed elsewhere), that one is newer and stays."""
         used = record.secret_version
         current = record
-        for _ in range(5):
-            try:
-                return await self.switch_secret(current, {"refreshToken": refresh_token}, None, {}), True
-            except ConcurrentChange:
-                current = await self.store.get(record.app, record.id)
-                if current.secret_version != used:
-                    return current, False
-        raise ConcurrentChange(f"The connection '{record.id}' kept changing; its refresh token could not be saved.")
+        audit = self.rotator.audit
+        where = {"app": record.app, "connection_id": record.id, "connection_name": record.name}
+        # New secret material in Key Vault: audited before it is written (fail closed) and after.
+        await audit.record(STORE_REFRESH_TOKEN, STARTED, **where, detail="Entra rotated the refresh token")
+        try:
+            for _ in range(5):
+                try:
+                    saved = await self.switch_secret(current, {"refreshToken": refresh_token}, None, {})
+                    await audit.record(STORE_REFRESH_TOKEN, "succeeded", **where)
+                    return saved, True
+                except ConcurrentChange:
+                    current = await self.store.get(record.app, record.id)
+                    if current.secret_version != used:
+                        await audit.record(STORE_REFRESH_TOKEN, "superseded", **where,
+                                           detail="another refresh token became current meanwhile")
+                        return current, False
+            raise ConcurrentChange(
+                f"The connection '{record.id}' kept changing; its refresh token could not be saved.")
+        except Exception as error:
+            await audit.record(STORE_REFRESH_TOKEN, "failed", **where, detail=type(error).__name__)
+            raise
 
 
 def federated_credential_kept(record: ConnectionRecord, tenant_id: str, client_id: str) -> str | None:

@@ -21,8 +21,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.apps import Method, find_app
+from shared.audit import HEALTH_RUNNER, STARTED, RequestContext, acting
 from shared.connections import ConnectionService
 from shared.errors import (
+    AuditUnavailable,
     ConcurrentChange,
     CredentialRejected,
     NotFound,
@@ -49,6 +51,7 @@ from shared.rotation.pacing import paced_fan_out
 
 log = logging.getLogger(__name__)
 
+CHECK = "connection.check-health"  # the audit action, as POST .../health records it
 REQUEST_DELIVERY_BUDGET = 10.0  # seconds POST .../health may spend sending notifications before it answers
 
 # How bad a status is (status_of's order): an unchecked credential's known expiry only ever makes it worse.
@@ -218,7 +221,25 @@ class HealthChecker:
             await self.adapters.health_index.remove(entry.key)
             report.stale += 1
             return
-        checked = await self.check(record)
+        audit = self.connections.rotator.audit
+        with acting(RequestContext(HEALTH_RUNNER)):
+            # The check signs in with the connection's credential and records what it found: audited before it
+            # runs (fail closed: an entry whose record cannot be written stays due for the next sweep) and after.
+            try:
+                await audit.record(CHECK, STARTED, app=record.app, connection_id=record.id,
+                                   connection_name=record.name)
+            except AuditUnavailable:
+                log.warning("Health check of %s connection %s put off: the audit log cannot be written",
+                            record.app, record.id)
+                return
+            try:
+                checked = await self.check(record)
+            except Exception as error:
+                await audit.record(CHECK, "failed", app=record.app, connection_id=record.id,
+                                   connection_name=record.name, detail=type(error).__name__)
+                raise
+            await audit.record(CHECK, checked.health.status, app=record.app, connection_id=record.id,
+                               connection_name=checked.name)
         report.checked += 1
         report.statuses[checked.health.status] = report.statuses.get(checked.health.status, 0) + 1
 

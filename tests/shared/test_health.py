@@ -429,3 +429,33 @@ async def test_a_check_whose_write_landed_with_its_answer_lost_keeps_the_index_e
     stored = await h.record(record.id)
     assert stored is not None and stored.health.checked_at == h.fakes.clock.now
     assert stored.health.check_key in h.fakes.health_index.keys
+
+
+async def test_the_health_runner_audits_each_check_and_the_refresh_token_it_stores_before_it_runs() -> None:
+    """Found by a review: the health sweep signed in with each connection's credential, changed its status and, for
+    an OAuth connection, stored the refresh token Entra rotated to in Key Vault, and recorded none of it. Each
+    check is now audited as the health runner, before (fail closed) and after, and so is the token stored."""
+    from shared.errors import UpstreamError
+    from tests.lifecycle_harness import reauthorize_oauth
+
+    h = Harness()
+    record = await h.create(rotation=False)
+    oauth = await reauthorize_oauth(h)
+    checker = HealthChecker(h.fakes.adapters, h.api)
+    seen = len(h.fakes.audit.records)
+    h.fakes.clock.advance(timedelta(days=2))
+    await checker.sweep()
+    records = h.fakes.audit.records[seen:]
+    checks = [(r.connection_id, r.outcome) for r in records if r.action == "connection.check-health"]
+    assert sorted(checks) == sorted([(record.id, "started"), (record.id, "healthy"), (oauth.id, "started"),
+                                     (oauth.id, "healthy")])
+    assert {r.actor.name for r in records} == {"health runner"}
+    stored = [r.outcome for r in records if r.action == "connection.store-refresh-token"]
+    assert stored == ["started", "succeeded"]
+    assert (await h.record(oauth.id) or oauth).secret_version != oauth.secret_version
+    # The audit log down: nothing is checked (the entries stay due), and nothing changes.
+    h.fakes.clock.advance(timedelta(days=2))
+    before = {r.id: r for r in h.fakes.connections.records.values()}
+    h.fakes.world.fail_next("audit.append", UpstreamError("Table Storage failed (injected)."), times=10)
+    report = await checker.sweep()
+    assert report.checked == 0 and {r.id: r for r in h.fakes.connections.records.values()} == before
