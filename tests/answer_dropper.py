@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from shared.azure.clients import AzureClients
 
 # (method, target, body) -> whether this request's answer is lost
 Picks = Callable[[str, str, bytes], bool]
@@ -78,3 +82,28 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
         while chunk := await source.read(65536):
             sink.write(chunk)
             await sink.drain()
+
+
+@contextlib.asynccontextmanager
+async def answers_lost(drops: Picks) -> AsyncIterator[tuple[AnswerDropper, AzureClients]]:
+    """The service's clients (from its settings) with their Table Storage calls through an :class:`AnswerDropper`
+    in front of Azurite."""
+    from dataclasses import replace
+    from urllib.parse import urlsplit
+
+    from shared.azure.clients import AzureClients
+    from shared.settings import StorageSettings, get_settings
+
+    settings = get_settings()
+    plain = settings.storage.connection_string or ""
+    endpoint = next(part.split("=", 1)[1] for part in plain.split(";") if part.startswith("TableEndpoint="))
+    table = urlsplit(endpoint)
+    dropper = AnswerDropper(table.hostname or "", table.port or 0, drops)
+    port = await dropper.start()
+    proxied = AzureClients(replace(settings, storage=StorageSettings(
+        connection_string=plain.replace(endpoint, endpoint.replace(f":{table.port}", f":{port}")))))
+    try:
+        yield dropper, proxied
+    finally:
+        await dropper.stop()
+        await proxied.close()

@@ -31,5 +31,5 @@ class OAuthStateReads:
             return False
         entities, _ = await self._reads.query_page(
             OAUTH_STATES_TABLE, "PartitionKey eq @bucket and RowKey eq @key", {"bucket": keys[0], "key": keys[1]},
-            top=1, select=["RowKey"])
-        return any(entity.get("RowKey") == keys[1] for entity in entities)
+            top=1, select=["RowKey", "TakenBy"])  # (``TAKEN_BY``: a state marked taken is used)
+        return any(entity.get("RowKey") == keys[1] and not entity.get("TakenBy") for entity in entities)

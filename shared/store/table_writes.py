@@ -24,6 +24,7 @@ Any other value is a ``TypeError``, raised before anything is sent.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -31,6 +32,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from shared.errors import UpstreamError
 from shared.store.table_reads import Entity, TableReads, error_code
 
 if TYPE_CHECKING:
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 
 # What the SDK sends: the body's type, and no entity echoed back.
 CONTENT_TYPE = "application/json;odata=nometadata"
+TAKEN_BY = "TakenBy"  # the mark of a single-use entity's taker (``TableWrites.take``)
 _NO_CONTENT = {"Prefer": "return-no-content"}
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63
@@ -241,11 +244,29 @@ class TableWrites(TableReads):
         raise self._failed(response)
 
     async def take(self, suffix: str, partition_key: str, row_key: str) -> Entity | None:
-        """A single-use entity (a pending sign-in): read, then deleted under its ETag, so that of two takers one
-        wins. None when it does not exist or another took it first."""
+        """A single-use entity (a pending sign-in): read, then marked taken by this caller under its ETag (``TakenBy``,
+        a value of its own), so that of two takers one wins, then deleted. None when it does not exist, or another
+        took it first. The mark, not the deletion, decides: a merge whose answer was lost (a PATCH with ``If-Match``
+        is not sent again) is read back, and is this caller's when the mark is its own; a deletion sent again after
+        its connection dropped is answered 404 whoever applied it, and could not tell. The deletion is best effort
+        (an entity left marked is taken by nobody, and its hour's purge deletes it)."""
+        import secrets
+
         entity = await self.get_entity(suffix, partition_key, row_key)
-        if entity is None or not await self.delete(suffix, partition_key, row_key, etag=entity.metadata["etag"]):
+        if entity is None or entity.get(TAKEN_BY):
             return None
+        mark = secrets.token_hex(16)
+        try:
+            won = await self.merge(suffix, partition_key, row_key, {TAKEN_BY: mark}, etag=entity.metadata["etag"])
+        except UpstreamError:
+            again = await self.get_entity(suffix, partition_key, row_key)
+            if again is not None and not again.get(TAKEN_BY):
+                raise  # not applied: the failure as it was (the entity is still there to take)
+            won = again is not None and again.get(TAKEN_BY) == mark
+        if not won:
+            return None
+        with contextlib.suppress(UpstreamError):  # marked taken: nobody takes it again
+            await self.delete(suffix, partition_key, row_key)
         return entity
 
     async def delete_page(self, suffix: str, query_filter: str, parameters: Mapping[str, str], *, top: int) -> int:

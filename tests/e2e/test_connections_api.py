@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit
 
 import pytest
 
 from shared import wiring
-from shared.azure.clients import AzureClients
-from shared.settings import StorageSettings, get_settings
 from shared.store.tables import ConnectionsTable
 from shared.store.vault import SecretVault
-from tests.answer_dropper import AnswerDropper, Picks
+from tests.answer_dropper import answers_lost
 from tests.e2e.entra import add_secret, certificate_body, register_app
 
 pytestmark = pytest.mark.e2e
@@ -395,24 +389,6 @@ def test_concurrent_patches_never_lose_an_update(api, admin, secrets_used):
 
 
 # -- a write whose answer was lost ------------------------------------------------------------------
-@contextlib.asynccontextmanager
-async def answers_lost(drops: Picks) -> AsyncIterator[tuple[AnswerDropper, AzureClients]]:
-    """Clients whose Table Storage calls go through an :class:`AnswerDropper` in front of Azurite."""
-    settings = get_settings()
-    plain = settings.storage.connection_string or ""
-    endpoint = next(part.split("=", 1)[1] for part in plain.split(";") if part.startswith("TableEndpoint="))
-    table = urlsplit(endpoint)
-    dropper = AnswerDropper(table.hostname or "", table.port or 0, drops)
-    port = await dropper.start()
-    proxied = AzureClients(replace(settings, storage=StorageSettings(
-        connection_string=plain.replace(endpoint, endpoint.replace(f":{table.port}", f":{port}")))))
-    try:
-        yield dropper, proxied
-    finally:
-        await dropper.stop()
-        await proxied.close()
-
-
 @pytest.mark.parametrize(("method", "renamed"), [("client-secret", False), ("certificate", True)])
 async def test_new_credentials_whose_table_write_lost_its_answer_keep_the_secret_version_they_point_at(
         api, admin, secrets_used, method, renamed):

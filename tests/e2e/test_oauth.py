@@ -541,3 +541,35 @@ def test_reauthorizing_as_another_person_needs_allow_different_user_and_is_audit
     assert outcomes[0] == ("connection.reauthorize", "succeeded")
     # the callback's records name the browser that brought the answer back (here httpx), not nobody
     assert all((e["userAgent"] or "").startswith("python-httpx/") and e["requestId"] for e in records)
+
+
+@pytest.mark.parametrize("lost", ["PATCH", "DELETE"])
+async def test_a_state_taken_with_its_answer_lost_is_this_callback_s_and_no_other_s(local_env, lost: str) -> None:
+    """Found by a review: the take of a state was its deletion under its ETag; one applied with its answer lost was
+    sent again, answered 404 and taken for another's, and the callback that had consumed it was refused as 'unknown
+    or already used' (the person had to consent again). The take is now the state marked with the taker's own
+    value (a PATCH, not sent again: read back), then deleted: with either answer lost, the callback has it, and
+    nobody else can take it or see it pending."""
+    from shared.records import PendingAuthorization
+    from shared.store.oauth_state_reads import OAuthStateReads
+    from shared.store.oauth_states import OAuthStates, new_state
+    from shared.store.table_reads import TableReads
+    from tests.answer_dropper import answers_lost
+
+    now = datetime.now(UTC)
+    value = new_state(now + timedelta(minutes=10))
+    pending = PendingAuthorization(app="azure-client-secrets", client_id="c", redirect_uri="https://x/cb",
+                                   verifier="v" * 43, created_at=now, expires_at=now + timedelta(minutes=10),
+                                   name=f"n-{uuid.uuid4().hex[:8]}")
+
+    def drops(verb: str, target: str, body: bytes) -> bool:
+        return verb == lost and OAUTH_STATES_TABLE in target
+
+    async with answers_lost(drops) as (dropper, proxied):
+        states = OAuthStates(proxied)
+        await states.put(value, pending)
+        taken = await states.take(value)
+        assert [name.split(" ")[0] for name in dropper.dropped] == [lost]
+        assert taken is not None and taken.name == pending.name
+        assert await states.take(value) is None  # single use all the same
+        assert await OAuthStateReads(TableReads(proxied)).pending(value) is False

@@ -56,7 +56,7 @@ def test_an_unknown_state_is_refused_with_one_lean_read_and_nothing_of_the_flow_
     assert "This sign-in answer is unknown or was already used." in str(result["body"])
     requests = result["requests"]
     assert isinstance(requests, list) and len(requests) == 1 and requests[0][0] == "GET"
-    assert "OAuthStates()" in requests[0][1] and requests[0][1].endswith("&$select=RowKey")
+    assert "OAuthStates()" in requests[0][1] and requests[0][1].endswith("&$select=RowKey%2CTakenBy")
     loaded = set(result["modules"])  # type: ignore[arg-type]
     assert {"shared.oauth_callback", "shared.store.oauth_state_reads", "shared.azure.rest"} <= loaded
     assert [name for name in FLOW_ONLY if name in loaded] == []
