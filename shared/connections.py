@@ -583,9 +583,12 @@ class ConnectionService:
                         error.detail)
             current = await self.store.get(record.app, record.id)  # the lease was taken and given back meanwhile
             state = current.rotation
-            if state.retire_version != record.rotation.retire_version or state.leased(self.now()):
+            ours = state.lease_owner == self.rotator.owner  # a release of its own that got no answer
+            if state.retire_version != record.rotation.retire_version or (state.leased(self.now()) and not ours):
                 return current  # done meanwhile, or another request's or worker's now
             waiting = retire_waiting(state, error, self.now(), keep_earlier=True)
+            if ours:
+                waiting = waiting.evolve(lease_owner=None, lease_until=None)
             try:
                 saved = await self.store.update(current.evolve(rotation=waiting))
             except ConcurrentChange:

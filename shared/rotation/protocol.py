@@ -49,6 +49,7 @@ from shared.errors import (
     VersionDisabled,
     best_effort,
     detail_of,
+    failed_upstream,
 )
 from shared.expiry import status_of
 from shared.json_codec import iso
@@ -730,7 +731,8 @@ class Rotator(Journaled):
             return None
         try:
             claimed = await self._apply(record, free, lambda current: current.evolve(rotation=current.rotation.evolve(
-                lease_owner=self.owner, lease_until=self.now() + self.options.lease)))
+                lease_owner=self.owner, lease_until=self.now() + self.options.lease)),
+                landed=lambda current: current.rotation.lease_owner == self.owner)
         except (LeaseLost, NotFound):
             return None
         return claimed if claimed.rotation.lease_owner == self.owner else None
@@ -783,8 +785,11 @@ class Rotator(Journaled):
         return await self._reschedule(done, done.rotation, finished)
 
     async def _apply(self, record: ConnectionRecord, still: Callable[[ConnectionRecord], bool],
-                     change: Callable[[ConnectionRecord], ConnectionRecord]) -> ConnectionRecord:
-        """Write ``change`` of the record, again on top of a concurrent edit while ``still`` holds of it."""
+                     change: Callable[[ConnectionRecord], ConnectionRecord],
+                     landed: Callable[[ConnectionRecord], bool] | None = None) -> ConnectionRecord:
+        """Write ``change`` of the record, again on top of a concurrent edit while ``still`` holds of it. A write
+        that got no answer is read back: its own when ``landed`` says so of the record (by default, when the change
+        would change nothing more), else its failure is raised."""
         store = self.adapters.connections
         current = record
         for _ in range(3):
@@ -794,6 +799,17 @@ class Rotator(Journaled):
                 current = await store.get(record.app, record.id)
                 if not still(current):
                     return current
+            except Exception as error:  # no answer: the write may have landed all the same
+                if not failed_upstream(error):
+                    raise
+                try:
+                    current = await store.get(record.app, record.id)
+                except Exception:
+                    raise error from None
+                if not still(current) or not (landed(current) if landed is not None
+                                              else change(current).evolve(etag=current.etag) == current):
+                    raise
+                return current  # its own write, landed with its answer lost
         raise LeaseLost(f"The connection {record.id} kept changing.")
 
     async def remove_all(self, record: ConnectionRecord, progress: Removals | None = None,

@@ -1326,3 +1326,31 @@ async def test_a_rotation_whose_running_history_entry_lost_its_answer_runs() -> 
     assert rotated.rotation.status == "succeeded"
     assert [e.outcome for e in history.of(record.id)][:1] == ["succeeded"]
     assert h.check() == []
+
+
+@pytest.mark.parametrize("lost", [1, 2, 3], ids=["the change", "the change and the lease", "and the release"])
+async def test_a_credentials_change_whose_writes_landed_with_their_answers_lost_finishes_its_clean_up(
+        lost: int) -> None:
+    """Found by the stateful test (a Table write applied, its answer lost): the lease a credentials change takes for
+    the clean-up of the application it leaves was taken for another's when its write landed unanswered; the
+    change kept it (every request 409 for ten minutes) and, with rotation off, nothing was scheduled to finish
+    the clean-up: the service's secrets stayed live there. Its own lease is now known as its own."""
+    from tests.lifecycle_harness import user_operations
+
+    h = Harness()
+    record = await h.create()
+    await h.api.update(APP, record.id, {"isAutoRotationEnabled": False})
+    for _ in range(lost):
+        h.fakes.world.fail_next("store.landed")
+    h.faults_armed = True
+    outcome = await user_operations(h, record.id)["patch-credentials"]()
+    assert outcome.status == 200, outcome.error
+    h.fakes.world.clear_faults()
+    h.faults_armed = False
+    for _ in range(3):
+        h.fakes.clock.advance(timedelta(days=1))
+        await h.sweep()
+    done = await h.record(record.id)
+    assert done is not None and done.rotation.retire_version is None and done.rotation.lease_owner is None
+    assert record.rotation.key_id not in h.fakes.world.apps[record.client_id or ""].passwords
+    assert h.check() == [] and h.unscheduled() == []
