@@ -29,7 +29,6 @@ unless asked.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import uuid
@@ -354,10 +353,14 @@ class Migrator(Journaled):
             due = self.now() + backoff(failed.failures)
 
         async def point(key: str | None) -> ConnectionRecord:
-            with contextlib.suppress(ConcurrentChange):
+            try:
                 return await self.adapters.connections.update(
                     current.evolve(rotation=failed.evolve(next_at=due, schedule_key=key)))
-            return current
+            except ConcurrentChange:  # another write, or its own that landed with its answer lost: as it is now
+                try:
+                    return await self.adapters.connections.get(current.app, current.id)
+                except NotFound:
+                    return current
 
         await reindex(self.adapters.schedule, state.schedule_key, due, current, point)
         await self.audit.record("connection.migrate", STATUS_FAILED, app=current.app, connection_id=current.id,

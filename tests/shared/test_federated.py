@@ -689,3 +689,33 @@ async def test_a_migration_whose_journal_write_landed_with_its_answer_lost_goes_
     assert done.method == "federated" and not done.rotation.in_progress
     assert ("connection.migrate", "succeeded") in [(r.action, r.outcome) for r in h.fakes.audit.records]
     assert h.check() == []
+
+
+async def test_a_failed_migration_whose_last_write_landed_with_its_answer_lost_stays_scheduled() -> None:
+    """Found by the stateful test: a migration that failed wrote its failure with the schedule entry of its retry;
+    that write landed with its answer lost (a conflict with its own ETag), and it then removed that entry as one
+    nothing pointed at. The connection pointed at an entry that was gone: the sweep never resumed the migration."""
+    h = Harness()
+    record = await h.create(rotation=False)
+    h.fakes.world.fail_next("graph.find", times=2)  # the addition, and the clean-up of what it may have added
+    store = h.fakes.connections
+    update = store.update
+
+    async def landed(target: ConnectionRecord, *args: Any, **kwargs: Any) -> ConnectionRecord:
+        saved = await update(target, *args, **kwargs)
+        if target.rotation.status == "failed":
+            store.update = update  # type: ignore[method-assign]
+            raise own_etag()
+        return saved
+
+    store.update = landed  # type: ignore[method-assign]
+    with pytest.raises(ServiceError):
+        await h.api.migrate_to_federated(APP, record.id, {})
+    failed = await h.record(record.id)
+    assert failed is not None and failed.rotation.status == "failed" and failed.rotation.step in MIGRATION_STEPS
+    assert h.unscheduled() == []
+    h.fakes.clock.now = (failed.rotation.next_at or h.fakes.clock.now) + timedelta(minutes=1)
+    await h.sweep()
+    done = await h.record(record.id)
+    assert done is not None and done.method == "federated"
+    assert h.check() == []
