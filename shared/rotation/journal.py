@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from shared.audit import AuditLog
 from shared.azure.retry import jittered
-from shared.errors import CredentialRejected, LeaseLost, ServiceError, UpstreamError
+from shared.errors import ConcurrentChange, CredentialRejected, LeaseLost, NotFound, ServiceError, UpstreamError
 from shared.ports import Adapters
 from shared.records import STATUS_ROTATING, ConnectionRecord, RotationEvent, RotationState
 
@@ -114,6 +114,23 @@ class Journaled:
         """``state`` claimed by this worker at ``now``: a new attempt under way, leased until the lease runs out."""
         return state.evolve(status=STATUS_ROTATING, last_attempt_at=now, attempt_started_at=now,
                             lease_owner=self.owner, lease_until=now + self.options.lease, **changes)
+
+    async def _write_claim(self, record: ConnectionRecord,
+                           state: RotationState) -> tuple[ConnectionRecord | None, ConnectionRecord | None]:
+        """Write the claim ``state`` over ``record`` (guarded by its ETag): the record claimed, or None and the
+        record as another change left it (None when deleted). A write that landed with its answer lost (the retry
+        met its own ETag) is claimed all the same."""
+        store = self.adapters.connections
+        try:
+            return await store.update(record.evolve(rotation=state)), None
+        except (ConcurrentChange, NotFound):
+            try:
+                current: ConnectionRecord | None = await store.get(record.app, record.id)
+            except NotFound:
+                current = None
+            if current is not None and current.rotation == state:
+                return current, None
+            return None, current
 
     def _removal(self, record: ConnectionRecord) -> RemovalAudit:
         async def audit(object_id: str, key_id: str, remove: Callable[[], Awaitable[None]]) -> None:

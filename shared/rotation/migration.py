@@ -131,18 +131,9 @@ class Migrator(Journaled):
         key = await self.adapters.schedule.put(lease_until, record.app, record.id)
         claimed_state = self._leased(state, now, message="Migrating to the federated method.", next_at=lease_until,
                                      schedule_key=key)
-        try:
-            claimed = await self.adapters.connections.update(record.evolve(rotation=claimed_state))
-        except (ConcurrentChange, NotFound):
-            # Its own write may have landed, its answer lost (the retry met its own ETag): claimed all the same.
-            try:
-                current: ConnectionRecord | None = await self.adapters.connections.get(record.app, record.id)
-            except NotFound:
-                current = None
-            if current is None or current.rotation != claimed_state:
-                raise ConcurrentChange("The connection changed while the migration was starting; try again."
-                                       ) from None
-            claimed = current
+        claimed, _ = await self._write_claim(record, claimed_state)
+        if claimed is None:
+            raise ConcurrentChange("The connection changed while the migration was starting; try again.")
         if record.rotation.schedule_key and record.rotation.schedule_key != key:
             await self.adapters.schedule.remove(record.rotation.schedule_key)
         with best_effort(lambda error: log.info("Migration of %s: its running history entry is not written (%s); "

@@ -220,19 +220,11 @@ class Rotator(Journaled):
         if resume is not None:
             state = state.evolve(next_at=resume, schedule_key=await self.adapters.schedule.put(
                 resume, record.app, record.id))
-        try:
-            claimed = await self.adapters.connections.update(record.evolve(rotation=state))
-        except (ConcurrentChange, NotFound):
-            # Its own write may have landed, its answer lost (the retry met its own ETag): claimed all the same.
-            try:
-                current: ConnectionRecord | None = await self.adapters.connections.get(record.app, record.id)
-            except NotFound:
-                current = None
-            if current is None or current.rotation != state:
-                if resume is not None and (current is None or current.rotation.schedule_key != state.schedule_key):
-                    await self._drop_entry(state.schedule_key)  # nothing points at it
-                return None
-            claimed = current
+        claimed, current = await self._write_claim(record, state)
+        if claimed is None:
+            if resume is not None and (current is None or current.rotation.schedule_key != state.schedule_key):
+                await self._drop_entry(state.schedule_key)  # nothing points at it
+            return None
         if resume is not None and old_key != state.schedule_key:  # (the same key when due in the same second)
             await self._drop_entry(old_key)
         with best_effort(lambda error: log.info("Rotation of %s: its running history entry is not written (%s); "
