@@ -785,15 +785,11 @@ class ConnectionService:
                 await self.vault.delete(record.secret_name)
             try:
                 await self.store.delete(record)
-            except (ConcurrentChange, NotFound):
-                if await self._still_there(record):
+            except Exception as error:  # gone all the same (only a DELETE deletes it): another DELETE's meanwhile,
+                if not failed_upstream(error) or await self._still_there(record):  # or its own, its answer lost
                     raise
-                log.info("Connection %s was deleted by another DELETE meanwhile", record.id)
-            except Exception as error:  # its answer lost: deleted if it is gone (only a DELETE deletes it)
-                if not failed_upstream(error) or await self._still_there(record):
-                    raise
-                log.info("Connection %s: its deletion landed though its answer was lost (%s)", record.id,
-                         detail_of(error))
+                log.info("Connection %s is deleted (by another DELETE meanwhile, or its answer was lost: %s)",
+                         record.id, detail_of(error))
         except NotFound:  # another DELETE, which came in while this one removed, finished it
             log.info("Connection %s was deleted by another DELETE meanwhile", record.id)
             return Deleted(record, progress.removed, left, unread)

@@ -160,19 +160,16 @@ class HealthChecker:
                 saved = await store.update(target, notify=[notice] if notice else [])
             except ConcurrentChange:
                 try:
-                    fresh = await store.get(record.app, record.id)
+                    fresh: ConnectionRecord | None = await store.get(record.app, record.id)
                 except NotFound:
+                    fresh = None
+                if fresh is None or fresh.health.check_key != key:  # not its own write, landed with its answer lost
                     await index.remove(key if key != current.health.check_key else None)
-                    return current
-                if fresh.health.check_key == key:  # its own write, landed with its answer lost
-                    if current.health.check_key and current.health.check_key != key:
-                        await index.remove(current.health.check_key)
-                    return fresh
-                await index.remove(key if key != current.health.check_key else None)
-                if fresh.secret_version != current.secret_version:  # new credentials: their own check is newer
-                    return fresh
-                current = fresh
-                continue
+                    if fresh is None or fresh.secret_version != current.secret_version:
+                        return fresh or current  # deleted; or new credentials, whose own check is newer
+                    current = fresh
+                    continue
+                saved = fresh
             if current.health.check_key and current.health.check_key != key:
                 await index.remove(current.health.check_key)
             return saved
