@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from shared.store.oauth_states import OAUTH_STATES_TABLE, state_keys
+from shared.store.table_reads import TAKEN_BY
 
 if TYPE_CHECKING:
     from shared.store.table_reads import TableReads
@@ -31,5 +32,5 @@ class OAuthStateReads:
             return False
         entities, _ = await self._reads.query_page(
             OAUTH_STATES_TABLE, "PartitionKey eq @bucket and RowKey eq @key", {"bucket": keys[0], "key": keys[1]},
-            top=1, select=["RowKey", "TakenBy"])  # (``TAKEN_BY``: a state marked taken is used)
-        return any(entity.get("RowKey") == keys[1] and not entity.get("TakenBy") for entity in entities)
+            top=1, select=["RowKey", TAKEN_BY])
+        return any(entity.get("RowKey") == keys[1] and not entity.get(TAKEN_BY) for entity in entities)

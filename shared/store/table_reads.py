@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 API_VERSION = "2019-02-02"  # the SDK's
 ACCEPT = "application/json;odata=minimalmetadata"
+TAKEN_BY = "TakenBy"  # the mark of a single-use entity's taker (``TableWrites.take``): it is used
 NEXT_PARTITION_KEY = "x-ms-continuation-nextpartitionkey"
 NEXT_ROW_KEY = "x-ms-continuation-nextrowkey"
 _Read = TypeVar("_Read")

@@ -33,14 +33,13 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from shared.errors import UpstreamError
-from shared.store.table_reads import Entity, TableReads, error_code
+from shared.store.table_reads import TAKEN_BY, Entity, TableReads, error_code
 
 if TYPE_CHECKING:
     from shared.azure.rest import Response
 
 # What the SDK sends: the body's type, and no entity echoed back.
 CONTENT_TYPE = "application/json;odata=nometadata"
-TAKEN_BY = "TakenBy"  # the mark of a single-use entity's taker (``TableWrites.take``)
 _NO_CONTENT = {"Prefer": "return-no-content"}
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63
