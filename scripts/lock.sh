@@ -31,7 +31,7 @@ compile() {
   UV_CACHE_DIR="${UV_CACHE_DIR:-$VENV/cache}" "$VENV/bin/uv" pip compile --quiet "$1" --output-file "$2" \
     --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
     --index-url https://pypi.org/simple --no-config \
-    --custom-compile-command "bash scripts/lock.sh" "${@:3}"
+    --custom-compile-command "bash scripts/lock.sh" --no-strip-extras "${@:3}"
 }
 compile requirements.in requirements.txt "$@"
 compile requirements-dev.in requirements-dev.txt "$@"

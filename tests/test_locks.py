@@ -30,13 +30,18 @@ LOCKS = {  # .in file -> its lock
     "requirements-infra.in": "requirements-infra.txt",
     "requirements-lock.in": "requirements-lock.txt",
 }
-PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[([A-Za-z0-9._,-]+)\])?==([^\s;\\]+)")
 
 
 def locked(lock: str) -> dict[str, tuple[str, frozenset[str]]]:
     """A lock's packages: canonical name -> (version, hashes). Fails on any requirement that is not a hashed pin."""
+    return {name: (version, hashes) for name, (version, _, hashes) in pins_with_extras(lock).items()}
+
+
+def pins_with_extras(lock: str) -> dict[str, tuple[str, frozenset[str], frozenset[str]]]:
+    """A lock's packages: canonical name -> (version, extras it is locked with, hashes)."""
     text = (ROOT / lock).read_text().replace("\\\n", " ")
-    packages: dict[str, tuple[str, frozenset[str]]] = {}
+    packages: dict[str, tuple[str, frozenset[str], frozenset[str]]] = {}
     for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
@@ -49,7 +54,8 @@ def locked(lock: str) -> dict[str, tuple[str, frozenset[str]]]:
         assert len(hashes) == line.count("--hash"), f"{lock}: {match[1]} has a hash that is not sha256"
         name = canonicalize_name(match[1])
         assert name not in packages, f"{lock}: {name} twice"
-        packages[name] = (match[2], hashes)
+        extras = frozenset(canonicalize_name(extra) for extra in (match[2] or "").split(",") if extra)
+        packages[name] = (match[3], extras, hashes)
     assert packages, f"{lock} is empty"
     return packages
 
@@ -104,6 +110,27 @@ def test_the_test_venv_is_exactly_the_dev_lock_and_the_lock_is_closed_under_requ
             if canonicalize_name(requirement.name) not in dev:
                 missing.setdefault(name, []).append(spec)
     assert not missing, f"requirements-dev.txt lacks dependencies of its packages: {missing}"
+
+
+@pytest.mark.parametrize("lock", ["requirements.txt", "requirements-dev.txt"])
+def test_a_package_that_another_asks_for_with_extras_is_locked_with_them(lock):
+    """pip before 23.3 (Python 3.11's own pip is 23.2.1), in --require-hashes mode, looks a requirement with extras,
+    such as kiota-http's ``httpx[http2]``, up in the index instead of taking the lock's plain pin: once a newer
+    release is out it refuses the whole install as unpinned (every fresh install did on 2026-12-02, when httpx
+    0.29.0 came out). A pin that carries the extras (lock.sh's --no-strip-extras) serves the request."""
+    packages = pins_with_extras(lock)
+    installed = {canonicalize_name(d.metadata["Name"]): d for d in metadata.distributions()}
+    unserved: dict[str, list[str]] = {}
+    for name, (_, extras, _) in packages.items():
+        for spec in installed[name].requires or []:
+            requirement = Requirement(spec)
+            wanted = requirement.marker is None or any(
+                requirement.marker.evaluate({"extra": extra}) for extra in ("", *extras))
+            asked = frozenset(canonicalize_name(extra) for extra in requirement.extras)
+            target = canonicalize_name(requirement.name)
+            if wanted and asked and not asked <= packages.get(target, ("", frozenset(), frozenset()))[1]:
+                unserved.setdefault(name, []).append(spec)
+    assert not unserved, f"{lock}: requirements with extras that no pin carries: {unserved}; run bash scripts/lock.sh"
 
 
 def test_package_json_matches_package_lock_and_every_npm_package_is_hashed():
