@@ -483,6 +483,10 @@ class ConnectionService:
                 new_state = new_state.left_behind_forgotten().evolve(
                     retire_version=record.secret_version, managed=False, retire_tenant_id=record.tenant_id,
                     retire_client_id=record.client_id)
+                if not new_state.enabled:  # nothing else makes it due: the sweep's retry of the clean-up is indexed
+                    # with the change (below), should this request's attempt and the write of its retry both fail
+                    retry = self.now() + FIRST_BACKOFF
+                    new_state = new_state.evolve(next_at=min(retry, new_state.next_at or retry))
             changes.update(tenant_id=credentials.tenantId, client_id=credentials.clientId, status=STATUS_ACTIVE,
                            status_message=None, last_validated_at=self.now())
             fresh = self._fresh_health(record, expires_on)
@@ -618,7 +622,11 @@ class ConnectionService:
                     return current
             return current
 
-        return await reindex(self.adapters.schedule, before.schedule_key, state.next_at, record, point)
+        pointed = await reindex(self.adapters.schedule, before.schedule_key, state.next_at, record, point)
+        indexed = state.schedule_key  # an entry the write of ``record`` indexed and pointed at itself
+        if indexed not in (None, before.schedule_key, pointed.rotation.schedule_key):
+            await self.adapters.schedule.remove(indexed)
+        return pointed
 
     # -- rotation --------------------------------------------------------------------------------------------
     async def _rotate_after_change(self, record: ConnectionRecord, trigger: str) -> ConnectionRecord:

@@ -683,9 +683,10 @@ class Rotator(Journaled):
         await self.checkpoint("after-retire", record)
         # Only the journal of the clean-up is forgotten: ``managed`` says whether the service created something on
         # the application in use since the change (a rotation that began since sets it; the change cleared it).
+        # With rotation off and none under way, the clean-up was all that was due.
         mine = record.rotation
         return await self._apply(record, lambda current: current.rotation == mine,
-                                 lambda current: current.evolve(rotation=current.rotation.left_behind_forgotten()))
+                                 lambda current: current.evolve(rotation=_clean_up_forgotten(current.rotation)))
 
     async def disable_left_behind(self, record: ConnectionRecord, version: str) -> None:
         """Disable the version the credentials change superseded (that of the application left behind), and only
@@ -1005,6 +1006,13 @@ def _signing(roll: CredentialRoll, registration: AppRegistration, material: Mapp
         matches = [p.key_id for p in registration.passwords if p.hint and secret.startswith(p.hint)]
         found = matches[0] if len(matches) == 1 else None
     return found
+
+
+def _clean_up_forgotten(state: RotationState) -> RotationState:
+    """``state`` once the clean-up of the application left behind is done: its journal forgotten, and its due
+    time too when it was the only thing due (rotation off, none under way)."""
+    forgotten = state.left_behind_forgotten()
+    return forgotten if forgotten.enabled or forgotten.in_progress else forgotten.evolve(next_at=None)
 
 
 def _unfenced() -> None:

@@ -3,6 +3,7 @@ their secret, superseded versions are disabled, ``rotate`` answers what happened
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
 from typing import Any
 
@@ -1354,3 +1355,41 @@ async def test_a_credentials_change_whose_writes_landed_with_their_answers_lost_
     assert done is not None and done.rotation.retire_version is None and done.rotation.lease_owner is None
     assert record.rotation.key_id not in h.fakes.world.apps[record.client_id or ""].passwords
     assert h.check() == [] and h.unscheduled() == []
+
+
+@pytest.mark.parametrize("nth", [1, 2, 3, 4, 5, 6])
+async def test_a_credentials_change_with_rotation_off_schedules_the_clean_up_it_leaves_whatever_write_fails(
+        nth: int) -> None:
+    """With rotation off, nothing but the clean-up itself made a connection due: when the clean-up of the
+    application a change left was refused and the write of its retry failed too, the service's secrets stayed live
+    there, tracked (``retire_*``) but unscheduled, until the next change, rotation or DELETE. The change now
+    indexes the clean-up's retry with itself, before it is written."""
+    h = Harness()
+    record = await h.create()
+    await h.api.update(APP, record.id, {"isAutoRotationEnabled": False})
+    h.fakes.world.fail_next("graph.remove", times=3)  # the change's own attempt at the clean-up is refused
+    fails_once(h, "update", nth)  # ... and one of the connection's writes that follow fails too
+    client_id, password = h.new_app()
+    with contextlib.suppress(ServiceError):  # the change itself may be what failed: nothing is left to clean up
+        await h.api.update(APP, record.id, {"credentials": h.credentials(client_id, password)})
+    h.fakes.world.clear_faults()
+    assert h.check() == [] and h.unscheduled() == []
+    for _ in range(3):
+        h.fakes.clock.advance(timedelta(days=1))
+        await h.sweep()
+    done = await h.record(record.id)
+    assert done is not None and done.rotation.retire_version is None
+    if done.client_id != record.client_id:  # the change is saved (the write that failed was one after it)
+        assert record.rotation.key_id not in h.fakes.world.apps[record.client_id or ""].passwords
+    assert done.rotation.next_at is None and not done.rotation.enabled  # rotation is still off, nothing due
+
+
+async def test_a_credentials_change_with_rotation_off_whose_clean_up_succeeds_leaves_nothing_due() -> None:
+    h = Harness()
+    record = await h.create()
+    await h.api.update(APP, record.id, {"isAutoRotationEnabled": False})
+    client_id, password = h.new_app()
+    changed = await h.api.update(APP, record.id, {"credentials": h.credentials(client_id, password)})
+    assert changed.rotation.retire_version is None and changed.rotation.next_at is None
+    assert record.rotation.key_id not in h.fakes.world.apps[record.client_id or ""].passwords
+    assert changed.rotation.schedule_key is None and h.fakes.schedule.keys == set()
