@@ -175,16 +175,39 @@ def encode_token(token: Any) -> str | None:
 
 
 def decode_token(raw: str | None) -> Any:
+    """A page's continuation token as Table Storage gave it (its next PartitionKey and RowKey; either may be
+    absent), or a 400 for one the service did not hand out."""
     if not raw:
         return None
-    try:
-        padded = raw + "=" * (-len(raw) % 4)
-        token = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        token = None
-    if not isinstance(token, dict) or not all(isinstance(v, str) for v in token.values()):
+    token = token_json(raw)
+    if not (isinstance(token, dict) and token and set(token) <= {"PartitionKey", "RowKey"}
+            and all(value is None or token_text(value) for value in token.values())
+            and any(value is not None for value in token.values())):
         raise InvalidRequest("The continuation token is not valid; start again without it.")
     return token
+
+
+# The longest continuation token the service hands out: two keys of Table Storage's at most 1 KiB each, as JSON,
+# in base64url (4 characters for every 3 bytes).
+MAX_TOKEN = 4 * (2 * 1024 + 64) // 3
+_TOKEN_TEXT = re.compile(r"[\x20-\x7e]{0,1024}")
+
+
+def token_json(raw: str) -> Any:
+    """What a continuation token holds (base64url JSON), or None when it cannot be one the service handed out:
+    too long, not base64url, not JSON, or JSON nested past the parser's depth (forged, and never read further)."""
+    if len(raw) > MAX_TOKEN:
+        return None
+    try:
+        return json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def token_text(value: object) -> bool:
+    """Whether a value in a continuation token can be a key Table Storage gave: printable ASCII of a key's length at
+    most (a lone surrogate or a control character, forged, cannot even be sent)."""
+    return isinstance(value, str) and _TOKEN_TEXT.fullmatch(value) is not None
 
 
 # Characters Table Storage refuses in a PartitionKey or RowKey (it answers 500/400 rather than 404).

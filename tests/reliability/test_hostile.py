@@ -156,6 +156,40 @@ def test_huge_query_strings_are_4xx(api):
     assert page.status_code == 400
 
 
+def _forged(value: object) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize("kind", ["nested", "lone-surrogate"])
+def test_forged_continuation_tokens_are_400_on_every_paged_read(api, admin, secrets_used, kind):
+    """(Review F.) Nested past the JSON parser's depth, or holding a lone surrogate that cannot be sent to Table
+    Storage, a token was a 500 with a stack trace on the list, the rotation history and the audit search."""
+    import base64
+    from datetime import UTC, datetime
+
+    from tests.e2e.entra import register_rotatable_app
+
+    entra = register_rotatable_app(admin, secrets_used, name="forged-tokens")
+    body = {"name": f"forged-{uuid.uuid4().hex[:8]}", "method": "client-secret",
+            "credentials": entra.client_secret_body()}
+    created = api.post(f"{BASE}/azure-client-secrets", json=body)
+    assert created.status_code == 201, created.text
+    connection = created.json()["appConnection"]["id"]
+    today = datetime.now(UTC).strftime("%Y%m%d")
+    nested = base64.urlsafe_b64encode(b"[" * 1100).decode().rstrip("=")
+    tokens = {
+        f"{BASE}/azure-client-secrets": _forged({"PartitionKey": "azure-client-secrets", "RowKey": "\ud800"}),
+        f"{BASE}/azure-client-secrets/{connection}/rotations": _forged({"PartitionKey": connection,
+                                                                        "RowKey": "\ud800"}),
+        "/api/v1/audit-logs": _forged([today, "\ud800"]),
+    }
+    for path, surrogate in tokens.items():
+        token = nested if kind == "nested" else surrogate
+        assert_problem(api.get(path, params={"continuationToken": token}), 400)
+
+
 @pytest.mark.parametrize("connection_id", [
     "...", "%2e%2e", "..%2f..%2fetc%2fpasswd", "%2e%2e%2f%2e%2e%2f", "..%5c..%5cwindows",
     "appconn-x'or'1'eq'1", "PartitionKey eq 'x'", "%00", "%252e%252e", "con", "a" * 5_000,
