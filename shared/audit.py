@@ -16,7 +16,7 @@ import contextlib
 import contextvars
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -113,8 +113,9 @@ class AuditLog:
     async def search(self, start: datetime | None, end: datetime | None, *, connection_id: str | None = None,
                      actor: str | None = None, action: str | None = None, limit: int | None = None,
                      continuation: str | None = None, retention_days: int | None = None,
-                     ) -> tuple[list[AuditRecord], str | None]:
-        """Records between ``start`` (default: 30 days before ``end``) and ``end`` (default: now), newest first.
+                     apps: Collection[str] | None = None) -> tuple[list[AuditRecord], str | None]:
+        """Records between ``start`` (default: 30 days before ``end``) and ``end`` (default: now), newest first;
+        ``apps``: of those apps only (None: every record, those of no app too).
 
         ``retention_days``: no record is older (they are purged daily) nor newer than now, so the days searched
         are cut to those: a search over centuries reads a year's partitions at most, not one per day asked for."""
@@ -130,7 +131,7 @@ class AuditLog:
             if start > end:
                 return [], None
         return await self._store.query(start, end, connection_id=connection_id, actor=actor, action=action,
-                                       limit=size, continuation=continuation)
+                                       limit=size, continuation=continuation, apps=apps)
 
     async def purge_expired(self, retention_days: int, budget_seconds: float = PURGE_BUDGET_SECONDS,
                             monotonic: Callable[[], float] = time.monotonic) -> int:

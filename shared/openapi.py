@@ -92,7 +92,7 @@ def _problems(*statuses: int) -> dict[str, Any]:
     return {
         str(status): {"description": _PROBLEM_TEXT[status],
                       "content": {PROBLEM_CONTENT_TYPE: {"schema": _ref("Problem")}}}
-        for status in sorted({401, 403, 413, 503, *statuses})
+        for status in sorted({400, 401, 403, 413, 503, *statuses})  # 400: every route refuses a query it does not read
     }
 
 
@@ -198,7 +198,7 @@ def _paths() -> dict[str, Any]:
         f"{BASE}/health": {"get": _operation(
             "get_app_connections_health",
             "Counts of connections by health and app, and those that need attention (the caller's apps).",
-            {"200": _json("HealthSummaryOut", "The summary."), **_problems()}, tag="health")},
+            {"200": _json("HealthSummaryOut", "The summary."), **_problems(502)}, tag="health")},
         f"{item}/rotate": {
             "parameters": [APP, CONNECTION_ID],
             "post": _operation("rotate_app_connection", "Rotate the client secret now (or finish a half-done one).",
@@ -256,12 +256,15 @@ def _paths() -> dict[str, Any]:
                         for name, limit in CALLBACK_PARAMS.items()],
             security=[], tag="oauth")},
         AUDIT_PATH: {"get": _operation(
-            "list_audit_logs", "The audit log, newest first (AppConnections.Auditor).",
-            {"200": _json("AuditLogOut", "A page of audit records."), **_problems(400)},
+            "list_audit_logs", "The audit log, newest first (AppConnections.Auditor: every record; a role limited "
+            "to one app: that app's records).",
+            {"200": _json("AuditLogOut", "A page of audit records."), **_problems(400, 502)},
             parameters=[
                 _query("from", "ISO 8601 start, from 1970 (default: 30 days before `to`; no earlier than the "
                                "retention).", {"type": "string", "format": "date-time"}),
                 _query("to", "ISO 8601 end, before 9000 (default: now).", {"type": "string", "format": "date-time"}),
+                _query("app", "Only this app's records (the caller's role must be for it).",
+                       {"type": "string", "enum": sorted(APPS)}),
                 _query("connectionId", "Only this connection's records.", {"type": "string"}),
                 _query("actor", "Only this actor's records (its object id).", {"type": "string"}),
                 _query("action", "Only this action, e.g. `connection.delete` or `credential.remove`.",

@@ -7,7 +7,7 @@ in-memory fakes. Nothing here imports an SDK, and no domain module builds an ada
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -309,7 +309,8 @@ class AuditStore(Protocol):
     async def append(self, record: AuditRecord) -> None: ...
     async def query(self, start: datetime, end: datetime, *, connection_id: str | None = None,
                     actor: str | None = None, action: str | None = None, limit: int = 100,
-                    continuation: str | None = None) -> tuple[list[AuditRecord], str | None]: ...
+                    continuation: str | None = None, apps: Collection[str] | None = None,
+                    ) -> tuple[list[AuditRecord], str | None]: ...
     async def purge(self, before: datetime, limit: int = 10_000) -> int: ...
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -745,10 +745,11 @@ class FakeAudit:
 
     async def query(self, start: datetime, end: datetime, *, connection_id: str | None = None,
                     actor: str | None = None, action: str | None = None, limit: int = 100,
-                    continuation: str | None = None) -> tuple[list[AuditRecord], str | None]:
+                    continuation: str | None = None, apps: Collection[str] | None = None,
+                    ) -> tuple[list[AuditRecord], str | None]:
         found = [r for r in reversed(self.records) if start <= r.at <= end
                  and connection_id in (None, r.connection_id) and actor in (None, r.actor.id)
-                 and action in (None, r.action)]
+                 and action in (None, r.action) and (apps is None or r.app in apps)]
         offset = int(continuation or 0)
         page = found[offset:offset + limit]
         return page, str(offset + limit) if offset + limit < len(found) else None

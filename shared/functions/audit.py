@@ -1,4 +1,5 @@
-"""The audit log: ``GET /api/v1/audit-logs`` (Auditor) and the timer that enforces ``AUDIT_RETENTION_DAYS``."""
+"""The audit log: ``GET /api/v1/audit-logs`` (Auditor: of every app, or of the apps a role limited to one grants)
+and the timer that enforces ``AUDIT_RETENTION_DAYS``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from datetime import UTC, datetime
 import azure.functions as func
 
 from shared.functions.connections import OPEN
-from shared.functions.http import endpoint, json_response, query_int
+from shared.functions.http import endpoint, granted_apps, json_response, query_int
 from shared.functions.invocation import traced_timer
 
 bp = func.Blueprint()
@@ -37,12 +38,29 @@ def _when(req: func.HttpRequest, name: str) -> datetime | None:
     return value
 
 
+def _apps_searched(app: str | None) -> set[str] | None:
+    """The apps whose records the search reads: the one the query names (the caller's role for it was checked), else
+    every record (None) for an Auditor or Admin of every app, else those of the apps the caller's roles limited to
+    one app grant (a record of no app, such as a sign-in, is none of them)."""
+    from shared.apps import APPS
+    from shared.auth import AUDITOR
+    from shared.errors import FieldError, InvalidRequest
+
+    if app is None:
+        return granted_apps(AUDITOR)
+    if app not in APPS:
+        raise InvalidRequest("The query parameter app names no app of this service.",
+                             errors=[FieldError("/app", f"must be one of {', '.join(sorted(APPS))}")])
+    return {app}
+
+
 _EARLIEST, _LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
 
 
 @bp.function_name("list_audit_logs")
 @bp.route(route="api/v1/audit-logs", methods=["GET"], auth_level=OPEN)
-@endpoint("Auditor", query=("from", "to", "connectionId", "actor", "action", "limit", "continuationToken"))
+@endpoint("Auditor", any_app=True,
+          query=("from", "to", "app", "connectionId", "actor", "action", "limit", "continuationToken"))
 async def list_audit_logs(req: func.HttpRequest) -> func.HttpResponse:
     from shared.settings import get_settings
     from shared.wiring import audit_log
@@ -51,7 +69,7 @@ async def list_audit_logs(req: func.HttpRequest) -> func.HttpResponse:
         _when(req, "from"), _when(req, "to"), connection_id=req.params.get("connectionId") or None,
         actor=req.params.get("actor") or None, action=req.params.get("action") or None,
         limit=query_int(req, "limit"), continuation=req.params.get("continuationToken") or None,
-        retention_days=get_settings().audit_retention_days,
+        retention_days=get_settings().audit_retention_days, apps=_apps_searched(req.params.get("app") or None),
     )
     return json_response({"auditLogs": [record.as_dict() for record in records], "continuationToken": token})
 

@@ -8,7 +8,7 @@ import logging
 import azure.functions as func
 
 from shared.functions.connections import BASE, OPEN, _one
-from shared.functions.http import endpoint, json_response
+from shared.functions.http import endpoint, granted_apps, json_response
 from shared.functions.invocation import traced_timer
 
 bp = func.Blueprint()
@@ -19,13 +19,10 @@ log = logging.getLogger(__name__)
 @bp.route(route=f"{BASE}/health", methods=["GET"], auth_level=OPEN)
 @endpoint("Reader", any_app=True)
 async def get_app_connections_health(req: func.HttpRequest) -> func.HttpResponse:
-    from shared.audit import current
-    from shared.auth import READER, Principal
+    from shared.auth import READER
     from shared.wiring import connection_reader
 
-    caller = current()
-    granted = Principal(caller.actor.id, caller.actor.name, caller.actor.type, "", caller.roles).apps_granted(READER)
-    return json_response(await connection_reader().health_summary(granted))
+    return json_response(await connection_reader().health_summary(granted_apps(READER)))
 
 
 @bp.function_name("check_app_connection_health")

@@ -203,7 +203,8 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
              any_app: bool = False, query: Collection[str] | None = ()) -> Callable[[Handler], Handler]:
     """Wrap a handler: the caller's access token is validated and must carry ``role`` (or every role a rule reads
     from the request), for the route's app or ``app`` for a route whose path names none (``any_app``: a role
-    limited to any one app is enough); the request runs as that caller; a route with an audit ``action`` is
+    limited to any one app is enough, or for the app its ``app`` query parameter names, when it names one; the
+    handler reads which with :func:`granted_apps`); the request runs as that caller; a route with an audit ``action`` is
     recorded before it runs (fail closed) and its outcome after; every failure is answered with a problem.
     ``query``: the query parameters the route reads; any other is a 400 (None: the handler checks its query)."""
 
@@ -220,13 +221,13 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
             from shared.records import Actor
 
             params = req.route_params or {}
-            route_app = app or params.get("app")
+            route_app = app or params.get("app") or ((req.params or {}).get("app") if any_app else None)
             principal = None
             try:
                 principal = await caller(req, changes=action is not None)
                 claims = []
                 for needed in (role,) if isinstance(role, str) else role(req):
-                    if any_app and principal.apps_granted(needed) != set():
+                    if any_app and not route_app and principal.apps_granted(needed) != set():
                         claims.append(principal.grant(needed, None) or f"AppConnections.{needed}.*")
                     else:
                         claims.append(authorize(principal, needed, route_app))
@@ -271,6 +272,16 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
         return wrapper
 
     return decorate
+
+
+def granted_apps(role: str) -> set[str] | None:
+    """The apps the request's caller holds ``role`` for: None when for every app (an ``any_app`` route's
+    handler narrows what it answers to these)."""
+    from shared.audit import current
+    from shared.auth import Principal
+
+    caller = current()
+    return Principal(caller.actor.id, caller.actor.name, caller.actor.type, "", caller.roles).apps_granted(role)
 
 
 async def _refused(req: func.HttpRequest, instance: str, principal: Principal, app: str | None,

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import logging
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -102,15 +103,21 @@ class AuditTable:
 
     async def query(self, start: datetime, end: datetime, *, connection_id: str | None = None,
                     actor: str | None = None, action: str | None = None, limit: int = 100,
-                    continuation: str | None = None) -> tuple[list[AuditRecord], str | None]:
-        """Records with ``start <= at <= end``, newest first, at most ``limit``; a token for the rest."""
+                    continuation: str | None = None, apps: Collection[str] | None = None,
+                    ) -> tuple[list[AuditRecord], str | None]:
+        """Records with ``start <= at <= end``, newest first, at most ``limit``; a token for the rest. ``apps``:
+        only the records of those apps (None: every record, those of no app too)."""
         from shared.store.table_reads import Entity, TableReads
 
+        if apps is not None and not apps:
+            return [], None
         reads = TableReads(self._clients)
         newest_day, after = _decode(continuation, start, end) if continuation else (day_of(end), None)
         filters = "".join(
             f" and {column} eq '{_quote(value)}'"
             for column, value in (("ConnectionId", connection_id), ("ActorId", actor), ("Action", action)) if value)
+        if apps is not None:
+            filters += " and (" + " or ".join(f"App eq '{_quote(app)}'" for app in sorted(apps)) + ")"
         found: list[AuditRecord] = []
         newest = datetime.strptime(newest_day, "%Y%m%d").replace(tzinfo=UTC)
         oldest = datetime.strptime(day_of(start), "%Y%m%d").replace(tzinfo=UTC)

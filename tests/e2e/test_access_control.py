@@ -44,6 +44,7 @@ ROUTES: list[tuple[str, str, Any, tuple[str, ...], str | None]] = [
     ("GET", f"{BASE}/azure-client-secrets/{ID}/clients", None, ("Reader",), "azure-client-secrets"),
     ("GET", f"{BASE}/{KV}/oauth/authorize?name=x", None, ("Writer",), KV),
     ("GET", "/api/v1/audit-logs", None, ("Auditor",), None),
+    ("GET", f"/api/v1/audit-logs?app={KV}", None, ("Auditor",), KV),
     ("GET", f"{BASE}/health", None, ("Reader",), None),
     ("POST", f"{BASE}/{KV}/{ID}/health", None, ("Writer",), KV),
 ]
@@ -51,7 +52,7 @@ CALLERS = [
     (), ("AppConnections.Reader",), ("AppConnections.Writer",), ("AppConnections.Rotator",),
     ("AppConnections.Auditor",), ("AppConnections.Admin",), ("AppConnections.Writer", "AppConnections.Rotator"),
     ("AppConnections.Writer.azure-key-vault",), ("AppConnections.Reader.azure-key-vault",),
-    ("AppConnections.Admin.azure-client-secrets",),
+    ("AppConnections.Admin.azure-client-secrets",), ("AppConnections.Auditor.azure-key-vault",),
 ]
 
 
@@ -60,8 +61,8 @@ def _allowed(roles: tuple[str, ...], needed: tuple[str, ...], app: str | None, r
         if {"AppConnections.Admin", f"AppConnections.{role}"} & set(roles):
             return True
         scoped = {f"AppConnections.{role}.", "AppConnections.Admin."}
-        if app is None:  # options and the document: a role for any one app will do; the audit log: not
-            return role == "Reader" and any(r.startswith(tuple(scoped)) for r in roles)
+        if app is None:  # options, the document, the audit log: a role for any one app will do (the audit log
+            return any(r.startswith(tuple(scoped)) for r in roles)  # answers that app's records only)
         return bool({f"AppConnections.{role}.{app}", f"AppConnections.Admin.{app}"} & set(roles))
 
     return all(grants(role) for role in needed)
@@ -150,6 +151,29 @@ def test_each_action_is_audited_with_who_did_it_and_what_came_of_it(api: httpx.C
     reader = tokens.for_roles("AppConnections.Reader")
     assert api.get("/api/v1/audit-logs", headers={"Authorization": f"Bearer {auditor}"}).status_code == 200
     assert api.get("/api/v1/audit-logs", headers={"Authorization": f"Bearer {reader}"}).status_code == 403
+
+
+def test_an_auditor_of_one_app_reads_that_app_s_records_and_no_other(api: httpx.Client, tokens: Tokens) -> None:
+    """A role limited to one app is that app's: its Auditor (or Admin) searches the app's records, never another
+    app's, nor those of no app (a sign-in, an access refused without an app)."""
+    other = f"{BASE}/azure-app-configuration/{ID}"
+    assert api.patch(f"{BASE}/{KV}/{ID}", json={"name": "kv-audited"}).status_code == 404
+    assert api.patch(other, json={"name": "appconfig-audited"}).status_code == 404
+    everything = api.get("/api/v1/audit-logs", params={"connectionId": ID, "limit": 1000}).json()["auditLogs"]
+    assert {KV, "azure-app-configuration"} <= {r["app"] for r in everything}
+    for role in ("AppConnections.Auditor.azure-key-vault", "AppConnections.Admin.azure-key-vault"):
+        headers = {"Authorization": f"Bearer {tokens.for_roles(role)}"}
+        mine = api.get("/api/v1/audit-logs", params={"connectionId": ID, "limit": 1000}, headers=headers)
+        assert mine.status_code == 200, mine.text
+        assert mine.json()["auditLogs"] and {r["app"] for r in mine.json()["auditLogs"]} == {KV}
+        unfiltered = api.get("/api/v1/audit-logs", params={"limit": 1000}, headers=headers).json()["auditLogs"]
+        assert unfiltered and {r["app"] for r in unfiltered} == {KV}
+        refused = api.get("/api/v1/audit-logs", params={"app": "azure-app-configuration"}, headers=headers)
+        assert refused.status_code == 403 and refused.json()["requiredRole"] == "AppConnections.Auditor"
+        named = api.get("/api/v1/audit-logs", params={"app": KV, "connectionId": ID}, headers=headers)
+        assert {r["app"] for r in named.json()["auditLogs"]} == {KV}
+    unknown = api.get("/api/v1/audit-logs", params={"app": "nothing"})
+    assert unknown.status_code == 400 and unknown.json()["errors"][0]["pointer"] == "/app"
 
 
 def test_an_authenticated_caller_refused_for_want_of_a_role_is_audited(api: httpx.Client, tokens: Tokens) -> None:
