@@ -164,7 +164,7 @@ def parse_certificate(certificate_body: str, private_key: str, now: datetime | N
     cert: x509.Certificate | None = None
     try:
         cert = x509.load_pem_x509_certificate(certificate_body.encode())
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, x509.InvalidVersion):  # InvalidVersion: an X.509 version past v3
         errors.append(FieldError("/credentials/certificateBody", "must be a PEM certificate (BEGIN CERTIFICATE)"))
     if len(private_key) > MAX_PRIVATE_KEY_PEM_CHARS:
         errors.append(

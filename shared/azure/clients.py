@@ -43,6 +43,9 @@ KEEPALIVE_SECONDS = 3.0
 # Per read on a socket: an upstream that goes silent this long counts as a dropped connection (retried
 # where that is safe, see shared.azure.retry) rather than holding the call for azure-core's 300 s.
 READ_TIMEOUT_SECONDS = 60
+# To open a connection (TCP and TLS): an upstream that cannot be reached this long counts as one that could not be
+# reached (retried, for every method: nothing was sent), rather than azure-core's 300 s, ten times over.
+CONNECT_TIMEOUT_SECONDS = 10.0
 
 if TYPE_CHECKING:
     import aiohttp
@@ -113,7 +116,8 @@ class AzureClients:
         if client is None:
             from shared.azure.rest import RestClient
 
-            client = RestClient(upstream, keepalive=KEEPALIVE_SECONDS, read_timeout=READ_TIMEOUT_SECONDS)
+            client = RestClient(upstream, keepalive=KEEPALIVE_SECONDS, read_timeout=READ_TIMEOUT_SECONDS,
+                                connect_timeout=CONNECT_TIMEOUT_SECONDS)
             self._rest[upstream] = client
         return client
 
@@ -340,7 +344,8 @@ def _traced_transport(session: aiohttp.ClientSession, upstream: str) -> AioHttpT
         _TRACED_TRANSPORT = TracedTransport
     transport_class: Any = _TRACED_TRANSPORT
     traced: AioHttpTransport = transport_class(
-        upstream, session=session, session_owner=False, read_timeout=READ_TIMEOUT_SECONDS
+        upstream, session=session, session_owner=False, read_timeout=READ_TIMEOUT_SECONDS,
+        connection_timeout=CONNECT_TIMEOUT_SECONDS,
     )
     return traced
 

@@ -64,7 +64,6 @@ IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRAC
 RETRIED_STATUSES = frozenset({408, 429, 500, 502, 503, 504})  # an idempotent request's
 UNSAFE_RETRIED_STATUSES = ALWAYS_RETRIED | {500, 504}  # a POST's or a PATCH's, as azure-core retries them
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})  # methods that always say their Content-Length
-CONNECT_TIMEOUT_SECONDS = 10.0
 MAX_BODY_BYTES = 32 * 1024 * 1024  # a page of 1000 entities is a few MB; more is not an answer we asked for
 MAX_IDLE_PER_ORIGIN = 32  # idle connections kept per origin; more are closed when released
 _HEAD_LIMIT = 64 * 1024  # the status line and headers, in all
@@ -148,7 +147,7 @@ class RestClient:
         *,
         keepalive: float,
         read_timeout: float,
-        connect_timeout: float = CONNECT_TIMEOUT_SECONDS,
+        connect_timeout: float,
         max_body: int = MAX_BODY_BYTES,
         attempts: int = RETRY_TOTAL + 1,
         budget: float = RETRY_BUDGET,

@@ -117,7 +117,7 @@ def _certificate(material: Mapping[str, str]) -> x509.Certificate | None:
     """The certificate of a vault version's material, None when it cannot be read."""
     try:
         return x509.load_pem_x509_certificate(material.get("certificateBody", "").encode())
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         return None
 
 

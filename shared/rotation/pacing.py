@@ -23,6 +23,15 @@ Paced = Callable[[Hook, Hook], AbstractContextManager[None]]
 log = logging.getLogger(__name__)
 
 
+def held_for(retry_after: float | None) -> float:
+    """How long a 429's ``Retry-After`` holds the requests of its kind back: as asked, but no longer than one call
+    waits in all (the retry budget). The call that got it has given up already (its wait would have run past the
+    budget), and one answer must not hold a sweep's other requests for a day (``86400``) or for ever."""
+    from shared.azure.retry import RETRY_BUDGET
+
+    return min(retry_after or 0.0, RETRY_BUDGET)
+
+
 class AimdLimiter:
     """Rotations in flight, adapted to throttling: additive increase, multiplicative decrease.
 
@@ -73,7 +82,7 @@ class AimdLimiter:
         now = self._clock()
         if now < self._hold_until:
             return
-        self._hold_until = now + max(self.cooldown, retry_after or 0.0)
+        self._hold_until = now + max(self.cooldown, held_for(retry_after))
         before = int(self.limit)
         self.limit = max(float(self.minimum), self.limit * self.decrease)
         self.lowest = min(self.lowest, int(self.limit))
@@ -180,7 +189,7 @@ class Pacer:
         now = self._clock()
         if now < self._hold_until:
             return False
-        wait = max(self.cooldown, retry_after or 0.0)
+        wait = max(self.cooldown, held_for(retry_after))
         if self.window is None:
             self.window = max(self.cooldown, now - (self._first if self._first is not None else now) + wait)
         before = self.rate

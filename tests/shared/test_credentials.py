@@ -468,3 +468,18 @@ async def test_the_event_loop_keeps_ticking_while_4096_bit_keys_are_parsed_and_a
     assert ticks >= 3
     assert worst < 0.5 * validating_parse, (worst, validating_parse, total)
     assert worst < max(0.5 * total, 0.05), (worst, total)
+
+
+def test_a_certificate_of_an_x509_version_past_v3_is_refused_as_a_field_error(rsa_keys):
+    """(Review E.) cryptography raises ``x509.InvalidVersion``, not a ValueError, for a version field other than
+    v1 to v3: it escaped, and a create answered 500. The version field of a v3 certificate ([0] EXPLICIT INTEGER 2)
+    set to 5; its signature no longer verifies, which is not checked (Entra trusts the key, not a chain)."""
+    import base64
+
+    key = rsa_keys[2048]
+    certificate, private_key = pair(key)
+    der = x509.load_pem_x509_certificate(certificate.encode()).public_bytes(serialization.Encoding.DER)
+    at = der.index(bytes.fromhex("a003020102"))
+    bad = der[:at] + bytes.fromhex("a003020105") + der[at + 5:]
+    pem = "-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(bad).decode() + "-----END CERTIFICATE-----\n"
+    assert "/credentials/certificateBody" in refusal(pem, private_key)

@@ -107,3 +107,18 @@ async def test_the_shared_session_uses_the_keepalive():
         assert connector is not None and connector._keepalive_timeout == KEEPALIVE_SECONDS
     finally:
         await clients.close()
+
+
+async def test_every_azure_core_transport_connects_within_the_connect_timeout() -> None:
+    """(Review E.) The SDKs' transports (tokens, Key Vault, Table writes) kept azure-core's 300 s connect timeout,
+    retried up to ten times; the lean client connects within the same bound."""
+    from shared.azure.clients import CONNECT_TIMEOUT_SECONDS, ENTRA, READ_TIMEOUT_SECONDS, AzureClients
+    from shared.settings import load_settings
+
+    clients = AzureClients(load_settings({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}))
+    try:
+        config = clients.transport(ENTRA).connection_config
+        assert (config.timeout, config.read_timeout) == (CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS)
+        assert clients.rest(ENTRA).connect_timeout == CONNECT_TIMEOUT_SECONDS
+    finally:
+        await clients.close()

@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from localdev.standin import StandIn
 from shared.azure.clients import (
+    CONNECT_TIMEOUT_SECONDS,
     ENTRA,
     KEEPALIVE_SECONDS,
     READ_TIMEOUT_SECONDS,
@@ -195,7 +196,7 @@ async def test_when_retries_run_out_the_read_fails_as_an_upstream_error(host: Ho
 
     # The service's lean client to Entra ID, with two attempts and no waiting (the schedule is tested in test_rest).
     clients._rest[ENTRA] = RestClient(ENTRA, keepalive=KEEPALIVE_SECONDS, read_timeout=READ_TIMEOUT_SECONDS,
-                                      attempts=2, sleep=no_wait)
+                                      connect_timeout=CONNECT_TIMEOUT_SECONDS, attempts=2, sleep=no_wait)
     try:
         with pytest.raises(UpstreamError) as raised:
             await clients.storage_token()

@@ -98,7 +98,8 @@ class Waits:
 
 def client(**kwargs: object) -> tuple[RestClient, Waits]:
     waits = Waits()
-    options: dict[str, object] = {"keepalive": KEEPALIVE_SECONDS, "read_timeout": 5.0, "sleep": waits,
+    options: dict[str, object] = {"keepalive": KEEPALIVE_SECONDS, "read_timeout": 5.0, "connect_timeout": 10.0,
+                                  "sleep": waits,
                                   "rng": random.Random(7), **kwargs}
     return RestClient("tables", **options), waits  # type: ignore[arg-type]
 

@@ -84,7 +84,11 @@ def test_retry_after_is_never_shortened_and_only_slightly_lengthened():
     assert retry_delay(1, None, rng) <= BACKOFF_FACTOR
 
 
-@pytest.mark.parametrize(("raw", "seconds"), [("2", 2.0), ("0", 0.0), ("-3", 0.0), ("soon", None), (None, None)])
+@pytest.mark.parametrize(("raw", "seconds"), [
+    ("2", 2.0), ("0", 0.0), ("-3", 0.0), ("soon", None), (None, None),
+    ("1e400", None), ("inf", None), ("nan", None),  # not a wait (review E: inf held a sweep's Graph requests for ever)
+    ("Mon, 01 Jan 2024 00:00:00 +99999999999999999999", None),  # a date past datetime's range: OverflowError
+])
 def test_retry_after_in_seconds(raw, seconds):
     assert parse_retry_after(raw) == seconds
 
@@ -470,7 +474,8 @@ async def test_sdk_policy_still_retries_what_the_schedule_retries(method, status
     assert len(transport.sent) == 3
 
 
-@pytest.mark.parametrize("value", ["soon", "Wed, 99 Foo 2099", "1e999x", ""])
+@pytest.mark.parametrize("value", ["soon", "Wed, 99 Foo 2099", "1e999x", "", "1e400",
+                                   "Mon, 01 Jan 2024 00:00:00 +99999999999999999999"])
 async def test_an_unreadable_retry_after_is_backed_off_from_not_a_failure_of_the_call(value):
     pipeline, transport, clock = pipeline_for(failing(1, lambda: (503, {"Retry-After": value})))
     assert (await pipeline.run(HttpRequest("GET", "https://vault.example/secrets/s"))).http_response.status_code == 200

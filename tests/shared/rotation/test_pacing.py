@@ -332,3 +332,24 @@ async def test_against_a_limit_of_100_writes_per_10_s_the_sweep_keeps_the_rate_a
     rate = calls["accepted"] / clock.now
     assert rate >= 0.8 * limit / window
     assert calls["throttled"] / calls["writes"] < 0.05
+
+
+@pytest.mark.parametrize("retry_after", ["86400", "1e400"])
+async def test_a_retry_after_past_the_retry_budget_holds_the_kind_s_requests_no_longer_than_the_budget(retry_after):
+    """(Review E.) The call that got it gives up at once (its wait would run past the budget); the sweep's other
+    requests of the kind were held as long as it said: a day, or for ever."""
+    from shared.azure.retry import RETRY_BUDGET
+
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    pacing = GraphPacing(AimdLimiter(16, clock=lambda: now[0]), clock=lambda: now[0], sleep=sleep)
+    await pacing.on_request(SimpleNamespace(method="POST"))
+    await pacing.on_response(SimpleNamespace(status_code=429, headers={"retry-after": retry_after},
+                                             request=SimpleNamespace(method="POST")))
+    await asyncio.wait_for(pacing.on_request(SimpleNamespace(method="POST")), 5)  # another rotation's write
+    assert 0 < sum(slept) <= RETRY_BUDGET, slept
