@@ -376,7 +376,7 @@ def build_credential(
 
         return ClientSecretCredential(tenant_id, client_id, material["clientSecret"], **clients.identity_kwargs())
     if method is Method.CERTIFICATE:
-        parsed = parse_certificate(material["certificateBody"], material["privateKey"])
+        parsed = stored_certificate(material["certificateBody"], material["privateKey"])
         authority = clients.settings.authority_host
         assertions = _Assertions(parsed, tenant_id, client_id, authority)
         return _assertion_credential(clients, tenant_id, client_id, assertions)
@@ -406,10 +406,21 @@ async def _federated_credential(clients: AzureClients, tenant_id: str, client_id
     return ClientAssertionCredential(tenant_id, client_id, lambda: assertion, **clients.identity_kwargs())
 
 
+def stored_certificate(certificate_body: str, private_key: str) -> ParsedCertificate:
+    """:func:`parse_certificate` of a connection's stored material, to sign in with: what it refuses (expired, not
+    valid yet) no longer signs in, a :class:`CredentialRejected` as Entra's own refusal of it would be (the
+    connection is invalid), not a 400 about a field of a request that has none."""
+    try:
+        return parse_certificate(certificate_body, private_key)
+    except InvalidRequest as refused:
+        raise CredentialRejected(f"{refused.detail} The stored certificate cannot sign in; change the credentials."
+                                 ) from None
+
+
 def _prepare_assertion(
     certificate_body: str, private_key: str, tenant_id: str, client_id: str, authority: str
 ) -> _Assertions:
-    parsed = parse_certificate(certificate_body, private_key)
+    parsed = stored_certificate(certificate_body, private_key)
     issued = time.time()
     assertion = client_assertion(parsed, tenant_id, client_id, authority, issued)
     return _Assertions(parsed, tenant_id, client_id, authority, assertion, issued)

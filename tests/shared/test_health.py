@@ -459,3 +459,44 @@ async def test_the_health_runner_audits_each_check_and_the_refresh_token_it_stor
     h.fakes.world.fail_next("audit.append", UpstreamError("Table Storage failed (injected)."), times=10)
     report = await checker.sweep()
     assert report.checked == 0 and {r.id: r for r in h.fakes.connections.records.values()} == before
+
+
+@pytest.fixture
+def with_the_real_directory(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Certificate connections whose certificate ends 30 days after the fakes' clock starts (2026-01-05): expired on
+    this machine's clock, which the real Directory (shared.azure.directory) reads; it refuses such a certificate
+    itself, before any request (the fakes' Directory answers Entra's AADSTS700027 instead)."""
+    import dataclasses
+    import functools
+
+    from shared.azure.clients import AzureClients
+    from shared.azure.directory import AzureDirectory
+    from tests import fakes
+
+    monkeypatch.setattr(fakes, "make_certificate", functools.partial(fakes.make_certificate, days=30))
+
+    def real(h: Harness) -> object:
+        return wiring.services(dataclasses.replace(
+            h.fakes.adapters, directory=AzureDirectory(AzureClients(h.fakes.adapters.settings))))
+
+    return real
+
+
+async def test_a_stored_certificate_that_expired_makes_the_connection_invalid_as_an_expired_secret_does(
+        with_the_real_directory) -> None:  # type: ignore[no-untyped-def]
+    """(Review E.) The real Directory's refusal of an expired certificate was a 400 about the request's
+    /credentials/certificateBody: the health check took it for "Entra could not be reached" (the connection stayed
+    active, checked again every hour for ever) and POST .../validate answered it, the connection left active."""
+    from shared.errors import CredentialRejected
+
+    h = Harness(method="certificate")
+    record = await h.create("expired-cert", rotation=False)
+    services = with_the_real_directory(h)
+    checked = await HealthChecker(services.adapters, services.connections).check(record)
+    assert checked.status == "invalid" and "could not be checked" not in (checked.health.message or "")
+    assert "expired" in (checked.status_message or "")
+    fresh = await h.create("expired-cert-2", rotation=False)
+    with pytest.raises(CredentialRejected):
+        await services.connections.validate(APP, fresh.id)
+    stored = await h.record(fresh.id)
+    assert stored is not None and stored.status == "invalid"
