@@ -103,6 +103,63 @@ def _supported(key: object) -> bool:
     return False
 
 
+# The PEM labels and PKCS#8 algorithms of private keys that load cheaply (RSA without its key check; EC and
+# Edwards keys are small): any other (DSA, Diffie-Hellman) is refused before it is loaded, since loading it
+# computes its public value, holding the GIL (a DSA key of 12,000 bits took 0.5 s). Read from the PEM, not parsed.
+_CHEAP_LABELS = frozenset({"RSA PRIVATE KEY", "EC PRIVATE KEY"})
+_PKCS8_ALGORITHMS = {  # DER of the OID -> what it is (None: cheap to load; its own checks follow)
+    bytes.fromhex("2a864886f70d010101"): None,  # rsaEncryption
+    bytes.fromhex("2a8648ce3d0201"): None,  # id-ecPublicKey
+    bytes.fromhex("2b6570"): None, bytes.fromhex("2b6571"): None,  # X25519, X448
+    bytes.fromhex("2b6572"): None, bytes.fromhex("2b6573"): None,  # Ed25519, Ed448
+    bytes.fromhex("2a8648ce380401"): "a DSA key",
+    bytes.fromhex("2a864886f70d010301"): "a Diffie-Hellman key",
+    bytes.fromhex("2a8648ce3e0201"): "a Diffie-Hellman key",
+}
+_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----([^-]*)-----END \1-----")
+
+
+def _costly_key(pem: str) -> str | None:
+    """What the private key PEM is, when it is a kind whose loading is costly or unknown (then it is refused
+    unloaded); None when it loads cheaply (or is not a PEM key at all: loading it says so)."""
+    block = _PEM_BLOCK.search(pem)
+    if block is None:
+        return None
+    label = block[1]
+    if label in _CHEAP_LABELS:
+        return None
+    if label != "PRIVATE KEY":
+        return f"a {label.removesuffix(' PRIVATE KEY').removesuffix(' KEY')} key" if "KEY" in label else None
+    try:
+        der = base64.b64decode("".join(block[2].split()), validate=True)
+    except ValueError:  # binascii.Error is one
+        return None
+    oid = _pkcs8_algorithm(der)
+    if oid is None:
+        return None  # not PKCS#8 as expected: loading it refuses it
+    return _PKCS8_ALGORITHMS.get(oid, "a key of an unknown algorithm")
+
+
+def _pkcs8_algorithm(der: bytes) -> bytes | None:
+    """The DER of a PKCS#8 PrivateKeyInfo's algorithm OID (SEQUENCE { INTEGER, SEQUENCE { OID, ... }, ... })."""
+    def header(at: int, tag: int) -> tuple[int, int] | None:  # (start of the value, its length)
+        if at + 2 > len(der) or der[at] != tag:
+            return None
+        length, at = der[at + 1], at + 2
+        if length & 0x80:
+            count = length & 0x7F
+            if count == 0 or count > 4 or at + count > len(der):
+                return None
+            length, at = int.from_bytes(der[at:at + count], "big"), at + count
+        return at, length
+
+    outer = header(0, 0x30)
+    version = header(outer[0], 0x02) if outer else None
+    algorithm = header(version[0] + version[1], 0x30) if version else None
+    oid = header(algorithm[0], 0x06) if algorithm else None
+    return der[oid[0]:oid[0] + oid[1]] if oid else None
+
+
 def _load_private_key(pem: bytes) -> Any:
     """Load a PEM private key without OpenSSL's (GIL-holding, very costly) RSA key check.
 
@@ -195,6 +252,13 @@ def parse_certificate(certificate_body: str, private_key: str, now: datetime | N
             f"must be the certificate of {_SUPPORTED_KEYS}; this one has {_describe(public_key)}",
         )
 
+    costly = _costly_key(private_key)
+    if costly is not None:
+        raise _refuse(
+            "The private key is not supported.",
+            "/credentials/privateKey",
+            f"must be {_SUPPORTED_KEYS}; this one is {costly}",
+        )
     try:
         key = _load_private_key(private_key.encode())
     except TypeError:
@@ -413,8 +477,9 @@ def stored_certificate(certificate_body: str, private_key: str) -> ParsedCertifi
     try:
         return parse_certificate(certificate_body, private_key)
     except InvalidRequest as refused:
-        raise CredentialRejected(f"{refused.detail} The stored certificate cannot sign in; change the credentials."
-                                 ) from None
+        why = "; ".join(f"{error.pointer.rsplit('/', 1)[-1]} {error.detail}" for error in refused.errors)
+        raise CredentialRejected(f"{refused.detail}{f' ({why})' if why else ''} The stored certificate cannot sign "
+                                 "in; change the credentials.") from None
 
 
 def _prepare_assertion(

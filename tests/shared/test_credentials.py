@@ -410,10 +410,13 @@ async def test_acquire_token_signs_off_the_loop(rsa_keys, fake_clients, threads_
 
 
 async def test_acquire_token_refuses_an_over_size_key_before_any_request(signer, fake_clients, key_never_parsed):
-    with pytest.raises(InvalidRequest) as caught:
+    """Stored material it cannot sign in with is the credential's refusal (the connection is invalid), saying why."""
+    from shared.errors import CredentialRejected
+
+    with pytest.raises(CredentialRejected) as caught:
         await credentials.acquire_token(fake_clients, APPS["azure-key-vault"], Method.CERTIFICATE, TENANT,
                                         CLIENT, material_of(over_size_certificate(8192, signer), GARBAGE_KEY))
-    assert "8192 bits" in caught.value.errors[0].detail
+    assert "8192 bits" in caught.value.detail and caught.value.errors == ()
     assert Recorded.instances == []
 
 
@@ -483,3 +486,43 @@ def test_a_certificate_of_an_x509_version_past_v3_is_refused_as_a_field_error(rs
     bad = der[:at] + bytes.fromhex("a003020105") + der[at + 5:]
     pem = "-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(bad).decode() + "-----END CERTIFICATE-----\n"
     assert "/credentials/certificateBody" in refusal(pem, private_key)
+
+
+def _pkcs8_pem(algorithm_oid: str, size: int = 12_000) -> str:
+    """A PKCS#8 private key PEM of the algorithm (its OID's DER, hex) with parameters of ``size`` bits: never loaded."""
+    import base64
+
+    def tlv(tag: int, value: bytes) -> bytes:
+        n = len(value)
+        length = bytes([n]) if n < 128 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes(
+            (n.bit_length() + 7) // 8, "big")
+        return bytes([tag]) + length + value
+
+    def integer(bits: int) -> bytes:
+        value = secrets.randbits(bits) | (1 << (bits - 1))
+        return tlv(0x02, value.to_bytes(bits // 8 + 1, "big"))
+
+    params = tlv(0x30, integer(size) + integer(size - 1000) + integer(size - 1))
+    algorithm = tlv(0x30, tlv(0x06, bytes.fromhex(algorithm_oid)) + params)
+    der = tlv(0x30, tlv(0x02, b"\x00") + algorithm + tlv(0x04, integer(size - 1000)))
+    return "-----BEGIN PRIVATE KEY-----\n" + base64.encodebytes(der).decode() + "-----END PRIVATE KEY-----\n"
+
+
+@pytest.mark.parametrize(("oid", "described"), [
+    ("2a8648ce380401", "a DSA key"), ("2a864886f70d010301", "a Diffie-Hellman key"),
+    ("2a8648ce3e0201", "a Diffie-Hellman key"), ("2a03", "a key of an unknown algorithm"),
+], ids=["dsa", "dh-pkcs3", "dh-x942", "unknown"])
+def test_a_private_key_that_is_costly_to_load_is_refused_unloaded(rsa_keys, key_never_parsed, oid, described):
+    """(Review E.) Loading a DSA or Diffie-Hellman key computes its public value, holding the GIL: a 12,000-bit DSA
+    key, within the PEM's length bound, took 0.5 s, the event loop stalled with it. Read off the PEM, it is refused
+    unloaded."""
+    pem = _pkcs8_pem(oid)
+    assert len(pem) <= credentials.MAX_PRIVATE_KEY_PEM_CHARS
+    certificate, _ = pair(rsa_keys[2048])
+    assert described in refusal(certificate, pem)["/credentials/privateKey"]
+
+
+def test_a_private_key_pem_of_another_label_is_refused_unloaded(rsa_keys, key_never_parsed):
+    certificate, _ = pair(rsa_keys[2048])
+    pem = "-----BEGIN DSA PRIVATE KEY-----\nMAA=\n-----END DSA PRIVATE KEY-----\n"
+    assert "a DSA key" in refusal(certificate, pem)["/credentials/privateKey"]
