@@ -30,9 +30,17 @@ def guid(value: str) -> str:
     return value.lower()
 
 
+# Names the API's paths cannot read a connection by: ``GET .../azure-client-secrets/connection-name/clients`` is
+# the route of the app registrations a connection sees (a connection "connection-name"), as the Functions host
+# prefers a route's literal segments to ``{app}``.
+RESERVED_NAMES = frozenset({"clients"})
+
+
 def name(value: str) -> str:
     if not NAME_RE.fullmatch(value):
         raise ValueError("must be 1 to 64 lowercase letters, digits or hyphens (a slug)")
+    if value in RESERVED_NAMES:
+        raise ValueError(f"must not be {value!r}: .../connection-name/{value} is another route of the API")
     return value
 
 

@@ -76,6 +76,11 @@ def problem_response(error: ServiceError, instance: str | None = None) -> func.H
     )
 
 
+def _not_json(constant: str) -> Any:
+    """``NaN``, ``Infinity`` and ``-Infinity``, which Python's parser takes and JSON (RFC 8259) does not have."""
+    raise ValueError(f"{constant} is not JSON")
+
+
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     from shared.errors import FieldError, InvalidRequest
 
@@ -128,7 +133,7 @@ def read_json(req: func.HttpRequest) -> Any:
     if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _bracket_depth(text) > MAX_JSON_DEPTH:
         raise InvalidRequest(f"The JSON body is nested deeper than {MAX_JSON_DEPTH} levels.")
     try:
-        value = json.loads(text, object_pairs_hook=_reject_duplicates)
+        value = json.loads(text, object_pairs_hook=_reject_duplicates, parse_constant=_not_json)
     except ServiceError:
         raise
     except (ValueError, RecursionError):

@@ -26,6 +26,16 @@ def test_names_outside_the_slug_pattern_are_refused(name):
     assert "/name" in pointers(caught.value)
 
 
+def test_a_name_the_paths_cannot_read_by_is_refused():
+    """(Review F.) ``GET .../azure-client-secrets/connection-name/clients`` is the clients route (the host prefers
+    its literal segments), so a connection named ``clients`` could never be read by name."""
+    with pytest.raises(InvalidRequest) as caught:
+        parse_model(CreateConnectionIn, {"name": "clients", "method": "client-secret", "credentials": {}})
+    assert "another route" in pointers(caught.value)["/name"]
+    assert parse_model(CreateConnectionIn, {"name": "clients-2", "method": "client-secret",
+                                            "credentials": {}}).name == "clients-2"
+
+
 def test_unknown_and_missing_fields_are_named():
     with pytest.raises(InvalidRequest) as caught:
         parse_model(CreateConnectionIn, {"method": "client-secret", "credentials": {}, "colour": "red"})

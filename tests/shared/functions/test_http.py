@@ -31,11 +31,14 @@ def test_charset_parameter_and_vendor_json_types_are_accepted():
         (b"", "application/json", InvalidRequest),
         (b"\xff\xfe{}", "application/json", InvalidRequest),
         (b'{"a": 1, "a": 2}', "application/json", InvalidRequest),
+        (b'{"a": NaN}', "application/json", InvalidRequest),  # Python's parser takes them; JSON has none
+        (b'{"a": [Infinity, -Infinity]}', "application/json", InvalidRequest),
         (b"[" * 5000 + b"]" * 5000, "application/json", InvalidRequest),
         (b"{}", "text/plain", UnsupportedMediaType),
         (b'{"a": "' + b"x" * MAX_BODY_BYTES + b'"}', "application/json", PayloadTooLarge),
     ],
-    ids=["malformed", "empty", "not-utf8", "duplicate-key", "too-deep", "wrong-type", "too-large"],
+    ids=["malformed", "empty", "not-utf8", "duplicate-key", "nan", "infinity", "too-deep", "wrong-type",
+         "too-large"],
 )
 def test_bad_bodies_raise_the_matching_problem(body, content_type, error):
     with pytest.raises(error):
