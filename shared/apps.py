@@ -68,6 +68,10 @@ class AppSpec:
     # Rotated through Microsoft Graph on the app registration: addPassword/removePassword (a permission is needed),
     # addKey/removeKey with proofs of possession (an application may roll its own keys without one).
     rotation_methods: tuple[Method, ...] = (Method.CLIENT_SECRET, Method.CERTIFICATE)
+    # What the application's own service principal needs on the target, for the methods that sign in as it (client
+    # secret, certificate, federated): the delegated permissions above do nothing for its app-only tokens, and a
+    # validation checks the sign-in only.
+    resource_access: str = ""
 
     def scope(self, settings: Settings) -> str:
         """The ``/.default`` scope in the configured cloud (``AZURE_CLOUD``; ``resource`` is the public cloud's)."""
@@ -97,6 +101,9 @@ APPS: dict[str, AppSpec] = {
             methods=_ALL_METHODS,
             oauth_setting_prefix="INF_APP_CONNECTION_AZURE_KEY_VAULT",
             permissions=(Permission("Azure Key Vault", "user_impersonation", "Delegated"),),
+            resource_access="An Azure role on the target vault for the application's service principal: Key Vault "
+                            "Secrets User to read secrets, Key Vault Secrets Officer to change them (or an access "
+                            "policy, on a vault that uses them).",
         ),
         AppSpec(
             id="azure-app-configuration",
@@ -108,6 +115,9 @@ APPS: dict[str, AppSpec] = {
                 Permission("Azure App Configuration", name, "Delegated")
                 for name in ("KeyValue.Delete", "KeyValue.Read", "KeyValue.Write")
             ),
+            resource_access="An Azure role on the target App Configuration store for the application's service "
+                            "principal: App Configuration Data Reader to read key-values, App Configuration Data "
+                            "Owner to change them.",
         ),
         AppSpec(
             id="azure-client-secrets",
@@ -116,6 +126,9 @@ APPS: dict[str, AppSpec] = {
             methods=_ALL_METHODS,
             oauth_setting_prefix="INF_APP_CONNECTION_AZURE_CLIENT_SECRETS",
             permissions=_GRAPH_PERMISSIONS,
+            resource_access="Admin consent to the Microsoft Graph application permission; with "
+                            "Application.ReadWrite.OwnedBy, the application manages only the app registrations it "
+                            "is an owner of.",
         ),
     )
 }

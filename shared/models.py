@@ -342,6 +342,8 @@ class AppOptionOut(_Out):
     rotationMethods: list[str]
     scope: str
     permissions: list[PermissionOut]
+    resourceAccess: str = Field(description="What the application's service principal needs on the target for "
+                                            "the methods that sign in as it (a validation checks the sign-in only).")
     oauthConfigured: bool
     oauthClientId: str | None
     oauthSettings: list[str]

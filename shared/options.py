@@ -44,6 +44,7 @@ def app_options(settings: Settings) -> list[dict[str, Any]]:
                 "permissions": [
                     {"api": p.api, "permission": p.name, "type": p.kind} for p in app.permissions
                 ],
+                "resourceAccess": app.resource_access,
                 "oauthConfigured": oauth.configured,
                 "oauthClientId": oauth.client_id,
                 "oauthSettings": [

@@ -103,6 +103,10 @@ function setupPanel(option, method) {
     h('h3', {id: 'setup-title'}, `What the application needs for ${option.name}`),
     h('p', {}, 'Set these API permissions on your Entra ID app registration (and grant admin consent):'),
     permissions);
+  if (method !== 'oauth' && option.resourceAccess) {
+    panel.append(h('p', {class: 'resource-access'}, 'Signing in as the application also needs: ',
+      option.resourceAccess, ' Validation checks the sign-in only.'));
+  }
   if (method === 'oauth') {
     panel.append(
       h('p', {}, 'In the service\'s own app registration, set this Redirect URI (platform: Web):'),
@@ -111,7 +115,10 @@ function setupPanel(option, method) {
     if (!option.oauthConfigured) {
       panel.append(h('p', {class: 'warning'}, 'OAuth is not set up on this service yet: set ',
         option.oauthSettings.map((name, index) => [index ? ' and ' : '', h('code', {}, name)]),
-        ' to that app registration\'s Application (Client) ID and a client secret, then restart the service.'));
+        ' to that app registration\'s Application (Client) ID and a client secret (in Azure: the secrets ',
+        option.oauthSettings.map((name, index) => [index ? ' and ' : '',
+          h('code', {}, name.toLowerCase().replaceAll('_', '-'))]),
+        ' of the service\'s settings vault), then refresh the service\'s Key Vault references and restart it.'));
     }
   }
   if (method === 'certificate') {
