@@ -128,6 +128,7 @@ def test_a_certificate_connection_by_file_and_by_paste(open_console: Any, admin:
     setup = page.inner_text(".setup")
     for permission in ("KeyValue.Delete", "KeyValue.Read", "KeyValue.Write"):
         assert permission in setup
+    assert "App Configuration Data Reader" in setup  # what signing in as the application needs on the store
     page.fill("#field-name", "console-appconfig-cert")
     page.fill("#field-tenantId", app.tenant_id)
     page.fill("#field-clientId", app.client_id)
