@@ -198,7 +198,7 @@ var apiRoles = [
       'User'
       'Application'
     ]
-    description: 'Rotate a connection\'s credential now; enable, change or disable its automatic rotation.'
+    description: 'Rotate a connection\'s credential now; enable, change or disable its automatic rotation; migrate it to the federated method.'
     displayName: 'App Connections Rotator'
     id: 'ce056f22-f036-4e8a-8e5d-03515994ec82'
     isEnabled: true
@@ -308,18 +308,14 @@ module network 'modules/network.bicep' = if (enablePrivateNetworking) {
   }
 }
 
-// With private networking, the private endpoints: the host's blobs (and the deployment package), its queues,
-// the state tables; and each vault (one endpoint each, in the same subnet and DNS zone).
+// With private networking, the private endpoints: the host's blobs (and the deployment package), the state tables
+// (the host uses no queue: HTTP and timer triggers only); and each vault (one endpoint each, in the same subnet and
+// DNS zone).
 var storagePrivateEndpoints = [
   {
     service: 'blob'
     subnetResourceId: network.outputs.privateEndpointSubnetResourceId
     privateDnsZoneResourceId: network.outputs.privateDnsZoneResourceIds.blob
-  }
-  {
-    service: 'queue'
-    subnetResourceId: network.outputs.privateEndpointSubnetResourceId
-    privateDnsZoneResourceId: network.outputs.privateDnsZoneResourceIds.queue
   }
   {
     service: 'table'

@@ -1,7 +1,8 @@
 """Typed settings, read from the environment in one place, once per process.
 
 Every setting the service reads is named here and documented in the README's
-configuration table. Nothing else in the package reads a setting from ``os.environ``; the log redaction
+configuration table (OpenTelemetry's own, such as ``OTEL_TRACES_SAMPLER``, which its SDK reads, are in
+docs/telemetry.md). Nothing else in the package reads a setting from ``os.environ``; the log redaction
 (``shared.redaction``) looks through it once only to learn the secret values it must never print.
 
 ``AZURE_CLOUD`` (``AzurePublicCloud``, ``AzureUSGovernment`` or ``AzureChinaCloud``; :data:`CLOUDS`) sets the

@@ -215,7 +215,6 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
   properties: {
     // The host's own storage, reached with the identity.
     AzureWebJobsStorage__blobServiceUri: storageAccount.properties.primaryEndpoints.blob
-    AzureWebJobsStorage__queueServiceUri: storageAccount.properties.primaryEndpoints.queue
     AzureWebJobsStorage__tableServiceUri: storageAccount.properties.primaryEndpoints.table
     AzureWebJobsStorage__credential: 'managedidentity'
     AzureWebJobsStorage__clientId: identity.properties.clientId

@@ -29,7 +29,6 @@ param userPrincipalType string = 'User'
 // Built-in role definition ids (the same in every tenant).
 var roleDefinitions = {
   'Storage Blob Data Owner': 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
-  'Storage Queue Data Contributor': '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
   'Storage Table Data Contributor': '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
   'Key Vault Secrets Officer': 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
   'Key Vault Secrets User': '4633458b-17de-408a-b874-0445c86b69e6'
@@ -58,17 +57,6 @@ resource identityBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-
   scope: storageAccount
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleDefinitions['Storage Blob Data Owner'])
-    principalId: identityPrincipalId
-    principalType: 'ServicePrincipal'
-  }
-}
-
-// Host storage queues (blob trigger receipts, host internals).
-resource identityQueueDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(storageAccount.id, identityPrincipalId, roleDefinitions['Storage Queue Data Contributor'])
-  scope: storageAccount
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roleDefinitions['Storage Queue Data Contributor'])
     principalId: identityPrincipalId
     principalType: 'ServicePrincipal'
   }

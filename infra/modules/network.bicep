@@ -31,13 +31,11 @@ var storageDnsSuffix = environment().suffixes.storage
 var privateDnsZoneNames = {
   vault: 'privatelink.vaultcore.${keyVaultDnsSuffix}'
   blob: 'privatelink.blob.${storageDnsSuffix}'
-  queue: 'privatelink.queue.${storageDnsSuffix}'
   table: 'privatelink.table.${storageDnsSuffix}'
 }
 var privateDnsZoneServices = [
   'vault'
   'blob'
-  'queue'
   'table'
 ]
 
@@ -125,10 +123,9 @@ output appSubnetResourceId string = resourceId('Microsoft.Network/virtualNetwork
 @description('The resource id of the subnet of the private endpoints.')
 output privateEndpointSubnetResourceId string = resourceId('Microsoft.Network/virtualNetworks/subnets', virtualNetwork.name, privateEndpointSubnetName)
 
-@description('The resource ids of the private DNS zones, by private endpoint service: vault, blob, queue, table.')
+@description('The resource ids of the private DNS zones, by private endpoint service: vault, blob, table.')
 output privateDnsZoneResourceIds object = {
   vault: resourceId('Microsoft.Network/privateDnsZones', privateDnsZoneNames.vault)
   blob: resourceId('Microsoft.Network/privateDnsZones', privateDnsZoneNames.blob)
-  queue: resourceId('Microsoft.Network/privateDnsZones', privateDnsZoneNames.queue)
   table: resourceId('Microsoft.Network/privateDnsZones', privateDnsZoneNames.table)
 }

@@ -28,7 +28,7 @@ param tags object = {}
 @description('Optional. Replication of the storage account. Geo-redundant by default: it keeps the state tables.')
 param skuName string = 'Standard_GRS'
 
-@description('Optional. Private endpoints of the account, each {service (blob, queue or table), subnetResourceId, privateDnsZoneResourceId} (the Azure Verified Modules shape, reduced to what this deployment uses).')
+@description('Optional. Private endpoints of the account, each {service (blob or table), subnetResourceId, privateDnsZoneResourceId} (the Azure Verified Modules shape, reduced to what this deployment uses).')
 param privateEndpoints array = []
 
 @allowed([

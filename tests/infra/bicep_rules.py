@@ -29,7 +29,6 @@ Files = dict[str, Tree]
 
 ROLE_GUIDS = {
     "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
-    "Storage Queue Data Contributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
     "Storage Table Data Contributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
     "Key Vault Secrets Officer": "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
     "Key Vault Secrets User": "4633458b-17de-408a-b874-0445c86b69e6",
@@ -59,7 +58,6 @@ VAULT_SECRET = "Microsoft.KeyVault/vaults/secrets"
 # The identity's roles, each on its resource, and no others: it writes the credential vault, reads the settings vault.
 IDENTITY_ROLES = {
     ("Storage Blob Data Owner", STORAGE),
-    ("Storage Queue Data Contributor", STORAGE),
     ("Storage Table Data Contributor", STORAGE),
     ("Key Vault Secrets Officer", CREDENTIAL_VAULT),
     ("Key Vault Secrets User", SETTINGS_VAULT),
@@ -98,7 +96,6 @@ PRIVATE_DNS_ZONE_GROUP = "Microsoft.Network/privateEndpoints/privateDnsZoneGroup
 PRIVATE_ENDPOINT_ZONES = {
     "vault": "privatelink.vaultcore.",
     "blob": "privatelink.blob.",
-    "queue": "privatelink.queue.",
     "table": "privatelink.table.",
 }
 FLEX_SUBNET_DELEGATION = "Microsoft.App/environments"
@@ -134,7 +131,6 @@ FEDERATION_SETTINGS = {
 }
 REQUIRED_SETTINGS = (
     "AzureWebJobsStorage__blobServiceUri",
-    "AzureWebJobsStorage__queueServiceUri",
     "AzureWebJobsStorage__tableServiceUri",
     "AzureWebJobsStorage__credential",
     "AzureWebJobsStorage__clientId",
@@ -1726,7 +1722,7 @@ def private_networking_rules(files: Files) -> list[str]:
         v += _network_violations(deployment)
         groups = deployment.instances(PRIVATE_DNS_ZONE_GROUP)
         # Each vault (the credential one and the settings one) and the storage account: its own endpoints.
-        services = {VAULT: ("vault",), STORAGE: ("blob", "queue", "table")}
+        services = {VAULT: ("vault",), STORAGE: ("blob", "table")}
         wanted = {
             (instance.module, type_, group_id)
             for type_, group_ids in services.items()

@@ -136,7 +136,7 @@ def test_the_evaluator_reads_the_roles_and_the_private_endpoints(templates: dict
         for c in e.body["properties"]["privateLinkServiceConnections"]
         for g in c["properties"]["groupIds"]
     )
-    assert group_ids == ["blob", "queue", "table", "vault", "vault"]  # the credential vault and the settings vault
+    assert group_ids == ["blob", "table", "vault", "vault"]  # the credential vault and the settings vault
     vaults = {e.module for e in endpoints if e.path == rules.KEY_VAULT_MODULE}
     assert len(vaults) == 2, vaults
     public = rules.Deployment(templates, {})
@@ -894,7 +894,7 @@ TAMPERINGS = [
         "    publicNetworkAccess: 'Enabled'\n",
         "publicNetworkAccess",
     ),
-    ("no-queue-endpoint", "main.bicep", "service: 'queue'", "service: 'file'", "queue"),
+    ("no-table-endpoint", "main.bicep", "service: 'table'", "service: 'file'", "table"),
     (
         "site-not-integrated",
         "app/api.bicep",
