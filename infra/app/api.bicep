@@ -217,6 +217,9 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     AzureWebJobsStorage__blobServiceUri: storageAccount.properties.primaryEndpoints.blob
     AzureWebJobsStorage__tableServiceUri: storageAccount.properties.primaryEndpoints.table
     AzureWebJobsStorage__credential: 'managedidentity'
+    // The host's own page at / ("Your Functions app is up and running") goes: / is the console's redirect, and the
+    // host says nothing of itself to an anonymous caller.
+    AzureWebJobsDisableHomepage: 'true'
     AzureWebJobsStorage__clientId: identity.properties.clientId
     // The state tables live in the same account (STATE_STORAGE names the setting prefix).
     STATE_STORAGE: 'AzureWebJobsStorage'

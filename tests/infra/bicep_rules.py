@@ -133,6 +133,7 @@ REQUIRED_SETTINGS = (
     "AzureWebJobsStorage__blobServiceUri",
     "AzureWebJobsStorage__tableServiceUri",
     "AzureWebJobsStorage__credential",
+    "AzureWebJobsDisableHomepage",
     "AzureWebJobsStorage__clientId",
     "STATE_STORAGE",
     "KEY_VAULT_URL",
