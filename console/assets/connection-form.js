@@ -13,6 +13,8 @@ const body = () => document.getElementById('connection-form-body');
 const SECRET_FIELDS = ['clientSecret', 'certificateBody', 'privateKey'];
 const KEY_ID_HINT = 'In the Azure portal, open the app registration, then Certificates & secrets: the Secret ID ' +
   'of the client secret you enter above. The service removes that secret after its first rotation.';
+const KEY_ID_EDIT_HINT = 'With a new client secret above: its Secret ID (Certificates & secrets of the app ' +
+  'registration). The service removes that secret after its first rotation.';
 const MAX_FILE_BYTES = 16 * 1024;
 
 let current = null; // {mode: 'add'|'edit', app, method, connection}
@@ -161,7 +163,7 @@ function federatedSetup(federated) {
   ];
 }
 
-function rotationFields(connection) {
+function rotationFields(connection, method) {
   const rotation = (connection && connection.rotation) || {};
   const enabled = Boolean(connection && connection.isAutoRotationEnabled);
   const toggle = h('input', {type: 'checkbox', role: 'switch', id: fieldId('isAutoRotationEnabled'),
@@ -174,8 +176,10 @@ function rotationFields(connection) {
   const zone = h('select', {}, [...new Set([rotation.timeZone || localZone(), 'UTC', ...zones])].map((name) =>
     h('option', {value: name, selected: name === (rotation.timeZone || localZone())}, name)));
   const settings = h('div', {id: 'rotation-settings', class: 'rotation-settings', hidden: !enabled},
-    connection ? null : field('clientSecretKeyId', 'Client Secret Key ID', input('text', {autocomplete: 'off',
-      placeholder: '00000000-0000-0000-0000-000000000000'}), {hint: KEY_ID_HINT, optional: true}),
+    // A client secret's Key ID, when creating or with a new secret: which secret to remove after the first rotation.
+    method === 'client-secret' ? field('clientSecretKeyId', 'Client Secret Key ID', input('text', {autocomplete: 'off',
+      placeholder: '00000000-0000-0000-0000-000000000000'}), {hint: connection ? KEY_ID_EDIT_HINT : KEY_ID_HINT,
+      optional: true}) : null,
     h('div', {class: 'row'},
       field('rotationInterval', 'Rotation Interval (days)', interval, {hint: 'How many days between rotations.'}),
       field('rotateAt', 'Rotate At', at, {hint: 'The local time of day the rotation runs.'}),
@@ -185,8 +189,11 @@ function rotationFields(connection) {
     h('h3', {id: 'rotation-title'}, 'Automatic Credential Rotation'),
     h('div', {class: 'switch'}, toggle, h('label', {for: fieldId('isAutoRotationEnabled')},
       'Automatic Credential Rotation')),
-    h('p', {class: 'hint', id: 'rotation-hint'}, 'The service creates a new client secret on the application at ' +
-      'once and on every interval, and revokes the previous one; nobody else keeps the secret you enter.'),
+    h('p', {class: 'hint', id: 'rotation-hint'}, method === 'certificate'
+      ? 'The service creates a new certificate (its key made in the service) on the application at once and on ' +
+        'every interval, and revokes the previous one; nobody else keeps the private key you enter.'
+      : 'The service creates a new client secret on the application at once and on every interval, and revokes ' +
+        'the previous one; nobody else keeps the secret you enter.'),
     h('p', {class: 'field-error', id: `${fieldId('isAutoRotationEnabled')}-error`, hidden: true}),
     settings);
 }
@@ -268,7 +275,7 @@ function build() {
     credentialFields(method, connection));
   root.append(details);
   const rotates = option.rotationMethods.includes(method) && (editing ? can('Rotator', app) : true);
-  if (rotates) root.append(rotationFields(connection));
+  if (rotates) root.append(rotationFields(connection, method));
   const submitText = method === 'oauth' && !editing ? 'Connect to Azure' : editing ? 'Save changes' : 'Create connection';
   root.append(h('div', {class: 'actions'},
     h('button', {type: 'button', onclick: close}, 'Cancel'),
@@ -413,6 +420,11 @@ function updateBody() {
     }
   }
   const rotation = rotationBody();
+  // The Key ID goes with a new client secret, and only while rotation is on (as when creating).
+  const keyId = value('clientSecretKeyId');
+  if (result.credentials && result.credentials.clientSecret !== undefined && rotation.isAutoRotationEnabled && keyId) {
+    result.credentials.clientSecretKeyId = keyId;
+  }
   const before = connection.rotation || {};
   if ('isAutoRotationEnabled' in rotation) {
     if (rotation.isAutoRotationEnabled !== connection.isAutoRotationEnabled) {

@@ -129,6 +129,9 @@ def test_a_certificate_connection_by_file_and_by_paste(open_console: Any, admin:
     for permission in ("KeyValue.Delete", "KeyValue.Read", "KeyValue.Write"):
         assert permission in setup
     assert "App Configuration Data Reader" in setup  # what signing in as the application needs on the store
+    # rotation makes a certificate here, and there is no client secret's Key ID to give
+    assert "new certificate" in page.inner_text("#rotation-hint")
+    assert page.locator("#field-clientSecretKeyId").count() == 0
     page.fill("#field-name", "console-appconfig-cert")
     page.fill("#field-tenantId", app.tenant_id)
     page.fill("#field-clientId", app.client_id)
@@ -457,6 +460,8 @@ def test_edit_changes_only_what_changed_and_turns_rotation_on(open_console: Any,
     page.fill("#field-rotationInterval", "14")
     page.fill("#field-rotateAt", "22:15")
     page.select_option("#field-timeZone", "UTC")
+    assert "new client secret" in page.inner_text("#field-clientSecretKeyId-hint")
+    page.fill("#field-clientSecretKeyId", app.key_id)  # without a new secret, a Key ID is not sent
     page.click("#connection-submit")
     page.wait_for_selector("#rotation-timeline", timeout=30_000)
     assert patches == [{"description": "Graph access of the build pipeline", "isAutoRotationEnabled": True,
