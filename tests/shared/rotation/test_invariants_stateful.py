@@ -1,6 +1,8 @@
 """Random sequences of sweeps, user operations, crashes, workers held up at a step, time passing and Azure faults
 (hypothesis's rule-based state machine), with the invariants I1 to I4 checked after every step at which no worker
-is held up (I1's revocations as they happen), against in-memory fakes."""
+is held up (I1's revocations as they happen), and after each such step every connection that owes the sweep work
+(rotation on, a rotation under way, a clean-up pending) points at an entry of the schedule index; against
+in-memory fakes."""
 
 from __future__ import annotations
 
@@ -202,6 +204,7 @@ class Lifecycle(RuleBasedStateMachine):
     def invariants_hold(self) -> None:
         if self.held is None:  # else a worker is in the middle of a step (its revocations are checked as made)
             assert self.h.check() == []
+            assert self.h.unscheduled() == []  # what a connection owes (a rotation, a clean-up) is due somewhere
 
 
 @pytest.mark.slow
