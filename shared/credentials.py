@@ -103,12 +103,12 @@ def _supported(key: object) -> bool:
     return False
 
 
-# The PEM labels and PKCS#8 algorithms of private keys that load cheaply (RSA without its key check; EC and
-# Edwards keys are small): any other (DSA, Diffie-Hellman) is refused before it is loaded, since loading it
-# computes its public value, holding the GIL (a DSA key of 12,000 bits took 0.5 s). Read from the PEM, not parsed.
-_CHEAP_LABELS = frozenset({"RSA PRIVATE KEY", "EC PRIVATE KEY"})
+# The PKCS#8 algorithms of private keys that load cheaply (RSA without its key check; EC and Edwards keys are
+# small); any other (DSA, Diffie-Hellman, one not known) is refused before it is loaded, since loading it computes
+# its public value, holding the GIL (a DSA key of 12,000 bits took 0.5 s). Read off the DER, not parsed.
 _PKCS8_ALGORITHMS = {  # DER of the OID -> what it is (None: cheap to load; its own checks follow)
     bytes.fromhex("2a864886f70d010101"): None,  # rsaEncryption
+    bytes.fromhex("2a864886f70d01010a"): None,  # RSASSA-PSS (openssl genpkey -algorithm RSA-PSS)
     bytes.fromhex("2a8648ce3d0201"): None,  # id-ecPublicKey
     bytes.fromhex("2b6570"): None, bytes.fromhex("2b6571"): None,  # X25519, X448
     bytes.fromhex("2b6572"): None, bytes.fromhex("2b6573"): None,  # Ed25519, Ed448
@@ -116,28 +116,40 @@ _PKCS8_ALGORITHMS = {  # DER of the OID -> what it is (None: cheap to load; its 
     bytes.fromhex("2a864886f70d010301"): "a Diffie-Hellman key",
     bytes.fromhex("2a8648ce3e0201"): "a Diffie-Hellman key",
 }
-_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----([^-]*)-----END \1-----")
+# The traditional (PKCS#1, SEC1) labels that load cheaply, and those refused unloaded.
+_CHEAP_LABELS = frozenset({"RSA PRIVATE KEY", "EC PRIVATE KEY"})
+_COSTLY_LABELS = {"DSA PRIVATE KEY": "a DSA key"}
+_PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]{1,64})-----(.*?)-----END \1-----", re.S)
+_NOT_A_KEY = "must be a PEM private key (PKCS#8 or PKCS#1 RSA)"
 
 
-def _costly_key(pem: str) -> str | None:
-    """What the private key PEM is, when it is a kind whose loading is costly or unknown (then it is refused
-    unloaded); None when it loads cheaply (or is not a PEM key at all: loading it says so)."""
-    block = _PEM_BLOCK.search(pem)
-    if block is None:
-        return None
-    label = block[1]
+def _private_key_block(pem: str) -> tuple[str, bytes]:
+    """The one private key block of the text (other blocks, such as a public key, and text around it are left
+    out): its label and its DER, header lines dropped. What is loaded is exactly this, so what it is can be read
+    off it first. A 400 when there is none, more than one, or its body is not base64."""
+    blocks = [block for block in _PEM_BLOCK.finditer(pem) if block[1].endswith("PRIVATE KEY")]
+    if len(blocks) != 1:
+        raise _refuse("The certificate or private key cannot be read.", "/credentials/privateKey",
+                      _NOT_A_KEY if not blocks else "must hold one private key, not several")
+    label, body = blocks[0][1], blocks[0][2]
+    try:
+        der = base64.b64decode("".join(line.strip() for line in body.splitlines() if ":" not in line),
+                               validate=True)
+    except ValueError:  # binascii.Error is one
+        raise _refuse("The certificate or private key cannot be read.", "/credentials/privateKey",
+                      _NOT_A_KEY) from None
+    return label, der
+
+
+def _costly_key(label: str, der: bytes) -> str | None:
+    """What a private key block is, when its loading is costly or its algorithm unknown (then it is refused
+    unloaded); None when it loads cheaply, or loading it refuses it anyway (not PKCS#8 as it says)."""
     if label in _CHEAP_LABELS:
         return None
     if label != "PRIVATE KEY":
-        return f"a {label.removesuffix(' PRIVATE KEY').removesuffix(' KEY')} key" if "KEY" in label else None
-    try:
-        der = base64.b64decode("".join(block[2].split()), validate=True)
-    except ValueError:  # binascii.Error is one
-        return None
+        return _COSTLY_LABELS.get(label)
     oid = _pkcs8_algorithm(der)
-    if oid is None:
-        return None  # not PKCS#8 as expected: loading it refuses it
-    return _PKCS8_ALGORITHMS.get(oid, "a key of an unknown algorithm")
+    return _PKCS8_ALGORITHMS.get(oid, "a key of an unknown algorithm") if oid is not None else None
 
 
 def _pkcs8_algorithm(der: bytes) -> bytes | None:
@@ -252,15 +264,17 @@ def parse_certificate(certificate_body: str, private_key: str, now: datetime | N
             f"must be the certificate of {_SUPPORTED_KEYS}; this one has {_describe(public_key)}",
         )
 
-    costly = _costly_key(private_key)
+    label, der = _private_key_block(private_key)
+    costly = _costly_key(label, der)
     if costly is not None:
         raise _refuse(
             "The private key is not supported.",
             "/credentials/privateKey",
             f"must be {_SUPPORTED_KEYS}; this one is {costly}",
         )
+    block = f"-----BEGIN {label}-----\n{base64.encodebytes(der).decode()}-----END {label}-----\n"
     try:
-        key = _load_private_key(private_key.encode())
+        key = _load_private_key(block.encode())
     except TypeError:
         raise _refuse(
             "The certificate or private key cannot be read.",
@@ -268,11 +282,8 @@ def parse_certificate(certificate_body: str, private_key: str, now: datetime | N
             "must not be encrypted with a password",
         ) from None
     except (ValueError, crypto_exceptions.UnsupportedAlgorithm):
-        raise _refuse(
-            "The certificate or private key cannot be read.",
-            "/credentials/privateKey",
-            "must be a PEM private key (PKCS#8 or PKCS#1 RSA)",
-        ) from None
+        raise _refuse("The certificate or private key cannot be read.", "/credentials/privateKey", _NOT_A_KEY
+                      ) from None
     if not _supported(key):
         raise _refuse(
             "The private key is not supported.",

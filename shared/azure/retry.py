@@ -109,9 +109,11 @@ def retry_after_of(headers: Mapping[str, str]) -> float | None:
         return seconds
     for name in ("retry-after-ms", "x-ms-retry-after-ms"):
         try:
-            return max(0.0, float(headers[name])) / 1000.0
+            milliseconds = float(headers[name])
         except (KeyError, ValueError):
             continue
+        if math.isfinite(milliseconds):
+            return max(0.0, milliseconds) / 1000.0
     return None
 
 

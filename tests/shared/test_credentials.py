@@ -526,3 +526,62 @@ def test_a_private_key_pem_of_another_label_is_refused_unloaded(rsa_keys, key_ne
     certificate, _ = pair(rsa_keys[2048])
     pem = "-----BEGIN DSA PRIVATE KEY-----\nMAA=\n-----END DSA PRIVATE KEY-----\n"
     assert "a DSA key" in refusal(certificate, pem)["/credentials/privateKey"]
+
+
+@pytest.mark.parametrize("layout", ["after-another-block", "with-a-pem-header", "text-around"])
+def test_a_dsa_key_is_refused_unloaded_however_its_pem_is_laid_out(rsa_keys, key_never_parsed, layout):
+    """(Review H.) The check read the first block only, and a body without header lines: a block of another label
+    before the key, or a header line holding a hyphen, had the costly key loaded all the same. What is loaded is
+    now exactly the block checked."""
+    pem = _pkcs8_pem("2a8648ce380401")
+    if layout == "after-another-block":
+        pem = "-----BEGIN X-----\n-----END X-----\n" + pem
+    elif layout == "with-a-pem-header":
+        first, rest = pem.split("\n", 1)
+        pem = f"{first}\nComment: a-b\n\n{rest}"
+    else:
+        pem = "Bag Attributes\n    localKeyID: 01 00 00 00\n" + pem + "trailing text\n"
+    certificate, _ = pair(rsa_keys[2048])
+    assert "a DSA key" in refusal(certificate, pem)["/credentials/privateKey"]
+
+
+def _rsa_pss_pkcs8(key: Any) -> str:
+    """The RSA key as ``openssl genpkey -algorithm RSA-PSS`` writes it: PKCS#8 with the RSASSA-PSS OID around the
+    PKCS#1 key."""
+    import base64
+
+    def tlv(tag: int, value: bytes) -> bytes:
+        n = len(value)
+        length = bytes([n]) if n < 128 else bytes([0x80 | ((n.bit_length() + 7) // 8)]) + n.to_bytes(
+            (n.bit_length() + 7) // 8, "big")
+        return bytes([tag]) + length + value
+
+    pkcs1 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.TraditionalOpenSSL,
+                              serialization.NoEncryption())
+    der = tlv(0x30, tlv(0x02, b"\x00") + tlv(0x30, tlv(0x06, bytes.fromhex("2a864886f70d01010a"))) + tlv(0x04, pkcs1))
+    return "-----BEGIN PRIVATE KEY-----\n" + base64.encodebytes(der).decode() + "-----END PRIVATE KEY-----\n"
+
+
+def test_rsa_keys_as_openssl_and_key_files_lay_them_out_are_still_accepted(rsa_keys):
+    """(Review H.) An RSASSA-PSS PKCS#8 key, and a key file with its public half first, were accepted before the
+    check and refused by it (and a stored one would have made its connection invalid)."""
+    key = rsa_keys[2048]
+    certificate, private_key = pair(key)
+    assert parse_certificate(certificate, _rsa_pss_pkcs8(key)).key_size == 2048
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    assert parse_certificate(certificate, public + private_key).key_type == "RSA"
+
+
+def test_a_private_key_field_with_two_keys_is_refused(rsa_keys, key_never_parsed):
+    certificate, private_key = pair(rsa_keys[2048])
+    assert "one private key" in refusal(certificate, private_key + private_key)["/credentials/privateKey"]
+
+
+async def test_a_stored_rsassa_pss_key_still_signs_in(rsa_keys, fake_clients):
+    key = rsa_keys[2048]
+    certificate, _ = pair(key)
+    credential = await credentials.build_credential_async(
+        fake_clients, Method.CERTIFICATE, TENANT, CLIENT, {"certificateBody": certificate,
+                                                           "privateKey": _rsa_pss_pkcs8(key)})
+    verify(credential.func(), certificate, "RS256")

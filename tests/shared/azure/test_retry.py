@@ -486,6 +486,8 @@ async def test_an_unreadable_retry_after_is_backed_off_from_not_a_failure_of_the
     ({"retry-after": "2", "retry-after-ms": "500"}, 2.0),  # Retry-After first, as azure-core reads them
     ({"retry-after-ms": "1500"}, 1.5), ({"x-ms-retry-after-ms": "250"}, 0.25),
     ({"retry-after": "soon", "retry-after-ms": "300"}, 0.3), ({"retry-after-ms": "x"}, None), ({}, None),
+    ({"retry-after-ms": "1e400"}, None), ({"x-ms-retry-after-ms": "inf"}, None), ({"retry-after-ms": "nan"}, None),
+    ({"retry-after-ms": "inf", "x-ms-retry-after-ms": "250"}, 0.25),  # not a finite wait: the next one is read
 ])
 def test_every_client_reads_an_answer_s_wait_the_same_way(headers, seconds):
     from shared.azure.retry import retry_after_of
