@@ -46,13 +46,13 @@ var notificationColumns = 'project TimeGenerated, event, app = tostring(Properti
 // hours. They are separate events, so a rule that includes them fires again (one alert a day per connection):
 // - the failures rule includes them: the connection still does not work and someone has to act; and the daily alert
 //   is the safety net when the first one was missed (an email lost, ingestion later than the 15-minute window, the
-//   action group added afterwards). rotation-failed has no reminder: each failed attempt (retried with back-off)
-//   is a notification of its own.
+//   action group added afterwards). rotation-failed is notified at the first failure in a row, then as
+//   rotation-failed-reminder at each failed attempt once the back-off has reached a day (about daily while it lasts).
 // - the expiring rule does not: the credential still works, and with EXPIRY_WARNING_DAYS = 30 its reminders would
 //   email every day for a month. The first alert (the webhook's reminders, if one is set) and then credential-expired
 //   suffice.
 // - recovered has no reminder.
-var failedQuery = '${notificationTraces} | where event in ("credential-expired", "credential-expired-reminder", "rotation-failed", "validation-failed", "validation-failed-reminder") | ${notificationColumns}'
+var failedQuery = '${notificationTraces} | where event in ("credential-expired", "credential-expired-reminder", "rotation-failed", "rotation-failed-reminder", "validation-failed", "validation-failed-reminder") | ${notificationColumns}'
 var expiringQuery = '${notificationTraces} | where event in ("credential-expiring") | ${notificationColumns}'
 var recoveredQuery = '${notificationTraces} | where event in ("recovered") | ${notificationColumns}'
 
@@ -60,7 +60,7 @@ var rules = [
   {
     name: '${namePrefix}-credential-failed'
     displayName: '${namePrefix}: a credential failed or expired'
-    description: 'An app connection\'s credential expired or failed validation (events credential-expired, validation-failed and their daily reminders): the connection does not work until someone acts. Or its rotation failed (rotation-failed): it still works with its current credential, which stays in use until a retry (with back-off) succeeds. See its health and rotation history in the API.'
+    description: 'An app connection\'s credential expired or failed validation (events credential-expired, validation-failed and their daily reminders): the connection does not work until someone acts. Or its rotation failed (rotation-failed, and its daily reminder while it keeps failing): it still works with its current credential, which stays in use until a retry (with back-off) succeeds. See its health and rotation history in the API.'
     severity: 1
     query: failedQuery
   }

@@ -194,7 +194,9 @@ NOTIFICATION_BASE_EVENTS = (
     "recovered",
 )
 REMINDED_EVENTS = ("validation-failed", "credential-expiring", "credential-expired")
-NOTIFICATION_EVENTS = (*NOTIFICATION_BASE_EVENTS, *(f"{event}-reminder" for event in REMINDED_EVENTS))
+# A rotation that keeps failing is reminded of too: once its back-off has reached a day, each failed attempt.
+NOTIFICATION_EVENTS = (*NOTIFICATION_BASE_EVENTS, *(f"{event}-reminder" for event in REMINDED_EVENTS),
+                       "rotation-failed-reminder")
 # Severity -> the events its rule alerts on, exactly. The expiring credential's reminders alert on nothing (they
 # would email every day of the warning period; alerts.bicep says why), the failures' reminders do.
 ALERTED_EVENTS = {
@@ -202,6 +204,7 @@ ALERTED_EVENTS = {
         "credential-expired",
         "credential-expired-reminder",
         "rotation-failed",
+        "rotation-failed-reminder",
         "validation-failed",
         "validation-failed-reminder",
     },

@@ -224,6 +224,17 @@ def test_notification_records_carry_what_the_alert_queries_read() -> None:
     base = {*notify.EVENTS.values(), notify.ROTATION_FAILED, notify.RECOVERED}
     assert base == set(rules.NOTIFICATION_BASE_EVENTS)
     assert set(notify.EVENTS.values()) == set(rules.REMINDED_EVENTS)  # health_notice reminds of these
+    # ... and rotation_failed of a rotation failing for a day and more (review H: the rule left it out)
+    from datetime import timedelta
+
+    from shared.records import ConnectionRecord, RotationState
+
+    at = datetime(2026, 1, 1, tzinfo=UTC)  # a connection failing its rotation for the tenth time in a row
+    record = ConnectionRecord(app="azure-key-vault", id="c", name="n", method="client-secret", tenant_id="t",
+                              client_id="c", created_at=at, updated_at=at, secret_name="s", secret_version="v",
+                              rotation=RotationState(failures=10))
+    reminder = notify.rotation_failed(record, "failed", at, timedelta(days=1))
+    assert reminder is not None and reminder.event in rules.NOTIFICATION_EVENTS
     item = Notification(
         "credential-expired",
         "azure-key-vault",
