@@ -564,7 +564,8 @@ class FakeConnections:
     # the outbox
     async def pending(self, apps: Sequence[str], now: datetime, limit: int = 100) -> list[Notification]:
         self.world.check("outbox.pending")
-        return [n for n in self.outbox if n.next_attempt_at is None or n.next_attempt_at <= now][:limit]
+        due = [n for n in self.outbox if n.next_attempt_at is None or n.next_attempt_at <= now]
+        return sorted(due, key=lambda n: n.attempts > 0)[:limit]  # as the store: never tried first (stable)
 
     async def claim(self, item: Notification, until: datetime) -> Notification | None:
         """As the store: under the ETag the notice was read with (another pass's copy no longer matches)."""

@@ -359,19 +359,22 @@ class ConnectionsTable:
 
     # -- the outbox ---------------------------------------------------------------------------------------
     async def pending(self, apps: Sequence[str], now: datetime, limit: int = 100) -> list[Notification]:
-        """Notifications due for delivery (a range over each app's outbox rows), oldest first."""
+        """Notifications due for delivery (a range over each app's outbox rows): those never tried first, then
+        those to try again, each oldest first. A backlog of notices a failing receiver keeps refusing never holds
+        back a new one (whose alert record goes out when a pass first takes it)."""
         table = await self._table()
         found: list[Notification] = []
-        for app in apps:
-            async for entity in table.query_entities(
-                "PartitionKey eq @app and RowKey gt @low and RowKey lt @high",
-                parameters={"app": app, "low": OUTBOX_PREFIX, "high": OUTBOX_PREFIX + "~"},
-            ):
-                item = notification_of(entity)
-                if item.next_attempt_at is None or item.next_attempt_at <= now:
-                    found.append(item)
-                if len(found) >= limit:
-                    return found
+        for attempted in ("Attempts eq 0", "Attempts gt 0"):
+            for app in apps:
+                async for entity in table.query_entities(
+                    f"PartitionKey eq @app and RowKey gt @low and RowKey lt @high and {attempted}",
+                    parameters={"app": app, "low": OUTBOX_PREFIX, "high": OUTBOX_PREFIX + "~"},
+                ):
+                    item = notification_of(entity)
+                    if item.next_attempt_at is None or item.next_attempt_at <= now:
+                        found.append(item)
+                    if len(found) >= limit:
+                        return found
         return found
 
     async def claim(self, item: Notification, until: datetime) -> Notification | None:

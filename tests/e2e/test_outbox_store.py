@@ -60,3 +60,19 @@ async def test_a_notice_is_taken_by_one_pass_under_the_etag_it_was_read_with(cli
         notice.id]  # should the pass die holding it, it is due again after the claim
     await store.delivered(taken)
     assert await store.claim(taken, now) is None  # delivered: nothing to take
+
+
+async def test_never_tried_notices_are_read_before_those_to_try_again(clients: AzureClients) -> None:
+    """(Review I.) However many notices wait to be tried again, a new one is read before them (its alert record goes
+    out when a pass first takes it)."""
+    store = ConnectionsTable(clients)
+    start = datetime.now(UTC) - timedelta(hours=2)
+    backlog = []
+    for n in range(5):
+        old = await queued_notice(store, start + timedelta(milliseconds=n), f"backlog-{n}")
+        [read] = [i for i in await store.pending((APP,), start + timedelta(days=1), 10_000) if i.id == old.id]
+        await store.retry_later(replace(read, attempts=1, next_attempt_at=start))
+        backlog.append(old.id)
+    new = await queued_notice(store, datetime.now(UTC), "new")
+    order = [item.id for item in await store.pending((APP,), datetime.now(UTC), 10_000)]
+    assert order.index(new.id) < min(order.index(old) for old in backlog)

@@ -500,3 +500,27 @@ async def test_a_stored_certificate_that_expired_makes_the_connection_invalid_as
         await services.connections.validate(APP, fresh.id)
     stored = await h.record(fresh.id)
     assert stored is not None and stored.status == "invalid"
+
+
+async def test_a_backlog_of_undeliverable_notices_does_not_withhold_the_alert_record_of_a_new_one(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """(Review I.) A pass read the 100 oldest due notices: while the receiver was down and a backlog of notices
+    already tried was due again (a storm of failures), a new notice was never read, and its alert record (what the
+    alert rules mail) was withheld for as long as the backlog lasted: days. Never-tried notices are read first."""
+    from shared.records import Notification
+
+    h = _harness()
+    h.fakes.webhook.answer = 503  # the receiver is down
+    h.fakes.connections.outbox.extend(  # a storm: 150 connections refused at once (a consent withdrawn)
+        Notification("validation-failed", APP, f"c{n}", f"c{n}", "failing", "AADSTS7000215", h.fakes.clock.now)
+        for n in range(150))
+    for _ in range(12 * 3):  # three hours of passes, one each 5 minutes
+        h.fakes.clock.advance(timedelta(minutes=5))
+        await Notifier(h.fakes.adapters).deliver()
+    new = Notification("credential-expired", APP, "prod", "prod", "expired", None, h.fakes.clock.now)
+    h.fakes.connections.outbox.append(new)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="shared.notify"):
+        h.fakes.clock.advance(timedelta(minutes=5))
+        await Notifier(h.fakes.adapters).deliver()
+    assert [r for r in caplog.records if getattr(r, "notificationId", None) == new.id]
