@@ -1,5 +1,5 @@
 """The outbound webhook of notifications: a POST over the service's one HTTP session (``shared.azure.clients``),
-with a short timeout; the outbox retries what fails (``shared.notify``)."""
+with a short timeout, answered by its status alone; the outbox retries what fails (``shared.notify``)."""
 
 from __future__ import annotations
 
@@ -22,5 +22,6 @@ class HttpWebhook:
         timeout = aiohttp.ClientTimeout(total=TIMEOUT_SECONDS)
         async with self._clients.session().post(url, data=body, headers=dict(headers), timeout=timeout,
                                                 allow_redirects=False) as response:
-            await response.read()
+            # The status is the answer: the body is not read (a large one would be buffered, a slow one would
+            # time out a delivery that was made and have it sent again); its connection is closed, not reused.
             return response.status
