@@ -8,17 +8,33 @@ from shared.records import EXPIRED, EXPIRING, FAILING, HEALTHY, ConnectionRecord
 
 REFRESH_TOKEN_LIFETIME = timedelta(days=90)  # Entra ID's refresh tokens lapse after 90 days unused
 RETRY_UNREACHABLE = timedelta(hours=1)  # when Entra or Graph could not be reached, the next check comes sooner
+# A renewal overdue by more than this is not counted on (the sweep has stopped, say): the expiry is warned of.
+RENEWAL_OVERDUE = timedelta(days=1)
 
 
-def status_of(expires_at: datetime | None, refused: bool, now: datetime, warning: timedelta) -> str:
-    """Expired before failing before expiring before healthy."""
+def status_of(expires_at: datetime | None, refused: bool, now: datetime, warning: timedelta,
+              renewed_at: datetime | None = None) -> str:
+    """Expired before failing before expiring before healthy. A credential that the service renews before it
+    expires (``renewed_at``: see :func:`renewal`) is not expiring: nobody has anything to do."""
     if expires_at is not None and expires_at <= now:
         return EXPIRED
     if refused:
         return FAILING
-    if expires_at is not None and expires_at - now <= warning:
+    renewed = renewed_at is not None and now - RENEWAL_OVERDUE <= renewed_at < expires_at if expires_at else False
+    if expires_at is not None and expires_at - now <= warning and not renewed:
         return EXPIRING
     return HEALTHY
+
+
+def renewal(record: ConnectionRecord, next_check_at: datetime | None) -> datetime | None:
+    """When the service itself renews the credential: an OAuth connection's refresh token at its next check (each
+    refresh starts its 90 days again); another's next scheduled rotation, while automatic rotation is on and its
+    last attempt did not fail (one that fails is warned of: nothing will replace the credential). None: nothing
+    does, and its expiry is the user's to act on."""
+    if record.method == "oauth":
+        return next_check_at
+    state = record.rotation
+    return state.next_at if state.enabled and not state.failures else None
 
 
 def next_check(now: datetime, interval: timedelta, expires_at: datetime | None, warning: timedelta,
@@ -38,6 +54,6 @@ def next_check(now: datetime, interval: timedelta, expires_at: datetime | None, 
 def fresh_health(record: ConnectionRecord, expires_at: datetime | None, now: datetime, warning: timedelta,
                  interval: timedelta) -> HealthState:
     """The health of credentials that just worked (created, changed, rotated): the notification memory kept."""
-    return record.health.evolve(status=status_of(expires_at, False, now, warning), checked_at=now, message=None,
-                                credential_expires_at=expires_at,
-                                next_check_at=next_check(now, interval, expires_at, warning))
+    due = next_check(now, interval, expires_at, warning)
+    return record.health.evolve(status=status_of(expires_at, False, now, warning, renewal(record, due)),
+                                checked_at=now, message=None, credential_expires_at=expires_at, next_check_at=due)

@@ -32,7 +32,7 @@ from shared.errors import (
     ServiceError,
     VersionDisabled,
 )
-from shared.expiry import REFRESH_TOKEN_LIFETIME, RETRY_UNREACHABLE, next_check, status_of
+from shared.expiry import REFRESH_TOKEN_LIFETIME, RETRY_UNREACHABLE, next_check, renewal, status_of
 from shared.notify import DELIVERY_BUDGET_SECONDS, Notifier, health_notice
 from shared.oauth_tokens import ReauthorizationRequired
 from shared.ports import Adapters, DueEntry
@@ -114,15 +114,16 @@ class HealthChecker:
             health = record.health.evolve(message=f"The credential could not be checked ({unreachable}).",
                                           next_check_at=now + RETRY_UNREACHABLE)
             # What the known expiry says still holds without a check: expiring, then expired, on time.
-            dated = status_of(expires, False, now, self.warning)
+            dated = status_of(expires, False, now, self.warning, renewal(record, None))  # no refresh happened
             if _SEVERITY.get(dated, 0) > _SEVERITY.get(record.health.status, 0):
                 health = health.evolve(status=dated)
             connection_status = record.status
         else:
+            due = next_check(now, self.interval, expires, self.warning, record.health.next_check_at)
             health = record.health.evolve(
-                status=status_of(expires, refused is not None, now, self.warning), checked_at=now,
-                message=refused.detail if refused else None, credential_expires_at=expires,
-                next_check_at=next_check(now, self.interval, expires, self.warning, record.health.next_check_at))
+                status=status_of(expires, refused is not None, now, self.warning, renewal(record, due)),
+                checked_at=now, message=refused.detail if refused else None, credential_expires_at=expires,
+                next_check_at=due)
             connection_status = (STATUS_REAUTHORIZATION_REQUIRED if isinstance(refused, ReauthorizationRequired)
                                  else STATUS_INVALID if refused else STATUS_ACTIVE)
         return await self._save(record, health, connection_status, refused.detail if refused else None)

@@ -516,8 +516,9 @@ class Rotator(Journaled):
             (``recovered`` after an expiring one), over a health check that landed meanwhile too; the index entry of
             the next check stays as it is."""
             expires = state.pending_expires_at or current.health.credential_expires_at
+            renewed = _next_rotation(schedule_of(current.rotation), now, expires)  # the successor's own successor
             return health_notice(current, current.health.evolve(
-                status=status_of(expires, False, now, warning), checked_at=now, message=None,
+                status=status_of(expires, False, now, warning, renewed), checked_at=now, message=None,
                 credential_expires_at=expires), now)
 
         def notices(current: ConnectionRecord) -> list[Notification]:

@@ -524,3 +524,55 @@ async def test_a_backlog_of_undeliverable_notices_does_not_withhold_the_alert_re
         h.fakes.clock.advance(timedelta(minutes=5))
         await Notifier(h.fakes.adapters).deliver()
     assert [r for r in caplog.records if getattr(r, "notificationId", None) == new.id]
+
+
+async def test_a_credential_rotated_on_schedule_is_not_reported_expiring() -> None:
+    """(Review I.) A secret rotated every 14 days lives 2 x 14 + 3 days: with the 30-day warning it was 'expiring' a
+    day after every rotation, 13 days before the schedule replaced it: an alert mail, daily reminders and a
+    'recovered' every cycle, for a connection that needs nobody. What the service renews in time is not expiring."""
+    h = _harness()
+    body = {"name": "rotated", "method": "client-secret", "credentials": h.new_credential(
+        h.fakes.world.application().client_id), "isAutoRotationEnabled": True,
+        "rotation": {"rotationInterval": 14, "rotateAt": "03:00", "timeZone": "UTC"}}
+    record = await h.api.create(APP, body)
+    statuses = set()
+    for _ in range(45 * 4):  # 45 days of sweeps, every six hours
+        h.fakes.clock.advance(timedelta(hours=6))
+        await h.sweep()
+        await _checker(h).sweep()
+        await Notifier(h.fakes.adapters).deliver()
+        now = await h.record(record.id)
+        assert now is not None
+        statuses.add(now.health.status)
+    assert len([e for e in h.fakes.history.of(record.id) if e.outcome == "succeeded"]) >= 3
+    assert statuses == {"healthy"} and _events(h) == []
+
+
+async def test_a_credential_whose_rotation_fails_or_is_off_is_warned_of_as_it_nears_its_end() -> None:
+    h = _harness()
+    record = await _connection(h, days=20, name="manual")  # rotation off: its end is the user's to act on
+    assert record.health.status == "expiring"
+    h2 = _harness()
+    body = {"name": "failing", "method": "client-secret", "credentials": h2.new_credential(
+        h2.fakes.world.application().client_id), "isAutoRotationEnabled": True,
+        "rotation": {"rotationInterval": 14, "rotateAt": "03:00", "timeZone": "UTC"}}
+    rotated = await h2.api.create(APP, body)
+    h2.fakes.world.fail_next("graph.add", times=10_000)  # every later rotation fails: nothing will replace it
+    for _ in range(20 * 4):
+        h2.fakes.clock.advance(timedelta(hours=6))
+        await h2.sweep()
+        await _checker(h2).sweep()
+    now = await h2.record(rotated.id)
+    assert now is not None and now.rotation.failures > 0 and now.health.status == "expiring"
+
+
+async def test_an_oauth_connection_kept_alive_by_its_checks_is_not_expiring_with_a_long_warning() -> None:
+    """(Review I.) Each check uses the refresh token, so its end is always 90 days away: with EXPIRY_WARNING_DAYS of
+    90 or more, every OAuth connection was 'expiring' after every check, for ever."""
+    from tests.lifecycle_harness import reauthorize_oauth
+
+    h = _harness(EXPIRY_WARNING_DAYS="90")
+    oauth = await reauthorize_oauth(h)
+    h.fakes.clock.advance(timedelta(days=1, minutes=1))
+    checked = await _checker(h).check_now(oauth.app, oauth.id)
+    assert checked.health.status == "healthy", (checked.health.status, _events(h))
