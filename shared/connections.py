@@ -55,7 +55,7 @@ from shared.models import (
     parse_method,
     parse_model,
 )
-from shared.notify import health_notice
+from shared.notify import health_notices
 from shared.oauth_tokens import OAuthTokens, ReauthorizationRequired, TokenCache
 from shared.ports import Adapters, PasswordCredential
 from shared.records import (
@@ -516,13 +516,12 @@ class ConnectionService:
         try:
             if request.credentials is not None:
                 health = fresh.evolve(check_key=record.health.check_key, next_check_at=record.health.next_check_at)
-                notice, health = health_notice(target, health, self.now())
+                notices, health = health_notices(target, health, self.now())
                 if method_spec(method).stores_secret:
                     saved = await self.switch_secret(target.evolve(health=health), valid.material, expires_on, {},
-                                                     previous_name, notify=[notice] if notice else [])
+                                                     previous_name, notify=notices)
                 else:
-                    saved = await self._write(target.evolve(health=health), previous_name,
-                                              [notice] if notice else [])
+                    saved = await self._write(target.evolve(health=health), previous_name, notices)
             else:
                 saved = await self._write(target, previous_name)
         except NameTaken as taken:

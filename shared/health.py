@@ -33,7 +33,7 @@ from shared.errors import (
     VersionDisabled,
 )
 from shared.expiry import REFRESH_TOKEN_LIFETIME, RETRY_UNREACHABLE, next_check, renewal, status_of
-from shared.notify import DELIVERY_BUDGET_SECONDS, Notifier, health_notice
+from shared.notify import DELIVERY_BUDGET_SECONDS, Notifier, health_notices
 from shared.oauth_tokens import ReauthorizationRequired
 from shared.ports import Adapters, DueEntry
 from shared.records import (
@@ -153,12 +153,12 @@ class HealthChecker:
         for _ in range(3):
             if current.status == STATUS_DELETING:
                 return current
-            notice, remembered = health_notice(current, health, now)
+            notices, remembered = health_notices(current, health, now)
             key = await index.put(health.next_check_at or now + self.interval, current.app, current.id)
             target = current.evolve(health=remembered.evolve(check_key=key), status=connection_status,
                                     status_message=message, last_validated_at=now)
             try:
-                saved = await store.update(target, notify=[notice] if notice else [])
+                saved = await store.update(target, notify=notices)
             except ConcurrentChange:
                 try:
                     fresh: ConnectionRecord | None = await store.get(record.app, record.id)

@@ -38,6 +38,9 @@ EVENTS = {EXPIRING: "credential-expiring", EXPIRED: "credential-expired", FAILIN
 ROTATION_FAILED = "rotation-failed"
 RECOVERED = "recovered"
 REMINDER_EVERY = timedelta(hours=24)
+# A daily check is picked up by an hourly sweep a few minutes earlier or later than the day before: a reminder due
+# within this of a day is sent, not put off to the next day's check.
+REMINDER_SLACK = timedelta(hours=1)
 FIRST_RETRY = timedelta(minutes=1)
 MAX_RETRY = timedelta(hours=1)
 MAX_ATTEMPTS = 30  # about a day of tries, then it is given up (and logged)
@@ -50,23 +53,28 @@ SIGNATURE_HEADER = "X-AppConnections-Signature"
 TIMESTAMP_HEADER = "X-AppConnections-Timestamp"
 
 
-def health_notice(record: ConnectionRecord, health: HealthState, now: datetime) -> tuple[Notification | None,
-                                                                                         HealthState]:
-    """The notification a connection's (new) ``health`` calls for, and the health state that remembers it."""
+def health_notices(record: ConnectionRecord, health: HealthState, now: datetime) -> tuple[list[Notification],
+                                                                                           HealthState]:
+    """The notifications a connection's (new) ``health`` calls for, and the health state that remembers them: a
+    credential that was failing or expired and works again is ``recovered`` (its failure alert is answered), and
+    then ``credential-expiring`` when it is within its warning."""
     notified = health.notified_status
     if health.status == HEALTHY:
         if notified in EVENTS:
-            return (_notice(record, RECOVERED, health, now),
+            return ([_notice(record, RECOVERED, health, now)],
                     health.evolve(notified_status=HEALTHY, notified_at=now))
-        return None, health
+        return [], health
     event = EVENTS.get(health.status)
     if event is None:  # unknown: not checked, or could not be
-        return None, health
+        return [], health
     if notified != health.status:
-        return _notice(record, event, health, now), health.evolve(notified_status=health.status, notified_at=now)
-    if health.notified_at is not None and now - health.notified_at >= REMINDER_EVERY:
-        return _notice(record, f"{event}-reminder", health, now), health.evolve(notified_at=now)
-    return None, health
+        works_again = health.status == EXPIRING and notified in (FAILING, EXPIRED)
+        recovered = [_notice(record, RECOVERED, health, now)] if works_again else []
+        return ([*recovered, _notice(record, event, health, now)],
+                health.evolve(notified_status=health.status, notified_at=now))
+    if health.notified_at is not None and now - health.notified_at >= REMINDER_EVERY - REMINDER_SLACK:
+        return [_notice(record, f"{event}-reminder", health, now)], health.evolve(notified_at=now)
+    return [], health
 
 
 def rotation_failed(record: ConnectionRecord, message: str, now: datetime,

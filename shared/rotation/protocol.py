@@ -53,7 +53,7 @@ from shared.errors import (
 )
 from shared.expiry import status_of
 from shared.json_codec import iso
-from shared.notify import health_notice, rotation_failed
+from shared.notify import health_notices, rotation_failed
 from shared.ports import AppRegistration, GraphSession, Lost, ScheduleStore
 from shared.records import (
     BEGUN,
@@ -511,19 +511,18 @@ class Rotator(Journaled):
         now = self.now()
         warning = timedelta(days=self.adapters.settings.expiry_warning_days)
 
-        def checked(current: ConnectionRecord) -> tuple[Notification | None, HealthState]:
+        def checked(current: ConnectionRecord) -> tuple[list[Notification], HealthState]:
             """The successor works (its test just passed): the health of its expiry, and the notice that calls for
             (``recovered`` after an expiring one), over a health check that landed meanwhile too; the index entry of
             the next check stays as it is."""
             expires = state.pending_expires_at or current.health.credential_expires_at
             renewed = _next_rotation(schedule_of(current.rotation), now, expires)  # the successor's own successor
-            return health_notice(current, current.health.evolve(
+            return health_notices(current, current.health.evolve(
                 status=status_of(expires, False, now, warning, renewed), checked_at=now, message=None,
                 credential_expires_at=expires), now)
 
         def notices(current: ConnectionRecord) -> list[Notification]:
-            notice = checked(current)[0]
-            return [notice] if notice else []
+            return checked(current)[0]
 
         record = await self._save(
             record, state.evolve(step=FINISHED, key_id=state.pending_key_id, key_made=True), notices,

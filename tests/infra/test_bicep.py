@@ -223,7 +223,7 @@ def test_notification_records_carry_what_the_alert_queries_read() -> None:
 
     base = {*notify.EVENTS.values(), notify.ROTATION_FAILED, notify.RECOVERED}
     assert base == set(rules.NOTIFICATION_BASE_EVENTS)
-    assert set(notify.EVENTS.values()) == set(rules.REMINDED_EVENTS)  # health_notice reminds of these
+    assert set(notify.EVENTS.values()) == set(rules.REMINDED_EVENTS)  # health_notices reminds of these
     # ... and rotation_failed of a rotation failing for a day and more (review H: the rule left it out)
     from datetime import timedelta
 

@@ -576,3 +576,40 @@ async def test_an_oauth_connection_kept_alive_by_its_checks_is_not_expiring_with
     h.fakes.clock.advance(timedelta(days=1, minutes=1))
     checked = await _checker(h).check_now(oauth.app, oauth.id)
     assert checked.health.status == "healthy", (checked.health.status, _events(h))
+
+
+async def test_a_failing_credential_that_works_again_within_its_warning_says_it_recovered() -> None:
+    """(Review I.) Failing, then accepted again with 20 days left, it went failing -> expiring with a
+    'credential-expiring' only: the failure's alert (which does not resolve itself) was never answered."""
+    h = _harness()
+    app = h.fakes.world.application()
+    password = h.fakes.world.add(app.client_id, "given", end=h.fakes.clock.now + timedelta(days=20))
+    record = await h.api.create(APP, {"name": "c1", "method": "client-secret",
+                                      "credentials": h.credentials(app.client_id, password, key_id=True)})
+    assert record.health.status == "expiring"
+    del h.fakes.world.apps[app.client_id].passwords[password.key_id]  # refused
+    assert (await _checker(h).check_now(APP, record.id)).health.status == "failing"
+    h.fakes.world.apps[app.client_id].passwords[password.key_id] = password  # accepted again
+    works = await _checker(h).check_now(APP, record.id)
+    assert works.health.status == "expiring" and works.status == "active"
+    await Notifier(h.fakes.adapters).deliver()
+    events = _events(h)
+    assert events[events.index("validation-failed") + 1:] == ["recovered", "credential-expiring"], events
+
+
+async def test_a_failing_credential_gets_a_reminder_every_day_whatever_minute_the_sweep_reaches_it() -> None:
+    """(Review I.) A reminder needed 24 hours since the last notice, stamped with the minute the sweep reached the
+    check: a sweep a few minutes sooner into its run than the day before found 23 h 55 min, and skipped that day."""
+    h = _harness()
+    app = h.fakes.world.application()
+    password = h.fakes.world.add(app.client_id, "given", end=h.fakes.clock.now + timedelta(days=365))
+    record = await h.api.create(APP, {"name": "c1", "method": "client-secret",
+                                      "credentials": h.credentials(app.client_id, password, key_id=True)})
+    del h.fakes.world.apps[app.client_id].passwords[password.key_id]  # refused from now on
+    for late in (timedelta(minutes=10), timedelta(minutes=5), timedelta(minutes=9), timedelta(minutes=2)):
+        current = await h.record(record.id)
+        assert current is not None and current.health.next_check_at is not None
+        h.fakes.clock.now = current.health.next_check_at + late  # the sweep reaches this entry `late` into its run
+        await _checker(h).sweep()
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == ["validation-failed"] + ["validation-failed-reminder"] * 3, _events(h)
