@@ -1073,9 +1073,14 @@ class ConnectionService:
                 changes["name"] = name
             if description is not None:
                 changes["description"] = description
+            # The new grant just worked (its code was redeemed): the health of a refresh token that is new, and
+            # ``recovered`` after a failure, as a PATCH of credentials does; the next check stays where it was.
+            fresh = self._fresh_health(record, self.now() + REFRESH_TOKEN_LIFETIME).evolve(
+                check_key=record.health.check_key, next_check_at=record.health.next_check_at)
+            notices, changes["health"] = health_notices(record.evolve(**changes), fresh, self.now())
             try:
                 saved = await self.switch_secret(record, {"refreshToken": refresh_token}, None, changes,
-                                                 previous_name=record.name if renamed else None)
+                                                 previous_name=record.name if renamed else None, notify=notices)
             except ConcurrentChange:
                 record = await self.store.get(app.id, connection_id)
                 continue

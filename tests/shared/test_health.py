@@ -613,3 +613,22 @@ async def test_a_failing_credential_gets_a_reminder_every_day_whatever_minute_th
         await _checker(h).sweep()
     await Notifier(h.fakes.adapters).deliver()
     assert _events(h) == ["validation-failed"] + ["validation-failed-reminder"] * 3, _events(h)
+
+
+async def test_re_authorizing_a_failing_oauth_connection_makes_it_healthy_and_says_it_recovered() -> None:
+    """(Review I.) Signing in again made the status active but left the health 'failing', with Entra's refusal as
+    its message, and queued no 'recovered', until the next daily check: a PATCH of credentials, a rotation and a
+    migration each set the health of the credential that just worked."""
+    from tests.lifecycle_harness import reauthorize_oauth
+
+    h = _harness()
+    oauth = await reauthorize_oauth(h)
+    h.fakes.tokens.refresh_tokens.clear()  # consent revoked: the refresh token no longer works
+    failing = await _checker(h).check_now(oauth.app, oauth.id)
+    assert failing.status == "reauthorization-required" and failing.health.status == "failing"
+    again = await reauthorize_oauth(h)
+    assert again.id == oauth.id and again.status == "active"
+    await Notifier(h.fakes.adapters).deliver()
+    assert (again.health.status, again.health.message) == ("healthy", None)
+    assert _events(h) == ["validation-failed", "recovered"]
+    assert again.health.check_key == failing.health.check_key  # its next check stays where it was
