@@ -3,7 +3,8 @@
 Two nets:
 
 * patterns: ``Bearer <token>``, JWTs (``eyJ...``), ``client_secret=...``/``refresh_token=...`` and the like in
-  forms and URLs, ``"clientSecret": "..."``/``"secretText": "..."`` in JSON or reprs, ``?code=`` (function keys
+  forms and URLs, ``clientSecret='...'`` in reprs, ``"clientSecret": "..."``/``"secretText": "..."`` in JSON or
+  reprs, ``?code=`` (function keys
   and authorization codes), PEM private keys;
 * exact values registered at runtime with :func:`register_secret` wherever the service handles secret material
   (Key Vault reads and writes, the service's own and the OAuth clients' secrets from the environment).
@@ -41,6 +42,8 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # "clientSecret": "...", 'client_secret': '...', \"secretText\": \"...\" (JSON, reprs, escaped JSON).
     (re.compile(r"""((?:\\?["'])(?:""" + _KEYS + r""")(?:\\?["'])\s*:\s*)(\\?["'])((?:(?!\2).)*)\2""", re.I),
      r"\1\2" + REDACTED + r"\2"),
+    # client_secret='...', refreshToken="..." (a keyword argument's or a dataclass's repr).
+    (re.compile(r"\b(" + _KEYS + r")(\s*=\s*)(['\"])((?:(?!\3).)*)\3", re.I), r"\1\2\3" + REDACTED + r"\3"),
     # client_secret=..., refresh_token=... in forms, URLs and messages.
     (re.compile(r"\b(" + _KEYS + r")=[^&\s'\",;]+", re.I), r"\1=" + REDACTED),
     # code= (the function key, or an authorization code), state= (an OAuth sign-in's) and sig= (a SAS signature) in

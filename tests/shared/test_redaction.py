@@ -34,6 +34,9 @@ PEM = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\nabcdef==\n
     ("Authorization: SharedKey devstoreaccount1:c2hhcmVka2V5c2lnbmF0dXJl=", "c2hhcmVka2V5c2lnbmF0dXJl="),
     ("Cookie: __Host-appconn=s1.opaque-session-id; theme=dark", "s1.opaque-session-id"),
     ("Set-Cookie: __Host-appconn-oauth-ab12=browser-binding; Path=/", "browser-binding"),
+    # a keyword argument's or a dataclass's repr (review I: only registered values saved them)
+    ("Credentials(clientSecret='repr secret, with a space', tenantId='t')", "repr secret, with a space"),
+    ('Grant(refresh_token="0.AXoA repr token")', "0.AXoA repr token"),
 ])
 def test_patterns_are_redacted(text, secret):
     cleaned = redact(text)
