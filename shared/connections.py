@@ -59,6 +59,7 @@ from shared.notify import health_notices
 from shared.oauth_tokens import OAuthTokens, ReauthorizationRequired, TokenCache
 from shared.ports import Adapters, PasswordCredential
 from shared.records import (
+    HEALTHY,
     STATUS_ACTIVE,
     STATUS_DELETING,
     STATUS_DISABLED,
@@ -189,6 +190,8 @@ class ConnectionService:
             version = (await self.vault.write(record.secret_name, material, secret_tags(record),
                                               expires_on=expires_on)).version
         health = self._fresh_health(record, expires_on)
+        if health.status != HEALTHY:  # created expiring: the next sweep checks it and notifies, not a day later
+            health = health.evolve(next_check_at=self.now())
         try:
             key = await self.adapters.health_index.put(health.next_check_at or self.now(), record.app, record.id)
             due = record.rotation.next_at  # indexed first too: a rotation that never starts is taken up by the sweep

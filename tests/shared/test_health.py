@@ -632,3 +632,13 @@ async def test_re_authorizing_a_failing_oauth_connection_makes_it_healthy_and_sa
     assert (again.health.status, again.health.message) == ("healthy", None)
     assert _events(h) == ["validation-failed", "recovered"]
     assert again.health.check_key == failing.health.check_key  # its next check stays where it was
+
+
+async def test_a_connection_created_within_its_warning_is_notified_at_the_next_sweep_not_a_day_later() -> None:
+    """(Review I.) Created expiring, its first check (the one that notifies) was a whole interval later."""
+    h = _harness()
+    record = await _connection(h, days=20)
+    assert record.health.status == "expiring" and record.health.next_check_at == h.fakes.clock.now
+    await _sweep_after(h, timedelta(hours=1))
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == ["credential-expiring"]
