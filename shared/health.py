@@ -230,14 +230,18 @@ class HealthChecker:
                 log.warning("Health check of %s connection %s put off: the audit log cannot be written",
                             record.app, record.id)
                 return
+            started = self.adapters.clock()
             try:
                 checked = await self.check(record)
             except Exception as error:
                 await audit.record(CHECK, "failed", app=record.app, connection_id=record.id,
                                    connection_name=record.name, detail=type(error).__name__)
                 raise
-            await audit.record(CHECK, checked.health.status, app=record.app, connection_id=record.id,
-                               connection_name=checked.name)
+            made = checked.health.checked_at is not None and checked.health.checked_at >= started
+            # A check that could not be made (Entra, Graph or Key Vault unreachable) says so, not the health it kept.
+            await audit.record(CHECK, checked.health.status if made else "not-checked", app=record.app,
+                               connection_id=record.id, connection_name=checked.name,
+                               detail=None if made else checked.health.message)
         report.checked += 1
         report.statuses[checked.health.status] = report.statuses.get(checked.health.status, 0) + 1
 

@@ -642,3 +642,18 @@ async def test_a_connection_created_within_its_warning_is_notified_at_the_next_s
     await _sweep_after(h, timedelta(hours=1))
     await Notifier(h.fakes.adapters).deliver()
     assert _events(h) == ["credential-expiring"]
+
+
+async def test_a_check_that_could_not_be_made_is_audited_as_not_checked_not_as_the_health_it_kept() -> None:
+    """(Review I.) An unreachable Entra was audited with the stored status ("healthy"), as if checked."""
+    h = Harness()
+    record = await h.create(rotation=False)
+    checker = HealthChecker(h.fakes.adapters, h.api)
+    seen = len(h.fakes.audit.records)
+    h.fakes.clock.advance(timedelta(days=2))
+    h.fakes.world.fail_next("probe", times=5)
+    await checker.sweep()
+    [after] = [r for r in h.fakes.audit.records[seen:]
+               if r.action == "connection.check-health" and r.outcome != "started"]
+    assert (after.connection_id, after.outcome) == (record.id, "not-checked")
+    assert "could not be checked" in (after.detail or "")
