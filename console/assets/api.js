@@ -83,7 +83,8 @@ export async function api(method, path, payload, {signInOn401 = true, anyone = f
   return data;
 }
 
-/** Every page of a list: follows continuationToken (bounded). */
+/** Every page of a list: follows continuationToken, up to `limit` pages; `more` on the result says whether the
+ * list went on past them (so that the page can say it shows only the first ones). */
 export async function all(path, key, limit = 20) {
   const items = [];
   let token = null;
@@ -95,6 +96,7 @@ export async function all(path, key, limit = 20) {
     token = data.continuationToken;
     if (!token) break;
   }
+  items.more = Boolean(token);
   return items;
 }
 

@@ -152,7 +152,8 @@ function writeFilters() {
 async function loadConnections(apps) {
   const results = await Promise.all(apps.map(async (option) => {
     try {
-      return {app: option.app, items: await all(`${API}/${enc(option.app)}`, 'appConnections')};
+      const items = await all(`${API}/${enc(option.app)}`, 'appConnections');
+      return {app: option.app, items, more: items.more};
     } catch (error) {
       if (error instanceof ApiError && error.status === 403) return {app: option.app, items: [], forbidden: true};
       return {app: option.app, items: [], error};
@@ -217,11 +218,15 @@ export async function renderList() {
         ...Object.entries(STATUS_NAMES).filter(([key]) => key !== 'deleting' || statuses.includes(key)),
         ...Object.entries(HEALTH_NAMES).map(([key, text]) => [key, `Health: ${text}`])], filters.status,
       (value) => { filters.status = value; writeFilters(); redraw(); }),
-      h('p', {class: 'count', id: 'connection-count'}, `${shown.length} of ${items.length} connections`));
-    const problems = results.filter((result) => result.error || result.forbidden).map((result) =>
+      h('p', {class: 'count', id: 'connection-count'},
+        `${shown.length} of ${items.length}${results.some((result) => result.more) ? ' listed' : ''} connections`));
+    const problems = results.filter((result) => result.error || result.forbidden || result.more).map((result) =>
       h('p', {class: 'warning'}, result.forbidden
         ? `${appName(result.app)}: your account may not read its connections (ask for the Reader role).`
-        : `${appName(result.app)}: the connections could not be loaded (${result.error.message}).`));
+        : result.more
+          ? `${appName(result.app)}: only its first ${result.items.length} connections are listed here; the API ` +
+            'lists them all (GET /api/v1/app-connections/{app}, page by page).'
+          : `${appName(result.app)}: the connections could not be loaded (${result.error.message}).`));
     let content;
     if (!items.length) {
       content = h('div', {class: 'empty'}, h('h3', {}, 'No connections yet'),

@@ -78,7 +78,7 @@ function timeline(events) {
 }
 
 function auditTable(records) {
-  if (!records.length) return h('p', {class: 'empty'}, 'No audit record for this connection.');
+  if (!records.length) return h('p', {class: 'empty'}, 'No audit record for this connection in the last 30 days.');
   return h('div', {class: 'table-wrap'}, h('table', {id: 'audit-table'},
     h('caption', {class: 'sr-only'}, 'Audit records of this connection'),
     h('thead', {}, h('tr', {}, ['When', 'Action', 'Outcome', 'Who', 'Detail'].map((text) =>
@@ -313,6 +313,7 @@ export async function renderConnection(app, id) {
   }
   const auditSection = audit === null ? null : h('section', {'aria-labelledby': 'audit-title'},
     h('h2', {id: 'audit-title'}, 'Audit records'),
+    h('p', {class: 'hint'}, 'The newest 50 of the last 30 days; the audit log (GET /api/v1/audit-logs) holds them all.'),
     audit instanceof Error ? h('p', {class: 'warning'}, `The audit records could not be loaded: ${audit.message}`)
       : auditTable(audit));
   show(connection.name,

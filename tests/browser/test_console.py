@@ -605,3 +605,25 @@ def test_a_method_the_options_list_as_unavailable_is_disabled_with_its_reason(op
     assert page.get_attribute("#method-federated", "aria-describedby") == "method-federated-reason"
     assert page.is_enabled("#method-client-secret")
     assert console.axe("#connection-dialog") == []
+
+
+def test_a_list_longer_than_the_page_follows_says_it_shows_only_the_first_connections(open_console: Any) -> None:
+    """(Review F.) The list follows 20 pages per app and stopped there silently: a count that looked complete."""
+    console = open_console("admin")
+    page = console.page
+    pages = []
+
+    def endless(route: Any) -> None:  # every page of azure-key-vault's list (its first, again) says there is another
+        answer = route.fetch(url=route.request.url.split("?", 1)[0])
+        listing = answer.json()
+        pages.append(route.request.url)
+        listing["continuationToken"] = "another-page"
+        route.fulfill(response=answer, json=listing)
+
+    page.route("**/api/v1/app-connections/azure-key-vault*", endless)
+    page.reload()
+    page.wait_for_selector("main[data-ready=true]")
+    page.wait_for_selector("#connection-count")
+    assert len(pages) == 20  # bounded
+    assert "listed connections" in page.inner_text("#connection-count")
+    assert "only its first" in page.inner_text("main")
