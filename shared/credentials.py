@@ -121,24 +121,24 @@ _CHEAP_LABELS = frozenset({"RSA PRIVATE KEY", "EC PRIVATE KEY"})
 _COSTLY_LABELS = {"DSA PRIVATE KEY": "a DSA key"}
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]{1,64})-----(.*?)-----END \1-----", re.S)
 _NOT_A_KEY = "must be a PEM private key (PKCS#8 or PKCS#1 RSA)"
+_WHITESPACE = re.compile(r"\s+")
 
 
 def _private_key_block(pem: str) -> tuple[str, bytes]:
-    """The one private key block of the text (other blocks, such as a public key, and text around it are left
-    out): its label and its DER, header lines dropped. What is loaded is exactly this, so what it is can be read
-    off it first. A 400 when there is none, more than one, or its body is not base64."""
-    blocks = [block for block in _PEM_BLOCK.finditer(pem) if block[1].endswith("PRIVATE KEY")]
-    if len(blocks) != 1:
-        raise _refuse("The certificate or private key cannot be read.", "/credentials/privateKey",
-                      _NOT_A_KEY if not blocks else "must hold one private key, not several")
-    label, body = blocks[0][1], blocks[0][2]
+    """The private key block of the text that a PEM reader loads (the first; other blocks, such as a public key or
+    the certificate, and text around it are left out): its label and its DER, header lines and every whitespace
+    dropped. What is loaded is exactly this, so what it is can be read off it first. A 400 when there is none, or
+    its body is not base64."""
+    block = next((block for block in _PEM_BLOCK.finditer(pem) if block[1].endswith("PRIVATE KEY")), None)
+    if block is None:
+        raise _refuse("The certificate or private key cannot be read.", "/credentials/privateKey", _NOT_A_KEY)
+    body = "".join(line for line in block[2].splitlines() if ":" not in line)
     try:
-        der = base64.b64decode("".join(line.strip() for line in body.splitlines() if ":" not in line),
-                               validate=True)
+        der = base64.b64decode(_WHITESPACE.sub("", body), validate=True)
     except ValueError:  # binascii.Error is one
         raise _refuse("The certificate or private key cannot be read.", "/credentials/privateKey",
                       _NOT_A_KEY) from None
-    return label, der
+    return block[1], der
 
 
 def _costly_key(label: str, der: bytes) -> str | None:

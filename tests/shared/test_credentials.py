@@ -573,9 +573,23 @@ def test_rsa_keys_as_openssl_and_key_files_lay_them_out_are_still_accepted(rsa_k
     assert parse_certificate(certificate, public + private_key).key_type == "RSA"
 
 
-def test_a_private_key_field_with_two_keys_is_refused(rsa_keys, key_never_parsed):
-    certificate, private_key = pair(rsa_keys[2048])
-    assert "one private key" in refusal(certificate, private_key + private_key)["/credentials/privateKey"]
+@pytest.mark.parametrize("layout", ["one-line", "stray-space", "twice", "pkcs1-and-pkcs8"])
+def test_rsa_keys_laid_out_as_pem_readers_accept_them_are_accepted(rsa_keys, layout):
+    """(Review J.) Whitespace inside the base64 (a key pasted on one line, a stray space), and a field holding the
+    key twice or in both forms, were accepted before the check (the first key is read) and refused by it; a stored
+    one would have made its connection invalid."""
+    key = rsa_keys[2048]
+    certificate, private_key = pair(key)
+    lines = private_key.strip().splitlines()
+    if layout == "one-line":
+        private_key = " ".join(lines)
+    elif layout == "stray-space":
+        private_key = "\n".join([lines[0], lines[1][:10] + " \t" + lines[1][10:], *lines[2:]]) + "\n"
+    elif layout == "twice":
+        private_key = private_key + private_key
+    else:
+        private_key = key_pem(key, "pkcs1") + private_key
+    assert parse_certificate(certificate, private_key).key_size == 2048
 
 
 async def test_a_stored_rsassa_pss_key_still_signs_in(rsa_keys, fake_clients):
