@@ -70,7 +70,9 @@ def health_notices(record: ConnectionRecord, health: HealthState, now: datetime)
     if notified != health.status:
         works_again = health.status == EXPIRING and notified in (FAILING, EXPIRED)
         recovered = [_notice(record, RECOVERED, health, now)] if works_again else []
-        return ([*recovered, _notice(record, event, health, now)],
+        # A millisecond apart: the outbox (and a receiver, by ``at``) orders them as they happened.
+        then = now + timedelta(milliseconds=1) if recovered else now
+        return ([*recovered, _notice(record, event, health, then)],
                 health.evolve(notified_status=health.status, notified_at=now))
     if health.notified_at is not None and now - health.notified_at >= REMINDER_EVERY - REMINDER_SLACK:
         return [_notice(record, f"{event}-reminder", health, now)], health.evolve(notified_at=now)
@@ -124,21 +126,37 @@ class Notifier:
                       monotonic: Callable[[], float] = time.monotonic) -> int:
         """Send what the outbox holds and is due; how many were delivered (or given up). One pass starts no send
         after ``budget_seconds`` and stops after ``GIVE_UP_AFTER_FAILURES`` failures in a row (a receiver that is
-        down or hangs): the rest stays queued, untouched, for the next pass, which a timer or a request makes."""
+        down or hangs): the rest stays queued, untouched, for the next pass, which a timer or a request makes.
+
+        A connection's notices reach the receiver in the order they happened: one is sent only when no older one of
+        its connection waits (to be tried again later, or in another pass's hands), else it waits behind it. A
+        new notice's alert record goes out when a pass first reads it all the same, however long its send waits:
+        when more notices to try again are queued than a pass reads, older ones of its connection may be unread,
+        and new notices wait."""
         now = self.adapters.clock()
         started = monotonic()
         done = failed_in_a_row = 0
         outbox = self.adapters.outbox
-        for seen in await outbox.pending(tuple(APPS), now, limit):
+        queued = await outbox.pending(tuple(APPS), limit)
+        crowded = sum(1 for item in queued if item.attempts) >= limit
+        held: set[str] = set()  # connections with an older notice this pass does not deliver
+        for seen in queued:
+            if seen.next_attempt_at is not None and seen.next_attempt_at > now:
+                held.add(seen.connection_id)  # not due (backing off, or another pass's): what follows waits
+                continue
             stopping = monotonic() - started >= budget_seconds or failed_in_a_row >= GIVE_UP_AFTER_FAILURES
-            if stopping and seen.attempts != 0:
-                continue  # untouched: the next pass sends it
+            waits = stopping or seen.connection_id in held or (crowded and not seen.attempts)
+            if waits and seen.attempts != 0:
+                held.add(seen.connection_id)
+                continue  # untouched: a later pass sends it
             item = await outbox.claim(seen, now + CLAIM)
             if item is None:
+                held.add(seen.connection_id)
                 continue  # another pass took it (or delivered it) since this one read it
-            if stopping:  # its alert record goes out now all the same, once: the send waits
+            if waits:  # its alert record goes out now all the same, once: the send waits
                 self.emit(item)
                 await outbox.retry_later(replace(item, attempts=1, next_attempt_at=now))
+                held.add(item.connection_id)
                 continue
             if item.attempts == 0:
                 self.emit(item)
@@ -148,6 +166,7 @@ class Notifier:
                 failed_in_a_row = 0
                 continue
             failed_in_a_row += 1
+            held.add(item.connection_id)
             attempts = item.attempts + 1
             if attempts >= MAX_ATTEMPTS:
                 log.error("Notification %s (%s of %s) given up after %d attempts", item.id, item.event,

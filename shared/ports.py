@@ -152,8 +152,8 @@ class ConnectionStore(Protocol):
 class OutboxStore(Protocol):
     """Notifications queued with the change they tell of (same transaction), until delivered."""
 
-    async def pending(self, apps: Sequence[str], now: datetime, limit: int = 100) -> list[Notification]:
-        """Those due: never tried first, then those to try again; each oldest first."""
+    async def pending(self, apps: Sequence[str], limit: int = 100) -> list[Notification]:
+        """Due or not, oldest first: at most ``limit`` never tried and at most ``limit`` tried before."""
         ...
 
     async def claim(self, item: Notification, until: datetime) -> Notification | None: ...

@@ -562,10 +562,13 @@ class FakeConnections:
         return self._stamp(record)
 
     # the outbox
-    async def pending(self, apps: Sequence[str], now: datetime, limit: int = 100) -> list[Notification]:
+    async def pending(self, apps: Sequence[str], limit: int = 100) -> list[Notification]:
         self.world.check("outbox.pending")
-        due = [n for n in self.outbox if n.next_attempt_at is None or n.next_attempt_at <= now]
-        return sorted(due, key=lambda n: n.attempts > 0)[:limit]  # as the store: never tried first (stable)
+        from shared.store.tables import outbox_key
+
+        queued = sorted(self.outbox, key=outbox_key)  # due or not, as the store
+        fresh, retried = [n for n in queued if not n.attempts][:limit], [n for n in queued if n.attempts][:limit]
+        return sorted([*fresh, *retried], key=outbox_key)  # as the store: oldest first, each kind bounded
 
     async def claim(self, item: Notification, until: datetime) -> Notification | None:
         """As the store: under the ETag the notice was read with (another pass's copy no longer matches)."""

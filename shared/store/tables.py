@@ -358,24 +358,26 @@ class ConnectionsTable:
             raise self._changed(record) from None
 
     # -- the outbox ---------------------------------------------------------------------------------------
-    async def pending(self, apps: Sequence[str], now: datetime, limit: int = 100) -> list[Notification]:
-        """Notifications due for delivery (a range over each app's outbox rows): those never tried first, then
-        those to try again, each oldest first. A backlog of notices a failing receiver keeps refusing never holds
-        back a new one (whose alert record goes out when a pass first takes it)."""
+    async def pending(self, apps: Sequence[str], limit: int = 100) -> list[Notification]:
+        """The outbox's notifications, due or not (the caller keeps each connection's in order), oldest first: at
+        most ``limit`` never tried and at most ``limit`` tried before, so that a backlog a failing receiver keeps
+        refusing never keeps a new notice from being read (its alert record goes out when a pass first takes it)."""
         table = await self._table()
         found: list[Notification] = []
         for attempted in ("Attempts eq 0", "Attempts gt 0"):
+            taken = 0
             for app in apps:
                 async for entity in table.query_entities(
                     f"PartitionKey eq @app and RowKey gt @low and RowKey lt @high and {attempted}",
                     parameters={"app": app, "low": OUTBOX_PREFIX, "high": OUTBOX_PREFIX + "~"},
                 ):
-                    item = notification_of(entity)
-                    if item.next_attempt_at is None or item.next_attempt_at <= now:
-                        found.append(item)
-                    if len(found) >= limit:
-                        return found
-        return found
+                    found.append(notification_of(entity))
+                    taken += 1
+                    if taken >= limit:
+                        break
+                if taken >= limit:
+                    break
+        return sorted(found, key=outbox_key)
 
     async def claim(self, item: Notification, until: datetime) -> Notification | None:
         """Take ``item`` (as read) for one delivery until ``until``: its row's next attempt moves there, under the

@@ -380,7 +380,7 @@ async def test_two_delivery_passes_at_once_send_a_notice_once() -> None:
     await _checker(h).check_now(APP, record.id)  # queued, its first send failed
     h.fakes.webhook.answer = 202
     h.fakes.clock.advance(timedelta(minutes=2))
-    stale = await h.fakes.connections.pending(("azure-key-vault",), h.fakes.clock.now)  # a pass's copy, read now
+    stale = await h.fakes.connections.pending(("azure-key-vault",))  # a pass's copy, read now
     release = asyncio.Event()
     post = h.fakes.webhook.post
 
@@ -657,3 +657,47 @@ async def test_a_check_that_could_not_be_made_is_audited_as_not_checked_not_as_t
                if r.action == "connection.check-health" and r.outcome != "started"]
     assert (after.connection_id, after.outcome) == (record.id, "not-checked")
     assert "could not be checked" in (after.detail or "")
+
+
+def test_recovered_is_queued_before_the_credential_expiring_it_precedes() -> None:
+    """(Review J.) Both had the same time: the outbox (ordered by time, then a random id) and a receiver sorting by
+    ``at`` got them either way round about half the time."""
+    from datetime import UTC, datetime
+
+    from shared.notify import health_notices
+    from shared.records import EXPIRING, FAILING, HealthState
+    from shared.store.tables import outbox_key
+
+    now = datetime(2027, 1, 1, 3, 0, 12, 345000, tzinfo=UTC)
+    record = ConnectionRecord(app=APP, id="c1", name="prod", method="client-secret", tenant_id="t", client_id="c",
+                              created_at=now, updated_at=now, secret_name="s", secret_version="v1")
+    health = HealthState(status=EXPIRING, notified_status=FAILING, notified_at=now - timedelta(days=1),
+                         credential_expires_at=now + timedelta(days=20))
+    for _ in range(20):
+        notices, _ = health_notices(record, health, now)
+        assert [n.event for n in sorted(notices, key=outbox_key)] == ["recovered", "credential-expiring"]
+        assert notices[0].at < notices[1].at
+
+
+@pytest.mark.parametrize("gap", [timedelta(minutes=10), timedelta(seconds=10)],
+                         ids=["the failure due again", "the failure still backing off"])
+async def test_a_failure_the_receiver_refused_reaches_it_before_the_recovery_that_followed(gap: timedelta) -> None:
+    """(Review J.) Reading new notices first sent 'recovered' before the 'validation-failed' the receiver had
+    refused: the channel ended on 'failed' for a connection that works. (Oldest first alone did the same whenever
+    the failure was still backing off.) A connection's notices now wait behind an older one of it."""
+    h = _harness()
+    app = h.fakes.world.application()
+    password = h.fakes.world.add(app.client_id, "given", end=h.fakes.clock.now + timedelta(days=365))
+    record = await h.api.create(APP, {"name": "c1", "method": "client-secret",
+                                      "credentials": h.credentials(app.client_id, password, key_id=True)})
+    h.fakes.webhook.answer = 503  # the receiver is down
+    del h.fakes.world.apps[app.client_id].passwords[password.key_id]  # refused
+    assert (await _checker(h).check_now(APP, record.id)).health.status == "failing"  # sent once: refused
+    h.fakes.clock.advance(gap)
+    h.fakes.world.apps[app.client_id].passwords[password.key_id] = password  # accepted again
+    h.fakes.webhook.answer = 202  # the receiver is back
+    assert (await _checker(h).check_now(APP, record.id)).health.status == "healthy"
+    for _ in range(3):
+        await Notifier(h.fakes.adapters).deliver()
+        h.fakes.clock.advance(timedelta(minutes=2))
+    assert _events(h) == ["validation-failed", "recovered"]
