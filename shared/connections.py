@@ -492,7 +492,7 @@ class ConnectionService:
                     new_state = new_state.evolve(next_at=min(retry, new_state.next_at or retry))
             changes.update(tenant_id=credentials.tenantId, client_id=credentials.clientId, status=STATUS_ACTIVE,
                            status_message=None, last_validated_at=self.now())
-            fresh = self._fresh_health(record, expires_on)
+            fresh = self._fresh_health(record.evolve(rotation=new_state), expires_on)  # as the change leaves it
         elif enabling and method is Method.CLIENT_SECRET:
             material = await self.material_of(record)
             known = await self._key_id(record.tenant_id, record.client_id or "", material["clientSecret"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from shared.records import EXPIRED, EXPIRING, FAILING, HEALTHY, ConnectionRecord, HealthState
+from shared.records import EXPIRED, EXPIRING, FAILING, HEALTHY, STATUS_FAILED, ConnectionRecord, HealthState
 
 REFRESH_TOKEN_LIFETIME = timedelta(days=90)  # Entra ID's refresh tokens lapse after 90 days unused
 RETRY_UNREACHABLE = timedelta(hours=1)  # when Entra or Graph could not be reached, the next check comes sooner
@@ -20,7 +20,7 @@ def status_of(expires_at: datetime | None, refused: bool, now: datetime, warning
         return EXPIRED
     if refused:
         return FAILING
-    renewed = renewed_at is not None and now - RENEWAL_OVERDUE <= renewed_at < expires_at if expires_at else False
+    renewed = renewed_at is not None and now - RENEWAL_OVERDUE < renewed_at < expires_at if expires_at else False
     if expires_at is not None and expires_at - now <= warning and not renewed:
         return EXPIRING
     return HEALTHY
@@ -34,18 +34,21 @@ def renewal(record: ConnectionRecord, next_check_at: datetime | None) -> datetim
     if record.method == "oauth":
         return next_check_at
     state = record.rotation
-    return state.next_at if state.enabled and not state.failures else None
+    # Its own outcome, not ``failures`` (which a failing clean-up of an application left behind counts too).
+    return state.next_at if state.enabled and state.status != STATUS_FAILED else None
 
 
 def next_check(now: datetime, interval: timedelta, expires_at: datetime | None, warning: timedelta,
-               scheduled: datetime | None = None) -> datetime:
+               scheduled: datetime | None = None, renewed_at: datetime | None = None) -> datetime:
     """When to check next: ``interval`` after the check was due (``scheduled``, when it is not in the future and
     this is not much later: a sweep picks a check up a little after its time, and counting from then would drift
     it past the next sweep, every 25 hours with hourly sweeps), else after ``now``; or sooner when the credential
     starts expiring or expires before then, so that the warning and the expiry are noticed when they happen."""
     due = (scheduled if scheduled is not None and now - interval < scheduled <= now else now) + interval
     if expires_at is not None:
-        for milestone in (expires_at - warning, expires_at):
+        # ... and when a renewal that kept the warning off stops counting (overdue), should it not have come.
+        overdue = renewed_at + RENEWAL_OVERDUE if renewed_at is not None else expires_at
+        for milestone in (expires_at - warning, expires_at, overdue):
             if now < milestone < due:
                 due = milestone
     return due
@@ -54,6 +57,7 @@ def next_check(now: datetime, interval: timedelta, expires_at: datetime | None, 
 def fresh_health(record: ConnectionRecord, expires_at: datetime | None, now: datetime, warning: timedelta,
                  interval: timedelta) -> HealthState:
     """The health of credentials that just worked (created, changed, rotated): the notification memory kept."""
-    due = next_check(now, interval, expires_at, warning)
+    renewed = renewal(record, now + interval)
+    due = next_check(now, interval, expires_at, warning, renewed_at=renewed)
     return record.health.evolve(status=status_of(expires_at, False, now, warning, renewal(record, due)),
                                 checked_at=now, message=None, credential_expires_at=expires_at, next_check_at=due)

@@ -114,12 +114,16 @@ class HealthChecker:
             health = record.health.evolve(message=f"The credential could not be checked ({unreachable}).",
                                           next_check_at=now + RETRY_UNREACHABLE)
             # What the known expiry says still holds without a check: expiring, then expired, on time.
-            dated = status_of(expires, False, now, self.warning, renewal(record, None))  # no refresh happened
+            # No refresh happened now: an OAuth connection's last one still counts while it is recent.
+            last = record.health.checked_at
+            renewed = renewal(record, last + self.interval if last else None)
+            dated = status_of(expires, False, now, self.warning, renewed)
             if _SEVERITY.get(dated, 0) > _SEVERITY.get(record.health.status, 0):
                 health = health.evolve(status=dated)
             connection_status = record.status
         else:
-            due = next_check(now, self.interval, expires, self.warning, record.health.next_check_at)
+            due = next_check(now, self.interval, expires, self.warning, record.health.next_check_at,
+                             renewal(record, now + self.interval))
             health = record.health.evolve(
                 status=status_of(expires, refused is not None, now, self.warning, renewal(record, due)),
                 checked_at=now, message=refused.detail if refused else None, credential_expires_at=expires,

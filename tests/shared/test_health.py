@@ -15,7 +15,7 @@ import pytest
 from shared import wiring
 from shared.health import HealthChecker
 from shared.notify import Notifier
-from shared.records import ConnectionRecord
+from shared.records import EXPIRING, HEALTHY, ConnectionRecord
 from tests.fakes import TENANT, build_fakes
 from tests.lifecycle_harness import APP, Harness
 
@@ -665,7 +665,7 @@ def test_recovered_is_queued_before_the_credential_expiring_it_precedes() -> Non
     from datetime import UTC, datetime
 
     from shared.notify import health_notices
-    from shared.records import EXPIRING, FAILING, HealthState
+    from shared.records import FAILING, HealthState
     from shared.store.tables import outbox_key
 
     now = datetime(2027, 1, 1, 3, 0, 12, 345000, tzinfo=UTC)
@@ -701,3 +701,100 @@ async def test_a_failure_the_receiver_refused_reaches_it_before_the_recovery_tha
         await Notifier(h.fakes.adapters).deliver()
         h.fakes.clock.advance(timedelta(minutes=2))
     assert _events(h) == ["validation-failed", "recovered"]
+
+
+J_ROTATION = {"rotationInterval": 14, "rotateAt": "03:00", "timeZone": "UTC"}
+
+
+async def test_a_rotated_credential_whose_previous_application_refuses_its_clean_up_is_not_reported_expiring(
+) -> None:
+    """(Review J.) The renewal counted ``rotation.failures``, which a failing clean-up of the application a change
+    left counts too: a rotation that succeeded every cycle was 'expiring', then 'recovered', each cycle."""
+    h = _harness()
+    first = h.fakes.world.application()
+    record = await h.api.create(APP, {"name": "rotated", "method": "client-secret",
+                                      "credentials": h.new_credential(first.client_id),
+                                      "isAutoRotationEnabled": True, "rotation": J_ROTATION})
+    h.fakes.clock.advance(timedelta(hours=1))
+    await h.sweep()  # its first rotation: the service manages the application now
+    managed = await h.record(record.id)
+    assert managed is not None and managed.rotation.managed
+    h.fakes.world.apps[first.client_id].may_manage_itself = False  # the old application refuses its clean-up
+    _, credentials = h.new_application()
+    await h.api.update(APP, record.id, {"credentials": credentials})
+    statuses = set()
+    for _ in range(45 * 4):  # 45 days of sweeps, every six hours
+        h.fakes.clock.advance(timedelta(hours=6))
+        await h.sweep()
+        await _checker(h).sweep()
+        await Notifier(h.fakes.adapters).deliver()
+        now = await h.record(record.id)
+        assert now is not None
+        statuses.add(now.health.status)
+    now = await h.record(record.id)
+    assert now is not None and now.rotation.retire_version is not None  # the clean-up still fails
+    assert len([e for e in h.fakes.history.of(record.id) if e.outcome == "succeeded"]) >= 3  # rotation works
+    assert statuses == {HEALTHY}, (statuses, _events(h))
+
+
+async def test_a_stuck_rotation_is_warned_of_when_its_renewal_stops_counting() -> None:
+    """(Review J.) A renewal a day overdue no longer counts, but no check came at that moment: with a weekly check
+    and the rotation sweep stopped, the credential was warned of a week late."""
+    from shared.expiry import RENEWAL_OVERDUE
+
+    h = _harness(HEALTH_CHECK_INTERVAL_HOURS="168")
+    app = h.fakes.world.application()
+    record = await h.api.create(APP, {"name": "stuck", "method": "client-secret",
+                                      "credentials": h.new_credential(app.client_id),
+                                      "isAutoRotationEnabled": True, "rotation": J_ROTATION})
+    due = record.rotation.next_at
+    assert record.rotation.status == "succeeded" and due is not None  # rotated at once; next in 14 days
+    warned = None
+    for _ in range(40 * 24):  # the health sweep runs hourly; the rotation sweep has stopped
+        h.fakes.clock.advance(timedelta(hours=1))
+        await _checker(h).sweep()
+        now = await h.record(record.id)
+        assert now is not None
+        if now.health.status == EXPIRING and warned is None:
+            warned = h.fakes.clock.now
+    assert warned is not None and warned <= due + RENEWAL_OVERDUE + timedelta(hours=2), (due, warned)
+
+
+async def test_changing_the_credentials_and_turning_rotation_off_at_once_warns_of_a_credential_near_its_end(
+) -> None:
+    """(Review J.) New credentials with 20 days left and rotation turned off in one PATCH were 'healthy' (the renewal
+    was taken from the record before the change) until the next check."""
+    h = _harness()
+    app = h.fakes.world.application()
+    record = await h.api.create(APP, {"name": "c1", "method": "client-secret",
+                                      "credentials": h.new_credential(app.client_id),
+                                      "isAutoRotationEnabled": True, "rotation": J_ROTATION})
+    h.fakes.clock.advance(timedelta(hours=1))
+    await h.sweep()
+    short = h.fakes.world.add(app.client_id, "short", end=h.fakes.clock.now + timedelta(days=20))
+    updated = await h.api.update(APP, record.id, {"credentials": h.credentials(app.client_id, short, key_id=True),
+                                                  "isAutoRotationEnabled": False})
+    assert not updated.rotation.enabled
+    assert updated.health.status == EXPIRING, updated.health
+
+
+async def test_an_oauth_connection_whose_check_could_not_reach_entra_once_is_not_expiring_with_a_long_warning(
+) -> None:
+    """(Review J.) With a warning of 90 days, one check that could not reach Entra made an OAuth connection
+    'expiring' (its last refresh no longer counted), and the next 'recovered'."""
+    from shared.errors import UpstreamError
+    from tests.lifecycle_harness import reauthorize_oauth
+
+    h = _harness(EXPIRY_WARNING_DAYS="90")
+    oauth = await reauthorize_oauth(h)
+    h.fakes.clock.advance(timedelta(days=1, minutes=1))
+    checker = _checker(h)
+    original = checker.connections.oauth_tokens.refresh_now
+
+    async def unreachable(app, record):  # type: ignore[no-untyped-def]
+        raise UpstreamError("Entra ID could not be reached.")
+
+    checker.connections.oauth_tokens.refresh_now = unreachable  # type: ignore[method-assign]
+    blip = await checker.check_now(oauth.app, oauth.id)
+    checker.connections.oauth_tokens.refresh_now = original  # type: ignore[method-assign]
+    assert blip.health.status == HEALTHY, (blip.health, _events(h))
