@@ -41,7 +41,7 @@ from shared.errors import (
     detail_of,
     failed_upstream,
 )
-from shared.expiry import REFRESH_TOKEN_LIFETIME, fresh_health
+from shared.expiry import REFRESH_TOKEN_LIFETIME, fresh_health, status_of
 from shared.federation import explain, require_identity
 from shared.fields import MAX_PAGE_SIZE
 from shared.models import (
@@ -190,7 +190,9 @@ class ConnectionService:
             version = (await self.vault.write(record.secret_name, material, secret_tags(record),
                                               expires_on=expires_on)).version
         health = self._fresh_health(record, expires_on)
-        if health.status != HEALTHY:  # created expiring: the next sweep checks it and notifies, not a day later
+        warning = timedelta(days=self.adapters.settings.expiry_warning_days)
+        if status_of(expires_on, False, self.now(), warning) != HEALTHY:  # created within its warning (a rotation
+            # it starts may fail): the next sweep checks it, and notifies what it finds, not a day later
             health = health.evolve(next_check_at=self.now())
         try:
             key = await self.adapters.health_index.put(health.next_check_at or self.now(), record.app, record.id)

@@ -121,6 +121,9 @@ _CHEAP_LABELS = frozenset({"RSA PRIVATE KEY", "EC PRIVATE KEY"})
 _COSTLY_LABELS = {"DSA PRIVATE KEY": "a DSA key"}
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]{1,64})-----(.*?)-----END \1-----", re.S)
 _NOT_A_KEY = "must be a PEM private key (PKCS#8 or PKCS#1 RSA)"
+# The private key labels a PEM reader loads (it passes over others, such as an OpenSSH key's).
+_KEY_LABELS = frozenset({"PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY", "DSA PRIVATE KEY",
+                         "ENCRYPTED PRIVATE KEY"})
 _WHITESPACE = re.compile(r"\s+")
 
 
@@ -129,7 +132,7 @@ def _private_key_block(pem: str) -> tuple[str, bytes]:
     the certificate, and text around it are left out): its label and its DER, header lines and every whitespace
     dropped. What is loaded is exactly this, so what it is can be read off it first. A 400 when there is none, or
     its body is not base64."""
-    block = next((block for block in _PEM_BLOCK.finditer(pem) if block[1].endswith("PRIVATE KEY")), None)
+    block = next((block for block in _PEM_BLOCK.finditer(pem) if block[1] in _KEY_LABELS), None)
     if block is None:
         raise _refuse("The certificate or private key cannot be read.", "/credentials/privateKey", _NOT_A_KEY)
     body = "".join(line for line in block[2].splitlines() if ":" not in line)

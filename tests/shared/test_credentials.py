@@ -599,3 +599,12 @@ async def test_a_stored_rsassa_pss_key_still_signs_in(rsa_keys, fake_clients):
         fake_clients, Method.CERTIFICATE, TENANT, CLIENT, {"certificateBody": certificate,
                                                            "privateKey": _rsa_pss_pkcs8(key)})
     verify(credential.func(), certificate, "RS256")
+
+
+def test_a_key_after_an_openssh_key_block_is_read_as_a_pem_reader_reads_it(rsa_keys):
+    """(Review K.) A PEM reader passes over a block it does not load, such as an OpenSSH key's."""
+    key = rsa_keys[2048]
+    certificate, private_key = pair(key)
+    ssh = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                            serialization.NoEncryption()).decode()
+    assert parse_certificate(certificate, ssh + private_key).key_type == "RSA"

@@ -798,3 +798,54 @@ async def test_an_oauth_connection_whose_check_could_not_reach_entra_once_is_not
     blip = await checker.check_now(oauth.app, oauth.id)
     checker.connections.oauth_tokens.refresh_now = original  # type: ignore[method-assign]
     assert blip.health.status == HEALTHY, (blip.health, _events(h))
+
+
+async def test_a_failing_rotation_s_retry_under_way_does_not_flap_expiring_recovered_expiring() -> None:
+    """(Review K.) A retry under way of a failed rotation ('rotating', its failures still counted) was taken for a
+    renewal: a check during it said healthy ('recovered'), the next one 'credential-expiring' again."""
+    h = _harness()
+    app = h.fakes.world.application()
+    password = h.fakes.world.add(app.client_id, "given", end=h.fakes.clock.now + timedelta(days=20))
+    h.fakes.world.fail_next("graph.add", times=1000)  # every rotation attempt fails (Graph refuses the add)
+    record = await h.api.create(APP, {"name": "c1", "method": "client-secret",
+                                      "credentials": h.credentials(app.client_id, password, key_id=True),
+                                      "isAutoRotationEnabled": True, "rotation": J_ROTATION})
+    h.fakes.clock.advance(timedelta(hours=1))
+    await h.sweep()
+    failed = await h.record(record.id)
+    assert failed is not None and failed.rotation.status == "failed"
+    checker = _checker(h)
+    assert (await checker.check_now(APP, record.id)).health.status == EXPIRING
+    await h.due()  # the retry is due
+    seen: list[str] = []
+
+    async def check_meanwhile(name: str, current) -> None:  # type: ignore[no-untyped-def]
+        if name == "before-add-password" and not seen:
+            seen.append((await checker.check_now(APP, record.id)).health.status)
+
+    await h.sweep(check_meanwhile)
+    after = await h.record(record.id)
+    assert after is not None and after.rotation.status == "failed" and after.rotation.failures >= 2
+    h.fakes.clock.advance(timedelta(minutes=5))
+    await checker.check_now(APP, record.id)
+    await Notifier(h.fakes.adapters).deliver()
+    assert seen == [EXPIRING], (seen, _events(h))
+    assert "recovered" not in _events(h), _events(h)
+
+
+async def test_created_expiring_with_a_first_rotation_that_fails_is_warned_at_the_next_sweep() -> None:
+    """(Review K.) Created within its warning with rotation on, it was healthy (the rotation the request starts
+    renews it) and checked a day later; when that rotation failed, nothing renewed it, unwarned all day."""
+    h = _harness()
+    app = h.fakes.world.application()
+    password = h.fakes.world.add(app.client_id, "given", end=h.fakes.clock.now + timedelta(days=20))
+    h.fakes.world.fail_next("graph.add", times=1000)  # the rotation cannot add a secret
+    record = await h.api.create(APP, {"name": "c1", "method": "client-secret",
+                                      "credentials": h.credentials(app.client_id, password, key_id=True),
+                                      "isAutoRotationEnabled": True, "rotation": J_ROTATION})
+    now = await h.record(record.id)
+    assert now is not None and now.rotation.status == "failed"
+    h.fakes.clock.advance(timedelta(hours=1))
+    await _checker(h).sweep()
+    after = await h.record(record.id)
+    assert after is not None and after.health.status == EXPIRING, (after.health, after.rotation.status)
