@@ -49,8 +49,18 @@ GIVE_UP_AFTER_FAILURES = 3  # failures in a row that end a pass: the receiver is
 # A pass takes each notice before it handles it (an ETag-guarded write of its next attempt), so two passes never
 # send one notice twice; should the pass die holding it, the notice is due again this long after.
 CLAIM = timedelta(minutes=5)
+# What a receiver answers a notice it will never take, whatever the retries (the request itself is refused): given
+# up at once, so that it holds nothing behind it for a day. (401, 403 and 404 are retried: a receiver or its key
+# being set up.)
+REFUSED_FOR_GOOD = frozenset({400, 410, 413, 415, 422})
 SIGNATURE_HEADER = "X-AppConnections-Signature"
 TIMESTAMP_HEADER = "X-AppConnections-Timestamp"
+
+
+class RefusedForGood(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"the receiver answered {status}")
+        self.status = status
 
 
 def health_notices(record: ConnectionRecord, health: HealthState, now: datetime) -> tuple[list[Notification],
@@ -160,7 +170,15 @@ class Notifier:
                 continue
             if item.attempts == 0:
                 self.emit(item)
-            if await self._send(item):
+            try:
+                sent = await self._send(item)
+            except RefusedForGood as refusal:  # the same answer every time: not tried again for a day
+                log.error("Notification %s (%s of %s) given up: the receiver refuses it (%d)", item.id, item.event,
+                          item.connection_id, refusal.status)
+                await self.adapters.outbox.delivered(item)
+                done += 1
+                continue
+            if sent:
                 await self.adapters.outbox.delivered(item)
                 done += 1
                 failed_in_a_row = 0
@@ -201,5 +219,7 @@ class Notifier:
             return False
         if 200 <= status < 300:
             return True
+        if status in REFUSED_FOR_GOOD:
+            raise RefusedForGood(status)
         log.info("Notification %s not delivered (the receiver answered %d); it is retried", item.id, status)
         return False

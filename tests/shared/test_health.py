@@ -849,3 +849,39 @@ async def test_created_expiring_with_a_first_rotation_that_fails_is_warned_at_th
     await _checker(h).sweep()
     after = await h.record(record.id)
     assert after is not None and after.health.status == EXPIRING, (after.health, after.rotation.status)
+
+
+async def test_a_backlog_the_receiver_refuses_does_not_hold_other_connections_notices_for_days() -> None:
+    """(Review K.) New notices wait while notices to try again fill a pass's read (a connection's order is kept):
+    a backlog the receiver refuses for good (400) held every other connection's notices for a day each. A notice
+    refused for good is given up at once. limit=2 stands for the default 100."""
+    import json
+
+    from shared.records import Notification
+
+    h = _harness()
+    f = h.fakes
+    refused = {"a"}
+    sent: list[str] = []
+
+    async def post(url, body, headers):  # type: ignore[no-untyped-def]
+        d = json.loads(body)
+        if d["connectionId"] in refused:
+            return 400  # this receiver refuses this connection's notices (a payload it cannot take)
+        sent.append(d["connectionId"])
+        return 202
+
+    f.webhook.post = post  # type: ignore[method-assign]
+    notifier = Notifier(f.adapters)
+    for _ in range(2):
+        f.connections.outbox.append(Notification("credential-expiring", APP, "a", "a", "expiring", None,
+                                                 f.clock.now))
+        f.clock.advance(timedelta(seconds=1))
+        await notifier.deliver(limit=2)
+    f.connections.outbox.append(Notification("credential-expiring", APP, "b", "b", "expiring", None, f.clock.now))
+    waited = timedelta(0)
+    while "b" not in sent and waited < timedelta(days=3):
+        f.clock.advance(timedelta(minutes=10))
+        waited += timedelta(minutes=10)
+        await notifier.deliver(limit=2)
+    assert waited <= timedelta(hours=2), waited
