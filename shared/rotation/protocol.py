@@ -781,9 +781,14 @@ class Rotator(Journaled):
                      change: Callable[[ConnectionRecord], ConnectionRecord],
                      landed: Callable[[ConnectionRecord], bool] | None = None) -> ConnectionRecord:
         """Write ``change`` of the record, again on top of a concurrent edit while ``still`` holds of it. A write
-        that got no answer is read back: its own when ``landed`` says so of the record (by default, when the change
-        would change nothing more), else its failure is raised."""
+        that got no answer, or whose answer was a conflict, is read back: its own when ``landed`` says so of the
+        record (by default, when the change would change nothing more), else its failure is raised (a conflict:
+        written again on top)."""
         store = self.adapters.connections
+
+        def own(current: ConnectionRecord) -> bool:
+            return landed(current) if landed is not None else change(current).evolve(etag=current.etag) == current
+
         current = record
         for _ in range(3):
             try:
@@ -792,6 +797,8 @@ class Rotator(Journaled):
                 current = await store.get(record.app, record.id)
                 if not still(current):
                     return current
+                if own(current):  # applied, its answer lost, and the retry met its own ETag: done
+                    return current
             except Exception as error:  # no answer: the write may have landed all the same
                 if not failed_upstream(error):
                     raise
@@ -799,8 +806,7 @@ class Rotator(Journaled):
                     current = await store.get(record.app, record.id)
                 except Exception:
                     raise error from None
-                if not still(current) or not (landed(current) if landed is not None
-                                              else change(current).evolve(etag=current.etag) == current):
+                if not still(current) or not own(current):
                     raise
                 return current  # its own write, landed with its answer lost
         raise LeaseLost(f"The connection {record.id} kept changing.")

@@ -1393,3 +1393,25 @@ async def test_a_credentials_change_with_rotation_off_whose_clean_up_succeeds_le
     assert changed.rotation.retire_version is None and changed.rotation.next_at is None
     assert record.rotation.key_id not in h.fakes.world.apps[record.client_id or ""].passwords
     assert changed.rotation.schedule_key is None and h.fakes.schedule.keys == set()
+
+
+async def test_a_lease_whose_write_landed_and_whose_retry_met_its_own_etag_is_taken_as_its_own() -> None:
+    """Found by the stateful test (seed 290005; the session's starting code fails it too): the lease a credentials
+    change takes for the clean-up still pending from the last change was written, its answer lost, and the
+    retry met the write's own ETag (a 412, taken for another's change) three times: the change answered 409 and
+    kept the lease, so every request was refused for ten minutes. A conflict is now read back as a lost answer."""
+    from tests.lifecycle_harness import user_operations
+
+    h = Harness()
+    record = await h.create()
+    h.fakes.world.fail_next("graph.remove", times=2)  # the first change's clean-up fails: it stays pending
+    h.faults_armed = True
+    first = await user_operations(h, record.id)["patch-credentials"]()
+    assert first.status == 200, first.error
+    pending = await h.record(record.id)
+    assert pending is not None and pending.rotation.retire_version is not None
+    h.fakes.world.fail_next("store.landed", own_etag(), times=3)
+    second = await user_operations(h, record.id)["patch-credentials"]()
+    assert h.check() == [], second
+    done = await h.record(record.id)
+    assert done is not None and done.rotation.lease_owner is None
