@@ -20,6 +20,7 @@ from tests.fakes import TENANT, build_fakes
 from tests.lifecycle_harness import APP, Harness
 
 SECRET = "webhook-signing-key"
+FORTNIGHTLY = {"rotationInterval": 14, "rotateAt": "03:00", "timeZone": "UTC"}  # a secret lives 2 x 14 + 3 days
 
 
 def _harness(**env: str) -> Harness:
@@ -44,6 +45,21 @@ async def _connection(h: Harness, days: int, name: str = "c1") -> ConnectionReco
 
 def _events(h: Harness) -> list[str]:
     return [json.loads(body)["event"] for _, body, _ in h.fakes.webhook.received]
+
+
+async def _health_over_days(h: Harness, connection_id: str, days: int) -> set[str]:
+    """The health statuses a connection goes through over ``days`` of sweeps (rotation, health, delivery), every
+    six hours."""
+    statuses = set()
+    for _ in range(days * 4):
+        h.fakes.clock.advance(timedelta(hours=6))
+        await h.sweep()
+        await _checker(h).sweep()
+        await Notifier(h.fakes.adapters).deliver()
+        now = await h.record(connection_id)
+        assert now is not None
+        statuses.add(now.health.status)
+    return statuses
 
 
 async def _sweep_after(h: Harness, delta: timedelta) -> None:
@@ -532,18 +548,9 @@ async def test_a_credential_rotated_on_schedule_is_not_reported_expiring() -> No
     'recovered' every cycle, for a connection that needs nobody. What the service renews in time is not expiring."""
     h = _harness()
     body = {"name": "rotated", "method": "client-secret", "credentials": h.new_credential(
-        h.fakes.world.application().client_id), "isAutoRotationEnabled": True,
-        "rotation": {"rotationInterval": 14, "rotateAt": "03:00", "timeZone": "UTC"}}
+        h.fakes.world.application().client_id), "isAutoRotationEnabled": True, "rotation": FORTNIGHTLY}
     record = await h.api.create(APP, body)
-    statuses = set()
-    for _ in range(45 * 4):  # 45 days of sweeps, every six hours
-        h.fakes.clock.advance(timedelta(hours=6))
-        await h.sweep()
-        await _checker(h).sweep()
-        await Notifier(h.fakes.adapters).deliver()
-        now = await h.record(record.id)
-        assert now is not None
-        statuses.add(now.health.status)
+    statuses = await _health_over_days(h, record.id, 45)
     assert len([e for e in h.fakes.history.of(record.id) if e.outcome == "succeeded"]) >= 3
     assert statuses == {"healthy"} and _events(h) == []
 
@@ -555,7 +562,7 @@ async def test_a_credential_whose_rotation_fails_or_is_off_is_warned_of_as_it_ne
     h2 = _harness()
     body = {"name": "failing", "method": "client-secret", "credentials": h2.new_credential(
         h2.fakes.world.application().client_id), "isAutoRotationEnabled": True,
-        "rotation": {"rotationInterval": 14, "rotateAt": "03:00", "timeZone": "UTC"}}
+        "rotation": FORTNIGHTLY}
     rotated = await h2.api.create(APP, body)
     h2.fakes.world.fail_next("graph.add", times=10_000)  # every later rotation fails: nothing will replace it
     for _ in range(20 * 4):
@@ -703,7 +710,6 @@ async def test_a_failure_the_receiver_refused_reaches_it_before_the_recovery_tha
     assert _events(h) == ["validation-failed", "recovered"]
 
 
-J_ROTATION = {"rotationInterval": 14, "rotateAt": "03:00", "timeZone": "UTC"}
 
 
 async def test_a_rotated_credential_whose_previous_application_refuses_its_clean_up_is_not_reported_expiring(
@@ -714,7 +720,7 @@ async def test_a_rotated_credential_whose_previous_application_refuses_its_clean
     first = h.fakes.world.application()
     record = await h.api.create(APP, {"name": "rotated", "method": "client-secret",
                                       "credentials": h.new_credential(first.client_id),
-                                      "isAutoRotationEnabled": True, "rotation": J_ROTATION})
+                                      "isAutoRotationEnabled": True, "rotation": FORTNIGHTLY})
     h.fakes.clock.advance(timedelta(hours=1))
     await h.sweep()  # its first rotation: the service manages the application now
     managed = await h.record(record.id)
@@ -722,15 +728,7 @@ async def test_a_rotated_credential_whose_previous_application_refuses_its_clean
     h.fakes.world.apps[first.client_id].may_manage_itself = False  # the old application refuses its clean-up
     _, credentials = h.new_application()
     await h.api.update(APP, record.id, {"credentials": credentials})
-    statuses = set()
-    for _ in range(45 * 4):  # 45 days of sweeps, every six hours
-        h.fakes.clock.advance(timedelta(hours=6))
-        await h.sweep()
-        await _checker(h).sweep()
-        await Notifier(h.fakes.adapters).deliver()
-        now = await h.record(record.id)
-        assert now is not None
-        statuses.add(now.health.status)
+    statuses = await _health_over_days(h, record.id, 45)
     now = await h.record(record.id)
     assert now is not None and now.rotation.retire_version is not None  # the clean-up still fails
     assert len([e for e in h.fakes.history.of(record.id) if e.outcome == "succeeded"]) >= 3  # rotation works
@@ -746,7 +744,7 @@ async def test_a_stuck_rotation_is_warned_of_when_its_renewal_stops_counting() -
     app = h.fakes.world.application()
     record = await h.api.create(APP, {"name": "stuck", "method": "client-secret",
                                       "credentials": h.new_credential(app.client_id),
-                                      "isAutoRotationEnabled": True, "rotation": J_ROTATION})
+                                      "isAutoRotationEnabled": True, "rotation": FORTNIGHTLY})
     due = record.rotation.next_at
     assert record.rotation.status == "succeeded" and due is not None  # rotated at once; next in 14 days
     warned = None
@@ -768,7 +766,7 @@ async def test_changing_the_credentials_and_turning_rotation_off_at_once_warns_o
     app = h.fakes.world.application()
     record = await h.api.create(APP, {"name": "c1", "method": "client-secret",
                                       "credentials": h.new_credential(app.client_id),
-                                      "isAutoRotationEnabled": True, "rotation": J_ROTATION})
+                                      "isAutoRotationEnabled": True, "rotation": FORTNIGHTLY})
     h.fakes.clock.advance(timedelta(hours=1))
     await h.sweep()
     short = h.fakes.world.add(app.client_id, "short", end=h.fakes.clock.now + timedelta(days=20))
@@ -809,7 +807,7 @@ async def test_a_failing_rotation_s_retry_under_way_does_not_flap_expiring_recov
     h.fakes.world.fail_next("graph.add", times=1000)  # every rotation attempt fails (Graph refuses the add)
     record = await h.api.create(APP, {"name": "c1", "method": "client-secret",
                                       "credentials": h.credentials(app.client_id, password, key_id=True),
-                                      "isAutoRotationEnabled": True, "rotation": J_ROTATION})
+                                      "isAutoRotationEnabled": True, "rotation": FORTNIGHTLY})
     h.fakes.clock.advance(timedelta(hours=1))
     await h.sweep()
     failed = await h.record(record.id)
@@ -842,7 +840,7 @@ async def test_created_expiring_with_a_first_rotation_that_fails_is_warned_at_th
     h.fakes.world.fail_next("graph.add", times=1000)  # the rotation cannot add a secret
     record = await h.api.create(APP, {"name": "c1", "method": "client-secret",
                                       "credentials": h.credentials(app.client_id, password, key_id=True),
-                                      "isAutoRotationEnabled": True, "rotation": J_ROTATION})
+                                      "isAutoRotationEnabled": True, "rotation": FORTNIGHTLY})
     now = await h.record(record.id)
     assert now is not None and now.rotation.status == "failed"
     h.fakes.clock.advance(timedelta(hours=1))
