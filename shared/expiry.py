@@ -20,7 +20,7 @@ def status_of(expires_at: datetime | None, refused: bool, now: datetime, warning
         return EXPIRED
     if refused:
         return FAILING
-    renewed = renewed_at is not None and now - RENEWAL_OVERDUE < renewed_at < expires_at if expires_at else False
+    renewed = renewed_at is not None and expires_at is not None and now - RENEWAL_OVERDUE < renewed_at < expires_at
     if expires_at is not None and expires_at - now <= warning and not renewed:
         return EXPIRING
     return HEALTHY
@@ -61,5 +61,5 @@ def fresh_health(record: ConnectionRecord, expires_at: datetime | None, now: dat
     """The health of credentials that just worked (created, changed, rotated): the notification memory kept."""
     renewed = renewal(record, now + interval)
     due = next_check(now, interval, expires_at, warning, renewed_at=renewed)
-    return record.health.evolve(status=status_of(expires_at, False, now, warning, renewal(record, due)),
+    return record.health.evolve(status=status_of(expires_at, False, now, warning, renewed),
                                 checked_at=now, message=None, credential_expires_at=expires_at, next_check_at=due)

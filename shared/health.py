@@ -122,10 +122,10 @@ class HealthChecker:
                 health = health.evolve(status=dated)
             connection_status = record.status
         else:
-            due = next_check(now, self.interval, expires, self.warning, record.health.next_check_at,
-                             renewal(record, now + self.interval))
+            renewed = renewal(record, now + self.interval)
+            due = next_check(now, self.interval, expires, self.warning, record.health.next_check_at, renewed)
             health = record.health.evolve(
-                status=status_of(expires, refused is not None, now, self.warning, renewal(record, due)),
+                status=status_of(expires, refused is not None, now, self.warning, renewed),
                 checked_at=now, message=refused.detail if refused else None, credential_expires_at=expires,
                 next_check_at=due)
             connection_status = (STATUS_REAUTHORIZATION_REQUIRED if isinstance(refused, ReauthorizationRequired)
