@@ -41,7 +41,7 @@ from shared.errors import (
     detail_of,
     failed_upstream,
 )
-from shared.expiry import REFRESH_TOKEN_LIFETIME, fresh_health, status_of
+from shared.expiry import REFRESH_TOKEN_LIFETIME, fresh_health, redated, status_of
 from shared.federation import explain, require_identity
 from shared.fields import MAX_PAGE_SIZE
 from shared.models import (
@@ -527,6 +527,10 @@ class ConnectionService:
                                                      previous_name, notify=notices)
                 else:
                     saved = await self._write(target.evolve(health=health), previous_name, notices)
+            elif new_state != state:  # what renews the credential may have changed: so may its health
+                warning = timedelta(days=self.adapters.settings.expiry_warning_days)
+                notices, health = health_notices(target, redated(target, self.now(), warning), self.now())
+                saved = await self._write(target.evolve(health=health), previous_name, notices)
             else:
                 saved = await self._write(target, previous_name)
         except NameTaken as taken:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from shared.apps import Method
 from shared.records import EXPIRED, EXPIRING, FAILING, HEALTHY, STATUS_FAILED, ConnectionRecord, HealthState
 
 REFRESH_TOKEN_LIFETIME = timedelta(days=90)  # Entra ID's refresh tokens lapse after 90 days unused
@@ -31,7 +32,7 @@ def renewal(record: ConnectionRecord, next_check_at: datetime | None) -> datetim
     refresh starts its 90 days again); another's next scheduled rotation, while automatic rotation is on and its
     last attempt did not fail (one that fails is warned of: nothing will replace the credential). None: nothing
     does, and its expiry is the user's to act on."""
-    if record.method == "oauth":
+    if record.method == Method.OAUTH:
         return next_check_at
     state = record.rotation
     # Its own outcome, not ``failures`` alone (which a failing clean-up of an application left behind counts too);
@@ -63,3 +64,14 @@ def fresh_health(record: ConnectionRecord, expires_at: datetime | None, now: dat
     due = next_check(now, interval, expires_at, warning, renewed_at=renewed)
     return record.health.evolve(status=status_of(expires_at, False, now, warning, renewed),
                                 checked_at=now, message=None, credential_expires_at=expires_at, next_check_at=due)
+
+
+def redated(record: ConnectionRecord, now: datetime, warning: timedelta) -> HealthState:
+    """The health of a connection whose renewal changed without a check (its rotation turned on or off, or
+    rescheduled): a credential that worked at its last check is expiring, or not, by what renews it now. A
+    failing, expired or unchecked one stays so until its next check."""
+    health = record.health
+    if health.status not in (HEALTHY, EXPIRING):
+        return health
+    renewed = renewal(record, health.next_check_at)
+    return health.evolve(status=status_of(health.credential_expires_at, False, now, warning, renewed))

@@ -883,3 +883,46 @@ async def test_a_backlog_the_receiver_refuses_does_not_hold_other_connections_no
         waited += timedelta(minutes=10)
         await notifier.deliver(limit=2)
     assert waited <= timedelta(hours=2), waited
+
+
+async def test_turning_rotation_off_warns_of_a_credential_near_its_end_at_once_and_on_again_recovers() -> None:
+    """(Review K, left alone in session 16.) A PATCH that only turned rotation off left a credential 20 days from
+    its end 'healthy' (its renewal was counted) until its next check, up to a check interval later; turning it on
+    again left it 'expiring' alike."""
+    from tests.lifecycle_harness import ROTATION
+
+    h = _harness()
+    app = h.fakes.world.application()
+    record = await h.api.create(APP, {"name": "c1", "method": "client-secret",
+                                      "credentials": h.new_credential(app.client_id),
+                                      "isAutoRotationEnabled": True, "rotation": FORTNIGHTLY})
+    h.fakes.clock.advance(timedelta(days=12))  # the secret the rotation made lives 31 days: 19 are left
+    await h.sweep()
+    now = await h.record(record.id)
+    assert now is not None and now.health.status == HEALTHY and now.rotation.enabled
+    off = await h.api.update(APP, record.id, {"isAutoRotationEnabled": False})
+    assert off.health.status == EXPIRING, off.health
+    assert off.health.next_check_at == now.health.next_check_at  # the next check stays where it was indexed
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == ["credential-expiring"]
+    on = await h.api.update(APP, record.id, {"isAutoRotationEnabled": True, "rotation": ROTATION})
+    assert on.health.status == HEALTHY, on.health
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == ["credential-expiring", "recovered"]
+
+
+async def test_turning_rotation_off_leaves_a_failing_or_unchecked_health_as_it_is() -> None:
+    h = _harness()
+    app = h.fakes.world.application()
+    record = await h.api.create(APP, {"name": "c1", "method": "client-secret",
+                                      "credentials": h.new_credential(app.client_id),
+                                      "isAutoRotationEnabled": True, "rotation": FORTNIGHTLY})
+    stored = await h.record(record.id)
+    assert stored is not None
+    failing = stored.evolve(health=stored.health.evolve(status="failing", message="AADSTS7000215",
+                                                        notified_status="failing", notified_at=h.fakes.clock.now))
+    await h.fakes.connections.update(failing)
+    off = await h.api.update(APP, record.id, {"isAutoRotationEnabled": False})
+    assert (off.health.status, off.health.message) == ("failing", "AADSTS7000215")
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == []
