@@ -530,6 +530,11 @@ class ConnectionService:
             elif new_state != state:  # what renews the credential may have changed: so may its health
                 warning = timedelta(days=self.adapters.settings.expiry_warning_days)
                 notices, health = health_notices(target, redated(target, self.now(), warning), self.now())
+                if health.next_check_at != target.health.next_check_at and health.next_check_at is not None:
+                    # An earlier check, indexed first (as a create does): should the write fail, the entry nothing
+                    # points at is dropped by the sweep; once written, the old one goes (below).
+                    health = health.evolve(check_key=await self.adapters.health_index.put(
+                        health.next_check_at, record.app, record.id))
                 saved = await self._write(target.evolve(health=health), previous_name, notices)
             else:
                 saved = await self._write(target, previous_name)
@@ -542,6 +547,8 @@ class ConnectionService:
         with best_effort(lambda error: log.warning(  # the change is saved, and answered as such
                 "Connection %s: its change is saved; tidying up after it failed (%s): the sweep finishes it",
                 record.id, detail_of(error))):
+            if saved.health.check_key != record.health.check_key:
+                await self.adapters.health_index.remove(record.health.check_key)
             if saved.rotation.retire_version is not None:
                 saved = await self._finish_retirement(saved, raise_on_failure=False)
             saved = await self._sync_schedule(saved, state)

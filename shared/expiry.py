@@ -68,10 +68,14 @@ def fresh_health(record: ConnectionRecord, expires_at: datetime | None, now: dat
 
 def redated(record: ConnectionRecord, now: datetime, warning: timedelta) -> HealthState:
     """The health of a connection whose renewal changed without a check (its rotation turned on or off, or
-    rescheduled): a credential that worked at its last check is expiring, or not, by what renews it now. A
-    failing, expired or unchecked one stays so until its next check."""
+    rescheduled): a credential that worked at its last check is expiring, or not, by what renews it now, and is
+    checked by the time that renewal is overdue. A failing, expired or unchecked one stays so until its next check."""
     health = record.health
     if health.status not in (HEALTHY, EXPIRING):
         return health
     renewed = renewal(record, health.next_check_at)
-    return health.evolve(status=status_of(health.credential_expires_at, False, now, warning, renewed))
+    due = health.next_check_at
+    if renewed is not None and due is not None and now < renewed + RENEWAL_OVERDUE < due:
+        due = renewed + RENEWAL_OVERDUE  # checked when the new renewal would stop counting, should it not come
+    return health.evolve(status=status_of(health.credential_expires_at, False, now, warning, renewed),
+                         next_check_at=due)

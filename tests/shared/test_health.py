@@ -926,3 +926,32 @@ async def test_turning_rotation_off_leaves_a_failing_or_unchecked_health_as_it_i
     assert (off.health.status, off.health.message) == ("failing", "AADSTS7000215")
     await Notifier(h.fakes.adapters).deliver()
     assert _events(h) == []
+
+
+async def test_a_rescheduled_rotation_is_checked_when_its_renewal_would_be_overdue_not_a_week_later() -> None:
+    """With weekly checks, a rotation rescheduled to come in two days and then not coming (the rotation sweep has
+    stopped) was warned of at the next weekly check; the check now comes when the renewal is a day overdue."""
+    from shared.expiry import RENEWAL_OVERDUE
+
+    h = _harness(HEALTH_CHECK_INTERVAL_HOURS="168")
+    app = h.fakes.world.application()
+    record = await h.api.create(APP, {"name": "c1", "method": "client-secret",
+                                      "credentials": h.new_credential(app.client_id),
+                                      "isAutoRotationEnabled": True, "rotation": FORTNIGHTLY})
+    h.fakes.clock.advance(timedelta(days=1))
+    sooner = await h.api.update(APP, record.id, {"rotation": {**FORTNIGHTLY, "rotationInterval": 3}})
+    due = sooner.rotation.next_at
+    assert sooner.health.status == HEALTHY and due is not None and due < h.fakes.clock.now + timedelta(days=3)
+    assert sooner.health.next_check_at == due + RENEWAL_OVERDUE
+    assert sooner.health.check_key != record.health.check_key
+    assert [e.key for e in await h.fakes.health_index.due(due + timedelta(days=7), limit=10)] == [
+        sooner.health.check_key]  # one entry: the old one is gone
+    warned = None
+    for _ in range(8 * 24):  # the health sweep runs hourly; the rotation sweep has stopped
+        h.fakes.clock.advance(timedelta(hours=1))
+        await _checker(h).sweep()
+        now = await h.record(record.id)
+        assert now is not None
+        if now.health.status == EXPIRING and warned is None:
+            warned = h.fakes.clock.now
+    assert warned is not None and warned <= due + RENEWAL_OVERDUE + timedelta(hours=1), (due, warned)
