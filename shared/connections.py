@@ -190,9 +190,9 @@ class ConnectionService:
             version = (await self.vault.write(record.secret_name, material, secret_tags(record),
                                               expires_on=expires_on)).version
         health = self._fresh_health(record, expires_on)
-        warning = timedelta(days=self.adapters.settings.expiry_warning_days)
-        if status_of(expires_on, False, self.now(), warning) != HEALTHY:  # created within its warning (a rotation
-            # it starts may fail): the next sweep checks it, and notifies what it finds, not a day later
+        # Created within its warning (a rotation it starts may fail): the next sweep checks it, and notifies what
+        # it finds, not a day later.
+        if status_of(expires_on, False, self.now(), self.adapters.settings.expiry_warning) != HEALTHY:
             health = health.evolve(next_check_at=self.now())
         try:
             key = await self.adapters.health_index.put(health.next_check_at or self.now(), record.app, record.id)
@@ -235,8 +235,7 @@ class ConnectionService:
 
     def _fresh_health(self, record: ConnectionRecord, expires_on: datetime | None) -> HealthState:
         settings = self.adapters.settings
-        return fresh_health(record, expires_on, self.now(), timedelta(days=settings.expiry_warning_days),
-                            timedelta(hours=settings.health_check_interval_hours))
+        return fresh_health(record, expires_on, self.now(), settings.expiry_warning, settings.health_check_interval)
 
     def new_record(self, app: AppSpec, method: Method, name: str, description: str | None, tenant_id: str,
                    client_id: str | None, rotation: RotationState | None = None) -> ConnectionRecord:
@@ -528,7 +527,7 @@ class ConnectionService:
                 else:
                     saved = await self._write(target.evolve(health=health), previous_name, notices)
             elif new_state != state:  # what renews the credential may have changed: so may its health
-                warning = timedelta(days=self.adapters.settings.expiry_warning_days)
+                warning = self.adapters.settings.expiry_warning
                 notices, health = health_notices(target, redated(target, self.now(), warning), self.now())
                 if health.next_check_at != target.health.next_check_at and health.next_check_at is not None:
                     # An earlier check, indexed first (as a create does): should the write fail, the entry nothing
@@ -974,7 +973,13 @@ class ConnectionService:
         journaled its id in ``key_id``), unless another federated connection of the same application relies on it
         (an application trusts an issuer and subject once)."""
         credential_id = record.rotation.key_id
-        if record.method != Method.FEDERATED or not credential_id or await self._shared_federation(record):
+        if record.method != Method.FEDERATED or not credential_id:
+            return []
+        relying = await self._relying_on_federation(record)
+        if relying:  # kept; tracked by one of them from now on (the last to go removes it)
+            if not any(other.rotation.key_id == credential_id or other.rotation.step in MIGRATION_STEPS
+                       for other in relying):
+                await self._hand_over(relying[0], credential_id)
             return []
         client_id = record.client_id or ""
         async with self.adapters.directory.graph(Method.FEDERATED, record.tenant_id, client_id, {}) as graph:
@@ -988,18 +993,39 @@ class ConnectionService:
                 app=record.app, connection_id=record.id, object_id=registration.object_id, key_id=credential_id)
         return [credential_id]
 
-    async def _shared_federation(self, record: ConnectionRecord) -> bool:
+    async def _relying_on_federation(self, record: ConnectionRecord) -> list[ConnectionRecord]:
+        """The other connections of the same application that sign in with its federated credential, or whose
+        migration to the federated method is under way (it may have tested that credential, and switch to it)."""
+        relying = []
         for app_id in APPS:
             continuation: str | None = None
             while True:
                 page, continuation = await self.store.list_page(app_id, MAX_PAGE_SIZE, continuation)
-                if any(other.id != record.id and other.method == Method.FEDERATED
-                       and other.client_id == record.client_id and other.tenant_id == record.tenant_id
-                       for other in page):
-                    return True
+                relying += [other for other in page if other.id != record.id
+                            and (other.method == Method.FEDERATED or other.rotation.step in MIGRATION_STEPS)
+                            and other.client_id == record.client_id and other.tenant_id == record.tenant_id]
                 if continuation is None:
                     break
-        return False
+        return relying
+
+    async def _hand_over(self, heir: ConnectionRecord, credential_id: str) -> None:
+        """``heir`` tracks the federated credential the service added, which it relies on (a DELETE of it removes
+        the credential when no other connection relies on it then). Written before the one handing it over goes:
+        should this fail, that one stays and keeps it."""
+        current = heir
+        for _ in range(3):
+            if current.method != Method.FEDERATED or current.rotation.key_id == credential_id:
+                return
+            try:
+                await self.store.update(current.evolve(rotation=current.rotation.evolve(key_id=credential_id)))
+                return
+            except ConcurrentChange:
+                try:
+                    current = await self.store.get(heir.app, heir.id)
+                except NotFound:
+                    break
+        raise ConcurrentChange(f"The connection '{heir.id}', which relies on this application's federated "
+                               "credential, kept changing; send the request again.")
 
     async def _release(self, record: ConnectionRecord, before: ConnectionRecord, progress: Removals,
                        owner: str) -> bool:

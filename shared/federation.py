@@ -88,9 +88,17 @@ def require_identity(settings: Settings, pointer: str = "/method") -> Federation
     return identity
 
 
+CREDENTIAL_PREFIX = "app-connections-"
+
+
 def credential_name(connection_id: str) -> str:
     """The name of the federated credential the service adds for a connection (3-120 letters, digits, '-')."""
-    return f"app-connections-{connection_id}"
+    return f"{CREDENTIAL_PREFIX}{connection_id}"
+
+
+def added_by_service(name: str) -> bool:
+    """A federated credential the service added (for some connection), not one the application's owner did."""
+    return name.startswith(CREDENTIAL_PREFIX)
 
 
 def explain(rejected: CredentialRejected, identity: FederationIdentity) -> CredentialRejected:

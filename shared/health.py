@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from shared.apps import Method, find_app
@@ -74,8 +74,8 @@ class HealthChecker:
         self.connections = connections
         self.notifier = Notifier(adapters)
         settings = adapters.settings
-        self.interval = timedelta(hours=settings.health_check_interval_hours)
-        self.warning = timedelta(days=settings.expiry_warning_days)
+        self.interval = settings.health_check_interval
+        self.warning = settings.expiry_warning
 
     # -- one connection ----------------------------------------------------------------------------------
     async def check(self, record: ConnectionRecord) -> ConnectionRecord:

@@ -19,6 +19,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -195,6 +196,15 @@ class Settings:
             PUBLIC_APP_CONFIGURATION_RESOURCE: self.app_configuration_resource,
         }.get(public_resource.rstrip("/"), public_resource)
         return f"{resource}/.default"
+
+    @property
+    def expiry_warning(self) -> timedelta:
+        """How long before its end a credential nothing renews is ``expiring`` (``EXPIRY_WARNING_DAYS``)."""
+        return timedelta(days=self.expiry_warning_days)
+
+    @property
+    def health_check_interval(self) -> timedelta:
+        return timedelta(hours=self.health_check_interval_hours)
 
     @property
     def oauth_redirect_uri(self) -> str:

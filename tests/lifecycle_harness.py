@@ -214,8 +214,14 @@ class Harness:
             added = world.apps[client_id].federated.get(credential_id)
             if added is None:
                 continue
-            owner = next((r for r in records.values() if credential_name(r.id) == added.name), None)
-            if owner is None or not (owner.method == "federated" or owner.rotation.step in MIGRATION_STEPS):
+            # Tracked: the credential of a federated connection (``key_id``: a DELETE removes it once no other
+            # connection relies on it), or a migration's (journaled, or named for it: its end or failure sees to it).
+            tracked = any(
+                (r.method == "federated" and r.rotation.key_id == credential_id)
+                or (r.rotation.step in MIGRATION_STEPS
+                    and (r.rotation.pending_key_id == credential_id or credential_name(r.id) == added.name))
+                for r in records.values())
+            if not tracked:
                 self.violations.append(f"I2: federated credential {added.name} on {client_id} is live and untracked")
         for connection_id, record in records.items():
             self._check_history(connection_id, record)

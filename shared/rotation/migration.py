@@ -8,7 +8,8 @@ credential) and with the protocol's public pieces (the connection's marker, :fun
 1. ``migrate-begun``: claimed (lease, journal, history entry ``running``), the schedule entry dropped;
 2. ``migrate-added``: the application's federated identity credential for the service's identity, added through
    Graph with the connection's own credential (``app-connections-{connection id}``; one that already names the
-   identity is reused and never removed), its id journaled;
+   identity is reused: the owner's is never removed, one the service added for another connection of the
+   application is shared, and removed by the last connection relying on it), its id journaled;
 3. ``migrate-tested``: a token acquired with the federated sign-in, retried while Entra propagates it; one that
    never works removes what this migration added, and the connection is left as it was;
 4. ``migrate-switched``: the connection's method is federated (one ETag-guarded write);
@@ -55,6 +56,7 @@ from shared.errors import (
 from shared.federation import (
     MAX_FEDERATED_CREDENTIALS,
     FederationIdentity,
+    added_by_service,
     credential_name,
     explain,
     require_identity,
@@ -115,8 +117,9 @@ class Migrator(Journaled):
                                      "when it has ended.", headers={"Retry-After": "30"},
                                      extensions={"rotationId": state.rotation_id, "rotationStep": state.step})
         interrupted = interrupted_attempt(state)
-        return await self._drive(await self._claim(record, state.evolve(attempt=state.attempt + 1), interrupted),
-                                 identity)
+        # A test is redone before the switch, as a rotation's is: the credential it tested may be gone since.
+        resumed = state.evolve(attempt=state.attempt + 1, step=ADDED if state.step == TESTED else state.step)
+        return await self._drive(await self._claim(record, resumed, interrupted), identity)
 
     async def _claim(self, record: ConnectionRecord, state: RotationState,
                      interrupted: RotationState | None) -> ConnectionRecord:
@@ -273,8 +276,11 @@ class Migrator(Journaled):
             registration = await graph.find(client_id)
             # The federated credential is the connection's credential now: its id is kept when the service added it
             # (DELETE removes it then), not when it is the owner's.
-            ours = next((c.id for c in await graph.federated_credentials(registration.object_id)
-                         if c.name == credential_name(record.id)), None)
+            # So is one the service added for another connection of this application that this one reused: the
+            # connections share it, and the last of them to go removes it.
+            trusted = await graph.federated_credentials(registration.object_id)
+            ours = next((c.id for c in trusted if c.id == state.pending_key_id and added_by_service(c.name)),
+                        next((c.id for c in trusted if c.name == credential_name(record.id)), None))
             original = state.previous_key_id if state.revoke_original else None
             for roll in ROLLS.values():  # passwords, then certificates (removeKey: proofs signed by the old one)
                 present = {c.key_id for c in roll.rolled(registration)}
@@ -344,14 +350,24 @@ class Migrator(Journaled):
             due = self.now() + backoff(failed.failures)
 
         async def point(key: str | None) -> ConnectionRecord:
-            try:
-                return await self.adapters.connections.update(
-                    current.evolve(rotation=failed.evolve(next_at=due, schedule_key=key)))
-            except ConcurrentChange:  # another write, or its own that landed with its answer lost: as it is now
+            """Written over an edit that left the journal, the method and the secret alone (a validation, a health
+            check, a rename), as each step is: else the caller is told it failed while the journal it was told of
+            stays, and the sweep finishes later what it was told did not happen."""
+            target = current
+            for _ in range(3):
+                outcome = failed.evolve(next_at=due, schedule_key=key)
                 try:
-                    return await self.adapters.connections.get(current.app, current.id)
-                except NotFound:
-                    return current
+                    return await self.adapters.connections.update(target.evolve(rotation=outcome))
+                except ConcurrentChange:  # another write, or its own that landed with its answer lost
+                    try:
+                        now_stored = await self.adapters.connections.get(current.app, current.id)
+                    except NotFound:
+                        return current
+                if (now_stored.rotation != state or now_stored.method != current.method
+                        or now_stored.secret_version != current.secret_version):
+                    return now_stored  # its own write, or the journal is another's now
+                target = now_stored
+            return target
 
         await reindex(self.adapters.schedule, state.schedule_key, due, current, point)
         await self.audit.record("connection.migrate", STATUS_FAILED, app=current.app, connection_id=current.id,

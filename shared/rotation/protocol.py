@@ -509,7 +509,7 @@ class Rotator(Journaled):
         state = record.rotation
         assert state.pending_version is not None
         now = self.now()
-        warning = timedelta(days=self.adapters.settings.expiry_warning_days)
+        warning = self.adapters.settings.expiry_warning
 
         def checked(current: ConnectionRecord) -> tuple[list[Notification], HealthState]:
             """The successor works (its test just passed): the health of its expiry, and the notice that calls for

@@ -719,3 +719,127 @@ async def test_a_failed_migration_whose_last_write_landed_with_its_answer_lost_s
     done = await h.record(record.id)
     assert done is not None and done.method == "federated"
     assert h.check() == []
+
+
+# -- a federated credential that several connections of one application rely on (review C, session 17) --------
+async def _two_on_one_application(h: Harness) -> tuple[ConnectionRecord, ConnectionRecord, str]:
+    client_id, given = h.new_application()
+    a = await h.api.create(APP, {"name": "a", "method": "client-secret", "credentials": given})
+    b = await h.api.create(APP, {"name": "b", "method": "client-secret",
+                                 "credentials": h.new_credential(client_id)})
+    return a, b, client_id
+
+
+async def test_a_migration_that_reuses_another_connection_s_federated_credential_shares_it_and_the_last_removes_it(
+) -> None:
+    """B's migration reused the credential A's had added, and tracked nothing: deleting A kept it (B relies on it),
+    deleting B removed nothing, and it stayed live on the application with no connection left."""
+    h = Harness()
+    a, b, client_id = await _two_on_one_application(h)
+    await h.api.migrate_to_federated(APP, a.id, {})
+    b_done = await h.api.migrate_to_federated(APP, b.id, {})
+    app = h.fakes.world.apps[client_id]
+    [added] = app.federated
+    assert b_done.rotation.key_id == added
+    assert (await h.api.delete(APP, a.id)).removed_key_ids == []  # b relies on it
+    assert (await h.api.validate(APP, b.id)).status == "active"
+    assert (await h.api.delete(APP, b.id)).removed_key_ids == [added]
+    assert app.federated == {}
+    assert h.check() == []
+
+
+async def test_a_federated_credential_kept_for_a_connection_created_federated_is_handed_over_to_it() -> None:
+    """A connection created federated on an application whose credential a migration added tracks nothing of its
+    own: when the migrated one is deleted, the credential it keeps becomes the other's, which removes it last."""
+    h = Harness()
+    record = await h.create()
+    await migrated(h, record)
+    app = h.fakes.world.apps[record.client_id or ""]
+    [added] = app.federated
+    other = await h.api.create("azure-key-vault", federated_body(app.client_id, "kv"))
+    assert other.rotation.key_id is None
+    assert (await h.api.delete(APP, record.id)).removed_key_ids == []
+    assert h.check() == []
+    heir = await h.record(other.id)
+    assert heir is not None and heir.rotation.key_id == added
+    assert (await h.api.delete("azure-key-vault", other.id)).removed_key_ids == [added]
+    assert app.federated == {} and h.check() == []
+
+
+async def test_a_federated_credential_a_migration_under_way_relies_on_is_kept_when_its_adder_is_deleted() -> None:
+    """Deleting A at the moment B's migration had tested A's credential removed it: B switched to a sign-in that no
+    longer worked, and was stuck (every PATCH and DELETE refused, every retry AADSTS70021)."""
+    h = Harness()
+    a, b, client_id = await _two_on_one_application(h)
+    await h.api.migrate_to_federated(APP, a.id, {})
+    deleted: list[Any] = []
+
+    async def meanwhile(name: str, current: Any) -> None:
+        if name == "after-test-federated" and not deleted:
+            deleted.append(await h.api.delete(APP, a.id))
+
+    done = await h.services(checkpoint=meanwhile).connections.migrate_to_federated(APP, b.id, {"revokeOriginal": True})
+    assert deleted[0].removed_key_ids == []
+    assert done.method == "federated" and h.fakes.world.federated_live(client_id)
+    assert (await h.api.validate(APP, b.id)).status == "active"
+    assert h.check() == []
+
+
+async def test_a_migration_resumed_after_its_test_tests_again_before_it_switches() -> None:
+    """Resumed from migrate-tested, the switch came without a test: a credential removed meanwhile (or never
+    propagated to where the sign-in goes) left a federated connection that could not sign in."""
+    h = Harness()
+    record = await h.create(rotation=False)
+    update = h.fakes.connections.update
+
+    async def crash_at_the_switch(target: ConnectionRecord, *args: Any, **kwargs: Any) -> ConnectionRecord:
+        if target.method == "federated":
+            raise Crash("the worker dies as it switches")
+        return await update(target, *args, **kwargs)
+
+    h.fakes.connections.update = crash_at_the_switch  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        await h.api.migrate_to_federated(APP, record.id, {})
+    h.fakes.connections.update = update  # type: ignore[method-assign]
+    stopped = await h.record(record.id)
+    assert stopped is not None and stopped.rotation.step == "migrate-tested"
+    app = h.fakes.world.apps[record.client_id or ""]
+    app.federated.clear()  # gone meanwhile (removed by hand, say)
+    h.fakes.clock.advance(h.services().rotator.options.lease)
+    with pytest.raises(CredentialRejected):
+        await h.api.migrate_to_federated(APP, record.id, {})
+    after = await h.record(record.id)
+    assert after is not None and after.method == "client-secret" and after.rotation.step is None
+    assert (await h.api.validate(APP, record.id)).status == "active"
+    assert h.check() == []
+
+
+async def test_a_failed_migration_s_outcome_is_written_over_an_edit_that_landed_meanwhile() -> None:
+    """The failure's single write met a validation that landed meanwhile and gave up: the request answered that the
+    migration failed, the journal stayed (leased, revokeOriginal set), and the sweep later completed it, revoking
+    the user's secret."""
+    h = Harness()
+    record = await h.create(rotation=False)
+    app = h.fakes.world.apps[record.client_id or ""]
+    given = set(app.passwords)
+    h.fakes.world.fail_next("graph.fic.add")  # nothing added: the migration fails before its switch
+    history_record = h.fakes.history.record
+    raced: list[Any] = []
+
+    async def record_then_validate(event: Any) -> None:  # between the failure's read and its write
+        if event.outcome == "failed" and not raced:
+            raced.append(await h.api.validate(APP, record.id))
+        await history_record(event)
+
+    h.fakes.history.record = record_then_validate  # type: ignore[method-assign]
+    with pytest.raises(ServiceError, match="did not complete"):
+        await h.api.migrate_to_federated(APP, record.id, {"revokeOriginal": True})
+    h.fakes.history.record = history_record  # type: ignore[method-assign]
+    after = await h.record(record.id)
+    assert after is not None and raced
+    assert (after.rotation.step, after.rotation.lease_owner, after.rotation.revoke_original) == (None, None, False)
+    h.fakes.clock.advance(h.services().rotator.options.lease)
+    await h.sweep()
+    done = await h.record(record.id)
+    assert done is not None and done.method == "client-secret" and given <= set(app.passwords)
+    assert h.check() == []
