@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from opentelemetry.metrics import Counter, Histogram, MeterProvider
     from opentelemetry.trace import Span, Tracer, TracerProvider
 
+    from shared.settings import TelemetrySettings
+
 log = logging.getLogger(__name__)
 
 SCOPE = "app_connections"
@@ -81,11 +83,13 @@ _lock = threading.Lock()
 _instruments: _Instruments | None = None
 _tracer_provider: TracerProvider | None = None
 _meter_provider: MeterProvider | None = None
-_configured = False
+_configured: bool | None = None  # None: not tried yet
 
 
 def configure(env: Mapping[str, str] | None = None) -> bool:
-    """Export to Application Insights when its connection string is set (once per process). True if exporting."""
+    """Export to Application Insights when its connection string is set (once per process). True if exporting.
+    A set-up that fails (a malformed connection string, say) is logged, and the service runs without exporting:
+    telemetry never stops the API, the OAuth callback or the sweeps from loading."""
     global _configured
     from shared.settings import load_telemetry_settings
 
@@ -94,9 +98,23 @@ def configure(env: Mapping[str, str] | None = None) -> bool:
     if not settings.connection_string:
         return False
     with _lock:
-        if _configured:
-            return True
-        _configured = True
+        if _configured is None:
+            try:
+                _configured = _start(settings)
+            except Exception as error:  # its message may quote the connection string: the type only
+                log.error("Telemetry: Azure Monitor could not be configured (%s: check "
+                          "APPLICATIONINSIGHTS_CONNECTION_STRING); nothing is exported", type(error).__name__)
+                _configured = False
+        return _configured
+
+
+def _start(settings: TelemetrySettings) -> bool:
+    if settings.sampler and settings.sampler not in DISTRO_SAMPLERS:
+        # The distro would keep 5 traces a second, and drop failures in a burst (docs/telemetry.md, "Sampling").
+        log.error("Telemetry: OTEL_TRACES_SAMPLER=%s is not a sampler Azure Monitor knows (%s)%s", settings.sampler,
+                  ", ".join(sorted(DISTRO_SAMPLERS)),
+                  "; the worker's rate-limited default applies: fix the setting" if _sdk_already_installed()
+                  else "; every trace is kept")
     if _sdk_already_installed():
         # The Functions Python worker configures Azure Monitor itself when told to
         # (PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY): configuring it twice would export everything twice.
@@ -113,10 +131,6 @@ def configure(env: Mapping[str, str] | None = None) -> bool:
     }
     if settings.sampler not in DISTRO_SAMPLERS:
         # Keep every trace (docs/telemetry.md); an OTEL_TRACES_SAMPLER setting the distro knows, read by it, wins.
-        # One it does not know would make it keep 5 traces a second, and drop failures in a burst.
-        if settings.sampler:
-            log.warning("Telemetry: OTEL_TRACES_SAMPLER=%s is not a sampler Azure Monitor knows (%s); every trace "
-                        "is kept", settings.sampler, ", ".join(sorted(DISTRO_SAMPLERS)))
         options["sampling_ratio"] = 1.0
     if settings.aad_client_id is not None:
         from azure.identity import ManagedIdentityCredential

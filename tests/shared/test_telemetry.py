@@ -54,6 +54,47 @@ def test_an_sdk_the_worker_already_configured_is_used_not_configured_twice():
     assert out.stdout.split() == ["True", "False"]
 
 
+@pytest.mark.parametrize("connection_string", ["InstrumentationKey=not-a-guid", "garbage",
+                                               "IngestionEndpoint=https://x.example/"])
+def test_a_malformed_connection_string_is_logged_and_the_app_still_loads_without_exporting(connection_string):
+    """(Review B, session 17.) Azure Monitor's ValueError stopped ``import function_app``: the host found no
+    function, no API, no OAuth callback, no sweep. Its message is not logged (it may quote the string)."""
+    code = (
+        "import json, logging, sys\n"
+        "logging.basicConfig(level=logging.ERROR, stream=sys.stderr)\n"
+        "import function_app\n"
+        "from shared import telemetry\n"
+        "print(json.dumps([len(function_app.app.get_functions()), telemetry.configure()]))\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "APPLICATIONINSIGHTS_CONNECTION_STRING": connection_string}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    functions, exporting = json.loads(out.stdout.splitlines()[-1])
+    assert functions > 10 and exporting is False
+    assert "could not be configured" in out.stderr and connection_string not in out.stderr
+
+
+def test_an_unknown_sampler_is_reported_when_the_worker_configured_azure_monitor():
+    """(Review B.) The check of OTEL_TRACES_SAMPLER ran only where the service configures Azure Monitor itself,
+    not where it is deployed (the worker configures it): a misspelt name silently kept 5 traces a second."""
+    code = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.ERROR, stream=sys.stderr)\n"
+        "from opentelemetry import trace\n"
+        "from opentelemetry.sdk.trace import TracerProvider\n"
+        "trace.set_tracer_provider(TracerProvider())\n"
+        "from shared import telemetry\n"
+        "env = {'APPLICATIONINSIGHTS_CONNECTION_STRING': 'InstrumentationKey=00000000-0000-0000-0000-000000000000',\n"
+        "       'OTEL_TRACES_SAMPLER': 'parentbased_traceidratio'}\n"
+        "print(telemetry.configure(env))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin"})
+    assert out.stdout.split() == ["True"]
+    assert "OTEL_TRACES_SAMPLER=parentbased_traceidratio is not a sampler" in out.stderr
+    assert "fix the setting" in out.stderr
+
+
 def test_a_span_records_the_error_type_but_not_its_message(exporter):
     with pytest.raises(RuntimeError), telemetry.span("step", {"app": "a", "rotation.id": None}):
         raise RuntimeError("client_secret=hunter2-must-not-appear")
