@@ -245,6 +245,12 @@ def client_span(method: str, url: str, headers: MutableMapping[str, str] | None 
     return _recording_client_span(method, url, headers, attributes)
 
 
+def resent(count: int) -> dict[str, int]:
+    """A client span's ``http.request.resend_count``: how many times the same request was sent before (a retry,
+    or a replay on a new connection); none on a first send, as the semantic conventions say."""
+    return {"http.request.resend_count": count} if count else {}
+
+
 @contextlib.contextmanager
 def _recording_client_span(method: str, url: str, headers: MutableMapping[str, str] | None,
                            attributes: Attributes | None) -> Iterator[Span]:

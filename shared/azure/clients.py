@@ -333,10 +333,14 @@ def _traced_transport(session: aiohttp.ClientSession, upstream: str) -> AioHttpT
             def __init__(self, upstream: str, **kwargs: Any) -> None:
                 super().__init__(**kwargs)
                 self.upstream = upstream
+                self.sends: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
             async def send(self, request: Any, **config: Any) -> Any:
+                # azure-core's retries (and its Key Vault challenge) send the same request object again
+                sends = self.sends.get(request, 0)
+                self.sends[request] = sends + 1
                 with telemetry.client_span(request.method, request.url, request.headers,
-                                           {"upstream": self.upstream}) as span:
+                                           {"upstream": self.upstream, **telemetry.resent(sends)}) as span:
                     response = await super().send(request, **config)
                     telemetry.set_response(span, response.status_code)
                     return response

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextvars
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -85,7 +86,8 @@ class SessionTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = str(request.url)
-        with telemetry.client_span(request.method, url, request.headers, {"upstream": "graph"}) as span:
+        with telemetry.client_span(request.method, url, request.headers,
+                                   {"upstream": "graph", **telemetry.resent(_RESENDS.get())}) as span:
             response = await self._send(request, url)
             telemetry.set_response(span, response.status_code)
             return response
@@ -121,6 +123,8 @@ class SessionTransport(httpx.AsyncBaseTransport):
 
 
 _HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+# How many times the Graph call under way was sent before (its retries): each send is a client span of its own.
+_RESENDS: contextvars.ContextVar[int] = contextvars.ContextVar("graph_resends", default=0)
 
 
 def _status(error: Exception) -> int | None:
@@ -331,8 +335,19 @@ class GraphApps:
         self._scope = f"{self._endpoint}/.default"
 
     async def _call(self, action: str, call: Any) -> Any:
+        sends = 0
+
+        async def counted() -> Any:
+            nonlocal sends
+            token = _RESENDS.set(sends)
+            sends += 1
+            try:
+                return await call()
+            finally:
+                _RESENDS.reset(token)
+
         try:
-            return await with_retries(call, classify)
+            return await with_retries(counted, classify)
         except Exception as error:
             if _status(error) is None and classify(error) is None:
                 raise

@@ -129,6 +129,11 @@ class _Connection:
         self.writer.close()
 
 
+class StaleConnection(Exception):
+    """A kept-alive connection the upstream had closed: nothing was answered, and the request is sent again on a
+    new connection (its own client span, which says it is a resend)."""
+
+
 class _Dropped(Exception):
     """The connection failed; ``answered`` when some of the answer had arrived."""
 
@@ -195,12 +200,24 @@ class RestClient:
         again = replayable(method, headers)
         where = f"{method} {self._where(origin[0], host, parts.path)}"
 
+        sends = 0
+
         async def attempt() -> Response:
-            sent = dict(headers)
-            with telemetry.client_span(method, url, sent, {"upstream": self.upstream}) as span:
-                head = "\r\n".join([*lines, *(f"{name}: {value}" for name, value in sent.items()), "", ""])
-                response = await self._exchange(origin, head.encode("latin-1") + body, again, method == "HEAD")
-                telemetry.set_response(span, response.status)
+            nonlocal sends
+            fresh = False
+            while True:  # each send its own span: a replay on a new connection too
+                sent = dict(headers)
+                attributes: dict[str, str | int] = {"upstream": self.upstream, **telemetry.resent(sends)}
+                sends += 1
+                try:
+                    with telemetry.client_span(method, url, sent, attributes) as span:
+                        head = "\r\n".join([*lines, *(f"{name}: {value}" for name, value in sent.items()), "", ""])
+                        response = await self._exchange(origin, head.encode("latin-1") + body, again,
+                                                        method == "HEAD", fresh)
+                        telemetry.set_response(span, response.status)
+                    break
+                except StaleConnection:
+                    fresh = True
             if response.status in retried:
                 raise RestError(f"{where} answered {response.status}", status=response.status,
                                 retry_after=retry_after_of(response.headers), retryable=True)
@@ -213,10 +230,12 @@ class RestClient:
     def _where(scheme: str, host: str, path: str) -> str:
         return f"{scheme}://{host}{path}"
 
-    async def _exchange(self, origin: tuple[str, str, int], request: bytes, again: bool, head_only: bool) -> Response:
-        """One request on a pooled connection; once more on a new one if a reused one was found closed before any
-        answer byte and the request may be sent ``again`` (see the module's docstring)."""
-        connection = self._take(origin)
+    async def _exchange(self, origin: tuple[str, str, int], request: bytes, again: bool, head_only: bool,
+                        fresh: bool = False) -> Response:
+        """One request on a pooled connection (a new one when ``fresh``). A reused one found closed before any
+        answer byte raises :class:`StaleConnection` when the request may be sent ``again`` (the caller sends it on
+        a new one: see the module's docstring)."""
+        connection = None if fresh else self._take(origin)
         if connection is not None:
             try:
                 return await self._send(origin, connection, request, head_only)
@@ -226,6 +245,7 @@ class RestClient:
                 if not again:
                     raise RestError(f"The reused connection dropped before any answer ({dropped}); the request "
                                     "was not sent again, as it may have been applied") from None
+                raise StaleConnection(str(dropped)) from None
         try:
             return await self._send(origin, await self._open(origin), request, head_only)
         except _Dropped as dropped:

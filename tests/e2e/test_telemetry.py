@@ -221,3 +221,38 @@ def test_one_request_is_one_tree_under_the_callers_trace(api, admin, local_env, 
     assert audit.status_code == 200, audit.text
     created = [r for r in audit.json()["auditLogs"] if r["action"] == "connection.create"]
     assert created and {r["traceId"] for r in created} == {trace_id}
+
+
+async def test_a_request_sent_again_is_a_client_span_of_its_own_that_says_so(admin, clients, secrets_used, otel
+                                                                              ) -> None:
+    """(Review B, session 17.) Each send is a client span; one that repeats a request (a retry after a 429 or a
+    503) has ``http.request.resend_count``, through azure-core's Key Vault client and through Graph alike."""
+    from localdev.standin.graph import graph_fault, throttle_fault
+    from shared.store.vault import SecretVault
+    from tests.shared.azure.test_graph import graph_for
+
+    exporter, _ = otel
+    vault = SecretVault(clients)
+    name = f"resend-{uuid.uuid4().hex[:8]}"
+    await vault.write(name, {"clientSecret": "s-" + uuid.uuid4().hex}, {})
+    entra = register_rotatable_app(admin, secrets_used, name="resends")
+    credential, graph = graph_for(clients, entra)
+    exporter.clear()
+    try:
+        admin.set_faults([graph_fault(503, "ServiceUnavailable", "Try again.", path=rf"^/secrets/{name}",
+                                      times=1, retry_after=0),
+                          throttle_fault(path=r"^/v1\.0/applications\(", retry_after=0, times=1)])
+        await vault.delete(name)
+        async with credential:
+            await graph.find(entra.client_id)
+    finally:
+        admin.clear_faults()
+    sends = []
+    for span in exporter.get_finished_spans():
+        attributes = span.attributes or {}
+        url = str(attributes.get("url.full"))
+        if span.kind is SpanKind.CLIENT and ("/secrets/" + name in url or "applications(" in url):
+            sends.append((attributes.get("upstream"), attributes.get("http.response.status_code"),
+                          attributes.get("http.request.resend_count")))
+    assert ("key-vault", 503, None) in sends and ("key-vault", 200, 1) in sends, sends
+    assert sends[-2:] == [("graph", 429, None), ("graph", 200, 1)], sends

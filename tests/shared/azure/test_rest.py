@@ -446,3 +446,23 @@ async def test_a_head_answer_has_no_body_whatever_its_length() -> None:
         after = await lean.get(server.url(), {})
         await lean.close()
     assert (answer.status, answer.body, after.body, server.connections) == (200, b"", b"after", 1)
+
+
+async def test_each_send_is_a_client_span_of_its_own_and_a_resend_says_so(exporter) -> None:  # type: ignore[no-untyped-def]
+    """(Review B, session 17.) A replay on a new connection went out inside the first send's span (two requests on
+    the wire, one span, one span id for both), and no span said it was a resend (``http.request.resend_count``)."""
+    async with ScriptedServer([ok(b"first"), DROP, status(503), ok(b"last")]).running() as server:
+        lean, _ = client()
+        await lean.get(server.url(), {})
+        answer = await lean.get(server.url(), {})  # its kept-alive connection is closed unanswered: sent again
+        await lean.close()
+    assert answer.body == b"last" and len(server.requests) == 4
+    spans = [(s.attributes.get("http.request.resend_count"), s.attributes.get("http.response.status_code"),
+              s.attributes.get("error.type")) for s in exporter.get_finished_spans()]
+    assert spans == [(None, 200, None), (None, None, "shared.azure.rest.StaleConnection"), (1, 503, "503"),
+                     (2, 200, None)]
+    parents = {s.context.span_id for s in exporter.get_finished_spans()}
+    assert len(parents) == 4  # each request on the wire names its own span
+    sent = [next(line for line in head.split(b"\r\n") if line.lower().startswith(b"traceparent"))
+            for head in server.requests]
+    assert len(set(sent)) == 4
