@@ -265,10 +265,10 @@ def _paths() -> dict[str, Any]:
                 _query("to", "ISO 8601 end, before 9000 (default: now).", {"type": "string", "format": "date-time"}),
                 _query("app", "Only this app's records (the caller's role must be for it).",
                        {"type": "string", "enum": sorted(APPS)}),
-                _query("connectionId", "Only this connection's records.", {"type": "string"}),
-                _query("actor", "Only this actor's records (its object id).", {"type": "string"}),
+                _query("connectionId", "Only this connection's records.", {"type": "string", "format": "uuid"}),
+                _query("actor", "Only this actor's records (its object id).", {"type": "string", "maxLength": 256}),
                 _query("action", "Only this action, e.g. `connection.delete` or `credential.remove`.",
-                       {"type": "string"}),
+                       {"type": "string", "pattern": "^[a-z][a-z0-9.-]{0,63}$"}),
                 *PAGING],
             tag="audit")},
         OPENAPI_PATH: {"get": _operation(

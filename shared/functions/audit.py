@@ -55,6 +55,34 @@ def _apps_searched(app: str | None) -> set[str] | None:
 
 
 _EARLIEST, _LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
+ACTOR_MAX = 256  # characters of an actor's id: an object id, an application's client id, "system"
+
+
+def _filters(req: func.HttpRequest) -> dict[str, str | None]:
+    """The search's filters, checked before any is sent to Table Storage (a value it cannot take, such as one of
+    20,000 characters, was a 502): a connection's id is a GUID, an action a dotted slug (``connection.create``),
+    an actor's id printable text of at most ``ACTOR_MAX`` characters. None: not asked for."""
+    import re
+
+    from shared.errors import FieldError, InvalidRequest
+    from shared.fields import guid
+
+    errors: list[FieldError] = []
+    connection_id = req.params.get("connectionId") or None
+    if connection_id is not None:
+        try:
+            connection_id = guid(connection_id)
+        except ValueError as error:
+            errors.append(FieldError("/connectionId", str(error)))
+    action = req.params.get("action") or None
+    if action is not None and not re.fullmatch(r"[a-z][a-z0-9.-]{0,63}", action):
+        errors.append(FieldError("/action", "must be an audit action such as connection.create"))
+    actor = req.params.get("actor") or None
+    if actor is not None and (len(actor) > ACTOR_MAX or not actor.isprintable()):
+        errors.append(FieldError("/actor", f"must be an actor's id: at most {ACTOR_MAX} printable characters"))
+    if errors:
+        raise InvalidRequest("The audit search's filters are not valid.", errors=errors)
+    return {"connection_id": connection_id, "actor": actor, "action": action}
 
 
 @bp.function_name("list_audit_logs")
@@ -66,9 +94,8 @@ async def list_audit_logs(req: func.HttpRequest) -> func.HttpResponse:
     from shared.wiring import audit_log
 
     records, token = await audit_log().search(
-        _when(req, "from"), _when(req, "to"), connection_id=req.params.get("connectionId") or None,
-        actor=req.params.get("actor") or None, action=req.params.get("action") or None,
-        limit=query_int(req, "limit"), continuation=req.params.get("continuationToken") or None,
+        _when(req, "from"), _when(req, "to"), **_filters(req), limit=query_int(req, "limit"),
+        continuation=req.params.get("continuationToken") or None,
         retention_days=get_settings().audit_retention_days, apps=_apps_searched(req.params.get("app") or None),
     )
     return json_response({"auditLogs": [record.as_dict() for record in records], "continuationToken": token})

@@ -67,8 +67,13 @@ def json_bytes_response(body: bytes | str, status: int = 200,
 def problem_response(error: ServiceError, instance: str | None = None) -> func.HttpResponse:
     from shared.errors import PROBLEM_CONTENT_TYPE
 
+    problem = error.to_problem(instance)
+    try:
+        body = json.dumps(problem, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate quoted from the request: escaped, as JSON may
+        body = json.dumps(problem).encode("ascii")
     return func.HttpResponse(
-        json.dumps(error.to_problem(instance), ensure_ascii=False),
+        body,
         status_code=error.status,
         headers={**API_HEADERS, **error.headers},
         mimetype=PROBLEM_CONTENT_TYPE,
@@ -89,7 +94,7 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         if key in result:
             raise InvalidRequest(
                 "The JSON body has a key more than once.",
-                errors=[FieldError("", f"the key '{key[:64]}' appears more than once")],
+                errors=[FieldError("", f"the key {json.dumps(key[:64])} appears more than once")],
             )
         result[key] = value
     return result

@@ -156,6 +156,25 @@ def test_huge_query_strings_are_4xx(api):
     assert page.status_code == 400
 
 
+@pytest.mark.parametrize(("name", "value"), [
+    ("actor", "a" * 20_000), ("actor", "'" * 5_000), ("actor", "x\u0000y"), ("connectionId", "x" * 30_000),
+    ("connectionId", "not-a-guid"), ("action", "connection.create' or true or 'a"), ("action", "A" * 100),
+])
+def test_audit_search_filters_are_checked_before_table_storage_sees_them(api, name, value):
+    """(Review D, session 17.) The search's filters went to Table Storage as they came: 20,000 characters (or
+    5,000 quotes, each doubled and percent-encoded) were a 502, at will, for any Auditor."""
+    problem = assert_problem(api.get("/api/v1/audit-logs", params={name: value}), 400)
+    assert [e["pointer"] for e in problem["errors"]] == [f"/{name}"]  # type: ignore[union-attr]
+    assert value[:40] not in json.dumps(problem)  # the problem never quotes what it was given
+
+
+def test_audit_search_filters_that_are_well_formed_are_searched(api):
+    for params in ({"connectionId": str(uuid.uuid4()).upper()}, {"action": "connection.create"},
+                   {"actor": "00000000-0000-0000-0000-000000000000"}, {"actor": "system"}):
+        response = api.get("/api/v1/audit-logs", params=params)
+        assert response.status_code == 200, (params, response.text[:300])
+
+
 def _forged(value: object) -> str:
     import base64
 

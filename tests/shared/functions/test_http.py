@@ -263,3 +263,25 @@ def test_the_request_id_in_an_audit_record_is_the_caller_s_only_when_it_is_a_sho
     chosen = request_id(req)
     assert (chosen == given) is kept
     assert kept or (len(chosen) == 32 and chosen.isalnum())
+
+
+async def test_a_duplicate_key_that_is_a_lone_surrogate_is_a_400_problem_not_a_500():
+    """(Review D, session 17.) The duplicate-key check quoted the key in its problem, which could then not be
+    written as UTF-8: the host answered 500, and the audit record of the create had no outcome."""
+
+    async def handler(req):
+        return read_json(req)
+
+    response = await answer(handler, request(b'{"\\ud800": 1, "\\ud800": 2}'), "/api/v1/x")
+    assert response.status_code == 400
+    problem = json.loads(response.get_body().decode("utf-8"))
+    assert problem["errors"][0]["detail"] == 'the key "\\ud800" appears more than once'
+
+
+async def test_a_problem_quoting_text_that_is_not_unicode_is_still_written():
+    async def handler(req):
+        raise InvalidRequest("The name '\ud800' is refused.")
+
+    response = await answer(handler, request(), "/api/v1/x")
+    assert response.status_code == 400
+    assert json.loads(response.get_body())["detail"] == "The name '\ud800' is refused."
