@@ -25,6 +25,7 @@ from localdev.standin.admin import AdminClient, AdminError
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_APP_FILE = "demo-app.json"
+PERSISTED_DEMO_APP_FILE = "persisted-demo-app.json"
 DEMO_BODY_FILE = "demo-connection.json"
 ROTATION_PERMISSION = "Application.ReadWrite.OwnedBy"
 
@@ -36,24 +37,29 @@ class DemoApp:
     tenant_id: str
     client_id: str
 
-    def save(self, state_dir: Path) -> None:
-        (state_dir / DEMO_APP_FILE).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
+    def save(self, state_dir: Path, file: str = DEMO_APP_FILE) -> None:
+        (state_dir / file).write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")
 
     @classmethod
-    def load(cls, state_dir: Path) -> DemoApp:
-        data = json.loads((state_dir / DEMO_APP_FILE).read_text(encoding="utf-8"))
+    def load(cls, state_dir: Path, file: str = DEMO_APP_FILE) -> DemoApp:
+        data = json.loads((state_dir / file).read_text(encoding="utf-8"))
         return cls(**{field: str(data[field]) for field in ("standin_url", "ca_path", "tenant_id", "client_id")})
 
 
-def ensure_demo_app(admin: AdminClient, standin_url: str, ca_path: str, state_dir: Path) -> DemoApp:
-    """The demo tenant and app, able to rotate their own secret; found again in a persisted stand-in."""
+def ensure_demo_app(admin: AdminClient, standin_url: str, ca_path: str, state_dir: Path,
+                    persist: bool = False) -> DemoApp:
+    """The demo tenant and app, able to rotate their own secret; with ``persist``, the persisted stand-in's found
+    again. The running one's is in ``demo-app.json`` (the printed commands read it); the persisted one's also in
+    ``persisted-demo-app.json``, which a run in memory leaves alone, so that the next persisted run finds it."""
     found: DemoApp | None = None
-    try:
-        previous = DemoApp.load(state_dir)
-        admin.get_app(previous.tenant_id, previous.client_id)
-        found = DemoApp(standin_url, ca_path, previous.tenant_id, previous.client_id)
-    except (OSError, ValueError, KeyError, TypeError, AdminError):
-        found = None
+    for file in (PERSISTED_DEMO_APP_FILE, DEMO_APP_FILE) if persist else ():  # the second: a state dir of before
+        try:
+            previous = DemoApp.load(state_dir, file)
+            admin.get_app(previous.tenant_id, previous.client_id)
+            found = DemoApp(standin_url, ca_path, previous.tenant_id, previous.client_id)
+            break
+        except (OSError, ValueError, KeyError, TypeError, AdminError):
+            continue
     if found is None:
         tenant = admin.add_tenant()
         app = admin.add_app(tenant, display_name="demo-app", roles=[ROTATION_PERMISSION])
@@ -62,6 +68,8 @@ def ensure_demo_app(admin: AdminClient, standin_url: str, ca_path: str, state_di
     details = admin.get_app(found.tenant_id, found.client_id)
     admin.add_owner(found.tenant_id, found.client_id, details["servicePrincipalId"])
     found.save(state_dir)
+    if persist:
+        found.save(state_dir, PERSISTED_DEMO_APP_FILE)
     return found
 
 

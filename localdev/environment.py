@@ -22,6 +22,8 @@ identity credential whose issuer is ``{stand-in URL}/{tenant}/v2.0``, subject th
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -227,17 +229,30 @@ class LocalEnvironment:
         environ.update(self.settings)
 
     def stop(self) -> None:
-        if self.api is not None:  # its stand-in URL and daemon secret are of no use once the stand-in is gone
-            self.api_access_path.unlink(missing_ok=True)
-            self.api = None
-        if self.standin is not None:
-            if self.persist:
-                save_state(self.standin.state, self.standin_state_path)
-            self.standin.stop()
-            self.standin = None
-        if self.azurite is not None:
-            self.azurite.stop()
-            self.azurite = None
+        """Stop everything, Azurite last and whatever happens before (it runs in a session of its own, which the
+        terminal's Ctrl+C does not reach); a second Ctrl+C meanwhile is ignored, so that nothing is left running
+        and, with ``persist``, the stand-in's state is saved."""
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+        try:
+            if self.api is not None:  # its stand-in URL and daemon secret are of no use once the stand-in is gone
+                self.api_access_path.unlink(missing_ok=True)
+                self.api = None
+            if self.standin is not None:
+                try:
+                    if self.persist:
+                        save_state(self.standin.state, self.standin_state_path)
+                finally:
+                    self.standin.stop()
+                    self.standin = None
+        finally:
+            try:
+                if self.azurite is not None:
+                    self.azurite.stop()
+                    self.azurite = None
+            finally:
+                if previous is not None:
+                    signal.signal(signal.SIGINT, previous)
 
     def __enter__(self) -> LocalEnvironment:
         return self.start()

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 
 from localdev.host.asgi import FUNCTION_KEY_ENV, ASGIApp, LocalHost, ShutdownHook
 from localdev.host.loading import load_function_app
@@ -83,7 +84,14 @@ def serve(
         timeout_graceful_shutdown=10,
         h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
     )
-    uvicorn.Server(config).run()
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # A second Ctrl+C does not force the exit (uvicorn's default): that skipped the lifespan's shutdown
+            # (the clients left open) and printed a traceback. The graceful shutdown is bounded (10 s) anyway.
+            if not self.should_exit:
+                super().handle_exit(sig, frame)
+
+    Server(config).run()
 
 
 @contextlib.contextmanager

@@ -227,6 +227,11 @@ def test_persist_keeps_connections_and_the_standins_directory_and_vault_across_a
         raise
     assert first.interrupt() in (0, 130), first.output[-4000:]
     assert (state / "standin-state.json").stat().st_mode & 0o077 == 0  # it holds secrets: owner only
+    # A run in memory between the two (review A, session 17: it overwrote demo-app.json, and the next persisted
+    # run registered another demo app than its connections used).
+    in_memory = Up(state)
+    assert json.loads((state / "demo-app.json").read_text())["client_id"] != demo_client
+    assert in_memory.interrupt() in (0, 130)
 
     second = Up(state, "--persist")
     try:
@@ -239,6 +244,27 @@ def test_persist_keeps_connections_and_the_standins_directory_and_vault_across_a
         assert json.loads((state / "demo-app.json").read_text())["client_id"] == demo_client  # the same demo app
     finally:
         assert second.interrupt() in (0, 130)
+
+
+@pytest.mark.parametrize("apart", [0.02, 0.2])
+def test_ctrl_c_pressed_twice_stops_everything_quietly(tmp_path, apart):
+    """(Review A, session 17.) A second Ctrl+C forced uvicorn's exit (a traceback, the shutdown hooks skipped),
+    or broke off the environment's stop before Azurite, which kept running on its port."""
+    up = Up(tmp_path / "state")
+    children = _descendants(up.process.pid)
+    up.process.send_signal(signal.SIGINT)
+    time.sleep(apart)
+    with contextlib.suppress(ProcessLookupError):
+        up.process.send_signal(signal.SIGINT)
+    try:
+        code = up.process.wait(60)
+    finally:
+        if up.process.poll() is None:
+            up.kill()
+    up._reader.join(10)
+    assert code in (0, 130), up.output[-4000:]
+    assert "Traceback" not in up.output and "stopped" in up.output, up.output[-4000:]
+    assert not [pid for pid in children if _alive(pid)], "a process of `up` outlived Ctrl+C"
 
 
 def test_without_persist_no_data_is_written_to_disk(tmp_path):
