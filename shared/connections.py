@@ -995,13 +995,14 @@ class ConnectionService:
 
     async def _relying_on_federation(self, record: ConnectionRecord) -> list[ConnectionRecord]:
         """The other connections of the same application that sign in with its federated credential, or whose
-        migration to the federated method is under way (it may have tested that credential, and switch to it)."""
+        migration to the federated method is under way (it may have tested that credential, and switch to it);
+        not one being deleted (it goes too, and cannot take the credential over)."""
         relying = []
         for app_id in APPS:
             continuation: str | None = None
             while True:
                 page, continuation = await self.store.list_page(app_id, MAX_PAGE_SIZE, continuation)
-                relying += [other for other in page if other.id != record.id
+                relying += [other for other in page if other.id != record.id and other.status != STATUS_DELETING
                             and (other.method == Method.FEDERATED or other.rotation.step in MIGRATION_STEPS)
                             and other.client_id == record.client_id and other.tenant_id == record.tenant_id]
                 if continuation is None:

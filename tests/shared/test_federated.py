@@ -843,3 +843,21 @@ async def test_a_failed_migration_s_outcome_is_written_over_an_edit_that_landed_
     done = await h.record(record.id)
     assert done is not None and done.method == "client-secret" and given <= set(app.passwords)
     assert h.check() == []
+
+
+async def test_a_connection_being_deleted_neither_keeps_nor_takes_over_the_federated_credential() -> None:
+    """Two DELETEs at once: the one of the connection that tracks the credential saw the other, still there but
+    being deleted, as relying on it, and handed the credential over to a record about to go."""
+    h = Harness()
+    record = await h.create()
+    await migrated(h, record)
+    app = h.fakes.world.apps[record.client_id or ""]
+    [added] = app.federated
+    other = await h.api.create("azure-key-vault", federated_body(app.client_id, "kv"))
+    going = await h.record(other.id)
+    assert going is not None
+    await h.fakes.connections.update(going.evolve(status="deleting"))  # its DELETE is under way
+    assert (await h.api.delete(APP, record.id)).removed_key_ids == [added]
+    assert app.federated == {}
+    still = await h.record(other.id)
+    assert still is not None and still.rotation.key_id is None
