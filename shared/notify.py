@@ -10,6 +10,7 @@ duplicate. Never a secret: the payload is ``{event, app, connectionId, name, sta
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -46,6 +47,7 @@ MAX_RETRY = timedelta(hours=1)
 MAX_ATTEMPTS = 30  # about a day of tries, then it is given up (and logged)
 DELIVERY_BUDGET_SECONDS = 60.0  # a pass starts no send after this long (a timer's; a request's is shorter)
 GIVE_UP_AFTER_FAILURES = 3  # failures in a row that end a pass: the receiver is down or hangs
+MIN_SEND_SECONDS = 1.0  # a send started near the end of a pass's budget has at least this long
 # A pass takes each notice before it handles it (an ETag-guarded write of its next attempt), so two passes never
 # send one notice twice; should the pass die holding it, the notice is due again this long after.
 CLAIM = timedelta(minutes=5)
@@ -154,7 +156,8 @@ class Notifier:
             if seen.next_attempt_at is not None and seen.next_attempt_at > now:
                 held.add(seen.connection_id)  # not due (backing off, or another pass's): what follows waits
                 continue
-            stopping = monotonic() - started >= budget_seconds or failed_in_a_row >= GIVE_UP_AFTER_FAILURES
+            left = budget_seconds - (monotonic() - started)
+            stopping = left <= 0 or failed_in_a_row >= GIVE_UP_AFTER_FAILURES
             waits = stopping or seen.connection_id in held or (crowded and not seen.attempts)
             if waits and seen.attempts != 0:
                 held.add(seen.connection_id)
@@ -170,8 +173,11 @@ class Notifier:
                 continue
             if item.attempts == 0:
                 self.emit(item)
-            try:
-                sent = await self._send(item)
+            try:  # within the pass's budget (a request's answer waits for it), not the send's own timeout alone
+                sent = await asyncio.wait_for(self._send(item), max(left, MIN_SEND_SECONDS))
+            except TimeoutError:
+                log.info("Notification %s not delivered within the pass's time; it is retried", item.id)
+                sent = False
             except RefusedForGood as refusal:  # the same answer every time: not tried again for a day
                 log.error("Notification %s (%s of %s) given up: the receiver refuses it (%d)", item.id, item.event,
                           item.connection_id, refusal.status)

@@ -955,3 +955,26 @@ async def test_a_rescheduled_rotation_is_checked_when_its_renewal_would_be_overd
         if now.health.status == EXPIRING and warned is None:
             warned = h.fakes.clock.now
     assert warned is not None and warned <= due + RENEWAL_OVERDUE + timedelta(hours=1), (due, warned)
+
+
+async def test_a_send_that_hangs_ends_with_the_pass_s_budget_not_its_own_timeout() -> None:
+    """(Left alone in session 16.) POST .../health delivers within 10 s before it answers, but a send that hung was
+    waited for up to the webhook's own 15 s timeout; it is now cut at the pass's budget, and tried again later."""
+    import asyncio
+    import time
+
+    h = _harness()
+    record = await _connection(h, days=365)
+    h.fakes.vault.deleted.add(record.secret_name)
+    await _checker(h).check(record)  # queues a notice
+
+    async def hangs(url: str, body: bytes, headers: object) -> int:
+        await asyncio.sleep(30)
+        return 202
+
+    h.fakes.webhook.post = hangs  # type: ignore[method-assign]
+    started = time.monotonic()
+    sent = await Notifier(h.fakes.adapters).deliver(budget_seconds=0.2)
+    assert sent == 0 and time.monotonic() - started < 1.5
+    [queued] = h.fakes.connections.outbox
+    assert queued.attempts == 1 and queued.next_attempt_at is not None  # tried again later
