@@ -33,7 +33,7 @@ from shared.errors import (
     VersionDisabled,
 )
 from shared.expiry import REFRESH_TOKEN_LIFETIME, RETRY_UNREACHABLE, next_check, renewal, status_of
-from shared.notify import DELIVERY_BUDGET_SECONDS, Notifier, health_notices
+from shared.notify import DELIVERY_BUDGET_SECONDS, Notifier, health_notices, unchecked_notices
 from shared.oauth_tokens import ReauthorizationRequired
 from shared.ports import Adapters, DueEntry
 from shared.records import (
@@ -130,7 +130,9 @@ class HealthChecker:
                 next_check_at=due)
             connection_status = (STATUS_REAUTHORIZATION_REQUIRED if isinstance(refused, ReauthorizationRequired)
                                  else STATUS_INVALID if refused else STATUS_ACTIVE)
-        return await self._save(record, health, connection_status, refused.detail if refused else None)
+        return await self._save(record, health, connection_status, refused.detail if refused else None,
+                                unchecked_since=None if unreachable is None else record.health.checked_at
+                                or record.created_at)
 
     async def _password_end(self, record: ConnectionRecord, material: dict[str, str]) -> datetime | None:
         """The client secret's end date, read from Graph where the connection may read its own application."""
@@ -147,9 +149,10 @@ class HealthChecker:
         return matches[0].end_date_time if len(matches) == 1 else None
 
     async def _save(self, record: ConnectionRecord, health: HealthState, connection_status: str,
-                    message: str | None) -> ConnectionRecord:
+                    message: str | None, unchecked_since: datetime | None = None) -> ConnectionRecord:
         """Index the next check first, then write the health with its notification (one transaction), then drop
-        the old index entry. A record changed meanwhile is checked again on top of the change."""
+        the old index entry. A record changed meanwhile is checked again on top of the change. ``unchecked_since``:
+        the check could not run, and the credential was last checked then."""
         store = self.adapters.connections
         index = self.adapters.health_index
         now = self.adapters.clock()
@@ -157,7 +160,8 @@ class HealthChecker:
         for _ in range(3):
             if current.status == STATUS_DELETING:
                 return current
-            notices, remembered = health_notices(current, health, now)
+            notices, remembered = (health_notices(current, health, now) if unchecked_since is None
+                                   else unchecked_notices(current, health, now, unchecked_since))
             key = await index.put(health.next_check_at or now + self.interval, current.app, current.id)
             target = current.evolve(health=remembered.evolve(check_key=key), status=connection_status,
                                     status_message=message, last_validated_at=now)

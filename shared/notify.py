@@ -38,6 +38,12 @@ log = logging.getLogger("app_connections.notifications")
 EVENTS = {EXPIRING: "credential-expiring", EXPIRED: "credential-expired", FAILING: "validation-failed"}
 ROTATION_FAILED = "rotation-failed"
 RECOVERED = "recovered"
+# A working credential's check could not run (Entra, Graph or Key Vault out of reach) for UNCHECKED_ALERT_AFTER:
+# nobody would know if it stopped working. Remembered as the ``notified_status`` "unchecked-{status told}" (it has
+# no health status of its own): "unchecked-healthy", or "unchecked-expiring" once an expiry by date was told too.
+CHECK_UNAVAILABLE = "health-check-unavailable"
+UNCHECKED = "unchecked-"
+UNCHECKED_ALERT_AFTER = timedelta(hours=24)
 REMINDER_EVERY = timedelta(hours=24)
 # A daily check is picked up by an hourly sweep a few minutes earlier or later than the day before: a reminder due
 # within this of a day is sent, not put off to the next day's check.
@@ -72,7 +78,7 @@ def health_notices(record: ConnectionRecord, health: HealthState, now: datetime)
     then ``credential-expiring`` when it is within its warning."""
     notified = health.notified_status
     if health.status == HEALTHY:
-        if notified in EVENTS:
+        if notified in EVENTS or (notified or "").startswith(UNCHECKED):
             return ([_notice(record, RECOVERED, health, now)],
                     health.evolve(notified_status=HEALTHY, notified_at=now))
         return [], health
@@ -80,7 +86,8 @@ def health_notices(record: ConnectionRecord, health: HealthState, now: datetime)
     if event is None:  # unknown: not checked, or could not be
         return [], health
     if notified != health.status:
-        works_again = health.status == EXPIRING and notified in (FAILING, EXPIRED)
+        works_again = health.status == EXPIRING and (notified in (FAILING, EXPIRED)
+                                                      or (notified or "").startswith(UNCHECKED))
         recovered = [_notice(record, RECOVERED, health, now)] if works_again else []
         # A millisecond apart: the outbox (and a receiver, by ``at``) orders them as they happened.
         then = now + timedelta(milliseconds=1) if recovered else now
@@ -89,6 +96,31 @@ def health_notices(record: ConnectionRecord, health: HealthState, now: datetime)
     if health.notified_at is not None and now - health.notified_at >= REMINDER_EVERY - REMINDER_SLACK:
         return [_notice(record, f"{event}-reminder", health, now)], health.evolve(notified_at=now)
     return [], health
+
+
+def unchecked_notices(record: ConnectionRecord, health: HealthState, now: datetime,
+                      last_checked: datetime) -> tuple[list[Notification], HealthState]:
+    """The notifications of a check that could not run (``health`` is what is known without it): a credential that
+    last worked (healthy or expiring) and has not been checked since ``last_checked``, ``UNCHECKED_ALERT_AFTER``
+    ago or more, is ``health-check-unavailable``, then reminded of daily; ``recovered`` when a check runs again and
+    finds it working. An expiry that comes meanwhile by date is told as it comes (``credential-expiring`` first,
+    then the unavailability; ``credential-expired`` ends it). Else as :func:`health_notices`."""
+    if health.status not in (HEALTHY, EXPIRING) or now - last_checked < UNCHECKED_ALERT_AFTER:
+        return health_notices(record, health, now)
+    unchecked = f"{UNCHECKED}{health.status}"
+    notified = health.notified_status or ""
+    if notified == unchecked:
+        if health.notified_at is not None and now - health.notified_at >= REMINDER_EVERY - REMINDER_SLACK:
+            return [_notice(record, f"{CHECK_UNAVAILABLE}-reminder", health, now)], health.evolve(notified_at=now)
+        return [], health
+    notices: list[Notification] = []
+    if health.status == EXPIRING and notified not in (EXPIRING, unchecked):  # expiring by date: told first
+        notices.append(_notice(record, EVENTS[EXPIRING], health, now))
+        if notified.startswith(UNCHECKED):  # the unavailability was told already
+            return notices, health.evolve(notified_status=unchecked, notified_at=now)
+    # A millisecond apart: the outbox (and a receiver, by ``at``) orders them as they happened.
+    notices.append(_notice(record, CHECK_UNAVAILABLE, health, now + timedelta(milliseconds=len(notices))))
+    return notices, health.evolve(notified_status=unchecked, notified_at=now)
 
 
 def rotation_failed(record: ConnectionRecord, message: str, now: datetime,

@@ -175,7 +175,8 @@ class HealthState:
 class Notification:
     """A change of a connection's health or rotation that reaches a person: never a secret."""
 
-    # rotation-failed | validation-failed | credential-expiring | credential-expired | recovered (and -reminder)
+    # rotation-failed | validation-failed | credential-expiring | credential-expired | health-check-unavailable |
+    # recovered (and -reminder)
     event: str
     app: str
     connection_id: str

@@ -1,4 +1,4 @@
-metadata description = 'Log search alert rules on the service\'s notification log records (a credential failed or expired, a credential expiring, a recovery), and the action group that emails them.'
+metadata description = 'Log search alert rules on the service\'s notification log records (a credential failed or expired, a credential expiring, a check that cannot run, a recovery), and the action group that emails them.'
 
 // Where the rules look: the service logs each notification (shared/notify.py, Notifier.emit) as one Python log record
 // with `extra` fields; azure-monitor-opentelemetry exports it to Application Insights as a trace whose custom
@@ -51,9 +51,12 @@ var notificationColumns = 'project TimeGenerated, event, app = tostring(Properti
 // - the expiring rule does not: the credential still works, and with EXPIRY_WARNING_DAYS = 30 its reminders would
 //   email every day for a month. The first alert (the webhook's reminders, if one is set) and then credential-expired
 //   suffice.
+// - the unavailable rule does: the service cannot tell whether the credential works, for a day and more, until
+//   someone restores its access to Entra ID, Graph or Key Vault (health-check-unavailable, then daily).
 // - recovered has no reminder.
 var failedQuery = '${notificationTraces} | where event in ("credential-expired", "credential-expired-reminder", "rotation-failed", "rotation-failed-reminder", "validation-failed", "validation-failed-reminder") | ${notificationColumns}'
 var expiringQuery = '${notificationTraces} | where event in ("credential-expiring") | ${notificationColumns}'
+var unavailableQuery = '${notificationTraces} | where event in ("health-check-unavailable", "health-check-unavailable-reminder") | ${notificationColumns}'
 var recoveredQuery = '${notificationTraces} | where event in ("recovered") | ${notificationColumns}'
 
 var rules = [
@@ -72,9 +75,16 @@ var rules = [
     query: expiringQuery
   }
   {
+    name: '${namePrefix}-health-check-unavailable'
+    displayName: '${namePrefix}: a credential cannot be checked'
+    description: 'An app connection\'s credential has not been checked for a day or more: the service cannot reach Entra ID, Microsoft Graph or Key Vault for it (event health-check-unavailable, and its daily reminder while it lasts). It may still work; nobody would know if it stopped. See the connection\'s health message and the service\'s logs.'
+    severity: 2
+    query: unavailableQuery
+  }
+  {
     name: '${namePrefix}-credential-recovered'
     displayName: '${namePrefix}: a credential works again'
-    description: 'An app connection that was reported failing, expiring or expired works again (event recovered). For information: its earlier alert needs no more action.'
+    description: 'An app connection that was reported failing, expiring, expired or unchecked works again (event recovered). For information: its earlier alert needs no more action.'
     // Sev4 (Verbose), the lowest: nothing to do.
     severity: 4
     query: recoveredQuery

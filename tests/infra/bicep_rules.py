@@ -185,18 +185,20 @@ QUERY_COLUMNS = {
     "status": "status",
     "message": "detail",
 }
-# Every event the service notifies: five, and a daily reminder of the three health states that last.
+# Every event the service notifies: six, and a daily reminder of the three health states that last.
 NOTIFICATION_BASE_EVENTS = (
     "rotation-failed",
     "validation-failed",
     "credential-expiring",
     "credential-expired",
+    "health-check-unavailable",
     "recovered",
 )
 REMINDED_EVENTS = ("validation-failed", "credential-expiring", "credential-expired")
-# A rotation that keeps failing is reminded of too: once its back-off has reached a day, each failed attempt.
+# A rotation that keeps failing is reminded of too: once its back-off has reached a day, each failed attempt; and a
+# check that cannot run, daily.
 NOTIFICATION_EVENTS = (*NOTIFICATION_BASE_EVENTS, *(f"{event}-reminder" for event in REMINDED_EVENTS),
-                       "rotation-failed-reminder")
+                       "rotation-failed-reminder", "health-check-unavailable-reminder")
 # Severity -> the events its rule alerts on, exactly. The expiring credential's reminders alert on nothing (they
 # would email every day of the warning period; alerts.bicep says why), the failures' reminders do.
 ALERTED_EVENTS = {
@@ -208,7 +210,7 @@ ALERTED_EVENTS = {
         "validation-failed",
         "validation-failed-reminder",
     },
-    2: {"credential-expiring"},
+    2: {"credential-expiring", "health-check-unavailable", "health-check-unavailable-reminder"},
     4: {"recovered"},
 }
 UNALERTED_EVENTS = {"credential-expiring-reminder"}
@@ -1578,14 +1580,15 @@ def alert_rules(files: Files) -> list[str]:
             found, events = _alert_rule_violations(rule, workspace, actions, location)
             v += [f"{x} with {mode}" for x in found]
             severity = get(rule.body, "properties", "severity")
-            if severity in by_severity:
-                v.append(f"{rule.path}:{rule.symbol}: a second rule of severity {severity}")
+            twice = by_severity.get(severity, set()) & events
+            if twice:
+                v.append(f"{rule.path}:{rule.symbol}: alerts again on {sorted(twice)} (severity {severity})")
             by_severity.setdefault(severity, set()).update(events)
         for severity, wanted in ALERTED_EVENTS.items():
             got = by_severity.get(severity, set())
             if got != wanted:
                 v.append(
-                    f"with {mode}: the severity {severity} rule must alert on {sorted(wanted)}: "
+                    f"with {mode}: the severity {severity} rules must alert on {sorted(wanted)}: "
                     f"missing {sorted(wanted - got)}, unexpected {sorted(got - wanted)}"
                 )
         covered = set().union(*by_severity.values()) if by_severity else set()

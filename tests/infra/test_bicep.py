@@ -157,13 +157,13 @@ def test_alert_rules_cover_the_notification_events_and_the_action_group_emails_e
 
 
 def test_the_evaluator_reads_the_alert_rules_and_the_action_group(templates: dict[str, Any]) -> None:
-    """The alert rules above see real values: three rules, their queries, one receiver per address."""
+    """The alert rules above see real values: four rules, their queries, one receiver per address."""
     receivers = ["ops@example.com", "oncall@example.org", "security@example.net"]
     emailed = rules.Deployment(templates, {"alertEmailReceivers": receivers})
     (group,) = emailed.instances(rules.ACTION_GROUP)
     assert [r["emailAddress"] for r in group.body["properties"]["emailReceivers"]] == receivers
     alert_rules = emailed.instances(rules.SCHEDULED_QUERY_RULE)
-    assert sorted(r.body["properties"]["severity"] for r in alert_rules) == [1, 2, 4]
+    assert sorted(r.body["properties"]["severity"] for r in alert_rules) == [1, 2, 2, 4]
     for rule in alert_rules:
         query = rules.ref_text(rule.body["properties"]["criteria"]["allOf"][0]["query"])
         assert query.startswith("AppTraces | where"), query
@@ -172,6 +172,7 @@ def test_the_evaluator_reads_the_alert_rules_and_the_action_group(templates: dic
     silent = rules.Deployment(templates, {})
     assert silent.instances(rules.ACTION_GROUP) == []
     assert [r.body["properties"]["actions"]["actionGroups"] for r in silent.instances(rules.SCHEDULED_QUERY_RULE)] == [
+        [],
         [],
         [],
         [],
@@ -221,7 +222,7 @@ def test_notification_records_carry_what_the_alert_queries_read() -> None:
     notify = pytest.importorskip("shared.notify")
     from shared.records import Notification
 
-    base = {*notify.EVENTS.values(), notify.ROTATION_FAILED, notify.RECOVERED}
+    base = {*notify.EVENTS.values(), notify.ROTATION_FAILED, notify.CHECK_UNAVAILABLE, notify.RECOVERED}
     assert base == set(rules.NOTIFICATION_BASE_EVENTS)
     assert set(notify.EVENTS.values()) == set(rules.REMINDED_EVENTS)  # health_notices reminds of these
     # ... and rotation_failed of a rotation failing for a day and more (review H: the rule left it out)
@@ -235,6 +236,7 @@ def test_notification_records_carry_what_the_alert_queries_read() -> None:
                               rotation=RotationState(failures=10))
     reminder = notify.rotation_failed(record, "failed", at, timedelta(days=1))
     assert reminder is not None and reminder.event in rules.NOTIFICATION_EVENTS
+    assert f"{notify.CHECK_UNAVAILABLE}-reminder" in rules.NOTIFICATION_EVENTS  # unchecked_notices reminds daily
     item = Notification(
         "credential-expired",
         "azure-key-vault",

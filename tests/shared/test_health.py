@@ -267,7 +267,9 @@ async def test_an_unchecked_credential_still_turns_expiring_then_expired_on_its_
     assert [status for status, _ in seen] == ["healthy", "expiring", "expired"]
     assert -timedelta(days=30, hours=1) <= seen[1][1] <= -timedelta(days=30) + timedelta(hours=1)
     assert timedelta(0) <= seen[2][1] <= timedelta(hours=1)
-    assert [e for e in _events(h) if not e.endswith("-reminder")] == ["credential-expiring", "credential-expired"]
+    # Unchecked for a day: its unavailability is told, once (then daily reminders); the expiry by date as it comes.
+    assert [e for e in _events(h) if not e.endswith("-reminder")] == [
+        "health-check-unavailable", "credential-expiring", "credential-expired"]
 
 
 @pytest.mark.parametrize("interval_hours", ["24", "720"])
@@ -978,3 +980,43 @@ async def test_a_send_that_hangs_ends_with_the_pass_s_budget_not_its_own_timeout
     assert sent == 0 and time.monotonic() - started < 1.5
     [queued] = h.fakes.connections.outbox
     assert queued.attempts == 1 and queued.next_attempt_at is not None  # tried again later
+
+
+async def test_a_check_that_cannot_run_for_a_day_is_notified_then_reminded_daily_then_recovered() -> None:
+    """(Left alone in session 16.) When Entra, Graph or Key Vault stayed out of reach for a connection, its check was
+    retried hourly and audited 'not-checked', but nobody was told that its health was no longer known."""
+    h = _harness()
+    record = await _connection(h, days=365)
+    h.fakes.world.fail_next("probe", times=10**6)  # Entra out of reach for this service, from now on
+    for _ in range(12):
+        await _sweep_after(h, timedelta(hours=1, minutes=1))
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == []  # a few hours unchecked: retried hourly, nobody paged
+    for _ in range(14):
+        await _sweep_after(h, timedelta(hours=1, minutes=1))
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == ["health-check-unavailable"]
+    now = await h.record(record.id)
+    assert now is not None and now.health.status == HEALTHY and "could not be checked" in (now.health.message or "")
+    for _ in range(24):
+        await _sweep_after(h, timedelta(hours=1, minutes=1))
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == ["health-check-unavailable", "health-check-unavailable-reminder"]
+    h.fakes.world.clear_faults()
+    await _sweep_after(h, timedelta(hours=1, minutes=1))
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == ["health-check-unavailable", "health-check-unavailable-reminder", "recovered"]
+
+
+async def test_an_expiry_that_comes_while_unchecked_is_told_and_an_expired_credential_is_not_unavailable() -> None:
+    h = _harness()
+    await _connection(h, days=31)
+    h.fakes.world.fail_next("probe", times=10**6)
+    await _sweep_after(h, timedelta(days=1, hours=1))  # within its warning by date, unchecked for a day
+    for _ in range(2):
+        await _sweep_after(h, timedelta(hours=1, minutes=1))
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == ["credential-expiring", "health-check-unavailable"]
+    await _sweep_after(h, timedelta(days=31))  # expired by date: that is what is told, not unavailability
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h)[-1] == "credential-expired"
