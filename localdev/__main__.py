@@ -210,6 +210,7 @@ def _run(argv: Sequence[str] | None = None) -> int:
     try:
         return main(argv)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # another Ctrl+C while exiting: nothing left to stop
         print("stopped", file=sys.stderr)
         return 130
 

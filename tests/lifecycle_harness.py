@@ -217,12 +217,17 @@ class Harness:
             # Tracked: the credential of a federated connection (``key_id``: a DELETE removes it once no other
             # connection relies on it), or a migration's (journaled, or named for it: its end or failure sees to it).
             tracked = any(
-                (r.method == "federated" and r.rotation.key_id == credential_id)
-                or (r.rotation.step in MIGRATION_STEPS
-                    and (r.rotation.pending_key_id == credential_id or credential_name(r.id) == added.name))
+                r.client_id == client_id and (
+                    (r.method == "federated" and r.rotation.key_id == credential_id)
+                    or (r.rotation.step in MIGRATION_STEPS
+                        and (r.rotation.pending_key_id == credential_id or credential_name(r.id) == added.name)))
                 for r in records.values())
             if not tracked:
                 self.violations.append(f"I2: federated credential {added.name} on {client_id} is live and untracked")
+        for record in records.values():  # I1 for the federated method: its sign-in works
+            if (record.method == "federated" and record.status not in (STATUS_DELETING, "invalid")
+                    and record.rotation.step not in MIGRATION_STEPS and not world.federated_live(record.client_id or "")):
+                self.violations.append(f"I1: the federated credential {record.id} signs in with is gone")
         for connection_id, record in records.items():
             self._check_history(connection_id, record)
         return self.violations

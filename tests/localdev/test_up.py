@@ -246,7 +246,7 @@ def test_persist_keeps_connections_and_the_standins_directory_and_vault_across_a
         assert second.interrupt() in (0, 130)
 
 
-@pytest.mark.parametrize("apart", [0.02, 0.2])
+@pytest.mark.parametrize("apart", [0.02, 0.2, 0.5])
 def test_ctrl_c_pressed_twice_stops_everything_quietly(tmp_path, apart):
     """(Review A, session 17.) A second Ctrl+C forced uvicorn's exit (a traceback, the shutdown hooks skipped),
     or broke off the environment's stop before Azurite, which kept running on its port."""
