@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.apps import APPS, AppSpec, Method, method_spec
+from shared.apps import AppSpec, Method, method_spec
 from shared.audit import STARTED, acting_actor
 from shared.credentials import parse_certificate_async
 from shared.errors import (
@@ -35,6 +35,7 @@ from shared.errors import (
     RotationRefused,
     SecretGone,
     ServiceError,
+    UpstreamError,
     UpstreamForbidden,
     VersionDisabled,
     best_effort,
@@ -43,7 +44,6 @@ from shared.errors import (
 )
 from shared.expiry import REFRESH_TOKEN_LIFETIME, fresh_health, redated, status_of
 from shared.federation import explain, require_identity
-from shared.fields import MAX_PAGE_SIZE
 from shared.models import (
     CertificateCredentialsIn,
     ClientSecretCredentialsIn,
@@ -80,7 +80,7 @@ from shared.rotation.config import (
     require_rotatable,
     resolve_key_id,
 )
-from shared.rotation.migration import MIGRATION_STEPS, Migrator
+from shared.rotation.migration import MIGRATION_STEPS, Migrator, relying_on_federation, same_application, tracks
 from shared.rotation.protocol import (
     CREDENTIAL_UNKNOWN,
     FIRST_BACKOFF,
@@ -776,6 +776,9 @@ class ConnectionService:
         try:
             await self.rotator.remove_all(record, progress, journal=journal, keep_going=force)
             progress.removed += await self._remove_federated_credential(record)
+        except HandOverIncomplete as incomplete:  # every removal done; the connection stays, marked
+            incomplete.detail += " The connection is marked as being deleted; send the DELETE again to finish it."
+            raise
         except ServiceError as error:
             # Only the journal says the removals are done (``_removals_done``): a secret an earlier DELETE disabled
             # may be one that a forced DELETE, which left credentials live, got past.
@@ -975,12 +978,19 @@ class ConnectionService:
         credential_id = record.rotation.key_id
         if record.method != Method.FEDERATED or not credential_id:
             return []
-        relying = await self._relying_on_federation(record)
-        if relying:  # kept; tracked by one of them from now on (the last to go removes it)
-            if not any(other.rotation.key_id == credential_id or other.rotation.step in MIGRATION_STEPS
-                       for other in relying):
-                await self._hand_over(relying[0], credential_id)
-            return []
+        for attempt in range(4):
+            relying = await relying_on_federation(self.store, record)
+            if not relying:
+                break
+            # Kept; tracked by one of them from now on (the last to go removes it). A migration under way that then
+            # fails removes what it journaled, unless another connection tracks it.
+            if any(tracks(other, credential_id) or other.rotation.step in MIGRATION_STEPS for other in relying):
+                return []
+            if await self._hand_over(record, relying, credential_id):
+                return []
+            if attempt == 3:
+                raise HandOverIncomplete("The connections relying on the application's federated credential kept "
+                                         "changing.")
         client_id = record.client_id or ""
         async with self.adapters.directory.graph(Method.FEDERATED, record.tenant_id, client_id, {}) as graph:
             registration = await graph.find(client_id)
@@ -993,40 +1003,33 @@ class ConnectionService:
                 app=record.app, connection_id=record.id, object_id=registration.object_id, key_id=credential_id)
         return [credential_id]
 
-    async def _relying_on_federation(self, record: ConnectionRecord) -> list[ConnectionRecord]:
-        """The other connections of the same application that sign in with its federated credential, or whose
-        migration to the federated method is under way (it may have tested that credential, and switch to it);
-        not one being deleted (it goes too, and cannot take the credential over)."""
-        relying = []
-        for app_id in APPS:
-            continuation: str | None = None
-            while True:
-                page, continuation = await self.store.list_page(app_id, MAX_PAGE_SIZE, continuation)
-                relying += [other for other in page if other.id != record.id and other.status != STATUS_DELETING
-                            and (other.method == Method.FEDERATED or other.rotation.step in MIGRATION_STEPS)
-                            and other.client_id == record.client_id and other.tenant_id == record.tenant_id]
-                if continuation is None:
-                    break
-        return relying
-
-    async def _hand_over(self, heir: ConnectionRecord, credential_id: str) -> None:
-        """``heir`` tracks the federated credential the service added, which it relies on (a DELETE of it removes
-        the credential when no other connection relies on it then). Written before the one handing it over goes:
-        should this fail, that one stays and keeps it."""
-        current = heir
-        for _ in range(3):
-            if current.method != Method.FEDERATED or current.rotation.key_id == credential_id:
-                return
-            try:
-                await self.store.update(current.evolve(rotation=current.rotation.evolve(key_id=credential_id)))
-                return
-            except ConcurrentChange:
-                try:
-                    current = await self.store.get(heir.app, heir.id)
-                except NotFound:
-                    break
-        raise ConcurrentChange(f"The connection '{heir.id}', which relies on this application's federated "
-                               "credential, kept changing; send the request again.")
+    async def _hand_over(self, record: ConnectionRecord, relying: list[ConnectionRecord], credential_id: str) -> bool:
+        """One of ``relying`` (federated, on ``record``'s application, and not being deleted, read again before it
+        is written) tracks the federated credential the service added: a DELETE of it removes the credential when
+        no other connection relies on it then. False when none of them still qualifies (they changed meanwhile).
+        Written before ``record`` goes: should it fail, ``record`` stays, marked, and keeps it (the DELETE again
+        finishes)."""
+        try:
+            for heir in relying:
+                current: ConnectionRecord | None = heir
+                for _ in range(3):
+                    if (current is None or current.method != Method.FEDERATED or current.status == STATUS_DELETING
+                            or not same_application(current, record)):
+                        break  # gone, being deleted, or moved meanwhile: not this one
+                    if current.rotation.key_id == credential_id:
+                        return True
+                    try:
+                        await self.store.update(current.evolve(rotation=current.rotation.evolve(key_id=credential_id)))
+                        return True
+                    except ConcurrentChange:
+                        try:
+                            current = await self.store.get(heir.app, heir.id)
+                        except NotFound:
+                            current = None
+        except ServiceError as error:
+            raise HandOverIncomplete(f"The federated credential of the application could not be handed over to "
+                                     f"a connection that relies on it ({error.detail}).") from None
+        return False
 
     async def _release(self, record: ConnectionRecord, before: ConnectionRecord, progress: Removals,
                        owner: str) -> bool:
@@ -1159,6 +1162,11 @@ class ConnectionService:
         except Exception as error:
             await audit.record(STORE_REFRESH_TOKEN, "failed", **where, detail=type(error).__name__)
             raise
+
+
+class HandOverIncomplete(UpstreamError):
+    """A DELETE could not hand the federated credential over to a connection that relies on it: nothing was lost
+    (the connection stays, marked, and keeps it); the DELETE again finishes."""
 
 
 def federated_credential_kept(record: ConnectionRecord, tenant_id: str, client_id: str) -> str | None:

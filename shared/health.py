@@ -40,6 +40,7 @@ from shared.records import (
     EXPIRED,
     EXPIRING,
     FAILING,
+    HEALTHY,
     STATUS_ACTIVE,
     STATUS_DELETING,
     STATUS_INVALID,
@@ -177,12 +178,27 @@ class HealthChecker:
                     if fresh is None or fresh.secret_version != current.secret_version:
                         return fresh or current  # deleted; or new credentials, whose own check is newer
                     current = fresh
+                    health = self._rebased(health, fresh, now)
                     continue
                 saved = fresh
             if current.health.check_key and current.health.check_key != key:
                 await index.remove(current.health.check_key)
             return saved
         return current
+
+    def _rebased(self, health: HealthState, fresh: ConnectionRecord, now: datetime) -> HealthState:
+        """A check's outcome, written again over a change that landed after the check read the record (a PATCH of
+        the rotation, say): what was notified is the change's, a working credential is expiring or not by what
+        renews it now, and an earlier check the change indexed stays."""
+        rebased = health.evolve(notified_status=fresh.health.notified_status, notified_at=fresh.health.notified_at)
+        if health.status in (HEALTHY, EXPIRING):
+            renewed = renewal(fresh, health.next_check_at)
+            rebased = rebased.evolve(status=status_of(health.credential_expires_at, False, now, self.warning,
+                                                      renewed))
+        earlier = fresh.health.next_check_at
+        if earlier is not None and health.next_check_at is not None and now < earlier < health.next_check_at:
+            rebased = rebased.evolve(next_check_at=earlier)
+        return rebased
 
     async def check_now(self, app_id: str, connection_id: str) -> ConnectionRecord:
         record = await self.connections.get(app_id, connection_id)

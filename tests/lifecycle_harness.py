@@ -225,8 +225,9 @@ class Harness:
             if not tracked:
                 self.violations.append(f"I2: federated credential {added.name} on {client_id} is live and untracked")
         for record in records.values():  # I1 for the federated method: its sign-in works
-            if (record.method == "federated" and record.status not in (STATUS_DELETING, "invalid")
-                    and record.rotation.step not in MIGRATION_STEPS and not world.federated_live(record.client_id or "")):
+            signing_in = (record.status not in (STATUS_DELETING, "invalid")
+                          and record.rotation.step not in MIGRATION_STEPS)
+            if record.method == "federated" and signing_in and not world.federated_live(record.client_id or ""):
                 self.violations.append(f"I1: the federated credential {record.id} signs in with is gone")
         for connection_id, record in records.items():
             self._check_history(connection_id, record)

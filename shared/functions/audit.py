@@ -56,24 +56,24 @@ def _apps_searched(app: str | None) -> set[str] | None:
 
 _EARLIEST, _LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
 ACTOR_MAX = 256  # characters of an actor's id: an object id, an application's client id, "system"
+CONNECTION_ID_MAX = 128  # a connection's id is a GUID; a refused request's record names the path's value as it came
 
 
 def _filters(req: func.HttpRequest) -> dict[str, str | None]:
     """The search's filters, checked before any is sent to Table Storage (a value it cannot take, such as one of
-    20,000 characters, was a 502): a connection's id is a GUID, an action a dotted slug (``connection.create``),
-    an actor's id printable text of at most ``ACTOR_MAX`` characters. None: not asked for."""
+    20,000 characters, was a 502): a connection's id printable text of at most ``CONNECTION_ID_MAX`` characters,
+    searched as given (a refused request's record names the path's value as it came, which need not be a GUID),
+    an action a dotted slug (``connection.create``), an actor's id printable text of at most ``ACTOR_MAX``
+    characters. None: not asked for."""
     import re
 
     from shared.errors import FieldError, InvalidRequest
-    from shared.fields import guid
 
     errors: list[FieldError] = []
     connection_id = req.params.get("connectionId") or None
-    if connection_id is not None:
-        try:
-            connection_id = guid(connection_id)
-        except ValueError as error:
-            errors.append(FieldError("/connectionId", str(error)))
+    if connection_id is not None and (len(connection_id) > CONNECTION_ID_MAX or not connection_id.isprintable()):
+        errors.append(FieldError("/connectionId", f"must be a connection's id: at most {CONNECTION_ID_MAX} "
+                                                  "printable characters"))
     action = req.params.get("action") or None
     if action is not None and not re.fullmatch(r"[a-z][a-z0-9.-]{0,63}", action):
         errors.append(FieldError("/action", "must be an audit action such as connection.create"))

@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Mapping
 
 from shared import audit
-from shared.apps import Method, find_app
+from shared.apps import APPS, Method, find_app
 from shared.errors import (
     ConcurrentChange,
     CredentialRejected,
@@ -61,9 +61,11 @@ from shared.federation import (
     explain,
     require_identity,
 )
-from shared.ports import FederatedCredential, GraphSession
+from shared.fields import MAX_PAGE_SIZE
+from shared.ports import ConnectionStore, FederatedCredential, GraphSession
 from shared.records import (
     HEALTHY,
+    STATUS_DELETING,
     STATUS_FAILED,
     STATUS_SUCCEEDED,
     Actor,
@@ -382,10 +384,19 @@ class Migrator(Journaled):
             else UpstreamError(message, extensions=extensions)
 
     async def _remove_added(self, record: ConnectionRecord, graph: GraphSession) -> None:
+        """What this migration added (its name), and a credential the service added for another connection that it
+        journaled (reused): each unless another connection has taken it up meanwhile (signs in with it, or its
+        migration journaled it), which the last of them to go removes."""
         registration = await graph.find(record.client_id or "")
         name = credential_name(record.id)
+        pending = record.rotation.pending_key_id
+        relying: list[ConnectionRecord] | None = None
         for credential in await graph.federated_credentials(registration.object_id):
-            if credential.name == name:
+            if credential.name == name or (credential.id == pending and added_by_service(credential.name)):
+                if relying is None:
+                    relying = await relying_on_federation(self.adapters.connections, record)
+                if any(tracks(other, credential.id) for other in relying):
+                    continue
                 self.lease_check(record.rotation)()  # a later migration may have adopted it meanwhile
                 await self.audit.credential_changed(
                     "credential.remove", functools.partial(graph.remove_federated_credential, registration.object_id,
@@ -413,6 +424,36 @@ class Migrator(Journaled):
                 return record.rotation.key_id
             password = await resolve_key_id(graph, client_id, material["clientSecret"], None)
         return password.key_id
+
+
+async def relying_on_federation(store: ConnectionStore, record: ConnectionRecord) -> list[ConnectionRecord]:
+    """The other connections of ``record``'s application that sign in with its federated credential, or whose
+    migration to the federated method is under way (it may have tested that credential, and switch to it); not one
+    being deleted (it goes too, and cannot take the credential over)."""
+    relying: list[ConnectionRecord] = []
+    for app_id in APPS:
+        continuation: str | None = None
+        while True:
+            page, continuation = await store.list_page(app_id, MAX_PAGE_SIZE, continuation)
+            relying += [other for other in page if other.id != record.id and same_application(other, record)
+                        and other.status != STATUS_DELETING
+                        and (other.method == Method.FEDERATED or other.rotation.step in MIGRATION_STEPS)]
+            if continuation is None:
+                break
+    return relying
+
+
+def same_application(one: ConnectionRecord, other: ConnectionRecord) -> bool:
+    return (one.tenant_id.lower(), (one.client_id or "").lower()) == (other.tenant_id.lower(),
+                                                                      (other.client_id or "").lower())
+
+
+def tracks(record: ConnectionRecord, credential_id: str) -> bool:
+    """Whether ``record`` keeps track of the federated credential: it signs in with it (a DELETE of it removes it
+    when no other connection relies on it then), or its migration under way has journaled it."""
+    state = record.rotation
+    return (record.method == Method.FEDERATED and state.key_id == credential_id) or (
+        state.step in MIGRATION_STEPS and state.pending_key_id == credential_id)
 
 
 def _usable(present: list[FederatedCredential], identity: FederationIdentity, name: str) -> FederatedCredential | None:

@@ -158,7 +158,7 @@ def test_huge_query_strings_are_4xx(api):
 
 @pytest.mark.parametrize(("name", "value"), [
     ("actor", "a" * 20_000), ("actor", "'" * 5_000), ("actor", "x\u0000y"), ("connectionId", "x" * 30_000),
-    ("connectionId", "not-a-guid"), ("action", "connection.create' or true or 'a"), ("action", "A" * 100),
+    ("connectionId", "'" * 200), ("action", "connection.create' or true or 'a"), ("action", "A" * 100),
 ])
 def test_audit_search_filters_are_checked_before_table_storage_sees_them(api, name, value):
     """(Review D, session 17.) The search's filters went to Table Storage as they came: 20,000 characters (or
@@ -169,7 +169,8 @@ def test_audit_search_filters_are_checked_before_table_storage_sees_them(api, na
 
 
 def test_audit_search_filters_that_are_well_formed_are_searched(api):
-    for params in ({"connectionId": str(uuid.uuid4()).upper()}, {"action": "connection.create"},
+    for params in ({"connectionId": str(uuid.uuid4()).upper()}, {"connectionId": "not-a-guid"},
+                   {"action": "connection.create"},
                    {"actor": "00000000-0000-0000-0000-000000000000"}, {"actor": "system"}):
         response = api.get("/api/v1/audit-logs", params=params)
         assert response.status_code == 200, (params, response.text[:300])

@@ -861,3 +861,102 @@ async def test_a_connection_being_deleted_neither_keeps_nor_takes_over_the_feder
     assert app.federated == {}
     still = await h.record(other.id)
     assert still is not None and still.rotation.key_id is None
+
+
+async def _migrated_and_created(h: Harness) -> tuple[ConnectionRecord, ConnectionRecord, str, str]:
+    """A migrated connection tracking the credential its migration added, and one created federated on the same
+    application (it tracks nothing of its own)."""
+    record = await h.create()
+    await migrated(h, record)
+    app = h.fakes.world.apps[record.client_id or ""]
+    [added] = app.federated
+    other = await h.api.create("azure-key-vault", federated_body(app.client_id, "kv"))
+    return record, other, app.client_id, added
+
+
+async def test_the_heir_moved_to_another_application_meanwhile_is_not_handed_the_credential() -> None:
+    """(Review E.) The heir, PATCHed onto another application between the DELETE's listing and its hand-over,
+    was handed a credential that is not on its application: deleting it later removed nothing."""
+    h = Harness()
+    record, other, client_id, added = await _migrated_and_created(h)
+    elsewhere = h.fakes.world.application()
+    h.fakes.world.add_federated(elsewhere.client_id)
+    hand_over = h.services().connections._hand_over
+    moved: list[ConnectionRecord] = []
+
+    async def moved_first(record: ConnectionRecord, heirs: list[ConnectionRecord], credential_id: str) -> bool:
+        if not moved:
+            moved.append(await h.api.update("azure-key-vault", other.id, {
+                "credentials": {"tenantId": TENANT, "clientId": elsewhere.client_id}}))
+        return await hand_over(record, heirs, credential_id)
+
+    service = h.services().connections
+    service._hand_over = moved_first  # type: ignore[method-assign]
+    outcome = await h.op("delete", record.id, lambda: service.delete(APP, record.id))
+    if outcome.error is not None:  # refused: sent again, it finds nobody relying, and removes the credential
+        await h.api.delete(APP, record.id)
+    heir = await h.record(other.id)
+    assert heir is not None and heir.client_id == elsewhere.client_id and heir.rotation.key_id is None
+    assert added not in h.fakes.world.apps[client_id].federated
+    assert h.check() == []
+
+
+async def test_a_hand_over_that_cannot_be_written_asks_for_the_delete_again_and_keeps_the_credential() -> None:
+    """(Review E.) A Table Storage failure of the hand-over was answered as credentials left live ('grant the
+    permission, or force'); it is a failure to send again, and nothing is lost meanwhile."""
+    from tests.lifecycle_harness import fails_once
+
+    h = Harness()
+    record, other, client_id, added = await _migrated_and_created(h)
+    fails_once(h, "update", nth=2)  # 1: the DELETE's mark; 2: the hand-over to the other connection
+    h.faults_armed = True  # its 502 is Table Storage's, said as such
+    outcome = await h.op("delete", record.id, lambda: h.api.delete(APP, record.id))
+    assert outcome.error is not None and "send the DELETE again" in outcome.error.detail, outcome.error
+    assert added in h.fakes.world.apps[client_id].federated and h.check() == []
+    again = await h.api.delete(APP, record.id)
+    assert again.removed_key_ids == [] and (await h.record(other.id)).rotation.key_id == added  # type: ignore[union-attr]
+    assert h.check() == []
+
+
+async def test_a_migration_that_relied_on_a_deleted_connection_s_credential_and_failed_removes_it() -> None:
+    """(Review E.) A was deleted while B's migration had tested A's credential (kept: B relies on it); B's migration
+    then failed, removed only what it had added itself, and A's credential stayed with nothing tracking it."""
+    h = Harness()
+    client_id, given = h.new_application()
+    a = await h.api.create(APP, {"name": "a", "method": "client-secret", "credentials": given})
+    b = await h.api.create(APP, {"name": "b", "method": "client-secret", "credentials": h.new_credential(client_id)})
+    await h.api.migrate_to_federated(APP, a.id, {})
+    deleted: list[Any] = []
+
+    async def meanwhile(name: str, current: Any) -> None:
+        if name == "after-test-federated" and not deleted:
+            deleted.append(await h.api.delete(APP, a.id))
+            h.fakes.world.fail_next("store.update")  # B's migrate-tested write fails: the migration fails
+
+    with pytest.raises(ServiceError):
+        await h.services(checkpoint=meanwhile).connections.migrate_to_federated(APP, b.id, {})
+    after = await h.record(b.id)
+    assert after is not None and after.method == "client-secret" and after.rotation.step is None
+    assert h.fakes.world.apps[client_id].federated == {}
+    assert h.check() == []
+
+
+async def test_a_failed_migration_keeps_its_credential_when_another_connection_has_taken_it_up() -> None:
+    """(Review E.) A's migration added its credential; B's migration reused it, switched and tracked it; A's then
+    failed and removed it: B, federated, could no longer sign in."""
+    h = Harness()
+    client_id, given = h.new_application()
+    a = await h.api.create(APP, {"name": "a", "method": "client-secret", "credentials": given})
+    b = await h.api.create(APP, {"name": "b", "method": "client-secret", "credentials": h.new_credential(client_id)})
+    done: list[ConnectionRecord] = []
+
+    async def meanwhile(name: str, current: Any) -> None:
+        if name == "after-add-federated" and current.id == a.id and not done:
+            done.append(await h.api.migrate_to_federated(APP, b.id, {}))
+            h.fakes.world.fail_next("store.update")  # A's migrate-added write fails: its migration fails
+
+    with pytest.raises(ServiceError):
+        await h.services(checkpoint=meanwhile).connections.migrate_to_federated(APP, a.id, {})
+    assert done[0].method == "federated" and h.fakes.world.federated_live(client_id)
+    assert (await h.api.validate(APP, b.id)).status == "active"
+    assert h.check() == []

@@ -1020,3 +1020,28 @@ async def test_an_expiry_that_comes_while_unchecked_is_told_and_an_expired_crede
     await _sweep_after(h, timedelta(days=31))  # expired by date: that is what is told, not unavailability
     await Notifier(h.fakes.adapters).deliver()
     assert _events(h)[-1] == "credential-expired"
+
+
+async def test_a_check_that_read_the_connection_before_a_patch_of_its_rotation_keeps_what_the_patch_dated() -> None:
+    """(Review E, session 17.) A check whose write met a PATCH that turned rotation off wrote, on top of it, the
+    status worked out from the rotation before (healthy) and the notification memory before: the credential was
+    'healthy' with 19 days left and nothing renewing it, and its 'credential-expiring' was sent twice."""
+    h = _harness()
+    app = h.fakes.world.application()
+    record = await h.api.create(APP, {"name": "c1", "method": "client-secret",
+                                      "credentials": h.new_credential(app.client_id),
+                                      "isAutoRotationEnabled": True, "rotation": FORTNIGHTLY})
+    h.fakes.clock.advance(timedelta(days=12))
+    await h.sweep()
+    read_by_the_check = await h.record(record.id)
+    assert read_by_the_check is not None
+    off = await h.api.update(APP, record.id, {"isAutoRotationEnabled": False})
+    assert off.health.status == EXPIRING
+    checked = await _checker(h).check(read_by_the_check)  # its write meets the PATCH's
+    assert (checked.health.status, checked.rotation.enabled) == (EXPIRING, False)
+    await Notifier(h.fakes.adapters).deliver()
+    for _ in range(4 * 3):
+        h.fakes.clock.advance(timedelta(hours=6))
+        await _checker(h).sweep()
+    await Notifier(h.fakes.adapters).deliver()
+    assert [e for e in _events(h) if not e.endswith("-reminder")] == ["credential-expiring"], _events(h)
