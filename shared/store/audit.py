@@ -150,7 +150,10 @@ class AuditTable:
                 page, page_token = await first_pages.pop(index)
                 while True:
                     for entity in page:
-                        found.append(from_entity(entity))
+                        record = from_entity(entity)
+                        if not start <= record.at <= end:  # the RowKey bounds are to the millisecond
+                            continue
+                        found.append(record)
                         if len(found) == limit:
                             return found, _encode(key, str(entity["RowKey"]))
                     if page_token is None:

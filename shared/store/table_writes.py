@@ -268,10 +268,18 @@ class TableWrites(TableReads):
             await self.delete(suffix, partition_key, row_key)
         return entity
 
-    async def delete_page(self, suffix: str, query_filter: str, parameters: Mapping[str, str], *, top: int) -> int:
-        """Delete the entities of the first page of ``query_filter`` (at most ``top``, their keys alone read);
-        how many were found."""
-        found, _ = await self.query_page(suffix, query_filter, parameters, top=top, select=["PartitionKey", "RowKey"])
-        for entity in found:
-            await self.delete(suffix, entity["PartitionKey"], entity["RowKey"])
-        return len(found)
+    async def delete_page(self, suffix: str, query_filter: str, parameters: Mapping[str, str], *, top: int,
+                          max_pages: int = 100) -> int:
+        """Delete the entities of the first page of ``query_filter`` that has any (at most ``top``, their keys
+        alone read); how many were found. Table Storage may answer a page with none and a continuation (after 5 s
+        of scanning, or at a partition range's end): the next is read, up to ``max_pages``, so that 0 means none
+        are left (the purges stop on it)."""
+        continuation: dict[str, object] | None = None
+        for _ in range(max_pages):
+            found, continuation = await self.query_page(suffix, query_filter, parameters, top=top,
+                                                        select=["PartitionKey", "RowKey"], continuation=continuation)
+            for entity in found:
+                await self.delete(suffix, entity["PartitionKey"], entity["RowKey"])
+            if found or continuation is None:
+                return len(found)
+        return 0

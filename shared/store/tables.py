@@ -365,18 +365,19 @@ class ConnectionsTable:
         table = await self._table()
         found: list[Notification] = []
         for attempted in ("Attempts eq 0", "Attempts gt 0"):
-            taken = 0
-            for app in apps:
+            kind: list[Notification] = []
+            for app in apps:  # each app's oldest (a partition reads in RowKey order: by time), then across apps
+                taken = 0
                 async for entity in table.query_entities(
                     f"PartitionKey eq @app and RowKey gt @low and RowKey lt @high and {attempted}",
                     parameters={"app": app, "low": OUTBOX_PREFIX, "high": OUTBOX_PREFIX + "~"},
+                    results_per_page=limit,
                 ):
-                    found.append(notification_of(entity))
+                    kind.append(notification_of(entity))
                     taken += 1
                     if taken >= limit:
                         break
-                if taken >= limit:
-                    break
+            found += sorted(kind, key=outbox_key)[:limit]
         return sorted(found, key=outbox_key)
 
     async def claim(self, item: Notification, until: datetime) -> Notification | None:

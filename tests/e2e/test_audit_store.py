@@ -39,6 +39,21 @@ async def test_records_come_back_newest_first_within_the_range_with_every_field(
     assert [r.at for r in wide] == sorted((r.at for r in records), reverse=True)
 
 
+async def test_the_range_is_exact_to_the_microsecond_not_the_millisecond(clients: AzureClients) -> None:
+    """(Review G, session 17.) The RowKey bounds are to the millisecond: records up to a millisecond outside
+    ``[from, to]`` came back (a client exporting in steps from its last record's time + 1 microsecond got it
+    twice)."""
+    store = AuditTable(clients)
+    base = DAY + timedelta(days=4000 + uuid.uuid4().int % 1000, microseconds=250)
+    records = [_record(base + timedelta(microseconds=n * 100)) for n in range(4)]  # one millisecond's records
+    for record in records:
+        await store.append(record)
+    found, _ = await store.query(records[1].at, records[2].at)
+    assert sorted(found, key=lambda r: r.at) == records[1:3]  # (within one millisecond, in no set order)
+    after_the_first, _ = await store.query(records[0].at + timedelta(microseconds=1), records[3].at)
+    assert records[0] not in after_the_first and len(after_the_first) == 3
+
+
 async def test_a_record_written_again_by_a_retry_is_written_once_and_fails_nothing(clients: AzureClients) -> None:
     """An insert retried after a 500 or 504 may find the row its first attempt stored (EntityAlreadyExists): the
     record is written, and the change it audits goes on (a review found it ended in an unhandled 500)."""

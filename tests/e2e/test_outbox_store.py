@@ -83,3 +83,15 @@ async def test_a_new_notice_is_read_however_many_wait_to_be_tried_again(clients:
     new = await queued_notice(store, datetime.now(UTC), "new", app)
     read = await store.pending((app,), 3)
     assert [n.id for n in read] == [*backlog[:3], new.id]  # three to try again, then the new one: oldest first
+
+
+async def test_the_oldest_notices_are_read_across_apps_not_app_after_app(clients: AzureClients) -> None:
+    """(Review G, session 17.) Each kind was read app after app until the limit: while one app kept a backlog of
+    notices to try again, the other apps' were never read, however much older."""
+    store = ConnectionsTable(clients)
+    then = datetime(2020, 1, 5, 12, 0, tzinfo=UTC) + timedelta(seconds=uuid.uuid4().int % 10_000)  # before the rest
+    oldest = await queued_notice(store, then, "oldest", "azure-client-secrets")  # the last app read
+    newer = [await queued_notice(store, then + timedelta(minutes=1 + n), f"newer-{n}", "azure-key-vault")
+             for n in range(3)]
+    read = await store.pending(("azure-key-vault", "azure-app-configuration", "azure-client-secrets"), 3)
+    assert [n.id for n in read if not n.attempts][:3] == [oldest.id, newer[0].id, newer[1].id]

@@ -116,3 +116,30 @@ def test_a_console_request_checks_its_session_without_an_sdk() -> None:
     loaded = set(result["modules"])
     assert {"shared.store.sessions", "shared.store.table_writes", "shared.azure.rest"} <= loaded
     assert [name for name in SDK if name in loaded] == []
+
+
+async def test_a_purge_reads_past_a_page_that_holds_nothing_but_a_continuation() -> None:
+    """(Review G, session 17.) Table Storage may answer a query with no entity and a continuation (after 5 s of
+    scanning, at a partition range's end); the purges took it for 'nothing left' and stopped, and expired
+    sessions and sign-ins piled up. Azurite never answers so: a loopback Table endpoint does."""
+    import json
+
+    from shared.azure.clients import AzureClients
+    from shared.settings import load_settings
+    from shared.store.table_writes import TableWrites
+    from tests.loopback_table import connection_string
+    from tests.shared.azure.test_rest import ScriptedServer, ok, status
+
+    empty = ok(b'{"value":[]}', "x-ms-continuation-NextPartitionKey: 1!8!bDIx",
+               "x-ms-continuation-NextRowKey: 1!4!cjE-")
+    page = ok(json.dumps({"value": [{"PartitionKey": "l21", "RowKey": "r1"},
+                                    {"PartitionKey": "l21", "RowKey": "r2"}]}).encode())
+    async with ScriptedServer([empty, page, status(204), status(204)]).running() as server:
+        clients = AzureClients(load_settings({"AzureWebJobsStorage": connection_string(server.port)}))
+        try:
+            deleted = await TableWrites(clients).delete_page("Sessions", "PartitionKey lt @c", {"c": "l22"}, top=10)
+        finally:
+            await clients.close()
+    assert deleted == 2
+    assert b"NextPartitionKey=1%218%21bDIx" in server.requests[1] and b"NextRowKey=1%214%21cjE-" in server.requests[1]
+    assert [r.split(b" ", 1)[0] for r in server.requests] == [b"GET", b"GET", b"DELETE", b"DELETE"]
