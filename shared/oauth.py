@@ -179,11 +179,22 @@ class OAuthFlow:
         await audit.record(action, "started", app=app.id, connection_id=pending.connection_id,
                            connection_name=pending.name, detail=f"OAuth sign-in by {signed_in}")
 
+        replaced: list[str] = []  # what a re-authorization changes, for its audit record
+
         def same_person(record: ConnectionRecord) -> None:
             before = record.authorized_by
-            if before is None or pending.allow_different_user:
+            if before is not None and (consent is None or before.oid != consent.oid):
+                replaced.append(f"replaces the authorization of {before.upn or before.oid}")
+            if record.tenant_id.lower() != tenant.lower():
+                replaced.append(f"moves it from tenant {record.tenant_id} to {tenant}")
+            if pending.allow_different_user:
                 return
             refused = f"OAuth sign-in by {signed_in}: another person than the one who consented"
+            if before is None:  # nobody recorded (an older connection, or a sign-in that named nobody): fail closed
+                raise DifferentUser(
+                    "Nobody is recorded as having authorized this connection, so this sign-in cannot be shown to be "
+                    "theirs. To authorize it as you, start again with allowDifferentUser=true. Nothing was saved.",
+                    audit_detail=refused)
             if consent is None:  # who signed in is not known: it cannot be shown to be the same person (fail closed)
                 raise DifferentUser(
                     f"Entra ID did not say who signed in, so it cannot be checked against who authorized this "
@@ -217,8 +228,9 @@ class OAuthFlow:
             raise OAuthFailed(f"{refused.detail} Nothing was saved; start again.") from None
         self.connections.oauth_tokens.remember(record, app, result)
         previous = "" if created or pending.allow_different_user is False else " (allowDifferentUser)"
+        changes = "".join(f"; {change}" for change in replaced)
         await audit.record(action, "succeeded", app=app.id, connection_id=record.id, connection_name=record.name,
-                           detail=f"OAuth sign-in by {signed_in}{previous}")
+                           detail=f"OAuth sign-in by {signed_in}{previous}{changes}")
         log.info("%s %s OAuth connection %s", "Created" if created else "Re-authorized", app.id, record.id)
         return AuthorizationOutcome(app, record, created, result.username, pending.started_by)
 

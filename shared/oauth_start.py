@@ -60,8 +60,12 @@ def oauth_scopes(app: AppSpec, settings: Settings) -> str:
 
 
 def authorize_url(
-    settings: Settings, app: AppSpec, client_id: str, tenant: str | None, state: str, challenge: str
+    settings: Settings, app: AppSpec, client_id: str, tenant: str | None, state: str, challenge: str,
+    choose_account: bool = False,
 ) -> str:
+    """``choose_account``: Entra shows its account picker (``prompt=select_account``) however the browser is signed
+    in: a sign-in not bound to the browser that started it (an API client hands its URL to someone) is never
+    completed by a single click on a link, with whatever account that browser holds (RFC 9700 §4.7.1)."""
     query = urllib.parse.urlencode(
         {
             "client_id": client_id,
@@ -72,6 +76,7 @@ def authorize_url(
             "state": state,
             "code_challenge": challenge,
             "code_challenge_method": "S256",
+            **({"prompt": "select_account"} if choose_account else {}),
         },
         quote_via=urllib.parse.quote,
     )
@@ -211,5 +216,6 @@ class OAuthStart:
             await self._states.purge_expired(now)
         except Exception as error:  # best effort: abandoned states are harmless until the next purge
             log.info("Could not purge expired OAuth states (%s)", type(error).__name__)
-        return authorize_url(settings, app, client.client_id, tenant, state, code_challenge(verifier))
+        return authorize_url(settings, app, client.client_id, tenant, state, code_challenge(verifier),
+                             choose_account=browser_binding is None)
 

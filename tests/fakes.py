@@ -722,6 +722,9 @@ class FakeTokens:
     def __init__(self, world: World) -> None:
         self.world = world
         self.refresh_tokens: set[str] = set()
+        # Who signs in: the ID token's claims that name them (the profile scope's); None: a token that names nobody.
+        self.signed_in: dict[str, str] | None = {"oid": "0a0a0a0a-0000-4000-8000-00000000ada0",
+                                                 "preferred_username": "ada@contoso.example"}
 
     def issue(self) -> str:
         token = "rt-" + secrets.token_urlsafe(16)
@@ -735,7 +738,8 @@ class FakeTokens:
                 raise CredentialRejected("AADSTS70008: The refresh token has expired.",
                                          extensions={"entraError": "invalid_grant"})
             self.refresh_tokens.discard(form["refresh_token"])
-        return TokenResult("at-" + secrets.token_urlsafe(8), self.issue(), 2_000_000_000, {"tid": TENANT})
+        return TokenResult("at-" + secrets.token_urlsafe(8), self.issue(), 2_000_000_000,
+                           {"tid": TENANT, **(self.signed_in or {})})
 
 
 class FakeAudit:

@@ -192,6 +192,51 @@ async def test_a_sign_in_that_names_nobody_cannot_replace_another_person_s_autho
     assert allowed.record.authorized_by is None  # the new grant is nobody known, not still Alice's
 
 
+async def test_a_connection_nobody_is_recorded_to_have_authorized_is_re_authorized_only_when_allowed():
+    """(Review F, session 17.) A connection whose authorizer is not recorded (an older one, or signed in by a
+    token that named nobody) took any signer's grant without allowDifferentUser, though a signer that is not
+    named is refused: neither can be shown to be the same person."""
+    from tests.fakes import TENANT, build_fakes
+
+    fakes = build_fakes()
+    _answers(fakes, {"tid": TENANT, "sub": "pairwise"}, access_claims={"tid": TENANT})  # names nobody
+    created = (await _signed_in(fakes, {"name": "kv", "tenantId": TENANT})).record
+    assert created.authorized_by is None
+    _answers(fakes, {"tid": TENANT, "oid": "mallory-oid", "preferred_username": "mallory@contoso.example"})
+    with pytest.raises(OAuthFailed, match="Nobody is recorded as having authorized"):
+        await _signed_in(fakes, {"connectionId": created.id})
+    kept = await fakes.connections.get("azure-key-vault", created.id)
+    assert (kept.authorized_by, kept.secret_version) == (None, created.secret_version)
+    allowed = await _signed_in(fakes, {"connectionId": created.id, "allowDifferentUser": "true"})
+    assert allowed.record.authorized_by.oid == "mallory-oid"
+
+
+async def test_a_sign_in_for_whoever_holds_its_link_asks_for_the_account_and_a_change_of_signer_is_audited():
+    """(Review F.) A sign-in started with a bearer token is not bound to a browser: whoever opens its link signs in.
+    Entra is asked to show its account picker (no single click with the account a browser happens to hold), and a
+    re-authorization's record says whose authorization, and which tenant, it replaces."""
+    import urllib.parse
+
+    from shared.audit import RequestContext, acting
+    from shared.records import Actor
+    from tests.fakes import TENANT, build_fakes
+
+    fakes = build_fakes()
+    flow = wiring.services(fakes.adapters).oauth
+    with acting(RequestContext(Actor("writer-1", "writer@contoso.example", "user", "AppConnections.Writer"))):
+        unbound = await flow.start("azure-key-vault", {"name": "kv", "tenantId": TENANT})
+        bound = await flow.start("azure-key-vault", {"name": "kv2", "tenantId": TENANT}, "browser-secret")
+    assert urllib.parse.parse_qs(urllib.parse.urlsplit(unbound).query)["prompt"] == ["select_account"]
+    assert "prompt" not in urllib.parse.parse_qs(urllib.parse.urlsplit(bound).query)
+    _answers(fakes, {"tid": TENANT, "oid": "alice-oid", "preferred_username": "alice@contoso.example"})
+    created = (await _signed_in(fakes, {"name": "kv3", "tenantId": TENANT})).record
+    _answers(fakes, {"tid": TENANT, "oid": "bob-oid", "preferred_username": "bob@contoso.example"})
+    await _signed_in(fakes, {"connectionId": created.id, "allowDifferentUser": "true"})
+    [(_, _, detail)] = [o for o in _outcomes(fakes, "connection.reauthorize") if o[0] == "succeeded"]
+    assert detail == ("OAuth sign-in by bob@contoso.example (allowDifferentUser); replaces the authorization of "
+                      "alice@contoso.example")
+
+
 async def test_who_signed_in_is_taken_from_the_access_token_when_the_id_token_does_not_say():
     from tests.fakes import TENANT, build_fakes
 
