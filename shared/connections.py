@@ -35,7 +35,6 @@ from shared.errors import (
     RotationRefused,
     SecretGone,
     ServiceError,
-    UpstreamError,
     UpstreamForbidden,
     VersionDisabled,
     best_effort,
@@ -55,7 +54,7 @@ from shared.models import (
     parse_method,
     parse_model,
 )
-from shared.notify import health_notices
+from shared.notify import health_notices, redated_notices
 from shared.oauth_tokens import OAuthTokens, ReauthorizationRequired, TokenCache
 from shared.ports import Adapters, PasswordCredential
 from shared.records import (
@@ -80,7 +79,7 @@ from shared.rotation.config import (
     require_rotatable,
     resolve_key_id,
 )
-from shared.rotation.migration import MIGRATION_STEPS, Migrator, relying_on_federation, same_application, tracks
+from shared.rotation.migration import MIGRATION_STEPS, HandOverIncomplete, Migrator, keep_for_others
 from shared.rotation.protocol import (
     CREDENTIAL_UNKNOWN,
     FIRST_BACKOFF,
@@ -528,7 +527,7 @@ class ConnectionService:
                     saved = await self._write(target.evolve(health=health), previous_name, notices)
             elif new_state != state:  # what renews the credential may have changed: so may its health
                 warning = self.adapters.settings.expiry_warning
-                notices, health = health_notices(target, redated(target, self.now(), warning), self.now())
+                notices, health = redated_notices(target, redated(target, self.now(), warning), self.now())
                 if health.next_check_at != target.health.next_check_at and health.next_check_at is not None:
                     # An earlier check, indexed first (as a create does): should the write fail, the entry nothing
                     # points at is dropped by the sweep; once written, the old one goes (below).
@@ -978,19 +977,8 @@ class ConnectionService:
         credential_id = record.rotation.key_id
         if record.method != Method.FEDERATED or not credential_id:
             return []
-        for attempt in range(4):
-            relying = await relying_on_federation(self.store, record)
-            if not relying:
-                break
-            # Kept; tracked by one of them from now on (the last to go removes it). A migration under way that then
-            # fails removes what it journaled, unless another connection tracks it.
-            if any(tracks(other, credential_id) or other.rotation.step in MIGRATION_STEPS for other in relying):
-                return []
-            if await self._hand_over(record, relying, credential_id):
-                return []
-            if attempt == 3:
-                raise HandOverIncomplete("The connections relying on the application's federated credential kept "
-                                         "changing.")
+        if await keep_for_others(self.store, record, credential_id):
+            return []
         client_id = record.client_id or ""
         async with self.adapters.directory.graph(Method.FEDERATED, record.tenant_id, client_id, {}) as graph:
             registration = await graph.find(client_id)
@@ -1002,34 +990,6 @@ class ConnectionService:
                                                        credential_id),
                 app=record.app, connection_id=record.id, object_id=registration.object_id, key_id=credential_id)
         return [credential_id]
-
-    async def _hand_over(self, record: ConnectionRecord, relying: list[ConnectionRecord], credential_id: str) -> bool:
-        """One of ``relying`` (federated, on ``record``'s application, and not being deleted, read again before it
-        is written) tracks the federated credential the service added: a DELETE of it removes the credential when
-        no other connection relies on it then. False when none of them still qualifies (they changed meanwhile).
-        Written before ``record`` goes: should it fail, ``record`` stays, marked, and keeps it (the DELETE again
-        finishes)."""
-        try:
-            for heir in relying:
-                current: ConnectionRecord | None = heir
-                for _ in range(3):
-                    if (current is None or current.method != Method.FEDERATED or current.status == STATUS_DELETING
-                            or not same_application(current, record)):
-                        break  # gone, being deleted, or moved meanwhile: not this one
-                    if current.rotation.key_id == credential_id:
-                        return True
-                    try:
-                        await self.store.update(current.evolve(rotation=current.rotation.evolve(key_id=credential_id)))
-                        return True
-                    except ConcurrentChange:
-                        try:
-                            current = await self.store.get(heir.app, heir.id)
-                        except NotFound:
-                            current = None
-        except ServiceError as error:
-            raise HandOverIncomplete(f"The federated credential of the application could not be handed over to "
-                                     f"a connection that relies on it ({error.detail}).") from None
-        return False
 
     async def _release(self, record: ConnectionRecord, before: ConnectionRecord, progress: Removals,
                        owner: str) -> bool:
@@ -1162,11 +1122,6 @@ class ConnectionService:
         except Exception as error:
             await audit.record(STORE_REFRESH_TOKEN, "failed", **where, detail=type(error).__name__)
             raise
-
-
-class HandOverIncomplete(UpstreamError):
-    """A DELETE could not hand the federated credential over to a connection that relies on it: nothing was lost
-    (the connection stays, marked, and keeps it); the DELETE again finishes."""
 
 
 def federated_credential_kept(record: ConnectionRecord, tenant_id: str, client_id: str) -> str | None:

@@ -58,6 +58,12 @@ REQUEST_DELIVERY_BUDGET = 10.0  # seconds POST .../health may spend sending noti
 # How bad a status is (status_of's order): an unchecked credential's known expiry only ever makes it worse.
 _SEVERITY = {EXPIRING: 1, FAILING: 2, EXPIRED: 3}
 
+def _credentials_of(record: ConnectionRecord) -> tuple[str, ...]:
+    """What a check checked: a federated connection's credentials change without a secret version."""
+    return (record.method, record.tenant_id, record.client_id or "", record.secret_version,
+            record.rotation.key_id or "")
+
+
 @dataclass
 class HealthReport:
     due: int = 0
@@ -175,7 +181,7 @@ class HealthChecker:
                     fresh = None
                 if fresh is None or fresh.health.check_key != key:  # not its own write, landed with its answer lost
                     await index.remove(key if key != current.health.check_key else None)
-                    if fresh is None or fresh.secret_version != current.secret_version:
+                    if fresh is None or _credentials_of(fresh) != _credentials_of(current):
                         return fresh or current  # deleted; or new credentials, whose own check is newer
                     current = fresh
                     health = self._rebased(health, fresh, now)

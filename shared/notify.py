@@ -123,6 +123,23 @@ def unchecked_notices(record: ConnectionRecord, health: HealthState, now: dateti
     return notices, health.evolve(notified_status=unchecked, notified_at=now)
 
 
+def redated_notices(record: ConnectionRecord, health: HealthState, now: datetime) -> tuple[list[Notification],
+                                                                                            HealthState]:
+    """The notifications of a health re-dated without a check (a PATCH of the rotation settings): as
+    :func:`health_notices`, but a credential whose check could not run stays unchecked, nothing recovered (an
+    expiry by date is still told, as :func:`unchecked_notices` would)."""
+    notified = health.notified_status or ""
+    if not notified.startswith(UNCHECKED) or health.status not in (HEALTHY, EXPIRING):
+        return health_notices(record, health, now)
+    unchecked = f"{UNCHECKED}{health.status}"
+    if notified == unchecked:
+        return [], health
+    if health.status == EXPIRING:
+        return [_notice(record, EVENTS[EXPIRING], health, now)], health.evolve(notified_status=unchecked,
+                                                                               notified_at=now)
+    return [], health.evolve(notified_status=unchecked)
+
+
 def rotation_failed(record: ConnectionRecord, message: str, now: datetime,
                     next_attempt_in: timedelta) -> Notification | None:
     """The notification of a failed rotation attempt: the first failure in a row, then a reminder whenever the

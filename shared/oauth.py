@@ -182,6 +182,7 @@ class OAuthFlow:
         replaced: list[str] = []  # what a re-authorization changes, for its audit record
 
         def same_person(record: ConnectionRecord) -> None:
+            replaced.clear()  # (a retry of the write calls it again, on the connection as it is then)
             before = record.authorized_by
             if before is not None and (consent is None or before.oid != consent.oid):
                 replaced.append(f"replaces the authorization of {before.upn or before.oid}")
@@ -190,11 +191,16 @@ class OAuthFlow:
             if pending.allow_different_user:
                 return
             refused = f"OAuth sign-in by {signed_in}: another person than the one who consented"
-            if before is None:  # nobody recorded (an older connection, or a sign-in that named nobody): fail closed
-                raise DifferentUser(
-                    "Nobody is recorded as having authorized this connection, so this sign-in cannot be shown to be "
-                    "theirs. To authorize it as you, start again with allowDifferentUser=true. Nothing was saved.",
-                    audit_detail=refused)
+            if before is None:
+                # Nobody recorded (an older connection, or a sign-in that named nobody). From the browser that
+                # started it (the console), it is the person who asked to re-authorize it; from whoever held the
+                # link, it cannot be shown to be anyone in particular: fail closed.
+                if pending.browser_binding is None:
+                    raise DifferentUser(
+                        "Nobody is recorded as having authorized this connection, so this sign-in cannot be shown to "
+                        "be theirs. To authorize it as you, start again with allowDifferentUser=true. Nothing was "
+                        "saved.", audit_detail=refused)
+                return
             if consent is None:  # who signed in is not known: it cannot be shown to be the same person (fail closed)
                 raise DifferentUser(
                     f"Entra ID did not say who signed in, so it cannot be checked against who authorized this "

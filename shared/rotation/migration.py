@@ -385,17 +385,14 @@ class Migrator(Journaled):
 
     async def _remove_added(self, record: ConnectionRecord, graph: GraphSession) -> None:
         """What this migration added (its name), and a credential the service added for another connection that it
-        journaled (reused): each unless another connection has taken it up meanwhile (signs in with it, or its
-        migration journaled it), which the last of them to go removes."""
+        journaled (reused): each unless another connection relies on it meanwhile (signs in with it, or its
+        migration journaled it: :func:`keep_for_others`), and the last of them to go removes it."""
         registration = await graph.find(record.client_id or "")
         name = credential_name(record.id)
         pending = record.rotation.pending_key_id
-        relying: list[ConnectionRecord] | None = None
         for credential in await graph.federated_credentials(registration.object_id):
             if credential.name == name or (credential.id == pending and added_by_service(credential.name)):
-                if relying is None:
-                    relying = await relying_on_federation(self.adapters.connections, record)
-                if any(tracks(other, credential.id) for other in relying):
+                if await keep_for_others(self.adapters.connections, record, credential.id):
                     continue
                 self.lease_check(record.rotation)()  # a later migration may have adopted it meanwhile
                 await self.audit.credential_changed(
@@ -454,6 +451,58 @@ def tracks(record: ConnectionRecord, credential_id: str) -> bool:
     state = record.rotation
     return (record.method == Method.FEDERATED and state.key_id == credential_id) or (
         state.step in MIGRATION_STEPS and state.pending_key_id == credential_id)
+
+
+class HandOverIncomplete(UpstreamError):
+    """The federated credential could not be handed over to a connection that relies on it (Table Storage failed,
+    or they kept changing): nothing was lost (the one handing it over still tracks it); send the request again."""
+
+
+async def keep_for_others(store: ConnectionStore, record: ConnectionRecord, credential_id: str) -> bool:
+    """Whether the federated credential the service added, which ``record`` gives up (deleted, moved to another
+    application, its migration failed), stays for another connection: one tracks it already (signs in with it, or
+    its migration journaled it), or one signs in with it without tracking it (created federated) and takes it over
+    (:func:`hand_over`). False: nobody relies on it, it is to be removed (a migration that has not journaled it
+    yet tests before it switches: it fails, and can be sent again)."""
+    for _ in range(4):
+        relying = await relying_on_federation(store, record)
+        if any(tracks(other, credential_id) for other in relying):
+            return True
+        heirs = [other for other in relying if other.method == Method.FEDERATED]
+        if not heirs:
+            return False
+        if await hand_over(store, record, heirs, credential_id):
+            return True
+    raise HandOverIncomplete("The connections relying on the application's federated credential kept changing.")
+
+
+async def hand_over(store: ConnectionStore, record: ConnectionRecord, heirs: list[ConnectionRecord],
+                    credential_id: str) -> bool:
+    """One of ``heirs`` (federated, on ``record``'s application, and not being deleted, read again before it is
+    written) tracks the federated credential the service added: a DELETE of it removes the credential when no
+    other connection relies on it then. False when none of them still qualifies (they changed meanwhile). Written
+    before ``record`` lets go of it: should it fail, ``record`` keeps it (a request again finishes)."""
+    try:
+        for heir in heirs:
+            current: ConnectionRecord | None = heir
+            for _ in range(3):
+                if (current is None or current.method != Method.FEDERATED or current.status == STATUS_DELETING
+                        or not same_application(current, record)):
+                    break  # gone, being deleted, or moved meanwhile: not this one
+                if current.rotation.key_id == credential_id:
+                    return True
+                try:
+                    await store.update(current.evolve(rotation=current.rotation.evolve(key_id=credential_id)))
+                    return True
+                except ConcurrentChange:
+                    try:
+                        current = await store.get(heir.app, heir.id)
+                    except NotFound:
+                        current = None
+    except ServiceError as error:
+        raise HandOverIncomplete(f"The federated credential of the application could not be handed over to a "
+                                 f"connection that relies on it ({error.detail}).") from None
+    return False
 
 
 def _usable(present: list[FederatedCredential], identity: FederationIdentity, name: str) -> FederatedCredential | None:

@@ -874,27 +874,28 @@ async def _migrated_and_created(h: Harness) -> tuple[ConnectionRecord, Connectio
     return record, other, app.client_id, added
 
 
-async def test_the_heir_moved_to_another_application_meanwhile_is_not_handed_the_credential() -> None:
+async def test_the_heir_moved_to_another_application_meanwhile_is_not_handed_the_credential(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """(Review E.) The heir, PATCHed onto another application between the DELETE's listing and its hand-over,
     was handed a credential that is not on its application: deleting it later removed nothing."""
+    from shared.rotation import migration
+
     h = Harness()
     record, other, client_id, added = await _migrated_and_created(h)
     elsewhere = h.fakes.world.application()
     h.fakes.world.add_federated(elsewhere.client_id)
-    hand_over = h.services().connections._hand_over
+    hand_over = migration.hand_over
     moved: list[ConnectionRecord] = []
 
-    async def moved_first(record: ConnectionRecord, heirs: list[ConnectionRecord], credential_id: str) -> bool:
+    async def moved_first(store: Any, giver: ConnectionRecord, heirs: list[ConnectionRecord], credential_id: str
+                          ) -> bool:
         if not moved:
             moved.append(await h.api.update("azure-key-vault", other.id, {
                 "credentials": {"tenantId": TENANT, "clientId": elsewhere.client_id}}))
-        return await hand_over(record, heirs, credential_id)
+        return await hand_over(store, giver, heirs, credential_id)
 
-    service = h.services().connections
-    service._hand_over = moved_first  # type: ignore[method-assign]
-    outcome = await h.op("delete", record.id, lambda: service.delete(APP, record.id))
-    if outcome.error is not None:  # refused: sent again, it finds nobody relying, and removes the credential
-        await h.api.delete(APP, record.id)
+    monkeypatch.setattr(migration, "hand_over", moved_first)
+    await h.api.delete(APP, record.id)  # nobody relies on it any more: removed
     heir = await h.record(other.id)
     assert heir is not None and heir.client_id == elsewhere.client_id and heir.rotation.key_id is None
     assert added not in h.fakes.world.apps[client_id].federated
@@ -960,3 +961,52 @@ async def test_a_failed_migration_keeps_its_credential_when_another_connection_h
     assert done[0].method == "federated" and h.fakes.world.federated_live(client_id)
     assert (await h.api.validate(APP, b.id)).status == "active"
     assert h.check() == []
+
+
+async def test_a_failed_migration_hands_its_credential_to_a_connection_created_federated_meanwhile() -> None:
+    """(Review H.) A's migration added its credential; a connection created federated on the same application
+    meanwhile signs in with it (tracking nothing); A's migration then failed and removed it: that connection
+    could no longer sign in."""
+    h = Harness()
+    client_id, given = h.new_application()
+    a = await h.api.create(APP, {"name": "a", "method": "client-secret", "credentials": given})
+    made: list[ConnectionRecord] = []
+
+    async def meanwhile(name: str, current: Any) -> None:
+        if name == "after-add-federated" and not made:
+            made.append(await h.api.create("azure-key-vault", federated_body(client_id, "kv")))
+            h.fakes.world.fail_next("store.update")  # A's migrate-added write fails: its migration fails
+
+    with pytest.raises(ServiceError):
+        await h.services(checkpoint=meanwhile).connections.migrate_to_federated(APP, a.id, {})
+    [added] = h.fakes.world.apps[client_id].federated
+    heir = await h.record(made[0].id)
+    assert heir is not None and heir.rotation.key_id == added and h.check() == []
+    assert (await h.api.delete("azure-key-vault", heir.id)).removed_key_ids == [added]
+
+
+async def test_a_credential_a_migration_has_not_journaled_yet_is_not_kept_for_it() -> None:
+    """(Review H.) A was deleted while B's migration had begun but not yet found A's credential: it was kept for
+    B, whose migration then failed before journaling it, and stayed on the application with nothing tracking it.
+    It is removed; a migration that had not journaled it finds none, or fails its test, and can be sent again."""
+    h = Harness()
+    client_id, given = h.new_application()
+    a = await h.api.create(APP, {"name": "a", "method": "client-secret", "credentials": given})
+    b = await h.api.create(APP, {"name": "b", "method": "client-secret", "credentials": h.new_credential(client_id)})
+    await h.api.migrate_to_federated(APP, a.id, {})
+    history_record = h.fakes.history.record
+    deleted: list[Any] = []
+
+    async def running_then_delete(event: Any) -> None:  # B claimed (migrate-begun), nothing journaled yet
+        await history_record(event)
+        if event.outcome == "running" and event.connection_id == b.id and not deleted:
+            deleted.append(await h.api.delete(APP, a.id))
+            h.fakes.world.fail_next("graph.find")  # B's migration then fails before it journals anything
+
+    h.fakes.history.record = running_then_delete  # type: ignore[method-assign]
+    with pytest.raises(ServiceError):
+        await h.api.migrate_to_federated(APP, b.id, {})
+    h.fakes.history.record = history_record  # type: ignore[method-assign]
+    assert h.fakes.world.apps[client_id].federated == {} and h.check() == []
+    again = await h.api.migrate_to_federated(APP, b.id, {})  # sent again: it adds its own
+    assert again.method == "federated" and h.fakes.world.federated_live(client_id) and h.check() == []

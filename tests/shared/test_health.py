@@ -1045,3 +1045,47 @@ async def test_a_check_that_read_the_connection_before_a_patch_of_its_rotation_k
         await _checker(h).sweep()
     await Notifier(h.fakes.adapters).deliver()
     assert [e for e in _events(h) if not e.endswith("-reminder")] == ["credential-expiring"], _events(h)
+
+
+@pytest.mark.parametrize("patch", [{"isAutoRotationEnabled": False},
+                                   {"rotation": {**FORTNIGHTLY, "rotateAt": "05:00"}}])
+async def test_a_patch_of_the_rotation_while_unchecked_recovers_nothing(patch: dict[str, object]) -> None:
+    """(Review H.) Re-dating after a PATCH of the rotation settings sent 'recovered' for a credential whose check
+    still could not run, and the next unchecked sweep 'health-check-unavailable' again."""
+    h = _harness()
+    app = h.fakes.world.application()
+    record = await h.api.create(APP, {"name": "c1", "method": "client-secret",
+                                      "credentials": h.new_credential(app.client_id),
+                                      "isAutoRotationEnabled": True, "rotation": FORTNIGHTLY})
+    h.fakes.world.fail_next("probe", times=10**6)
+    for _ in range(26):
+        await _sweep_after(h, timedelta(hours=1, minutes=1))
+    await h.api.update(APP, record.id, patch)
+    for _ in range(3):
+        await _sweep_after(h, timedelta(hours=1, minutes=1))
+    await Notifier(h.fakes.adapters).deliver()
+    assert "recovered" not in _events(h) and _events(h).count("health-check-unavailable") == 1, _events(h)
+
+
+async def test_a_check_that_read_a_federated_connection_before_it_moved_application_is_not_written_over_it() -> None:
+    """(Review H.) A federated connection stores no secret version: a check that read it on its first application
+    wrote that application's refusal over a PATCH that moved it to a second one, which works (invalid, failing,
+    a severity-1 alert)."""
+    from tests.shared.test_federated import federated_body
+
+    h = _harness()
+    first = h.fakes.world.application()
+    h.fakes.world.add_federated(first.client_id)
+    record = await h.api.create(APP, federated_body(first.client_id))
+    h.fakes.clock.advance(timedelta(hours=3))
+    read_by_the_check = await h.record(record.id)
+    assert read_by_the_check is not None
+    second = h.fakes.world.application()
+    h.fakes.world.add_federated(second.client_id)
+    first.federated.clear()  # the first application no longer trusts the service
+    await h.api.update(APP, record.id, {"credentials": {"tenantId": TENANT, "clientId": second.client_id}})
+    await _checker(h).check(read_by_the_check)
+    await Notifier(h.fakes.adapters).deliver()
+    after = await h.record(record.id)
+    assert after is not None and (after.status, after.health.status) == ("active", HEALTHY)
+    assert _events(h) == []

@@ -237,6 +237,44 @@ async def test_a_sign_in_for_whoever_holds_its_link_asks_for_the_account_and_a_c
                       "alice@contoso.example")
 
 
+async def test_a_re_authorization_from_the_browser_that_started_it_takes_an_unrecorded_authorizer_s_place():
+    """(Review H.) From the console (bound to the browser that started it), the person who asked to re-authorize a
+    connection nobody is recorded to have authorized is the one who signs in: the console cannot send
+    allowDifferentUser, and such a connection could otherwise never be re-authorized there."""
+    import urllib.parse
+
+    from shared.audit import RequestContext, acting
+    from shared.records import Actor
+    from tests.fakes import TENANT, build_fakes
+
+    fakes = build_fakes()
+    _answers(fakes, {"tid": TENANT, "sub": "pairwise"}, access_claims={"tid": TENANT})  # names nobody
+    created = (await _signed_in(fakes, {"name": "kv", "tenantId": TENANT})).record
+    _answers(fakes, {"tid": TENANT, "oid": "ada-oid", "preferred_username": "ada@contoso.example"})
+    flow = wiring.services(fakes.adapters).oauth
+    with acting(RequestContext(Actor("ada-oid", "ada@contoso.example", "user", "AppConnections.Writer"))):
+        url = await flow.start("azure-key-vault", {"connectionId": created.id}, "browser-secret")
+    state = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["state"][0]
+    from shared.oauth_start import BINDING_COOKIE_PREFIX
+
+    done = await flow.complete({"code": "a-code", "state": state}, {BINDING_COOKIE_PREFIX + "x": "browser-secret"})
+    assert done.record.authorized_by.oid == "ada-oid"
+
+
+async def test_a_re_authorization_written_again_after_a_concurrent_change_says_what_it_replaced_once():
+    from shared.errors import ConcurrentChange
+    from tests.fakes import TENANT, build_fakes
+
+    fakes = build_fakes()
+    _answers(fakes, {"tid": TENANT, "oid": "alice-oid", "preferred_username": "alice@contoso.example"})
+    created = (await _signed_in(fakes, {"name": "kv3", "tenantId": TENANT})).record
+    _answers(fakes, {"tid": TENANT, "oid": "bob-oid", "preferred_username": "bob@contoso.example"})
+    fakes.world.fail_next("store.update", ConcurrentChange("raced"))
+    await _signed_in(fakes, {"connectionId": created.id, "allowDifferentUser": "true"})
+    [detail] = [o[2] for o in _outcomes(fakes, "connection.reauthorize") if o[0] == "succeeded"]
+    assert detail.count("replaces") == 1, detail
+
+
 async def test_who_signed_in_is_taken_from_the_access_token_when_the_id_token_does_not_say():
     from tests.fakes import TENANT, build_fakes
 
