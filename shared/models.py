@@ -202,11 +202,20 @@ class ConnectionCredentialsOut(_Out):
     clientId: str | None = None
 
 
+class RotateAtUtcOut(_Out):
+    hours: int
+    minutes: int
+
+
 class RotationOut(_Out):
+    """``rotateAtUtc`` as the reference's clients read it back: for a schedule in UTC, else null (a local time of
+    day in another time zone has no one UTC time)."""
+
     enabled: bool
     rotationInterval: int | None
     rotateAt: str | None
     timeZone: str | None
+    rotateAtUtc: RotateAtUtcOut | None
     status: str | None
     lastRotatedAt: Timestamp | None
     lastRotationAttemptedAt: Timestamp | None

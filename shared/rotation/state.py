@@ -17,6 +17,7 @@ def state_response(state: RotationState) -> dict[str, Any] | None:
         "rotationInterval": state.interval_days,
         "rotateAt": state.rotate_at,
         "timeZone": state.time_zone,
+        "rotateAtUtc": _utc_time(state),
         "status": state.status,
         "lastRotatedAt": iso(state.last_rotated_at),
         "lastRotationAttemptedAt": iso(state.last_attempt_at),
@@ -24,6 +25,15 @@ def state_response(state: RotationState) -> dict[str, Any] | None:
         "nextRotationAt": iso(state.next_at),
         "rotationId": state.rotation_id,
     }
+
+
+def _utc_time(state: RotationState) -> dict[str, int] | None:
+    """``{hours, minutes}``, as the reference's clients write and read it, for a schedule in UTC (one in another
+    time zone has no one UTC time of day: it moves with daylight saving time)."""
+    if state.rotate_at is None or (state.time_zone or "UTC") != "UTC":
+        return None
+    hours, minutes = state.rotate_at.split(":")
+    return {"hours": int(hours), "minutes": int(minutes)}
 
 
 def rotate_at_utc(hours: int, minutes: int) -> str:

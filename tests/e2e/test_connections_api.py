@@ -87,6 +87,7 @@ def test_create_read_update_validate_delete(api, admin, secrets_used, app, metho
     assert len(vault["versions"]) == 1
     (version,) = vault["versions"]
     assert version["tags"] == {"connectionId": cid, "app": app, "method": method}
+    assert version["contentType"] == "application/vnd.app-connections.credentials+json"  # DESIGN: content type
     assert json.loads(version["value"]) == {k: v for k, v in credentials.items() if k not in ("tenantId", "clientId")}
 
     renamed = api.patch(f"{BASE}/{app}/{cid}", json={"name": name + "-b", "description": None})

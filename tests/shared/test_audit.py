@@ -179,3 +179,23 @@ async def test_the_retention_run_deletes_batch_after_batch_until_none_is_left_or
     assert await log_over(slow).purge_expired(365, budget_seconds=250,
                                               monotonic=lambda: float(next(ticks))) == 3 * PURGE_BATCH
     assert slow.left == 7 * PURGE_BATCH  # left for the next day's run, which goes on
+
+
+async def test_every_audit_record_is_also_a_log_record_for_log_analytics(caplog: pytest.LogCaptureFixture) -> None:
+    """DESIGN: an audit record is kept in Table Storage and sent to Log Analytics (a structured log record with
+    ``audit=true`` and its fields, which the worker exports; review L found no test would notice it gone)."""
+    from shared.audit import AuditLog, RequestContext, acting
+    from shared.records import Actor
+    from tests.fakes import build_fakes
+
+    fakes = build_fakes()
+    audit_log = AuditLog(fakes.audit, fakes.clock)
+    with caplog.at_level("INFO", logger="app_connections.audit"), acting(RequestContext(
+            Actor("u-1", "ada@contoso.example", "user", "AppConnections.Writer"))):
+        written = await audit_log.record("connection.update", "started", app="azure-key-vault", connection_id="c-1",
+                                         connection_name="prod", detail="rename")
+    [logged] = [r for r in caplog.records if getattr(r, "audit", False)]
+    assert fakes.audit.records == [written]
+    fields = {k: v for k, v in vars(logged).items() if k.startswith("audit_")}
+    assert (fields["audit_action"], fields["audit_outcome"], fields["audit_actorId"], fields["audit_connectionId"]
+            ) == ("connection.update", "started", "u-1", "c-1"), fields

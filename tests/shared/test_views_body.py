@@ -2,7 +2,7 @@
 and get functions serialize it, is the body the service answered before the read path was made cheaper
 (``test_views_body.json``, written by that code from these same records). A change of the view's code that
 changes one byte of an answer fails here; a deliberate change of the API rewrites the file
-(``python tests/shared/test_views_body.py``) and says so in review."""
+(``.venv/bin/python -m tests.shared.test_views_body``) and says so in review."""
 
 from __future__ import annotations
 

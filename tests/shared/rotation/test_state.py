@@ -61,3 +61,12 @@ def test_a_schedule_given_without_enabling_is_shown_as_disabled_settings():
     assert shown is not None
     assert shown["enabled"] is False and shown["rotationInterval"] == 7 and shown["nextRotationAt"] is None
     assert shown["rotationId"] is None
+
+
+def test_a_schedule_in_utc_reads_back_as_the_reference_s_clients_wrote_it():
+    """(Review L, session 17.) ``rotateAtUtc`` was taken and never given back: a reference client could not read the
+    field it wrote."""
+    utc = state_response(RotationState(interval_days=7, rotate_at="03:05", time_zone="UTC"))
+    assert utc is not None and utc["rotateAtUtc"] == {"hours": 3, "minutes": 5}
+    local = state_response(RotationState(interval_days=7, rotate_at="03:05", time_zone="Europe/Berlin"))
+    assert local is not None and local["rotateAtUtc"] is None
