@@ -584,7 +584,9 @@ class FakeConnections:
         self.outbox = [n for n in self.outbox if n.id != item.id]
 
     async def retry_later(self, item: Notification) -> None:
-        self.outbox = [item if n.id == item.id else n for n in self.outbox]
+        """As the store: under the ETag of the pass's claim (another pass's claim since stands)."""
+        again = replace(item, etag=uuid.uuid4().hex)
+        self.outbox = [again if n.id == item.id and n.etag == item.etag else n for n in self.outbox]
 
     async def delete(self, record: ConnectionRecord) -> None:
         self.world.check("store.delete")

@@ -401,14 +401,18 @@ class ConnectionsTable:
         await table.delete_entity(item.app, outbox_key(item))
 
     async def retry_later(self, item: Notification) -> None:
-        """Write the notice's next attempt over its row, if the row is still there: a pass that delivered it
-        meanwhile (two passes can hold one notice) deleted it, and it must not come back to be sent again."""
-        from azure.core.exceptions import ResourceNotFoundError
+        """Write the notice's next attempt over its row, under the ETag of this pass's claim (``item``'s), if the
+        row is still there and still this pass's: a pass that delivered it meanwhile (two passes can hold one
+        notice) deleted it, and it must not come back to be sent again; one that took it over once this pass's
+        claim ran out handles it, and its claim stands."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
         from azure.data.tables import UpdateMode
 
         table = await self._table()
-        with contextlib.suppress(ResourceNotFoundError):
-            await table.update_entity(outbox_entity(item.app, item), mode=UpdateMode.REPLACE)
+        with contextlib.suppress(ResourceNotFoundError, ResourceModifiedError):
+            await table.update_entity(outbox_entity(item.app, item), mode=UpdateMode.REPLACE, etag=item.etag,
+                                      match_condition=MatchConditions.IfNotModified)
 
     @staticmethod
     def _changed(record: ConnectionRecord) -> ConcurrentChange:

@@ -95,3 +95,21 @@ async def test_the_oldest_notices_are_read_across_apps_not_app_after_app(clients
              for n in range(3)]
     read = await store.pending(("azure-key-vault", "azure-app-configuration", "azure-client-secrets"), 3)
     assert [n.id for n in read if not n.attempts][:3] == [oldest.id, newer[0].id, newer[1].id]
+
+
+async def test_a_pass_whose_claim_ran_out_does_not_write_over_the_pass_that_took_the_notice_over(
+        clients: AzureClients) -> None:
+    """(Review L, session 17.) ``retry_later`` wrote without an ETag: a pass held up past its claim wrote its next
+    attempt over the claim of the pass that had taken the notice over, which could then be sent twice at once."""
+    store = ConnectionsTable(clients)
+    now = datetime.now(UTC)
+    notice = await queued_notice(store, now, "claims")
+    [read] = [n for n in await due_by(store, now + timedelta(seconds=1)) if n.id == notice.id]
+    slow = await store.claim(read, now + timedelta(minutes=5))
+    assert slow is not None
+    [again] = [n for n in await due_by(store, now + timedelta(minutes=6)) if n.id == notice.id]  # ran out
+    taken = await store.claim(again, now + timedelta(minutes=11))
+    assert taken is not None
+    await store.retry_later(replace(slow, attempts=1, next_attempt_at=now + timedelta(minutes=1)))  # too late
+    [stored] = [n for n in await store.pending((APP,), 10_000) if n.id == notice.id]
+    assert (stored.etag, stored.next_attempt_at) == (taken.etag, now + timedelta(minutes=11))
