@@ -479,6 +479,10 @@ class ConnectionService:
                 trigger = trigger or "credential-change"
             if method is Method.FEDERATED:
                 key_id = federated_credential_kept(record, credentials.tenantId, credentials.clientId)
+                if record.rotation.key_id and key_id is None:  # it leaves the application: whatever relies on
+                    # the credential there takes it over first (a failure answers 502, nothing changed); what
+                    # nothing relies on is removed once the change is saved (_leave_federated_credential)
+                    await keep_for_others(self.store, record, record.rotation.key_id)
             new_state = new_state.evolve(key_id=key_id, key_made=False)
             if state.managed:  # what the service created on the application in use is retired after the switch
                 # (tracked by ``retire_*`` from here on): the credential in use is the user's, and nothing the
@@ -980,15 +984,26 @@ class ConnectionService:
         if await keep_for_others(self.store, record, credential_id):
             return []
         client_id = record.client_id or ""
-        async with self.adapters.directory.graph(Method.FEDERATED, record.tenant_id, client_id, {}) as graph:
-            registration = await graph.find(client_id)
-            if credential_id not in {c.id for c in await graph.federated_credentials(registration.object_id)}:
+        try:
+            async with self.adapters.directory.graph(Method.FEDERATED, record.tenant_id, client_id, {}) as graph:
+                registration = await graph.find(client_id)
+                if credential_id not in {c.id for c in await graph.federated_credentials(registration.object_id)}:
+                    return []
+                # Asked again right before the removal: a connection that took it up while this one signed in
+                # and read the application (a migration journaling it, one created federated) keeps it.
+                if await keep_for_others(self.store, record, credential_id):
+                    return []
+                audit_log = self.rotator.audit
+                await audit_log.credential_changed(
+                    "credential.remove", functools.partial(graph.remove_federated_credential,
+                                                           registration.object_id, credential_id),
+                    app=record.app, connection_id=record.id, object_id=registration.object_id, key_id=credential_id)
+        except CredentialRejected as refused:  # the trust is gone already (removed meanwhile), or the application
+            if refused.extensions.get("aadstsCode") in TRUST_GONE:
                 return []
-            audit_log = self.rotator.audit
-            await audit_log.credential_changed(
-                "credential.remove", functools.partial(graph.remove_federated_credential, registration.object_id,
-                                                       credential_id),
-                app=record.app, connection_id=record.id, object_id=registration.object_id, key_id=credential_id)
+            raise
+        except NotFound:
+            return []
         return [credential_id]
 
     async def _release(self, record: ConnectionRecord, before: ConnectionRecord, progress: Removals,

@@ -89,6 +89,9 @@ def health_notices(record: ConnectionRecord, health: HealthState, now: datetime)
         works_again = health.status == EXPIRING and (notified in (FAILING, EXPIRED)
                                                       or (notified or "").startswith(UNCHECKED))
         recovered = [_notice(record, RECOVERED, health, now)] if works_again else []
+        if health.status == EXPIRING and notified == f"{UNCHECKED}{EXPIRING}":  # its expiry was told while
+            # unchecked: the check that runs again is what is new
+            return recovered, health.evolve(notified_status=EXPIRING, notified_at=now)
         # A millisecond apart: the outbox (and a receiver, by ``at``) orders them as they happened.
         then = now + timedelta(milliseconds=1) if recovered else now
         return ([*recovered, _notice(record, event, health, then)],

@@ -193,9 +193,10 @@ class OAuthFlow:
             refused = f"OAuth sign-in by {signed_in}: another person than the one who consented"
             if before is None:
                 # Nobody recorded (an older connection, or a sign-in that named nobody). From the browser that
-                # started it (the console), it is the person who asked to re-authorize it; from whoever held the
-                # link, it cannot be shown to be anyone in particular: fail closed.
-                if pending.browser_binding is None:
+                # started it (the console), and signed in as the person who asked to re-authorize it, it is theirs;
+                # otherwise it cannot be shown to be anyone in particular: fail closed.
+                starter = pending.started_by.id if pending.started_by else None
+                if pending.browser_binding is None or consent is None or consent.oid != starter:
                     raise DifferentUser(
                         "Nobody is recorded as having authorized this connection, so this sign-in cannot be shown to "
                         "be theirs. To authorize it as you, start again with allowDifferentUser=true. Nothing was "

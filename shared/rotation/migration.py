@@ -465,7 +465,11 @@ async def keep_for_others(store: ConnectionStore, record: ConnectionRecord, cred
     (:func:`hand_over`). False: nobody relies on it, it is to be removed (a migration that has not journaled it
     yet tests before it switches: it fails, and can be sent again)."""
     for _ in range(4):
-        relying = await relying_on_federation(store, record)
+        try:
+            relying = await relying_on_federation(store, record)
+        except ServiceError as error:
+            raise HandOverIncomplete(f"The connections of the application could not be read ({error.detail}).") \
+                from None
         if any(tracks(other, credential_id) for other in relying):
             return True
         heirs = [other for other in relying if other.method == Method.FEDERATED]

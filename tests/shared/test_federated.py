@@ -1010,3 +1010,86 @@ async def test_a_credential_a_migration_has_not_journaled_yet_is_not_kept_for_it
     assert h.fakes.world.apps[client_id].federated == {} and h.check() == []
     again = await h.api.migrate_to_federated(APP, b.id, {})  # sent again: it adds its own
     assert again.method == "federated" and h.fakes.world.federated_live(client_id) and h.check() == []
+
+
+async def test_moving_away_hands_the_credential_over_before_the_change_is_saved() -> None:
+    """(Review M.) A PATCH that moved a federated connection to another application saved first, then handed the
+    credential over to the connection still signing in with it: a hand-over that failed left it tracked by
+    nobody (and the PATCH answered 200). It is handed over first; a failure answers 502, nothing changed."""
+    from shared.errors import UpstreamError
+
+    h = Harness()
+    record, other, client_id, added = await _migrated_and_created(h)
+    elsewhere = h.fakes.world.application()
+    h.fakes.world.add_federated(elsewhere.client_id)
+    update = h.fakes.connections.update
+
+    async def hand_over_fails(target: ConnectionRecord, *args: Any, **kwargs: Any) -> ConnectionRecord:
+        if target.id == other.id:
+            raise UpstreamError("Table Storage failed (injected)")
+        return await update(target, *args, **kwargs)
+
+    h.fakes.connections.update = hand_over_fails  # type: ignore[method-assign]
+    h.faults_armed = True
+    move = {"credentials": {"tenantId": TENANT, "clientId": elsewhere.client_id}}
+    outcome = await h.op("update", record.id, lambda: h.api.update(APP, record.id, move))
+    h.fakes.connections.update = update  # type: ignore[method-assign]
+    assert outcome.status == 502 and (await h.record(record.id)).client_id == client_id  # type: ignore[union-attr]
+    assert h.check() == []
+    await h.api.update(APP, record.id, move)
+    heir = await h.record(other.id)
+    assert heir is not None and heir.rotation.key_id == added and h.check() == []
+
+
+async def test_a_connection_that_takes_the_credential_up_while_a_delete_reads_the_application_keeps_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review M.) The DELETE decided from one listing, then signed in and read the application: a migration that
+    journaled the credential (and switched to it), or a connection created federated, in that gap lost it."""
+    from tests.fakes import FakeGraph
+    from tests.lifecycle_harness import overtaken_at
+
+    h = Harness()
+    record = await h.create()
+    await migrated(h, record)
+    client_id = record.client_id or ""
+    made: list[ConnectionRecord] = []
+
+    async def create_federated() -> None:
+        made.append(await h.api.create("azure-key-vault", federated_body(client_id, "kv")))
+
+    ran = overtaken_at(monkeypatch, FakeGraph, "federated_credentials", 1, create_federated)
+    assert (await h.api.delete(APP, record.id)).removed_key_ids == []
+    monkeypatch.undo()
+    assert ran.ran and h.fakes.world.federated_live(client_id) and h.check() == []
+
+
+async def test_deleting_a_federated_connection_whose_credential_is_gone_already_deletes_it() -> None:
+    """(Review M.) The DELETE signs in with the credential it removes: one removed meanwhile (by hand, or by
+    another DELETE at once) refused that sign-in, and the DELETE answered 409 (grant a permission, or force)."""
+    h = Harness()
+    record = await h.create()
+    await migrated(h, record)
+    h.fakes.world.apps[record.client_id or ""].federated.clear()
+    deleted = await h.api.delete(APP, record.id)
+    assert deleted.removed_key_ids == [] and await h.record(record.id) is None and h.check() == []
+
+
+async def test_a_delete_that_cannot_read_the_other_connections_asks_to_be_sent_again() -> None:
+    """(Review M.) A Table Storage failure while reading who relies on the credential was answered 409 'grant the
+    permission, or force': forced, it left the credential the other connection signs in with untracked."""
+    from shared.errors import UpstreamError
+
+    h = Harness()
+    record, other, _, added = await _migrated_and_created(h)
+    h.faults_armed = True
+    list_page = h.fakes.connections.list_page
+
+    async def fails_once(*args: Any, **kwargs: Any) -> Any:
+        h.fakes.connections.list_page = list_page  # type: ignore[method-assign]
+        raise UpstreamError("Table Storage failed (injected)")
+
+    h.fakes.connections.list_page = fails_once  # type: ignore[method-assign]
+    outcome = await h.op("delete", record.id, lambda: h.api.delete(APP, record.id))
+    assert outcome.status == 502 and "send the DELETE again" in outcome.error.detail  # type: ignore[union-attr]
+    await h.api.delete(APP, record.id)
+    assert (await h.record(other.id)).rotation.key_id == added and h.check() == []  # type: ignore[union-attr]

@@ -1089,3 +1089,18 @@ async def test_a_check_that_read_a_federated_connection_before_it_moved_applicat
     after = await h.record(record.id)
     assert after is not None and (after.status, after.health.status) == ("active", HEALTHY)
     assert _events(h) == []
+
+
+async def test_an_expiry_told_while_unchecked_is_not_told_again_when_checks_work_again() -> None:
+    """(Review M.) 'credential-expiring' told while a check could not run was told again, after 'recovered', when
+    checks worked again."""
+    h = _harness()
+    await _connection(h, days=32)
+    h.fakes.world.fail_next("probe", times=10**6)
+    for _ in range(3 * 24):  # unchecked for a day, then within the warning by date
+        await _sweep_after(h, timedelta(hours=1, minutes=1))
+    h.fakes.world.clear_faults()
+    await _sweep_after(h, timedelta(hours=1, minutes=1))
+    await Notifier(h.fakes.adapters).deliver()
+    told = [e for e in _events(h) if not e.endswith("-reminder")]
+    assert told == ["health-check-unavailable", "credential-expiring", "recovered"], _events(h)

@@ -410,3 +410,25 @@ async def test_a_refresh_overtaken_by_a_re_authorization_does_not_serve_the_old_
     assert now.authorized_by is not None and now.authorized_by.oid == "bob-oid"
     _, token = await other_instance.oauth_tokens.access_token(KV, now)
     assert token.token == "token-of-bob-oid"
+
+
+async def test_from_the_console_an_unrecorded_authorizer_s_place_is_taken_only_by_the_person_who_asked():
+    """(Review M.) From the browser that started it, any account that browser was signed in to took the place of
+    an unrecorded authorizer: it must be the person who asked to re-authorize (else allowDifferentUser)."""
+    import urllib.parse
+
+    from shared.audit import RequestContext, acting
+    from shared.oauth_start import BINDING_COOKIE_PREFIX
+    from shared.records import Actor
+    from tests.fakes import TENANT, build_fakes
+
+    fakes = build_fakes()
+    _answers(fakes, {"tid": TENANT, "sub": "pairwise"}, access_claims={"tid": TENANT})
+    created = (await _signed_in(fakes, {"name": "kv", "tenantId": TENANT})).record
+    _answers(fakes, {"tid": TENANT, "oid": "mallory-oid", "preferred_username": "mallory@contoso.example"})
+    flow = wiring.services(fakes.adapters).oauth
+    with acting(RequestContext(Actor("ada-oid", "ada@contoso.example", "user", "AppConnections.Writer"))):
+        url = await flow.start("azure-key-vault", {"connectionId": created.id}, "browser-secret")
+    state = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["state"][0]
+    with pytest.raises(OAuthFailed, match="Nobody is recorded"):
+        await flow.complete({"code": "a-code", "state": state}, {BINDING_COOKIE_PREFIX + "x": "browser-secret"})
