@@ -410,9 +410,10 @@ class ConnectionsTable:
         from azure.data.tables import UpdateMode
 
         table = await self._table()
+        guard: dict[str, Any] = {"etag": item.etag, "match_condition": MatchConditions.IfNotModified} \
+            if item.etag else {}  # (a claim's answer always has one; without it, as before: the row as it is)
         with contextlib.suppress(ResourceNotFoundError, ResourceModifiedError):
-            await table.update_entity(outbox_entity(item.app, item), mode=UpdateMode.REPLACE, etag=item.etag,
-                                      match_condition=MatchConditions.IfNotModified)
+            await table.update_entity(outbox_entity(item.app, item), mode=UpdateMode.REPLACE, **guard)
 
     @staticmethod
     def _changed(record: ConnectionRecord) -> ConcurrentChange:
