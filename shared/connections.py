@@ -108,7 +108,10 @@ DELETE_LEASE_SECONDS = 120
 # Entra's refusals of the service's identity at an application that says it trusts it no more (no federated
 # identity credential matches), or that is gone; any other (a Conditional Access policy, the application disabled)
 # tells nothing of what is left there.
-TRUST_GONE = frozenset({"AADSTS70021", "AADSTS700016"})
+# The application has no federated credential left (70025), or is gone (700016): nothing the service added is
+# there. AADSTS70021 (none matches the service's identity now) is not one: a credential added for an identity the
+# service no longer has would still be there, and trust it.
+TRUST_GONE = frozenset({"AADSTS70025", "AADSTS700016"})
 
 
 Credentials = ClientSecretCredentialsIn | CertificateCredentialsIn | FederatedCredentialsIn

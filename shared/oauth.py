@@ -195,8 +195,7 @@ class OAuthFlow:
                 # Nobody recorded (an older connection, or a sign-in that named nobody). From the browser that
                 # started it (the console), and signed in as the person who asked to re-authorize it, it is theirs;
                 # otherwise it cannot be shown to be anyone in particular: fail closed.
-                starter = pending.started_by.id if pending.started_by else None
-                if pending.browser_binding is None or consent is None or consent.oid != starter:
+                if pending.browser_binding is None or consent is None or not _is_starter(pending, consent):
                     raise DifferentUser(
                         "Nobody is recorded as having authorized this connection, so this sign-in cannot be shown to "
                         "be theirs. To authorize it as you, start again with allowDifferentUser=true. Nothing was "
@@ -240,6 +239,17 @@ class OAuthFlow:
                            detail=f"OAuth sign-in by {signed_in}{previous}{changes}")
         log.info("%s %s OAuth connection %s", "Created" if created else "Re-authorized", app.id, record.id)
         return AuthorizationOutcome(app, record, created, result.username, pending.started_by)
+
+
+def _is_starter(pending: PendingAuthorization, consent: Authorization) -> bool:
+    """Whether who signed in is who started the sign-in: the same object id (the same tenant), or, signed in to
+    another tenant (a guest there: another object id), the same user name."""
+    starter = pending.started_by
+    if starter is None:
+        return False
+    if consent.oid == starter.id:
+        return True
+    return bool(consent.upn and starter.name and consent.upn.casefold() == starter.name.casefold())
 
 
 class DifferentUser(ServiceError):

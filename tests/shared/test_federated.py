@@ -56,7 +56,7 @@ async def test_a_missing_federated_credential_is_a_400_with_the_aadsts_code_and_
         await h.api.create(APP, federated_body(app.client_id))
     problem = refused.value.to_problem()
     assert problem["status"] == 400
-    assert problem["aadstsCode"] == "AADSTS70021"
+    assert problem["aadstsCode"] == "AADSTS70025"  # none at all (one for another subject: 70021, below)
     assert problem["expectedFederatedCredential"] == {
         "issuer": ISSUER, "subject": IDENTITY_PRINCIPAL_ID, "audiences": ["api://AzureADTokenExchange"]}
     assert ISSUER in problem["detail"] and IDENTITY_PRINCIPAL_ID in problem["detail"]
@@ -132,7 +132,7 @@ async def test_health_validates_a_federated_connection_and_it_never_expires() ->
     del h.fakes.world.apps[app.client_id].federated[credential.id]  # the owner removed it
     failing = await checker.check(healthy)
     assert failing.health.status == "failing"
-    assert "AADSTS70021" in (failing.health.message or "")
+    assert "AADSTS70025" in (failing.health.message or "")  # the application has none left
 
 
 async def test_the_credentials_of_a_federated_connection_change_without_the_vault() -> None:
@@ -609,14 +609,18 @@ async def test_a_migration_worker_whose_lease_ran_out_after_its_switch_removes_n
 @pytest.mark.parametrize(("refusal", "left_live"), [
     ("AADSTS53003: Access has been blocked by Conditional Access policies.", True),
     ("AADSTS7000112: Application is disabled.", True),
-    ("AADSTS70021: No matching federated identity record found for presented assertion.", False),
+    ("AADSTS70021: No matching federated identity record found for presented assertion.", True),
+    ("AADSTS70025: The client application has no configured federated identity credentials.", False),
+    ("AADSTS700016: Application with identifier 'x' was not found in the directory.", False),
 ])
 async def test_leaving_a_federated_application_that_refuses_the_sign_in_says_what_may_be_left_live(
         refusal: str, left_live: bool) -> None:
     """Found by a review: a federated connection moved to another application removes the federated credential
     it added to the one it left; any refusal of the sign-in there was taken for "nothing left". Only "no
     federated credential matches" says so; any other (a Conditional Access policy, the application disabled)
-    leaves it perhaps live, and the audit log says so, as for a removal Graph refuses."""
+    leaves it perhaps live, and the audit log says so, as for a removal Graph refuses. (Review N, session 17: nor
+    does 70021, "none matches the service's identity now": one added for an identity the service no longer has
+    would still be there; only "none at all" (70025) and "no such application" (700016) do.)"""
     h = Harness()
     record = await h.create()
     migrated = await h.api.migrate_to_federated(APP, record.id, {})

@@ -432,3 +432,25 @@ async def test_from_the_console_an_unrecorded_authorizer_s_place_is_taken_only_b
     state = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["state"][0]
     with pytest.raises(OAuthFailed, match="Nobody is recorded"):
         await flow.complete({"code": "a-code", "state": state}, {BINDING_COOKIE_PREFIX + "x": "browser-secret"})
+
+
+async def test_from_the_console_a_guest_of_another_tenant_is_the_person_who_asked_by_user_name():
+    """(Review N.) Signed in to the connection's tenant as a guest there, the person who asked in the console has
+    another object id: they are known by their user name."""
+    import urllib.parse
+
+    from shared.audit import RequestContext, acting
+    from shared.oauth_start import BINDING_COOKIE_PREFIX
+    from shared.records import Actor
+    from tests.fakes import TENANT, build_fakes
+
+    fakes = build_fakes()
+    _answers(fakes, {"tid": TENANT, "sub": "pairwise"}, access_claims={"tid": TENANT})
+    created = (await _signed_in(fakes, {"name": "kv", "tenantId": TENANT})).record
+    _answers(fakes, {"tid": TENANT, "oid": "ada-guest-oid", "preferred_username": "Ada@Home.example"})
+    flow = wiring.services(fakes.adapters).oauth
+    with acting(RequestContext(Actor("ada-home-oid", "ada@home.example", "user", "AppConnections.Writer"))):
+        url = await flow.start("azure-key-vault", {"connectionId": created.id}, "browser-secret")
+    state = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["state"][0]
+    done = await flow.complete({"code": "a-code", "state": state}, {BINDING_COOKIE_PREFIX + "x": "browser-secret"})
+    assert done.record.authorized_by.oid == "ada-guest-oid"
