@@ -105,12 +105,10 @@ from shared.views import to_response as to_response
 log = logging.getLogger(__name__)
 
 DELETE_LEASE_SECONDS = 120
-# Entra's refusals of the service's identity at an application that says it trusts it no more (no federated
-# identity credential matches), or that is gone; any other (a Conditional Access policy, the application disabled)
-# tells nothing of what is left there.
-# The application has no federated credential left (70025), or is gone (700016): nothing the service added is
-# there. AADSTS70021 (none matches the service's identity now) is not one: a credential added for an identity the
-# service no longer has would still be there, and trust it.
+# Entra's refusals of the service's identity that say nothing the service added is left at the application: it has
+# no federated credential (70025), or is gone (700016). AADSTS70021 (none matches the service's identity now) is not
+# one: a credential added for an identity the service no longer has would still be there, and trust it; nor is any
+# other refusal (a Conditional Access policy, the application disabled).
 TRUST_GONE = frozenset({"AADSTS70025", "AADSTS700016"})
 
 
@@ -960,8 +958,9 @@ class ConnectionService:
 
     async def _leave_federated_credential(self, before: ConnectionRecord) -> None:
         """After a federated connection moved to another application: remove the federated credential the service
-        added to the one it left (``before``). One already gone (or an application that no longer trusts the
-        service's identity) leaves nothing; one Graph refuses to remove stays live, and the audit log says so
+        added to the one it left (``before``), unless another connection there relies on it (it was handed over
+        before the change was saved). An application that has none left, or is gone (``TRUST_GONE``), leaves
+        nothing; one Graph (or Entra's sign-in) refuses to remove stays live, and the audit log says so
         (``credentials-left-live``), as a forced DELETE's does: the change itself is made."""
         try:
             await self._remove_federated_credential(before)
@@ -978,9 +977,10 @@ class ConnectionService:
                        f"{before.client_id} it left could not be removed ({error.detail}).")
 
     async def _remove_federated_credential(self, record: ConnectionRecord) -> list[str]:
-        """The federated credential the service added to the application for this connection (its migration
-        journaled its id in ``key_id``), unless another federated connection of the same application relies on it
-        (an application trusts an issuer and subject once)."""
+        """The federated credential the service added to the application that this connection tracks (``key_id``:
+        its migration's, or handed over to it), unless another connection of the same application relies on it (an
+        application trusts an issuer and subject once: :func:`keep_for_others`, asked before signing in and again
+        right before the removal)."""
         credential_id = record.rotation.key_id
         if record.method != Method.FEDERATED or not credential_id:
             return []
@@ -1145,7 +1145,7 @@ class ConnectionService:
 def federated_credential_kept(record: ConnectionRecord, tenant_id: str, client_id: str) -> str | None:
     """New credentials of a federated connection: the federated credential the service added (``key_id``, which a
     DELETE removes) stays the connection's on the same application; on another one there is none (the one it
-    leaves is removed once the change is saved: ``ConnectionService._leave_federated_credential``)."""
+    leaves is handed over before the change is saved, or removed after: ``_leave_federated_credential``)."""
     same = (tenant_id.lower(), client_id.lower()) == (record.tenant_id.lower(), (record.client_id or "").lower())
     return record.rotation.key_id if same else None
 

@@ -486,11 +486,7 @@ class FakeDirectory:
     def _federated(self, client_id: str) -> None:
         if self.world.federation is None:
             raise UpstreamError("The service's managed identity could not get a token.")
-        if not self.world.federated_live(client_id):
-            app = self.world.apps.get(client_id)
-            if app is not None and not app.federated:  # as Entra answers an application that has none at all
-                raise CredentialRejected("AADSTS70025: The client application has no configured federated "
-                                         "identity credentials.", extensions={"aadstsCode": "AADSTS70025"})
+        if not self.world.federated_live(client_id):  # none, or none that matches: as the stand-in (and Entra)
             raise CredentialRejected("AADSTS70021: No matching federated identity record found for presented "
                                      "assertion.", extensions={"aadstsCode": "AADSTS70021"})
         if self.world.federation_delay > 0:

@@ -212,7 +212,7 @@ class Harness:
                 self.violations.append(f"I2: {key_id} of {owner.id} is live and untracked")
         for client_id, credential_id in world.federated_added:
             added = world.apps[client_id].federated.get(credential_id)
-            if added is None:
+            if added is None or credential_id in self.left_live:  # reported as left live (a forced DELETE)
                 continue
             # Tracked: the credential of a federated connection (``key_id``: a DELETE removes it once no other
             # connection relies on it), or a migration's (journaled, or named for it: its end or failure sees to it).

@@ -472,7 +472,9 @@ async def keep_for_others(store: ConnectionStore, record: ConnectionRecord, cred
                 from None
         if any(tracks(other, credential_id) for other in relying):
             return True
-        heirs = [other for other in relying if other.method == Method.FEDERATED]
+        # An heir signs in with it and tracks nothing (created federated): one that tracks another credential of
+        # the service's (added for an identity the service had before) relies on that one, and keeps it.
+        heirs = [other for other in relying if other.method == Method.FEDERATED and not other.rotation.key_id]
         if not heirs:
             return False
         if await hand_over(store, record, heirs, credential_id):
@@ -491,8 +493,9 @@ async def hand_over(store: ConnectionStore, record: ConnectionRecord, heirs: lis
             current: ConnectionRecord | None = heir
             for _ in range(3):
                 if (current is None or current.method != Method.FEDERATED or current.status == STATUS_DELETING
-                        or not same_application(current, record)):
-                    break  # gone, being deleted, or moved meanwhile: not this one
+                        or not same_application(current, record)
+                        or current.rotation.key_id not in (None, credential_id)):
+                    break  # gone, being deleted, moved, or tracking another credential meanwhile: not this one
                 if current.rotation.key_id == credential_id:
                     return True
                 try:
@@ -510,7 +513,8 @@ async def hand_over(store: ConnectionStore, record: ConnectionRecord, heirs: lis
 
 
 def _usable(present: list[FederatedCredential], identity: FederationIdentity, name: str) -> FederatedCredential | None:
-    """A federated credential that names the identity (ours by name first; else one the user added)."""
+    """A federated credential that names the identity (ours by name first; else one the owner added, or one the
+    service added for another connection of the application, which the connections then share)."""
     matching = [c for c in present if identity.matches(c.issuer, c.subject, c.audiences)]
     return next((c for c in matching if c.name == name), matching[0] if matching else None)
 

@@ -56,7 +56,7 @@ async def test_a_missing_federated_credential_is_a_400_with_the_aadsts_code_and_
         await h.api.create(APP, federated_body(app.client_id))
     problem = refused.value.to_problem()
     assert problem["status"] == 400
-    assert problem["aadstsCode"] == "AADSTS70025"  # none at all (one for another subject: 70021, below)
+    assert problem["aadstsCode"] == "AADSTS70021"
     assert problem["expectedFederatedCredential"] == {
         "issuer": ISSUER, "subject": IDENTITY_PRINCIPAL_ID, "audiences": ["api://AzureADTokenExchange"]}
     assert ISSUER in problem["detail"] and IDENTITY_PRINCIPAL_ID in problem["detail"]
@@ -132,7 +132,7 @@ async def test_health_validates_a_federated_connection_and_it_never_expires() ->
     del h.fakes.world.apps[app.client_id].federated[credential.id]  # the owner removed it
     failing = await checker.check(healthy)
     assert failing.health.status == "failing"
-    assert "AADSTS70025" in (failing.health.message or "")  # the application has none left
+    assert "AADSTS70021" in (failing.health.message or "")
 
 
 async def test_the_credentials_of_a_federated_connection_change_without_the_vault() -> None:
@@ -1067,15 +1067,25 @@ async def test_a_connection_that_takes_the_credential_up_while_a_delete_reads_th
     assert ran.ran and h.fakes.world.federated_live(client_id) and h.check() == []
 
 
-async def test_deleting_a_federated_connection_whose_credential_is_gone_already_deletes_it() -> None:
-    """(Review M.) The DELETE signs in with the credential it removes: one removed meanwhile (by hand, or by
-    another DELETE at once) refused that sign-in, and the DELETE answered 409 (grant a permission, or force)."""
+@pytest.mark.parametrize(("code", "gone"), [("AADSTS70025", True), ("AADSTS700016", True), ("AADSTS70021", False)])
+async def test_a_delete_whose_sign_in_entra_refuses_deletes_only_when_nothing_can_be_left(code: str, gone: bool
+                                                                                        ) -> None:
+    """(Reviews M and N.) The DELETE signs in with the credential it removes. "The application has none at all"
+    (70025) or "no such application" (700016) leave nothing to remove: deleted. "None matches the service's
+    identity now" (70021) does not say so (one added for an identity the service no longer has would still be
+    there): a 409, and with ?force=true the connection goes and the audit log says what may be left live."""
     h = Harness()
     record = await h.create()
     await migrated(h, record)
-    h.fakes.world.apps[record.client_id or ""].federated.clear()
-    deleted = await h.api.delete(APP, record.id)
-    assert deleted.removed_key_ids == [] and await h.record(record.id) is None and h.check() == []
+    h.fakes.world.fail_next("graph.token", CredentialRejected(f"{code}: refused", extensions={"aadstsCode": code}))
+    outcome = await h.op("delete", record.id, lambda: h.api.delete(APP, record.id))
+    assert (outcome.error is None) == gone, outcome.error
+    if not gone:
+        assert outcome.status == 409 and await h.record(record.id) is not None
+        h.fakes.world.fail_next("graph.token", CredentialRejected(f"{code}: refused", extensions={"aadstsCode": code}))
+        forced = await h.api.delete(APP, record.id, force=True)
+        assert forced.key_ids_left_live or [r for r in h.fakes.audit.records if r.outcome == "credentials-left-live"]
+    assert await h.record(record.id) is None
 
 
 async def test_a_delete_that_cannot_read_the_other_connections_asks_to_be_sent_again() -> None:
@@ -1097,3 +1107,24 @@ async def test_a_delete_that_cannot_read_the_other_connections_asks_to_be_sent_a
     assert outcome.status == 502 and "send the DELETE again" in outcome.error.detail  # type: ignore[union-attr]
     await h.api.delete(APP, record.id)
     assert (await h.record(other.id)).rotation.key_id == added and h.check() == []  # type: ignore[union-attr]
+
+
+async def test_a_connection_tracking_its_own_credential_is_not_handed_another() -> None:
+    """(Review O.) A hand-over wrote the credential onto a connection that tracked another credential of the
+    service's (one for the identity the service has now, the first for one it had before): that one was left
+    tracked by nobody."""
+    import dataclasses
+
+    h = Harness()
+    a, b, client_id = await _two_on_one_application(h)
+    await h.api.migrate_to_federated(APP, a.id, {})
+    app = h.fakes.world.apps[client_id]
+    [first] = app.federated
+    app.federated[first] = dataclasses.replace(app.federated[first], subject="an-identity-the-service-had")
+    own = (await h.api.migrate_to_federated(APP, b.id, {})).rotation.key_id
+    assert own is not None and own != first
+    await h.op("delete", a.id, lambda: h.api.delete(APP, a.id))  # its sign-in fails (70021): a 409, or forced
+    if await h.record(a.id) is not None:
+        await h.api.delete(APP, a.id, force=True)
+    kept = await h.record(b.id)
+    assert kept is not None and kept.rotation.key_id == own and own in app.federated
