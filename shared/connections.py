@@ -523,8 +523,15 @@ class ConnectionService:
                                updated_by=acting_actor(), **changes)
         try:
             if request.credentials is not None:
-                health = fresh.evolve(check_key=record.health.check_key, next_check_at=record.health.next_check_at)
-                notices, health = health_notices(target, health, self.now())
+                kept = record.health.next_check_at
+                if fresh.next_check_at is not None and (kept is None or fresh.next_check_at < kept):
+                    # The new credential's own milestones come sooner (it expires soon): an earlier check, indexed
+                    # first (the old entry goes once the change is saved, below)
+                    health = fresh.evolve(check_key=await self.adapters.health_index.put(
+                        fresh.next_check_at, record.app, record.id))
+                else:
+                    health = fresh.evolve(check_key=record.health.check_key, next_check_at=kept)
+                notices, health = health_notices(target, health, self.now(), remind=False)
                 if method_spec(method).stores_secret:
                     saved = await self.switch_secret(target.evolve(health=health), valid.material, expires_on, {},
                                                      previous_name, notify=notices)
@@ -1101,7 +1108,7 @@ class ConnectionService:
             # ``recovered`` after a failure, as a PATCH of credentials does; the next check stays where it was.
             fresh = self._fresh_health(record, self.now() + REFRESH_TOKEN_LIFETIME).evolve(
                 check_key=record.health.check_key, next_check_at=record.health.next_check_at)
-            notices, changes["health"] = health_notices(record.evolve(**changes), fresh, self.now())
+            notices, changes["health"] = health_notices(record.evolve(**changes), fresh, self.now(), remind=False)
             try:
                 saved = await self.switch_secret(record, {"refreshToken": refresh_token}, None, changes,
                                                  previous_name=record.name if renamed else None, notify=notices)

@@ -197,10 +197,16 @@ class HealthChecker:
         the rotation, say): what was notified is the change's, a working credential is expiring or not by what
         renews it now, and an earlier check the change indexed stays."""
         rebased = health.evolve(notified_status=fresh.health.notified_status, notified_at=fresh.health.notified_at)
-        if health.status in (HEALTHY, EXPIRING):
+        if health.status in (HEALTHY, EXPIRING) and health.checked_at == now:  # the check ran
             renewed = renewal(fresh, health.next_check_at)
             rebased = rebased.evolve(status=status_of(health.credential_expires_at, False, now, self.warning,
                                                       renewed))
+        elif health.checked_at != now:  # it could not run: dated as check() dates it, from the last check
+            last = fresh.health.checked_at
+            dated = status_of(health.credential_expires_at, False, now, self.warning,
+                              renewal(fresh, last + self.interval if last else None))
+            known = fresh.health.status
+            rebased = rebased.evolve(status=dated if _SEVERITY.get(dated, 0) > _SEVERITY.get(known, 0) else known)
         earlier = fresh.health.next_check_at
         if earlier is not None and health.next_check_at is not None and now < earlier < health.next_check_at:
             rebased = rebased.evolve(next_check_at=earlier)

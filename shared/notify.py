@@ -71,11 +71,12 @@ class RefusedForGood(Exception):
         self.status = status
 
 
-def health_notices(record: ConnectionRecord, health: HealthState, now: datetime) -> tuple[list[Notification],
-                                                                                           HealthState]:
+def health_notices(record: ConnectionRecord, health: HealthState, now: datetime, *,
+                   remind: bool = True) -> tuple[list[Notification], HealthState]:
     """The notifications a connection's (new) ``health`` calls for, and the health state that remembers them: a
     credential that was failing or expired and works again is ``recovered`` (its failure alert is answered), and
-    then ``credential-expiring`` when it is within its warning."""
+    then ``credential-expiring`` when it is within its warning. ``remind``: the daily reminder of a state that
+    lasts is due (the health check's; a change written by anything else tells changes only)."""
     notified = health.notified_status
     if health.status == HEALTHY:
         if notified in EVENTS or (notified or "").startswith(UNCHECKED):
@@ -96,7 +97,7 @@ def health_notices(record: ConnectionRecord, health: HealthState, now: datetime)
         then = now + timedelta(milliseconds=1) if recovered else now
         return ([*recovered, _notice(record, event, health, then)],
                 health.evolve(notified_status=health.status, notified_at=now))
-    if health.notified_at is not None and now - health.notified_at >= REMINDER_EVERY - REMINDER_SLACK:
+    if remind and health.notified_at is not None and now - health.notified_at >= REMINDER_EVERY - REMINDER_SLACK:
         return [_notice(record, f"{event}-reminder", health, now)], health.evolve(notified_at=now)
     return [], health
 
@@ -116,6 +117,8 @@ def unchecked_notices(record: ConnectionRecord, health: HealthState, now: dateti
         if health.notified_at is not None and now - health.notified_at >= REMINDER_EVERY - REMINDER_SLACK:
             return [_notice(record, f"{CHECK_UNAVAILABLE}-reminder", health, now)], health.evolve(notified_at=now)
         return [], health
+    if notified.startswith(UNCHECKED):  # told already, of another working state: what changed by date only
+        return redated_notices(record, health, now)
     notices: list[Notification] = []
     if health.status == EXPIRING and notified not in (EXPIRING, unchecked):  # expiring by date: told first
         notices.append(_notice(record, EVENTS[EXPIRING], health, now))
@@ -133,7 +136,7 @@ def redated_notices(record: ConnectionRecord, health: HealthState, now: datetime
     expiry by date is still told, as :func:`unchecked_notices` would)."""
     notified = health.notified_status or ""
     if not notified.startswith(UNCHECKED) or health.status not in (HEALTHY, EXPIRING):
-        return health_notices(record, health, now)
+        return health_notices(record, health, now, remind=False)
     unchecked = f"{UNCHECKED}{health.status}"
     if notified == unchecked:
         return [], health

@@ -519,7 +519,7 @@ class Rotator(Journaled):
             renewed = _next_rotation(schedule_of(current.rotation), now, expires)  # the successor's own successor
             return health_notices(current, current.health.evolve(
                 status=status_of(expires, False, now, warning, renewed), checked_at=now, message=None,
-                credential_expires_at=expires), now)
+                credential_expires_at=expires), now, remind=False)
 
         def notices(current: ConnectionRecord) -> list[Notification]:
             return checked(current)[0]

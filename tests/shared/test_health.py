@@ -1104,3 +1104,79 @@ async def test_an_expiry_told_while_unchecked_is_not_told_again_when_checks_work
     await Notifier(h.fakes.adapters).deliver()
     told = [e for e in _events(h) if not e.endswith("-reminder")]
     assert told == ["health-check-unavailable", "credential-expiring", "recovered"], _events(h)
+
+
+async def test_new_credentials_that_expire_soon_are_checked_when_they_expire_not_at_the_old_check() -> None:
+    """(Review P.) A PATCH of credentials kept the old credential's next check: a new secret expiring two hours
+    later was told expired 23 hours later, not at its expiry."""
+    h = _harness()
+    record = await _connection(h, days=365)
+    short = h.fakes.world.add(record.client_id or "", "short", end=h.fakes.clock.now + timedelta(hours=2))
+    changed = await h.api.update(APP, record.id, {"credentials": h.credentials(record.client_id or "", short,
+                                                                               key_id=True)})
+    assert changed.health.next_check_at is not None
+    assert changed.health.next_check_at <= h.fakes.clock.now + timedelta(hours=2)
+    assert changed.health.check_key != record.health.check_key and h.unscheduled() == []
+    assert [e.key for e in await h.fakes.health_index.due(h.fakes.clock.now + timedelta(days=2), limit=10)] == [
+        changed.health.check_key]  # the old entry is gone
+    for _ in range(3):
+        await _sweep_after(h, timedelta(hours=1, minutes=1))
+    await Notifier(h.fakes.adapters).deliver()
+    assert "credential-expired" in _events(h)
+
+
+async def test_only_the_daily_check_reminds_a_change_tells_changes_only() -> None:
+    """(Review P.) A PATCH 23.5 hours after 'credential-expiring' sent its reminder (the docs: at the daily
+    check), and the daily check then sent none."""
+    h = _harness()
+    record = await _connection(h, days=20)
+    await _sweep_after(h, timedelta(hours=1))
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == ["credential-expiring"]
+    h.fakes.clock.advance(timedelta(hours=23, minutes=30))
+    await h.api.update(APP, record.id, {"rotation": {"rotationInterval": 10, "rotateAt": "03:00"}})
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == ["credential-expiring"]
+    await _sweep_after(h, timedelta(hours=1))
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == ["credential-expiring", "credential-expiring-reminder"]
+
+
+async def test_a_check_that_could_not_run_written_over_a_rename_keeps_what_is_known_and_tells_nothing_twice() -> None:
+    """(Review P.) Rebased over a rename that landed meanwhile, a check that could not run counted the next hourly
+    try as an OAuth refresh (none happened): the connection turned healthy, and the unavailability was told again."""
+    from shared.errors import UpstreamError
+    from tests.lifecycle_harness import reauthorize_oauth
+
+    h = _harness(EXPIRY_WARNING_DAYS="90")
+    oauth = await reauthorize_oauth(h)
+    checker = _checker(h)
+
+    async def unreachable(app, record):  # type: ignore[no-untyped-def]
+        raise UpstreamError("Entra ID could not be reached.")
+
+    checker.connections.oauth_tokens.refresh_now = unreachable  # type: ignore[method-assign]
+    for _ in range(5):  # its last refresh no longer counts two days on: expiring (a 90-day warning)
+        h.fakes.clock.advance(timedelta(hours=12))
+        current = await h.record(oauth.id)
+        assert current is not None
+        await checker.check(current)
+    before = await h.record(oauth.id)
+    assert before is not None and before.health.status == EXPIRING, before.health
+    update = h.fakes.connections.update
+    renamed: list[object] = []
+
+    async def rename_first(target, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not renamed:
+            renamed.append(target)
+            h.fakes.connections.update = update  # type: ignore[method-assign]
+            await h.api.update("azure-key-vault", oauth.id, {"name": "renamed"})  # lands first
+        return await update(target, *args, **kwargs)
+
+    h.fakes.connections.update = rename_first  # type: ignore[method-assign]
+    h.fakes.clock.advance(timedelta(hours=1))
+    after = await checker.check(before)
+    h.fakes.connections.update = update  # type: ignore[method-assign]
+    await Notifier(h.fakes.adapters).deliver()
+    assert renamed and (after.name, after.health.status) == ("renamed", EXPIRING), after.health
+    assert _events(h).count("health-check-unavailable") == 1, _events(h)
