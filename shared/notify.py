@@ -120,10 +120,8 @@ def unchecked_notices(record: ConnectionRecord, health: HealthState, now: dateti
     if notified.startswith(UNCHECKED):  # told already, of another working state: what changed by date only
         return redated_notices(record, health, now)
     notices: list[Notification] = []
-    if health.status == EXPIRING and notified not in (EXPIRING, unchecked):  # expiring by date: told first
+    if health.status == EXPIRING and notified != EXPIRING:  # expiring by date: told first
         notices.append(_notice(record, EVENTS[EXPIRING], health, now))
-        if notified.startswith(UNCHECKED):  # the unavailability was told already
-            return notices, health.evolve(notified_status=unchecked, notified_at=now)
     # A millisecond apart: the outbox (and a receiver, by ``at``) orders them as they happened.
     notices.append(_notice(record, CHECK_UNAVAILABLE, health, now + timedelta(milliseconds=len(notices))))
     return notices, health.evolve(notified_status=unchecked, notified_at=now)
