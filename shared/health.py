@@ -184,7 +184,7 @@ class HealthChecker:
                     if fresh is None or _credentials_of(fresh) != _credentials_of(current):
                         return fresh or current  # deleted; or new credentials, whose own check is newer
                     current = fresh
-                    health = self._rebased(health, fresh, now)
+                    health = self._rebased(health, fresh, now, ran=unchecked_since is None)
                     continue
                 saved = fresh
             if current.health.check_key and current.health.check_key != key:
@@ -192,16 +192,16 @@ class HealthChecker:
             return saved
         return current
 
-    def _rebased(self, health: HealthState, fresh: ConnectionRecord, now: datetime) -> HealthState:
+    def _rebased(self, health: HealthState, fresh: ConnectionRecord, now: datetime, *, ran: bool) -> HealthState:
         """A check's outcome, written again over a change that landed after the check read the record (a PATCH of
         the rotation, say): what was notified is the change's, a working credential is expiring or not by what
         renews it now, and an earlier check the change indexed stays."""
         rebased = health.evolve(notified_status=fresh.health.notified_status, notified_at=fresh.health.notified_at)
-        if health.status in (HEALTHY, EXPIRING) and health.checked_at == now:  # the check ran
+        if ran and health.status in (HEALTHY, EXPIRING):  # it worked: expiring or not by what renews it now
             renewed = renewal(fresh, health.next_check_at)
             rebased = rebased.evolve(status=status_of(health.credential_expires_at, False, now, self.warning,
                                                       renewed))
-        elif health.checked_at != now:  # it could not run: dated as check() dates it, from the last check
+        elif not ran:  # it could not run: dated as check() dates it, from the last check
             last = fresh.health.checked_at
             dated = status_of(health.credential_expires_at, False, now, self.warning,
                               renewal(fresh, last + self.interval if last else None))

@@ -1180,3 +1180,32 @@ async def test_a_check_that_could_not_run_written_over_a_rename_keeps_what_is_kn
     await Notifier(h.fakes.adapters).deliver()
     assert renamed and (after.name, after.health.status) == ("renamed", EXPIRING), after.health
     assert _events(h).count("health-check-unavailable") == 1, _events(h)
+
+
+async def test_a_refusal_found_by_a_check_is_kept_when_its_write_meets_a_rename_and_time_has_passed() -> None:
+    """(Review Q.) Whether the check ran was told by comparing its time with the time of its write, equal only on a
+    clock that stands still: a refusal the check found, written over a rename a second later, became 'healthy'."""
+    h = _harness()
+    record = await _connection(h, days=365)
+    h.fakes.vault.deleted.add(record.secret_name)  # nothing to sign in with: the check finds it refused
+    h.fakes.clock.advance(timedelta(hours=2))  # (checked now: its next check is not the one indexed at creation)
+    vault_get = h.fakes.vault.get
+
+    async def slow_get(*args, **kwargs):  # type: ignore[no-untyped-def]  # the check's calls take a while
+        h.fakes.clock.advance(timedelta(seconds=1))
+        return await vault_get(*args, **kwargs)
+
+    h.fakes.vault.get = slow_get  # type: ignore[method-assign]
+    update = h.fakes.connections.update
+    renamed: list[object] = []
+
+    async def rename_first(target, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not renamed:
+            renamed.append(target)
+            h.fakes.connections.update = update  # type: ignore[method-assign]
+            await h.api.update(APP, record.id, {"name": "renamed"})  # lands first
+        return await update(target, *args, **kwargs)
+
+    h.fakes.connections.update = rename_first  # type: ignore[method-assign]
+    checked = await _checker(h).check(record)
+    assert renamed and (checked.name, checked.status, checked.health.status) == ("renamed", "invalid", "failing")
