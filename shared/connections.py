@@ -233,6 +233,15 @@ class ConnectionService:
                                     "connection again.")
         return refusal
 
+    async def _indexed(self, record: ConnectionRecord, health: HealthState) -> HealthState:
+        """``health`` (of an edit of ``record``) pointing at the index entry of its next check: the record's own
+        when the time is the same, else a new one, put first (as a create does): should the write fail, the entry
+        nothing points at is dropped by the sweep; once written, the old one goes (``update``)."""
+        if health.next_check_at is None or health.next_check_at == record.health.next_check_at:
+            return health.evolve(check_key=record.health.check_key, next_check_at=record.health.next_check_at)
+        return health.evolve(check_key=await self.adapters.health_index.put(health.next_check_at, record.app,
+                                                                            record.id))
+
     def _fresh_health(self, record: ConnectionRecord, expires_on: datetime | None) -> HealthState:
         settings = self.adapters.settings
         return fresh_health(record, expires_on, self.now(), settings.expiry_warning, settings.health_check_interval)
@@ -523,14 +532,10 @@ class ConnectionService:
                                updated_by=acting_actor(), **changes)
         try:
             if request.credentials is not None:
-                kept = record.health.next_check_at
-                if fresh.next_check_at is not None and (kept is None or fresh.next_check_at < kept):
-                    # The new credential's own milestones come sooner (it expires soon): an earlier check, indexed
-                    # first (the old entry goes once the change is saved, below)
-                    health = fresh.evolve(check_key=await self.adapters.health_index.put(
-                        fresh.next_check_at, record.app, record.id))
-                else:
-                    health = fresh.evolve(check_key=record.health.check_key, next_check_at=kept)
+                kept = record.health.next_check_at  # the new credential's own milestones may come sooner
+                times = [t for t in (fresh.next_check_at, kept) if t is not None]
+                sooner = min(times) if times else None
+                health = await self._indexed(record, fresh.evolve(next_check_at=sooner))
                 notices, health = health_notices(target, health, self.now(), remind=False)
                 if method_spec(method).stores_secret:
                     saved = await self.switch_secret(target.evolve(health=health), valid.material, expires_on, {},
@@ -540,11 +545,7 @@ class ConnectionService:
             elif new_state != state:  # what renews the credential may have changed: so may its health
                 warning = self.adapters.settings.expiry_warning
                 notices, health = redated_notices(target, redated(target, self.now(), warning), self.now())
-                if health.next_check_at != target.health.next_check_at and health.next_check_at is not None:
-                    # An earlier check, indexed first (as a create does): should the write fail, the entry nothing
-                    # points at is dropped by the sweep; once written, the old one goes (below).
-                    health = health.evolve(check_key=await self.adapters.health_index.put(
-                        health.next_check_at, record.app, record.id))
+                health = await self._indexed(record, health)  # (redated: never later than the check indexed)
                 saved = await self._write(target.evolve(health=health), previous_name, notices)
             else:
                 saved = await self._write(target, previous_name)

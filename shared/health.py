@@ -120,13 +120,7 @@ class HealthChecker:
         if unreachable is not None:
             health = record.health.evolve(message=f"The credential could not be checked ({unreachable}).",
                                           next_check_at=now + RETRY_UNREACHABLE)
-            # What the known expiry says still holds without a check: expiring, then expired, on time.
-            # No refresh happened now: an OAuth connection's last one still counts while it is recent.
-            last = record.health.checked_at
-            renewed = renewal(record, last + self.interval if last else None)
-            dated = status_of(expires, False, now, self.warning, renewed)
-            if _SEVERITY.get(dated, 0) > _SEVERITY.get(record.health.status, 0):
-                health = health.evolve(status=dated)
+            health = health.evolve(status=self._dated_unchecked(record, expires, now))
             connection_status = record.status
         else:
             renewed = renewal(record, now + self.interval)
@@ -192,6 +186,15 @@ class HealthChecker:
             return saved
         return current
 
+    def _dated_unchecked(self, record: ConnectionRecord, expires: datetime | None, now: datetime) -> str:
+        """The status of a credential whose check could not run: what its known expiry says still holds without a
+        check (expiring, then expired, on time), only ever worse than the status known. No refresh happened now:
+        an OAuth connection's last one still counts while it is recent."""
+        last = record.health.checked_at
+        dated = status_of(expires, False, now, self.warning, renewal(record, last + self.interval if last else None))
+        known = record.health.status
+        return dated if _SEVERITY.get(dated, 0) > _SEVERITY.get(known, 0) else known
+
     def _rebased(self, health: HealthState, fresh: ConnectionRecord, now: datetime, *, ran: bool) -> HealthState:
         """A check's outcome, written again over a change that landed after the check read the record (a PATCH of
         the rotation, say): what was notified is the change's, a working credential is expiring or not by what
@@ -202,11 +205,7 @@ class HealthChecker:
             rebased = rebased.evolve(status=status_of(health.credential_expires_at, False, now, self.warning,
                                                       renewed))
         elif not ran:  # it could not run: dated as check() dates it, from the last check
-            last = fresh.health.checked_at
-            dated = status_of(health.credential_expires_at, False, now, self.warning,
-                              renewal(fresh, last + self.interval if last else None))
-            known = fresh.health.status
-            rebased = rebased.evolve(status=dated if _SEVERITY.get(dated, 0) > _SEVERITY.get(known, 0) else known)
+            rebased = rebased.evolve(status=self._dated_unchecked(fresh, health.credential_expires_at, now))
         earlier = fresh.health.next_check_at
         if earlier is not None and health.next_check_at is not None and now < earlier < health.next_check_at:
             rebased = rebased.evolve(next_check_at=earlier)
