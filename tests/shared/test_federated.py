@@ -756,11 +756,8 @@ async def test_a_federated_credential_kept_for_a_connection_created_federated_is
     """A connection created federated on an application whose credential a migration added tracks nothing of its
     own: when the migrated one is deleted, the credential it keeps becomes the other's, which removes it last."""
     h = Harness()
-    record = await h.create()
-    await migrated(h, record)
-    app = h.fakes.world.apps[record.client_id or ""]
-    [added] = app.federated
-    other = await h.api.create("azure-key-vault", federated_body(app.client_id, "kv"))
+    record, other, client_id, added = await _migrated_and_created(h)
+    app = h.fakes.world.apps[client_id]
     assert other.rotation.key_id is None
     assert (await h.api.delete(APP, record.id)).removed_key_ids == []
     assert h.check() == []
@@ -853,11 +850,8 @@ async def test_a_connection_being_deleted_neither_keeps_nor_takes_over_the_feder
     """Two DELETEs at once: the one of the connection that tracks the credential saw the other, still there but
     being deleted, as relying on it, and handed the credential over to a record about to go."""
     h = Harness()
-    record = await h.create()
-    await migrated(h, record)
-    app = h.fakes.world.apps[record.client_id or ""]
-    [added] = app.federated
-    other = await h.api.create("azure-key-vault", federated_body(app.client_id, "kv"))
+    record, other, client_id, added = await _migrated_and_created(h)
+    app = h.fakes.world.apps[client_id]
     going = await h.record(other.id)
     assert going is not None
     await h.fakes.connections.update(going.evolve(status="deleting"))  # its DELETE is under way

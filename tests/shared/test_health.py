@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import itertools
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -60,6 +60,18 @@ async def _health_over_days(h: Harness, connection_id: str, days: int) -> set[st
         assert now is not None
         statuses.add(now.health.status)
     return statuses
+
+
+async def _first_expiring(h: Harness, connection_id: str, days: int) -> datetime | None:
+    """When the hourly health sweep (and it alone) first finds the connection expiring, over ``days``."""
+    for _ in range(days * 24):
+        h.fakes.clock.advance(timedelta(hours=1))
+        await _checker(h).sweep()
+        now = await h.record(connection_id)
+        assert now is not None
+        if now.health.status == EXPIRING:
+            return h.fakes.clock.now
+    return None
 
 
 async def _sweep_after(h: Harness, delta: timedelta) -> None:
@@ -749,14 +761,7 @@ async def test_a_stuck_rotation_is_warned_of_when_its_renewal_stops_counting() -
                                       "isAutoRotationEnabled": True, "rotation": FORTNIGHTLY})
     due = record.rotation.next_at
     assert record.rotation.status == "succeeded" and due is not None  # rotated at once; next in 14 days
-    warned = None
-    for _ in range(40 * 24):  # the health sweep runs hourly; the rotation sweep has stopped
-        h.fakes.clock.advance(timedelta(hours=1))
-        await _checker(h).sweep()
-        now = await h.record(record.id)
-        assert now is not None
-        if now.health.status == EXPIRING and warned is None:
-            warned = h.fakes.clock.now
+    warned = await _first_expiring(h, record.id, days=40)  # the rotation sweep has stopped
     assert warned is not None and warned <= due + RENEWAL_OVERDUE + timedelta(hours=2), (due, warned)
 
 
@@ -948,14 +953,7 @@ async def test_a_rescheduled_rotation_is_checked_when_its_renewal_would_be_overd
     assert sooner.health.check_key != record.health.check_key
     assert [e.key for e in await h.fakes.health_index.due(due + timedelta(days=7), limit=10)] == [
         sooner.health.check_key]  # one entry: the old one is gone
-    warned = None
-    for _ in range(8 * 24):  # the health sweep runs hourly; the rotation sweep has stopped
-        h.fakes.clock.advance(timedelta(hours=1))
-        await _checker(h).sweep()
-        now = await h.record(record.id)
-        assert now is not None
-        if now.health.status == EXPIRING and warned is None:
-            warned = h.fakes.clock.now
+    warned = await _first_expiring(h, record.id, days=8)  # the rotation sweep has stopped
     assert warned is not None and warned <= due + RENEWAL_OVERDUE + timedelta(hours=1), (due, warned)
 
 

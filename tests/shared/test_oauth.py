@@ -237,27 +237,34 @@ async def test_a_sign_in_for_whoever_holds_its_link_asks_for_the_account_and_a_c
                       "alice@contoso.example")
 
 
-async def test_a_re_authorization_from_the_browser_that_started_it_takes_an_unrecorded_authorizer_s_place():
-    """(Review H.) From the console (bound to the browser that started it), the person who asked to re-authorize a
-    connection nobody is recorded to have authorized is the one who signs in: the console cannot send
-    allowDifferentUser, and such a connection could otherwise never be re-authorized there."""
+async def _from_the_console_over_an_unrecorded_authorizer(starter_oid: str, starter_name: str,
+                                                          signer: dict[str, str]):  # type: ignore[no-untyped-def]
+    """A connection nobody is recorded to have authorized, re-authorized from the console (the sign-in bound to the
+    browser that started it) by ``starter``, whose sign-in Entra answers as ``signer``: the callback's outcome."""
     import urllib.parse
 
     from shared.audit import RequestContext, acting
+    from shared.oauth_start import BINDING_COOKIE_PREFIX
     from shared.records import Actor
     from tests.fakes import TENANT, build_fakes
 
     fakes = build_fakes()
     _answers(fakes, {"tid": TENANT, "sub": "pairwise"}, access_claims={"tid": TENANT})  # names nobody
     created = (await _signed_in(fakes, {"name": "kv", "tenantId": TENANT})).record
-    _answers(fakes, {"tid": TENANT, "oid": "ada-oid", "preferred_username": "ada@contoso.example"})
+    _answers(fakes, {"tid": TENANT, **signer})
     flow = wiring.services(fakes.adapters).oauth
-    with acting(RequestContext(Actor("ada-oid", "ada@contoso.example", "user", "AppConnections.Writer"))):
+    with acting(RequestContext(Actor(starter_oid, starter_name, "user", "AppConnections.Writer"))):
         url = await flow.start("azure-key-vault", {"connectionId": created.id}, "browser-secret")
     state = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["state"][0]
-    from shared.oauth_start import BINDING_COOKIE_PREFIX
+    return await flow.complete({"code": "a-code", "state": state}, {BINDING_COOKIE_PREFIX + "x": "browser-secret"})
 
-    done = await flow.complete({"code": "a-code", "state": state}, {BINDING_COOKIE_PREFIX + "x": "browser-secret"})
+
+async def test_a_re_authorization_from_the_browser_that_started_it_takes_an_unrecorded_authorizer_s_place():
+    """(Review H.) From the console (bound to the browser that started it), the person who asked to re-authorize a
+    connection nobody is recorded to have authorized is the one who signs in: the console cannot send
+    allowDifferentUser, and such a connection could otherwise never be re-authorized there."""
+    done = await _from_the_console_over_an_unrecorded_authorizer(
+        "ada-oid", "ada@contoso.example", {"oid": "ada-oid", "preferred_username": "ada@contoso.example"})
     assert done.record.authorized_by.oid == "ada-oid"
 
 
@@ -415,42 +422,14 @@ async def test_a_refresh_overtaken_by_a_re_authorization_does_not_serve_the_old_
 async def test_from_the_console_an_unrecorded_authorizer_s_place_is_taken_only_by_the_person_who_asked():
     """(Review M.) From the browser that started it, any account that browser was signed in to took the place of
     an unrecorded authorizer: it must be the person who asked to re-authorize (else allowDifferentUser)."""
-    import urllib.parse
-
-    from shared.audit import RequestContext, acting
-    from shared.oauth_start import BINDING_COOKIE_PREFIX
-    from shared.records import Actor
-    from tests.fakes import TENANT, build_fakes
-
-    fakes = build_fakes()
-    _answers(fakes, {"tid": TENANT, "sub": "pairwise"}, access_claims={"tid": TENANT})
-    created = (await _signed_in(fakes, {"name": "kv", "tenantId": TENANT})).record
-    _answers(fakes, {"tid": TENANT, "oid": "mallory-oid", "preferred_username": "mallory@contoso.example"})
-    flow = wiring.services(fakes.adapters).oauth
-    with acting(RequestContext(Actor("ada-oid", "ada@contoso.example", "user", "AppConnections.Writer"))):
-        url = await flow.start("azure-key-vault", {"connectionId": created.id}, "browser-secret")
-    state = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["state"][0]
     with pytest.raises(OAuthFailed, match="Nobody is recorded"):
-        await flow.complete({"code": "a-code", "state": state}, {BINDING_COOKIE_PREFIX + "x": "browser-secret"})
+        await _from_the_console_over_an_unrecorded_authorizer(
+            "ada-oid", "ada@contoso.example", {"oid": "mallory-oid", "preferred_username": "mallory@contoso.example"})
 
 
 async def test_from_the_console_a_guest_of_another_tenant_is_the_person_who_asked_by_user_name():
     """(Review N.) Signed in to the connection's tenant as a guest there, the person who asked in the console has
     another object id: they are known by their user name."""
-    import urllib.parse
-
-    from shared.audit import RequestContext, acting
-    from shared.oauth_start import BINDING_COOKIE_PREFIX
-    from shared.records import Actor
-    from tests.fakes import TENANT, build_fakes
-
-    fakes = build_fakes()
-    _answers(fakes, {"tid": TENANT, "sub": "pairwise"}, access_claims={"tid": TENANT})
-    created = (await _signed_in(fakes, {"name": "kv", "tenantId": TENANT})).record
-    _answers(fakes, {"tid": TENANT, "oid": "ada-guest-oid", "preferred_username": "Ada@Home.example"})
-    flow = wiring.services(fakes.adapters).oauth
-    with acting(RequestContext(Actor("ada-home-oid", "ada@home.example", "user", "AppConnections.Writer"))):
-        url = await flow.start("azure-key-vault", {"connectionId": created.id}, "browser-secret")
-    state = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["state"][0]
-    done = await flow.complete({"code": "a-code", "state": state}, {BINDING_COOKIE_PREFIX + "x": "browser-secret"})
+    done = await _from_the_console_over_an_unrecorded_authorizer(
+        "ada-home-oid", "ada@home.example", {"oid": "ada-guest-oid", "preferred_username": "Ada@Home.example"})
     assert done.record.authorized_by.oid == "ada-guest-oid"
