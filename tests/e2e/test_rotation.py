@@ -209,9 +209,13 @@ async def test_a_scheduled_rotation_happens_when_due_and_not_before(api, admin, 
 async def test_the_schedule_keeps_local_time_across_dst(api, admin, clients, secrets_used):
     entra = register_rotatable_app(admin, secrets_used)
     connection = create_rotating(api, entra, interval=1, rotateAt="02:30", timeZone="America/New_York")
-    # 2027-03-14 is the US spring-forward day: 02:30 does not exist and moves to 03:30 EDT (07:30 UTC).
-    for now, expected in [(datetime(2027, 3, 13, 12, 0, tzinfo=UTC), "2027-03-14T07:30:00Z"),
-                          (datetime(2027, 3, 14, 7, 31, tzinfo=UTC), "2027-03-15T06:30:00Z")]:
+    # The US spring-forward day (the second Sunday of March), next year's, so that it is always after the
+    # connection's creation: 02:30 does not exist and moves to 03:30 EDT (07:30 UTC).
+    march = datetime(datetime.now(UTC).year + 1, 3, 1, tzinfo=UTC)
+    spring = march + timedelta(days=(6 - march.weekday()) % 7 + 7)
+    after = spring + timedelta(days=1)
+    for now, expected in [(spring - timedelta(hours=12), f"{spring:%Y-%m-%d}T07:30:00Z"),
+                          (spring + timedelta(hours=7, minutes=31), f"{after:%Y-%m-%d}T06:30:00Z")]:
         rotator = rotator_at(clients, now)
         claimed = await rotator.claim(await stored(clients, APP, connection["id"]), "schedule")
         assert claimed is not None
