@@ -1172,7 +1172,8 @@ def configured(state: RotationState, config: RotationConfig | None, enabled: boo
         state = state.evolve(interval_days=config.interval_days, rotate_at=config.rotate_at,
                              time_zone=config.time_zone)
     if not enabled:
-        return state.evolve(enabled=False, next_at=None, status=STATUS_DISABLED if state.status else None)
+        return state.evolve(enabled=False, next_at=None, status=STATUS_DISABLED if state.status else None,
+                            failing_since=None)
     state = state.evolve(enabled=True, status=state.status or STATUS_SCHEDULED)
     schedule = schedule_of(state)
     if schedule is not None and state.last_rotated_at is not None:

@@ -35,9 +35,9 @@ def renewal(record: ConnectionRecord, next_check_at: datetime | None) -> datetim
     if record.method == Method.OAUTH:
         return next_check_at
     state = record.rotation
-    # Its own outcome, not ``failures`` alone (which a failing clean-up of an application left behind counts too);
-    # a retry under way of a rotation that failed is not a renewal yet.
-    failing = state.status == STATUS_FAILED or (state.in_progress and state.failures > 0)
+    # Its own outcome, not ``failures`` (which a failing clean-up of an application left behind counts too); a
+    # retry under way of a rotation that failed is not a renewal yet.
+    failing = state.status == STATUS_FAILED or state.failing_since is not None
     return state.next_at if state.enabled and not failing else None
 
 

@@ -144,12 +144,12 @@ def redated_notices(record: ConnectionRecord, health: HealthState, now: datetime
     return [], health.evolve(notified_status=unchecked)
 
 
-def rotation_failed(record: ConnectionRecord, message: str, now: datetime,
-                    next_attempt_in: timedelta) -> Notification | None:
-    """The notification of a failed rotation attempt: the first failure in a row, then a reminder whenever the
-    back-off has reached a day (so about daily while it lasts), not one per attempt."""
-    failures = record.rotation.failures
-    if failures == 1:
+def rotation_failed(record: ConnectionRecord, message: str, now: datetime, next_attempt_in: timedelta, *,
+                    first: bool) -> Notification | None:
+    """The notification of a failed rotation attempt: the ``first`` failed rotation in a row (whatever failed
+    before it: a clean-up of an application left behind counts in the back-off, not here), then a reminder whenever
+    the back-off has reached a day (so about daily while it lasts), not one per attempt."""
+    if first:
         event = ROTATION_FAILED
     elif next_attempt_in >= REMINDER_EVERY:
         event = f"{ROTATION_FAILED}-reminder"

@@ -96,7 +96,10 @@ class RotationState:
     last_attempt_at: datetime | None = None
     next_at: datetime | None = None
     schedule_key: str | None = None
-    failures: int = 0
+    failures: int = 0  # failed attempts in a row: rotations, migrations and clean-ups alike (the back-off)
+    # When the failed rotations in a row began (its first failure, told by a notice); None once one succeeds.
+    # ``failures`` alone cannot tell it: a failed clean-up of an application left behind counts there too.
+    failing_since: datetime | None = None
     key_id: str | None = None  # Key ID of the client secret in use
     key_made: bool = False  # that credential is one a rotation made (not the one the user gave)
     # The service may have created credentials on the application in use (a rotation began since the credentials

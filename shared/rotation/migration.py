@@ -301,7 +301,7 @@ class Migrator(Journaled):
                 else "the credential given was left on the application")
         done = state.cleared_journal().left_behind_forgotten().evolve(
             status=STATUS_SUCCEEDED, message=f"Migrated to the federated method; {kept}.", failures=0,
-            managed=False, revoke_original=False, key_id=ours)
+            failing_since=None, managed=False, revoke_original=False, key_id=ours)
         saved = await self._save(record, rotation=done.evolve(next_at=None, schedule_key=None))
         await self.adapters.schedule.remove(state.schedule_key)
         await self.audit.record("connection.migrate", STATUS_SUCCEEDED, app=record.app, connection_id=record.id,

@@ -564,7 +564,7 @@ class Rotator(Journaled):
             # The sweep comes back for the clean-up (only_the_clean_up_due), not at the next rotation only.
             due = min(due, now + backoff(1)) if due is not None else now + backoff(1)
         done = state.cleared_journal().evolve(
-            status=STATUS_SUCCEEDED, message=message, last_rotated_at=now, failures=0, next_at=due,
+            status=STATUS_SUCCEEDED, message=message, last_rotated_at=now, failures=0, failing_since=None, next_at=due,
         )
         return await self._reschedule(record, state, done)
 
@@ -613,11 +613,12 @@ class Rotator(Journaled):
         now = self.now()
         await self._history(current, STATUS_FAILED, message)
         new = base.evolve(status=STATUS_FAILED, message=message, failures=failures, next_at=now + backoff(failures),
-                          lease_owner=None, lease_until=None)
+                          failing_since=state.failing_since or now, lease_owner=None, lease_until=None)
         log.warning("Rotation of %s connection %s failed (attempt %d): %s", current.app, current.id, failures,
                     message)
         try:
-            notice = rotation_failed(current.evolve(rotation=new), message, now, backoff(failures))
+            notice = rotation_failed(current.evolve(rotation=new), message, now, backoff(failures),
+                                     first=state.failing_since is None)
             return Attempt(await self._reschedule(current, state, new, [notice] if notice else []), error)
         except LeaseLost:
             return Attempt(current, error)

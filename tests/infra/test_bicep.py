@@ -234,7 +234,7 @@ def test_notification_records_carry_what_the_alert_queries_read() -> None:
     record = ConnectionRecord(app="azure-key-vault", id="c", name="n", method="client-secret", tenant_id="t",
                               client_id="c", created_at=at, updated_at=at, secret_name="s", secret_version="v",
                               rotation=RotationState(failures=10))
-    reminder = notify.rotation_failed(record, "failed", at, timedelta(days=1))
+    reminder = notify.rotation_failed(record, "failed", at, timedelta(days=1), first=False)
     assert reminder is not None and reminder.event in rules.NOTIFICATION_EVENTS
     assert f"{notify.CHECK_UNAVAILABLE}-reminder" in rules.NOTIFICATION_EVENTS  # unchecked_notices reminds daily
     item = Notification(

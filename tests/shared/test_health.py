@@ -749,6 +749,46 @@ async def test_a_rotated_credential_whose_previous_application_refuses_its_clean
     assert statuses == {HEALTHY}, (statuses, _events(h))
 
 
+async def test_a_rotation_that_fails_after_failed_clean_ups_of_an_application_left_behind_is_notified() -> None:
+    """(Session 18.) The notice of a rotation's first failure was sent when ``failures`` was 1: clean-ups of the
+    application a change left, failing before it, count there too, so the first failed rotation went untold."""
+    h = _harness()
+    first = h.fakes.world.application()
+    record = await h.api.create(APP, {"name": "rotated", "method": "client-secret",
+                                      "credentials": h.new_credential(first.client_id),
+                                      "isAutoRotationEnabled": True, "rotation": FORTNIGHTLY})
+    h.fakes.clock.advance(timedelta(hours=1))
+    await h.sweep()  # its first rotation: the service manages the application now
+    h.fakes.world.apps[first.client_id].may_manage_itself = False  # the old application refuses its clean-up
+    _, credentials = h.new_application()
+    await h.api.update(APP, record.id, {"credentials": credentials})
+    h.fakes.world.fail_next("graph.add", times=500)  # and the next rotation fails
+    await _health_over_days(h, record.id, 20)
+    failing = await h.record(record.id)
+    assert failing is not None and failing.rotation.status == "failed"
+    assert failing.rotation.retire_version is not None  # the clean-up still fails too
+    told = [e for e in _events(h) if e.startswith("rotation-failed")]
+    assert told[:1] == ["rotation-failed"] and set(told[1:]) <= {"rotation-failed-reminder"}, _events(h)
+
+
+async def test_a_rotation_turned_off_and_on_again_tells_its_next_failure_as_a_first() -> None:
+    h = _harness()
+    record = await h.create()
+    await h.due()
+    h.fakes.world.fail_next("graph.add", times=500)
+    await h.sweep()
+    failed = await h.record(record.id)
+    assert failed is not None and failed.rotation.failing_since == h.fakes.clock.now
+    await h.api.update(APP, record.id, {"isAutoRotationEnabled": False})
+    off = await h.record(record.id)
+    assert off is not None and off.rotation.failing_since is None
+    await h.api.update(APP, record.id, {"isAutoRotationEnabled": True})
+    await h.due()
+    await h.sweep()
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == ["rotation-failed", "rotation-failed"]
+
+
 async def test_a_stuck_rotation_is_warned_of_when_its_renewal_stops_counting() -> None:
     """(Review J.) A renewal a day overdue no longer counts, but no check came at that moment: with a weekly check
     and the rotation sweep stopped, the credential was warned of a week late."""
