@@ -105,7 +105,8 @@ class AuditTable:
                     actor: str | None = None, action: str | None = None, limit: int = 100,
                     continuation: str | None = None, apps: Collection[str] | None = None,
                     ) -> tuple[list[AuditRecord], str | None]:
-        """Records with ``start <= at <= end``, newest first, at most ``limit``; a token for the rest. ``apps``:
+        """Records with ``start <= at <= end``, newest first, at most ``limit``; a token for the rest, only when
+        there is more (one record past ``limit`` is read to know: a page is never followed by an empty one). ``apps``:
         only the records of those apps (None: every record, those of no app too)."""
         from shared.store.table_reads import Entity, TableReads
 
@@ -119,6 +120,7 @@ class AuditTable:
         if apps is not None:
             filters += " and (" + " or ".join(f"App eq '{_quote(app)}'" for app in sorted(apps)) + ")"
         found: list[AuditRecord] = []
+        last = ("", "")  # the day and row key of the last record found
         newest = datetime.strptime(newest_day, "%Y%m%d").replace(tzinfo=UTC)
         oldest = datetime.strptime(day_of(start), "%Y%m%d").replace(tzinfo=UTC)
         days = [day_of(newest - timedelta(days=n)) for n in range((newest - oldest).days + 1)]
@@ -141,7 +143,8 @@ class AuditTable:
         def ask(index: int) -> None:
             if index < len(days) and index not in first_pages:
                 first_pages[index] = asyncio.ensure_future(
-                    reads.query_page(AUDIT_TABLE, queries[index], {}, top=min(1000, limit), continuation=None))
+                    reads.query_page(AUDIT_TABLE, queries[index], {}, top=min(1000, limit + 1),
+                                     continuation=None))
 
         try:
             for index, key in enumerate(days):
@@ -153,13 +156,15 @@ class AuditTable:
                         record = from_entity(entity)
                         if not start <= record.at <= end:  # the RowKey bounds are to the millisecond
                             continue
+                        if len(found) == limit:  # one more is there: the page ends at the last one kept
+                            return found, _encode(*last)
                         found.append(record)
-                        if len(found) == limit:
-                            return found, _encode(key, str(entity["RowKey"]))
+                        last = (key, str(entity["RowKey"]))
                     if page_token is None:
                         break
                     page, page_token = await reads.query_page(
-                        AUDIT_TABLE, queries[index], {}, top=min(1000, limit - len(found)), continuation=page_token)
+                        AUDIT_TABLE, queries[index], {}, top=min(1000, limit + 1 - len(found)),
+                        continuation=page_token)
             return found, None
         finally:
             for task in first_pages.values():  # days asked for ahead that the page did not need

@@ -15,7 +15,7 @@ from shared.store.audit import AuditTable
 
 pytestmark = pytest.mark.e2e
 
-DAY = datetime(2040, 3, 10, 12, 0, tzinfo=UTC)  # its ranges (up to 5,000 days on) hold no record written now
+DAY = datetime(2040, 3, 10, 12, 0, tzinfo=UTC)  # its ranges (up to 6,000 days on) hold no record written now
 
 
 def _record(at: datetime, action: str = "connection.update", connection: str | None = None,
@@ -143,3 +143,20 @@ async def test_a_search_over_many_quiet_days_pages_exactly_as_one_read(clients: 
             if token is None:
                 break
         assert pages == expected, limit
+
+
+async def test_a_page_that_holds_the_last_records_has_no_token(clients: AzureClients) -> None:
+    """(Review G, session 17.) A page that ended exactly at ``limit`` handed out a token for an empty page."""
+    store = AuditTable(clients)
+    base = DAY + timedelta(days=5000 + uuid.uuid4().int % 1000)
+    connection = str(uuid.uuid4())
+    records = [_record(base + timedelta(days=d, hours=1), connection=connection) for d in (0, 3)]
+    for record in records:
+        await store.append(record)
+    start, end = base - timedelta(days=1), base + timedelta(days=5)
+    exact, token = await store.query(start, end, connection_id=connection, limit=2)
+    assert (len(exact), token) == (2, None)
+    first, token = await store.query(start, end, connection_id=connection, limit=1)
+    assert [r.id for r in first] == [records[1].id] and token is not None
+    rest, token = await store.query(start, end, connection_id=connection, limit=1, continuation=token)
+    assert ([r.id for r in rest], token) == ([records[0].id], None)
