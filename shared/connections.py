@@ -92,7 +92,7 @@ from shared.rotation.protocol import (
     removes_in_use,
     retire_waiting,
     retires_in_use,
-    schedule_of,
+    scheduled_rotation,
     secret_tags,
 )
 from shared.rotation.state import state_response
@@ -474,13 +474,14 @@ class ConnectionService:
         new_state = state
         if rotation_change:
             enabled = state.enabled if request.isAutoRotationEnabled is None else request.isAutoRotationEnabled
-            new_state = configured(state, config, enabled, self.now())
+            new_state = configured(state, config, enabled, self.now(), record.health.credential_expires_at)
         trigger = "enable" if enabling else None
         if request.credentials is not None:
             if state.retire_version is not None:  # the last change's clean-up first: one application at a time
                 record = await self._finish_retirement(record, raise_on_failure=True)
                 state = record.rotation
-                new_state = configured(state, config, new_state.enabled, self.now()) if rotation_change else state
+                new_state = (configured(state, config, new_state.enabled, self.now(),
+                                        record.health.credential_expires_at) if rotation_change else state)
             assert given_credentials is not None
             valid = await self._validated(app, method, given_credentials)
             credentials = valid.credentials
@@ -1165,9 +1166,11 @@ def refuse_rotation_of_secretless(method: Method, pointer: str) -> None:
                              extensions={"method": method.value})
 
 
-def configured(state: RotationState, config: RotationConfig | None, enabled: bool, now: datetime) -> RotationState:
-    """``state`` with the rotation schedule and switch applied (history and last rotation kept). One never rotated
-    is due within ``FIRST_BACKOFF`` (its first rotation follows the request; should it not start, the sweep's)."""
+def configured(state: RotationState, config: RotationConfig | None, enabled: bool, now: datetime,
+               expires: datetime | None = None) -> RotationState:
+    """``state`` with the rotation schedule and switch applied (history and last rotation kept), due never later
+    than the grace period before the credential in use ends (``expires``). One never rotated is due within
+    ``FIRST_BACKOFF`` (its first rotation follows the request; should it not start, the sweep's)."""
     if config is not None:
         state = state.evolve(interval_days=config.interval_days, rotate_at=config.rotate_at,
                              time_zone=config.time_zone)
@@ -1175,9 +1178,9 @@ def configured(state: RotationState, config: RotationConfig | None, enabled: boo
         return state.evolve(enabled=False, next_at=None, status=STATUS_DISABLED if state.status else None,
                             failing_since=None)
     state = state.evolve(enabled=True, status=state.status or STATUS_SCHEDULED)
-    schedule = schedule_of(state)
-    if schedule is not None and state.last_rotated_at is not None:
-        state = state.evolve(next_at=schedule.next_due(state.last_rotated_at))
+    due = scheduled_rotation(state, expires)
+    if due is not None:
+        state = state.evolve(next_at=due)
     elif state.next_at is None:
         state = state.evolve(next_at=now + FIRST_BACKOFF)
     return state

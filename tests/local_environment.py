@@ -63,7 +63,9 @@ def secrets_used() -> Registry:
 @pytest.fixture(scope="session")
 def local_env(tmp_path_factory: pytest.TempPathFactory, secrets_used: Registry) -> Iterator[LocalEnvironment]:
     saved = dict(os.environ)
-    # The timer is wired but fires only on 1 January: tests drive sweeps themselves, with their own clock.
+    # The timers are wired but the host runs none (host_url: run_timers=False): tests drive sweeps themselves,
+    # with their own clock, and trigger a timer through /admin/functions (the daily audit retention, at 03:15 UTC
+    # on the real clock, purged what a test of the audit store had just written).
     # The host's port is chosen now: SITE_URL (and so the OAuth redirect URI) must be known before it starts.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -98,7 +100,7 @@ def host_url(local_env: LocalEnvironment) -> Iterator[str]:
     from localdev.host import LocalHost, load_function_app, run_in_thread
 
     app = load_function_app("function_app", ROOT)
-    local_host = LocalHost(app, ROOT / "host.json")
+    local_host = LocalHost(app, ROOT / "host.json", run_timers=False)
     with run_in_thread(local_host.asgi, int(local_env.settings["SITE_URL"].rsplit(":", 1)[1])) as base_url:
         yield base_url
 
@@ -131,6 +133,18 @@ async def clients(local_env: LocalEnvironment) -> AsyncIterator[AzureClients]:
 
     yield get_clients()
     await close_clients()
+
+
+@pytest.fixture
+async def own_tables(local_env: LocalEnvironment) -> AsyncIterator[AzureClients]:
+    """The service's clients on state tables of the test's own, on the session's Azurite: for a store's test that
+    reads by date or time (the session's tables hold what other tests wrote at that time, and a purge would
+    delete theirs)."""
+    from shared.settings import load_settings
+
+    built = AzureClients(load_settings({**local_env.settings, "STATE_TABLE_PREFIX": "Own" + secrets.token_hex(5)}))
+    yield built
+    await built.close()
 
 
 @pytest.fixture

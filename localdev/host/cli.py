@@ -44,13 +44,16 @@ def build_local_host(
     function_key: str | None = None,
     on_shutdown: Iterable[ShutdownHook] = (),
     load_settings: bool = True,
+    run_timers: bool = True,
 ) -> LocalHost:
-    """Load ``app_dir``'s local.settings.json (environment wins), import its function app, build the host."""
+    """Load ``app_dir``'s local.settings.json (environment wins), import its function app, build the host
+    (``run_timers=False``: timer functions run only when triggered through ``/admin/functions``)."""
     directory = (app_dir or Path.cwd()).resolve()
     if load_settings:
         load_local_settings(directory / "local.settings.json")
     app = load_function_app(module, directory)
-    return LocalHost(app, directory / "host.json", function_key=function_key, on_shutdown=on_shutdown)
+    return LocalHost(app, directory / "host.json", function_key=function_key, on_shutdown=on_shutdown,
+                     run_timers=run_timers)
 
 
 def serve(
@@ -63,12 +66,14 @@ def serve(
     function_key: str | None = None,
     on_shutdown: Iterable[ShutdownHook] = (),
     routes_level: int = logging.INFO,
+    run_timers: bool = True,
 ) -> None:
     """Serve ``app_dir``'s function app with uvicorn until interrupted; the routes are logged at ``routes_level``
     (``localdev up`` prints its own instructions, which the list would push off the screen)."""
     import uvicorn
 
-    local = build_local_host(app_dir, module=module, function_key=function_key, on_shutdown=on_shutdown)
+    local = build_local_host(app_dir, module=module, function_key=function_key, on_shutdown=on_shutdown,
+                             run_timers=run_timers)
     display_host = f"[{host}]" if ":" in host else host
     for line in local.describe(f"http://{display_host}:{port}"):
         logger.log(routes_level, "%s", line)
@@ -167,7 +172,7 @@ def _import_hook(spec: str) -> ShutdownHook:
 
 
 def main(argv: Sequence[str] | None = None, *, on_shutdown: Iterable[ShutdownHook] = ()) -> int:
-    """``python -m localdev host [--port 7071] [--host 127.0.0.1] [--app-dir .]``."""
+    """``python -m localdev host [--port 7071] [--host 127.0.0.1] [--app-dir .] [--no-timers]``."""
     parser = argparse.ArgumentParser(prog="python -m localdev host", description="Serve the function app locally.")
     parser.add_argument("--port", type=int, default=None, help="port (default: Host.LocalHttpPort or 7071)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
@@ -184,6 +189,8 @@ def main(argv: Sequence[str] | None = None, *, on_shutdown: Iterable[ShutdownHoo
         metavar="MODULE:FUNCTION",
         help="async function to await at shutdown (repeatable), e.g. to close Azure clients",
     )
+    parser.add_argument("--no-timers", action="store_true",
+                        help="run timer functions only when triggered through /admin/functions (tests)")
     args = parser.parse_args(list(argv) if argv is not None else None)
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -205,5 +212,6 @@ def main(argv: Sequence[str] | None = None, *, on_shutdown: Iterable[ShutdownHoo
         log_level=args.log_level,
         function_key=args.function_key,
         on_shutdown=hooks,
+        run_timers=not args.no_timers,
     )
     return 0

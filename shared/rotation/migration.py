@@ -78,6 +78,7 @@ from shared.rotation.kinds import ROLLS
 from shared.rotation.protocol import (
     backoff,
     connection_marker,
+    next_rotation,
     reindex,
     remove_rolled,
     schedule_of,
@@ -345,8 +346,8 @@ class Migrator(Journaled):
         await self._history(current, STATUS_FAILED, message)
         failed = base.evolve(status=STATUS_FAILED, message=message, lease_owner=None, lease_until=None)
         if failed.step is None:  # undone: the rotation schedule resumes
-            schedule = schedule_of(failed)
-            due = schedule.next_due(failed.last_rotated_at or self.now()) if schedule else None
+            due = next_rotation(schedule_of(failed), failed.last_rotated_at or self.now(),
+                                current.health.credential_expires_at)
         else:  # kept: the sweep resumes it, with back-off
             failed = failed.evolve(failures=failed.failures + 1)
             due = self.now() + backoff(failed.failures)

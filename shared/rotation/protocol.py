@@ -127,21 +127,24 @@ def schedule_of(state: RotationState) -> RotationSchedule | None:
     return RotationSchedule(state.interval_days, parse_hhmm(state.rotate_at), state.time_zone or "UTC")
 
 
-def scheduled_rotation(state: RotationState) -> datetime | None:
-    """When the schedule next rotates the credential after its last rotation (None: rotation off, or never
-    rotated)."""
-    schedule = schedule_of(state)
-    return schedule.next_due(state.last_rotated_at) if schedule and state.last_rotated_at else None
+def scheduled_rotation(state: RotationState, expires: datetime | None) -> datetime | None:
+    """When the schedule next rotates the credential after its last rotation, never later than ``GRACE_DAYS``
+    before the credential in use ends (``expires``: a longer interval set since, or a policy's cap, would have it
+    rotated only once nothing signs in any more). None: rotation off, or never rotated."""
+    if state.last_rotated_at is None:
+        return None
+    return next_rotation(schedule_of(state), state.last_rotated_at, expires)
 
 
-def only_the_clean_up_due(state: RotationState, now: datetime) -> bool:
+def only_the_clean_up_due(record: ConnectionRecord, now: datetime) -> bool:
     """What the sweep has to do for a connection whose entry is due is the clean-up of the application it left
     (``retire_due``), not a rotation: rotation is off, or its last rotation succeeded and the next is not due."""
+    state = record.rotation
     if state.in_progress or state.retire_version is None:
         return False
     if not state.enabled:
         return True
-    due = scheduled_rotation(state)
+    due = scheduled_rotation(state, record.health.credential_expires_at)
     return state.status == STATUS_SUCCEEDED and due is not None and due > now
 
 
@@ -516,7 +519,7 @@ class Rotator(Journaled):
             (``recovered`` after an expiring one), over a health check that landed meanwhile too; the index entry of
             the next check stays as it is."""
             expires = state.pending_expires_at or current.health.credential_expires_at
-            renewed = _next_rotation(schedule_of(current.rotation), now, expires)  # the successor's own successor
+            renewed = next_rotation(schedule_of(current.rotation), now, expires)  # the successor's own successor
             return health_notices(current, current.health.evolve(
                 status=status_of(expires, False, now, warning, renewed), checked_at=now, message=None,
                 credential_expires_at=expires), now, remind=False)
@@ -556,7 +559,7 @@ class Rotator(Journaled):
         now = self.now()
         schedule = schedule_of(state)
         message = f"Rotated: a new {roll.noun} is in use and the previous one is revoked."
-        due = _next_rotation(schedule, now, state.pending_expires_at)
+        due = next_rotation(schedule, now, state.pending_expires_at)
         if state.retire_version is not None:
             message += (f" The {roll.noun}s the service created on the application used before "
                         f"({state.retire_client_id}) could not be removed yet; that is tried again, with back-off, "
@@ -770,12 +773,13 @@ class Rotator(Journaled):
                 return None
             waiting = retire_waiting(left.rotation, error, now, keep_earlier=False).evolve(
                 lease_owner=None, lease_until=None)
-            rotation = scheduled_rotation(left.rotation)  # a rotation due before the retry is not put off
+            # a rotation due before the retry is not put off
+            rotation = scheduled_rotation(left.rotation, left.health.credential_expires_at)
             if rotation is not None and waiting.next_at is not None and rotation < waiting.next_at:
                 waiting = waiting.evolve(next_at=rotation)
             return await self._reschedule(left, left.rotation, waiting)
         finished = done.rotation.evolve(lease_owner=None, lease_until=None, failures=0, message=None,
-                                        next_at=scheduled_rotation(done.rotation))
+                                        next_at=scheduled_rotation(done.rotation, done.health.credential_expires_at))
         return await self._reschedule(done, done.rotation, finished)
 
     async def _apply(self, record: ConnectionRecord, still: Callable[[ConnectionRecord], bool],
@@ -1026,12 +1030,13 @@ def _unfenced() -> None:
     """No lease to look at (a DELETE's removals, under its own)."""
 
 
-def _next_rotation(schedule: RotationSchedule | None, now: datetime, expires: datetime | None) -> datetime | None:
-    """The schedule's next due time, but never later than the grace period before the new credential ends (a
-    policy may have capped its lifetime below two intervals)."""
+def next_rotation(schedule: RotationSchedule | None, since: datetime, expires: datetime | None) -> datetime | None:
+    """The schedule's next due time after ``since``, but never later than the grace period before the credential
+    in use ends (``expires``: a policy may have capped its lifetime below two intervals, or the interval grown
+    since it was made)."""
     if schedule is None:
         return None
-    due = schedule.next_due(now)
+    due = schedule.next_due(since)
     return min(due, expires - timedelta(days=GRACE_DAYS)) if expires is not None else due
 
 

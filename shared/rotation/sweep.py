@@ -99,7 +99,7 @@ async def _rotate_due(rotator: Rotator, entry: DueEntry, report: SweepReport) ->
         await adapters.schedule.remove(entry.key)
         report.stale += 1
         return
-    if only_the_clean_up_due(state, rotator.now()):  # the clean-up of the application a change left
+    if only_the_clean_up_due(record, rotator.now()):  # the clean-up of the application a change left
         result = await rotator.retire_due(record)
         report.outcomes[entry.connection_id] = "retired" if result is not None else "skipped"
         report.skipped += result is None

@@ -15,6 +15,12 @@ from shared.store.tables import ConnectionsTable
 
 pytestmark = pytest.mark.e2e
 
+
+@pytest.fixture
+def clients(own_tables: AzureClients) -> AzureClients:
+    """On tables of the test's own: a pass reads every due notice of an app's partition, other tests' too."""
+    return own_tables
+
 APP = "azure-key-vault"
 
 
@@ -72,7 +78,7 @@ async def test_a_new_notice_is_read_however_many_wait_to_be_tried_again(clients:
     being read (its alert record goes out when a pass first takes it). Each kind is read up to the limit, and all
     come oldest first (a connection's notices are sent in order)."""
     store = ConnectionsTable(clients)
-    app = "azure-app-configuration"  # a partition of this test's own
+    app = "azure-app-configuration"
     start = datetime.now(UTC) - timedelta(hours=2)
     backlog = []
     for n in range(5):

@@ -73,7 +73,8 @@ class Secrets:
             self.values.update(v for v in values if v)
 
 
-NEVER = "0 0 0 1 1 *"  # the timer fires only on 1 January: a campaign triggers every sweep itself
+NEVER = "0 0 0 1 1 *"  # only on 1 January, and the host runs no timer at all (--no-timers): a campaign
+# triggers every sweep itself, and no timer of the service's (the daily audit retention) runs on the real clock
 
 
 @contextmanager
@@ -134,7 +135,8 @@ class HostProcess:
         env.pop("LOCALDEV_FUNCTION_KEY", None)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "localdev", "host", "--port", str(self.port), "--app-dir", str(ROOT)],
+                [sys.executable, "-m", "localdev", "host", "--port", str(self.port), "--app-dir", str(ROOT),
+                 "--no-timers"],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             )
         self.starts += 1

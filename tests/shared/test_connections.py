@@ -1123,7 +1123,7 @@ async def test_a_rotation_whose_clean_up_first_stops_past_its_journal_still_rota
 
     h = Harness()
     waiting = await _left_behind_waiting_for_the_sweep(h, rotation=True)
-    rotation = scheduled_rotation(waiting.rotation)
+    rotation = scheduled_rotation(waiting.rotation, waiting.health.credential_expires_at)
     assert rotation is not None
     h.fakes.clock.now = rotation + timedelta(minutes=1)  # the rotation is due (not only the clean-up's retry)
     await h.sweep()
@@ -1415,3 +1415,54 @@ async def test_a_lease_whose_write_landed_and_whose_retry_met_its_own_etag_is_ta
     assert h.check() == [], second
     done = await h.record(record.id)
     assert done is not None and done.rotation.lease_owner is None
+
+
+# -- the next rotation comes before the credential in use ends (review C2, session 18) ---------------------------
+@pytest.mark.parametrize("method", ["client-secret", "certificate"])
+async def test_a_longer_interval_set_since_does_not_schedule_the_next_rotation_after_the_credential_in_use_ends(
+        method: str) -> None:
+    """Rotated every 30 days, the credential made lives 2 x 30 + 3 days; with the interval then PATCHed to 90, the
+    next rotation was due after it ended: nothing could sign in any more to roll it."""
+    h = Harness(method=method)
+    record = await h.create()
+    ends = record.health.credential_expires_at
+    assert record.rotation.status == "succeeded" and ends is not None
+    patched = await h.api.update(APP, record.id, {"rotation": {**ROTATION, "rotationInterval": 90}})
+    assert patched.rotation.next_at is not None and patched.rotation.next_at <= ends - timedelta(days=3)
+    h.fakes.clock.now = patched.rotation.next_at + timedelta(minutes=1)
+    await h.sweep()
+    rotated = await h.record(record.id)
+    assert rotated is not None and rotated.rotation.status == "succeeded", rotated.rotation.message
+    assert rotated.rotation.last_rotated_at == h.fakes.clock.now and h.check() == []
+
+
+async def test_a_failing_clean_up_of_an_application_left_behind_does_not_hold_off_a_rotation_a_policy_brings_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The credentials move to an application whose policy caps new keys at 20 days (tightened after the interval
+    was checked), while the clean-up of the application left keeps failing: the sweep's clean-up path read the
+    schedule uncapped, so it only ever retried the clean-up, and the key in use ended."""
+    from shared.ports import LifetimePolicy
+
+    h = Harness(method="certificate")
+    record = await h.create()
+    h.fakes.world.apps[record.client_id or ""].may_manage_itself = False  # its clean-up is refused from now on
+    new_client, credentials = h.new_application()
+    h.fakes.world.apps[new_client].policy = LifetimePolicy("application", key_max_lifetime=timedelta(days=20))
+
+    async def tightened_after_the_check(*args: object, **kwargs: object) -> None:
+        return None
+
+    monkeypatch.setattr("shared.connections.require_interval_allowed", tightened_after_the_check)
+    await h.api.update(APP, record.id, {"credentials": credentials})
+    moved = await h.record(record.id)
+    assert moved is not None and moved.client_id == new_client and moved.rotation.retire_version is not None
+    ends = moved.health.credential_expires_at
+    assert ends is not None and ends - h.fakes.clock.now < timedelta(days=21)
+    for _ in range(25):  # a sweep every day
+        h.fakes.clock.advance(timedelta(days=1))
+        await h.sweep()
+    after = await h.record(record.id)
+    assert after is not None and after.rotation.last_rotated_at is not None
+    assert moved.rotation.last_rotated_at is not None
+    assert moved.rotation.last_rotated_at < after.rotation.last_rotated_at < ends
+    assert h.fakes.world.live(new_client, h.current_secret(after))
