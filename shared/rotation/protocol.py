@@ -595,7 +595,13 @@ class Rotator(Journaled):
                             f"({error.detail}).")
         message = error.detail
         base = state
-        if state.step != FINISHED:
+        if state.step == BEGUN and state.attempt == 1 and not run.unrecorded:
+            # The rotation's only attempt stopped before its first addition (often at signing in: the credential
+            # in use is gone or expired): nothing was added, nothing written to the vault, so there is nothing to
+            # clean up, and no journal is kept (a clean-up would have to sign in too, and fail, keeping a journal
+            # that refuses the new credentials that are the fix).
+            base = state.cleared_journal()
+        elif state.step != FINISHED:
             try:
                 graph = await self._graph(current, current.secret_version, run)
                 signer = await self._material(current, current.secret_version, run)

@@ -1466,3 +1466,26 @@ async def test_a_failing_clean_up_of_an_application_left_behind_does_not_hold_of
     assert moved.rotation.last_rotated_at is not None
     assert moved.rotation.last_rotated_at < after.rotation.last_rotated_at < ends
     assert h.fakes.world.live(new_client, h.current_secret(after))
+
+
+@pytest.mark.parametrize("method", ["client-secret", "certificate"])
+async def test_new_credentials_are_taken_after_a_rotation_failed_because_the_credential_in_use_is_gone(
+        method: str) -> None:
+    """(Review C2.) The owner removed the credential in use: the rotation failed signing in, and its clean-up (which
+    signs in too) failed, keeping a journal that refused new credentials (409, rotate: 400, and again): only a forced
+    DELETE got out. An attempt that stopped before its first addition has nothing to clean up, and keeps none."""
+    h = Harness(method=method)
+    record = await h.create()
+    app = h.fakes.world.apps[record.client_id or ""]
+    app.keys.clear()
+    app.passwords.clear()  # the owner removed it by hand
+    await h.due()
+    await h.sweep()
+    failed = await h.record(record.id)
+    assert failed is not None and failed.rotation.status == "failed" and failed.rotation.rotation_id is None
+    credentials = h.new_credential(record.client_id or "")
+    patched = await h.op("patch-credentials", record.id, lambda: h.api.update(APP, record.id,
+                                                                            {"credentials": credentials}))
+    assert patched.status == 200, patched.error
+    fixed = await h.record(record.id)
+    assert fixed is not None and fixed.rotation.status == "succeeded" and h.check() == []
