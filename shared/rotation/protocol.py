@@ -426,9 +426,11 @@ class Rotator(Journaled):
             if current is not None and current.rotation.rotation_id == rotation_id:
                 return
             graph = await self._graph(record, record.secret_version, run)
+            # A certificate's proof: by what it added, else by the one in use now, else by the one that signed
+            # the addition (this attempt read it: the connection may be deleted since, its vault secret with it).
             signer = roll.store_successor(added) if added is not None else (
                 await self._material(current, current.secret_version, run)
-                if current is not None and current.secret_version else {})
+                if current is not None and current.secret_version else run.materials.get(record.secret_version, {}))
             await remove_rolled(roll, graph, record.client_id or "", set(), marker(record.id, rotation_id),
                                 keep=current.rotation.key_id if current is not None else None,
                                 audit=self._removal(record), signer=signer, now=self.now())

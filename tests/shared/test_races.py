@@ -5,6 +5,8 @@ a connection pointing at a disabled secret, or a connection that cannot be delet
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from shared.errors import ServiceError
@@ -335,4 +337,30 @@ async def test_a_validation_saved_just_before_a_credentials_changes_clean_up_doe
     changed = await h.api.update(APP, record.id, {"credentials": moved_to, "isAutoRotationEnabled": False})
     _refusals_only(answered)
     assert changed.rotation.retire_version is None  # the application it left is cleaned up now, not by a sweep
+    assert h.check() == []
+
+
+@pytest.mark.parametrize("method", ["client-secret", "certificate"])
+async def test_a_first_rotation_s_addition_applied_with_its_answer_lost_after_a_delete_is_withdrawn(
+        method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review C2.) The addition of the first rotation (turned on by a PATCH) hangs past its lease; a DELETE
+    finishes meanwhile (it leaves the owner's credential); then Graph applies the addition and its answer is
+    lost. The withdrawal of a certificate had nothing to sign its proof with (the connection and its vault
+    secret gone): the new certificate stayed live, tracked by nothing. It signs with what signed the addition."""
+    from tests.lifecycle_harness import ROTATION, user_operations
+
+    h = Harness(method=method)
+    record = await h.create(rotation=False)
+
+    async def deleted_meanwhile() -> None:
+        h.lease_runs_out()
+        deleted = await user_operations(h, record.id)["delete"]()
+        assert deleted.status == 200, deleted.error
+        h.fakes.world.fail_next("graph.add.lost")  # Graph applies the addition; its answer is lost
+
+    overtaken_at(monkeypatch, FakeGraph, "add_key" if method == "certificate" else "add_password", 1,
+                 deleted_meanwhile)
+    with contextlib.suppress(ServiceError):  # (whatever it answers: what is left on the application counts)
+        await h.api.update(APP, record.id, {"isAutoRotationEnabled": True, "rotation": ROTATION})
+    assert await h.record(record.id) is None
     assert h.check() == []
