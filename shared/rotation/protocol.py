@@ -42,6 +42,7 @@ from shared.errors import (
     ConcurrentChange,
     CredentialLifetimeRefused,
     CredentialRejected,
+    InvalidRequest,
     LeaseLost,
     NotFound,
     ServiceError,
@@ -375,6 +376,14 @@ class Rotator(Journaled):
             await self.adapters.vault.disable_tagged(record.secret_name, "rotationId", rotation_id)
         # The predecessor's Key ID, when the rotation did not know it (a certificate's, found by its thumbprint).
         previous = state.previous_key_id or roll.identify(registration, current)
+        if previous is None and record.method == Method.CERTIFICATE:  # (a client secret's is known when enabled)
+            # Before anything is added: a rotation that could not revoke the certificate it replaces would leave it
+            # live, and say it had revoked it (review C2).
+            raise InvalidRequest(
+                "The certificate in use is not listed on the application under its thumbprint (its key identifier "
+                "was set to another value when it was uploaded), so it could not be revoked once replaced. Upload it "
+                "again with its thumbprint as its key identifier (as the Azure portal does), or give the connection "
+                "a certificate the application lists so.")
         async def lost() -> None:  # an addition whose answer was lost may have been made: removed before a retry
             await remove_rolled(roll, graph, record.client_id or "", set(), name, audit=self._removal(record),
                                 signer=current, now=self.now(), fence=self.lease_check(state))

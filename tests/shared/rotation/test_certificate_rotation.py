@@ -135,3 +135,22 @@ def test_a_new_key_is_rsa_3072_and_its_certificate_is_self_signed_for_the_asked_
     assert made.certificate_der == cert.public_bytes(serialization.Encoding.DER)
     assert "PRIVATE KEY" in made.private_key_pem and "PRIVATE KEY" not in repr(made)
     parse_certificate(made.certificate_pem, made.private_key_pem, START + timedelta(days=1))  # it parses back
+
+
+async def test_an_owner_s_certificate_listed_under_another_key_identifier_is_not_rotated_past_and_left_live() -> None:
+    """(Review C2.) Uploaded with a key identifier of the owner's own (``-CustomKeyIdentifier``), the certificate is
+    not found by its thumbprint: the rotation left it live on the application, and said it had revoked it. It
+    stops before adding anything, and says why and what to do."""
+    h = Harness(method="certificate")
+    app = h.fakes.world.application()
+    key, given = h.fakes.world.add_certificate(app.client_id, "given by the owner")
+    key.thumbprint = "prod"  # customKeyIdentifier is not the SHA-1 thumbprint
+    record = await h.api.create("azure-client-secrets", {
+        "name": "cert", "method": "certificate",
+        "credentials": {"tenantId": "11111111-1111-1111-1111-111111111111", "clientId": app.client_id, **given}})
+    after = await h.api.update("azure-client-secrets", record.id, {"isAutoRotationEnabled": True, "rotation": {
+        "rotationInterval": INTERVAL, "rotateAt": "03:00", "timeZone": "UTC"}})  # (saved; its rotation tells)
+    assert after.rotation.status == "failed" and after.rotation.rotation_id is None
+    assert "not listed on the application under its thumbprint" in (after.rotation.message or "")
+    assert list(h.fakes.world.apps[app.client_id].keys) == [key.key_id]  # nothing added; the owner's still there
+    assert h.check() == []
