@@ -121,6 +121,16 @@ def _certificate(material: Mapping[str, str]) -> x509.Certificate | None:
         return None
 
 
+def _thumbprint(material: Mapping[str, str]) -> str | None:
+    """The SHA-1 thumbprint (upper-case hex) of a vault version's certificate, None when it cannot be read."""
+    import hashlib
+
+    certificate = _certificate(material)
+    if certificate is None:
+        return None
+    return hashlib.sha1(certificate.public_bytes(serialization.Encoding.DER), usedforsecurity=False).hexdigest().upper()
+
+
 async def ends_async(material: Mapping[str, str]) -> datetime | None:
     """When the certificate of a vault version's material ends (its notAfter), None when it cannot be read; in a
     worker thread."""
@@ -150,14 +160,14 @@ class CertificateRoll(SignInRoll):
 
     def identify(self, registration: AppRegistration, material: Mapping[str, str]) -> str | None:
         """The key whose thumbprint is the certificate's (``customKeyIdentifier``)."""
-        import hashlib
-
-        certificate = _certificate(material)
-        if certificate is None:
+        thumbprint = _thumbprint(material)
+        if thumbprint is None:
             return None
-        thumbprint = hashlib.sha1(certificate.public_bytes(serialization.Encoding.DER),
-                                  usedforsecurity=False).hexdigest().upper()
         return next((k.key_id for k in registration.keys if (k.thumbprint or "").upper() == thumbprint), None)
+
+    def same_credential(self, one: Mapping[str, str], other: Mapping[str, str]) -> bool:
+        mine = _thumbprint(one)
+        return mine is not None and mine == _thumbprint(other)
 
     async def add_successor(self, graph: GraphSession, registration: AppRegistration, display_name: str,
                             end: datetime, current: Mapping[str, str], now: datetime,

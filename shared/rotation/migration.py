@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Mapping
 
 from shared import audit
-from shared.apps import APPS, Method, find_app
+from shared.apps import Method, find_app
 from shared.errors import (
     ConcurrentChange,
     CredentialRejected,
@@ -61,7 +61,6 @@ from shared.federation import (
     explain,
     require_identity,
 )
-from shared.fields import MAX_PAGE_SIZE
 from shared.ports import ConnectionStore, FederatedCredential, GraphSession
 from shared.records import (
     HEALTHY,
@@ -83,6 +82,7 @@ from shared.rotation.protocol import (
     remove_rolled,
     schedule_of,
 )
+from shared.rotation.sharing import named, of_the_same_application, same_application, signing_in_with
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +285,11 @@ class Migrator(Journaled):
             ours = next((c.id for c in trusted if c.id == state.pending_key_id and added_by_service(c.name)),
                         next((c.id for c in trusted if c.name == credential_name(record.id)), None))
             original = state.previous_key_id if state.revoke_original else None
+            sharing = await signing_in_with(self.adapters.connections, self.adapters.vault,
+                                            ROLLS[method_of(material).value], record, original,
+                                            material) if original and material else []
+            if sharing:  # another connection signs in with it: it stays
+                original = None
             for roll in ROLLS.values():  # passwords, then certificates (removeKey: proofs signed by the old one)
                 present = {c.key_id for c in roll.rolled(registration)}
                 in_use = roll.identify(registration, material) if material else None
@@ -298,8 +303,10 @@ class Migrator(Journaled):
             await self.adapters.vault.delete(record.secret_name)
         await self.checkpoint("after-vault-delete", record)
         await self._history(record, STATUS_SUCCEEDED, "Migrated to the federated method.")
-        kept = ("the credential given was revoked" if state.revoke_original
+        kept = ("the credential given was revoked" if state.revoke_original and not sharing
                 else "the credential given was left on the application")
+        if sharing:
+            kept += f" ({named(sharing)} of the same application sign(s) in with it)"
         done = state.cleared_journal().left_behind_forgotten().evolve(
             status=STATUS_SUCCEEDED, message=f"Migrated to the federated method; {kept}.", failures=0,
             failing_since=None, managed=False, revoke_original=False, key_id=ours)
@@ -428,22 +435,8 @@ async def relying_on_federation(store: ConnectionStore, record: ConnectionRecord
     """The other connections of ``record``'s application that sign in with its federated credential, or whose
     migration to the federated method is under way (it may have tested that credential, and switch to it); not one
     being deleted (it goes too, and cannot take the credential over)."""
-    relying: list[ConnectionRecord] = []
-    for app_id in APPS:
-        continuation: str | None = None
-        while True:
-            page, continuation = await store.list_page(app_id, MAX_PAGE_SIZE, continuation)
-            relying += [other for other in page if other.id != record.id and same_application(other, record)
-                        and other.status != STATUS_DELETING
-                        and (other.method == Method.FEDERATED or other.rotation.step in MIGRATION_STEPS)]
-            if continuation is None:
-                break
-    return relying
-
-
-def same_application(one: ConnectionRecord, other: ConnectionRecord) -> bool:
-    return (one.tenant_id.lower(), (one.client_id or "").lower()) == (other.tenant_id.lower(),
-                                                                      (other.client_id or "").lower())
+    return [other for other in await of_the_same_application(store, record)
+            if other.method == Method.FEDERATED or other.rotation.step in MIGRATION_STEPS]
 
 
 def tracks(record: ConnectionRecord, credential_id: str) -> bool:

@@ -85,6 +85,7 @@ from shared.rotation.lifetimes import (
 )
 from shared.rotation.rolls import CredentialRoll, Successor
 from shared.rotation.schedule import RotationSchedule, parse_hhmm
+from shared.rotation.sharing import named, signing_in_with
 
 log = logging.getLogger(__name__)
 
@@ -558,9 +559,14 @@ class Rotator(Journaled):
         opened = next(iter(run.graphs.values()), None)
         graph = opened or await self._graph(record, record.secret_version, run)
         signer = await self._material(record, record.secret_version, run)
+        registration = await graph.find(record.client_id or "")
+        sharing = await self._signing_in_with_it(record, run, roll, registration, previous)
+        if sharing:
+            previous = None  # another connection signs in with it: it stays (and this one no longer does)
         await remove_rolled(roll, graph, record.client_id or "", {previous} if previous else set(),
                             marker(record.id, state.rotation_id), keep=state.key_id, audit=self._removal(record),
-                            signer=signer, now=self.now(), fence=self.lease_check(state))
+                            registration=registration, signer=signer, now=self.now(),
+                            fence=self.lease_check(state))
         # The version it superseded is the only other one enabled (a resumed create disabled what earlier attempts
         # wrote, a retirement what a credentials change left): disabled by its id, without listing the versions.
         if state.previous_version and state.previous_version != record.secret_version:
@@ -570,6 +576,9 @@ class Rotator(Journaled):
         now = self.now()
         schedule = schedule_of(state)
         message = f"Rotated: a new {roll.noun} is in use and the previous one is revoked."
+        if sharing:
+            message = (f"Rotated: a new {roll.noun} is in use. The previous one, the owner's, was left on the "
+                       f"application: {named(sharing)} of the same application sign(s) in with it.")
         due = next_rotation(schedule, now, state.pending_expires_at)
         if state.retire_version is not None:
             message += (f" The {roll.noun}s the service created on the application used before "
@@ -581,6 +590,26 @@ class Rotator(Journaled):
             status=STATUS_SUCCEEDED, message=message, last_rotated_at=now, failures=0, failing_since=None, next_at=due,
         )
         return await self._reschedule(record, state, done)
+
+    async def _signing_in_with_it(self, record: ConnectionRecord, run: _Run, roll: CredentialRoll,
+                                  registration: AppRegistration, previous: str | None) -> list[ConnectionRecord]:
+        """The other connections that sign in with ``previous``, the credential this rotation replaced, when the
+        owner gave it (one the service made for this connection is this connection's alone), and it is still
+        on the application (see :mod:`shared.rotation.sharing`)."""
+        if previous is None:
+            return []
+        given = next((c for c in roll.rolled(registration) if c.key_id.lower() == previous.lower()), None)
+        if given is None or (given.display_name or "").startswith(connection_marker(record.id)):
+            return []
+        version = record.rotation.previous_version
+        material: Mapping[str, str] | None = run.materials.get(version) if version else None
+        if material is None and version:
+            try:
+                material = await self.adapters.vault.get(record.secret_name, version)
+            except ServiceError:
+                material = None  # (then any connection of the application that tracks no Key ID counts)
+        return await signing_in_with(self.adapters.connections, self.adapters.vault, roll, record, previous,
+                                     material)
 
     async def _reschedule(self, record: ConnectionRecord, old: RotationState, new: RotationState,
                           notify: Sequence[Notification] = ()) -> ConnectionRecord:
@@ -963,7 +992,7 @@ def retire_waiting(state: RotationState, error: ServiceError, now: datetime, *, 
     retry = now + backoff(failures)
     return state.evolve(
         failures=failures, next_at=min(retry, state.next_at) if keep_earlier and state.next_at else retry,
-        message=("The client secrets the service created on the previous application could not be removed "
+        message=("The credentials the service created on the previous application could not be removed "
                  f"yet ({error.detail}); they are retried."))
 
 

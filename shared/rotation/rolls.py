@@ -90,6 +90,10 @@ class CredentialRoll(Protocol):
         certificate's thumbprint does; a client secret's Key ID is resolved when rotation is enabled)."""
         ...
 
+    def same_credential(self, one: Mapping[str, str], other: Mapping[str, str]) -> bool:
+        """Whether two vault versions' materials are one credential (two connections given the same)."""
+        ...
+
     async def add_successor(self, graph: GraphSession, registration: AppRegistration, display_name: str,
                             end: datetime, current: Mapping[str, str], now: datetime,
                             fence: Callable[[], None], lost: Lost) -> Successor:
@@ -145,6 +149,12 @@ class PasswordRoll(SignInRoll):
 
     def identify(self, registration: AppRegistration, material: Mapping[str, str]) -> str | None:
         return None
+
+    def same_credential(self, one: Mapping[str, str], other: Mapping[str, str]) -> bool:
+        import hmac
+
+        mine, theirs = one.get("clientSecret", ""), other.get("clientSecret", "")
+        return bool(mine) and hmac.compare_digest(mine.encode(), theirs.encode())
 
     async def add_successor(self, graph: GraphSession, registration: AppRegistration, display_name: str,
                             end: datetime, current: Mapping[str, str], now: datetime,
