@@ -113,6 +113,9 @@ async function checkSession() {
  * without asking (a shared machine). They sign in again when they choose to; Entra may still ask for an account. */
 function ended(title, text) {
   clearTimeout(expiryTimer);
+  // An open dialog goes too: closing the connection dialog wipes what was typed into it (a private key, a secret),
+  // which would otherwise stay on the screen of a machine its person has walked away from.
+  for (const dialog of document.querySelectorAll('dialog[open]')) dialog.close();
   state.session = null;
   document.getElementById('who').hidden = true;
   const again = h('a', {href: `/auth/login?returnTo=${enc(location.pathname + location.search)}`,

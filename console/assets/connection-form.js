@@ -274,7 +274,13 @@ function build() {
       (connection && connection.description) || ''), {optional: true}),
     credentialFields(method, connection));
   root.append(details);
-  const rotates = option.rotationMethods.includes(method) && (editing ? can('Rotator', app) : true);
+  // Turning rotation on needs the Rotator role, when adding too (the server refuses it to a Writer alone).
+  const rotates = option.rotationMethods.includes(method) && can('Rotator', app);
+  if (editing && !can('Writer', app)) { // a Rotator alone changes the rotation only: the rest is shown, not edited
+    for (const element of details.querySelectorAll('input, textarea, select')) element.disabled = true;
+    details.append(h('p', {class: 'hint', id: 'rotation-only'},
+      'Only the rotation can be changed here: changing the rest needs the Writer role.'));
+  }
   if (rotates) root.append(rotationFields(connection, method));
   const submitText = method === 'oauth' && !editing ? 'Connect to Azure' : editing ? 'Save changes' : 'Create connection';
   root.append(h('div', {class: 'actions'},
@@ -407,8 +413,9 @@ function updateBody() {
   const result = {};
   const name = value('name');
   if (name !== connection.name) result.name = name;
-  const description = value('description') ?? null;
-  if (description !== (connection.description ?? null)) result.description = description;
+  // Compared as it was shown (a description with spaces around it, or an empty one, is not a change until edited).
+  const shown = document.getElementById(fieldId('description')).value;
+  if (shown !== (connection.description ?? '')) result.description = value('description') ?? null;
   if (method !== 'oauth') {
     const secret = method === 'client-secret' ? {clientSecret: value('clientSecret')}
       : method === 'certificate' ? {certificateBody: value('certificateBody'), privateKey: value('privateKey')} : {};

@@ -122,9 +122,9 @@ function confirmDelete(connection, events) {
     h('p', {}, `The connection ${connection.name} (${appName(connection.app)}) and its stored credential will be ` +
       'deleted. This cannot be undone.'),
     keys.length
-      ? [h('p', {}, 'These client secrets, which the service created, will be removed from the application:'),
+      ? [h('p', {}, 'These credentials, which the service created, will be removed from the application:'),
         h('ul', {id: 'keys-to-remove'}, keys.map((key) => h('li', {}, h('code', {}, key))))]
-      : h('p', {id: 'keys-to-remove'}, 'The service created no client secret on the application: nothing is removed ' +
+      : h('p', {id: 'keys-to-remove'}, 'The service created no credential on the application: nothing is removed ' +
         'from it. The secret, certificate or sign-in you gave stays valid in Entra ID until you revoke it there.'),
     h('p', {class: 'field-error', id: 'delete-error', role: 'alert', hidden: true})]);
   const cancel = h('button', {type: 'button', onclick: () => dialog.close()}, 'Cancel');
@@ -147,8 +147,9 @@ function confirmDelete(connection, events) {
       const slot = document.getElementById('delete-error');
       slot.textContent = error.message;
       slot.hidden = false;
-      if (error instanceof ApiError && error.status === 409 && Array.isArray(error.problem.keyIds)) {
-        actions.append(h('button', {type: 'button', class: 'danger', onclick: (event) =>
+      if (error instanceof ApiError && error.status === 409 && Array.isArray(error.problem.keyIds) &&
+          !document.getElementById('delete-anyway')) {
+        actions.append(h('button', {type: 'button', class: 'danger', id: 'delete-anyway', onclick: (event) =>
           busy(event.target, 'Deleting…', () => run(true)).catch((again) => { slot.textContent = again.message; })},
         'Delete anyway and leave them live'));
       }
@@ -211,9 +212,12 @@ function confirmMigrate(connection, refresh) {
       const moved = answer.appConnection;
       await refresh();
       const message = (moved.rotation && moved.rotation.lastRotationMessage) || '';
+      // Revoked as asked, unless another connection signs in with it (the message names it then).
+      const revoked = revokeOriginal && /the credential given was revoked/.test(message);
       toast(`${moved.name} now signs in with the federated credential: nothing secret is stored. ` +
-        (revokeOriginal ? `The ${given} you gave was revoked.` : `The ${given} you gave is still valid in Entra ID.`) +
-        (message && !/^Migrated to the federated method/.test(message) ? ` ${message}` : ''), 'notice');
+        (revoked ? `The ${given} you gave was revoked.` : `The ${given} you gave is still valid in Entra ID.`) +
+        (message && (!/^Migrated to the federated method/.test(message) || (revokeOriginal && !revoked))
+          ? ` ${message}` : ''), 'notice');
     } catch (error) {
       progress.hidden = true;
       const expected = error instanceof ApiError && error.problem.expectedFederatedCredential;
@@ -273,11 +277,14 @@ export async function renderConnection(app, id) {
   }
   const option = state.options.find((item) => item.app === app);
   const rotatable = option && option.rotationMethods.includes(connection.method);
-  if (rotatable && can('Rotator', app)) {
+  // Offered while rotation is on, or to finish one that stopped half way (the server refuses it otherwise).
+  const rotating = connection.isAutoRotationEnabled || Boolean(connection.rotation && connection.rotation.rotationId);
+  if (rotatable && can('Rotator', app) && rotating) {
     const rotate = h('button', {type: 'button', id: 'rotate-now', onclick: async () => {
       try {
-        await busy(rotate, 'Rotating…', () => api('POST', `${API}/${enc(app)}/${enc(id)}/rotate`));
-        await refresh('Rotated: a new client secret is in use and the previous one is revoked.');
+        const answer = await busy(rotate, 'Rotating…', () => api('POST', `${API}/${enc(app)}/${enc(id)}/rotate`));
+        const told = answer.appConnection.rotation && answer.appConnection.rotation.lastRotationMessage;
+        await refresh(told || 'Rotated.');
       } catch (error) {
         await refresh();
         toast(`Rotation failed: ${error.message}`);

@@ -32,6 +32,8 @@ ROLES = {
     "admin": ("AppConnections.Admin",),
     "operator": ("AppConnections.Writer", "AppConnections.Rotator", "AppConnections.Reader"),
     "reader": ("AppConnections.Reader",),
+    "writer": ("AppConnections.Writer", "AppConnections.Reader"),
+    "rotator": ("AppConnections.Rotator", "AppConnections.Reader"),
 }
 
 

@@ -240,9 +240,12 @@ def test_a_delete_graph_refuses_offers_to_leave_them_live_and_the_toast_says_wha
     page.wait_for_selector("#connection-details")
     page.click("#delete-connection")
     page.wait_for_selector("#confirm-dialog[open]")
-    page.click("#confirm-delete")
-    page.wait_for_selector("#delete-error:not([hidden])")
+    for _ in range(2):  # refused twice: the offer is made once (review W: each refusal added another button)
+        page.click("#confirm-delete")
+        page.wait_for_selector("#confirm-delete:not([aria-busy])")
+        page.wait_for_selector("#delete-error:not([hidden])")
     assert "could not be removed" in page.inner_text("#delete-error")
+    assert page.locator("text=Delete anyway and leave them live").count() == 1
     page.click("text=Delete anyway and leave them live")
     page.wait_for_selector("#connections-title")
     # Graph read the application (it refused the removal only): nothing is named as not read
@@ -353,12 +356,19 @@ def test_an_open_page_whose_session_lapsed_says_so_and_does_not_sign_in_again_by
     page.wait_for_selector("main[data-ready=true]")
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
+    page.click("#add-connection")  # the person was typing a private key, and walked away (review W)
+    page.check("#app-azure-key-vault", force=True)
+    page.check("#method-certificate", force=True)
+    page.fill("#field-privateKey", "-----BEGIN PRIVATE KEY-----\nSECRET-KEY-MATERIAL\n-----END PRIVATE KEY-----")
     page.context.clear_cookies()  # the session is gone, as when it lapses
     page.clock.run_for("09:00:00")  # past the idle and the absolute lifetime: the page asks when it should lapse
-    page.wait_for_selector("#sign-in-again")
+    page.wait_for_selector("#sign-in-again", state="attached")
     assert page.inner_text("h1") == "Your session has ended"
     assert [url for url in requests if "/auth/" in url] == [console.url("/auth/session")]  # no sign-in started
     assert page.is_hidden("#who")
+    # The dialog is closed, and what was typed into it wiped (it stayed on the screen)
+    assert page.evaluate("document.getElementById('connection-dialog').open") is False
+    assert page.evaluate("document.getElementById('field-privateKey')?.value || ''") == ""
 
 
 def test_no_serious_or_critical_accessibility_violation(open_console: Any, admin: Any, secrets_used: Any,
@@ -627,3 +637,38 @@ def test_a_list_longer_than_the_page_follows_says_it_shows_only_the_first_connec
     assert len(pages) == 20  # bounded
     assert "listed connections" in page.inner_text("#connection-count")
     assert "only its first" in page.inner_text("main")
+
+
+# -- what a role is offered is what the server allows (review W, session 18) ------------------------------------
+def test_a_writer_without_the_rotator_role_is_not_offered_rotation_when_adding(open_console: Any) -> None:
+    page = open_console("writer").page
+    page.click("#add-connection")
+    page.check("#app-azure-key-vault", force=True)
+    page.check("#method-client-secret", force=True)
+    page.wait_for_selector("#field-clientSecret")
+    assert page.locator("#field-isAutoRotationEnabled").count() == 0  # the server would refuse it (403)
+
+
+def test_a_rotator_alone_edits_the_rotation_only_and_sends_nothing_else(
+        open_console: Any, admin: Any, secrets_used: Any, api: httpx.Client) -> None:
+    app = register_rotatable_app(admin, secrets_used, name="console-rotator")
+    created = api.post("/api/v1/app-connections/azure-client-secrets", json={
+        "name": "console-rotator", "description": "Build pipeline ", "method": "client-secret",
+        "credentials": app.client_secret_body()})
+    assert created.status_code == 201, created.text
+    connection = created.json()["appConnection"]
+    page = open_console("rotator", f"{PAGE}/azure-client-secrets/{connection['id']}").page
+    sent: list[Any] = []
+    page.on("request", lambda request: sent.append(request.post_data_json) if request.method == "PATCH" else None)
+    assert page.locator("#rotate-now").count() == 0  # rotation is off: the server would refuse it (400)
+    page.click("#edit-connection")
+    page.wait_for_selector("#connection-dialog[open]")
+    for field in ("name", "description", "clientSecret"):  # shown, not edited: that needs the Writer role
+        assert page.is_disabled(f"#field-{field}"), field
+    page.check("#field-isAutoRotationEnabled")
+    page.fill("#field-rotationInterval", "30")
+    page.click("#connection-submit")
+    page.wait_for_selector("#rotation-timeline", timeout=30_000)
+    # The description, with a space at its end, did not change: it was not sent (it needs the Writer role)
+    assert len(sent) == 1 and set(sent[0]) == {"isAutoRotationEnabled", "rotation"}, sent
+    assert page.locator("#rotate-now").count() == 1  # on now
