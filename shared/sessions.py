@@ -354,9 +354,12 @@ class SignIn:
         tenant = urllib.parse.quote(self._settings.auth_tenant_id or "", safe="")
         return f"{self._settings.authority_host}/{tenant}/oauth2/v2.0/authorize"
 
-    async def begin(self, return_to: str | None, login_hint: str | None = None) -> tuple[str, str]:
+    async def begin(self, return_to: str | None, login_hint: str | None = None,
+                    select_account: bool = False) -> tuple[str, str]:
         """(the authorize URL to send the browser to, the state for the login cookie); ``login_hint`` (a user
-        name, passed on to Entra ID) skips its account picker."""
+        name, passed on to Entra ID) skips its account picker; ``select_account`` has Entra ID show it even to a
+        browser it has signed in (``prompt=select_account``: after a sign-out or a lapsed session, on a shared
+        machine, the next person is not signed in as the last without being asked)."""
         self._require_configured()
         now = self._clock()
         expires = now + LOGIN_LIFETIME
@@ -374,7 +377,8 @@ class SignIn:
             "client_id": self.client_id, "response_type": "code", "redirect_uri": self.redirect_uri,
             "response_mode": "query", "scope": SCOPE, "state": state, "nonce": nonce,
             "code_challenge": _challenge(verifier), "code_challenge_method": "S256",
-            **({"login_hint": login_hint} if login_hint and _LOGIN_HINT.match(login_hint) else {}),
+            **({"login_hint": login_hint} if login_hint and _LOGIN_HINT.match(login_hint)
+               else {"prompt": "select_account"} if select_account else {}),
         })
         return f"{self._authorize_endpoint()}?{query}", state
 

@@ -118,7 +118,8 @@ function ended(title, text) {
   for (const dialog of document.querySelectorAll('dialog[open]')) dialog.close();
   state.session = null;
   document.getElementById('who').hidden = true;
-  const again = h('a', {href: `/auth/login?returnTo=${enc(location.pathname + location.search)}`,
+  // Entra ID asks which account (its own session would sign the last person in again, on a shared machine)
+  const again = h('a', {href: `/auth/login?returnTo=${enc(location.pathname + location.search)}&selectAccount=true`,
     id: 'sign-in-again'}, 'Sign in');
   show(title, h('p', {}, text), h('p', {}, again));
   announce(`${title}.`);

@@ -5,7 +5,8 @@ The contract the console page relies on:
 * ``GET /auth/login?returnTo=/organization/app-connections/...`` -> 302 to the authority's authorize endpoint
   (state, nonce, PKCE S256) and sets ``__Host-appconn-login`` (the state: the callback must come back to this
   browser). ``returnTo`` must be a path of this origin, else it is ignored; ``loginHint`` (optional, a user name)
-  is passed on to Entra ID as ``login_hint``.
+  is passed on to Entra ID as ``login_hint``; ``selectAccount=true`` (the page's link after a sign-out or a lapsed
+  session) as ``prompt=select_account``.
 * ``GET /auth/callback`` -> redeems the code, creates the session, sets ``__Host-appconn`` (HttpOnly, Secure,
   SameSite=Lax, Path=/) and 302 to ``returnTo`` (default ``/organization/app-connections``). A failure is a small
   HTML page with a link to sign in again, never a stack trace.
@@ -88,7 +89,8 @@ async def console_login(req: func.HttpRequest) -> func.HttpResponse:
     from shared.wiring import sign_in
 
     try:
-        url, state = await sign_in().begin(req.params.get("returnTo"), req.params.get("loginHint"))
+        url, state = await sign_in().begin(req.params.get("returnTo"), req.params.get("loginHint"),
+                                           select_account=req.params.get("selectAccount") == "true")
     except ServiceError as error:
         log.warning("Console sign-in could not start: %s", error.detail)
         return error_page("Sign-in is not available", error.detail, error.status)

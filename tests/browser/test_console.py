@@ -344,6 +344,8 @@ def test_a_tab_opened_before_the_browser_signed_in_again_acts_and_signs_out_with
     page.click("#sign-out")
     page.wait_for_selector("#sign-in-again")
     assert page.inner_text("h1") == "You have signed out"
+    # Entra is asked which account: its own session would sign the last person in again (a shared machine)
+    assert (page.get_attribute("#sign-in-again", "href") or "").endswith("&selectAccount=true")
     assert other.evaluate("fetch('/auth/session', {credentials: 'same-origin'}).then((r) => r.status)") == 401
     other.close()
 

@@ -274,6 +274,15 @@ async def test_the_sign_in_starts_with_pkce_s256_a_state_and_a_nonce() -> None:
     assert pending.return_to == DEFAULT_RETURN_TO  # another origin's return path is ignored
     assert "console-secret" not in url and pending.verifier not in url
     assert (pending.bucket, pending.key) == id_keys(state)
+    assert "prompt" not in query  # the user named: no account picker
+
+
+async def test_a_sign_in_after_a_sign_out_asks_entra_which_account() -> None:
+    """(Review W.) Entra's own session would sign the last person in again, without asking, on a shared machine."""
+    url, _ = await sign_in(Clock(), FakeSessions(), Endpoint()).begin(None, select_account=True)
+    assert dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))["prompt"] == "select_account"
+    plain, _ = await sign_in(Clock(), FakeSessions(), Endpoint()).begin(None)
+    assert "prompt" not in dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(plain).query))
 
 
 async def test_the_callback_redeems_the_code_with_the_verifier_and_names_the_user() -> None:
