@@ -15,7 +15,7 @@ from shared import wiring
 from shared.azure.clients import AzureClients
 from shared.errors import VersionDisabled
 from shared.records import ConnectionRecord
-from shared.rotation.protocol import Checkpoint, RotationOptions, Rotator
+from shared.rotation.protocol import RotationOptions
 from shared.rotation.sweep import sweep
 from shared.store.tables import ConnectionsTable
 from shared.store.vault import SecretVault
@@ -27,6 +27,7 @@ from tests.e2e.entra import (
     register_rotatable_app,
     token_works,
 )
+from tests.e2e.sweeping import rotator_at
 
 pytestmark = pytest.mark.e2e
 
@@ -43,11 +44,6 @@ def iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def rotator_at(clients: AzureClients, at: datetime | None = None, checkpoint: Checkpoint | None = None,
-               options: RotationOptions | None = None) -> Rotator:
-    """The service's rotator over ``clients``, its clock stopped at ``at`` (the real clock when None)."""
-    clock = None if at is None else (lambda: at)
-    return wiring.services(wiring.adapters(clients), clock=clock, checkpoint=checkpoint, options=options).rotator
 
 
 def create_rotating(api, entra: EntraApp, app: str = APP, interval: int = 30, **rotation: Any):
@@ -191,11 +187,11 @@ async def test_a_scheduled_rotation_happens_when_due_and_not_before(api, admin, 
     due = utc(connection["rotation"]["nextRotationAt"])
     first_key = (await stored(clients, APP, connection["id"])).rotation.key_id
 
-    early = await sweep(rotator_at(clients, due - timedelta(minutes=1)))
+    early = await sweep(rotator_at(clients, due - timedelta(minutes=1), only=[connection["id"]]))
     assert connection["id"] not in early.outcomes
     assert (await stored(clients, APP, connection["id"])).rotation.key_id == first_key
 
-    late = await sweep(rotator_at(clients, due + timedelta(minutes=1)))
+    late = await sweep(rotator_at(clients, due + timedelta(minutes=1), only=[connection["id"]]))
     assert late.outcomes[connection["id"]] == "succeeded"
     record = await assert_healthy(clients, admin, local_env.standin, api, entra, APP, connection["id"], secrets_used,
                                   revoked={entra.key_id, first_key or ""})
@@ -257,10 +253,10 @@ async def test_a_rotation_interrupted_at_any_step_is_finished_by_the_next_sweep(
     assert (running["outcome"], running["attempt"], running["finishedAt"], running["durationMs"]) == (
         "running", 1, None, None)
     # While the lease runs, the crashed rotation is left alone; then the next sweep resumes it.
-    blocked = await sweep(rotator_at(clients, at + timedelta(minutes=1)))
+    blocked = await sweep(rotator_at(clients, at + timedelta(minutes=1), only=[connection["id"]]))
     assert blocked.outcomes.get(connection["id"]) is None
     later = at + doomed.options.lease + timedelta(minutes=1)
-    report = await sweep(rotator_at(clients, later))
+    report = await sweep(rotator_at(clients, later, only=[connection["id"]]))
     assert report.outcomes[connection["id"]] == "succeeded"
 
     record = await assert_healthy(clients, admin, local_env.standin, api, entra, APP, connection["id"], secrets_used,
@@ -475,7 +471,7 @@ async def test_a_clean_up_of_the_application_left_whose_last_removal_lost_its_an
     waiting = await stored(clients, APP, connection["id"])
     assert waiting.rotation.retire_client_id == entra.client_id and waiting.rotation.retire_removing_key_id == made[0]
     assert waiting.rotation.next_at is not None
-    await sweep(rotator_at(clients, waiting.rotation.next_at + timedelta(minutes=1)))
+    await sweep(rotator_at(clients, waiting.rotation.next_at + timedelta(minutes=1), only=[connection["id"]]))
     done = await stored(clients, APP, connection["id"])
     assert (done.rotation.retire_version, done.rotation.retire_removing_key_id) == (None, None), done.rotation
     assert done.client_id == other.client_id and done.rotation.failures == 0
@@ -534,7 +530,8 @@ async def test_concurrent_sweeps_and_manual_rotations_rotate_each_connection_onc
             return str(error.status)
 
     results = await asyncio.gather(
-        *(sweep(rotator_at(clients, at), max_concurrency=8) for _ in range(4)),
+        *(sweep(rotator_at(clients, at, only=[c["id"] for c in connections]), max_concurrency=8)
+          for _ in range(4)),
         rotate_manually(connections[0]["id"]), rotate_manually(connections[1]["id"]),
     )
     assert set(results[4:]) <= {"succeeded", "409"}
@@ -657,11 +654,12 @@ async def test_a_sweep_stops_claiming_when_its_time_budget_is_spent(api, admin, 
     connection = create_rotating(api, entra, interval=3)
     at = utc(connection["rotation"]["nextRotationAt"]) + timedelta(minutes=1)
     ticks = iter(range(1000))
-    report = await sweep(rotator_at(clients, at), budget_seconds=0.5, clock=lambda: float(next(ticks)))
+    report = await sweep(rotator_at(clients, at, only=[connection["id"]]), budget_seconds=0.5,
+                         clock=lambda: float(next(ticks)))
     assert report.due >= 1
     assert report.left_for_next_sweep == report.due and report.claimed == 0
     assert (await stored(clients, APP, connection["id"])).rotation.status == "succeeded"  # untouched, still due
-    second = await sweep(rotator_at(clients, at))
+    second = await sweep(rotator_at(clients, at, only=[connection["id"]]))
     assert second.outcomes[connection["id"]] == "succeeded"
 
 

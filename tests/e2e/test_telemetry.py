@@ -19,11 +19,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from shared import telemetry, wiring
+from shared import telemetry
 from shared.azure.clients import AzureClients
 from shared.rotation.sweep import sweep
 from shared.store.tables import ConnectionsTable
 from tests.e2e.entra import register_rotatable_app
+from tests.e2e.sweeping import rotator_at
 
 pytestmark = pytest.mark.e2e
 
@@ -114,8 +115,7 @@ async def test_a_rotation_leaves_spans_and_metrics_without_secrets(api, admin, c
 
     # A scheduled rotation through a sweep: the backlog gauge and the sweep duration as well.
     due = datetime.fromisoformat(connection["rotation"]["nextRotationAt"].replace("Z", "+00:00"))
-    rotator = wiring.services(wiring.adapters(clients), clock=lambda: due + timedelta(minutes=1)).rotator
-    report = await sweep(rotator)
+    report = await sweep(rotator_at(clients, due + timedelta(minutes=1), only=[cid]))
     assert report.outcomes[cid] == "succeeded"
     points = metric_points(reader)
     rotations = {(p.attributes["app"], p.attributes["outcome"], p.attributes["trigger"]): p.value
