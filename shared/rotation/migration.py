@@ -285,9 +285,13 @@ class Migrator(Journaled):
             ours = next((c.id for c in trusted if c.id == state.pending_key_id and added_by_service(c.name)),
                         next((c.id for c in trusted if c.name == credential_name(record.id)), None))
             original = state.previous_key_id if state.revoke_original else None
-            sharing = await signing_in_with(self.adapters.connections, self.adapters.vault,
-                                            ROLLS[method_of(material).value], record, original,
-                                            material) if original and material else []
+            # Asked at each attempt, of the kind the application lists it as (a resumed attempt may no longer
+            # read the material: then any connection of the application that tracks no Key ID counts).
+            kind = next((roll for roll in ROLLS.values()
+                         if original and original.lower() in {c.key_id.lower() for c in roll.rolled(registration)}),
+                        None)
+            sharing = await signing_in_with(self.adapters.connections, self.adapters.vault, kind, record, original,
+                                            material or None) if original and kind else []
             if sharing:  # another connection signs in with it: it stays
                 original = None
             for roll in ROLLS.values():  # passwords, then certificates (removeKey: proofs signed by the old one)

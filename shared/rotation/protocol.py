@@ -45,6 +45,7 @@ from shared.errors import (
     InvalidRequest,
     LeaseLost,
     NotFound,
+    SecretGone,
     ServiceError,
     UpstreamError,
     VersionDisabled,
@@ -606,7 +607,7 @@ class Rotator(Journaled):
         if material is None and version:
             try:
                 material = await self.adapters.vault.get(record.secret_name, version)
-            except ServiceError:
+            except (SecretGone, VersionDisabled):
                 material = None  # (then any connection of the application that tracks no Key ID counts)
         return await signing_in_with(self.adapters.connections, self.adapters.vault, roll, record, previous,
                                      material)

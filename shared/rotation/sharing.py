@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from shared.apps import APPS
-from shared.errors import ServiceError
+from shared.errors import NotFound, SecretGone, VersionDisabled
 from shared.fields import MAX_PAGE_SIZE
 from shared.ports import ConnectionStore, SecretStore
 from shared.records import STATUS_DELETING, ConnectionRecord
@@ -20,12 +20,14 @@ from shared.rotation.rolls import CredentialRoll
 
 
 def same_application(one: ConnectionRecord, other: ConnectionRecord) -> bool:
-    return (one.tenant_id.lower(), (one.client_id or "").lower()) == (other.tenant_id.lower(),
-                                                                      (other.client_id or "").lower())
+    """Whether two connections sign in as one application: by its client ID alone (a multi-tenant application's
+    connections in other tenants sign in with the credentials of its one application object, in its home
+    tenant)."""
+    return (one.client_id or "").lower() == (other.client_id or "").lower()
 
 
 async def of_the_same_application(store: ConnectionStore, record: ConnectionRecord) -> list[ConnectionRecord]:
-    """The other connections of ``record``'s application (by tenant and client ID, of every app), but those being
+    """The other connections of ``record``'s application (:func:`same_application`, of every app), but those being
     deleted (they go, and need nothing kept)."""
     found: list[ConnectionRecord] = []
     for app_id in APPS:
@@ -44,8 +46,10 @@ async def signing_in_with(store: ConnectionStore, vault: SecretStore, roll: Cred
                           ) -> list[ConnectionRecord]:
     """The other connections of ``record``'s application that sign in with its credential ``key_id`` of ``roll``'s
     kind (whose ``material`` it is, when known): one that tracks that Key ID, or one of that method that tracks
-    none and whose stored material is the same credential. One whose material cannot be read, or a credential whose
-    material is not known, counts as signing in with it (it is kept: a revocation cannot be undone)."""
+    none and whose stored material is the same credential. One whose stored material is gone or disabled, or a
+    credential whose material is not known, counts as signing in with it (it is kept: a revocation cannot be
+    undone); a failure to read it (Key Vault not answering) is raised: the caller's attempt fails, and is tried
+    again."""
     sharing: list[ConnectionRecord] = []
     for other in await of_the_same_application(store, record):
         if other.method != roll.method.value:
@@ -59,7 +63,7 @@ async def signing_in_with(store: ConnectionStore, vault: SecretStore, roll: Cred
             continue
         try:
             theirs = await vault.get(other.secret_name, other.secret_version)
-        except ServiceError:
+        except (SecretGone, VersionDisabled, NotFound):
             sharing.append(other)
             continue
         if roll.same_credential(material, theirs):

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from shared.errors import ServiceError, UpstreamError
 from shared.records import ConnectionRecord
+from tests.fakes import FakeVault
 from tests.lifecycle_harness import ROTATION, Harness
 
 
@@ -71,3 +73,69 @@ async def test_a_migration_that_revokes_the_original_leaves_it_when_another_conn
     assert "left on the application ('kv' (azure-key-vault)" in (done.rotation.message or "")
     assert h.fakes.world.credential(first.client_id or "", given) is not None
     assert h.check() == []
+
+
+async def test_a_resumed_migration_keeps_what_its_first_attempt_kept_for_another_connection() -> None:
+    """(Review D1.) Resumed past the vault's versions (disabled by the first attempt), the migration could no
+    longer read the material, skipped the question, and revoked the credential the other connection signs in
+    with."""
+    h = Harness()
+    first, second, given = await _two_given_one_credential(h)
+    h.fakes.world.add_federated(first.client_id or "")
+    h.fakes.world.fail_next("vault.delete")  # after the removals (which kept it) and the versions disabled
+    with pytest.raises(ServiceError):
+        await h.api.migrate_to_federated("azure-app-configuration", second.id, {"revokeOriginal": True})
+    assert h.fakes.world.credential(first.client_id or "", given) is not None
+    done = await h.api.migrate_to_federated("azure-app-configuration", second.id, {"revokeOriginal": True})
+    assert done.method == "federated" and "left on the application" in (done.rotation.message or "")
+    assert h.fakes.world.credential(first.client_id or "", given) is not None
+    assert h.check() == []
+
+
+async def test_a_connection_of_a_multi_tenant_application_in_another_tenant_counts() -> None:
+    """(Review D1.) A multi-tenant application's credentials are those of its one application object: a connection
+    of it in another tenant signs in with the same ones."""
+    h = Harness()
+    app = h.fakes.world.application()
+    credentials = h.new_credential(app.client_id)
+    [given] = list(app.passwords.values())
+    elsewhere = await h.api.create("azure-key-vault", {"name": "kv", "method": "client-secret", "credentials": {
+        **credentials, "tenantId": "11111111-2222-3333-4444-555555555555"}})
+    home = await h.api.create("azure-app-configuration", {"name": "config", "method": "client-secret",
+                                                          "credentials": credentials})
+    rotated = await h.api.update("azure-app-configuration", home.id,
+                                 {"isAutoRotationEnabled": True, "rotation": ROTATION})
+    assert "left on the application: 'kv' (azure-key-vault)" in (rotated.rotation.message or "")
+    assert h.fakes.world.credential(elsewhere.client_id or "", given.key_id) is not None
+
+
+async def test_a_key_vault_failure_reading_another_connection_fails_the_attempt_and_the_next_one_revokes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review D1.) One failed read of the other connection's secret counted as 'it signs in with it': the rotated
+    connection's own credential stayed live for good, and the message named the other. It fails the attempt."""
+    h = Harness()
+    app = h.fakes.world.application()
+    other = await h.api.create("azure-key-vault", {"name": "kv", "method": "client-secret",
+                                                   "credentials": h.new_credential(app.client_id)})
+    mine = h.new_credential(app.client_id)
+    given = next(p for p in app.passwords.values() if p.secret == mine["clientSecret"])
+    real_get = FakeVault.get
+    failed: list[str] = []
+
+    async def once_unavailable(self: FakeVault, name: str, version: str) -> dict[str, str]:
+        if name == other.secret_name and not failed:
+            failed.append(name)
+            raise UpstreamError("Key Vault answered 503 (injected, once)")
+        return await real_get(self, name, version)
+
+    monkeypatch.setattr(FakeVault, "get", once_unavailable)
+    record = await h.api.create("azure-app-configuration", {"name": "config", "method": "client-secret",
+                                                            "credentials": mine, "isAutoRotationEnabled": True,
+                                                            "rotation": ROTATION})
+    assert failed and record.rotation.status == "failed" and record.rotation.step == "finished"
+    assert "'kv'" not in (record.rotation.message or "")
+    await h.due()
+    await h.sweep()
+    done = await h.record(record.id)
+    assert done is not None and "previous one is revoked" in (done.rotation.message or "")
+    assert h.fakes.world.credential(app.client_id, given.key_id) is None and h.check() == []
