@@ -27,6 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("function_app.py", "shared")
+DEPLOYED_PYTHON = (3, 11)  # infra/app/api.bicep's runtime: the only version whose bytecode the package may carry
 
 
 def ignore_patterns(root: Path = ROOT) -> list[str]:
@@ -89,6 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.list:
         print("\n".join(path.as_posix() for path in packaged_files()))
+        return 0
+    if sys.version_info[:2] != DEPLOYED_PYTHON:  # its bytecode would be of no use there: said, not done silently
+        running, deployed = ".".join(map(str, sys.version_info[:2])), ".".join(map(str, DEPLOYED_PYTHON))
+        print(f"localdev.package: this is Python {running}, and the Function App runs Python {deployed}, which "
+              f"reads only bytecode of its own version: nothing was precompiled. The package works all the same "
+              f"(a cold instance compiles the app, more slowly); to ship it compiled, run the hook with Python "
+              f"{deployed}: python{deployed} -m localdev.package --precompile", file=sys.stderr)
         return 0
     return 0 if precompile() else 1
 

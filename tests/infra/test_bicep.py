@@ -409,10 +409,11 @@ def test_parameters_file_feeds_every_required_parameter(templates: dict[str, Any
     assert parameters["principalId"]["value"] == "${AZURE_PRINCIPAL_ID}"
 
 
-def test_parameters_file_feeds_the_health_and_alert_parameters_with_the_template_defaults(
+def test_parameters_file_feeds_the_health_alert_and_sizing_parameters_with_the_template_defaults(
     templates: dict[str, Any],
 ) -> None:
-    """azd env variables set them; unset, each takes the template's own default (an empty list: no action group)."""
+    """azd env variables set them; unset, each takes the template's own default (an empty list: no action group).
+    The storage SKU among them: a region with no pair needs ZRS, and azd could not set it (review I)."""
     parameters = json.loads((INFRA_DIR / "main.parameters.json").read_text())["parameters"]
     declared = templates["main.bicep"]["parameters"]
     wanted = {
@@ -421,6 +422,10 @@ def test_parameters_file_feeds_the_health_and_alert_parameters_with_the_template
         "expiryWarningDays": "AZURE_APP_CONNECTIONS_EXPIRY_WARNING_DAYS",
         "notifyWebhookUrl": "AZURE_APP_CONNECTIONS_NOTIFY_WEBHOOK_URL",
         "alertEmailReceivers": "AZURE_APP_CONNECTIONS_ALERT_EMAILS",
+        "storageSkuName": "AZURE_APP_CONNECTIONS_STORAGE_SKU",
+        "instanceMemoryMB": "AZURE_APP_CONNECTIONS_INSTANCE_MEMORY_MB",
+        "maximumInstanceCount": "AZURE_APP_CONNECTIONS_MAXIMUM_INSTANCE_COUNT",
+        "logRetentionInDays": "AZURE_APP_CONNECTIONS_LOG_RETENTION_DAYS",
     }
     for name, variable in wanted.items():
         match = re.fullmatch(r"\$\{([A-Z_]+)=(.*)\}", parameters[name]["value"])

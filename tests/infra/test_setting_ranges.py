@@ -40,3 +40,18 @@ def test_every_numeric_setting_of_the_templates_has_the_service_s_default_and_bo
     differ = {where: (found, service.get(where[1])) for where, found in template.items()
               if where[1] not in service or found != service[where[1]]}
     assert differ == {}, "template (default, min, max) against the service's"
+
+
+LITERAL = re.compile(r"^\s+([A-Z][A-Z0-9_]+): '([^']*)'", re.MULTILINE)
+
+
+def test_every_numeric_setting_the_templates_write_as_a_literal_is_within_the_service_s_bounds() -> None:
+    """(Review I, session 18.) A literal app setting escaped the check: ``CONSOLE_SESSION_IDLE_MINUTES: '600'`` (the
+    service takes at most 480) passed every infra test, and would have stopped the service at start-up."""
+    service = service_ranges()
+    literals = {(str(path.relative_to(ROOT)), name): value for path in sorted((ROOT / "infra").rglob("*.bicep"))
+                for name, value in LITERAL.findall(path.read_text(encoding="utf-8")) if name in service}
+    assert {name for _, name in literals} >= {"CONSOLE_SESSION_ABSOLUTE_HOURS", "CONSOLE_SESSION_IDLE_MINUTES"}
+    outside = {where: value for where, value in literals.items()
+               if not service[where[1]][1] <= float(value) <= service[where[1]][2]}
+    assert outside == {}, "literal settings outside the service's (min, max)"

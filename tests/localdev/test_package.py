@@ -88,3 +88,19 @@ def test_azd_precompiles_the_package_before_it_packages_it() -> None:
     assert hook["posix"]["run"] == "python3 -m localdev.package --precompile"
     assert hook["windows"]["run"] == "python -m localdev.package --precompile"
     assert hook["posix"]["continueOnError"] is False and hook["windows"]["continueOnError"] is False
+
+
+def test_the_hook_under_another_python_says_it_precompiled_nothing(monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """(Review I, session 18.) Run by a Python 3.12, it wrote only cpython-312 files, which the deployed 3.11
+    ignores: the saving on a cold start was lost without a word."""
+    compiled: list[bool] = []
+    monkeypatch.setattr(package, "precompile", lambda: compiled.append(True) or True)
+    monkeypatch.setattr(package.sys, "version_info", (3, 12, 1, "final", 0))
+    assert package.main(["--precompile"]) == 0
+    assert compiled == [] and "nothing was precompiled" in capsys.readouterr().err
+
+
+def test_the_deployed_python_is_the_template_s() -> None:
+    bicep = (ROOT / "infra" / "app" / "api.bicep").read_text(encoding="utf-8")
+    assert f"version: '{package.DEPLOYED_PYTHON[0]}.{package.DEPLOYED_PYTHON[1]}'" in bicep
