@@ -466,6 +466,17 @@ class ConnectionService:
         if record.status == STATUS_DELETING:
             raise self._being_deleted(record)
         given_credentials = self._credentials(method, request.credentials) if request.credentials is not None else None
+        if (method is Method.FEDERATED and given_credentials is not None and record.rotation.key_id
+                and given_credentials.clientId.lower() == (record.client_id or "").lower()
+                and given_credentials.tenantId.lower() != record.tenant_id.lower()):
+            # The federated credential the service added is on the application object, which the service reaches in
+            # this tenant: moved, it would be removed as left behind while the connection signs in with it, or kept
+            # where no DELETE could reach it (Graph finds only a service principal in another tenant).
+            raise InvalidRequest(
+                "This connection signs in with a federated credential the service added to its application, and "
+                "keeps to the tenant it was added in; to reach the application in another tenant, create a "
+                "connection there.",
+                errors=[FieldError("/credentials/tenantId", "cannot change while the client ID stays the same")])
         state = record.rotation
         enabling = request.isAutoRotationEnabled is True and not state.enabled
         if enabling and config is None and state.interval_days is None:

@@ -19,14 +19,18 @@ from shared.records import STATUS_DELETING, ConnectionRecord
 from shared.rotation.rolls import CredentialRoll
 
 
-def same_application(one: ConnectionRecord, other: ConnectionRecord) -> bool:
-    """Whether two connections sign in as one application: by its client ID alone (a multi-tenant application's
-    connections in other tenants sign in with the credentials of its one application object, in its home
-    tenant)."""
-    return (one.client_id or "").lower() == (other.client_id or "").lower()
+def same_application(one: ConnectionRecord, other: ConnectionRecord, *, any_tenant: bool = False) -> bool:
+    """Whether two connections sign in as one application of one tenant (by client ID and tenant); ``any_tenant``:
+    by client ID alone (a multi-tenant application's connections in other tenants sign in with the credentials of
+    its one application object). The federated sharing keeps to one tenant: the service manages a federated
+    credential through the application object, which a connection of another tenant cannot reach (Graph finds
+    only a service principal there)."""
+    same_client = (one.client_id or "").lower() == (other.client_id or "").lower()
+    return same_client and (any_tenant or one.tenant_id.lower() == other.tenant_id.lower())
 
 
-async def of_the_same_application(store: ConnectionStore, record: ConnectionRecord) -> list[ConnectionRecord]:
+async def of_the_same_application(store: ConnectionStore, record: ConnectionRecord, *,
+                                  any_tenant: bool = False) -> list[ConnectionRecord]:
     """The other connections of ``record``'s application (:func:`same_application`, of every app), but those being
     deleted (they go, and need nothing kept)."""
     found: list[ConnectionRecord] = []
@@ -35,7 +39,7 @@ async def of_the_same_application(store: ConnectionStore, record: ConnectionReco
         while True:
             page, continuation = await store.list_page(app_id, MAX_PAGE_SIZE, continuation)
             found += [other for other in page if other.id != record.id and other.status != STATUS_DELETING
-                      and same_application(other, record)]
+                      and same_application(other, record, any_tenant=any_tenant)]
             if continuation is None:
                 break
     return found
@@ -51,7 +55,7 @@ async def signing_in_with(store: ConnectionStore, vault: SecretStore, roll: Cred
     undone); a failure to read it (Key Vault not answering) is raised: the caller's attempt fails, and is tried
     again."""
     sharing: list[ConnectionRecord] = []
-    for other in await of_the_same_application(store, record):
+    for other in await of_the_same_application(store, record, any_tenant=True):
         if other.method != roll.method.value:
             continue
         if other.rotation.key_id:

@@ -1122,3 +1122,19 @@ async def test_a_connection_tracking_its_own_credential_is_not_handed_another() 
         await h.api.delete(APP, a.id, force=True)
     kept = await h.record(b.id)
     assert kept is not None and kept.rotation.key_id == own and own in app.federated
+
+
+async def test_a_migrated_connection_keeps_to_its_tenant_while_its_client_id_stays() -> None:
+    """(Review D2, session 18.) Moved to another tenant with the same client ID, the federated credential it signs
+    in with was removed as left behind (a lockout); kept, no DELETE could have reached it from there (Graph finds
+    only a service principal outside the application's home tenant). Refused, nothing changed."""
+    h = Harness()
+    record = await h.create()
+    migrated = await h.api.migrate_to_federated(APP, record.id, {"revokeOriginal": False})
+    with pytest.raises(InvalidRequest) as refused:
+        await h.api.update(APP, record.id, {"credentials": {"tenantId": "22222222-9999-9999-9999-999999999999",
+                                                            "clientId": record.client_id}})
+    assert refused.value.errors[0].pointer == "/credentials/tenantId"
+    after = await h.record(record.id)
+    assert after is not None and after.tenant_id == migrated.tenant_id
+    assert after.rotation.key_id == migrated.rotation.key_id and h.check() == []
