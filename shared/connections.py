@@ -474,8 +474,8 @@ class ConnectionService:
             # where no DELETE could reach it (Graph finds only a service principal in another tenant).
             raise InvalidRequest(
                 "This connection signs in with a federated credential the service added to its application, and "
-                "keeps to the tenant it was added in; to reach the application in another tenant, create a "
-                "connection there.",
+                "keeps to the tenant it was added in: the service manages that credential there only (see "
+                "docs/federated.md on multi-tenant applications).",
                 errors=[FieldError("/credentials/tenantId", "cannot change while the client ID stays the same")])
         state = record.rotation
         enabling = request.isAutoRotationEnabled is True and not state.enabled
