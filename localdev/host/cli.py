@@ -35,6 +35,10 @@ logger = logging.getLogger("localdev.host")  # one logger for the whole host, as
 # default): room for the longest query the OpenAPI document allows (the OAuth callback's code, error and
 # error_description at their maximum lengths, in multi-byte UTF-8, percent-encoded), so the app answers it.
 MAX_REQUEST_HEAD_BYTES = 256 * 1024
+# How long an idle keep-alive connection stays open: longer than clients keep an idle one in their pools (httpx:
+# 5 s, uvicorn's own default too), so a client never sends on a connection the server is closing at that very
+# moment ("Server disconnected without sending a response", seen once in CI).
+KEEP_ALIVE_SECONDS = 30
 
 
 def build_local_host(
@@ -88,6 +92,7 @@ def serve(
         access_log=False,  # the host logs each request without its query string instead
         timeout_graceful_shutdown=10,
         h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -131,6 +136,7 @@ def run_in_thread(
             access_log=False,
             timeout_graceful_shutdown=5,
             h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
+            timeout_keep_alive=KEEP_ALIVE_SECONDS,
         )
         server = uvicorn.Server(config)
 
