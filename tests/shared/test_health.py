@@ -726,11 +726,9 @@ async def test_a_failure_the_receiver_refused_reaches_it_before_the_recovery_tha
 
 
 
-async def test_a_rotated_credential_whose_previous_application_refuses_its_clean_up_is_not_reported_expiring(
-) -> None:
-    """(Review J.) The renewal counted ``rotation.failures``, which a failing clean-up of the application a change
-    left counts too: a rotation that succeeded every cycle was 'expiring', then 'recovered', each cycle."""
-    h = _harness()
+async def _moved_off_an_application_that_refuses_its_clean_up(h: Harness) -> ConnectionRecord:
+    """A connection rotated fortnightly, rotated once (the service manages its application), then given the
+    credentials of another application while the first refuses its clean-up (which keeps failing)."""
     first = h.fakes.world.application()
     record = await h.api.create(APP, {"name": "rotated", "method": "client-secret",
                                       "credentials": h.new_credential(first.client_id),
@@ -742,6 +740,15 @@ async def test_a_rotated_credential_whose_previous_application_refuses_its_clean
     h.fakes.world.apps[first.client_id].may_manage_itself = False  # the old application refuses its clean-up
     _, credentials = h.new_application()
     await h.api.update(APP, record.id, {"credentials": credentials})
+    return record
+
+
+async def test_a_rotated_credential_whose_previous_application_refuses_its_clean_up_is_not_reported_expiring(
+) -> None:
+    """(Review J.) The renewal counted ``rotation.failures``, which a failing clean-up of the application a change
+    left counts too: a rotation that succeeded every cycle was 'expiring', then 'recovered', each cycle."""
+    h = _harness()
+    record = await _moved_off_an_application_that_refuses_its_clean_up(h)
     statuses = await _health_over_days(h, record.id, 45)
     now = await h.record(record.id)
     assert now is not None and now.rotation.retire_version is not None  # the clean-up still fails
@@ -753,15 +760,7 @@ async def test_a_rotation_that_fails_after_failed_clean_ups_of_an_application_le
     """(Session 18.) The notice of a rotation's first failure was sent when ``failures`` was 1: clean-ups of the
     application a change left, failing before it, count there too, so the first failed rotation went untold."""
     h = _harness()
-    first = h.fakes.world.application()
-    record = await h.api.create(APP, {"name": "rotated", "method": "client-secret",
-                                      "credentials": h.new_credential(first.client_id),
-                                      "isAutoRotationEnabled": True, "rotation": FORTNIGHTLY})
-    h.fakes.clock.advance(timedelta(hours=1))
-    await h.sweep()  # its first rotation: the service manages the application now
-    h.fakes.world.apps[first.client_id].may_manage_itself = False  # the old application refuses its clean-up
-    _, credentials = h.new_application()
-    await h.api.update(APP, record.id, {"credentials": credentials})
+    record = await _moved_off_an_application_that_refuses_its_clean_up(h)
     h.fakes.world.fail_next("graph.add", times=500)  # and the next rotation fails
     await _health_over_days(h, record.id, 20)
     failing = await h.record(record.id)
