@@ -9,7 +9,6 @@ rotation of it: while one is in progress such a request answers 409 with the rot
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import uuid
@@ -59,6 +58,7 @@ from shared.oauth_tokens import OAuthTokens, ReauthorizationRequired, TokenCache
 from shared.ports import Adapters, PasswordCredential
 from shared.records import (
     HEALTHY,
+    MIGRATION_STEPS,
     STATUS_ACTIVE,
     STATUS_DELETING,
     STATUS_DISABLED,
@@ -79,7 +79,7 @@ from shared.rotation.config import (
     require_rotatable,
     resolve_key_id,
 )
-from shared.rotation.migration import MIGRATION_STEPS, HandOverIncomplete, Migrator, keep_for_others
+from shared.rotation.migration import Migrator
 from shared.rotation.protocol import (
     CREDENTIAL_UNKNOWN,
     FIRST_BACKOFF,
@@ -87,14 +87,17 @@ from shared.rotation.protocol import (
     JournalEntry,
     Removals,
     Rotator,
+    clean_up_forgotten,
     connection_marker,
     reindex,
     removes_in_use,
     retire_waiting,
     retires_in_use,
+    same_clean_up,
     scheduled_rotation,
     secret_tags,
 )
+from shared.rotation.sharing import HandOverIncomplete, keep_for_others
 from shared.rotation.state import state_response
 from shared.store.vault import secret_name_for
 from shared.views import ConnectionReader, ensure_name_free, require_match
@@ -105,11 +108,6 @@ from shared.views import to_response as to_response
 log = logging.getLogger(__name__)
 
 DELETE_LEASE_SECONDS = 120
-# Entra's refusals of the service's identity that say nothing the service added is left at the application: it has
-# no federated credential (70025), or is gone (700016). AADSTS70021 (none matches the service's identity now) is not
-# one: a credential added for an identity the service no longer has would still be there, and trust it; nor is any
-# other refusal (a Conditional Access policy, the application disabled).
-TRUST_GONE = frozenset({"AADSTS70025", "AADSTS700016"})
 
 
 Credentials = ClientSecretCredentialsIn | CertificateCredentialsIn | FederatedCredentialsIn
@@ -488,24 +486,38 @@ class ConnectionService:
             new_state = configured(state, config, enabled, self.now(), record.health.credential_expires_at)
         trigger = "enable" if enabling else None
         if request.credentials is not None:
-            if state.retire_version is not None:  # the last change's clean-up first: one application at a time
+            assert given_credentials is not None
+            back = comes_back(record, given_credentials.tenantId, given_credentials.clientId)
+            if state.cleaning_up and not back:  # the last change's clean-up first: one application at a time
                 record = await self._finish_retirement(record, raise_on_failure=True)
                 state = record.rotation
                 new_state = (configured(state, config, new_state.enabled, self.now(),
                                         record.health.credential_expires_at) if rotation_change else state)
-            assert given_credentials is not None
             valid = await self._validated(app, method, given_credentials)
             credentials = valid.credentials
             key_id, expires_on = await self._given_secret(valid, rotating=new_state.enabled, may_be_unreadable=False)
             if new_state.enabled and method in app.rotation_methods:
                 trigger = trigger or "credential-change"
+            leaving: str | None = None
             if method is Method.FEDERATED:
                 key_id = federated_credential_kept(record, credentials.tenantId, credentials.clientId)
-                if record.rotation.key_id and key_id is None:  # it leaves the application: whatever relies on
-                    # the credential there takes it over first (a failure answers 502, nothing changed); what
-                    # nothing relies on is removed once the change is saved (_leave_federated_credential)
-                    await keep_for_others(self.store, record, record.rotation.key_id)
+                leaving = record.rotation.key_id if key_id is None else None
+                if back:  # the application it left, whose clean-up is pending: its credential is the connection's
+                    # again (it just signed in with it; a clean-up that removed it meanwhile changed the record,
+                    # so this write, guarded by the ETag of the record read, fails with 409)
+                    key_id = record.rotation.retire_federated_id
+                    new_state = clean_up_forgotten(new_state)
+                # It leaves the application: whatever relies on the credential there takes it over first (a failure
+                # answers 502, nothing changed); what nothing relies on is the clean-up of the application left,
+                # journaled with the change (``retire_*``) and made once it is saved, or by the sweep.
+                if leaving and await keep_for_others(self.store, record, leaving):
+                    leaving = None
             new_state = new_state.evolve(key_id=key_id, key_made=False)
+            if leaving:
+                retry = self.now() + FIRST_BACKOFF
+                new_state = new_state.evolve(retire_federated_id=leaving, retire_tenant_id=record.tenant_id,
+                                             retire_client_id=record.client_id,
+                                             next_at=min(retry, new_state.next_at or retry))
             if state.managed:  # what the service created on the application in use is retired after the switch
                 # (tracked by ``retire_*`` from here on): the credential in use is the user's, and nothing the
                 # service creates is on its application until a rotation begins (which sets ``managed`` again).
@@ -565,14 +577,12 @@ class ConnectionService:
             raise NameTaken(taken.detail, errors=[FieldError("/name", "is already used by another connection")]
                             ) from None
         log.info("Updated %s connection %s to version %d", app.id, record.id, saved.version)
-        if method is Method.FEDERATED and record.rotation.key_id and saved.rotation.key_id is None:
-            await self._leave_federated_credential(record)
         with best_effort(lambda error: log.warning(  # the change is saved, and answered as such
                 "Connection %s: its change is saved; tidying up after it failed (%s): the sweep finishes it",
                 record.id, detail_of(error))):
             if saved.health.check_key != record.health.check_key:
                 await self.adapters.health_index.remove(record.health.check_key)
-            if saved.rotation.retire_version is not None:
+            if saved.rotation.cleaning_up:
                 saved = await self._finish_retirement(saved, raise_on_failure=False)
             saved = await self._sync_schedule(saved, state)
         if trigger is not None:
@@ -617,16 +627,16 @@ class ConnectionService:
                     "up after them; try again shortly.", headers={"Retry-After": "5"}) from None
             if raise_on_failure:
                 raise CredentialsLeftLive(
-                    "Client secrets the service created on the application this connection used before could not "
+                    "Credentials the service created on the application this connection used before could not "
                     f"be removed yet ({error.detail}); change the credentials again once they are.",
                     extensions={"reason": error.detail},
                 ) from None
-            log.warning("Connection %s: retiring the previous application's secrets failed: %s", record.id,
+            log.warning("Connection %s: the clean-up of the application it used before failed: %s", record.id,
                         error.detail)
             current = await self.store.get(record.app, record.id)  # the lease was taken and given back meanwhile
             state = current.rotation
             ours = state.lease_owner == self.rotator.owner  # a release of its own that got no answer
-            if state.retire_version != record.rotation.retire_version or (state.leased(self.now()) and not ours):
+            if not same_clean_up(state, record.rotation) or (state.leased(self.now()) and not ours):
                 return current  # done meanwhile, or another request's or worker's now
             waiting = retire_waiting(state, error, self.now(), keep_earlier=True)
             if ours:
@@ -718,7 +728,7 @@ class ConnectionService:
                                  "first (PATCH with isAutoRotationEnabled and rotation).")
         if state.leased(self.now()):
             self._refuse_during_rotation(record)
-        if state.retire_version is not None:
+        if state.cleaning_up:
             record = await self._finish_retirement(record, raise_on_failure=True)
         attempt = await self._rotate_now(record, "manual")
         if attempt.succeeded:
@@ -741,7 +751,7 @@ class ConnectionService:
                                  "client-secret and certificate connections can.", extensions={"method": record.method})
         require_identity(self.adapters.settings, "/")
         self._refuse_during_rotation(record)
-        if record.rotation.retire_version is not None:
+        if record.rotation.cleaning_up:
             record = await self._finish_retirement(record, raise_on_failure=True)
         try:
             return await self.migrator.start(record, request.revokeOriginal)
@@ -962,7 +972,9 @@ class ConnectionService:
         client_id = record.client_id or ""
         left: list[str] = []
         unread: list[str] = []
-        if state.retire_version is not None and state.retire_client_id:
+        if state.retire_federated_id is not None and state.retire_federated_id not in progress.removed:
+            left.append(state.retire_federated_id)
+        elif state.retire_version is not None and state.retire_client_id:
             if state.retire_client_id in progress.found:
                 left += progress.left(state.retire_client_id)
             else:
@@ -976,58 +988,12 @@ class ConnectionService:
             left.append(state.key_id)
         return list(dict.fromkeys(left)), list(dict.fromkeys(unread))
 
-    async def _leave_federated_credential(self, before: ConnectionRecord) -> None:
-        """After a federated connection moved to another application: remove the federated credential the service
-        added to the one it left (``before``), unless another connection there relies on it (it was handed over
-        before the change was saved). An application that has none left, or is gone (``TRUST_GONE``), leaves
-        nothing; one Graph (or Entra's sign-in) refuses to remove stays live, and the audit log says so
-        (``credentials-left-live``), as a forced DELETE's does: the change itself is made."""
-        try:
-            await self._remove_federated_credential(before)
-        except ServiceError as error:
-            code = error.extensions.get("aadstsCode") if isinstance(error, CredentialRejected) else None
-            if isinstance(error, NotFound) or code in TRUST_GONE:
-                return  # the trust is gone already, or the application: nothing the service added is left there
-            log.warning("Connection %s: the federated credential added to the application it left could not be "
-                        "removed: %s", before.id, error.detail)
-            await self.rotator.audit.record(
-                "connection.update", "credentials-left-live", app=before.app, connection_id=before.id,
-                connection_name=before.name,
-                detail=f"Federated identity credential {before.rotation.key_id} on the application "
-                       f"{before.client_id} it left could not be removed ({error.detail}).")
-
     async def _remove_federated_credential(self, record: ConnectionRecord) -> list[str]:
         """The federated credential the service added to the application that this connection tracks (``key_id``:
-        its migration's, or handed over to it), unless another connection of the same application relies on it (an
-        application trusts an issuer and subject once: :func:`keep_for_others`, asked before signing in and again
-        right before the removal)."""
-        credential_id = record.rotation.key_id
-        if record.method != Method.FEDERATED or not credential_id:
+        its migration's, or handed over to it), unless another connection of the same application relies on it."""
+        if record.method != Method.FEDERATED:
             return []
-        if await keep_for_others(self.store, record, credential_id):
-            return []
-        client_id = record.client_id or ""
-        try:
-            async with self.adapters.directory.graph(Method.FEDERATED, record.tenant_id, client_id, {}) as graph:
-                registration = await graph.find(client_id)
-                if credential_id not in {c.id for c in await graph.federated_credentials(registration.object_id)}:
-                    return []
-                # Asked again right before the removal: a connection that took it up while this one signed in
-                # and read the application (a migration journaling it, one created federated) keeps it.
-                if await keep_for_others(self.store, record, credential_id):
-                    return []
-                audit_log = self.rotator.audit
-                await audit_log.credential_changed(
-                    "credential.remove", functools.partial(graph.remove_federated_credential,
-                                                           registration.object_id, credential_id),
-                    app=record.app, connection_id=record.id, object_id=registration.object_id, key_id=credential_id)
-        except CredentialRejected as refused:  # the trust is gone already (removed meanwhile), or the application
-            if refused.extensions.get("aadstsCode") in TRUST_GONE:
-                return []
-            raise
-        except NotFound:
-            return []
-        return [credential_id]
+        return await self.rotator.remove_federated(record, record.rotation.key_id or "")
 
     async def _release(self, record: ConnectionRecord, before: ConnectionRecord, progress: Removals,
                        owner: str) -> bool:
@@ -1160,6 +1126,15 @@ class ConnectionService:
         except Exception as error:
             await audit.record(STORE_REFRESH_TOKEN, "failed", **where, detail=type(error).__name__)
             raise
+
+
+def comes_back(record: ConnectionRecord, tenant_id: str, client_id: str) -> bool:
+    """New credentials of a federated connection for the application it left, whose clean-up (the removal of the
+    federated credential the service added there) is still pending: it takes that credential back instead."""
+    state = record.rotation
+    return (record.method == Method.FEDERATED and state.retire_federated_id is not None
+            and (tenant_id.lower(), client_id.lower())
+            == ((state.retire_tenant_id or "").lower(), (state.retire_client_id or "").lower()))
 
 
 def federated_credential_kept(record: ConnectionRecord, tenant_id: str, client_id: str) -> str | None:

@@ -62,6 +62,8 @@ _templates: dict[type[Any], tuple[dict[str, Any], frozenset[str], tuple[tuple[st
 # "finished": it is the current version. Revoking the previous one ends the rotation.
 BEGUN, CREATED, TESTED, FINISHED = "begun", "created", "tested", "finished"
 STEPS = (BEGUN, CREATED, TESTED, FINISHED)
+# A migration to the federated method's steps (shared.rotation.migration), journaled as a rotation's.
+MIGRATION_STEPS = ("migrate-begun", "migrate-added", "migrate-tested", "migrate-switched")
 
 # A connection's status, and its rotation's.
 STATUS_ACTIVE = "active"
@@ -116,6 +118,10 @@ class RotationState:
     # That clean-up's journal: everything else it was to remove there is removed, and the removal of the credential
     # it signs in with (this Key ID), the last one, is sent; once that credential no longer signs in, it is done.
     retire_removing_key_id: str | None = None
+    # A federated connection's clean-up (it has no secret: ``retire_version`` stays None): the federated credential
+    # the service added to the application it left (``retire_tenant_id``, ``retire_client_id``), still to be removed
+    # unless another connection of that application relies on it by then.
+    retire_federated_id: str | None = None
     # The journal of the rotation under way.
     rotation_id: str | None = None
     step: str | None = None
@@ -132,6 +138,11 @@ class RotationState:
     lease_until: datetime | None = None
     # A migration to the federated method (shared.rotation.migration) also removes the credential the user gave.
     revoke_original: bool = False
+
+    @property
+    def cleaning_up(self) -> bool:
+        """A clean-up of an application the connection left is pending (``retire_*``)."""
+        return self.retire_version is not None or self.retire_federated_id is not None
 
     @property
     def in_progress(self) -> bool:
@@ -151,7 +162,7 @@ class RotationState:
     def left_behind_forgotten(self) -> RotationState:
         """No clean-up of an application left behind pending any more (``retire_*``: done, or another's now)."""
         return replace(self, retire_version=None, retire_tenant_id=None, retire_client_id=None,
-                       retire_removing_key_id=None)
+                       retire_removing_key_id=None, retire_federated_id=None)
 
     def evolve(self, **changes: Any) -> RotationState:
         return replace(self, **changes)

@@ -22,8 +22,7 @@ from shared import wiring
 from shared.apps import APPS
 from shared.errors import ConcurrentChange, ServiceError, UpstreamError
 from shared.federation import credential_name
-from shared.records import STATUS_DELETING, ConnectionRecord
-from shared.rotation.migration import MIGRATION_STEPS
+from shared.records import MIGRATION_STEPS, STATUS_DELETING, ConnectionRecord
 from shared.rotation.protocol import Checkpoint, RotationOptions
 from shared.rotation.sweep import sweep
 from tests.fakes import TENANT, Fakes, Key, Password, build_fakes
@@ -216,11 +215,13 @@ class Harness:
                 continue
             # Tracked: the credential of a federated connection (``key_id``: a DELETE removes it once no other
             # connection relies on it), or a migration's (journaled, or named for it: its end or failure sees to it).
+            # Or the clean-up of the application a federated connection left (``retire_federated_id``).
             tracked = any(
-                r.client_id == client_id and (
+                (r.client_id == client_id and (
                     (r.method == "federated" and r.rotation.key_id == credential_id)
                     or (r.rotation.step in MIGRATION_STEPS
-                        and (r.rotation.pending_key_id == credential_id or credential_name(r.id) == added.name)))
+                        and (r.rotation.pending_key_id == credential_id or credential_name(r.id) == added.name))))
+                or (r.rotation.retire_client_id == client_id and r.rotation.retire_federated_id == credential_id)
                 for r in records.values())
             if not tracked:
                 self.violations.append(f"I2: federated credential {added.name} on {client_id} is live and untracked")
@@ -240,7 +241,7 @@ class Harness:
         return [f"{r.id}: points at {r.rotation.schedule_key!r}, due {r.rotation.next_at}"
                 for r in self.fakes.connections.records.values()
                 if r.status != STATUS_DELETING and (r.rotation.enabled or r.rotation.in_progress
-                                                    or r.rotation.retire_version)
+                                                    or r.rotation.cleaning_up)
                 and r.rotation.schedule_key not in keys]
 
     def _check_history(self, connection_id: str, record: ConnectionRecord) -> None:
@@ -269,7 +270,7 @@ class Harness:
         self.fakes.world.clear_faults()
         self.faults_armed = False
         for _ in range(rounds):
-            if not any(r.rotation.in_progress or r.rotation.retire_version
+            if not any(r.rotation.in_progress or r.rotation.cleaning_up
                        for r in self.fakes.connections.records.values()):
                 return
             self.fakes.clock.advance(timedelta(days=1, minutes=1))
@@ -314,7 +315,7 @@ def only_retired(before: tuple[Any, ...], after: tuple[Any, ...]) -> bool:
     """The one change a request that failed may have made: it first finished the clean-up an earlier credentials
     change left in the journal (``retire_*``), as the sweep would have, or got as far as journaling that clean-up's
     last removal (``retire_removing_key_id``), and changed nothing else."""
-    if len(before) != 3 or len(after) != 3 or before[0].rotation.retire_version is None or before[1:] != after[1:]:
+    if len(before) != 3 or len(after) != 3 or not before[0].rotation.cleaning_up or before[1:] != after[1:]:
         return False
     record: ConnectionRecord = before[0]
     retired = record.rotation.left_behind_forgotten()

@@ -61,10 +61,10 @@ from shared.federation import (
     explain,
     require_identity,
 )
-from shared.ports import ConnectionStore, FederatedCredential, GraphSession
+from shared.ports import FederatedCredential, GraphSession
 from shared.records import (
     HEALTHY,
-    STATUS_DELETING,
+    MIGRATION_STEPS,
     STATUS_FAILED,
     STATUS_SUCCEEDED,
     Actor,
@@ -82,12 +82,11 @@ from shared.rotation.protocol import (
     remove_rolled,
     schedule_of,
 )
-from shared.rotation.sharing import named, of_the_same_application, same_application, signing_in_with
+from shared.rotation.sharing import keep_for_others, named, signing_in_with
 
 log = logging.getLogger(__name__)
 
-BEGUN, ADDED, TESTED, SWITCHED = "migrate-begun", "migrate-added", "migrate-tested", "migrate-switched"
-MIGRATION_STEPS = (BEGUN, ADDED, TESTED, SWITCHED)
+BEGUN, ADDED, TESTED, SWITCHED = MIGRATION_STEPS
 TRIGGER = "migrate-to-federated"
 
 
@@ -433,81 +432,6 @@ class Migrator(Journaled):
                 return record.rotation.key_id
             password = await resolve_key_id(graph, client_id, material["clientSecret"], None)
         return password.key_id
-
-
-async def relying_on_federation(store: ConnectionStore, record: ConnectionRecord) -> list[ConnectionRecord]:
-    """The other connections of ``record``'s application that sign in with its federated credential, or whose
-    migration to the federated method is under way (it may have tested that credential, and switch to it); not one
-    being deleted (it goes too, and cannot take the credential over)."""
-    return [other for other in await of_the_same_application(store, record)
-            if other.method == Method.FEDERATED or other.rotation.step in MIGRATION_STEPS]
-
-
-def tracks(record: ConnectionRecord, credential_id: str) -> bool:
-    """Whether ``record`` keeps track of the federated credential: it signs in with it (a DELETE of it removes it
-    when no other connection relies on it then), or its migration under way has journaled it."""
-    state = record.rotation
-    return (record.method == Method.FEDERATED and state.key_id == credential_id) or (
-        state.step in MIGRATION_STEPS and state.pending_key_id == credential_id)
-
-
-class HandOverIncomplete(UpstreamError):
-    """The federated credential could not be handed over to a connection that relies on it (Table Storage failed,
-    or they kept changing): nothing was lost (the one handing it over still tracks it); send the request again."""
-
-
-async def keep_for_others(store: ConnectionStore, record: ConnectionRecord, credential_id: str) -> bool:
-    """Whether the federated credential the service added, which ``record`` gives up (deleted, moved to another
-    application, its migration failed), stays for another connection: one tracks it already (signs in with it, or
-    its migration journaled it), or one signs in with it without tracking it (created federated) and takes it over
-    (:func:`hand_over`). False: nobody relies on it, it is to be removed (a migration that has not journaled it
-    yet tests before it switches: it fails, and can be sent again)."""
-    for _ in range(4):
-        try:
-            relying = await relying_on_federation(store, record)
-        except ServiceError as error:
-            raise HandOverIncomplete(f"The connections of the application could not be read ({error.detail}).") \
-                from None
-        if any(tracks(other, credential_id) for other in relying):
-            return True
-        # An heir signs in with it and tracks nothing (created federated): one that tracks another credential of
-        # the service's (added for an identity the service had before) relies on that one, and keeps it.
-        heirs = [other for other in relying if other.method == Method.FEDERATED and not other.rotation.key_id]
-        if not heirs:
-            return False
-        if await hand_over(store, record, heirs, credential_id):
-            return True
-    raise HandOverIncomplete("The connections relying on the application's federated credential kept changing.")
-
-
-async def hand_over(store: ConnectionStore, record: ConnectionRecord, heirs: list[ConnectionRecord],
-                    credential_id: str) -> bool:
-    """One of ``heirs`` (federated, on ``record``'s application, and not being deleted, read again before it is
-    written) tracks the federated credential the service added: a DELETE of it removes the credential when no
-    other connection relies on it then. False when none of them still qualifies (they changed meanwhile). Written
-    before ``record`` lets go of it: should it fail, ``record`` keeps it (a request again finishes)."""
-    try:
-        for heir in heirs:
-            current: ConnectionRecord | None = heir
-            for _ in range(3):
-                if (current is None or current.method != Method.FEDERATED or current.status == STATUS_DELETING
-                        or not same_application(current, record)
-                        or current.rotation.key_id not in (None, credential_id)):
-                    break  # gone, being deleted, moved, or tracking another credential meanwhile: not this one
-                if current.rotation.key_id == credential_id:
-                    return True
-                try:
-                    await store.update(current.evolve(rotation=current.rotation.evolve(key_id=credential_id)))
-                    return True
-                except ConcurrentChange:
-                    try:
-                        current = await store.get(heir.app, heir.id)
-                    except NotFound:
-                        current = None
-    except ServiceError as error:
-        raise HandOverIncomplete(f"The federated credential of the application could not be handed over to a "
-                                 f"connection that relies on it ({error.detail}).") from None
-    return False
 
 
 def _usable(present: list[FederatedCredential], identity: FederationIdentity, name: str) -> FederatedCredential | None:

@@ -86,7 +86,7 @@ from shared.rotation.lifetimes import (
 )
 from shared.rotation.rolls import CredentialRoll, Successor
 from shared.rotation.schedule import RotationSchedule, parse_hhmm
-from shared.rotation.sharing import named, signing_in_with
+from shared.rotation.sharing import keep_for_others, named, same_application, signing_in_with
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,11 @@ MARKER_PREFIX = "app-connections"
 CREDENTIAL_UNKNOWN = frozenset({"AADSTS7000215", "AADSTS700027"})
 # ... and of an expired client secret: a credential that no longer signs in, whichever the reason.
 CREDENTIAL_UNUSABLE = CREDENTIAL_UNKNOWN | {"AADSTS7000222"}
+# Entra's refusals of the service's identity that say nothing the service added is left at the application: it has
+# no federated credential (70025), or is gone (700016). AADSTS70021 (none matches the service's identity now) is not
+# one: a credential added for an identity the service no longer has would still be there, and trust it; nor is any
+# other refusal (a Conditional Access policy, the application disabled).
+TRUST_GONE = frozenset({"AADSTS70025", "AADSTS700016"})
 
 # A journal entry written ahead of a removal pass's last removal: the change it makes to the rotation state.
 JournalEntry = Callable[[RotationState], RotationState]
@@ -143,7 +148,7 @@ def only_the_clean_up_due(record: ConnectionRecord, now: datetime) -> bool:
     """What the sweep has to do for a connection whose entry is due is the clean-up of the application it left
     (``retire_due``), not a rotation: rotation is off, or its last rotation succeeded and the next is not due."""
     state = record.rotation
-    if state.in_progress or state.retire_version is None:
+    if state.in_progress or not state.cleaning_up:
         return False
     if not state.enabled:
         return True
@@ -686,7 +691,7 @@ class Rotator(Journaled):
             raise
         except (ServiceError, OSError, TimeoutError) as error:
             detail = detail_of(error)
-            log.warning("Connection %s: retiring the previous application's secrets failed (%s); rotating the "
+            log.warning("Connection %s: the clean-up of the application it used before failed (%s); rotating the "
                         "credential in use all the same", record.id, detail)
             return await self._as_left(record)
         # The record as the retirement left it, or as a concurrent change made it: the rotation's steps go on only
@@ -700,6 +705,8 @@ class Rotator(Journaled):
         credentials changed (recorded in ``retire_*``), then forget that application. With the current
         credential when it is the same application (it just worked), else with the previous one."""
         state = record.rotation
+        if state.retire_federated_id is not None:
+            return await self._retire_federated(record)
         if state.retire_version is None:
             return record
         same_app = retires_in_use(record)
@@ -737,7 +744,57 @@ class Rotator(Journaled):
         # With rotation off and none under way, the clean-up was all that was due.
         mine = record.rotation
         return await self._apply(record, lambda current: current.rotation == mine,
-                                 lambda current: current.evolve(rotation=_clean_up_forgotten(current.rotation)))
+                                 lambda current: current.evolve(rotation=clean_up_forgotten(current.rotation)))
+
+    async def _retire_federated(self, record: ConnectionRecord) -> ConnectionRecord:
+        """A federated connection's clean-up: the federated credential the service added to the application it left
+        (``retire_federated_id``) removed there, unless another connection of that application relies on it (then
+        it is theirs), then forgotten. The application in use is never touched: were it the one left (it cannot
+        be: a change of credentials finishes the clean-up first), its credential is forgotten, not removed."""
+        state = record.rotation
+        left = record.evolve(tenant_id=state.retire_tenant_id or "", client_id=state.retire_client_id or "")
+        if not same_application(left, record):
+            await self.remove_federated(left, state.retire_federated_id or "", fence=self.lease_check(state))
+        await self.checkpoint("after-retire", record)
+        mine = record.rotation
+        return await self._apply(record, lambda current: current.rotation == mine,
+                                 lambda current: current.evolve(rotation=clean_up_forgotten(current.rotation)))
+
+    async def remove_federated(self, record: ConnectionRecord, credential_id: str,
+                               fence: Callable[[], None] | None = None) -> list[str]:
+        """Remove the federated credential the service added (``credential_id``) from ``record``'s application,
+        unless another connection of that application relies on it (an application trusts an issuer and subject
+        once: :func:`~shared.rotation.sharing.keep_for_others`, asked before signing in and again right before the
+        removal). The Key IDs removed: none when it is kept, already gone, or the application is
+        (``TRUST_GONE``, or Graph finds neither); any other failure is raised."""
+        if not credential_id:
+            return []
+        store = self.adapters.connections
+        if await keep_for_others(store, record, credential_id):
+            return []
+        client_id = record.client_id or ""
+        try:
+            async with self.adapters.directory.graph(Method.FEDERATED, record.tenant_id, client_id, {}) as graph:
+                registration = await graph.find(client_id)
+                if credential_id not in {c.id for c in await graph.federated_credentials(registration.object_id)}:
+                    return []
+                # Asked again right before the removal: a connection that took it up while this one signed in
+                # and read the application (a migration journaling it, one created federated) keeps it.
+                if await keep_for_others(store, record, credential_id):
+                    return []
+                if fence is not None:
+                    fence()
+                await self.audit.credential_changed(
+                    "credential.remove", functools.partial(graph.remove_federated_credential,
+                                                           registration.object_id, credential_id),
+                    app=record.app, connection_id=record.id, object_id=registration.object_id, key_id=credential_id)
+        except CredentialRejected as refused:  # the trust is gone already (removed meanwhile), or the application
+            if refused.extensions.get("aadstsCode") in TRUST_GONE:
+                return []
+            raise
+        except NotFound:
+            return []
+        return [credential_id]
 
     async def disable_left_behind(self, record: ConnectionRecord, version: str) -> None:
         """Disable the version the credentials change superseded (that of the application left behind), and only
@@ -757,7 +814,7 @@ class Rotator(Journaled):
             raise LeaseLost(f"The connection {record.id} was deleted.") from None
         state, mine = current.rotation, record.rotation
         if (state.lease_owner != mine.lease_owner or state.rotation_id != mine.rotation_id
-                or state.retire_version != mine.retire_version):
+                or not same_clean_up(state, mine)):
             raise LeaseLost(f"Another worker took the connection {record.id} over.")
         return current
 
@@ -769,7 +826,7 @@ class Rotator(Journaled):
         def free(current: ConnectionRecord) -> bool:
             state = current.rotation
             return not ((state.leased(self.now()) and state.lease_owner != self.owner)
-                        or current.status == STATUS_DELETING or state.retire_version != record.rotation.retire_version)
+                        or current.status == STATUS_DELETING or not same_clean_up(state, record.rotation))
 
         if not free(record):
             return None
@@ -785,7 +842,7 @@ class Rotator(Journaled):
         """:meth:`retire` for a request: under the lease (without it, a rotation another request ran meanwhile
         would see what it made current removed as a leftover), released after, whatever happens. ``LeaseLost``
         when the lease cannot be taken."""
-        if record.rotation.retire_version is None:
+        if not record.rotation.cleaning_up:
             return record
         claimed = await self._lease_for_retirement(record)
         if claimed is None:
@@ -878,7 +935,7 @@ class Rotator(Journaled):
         # The application it left is the one in use (new credentials for the same one): its clean-up is this one,
         # made with the credential in use, which goes last; with the previous credential, the first removals would
         # revoke the credential in use (a rotation made since) before the last ones were done.
-        if state.retire_version is not None and not retires_in_use(record):
+        if state.cleaning_up and not retires_in_use(record):
             try:
                 await self._remove_left_behind(record, progress, journal)
             except ServiceError as error:
@@ -907,6 +964,13 @@ class Rotator(Journaled):
                                   journal: Journal | None) -> None:
         """A removal pass's part at the application the connection left (``retire_*``), with its credential."""
         state = record.rotation
+        if state.retire_federated_id is not None:  # a federated connection's: nothing signs in with it
+            left = record.evolve(tenant_id=state.retire_tenant_id or "", client_id=state.retire_client_id or "")
+            removed = [] if same_application(left, record) else await self.remove_federated(
+                left, state.retire_federated_id)
+            progress.found[state.retire_client_id or ""] = set()
+            progress.removed.extend(removed)
+            return
         try:
             retired = await self.adapters.vault.get(record.secret_name, state.retire_version or "")
         except VersionDisabled:  # disabled once that application's removals were all done: nothing is left
@@ -961,6 +1025,11 @@ def retires_in_use(record: ConnectionRecord) -> bool:
     return state.retire_version is not None and (
         (state.retire_client_id or "").lower() == (record.client_id or "").lower()
         and (state.retire_tenant_id or "").lower() == record.tenant_id.lower())
+
+
+def same_clean_up(state: RotationState, other: RotationState) -> bool:
+    """Whether two rotation states journal the same clean-up of an application left behind (or none)."""
+    return (state.retire_version, state.retire_federated_id) == (other.retire_version, other.retire_federated_id)
 
 
 def removes_in_use(record: ConnectionRecord) -> bool:
@@ -1066,7 +1135,7 @@ def _signing(roll: CredentialRoll, registration: AppRegistration, material: Mapp
     return found
 
 
-def _clean_up_forgotten(state: RotationState) -> RotationState:
+def clean_up_forgotten(state: RotationState) -> RotationState:
     """``state`` once the clean-up of the application left behind is done: its journal forgotten, and its due
     time too when it was the only thing due (rotation off, none under way)."""
     forgotten = state.left_behind_forgotten()

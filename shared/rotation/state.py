@@ -10,8 +10,8 @@ from shared.records import RotationState
 
 
 def state_response(state: RotationState) -> dict[str, Any] | None:
-    if not state.enabled and state.status is None and state.interval_days is None:
-        return None  # never configured
+    if not state.enabled and state.status is None and state.interval_days is None and not state.cleaning_up:
+        return None  # never configured, and no clean-up to tell of
     return {
         "enabled": state.enabled,
         "rotationInterval": state.interval_days,

@@ -16,8 +16,8 @@ from datetime import UTC
 from shared import telemetry
 from shared.errors import LeaseLost, NotFound, ServiceError
 from shared.ports import DueEntry
-from shared.records import ConnectionRecord
-from shared.rotation.migration import MIGRATION_STEPS, Migrator
+from shared.records import MIGRATION_STEPS, ConnectionRecord
+from shared.rotation.migration import Migrator
 from shared.rotation.pacing import paced_fan_out
 from shared.rotation.protocol import Rotator, only_the_clean_up_due
 
@@ -95,7 +95,7 @@ async def _rotate_due(rotator: Rotator, entry: DueEntry, report: SweepReport) ->
         report.stale += 1
         return
     state = record.rotation
-    if state.schedule_key != entry.key or not (state.enabled or state.in_progress or state.retire_version):
+    if state.schedule_key != entry.key or not (state.enabled or state.in_progress or state.cleaning_up):
         await adapters.schedule.remove(entry.key)
         report.stale += 1
         return

@@ -6,14 +6,24 @@ credentials; Graph's ``federatedIdentityCredentials`` through the service's Grap
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 
 from shared.azure.clients import AzureClients
+from shared.rotation.sweep import sweep
 from shared.store.tables import ConnectionsTable
-from tests.e2e.entra import EntraApp, certificate_body, register_app, register_rotatable_app, token_works
+from tests.e2e.entra import (
+    ROTATION_ROLE,
+    EntraApp,
+    certificate_body,
+    register_app,
+    register_rotatable_app,
+    token_works,
+)
+from tests.e2e.sweeping import rotator_at
 
 pytestmark = pytest.mark.e2e
 
@@ -127,3 +137,37 @@ def test_a_certificate_connection_migrates_too_and_its_certificate_is_revoked_on
     assert len(admin.get_app(app.tenant_id, app.client_id)["keyCredentials"]) == (0 if revoke else 1)
     assert [f["name"] for f in admin.federated_credentials(app.tenant_id, app.client_id)] == [
         f"app-connections-{cid}"]
+
+
+async def test_a_connection_moved_off_an_application_cleans_it_up_now_or_by_the_sweep(
+        api: Any, admin: Any, local_env: Any, secrets_used: Any, clients: AzureClients) -> None:
+    """Moved to another application, a migrated connection's federated credential on the first is the change's
+    clean-up, journaled with it: removed at once when that application lets the service, else kept in the
+    journal, said in the connection's rotation message, and removed by the sweep once it does."""
+    first = register_rotatable_app(admin, secrets_used, name="left-behind")
+    created = api.post(f"{BASE}/{APP}", json={"name": f"mov-{uuid.uuid4().hex[:10]}", "method": "client-secret",
+                                              "credentials": first.client_secret_body()})
+    assert created.status_code == 201, created.text
+    cid = created.json()["appConnection"]["id"]
+    assert api.post(f"{BASE}/{APP}/{cid}/migrate-to-federated", json={}).status_code == 200
+    [added] = admin.federated_credentials(first.tenant_id, first.client_id)
+    second = register_app(admin, secrets_used, name="moved-to")
+    trust(admin, local_env, second)
+    admin.revoke_roles(first.tenant_id, first.client_id, [ROTATION_ROLE])  # the first refuses the clean-up
+    moved = api.patch(f"{BASE}/{APP}/{cid}", json={"credentials": {"tenantId": second.tenant_id,
+                                                                    "clientId": second.client_id}})
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["appConnection"]["credentials"]["clientId"] == second.client_id
+    assert "could not be removed yet" in moved.json()["appConnection"]["rotation"]["lastRotationMessage"]
+    assert [c["id"] for c in admin.federated_credentials(first.tenant_id, first.client_id)] == [added["id"]]
+    record = await ConnectionsTable(clients).get(APP, cid)
+    assert record.rotation.retire_federated_id == added["id"] and record.rotation.next_at is not None
+
+    admin.grant_roles(first.tenant_id, first.client_id, [ROTATION_ROLE])
+    report = await sweep(rotator_at(clients, record.rotation.next_at + timedelta(minutes=1), only=[cid]))
+    assert report.outcomes[cid] == "retired"
+    assert admin.federated_credentials(first.tenant_id, first.client_id) == []
+    done = await ConnectionsTable(clients).get(APP, cid)
+    assert not done.rotation.cleaning_up and done.rotation.next_at is None
+    assert api.post(f"{BASE}/{APP}/{cid}/validate").status_code == 200
+    assert api.delete(f"{BASE}/{APP}/{cid}").status_code == 200

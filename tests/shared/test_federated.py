@@ -18,9 +18,9 @@ from shared.errors import CredentialRejected, InvalidRequest, RotationInProgress
 from shared.federation import credential_name
 from shared.health import HealthChecker
 from shared.options import app_options
-from shared.records import ConnectionRecord
-from shared.rotation.migration import MIGRATION_STEPS
+from shared.records import MIGRATION_STEPS, ConnectionRecord
 from shared.rotation.protocol import Checkpoint
+from tests import fakes
 from tests.fakes import IDENTITY_PRINCIPAL_ID, TENANT, build_fakes
 from tests.lifecycle_harness import APP, Crash, Harness, fails_once, own_etag, user_operations
 
@@ -606,34 +606,165 @@ async def test_a_migration_worker_whose_lease_ran_out_after_its_switch_removes_n
     assert h.check() == []
 
 
-@pytest.mark.parametrize(("refusal", "left_live"), [
+@pytest.mark.parametrize(("refusal", "kept"), [
     ("AADSTS53003: Access has been blocked by Conditional Access policies.", True),
     ("AADSTS7000112: Application is disabled.", True),
     ("AADSTS70021: No matching federated identity record found for presented assertion.", True),
     ("AADSTS70025: The client application has no configured federated identity credentials.", False),
     ("AADSTS700016: Application with identifier 'x' was not found in the directory.", False),
 ])
-async def test_leaving_a_federated_application_that_refuses_the_sign_in_says_what_may_be_left_live(
-        refusal: str, left_live: bool) -> None:
-    """Found by a review: a federated connection moved to another application removes the federated credential
-    it added to the one it left; any refusal of the sign-in there was taken for "nothing left". Only "no
-    federated credential matches" says so; any other (a Conditional Access policy, the application disabled)
-    leaves it perhaps live, and the audit log says so, as for a removal Graph refuses. (Review N, session 17: nor
-    does 70021, "none matches the service's identity now": one added for an identity the service no longer has
-    would still be there; only "none at all" (70025) and "no such application" (700016) do.)"""
+async def test_leaving_a_federated_application_that_refuses_the_sign_in_keeps_its_clean_up_until_it_is_done(
+        refusal: str, kept: bool) -> None:
+    """A federated connection moved to another application removes the federated credential the service added to
+    the one it left. Only "no federated credential at all" (70025) and "no such application" (700016) say that
+    nothing is left there (review N, session 17: not 70021, "none matches the service's identity now": one added
+    for an identity the service no longer has would still be there). Any other refusal (a Conditional Access
+    policy, the application disabled) leaves it perhaps live: it was once only audited as left live, tracked by
+    nothing; the clean-up now stays in the journal (``retire_*``), is said in the rotation's message, and the sweep
+    tries it again, with back-off, until it is done."""
     h = Harness()
     record = await h.create()
     migrated = await h.api.migrate_to_federated(APP, record.id, {})
+    left = h.fakes.world.apps[migrated.client_id or ""]
     other = h.fakes.world.application()
     h.fakes.world.add_federated(other.client_id)
     code = refusal.partition(":")[0]
     h.fakes.world.fail_next("graph.token", CredentialRejected(refusal, extensions={"aadstsCode": code}))
     moved = await h.api.update(APP, record.id, {"credentials": {"tenantId": TENANT, "clientId": other.client_id}})
     assert moved.client_id == other.client_id
-    noted = [r for r in h.fakes.audit.records if r.outcome == "credentials-left-live"]
-    assert bool(noted) == left_live
-    if left_live:
-        assert f"Federated identity credential {migrated.rotation.key_id}" in (noted[0].detail or "")
+    assert (moved.rotation.retire_federated_id == migrated.rotation.key_id) == kept
+    assert not [r for r in h.fakes.audit.records if r.outcome == "credentials-left-live"]
+    assert h.unscheduled() == []  # (the refusals that say nothing is left are injected: the world is not checked)
+    if kept:
+        assert h.check() == []
+        assert moved.rotation.retire_client_id == migrated.client_id
+        assert "could not be removed yet" in (moved.rotation.message or "")
+        assert migrated.rotation.key_id in left.federated
+        await h.due()
+        await h.sweep()
+        done = await h.record(record.id)
+        assert done is not None and not done.rotation.cleaning_up and done.rotation.next_at is None
+        assert migrated.rotation.key_id not in left.federated
+        assert h.check() == [] and h.unscheduled() == []
+
+
+async def _moved_off(h: Harness, refusal: str | None = None) -> tuple[ConnectionRecord, ConnectionRecord, str]:
+    """A migrated connection (tracking the federated credential its migration added) moved to another application;
+    ``refusal``: Entra refuses the service's sign-in at the application it left meanwhile (the clean-up fails).
+    The connection before and after, and the credential left at the first application."""
+    record = await h.create()
+    before = await migrated(h, record)
+    other = h.fakes.world.application()
+    h.fakes.world.add_federated(other.client_id)
+    if refusal is not None:
+        code = refusal.partition(":")[0]
+        h.fakes.world.fail_next("graph.token", CredentialRejected(refusal, extensions={"aadstsCode": code}),
+                                times=1000)
+    moved = await h.api.update(APP, record.id, {"credentials": {"tenantId": TENANT, "clientId": other.client_id}})
+    return before, moved, before.rotation.key_id or ""
+
+
+BLOCKED = "AADSTS53003: Access has been blocked by Conditional Access policies."
+
+
+async def test_a_worker_that_dies_right_after_the_move_is_saved_leaves_the_clean_up_to_the_sweep(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The federated credential the service added to the application a connection left was removed after the
+    change was saved, tracked by nothing in between: a worker that died there (a host recycled) left it live and
+    trusted for good. The change now journals the clean-up (``retire_*``) with a due time; the sweep makes it."""
+    h = Harness()
+    record = await h.create()
+    before = await migrated(h, record)
+    left = h.fakes.world.apps[before.client_id or ""]
+    other = h.fakes.world.application()
+    h.fakes.world.add_federated(other.client_id)
+
+    async def dies(self: Any, object_id: str, credential_id: str) -> None:
+        raise Crash("graph.fic.remove")
+
+    monkeypatch.setattr(fakes.FakeGraph, "remove_federated_credential", dies)
+    with pytest.raises(Crash):
+        await h.api.update(APP, record.id, {"credentials": {"tenantId": TENANT, "clientId": other.client_id}})
+    monkeypatch.undo()
+    saved = await h.record(record.id)
+    assert saved is not None and saved.client_id == other.client_id
+    assert saved.rotation.retire_federated_id == before.rotation.key_id
+    assert before.rotation.key_id in left.federated
+    assert h.check() == [] and h.unscheduled() == []
+    h.lease_runs_out()
+    await h.due()
+    await h.sweep()
+    done = await h.record(record.id)
+    assert done is not None and not done.rotation.cleaning_up and done.rotation.key_id is None
+    assert before.rotation.key_id not in left.federated
+    assert h.fakes.world.federated_live(other.client_id)
+    assert h.check() == [] and h.unscheduled() == []
+
+
+async def test_moved_back_before_its_clean_up_is_done_the_connection_takes_its_credential_back() -> None:
+    """Moved back to the application whose clean-up is pending, the connection signs in with the federated
+    credential the service added there: it is the connection's again (tracked, removed by its DELETE), not
+    removed by a clean-up that comes later."""
+    h = Harness()
+    before, moved, credential_id = await _moved_off(h, BLOCKED)
+    assert moved.rotation.retire_federated_id == credential_id
+    h.fakes.world.clear_faults()
+    back = await h.api.update(APP, before.id, {"credentials": {"tenantId": TENANT,
+                                                               "clientId": before.client_id}})
+    assert back.client_id == before.client_id and back.rotation.key_id == credential_id
+    assert not back.rotation.cleaning_up and back.rotation.next_at is None
+    await h.settle()
+    assert credential_id in h.fakes.world.apps[before.client_id or ""].federated
+    assert h.check() == [] and h.unscheduled() == []
+    await h.api.delete(APP, before.id)
+    assert credential_id not in h.fakes.world.apps[before.client_id or ""].federated
+    assert h.check() == []
+
+
+async def test_a_move_elsewhere_before_the_clean_up_is_done_finishes_it_first_or_changes_nothing() -> None:
+    """One clean-up at a time, as for the client secrets a change leaves behind: a second move finishes the
+    first one's clean-up first; while the application left still refuses, the second move answers 409 and
+    changes nothing."""
+    h = Harness()
+    before, moved, credential_id = await _moved_off(h, BLOCKED)
+    third = h.fakes.world.application()
+    h.fakes.world.add_federated(third.client_id)
+    body = {"credentials": {"tenantId": TENANT, "clientId": third.client_id}}
+    with pytest.raises(ServiceError) as refused:
+        await h.api.update(APP, before.id, body)
+    assert refused.value.status == 409 and "could not be removed yet" in refused.value.detail
+    unchanged = await h.record(before.id)
+    assert unchanged is not None and unchanged.client_id == moved.client_id
+    assert unchanged.rotation.retire_federated_id == credential_id
+    h.fakes.world.clear_faults()
+    h.lease_runs_out()
+    done = await h.api.update(APP, before.id, body)
+    assert done.client_id == third.client_id and not done.rotation.cleaning_up
+    assert credential_id not in h.fakes.world.apps[before.client_id or ""].federated
+    assert h.check() == [] and h.unscheduled() == []
+
+
+@pytest.mark.parametrize("force", [False, True])
+async def test_a_delete_before_the_clean_up_is_done_makes_it_or_says_what_stays_live(force: bool) -> None:
+    """A DELETE removes what the service added to the application the connection left, as its clean-up would;
+    while that application refuses, a DELETE answers 409 and deletes nothing, and a forced one names the
+    credential it leaves live."""
+    h = Harness()
+    before, _, credential_id = await _moved_off(h, BLOCKED)
+    if force:
+        deleted = await h.api.delete(APP, before.id, force=True)
+        assert credential_id in deleted.key_ids_left_live
+        assert credential_id in h.fakes.world.apps[before.client_id or ""].federated
+        return
+    with pytest.raises(ServiceError) as refused:
+        await h.api.delete(APP, before.id)
+    assert refused.value.status == 409 and credential_id in refused.value.extensions["keyIds"]
+    assert await h.record(before.id) is not None and h.check() == []
+    h.fakes.world.clear_faults()
+    h.lease_runs_out()
+    await h.api.delete(APP, before.id)
+    assert credential_id not in h.fakes.world.apps[before.client_id or ""].federated
+    assert h.check() == []
 
 
 async def test_a_key_vault_failure_in_the_clean_up_after_the_switch_is_a_502_and_the_request_again_finishes_it(
@@ -876,13 +1007,13 @@ async def test_the_heir_moved_to_another_application_meanwhile_is_not_handed_the
         monkeypatch: pytest.MonkeyPatch) -> None:
     """(Review E.) The heir, PATCHed onto another application between the DELETE's listing and its hand-over,
     was handed a credential that is not on its application: deleting it later removed nothing."""
-    from shared.rotation import migration
+    from shared.rotation import sharing
 
     h = Harness()
     record, other, client_id, added = await _migrated_and_created(h)
     elsewhere = h.fakes.world.application()
     h.fakes.world.add_federated(elsewhere.client_id)
-    hand_over = migration.hand_over
+    hand_over = sharing.hand_over
     moved: list[ConnectionRecord] = []
 
     async def moved_first(store: Any, giver: ConnectionRecord, heirs: list[ConnectionRecord], credential_id: str
@@ -892,7 +1023,7 @@ async def test_the_heir_moved_to_another_application_meanwhile_is_not_handed_the
                 "credentials": {"tenantId": TENANT, "clientId": elsewhere.client_id}}))
         return await hand_over(store, giver, heirs, credential_id)
 
-    monkeypatch.setattr(migration, "hand_over", moved_first)
+    monkeypatch.setattr(sharing, "hand_over", moved_first)
     await h.api.delete(APP, record.id)  # nobody relies on it any more: removed
     heir = await h.record(other.id)
     assert heir is not None and heir.client_id == elsewhere.client_id and heir.rotation.key_id is None

@@ -70,3 +70,16 @@ def test_a_schedule_in_utc_reads_back_as_the_reference_s_clients_wrote_it():
     assert utc is not None and utc["rotateAtUtc"] == {"hours": 3, "minutes": 5}
     local = state_response(RotationState(interval_days=7, rotate_at="03:05", time_zone="Europe/Berlin"))
     assert local is not None and local["rotateAtUtc"] is None
+
+
+def test_a_connection_never_rotated_shows_its_rotation_only_while_a_clean_up_is_pending():
+    """A federated connection created so (never rotated) that moved off an application: the clean-up of the one it
+    left, and why it is not done yet, are told in its rotation (``lastRotationMessage``, ``nextRotationAt``)."""
+    assert state_response(RotationState()) is None
+    pending = RotationState(retire_federated_id="f1", retire_tenant_id="t", retire_client_id="c0",
+                            message="could not be removed yet", next_at=NOW)
+    shown = state_response(pending)
+    assert shown is not None and shown["lastRotationMessage"] == "could not be removed yet"
+    assert shown["nextRotationAt"] == "2026-11-23T12:00:00Z" and shown["enabled"] is False
+    entity = FakeEntity(to_entity(record().evolve(rotation=pending)))
+    assert from_entity(entity).rotation == pending
