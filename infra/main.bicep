@@ -4,7 +4,7 @@
 targetScope = 'subscription'
 
 metadata name = 'Azure App Connections'
-metadata description = 'Deploys the Azure App Connections Function App with a user-assigned identity, Table Storage, two Key Vaults (the connections\' credentials; the operator-set settings), Application Insights and Log Analytics (with the vaults\' and the tables\' audit logs), alert rules on credential health (emailed through an optional action group), its Entra ID API registration with app roles, and optionally VNet integration with private endpoints.'
+metadata description = 'Deploys the Azure App Connections Function App with a user-assigned identity, Table Storage, two Key Vaults (the connections\' credentials; the operator-set settings), Application Insights and Log Analytics (with the vaults\' and the tables\' audit logs), alert rules on credential health and on the service itself (emailed through an optional action group), its Entra ID API registration with app roles, and optionally VNet integration with private endpoints.'
 
 // ================ //
 // Parameters       //
@@ -130,6 +130,18 @@ param notifyWebhookUrl string = ''
 
 @description('Optional. Email addresses the alerts on notifications go to (an action group with one email receiver each). Empty: the alert rules still fire (Azure Monitor > Alerts), with no action group.')
 param alertEmailReceivers array = []
+
+@allowed([
+  'PT2H'
+  'PT3H'
+  'PT4H'
+  'PT5H'
+  'PT6H'
+  'P1D'
+  'P2D'
+])
+@description('Optional. How long without a finished health sweep before the service\'s own alert fires (it is not running, or its timer fails): longer than the time between two sweeps of healthSweepSchedule.')
+param healthSweepSilenceWindow string = 'PT6H'
 
 @description('Optional. Private networking: the Function App integrates with a new VNet, both Key Vaults and Storage get private endpoints and private DNS zones, and their public network access is disabled.')
 param enablePrivateNetworking bool = false
@@ -465,6 +477,7 @@ module alerts 'app/alerts.bicep' = {
     tags: tags
     logAnalyticsWorkspaceResourceId: monitoring.outputs.logAnalyticsId
     emailReceivers: alertEmailReceivers
+    healthSweepSilenceWindow: healthSweepSilenceWindow
   }
 }
 

@@ -1,4 +1,4 @@
-metadata description = 'Log search alert rules on the service\'s notification log records (a credential failed or expired, a credential expiring, a check that cannot run, a recovery), and the action group that emails them.'
+metadata description = 'Log search alert rules on the service\'s notification log records (a credential failed or expired, a credential expiring, a check that cannot run, a recovery), two on the service itself (its failures; its health sweep gone silent), and the action group that emails them.'
 
 // Where the rules look: the service logs each notification (shared/notify.py, Notifier.emit) as one Python log record
 // with `extra` fields; azure-monitor-opentelemetry exports it to Application Insights as a trace whose custom
@@ -27,6 +27,18 @@ param emailReceivers array = []
 @maxLength(12)
 @description('Optional. Short name of the action group (at most 12 characters), shown as the sender of its notifications.')
 param actionGroupShortName string = 'AppConns'
+
+@allowed([
+  'PT2H'
+  'PT3H'
+  'PT4H'
+  'PT5H'
+  'PT6H'
+  'P1D'
+  'P2D'
+])
+@description('Optional. How long without a finished health sweep (its "Health sweep done" log record) before the service\'s silence alert fires. Longer than the time between two health sweeps (healthSweepSchedule, hourly by default), with room for a late one.')
+param healthSweepSilenceWindow string = 'PT6H'
 
 @description('Optional. Location of the alert rules (the workspace\'s region).')
 param location string = resourceGroup().location
@@ -88,6 +100,47 @@ var rules = [
     // Sev4 (Verbose), the lowest: nothing to do.
     severity: 4
     query: recoveredQuery
+  }
+]
+
+// The service itself. The rules above watch the connections through the health sweep's notifications: a service
+// that cannot start (a setting it refuses, a role taken away), timers that keep failing, or notifications given up
+// send none of them, and silence would look like health.
+// - Its failures: an exception the host or the worker reports (AppExceptions: an invocation that failed, the
+//   service's log.exception records), or a log record at error or above that is not a notification (a notification
+//   given up, the webhook's settings unreadable, telemetry misconfigured). One alert per window, whatever the count.
+// - Its health sweep gone silent: no "Health sweep done" record (shared/health.py logs one at the end of each
+//   sweep) for healthSweepSilenceWindow. Stateful: it resolves itself once sweeps finish again.
+var serviceFailuresQuery = 'union (AppExceptions | project TimeGenerated, role = AppRoleName, what = strcat(ExceptionType, ": ", OuterMessage)), (AppTraces | where SeverityLevel >= 3 and tostring(Properties.notification) != "true" | project TimeGenerated, role = AppRoleName, what = Message)'
+var healthSweepDoneQuery = 'AppTraces | where Message startswith "Health sweep done"'
+
+var serviceRules = [
+  {
+    name: '${namePrefix}-service-failures'
+    displayName: '${namePrefix}: the service failed'
+    description: 'The App Connections service itself failed: an exception, or an error log record that is not a notification (a notification given up, its webhook settings unreadable). Its rows say where; see the Function App\'s Failures and logs in Application Insights.'
+    severity: 2
+    query: serviceFailuresQuery
+    operator: 'GreaterThan'
+    threshold: 0
+    evaluationFrequency: 'PT15M'
+    windowSize: 'PT15M'
+    autoMitigate: false
+    // At most one alert an hour while it keeps failing (an outage would otherwise mail every 15 minutes).
+    muteActionsDuration: 'PT1H'
+  }
+  {
+    name: '${namePrefix}-health-sweep-silent'
+    displayName: '${namePrefix}: the health sweep has not run'
+    description: 'No credential health sweep finished within the window: the service is not running, or its timer fails. Until it runs again, no connection is checked and none of the credential alerts can fire. See the Function App\'s state, its Failures and its logs.'
+    severity: 1
+    query: healthSweepDoneQuery
+    operator: 'LessThan'
+    threshold: 1
+    evaluationFrequency: 'PT1H'
+    windowSize: healthSweepSilenceWindow
+    autoMitigate: true
+    muteActionsDuration: ''
   }
 ]
 
@@ -190,8 +243,53 @@ resource alertRules 'Microsoft.Insights/scheduledQueryRules@2022-06-15' = [
   }
 ]
 
+resource serviceAlertRules 'Microsoft.Insights/scheduledQueryRules@2022-06-15' = [
+  for rule in serviceRules: {
+    name: rule.name
+    location: location
+    tags: tags
+    kind: 'LogAlert'
+    properties: {
+      displayName: rule.displayName
+      description: rule.description
+      severity: rule.severity
+      enabled: true
+      scopes: [
+        logAnalyticsWorkspaceResourceId
+      ]
+      evaluationFrequency: rule.evaluationFrequency
+      windowSize: rule.windowSize
+      criteria: {
+        allOf: [
+          {
+            query: rule.query
+            timeAggregation: 'Count'
+            operator: rule.operator
+            threshold: rule.threshold
+            failingPeriods: {
+              numberOfEvaluationPeriods: 1
+              minFailingPeriodsToAlert: 1
+            }
+          }
+        ]
+      }
+      autoMitigate: rule.autoMitigate
+      muteActionsDuration: empty(rule.muteActionsDuration) ? null : rule.muteActionsDuration
+      actions: {
+        actionGroups: empty(emailReceivers) ? [] : [
+          actionGroup.id
+        ]
+      }
+      skipQueryValidation: true
+    }
+  }
+]
+
 @description('The resource id of the action group, or empty when there are no email receivers.')
 output actionGroupResourceId string = empty(emailReceivers) ? '' : actionGroup.id
 
-@description('The names of the alert rules.')
+@description('The names of the alert rules on the connections\' notifications.')
 output alertRuleNames array = [for rule in rules: rule.name]
+
+@description('The names of the alert rules on the service itself.')
+output serviceAlertRuleNames array = [for rule in serviceRules: rule.name]

@@ -1576,7 +1576,7 @@ def alert_rules(files: Files) -> list[str]:
             v += [f"{x} with {mode}" for x in _action_group_violations(groups[0], receivers)]
             actions = [Ref(f"{groups[0].symbol}.id")]
         by_severity: dict[Any, set[str]] = {}
-        for rule in deployment.instances(SCHEDULED_QUERY_RULE):
+        for rule in notification_rules(deployment):
             found, events = _alert_rule_violations(rule, workspace, actions, location)
             v += [f"{x} with {mode}" for x in found]
             severity = get(rule.body, "properties", "severity")
@@ -1797,7 +1797,128 @@ def telemetry_settings_rules(files: Files) -> list[str]:
     return v
 
 
+# The rules on the service itself (app/alerts.bicep's serviceAlertRules): its failures, and its health sweep gone
+# silent, told by the record shared/health.py logs at the end of each sweep.
+SERVICE_RULES = ("service-failures", "health-sweep-silent")
+HEALTH_SWEEP_DONE = "Health sweep done"
+SILENCE_WINDOW_PARAM = "healthSweepSilenceWindow"
+HEALTH_SCHEDULE_PARAM = "healthSweepSchedule"
+
+
+def notification_rules(deployment: Deployment) -> list[Instance]:
+    """The alert rules on the connections' notification records (not those on the service itself)."""
+    return [r for r in deployment.instances(SCHEDULED_QUERY_RULE)
+            if r.path == ALERTS_MODULE and r.symbol.startswith("alertRules[")]
+
+
+def service_rules(deployment: Deployment) -> dict[str, Instance]:
+    """The alert rules on the service itself, by the suffix of their names."""
+    found: dict[str, Instance] = {}
+    for rule in deployment.instances(SCHEDULED_QUERY_RULE):
+        if rule.path == ALERTS_MODULE and rule.symbol.startswith("serviceAlertRules["):
+            name = ref_text(rule.body.get("name"))
+            found[next((s for s in SERVICE_RULES if name.endswith(f"-{s}")), name)] = rule
+    return found
+
+
+def iso_hours(duration: str) -> float:
+    """An ISO 8601 duration of days or hours (P2D, PT6H, PT15M) in hours."""
+    match = re.fullmatch(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?)?", duration)
+    if match is None or not duration.strip("PT"):
+        raise ValueError(f"not a duration of days, hours and minutes: {duration!r}")
+    days, hours, minutes = (int(g or 0) for g in match.groups())
+    return days * 24 + hours + minutes / 60
+
+
+def service_alert_rules(files: Files, health_source: str, longest_gap_hours: float) -> list[str]:
+    """The service's own rules: its failures (AppExceptions, and error records that are not notifications) every 15
+    minutes, stateless, muted an hour; its health sweep gone silent (no record starting with what
+    ``health_source`` logs at the end of a sweep) over the window given, stateful, at least three times the longest gap
+    between two sweeps of the default schedule (``longest_gap_hours``); both to the action group when there is one."""
+    v: list[str] = []
+    if f'log.info("{HEALTH_SWEEP_DONE} ' not in health_source:
+        v.append(f"shared/health.py no longer logs {HEALTH_SWEEP_DONE!r} at the end of a sweep: the silence rule "
+                 "reads that record")
+    default_window = get(files.get("main.bicep") or {}, "parameters", SILENCE_WINDOW_PARAM, "default")
+    for receivers, window in (([], None), (["ops@example.com"], "P1D")):
+        params: dict[str, Any] = {"alertEmailReceivers": receivers}
+        if window is not None:
+            params[SILENCE_WINDOW_PARAM] = window
+        deployment = Deployment(files, params)
+        mode = f"alertEmailReceivers={receivers}, {SILENCE_WINDOW_PARAM}={window or default_window}"
+        found = service_rules(deployment)
+        if sorted(found) != sorted(SERVICE_RULES):
+            return [*v, f"with {mode}: the service's rules must be {list(SERVICE_RULES)}, are {sorted(found)}"]
+        groups = deployment.instances(ACTION_GROUP)
+        actions = [Ref(f"{groups[0].symbol}.id")] if groups else []
+        for name, rule in found.items():
+            where = f"{rule.path}:{rule.symbol} ({name}) with {mode}"
+            props = rule.body.get("properties") or {}
+            expect(v, where, "kind", rule.body.get("kind"), "LogAlert")
+            expect(v, where, "enabled", props.get("enabled"), True)
+            expect(v, where, "actions.actionGroups", get(props, "actions", "actionGroups"), actions)
+            criteria = get(props, "criteria", "allOf") or []
+            if len(criteria) != 1:
+                v.append(f"{where}: one criterion expected, has {len(criteria)}")
+                continue
+            criterion = criteria[0]
+            query = ref_text(criterion.get("query"))
+            expect(v, where, "timeAggregation", criterion.get("timeAggregation"), "Count")
+            if criterion.get("dimensions"):
+                v.append(f"{where}: one alert for the service, not split by {criterion.get('dimensions')}")
+            if name == "service-failures":
+                expect(v, where, "operator/threshold", (criterion.get("operator"), criterion.get("threshold")),
+                       ("GreaterThan", 0))
+                expect(v, where, "frequency/window", (props.get("evaluationFrequency"), props.get("windowSize")),
+                       (ALERT_WINDOW, ALERT_WINDOW))
+                expect(v, where, "autoMitigate", props.get("autoMitigate"), False)
+                expect(v, where, "muteActionsDuration", props.get("muteActionsDuration"), "PT1H")
+                for part in ("(AppExceptions |", "(AppTraces | where SeverityLevel >= 3 and "
+                             'tostring(Properties.notification) != "true" |'):
+                    if part not in query:
+                        v.append(f"{where}: the query must read {part!r}: {query}")
+            else:
+                expect(v, where, "operator/threshold", (criterion.get("operator"), criterion.get("threshold")),
+                       ("LessThan", 1))
+                expect(v, where, "query", query, f'AppTraces | where Message startswith "{HEALTH_SWEEP_DONE}"')
+                expect(v, where, "windowSize", props.get("windowSize"), window or default_window)
+                expect(v, where, "autoMitigate", props.get("autoMitigate"), True)
+                frequency = iso_hours(str(props.get("evaluationFrequency")))
+                if frequency > iso_hours(str(props.get("windowSize"))):
+                    v.append(f"{where}: evaluated every {frequency} h, longer than its window")
+    if iso_hours(str(default_window)) < 3 * longest_gap_hours:
+        v.append(f"main.bicep: {SILENCE_WINDOW_PARAM} defaults to {default_window}, less than three times the "
+                 f"longest gap ({longest_gap_hours} h) between two health sweeps of {HEALTH_SCHEDULE_PARAM}'s "
+                 "default: it would alert on a healthy service, or on one missed sweep")
+    return v
+
+
+def longest_gap_hours(schedule: str) -> float:
+    """The longest time between two runs of an NCRONTAB schedule over a year (read as the host's timer reads it)."""
+    from datetime import UTC, datetime
+
+    from localdev.ncrontab import next_after
+
+    at = datetime(2027, 1, 1, tzinfo=UTC)
+    longest = 0.0
+    while at.year == 2027:
+        following = next_after(schedule, at)
+        longest = max(longest, (following - at).total_seconds() / 3600)
+        at = following
+    return longest
+
+
+def service_alerts(files: Files) -> list[str]:
+    """:func:`service_alert_rules` for the health sweep's default schedule and the service's own source."""
+    from pathlib import Path
+
+    schedule = get(files.get("main.bicep") or {}, "parameters", HEALTH_SCHEDULE_PARAM, "default")
+    source = (Path(__file__).resolve().parents[2] / "shared" / "health.py").read_text()
+    return service_alert_rules(files, source, longest_gap_hours(str(schedule)))
+
+
 RULES: tuple[Callable[[Files], list[str]], ...] = (
+    service_alerts,
     function_app_rules,
     publishing_credentials_rules,
     storage_rules,

@@ -162,7 +162,7 @@ def test_the_evaluator_reads_the_alert_rules_and_the_action_group(templates: dic
     emailed = rules.Deployment(templates, {"alertEmailReceivers": receivers})
     (group,) = emailed.instances(rules.ACTION_GROUP)
     assert [r["emailAddress"] for r in group.body["properties"]["emailReceivers"]] == receivers
-    alert_rules = emailed.instances(rules.SCHEDULED_QUERY_RULE)
+    alert_rules = rules.notification_rules(emailed)
     assert sorted(r.body["properties"]["severity"] for r in alert_rules) == [1, 2, 2, 4]
     for rule in alert_rules:
         query = rules.ref_text(rule.body["properties"]["criteria"]["allOf"][0]["query"])
@@ -172,6 +172,8 @@ def test_the_evaluator_reads_the_alert_rules_and_the_action_group(templates: dic
     silent = rules.Deployment(templates, {})
     assert silent.instances(rules.ACTION_GROUP) == []
     assert [r.body["properties"]["actions"]["actionGroups"] for r in silent.instances(rules.SCHEDULED_QUERY_RULE)] == [
+        [],
+        [],
         [],
         [],
         [],
@@ -186,6 +188,24 @@ def test_the_evaluator_reads_the_alert_rules_and_the_action_group(templates: dic
     (written,) = webhook.instances(rules.VAULT_SECRET)
     assert written.body["properties"]["value"] == rules.WEBHOOK_SAMPLE
     assert rules.Deployment(templates, {}).instances(rules.VAULT_SECRET) == []
+
+
+def test_the_service_alerts_on_its_own_failures_and_on_its_health_sweep_gone_silent(
+        templates: dict[str, Any]) -> None:
+    """Review I (session 18): the rules watched the connections only; a service that cannot start, or whose timers
+    keep failing, alerted nothing, and silence looked like health."""
+    assert rules.service_alerts(templates) == []
+
+
+def test_the_service_rules_check_catches_a_silence_window_a_healthy_service_would_break(
+        templates: dict[str, Any]) -> None:
+    """The same check fails for a daily sweep under the default window, and for a log line renamed."""
+    source = (INFRA_DIR.parent / "shared" / "health.py").read_text()
+    daily = rules.service_alert_rules(templates, source, rules.longest_gap_hours("0 0 3 * * *"))
+    assert any("less than three times the longest gap (24.0 h)" in v for v in daily), daily
+    assert rules.longest_gap_hours("0 0 * * * *") == 1.0
+    renamed = rules.service_alert_rules(templates, source.replace("Health sweep done", "Health sweep ended"), 1.0)
+    assert any("no longer logs" in v for v in renamed), renamed
 
 
 def test_the_evaluator_knows_the_cloud_deployed_to(templates: dict[str, Any]) -> None:
@@ -422,6 +442,7 @@ def test_parameters_file_feeds_the_health_alert_and_sizing_parameters_with_the_t
         "expiryWarningDays": "AZURE_APP_CONNECTIONS_EXPIRY_WARNING_DAYS",
         "notifyWebhookUrl": "AZURE_APP_CONNECTIONS_NOTIFY_WEBHOOK_URL",
         "alertEmailReceivers": "AZURE_APP_CONNECTIONS_ALERT_EMAILS",
+        "healthSweepSilenceWindow": "AZURE_APP_CONNECTIONS_HEALTH_SWEEP_SILENCE_WINDOW",
         "storageSkuName": "AZURE_APP_CONNECTIONS_STORAGE_SKU",
         "instanceMemoryMB": "AZURE_APP_CONNECTIONS_INSTANCE_MEMORY_MB",
         "maximumInstanceCount": "AZURE_APP_CONNECTIONS_MAXIMUM_INSTANCE_COUNT",
@@ -1043,14 +1064,16 @@ TAMPERINGS = [
         "",
         "connectionId",
     ),
-    ("alert-auto-resolves", "app/alerts.bicep", "autoMitigate: false", "autoMitigate: true", "autoMitigate"),
-    ("alert-window-1h", "app/alerts.bicep", "windowSize: 'PT15M'", "windowSize: 'PT1H'", "windowSize"),
+    ("alert-auto-resolves", "app/alerts.bicep", "      autoMitigate: false", "      autoMitigate: true",
+     "autoMitigate"),
+    ("alert-window-1h", "app/alerts.bicep", "      windowSize: 'PT15M'", "      windowSize: 'PT1H'", "windowSize"),
     ("recovered-at-sev1", "app/alerts.bicep", "severity: 4", "severity: 1", "severity"),
     (
         "alert-without-action",
         "app/alerts.bicep",
-        "actionGroups: empty(emailReceivers) ? [] : [\n          actionGroup.id\n        ]",
-        "actionGroups: []",
+        "skipQueryValidation: true\n      actions: {\n        actionGroups: empty(emailReceivers) ? [] : [\n"
+        "          actionGroup.id\n        ]",
+        "skipQueryValidation: true\n      actions: {\n        actionGroups: []",
         "actionGroups",
     ),
     (
@@ -1074,6 +1097,21 @@ TAMPERINGS = [
         "param actionGroupShortName string = 'AppConns'",
         "param actionGroupShortName string = 'AppConnectionsAlerts'",
         "groupShortName",
+    ),
+    ("service-silence-never-fires", "app/alerts.bicep", "operator: 'LessThan'", "operator: 'GreaterThan'",
+     "operator/threshold"),
+    ("service-silence-reads-another-record", "app/alerts.bicep", "'AppTraces | where Message startswith \"Health sweep",
+     "'AppTraces | where Message startswith \"Health check", "query"),
+    ("service-failures-miss-exceptions", "app/alerts.bicep", "(AppExceptions | project", "(AppRequests | project",
+     "AppExceptions"),
+    ("service-silence-window-too-short", "main.bicep", "param healthSweepSilenceWindow string = 'PT6H'",
+     "param healthSweepSilenceWindow string = 'PT2H'", "less than three times the longest gap"),
+    (
+        "service-alerts-without-action",
+        "app/alerts.bicep",
+        "actionGroups: empty(emailReceivers) ? [] : [\n          actionGroup.id\n        ]\n      }\n      skipQuery",
+        "actionGroups: []\n      }\n      skipQuery",
+        "actionGroups",
     ),
     (
         "action-group-always",
