@@ -97,7 +97,7 @@ from shared.rotation.protocol import (
     scheduled_rotation,
     secret_tags,
 )
-from shared.rotation.sharing import HandOverIncomplete, keep_for_others
+from shared.rotation.sharing import HandOverIncomplete, credential_tenant, keep_for_others
 from shared.rotation.state import state_response
 from shared.store.vault import secret_name_for
 from shared.views import ConnectionReader, ensure_name_free, require_match
@@ -487,7 +487,11 @@ class ConnectionService:
         trigger = "enable" if enabling else None
         if request.credentials is not None:
             assert given_credentials is not None
-            back = comes_back(record, given_credentials.tenantId, given_credentials.clientId)
+            back = comes_back(record, given_credentials.clientId)
+            if back and state.leased(self.now()):  # its clean-up is under way: it may remove the credential now
+                raise RotationInProgress(
+                    "The clean-up of the application this connection used before is running; try again shortly.",
+                    headers={"Retry-After": "5"})
             if state.cleaning_up and not back:  # the last change's clean-up first: one application at a time
                 record = await self._finish_retirement(record, raise_on_failure=True)
                 state = record.rotation
@@ -504,18 +508,21 @@ class ConnectionService:
                 leaving = record.rotation.key_id if key_id is None else None
                 if back:  # the application it left, whose clean-up is pending: its credential is the connection's
                     # again (it just signed in with it; a clean-up that removed it meanwhile changed the record,
-                    # so this write, guarded by the ETag of the record read, fails with 409)
+                    # so this write, guarded by the ETag of the record read, fails with 409), and stays where it is
                     key_id = record.rotation.retire_federated_id
-                    new_state = clean_up_forgotten(new_state)
+                    home = record.rotation.retire_tenant_id or ""
+                    new_state = clean_up_forgotten(new_state).evolve(
+                        key_tenant_id=None if home.lower() == credentials.tenantId.lower() else home)
                 # It leaves the application: whatever relies on the credential there takes it over first (a failure
                 # answers 502, nothing changed); what nothing relies on is the clean-up of the application left,
                 # journaled with the change (``retire_*``) and made once it is saved, or by the sweep.
-                if leaving and await keep_for_others(self.store, record, leaving):
+                if leaving and await keep_for_others(self.store, record, leaving, credential_tenant(record)):
                     leaving = None
-            new_state = new_state.evolve(key_id=key_id, key_made=False)
+            new_state = new_state.evolve(key_id=key_id, key_made=False,
+                                         key_tenant_id=new_state.key_tenant_id if key_id else None)
             if leaving:
                 retry = self.now() + FIRST_BACKOFF
-                new_state = new_state.evolve(retire_federated_id=leaving, retire_tenant_id=record.tenant_id,
+                new_state = new_state.evolve(retire_federated_id=leaving, retire_tenant_id=credential_tenant(record),
                                              retire_client_id=record.client_id,
                                              next_at=min(retry, new_state.next_at or retry))
             if state.managed:  # what the service created on the application in use is retired after the switch
@@ -808,8 +815,16 @@ class ConnectionService:
                 raise
 
         try:
-            await self.rotator.remove_all(record, progress, journal=journal, keep_going=force)
+            left_behind: ServiceError | None = None
+            try:
+                await self.rotator.remove_all(record, progress, journal=journal, keep_going=force)
+            except ServiceError as error:  # forced: the application in use is cleaned up all the same
+                if not force or isinstance(error, HandOverIncomplete) or error in unjournaled:
+                    raise
+                left_behind = error
             progress.removed += await self._remove_federated_credential(record)
+            if left_behind is not None:
+                raise left_behind
         except HandOverIncomplete as incomplete:  # every removal done; the connection stays, marked
             incomplete.detail += " The connection is marked as being deleted; send the DELETE again to finish it."
             raise
@@ -944,7 +959,7 @@ class ConnectionService:
             outcome = ("the connection was not deleted" if await self._release(record, before, progress, owner)
                        else "the connection is still marked as being deleted")
             raise CredentialsLeftLive(
-                f"The client secrets the service created on the application could not be removed "
+                f"The credentials the service created on the application could not be removed "
                 f"({error.detail}); {outcome}. Grant the permission and try again, or delete with "
                 f"?force=true to leave them live.{where}",
                 extensions={"reason": error.detail, "keyIds": left, "applicationsNotRead": unread},
@@ -972,8 +987,9 @@ class ConnectionService:
         client_id = record.client_id or ""
         left: list[str] = []
         unread: list[str] = []
-        if state.retire_federated_id is not None and state.retire_federated_id not in progress.removed:
-            left.append(state.retire_federated_id)
+        if state.retire_federated_id is not None:  # unless its pass there was done (removed, kept, or gone)
+            if state.retire_client_id not in progress.found:
+                left.append(state.retire_federated_id)
         elif state.retire_version is not None and state.retire_client_id:
             if state.retire_client_id in progress.found:
                 left += progress.left(state.retire_client_id)
@@ -993,7 +1009,7 @@ class ConnectionService:
         its migration's, or handed over to it), unless another connection of the same application relies on it."""
         if record.method != Method.FEDERATED:
             return []
-        return await self.rotator.remove_federated(record, record.rotation.key_id or "")
+        return await self.rotator.remove_federated(record, credential_tenant(record), record.rotation.key_id or "")
 
     async def _release(self, record: ConnectionRecord, before: ConnectionRecord, progress: Removals,
                        owner: str) -> bool:
@@ -1006,11 +1022,14 @@ class ConnectionService:
             return False
         state = before.rotation
         left_behind = state.retire_client_id
-        if (state.retire_version is not None and left_behind and not retires_in_use(before)
+        if (state.retire_federated_id is not None and left_behind and left_behind in progress.found
+                and not progress.left(left_behind)):  # its federated credential there: removed, kept, or gone
+            before = before.evolve(rotation=clean_up_forgotten(state))
+        elif (state.retire_version is not None and left_behind and not retires_in_use(before)
                 and left_behind in progress.found and not progress.left(left_behind)):
             before = before.evolve(rotation=state.left_behind_forgotten())
             await self.rotator.disable_left_behind(record, state.retire_version)
-        elif state.retire_version is not None and record.rotation.retire_version == state.retire_version:
+        elif state.cleaning_up and same_clean_up(record.rotation, state):
             # That clean-up's journal, as this DELETE wrote it: its last removal may have gone through.
             before = before.evolve(rotation=state.evolve(
                 retire_removing_key_id=record.rotation.retire_removing_key_id))
@@ -1128,19 +1147,20 @@ class ConnectionService:
             raise
 
 
-def comes_back(record: ConnectionRecord, tenant_id: str, client_id: str) -> bool:
-    """New credentials of a federated connection for the application it left, whose clean-up (the removal of the
+def comes_back(record: ConnectionRecord, client_id: str) -> bool:
+    """New credentials of a federated connection for the application it left (in any tenant: a multi-tenant
+    application's federated credential is on its one application object), whose clean-up (the removal of the
     federated credential the service added there) is still pending: it takes that credential back instead."""
     state = record.rotation
     return (record.method == Method.FEDERATED and state.retire_federated_id is not None
-            and (tenant_id.lower(), client_id.lower())
-            == ((state.retire_tenant_id or "").lower(), (state.retire_client_id or "").lower()))
+            and client_id.lower() == (state.retire_client_id or "").lower())
 
 
 def federated_credential_kept(record: ConnectionRecord, tenant_id: str, client_id: str) -> str | None:
     """New credentials of a federated connection: the federated credential the service added (``key_id``, which a
     DELETE removes) stays the connection's on the same application; on another one there is none (the one it
-    leaves is handed over before the change is saved, or removed after: ``_leave_federated_credential``)."""
+    leaves is handed over before the change is saved, or its removal is journaled with it: ``retire_federated_id``,
+    made after the save or by the sweep)."""
     same = (tenant_id.lower(), client_id.lower()) == (record.tenant_id.lower(), (record.client_id or "").lower())
     return record.rotation.key_id if same else None
 

@@ -103,6 +103,10 @@ class RotationState:
     # ``failures`` alone cannot tell it: a failed clean-up of an application left behind counts there too.
     failing_since: datetime | None = None
     key_id: str | None = None  # Key ID of the client secret in use
+    # A federated connection of a multi-tenant application, in another tenant than the application's own: the tenant
+    # whose application object holds ``key_id`` (a federated credential the service added, handed over to it), where
+    # its DELETE removes it. None: the connection's own tenant.
+    key_tenant_id: str | None = None
     key_made: bool = False  # that credential is one a rotation made (not the one the user gave)
     # The service may have created credentials on the application in use (a rotation began since the credentials
     # were given; DELETE removes them). The clean-up of an application left behind is tracked by ``retire_*``.

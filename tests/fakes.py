@@ -101,6 +101,9 @@ class Application:
     policy: LifetimePolicy | None = None
     policy_forbidden: bool = False
     federated: dict[str, FederatedCredential] = field(default_factory=dict)  # by id
+    # A multi-tenant application's home tenant: Graph signed in from another tenant finds only its service principal
+    # (no application object: 404). None: Graph finds it from any tenant (the tests of one tenant).
+    home_tenant: str | None = None
 
 
 _KEY_POOLS: dict[int, list[Any]] = {}
@@ -297,9 +300,10 @@ class World:
 
 class FakeGraph:
     def __init__(self, world: World, client_id: str, read_keys: bool = False,
-                 refusal: CredentialRejected | None = None) -> None:
+                 refusal: CredentialRejected | None = None, tenant_id: str | None = None) -> None:
         self.world = world
         self.client_id = client_id
+        self.tenant_id = tenant_id  # signed in there (None: anywhere)
         self.read_keys = read_keys  # as Graph's $select: the key credentials only when asked for
         self.refusal = refusal  # Entra's, of the session's credential: raised by its first call, as a token's is
 
@@ -310,7 +314,9 @@ class FakeGraph:
 
     def _app(self, client_id: str) -> Application:
         app = self.world.apps.get(client_id)
-        if app is None:
+        elsewhere = (app is not None and app.home_tenant is not None and self.tenant_id is not None
+                     and self.tenant_id.lower() != app.home_tenant.lower())
+        if app is None or elsewhere:
             raise NotFound(f"Microsoft Graph has no app registration with appId {client_id}.")
         if client_id != self.client_id or not app.may_manage_itself:
             raise UpstreamForbidden("Microsoft Graph refused (403 Authorization_RequestDenied).")
@@ -470,7 +476,7 @@ class FakeDirectory:
                 client_id, material.get("clientSecret") or material.get("certificateBody", "")):
             refusal = self._refusal(method, client_id, material)
         yield FakeGraph(self.world, client_id, method is Method.CERTIFICATE if read_keys is None else read_keys,
-                        refusal)
+                        refusal, tenant_id)
 
     def _refusal(self, method: Method, client_id: str, material: Mapping[str, str]) -> CredentialRejected:
         """Entra's refusal of a credential that is not live, with its code: a certificate's key not found or

@@ -312,7 +312,7 @@ class Migrator(Journaled):
             kept += f" ({named(sharing)} of the same application sign(s) in with it)"
         done = state.cleared_journal().left_behind_forgotten().evolve(
             status=STATUS_SUCCEEDED, message=f"Migrated to the federated method; {kept}.", failures=0,
-            failing_since=None, managed=False, revoke_original=False, key_id=ours)
+            failing_since=None, managed=False, revoke_original=False, key_id=ours, key_tenant_id=None)
         saved = await self._save(record, rotation=done.evolve(next_at=None, schedule_key=None))
         await self.adapters.schedule.remove(state.schedule_key)
         await self.audit.record("connection.migrate", STATUS_SUCCEEDED, app=record.app, connection_id=record.id,
@@ -403,7 +403,7 @@ class Migrator(Journaled):
         pending = record.rotation.pending_key_id
         for credential in await graph.federated_credentials(registration.object_id):
             if credential.name == name or (credential.id == pending and added_by_service(credential.name)):
-                if await keep_for_others(self.adapters.connections, record, credential.id):
+                if await keep_for_others(self.adapters.connections, record, credential.id, record.tenant_id):
                     continue
                 self.lease_check(record.rotation)()  # a later migration may have adopted it meanwhile
                 await self.audit.credential_changed(

@@ -749,48 +749,77 @@ class Rotator(Journaled):
     async def _retire_federated(self, record: ConnectionRecord) -> ConnectionRecord:
         """A federated connection's clean-up: the federated credential the service added to the application it left
         (``retire_federated_id``) removed there, unless another connection of that application relies on it (then
-        it is theirs), then forgotten. The application in use is never touched: were it the one left (it cannot
-        be: a change of credentials finishes the clean-up first), its credential is forgotten, not removed."""
+        it is theirs), then forgotten. Its removal is journaled ahead (``retire_removing_key_id``): once sent, the
+        service's sign-in there refused as matching no federated credential means it went. The application in use
+        is never touched: were it the one left (it cannot be: a change of credentials finishes the clean-up first,
+        or takes the credential back), its credential is forgotten, not removed."""
         state = record.rotation
+        credential_id = state.retire_federated_id or ""
         left = record.evolve(tenant_id=state.retire_tenant_id or "", client_id=state.retire_client_id or "")
-        if not same_application(left, record):
-            await self.remove_federated(left, state.retire_federated_id or "", fence=self.lease_check(state))
+        journaled = record
+
+        async def ahead() -> None:  # under the lease, of this clean-up only
+            nonlocal journaled
+            mine = journaled.rotation
+            journaled = await self._apply(
+                journaled, lambda current: (current.rotation.lease_owner == mine.lease_owner
+                                            and same_clean_up(current.rotation, mine)),
+                lambda current: current.evolve(rotation=current.rotation.evolve(retire_removing_key_id=credential_id)))
+            if journaled.rotation.retire_removing_key_id != credential_id:
+                raise LeaseLost(f"The connection {record.id} changed while its clean-up was under way.")
+
+        if not same_application(left, record, any_tenant=True):
+            await self.remove_federated(left, left.tenant_id, credential_id, fence=self.lease_check(state),
+                                        before_removal=ahead, sent=state.retire_removing_key_id == credential_id)
+        record = journaled
         await self.checkpoint("after-retire", record)
         mine = record.rotation
         return await self._apply(record, lambda current: current.rotation == mine,
                                  lambda current: current.evolve(rotation=clean_up_forgotten(current.rotation)))
 
-    async def remove_federated(self, record: ConnectionRecord, credential_id: str,
-                               fence: Callable[[], None] | None = None) -> list[str]:
+    async def remove_federated(self, record: ConnectionRecord, tenant_id: str, credential_id: str,
+                               fence: Callable[[], None] | None = None,
+                               before_removal: Callable[[], Awaitable[None]] | None = None,
+                               sent: bool = False) -> list[str]:
         """Remove the federated credential the service added (``credential_id``) from ``record``'s application,
-        unless another connection of that application relies on it (an application trusts an issuer and subject
-        once: :func:`~shared.rotation.sharing.keep_for_others`, asked before signing in and again right before the
-        removal). The Key IDs removed: none when it is kept, already gone, or the application is
-        (``TRUST_GONE``, or Graph finds neither); any other failure is raised."""
+        signed in where its object is (``tenant_id``), unless another connection of that application relies on it
+        (an application trusts an issuer and subject once: :func:`~shared.rotation.sharing.keep_for_others`, asked
+        before signing in and again right before the removal). ``before_removal`` journals it ahead; ``sent``: an
+        earlier attempt did, so a sign-in refused as matching no federated credential (``AADSTS70021``) means it
+        went (the service signs in through it: it was the one that matched). The Key IDs removed: none when it is
+        kept, already gone, or the application is (``TRUST_GONE``, or Graph finds neither); any other failure is
+        raised."""
         if not credential_id:
             return []
         store = self.adapters.connections
-        if await keep_for_others(store, record, credential_id):
+        if await keep_for_others(store, record, credential_id, tenant_id):
             return []
         client_id = record.client_id or ""
         try:
-            async with self.adapters.directory.graph(Method.FEDERATED, record.tenant_id, client_id, {}) as graph:
+            async with self.adapters.directory.graph(Method.FEDERATED, tenant_id, client_id, {}) as graph:
                 registration = await graph.find(client_id)
                 if credential_id not in {c.id for c in await graph.federated_credentials(registration.object_id)}:
                     return []
                 # Asked again right before the removal: a connection that took it up while this one signed in
                 # and read the application (a migration journaling it, one created federated) keeps it.
-                if await keep_for_others(store, record, credential_id):
+                if await keep_for_others(store, record, credential_id, tenant_id):
                     return []
                 if fence is not None:
                     fence()
+                if before_removal is not None:
+                    await before_removal()
                 await self.audit.credential_changed(
                     "credential.remove", functools.partial(graph.remove_federated_credential,
                                                            registration.object_id, credential_id),
                     app=record.app, connection_id=record.id, object_id=registration.object_id, key_id=credential_id)
         except CredentialRejected as refused:  # the trust is gone already (removed meanwhile), or the application
-            if refused.extensions.get("aadstsCode") in TRUST_GONE:
+            code = refused.extensions.get("aadstsCode")
+            if code in TRUST_GONE:
                 return []
+            if sent and code == "AADSTS70021":
+                log.info("Connection %s: the federated credential %s, whose removal was sent, no longer signs in at "
+                         "application %s; its clean-up is done", record.id, credential_id, record.client_id)
+                return [credential_id]
             raise
         except NotFound:
             return []
@@ -965,9 +994,16 @@ class Rotator(Journaled):
         """A removal pass's part at the application the connection left (``retire_*``), with its credential."""
         state = record.rotation
         if state.retire_federated_id is not None:  # a federated connection's: nothing signs in with it
+            credential_id = state.retire_federated_id
             left = record.evolve(tenant_id=state.retire_tenant_id or "", client_id=state.retire_client_id or "")
-            removed = [] if same_application(left, record) else await self.remove_federated(
-                left, state.retire_federated_id)
+
+            async def ahead() -> None:
+                if journal is not None:
+                    await journal(lambda state: state.evolve(retire_removing_key_id=credential_id))
+
+            removed = [] if same_application(left, record, any_tenant=True) else await self.remove_federated(
+                left, left.tenant_id, credential_id, before_removal=ahead,
+                sent=state.retire_removing_key_id == credential_id)
             progress.found[state.retire_client_id or ""] = set()
             progress.removed.extend(removed)
             return
@@ -1055,6 +1091,9 @@ async def reindex(index: ScheduleStore, old_key: str | None, due: datetime | Non
     return pointed
 
 
+RETIRE_WAITING = "The credentials the service created on the previous application could not be removed yet"
+
+
 def retire_waiting(state: RotationState, error: ServiceError, now: datetime, *, keep_earlier: bool) -> RotationState:
     """The state of a retirement that failed: one more failure, retried after the back-off (or at the due time
     already set, when ``keep_earlier`` and it comes first), and a message that says so."""
@@ -1062,8 +1101,7 @@ def retire_waiting(state: RotationState, error: ServiceError, now: datetime, *, 
     retry = now + backoff(failures)
     return state.evolve(
         failures=failures, next_at=min(retry, state.next_at) if keep_earlier and state.next_at else retry,
-        message=("The credentials the service created on the previous application could not be removed "
-                 f"yet ({error.detail}); they are retried."))
+        message=f"{RETIRE_WAITING} ({error.detail}); they are retried.")
 
 
 @dataclass
@@ -1137,8 +1175,11 @@ def _signing(roll: CredentialRoll, registration: AppRegistration, material: Mapp
 
 def clean_up_forgotten(state: RotationState) -> RotationState:
     """``state`` once the clean-up of the application left behind is done: its journal forgotten, and its due
-    time too when it was the only thing due (rotation off, none under way)."""
+    time too when it was the only thing due (rotation off, none under way); the message of its failures too (and
+    their count), when it is still the last message."""
     forgotten = state.left_behind_forgotten()
+    if (forgotten.message or "").startswith(RETIRE_WAITING):
+        forgotten = forgotten.evolve(message=None, failures=0)
     return forgotten if forgotten.enabled or forgotten.in_progress else forgotten.evolve(next_at=None)
 
 

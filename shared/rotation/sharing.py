@@ -80,11 +80,17 @@ def named(connections: list[ConnectionRecord]) -> str:
     return ", ".join(f"'{c.name}' ({c.app})" for c in connections)
 
 
+def credential_tenant(record: ConnectionRecord) -> str:
+    """The tenant whose application object holds the federated credential ``record`` tracks (``key_id``)."""
+    return record.rotation.key_tenant_id or record.tenant_id
+
+
 async def relying_on_federation(store: ConnectionStore, record: ConnectionRecord) -> list[ConnectionRecord]:
     """The other connections of ``record``'s application that sign in with its federated credential, or whose
     migration to the federated method is under way (it may have tested that credential, and switch to it); not one
-    being deleted (it goes too, and cannot take the credential over)."""
-    return [other for other in await of_the_same_application(store, record)
+    being deleted (it goes too, and cannot take the credential over). Of every tenant: a federated credential is on
+    the application object, which Entra ID trusts for the sign-ins of a multi-tenant application in any tenant."""
+    return [other for other in await of_the_same_application(store, record, any_tenant=True)
             if other.method == Method.FEDERATED or other.rotation.step in MIGRATION_STEPS]
 
 
@@ -101,12 +107,14 @@ class HandOverIncomplete(UpstreamError):
     or they kept changing): nothing was lost (the one handing it over still tracks it); send the request again."""
 
 
-async def keep_for_others(store: ConnectionStore, record: ConnectionRecord, credential_id: str) -> bool:
-    """Whether the federated credential the service added, which ``record`` gives up (deleted, moved to another
-    application, its migration failed), stays for another connection: one tracks it already (signs in with it, or
-    its migration journaled it), or one signs in with it without tracking it (created federated) and takes it over
-    (:func:`hand_over`). False: nobody relies on it, it is to be removed (a migration that has not journaled it
-    yet tests before it switches: it fails, and can be sent again)."""
+async def keep_for_others(store: ConnectionStore, record: ConnectionRecord, credential_id: str,
+                          tenant_id: str) -> bool:
+    """Whether the federated credential the service added (on ``record``'s application, whose object is in
+    ``tenant_id``), which ``record`` gives up (deleted, moved to another application, its migration failed), stays
+    for another connection: one tracks it already (signs in with it, or its migration journaled it), or one signs
+    in with it without tracking it (created federated, in any tenant) and takes it over (:func:`hand_over`). False:
+    nobody relies on it, it is to be removed (a migration that has not journaled it yet tests before it switches:
+    it fails, and can be sent again)."""
     for _ in range(4):
         try:
             relying = await relying_on_federation(store, record)
@@ -120,29 +128,33 @@ async def keep_for_others(store: ConnectionStore, record: ConnectionRecord, cred
         heirs = [other for other in relying if other.method == Method.FEDERATED and not other.rotation.key_id]
         if not heirs:
             return False
-        if await hand_over(store, record, heirs, credential_id):
+        if await hand_over(store, record, heirs, credential_id, tenant_id):
             return True
     raise HandOverIncomplete("The connections relying on the application's federated credential kept changing.")
 
 
 async def hand_over(store: ConnectionStore, record: ConnectionRecord, heirs: list[ConnectionRecord],
-                    credential_id: str) -> bool:
+                    credential_id: str, tenant_id: str) -> bool:
     """One of ``heirs`` (federated, on ``record``'s application, and not being deleted, read again before it is
     written) tracks the federated credential the service added: a DELETE of it removes the credential when no
-    other connection relies on it then. False when none of them still qualifies (they changed meanwhile). Written
-    before ``record`` lets go of it: should it fail, ``record`` keeps it (a request again finishes)."""
+    other connection relies on it then; one in another tenant than the application object's (``tenant_id``)
+    records that tenant (``key_tenant_id``), where its DELETE reaches it. False when none of them still qualifies
+    (they changed meanwhile). Written before ``record`` lets go of it: should it fail, ``record`` keeps it (a
+    request again finishes)."""
     try:
         for heir in heirs:
             current: ConnectionRecord | None = heir
             for _ in range(3):
                 if (current is None or current.method != Method.FEDERATED or current.status == STATUS_DELETING
-                        or not same_application(current, record)
+                        or not same_application(current, record, any_tenant=True)
                         or current.rotation.key_id not in (None, credential_id)):
                     break  # gone, being deleted, moved, or tracking another credential meanwhile: not this one
                 if current.rotation.key_id == credential_id:
                     return True
                 try:
-                    await store.update(current.evolve(rotation=current.rotation.evolve(key_id=credential_id)))
+                    home = None if current.tenant_id.lower() == tenant_id.lower() else tenant_id
+                    await store.update(current.evolve(rotation=current.rotation.evolve(
+                        key_id=credential_id, key_tenant_id=home)))
                     return True
                 except ConcurrentChange:
                     try:

@@ -22,7 +22,7 @@ from shared.records import MIGRATION_STEPS, ConnectionRecord
 from shared.rotation.protocol import Checkpoint
 from tests import fakes
 from tests.fakes import IDENTITY_PRINCIPAL_ID, TENANT, build_fakes
-from tests.lifecycle_harness import APP, Crash, Harness, fails_once, own_etag, user_operations
+from tests.lifecycle_harness import APP, Crash, Harness, fails_once, overtaken_at, own_etag, user_operations
 
 NO_FEDERATION = {"FEDERATION_IDENTITY_CLIENT_ID": "", "FEDERATION_IDENTITY_PRINCIPAL_ID": "",
                  "FEDERATION_IDENTITY_TENANT_ID": ""}
@@ -767,6 +767,119 @@ async def test_a_delete_before_the_clean_up_is_done_makes_it_or_says_what_stays_
     assert h.check() == []
 
 
+def refused_at(monkeypatch: pytest.MonkeyPatch, *client_ids: str) -> set[str]:
+    """Entra refuses the service's federated sign-in at these applications only (a Conditional Access policy), for
+    as long as the set returned holds them."""
+    blocked = set(client_ids)
+    original = fakes.FakeDirectory._federated
+
+    def federated(self: Any, client_id: str) -> None:
+        if client_id in blocked:
+            raise CredentialRejected(BLOCKED, extensions={"aadstsCode": "AADSTS53003"})
+        original(self, client_id)
+
+    monkeypatch.setattr(fakes.FakeDirectory, "_federated", federated)
+    return blocked
+
+
+def moved_to(client_id: str) -> dict[str, Any]:
+    return {"credentials": {"tenantId": TENANT, "clientId": client_id}}
+
+
+async def _two_migrated_one_moved_onto_the_other(h: Harness, monkeypatch: pytest.MonkeyPatch
+                                                 ) -> tuple[str, str, str, str, str, set[str]]:
+    """c1 migrated on A (F1), c2 on B (F2); c1 moved to B while A refuses (F1's clean-up journaled), then c2
+    deleted (F2 handed over to c1). c1's id, A, F1, B, F2, and the applications refusing (none by then)."""
+    c1 = await h.api.migrate_to_federated(APP, (await h.create("c1")).id, {})
+    c2 = await h.api.migrate_to_federated(APP, (await h.create("c2")).id, {})
+    a, f1, b, f2 = c1.client_id or "", c1.rotation.key_id or "", c2.client_id or "", c2.rotation.key_id or ""
+    blocked = refused_at(monkeypatch, a)
+    assert (await h.api.update(APP, c1.id, moved_to(b))).rotation.retire_federated_id == f1
+    blocked.clear()
+    await h.api.delete(APP, c2.id)
+    record = await h.record(c1.id)
+    assert record is not None and record.rotation.key_id == f2 and record.rotation.retire_federated_id == f1
+    return c1.id, a, f1, b, f2, blocked
+
+
+async def test_a_clean_up_whose_removal_went_through_unrecorded_is_done_at_its_next_attempt(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review F, D1.) The removal went through but the worker died before forgetting the clean-up: every retry
+    then failed to sign in there (AADSTS70021: nothing matches the service's identity any more), for ever, and
+    refused every later move and DELETE (409). The removal is journaled ahead (``retire_removing_key_id``): once
+    sent, that refusal means it went."""
+    h = Harness()
+    before, _moved, credential_id = await _moved_off(h, BLOCKED)
+    h.fakes.world.clear_faults()
+
+    async def dies(name: str, current: ConnectionRecord) -> None:
+        if name == "after-retire":
+            raise Crash(name)
+
+    await h.due()
+    with pytest.raises(Crash):
+        await h.sweep(checkpoint=dies)
+    assert credential_id not in h.fakes.world.apps[before.client_id or ""].federated
+    h.lease_runs_out()
+    await h.due()
+    await h.sweep()
+    done = await h.record(before.id)
+    assert done is not None and not done.rotation.cleaning_up
+    assert done.rotation.failures == 0 and "could not be removed" not in (done.rotation.message or "")
+    assert h.check() == [] and h.unscheduled() == []
+    await h.api.delete(APP, before.id)
+
+
+async def test_a_move_back_while_the_clean_up_is_removing_the_credential_waits(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review F, D2.) A move back to the application left, while the sweep's clean-up held the lease between its
+    checks and the removal, took the credential back, and the clean-up then removed it: a lockout. Refused (409)
+    while the clean-up holds the lease; a move back read before it took the lease fails on the ETag."""
+    h = Harness()
+    before, moved, _credential_id = await _moved_off(h, BLOCKED)
+    h.fakes.world.clear_faults()
+    back = overtaken_at(monkeypatch, fakes.FakeGraph, "remove_federated_credential", 1,
+                        lambda: h.api.update(APP, before.id, moved_to(before.client_id or "")))
+    await h.due()
+    await h.sweep()
+    assert back.ran and back and back[0].status == 409, back
+    after = await h.record(before.id)
+    assert after is not None and after.client_id == moved.client_id and not after.rotation.cleaning_up
+    assert h.check() == []
+
+
+async def test_a_delete_that_removed_the_credential_left_and_then_failed_leaves_nothing_to_retry(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review F, D3.) A DELETE removed the federated credential at the application left, then failed at the one in
+    use: the connection was given back its clean-up, which then could never finish (D1). The DELETE that is undone
+    keeps what it finished."""
+    h = Harness()
+    connection_id, a, f1, b, f2, blocked = await _two_migrated_one_moved_onto_the_other(h, monkeypatch)
+    blocked.add(b)
+    with pytest.raises(ServiceError) as refused:
+        await h.api.delete(APP, connection_id)
+    assert refused.value.status == 409 and refused.value.extensions["keyIds"] == [f2]
+    kept = await h.record(connection_id)
+    assert kept is not None and not kept.rotation.cleaning_up and f1 not in h.fakes.world.apps[a].federated
+    blocked.clear()
+    h.lease_runs_out()
+    await h.api.delete(APP, connection_id)
+    assert await h.record(connection_id) is None and f2 not in h.fakes.world.apps[b].federated
+    assert h.check() == []
+
+
+async def test_a_forced_delete_still_cleans_up_the_application_in_use_when_the_one_left_refuses(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review F, D4.) The failure at the application left stopped a forced DELETE before the federated credential
+    on the application in use, which accepted: left live, and not handed over to a connection relying on it."""
+    h = Harness()
+    connection_id, a, f1, b, f2, blocked = await _two_migrated_one_moved_onto_the_other(h, monkeypatch)
+    blocked.add(a)
+    deleted = await h.api.delete(APP, connection_id, force=True)
+    assert deleted.key_ids_left_live == [f1] and f2 in deleted.removed_key_ids
+    assert f2 not in h.fakes.world.apps[b].federated and f1 in h.fakes.world.apps[a].federated
+
+
 async def test_a_key_vault_failure_in_the_clean_up_after_the_switch_is_a_502_and_the_request_again_finishes_it(
 ) -> None:
     """Found by a review: the clean-up took any failure to read the old vault version for one already deleted,
@@ -1016,12 +1129,12 @@ async def test_the_heir_moved_to_another_application_meanwhile_is_not_handed_the
     hand_over = sharing.hand_over
     moved: list[ConnectionRecord] = []
 
-    async def moved_first(store: Any, giver: ConnectionRecord, heirs: list[ConnectionRecord], credential_id: str
-                          ) -> bool:
+    async def moved_first(store: Any, giver: ConnectionRecord, heirs: list[ConnectionRecord], credential_id: str,
+                          tenant_id: str) -> bool:
         if not moved:
             moved.append(await h.api.update("azure-key-vault", other.id, {
                 "credentials": {"tenantId": TENANT, "clientId": elsewhere.client_id}}))
-        return await hand_over(store, giver, heirs, credential_id)
+        return await hand_over(store, giver, heirs, credential_id, tenant_id)
 
     monkeypatch.setattr(sharing, "hand_over", moved_first)
     await h.api.delete(APP, record.id)  # nobody relies on it any more: removed
@@ -1253,6 +1366,42 @@ async def test_a_connection_tracking_its_own_credential_is_not_handed_another() 
         await h.api.delete(APP, a.id, force=True)
     kept = await h.record(b.id)
     assert kept is not None and kept.rotation.key_id == own and own in app.federated
+
+
+OTHER_TENANT = "22222222-9999-9999-9999-999999999999"
+
+
+@pytest.mark.parametrize("leaves", ["delete", "move"])
+async def test_a_multi_tenant_application_s_connection_in_another_tenant_takes_over_the_credential(
+        leaves: str) -> None:
+    """(Review D3, session 18, left then.) A multi-tenant application's federated credential is on its one
+    application object, in its home tenant; a federated connection of it in another tenant signs in with it too.
+    The last connection of the home tenant to go removed it (federated sharing kept to one tenant): a lockout. It
+    is handed over to that connection now, with the tenant where it is (``key_tenant_id``), where that
+    connection's DELETE removes it (Graph finds only a service principal in the other tenant)."""
+    h = Harness()
+    record = await h.create()
+    migrated = await h.api.migrate_to_federated(APP, record.id, {})
+    app = h.fakes.world.apps[migrated.client_id or ""]
+    app.home_tenant = TENANT
+    credential_id = migrated.rotation.key_id or ""
+    elsewhere = await h.api.create("azure-key-vault", {
+        "name": "kv", "method": "federated", "credentials": {"tenantId": OTHER_TENANT, "clientId": app.client_id}})
+    assert elsewhere.rotation.key_id is None
+    if leaves == "delete":
+        await h.api.delete(APP, record.id)
+    else:
+        other = h.fakes.world.application()
+        h.fakes.world.add_federated(other.client_id)
+        moved = await h.api.update(APP, record.id, moved_to(other.client_id))
+        assert not moved.rotation.cleaning_up  # handed over before the change was saved: nothing to clean up
+    heir = await h.record(elsewhere.id)
+    assert heir is not None and heir.rotation.key_id == credential_id and heir.rotation.key_tenant_id == TENANT
+    assert credential_id in app.federated and h.check() == []
+    assert (await h.api.validate("azure-key-vault", elsewhere.id)).status == "active"
+    deleted = await h.api.delete("azure-key-vault", elsewhere.id)
+    assert deleted.removed_key_ids == [credential_id] and credential_id not in app.federated
+    assert h.check() == []
 
 
 async def test_a_migrated_connection_keeps_to_its_tenant_while_its_client_id_stays() -> None:
