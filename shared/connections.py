@@ -488,10 +488,13 @@ class ConnectionService:
         if request.credentials is not None:
             assert given_credentials is not None
             back = comes_back(record, given_credentials.clientId)
-            if back and state.leased(self.now()):  # its clean-up is under way: it may remove the credential now
+            if back and (state.leased(self.now()) or state.retire_removing_key_id == state.retire_federated_id):
+                # Its clean-up is under way, or has sent the credential's removal (a worker held up past its lease
+                # may still make it): taken back, the credential could go under the connection.
                 raise RotationInProgress(
-                    "The clean-up of the application this connection used before is running; try again shortly.",
-                    headers={"Retry-After": "5"})
+                    "The clean-up of the application this connection used before is removing the federated "
+                    "credential the service added there; try again once it is done (then that application needs a "
+                    "federated credential again).", headers={"Retry-After": "60"})
             if state.cleaning_up and not back:  # the last change's clean-up first: one application at a time
                 record = await self._finish_retirement(record, raise_on_failure=True)
                 state = record.rotation

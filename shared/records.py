@@ -126,6 +126,10 @@ class RotationState:
     # the service added to the application it left (``retire_tenant_id``, ``retire_client_id``), still to be removed
     # unless another connection of that application relies on it by then.
     retire_federated_id: str | None = None
+    # Its journal: the removal of that credential was sent (``retire_removing_key_id``) while it named the service's
+    # identity with this principal id, the one the service signs in through there. While the service still has that
+    # identity, a sign-in there that no federated credential matches means the removal went through.
+    retire_removing_identity: str | None = None
     # The journal of the rotation under way.
     rotation_id: str | None = None
     step: str | None = None
@@ -166,7 +170,7 @@ class RotationState:
     def left_behind_forgotten(self) -> RotationState:
         """No clean-up of an application left behind pending any more (``retire_*``: done, or another's now)."""
         return replace(self, retire_version=None, retire_tenant_id=None, retire_client_id=None,
-                       retire_removing_key_id=None, retire_federated_id=None)
+                       retire_removing_key_id=None, retire_federated_id=None, retire_removing_identity=None)
 
     def evolve(self, **changes: Any) -> RotationState:
         return replace(self, **changes)

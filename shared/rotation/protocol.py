@@ -54,6 +54,7 @@ from shared.errors import (
     failed_upstream,
 )
 from shared.expiry import status_of
+from shared.federation import federation_identity
 from shared.json_codec import iso
 from shared.notify import health_notices, rotation_failed
 from shared.ports import AppRegistration, GraphSession, Lost, ScheduleStore
@@ -758,19 +759,20 @@ class Rotator(Journaled):
         left = record.evolve(tenant_id=state.retire_tenant_id or "", client_id=state.retire_client_id or "")
         journaled = record
 
-        async def ahead() -> None:  # under the lease, of this clean-up only
+        async def ahead(identity: str) -> None:  # under the lease, of this clean-up only
             nonlocal journaled
             mine = journaled.rotation
             journaled = await self._apply(
                 journaled, lambda current: (current.rotation.lease_owner == mine.lease_owner
                                             and same_clean_up(current.rotation, mine)),
-                lambda current: current.evolve(rotation=current.rotation.evolve(retire_removing_key_id=credential_id)))
+                lambda current: current.evolve(rotation=current.rotation.evolve(
+                    retire_removing_key_id=credential_id, retire_removing_identity=identity)))
             if journaled.rotation.retire_removing_key_id != credential_id:
                 raise LeaseLost(f"The connection {record.id} changed while its clean-up was under way.")
 
         if not same_application(left, record, any_tenant=True):
             await self.remove_federated(left, left.tenant_id, credential_id, fence=self.lease_check(state),
-                                        before_removal=ahead, sent=state.retire_removing_key_id == credential_id)
+                                        before_removal=ahead, sent_as=removal_sent_as(state))
         record = journaled
         await self.checkpoint("after-retire", record)
         mine = record.rotation
@@ -779,26 +781,30 @@ class Rotator(Journaled):
 
     async def remove_federated(self, record: ConnectionRecord, tenant_id: str, credential_id: str,
                                fence: Callable[[], None] | None = None,
-                               before_removal: Callable[[], Awaitable[None]] | None = None,
-                               sent: bool = False) -> list[str]:
+                               before_removal: Callable[[str], Awaitable[None]] | None = None,
+                               sent_as: str | None = None) -> list[str]:
         """Remove the federated credential the service added (``credential_id``) from ``record``'s application,
         signed in where its object is (``tenant_id``), unless another connection of that application relies on it
         (an application trusts an issuer and subject once: :func:`~shared.rotation.sharing.keep_for_others`, asked
-        before signing in and again right before the removal). ``before_removal`` journals it ahead; ``sent``: an
-        earlier attempt did, so a sign-in refused as matching no federated credential (``AADSTS70021``) means it
-        went (the service signs in through it: it was the one that matched). The Key IDs removed: none when it is
-        kept, already gone, or the application is (``TRUST_GONE``, or Graph finds neither); any other failure is
-        raised."""
+        before signing in and again right before the removal). ``before_removal`` journals it ahead, with the
+        service's identity (its principal id), when the credential names that identity: it is then the one the
+        service signs in through. ``sent_as``: an earlier attempt journaled it so; while the service still has that
+        identity, a sign-in refused as matching no federated credential (``AADSTS70021``) means it went. The Key IDs
+        removed: none when it is kept, already gone, or the application is (``TRUST_GONE``, or Graph finds
+        neither); any other failure is raised."""
         if not credential_id:
             return []
         store = self.adapters.connections
         if await keep_for_others(store, record, credential_id, tenant_id):
             return []
         client_id = record.client_id or ""
+        identity = federation_identity(self.adapters.settings)
         try:
             async with self.adapters.directory.graph(Method.FEDERATED, tenant_id, client_id, {}) as graph:
                 registration = await graph.find(client_id)
-                if credential_id not in {c.id for c in await graph.federated_credentials(registration.object_id)}:
+                there = {c.id: c for c in await graph.federated_credentials(registration.object_id)}
+                credential = there.get(credential_id)
+                if credential is None:
                     return []
                 # Asked again right before the removal: a connection that took it up while this one signed in
                 # and read the application (a migration journaling it, one created federated) keeps it.
@@ -806,8 +812,11 @@ class Rotator(Journaled):
                     return []
                 if fence is not None:
                     fence()
-                if before_removal is not None:
-                    await before_removal()
+                if before_removal is not None and identity is not None and identity.matches(
+                        credential.issuer, credential.subject, credential.audiences):
+                    await before_removal(identity.principal_id)
+                    if fence is not None:  # the journal's write took time too
+                        fence()
                 await self.audit.credential_changed(
                     "credential.remove", functools.partial(graph.remove_federated_credential,
                                                            registration.object_id, credential_id),
@@ -816,12 +825,19 @@ class Rotator(Journaled):
             code = refused.extensions.get("aadstsCode")
             if code in TRUST_GONE:
                 return []
-            if sent and code == "AADSTS70021":
+            if code == "AADSTS70021" and sent_as is not None and identity is not None \
+                    and sent_as == identity.principal_id:
                 log.info("Connection %s: the federated credential %s, whose removal was sent, no longer signs in at "
                          "application %s; its clean-up is done", record.id, credential_id, record.client_id)
+                await self.audit.record(
+                    "credential.remove", "confirmed", app=record.app, connection_id=record.id,
+                    detail=f"Federated identity credential {credential_id} on the application {client_id}: its "
+                           "removal was sent before, and the service's identity no longer signs in there.")
                 return [credential_id]
             raise
         except NotFound:
+            log.info("Connection %s: Microsoft Graph finds no application %s in tenant %s; nothing to remove there",
+                     record.id, client_id, tenant_id)
             return []
         return [credential_id]
 
@@ -997,13 +1013,13 @@ class Rotator(Journaled):
             credential_id = state.retire_federated_id
             left = record.evolve(tenant_id=state.retire_tenant_id or "", client_id=state.retire_client_id or "")
 
-            async def ahead() -> None:
+            async def ahead(identity: str) -> None:
                 if journal is not None:
-                    await journal(lambda state: state.evolve(retire_removing_key_id=credential_id))
+                    await journal(lambda state: state.evolve(retire_removing_key_id=credential_id,
+                                                             retire_removing_identity=identity))
 
             removed = [] if same_application(left, record, any_tenant=True) else await self.remove_federated(
-                left, left.tenant_id, credential_id, before_removal=ahead,
-                sent=state.retire_removing_key_id == credential_id)
+                left, left.tenant_id, credential_id, before_removal=ahead, sent_as=removal_sent_as(state))
             progress.found[state.retire_client_id or ""] = set()
             progress.removed.extend(removed)
             return
@@ -1061,6 +1077,12 @@ def retires_in_use(record: ConnectionRecord) -> bool:
     return state.retire_version is not None and (
         (state.retire_client_id or "").lower() == (record.client_id or "").lower()
         and (state.retire_tenant_id or "").lower() == record.tenant_id.lower())
+
+
+def removal_sent_as(state: RotationState) -> str | None:
+    """The service's identity whose federated credential's removal a federated clean-up journaled as sent, if so."""
+    sent = state.retire_federated_id is not None and state.retire_removing_key_id == state.retire_federated_id
+    return state.retire_removing_identity if sent else None
 
 
 def same_clean_up(state: RotationState, other: RotationState) -> bool:

@@ -9,12 +9,20 @@ invariants I1 to I4 of :mod:`tests.lifecycle_harness` holding throughout.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
 import pytest
 
-from shared.errors import CredentialRejected, InvalidRequest, RotationInProgress, ServiceError
+from shared.errors import (
+    CredentialRejected,
+    InvalidRequest,
+    RotationInProgress,
+    ServiceError,
+    UpstreamError,
+    UpstreamForbidden,
+)
 from shared.federation import credential_name
 from shared.health import HealthChecker
 from shared.options import app_options
@@ -878,6 +886,65 @@ async def test_a_forced_delete_still_cleans_up_the_application_in_use_when_the_o
     deleted = await h.api.delete(APP, connection_id, force=True)
     assert deleted.key_ids_left_live == [f1] and f2 in deleted.removed_key_ids
     assert f2 not in h.fakes.world.apps[b].federated and f1 in h.fakes.world.apps[a].federated
+
+
+@pytest.mark.parametrize("how", ["sweep", "delete"])
+@pytest.mark.parametrize("error", [UpstreamError("Graph answered 503 (injected)"),
+                                   UpstreamForbidden("Microsoft Graph refused (403 Authorization_RequestDenied).")])
+async def test_a_sent_removal_is_taken_as_made_only_while_the_service_has_the_identity_it_named(
+        how: str, error: ServiceError) -> None:
+    """(Review G, G1.) Once a removal had been journaled as sent, a sign-in there refused with AADSTS70021 was taken
+    as proof it went through: but the service's identity had changed (a new managed identity), so nothing matched
+    it any more, and the credential, still there and trusting the old identity, was forgotten (a DELETE even listed
+    it as removed). The journal names the identity the credential matched; under another one it proves nothing."""
+    h = Harness()
+    before = await migrated(h, await h.create())
+    left = h.fakes.world.apps[before.client_id or ""]
+    credential_id = before.rotation.key_id or ""
+    other = h.fakes.world.application()
+    h.fakes.world.add_federated(other.client_id)
+    h.fakes.world.fail_next("graph.fic.remove", error)
+    moved = await h.api.update(APP, before.id, moved_to(other.client_id))
+    assert moved.rotation.retire_removing_key_id == credential_id and credential_id in left.federated
+    assert moved.rotation.retire_removing_identity == IDENTITY_PRINCIPAL_ID
+    new_principal = "55555555-aaaa-4bbb-8ccc-dddddddddddd"  # the operator gives the service another identity
+    world = h.fakes.world
+    assert world.federation is not None
+    world.federation = dataclasses.replace(world.federation, principal_id=new_principal)
+    h.fakes.adapters = dataclasses.replace(h.fakes.adapters, settings=dataclasses.replace(
+        h.fakes.adapters.settings, federation_identity_principal_id=new_principal))
+    world.add_federated(other.client_id, "for-the-new-identity")
+    if how == "sweep":
+        await h.due()
+        await h.sweep()
+        after = await h.record(before.id)
+        assert after is not None and after.rotation.retire_federated_id == credential_id  # still tracked
+    else:
+        with pytest.raises(ServiceError) as refused:
+            await h.api.delete(APP, before.id)
+        assert refused.value.status == 409 and credential_id in refused.value.extensions["keyIds"]
+    assert credential_id in left.federated and h.check() == []
+
+
+async def test_a_move_back_waits_while_a_removal_sent_may_still_land(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review G, G2.) The sweep's worker, held up past its lease between the journal of the removal and Graph's
+    answer: a move back (no lease any more) took the credential back, then the held-up removal landed (a lockout).
+    A move back waits (409) while the journal says the removal was sent."""
+    h = Harness()
+    before, moved, credential_id = await _moved_off(h, BLOCKED)
+    h.fakes.world.clear_faults()
+
+    async def held_up_then_back() -> None:
+        h.lease_runs_out()
+        await h.api.update(APP, before.id, moved_to(before.client_id or ""))
+
+    race = overtaken_at(monkeypatch, fakes.FakeGraph, "remove_federated_credential", 1, held_up_then_back)
+    await h.due()
+    await h.sweep()
+    assert race.ran and race and race[0].status == 409, race
+    after = await h.record(before.id)
+    assert after is not None and after.client_id == moved.client_id and after.rotation.key_id is None
+    assert credential_id not in h.fakes.world.apps[before.client_id or ""].federated and h.check() == []
 
 
 async def test_a_key_vault_failure_in_the_clean_up_after_the_switch_is_a_502_and_the_request_again_finishes_it(
