@@ -719,25 +719,14 @@ class Rotator(Journaled):
             # stopped before it forgot that application (a crash, a worker held up past its lease) did them all.
             material = None
         if material is not None:
-            journaled = record
-
-            async def journal(entry: JournalEntry) -> None:  # under the lease, of this clean-up only
-                nonlocal journaled
-                mine = journaled.rotation
-                journaled = await self._apply(
-                    journaled, lambda current: (current.rotation.lease_owner == mine.lease_owner
-                                                and current.rotation.retire_version == mine.retire_version),
-                    lambda current: current.evolve(rotation=entry(current.rotation)))
-                if journaled.rotation != entry(journaled.rotation):
-                    raise LeaseLost(f"The connection {record.id} changed while its clean-up was under way.")
-
+            journal = _CleanUpJournal(self, record)
             # On the application in use: neither its credential nor what a rotation under way added (one
             # resumed past its addition retires first; its new credential is about to be the one in use).
             under_way = marker(record.id, state.rotation_id) if same_app and state.rotation_id else None
             await self._remove_there(record, state.retire_tenant_id or record.tenant_id, state.retire_client_id or "",
                                      material, None if same_app else journal, keep=state.key_id if same_app else None,
                                      spare=under_way, fence=self.lease_check(state))  # under a rotation's lease
-            record = journaled
+            record = journal.record
             await self.disable_left_behind(record, state.retire_version)
         await self.checkpoint("after-retire", record)
         # Only the journal of the clean-up is forgotten: ``managed`` says whether the service created something on
@@ -757,23 +746,16 @@ class Rotator(Journaled):
         state = record.rotation
         credential_id = state.retire_federated_id or ""
         left = record.evolve(tenant_id=state.retire_tenant_id or "", client_id=state.retire_client_id or "")
-        journaled = record
+        journal = _CleanUpJournal(self, record)
 
-        async def ahead(identity: str) -> None:  # under the lease, of this clean-up only
-            nonlocal journaled
-            mine = journaled.rotation
-            journaled = await self._apply(
-                journaled, lambda current: (current.rotation.lease_owner == mine.lease_owner
-                                            and same_clean_up(current.rotation, mine)),
-                lambda current: current.evolve(rotation=current.rotation.evolve(
-                    retire_removing_key_id=credential_id, retire_removing_identity=identity)))
-            if journaled.rotation.retire_removing_key_id != credential_id:
-                raise LeaseLost(f"The connection {record.id} changed while its clean-up was under way.")
+        async def ahead(identity: str) -> None:
+            await journal(lambda state: state.evolve(retire_removing_key_id=credential_id,
+                                                     retire_removing_identity=identity))
 
         if not same_application(left, record, any_tenant=True):
             await self.remove_federated(left, left.tenant_id, credential_id, fence=self.lease_check(state),
                                         before_removal=ahead, sent_as=removal_sent_as(state))
-        record = journaled
+        record = journal.record
         await self.checkpoint("after-retire", record)
         mine = record.rotation
         return await self._apply(record, lambda current: current.rotation == mine,
@@ -1077,6 +1059,24 @@ def retires_in_use(record: ConnectionRecord) -> bool:
     return state.retire_version is not None and (
         (state.retire_client_id or "").lower() == (record.client_id or "").lower()
         and (state.retire_tenant_id or "").lower() == record.tenant_id.lower())
+
+
+class _CleanUpJournal:
+    """The journal entries of one clean-up of an application left behind, each written under the lease it holds
+    and of that clean-up only, on top of concurrent edits (``LeaseLost`` once it is not); ``record``: the connection
+    as the last entry left it."""
+
+    def __init__(self, rotator: Rotator, record: ConnectionRecord) -> None:
+        self.rotator, self.record = rotator, record
+
+    async def __call__(self, entry: JournalEntry) -> None:
+        mine = self.record.rotation
+        self.record = await self.rotator._apply(
+            self.record, lambda current: (current.rotation.lease_owner == mine.lease_owner
+                                          and same_clean_up(current.rotation, mine)),
+            lambda current: current.evolve(rotation=entry(current.rotation)))
+        if self.record.rotation != entry(self.record.rotation):
+            raise LeaseLost(f"The connection {self.record.id} changed while its clean-up was under way.")
 
 
 def removal_sent_as(state: RotationState) -> str | None:
