@@ -42,6 +42,7 @@ from shared.errors import (
 )
 from shared.expiry import REFRESH_TOKEN_LIFETIME, fresh_health, redated, status_of
 from shared.federation import explain, require_identity
+from shared.fields import page_size
 from shared.models import (
     CertificateCredentialsIn,
     ClientSecretCredentialsIn,
@@ -418,16 +419,18 @@ class ConnectionService:
                         continuation: str | None) -> tuple[list[RotationEvent], str | None]:
         return await self.reader.rotations(app_id, connection_id, limit, continuation)
 
-    async def clients_visible(self, connection_id: str) -> list[dict[str, str]]:
-        """The app registrations an azure-client-secrets connection can see in Microsoft Graph."""
+    async def clients_visible(self, connection_id: str, limit: int | None, continuation: str | None,
+                              ) -> tuple[list[dict[str, str]], str | None]:
+        """A page of the app registrations an azure-client-secrets connection can see in Microsoft Graph."""
+        size = page_size(limit)
         record = await self.get("azure-client-secrets", connection_id)
         if record.method == Method.OAUTH:
             async with self.adapters.directory.graph_with(self.oauth_tokens.credential(record)) as graph:
-                return await graph.list_applications()
+                return await graph.list_applications(size, continuation)
         material = await self.material_of(record)
         async with self.adapters.directory.graph(Method(record.method), record.tenant_id, record.client_id or "",
                                                  material) as graph:
-            return await graph.list_applications()
+            return await graph.list_applications(size, continuation)
 
     # -- update ----------------------------------------------------------------------------------------------
     async def update(self, app_id: str, connection_id: str, body: Any, if_match: str | None = None,

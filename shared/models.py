@@ -372,6 +372,7 @@ class ClientOut(_Out):
 
 class ClientsOut(_Out):
     clients: list[ClientOut]
+    continuationToken: str | None
 
 
 class AuthorizationUrlOut(_Out):

@@ -226,9 +226,9 @@ def _paths() -> dict[str, Any]:
         f"{BASE}/azure-client-secrets/{{connectionId}}/clients": {
             "parameters": [CONNECTION_ID],
             "get": _operation("list_azure_client_secrets_clients",
-                              "App registrations the connection can see in Microsoft Graph.",
-                              {"200": _json("ClientsOut", "The app registrations."),
-                               **_problems(400, 404, 502, 503)}, tag="rotation"),
+                              "App registrations the connection can see in Microsoft Graph, paged.",
+                              {"200": _json("ClientsOut", "A page of app registrations."),
+                               **_problems(400, 404, 502, 503)}, parameters=PAGING, tag="rotation"),
         },
         f"{BASE}/{{app}}/oauth/authorize": {
             "parameters": [APP],

@@ -437,10 +437,11 @@ class FakeGraph:
         self._signed_in("graph.fic.remove")
         self._by_object(object_id).federated.pop(credential_id, None)
 
-    async def list_applications(self) -> list[dict[str, str]]:
+    async def list_applications(self, page_size: int, continuation: str | None = None,
+                                ) -> tuple[list[dict[str, str]], str | None]:
         self._signed_in("graph.list")
         app = self._app(self.client_id)
-        return [{"name": "app", "id": app.object_id, "appId": app.client_id}]
+        return [{"name": "app", "id": app.object_id, "appId": app.client_id}], None
 
 
 class FakeDirectory:

@@ -16,14 +16,22 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 import httpx
 
 from shared import telemetry
 from shared.azure.retry import RetryableError, parse_retry_after, with_retries
 from shared.credentials import token_of
-from shared.errors import CredentialLifetimeRefused, NotFound, ServiceError, UpstreamError, UpstreamForbidden
+from shared.errors import (
+    CredentialLifetimeRefused,
+    FieldError,
+    InvalidRequest,
+    NotFound,
+    ServiceError,
+    UpstreamError,
+    UpstreamForbidden,
+)
 from shared.ports import (
     AppRegistration,
     FederatedCredential,
@@ -142,6 +150,23 @@ def _message(error: Exception) -> str:
     return str(getattr(inner, "message", "") or "")
 
 
+def _skip_token_of(continuation: str) -> str:
+    """The skiptoken a continuation token of the app list wraps, or a 400 for one the service did not hand out."""
+    try:
+        raw = base64.urlsafe_b64decode(continuation + "=" * (-len(continuation) % 4)).decode("ascii") \
+            if len(continuation) <= 4 * 2048 // 3 + 3 else ""
+    except (ValueError, binascii.Error):
+        raw = ""
+    if not _SKIP_TOKEN.fullmatch(raw):
+        raise _bad_page_token()
+    return raw
+
+
+def _bad_page_token() -> InvalidRequest:
+    return InvalidRequest("The continuation token is not valid; start again without it.",
+                          errors=[FieldError("/continuationToken", "not a token this list handed out, or expired")])
+
+
 def classify(error: Exception) -> RetryableError | None:
     """Graph failures worth another try: throttling, unavailability, concurrency conflicts, network."""
     if isinstance(error, httpx.TransportError):
@@ -209,7 +234,10 @@ class _GraphErrorBody:
 APPLICATION_SELECT = "id,appId,displayName,createdDateTime,passwordCredentials"
 APPLICATION_SELECT_WITH_KEYS = f"{APPLICATION_SELECT},keyCredentials"
 GRAPH_AUDIENCE = "00000002-0000-0000-c000-000000000000"  # the ``aud`` of an addKey / removeKey proof
-MAX_LIST_PAGES = 1000  # of app registrations: 100,000 at Graph's page size of 100
+GRAPH_MAX_TOP = 999  # the largest page of app registrations Graph lists ($top)
+# A skiptoken of Graph's, as the continuation token of a page of app registrations hands it back: printable
+# ASCII, at most 2 KiB (a longer or other one is not one Graph gave).
+_SKIP_TOKEN = re.compile(r"[\x21-\x7e]{1,2048}")
 _DURATION = re.compile(
     r"^P(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
     r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$"
@@ -528,31 +556,44 @@ class GraphApps:
             tenant = default.get("applicationRestrictions") or {}
         return lifetime_policy_of(_merged(own, tenant), "application" if own else "tenant", created_at)
 
-    async def list_applications(self, page_size: int = 100) -> list[dict[str, str]]:
-        """Every app registration the credential can see, page by page. ``@odata.nextLink`` is followed only on
-        this Graph endpoint (the bearer token goes nowhere else), for at most ``MAX_LIST_PAGES`` pages."""
-        path: str | None = f"/applications?$select=id,appId,displayName&$top={page_size}"
-        found: list[dict[str, str]] = []
-        for _ in range(MAX_LIST_PAGES):
-            if path is None:
-                return found
-            page = await self._call("list app registrations", lambda path=path: self._send("GET", path))
-            items = page.get("value") if isinstance(page, dict) else None
-            if not isinstance(items, list):
-                raise UpstreamError("Microsoft Graph answered the list of app registrations without its value.")
-            found += [{"name": str(a.get("displayName") or ""), "id": str(a.get("id")), "appId": str(a.get("appId"))}
-                      for a in items if isinstance(a, dict) and a.get("id")]
-            path = self._next_page(page.get("@odata.nextLink"))
-        raise UpstreamError(f"Microsoft Graph listed more than {MAX_LIST_PAGES} pages of app registrations.")
+    async def list_applications(self, page_size: int, continuation: str | None = None,
+                                ) -> tuple[list[dict[str, str]], str | None]:
+        """One page of the app registrations the credential can see (at most ``GRAPH_MAX_TOP``, Graph's largest),
+        and the token of the next (None: the last).
+        The token wraps the ``$skiptoken`` of Graph's ``@odata.nextLink``, which is read only when it names this
+        Graph endpoint's app list (the bearer token goes nowhere else); a token is sent back to that list only."""
+        path = f"/applications?$select=id,appId,displayName&$top={min(page_size, GRAPH_MAX_TOP)}"
+        if continuation is not None:
+            path += f"&$skiptoken={quote(_skip_token_of(continuation), safe='')}"
+
+        async def send() -> Any:
+            try:
+                return await self._send("GET", path)
+            except GraphCallError as error:  # Graph refused the skiptoken it gave (expired, or not its own)
+                if continuation is not None and error.response_status_code == 400 and classify(error) is None:
+                    raise _bad_page_token() from None
+                raise
+
+        page = await self._call("list app registrations", send)
+        items = page.get("value") if isinstance(page, dict) else None
+        if not isinstance(items, list):
+            raise UpstreamError("Microsoft Graph answered the list of app registrations without its value.")
+        found = [{"name": str(a.get("displayName") or ""), "id": str(a.get("id")), "appId": str(a.get("appId"))}
+                 for a in items if isinstance(a, dict) and a.get("id")]
+        return found, self._next_page(page.get("@odata.nextLink"))
 
     def _next_page(self, link: object) -> str | None:
-        """The path (under ``/v1.0``) of a next page Graph named, None at the end; a link elsewhere is refused."""
+        """The continuation token of the next page Graph named (its ``$skiptoken``), None at the end; a link
+        elsewhere, or without a skiptoken, is refused."""
         if link is None:
             return None
-        prefix = f"{self._endpoint}/v1.0/"
+        prefix = f"{self._endpoint}/v1.0/applications?"
         if not isinstance(link, str) or not link.startswith(prefix):
             raise UpstreamError("Microsoft Graph named a next page that is not on its own endpoint; it was not read.")
-        return link[len(prefix) - 1:]
+        skip = [value for name, value in parse_qsl(link[len(prefix):]) if name in ("$skiptoken", "$skipToken")]
+        if len(skip) != 1 or not _SKIP_TOKEN.fullmatch(skip[0]):
+            raise UpstreamError("Microsoft Graph named a next page of app registrations without a skiptoken.")
+        return base64.urlsafe_b64encode(skip[0].encode()).decode().rstrip("=")
 
     # -- federated identity credentials (the federated method; engineer B, issue 14) -------------------------
     async def federated_credentials(self, object_id: str) -> list[FederatedCredential]:

@@ -44,9 +44,11 @@ async def list_app_connection_rotations(req: func.HttpRequest) -> func.HttpRespo
 
 @bp.function_name("list_azure_client_secrets_clients")
 @bp.route(route=BASE + "/azure-client-secrets/{connectionId}/clients", methods=["GET"], auth_level=OPEN)
-@endpoint("Reader", app="azure-client-secrets", action="connection.list-clients")
+@endpoint("Reader", app="azure-client-secrets", action="connection.list-clients", query=("limit", "continuationToken"))
 async def list_azure_client_secrets_clients(req: func.HttpRequest) -> func.HttpResponse:
-    return json_response({"clients": await _service().clients_visible(req.route_params["connectionId"])})
+    clients, token = await _service().clients_visible(
+        req.route_params["connectionId"], query_int(req, "limit"), req.params.get("continuationToken"))
+    return json_response({"clients": clients, "continuationToken": token})
 
 
 @bp.function_name("rotate_due_credentials")

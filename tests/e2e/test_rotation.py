@@ -612,11 +612,31 @@ def test_clients_lists_the_app_registrations_a_graph_connection_sees(api, admin,
     created = api.post(f"{BASE}/azure-client-secrets", json={
         "name": f"graph-{uuid.uuid4().hex[:8]}", "method": "client-secret", "credentials": entra.client_secret_body()})
     assert created.status_code == 201, created.text
-    listed = api.get(f"{BASE}/azure-client-secrets/{created.json()['appConnection']['id']}/clients")
+    route = f"{BASE}/azure-client-secrets/{created.json()['appConnection']['id']}/clients"
+    listed = api.get(route)
     assert listed.status_code == 200, listed.text
     names = {c["name"] for c in listed.json()["clients"]}
-    assert {"listed-0", "listed-1", "listed-2"} <= names
+    assert {"listed-0", "listed-1", "listed-2"} <= names and listed.json()["continuationToken"] is None
     assert all(set(c) == {"name", "id", "appId"} for c in listed.json()["clients"])
+
+    # Page by page, as Graph pages: every registration once, each page one Graph request, the last without a token.
+    pages, token = [], None
+    while True:
+        page = api.get(route, params={"limit": 2, **({"continuationToken": token} if token else {})})
+        assert page.status_code == 200, page.text
+        assert len(page.json()["clients"]) <= 2
+        pages.append(page.json()["clients"])
+        token = page.json()["continuationToken"]
+        if token is None:
+            break
+    paged = [c for page in pages for c in page]
+    assert len(pages) >= 2 and sorted(map(str, paged)) == sorted(map(str, listed.json()["clients"]))
+
+    # A token the list did not hand out (forged, or another list's) is a 400, not Graph's failure.
+    for forged in ("not-a-token", "eyJQYXJ0aXRpb25LZXkiOiJ4In0", "A" * 5000):
+        refused = api.get(route, params={"continuationToken": forged})
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["errors"][0]["pointer"] == "/continuationToken"
 
 
 async def test_a_new_secret_that_never_works_is_removed_and_the_current_one_kept(

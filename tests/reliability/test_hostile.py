@@ -204,6 +204,7 @@ def test_forged_continuation_tokens_are_400_on_every_paged_read(api, admin, secr
         f"{BASE}/azure-client-secrets/{connection}/rotations": _forged({"PartitionKey": connection,
                                                                         "RowKey": "\ud800"}),
         "/api/v1/audit-logs": _forged([today, "\ud800"]),
+        f"{BASE}/azure-client-secrets/{connection}/clients": _forged({"skiptoken": "\ud800"}),
     }
     for path, surrogate in tokens.items():
         token = nested if kind == "nested" else surrogate

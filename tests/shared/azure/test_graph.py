@@ -4,6 +4,7 @@ retried as before, and the Graph client's response hooks still seeing every answ
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ from shared.apps import Method
 from shared.azure.clients import AzureClients
 from shared.azure.graph import APPLICATION_SELECT, APPLICATION_SELECT_WITH_KEYS, GraphApps
 from shared.credentials import build_credential
-from shared.errors import CredentialRejected, NotFound, UpstreamError, UpstreamForbidden
+from shared.errors import CredentialRejected, InvalidRequest, NotFound, UpstreamError, UpstreamForbidden
 from tests.e2e.entra import EntraApp, register_app, register_rotatable_app
 
 pytestmark = pytest.mark.e2e
@@ -202,16 +203,37 @@ async def test_the_app_list_is_read_page_by_page_and_a_next_page_elsewhere_is_ne
         register_app(admin, secrets_used, tenant_id=entra.tenant_id, name=f"listed-{n}")
     credential, graph = graph_for(clients, entra)
     async with credential:
-        listed = await graph.list_applications(page_size=2)
-        pages = [r for r in admin.requests() if r.get("graph") == "list" and r.get("appid") == entra.client_id]
-        assert len(pages) >= 2 and all(r["query"]["$select"] == "id,appId,displayName" for r in pages)
+        listed: list[dict[str, str]] = []
+        token, pages = None, 0
+        while True:
+            page, token = await graph.list_applications(2, token)
+            assert len(page) <= 2
+            listed += page
+            pages += 1
+            if token is None:
+                break
+        sent = [r for r in admin.requests() if r.get("graph") == "list" and r.get("appid") == entra.client_id]
+        assert len(sent) == pages >= 2 and all(r["query"]["$select"] == "id,appId,displayName" for r in sent)
         assert {"listed-0", "listed-1", "listed-2", "lister"} <= {a["name"] for a in listed}
         assert all(set(a) == {"name", "id", "appId"} for a in listed)
         assert len({a["id"] for a in listed}) == len(listed)  # no page read twice
+
+        # Graph's largest page is asked for at most, whatever the caller's limit.
+        await graph.list_applications(1000)
+        assert [r for r in admin.requests() if r.get("graph") == "list"][-1]["query"]["$top"] == "999"
+
+        # A token Graph refuses (expired, forged) is the caller's 400; one that is not even a skiptoken is never sent.
+        before = len(admin.requests())
+        for forged in ("%%%", "AAAA", "A" * 4000):
+            with pytest.raises(InvalidRequest, match="continuation token"):
+                await graph.list_applications(2, forged)
+        assert len(admin.requests()) == before
+        with pytest.raises(InvalidRequest, match="continuation token"):
+            await graph.list_applications(2, base64.urlsafe_b64encode(b"standin-offset:x").decode())
 
         # A next page on another host would carry the connection's bearer token there: it is not followed.
         admin.set_faults([{"method": "GET", "path": r"^/v1\.0/applications$", "action": "respond", "status": 200,
                            "headers": {"Content-Type": "application/json"},
                            "body": {"value": [], "@odata.nextLink": "https://graph.example.net/v1.0/applications"}}])
         with pytest.raises(UpstreamError, match="not on its own endpoint"):
-            await graph.list_applications()
+            await graph.list_applications(2)
