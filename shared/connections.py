@@ -419,7 +419,7 @@ class ConnectionService:
                         continuation: str | None) -> tuple[list[RotationEvent], str | None]:
         return await self.reader.rotations(app_id, connection_id, limit, continuation)
 
-    async def clients_visible(self, connection_id: str, limit: int | None, continuation: str | None,
+    async def clients_visible(self, connection_id: str, limit: int | None = None, continuation: str | None = None,
                               ) -> tuple[list[dict[str, str]], str | None]:
         """A page of the app registrations an azure-client-secrets connection can see in Microsoft Graph."""
         size = page_size(limit)

@@ -1489,3 +1489,17 @@ async def test_new_credentials_are_taken_after_a_rotation_failed_because_the_cre
     assert patched.status == 200, patched.error
     fixed = await h.record(record.id)
     assert fixed is not None and fixed.rotation.status == "succeeded" and h.check() == []
+
+
+async def test_the_clients_a_connection_sees_come_a_page_at_a_time_and_a_bad_limit_signs_in_nowhere() -> None:
+    h = Harness()
+    record = await h.create()
+    clients, token = await h.api.clients_visible(record.id)
+    assert clients == [{"name": "app", "id": h.fakes.world.apps[record.client_id].object_id,
+                        "appId": record.client_id}]
+    assert token is None
+    signed_in = list(h.fakes.world.calls)
+    for limit in (0, 1001):
+        with pytest.raises(InvalidRequest, match="page size"):
+            await h.api.clients_visible(record.id, limit)
+    assert h.fakes.world.calls == signed_in
