@@ -85,6 +85,7 @@ from shared.rotation.protocol import (
     CREDENTIAL_UNKNOWN,
     FIRST_BACKOFF,
     Attempt,
+    Journal,
     JournalEntry,
     Removals,
     Rotator,
@@ -828,7 +829,7 @@ class ConnectionService:
                 if not force or isinstance(error, HandOverIncomplete) or error in unjournaled:
                     raise
                 left_behind = error
-            progress.removed += await self._remove_federated_credential(record)
+            progress.removed += await self._remove_federated_credential(record, journal)
             if left_behind is not None:
                 raise left_behind
         except HandOverIncomplete as incomplete:  # every removal done; the connection stays, marked
@@ -916,7 +917,8 @@ class ConnectionService:
         with the credential in use, which the removals revoked when it was the service's)."""
         await self.rotator.close_interrupted(record)  # a rotation's worker that died: its attempt ends here
         return await self._on_mark(record, lambda state: state.left_behind_forgotten().evolve(
-            managed=False, key_made=False, removing_key_id=None, rotation_id=None, step=None, attempt=0,
+            managed=False, key_made=False, removing_key_id=None, removing_identity=None, rotation_id=None, step=None,
+            attempt=0,
             attempt_started_at=None, pending_key_id=None, pending_version=None, pending_expires_at=None,
             previous_key_id=None, previous_version=None))
 
@@ -1010,12 +1012,23 @@ class ConnectionService:
             left.append(state.key_id)
         return list(dict.fromkeys(left)), list(dict.fromkeys(unread))
 
-    async def _remove_federated_credential(self, record: ConnectionRecord) -> list[str]:
+    async def _remove_federated_credential(self, record: ConnectionRecord, journal: Journal) -> list[str]:
         """The federated credential the service added to the application that this connection tracks (``key_id``:
-        its migration's, or handed over to it), unless another connection of the same application relies on it."""
+        its migration's, or handed over to it), unless another connection of the same application relies on it.
+        Its removal, the DELETE's last, is journaled ahead (``removing_key_id``, with the identity it names): once
+        sent, the service's sign-in there refused as matching no federated credential means it went (a DELETE
+        sent again after an answer lost finishes)."""
         if record.method != Method.FEDERATED:
             return []
-        return await self.rotator.remove_federated(record, credential_tenant(record), record.rotation.key_id or "")
+        state = record.rotation
+        key_id = state.key_id or ""
+
+        async def ahead(identity: str) -> None:
+            await journal(lambda state: state.evolve(removing_key_id=key_id, removing_identity=identity))
+
+        sent = state.removing_identity if key_id and state.removing_key_id == key_id else None
+        return await self.rotator.remove_federated(record, credential_tenant(record), key_id, before_removal=ahead,
+                                                   sent_as=sent)
 
     async def _release(self, record: ConnectionRecord, before: ConnectionRecord, progress: Removals,
                        owner: str) -> bool:
@@ -1037,8 +1050,7 @@ class ConnectionService:
             await self.rotator.disable_left_behind(record, state.retire_version)
         elif state.cleaning_up and same_clean_up(record.rotation, state):
             # That clean-up's journal, as this DELETE wrote it: its last removal may have gone through.
-            before = before.evolve(rotation=state.evolve(
-                retire_removing_key_id=record.rotation.retire_removing_key_id))
+            before = before.evolve(rotation=state.clean_up_sent_as(record.rotation))
         try:
             await self.store.update(before.evolve(etag=record.etag))
         except ServiceError as error:  # ConcurrentChange: another request's write came first

@@ -114,6 +114,10 @@ class RotationState:
     # A DELETE's journal: everything else the service created is removed, and the removal of the credential in use
     # (this Key ID), the last one, is sent; once that credential no longer signs in, nothing is left to remove.
     removing_key_id: str | None = None
+    # For a federated credential (a federated connection's own): the service's identity (its principal id) that the
+    # credential named when its removal was sent. While the service still has that identity, a sign-in there that no
+    # federated credential matches means the removal went through.
+    removing_identity: str | None = None
     # Credentials the service created on the application the connection used before its credentials were
     # changed, still to be removed (with that application's credential, kept in this vault version).
     retire_version: str | None = None
@@ -171,6 +175,12 @@ class RotationState:
         """No clean-up of an application left behind pending any more (``retire_*``: done, or another's now)."""
         return replace(self, retire_version=None, retire_tenant_id=None, retire_client_id=None,
                        retire_removing_key_id=None, retire_federated_id=None, retire_removing_identity=None)
+
+    def clean_up_sent_as(self, other: RotationState) -> RotationState:
+        """This state with the journal of the clean-up's last removal as ``other`` holds it: whether it was sent,
+        and as which identity (a federated credential's)."""
+        return replace(self, retire_removing_key_id=other.retire_removing_key_id,
+                       retire_removing_identity=other.retire_removing_identity)
 
     def evolve(self, **changes: Any) -> RotationState:
         return replace(self, **changes)

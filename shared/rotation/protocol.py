@@ -718,8 +718,8 @@ class Rotator(Journaled):
             # Only a retirement disables the previous application's version, once its removals are done: one that
             # stopped before it forgot that application (a crash, a worker held up past its lease) did them all.
             material = None
+        journal = _CleanUpJournal(self, record)
         if material is not None:
-            journal = _CleanUpJournal(self, record)
             # On the application in use: neither its credential nor what a rotation under way added (one
             # resumed past its addition retires first; its new credential is about to be the one in use).
             under_way = marker(record.id, state.rotation_id) if same_app and state.rotation_id else None
@@ -732,34 +732,37 @@ class Rotator(Journaled):
         # Only the journal of the clean-up is forgotten: ``managed`` says whether the service created something on
         # the application in use since the change (a rotation that began since sets it; the change cleared it).
         # With rotation off and none under way, the clean-up was all that was due.
-        mine = record.rotation
-        return await self._apply(record, lambda current: current.rotation == mine,
-                                 lambda current: current.evolve(rotation=clean_up_forgotten(current.rotation)))
+        return await journal.forget()
 
     async def _retire_federated(self, record: ConnectionRecord) -> ConnectionRecord:
-        """A federated connection's clean-up: the federated credential the service added to the application it left
-        (``retire_federated_id``) removed there, unless another connection of that application relies on it (then
-        it is theirs), then forgotten. Its removal is journaled ahead (``retire_removing_key_id``): once sent, the
-        service's sign-in there refused as matching no federated credential means it went. The application in use
-        is never touched: were it the one left (it cannot be: a change of credentials finishes the clean-up first,
-        or takes the credential back), its credential is forgotten, not removed."""
+        """A federated connection's clean-up (:meth:`_remove_federated_left`, under the lease), then forgotten."""
+        journal = _CleanUpJournal(self, record)
+        await self._remove_federated_left(record, journal, fence=self.lease_check(record.rotation))
+        await self.checkpoint("after-retire", journal.record)
+        return await journal.forget()
+
+    async def _remove_federated_left(self, record: ConnectionRecord, journal: Journal | None,
+                                     fence: Callable[[], None] | None = None) -> list[str]:
+        """The federated credential the service added to the application a federated connection left
+        (``retire_federated_id``), removed there unless another connection of that application relies on it (then
+        it is theirs). Its removal is journaled ahead through ``journal`` (``retire_removing_key_id``, with the
+        identity it names): once sent, the service's sign-in there refused as matching no federated credential
+        means it went. The application in use is never touched: were it the one left (it cannot be: a change of
+        credentials finishes the clean-up first, or takes the credential back), its credential is forgotten, not
+        removed. The Key IDs removed."""
         state = record.rotation
         credential_id = state.retire_federated_id or ""
         left = record.evolve(tenant_id=state.retire_tenant_id or "", client_id=state.retire_client_id or "")
-        journal = _CleanUpJournal(self, record)
+        if same_application(left, record, any_tenant=True):
+            return []
 
         async def ahead(identity: str) -> None:
-            await journal(lambda state: state.evolve(retire_removing_key_id=credential_id,
-                                                     retire_removing_identity=identity))
+            if journal is not None:
+                await journal(lambda state: state.evolve(retire_removing_key_id=credential_id,
+                                                         retire_removing_identity=identity))
 
-        if not same_application(left, record, any_tenant=True):
-            await self.remove_federated(left, left.tenant_id, credential_id, fence=self.lease_check(state),
-                                        before_removal=ahead, sent_as=removal_sent_as(state))
-        record = journal.record
-        await self.checkpoint("after-retire", record)
-        mine = record.rotation
-        return await self._apply(record, lambda current: current.rotation == mine,
-                                 lambda current: current.evolve(rotation=clean_up_forgotten(current.rotation)))
+        return await self.remove_federated(left, left.tenant_id, credential_id, fence=fence, before_removal=ahead,
+                                           sent_as=removal_sent_as(state))
 
     async def remove_federated(self, record: ConnectionRecord, tenant_id: str, credential_id: str,
                                fence: Callable[[], None] | None = None,
@@ -992,18 +995,8 @@ class Rotator(Journaled):
         """A removal pass's part at the application the connection left (``retire_*``), with its credential."""
         state = record.rotation
         if state.retire_federated_id is not None:  # a federated connection's: nothing signs in with it
-            credential_id = state.retire_federated_id
-            left = record.evolve(tenant_id=state.retire_tenant_id or "", client_id=state.retire_client_id or "")
-
-            async def ahead(identity: str) -> None:
-                if journal is not None:
-                    await journal(lambda state: state.evolve(retire_removing_key_id=credential_id,
-                                                             retire_removing_identity=identity))
-
-            removed = [] if same_application(left, record, any_tenant=True) else await self.remove_federated(
-                left, left.tenant_id, credential_id, before_removal=ahead, sent_as=removal_sent_as(state))
+            progress.removed.extend(await self._remove_federated_left(record, journal))
             progress.found[state.retire_client_id or ""] = set()
-            progress.removed.extend(removed)
             return
         try:
             retired = await self.adapters.vault.get(record.secret_name, state.retire_version or "")
@@ -1077,6 +1070,12 @@ class _CleanUpJournal:
             lambda current: current.evolve(rotation=entry(current.rotation)))
         if self.record.rotation != entry(self.record.rotation):
             raise LeaseLost(f"The connection {self.record.id} changed while its clean-up was under way.")
+
+    async def forget(self) -> ConnectionRecord:
+        """The clean-up done: its journal forgotten, on top of what changed meanwhile but the clean-up and its lease
+        (a validation, a health check, a credential handed over); the connection as it is then."""
+        await self(clean_up_forgotten)
+        return self.record
 
 
 def removal_sent_as(state: RotationState) -> str | None:

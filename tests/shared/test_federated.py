@@ -1485,3 +1485,89 @@ async def test_a_migrated_connection_keeps_to_its_tenant_while_its_client_id_sta
     after = await h.record(record.id)
     assert after is not None and after.tenant_id == migrated.tenant_id
     assert after.rotation.key_id == migrated.rotation.key_id and h.check() == []
+
+
+def removals_answer_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Graph removes a federated credential, and its answer is lost (a 503 after the change was made)."""
+    original = fakes.FakeGraph.remove_federated_credential
+
+    async def lost(self: Any, object_id: str, credential_id: str) -> None:
+        await original(self, object_id, credential_id)
+        raise UpstreamError("Microsoft Graph failed to remove the federated credential (503).")
+
+    monkeypatch.setattr(fakes.FakeGraph, "remove_federated_credential", lost)
+
+
+async def test_a_delete_undone_after_its_clean_up_removal_was_sent_keeps_as_whom_so_the_clean_up_finishes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review J, J1.) A DELETE sent the removal at the application the connection left (journaled with the
+    service's identity), Graph made it and the answer was lost, and the DELETE was undone: the journal came back
+    without the identity, so the service's sign-in there, refused as matching nothing, proved nothing, and the
+    clean-up failed at every retry, refusing every move and DELETE. The undone DELETE keeps both."""
+    h = Harness()
+    before, _, credential_id = await _moved_off(h, BLOCKED)
+    h.fakes.world.clear_faults()
+    removals_answer_lost(monkeypatch)
+    with pytest.raises(ServiceError):
+        await h.api.delete(APP, before.id)
+    monkeypatch.undo()
+    assert credential_id not in h.fakes.world.apps[before.client_id or ""].federated  # it went
+    kept = await h.record(before.id)
+    assert kept is not None and kept.rotation.retire_removing_key_id == credential_id
+    assert kept.rotation.retire_removing_identity == IDENTITY_PRINCIPAL_ID
+    h.lease_runs_out()
+    await h.due()
+    await h.sweep()
+    after = await h.record(before.id)
+    assert after is not None and not after.rotation.cleaning_up and after.rotation.message is None
+    assert h.check() == [] and not h.unscheduled()
+    await h.api.delete(APP, before.id)
+    assert await h.record(before.id) is None
+
+
+async def test_a_delete_whose_removal_of_the_credential_in_use_went_through_unanswered_finishes_when_sent_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review J, J2.) A DELETE's removal of the federated credential the connection signs in with, its last, was
+    made by Graph and the answer lost: the DELETE was undone onto a connection whose credential was gone, and
+    every DELETE after it failed to sign in there (409 until forced). The removal is journaled ahead with the
+    identity it names: the DELETE keeps its mark and says to send it again, and the next one finishes."""
+    h = Harness()
+    record = await migrated(h, await h.create())
+    credential_id = record.rotation.key_id or ""
+    removals_answer_lost(monkeypatch)
+    with pytest.raises(ServiceError) as first:
+        await h.api.delete(APP, record.id)
+    monkeypatch.undo()
+    assert first.value.status >= 500 and "send the DELETE again" in first.value.detail
+    assert credential_id not in h.fakes.world.apps[record.client_id or ""].federated
+    marked = await h.record(record.id)
+    assert marked is not None and marked.status == "deleting"
+    assert (marked.rotation.removing_key_id, marked.rotation.removing_identity) == (credential_id,
+                                                                                    IDENTITY_PRINCIPAL_ID)
+    deleted = await h.api.delete(APP, record.id)
+    assert deleted.removed_key_ids == [credential_id] and deleted.key_ids_left_live == []
+    assert await h.record(record.id) is None and h.check() == []
+
+
+async def test_a_credential_handed_over_while_the_sweep_cleans_up_does_not_leave_that_clean_up_unscheduled(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review J, J3.) While the sweep removed the credential at the application the connection left, another
+    connection's DELETE handed its credential over to this one: the clean-up's last write, made only when nothing
+    had changed, was skipped, yet the sweep took it as done and unscheduled it, so a journal nothing would run again
+    kept refusing a move back. The clean-up is forgotten on top of what changed meanwhile but itself."""
+    h = Harness()
+    c1 = await migrated(h, await h.create("c1"))
+    c2 = await migrated(h, await h.create("c2"))
+    a, f1, b, f2 = c1.client_id or "", c1.rotation.key_id, c2.client_id or "", c2.rotation.key_id
+    blocked = refused_at(monkeypatch, a)
+    moved = await h.api.update(APP, c1.id, moved_to(b))  # c1 signs in at B with c2's credential
+    assert moved.rotation.retire_federated_id == f1
+    blocked.clear()
+    race = overtaken_at(monkeypatch, fakes.FakeGraph, "remove_federated_credential", 1,
+                        lambda: h.api.delete(APP, c2.id))
+    await h.due()
+    await h.sweep()
+    assert race.ran and not race, race
+    after = await h.record(c1.id)
+    assert after is not None and after.rotation.key_id == f2 and not after.rotation.cleaning_up
+    assert f1 not in h.fakes.world.apps[a].federated and h.check() == [] and not h.unscheduled()
