@@ -54,6 +54,9 @@ def _up(argv: Sequence[str]) -> int:
     # lets the environment below stop Azurite and the stand-in instead of leaving them running (Ctrl+C's
     # KeyboardInterrupt does the same, and main() turns it into exit code 130 without a traceback).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Started in the background by a script (``up &``), SIGINT comes ignored, and uvicorn would restore that after
+    # its shutdown: ``kill -INT`` stopped the service but exited 0, silently. Ctrl+C and SIGINT mean the same here.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     state_dir: Path = args.state_dir
     busy = _busy(args.port, state_dir)
     if busy is not None:
