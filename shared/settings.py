@@ -2,7 +2,8 @@
 
 Every setting the service reads is named here and documented in the README's
 configuration table (OpenTelemetry's own, such as ``OTEL_TRACES_SAMPLER``, which its SDK reads, are in
-docs/telemetry.md). Nothing else in the package reads a setting from ``os.environ``; the log redaction
+docs/telemetry.md; the timers' schedules are read by the Functions host, TLS trust by the TLS libraries, and
+azure-identity's own variables are read here only to tell which credential it signs in with). Nothing else in the package reads a setting from ``os.environ``; the log redaction
 (``shared.redaction``) looks through it once only to learn the secret values it must never print.
 
 ``AZURE_CLOUD`` (``AzurePublicCloud``, ``AzureUSGovernment`` or ``AzureChinaCloud``; :data:`CLOUDS`) sets the
@@ -280,6 +281,14 @@ def _storage(env: Mapping[str, str], cloud: Cloud | None = None) -> StorageSetti
     )
 
 
+def _whole(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """A count (concurrency, days): a whole number, never a fraction silently cut (``8.9`` is not 8)."""
+    value = _number(env, name, default, low, high)
+    if value != int(value):
+        raise SettingsError(f"{name} must be a whole number from {low} to {high}")
+    return int(value)
+
+
 def _number(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
     raw = (env.get(name) or "").strip()
     if not raw:
@@ -342,14 +351,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             )
             for prefix in OAUTH_SETTING_PREFIXES
         },
-        rotation_max_concurrency=int(_number(env, "ROTATION_MAX_CONCURRENCY", 8, 1, 64)),
+        rotation_max_concurrency=_whole(env, "ROTATION_MAX_CONCURRENCY", 8, 1, 64),
         rotation_test_timeout_seconds=_number(env, "ROTATION_TEST_TIMEOUT_SECONDS", 300, 1, 3600),
         rotation_sweep_budget_seconds=_number(env, "ROTATION_SWEEP_BUDGET_SECONDS", 240, 1, 3600),
         auth_tenant_id=_configured(env, "AUTH_TENANT_ID"),
         auth_audience=_configured(env, "AUTH_AUDIENCE"),
-        audit_retention_days=int(_number(env, "AUDIT_RETENTION_DAYS", 365, 1, 3650)),
+        audit_retention_days=_whole(env, "AUDIT_RETENTION_DAYS", 365, 1, 3650),
         health_check_interval_hours=_number(env, "HEALTH_CHECK_INTERVAL_HOURS", 24, 1, 720),
-        expiry_warning_days=int(_number(env, "EXPIRY_WARNING_DAYS", 30, 1, 365)),
+        expiry_warning_days=_whole(env, "EXPIRY_WARNING_DAYS", 30, 1, 365),
         notify_webhook_url=_webhook_url(env),
         notify_webhook_secret=_configured(env, "NOTIFY_WEBHOOK_SECRET"),
         **_federation(env),

@@ -186,3 +186,12 @@ def test_no_secret_setting_appears_in_the_settings_repr():
     shown = repr(settings)
     assert "kv-client-id" in shown and "AppConn" in shown
     assert [name for name, value in secrets.items() if value in shown or "c2VjcmV0LWtleQ" in shown] == []
+
+
+@pytest.mark.parametrize("name", ["ROTATION_MAX_CONCURRENCY", "AUDIT_RETENTION_DAYS", "EXPIRY_WARNING_DAYS"])
+def test_a_count_is_a_whole_number_never_a_fraction_cut_short(name):
+    """(Review K.) ``8.9`` concurrent rotations or ``1.5`` days of audit retention were taken as 8 and 1."""
+    with pytest.raises(SettingsError, match=f"{name} must be a whole number"):
+        load_settings({**BASE, name: "1.5"})
+    assert getattr(load_settings({**BASE, name: "2"}), name.lower()) == 2
+    assert getattr(load_settings({**BASE, name: "2.0"}), name.lower()) == 2
