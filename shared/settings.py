@@ -3,8 +3,9 @@
 Every setting the service reads is named here and documented in the README's
 configuration table (OpenTelemetry's own, such as ``OTEL_TRACES_SAMPLER``, which its SDK reads, are in
 docs/telemetry.md; the timers' schedules are read by the Functions host, TLS trust by the TLS libraries, and
-azure-identity's own variables are read here only to tell which credential it signs in with). Nothing else in the package reads a setting from ``os.environ``; the log redaction
-(``shared.redaction``) looks through it once only to learn the secret values it must never print.
+azure-identity's own variables are read here only to tell which credential it signs in with). Nothing else in
+the package reads a setting from ``os.environ``; the log redaction (``shared.redaction``) looks through it once
+only to learn the secret values it must never print.
 
 ``AZURE_CLOUD`` (``AzurePublicCloud``, ``AzureUSGovernment`` or ``AzureChinaCloud``; :data:`CLOUDS`) sets the
 authority host, the Graph endpoint, the Key Vault and App Configuration resources and the token-exchange audience
