@@ -523,7 +523,8 @@ class ConnectionService:
                 # It leaves the application: whatever relies on the credential there takes it over first (a failure
                 # answers 502, nothing changed); what nothing relies on is the clean-up of the application left,
                 # journaled with the change (``retire_*``) and made once it is saved, or by the sweep.
-                if leaving and await keep_for_others(self.store, record, leaving, credential_tenant(record)):
+                if leaving and await keep_for_others(self.store, record, leaving, credential_tenant(record),
+                                                     self.rotator.audit):
                     leaving = None
             new_state = new_state.evolve(key_id=key_id, key_made=False,
                                          key_tenant_id=new_state.key_tenant_id if key_id else None)

@@ -403,7 +403,8 @@ class Migrator(Journaled):
         pending = record.rotation.pending_key_id
         for credential in await graph.federated_credentials(registration.object_id):
             if credential.name == name or (credential.id == pending and added_by_service(credential.name)):
-                if await keep_for_others(self.adapters.connections, record, credential.id, record.tenant_id):
+                if await keep_for_others(self.adapters.connections, record, credential.id, record.tenant_id,
+                                         self.audit):
                     continue
                 self.lease_check(record.rotation)()  # a later migration may have adopted it meanwhile
                 await self.audit.credential_changed(

@@ -780,7 +780,7 @@ class Rotator(Journaled):
         if not credential_id:
             return []
         store = self.adapters.connections
-        if await keep_for_others(store, record, credential_id, tenant_id):
+        if await keep_for_others(store, record, credential_id, tenant_id, self.audit):
             return []
         client_id = record.client_id or ""
         identity = federation_identity(self.adapters.settings)
@@ -793,7 +793,7 @@ class Rotator(Journaled):
                     return []
                 # Asked again right before the removal: a connection that took it up while this one signed in
                 # and read the application (a migration journaling it, one created federated) keeps it.
-                if await keep_for_others(store, record, credential_id, tenant_id):
+                if await keep_for_others(store, record, credential_id, tenant_id, self.audit):
                     return []
                 if fence is not None:
                     fence()

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from shared.apps import APPS, Method
+from shared.audit import STARTED, AuditLog
 from shared.errors import ConcurrentChange, NotFound, SecretGone, ServiceError, UpstreamError, VersionDisabled
 from shared.fields import MAX_PAGE_SIZE
 from shared.ports import ConnectionStore, SecretStore
@@ -108,39 +109,55 @@ class HandOverIncomplete(UpstreamError):
 
 
 async def keep_for_others(store: ConnectionStore, record: ConnectionRecord, credential_id: str,
-                          tenant_id: str) -> bool:
+                          tenant_id: str, audit: AuditLog) -> bool:
     """Whether the federated credential the service added (on ``record``'s application, whose object is in
     ``tenant_id``), which ``record`` gives up (deleted, moved to another application, its migration failed), stays
     for another connection: one tracks it already (signs in with it, or its migration journaled it), or one signs
     in with it without tracking it (created federated, in any tenant) and takes it over (:func:`hand_over`). False:
     nobody relies on it, it is to be removed (a migration that has not journaled it yet tests before it switches:
-    it fails, and can be sent again)."""
+    it fails, and can be sent again). Either way a credential kept is audited on ``record`` (``credential.remove``
+    ``kept``, naming the connections, of any app, that keep it: its owner may not see them), and a hand-over on
+    the heir before it is written."""
     for _ in range(4):
         try:
             relying = await relying_on_federation(store, record)
         except ServiceError as error:
             raise HandOverIncomplete(f"The connections of the application could not be read ({error.detail}).") \
                 from None
-        if any(tracks(other, credential_id) for other in relying):
+        keeping = [other for other in relying if tracks(other, credential_id)]
+        if keeping:
+            await _kept(audit, record, credential_id, keeping)
             return True
         # An heir signs in with it and tracks nothing (created federated): one that tracks another credential of
         # the service's (added for an identity the service had before) relies on that one, and keeps it.
         heirs = [other for other in relying if other.method == Method.FEDERATED and not other.rotation.key_id]
         if not heirs:
             return False
-        if await hand_over(store, record, heirs, credential_id, tenant_id):
+        heir = await hand_over(store, record, heirs, credential_id, tenant_id, audit)
+        if heir is not None:
+            await _kept(audit, record, credential_id, [heir])
             return True
     raise HandOverIncomplete("The connections relying on the application's federated credential kept changing.")
 
 
+async def _kept(audit: AuditLog, record: ConnectionRecord, credential_id: str, keeping: list[ConnectionRecord],
+                ) -> None:
+    """The record of a federated credential ``record`` gave up and left to others (written as well as can be)."""
+    names = ", ".join(f"{other.id} ({other.app})" for other in keeping)
+    await audit.record("credential.remove", "kept", app=record.app, connection_id=record.id,
+                       connection_name=record.name,
+                       detail=f"Federated identity credential {credential_id} on the application {record.client_id} "
+                              f"stays: the connection {names} signs in with it.")
+
+
 async def hand_over(store: ConnectionStore, record: ConnectionRecord, heirs: list[ConnectionRecord],
-                    credential_id: str, tenant_id: str) -> bool:
+                    credential_id: str, tenant_id: str, audit: AuditLog) -> ConnectionRecord | None:
     """One of ``heirs`` (federated, on ``record``'s application, and not being deleted, read again before it is
     written) tracks the federated credential the service added: a DELETE of it removes the credential when no
     other connection relies on it then; one in another tenant than the application object's (``tenant_id``)
-    records that tenant (``key_tenant_id``), where its DELETE reaches it. False when none of them still qualifies
-    (they changed meanwhile). Written before ``record`` lets go of it: should it fail, ``record`` keeps it (a
-    request again finishes)."""
+    records that tenant (``key_tenant_id``), where its DELETE reaches it; audited on the heir before it is written
+    (``credential.hand-over``). The heir, or None when none of them still qualifies (they changed meanwhile).
+    Written before ``record`` lets go of it: should it fail, ``record`` keeps it (a request again finishes)."""
     try:
         for heir in heirs:
             current: ConnectionRecord | None = heir
@@ -150,12 +167,18 @@ async def hand_over(store: ConnectionStore, record: ConnectionRecord, heirs: lis
                         or current.rotation.key_id not in (None, credential_id)):
                     break  # gone, being deleted, moved, or tracking another credential meanwhile: not this one
                 if current.rotation.key_id == credential_id:
-                    return True
+                    return current
+                await audit.record(
+                    "credential.hand-over", STARTED, app=current.app, connection_id=current.id,
+                    connection_name=current.name,
+                    detail=f"Federated identity credential {credential_id} on the application {record.client_id}, "
+                           f"which this connection signs in with, is handed over to it by the connection "
+                           f"{record.id} ({record.app}), which gives it up.")
                 try:
                     home = None if current.tenant_id.lower() == tenant_id.lower() else tenant_id
                     await store.update(current.evolve(rotation=current.rotation.evolve(
                         key_id=credential_id, key_tenant_id=home)))
-                    return True
+                    return current
                 except ConcurrentChange:
                     try:
                         current = await store.get(heir.app, heir.id)
@@ -164,4 +187,4 @@ async def hand_over(store: ConnectionStore, record: ConnectionRecord, heirs: lis
     except ServiceError as error:
         raise HandOverIncomplete(f"The federated credential of the application could not be handed over to a "
                                  f"connection that relies on it ({error.detail}).") from None
-    return False
+    return None

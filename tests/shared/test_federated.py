@@ -1197,11 +1197,11 @@ async def test_the_heir_moved_to_another_application_meanwhile_is_not_handed_the
     moved: list[ConnectionRecord] = []
 
     async def moved_first(store: Any, giver: ConnectionRecord, heirs: list[ConnectionRecord], credential_id: str,
-                          tenant_id: str) -> bool:
+                          tenant_id: str, audit: Any) -> ConnectionRecord | None:
         if not moved:
             moved.append(await h.api.update("azure-key-vault", other.id, {
                 "credentials": {"tenantId": TENANT, "clientId": elsewhere.client_id}}))
-        return await hand_over(store, giver, heirs, credential_id, tenant_id)
+        return await hand_over(store, giver, heirs, credential_id, tenant_id, audit)
 
     monkeypatch.setattr(sharing, "hand_over", moved_first)
     await h.api.delete(APP, record.id)  # nobody relies on it any more: removed
@@ -1571,3 +1571,38 @@ async def test_a_credential_handed_over_while_the_sweep_cleans_up_does_not_leave
     after = await h.record(c1.id)
     assert after is not None and after.rotation.key_id == f2 and not after.rotation.cleaning_up
     assert f1 not in h.fakes.world.apps[a].federated and h.check() == [] and not h.unscheduled()
+
+
+async def test_a_hand_over_is_audited_on_the_heir_before_it_is_written_and_the_giver_says_who_keeps_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review H, M1.) A connection of another app, which its owner cannot see, took over the federated credential
+    when the owner deleted theirs to revoke it: the DELETE answered that nothing was left live, and nothing in the
+    audit log said where the credential had gone. The hand-over is audited on the heir before it is written (no
+    record, no hand-over), and the giver's record names the connection that keeps the credential."""
+    h = Harness()
+    record, other, client_id, added = await _migrated_and_created(h)
+    original = fakes.FakeAudit.append
+
+    async def refused(self: Any, entry: Any) -> None:
+        if entry.action == "credential.hand-over":
+            raise UpstreamError("Table Storage failed (injected)")
+        await original(self, entry)
+
+    monkeypatch.setattr(fakes.FakeAudit, "append", refused)
+    with pytest.raises(ServiceError):
+        await h.api.delete(APP, record.id)
+    monkeypatch.undo()
+    heir = await h.record(other.id)
+    assert heir is not None and heir.rotation.key_id is None  # not handed over: no record of it
+    assert added in h.fakes.world.apps[client_id].federated and h.check() == []
+
+    h.lease_runs_out()
+    await h.api.delete(APP, record.id)
+    [handed] = [r for r in h.fakes.audit.records if r.action == "credential.hand-over"]
+    assert (handed.outcome, handed.app, handed.connection_id) == ("started", "azure-key-vault", other.id)
+    assert added in (handed.detail or "") and record.id in (handed.detail or "")
+    [kept] = [r for r in h.fakes.audit.records if (r.action, r.outcome) == ("credential.remove", "kept")]
+    assert (kept.app, kept.connection_id) == (APP, record.id)
+    assert f"{other.id} (azure-key-vault)" in (kept.detail or "") and added in (kept.detail or "")
+    heir = await h.record(other.id)
+    assert heir is not None and heir.rotation.key_id == added and h.check() == []
