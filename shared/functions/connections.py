@@ -23,6 +23,7 @@ BASE = "api/v1/app-connections"
 # The access token is the gate (shared.auth), checked by every handler's ``endpoint``: there is no function key.
 OPEN = func.AuthLevel.ANONYMOUS
 ROTATION_FIELDS = ("isAutoRotationEnabled", "rotation")
+GET_ONLY = frozenset({"options", "health"})  # GET routes (``…/options``, ``…/health``), not apps
 
 
 def writer_and_rotator(req: func.HttpRequest) -> tuple[str, ...]:
@@ -77,6 +78,10 @@ async def list_app_connection_options(req: func.HttpRequest) -> func.HttpRespons
 @endpoint(writer_and_rotator, action="connection.create")
 async def create_app_connection(req: func.HttpRequest) -> func.HttpResponse:
     app = req.route_params["app"]
+    if app in GET_ONLY:  # the host matches ``POST …/options`` to this route too
+        from shared.errors import MethodNotAllowed
+
+        raise MethodNotAllowed(f"This path answers GET only: …/{app} is not an app.", headers={"Allow": "GET"})
     record = await _service().create(app, read_json(req))
     return _one(record, 201, {"Location": f"/{BASE}/{record.app}/{record.id}"})
 

@@ -246,4 +246,9 @@ def test_wrong_types_everywhere_are_field_errors(api):
 
 def test_methods_not_routed_are_problems(api):
     assert_problem(api.put(f"{BASE}/{APP}/{GUID}", json={}), 405)
+    for path in (f"{BASE}/options", f"{BASE}/health"):  # (review K) not an app's create: a 405, naming GET
+        for body in (None, {}):
+            refused = api.post(path, json=body) if body is not None else api.post(path)
+            assert_problem(refused, 405)
+            assert refused.headers["allow"] == "GET"
     assert_problem(api.get("/api/v1/no-such-route"), 404)
