@@ -240,9 +240,11 @@ class TokenValidator:
         # A delegated token (scp) acts for a person through a client: only with the API's delegated permission,
         # which the person (or an administrator) consented that client to use. An app-only token has no scp.
         if "scp" in claims and DELEGATED_SCOPE not in str(claims.get("scp") or "").split():
-            raise Forbidden(f"The token's delegated permissions (scp) do not include {DELEGATED_SCOPE}; ask for "
-                            f"the scope <the API's identifier URI>/{DELEGATED_SCOPE} (or /.default).",
-                            headers={"WWW-Authenticate": INSUFFICIENT_SCOPE})
+            refused = Forbidden(f"The token's delegated permissions (scp) do not include {DELEGATED_SCOPE}; ask "
+                                f"for the scope <the API's identifier URI>/{DELEGATED_SCOPE} (or /.default).",
+                                headers={"WWW-Authenticate": INSUFFICIENT_SCOPE})
+            refused.principal = principal  # identified by a valid token: the refusal is audited
+            raise refused
         return principal
 
     async def claims(self, token: str) -> dict[str, Any]:

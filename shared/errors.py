@@ -85,6 +85,9 @@ class Forbidden(ServiceError):
     status = 403
     slug = "forbidden"
     title = "Forbidden"
+    # Who was refused, when the refusal came after they were identified (a forged change by a session's cookie, a
+    # token without the API's scope): the refusal is audited with them (``shared.auth.Principal``).
+    principal: object | None = None
 
 
 def failed_upstream(error: BaseException) -> bool:

@@ -278,7 +278,11 @@ class Sessions:
                      csrf_token: str | None, changes: bool = False) -> Principal:
         """The principal of the request's session cookie, checked as :meth:`resume` and :meth:`check_change`."""
         session = await self.resume(cookie_value(cookie_header, SESSION_COOKIE))
-        self.check_change(session, method, origin, csrf_token, changes)
+        try:
+            self.check_change(session, method, origin, csrf_token, changes)
+        except RequestForgery as forged:
+            forged.principal = session.principal()  # a change forged against a person signed in: audited
+            raise
         return session.principal()
 
     def describe(self, session: Session) -> dict[str, object]:

@@ -226,7 +226,7 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
 
         async def _guarded(req: func.HttpRequest, instance: str) -> func.HttpResponse:
             from shared.audit import acting
-            from shared.auth import authorize
+            from shared.auth import Principal, authorize
             from shared.errors import Forbidden, ServiceError
             from shared.records import Actor
 
@@ -243,8 +243,10 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
                         claims.append(authorize(principal, needed, route_app))
                 used = ",".join(dict.fromkeys(claims))
             except ServiceError as error:
-                if principal is not None and isinstance(error, Forbidden):
-                    await _refused(req, instance, principal, route_app, error)
+                if isinstance(error, Forbidden):
+                    refused = principal or error.principal  # refused once identified (a forged change, a scope)
+                    if isinstance(refused, Principal):
+                        await _refused(req, instance, refused, route_app, error)
                 return problem_response(error, instance)
             except Exception:
                 log.exception("%s %s: the caller could not be authenticated", req.method, instance)

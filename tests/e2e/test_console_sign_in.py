@@ -142,9 +142,10 @@ def test_a_reader_by_cookie_can_read_and_cannot_change(client, local_env, secret
     assert refused.json()["requiredRole"] == "AppConnections.Writer"
 
 
-def test_a_change_by_cookie_needs_the_csrf_token_and_the_services_origin(client, local_env, secrets_used):  # type: ignore[no-untyped-def]
+def test_a_change_by_cookie_needs_the_csrf_token_and_the_services_origin(client, local_env, secrets_used, api):  # type: ignore[no-untyped-def]
     operator = browser(client, local_env, OPERATOR, secrets_used)
-    missing = "/api/v1/app-connections/azure-key-vault/00000000-0000-0000-0000-000000000000"
+    connection_id = str(uuid.uuid4())
+    missing = f"/api/v1/app-connections/azure-key-vault/{connection_id}"
 
     no_csrf = client.delete(missing, headers=operator.headers(csrf=None))
     wrong_csrf = client.delete(missing, headers=operator.headers(csrf="x" * 43))
@@ -153,6 +154,12 @@ def test_a_change_by_cookie_needs_the_csrf_token_and_the_services_origin(client,
     for refused in (no_csrf, wrong_csrf, no_origin, other_origin):
         assert refused.status_code == 403
         assert refused.json()["type"] == "urn:app-connections:problem:csrf-rejected"
+    # (Review H, L1.) A change forged against a person signed in is the refusal most worth recording: each is
+    # audited with who was signed in, as a refusal for want of a role is.
+    logged = api.get("/api/v1/audit-logs", params={"action": "access.refused", "connectionId": connection_id})
+    records = logged.json()["auditLogs"]
+    assert len(records) == 4 and {r["outcome"] for r in records} == {"403"}, records
+    assert all(r["actor"]["type"] == "user" and r["detail"].startswith(f"DELETE {missing}") for r in records)
     allowed = client.delete(missing, headers=operator.headers())
     assert allowed.status_code == 404, allowed.text  # authorized as Writer: the connection does not exist
 

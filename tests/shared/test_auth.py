@@ -680,6 +680,8 @@ async def test_a_delegated_token_needs_the_api_s_delegated_permission() -> None:
             await validator.validate(f"Bearer {token({'scp': scp, 'oid': f'u-{scp}'})}")
         assert refused.value.status == 403
         assert 'error="insufficient_scope"' in refused.value.headers["WWW-Authenticate"]
+        # who was refused, identified by a valid token: the refusal is audited with them (review H, L1)
+        assert getattr(refused.value.principal, "id", None) == f"u-{scp}"
     daemon = token({"idtyp": "app", "oid": "daemon", "preferred_username": None})
     app_only = await validator.validate(f"Bearer {daemon}")
     assert app_only.type == "app"  # no scp: an application's own token, held to its app roles alone
