@@ -18,13 +18,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.apps import AppSpec, Method, method_spec
-from shared.audit import STARTED, acting_actor
+from shared.audit import STARTED, acting_actor, current
+from shared.auth import ROLE_PREFIX, WRITER, Principal
 from shared.credentials import parse_certificate_async
 from shared.errors import (
     ConcurrentChange,
     CredentialRejected,
     CredentialsLeftLive,
     FieldError,
+    Forbidden,
     InvalidRequest,
     LeaseLost,
     NameTaken,
@@ -99,7 +101,7 @@ from shared.rotation.protocol import (
     scheduled_rotation,
     secret_tags,
 )
-from shared.rotation.sharing import HandOverIncomplete, credential_tenant, keep_for_others
+from shared.rotation.sharing import HandOverIncomplete, credential_tenant, keep_for_others, of_the_same_application
 from shared.rotation.state import state_response
 from shared.store.vault import secret_name_for
 from shared.views import ConnectionReader, ensure_name_free, require_match
@@ -258,6 +260,29 @@ class ConnectionService:
             rotation=rotation or RotationState(), created_by=actor, updated_by=actor,
         )
 
+    async def _require_writer_of_the_application(self, record: ConnectionRecord) -> None:
+        """A federated connection proves nothing of its own: the service signs in as any application that trusts
+        its identity. So one is made on an application only by a caller who may change every connection of that
+        application (Writer of their apps, any tenant): a Writer of one app cannot bind, nor keep alive when its
+        owners delete theirs, an application that another app's connections use. The system acts for no one."""
+        if record.method != Method.FEDERATED:
+            return
+        context = current()
+        if context.actor.type == "system":
+            return
+        writable = Principal(context.actor.id, context.actor.name, context.actor.type, "",
+                             context.roles).apps_granted(WRITER)
+        if writable is None:
+            return
+        others = await of_the_same_application(self.store, record, any_tenant=True)
+        foreign = sorted({other.app for other in others if other.app not in writable})
+        if foreign:
+            raise Forbidden(
+                f"Connections of other apps ({', '.join(foreign)}) use this application, and a federated "
+                "connection proves nothing but the service's own sign-in: creating one, or moving one onto it, "
+                f"needs {ROLE_PREFIX}{WRITER} for those apps too.",
+                extensions={"requiredRole": f"{ROLE_PREFIX}{WRITER}", "apps": foreign})
+
     async def switch_secret(self, record: ConnectionRecord, material: Mapping[str, str],
                             expires_on: datetime | None, changes: Mapping[str, Any],
                             previous_name: str | None = None,
@@ -368,6 +393,7 @@ class ConnectionService:
         state = configured(RotationState(key_id=key_id), config, request.isAutoRotationEnabled, self.now())
         record = self.new_record(app, method, request.name, request.description, credentials.tenantId,
                                  credentials.clientId, state)
+        await self._require_writer_of_the_application(record)
         try:
             record = await self.insert_new(record, valid.material, expires_on)
         except NameTaken as taken:
@@ -511,6 +537,8 @@ class ConnectionService:
                 trigger = trigger or "credential-change"
             leaving: str | None = None
             if method is Method.FEDERATED:
+                await self._require_writer_of_the_application(
+                    record.evolve(tenant_id=credentials.tenantId, client_id=credentials.clientId))
                 key_id = federated_credential_kept(record, credentials.tenantId, credentials.clientId)
                 leaving = record.rotation.key_id if key_id is None else None
                 if back:  # the application it left, whose clean-up is pending: its credential is the connection's

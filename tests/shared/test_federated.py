@@ -1606,3 +1606,38 @@ async def test_a_hand_over_is_audited_on_the_heir_before_it_is_written_and_the_g
     assert f"{other.id} (azure-key-vault)" in (kept.detail or "") and added in (kept.detail or "")
     heir = await h.record(other.id)
     assert heir is not None and heir.rotation.key_id == added and h.check() == []
+
+
+async def test_a_federated_connection_is_bound_to_an_application_only_by_a_writer_of_every_app_that_uses_it(
+) -> None:
+    """(Review H, M1.) A Writer of one app created a federated connection on an application another app's
+    connections used (its only proof: the service's own sign-in), read what that application may read, and kept
+    its federated credential alive when its owners deleted theirs to revoke it. Binding an application, by a create
+    or a move, needs Writer of every app whose connections use it."""
+    from shared.audit import RequestContext, acting
+    from shared.records import Actor
+
+    h = Harness()
+    owned = await migrated(h, await h.create())  # another team's connection (azure-client-secrets), on X
+    x = owned.client_id or ""
+    mallory = Actor("mallory", "Mallory", "user")
+
+    def as_writer_of(*apps: str) -> Any:
+        return acting(RequestContext(mallory, frozenset(f"AppConnections.Writer.{app}" for app in apps)))
+
+    with as_writer_of("azure-key-vault"), pytest.raises(ServiceError) as refused:
+        await h.api.create("azure-key-vault", federated_body(x, "kv"))
+    assert refused.value.status == 403 and refused.value.extensions["apps"] == [APP]
+    assert [r.id for r in h.fakes.connections.records.values()] == [owned.id]
+
+    y = h.fakes.world.application()
+    h.fakes.world.add_federated(y.client_id)
+    with as_writer_of("azure-key-vault"):
+        own = await h.api.create("azure-key-vault", federated_body(y.client_id, "kv"))
+        with pytest.raises(ServiceError) as moved:
+            await h.api.update("azure-key-vault", own.id, moved_to(x))
+    assert moved.value.status == 403 and (await h.record(own.id)) == own
+
+    with as_writer_of("azure-key-vault", APP):  # a Writer of both apps may
+        both = await h.api.create("azure-key-vault", federated_body(x, "kv2"))
+    assert both.client_id == x and h.check() == []
