@@ -90,6 +90,12 @@ class Forbidden(ServiceError):
     principal: object | None = None
 
 
+def shown(value: str, limit: int = 80) -> str:
+    """A value the caller sent, as a message quotes it back: cut short past ``limit`` characters (an id in a path
+    may be thousands long; nothing the service names is)."""
+    return value if len(value) <= limit else value[:limit] + "…"
+
+
 def failed_upstream(error: BaseException) -> bool:
     """``error`` is a call to Azure that failed (the service's own error, the network's, or an Azure SDK's error type,
     which an adapter may let through), not a bug: what a best-effort step logs and goes past."""

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 from shared import fields
 from shared.apps import AppSpec, Method
 from shared.audit import acting_actor
-from shared.errors import FieldError, InvalidRequest, NotFound
+from shared.errors import FieldError, InvalidRequest, NotFound, shown
 from shared.oauth_tokens import instance_client
 from shared.records import PendingAuthorization
 from shared.store.oauth_states import new_state
@@ -182,7 +182,7 @@ class OAuthStart:
                 record = await self._connections.get(app.id, request.connectionId)
             except NotFound:
                 raise NotFound(
-                    f"No {app.id} connection has the id '{request.connectionId}'.",
+                    f"No {app.id} connection has the id '{shown(request.connectionId)}'.",
                     errors=[FieldError("/connectionId", "is not a connection of this app")],
                 ) from None
             if record.method != Method.OAUTH:

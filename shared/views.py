@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.apps import APPS, AppSpec, Method, find_app
-from shared.errors import FieldError, NameTaken, NotFound, PreconditionFailed
+from shared.errors import FieldError, NameTaken, NotFound, PreconditionFailed, shown
 from shared.fields import MAX_PAGE_SIZE, page_size
 from shared.json_codec import iso
 from shared.ports import ConnectionReads, HistoryReads
@@ -21,7 +21,7 @@ from shared.rotation.state import state_response
 def require_app(app_id: str) -> AppSpec:
     app = find_app(app_id)
     if app is None:
-        raise NotFound(f"There is no app '{app_id}'.")
+        raise NotFound(f"There is no app '{shown(app_id)}'.")
     return app
 
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import quote, urlsplit
 from uuid import UUID
 
-from shared.errors import NotFound, ServiceMisconfigured, UpstreamError
+from shared.errors import NotFound, ServiceMisconfigured, UpstreamError, shown
 from shared.json_codec import loads
 from shared.records import ConnectionRecord, RotationEvent
 from shared.store.history import HISTORY_TABLE, event_of
@@ -416,18 +416,18 @@ class ConnectionReads:
 
     async def get(self, app: str, connection_id: str) -> ConnectionRecord:
         if connection_id.startswith(NAME_PREFIX[0]) or not usable_key(connection_id):
-            raise NotFound(f"No {app} connection has the id '{connection_id}'.")
+            raise NotFound(f"No {app} connection has the id '{shown(connection_id)}'.")
         record = await self._reads.read_entity(CONNECTIONS_TABLE, app, connection_id, connection_record_of)
         if record is None:
-            raise NotFound(f"No {app} connection has the id '{connection_id}'.")
+            raise NotFound(f"No {app} connection has the id '{shown(connection_id)}'.")
         return record
 
     async def get_by_name(self, app: str, name: str) -> ConnectionRecord:
         if not usable_key(name):
-            raise NotFound(f"No {app} connection is named '{name}'.")
+            raise NotFound(f"No {app} connection is named '{shown(name)}'.")
         index = await self._reads.get_entity(CONNECTIONS_TABLE, app, NAME_PREFIX + name.lower())
         if index is None:
-            raise NotFound(f"No {app} connection is named '{name}'.")
+            raise NotFound(f"No {app} connection is named '{shown(name)}'.")
         return await self.get(app, str(index["ConnectionId"]))
 
     async def list_page(self, app: str, limit: int,

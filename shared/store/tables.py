@@ -19,7 +19,7 @@ from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import ConcurrentChange, InvalidRequest, NameTaken, NotFound
+from shared.errors import ConcurrentChange, InvalidRequest, NameTaken, NotFound, shown
 from shared.records import (
     Actor,
     Authorization,
@@ -268,24 +268,24 @@ class ConnectionsTable:
         from azure.core.exceptions import ResourceNotFoundError
 
         if connection_id.startswith(NAME_PREFIX[0]) or not usable_key(connection_id):
-            raise NotFound(f"No {app} connection has the id '{connection_id}'.")
+            raise NotFound(f"No {app} connection has the id '{shown(connection_id)}'.")
         table = await self._table()
         try:
             entity = await table.get_entity(app, connection_id)
         except ResourceNotFoundError:
-            raise NotFound(f"No {app} connection has the id '{connection_id}'.") from None
+            raise NotFound(f"No {app} connection has the id '{shown(connection_id)}'.") from None
         return from_entity(entity)
 
     async def get_by_name(self, app: str, name: str) -> ConnectionRecord:
         from azure.core.exceptions import ResourceNotFoundError
 
         if not usable_key(name):
-            raise NotFound(f"No {app} connection is named '{name}'.")
+            raise NotFound(f"No {app} connection is named '{shown(name)}'.")
         table = await self._table()
         try:
             index = await table.get_entity(app, NAME_PREFIX + name.lower())
         except ResourceNotFoundError:
-            raise NotFound(f"No {app} connection is named '{name}'.") from None
+            raise NotFound(f"No {app} connection is named '{shown(name)}'.") from None
         return await self.get(app, str(index["ConnectionId"]))
 
     async def list_page(

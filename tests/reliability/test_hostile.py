@@ -219,7 +219,8 @@ def test_path_traversal_ish_ids_are_404_or_400(api, connection_id):
     for path in (f"{BASE}/{APP}/{connection_id}", f"{BASE}/{APP}/{connection_id}/rotations",
                  f"{BASE}/azure-client-secrets/{connection_id}/clients",
                  f"{BASE}/{APP}/connection-name/{connection_id}"):
-        assert_problem(api.get(path), 400, 404)
+        problem = assert_problem(api.get(path), 400, 404)
+        assert len(str(problem["detail"])) < 300, problem  # (review K) an id is not echoed at any length
     assert_problem(api.post(f"{BASE}/{APP}/{connection_id}/validate"), 400, 404)
     assert_problem(api.post(f"{BASE}/{APP}/{connection_id}/rotate"), 400, 404)
     assert_problem(api.delete(f"{BASE}/{APP}/{connection_id}"), 400, 404)
