@@ -44,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
     admin = common.admin_client()
     tenant = admin.add_tenant()
     credentials = common.register_rotatable_app(admin, tenant, "pooling")
-    host = LocalHost(load_function_app("function_app", common.ROOT), common.ROOT / "host.json")
+    from shared.azure.clients import close_clients
+
+    host = LocalHost(load_function_app("function_app", common.ROOT), common.ROOT / "host.json",
+                     on_shutdown=[close_clients])  # as the host does: no session left open at exit
     statuses: dict[int, int] = {}
     with run_in_thread(host.asgi) as base_url, httpx.Client(base_url=base_url, timeout=120,
                                                             headers=common.api_headers()) as api:

@@ -53,6 +53,8 @@ def test_benchmark_runs_and_prints_its_table(run):
     for text in expected:
         assert text in result.stdout, result.stdout
     assert "|---" in result.stdout
+    # (Review K.) Nothing logged that the redaction had to withhold: an aiohttp session left open at exit was.
+    assert "[log record withheld]" not in result.stderr, result.stderr[-2000:]
 
 
 BAD_ARGUMENTS = {
