@@ -78,14 +78,28 @@ class RotateAtUtcIn(_Strict):
     minutes: Annotated[int, Field(ge=0, le=59)]
 
 
+def _time_of_day(value: str) -> str:
+    from shared.rotation.schedule import parse_hhmm  # checked with the other fields: every field error at once
+
+    parse_hhmm(value)
+    return value
+
+
+def _time_zone(value: str) -> str:
+    from shared.rotation.schedule import zone
+
+    zone(value)
+    return value
+
+
 class RotationIn(_Strict):
     """``{rotationInterval, rotateAtUtc: {hours, minutes}}`` as the reference has it, or
     ``{rotationInterval, rotateAt: "HH:MM", timeZone}`` for a local time of day."""
 
     rotationInterval: Annotated[int, Field(ge=1, le=365)]
     rotateAtUtc: RotateAtUtcIn | None = None
-    rotateAt: str | None = None
-    timeZone: str | None = None
+    rotateAt: Annotated[str, AfterValidator(_time_of_day)] | None = None
+    timeZone: Annotated[str, AfterValidator(_time_zone)] | None = None
 
 
 class CreateConnectionIn(_Strict):

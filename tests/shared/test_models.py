@@ -122,3 +122,16 @@ def test_a_value_with_a_trailing_newline_is_refused(field):
     assert rule(valid) == valid
     with pytest.raises(ValueError):
         rule(valid + "\n")
+
+
+def test_every_field_error_of_a_rotation_schedule_comes_back_at_once():
+    """(Review K.) The interval's error came first, then the time of day's once that was fixed, then the zone's."""
+    from shared.errors import InvalidRequest
+    from shared.models import UpdateConnectionIn, parse_model
+
+    with pytest.raises(InvalidRequest) as refused:
+        parse_model(UpdateConnectionIn, {"rotation": {"timeZone": "Mars/Base", "rotateAt": "25:61",
+                                                      "rotationInterval": -1}})
+    assert [e.pointer for e in refused.value.errors] == [
+        "/rotation/rotationInterval", "/rotation/rotateAt", "/rotation/timeZone"]
+    assert "Mars" not in str(refused.value.errors)  # no value echoed
