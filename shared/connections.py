@@ -101,7 +101,13 @@ from shared.rotation.protocol import (
     scheduled_rotation,
     secret_tags,
 )
-from shared.rotation.sharing import HandOverIncomplete, credential_tenant, keep_for_others, of_the_same_application
+from shared.rotation.sharing import (
+    HandOverIncomplete,
+    credential_tenant,
+    keep_for_others,
+    of_the_same_application,
+    record_kept,
+)
 from shared.rotation.state import state_response
 from shared.store.vault import secret_name_for
 from shared.views import ConnectionReader, ensure_name_free, require_match
@@ -494,6 +500,7 @@ class ConnectionService:
         if record.status == STATUS_DELETING:
             raise self._being_deleted(record)
         given_credentials = self._credentials(method, request.credentials) if request.credentials is not None else None
+        given_up: tuple[str, list[ConnectionRecord]] | None = None  # a federated credential left to others
         if (method is Method.FEDERATED and given_credentials is not None and record.rotation.key_id
                 and given_credentials.clientId.lower() == (record.client_id or "").lower()
                 and given_credentials.tenantId.lower() != record.tenant_id.lower()):
@@ -551,9 +558,11 @@ class ConnectionService:
                 # It leaves the application: whatever relies on the credential there takes it over first (a failure
                 # answers 502, nothing changed); what nothing relies on is the clean-up of the application left,
                 # journaled with the change (``retire_*``) and made once it is saved, or by the sweep.
-                if leaving and await keep_for_others(self.store, record, leaving, credential_tenant(record),
-                                                     self.rotator.audit):
-                    leaving = None
+                if leaving:
+                    keeping = await keep_for_others(self.store, record, leaving, credential_tenant(record),
+                                                    self.rotator.audit, audit_kept=False)  # recorded once saved
+                    if keeping:
+                        given_up, leaving = (leaving, keeping), None
             new_state = new_state.evolve(key_id=key_id, key_made=False,
                                          key_tenant_id=new_state.key_tenant_id if key_id else None)
             if leaving:
@@ -620,6 +629,8 @@ class ConnectionService:
             raise NameTaken(taken.detail, errors=[FieldError("/name", "is already used by another connection")]
                             ) from None
         log.info("Updated %s connection %s to version %d", app.id, record.id, saved.version)
+        if given_up is not None:
+            await record_kept(self.rotator.audit, record, *given_up)
         with best_effort(lambda error: log.warning(  # the change is saved, and answered as such
                 "Connection %s: its change is saved; tidying up after it failed (%s): the sweep finishes it",
                 record.id, detail_of(error))):
@@ -945,7 +956,11 @@ class ConnectionService:
         to remove (a DELETE sent again after a failure past this point goes straight on, rather than signing in
         with the credential in use, which the removals revoked when it was the service's)."""
         await self.rotator.close_interrupted(record)  # a rotation's worker that died: its attempt ends here
+        # A federated connection's credential is removed by then, or kept by another connection: it is no longer
+        # this one's to remove (a DELETE sent again does not sign in with it).
+        federated = {"key_id": None, "key_tenant_id": None} if record.method == Method.FEDERATED else {}
         return await self._on_mark(record, lambda state: state.left_behind_forgotten().evolve(
+            **federated,
             managed=False, key_made=False, removing_key_id=None, removing_identity=None, rotation_id=None, step=None,
             attempt=0,
             attempt_started_at=None, pending_key_id=None, pending_version=None, pending_expires_at=None,

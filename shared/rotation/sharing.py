@@ -109,15 +109,15 @@ class HandOverIncomplete(UpstreamError):
 
 
 async def keep_for_others(store: ConnectionStore, record: ConnectionRecord, credential_id: str,
-                          tenant_id: str, audit: AuditLog) -> bool:
+                          tenant_id: str, audit: AuditLog, *, audit_kept: bool = True) -> list[ConnectionRecord]:
     """Whether the federated credential the service added (on ``record``'s application, whose object is in
     ``tenant_id``), which ``record`` gives up (deleted, moved to another application, its migration failed), stays
     for another connection: one tracks it already (signs in with it, or its migration journaled it), or one signs
     in with it without tracking it (created federated, in any tenant) and takes it over (:func:`hand_over`). False:
     nobody relies on it, it is to be removed (a migration that has not journaled it yet tests before it switches:
-    it fails, and can be sent again). Either way a credential kept is audited on ``record`` (``credential.remove``
-    ``kept``, naming the connections, of any app, that keep it: its owner may not see them), and a hand-over on
-    the heir before it is written."""
+    it fails, and can be sent again). The connections that keep it (none: it is to be removed). A hand-over is
+    audited on the heir before it is written; a credential kept, on ``record`` (:func:`audit_kept`), unless
+    ``audit_kept`` is False: the caller records it once its own change is saved."""
     for _ in range(4):
         try:
             relying = await relying_on_federation(store, record)
@@ -126,23 +126,26 @@ async def keep_for_others(store: ConnectionStore, record: ConnectionRecord, cred
                 from None
         keeping = [other for other in relying if tracks(other, credential_id)]
         if keeping:
-            await _kept(audit, record, credential_id, keeping)
-            return True
+            if audit_kept:
+                await record_kept(audit, record, credential_id, keeping)
+            return keeping
         # An heir signs in with it and tracks nothing (created federated): one that tracks another credential of
         # the service's (added for an identity the service had before) relies on that one, and keeps it.
         heirs = [other for other in relying if other.method == Method.FEDERATED and not other.rotation.key_id]
         if not heirs:
-            return False
+            return []
         heir = await hand_over(store, record, heirs, credential_id, tenant_id, audit)
         if heir is not None:
-            await _kept(audit, record, credential_id, [heir])
-            return True
+            if audit_kept:
+                await record_kept(audit, record, credential_id, [heir])
+            return [heir]
     raise HandOverIncomplete("The connections relying on the application's federated credential kept changing.")
 
 
-async def _kept(audit: AuditLog, record: ConnectionRecord, credential_id: str, keeping: list[ConnectionRecord],
-                ) -> None:
-    """The record of a federated credential ``record`` gave up and left to others (written as well as can be)."""
+async def record_kept(audit: AuditLog, record: ConnectionRecord, credential_id: str,
+                      keeping: list[ConnectionRecord]) -> None:
+    """The audit record of a federated credential ``record`` gave up and left to ``keeping`` (``credential.remove``
+    ``kept``, naming them, of any app: its owner may not see them); written as well as can be."""
     names = ", ".join(f"{other.id} ({other.app})" for other in keeping)
     await audit.record("credential.remove", "kept", app=record.app, connection_id=record.id,
                        connection_name=record.name,

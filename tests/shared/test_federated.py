@@ -1641,3 +1641,43 @@ async def test_a_federated_connection_is_bound_to_an_application_only_by_a_write
     with as_writer_of("azure-key-vault", APP):  # a Writer of both apps may
         both = await h.api.create("azure-key-vault", federated_body(x, "kv2"))
     assert both.client_id == x and h.check() == []
+
+
+async def test_a_delete_that_failed_after_removing_the_federated_credential_in_use_finishes_when_sent_again() -> None:
+    """(Review L.) A DELETE removed the federated credential the connection signed in with, journaled its removals
+    as done, then failed to delete the record (Table Storage): every DELETE sent again signed in with the removed
+    credential, answered 409, and a forced one listed it as left live. Once the removals are done, the credential is
+    no longer the connection's to remove."""
+    h = Harness()
+    record = await migrated(h, await h.create())
+    credential_id = record.rotation.key_id or ""
+    h.fakes.world.fail_next("store.delete", UpstreamError("Table Storage answered 503 (injected)"))
+    with pytest.raises(ServiceError) as first:
+        await h.api.delete(APP, record.id)
+    assert "send the DELETE again" in first.value.detail
+    assert credential_id not in h.fakes.world.apps[record.client_id or ""].federated
+    deleted = await h.api.delete(APP, record.id)
+    assert deleted.key_ids_left_live == [] and await h.record(record.id) is None and h.check() == []
+    assert not [r for r in h.fakes.audit.records if r.outcome == "credentials-left-live"]
+
+
+async def test_a_move_that_leaves_the_credential_to_another_connection_records_it_only_once_saved() -> None:
+    """(Review L.) A PATCH that would leave the federated credential to another connection recorded it as given
+    up before the change was checked and saved: a PATCH refused after (a name taken) left that record behind."""
+    h = Harness()
+    record, other, _, added = await _migrated_and_created(h)
+    await h.create("taken")
+    elsewhere = h.fakes.world.application()
+    h.fakes.world.add_federated(elsewhere.client_id)
+
+    def kept() -> list[Any]:
+        return [r for r in h.fakes.audit.records if (r.action, r.outcome) == ("credential.remove", "kept")]
+
+    with pytest.raises(ServiceError) as refused:
+        await h.api.update(APP, record.id, {"name": "taken", **moved_to(elsewhere.client_id)})
+    assert refused.value.status == 409 and kept() == []
+    moved = await h.api.update(APP, record.id, moved_to(elsewhere.client_id))
+    assert moved.client_id == elsewhere.client_id
+    [entry] = kept()
+    assert entry.connection_id == record.id and other.id in (entry.detail or "") and added in (entry.detail or "")
+    assert h.check() == []
