@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from shared import jws
-from shared.errors import Forbidden, ServiceError, ServiceMisconfigured, Unauthorized, UpstreamError
+from shared.errors import Forbidden, ServiceError, ServiceMisconfigured, Unauthorized, UpstreamError, shown
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def authorize(principal: Principal, role: str, app: str | None) -> str:
     """The role claim used, or a 403 naming the role needed."""
     used = principal.grant(role, app)
     if used is None:
-        needed = f"{ROLE_PREFIX}{role}" + (f" (or {ROLE_PREFIX}{role}.{app})" if app else "")
+        needed = f"{ROLE_PREFIX}{role}" + (f" (or {ROLE_PREFIX}{role}.{shown(app)})" if app else "")
         raise Forbidden(f"This needs the app role {needed}.", extensions={"requiredRole": f"{ROLE_PREFIX}{role}"})
     return used
 

@@ -280,7 +280,9 @@ class ConnectionService:
                              context.roles).apps_granted(WRITER)
         if writable is None:
             return
-        others = await of_the_same_application(self.store, record, any_tenant=True)
+        # Those being deleted too: their DELETE hands the credential over to whoever relies on it when it is sent
+        # (again); a connection bound meanwhile would be that heir.
+        others = await of_the_same_application(self.store, record, any_tenant=True, deleting=True)
         foreign = sorted({other.app for other in others if other.app not in writable})
         if foreign:
             raise Forbidden(
@@ -389,6 +391,9 @@ class ConnectionService:
                                  errors=[FieldError("/rotation", "is required when isAutoRotationEnabled is true")])
         given = self._credentials(method, request.credentials)  # every field checked before the name is looked up
         await ensure_name_free(self.store, app.id, request.name)
+        # Before any sign-in: a caller refused does not get the service to sign in as another team's application.
+        await self._require_writer_of_the_application(
+            self.new_record(app, method, request.name, request.description, given.tenantId, given.clientId))
         valid = await self._validated(app, method, given)
         credentials = valid.credentials
         key_id, expires_on = await self._given_secret(valid, rotating=request.isAutoRotationEnabled,
@@ -399,7 +404,6 @@ class ConnectionService:
         state = configured(RotationState(key_id=key_id), config, request.isAutoRotationEnabled, self.now())
         record = self.new_record(app, method, request.name, request.description, credentials.tenantId,
                                  credentials.clientId, state)
-        await self._require_writer_of_the_application(record)
         try:
             record = await self.insert_new(record, valid.material, expires_on)
         except NameTaken as taken:
@@ -512,6 +516,9 @@ class ConnectionService:
                 "keeps to the tenant it was added in: the service manages that credential there only (see "
                 "docs/federated.md on multi-tenant applications).",
                 errors=[FieldError("/credentials/tenantId", "cannot change while the client ID stays the same")])
+        if given_credentials is not None:  # before any sign-in or clean-up (see create)
+            await self._require_writer_of_the_application(
+                record.evolve(tenant_id=given_credentials.tenantId, client_id=given_credentials.clientId))
         state = record.rotation
         enabling = request.isAutoRotationEnabled is True and not state.enabled
         if enabling and config is None and state.interval_days is None:
@@ -544,8 +551,6 @@ class ConnectionService:
                 trigger = trigger or "credential-change"
             leaving: str | None = None
             if method is Method.FEDERATED:
-                await self._require_writer_of_the_application(
-                    record.evolve(tenant_id=credentials.tenantId, client_id=credentials.clientId))
                 key_id = federated_credential_kept(record, credentials.tenantId, credentials.clientId)
                 leaving = record.rotation.key_id if key_id is None else None
                 if back:  # the application it left, whose clean-up is pending: its credential is the connection's

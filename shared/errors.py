@@ -54,7 +54,7 @@ class ServiceError(Exception):
             "detail": self.detail,
         }
         if instance:
-            problem["instance"] = instance
+            problem["instance"] = shown(instance, 256)  # the request's path: an id in it may be thousands long
         if self.errors:
             problem["errors"] = [error.as_dict() for error in self.errors]
         problem.update(self.extensions)

@@ -29,8 +29,11 @@ GET_ONLY = frozenset({"options", "health"})  # GET routes (``…/options``, ``�
 def writer_and_rotator(req: func.HttpRequest) -> tuple[str, ...]:
     """A create or an edit needs Writer for what it changes of the connection and Rotator for what it changes of
     its rotation (a body that is not a JSON object needs Writer, and gets its 400 from the handler)."""
-    from shared.errors import ServiceError
+    from shared.errors import MethodNotAllowed, ServiceError
 
+    if req.method == "POST" and (req.route_params or {}).get("app") in GET_ONLY:  # before any role is asked for
+        raise MethodNotAllowed(f"This path answers GET only: …/{req.route_params['app']} is not an app.",
+                               headers={"Allow": "GET"})
     try:  # parsed as the handler parses it (size and depth bounded first): a body it refuses needs Writer
         body = read_json(req)
     except ServiceError:
@@ -78,10 +81,6 @@ async def list_app_connection_options(req: func.HttpRequest) -> func.HttpRespons
 @endpoint(writer_and_rotator, action="connection.create")
 async def create_app_connection(req: func.HttpRequest) -> func.HttpResponse:
     app = req.route_params["app"]
-    if app in GET_ONLY:  # the host matches ``POST …/options`` to this route too
-        from shared.errors import MethodNotAllowed
-
-        raise MethodNotAllowed(f"This path answers GET only: …/{app} is not an app.", headers={"Allow": "GET"})
     record = await _service().create(app, read_json(req))
     return _one(record, 201, {"Location": f"/{BASE}/{record.app}/{record.id}"})
 

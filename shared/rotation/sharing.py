@@ -31,15 +31,16 @@ def same_application(one: ConnectionRecord, other: ConnectionRecord, *, any_tena
 
 
 async def of_the_same_application(store: ConnectionStore, record: ConnectionRecord, *,
-                                  any_tenant: bool = False) -> list[ConnectionRecord]:
+                                  any_tenant: bool = False, deleting: bool = False) -> list[ConnectionRecord]:
     """The other connections of ``record``'s application (:func:`same_application`, of every app), but those being
-    deleted (they go, and need nothing kept)."""
+    deleted (they go, and need nothing kept) unless ``deleting``."""
     found: list[ConnectionRecord] = []
     for app_id in APPS:
         continuation: str | None = None
         while True:
             page, continuation = await store.list_page(app_id, MAX_PAGE_SIZE, continuation)
-            found += [other for other in page if other.id != record.id and other.status != STATUS_DELETING
+            found += [other for other in page if other.id != record.id
+                      and (deleting or other.status != STATUS_DELETING)
                       and same_application(other, record, any_tenant=any_tenant)]
             if continuation is None:
                 break

@@ -90,6 +90,22 @@ def test_each_route_admits_exactly_the_roles_it_needs(host_url: str, tokens: Tok
     assert wrong == []
 
 
+def test_a_get_only_path_answers_405_to_any_caller_and_no_problem_echoes_a_long_path(host_url: str, tokens: Tokens,
+                                                                                    api: httpx.Client) -> None:
+    """(Review M.) ``POST …/options`` by a Writer of one app was a 403 for want of ``AppConnections.Writer.options``
+    (and an audit record of app "options"); a 5,000-character app in a path came back whole in the 403."""
+    writer = tokens.for_roles("AppConnections.Writer.azure-key-vault")
+    for path in (f"{BASE}/options", f"{BASE}/health"):
+        refused = _call(host_url, "POST", path, {}, writer)
+        assert refused.status_code == 405 and refused.headers["allow"] == "GET", refused.text
+    logged = api.get("/api/v1/audit-logs", params={"action": "access.refused"}).json()["auditLogs"]
+    assert not [r for r in logged if r["app"] in ("options", "health")]
+    long_app = "a" * 5000
+    reader = tokens.for_roles("AppConnections.Reader.azure-key-vault")
+    answered = _call(host_url, "GET", f"{BASE}/{long_app}/{ID}", None, reader)
+    assert answered.status_code == 403 and len(answered.content) < 2000, len(answered.content)
+
+
 @pytest.mark.parametrize(("method", "path", "body"), [(m, p, b) for m, p, b, _, _ in ROUTES])
 def test_no_route_but_the_callback_answers_without_a_token(host_url: str, method: str, path: str, body: Any) -> None:
     response = _call(host_url, method, path, body, None)

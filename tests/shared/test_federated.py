@@ -1625,10 +1625,29 @@ async def test_a_federated_connection_is_bound_to_an_application_only_by_a_write
     def as_writer_of(*apps: str) -> Any:
         return acting(RequestContext(mallory, frozenset(f"AppConnections.Writer.{app}" for app in apps)))
 
+    calls = len(h.fakes.world.calls)
     with as_writer_of("azure-key-vault"), pytest.raises(ServiceError) as refused:
         await h.api.create("azure-key-vault", federated_body(x, "kv"))
     assert refused.value.status == 403 and refused.value.extensions["apps"] == [APP]
     assert [r.id for r in h.fakes.connections.records.values()] == [owned.id]
+    # (Review M.) Refused before any sign-in: the service does not sign in as the other team's application for it.
+    assert not [c for c in h.fakes.world.calls[calls:] if c.startswith(("probe", "graph"))]
+
+    # (Review M.) Nor while the owners' DELETE is pending (it failed at Graph, and is to be sent again): their
+    # connection still counts, or the DELETE sent again would hand the credential over to the one bound meanwhile.
+    h.fakes.world.fail_next("graph.fic.remove", UpstreamError("Microsoft Graph answered 503 (injected)"))
+    with pytest.raises(ServiceError):
+        await h.api.delete(APP, owned.id)
+    pending = await h.record(owned.id)
+    assert pending is not None and pending.status == "deleting"
+    with as_writer_of("azure-key-vault"), pytest.raises(ServiceError) as while_deleting:
+        await h.api.create("azure-key-vault", federated_body(x, "kv"))
+    assert while_deleting.value.status == 403
+    h.lease_runs_out()
+    await h.api.delete(APP, owned.id)
+    assert owned.rotation.key_id not in h.fakes.world.apps[x].federated
+    owned = await migrated(h, await h.create("again", method="client-secret"))
+    x = owned.client_id or ""
 
     y = h.fakes.world.application()
     h.fakes.world.add_federated(y.client_id)
