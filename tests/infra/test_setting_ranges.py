@@ -1,7 +1,7 @@
 """A setting the infrastructure takes as a parameter accepts there exactly what the service accepts: the same
-default and the same bounds (``shared/settings.py``'s ``_number``; the parameter's ``@minValue``/``@maxValue``,
-found by the setting's name in its description). Otherwise a value the template allows stops the service at its
-first request, or one the service would take cannot be deployed."""
+default and the same bounds (``shared/settings.py``'s ``_number`` and ``_whole``; the parameter's
+``@minValue``/``@maxValue``, found by the setting's name in its description). Otherwise a value the template
+allows stops the service at its first request, or one the service would take cannot be deployed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-NUMBER = re.compile(r'_number\(env, "([A-Z_]+)", ([\d.]+), ([\d.]+), ([\d.]+)\)')
+NUMBER = re.compile(r'_(?:number|whole)\(env, "([A-Z_]+)", ([\d.]+), ([\d.]+), ([\d.]+)\)')
 PARAM = re.compile(r"((?:@\w+\(.*\)\n)+)param \w+ int = (\d+)\n")
 
 
