@@ -235,7 +235,7 @@ class ConnectionService:
         except NotFound:
             return NotFound("The connection was deleted while this request read it.")
         if current.status == STATUS_DELETING:
-            return self._being_deleted(current)
+            return being_deleted(current)
         if current.secret_version != record.secret_version:
             return ConcurrentChange("The connection's credential changed while this request read it; read the "
                                     "connection again.")
@@ -357,7 +357,7 @@ class ConnectionService:
         current = record
         for _ in range(3):
             if current.status == STATUS_DELETING:
-                raise self._being_deleted(current)
+                raise being_deleted(current)
             try:
                 return await self.store.update(
                     current.evolve(status=status, status_message=message, last_validated_at=self.now()))
@@ -502,7 +502,7 @@ class ConnectionService:
         if rotation_change or request.credentials is not None:
             self._refuse_during_rotation(record)
         if record.status == STATUS_DELETING:
-            raise self._being_deleted(record)
+            raise being_deleted(record)
         given_credentials = self._credentials(method, request.credentials) if request.credentials is not None else None
         given_up: tuple[str, list[ConnectionRecord]] | None = None  # a federated credential left to others
         if (method is Method.FEDERATED and given_credentials is not None and record.rotation.key_id
@@ -669,11 +669,6 @@ class ConnectionService:
                                  extensions={"rotationId": state.rotation_id, "rotationStep": state.step,
                                              "retryAfterSeconds": seconds})
 
-    @staticmethod
-    def _being_deleted(record: ConnectionRecord) -> RotationInProgress:
-        return RotationInProgress("This connection is being deleted; send the DELETE again to finish it.",
-                                  headers={"Retry-After": "1"}, extensions={"connectionStatus": STATUS_DELETING})
-
     async def _finish_retirement(self, record: ConnectionRecord, raise_on_failure: bool) -> ConnectionRecord:
         """Remove what the service created on the application the connection left. When Graph refuses, the
         journal keeps it and the sweep tries again (with back-off); ``raise_on_failure`` answers 409 instead."""
@@ -780,7 +775,7 @@ class ConnectionService:
             raise InvalidRequest(f"A {method.value} connection cannot be rotated; rotation is available for the "
                                  f"{allowed} method.", extensions={"method": method.value})
         if record.status == STATUS_DELETING:
-            raise self._being_deleted(record)
+            raise being_deleted(record)
         state = record.rotation
         if not state.enabled and not state.in_progress:
             raise InvalidRequest("Automatic credential rotation is not enabled for this connection; enable it "
@@ -802,7 +797,7 @@ class ConnectionService:
         request = parse_model(MigrateToFederatedIn, {} if body is None else body)
         record = await self.get(app.id, connection_id)
         if record.status == STATUS_DELETING:
-            raise self._being_deleted(record)
+            raise being_deleted(record)
         if record.rotation.step in MIGRATION_STEPS:
             return await self.migrator.resume(record)
         if not method_spec(record.method).migrates_to_federated:
@@ -1112,7 +1107,7 @@ class ConnectionService:
         app = require_app(app_id)
         record = await self.get(app.id, connection_id)
         if record.status == STATUS_DELETING:
-            raise self._being_deleted(record)
+            raise being_deleted(record)
         if record.method == Method.OAUTH:
             return await self._validate_oauth(app, record)
         material = await self.material_of(record)
@@ -1155,7 +1150,7 @@ class ConnectionService:
         record = await self.store.get(app.id, connection_id)
         for _ in range(3):  # a concurrent validation or refresh changed the record: apply ours on top
             if record.status == STATUS_DELETING:
-                raise self._being_deleted(record)
+                raise being_deleted(record)
             if check is not None:
                 check(record)
             changes: dict[str, Any] = {
@@ -1212,6 +1207,12 @@ class ConnectionService:
         except Exception as error:
             await audit.record(STORE_REFRESH_TOKEN, "failed", **where, detail=type(error).__name__)
             raise
+
+
+def being_deleted(record: ConnectionRecord) -> RotationInProgress:
+    """The answer to a request on a connection marked as being deleted: nothing signs in with it any more."""
+    return RotationInProgress("This connection is being deleted; send the DELETE again to finish it.",
+                              headers={"Retry-After": "1"}, extensions={"connectionStatus": STATUS_DELETING})
 
 
 def comes_back(record: ConnectionRecord, client_id: str) -> bool:

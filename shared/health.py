@@ -22,7 +22,7 @@ from typing import Any
 
 from shared.apps import Method, find_app
 from shared.audit import HEALTH_RUNNER, STARTED, RequestContext, acting
-from shared.connections import ConnectionService
+from shared.connections import ConnectionService, being_deleted
 from shared.errors import (
     AuditUnavailable,
     ConcurrentChange,
@@ -213,6 +213,8 @@ class HealthChecker:
 
     async def check_now(self, app_id: str, connection_id: str) -> ConnectionRecord:
         record = await self.connections.get(app_id, connection_id)
+        if record.status == STATUS_DELETING:  # nothing signs in with (or refreshes) what a DELETE is removing
+            raise being_deleted(record)
         checked = await self.check(record)
         await self._deliver(REQUEST_DELIVERY_BUDGET)  # within the request's time; the timers deliver the rest
         return checked
@@ -253,6 +255,11 @@ class HealthChecker:
         if record is None or record.health.check_key != entry.key:
             await self.adapters.health_index.remove(entry.key)
             report.stale += 1
+            return
+        if record.status == STATUS_DELETING:  # a DELETE to be sent again: its credential is being removed (an OAuth
+            # one is not refreshed, which would write to the record under the DELETE); the entry stays, should the
+            # DELETE be undone
+            log.info("Health check of %s connection %s skipped: it is being deleted", record.app, record.id)
             return
         audit = self.connections.rotator.audit
         with acting(RequestContext(HEALTH_RUNNER)):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shared.apps import AppSpec, find_app
-from shared.errors import CredentialRejected, InvalidRequest, NotFound, UpstreamError
+from shared.errors import CredentialRejected, InvalidRequest, NotFound, SecretGone, VersionDisabled
 from shared.ports import Adapters, TokenResult
 from shared.records import ConnectionRecord
 from shared.settings import Settings
@@ -158,10 +158,20 @@ class OAuthTokens:
         grant the access token is (None when the connection moved to another grant meanwhile)."""
         client = instance_client(self.adapters.settings, app)
         for attempt in (1, 2):
-            material = await self.adapters.vault.get(record.secret_name, record.secret_version)
+            try:
+                material = await self.adapters.vault.get(record.secret_name, record.secret_version)
+            except (SecretGone, VersionDisabled) as gone:  # deleted, or disabled outside the service: only a new
+                if attempt == 1:  # sign-in helps; but a refresh elsewhere may have just superseded that version
+                    fresh = await self.adapters.connections.get(record.app, record.id)
+                    if fresh.secret_version != record.secret_version:
+                        record = fresh
+                        continue
+                raise ReauthorizationRequired(f"The connection's refresh token cannot be read from Key Vault "
+                                              f"({gone.detail}); authorize it again.") from None
             refresh_token = material.get("refreshToken")
             if not refresh_token:
-                raise UpstreamError("The connection's secret in Key Vault holds no refresh token.")
+                raise ReauthorizationRequired("The connection's secret in Key Vault holds no refresh token; "
+                                              "authorize it again.")
             try:
                 result = await self.adapters.tokens.redeem(record.tenant_id, {
                     "grant_type": "refresh_token", "client_id": client.client_id,

@@ -263,6 +263,50 @@ async def test_a_connection_whose_stored_credential_is_gone_from_the_vault_is_fa
         assert _events(h) == ["validation-failed"]
 
 
+async def test_an_oauth_connection_whose_refresh_token_is_gone_from_the_vault_needs_a_new_sign_in() -> None:
+    """(Review N.) An OAuth connection whose Key Vault secret was deleted or disabled was taken as "could not be
+    checked": retried every hour, reminded daily as unchecked, never failing, for up to 90 days."""
+    from tests.lifecycle_harness import reauthorize_oauth
+
+    for gone in ("deleted", "disabled"):
+        h = _harness()
+        oauth = await reauthorize_oauth(h)
+        if gone == "deleted":
+            h.fakes.vault.deleted.add(oauth.secret_name)
+        else:
+            for version in h.fakes.vault.secrets[oauth.secret_name]:
+                version.enabled = False
+        checked = await _checker(h).check_now(oauth.app, oauth.id)
+        assert checked.health.status == "failing", (gone, checked.health.message)
+        assert checked.status == "reauthorization-required" and "authorize it again" in (checked.health.message or "")
+        assert _events(h) == ["validation-failed"]
+
+
+async def test_a_connection_being_deleted_is_neither_checked_nor_refreshed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review N.) A connection left marked as being deleted (its DELETE to be sent again) was checked at every
+    sweep: signed in with the credential being removed, and for OAuth a new refresh token written to Key Vault and
+    to the record each time (its ETag then failing the DELETE's own write)."""
+    from shared.errors import ServiceError
+    from tests.lifecycle_harness import reauthorize_oauth
+
+    h = _harness()
+    oauth = await reauthorize_oauth(h)
+    key = (oauth.app, oauth.id)
+    h.fakes.connections.records[key] = h.fakes.connections.records[key].evolve(status="deleting")
+    versions = len(h.fakes.vault.secrets[oauth.secret_name])
+    calls = len(h.fakes.world.calls)
+    checked = []
+    for _ in range(3):
+        h.fakes.clock.advance(timedelta(days=1, minutes=1))
+        checked.append((await _checker(h).sweep()).checked)
+    assert checked == [0, 0, 0] and len(h.fakes.vault.secrets[oauth.secret_name]) == versions
+    assert h.fakes.connections.records[key].health.check_key == oauth.health.check_key  # still due, if undone
+    assert not [c for c in h.fakes.world.calls[calls:] if c.startswith(("probe", "token", "graph"))]
+    with pytest.raises(ServiceError) as refused:
+        await _checker(h).check_now(oauth.app, oauth.id)
+    assert refused.value.status == 409 and "being deleted" in refused.value.detail
+
+
 async def test_an_unchecked_credential_still_turns_expiring_then_expired_on_its_known_date() -> None:
     h = _harness()
     record = await _connection(h, days=40)
