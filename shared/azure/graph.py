@@ -285,13 +285,23 @@ def _applies(restriction: Mapping[str, Any], created: datetime | None) -> bool:
     return after is None or created is None or created >= after
 
 
+def _shaped(value: Any, kind: type, what: str) -> Any:
+    """``value`` of a Graph answer when it has the JSON shape expected (None: absent, as empty), or an
+    ``UpstreamError``: an answer of another shape is Graph's failure, not the caller's (never a 500)."""
+    if value is None:
+        return kind()
+    if not isinstance(value, kind):
+        raise UpstreamError(f"Microsoft Graph answered {what} in an unexpected shape.")
+    return value
+
+
 def _merged(own: Mapping[str, Any], tenant: Mapping[str, Any]) -> dict[str, list[Any]]:
     """An application's restrictions, and the tenant's of every restriction type the application's do not name."""
     merged: dict[str, list[Any]] = {}
     for kind in ("passwordCredentials", "keyCredentials"):
-        mine = [r for r in own.get(kind) or [] if isinstance(r, dict)]
+        mine = [r for r in _shaped(own.get(kind), list, "an app-management policy") if isinstance(r, dict)]
         named = {r.get("restrictionType") for r in mine}
-        merged[kind] = mine + [r for r in tenant.get(kind) or []
+        merged[kind] = mine + [r for r in _shaped(tenant.get(kind), list, "the tenant's app-management policy")
                                if isinstance(r, dict) and r.get("restrictionType") not in named]
     return merged
 
@@ -300,7 +310,7 @@ def lifetime_policy_of(restrictions: Mapping[str, Any], source: str, created: da
     """What ``restrictions`` (an appManagementPolicy's ``restrictions`` or the default policy's
     ``applicationRestrictions``) allow a new credential of an application created at ``created``."""
     def bounds(kind: str, restriction_type: str) -> list[Mapping[str, Any]]:
-        items = restrictions.get(kind) or []
+        items = _shaped(restrictions.get(kind), list, "an app-management policy")
         return [r for r in items if isinstance(r, dict) and r.get("restrictionType") == restriction_type
                 and _applies(r, created)]
 
@@ -463,7 +473,7 @@ class GraphApps:
             "read the app registration",
             lambda: self._send("GET", f"/applications/{_quoted(object_id)}?$select=id,{kind}"),
         )
-        return list((app or {}).get(kind) or [])
+        return list(_shaped(_shaped(app, dict, "the app registration").get(kind), list, "the app registration"))
 
     async def _remove_credential(self, what: str, object_id: str, action: str, body: Mapping[str, Any]) -> None:
         """POST the application's ``action`` (removePassword, removeKey); one already gone is fine (idempotent).
@@ -543,17 +553,20 @@ class GraphApps:
         except UpstreamForbidden:
             return None
         own: Mapping[str, Any] = {}
-        for policy in (assigned or {}).get("value") or []:
+        policies = _shaped(_shaped(assigned, dict, "the app-management policies").get("value"), list,
+                           "the app-management policies")
+        for policy in policies:
             if isinstance(policy, dict) and policy.get("isEnabled", True) is not False:
-                own = policy.get("restrictions") or {}
+                own = _shaped(policy.get("restrictions"), dict, "an app-management policy")
                 break
         try:
             default = await read("/policies/defaultAppManagementPolicy")
         except UpstreamForbidden:  # commonly: it needs Policy.Read.All, which a connection seldom has
             default = None
         tenant: Mapping[str, Any] = {}
-        if isinstance(default, dict) and default.get("isEnabled") is not False:
-            tenant = default.get("applicationRestrictions") or {}
+        if _shaped(default, dict, "the tenant's app-management policy").get("isEnabled") is not False:
+            tenant = _shaped(default.get("applicationRestrictions") if default else None, dict,
+                             "the tenant's app-management policy")
         return lifetime_policy_of(_merged(own, tenant), "application" if own else "tenant", created_at)
 
     async def list_applications(self, page_size: int, continuation: str | None = None,

@@ -237,3 +237,28 @@ async def test_the_app_list_is_read_page_by_page_and_a_next_page_elsewhere_is_ne
                            "body": {"value": [], "@odata.nextLink": "https://graph.example.net/v1.0/applications"}}])
         with pytest.raises(UpstreamError, match="not on its own endpoint"):
             await graph.list_applications(2)
+
+
+@pytest.mark.parametrize("path, body", [
+    (r"/appManagementPolicies$", []),  # an array, not an object
+    (r"/appManagementPolicies$", {"value": [{"isEnabled": True, "restrictions": ["not-an-object"]}]}),
+    (r"/appManagementPolicies$", {"value": [{"restrictions": {"passwordCredentials": 5}}]}),
+    (r"/defaultAppManagementPolicy$", {"isEnabled": True, "applicationRestrictions": "x"}),
+])
+async def test_a_graph_answer_of_an_unexpected_shape_is_graph_s_failure_never_a_crash(
+        admin: Any, clients: AzureClients, secrets_used: Any, no_faults: None, path: str, body: Any) -> None:
+    """(Review O.) A 200 from Graph whose body had another shape than documented (an array for an object, a string
+    for a list) raised AttributeError or TypeError: a 500 with a stack trace at a create with rotation."""
+    entra = register_rotatable_app(admin, secrets_used, name="odd-shapes", roles=("Application.ReadWrite.OwnedBy",
+                                                                                 "Policy.Read.All"))
+    credential, graph = graph_for(clients, entra)
+    async with credential:
+        admin.set_faults([{"method": "GET", "path": path, "action": "respond", "status": 200,
+                           "headers": {"Content-Type": "application/json"}, "body": body}])
+        with pytest.raises(UpstreamError, match="unexpected shape"):
+            await graph.lifetime_policy(entra.object_id)
+        admin.set_faults([{"method": "GET", "path": rf"^/v1\.0/applications/{entra.object_id}$", "action": "respond",
+                           "status": 200, "headers": {"Content-Type": "application/json"},
+                           "body": {"id": entra.object_id, "passwordCredentials": 5}}])
+        with pytest.raises(UpstreamError, match="could not be read"):  # the application read back: unreadable
+            await graph.remove_password(entra.object_id, "00000000-0000-0000-0000-000000000000")
