@@ -307,9 +307,10 @@ class RestClient:
         except (OSError, asyncio.IncompleteReadError, TimeoutError, ssl.SSLError) as error:
             connection.close()
             raise _Dropped(error, answered) from None
-        except ValueError as error:  # a malformed status line, header or chunk size
+        except ValueError:  # a malformed status line, header or chunk size
             connection.close()
-            raise RestError(f"A malformed answer ({error})") from None
+            raise RestError("A malformed answer (its status line, a header or a chunk size)") from None  # never
+            # the error's text: it quotes what came, which may be a token
         except BaseException:
             connection.close()
             raise

@@ -15,7 +15,7 @@ from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import InvalidRequest
+from shared.errors import InvalidRequest, UpstreamError
 from shared.records import Actor, AuditRecord
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class AuditTable:
         """Records with ``start <= at <= end``, newest first, at most ``limit``; a token for the rest, only when
         there is more (one record past ``limit`` is read to know: a page is never followed by an empty one). ``apps``:
         only the records of those apps (None: every record, those of no app too)."""
-        from shared.store.table_reads import Entity, TableReads
+        from shared.store.table_reads import UNREADABLE, Entity, TableReads
 
         if apps is not None and not apps:
             return [], None
@@ -153,7 +153,11 @@ class AuditTable:
                 page, page_token = await first_pages.pop(index)
                 while True:
                     for entity in page:
-                        record = from_entity(entity)
+                        try:
+                            record = from_entity(entity)
+                        except UNREADABLE:
+                            raise UpstreamError("Table Storage returned an audit record that cannot be read.") \
+                                from None
                         if not start <= record.at <= end:  # the RowKey bounds are to the millisecond
                             continue
                         if len(found) == limit:  # one more is there: the page ends at the last one kept

@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 API_VERSION = "2019-02-02"  # the SDK's
 ACCEPT = "application/json;odata=minimalmetadata"
 TAKEN_BY = "TakenBy"  # the mark of a single-use entity's taker (``TableWrites.take``): it is used
+# What reading an entity's JSON into a record raises when it is not one the service wrote (a column missing or of
+# another type, a key of another form): Table Storage's answer cannot be read, a 502, never a 500.
+UNREADABLE = (ValueError, KeyError, TypeError, AttributeError, IndexError, AssertionError)
 NEXT_PARTITION_KEY = "x-ms-continuation-nextpartitionkey"
 NEXT_ROW_KEY = "x-ms-continuation-nextrowkey"
 _Read = TypeVar("_Read")
@@ -367,7 +370,7 @@ class TableReads(TableRequests):
             raise self._failed(response)
         try:
             return of(loads(response.body))
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except UNREADABLE:
             raise UpstreamError("Table Storage returned an entity that cannot be read.") from None
 
     async def query_page(
@@ -400,7 +403,7 @@ class TableReads(TableRequests):
             raise self._failed(response)
         try:
             read = [of(item) for item in loads(response.body)["value"]]
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except UNREADABLE:
             raise UpstreamError("Table Storage returned a page that cannot be read.") from None
         next_pk, next_rk = response.headers.get(NEXT_PARTITION_KEY), response.headers.get(NEXT_ROW_KEY)
         token = {"PartitionKey": next_pk, "RowKey": next_rk} if next_pk or next_rk else None
@@ -446,7 +449,8 @@ class HistoryReads:
 
     async def page(self, connection_id: str, limit: int,
                    continuation: str | None) -> tuple[list[RotationEvent], str | None]:
-        entities, token = await self._reads.query_page(
-            HISTORY_TABLE, "PartitionKey eq @c", {"c": connection_id}, top=limit,
+        events, token = await self._reads.read_page(  # an entry that cannot be read: Table Storage's failure
+            HISTORY_TABLE, "PartitionKey eq @c", {"c": connection_id},
+            lambda item: event_of(connection_id, entity_of(item)), top=limit,
             continuation=decode_token(continuation))
-        return [event_of(connection_id, entity) for entity in entities], encode_token(token)
+        return events, encode_token(token)

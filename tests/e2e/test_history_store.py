@@ -36,3 +36,17 @@ async def test_an_attempts_outcome_replaces_its_running_entry_and_a_late_running
     await history.record(attempt(connection_id, rotation_id, later, "running"))  # a new attempt opens its own
     entries, _ = await history.page(connection_id, 10, None)
     assert [e.outcome for e in entries] == ["running", "interrupted"]
+
+
+async def test_an_entry_that_is_not_one_the_service_wrote_is_a_502_on_the_read_path(clients: AzureClients) -> None:
+    """(Review O.) A history entity without its columns (written by hand, or by another version) raised KeyError
+    in the read path's parse, outside the try that makes an unreadable page Table Storage's failure: a 500."""
+    from shared.errors import UpstreamError
+    from shared.store.history import HISTORY_TABLE
+    from shared.store.table_reads import HistoryReads, TableReads
+
+    connection_id = str(uuid.uuid4())
+    table = await clients.table(HISTORY_TABLE)
+    await table.upsert_entity({"PartitionKey": connection_id, "RowKey": "no-separator", "Outcome": "running"})
+    with pytest.raises(UpstreamError, match="cannot be read"):
+        await HistoryReads(TableReads(clients)).page(connection_id, 10, None)

@@ -239,7 +239,7 @@ async def test_the_app_list_is_read_page_by_page_and_a_next_page_elsewhere_is_ne
             await graph.list_applications(2)
 
 
-@pytest.mark.parametrize("path, body", [
+@pytest.mark.parametrize(("path", "body"), [
     (r"/appManagementPolicies$", []),  # an array, not an object
     (r"/appManagementPolicies$", {"value": [{"isEnabled": True, "restrictions": ["not-an-object"]}]}),
     (r"/appManagementPolicies$", {"value": [{"restrictions": {"passwordCredentials": 5}}]}),

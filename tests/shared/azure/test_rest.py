@@ -151,6 +151,20 @@ async def test_a_chunked_body_is_read_whole() -> None:
     assert second.body == b"next" and server.connections == 1
 
 
+async def test_a_malformed_answer_is_refused_without_quoting_what_came() -> None:
+    """(Review O.) A body sent as chunked but not chunked: the error quoted the chunk-size line, here the start of
+    an access token, which reached a problem's detail and the log."""
+    token = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9." + "A" * 300
+    broken = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
+              + b'{"access_token":"' + token.encode() + b'"}\r\n0\r\n\r\n')
+    async with ScriptedServer([broken]).running() as server:
+        lean, _ = client()
+        with pytest.raises(RestError) as refused:
+            await lean.get(server.url(), {})
+        await lean.close()
+    assert "malformed" in str(refused.value) and "eyJ0" not in str(refused.value)
+
+
 async def test_a_throttled_get_waits_the_retry_after_then_succeeds(exporter) -> None:  # type: ignore[no-untyped-def]
     async with ScriptedServer([status(429, "Retry-After: 2"), status(503), ok(b"done")]).running() as server:
         lean, waits = client()
