@@ -17,14 +17,20 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from shared.azure.clients import AzureClients
+    from shared.settings import Settings
 
 # (method, target, body) -> whether this request's answer is lost
 Picks = Callable[[str, str, bytes], bool]
+# What a front end may answer for a request the storage applied (the client sends it again).
+APPLIED_THEN_500 = (b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                    b"Content-Length: 47\r\n\r\n" b'{"odata.error":{"code":"InternalError","m":""}}')
 
 
 class AnswerDropper:
-    def __init__(self, host: str, port: int, drops: Picks, times: int = 1) -> None:
-        self.host, self.port, self.drops, self.times = host, port, drops, times
+    def __init__(self, host: str, port: int, drops: Picks, times: int = 1, instead: bytes | None = None) -> None:
+        """``instead``: an answer sent in place of the server's (a 500 after the request was applied), then the
+        connection closed; None: no answer at all."""
+        self.host, self.port, self.drops, self.times, self.instead = host, port, drops, times, instead
         self.dropped: list[str] = []  # "METHOD target" of each request whose answer was lost
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -67,6 +73,10 @@ class AnswerDropper:
                     with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
                         await upstream_in.readexactly(1)  # the server answered: the request was applied
                     self.dropped.append(name)
+                    if self.instead is not None:
+                        client_out.write(self.instead)
+                        with contextlib.suppress(ConnectionError):
+                            await client_out.drain()
                     return
                 upstream_out.write(head + body)
                 await upstream_out.drain()
@@ -85,20 +95,21 @@ async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> Non
 
 
 @contextlib.asynccontextmanager
-async def answers_lost(drops: Picks) -> AsyncIterator[tuple[AnswerDropper, AzureClients]]:
-    """The service's clients (from its settings) with their Table Storage calls through an :class:`AnswerDropper`
-    in front of Azurite."""
+async def answers_lost(drops: Picks, instead: bytes | None = None, settings: Settings | None = None,
+                       ) -> AsyncIterator[tuple[AnswerDropper, AzureClients]]:
+    """The service's clients (from ``settings``, by default the service's) with their Table Storage calls through an
+    :class:`AnswerDropper` in front of Azurite (``instead``: the answer it sends in place of the server's)."""
     from dataclasses import replace
     from urllib.parse import urlsplit
 
     from shared.azure.clients import AzureClients
     from shared.settings import StorageSettings, get_settings
 
-    settings = get_settings()
+    settings = settings or get_settings()
     plain = settings.storage.connection_string or ""
     endpoint = next(part.split("=", 1)[1] for part in plain.split(";") if part.startswith("TableEndpoint="))
     table = urlsplit(endpoint)
-    dropper = AnswerDropper(table.hostname or "", table.port or 0, drops)
+    dropper = AnswerDropper(table.hostname or "", table.port or 0, drops, instead=instead)
     port = await dropper.start()
     proxied = AzureClients(replace(settings, storage=StorageSettings(
         connection_string=plain.replace(endpoint, endpoint.replace(f":{table.port}", f":{port}")))))

@@ -78,7 +78,7 @@ class OAuthStates:
         if pending.started_by is not None:
             entity.update({"StartedById": pending.started_by.id, "StartedByName": pending.started_by.name,
                            "StartedByType": pending.started_by.type})
-        await self._table.insert(OAUTH_STATES_TABLE, entity)
+        await self._table.insert_fresh(OAUTH_STATES_TABLE, entity)  # its keys: the state's hash
 
     async def take(self, value: str) -> PendingAuthorization | None:
         """Consume the state: its pending authorization, or None when it is unknown or already used."""

@@ -56,7 +56,7 @@ class SessionTable:
         self._table = TableWrites(clients)
 
     async def create(self, session: Session) -> None:
-        await self._table.insert(SESSIONS_TABLE, session_entity(session))
+        await self._table.insert_fresh(SESSIONS_TABLE, session_entity(session))
 
     async def get(self, bucket: str, key: str) -> Session | None:
         entity = await self._table.get_entity(SESSIONS_TABLE, SESSION + bucket, key)
@@ -70,7 +70,7 @@ class SessionTable:
         await self._table.delete(SESSIONS_TABLE, SESSION + bucket, key)
 
     async def put_login(self, pending: PendingLogin) -> None:
-        await self._table.insert(SESSIONS_TABLE, {
+        await self._table.insert_fresh(SESSIONS_TABLE, {
             "PartitionKey": LOGIN + pending.bucket, "RowKey": pending.key, "Kind": "login",
             "Verifier": pending.verifier, "Nonce": pending.nonce, "ReturnTo": pending.return_to,
             "ExpiresAt": pending.expires_at,

@@ -200,6 +200,13 @@ class TableWrites(TableReads):
             raise EntityExists("An entity with the same PartitionKey and RowKey already exists.")
         raise self._failed(response)
 
+    async def insert_fresh(self, suffix: str, entity: Mapping[str, Any]) -> None:
+        """:meth:`insert` of an entity whose keys are random and new (a sign-in's state, a session: 128 bits or
+        more): one of the same keys can only be this write's own first attempt, stored though answered 500 or 504
+        and sent again, so :class:`EntityExists` means it is done."""
+        with contextlib.suppress(EntityExists):
+            await self.insert(suffix, entity)
+
     async def _insert(self, suffix: str, body: bytes) -> Response:
         return await self._request("POST", self._table_path(suffix), body=body, content_type=CONTENT_TYPE,
                                    extra=_NO_CONTENT)
@@ -262,8 +269,10 @@ class TableWrites(TableReads):
             if again is not None and not again.get(TAKEN_BY):
                 raise  # not applied: the failure as it was (the entity is still there to take)
             won = again is not None and again.get(TAKEN_BY) == mark
-        if not won:
-            return None
+        if not won:  # another's mark, or its own: a merge applied whose answer (a 5xx) made it send it again, 412
+            again = await self.get_entity(suffix, partition_key, row_key)
+            if again is None or again.get(TAKEN_BY) != mark:
+                return None
         with contextlib.suppress(UpstreamError):  # marked taken: nobody takes it again
             await self.delete(suffix, partition_key, row_key)
         return entity

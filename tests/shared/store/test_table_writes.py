@@ -259,3 +259,36 @@ def test_a_cold_write_imports_none_of_the_sdks(azurite: Azurite) -> None:
     assert result["deleted"] is True and {"shared.azure.rest", "shared.store.table_writes"} <= loaded
     assert [name for name in NOT_ON_A_LEAN_WRITE if name in loaded or any(m.startswith(name + ".") for m in loaded)] \
         == []
+
+
+async def test_a_fresh_entity_stored_though_answered_500_and_sent_again_is_stored_once(clients: AzureClients) -> None:
+    """(Review O.) Table Storage stored a sign-in's state or a session but answered 500; the insert was sent again
+    and met its own entity (409): EntityExists, which the sign-in and the console's login answered as a failure.
+    An entity whose keys are random and new can only have met itself."""
+    from tests.answer_dropper import APPLIED_THEN_500, answers_lost
+
+    key = uuid.uuid4().hex
+    async with answers_lost(lambda method, target, body: method == "POST" and key.encode() in body,
+                            instead=APPLIED_THEN_500, settings=clients.settings) as (dropper, proxied):
+        writes = TableWrites(proxied)
+        await writes.insert(SUFFIX, {"PartitionKey": "fresh", "RowKey": "warm-up"})  # its table exists
+        await writes.insert_fresh(SUFFIX, {"PartitionKey": "fresh", "RowKey": key, "N": 1})
+        assert len(dropper.dropped) == 1
+        got = await TableReads(proxied).get_entity(SUFFIX, "fresh", key)
+        assert got is not None and got["N"] == 1
+
+
+async def test_a_take_whose_mark_was_stored_though_answered_500_is_this_taker_s(clients: AzureClients) -> None:
+    """(Review O.) The mark (a PATCH under the ETag) was stored but answered 500, sent again, and refused 412 by its
+    own change: the taker gave up a state marked as its own, which nobody could take any more."""
+    from tests.answer_dropper import APPLIED_THEN_500, answers_lost
+
+    key = uuid.uuid4().hex
+    async with answers_lost(lambda method, target, body: method == "PATCH" and key in target,
+                            instead=APPLIED_THEN_500, settings=clients.settings) as (dropper, proxied):
+        writes = TableWrites(proxied)
+        await writes.insert(SUFFIX, {"PartitionKey": "taken", "RowKey": key, "N": 1})
+        taken = await writes.take(SUFFIX, "taken", key)
+        assert len(dropper.dropped) == 1
+        assert taken is not None and taken["N"] == 1
+        assert await writes.take(SUFFIX, "taken", key) is None
