@@ -461,6 +461,8 @@ class ConnectionService:
         """A page of the app registrations an azure-client-secrets connection can see in Microsoft Graph."""
         size = page_size(limit)
         record = await self.get("azure-client-secrets", connection_id)
+        if record.status == STATUS_DELETING:  # nothing signs in with (or refreshes) what a DELETE is removing
+            raise being_deleted(record)
         if record.method == Method.OAUTH:
             async with self.adapters.directory.graph_with(self.oauth_tokens.credential(record)) as graph:
                 return await graph.list_applications(size, continuation)

@@ -16,9 +16,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shared.apps import AppSpec, find_app
-from shared.errors import CredentialRejected, InvalidRequest, NotFound, SecretGone, VersionDisabled
+from shared.errors import (
+    ConcurrentChange,
+    CredentialRejected,
+    InvalidRequest,
+    NotFound,
+    SecretGone,
+    VersionDisabled,
+)
 from shared.ports import Adapters, TokenResult
-from shared.records import ConnectionRecord
+from shared.records import STATUS_DELETING, ConnectionRecord
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -160,12 +167,18 @@ class OAuthTokens:
         for attempt in (1, 2):
             try:
                 material = await self.adapters.vault.get(record.secret_name, record.secret_version)
-            except (SecretGone, VersionDisabled) as gone:  # deleted, or disabled outside the service: only a new
-                if attempt == 1:  # sign-in helps; but a refresh elsewhere may have just superseded that version
-                    fresh = await self.adapters.connections.get(record.app, record.id)
-                    if fresh.secret_version != record.secret_version:
-                        record = fresh
-                        continue
+            except (SecretGone, VersionDisabled) as gone:
+                # A refresh elsewhere may have just superseded that version (a DELETE may be disabling it): read
+                # again. Only a current version the vault no longer gives (deleted or disabled outside the service)
+                # needs a new sign-in.
+                fresh = await self.adapters.connections.get(record.app, record.id)  # NotFound: deleted meanwhile
+                moved = fresh.secret_version != record.secret_version
+                if moved and attempt == 1 and fresh.status != STATUS_DELETING:
+                    record = fresh
+                    continue
+                if moved or fresh.status == STATUS_DELETING:
+                    raise ConcurrentChange("The connection changed while its refresh token was read (refreshed "
+                                           "elsewhere, or being deleted); try again.") from None
                 raise ReauthorizationRequired(f"The connection's refresh token cannot be read from Key Vault "
                                               f"({gone.detail}); authorize it again.") from None
             refresh_token = material.get("refreshToken")

@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote
 
@@ -251,9 +251,12 @@ def parse_duration(value: object) -> timedelta | None:
     if match is None or value == "P" or str(value).endswith("T"):
         return None
     parts = {name: float(number) for name, number in match.groupdict().items() if number}
-    return timedelta(days=365 * parts.get("years", 0) + 28 * parts.get("months", 0) + 7 * parts.get("weeks", 0)
-                     + parts.get("days", 0), hours=parts.get("hours", 0), minutes=parts.get("minutes", 0),
-                     seconds=parts.get("seconds", 0))
+    try:
+        return timedelta(days=365 * parts.get("years", 0) + 28 * parts.get("months", 0) + 7 * parts.get("weeks", 0)
+                         + parts.get("days", 0), hours=parts.get("hours", 0), minutes=parts.get("minutes", 0),
+                         seconds=parts.get("seconds", 0))
+    except OverflowError:  # past what a date can hold: no bound worth the name
+        return None
 
 
 def _thumbprint(value: object) -> str | None:
@@ -332,12 +335,15 @@ def _quoted(value: str) -> str:
 
 
 def _parse_datetime(value: object) -> datetime | None:
+    """A Graph ``DateTimeOffset``, always aware: one without its offset (which Graph does not write) is UTC, as Graph
+    keeps them, so it compares with the service's clock."""
     if not isinstance(value, str) or not value:
         return None
     try:
-        return datetime.fromisoformat(value)
+        parsed = datetime.fromisoformat(value)
     except ValueError:
         return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _error_of(response: httpx.Response) -> GraphCallError:

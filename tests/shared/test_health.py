@@ -9,6 +9,7 @@ import hmac
 import itertools
 import json
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -1290,3 +1291,54 @@ async def test_a_refusal_found_by_a_check_is_kept_when_its_write_meets_a_rename_
     h.fakes.connections.update = rename_first  # type: ignore[method-assign]
     checked = await _checker(h).check(record)
     assert renamed and (checked.name, checked.status, checked.health.status) == ("renamed", "invalid", "failing")
+
+
+async def test_two_refreshes_elsewhere_in_a_row_are_a_conflict_not_a_new_sign_in(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review P.) Two other instances each stored a rotated refresh token right before this one read its version
+    (each disabling the one read): the second refusal was answered "authorize it again" though the connection was
+    fine. Only a current version the vault refuses needs a new sign-in; one superseded meanwhile is a 409."""
+    from shared.apps import find_app
+    from shared.errors import ConcurrentChange, VersionDisabled
+    from tests import fakes
+    from tests.lifecycle_harness import reauthorize_oauth
+
+    h = _harness()
+    oauth = await reauthorize_oauth(h)
+    connections = h.services().connections
+    original = fakes.FakeVault.get
+    raced = []
+    token = h.fakes.vault.version(oauth.secret_name, oauth.secret_version).material["refreshToken"]
+
+    async def superseded_first(self: Any, name: str, version: str) -> dict[str, str]:
+        if len(raced) < 2:  # another instance refreshed just before: what this one read is disabled
+            current = await h.record(oauth.id)
+            assert current is not None
+            raced.append(await connections.switch_secret(current, {"refreshToken": token}, None, {}))
+            raise VersionDisabled(f"Key Vault refused to read a disabled version of {name}.")
+        return await original(self, name, version)
+
+    monkeypatch.setattr(fakes.FakeVault, "get", superseded_first)
+    app = find_app(oauth.app)
+    assert app is not None
+    with pytest.raises(ConcurrentChange):
+        await connections.oauth_tokens.refresh_now(app, oauth)
+    after = await h.record(oauth.id)
+    assert after is not None and after.status == "active" and len(raced) == 2
+    refreshed = await connections.oauth_tokens.refresh_now(app, after)  # tried again: it works
+    assert refreshed.id == oauth.id
+
+
+async def test_the_app_registrations_of_a_connection_being_deleted_are_not_read() -> None:
+    """(Review P.) GET …/clients signed in with (and for OAuth refreshed) the credential a DELETE was removing."""
+    from shared.errors import ServiceError
+
+    h = _harness()
+    record = await h.create()
+    key = (record.app, record.id)
+    h.fakes.connections.records[key] = h.fakes.connections.records[key].evolve(status="deleting")
+    calls = len(h.fakes.world.calls)
+    with pytest.raises(ServiceError) as refused:
+        await h.api.clients_visible(record.id)
+    assert refused.value.status == 409
+    assert not [c for c in h.fakes.world.calls[calls:] if c.startswith(("probe", "graph", "token", "vault"))]

@@ -153,6 +153,13 @@ def test_graphs_durations_and_restrictions_are_read_as_the_policy_means_them() -
                                     password_addition_restricted=True)
     newer = lifetime_policy_of(restrictions, "tenant", datetime(2025, 6, 1, tzinfo=UTC))
     assert newer.password_max_lifetime == 10 * DAYS
+    # (Review P.) A duration past what a date can hold bounds nothing (it raised OverflowError), and a date Graph
+    # wrote without its offset is UTC (compared with an aware one, it raised TypeError): never a 500.
+    assert parse_duration("P9999999999D") is None
+    odd = {"passwordCredentials": [{"restrictionType": "passwordLifetime", "maxLifetime": "P20D",
+                                    "restrictForAppsCreatedAfterDateTime": "2025-01-01T00:00:00"}]}
+    assert lifetime_policy_of(odd, "tenant", datetime(2025, 6, 1, tzinfo=UTC)).password_max_lifetime == 20 * DAYS
+    assert lifetime_policy_of(odd, "tenant", created).password_max_lifetime is None
 
 
 @pytest.mark.parametrize("method", ["client-secret", "certificate"])
