@@ -1129,7 +1129,8 @@ class ConnectionService:
         except ReauthorizationRequired as error:
             error.extensions["connectionStatus"] = STATUS_REAUTHORIZATION_REQUIRED
             hint = f" Authorize it again: GET /api/v1/app-connections/{app.id}/oauth/authorize?connectionId={record.id}"
-            await self.record_status(record, STATUS_REAUTHORIZATION_REQUIRED, error.detail + hint)
+            # against the version refused (a refresh elsewhere may have moved the connection to it meanwhile)
+            await self.record_status(error.record or record, STATUS_REAUTHORIZATION_REQUIRED, error.detail + hint)
             raise
         except CredentialRejected as error:
             await self.record_status(record, STATUS_INVALID, error.detail)

@@ -109,6 +109,8 @@ class HealthChecker:
                     expires = await self._password_end(record, material)
         except CredentialRejected as error:
             refused = error
+            if isinstance(error, ReauthorizationRequired) and error.record is not None:
+                record = error.record  # the version refused: a refresh elsewhere may have moved to it meanwhile
         except ServiceError as error:
             unreachable = error.detail
         except Exception as error:

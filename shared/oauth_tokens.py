@@ -44,6 +44,9 @@ class OAuthNotConfigured(InvalidRequest):
 class ReauthorizationRequired(CredentialRejected):
     slug = "reauthorization-required"
     title = "The connection must be authorized again"
+    # The connection as the refusal found it (its current version, when a refresh elsewhere moved it meanwhile):
+    # what the outcome is recorded against.
+    record: ConnectionRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -176,11 +179,17 @@ class OAuthTokens:
                 if moved and attempt == 1 and fresh.status != STATUS_DELETING:
                     record = fresh
                     continue
-                if moved or fresh.status == STATUS_DELETING:
-                    raise ConcurrentChange("The connection changed while its refresh token was read (refreshed "
-                                           "elsewhere, or being deleted); try again.") from None
-                raise ReauthorizationRequired(f"The connection's refresh token cannot be read from Key Vault "
-                                              f"({gone.detail}); authorize it again.") from None
+                if fresh.status == STATUS_DELETING:
+                    from shared.connections import being_deleted  # (imported by it: not at import time)
+
+                    raise being_deleted(fresh) from None
+                if moved:
+                    raise ConcurrentChange("The connection's refresh token changed twice while it was read "
+                                           "(refreshed elsewhere); try again.") from None
+                refused = ReauthorizationRequired(f"The connection's refresh token cannot be read from Key Vault "
+                                                  f"({gone.detail}); authorize it again.")
+                refused.record = record
+                raise refused from None
             refresh_token = material.get("refreshToken")
             if not refresh_token:
                 raise ReauthorizationRequired("The connection's secret in Key Vault holds no refresh token; "
@@ -199,7 +208,9 @@ class OAuthTokens:
                     if fresh.secret_version != record.secret_version:
                         record = fresh
                         continue
-                raise ReauthorizationRequired(rejected.detail, extensions=rejected.extensions) from None
+                refused = ReauthorizationRequired(rejected.detail, extensions=rejected.extensions)
+                refused.record = record  # the version Entra refused (the newer one, after a move)
+                raise refused from None
             break
         grant: str | None = record.secret_version
         if result.refresh_token is not None and result.refresh_token != refresh_token:

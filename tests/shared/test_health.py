@@ -1342,3 +1342,70 @@ async def test_the_app_registrations_of_a_connection_being_deleted_are_not_read(
         await h.api.clients_visible(record.id)
     assert refused.value.status == 409
     assert not [c for c in h.fakes.world.calls[calls:] if c.startswith(("probe", "graph", "token", "vault"))]
+
+
+@pytest.mark.parametrize("how", ["check", "validate"])
+async def test_a_refusal_of_the_version_a_refresh_elsewhere_moved_to_is_recorded_against_it(
+        monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """(Review Q.) Read at v1, superseded by a refresh elsewhere (v2), and v2 refused too (gone from the vault): the
+    outcome was recorded against v1, which the guarded write took for a newer validation's, so the connection stayed
+    active and healthy while the answer said "authorize it again"."""
+    from shared.apps import find_app
+    from shared.errors import SecretGone, ServiceError, VersionDisabled
+    from tests import fakes
+    from tests.lifecycle_harness import reauthorize_oauth
+
+    h = _harness()
+    oauth = await reauthorize_oauth(h)
+    connections = h.services().connections
+    token = h.fakes.vault.version(oauth.secret_name, oauth.secret_version).material["refreshToken"]
+    reads: list[str] = []
+
+    async def superseded_then_gone(self: Any, name: str, version: str) -> dict[str, str]:
+        reads.append(version)
+        if len(reads) == 1:
+            current = await h.record(oauth.id)
+            assert current is not None
+            await connections.switch_secret(current, {"refreshToken": token}, None, {})
+            raise VersionDisabled(f"Key Vault refused to read a disabled version of {name}.")
+        raise SecretGone(f"The secret {name} was deleted.")
+
+    monkeypatch.setattr(fakes.FakeVault, "get", superseded_then_gone)
+    if how == "check":
+        await _checker(h).check(oauth)
+    else:
+        app = find_app(oauth.app)
+        assert app is not None
+        with pytest.raises(ServiceError) as refused:
+            await connections.validate(oauth.app, oauth.id)
+        assert refused.value.status == 400
+    after = await h.record(oauth.id)
+    assert after is not None and len(reads) == 2
+    assert after.status == "reauthorization-required"
+    if how == "check":
+        assert after.health.status == "failing"
+
+
+async def test_a_refresh_token_refused_while_a_delete_marks_the_connection_is_answered_as_being_deleted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review Q.) A DELETE marked the connection and disabled its version while a refresh read it: the answer is
+    the one every request on a connection being deleted gets (send the DELETE again), not a generic conflict."""
+    from shared.apps import find_app
+    from shared.errors import ServiceError, VersionDisabled
+    from tests import fakes
+    from tests.lifecycle_harness import reauthorize_oauth
+
+    h = _harness()
+    oauth = await reauthorize_oauth(h)
+    key = (oauth.app, oauth.id)
+
+    async def deleting(self: Any, name: str, version: str) -> dict[str, str]:
+        h.fakes.connections.records[key] = h.fakes.connections.records[key].evolve(status="deleting")
+        raise VersionDisabled(f"Key Vault refused to read a disabled version of {name}.")
+
+    monkeypatch.setattr(fakes.FakeVault, "get", deleting)
+    app = find_app(oauth.app)
+    assert app is not None
+    with pytest.raises(ServiceError) as refused:
+        await h.services().connections.oauth_tokens.refresh_now(app, oauth)
+    assert refused.value.status == 409 and refused.value.extensions["connectionStatus"] == "deleting"
