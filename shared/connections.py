@@ -110,7 +110,7 @@ from shared.rotation.sharing import (
 )
 from shared.rotation.state import state_response
 from shared.store.vault import secret_name_for
-from shared.views import ConnectionReader, ensure_name_free, require_match
+from shared.views import ConnectionReader, being_deleted, ensure_name_free, require_match
 from shared.views import health_response as health_response
 from shared.views import require_app as require_app
 from shared.views import to_response as to_response
@@ -1210,12 +1210,6 @@ class ConnectionService:
         except Exception as error:
             await audit.record(STORE_REFRESH_TOKEN, "failed", **where, detail=type(error).__name__)
             raise
-
-
-def being_deleted(record: ConnectionRecord) -> RotationInProgress:
-    """The answer to a request on a connection marked as being deleted: nothing signs in with it any more."""
-    return RotationInProgress("This connection is being deleted; send the DELETE again to finish it.",
-                              headers={"Retry-After": "1"}, extensions={"connectionStatus": STATUS_DELETING})
 
 
 def comes_back(record: ConnectionRecord, client_id: str) -> bool:

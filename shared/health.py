@@ -22,7 +22,7 @@ from typing import Any
 
 from shared.apps import Method, find_app
 from shared.audit import HEALTH_RUNNER, STARTED, RequestContext, acting
-from shared.connections import ConnectionService, being_deleted
+from shared.connections import ConnectionService
 from shared.errors import (
     AuditUnavailable,
     ConcurrentChange,
@@ -49,6 +49,7 @@ from shared.records import (
     HealthState,
 )
 from shared.rotation.pacing import paced_fan_out
+from shared.views import being_deleted
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ from shared.errors import (
 from shared.ports import Adapters, TokenResult
 from shared.records import STATUS_DELETING, ConnectionRecord
 from shared.settings import Settings
+from shared.views import being_deleted
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken
@@ -180,8 +181,6 @@ class OAuthTokens:
                     record = fresh
                     continue
                 if fresh.status == STATUS_DELETING:
-                    from shared.connections import being_deleted  # (imported by it: not at import time)
-
                     raise being_deleted(fresh) from None
                 if moved:
                     raise ConcurrentChange("The connection's refresh token changed twice while it was read "

@@ -10,11 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 from shared.apps import APPS, AppSpec, Method, find_app
-from shared.errors import FieldError, NameTaken, NotFound, PreconditionFailed, shown
+from shared.errors import FieldError, NameTaken, NotFound, PreconditionFailed, RotationInProgress, shown
 from shared.fields import MAX_PAGE_SIZE, page_size
 from shared.json_codec import iso
 from shared.ports import ConnectionReads, HistoryReads
-from shared.records import EXPIRED, EXPIRING, FAILING, HEALTH_STATUSES, UNKNOWN, Actor, ConnectionRecord, RotationEvent
+from shared.records import (
+    EXPIRED,
+    EXPIRING,
+    FAILING,
+    HEALTH_STATUSES,
+    STATUS_DELETING,
+    UNKNOWN,
+    Actor,
+    ConnectionRecord,
+    RotationEvent,
+)
 from shared.rotation.state import state_response
 
 
@@ -23,6 +33,12 @@ def require_app(app_id: str) -> AppSpec:
     if app is None:
         raise NotFound(f"There is no app '{shown(app_id)}'.")
     return app
+
+
+def being_deleted(record: ConnectionRecord) -> RotationInProgress:
+    """The answer to a request on a connection marked as being deleted: nothing signs in with it any more."""
+    return RotationInProgress("This connection is being deleted; send the DELETE again to finish it.",
+                              headers={"Retry-After": "1"}, extensions={"connectionStatus": STATUS_DELETING})
 
 
 async def ensure_name_free(connections: ConnectionReads, app_id: str, name: str, pointer: str = "/name") -> None:
