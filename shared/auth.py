@@ -76,6 +76,14 @@ class Principal:
         return {claim.split(".", 2)[2] for claim in self.roles if claim.startswith(prefixes)}
 
 
+def granted_apps(role: str) -> set[str] | None:
+    """The apps the acting caller (``shared.audit.current``) holds ``role`` for: None when for every app."""
+    from shared.audit import current
+
+    caller = current()
+    return Principal(caller.actor.id, caller.actor.name, caller.actor.type, "", caller.roles).apps_granted(role)
+
+
 def authorize(principal: Principal, role: str, app: str | None) -> str:
     """The role claim used, or a 403 naming the role needed."""
     used = principal.grant(role, app)

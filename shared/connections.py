@@ -19,7 +19,7 @@ from typing import Any
 
 from shared.apps import AppSpec, Method, method_spec
 from shared.audit import STARTED, acting_actor, current
-from shared.auth import ROLE_PREFIX, WRITER, Principal
+from shared.auth import ROLE_PREFIX, WRITER, granted_apps
 from shared.credentials import parse_certificate_async
 from shared.errors import (
     ConcurrentChange,
@@ -273,11 +273,9 @@ class ConnectionService:
         owners delete theirs, an application that another app's connections use. The system acts for no one."""
         if record.method != Method.FEDERATED:
             return
-        context = current()
-        if context.actor.type == "system":
+        if current().actor.type == "system":
             return
-        writable = Principal(context.actor.id, context.actor.name, context.actor.type, "",
-                             context.roles).apps_granted(WRITER)
+        writable = granted_apps(WRITER)
         if writable is None:
             return
         # Those being deleted too: their DELETE hands the credential over to whoever relies on it when it is sent

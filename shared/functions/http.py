@@ -289,11 +289,9 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
 def granted_apps(role: str) -> set[str] | None:
     """The apps the request's caller holds ``role`` for: None when for every app (an ``any_app`` route's
     handler narrows what it answers to these)."""
-    from shared.audit import current
-    from shared.auth import Principal
+    from shared.auth import granted_apps as granted  # imported with the request, not with the function app
 
-    caller = current()
-    return Principal(caller.actor.id, caller.actor.name, caller.actor.type, "", caller.roles).apps_granted(role)
+    return granted(role)
 
 
 async def _refused(req: func.HttpRequest, instance: str, principal: Principal, app: str | None,
