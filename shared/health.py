@@ -33,7 +33,7 @@ from shared.errors import (
     VersionDisabled,
 )
 from shared.expiry import REFRESH_TOKEN_LIFETIME, RETRY_UNREACHABLE, next_check, renewal, status_of
-from shared.notify import DELIVERY_BUDGET_SECONDS, Notifier, health_notices, unchecked_notices
+from shared.notify import Notifier, health_notices, unchecked_notices
 from shared.oauth_tokens import ReauthorizationRequired
 from shared.ports import Adapters, DueEntry
 from shared.records import (
@@ -219,7 +219,7 @@ class HealthChecker:
         if record.status == STATUS_DELETING:  # nothing signs in with (or refreshes) what a DELETE is removing
             raise being_deleted(record)
         checked = await self.check(record)
-        await self._deliver(REQUEST_DELIVERY_BUDGET)  # within the request's time; the timers deliver the rest
+        await self.notifier.deliver_or_keep(REQUEST_DELIVERY_BUDGET)  # in the request's time; timers deliver the rest
         return checked
 
     # -- the sweep ----------------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ class HealthChecker:
                                   max_concurrency=max_concurrency, budget_seconds=budget_seconds,
                                   monotonic=monotonic, what="Health sweep", progress_every=100)
         report.left_for_next_sweep = fan.left
-        report.delivered = await self._deliver()
+        report.delivered = await self.notifier.deliver_or_keep()
         log.info("Health sweep done in %.1f s: %d checked %s, %d stale, %d left for the next sweep",
                  monotonic() - started, report.checked, report.statuses, report.stale, report.left_for_next_sweep)
         return report
@@ -290,9 +290,3 @@ class HealthChecker:
         report.checked += 1
         report.statuses[checked.health.status] = report.statuses.get(checked.health.status, 0) + 1
 
-    async def _deliver(self, budget_seconds: float = DELIVERY_BUDGET_SECONDS) -> int:
-        try:
-            return await self.notifier.deliver(budget_seconds=budget_seconds)
-        except Exception as error:  # the outbox keeps them; the next sweep delivers
-            log.warning("Notifications not delivered now (%s); they stay queued", type(error).__name__)
-            return 0

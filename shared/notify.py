@@ -187,6 +187,15 @@ class Notifier:
             "connectionName": item.name, "status": item.status, "detail": item.message,
             "notificationId": item.id})
 
+    async def deliver_or_keep(self, budget_seconds: float = DELIVERY_BUDGET_SECONDS) -> int:
+        """:meth:`deliver`, after the work that queued them (a sweep, a request): a failure to deliver now (the
+        outbox cannot be read) keeps them queued for the next pass, and fails nothing; how many were delivered."""
+        try:
+            return await self.deliver(budget_seconds=budget_seconds)
+        except Exception as error:
+            log.warning("Notifications not delivered now (%s); they stay queued", type(error).__name__)
+            return 0
+
     async def deliver(self, limit: int = 100, budget_seconds: float = DELIVERY_BUDGET_SECONDS,
                       monotonic: Callable[[], float] = time.monotonic) -> int:
         """Send what the outbox holds and is due; how many were delivered (or given up). One pass starts no send

@@ -7,7 +7,6 @@ The HTTP functions and the timers get their services here; tests build the same 
 from __future__ import annotations
 
 import asyncio
-import logging
 import weakref
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -26,8 +25,6 @@ if TYPE_CHECKING:  # shared.ports is imported where used: a read, the audit sear
     from shared.rotation.sweep import SweepReport
     from shared.sessions import Sessions, SignIn
     from shared.views import ConnectionReader
-
-log = logging.getLogger(__name__)
 
 
 def _now() -> datetime:
@@ -218,10 +215,7 @@ async def run_sweep() -> SweepReport:
     settings = built.adapters.settings
     report = await sweep(built.rotator, max_concurrency=settings.rotation_max_concurrency,
                          budget_seconds=settings.rotation_sweep_budget_seconds)
-    try:  # a failed rotation's notification, queued with its record
-        await Notifier(built.adapters).deliver()
-    except Exception as error:  # the outbox keeps them; the next sweep delivers (as the health sweep does)
-        log.warning("Notifications not delivered now (%s); they stay queued", type(error).__name__)
+    await Notifier(built.adapters).deliver_or_keep()  # a failed rotation's notification, queued with its record
     return report
 
 
