@@ -570,9 +570,9 @@ class GraphApps:
         except UpstreamForbidden:  # commonly: it needs Policy.Read.All, which a connection seldom has
             default = None
         tenant: Mapping[str, Any] = {}
-        if _shaped(default, dict, "the tenant's app-management policy").get("isEnabled") is not False:
-            tenant = _shaped(default.get("applicationRestrictions") if default else None, dict,
-                             "the tenant's app-management policy")
+        default_policy = _shaped(default, dict, "the tenant's app-management policy")
+        if default_policy.get("isEnabled") is not False:
+            tenant = _shaped(default_policy.get("applicationRestrictions"), dict, "the tenant's app-management policy")
         return lifetime_policy_of(_merged(own, tenant), "application" if own else "tenant", created_at)
 
     async def list_applications(self, page_size: int, continuation: str | None = None,
