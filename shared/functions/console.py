@@ -95,9 +95,15 @@ async def console_page(req: func.HttpRequest) -> func.HttpResponse:
           auth_level=func.AuthLevel.ANONYMOUS)
 @traced
 async def console_connection_page(req: func.HttpRequest) -> func.HttpResponse:
-    """A connection's page: the same document; the browser reads the path and asks the API for the connection."""
+    """A connection's page: the same document; the browser reads the path and asks the API for the connection.
+
+    A path under an app the service does not have is not a page of it: 404, as for any other path."""
+    from shared.apps import find_app
+
     params = req.route_params or {}
     if not all(SEGMENT.match(params.get(name) or "") for name in ("app", "connectionId")):
+        return _not_found()
+    if find_app(params["app"]) is None:
         return _not_found()
     return _page()
 

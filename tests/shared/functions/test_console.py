@@ -93,7 +93,8 @@ def test_assets_are_served_with_their_type_and_an_etag(console: httpx.Client) ->
 @pytest.mark.parametrize("path", [
     "/console/assets/missing.js", "/console/assets/..%2Findex.html", "/console/assets/%2e%2e%2f%2e%2e%2fhost.json",
     "/console/assets/App.JS", "/console/assets/app.js.map", "/console/assets/.hidden.js",
-    "/organization/app-connections/%3Cscript%3E/x",
+    "/organization/app-connections/%3Cscript%3E/x", "/organization/app-connections/foo/bar",
+    "/organization/app-connections/Azure-Key-Vault/0f8fad5b-d9cb-469f-a165-70867728950e",
 ])
 def test_nothing_else_is_served(console: httpx.Client, path: str) -> None:
     response = console.get(path)
