@@ -55,6 +55,15 @@ def test_the_package_holds_the_app_and_its_bytecode_and_nothing_of_development()
     assert package.ignored_by("tests/shared/__pycache__/x.pyc", package.ignore_patterns(ROOT)) == ["tests"]
 
 
+@pytest.mark.parametrize("path", [".azure/dev/.env", ".azure/dev/config.json", ".env", "local.settings.json"])
+def test_azd_s_environment_and_local_settings_are_neither_packaged_nor_committed(path: str) -> None:
+    """azd keeps an environment's values (the webhook URL among them, a bearer credential) in plain text under
+    ``.azure/``: Core Tools' publish follows ``.funcignore`` and must leave it out, and git must not take it (review
+    R)."""
+    assert package.ignored_by(path, package.ignore_patterns(ROOT)), path
+    assert subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=ROOT).returncode == 0, path
+
+
 def test_negated_patterns_are_refused_rather_than_misread() -> None:
     with pytest.raises(ValueError, match="negated"):
         package.ignored_by("shared/x.py", ["!shared"])
