@@ -92,14 +92,21 @@ if [ "${scopes:-0}" = "0" ]; then
 fi
 
 # The console's client credential: the managed identity's token, trusted by a federated credential (no secret).
-fic="$(az ad app federated-credential list --id "$app_id" --query "[?name=='console-managed-identity'] | length(@)" --output tsv)"
-if [ "${fic:-0}" = "0" ]; then
-    login="$(az cloud show --query endpoints.activeDirectory --output tsv)"
-    tenant="$AZURE_TENANT_ID"
-    printf '{"name": "console-managed-identity", "issuer": "%s/%s/v2.0", "subject": "%s", "audiences": ["%s"], "description": "The App Connections service signs people in to the console."}\n' \
-        "${login%/}" "$tenant" "$AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID" "$audience" >"$work/fic.json"
+# Made again when it names another identity, audience or issuer than this deployment's: the registration outlives
+# `azd down`, and a new resource group brings a new identity (the template's module rewrites it the same way).
+login="$(az cloud show --query endpoints.activeDirectory --output tsv)"
+issuer="${login%/}/$AZURE_TENANT_ID/v2.0"
+printf '{"name": "console-managed-identity", "issuer": "%s", "subject": "%s", "audiences": ["%s"], "description": "The App Connections service signs people in to the console."}\n' \
+    "$issuer" "$AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID" "$audience" >"$work/fic.json"
+fic="$(az ad app federated-credential list --id "$app_id" \
+    --query "[?name=='console-managed-identity'].join(' ', [issuer, subject, join(',', audiences)])" --output tsv)"
+if [ -z "$fic" ]; then
     az ad app federated-credential create --id "$app_id" --parameters "@$work/fic.json" --output none
     echo "register-api: added the console's federated credential (managed identity $AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID, audience $audience)"
+elif [ "$(lower "$fic")" != "$(lower "$issuer $AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID $audience")" ]; then
+    az ad app federated-credential update --id "$app_id" --federated-credential-id console-managed-identity \
+        --parameters "@$work/fic.json" --output none
+    echo "register-api: updated the console's federated credential to managed identity $AZURE_USER_ASSIGNED_IDENTITY_PRINCIPAL_ID, audience $audience (it named: $fic)"
 fi
 
 # The service principal: the resource people and daemons are assigned roles on; no role, no token.

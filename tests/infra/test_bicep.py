@@ -345,7 +345,8 @@ case "$*" in
     "ad app create "*) echo 11111111-1111-1111-1111-111111111111 ;;
     "ad app show "*"--query id "*) echo 22222222-2222-2222-2222-222222222222 ;;
     "ad app show "*) echo 1 ;;
-    "ad app federated-credential list "*) echo 1 ;;
+    "ad app federated-credential list "*) printf '%s' "$FAKE_FIC" ;;
+    "cloud show --query endpoints.activeDirectory "*) echo https://login.microsoftonline.com/ ;;
     "ad sp show "*) echo 33333333-3333-3333-3333-333333333333 ;;
 esac
 """
@@ -356,9 +357,15 @@ AZD_TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 SUBSCRIPTION = "00000000-0000-0000-0000-00000000abcd"
 
 
-def run_hook(tmp_path: Any, cli_tenant: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+CONSOLE_FIC = (f"https://login.microsoftonline.com/{AZD_TENANT}/v2.0 44444444-4444-4444-4444-444444444444 "
+               "api://AzureADTokenExchange")
+
+
+def run_hook(tmp_path: Any, cli_tenant: str, fic: str = CONSOLE_FIC,
+             ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     """infra/hooks/register-api.sh as azd runs it (AZURE_DEPLOY_API_REGISTRATION=false, the outputs in the
-    environment), with the fake az and azd first on PATH; returns the run and the commands it called."""
+    environment), with the fake az and azd first on PATH; returns the run and the commands it called. ``fic``: what
+    the application's console federated credential names (issuer, subject, audiences), empty when it has none."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for name, text in (("az", FAKE_AZ), ("azd", FAKE_AZD)):
@@ -371,6 +378,7 @@ def run_hook(tmp_path: Any, cli_tenant: str) -> tuple[subprocess.CompletedProces
         "HOME": str(tmp_path),
         "FAKE_LOG": str(log),
         "FAKE_CLI_TENANT": cli_tenant,
+        "FAKE_FIC": fic,
         "AZURE_DEPLOY_API_REGISTRATION": "false",
         "AZURE_ENV_NAME": "test",
         "AZURE_SUBSCRIPTION_ID": SUBSCRIPTION,
@@ -416,6 +424,27 @@ def test_the_hook_registers_in_azd_s_tenant_and_names_the_subscription(tmp_path:
     for call in resource_calls:
         assert f"--subscription {SUBSCRIPTION}" in call, call
     assert "azd env set AUTH_AUDIENCE 11111111-1111-1111-1111-111111111111" in calls
+
+
+@pytest.mark.parametrize(("fic", "expected"), [
+    (CONSOLE_FIC, None),
+    (CONSOLE_FIC.upper(), None),
+    ("", "create"),
+    (CONSOLE_FIC.replace("44444444-4444-4444-4444-444444444444", "55555555-5555-5555-5555-555555555555"), "update"),
+    (CONSOLE_FIC.replace("api://AzureADTokenExchange", "api://AzureADTokenExchangeUSGov"), "update"),
+], ids=["current", "current-other-case", "none", "other-identity", "other-audience"])
+def test_the_hook_makes_the_console_s_federated_credential_name_this_deployment_s_identity(
+    tmp_path: Any, fic: str, expected: str | None,
+) -> None:
+    """The registration outlives `azd down`; a new resource group brings a new managed identity (or another cloud
+    another audience): a credential naming the old one is rewritten, not kept because its name matches (review R).
+    One that names the current identity is left alone."""
+    done, calls = run_hook(tmp_path, AZD_TENANT, fic)
+    assert done.returncode == 0, done.stderr
+    changes = [c.split()[4] for c in calls if c.startswith("az ad app federated-credential ") and " list " not in c]
+    assert changes == ([expected] if expected else []), calls
+    if expected == "update":
+        assert "--federated-credential-id console-managed-identity" in next(c for c in calls if " update " in c)
 
 
 def test_parameters_file_feeds_every_required_parameter(templates: dict[str, Any]) -> None:
