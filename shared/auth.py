@@ -270,10 +270,14 @@ class TokenValidator:
             # Remembered while it has not expired and the tenant still publishes the key it was verified with (the
             # keys are read again daily: a key withdrawn in an emergency rollover is no longer trusted, nor what it
             # signed); else checked in full again.
+            # The key lookup may wait on the authority, and a request with the same token may meanwhile have
+            # dropped or replaced the entry: only the entry still remembered is moved or dropped.
             if self._now() < known[2] and await self._keys.key(known[3]) is known[4]:
-                self._validated.move_to_end(digest)
+                if self._validated.get(digest) is known:
+                    self._validated.move_to_end(digest)
                 return known[0], known[1]
-            del self._validated[digest]
+            if self._validated.get(digest) is known:
+                del self._validated[digest]
         try:
             signed = jws.parse(token)
         except jws.JwsError as refused:

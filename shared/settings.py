@@ -355,7 +355,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         rotation_max_concurrency=_whole(env, "ROTATION_MAX_CONCURRENCY", 8, 1, 64),
         rotation_test_timeout_seconds=_number(env, "ROTATION_TEST_TIMEOUT_SECONDS", 300, 1, 3600),
         rotation_sweep_budget_seconds=_number(env, "ROTATION_SWEEP_BUDGET_SECONDS", 240, 1, 3600),
-        auth_tenant_id=_configured(env, "AUTH_TENANT_ID"),
+        auth_tenant_id=_auth_tenant(env),
         auth_audience=_configured(env, "AUTH_AUDIENCE"),
         audit_retention_days=_whole(env, "AUDIT_RETENTION_DAYS", 365, 1, 3650),
         health_check_interval_hours=_number(env, "HEALTH_CHECK_INTERVAL_HOURS", 24, 1, 720),
@@ -418,6 +418,21 @@ def _cloud(env: Mapping[str, str]) -> Cloud:
     if found is None:
         raise SettingsError(f"AZURE_CLOUD must be one of {', '.join(CLOUDS)}, not {raw!r}")
     return found
+
+
+_DOMAIN_NAME = re.compile(r"^(?=.{4,253}\Z)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]\Z",
+                          re.IGNORECASE)
+
+
+def _auth_tenant(env: Mapping[str, str]) -> str | None:
+    """AUTH_TENANT_ID: the one tenant whose tokens are accepted, by its ID or one of its domain names. Not
+    ``common``, ``organizations`` or ``consumers``: their discovery documents would make the issuer another tenant's
+    (``consumers``: personal Microsoft accounts), and nothing else goes into the discovery document's URL."""
+    value = _configured(env, "AUTH_TENANT_ID")
+    if value is not None and not (_GUID.match(value) or _DOMAIN_NAME.match(value)):
+        raise SettingsError("AUTH_TENANT_ID must be the API registration's tenant, by its ID (a GUID) or a domain "
+                            "name of it; not common, organizations or consumers")
+    return value
 
 
 def _federation(env: Mapping[str, str]) -> dict[str, str | None]:

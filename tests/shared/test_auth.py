@@ -672,6 +672,61 @@ async def test_an_authority_that_fails_is_not_asked_again_on_every_request() -> 
     assert tenant.fetches == 4  # one failed read, the discovery document and the keys, one failed read
 
 
+class SlowTenant(Tenant):
+    """An authority that answers after a network read's pause (a request suspends while the keys are read)."""
+
+    async def fetch(self, url: str) -> Any:
+        await asyncio.sleep(0.02)
+        return await super().fetch(url)
+
+
+async def test_requests_with_one_remembered_token_at_the_daily_key_read_are_all_answered() -> None:
+    """Two requests with the same remembered token when the keys are due to be read again: both wait on the read,
+    and the first to come back drops the entry (its key object is a new one); the second must not fail on the entry
+    being gone (it raised KeyError, a 500 to a valid caller: review U)."""
+    tenant, clock = SlowTenant(), Clock()
+    validator = _validator(tenant, clock)
+    raw = token()
+    await validator.validate(f"Bearer {raw}")
+    clock.now += 24 * 3600
+    principals = await asyncio.gather(*(validator.validate(f"Bearer {raw}") for _ in range(3)))
+    assert {p.id for p in principals} == {principals[0].id}
+
+
+async def test_a_remembered_token_dropped_meanwhile_by_another_request_is_still_answered() -> None:
+    """One request waits on a failing authority's daily key read (the key it was checked with stays trusted); the
+    same token, past its expiry meanwhile, is dropped by a second request. The first answers with what it checked
+    (it raised KeyError on the entry gone), the second refuses the expired token."""
+    gate = asyncio.Event()
+
+    class HangingTenant(Tenant):
+        down = False
+
+        async def fetch(self, url: str) -> Any:
+            if self.down:
+                await gate.wait()
+                raise OSError("the authority is down")
+            return await super().fetch(url)
+
+    tenant, monotonic, wall = HangingTenant(), Clock(), WallClock()
+    settings = load_settings({**STORAGE, "AZURE_AUTHORITY_HOST": AUTHORITY, "AUTH_TENANT_ID": TENANT,
+                              "AUTH_AUDIENCE": API})
+    validator = TokenValidator(settings, SigningKeys(settings, tenant.fetch, monotonic=monotonic), now=wall)
+    expires = int(wall.now) + 60
+    raw = token({"exp": expires})
+    await validator.validate(f"Bearer {raw}")
+    tenant.down, monotonic.now = True, monotonic.now + 24 * 3600
+    first = asyncio.create_task(validator.validate(f"Bearer {raw}"))
+    await asyncio.sleep(0.01)
+    wall.now = expires + 3600
+    second = asyncio.create_task(validator.validate(f"Bearer {raw}"))
+    await asyncio.sleep(0.01)
+    gate.set()
+    answered, refused = await asyncio.gather(first, second, return_exceptions=True)
+    assert isinstance(answered, Principal), answered
+    assert isinstance(refused, Unauthorized), refused
+
+
 async def test_a_delegated_token_needs_the_api_s_delegated_permission() -> None:
     validator = _validator(Tenant())
     assert await validator.validate(f"Bearer {token({'scp': 'openid user_impersonation'})}")

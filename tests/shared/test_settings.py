@@ -195,3 +195,18 @@ def test_a_count_is_a_whole_number_never_a_fraction_cut_short(name):
         load_settings({**BASE, name: "1.5"})
     assert getattr(load_settings({**BASE, name: "2"}), name.lower()) == 2
     assert getattr(load_settings({**BASE, name: "2.0"}), name.lower()) == 2
+
+
+@pytest.mark.parametrize("tenant", ["72f988bf-86f1-41af-91ab-2d7cd011db47", "contoso.onmicrosoft.com", "contoso.com"])
+def test_the_api_s_tenant_is_its_id_or_a_domain_name_of_it(tenant):
+    assert load_settings({**BASE, "AUTH_TENANT_ID": tenant}).auth_tenant_id == tenant
+
+
+@pytest.mark.parametrize("tenant", ["common", "organizations", "consumers", "evil/../x?y=", "contoso.com/",
+                                    "contoso", "-a.com", "a" * 300 + ".com"])
+def test_the_api_s_tenant_is_one_tenant_and_nothing_else_goes_into_the_discovery_url(tenant):
+    """``consumers`` would accept personal Microsoft accounts' tokens (its discovery document names their tenant as
+    the issuer); ``common`` and ``organizations`` refused every token; a path went into the URL as it was (review
+    U)."""
+    with pytest.raises(SettingsError, match="AUTH_TENANT_ID"):
+        load_settings({**BASE, "AUTH_TENANT_ID": tenant})
