@@ -3,7 +3,7 @@
 // Secret fields are write-only: they start empty, are sent once, and are cleared when the dialog closes.
 
 import {ApiError, api, enc} from './api.js';
-import {announce, clear, h, localZone, toast} from './dom.js';
+import {announce, clear, guardWhileBusy, h, localZone, toast} from './dom.js';
 import {API, BASE, METHOD_NAMES, can, navigate, state} from './app.js';
 
 const dialog = () => document.getElementById('connection-dialog');
@@ -452,6 +452,8 @@ async function submit(event) {
   clearErrors();
   button.disabled = true;
   form().setAttribute('aria-busy', 'true');
+  const closer = document.getElementById('connection-dialog-close');
+  closer.disabled = true;  // the request goes on whatever the dialog does: its outcome must be seen
   const original = button.textContent;
   try {
     if (method === 'oauth' && mode === 'add') {
@@ -492,7 +494,9 @@ async function submit(event) {
     announce(`The connection ${answer.appConnection.name} was saved.`);
     navigate(`${BASE}/${enc(app)}/${enc(connection.id)}`, {replace: true});
   } catch (error) {
-    if (error instanceof ApiError) {
+    if (!dialog().open) {  // closed meanwhile all the same (a browser may close it on a second Escape)
+      toast(`Not saved: ${error.message}`);
+    } else if (error instanceof ApiError) {
       showErrors(error.fieldErrors, error.message);
       showExpectedCredential(error.problem);
       announce(`Not saved: ${error.message}`);
@@ -501,6 +505,7 @@ async function submit(event) {
     }
   } finally {
     button.disabled = false;
+    closer.disabled = false;
     button.textContent = original;
     form().removeAttribute('aria-busy');
   }
@@ -513,6 +518,7 @@ function wire() {
   wired = true;
   form().addEventListener('submit', submit);
   document.getElementById('connection-dialog-close').addEventListener('click', close);
+  guardWhileBusy(dialog());
   dialog().addEventListener('close', () => {
     wipe();
     const back = current && current.opener;

@@ -2,7 +2,7 @@
 // timeline and, for an Auditor, its audit records.
 
 import {ApiError, all, api, enc} from './api.js';
-import {announce, append, badge, clear, h, relative, time, toast} from './dom.js';
+import {announce, append, badge, clear, guardWhileBusy, h, relative, time, toast} from './dom.js';
 import {
   API, BASE, METHOD_NAMES, appName, can, healthBadge, navigate, show, state, statusBadge, who,
 } from './app.js';
@@ -141,21 +141,28 @@ function confirmDelete(connection, events) {
     toast(`The connection ${connection.name} was deleted.${removed}${left}${unread}`, left || unread ? 'error' : 'notice');
   };
   const confirm = h('button', {type: 'button', class: 'danger', id: 'confirm-delete', onclick: async () => {
+    cancel.disabled = true;  // the DELETE goes on whatever the dialog does: its outcome must be seen
     try {
       await busy(confirm, 'Deleting…', () => run(false));
     } catch (error) {
+      if (!dialog.open) return toast(`Not deleted: ${error.message}`);  // closed meanwhile all the same
       const slot = document.getElementById('delete-error');
       slot.textContent = error.message;
       slot.hidden = false;
       if (error instanceof ApiError && error.status === 409 && Array.isArray(error.problem.keyIds) &&
           !document.getElementById('delete-anyway')) {
         actions.append(h('button', {type: 'button', class: 'danger', id: 'delete-anyway', onclick: (event) =>
-          busy(event.target, 'Deleting…', () => run(true)).catch((again) => { slot.textContent = again.message; })},
+          busy(event.target, 'Deleting…', () => run(true)).catch((again) => {
+            if (dialog.open) slot.textContent = again.message; else toast(`Not deleted: ${again.message}`);
+          })},
         'Delete anyway and leave them live'));
       }
+    } finally {
+      cancel.disabled = false;
     }
   }}, 'Delete connection');
   actions.append(cancel, confirm);
+  guardWhileBusy(dialog);
   dialog.showModal();
   cancel.focus();
 }
@@ -164,14 +171,9 @@ function confirmDelete(connection, events) {
  * Move a client-secret or certificate connection to the federated method: what it does, whether to revoke the
  * credential the person gave, progress while the service adds, tests and switches, then the outcome.
  */
-let migrating = false;
-
 function confirmMigrate(connection, refresh) {
   const dialog = document.getElementById('confirm-dialog');
-  if (!dialog.dataset.guarded) { // Escape does not hide a move that is still running
-    dialog.dataset.guarded = 'true';
-    dialog.addEventListener('cancel', (event) => { if (migrating) event.preventDefault(); });
-  }
+  guardWhileBusy(dialog);  // Escape does not hide a move that is still running
   const body = clear(document.getElementById('confirm-dialog-body'));
   const actions = clear(document.getElementById('confirm-dialog-actions'));
   document.getElementById('confirm-dialog-title').textContent = `Move ${connection.name} to federated?`;
@@ -203,7 +205,6 @@ function confirmMigrate(connection, refresh) {
     progress.textContent = 'Adding the federated credential, testing it, switching, then cleaning up… ' +
       'This can take a minute while Entra ID takes the credential in.';
     progress.hidden = false;
-    migrating = true;
     try {
       const revokeOriginal = revoke.checked;
       const answer = await busy(confirm, 'Moving…', () => api('POST',
@@ -225,8 +226,8 @@ function confirmMigrate(connection, refresh) {
         ? `${error.message} Nothing was changed.`
         : `The move did not finish: ${error.message} Moving again continues from where it stopped.`;
       slot.hidden = false;
+      if (!dialog.open) toast(slot.textContent);  // closed meanwhile all the same
     } finally {
-      migrating = false;
       revoke.disabled = false;
       cancel.disabled = false;
     }

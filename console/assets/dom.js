@@ -93,6 +93,18 @@ export function toast(message, kind = 'error') {
   element.hidden = false;
 }
 
+/**
+ * Escape does not close `dialog` while a request it started is running (something in it is `aria-busy`): the
+ * request would go on unseen. Wired once per dialog.
+ */
+export function guardWhileBusy(dialog) {
+  if (dialog.dataset.guarded) return;
+  dialog.dataset.guarded = 'true';
+  dialog.addEventListener('cancel', (event) => {
+    if (dialog.matches('[aria-busy="true"]') || dialog.querySelector('[aria-busy="true"]')) event.preventDefault();
+  });
+}
+
 export function hideToast() {
   document.getElementById('toast').hidden = true;
 }

@@ -115,6 +115,44 @@ def test_a_client_secret_connection_errors_beside_fields_and_the_secret_is_never
     assert app.client_secret not in page.content()
 
 
+def test_a_create_still_running_keeps_its_dialog_and_its_outcome_is_always_seen(
+        open_console: Any, admin: Any, secrets_used: Any) -> None:
+    """While "Creating…" runs, Escape and × do not close the dialog (the request goes on whatever it does): the
+    refusal shows beside its field. A dialog closed all the same (a browser may close it on a second Escape) shows
+    the outcome in the toast; both went into a wiped, closed dialog before (review S)."""
+    app = register_app(admin, secrets_used, name="console-held")
+    console = open_console("admin")
+    page = console.page
+    held: list[Any] = []
+    page.route("**/api/v1/app-connections/azure-key-vault",
+               lambda route: held.append(route) if route.request.method == "POST" else route.continue_())
+    add_dialog(page, "azure-key-vault", "client-secret")
+    page.fill("#field-name", "console-held")
+    page.fill("#field-tenantId", app.tenant_id)
+    page.fill("#field-clientId", app.client_id)
+    page.fill("#field-clientSecret", "not-its-secret")
+    for sent, closed_anyway in enumerate((False, True), start=1):
+        page.click("#connection-submit")
+        page.wait_for_function("document.getElementById('connection-submit').textContent === 'Creating…'")
+        assert page.is_disabled("#connection-dialog-close")
+        page.keyboard.press("Escape")
+        assert page.is_visible("#connection-dialog[open]")
+        if closed_anyway:
+            page.evaluate("document.getElementById('connection-dialog').close()")
+        while len(held) < sent:  # the POST reached the route (its handler runs while Playwright waits)
+            page.wait_for_timeout(20)
+        held[-1].continue_()
+        if closed_anyway:
+            page.wait_for_selector("#toast:not([hidden])")
+            assert page.inner_text("#toast span").startswith("Not saved: ")
+            assert "AADSTS7000215" in page.inner_text("#toast span")
+        else:
+            page.wait_for_selector("#connection-dialog .field-error:not([hidden])")
+            assert "AADSTS7000215" in page.inner_text("#connection-dialog")
+            assert page.is_enabled("#connection-dialog-close")
+            page.fill("#field-clientSecret", "not-its-secret-either")
+
+
 def test_a_certificate_connection_by_file_and_by_paste(open_console: Any, admin: Any, secrets_used: Any,
                                                       tmp_path: Path) -> None:
     app = register_app(admin, secrets_used, name="console-cert")
