@@ -16,7 +16,8 @@ confidential client (the API's own app registration, ``AUTH_AUDIENCE``), the bro
   the session's (compared in constant time) AND an ``Origin`` equal to the service's own: the origin of
   ``SITE_URL`` (the public base URL the OAuth redirect URIs are built on), not the request's Host header.
 * Sign-in: ``/auth/login`` stores a pending login (PKCE S256 verifier, nonce, the return path) keyed by the hash
-  of its ``state``, single use, ten minutes, and sets ``__Host-appconn-login`` to the state: the callback must
+  of its ``state``, single use, ten minutes, and sets ``__Host-appconn-login-<tag>`` (a tag of the state: one
+  cookie per sign-in, so two tabs signing in at once do not undo each other) to the state: the callback must
   come back to the browser that started it (no login CSRF). The client authenticates with a client assertion
   (the managed identity's token for ``api://AzureADTokenExchange``, a federated credential on the registration)
   when ``FEDERATION_IDENTITY_CLIENT_ID`` is set, else with ``CONSOLE_CLIENT_SECRET``.
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SESSION_COOKIE = "__Host-appconn"
-LOGIN_COOKIE = "__Host-appconn-login"
+LOGIN_COOKIE_PREFIX = "__Host-appconn-login-"  # + a tag of the state: one cookie per sign-in
 CSRF_HEADER = "X-CSRF-Token"
 LOGIN_PATH = "/auth/login"
 CALLBACK_PATH = "/auth/callback"
@@ -149,6 +150,12 @@ def cookies_of(header: str | None) -> dict[str, str]:
 def cookie_value(header: str | None, name: str) -> str | None:
     """The value of cookie ``name`` in a ``Cookie`` header (:func:`cookies_of`)."""
     return cookies_of(header).get(name)
+
+
+def login_cookie(state: str) -> str:
+    """The name of the cookie that binds sign-in ``state`` to the browser that started it: one per sign-in, so that
+    two tabs signing in at once (a restored browser, two alert links opened) do not undo each other."""
+    return LOGIN_COOKIE_PREFIX + hashlib.sha256(state.encode()).hexdigest()[:12]
 
 
 def set_cookie(name: str, value: str, max_age: int | None) -> str:

@@ -3,10 +3,10 @@
 The contract the console page relies on:
 
 * ``GET /auth/login?returnTo=/organization/app-connections/...`` -> 302 to the authority's authorize endpoint
-  (state, nonce, PKCE S256) and sets ``__Host-appconn-login`` (the state: the callback must come back to this
-  browser). ``returnTo`` must be a path of this origin, else it is ignored; ``loginHint`` (optional, a user name)
-  is passed on to Entra ID as ``login_hint``; ``selectAccount=true`` (the page's link after a sign-out or a lapsed
-  session) as ``prompt=select_account``.
+  (state, nonce, PKCE S256) and sets ``__Host-appconn-login-<tag>`` (the state: the callback must come back to
+  this browser; one cookie per sign-in, so tabs signing in at once coexist). ``returnTo`` must be a path of this
+  origin, else it is ignored; ``loginHint`` (optional, a user name) is passed on to Entra ID as ``login_hint``;
+  ``selectAccount=true`` (the page's link after a sign-out or a lapsed session) as ``prompt=select_account``.
 * ``GET /auth/callback`` -> redeems the code, creates the session, sets ``__Host-appconn`` (HttpOnly, Secure,
   SameSite=Lax, Path=/) and 302 to ``returnTo`` (default ``/organization/app-connections``). A failure is a small
   HTML page with a link to sign in again, never a stack trace.
@@ -54,11 +54,13 @@ def _redirect(location: str, cookies: list[str]) -> func.HttpResponse:
     return response
 
 
-def error_page(title: str, detail: str, status: int, return_to: str | None = None) -> func.HttpResponse:
-    """A small page: what went wrong (plain text, escaped) and a link to sign in again."""
+def error_page(title: str, detail: str, status: int, return_to: str | None = None,
+               login_cookie: str | None = None) -> func.HttpResponse:
+    """A small page: what went wrong (plain text, escaped) and a link to sign in again; ``login_cookie``: the
+    sign-in's cookie, cleared."""
     import html
 
-    from shared.sessions import LOGIN_COOKIE, clear_cookie, login_url
+    from shared.sessions import clear_cookie, login_url
 
     document = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="referrer" content="no-referrer">'
@@ -68,7 +70,8 @@ def error_page(title: str, detail: str, status: int, return_to: str | None = Non
     )
     response = func.HttpResponse(document, status_code=status, headers=dict(PAGE_HEADERS), mimetype="text/html",
                                  charset="utf-8")
-    response.headers.add("Set-Cookie", clear_cookie(LOGIN_COOKIE))
+    if login_cookie is not None:
+        response.headers.add("Set-Cookie", clear_cookie(login_cookie))
     return response
 
 
@@ -85,7 +88,7 @@ def _context(req: func.HttpRequest, principal: Principal) -> RequestContext:
 @traced
 async def console_login(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import ServiceError
-    from shared.sessions import LOGIN_COOKIE, LOGIN_LIFETIME, set_cookie
+    from shared.sessions import LOGIN_LIFETIME, login_cookie, set_cookie
     from shared.wiring import sign_in
 
     try:
@@ -98,7 +101,7 @@ async def console_login(req: func.HttpRequest) -> func.HttpResponse:
         log.warning("Console sign-in could not start (%s)", type(error).__name__)
         return error_page("Sign-in is not available", "The service could not start the sign-in; try again later.",
                           503)
-    return _redirect(url, [set_cookie(LOGIN_COOKIE, state, int(LOGIN_LIFETIME.total_seconds()))])
+    return _redirect(url, [set_cookie(login_cookie(state), state, int(LOGIN_LIFETIME.total_seconds()))])
 
 
 @bp.function_name("console_callback")
@@ -107,7 +110,7 @@ async def console_login(req: func.HttpRequest) -> func.HttpResponse:
 async def console_callback(req: func.HttpRequest) -> func.HttpResponse:
     from shared.audit import acting
     from shared.errors import ServiceError
-    from shared.sessions import DEFAULT_RETURN_TO, LOGIN_COOKIE, SESSION_COOKIE, clear_cookie, cookie_value, set_cookie
+    from shared.sessions import DEFAULT_RETURN_TO, SESSION_COOKIE, clear_cookie, cookie_value, login_cookie, set_cookie
     from shared.wiring import audit_log, sessions, sign_in
 
     async def failed(error: ServiceError) -> None:
@@ -119,9 +122,9 @@ async def console_callback(req: func.HttpRequest) -> func.HttpResponse:
             await audit_log().record("session.start", "refused" if error.status < 500 else "failed",
                                      detail=f"console sign-in: {error.detail}")
 
+    bound = login_cookie(req.params.get("state") or "")  # this sign-in's cookie (tabs may have others)
     try:
-        signed_in = await sign_in().complete(dict(req.params), cookie_value(req.headers.get("cookie"), LOGIN_COOKIE),
-                                             failed)
+        signed_in = await sign_in().complete(dict(req.params), cookie_value(req.headers.get("cookie"), bound), failed)
         with acting(_context(req, signed_in.principal)):
             audit = audit_log()
             await audit.record("session.start", "started", detail="console sign-in")
@@ -133,7 +136,8 @@ async def console_callback(req: func.HttpRequest) -> func.HttpResponse:
                                + (f"; replaces session {previous.key[:12]}" if previous else ""))
     except ServiceError as error:
         log.warning("Console sign-in %s: %s", "refused" if error.status < 500 else "failed", error.detail)
-        return error_page("You are not signed in", error.detail, 400 if error.status < 500 else error.status)
+        return error_page("You are not signed in", error.detail, 400 if error.status < 500 else error.status,
+                          login_cookie=bound)
     except Exception as error:
         from azure.core.exceptions import AzureError
 
@@ -141,11 +145,12 @@ async def console_callback(req: func.HttpRequest) -> func.HttpResponse:
             log.exception("Console sign-in failed")
         else:
             log.warning("Console sign-in failed: an Azure call failed (%s)", type(error).__name__)
-        return error_page("You are not signed in", "The service could not finish the sign-in; try again.", 502)
+        return error_page("You are not signed in", "The service could not finish the sign-in; try again.", 502,
+                          login_cookie=bound)
     # No Max-Age: the cookie goes with the browser's session (a shared machine); the server ends the session at its
     # idle and absolute expiry whatever the browser keeps.
     return _redirect(signed_in.return_to or DEFAULT_RETURN_TO,
-                     [set_cookie(SESSION_COOKIE, session_id, None), clear_cookie(LOGIN_COOKIE)])
+                     [set_cookie(SESSION_COOKIE, session_id, None), clear_cookie(bound)])
 
 
 @bp.function_name("console_session")

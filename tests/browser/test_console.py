@@ -117,9 +117,9 @@ def test_a_client_secret_connection_errors_beside_fields_and_the_secret_is_never
 
 def test_a_create_still_running_keeps_its_dialog_and_its_outcome_is_always_seen(
         open_console: Any, admin: Any, secrets_used: Any) -> None:
-    """While "Creating…" runs, Escape and × do not close the dialog (the request goes on whatever it does): the
-    refusal shows beside its field. A dialog closed all the same (a browser may close it on a second Escape) shows
-    the outcome in the toast; both went into a wiped, closed dialog before (review S)."""
+    """While "Creating…" runs, Escape and the close button do not close the dialog (the request goes on whatever
+    it does): the refusal shows beside its field. A dialog closed all the same (a browser may close it on a
+    second Escape) shows the outcome in the toast; both went into a wiped, closed dialog before (review S)."""
     app = register_app(admin, secrets_used, name="console-held")
     console = open_console("admin")
     page = console.page

@@ -26,9 +26,9 @@ def test_chromium_keeps_the_login_cookie_over_http_on_localhost(browser: Any, ho
         with page.expect_response(lambda response: "/auth/login" in response.url) as answer:
             page.goto(f"{base}/auth/login?returnTo=/organization/app-connections", wait_until="commit")
         set_cookie = answer.value.header_value("set-cookie") or ""
-        assert set_cookie.startswith("__Host-appconn-login=") and "Secure" in set_cookie
+        assert set_cookie.startswith("__Host-appconn-login-") and "Secure" in set_cookie
         page.wait_for_timeout(300)
-        kept = [c for c in context.cookies(base) if c["name"] == "__Host-appconn-login"]
+        kept = [c for c in context.cookies(base) if c["name"] == set_cookie.split("=", 1)[0]]
         assert kept, "Chromium dropped the Secure __Host- cookie on http://localhost"
         _host_only_secure(kept[0], "localhost")
     finally:

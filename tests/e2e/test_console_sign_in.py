@@ -20,11 +20,11 @@ import httpx
 import pytest
 
 from localdev.environment import DEMO_USERS, LocalEnvironment
+from shared.sessions import LOGIN_COOKIE_PREFIX, login_cookie
 
 pytestmark = pytest.mark.e2e
 
 SESSION = "__Host-appconn"
-LOGIN = "__Host-appconn-login"
 READER, OPERATOR = sorted(DEMO_USERS)[1], sorted(DEMO_USERS)[0]
 UNAUTHENTICATED = "urn:app-connections:problem:unauthenticated"
 
@@ -36,6 +36,14 @@ def set_cookies(response: httpx.Response) -> dict[str, str]:
 
 def cookie_of(line: str) -> str:
     return line.split(";", 1)[0].split("=", 1)[1]
+
+
+def login_state(login: httpx.Response) -> str:
+    """The state ``/auth/login`` bound to the browser, from its cookie (named for the state)."""
+    [(name, line)] = [(n, line) for n, line in set_cookies(login).items() if n.startswith(LOGIN_COOKIE_PREFIX)]
+    state = cookie_of(line)
+    assert name == login_cookie(state)
+    return state
 
 
 @dataclass
@@ -80,14 +88,14 @@ def sign_in(client: httpx.Client, local_env: LocalEnvironment, upn: str, return_
     params = {"loginHint": upn} | ({"returnTo": return_to} if return_to else {})
     login = client.get("/auth/login", params=params)
     assert login.status_code == 302, login.text
-    state = cookie_of(set_cookies(login)[LOGIN])
+    state = login_state(login)
     authorize = login.headers["location"]
     with httpx.Client(verify=ssl.create_default_context(cafile=str(local_env.standin.ca_path)), timeout=30) as entra:
         answer = entra.get(authorize)
     assert answer.status_code == 302, answer.text
     callback = urllib.parse.urlsplit(answer.headers["location"])
     assert callback.path == "/auth/callback"
-    done = client.get(f"{callback.path}?{callback.query}", headers={"cookie": f"{LOGIN}={state}"})
+    done = client.get(f"{callback.path}?{callback.query}", headers={"cookie": f"{login_cookie(state)}={state}"})
     session_id = cookie_of(set_cookies(done)[SESSION]) if SESSION in set_cookies(done) else ""
     if secrets_used is not None:
         secrets_used.add(session_id)
@@ -113,7 +121,8 @@ def test_sign_in_sets_an_opaque_host_cookie_and_describes_the_user(client, local
     attributes = [part.strip() for part in cookies[SESSION].split(";")[1:]]
     assert set(attributes) >= {"Path=/", "Secure", "HttpOnly", "SameSite=Lax"}
     assert not any(a.lower().startswith(("domain", "max-age", "expires")) for a in attributes)  # goes with the browser
-    assert cookies[LOGIN].split(";")[0] == f"{LOGIN}="  # the login cookie is cleared
+    [login] = [name for name in cookies if name.startswith(LOGIN_COOKIE_PREFIX)]
+    assert cookies[login].split(";")[0] == f"{login}="  # the sign-in's cookie is cleared
     assert "." in session_id and len(session_id) > 40  # an opaque id, no token
     described = client.get("/auth/session", headers={"cookie": f"{SESSION}={session_id}"})
     assert described.status_code == 200
@@ -254,14 +263,14 @@ def test_a_callback_from_another_browser_gets_a_page_with_a_link_to_sign_in(clie
 def test_a_sign_in_this_browser_started_that_signs_no_one_in_is_audited_and_a_stray_answer_is_not(  # type: ignore[no-untyped-def]
         client, local_env, api):
     login = client.get("/auth/login", params={"loginHint": READER})
-    state = cookie_of(set_cookies(login)[LOGIN])
+    state = login_state(login)
     marker = uuid.uuid4().hex  # the browser's user agent, to find this record
     refused = client.get("/auth/callback", params={"state": state, "error": "access_denied",
                                                    "error_description": "AADSTS65004: User declined to consent."},
-                         headers={"cookie": f"{LOGIN}={state}", "user-agent": marker})
+                         headers={"cookie": f"{login_cookie(state)}={state}", "user-agent": marker})
     assert refused.status_code == 400 and "did not sign you in" in refused.text
     stray = client.get("/auth/callback", params={"state": state, "code": "x"},
-                       headers={"cookie": f"{LOGIN}={state}", "user-agent": marker})
+                       headers={"cookie": f"{login_cookie(state)}={state}", "user-agent": marker})
     assert stray.status_code == 400  # the sign-in is used up: nothing is pending, nothing more is audited
 
     records = api.get("/api/v1/audit-logs", params={"action": "session.start"}).json()["auditLogs"]
@@ -307,15 +316,37 @@ async def test_a_session_in_use_is_kept_alive_a_look_at_it_is_not_a_use_and_expi
     assert await ended.get("2020010100", "1" * 64) is None
 
 
+def test_two_tabs_signing_in_at_once_both_sign_in(client, local_env, secrets_used):  # type: ignore[no-untyped-def]
+    """Two sign-ins started in one browser before either comes back (a restored browser, two alert links): each
+    has its own cookie, and each callback finds its own; one cookie for both made the first fail (review S). A
+    callback with only the other sign-in's cookie is still refused."""
+    assert local_env.standin is not None
+    logins = [client.get("/auth/login", params={"loginHint": READER, "returnTo": f"/organization/app-connections/{n}"})
+              for n in ("azure-key-vault/a", "azure-key-vault/b")]
+    states = [login_state(login) for login in logins]
+    jar = "; ".join(f"{login_cookie(state)}={state}" for state in states)  # the browser sends both
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(local_env.standin.ca_path)), timeout=30) as entra:
+        callbacks = [urllib.parse.urlsplit(entra.get(login.headers["location"]).headers["location"])
+                     for login in logins]
+    other = client.get(f"{callbacks[0].path}?{callbacks[0].query}",
+                       headers={"cookie": f"{login_cookie(states[1])}={states[1]}"})
+    assert other.status_code == 400 and "not started in this browser" in other.text
+    for callback, where in zip(callbacks, ("a", "b"), strict=True):
+        done = client.get(f"{callback.path}?{callback.query}", headers={"cookie": jar})
+        assert done.status_code == 302, done.text
+        assert done.headers["location"] == f"/organization/app-connections/azure-key-vault/{where}"
+        secrets_used.add(cookie_of(set_cookies(done)[SESSION]))
+
+
 def test_signing_in_again_ends_the_session_the_browser_had(client, local_env, secrets_used):  # type: ignore[no-untyped-def]
     assert local_env.standin is not None
     before = browser(client, local_env, READER, secrets_used)
     login = client.get("/auth/login", params={"loginHint": OPERATOR})
-    state = cookie_of(set_cookies(login)[LOGIN])
+    state = login_state(login)
     with httpx.Client(verify=ssl.create_default_context(cafile=str(local_env.standin.ca_path)), timeout=30) as entra:
         callback = urllib.parse.urlsplit(entra.get(login.headers["location"]).headers["location"])
     done = client.get(f"{callback.path}?{callback.query}",
-                      headers={"cookie": f"{LOGIN}={state}; {SESSION}={before.session_id}"})
+                      headers={"cookie": f"{login_cookie(state)}={state}; {SESSION}={before.session_id}"})
     after = cookie_of(set_cookies(done)[SESSION])
     secrets_used.add(after)
 

@@ -74,7 +74,7 @@ def test_every_route_but_the_callback_refuses_a_missing_bad_or_foreign_token(hos
                     elif info.name in SIGN_IN:  # to the authority; no state; no session; no Origin
                         assert response.status_code == SIGN_IN[info.name], (info.name, response.status_code)
                         # No session is made: at most the login cookie is set or the session cookie cleared.
-                        assert all(line.startswith(("__Host-appconn-login=", "__Host-appconn=;"))
+                        assert all(line.startswith(("__Host-appconn-login-", "__Host-appconn=;"))
                                    for line in response.headers.get_list("set-cookie")), info.name
                     elif info.name == CALLBACK:
                         assert response.status_code == 400, (info.name, response.status_code)

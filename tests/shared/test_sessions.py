@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import urllib.parse
 from collections.abc import Mapping
 from datetime import timedelta
@@ -26,13 +27,14 @@ from shared.errors import (
 from shared.ports import TokenResult
 from shared.sessions import (
     DEFAULT_RETURN_TO,
-    LOGIN_COOKIE,
+    LOGIN_COOKIE_PREFIX,
     SESSION_COOKIE,
     Sessions,
     SignIn,
     clear_cookie,
     cookie_value,
     id_keys,
+    login_cookie,
     origin_of,
     safe_return_to,
     set_cookie,
@@ -61,10 +63,17 @@ def test_the_session_cookie_is_a_host_cookie_for_scripts_nobody_can_read() -> No
     assert cleared.startswith("__Host-appconn=;") and "Max-Age=0" in cleared and "Path=/" in cleared
 
 
+def test_each_sign_in_has_a_cookie_of_its_own_named_for_its_state() -> None:
+    names = {login_cookie(state) for state in ("a", "b", "a")}
+    assert len(names) == 2 and all(name.startswith(LOGIN_COOKIE_PREFIX) for name in names)
+    assert all(re.fullmatch(r"__Host-appconn-login-[0-9a-f]{12}", name) for name in names)
+
+
 def test_the_cookie_is_read_by_its_exact_name() -> None:
-    header = "__Host-appconn-login=state; other=1; __Host-appconn=the-id; __Host-appconn=later"
+    header = f"{login_cookie('state')}=state; other=1; __Host-appconn=the-id; __Host-appconn=later"
     assert cookie_value(header, SESSION_COOKIE) == "the-id"
-    assert cookie_value(header, LOGIN_COOKIE) == "state"
+    assert cookie_value(header, login_cookie("state")) == "state"
+    assert cookie_value(header, login_cookie("another")) is None
     assert cookie_value("appconn=x; __host-appconn=y", SESSION_COOKIE) is None
     assert cookie_value(None, SESSION_COOKIE) is None
 

@@ -65,7 +65,7 @@ def test_only_a_browser_with_a_console_session_cookie_is_sent_back_to_the_consol
     assert _from_console(request("__Host-appconn=abc; other=1"))
     assert not _from_console(request(None))
     assert not _from_console(request("__Host-appconn="))
-    assert not _from_console(request("__Host-appconn-login=abc"))
+    assert not _from_console(request("__Host-appconn-login-0123456789ab=abc"))
     assert not _from_console(request("appconn=abc"))
 
 
