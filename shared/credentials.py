@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from shared.apps import AppSpec, Method
-from shared.errors import CredentialRejected, FieldError, InvalidRequest, UpstreamError
+from shared.errors import CredentialExpired, CredentialRejected, FieldError, InvalidRequest, UpstreamError
 from shared.federation import require_identity
 
 if TYPE_CHECKING:
@@ -215,6 +215,10 @@ def _signs_for(key: PrivateKey, public_key: object) -> bool:
     return True
 
 
+class _Expired(InvalidRequest):
+    """The certificate given has expired (a 400 like any other refusal of the request)."""
+
+
 def _refuse(detail: str, pointer: str, message: str) -> InvalidRequest:
     return InvalidRequest(detail, errors=[FieldError(pointer, message)])
 
@@ -316,7 +320,8 @@ def parse_certificate(certificate_body: str, private_key: str, now: datetime | N
             "is not valid before its notBefore date",
         )
     if now > cert.not_valid_after_utc:
-        raise _refuse("The certificate has expired.", "/credentials/certificateBody", "expired on its notAfter date")
+        raise _Expired("The certificate has expired.",
+                       errors=[FieldError("/credentials/certificateBody", "expired on its notAfter date")])
     der = cert.public_bytes(serialization.Encoding.DER)
     return ParsedCertificate(
         certificate_pem=cert.public_bytes(serialization.Encoding.PEM),
@@ -484,16 +489,19 @@ async def _federated_credential(clients: AzureClients, tenant_id: str, client_id
     return ClientAssertionCredential(tenant_id, client_id, lambda: assertion, **clients.identity_kwargs())
 
 
-def stored_certificate(certificate_body: str, private_key: str) -> ParsedCertificate:
+def stored_certificate(certificate_body: str, private_key: str, now: datetime | None = None) -> ParsedCertificate:
     """:func:`parse_certificate` of a connection's stored material, to sign in with: what it refuses (expired, not
     valid yet) no longer signs in, a :class:`CredentialRejected` as Entra's own refusal of it would be (the
-    connection is invalid), not a 400 about a field of a request that has none."""
+    connection is invalid), not a 400 about a field of a request that has none; expired, a
+    :class:`CredentialExpired` (a clean-up whose last removal was sent takes it as Entra's AADSTS700027 for an
+    expired key: review T)."""
     try:
-        return parse_certificate(certificate_body, private_key)
+        return parse_certificate(certificate_body, private_key, now)
     except InvalidRequest as refused:
         why = "; ".join(f"{error.pointer.rsplit('/', 1)[-1]} {error.detail}" for error in refused.errors)
-        raise CredentialRejected(f"{refused.detail}{f' ({why})' if why else ''} The stored certificate cannot sign "
-                                 "in; change the credentials.") from None
+        kind = CredentialExpired if isinstance(refused, _Expired) else CredentialRejected
+        raise kind(f"{refused.detail}{f' ({why})' if why else ''} The stored certificate cannot sign in; change the "
+                   "credentials.") from None
 
 
 def _prepare_assertion(

@@ -75,6 +75,11 @@ class CredentialRejected(ServiceError):
     title = "Entra ID rejected the credentials"
 
 
+class CredentialExpired(CredentialRejected):
+    """A stored credential past its end, refused by the service before Entra ID is asked (a certificate's, which
+    could not sign a valid assertion any more): as Entra's own refusal of an expired one would be."""
+
+
 class Unauthorized(ServiceError):
     status = 401
     slug = "unauthorized"

@@ -88,6 +88,7 @@ class Key:
     created_by_service: bool
     thumbprint: str = ""
     public_key: Any = field(default=None, repr=False)
+    usage: str = "Verify"  # or "Encrypt": the same certificate may be on the application for token encryption
 
 
 @dataclass
@@ -333,7 +334,7 @@ class FakeGraph:
         app = self._app(app_id)
         return AppRegistration(app.object_id, app.client_id, "app", tuple(
             PasswordCredential(p.key_id, p.secret[:3], p.display_name, p.end) for p in app.passwords.values()),
-            keys=tuple(KeyCredential(k.key_id, k.display_name, k.thumbprint, k.end, "Verify")
+            keys=tuple(KeyCredential(k.key_id, k.display_name, k.thumbprint, k.end, k.usage)
                        for k in app.keys.values()) if self.read_keys else ())
 
     def _within_policy(self, app: Application, lifetime: timedelta, password: bool) -> None:
@@ -458,6 +459,8 @@ class FakeDirectory:
             self._federated(client_id)
             self.world.worked.add(f"federated:{client_id}")
             return
+        if method is Method.CERTIFICATE and material.get("privateKey"):
+            self._stored_certificate(material)
         secret = material.get("clientSecret") or material.get("certificateBody", "")
         if method is Method.CERTIFICATE and not material.get("privateKey"):
             raise CredentialRejected("AADSTS700027: Client assertion failed signature validation.")
@@ -472,12 +475,21 @@ class FakeDirectory:
         self.world.check("graph.token")
         if method is Method.FEDERATED:
             self._federated(client_id)
+        if method is Method.CERTIFICATE and material.get("privateKey"):
+            self._stored_certificate(material)
         refusal = None  # the real session acquires its token at its first call, and is refused there
         if method is not Method.FEDERATED and not self.world.live(
                 client_id, material.get("clientSecret") or material.get("certificateBody", "")):
             refusal = self._refusal(method, client_id, material)
         yield FakeGraph(self.world, client_id, method is Method.CERTIFICATE if read_keys is None else read_keys,
                         refusal, tenant_id)
+
+    def _stored_certificate(self, material: Mapping[str, str]) -> None:
+        """The real directory parses a stored certificate before it asks Entra anything, and refuses one past its
+        end (``CredentialExpired``) there: on the world's clock here."""
+        from shared.credentials import stored_certificate
+
+        stored_certificate(material["certificateBody"], material["privateKey"], self.world.clock.now)
 
     def _refusal(self, method: Method, client_id: str, material: Mapping[str, str]) -> CredentialRejected:
         """Entra's refusal of a credential that is not live, with its code: a certificate's key not found or

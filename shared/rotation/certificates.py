@@ -159,11 +159,14 @@ class CertificateRoll(SignInRoll):
         return [Rolled(k.key_id, k.display_name) for k in registration.keys]
 
     def identify(self, registration: AppRegistration, material: Mapping[str, str]) -> str | None:
-        """The key whose thumbprint is the certificate's (``customKeyIdentifier``)."""
+        """The sign-in key whose thumbprint is the certificate's (``customKeyIdentifier``). Not one for token
+        encryption (usage ``Encrypt``): the same certificate may be on the application for both, and removing that
+        one would break token encryption and leave the sign-in key live."""
         thumbprint = _thumbprint(material)
         if thumbprint is None:
             return None
-        return next((k.key_id for k in registration.keys if (k.thumbprint or "").upper() == thumbprint), None)
+        return next((k.key_id for k in registration.keys if (k.thumbprint or "").upper() == thumbprint
+                     and (k.usage or "Verify").lower() == "verify"), None)
 
     def same_credential(self, one: Mapping[str, str], other: Mapping[str, str]) -> bool:
         mine = _thumbprint(one)

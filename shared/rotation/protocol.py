@@ -40,6 +40,7 @@ from shared import telemetry
 from shared.apps import Method, find_app
 from shared.errors import (
     ConcurrentChange,
+    CredentialExpired,
     CredentialLifetimeRefused,
     CredentialRejected,
     InvalidRequest,
@@ -1031,12 +1032,14 @@ class Rotator(Journaled):
                                     before_last=ahead if journal is not None else None)
         except CredentialRejected as error:
             code = error.extensions.get("aadstsCode")
-            if removing is None or code not in CREDENTIAL_UNUSABLE:
+            refused_here = isinstance(error, CredentialExpired)  # a certificate past its end, before Entra is asked
+            if removing is None or (code not in CREDENTIAL_UNUSABLE and not refused_here):
                 raise
             # Still there, expired (Entra says so of a secret; a certificate's key expired is refused as unknown):
             # not listed as removed. One whose end cannot be read is not either.
             end = await ends_async(material) if code == "AADSTS700027" else None
-            expired = code == "AADSTS7000222" or (code == "AADSTS700027" and (end is None or end <= self.now()))
+            expired = refused_here or code == "AADSTS7000222" or (
+                code == "AADSTS700027" and (end is None or end <= self.now()))
             log.info("Connection %s: the credential of application %s whose removal was sent last (Key ID %s) no "
                      "longer signs in (%s); its clean-up is done", record.id, client_id, removing,
                      "expired" if expired else "removed")

@@ -608,3 +608,23 @@ def test_a_key_after_an_openssh_key_block_is_read_as_a_pem_reader_reads_it(rsa_k
     ssh = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                             serialization.NoEncryption()).decode()
     assert parse_certificate(certificate, ssh + private_key).key_type == "RSA"
+
+
+def test_a_stored_certificate_past_its_end_is_an_expired_credential_and_one_not_yet_valid_a_refused_one() -> None:
+    """Both are refused as Entra would refuse them (the connection's credential, not the request, is wrong); the
+    expired one is told apart, so that a clean-up whose last removal was sent takes it as done, as Entra's
+    AADSTS700027 for an expired key (review T)."""
+    from shared.errors import CredentialExpired, CredentialRejected
+    from tests.fakes import make_certificate
+
+    start = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    material = make_certificate(days=30, start=start)
+    assert credentials.stored_certificate(material["certificateBody"], material["privateKey"],
+                                          start + dt.timedelta(days=1)).not_after > start
+    with pytest.raises(CredentialExpired, match="has expired"):
+        credentials.stored_certificate(material["certificateBody"], material["privateKey"],
+                                       start + dt.timedelta(days=31))
+    with pytest.raises(CredentialRejected, match="not valid yet") as early:
+        credentials.stored_certificate(material["certificateBody"], material["privateKey"],
+                                       start - dt.timedelta(days=2))
+    assert not isinstance(early.value, CredentialExpired)

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from shared.credentials import parse_certificate
 from shared.records import ConnectionRecord
 from shared.rotation.certificates import new_certificate, proof_of_possession
-from tests.fakes import START, make_certificate
+from tests.fakes import START, Key, make_certificate
 from tests.lifecycle_harness import Harness
 
 INTERVAL = 30
@@ -154,3 +154,30 @@ async def test_an_owner_s_certificate_listed_under_another_key_identifier_is_not
     assert "not listed on the application under its thumbprint" in (after.rotation.message or "")
     assert list(h.fakes.world.apps[app.client_id].keys) == [key.key_id]  # nothing added; the owner's still there
     assert h.check() == []
+
+
+async def test_the_owner_s_certificate_also_on_the_application_for_token_encryption_keeps_that_key() -> None:
+    """Entra lets one certificate be on an application twice: to verify sign-ins and to encrypt tokens (usage
+    Encrypt). The rotation revokes the sign-in key it replaced, never the encryption key listed first under the
+    same thumbprint (it removed that one, broke token encryption and left the replaced credential live: review T);
+    moving to federated with revokeOriginal likewise."""
+    for move in (False, True):
+        h = Harness(method="certificate")
+        app = h.fakes.world.application()
+        key, given = h.fakes.world.add_certificate(app.client_id, "given by the owner")
+        encrypting = Key("eeeeeeee-0000-0000-0000-000000000001", key.secret, "token encryption", key.end, False,
+                         key.thumbprint, key.public_key, usage="Encrypt")
+        app.keys = {encrypting.key_id: encrypting, **app.keys}
+        record = await h.api.create("azure-client-secrets", {
+            "name": "cert", "method": "certificate",
+            "credentials": {"tenantId": "11111111-1111-1111-1111-111111111111", "clientId": app.client_id, **given}})
+        if move:
+            record = await h.api.migrate_to_federated("azure-client-secrets", record.id, {"revokeOriginal": True})
+            assert record.method == "federated"
+        else:
+            record = await h.api.update("azure-client-secrets", record.id, {
+                "isAutoRotationEnabled": True,
+                "rotation": {"rotationInterval": INTERVAL, "rotateAt": "03:00", "timeZone": "UTC"}})
+            assert record.rotation.status == "succeeded", record.rotation.message
+        assert key.key_id not in app.keys, move
+        assert app.keys[encrypting.key_id] is encrypting, move
