@@ -60,8 +60,29 @@ def _parse_param(body: str, template: str) -> _Param:
     name, *constraints = body.split(":")
     if not name or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
         raise HostConfigError(f"route {template!r}: invalid parameter {{{body}}}")
-    checks = tuple(_CONSTRAINTS[c.lower()] for c in constraints if c.lower() in _CONSTRAINTS)
+    checks = tuple(check for c in constraints if (check := _constraint(c, template)) is not None)
     return _Param(name, optional or catch_all, default, catch_all, checks, bool(constraints))
+
+
+_LENGTHS = {"minlength": "{{{},}}", "maxlength": "{{0,{}}}", "length": "{{{}}}"}
+
+
+def _constraint(text: str, template: str) -> re.Pattern[str] | None:
+    """The check of constraint ``text``: a named one (``int``...), or a length (``maxlength(0)``, ``minlength(2)``,
+    ``length(4)``, ``length(2,8)``); None for one the host accepts without a check."""
+    found = re.fullmatch(r"([A-Za-z]+)(?:\(([^()]*)\))?", text)
+    if found is None:
+        return None
+    kind, args = found[1].lower(), found[2]
+    if args is None:
+        return _CONSTRAINTS.get(kind)
+    if kind not in _LENGTHS:
+        return None
+    bounds = [a.strip() for a in args.split(",")]
+    if not all(b.isdigit() for b in bounds) or len(bounds) > (2 if kind == "length" else 1):
+        raise HostConfigError(f"route {template!r}: invalid constraint {text!r}")
+    quantifier = f"{{{bounds[0]},{bounds[1]}}}" if len(bounds) == 2 else _LENGTHS[kind].format(int(bounds[0]))
+    return re.compile(f"^.{quantifier}\\Z", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -78,6 +99,10 @@ class RouteTemplate:
 
     def __init__(self, template: str) -> None:
         self.template = template.strip("/")
+        if not self.template:  # as the Functions host: its router never runs a function of an empty route
+            raise HostConfigError(f"route {template!r}: the Functions host routes no request to an empty route (a "
+                                  "request to / is answered by the host itself); for the site's root use an "
+                                  "optional parameter that takes no value, such as {ignored:maxlength(0)?}")
         self.segments: tuple[_Segment, ...] = (
             tuple(self._segment(part) for part in self.template.split("/") if part) if self.template else ()
         )

@@ -76,7 +76,9 @@ def _page() -> func.HttpResponse:
 
 
 @bp.function_name("console_root")
-@bp.route(route="/", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+# The site's root: the Functions host runs no function of an empty route (it answers / itself), so the root is an
+# optional parameter that takes no value (any other single segment is not this route's).
+@bp.route(route="{ignored:maxlength(0)?}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 @traced
 async def console_root(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse(status_code=302, headers={**COMMON_HEADERS, "Location": PAGE_PATH,

@@ -431,13 +431,19 @@ def test_build_local_host_reads_local_settings_before_import(tmp_path: Path) -> 
         ("a/{id:int}", "a/x", None),
         ("a/{name:alpha}", "a/abc", {"name": "abc"}),
         ("a/{name:alpha}", "a/ab1", None),
-        ("a/{v:length(3)}", "a/anything", {"v": "anything"}),  # unknown constraints are ignored
+        ("a/{v:unknown}", "a/anything", {"v": "anything"}),  # unknown constraints are ignored
+        ("a/{v:length(3)}", "a/abc", {"v": "abc"}),
+        ("a/{v:length(3)}", "a/anything", None),
+        ("a/{v:length(2,4)}", "a/abcd", {"v": "abcd"}),
+        ("a/{v:minlength(2)}", "a/x", None),
+        ("a/{v:maxlength(2)}", "a/xy", {"v": "xy"}),
+        ("{ignored:maxlength(0)?}", "", {}),  # the site's root, as the Functions host routes it
+        ("{ignored:maxlength(0)?}", "x", None),
         ("a/{b?}", "a", {}),
         ("a/{b=dflt}", "a", {"b": "dflt"}),
         ("a/{*rest}", "a", {}),
         ("a/{*rest}", "a/x/y/z", {"rest": "x/y/z"}),
         ("files/{name}.{ext}", "files/report.PDF", {"name": "report", "ext": "PDF"}),
-        ("", "", {}),
     ],
 )
 def test_route_template_matching(template: str, path: str, expected: dict[str, str] | None) -> None:
@@ -459,6 +465,17 @@ def test_bad_templates_are_rejected() -> None:
         RouteTemplate("a/{*rest}/b")
     with pytest.raises(HostConfigError, match="invalid parameter"):
         RouteTemplate("a/{}")
+    with pytest.raises(HostConfigError, match="invalid constraint"):
+        RouteTemplate("a/{v:maxlength(x)}")
+
+
+@pytest.mark.parametrize("template", ["", "/"])
+def test_an_empty_route_is_refused_as_the_functions_host_never_runs_it(template: str) -> None:
+    """The Functions host answers a request to the site's root itself, whatever function has an empty route
+    (azure-functions-host #4638): a local host that ran it hid that the console's root redirect never ran in Azure
+    (review S)."""
+    with pytest.raises(HostConfigError, match="maxlength"):
+        RouteTemplate(template)
 
 
 # ---- as a process (what `python -m localdev host` runs) -------------------------------------------
