@@ -76,9 +76,15 @@ async def authorize_app_connection_oauth(req: func.HttpRequest) -> func.HttpResp
     return response
 
 
-def page(title: str, paragraphs: list[str], status: int) -> func.HttpResponse:
-    """A minimal HTML page; ``title`` and ``paragraphs`` are plain text and escaped here."""
+CONSOLE_PAGE = "/organization/app-connections"
+
+
+def page(title: str, paragraphs: list[str], status: int, back: bool = False) -> func.HttpResponse:
+    """A minimal HTML page; ``title`` and ``paragraphs`` are plain text and escaped here; ``back``: a link to the
+    console's page (the console started the sign-in in this tab, which closing would close)."""
     body = "".join(f"<p>{html.escape(text)}</p>" for text in paragraphs)
+    if back:
+        body += f'<p><a href="{CONSOLE_PAGE}">Back to App Connections</a></p>'
     document = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="referrer" content="no-referrer">'
@@ -103,26 +109,35 @@ async def app_connection_oauth_callback(req: func.HttpRequest) -> func.HttpRespo
         await refuse_unless_pending(oauth_state_lookup(), req.params)
     except ServiceError as error:
         if isinstance(error, UpstreamError):  # Table Storage failed: the page an Azure failure of the flow gives
-            return _azure_failed(error.detail)
-        return _failure_page(error)
+            return _azure_failed(error.detail, req)
+        return _failure_page(error, req)
     except (OSError, TimeoutError) as error:
-        return _azure_failed(type(error).__name__)
+        return _azure_failed(type(error).__name__, req)
     except Exception:
         log.exception("OAuth callback failed")
-        return page("The service could not finish", ["The service failed to handle the sign-in."], 500)
+        return _failed(req)
     return await _complete(req)
 
 
-def _azure_failed(what: str) -> func.HttpResponse:
+def _failed(req: func.HttpRequest) -> func.HttpResponse:
+    return page("The service could not finish", ["The service failed to handle the sign-in."], 500,
+                back=_from_console(req))
+
+
+def _azure_failed(what: str, req: func.HttpRequest) -> func.HttpResponse:
     log.warning("OAuth callback: an Azure call failed (%s)", what)
-    return page("The service could not finish", ["An Azure service failed; try again later."], 502)
+    return page("The service could not finish", ["An Azure service failed; try again later."], 502,
+                back=_from_console(req))
 
 
-def _failure_page(error: ServiceError) -> func.HttpResponse:
+def _failure_page(error: ServiceError, req: func.HttpRequest) -> func.HttpResponse:
+    """The sign-in's failure; from the console (which started it in this tab), with the way back to its page."""
     if error.status >= 500:
         log.warning("OAuth callback failed: %s", error.detail)
     title = "The connection was not authorized" if error.status < 500 else "The service could not finish"
-    return page(title, [error.detail, "You can close this window."], 400 if error.status < 500 else error.status)
+    console = _from_console(req)
+    return page(title, [error.detail] if console else [error.detail, "You can close this window."],
+                400 if error.status < 500 else error.status, back=console)
 
 
 async def _complete(req: func.HttpRequest) -> func.HttpResponse:
@@ -139,14 +154,14 @@ async def _complete(req: func.HttpRequest) -> func.HttpResponse:
         with acting(browser):
             outcome = await oauth_flow().complete(req.params, _cookies(req))
     except ServiceError as error:
-        return _failure_page(error)
+        return _failure_page(error, req)
     except Exception as error:
         from azure.core.exceptions import AzureError
 
         if isinstance(error, AzureError):
-            return _azure_failed(type(error).__name__)
+            return _azure_failed(type(error).__name__, req)
         log.exception("OAuth callback failed")
-        return page("The service could not finish", ["The service failed to handle the sign-in."], 500)
+        return _failed(req)
     record = outcome.record
     if _from_console(req):  # a signed-in browser goes back to the connection's page of the console
         path = f"/organization/app-connections/{outcome.app.id}/{record.id}"

@@ -1,6 +1,7 @@
 """The OAuth functions: the callback is the one anonymous function, and its page escapes and locks down."""
 
 import azure.functions as func
+import pytest
 
 from shared.functions.oauth import CALLBACK_ROUTE, _from_console, _wants_json, page
 
@@ -79,6 +80,26 @@ async def test_a_callback_with_a_state_or_code_given_twice_is_refused_before_any
     response = await callback(req)  # no Table endpoint is configured: a read would fail as a 502, not a 400
     assert response.status_code == 400
     assert "more than once" in response.get_body().decode()
+
+
+@pytest.mark.parametrize("cookie", [None, "__Host-appconn=the-session"])
+async def test_a_failed_callback_from_the_console_links_back_to_its_page_and_elsewhere_says_to_close(
+        cookie: str | None) -> None:
+    """The console starts the sign-in in its own tab: a failure there said "You can close this window", which closed
+    the console, with no way back to its page (review S). Elsewhere (an API client's URL) it still says so."""
+    from shared.functions.oauth import bp
+
+    callback = next(b._function.get_user_function() for b in bp._function_builders
+                    if b._function.get_function_name() == "app_connection_oauth_callback")
+    req = func.HttpRequest("GET", "http://localhost/organization/app-connections/azure/oauth/callback?state=a"
+                           "&state=c", headers={"cookie": cookie} if cookie else {}, params={"state": "a"},
+                           body=b"")
+    body = (await callback(req)).get_body().decode()
+    if cookie:
+        assert '<a href="/organization/app-connections">Back to App Connections</a>' in body
+        assert "close this window" not in body
+    else:
+        assert "<a " not in body and "You can close this window." in body
 
 
 class _Writer:
