@@ -167,9 +167,10 @@ async def console_session(req: func.HttpRequest) -> func.HttpResponse:
         session = await service.resume(cookie_value(req.headers.get("cookie"), SESSION_COOKIE), use=False)
     except ServiceError as error:
         return problem_response(error, "/auth/session")
-    except Exception as error:
-        log.warning("The console session could not be read (%s)", type(error).__name__)
-        return problem_response(ServiceError("The session could not be read; try again."), "/auth/session")
+    except Exception as error:  # the session's Table read failed (a 502), or a defect (a 500)
+        from shared.functions.http import unexpected
+
+        return unexpected(error, req, "/auth/session", "The session could not be read; try again.")
     return json_response(service.describe(session))
 
 

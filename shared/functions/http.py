@@ -248,9 +248,8 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
                     if isinstance(refused, Principal):
                         await _refused(req, instance, refused, route_app, error)
                 return problem_response(error, instance)
-            except Exception:
-                log.exception("%s %s: the caller could not be authenticated", req.method, instance)
-                return problem_response(ServiceError("The caller could not be authenticated."), instance)
+            except Exception as error:  # the session's Table read failed (a 502), or a defect (a 500)
+                return unexpected(error, req, instance, "The caller could not be authenticated.")
             context = request_context(req, Actor(principal.id, principal.name, principal.type, used),
                                       principal.roles)
             with acting(context):
@@ -476,7 +475,7 @@ async def answer(handler: Handler, req: func.HttpRequest, instance: str,
     """Run ``handler``: a domain error becomes its problem, an unmapped Azure failure a 502, anything else a 500
     that says nothing of the request (the details go to the log, never a secret). ``query``: the query parameters
     the route reads (None: not checked here)."""
-    from shared.errors import ServiceError, UpstreamError
+    from shared.errors import ServiceError
 
     try:
         refuse_repeated_query(req)
@@ -488,21 +487,24 @@ async def answer(handler: Handler, req: func.HttpRequest, instance: str,
             log.warning("%s %s: %s", req.method, instance, error.detail)
         return problem_response(error, instance)
     except Exception as error:
-        from azure.core.exceptions import AzureError
+        return unexpected(error, req, instance, "The service failed to handle the request.")
 
-        if isinstance(error, AzureError):
-            status = getattr(error, "status_code", None)
-            log.warning("%s %s: Azure call failed (%s, status %s)", req.method, instance,
-                        type(error).__name__, status)
-            return problem_response(
-                UpstreamError(
-                    "An Azure service the connection depends on failed; try again later."
-                    + (f" (Azure answered {status})" if status else "")
-                ),
-                instance,
-            )
-        log.exception("%s %s failed", req.method, instance)
-        return problem_response(ServiceError("The service failed to handle the request."), instance)
+
+def unexpected(error: Exception, req: func.HttpRequest, instance: str, failed: str) -> func.HttpResponse:
+    """An exception no domain error maps: an Azure call that failed, or the network under it, a 502 logged without
+    its trace (a Table read of the caller's session as much as a call for a connection); anything else a 500 that
+    says ``failed`` and nothing of the request (its trace goes to the log, never a secret)."""
+    from azure.core.exceptions import AzureError
+
+    from shared.errors import ServiceError, UpstreamError
+
+    if isinstance(error, AzureError | OSError | TimeoutError):
+        status = getattr(error, "status_code", None)
+        log.warning("%s %s: Azure call failed (%s, status %s)", req.method, instance, type(error).__name__, status)
+        return problem_response(UpstreamError("An Azure service failed; try again later."
+                                              + (f" (Azure answered {status})" if status else "")), instance)
+    log.exception("%s %s failed", req.method, instance)
+    return problem_response(ServiceError(failed), instance)
 
 
 def _client_ip(req: func.HttpRequest) -> str | None:

@@ -98,6 +98,44 @@ async def test_answer_maps_unmapped_azure_failures_to_502():
     assert json.loads(response.get_body())["type"].endswith("upstream-error")
 
 
+class _SessionsDown:
+    """The session table cannot be reached (the network under the Table client failed)."""
+
+    async def get(self, bucket, key):
+        from azure.core.exceptions import ServiceRequestError
+
+        raise ServiceRequestError("connection refused")
+
+
+@pytest.mark.parametrize("route", ["auth/session", "api/v1/app-connections/azure-key-vault"])
+async def test_a_session_that_cannot_be_read_is_a_502_without_a_trace_not_a_500(route, monkeypatch, caplog):
+    """A Table Storage failure while the caller's console session is read is an Azure failure like any other (a
+    502, a warning), not a defect (a 500 with a stack trace in the log: review S)."""
+    from datetime import UTC, datetime
+
+    import shared.wiring as wiring
+    from shared.functions.connections import list_app_connections
+    from shared.functions.console_auth import console_session
+    from shared.sessions import Sessions
+    from shared.settings import get_settings, reset_settings
+
+    monkeypatch.setenv("AzureWebJobsStorage", "UseDevelopmentStorage=true")
+    reset_settings()
+    try:
+        monkeypatch.setattr(wiring, "sessions",
+                            lambda: Sessions(_SessionsDown(), lambda: datetime.now(UTC), get_settings()))
+        handler = console_session if route == "auth/session" else list_app_connections
+        req = func.HttpRequest("GET", f"http://localhost/{route}", body=b"", params={},
+                               headers={"cookie": "__Host-appconn=2099010100." + "a" * 43},
+                               route_params={"app": "azure-key-vault"})
+        response = await handler(req)
+    finally:
+        reset_settings()
+    assert response.status_code == 502, response.get_body()
+    assert json.loads(response.get_body())["type"].endswith("upstream-error")
+    assert not [r for r in caplog.records if r.exc_info]
+
+
 @pytest.mark.parametrize(("forwarded", "recorded"), [
     ("203.0.113.9", "203.0.113.9"),
     ("203.0.113.9:51234", "203.0.113.9"),
