@@ -176,9 +176,11 @@ var appServiceHostSuffixes = {
 var appServiceHostSuffix = contains(appServiceHostSuffixes, environment().name) ? appServiceHostSuffixes[environment().name] : 'azurewebsites.net'
 var deploymentStorageContainerName = 'app-package-${take(functionAppName, 32)}-${take(toLower(uniqueString(functionAppName, resourceToken)), 7)}'
 
-// The API registration: its identifier URI is api://<uniqueName>.
+// The API registration: its identifier URI is api://<tenant id>/<uniqueName>, a pattern with the tenant's own id,
+// which tenants that restrict identifier URIs to such patterns (app management policy,
+// uriAdditionWithoutUniqueTenantIdentifier) accept.
 var apiRegistrationUniqueName = 'app-connections-api-${resourceToken}'
-var apiIdentifierUri = 'api://${apiRegistrationUniqueName}'
+var apiIdentifierUri = 'api://${tenant().tenantId}/${apiRegistrationUniqueName}'
 
 // The app roles the service checks in the token's roles claim. Their ids are fixed: once deployed, a role's
 // id must never change (assignments refer to it), and the service matches on the value.
@@ -395,6 +397,7 @@ module apiRegistration 'app/api-registration.bicep' = if (deployApiRegistration)
   scope: rg
   params: {
     uniqueName: apiRegistrationUniqueName
+    identifierUri: apiIdentifierUri
     displayName: 'App Connections API (${environmentName})'
     appRoles: apiAppRoles
     userImpersonationScope: apiUserImpersonationScope
@@ -549,7 +552,7 @@ output AUTH_TENANT_ID string = tenant().tenantId
 @description('The application (client) id of the API registration (AUTH_AUDIENCE).')
 output AUTH_AUDIENCE string = effectiveAuthAudience
 
-@description('The identifier URI of the API registration: api://app-connections-api-<token>.')
+@description('The identifier URI of the API registration: api://<tenant id>/app-connections-api-<token>.')
 output AUTH_IDENTIFIER_URI string = apiIdentifierUri
 
 // For the postprovision hook (deployApiRegistration=false): the same roles and scope, by the same ids.

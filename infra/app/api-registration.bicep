@@ -8,8 +8,11 @@ metadata description = 'The service\'s own API registration in Microsoft Entra I
 // Application.ReadWrite.OwnedBy (or .All). Where that cannot be had, deploy with deployApiRegistration=false:
 // the postprovision hook infra/hooks/register-api.sh makes the same registration with the Azure CLI.
 
-@description('Required. Immutable client-provided key of the application in the tenant (Microsoft Graph uniqueName); the identifier URI is api://<uniqueName>.')
+@description('Required. Immutable client-provided key of the application in the tenant (Microsoft Graph uniqueName).')
 param uniqueName string
+
+@description('Required. The identifier URI of the API (api://<tenant id>/<uniqueName>): scopes are asked for under it.')
+param identifierUri string
 
 @description('Required. Display name of the application and its service principal.')
 param displayName string
@@ -50,7 +53,7 @@ resource application 'Microsoft.Graph/applications@v1.0' = {
   displayName: displayName
   signInAudience: 'AzureADMyOrg'
   identifierUris: [
-    'api://${uniqueName}'
+    identifierUri
   ]
   api: {
     // v2 tokens: issuer {authority}/{tenant}/v2.0 and audience = the application (client) id.
@@ -92,8 +95,8 @@ resource servicePrincipal 'Microsoft.Graph/servicePrincipals@v1.0' = {
 @description('The application (client) id of the API: AUTH_AUDIENCE.')
 output appId string = application.appId
 
-@description('The application id URI of the API (api://<uniqueName>).')
-output identifierUri string = 'api://${uniqueName}'
+@description('The application id URI of the API (api://<tenant id>/<uniqueName>).')
+output identifierUri string = identifierUri
 
 @description('The object id of the API\'s service principal: the resource of every app role assignment.')
 output servicePrincipalId string = servicePrincipal.id

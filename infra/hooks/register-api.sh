@@ -7,7 +7,7 @@
 # With the default (true), infra/app/api-registration.bicep registers the API and this hook does nothing.
 # It makes the same registration as that module, from the template's outputs, so the roles and their ids
 # are defined once, in infra/main.bicep:
-#   AUTH_IDENTIFIER_URI             api://app-connections-api-<token>
+#   AUTH_IDENTIFIER_URI             api://<tenant id>/app-connections-api-<token>
 #   AUTH_APP_ROLES                  the app roles (JSON array of Microsoft Graph appRole objects)
 #   AUTH_USER_IMPERSONATION_SCOPE   the delegated permission (JSON permissionScope object)
 #   CONSOLE_REDIRECT_URI            the console's sign-in redirect URI (https://<host>/auth/callback)

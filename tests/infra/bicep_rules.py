@@ -1194,7 +1194,9 @@ def api_registration_rules(files: Files) -> list[str]:
     expect(v, where, "signInAudience", app.get("signInAudience"), "AzureADMyOrg")
     expect(v, where, "api.requestedAccessTokenVersion", get(app, "api", "requestedAccessTokenVersion"), 2)
     unique_name = scope.lookup("uniqueName")[1]
-    identifier_uri = Ref(f"api://{ref_text(unique_name)}")
+    # The tenant's id in the URI: tenants that restrict identifier URIs to patterns holding a unique tenant
+    # identifier (uriAdditionWithoutUniqueTenantIdentifier) refuse api://<string> (review R).
+    identifier_uri = Ref(f"api://${{tenant().tenantId}}/{ref_text(unique_name)}")
     expect(v, where, "identifierUris", app.get("identifierUris"), [identifier_uri])
     expect(
         v,
