@@ -265,12 +265,15 @@ var appScopedApiRoles = [
 var apiAppRoles = concat(apiRoles, appScopedApiRoles)
 
 // The delegated permission a person's client (the Azure CLI, the console) asks for.
+// Admin consent only: no person can consent an application of their choosing to act as them against a service that
+// holds keys to the cloud (consent phishing); an administrator grants it to the clients they trust (the Azure CLI:
+// docs/deployment-security.md).
 var apiUserImpersonationScope = {
   adminConsentDescription: 'Call the App Connections API as the signed-in user; what the user may do is decided by the app roles assigned to them.'
   adminConsentDisplayName: 'Access App Connections as the signed-in user'
   id: '54933db8-d0d0-4be3-9d45-8c4eacf44e2b'
   isEnabled: true
-  type: 'User'
+  type: 'Admin'
   userConsentDescription: 'Call App Connections on your behalf, with the roles you are assigned.'
   userConsentDisplayName: 'Access App Connections as you'
   value: 'user_impersonation'

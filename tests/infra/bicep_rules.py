@@ -1209,12 +1209,12 @@ def api_registration_rules(files: Files) -> list[str]:
     if not any(
         isinstance(s_, dict)
         and s_.get("value") == "user_impersonation"
-        and s_.get("type") == "User"
+        and s_.get("type") == "Admin"  # no user consents a client of their choosing (consent phishing: review R)
         and s_.get("isEnabled") is True
         and GUID.match(str(s_.get("id")))
         for s_ in scopes
     ):
-        v.append(f"{where}: api.oauth2PermissionScopes must hold user_impersonation (type User, enabled, a fixed GUID)")
+        v.append(f"{where}: api.oauth2PermissionScopes must hold user_impersonation (type Admin, enabled, fixed GUID)")
     sp_symbol, principal = principals[0]
     sp = body(principal)
     expect(v, f"{path}:{sp_symbol}", "appId", render(sp.get("appId")), f"{app_symbol}.appId")
