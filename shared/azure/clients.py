@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import weakref
 from dataclasses import replace
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from shared import telemetry
@@ -213,21 +214,15 @@ class AzureClients:
     # -- Table Storage ---------------------------------------------------------------------
     def table_service(self) -> TableServiceClient:
         if self._table_service is None:
-            from azure.data.tables.aio import TableServiceClient
-
-            from shared.azure.retry_policy import retry_policy
-
+            service = _tables_with_the_retry_policy()
             storage = self.settings.storage
-            common: dict[str, Any] = {"transport": self.transport(TABLES), "retry_policy": retry_policy()}
+            common: dict[str, Any] = {"transport": self.transport(TABLES)}
             if storage.connection_string:
-                self._table_service = TableServiceClient.from_connection_string(
-                    storage.connection_string, **common
-                )
+                self._table_service = service.from_connection_string(storage.connection_string, **common)
             else:
                 assert storage.table_service_uri
-                self._table_service = TableServiceClient(
-                    storage.table_service_uri, credential=self.service_credential(), **common
-                )
+                self._table_service = service(storage.table_service_uri, credential=self.service_credential(),
+                                              **common)
         return self._table_service
 
     async def table(self, suffix: str) -> TableClient:
@@ -379,3 +374,21 @@ async def close_clients() -> None:
     clients = _BY_LOOP.pop(asyncio.get_running_loop(), None)
     if clients is not None:
         await clients.close()
+
+
+@lru_cache(maxsize=1)
+def _tables_with_the_retry_policy() -> type[TableServiceClient]:
+    """The Tables SDK's service client with the service's retry policy. azure-data-tables ignores ``retry_policy=``
+    and builds its own (three status retries, no jitter, any Retry-After waited for): this puts the one policy in
+    its place in the pipeline it builds, which its table clients share (review W)."""
+    from azure.core.pipeline.policies import AsyncRetryPolicy
+    from azure.data.tables.aio import TableServiceClient
+
+    from shared.azure.retry_policy import TablesRetryPolicy
+
+    class Tables(TableServiceClient):
+        def _configure_policies(self, **kwargs: Any) -> list[Any]:
+            policies: list[Any] = super()._configure_policies(**kwargs)
+            return [TablesRetryPolicy() if isinstance(policy, AsyncRetryPolicy) else policy for policy in policies]
+
+    return Tables

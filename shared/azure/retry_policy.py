@@ -126,3 +126,22 @@ def _unconditional_patch(request: Any) -> bool:
 
 def retry_policy() -> JitteredRetryPolicy:
     return JitteredRetryPolicy()
+
+
+class TablesRetryPolicy(JitteredRetryPolicy):
+    """The one policy in the Tables SDK's pipeline, in place of the SDK's own: it takes from the request's options
+    what that SDK's pipeline puts there for its retry policy alone (its hosts, the location mode: the service never
+    retries against a secondary location), which would otherwise reach the transport."""
+
+    def configure_retries(self, options: dict[str, Any]) -> dict[str, Any]:
+        from azure.data.tables._models import LocationMode  # not exported; the SDK's own policy uses it
+
+        for name in ("hosts", "retry_to_secondary"):
+            options.pop(name, None)
+        settings = super().configure_retries(options)
+        settings["mode"] = options.pop("location_mode", LocationMode.PRIMARY)
+        return settings
+
+    def update_context(self, context: Any, retry_settings: dict[str, Any]) -> None:
+        super().update_context(context, retry_settings)
+        context["location_mode"] = retry_settings["mode"]  # the SDK reads it back from every response's context

@@ -122,3 +122,58 @@ async def test_every_azure_core_transport_connects_within_the_connect_timeout() 
         assert clients.rest(ENTRA).connect_timeout == CONNECT_TIMEOUT_SECONDS
     finally:
         await clients.close()
+
+
+# -- the Tables SDK's pipeline runs the one retry policy ---------------------------------------------------------
+async def _table_server(answers: list[tuple[int, dict[str, str]]]) -> tuple[asyncio.Server, list[str]]:
+    """Table Storage on a loopback port answering its n-th request with ``answers[n]`` (status, headers), then
+    201; returns the server and the request lines it was sent."""
+    seen: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = (await reader.readuntil(b"\r\n\r\n")).decode()
+                length = next((int(line.split(":", 1)[1]) for line in head.split("\r\n")
+                               if line.lower().startswith("content-length:")), 0)
+                await reader.readexactly(length)
+                seen.append(head.split("\r\n", 1)[0])
+                status, headers = answers[len(seen) - 1] if len(seen) <= len(answers) else (201, {})
+                body = (b'{"odata.error":{"code":"ServerBusy","message":{"value":"busy"}}}' if status >= 400
+                        else b'{"TableName":"t"}')
+                extra = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+                writer.write(f"HTTP/1.1 {status} X\r\nContent-Type: application/json;odata=minimalmetadata\r\n"
+                             f"Content-Length: {len(body)}\r\n{extra}\r\n".encode() + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0), seen
+
+
+async def test_the_tables_sdk_s_pipeline_runs_the_service_s_retry_policy_not_its_own() -> None:
+    """azure-data-tables ignores ``retry_policy=`` and builds its own policy (three status retries, no jitter, any
+    Retry-After waited for); every table client of the service shares the pipeline with the one policy in its
+    place (review W): four 503s in a row (one more than its own takes) are retried through, and a Retry-After
+    past the budget is refused at once instead of slept on."""
+    from azure.core.exceptions import HttpResponseError
+    from azure.core.pipeline.policies import AsyncRetryPolicy
+
+    from shared.azure.retry_policy import TablesRetryPolicy
+    from tests.loopback_table import connection_string, port_of
+
+    server, seen = await _table_server([(503, {})] * 4 + [(201, {}), (503, {"Retry-After": "3600"})])
+    clients = AzureClients(load_settings({"AzureWebJobsStorage": connection_string(port_of(server))}))
+    try:
+        service = clients.table_service()
+        retries = [p for p in service._policies if isinstance(p, AsyncRetryPolicy)]
+        assert [type(p) for p in retries] == [TablesRetryPolicy]
+        table = await clients.table("Connections")  # created through the service's pipeline: five attempts
+        assert len(seen) == 5
+        started = time.monotonic()
+        with pytest.raises(HttpResponseError):
+            await table.create_entity({"PartitionKey": "p", "RowKey": "r"})
+        assert time.monotonic() - started < 5 and len(seen) == 6
+    finally:
+        await clients.close()
+        server.close()
