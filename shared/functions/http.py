@@ -491,14 +491,18 @@ async def answer(handler: Handler, req: func.HttpRequest, instance: str,
 
 
 def unexpected(error: Exception, req: func.HttpRequest, instance: str, failed: str) -> func.HttpResponse:
-    """An exception no domain error maps: an Azure call that failed, or the network under it, a 502 logged without
-    its trace (a Table read of the caller's session as much as a call for a connection); anything else a 500 that
-    says ``failed`` and nothing of the request (its trace goes to the log, never a secret)."""
+    """An exception no domain error maps: an Azure call that failed, or the network under it (a connection refused
+    or reset, a name not resolved, TLS, a timeout), a 502 logged without its trace (a Table read of the caller's
+    session as much as a call for a connection); anything else, another ``OSError`` too (a file missing from the
+    package), a 500 that says ``failed`` and nothing of the request (its trace goes to the log, never a secret)."""
+    import socket
+    import ssl
+
     from azure.core.exceptions import AzureError
 
     from shared.errors import ServiceError, UpstreamError
 
-    if isinstance(error, AzureError | OSError | TimeoutError):
+    if isinstance(error, AzureError | ConnectionError | TimeoutError | socket.gaierror | ssl.SSLError):
         status = getattr(error, "status_code", None)
         log.warning("%s %s: Azure call failed (%s, status %s)", req.method, instance, type(error).__name__, status)
         return problem_response(UpstreamError("An Azure service failed; try again later."

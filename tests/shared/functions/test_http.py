@@ -107,6 +107,20 @@ class _SessionsDown:
         raise ServiceRequestError("connection refused")
 
 
+@pytest.mark.parametrize(("raised", "status"), [
+    (ConnectionResetError("reset by peer"), 502), (TimeoutError(), 502),
+    (FileNotFoundError("shared/openapi.json"), 500), (OSError("not a network error"), 500)])
+async def test_an_error_of_the_network_is_a_502_and_any_other_os_error_a_500_with_its_trace(raised, status, caplog):
+    """Only the network under an Azure call is an Azure failure; a file missing from the package (or any other
+    ``OSError``) is the service's own defect, logged with its trace (review V)."""
+    async def handler(req):
+        raise raised
+
+    response = await answer(handler, request(), "/api/v1/x")
+    assert response.status_code == status
+    assert bool([r for r in caplog.records if r.exc_info]) is (status == 500)
+
+
 @pytest.mark.parametrize("route", ["auth/session", "api/v1/app-connections/azure-key-vault"])
 async def test_a_session_that_cannot_be_read_is_a_502_without_a_trace_not_a_500(route, monkeypatch, caplog):
     """A Table Storage failure while the caller's console session is read is an Azure failure like any other (a
