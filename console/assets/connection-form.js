@@ -288,8 +288,9 @@ function build() {
     h('button', {type: 'submit', class: 'primary', id: 'connection-submit'}, submitText)));
 }
 
+/** Close the dialog as the person asks (Cancel, ×): not while a request it sent is running. */
 function close() {
-  dialog().close();
+  if (form().getAttribute('aria-busy') !== 'true') dialog().close();
 }
 
 function wipe() {
@@ -448,13 +449,26 @@ async function submit(event) {
   event.preventDefault();
   const button = document.getElementById('connection-submit');
   if (!button || button.disabled) return;
-  const {mode, app, method, connection} = current;
+  const opened = current;  // this opening of the dialog: its outcome goes to it only while it is the one shown
+  const {mode, app, method, connection} = opened;
+  const shown = () => current === opened && dialog().open;
   clearErrors();
   button.disabled = true;
   form().setAttribute('aria-busy', 'true');
   const closer = document.getElementById('connection-dialog-close');
   closer.disabled = true;  // the request goes on whatever the dialog does: its outcome must be seen
   const original = button.textContent;
+  const done = (message, path, options) => {  // saved: the dialog goes, or a toast says so if it went already
+    if (shown()) {
+      wipe();
+      dialog().close();
+      announce(message);
+      navigate(path, options);
+    } else {
+      toast(message, 'notice');
+      if (!dialog().open) navigate(path, options);
+    }
+  };
   try {
     if (method === 'oauth' && mode === 'add') {
       button.textContent = 'Connecting…';
@@ -465,6 +479,7 @@ async function submit(event) {
         if (item !== undefined) params.set(name, item);
       }
       const answer = await api('GET', `${API}/${enc(app)}/oauth/authorize?${params}`);
+      if (!shown()) return;  // cancelled meanwhile: no sign-in is started
       wipe();
       location.assign(answer.authorizationUrl);
       return;
@@ -472,29 +487,23 @@ async function submit(event) {
     if (mode === 'add') {
       button.textContent = 'Creating…';
       announce('Checking the credentials with Entra ID and creating the connection…');
-      const answer = await api('POST', `${API}/${enc(app)}`, createBody());
-      const created = answer.appConnection;
-      wipe();
-      close();
-      announce(`The connection ${created.name} was created.`);
-      navigate(`${BASE}/${enc(created.app)}/${enc(created.id)}`);
+      const created = (await api('POST', `${API}/${enc(app)}`, createBody())).appConnection;
+      done(`The connection ${created.name} was created.`, `${BASE}/${enc(created.app)}/${enc(created.id)}`);
       return;
     }
     const changes = updateBody();
     if (!Object.keys(changes).length) {
-      close();
+      dialog().close();
       announce('Nothing changed.');
       return;
     }
     button.textContent = 'Saving…';
     announce('Saving the changes…');
     const answer = await api('PATCH', `${API}/${enc(app)}/${enc(connection.id)}`, changes);
-    wipe();
-    close();
-    announce(`The connection ${answer.appConnection.name} was saved.`);
-    navigate(`${BASE}/${enc(app)}/${enc(connection.id)}`, {replace: true});
+    done(`The connection ${answer.appConnection.name} was saved.`, `${BASE}/${enc(app)}/${enc(connection.id)}`,
+      {replace: true});
   } catch (error) {
-    if (!dialog().open) {  // closed meanwhile all the same (a browser may close it on a second Escape)
+    if (!shown()) {  // closed meanwhile all the same (a browser may close it on a second Escape), or opened anew
       toast(`Not saved: ${error.message}`);
     } else if (error instanceof ApiError) {
       showErrors(error.fieldErrors, error.message);
@@ -505,9 +514,11 @@ async function submit(event) {
     }
   } finally {
     button.disabled = false;
-    closer.disabled = false;
     button.textContent = original;
-    form().removeAttribute('aria-busy');
+    if (current === opened || current === null) {  // a dialog opened anew since has its own state
+      closer.disabled = false;
+      form().removeAttribute('aria-busy');
+    }
   }
 }
 
@@ -535,6 +546,8 @@ export function openConnectionDialog(connection = null) {
     ? {mode: 'edit', app: connection.app, method: connection.method, connection}
     : {mode: 'add', app: writable.length === 1 ? writable[0].app : null, method: null, connection: null};
   current.opener = document.activeElement;
+  form().removeAttribute('aria-busy');  // a request of an earlier opening, if one still runs, is not this one's
+  document.getElementById('connection-dialog-close').disabled = false;
   build();
   dialog().showModal();
   const first = body().querySelector('input:not([type=hidden]), textarea, select');

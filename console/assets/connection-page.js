@@ -128,9 +128,11 @@ function confirmDelete(connection, events) {
         'from it. The secret, certificate or sign-in you gave stays valid in Entra ID until you revoke it there.'),
     h('p', {class: 'field-error', id: 'delete-error', role: 'alert', hidden: true})]);
   const cancel = h('button', {type: 'button', onclick: () => dialog.close()}, 'Cancel');
+  const opening = {};  // this opening of the shared dialog: a DELETE that ends later closes only its own
+  dialog.opening = opening;
   const run = async (force) => {
     const answer = await api('DELETE', `${API}/${enc(connection.app)}/${enc(connection.id)}${force ? '?force=true' : ''}`);
-    dialog.close();
+    if (dialog.opening === opening) dialog.close();
     const removed = answer.removedKeyIds.length ? ` Removed from the application: ${answer.removedKeyIds.join(', ')}.` : '';
     const left = answer.keyIdsLeftLive.length ? ` Still live on the application: ${answer.keyIdsLeftLive.join(', ')}.` : '';
     const unread = (answer.applicationsNotRead || []).length
@@ -145,16 +147,19 @@ function confirmDelete(connection, events) {
     try {
       await busy(confirm, 'Deleting…', () => run(false));
     } catch (error) {
-      if (!dialog.open) return toast(`Not deleted: ${error.message}`);  // closed meanwhile all the same
+      if (!dialog.open || dialog.opening !== opening) return toast(`Not deleted: ${error.message}`);  // closed meanwhile
       const slot = document.getElementById('delete-error');
       slot.textContent = error.message;
       slot.hidden = false;
       if (error instanceof ApiError && error.status === 409 && Array.isArray(error.problem.keyIds) &&
           !document.getElementById('delete-anyway')) {
-        actions.append(h('button', {type: 'button', class: 'danger', id: 'delete-anyway', onclick: (event) =>
+        actions.append(h('button', {type: 'button', class: 'danger', id: 'delete-anyway', onclick: (event) => {
+          cancel.disabled = true;
           busy(event.target, 'Deleting…', () => run(true)).catch((again) => {
-            if (dialog.open) slot.textContent = again.message; else toast(`Not deleted: ${again.message}`);
-          })},
+            if (dialog.open && dialog.opening === opening) slot.textContent = again.message;
+            else toast(`Not deleted: ${again.message}`);
+          }).finally(() => { cancel.disabled = false; });
+        }},
         'Delete anyway and leave them live'));
       }
     } finally {
@@ -174,6 +179,8 @@ function confirmDelete(connection, events) {
 function confirmMigrate(connection, refresh) {
   const dialog = document.getElementById('confirm-dialog');
   guardWhileBusy(dialog);  // Escape does not hide a move that is still running
+  const opening = {};  // this opening of the shared dialog (see confirmDelete)
+  dialog.opening = opening;
   const body = clear(document.getElementById('confirm-dialog-body'));
   const actions = clear(document.getElementById('confirm-dialog-actions'));
   document.getElementById('confirm-dialog-title').textContent = `Move ${connection.name} to federated?`;
@@ -209,7 +216,7 @@ function confirmMigrate(connection, refresh) {
       const revokeOriginal = revoke.checked;
       const answer = await busy(confirm, 'Moving…', () => api('POST',
         `${API}/${enc(connection.app)}/${enc(connection.id)}/migrate-to-federated`, {revokeOriginal}));
-      dialog.close();
+      if (dialog.opening === opening) dialog.close();
       const moved = answer.appConnection;
       await refresh();
       const message = (moved.rotation && moved.rotation.lastRotationMessage) || '';
@@ -226,7 +233,7 @@ function confirmMigrate(connection, refresh) {
         ? `${error.message} Nothing was changed.`
         : `The move did not finish: ${error.message} Moving again continues from where it stopped.`;
       slot.hidden = false;
-      if (!dialog.open) toast(slot.textContent);  // closed meanwhile all the same
+      if (!dialog.open || dialog.opening !== opening) toast(slot.textContent);  // closed meanwhile all the same
     } finally {
       revoke.disabled = false;
       cancel.disabled = false;

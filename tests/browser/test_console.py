@@ -136,6 +136,7 @@ def test_a_create_still_running_keeps_its_dialog_and_its_outcome_is_always_seen(
         page.wait_for_function("document.getElementById('connection-submit').textContent === 'Creating…'")
         assert page.is_disabled("#connection-dialog-close")
         page.keyboard.press("Escape")
+        page.click("#connection-dialog .actions button:has-text('Cancel')")
         assert page.is_visible("#connection-dialog[open]")
         if closed_anyway:
             page.evaluate("document.getElementById('connection-dialog').close()")
@@ -151,6 +152,36 @@ def test_a_create_still_running_keeps_its_dialog_and_its_outcome_is_always_seen(
             assert "AADSTS7000215" in page.inner_text("#connection-dialog")
             assert page.is_enabled("#connection-dialog-close")
             page.fill("#field-clientSecret", "not-its-secret-either")
+
+
+def test_a_save_that_ends_after_its_dialog_was_closed_and_opened_anew_leaves_the_new_one_alone(
+        open_console: Any, admin: Any, secrets_used: Any) -> None:
+    """A create whose dialog a browser closed all the same, then opened again for another connection: when the
+    first create succeeds, the toast says so and the dialog the person is filling in stays open with what they typed
+    (it was closed and wiped: review V)."""
+    app = register_app(admin, secrets_used, name="console-first")
+    console = open_console("admin")
+    page = console.page
+    held: list[Any] = []
+    page.route("**/api/v1/app-connections/azure-key-vault",
+               lambda route: held.append(route) if route.request.method == "POST" else route.continue_())
+    add_dialog(page, "azure-key-vault", "client-secret")
+    page.fill("#field-name", "console-first")
+    page.fill("#field-tenantId", app.tenant_id)
+    page.fill("#field-clientId", app.client_id)
+    page.fill("#field-clientSecret", app.client_secret)
+    page.click("#connection-submit")
+    page.wait_for_function("document.getElementById('connection-submit').textContent === 'Creating…'")
+    page.evaluate("document.getElementById('connection-dialog').close()")
+    add_dialog(page, "azure-key-vault", "client-secret")
+    page.fill("#field-name", "typed-meanwhile")
+    assert page.is_enabled("#connection-dialog-close")  # the new opening is not busy
+    while not held:
+        page.wait_for_timeout(20)
+    held[-1].continue_()
+    page.wait_for_selector("#toast:not([hidden])")
+    assert page.inner_text("#toast span") == "The connection console-first was created."
+    assert page.is_visible("#connection-dialog[open]") and page.input_value("#field-name") == "typed-meanwhile"
 
 
 def test_a_certificate_connection_by_file_and_by_paste(open_console: Any, admin: Any, secrets_used: Any,
