@@ -152,6 +152,17 @@ def cookie_value(header: str | None, name: str) -> str | None:
     return cookies_of(header).get(name)
 
 
+MAX_PENDING_LOGINS = 4  # sign-ins of one browser at once; a fifth clears the others (a pile-up, not tabs)
+
+
+def stale_login_cookies(header: str | None) -> list[str]:
+    """The sign-in cookies a browser sends that a new sign-in clears: all of them once there are
+    ``MAX_PENDING_LOGINS`` (sign-ins left unfinished, or a loop of them: each adds a cookie for ten minutes, and
+    enough of them would overflow the request's headers or push the session cookie out of the browser's jar)."""
+    pending = [name for name in cookies_of(header) if name.startswith(LOGIN_COOKIE_PREFIX)]
+    return pending if len(pending) >= MAX_PENDING_LOGINS else []
+
+
 def login_cookie(state: str) -> str:
     """The name of the cookie that binds sign-in ``state`` to the browser that started it: one per sign-in, so that
     two tabs signing in at once (a restored browser, two alert links opened) do not undo each other."""

@@ -88,7 +88,7 @@ def _context(req: func.HttpRequest, principal: Principal) -> RequestContext:
 @traced
 async def console_login(req: func.HttpRequest) -> func.HttpResponse:
     from shared.errors import ServiceError
-    from shared.sessions import LOGIN_LIFETIME, login_cookie, set_cookie
+    from shared.sessions import LOGIN_LIFETIME, clear_cookie, login_cookie, set_cookie, stale_login_cookies
     from shared.wiring import sign_in
 
     try:
@@ -101,7 +101,8 @@ async def console_login(req: func.HttpRequest) -> func.HttpResponse:
         log.warning("Console sign-in could not start (%s)", type(error).__name__)
         return error_page("Sign-in is not available", "The service could not start the sign-in; try again later.",
                           503)
-    return _redirect(url, [set_cookie(login_cookie(state), state, int(LOGIN_LIFETIME.total_seconds()))])
+    stale = [clear_cookie(name) for name in stale_login_cookies(req.headers.get("cookie"))]
+    return _redirect(url, [*stale, set_cookie(login_cookie(state), state, int(LOGIN_LIFETIME.total_seconds()))])
 
 
 @bp.function_name("console_callback")

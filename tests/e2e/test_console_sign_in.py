@@ -40,7 +40,8 @@ def cookie_of(line: str) -> str:
 
 def login_state(login: httpx.Response) -> str:
     """The state ``/auth/login`` bound to the browser, from its cookie (named for the state)."""
-    [(name, line)] = [(n, line) for n, line in set_cookies(login).items() if n.startswith(LOGIN_COOKIE_PREFIX)]
+    [(name, line)] = [(n, line) for n, line in set_cookies(login).items()
+                      if n.startswith(LOGIN_COOKIE_PREFIX) and cookie_of(line)]  # not one it clears
     state = cookie_of(line)
     assert name == login_cookie(state)
     return state
@@ -336,6 +337,15 @@ def test_two_tabs_signing_in_at_once_both_sign_in(client, local_env, secrets_use
         assert done.status_code == 302, done.text
         assert done.headers["location"] == f"/organization/app-connections/azure-key-vault/{where}"
         secrets_used.add(cookie_of(set_cookies(done)[SESSION]))
+
+
+def test_a_sign_in_clears_the_unfinished_ones_once_they_pile_up(client):  # type: ignore[no-untyped-def]
+    """Four sign-ins left unfinished in one browser: the fifth clears their cookies as it sets its own."""
+    jar = "; ".join(f"{login_cookie(str(n))}={n}" for n in range(4))
+    login = client.get("/auth/login", headers={"cookie": jar})
+    cookies = set_cookies(login)
+    assert all(cookies[login_cookie(str(n))].split(";")[0] == f"{login_cookie(str(n))}=" for n in range(4))
+    assert login_state(login)  # and its own is set
 
 
 def test_signing_in_again_ends_the_session_the_browser_had(client, local_env, secrets_used):  # type: ignore[no-untyped-def]

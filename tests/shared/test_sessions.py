@@ -28,6 +28,7 @@ from shared.ports import TokenResult
 from shared.sessions import (
     DEFAULT_RETURN_TO,
     LOGIN_COOKIE_PREFIX,
+    MAX_PENDING_LOGINS,
     SESSION_COOKIE,
     Sessions,
     SignIn,
@@ -38,6 +39,7 @@ from shared.sessions import (
     origin_of,
     safe_return_to,
     set_cookie,
+    stale_login_cookies,
 )
 from shared.settings import load_settings
 from tests.fakes import Clock, FakeSessions
@@ -67,6 +69,18 @@ def test_each_sign_in_has_a_cookie_of_its_own_named_for_its_state() -> None:
     names = {login_cookie(state) for state in ("a", "b", "a")}
     assert len(names) == 2 and all(name.startswith(LOGIN_COOKIE_PREFIX) for name in names)
     assert all(re.fullmatch(r"__Host-appconn-login-[0-9a-f]{12}", name) for name in names)
+
+
+def test_sign_ins_left_unfinished_are_cleared_by_a_new_one_once_they_pile_up() -> None:
+    """Each sign-in adds a cookie for ten minutes: a loop of unfinished ones would overflow the request's headers
+    or push the session cookie out of the jar (review V). A few (tabs) are kept; past that, all are cleared."""
+    def header(count: int) -> str:
+        return "; ".join([f"{SESSION_COOKIE}=s", *(f"{login_cookie(str(n))}={n}" for n in range(count))])
+
+    assert stale_login_cookies(header(MAX_PENDING_LOGINS - 1)) == []
+    cleared = stale_login_cookies(header(MAX_PENDING_LOGINS))
+    assert sorted(cleared) == sorted(login_cookie(str(n)) for n in range(MAX_PENDING_LOGINS))
+    assert SESSION_COOKIE not in cleared and stale_login_cookies(None) == []
 
 
 def test_the_cookie_is_read_by_its_exact_name() -> None:
