@@ -1,8 +1,10 @@
 """The audit log in Table Storage: append-only, keyed by time, never a secret.
 
-Table ``{prefix}Audit``. PartitionKey = the record's UTC day (``YYYYMMDD``), RowKey = inverted milliseconds +
-the record id, so a day's records sort newest first and a time-range query reads only the days and the key
-range it asks for. Retention deletes whole days (a range over partitions), oldest first.
+Table ``{prefix}Audit``. PartitionKey = the record's UTC day (``YYYYMMDD``), RowKey = inverted milliseconds (15
+digits), then the inverted microsecond within that millisecond (3 digits), then ``|`` and the record id, so a day's
+records sort newest first to the microsecond and a time-range query reads only the days and the key range it asks
+for. Records written before the microsecond digits (``<15 digits>|<id>``) sort after those of their millisecond and
+are read as any other. Retention deletes whole days (a range over partitions), oldest first.
 """
 
 from __future__ import annotations
@@ -35,8 +37,24 @@ def day_of(at: datetime) -> str:
     return f"{at.astimezone(UTC):%Y%m%d}"
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _micros(at: datetime) -> int:
+    return (at - _EPOCH) // timedelta(microseconds=1)
+
+
 def row_key(at: datetime, record_id: str) -> str:
-    return f"{_MAX_MS - int(at.timestamp() * 1000):015d}|{record_id}"
+    """Newest first to the microsecond: two records of one millisecond sort by time, not by their random ids."""
+    ms, micro = divmod(_micros(at), 1000)
+    return f"{_MAX_MS - ms:015d}{999 - micro:03d}|{record_id}"
+
+
+def _bound(at: datetime, later: bool) -> str:
+    """A RowKey bound to the millisecond around ``at``, a millisecond wide either side (the old keys' milliseconds
+    were a float's): every key of that millisecond, of either form, is inside; records are then kept by their time."""
+    ms = _micros(at) // 1000
+    return f"{_MAX_MS - ms - 1:015d}" if later else f"{_MAX_MS - ms + 1:015d}~"
 
 
 def to_entity(record: AuditRecord) -> dict[str, Any]:
@@ -124,8 +142,8 @@ class AuditTable:
         newest = datetime.strptime(newest_day, "%Y%m%d").replace(tzinfo=UTC)
         oldest = datetime.strptime(day_of(start), "%Y%m%d").replace(tzinfo=UTC)
         days = [day_of(newest - timedelta(days=n)) for n in range((newest - oldest).days + 1)]
-        low = row_key(end, "")  # the newest wanted sorts first
-        high = row_key(start, "~")
+        low = _bound(end, later=True)  # the newest wanted sorts first
+        high = _bound(start, later=False)
 
         def day_query(key: str, after: str | None) -> str:
             lower = max(low, after) if after else low
@@ -158,7 +176,7 @@ class AuditTable:
                         except UNREADABLE:
                             raise UpstreamError("Table Storage returned an audit record that cannot be read.") \
                                 from None
-                        if not start <= record.at <= end:  # the RowKey bounds are to the millisecond
+                        if not start <= record.at <= end:  # the RowKey bounds are to the millisecond, and wider
                             continue
                         if len(found) == limit:  # one more is there: the page ends at the last one kept
                             return found, _encode(*last)

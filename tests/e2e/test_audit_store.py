@@ -11,7 +11,7 @@ import pytest
 from shared.azure.clients import AzureClients
 from shared.errors import InvalidRequest
 from shared.records import Actor, AuditRecord
-from shared.store.audit import AuditTable
+from shared.store.audit import AuditTable, to_entity
 
 pytestmark = pytest.mark.e2e
 
@@ -60,6 +60,36 @@ async def test_the_range_is_exact_to_the_microsecond_not_the_millisecond(clients
     assert sorted(found, key=lambda r: r.at) == records[1:3]  # (within one millisecond, in no set order)
     after_the_first, _ = await store.query(records[0].at + timedelta(microseconds=1), records[3].at)
     assert records[0] not in after_the_first and len(after_the_first) == 3
+
+
+async def test_records_of_one_millisecond_come_back_newest_first_and_a_page_at_a_time_misses_none(
+        clients: AzureClients) -> None:
+    """(Audit review 6.) The RowKey had the inverted millisecond: within one, the order was the random ids', so a
+    started record and its outcome 0.8 ms later came back oldest first, and a client stepping back by time from its
+    last record skipped the newer one. Records written before (``<15 digits>|<id>``) are read too, in their place."""
+    store = AuditTable(clients)
+    base = DAY + timedelta(days=5000 + uuid.uuid4().int % 500, microseconds=100)
+    records = [_record(base + timedelta(microseconds=n * 200)) for n in range(5)]  # one millisecond's records
+    for record in reversed(records):
+        await store.append(record)
+    old_form = _record(base - timedelta(milliseconds=1))  # a record of the millisecond before, keyed as before
+    entity = to_entity(old_form)
+    entity["RowKey"] = f"{10**14 - int(old_form.at.timestamp() * 1000):015d}|{old_form.id}"
+    table = await clients.table("Audit")
+    await table.create_entity(entity)
+    window = (base - timedelta(seconds=1), base + timedelta(seconds=1))
+    found, _ = await store.query(*window)
+    assert found == [*reversed(records), old_form]
+    paged: list[AuditRecord] = []
+    token = None
+    while True:
+        page, token = await store.query(*window, limit=2, continuation=token)
+        paged += page
+        if token is None:
+            break
+    assert paged == found
+    stepped = await store.query(window[0], records[-1].at - timedelta(microseconds=1), limit=1)
+    assert stepped[0] == [records[-2]]  # stepping back by time from the newest finds the next newest
 
 
 async def test_a_record_written_again_by_a_retry_is_written_once_and_fails_nothing(clients: AzureClients) -> None:
