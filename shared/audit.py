@@ -18,12 +18,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared.errors import AuditUnavailable, FieldError, InvalidRequest, ServiceError
 from shared.fields import page_size
 from shared.records import Actor, AuditRecord
+from shared.redaction import redact
 
 if TYPE_CHECKING:
     from shared.ports import AuditStore, Clock
@@ -36,6 +37,7 @@ log.setLevel(logging.INFO)  # every record reaches the exporter, whatever the ro
 
 MAX_DETAIL = 500
 STARTED = "started"
+PURGE = "audit.purge"
 _Made = TypeVar("_Made")
 
 
@@ -89,7 +91,7 @@ class AuditLog:
         entry = AuditRecord(
             at=self._clock(), action=action, outcome=outcome, actor=context.actor, app=app,
             connection_id=connection_id, connection_name=connection_name,
-            detail=detail[:MAX_DETAIL] if detail else None, client_ip=context.client_ip,
+            detail=redact(detail)[:MAX_DETAIL] if detail else None, client_ip=context.client_ip,
             user_agent=(context.user_agent or "")[:256] or None, request_id=context.request_id,
             trace_id=context.trace_id,
         )
@@ -136,20 +138,34 @@ class AuditLog:
     async def purge_expired(self, retention_days: int, budget_seconds: float = PURGE_BUDGET_SECONDS,
                             monotonic: Callable[[], float] = time.monotonic) -> int:
         """Delete the records older than the retention (whole days), a batch of ``PURGE_BATCH`` after another
-        until none is left or ``budget_seconds`` have passed (the next day's run goes on); how many."""
+        until none is left or ``budget_seconds`` have passed (the next day's run goes on); how many.
+
+        The purge is itself recorded (``audit.purge``): before it, with the retention and the cut-off (fail closed:
+        no record, nothing deleted), and after it, with how many records it deleted (``failed`` and the kind of
+        error when it stopped on one)."""
         before = self._clock() - timedelta(days=retention_days)
+        cutoff = f"{before.astimezone(UTC):%Y-%m-%d}T00:00:00Z"
+        what = f"retention {retention_days} days: records before {cutoff}"
+        await self.record(PURGE, STARTED, detail=what)
         started = monotonic()
         deleted = 0
-        while True:
-            batch = await self._store.purge(before, limit=PURGE_BATCH)
-            deleted += batch
-            if batch < PURGE_BATCH:
-                break
-            if monotonic() - started >= budget_seconds:
-                log.warning("Audit retention: %d records older than %d days deleted, and more are left for the next "
-                            "run (this one's %.0f s are up)", deleted, retention_days, budget_seconds)
-                return deleted
+        try:
+            while True:
+                batch = await self._store.purge(before, limit=PURGE_BATCH)
+                deleted += batch
+                if batch < PURGE_BATCH:
+                    break
+                if monotonic() - started >= budget_seconds:
+                    log.warning("Audit retention: %d records older than %d days deleted, and more are left for the "
+                                "next run (this one's %.0f s are up)", deleted, retention_days, budget_seconds)
+                    await self.record(PURGE, "succeeded",
+                                      detail=f"{what}: {deleted} deleted, more left for the next run")
+                    return deleted
+        except Exception as error:
+            await self.record(PURGE, "failed", detail=f"{what}: {deleted} deleted, then {type(error).__name__}")
+            raise
         log.info("Audit retention: %d records older than %d days deleted", deleted, retention_days)
+        await self.record(PURGE, "succeeded", detail=f"{what}: {deleted} deleted")
         return deleted
 
     async def credential_change(self, action: str, outcome: str, *, app: str, connection_id: str,

@@ -199,3 +199,39 @@ async def test_every_audit_record_is_also_a_log_record_for_log_analytics(caplog:
     fields = {k: v for k, v in vars(logged).items() if k.startswith("audit_")}
     assert (fields["audit_action"], fields["audit_outcome"], fields["audit_actorId"], fields["audit_connectionId"]
             ) == ("connection.update", "started", "u-1", "c-1"), fields
+
+
+async def test_a_record_s_detail_is_stored_redacted_as_its_log_copy_is() -> None:
+    """(Audit review.) Upstream error text reaches a detail (Entra's error_description, Graph's messages): anything
+    secret-shaped in it was kept in clear in the audit table while the log copy was redacted."""
+    records = Records()
+    await log_over(records).record("oauth.complete", "failed",
+                                   detail="AADSTS9999999: client_secret=Sup3r~S3cretValue.abc refused")
+    [(_, _, detail)] = records.seen()
+    assert detail is not None and "Sup3r~S3cretValue.abc" not in detail and "[REDACTED]" in detail
+
+
+async def test_the_retention_run_is_recorded_before_it_deletes_and_with_its_count_after() -> None:
+    """(Audit review 4.) A purge deleted records and left none that said so: a retention lowered to a day wiped
+    the log without a trace in it. Its record says the retention and the cut-off, before anything is deleted."""
+
+    class Expired(Records):
+        def __init__(self, fail_started: bool = False) -> None:
+            super().__init__(fail_started)
+            self.purged: list[datetime] = []
+
+        async def purge(self, before: datetime, limit: int = 10_000) -> int:
+            assert self.seen()[-1][:2] == ("audit.purge", "started")  # recorded before
+            self.purged.append(before)
+            return 7
+
+    expired = Expired()
+    assert await log_over(expired).purge_expired(30) == 7
+    assert expired.seen() == [
+        ("audit.purge", "started", "retention 30 days: records before 2026-11-01T00:00:00Z"),
+        ("audit.purge", "succeeded", "retention 30 days: records before 2026-11-01T00:00:00Z: 7 deleted"),
+    ]
+    unrecorded = Expired(fail_started=True)
+    with pytest.raises(AuditUnavailable):
+        await log_over(unrecorded).purge_expired(30)
+    assert unrecorded.purged == []  # no record, nothing deleted
