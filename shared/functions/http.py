@@ -264,16 +264,18 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
 
             assert action is not None
             audit = audit_log()
+            recorded_app = _recorded_app(route_app)
+            asked = f"{req.method} {_escaped(instance, 200)}"
             try:
-                await audit.record(action, "started", app=route_app, connection_id=connection_id,
-                                   detail=f"{req.method} {instance}")
+                await audit.record(action, "started", app=recorded_app, connection_id=connection_id,
+                                   detail=" ".join(filter(None, (asked, change_summary(req)))))
             except ServiceError as error:
                 return problem_response(error, instance)
             response = await answer(handler, req, instance, allowed)
             connection = _connection_of(response)
-            await audit.record(action, str(response.status_code), app=route_app,
-                               connection_id=connection_id or connection.get("id"),
-                               connection_name=connection.get("name"), detail=f"{req.method} {instance}")
+            await audit.record(action, str(response.status_code), app=recorded_app,
+                               connection_id=connection_id or _recorded_connection(connection.get("id")),
+                               connection_name=connection.get("name"), detail=asked)
             return response
 
         wrapper = _traced(handler, guarded)
@@ -302,9 +304,40 @@ async def _refused(req: func.HttpRequest, instance: str, principal: Principal, a
     from shared.wiring import audit_log
 
     with acting(request_context(req, Actor(principal.id, principal.name, principal.type), principal.roles)):
-        await audit_log().record("access.refused", "403", app=app,
+        await audit_log().record("access.refused", "403", app=_recorded_app(app),
                                  connection_id=_named_connection(req),
-                                 detail=f"{req.method} {instance}: {error.detail}")
+                                 detail=f"{req.method} {_escaped(instance, 200)}: {error.detail}")
+
+
+def _escaped(value: str, limit: int) -> str:
+    """A value the caller chose, for an audit record: printable ASCII (a control character, a backslash or any
+    other character escaped as Python writes it: no forged line, no terminal escape), at most ``limit`` characters
+    and ``...`` when cut."""
+    text = value[:limit].encode("unicode_escape").decode("ascii")
+    return text[:limit] + "..." if len(value) > limit or len(text) > limit else text
+
+
+def _recorded_app(app: str | None) -> str | None:
+    """The app for an audit record: a known app's id, else (a route's segment or query value anyone signed in may
+    send, of any length) ``unknown:`` and that value escaped and cut short."""
+    from shared.apps import find_app
+
+    if app is None or find_app(app) is not None:
+        return app
+    return "unknown:" + _escaped(app, 32)
+
+
+def _recorded_connection(value: object) -> str | None:
+    """A connection id for an audit record: a GUID (written as connection ids are), else the value escaped and cut
+    short (a route segment is URL-decoded: it may hold a newline or an escape sequence)."""
+    import uuid
+
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return _escaped(value, 40)
 
 
 def _named_connection(req: func.HttpRequest) -> str | None:
@@ -312,7 +345,7 @@ def _named_connection(req: func.HttpRequest) -> str | None:
     ``connectionId`` query parameter when that is an id at all; for the audit record."""
     routed = (req.route_params or {}).get("connectionId")
     if routed:
-        return str(routed)[:64]
+        return _recorded_connection(routed)
     asked = (req.params or {}).get("connectionId")
     if not asked:
         return None
@@ -322,6 +355,53 @@ def _named_connection(req: func.HttpRequest) -> str | None:
         return str(uuid.UUID(asked))
     except ValueError:
         return None
+
+
+_CHANGES = ("name", "description", "method", "credentials", "isAutoRotationEnabled", "rotation")
+
+
+def change_summary(req: func.HttpRequest) -> str:
+    """What an audited change asks for, for its ``started`` record, never a secret: a create's name and method, the
+    fields a PATCH changes; the tenant and client ID and rotation on or off when given (GUIDs only; any other value
+    is named as not one); ``force=true`` on a DELETE that forces. The body is read again, as the handler reads it
+    (bounded), and a body that cannot be read is summarized as nothing: the handler answers it."""
+    parts: list[str] = []
+    if req.method == "DELETE" and (req.params or {}).get("force", "").lower() == "true":
+        parts.append("force=true")
+    if req.method not in ("POST", "PATCH"):
+        return " ".join(parts)
+    try:
+        body = read_json(req)
+    except Exception:  # the handler answers it (a 400, 413 or 415)
+        body = None
+    if not isinstance(body, dict):
+        return " ".join(parts)
+    if req.method == "POST":
+        for field, limit in (("name", 64), ("method", 24)):
+            if isinstance(body.get(field), str):
+                parts.append(f"{field}='{_escaped(body[field], limit)}'")
+    else:
+        fields = [field for field in _CHANGES if field in body]
+        others = len(body) - len(fields)
+        parts.append("changes=" + (",".join(fields) or "-") + (f" (+{others} unknown)" if others else ""))
+    credentials = body.get("credentials")
+    if isinstance(credentials, dict):
+        for field in ("tenantId", "clientId"):
+            if field in credentials:
+                parts.append(f"{field}={_guid_or_not(credentials[field])}")
+    rotation = body.get("isAutoRotationEnabled")
+    if isinstance(rotation, bool):
+        parts.append(f"rotation={'on' if rotation else 'off'}")
+    return " ".join(parts)
+
+
+def _guid_or_not(value: object) -> str:
+    import uuid
+
+    try:
+        return str(uuid.UUID(value)) if isinstance(value, str) else "(not a GUID)"
+    except ValueError:
+        return "(not a GUID)"
 
 
 def traced(handler: Handler) -> Handler:

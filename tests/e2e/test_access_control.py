@@ -162,7 +162,8 @@ def test_each_action_is_audited_with_who_did_it_and_what_came_of_it(api: httpx.C
         assert entry["actor"]["id"]
         assert entry["app"] == KV
         assert entry["requestId"]
-        assert entry["detail"] == f"PATCH {BASE}/{KV}/{ID}"
+    # the started record says what the change asks for (audit review 3); the outcome, the request it answers
+    assert [e["detail"] for e in entries[:2]] == [f"PATCH {BASE}/{KV}/{ID}", f"PATCH {BASE}/{KV}/{ID} changes=name"]
     auditor = tokens.for_roles("AppConnections.Auditor")
     reader = tokens.for_roles("AppConnections.Reader")
     assert api.get("/api/v1/audit-logs", headers={"Authorization": f"Bearer {auditor}"}).status_code == 200

@@ -337,3 +337,119 @@ async def test_a_problem_quoting_text_that_is_not_unicode_is_still_written():
     response = await answer(handler, request(), "/api/v1/x")
     assert response.status_code == 400
     assert json.loads(response.get_body())["detail"] == "The name '\ud800' is refused."
+
+
+class _Caller:
+    def __init__(self, *roles: str) -> None:
+        self.roles = frozenset(roles)
+
+    async def validate(self, authorization: str) -> object:
+        from shared.auth import Principal
+
+        return Principal("oid-caller", "caller@contoso.example", "user", "t", self.roles)
+
+
+def _wired(monkeypatch, *roles: str):  # type: ignore[no-untyped-def]
+    from shared import wiring
+    from shared.audit import AuditLog
+    from tests.lifecycle_harness import Harness
+
+    h = Harness()
+    monkeypatch.setattr(wiring, "token_validator", lambda: _Caller(*roles))
+    monkeypatch.setattr(wiring, "audit_log", lambda: AuditLog(h.fakes.audit, h.fakes.clock))
+    monkeypatch.setattr(wiring, "connection_service", lambda: h.services().connections)
+    return h
+
+
+def _api_request(method: str, app: str, connection_id: str | None = None, body: object = None,
+                 params: dict[str, str] | None = None) -> func.HttpRequest:
+    route = {"app": app} | ({"connectionId": connection_id} if connection_id is not None else {})
+    path = "/api/v1/app-connections/a" + ("/b" if connection_id is not None else "")
+    query = "&".join(f"{k}={v}" for k, v in (params or {}).items())
+    return func.HttpRequest(method, f"https://svc.example{path}" + (f"?{query}" if query else ""),
+                            headers={"authorization": "Bearer t", "content-type": "application/json"},
+                            params=params or {}, route_params=route,
+                            body=b"" if body is None else json.dumps(body).encode())
+
+
+FORGED = "x\n2026-12-01T00:00:00Z connection.delete succeeded by admin\x1b[2K"
+
+
+@pytest.mark.parametrize("roles", [(), ("AppConnections.Writer",)], ids=["refused", "audited"])
+async def test_an_audit_record_takes_the_route_s_app_and_connection_id_only_as_they_are_known_or_escaped(
+        monkeypatch, roles) -> None:
+    """(Audit review 2.) Any caller signed in, with no role at all, wrote records whose app was the route's segment
+    of any length and whose connectionId held a newline and an escape sequence (a forged second line)."""
+    from shared.functions.connections import delete_app_connection, get_app_connection
+
+    h = _wired(monkeypatch, *roles)
+    handler = delete_app_connection if roles else get_app_connection
+    await handler(_api_request("DELETE" if roles else "GET", "azure-key-vault" + "A" * 4000, FORGED))
+    record = h.fakes.audit.records[0]
+    assert record.action == ("connection.delete" if roles else "access.refused")
+    assert record.app == "unknown:azure-key-vaultAAAAAAAAAAAAAAAAA..."
+    assert record.connection_id == "x\\n2026-12-01T00:00:00Z connection.delet..."
+    assert all(c.isprintable() for r in h.fakes.audit.records for c in f"{r.app}{r.connection_id}{r.detail}")
+    known = "0B8B6A3C-5C4F-4B8E-9F55-3E1F1C9E7A10"
+    await handler(_api_request("DELETE" if roles else "GET", "azure-key-vault", known))
+    assert (h.fakes.audit.records[-1].app, h.fakes.audit.records[-1].connection_id) == ("azure-key-vault",
+                                                                                      known.lower())
+
+
+async def test_the_started_record_of_a_create_names_what_it_asks_for_and_no_secret(monkeypatch) -> None:
+    """(Audit review 3.) A create's records said "POST <path>" only: a failed one (a wrong or stolen secret tried
+    against some tenant's application) named neither tenant nor application."""
+    from shared.functions.connections import create_app_connection
+    from tests.lifecycle_harness import APP
+
+    h = _wired(monkeypatch, "AppConnections.Admin")
+    client_id, credentials = h.new_application()
+    credentials["clientSecret"] = "wrong-secret-guess-1"
+    body = {"name": "probe\nline", "method": "client-secret", "credentials": credentials}
+    response = await create_app_connection(_api_request("POST", APP, body=body))
+    assert response.status_code == 400
+    started, outcome = h.fakes.audit.records
+    assert started.detail == (f"POST /api/v1/app-connections/a name='probe\\nline' method='client-secret' "
+                              f"tenantId={credentials['tenantId']} clientId={client_id}")
+    assert "wrong-secret-guess-1" not in f"{started}{outcome}"
+
+
+async def test_the_started_record_of_a_patch_names_the_fields_it_changes_and_no_secret(monkeypatch) -> None:
+    """(Audit review 3.) A PATCH that pointed a connection at another application and turned its rotation off was
+    recorded as one of its description was."""
+    from shared.functions.connections import update_app_connection
+    from tests.lifecycle_harness import APP
+
+    h = _wired(monkeypatch, "AppConnections.Admin")
+    record = await h.create()
+    new_client, credentials = h.new_application()
+    seen = len(h.fakes.audit.records)
+    for body in ({"description": "harmless"}, {"credentials": credentials, "isAutoRotationEnabled": False},
+                 {"rotation": None, "surprise": 1}, ["not", "an", "object"]):
+        await update_app_connection(_api_request("PATCH", APP, record.id, body=body))
+    started = [r.detail for r in h.fakes.audit.records[seen:] if r.action == "connection.update"
+               and r.outcome == "started"]
+    path = "PATCH /api/v1/app-connections/a/b"
+    assert started == [
+        f"{path} changes=description",
+        f"{path} changes=credentials,isAutoRotationEnabled tenantId={credentials['tenantId']} clientId={new_client}"
+        " rotation=off",
+        f"{path} changes=rotation (+1 unknown)",
+        path,
+    ]
+    assert not any(credentials["clientSecret"] in str(r) for r in h.fakes.audit.records)
+
+
+async def test_the_started_record_of_a_forced_delete_says_force(monkeypatch) -> None:
+    """(Audit review 1.) The query string was cut from the started record: nothing said a DELETE was forced."""
+    from shared.functions.connections import delete_app_connection
+    from tests.lifecycle_harness import APP
+
+    h = _wired(monkeypatch, "AppConnections.Writer")
+    for force in ("true", "false"):
+        record = await h.create(name=f"c-{force}")
+        seen = len(h.fakes.audit.records)
+        await delete_app_connection(_api_request("DELETE", APP, record.id, params={"force": force}))
+        started = h.fakes.audit.records[seen]
+        assert (started.action, started.outcome) == ("connection.delete", "started")
+        assert started.detail == "DELETE /api/v1/app-connections/a/b" + (" force=true" if force == "true" else "")
