@@ -95,6 +95,7 @@ log = logging.getLogger(__name__)
 FIRST_BACKOFF = timedelta(minutes=5)
 MAX_BACKOFF = timedelta(days=1)
 MARKER_PREFIX = "app-connections"
+CLEAN_UP = "rotation.clean-up"  # the audit action of the sweep's clean-up of an application a connection left
 # Entra's refusals of a credential it does not know: no such client secret; no key of the application's that the
 # certificate's signature verifies against (an expired key too).
 CREDENTIAL_UNKNOWN = frozenset({"AADSTS7000215", "AADSTS700027"})
@@ -894,28 +895,47 @@ class Rotator(Journaled):
 
     async def retire_due(self, record: ConnectionRecord) -> ConnectionRecord | None:
         """The sweep's retry of a retirement that failed before: under the lease, with back-off when it fails
-        again. None when the connection is leased, being deleted, or changed meanwhile."""
+        again. None when the connection is leased, being deleted, or changed meanwhile.
+
+        Audited (``rotation.clean-up``) before it leases the connection or reads a credential (fail closed:
+        :class:`AuditUnavailable`, nothing done, the entry stays due) and after: ``succeeded``, ``failed`` with
+        the kind of error (its back-off follows), or ``skipped``."""
         now = self.now()
-        claimed = await self._lease_for_retirement(record)
-        if claimed is None:
-            return None
+        where = {"app": record.app, "connection_id": record.id, "connection_name": record.name}
+        what = f"application {record.rotation.retire_client_id or record.client_id or 'unknown'} the connection left"
+        await self.audit.record(CLEAN_UP, "started", **where, detail=what)
+        told = False  # its outcome recorded
         try:
-            done = await self.retire(claimed)
-        except ServiceError as error:
-            try:
-                left = await self._as_left(claimed)
-            except LeaseLost:
+            claimed = await self._lease_for_retirement(record)
+            if claimed is None:
+                await self.audit.record(CLEAN_UP, "skipped", **where,
+                                        detail=f"{what}: leased, being deleted, or changed meanwhile")
                 return None
-            waiting = retire_waiting(left.rotation, error, now, keep_earlier=False).evolve(
-                lease_owner=None, lease_until=None)
-            # a rotation due before the retry is not put off
-            rotation = scheduled_rotation(left.rotation, left.health.credential_expires_at)
-            if rotation is not None and waiting.next_at is not None and rotation < waiting.next_at:
-                waiting = waiting.evolve(next_at=rotation)
-            return await self._reschedule(left, left.rotation, waiting)
+            try:
+                done = await self.retire(claimed)
+            except ServiceError as error:
+                await self.audit.record(CLEAN_UP, "failed", **where, detail=f"{what}: {type(error).__name__}")
+                told = True
+                try:
+                    left = await self._as_left(claimed)
+                except LeaseLost:
+                    return None
+                waiting = retire_waiting(left.rotation, error, now, keep_earlier=False).evolve(
+                    lease_owner=None, lease_until=None)
+                # a rotation due before the retry is not put off
+                rotation = scheduled_rotation(left.rotation, left.health.credential_expires_at)
+                if rotation is not None and waiting.next_at is not None and rotation < waiting.next_at:
+                    waiting = waiting.evolve(next_at=rotation)
+                return await self._reschedule(left, left.rotation, waiting)
+        except Exception as error:  # Table Storage failed under it, or a defect: recorded, and the sweep logs it
+            if not told:
+                await self.audit.record(CLEAN_UP, "failed", **where, detail=f"{what}: {type(error).__name__}")
+            raise
         finished = done.rotation.evolve(lease_owner=None, lease_until=None, failures=0, message=None,
                                         next_at=scheduled_rotation(done.rotation, done.health.credential_expires_at))
-        return await self._reschedule(done, done.rotation, finished)
+        cleaned = await self._reschedule(done, done.rotation, finished)
+        await self.audit.record(CLEAN_UP, "succeeded", **where, detail=what)
+        return cleaned
 
     async def _apply(self, record: ConnectionRecord, still: Callable[[ConnectionRecord], bool],
                      change: Callable[[ConnectionRecord], ConnectionRecord],

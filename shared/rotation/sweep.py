@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC
 
 from shared import telemetry
-from shared.errors import LeaseLost, NotFound, ServiceError
+from shared.errors import AuditUnavailable, LeaseLost, NotFound, ServiceError
 from shared.ports import DueEntry
 from shared.records import MIGRATION_STEPS, ConnectionRecord
 from shared.rotation.migration import Migrator
@@ -100,7 +100,13 @@ async def _rotate_due(rotator: Rotator, entry: DueEntry, report: SweepReport) ->
         report.stale += 1
         return
     if only_the_clean_up_due(record, rotator.now()):  # the clean-up of the application a change left
-        result = await rotator.retire_due(record)
+        try:
+            result = await rotator.retire_due(record)
+        except AuditUnavailable:  # nothing done: the entry stays due for the next sweep
+            log.warning("Clean-up of %s connection %s put off: the audit log cannot be written", record.app, record.id)
+            report.skipped += 1
+            report.outcomes[entry.connection_id] = "skipped"
+            return
         report.outcomes[entry.connection_id] = "retired" if result is not None else "skipped"
         report.skipped += result is None
         report.succeeded += result is not None
