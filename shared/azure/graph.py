@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl, quote
 import httpx
 
 from shared import telemetry
-from shared.azure.retry import RetryableError, parse_retry_after, with_retries
+from shared.azure.retry import RetryableError, retry_after_of, with_retries
 from shared.credentials import token_of
 from shared.errors import (
     CredentialLifetimeRefused,
@@ -176,7 +176,7 @@ def classify(error: Exception) -> RetryableError | None:
         return None
     headers = getattr(error, "response_headers", None) or {}
     lowered = {str(k).lower(): str(v) for k, v in dict(headers).items()}
-    retry_after = parse_retry_after(lowered.get("retry-after"))
+    retry_after = retry_after_of(lowered)  # Retry-After, else retry-after-ms / x-ms-retry-after-ms
     if status in (429, 503, 500, 502, 504):
         return RetryableError(f"Microsoft Graph answered {status}", retry_after)
     if status in (400, 409) and (_CONCURRENT.search(_message(error)) or _CONCURRENT.search(_code(error))):

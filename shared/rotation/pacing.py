@@ -227,13 +227,13 @@ class GraphPacing:
         await self.pacers[self.kind(request.method)].acquire()
 
     async def on_response(self, response: Any) -> None:
-        from shared.azure.retry import parse_retry_after
+        from shared.azure.retry import retry_after_of
 
         pacer = self.pacers[self.kind(response.request.method)]
         if response.status_code != 429:
             pacer.accepted()
             return
-        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        retry_after = retry_after_of(response.headers)  # Retry-After, else retry-after-ms / x-ms-retry-after-ms
         first_contact = pacer.rate is None  # a burst the pacer did not shape: fewer rotations in flight, too
         pacer.throttled(retry_after)
         self.limiter.throttled(retry_after, back_off=first_contact)

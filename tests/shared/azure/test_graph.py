@@ -196,6 +196,22 @@ async def test_throttling_and_dropped_connections_are_retried_and_seen_by_the_re
         hooks.remove(hook)
 
 
+@pytest.mark.parametrize("header", ["retry-after-ms", "x-ms-retry-after-ms"])
+async def test_a_throttle_that_says_its_wait_in_milliseconds_is_waited_as_said(
+        admin: Any, clients: AzureClients, secrets_used: Any, no_faults: None, header: str) -> None:
+    """(Review FC 3.) Graph's wait is read as every client reads it (``retry_after_of``): an hour said in
+    milliseconds is past the retry budget, so the call gives up at once instead of backing off and trying again."""
+    entra = register_rotatable_app(admin, secrets_used, name="graph-retry-after-ms")
+    credential, graph = graph_for(clients, entra)
+    async with credential:
+        fault = throttle_fault(path=r"^/v1\.0/applications\(", times=2)
+        fault["headers"] = {"Content-Type": "application/json", header: "3600000"}
+        admin.set_faults([fault])
+        with pytest.raises(UpstreamError):
+            await graph.find(entra.client_id)
+        assert [f["hits"] for f in admin.faults()] == [1]  # not tried again
+
+
 async def test_the_app_list_is_read_page_by_page_and_a_next_page_elsewhere_is_never_read(
         admin: Any, clients: AzureClients, secrets_used: Any, no_faults: None) -> None:
     entra = register_rotatable_app(admin, secrets_used, name="lister", roles=("Application.Read.All",))

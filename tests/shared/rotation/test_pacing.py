@@ -353,3 +353,22 @@ async def test_a_retry_after_past_the_retry_budget_holds_the_kind_s_requests_no_
                                              request=SimpleNamespace(method="POST")))
     await asyncio.wait_for(pacing.on_request(SimpleNamespace(method="POST")), 5)  # another rotation's write
     assert 0 < sum(slept) <= RETRY_BUDGET, slept
+
+
+@pytest.mark.parametrize("header", ["retry-after-ms", "x-ms-retry-after-ms"])
+async def test_a_429_that_says_its_wait_in_milliseconds_holds_the_kind_s_requests_that_long(header: str) -> None:
+    """(Review FC 3.) The pacer reads a 429's wait as every client does (``retry_after_of``): a wait said in
+    milliseconds holds the kind's requests as long as a ``Retry-After`` would, not only the cooldown."""
+    now = [0.0]
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    pacing = GraphPacing(AimdLimiter(16, clock=lambda: now[0]), clock=lambda: now[0], sleep=sleep)
+    await pacing.on_request(SimpleNamespace(method="POST"))
+    await pacing.on_response(SimpleNamespace(status_code=429, headers={header: "12000"},
+                                             request=SimpleNamespace(method="POST")))
+    await asyncio.wait_for(pacing.on_request(SimpleNamespace(method="POST")), 5)
+    assert sum(slept) >= 12, slept
