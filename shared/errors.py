@@ -240,6 +240,33 @@ class UpstreamError(ServiceError):
     title = "An Azure service did not answer as expected"
 
 
+class UpstreamThrottled(UpstreamError):
+    """An Azure service was still throttling (429) or unavailable (503) when the retries ran out: nothing is wrong
+    with the request, so it is a 503 whose ``Retry-After`` is the service's last wait (else the retry budget)."""
+
+    status = 503
+    slug = "upstream-throttled"
+    title = "An Azure service is busy; try again later"
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        retry_after: float | None = None,
+        errors: Sequence[FieldError] = (),
+        headers: Mapping[str, str] | None = None,
+        extensions: Mapping[str, Any] | None = None,
+    ) -> None:
+        import math
+
+        from shared.azure.retry import RETRY_BUDGET  # the schedule alone: no SDK
+
+        wait = retry_after if retry_after is not None and math.isfinite(retry_after) and retry_after > 0 \
+            else RETRY_BUDGET
+        super().__init__(detail, errors=errors, headers={"Retry-After": str(max(1, math.ceil(wait))),
+                                                         **(headers or {})}, extensions=extensions)
+
+
 class VersionDisabled(UpstreamError):
     """Key Vault refuses to read a version because it is disabled (it was superseded)."""
 

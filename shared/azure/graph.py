@@ -31,6 +31,7 @@ from shared.errors import (
     ServiceError,
     UpstreamError,
     UpstreamForbidden,
+    UpstreamThrottled,
 )
 from shared.ports import (
     AppRegistration,
@@ -205,6 +206,10 @@ def translate(error: Exception, action: str) -> Exception:
         )
     if status == 404:
         return NotFound(f"Microsoft Graph found nothing to {action} (404 {code}).")
+    if status in (429, 503):  # still throttling or unavailable when the retries ran out: its wait is the caller's
+        retryable = classify(error)
+        return UpstreamThrottled(f"Microsoft Graph is throttling or unavailable and did not {action} ({status} "
+                                 f"{code}); try again later.", retry_after=retryable.retry_after if retryable else None)
     if status is not None:
         return UpstreamError(f"Microsoft Graph failed to {action} ({status} {code}).")
     return UpstreamError(f"Microsoft Graph could not be reached to {action}.")

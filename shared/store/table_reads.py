@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import quote, urlsplit
 from uuid import UUID
 
-from shared.errors import NotFound, ServiceMisconfigured, UpstreamError, shown
+from shared.errors import NotFound, ServiceMisconfigured, UpstreamError, UpstreamThrottled, shown
 from shared.json_codec import loads
 from shared.records import ConnectionRecord, RotationEvent
 from shared.store.history import HISTORY_TABLE, event_of
@@ -328,6 +328,9 @@ class TableRequests:
             return await self._rest.send(method, url, headers, body)
         except RestError as error:
             done = "read" if method == "GET" else "written"
+            if error.status in (429, 503):  # still throttling or unavailable when the retries ran out
+                raise UpstreamThrottled(f"Table Storage is busy and could not be {done}; try again later.",
+                                        retry_after=error.retry_after) from None
             raise UpstreamError(f"Table Storage could not be {done} ({error}).") from None
 
     @staticmethod

@@ -212,6 +212,27 @@ async def test_a_throttle_that_says_its_wait_in_milliseconds_is_waited_as_said(
         assert [f["hits"] for f in admin.faults()] == [1]  # not tried again
 
 
+@pytest.mark.parametrize(("status", "header", "wait"), [(429, "Retry-After", "120"), (503, "retry-after-ms", "90000")])
+async def test_a_throttle_that_outlasts_the_retries_is_a_503_with_graph_s_wait(
+        admin: Any, clients: AzureClients, secrets_used: Any, no_faults: None, status: int, header: str,
+        wait: str) -> None:
+    """(Review FC 1.) Graph still throttling (or unavailable) when the retries run out: a 503 problem whose
+    ``Retry-After`` is Graph's wait, not a 502 without one."""
+    from shared.errors import UpstreamThrottled
+    from shared.functions.http import problem_response
+
+    entra = register_rotatable_app(admin, secrets_used, name="graph-throttled")
+    credential, graph = graph_for(clients, entra)
+    async with credential:
+        fault = graph_fault(status, "TooManyRequests", "throttled", path=r"^/v1\.0/applications\(", times=None)
+        fault["headers"] = {"Content-Type": "application/json", header: wait}
+        admin.set_faults([fault])
+        with pytest.raises(UpstreamThrottled) as caught:
+            await graph.find(entra.client_id)
+    response = problem_response(caught.value, "/x")
+    assert (response.status_code, response.headers.get("Retry-After")) == (503, "120" if status == 429 else "90")
+
+
 async def test_the_app_list_is_read_page_by_page_and_a_next_page_elsewhere_is_never_read(
         admin: Any, clients: AzureClients, secrets_used: Any, no_faults: None) -> None:
     entra = register_rotatable_app(admin, secrets_used, name="lister", roles=("Application.Read.All",))

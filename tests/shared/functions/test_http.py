@@ -453,3 +453,45 @@ async def test_the_started_record_of_a_forced_delete_says_force(monkeypatch) -> 
         started = h.fakes.audit.records[seen]
         assert (started.action, started.outcome) == ("connection.delete", "started")
         assert started.detail == "DELETE /api/v1/app-connections/a/b" + (" force=true" if force == "true" else "")
+
+
+@pytest.mark.parametrize(("status_line", "header", "wait"), [
+    (b"HTTP/1.1 503 Server Busy", b"Retry-After: 120", "120"),
+    (b"HTTP/1.1 429 Too Many Requests", b"X-Ms-Retry-After-Ms: 90000", "90")])
+async def test_an_sdk_call_still_throttled_when_the_retries_run_out_is_a_503_with_retry_after(
+        status_line, header, wait):
+    """(Review FC 1.) An Azure SDK call (the Tables SDK, over HTTP) still answered 429/503 when its retries ran out
+    is a 503 problem whose ``Retry-After`` is the service's last wait, not a 502 without one; other failures
+    stay 502 (above)."""
+    import asyncio
+
+    from shared.azure.clients import AzureClients
+    from shared.settings import load_settings
+    from tests.loopback_table import connection_string
+
+    async def busy(reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = [line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+                await reader.readexactly(int(length[0].split(b":")[1]) if length else 0)
+                writer.write(b"\r\n".join([status_line, header, b"Content-Length: 0", b"", b""]))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    server = await asyncio.start_server(busy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    clients = AzureClients(load_settings({"AzureWebJobsStorage": connection_string(port)}))
+
+    async def handler(req):
+        await clients.table("Throttled")
+
+    try:
+        response = await asyncio.wait_for(answer(handler, request(), "/api/v1/x"), 120)
+    finally:
+        await clients.close()
+        server.close()
+    assert response.status_code == 503, response.get_body()
+    assert response.headers.get("Retry-After") == wait
+    assert json.loads(response.get_body())["type"].endswith("upstream-throttled")

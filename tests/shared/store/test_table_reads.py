@@ -324,3 +324,40 @@ async def test_with_an_identity_a_read_carries_its_bearer_token_reused_until_nea
     assert [b"Authorization: Bearer token-1" in s for s in seen] == [True, False, False]
     assert all(b"Authorization: Bearer token-2" in s for s in seen[1:])
     assert seen[0].startswith(b"GET /AppConnConnections(PartitionKey='azure-key-vault',RowKey='0123') HTTP/1.1")
+
+
+async def _answering(status_line: bytes, *headers: bytes) -> Any:
+    """A loopback Table endpoint that answers every request with ``status_line`` and ``headers``, no body."""
+    import asyncio
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"\r\n".join([status_line, *headers, b"Content-Length: 0", b"", b""]))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    return await asyncio.start_server(answer, "127.0.0.1", 0)
+
+
+@pytest.mark.parametrize(("header", "wait"), [(b"Retry-After: 120", "120"), (b"x-ms-retry-after-ms: 45000", "45")])
+async def test_a_read_still_throttled_when_the_retries_run_out_is_a_503_with_the_storage_wait(
+        header: bytes, wait: str) -> None:
+    """(Review FC 1.) Table Storage still answering 503 past the retry budget: a 503 problem whose
+    ``Retry-After`` is the service's wait (not a 502 without one)."""
+    from tests.loopback_table import connection_string, port_of
+
+    server = await _answering(b"HTTP/1.1 503 Server Busy", header)
+    built = AzureClients(load_settings({"AzureWebJobsStorage": connection_string(port_of(server))}))
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            await TableReads(built).get_entity("Connections", "tenant-secret-partition", "row-key-7")
+    finally:
+        await built.close()
+        server.close()
+    problem = caught.value.to_problem()
+    assert (caught.value.status, caught.value.headers.get("Retry-After")) == (503, wait), problem
+    assert problem["type"].endswith("upstream-throttled")
+
