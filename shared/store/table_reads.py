@@ -28,6 +28,7 @@ import contextlib
 import functools
 import hmac
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -53,6 +54,8 @@ from shared.store.tables import (
 if TYPE_CHECKING:
     from shared.azure.clients import AzureClients
     from shared.azure.rest import Response
+
+log = logging.getLogger(__name__)
 
 API_VERSION = "2019-02-02"  # the SDK's
 ACCEPT = "application/json;odata=minimalmetadata"
@@ -328,10 +331,12 @@ class TableRequests:
             return await self._rest.send(method, url, headers, body)
         except RestError as error:
             done = "read" if method == "GET" else "written"
+            # The error's text names the account's host, the table and the entity's keys: the log's, not the caller's.
+            log.warning("Table Storage could not be %s: %s", done, error)
             if error.status in (429, 503):  # still throttling or unavailable when the retries ran out
                 raise UpstreamThrottled(f"Table Storage is busy and could not be {done}; try again later.",
                                         retry_after=error.retry_after) from None
-            raise UpstreamError(f"Table Storage could not be {done} ({error}).") from None
+            raise UpstreamError(f"Table Storage could not be {done}.") from None
 
     @staticmethod
     def _failed(response: Response) -> UpstreamError:

@@ -344,9 +344,10 @@ async def _answering(status_line: bytes, *headers: bytes) -> Any:
 
 @pytest.mark.parametrize(("header", "wait"), [(b"Retry-After: 120", "120"), (b"x-ms-retry-after-ms: 45000", "45")])
 async def test_a_read_still_throttled_when_the_retries_run_out_is_a_503_with_the_storage_wait(
-        header: bytes, wait: str) -> None:
-    """(Review FC 1.) Table Storage still answering 503 past the retry budget: a 503 problem whose
-    ``Retry-After`` is the service's wait (not a 502 without one)."""
+        header: bytes, wait: str, caplog: pytest.LogCaptureFixture) -> None:
+    """(Review FC 1 and 2.) Table Storage still answering 503 past the retry budget: a 503 problem whose
+    ``Retry-After`` is the service's wait (not a 502 without one), and whose detail names neither the account's
+    host, nor the table, nor the entity's keys (the log has them)."""
     from tests.loopback_table import connection_string, port_of
 
     server = await _answering(b"HTTP/1.1 503 Server Busy", header)
@@ -360,4 +361,23 @@ async def test_a_read_still_throttled_when_the_retries_run_out_is_a_503_with_the
     problem = caught.value.to_problem()
     assert (caught.value.status, caught.value.headers.get("Retry-After")) == (503, wait), problem
     assert problem["type"].endswith("upstream-throttled")
+    for named in ("127.0.0.1", "Connections", "tenant-secret-partition", "row-key-7"):
+        assert named not in caught.value.detail
+    assert any("row-key-7" in record.getMessage() for record in caplog.records)
 
+
+async def test_a_read_without_a_usable_answer_is_a_502_that_names_nothing_of_the_storage() -> None:
+    """(Review FC 2.) A malformed answer (not retried): a 502 that says Table Storage could not be read, without
+    the request's URL (the account's host, the table, the entity's keys)."""
+    from tests.loopback_table import connection_string, port_of
+
+    server = await _answering(b"HTTP/1.1 xyz not a status")
+    built = AzureClients(load_settings({"AzureWebJobsStorage": connection_string(port_of(server))}))
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            await TableReads(built).get_entity("Connections", "tenant-secret-partition", "row-key-7")
+    finally:
+        await built.close()
+        server.close()
+    assert caught.value.status == 502 and "Retry-After" not in caught.value.headers
+    assert caught.value.detail == "Table Storage could not be read.", caught.value.detail
