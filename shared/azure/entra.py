@@ -51,8 +51,11 @@ async def redeem(clients: AzureClients, tenant: str, form: Mapping[str, str]) ->
     url = f"{clients.settings.authority_host}/{urllib.parse.quote(tenant, safe='')}/oauth2/v2.0/token"
     request = HttpRequest("POST", url, data=dict(form), headers={"Accept": "application/json"})
     started = time.time()
+    # An authorization code is single use: a 500/502/504 may come after Entra redeemed it, and the code sent again
+    # would be refused (AADSTS54005) as if the user's sign-in were bad. Only a 429/503 with a wait is retried.
+    single_use = {"single_use": True} if form.get("grant_type") == "authorization_code" else {}
     try:
-        response = await clients.entra_tokens().send_request(request)
+        response = await clients.entra_tokens().send_request(request, **single_use)
         await response.read()
     except (AzureError, OSError, TimeoutError):
         raise UpstreamError("Entra ID could not be reached.") from None

@@ -23,6 +23,8 @@ from shared.azure.retry import (
 )
 
 RETRIED_IF_SAFE = frozenset({408, 500, 502, 504})  # retried where the method may be sent again (azure-core's rules)
+# The request option (``send_request(request, single_use=True)``) of a request that must not be processed twice.
+SINGLE_USE = "single_use"
 
 
 class JitteredRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
@@ -46,6 +48,9 @@ class JitteredRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
         settings["retries"] = 0  # made so far
         settings["waited"] = 0.0  # seconds, between attempts so far
         settings["delay"] = 0.0  # the wait before the next retry, chosen by increment()
+        # A request that must not be processed twice (an authorization code is single use): its 5xx may come after
+        # the work was done, so only an answer that says it was not (429 or 503 with a wait) is retried.
+        settings["single_use"] = bool(options.pop(SINGLE_USE, False))
         return settings
 
     def get_backoff_time(self, settings: dict[str, Any]) -> float:
@@ -84,6 +89,8 @@ class JitteredRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
         status = response.http_response.status_code
         if not settings["total"] or (status not in ALWAYS_RETRIED and status not in RETRIED_IF_SAFE):
             return False
+        if settings.get("single_use"):
+            return status in ALWAYS_RETRIED and _retry_after(response) is not None
         return status in ALWAYS_RETRIED or self._is_method_retryable(settings, response.http_request,
                                                                      response=response.http_response)
 
