@@ -15,13 +15,14 @@ import hashlib
 import hmac
 import json
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 
 from shared.apps import APPS
-from shared.ports import Adapters
+from shared.ports import Adapters, WebhookStatus
 from shared.records import (
     EXPIRED,
     EXPIRING,
@@ -50,7 +51,8 @@ REMINDER_EVERY = timedelta(hours=24)
 REMINDER_SLACK = timedelta(hours=1)
 FIRST_RETRY = timedelta(minutes=1)
 MAX_RETRY = timedelta(hours=1)
-MAX_ATTEMPTS = 30  # about a day of tries, then it is given up (and logged)
+MAX_RETRY_AFTER = timedelta(days=1)  # the longest a receiver's Retry-After puts a notice's next try off
+MAX_ATTEMPTS = 30  # most of a day of tries (19 h on average, 25 h at most), then it is given up (and logged)
 DELIVERY_BUDGET_SECONDS = 60.0  # a pass starts no send after this long (a timer's; a request's is shorter)
 GIVE_UP_AFTER_FAILURES = 3  # failures in a row that end a pass: the receiver is down or hangs
 MIN_SEND_SECONDS = 1.0  # a send started near the end of a pass's budget has at least this long
@@ -169,9 +171,17 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
 
 
-def retry_delay(attempts: int) -> timedelta:
-    delay: timedelta = FIRST_RETRY * 2 ** max(0, attempts - 1)
-    return min(MAX_RETRY, delay)
+def retry_delay(attempts: int, retry_after: float | None = None, rng: random.Random | None = None) -> timedelta:
+    """The wait before a notice's next try after ``attempts`` failed ones: 1 minute, doubling, at most an hour, each
+    jittered between half and all of it (``shared.azure.retry.jittered``: notices that failed together do not come
+    back together); never less than the receiver's ``retry_after`` (seconds), itself at most a day."""
+    from shared.azure.retry import jittered
+
+    ceiling: timedelta = min(MAX_RETRY, FIRST_RETRY * 2 ** max(0, attempts - 1))
+    delay = timedelta(seconds=jittered(ceiling.total_seconds(), rng))
+    if retry_after is not None:
+        delay = max(delay, timedelta(seconds=min(retry_after, MAX_RETRY_AFTER.total_seconds())))
+    return delay
 
 
 class Notifier:
@@ -236,10 +246,10 @@ class Notifier:
             if item.attempts == 0:
                 self.emit(item)
             try:  # within the pass's budget (a request's answer waits for it), not the send's own timeout alone
-                sent = await asyncio.wait_for(self._send(item), max(left, MIN_SEND_SECONDS))
+                sent, wait = await asyncio.wait_for(self._send(item), max(left, MIN_SEND_SECONDS))
             except TimeoutError:
                 log.info("Notification %s not delivered within the pass's time; it is retried", item.id)
-                sent = False
+                sent, wait = False, None
             except RefusedForGood as refusal:  # the same answer every time: not tried again for a day
                 log.error("Notification %s (%s of %s) given up: the receiver refuses it (%d)", item.id, item.event,
                           item.connection_id, refusal.status)
@@ -261,21 +271,22 @@ class Notifier:
                 done += 1
                 continue
             await self.adapters.outbox.retry_later(replace(item, attempts=attempts,
-                                                           next_attempt_at=now + retry_delay(attempts)))
+                                                           next_attempt_at=now + retry_delay(attempts, wait)))
         return done
 
-    async def _send(self, item: Notification) -> bool:
+    async def _send(self, item: Notification) -> tuple[bool, float | None]:
+        """Whether ``item`` was delivered, and the receiver's wait (seconds) when it asked for one."""
         settings = self.adapters.settings
         if not settings.notify_webhook_url:
-            return True  # the telemetry event is the notification
+            return True, None  # the telemetry event is the notification
         if settings.notify_webhook_url.startswith(KEY_VAULT_REFERENCE):  # retried as a failed delivery (about a day)
             log.error("NOTIFY_WEBHOOK_URL is a Key Vault reference that does not resolve (the secret is missing or "
                       "the identity may not read it): notification %s waits for it", item.id)
-            return False
+            return False, None
         if not settings.notify_webhook_secret:  # never unsigned: retried as a failed delivery (about a day)
             log.error("NOTIFY_WEBHOOK_URL is set but NOTIFY_WEBHOOK_SECRET is not (or its Key Vault reference does "
                       "not resolve): notification %s is not sent unsigned", item.id)
-            return False
+            return False, None
         body = json.dumps(item.payload(), separators=(",", ":")).encode()
         timestamp = str(int(self.adapters.clock().timestamp()))
         headers = {"Content-Type": "application/json", "Idempotency-Key": item.id, TIMESTAMP_HEADER: timestamp,
@@ -284,10 +295,10 @@ class Notifier:
             status = await self.adapters.webhook.post(settings.notify_webhook_url, body, headers)
         except Exception as error:
             log.info("Notification %s not delivered (%s); it is retried", item.id, type(error).__name__)
-            return False
+            return False, None
         if 200 <= status < 300:
-            return True
+            return True, None
         if status in REFUSED_FOR_GOOD:
             raise RefusedForGood(status)
         log.info("Notification %s not delivered (the receiver answered %d); it is retried", item.id, status)
-        return False
+        return False, status.retry_after if isinstance(status, WebhookStatus) else None

@@ -161,8 +161,21 @@ class OutboxStore(Protocol):
     async def retry_later(self, item: Notification) -> None: ...
 
 
+class WebhookStatus(int):
+    """A receiver's HTTP status with the wait it asked for (``retry_after``, seconds: a 429's or 503's
+    ``Retry-After``), which the outbox waits at least before it tries again."""
+
+    retry_after: float | None
+
+    def __new__(cls, status: int, retry_after: float | None = None) -> WebhookStatus:
+        made = super().__new__(cls, status)
+        made.retry_after = retry_after
+        return made
+
+
 class Webhook(Protocol):
-    """POST of a JSON body to the configured receiver: its HTTP status (an exception when unreachable)."""
+    """POST of a JSON body to the configured receiver: its HTTP status (an exception when unreachable), a
+    :class:`WebhookStatus` when the receiver said how long to wait."""
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int: ...
 

@@ -1,10 +1,14 @@
 """The outbound webhook of notifications: a POST over the service's one HTTP session (``shared.azure.clients``),
-with a short timeout, answered by its status alone; the outbox retries what fails (``shared.notify``)."""
+with a short timeout, answered by its status (and a 429's or 503's wait) alone; the outbox retries what fails
+(``shared.notify``)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
+
+from shared.azure.retry import ALWAYS_RETRIED, retry_after_of
+from shared.ports import WebhookStatus
 
 if TYPE_CHECKING:
     from shared.azure.clients import AzureClients
@@ -24,4 +28,7 @@ class HttpWebhook:
                                                 allow_redirects=False) as response:
             # The status is the answer: the body is not read (a large one would be buffered, a slow one would
             # time out a delivery that was made and have it sent again); its connection is closed, not reused.
-            return response.status
+            # A 429's or 503's wait (Retry-After, or retry-after-ms) is the least the outbox waits to try again.
+            wait = retry_after_of({name.lower(): value for name, value in response.headers.items()}) \
+                if response.status in ALWAYS_RETRIED else None
+            return WebhookStatus(response.status, wait)

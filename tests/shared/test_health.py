@@ -123,6 +123,30 @@ async def test_a_refused_credential_is_failing_and_notified_once() -> None:
     assert _events(h) == ["validation-failed"]
 
 
+async def test_a_receiver_s_retry_after_is_the_least_a_notice_waits_and_notices_come_back_spread() -> None:
+    """(Review FC 5.) The outbox's back-off was a fixed doubling: notices that failed together came back together,
+    and a receiver's ``Retry-After: 3600`` was tried again after a minute."""
+    import random
+
+    from shared.notify import retry_delay
+    from shared.ports import WebhookStatus
+
+    h = _harness()
+    record = await _connection(h, days=365)
+    h.fakes.world.apps[record.client_id or ""].passwords.clear()
+    h.fakes.webhook.answer = WebhookStatus(503, 3600.0)  # as HttpWebhook reads a 429's or 503's Retry-After
+    await _checker(h).check_now(APP, record.id)
+    [queued] = h.fakes.connections.outbox
+    assert queued.attempts == 1 and queued.next_attempt_at is not None
+    assert queued.next_attempt_at >= h.fakes.clock.now + timedelta(hours=1)
+    assert retry_delay(1, 1e12) == timedelta(days=1)  # a wait past a day is not taken at its word
+
+    rng = random.Random(7)
+    delays = [retry_delay(3, rng=rng) for _ in range(200)]
+    assert len(set(delays)) > 100  # spread, not one instant for all
+    assert all(timedelta(minutes=2) <= delay <= timedelta(minutes=4) for delay in delays)
+
+
 async def test_the_webhook_is_signed_carries_no_secret_and_is_retried_until_it_is_taken() -> None:
     h = _harness()
     record = await _connection(h, days=365)
@@ -133,7 +157,9 @@ async def test_the_webhook_is_signed_carries_no_secret_and_is_retried_until_it_i
     queued = h.fakes.connections.outbox
     assert len(queued) == 1
     assert queued[0].attempts == 1
-    assert queued[0].next_attempt_at == h.fakes.clock.now + timedelta(minutes=1)
+    # a minute's back-off, jittered between half and all of it (review FC 5)
+    assert h.fakes.clock.now + timedelta(seconds=30) <= queued[0].next_attempt_at <= h.fakes.clock.now + timedelta(
+        minutes=1)
     await Notifier(h.fakes.adapters).deliver()  # not due again yet
     assert h.fakes.webhook.received == []
     h.fakes.webhook.answer = 202

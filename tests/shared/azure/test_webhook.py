@@ -83,3 +83,19 @@ async def test_a_2xx_whose_body_comes_slowly_is_a_delivery(receiver: Any, monkey
     sent: list[int] = []
     url = await receiver(_streaming(30, b" ", 0.2, sent))
     assert await _post(url) == 202
+
+
+@pytest.mark.parametrize(("status", "headers", "wait"), [
+    (429, {"Retry-After": "120"}, 120.0), (503, {"retry-after-ms": "90000"}, 90.0), (503, {}, None),
+    (500, {"Retry-After": "120"}, None)])
+async def test_a_429_or_503_answer_carries_the_receiver_s_wait(receiver: Any, status: int, headers: dict[str, str],
+                                                               wait: float | None) -> None:
+    """(Review FC 5.) The receiver's wait, as every client reads it (``retry_after_of``), goes with a 429 or 503
+    to the outbox, which tries again no sooner."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        return web.Response(status=status, headers=headers)
+
+    answered = await _post(await receiver(handler))
+    assert answered == status
+    assert getattr(answered, "retry_after", None) == wait
