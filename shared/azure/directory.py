@@ -34,11 +34,16 @@ class AzureDirectory:
                     read_keys: bool | None = None) -> AsyncIterator[GraphApps]:
         from shared.apps import Method
         from shared.azure.graph import GraphApps
+        from shared.rotation.pacing import GRAPH_TENANT
 
         credential = await build_credential_async(self._clients, method, tenant_id, client_id, material)
-        async with credential:
-            yield GraphApps(self._clients, credential,
-                            read_keys=method is Method.CERTIFICATE if read_keys is None else read_keys)
+        tenant = GRAPH_TENANT.set(tenant_id)  # a sweep paces each tenant's Graph requests apart
+        try:
+            async with credential:
+                yield GraphApps(self._clients, credential,
+                                read_keys=method is Method.CERTIFICATE if read_keys is None else read_keys)
+        finally:
+            GRAPH_TENANT.reset(tenant)
 
     @asynccontextmanager
     async def graph_with(self, tokens: TokenSource) -> AsyncIterator[GraphApps]:
@@ -50,6 +55,8 @@ class AzureDirectory:
     @contextmanager
     def paced(self, on_request: Callable[[Any], Awaitable[None]],
               on_response: Callable[[Any], Awaitable[None]]) -> Iterator[None]:
+        """The hooks on the one Graph client of the process: they see every Graph request while the block runs, and
+        act on their own sweep's (``shared.rotation.pacing.GraphPacing.applied``)."""
         hooks: dict[str, list[Callable[[Any], Awaitable[None]]]] = self._clients.graph_http().event_hooks
         hooks["request"].append(on_request)
         hooks["response"].append(on_response)

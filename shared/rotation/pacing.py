@@ -5,12 +5,13 @@ fed by hooks on the Graph HTTP client). Both recover while Graph stops throttlin
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -21,6 +22,13 @@ Hook = Callable[[Any], Awaitable[None]]
 Paced = Callable[[Hook, Hook], AbstractContextManager[None]]
 
 log = logging.getLogger(__name__)
+# The pacing of the fan-out (a sweep) whose task is running: the directory's hooks see every Graph request of the
+# process, and a pacing acts only on its own fan-out's (``GraphPacing.applied``): an API request on the same worker,
+# or another sweep's, is neither held nor counted.
+_SWEEP: contextvars.ContextVar[GraphPacing | None] = contextvars.ContextVar("graph_pacing", default=None)
+# The tenant whose Graph the running task calls (set by the directory's Graph session): Graph throttles per tenant,
+# so one tenant's 429 paces that tenant's requests, not another's.
+GRAPH_TENANT: contextvars.ContextVar[str | None] = contextvars.ContextVar("graph_tenant", default=None)
 
 
 def held_for(retry_after: float | None) -> float:
@@ -213,23 +221,52 @@ class Pacer:
 
 
 class GraphPacing:
-    """A :class:`Pacer` for Graph's writes and one for its reads, and the HTTP client hooks that feed them."""
+    """A :class:`Pacer` for Graph's writes and one for its reads, per tenant, and the HTTP client hooks that feed
+    them. The hooks act only on the requests of the tasks that run :meth:`applied` (its fan-out's): those of a tenant
+    (:data:`GRAPH_TENANT`) go through that tenant's pacers, those of none known through :attr:`pacers`."""
 
     def __init__(self, limiter: AimdLimiter, **options: Any) -> None:
         self.limiter = limiter
-        self.pacers = {"write": Pacer(**options), "read": Pacer(**options)}
+        self._options = options
+        self.pacers = self._pair()  # the requests of no known tenant
+        self.tenants: dict[str, dict[str, Pacer]] = {}
+
+    def _pair(self) -> dict[str, Pacer]:
+        return {"write": Pacer(**self._options), "read": Pacer(**self._options)}
 
     @staticmethod
     def kind(method: str) -> str:
         return "read" if method.upper() in ("GET", "HEAD") else "write"
 
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """The Graph requests of the running task (and of the tasks it starts) are this pacing's while it lasts."""
+        token = _SWEEP.set(self)
+        try:
+            yield
+        finally:
+            _SWEEP.reset(token)
+
+    def _pacer(self, method: str) -> Pacer | None:
+        """The pacer of a request of the running task: None when the task is not this pacing's fan-out's."""
+        if _SWEEP.get() is not self:
+            return None
+        tenant = GRAPH_TENANT.get()
+        pacers = self.pacers if tenant is None else self.tenants.get(tenant) or self.tenants.setdefault(
+            tenant, self._pair())
+        return pacers[self.kind(method)]
+
     async def on_request(self, request: Any) -> None:
-        await self.pacers[self.kind(request.method)].acquire()
+        pacer = self._pacer(request.method)
+        if pacer is not None:
+            await pacer.acquire()
 
     async def on_response(self, response: Any) -> None:
         from shared.azure.retry import retry_after_of
 
-        pacer = self.pacers[self.kind(response.request.method)]
+        pacer = self._pacer(response.request.method)
+        if pacer is None:
+            return
         if response.status_code != 429:
             pacer.accepted()
             return
@@ -239,7 +276,13 @@ class GraphPacing:
         self.limiter.throttled(retry_after, back_off=first_contact)
 
     def paced(self) -> dict[str, float]:
-        return {kind: pacer.rate for kind, pacer in self.pacers.items() if pacer.rate is not None}
+        """The pace each kind ended at: the slowest over the tenants paced."""
+        rates: dict[str, float] = {}
+        for pacers in (self.pacers, *self.tenants.values()):
+            for kind, pacer in pacers.items():
+                if pacer.rate is not None:
+                    rates[kind] = min(rates.get(kind, math.inf), pacer.rate)
+        return rates
 
 
 @dataclass
@@ -272,7 +315,8 @@ async def paced_fan_out(items: Sequence[T], handle: Callable[[T], Awaitable[None
             if monotonic() - started > budget_seconds:
                 outcome.left += 1
                 return
-            await handle(item)
+            with pacing.applied():
+                await handle(item)
             outcome.handled += 1
             if outcome.handled % progress_every == 0:
                 log.info("%s: %d of %d handled", what, outcome.handled, len(items))

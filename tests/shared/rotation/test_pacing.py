@@ -269,17 +269,18 @@ async def test_graph_pacing_paces_writes_and_reads_apart_and_backs_off_concurren
     clock = Clock()
     limiter = AimdLimiter(16, clock=clock)
     pacing = GraphPacing(limiter, clock=clock)
-    for _ in range(10):
-        await pacing.on_request(SimpleNamespace(method="POST"))
-        await pacing.on_response(answer("POST", 200))
-    clock.now = 1.0
-    await pacing.on_response(answer("POST", 429, retry_after=2))
-    assert pacing.paced() == {"write": pytest.approx(10 / 3 * 0.95)}
-    assert limiter.limit == 8 and limiter.throttles == 1
-    await pacing.on_request(SimpleNamespace(method="GET"))  # reads are not held
-    clock.now = 20.0
-    await pacing.on_response(answer("POST", 429, retry_after=1))  # a paced kind: the pacer handles it
-    assert limiter.limit == 8 and limiter.throttles == 2
+    with pacing.applied():  # the hooks act on the requests of their own fan-out
+        for _ in range(10):
+            await pacing.on_request(SimpleNamespace(method="POST"))
+            await pacing.on_response(answer("POST", 200))
+        clock.now = 1.0
+        await pacing.on_response(answer("POST", 429, retry_after=2))
+        assert pacing.paced() == {"write": pytest.approx(10 / 3 * 0.95)}
+        assert limiter.limit == 8 and limiter.throttles == 1
+        await pacing.on_request(SimpleNamespace(method="GET"))  # reads are not held
+        clock.now = 20.0
+        await pacing.on_response(answer("POST", 429, retry_after=1))  # a paced kind: the pacer handles it
+        assert limiter.limit == 8 and limiter.throttles == 2
 
 
 async def test_against_a_limit_of_100_writes_per_10_s_the_sweep_keeps_the_rate_and_few_calls_are_throttled():
@@ -327,7 +328,8 @@ async def test_against_a_limit_of_100_writes_per_10_s_the_sweep_keeps_the_rate_a
             await limiter.release(mark)
 
     rotations = 500
-    await clock.run(asyncio.gather(*(rotation() for _ in range(rotations))))
+    with pacing.applied():  # the hooks act on the requests of their own fan-out (the tasks started within)
+        await clock.run(asyncio.gather(*(rotation() for _ in range(rotations))))
     assert calls["accepted"] == 2 * rotations
     rate = calls["accepted"] / clock.now
     assert rate >= 0.8 * limit / window
@@ -348,11 +350,12 @@ async def test_a_retry_after_past_the_retry_budget_holds_the_kind_s_requests_no_
         now[0] += seconds
 
     pacing = GraphPacing(AimdLimiter(16, clock=lambda: now[0]), clock=lambda: now[0], sleep=sleep)
-    await pacing.on_request(SimpleNamespace(method="POST"))
-    await pacing.on_response(SimpleNamespace(status_code=429, headers={"retry-after": retry_after},
-                                             request=SimpleNamespace(method="POST")))
-    await asyncio.wait_for(pacing.on_request(SimpleNamespace(method="POST")), 5)  # another rotation's write
-    assert 0 < sum(slept) <= RETRY_BUDGET, slept
+    with pacing.applied():  # the hooks act on the requests of their own fan-out
+        await pacing.on_request(SimpleNamespace(method="POST"))
+        await pacing.on_response(SimpleNamespace(status_code=429, headers={"retry-after": retry_after},
+                                                 request=SimpleNamespace(method="POST")))
+        await asyncio.wait_for(pacing.on_request(SimpleNamespace(method="POST")), 5)  # another rotation's write
+        assert 0 < sum(slept) <= RETRY_BUDGET, slept
 
 
 @pytest.mark.parametrize("header", ["retry-after-ms", "x-ms-retry-after-ms"])
@@ -367,8 +370,9 @@ async def test_a_429_that_says_its_wait_in_milliseconds_holds_the_kind_s_request
         now[0] += seconds
 
     pacing = GraphPacing(AimdLimiter(16, clock=lambda: now[0]), clock=lambda: now[0], sleep=sleep)
-    await pacing.on_request(SimpleNamespace(method="POST"))
-    await pacing.on_response(SimpleNamespace(status_code=429, headers={header: "12000"},
-                                             request=SimpleNamespace(method="POST")))
-    await asyncio.wait_for(pacing.on_request(SimpleNamespace(method="POST")), 5)
-    assert sum(slept) >= 12, slept
+    with pacing.applied():  # the hooks act on the requests of their own fan-out
+        await pacing.on_request(SimpleNamespace(method="POST"))
+        await pacing.on_response(SimpleNamespace(status_code=429, headers={header: "12000"},
+                                                 request=SimpleNamespace(method="POST")))
+        await asyncio.wait_for(pacing.on_request(SimpleNamespace(method="POST")), 5)
+        assert sum(slept) >= 12, slept
