@@ -172,6 +172,14 @@ class RotationInProgress(Conflict):
     title = "A rotation of this connection is in progress"
 
 
+class ConnectionBeingDeleted(Conflict):
+    """The connection is marked as being deleted (a ``DELETE`` stopped half way): nothing but another ``DELETE``
+    acts on it, so retrying the same request never succeeds (no ``Retry-After``)."""
+
+    slug = "connection-being-deleted"
+    title = "The connection is being deleted"
+
+
 class LeaseLost(Conflict):
     """Another worker took the rotation over; this one stopped without touching anything more."""
 

@@ -69,8 +69,9 @@ _PROBLEM_TEXT = {
     401: "No valid Entra ID access token for this API (`Authorization: Bearer`; `WWW-Authenticate` says why).",
     403: "The token lacks the app role the route needs (`requiredRole`).",
     404: "No such app, connection or route.",
-    409: "The name is taken, another change to the connection won the race (ETag), or a rotation of it is in "
-         "progress (`rotation-in-progress`, with `rotationId` and `Retry-After`).",
+    409: "The name is taken, another change to the connection won the race (ETag), a rotation of it is in "
+         "progress (`rotation-in-progress`, with `rotationId` and `Retry-After`), or it is being deleted "
+         "(`connection-being-deleted`: only another `DELETE` ends that).",
     412: "`If-Match` names another version of the connection than its current one (`version`, and its `ETag`).",
     413: "The body is larger than 64 KiB.",
     415: "The body is not `application/json`.",

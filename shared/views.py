@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from shared.apps import APPS, AppSpec, Method, find_app
-from shared.errors import FieldError, NameTaken, NotFound, PreconditionFailed, RotationInProgress, shown
+from shared.errors import ConnectionBeingDeleted, FieldError, NameTaken, NotFound, PreconditionFailed, shown
 from shared.fields import MAX_PAGE_SIZE, page_size
 from shared.json_codec import iso
 from shared.ports import ConnectionReads, HistoryReads
@@ -35,10 +35,11 @@ def require_app(app_id: str) -> AppSpec:
     return app
 
 
-def being_deleted(record: ConnectionRecord) -> RotationInProgress:
-    """The answer to a request on a connection marked as being deleted: nothing signs in with it any more."""
-    return RotationInProgress("This connection is being deleted; send the DELETE again to finish it.",
-                              headers={"Retry-After": "1"}, extensions={"connectionStatus": STATUS_DELETING})
+def being_deleted(record: ConnectionRecord) -> ConnectionBeingDeleted:
+    """The answer to a request on a connection marked as being deleted: nothing signs in with it any more, and no
+    retry of the request ends that (no ``Retry-After``): only another ``DELETE`` does."""
+    return ConnectionBeingDeleted("This connection is being deleted; send the DELETE again to finish it.",
+                                  extensions={"connectionStatus": STATUS_DELETING})
 
 
 async def ensure_name_free(connections: ConnectionReads, app_id: str, name: str, pointer: str = "/name") -> None:
