@@ -69,13 +69,15 @@ _PROBLEM_TEXT = {
     401: "No valid Entra ID access token for this API (`Authorization: Bearer`; `WWW-Authenticate` says why).",
     403: "The token lacks the app role the route needs (`requiredRole`).",
     404: "No such app, connection or route.",
+    405: "`…/options` and `…/health` answer `GET` only (`Allow`).",
     409: "The name is taken, another change to the connection won the race (ETag), a rotation of it is in "
          "progress (`rotation-in-progress`, with `rotationId` and `Retry-After`), or it is being deleted "
          "(`connection-being-deleted`: only another `DELETE` ends that).",
     412: "`If-Match` names another version of the connection than its current one (`version`, and its `ETag`).",
     413: "The body is larger than 64 KiB.",
     415: "The body is not `application/json`.",
-    502: "An Azure service (Entra ID, Graph, Key Vault, Table Storage) failed or could not be reached.",
+    502: "An Azure service (Entra ID, Graph, Key Vault, Table Storage: the console session's store too) failed or "
+         "could not be reached.",
     503: "The service is not configured for this (authentication included), or the audit record of the action could "
          "not be written, so the action did not run.",
 }
@@ -89,12 +91,32 @@ def _json(name: str, description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
 
 
-def _problems(*statuses: int) -> dict[str, Any]:
-    return {
-        str(status): {"description": _PROBLEM_TEXT[status],
-                      "content": {PROBLEM_CONTENT_TYPE: {"schema": _ref("Problem")}}}
-        for status in sorted({400, 401, 403, 413, 503, *statuses})  # 400: every route refuses a query it does not read
-    }
+def _header(description: str, *, required: bool = True) -> dict[str, Any]:
+    return {"description": description, "required": required, "schema": {"type": "string"}}
+
+
+# The headers a problem carries: always (``WWW-Authenticate``, ``Allow``, the current ``ETag``), or on the 409s of a
+# rotation in progress only (``Retry-After``, on the operations that wait for one: ``retry_after=True``).
+_PROBLEM_HEADERS = {
+    401: {"WWW-Authenticate": _header("The Bearer challenge: why the token was refused (RFC 6750).")},
+    405: {"Allow": _header("The methods the path answers: `GET`.")},
+    412: {"ETag": _header("The connection's current version, quoted.")},
+}
+RETRY_AFTER = {"Retry-After": _header("With `rotation-in-progress`: seconds to wait before trying again.",
+                                      required=False)}
+
+
+def _problems(*statuses: int, retry_after: bool = False) -> dict[str, Any]:
+    """The problems an operation answers: its ``statuses``, and those every route may answer (400: a query it does not
+    read; 401, 403: the caller; 502: the console session's store could not be read; 503: authentication
+    unconfigured). Only an operation that reads a body names 413 and 415."""
+    responses: dict[str, Any] = {}
+    for status in sorted({400, 401, 403, 502, 503, *statuses}):
+        headers = {**_PROBLEM_HEADERS.get(status, {}), **(RETRY_AFTER if status == 409 and retry_after else {})}
+        responses[str(status)] = {"description": _PROBLEM_TEXT[status],
+                                  "content": {PROBLEM_CONTENT_TYPE: {"schema": _ref("Problem")}},
+                                  **({"headers": headers} if headers else {})}
+    return responses
 
 
 def _path_param(name: str, description: str, **schema: Any) -> dict[str, Any]:
@@ -156,7 +178,7 @@ def _paths() -> dict[str, Any]:
             "parameters": [APP],
             "post": _operation(
                 "create_app_connection", "Create a connection (validated first).",
-                {"201": created, **_problems(400, 404, 409, 415, 502, 503)},
+                {"201": created, **_problems(400, 404, 405, 409, 413, 415, 502, 503)},
                 requestBody=_body("CreateConnectionIn")),
             "get": _operation(
                 "list_app_connections", "List the app's connections, paged.",
@@ -173,14 +195,15 @@ def _paths() -> dict[str, Any]:
             "get": _operation("get_app_connection", "One connection.", {"200": one, **_problems(400, 404, 502)}),
             "patch": _operation(
                 "update_app_connection", "Change name, description, credentials (re-validated) or rotation.",
-                {"200": one, **_problems(400, 404, 409, 412, 415, 502, 503)}, requestBody=_body("UpdateConnectionIn"),
+                {"200": one, **_problems(400, 404, 409, 412, 413, 415, 502, 503, retry_after=True)},
+                requestBody=_body("UpdateConnectionIn"),
                 parameters=[if_match]),
             "delete": _operation(
                 "delete_app_connection",
                 "Delete the connection, the client secrets the service created on its application, and its Key "
                 "Vault secret.",
                 {"200": _json("DeletedOut", "The connection as it was, and the client secrets removed or left live."),
-                 **_problems(400, 404, 409, 412, 502)},
+                 **_problems(400, 404, 409, 412, 502, retry_after=True)},
                 parameters=[if_match, _query(
                     "force", "`true`: delete even when Graph refuses to remove the client secrets the service "
                     "created (they are listed in `keyIdsLeftLive`).", {"type": "string", "enum": ["true", "false"]})]),
@@ -194,7 +217,7 @@ def _paths() -> dict[str, Any]:
             "parameters": [APP, CONNECTION_ID],
             "post": _operation("check_app_connection_health",
                                "Check the connection's credential now (AppConnections.Writer): its health and expiry.",
-                               {"200": one, **_problems(400, 404, 502)}, tag="health"),
+                               {"200": one, **_problems(400, 404, 409, 502)}, tag="health"),
         },
         f"{BASE}/health": {"get": _operation(
             "get_app_connections_health",
@@ -202,8 +225,9 @@ def _paths() -> dict[str, Any]:
             {"200": _json("HealthSummaryOut", "The summary."), **_problems(502)}, tag="health")},
         f"{item}/rotate": {
             "parameters": [APP, CONNECTION_ID],
-            "post": _operation("rotate_app_connection", "Rotate the client secret now (or finish a half-done one).",
-                               {"200": one, **_problems(400, 404, 409, 502, 503)}, tag="rotation"),
+            "post": _operation(
+                "rotate_app_connection", "Rotate the client secret or certificate now (or finish a half-done one).",
+                {"200": one, **_problems(400, 404, 409, 502, 503, retry_after=True)}, tag="rotation"),
         },
         f"{item}/migrate-to-federated": {
             "parameters": [APP, CONNECTION_ID],
@@ -213,7 +237,7 @@ def _paths() -> dict[str, Any]:
                 "credential), check a federated sign-in, switch the connection to the federated method, then remove "
                 "the credentials the service created (and the one given, with `revokeOriginal`) and the Key Vault "
                 "secret. Journaled: the same request finishes one that stopped half way (AppConnections.Rotator).",
-                {"200": one, **_problems(400, 404, 409, 415, 502, 503)},
+                {"200": one, **_problems(400, 404, 409, 413, 415, 502, 503, retry_after=True)},
                 requestBody={"required": False,
                              "content": {"application/json": {"schema": _ref("MigrateToFederatedIn")}}},
                 tag="rotation"),
@@ -229,7 +253,7 @@ def _paths() -> dict[str, Any]:
             "get": _operation("list_azure_client_secrets_clients",
                               "App registrations the connection can see in Microsoft Graph, paged.",
                               {"200": _json("ClientsOut", "A page of app registrations."),
-                               **_problems(400, 404, 502, 503)}, parameters=PAGING, tag="rotation"),
+                               **_problems(400, 404, 409, 502, 503)}, parameters=PAGING, tag="rotation"),
         },
         f"{BASE}/{{app}}/oauth/authorize": {
             "parameters": [APP],

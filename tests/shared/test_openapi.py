@@ -10,6 +10,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -71,6 +72,48 @@ def test_every_route_is_documented_with_its_problems_and_the_bearer_token():
     for status in ("201", "400", "401", "403", "404", "409", "413", "415", "502", "503"):
         assert status in create["responses"]
     assert "application/problem+json" in create["responses"]["409"]["content"]
+
+
+def _operations() -> dict[tuple[str, str], dict[str, Any]]:
+    return {(method, path): operation for path, item in openapi_document()["paths"].items()
+            for method, operation in item.items() if method != "parameters"}
+
+
+def test_each_operation_documents_the_problems_it_answers():
+    """(Review FB 2, 3, 5.) A connection being deleted is a 409 on its health check and its clients too; the
+    console session's store failing is a 502 on every route that takes a session (the options, this document);
+    ``POST …/options`` and ``POST …/health`` reach the create route and answer 405."""
+    operations = _operations()
+    base = "/api/v1/app-connections"
+    assert "409" in operations[("post", base + "/{app}/{connectionId}/health")]["responses"]
+    assert "409" in operations[("get", base + "/azure-client-secrets/{connectionId}/clients")]["responses"]
+    for key, operation in operations.items():
+        if operation.get("security") != []:
+            assert "502" in operation["responses"], key
+    assert "405" in operations[("post", base + "/{app}")]["responses"]
+
+
+def test_the_headers_of_the_problems_are_declared():
+    """(Review FB 4.) Every 401 carries ``WWW-Authenticate``, every 412 the current ``ETag``, a 405 ``Allow``, and the
+    409 of an operation that waits for a rotation in progress ``Retry-After``."""
+    operations = _operations()
+    for key, operation in operations.items():
+        for status, header in (("401", "WWW-Authenticate"), ("412", "ETag"), ("405", "Allow")):
+            if status in operation["responses"]:
+                assert operation["responses"][status]["headers"][header]["required"] is True, (key, status)
+    item = "/api/v1/app-connections/{app}/{connectionId}"
+    waits = (("patch", item), ("delete", item), ("post", item + "/rotate"), ("post", item + "/migrate-to-federated"))
+    for key in waits:
+        assert operations[key]["responses"]["409"]["headers"]["Retry-After"]["required"] is False, key
+    assert "headers" not in operations[("post", item + "/validate")]["responses"]["409"]
+
+
+def test_only_the_operations_that_read_a_body_document_413_and_415():
+    """(Review FB 6.) A route that reads no body does not refuse one for its size or type."""
+    for key, operation in _operations().items():
+        reads_a_body = "requestBody" in operation
+        assert ("413" in operation["responses"]) is reads_a_body, key
+        assert ("415" in operation["responses"]) is reads_a_body, key
 
 
 def test_the_schemas_are_the_models():
