@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic.json_schema import SkipJsonSchema
 
 from shared.apps import Method
 from shared.errors import FieldError, InvalidRequest
@@ -28,6 +29,13 @@ Name = Annotated[str, AfterValidator(_name),
 Description = Annotated[str, StringConstraints(max_length=DESCRIPTION_MAX), AfterValidator(_no_controls)]
 Secret = Annotated[str, StringConstraints(min_length=1, max_length=1024), AfterValidator(_no_controls)]
 Pem = Annotated[str, StringConstraints(min_length=1, max_length=MAX_PEM_CHARS), AfterValidator(_no_controls)]
+
+
+def _whole(value: Any) -> Any:
+    """A JSON number without a fractional part as the integer it is (``30.0`` is an integer in JSON Schema 2020-12,
+    as the document says): strict validation takes it then; a fraction, a string or a boolean is still refused."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
 
 
 # defer_build: a model's validator is built when it is first used, not at import, so a request builds only the
@@ -74,8 +82,8 @@ class MigrateToFederatedIn(_Strict):
 
 
 class RotateAtUtcIn(_Strict):
-    hours: Annotated[int, Field(ge=0, le=23)]
-    minutes: Annotated[int, Field(ge=0, le=59)]
+    hours: Annotated[int, Field(ge=0, le=23), BeforeValidator(_whole)]
+    minutes: Annotated[int, Field(ge=0, le=59), BeforeValidator(_whole)]
 
 
 def _time_of_day(value: str) -> str:
@@ -96,7 +104,7 @@ class RotationIn(_Strict):
     """``{rotationInterval, rotateAtUtc: {hours, minutes}}`` as the reference has it, or
     ``{rotationInterval, rotateAt: "HH:MM", timeZone}`` for a local time of day."""
 
-    rotationInterval: Annotated[int, Field(ge=1, le=365)]
+    rotationInterval: Annotated[int, Field(ge=1, le=365), BeforeValidator(_whole)]
     rotateAtUtc: RotateAtUtcIn | None = None
     rotateAt: Annotated[str, AfterValidator(_time_of_day)] | None = None
     timeZone: Annotated[str, AfterValidator(_time_zone)] | None = None
@@ -111,8 +119,13 @@ class CreateConnectionIn(_Strict):
     rotation: RotationIn | None = None
 
 
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
 class UpdateConnectionIn(_Strict):
-    name: Name | None = None
+    # Optional, never null (a connection needs a name: the update refuses ``null``), so the document says a string.
+    name: Name | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_no_default)
     description: Description | None = None
     credentials: dict[str, Any] | None = None
     isAutoRotationEnabled: bool | None = None

@@ -135,3 +135,33 @@ def test_every_field_error_of_a_rotation_schedule_comes_back_at_once():
     assert [e.pointer for e in refused.value.errors] == [
         "/rotation/rotationInterval", "/rotation/rotateAt", "/rotation/timeZone"]
     assert "Mars" not in str(refused.value.errors)  # no value echoed
+
+
+def test_a_whole_number_written_with_a_fraction_is_an_integer() -> None:
+    """(Review FB 7.) JSON Schema 2020-12, which the document uses, counts ``30.0`` as an integer: so does the
+    service. A fraction, a string or a boolean is still not one."""
+    from shared.models import RotationIn
+
+    rotation = parse_model(RotationIn, {"rotationInterval": 30.0, "rotateAtUtc": {"hours": 1.0, "minutes": 0.0}})
+    assert rotation.rotationInterval == 30 and type(rotation.rotationInterval) is int
+    assert rotation.rotateAtUtc is not None and (rotation.rotateAtUtc.hours, rotation.rotateAtUtc.minutes) == (1, 0)
+    for wrong in (30.5, "30", True):
+        with pytest.raises(InvalidRequest) as caught:
+            parse_model(RotationIn, {"rotationInterval": wrong})
+        assert pointers(caught.value) == {"/rotationInterval": "must be an integer"}
+    with pytest.raises(InvalidRequest) as caught:
+        parse_model(RotationIn, {"rotationInterval": 366.0})
+    assert pointers(caught.value) == {"/rotationInterval": "must be at most 365"}
+
+
+def test_the_document_says_a_patch_name_is_a_string_when_given() -> None:
+    """(Review FB 8.) The update refuses ``"name": null`` (a connection needs a name); the schema allowed it."""
+    import jsonschema_rs
+
+    from shared.models import UpdateConnectionIn
+
+    schema = UpdateConnectionIn.model_json_schema()
+    validator = jsonschema_rs.validator_for(schema)
+    assert validator.is_valid({}) and validator.is_valid({"name": "prod"})
+    assert not validator.is_valid({"name": None})
+    assert "name" not in schema.get("required", [])
