@@ -795,7 +795,7 @@ class ConnectionService:
         """Move a client-secret or certificate connection to the federated method in one journaled, resumable step
         (:mod:`shared.rotation.migration`); a migration that stopped half way is finished by the same request."""
         app = require_app(app_id)
-        request = parse_model(MigrateToFederatedIn, {} if body is None else body)
+        request = parse_model(MigrateToFederatedIn, body)  # an empty body is {} (the route); JSON null is no object
         record = await self.get(app.id, connection_id)
         if record.status == STATUS_DELETING:
             raise being_deleted(record)

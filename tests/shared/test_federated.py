@@ -161,6 +161,18 @@ async def migrated(h: Harness, record: ConnectionRecord, revoke: bool = False) -
     return result
 
 
+async def test_a_migration_body_that_is_json_null_is_refused_as_no_object() -> None:
+    """(Review FB 9.) Only an empty body stands for ``{}`` (the route); a JSON ``null`` was taken as ``{}`` and the
+    migration ran, where every other body that is no object is a 400."""
+    h = Harness()
+    record = await h.create()
+    with pytest.raises(InvalidRequest) as refused:
+        await h.api.migrate_to_federated(APP, record.id, None)
+    assert [(e.pointer, e.detail) for e in refused.value.errors] == [("", "must be an object")]
+    after = await h.record(record.id)
+    assert after is not None and after.method == record.method and not after.rotation.in_progress
+
+
 @pytest.mark.parametrize("method", ["client-secret", "certificate"])
 async def test_migration_adds_the_credential_switches_and_removes_what_the_service_created(method: str) -> None:
     h = Harness(method=method)
