@@ -178,7 +178,9 @@ def _bracket_depth(text: str) -> int:
     return deepest
 
 
-_INTEGER = re.compile(r"-?[0-9]{1,9}")
+_INTEGER = re.compile(r"-?[0-9]+")
+_MAX_DIGITS = 20  # past this many digits a number is out of any range a route takes: it is not parsed (nor its cost)
+_OUT_OF_RANGE: int = 10**_MAX_DIGITS
 
 
 def query_int(req: func.HttpRequest, name: str) -> int | None:
@@ -191,6 +193,9 @@ def query_int(req: func.HttpRequest, name: str) -> int | None:
         raise InvalidRequest(
             f"The query parameter {name} must be an integer.", errors=[FieldError(f"/{name}", "must be an integer")]
         )
+    digits = raw.lstrip("-")
+    if len(digits) > _MAX_DIGITS:  # as large as it is out of range: the route's range check says so
+        return -_OUT_OF_RANGE if raw.startswith("-") else _OUT_OF_RANGE
     return int(raw)
 
 

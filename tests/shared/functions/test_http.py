@@ -6,6 +6,7 @@ import azure.functions as func
 import pytest
 
 from shared.errors import InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
+from shared.fields import page_size
 from shared.functions.http import MAX_BODY_BYTES, answer, query_int, read_json
 
 
@@ -49,7 +50,7 @@ def test_brackets_inside_strings_do_not_count_as_depth():
     assert read_json(request(json.dumps({"s": "[" * 100}).encode())) == {"s": "[" * 100}
 
 
-@pytest.mark.parametrize("given", ["ten", " 5", "5 ", "+5", "1_000", "\u0665", "0x10", "1e3", "9" * 10])
+@pytest.mark.parametrize("given", ["ten", " 5", "5 ", "+5", "1_000", "\u0665", "0x10", "1e3", "-", "9" * 10 + "x"])
 def test_query_int_takes_plain_ascii_digits_only(given):
     with pytest.raises(InvalidRequest):
         query_int(request(params={"limit": given}), "limit")
@@ -59,6 +60,16 @@ def test_query_int_reads_an_integer_or_nothing():
     assert query_int(request(params={"limit": "10"}), "limit") == 10
     assert query_int(request(params={"limit": "-1"}), "limit") == -1  # the route says what range it takes
     assert query_int(request(), "limit") is None
+
+
+@pytest.mark.parametrize("given", ["10000000000", "9" * 20, "9" * 5000, "-" + "9" * 5000])
+def test_a_number_of_any_length_is_a_number_for_the_range_check_to_refuse(given):
+    """(Review FB 10.) ``limit=10000000000`` was answered 'must be an integer': it is one, out of range."""
+    value = query_int(request(params={"limit": given}), "limit")
+    assert value is not None and abs(value) >= 10**10 and (value < 0) is given.startswith("-")
+    with pytest.raises(InvalidRequest) as refused:
+        page_size(value)
+    assert [(e.pointer, e.detail) for e in refused.value.errors] == [("/limit", "must be between 1 and 1000")]
 
 
 async def test_answer_turns_domain_errors_into_problems():
