@@ -139,7 +139,8 @@ CONNECTION_ID = _path_param("connectionId", "The connection's id (a GUID).")
 PAGING = [
     _query("limit", f"Page size, 1 to {MAX_PAGE_SIZE} (default {DEFAULT_PAGE_SIZE}).",
            {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE}),
-    _query("continuationToken", "The `continuationToken` of the previous page.", {"type": "string"}),
+    _query("continuationToken", "The `continuationToken` of the previous page of the same list (any other: 400).",
+           {"type": "string"}),
 ]
 
 

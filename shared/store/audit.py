@@ -17,7 +17,7 @@ from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import InvalidRequest, UpstreamError
+from shared.errors import UpstreamError
 from shared.records import Actor, AuditRecord
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def _decode(token: str, start: datetime, end: datetime) -> tuple[str, str]:
     """A token's day and last RowKey: a day of the search's window (``start`` to ``end``), as the search that
     gave the token had it. Another day (a token forged, or from a search of other times) would have the search
     read day after day outside the window: a 400."""
-    from shared.store.tables import token_json, token_text  # a search's (the appends stay lean)
+    from shared.store.tables import invalid_token, token_json, token_text  # a search's (the appends stay lean)
 
     try:
         day, after = token_json(token)
@@ -98,7 +98,7 @@ def _decode(token: str, start: datetime, end: datetime) -> tuple[str, str]:
             return day, after
     except (ValueError, TypeError):
         pass
-    raise InvalidRequest("The continuation token is not valid for this search; start again without it.")
+    raise invalid_token("The continuation token is not valid for this search; start again without it.")
 
 
 def _quote(value: str) -> str:

@@ -89,13 +89,13 @@ class RotationHistory:
         table = await self._clients.table(HISTORY_TABLE)
         pages = table.query_entities(
             "PartitionKey eq @c", parameters={"c": connection_id}, results_per_page=limit
-        ).by_page(continuation_token=decode_token(continuation))
+        ).by_page(continuation_token=decode_token(continuation, connection_id))
         events: list[RotationEvent] = []
         async for page in pages:
             async for entity in page:
                 events.append(event_of(connection_id, entity))
             break
-        return events, encode_token(getattr(pages, "continuation_token", None))
+        return events, encode_token(getattr(pages, "continuation_token", None), connection_id)
 
     async def delete_all(self, connection_id: str) -> None:
         table = await self._clients.table(HISTORY_TABLE)

@@ -445,8 +445,8 @@ class ConnectionReads:
                         continuation: str | None) -> tuple[list[ConnectionRecord], str | None]:
         records, token = await self._reads.read_page(
             CONNECTIONS_TABLE, "PartitionKey eq @app and RowKey lt @names", {"app": app, "names": NAME_PREFIX[0]},
-            connection_record_of, top=limit, continuation=decode_token(continuation))
-        return records, encode_token(token)
+            connection_record_of, top=limit, continuation=decode_token(continuation, app))
+        return records, encode_token(token, app)
 
 
 class HistoryReads:
@@ -460,5 +460,5 @@ class HistoryReads:
         events, token = await self._reads.read_page(  # an entry that cannot be read: Table Storage's failure
             HISTORY_TABLE, "PartitionKey eq @c", {"c": connection_id},
             lambda item: event_of(connection_id, entity_of(item)), top=limit,
-            continuation=decode_token(continuation))
-        return events, encode_token(token)
+            continuation=decode_token(continuation, connection_id))
+        return events, encode_token(token, connection_id)

@@ -19,7 +19,7 @@ from dataclasses import fields, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import ConcurrentChange, InvalidRequest, NameTaken, NotFound, shown
+from shared.errors import ConcurrentChange, FieldError, InvalidRequest, NameTaken, NotFound, shown
 from shared.records import (
     Actor,
     Authorization,
@@ -168,28 +168,40 @@ def _name_entity(app: str, name: str, connection_id: str) -> dict[str, Any]:
     return {"PartitionKey": app, "RowKey": NAME_PREFIX + name.lower(), "Kind": "name", "ConnectionId": connection_id}
 
 
-def encode_token(token: Any) -> str | None:
+def encode_token(token: Any, partition: str) -> str | None:
+    """The continuation token of a page of the list that reads ``partition`` (an app's connections, a connection's
+    rotations): Table Storage's, with the partition it is for (its own keys are opaque: the service cannot tell
+    from them which list gave them)."""
     if not token:
         return None
-    return base64.urlsafe_b64encode(json.dumps(token, separators=(",", ":")).encode()).decode().rstrip("=")
+    return base64.urlsafe_b64encode(json.dumps({LIST: partition, **token}, separators=(",", ":")).encode()
+                                    ).decode().rstrip("=")
 
 
-def decode_token(raw: str | None) -> Any:
+def invalid_token(detail: str = "The continuation token is not valid; start again without it.") -> InvalidRequest:
+    """The 400 of a continuation token the list did not hand out, on the query parameter that carried it."""
+    return InvalidRequest(detail, errors=[FieldError("/continuationToken", "is not a token this list handed out")])
+
+
+def decode_token(raw: str | None, partition: str) -> Any:
     """A page's continuation token as Table Storage gave it (its next PartitionKey and RowKey; either may be
-    absent), or a 400 for one the service did not hand out."""
+    absent), or a 400 for one the service did not hand out for this list: a token of another list (another app's,
+    a connection's rotations), read on in this one, would answer an empty last page as if the list had ended."""
     if not raw:
         return None
     token = token_json(raw)
-    if not (isinstance(token, dict) and token and set(token) <= {"PartitionKey", "RowKey"}
+    if not (isinstance(token, dict) and token.pop(LIST, None) == partition and token
+            and set(token) <= {"PartitionKey", "RowKey"}
             and all(value is None or token_text(value) for value in token.values())
             and any(value is not None for value in token.values())):
-        raise InvalidRequest("The continuation token is not valid; start again without it.")
+        raise invalid_token()
     return token
 
 
-# The longest continuation token the service hands out: two keys of Table Storage's at most 1 KiB each, as JSON,
-# in base64url (4 characters for every 3 bytes).
-MAX_TOKEN = 4 * (2 * 1024 + 64) // 3
+# The longest continuation token the service hands out: two keys of Table Storage's at most 1 KiB each and the
+# list's partition (an app, a connection's id: short), as JSON, in base64url (4 characters for every 3 bytes).
+LIST = "list"
+MAX_TOKEN = 4 * (2 * 1024 + 256) // 3
 _TOKEN_TEXT = re.compile(r"[\x20-\x7e]{0,1024}")
 
 
@@ -296,13 +308,13 @@ class ConnectionsTable:
             "PartitionKey eq @app and RowKey lt @names",
             parameters={"app": app, "names": NAME_PREFIX[0]},
             results_per_page=limit,
-        ).by_page(continuation_token=decode_token(continuation))
+        ).by_page(continuation_token=decode_token(continuation, app))
         records: list[ConnectionRecord] = []
         async for page in pages:
             async for entity in page:
                 records.append(from_entity(entity))
             break
-        return records, encode_token(getattr(pages, "continuation_token", None))
+        return records, encode_token(getattr(pages, "continuation_token", None), app)
 
     async def update(self, record: ConnectionRecord, previous_name: str | None = None,
                      notify: Sequence[Notification] = ()) -> ConnectionRecord:

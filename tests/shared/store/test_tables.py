@@ -8,13 +8,18 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.errors import InvalidRequest
+from shared.errors import FieldError, InvalidRequest
 from shared.store.audit import _decode, _encode
 from shared.store.tables import MAX_TOKEN, decode_token, encode_token
 
 
 def _token(value: object) -> str:
     return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+ON_THE_TOKEN = FieldError("/continuationToken", "is not a token this list handed out")
+def _listed(value: dict[str, object]) -> str:
+    return _token({"list": "azure-key-vault", **value})
 
 
 KEY = "1!48!" + "QUJDREVGR0hJSktMTU5PUA" * 40  # Table Storage's own next keys are printable ASCII, up to 1 KiB
@@ -26,30 +31,43 @@ KEY = "1!48!" + "QUJDREVGR0hJSktMTU5PUA" * 40  # Table Storage's own next keys a
     {"PartitionKey": None, "RowKey": "6f1c1f4e-0000-4000-8000-000000000001"},
 ])
 def test_a_token_a_page_handed_out_reads_back_as_it_was(token: dict[str, str | None]) -> None:
-    raw = encode_token(token)
+    raw = encode_token(token, "azure-key-vault")
     assert raw is not None and len(raw) <= MAX_TOKEN
-    assert decode_token(raw) == token
+    assert decode_token(raw, "azure-key-vault") == token
 
 
 @pytest.mark.parametrize("raw", [
     base64.urlsafe_b64encode(b"[" * 1100).decode(),  # nested past the JSON parser's depth
-    _token({"PartitionKey": "azure-key-vault", "RowKey": "\ud800"}),  # a lone surrogate cannot even be sent
-    _token({"PartitionKey": "azure-key-vault", "RowKey": "a\u0000b"}),
-    _token({"PartitionKey": "azure-key-vault", "RowKey": "é"}),
-    _token({"PartitionKey": "azure-key-vault", "RowKey": "x" * 1025}),
-    _token({"PartitionKey": "azure-key-vault", "Other": "x"}),
-    _token({"PartitionKey": None, "RowKey": None}),
-    _token({}),
+    _listed({"PartitionKey": "azure-key-vault", "RowKey": "\ud800"}),  # a lone surrogate cannot even be sent
+    _listed({"PartitionKey": "azure-key-vault", "RowKey": "a\u0000b"}),
+    _listed({"PartitionKey": "azure-key-vault", "RowKey": "é"}),
+    _listed({"PartitionKey": "azure-key-vault", "RowKey": "x" * 1025}),
+    _listed({"PartitionKey": "azure-key-vault", "Other": "x"}),
+    _listed({"PartitionKey": None, "RowKey": None}),
+    _listed({}),
     _token(["azure-key-vault", "x"]),
-    _token({"PartitionKey": 1}),
+    _listed({"PartitionKey": 1}),
+    _token({"PartitionKey": "azure-key-vault", "RowKey": "x"}),  # of no list
     "x" * (MAX_TOKEN + 1),
     "not base64!",
     _token("just text"),
 ], ids=["nested", "surrogate", "control", "non-ascii", "too-long-key", "other-key", "both-null", "empty",
-        "array", "number", "too-long", "not-base64", "string"])
+        "array", "number", "no-list", "too-long", "not-base64", "string"])
 def test_a_token_the_service_did_not_hand_out_is_a_400(raw: str) -> None:
-    with pytest.raises(InvalidRequest):
-        decode_token(raw)
+    with pytest.raises(InvalidRequest) as refused:
+        decode_token(raw, "azure-key-vault")
+    assert refused.value.errors == (ON_THE_TOKEN,)  # (Review FB 11.) the field error names the query parameter
+
+
+@pytest.mark.parametrize("partition", ["azure-app-configuration", "6f1c1f4e-0000-4000-8000-000000000001"])
+def test_a_token_another_list_handed_out_is_a_400(partition: str) -> None:
+    """(Review FB 12.) A token of another app's list, or of a connection's rotations, was read on in this list's
+    query and answered an empty last page, as if the list had ended."""
+    raw = encode_token({"PartitionKey": KEY[:40], "RowKey": KEY[:40]}, partition)
+    assert decode_token(raw, partition) is not None
+    with pytest.raises(InvalidRequest) as refused:
+        decode_token(raw, "azure-key-vault")
+    assert refused.value.errors == (ON_THE_TOKEN,)
 
 
 START, END = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 30, tzinfo=UTC)
@@ -69,5 +87,6 @@ def test_an_audit_search_s_token_reads_back_within_its_window() -> None:
     "x" * (MAX_TOKEN + 1),
 ], ids=["nested", "surrogate", "control", "outside", "no-date", "short", "too-long"])
 def test_an_audit_search_s_forged_token_is_a_400(raw: str) -> None:
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(InvalidRequest) as refused:
         _decode(raw, START, END)
+    assert refused.value.errors == (ON_THE_TOKEN,)
