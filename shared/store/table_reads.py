@@ -46,6 +46,7 @@ from shared.store.tables import (
     PART_OF,
     decode_token,
     encode_token,
+    name_key,
     record_of_parts,
     record_parts,
     usable_key,
@@ -434,9 +435,10 @@ class ConnectionReads:
         return record
 
     async def get_by_name(self, app: str, name: str) -> ConnectionRecord:
-        if not usable_key(name):
+        key = name_key(name)
+        if key is None:
             raise NotFound(f"No {app} connection is named '{shown(name)}'.")
-        index = await self._reads.get_entity(CONNECTIONS_TABLE, app, NAME_PREFIX + name.lower())
+        index = await self._reads.get_entity(CONNECTIONS_TABLE, app, NAME_PREFIX + key)
         if index is None:
             raise NotFound(f"No {app} connection is named '{shown(name)}'.")
         return await self.get(app, str(index["ConnectionId"]))

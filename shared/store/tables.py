@@ -231,6 +231,13 @@ def usable_key(value: str) -> bool:
     return 0 < len(value) <= 512 and not _KEY_FORBIDDEN.search(value)
 
 
+def name_key(name: str) -> str | None:
+    """The RowKey part of the name a lookup asks for (names are found in any case), or None for a value that no
+    name can be: not a key (``usable_key``), or not ASCII, which Unicode would lowercase into a name (the Kelvin
+    sign, U+212A, into ``k``). Names are ASCII (a slug), so only ASCII letters change case."""
+    return name.lower() if name.isascii() and usable_key(name) else None
+
+
 def outbox_key(item: Notification) -> str:
     return f"{OUTBOX_PREFIX}{int(item.at.timestamp() * 1000):015d}|{item.id}"
 
@@ -291,11 +298,12 @@ class ConnectionsTable:
     async def get_by_name(self, app: str, name: str) -> ConnectionRecord:
         from azure.core.exceptions import ResourceNotFoundError
 
-        if not usable_key(name):
+        key = name_key(name)
+        if key is None:
             raise NotFound(f"No {app} connection is named '{shown(name)}'.")
         table = await self._table()
         try:
-            index = await table.get_entity(app, NAME_PREFIX + name.lower())
+            index = await table.get_entity(app, NAME_PREFIX + key)
         except ResourceNotFoundError:
             raise NotFound(f"No {app} connection is named '{shown(name)}'.") from None
         return await self.get(app, str(index["ConnectionId"]))

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.errors import FieldError, InvalidRequest
+from shared.errors import FieldError, InvalidRequest, NotFound
 from shared.store.audit import _decode, _encode
-from shared.store.tables import MAX_TOKEN, decode_token, encode_token
+from shared.store.tables import MAX_TOKEN, ConnectionsTable, decode_token, encode_token, name_key
 
 
 def _token(value: object) -> str:
@@ -90,3 +90,27 @@ def test_an_audit_search_s_forged_token_is_a_400(raw: str) -> None:
     with pytest.raises(InvalidRequest) as refused:
         _decode(raw, START, END)
     assert refused.value.errors == (ON_THE_TOKEN,)
+
+
+class _Untouched:
+    """Clients or reads that no lookup may reach."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"read {name}: a value that is no name was looked up")
+
+
+@pytest.mark.parametrize("asked", ["PROD-1", "prod-1", "Prod-1"])
+def test_a_name_is_looked_up_in_any_case(asked: str) -> None:
+    assert name_key(asked) == "prod-1"
+
+
+@pytest.mark.parametrize("asked", ["\u212aey", "pro\u0130d", "\ufb00", "pr\u00f6d", "", "x/y"])
+async def test_a_value_that_is_no_name_finds_nothing_and_reads_nothing(asked: str) -> None:
+    """(Review FB 13.) Unicode lowercases the Kelvin sign (U+212A) into ``k``: ``\u212aey`` found the connection named
+    ``key``, though it is not its name in any case."""
+    from shared.store.table_reads import ConnectionReads
+
+    assert name_key(asked) is None
+    for store in (ConnectionsTable(_Untouched()), ConnectionReads(_Untouched())):  # type: ignore[arg-type]
+        with pytest.raises(NotFound):
+            await store.get_by_name("azure-key-vault", asked)
