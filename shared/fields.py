@@ -14,6 +14,7 @@ from shared.errors import FieldError, InvalidRequest
 
 GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 NAME_RE = re.compile(r"^[a-z0-9-]{1,64}$")
+HHMM_PATTERN = r"^([01][0-9]|2[0-3]):([0-5][0-9])$"  # a 24-hour time of day, ASCII digits (``\d`` takes any script's)
 DESCRIPTION_MAX = 1024  # characters
 DEFAULT_PAGE_SIZE = 100  # items of a page (connections, rotations, audit records) when no limit is asked for
 MAX_PAGE_SIZE = 1000

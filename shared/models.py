@@ -13,10 +13,11 @@ from pydantic.json_schema import SkipJsonSchema
 
 from shared.apps import Method
 from shared.errors import FieldError, InvalidRequest
-from shared.fields import DESCRIPTION_MAX, GUID_RE, NAME_RE, pointer_part
+from shared.fields import DESCRIPTION_MAX, GUID_RE, HHMM_PATTERN, NAME_RE, pointer_part
 from shared.fields import guid as _guid
 from shared.fields import name as _name
 from shared.fields import no_controls as _no_controls
+from shared.records import CONNECTION_STATUSES, HEALTH_STATUSES, ROTATION_STATUSES
 
 MAX_PEM_CHARS = 16_384
 M = TypeVar("M", bound=BaseModel)
@@ -100,13 +101,16 @@ def _time_zone(value: str) -> str:
     return value
 
 
+TimeOfDay = Annotated[str, AfterValidator(_time_of_day), Field(json_schema_extra={"pattern": HHMM_PATTERN})]
+
+
 class RotationIn(_Strict):
     """``{rotationInterval, rotateAtUtc: {hours, minutes}}`` as the reference has it, or
     ``{rotationInterval, rotateAt: "HH:MM", timeZone}`` for a local time of day."""
 
     rotationInterval: Annotated[int, Field(ge=1, le=365), BeforeValidator(_whole)]
     rotateAtUtc: RotateAtUtcIn | None = None
-    rotateAt: Annotated[str, AfterValidator(_time_of_day)] | None = None
+    rotateAt: TimeOfDay | None = None
     timeZone: Annotated[str, AfterValidator(_time_zone)] | None = None
 
 
@@ -222,6 +226,12 @@ class _Out(BaseModel):
 Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 
 
+# Strings of a closed set, said in the document (``enum``).
+ConnectionStatus = Annotated[str, Field(json_schema_extra={"enum": list(CONNECTION_STATUSES)})]
+RotationStatus = Annotated[str, Field(json_schema_extra={"enum": list(ROTATION_STATUSES)})]
+HealthStatus = Annotated[str, Field(json_schema_extra={"enum": list(HEALTH_STATUSES)})]
+
+
 class ConnectionCredentialsOut(_Out):
     """Never a secret: the tenant and, but for OAuth connections, the client ID."""
 
@@ -243,7 +253,7 @@ class RotationOut(_Out):
     rotateAt: str | None
     timeZone: str | None
     rotateAtUtc: RotateAtUtcOut | None
-    status: str | None
+    status: RotationStatus | None
     lastRotatedAt: Timestamp | None
     lastRotationAttemptedAt: Timestamp | None
     lastRotationMessage: str | None
@@ -255,7 +265,7 @@ class HealthOut(_Out):
     """``healthy``, ``expiring`` (within EXPIRY_WARNING_DAYS of expiry), ``failing`` (Entra refuses the credential),
     ``expired`` or ``unknown`` (not checked yet); when, and what Entra answered."""
 
-    status: str
+    status: HealthStatus
     checkedAt: Timestamp | None
     message: str | None
 
@@ -286,7 +296,7 @@ class ConnectionOut(_Out):
     createdAt: Timestamp
     updatedAt: Timestamp
     version: int
-    status: str
+    status: ConnectionStatus
     statusMessage: str | None
     lastValidatedAt: Timestamp | None
     isAutoRotationEnabled: bool
@@ -316,7 +326,7 @@ class DeletedOut(_Out):
     appConnection: ConnectionOut
     removedKeyIds: list[str]
     keyIdsLeftLive: list[str]
-    applicationsNotRead: list[str] = Field(default_factory=list)
+    applicationsNotRead: list[str]
 
 
 class RotationEventOut(_Out):

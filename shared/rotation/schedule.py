@@ -13,9 +13,11 @@ from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
+from shared.fields import HHMM_PATTERN
+
 MIN_INTERVAL_DAYS = 1
 MAX_INTERVAL_DAYS = 365
-_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)\Z")
+_HHMM = re.compile(HHMM_PATTERN.removesuffix("$") + r"\Z")
 
 
 class ScheduleError(ValueError):

@@ -116,6 +116,33 @@ def test_only_the_operations_that_read_a_body_document_413_and_415():
         assert ("415" in operation["responses"]) is reads_a_body, key
 
 
+def test_closed_sets_and_formats_are_said_in_the_schemas():
+    """(Review FB, smaller.) Statuses are enums, ``rotateAt`` has its pattern (the one ``parse_hhmm`` applies), and
+    ``applicationsNotRead``, always answered, is required."""
+    import re
+
+    from shared.records import CONNECTION_STATUSES, HEALTH_STATUSES, ROTATION_STATUSES
+    from shared.rotation.schedule import ScheduleError, parse_hhmm
+
+    schemas = openapi_document()["components"]["schemas"]
+    assert schemas["ConnectionOut"]["properties"]["status"]["enum"] == list(CONNECTION_STATUSES)
+    assert schemas["HealthOut"]["properties"]["status"]["enum"] == list(HEALTH_STATUSES)
+    [given, _] = schemas["RotationOut"]["properties"]["status"]["anyOf"]
+    assert given["enum"] == list(ROTATION_STATUSES)
+    assert "applicationsNotRead" in schemas["DeletedOut"]["required"]
+    [time_of_day, _] = schemas["RotationIn"]["properties"]["rotateAt"]["anyOf"]
+    pattern = re.compile(time_of_day["pattern"])
+    for value in ("00:00", "03:30", "23:59", "24:00", "3:30", "03:60", "0\u0663:30", "03:30:00"):
+        try:
+            parse_hhmm(value)
+            taken = True
+        except ScheduleError:
+            taken = False
+        assert bool(pattern.search(value)) is taken, value
+    with pytest.raises(ScheduleError):
+        parse_hhmm("0\u0663:30")  # an Arabic-Indic digit three: ``\\d`` took it
+
+
 def test_the_schemas_are_the_models():
     schemas = openapi_document()["components"]["schemas"]
     generated = CreateConnectionIn.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -148,10 +175,12 @@ def test_connections_as_answered_match_the_response_model():
 
 
 def test_deletions_as_answered_match_the_response_model():
-    answer = {"appConnection": to_response(_record()), "removedKeyIds": ["k1"], "keyIdsLeftLive": []}
+    answer = {"appConnection": to_response(_record()), "removedKeyIds": ["k1"], "keyIdsLeftLive": [],
+              "applicationsNotRead": []}
     DeletedOut.model_validate(answer)
-    with pytest.raises(ValueError, match="keyIdsLeftLive"):
-        DeletedOut.model_validate({k: v for k, v in answer.items() if k != "keyIdsLeftLive"})
+    for always in ("keyIdsLeftLive", "applicationsNotRead"):  # the route answers both, empty or not
+        with pytest.raises(ValueError, match=always):
+            DeletedOut.model_validate({k: v for k, v in answer.items() if k != always})
     delete = openapi_document()["paths"]["/api/v1/app-connections/{app}/{connectionId}"]["delete"]
     assert delete["responses"]["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/DeletedOut"}
