@@ -95,10 +95,12 @@ def _header(description: str, *, required: bool = True) -> dict[str, Any]:
     return {"description": description, "required": required, "schema": {"type": "string"}}
 
 
-# The headers a problem carries: always (``WWW-Authenticate``, ``Allow``, the current ``ETag``), or on the 409s of a
-# rotation in progress only (``Retry-After``, on the operations that wait for one: ``retry_after=True``).
+# The headers a problem carries: always (``Allow``, the current ``ETag``), to a token only (``WWW-Authenticate``), or
+# on the 409s of a rotation in progress only (``Retry-After``, on the operations that wait for one).
 _PROBLEM_HEADERS = {
-    401: {"WWW-Authenticate": _header("The Bearer challenge: why the token was refused (RFC 6750).")},
+    401: {"WWW-Authenticate": _header("The Bearer challenge: why the token was refused (RFC 6750); not on the "
+                                      "`unauthenticated` of a console session, which gives `loginUrl`.",
+                                      required=False)},
     405: {"Allow": _header("The methods the path answers: `GET`.")},
     412: {"ETag": _header("The connection's current version, quoted.")},
 }
