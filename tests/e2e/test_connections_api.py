@@ -353,6 +353,19 @@ def test_list_is_paged_with_a_continuation_token(api, admin, secrets_used):
         if not token:
             break
     assert made <= set(seen) and len(seen) == len(set(seen)) and pages >= 3
+    # (Review FB 12.) A token is its list's: another app's list refuses it, on the parameter, not an empty last page
+    first = api.get(f"{BASE}/{app}", params={"limit": 2}).json()["continuationToken"]
+    problem = assert_problem(api.get(f"{BASE}/azure-key-vault", params={"limit": 2, "continuationToken": first}), 400)
+    assert [e["pointer"] for e in problem["errors"]] == ["/continuationToken"]
+    some = next(iter(made))
+    problem = assert_problem(api.get(f"{BASE}/{app}/{some}/rotations", params={"continuationToken": first}), 400)
+    assert [e["pointer"] for e in problem["errors"]] == ["/continuationToken"]
+
+
+def test_a_limit_too_large_for_any_page_is_out_of_range_not_a_non_integer(api):
+    """(Review FB 10.)"""
+    problem = assert_problem(api.get(f"{BASE}/azure-key-vault", params={"limit": "10000000000"}), 400)
+    assert problem["errors"] == [{"pointer": "/limit", "detail": "must be between 1 and 1000"}]
 
 
 # -- races ------------------------------------------------------------------------------------------
