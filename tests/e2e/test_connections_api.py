@@ -468,3 +468,19 @@ async def test_a_delete_whose_last_table_write_lost_its_answer_is_answered_delet
         deleted = await wiring.services(wiring.adapters(proxied)).connections.delete("azure-key-vault", cid)
         assert len(dropper.dropped) == 1 and deleted.record.id == cid
     assert api.get(f"{BASE}/azure-key-vault/{cid}").status_code == 404
+
+
+async def test_a_connection_left_being_deleted_answers_so_and_says_no_retry(api, admin, secrets_used, clients):
+    """(Review FB 1.) It answered rotation-in-progress with ``Retry-After: 1``: no rotation ran, and no retry could
+    succeed. Only another DELETE ends the state."""
+    entra = register_app(admin, secrets_used)
+    cid = create(api, "azure-key-vault", "client-secret", entra.client_secret_body()).json()["appConnection"]["id"]
+    table = ConnectionsTable(clients)
+    await table.update((await table.get("azure-key-vault", cid)).evolve(status="deleting"))  # a DELETE stopped
+    for method, suffix in (("POST", "/validate"), ("POST", "/health"), ("POST", "/rotate"), ("PATCH", "")):
+        response = api.request(method, f"{BASE}/azure-key-vault/{cid}{suffix}",
+                               json={"description": "x"} if method == "PATCH" else None)
+        problem = assert_problem(response, 409)
+        assert problem["type"] == "urn:app-connections:problem:connection-being-deleted", (method, suffix)
+        assert problem["connectionStatus"] == "deleting" and "retry-after" not in response.headers
+    assert api.delete(f"{BASE}/azure-key-vault/{cid}").status_code == 200
