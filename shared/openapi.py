@@ -78,8 +78,9 @@ _PROBLEM_TEXT = {
     415: "The body is not `application/json`.",
     502: "An Azure service (Entra ID, Graph, Key Vault, Table Storage: the console session's store too) failed or "
          "could not be reached.",
-    503: "The service is not configured for this (authentication included), or the audit record of the action could "
-         "not be written, so the action did not run.",
+    503: "The service is not configured for this (authentication included), the audit record of the action could "
+         "not be written, so the action did not run, or an Azure service was still throttling when the retries ran "
+         "out (`upstream-throttled`, with `Retry-After`).",
 }
 
 
@@ -103,6 +104,8 @@ _PROBLEM_HEADERS = {
                                       required=False)},
     405: {"Allow": _header("The methods the path answers: `GET`.")},
     412: {"ETag": _header("The connection's current version, quoted.")},
+    503: {"Retry-After": _header("With `upstream-throttled`: seconds to wait before trying again (the Azure "
+                                 "service's own wait, when it said one).", required=False)},
 }
 RETRY_AFTER = {"Retry-After": _header("With `rotation-in-progress`: seconds to wait before trying again.",
                                       required=False)}
