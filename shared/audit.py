@@ -87,18 +87,6 @@ class AuditLog:
         """Write one record. Before an action (outcome ``started``) this fails closed: it raises
         :class:`AuditUnavailable` when the record cannot be written, and the action must not run. The record of an
         outcome is written as well as can be: the action has happened, and the structured log keeps it."""
-        return await self._write(action, outcome, app, connection_id, connection_name, detail,
-                                 fail_closed=outcome == STARTED)
-
-    async def record_before(self, action: str, outcome: str, *, app: str | None = None,
-                            connection_id: str | None = None, connection_name: str | None = None,
-                            detail: str | None = None) -> AuditRecord:
-        """Write a record of any outcome that what follows it must not run without (fail closed, as ``started``):
-        :class:`AuditUnavailable` when it cannot be written."""
-        return await self._write(action, outcome, app, connection_id, connection_name, detail, fail_closed=True)
-
-    async def _write(self, action: str, outcome: str, app: str | None, connection_id: str | None,
-                     connection_name: str | None, detail: str | None, *, fail_closed: bool) -> AuditRecord:
         context = current()
         entry = AuditRecord(
             at=self._clock(), action=action, outcome=outcome, actor=context.actor, app=app,
@@ -117,7 +105,7 @@ class AuditLog:
                     raise
             log.warning("The audit log could not be written (%s): %s %s", type(error).__name__, action, outcome,
                         extra={"audit": True, **{f"audit_{k}": v for k, v in _flat(entry).items()}})
-            if fail_closed:
+            if outcome == STARTED:
                 raise AuditUnavailable("The audit log could not be written; nothing was done.") from None
             return entry
         log.info("audit %s %s by %s", action, outcome, context.actor.id,

@@ -22,7 +22,6 @@ from shared.audit import STARTED, acting_actor, current
 from shared.auth import ROLE_PREFIX, WRITER, granted_apps
 from shared.credentials import parse_certificate_async
 from shared.errors import (
-    AuditUnavailable,
     ConcurrentChange,
     CredentialRejected,
     CredentialsLeftLive,
@@ -1017,17 +1016,10 @@ class ConnectionService:
                 f"?force=true to leave them live.{where}",
                 extensions={"reason": error.detail, "keyIds": left, "applicationsNotRead": unread},
             ) from None
-        try:  # before the vault's and the table's deletes: no record of what stays live, no deletion
-            await self.rotator.audit.record_before(
-                "connection.delete", "credentials-left-live", app=record.app, connection_id=record.id,
-                connection_name=record.name,
-                detail=f"Left live by ?force=true: Key IDs {', '.join(left) or 'none known'}.{where}")
-        except AuditUnavailable as unavailable:
-            outcome = ("the connection was not deleted" if await self._release(record, before, progress, owner)
-                       else "the connection is still marked as being deleted")
-            unavailable.detail = (f"The audit log could not be written, so the credentials this forced DELETE would "
-                                  f"leave live are not recorded; {outcome}. Send the DELETE again.")
-            raise
+        await self.rotator.audit.record(
+            "connection.delete", "credentials-left-live", app=record.app, connection_id=record.id,
+            connection_name=record.name,
+            detail=f"Left live by ?force=true: Key IDs {', '.join(left) or 'none known'}.{where}")
         return left, unread
 
     async def _still_there(self, record: ConnectionRecord) -> bool:

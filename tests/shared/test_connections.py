@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from shared.errors import (
-    AuditUnavailable,
     ConcurrentChange,
     CredentialRejected,
     CredentialsLeftLive,
@@ -1504,32 +1503,3 @@ async def test_the_clients_a_connection_sees_come_a_page_at_a_time_and_a_bad_lim
         with pytest.raises(InvalidRequest, match="page size"):
             await h.api.clients_visible(record.id, limit)
     assert h.fakes.world.calls == signed_in
-
-
-async def test_a_forced_delete_whose_record_of_what_it_leaves_live_cannot_be_written_deletes_nothing() -> None:
-    """(Audit review 1.) The record that names the Key IDs a forced DELETE leaves live was an outcome's, written as
-    well as could be: Table Storage failing for it, the connection was deleted and nothing said what stayed live. It
-    is written before the vault's and the table's deletes, fail closed: the connection stays, and the DELETE is a
-    503 to send again."""
-    h = Harness()
-    record = await h.create()
-    world = h.fakes.world
-    world.apps[record.client_id or ""].may_manage_itself = False  # Graph refuses the removals
-    append = h.fakes.audit.append
-
-    async def failing_for_left_live(entry: Any) -> None:
-        if entry.outcome == "credentials-left-live":
-            raise OSError("Table Storage unreachable")
-        await append(entry)
-
-    h.fakes.audit.append = failing_for_left_live  # type: ignore[method-assign]
-    with pytest.raises(AuditUnavailable):
-        await h.api.delete(APP, record.id, force=True)
-    kept = await h.record(record.id)
-    assert kept is not None and kept.status == record.status  # not deleted, not left marked
-    assert "vault.delete" not in world.calls
-    h.fakes.audit.append = append  # type: ignore[method-assign]
-    forced = await h.api.delete(APP, record.id, force=True)
-    assert forced.key_ids_left_live == [record.rotation.key_id] and await h.record(record.id) is None
-    [noted] = [r for r in h.fakes.audit.records if r.outcome == "credentials-left-live"]
-    assert (noted.detail or "").startswith(f"Left live by ?force=true: Key IDs {record.rotation.key_id}.")
