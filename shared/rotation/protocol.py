@@ -901,6 +901,9 @@ class Rotator(Journaled):
         :class:`AuditUnavailable`, nothing done, the entry stays due) and after: ``succeeded``, ``failed`` with
         the kind of error (its back-off follows), or ``skipped``."""
         now = self.now()
+        if record.status == STATUS_DELETING or (
+                record.rotation.leased(now) and record.rotation.lease_owner != self.owner):
+            return None  # nothing to try: not recorded (a connection left being deleted stays due every sweep)
         where = {"app": record.app, "connection_id": record.id, "connection_name": record.name}
         what = f"application {record.rotation.retire_client_id or record.client_id or 'unknown'} the connection left"
         await self.audit.record(CLEAN_UP, "started", **where, detail=what)

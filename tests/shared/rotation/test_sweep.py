@@ -68,3 +68,16 @@ async def test_a_clean_up_whose_record_cannot_be_written_is_put_off_untouched() 
     await h.sweep()
     done = await h.record(moved.id)
     assert done is not None and done.rotation.retire_version is None
+
+
+async def test_a_clean_up_that_cannot_run_writes_no_record_however_often_the_sweep_finds_it_due() -> None:
+    """A connection left marked as being deleted stays due (an undone DELETE leaves its clean-up to the sweep): each
+    sweep skips it, and wrote a started and a skipped record for it, two records every five minutes (review Z1)."""
+    h = Harness()
+    waiting = await _left_an_application(h)
+    key = next(k for k, r in h.fakes.connections.records.items() if r.id == waiting.id)
+    h.fakes.connections.records[key] = waiting.evolve(status="deleting")  # a DELETE stopped half way
+    for _ in range(6):
+        await h.sweep()
+        h.fakes.clock.advance(timedelta(minutes=5))
+    assert [r for r in h.fakes.audit.records if r.action == "rotation.clean-up"] == []
