@@ -193,7 +193,7 @@ def query_int(req: func.HttpRequest, name: str) -> int | None:
         raise InvalidRequest(
             f"The query parameter {name} must be an integer.", errors=[FieldError(f"/{name}", "must be an integer")]
         )
-    digits = raw.lstrip("-")
+    digits = raw.lstrip("-").lstrip("0")
     if len(digits) > _MAX_DIGITS:  # as large as it is out of range: the route's range check says so
         return -_OUT_OF_RANGE if raw.startswith("-") else _OUT_OF_RANGE
     return int(raw)
@@ -273,7 +273,7 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
             asked = f"{req.method} {_escaped(instance, 200)}"
             try:
                 await audit.record(action, "started", app=recorded_app, connection_id=connection_id,
-                                   detail=" ".join(filter(None, (asked, change_summary(req)))))
+                                   detail=" ".join(filter(None, (asked, change_summary(req, action)))))
             except ServiceError as error:
                 return problem_response(error, instance)
             response = await answer(handler, req, instance, allowed)
@@ -333,16 +333,18 @@ def _recorded_app(app: str | None) -> str | None:
 
 
 def _recorded_connection(value: object) -> str | None:
-    """A connection id for an audit record: a GUID (written as connection ids are), else the value escaped and cut
-    short (a route segment is URL-decoded: it may hold a newline or an escape sequence)."""
-    import uuid
-
+    """A connection id for an audit record: a GUID as connection ids are written (lower-case, hyphenated: another
+    spelling, ``{...}`` or ``urn:uuid:``, finds no connection and names none), else the value escaped and cut short
+    (a route segment is URL-decoded: it may hold a newline or an escape sequence)."""
     if not isinstance(value, str) or not value:
         return None
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        return _escaped(value, 40)
+    return value.lower() if _is_guid(value) else _escaped(value, 40)
+
+
+def _is_guid(value: str) -> bool:
+    from shared.fields import GUID_RE
+
+    return GUID_RE.fullmatch(value) is not None
 
 
 def _named_connection(req: func.HttpRequest) -> str | None:
@@ -363,14 +365,19 @@ def _named_connection(req: func.HttpRequest) -> str | None:
 
 
 _CHANGES = ("name", "description", "method", "credentials", "isAutoRotationEnabled", "rotation")
+SUMMARIZED = frozenset({"connection.create", "connection.update", "connection.delete"})
 
 
-def change_summary(req: func.HttpRequest) -> str:
+def change_summary(req: func.HttpRequest, action: str | None = None) -> str:
     """What an audited change asks for, for its ``started`` record, never a secret: a create's name and method, the
     fields a PATCH changes; the tenant and client ID and rotation on or off when given (GUIDs only; any other value
-    is named as not one); ``force=true`` on a DELETE that forces. The body is read again, as the handler reads it
-    (bounded), and a body that cannot be read is summarized as nothing: the handler answers it."""
+    is named as not one); ``force=true`` on a DELETE that forces. Only for a create, a PATCH and a DELETE
+    (``action``): any other change's handler reads no body, and the caller is not to write it into the record. The
+    body is read again, as the handler reads it (bounded), and one that cannot be read is summarized as nothing: the
+    handler answers it."""
     parts: list[str] = []
+    if action not in SUMMARIZED:
+        return ""
     if req.method == "DELETE" and (req.params or {}).get("force", "").lower() == "true":
         parts.append("force=true")
     if req.method not in ("POST", "PATCH"):
@@ -381,10 +388,15 @@ def change_summary(req: func.HttpRequest) -> str:
         body = None
     if not isinstance(body, dict):
         return " ".join(parts)
-    if req.method == "POST":
-        for field, limit in (("name", 64), ("method", 24)):
-            if isinstance(body.get(field), str):
-                parts.append(f"{field}='{_escaped(body[field], limit)}'")
+    if req.method == "POST":  # a name or method only as the create takes it (a secret pasted there is not one)
+        from shared.apps import Method
+        from shared.fields import NAME_RE
+
+        name, method = body.get("name"), body.get("method")
+        if isinstance(name, str):
+            parts.append(f"name='{name}'" if NAME_RE.fullmatch(name) else "name=(not a name)")
+        if isinstance(method, str):
+            parts.append(f"method='{method}'" if method in set(Method) else "method=(not a method)")
     else:
         fields = [field for field in _CHANGES if field in body]
         others = len(body) - len(fields)
@@ -401,12 +413,7 @@ def change_summary(req: func.HttpRequest) -> str:
 
 
 def _guid_or_not(value: object) -> str:
-    import uuid
-
-    try:
-        return str(uuid.UUID(value)) if isinstance(value, str) else "(not a GUID)"
-    except ValueError:
-        return "(not a GUID)"
+    return value.lower() if isinstance(value, str) and _is_guid(value) else "(not a GUID)"
 
 
 def traced(handler: Handler) -> Handler:

@@ -62,6 +62,10 @@ def test_query_int_reads_an_integer_or_nothing():
     assert query_int(request(), "limit") is None
 
 
+def test_leading_zeros_do_not_make_a_small_number_large():
+    assert query_int(request(params={"limit": "0" * 30 + "5"}), "limit") == 5  # (review Z1)
+
+
 @pytest.mark.parametrize("given", ["10000000000", "9" * 20, "9" * 5000, "-" + "9" * 5000])
 def test_a_number_of_any_length_is_a_number_for_the_range_check_to_refuse(given):
     """(Review FB 10.) ``limit=10000000000`` was answered 'must be an integer': it is one, out of range."""
@@ -405,6 +409,23 @@ async def test_an_audit_record_takes_the_route_s_app_and_connection_id_only_as_t
     await handler(_api_request("DELETE" if roles else "GET", "azure-key-vault", known))
     assert (h.fakes.audit.records[-1].app, h.fakes.audit.records[-1].connection_id) == ("azure-key-vault",
                                                                                       known.lower())
+    for spelled in (f"{{{known}}}", f"urn:uuid:{known}", known.replace("-", "")):  # find nothing, name nothing
+        await handler(_api_request("DELETE" if roles else "GET", "azure-key-vault", spelled))  # (review Z1)
+        assert h.fakes.audit.records[-1].connection_id not in (known, known.lower())
+
+
+async def test_a_change_whose_handler_reads_no_body_records_none_of_it(monkeypatch) -> None:
+    """A rotate's (or validate's) body is not read: it was summarized into the started record all the same, text
+    the caller chose (review Z1)."""
+    from shared.functions.rotation import rotate_app_connection
+    from tests.lifecycle_harness import APP
+
+    h = _wired(monkeypatch, "AppConnections.Admin")
+    record = await h.create()
+    seen = len(h.fakes.audit.records)
+    await rotate_app_connection(_api_request("POST", APP, record.id, body={"name": "prod-payments"}))
+    started = h.fakes.audit.records[seen]
+    assert started.outcome == "started" and "prod-payments" not in (started.detail or "")
 
 
 async def test_the_started_record_of_a_create_names_what_it_asks_for_and_no_secret(monkeypatch) -> None:
@@ -416,13 +437,19 @@ async def test_the_started_record_of_a_create_names_what_it_asks_for_and_no_secr
     h = _wired(monkeypatch, "AppConnections.Admin")
     client_id, credentials = h.new_application()
     credentials["clientSecret"] = "wrong-secret-guess-1"
-    body = {"name": "probe\nline", "method": "client-secret", "credentials": credentials}
+    body = {"name": "probe", "method": "client-secret", "credentials": credentials}
     response = await create_app_connection(_api_request("POST", APP, body=body))
     assert response.status_code == 400
     started, outcome = h.fakes.audit.records
-    assert started.detail == (f"POST /api/v1/app-connections/a name='probe\\nline' method='client-secret' "
+    assert started.detail == (f"POST /api/v1/app-connections/a name='probe' method='client-secret' "
                               f"tenantId={credentials['tenantId']} clientId={client_id}")
     assert "wrong-secret-guess-1" not in f"{started}{outcome}"
+    # A name or method that is not one (a secret pasted into the name: review Z1) is not written down.
+    pasted = "Xy38Q~abcdefghijklmnopqrstuvwxyz0123456789AB"
+    body = {"name": pasted, "method": "probe\nline", "credentials": credentials}
+    await create_app_connection(_api_request("POST", APP, body=body))
+    started = h.fakes.audit.records[-2]
+    assert "name=(not a name) method=(not a method)" in (started.detail or "") and pasted not in f"{started}"
 
 
 async def test_the_started_record_of_a_patch_names_the_fields_it_changes_and_no_secret(monkeypatch) -> None:
