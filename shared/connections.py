@@ -37,6 +37,7 @@ from shared.errors import (
     SecretGone,
     ServiceError,
     UpstreamForbidden,
+    UpstreamThrottled,
     VersionDisabled,
     best_effort,
     detail_of,
@@ -679,6 +680,10 @@ class ConnectionService:
                 raise RotationInProgress(
                     "Another request or the rotation runner is changing this connection's credentials or cleaning "
                     "up after them; try again shortly.", headers={"Retry-After": "5"}) from None
+            if raise_on_failure and isinstance(error, UpstreamThrottled):  # only busy: nothing to grant, wait
+                raise UpstreamThrottled(f"{error.detail} The clean-up of the application this connection used "
+                                        "before did not finish; try again later.",
+                                        retry_after=error.retry_after) from None
             if raise_on_failure:
                 raise CredentialsLeftLive(
                     "Credentials the service created on the application this connection used before could not "
@@ -1007,9 +1012,13 @@ class ConnectionService:
         where = (f" The application {', '.join(unread)} could not be read, so what the service created there is "
                  "not listed (but the Key IDs the connection records): its display name starts with "
                  f"'{connection_marker(record.id)}'." if unread else "")
-        if not force:
+        if not force or isinstance(error, UpstreamThrottled):
             outcome = ("the connection was not deleted" if await self._release(record, before, progress, owner)
                        else "the connection is still marked as being deleted")
+            if isinstance(error, UpstreamThrottled):  # only busy: try again later, nothing need be left live
+                raise UpstreamThrottled(f"{error.detail} The credentials the service created on the application are "
+                                        f"not all removed yet; {outcome}. Send the DELETE again later.",
+                                        retry_after=error.retry_after) from None
             raise CredentialsLeftLive(
                 f"The credentials the service created on the application could not be removed "
                 f"({error.detail}); {outcome}. Grant the permission and try again, or delete with "
@@ -1256,14 +1265,17 @@ def configured(state: RotationState, config: RotationConfig | None, enabled: boo
 
 
 def rotation_problem(attempt: Attempt) -> ServiceError:
-    """The problem a rotation that did not complete answers: 502 when Azure failed, 400 when the connection's
-    own credentials or permissions are what is wrong (its owner must fix them); with the rotation's status."""
+    """The problem a rotation that did not complete answers: 502 when Azure failed, 503 with ``Retry-After`` when
+    it was still throttling (trying later is all there is to do), 400 when the connection's own credentials or
+    permissions are what is wrong (its owner must fix them); with the rotation's status."""
     error = attempt.error
     state = attempt.record.rotation
     extensions: dict[str, Any] = {"rotation": state_response(state)}
     detail = state.message or (error.detail if error else "The rotation did not complete.")
     if error is not None:
         extensions.update({k: v for k, v in error.extensions.items() if k not in extensions})
+    if isinstance(error, UpstreamThrottled):
+        return UpstreamThrottled(detail, retry_after=error.retry_after, extensions=extensions)
     if error is not None and 400 <= error.status < 500:
         return RotationRefused(detail, extensions=extensions)
     return RotationFailed(detail, extensions=extensions)

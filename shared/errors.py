@@ -271,8 +271,12 @@ class UpstreamThrottled(UpstreamError):
 
         wait = retry_after if retry_after is not None and math.isfinite(retry_after) and retry_after > 0 \
             else RETRY_BUDGET
-        super().__init__(detail, errors=errors, headers={"Retry-After": str(max(1, math.ceil(wait))),
+        self.retry_after = min(wait, MAX_RETRY_AFTER)  # a wait of days (or a date far ahead) is not relayed as is
+        super().__init__(detail, errors=errors, headers={"Retry-After": str(max(1, math.ceil(self.retry_after))),
                                                          **(headers or {})}, extensions=extensions)
+
+
+MAX_RETRY_AFTER = 3600.0  # seconds: the longest wait a throttled answer asks of its caller
 
 
 class VersionDisabled(UpstreamError):

@@ -49,6 +49,7 @@ from shared.errors import (
     ServiceError,
     UpstreamError,
     UpstreamForbidden,
+    UpstreamThrottled,
     VersionDisabled,
     best_effort,
     detail_of,
@@ -391,6 +392,8 @@ class Migrator(Journaled):
         if 400 <= error.status < 500:
             return RotationRefused(message, extensions=extensions) if not isinstance(error, InvalidRequest) \
                 else InvalidRequest(message, errors=error.errors, extensions=extensions)
+        if isinstance(error, UpstreamThrottled):  # Graph's own wait, not the retry budget
+            return UpstreamThrottled(message, retry_after=error.retry_after, extensions=extensions)
         return type(error)(message, extensions=extensions) if isinstance(error, UpstreamError) \
             else UpstreamError(message, extensions=extensions)
 

@@ -1503,3 +1503,39 @@ async def test_the_clients_a_connection_sees_come_a_page_at_a_time_and_a_bad_lim
         with pytest.raises(InvalidRequest, match="page size"):
             await h.api.clients_visible(record.id, limit)
     assert h.fakes.world.calls == signed_in
+
+
+@pytest.mark.parametrize("force", [False, True])
+async def test_a_delete_while_graph_is_only_throttling_is_a_503_to_try_later_never_a_choice_to_leave_them_live(
+        force: bool) -> None:
+    """Graph still throttling when the retries ran out is no refusal to grant anything: the DELETE answers 503 with
+    Graph's wait, the connection as it was, nothing left live; it answered 409 credentials-left-live, and the
+    console offered to delete anyway and leave them live (review Z2)."""
+    from shared.errors import UpstreamThrottled
+
+    h = Harness()
+    record = await h.create()  # rotated once: a secret the service made is in use
+    h.fakes.world.fail_next("graph", UpstreamThrottled("Graph is throttling", retry_after=120), times=50)
+    with pytest.raises(UpstreamThrottled) as busy:
+        await h.api.delete(APP, record.id, force=force)
+    assert busy.value.status == 503 and busy.value.headers["Retry-After"] == "120"
+    kept = await h.record(record.id)
+    assert kept is not None and kept.status == record.status and kept.rotation.key_id == record.rotation.key_id
+    assert [r for r in h.fakes.audit.records if r.outcome == "credentials-left-live"] == []
+
+
+async def test_a_rotation_or_a_move_while_graph_is_only_throttling_answers_503_with_graph_s_wait() -> None:
+    """Rotate now answered 502 rotation-failed without a wait, and the move to federated the retry budget's 30 s
+    instead of Graph's own wait (review Z2)."""
+    from shared.errors import UpstreamThrottled
+
+    h = Harness()
+    record = await h.create()
+    h.fakes.world.fail_next("graph.add", UpstreamThrottled("Graph is throttling", retry_after=120), times=20)
+    with pytest.raises(UpstreamThrottled) as rotating:
+        await h.api.rotate(APP, record.id)
+    assert rotating.value.headers["Retry-After"] == "120" and "rotation" in rotating.value.extensions
+    h.fakes.world.fail_next("graph.fic.add", UpstreamThrottled("Graph is throttling", retry_after=120), times=50)
+    with pytest.raises(UpstreamThrottled) as moving:
+        await h.api.migrate_to_federated(APP, record.id, {})
+    assert moving.value.headers["Retry-After"] == "120"

@@ -71,11 +71,13 @@ def test_a_best_effort_step_goes_past_a_failed_azure_call_and_lets_a_bug_through
 
 
 @pytest.mark.parametrize(("retry_after", "header"), [(120.0, "120"), (0.2, "1"), (None, "30"), (0.0, "30"),
-                                                     (float("inf"), "30")])
+                                                     (float("inf"), "30"), (86400.0 * 365, "3600"),
+                                                     (1e300, "3600")])
 def test_a_throttling_that_outlasted_the_retries_is_a_503_with_the_service_s_wait_else_the_budget(
         retry_after: float | None, header: str) -> None:
-    """(Review FC 1.) A 503 whose ``Retry-After`` is the service's last wait (whole seconds, at least one), else
-    the retry budget; still an ``UpstreamError``, as every Azure failure."""
+    """(Review FC 1.) A 503 whose ``Retry-After`` is the service's last wait (whole seconds, at least one, at most
+    an hour: a year, or a date far ahead, was relayed as it came: review Z2), else the retry budget; still an
+    ``UpstreamError``, as every Azure failure."""
     from shared.azure.retry import RETRY_BUDGET
     from shared.errors import UpstreamError, UpstreamThrottled
 
