@@ -453,6 +453,11 @@ async function submit(event) {
   const {mode, app, method, connection} = opened;
   const shown = () => current === opened && dialog().open;
   clearErrors();
+  // Every control of the form waits while the request runs (a choice of app or method rebuilt the form, with a
+  // submit button of its own: a second request could go out beside the first).
+  const frozen = [...body().querySelectorAll('input, select, textarea, button')].filter((item) => !item.disabled);
+  for (const item of frozen) item.disabled = true;
+  const thaw = () => { for (const item of frozen) item.disabled = false; };  // before errors take the focus
   button.disabled = true;
   form().setAttribute('aria-busy', 'true');
   const closer = document.getElementById('connection-dialog-close');
@@ -503,6 +508,7 @@ async function submit(event) {
     done(`The connection ${answer.appConnection.name} was saved.`, `${BASE}/${enc(app)}/${enc(connection.id)}`,
       {replace: true});
   } catch (error) {
+    thaw();
     if (!shown()) {  // closed meanwhile all the same (a browser may close it on a second Escape), or opened anew
       toast(`Not saved: ${error.message}`);
     } else if (error instanceof ApiError) {
@@ -513,6 +519,7 @@ async function submit(event) {
       toast(error.message);
     }
   } finally {
+    thaw();
     button.disabled = false;
     button.textContent = original;
     if (current === opened || current === null) {  // a dialog opened anew since has its own state

@@ -142,10 +142,20 @@ function confirmDelete(connection, events) {
     navigate(BASE);
     toast(`The connection ${connection.name} was deleted.${removed}${left}${unread}`, left || unread ? 'error' : 'notice');
   };
-  const confirm = h('button', {type: 'button', class: 'danger', id: 'confirm-delete', onclick: async () => {
-    cancel.disabled = true;  // the DELETE goes on whatever the dialog does: its outcome must be seen
+  // One DELETE at a time: while one runs, every button of the dialog waits (its outcome must be seen, and a
+  // second DELETE, forced or not, must not go out beside it).
+  const holding = async (work) => {
+    const buttons = [...actions.querySelectorAll('button')];
+    for (const button of buttons) button.disabled = true;
     try {
-      await busy(confirm, 'Deleting…', () => run(false));
+      return await work();
+    } finally {
+      for (const button of buttons) button.disabled = false;
+    }
+  };
+  const confirm = h('button', {type: 'button', class: 'danger', id: 'confirm-delete', onclick: async () => {
+    try {
+      await holding(() => busy(confirm, 'Deleting…', () => run(false)));
     } catch (error) {
       if (!dialog.open || dialog.opening !== opening) return toast(`Not deleted: ${error.message}`);  // closed meanwhile
       const slot = document.getElementById('delete-error');
@@ -153,17 +163,13 @@ function confirmDelete(connection, events) {
       slot.hidden = false;
       if (error instanceof ApiError && error.status === 409 && Array.isArray(error.problem.keyIds) &&
           !document.getElementById('delete-anyway')) {
-        actions.append(h('button', {type: 'button', class: 'danger', id: 'delete-anyway', onclick: (event) => {
-          cancel.disabled = true;
-          busy(event.target, 'Deleting…', () => run(true)).catch((again) => {
+        actions.append(h('button', {type: 'button', class: 'danger', id: 'delete-anyway', onclick: (event) =>
+          holding(() => busy(event.target, 'Deleting…', () => run(true))).catch((again) => {
             if (dialog.open && dialog.opening === opening) slot.textContent = again.message;
             else toast(`Not deleted: ${again.message}`);
-          }).finally(() => { cancel.disabled = false; });
-        }},
+          })},
         'Delete anyway and leave them live'));
       }
-    } finally {
-      cancel.disabled = false;
     }
   }}, 'Delete connection');
   actions.append(cancel, confirm);

@@ -136,7 +136,8 @@ def test_a_create_still_running_keeps_its_dialog_and_its_outcome_is_always_seen(
         page.wait_for_function("document.getElementById('connection-submit').textContent === 'Creating…'")
         assert page.is_disabled("#connection-dialog-close")
         page.keyboard.press("Escape")
-        page.click("#connection-dialog .actions button:has-text('Cancel')")
+        assert page.is_disabled("#connection-dialog .actions button:has-text('Cancel')")
+        assert page.is_disabled("#app-azure-app-configuration")  # no choice rebuilds the form meanwhile
         assert page.is_visible("#connection-dialog[open]")
         if closed_anyway:
             page.evaluate("document.getElementById('connection-dialog').close()")
