@@ -37,7 +37,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from shared.apps import AppSpec, Method
-from shared.errors import CredentialExpired, CredentialRejected, FieldError, InvalidRequest, UpstreamError
+from shared.errors import (
+    CredentialExpired,
+    CredentialRejected,
+    FieldError,
+    InvalidRequest,
+    UpstreamError,
+    UpstreamThrottled,
+)
 from shared.federation import require_identity
 
 if TYPE_CHECKING:
@@ -541,13 +548,21 @@ async def build_credential_async(
 _ENTRA_UNAVAILABLE = frozenset({"temporarily_unavailable", "server_error"})
 
 
-def entra_unavailable(status: int | None, error: str | None) -> UpstreamError | None:
+def entra_unavailable(status: int | None, error: str | None,
+                      headers: Mapping[str, str] | None = None) -> UpstreamError | None:
     """The error for an answer of Entra's token endpoint that is a failure of Entra, not a refusal of the
     credential (a 5xx, a 429, ``temporarily_unavailable`` or ``server_error``): nothing is wrong with the
-    credential, and it must not be marked invalid or failing for it."""
+    credential, and it must not be marked invalid or failing for it. Still throttling (429, 503) once the retries
+    ran out, a 503 with Entra's wait (``headers``), as any Azure service's."""
     if (status is not None and (status >= 500 or status == 429)) or (error or "") in _ENTRA_UNAVAILABLE:
-        return UpstreamError(f"Entra ID is unavailable or throttling{f' (HTTP {status})' if status else ''}; "
-                             "the credential was not checked. Try again later.")
+        detail = (f"Entra ID is unavailable or throttling{f' (HTTP {status})' if status else ''}; the credential "
+                  "was not checked. Try again later.")
+        if status in (429, 503):
+            from shared.azure.retry import retry_after_of
+
+            lowered = {name.lower(): value for name, value in (headers or {}).items()}
+            return UpstreamThrottled(detail, retry_after=retry_after_of(lowered))
+        return UpstreamError(detail)
     return None
 
 
@@ -595,7 +610,8 @@ async def token_of(credential: AsyncTokenCredential, scope: str) -> AccessToken:
         if rejected is not None:
             raise rejected from None
         response = getattr(error, "response", None)
-        unavailable = entra_unavailable(getattr(response, "status_code", None), None)
+        unavailable = entra_unavailable(getattr(response, "status_code", None), None,
+                                        getattr(response, "headers", None))
         if unavailable is not None:
             raise unavailable from None
         raise UpstreamError("Entra ID could not be reached or did not answer as expected.") from None

@@ -81,7 +81,7 @@ async def redeem(clients: AzureClients, tenant: str, form: Mapping[str, str]) ->
         )
     error = str(body.get("error") or "")
     description = str(body.get("error_description") or "")
-    unavailable = entra_unavailable(response.status_code, error)
+    unavailable = entra_unavailable(response.status_code, error, response.headers)
     if unavailable is not None:
         raise unavailable
     if error:

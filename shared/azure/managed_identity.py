@@ -29,16 +29,19 @@ and redacts query values) or in an error's message; :class:`AccessToken` does no
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from shared.errors import ServiceMisconfigured, UpstreamError
+from shared.errors import ServiceMisconfigured, UpstreamError, UpstreamThrottled
 
 if TYPE_CHECKING:
     from shared.azure.rest import RestClient
     from shared.settings import ManagedIdentityEndpoint
+
+log = logging.getLogger(__name__)
 
 API_VERSION = "2019-08-01"
 HALF_LIFE_FROM = 7200  # seconds: a token living this long or longer is refreshed at half its life (azure-identity)
@@ -79,8 +82,12 @@ async def get_token(rest: RestClient, endpoint: ManagedIdentityEndpoint, scope: 
     try:
         response = await rest.get(token_url(endpoint.url, scope, client_id),
                                   {"X-IDENTITY-HEADER": endpoint.header, "Accept": "application/json"})
-    except RestError as error:
-        raise UpstreamError(f"The managed identity's token endpoint could not be reached ({error}).") from None
+    except RestError as error:  # its text (the endpoint's address) goes to the log only
+        log.warning("The managed identity's token endpoint failed: %s", error)
+        if error.status in (429, 503):
+            raise UpstreamThrottled("The managed identity's token endpoint is busy; try again later.",
+                                    retry_after=error.retry_after) from None
+        raise UpstreamError("The managed identity's token endpoint could not be reached.") from None
     if response.status != 200:
         raise _refused(response.status, response.body, endpoint.header, client_id)
     return parse_token(response.body, requested_at)

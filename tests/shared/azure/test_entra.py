@@ -67,7 +67,17 @@ async def test_a_code_redemption_answered_5xx_is_not_sent_again_and_is_entra_s_f
             as (clients, seen):
         with pytest.raises(UpstreamError) as caught:
             await redeem(clients, "tenant", CODE)
-    assert len(seen) == 1 and caught.value.status == 502
+    assert len(seen) == 1 and caught.value.status == (503 if b" 503 " in status else 502)  # 503: busy, later
+
+
+async def test_a_token_endpoint_still_throttling_is_a_503_with_entra_s_wait() -> None:
+    """Entra still throttling when the retries ran out (a wait past their budget ends them at once) is a 503 with
+    its wait, as any Azure service's; it was a 502 without one (review Z2)."""
+    async with token_endpoint((b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 600", {"error": "x"})) \
+            as (clients, seen):
+        with pytest.raises(UpstreamError) as caught:
+            await redeem(clients, "tenant", REFRESH)
+    assert len(seen) == 1 and caught.value.status == 503 and caught.value.headers["Retry-After"] == "600"
 
 
 async def test_a_code_redemption_answered_503_or_429_with_a_wait_was_not_processed_and_is_sent_again() -> None:
