@@ -51,8 +51,9 @@ REMINDER_EVERY = timedelta(hours=24)
 REMINDER_SLACK = timedelta(hours=1)
 FIRST_RETRY = timedelta(minutes=1)
 MAX_RETRY = timedelta(hours=1)
-MAX_RETRY_AFTER = timedelta(days=1)  # the longest a receiver's Retry-After puts a notice's next try off
+MAX_RETRY_AFTER = timedelta(hours=6)  # the longest a receiver's Retry-After puts a notice's next try off
 MAX_ATTEMPTS = 30  # most of a day of tries (19 h on average, 25 h at most), then it is given up (and logged)
+MAX_AGE = timedelta(days=2)  # a notice this old is given up too, however few its tries (a receiver's long waits)
 DELIVERY_BUDGET_SECONDS = 60.0  # a pass starts no send after this long (a timer's; a request's is shorter)
 GIVE_UP_AFTER_FAILURES = 3  # failures in a row that end a pass: the receiver is down or hangs
 MIN_SEND_SECONDS = 1.0  # a send started near the end of a pass's budget has at least this long
@@ -174,13 +175,16 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
 def retry_delay(attempts: int, retry_after: float | None = None, rng: random.Random | None = None) -> timedelta:
     """The wait before a notice's next try after ``attempts`` failed ones: 1 minute, doubling, at most an hour, each
     jittered between half and all of it (``shared.azure.retry.jittered``: notices that failed together do not come
-    back together); never less than the receiver's ``retry_after`` (seconds), itself at most a day."""
+    back together); never less than the receiver's ``retry_after`` (seconds, at most ``MAX_RETRY_AFTER``), with a
+    spread of its own on top (up to a tenth of it, at most 6 minutes: notices told the same wait come back apart)."""
     from shared.azure.retry import jittered
 
     ceiling: timedelta = min(MAX_RETRY, FIRST_RETRY * 2 ** max(0, attempts - 1))
     delay = timedelta(seconds=jittered(ceiling.total_seconds(), rng))
     if retry_after is not None:
-        delay = max(delay, timedelta(seconds=min(retry_after, MAX_RETRY_AFTER.total_seconds())))
+        wanted = min(max(retry_after, 0.0), MAX_RETRY_AFTER.total_seconds())
+        spread = jittered(min(wanted, MAX_RETRY.total_seconds()) / 10, rng) if wanted > 0 else 0.0
+        delay = max(delay, timedelta(seconds=wanted + spread))
     return delay
 
 
@@ -262,9 +266,11 @@ class Notifier:
                 failed_in_a_row = 0
                 continue
             failed_in_a_row += 1
+            if wait is not None:  # the receiver asked to be left alone: this pass sends it nothing more
+                failed_in_a_row = GIVE_UP_AFTER_FAILURES
             held.add(item.connection_id)
             attempts = item.attempts + 1
-            if attempts >= MAX_ATTEMPTS:
+            if attempts >= MAX_ATTEMPTS or now - item.at >= MAX_AGE:
                 log.error("Notification %s (%s of %s) given up after %d attempts", item.id, item.event,
                           item.connection_id, attempts)
                 await self.adapters.outbox.delivered(item)

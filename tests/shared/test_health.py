@@ -131,6 +131,7 @@ async def test_a_receiver_s_retry_after_is_the_least_a_notice_waits_and_notices_
     from shared.notify import retry_delay
     from shared.ports import WebhookStatus
 
+    rng = random.Random(7)
     h = _harness()
     record = await _connection(h, days=365)
     h.fakes.world.apps[record.client_id or ""].passwords.clear()
@@ -139,12 +140,43 @@ async def test_a_receiver_s_retry_after_is_the_least_a_notice_waits_and_notices_
     [queued] = h.fakes.connections.outbox
     assert queued.attempts == 1 and queued.next_attempt_at is not None
     assert queued.next_attempt_at >= h.fakes.clock.now + timedelta(hours=1)
-    assert retry_delay(1, 1e12) == timedelta(days=1)  # a wait past a day is not taken at its word
+    assert timedelta(hours=6) <= retry_delay(1, 1e12) <= timedelta(hours=6, minutes=6)  # not taken at its word
+    told_alike = {retry_delay(3, 600.0, rng) for _ in range(50)}  # one wait told to many: back apart (review Z2)
+    assert len(told_alike) > 40 and all(timedelta(minutes=10) < d <= timedelta(minutes=11) for d in told_alike)
 
-    rng = random.Random(7)
     delays = [retry_delay(3, rng=rng) for _ in range(200)]
     assert len(set(delays)) > 100  # spread, not one instant for all
     assert all(timedelta(minutes=2) <= delay <= timedelta(minutes=4) for delay in delays)
+
+
+async def test_a_receiver_that_asks_for_a_wait_is_sent_nothing_more_that_pass_and_old_notices_are_given_up() -> None:
+    """A receiver's 503 with a wait holds the rest of the pass (it sent another connection's notice at once); a
+    notice two days old is given up whatever its count of tries (a receiver's long waits kept one for weeks: review
+    Z2)."""
+    from shared.notify import MAX_AGE, Notifier
+    from shared.ports import WebhookStatus
+    from shared.records import Notification
+
+    h = _harness()
+    h.fakes.webhook.answer = WebhookStatus(503, 600.0)
+    posts = 0
+    original = h.fakes.webhook.post
+
+    async def counted(url: str, body: bytes, headers: Any) -> int:
+        nonlocal posts
+        posts += 1
+        return await original(url, body, headers)
+
+    h.fakes.webhook.post = counted  # type: ignore[method-assign]
+    h.fakes.connections.outbox.extend(Notification("validation-failed", APP, f"c{n}", f"c{n}", "failing", "x",
+                                                   h.fakes.clock.now) for n in range(3))
+    await Notifier(h.fakes.adapters).deliver()
+    assert posts == 1
+    old = Notification("validation-failed", APP, "old", "old", "failing", "x", h.fakes.clock.now - MAX_AGE)
+    h.fakes.connections.outbox[:] = [old]
+    h.fakes.webhook.answer = WebhookStatus(503, None)
+    await Notifier(h.fakes.adapters).deliver()
+    assert h.fakes.connections.outbox == []  # given up, not queued again
 
 
 async def test_the_webhook_is_signed_carries_no_secret_and_is_retried_until_it_is_taken() -> None:
