@@ -108,7 +108,10 @@ async def enforce_audit_retention(timer: func.TimerRequest) -> None:
     from shared.settings import get_settings
     from shared.wiring import audit_log, sessions
 
-    await audit_log().purge_expired(get_settings().audit_retention_days)
-    # And the console's expired sessions and pending sign-ins, which any number of anonymous sign-in starts can
-    # leave behind (a sign-in removes a page of them only).
-    await sessions().purge_all_expired()
+    try:
+        await audit_log().purge_expired(get_settings().audit_retention_days)
+    finally:
+        # And the console's expired sessions and pending sign-ins, which any number of anonymous sign-in starts can
+        # leave behind (a sign-in removes a page of them only): whether or not the audit purge could run (it does
+        # not when its own record cannot be written).
+        await sessions().purge_all_expired()
