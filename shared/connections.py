@@ -1012,7 +1012,7 @@ class ConnectionService:
         where = (f" The application {', '.join(unread)} could not be read, so what the service created there is "
                  "not listed (but the Key IDs the connection records): its display name starts with "
                  f"'{connection_marker(record.id)}'." if unread else "")
-        if not force or isinstance(error, UpstreamThrottled):
+        if not force:  # (a forced one goes on to the application in use, its credential in use removed last)
             outcome = ("the connection was not deleted" if await self._release(record, before, progress, owner)
                        else "the connection is still marked as being deleted")
             if isinstance(error, UpstreamThrottled):  # only busy: try again later, nothing need be left live

@@ -271,8 +271,8 @@ class Notifier:
             held.add(item.connection_id)
             attempts = item.attempts + 1
             if attempts >= MAX_ATTEMPTS or now - item.at >= MAX_AGE:
-                log.error("Notification %s (%s of %s) given up after %d attempts", item.id, item.event,
-                          item.connection_id, attempts)
+                log.error("Notification %s (%s of %s) given up after %d attempts (%s old)", item.id, item.event,
+                          item.connection_id, attempts, now - item.at)
                 await self.adapters.outbox.delivered(item)
                 done += 1
                 continue

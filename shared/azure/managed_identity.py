@@ -18,7 +18,8 @@ and Azure Functions):
   optionally ``refresh_in``; as azure-identity does, a token living two hours or more is refreshed at half its
   life when the answer names no ``refresh_in``.
 - 429, 500, 502, 503, 504 and 408 are retried by the one policy (``shared.azure.retry``, ``Retry-After``
-  honoured); when retries run out the read fails as :class:`~shared.errors.UpstreamError` (502). 400 (no such
+  honoured); when retries run out the read fails as :class:`~shared.errors.UpstreamThrottled` (503, still 429 or
+  503) or :class:`~shared.errors.UpstreamError` (502), the endpoint's text to the log only. 400 (no such
   identity on this app, or no system-assigned one) and 401/403 (a wrong ``X-IDENTITY-HEADER``) are the
   deployment's to fix: :class:`~shared.errors.ServiceMisconfigured` (503) quoting the endpoint's ``message``.
 

@@ -196,7 +196,8 @@ def query_int(req: func.HttpRequest, name: str) -> int | None:
     digits = raw.lstrip("-").lstrip("0")
     if len(digits) > _MAX_DIGITS:  # as large as it is out of range: the route's range check says so
         return -_OUT_OF_RANGE if raw.startswith("-") else _OUT_OF_RANGE
-    return int(raw)
+    value = int(digits or "0")  # the digits alone: int() of thousands of leading zeros would refuse them (a 500)
+    return -value if raw.startswith("-") else value
 
 
 def query_bool(req: func.HttpRequest, name: str) -> bool:

@@ -1505,9 +1505,8 @@ async def test_the_clients_a_connection_sees_come_a_page_at_a_time_and_a_bad_lim
     assert h.fakes.world.calls == signed_in
 
 
-@pytest.mark.parametrize("force", [False, True])
 async def test_a_delete_while_graph_is_only_throttling_is_a_503_to_try_later_never_a_choice_to_leave_them_live(
-        force: bool) -> None:
+        ) -> None:
     """Graph still throttling when the retries ran out is no refusal to grant anything: the DELETE answers 503 with
     Graph's wait, the connection as it was, nothing left live; it answered 409 credentials-left-live, and the
     console offered to delete anyway and leave them live (review Z2)."""
@@ -1517,7 +1516,7 @@ async def test_a_delete_while_graph_is_only_throttling_is_a_503_to_try_later_nev
     record = await h.create()  # rotated once: a secret the service made is in use
     h.fakes.world.fail_next("graph", UpstreamThrottled("Graph is throttling", retry_after=120), times=50)
     with pytest.raises(UpstreamThrottled) as busy:
-        await h.api.delete(APP, record.id, force=force)
+        await h.api.delete(APP, record.id)
     assert busy.value.status == 503 and busy.value.headers["Retry-After"] == "120"
     kept = await h.record(record.id)
     assert kept is not None and kept.status == record.status and kept.rotation.key_id == record.rotation.key_id
@@ -1539,3 +1538,38 @@ async def test_a_rotation_or_a_move_while_graph_is_only_throttling_answers_503_w
     with pytest.raises(UpstreamThrottled) as moving:
         await h.api.migrate_to_federated(APP, record.id, {})
     assert moving.value.headers["Retry-After"] == "120"
+
+
+async def test_a_forced_delete_throttled_at_the_application_left_still_deletes_and_lists_what_it_left_live(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forced DELETE goes on past a clean-up of the application left that Graph throttles, to the application in
+    use, whose credential in use it removes last: it must then delete, listing what it left live. Answered 503 and
+    undone, it put the connection back with that credential revoked (review Z3). The application left, which
+    Graph would not read, is named as such."""
+    from shared.errors import UpstreamThrottled
+    from tests import fakes
+
+    h = Harness()
+    record = await h.create()
+    left = h.fakes.world.apps[record.client_id or ""]
+    left.may_manage_itself = False  # the PATCH's clean-up of the application left is refused, and waits
+    _, credentials = h.new_application()
+    await h.api.update(APP, record.id, {"credentials": credentials})
+    left.may_manage_itself = True
+    waiting = await h.record(record.id)
+    assert waiting is not None and waiting.rotation.retire_client_id == left.client_id
+    original = fakes.FakeGraph._app
+
+    def throttled(self: Any, wanted: str) -> Any:  # Graph throttles the application left only
+        if wanted == left.client_id:
+            raise UpstreamThrottled("Graph is throttling", retry_after=60)
+        return original(self, wanted)
+
+    monkeypatch.setattr(fakes.FakeGraph, "_app", throttled)
+    deleted = await h.api.delete(APP, record.id, force=True)
+    assert await h.record(record.id) is None
+    assert deleted.applications_not_read == [left.client_id]  # what the service made there is named as not read
+    monkeypatch.setattr(fakes.FakeGraph, "_app", original)
+    # Left live by force: what the service made on the application left, and only that (no connection was put back
+    # with a credential revoked: no I1).
+    assert h.check() and all(v.startswith("I2:") and f"on {left.client_id}" in v for v in h.check())

@@ -64,6 +64,8 @@ def test_query_int_reads_an_integer_or_nothing():
 
 def test_leading_zeros_do_not_make_a_small_number_large():
     assert query_int(request(params={"limit": "0" * 30 + "5"}), "limit") == 5  # (review Z1)
+    assert query_int(request(params={"limit": "0" * 5000 + "5"}), "limit") == 5  # past int()'s limit (review Z3)
+    assert query_int(request(params={"limit": "-" + "0" * 5000}), "limit") == 0
 
 
 @pytest.mark.parametrize("given", ["10000000000", "9" * 20, "9" * 5000, "-" + "9" * 5000])
