@@ -48,6 +48,8 @@ def _cookies(req: func.HttpRequest) -> dict[str, str]:
 def _from_console(req: func.HttpRequest) -> bool:
     """The browser holds a session cookie of the console: its page, not this one, shows the outcome (the console
     checks the session itself; the redirect carries only the connection's id, which this page would show too)."""
+    if f"{CONSOLE_SESSION_COOKIE}=" not in (req.headers.get("cookie") or ""):
+        return False  # no console session at all: the cookie parser's module (the sessions') is not loaded
     return bool(_cookies(req).get(CONSOLE_SESSION_COOKIE))
 
 

@@ -60,6 +60,7 @@ def test_an_unknown_state_is_refused_with_one_lean_read_and_nothing_of_the_flow_
     loaded = set(result["modules"])  # type: ignore[arg-type]
     assert {"shared.oauth_callback", "shared.store.oauth_state_reads", "shared.azure.rest"} <= loaded
     assert [name for name in FLOW_ONLY if name in loaded] == []
+    assert "shared.sessions" not in loaded  # its failure page looks for a console session without it
 
 
 def test_an_answer_without_a_state_reads_nothing() -> None:
