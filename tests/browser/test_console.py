@@ -35,6 +35,20 @@ def add_dialog(page: Any, app: str, method: str) -> None:
     page.check(f"#method-{method}", force=True)
 
 
+def held_create(page: Any, app: Any, name: str, secret: str) -> list[Any]:
+    """The Add dialog filled in for a Key Vault client-secret connection of ``app``; its POSTs are held (the routes
+    returned, in the order sent: ``continue_()`` lets one through)."""
+    held: list[Any] = []
+    page.route("**/api/v1/app-connections/azure-key-vault",
+               lambda route: held.append(route) if route.request.method == "POST" else route.continue_())
+    add_dialog(page, "azure-key-vault", "client-secret")
+    page.fill("#field-name", name)
+    page.fill("#field-tenantId", app.tenant_id)
+    page.fill("#field-clientId", app.client_id)
+    page.fill("#field-clientSecret", secret)
+    return held
+
+
 def live_keys(admin: Any, app: Any) -> set[str]:
     return {p["keyId"] for p in admin.app_passwords(app.tenant_id, app.client_id) if not p["revoked"]}
 
@@ -121,16 +135,8 @@ def test_a_create_still_running_keeps_its_dialog_and_its_outcome_is_always_seen(
     it does): the refusal shows beside its field. A dialog closed all the same (a browser may close it on a
     second Escape) shows the outcome in the toast; both went into a wiped, closed dialog before (review S)."""
     app = register_app(admin, secrets_used, name="console-held")
-    console = open_console("admin")
-    page = console.page
-    held: list[Any] = []
-    page.route("**/api/v1/app-connections/azure-key-vault",
-               lambda route: held.append(route) if route.request.method == "POST" else route.continue_())
-    add_dialog(page, "azure-key-vault", "client-secret")
-    page.fill("#field-name", "console-held")
-    page.fill("#field-tenantId", app.tenant_id)
-    page.fill("#field-clientId", app.client_id)
-    page.fill("#field-clientSecret", "not-its-secret")
+    page = open_console("admin").page
+    held = held_create(page, app, "console-held", "not-its-secret")
     for sent, closed_anyway in enumerate((False, True), start=1):
         page.click("#connection-submit")
         page.wait_for_function("document.getElementById('connection-submit').textContent === 'Creating…'")
@@ -161,16 +167,8 @@ def test_a_save_that_ends_after_its_dialog_was_closed_and_opened_anew_leaves_the
     first create succeeds, the toast says so and the dialog the person is filling in stays open with what they typed
     (it was closed and wiped: review V)."""
     app = register_app(admin, secrets_used, name="console-first")
-    console = open_console("admin")
-    page = console.page
-    held: list[Any] = []
-    page.route("**/api/v1/app-connections/azure-key-vault",
-               lambda route: held.append(route) if route.request.method == "POST" else route.continue_())
-    add_dialog(page, "azure-key-vault", "client-secret")
-    page.fill("#field-name", "console-first")
-    page.fill("#field-tenantId", app.tenant_id)
-    page.fill("#field-clientId", app.client_id)
-    page.fill("#field-clientSecret", app.client_secret)
+    page = open_console("admin").page
+    held = held_create(page, app, "console-first", app.client_secret)
     page.click("#connection-submit")
     page.wait_for_function("document.getElementById('connection-submit').textContent === 'Creating…'")
     page.evaluate("document.getElementById('connection-dialog').close()")

@@ -336,12 +336,9 @@ async def test_against_a_limit_of_100_writes_per_10_s_the_sweep_keeps_the_rate_a
     assert calls["throttled"] / calls["writes"] < 0.05
 
 
-@pytest.mark.parametrize("retry_after", ["86400", "1e400"])
-async def test_a_retry_after_past_the_retry_budget_holds_the_kind_s_requests_no_longer_than_the_budget(retry_after):
-    """(Review E.) The call that got it gives up at once (its wait would run past the budget); the sweep's other
-    requests of the kind were held as long as it said: a day, or for ever."""
-    from shared.azure.retry import RETRY_BUDGET
 
+def _paced_on_a_clock() -> tuple[GraphPacing, list[float]]:
+    """The sweep's pacing on a clock of its own that its sleeps move; the sleeps it made."""
     now = [0.0]
     slept: list[float] = []
 
@@ -349,7 +346,15 @@ async def test_a_retry_after_past_the_retry_budget_holds_the_kind_s_requests_no_
         slept.append(seconds)
         now[0] += seconds
 
-    pacing = GraphPacing(AimdLimiter(16, clock=lambda: now[0]), clock=lambda: now[0], sleep=sleep)
+    return GraphPacing(AimdLimiter(16, clock=lambda: now[0]), clock=lambda: now[0], sleep=sleep), slept
+
+@pytest.mark.parametrize("retry_after", ["86400", "1e400"])
+async def test_a_retry_after_past_the_retry_budget_holds_the_kind_s_requests_no_longer_than_the_budget(retry_after):
+    """(Review E.) The call that got it gives up at once (its wait would run past the budget); the sweep's other
+    requests of the kind were held as long as it said: a day, or for ever."""
+    from shared.azure.retry import RETRY_BUDGET
+
+    pacing, slept = _paced_on_a_clock()
     with pacing.applied():  # the hooks act on the requests of their own fan-out
         await pacing.on_request(SimpleNamespace(method="POST"))
         await pacing.on_response(SimpleNamespace(status_code=429, headers={"retry-after": retry_after},
@@ -362,14 +367,7 @@ async def test_a_retry_after_past_the_retry_budget_holds_the_kind_s_requests_no_
 async def test_a_429_that_says_its_wait_in_milliseconds_holds_the_kind_s_requests_that_long(header: str) -> None:
     """(Review FC 3.) The pacer reads a 429's wait as every client does (``retry_after_of``): a wait said in
     milliseconds holds the kind's requests as long as a ``Retry-After`` would, not only the cooldown."""
-    now = [0.0]
-    slept: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-        now[0] += seconds
-
-    pacing = GraphPacing(AimdLimiter(16, clock=lambda: now[0]), clock=lambda: now[0], sleep=sleep)
+    pacing, slept = _paced_on_a_clock()
     with pacing.applied():  # the hooks act on the requests of their own fan-out
         await pacing.on_request(SimpleNamespace(method="POST"))
         await pacing.on_response(SimpleNamespace(status_code=429, headers={header: "12000"},

@@ -342,42 +342,39 @@ async def _answering(status_line: bytes, *headers: bytes) -> Any:
     return await asyncio.start_server(answer, "127.0.0.1", 0)
 
 
+async def _failed_read(*answer: bytes) -> UpstreamError:
+    """What a read of one entity raises when Table Storage (on a loopback port) gives ``answer`` every time."""
+    from tests.loopback_table import connection_string, port_of
+
+    server = await _answering(*answer)
+    built = AzureClients(load_settings({"AzureWebJobsStorage": connection_string(port_of(server))}))
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            await TableReads(built).get_entity("Connections", "tenant-secret-partition", "row-key-7")
+    finally:
+        await built.close()
+        server.close()
+    return caught.value
+
+
 @pytest.mark.parametrize(("header", "wait"), [(b"Retry-After: 120", "120"), (b"x-ms-retry-after-ms: 45000", "45")])
 async def test_a_read_still_throttled_when_the_retries_run_out_is_a_503_with_the_storage_wait(
         header: bytes, wait: str, caplog: pytest.LogCaptureFixture) -> None:
     """(Review FC 1 and 2.) Table Storage still answering 503 past the retry budget: a 503 problem whose
     ``Retry-After`` is the service's wait (not a 502 without one), and whose detail names neither the account's
     host, nor the table, nor the entity's keys (the log has them)."""
-    from tests.loopback_table import connection_string, port_of
-
-    server = await _answering(b"HTTP/1.1 503 Server Busy", header)
-    built = AzureClients(load_settings({"AzureWebJobsStorage": connection_string(port_of(server))}))
-    try:
-        with pytest.raises(UpstreamError) as caught:
-            await TableReads(built).get_entity("Connections", "tenant-secret-partition", "row-key-7")
-    finally:
-        await built.close()
-        server.close()
-    problem = caught.value.to_problem()
-    assert (caught.value.status, caught.value.headers.get("Retry-After")) == (503, wait), problem
+    caught = await _failed_read(b"HTTP/1.1 503 Server Busy", header)
+    problem = caught.to_problem()
+    assert (caught.status, caught.headers.get("Retry-After")) == (503, wait), problem
     assert problem["type"].endswith("upstream-throttled")
     for named in ("127.0.0.1", "Connections", "tenant-secret-partition", "row-key-7"):
-        assert named not in caught.value.detail
+        assert named not in caught.detail
     assert any("row-key-7" in record.getMessage() for record in caplog.records)
 
 
 async def test_a_read_without_a_usable_answer_is_a_502_that_names_nothing_of_the_storage() -> None:
     """(Review FC 2.) A malformed answer (not retried): a 502 that says Table Storage could not be read, without
     the request's URL (the account's host, the table, the entity's keys)."""
-    from tests.loopback_table import connection_string, port_of
-
-    server = await _answering(b"HTTP/1.1 xyz not a status")
-    built = AzureClients(load_settings({"AzureWebJobsStorage": connection_string(port_of(server))}))
-    try:
-        with pytest.raises(UpstreamError) as caught:
-            await TableReads(built).get_entity("Connections", "tenant-secret-partition", "row-key-7")
-    finally:
-        await built.close()
-        server.close()
-    assert caught.value.status == 502 and "Retry-After" not in caught.value.headers
-    assert caught.value.detail == "Table Storage could not be read.", caught.value.detail
+    caught = await _failed_read(b"HTTP/1.1 xyz not a status")
+    assert caught.status == 502 and "Retry-After" not in caught.headers
+    assert caught.detail == "Table Storage could not be read.", caught.detail
