@@ -7,13 +7,12 @@ so that a cold instance's first read stays cheap.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.apps import APPS, AppSpec, Method, find_app
 from shared.errors import ConnectionBeingDeleted, FieldError, NameTaken, NotFound, PreconditionFailed, shown
 from shared.fields import MAX_PAGE_SIZE, page_size
 from shared.json_codec import iso
-from shared.ports import ConnectionReads, HistoryReads
 from shared.records import (
     EXPIRED,
     EXPIRING,
@@ -26,6 +25,9 @@ from shared.records import (
     RotationEvent,
 )
 from shared.rotation.state import state_response
+
+if TYPE_CHECKING:  # protocols only: a read does not load the ports' module (cold start)
+    from shared.ports import ConnectionReads, HistoryReads
 
 
 def require_app(app_id: str) -> AppSpec:

@@ -492,11 +492,14 @@ async def caller(req: func.HttpRequest, changes: bool = False) -> Principal:
     """Who calls: the bearer token, else the console's session cookie (``shared.sessions``: a change, which is
     any method but GET and HEAD, and any route that ``changes`` state or is audited, needs the session's CSRF
     token and the service's Origin); the same role checks and audit follow for both."""
-    from shared.sessions import CSRF_HEADER, SESSION_COOKIE, cookie_value
     from shared.wiring import sessions, token_validator
 
     authorization, cookies = req.headers.get("authorization"), req.headers.get("cookie")
-    if authorization or cookie_value(cookies, SESSION_COOKIE) is None:
+    if authorization:  # a bearer token: the sessions' module is not loaded (cold start)
+        return await token_validator().validate(authorization)
+    from shared.sessions import CSRF_HEADER, SESSION_COOKIE, cookie_value
+
+    if cookie_value(cookies, SESSION_COOKIE) is None:
         return await token_validator().validate(authorization)
     return await sessions().caller(cookies, req.method, req.headers.get("origin"), req.headers.get(CSRF_HEADER),
                                    changes)

@@ -32,3 +32,36 @@ def test_a_token_check_loads_neither_the_ports_nor_the_write_side_nor_an_sdk() -
     loaded = set(in_a_fresh_interpreter(TOKEN_CHECK))
     assert {"shared.wiring", "shared.auth", "shared.jws", "shared.azure.clients"} <= loaded
     assert [name for name in NOT_FOR_A_TOKEN_CHECK if name in loaded] == []
+
+
+BEARER_CALLER = """
+import asyncio, json, os, sys
+os.environ.update({"AzureWebJobsStorage": "UseDevelopmentStorage=true",
+                   "AUTH_TENANT_ID": "11111111-1111-1111-1111-111111111111", "AUTH_AUDIENCE": "api://app"})
+import azure.functions as func
+import function_app
+from shared.errors import ServiceError
+from shared.functions.http import caller
+
+async def main():
+    req = func.HttpRequest("GET", "http://localhost/api/v1/openapi.json", body=b"",
+                           headers={"authorization": "Bearer not-a-token", "cookie": "__Host-appconn=s"})
+    try:
+        await caller(req)
+    except ServiceError as refused:
+        assert refused.status == 401, refused
+    else:
+        raise AssertionError("a malformed token was accepted")
+    from shared.azure.clients import close_clients
+    await close_clients()
+
+asyncio.run(main())
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_a_request_with_a_bearer_token_does_not_load_the_console_sessions() -> None:
+    """The bearer token is checked, even beside a session cookie; the console's sessions are not loaded for it."""
+    loaded = set(in_a_fresh_interpreter(BEARER_CALLER))
+    assert {"shared.auth", "shared.jws"} <= loaded
+    assert [name for name in ["shared.sessions", *NOT_FOR_A_TOKEN_CHECK] if name in loaded] == []
