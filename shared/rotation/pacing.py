@@ -244,8 +244,12 @@ class GraphPacing:
         token = _SWEEP.set(self)
         try:
             yield
-        finally:
+        except GeneratorExit:  # closed unfinished by the collector (its loop gone), in another context: the
+            raise  # context this set went with its task, and resetting there would raise
+        except BaseException:
             _SWEEP.reset(token)
+            raise
+        _SWEEP.reset(token)
 
     def _pacer(self, method: str) -> Pacer | None:
         """The pacer of a request of the running task: None when the task is not this pacing's fan-out's."""

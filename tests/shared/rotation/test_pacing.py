@@ -374,3 +374,29 @@ async def test_a_429_that_says_its_wait_in_milliseconds_holds_the_kind_s_request
                                                  request=SimpleNamespace(method="POST")))
         await asyncio.wait_for(pacing.on_request(SimpleNamespace(method="POST")), 5)
         assert sum(slept) >= 12, slept
+
+
+class _Suspended:
+    def __await__(self):  # type: ignore[no-untyped-def]
+        yield
+
+
+def test_a_paced_task_dropped_unfinished_is_closed_without_an_error() -> None:
+    """A worker's loop dropped with a paced request still waiting (a worker that died, a host shutting down): the
+    collector closes its coroutine outside the task's context, where the pacing it set is not, and nothing raises."""
+    import contextvars
+
+    pacing = GraphPacing(AimdLimiter(1, clock=lambda: 0.0), clock=lambda: 0.0)
+
+    async def waiting() -> None:
+        with pacing.applied():
+            await _Suspended()
+
+    coroutine = waiting()
+    task_context = contextvars.copy_context()
+    task_context.run(coroutine.send, None)  # started in its task's own context, as asyncio runs it
+    assert task_context.run(pacing._pacer, "GET") is not None and pacing._pacer("GET") is None
+
+    coroutine.close()  # by the collector, from wherever it runs
+
+    assert pacing._pacer("GET") is None
