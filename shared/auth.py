@@ -191,7 +191,19 @@ class SigningKeys:
         document = await self._fetch(self.discovery_url)
         if not isinstance(document, dict) or not document.get("jwks_uri") or not document.get("issuer"):
             raise ServiceMisconfigured("The OIDC discovery document of AUTH_TENANT_ID has no issuer or keys.")
-        return str(document["issuer"]), await self._fetch(str(document["jwks_uri"]))
+        jwks_uri = str(document["jwks_uri"])
+        if not _on_host_of(jwks_uri, self.discovery_url):  # the keys every token is checked with: the authority's
+            raise ServiceMisconfigured("The OIDC discovery document of AUTH_TENANT_ID names signing keys elsewhere "
+                                       "than on its authority over https; none are trusted.")
+        return str(document["issuer"]), await self._fetch(jwks_uri)
+
+
+def _on_host_of(url: str, authority_url: str) -> bool:
+    """``url`` is an https:// URL on the host (and port) of ``authority_url``."""
+    from urllib.parse import urlsplit
+
+    parts, authority = urlsplit(url), urlsplit(authority_url)
+    return parts.scheme == "https" and bool(parts.netloc) and parts.netloc.lower() == authority.netloc.lower()
 
 
 def _usable_keys(jwks: Any) -> dict[str, RSAPublicKey]:

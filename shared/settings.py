@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import lru_cache
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 AZURITE_ACCOUNT = "devstoreaccount1"
 # The well-known, public development key of the Azurite emulator (not a secret).
@@ -268,7 +269,12 @@ def _storage(env: Mapping[str, str], cloud: Cloud | None = None) -> StorageSetti
         return StorageSettings(connection_string=connection_string)
     uri = (env.get(f"{name}__tableServiceUri") or "").strip()
     account = (env.get(f"{name}__accountName") or "").strip()
+    if uri and not _tls_or_loopback(uri):  # the service's bearer token goes there with every request
+        raise SettingsError(f"{name}__tableServiceUri must be an https:// URL (http:// only on a loopback address)")
     if not uri and account:
+        if not _ACCOUNT_NAME.fullmatch(account):
+            raise SettingsError(f"{name}__accountName must be a storage account's name: 3 to 24 lowercase letters "
+                                "and digits")
         uri = f"https://{account}.table.{(cloud or CLOUDS[DEFAULT_CLOUD]).storage_suffix}"
     if uri:
         return StorageSettings(
@@ -280,6 +286,17 @@ def _storage(env: Mapping[str, str], cloud: Cloud | None = None) -> StorageSetti
         f"(UseDevelopmentStorage=true locally) or {name}__tableServiceUri for a managed identity"
         + ("" if name != "AzureWebJobsStorage" else "; STATE_STORAGE names another setting")
     )
+
+
+_ACCOUNT_NAME = re.compile(r"[a-z0-9]{3,24}")
+
+
+def _tls_or_loopback(url: str) -> bool:
+    """An https:// URL, or an http:// one on a loopback address (Azurite, a test's server)."""
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return bool(parts.hostname)
+    return parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
 
 
 def _whole(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

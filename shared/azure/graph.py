@@ -410,7 +410,7 @@ class GraphApps:
         response = await self._clients.graph_http().request(
             method, f"{self._endpoint}/v1.0{path}", headers=headers, json=body
         )
-        if response.status_code >= 400:
+        if not 200 <= response.status_code < 300:  # a redirect too: never followed, nor taken for a removal done
             raise _error_of(response)
         if response.status_code == 204 or not response.content:
             return None

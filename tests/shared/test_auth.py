@@ -191,6 +191,34 @@ async def test_without_the_auth_settings_there_is_no_open_mode() -> None:
     assert "AUTH_TENANT_ID" in refused.value.detail
 
 
+@pytest.mark.parametrize("jwks_uri", [
+    f"http://login.example/{TENANT}/discovery/v2.0/keys",  # in clear text: anyone on the way serves keys
+    f"https://keys.elsewhere.example/{TENANT}/discovery/v2.0/keys",
+    f"https://login.example.elsewhere.example/{TENANT}/keys",
+    f"https://login.example:8443/{TENANT}/keys",
+    f"https://someone@login.example/{TENANT}/keys",
+    "//login.example/keys",
+])
+async def test_signing_keys_are_read_only_from_the_authority_over_https(jwks_uri: str) -> None:
+    """(Review SSRF 1.) The discovery document's ``jwks_uri`` was fetched wherever it pointed, over http too, and any
+    key served there checked the API's tokens."""
+    tenant = Tenant()
+    fetched: list[str] = []
+
+    async def fetch(url: str) -> Any:
+        fetched.append(url)
+        if url.endswith("openid-configuration"):
+            return {"issuer": ISSUER, "jwks_uri": jwks_uri}
+        return await tenant.fetch(url)
+
+    settings = load_settings({**STORAGE, "AZURE_AUTHORITY_HOST": AUTHORITY, "AUTH_TENANT_ID": TENANT,
+                              "AUTH_AUDIENCE": API})
+    validator = TokenValidator(settings, SigningKeys(settings, fetch, monotonic=Clock()))
+    with pytest.raises(ServiceMisconfigured, match="signing keys elsewhere") as refused:
+        await validator.validate(f"Bearer {token()}")
+    assert refused.value.status == 503 and fetched == [f"{ISSUER}/.well-known/openid-configuration"]
+
+
 @pytest.mark.parametrize(("roles", "role", "app", "granted"), [
     ({"AppConnections.Admin"}, "Writer", "azure-key-vault", "AppConnections.Admin"),
     ({"AppConnections.Writer"}, "Writer", "azure-key-vault", "AppConnections.Writer"),

@@ -53,6 +53,25 @@ def test_endpoints_must_be_https(name):
         load_settings({**BASE, name: "http://127.0.0.1:1"})
 
 
+@pytest.mark.parametrize("uri", ["http://acct.table.core.windows.net", "http://10.0.0.4:10002/devstoreaccount1",
+                                 "ftp://acct.table.core.windows.net", "https://", "acct.table.core.windows.net"])
+def test_a_table_endpoint_for_the_identity_s_token_must_be_https(uri: str) -> None:
+    """(Review SSRF 2.) The service's bearer token went in clear text to an http:// table endpoint."""
+    with pytest.raises(SettingsError, match="AzureWebJobsStorage__tableServiceUri must be an https:// URL"):
+        load_settings({"AzureWebJobsStorage__tableServiceUri": uri})
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:10002/devstoreaccount1", "http://localhost:10002", "http://[::1]:1"])
+def test_a_table_endpoint_on_a_loopback_address_may_be_http(uri: str) -> None:
+    assert load_settings({"AzureWebJobsStorage__tableServiceUri": uri}).storage.table_service_uri == uri
+
+
+@pytest.mark.parametrize("account", ["evil.example/x?", "Acct", "ab", "a" * 25, "acct.table.core.windows.net#"])
+def test_a_storage_account_name_is_a_name(account: str) -> None:
+    with pytest.raises(SettingsError, match="AzureWebJobsStorage__accountName must be a storage account's name"):
+        load_settings({"AzureWebJobsStorage__accountName": account})
+
+
 @pytest.mark.parametrize("url", ["https://hooks.example/notify/", "https://hooks.example/notify"])
 def test_the_webhook_url_is_posted_to_as_given_trailing_slash_included(url):
     # A receiver may need the slash (else it answers with a redirect, which is not followed: nothing arrives).

@@ -124,6 +124,28 @@ async def test_graph_refusals_become_domain_errors(admin: Any, clients: AzureCli
             await graph.find("00000000-0000-0000-0000-00000000dead")
 
 
+async def test_a_redirect_from_graph_is_neither_followed_nor_taken_for_a_success(
+        admin: Any, clients: AzureClients, secrets_used: Any) -> None:
+    """(Review SSRF 3.) A 3xx was taken for a success without a body: a removal counted as done though nothing was
+    removed (the old credential recorded as revoked, still live), an application read as not found."""
+    entra = register_rotatable_app(admin, secrets_used, name="graph-redirects")
+    credential, graph = graph_for(clients, entra)
+    try:
+        async with credential:
+            found = await graph.find(entra.client_id)
+            admin.set_faults([graph_fault(302, "", "moved", method="POST", path=r"/removePassword$", times=None)])
+            with pytest.raises(UpstreamError, match="302"):
+                await graph.remove_password(found.object_id, entra.key_id)
+            assert entra.key_id in {p["keyId"] for p in admin.app_passwords(entra.tenant_id, entra.client_id)
+                                    if not p["revoked"]}
+            admin.set_faults([graph_fault(307, "", "moved", method="GET", times=None)])
+            with pytest.raises(UpstreamError, match="307") as refused:
+                await graph.find(entra.client_id)
+            assert not isinstance(refused.value, NotFound)
+    finally:
+        admin.clear_faults()
+
+
 async def test_a_session_whose_credential_entra_refuses_answers_the_refusal_with_its_code(
         admin: Any, clients: AzureClients, secrets_used: Any) -> None:
     """Found by a review: the token of a Graph session is acquired at its first call, and azure-identity's
