@@ -44,7 +44,7 @@ from shared.errors import (
     failed_upstream,
 )
 from shared.expiry import REFRESH_TOKEN_LIFETIME, fresh_health, redated, status_of
-from shared.federation import explain, require_identity
+from shared.federation import explain, refuse_service_application, require_identity
 from shared.fields import page_size
 from shared.models import (
     CertificateCredentialsIn,
@@ -162,7 +162,10 @@ class ConnectionService:
         """The credentials' fields checked (a 400 before anything else is looked at or changed)."""
         if method is Method.FEDERATED:
             require_identity(self.adapters.settings)
-        return parse_credentials(method, raw)
+        credentials = parse_credentials(method, raw)
+        if method is Method.FEDERATED:
+            refuse_service_application(self.adapters.settings, credentials.clientId)
+        return credentials
 
     async def _validated(self, app: AppSpec, method: Method, credentials: Credentials) -> Validated:
         expires_on = None
@@ -809,6 +812,7 @@ class ConnectionService:
             raise InvalidRequest(f"A {record.method} connection cannot be migrated to the federated method; only "
                                  "client-secret and certificate connections can.", extensions={"method": record.method})
         require_identity(self.adapters.settings, "/")
+        refuse_service_application(self.adapters.settings, record.client_id or "", None)
         self._refuse_during_rotation(record)
         if record.rotation.cleaning_up:
             record = await self._finish_retirement(record, raise_on_failure=True)

@@ -45,7 +45,7 @@ from shared.errors import (
     UpstreamError,
     UpstreamThrottled,
 )
-from shared.federation import require_identity
+from shared.federation import SERVICE_APPLICATION, require_identity, service_applications
 
 if TYPE_CHECKING:
     from azure.core.credentials import AccessToken
@@ -487,6 +487,8 @@ async def _federated_credential(clients: AzureClients, tenant_id: str, client_id
     from azure.identity.aio import ClientAssertionCredential
 
     identity = require_identity(clients.settings)
+    if client_id.lower() in service_applications(clients.settings):  # created before such connections were refused
+        raise CredentialRejected(SERVICE_APPLICATION)
     try:
         token = await clients.federation_credential().get_token(f"{identity.audience}/.default")
     except (AzureError, OSError, TimeoutError):

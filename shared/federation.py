@@ -88,6 +88,29 @@ def require_identity(settings: Settings, pointer: str = "/method") -> Federation
     return identity
 
 
+SERVICE_APPLICATION = ("A federated connection cannot sign in as one of this service's own applications (its API "
+                       "registration, OAuth clients or managed identity).")
+
+
+def service_applications(settings: Settings) -> frozenset[str]:
+    """The client ids of the service's own applications (lower case): the API registration (AUTH_AUDIENCE, as the
+    console signs in with it), the instance's OAuth clients and the federation identity itself."""
+    own = [settings.auth_audience.removeprefix("api://") if settings.auth_audience else None,
+           settings.federation_identity_client_id,
+           *(client.client_id for client in settings.oauth_clients.values())]
+    return frozenset(client_id.lower() for client_id in own if client_id)
+
+
+def refuse_service_application(settings: Settings, client_id: str, pointer: str | None = "/credentials/clientId"
+                               ) -> None:
+    """A federated connection signs in with the service's identity: to one of the service's own applications (the
+    API registration trusts that identity for the console's sign-in), it would make the service sign in as itself
+    for whoever may create a connection. Refused (a field error at ``pointer`` when the request has that field)."""
+    if client_id.lower() in service_applications(settings):
+        errors = [FieldError(pointer, "is one of this service's own applications")] if pointer else []
+        raise InvalidRequest(SERVICE_APPLICATION, errors=errors)
+
+
 CREDENTIAL_PREFIX = "app-connections-"
 
 

@@ -628,3 +628,23 @@ def test_a_stored_certificate_past_its_end_is_an_expired_credential_and_one_not_
         credentials.stored_certificate(material["certificateBody"], material["privateKey"],
                                        start - dt.timedelta(days=2))
     assert not isinstance(early.value, CredentialExpired)
+
+
+async def test_a_federated_sign_in_as_one_of_the_service_s_own_applications_is_refused_before_any_token() -> None:
+    """A federated connection to the API registration made before such connections were refused (review SSRF 4)
+    is refused where the credential is built, as Entra's refusal would be: its health check fails it."""
+    from shared.azure.clients import AzureClients
+    from shared.errors import CredentialRejected
+    from shared.settings import load_settings
+
+    own = "99999999-9999-4999-8999-999999999999"
+    identity = "11111111-1111-4111-8111-111111111111"
+    clients = AzureClients(load_settings({
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true", "AUTH_AUDIENCE": own,
+        "FEDERATION_IDENTITY_CLIENT_ID": identity, "FEDERATION_IDENTITY_PRINCIPAL_ID": identity,
+        "FEDERATION_IDENTITY_TENANT_ID": identity}))
+    try:
+        with pytest.raises(CredentialRejected, match="own applications"):
+            await credentials.build_credential_async(clients, Method.FEDERATED, identity, own.upper(), {})
+    finally:
+        await clients.close()

@@ -100,6 +100,52 @@ async def test_without_the_identity_settings_the_method_is_unavailable_and_creat
     assert options[0]["federated"]["federatedCredential"] is None
 
 
+OWN = "99999999-9999-4999-8999-999999999999"  # one of the service's own applications, in the tests below
+
+
+@pytest.mark.parametrize(("setting", "value"), [
+    ("AUTH_AUDIENCE", OWN), ("AUTH_AUDIENCE", f"api://{OWN.upper()}"),
+    ("INF_APP_CONNECTION_AZURE_KEY_VAULT_CLIENT_ID", OWN), ("FEDERATION_IDENTITY_CLIENT_ID", OWN),
+])
+async def test_a_federated_connection_to_one_of_the_service_s_own_applications_is_refused(setting: str,
+                                                                                          value: str) -> None:
+    """(Review SSRF 4.) The API registration trusts the service's identity for the console's sign-in: a Writer of one
+    app made a federated connection to it (201, active), and the service then signed in as itself for them. Refused
+    on create and on a change of credentials, before any sign-in."""
+    h = Harness(fakes=build_fakes({setting: value}))
+    h.fakes.world.application(OWN)
+    h.fakes.world.add_federated(OWN)
+    with pytest.raises(InvalidRequest) as refused:
+        await h.api.create(APP, federated_body(OWN))
+    assert [(e.pointer, e.detail) for e in refused.value.errors] == [
+        ("/credentials/clientId", "is one of this service's own applications")]
+    assert h.fakes.connections.records == {} and h.fakes.world.worked == set()
+
+    allowed = h.fakes.world.application()
+    h.fakes.world.add_federated(allowed.client_id)
+    record = await h.api.create(APP, federated_body(allowed.client_id))
+    with pytest.raises(InvalidRequest, match="own applications"):
+        await h.api.update(APP, record.id, {"credentials": {"tenantId": TENANT, "clientId": OWN}})
+    after = await h.record(record.id)
+    assert after is not None and after.client_id == allowed.client_id
+    assert f"federated:{OWN}" not in h.fakes.world.worked
+
+
+async def test_a_connection_to_one_of_the_service_s_own_applications_does_not_migrate_to_federated() -> None:
+    """Its owner may hold its secret; the service's identity is not theirs to sign in with. Refused before anything
+    changes, without a field error (the request names no client id)."""
+    h = Harness(method="client-secret", fakes=build_fakes({"INF_APP_CONNECTION_AZURE_CLIENT_SECRETS_CLIENT_ID": OWN}))
+    h.fakes.world.application(OWN)
+    record = await h.api.create(APP, {"name": "own", "method": "client-secret",
+                                      "credentials": h.credentials(OWN, h.fakes.world.add(OWN, "the owner's"))})
+    with pytest.raises(InvalidRequest, match="own applications") as refused:
+        await migrated(h, record)
+    assert not refused.value.errors
+    after = await h.record(record.id)
+    assert after is not None and after.method == "client-secret" and not after.rotation.in_progress
+    assert not h.fakes.world.apps[OWN].federated
+
+
 def test_the_options_show_the_exact_federated_credential_and_its_limits() -> None:
     options = app_options(build_fakes().adapters.settings)
     federated = options[0]["federated"]
