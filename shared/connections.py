@@ -76,6 +76,7 @@ from shared.records import (
     RotationEvent,
     RotationState,
 )
+from shared.redaction import handling
 from shared.rotation.config import (
     RotationConfig,
     parse_rotation,
@@ -178,7 +179,8 @@ class ConnectionService:
             expires_on = parsed.not_after
         else:
             material = {"clientSecret": credentials.clientSecret}
-        await self.probe(app, method, credentials.tenantId, credentials.clientId, material)
+        with handling(*material.values()):  # not stored yet: Entra's refusal, or an SDK's log of it, may quote it
+            await self.probe(app, method, credentials.tenantId, credentials.clientId, material)
         return Validated(credentials, material, expires_on)
 
     async def probe(self, app: AppSpec, method: Method, tenant_id: str, client_id: str,

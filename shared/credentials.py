@@ -568,6 +568,15 @@ def entra_unavailable(status: int | None, error: str | None,
     return None
 
 
+def relayed(text: str, limit: int = 600) -> str:
+    """Entra's own words, as the service passes them on (problems, health and status messages, notifications):
+    redacted (a secret it quoted, registered or handled by this request) and cut to ``limit`` characters."""
+    from shared.redaction import redact
+
+    cleaned = redact(text)
+    return cleaned if len(cleaned) <= limit else cleaned[:limit - 1] + "…"
+
+
 def rejection_from(error: Exception) -> CredentialRejected | None:
     """Entra's refusal (``AADSTS`` code and message) in an azure-identity error, if it is one: not when the error
     is Entra's own failure (:func:`entra_unavailable`)."""
@@ -583,7 +592,7 @@ def rejection_from(error: Exception) -> CredentialRejected | None:
     extensions: dict[str, Any] = {"aadstsCode": code}
     if kind:
         extensions["entraError"] = kind.group("error")
-    return CredentialRejected(f"{code}: {text}", extensions=extensions)
+    return CredentialRejected(f"{code}: {relayed(text)}", extensions=extensions)
 
 
 async def acquire_token(

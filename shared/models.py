@@ -118,7 +118,7 @@ class CreateConnectionIn(_Strict):
     name: Name
     description: Description | None = None
     method: Annotated[str, Field(json_schema_extra={"enum": [m.value for m in Method if m is not Method.OAUTH]})]
-    credentials: dict[str, Any]
+    credentials: Annotated[dict[str, Any], Field(repr=False)]  # a secret or private key: never in a repr
     isAutoRotationEnabled: bool = False
     rotation: RotationIn | None = None
 
@@ -131,7 +131,7 @@ class UpdateConnectionIn(_Strict):
     # Optional, never null (a connection needs a name: the update refuses ``null``), so the document says a string.
     name: Name | SkipJsonSchema[None] = Field(default=None, json_schema_extra=_no_default)
     description: Description | None = None
-    credentials: dict[str, Any] | None = None
+    credentials: dict[str, Any] | None = Field(default=None, repr=False)
     isAutoRotationEnabled: bool | None = None
     rotation: RotationIn | None = None
 

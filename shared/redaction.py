@@ -21,7 +21,9 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 REDACTED = "[REDACTED]"
@@ -61,6 +63,7 @@ _secrets: OrderedDict[str, None] = OrderedDict()
 # position of the text, however many values are registered.
 _by_prefix: dict[str, set[str]] = {}
 _installed = False
+_handled: ContextVar[frozenset[str]] = ContextVar("secrets_handled", default=frozenset())
 
 
 def register_secret(value: object) -> None:
@@ -102,9 +105,28 @@ def _registered_in(text: str) -> set[str]:
         return found
 
 
+@contextmanager
+def handling(*values: str) -> Iterator[None]:
+    """Secrets the running task handles but has not stored (credentials pasted into a request, being validated):
+    redacted from what it (and the tasks and threads it starts) logs meanwhile. They are never registered for
+    everyone: a value nobody has proved to be a secret must not blind other requests' records."""
+    forms = frozenset(form for value in values if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH
+                      for form in (value, json.dumps(value)[1:-1]))
+    token = _handled.set(_handled.get() | forms)
+    try:
+        yield
+    except GeneratorExit:  # closed unfinished by the collector, in another context: nothing there to reset
+        raise
+    except BaseException:
+        _handled.reset(token)
+        raise
+    _handled.reset(token)
+
+
 def redact(text: str) -> str:
-    """``text`` without any registered secret or anything that looks like one."""
-    for value in sorted(_registered_in(text), key=len, reverse=True):
+    """``text`` without any registered secret (or one the running task handles) or anything that looks like one."""
+    handled = {value for value in _handled.get() if value in text}
+    for value in sorted(_registered_in(text) | handled, key=len, reverse=True):
         text = text.replace(value, REDACTED)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)

@@ -13,7 +13,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from shared.credentials import entra_unavailable, rejection_from
+from shared.credentials import entra_unavailable, rejection_from, relayed
 from shared.errors import CredentialRejected, UpstreamError
 from shared.ports import TokenResult
 
@@ -87,7 +87,7 @@ async def redeem(clients: AzureClients, tenant: str, form: Mapping[str, str]) ->
     if error:
         rejected = rejection_from(Exception(f"({error}) {description}"))
         if rejected is None:
-            detail = f"{error}: {description[:300]}".rstrip(": ")
+            detail = f"{relayed(error, 80)}: {relayed(description, 300)}".rstrip(": ")
             rejected = CredentialRejected(detail, extensions={"entraError": error})
         raise rejected
     raise UpstreamError(f"Entra ID answered {response.status_code} without a token response.")

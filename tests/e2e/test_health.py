@@ -68,3 +68,48 @@ def test_the_summary_shows_a_scoped_reader_only_their_apps(host_url: str, tokens
     assert summary.status_code == 200, summary.text
     assert set(summary.json()["byApp"]) == {"azure-app-configuration"}
     assert all(item["app"] == "azure-app-configuration" for item in summary.json()["needsAttention"])
+
+
+def _quoting(tenant: str, quoted: str) -> dict[str, Any]:
+    """Entra's token endpoint refusing with an error description that quotes the secret it was sent."""
+    description = (f"AADSTS7000215: Invalid client secret provided: '{quoted}'. Trace ID: 1 Correlation ID: 2 "
+                   "Timestamp: 2026-01-01 00:00:00Z")
+    return {"method": "POST", "path": rf"^/{tenant}/oauth2/v2.0/token$", "status": 401,
+            "headers": {"Content-Type": "application/json"},
+            "body": {"error": "invalid_client", "error_description": description, "error_codes": [7000215]}}
+
+
+def test_entra_s_refusal_is_passed_on_without_a_secret_it_quotes(
+        api: httpx.Client, admin: Any, secrets_used: Any, log_capture: Any, no_faults: None) -> None:
+    """(Review of secret hygiene, 1 and 2.) Entra's words went as they came into the problem, the health message,
+    the Connections table and the webhook's notice; and a secret pasted into a create, refused, was in no one's
+    list of secrets, so the SDK's log of the refusal kept it. The last test of the suite scans tables and logs."""
+    entra = register_app(admin, secrets_used)
+    created = api.post(f"{BASE}/{APP}", json={
+        "name": f"quoted-{uuid.uuid4().hex[:8]}", "method": "client-secret",
+        "credentials": entra.client_secret_body(clientSecretKeyId=entra.key_id)})
+    assert created.status_code == 201, created.text
+    connection = created.json()["appConnection"]
+    admin.clear_webhook_deliveries()
+    admin.set_faults([_quoting(entra.tenant_id, entra.client_secret)])
+    checked = api.post(f"{BASE}/{APP}/{connection['id']}/health")
+    validated = api.post(f"{BASE}/{APP}/{connection['id']}/validate")
+    read = api.get(f"{BASE}/{APP}/{connection['id']}")
+    assert checked.json()["appConnection"]["health"]["status"] == "failing"
+    assert "AADSTS7000215: Invalid client secret provided: '[REDACTED]'" in checked.json()["appConnection"][
+        "health"]["message"]
+    deliveries = [d for d in admin.webhook_deliveries("e2e") if d["json"]["connectionId"] == connection["id"]]
+    assert deliveries and "[REDACTED]" in deliveries[0]["json"]["message"]
+    for text in (checked.text, validated.text, read.text, *(d["body"] for d in deliveries)):
+        assert entra.client_secret not in text
+
+    pasted = register_app(admin, secrets_used)
+    admin.set_faults([_quoting(pasted.tenant_id, pasted.client_secret)])
+    logged = len(log_capture.texts())
+    refused = api.post(f"{BASE}/{APP}", json={
+        "name": f"quoted-{uuid.uuid4().hex[:8]}", "method": "client-secret",
+        "credentials": pasted.client_secret_body()})
+    assert refused.status_code == 400 and refused.json()["aadstsCode"] == "AADSTS7000215", refused.text
+    assert pasted.client_secret not in refused.text and "'[REDACTED]'" in refused.json()["detail"]
+    new_logs = "\n".join(log_capture.texts()[logged:])
+    assert "AADSTS7000215" in new_logs and pasted.client_secret not in new_logs

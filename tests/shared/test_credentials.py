@@ -648,3 +648,14 @@ async def test_a_federated_sign_in_as_one_of_the_service_s_own_applications_is_r
             await credentials.build_credential_async(clients, Method.FEDERATED, identity, own.upper(), {})
     finally:
         await clients.close()
+
+
+def test_entra_s_words_are_passed_on_redacted_and_cut() -> None:
+    """Entra's message goes into problems, stored messages and notifications: never a bearer token or a secret it
+    quoted, and not without end."""
+    token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    refused = credentials.rejection_from(Exception(
+        f"(invalid_client) AADSTS7000215: Invalid client secret; header 'Bearer {token}'. " + "x" * 2000))
+    assert refused is not None and refused.extensions["aadstsCode"] == "AADSTS7000215"
+    assert token not in refused.detail and "[REDACTED]" in refused.detail
+    assert len(refused.detail) <= len("AADSTS7000215: ") + 600 and refused.detail.endswith("…")

@@ -165,3 +165,16 @@ def test_the_document_says_a_patch_name_is_a_string_when_given() -> None:
     assert validator.is_valid({}) and validator.is_valid({"name": "prod"})
     assert not validator.is_valid({"name": None})
     assert "name" not in schema.get("required", [])
+
+
+def test_the_credentials_of_a_create_or_a_change_are_never_in_a_repr() -> None:
+    """(Review of secret hygiene, 5.) The typed credential models hid them; the request models did not."""
+    from shared.models import CreateConnectionIn, UpdateConnectionIn
+
+    secret = "Rp8Q~" + "s" * 30
+    created = CreateConnectionIn.model_validate({"name": "n", "method": "client-secret",
+                                                 "credentials": {"clientSecret": secret}})
+    changed = UpdateConnectionIn.model_validate({"credentials": {"privateKey": secret}})
+    for model in (created, changed):
+        assert secret not in repr(model) and secret not in str(model)
+    assert created.credentials == {"clientSecret": secret}

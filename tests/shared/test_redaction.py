@@ -219,3 +219,29 @@ def test_the_webhook_url_and_its_signing_key_from_the_environment_are_redacted(m
     monkeypatch.setenv("NOTIFY_WEBHOOK_SECRET", "webhook-signing-key-1")
     redaction._register_environment()
     assert redact(f"POST {url} failed; key webhook-signing-key-1") == f"POST {REDACTED} failed; key {REDACTED}"
+
+
+async def test_a_secret_a_task_handles_is_redacted_from_its_own_records_only_and_only_meanwhile() -> None:
+    """Credentials pasted into a request are redacted from what it logs while it validates them, never registered
+    for everyone: a value nobody proved to be a secret must not blind other requests' records."""
+    import asyncio
+    import contextvars
+
+    from shared.redaction import handling, redact
+
+    pasted = "Pz8Q~" + "k" * 30
+    others: list[str] = []
+
+    async def another_request() -> None:
+        await asyncio.sleep(0)
+        others.append(redact(f"an unrelated name {pasted}"))
+
+    with handling(pasted, "short"):
+        elsewhere = asyncio.create_task(another_request())  # started within: it inherits the value
+        assert redact(f"refused: '{pasted}'") == "refused: '[REDACTED]'"
+        assert redact(f'{{"quoted": "{pasted}"}}') == '{"quoted": "[REDACTED]"}'
+        await elsewhere
+    outside = asyncio.get_running_loop().create_task(another_request(), context=contextvars.Context())
+    await outside
+    assert others == ["an unrelated name [REDACTED]", f"an unrelated name {pasted}"]
+    assert redact(f"after: {pasted}") == f"after: {pasted}"
