@@ -21,10 +21,12 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import Any
+
+from shared.scoped import scoped
 
 REDACTED = "[REDACTED]"
 MIN_SECRET_LENGTH = 8
@@ -105,22 +107,13 @@ def _registered_in(text: str) -> set[str]:
         return found
 
 
-@contextmanager
-def handling(*values: str) -> Iterator[None]:
+def handling(*values: str) -> AbstractContextManager[None]:
     """Secrets the running task handles but has not stored (credentials pasted into a request, being validated):
     redacted from what it (and the tasks and threads it starts) logs meanwhile. They are never registered for
     everyone: a value nobody has proved to be a secret must not blind other requests' records."""
     forms = frozenset(form for value in values if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH
                       for form in (value, json.dumps(value)[1:-1]))
-    token = _handled.set(_handled.get() | forms)
-    try:
-        yield
-    except GeneratorExit:  # closed unfinished by the collector, in another context: nothing there to reset
-        raise
-    except BaseException:
-        _handled.reset(token)
-        raise
-    _handled.reset(token)
+    return scoped(_handled, _handled.get() | forms)
 
 
 def redact(text: str) -> str:

@@ -18,6 +18,12 @@ schedule itself, imports no SDK, so a read imports neither azure-core nor aiohtt
   it (a ``Retry-After`` that reaches past it ends the retries at once, unwaited). The caller then gets the
   last answer or error, as it came: a 429/503 as an ``HttpResponseError`` with its status.
 
+An HTTP request of the service must also be answered before Azure's front end gives up on it (230 s): while one
+is served (:func:`answering_within`, set by ``shared.functions.http`` for every route), no retry is made that
+would start past ``ANSWER_WITHIN`` seconds after it came in, so that an upstream that accepts and goes silent
+(each attempt ending at a read timeout) gives the caller a problem, not the front end's bare 502 while the work
+runs on unseen. The timers have no such deadline: their budgets and leases bound them.
+
 The budget counts the waits between attempts, not the attempts: an attempt is bounded by the transport's
 timeouts (``shared.azure.clients``: 60 s without a byte; Graph's httpx client: 30 s), and its time also
 holds what the caller queued for, which must not turn into failures: the sweep paces its Graph requests
@@ -41,16 +47,37 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from typing import TypeVar
+
+from shared.scoped import scoped
 
 RETRY_TOTAL = 10  # retries after the first attempt
 BACKOFF_FACTOR = 0.5  # seconds: the ceiling of the first retry's wait; it doubles with each retry ...
 BACKOFF_MAX = 5.0  # ... up to this (ten retries then wait ~19 s on average, 37.5 s at most)
 RETRY_BUDGET = 30.0  # seconds: the most a call waits between its attempts, in all
 RETRY_AFTER_SPREAD = 0.1  # a Retry-After wait is lengthened by up to this share of it, never shortened
+ANSWER_WITHIN = 150.0  # seconds: no retry starts later in an HTTP request (one more attempt, at most 60 s, fits)
 ALWAYS_RETRIED = frozenset({429, 503})
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+# An HTTP request's deadline and the clock it is read on (time.monotonic), or None: no deadline.
+_ANSWER_BY: ContextVar[tuple[float, Callable[[], float]] | None] = ContextVar("answer_by", default=None)
+
+
+def answering_within(seconds: float = ANSWER_WITHIN,
+                     clock: Callable[[], float] = time.monotonic) -> AbstractContextManager[None]:
+    """The running task (an HTTP request) must be answered within ``seconds``: no retry starts past that."""
+    return scoped(_ANSWER_BY, (clock() + seconds, clock))
+
+
+def past_deadline(delay: float) -> str | None:
+    """Why a retry after ``delay`` seconds may not be made (it would start past the request's deadline), or None."""
+    deadline = _ANSWER_BY.get()
+    if deadline is None or deadline[1]() + delay <= deadline[0]:
+        return None
+    return "the request must be answered before its deadline (ANSWER_WITHIN)"
 
 
 def jittered(delay: float, rng: random.Random | None = None) -> float:
@@ -147,6 +174,10 @@ async def with_retries(
             if waited + delay > budget:
                 _log_give_up(what, error, attempt, waited, f"the next wait ({delay:.1f} s) would pass the "
                                                            f"{budget:.0f} s budget")
+                raise
+            late = past_deadline(delay)
+            if late is not None:
+                _log_give_up(what, error, attempt, waited, late)
                 raise
             waited += delay
             await pause(delay)

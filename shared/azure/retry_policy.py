@@ -18,6 +18,7 @@ from shared.azure.retry import (
     RETRY_TOTAL,
     backoff,
     log,
+    past_deadline,
     retry_after_of,
     retry_delay,
 )
@@ -69,6 +70,11 @@ class JitteredRetryPolicy(AsyncRetryPolicy):  # type: ignore[type-arg]
         if settings["waited"] + delay > self.retry_budget:
             _gave_up(getattr(response, "http_request", None), settings["retries"] + 1, settings["waited"],
                      error, answer, f"the next wait ({delay:.1f} s) would pass the {self.retry_budget:.0f} s budget")
+            return False
+        late = past_deadline(delay)
+        if late is not None:
+            _gave_up(getattr(response, "http_request", None), settings["retries"] + 1, settings["waited"],
+                     error, answer, late)
             return False
         settings["retries"] += 1
         settings["waited"] += delay

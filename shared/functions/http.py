@@ -443,7 +443,10 @@ def _traced(handler: Handler, run: Handler) -> Handler:
                 "app": params.get("app"), "connection.id": params.get("connectionId"),
             }
         name = f"{req.method} {route}" if route else req.method
-        with telemetry.server_span(name, attributes, traceparent=traceparent, tracestate=tracestate) as span:
+        from shared.azure.retry import answering_within  # no retry starts once Azure's front end may give up
+
+        with (telemetry.server_span(name, attributes, traceparent=traceparent, tracestate=tracestate) as span,
+              answering_within()):
             response = await run(req)
             if req.url.startswith("https://") and not req.url.startswith(_LOOPBACK_HOSTS):
                 response.headers["Strict-Transport-Security"] = HSTS

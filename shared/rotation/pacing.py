@@ -10,12 +10,13 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from shared import telemetry
+from shared.scoped import scoped
 
 T = TypeVar("T")
 Hook = Callable[[Any], Awaitable[None]]
@@ -238,18 +239,9 @@ class GraphPacing:
     def kind(method: str) -> str:
         return "read" if method.upper() in ("GET", "HEAD") else "write"
 
-    @contextmanager
-    def applied(self) -> Iterator[None]:
+    def applied(self) -> AbstractContextManager[None]:
         """The Graph requests of the running task (and of the tasks it starts) are this pacing's while it lasts."""
-        token = _SWEEP.set(self)
-        try:
-            yield
-        except GeneratorExit:  # closed unfinished by the collector (its loop gone), in another context: the
-            raise  # context this set went with its task, and resetting there would raise
-        except BaseException:
-            _SWEEP.reset(token)
-            raise
-        _SWEEP.reset(token)
+        return scoped(_SWEEP, self)
 
     def _pacer(self, method: str) -> Pacer | None:
         """The pacer of a request of the running task: None when the task is not this pacing's fan-out's."""

@@ -21,6 +21,7 @@ from shared.azure.retry import (
     RETRY_BUDGET,
     RETRY_TOTAL,
     RetryableError,
+    answering_within,
     backoff,
     jittered,
     parse_retry_after,
@@ -153,6 +154,28 @@ async def test_a_retry_after_beyond_the_budget_ends_the_retries_at_once():
     with pytest.raises(RetryableError, match="throttled for long"):
         await with_retries(call, retry_everything, sleep=clock.sleep)
     assert calls == 1 and clock.slept == []  # not retried sooner than asked, and not waited for in vain
+
+
+async def test_in_an_http_request_no_retry_starts_past_its_deadline():
+    """(Review W, 5.) An upstream that accepts and goes silent ends each attempt at a read timeout: eleven of them
+    outlast Azure's front end (230 s), which then answers a bare 502 while the work runs on unseen. While a request
+    is served, no retry starts past its deadline, and the caller gets the last error as it came."""
+    clock = Clock()
+    calls = 0
+
+    async def silent() -> None:
+        nonlocal calls
+        calls += 1
+        clock.now += 60  # a read timeout
+        raise RetryableError("no answer within the read timeout")
+
+    with answering_within(150, clock=clock), pytest.raises(RetryableError, match="no answer"):
+        await with_retries(silent, retry_everything, sleep=clock.sleep, budget=300)
+    assert calls == 3 and clock.now <= 150 + 60  # the third started before the deadline; no fourth
+    calls, clock.now = 0, 0.0
+    with pytest.raises(RetryableError):  # a timer has no deadline: its budget and attempts bound it
+        await with_retries(silent, retry_everything, sleep=clock.sleep, budget=300)
+    assert calls == RETRY_TOTAL + 1
 
 
 async def test_the_waits_between_attempts_stay_within_the_budget():
@@ -335,6 +358,14 @@ async def test_sdk_policy_does_not_wait_for_a_retry_after_beyond_its_budget():
     response = await pipeline.run(HttpRequest("GET", "https://vault.example/secrets/s"))
     assert response.http_response.status_code == 429
     assert len(transport.sent) == 1 and clock.slept == []
+
+
+async def test_sdk_policy_starts_no_retry_past_an_http_request_s_deadline():
+    pipeline, transport, clock = pipeline_for(lambda attempt: (503, {"Retry-After": "7"}), retry_budget=300)
+    with answering_within(20, clock=clock):
+        response = await pipeline.run(HttpRequest("GET", "https://vault.example/secrets/s"))
+    assert response.http_response.status_code == 503
+    assert [at for _, at in transport.sent][-1] <= 20 and len(transport.sent) == 3  # at 0, ~7, ~14; not ~21
 
 
 async def test_sdk_policy_waits_no_longer_than_its_budget():

@@ -258,6 +258,25 @@ async def test_every_answer_over_https_tells_the_browser_to_use_https_only(url, 
     assert not hsts or "max-age=31536000" in HSTS
 
 
+async def test_a_request_is_served_with_a_deadline_no_retry_starts_past() -> None:
+    """Every HTTP function answers through this wrapper (the test below): Azure's front end gives up on a request
+    after 230 s, so none of its Azure calls starts a retry past ``ANSWER_WITHIN`` seconds."""
+    from shared.azure.retry import ANSWER_WITHIN, past_deadline
+    from shared.functions.http import traced
+
+    seen: list[tuple[str | None, str | None]] = []
+
+    @traced
+    async def handler(req):
+        seen.append((past_deadline(ANSWER_WITHIN - 5), past_deadline(ANSWER_WITHIN + 5)))
+        return func.HttpResponse("ok")
+
+    await handler(func.HttpRequest(method="GET", url="https://x.example/a", headers={}, params={}, body=b""))
+    [(within, beyond)] = seen
+    assert within is None and beyond is not None and "deadline" in beyond
+    assert past_deadline(ANSWER_WITHIN + 5) is None  # after the request: none
+
+
 def test_every_http_function_of_the_app_answers_through_the_span_that_adds_hsts():
     import subprocess
     import sys
