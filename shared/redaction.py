@@ -2,12 +2,21 @@
 
 Two nets:
 
-* patterns: ``Bearer <token>``, JWTs (``eyJ...``), ``client_secret=...``/``refresh_token=...`` and the like in
-  forms and URLs, ``clientSecret='...'`` in reprs, ``"clientSecret": "..."``/``"secretText": "..."`` in JSON or
-  reprs, ``?code=`` (function keys
-  and authorization codes), PEM private keys;
+* patterns: ``Bearer <token>``; JWTs (``eyJ...``, with the rest of one wrapped onto the next line);
+  ``client_secret=...``/``refresh_token=...``/``AccountKey=...``/``SharedAccessKey=...`` and the like in forms, URLs
+  and connection strings, and ``client_secret: ...`` (YAML) or a header (``X-IDENTITY-HEADER: ...``,
+  ``api-key: ...``, ``x-functions-key: ...``); ``clientSecret='...'`` in reprs; ``"clientSecret": "..."``/
+  ``"secretText": "..."`` in JSON or reprs, JSON escaped once or more included; the JSON members ``"sig"``,
+  ``"code"`` (an authorization code, not an error code) and a JWK's private ones (``"d"``, ``"p"``, ``"q"``,
+  ``"dp"``, ``"dq"``, ``"qi"``, ``"k"``); ``code=``, ``state=`` and ``sig=`` in a query or a form (function keys,
+  authorization codes, SAS signatures; after ``?``, ``&``, ``&amp;``, ``\u0026``, ``SharedAccessSignature=``, or
+  URL-encoded); SharedKey signatures; the console's cookies; the password of a URL's userinfo
+  (``scheme://user:[REDACTED]@host``); PEM private keys, whole, cut short or only their tail before the END line.
+  Every pattern is linear in its text: no nested quantifiers, and an unbounded one only after a fixed marker (a
+  key, a header, ``eyJ``, ``://``) or from the start of a run it cannot be re-entered from;
 * exact values registered at runtime with :func:`register_secret` wherever the service handles secret material
-  (Key Vault reads and writes, the service's own and the OAuth clients' secrets from the environment).
+  (Key Vault reads and writes, the service's own and the OAuth clients' secrets and the host's
+  ``IDENTITY_HEADER``/``MSI_SECRET`` from the environment).
 
 :func:`install` wraps the log record factory once per process (``function_app.py`` calls it), so the filter sees
 every record whichever logger or handler it goes to. A record is rewritten only when something was redacted.
@@ -32,31 +41,57 @@ REDACTED = "[REDACTED]"
 MIN_SECRET_LENGTH = 8
 MAX_REGISTERED = 4096
 
+# Names of secret fields, matched case-insensitively (client_?secret is also clientSecret, CLIENT_SECRET).
 _KEYS = (
-    r"client_?secret|clientSecret|secret_?text|secretText|refresh_?token|refreshToken|access_?token|accessToken"
-    r"|id_?token|idToken|client_?assertion|clientAssertion|code_?verifier|password|private_?key|privateKey"
-    r"|x-functions-key"
+    r"client_?secret|secret_?text|refresh_?token|access_?token|id_?token|client_?assertion|code_?verifier|password"
+    r"|private_?key|x-functions-key|x-identity-header|api-key|AccountKey|SharedAccessKey"
 )
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+# A quote, bare or escaped once or more (JSON in JSON, or printed as a repr: \", \\", \\\").
+_QUOTE = r"""\\{0,7}["']"""
+# (pattern, replacement, a text the pattern's every match holds: a text without it is not searched, "" for any).
+_PATTERNS: tuple[tuple[re.Pattern[str], str, str], ...] = (
     # PEM private keys, whole or cut short.
     (re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?(?:-----END \1PRIVATE KEY-----|\Z)", re.S),
-     "[REDACTED PRIVATE KEY]"),
-    (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9\-._~+/]{8,}=*", re.I), r"\1 " + REDACTED),
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*){0,2}"), REDACTED),
-    # "clientSecret": "...", 'client_secret': '...', \"secretText\": \"...\" (JSON, reprs, escaped JSON).
-    (re.compile(r"""((?:\\?["'])(?:""" + _KEYS + r""")(?:\\?["'])\s*:\s*)(\\?["'])((?:(?!\2).)*)\2""", re.I),
-     r"\1\2" + REDACTED + r"\2"),
-    # client_secret='...', refreshToken="..." (a keyword argument's or a dataclass's repr).
-    (re.compile(r"\b(" + _KEYS + r")(\s*=\s*)(['\"])((?:(?!\3).)*)\3", re.I), r"\1\2\3" + REDACTED + r"\3"),
-    # client_secret=..., refresh_token=... in forms, URLs and messages.
-    (re.compile(r"\b(" + _KEYS + r")=[^&\s'\",;]+", re.I), r"\1=" + REDACTED),
+     "[REDACTED PRIVATE KEY]", "-----BEGIN "),
+    # The tail of one without its BEGIN line (a PEM split across records): the base64 lines before its END line.
+    (re.compile(r"(?<![A-Za-z0-9+/=\\\r\n])[A-Za-z0-9+/=\\\r\n]+-----END [A-Z0-9 ]*PRIVATE KEY-----"),
+     "[REDACTED PRIVATE KEY]", "PRIVATE KEY-----"),
+    # JWTs, and the rest of one wrapped onto the next line (a formatter's or a terminal's width) when it ends one;
+    # before Bearer, which would stop at the line end.
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{4,}(?:\.[A-Za-z0-9_-]*){0,2}(?:\r?\n[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*){0,2})?"),
+     REDACTED, "eyJ"),
+    (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9\-._~+/]{8,}=*", re.I), r"\1 " + REDACTED, ""),
+    # "clientSecret": "...", 'client_secret': '...', \"secretText\": \"...\", \\"refreshToken\\": \\"...\\" (JSON,
+    # reprs, JSON escaped once or more).
+    (re.compile(r"(" + _QUOTE + r"(?:" + _KEYS + r")" + _QUOTE + r"\s*:\s*)(" + _QUOTE + r")(?:(?!\2).)*\2", re.I),
+     r"\1\2" + REDACTED + r"\2", ""),
+    # Members whose name alone says too little, by the shape of their value (one token of 16 characters or more,
+    # not a GUID): a SAS signature ("sig"), a JWK's private parts ("d", "p", "q", "dp", "dq", "qi"; "k" of a
+    # symmetric key) and an authorization code ("code", when not a plain word: Graph's "Authorization_RequestDenied"
+    # stays).
+    (re.compile(r"(" + _QUOTE + r"(?:sig|d|p|q|dp|dq|qi|k|(code))" + _QUOTE + r"\s*:\s*(" + _QUOTE + r"))"
+                r"(?(2)(?=[A-Za-z0-9_]*[.~+/=%-]))"  # a code: not a plain word
+                r"(?![0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\3)[A-Za-z0-9_.~+/=%-]{16,}(?=\3)"),
+     r"\1" + REDACTED, ""),
+    # client_secret='...', refreshToken="...", client_secret: "..." (a keyword argument's or a dataclass's repr,
+    # YAML); client_secret=..., refresh_token=... in forms, URLs and messages; client_secret: ...,
+    # X-IDENTITY-HEADER: ..., api-key: ... (YAML, headers) when the value is a word of MIN_SECRET_LENGTH or more
+    # ("client_secret: str" stays). One pattern for both: the groups of the form that did not match are empty.
+    (re.compile(r"\b(" + _KEYS + r")(?:(\s*[=:]\s*)(['\"])(?:(?!\3).)*\3|(=|[ \t]*:[ \t]*(?=[^&\s'\",;]{8}))"
+                r"[^&\s'\",;]+)", re.I),
+     r"\1\2\3\4" + REDACTED + r"\3", ""),
     # code= (the function key, or an authorization code), state= (an OAuth sign-in's) and sig= (a SAS signature) in
-    # a query or a form, at its start or after ? & or a space.
-    (re.compile(r"((?:^|[?&\s])(?:code|state|sig)=)[^&\s'\"]+"), r"\1" + REDACTED),
+    # a query or a form: at its start or after ? & or a space, after &amp; (HTML), \u0026 (JSON) or
+    # SharedAccessSignature= (a connection string), and URL-encoded in a URL (%3F or %26 before, %3D for =); the
+    # value ends where the next parameter starts, however the & is written.
+    (re.compile(r"((?:^|[?&\s]|&amp;|\\u0026|%26|%3[Ff]|SharedAccessSignature=)(?:code|state|sig)(?:=|%3[Dd]))"
+                r"""(?:[^&\s'"\\%]|\\(?!u0026)|%(?!26))+"""), r"\1" + REDACTED, ""),
     # A SharedKey signature (Table Storage) after its account name.
-    (re.compile(r"\b(SharedKey(?:Lite)?\s+[^:\s]+:)[A-Za-z0-9+/=]{8,}"), r"\1" + REDACTED),
+    (re.compile(r"\b(SharedKey(?:Lite)?\s+[^:\s]+:)[A-Za-z0-9+/=]{8,}"), r"\1" + REDACTED, "SharedKey"),
     # The console's cookies (__Host-appconn, its login and OAuth ones), in a Cookie or Set-Cookie line.
-    (re.compile(r"(__Host-appconn[A-Za-z0-9-]*=)[^;\s'\"]+"), r"\1" + REDACTED),
+    (re.compile(r"(__Host-appconn[A-Za-z0-9-]*=)[^;\s'\"]+"), r"\1" + REDACTED, "__Host-appconn"),
+    # A password in a URL's userinfo: scheme://user:[REDACTED]@host.
+    (re.compile(r"""(://[^/?#@:\s"\\]*:)[^/?#@\s"\\]+@"""), r"\1" + REDACTED + "@", "://"),
 )
 
 _lock = threading.Lock()
@@ -121,8 +156,9 @@ def redact(text: str) -> str:
     handled = {value for value in _handled.get() if value in text}
     for value in sorted(_registered_in(text) | handled, key=len, reverse=True):
         text = text.replace(value, REDACTED)
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+    for pattern, replacement, marker in _PATTERNS:
+        if marker in text:
+            text = pattern.sub(replacement, text)
     return text
 
 
@@ -174,14 +210,17 @@ class RedactingFilter(logging.Filter):
 
 
 # Settings whose whole value is a secret (the webhook URL is a bearer credential of the receiver's workflow).
-_SECRET_SETTINGS = frozenset({"AZURE_CLIENT_SECRET", "NOTIFY_WEBHOOK_URL", "NOTIFY_WEBHOOK_SECRET"})
+# IDENTITY_HEADER (MSI_SECRET on older hosts) guards the host's managed-identity token endpoint.
+_SECRET_SETTINGS = frozenset({
+    "AZURE_CLIENT_SECRET", "NOTIFY_WEBHOOK_URL", "NOTIFY_WEBHOOK_SECRET", "IDENTITY_HEADER", "MSI_SECRET",
+})
 
 
 def _register_environment() -> None:
     for name, value in os.environ.items():
         if name.endswith(("_CLIENT_SECRET", "_ACCOUNT_KEY", "_FUNCTION_KEY")) or name in _SECRET_SETTINGS:
             register_secret(value)
-        for match in re.finditer(r"AccountKey=([^;]+)", value):
+        for match in re.finditer(r"(?:AccountKey|SharedAccessKey)=([^;]+)", value):
             register_secret(match.group(1))
 
 
