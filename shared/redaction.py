@@ -14,9 +14,12 @@ Two nets:
   (``scheme://user:[REDACTED]@host``); PEM private keys, whole, cut short or only their tail before the END line.
   Every pattern is linear in its text: no nested quantifiers, and an unbounded one only after a fixed marker (a
   key, a header, ``eyJ``, ``://``) or from the start of a run it cannot be re-entered from;
-* exact values registered at runtime with :func:`register_secret` wherever the service handles secret material
-  (Key Vault reads and writes, the service's own and the OAuth clients' secrets and the host's
-  ``IDENTITY_HEADER``/``MSI_SECRET`` from the environment).
+* exact values registered at runtime with :func:`register_secret` wherever the service handles secret material:
+  Key Vault reads and writes (``stored=True``), the service's own and the OAuth clients' secrets and the host's
+  ``IDENTITY_HEADER``/``MSI_SECRET`` from the environment, and any other (by default: a request's, such as the
+  credentials a caller submits before they are checked). Each kind is kept apart, so that however many of the last
+  are registered (bogus credentials included), they never push out the others (``MAX_REGISTERED``,
+  ``MAX_REGISTERED_CHARACTERS``, ``MAX_STORED_CHARACTERS``).
 
 :func:`install` wraps the log record factory once per process (``function_app.py`` calls it), so the filter sees
 every record whichever logger or handler it goes to. A record is rewritten only when something was redacted.
@@ -39,7 +42,9 @@ from shared.scoped import scoped
 
 REDACTED = "[REDACTED]"
 MIN_SECRET_LENGTH = 8
-MAX_REGISTERED = 4096
+MAX_REGISTERED = 4096  # values registered at request time (register_secret's default): the most recent kept
+MAX_REGISTERED_CHARACTERS = 8 * 1024 * 1024  # ... and at most this many characters of them
+MAX_STORED_CHARACTERS = 16 * 1024 * 1024  # material from Key Vault (stored=True): ~2,500 RSA 4096 keys, both forms
 
 # Names of secret fields, matched case-insensitively (client_?secret is also clientSecret, CLIENT_SECRET).
 _KEYS = (
@@ -95,7 +100,35 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str, str], ...] = (
 )
 
 _lock = threading.Lock()
-_secrets: OrderedDict[str, None] = OrderedDict()
+
+
+class _Kept:
+    """Registered values, oldest first, and how many characters they hold."""
+
+    def __init__(self) -> None:
+        self.values: OrderedDict[str, None] = OrderedDict()
+        self.characters = 0
+
+    def add(self, form: str) -> None:
+        if form not in self.values:
+            self.characters += len(form)
+        self.values[form] = None
+        self.values.move_to_end(form)
+
+    def forget_oldest(self) -> str:
+        old, _ = self.values.popitem(last=False)
+        self.characters -= len(old)
+        return old
+
+
+# Three sets, so that no number of values registered while a request is served (anything a caller sent that might
+# be a secret, bogus ones included) pushes out the material the service keeps: values registered at request time
+# (the most recent MAX_REGISTERED, up to MAX_REGISTERED_CHARACTERS), the material read from or written to Key
+# Vault (``stored=True``: up to MAX_STORED_CHARACTERS, which only more stored material can push out) and the
+# service's own secrets from its settings (never forgotten).
+_registered = _Kept()
+_stored = _Kept()
+_settings: set[str] = set()
 # Registered values by their first MIN_SECRET_LENGTH characters: finding them costs one dict lookup per
 # position of the text, however many values are registered.
 _by_prefix: dict[str, set[str]] = {}
@@ -103,30 +136,61 @@ _installed = False
 _handled: ContextVar[frozenset[str]] = ContextVar("secrets_handled", default=frozenset())
 
 
-def register_secret(value: object) -> None:
-    """Redact ``value`` (and its JSON-escaped form) from every later log record. Short values are ignored."""
+def register_secret(value: object, *, stored: bool = False) -> None:
+    """Redact ``value`` (and its JSON-escaped form) from every later log record. Short values are ignored.
+
+    ``stored``: secret material the service keeps (read from or written to Key Vault), remembered apart from the
+    values registered while a request is served, so that those can never push it out."""
     if not isinstance(value, str) or len(value) < MIN_SECRET_LENGTH:
         return
-    forms = {value, json.dumps(value)[1:-1]}
+    kept, max_count, max_characters = (
+        (_stored, None, MAX_STORED_CHARACTERS) if stored else (_registered, MAX_REGISTERED, MAX_REGISTERED_CHARACTERS)
+    )
     with _lock:
-        for form in forms:
-            if form not in _secrets:
-                _by_prefix.setdefault(form[:MIN_SECRET_LENGTH], set()).add(form)
-            _secrets[form] = None
-            _secrets.move_to_end(form)
-        while len(_secrets) > MAX_REGISTERED:
-            old, _ = _secrets.popitem(last=False)
-            bucket = _by_prefix.get(old[:MIN_SECRET_LENGTH])
-            if bucket is not None:
-                bucket.discard(old)
-                if not bucket:
-                    del _by_prefix[old[:MIN_SECRET_LENGTH]]
+        for form in _forms(value):
+            _index(form)
+            kept.add(form)
+        while kept.values and (
+                (max_count is not None and len(kept.values) > max_count) or kept.characters > max_characters):
+            _unindex(kept.forget_oldest())
+
+
+def _register_setting(value: str) -> None:
+    """A secret of the service's own settings: never forgotten (there are a few)."""
+    if len(value) < MIN_SECRET_LENGTH:
+        return
+    with _lock:
+        for form in _forms(value):
+            _index(form)
+            _settings.add(form)
+
+
+def _forms(value: str) -> set[str]:
+    return {value, json.dumps(value)[1:-1]}
+
+
+def _index(form: str) -> None:
+    _by_prefix.setdefault(form[:MIN_SECRET_LENGTH], set()).add(form)
+
+
+def _unindex(form: str) -> None:
+    """Drop ``form`` from the index once no set holds it any more."""
+    if form in _registered.values or form in _stored.values or form in _settings:
+        return
+    bucket = _by_prefix.get(form[:MIN_SECRET_LENGTH])
+    if bucket is not None:
+        bucket.discard(form)
+        if not bucket:
+            del _by_prefix[form[:MIN_SECRET_LENGTH]]
 
 
 def forget_secrets() -> None:
     """Forget every registered value (tests)."""
     with _lock:
-        _secrets.clear()
+        for kept in (_registered, _stored):
+            kept.values.clear()
+            kept.characters = 0
+        _settings.clear()
         _by_prefix.clear()
 
 
@@ -219,9 +283,9 @@ _SECRET_SETTINGS = frozenset({
 def _register_environment() -> None:
     for name, value in os.environ.items():
         if name.endswith(("_CLIENT_SECRET", "_ACCOUNT_KEY", "_FUNCTION_KEY")) or name in _SECRET_SETTINGS:
-            register_secret(value)
+            _register_setting(value)
         for match in re.finditer(r"(?:AccountKey|SharedAccessKey)=([^;]+)", value):
-            register_secret(match.group(1))
+            _register_setting(match.group(1))
 
 
 def install() -> None:

@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from shared.azure.clients import AzureClients
 
 CONTENT_TYPE = "application/vnd.app-connections.credentials+json"
+# Fields of the material that are not secret (a certificate connection's certificate: public by design, Entra ID
+# holds it to check the connection's signatures): never registered for log redaction, where each would take the
+# room of a secret.
+PUBLIC_FIELDS = frozenset({"certificateBody"})
 
 
 def secret_name_for(connection_id: str) -> str:
@@ -28,7 +32,7 @@ def secret_name_for(connection_id: str) -> str:
 
 
 def _material(value: str) -> dict[str, str]:
-    """A version's JSON value as the method's secret fields (each registered for log redaction)."""
+    """A version's JSON value as the method's fields (each secret one registered for log redaction)."""
     try:
         parsed = json.loads(value)
     except ValueError:
@@ -36,9 +40,16 @@ def _material(value: str) -> dict[str, str]:
     if not isinstance(parsed, dict):
         raise UpstreamError("The secret in Key Vault is not in the expected format.")
     material = {str(k): str(v) for k, v in parsed.items()}
-    for item in material.values():
-        register_secret(item)
+    _register(material)
     return material
+
+
+def _register(material: Mapping[str, str]) -> None:
+    """Redact the secret fields of ``material`` from every later log record, kept apart from what requests
+    register (``stored=True``), so that no number of those pushes them out."""
+    for name, value in material.items():
+        if name not in PUBLIC_FIELDS:
+            register_secret(value, stored=True)
 
 
 class SecretVault:
@@ -52,8 +63,7 @@ class SecretVault:
         """Write ``material`` as a new version of ``name`` (expiring with the credential it holds, where that has an
         end): its version id, and the material as Key Vault answered it (Set Secret returns the stored value),
         which is what a read of that version returns, without the read."""
-        for value in material.values():
-            register_secret(value)
+        _register(material)
         secret = await self._clients.secrets().set_secret(
             name, json.dumps(dict(material)), content_type=CONTENT_TYPE, tags=dict(tags), expires_on=expires_on
         )

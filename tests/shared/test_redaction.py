@@ -429,3 +429,72 @@ def test_ordinary_lines_the_service_writes_stay():
         "-----END CERTIFICATE-----",
     ):
         assert redact(text) == text
+
+
+def test_request_time_registrations_never_push_out_stored_material_nor_the_services_own_secrets(monkeypatch):
+    """Bogus credentials a caller submits are registered before they are checked: however many, they push out
+    only one another, never what the vault holds nor the service's settings."""
+    monkeypatch.setenv("AZURE_CLIENT_SECRET", "Sv8~service-own-client-secret-value")
+    redaction._register_environment()
+    register_secret(CLIENT_SECRET, stored=True)  # as read from Key Vault
+    for n in range(redaction.MAX_REGISTERED * 2):
+        register_secret(f"Bg8~bogus-credential-{n:06d}-xxxxxxxxxxxxxxxx")
+    line = f"x {CLIENT_SECRET} y Sv8~service-own-client-secret-value z"
+    assert redact(line) == f"x {REDACTED} y {REDACTED} z"
+    assert redact("Bg8~bogus-credential-000000-xxxxxxxxxxxxxxxx") != REDACTED  # the oldest bogus one went
+    last = f"Bg8~bogus-credential-{redaction.MAX_REGISTERED * 2 - 1:06d}-xxxxxxxxxxxxxxxx"
+    assert redact(last) == REDACTED
+
+
+def test_request_time_registrations_are_bounded_by_their_characters_too(monkeypatch):
+    monkeypatch.setattr(redaction, "MAX_REGISTERED_CHARACTERS", 100)
+    register_secret("a" * 60 + "-first")
+    register_secret("b" * 60 + "-second")  # the two together hold more than 100 characters
+    assert redact("a" * 60 + "-first") != REDACTED
+    assert redact("b" * 60 + "-second") == REDACTED
+
+
+def test_stored_material_is_bounded_by_its_characters_and_only_stored_material_pushes_it_out(monkeypatch):
+    monkeypatch.setattr(redaction, "MAX_STORED_CHARACTERS", 100)
+    register_secret("stored-one-" + "a" * 30, stored=True)
+    for n in range(50):
+        register_secret(f"request-value-{n:04d}")
+    assert redact("stored-one-" + "a" * 30) == REDACTED
+    register_secret("stored-two-" + "b" * 30, stored=True)
+    register_secret("stored-one-" + "a" * 30, stored=True)  # read again: the most recent
+    register_secret("stored-three-" + "c" * 30, stored=True)
+    assert redact("stored-one-" + "a" * 30) == REDACTED
+    assert redact("stored-two-" + "b" * 30) != REDACTED  # the least recently used went
+
+
+def test_a_value_registered_both_ways_stays_while_either_holds_it(monkeypatch):
+    monkeypatch.setattr(redaction, "MAX_REGISTERED", 2)
+    register_secret(CLIENT_SECRET)
+    register_secret(CLIENT_SECRET, stored=True)
+    register_secret("request-value-0001")
+    register_secret("request-value-0002")  # CLIENT_SECRET has left the request-time set
+    assert redact(CLIENT_SECRET) == REDACTED
+
+
+async def test_the_vault_registers_the_secret_fields_it_reads_and_writes_but_not_a_public_certificate():
+    from types import SimpleNamespace
+
+    from shared.store.vault import SecretVault
+
+    certificate = "-----BEGIN CERTIFICATE-----\nMIIC+zCCAeOgAwIBAgIJAL\n-----END CERTIFICATE-----\n"
+    key = _private_key_pem()
+
+    class Secrets:
+        async def set_secret(self, name, value, **kwargs):
+            return SimpleNamespace(value=value, properties=SimpleNamespace(version="v1"))
+
+        async def get_secret(self, name, version):
+            return SimpleNamespace(value=json.dumps({"clientSecret": CLIENT_SECRET}))
+
+    clients = SimpleNamespace(secrets=Secrets)
+    vault = SecretVault(clients)
+    await vault.write("appconn-x", {"certificateBody": certificate, "privateKey": key}, {})
+    await vault.get("appconn-y", "v1")
+    assert redaction._registered.values == {}  # kept apart from what requests register
+    assert set(redaction._stored.values) == {key, json.dumps(key)[1:-1], CLIENT_SECRET}
+    assert redact(f"cert {certificate}") == f"cert {certificate}"
