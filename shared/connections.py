@@ -901,7 +901,7 @@ class ConnectionService:
                 error.detail += (" The connection was not deleted; send the DELETE again." if released else
                                  " The connection is marked as being deleted; send the DELETE again to finish it.")
                 raise
-            if self._removing(record, error, force, progress):
+            if await self._removing(record, error, force, progress):
                 complete = True
             else:
                 left, unread = await self._removal_failed(record, before, progress, error, force, owner)
@@ -933,7 +933,8 @@ class ConnectionService:
                  record.id, len(removed), len(left))
         return Deleted(record, removed, left, unread)
 
-    def _removing(self, record: ConnectionRecord, error: ServiceError, force: bool, progress: Removals) -> bool:
+    async def _removing(self, record: ConnectionRecord, error: ServiceError, force: bool,
+                        progress: Removals) -> bool:
         """A DELETE's removals that failed once the journal said the last one, of the credential in use, was sent
         (``removing_key_id``, by this DELETE or an earlier one; nothing else is left to remove by then). That
         credential refused by Entra as unknown (``CREDENTIAL_UNKNOWN``; a certificate, unexpired) means the removal
@@ -951,6 +952,36 @@ class ConnectionService:
             if code not in CREDENTIAL_UNKNOWN or (  # a certificate's key expired is refused as one not found
                     code == "AADSTS700027" and (expires is None or expires <= self.now())):
                 return False
+            now = self.now()
+            first = state.removing_refused_at
+            # REMOVAL_CONFIRMATION_SECONDS: a credential just added reaches every part of Entra ID within minutes,
+            # and one it has not reached refuses it ("Time for federated credential changes to propagate", Entra's
+            # workload identity federation documentation; the same holds of secrets and keys).
+            window = timedelta(seconds=self.adapters.settings.removal_confirmation_seconds)
+            if first is None or now - first < window:
+                # Not yet proof: Entra ID's parts learn of a new credential (one a rotation just made, say) within
+                # minutes, and one that has not may refuse it though the removal failed. A forced DELETE lists it
+                # as left live; a plain one keeps the mark, and the refusal is asked for again later.
+                if force:
+                    return False
+                if first is None:
+                    first = now
+                    try:
+                        await self._on_mark(record, lambda state: state if state.removing_refused_at else state.evolve(
+                            removing_refused_at=now))
+                    except ServiceError as unwritten:  # the next DELETE's refusal starts the wait again
+                        log.warning("Connection %s: the first refusal of its credential in use was not journaled "
+                                    "(%s)", record.id, detail_of(unwritten))
+                wait = max(1, math.ceil((first + window - now).total_seconds()))
+                raise CredentialsLeftLive(
+                    f"Entra ID refuses the credential in use ({code}), whose removal, the last, was sent; a change "
+                    f"can take minutes to reach every part of Entra ID, so the removal is taken as done only if Entra "
+                    f"ID still refuses it {window.total_seconds():g} s after it first did. "
+                    f"The connection is marked as being deleted; send the DELETE again in {wait} s, or delete with "
+                    "?force=true to list the credential as left live.",
+                    headers={"Retry-After": str(wait)},
+                    extensions={"reason": error.detail, "keyIds": [state.removing_key_id], "applicationsNotRead": []},
+                ) from None
             progress.removed.append(state.removing_key_id)
             return True
         if isinstance(error, (SecretGone, VersionDisabled)):  # its vault version, cleaned up by a forced DELETE
@@ -972,7 +1003,8 @@ class ConnectionService:
         federated = {"key_id": None, "key_tenant_id": None} if record.method == Method.FEDERATED else {}
         return await self._on_mark(record, lambda state: state.left_behind_forgotten().evolve(
             **federated,
-            managed=False, key_made=False, removing_key_id=None, removing_identity=None, rotation_id=None, step=None,
+            managed=False, key_made=False, removing_key_id=None, removing_identity=None, removing_refused_at=None,
+            rotation_id=None, step=None,
             attempt=0,
             attempt_started_at=None, pending_key_id=None, pending_version=None, pending_expires_at=None,
             previous_key_id=None, previous_version=None))
@@ -1083,7 +1115,8 @@ class ConnectionService:
         key_id = state.key_id or ""
 
         async def ahead(identity: str) -> None:
-            await journal(lambda state: state.evolve(removing_key_id=key_id, removing_identity=identity))
+            await journal(lambda state: state.evolve(removing_key_id=key_id, removing_identity=identity,
+                                                     removing_refused_at=None))
 
         sent = state.removing_identity if key_id and state.removing_key_id == key_id else None
         return await self.rotator.remove_federated(record, credential_tenant(record), key_id, before_removal=ahead,

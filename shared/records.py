@@ -120,6 +120,10 @@ class RotationState:
     # credential named when its removal was sent. While the service still has that identity, a sign-in there that no
     # federated credential matches means the removal went through.
     removing_identity: str | None = None
+    # When Entra ID first refused that credential once its removal was sent: a refusal proves the removal only when
+    # it still comes REMOVAL_PROPAGATION later (a credential just added can be refused by a part of Entra ID it has
+    # not reached yet).
+    removing_refused_at: datetime | None = None
     # Credentials the service created on the application the connection used before its credentials were
     # changed, still to be removed (with that application's credential, kept in this vault version).
     retire_version: str | None = None

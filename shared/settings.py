@@ -160,6 +160,9 @@ class Settings:
     oauth_clients: Mapping[str, OAuthClient] = field(default_factory=dict)
     rotation_max_concurrency: int = 8
     rotation_test_timeout_seconds: float = 300.0
+    # How long after Entra ID first refused a credential whose removal was sent it must still refuse it for the
+    # removal to count as done (a credential just added reaches every part of Entra ID within minutes).
+    removal_confirmation_seconds: float = 300.0
     rotation_sweep_budget_seconds: float = 240.0
     # The API registration whose access tokens every route but the OAuth callback requires (shared.auth).
     auth_tenant_id: str | None = None
@@ -371,6 +374,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         },
         rotation_max_concurrency=_whole(env, "ROTATION_MAX_CONCURRENCY", 8, 1, 64),
         rotation_test_timeout_seconds=_number(env, "ROTATION_TEST_TIMEOUT_SECONDS", 300, 1, 3600),
+        removal_confirmation_seconds=_number(env, "REMOVAL_CONFIRMATION_SECONDS", 300, 0, 3600),
         rotation_sweep_budget_seconds=_number(env, "ROTATION_SWEEP_BUDGET_SECONDS", 240, 1, 3600),
         auth_tenant_id=_auth_tenant(env),
         auth_audience=_configured(env, "AUTH_AUDIENCE"),

@@ -81,6 +81,7 @@ def local_env(tmp_path_factory: pytest.TempPathFactory, secrets_used: Registry) 
         # Notifications go to the stand-in's webhook receiver, signed with a secret of the session.
         env.settings["NOTIFY_WEBHOOK_URL"] = env.standin.admin.webhook_url("e2e")
         env.settings["NOTIFY_WEBHOOK_SECRET"] = secrets.token_urlsafe(24)
+        env.settings["REMOVAL_CONFIRMATION_SECONDS"] = "2"  # a DELETE's refusal confirmed within a test's time
         secrets_used.add(env.settings["NOTIFY_WEBHOOK_SECRET"])
         env.apply()
         reset_settings()

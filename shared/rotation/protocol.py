@@ -1001,7 +1001,8 @@ class Rotator(Journaled):
 
             async def removing(key_id: str) -> None:  # nothing else of the service's is left by then
                 if journal is not None:
-                    await journal(lambda state: state.left_behind_forgotten().evolve(removing_key_id=key_id))
+                    await journal(lambda state: state.left_behind_forgotten().evolve(removing_key_id=key_id,
+                                                                                     removing_refused_at=None))
 
             async with self.adapters.directory.graph(Method(record.method), record.tenant_id,
                                                      record.client_id or "", material) as graph:

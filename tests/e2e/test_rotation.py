@@ -437,6 +437,11 @@ def test_a_delete_whose_last_removal_lost_its_answer_is_finished_by_the_next_one
     assert stopped.status_code == 502, stopped.text
     assert "send the DELETE again" in stopped.json()["detail"]
     assert service_passwords(admin, entra) == []  # applied
+    # Entra refuses it: taken as removed only if it still does REMOVAL_CONFIRMATION_SECONDS later (2 s here)
+    unconfirmed = api.delete(f"{BASE}/{APP}/{connection['id']}")
+    assert unconfirmed.status_code == 409, unconfirmed.text
+    assert unconfirmed.json()["keyIds"] == created[-1:] and "send the DELETE again" in unconfirmed.json()["detail"]
+    time.sleep(float(unconfirmed.headers["Retry-After"]))
     deleted = api.delete(f"{BASE}/{APP}/{connection['id']}")
     assert deleted.status_code == 200, deleted.text
     assert (deleted.json()["removedKeyIds"], deleted.json()["keyIdsLeftLive"]) == (created, [])

@@ -36,6 +36,26 @@ async def stops_and_says_to_send_it_again(h: Harness, connection_id: str, force:
     assert stopped.value.status == 502 and "send the DELETE again" in stopped.value.detail
 
 
+async def delete_once_the_refusal_holds(h: Harness, connection_id: str) -> Any:
+    """A DELETE whose last removal, of the credential in use, was sent without an answer: Entra's refusal of that
+    credential counts as its removal only once it still comes ``REMOVAL_CONFIRMATION_SECONDS`` after the first (a
+    part of Entra ID not yet reached by a new credential refuses it too). Until then: a 409 with Retry-After, the
+    connection still marked."""
+    with pytest.raises(CredentialsLeftLive) as unconfirmed:
+        await h.api.delete(APP, connection_id)
+    window = h.fakes.adapters.settings.removal_confirmation_seconds
+    assert unconfirmed.value.headers["Retry-After"] == str(int(window))
+    assert "send the DELETE again" in unconfirmed.value.detail
+    marked = await h.record(connection_id)
+    assert marked is not None and marked.status == "deleting" and marked.rotation.removing_refused_at is not None
+    h.fakes.clock.advance(timedelta(seconds=window - 1))
+    with pytest.raises(CredentialsLeftLive) as still:  # not yet: the wait counts from the first refusal
+        await h.api.delete(APP, connection_id)
+    assert still.value.headers["Retry-After"] == "1"
+    h.fakes.clock.advance(timedelta(seconds=1))
+    return await h.api.delete(APP, connection_id)
+
+
 async def test_delete_removes_every_secret_the_service_created_and_lists_them() -> None:
     h = Harness()
     record = await h.create()
@@ -640,7 +660,7 @@ async def test_a_delete_stopped_right_after_removing_the_credential_in_use_is_fi
     marked = await h.record(record.id)
     assert marked is not None and marked.status == "deleting"  # never active with a revoked credential
     assert h.check() == []
-    deleted = await h.api.delete(APP, record.id)
+    deleted = await delete_once_the_refusal_holds(h, record.id)
     assert (deleted.removed_key_ids, deleted.key_ids_left_live) == ([in_use], [])
     assert await h.record(record.id) is None
     assert h.check() == []
@@ -933,7 +953,7 @@ async def test_a_secret_removed_by_a_delete_whose_answer_was_lost_counts_as_remo
     with pytest.raises(ServiceError):
         await h.api.delete(APP, record.id)
     h.fakes.clock.now = expires + timedelta(minutes=1)
-    deleted = await h.api.delete(APP, record.id)
+    deleted = await delete_once_the_refusal_holds(h, record.id)
     assert (deleted.removed_key_ids, deleted.key_ids_left_live) == ([in_use], [])
 
 
@@ -1573,3 +1593,40 @@ async def test_a_forced_delete_throttled_at_the_application_left_still_deletes_a
     # Left live by force: what the service made on the application left, and only that (no connection was put back
     # with a credential revoked: no I1).
     assert h.check() and all(v.startswith("I2:") and f"on {left.client_id}" in v for v in h.check())
+
+
+async def test_a_refusal_right_after_the_removal_of_the_credential_in_use_failed_is_not_taken_for_its_removal() -> None:
+    """(Review of the stand-in's fidelity, 1.) The last removal failed without being made (a 5xx), and the next
+    DELETE's sign-in came to a part of Entra ID that did not know the credential yet (one a rotation had just made):
+    it was taken for the removal, the connection deleted, and its credential left live, tracked by nothing. A refusal
+    counts only once it still comes ``REMOVAL_CONFIRMATION_SECONDS`` after the first; by then this one signs in, and
+    the removal is made."""
+    h = Harness()
+    record = await h.create()
+    in_use = record.rotation.key_id
+    world = h.fakes.world
+    world.fail_next("graph.remove")  # a 5xx: not made
+    await stops_and_says_to_send_it_again(h, record.id)
+    assert in_use in world.apps[record.client_id or ""].passwords
+    world.fail_next("graph.token", CredentialRejected("AADSTS7000215: Invalid client secret provided.",
+                                                      extensions={"aadstsCode": "AADSTS7000215"}))
+    with pytest.raises(CredentialsLeftLive) as unconfirmed:
+        await h.api.delete(APP, record.id)
+    assert unconfirmed.value.extensions["keyIds"] == [in_use] and "Retry-After" in unconfirmed.value.headers
+    assert in_use in world.apps[record.client_id or ""].passwords and h.check() == []
+    h.fakes.clock.advance(timedelta(seconds=h.fakes.adapters.settings.removal_confirmation_seconds))
+    deleted = await h.api.delete(APP, record.id)
+    assert (deleted.removed_key_ids, deleted.key_ids_left_live) == ([in_use], [])
+    assert in_use not in world.apps[record.client_id or ""].passwords
+    assert await h.record(record.id) is None and h.check() == []
+
+
+async def test_a_forced_delete_lists_a_credential_in_use_whose_removal_is_not_confirmed_as_left_live() -> None:
+    h = Harness()
+    record = await h.create()
+    world = h.fakes.world
+    world.fail_next("graph.removal.lost")  # made, its answer lost
+    await stops_and_says_to_send_it_again(h, record.id)
+    forced = await h.api.delete(APP, record.id, force=True)  # at once: Entra's refusal is not proof yet
+    assert (forced.removed_key_ids, forced.key_ids_left_live) == ([], [record.rotation.key_id])
+    assert await h.record(record.id) is None
