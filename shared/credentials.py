@@ -396,14 +396,17 @@ def client_assertion(
 
 def signed_jwt(parsed: ParsedCertificate, claims: Mapping[str, Any]) -> str:
     """A compact JWS of ``claims`` signed with the certificate's private key, RS256 with the certificate's
-    thumbprints in the header (``x5t`` and ``x5t#S256``). CPU-bound: run it in a worker thread on the event
-    loop."""
+    thumbprints in the header (``x5t``, ``x5t#S256``, and ``kid`` in hex). CPU-bound: run it in a worker thread
+    on the event loop."""
     key = _signing_key(parsed)
     header = {
         "alg": "RS256",
         "typ": "JWT",
         "x5t": _b64url(bytes.fromhex(parsed.thumbprint_sha1)),
         "x5t#S256": _b64url(bytes.fromhex(parsed.thumbprint_sha256)),
+        # The key's id as Microsoft's proof-of-possession sample writes it (the SHA-1 thumbprint, in hex): Graph's
+        # addKey and removeKey may look the key up by it.
+        "kid": parsed.thumbprint_sha1.upper(),
     }
     signing_input = f"{_b64url(_json(header))}.{_b64url(_json(claims))}"
     signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())

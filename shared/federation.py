@@ -22,14 +22,18 @@ from shared.settings import Settings
 MAX_FEDERATED_CREDENTIALS = 20
 SETTINGS = ("FEDERATION_IDENTITY_CLIENT_ID", "FEDERATION_IDENTITY_PRINCIPAL_ID", "FEDERATION_IDENTITY_TENANT_ID")
 LIMITS = (
-    "The app registration must be in the managed identity's tenant, or be a multi-tenant application whose "
-    "service principal is in it (Entra ID only trusts the identity's issuer for applications it can see).",
+    "The app registration must be in the managed identity's tenant (Entra ID refuses an identity of another tenant: "
+    "AADSTS700236); a multi-tenant application registered there also signs in to the tenants it is provisioned in.",
     f"An application has at most {MAX_FEDERATED_CREDENTIALS} federated identity credentials; each issuer and "
     "subject pair at most once.",
     "Changes to federated identity credentials can take a few minutes to take effect.",
 )
 # AADSTS codes meaning the application has no matching federated credential (or the assertion does not match it).
-FEDERATION_CODES = ("AADSTS70021", "AADSTS700211", "AADSTS700212", "AADSTS700213", "AADSTS700024", "AADSTS70025")
+FEDERATION_CODES = ("AADSTS70021", "AADSTS700211", "AADSTS700212", "AADSTS700213", "AADSTS7002138", "AADSTS700024",
+                    "AADSTS70025", "AADSTS700236")
+# Those of them meaning that no federated credential of the application matches the service's identity (none at all:
+# AADSTS70025; none whose issuer, audience or subject matches, the subject's case included).
+NO_MATCH_CODES = frozenset({"AADSTS70021", "AADSTS700211", "AADSTS700212", "AADSTS700213", "AADSTS7002138"})
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,9 @@ class FederationIdentity:
                 "description": "Azure App Connections signs in as this application with its managed identity."}
 
     def matches(self, issuer: str | None, subject: str | None, audiences: list[str] | tuple[str, ...]) -> bool:
-        return ((issuer or "").rstrip("/") == self.issuer and (subject or "").lower() == self.principal_id
-                and self.audience in audiences)
+        # Exactly, as Entra ID matches them (case-sensitive, no slash added or taken away): a credential that only
+        # looks like it trusts the identity would be taken as usable and never work.
+        return issuer == self.issuer and subject == self.principal_id and self.audience in audiences
 
     def expected(self) -> dict[str, Any]:
         return {"issuer": self.issuer, "subject": self.principal_id, "audiences": [self.audience]}

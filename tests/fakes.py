@@ -161,6 +161,7 @@ class World:
         self.clock = clock
         self.apps: dict[str, Application] = {}
         self.worked: set[str] = set()  # secrets a token was acquired with
+        self.no_match_code = "AADSTS70021"  # Entra's refusal when no federated credential matches the identity
         self.created: dict[str, tuple[str, Password | Key]] = {}  # key id -> (client id, password) made through Graph
         self.revocations: list[tuple[str, str]] = []  # (client id, key id)
         self._faults: list[tuple[str, Exception, int]] = []  # (operation prefix, error, remaining)
@@ -506,8 +507,9 @@ class FakeDirectory:
         if self.world.federation is None:
             raise UpstreamError("The service's managed identity could not get a token.")
         if not self.world.federated_live(client_id):  # none, or none that matches: as the stand-in (and Entra)
-            raise CredentialRejected("AADSTS70021: No matching federated identity record found for presented "
-                                     "assertion.", extensions={"aadstsCode": "AADSTS70021"})
+            code = self.world.no_match_code  # Entra's code for it varies (70021, 700211 to 700213, 7002138)
+            raise CredentialRejected(f"{code}: No matching federated identity record found for presented "
+                                     "assertion.", extensions={"aadstsCode": code})
         if self.world.federation_delay > 0:
             self.world.federation_delay -= 1
             raise CredentialRejected("AADSTS70021: No matching federated identity record found for presented "

@@ -55,7 +55,7 @@ from shared.errors import (
     failed_upstream,
 )
 from shared.expiry import status_of
-from shared.federation import federation_identity
+from shared.federation import NO_MATCH_CODES, federation_identity
 from shared.json_codec import iso
 from shared.notify import health_notices, rotation_failed
 from shared.ports import AppRegistration, GraphSession, Lost, ScheduleStore
@@ -101,11 +101,12 @@ CLEAN_UP = "rotation.clean-up"  # the audit action of the sweep's clean-up of an
 CREDENTIAL_UNKNOWN = frozenset({"AADSTS7000215", "AADSTS700027"})
 # ... and of an expired client secret: a credential that no longer signs in, whichever the reason.
 CREDENTIAL_UNUSABLE = CREDENTIAL_UNKNOWN | {"AADSTS7000222"}
-# Entra's refusals of the service's identity that say nothing the service added is left at the application: it has
-# no federated credential (70025), or is gone (700016). AADSTS70021 (none matches the service's identity now) is not
-# one: a credential added for an identity the service no longer has would still be there, and trust it; nor is any
-# other refusal (a Conditional Access policy, the application disabled).
-TRUST_GONE = frozenset({"AADSTS70025", "AADSTS700016"})
+# Entra's refusal of the service's identity that says nothing the service added is left at the application: it has
+# no federated credential (70025). AADSTS70021 and its kin (none matches the service's identity now) is not one: a
+# credential added for an identity the service no longer has would still be there, and trust it; nor is AADSTS700016
+# (no such application in the tenant: its service principal may be deleted while the registration, and the
+# credential, stay), nor any other refusal (a Conditional Access policy, the application disabled).
+TRUST_GONE = frozenset({"AADSTS70025"})
 
 # A journal entry written ahead of a removal pass's last removal: the change it makes to the rotation state.
 JournalEntry = Callable[[RotationState], RotationState]
@@ -812,7 +813,7 @@ class Rotator(Journaled):
             code = refused.extensions.get("aadstsCode")
             if code in TRUST_GONE:
                 return []
-            if code == "AADSTS70021" and sent_as is not None and identity is not None \
+            if code in NO_MATCH_CODES and sent_as is not None and identity is not None \
                     and sent_as == identity.principal_id:
                 log.info("Connection %s: the federated credential %s, whose removal was sent, no longer signs in at "
                          "application %s; its clean-up is done", record.id, credential_id, record.client_id)

@@ -659,3 +659,13 @@ def test_entra_s_words_are_passed_on_redacted_and_cut() -> None:
     assert refused is not None and refused.extensions["aadstsCode"] == "AADSTS7000215"
     assert token not in refused.detail and "[REDACTED]" in refused.detail
     assert len(refused.detail) <= len("AADSTS7000215: ") + 600 and refused.detail.endswith("…")
+
+
+def test_a_signed_proof_names_its_key_as_microsoft_s_sample_does() -> None:
+    """(Review of the stand-in's fidelity, 6.) Graph's addKey/removeKey proof: ``x5t``, ``x5t#S256`` and ``kid``
+    (the SHA-1 thumbprint in hex), as Microsoft's sample writes it."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    parsed = credentials.parse_certificate(cert_pem(key.public_key(), key), key_pem(key))
+    token = credentials.signed_jwt(parsed, {"aud": "00000002-0000-0000-c000-000000000000"})
+    header = jwt.get_unverified_header(token)
+    assert header["kid"] == parsed.thumbprint_sha1.upper() and header["x5t"] and header["x5t#S256"]

@@ -677,17 +677,19 @@ async def test_a_migration_worker_whose_lease_ran_out_after_its_switch_removes_n
     ("AADSTS7000112: Application is disabled.", True),
     ("AADSTS70021: No matching federated identity record found for presented assertion.", True),
     ("AADSTS70025: The client application has no configured federated identity credentials.", False),
-    ("AADSTS700016: Application with identifier 'x' was not found in the directory.", False),
+    # (Review of the stand-in's fidelity, 2: also when the service principal alone was deleted, the registration
+    # and its federated credentials staying.)
+    ("AADSTS700016: Application with identifier 'x' was not found in the directory.", True),
 ])
 async def test_leaving_a_federated_application_that_refuses_the_sign_in_keeps_its_clean_up_until_it_is_done(
         refusal: str, kept: bool) -> None:
     """A federated connection moved to another application removes the federated credential the service added to
-    the one it left. Only "no federated credential at all" (70025) and "no such application" (700016) say that
-    nothing is left there (review N, session 17: not 70021, "none matches the service's identity now": one added
-    for an identity the service no longer has would still be there). Any other refusal (a Conditional Access
-    policy, the application disabled) leaves it perhaps live: it was once only audited as left live, tracked by
-    nothing; the clean-up now stays in the journal (``retire_*``), is said in the rotation's message, and the sweep
-    tries it again, with back-off, until it is done."""
+    the one it left. Only "no federated credential at all" (70025) says that nothing is left there: not 700016,
+    "no such application in the tenant", nor (review N, session 17) 70021, "none matches the service's identity
+    now" (one added for an identity the service no longer has would still be there). Any other refusal (a
+    Conditional Access policy, the application disabled) leaves it perhaps live: it was once only audited as left
+    live, tracked by nothing; the clean-up now stays in the journal (``retire_*``), is said in the rotation's
+    message, and the sweep tries it again, with back-off, until it is done."""
     h = Harness()
     record = await h.create()
     migrated = await h.api.migrate_to_federated(APP, record.id, {})
@@ -868,13 +870,16 @@ async def _two_migrated_one_moved_onto_the_other(h: Harness, monkeypatch: pytest
     return c1.id, a, f1, b, f2, blocked
 
 
+@pytest.mark.parametrize("no_match", ["AADSTS70021", "AADSTS700213", "AADSTS7002138"])
 async def test_a_clean_up_whose_removal_went_through_unrecorded_is_done_at_its_next_attempt(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, no_match: str) -> None:
     """(Review F, D1.) The removal went through but the worker died before forgetting the clean-up: every retry
     then failed to sign in there (AADSTS70021: nothing matches the service's identity any more), for ever, and
     refused every later move and DELETE (409). The removal is journaled ahead (``retire_removing_key_id``): once
-    sent, that refusal means it went."""
+    sent, that refusal means it went, whichever of Entra's codes for "none matches" it comes with (review of the
+    stand-in's fidelity, 4: the application may have federated credentials of its owner's, for other issuers)."""
     h = Harness()
+    h.fakes.world.no_match_code = no_match
     before, _moved, credential_id = await _moved_off(h, BLOCKED)
     h.fakes.world.clear_faults()
 
@@ -1430,13 +1435,30 @@ async def test_a_connection_that_takes_the_credential_up_while_a_delete_reads_th
     assert ran.ran and h.fakes.world.federated_live(client_id) and h.check() == []
 
 
-@pytest.mark.parametrize(("code", "gone"), [("AADSTS70025", True), ("AADSTS700016", True), ("AADSTS70021", False)])
+def test_a_federated_credential_trusts_the_identity_only_as_entra_matches_it_exactly() -> None:
+    """(Review of the stand-in's fidelity, 7.) Entra ID matches the subject case-sensitively and the issuer as
+    written: a credential that only looks like it trusts the identity was taken as usable, and never worked."""
+    from shared.federation import federation_identity
+
+    found = federation_identity(build_fakes().adapters.settings)
+    assert found is not None
+    identity = dataclasses.replace(found, principal_id="aaaaaaaa-4444-4444-4444-444444444444")
+    exact = (identity.issuer, identity.principal_id, [identity.audience])
+    assert identity.matches(*exact)
+    assert not identity.matches(identity.issuer + "/", identity.principal_id, [identity.audience])
+    assert not identity.matches(identity.issuer, identity.principal_id.upper(), [identity.audience])
+    assert not identity.matches(identity.issuer, identity.principal_id, ["api://AzureADTokenExchange/"])
+
+
+@pytest.mark.parametrize(("code", "gone"), [("AADSTS70025", True), ("AADSTS700016", False), ("AADSTS70021", False)])
 async def test_a_delete_whose_sign_in_entra_refuses_deletes_only_when_nothing_can_be_left(code: str, gone: bool
                                                                                         ) -> None:
     """(Reviews M and N.) The DELETE signs in with the credential it removes. "The application has none at all"
-    (70025) or "no such application" (700016) leave nothing to remove: deleted. "None matches the service's
-    identity now" (70021) does not say so (one added for an identity the service no longer has would still be
-    there): a 409, and with ?force=true the connection goes and the audit log says what may be left live."""
+    (70025) leaves nothing to remove: deleted. "None matches the service's identity now" (70021) does not say so
+    (one added for an identity the service no longer has would still be there), nor does "no such application in
+    the tenant" (700016: its service principal may be deleted, the registration and the credential staying; review
+    of the stand-in's fidelity, 2): a 409, and with ?force=true the connection goes and the audit log says what may
+    be left live."""
     h = Harness()
     record = await h.create()
     await migrated(h, record)
