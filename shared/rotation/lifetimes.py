@@ -4,7 +4,9 @@ Before a password or key is added, the effective policy is read (the application
 ``appManagementPolicies``, else the tenant's ``defaultAppManagementPolicy``); a credential that may not read it
 (403) proceeds without a cap. The new credential's end (2 x interval + grace) is capped at ``maxLifetime`` less
 a margin for clock skew. An interval whose credential could not outlive the next rotation plus the grace
-period under that cap is refused when rotation is configured (:func:`require_interval_fits`).
+period under that cap is refused when rotation is configured (:func:`require_interval_fits`); at rotation time, a
+cap that fits no interval at all (its credential would be due for renewal at once) fails the attempt with that
+same error before anything is added (:func:`require_room_to_rotate`).
 Should Graph still answer ``CredentialInvalidLifetimeAsPerAppPolicy`` (a policy changed, or one the credential
 cannot read), the rotator reads the policy again and retries once within it, or with the shortest lifetime
 that still outlives the next rotation; and fails with a message that says what to change.
@@ -16,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from shared.errors import CredentialLifetimeRefused, FieldError, RotationIntervalTooLong
+from shared.rotation.schedule import MIN_INTERVAL_DAYS
 
 if TYPE_CHECKING:
     from shared.ports import LifetimePolicy
@@ -101,3 +104,14 @@ def require_interval_fits(roll: CredentialRoll, policy: LifetimePolicy | None, i
                     "restrictionType": kind, "maxRotationInterval": max(limit, 0)},
     )
 
+
+def require_room_to_rotate(roll: CredentialRoll, policy: LifetimePolicy | None, interval_days: int) -> None:
+    """At rotation time, before anything is added: refuse, with the error configuring the interval gives
+    (:func:`require_interval_fits`, 400 ``rotation-interval-exceeds-policy``), a policy whose ``maxLifetime`` fits
+    no rotation interval at all (under ``MIN_INTERVAL_DAYS`` + ``GRACE_DAYS`` + the margin). Its credential would
+    end less than a day after the grace period began, so it would be due for renewal at once, at every rotation
+    (review sweeps 1). A cap that fits a shorter interval than the connection's is not refused here: the next
+    rotation comes ``GRACE_DAYS`` before the capped credential ends, sooner than the interval asks."""
+    cap = roll.max_lifetime(policy) if policy is not None else None
+    if cap is not None and cap - MARGIN < needed_lifetime(MIN_INTERVAL_DAYS):
+        require_interval_fits(roll, policy, interval_days)

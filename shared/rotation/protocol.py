@@ -85,6 +85,7 @@ from shared.rotation.lifetimes import (
     capped_end,
     lifetime_refused,
     needed_lifetime,
+    require_room_to_rotate,
 )
 from shared.rotation.rolls import CredentialRoll, Successor
 from shared.rotation.schedule import RotationSchedule, parse_hhmm
@@ -94,6 +95,10 @@ log = logging.getLogger(__name__)
 
 FIRST_BACKOFF = timedelta(minutes=5)
 MAX_BACKOFF = timedelta(days=1)
+# After a rotation, the next is never due sooner than half the new credential's lifetime, within these bounds
+# (``next_rotation``): whatever its end, a rotation cannot make itself due again at once (review sweeps 1).
+RENEWAL_FLOOR_MIN = timedelta(hours=1)
+RENEWAL_FLOOR_MAX = timedelta(days=1)
 MARKER_PREFIX = "app-connections"
 CLEAN_UP = "rotation.clean-up"  # the audit action of the sweep's clean-up of an application a connection left
 # Entra's refusals of a credential it does not know: no such client secret; no key of the application's that the
@@ -487,6 +492,7 @@ class Rotator(Journaled):
         policy = await graph.lifetime_policy(registration.object_id, registration.created_at)
         if policy is not None and roll.addition_refused(policy):
             raise CredentialLifetimeRefused(addition_refused(roll, policy), extensions={"policySource": policy.source})
+        require_room_to_rotate(roll, policy, interval_days)  # else its successor would be due at once, every time
         end = capped_end(now, interval_days, roll.max_lifetime(policy) if policy else None)
         try:
             return await roll.add_successor(graph, registration, name, end, current, now, fence, lost)
@@ -497,6 +503,7 @@ class Rotator(Journaled):
             log.warning("Rotation of %s: Graph refused a %s valid until %s under the app-management policy; "
                         "retrying within it", registration.app_id, roll.noun, end.isoformat())
         policy = await graph.lifetime_policy(registration.object_id, registration.created_at)
+        require_room_to_rotate(roll, policy, interval_days)
         cap = roll.max_lifetime(policy) if policy else None
         shorter = capped_end(now, interval_days, cap) if cap is not None else now + needed_lifetime(interval_days)
         if shorter >= end:
@@ -1237,13 +1244,21 @@ def _unfenced() -> None:
 
 
 def next_rotation(schedule: RotationSchedule | None, since: datetime, expires: datetime | None) -> datetime | None:
-    """The schedule's next due time after ``since``, but never later than the grace period before the credential
-    in use ends (``expires``: a policy may have capped its lifetime below two intervals, or the interval grown
-    since it was made)."""
+    """The schedule's next due time after ``since`` (the last rotation), but never later than the grace period
+    before the credential in use ends (``expires``: a policy may have capped its lifetime below two intervals, or
+    the interval grown since it was made). That grace term is never sooner than a floor after ``since``: half the
+    credential's lifetime from then, at least ``RENEWAL_FLOOR_MIN`` and at most ``RENEWAL_FLOOR_MAX``. A credential
+    whose end leaves no grace period (its policy's cap fits no interval: the rotation refuses that before adding
+    one, ``require_room_to_rotate``) would otherwise be due again at once, at every sweep. Capped at a day, the
+    floor moves no due time the rules give: the schedule's own is never lifted, and a rotation's capped credential
+    is due a day after it at the soonest."""
     if schedule is None:
         return None
     due = schedule.next_due(since)
-    return min(due, expires - timedelta(days=GRACE_DAYS)) if expires is not None else due
+    if expires is None:
+        return due
+    floor = since + min(max((expires - since) / 2, RENEWAL_FLOOR_MIN), RENEWAL_FLOOR_MAX)
+    return min(due, max(expires - timedelta(days=GRACE_DAYS), floor))
 
 
 def _describe(error: BaseException) -> str:

@@ -11,13 +11,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.azure.graph import lifetime_policy_of, parse_duration
-from shared.errors import CredentialLifetimeRefused, RotationIntervalTooLong
+from shared.errors import CredentialLifetimeRefused, RotationIntervalTooLong, RotationRefused
 from shared.functions.http import problem_response
 from shared.ports import LifetimePolicy
 from shared.records import ConnectionRecord
 from shared.rotation.certificates import CertificateRoll
 from shared.rotation.lifetimes import MARGIN, require_interval_fits
+from shared.rotation.protocol import backoff, next_rotation
 from shared.rotation.rolls import PasswordRoll
+from shared.rotation.schedule import RotationSchedule, parse_hhmm
 from tests.lifecycle_harness import Harness
 
 DAYS = timedelta(days=1)
@@ -182,3 +184,100 @@ async def test_create_and_patch_refuse_an_interval_the_policy_cannot_fit_and_cha
     after = await h.record(record.id)
     assert after is not None and after.rotation.interval_days == 20
     assert h.check() == []
+
+
+@pytest.mark.parametrize("method", ["client-secret", "certificate"])
+async def test_a_policy_that_fits_no_interval_fails_the_rotation_before_anything_is_added_and_backs_off(
+        method: str) -> None:
+    """(Review sweeps 1.) A policy tightened after rotation was enabled to under 3 days of grace and a day: each
+    rotation succeeded with a credential capped at the policy's limit, whose next rotation was then due at once
+    (3 days before it ends), so every sweep rotated the connection again, every 5 minutes, for ever. The rotation
+    fails instead, before adding anything, with the error configuring such an interval gives; it is recorded, the
+    owner is told, and it backs off as failures do."""
+    h = Harness(method=method)
+    record = await rotated(h, interval=30)
+    before = h.current_secret(record)
+    created = len(h.fakes.world.created)
+    h.fakes.world.tenant_policy = LifetimePolicy("tenant", password_max_lifetime=3 * DAYS,
+                                                 key_max_lifetime=3 * DAYS)
+    await h.due()
+    h.fakes.world.calls.clear()
+    told = len(h.fakes.connections.outbox)
+    await h.sweep()
+    failed = await h.record(record.id)
+    assert failed is not None and failed.rotation.status == "failed"
+    message = failed.rotation.message or ""
+    assert "app-management policy" in message and "at most 0 days" in message, message
+    assert "graph.add" not in h.fakes.world.calls and len(h.fakes.world.created) == created  # nothing added
+    assert h.current_secret(failed) == before and not failed.rotation.in_progress
+    assert failed.rotation.next_at == h.fakes.clock.now + backoff(1)
+    assert [n.event for n in h.fakes.connections.outbox[told:]] == ["rotation-failed"]
+    # Six sweeps, five minutes apart: tried again only as the back-off says (5, then 10 minutes), never added.
+    for _ in range(6):
+        h.fakes.clock.advance(timedelta(minutes=5))
+        await h.sweep()
+    after = await h.record(record.id)
+    assert after is not None and after.rotation.failures == 3 and len(h.fakes.world.created) == created
+    # Asked for now, it answers the same refusal, naming the policy's limit.
+    h.fakes.clock.advance(DAYS)
+    with pytest.raises(RotationRefused) as refused:
+        await h.api.rotate("azure-client-secrets", record.id)
+    assert refused.value.extensions["maxRotationInterval"] == 0 and refused.value.extensions["maxLifetimeDays"] == 3
+    assert len(h.fakes.world.created) == created and h.check() == []
+
+
+async def test_a_policy_that_still_fits_a_shorter_interval_rotates_before_the_grace_period_not_at_once() -> None:
+    """A cap of 5 days under a 30-day interval: no 400 at rotation time; the capped credential is rotated 3 days
+    before it ends, as the schedule's grace rule says (and the floor leaves that alone)."""
+    h = Harness()
+    record = await rotated(h, interval=30)
+    h.fakes.world.tenant_policy = LifetimePolicy("tenant", password_max_lifetime=5 * DAYS)
+    await h.due()
+    await h.sweep()
+    done = await h.record(record.id)
+    assert done is not None and done.rotation.status == "succeeded", done.rotation.message
+    assert done.rotation.next_at == h.fakes.clock.now + 2 * DAYS - MARGIN
+    assert h.check() == []
+
+
+async def test_a_credential_that_ends_inside_its_grace_period_all_the_same_is_not_rotated_again_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review sweeps 1.) Should a rotation ever make such a credential (here the refusal before adding is taken
+    away), the schedule's floor still keeps the sweep from rotating it again at every run: one rotation in the
+    next half hour of sweeps, and the next not before a day."""
+    monkeypatch.setattr("shared.rotation.protocol.require_room_to_rotate", lambda *args: None)
+    h = Harness()
+    record = await rotated(h, interval=30)
+    h.fakes.world.tenant_policy = LifetimePolicy("tenant", password_max_lifetime=3 * DAYS)
+    await h.due()
+    created = len(h.fakes.world.created)
+    rotated_at = h.fakes.clock.now
+    for _ in range(6):
+        await h.sweep()
+        h.fakes.clock.advance(timedelta(minutes=5))
+    done = await h.record(record.id)
+    assert done is not None and done.rotation.status == "succeeded", done.rotation.message
+    assert len(h.fakes.world.created) == created + 1
+    assert done.rotation.next_at == rotated_at + DAYS
+    assert h.check() == []
+
+
+def test_the_next_rotation_is_never_due_sooner_after_a_rotation_than_half_the_credentials_life_within_an_hour_and_a_day(
+) -> None:
+    """(Review sweeps 1.) Whatever path leaves a credential that ends inside its own grace period, the next rotation
+    is not due at once: not sooner than half its life from the rotation, at least an hour, at most a day; a due time
+    the schedule or the grace rule gives later than that is left alone."""
+    schedule = RotationSchedule(30, parse_hhmm("03:00"), "UTC")
+    since = datetime(2025, 3, 1, 3, 0, tzinfo=UTC)
+    hour = timedelta(hours=1)
+    assert next_rotation(schedule, since, since + 3 * DAYS - hour) == since + DAYS  # a 3-day policy's secret
+    assert next_rotation(schedule, since, since + 30 * hour) == since + 15 * hour
+    assert next_rotation(schedule, since, since + hour) == since + hour
+    assert next_rotation(schedule, since, since - DAYS) == since + hour  # already ended: no loop either
+    assert next_rotation(schedule, since, since + 4 * DAYS) == since + DAYS  # the grace rule's own: a day
+    assert next_rotation(schedule, since, since + 20 * DAYS) == since + 17 * DAYS
+    assert next_rotation(schedule, since, since + 63 * DAYS) == since + 30 * DAYS  # the schedule's
+    assert next_rotation(schedule, since, None) == since + 30 * DAYS
+    daily = RotationSchedule(1, parse_hhmm("03:00"), "UTC")
+    late = since + 5 * hour  # made 5 h after its due time: the next still comes at 03:00 the next day
+    assert next_rotation(daily, late, late + 5 * DAYS) == since + DAYS
