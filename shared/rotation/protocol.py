@@ -209,9 +209,39 @@ class Rotator(Journaled):
             return None
         if state.rotation_id is None and not (state.enabled and record.method in ROLLS):
             return None
-        await self.audit.record("rotation.attempt", "started", app=record.app, connection_id=record.id,
-                                connection_name=record.name,
+        where = {"app": record.app, "connection_id": record.id, "connection_name": record.name}
+        await self.audit.record("rotation.attempt", "started", **where,
                                 detail=f"trigger {trigger}" if state.rotation_id is None else "resume")
+        # The started record gets its outcome here unless the claim is written (then ``run`` records it): skipped
+        # when the claim is lost, failed when an error stops it first (review sweeps 5).
+        try:
+            claimed, current = await self._claim_after_audit(record, state, trigger, now)
+        except Exception as error:
+            await self.audit.record("rotation.attempt", "failed", **where,
+                                    detail=f"claiming the rotation: {type(error).__name__}")
+            raise
+        if claimed is None:
+            await self.audit.record("rotation.attempt", "skipped", **where, detail=self._why_not_claimed(current))
+            return None
+        with best_effort(lambda error: log.info("Rotation of %s: its running history entry is not written (%s); "
+                                                "its outcome writes it", record.id, detail_of(error))):
+            await self._history(claimed, "running")
+        return claimed
+
+    def _why_not_claimed(self, current: ConnectionRecord | None) -> str:
+        """Why a claim was lost, as far as the record read after it tells (the detail of its ``skipped`` record)."""
+        if current is None:
+            return "not claimed: the connection was deleted meanwhile"
+        if current.status == STATUS_DELETING:
+            return "not claimed: the connection is being deleted"
+        if current.rotation.leased(self.now()) and current.rotation.lease_owner != self.owner:
+            return "not claimed: another worker holds it (a sweep or a request rotating it)"
+        return "not claimed: the connection changed meanwhile; the next sweep tries again"
+
+    async def _claim_after_audit(self, record: ConnectionRecord, state: RotationState, trigger: str,
+                                 now: datetime) -> tuple[ConnectionRecord | None, ConnectionRecord | None]:
+        """The rest of :meth:`claim`, once its ``started`` record is written: the record claimed, or None and the
+        record as another change left it (None when deleted)."""
         interrupted: RotationState | None = None
         if state.rotation_id is None:
             state = state.evolve(
@@ -244,13 +274,10 @@ class Rotator(Journaled):
         if claimed is None:
             if resume is not None and (current is None or current.rotation.schedule_key != state.schedule_key):
                 await self._drop_entry(state.schedule_key)  # nothing points at it
-            return None
+            return None, current
         if resume is not None and old_key != state.schedule_key:  # (the same key when due in the same second)
             await self._drop_entry(old_key)
-        with best_effort(lambda error: log.info("Rotation of %s: its running history entry is not written (%s); "
-                                                "its outcome writes it", record.id, detail_of(error))):
-            await self._history(claimed, "running")
-        return claimed
+        return claimed, current
 
     async def _drop_entry(self, key: str | None) -> None:
         """Remove a schedule entry nothing points at. Best effort: the sweep that reads a stale one drops it."""

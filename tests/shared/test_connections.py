@@ -387,6 +387,49 @@ async def test_the_runner_and_every_graph_change_are_audited_before_they_happen(
             assert password[1].secret not in str(entry)
 
 
+def attempt_records(h: Harness, since: int) -> list[tuple[str, str | None]]:
+    return [(r.outcome, r.detail) for r in h.fakes.audit.records[since:] if r.action == "rotation.attempt"]
+
+
+async def test_a_claim_lost_to_another_worker_gives_its_started_record_a_skipped_outcome_saying_why() -> None:
+    """(Review sweeps 5.) Two sweeps (or a sweep and POST .../rotate) read a due connection at once: the one that
+    lost the claim's ETag race had written 'rotation.attempt started' and never wrote an outcome for it."""
+    h = Harness()
+    record = await h.create()
+    await h.due()
+    seen = len(h.fakes.audit.records)
+    read_by_both = await h.record(record.id)
+    assert read_by_both is not None
+    first, second = h.services().rotator, h.services().rotator  # two workers
+    claimed = await first.claim(read_by_both, trigger="schedule")
+    assert claimed is not None
+    assert await second.claim(read_by_both, trigger="schedule") is None  # it loses the race
+    await first.run(claimed)
+    records = attempt_records(h, seen)
+    assert [outcome for outcome, _ in records] == ["started", "started", "skipped", "succeeded"]
+    assert records[2][1] == "not claimed: another worker holds it (a sweep or a request rotating it)"
+    assert h.check() == []
+
+
+async def test_a_claim_an_error_stops_gives_its_started_record_a_failed_outcome_naming_the_kind_of_error() -> None:
+    h = Harness()
+    record = await h.create()
+    await h.due()
+    seen = len(h.fakes.audit.records)
+    fails_once(h, "update")  # the claim's write: Table Storage fails
+    due = await h.record(record.id)
+    assert due is not None
+    with pytest.raises(UpstreamError):
+        await h.services().rotator.claim(due, trigger="schedule")
+    assert attempt_records(h, seen) == [("started", "trigger schedule"),
+                                        ("failed", "claiming the rotation: UpstreamError")]
+    h.lease_runs_out()
+    await h.sweep()  # the connection stays due: the next sweep rotates it
+    after = await h.record(record.id)
+    assert after is not None and after.rotation.status == "succeeded", after.rotation.message
+    assert h.check() == []
+
+
 async def test_a_rotation_whose_audit_record_cannot_be_written_does_not_run() -> None:
     from shared.errors import AuditUnavailable
 
