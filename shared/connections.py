@@ -1143,6 +1143,13 @@ class ConnectionService:
         elif state.cleaning_up and same_clean_up(record.rotation, state):
             # That clean-up's journal, as this DELETE wrote it: its last removal may have gone through.
             before = before.evolve(rotation=state.clean_up_sent_as(record.rotation))
+        moved = record.rotation.schedule_key
+        if moved != state.schedule_key:
+            # The sweep moved the due entry while the connection was marked (it puts off one left marked, and this
+            # DELETE may have outlived its lease): the entry that exists is the one the record points at now.
+            kept = before.rotation
+            before = before.evolve(rotation=kept.evolve(
+                schedule_key=moved, next_at=record.rotation.next_at if kept.next_at is not None else None))
         try:
             await self.store.update(before.evolve(etag=record.etag))
         except ServiceError as error:  # ConcurrentChange: another request's write came first

@@ -662,6 +662,35 @@ class Rotator(Journaled):
 
         return await reindex(self.adapters.schedule, old.schedule_key, new.next_at, record, point)
 
+    async def put_off(self, record: ConnectionRecord, due: datetime) -> ConnectionRecord:
+        """Move the due entry of a connection the sweep skips for a lasting reason (one left marked as being deleted,
+        by a ``DELETE`` whose answer said to send it again and that was never sent: only a ``DELETE`` ends that) to
+        ``due``, so that it does not stay at the head of the index, read first by every sweep, and keep every other
+        due entry from being read (review sweeps 6). Bookkeeping of the index, as the sweep's drop of a stale entry
+        is: nothing of the connection's changes, and nothing is audited.
+
+        Under the index's rules (:func:`reindex`): the new entry first, then the record pointed at it (ETag-guarded,
+        written again on top of an edit while the connection is still marked, unleased, and at that entry or the new
+        one), then the entry it no longer points at dropped. When the record changed otherwise meanwhile (a
+        ``DELETE`` holds it again, undid its mark, or another sweep moved it), the new entry is dropped and the record
+        left as it is; when it is gone, both entries go. A failure in between leaves at most a stale entry, which the
+        sweep that reads it drops. The connection as it is now."""
+        old_key = record.rotation.schedule_key
+
+        async def point(key: str | None) -> ConnectionRecord:
+            def still(current: ConnectionRecord) -> bool:
+                state = current.rotation
+                return (current.status == STATUS_DELETING and not state.leased(self.now())
+                        and state.schedule_key in (old_key, key))
+
+            try:
+                return await self._apply(record, still, lambda current: current.evolve(
+                    rotation=current.rotation.evolve(next_at=due, schedule_key=key)))
+            except NotFound:  # deleted meanwhile: nothing points at either entry
+                return record.evolve(rotation=record.rotation.evolve(schedule_key=None))
+
+        return await reindex(self.adapters.schedule, old_key, due, record, point)
+
     async def _failed(self, record: ConnectionRecord, run: _Run, error: ServiceError) -> Attempt:
         """Record the failure, clean up what this rotation created unless the new secret is already in use, and
         back off. A rotation whose clean-up fails keeps its journal: the next attempt resumes it (and finds
@@ -938,7 +967,7 @@ class Rotator(Journaled):
         now = self.now()
         if record.status == STATUS_DELETING or (
                 record.rotation.leased(now) and record.rotation.lease_owner != self.owner):
-            return None  # nothing to try: not recorded (a connection left being deleted stays due every sweep)
+            return None  # nothing to try: not recorded (the sweep puts off one left being deleted, unaudited)
         where = {"app": record.app, "connection_id": record.id, "connection_name": record.name}
         what = f"application {record.rotation.retire_client_id or record.client_id or 'unknown'} the connection left"
         await self.audit.record(CLEAN_UP, "started", **where, detail=what)

@@ -6,8 +6,13 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
+from shared.errors import CredentialsLeftLive, UpstreamForbidden
 from shared.records import AuditRecord, ConnectionRecord
-from tests.lifecycle_harness import APP, Harness
+from shared.rotation.sweep import PUT_OFF, sweep
+from tests.fakes import FakeGraph
+from tests.lifecycle_harness import APP, Harness, overtaken_at
 
 
 async def _left_an_application(h: Harness) -> ConnectionRecord:
@@ -81,3 +86,76 @@ async def test_a_clean_up_that_cannot_run_writes_no_record_however_often_the_swe
         await h.sweep()
         h.fakes.clock.advance(timedelta(minutes=5))
     assert [r for r in h.fakes.audit.records if r.action == "rotation.clean-up"] == []
+
+
+def left_marked(h: Harness, record: ConnectionRecord) -> None:
+    """A DELETE that stopped half way (its 502 said to send it again, and it was not): marked, its lease run out."""
+    key = (record.app, record.id)
+    h.fakes.connections.records[key] = h.fakes.connections.records[key].evolve(status="deleting")
+
+
+def entries_of(h: Harness, connection_id: str) -> list[str]:
+    return [key for key in h.fakes.schedule.keys if key.endswith(f"|{connection_id}")]
+
+
+async def test_connections_left_marked_as_being_deleted_are_put_off_and_starve_no_other_due_rotation() -> None:
+    """(Review sweeps 6.) Their entries stayed due without moving, oldest first: once there were as many as a sweep
+    reads (1,000), no other due rotation was read by any sweep again. Shown with a limit of 3."""
+    h = Harness()
+    stuck = [await h.create(name=f"stuck{n}") for n in range(3)]
+    h.fakes.clock.advance(timedelta(days=1))  # due a day after the stuck ones: read after them
+    victim = await h.create(name="victim")
+    for record in stuck:
+        left_marked(h, record)
+    h.fakes.clock.advance(timedelta(days=40))  # everything due
+    first_sweep = h.fakes.clock.now
+    for _ in range(3):
+        await sweep(h.services().rotator, limit=3)
+        h.fakes.clock.advance(timedelta(minutes=5))
+    rotated = await h.record(victim.id)
+    assert rotated is not None and rotated.rotation.last_rotated_at == first_sweep + timedelta(minutes=5)
+    for record in stuck:  # each moved an hour on, one entry each, the one it points at
+        after = await h.record(record.id)
+        assert after is not None and after.status == "deleting"
+        assert after.rotation.next_at == first_sweep + PUT_OFF
+        assert entries_of(h, record.id) == [after.rotation.schedule_key]
+    assert [r for r in h.fakes.audit.records if r.connection_id in {s.id for s in stuck}
+            and r.at >= first_sweep] == []  # index bookkeeping: nothing audited
+    assert h.check() == []
+
+
+async def test_a_delete_undone_after_the_sweep_put_its_connection_off_points_at_the_entry_that_exists(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DELETE held up past its lease while the sweep moves the connection's entry, whose removal is then refused:
+    it puts the connection back as it was, and the entry it pointed at before is gone. The record points at the
+    one the sweep made (no connection without an entry, no second one), and the next sweep rotates it. While a
+    DELETE holds the connection, the sweep leaves it alone."""
+    h = Harness()
+    record = await h.create()
+    await h.due()
+    marked_at = h.fakes.clock.now
+
+    async def sweeps() -> None:
+        during = await h.record(record.id)
+        await h.sweep()  # the DELETE holds it: not moved
+        assert await h.record(record.id) == during
+        h.fakes.clock.advance(timedelta(minutes=3))  # past the DELETE's lease (120 s)
+        await h.sweep()  # moved an hour on
+        moved = await h.record(record.id)
+        assert moved is not None and moved.rotation.next_at == h.fakes.clock.now + PUT_OFF
+        assert entries_of(h, record.id) == [moved.rotation.schedule_key]
+
+    overtaken = overtaken_at(monkeypatch, FakeGraph, "find", 1, sweeps)
+    h.fakes.world.fail_next("graph.remove", UpstreamForbidden("Microsoft Graph refused (403)."))
+    with pytest.raises(CredentialsLeftLive, match="the connection was not deleted"):
+        await h.api.delete(APP, record.id)
+    assert overtaken.ran and not overtaken
+    back = await h.record(record.id)
+    assert back is not None and back.status != "deleting"
+    assert entries_of(h, record.id) == [back.rotation.schedule_key] and h.unscheduled() == []
+    assert back.rotation.next_at == marked_at + timedelta(minutes=3) + PUT_OFF
+    h.fakes.clock.advance(PUT_OFF)
+    await h.sweep()
+    rotated = await h.record(record.id)
+    assert rotated is not None and rotated.rotation.last_rotated_at == h.fakes.clock.now
+    assert entries_of(h, record.id) == [rotated.rotation.schedule_key] and h.check() == []
