@@ -59,6 +59,16 @@ REQUEST_DELIVERY_BUDGET = 10.0  # seconds POST .../health may spend sending noti
 # How bad a status is (status_of's order): an unchecked credential's known expiry only ever makes it worse.
 _SEVERITY = {EXPIRING: 1, FAILING: 2, EXPIRED: 3}
 
+def _unchecked_since(record: ConnectionRecord, now: datetime) -> datetime:
+    """Since when a check that could not run ``now`` has not been able to: the first of those in a row, as recorded
+    (a record whose check has run since, by this service or by a rotation or an edit that checked its new
+    credentials, starts a new row), else now. Counted from the first that failed, not from the last check that ran:
+    with a daily check that one is a day old when its next check first fails, whatever the interval."""
+    since = record.health.unchecked_since
+    last = record.health.checked_at
+    return since if since is not None and (last is None or since > last) else now
+
+
 def _credentials_of(record: ConnectionRecord) -> tuple[str, ...]:
     """What a check checked: a federated connection's credentials change without a secret version."""
     return (record.method, record.tenant_id, record.client_id or "", record.secret_version,
@@ -120,9 +130,11 @@ class HealthChecker:
             if not isinstance(error, AzureError | OSError | TimeoutError):
                 raise
             unreachable = type(error).__name__
+        since: datetime | None = None
         if unreachable is not None:
+            since = _unchecked_since(record, now)
             health = record.health.evolve(message=f"The credential could not be checked ({unreachable}).",
-                                          next_check_at=now + RETRY_UNREACHABLE)
+                                          next_check_at=now + RETRY_UNREACHABLE, unchecked_since=since)
             health = health.evolve(status=self._dated_unchecked(record, expires, now))
             connection_status = record.status
         else:
@@ -131,12 +143,11 @@ class HealthChecker:
             health = record.health.evolve(
                 status=status_of(expires, refused is not None, now, self.warning, renewed),
                 checked_at=now, message=refused.detail if refused else None, credential_expires_at=expires,
-                next_check_at=due)
+                next_check_at=due, unchecked_since=None)
             connection_status = (STATUS_REAUTHORIZATION_REQUIRED if isinstance(refused, ReauthorizationRequired)
                                  else STATUS_INVALID if refused else STATUS_ACTIVE)
         return await self._save(record, health, connection_status, refused.detail if refused else None,
-                                unchecked_since=None if unreachable is None else record.health.checked_at
-                                or record.created_at)
+                                unchecked_since=since)
 
     async def _password_end(self, record: ConnectionRecord, material: dict[str, str]) -> datetime | None:
         """The client secret's end date, read from Graph where the connection may read its own application."""
@@ -156,7 +167,7 @@ class HealthChecker:
                     message: str | None, unchecked_since: datetime | None = None) -> ConnectionRecord:
         """Index the next check first, then write the health with its notification (one transaction), then drop
         the old index entry. A record changed meanwhile is checked again on top of the change. ``unchecked_since``:
-        the check could not run, and the credential was last checked then."""
+        the check could not run, nor could those in a row before it since then."""
         store = self.adapters.connections
         index = self.adapters.health_index
         now = self.adapters.clock()

@@ -39,9 +39,10 @@ log = logging.getLogger("app_connections.notifications")
 EVENTS = {EXPIRING: "credential-expiring", EXPIRED: "credential-expired", FAILING: "validation-failed"}
 ROTATION_FAILED = "rotation-failed"
 RECOVERED = "recovered"
-# A working credential's check could not run (Entra, Graph or Key Vault out of reach) for UNCHECKED_ALERT_AFTER:
-# nobody would know if it stopped working. Remembered as the ``notified_status`` "unchecked-{status told}" (it has
-# no health status of its own): "unchecked-healthy", or "unchecked-expiring" once an expiry by date was told too.
+# A working credential's checks could not run (Entra, Graph or Key Vault out of reach) for UNCHECKED_ALERT_AFTER,
+# counted from the first that could not: nobody would know if it stopped working. Remembered as the
+# ``notified_status`` "unchecked-{status told}" (it has no health status of its own): "unchecked-healthy", or
+# "unchecked-expiring" once an expiry by date was told too.
 CHECK_UNAVAILABLE = "health-check-unavailable"
 UNCHECKED = "unchecked-"
 UNCHECKED_ALERT_AFTER = timedelta(hours=24)
@@ -106,21 +107,24 @@ def health_notices(record: ConnectionRecord, health: HealthState, now: datetime,
 
 
 def unchecked_notices(record: ConnectionRecord, health: HealthState, now: datetime,
-                      last_checked: datetime) -> tuple[list[Notification], HealthState]:
+                      since: datetime) -> tuple[list[Notification], HealthState]:
     """The notifications of a check that could not run (``health`` is what is known without it): a credential that
-    last worked (healthy or expiring) and has not been checked since ``last_checked``, ``UNCHECKED_ALERT_AFTER``
-    ago or more, is ``health-check-unavailable``, then reminded of daily; ``recovered`` when a check runs again and
-    finds it working. An expiry that comes meanwhile by date is told as it comes (``credential-expiring`` first,
-    then the unavailability; ``credential-expired`` ends it). Else as :func:`health_notices`."""
-    if health.status not in (HEALTHY, EXPIRING) or now - last_checked < UNCHECKED_ALERT_AFTER:
+    last worked (healthy or expiring) whose checks have not been able to run since ``since`` (the first of them in a
+    row, not the last check that ran), ``UNCHECKED_ALERT_AFTER`` ago or more, is ``health-check-unavailable``, then
+    reminded of daily; ``recovered`` when a check runs again and finds it working. An expiry that comes meanwhile
+    by date is told as it comes (``credential-expiring`` first, then the unavailability; ``credential-expired``
+    ends it). Else as :func:`health_notices`."""
+    notified = health.notified_status or ""
+    told = notified.startswith(UNCHECKED)  # told already: unchecked still, whatever ``since`` says (a record that
+    # has none recorded, written before it was: the first check that cannot run counts from now)
+    if health.status not in (HEALTHY, EXPIRING) or (not told and now - since < UNCHECKED_ALERT_AFTER):
         return health_notices(record, health, now)
     unchecked = f"{UNCHECKED}{health.status}"
-    notified = health.notified_status or ""
     if notified == unchecked:
         if health.notified_at is not None and now - health.notified_at >= REMINDER_EVERY - REMINDER_SLACK:
             return [_notice(record, f"{CHECK_UNAVAILABLE}-reminder", health, now)], health.evolve(notified_at=now)
         return [], health
-    if notified.startswith(UNCHECKED):  # told already, of another working state: what changed by date only
+    if told:  # told already, of another working state: what changed by date only
         return redated_notices(record, health, now)
     notices: list[Notification] = []
     if health.status == EXPIRING and notified != EXPIRING:  # expiring by date: told first

@@ -204,6 +204,9 @@ class HealthState:
     check_key: str | None = None  # its entry in the health-check index
     notified_status: str | None = None  # the status the last notification was about
     notified_at: datetime | None = None
+    # The first of the checks in a row that could not run (Entra, Graph or Key Vault out of reach): what
+    # ``health-check-unavailable`` counts its 24 hours from. Stale once a check has run after it (``checked_at``).
+    unchecked_since: datetime | None = None
 
     def evolve(self, **changes: Any) -> HealthState:
         return replace(self, **changes)

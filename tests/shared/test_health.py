@@ -1122,18 +1122,26 @@ async def test_a_send_that_hangs_ends_with_the_pass_s_budget_not_its_own_timeout
     assert queued.attempts == 1 and queued.next_attempt_at is not None  # tried again later
 
 
-async def test_a_check_that_cannot_run_for_a_day_is_notified_then_reminded_daily_then_recovered() -> None:
+@pytest.mark.parametrize("interval_hours", [24, 48])
+async def test_a_check_that_cannot_run_for_a_day_is_notified_then_reminded_daily_then_recovered(
+        interval_hours: int) -> None:
     """(Left alone in session 16.) When Entra, Graph or Key Vault stayed out of reach for a connection, its check was
-    retried hourly and audited 'not-checked', but nobody was told that its health was no longer known."""
-    h = _harness()
+    retried hourly and audited 'not-checked', but nobody was told that its health was no longer known. (Review
+    sweeps 2.) The day is counted from the first check that could not run, whatever the interval: it was counted
+    from the last check that ran, already a day old (or two) when the daily check first failed, so the first
+    failure paged at once."""
+    h = _harness(HEALTH_CHECK_INTERVAL_HOURS=str(interval_hours))
     record = await _connection(h, days=365)
+    await _sweep_after(h, timedelta(hours=interval_hours - 1))  # not due yet: not checked
     h.fakes.world.fail_next("probe", times=10**6)  # Entra out of reach for this service, from now on
-    for _ in range(12):
+    await _sweep_after(h, timedelta(hours=1))  # its check is due, and cannot run
+    first = await h.record(record.id)
+    assert first is not None and "could not be checked" in (first.health.message or "")
+    for _ in range(23):  # retried hourly: 23 h 23 min after the first that could not run
         await _sweep_after(h, timedelta(hours=1, minutes=1))
     await Notifier(h.fakes.adapters).deliver()
-    assert _events(h) == []  # a few hours unchecked: retried hourly, nobody paged
-    for _ in range(14):
-        await _sweep_after(h, timedelta(hours=1, minutes=1))
+    assert _events(h) == []  # less than a day unchecked: retried hourly, nobody paged
+    await _sweep_after(h, timedelta(hours=1, minutes=1))  # 24 h 24 min
     await Notifier(h.fakes.adapters).deliver()
     assert _events(h) == ["health-check-unavailable"]
     now = await h.record(record.id)
@@ -1146,17 +1154,81 @@ async def test_a_check_that_cannot_run_for_a_day_is_notified_then_reminded_daily
     await _sweep_after(h, timedelta(hours=1, minutes=1))
     await Notifier(h.fakes.adapters).deliver()
     assert _events(h) == ["health-check-unavailable", "health-check-unavailable-reminder", "recovered"]
+    recovered = await h.record(record.id)
+    assert recovered is not None and recovered.health.unchecked_since is None
+
+
+@pytest.mark.parametrize("interval_hours", [24, 48])
+async def test_a_check_that_cannot_run_once_at_its_due_time_and_runs_at_its_retry_tells_nothing(
+        interval_hours: int) -> None:
+    """(Review sweeps 2.) With the default daily check, one transient failure at the check sent
+    'health-check-unavailable' at once, and 'recovered' an hour later."""
+    h = _harness(HEALTH_CHECK_INTERVAL_HOURS=str(interval_hours))
+    record = await _connection(h, days=365)
+    for hour in range(1, interval_hours + 4):  # hourly sweeps, each followed by its delivery
+        if hour == interval_hours:
+            h.fakes.world.fail_next("probe", times=1)  # one transient failure, at the check that is due
+        await _sweep_after(h, timedelta(hours=1))
+        await Notifier(h.fakes.adapters).deliver()
+        if hour == interval_hours:
+            failed = await h.record(record.id)
+            assert failed is not None and "could not be checked" in (failed.health.message or "")
+    after = await h.record(record.id)
+    assert after is not None and after.health.message is None and after.health.checked_at is not None
+    assert after.health.checked_at > record.health.checked_at + timedelta(hours=interval_hours)  # the retry ran
+    assert _events(h) == []
+
+
+async def test_a_check_that_runs_between_two_that_cannot_starts_the_day_of_not_checking_again() -> None:
+    """(Review sweeps 2.) The first check that could not run is recorded; a check that ran after it (here, that of
+    new credentials a PATCH gave) ends that run of failures, though it did not clear the record."""
+    h = _harness()
+    record = await _connection(h, days=365)
+    await _sweep_after(h, timedelta(hours=23))
+    h.fakes.world.fail_next("probe", times=10**6)
+    for _ in range(20):  # 20 hours unchecked
+        await _sweep_after(h, timedelta(hours=1, minutes=1))
+    h.fakes.world.clear_faults()
+    fresh = h.fakes.world.add(record.client_id or "", "new", end=h.fakes.clock.now + timedelta(days=365))
+    changed = await h.api.update(APP, record.id, {"credentials": h.credentials(record.client_id or "", fresh,
+                                                                               key_id=True)})
+    assert changed.health.checked_at == h.fakes.clock.now
+    h.fakes.world.fail_next("probe", times=10**6)
+    for _ in range(10):  # 30 hours since the first that could not run, 10 since the check that ran
+        await _sweep_after(h, timedelta(hours=1, minutes=1))
+    await Notifier(h.fakes.adapters).deliver()
+    assert "health-check-unavailable" not in _events(h), _events(h)
+
+
+async def test_an_unavailability_told_before_its_first_failure_was_recorded_is_not_taken_for_a_recovery() -> None:
+    """(Review sweeps 2.) A record told 'health-check-unavailable' before the first check that could not run was
+    recorded (written by the version before) counts its day from its next failure: it must not read as checked."""
+    h = _harness()
+    record = await _connection(h, days=365)
+    h.fakes.world.fail_next("probe", times=10**6)
+    for _ in range(50):
+        await _sweep_after(h, timedelta(hours=1, minutes=1))
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == ["health-check-unavailable"]
+    key = (record.app, record.id)
+    stored = h.fakes.connections.records[key]
+    h.fakes.connections.records[key] = stored.evolve(health=stored.health.evolve(unchecked_since=None))
+    for _ in range(3):
+        await _sweep_after(h, timedelta(hours=1, minutes=1))
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == ["health-check-unavailable"]
 
 
 async def test_an_expiry_that_comes_while_unchecked_is_told_and_an_expired_credential_is_not_unavailable() -> None:
     h = _harness()
     await _connection(h, days=31)
     h.fakes.world.fail_next("probe", times=10**6)
-    await _sweep_after(h, timedelta(days=1, hours=1))  # within its warning by date, unchecked for a day
-    for _ in range(2):
+    await _sweep_after(h, timedelta(days=1, hours=1))  # within its warning by date; its check cannot run
+    for _ in range(24):  # unchecked for a day
         await _sweep_after(h, timedelta(hours=1, minutes=1))
     await Notifier(h.fakes.adapters).deliver()
-    assert _events(h) == ["credential-expiring", "health-check-unavailable"]
+    assert [e for e in _events(h) if not e.endswith("-reminder")] == ["credential-expiring",
+                                                                      "health-check-unavailable"]
     await _sweep_after(h, timedelta(days=31))  # expired by date: that is what is told, not unavailability
     await Notifier(h.fakes.adapters).deliver()
     assert _events(h)[-1] == "credential-expired"
@@ -1198,7 +1270,7 @@ async def test_a_patch_of_the_rotation_while_unchecked_recovers_nothing(patch: d
                                       "credentials": h.new_credential(app.client_id),
                                       "isAutoRotationEnabled": True, "rotation": FORTNIGHTLY})
     h.fakes.world.fail_next("probe", times=10**6)
-    for _ in range(26):
+    for _ in range(50):  # its daily check cannot run, nor can its retries for a day
         await _sweep_after(h, timedelta(hours=1, minutes=1))
     await h.api.update(APP, record.id, patch)
     for _ in range(3):
@@ -1235,9 +1307,9 @@ async def test_an_expiry_told_while_unchecked_is_not_told_again_when_checks_work
     """(Review M.) 'credential-expiring' told while a check could not run was told again, after 'recovered', when
     checks worked again."""
     h = _harness()
-    await _connection(h, days=32)
+    await _connection(h, days=33)
     h.fakes.world.fail_next("probe", times=10**6)
-    for _ in range(3 * 24):  # unchecked for a day, then within the warning by date
+    for _ in range(3 * 24):  # its daily check cannot run for a day, then within the warning by date
         await _sweep_after(h, timedelta(hours=1, minutes=1))
     h.fakes.world.clear_faults()
     await _sweep_after(h, timedelta(hours=1, minutes=1))

@@ -186,7 +186,8 @@ def shapes() -> list[ConnectionRecord]:
                     attempt_started_at=at, pending_key_id="pending"),
                 health=HealthState(status="healthy", checked_at=at, message="ok",
                                    credential_expires_at=at + timedelta(days=90), next_check_at=at,
-                                   check_key="ck", notified_status="expiring", notified_at=at))
+                                   check_key="ck", notified_status="expiring", notified_at=at,
+                                   unchecked_since=at + timedelta(minutes=5)))
         if n % 5 == 2:
             record = record.evolve(method="oauth", authorized_by=Authorization(
                 "oid-" + str(n), "user@contoso.example", str(uuid.UUID(int=3000 + n))))
