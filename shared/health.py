@@ -167,7 +167,8 @@ class HealthChecker:
                     message: str | None, unchecked_since: datetime | None = None) -> ConnectionRecord:
         """Index the next check first, then write the health with its notification (one transaction), then drop
         the old index entry. A record changed meanwhile is checked again on top of the change. ``unchecked_since``:
-        the check could not run, nor could those in a row before it since then."""
+        the check could not run, nor could those in a row before it since then: only the health changes (the
+        connection's status, ``statusMessage`` and ``lastValidatedAt`` are those of the last check that ran)."""
         store = self.adapters.connections
         index = self.adapters.health_index
         now = self.adapters.clock()
@@ -178,8 +179,11 @@ class HealthChecker:
             notices, remembered = (health_notices(current, health, now) if unchecked_since is None
                                    else unchecked_notices(current, health, now, unchecked_since))
             key = await index.put(health.next_check_at or now + self.interval, current.app, current.id)
-            target = current.evolve(health=remembered.evolve(check_key=key), status=connection_status,
-                                    status_message=message, last_validated_at=now)
+            if unchecked_since is None:
+                target = current.evolve(health=remembered.evolve(check_key=key), status=connection_status,
+                                        status_message=message, last_validated_at=now)
+            else:  # nothing was validated: the connection's status, its explanation and its last validation stay
+                target = current.evolve(health=remembered.evolve(check_key=key))
             try:
                 saved = await store.update(target, notify=notices)
             except ConcurrentChange:

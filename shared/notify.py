@@ -113,12 +113,14 @@ def unchecked_notices(record: ConnectionRecord, health: HealthState, now: dateti
     row, not the last check that ran), ``UNCHECKED_ALERT_AFTER`` ago or more, is ``health-check-unavailable``, then
     reminded of daily; ``recovered`` when a check runs again and finds it working. An expiry that comes meanwhile
     by date is told as it comes (``credential-expiring`` first, then the unavailability; ``credential-expired``
-    ends it). Else as :func:`health_notices`."""
+    ends it). Else as :func:`health_notices`, without its reminders: only a check that ran reminds of a health
+    state (a failing credential's ``validation-failed-reminder`` would carry this check's message, not the refusal)."""
     notified = health.notified_status or ""
     told = notified.startswith(UNCHECKED)  # told already: unchecked still, whatever ``since`` says (a record that
     # has none recorded, written before it was: the first check that cannot run counts from now)
     if health.status not in (HEALTHY, EXPIRING) or (not told and now - since < UNCHECKED_ALERT_AFTER):
-        return health_notices(record, health, now)
+        # Changes only (an expiry by date): a check that could not run reminds of nothing it did not find again.
+        return health_notices(record, health, now, remind=False)
     unchecked = f"{UNCHECKED}{health.status}"
     if notified == unchecked:
         if health.notified_at is not None and now - health.notified_at >= REMINDER_EVERY - REMINDER_SLACK:

@@ -1200,6 +1200,37 @@ async def test_a_check_that_runs_between_two_that_cannot_starts_the_day_of_not_c
     assert "health-check-unavailable" not in _events(h), _events(h)
 
 
+async def test_a_check_that_cannot_run_keeps_an_invalid_connection_s_explanation_and_reminds_of_nothing() -> None:
+    """(Review sweeps 3.) A check that could not reach Entra wiped an invalid connection's statusMessage (the
+    refusal's AADSTS explanation), moved its lastValidatedAt though nothing was validated, and sent a
+    'validation-failed-reminder' whose message said the check could not be made."""
+    h = _harness()
+    record = await _connection(h, days=300)
+    del h.fakes.world.apps[record.client_id or ""].passwords[record.rotation.key_id or ""]  # the owner revokes it
+    await _sweep_after(h, timedelta(hours=25))
+    await Notifier(h.fakes.adapters).deliver()
+    refused = await h.record(record.id)
+    assert refused is not None and refused.status == "invalid" and "AADSTS" in (refused.status_message or "")
+    assert _events(h) == ["validation-failed"]
+    h.fakes.world.fail_next("probe", times=10)  # Entra out of reach at its next check, a day later, and its retries
+    await _sweep_after(h, timedelta(hours=25))
+    for _ in range(4):
+        await _sweep_after(h, timedelta(hours=1, minutes=1))
+    await Notifier(h.fakes.adapters).deliver()
+    after = await h.record(record.id)
+    assert after is not None and "could not be checked" in (after.health.message or "")
+    assert (after.status, after.status_message, after.last_validated_at) == (
+        "invalid", refused.status_message, refused.last_validated_at)
+    assert after.health.status == "failing"
+    assert _events(h) == ["validation-failed"]  # a reminder only from a check that finds it refused again
+    h.fakes.world.clear_faults()
+    await _sweep_after(h, timedelta(hours=1, minutes=1))
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == ["validation-failed", "validation-failed-reminder"]
+    reminder = json.loads(h.fakes.webhook.received[-1][1])
+    assert "AADSTS" in (reminder["message"] or "")
+
+
 async def test_an_unavailability_told_before_its_first_failure_was_recorded_is_not_taken_for_a_recovery() -> None:
     """(Review sweeps 2.) A record told 'health-check-unavailable' before the first check that could not run was
     recorded (written by the version before) counts its day from its next failure: it must not read as checked."""
@@ -1227,8 +1258,7 @@ async def test_an_expiry_that_comes_while_unchecked_is_told_and_an_expired_crede
     for _ in range(24):  # unchecked for a day
         await _sweep_after(h, timedelta(hours=1, minutes=1))
     await Notifier(h.fakes.adapters).deliver()
-    assert [e for e in _events(h) if not e.endswith("-reminder")] == ["credential-expiring",
-                                                                      "health-check-unavailable"]
+    assert _events(h) == ["credential-expiring", "health-check-unavailable"]  # no reminder from a check not made
     await _sweep_after(h, timedelta(days=31))  # expired by date: that is what is told, not unavailability
     await Notifier(h.fakes.adapters).deliver()
     assert _events(h)[-1] == "credential-expired"
