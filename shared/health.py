@@ -54,7 +54,9 @@ from shared.views import being_deleted
 log = logging.getLogger(__name__)
 
 CHECK = "connection.check-health"  # the audit action, as POST .../health records it
-REQUEST_DELIVERY_BUDGET = 10.0  # seconds POST .../health may spend sending notifications before it answers
+# Seconds POST .../health may spend sending notifications before it answers: a send starts only when its whole
+# timeout (shared.notify.SEND_TIMEOUT_SECONDS, 15 s) fits, so this leaves room for one that hangs, after a few quick.
+REQUEST_DELIVERY_BUDGET = 20.0
 
 # How bad a status is (status_of's order): an unchecked credential's known expiry only ever makes it worse.
 _SEVERITY = {EXPIRING: 1, FAILING: 2, EXPIRED: 3}

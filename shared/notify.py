@@ -22,7 +22,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from shared.apps import APPS
-from shared.ports import Adapters, WebhookStatus
+from shared.ports import WEBHOOK_TIMEOUT_SECONDS, Adapters, WebhookStatus
 from shared.records import (
     EXPIRED,
     EXPIRING,
@@ -55,9 +55,12 @@ MAX_RETRY = timedelta(hours=1)
 MAX_RETRY_AFTER = timedelta(hours=6)  # the longest a receiver's Retry-After puts a notice's next try off
 MAX_ATTEMPTS = 30  # most of a day of tries (19 h on average, 25 h at most), then it is given up (and logged)
 MAX_AGE = timedelta(days=2)  # a notice this old is given up too, however few its tries (a receiver's long waits)
-DELIVERY_BUDGET_SECONDS = 60.0  # a pass starts no send after this long (a timer's; a request's is shorter)
+DELIVERY_BUDGET_SECONDS = 60.0  # a pass's sends end within this long (a timer's; a request's is shorter)
 GIVE_UP_AFTER_FAILURES = 3  # failures in a row that end a pass: the receiver is down or hangs
-MIN_SEND_SECONDS = 1.0  # a send started near the end of a pass's budget has at least this long
+# A send waits this long for the receiver's answer, never less: a pass starts one only when this much of its
+# budget is left. A send cut short may have reached the receiver, and would be sent again by the next pass (a Teams
+# or Slack workflow posts it twice: neither reads the Idempotency-Key).
+SEND_TIMEOUT_SECONDS = WEBHOOK_TIMEOUT_SECONDS
 # A pass takes each notice before it handles it (an ETag-guarded write of its next attempt), so two passes never
 # send one notice twice; should the pass die holding it, the notice is due again this long after.
 CLAIM = timedelta(minutes=5)
@@ -218,9 +221,12 @@ class Notifier:
 
     async def deliver(self, limit: int = 100, budget_seconds: float = DELIVERY_BUDGET_SECONDS,
                       monotonic: Callable[[], float] = time.monotonic) -> int:
-        """Send what the outbox holds and is due; how many were delivered (or given up). One pass starts no send
-        after ``budget_seconds`` and stops after ``GIVE_UP_AFTER_FAILURES`` failures in a row (a receiver that is
-        down or hangs): the rest stays queued, untouched, for the next pass, which a timer or a request makes.
+        """Send what the outbox holds and is due; how many were delivered (or given up). One pass's sends end
+        within ``budget_seconds``: it starts a webhook send only while the send's whole timeout
+        (``SEND_TIMEOUT_SECONDS``) still fits, and never cuts one short (the receiver may have taken it: cut, it
+        would be sent again); and it stops after ``GIVE_UP_AFTER_FAILURES`` failures in a row (a receiver that is
+        down or hangs). The rest stays queued for the next pass, which a timer or a request makes: one whose send
+        did not start is no failure (a new one is marked as told, its alert record out, and is due at once).
 
         A connection's notices reach the receiver in the order they happened: one is sent only when no older one of
         its connection waits (to be tried again later, or in another pass's hands), else it waits behind it. A
@@ -233,13 +239,14 @@ class Notifier:
         outbox = self.adapters.outbox
         queued = await outbox.pending(tuple(APPS), limit)
         crowded = sum(1 for item in queued if item.attempts) >= limit
+        needs = SEND_TIMEOUT_SECONDS if self.adapters.settings.notify_webhook_url else 0.0  # to start a send
         held: set[str] = set()  # connections with an older notice this pass does not deliver
         for seen in queued:
             if seen.next_attempt_at is not None and seen.next_attempt_at > now:
                 held.add(seen.connection_id)  # not due (backing off, or another pass's): what follows waits
                 continue
             left = budget_seconds - (monotonic() - started)
-            stopping = left <= 0 or failed_in_a_row >= GIVE_UP_AFTER_FAILURES
+            stopping = left <= 0 or left < needs or failed_in_a_row >= GIVE_UP_AFTER_FAILURES
             waits = stopping or seen.connection_id in held or (crowded and not seen.attempts)
             if waits and seen.attempts != 0:
                 held.add(seen.connection_id)
@@ -255,10 +262,10 @@ class Notifier:
                 continue
             if item.attempts == 0:
                 self.emit(item)
-            try:  # within the pass's budget (a request's answer waits for it), not the send's own timeout alone
-                sent, wait = await asyncio.wait_for(self._send(item), max(left, MIN_SEND_SECONDS))
+            try:  # its own timeout, which the pass's budget holds whole (whatever the adapter's does)
+                sent, wait = await asyncio.wait_for(self._send(item), SEND_TIMEOUT_SECONDS)
             except TimeoutError:
-                log.info("Notification %s not delivered within the pass's time; it is retried", item.id)
+                log.info("Notification %s not answered within %.0f s; it is retried", item.id, SEND_TIMEOUT_SECONDS)
                 sent, wait = False, None
             except RefusedForGood as refusal:  # the same answer every time: not tried again for a day
                 log.error("Notification %s (%s of %s) given up: the receiver refuses it (%d)", item.id, item.event,

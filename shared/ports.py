@@ -173,9 +173,15 @@ class WebhookStatus(int):
         return made
 
 
+# How long a webhook POST waits for the receiver's answer (the adapter's timeout), and so the least of a delivery
+# pass's budget a send needs to start: a pass never cuts a send short (``shared.notify``).
+WEBHOOK_TIMEOUT_SECONDS = 15.0
+
+
 class Webhook(Protocol):
-    """POST of a JSON body to the configured receiver: its HTTP status (an exception when unreachable), a
-    :class:`WebhookStatus` when the receiver said how long to wait."""
+    """POST of a JSON body to the configured receiver: its HTTP status (an exception when unreachable, or when no
+    answer came within ``WEBHOOK_TIMEOUT_SECONDS``), a :class:`WebhookStatus` when the receiver said how long to
+    wait."""
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> int: ...
 

@@ -8,12 +8,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from shared.azure.retry import ALWAYS_RETRIED, retry_after_of
-from shared.ports import WebhookStatus
+from shared.ports import WEBHOOK_TIMEOUT_SECONDS, WebhookStatus
 
 if TYPE_CHECKING:
     from shared.azure.clients import AzureClients
 
-TIMEOUT_SECONDS = 15
+TIMEOUT_SECONDS = WEBHOOK_TIMEOUT_SECONDS  # the port's: a delivery pass starts a send only when it fits
 
 
 class HttpWebhook:

@@ -428,7 +428,9 @@ async def test_a_receiver_that_is_down_ends_a_delivery_pass_and_every_alert_reco
     assert len(alerts_after) == 12  # none twice
 
 
-async def test_a_delivery_pass_starts_no_send_after_its_budget() -> None:
+async def test_a_delivery_pass_starts_a_send_only_while_its_whole_timeout_fits_in_the_budget() -> None:
+    from shared.notify import SEND_TIMEOUT_SECONDS
+
     h = _harness()
     for n in range(5):
         await _connection(h, days=365, name=f"c{n}")
@@ -437,8 +439,43 @@ async def test_a_delivery_pass_starts_no_send_after_its_budget() -> None:
         record = await h.fakes.connections.get_by_name(APP, f"c{n}")
         await _checker(h).check(record)
     ticks = iter(range(100))
-    sent = await Notifier(h.fakes.adapters).deliver(budget_seconds=2.5, monotonic=lambda: float(next(ticks)))
-    assert sent == 2 and len(_events(h)) == 2  # started at 0, sends at 1 and 2, nothing from 3 on
+    sent = await Notifier(h.fakes.adapters).deliver(budget_seconds=SEND_TIMEOUT_SECONDS + 2.5,
+                                                    monotonic=lambda: float(next(ticks)))
+    assert sent == 2 and len(_events(h)) == 2  # started at 0, sends at 1 and 2, none whose timeout ends past it
+    left = [item for item in h.fakes.connections.outbox]
+    assert len(left) == 3 and all(item.next_attempt_at == h.fakes.clock.now for item in left)  # due, no back-off
+    await Notifier(h.fakes.adapters).deliver()
+    assert len(_events(h)) == 5
+
+
+async def test_a_send_the_receiver_still_answers_at_the_end_of_a_pass_is_not_cut_short_and_sent_twice(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review sweeps 4.) A send started near the end of a pass was cut after what was left of it (at least a
+    second), though the receiver had taken it: the next pass sent it again (a Teams or Slack workflow, which does
+    not read the Idempotency-Key, posts it twice). A send now starts only when its whole timeout fits."""
+    import asyncio
+
+    from shared import notify
+
+    monkeypatch.setattr(notify, "SEND_TIMEOUT_SECONDS", 1.8, raising=False)  # (15 s in Azure)
+    h = _harness()
+    for n in range(2):  # two failing connections: two notices queued
+        await _connection(h, days=365, name=f"c{n}")
+        h.fakes.vault.deleted.add((await h.fakes.connections.get_by_name(APP, f"c{n}")).secret_name)
+        await _checker(h).check(await h.fakes.connections.get_by_name(APP, f"c{n}"))
+    received: list[str] = []
+
+    async def slow_receiver(url: str, body: bytes, headers: object) -> int:
+        received.append(json.loads(body)["id"])  # taken as soon as it arrives
+        await asyncio.sleep(1.2)  # ... and answered a little later (a workflow answering 202 after 1.2 s)
+        return 202
+
+    h.fakes.webhook.post = slow_receiver  # type: ignore[method-assign]
+    assert await Notifier(h.fakes.adapters).deliver(budget_seconds=2.0) == 1  # the second one would not fit
+    [waiting] = h.fakes.connections.outbox
+    assert waiting.attempts == 1 and waiting.next_attempt_at == h.fakes.clock.now  # no failure: due at once
+    assert await Notifier(h.fakes.adapters).deliver(budget_seconds=2.0) == 1
+    assert len(received) == 2 and len(set(received)) == 2 and not h.fakes.connections.outbox
 
 
 async def test_a_failed_read_of_one_connection_ends_its_check_not_the_sweep() -> None:
@@ -1099,12 +1136,18 @@ async def test_a_rescheduled_rotation_is_checked_when_its_renewal_would_be_overd
     assert warned is not None and warned <= due + RENEWAL_OVERDUE + timedelta(hours=1), (due, warned)
 
 
-async def test_a_send_that_hangs_ends_with_the_pass_s_budget_not_its_own_timeout() -> None:
-    """(Left alone in session 16.) POST .../health delivers within 10 s before it answers, but a send that hung was
-    waited for up to the webhook's own 15 s timeout; it is now cut at the pass's budget, and tried again later."""
+async def test_a_send_that_hangs_is_cut_at_its_own_timeout_and_the_pass_ends_within_its_budget(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Left alone in session 16.) POST .../health delivers within its budget before it answers, but a send that hung
+    was waited for up to the webhook's own timeout past it. (Review sweeps 4.) Cutting it at the pass's end sent
+    again what the receiver may have taken: a send now starts only when its whole timeout fits in the pass, which
+    then ends within its budget; one that hangs is cut at its own timeout, and tried again later."""
     import asyncio
     import time
 
+    from shared import notify
+
+    monkeypatch.setattr(notify, "SEND_TIMEOUT_SECONDS", 0.2, raising=False)  # (15 s in Azure)
     h = _harness()
     record = await _connection(h, days=365)
     h.fakes.vault.deleted.add(record.secret_name)
@@ -1116,10 +1159,11 @@ async def test_a_send_that_hangs_ends_with_the_pass_s_budget_not_its_own_timeout
 
     h.fakes.webhook.post = hangs  # type: ignore[method-assign]
     started = time.monotonic()
-    sent = await Notifier(h.fakes.adapters).deliver(budget_seconds=0.2)
-    assert sent == 0 and time.monotonic() - started < 1.5
+    sent = await Notifier(h.fakes.adapters).deliver(budget_seconds=1.0)
+    assert sent == 0 and time.monotonic() - started < 1.0
     [queued] = h.fakes.connections.outbox
-    assert queued.attempts == 1 and queued.next_attempt_at is not None  # tried again later
+    assert queued.attempts == 1 and queued.next_attempt_at is not None  # a failed try: tried again later
+    assert queued.next_attempt_at > h.fakes.clock.now
 
 
 @pytest.mark.parametrize("interval_hours", [24, 48])
