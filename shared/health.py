@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared.apps import Method, find_app
@@ -57,6 +57,10 @@ CHECK = "connection.check-health"  # the audit action, as POST .../health record
 # Seconds POST .../health may spend sending notifications before it answers: a send starts only when its whole
 # timeout (shared.notify.SEND_TIMEOUT_SECONDS, 15 s) fits, so this leaves room for one that hangs, after a few quick.
 REQUEST_DELIVERY_BUDGET = 20.0
+
+# A due check skipped for a lasting reason (its connection left marked as being deleted) moves this far on: left due
+# where it was, such entries (read oldest first) would in time fill every sweep's read and starve the other checks.
+PUT_OFF = timedelta(hours=1)
 
 # How bad a status is (status_of's order): an unchecked credential's known expiry only ever makes it worse.
 _SEVERITY = {EXPIRING: 1, FAILING: 2, EXPIRED: 3}
@@ -239,6 +243,27 @@ class HealthChecker:
         await self.notifier.deliver_or_keep(REQUEST_DELIVERY_BUDGET)  # in the request's time; timers deliver the rest
         return checked
 
+    async def _put_off(self, record: ConnectionRecord, entry: DueEntry) -> None:
+        """Move a due entry skipped for a lasting reason ``PUT_OFF`` on, as a check moves its entry: the new entry
+        first, then the record that points at it (ETag-guarded), then the old entry dropped. Whatever fails between
+        leaves one entry the record points at, and one it does not, which a sweep drops as stale."""
+        index = self.adapters.health_index
+        due = self.adapters.clock() + PUT_OFF
+        key = await index.put(due, record.app, record.id)
+        try:
+            await self.adapters.connections.update(record.evolve(
+                health=record.health.evolve(next_check_at=due, check_key=key)))
+        except ConcurrentChange:  # changed meanwhile (a DELETE sent again, or undone); or its own write, answer lost
+            try:
+                fresh: ConnectionRecord | None = await self.adapters.connections.get(record.app, record.id)
+            except NotFound:
+                fresh = None
+            if fresh is None or fresh.health.check_key != key:
+                await index.remove(key)  # the record keeps the entry it points at
+                return
+        await index.remove(entry.key)
+        log.info("Health check of %s connection %s put off to %s", record.app, record.id, due)
+
     # -- the sweep ----------------------------------------------------------------------------------------
     async def sweep(self, *, max_concurrency: int = 8, budget_seconds: float = 240.0, limit: int = 1000,
                     clock: Any = None) -> HealthReport:
@@ -278,8 +303,10 @@ class HealthChecker:
             return
         if record.status == STATUS_DELETING:  # a DELETE to be sent again: its credential is being removed (an OAuth
             # one is not refreshed, which would write to the record under the DELETE); the entry stays, should the
-            # DELETE be undone
+            # DELETE be undone, but moves on, unless a DELETE is at work on the record (its lease)
             log.info("Health check of %s connection %s skipped: it is being deleted", record.app, record.id)
+            if not record.rotation.leased(self.adapters.clock()):
+                await self._put_off(record, entry)
             return
         audit = self.connections.rotator.audit
         with acting(RequestContext(HEALTH_RUNNER)):

@@ -359,11 +359,78 @@ async def test_a_connection_being_deleted_is_neither_checked_nor_refreshed(monke
         h.fakes.clock.advance(timedelta(days=1, minutes=1))
         checked.append((await _checker(h).sweep()).checked)
     assert checked == [0, 0, 0] and len(h.fakes.vault.secrets[oauth.secret_name]) == versions
-    assert h.fakes.connections.records[key].health.check_key == oauth.health.check_key  # still due, if undone
+    marked = h.fakes.connections.records[key]  # still indexed, should the DELETE be undone: one entry, moved on
+    assert [k for k in h.fakes.health_index.keys if oauth.id in k] == [marked.health.check_key]
+    assert marked.health.next_check_at == h.fakes.clock.now + timedelta(hours=1)
     assert not [c for c in h.fakes.world.calls[calls:] if c.startswith(("probe", "token", "graph"))]
     with pytest.raises(ServiceError) as refused:
         await _checker(h).check_now(oauth.app, oauth.id)
     assert refused.value.status == 409 and "being deleted" in refused.value.detail
+
+
+async def test_connections_left_being_deleted_do_not_keep_the_other_due_checks_from_being_read() -> None:
+    """(Review sweeps 6.) A sweep reads what is due oldest first, at most ``limit`` (1000): the entries of
+    connections left marked as being deleted (their DELETE to be sent again) were skipped without moving, so once
+    there were ``limit`` of them no other due check was read again. Skipped, they now move an hour on, each kept
+    once, pointed at by its record; a connection a DELETE is at work on (its lease) is not written."""
+    h = _harness()
+    stuck = [await _connection(h, days=365, name=f"s{n}") for n in range(3)]
+    h.fakes.clock.advance(timedelta(minutes=1))
+    victim = await _connection(h, days=365, name="victim")
+    for record in stuck:  # three DELETEs that stopped half way (their 502 says: send it again)
+        key = (record.app, record.id)
+        h.fakes.connections.records[key] = h.fakes.connections.records[key].evolve(status="deleting")
+    h.fakes.clock.advance(timedelta(days=1, minutes=5))  # everything due
+    for _ in range(3):
+        await _checker(h).sweep(limit=3)
+        h.fakes.clock.advance(timedelta(minutes=5))
+    checked = await h.record(victim.id)
+    assert checked is not None and checked.health.checked_at is not None
+    assert checked.health.checked_at > victim.health.checked_at + timedelta(days=1), "the victim was never read"
+    for record in stuck:
+        marked = h.fakes.connections.records[(record.app, record.id)]
+        assert marked.status == "deleting" and marked.health.checked_at == record.health.checked_at  # not checked
+        assert [k for k in h.fakes.health_index.keys if record.id in k] == [marked.health.check_key]
+    # A DELETE at work on one (its lease held): its record is left alone, its entry stays where it is.
+    key = (stuck[0].app, stuck[0].id)
+    held = h.fakes.connections.records[key]
+    held = held.evolve(rotation=held.rotation.evolve(lease_owner="delete:x",
+                                                     lease_until=h.fakes.clock.now + timedelta(hours=2)))
+    h.fakes.connections.records[key] = held
+    h.fakes.clock.advance(timedelta(hours=1, minutes=5))
+    await _checker(h).sweep(limit=3)
+    assert h.fakes.connections.records[key] == held and held.health.check_key in h.fakes.health_index.keys
+
+
+@pytest.mark.parametrize("meets", ["a DELETE sent again", "its own write, its answer lost"])
+async def test_an_entry_put_off_whose_write_meets_a_change_or_loses_its_answer_is_kept_once(meets: str) -> None:
+    """(Review sweeps 6.) Moving a skipped entry is the index's usual sequence: whichever way its record's write
+    goes, the connection keeps exactly one entry, the one its record points at."""
+    from shared.errors import ConcurrentChange
+
+    h = _harness()
+    record = await _connection(h, days=365)
+    key = (record.app, record.id)
+    h.fakes.connections.records[key] = h.fakes.connections.records[key].evolve(status="deleting")
+    h.fakes.clock.advance(timedelta(days=1, minutes=5))
+    update = h.fakes.connections.update
+
+    async def meeting(target, *args, **kwargs):  # type: ignore[no-untyped-def]
+        h.fakes.connections.update = update  # type: ignore[method-assign]
+        if meets == "a DELETE sent again":
+            current = h.fakes.connections.records[key]
+            await update(current.evolve(rotation=current.rotation.evolve(
+                lease_owner="delete:y", lease_until=h.fakes.clock.now + timedelta(minutes=2))))
+            return await update(target, *args, **kwargs)
+        await update(target, *args, **kwargs)
+        raise ConcurrentChange("its retry met its own write")
+
+    h.fakes.connections.update = meeting  # type: ignore[method-assign]
+    await _checker(h).sweep()
+    after = h.fakes.connections.records[key]
+    assert [k for k in h.fakes.health_index.keys if record.id in k] == [after.health.check_key]
+    moved = after.health.check_key != record.health.check_key
+    assert moved == (meets == "its own write, its answer lost")
 
 
 async def test_an_unchecked_credential_still_turns_expiring_then_expired_on_its_known_date() -> None:
