@@ -44,7 +44,13 @@ from shared.errors import (
     failed_upstream,
 )
 from shared.expiry import REFRESH_TOKEN_LIFETIME, fresh_health, redated, status_of
-from shared.federation import explain, refuse_service_application, require_identity
+from shared.federation import (
+    NO_MATCH_CODES,
+    explain,
+    federation_identity,
+    refuse_service_application,
+    require_identity,
+)
 from shared.fields import page_size
 from shared.models import (
     CertificateCredentialsIn,
@@ -947,10 +953,8 @@ class ConnectionService:
         if state.removing_key_id is None or state.removing_key_id.lower() != (state.key_id or "").lower():
             return False
         if isinstance(error, CredentialRejected):
-            code = error.extensions.get("aadstsCode")
-            expires = record.health.credential_expires_at
-            if code not in CREDENTIAL_UNKNOWN or (  # a certificate's key expired is refused as one not found
-                    code == "AADSTS700027" and (expires is None or expires <= self.now())):
+            code = str(error.extensions.get("aadstsCode") or "")
+            if not self._refusal_means_removed(record, code):
                 return False
             now = self.now()
             first = state.removing_refused_at
@@ -958,7 +962,7 @@ class ConnectionService:
             # and one it has not reached refuses it ("Time for federated credential changes to propagate", Entra's
             # workload identity federation documentation; the same holds of secrets and keys).
             window = timedelta(seconds=self.adapters.settings.removal_confirmation_seconds)
-            if first is None or now - first < window:
+            if window > timedelta(0) and (first is None or now - first < window):
                 # Not yet proof: Entra ID's parts learn of a new credential (one a rotation just made, say) within
                 # minutes, and one that has not may refuse it though the removal failed. A forced DELETE lists it
                 # as left live; a plain one keeps the mark, and the refusal is asked for again later.
@@ -982,6 +986,12 @@ class ConnectionService:
                     headers={"Retry-After": str(wait)},
                     extensions={"reason": error.detail, "keyIds": [state.removing_key_id], "applicationsNotRead": []},
                 ) from None
+            if record.method == Method.FEDERATED:
+                await self.rotator.audit.record(
+                    "credential.remove", "confirmed", app=record.app, connection_id=record.id,
+                    detail=f"Federated identity credential {state.removing_key_id} on the application "
+                           f"{record.client_id}: its removal was sent before, and the service's identity still does "
+                           f"not sign in there {window.total_seconds():g} s after it first did not.")
             progress.removed.append(state.removing_key_id)
             return True
         if isinstance(error, (SecretGone, VersionDisabled)):  # its vault version, cleaned up by a forced DELETE
@@ -992,6 +1002,20 @@ class ConnectionService:
                              "finish it.")
             raise error
         return False
+
+    def _refusal_means_removed(self, record: ConnectionRecord, code: str) -> bool:
+        """Entra's refusal of the credential in use, whose removal was sent, is one a removal gives (subject to
+        ``REMOVAL_CONFIRMATION_SECONDS``): a secret or an unexpired certificate unknown (``CREDENTIAL_UNKNOWN``: a
+        certificate's key expired is refused as one not found); for a federated credential, none matching the
+        service's identity (``NO_MATCH_CODES``) while the service still has the identity it named when sent."""
+        state = record.rotation
+        if record.method == Method.FEDERATED:
+            identity = federation_identity(self.adapters.settings)
+            return (code in NO_MATCH_CODES and identity is not None
+                    and state.removing_identity == identity.principal_id)
+        expires = record.health.credential_expires_at
+        return code in CREDENTIAL_UNKNOWN and not (
+            code == "AADSTS700027" and (expires is None or expires <= self.now()))
 
     async def _removals_done(self, record: ConnectionRecord) -> ConnectionRecord:
         """A DELETE's removals all done, journaled before the vault's clean-up: nothing the service created is left
@@ -1118,9 +1142,9 @@ class ConnectionService:
             await journal(lambda state: state.evolve(removing_key_id=key_id, removing_identity=identity,
                                                      removing_refused_at=None))
 
-        sent = state.removing_identity if key_id and state.removing_key_id == key_id else None
+        # Sent before: a refusal is judged by _removing, which asks for it to hold REMOVAL_CONFIRMATION_SECONDS.
         return await self.rotator.remove_federated(record, credential_tenant(record), key_id, before_removal=ahead,
-                                                   sent_as=sent)
+                                                   sent_as=None)
 
     async def _release(self, record: ConnectionRecord, before: ConnectionRecord, progress: Removals,
                        owner: str) -> bool:

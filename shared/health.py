@@ -305,7 +305,7 @@ class HealthChecker:
             # one is not refreshed, which would write to the record under the DELETE); the entry stays, should the
             # DELETE be undone, but moves on, unless a DELETE is at work on the record (its lease)
             log.info("Health check of %s connection %s skipped: it is being deleted", record.app, record.id)
-            if not record.rotation.leased(self.adapters.clock()):
+            if record.rotation.left_marked(self.adapters.clock()):
                 await self._put_off(record, entry)
             return
         audit = self.connections.rotator.audit

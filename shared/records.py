@@ -7,7 +7,7 @@ secret: secret material lives in Key Vault only), the domain reads and evolves t
 from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from shared.json_codec import iso
@@ -84,6 +84,9 @@ HEALTH_STATUSES = (HEALTHY, EXPIRING, FAILING, EXPIRED, UNKNOWN)
 
 # What started a rotation attempt.
 TRIGGERS = ("enable", "schedule", "manual", "credential-change", "resume", "migrate-to-federated")
+
+
+LEFT_AFTER = timedelta(minutes=5)  # see RotationState.left_marked
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,11 @@ class RotationState:
 
     def leased(self, now: datetime) -> bool:
         return self.lease_until is not None and self.lease_until > now
+
+    def left_marked(self, now: datetime) -> bool:
+        """No one at work on it: unleased for ``LEFT_AFTER`` at least. A DELETE may run on past its lease (a request
+        ends within 230 s): a sweep's write to a connection it marked would make its undo or its delete fail."""
+        return not self.leased(now - LEFT_AFTER)
 
     def cleared_journal(self) -> RotationState:
         return replace(

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import pytest
+
 from shared import wiring
 from shared.apps import APPS
-from shared.errors import ConcurrentChange, ServiceError, UpstreamError
+from shared.errors import ConcurrentChange, CredentialsLeftLive, ServiceError, UpstreamError
 from shared.federation import credential_name
 from shared.records import MIGRATION_STEPS, STATUS_DELETING, ConnectionRecord
 from shared.rotation.protocol import Checkpoint, RotationOptions, clean_up_forgotten
@@ -418,3 +420,23 @@ def fails_once(h: Harness, operation: str, nth: int = 1, applied: bool = False,
     setattr(store, operation, failing)
 
 assert APP in APPS
+
+
+async def delete_once_the_refusal_holds(h: Harness, connection_id: str) -> Any:
+    """A DELETE whose last removal, of the credential in use, was sent without an answer: Entra's refusal of that
+    credential counts as its removal only once it still comes ``REMOVAL_CONFIRMATION_SECONDS`` after the first (a
+    part of Entra ID not yet reached by a new credential refuses it too). Until then: a 409 with Retry-After, the
+    connection still marked."""
+    with pytest.raises(CredentialsLeftLive) as unconfirmed:
+        await h.api.delete(APP, connection_id)
+    window = h.fakes.adapters.settings.removal_confirmation_seconds
+    assert unconfirmed.value.headers["Retry-After"] == str(int(window))
+    assert "send the DELETE again" in unconfirmed.value.detail
+    marked = await h.record(connection_id)
+    assert marked is not None and marked.status == "deleting" and marked.rotation.removing_refused_at is not None
+    h.fakes.clock.advance(timedelta(seconds=window - 1))
+    with pytest.raises(CredentialsLeftLive) as still:  # not yet: the wait counts from the first refusal
+        await h.api.delete(APP, connection_id)
+    assert still.value.headers["Retry-After"] == "1"
+    h.fakes.clock.advance(timedelta(seconds=1))
+    return await h.api.delete(APP, connection_id)

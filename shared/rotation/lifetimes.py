@@ -18,7 +18,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from shared.errors import CredentialLifetimeRefused, FieldError, RotationIntervalTooLong
-from shared.rotation.schedule import MIN_INTERVAL_DAYS
 
 if TYPE_CHECKING:
     from shared.ports import LifetimePolicy
@@ -26,6 +25,10 @@ if TYPE_CHECKING:
 
 GRACE_DAYS = 3
 MARGIN = timedelta(hours=1)  # under the policy's maxLifetime: Graph's clock may be ahead of ours
+# The shortest life a rotation gives a credential (its policy's cap less MARGIN): under it, the rotation is refused
+# before anything is added. A longer one that leaves no grace period is rotated again at half its life, at most a
+# day after it was made (``next_rotation``'s floor), each successor tested before the credential in use is revoked.
+MIN_ROOM = timedelta(hours=2)
 LIFETIME_CODE = "CredentialInvalidLifetimeAsPerAppPolicy"
 
 
@@ -107,11 +110,11 @@ def require_interval_fits(roll: CredentialRoll, policy: LifetimePolicy | None, i
 
 def require_room_to_rotate(roll: CredentialRoll, policy: LifetimePolicy | None, interval_days: int) -> None:
     """At rotation time, before anything is added: refuse, with the error configuring the interval gives
-    (:func:`require_interval_fits`, 400 ``rotation-interval-exceeds-policy``), a policy whose ``maxLifetime`` fits
-    no rotation interval at all (under ``MIN_INTERVAL_DAYS`` + ``GRACE_DAYS`` + the margin). Its credential would
-    end less than a day after the grace period began, so it would be due for renewal at once, at every rotation
-    (review sweeps 1). A cap that fits a shorter interval than the connection's is not refused here: the next
-    rotation comes ``GRACE_DAYS`` before the capped credential ends, sooner than the interval asks."""
+    (:func:`require_interval_fits`, 400 ``rotation-interval-exceeds-policy``), a policy whose ``maxLifetime`` leaves
+    a new credential less than ``MIN_ROOM`` (review sweeps 1). A cap that fits no interval but leaves that much is
+    not refused (refusing it would let the credential in use run out): the capped credential is rotated again at
+    half its life, at most a day on (``next_rotation``), and one that fits a shorter interval ``GRACE_DAYS`` before
+    it ends."""
     cap = roll.max_lifetime(policy) if policy is not None else None
-    if cap is not None and cap - MARGIN < needed_lifetime(MIN_INTERVAL_DAYS):
+    if cap is not None and cap - MARGIN < MIN_ROOM:
         require_interval_fits(roll, policy, interval_days)

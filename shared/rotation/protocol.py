@@ -97,7 +97,6 @@ FIRST_BACKOFF = timedelta(minutes=5)
 MAX_BACKOFF = timedelta(days=1)
 # After a rotation, the next is never due sooner than half the new credential's lifetime, within these bounds
 # (``next_rotation``): whatever its end, a rotation cannot make itself due again at once (review sweeps 1).
-RENEWAL_FLOOR_MIN = timedelta(hours=1)
 RENEWAL_FLOOR_MAX = timedelta(days=1)
 MARKER_PREFIX = "app-connections"
 CLEAN_UP = "rotation.clean-up"  # the audit action of the sweep's clean-up of an application a connection left
@@ -680,7 +679,7 @@ class Rotator(Journaled):
         async def point(key: str | None) -> ConnectionRecord:
             def still(current: ConnectionRecord) -> bool:
                 state = current.rotation
-                return (current.status == STATUS_DELETING and not state.leased(self.now())
+                return (current.status == STATUS_DELETING and state.left_marked(self.now())
                         and state.schedule_key in (old_key, key))
 
             try:
@@ -1303,17 +1302,17 @@ def next_rotation(schedule: RotationSchedule | None, since: datetime, expires: d
     """The schedule's next due time after ``since`` (the last rotation), but never later than the grace period
     before the credential in use ends (``expires``: a policy may have capped its lifetime below two intervals, or
     the interval grown since it was made). That grace term is never sooner than a floor after ``since``: half the
-    credential's lifetime from then, at least ``RENEWAL_FLOOR_MIN`` and at most ``RENEWAL_FLOOR_MAX``. A credential
-    whose end leaves no grace period (its policy's cap fits no interval: the rotation refuses that before adding
-    one, ``require_room_to_rotate``) would otherwise be due again at once, at every sweep. Capped at a day, the
-    floor moves no due time the rules give: the schedule's own is never lifted, and a rotation's capped credential
-    is due a day after it at the soonest."""
+    credential's remaining life from then (never past its end), at most ``RENEWAL_FLOOR_MAX``. A credential whose
+    end leaves no grace period (its policy's cap fits no interval) would otherwise be due again at once, at every
+    sweep; a rotation gives one at least ``MIN_ROOM`` of life (``require_room_to_rotate``), so at least an hour
+    passes before the next. Capped at a day, the floor moves no due time the rules give: the schedule's own is
+    never lifted, and a rotation's capped credential is due a day after it at the soonest."""
     if schedule is None:
         return None
     due = schedule.next_due(since)
     if expires is None:
         return due
-    floor = since + min(max((expires - since) / 2, RENEWAL_FLOOR_MIN), RENEWAL_FLOOR_MAX)
+    floor = since + min(max((expires - since) / 2, timedelta(0)), RENEWAL_FLOOR_MAX)
     return min(due, max(expires - timedelta(days=GRACE_DAYS), floor))
 
 

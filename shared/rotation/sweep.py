@@ -109,7 +109,7 @@ async def _rotate_due(rotator: Rotator, entry: DueEntry, report: SweepReport) ->
         # Nothing runs on it until a DELETE ends that state, which may never be sent again (its 502 said to): left
         # due, its entry would be read first by every sweep and, with enough of them, keep every other due entry
         # from being read (review sweeps 6). Moved forward, unless a DELETE holds it now (it ends soon, either way).
-        if not state.leased(rotator.now()):
+        if state.left_marked(rotator.now()):
             await rotator.put_off(record, rotator.now() + PUT_OFF)
         report.skipped += 1
         return

@@ -25,8 +25,16 @@ from shared.errors import (
 )
 from shared.records import ConnectionRecord
 from shared.rotation.protocol import connection_marker
-from tests.fakes import FakeVault
-from tests.lifecycle_harness import APP, ROTATION, Harness, fails_once, overtaken_at, own_etag
+from tests.fakes import FakeVault, build_fakes
+from tests.lifecycle_harness import (
+    APP,
+    ROTATION,
+    Harness,
+    delete_once_the_refusal_holds,
+    fails_once,
+    overtaken_at,
+    own_etag,
+)
 
 
 async def stops_and_says_to_send_it_again(h: Harness, connection_id: str, force: bool = False) -> None:
@@ -34,26 +42,6 @@ async def stops_and_says_to_send_it_again(h: Harness, connection_id: str, force:
     with pytest.raises(ServiceError) as stopped:
         await h.api.delete(APP, connection_id, force=force)
     assert stopped.value.status == 502 and "send the DELETE again" in stopped.value.detail
-
-
-async def delete_once_the_refusal_holds(h: Harness, connection_id: str) -> Any:
-    """A DELETE whose last removal, of the credential in use, was sent without an answer: Entra's refusal of that
-    credential counts as its removal only once it still comes ``REMOVAL_CONFIRMATION_SECONDS`` after the first (a
-    part of Entra ID not yet reached by a new credential refuses it too). Until then: a 409 with Retry-After, the
-    connection still marked."""
-    with pytest.raises(CredentialsLeftLive) as unconfirmed:
-        await h.api.delete(APP, connection_id)
-    window = h.fakes.adapters.settings.removal_confirmation_seconds
-    assert unconfirmed.value.headers["Retry-After"] == str(int(window))
-    assert "send the DELETE again" in unconfirmed.value.detail
-    marked = await h.record(connection_id)
-    assert marked is not None and marked.status == "deleting" and marked.rotation.removing_refused_at is not None
-    h.fakes.clock.advance(timedelta(seconds=window - 1))
-    with pytest.raises(CredentialsLeftLive) as still:  # not yet: the wait counts from the first refusal
-        await h.api.delete(APP, connection_id)
-    assert still.value.headers["Retry-After"] == "1"
-    h.fakes.clock.advance(timedelta(seconds=1))
-    return await h.api.delete(APP, connection_id)
 
 
 async def test_delete_removes_every_secret_the_service_created_and_lists_them() -> None:
@@ -1673,3 +1661,13 @@ async def test_a_forced_delete_lists_a_credential_in_use_whose_removal_is_not_co
     forced = await h.api.delete(APP, record.id, force=True)  # at once: Entra's refusal is not proof yet
     assert (forced.removed_key_ids, forced.key_ids_left_live) == ([], [record.rotation.key_id])
     assert await h.record(record.id) is None
+
+
+async def test_with_no_confirmation_window_a_refusal_of_the_credential_whose_removal_was_sent_is_its_removal() -> None:
+    """``REMOVAL_CONFIRMATION_SECONDS=0``: the wait is off (review of the fidelity fixes, 6)."""
+    h = Harness(fakes=build_fakes({"REMOVAL_CONFIRMATION_SECONDS": "0"}))
+    record = await h.create()
+    h.fakes.world.fail_next("graph.removal.lost")
+    await stops_and_says_to_send_it_again(h, record.id)
+    deleted = await h.api.delete(APP, record.id)
+    assert (deleted.removed_key_ids, deleted.key_ids_left_live) == ([record.rotation.key_id], [])

@@ -17,6 +17,7 @@ import pytest
 
 from shared.errors import (
     CredentialRejected,
+    CredentialsLeftLive,
     InvalidRequest,
     RotationInProgress,
     ServiceError,
@@ -30,7 +31,16 @@ from shared.records import MIGRATION_STEPS, ConnectionRecord
 from shared.rotation.protocol import Checkpoint
 from tests import fakes
 from tests.fakes import IDENTITY_PRINCIPAL_ID, TENANT, build_fakes
-from tests.lifecycle_harness import APP, Crash, Harness, fails_once, overtaken_at, own_etag, user_operations
+from tests.lifecycle_harness import (
+    APP,
+    Crash,
+    Harness,
+    delete_once_the_refusal_holds,
+    fails_once,
+    overtaken_at,
+    own_etag,
+    user_operations,
+)
 
 NO_FEDERATION = {"FEDERATION_IDENTITY_CLIENT_ID": "", "FEDERATION_IDENTITY_PRINCIPAL_ID": "",
                  "FEDERATION_IDENTITY_TENANT_ID": ""}
@@ -1624,8 +1634,9 @@ async def test_a_delete_whose_removal_of_the_credential_in_use_went_through_unan
     assert marked is not None and marked.status == "deleting"
     assert (marked.rotation.removing_key_id, marked.rotation.removing_identity) == (credential_id,
                                                                                     IDENTITY_PRINCIPAL_ID)
-    deleted = await h.api.delete(APP, record.id)
+    deleted = await delete_once_the_refusal_holds(h, record.id)  # (review of the fidelity fixes, 1)
     assert deleted.removed_key_ids == [credential_id] and deleted.key_ids_left_live == []
+    assert [r.outcome for r in h.fakes.audit.records if r.action == "credential.remove"][-1] == "confirmed"
     assert await h.record(record.id) is None and h.check() == []
 
 
@@ -1780,3 +1791,27 @@ async def test_a_move_that_leaves_the_credential_to_another_connection_records_i
     [entry] = kept()
     assert entry.connection_id == record.id and other.id in (entry.detail or "") and added in (entry.detail or "")
     assert h.check() == []
+
+
+async def test_a_refusal_right_after_the_removal_of_the_federated_credential_in_use_failed_is_not_its_removal() -> None:
+    """(Review of the fidelity fixes, 1.) The removal failed unmade (a 5xx); the next DELETE's sign-in came to a part
+    of Entra ID the credential, just added by a migration, had not reached (AADSTS70021): it was taken for the
+    removal, and the credential stayed live, tracked by nothing. As for a secret, the refusal must hold
+    ``REMOVAL_CONFIRMATION_SECONDS``; by then the sign-in works, and the removal is made."""
+    h = Harness()
+    record = await migrated(h, await h.create())
+    credential_id = record.rotation.key_id or ""
+    world = h.fakes.world
+    app = world.apps[record.client_id or ""]
+    world.fail_next("graph.fic.remove")  # a 5xx: not made
+    with pytest.raises(ServiceError):
+        await h.api.delete(APP, record.id)
+    world.federation_delay = 1  # one sign-in refused by a part of Entra ID the credential has not reached
+    with pytest.raises(CredentialsLeftLive) as unconfirmed:
+        await h.api.delete(APP, record.id)
+    assert unconfirmed.value.extensions["keyIds"] == [credential_id] and credential_id in app.federated
+    assert h.check() == []
+    h.fakes.clock.advance(timedelta(seconds=h.fakes.adapters.settings.removal_confirmation_seconds))
+    deleted = await h.api.delete(APP, record.id)
+    assert deleted.removed_key_ids == [credential_id] and credential_id not in app.federated
+    assert await h.record(record.id) is None and h.check() == []

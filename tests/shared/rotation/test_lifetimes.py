@@ -189,17 +189,17 @@ async def test_create_and_patch_refuse_an_interval_the_policy_cannot_fit_and_cha
 @pytest.mark.parametrize("method", ["client-secret", "certificate"])
 async def test_a_policy_that_fits_no_interval_fails_the_rotation_before_anything_is_added_and_backs_off(
         method: str) -> None:
-    """(Review sweeps 1.) A policy tightened after rotation was enabled to under 3 days of grace and a day: each
-    rotation succeeded with a credential capped at the policy's limit, whose next rotation was then due at once
-    (3 days before it ends), so every sweep rotated the connection again, every 5 minutes, for ever. The rotation
-    fails instead, before adding anything, with the error configuring such an interval gives; it is recorded, the
-    owner is told, and it backs off as failures do."""
+    """(Review sweeps 1.) A policy tightened after rotation was enabled: each rotation succeeded with a credential
+    capped at the policy's limit, whose next rotation was then due at once (3 days before it ends), so every sweep
+    rotated the connection again, every 5 minutes, for ever. One that leaves a new credential less than ``MIN_ROOM``
+    (2 hours; here 150 minutes less the hour's margin) fails instead, before adding anything, with the error
+    configuring such an interval gives; it is recorded, the owner is told, and it backs off as failures do."""
     h = Harness(method=method)
     record = await rotated(h, interval=30)
     before = h.current_secret(record)
     created = len(h.fakes.world.created)
-    h.fakes.world.tenant_policy = LifetimePolicy("tenant", password_max_lifetime=3 * DAYS,
-                                                 key_max_lifetime=3 * DAYS)
+    h.fakes.world.tenant_policy = LifetimePolicy("tenant", password_max_lifetime=timedelta(minutes=150),
+                                                 key_max_lifetime=timedelta(minutes=150))
     await h.due()
     h.fakes.world.calls.clear()
     told = len(h.fakes.connections.outbox)
@@ -222,7 +222,7 @@ async def test_a_policy_that_fits_no_interval_fails_the_rotation_before_anything
     h.fakes.clock.advance(DAYS)
     with pytest.raises(RotationRefused) as refused:
         await h.api.rotate("azure-client-secrets", record.id)
-    assert refused.value.extensions["maxRotationInterval"] == 0 and refused.value.extensions["maxLifetimeDays"] == 3
+    assert refused.value.extensions["maxRotationInterval"] == 0
     assert len(h.fakes.world.created) == created and h.check() == []
 
 
@@ -242,10 +242,11 @@ async def test_a_policy_that_still_fits_a_shorter_interval_rotates_before_the_gr
 
 async def test_a_credential_that_ends_inside_its_grace_period_all_the_same_is_not_rotated_again_at_once(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """(Review sweeps 1.) Should a rotation ever make such a credential (here the refusal before adding is taken
-    away), the schedule's floor still keeps the sweep from rotating it again at every run: one rotation in the
+    """(Review sweeps 1, and the review of its fix.) A policy of 3 days fits no interval, but refusing it would let
+    the credential in use run out: each rotation makes a credential capped at it, tested before the one in use is
+    revoked, and the schedule's floor keeps the sweep from rotating it again at every run: one rotation in the
     next half hour of sweeps, and the next not before a day."""
-    monkeypatch.setattr("shared.rotation.protocol.require_room_to_rotate", lambda *args: None)
+    del monkeypatch
     h = Harness()
     record = await rotated(h, interval=30)
     h.fakes.world.tenant_policy = LifetimePolicy("tenant", password_max_lifetime=3 * DAYS)
@@ -265,15 +266,15 @@ async def test_a_credential_that_ends_inside_its_grace_period_all_the_same_is_no
 def test_the_next_rotation_is_never_due_sooner_after_a_rotation_than_half_the_credentials_life_within_an_hour_and_a_day(
 ) -> None:
     """(Review sweeps 1.) Whatever path leaves a credential that ends inside its own grace period, the next rotation
-    is not due at once: not sooner than half its life from the rotation, at least an hour, at most a day; a due time
-    the schedule or the grace rule gives later than that is left alone."""
+    is not due at once: not sooner than half its life from the rotation (never past its end), at most a day; a due
+    time the schedule or the grace rule gives later than that is left alone."""
     schedule = RotationSchedule(30, parse_hhmm("03:00"), "UTC")
     since = datetime(2025, 3, 1, 3, 0, tzinfo=UTC)
     hour = timedelta(hours=1)
     assert next_rotation(schedule, since, since + 3 * DAYS - hour) == since + DAYS  # a 3-day policy's secret
     assert next_rotation(schedule, since, since + 30 * hour) == since + 15 * hour
-    assert next_rotation(schedule, since, since + hour) == since + hour
-    assert next_rotation(schedule, since, since - DAYS) == since + hour  # already ended: no loop either
+    assert next_rotation(schedule, since, since + hour) == since + hour / 2  # before it ends (review of the fix)
+    assert next_rotation(schedule, since, since - DAYS) == since  # already ended: due now, not after
     assert next_rotation(schedule, since, since + 4 * DAYS) == since + DAYS  # the grace rule's own: a day
     assert next_rotation(schedule, since, since + 20 * DAYS) == since + 17 * DAYS
     assert next_rotation(schedule, since, since + 63 * DAYS) == since + 30 * DAYS  # the schedule's

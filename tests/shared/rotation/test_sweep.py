@@ -139,7 +139,10 @@ async def test_a_delete_undone_after_the_sweep_put_its_connection_off_points_at_
         during = await h.record(record.id)
         await h.sweep()  # the DELETE holds it: not moved
         assert await h.record(record.id) == during
-        h.fakes.clock.advance(timedelta(minutes=3))  # past the DELETE's lease (120 s)
+        h.fakes.clock.advance(timedelta(minutes=3))  # past the DELETE's lease (120 s), not by LEFT_AFTER: it may
+        await h.sweep()  # still run (a request ends within 230 s; review of the sweeps' fixes, 2): not moved
+        assert await h.record(record.id) == during
+        h.fakes.clock.advance(timedelta(minutes=5))
         await h.sweep()  # moved an hour on
         moved = await h.record(record.id)
         assert moved is not None and moved.rotation.next_at == h.fakes.clock.now + PUT_OFF
@@ -153,7 +156,7 @@ async def test_a_delete_undone_after_the_sweep_put_its_connection_off_points_at_
     back = await h.record(record.id)
     assert back is not None and back.status != "deleting"
     assert entries_of(h, record.id) == [back.rotation.schedule_key] and h.unscheduled() == []
-    assert back.rotation.next_at == marked_at + timedelta(minutes=3) + PUT_OFF
+    assert back.rotation.next_at == marked_at + timedelta(minutes=8) + PUT_OFF
     h.fakes.clock.advance(PUT_OFF)
     await h.sweep()
     rotated = await h.record(record.id)
