@@ -22,6 +22,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from shared.apps import APPS
+from shared.json_codec import iso
 from shared.ports import WEBHOOK_TIMEOUT_SECONDS, Adapters, WebhookStatus
 from shared.records import (
     EXPIRED,
@@ -116,12 +117,21 @@ def unchecked_notices(record: ConnectionRecord, health: HealthState, now: dateti
     row, not the last check that ran), ``UNCHECKED_ALERT_AFTER`` ago or more, is ``health-check-unavailable``, then
     reminded of daily; ``recovered`` when a check runs again and finds it working. An expiry that comes meanwhile
     by date is told as it comes (``credential-expiring`` first, then the unavailability; ``credential-expired``
-    ends it). Else as :func:`health_notices`, without its reminders: only a check that ran reminds of a health
-    state (a failing credential's ``validation-failed-reminder`` would carry this check's message, not the refusal)."""
+    ends it). A credential that does not work is told and reminded of as :func:`health_notices` does, with the last
+    refusal's message (or its end), not this check's."""
     notified = health.notified_status or ""
     told = notified.startswith(UNCHECKED)  # told already: unchecked still, whatever ``since`` says (a record that
     # has none recorded, written before it was: the first check that cannot run counts from now)
-    if health.status not in (HEALTHY, EXPIRING) or (not told and now - since < UNCHECKED_ALERT_AFTER):
+    if health.status not in (HEALTHY, EXPIRING):
+        # A credential that does not work (failing, expired) is reminded of daily all the same, with what is known
+        # of it (the last refusal; its end), never this check's failure: silence would make the worst connections
+        # the quiet ones while checks cannot run (review of the health fixes, 1).
+        known = record.status_message if health.status == FAILING else None
+        if health.status == EXPIRED and health.credential_expires_at is not None:
+            known = f"The credential in use expired at {iso(health.credential_expires_at)}."
+        told_now, after = health_notices(record, health.evolve(message=known) if known else health, now)
+        return told_now, after.evolve(message=health.message)
+    if not told and now - since < UNCHECKED_ALERT_AFTER:
         # Changes only (an expiry by date): a check that could not run reminds of nothing it did not find again.
         return health_notices(record, health, now, remind=False)
     unchecked = f"{UNCHECKED}{health.status}"

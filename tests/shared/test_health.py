@@ -1311,10 +1311,11 @@ async def test_a_check_that_runs_between_two_that_cannot_starts_the_day_of_not_c
     assert "health-check-unavailable" not in _events(h), _events(h)
 
 
-async def test_a_check_that_cannot_run_keeps_an_invalid_connection_s_explanation_and_reminds_of_nothing() -> None:
+async def test_a_check_that_cannot_run_keeps_an_invalid_connection_s_explanation_and_reminds_with_it() -> None:
     """(Review sweeps 3.) A check that could not reach Entra wiped an invalid connection's statusMessage (the
     refusal's AADSTS explanation), moved its lastValidatedAt though nothing was validated, and sent a
-    'validation-failed-reminder' whose message said the check could not be made."""
+    'validation-failed-reminder' whose message said the check could not be made. Its daily reminder comes all the
+    same (review of that fix, 1), with the refusal's message."""
     h = _harness()
     record = await _connection(h, days=300)
     del h.fakes.world.apps[record.client_id or ""].passwords[record.rotation.key_id or ""]  # the owner revokes it
@@ -1333,13 +1334,13 @@ async def test_a_check_that_cannot_run_keeps_an_invalid_connection_s_explanation
     assert (after.status, after.status_message, after.last_validated_at) == (
         "invalid", refused.status_message, refused.last_validated_at)
     assert after.health.status == "failing"
-    assert _events(h) == ["validation-failed"]  # a reminder only from a check that finds it refused again
+    assert _events(h) == ["validation-failed", "validation-failed-reminder"]  # a day on, as ever
+    reminder = json.loads(h.fakes.webhook.received[-1][1])
+    assert reminder["message"] == refused.status_message  # the refusal's, not the check's
     h.fakes.world.clear_faults()
     await _sweep_after(h, timedelta(hours=1, minutes=1))
     await Notifier(h.fakes.adapters).deliver()
-    assert _events(h) == ["validation-failed", "validation-failed-reminder"]
-    reminder = json.loads(h.fakes.webhook.received[-1][1])
-    assert "AADSTS" in (reminder["message"] or "")
+    assert _events(h) == ["validation-failed", "validation-failed-reminder"]  # reminded already today
 
 
 async def test_an_unavailability_told_before_its_first_failure_was_recorded_is_not_taken_for_a_recovery() -> None:
@@ -1680,3 +1681,35 @@ async def test_a_refresh_token_refused_while_a_delete_marks_the_connection_is_an
     with pytest.raises(ServiceError) as refused:
         await h.services().connections.oauth_tokens.refresh_now(app, oauth)
     assert refused.value.status == 409 and refused.value.extensions["connectionStatus"] == "deleting"
+
+
+async def test_a_failing_or_expired_connection_is_reminded_of_daily_while_its_checks_cannot_run() -> None:
+    """(Review of the health fixes, 1.) Keeping a failing connection's message while checks could not run also
+    silenced it: no reminder and no unavailability alert (that is for working ones) for the whole outage, while
+    healthy ones were told. It is reminded of daily, with the last refusal (an expired one with its end), never the
+    failed check's message."""
+    h = _harness()
+    record = await _connection(h, days=300)
+    del h.fakes.world.apps[record.client_id or ""].passwords[record.rotation.key_id or ""]  # its owner revoked it
+    await _sweep_after(h, timedelta(hours=25))
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == ["validation-failed"]
+    refusal = (await h.record(record.id)).status_message  # type: ignore[union-attr]
+    h.fakes.world.fail_next("probe", times=10_000)  # Entra ID or Key Vault out of reach for days
+    for _ in range(3 * 24):
+        await _sweep_after(h, timedelta(hours=1, minutes=1))
+        await Notifier(h.fakes.adapters).deliver()
+    reminders = [json.loads(body) for _, body, _ in h.fakes.webhook.received][1:]
+    assert [r["event"] for r in reminders] == ["validation-failed-reminder"] * 3
+    assert {r["message"] for r in reminders} == {refusal} and "AADSTS" in (refusal or "")
+
+    h = _harness()
+    record = await _connection(h, days=2)
+    h.fakes.world.fail_next("probe", times=10_000)
+    for _ in range(5 * 24):  # it expires by date on the second day
+        await _sweep_after(h, timedelta(hours=1, minutes=1))
+        await Notifier(h.fakes.adapters).deliver()
+    told = [json.loads(body) for _, body, _ in h.fakes.webhook.received]
+    assert "credential-expired" in [t["event"] for t in told]
+    expired_reminders = [t for t in told if t["event"] == "credential-expired-reminder"]
+    assert len(expired_reminders) >= 2 and all("expired at" in t["message"] for t in expired_reminders)
