@@ -199,11 +199,22 @@ class SigningKeys:
 
 
 def _on_host_of(url: str, authority_url: str) -> bool:
-    """``url`` is an https:// URL on the host (and port) of ``authority_url``."""
+    """``url`` is an https:// URL on the host and port of ``authority_url`` (443 when not said; a host name's
+    letters in any case, a final dot or none), with nothing before the host."""
     from urllib.parse import urlsplit
 
-    parts, authority = urlsplit(url), urlsplit(authority_url)
-    return parts.scheme == "https" and bool(parts.netloc) and parts.netloc.lower() == authority.netloc.lower()
+    def origin(raw: str) -> tuple[str, int] | None:
+        parts = urlsplit(raw)
+        try:
+            port = parts.port or 443
+        except ValueError:  # not a port
+            return None
+        if parts.scheme != "https" or not parts.hostname or "@" in parts.netloc:
+            return None
+        return parts.hostname.rstrip(".").lower(), port
+
+    found = origin(url)
+    return found is not None and found == origin(authority_url)
 
 
 def _usable_keys(jwks: Any) -> dict[str, RSAPublicKey]:

@@ -124,6 +124,15 @@ from shared.views import require_app as require_app
 from shared.views import to_response as to_response
 
 log = logging.getLogger(__name__)
+SECRET_FIELDS = ("clientSecret", "privateKey")  # of the credentials a create or a PATCH may paste
+
+
+def _pasted(body: Any) -> list[str]:
+    """The secrets a create's or PATCH's body pastes (``credentials.clientSecret``, ``.privateKey``), as sent."""
+    credentials = body.get("credentials") if isinstance(body, dict) else None
+    if not isinstance(credentials, dict):
+        return []
+    return [value for name in SECRET_FIELDS if isinstance(value := credentials.get(name), str)]
 
 DELETE_LEASE_SECONDS = 120
 
@@ -185,8 +194,7 @@ class ConnectionService:
             expires_on = parsed.not_after
         else:
             material = {"clientSecret": credentials.clientSecret}
-        with handling(*material.values()):  # not stored yet: Entra's refusal, or an SDK's log of it, may quote it
-            await self.probe(app, method, credentials.tenantId, credentials.clientId, material)
+        await self.probe(app, method, credentials.tenantId, credentials.clientId, material)
         return Validated(credentials, material, expires_on)
 
     async def probe(self, app: AppSpec, method: Method, tenant_id: str, client_id: str,
@@ -383,6 +391,10 @@ class ConnectionService:
 
     # -- create ----------------------------------------------------------------------------------------------
     async def create(self, app_id: str, body: Any) -> ConnectionRecord:
+        with handling(*_pasted(body)):  # not stored yet: Entra's refusal, or an SDK's log of it, may quote them
+            return await self._create(app_id, body)
+
+    async def _create(self, app_id: str, body: Any) -> ConnectionRecord:
         app = require_app(app_id)
         request = parse_model(CreateConnectionIn, body)
         method = parse_method(app.methods, request.method)
@@ -486,6 +498,10 @@ class ConnectionService:
                      ) -> ConnectionRecord:
         """Change what ``body`` names. ``if_match``: only if the connection is still at that version (412 else; the
         write is guarded by the ETag of this very read, so no change slips in between)."""
+        with handling(*_pasted(body)):  # not stored yet: Entra's refusal, or an SDK's log of it, may quote them
+            return await self._update(app_id, connection_id, body, if_match)
+
+    async def _update(self, app_id: str, connection_id: str, body: Any, if_match: str | None) -> ConnectionRecord:
         app = require_app(app_id)
         request = parse_model(UpdateConnectionIn, body)
         record = await self.get(app.id, connection_id)

@@ -72,10 +72,10 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str, str], ...] = (
      r"\1\2" + REDACTED + r"\2", ""),
     # Members whose name alone says too little, by the shape of their value (one token of 16 characters or more,
     # not a GUID): a SAS signature ("sig"), a JWK's private parts ("d", "p", "q", "dp", "dq", "qi"; "k" of a
-    # symmetric key) and an authorization code ("code", when not a plain word: Graph's "Authorization_RequestDenied"
-    # stays).
+    # symmetric key) and an authorization code ("code", when not words: Graph's "Authorization_RequestDenied" and
+    # "Request_BadRequest.InvalidValue" stay; Entra's codes have digits).
     (re.compile(r"(" + _QUOTE + r"(?:sig|d|p|q|dp|dq|qi|k|(code))" + _QUOTE + r"\s*:\s*(" + _QUOTE + r"))"
-                r"(?(2)(?=[A-Za-z0-9_]*[.~+/=%-]))"  # a code: not a plain word
+                r"(?(2)(?=[A-Za-z0-9_]*[.~+/=%-])(?=[A-Za-z_.~+/=%-]*[0-9]))"  # a code: not words (with digits)
                 r"(?![0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\3)[A-Za-z0-9_.~+/=%-]{16,}(?=\3)"),
      r"\1" + REDACTED, ""),
     # client_secret='...', refreshToken="...", client_secret: "..." (a keyword argument's or a dataclass's repr,

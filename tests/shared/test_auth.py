@@ -191,6 +191,20 @@ async def test_without_the_auth_settings_there_is_no_open_mode() -> None:
     assert "AUTH_TENANT_ID" in refused.value.detail
 
 
+@pytest.mark.parametrize(("authority", "jwks_uri"), [
+    ("https://login.example:443", f"https://login.example/{TENANT}/discovery/v2.0/keys"),
+    ("https://login.example", f"https://LOGIN.example:443/{TENANT}/discovery/v2.0/keys"),
+    ("https://login.example", f"https://login.example./{TENANT}/discovery/v2.0/keys"),
+])
+def test_the_authority_s_own_host_is_recognised_however_its_port_and_case_are_written(authority: str,
+                                                                                      jwks_uri: str) -> None:
+    """(Review of the outbound fixes, 3.) ``AZURE_AUTHORITY_HOST=https://login.microsoftonline.com:443`` refused
+    Entra's own key set, whose URL names no port: every token was then refused."""
+    from shared.auth import _on_host_of
+
+    assert _on_host_of(jwks_uri, f"{authority}/{TENANT}/v2.0/.well-known/openid-configuration")
+
+
 @pytest.mark.parametrize("jwks_uri", [
     f"http://login.example/{TENANT}/discovery/v2.0/keys",  # in clear text: anyone on the way serves keys
     f"https://keys.elsewhere.example/{TENANT}/discovery/v2.0/keys",

@@ -1671,3 +1671,25 @@ async def test_with_no_confirmation_window_a_refusal_of_the_credential_whose_rem
     await stops_and_says_to_send_it_again(h, record.id)
     deleted = await h.api.delete(APP, record.id)
     assert (deleted.removed_key_ids, deleted.key_ids_left_live) == ([record.rotation.key_id], [])
+
+
+async def test_a_secret_pasted_into_a_create_is_redacted_from_what_the_request_logs_until_it_ends(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review of the secret fixes, 6.) Only the first sign-in redacted the pasted secret; the later ones of the
+    same request (reading its Key ID on the application, the policy check) logged it as any other text."""
+    from shared.redaction import redact
+    from tests.fakes import FakeGraph
+
+    h = Harness()
+    _, credentials = h.new_application()
+    secret = credentials["clientSecret"]
+    seen: list[str] = []
+
+    async def logs() -> None:
+        seen.append(redact(f"Graph read for a secret '{secret}'"))
+
+    ran = overtaken_at(monkeypatch, FakeGraph, "find", 1, logs)  # reading the application, after the sign-in
+    await h.api.create(APP, {"name": "pasted", "method": "client-secret", "credentials": credentials,
+                             "isAutoRotationEnabled": True, "rotation": ROTATION})
+    assert ran.ran and seen == ["Graph read for a secret '[REDACTED]'"]
+    assert redact(secret) == secret  # after it, not for other requests (the fakes' vault registers nothing)

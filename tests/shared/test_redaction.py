@@ -498,3 +498,12 @@ async def test_the_vault_registers_the_secret_fields_it_reads_and_writes_but_not
     assert redaction._registered.values == {}  # kept apart from what requests register
     assert set(redaction._stored.values) == {key, json.dumps(key)[1:-1], CLIENT_SECRET}
     assert redact(f"cert {certificate}") == f"cert {certificate}"
+
+
+def test_an_error_code_of_words_with_a_dot_is_not_taken_for_an_authorization_code() -> None:
+    """(Review of the redaction fixes, 6.) Graph's ``Request_BadRequest.InvalidValue`` was redacted; an
+    authorization code has digits."""
+    from shared.redaction import redact
+
+    assert redact('{"code": "Request_BadRequest.InvalidValue"}') == '{"code": "Request_BadRequest.InvalidValue"}'
+    assert redact('{"code": "0.AXoAq3Lm-9xTzK8vN2wPbR.c7Yd"}') == '{"code": "[REDACTED]"}'
