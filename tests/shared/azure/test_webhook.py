@@ -99,3 +99,29 @@ async def test_a_429_or_503_answer_carries_the_receiver_s_wait(receiver: Any, st
     answered = await _post(await receiver(handler))
     assert answered == status
     assert getattr(answered, "retry_after", None) == wait
+
+
+async def test_a_delivery_is_a_client_span_naming_the_receiver_s_origin_only_and_sends_the_trace_on(
+        receiver: Any, exporter: Any) -> None:
+    """(Review of telemetry, 1.) The POST made no span: failed deliveries never showed among the dependencies, and
+    the receiver could not join the trace. The span's URL is the origin alone: a workflow's URL carries its
+    secret in its path and query."""
+    from aiohttp import web as aioweb
+
+    seen: list[str | None] = []
+
+    async def handler(request: aioweb.Request) -> aioweb.Response:
+        seen.append(request.headers.get("traceparent"))
+        return aioweb.Response(status=503)
+
+    url = await receiver(handler)
+    secret_url = url + "?sig=S3cr3tS1gnature"  # the path (here /hook) may carry a secret too
+    async with ClientSession() as session:
+        status = await HttpWebhook(_Clients(session)).post(secret_url, b"{}", {})  # type: ignore[arg-type]
+    assert status == 503
+    [span] = [s for s in exporter.get_finished_spans() if s.attributes.get("upstream") == "webhook"]
+    assert span.kind.name == "CLIENT" and span.attributes["http.response.status_code"] == 503
+    assert span.status.status_code.name == "ERROR"
+    assert span.attributes["url.full"] == url.rsplit("/hook", 1)[0] + "/"
+    assert not [v for v in span.attributes.values() if "S3cr3t" in str(v) or "/hook" in str(v)]
+    assert seen and seen[0] and seen[0].split("-")[1] == format(span.context.trace_id, "032x")

@@ -554,3 +554,17 @@ async def test_an_sdk_call_still_throttled_when_the_retries_run_out_is_a_503_wit
     assert response.status_code == 503, response.get_body()
     assert response.headers.get("Retry-After") == wait
     assert json.loads(response.get_body())["type"].endswith("upstream-throttled")
+
+
+async def test_a_handler_that_raises_leaves_a_server_span_saying_500(exporter) -> None:  # type: ignore[no-untyped-def]
+    """(Review of telemetry, 7.) The worker answers 500; the span said nothing of a status code."""
+    from shared.functions.http import traced
+
+    @traced
+    async def handler(req):
+        raise KeyError("a defect")
+
+    with pytest.raises(KeyError):
+        await handler(func.HttpRequest(method="GET", url="https://x.example/a", headers={}, params={}, body=b""))
+    [span] = [s for s in exporter.get_finished_spans() if s.kind.name == "SERVER"]
+    assert span.attributes["http.response.status_code"] == 500 and span.status.status_code.name == "ERROR"
