@@ -45,10 +45,10 @@ from shared.errors import (
 )
 from shared.expiry import REFRESH_TOKEN_LIFETIME, fresh_health, redated, status_of
 from shared.federation import (
-    NO_MATCH_CODES,
     explain,
     federation_identity,
     refuse_service_application,
+    refused_as_removed,
     require_identity,
 )
 from shared.fields import page_size
@@ -959,8 +959,10 @@ class ConnectionService:
                         progress: Removals) -> bool:
         """A DELETE's removals that failed once the journal said the last one, of the credential in use, was sent
         (``removing_key_id``, by this DELETE or an earlier one; nothing else is left to remove by then). That
-        credential refused by Entra as unknown (``CREDENTIAL_UNKNOWN``; a certificate, unexpired) means the removal
-        went through (or the user revoked it): the removals are done (True). An expired secret (AADSTS7000222) is
+        credential refused by Entra as a removal leaves it (:meth:`_refusal_means_removed`), and still refused
+        ``REMOVAL_CONFIRMATION_SECONDS`` after the first such refusal (journaled: ``removing_refused_at``; until then
+        a 409 with Retry-After, or, forced, the credential listed as left live), means the removal went through (or
+        the user revoked it): the removals are done (True). An expired secret (AADSTS7000222) is
         still on the application, and a refusal for another reason (the application disabled, a Conditional Access
         policy) tells nothing, nor does a vault version that a forced DELETE cleaned up: as before the journal
         (False). An answer that did not come (a 5xx, a timeout) leaves its outcome unknown: the
@@ -1026,9 +1028,7 @@ class ConnectionService:
         service's identity (``NO_MATCH_CODES``) while the service still has the identity it named when sent."""
         state = record.rotation
         if record.method == Method.FEDERATED:
-            identity = federation_identity(self.adapters.settings)
-            return (code in NO_MATCH_CODES and identity is not None
-                    and state.removing_identity == identity.principal_id)
+            return refused_as_removed(federation_identity(self.adapters.settings), code, state.removing_identity)
         expires = record.health.credential_expires_at
         return code in CREDENTIAL_UNKNOWN and not (
             code == "AADSTS700027" and (expires is None or expires <= self.now()))

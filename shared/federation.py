@@ -93,6 +93,13 @@ def require_identity(settings: Settings, pointer: str = "/method") -> Federation
     return identity
 
 
+def refused_as_removed(identity: FederationIdentity | None, code: str | None, sent_as: str | None) -> bool:
+    """A sign-in at an application, refused with ``code``, after the removal of the federated credential the service
+    added there was sent while it named the identity ``sent_as``: none matches the service's identity any more
+    (``NO_MATCH_CODES``), and the service still has that identity (under another, the refusal proves nothing)."""
+    return code in NO_MATCH_CODES and sent_as is not None and identity is not None and sent_as == identity.principal_id
+
+
 SERVICE_APPLICATION = ("A federated connection cannot sign in as one of this service's own applications (its API "
                        "registration, OAuth clients or managed identity).")
 

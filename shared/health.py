@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from shared.apps import Method, find_app
@@ -41,6 +41,7 @@ from shared.records import (
     EXPIRING,
     FAILING,
     HEALTHY,
+    PUT_OFF,
     STATUS_ACTIVE,
     STATUS_DELETING,
     STATUS_INVALID,
@@ -58,12 +59,10 @@ CHECK = "connection.check-health"  # the audit action, as POST .../health record
 # timeout (shared.notify.SEND_TIMEOUT_SECONDS, 15 s) fits, so this leaves room for one that hangs, after a few quick.
 REQUEST_DELIVERY_BUDGET = 20.0
 
-# A due check skipped for a lasting reason (its connection left marked as being deleted) moves this far on: left due
-# where it was, such entries (read oldest first) would in time fill every sweep's read and starve the other checks.
-PUT_OFF = timedelta(hours=1)
 
 # How bad a status is (status_of's order): an unchecked credential's known expiry only ever makes it worse.
 _SEVERITY = {EXPIRING: 1, FAILING: 2, EXPIRED: 3}
+
 
 def _unchecked_since(record: ConnectionRecord, now: datetime) -> datetime:
     """Since when a check that could not run ``now`` has not been able to: the first of those in a row, as recorded

@@ -87,6 +87,10 @@ TRIGGERS = ("enable", "schedule", "manual", "credential-change", "resume", "migr
 
 
 LEFT_AFTER = timedelta(minutes=5)  # see RotationState.left_marked
+# How far a sweep (rotation or health) moves the due entry of a connection left marked as being deleted: out of the
+# way of the other due entries (read oldest first, they would in time fill every sweep's read), and soon enough that
+# one whose DELETE is undone is rotated and checked within the hour.
+PUT_OFF = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -124,8 +128,8 @@ class RotationState:
     # federated credential matches means the removal went through.
     removing_identity: str | None = None
     # When Entra ID first refused that credential once its removal was sent: a refusal proves the removal only when
-    # it still comes REMOVAL_PROPAGATION later (a credential just added can be refused by a part of Entra ID it has
-    # not reached yet).
+    # it still comes REMOVAL_CONFIRMATION_SECONDS later (a credential just added can be refused by a part of Entra ID
+    # it has not reached yet).
     removing_refused_at: datetime | None = None
     # Credentials the service created on the application the connection used before its credentials were
     # changed, still to be removed (with that application's credential, kept in this vault version).

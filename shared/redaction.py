@@ -211,7 +211,7 @@ def handling(*values: str) -> AbstractContextManager[None]:
     redacted from what it (and the tasks and threads it starts) logs meanwhile. They are never registered for
     everyone: a value nobody has proved to be a secret must not blind other requests' records."""
     forms = frozenset(form for value in values if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH
-                      for form in (value, json.dumps(value)[1:-1]))
+                      for form in _forms(value))
     return scoped(_handled, _handled.get() | forms)
 
 

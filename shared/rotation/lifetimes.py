@@ -5,8 +5,8 @@ Before a password or key is added, the effective policy is read (the application
 (403) proceeds without a cap. The new credential's end (2 x interval + grace) is capped at ``maxLifetime`` less
 a margin for clock skew. An interval whose credential could not outlive the next rotation plus the grace
 period under that cap is refused when rotation is configured (:func:`require_interval_fits`); at rotation time, a
-cap that fits no interval at all (its credential would be due for renewal at once) fails the attempt with that
-same error before anything is added (:func:`require_room_to_rotate`).
+cap that leaves a new credential less than ``MIN_ROOM`` fails the attempt with that same error before anything is
+added (:func:`require_room_to_rotate`).
 Should Graph still answer ``CredentialInvalidLifetimeAsPerAppPolicy`` (a policy changed, or one the credential
 cannot read), the rotator reads the policy again and retries once within it, or with the shortest lifetime
 that still outlives the next rotation; and fails with a message that says what to change.

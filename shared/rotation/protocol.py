@@ -55,7 +55,7 @@ from shared.errors import (
     failed_upstream,
 )
 from shared.expiry import status_of
-from shared.federation import NO_MATCH_CODES, federation_identity
+from shared.federation import federation_identity, refused_as_removed
 from shared.json_codec import iso
 from shared.notify import health_notices, rotation_failed
 from shared.ports import AppRegistration, GraphSession, Lost, ScheduleStore
@@ -95,7 +95,7 @@ log = logging.getLogger(__name__)
 
 FIRST_BACKOFF = timedelta(minutes=5)
 MAX_BACKOFF = timedelta(days=1)
-# After a rotation, the next is never due sooner than half the new credential's lifetime, within these bounds
+# After a rotation, the next is never due sooner than half the new credential's lifetime, nor later than this
 # (``next_rotation``): whatever its end, a rotation cannot make itself due again at once (review sweeps 1).
 RENEWAL_FLOOR_MAX = timedelta(days=1)
 MARKER_PREFIX = "app-connections"
@@ -875,8 +875,7 @@ class Rotator(Journaled):
             code = refused.extensions.get("aadstsCode")
             if code in TRUST_GONE:
                 return []
-            if code in NO_MATCH_CODES and sent_as is not None and identity is not None \
-                    and sent_as == identity.principal_id:
+            if refused_as_removed(identity, code, sent_as):
                 log.info("Connection %s: the federated credential %s, whose removal was sent, no longer signs in at "
                          "application %s; its clean-up is done", record.id, credential_id, record.client_id)
                 await self.audit.record(

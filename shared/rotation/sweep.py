@@ -13,22 +13,17 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, timedelta
+from datetime import UTC
 
 from shared import telemetry
 from shared.errors import AuditUnavailable, LeaseLost, NotFound, ServiceError
 from shared.ports import DueEntry
-from shared.records import MIGRATION_STEPS, STATUS_DELETING, ConnectionRecord
+from shared.records import MIGRATION_STEPS, PUT_OFF, STATUS_DELETING, ConnectionRecord
 from shared.rotation.migration import Migrator
 from shared.rotation.pacing import paced_fan_out
 from shared.rotation.protocol import Rotator, only_the_clean_up_due
 
 log = logging.getLogger(__name__)
-
-# How far the sweep moves the entry of a connection it skips for a lasting reason (one left marked as being deleted):
-# out of the way of the other due entries, and soon enough that one whose DELETE is undone is rotated within the hour.
-PUT_OFF = timedelta(hours=1)
-
 
 @dataclass
 class SweepReport:
@@ -108,7 +103,7 @@ async def _rotate_due(rotator: Rotator, entry: DueEntry, report: SweepReport) ->
     if record.status == STATUS_DELETING:
         # Nothing runs on it until a DELETE ends that state, which may never be sent again (its 502 said to): left
         # due, its entry would be read first by every sweep and, with enough of them, keep every other due entry
-        # from being read (review sweeps 6). Moved forward, unless a DELETE holds it now (it ends soon, either way).
+        # from being read (review sweeps 6). Moved forward, unless a DELETE may still be at work on it (left_marked).
         if state.left_marked(rotator.now()):
             await rotator.put_off(record, rotator.now() + PUT_OFF)
         report.skipped += 1

@@ -19,14 +19,19 @@ BASE = "/api/v1/app-connections"
 APP = "azure-key-vault"
 
 
-def test_a_refused_credential_is_failing_summarised_and_notified_once(
-        api: httpx.Client, admin: Any, local_env: Any, secrets_used: Any) -> None:
+def _connected(api: httpx.Client, admin: Any, secrets_used: Any, prefix: str) -> tuple[Any, dict[str, Any]]:
+    """A new application and a client-secret connection to it (created: 201): the application and the connection."""
     entra = register_app(admin, secrets_used)
     created = api.post(f"{BASE}/{APP}", json={
-        "name": f"health-{uuid.uuid4().hex[:8]}", "method": "client-secret",
+        "name": f"{prefix}-{uuid.uuid4().hex[:8]}", "method": "client-secret",
         "credentials": entra.client_secret_body(clientSecretKeyId=entra.key_id)})
     assert created.status_code == 201, created.text
-    connection = created.json()["appConnection"]
+    return entra, created.json()["appConnection"]
+
+
+def test_a_refused_credential_is_failing_summarised_and_notified_once(
+        api: httpx.Client, admin: Any, local_env: Any, secrets_used: Any) -> None:
+    entra, connection = _connected(api, admin, secrets_used, "health")
     assert connection["health"]["status"] == "healthy"
     assert connection["health"]["checkedAt"]
     admin.clear_webhook_deliveries()
@@ -84,12 +89,7 @@ def test_entra_s_refusal_is_passed_on_without_a_secret_it_quotes(
     """(Review of secret hygiene, 1 and 2.) Entra's words went as they came into the problem, the health message,
     the Connections table and the webhook's notice; and a secret pasted into a create, refused, was in no one's
     list of secrets, so the SDK's log of the refusal kept it. The last test of the suite scans tables and logs."""
-    entra = register_app(admin, secrets_used)
-    created = api.post(f"{BASE}/{APP}", json={
-        "name": f"quoted-{uuid.uuid4().hex[:8]}", "method": "client-secret",
-        "credentials": entra.client_secret_body(clientSecretKeyId=entra.key_id)})
-    assert created.status_code == 201, created.text
-    connection = created.json()["appConnection"]
+    entra, connection = _connected(api, admin, secrets_used, "quoted")
     admin.clear_webhook_deliveries()
     admin.set_faults([_quoting(entra.tenant_id, entra.client_secret)])
     checked = api.post(f"{BASE}/{APP}/{connection['id']}/health")
