@@ -21,6 +21,7 @@ from shared.apps import AppSpec, Method, method_spec
 from shared.audit import STARTED, acting_actor, current
 from shared.auth import ROLE_PREFIX, WRITER, granted_apps
 from shared.credentials import parse_certificate_async
+from shared.due_index import reindex
 from shared.errors import (
     ConcurrentChange,
     CredentialRejected,
@@ -101,7 +102,6 @@ from shared.rotation.protocol import (
     Rotator,
     clean_up_forgotten,
     connection_marker,
-    reindex,
     removes_in_use,
     retire_waiting,
     retires_in_use,

@@ -23,6 +23,7 @@ from typing import Any
 from shared.apps import Method, find_app
 from shared.audit import HEALTH_RUNNER, STARTED, RequestContext, acting
 from shared.connections import ConnectionService
+from shared.due_index import health_key, reindex
 from shared.errors import (
     AuditUnavailable,
     ConcurrentChange,
@@ -243,25 +244,25 @@ class HealthChecker:
         return checked
 
     async def _put_off(self, record: ConnectionRecord, entry: DueEntry) -> None:
-        """Move a due entry skipped for a lasting reason ``PUT_OFF`` on, as a check moves its entry: the new entry
-        first, then the record that points at it (ETag-guarded), then the old entry dropped. Whatever fails between
-        leaves one entry the record points at, and one it does not, which a sweep drops as stale."""
-        index = self.adapters.health_index
+        """Move a due entry skipped for a lasting reason ``PUT_OFF`` on, under the index's rules (:func:`reindex`):
+        the new entry first, then the record pointed at it (ETag-guarded), then the entry it no longer points at
+        dropped. A record changed meanwhile (a DELETE sent again, or undone) keeps the entry it points at; one
+        deleted meanwhile points at neither."""
+        store = self.adapters.connections
         due = self.adapters.clock() + PUT_OFF
-        key = await index.put(due, record.app, record.id)
-        try:
-            await self.adapters.connections.update(record.evolve(
-                health=record.health.evolve(next_check_at=due, check_key=key)))
-        except ConcurrentChange:  # changed meanwhile (a DELETE sent again, or undone); or its own write, answer lost
+
+        async def point(key: str | None) -> ConnectionRecord:
             try:
-                fresh: ConnectionRecord | None = await self.adapters.connections.get(record.app, record.id)
-            except NotFound:
-                fresh = None
-            if fresh is None or fresh.health.check_key != key:
-                await index.remove(key)  # the record keeps the entry it points at
-                return
-        await index.remove(entry.key)
-        log.info("Health check of %s connection %s put off to %s", record.app, record.id, due)
+                return await store.update(record.evolve(health=record.health.evolve(next_check_at=due, check_key=key)))
+            except ConcurrentChange:  # changed meanwhile; or its own write, landed with its answer lost
+                try:
+                    return await store.get(record.app, record.id)
+                except NotFound:
+                    return record.evolve(health=record.health.evolve(check_key=None))
+
+        pointed = await reindex(self.adapters.health_index, entry.key, due, record, point, key_of=health_key)
+        if pointed.health.next_check_at == due:
+            log.info("Health check of %s connection %s put off to %s", record.app, record.id, due)
 
     # -- the sweep ----------------------------------------------------------------------------------------
     async def sweep(self, *, max_concurrency: int = 8, budget_seconds: float = 240.0, limit: int = 1000,

@@ -37,6 +37,7 @@ from collections.abc import Mapping
 
 from shared import audit
 from shared.apps import Method, find_app
+from shared.due_index import reindex
 from shared.errors import (
     ConcurrentChange,
     CredentialRejected,
@@ -79,7 +80,6 @@ from shared.rotation.protocol import (
     backoff,
     connection_marker,
     next_rotation,
-    reindex,
     remove_rolled,
     schedule_of,
 )

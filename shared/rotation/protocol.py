@@ -38,6 +38,7 @@ from datetime import UTC, datetime, timedelta
 
 from shared import telemetry
 from shared.apps import Method, find_app
+from shared.due_index import reindex
 from shared.errors import (
     ConcurrentChange,
     CredentialExpired,
@@ -58,7 +59,7 @@ from shared.expiry import status_of
 from shared.federation import federation_identity, refused_as_removed
 from shared.json_codec import iso
 from shared.notify import health_notices, rotation_failed
-from shared.ports import AppRegistration, GraphSession, Lost, ScheduleStore
+from shared.ports import AppRegistration, GraphSession, Lost
 from shared.records import (
     BEGUN,
     CREATED,
@@ -1183,22 +1184,6 @@ def removes_in_use(record: ConnectionRecord) -> bool:
     created something there (``managed``), a rotation is under way, or the clean-up journaled is of that one."""
     state = record.rotation
     return state.managed or state.rotation_id is not None or retires_in_use(record)
-
-
-async def reindex(index: ScheduleStore, old_key: str | None, due: datetime | None, record: ConnectionRecord,
-                  point: Callable[[str | None], Awaitable[ConnectionRecord]]) -> ConnectionRecord:
-    """Move a connection's entry in a due-time index: index the new due time first (none when ``due`` is None),
-    then point the connection at it (``point``, which returns the record as it is now), then drop the entry the
-    connection no longer points at. When ``point`` could not adopt the new entry (another write won), the entry
-    the connection still points at is kept and the new one dropped: an entry is removed only once nothing points
-    at it, so a connection is never left without one. A crash in between leaves at most a stale entry, which the
-    sweep that reads it drops."""
-    key = await index.put(due, record.app, record.id) if due else None
-    pointed = await point(key)
-    adopted = pointed.rotation.schedule_key
-    for unused in {old_key, key} - {adopted, None}:
-        await index.remove(unused)
-    return pointed
 
 
 RETIRE_WAITING = "The credentials the service created on the previous application could not be removed yet"

@@ -433,6 +433,29 @@ async def test_an_entry_put_off_whose_write_meets_a_change_or_loses_its_answer_i
     assert moved == (meets == "its own write, its answer lost")
 
 
+async def test_an_entry_put_off_while_its_connection_is_deleted_leaves_no_entry_behind() -> None:
+    """The put-off follows the index's rules (``due_index.reindex``), as the rotation schedule's does: a connection
+    deleted while its entry moves points at neither entry, and both go (none is left for a sweep to find stale)."""
+    from shared.errors import ConcurrentChange
+
+    h = _harness()
+    record = await _connection(h, days=365)
+    key = (record.app, record.id)
+    h.fakes.connections.records[key] = h.fakes.connections.records[key].evolve(status="deleting")
+    h.fakes.clock.advance(timedelta(days=1, minutes=5))
+    update = h.fakes.connections.update
+
+    async def deleted_meanwhile(target, *args, **kwargs):  # type: ignore[no-untyped-def]
+        h.fakes.connections.update = update  # type: ignore[method-assign]
+        del h.fakes.connections.records[key]  # the DELETE sent again finished first
+        raise ConcurrentChange("the record is gone")
+
+    h.fakes.connections.update = deleted_meanwhile  # type: ignore[method-assign]
+    await _checker(h).sweep()
+    assert key not in h.fakes.connections.records
+    assert [k for k in h.fakes.health_index.keys if record.id in k] == []
+
+
 async def test_an_unchecked_credential_still_turns_expiring_then_expired_on_its_known_date() -> None:
     h = _harness()
     record = await _connection(h, days=40)

@@ -1,7 +1,7 @@
 """The due-time indexes (rotation schedule, health checks) and the records that point at them: an entry is removed
 only once nothing points at it, and a journal step written again over a concurrent write keeps the entry that
 write made, so a write that lands while a change moves a connection's due time never leaves the connection
-unscheduled or unchecked (``protocol.reindex``, ``ConnectionService``'s schedule update, the journals' steps),
+unscheduled or unchecked (``due_index.reindex``, ``ConnectionService``'s schedule update, the journals' steps),
 against in-memory fakes."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from datetime import timedelta
 
 import pytest
 
+from shared.due_index import reindex
 from shared.health import HealthChecker
 from shared.records import ConnectionRecord
-from shared.rotation.protocol import reindex
 from tests.lifecycle_harness import APP, ROTATION, Harness, user_operations
 
 
