@@ -432,6 +432,13 @@ def _recording_span(name: str, attributes: Attributes | None, kind: str, parent:
 
 
 def _error_type(error: BaseException) -> str:
+    """A client span's ``error.type``: the qualified class name of what failed. azure-core wraps a transport's
+    failure (``ServiceRequestError``, ``ServiceResponseError``) around the one that happened, kept as its
+    ``inner_exception``: the cause is named (aiohttp's connector error, a timeout), not the wrapper every transport
+    failure shares."""
+    inner = getattr(error, "inner_exception", None)
+    if isinstance(inner, BaseException) and inner is not error:
+        error = inner
     kind = type(error)
     return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 

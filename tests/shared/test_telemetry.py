@@ -104,6 +104,20 @@ def test_a_span_records_the_error_type_but_not_its_message(exporter):
     assert span.events == ()  # no exception event: its message could quote a request
 
 
+def test_a_failed_azure_call_names_its_cause_not_the_sdks_wrapper(exporter):
+    """azure-core raises a transport's failure as ``ServiceRequestError`` with the failure as its
+    ``inner_exception``: every dropped connection, refused connection and timeout would share one ``error.type``."""
+    from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+
+    for wrapped, cause in ((ServiceRequestError, ConnectionRefusedError), (ServiceResponseError, TimeoutError)):
+        with pytest.raises(wrapped), telemetry.client_span("GET", "https://example.test/a"):
+            raise wrapped("the transport failed", error=cause("refused"))
+    with pytest.raises(ServiceRequestError), telemetry.client_span("GET", "https://example.test/b"):
+        raise ServiceRequestError("no cause kept")
+    assert [span.attributes["error.type"] for span in exporter.get_finished_spans()] == [
+        "ConnectionRefusedError", "TimeoutError", "azure.core.exceptions.ServiceRequestError"]
+
+
 def test_an_outcome_set_by_the_block_is_kept(exporter):
     def block() -> None:
         with telemetry.span("step") as span:
