@@ -12,6 +12,7 @@ problem that shows what is expected.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,9 +132,15 @@ def credential_name(connection_id: str) -> str:
     return f"{CREDENTIAL_PREFIX}{connection_id}"
 
 
+# The name the service gives what it adds: the prefix and a connection's id (a UUID).
+_SERVICE_NAME = re.compile(re.escape(CREDENTIAL_PREFIX) + r"[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}\Z")
+
+
 def added_by_service(name: str) -> bool:
-    """A federated credential the service added (for some connection), not one the application's owner did."""
-    return name.startswith(CREDENTIAL_PREFIX)
+    """A federated credential the service added (for some connection: :func:`credential_name`), not one the
+    application's owner did: the name the options suggest to owners (``app-connections-federation``) shares the
+    prefix, so the connection id must follow it."""
+    return _SERVICE_NAME.match(name) is not None
 
 
 def explain(rejected: CredentialRejected, identity: FederationIdentity) -> CredentialRejected:

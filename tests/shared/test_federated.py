@@ -270,10 +270,13 @@ async def test_revoke_original_also_removes_the_client_secret_the_user_gave_but_
     assert h.check() == []  # I1: revoked only once the federated sign-in had worked
 
 
-async def test_an_existing_federated_credential_of_the_identity_is_reused_and_never_removed() -> None:
+@pytest.mark.parametrize("name", ["added-by-the-owner", "app-connections-federation"])
+async def test_an_existing_federated_credential_of_the_identity_is_reused_and_never_removed(name: str) -> None:
+    """Whatever its name: the one the options suggest (``app-connections-federation``) shares the prefix of the names
+    the service gives what it adds (review of the docs: a failed migration removed it, a DELETE too)."""
     h = Harness()
     record = await h.create(rotation=False)
-    mine = h.fakes.world.add_federated(record.client_id or "", "added-by-the-owner")
+    mine = h.fakes.world.add_federated(record.client_id or "", name)
     h.fakes.world.federation_delay = 10**6  # the sign-in never works: the migration fails
     with pytest.raises(CredentialRejected):
         await migrated(h, record)
@@ -281,6 +284,9 @@ async def test_an_existing_federated_credential_of_the_identity_is_reused_and_ne
     h.fakes.world.federation_delay = 0
     done = await migrated(h, record)
     assert done.method == "federated"
+    assert list(h.fakes.world.apps[record.client_id or ""].federated) == [mine.id]
+    deleted = await h.api.delete(APP, record.id)
+    assert mine.id not in deleted.removed_key_ids
     assert list(h.fakes.world.apps[record.client_id or ""].federated) == [mine.id]
 
 
