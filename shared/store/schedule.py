@@ -1,8 +1,9 @@
-"""The rotation schedule index: one entity per scheduled connection, keyed so that keys sort by due time.
+"""The due-time indexes: one entity per scheduled connection, keyed so that keys sort by due time.
 
-Table ``{prefix}Schedule``, one partition; RowKey ``{due:%Y%m%dT%H%M%SZ}|{app}|{connection id}``. A sweep
-reads the rows whose key sorts before ``now`` (a range query), so its cost grows with what is due, not
-with how many connections exist. A row whose connection no longer points at it is stale and is dropped.
+Table ``{prefix}Schedule``, a partition per index (``due``: rotations; ``health``: health checks); RowKey
+``{due:%Y%m%dT%H%M%SZ}|{app}|{connection id}``. A sweep reads the rows whose key sorts before ``now`` (a range
+query), so its cost grows with what is due, not with how many connections exist. A row whose connection no
+longer points at it is stale and is dropped.
 """
 
 from __future__ import annotations
