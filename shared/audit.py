@@ -2,8 +2,9 @@
 
 Every request that changes state or touches a credential, every action of the rotation runner (actor
 ``system``) and every credential change made on an application through Graph is recorded **before** it runs:
-when the record cannot be written the action does not run (:class:`AuditUnavailable`, 503: fail closed). Its
-outcome is a second record. Records go to the audit store (Table Storage, keyed by time) and, as structured log
+when the record cannot be written the action does not run (:class:`AuditUnavailable`, 503: fail closed), but for
+a console sign-out, which ends the session all the same (``shared.functions.console_auth``). Its outcome is a
+second record. Records go to the audit store (Table Storage, keyed by time) and, as structured log
 records with ``audit=true``, to Log Analytics.
 
 Who is acting is the request's context (:func:`acting`): the HTTP functions set it from the caller's token, the

@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from shared import jws
-from shared.errors import Forbidden, ServiceError, ServiceMisconfigured, Unauthorized, UpstreamError, shown
+from shared.errors import Forbidden, ServiceError, ServiceMisconfigured, Unauthorized, UpstreamError, escaped
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -85,10 +85,12 @@ def granted_apps(role: str) -> set[str] | None:
 
 
 def authorize(principal: Principal, role: str, app: str | None) -> str:
-    """The role claim used, or a 403 naming the role needed."""
+    """The role claim used, or a 403 naming the role needed. The app is the route's, which the caller chose (a path
+    segment, a query parameter): the message quotes it escaped and cut short, as the audit record of the refusal
+    (``access.refused``) writes the message down."""
     used = principal.grant(role, app)
     if used is None:
-        needed = f"{ROLE_PREFIX}{role}" + (f" (or {ROLE_PREFIX}{role}.{shown(app)})" if app else "")
+        needed = f"{ROLE_PREFIX}{role}" + (f" (or {ROLE_PREFIX}{role}.{escaped(app, 80)})" if app else "")
         raise Forbidden(f"This needs the app role {needed}.", extensions={"requiredRole": f"{ROLE_PREFIX}{role}"})
     return used
 

@@ -101,6 +101,14 @@ def shown(value: str, limit: int = 80) -> str:
     return value if len(value) <= limit else value[:limit] + "…"
 
 
+def escaped(value: str, limit: int) -> str:
+    """A value the caller chose, for an audit record (or a message an audit record quotes): printable ASCII (a
+    control character, a backslash or any other character escaped as Python writes it: no forged line, no terminal
+    escape), at most ``limit`` characters and ``...`` when cut."""
+    text = value[:limit].encode("unicode_escape").decode("ascii")
+    return text[:limit] + "..." if len(value) > limit or len(text) > limit else text
+
+
 def failed_upstream(error: BaseException) -> bool:
     """``error`` is a call to Azure that failed (the service's own error, the network's, or an Azure SDK's error type,
     which an adapter may let through), not a bug: what a best-effort step logs and goes past."""

@@ -15,11 +15,14 @@ The contract the console page relies on:
   "expiresAt": "..."}``, or 401 problem ``{"type": "urn:app-connections:problem:unauthenticated",
   "loginUrl": "/auth/login"}``.
 * ``POST /auth/logout`` (cookie, ``X-CSRF-Token`` and this service's ``Origin``) -> 204, the session deleted and
-  the cookie cleared (also 204 when there was no session).
+  the cookie cleared (also 204 when there was no session, and when its audit record cannot be written: sign-out
+  is never refused for it). Without the token or the Origin, 403; recorded (``access.refused``) when the cookie
+  is a live session's, whose user it names.
 * Every ``/api/v1/...`` route accepts the cookie (``fetch(url, {credentials: 'same-origin'})``), with
   ``X-CSRF-Token`` and ``Origin`` on POST, PUT, PATCH and DELETE (``shared.functions.http.caller``).
 
-Each sign-in and sign-out is audited (``session.start``, ``session.end``; the user as actor, never the id).
+Each sign-in and sign-out is audited (``session.start``, ``session.end``: ``started``, then ``succeeded`` or
+``failed`` with the kind of error; the user as actor, never the id).
 """
 
 from __future__ import annotations
@@ -130,8 +133,14 @@ async def console_callback(req: func.HttpRequest) -> func.HttpResponse:
             audit = audit_log()
             await audit.record("session.start", "started", detail="console sign-in")
             service = sessions()
-            previous = await service.end(cookie_value(req.headers.get("cookie"), SESSION_COOKIE))
-            session_id, session = await service.start(signed_in.principal, signed_in.display_name)
+            previous = None
+            try:
+                previous = await service.end(cookie_value(req.headers.get("cookie"), SESSION_COOKIE))
+                session_id, session = await service.start(signed_in.principal, signed_in.display_name)
+            except Exception as error:  # its outcome, as an API route's change has: the kind of error, never its text
+                await audit.record("session.start", "failed", detail=f"console sign-in: {type(error).__name__}"
+                                   + (f"; session {previous.key[:12]} ended" if previous else ""))
+                raise
             await audit.record("session.start", "succeeded",
                                detail=f"console session {session.key[:12]}; roles: {' '.join(sorted(session.roles))}"
                                + (f"; replaces session {previous.key[:12]}" if previous else ""))
@@ -180,31 +189,47 @@ async def console_session(req: func.HttpRequest) -> func.HttpResponse:
 @traced
 async def console_logout(req: func.HttpRequest) -> func.HttpResponse:
     from shared.audit import acting
-    from shared.errors import RequestForgery, ServiceError, SignInRequired
+    from shared.errors import AuditUnavailable, RequestForgery, ServiceError, SignInRequired
+    from shared.functions.http import audit_refusal, unexpected
     from shared.sessions import CSRF_HEADER, SESSION_COOKIE, clear_cookie, cookie_value
     from shared.wiring import audit_log, sessions
 
+    instance = "/auth/logout"
     service = sessions()
+    session_id = cookie_value(req.headers.get("cookie"), SESSION_COOKIE)
+    origin = req.headers.get("origin")
     cleared = func.HttpResponse(status_code=204, headers=dict(NO_STORE))
     cleared.headers.add("Set-Cookie", clear_cookie(SESSION_COOKIE))
-    try:
-        origin = (req.headers.get("origin") or "").strip().lower()
-        if origin != service.origin:
-            raise RequestForgery(f"Sign out from {service.origin} (the Origin header).")
-        try:
-            session = await service.resume(cookie_value(req.headers.get("cookie"), SESSION_COOKIE))
-        except SignInRequired:
-            return cleared  # nothing to end
-        service.check_change(session, req.method, req.headers.get("origin"), req.headers.get(CSRF_HEADER))
-        with acting(_context(req, session.principal())):
-            audit = audit_log()
-            await audit.record("session.end", "started", detail=f"console session {session.key[:12]}")
-            await service.end(cookie_value(req.headers.get("cookie"), SESSION_COOKIE))
-            await audit.record("session.end", "succeeded", detail=f"console session {session.key[:12]}")
+    try:  # not a use: read to end it, or to know whom a forged sign-out was aimed at
+        session = await service.resume(session_id, use=False)
+    except SignInRequired:  # nothing to end; a forged request names nobody, and is not recorded (anyone may send it)
+        if (origin or "").strip().lower() != service.origin:
+            return problem_response(RequestForgery(f"Sign out from {service.origin} (the Origin header)."), instance)
+        return cleared
     except ServiceError as error:
-        return problem_response(error, "/auth/logout")
-    except Exception as error:
-        log.warning("The console session could not be ended (%s)", type(error).__name__)
-        return problem_response(ServiceError("The session could not be ended; try again."), "/auth/logout")
+        return problem_response(error, instance)
+    except Exception as error:  # the session's Table read failed (a 502), or a defect (a 500)
+        return unexpected(error, req, instance, "The session could not be read; try again.")
+    try:
+        service.check_change(session, req.method, origin, req.headers.get(CSRF_HEADER))
+    except RequestForgery as forged:  # a sign-out forged against a person signed in: recorded, as on /api/v1
+        await audit_refusal(req, instance, session.principal(), None, forged)
+        return problem_response(forged, instance)
+    # Sign-out is never refused for its audit record (a person leaving a shared machine): the session is ended, and
+    # the records are written as well as can be (a record that cannot be written goes to the log).
+    detail = f"console session {session.key[:12]}"
+    with acting(_context(req, session.principal())):
+        audit = audit_log()
+        try:
+            await audit.record("session.end", "started", detail=detail)
+        except AuditUnavailable:
+            log.warning("Console session %s is ended though its audit record could not be written", session.key[:12])
+        try:
+            await service.end(session_id)
+        except Exception as error:
+            await audit.record("session.end", "failed", detail=f"{detail}: {type(error).__name__}")
+            if isinstance(error, ServiceError):
+                return problem_response(error, instance)
+            return unexpected(error, req, instance, "The session could not be ended; try again.")
+        await audit.record("session.end", "succeeded", detail=detail)
     return cleared
-

@@ -252,7 +252,7 @@ def endpoint(role: str | RoleRule, *, action: str | None = None, app: str | None
                 if isinstance(error, Forbidden):
                     refused = principal or error.principal  # refused once identified (a forged change, a scope)
                     if isinstance(refused, Principal):
-                        await _refused(req, instance, refused, route_app, error)
+                        await audit_refusal(req, instance, refused, route_app, error)
                 return problem_response(error, instance)
             except Exception as error:  # the session's Table read failed (a 502), or a defect (a 500)
                 return unexpected(error, req, instance, "The caller could not be authenticated.")
@@ -301,10 +301,12 @@ def granted_apps(role: str) -> set[str] | None:
     return granted(role)
 
 
-async def _refused(req: func.HttpRequest, instance: str, principal: Principal, app: str | None,
-                   error: ServiceError) -> None:
-    """An authenticated caller refused for want of a role: recorded (``access.refused``), as an audit device
-    records denied requests; who probes for what shows in the audit log, not only in telemetry."""
+async def audit_refusal(req: func.HttpRequest, instance: str, principal: Principal, app: str | None,
+                        error: ServiceError) -> None:
+    """An authenticated caller refused (for want of a role, a change forged by a session's cookie, a token without
+    the API's scope; the console's sign-out forged too): recorded (``access.refused``), as an audit device records
+    denied requests; who probes for what shows in the audit log, not only in telemetry. The refusal's message is
+    the service's own, and quotes what the caller chose escaped (:func:`shared.auth.authorize`)."""
     from shared.audit import acting
     from shared.records import Actor
     from shared.wiring import audit_log
@@ -316,11 +318,11 @@ async def _refused(req: func.HttpRequest, instance: str, principal: Principal, a
 
 
 def _escaped(value: str, limit: int) -> str:
-    """A value the caller chose, for an audit record: printable ASCII (a control character, a backslash or any
-    other character escaped as Python writes it: no forged line, no terminal escape), at most ``limit`` characters
-    and ``...`` when cut."""
-    text = value[:limit].encode("unicode_escape").decode("ascii")
-    return text[:limit] + "..." if len(value) > limit or len(text) > limit else text
+    """A value the caller chose, for an audit record (:func:`shared.errors.escaped`: the one escaping a refusal's
+    message uses for the app it quotes)."""
+    from shared.errors import escaped
+
+    return escaped(value, limit)
 
 
 def _recorded_app(app: str | None) -> str | None:

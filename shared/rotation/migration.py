@@ -127,21 +127,30 @@ class Migrator(Journaled):
     async def _claim(self, record: ConnectionRecord, state: RotationState,
                      interrupted: RotationState | None) -> ConnectionRecord:
         now = self.now()
-        await self.audit.record("connection.migrate", "started", app=record.app, connection_id=record.id,
-                                connection_name=record.name,
+        where = {"app": record.app, "connection_id": record.id, "connection_name": record.name}
+        await self.audit.record("connection.migrate", "started", **where,
                                 detail="to federated" + (" (resumed)" if interrupted or state.attempt > 1 else ""))
-        if interrupted is not None:
-            await self._close_interrupted(record, interrupted, TRIGGER)
-        # Due again when the lease runs out: should this worker die, the sweep resumes the migration.
-        lease_until = now + self.options.lease
-        key = await self.adapters.schedule.put(lease_until, record.app, record.id)
-        claimed_state = self._leased(state, now, message="Migrating to the federated method.", next_at=lease_until,
-                                     schedule_key=key)
-        claimed, _ = await self._write_claim(record, claimed_state)
+        # The started record gets its outcome here unless the claim is written (then the migration's end or failure
+        # records it), as a rotation's claim does: skipped when the claim is lost, failed when an error stops it.
+        try:
+            if interrupted is not None:
+                await self._close_interrupted(record, interrupted, TRIGGER)
+            # Due again when the lease runs out: should this worker die, the sweep resumes the migration.
+            lease_until = now + self.options.lease
+            key = await self.adapters.schedule.put(lease_until, record.app, record.id)
+            claimed_state = self._leased(state, now, message="Migrating to the federated method.",
+                                         next_at=lease_until, schedule_key=key)
+            claimed, _ = await self._write_claim(record, claimed_state)
+            if claimed is not None and record.rotation.schedule_key and record.rotation.schedule_key != key:
+                await self.adapters.schedule.remove(record.rotation.schedule_key)
+        except Exception as error:
+            await self.audit.record("connection.migrate", STATUS_FAILED, **where,
+                                    detail=f"claiming the migration: {type(error).__name__}")
+            raise
         if claimed is None:
+            await self.audit.record("connection.migrate", "skipped", **where,
+                                    detail="not claimed: the connection changed meanwhile")
             raise ConcurrentChange("The connection changed while the migration was starting; try again.")
-        if record.rotation.schedule_key and record.rotation.schedule_key != key:
-            await self.adapters.schedule.remove(record.rotation.schedule_key)
         with best_effort(lambda error: log.info("Migration of %s: its running history entry is not written (%s); "
                                                 "its outcome writes it", record.id, detail_of(error))):
             await self._history(claimed, "running")
@@ -198,6 +207,10 @@ class Migrator(Journaled):
         except (OSError, TimeoutError) as error:
             raise await self._failed(record, UpstreamError(f"{type(error).__name__}: the call did not complete.")
                                      ) from None
+        except Exception as error:  # an Azure SDK error no adapter mapped, or a defect: its kind, never its text
+            await self.audit.record("connection.migrate", STATUS_FAILED, app=record.app, connection_id=record.id,
+                                    connection_name=record.name, detail=type(error).__name__)
+            raise
         return record
 
     async def _old_material(self, record: ConnectionRecord) -> dict[str, str]:
@@ -324,12 +337,18 @@ class Migrator(Journaled):
     async def _failed(self, record: ConnectionRecord, error: ServiceError) -> ServiceError:
         """Before the switch: remove the federated credential this migration added (by its name) and forget the
         journal; the connection is as it was. After: keep the journal (the clean-up is resumed)."""
+        where = {"app": record.app, "connection_id": record.id, "connection_name": record.name}
         try:
             current = await self.adapters.connections.get(record.app, record.id)
         except NotFound:
+            await self.audit.record("connection.migrate", STATUS_FAILED, **where,
+                                    detail=f"{error.detail} (the connection was deleted meanwhile)")
             return error
         state = current.rotation
         if state.lease_owner != self.owner or state.step not in MIGRATION_STEPS:
+            # Another worker took the migration over (and may have ended it): its outcome is its own to tell.
+            await self.audit.record("connection.migrate", "skipped", **where,
+                                    detail=f"stopped: the migration is no longer this worker's ({error.detail})")
             return error
         message = error.detail
         base = state

@@ -325,22 +325,32 @@ class Rotator(Journaled):
                       "rotation.trigger": started.trigger}
         watch = telemetry.Stopwatch()
         outcome = "error"
+        where = {"app": record.app, "connection_id": record.id, "connection_name": record.name}
         try:
             with telemetry.span("rotation", attributes) as span:
                 async with self._run() as run:
                     attempt = await self._drive(record, run, attributes)
                 outcome = attempt.record.rotation.status or "unknown"
+                detail = attempt.record.rotation.message
+                if attempt.error is not None and outcome != STATUS_FAILED:
+                    # Its failure is not on the record (deleted meanwhile, or taken over as it was written)
+                    outcome, detail = STATUS_FAILED, attempt.error.detail
                 span.set_attribute("outcome", outcome)
                 if attempt.error is not None:  # recorded and answered, not raised: the span says it failed
                     telemetry.set_error(span, type(attempt.error).__name__)
-            await self.audit.record("rotation.attempt", outcome, app=record.app, connection_id=record.id,
-                                    connection_name=record.name, detail=attempt.record.rotation.message)
-            return attempt
-        except LeaseLost:
+        except LeaseLost as lost:
+            # The started record (``claim``) gets its outcome however the attempt ends: skipped, as a lost claim's
+            # is, when a worker held up past its lease finds another has taken the rotation over.
             outcome = "lease-lost"
+            await self.audit.record("rotation.attempt", "skipped", **where, detail=f"lease lost: {lost.detail}")
+            raise
+        except Exception as error:  # a defect (an Azure failure is the attempt's, recorded): its kind, never its text
+            await self.audit.record("rotation.attempt", STATUS_FAILED, **where, detail=type(error).__name__)
             raise
         finally:
             telemetry.record_rotation(record.app, outcome, started.trigger, watch.seconds())
+        await self.audit.record("rotation.attempt", outcome, **where, detail=detail)
+        return attempt
 
     @asynccontextmanager
     async def _run(self) -> AsyncIterator[_Run]:

@@ -117,7 +117,7 @@ async def keep_for_others(store: ConnectionStore, record: ConnectionRecord, cred
     in with it without tracking it (created federated, in any tenant) and takes it over (:func:`hand_over`). False:
     nobody relies on it, it is to be removed (a migration that has not journaled it yet tests before it switches:
     it fails, and can be sent again). The connections that keep it (none: it is to be removed). A hand-over is
-    audited on the heir before it is written; a credential kept, on ``record`` (:func:`audit_kept`), unless
+    audited on the heir before it is written and after; a credential kept, on ``record`` (:func:`audit_kept`), unless
     ``audit_kept`` is False: the caller records it once its own change is saved."""
     for _ in range(4):
         try:
@@ -160,8 +160,20 @@ async def hand_over(store: ConnectionStore, record: ConnectionRecord, heirs: lis
     written) tracks the federated credential the service added: a DELETE of it removes the credential when no
     other connection relies on it then; one in another tenant than the application object's (``tenant_id``)
     records that tenant (``key_tenant_id``), where its DELETE reaches it; audited on the heir before it is written
-    (``credential.hand-over``). The heir, or None when none of them still qualifies (they changed meanwhile).
-    Written before ``record`` lets go of it: should it fail, ``record`` keeps it (a request again finishes)."""
+    (``credential.hand-over`` ``started``, once per heir) and after: ``succeeded`` once the heir tracks it,
+    ``failed`` when the write fails (with the kind of error) or the heir no longer qualifies. The heir, or None
+    when none of them still qualifies (they changed meanwhile). Written before ``record`` lets go of it: should it
+    fail, ``record`` keeps it (a request again finishes)."""
+    what = f"Federated identity credential {credential_id} on the application {record.client_id}"
+    started: ConnectionRecord | None = None  # the heir whose started record has no outcome yet
+
+    async def ended(outcome: str, detail: str) -> None:
+        nonlocal started
+        if started is not None:
+            await audit.record("credential.hand-over", outcome, app=started.app, connection_id=started.id,
+                               connection_name=started.name, detail=f"{what}: {detail}")
+            started = None
+
     try:
         for heir in heirs:
             current: ConnectionRecord | None = heir
@@ -169,26 +181,34 @@ async def hand_over(store: ConnectionStore, record: ConnectionRecord, heirs: lis
                 if (current is None or current.method != Method.FEDERATED or current.status == STATUS_DELETING
                         or not same_application(current, record, any_tenant=True)
                         or current.rotation.key_id not in (None, credential_id)):
-                    break  # gone, being deleted, moved, or tracking another credential meanwhile: not this one
+                    # gone, being deleted, moved, or tracking another credential meanwhile: not this one
+                    await ended("failed", "not handed over: the connection changed meanwhile")
+                    break
                 if current.rotation.key_id == credential_id:
+                    await ended("succeeded", "handed over")
                     return current
-                await audit.record(
-                    "credential.hand-over", STARTED, app=current.app, connection_id=current.id,
-                    connection_name=current.name,
-                    detail=f"Federated identity credential {credential_id} on the application {record.client_id}, "
-                           f"which this connection signs in with, is handed over to it by the connection "
-                           f"{record.id} ({record.app}), which gives it up.")
+                if started is None:
+                    await audit.record(
+                        "credential.hand-over", STARTED, app=current.app, connection_id=current.id,
+                        connection_name=current.name,
+                        detail=f"{what}, which this connection signs in with, is handed over to it by the connection "
+                               f"{record.id} ({record.app}), which gives it up.")
+                    started = current
                 try:
                     home = None if current.tenant_id.lower() == tenant_id.lower() else tenant_id
                     await store.update(current.evolve(rotation=current.rotation.evolve(
                         key_id=credential_id, key_tenant_id=home)))
+                    await ended("succeeded", "handed over")
                     return current
                 except ConcurrentChange:
                     try:
                         current = await store.get(heir.app, heir.id)
                     except NotFound:
                         current = None
+            else:
+                await ended("failed", "not handed over: the connection kept changing")
     except ServiceError as error:
+        await ended("failed", f"not handed over: {type(error).__name__}")
         raise HandOverIncomplete(f"The federated credential of the application could not be handed over to a "
                                  f"connection that relies on it ({error.detail}).") from None
     return None

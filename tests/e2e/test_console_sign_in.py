@@ -214,6 +214,9 @@ def test_sign_out_ends_the_session_on_the_server(client, local_env, secrets_used
 
     forged = client.post("/auth/logout", headers=reader.headers(csrf="y" * 43))
     assert forged.status_code == 403
+    oid = reader.session["user"]["oid"]  # type: ignore[index]
+    refused = api.get("/api/v1/audit-logs", params={"actor": oid, "action": "access.refused"}).json()["auditLogs"]
+    assert [r["detail"].split(":", 1)[0] for r in refused][:1] == ["POST /auth/logout"]  # a forgery's attempt
     out = client.post("/auth/logout", headers=reader.headers())
     assert out.status_code == 204
     assert set_cookies(out)[SESSION].startswith(f"{SESSION}=;") and "Max-Age=0" in set_cookies(out)[SESSION]
@@ -224,7 +227,6 @@ def test_sign_out_ends_the_session_on_the_server(client, local_env, secrets_used
     assert again.json()["loginUrl"] == "/auth/login"
     listed = client.get("/api/v1/app-connections/azure-key-vault", headers=reader.headers(csrf=None, origin=None))
     assert listed.status_code == 401 and listed.json()["loginUrl"] == "/auth/login"
-    oid = reader.session["user"]["oid"]  # type: ignore[index]
     ended = api.get("/api/v1/audit-logs", params={"actor": oid, "action": "session.end"}).json()["auditLogs"]
     assert [r["outcome"] for r in ended][:2] == ["succeeded", "started"]  # newest first: recorded before it ran
 

@@ -418,6 +418,69 @@ async def test_a_claim_an_error_stops_gives_its_started_record_a_failed_outcome_
     assert h.check() == []
 
 
+@pytest.mark.parametrize("checkpoint", ["lease-renewed", "after-add-password", "after-vault-write"])
+async def test_a_worker_that_lost_its_lease_gives_its_started_record_a_skipped_outcome_saying_so(
+        checkpoint: str) -> None:
+    """(Review of the audit, 2.) A worker held up past its lease while another sweep took the rotation over and
+    ended it stopped with ``LeaseLost`` and no outcome: the audit log showed an attempt that never ended."""
+    h = Harness()
+    record = await h.create()
+    await h.due()
+    seen = len(h.fakes.audit.records)
+    first, woken = await h.held_up_at(checkpoint, h.sweep)
+    await h.sweep()  # another worker takes the rotation over and ends it
+    woken.set()
+    await first
+    records = attempt_records(h, seen)
+    assert [outcome for outcome, _ in records] == ["started", "started", "succeeded", "skipped"], records
+    assert (records[-1][1] or "").startswith("lease lost: "), records
+    after = await h.record(record.id)
+    assert after is not None and after.rotation.status == "succeeded" and h.check() == []
+
+
+async def _claimed_with(h: Harness, checkpoint: Any) -> tuple[Any, ConnectionRecord]:
+    """A rotator stopped at ``checkpoint``, and the due connection it claimed."""
+    await h.due()
+    rotator = h.services(checkpoint).rotator
+    due = next(iter(h.fakes.connections.records.values()))
+    claimed = await rotator.claim(due, trigger="schedule")
+    assert claimed is not None
+    return rotator, claimed
+
+
+async def test_an_attempt_that_fails_on_a_connection_deleted_meanwhile_records_that_it_failed() -> None:
+    """(Review of the audit, 2.) Its failure could not be written on the record, and the attempt's outcome was the
+    status the record had when it was claimed: ``rotating``."""
+    h = Harness()
+    await h.create()
+
+    async def fails_and_is_deleted(name: str, current: ConnectionRecord) -> None:
+        if name == "lease-renewed":
+            fails_once(h, "get", error=NotFound("No such connection (injected: deleted meanwhile)."))
+            raise UpstreamError("Graph failed (injected).")
+
+    rotator, claimed = await _claimed_with(h, fails_and_is_deleted)
+    seen = len(h.fakes.audit.records)
+    attempt = await rotator.run(claimed)
+    assert attempt.error is not None
+    assert attempt_records(h, seen) == [("failed", "Graph failed (injected).")]
+
+
+async def test_an_attempt_a_defect_stops_records_that_it_failed_naming_the_kind_of_error() -> None:
+    h = Harness()
+    await h.create()
+
+    async def defect(name: str, current: ConnectionRecord) -> None:
+        if name == "lease-renewed":
+            raise RuntimeError("a defect, with text nobody is to record")
+
+    rotator, claimed = await _claimed_with(h, defect)
+    seen = len(h.fakes.audit.records)
+    with pytest.raises(RuntimeError):
+        await rotator.run(claimed)
+    assert attempt_records(h, seen) == [("failed", "RuntimeError")]
+
+
 async def test_a_rotation_whose_audit_record_cannot_be_written_does_not_run() -> None:
     from shared.errors import AuditUnavailable
 

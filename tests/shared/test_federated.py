@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 
 from shared.errors import (
+    ConcurrentChange,
     CredentialRejected,
     CredentialsLeftLive,
     InvalidRequest,
+    NotFound,
     RotationInProgress,
     ServiceError,
     UpstreamError,
@@ -593,6 +595,15 @@ async def _nothing_migrated(h: Harness, record: ConnectionRecord) -> None:
     assert after is not None
     assert (after.method, after.secret_version) == ("client-secret", record.secret_version)
     assert not after.rotation.in_progress
+    _every_migration_has_an_outcome(h)
+
+
+def _every_migration_has_an_outcome(h: Harness) -> list[tuple[str, str | None]]:
+    """Each ``connection.migrate`` recorded ``started`` has its outcome too (no worker died here): the records."""
+    records = [(r.outcome, r.detail) for r in h.fakes.audit.records if r.action == "connection.migrate"]
+    started = sum(outcome == "started" for outcome, _ in records)
+    assert started == len(records) - started, records
+    return records
 
 
 async def test_a_migration_worker_held_up_past_its_lease_adds_nothing_once_another_undid_the_migration() -> None:
@@ -626,6 +637,60 @@ async def test_a_migration_worker_whose_lease_ran_out_while_held_up_adds_nothing
     await _nothing_migrated(h, record)
     assert (await migrated(h, record)).method == "federated"
     assert h.check() == []
+
+
+async def test_a_migration_whose_claim_loses_a_race_records_it_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review of the audit, 2.) A rename landed between the migration's read and its claim: the request answered
+    409 'try again', and its ``started`` record never got an outcome."""
+    h = Harness()
+    record = await h.create(rotation=False)
+    race = overtaken_at(monkeypatch, fakes.FakeConnections, "update", 1,
+                        lambda: h.api.update(APP, record.id, {"name": "renamed"}))
+    with pytest.raises(ConcurrentChange):
+        await migrated(h, record)
+    assert race.ran and not race
+    assert _every_migration_has_an_outcome(h) == [("started", "to federated"),
+                                                  ("skipped", "not claimed: the connection changed meanwhile")]
+
+
+async def test_a_migration_whose_claim_an_error_stops_records_it_failed_naming_the_kind_of_error() -> None:
+    h = Harness()
+    record = await h.create(rotation=False)
+    fails_once(h, "update")  # the claim's write: Table Storage fails
+    with pytest.raises(UpstreamError):
+        await migrated(h, record)
+    assert _every_migration_has_an_outcome(h) == [("started", "to federated"),
+                                                  ("failed", "claiming the migration: UpstreamError")]
+    assert (await migrated(h, record)).method == "federated"
+
+
+async def test_a_migration_that_fails_on_a_connection_deleted_meanwhile_records_it_failed() -> None:
+    """(Review of the audit, 2.) Its failure, which could not be written on the record, was recorded nowhere."""
+    h = Harness()
+    record = await h.create(rotation=False)
+
+    async def fails_and_is_deleted(name: str, current: ConnectionRecord) -> None:
+        if name == "before-add-federated":
+            fails_once(h, "get", error=NotFound("No such connection (injected: deleted meanwhile)."))
+            raise UpstreamError("Graph failed (injected).")
+
+    with pytest.raises(UpstreamError):
+        await h.services(fails_and_is_deleted).connections.migrate_to_federated(APP, record.id, {})
+    assert _every_migration_has_an_outcome(h)[-1] == (
+        "failed", "Graph failed (injected). (the connection was deleted meanwhile)")
+
+
+async def test_a_migration_a_defect_stops_records_it_failed_naming_the_kind_of_error() -> None:
+    h = Harness()
+    record = await h.create(rotation=False)
+
+    async def defect(name: str, current: ConnectionRecord) -> None:
+        if name == "before-add-federated":
+            raise RuntimeError("a defect, with text nobody is to record")
+
+    with pytest.raises(RuntimeError):
+        await h.services(defect).connections.migrate_to_federated(APP, record.id, {})
+    assert _every_migration_has_an_outcome(h)[-1] == ("failed", "RuntimeError")
 
 
 async def test_a_lost_addition_then_a_refused_clean_up_keeps_the_journal_so_the_credential_is_found_again() -> None:
@@ -1695,14 +1760,70 @@ async def test_a_hand_over_is_audited_on_the_heir_before_it_is_written_and_the_g
 
     h.lease_runs_out()
     await h.api.delete(APP, record.id)
-    [handed] = [r for r in h.fakes.audit.records if r.action == "credential.hand-over"]
+    handed, done = [r for r in h.fakes.audit.records if r.action == "credential.hand-over"]
     assert (handed.outcome, handed.app, handed.connection_id) == ("started", "azure-key-vault", other.id)
     assert added in (handed.detail or "") and record.id in (handed.detail or "")
+    assert (done.outcome, done.app, done.connection_id) == ("succeeded", "azure-key-vault", other.id)
     [kept] = [r for r in h.fakes.audit.records if (r.action, r.outcome) == ("credential.remove", "kept")]
     assert (kept.app, kept.connection_id) == (APP, record.id)
     assert f"{other.id} (azure-key-vault)" in (kept.detail or "") and added in (kept.detail or "")
     heir = await h.record(other.id)
     assert heir is not None and heir.rotation.key_id == added and h.check() == []
+
+
+def _hand_overs(h: Harness, heir_id: str) -> list[tuple[str, str | None]]:
+    return [(r.outcome, r.detail) for r in h.fakes.audit.records
+            if r.action == "credential.hand-over" and r.connection_id == heir_id]
+
+
+async def test_a_hand_over_records_its_outcome_on_the_heir_once_it_is_written() -> None:
+    """(Review of the audit, 3.) ``credential.hand-over`` was recorded ``started`` and never got an outcome: the
+    heir's auditor (another app's, perhaps) could not tell a hand-over that happened from one that did not."""
+    h = Harness()
+    record, other, client_id, added = await _migrated_and_created(h)
+    await h.api.delete(APP, record.id)
+    heir = await h.record(other.id)
+    assert heir is not None and heir.rotation.key_id == added
+    records = _hand_overs(h, other.id)
+    assert [outcome for outcome, _ in records] == ["started", "succeeded"]
+    assert records[1][1] == f"Federated identity credential {added} on the application {client_id}: handed over"
+
+
+async def test_a_hand_over_whose_write_fails_records_that_it_failed() -> None:
+    h = Harness()
+    record, other, client_id, added = await _migrated_and_created(h)
+    fails_once(h, "update", nth=2)  # 1: the DELETE's mark; 2: the hand-over's write
+    h.faults_armed = True
+    await h.op("delete", record.id, lambda: h.api.delete(APP, record.id))
+    heir = await h.record(other.id)
+    assert heir is not None and heir.rotation.key_id is None  # not handed over: the giver keeps it
+    records = _hand_overs(h, other.id)
+    assert [outcome for outcome, _ in records] == ["started", "failed"]
+    assert records[1][1] == (f"Federated identity credential {added} on the application {client_id}: not handed "
+                             "over: UpstreamError")
+    assert h.check() == []
+
+
+async def test_a_hand_over_to_an_heir_that_changed_meanwhile_records_that_it_failed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heir's write meets a change (a PATCH onto another application): read again, it no longer qualifies, so
+    nothing is handed over to it, and its ``started`` record gets ``failed``."""
+    h = Harness()
+    record, other, client_id, added = await _migrated_and_created(h)
+    elsewhere = h.fakes.world.application()
+    h.fakes.world.add_federated(elsewhere.client_id)
+    race = overtaken_at(monkeypatch, fakes.FakeConnections, "update", 2,  # 1: the DELETE's mark; 2: the hand-over
+                        lambda: h.api.update("azure-key-vault", other.id, {
+                            "credentials": {"tenantId": TENANT, "clientId": elsewhere.client_id}}))
+    await h.api.delete(APP, record.id)  # nobody relies on it any more: removed
+    assert race.ran and not race
+    heir = await h.record(other.id)
+    assert heir is not None and heir.client_id == elsewhere.client_id and heir.rotation.key_id is None
+    records = _hand_overs(h, other.id)
+    assert [outcome for outcome, _ in records] == ["started", "failed"]
+    assert records[1][1] == (f"Federated identity credential {added} on the application {client_id}: not handed "
+                             "over: the connection changed meanwhile")
+    assert added not in h.fakes.world.apps[client_id].federated and h.check() == []
 
 
 async def test_a_federated_connection_is_bound_to_an_application_only_by_a_writer_of_every_app_that_uses_it(

@@ -435,6 +435,33 @@ async def test_an_audit_record_takes_the_route_s_app_and_connection_id_only_as_t
         assert h.fakes.audit.records[-1].connection_id not in (known, known.lower())
 
 
+@pytest.mark.parametrize("where", ["query", "path"])
+async def test_a_refusal_quotes_the_app_the_caller_chose_escaped_in_its_message_and_its_record(
+        monkeypatch, where) -> None:
+    """(Review of the audit, 1.) The 403's message quoted the app as the caller sent it (cut at 80 characters only)
+    and the ``access.refused`` record copies that message into its ``detail``: anyone signed in, with no role at
+    all, wrote a forged line and a terminal escape into the record through the audit search's ``app`` or a
+    URL-decoded ``{app}`` segment. Quoted as the record's ``app`` quotes it: escaped, and cut short."""
+    from shared.functions.audit import list_audit_logs
+    from shared.functions.connections import list_app_connections
+
+    h = _wired(monkeypatch, "AppConnections.Auditor.azure-key-vault", "AppConnections.Reader.azure-key-vault")
+    if where == "query":
+        response = await list_audit_logs(func.HttpRequest(
+            "GET", "https://svc.example/api/v1/audit-logs", headers={"authorization": "Bearer t"},
+            params={"app": FORGED}, body=b""))
+    else:
+        response = await list_app_connections(_api_request("GET", FORGED))
+    assert response.status_code == 403
+    [refused] = h.fakes.audit.records
+    assert refused.action == "access.refused"
+    assert all(c.isprintable() for c in f"{refused.app}{refused.detail}"), refused.detail
+    quoted = "x\\n2026-12-01T00:00:00Z connection.delete succeeded by admin\\x1b[2K"
+    assert quoted in (refused.detail or "") and quoted in json.loads(response.get_body())["detail"]
+    response = await list_app_connections(_api_request("GET", "x" * 4000))
+    assert f".x{'x' * 79}...)" in (h.fakes.audit.records[-1].detail or "")  # cut short, as before
+
+
 async def test_a_change_whose_handler_reads_no_body_records_none_of_it(monkeypatch) -> None:
     """A rotate's (or validate's) body is not read: it was summarized into the started record all the same, text
     the caller chose (review Z1)."""

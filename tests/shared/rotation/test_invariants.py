@@ -123,9 +123,11 @@ async def test_an_azure_failure_at_any_call_of_a_rotation_keeps_every_invariant(
 
 def _every_change_recorded_has_an_outcome(h: Harness) -> None:
     """Each credential change the audit log has as started has its outcome too: succeeded, or failed when Graph
-    failed or lost its answer, or the lease's clock stopped the worker right before it (no worker died here)."""
-    changes = [(r.action, r.outcome) for r in h.fakes.audit.records if r.action.startswith("credential.")]
-    for action in ("credential.add", "credential.remove"):
+    failed or lost its answer, or the lease's clock stopped the worker right before it (no worker died here); so
+    does each rotation attempt, skipped when its worker lost the lease (review of the audit, 2)."""
+    changes = [(r.action, r.outcome) for r in h.fakes.audit.records
+               if r.action.startswith("credential.") or r.action == "rotation.attempt"]
+    for action in ("credential.add", "credential.remove", "rotation.attempt"):
         started = changes.count((action, "started"))
         assert started == sum(1 for a, outcome in changes if a == action and outcome != "started"), changes
     # And every credential the service removed from an application was recorded as removed (by its Key ID): an
