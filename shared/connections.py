@@ -160,6 +160,23 @@ class Deleted:
 STORE_REFRESH_TOKEN = "connection.store-refresh-token"  # the audit action of keeping a rotated refresh token
 
 
+class RotationContinues(Exception):
+    """Not a failure: the request had to be answered while the new credential of the rotation it started (or the
+    federated sign-in of its migration) was still being tested. The rotation is journaled at its test, unleased and
+    due now: the rotation sweep finishes it. ``record``: the connection as it is (its rotation ``rotating``, its
+    message saying so); ``retry_after``: seconds after which to read it again. The function layer answers it with the
+    connection (``202``), as it answers a rotation that completed."""
+
+    def __init__(self, record: ConnectionRecord, retry_after: int) -> None:
+        super().__init__(record.rotation.message or "The rotation goes on in the rotation sweep.")
+        self.record = record
+        self.retry_after = retry_after
+
+    @property
+    def detail(self) -> str:
+        return str(self)
+
+
 class ConnectionService:
     def __init__(self, adapters: Adapters, rotator: Rotator, token_cache: TokenCache | None = None) -> None:
         self.adapters = adapters
@@ -766,7 +783,7 @@ class ConnectionService:
     async def _rotate_after_change(self, record: ConnectionRecord, trigger: str) -> ConnectionRecord:
         """The rotation a create or an edit starts: the change is saved already, so however the rotation ends,
         the request succeeds and the connection's rotation status tells the outcome (a rotation that could not
-        start is taken up by the sweep)."""
+        start is taken up by the sweep; one handed to the sweep is ``RotationContinues``)."""
         try:
             return (await self._rotate_now(record, trigger)).record
         except ServiceError as error:
@@ -784,21 +801,38 @@ class ConnectionService:
             return record
 
     async def _rotate_now(self, record: ConnectionRecord, trigger: str) -> Attempt:
+        """Claim the rotation and run it: the attempt, ended; ``RotationContinues`` when it was handed to the sweep."""
         claimed = await self.rotator.claim(record, trigger)
         if claimed is None:
             current = await self.store.get(record.app, record.id)
             self._refuse_during_rotation(current)
             raise ConcurrentChange("The connection changed while the rotation was starting; try again.")
-        return await self.rotator.run(claimed)
+        attempt = await self.rotator.run(claimed)
+        if attempt.handed_over:
+            raise self._continues(attempt.record)
+        return attempt
+
+    def _continues(self, record: ConnectionRecord) -> RotationContinues:
+        """What a request answers once its rotation (or migration) was handed to the sweep: read the connection
+        again once the sweep may have finished it (the new credential's test is given ``test_timeout`` again)."""
+        return RotationContinues(record, max(1, min(3600, math.ceil(self.rotator.options.test_timeout))))
+
+    def _migrated(self, record: ConnectionRecord) -> ConnectionRecord:
+        """A migration's end: the connection migrated; ``RotationContinues`` when its journal was handed to the sweep
+        (a migration returns with its journal only then)."""
+        if record.rotation.step in MIGRATION_STEPS:
+            raise self._continues(record)
+        return record
 
     async def rotate(self, app_id: str, connection_id: str) -> ConnectionRecord:
-        """Rotate now, or finish a half-done rotation. 200 only when it completed; otherwise a problem carrying
-        the rotation's status and message."""
+        """Rotate now, or finish a half-done rotation: the connection once it completed; ``RotationContinues`` when
+        the request had to be answered while its new credential was still being tested (the sweep finishes it);
+        otherwise a problem carrying the rotation's status and message."""
         app = require_app(app_id)
         record = await self.get(app.id, connection_id)
         method = Method(record.method)
         if record.rotation.step in MIGRATION_STEPS:  # a migration that stopped half way: finish it
-            return await self.migrator.resume(record)
+            return self._migrated(await self.migrator.resume(record))
         if not method_spec(method).stores_secret:
             raise InvalidRequest(f"A {method.value} connection has no secret: there is nothing to rotate.",
                                  extensions={"method": method.value})
@@ -824,14 +858,16 @@ class ConnectionService:
     # -- going secretless ------------------------------------------------------------------------------------
     async def migrate_to_federated(self, app_id: str, connection_id: str, body: Any) -> ConnectionRecord:
         """Move a client-secret or certificate connection to the federated method in one journaled, resumable step
-        (:mod:`shared.rotation.migration`); a migration that stopped half way is finished by the same request."""
+        (:mod:`shared.rotation.migration`); a migration that stopped half way is finished by the same request.
+        ``RotationContinues`` when the request had to be answered while the federated sign-in was still being
+        tested (the sweep finishes the migration)."""
         app = require_app(app_id)
         request = parse_model(MigrateToFederatedIn, body)  # an empty body is {} (the route); JSON null is no object
         record = await self.get(app.id, connection_id)
         if record.status == STATUS_DELETING:
             raise being_deleted(record)
         if record.rotation.step in MIGRATION_STEPS:
-            return await self.migrator.resume(record)
+            return self._migrated(await self.migrator.resume(record))
         if not method_spec(record.method).migrates_to_federated:
             raise InvalidRequest(f"A {record.method} connection cannot be migrated to the federated method; only "
                                  "client-secret and certificate connections can.", extensions={"method": record.method})
@@ -841,9 +877,10 @@ class ConnectionService:
         if record.rotation.cleaning_up:
             record = await self._finish_retirement(record, raise_on_failure=True)
         try:
-            return await self.migrator.start(record, request.revokeOriginal)
+            migrated = await self.migrator.start(record, request.revokeOriginal)
         except (SecretGone, VersionDisabled) as refusal:  # read before the migration's journal was written
             raise await self.vault_refusal(record, refusal) from None
+        return self._migrated(migrated)
 
     # -- delete ----------------------------------------------------------------------------------------------
     async def delete(self, app_id: str, connection_id: str, force: bool = False, if_match: str | None = None,

@@ -312,6 +312,15 @@ class ConnectionEnvelope(_Out):
     appConnection: ConnectionOut
 
 
+class RotationContinuesOut(_Out):
+    """The ``202`` of a request whose rotation (or move to federated) was handed to the rotation sweep: the request
+    had to be answered while the new credential was still being tested. The connection as it is (``rotation.status``
+    ``rotating``), and ``detail``: what goes on (its rotation's message)."""
+
+    appConnection: ConnectionOut
+    detail: str
+
+
 class ConnectionList(_Out):
     appConnections: list[ConnectionOut]
     continuationToken: str | None

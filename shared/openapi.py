@@ -41,6 +41,7 @@ from shared.models import (
     MigrateToFederatedIn,
     OptionsOut,
     Problem,
+    RotationContinuesOut,
     RotationHistoryOut,
     RotationIn,
     UpdateConnectionIn,
@@ -61,7 +62,7 @@ _REQUEST_MODELS: tuple[type[BaseModel], ...] = (
 )
 _RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     ConnectionEnvelope, ConnectionList, DeletedOut, RotationHistoryOut, OptionsOut, ClientsOut, AuthorizationUrlOut,
-    AuditLogOut, HealthSummaryOut, Problem,
+    AuditLogOut, HealthSummaryOut, Problem, RotationContinuesOut,
 )
 
 _PROBLEM_TEXT = {
@@ -164,8 +165,15 @@ def _paths() -> dict[str, Any]:
                                     "credential), not with what the service records by itself (validations, health "
                                     "checks, rotations).", "required": True, "schema": {"type": "string"}}}
     one = {**_json("ConnectionEnvelope", "The connection."), "headers": etag}
+    # A request whose rotation (or move to federated) was still testing its new credential when it had to be answered.
+    continues = {**_json("RotationContinuesOut", "The new credential was still being tested when the request had to "
+                         "be answered (Azure's front end waits 230 s): nothing failed, nothing was withdrawn, and the "
+                         "rotation sweep finishes it. The connection as it is (`rotation.status` `rotating`)."),
+                 "headers": {**etag, "Retry-After": _header("Seconds after which to read the connection again.")}}
     item = f"{BASE}/{{app}}/{{connectionId}}"
-    created = {**_json("ConnectionEnvelope", "Validated and created."),
+    created = {**_json("ConnectionEnvelope", "Validated and created (with rotation on, its first rotation may still be "
+                       "testing its new credential when the request has to be answered: `rotation.status` "
+                       "`rotating`, and the rotation sweep finishes it)."),
                "headers": {"Location": {"description": "The new connection's path.", "required": True,
                                         "schema": {"type": "string"}}, **etag}}
     if_match = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
@@ -201,7 +209,8 @@ def _paths() -> dict[str, Any]:
             "get": _operation("get_app_connection", "One connection.", {"200": one, **_problems(400, 404, 502)}),
             "patch": _operation(
                 "update_app_connection", "Change name, description, credentials (re-validated) or rotation.",
-                {"200": one, **_problems(400, 404, 409, 412, 413, 415, 502, 503, retry_after=True)},
+                {"200": one, "202": continues,
+                 **_problems(400, 404, 409, 412, 413, 415, 502, 503, retry_after=True)},
                 requestBody=_body("UpdateConnectionIn"),
                 parameters=[if_match]),
             "delete": _operation(
@@ -233,7 +242,8 @@ def _paths() -> dict[str, Any]:
             "parameters": [APP, CONNECTION_ID],
             "post": _operation(
                 "rotate_app_connection", "Rotate the client secret or certificate now (or finish a half-done one).",
-                {"200": one, **_problems(400, 404, 409, 502, 503, retry_after=True)}, tag="rotation"),
+                {"200": {**one, "description": "The rotation completed."}, "202": continues,
+                 **_problems(400, 404, 409, 502, 503, retry_after=True)}, tag="rotation"),
         },
         f"{item}/migrate-to-federated": {
             "parameters": [APP, CONNECTION_ID],
@@ -243,7 +253,7 @@ def _paths() -> dict[str, Any]:
                 "credential), check a federated sign-in, switch the connection to the federated method, then remove "
                 "the credentials the service created (and the one given, with `revokeOriginal`) and the Key Vault "
                 "secret. Journaled: the same request finishes one that stopped half way (AppConnections.Rotator).",
-                {"200": one, **_problems(400, 404, 409, 413, 415, 502, 503, retry_after=True)},
+                {"200": one, "202": continues, **_problems(400, 404, 409, 413, 415, 502, 503, retry_after=True)},
                 requestBody={"required": False,
                              "content": {"application/json": {"schema": _ref("MigrateToFederatedIn")}}},
                 tag="rotation"),

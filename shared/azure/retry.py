@@ -22,7 +22,8 @@ An HTTP request of the service must also be answered before Azure's front end gi
 is served (:func:`answering_within`, set by ``shared.functions.http`` for every route), no retry is made that
 would start past ``ANSWER_WITHIN`` seconds after it came in, so that an upstream that accepts and goes silent
 (each attempt ending at a read timeout) gives the caller a problem, not the front end's bare 502 while the work
-runs on unseen. The timers have no such deadline: their budgets and leases bound them.
+runs on unseen. The timers have no such deadline: their budgets and leases bound them. Work that waits in a loop
+of its own (the test of a rotation's new credential) reads the time left with :func:`time_to_answer`.
 
 The budget counts the waits between attempts, not the attempts: an attempt is bounded by the transport's
 timeouts (``shared.azure.clients``: 60 s without a byte; Graph's httpx client: 30 s), and its time also
@@ -72,10 +73,18 @@ def answering_within(seconds: float = ANSWER_WITHIN,
     return scoped(_ANSWER_BY, (clock() + seconds, clock))
 
 
+def time_to_answer() -> float | None:
+    """Seconds left before the HTTP request being served reaches its deadline (:func:`answering_within`; below zero
+    once past it), or None outside one (a timer: no deadline). For work that waits in a loop of its own rather than
+    through a retry (a new credential's test): it stops with room left for what follows it."""
+    deadline = _ANSWER_BY.get()
+    return None if deadline is None else deadline[0] - deadline[1]()
+
+
 def past_deadline(delay: float) -> str | None:
     """Why a retry after ``delay`` seconds may not be made (it would start past the request's deadline), or None."""
-    deadline = _ANSWER_BY.get()
-    if deadline is None or deadline[1]() + delay <= deadline[0]:
+    left = time_to_answer()
+    if left is None or delay <= left:
         return None
     return "the request must be answered before its deadline (ANSWER_WITHIN)"
 

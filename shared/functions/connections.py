@@ -6,6 +6,7 @@ The domain is imported inside each handler so that indexing the function app sta
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import azure.functions as func
@@ -60,10 +61,38 @@ def _reader() -> ConnectionReader:
     return connection_reader()
 
 
-def _one(record: ConnectionRecord, status: int = 200, headers: dict[str, str] | None = None) -> func.HttpResponse:
+def _one(record: ConnectionRecord, status: int = 200, headers: dict[str, str] | None = None,
+         detail: str | None = None) -> func.HttpResponse:
     from shared.views import etag_of, to_response
 
-    return json_response({"appConnection": to_response(record)}, status, {"ETag": etag_of(record), **(headers or {})})
+    body: dict[str, object] = {"appConnection": to_response(record)}
+    if detail is not None:
+        body["detail"] = detail
+    return json_response(body, status, {"ETag": etag_of(record), **(headers or {})})
+
+
+async def _rotating(started: Awaitable[ConnectionRecord], status: int = 200,
+                    headers: Callable[[ConnectionRecord], dict[str, str]] | None = None) -> func.HttpResponse:
+    """The answer of a route that may start a rotation (or a move to federated): the connection as ``started`` left
+    it (``status``, ``headers`` of it); or, once the request had to be answered while the new credential was still
+    being tested (``RotationContinues``: the rotation sweep finishes it), the connection as it is, with the same
+    headers: ``202`` with ``Retry-After`` and the ``detail`` of what goes on, but for a create, whose ``201`` stands
+    (the connection is created, and works with the credential given; its rotation's status and message tell the rest,
+    as they tell a first rotation that failed)."""
+    from shared.connections import RotationContinues
+
+    try:
+        record = await started
+    except RotationContinues as continues:
+        more = headers(continues.record) if headers is not None else {}
+        if status == 201:
+            return _one(continues.record, status, more)
+        return _one(continues.record, 202, {**more, "Retry-After": str(continues.retry_after)}, continues.detail)
+    return _one(record, status, headers(record) if headers is not None else None)
+
+
+def _location(record: ConnectionRecord) -> dict[str, str]:
+    return {"Location": f"/{BASE}/{record.app}/{record.id}"}
 
 
 @bp.function_name("list_app_connection_options")
@@ -80,9 +109,7 @@ async def list_app_connection_options(req: func.HttpRequest) -> func.HttpRespons
 @bp.route(route=BASE + "/{app}", methods=["POST"], auth_level=OPEN)
 @endpoint(writer_and_rotator, action="connection.create")
 async def create_app_connection(req: func.HttpRequest) -> func.HttpResponse:
-    app = req.route_params["app"]
-    record = await _service().create(app, read_json(req))
-    return _one(record, 201, {"Location": f"/{BASE}/{record.app}/{record.id}"})
+    return await _rotating(_service().create(req.route_params["app"], read_json(req)), 201, _location)
 
 
 @bp.function_name("list_app_connections")
@@ -116,8 +143,8 @@ async def get_app_connection_by_name(req: func.HttpRequest) -> func.HttpResponse
 @endpoint(writer_and_rotator, action="connection.update")
 async def update_app_connection(req: func.HttpRequest) -> func.HttpResponse:
     params = req.route_params
-    return _one(await _service().update(params["app"], params["connectionId"], read_json(req),
-                                        if_match=req.headers.get("if-match")))
+    return await _rotating(_service().update(params["app"], params["connectionId"], read_json(req),
+                                             if_match=req.headers.get("if-match")))
 
 
 @bp.function_name("delete_app_connection")

@@ -7,7 +7,7 @@ import logging
 
 import azure.functions as func
 
-from shared.functions.connections import BASE, OPEN, _one, _reader, _service
+from shared.functions.connections import BASE, OPEN, _reader, _rotating, _service
 from shared.functions.http import endpoint, json_response, query_int, read_json
 from shared.functions.invocation import traced_timer
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 @bp.route(route=BASE + "/{app}/{connectionId}/rotate", methods=["POST"], auth_level=OPEN)
 @endpoint("Rotator", action="connection.rotate")
 async def rotate_app_connection(req: func.HttpRequest) -> func.HttpResponse:
-    return _one(await _service().rotate(req.route_params["app"], req.route_params["connectionId"]))
+    return await _rotating(_service().rotate(req.route_params["app"], req.route_params["connectionId"]))
 
 
 @bp.function_name("migrate_app_connection_to_federated")
@@ -27,8 +27,8 @@ async def rotate_app_connection(req: func.HttpRequest) -> func.HttpResponse:
 @endpoint("Rotator", action="connection.migrate-to-federated")
 async def migrate_app_connection_to_federated(req: func.HttpRequest) -> func.HttpResponse:
     body = read_json(req) if (req.get_body() or b"").strip() else {}
-    return _one(await _service().migrate_to_federated(req.route_params["app"], req.route_params["connectionId"],
-                                                      body))
+    return await _rotating(_service().migrate_to_federated(req.route_params["app"], req.route_params["connectionId"],
+                                                           body))
 
 
 @bp.function_name("list_app_connection_rotations")

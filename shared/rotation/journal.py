@@ -3,12 +3,15 @@
 the worker's identity as lease owner, the crash-test checkpoints, the lease taken on the journal, one history
 entry per attempt (``running`` when claimed, its outcome when it ends, ``interrupted`` when the next attempt
 finds it unfinished), the audit of every removal from an application, and the test of a new credential retried
-with back-off while Entra propagates it. The steps themselves, and what a failure undoes, are each journal's own.
+with back-off while Entra propagates it; while an HTTP request is served, that test stops in time for its answer, and
+the attempt hands its journal to the rotation sweep (:meth:`Journaled._handed_over`). The steps themselves, and what a
+failure undoes, are each journal's own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -16,14 +19,24 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 
 from shared.audit import AuditLog
-from shared.azure.retry import jittered
-from shared.errors import ConcurrentChange, CredentialRejected, LeaseLost, NotFound, ServiceError, UpstreamError
+from shared.azure.retry import jittered, time_to_answer
+from shared.errors import (
+    ConcurrentChange,
+    CredentialRejected,
+    LeaseLost,
+    NotFound,
+    ServiceError,
+    UpstreamError,
+    best_effort,
+    detail_of,
+)
 from shared.ports import Adapters
 from shared.records import STATUS_ROTATING, ConnectionRecord, RotationEvent, RotationState
 
 Checkpoint = Callable[[str, ConnectionRecord], Awaitable[None]]
 # Makes a removal audited: (object id, key id, the removal) -> the removal made, recorded before and after it.
 RemovalAudit = Callable[[str, str, Callable[[], Awaitable[None]]], Awaitable[None]]
+log = logging.getLogger(__name__)
 
 
 async def _no_checkpoint(name: str, record: ConnectionRecord) -> None:
@@ -49,6 +62,24 @@ class RotationOptions:
     @property
     def lease(self) -> timedelta:
         return timedelta(seconds=self.test_timeout + 600)
+
+
+# While an HTTP request is served, a new credential's test starts no try later than this before the request's deadline
+# (``time_to_answer``): room for the steps after it (finish and revoke: a few Table, Key Vault and Graph calls, whose
+# retries stop at that deadline too), within the time Azure's front end waits past it.
+ROOM_AFTER_TEST = 30.0
+# The outcome of an attempt that handed its rotation to the sweep (its history entry, its audit record), as of one
+# that stopped without an outcome: the next attempt resumes it.
+INTERRUPTED = "interrupted"
+
+
+class StillTesting(Exception):
+    """The test of a new credential stopped because the HTTP request being served must be answered first (it has not
+    failed: its timeout has not run out); ``last`` says why its last try did not work."""
+
+    def __init__(self, last: ServiceError) -> None:
+        super().__init__(last.detail)
+        self.last = last
 
 
 class Stopped(Exception):
@@ -172,10 +203,13 @@ class Journaled:
             outcome=outcome, trigger=trigger, new_key_id=new_key_id, revoked_key_id=revoked_key_id,
             message=message))
 
-    async def _until_it_works(self, test: Callable[[], Awaitable[object]]) -> ServiceError | None:
+    async def _until_it_works(self, test: Callable[[], Awaitable[object]], *,
+                              answering: bool = False) -> ServiceError | None:
         """Run ``test`` until it passes, retried with jittered back-off while it is refused or Graph/Entra fail
         (a new credential takes a while to reach every Entra replica); None once it passed, else the last error
-        when the next try would start after the options' ``test_timeout``."""
+        when the next try would start after the options' ``test_timeout``. ``answering`` (a new credential's test):
+        while an HTTP request is served, no try starts later than ``ROOM_AFTER_TEST`` before it must be answered;
+        ``StillTesting`` then. The timers have no such deadline."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.test_timeout
         delay = self.options.test_first_delay
@@ -187,5 +221,24 @@ class Journaled:
                 last: ServiceError = error
             if loop.time() + delay > deadline:
                 return last
-            await self.adapters.sleep(jittered(delay))
+            pause = jittered(delay)
+            left = time_to_answer() if answering else None
+            if left is not None and pause + ROOM_AFTER_TEST > left:
+                raise StillTesting(last)
+            await self.adapters.sleep(pause)
             delay = min(delay * 2, self.options.test_max_delay)
+
+    def _handed_over(self, state: RotationState, message: str) -> RotationState:
+        """``state`` handed to the rotation sweep by an attempt whose test the request's deadline stopped: nothing
+        failed and nothing is withdrawn; the journal stays at its step (status ``rotating``, this attempt's start
+        kept, so the next attempt resumes it as one that stopped), the lease is given up and the connection is due
+        now, with ``message`` as the rotation's message."""
+        return state.evolve(message=message, lease_owner=None, lease_until=None, next_at=self.now())
+
+    async def _record_handed_over(self, record: ConnectionRecord, trigger: str) -> None:
+        """This attempt's history entry once it handed its journal (``record``'s) to the sweep: ``interrupted``, with
+        the rotation's message; the attempt that resumes it leaves it so. Best effort: unwritten, it stays
+        ``running``, and that attempt marks it ``interrupted``."""
+        with best_effort(lambda error: log.info("Rotation of %s: the history entry of the attempt handed to the sweep "
+                                                "is not written (%s)", record.id, detail_of(error))):
+            await self._record_attempt(record, INTERRUPTED, trigger=trigger, message=record.rotation.message)

@@ -11,7 +11,8 @@ credential) and with the protocol's public pieces (the connection's marker, :fun
    identity is reused: the owner's is never removed, one the service added for another connection of the
    application is shared, and removed by the last connection relying on it), its id journaled;
 3. ``migrate-tested``: a token acquired with the federated sign-in, retried while Entra propagates it; one that
-   never works removes what this migration added, and the connection is left as it was;
+   never works removes what this migration added, and the connection is left as it was; one still being tested when
+   the HTTP request must be answered is handed to the sweep at ``migrate-added`` (:meth:`Migrator._hand_to_sweep`);
 4. ``migrate-switched``: the connection's method is federated (one ETag-guarded write);
 5. done: the credentials the service created on the application (client secrets and certificates of the
    connection's marker, by the roll of each kind) are removed, and the one the user gave only when
@@ -74,7 +75,7 @@ from shared.records import (
     HealthState,
     RotationState,
 )
-from shared.rotation.journal import Journaled, Stopped, evolved, fenced, interrupted_attempt
+from shared.rotation.journal import INTERRUPTED, Journaled, StillTesting, Stopped, evolved, fenced, interrupted_attempt
 from shared.rotation.kinds import ROLLS
 from shared.rotation.protocol import (
     backoff,
@@ -189,6 +190,8 @@ class Migrator(Journaled):
 
     # -- the steps -------------------------------------------------------------------------------------------
     async def _drive(self, record: ConnectionRecord, identity: FederationIdentity) -> ConnectionRecord:
+        """Drive the migration from its journaled step to the end (its journal cleared), or to its hand-over to the
+        sweep (its journal kept at ``migrate-added``, unleased: see :meth:`_hand_to_sweep`); a failure is raised."""
         try:
             while record.rotation.step in MIGRATION_STEPS:
                 step = record.rotation.step
@@ -200,6 +203,8 @@ class Migrator(Journaled):
                     record = await self._switch(record)
                 else:
                     record = await self._clean_up(record)
+        except StillTesting as still:
+            return await self._hand_to_sweep(record, still)
         except Stopped as stopped:
             raise await self._failed(record, stopped.error) from None
         except ServiceError as error:
@@ -251,7 +256,7 @@ class Migrator(Journaled):
         app = find_app(record.app)
         assert app is not None
         last = await self._until_it_works(lambda: self.adapters.directory.probe(
-            app, Method.FEDERATED, record.tenant_id, record.client_id or "", {}))
+            app, Method.FEDERATED, record.tenant_id, record.client_id or "", {}), answering=True)
         if last is not None:
             raise Stopped(explain(last, identity) if isinstance(last, CredentialRejected) else last)
         await self.checkpoint("after-test-federated", record)
@@ -330,6 +335,29 @@ class Migrator(Journaled):
         saved = await self._save(record, rotation=done.evolve(next_at=None, schedule_key=None))
         await self.adapters.schedule.remove(state.schedule_key)
         await self.audit.record("connection.migrate", STATUS_SUCCEEDED, app=record.app, connection_id=record.id,
+                                connection_name=record.name, detail=saved.rotation.message)
+        return saved
+
+    async def _hand_to_sweep(self, record: ConnectionRecord, still: StillTesting) -> ConnectionRecord:
+        """The request must be answered while the federated sign-in is still being tested: the migration is neither
+        failed nor undone. Its journal stays at ``migrate-added``, its lease is given up and the connection is due
+        now (the schedule index first), so the next sweep resumes it (:meth:`resume`); this attempt's history entry
+        and audit record say so. A journal that is no longer this worker's is the ``ConcurrentChange`` of a step."""
+        state = record.rotation
+        handed = self._handed_over(state, (
+            f"The federated sign-in did not work yet when the request had to be answered ({still.last.detail}); the "
+            "rotation sweep goes on testing it and finishes the migration. The connection still signs in with its "
+            f"{record.method} credential."))
+
+        async def point(key: str | None) -> ConnectionRecord:
+            return await self._save(record, rotation=handed.evolve(schedule_key=key))
+
+        try:
+            saved = await reindex(self.adapters.schedule, state.schedule_key, handed.next_at, record, point)
+        except Stopped as stopped:
+            raise stopped.error from None
+        await self._record_handed_over(saved, TRIGGER)
+        await self.audit.record("connection.migrate", INTERRUPTED, app=record.app, connection_id=record.id,
                                 connection_name=record.name, detail=saved.rotation.message)
         return saved
 

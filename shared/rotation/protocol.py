@@ -13,7 +13,8 @@ idempotent, so a rotation interrupted anywhere is resumed by the next attempt:
    before it was recorded is found and removed), then its material goes to the vault at once as a pending
    version (``store_successor``);
 2. test: the roll's ``test_successor`` acquires a token with the pending version, retried with back-off while
-   Entra propagates it; a successor that never works is removed again and the current one is left untouched;
+   Entra propagates it; a successor that never works is removed again and the current one is left untouched; one
+   still being tested when the HTTP request it runs in must be answered is handed to the sweep at this step;
 3. finish: the pending version becomes current;
 4. revoke: the roll's ``remove_predecessor`` of the previous Key ID, only now that its successor has worked;
    superseded vault versions are disabled.
@@ -74,8 +75,8 @@ from shared.records import (
     RotationState,
 )
 from shared.rotation.certificates import ends_async
+from shared.rotation.journal import INTERRUPTED, Journaled, StillTesting, Stopped, evolved, fenced, interrupted_attempt
 from shared.rotation.journal import Checkpoint as Checkpoint
-from shared.rotation.journal import Journaled, Stopped, evolved, fenced, interrupted_attempt
 from shared.rotation.journal import RemovalAudit as RemovalAudit
 from shared.rotation.journal import RotationOptions as RotationOptions
 from shared.rotation.kinds import ROLLS, roll_of
@@ -171,10 +172,13 @@ def secret_tags(record: ConnectionRecord, **more: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Attempt:
-    """How one rotation attempt ended: the connection afterwards, and the error that stopped it (if any)."""
+    """How one rotation attempt ended: the connection afterwards, and the error that stopped it (if any);
+    ``handed_over``: the HTTP request it ran in had to be answered while its new credential was still being tested,
+    and the rotation sweep finishes it (:meth:`Rotator._hand_to_sweep`)."""
 
     record: ConnectionRecord
     error: ServiceError | None = None
+    handed_over: bool = False
 
     @property
     def succeeded(self) -> bool:
@@ -330,7 +334,7 @@ class Rotator(Journaled):
             with telemetry.span("rotation", attributes) as span:
                 async with self._run() as run:
                     attempt = await self._drive(record, run, attributes)
-                outcome = attempt.record.rotation.status or "unknown"
+                outcome = INTERRUPTED if attempt.handed_over else attempt.record.rotation.status or "unknown"
                 detail = attempt.record.rotation.message
                 if attempt.error is not None and outcome != STATUS_FAILED:
                     # Its failure is not on the record (deleted meanwhile, or taken over as it was written)
@@ -363,15 +367,22 @@ class Rotator(Journaled):
             BEGUN: ("create", self._create), CREATED: ("test", self._test),
             TESTED: ("finish", self._finish), FINISHED: ("revoke", self._revoke),
         }
+        still: StillTesting | None = None
         try:
             if record.rotation.retire_version is not None:  # a credentials change's clean-up comes first
                 record = await self._retire_before(record)
             while record.rotation.step in steps:
                 name, action = steps[record.rotation.step or ""]
                 with telemetry.span(f"rotation.{name}", {**attributes, "rotation.step": name}) as span:
-                    record = await action(record, run)
+                    try:
+                        record = await action(record, run)
+                    except StillTesting as testing:  # not a failure: the request's deadline came first
+                        span.set_attribute("outcome", INTERRUPTED)
+                        still = testing
+                        break
                     span.set_attribute("outcome", "ok")  # a step that fails raises: its span says error
-            return Attempt(record)
+            if still is None:
+                return Attempt(record)
         except LeaseLost:
             log.warning("Rotation of %s stopped: another worker holds it now", record.id)
             await self._withdraw(record, run)
@@ -388,6 +399,9 @@ class Rotator(Journaled):
             if not isinstance(error, AzureError):
                 raise
             return await self._failed(record, run, UpstreamError(_describe(error)))
+        # Outside the failures' handling: should the hand-over not be written, the journal stays as the test left it
+        # (leased, due when the lease runs out), and nothing is withdrawn from a rotation about to succeed.
+        return await self._hand_to_sweep(record, still)
 
     async def _material(self, record: ConnectionRecord, version: str, run: _Run) -> dict[str, str]:
         if version not in run.materials:
@@ -563,7 +577,8 @@ class Rotator(Journaled):
                 f"The new {roll.noun} ended on {iso(state.pending_expires_at)}, before this rotation could test it; "
                 f"it was removed and the current {roll.noun} was left in place."))
         material = await self._material(record, state.pending_version, run)
-        last = await self._until_it_works(lambda: roll.test_successor(self.adapters.directory, app, record, material))
+        last = await self._until_it_works(lambda: roll.test_successor(self.adapters.directory, app, record, material),
+                                          answering=True)
         if last is not None:
             raise Stopped(UpstreamError(
                 f"The new {roll.noun} did not work within {self.options.test_timeout:.0f} s ({last.detail}); it was "
@@ -573,6 +588,22 @@ class Rotator(Journaled):
         tested = await self._save(record, state.evolve(step=TESTED))
         await self.checkpoint("after-tested", tested)
         return tested
+
+    async def _hand_to_sweep(self, record: ConnectionRecord, still: StillTesting) -> Attempt:
+        """The request this attempt runs in must be answered while its new credential is still being tested
+        (``StillTesting``): a rotation about to succeed is neither failed nor withdrawn. Its journal stays at
+        *created*, its lease is given up and the connection is due now (the schedule index first, as ever), so the
+        next sweep resumes it (tested again, then finished and revoked); this attempt's history entry says so."""
+        state = record.rotation
+        noun = roll_of(record).noun
+        handed = self._handed_over(state, (
+            f"The new {noun} did not work yet when the request had to be answered ({still.last.detail}); the "
+            f"rotation sweep goes on testing it and finishes the rotation. The current {noun} is still in use."))
+        saved = await self._reschedule(record, state, handed)
+        await self._record_handed_over(saved, state.trigger or "")
+        log.info("Rotation of %s connection %s handed to the sweep: its new %s is still being tested", record.app,
+                 record.id, noun)
+        return Attempt(saved, handed_over=True)
 
     async def _finish(self, record: ConnectionRecord, run: _Run) -> ConnectionRecord:
         state = record.rotation

@@ -25,7 +25,9 @@ from shared.azure.retry import (
     backoff,
     jittered,
     parse_retry_after,
+    past_deadline,
     retry_delay,
+    time_to_answer,
     with_retries,
 )
 from shared.azure.retry_policy import JitteredRetryPolicy, retry_policy
@@ -351,6 +353,19 @@ async def test_sdk_policy_honours_retry_after_ms():
     pipeline, transport, _ = pipeline_for(failing(1, lambda: (503, {"retry-after-ms": "1500"})))
     await pipeline.run(HttpRequest("GET", "https://vault.example/secrets/s"))
     assert transport.sent[1][1] >= 1.5
+
+
+def test_the_time_left_to_answer_a_request_is_read_on_its_clock_and_none_outside_one():
+    """What a wait of its own (a new credential's test) reads to stop in time for the request's answer."""
+    clock = Clock()
+    assert time_to_answer() is None
+    with answering_within(150, clock=clock):
+        assert time_to_answer() == 150
+        clock.now = 100.0
+        assert time_to_answer() == 50 and past_deadline(50) is None and past_deadline(51) is not None
+        clock.now = 160.0
+        assert time_to_answer() == -10
+    assert time_to_answer() is None
 
 
 async def test_sdk_policy_does_not_wait_for_a_retry_after_beyond_its_budget():
