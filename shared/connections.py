@@ -32,6 +32,7 @@ from shared.errors import (
     LeaseLost,
     NameTaken,
     NotFound,
+    RemovalUnconfirmed,
     RotationFailed,
     RotationInProgress,
     RotationRefused,
@@ -91,6 +92,7 @@ from shared.rotation.config import (
     require_rotatable,
     resolve_key_id,
 )
+from shared.rotation.journal import removal_confirmation_wait
 from shared.rotation.migration import Migrator
 from shared.rotation.protocol import (
     CREDENTIAL_UNKNOWN,
@@ -728,10 +730,11 @@ class ConnectionService:
                 raise UpstreamThrottled(f"{error.detail} The clean-up of the application this connection used "
                                         "before did not finish; try again later.",
                                         retry_after=error.retry_after) from None
-            if raise_on_failure:
+            if raise_on_failure:  # (a removal not confirmed yet: when to ask again, as its Retry-After)
                 raise CredentialsLeftLive(
                     "Credentials the service created on the application this connection used before could not "
                     f"be removed yet ({error.detail}); change the credentials again once they are.",
+                    headers=error.headers if isinstance(error, RemovalUnconfirmed) else None,
                     extensions={"reason": error.detail},
                 ) from None
             log.warning("Connection %s: the clean-up of the application it used before failed: %s", record.id,
@@ -997,9 +1000,10 @@ class ConnectionService:
         """A DELETE's removals that failed once the journal said the last one, of the credential in use, was sent
         (``removing_key_id``, by this DELETE or an earlier one; nothing else is left to remove by then). That
         credential refused by Entra as a removal leaves it (:meth:`_refusal_means_removed`), and still refused
-        ``REMOVAL_CONFIRMATION_SECONDS`` after the first such refusal (journaled: ``removing_refused_at``; until then
-        a 409 with Retry-After, or, forced, the credential listed as left live), means the removal went through (or
-        the user revoked it): the removals are done (True). An expired secret (AADSTS7000222) is
+        ``REMOVAL_CONFIRMATION_SECONDS`` after the first such refusal (:func:`removal_confirmation_wait`, the rule a
+        clean-up's last removal follows too; journaled: ``removing_refused_at``; until then a 409 with Retry-After,
+        or, forced, the credential listed as left live), means the removal went through (or the user revoked it):
+        the removals are done (True). An expired secret (AADSTS7000222) is
         still on the application, and a refusal for another reason (the application disabled, a Conditional Access
         policy) tells nothing, nor does a vault version that a forced DELETE cleaned up: as before the journal
         (False). An answer that did not come (a 5xx, a timeout) leaves its outcome unknown: the
@@ -1012,27 +1016,22 @@ class ConnectionService:
             if not self._refusal_means_removed(record, code):
                 return False
             now = self.now()
-            first = state.removing_refused_at
-            # REMOVAL_CONFIRMATION_SECONDS: a credential just added reaches every part of Entra ID within minutes,
-            # and one it has not reached refuses it ("Time for federated credential changes to propagate", Entra's
-            # workload identity federation documentation; the same holds of secrets and keys).
             window = timedelta(seconds=self.adapters.settings.removal_confirmation_seconds)
-            if window > timedelta(0) and (first is None or now - first < window):
+            wait = removal_confirmation_wait(state.removing_refused_at, now, window)
+            if wait is not None:
                 # Not yet proof: Entra ID's parts learn of a new credential (one a rotation just made, say) within
                 # minutes, and one that has not may refuse it though the removal failed. A forced DELETE lists it
                 # as left live; a plain one keeps the mark, and the refusal is asked for again later.
                 if force:
                     return False
-                if first is None:
-                    first = now
+                if state.removing_refused_at is None:
                     try:
                         await self._on_mark(record, lambda state: state if state.removing_refused_at else state.evolve(
                             removing_refused_at=now))
                     except ServiceError as unwritten:  # the next DELETE's refusal starts the wait again
                         log.warning("Connection %s: the first refusal of its credential in use was not journaled "
                                     "(%s)", record.id, detail_of(unwritten))
-                wait = max(1, math.ceil((first + window - now).total_seconds()))
-                raise CredentialsLeftLive(
+                raise RemovalUnconfirmed(
                     f"Entra ID refuses the credential in use ({code}), whose removal, the last, was sent; a change "
                     f"can take minutes to reach every part of Entra ID, so the removal is taken as done only if Entra "
                     f"ID still refuses it {window.total_seconds():g} s after it first did. "
@@ -1134,10 +1133,13 @@ class ConnectionService:
                 raise UpstreamThrottled(f"{error.detail} The credentials the service created on the application are "
                                         f"not all removed yet; {outcome}. Send the DELETE again later.",
                                         retry_after=error.retry_after) from None
+            unconfirmed = isinstance(error, RemovalUnconfirmed)  # not refused: send it again once the wait is over
             raise CredentialsLeftLive(
                 f"The credentials the service created on the application could not be removed "
-                f"({error.detail}); {outcome}. Grant the permission and try again, or delete with "
-                f"?force=true to leave them live.{where}",
+                f"({error.detail}); {outcome}. "
+                f"{'Send the DELETE again then' if unconfirmed else 'Grant the permission and try again'}, or "
+                f"delete with ?force=true to leave them live.{where}",
+                headers=error.headers if unconfirmed else None,
                 extensions={"reason": error.detail, "keyIds": left, "applicationsNotRead": unread},
             ) from None
         await self.rotator.audit.record(
@@ -1196,8 +1198,7 @@ class ConnectionService:
                                                      removing_refused_at=None))
 
         # Sent before: a refusal is judged by _removing, which asks for it to hold REMOVAL_CONFIRMATION_SECONDS.
-        return await self.rotator.remove_federated(record, credential_tenant(record), key_id, before_removal=ahead,
-                                                   sent_as=None)
+        return await self.rotator.remove_federated(record, credential_tenant(record), key_id, before_removal=ahead)
 
     async def _release(self, record: ConnectionRecord, before: ConnectionRecord, progress: Removals,
                        owner: str) -> bool:

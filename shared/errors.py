@@ -220,6 +220,12 @@ class CredentialsLeftLive(Conflict):
     title = "Credentials on the application could not be removed"
 
 
+class RemovalUnconfirmed(CredentialsLeftLive):
+    """Entra ID refuses the credential whose removal was sent last, but not yet for REMOVAL_CONFIRMATION_SECONDS
+    since it first did: a part of Entra ID that a credential just added has not reached refuses it too, so the
+    removal is not taken as done yet (``Retry-After``: the seconds left to wait)."""
+
+
 class CredentialLifetimeRefused(ServiceError):
     """Microsoft Graph refused a new credential's lifetime under the tenant's app-management policy
     (``CredentialInvalidLifetimeAsPerAppPolicy``), or the policy forbids adding a credential of that kind."""

@@ -147,6 +147,10 @@ class RotationState:
     # identity with this principal id, the one the service signs in through there. While the service still has that
     # identity, a sign-in there that no federated credential matches means the removal went through.
     retire_removing_identity: str | None = None
+    # When Entra ID first refused the credential whose removal that clean-up sent (``retire_removing_key_id``) as a
+    # removal leaves it: as ``removing_refused_at``, the refusal proves the removal only when it still comes
+    # REMOVAL_CONFIRMATION_SECONDS later. None again whenever that removal is sent anew.
+    retire_removing_refused_at: datetime | None = None
     # The journal of the rotation under way.
     rotation_id: str | None = None
     step: str | None = None
@@ -192,13 +196,15 @@ class RotationState:
     def left_behind_forgotten(self) -> RotationState:
         """No clean-up of an application left behind pending any more (``retire_*``: done, or another's now)."""
         return replace(self, retire_version=None, retire_tenant_id=None, retire_client_id=None,
-                       retire_removing_key_id=None, retire_federated_id=None, retire_removing_identity=None)
+                       retire_removing_key_id=None, retire_federated_id=None, retire_removing_identity=None,
+                       retire_removing_refused_at=None)
 
     def clean_up_sent_as(self, other: RotationState) -> RotationState:
         """This state with the journal of the clean-up's last removal as ``other`` holds it: whether it was sent,
-        and as which identity (a federated credential's)."""
+        as which identity (a federated credential's), and when Entra ID first refused that credential since."""
         return replace(self, retire_removing_key_id=other.retire_removing_key_id,
-                       retire_removing_identity=other.retire_removing_identity)
+                       retire_removing_identity=other.retire_removing_identity,
+                       retire_removing_refused_at=other.retire_removing_refused_at)
 
     def evolve(self, **changes: Any) -> RotationState:
         return replace(self, **changes)

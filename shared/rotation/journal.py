@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -100,6 +101,21 @@ def interrupted_attempt(state: RotationState) -> RotationState | None:
 # workers.
 LEASE_MARGIN = timedelta(minutes=5)
 T = TypeVar("T")
+
+
+def removal_confirmation_wait(first_refused: datetime | None, now: datetime, window: timedelta) -> int | None:
+    """The seconds Entra ID's refusal of a credential whose removal was sent must still hold before it counts as that
+    removal: it counts only when it still comes ``window`` (REMOVAL_CONFIRMATION_SECONDS) after the first such
+    refusal (``first_refused``, journaled; None: this one is the first). None once it counts, or at once when the
+    window is 0. A credential just added reaches every part of Entra ID within minutes, and one it has not reached
+    refuses it ("Time for federated credential changes to propagate", Entra's workload identity federation
+    documentation; the same holds of secrets and keys), though its removal failed."""
+    if window <= timedelta(0):
+        return None
+    first = first_refused or now
+    if now - first >= window:
+        return None
+    return max(1, math.ceil((first + window - now).total_seconds()))
 
 
 async def fenced(fence: Callable[[], None], change: Callable[[], Awaitable[T]]) -> T:

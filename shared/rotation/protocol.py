@@ -48,6 +48,7 @@ from shared.errors import (
     InvalidRequest,
     LeaseLost,
     NotFound,
+    RemovalUnconfirmed,
     SecretGone,
     ServiceError,
     UpstreamError,
@@ -75,7 +76,16 @@ from shared.records import (
     RotationState,
 )
 from shared.rotation.certificates import ends_async
-from shared.rotation.journal import INTERRUPTED, Journaled, StillTesting, Stopped, evolved, fenced, interrupted_attempt
+from shared.rotation.journal import (
+    INTERRUPTED,
+    Journaled,
+    StillTesting,
+    Stopped,
+    evolved,
+    fenced,
+    interrupted_attempt,
+    removal_confirmation_wait,
+)
 from shared.rotation.journal import Checkpoint as Checkpoint
 from shared.rotation.journal import RemovalAudit as RemovalAudit
 from shared.rotation.journal import RotationOptions as RotationOptions
@@ -854,9 +864,11 @@ class Rotator(Journaled):
         (``retire_federated_id``), removed there unless another connection of that application relies on it (then
         it is theirs). Its removal is journaled ahead through ``journal`` (``retire_removing_key_id``, with the
         identity it names): once sent, the service's sign-in there refused as matching no federated credential
-        means it went. The application in use is never touched: were it the one left (it cannot be: a change of
-        credentials finishes the clean-up first, or takes the credential back), its credential is forgotten, not
-        removed. The Key IDs removed."""
+        (:func:`~shared.federation.refused_as_removed`) means it went, provided the refusal still comes
+        ``REMOVAL_CONFIRMATION_SECONDS`` after the first (:meth:`_refusal_held`; until then ``RemovalUnconfirmed``).
+        The application in use is never touched: were it the one left (it cannot be: a change of credentials
+        finishes the clean-up first, or takes the credential back), its credential is forgotten, not removed. The
+        Key IDs removed."""
         state = record.rotation
         credential_id = state.retire_federated_id or ""
         left = record.evolve(tenant_id=state.retire_tenant_id or "", client_id=state.retire_client_id or "")
@@ -866,24 +878,61 @@ class Rotator(Journaled):
         async def ahead(identity: str) -> None:
             if journal is not None:
                 await journal(lambda state: state.evolve(retire_removing_key_id=credential_id,
-                                                         retire_removing_identity=identity))
+                                                         retire_removing_identity=identity,
+                                                         retire_removing_refused_at=None))
 
-        return await self.remove_federated(left, left.tenant_id, credential_id, fence=fence, before_removal=ahead,
-                                           sent_as=removal_sent_as(state))
+        try:
+            return await self.remove_federated(left, left.tenant_id, credential_id, fence=fence,
+                                               before_removal=ahead)
+        except CredentialRejected as refused:
+            code = refused.extensions.get("aadstsCode")
+            if not refused_as_removed(federation_identity(self.adapters.settings), code, removal_sent_as(state)):
+                raise
+            window = await self._refusal_held(state, journal, str(code))
+        log.info("Connection %s: the federated credential %s, whose removal was sent, no longer signs in at "
+                 "application %s; its clean-up is done", record.id, credential_id, left.client_id)
+        await self.audit.record(
+            "credential.remove", "confirmed", app=record.app, connection_id=record.id,
+            detail=f"Federated identity credential {credential_id} on the application {left.client_id}: its removal "
+                   f"was sent before, and the service's identity still does not sign in there "
+                   f"{window.total_seconds():g} s after it first did not.")
+        return [credential_id]
+
+    async def _refusal_held(self, state: RotationState, journal: Journal | None, code: str) -> timedelta:
+        """A clean-up whose last removal was sent (``retire_removing_key_id``), whose credential Entra ID now refuses
+        as a removal leaves it (``code``): the refusal counts as that removal only once it still comes
+        ``REMOVAL_CONFIRMATION_SECONDS`` after the first (:func:`~shared.rotation.journal.removal_confirmation_wait`,
+        the rule a DELETE's last removal follows). Until then the clean-up is not done: the first refusal's time is
+        journaled through ``journal`` (``retire_removing_refused_at``; without one, none counts) and
+        ``RemovalUnconfirmed`` raised, with the seconds left (``Retry-After``); the clean-up is tried again as any
+        that failed. The window, once the refusal counts."""
+        now = self.now()
+        window = timedelta(seconds=self.adapters.settings.removal_confirmation_seconds)
+        first = state.retire_removing_refused_at
+        wait = removal_confirmation_wait(first, now, window)
+        if wait is None:
+            return window
+        if first is None and journal is not None:
+            await journal(lambda current: current if current.retire_removing_refused_at else current.evolve(
+                retire_removing_refused_at=now))
+        raise RemovalUnconfirmed(
+            f"Entra ID refuses the credential whose removal, the last of the clean-up of the application "
+            f"{state.retire_client_id} this connection left, was sent (Key ID {state.retire_removing_key_id}, "
+            f"{code}); a change can take minutes to reach every part of Entra ID, so the removal is taken as done "
+            f"only if Entra ID still refuses it {window.total_seconds():g} s after it first did, in {wait} s.",
+            headers={"Retry-After": str(wait)})
 
     async def remove_federated(self, record: ConnectionRecord, tenant_id: str, credential_id: str,
                                fence: Callable[[], None] | None = None,
-                               before_removal: Callable[[str], Awaitable[None]] | None = None,
-                               sent_as: str | None = None) -> list[str]:
+                               before_removal: Callable[[str], Awaitable[None]] | None = None) -> list[str]:
         """Remove the federated credential the service added (``credential_id``) from ``record``'s application,
         signed in where its object is (``tenant_id``), unless another connection of that application relies on it
         (an application trusts an issuer and subject once: :func:`~shared.rotation.sharing.keep_for_others`, asked
         before signing in and again right before the removal). ``before_removal`` journals it ahead, with the
         service's identity (its principal id), when the credential names that identity: it is then the one the
-        service signs in through. ``sent_as``: an earlier attempt journaled it so; while the service still has that
-        identity, a sign-in refused as matching no federated credential (``AADSTS70021``) means it went. The Key IDs
-        removed: none when it is kept, already gone, or the application is (``TRUST_GONE``, or Graph finds
-        neither); any other failure is raised."""
+        service signs in through. The Key IDs removed: none when it is kept, already gone, or the application is
+        (``TRUST_GONE``, or Graph finds neither); any other failure is raised (a sign-in refused as matching no
+        federated credential, once its removal was sent, is the caller's to judge)."""
         if not credential_id:
             return []
         store = self.adapters.connections
@@ -917,14 +966,6 @@ class Rotator(Journaled):
             code = refused.extensions.get("aadstsCode")
             if code in TRUST_GONE:
                 return []
-            if refused_as_removed(identity, code, sent_as):
-                log.info("Connection %s: the federated credential %s, whose removal was sent, no longer signs in at "
-                         "application %s; its clean-up is done", record.id, credential_id, record.client_id)
-                await self.audit.record(
-                    "credential.remove", "confirmed", app=record.app, connection_id=record.id,
-                    detail=f"Federated identity credential {credential_id} on the application {client_id}: its "
-                           "removal was sent before, and the service's identity no longer signs in there.")
-                return [credential_id]
             raise
         except NotFound:
             log.info("Connection %s: Microsoft Graph finds no application %s in tenant %s; nothing to remove there",
@@ -1143,14 +1184,17 @@ class Rotator(Journaled):
         credentials were for the same one), signed in with ``material``: every credential there that the service
         created for the connection but ``keep`` and a rotation's under way (``spare``); the one it signs in with
         last, journaled ahead (``retire_removing_key_id``, through ``journal``) when it is among them. Once that
-        entry is written, that credential refused by Entra as one it does not know, or as expired, means the
-        clean-up is done: everything else was removed before, and it no longer signs in, whether this removal went
-        through or not. Any other refusal (the application disabled, a Conditional Access policy) tells nothing."""
+        entry is written, that credential refused by Entra as expired, or as one it does not know once that refusal
+        still comes ``REMOVAL_CONFIRMATION_SECONDS`` after the first (:meth:`_refusal_held`; until then
+        ``RemovalUnconfirmed``, that credential alone left there), means the clean-up is done: everything else was
+        removed before, and it no longer signs in, whether this removal went through or not. Any other refusal (the
+        application disabled, a Conditional Access policy) tells nothing."""
         removing = record.rotation.retire_removing_key_id
 
         async def ahead(key_id: str) -> None:
             if journal is not None:
-                await journal(lambda state: state.evolve(retire_removing_key_id=key_id))
+                await journal(lambda state: state.evolve(retire_removing_key_id=key_id,
+                                                         retire_removing_refused_at=None))
 
         try:
             async with self.adapters.directory.graph(Method(record.method), tenant_id, client_id, material) as graph:
@@ -1168,6 +1212,13 @@ class Rotator(Journaled):
             end = await ends_async(material) if code == "AADSTS700027" else None
             expired = refused_here or code == "AADSTS7000222" or (
                 code == "AADSTS700027" and (end is None or end <= self.now()))
+            if not expired:  # unknown: a part of Entra ID that a credential just added has not reached says so too
+                try:
+                    await self._refusal_held(record.rotation, journal, str(code))
+                except RemovalUnconfirmed:
+                    if progress is not None:  # all that is left there (everything else was removed first)
+                        progress.found[client_id] = {removing}
+                    raise
             log.info("Connection %s: the credential of application %s whose removal was sent last (Key ID %s) no "
                      "longer signs in (%s); its clean-up is done", record.id, client_id, removing,
                      "expired" if expired else "removed")

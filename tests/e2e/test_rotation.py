@@ -453,7 +453,8 @@ async def test_a_clean_up_of_the_application_left_whose_last_removal_lost_its_an
     """The clean-up of the application a connection left removes the credential it signs in with last; that
     removal went through and its answer was lost every time it was sent (and the application could not be read
     to tell). The next pass, the sweep's, signs in with it: Entra (the stand-in, through azure-identity) refuses
-    it as unknown, and the journal says it was the last: the clean-up is done, and its vault version disabled."""
+    it as unknown, and the journal says it was the last: once that refusal still comes REMOVAL_CONFIRMATION_SECONDS
+    after the first (the sweep's next attempt), the clean-up is done, and its vault version disabled."""
     from localdev.standin.graph import graph_fault
 
     entra = register_rotatable_app(admin, secrets_used)
@@ -476,7 +477,12 @@ async def test_a_clean_up_of_the_application_left_whose_last_removal_lost_its_an
     waiting = await stored(clients, APP, connection["id"])
     assert waiting.rotation.retire_client_id == entra.client_id and waiting.rotation.retire_removing_key_id == made[0]
     assert waiting.rotation.next_at is not None
-    await sweep(rotator_at(clients, waiting.rotation.next_at + timedelta(minutes=1), only=[connection["id"]]))
+    first = waiting.rotation.next_at + timedelta(minutes=1)
+    await sweep(rotator_at(clients, first, only=[connection["id"]]))
+    refused = await stored(clients, APP, connection["id"])  # not proof yet: the first refusal is recorded
+    assert refused.rotation.retire_removing_key_id == made[0] and refused.rotation.retire_removing_refused_at == first
+    assert refused.rotation.next_at is not None and refused.rotation.next_at > first
+    await sweep(rotator_at(clients, refused.rotation.next_at + timedelta(minutes=1), only=[connection["id"]]))
     done = await stored(clients, APP, connection["id"])
     assert (done.rotation.retire_version, done.rotation.retire_removing_key_id) == (None, None), done.rotation
     assert done.client_id == other.client_id and done.rotation.failures == 0

@@ -1140,7 +1140,8 @@ async def test_a_clean_up_of_an_application_left_behind_whose_last_removal_had_n
     in with last; when the answer to that removal was lost, nothing said so, and every later pass signed in with
     the removed credential and was refused: the sweep retried for good, a credentials change, a rotation and a
     plain DELETE answered 409. That removal is journaled ahead of it now (``retire_removing_key_id``), and that
-    credential then refused as unknown means the clean-up is done."""
+    credential then refused as unknown, still ``REMOVAL_CONFIRMATION_SECONDS`` after it first was, means the
+    clean-up is done."""
     h = Harness(method=method)
     record, signer = await _left_behind_with_its_last_removal_unanswered(h, by=by, applied=applied)
     retired = (await h.record(record.id) or record).rotation.retire_version
@@ -1152,12 +1153,158 @@ async def test_a_clean_up_of_an_application_left_behind_whose_last_removal_had_n
         assert done.rotation.retire_removing_key_id is None and done.rotation.failures == 0
         assert not h.fakes.vault.version(record.secret_name, retired).enabled
     else:
+        if applied:  # refused at once: proof only once the refusal still comes after the window
+            unconfirmed = await _clean_up_pass(h, record.id, "a delete")
+            assert unconfirmed is not None and unconfirmed.extensions["keyIds"] == [signer]
+            h.fakes.clock.advance(timedelta(seconds=h.fakes.adapters.settings.removal_confirmation_seconds))
         deleted = await h.api.delete(APP, record.id)
         assert (deleted.removed_key_ids, deleted.key_ids_left_live) == ([signer], [])
         assert await h.record(record.id) is None
     old = h.fakes.world.apps[record.client_id or ""]
     assert signer not in {*old.passwords, *old.keys}
     assert h.check() == []
+
+
+UNKNOWN_SECRET = CredentialRejected("AADSTS7000215: Invalid client secret provided.",
+                                    extensions={"aadstsCode": "AADSTS7000215"})
+UNKNOWN_KEY = CredentialRejected("AADSTS700027: Client assertion contains an invalid signature.",
+                                 extensions={"aadstsCode": "AADSTS700027"})
+PASSES = ["the sweep", "a credentials change", "a delete"]
+
+
+async def _clean_up_pass(h: Harness, connection_id: str, by: str) -> ServiceError | None:
+    """One pass of the clean-up of the application a connection left, ``by`` the sweep (once it is due), a change
+    of credentials to a new application (which finishes it first), or a plain DELETE; the problem a request
+    answered (None: it went through, or the sweep's pass)."""
+    if by == "the sweep":
+        await h.due()
+        await h.sweep()
+        return None
+    try:
+        if by == "a credentials change":
+            await h.api.update(APP, connection_id, {"credentials": h.new_application()[1]})
+        else:
+            await h.api.delete(APP, connection_id)
+    except CredentialsLeftLive as refused:
+        return refused
+    return None
+
+
+@pytest.mark.parametrize("by", PASSES)
+@pytest.mark.parametrize("method", ["client-secret", "certificate"])
+async def test_a_clean_up_left_behind_refused_right_after_its_last_removal_failed_is_not_taken_for_done(
+        method: str, by: str) -> None:
+    """(Review of the clean-ups' confirmation.) The last removal of a clean-up failed unmade (a 5xx); the next
+    pass's sign-in came to a part of Entra ID that did not know the credential yet (one a rotation had just made):
+    taken for the removal, the clean-up was forgotten and the credential left live on the application, tracked by
+    nothing. As a DELETE's, that refusal counts only once it still comes ``REMOVAL_CONFIRMATION_SECONDS`` after
+    the first (journaled: ``retire_removing_refused_at``); until then the clean-up fails as one that could not
+    finish (a request answers 409 with Retry-After), and by then the credential signs in, and is removed."""
+    h = Harness(method=method)
+    record, signer = await _left_behind_with_its_last_removal_unanswered(h, by="credentials-change", applied=False)
+    window = h.fakes.adapters.settings.removal_confirmation_seconds
+    h.fakes.world.fail_next("graph.token", UNKNOWN_KEY if method == "certificate" else UNKNOWN_SECRET)
+    refused = await _clean_up_pass(h, record.id, by)
+    waiting = await h.record(record.id)
+    assert waiting is not None and waiting.status == "active" and waiting.rotation.retire_client_id == record.client_id
+    assert waiting.rotation.retire_removing_key_id == signer
+    assert waiting.rotation.retire_removing_refused_at == h.fakes.clock.now
+    assert h.fakes.world.credential(record.client_id or "", signer) is not None and h.check() == []
+    if by == "the sweep":
+        assert refused is None and waiting.rotation.lease_owner is None
+        assert "could not be removed yet" in (waiting.rotation.message or "")
+        assert [r.outcome for r in h.fakes.audit.records if r.action == "rotation.clean-up"][-1] == "failed"
+    else:
+        assert refused is not None and refused.status == 409 and refused.headers["Retry-After"] == str(int(window))
+        assert f"{window:g} s after it first did" in refused.detail
+    if by == "a delete":
+        assert refused is not None and refused.extensions["keyIds"] == [signer]
+    h.fakes.clock.advance(timedelta(seconds=window))
+    assert await _clean_up_pass(h, record.id, by) is None  # it signs in: removed
+    assert h.fakes.world.credential(record.client_id or "", signer) is None
+    done = await h.record(record.id)
+    assert done is None if by == "a delete" else (done is not None and not done.rotation.cleaning_up)
+    assert h.check() == []
+
+
+@pytest.mark.parametrize("by", PASSES)
+async def test_a_clean_up_left_behind_whose_credential_is_still_refused_after_the_window_is_done(by: str) -> None:
+    """The last removal of a clean-up was made and its answer lost: the next pass's sign-in is refused as unknown,
+    and that refusal is the removal once it still comes ``REMOVAL_CONFIRMATION_SECONDS`` after the first; the
+    wait counts from the first refusal, not from the last."""
+    h = Harness()
+    record, signer = await _left_behind_with_its_last_removal_unanswered(h, by="credentials-change")
+    window = int(h.fakes.adapters.settings.removal_confirmation_seconds)
+    refused = await _clean_up_pass(h, record.id, by)
+    first = h.fakes.clock.now
+    waiting = await h.record(record.id)
+    assert waiting is not None and waiting.rotation.cleaning_up
+    assert waiting.rotation.retire_removing_refused_at == first
+    if by == "the sweep":
+        assert waiting.rotation.next_at is not None and waiting.rotation.next_at >= first + timedelta(seconds=window)
+    else:
+        assert refused is not None and refused.headers["Retry-After"] == str(window)
+        assert refused.extensions["keyIds"] == [signer] if by == "a delete" else "reason" in refused.extensions
+        h.fakes.clock.advance(timedelta(seconds=window - 1))
+        still = await _clean_up_pass(h, record.id, by)
+        assert still is not None and still.headers["Retry-After"] == "1"
+        kept = await h.record(record.id)
+        assert kept is not None and kept.rotation.retire_removing_refused_at == first
+        h.fakes.clock.advance(timedelta(seconds=1))
+    assert await _clean_up_pass(h, record.id, by) is None
+    done = await h.record(record.id)
+    if by == "a delete":
+        assert done is None
+    else:
+        assert done is not None and not done.rotation.cleaning_up and done.rotation.retire_removing_refused_at is None
+        assert done.rotation.failures == 0
+    assert h.check() == []
+
+
+async def test_a_clean_up_whose_credential_signs_in_again_after_a_refusal_starts_its_wait_anew() -> None:
+    """A refusal, then a pass whose sign-in works (the credential had not reached that part of Entra ID) and whose
+    removal fails again unmade: the removal is sent anew, and the first refusal forgotten with it. A refusal after
+    that is a first one again, however long after the earlier one it comes; once the credential signs in, it is
+    removed."""
+    h = Harness()
+    record, signer = await _left_behind_with_its_last_removal_unanswered(h, by="credentials-change", applied=False)
+    window = timedelta(seconds=h.fakes.adapters.settings.removal_confirmation_seconds)
+    world = h.fakes.world
+    world.fail_next("graph.token", UNKNOWN_SECRET)
+    assert await _clean_up_pass(h, record.id, "a credentials change") is not None
+    h.fakes.clock.advance(window / 2)
+    world.fail_next("graph.remove")  # it signs in; its removal, sent again, fails unmade (a 5xx)
+    assert await _clean_up_pass(h, record.id, "a credentials change") is not None
+    sent_again = await h.record(record.id)
+    assert sent_again is not None and sent_again.rotation.retire_removing_key_id == signer
+    assert sent_again.rotation.retire_removing_refused_at is None
+    h.fakes.clock.advance(window)
+    world.fail_next("graph.token", UNKNOWN_SECRET)
+    refused = await _clean_up_pass(h, record.id, "a credentials change")
+    assert refused is not None and refused.headers["Retry-After"] == str(int(window.total_seconds()))
+    assert world.credential(record.client_id or "", signer) is not None and h.check() == []
+    h.fakes.clock.advance(window)
+    assert await _clean_up_pass(h, record.id, "a credentials change") is None
+    assert world.credential(record.client_id or "", signer) is None and h.check() == []
+
+
+@pytest.mark.parametrize("by", PASSES)
+async def test_with_no_confirmation_window_a_clean_up_whose_credential_is_refused_is_done_at_once(by: str) -> None:
+    """``REMOVAL_CONFIRMATION_SECONDS=0``: the wait is off, for a clean-up as for a DELETE."""
+    h = Harness(fakes=build_fakes({"REMOVAL_CONFIRMATION_SECONDS": "0"}))
+    record, _ = await _left_behind_with_its_last_removal_unanswered(h, by="credentials-change")
+    assert await _clean_up_pass(h, record.id, by) is None
+    done = await h.record(record.id)
+    assert done is None if by == "a delete" else (done is not None and not done.rotation.cleaning_up)
+    assert h.check() == []
+
+
+async def test_a_forced_delete_lists_a_credential_left_behind_whose_removal_is_not_confirmed_as_left_live() -> None:
+    h = Harness()
+    record, signer = await _left_behind_with_its_last_removal_unanswered(h, by="credentials-change")
+    forced = await h.api.delete(APP, record.id, force=True)  # at once: Entra's refusal is not proof yet
+    assert signer in forced.key_ids_left_live and signer not in forced.removed_key_ids
+    assert await h.record(record.id) is None
 
 
 @pytest.mark.parametrize("refusal", ["AADSTS7000112: Application is disabled.",

@@ -958,7 +958,9 @@ async def test_a_clean_up_whose_removal_went_through_unrecorded_is_done_at_its_n
     then failed to sign in there (AADSTS70021: nothing matches the service's identity any more), for ever, and
     refused every later move and DELETE (409). The removal is journaled ahead (``retire_removing_key_id``): once
     sent, that refusal means it went, whichever of Entra's codes for "none matches" it comes with (review of the
-    stand-in's fidelity, 4: the application may have federated credentials of its owner's, for other issuers)."""
+    stand-in's fidelity, 4: the application may have federated credentials of its owner's, for other issuers),
+    provided it still comes ``REMOVAL_CONFIRMATION_SECONDS`` after the first (the next attempt, after its
+    back-off); only then is the removal audited ``confirmed``."""
     h = Harness()
     h.fakes.world.no_match_code = no_match
     before, _moved, credential_id = await _moved_off(h, BLOCKED)
@@ -975,11 +977,78 @@ async def test_a_clean_up_whose_removal_went_through_unrecorded_is_done_at_its_n
     h.lease_runs_out()
     await h.due()
     await h.sweep()
+    waiting = await h.record(before.id)  # refused: not proof yet
+    assert waiting is not None and waiting.rotation.retire_removing_refused_at == h.fakes.clock.now
+    assert waiting.rotation.retire_federated_id == credential_id and not confirmed(h)
+    await h.due()
+    await h.sweep()
     done = await h.record(before.id)
     assert done is not None and not done.rotation.cleaning_up
     assert done.rotation.failures == 0 and "could not be removed" not in (done.rotation.message or "")
+    assert confirmed(h) == [credential_id]
     assert h.check() == [] and h.unscheduled() == []
     await h.api.delete(APP, before.id)
+
+
+def confirmed(h: Harness) -> list[str]:
+    """The credentials whose removal Entra's refusal confirmed (``credential.remove`` ``confirmed``), in order."""
+    return [(r.detail or "").split()[3] for r in h.fakes.audit.records
+            if r.action == "credential.remove" and r.outcome == "confirmed"]
+
+
+@pytest.mark.parametrize("by", ["sweep", "move", "delete"])
+async def test_a_refusal_right_after_the_removal_of_the_federated_credential_left_failed_is_not_its_removal(
+        by: str) -> None:
+    """(Review of the clean-ups' confirmation.) The clean-up's removal of the federated credential at the
+    application left failed unmade (a 5xx); the next attempt's sign-in there came to a part of Entra ID that the
+    credential had not reached (AADSTS70021): taken for the removal, the clean-up was forgotten, and the
+    credential stayed live, trusting the service, tracked by nothing. As a DELETE's, that refusal must hold
+    ``REMOVAL_CONFIRMATION_SECONDS``: until then the clean-up fails as one that could not finish (a request
+    answers 409 with Retry-After); by then the sign-in works, and the removal is made."""
+    h = Harness()
+    before = await migrated(h, await h.create())
+    credential_id = before.rotation.key_id or ""
+    world = h.fakes.world
+    left = world.apps[before.client_id or ""]
+    other, third = world.application(), world.application()
+    world.add_federated(other.client_id)
+    world.add_federated(third.client_id)
+    world.fail_next("graph.fic.remove")  # a 5xx: not made
+    moved = await h.api.update(APP, before.id, moved_to(other.client_id))
+    assert moved.rotation.retire_removing_key_id == credential_id and credential_id in left.federated
+    window = int(h.fakes.adapters.settings.removal_confirmation_seconds)
+    world.federation_delay = 1  # one sign-in refused by a part of Entra ID the credential has not reached
+    refused: ServiceError | None = None
+    try:
+        if by == "sweep":
+            await h.due()
+            await h.sweep()
+        elif by == "move":
+            await h.api.update(APP, before.id, moved_to(third.client_id))
+        else:
+            await h.api.delete(APP, before.id)
+    except ServiceError as error:
+        refused = error
+    assert (refused is None) == (by == "sweep")
+    if refused is not None:
+        assert refused.status == 409 and refused.headers["Retry-After"] == str(window)
+    waiting = await h.record(before.id)
+    assert waiting is not None and waiting.client_id == other.client_id
+    assert waiting.rotation.retire_federated_id == credential_id
+    assert waiting.rotation.retire_removing_refused_at == h.fakes.clock.now
+    assert credential_id in left.federated and not confirmed(h) and h.check() == []
+    h.fakes.clock.advance(timedelta(seconds=window))
+    if by == "sweep":
+        await h.due()
+        await h.sweep()
+    elif by == "move":
+        assert (await h.api.update(APP, before.id, moved_to(third.client_id))).client_id == third.client_id
+    else:
+        assert (await h.api.delete(APP, before.id)).removed_key_ids == [credential_id]
+    assert credential_id not in left.federated and not confirmed(h)  # removed, not confirmed by a refusal
+    done = await h.record(before.id)
+    assert done is None if by == "delete" else (done is not None and not done.rotation.cleaning_up)
+    assert h.check() == []
 
 
 async def test_a_move_back_while_the_clean_up_is_removing_the_credential_waits(
@@ -1677,6 +1746,11 @@ async def test_a_delete_undone_after_its_clean_up_removal_was_sent_keeps_as_whom
     assert kept is not None and kept.rotation.retire_removing_key_id == credential_id
     assert kept.rotation.retire_removing_identity == IDENTITY_PRINCIPAL_ID
     h.lease_runs_out()
+    await h.due()
+    await h.sweep()  # refused: proof once the refusal holds REMOVAL_CONFIRMATION_SECONDS, at the next attempt
+    waiting = await h.record(before.id)
+    assert waiting is not None and waiting.rotation.retire_removing_identity == IDENTITY_PRINCIPAL_ID
+    assert waiting.rotation.retire_removing_refused_at is not None
     await h.due()
     await h.sweep()
     after = await h.record(before.id)

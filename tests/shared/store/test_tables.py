@@ -1,4 +1,5 @@
-"""Continuation tokens: what a page hands out is read back, and anything else is a 400, never a read."""
+"""Continuation tokens: what a page hands out is read back, and anything else is a 400, never a read. A
+connection's columns: what is written is read back."""
 
 from __future__ import annotations
 
@@ -9,8 +10,17 @@ from datetime import UTC, datetime
 import pytest
 
 from shared.errors import FieldError, InvalidRequest, NotFound
+from shared.records import ConnectionRecord, RotationState
 from shared.store.audit import _decode, _encode
-from shared.store.tables import MAX_TOKEN, ConnectionsTable, decode_token, encode_token, name_key
+from shared.store.tables import (
+    MAX_TOKEN,
+    ConnectionsTable,
+    decode_token,
+    encode_token,
+    name_key,
+    record_of_columns,
+    to_entity,
+)
 
 
 def _token(value: object) -> str:
@@ -114,3 +124,18 @@ async def test_a_value_that_is_no_name_finds_nothing_and_reads_nothing(asked: st
     for store in (ConnectionsTable(_Untouched()), ConnectionReads(_Untouched())):  # type: ignore[arg-type]
         with pytest.raises(NotFound):
             await store.get_by_name("azure-key-vault", asked)
+
+
+def test_the_journals_of_a_last_removal_are_stored_in_columns_of_their_own_and_read_back() -> None:
+    """A DELETE's last removal and a clean-up's (``retire_*``), each with the time Entra ID first refused its
+    credential since it was sent: each field in its column (``Rot`` + its name), read back as written."""
+    at = datetime(2026, 1, 5, 12, 0, 0, 123000, tzinfo=UTC)
+    record = ConnectionRecord(
+        app="azure-key-vault", id="c1", name="c1", method="client-secret", tenant_id="t1", client_id="a2",
+        created_at=at, updated_at=at, secret_name="s1", secret_version="v2",
+        rotation=RotationState(removing_key_id="k2", removing_refused_at=at, retire_version="v1",
+                               retire_tenant_id="t1", retire_client_id="a1", retire_removing_key_id="k1",
+                               retire_removing_refused_at=at.replace(minute=3)))
+    entity = to_entity(record)
+    assert (entity["RotRemovingRefusedAt"], entity["RotRetireRemovingRefusedAt"]) == (at, at.replace(minute=3))
+    assert record_of_columns(entity, "W/1") == record
