@@ -71,7 +71,8 @@ def _up(argv: Sequence[str]) -> int:
         os.environ.setdefault("SITE_URL", f"http://localhost:{args.port}")
         admin = env.standin.admin
         admin.set_account_picker(True)  # the console's sign-in page offers the demo people
-        demo = ensure_demo_app(admin, env.standin.url, str(env.standin.ca_path), state_dir, args.persist)
+        demo = ensure_demo_app(admin, env.standin.url, str(env.standin.ca_path), state_dir, args.persist,
+                               env.federation.tenant_id)  # the identity's tenant: the demo app can federate
         body_file = write_demo_body(admin, demo, state_dir, "demo-key-vault")
         for line in _instructions(env, demo.tenant_id, demo.client_id, body_file, args.port, state_dir,
                                   args.persist):

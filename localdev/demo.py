@@ -2,7 +2,9 @@
 
 * :func:`ensure_demo_app` registers (or, with ``--persist``, finds again) the demo tenant and app, with what a
   rotation needs: the Graph permission ``Application.ReadWrite.OwnedBy`` and its service principal owning the
-  app. ``{state_dir}/demo-app.json`` says which they are (no secret).
+  app; registered in the tenant of the host's managed identity, so that its connections can move to the federated
+  method (Entra ID, and the stand-in, refuse an identity of another tenant: AADSTS700236).
+  ``{state_dir}/demo-app.json`` says which they are (no secret).
 * ``python -m localdev demo-connection [--name N]`` adds a new secret to the demo app and writes a create body
   with it to ``{state_dir}/demo-connection.json`` (0600), printing the file's path: every create gets a secret
   that no rotation has replaced yet, so the printed create command keeps working after the demo is rotated.
@@ -47,9 +49,10 @@ class DemoApp:
 
 
 def ensure_demo_app(admin: AdminClient, standin_url: str, ca_path: str, state_dir: Path,
-                    persist: bool = False) -> DemoApp:
+                    persist: bool = False, tenant_id: str | None = None) -> DemoApp:
     """The demo tenant and app, able to rotate their own secret; with ``persist``, the persisted stand-in's found
-    again. The running one's is in ``demo-app.json`` (the printed commands read it); the persisted one's also in
+    again. A new one is registered in ``tenant_id`` (the managed identity's; a new tenant when None). The running
+    one's is in ``demo-app.json`` (the printed commands read it); the persisted one's also in
     ``persisted-demo-app.json``, which a run in memory leaves alone, so that the next persisted run finds it."""
     found: DemoApp | None = None
     for file in (PERSISTED_DEMO_APP_FILE, DEMO_APP_FILE) if persist else ():  # the second: a state dir of before
@@ -61,7 +64,7 @@ def ensure_demo_app(admin: AdminClient, standin_url: str, ca_path: str, state_di
         except (OSError, ValueError, KeyError, TypeError, AdminError):
             continue
     if found is None:
-        tenant = admin.add_tenant()
+        tenant = tenant_id or admin.add_tenant()
         app = admin.add_app(tenant, display_name="demo-app", roles=[ROTATION_PERMISSION])
         found = DemoApp(standin_url, ca_path, tenant, app["appId"])
     admin.grant_roles(found.tenant_id, found.client_id, [ROTATION_PERMISSION])

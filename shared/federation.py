@@ -32,6 +32,9 @@ LIMITS = (
 # AADSTS codes meaning the application has no matching federated credential (or the assertion does not match it).
 FEDERATION_CODES = ("AADSTS70021", "AADSTS700211", "AADSTS700212", "AADSTS700213", "AADSTS7002138", "AADSTS700024",
                     "AADSTS70025", "AADSTS700236")
+# The one of them meaning that the identity is of another tenant than the application's: Entra ID refuses it whatever
+# federated credential the application has, and however long one had to propagate.
+OTHER_TENANT_CODE = "AADSTS700236"
 # Those of them meaning that no federated credential of the application matches the service's identity (none at all:
 # AADSTS70025; none whose issuer, audience or subject matches, the subject's case included).
 NO_MATCH_CODES = frozenset({"AADSTS70021", "AADSTS700211", "AADSTS700212", "AADSTS700213", "AADSTS7002138"})
@@ -144,12 +147,18 @@ def added_by_service(name: str) -> bool:
 
 
 def explain(rejected: CredentialRejected, identity: FederationIdentity) -> CredentialRejected:
-    """Entra's refusal of a federated sign-in, with the federated credential the application needs."""
+    """Entra's refusal of a federated sign-in, with the federated credential the application needs; for an
+    identity of another tenant (``OTHER_TENANT_CODE``), the tenant the application must be registered in."""
     extensions = dict(rejected.extensions)
     extensions["expectedFederatedCredential"] = identity.expected()
     code = str(extensions.get("aadstsCode") or "")
     detail = rejected.detail
-    if code in FEDERATION_CODES or not code:
+    if code == OTHER_TENANT_CODE:
+        detail = (f"{detail} The application must be registered in the tenant of the service's managed identity, "
+                  f"{identity.tenant_id}: Entra ID refuses an identity of another tenant, whatever federated "
+                  "identity credential the application has (a multi-tenant application registered there also signs "
+                  "in to the tenants it is provisioned in).")
+    elif code in FEDERATION_CODES or not code:
         detail = (f"{detail} The application needs a federated identity credential with issuer {identity.issuer}, "
                   f"subject {identity.principal_id} and audience {identity.audience} (see GET "
                   "/api/v1/app-connections/options).")

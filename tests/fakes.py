@@ -510,6 +510,12 @@ class FakeDirectory:
             code = self.world.no_match_code  # Entra's code for it varies (70021, 700211 to 700213, 7002138)
             raise CredentialRejected(f"{code}: No matching federated identity record found for presented "
                                      "assertion.", extensions={"aadstsCode": code})
+        home = self.world.apps[client_id].home_tenant
+        if home is not None and home.lower() != self.world.federation.tenant_id.lower():  # as the stand-in (and Entra)
+            raise CredentialRejected("AADSTS700236: Entra ID tokens issued by issuer "
+                                     f"'{self.world.federation.issuer}' may not be used for federated identity "
+                                     "credential flows for applications or managed identities registered in this "
+                                     "tenant.", extensions={"aadstsCode": "AADSTS700236"})
         if self.world.federation_delay > 0:
             self.world.federation_delay -= 1
             raise CredentialRejected("AADSTS70021: No matching federated identity record found for presented "

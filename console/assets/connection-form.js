@@ -346,21 +346,28 @@ function showErrors(errors, detail) {
 
 /**
  * Entra refused a federated sign-in (400 with aadstsCode and expectedFederatedCredential): say beside the Client ID
- * that the application does not trust the service yet, and show the exact credential to add, ready to copy.
+ * that the application does not trust the service yet, and show the exact credential to add, ready to copy; or,
+ * for an application of another tenant than the service's identity (AADSTS700236, which no credential changes),
+ * that it must be registered in the identity's tenant (the problem's detail, above the form, names it).
  */
 function showExpectedCredential(problem) {
   const expected = problem && problem.expectedFederatedCredential;
   if (!expected) return;
+  const otherTenant = problem.aadstsCode === 'AADSTS700236';
   const code = problem.aadstsCode ? ` (${problem.aadstsCode})` : '';
   const slot = document.getElementById(`${fieldId('clientId')}-error`);
   if (slot && slot.hidden) {
-    slot.textContent = `This application does not trust the service's identity yet${code}: add the federated ` +
-      'credential shown above the form.';
+    slot.textContent = otherTenant
+      ? `This application is registered in another tenant than the service's identity${code}: Entra ID refuses ` +
+        'it whatever federated credential it has; register it in the tenant named above the form.'
+      : `This application does not trust the service's identity yet${code}: add the federated credential shown ` +
+        'above the form.';
     slot.hidden = false;
     const control = document.getElementById(fieldId('clientId'));
     control.setAttribute('aria-invalid', 'true');
     control.focus();
   }
+  if (otherTenant) return;
   const general = document.getElementById('form-error');
   const block = h('div', {class: 'expected-credential', id: 'expected-credential'},
     h('p', {}, `Entra ID refused the federated sign-in${code}. Add this federated credential to the app ` +

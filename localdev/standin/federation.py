@@ -29,7 +29,9 @@ assertion carries the stand-in's ``kid``): the assertion's ``iss``, ``sub`` and 
 case-sensitive) those of one federated credential of the app, else, as Entra answers: AADSTS70021 when the app
 has none ("No matching federated identity record found for presented assertion. Assertion Issuer: '...'.
 Assertion Subject: '...'. Assertion Audience: '...'."), AADSTS700211 when no credential has the issuer,
-AADSTS700213 when none has the issuer and subject, AADSTS700212 when none also has the audience. Then the
+AADSTS700213 when none has the issuer and subject, AADSTS700212 when none also has the audience; a token Entra ID
+(the stand-in) issued in another tenant than the app's is refused with AADSTS700236, as Entra refuses a managed
+identity of another tenant (the stand-in has no multi-tenant applications). Then the
 signature is checked with the stand-in's issuer key (an issuer that is not the stand-in cannot be verified here:
 AADSTS50166) and ``exp``/``nbf`` with five minutes of skew (AADSTS700024). The token issued has ``appidacr``
 "2".
@@ -163,10 +165,17 @@ def _stand_in_issuer(req: Request, value: str) -> bool:
     return any(value.startswith(f"https://{host}:{port}/") for host in ("127.0.0.1", "localhost"))
 
 
+def _issuing_tenant(req: Request, issuer: str) -> str | None:
+    """The tenant (lower case) whose Entra ID issued a token of the stand-in's issuer ``{host}/{tenant}/v2.0``."""
+    if not _stand_in_issuer(req, issuer):
+        return None
+    parts = issuer.split("/")
+    return parts[3].lower() if len(parts) == 5 and parts[4] == "v2.0" else None
+
+
 def check_federated(req: Request, tenant: Tenant, app: App, header: dict[str, object], assertion: str) -> None:
     """Accept ``assertion`` as ``app``'s client credential through one of its federated identity credentials, or
     raise the error Entra gives (see the module docstring)."""
-    del tenant
     try:
         unverified = jwt.decode(assertion, options={"verify_signature": False})
     except jwt.PyJWTError as exc:
@@ -218,6 +227,16 @@ def check_federated(req: Request, tenant: Tenant, app: App, header: dict[str, ob
             f"{FIC_CHECK} " + FIC_DOCS,
         )
     req.note["federatedCredential"] = matched[0].id
+    issued_in = _issuing_tenant(req, iss)
+    if issued_in is not None and issued_in != tenant.tenant_id.lower():
+        raise fail(
+            req,
+            401,
+            "invalid_client",
+            700236,
+            f"Entra ID tokens issued by issuer '{iss}' may not be used for federated identity credential flows for "
+            "applications or managed identities registered in this tenant.",
+        )
     if not _stand_in_issuer(req, iss) or header.get("kid") != req.ctx.signer.kid:
         raise fail(
             req,

@@ -10,7 +10,8 @@ credential) and with the protocol's public pieces (the connection's marker, :fun
    Graph with the connection's own credential (``app-connections-{connection id}``; one that already names the
    identity is reused: the owner's is never removed, one the service added for another connection of the
    application is shared, and removed by the last connection relying on it), its id journaled;
-3. ``migrate-tested``: a token acquired with the federated sign-in, retried while Entra propagates it; one that
+3. ``migrate-tested``: a token acquired with the federated sign-in, retried while Entra propagates it (but
+   AADSTS700236, an application of another tenant than the identity's, which no propagation changes); one that
    never works removes what this migration added, and the connection is left as it was; one still being tested when
    the HTTP request must be answered is handed to the sweep at ``migrate-added`` (:meth:`Migrator._hand_to_sweep`);
 4. ``migrate-switched``: the connection's method is federated (one ETag-guarded write);
@@ -58,6 +59,7 @@ from shared.errors import (
 )
 from shared.federation import (
     MAX_FEDERATED_CREDENTIALS,
+    OTHER_TENANT_CODE,
     FederationIdentity,
     added_by_service,
     credential_name,
@@ -255,8 +257,16 @@ class Migrator(Journaled):
     async def _test(self, record: ConnectionRecord, identity: FederationIdentity) -> ConnectionRecord:
         app = find_app(record.app)
         assert app is not None
-        last = await self._until_it_works(lambda: self.adapters.directory.probe(
-            app, Method.FEDERATED, record.tenant_id, record.client_id or "", {}), answering=True)
+
+        async def sign_in() -> None:
+            try:
+                await self.adapters.directory.probe(app, Method.FEDERATED, record.tenant_id, record.client_id or "", {})
+            except CredentialRejected as rejected:
+                if rejected.extensions.get("aadstsCode") == OTHER_TENANT_CODE:  # no propagation changes it: stop now
+                    raise Stopped(explain(rejected, identity)) from None
+                raise
+
+        last = await self._until_it_works(sign_in, answering=True)
         if last is not None:
             raise Stopped(explain(last, identity) if isinstance(last, CredentialRejected) else last)
         await self.checkpoint("after-test-federated", record)

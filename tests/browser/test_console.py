@@ -15,7 +15,7 @@ import pytest
 from localdev.environment import LocalEnvironment
 from localdev.standin.pki import make_certificate
 from tests.browser.conftest import PAGE, Console
-from tests.e2e.entra import ROTATION_ROLE, register_app, register_rotatable_app
+from tests.e2e.entra import ROTATION_ROLE, identity_tenant, register_app, register_rotatable_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -561,7 +561,7 @@ def trust(admin: Any, local_env: LocalEnvironment, app: Any) -> None:
 def test_a_federated_connection_shows_the_credential_to_add_and_is_created_with_nothing_secret(
         open_console: Any, admin: Any, secrets_used: Any, local_env: LocalEnvironment) -> None:
     assert local_env.federation is not None
-    app = register_app(admin, secrets_used, name="console-federated")
+    app = register_app(admin, secrets_used, identity_tenant(local_env), name="console-federated")
     console = open_console("admin")
     page = console.page
     add_dialog(page, "azure-key-vault", "federated")
@@ -604,10 +604,34 @@ def test_a_federated_connection_shows_the_credential_to_add_and_is_created_with_
     page.keyboard.press("Escape")
 
 
+def test_a_federated_connection_to_an_application_of_another_tenant_says_where_it_must_be_registered(
+        open_console: Any, admin: Any, secrets_used: Any, local_env: LocalEnvironment) -> None:
+    """Entra refuses the identity for an application of another tenant however it trusts it (AADSTS700236): the
+    form says the application must be registered in the identity's tenant, and shows no credential to add."""
+    app = register_app(admin, secrets_used, admin.add_tenant(), name="console-elsewhere")
+    trust(admin, local_env, app)
+    console = open_console("admin")
+    page = console.page
+    add_dialog(page, "azure-key-vault", "federated")
+    page.fill("#field-name", "console-elsewhere")
+    page.fill("#field-tenantId", app.tenant_id)
+    page.fill("#field-clientId", app.client_id)
+    page.click("#connection-submit")
+    page.wait_for_selector("#field-clientId-error:not([hidden])", timeout=30_000)
+    beside = page.inner_text("#field-clientId-error")
+    assert "registered in another tenant than the service's identity (AADSTS700236)" in beside, beside
+    assert "add the federated credential" not in beside
+    assert identity_tenant(local_env) in page.inner_text("#form-error")
+    assert page.locator("#expected-credential").count() == 0
+    assert page.get_attribute("#field-clientId", "aria-invalid") == "true"
+    console.screenshot("add-federated-other-tenant")
+    page.keyboard.press("Escape")
+
+
 def test_a_client_secret_connection_moves_to_federated_through_the_page(
         open_console: Any, admin: Any, secrets_used: Any, local_env: LocalEnvironment, api: httpx.Client) -> None:
     assert local_env.federation is not None
-    app = register_rotatable_app(admin, secrets_used, name="console-migrate")
+    app = register_rotatable_app(admin, secrets_used, name="console-migrate", tenant_id=identity_tenant(local_env))
     created = api.post("/api/v1/app-connections/azure-key-vault", json={
         "name": "console-migrate", "method": "client-secret", "credentials": app.client_secret_body()})
     assert created.status_code == 201, created.text

@@ -23,6 +23,7 @@ class EntraApp:
 
 def register_app(admin: Any, registry: Any, tenant_id: str | None = None, name: str = "app",
                  roles: tuple[str, ...] = ()) -> EntraApp:
+    """An app with a client secret the user gave, in ``tenant_id`` (a new tenant when None)."""
     tenant = tenant_id or admin.add_tenant()
     app = admin.add_app(tenant, display_name=name, roles=roles)
     secret = admin.add_secret(tenant, app["appId"], display_name="given by the user")
@@ -46,13 +47,21 @@ def certificate_body(admin: Any, registry: Any, app: EntraApp, key_type: str = "
     return {"tenantId": app.tenant_id, "clientId": app.client_id, "certificateBody": cert_pem, "privateKey": key_pem}
 
 
+def identity_tenant(env: Any) -> str:
+    """The tenant of the local environment's managed identity (``env.federation``), where an app that federates
+    with it (a federated connection, a migration to federated) is registered: Entra ID, and the stand-in, refuse an
+    identity of another tenant (AADSTS700236)."""
+    assert env.federation is not None, "the local environment has no managed identity"
+    return str(env.federation.tenant_id)
+
+
 ROTATION_ROLE = "Application.ReadWrite.OwnedBy"
 
 
 def register_rotatable_app(admin: Any, registry: Any, name: str = "rotated", owner: bool = True,
-                           roles: tuple[str, ...] = (ROTATION_ROLE,)) -> EntraApp:
+                           roles: tuple[str, ...] = (ROTATION_ROLE,), tenant_id: str | None = None) -> EntraApp:
     """An app that may rotate its own secret: the Graph role, and its service principal owns it."""
-    app = register_app(admin, registry, name=name, roles=roles)
+    app = register_app(admin, registry, tenant_id, name=name, roles=roles)
     if owner:
         details = admin.get_app(app.tenant_id, app.client_id)
         admin.add_owner(app.tenant_id, app.client_id, details["servicePrincipalId"])

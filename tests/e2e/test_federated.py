@@ -19,6 +19,7 @@ from tests.e2e.entra import (
     ROTATION_ROLE,
     EntraApp,
     certificate_body,
+    identity_tenant,
     register_app,
     register_rotatable_app,
     token_works,
@@ -56,7 +57,7 @@ def test_the_options_show_the_federated_credential_of_the_service_s_identity(api
 
 async def test_a_federated_connection_signs_in_with_the_identity_s_token_and_stores_nothing(
         api: Any, admin: Any, local_env: Any, secrets_used: Any, clients: AzureClients) -> None:
-    app = register_app(admin, secrets_used, name="federated")
+    app = register_app(admin, secrets_used, identity_tenant(local_env), name="federated")
     trust(admin, local_env, app)
     response = api.post(f"{BASE}/{APP}", json=federated_body(app))
     assert response.status_code == 201, response.text
@@ -83,7 +84,7 @@ async def test_a_federated_connection_signs_in_with_the_identity_s_token_and_sto
 
 def test_without_the_federated_credential_the_answer_is_400_with_aadsts70021_and_what_to_add(
         api: Any, admin: Any, local_env: Any, secrets_used: Any) -> None:
-    app = register_app(admin, secrets_used, name="untrusting")
+    app = register_app(admin, secrets_used, identity_tenant(local_env), name="untrusting")
     response = api.post(f"{BASE}/{APP}", json=federated_body(app))
     assert response.status_code == 400, response.text
     problem = response.json()
@@ -92,10 +93,47 @@ def test_without_the_federated_credential_the_answer_is_400_with_aadsts70021_and
         "issuer": local_env.federation.issuer, "subject": local_env.federation.principal_id, "audiences": [EXCHANGE]}
 
 
+def test_an_application_of_another_tenant_is_refused_with_aadsts700236_and_where_it_must_be(
+        api: Any, admin: Any, local_env: Any, secrets_used: Any) -> None:
+    """Entra ID refuses its managed identity's token for an application registered in another tenant, however it
+    trusts the identity (AADSTS700236); the problem names the identity's tenant, where it must be registered."""
+    app = register_app(admin, secrets_used, admin.add_tenant(), name="elsewhere")
+    trust(admin, local_env, app)
+    body = federated_body(app)
+    response = api.post(f"{BASE}/{APP}", json=body)
+    assert response.status_code == 400, response.text
+    problem = response.json()
+    assert problem["type"] == "urn:app-connections:problem:credential-rejected"
+    assert problem["aadstsCode"] == "AADSTS700236"
+    assert f"must be registered in the tenant of the service's managed identity, {identity_tenant(local_env)}" in (
+        problem["detail"])
+    assert api.get(f"{BASE}/{APP}/connection-name/{body['name']}").status_code == 404
+
+
+def test_a_migration_of_an_application_of_another_tenant_stops_at_the_refusal_and_leaves_it_as_it_was(
+        api: Any, admin: Any, local_env: Any, secrets_used: Any) -> None:
+    """The same refusal in a migration's test of the federated sign-in: no propagation wait (it would last
+    ROTATION_TEST_TIMEOUT_SECONDS), what it added is removed and the connection keeps its client secret."""
+    app = register_rotatable_app(admin, secrets_used, name="elsewhere-secret")  # in a tenant of its own
+    created = api.post(f"{BASE}/{APP}", json={"name": f"mig-{uuid.uuid4().hex[:10]}", "method": "client-secret",
+                                              "credentials": app.client_secret_body()})
+    assert created.status_code == 201, created.text
+    cid = created.json()["appConnection"]["id"]
+    response = api.post(f"{BASE}/{APP}/{cid}/migrate-to-federated", json={})
+    assert response.status_code == 400, response.text
+    assert response.json()["aadstsCode"] == "AADSTS700236"
+    assert f"tenant of the service's managed identity, {identity_tenant(local_env)}" in response.json()["detail"]
+    assert admin.federated_credentials(app.tenant_id, app.client_id) == []
+    connection = api.get(f"{BASE}/{APP}/{cid}").json()["appConnection"]
+    assert (connection["method"], connection["rotation"]["status"]) == ("client-secret", "failed")
+    assert api.post(f"{BASE}/{APP}/{cid}/validate").status_code == 200
+    assert api.delete(f"{BASE}/{APP}/{cid}").status_code == 200
+
+
 @pytest.mark.parametrize("revoke", [False, True])
 def test_migrate_to_federated_goes_secretless_in_one_step(api: Any, admin: Any, local_env: Any, secrets_used: Any,
                                                           revoke: bool) -> None:
-    app = register_rotatable_app(admin, secrets_used, name="going-secretless")
+    app = register_rotatable_app(admin, secrets_used, name="going-secretless", tenant_id=identity_tenant(local_env))
     created = api.post(f"{BASE}/{APP}", json={"name": f"mig-{uuid.uuid4().hex[:10]}", "method": "client-secret",
                                               "credentials": app.client_secret_body()})
     assert created.status_code == 201, created.text
@@ -124,7 +162,8 @@ def admin_standin(local_env: Any) -> Any:
 @pytest.mark.parametrize("revoke", [False, True])
 def test_a_certificate_connection_migrates_too_and_its_certificate_is_revoked_only_when_asked(
         api: Any, admin: Any, local_env: Any, secrets_used: Any, revoke: bool) -> None:
-    app = register_rotatable_app(admin, secrets_used, name="certificate-to-federated")
+    app = register_rotatable_app(admin, secrets_used, name="certificate-to-federated",
+                                 tenant_id=identity_tenant(local_env))
     body = certificate_body(admin, secrets_used, app)
     created = api.post(f"{BASE}/{APP}", json={"name": f"mig-{uuid.uuid4().hex[:10]}", "method": "certificate",
                                               "credentials": body})
@@ -144,14 +183,14 @@ async def test_a_connection_moved_off_an_application_cleans_it_up_now_or_by_the_
     """Moved to another application, a migrated connection's federated credential on the first is the change's
     clean-up, journaled with it: removed at once when that application lets the service, else kept in the
     journal, said in the connection's rotation message, and removed by the sweep once it does."""
-    first = register_rotatable_app(admin, secrets_used, name="left-behind")
+    first = register_rotatable_app(admin, secrets_used, name="left-behind", tenant_id=identity_tenant(local_env))
     created = api.post(f"{BASE}/{APP}", json={"name": f"mov-{uuid.uuid4().hex[:10]}", "method": "client-secret",
                                               "credentials": first.client_secret_body()})
     assert created.status_code == 201, created.text
     cid = created.json()["appConnection"]["id"]
     assert api.post(f"{BASE}/{APP}/{cid}/migrate-to-federated", json={}).status_code == 200
     [added] = admin.federated_credentials(first.tenant_id, first.client_id)
-    second = register_app(admin, secrets_used, name="moved-to")
+    second = register_app(admin, secrets_used, identity_tenant(local_env), name="moved-to")
     trust(admin, local_env, second)
     admin.revoke_roles(first.tenant_id, first.client_id, [ROTATION_ROLE])  # the first refuses the clean-up
     moved = api.patch(f"{BASE}/{APP}/{cid}", json={"credentials": {"tenantId": second.tenant_id,

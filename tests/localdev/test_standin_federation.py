@@ -114,6 +114,21 @@ def test_an_app_with_a_matching_federated_credential_gets_its_token_for_the_iden
     assert last["auth"] == "federated"
 
 
+def test_an_identity_of_another_tenant_is_refused_as_entra_refuses_it(world: World) -> None:
+    """Entra ID refuses its own tokens of another tenant in a federated sign-in (AADSTS700236): the application must
+    be in the managed identity's tenant, whatever its federated credential says."""
+    admin = world.standin.admin
+    other = admin.add_tenant()
+    app = admin.add_app(other, "customer-app-elsewhere", roles=["Application.Read.All"])
+    admin.add_federated_credential(other, app["appId"], "func-mi", admin.issuer(world.tenant),
+                                   world.identity["principalId"])
+    credential = ClientAssertionCredential(other, app["appId"], lambda: _mi_token(world), authority=world.url,
+                                           disable_instance_discovery=True)
+    with pytest.raises(ClientAuthenticationError) as refused:
+        credential.get_token(world.url + "/.default")
+    assert "AADSTS700236" in str(refused.value)
+
+
 @pytest.mark.parametrize(
     ("issuer", "subject", "audience", "code"),
     [
@@ -240,7 +255,7 @@ def test_the_local_environment_gives_the_host_a_managed_identity_an_app_can_trus
             "api://AzureADTokenExchange",
         )
         admin = env.standin.admin
-        tenant = admin.add_tenant()
+        tenant = env.federation.tenant_id  # an application of the identity's tenant (Entra refuses another's)
         customer = admin.add_app(tenant, "customer")
         admin.add_federated_credential(tenant, customer["appId"], "app-connections", issuer, claims["sub"])
         token = ClientAssertionCredential(

@@ -161,6 +161,12 @@ def test_the_printed_commands_create_rotate_and_create_again_and_ctrl_c_stops_ev
         assert rotated["appConnection"]["id"] == connection["id"], rotated  # 200 with the connection, not a problem
         assert [c["id"] for c in listed["appConnections"]] == [connection["id"]]
 
+        # The demo app is in the tenant of the host's managed identity: its connection moves to federated (an
+        # application of another tenant is refused, AADSTS700236).
+        moved = httpx.post(f"{up.base}/{connection['id']}/migrate-to-federated", json={},
+                           headers={"Authorization": f"Bearer {up.token()}"}, timeout=120)
+        assert moved.status_code == 200 and moved.json()["appConnection"]["method"] == "federated", moved.text
+
         # The same create command, after the rotation replaced the demo secret it was first given: it still works.
         again = named["create"].replace("--name demo-key-vault", "--name demo-after-rotation")
         second = json.loads(_bash(named["token"] + "\n" + again))

@@ -256,7 +256,7 @@ def test_sigkill_mid_migration_is_finished_by_the_same_request_and_leaves_nothin
     run out) the same request finishes each one. Then every connection is federated with no journal, its
     application has exactly the one federated credential named for it and no live password the service made, the
     connection validates (a federated sign-in), and no secret is in the host's log or the tables."""
-    from tests.e2e.entra import register_rotatable_app
+    from tests.e2e.entra import identity_tenant, register_rotatable_app
 
     env, host, tables = campaign
     assert env.standin is not None and env.federation is not None
@@ -271,7 +271,8 @@ def test_sigkill_mid_migration_is_finished_by_the_same_request_and_leaves_nothin
         apps: list[Rotated] = []
         with host.api(timeout=120) as api:
             for _ in range(PER_ROUND):
-                entra = register_rotatable_app(admin, registry, name="going-secretless")
+                entra = register_rotatable_app(admin, registry, name="going-secretless",
+                                               tenant_id=identity_tenant(env))
                 created = api.post(f"{BASE}/{MIGRATING_APP}", json={
                     "name": f"mig-{uuid.uuid4().hex[:10]}", "method": "client-secret",
                     "credentials": entra.client_secret_body(), "isAutoRotationEnabled": True,

@@ -69,10 +69,12 @@ def _refused_by_the_http_server(response: Any) -> bool:
             and response.content.strip() == b"Invalid HTTP request received.")
 
 
-def _real_connection(api: Any, admin: Any, secrets_used: Any) -> str:
-    from tests.e2e.entra import register_rotatable_app
+def _real_connection(api: Any, admin: Any, secrets_used: Any, local_env: Any) -> str:
+    """A rotatable client-secret connection; its app is in the managed identity's tenant, so that the pinned
+    migrate-to-federated can succeed."""
+    from tests.e2e.entra import identity_tenant, register_rotatable_app
 
-    entra = register_rotatable_app(admin, secrets_used, name="fuzzed")
+    entra = register_rotatable_app(admin, secrets_used, name="fuzzed", tenant_id=identity_tenant(local_env))
     body = {"name": f"fuzzed-{uuid.uuid4().hex[:8]}", "method": "client-secret",
             "credentials": entra.client_secret_body()}
     created = api.post("/api/v1/app-connections/azure-client-secrets", json=body)
@@ -81,7 +83,7 @@ def _real_connection(api: Any, admin: Any, secrets_used: Any) -> str:
 
 
 def test_fuzz_every_route_with_generated_requests(host_url: str, openapi_document: dict[str, Any], api: Any,
-                                                  admin: Any, secrets_used: Any, tokens: Any) -> None:
+                                                  admin: Any, secrets_used: Any, tokens: Any, local_env: Any) -> None:
     schema = schemathesis.openapi.from_dict(openapi_document)
     operations = [result.ok() for result in schema.get_all_operations()]
     paths = {(op.method.upper(), op.path) for op in operations}
@@ -133,7 +135,7 @@ def test_fuzz_every_route_with_generated_requests(host_url: str, openapi_documen
     # (rotatable, so rotate, clients and rotation settings do real work).
     random_ids_seconds = time.monotonic() - started
     pinned_before = sum(sent.values())
-    cid = _real_connection(api, admin, secrets_used)
+    cid = _real_connection(api, admin, secrets_used, local_env)
     for operation in operations:
         parameters = {p.name for p in operation.path_parameters}
         if "connectionId" in parameters and operation.method.upper() != "DELETE":
@@ -165,15 +167,16 @@ def test_fuzz_every_route_with_generated_requests(host_url: str, openapi_documen
     assert failures == [], failures[:20]
 
 
-def test_a_walk_through_every_route_answers_as_documented(api, admin, secrets_used, conformance) -> None:
+def test_a_walk_through_every_route_answers_as_documented(api, admin, secrets_used, conformance, local_env) -> None:
     """The successful answers fuzzing cannot reach (it has no working credentials): one connection taken
-    through every route, and the usual failures, each checked against the document."""
-    from tests.e2e.entra import register_rotatable_app
+    through every route, and the usual failures, each checked against the document (its app in the managed
+    identity's tenant: it migrates to federated)."""
+    from tests.e2e.entra import identity_tenant, register_rotatable_app
 
     base = "/api/v1/app-connections"
     one, item = f"{base}/{{app}}", f"{base}/{{app}}/{{connectionId}}"
     check = conformance.check
-    entra = register_rotatable_app(admin, secrets_used, name="walk")
+    entra = register_rotatable_app(admin, secrets_used, name="walk", tenant_id=identity_tenant(local_env))
     name = f"walk-{uuid.uuid4().hex[:8]}"
     app = "azure-client-secrets"
 

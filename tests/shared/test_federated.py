@@ -47,6 +47,7 @@ from tests.lifecycle_harness import (
 NO_FEDERATION = {"FEDERATION_IDENTITY_CLIENT_ID": "", "FEDERATION_IDENTITY_PRINCIPAL_ID": "",
                  "FEDERATION_IDENTITY_TENANT_ID": ""}
 ISSUER = f"https://login.microsoftonline.com/{TENANT}/v2.0"
+OTHER_TENANT = "22222222-9999-9999-9999-999999999999"
 
 
 def federated_body(client_id: str, name: str = "f1") -> dict[str, Any]:
@@ -89,6 +90,26 @@ async def test_a_federated_credential_for_another_subject_does_not_count() -> No
     h.fakes.world.add_federated(app.client_id, subject="55555555-5555-5555-5555-555555555555")
     with pytest.raises(CredentialRejected):
         await h.api.create(APP, federated_body(app.client_id))
+
+
+async def test_an_application_of_another_tenant_than_the_identity_s_is_refused_saying_where_it_must_be() -> None:
+    """Entra ID refuses a managed identity of another tenant than the application's (AADSTS700236), whatever the
+    application's federated credential: the problem says the tenant it must be registered in, not a credential to
+    add (it has it)."""
+    h = Harness()
+    app = h.fakes.world.application()
+    app.home_tenant = OTHER_TENANT
+    h.fakes.world.add_federated(app.client_id)
+    body = federated_body(app.client_id)
+    body["credentials"]["tenantId"] = OTHER_TENANT
+    with pytest.raises(CredentialRejected) as refused:
+        await h.api.create(APP, body)
+    problem = refused.value.to_problem()
+    assert (problem["status"], problem["aadstsCode"]) == (400, "AADSTS700236")
+    assert f"must be registered in the tenant of the service's managed identity, {TENANT}" in problem["detail"]
+    assert "needs a federated identity credential" not in problem["detail"]
+    assert problem["expectedFederatedCredential"]["issuer"] == ISSUER
+    assert h.fakes.connections.records == {}
 
 
 async def test_the_credentials_are_checked_like_every_method_and_no_secret_field_is_accepted() -> None:
@@ -306,6 +327,28 @@ async def test_a_federated_sign_in_that_never_works_removes_what_was_added_and_l
     assert after.rotation.status == "failed"
     assert h.fakes.world.apps[record.client_id or ""].federated == {}
     assert await h.api.validate(APP, record.id)  # the secret still works
+    assert h.check() == []
+
+
+async def test_a_migration_of_an_application_of_another_tenant_stops_at_entra_s_first_refusal_of_the_identity(
+        ) -> None:
+    """AADSTS700236 (an identity of another tenant than the application's) is no propagation delay: the migration
+    does not retry its sign-in for ROTATION_TEST_TIMEOUT_SECONDS, it stops at once, says where the application must
+    be, and removes what it added."""
+    h = Harness()
+    client_id, credentials = h.new_application()
+    h.fakes.world.apps[client_id].home_tenant = OTHER_TENANT
+    record = await h.api.create(APP, {"name": "c1", "method": h.method,
+                                      "credentials": {**credentials, "tenantId": OTHER_TENANT}})
+    h.fakes.world.calls.clear()
+    with pytest.raises(CredentialRejected) as refused:
+        await migrated(h, record)
+    assert refused.value.to_problem()["aadstsCode"] == "AADSTS700236"
+    assert TENANT in refused.value.detail
+    assert h.fakes.world.calls.count("probe") == 1
+    after = await h.record(record.id)
+    assert after is not None and (after.method, after.rotation.status) == ("client-secret", "failed")
+    assert h.fakes.world.apps[record.client_id or ""].federated == {}
     assert h.check() == []
 
 
@@ -1664,8 +1707,6 @@ async def test_a_connection_tracking_its_own_credential_is_not_handed_another() 
     kept = await h.record(b.id)
     assert kept is not None and kept.rotation.key_id == own and own in app.federated
 
-
-OTHER_TENANT = "22222222-9999-9999-9999-999999999999"
 
 
 @pytest.mark.parametrize("leaves", ["delete", "move"])
