@@ -104,6 +104,7 @@ from shared.rotation.protocol import (
     Rotator,
     clean_up_forgotten,
     connection_marker,
+    managed_once_cleaned_up,
     removes_in_use,
     retire_waiting,
     retires_in_use,
@@ -605,7 +606,7 @@ class ConnectionService:
                     # so this write, guarded by the ETag of the record read, fails with 409), and stays where it is
                     key_id = record.rotation.retire_federated_id
                     home = record.rotation.retire_tenant_id or ""
-                    new_state = clean_up_forgotten(new_state).evolve(
+                    new_state = clean_up_forgotten(new_state, record.updated_at).evolve(
                         key_tenant_id=None if home.lower() == credentials.tenantId.lower() else home)
                 # It leaves the application: whatever relies on the credential there takes it over first (a failure
                 # answers 502, nothing changed); what nothing relies on is the clean-up of the application left,
@@ -640,7 +641,7 @@ class ConnectionService:
             known = await self._key_id(record.tenant_id, record.client_id or "", material["clientSecret"],
                                        new_state.key_id)
             new_state = new_state.evolve(key_id=known.key_id,
-                                         key_made=new_state.key_made and known.key_id == new_state.key_id)
+                                         key_made=new_state.key_made if known.key_id == new_state.key_id else False)
         if new_state.enabled and new_state.interval_days and (config is not None or enabling
                                                                or request.credentials is not None):
             await require_interval_allowed(
@@ -1176,7 +1177,7 @@ class ConnectionService:
         if client_id in progress.found:
             left += progress.left(client_id)
         elif removes_in_use(record):
-            left += [key for key in (state.key_id if state.key_made else None, state.pending_key_id) if key]
+            left += [key for key in (state.key_id if state.made_in_use else None, state.pending_key_id) if key]
             unread.append(client_id)
         if record.method == Method.FEDERATED and state.key_id and state.key_id not in progress.removed:
             left.append(state.key_id)
@@ -1213,10 +1214,11 @@ class ConnectionService:
         left_behind = state.retire_client_id
         if (state.retire_federated_id is not None and left_behind and left_behind in progress.found
                 and not progress.left(left_behind)):  # its federated credential there: removed, kept, or gone
-            before = before.evolve(rotation=clean_up_forgotten(state))
+            before = before.evolve(rotation=clean_up_forgotten(state, before.updated_at))
         elif (state.retire_version is not None and left_behind and not retires_in_use(before)
                 and left_behind in progress.found and not progress.left(left_behind)):
-            before = before.evolve(rotation=state.left_behind_forgotten())
+            before = before.evolve(rotation=state.left_behind_forgotten().evolve(
+                managed=managed_once_cleaned_up(state, before.updated_at)))
             await self.rotator.disable_left_behind(record, state.retire_version)
         elif state.cleaning_up and same_clean_up(record.rotation, state):
             # That clean-up's journal, as this DELETE wrote it: its last removal may have gone through.

@@ -116,7 +116,9 @@ class RotationState:
     # whose application object holds ``key_id`` (a federated credential the service added, handed over to it), where
     # its DELETE removes it. None: the connection's own tenant.
     key_tenant_id: str | None = None
-    key_made: bool = False  # that credential is one a rotation made (not the one the user gave)
+    # That credential is one a rotation made (not the one the user gave); None: unknown, in state written before the
+    # service recorded it (read as those versions read it: see ``made_in_use``).
+    key_made: bool | None = False
     # The service may have created credentials on the application in use (a rotation began since the credentials
     # were given; DELETE removes them). The clean-up of an application left behind is tracked by ``retire_*``.
     managed: bool = False
@@ -172,6 +174,12 @@ class RotationState:
     def cleaning_up(self) -> bool:
         """A clean-up of an application the connection left is pending (``retire_*``)."""
         return self.retire_version is not None or self.retire_federated_id is not None
+
+    @property
+    def made_in_use(self) -> bool:
+        """Whether the credential in use (``key_id``) is one a rotation made: ``key_made``, or where that is unknown
+        (None: state written before it was recorded), ``managed``, as the versions that wrote such state read it."""
+        return self.managed if self.key_made is None else self.key_made
 
     @property
     def in_progress(self) -> bool:

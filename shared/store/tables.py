@@ -153,6 +153,8 @@ def record_of_parts(parts: RecordParts, etag: str | None) -> ConnectionRecord:
     UTC), and its ETag; built without the records' ``__init__`` (``shared.records.restore``), as a read of a page
     does it 50 times."""
     values, rotation, health, others = parts
+    if "key_made" not in rotation:  # written before the service recorded it: unknown (RotationState.made_in_use)
+        rotation["key_made"] = None
     get = others.get
     authorized = None
     if get("AuthorizedByOid"):
@@ -186,10 +188,14 @@ def invalid_token(detail: str = "The continuation token is not valid; start agai
 def decode_token(raw: str | None, partition: str) -> Any:
     """A page's continuation token as Table Storage gave it (its next PartitionKey and RowKey; either may be
     absent), or a 400 for one the service did not hand out for this list: a token of another list (another app's,
-    a connection's rotations), read on in this one, would answer an empty last page as if the list had ended."""
+    a connection's rotations), read on in this one, would answer an empty last page as if the list had ended. One
+    an older version handed out names no list: it is this list's when its next PartitionKey is this list's own
+    partition (each list reads one partition), and another's, or unknown, otherwise."""
     if not raw:
         return None
     token = token_json(raw)
+    if isinstance(token, dict) and LIST not in token and token.get("PartitionKey") == partition:
+        token[LIST] = partition  # an older version's, of this list
     if not (isinstance(token, dict) and token.pop(LIST, None) == partition and token
             and set(token) <= {"PartitionKey", "RowKey"}
             and all(value is None or token_text(value) for value in token.values())

@@ -57,12 +57,13 @@ def test_a_token_a_page_handed_out_reads_back_as_it_was(token: dict[str, str | N
     _listed({}),
     _token(["azure-key-vault", "x"]),
     _listed({"PartitionKey": 1}),
-    _token({"PartitionKey": "azure-key-vault", "RowKey": "x"}),  # of no list
+    _token({"PartitionKey": "azure-app-configuration", "RowKey": "x"}),  # of no list, and of another partition
+    _token({"PartitionKey": None, "RowKey": "x"}),  # of no list, and of no partition it tells
     "x" * (MAX_TOKEN + 1),
     "not base64!",
     _token("just text"),
 ], ids=["nested", "surrogate", "control", "non-ascii", "too-long-key", "other-key", "both-null", "empty",
-        "array", "number", "no-list", "too-long", "not-base64", "string"])
+        "array", "number", "no-list", "no-list-nor-partition", "too-long", "not-base64", "string"])
 def test_a_token_the_service_did_not_hand_out_is_a_400(raw: str) -> None:
     with pytest.raises(InvalidRequest) as refused:
         decode_token(raw, "azure-key-vault")
@@ -77,6 +78,19 @@ def test_a_token_another_list_handed_out_is_a_400(partition: str) -> None:
     assert decode_token(raw, partition) is not None
     with pytest.raises(InvalidRequest) as refused:
         decode_token(raw, "azure-key-vault")
+    assert refused.value.errors == (ON_THE_TOKEN,)
+
+
+@pytest.mark.parametrize("partition", ["azure-key-vault", "6f1c1f4e00004000800000000000000a"])
+@pytest.mark.parametrize("row", ["0a1b2c3d", None])
+def test_a_token_an_older_version_handed_out_reads_on_in_its_own_list_only(partition: str, row: str | None) -> None:
+    """(Upgrade review.) Tokens named no list before b64275f: one a page handed out then, still held by a client
+    paging through the upgrade, was a 400. It reads on where its next PartitionKey is the list's own (every list
+    reads one partition), and is still a 400 in any other list."""
+    older = _token({"PartitionKey": partition, "RowKey": row})  # as those versions encoded Table Storage's keys
+    assert decode_token(older, partition) == {"PartitionKey": partition, "RowKey": row}
+    with pytest.raises(InvalidRequest) as refused:
+        decode_token(older, "azure-app-configuration")
     assert refused.value.errors == (ON_THE_TOKEN,)
 
 
@@ -139,3 +153,23 @@ def test_the_journals_of_a_last_removal_are_stored_in_columns_of_their_own_and_r
     entity = to_entity(record)
     assert (entity["RotRemovingRefusedAt"], entity["RotRetireRemovingRefusedAt"]) == (at, at.replace(minute=3))
     assert record_of_columns(entity, "W/1") == record
+
+
+def test_a_connection_written_before_key_made_existed_reads_it_as_unknown_and_keeps_it_so() -> None:
+    """(Upgrade review.) An entity without ``RotKeyMade`` (rotated before 7aca1c1) read it as False: the secret a
+    rotation had put in use was taken for the user's. It reads as None, which ``made_in_use`` reads as ``managed``,
+    as those versions did, and is written back without the column; one written since reads as written."""
+    at = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+    record = ConnectionRecord(
+        app="azure-key-vault", id="c1", name="c1", method="client-secret", tenant_id="t1", client_id="a1",
+        created_at=at, updated_at=at, secret_name="s1", secret_version="v2",
+        rotation=RotationState(enabled=True, key_id="k2", managed=True, key_made=True))
+    older = to_entity(record)
+    del older["RotKeyMade"]
+    read = record_of_columns(older, "W/1")
+    assert read.rotation.key_made is None and read.rotation.made_in_use
+    assert not record_of_columns(older | {"RotManaged": False}, "W/1").rotation.made_in_use
+    assert "RotKeyMade" not in to_entity(read) and record_of_columns(to_entity(read), "W/1") == read
+    for made in (True, False):
+        written = to_entity(record.evolve(rotation=record.rotation.evolve(key_made=made)))
+        assert record_of_columns(written, "W/1").rotation.key_made is made
