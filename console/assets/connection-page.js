@@ -225,6 +225,10 @@ function confirmMigrate(connection, refresh) {
       if (dialog.opening === opening) dialog.close();
       const moved = answer.appConnection;
       await refresh();
+      if (moved.method !== 'federated') {  // 202: the request had to be answered first; the rotation sweep goes on
+        toast(`The move of ${moved.name} to federated goes on in the background. ${answer.detail || ''}`, 'notice');
+        return;
+      }
       const message = (moved.rotation && moved.rotation.lastRotationMessage) || '';
       // Revoked as asked, unless another connection signs in with it (the message names it then).
       const revoked = revokeOriginal && /the credential given was revoked/.test(message);

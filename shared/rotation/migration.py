@@ -35,7 +35,8 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
+from typing import TypeVar
 
 from shared import audit
 from shared.apps import Method, find_app
@@ -89,6 +90,7 @@ from shared.rotation.protocol import (
 from shared.rotation.sharing import keep_for_others, named, signing_in_with
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BEGUN, ADDED, TESTED, SWITCHED = MIGRATION_STEPS
 TRIGGER = "migrate-to-federated"
@@ -206,19 +208,30 @@ class Migrator(Journaled):
                 else:
                     record = await self._clean_up(record)
         except StillTesting as still:
-            return await self._hand_to_sweep(record, still)
+            return await self._ending(record, self._hand_to_sweep(record, still))
         except Stopped as stopped:
-            raise await self._failed(record, stopped.error) from None
+            raise await self._ending(record, self._failed(record, stopped.error)) from None
         except ServiceError as error:
-            raise await self._failed(record, error) from None
+            raise await self._ending(record, self._failed(record, error)) from None
         except (OSError, TimeoutError) as error:
-            raise await self._failed(record, UpstreamError(f"{type(error).__name__}: the call did not complete.")
-                                     ) from None
+            raise await self._ending(record, self._failed(
+                record, UpstreamError(f"{type(error).__name__}: the call did not complete."))) from None
         except Exception as error:  # an Azure SDK error no adapter mapped, or a defect: its kind, never its text
             await self.audit.record("connection.migrate", STATUS_FAILED, app=record.app, connection_id=record.id,
                                     connection_name=record.name, detail=type(error).__name__)
             raise
         return record
+
+    async def _ending(self, record: ConnectionRecord, ending: Awaitable[T]) -> T:
+        """The end of an attempt that did not complete (its hand-over to the sweep, or its failure), whose outcome it
+        records last: when that end itself fails (Table Storage down as well), the ``started`` record still gets its
+        outcome, ``failed`` with the kind of error, and the error is raised."""
+        try:
+            return await ending
+        except Exception as error:
+            await self.audit.record("connection.migrate", STATUS_FAILED, app=record.app, connection_id=record.id,
+                                    connection_name=record.name, detail=f"ending the attempt: {type(error).__name__}")
+            raise
 
     async def _old_material(self, record: ConnectionRecord) -> dict[str, str]:
         return await self.adapters.vault.get(record.secret_name, record.rotation.previous_version or "")

@@ -675,6 +675,37 @@ def test_a_client_secret_connection_moves_to_federated_through_the_page(
     console.screenshot("connection-moved-to-federated")
 
 
+def test_a_move_the_request_had_to_answer_before_it_ended_is_told_as_going_on(
+        open_console: Any, admin: Any, secrets_used: Any, local_env: LocalEnvironment, api: httpx.Client) -> None:
+    """A 202 (the federated sign-in still being tested when the request had to be answered: the rotation sweep
+    finishes the move) is not a finished move: the page says it goes on, and the connection is as it was."""
+    app = register_rotatable_app(admin, secrets_used, name="console-migrate-202", tenant_id=identity_tenant(local_env))
+    created = api.post("/api/v1/app-connections/azure-key-vault", json={
+        "name": "console-migrate-202", "method": "client-secret", "credentials": app.client_secret_body()})
+    assert created.status_code == 201, created.text
+    connection = created.json()["appConnection"]
+    console = open_console("operator", f"{PAGE}/azure-key-vault/{connection['id']}")
+    page = console.page
+    detail = ("The federated sign-in did not work yet when the request had to be answered (AADSTS70021); the rotation "
+              "sweep goes on testing it and finishes the migration. The connection still signs in with its "
+              "client-secret credential.")
+
+    def handed_to_the_sweep(route: Any) -> None:  # the service's 202: the connection as it is, and the detail
+        route.fulfill(status=202, json={"appConnection": connection, "detail": detail},
+                      headers={"Retry-After": "300"})
+
+    page.route("**/migrate-to-federated", handed_to_the_sweep)
+    page.click("#move-to-federated")
+    page.wait_for_selector("#confirm-dialog[open]")
+    page.click("#confirm-migrate")
+    page.wait_for_selector("#confirm-dialog[open]", state="detached")
+    page.wait_for_selector("#toast:not([hidden])")
+    told = page.inner_text("#toast span")
+    assert "goes on in the background" in told and detail in told
+    assert "now signs in with the federated credential" not in told
+    assert "Client Secret" in page.inner_text("#connection-details")
+
+
 def test_the_form_with_federated_chosen_has_no_serious_or_critical_accessibility_violation(
         open_console: Any) -> None:
     console = open_console("admin")

@@ -15,9 +15,10 @@ import pytest
 from shared import wiring
 from shared.azure.retry import answering_within
 from shared.connections import RotationContinues
-from shared.errors import CredentialRejected, RotationFailed
+from shared.errors import CredentialRejected, RotationFailed, UpstreamError
 from shared.records import CREATED, MIGRATION_STEPS, ConnectionRecord
 from shared.rotation.journal import ROOM_AFTER_TEST, RotationOptions
+from tests.fakes import FakeGraph
 from tests.lifecycle_harness import APP, Harness
 
 DEADLINE = 150.0  # ANSWER_WITHIN
@@ -203,3 +204,47 @@ async def test_without_a_deadline_the_test_runs_to_its_timeout_and_a_secret_that
     with pytest.raises(RotationFailed):  # nor does a request's rotation without a deadline (none is set here)
         await h.api.rotate(APP, record.id)
     assert h.check() == []
+
+
+def _migrate_outcomes(h: Harness) -> list[str]:
+    return [r.outcome for r in h.fakes.audit.records if r.action == "connection.migrate"]
+
+
+async def test_a_migration_whose_hand_over_cannot_be_written_still_records_its_outcome() -> None:
+    """(Review of the fixes.) The hand-over (and a failure's undoing) records the attempt's outcome last: when its
+    own writes fail, the ``started`` record still gets one, ``failed`` with the kind of error."""
+    h = Harness()
+    record = await h.create(rotation=False)
+    time = VirtualTime(h)
+    armed = False
+
+    async def sleep(seconds: float) -> None:  # near the request's deadline, the next schedule write fails
+        nonlocal armed
+        await time.sleep(seconds)
+        if time.now > 100 and not armed:
+            armed = True
+            h.fakes.world.fail_next("schedule.put", UpstreamError("Table Storage could not be written."))
+
+    h.fakes.adapters = replace(h.fakes.adapters, sleep=sleep)
+    services = wiring.services(h.fakes.adapters, options=RotationOptions(test_timeout=300, test_first_delay=1,
+                                                                         test_max_delay=5))
+    h.fakes.world.federation_delay = 10**6  # the federated sign-in still refused at the deadline: hand-over
+    with answering_within(DEADLINE, clock=time), pytest.raises(UpstreamError):
+        await services.connections.migrate_to_federated(APP, record.id, {})
+    assert armed
+    assert _migrate_outcomes(h) == ["started", "failed"]
+
+
+async def test_a_migration_whose_failure_cannot_be_written_still_records_its_outcome(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness()
+    record = await h.create(rotation=False)
+
+    async def outage(self: FakeGraph, object_id: str, credential: dict[str, Any]) -> None:  # Graph and Tables fail
+        h.fakes.world.fail_next("store", UpstreamError("Table Storage could not be read."), times=50)
+        raise UpstreamError("Microsoft Graph failed to add a federated identity credential (503).")
+
+    monkeypatch.setattr(FakeGraph, "add_federated_credential", outage)
+    with pytest.raises(UpstreamError):
+        await h.api.migrate_to_federated(APP, record.id, {})
+    assert _migrate_outcomes(h) == ["started", "failed"]
