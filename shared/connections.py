@@ -104,7 +104,6 @@ from shared.rotation.protocol import (
     Rotator,
     clean_up_forgotten,
     connection_marker,
-    managed_once_cleaned_up,
     removes_in_use,
     retire_waiting,
     retires_in_use,
@@ -606,7 +605,7 @@ class ConnectionService:
                     # so this write, guarded by the ETag of the record read, fails with 409), and stays where it is
                     key_id = record.rotation.retire_federated_id
                     home = record.rotation.retire_tenant_id or ""
-                    new_state = clean_up_forgotten(new_state, record.updated_at).evolve(
+                    new_state = clean_up_forgotten(new_state).evolve(
                         key_tenant_id=None if home.lower() == credentials.tenantId.lower() else home)
                 # It leaves the application: whatever relies on the credential there takes it over first (a failure
                 # answers 502, nothing changed); what nothing relies on is the clean-up of the application left,
@@ -1214,11 +1213,10 @@ class ConnectionService:
         left_behind = state.retire_client_id
         if (state.retire_federated_id is not None and left_behind and left_behind in progress.found
                 and not progress.left(left_behind)):  # its federated credential there: removed, kept, or gone
-            before = before.evolve(rotation=clean_up_forgotten(state, before.updated_at))
+            before = before.evolve(rotation=clean_up_forgotten(state))
         elif (state.retire_version is not None and left_behind and not retires_in_use(before)
                 and left_behind in progress.found and not progress.left(left_behind)):
-            before = before.evolve(rotation=state.left_behind_forgotten().evolve(
-                managed=managed_once_cleaned_up(state, before.updated_at)))
+            before = before.evolve(rotation=state.left_behind_forgotten())
             await self.rotator.disable_left_behind(record, state.retire_version)
         elif state.cleaning_up and same_clean_up(record.rotation, state):
             # That clean-up's journal, as this DELETE wrote it: its last removal may have gone through.

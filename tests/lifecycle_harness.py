@@ -322,7 +322,7 @@ def only_retired(before: tuple[Any, ...], after: tuple[Any, ...]) -> bool:
     record: ConnectionRecord = before[0]
     retired = record.rotation.left_behind_forgotten()
     journaled = record.rotation.clean_up_sent_as(after[0].rotation)
-    done = clean_up_forgotten(record.rotation, record.updated_at)  # its due time too, when it was all that was due
+    done = clean_up_forgotten(record.rotation)  # its due time too, when it was all that was due
     return bool(after[0] in (record.evolve(rotation=retired), record.evolve(rotation=journaled),
                              record.evolve(rotation=done)))
 

@@ -851,7 +851,7 @@ class Rotator(Journaled):
         await self.checkpoint("after-retire", record)
         # Only the journal of the clean-up is forgotten: ``managed`` says whether the service created something on
         # the application in use since the change (a rotation that began since sets it; the change cleared it, or,
-        # made by an older version, kept it: managed_once_cleaned_up).
+        # made by an older version, kept it: clean_up_forgotten).
         # With rotation off and none under way, the clean-up was all that was due.
         return await journal.forget()
 
@@ -1260,8 +1260,7 @@ class _CleanUpJournal:
     async def forget(self) -> ConnectionRecord:
         """The clean-up done: its journal forgotten, on top of what changed meanwhile but the clean-up and its lease
         (a validation, a health check, a credential handed over); the connection as it is then."""
-        edited_at = self.record.updated_at
-        await self(lambda state: clean_up_forgotten(state, edited_at))
+        await self(clean_up_forgotten)
         return self.record
 
 
@@ -1365,29 +1364,16 @@ def _signing(roll: CredentialRoll, registration: AppRegistration, material: Mapp
     return found
 
 
-def clean_up_forgotten(state: RotationState, edited_at: datetime) -> RotationState:
+def clean_up_forgotten(state: RotationState) -> RotationState:
     """``state`` once the clean-up of the application left behind is done: its journal forgotten, and its due
     time too when it was the only thing due (rotation off, none under way); the message of its failures too (and
-    their count), when it is still the last message; ``managed`` as :func:`managed_once_cleaned_up` has it
-    (``edited_at``: when the connection was last edited)."""
-    forgotten = state.left_behind_forgotten().evolve(managed=managed_once_cleaned_up(state, edited_at))
+    their count), when it is still the last message. ``managed`` stands: for a change an older version made (it
+    kept ``managed`` at the change, where the service now clears it), nothing stored tells whether a rotation made
+    the credential in use since, so a DELETE still looks at the application in use."""
+    forgotten = state.left_behind_forgotten()
     if (forgotten.message or "").startswith(RETIRE_WAITING):
         forgotten = forgotten.evolve(message=None, failures=0)
     return forgotten if forgotten.enabled or forgotten.in_progress else forgotten.evolve(next_at=None)
-
-
-def managed_once_cleaned_up(state: RotationState, edited_at: datetime) -> bool:
-    """``managed`` once the clean-up of the application left behind is done: whether the service may have created
-    something on the application in use since the credentials change that journaled the clean-up, that is whether a
-    rotation began since. The change cleared ``managed`` and a rotation that began since set it again: it stands.
-    But a change an older version made (its state does not say ``key_made``: None) kept ``managed`` for the clean-up
-    and had the clean-up's end reset it: there it holds only while a rotation is under way, or when one ended no
-    sooner than the connection's last edit (``edited_at``: the change, or a later one), whose credential may be the
-    one in use."""
-    if state.key_made is not None:
-        return state.managed
-    rotated_since = state.last_rotated_at is not None and state.last_rotated_at >= edited_at
-    return state.managed and (state.rotation_id is not None or rotated_since)
 
 
 def _unfenced() -> None:

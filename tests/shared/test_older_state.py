@@ -1,7 +1,8 @@
 """State an older version wrote, read by this one as that version meant it (a review of upgrades): a connection
 rotated before ``key_made`` was recorded (7aca1c1) has no ``RotKeyMade`` column, and a clean-up of an application
-left behind journaled before 93b3e95 kept ``managed``. Each is written here in its older shape through the Table
-Storage mapping (the entity without the column), then driven by this version against in-memory fakes."""
+left behind journaled by such a version ends with ``managed`` as it stood. Each is written here in its older shape
+through the Table Storage mapping (the entity without the column), then driven by this version against in-memory
+fakes."""
 
 from __future__ import annotations
 
@@ -66,56 +67,6 @@ async def test_a_rotation_an_older_version_left_at_its_finished_step_ends_with_t
     assert h.check() == []
 
 
-async def _clean_up_journaled_before_93b3e95(h: Harness) -> tuple[ConnectionRecord, str]:
-    """A rotated connection changed to another application with rotation off, the first application refusing its
-    clean-up: journaled as versions before 93b3e95 did (``managed`` kept); the new application's client ID."""
-    record = await h.create()
-    h.fakes.clock.advance(timedelta(hours=1))
-    left = h.fakes.world.apps[record.client_id or ""]
-    left.may_manage_itself = False
-    client_id, credentials = h.new_application()
-    changed = await h.api.update(APP, record.id, {"credentials": credentials, "isAutoRotationEnabled": False})
-    assert changed.rotation.retire_client_id == record.client_id and not changed.rotation.managed
-    older = await written_before_key_made(h, record, managed=True)
-    left.may_manage_itself = True
-    return older, client_id
-
-
-def _revoke_the_owner_s_secret(h: Harness, client_id: str) -> None:
-    """The owner revokes the secret the connection now uses (theirs)."""
-    passwords = h.fakes.world.apps[client_id].passwords
-    for key_id in [key for key, password in passwords.items() if not password.created_by_service]:
-        del passwords[key_id]
-
-
-async def test_a_clean_up_journaled_before_93b3e95_ends_with_nothing_of_the_service_s_in_use() -> None:
-    """The sweep finished it and left ``managed``: every DELETE then signed in to the application in use, where the
-    service had created nothing, and answered 409 once the owner's secret there no longer worked."""
-    h = Harness()
-    older, client_id = await _clean_up_journaled_before_93b3e95(h)
-    await h.due()
-    await h.sweep()
-    done = await h.record(older.id)
-    assert done is not None and not done.rotation.cleaning_up and not done.rotation.managed
-    _revoke_the_owner_s_secret(h, client_id)
-    deleted = await h.api.delete(APP, older.id)
-    assert deleted.removed_key_ids == [] and deleted.key_ids_left_live == []
-    assert h.check() == []
-
-
-async def test_a_refused_delete_that_finished_a_clean_up_journaled_before_93b3e95_leaves_nothing_in_use_managed(
-) -> None:
-    h = Harness()
-    older, client_id = await _clean_up_journaled_before_93b3e95(h)
-    _revoke_the_owner_s_secret(h, client_id)
-    with pytest.raises(CredentialsLeftLive):  # the clean-up is done, then the application in use refuses
-        await h.api.delete(APP, older.id)
-    put_back = await h.record(older.id)
-    assert put_back is not None and not put_back.rotation.cleaning_up and not put_back.rotation.managed
-    deleted = await h.api.delete(APP, older.id)
-    assert deleted.removed_key_ids == [] and deleted.key_ids_left_live == []
-
-
 async def test_a_clean_up_journaled_before_key_made_keeps_managed_when_a_rotation_ended_since_the_change() -> None:
     """Versions from 93b3e95 to 7aca1c1 cleared ``managed`` at the change and a rotation since set it again: the
     secret that rotation put in use is the service's, and a DELETE removes it."""
@@ -129,6 +80,31 @@ async def test_a_clean_up_journaled_before_key_made_keeps_managed_when_a_rotatio
     assert changed.rotation.retire_client_id == record.client_id and changed.rotation.managed
     older = await written_before_key_made(h, record)
     assert older.rotation.last_rotated_at is not None and older.rotation.last_rotated_at >= older.updated_at
+    left.may_manage_itself = True
+    h.fakes.clock.advance(timedelta(hours=1))
+    await h.sweep()
+    done = await h.record(record.id)
+    assert done is not None and not done.rotation.cleaning_up and done.rotation.managed
+    deleted = await h.api.delete(APP, record.id)
+    assert deleted.removed_key_ids == [changed.rotation.key_id]
+    assert h.check() == []
+
+
+async def test_a_clean_up_journaled_before_key_made_keeps_managed_after_a_later_edit_too() -> None:
+    """(Review of the fix.) Nothing an older version stored tells when its credentials changed: a rule that kept
+    ``managed`` only for a rotation ended since the last edit dropped it after a rename, and a DELETE then left the
+    rotation's secret in use live, named nowhere. ``managed`` stands (a DELETE looks at the application in use)."""
+    h = Harness()
+    record = await h.create()
+    h.fakes.clock.advance(timedelta(hours=1))
+    left = h.fakes.world.apps[record.client_id or ""]
+    left.may_manage_itself = False
+    _, credentials = h.new_application()
+    changed = await h.api.update(APP, record.id, {"credentials": credentials})  # rotated at once, on the new one
+    h.fakes.clock.advance(timedelta(minutes=10))
+    renamed = await h.api.update(APP, record.id, {"name": "renamed", "isAutoRotationEnabled": False})
+    assert renamed.rotation.managed and renamed.rotation.cleaning_up
+    await written_before_key_made(h, record)
     left.may_manage_itself = True
     h.fakes.clock.advance(timedelta(hours=1))
     await h.sweep()
