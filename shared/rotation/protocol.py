@@ -1287,9 +1287,13 @@ RETIRE_WAITING = "The credentials the service created on the previous applicatio
 
 def retire_waiting(state: RotationState, error: ServiceError, now: datetime, *, keep_earlier: bool) -> RotationState:
     """The state of a retirement that failed: one more failure, retried after the back-off (or at the due time
-    already set, when ``keep_earlier`` and it comes first), and a message that says so."""
+    already set, when ``keep_earlier`` and it comes first), and a message that says so. A removal waiting for its
+    confirmation (``RemovalUnconfirmed``) is retried no sooner than its ``Retry-After``, when the refusal can count:
+    a pass before then would only count another failure."""
     failures = state.failures + 1
     retry = now + backoff(failures)
+    if isinstance(error, RemovalUnconfirmed):
+        retry = max(retry, now + timedelta(seconds=int(error.headers.get("Retry-After", "0"))))
     return state.evolve(
         failures=failures, next_at=min(retry, state.next_at) if keep_earlier and state.next_at else retry,
         message=f"{RETIRE_WAITING} ({error.detail}); they are retried.")

@@ -1261,6 +1261,26 @@ async def test_a_clean_up_left_behind_whose_credential_is_still_refused_after_th
     assert h.check() == []
 
 
+async def test_the_sweep_comes_back_to_a_clean_up_waiting_for_its_confirmation_when_the_refusal_can_count() -> None:
+    """(Review of the fixes.) A window longer than the back-off (here an hour against five minutes): the sweep's
+    passes before its end would only count failures; it comes back when the refusal can count, once."""
+    h = Harness(fakes=build_fakes({"REMOVAL_CONFIRMATION_SECONDS": "3600"}))
+    record, _ = await _left_behind_with_its_last_removal_unanswered(h, by="credentials-change")
+    before = await h.record(record.id)
+    assert before is not None
+    assert await _clean_up_pass(h, record.id, "the sweep") is None
+    first = h.fakes.clock.now
+    waiting = await h.record(record.id)
+    assert waiting is not None and waiting.rotation.retire_removing_refused_at == first
+    assert waiting.rotation.next_at == first + timedelta(hours=1)
+    assert waiting.rotation.failures == before.rotation.failures + 1
+    h.fakes.clock.advance(timedelta(hours=1))
+    await h.sweep()
+    done = await h.record(record.id)
+    assert done is not None and not done.rotation.cleaning_up and done.rotation.failures == 0
+    assert h.check() == []
+
+
 async def test_a_clean_up_whose_credential_signs_in_again_after_a_refusal_starts_its_wait_anew() -> None:
     """A refusal, then a pass whose sign-in works (the credential had not reached that part of Entra ID) and whose
     removal fails again unmade: the removal is sent anew, and the first refusal forgotten with it. A refusal after
