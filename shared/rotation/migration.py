@@ -132,9 +132,8 @@ class Migrator(Journaled):
     async def _claim(self, record: ConnectionRecord, state: RotationState,
                      interrupted: RotationState | None) -> ConnectionRecord:
         now = self.now()
-        where = {"app": record.app, "connection_id": record.id, "connection_name": record.name}
-        await self.audit.record("connection.migrate", "started", **where,
-                                detail="to federated" + (" (resumed)" if interrupted or state.attempt > 1 else ""))
+        await self._recorded(record, "started",
+                             "to federated" + (" (resumed)" if interrupted or state.attempt > 1 else ""))
         # The started record gets its outcome here unless the claim is written (then the migration's end or failure
         # records it), as a rotation's claim does: skipped when the claim is lost, failed when an error stops it.
         try:
@@ -149,12 +148,10 @@ class Migrator(Journaled):
             if claimed is not None and record.rotation.schedule_key and record.rotation.schedule_key != key:
                 await self.adapters.schedule.remove(record.rotation.schedule_key)
         except Exception as error:
-            await self.audit.record("connection.migrate", STATUS_FAILED, **where,
-                                    detail=f"claiming the migration: {type(error).__name__}")
+            await self._recorded(record, STATUS_FAILED, f"claiming the migration: {type(error).__name__}")
             raise
         if claimed is None:
-            await self.audit.record("connection.migrate", "skipped", **where,
-                                    detail="not claimed: the connection changed meanwhile")
+            await self._recorded(record, "skipped", "not claimed: the connection changed meanwhile")
             raise ConcurrentChange("The connection changed while the migration was starting; try again.")
         with best_effort(lambda error: log.info("Migration of %s: its running history entry is not written (%s); "
                                                 "its outcome writes it", record.id, detail_of(error))):
@@ -217,10 +214,14 @@ class Migrator(Journaled):
             raise await self._ending(record, self._failed(
                 record, UpstreamError(f"{type(error).__name__}: the call did not complete."))) from None
         except Exception as error:  # an Azure SDK error no adapter mapped, or a defect: its kind, never its text
-            await self.audit.record("connection.migrate", STATUS_FAILED, app=record.app, connection_id=record.id,
-                                    connection_name=record.name, detail=type(error).__name__)
+            await self._recorded(record, STATUS_FAILED, type(error).__name__)
             raise
         return record
+
+    async def _recorded(self, record: ConnectionRecord, outcome: str, detail: str | None) -> None:
+        """The audit record of this migration of ``record`` (``connection.migrate``): ``started``, or its outcome."""
+        await self.audit.record("connection.migrate", outcome, app=record.app, connection_id=record.id,
+                                connection_name=record.name, detail=detail)
 
     async def _ending(self, record: ConnectionRecord, ending: Awaitable[T]) -> T:
         """The end of an attempt that did not complete (its hand-over to the sweep, or its failure), whose outcome it
@@ -229,8 +230,7 @@ class Migrator(Journaled):
         try:
             return await ending
         except Exception as error:
-            await self.audit.record("connection.migrate", STATUS_FAILED, app=record.app, connection_id=record.id,
-                                    connection_name=record.name, detail=f"ending the attempt: {type(error).__name__}")
+            await self._recorded(record, STATUS_FAILED, f"ending the attempt: {type(error).__name__}")
             raise
 
     async def _old_material(self, record: ConnectionRecord) -> dict[str, str]:
@@ -357,8 +357,7 @@ class Migrator(Journaled):
             failing_since=None, managed=False, revoke_original=False, key_id=ours, key_tenant_id=None)
         saved = await self._save(record, rotation=done.evolve(next_at=None, schedule_key=None))
         await self.adapters.schedule.remove(state.schedule_key)
-        await self.audit.record("connection.migrate", STATUS_SUCCEEDED, app=record.app, connection_id=record.id,
-                                connection_name=record.name, detail=saved.rotation.message)
+        await self._recorded(record, STATUS_SUCCEEDED, saved.rotation.message)
         return saved
 
     async def _hand_to_sweep(self, record: ConnectionRecord, still: StillTesting) -> ConnectionRecord:
@@ -380,26 +379,23 @@ class Migrator(Journaled):
         except Stopped as stopped:
             raise stopped.error from None
         await self._record_handed_over(saved, TRIGGER)
-        await self.audit.record("connection.migrate", INTERRUPTED, app=record.app, connection_id=record.id,
-                                connection_name=record.name, detail=saved.rotation.message)
+        await self._recorded(record, INTERRUPTED, saved.rotation.message)
         return saved
 
     # -- failing ---------------------------------------------------------------------------------------------
     async def _failed(self, record: ConnectionRecord, error: ServiceError) -> ServiceError:
         """Before the switch: remove the federated credential this migration added (by its name) and forget the
         journal; the connection is as it was. After: keep the journal (the clean-up is resumed)."""
-        where = {"app": record.app, "connection_id": record.id, "connection_name": record.name}
         try:
             current = await self.adapters.connections.get(record.app, record.id)
         except NotFound:
-            await self.audit.record("connection.migrate", STATUS_FAILED, **where,
-                                    detail=f"{error.detail} (the connection was deleted meanwhile)")
+            await self._recorded(record, STATUS_FAILED, f"{error.detail} (the connection was deleted meanwhile)")
             return error
         state = current.rotation
         if state.lease_owner != self.owner or state.step not in MIGRATION_STEPS:
             # Another worker took the migration over (and may have ended it): its outcome is its own to tell.
-            await self.audit.record("connection.migrate", "skipped", **where,
-                                    detail=f"stopped: the migration is no longer this worker's ({error.detail})")
+            await self._recorded(record, "skipped",
+                                 f"stopped: the migration is no longer this worker's ({error.detail})")
             return error
         message = error.detail
         base = state
@@ -454,8 +450,7 @@ class Migrator(Journaled):
             return target
 
         await reindex(self.adapters.schedule, state.schedule_key, due, current, point)
-        await self.audit.record("connection.migrate", STATUS_FAILED, app=current.app, connection_id=current.id,
-                                connection_name=current.name, detail=message)
+        await self._recorded(current, STATUS_FAILED, message)
         extensions = {**error.extensions, "rotationStep": state.step}
         if isinstance(error, CredentialRejected):
             return CredentialRejected(message, extensions=extensions)
