@@ -628,15 +628,23 @@ def test_a_federated_connection_to_an_application_of_another_tenant_says_where_i
     page.keyboard.press("Escape")
 
 
+def _client_secret_connection_page(name: str, open_console: Any, admin: Any, secrets_used: Any,
+                                   local_env: LocalEnvironment, api: httpx.Client) -> tuple[Any, dict[str, Any], Any]:
+    """A client-secret connection of an application in the identity's tenant (one that may move to federated),
+    created through the API, and its page opened by an operator: the application, the connection, the console."""
+    app = register_rotatable_app(admin, secrets_used, name=name, tenant_id=identity_tenant(local_env))
+    created = api.post("/api/v1/app-connections/azure-key-vault", json={
+        "name": name, "method": "client-secret", "credentials": app.client_secret_body()})
+    assert created.status_code == 201, created.text
+    connection: dict[str, Any] = created.json()["appConnection"]
+    return app, connection, open_console("operator", f"{PAGE}/azure-key-vault/{connection['id']}")
+
+
 def test_a_client_secret_connection_moves_to_federated_through_the_page(
         open_console: Any, admin: Any, secrets_used: Any, local_env: LocalEnvironment, api: httpx.Client) -> None:
     assert local_env.federation is not None
-    app = register_rotatable_app(admin, secrets_used, name="console-migrate", tenant_id=identity_tenant(local_env))
-    created = api.post("/api/v1/app-connections/azure-key-vault", json={
-        "name": "console-migrate", "method": "client-secret", "credentials": app.client_secret_body()})
-    assert created.status_code == 201, created.text
-    connection = created.json()["appConnection"]
-    console = open_console("operator", f"{PAGE}/azure-key-vault/{connection['id']}")
+    app, connection, console = _client_secret_connection_page(
+        "console-migrate", open_console, admin, secrets_used, local_env, api)
     page = console.page
     assert "Client Secret" in page.inner_text("#connection-details")
     posts: list[Any] = []
@@ -679,12 +687,8 @@ def test_a_move_the_request_had_to_answer_before_it_ended_is_told_as_going_on(
         open_console: Any, admin: Any, secrets_used: Any, local_env: LocalEnvironment, api: httpx.Client) -> None:
     """A 202 (the federated sign-in still being tested when the request had to be answered: the rotation sweep
     finishes the move) is not a finished move: the page says it goes on, and the connection is as it was."""
-    app = register_rotatable_app(admin, secrets_used, name="console-migrate-202", tenant_id=identity_tenant(local_env))
-    created = api.post("/api/v1/app-connections/azure-key-vault", json={
-        "name": "console-migrate-202", "method": "client-secret", "credentials": app.client_secret_body()})
-    assert created.status_code == 201, created.text
-    connection = created.json()["appConnection"]
-    console = open_console("operator", f"{PAGE}/azure-key-vault/{connection['id']}")
+    _, connection, console = _client_secret_connection_page(
+        "console-migrate-202", open_console, admin, secrets_used, local_env, api)
     page = console.page
     detail = ("The federated sign-in did not work yet when the request had to be answered (AADSTS70021); the rotation "
               "sweep goes on testing it and finishes the migration. The connection still signs in with its "

@@ -402,17 +402,24 @@ async def test_connections_left_being_deleted_do_not_keep_the_other_due_checks_f
     assert h.fakes.connections.records[key] == held and held.health.check_key in h.fakes.health_index.keys
 
 
+async def _left_marked_and_due() -> tuple[Harness, ConnectionRecord]:
+    """A connection left marked as being deleted (its DELETE to be sent again), its health check due."""
+    h = _harness()
+    record = await _connection(h, days=365)
+    key = (record.app, record.id)
+    h.fakes.connections.records[key] = h.fakes.connections.records[key].evolve(status="deleting")
+    h.fakes.clock.advance(timedelta(days=1, minutes=5))
+    return h, record
+
+
 @pytest.mark.parametrize("meets", ["a DELETE sent again", "its own write, its answer lost"])
 async def test_an_entry_put_off_whose_write_meets_a_change_or_loses_its_answer_is_kept_once(meets: str) -> None:
     """(Review sweeps 6.) Moving a skipped entry is the index's usual sequence: whichever way its record's write
     goes, the connection keeps exactly one entry, the one its record points at."""
     from shared.errors import ConcurrentChange
 
-    h = _harness()
-    record = await _connection(h, days=365)
+    h, record = await _left_marked_and_due()
     key = (record.app, record.id)
-    h.fakes.connections.records[key] = h.fakes.connections.records[key].evolve(status="deleting")
-    h.fakes.clock.advance(timedelta(days=1, minutes=5))
     update = h.fakes.connections.update
 
     async def meeting(target, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -438,11 +445,8 @@ async def test_an_entry_put_off_while_its_connection_is_deleted_leaves_no_entry_
     deleted while its entry moves points at neither entry, and both go (none is left for a sweep to find stale)."""
     from shared.errors import ConcurrentChange
 
-    h = _harness()
-    record = await _connection(h, days=365)
+    h, record = await _left_marked_and_due()
     key = (record.app, record.id)
-    h.fakes.connections.records[key] = h.fakes.connections.records[key].evolve(status="deleting")
-    h.fakes.clock.advance(timedelta(days=1, minutes=5))
     update = h.fakes.connections.update
 
     async def deleted_meanwhile(target, *args, **kwargs):  # type: ignore[no-untyped-def]

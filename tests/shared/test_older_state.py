@@ -67,20 +67,22 @@ async def test_a_rotation_an_older_version_left_at_its_finished_step_ends_with_t
     assert h.check() == []
 
 
-async def test_a_clean_up_journaled_before_key_made_keeps_managed_when_a_rotation_ended_since_the_change() -> None:
-    """Versions from 93b3e95 to 7aca1c1 cleared ``managed`` at the change and a rotation since set it again: the
-    secret that rotation put in use is the service's, and a DELETE removes it."""
+async def _moved_and_rotated_its_clean_up_refused() -> tuple[Harness, ConnectionRecord, ConnectionRecord]:
+    """A rotated connection changed to another application, rotated at once there, while the application it left
+    refuses its clean-up: the harness, the connection as created, and as the change left it."""
     h = Harness()
     record = await h.create()
     h.fakes.clock.advance(timedelta(hours=1))
-    left = h.fakes.world.apps[record.client_id or ""]
-    left.may_manage_itself = False
+    h.fakes.world.apps[record.client_id or ""].may_manage_itself = False
     _, credentials = h.new_application()
     changed = await h.api.update(APP, record.id, {"credentials": credentials})  # rotated at once, on the new one
-    assert changed.rotation.retire_client_id == record.client_id and changed.rotation.managed
-    older = await written_before_key_made(h, record)
-    assert older.rotation.last_rotated_at is not None and older.rotation.last_rotated_at >= older.updated_at
-    left.may_manage_itself = True
+    return h, record, changed
+
+
+async def _clean_up_finished_then_deleted(h: Harness, record: ConnectionRecord, changed: ConnectionRecord) -> None:
+    """The application left lets the clean-up through, the sweep finishes it with ``managed`` standing, and a DELETE
+    removes the secret the rotation put in use."""
+    h.fakes.world.apps[record.client_id or ""].may_manage_itself = True
     h.fakes.clock.advance(timedelta(hours=1))
     await h.sweep()
     done = await h.record(record.id)
@@ -88,28 +90,25 @@ async def test_a_clean_up_journaled_before_key_made_keeps_managed_when_a_rotatio
     deleted = await h.api.delete(APP, record.id)
     assert deleted.removed_key_ids == [changed.rotation.key_id]
     assert h.check() == []
+
+
+async def test_a_clean_up_journaled_before_key_made_keeps_managed_when_a_rotation_ended_since_the_change() -> None:
+    """Versions from 93b3e95 to 7aca1c1 cleared ``managed`` at the change and a rotation since set it again: the
+    secret that rotation put in use is the service's, and a DELETE removes it."""
+    h, record, changed = await _moved_and_rotated_its_clean_up_refused()
+    assert changed.rotation.retire_client_id == record.client_id and changed.rotation.managed
+    older = await written_before_key_made(h, record)
+    assert older.rotation.last_rotated_at is not None and older.rotation.last_rotated_at >= older.updated_at
+    await _clean_up_finished_then_deleted(h, record, changed)
 
 
 async def test_a_clean_up_journaled_before_key_made_keeps_managed_after_a_later_edit_too() -> None:
     """(Review of the fix.) Nothing an older version stored tells when its credentials changed: a rule that kept
     ``managed`` only for a rotation ended since the last edit dropped it after a rename, and a DELETE then left the
     rotation's secret in use live, named nowhere. ``managed`` stands (a DELETE looks at the application in use)."""
-    h = Harness()
-    record = await h.create()
-    h.fakes.clock.advance(timedelta(hours=1))
-    left = h.fakes.world.apps[record.client_id or ""]
-    left.may_manage_itself = False
-    _, credentials = h.new_application()
-    changed = await h.api.update(APP, record.id, {"credentials": credentials})  # rotated at once, on the new one
+    h, record, changed = await _moved_and_rotated_its_clean_up_refused()
     h.fakes.clock.advance(timedelta(minutes=10))
     renamed = await h.api.update(APP, record.id, {"name": "renamed", "isAutoRotationEnabled": False})
     assert renamed.rotation.managed and renamed.rotation.cleaning_up
     await written_before_key_made(h, record)
-    left.may_manage_itself = True
-    h.fakes.clock.advance(timedelta(hours=1))
-    await h.sweep()
-    done = await h.record(record.id)
-    assert done is not None and not done.rotation.cleaning_up and done.rotation.managed
-    deleted = await h.api.delete(APP, record.id)
-    assert deleted.removed_key_ids == [changed.rotation.key_id]
-    assert h.check() == []
+    await _clean_up_finished_then_deleted(h, record, changed)
