@@ -284,10 +284,12 @@ def _inject(current: Span, headers: MutableMapping[str, str]) -> None:
             headers["tracestate"] = context.trace_state.to_header()
 
 
-def set_response(current: Span, status: int) -> None:
-    """The answer of a client span: ``http.response.status_code``; a status of 400 or more is an error."""
+def set_response(current: Span, status: int, *, challenge: bool = False) -> None:
+    """The answer of a client span: ``http.response.status_code``; a status of 400 or more is an error, but for an
+    authentication ``challenge``: a 401 that asks a request sent without credentials for them (Key Vault's first
+    request in a process), a step of its protocol rather than a failed dependency."""
     current.set_attribute("http.response.status_code", status)
-    if status >= 400:
+    if status >= 400 and not (challenge and status == 401):
         set_error(current, str(status))
 
 

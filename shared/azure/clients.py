@@ -337,7 +337,7 @@ def _traced_transport(session: aiohttp.ClientSession, upstream: str) -> AioHttpT
                 with telemetry.client_span(request.method, request.url, request.headers,
                                            {"upstream": self.upstream, **telemetry.resent(sends)}) as span:
                     response = await super().send(request, **config)
-                    telemetry.set_response(span, response.status_code)
+                    telemetry.set_response(span, response.status_code, challenge=_challenged(request, response))
                     return response
 
         _TRACED_TRANSPORT = TracedTransport
@@ -347,6 +347,14 @@ def _traced_transport(session: aiohttp.ClientSession, upstream: str) -> AioHttpT
         connection_timeout=CONNECT_TIMEOUT_SECONDS,
     )
     return traced
+
+
+def _challenged(request: Any, response: Any) -> bool:
+    """Whether ``response`` is a bearer challenge to a request sent without credentials (Key Vault answers the first
+    request of a client so, naming the authority and resource to get a token for; the request is then sent again
+    with one)."""
+    return (response.status_code == 401 and "authorization" not in {name.lower() for name in request.headers}
+            and response.headers.get("WWW-Authenticate", "").lower().startswith("bearer"))
 
 
 def _renew_at(token: AccessToken) -> float:

@@ -232,6 +232,22 @@ def test_a_client_span_without_a_port_has_the_schemes(exporter):
     assert [s.attributes["server.port"] for s in exporter.get_finished_spans()] == [443, 80]
 
 
+def test_an_authentication_challenge_is_a_step_not_a_failed_call(exporter):
+    """Key Vault answers a client's first request, sent without a token, with a 401 naming where to get one: every
+    cold instance would otherwise show a failed dependency. A 401 to a request that sent credentials fails."""
+    with telemetry.client_span("GET", "https://vault.example/secrets/s1") as span:
+        telemetry.set_response(span, 401, challenge=True)
+    with telemetry.client_span("GET", "https://vault.example/secrets/s1") as span:
+        telemetry.set_response(span, 401)
+    with telemetry.client_span("GET", "https://vault.example/secrets/s1") as span:
+        telemetry.set_response(span, 403, challenge=True)
+    challenged, refused, forbidden = exporter.get_finished_spans()
+    assert challenged.attributes["http.response.status_code"] == 401 and "error.type" not in challenged.attributes
+    assert challenged.status.status_code is StatusCode.UNSET
+    assert refused.attributes["error.type"] == "401" and refused.status.status_code is StatusCode.ERROR
+    assert forbidden.attributes["error.type"] == "403" and forbidden.status.status_code is StatusCode.ERROR
+
+
 class UpstreamDropped(Exception):
     pass
 
