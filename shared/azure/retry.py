@@ -50,6 +50,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
 from contextvars import ContextVar
+from datetime import UTC
 from typing import TypeVar
 
 from shared.scoped import scoped
@@ -119,6 +120,8 @@ class RetryableError(Exception):
 
 
 def parse_retry_after(value: str | None) -> float | None:
+    """A ``Retry-After`` value's wait in seconds (never below 0): delay-seconds, or an HTTP-date, which is GMT in
+    each of its three forms (RFC 9110 5.6.7), asctime's too though it names no zone; None when unreadable."""
     if not value:
         return None
     try:
@@ -131,6 +134,8 @@ def parse_retry_after(value: str | None) -> float | None:
 
     try:
         when = parsedate_to_datetime(value)
+        if when.tzinfo is None:  # asctime's form (and "-0000"): GMT all the same, not the host's time zone
+            when = when.replace(tzinfo=UTC)
         return max(0.0, when.timestamp() - time.time())
     except (TypeError, ValueError, OverflowError):  # not a date, or one past what a datetime holds
         return None

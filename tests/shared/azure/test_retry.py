@@ -3,6 +3,7 @@
 retried is raised at once, as it came."""
 
 import random
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -98,6 +99,27 @@ def test_retry_after_in_seconds(raw, seconds):
 
 def test_retry_after_as_an_http_date_in_the_past_is_zero():
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+@pytest.fixture
+def host_in_new_york(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The host's local time zone five hours behind UTC (four in summer)."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_retry_after_as_an_http_date_is_gmt_in_each_of_its_forms(host_in_new_york: None):
+    """RFC 9110 5.6.7: IMF-fixdate, RFC 850's and asctime's forms are all GMT, though asctime's names no zone (it
+    was read as the host's local time: a minute's wait became five hours)."""
+    when = time.gmtime(time.time() + 60)
+    forms = [time.strftime("%a, %d %b %Y %H:%M:%S GMT", when),
+             time.strftime("%A, %d-%b-%y %H:%M:%S GMT", when),
+             time.strftime("%a %b ", when) + f"{when.tm_mday:2d}" + time.strftime(" %H:%M:%S %Y", when)]
+    for form in forms:
+        assert parse_retry_after(form) == pytest.approx(60, abs=2), form
 
 
 # -- with_retries (Microsoft Graph) ---------------------------------------------------------------------------
