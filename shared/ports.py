@@ -7,6 +7,7 @@ in-memory fakes. Nothing here imports an SDK, and no domain module builds an ada
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
@@ -342,6 +343,9 @@ class AuditStore(Protocol):
 
 Clock = Callable[[], datetime]
 Sleep = Callable[[float], Awaitable[None]]
+# Seconds on a clock that only moves forward, at the pace of time (time.monotonic): what a worker has spent, which
+# a wall clock set back or forward (NTP) does not change.
+Monotonic = Callable[[], float]
 
 
 @dataclass(frozen=True)
@@ -362,3 +366,4 @@ class Adapters:
     webhook: Webhook
     clock: Clock
     sleep: Sleep
+    monotonic: Monotonic = time.monotonic

@@ -56,14 +56,29 @@ START = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 
 
 class Clock:
+    """The wall clock (``now``, which a test sets or moves) and a monotonic one (:meth:`monotonic`, seconds) that
+    moves with it, but for :meth:`step`: the wall clock set back or forward (NTP) leaves the monotonic one as it was.
+    The monotonic one never goes back (a test that sets ``now`` back holds it where it was)."""
+
     def __init__(self, now: datetime = START) -> None:
         self.now = now
+        self._origin = now
+        self._read = 0.0
 
     def __call__(self) -> datetime:
         return self.now
 
     def advance(self, delta: timedelta) -> None:
         self.now += delta
+
+    def step(self, delta: timedelta) -> None:
+        """The wall clock set by ``delta``, as NTP steps it; time spent is unchanged."""
+        self.now += delta
+        self._origin += delta
+
+    def monotonic(self) -> float:
+        self._read = max(self._read, (self.now - self._origin).total_seconds())
+        return self._read
 
 
 # -- Entra ID and Graph ------------------------------------------------------------------------------------------
@@ -909,6 +924,7 @@ def build_fakes(env: Mapping[str, str] | None = None) -> Fakes:
     world.federation = federation_identity(settings)
     adapters = Adapters(settings=settings, connections=connections, vault=vault, schedule=schedule, history=history,
                         directory=directory, tokens=tokens, oauth_states=states, audit=audit, outbox=connections,
-                        health_index=health_index, webhook=webhook, clock=clock, sleep=_no_sleep)
+                        health_index=health_index, webhook=webhook, clock=clock, sleep=_no_sleep,
+                        monotonic=clock.monotonic)
     return Fakes(clock, world, connections, vault, schedule, history, directory, tokens, states, audit, health_index,
                  webhook, adapters)

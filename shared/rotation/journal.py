@@ -140,18 +140,45 @@ class Journaled:
         self.owner = owner or uuid.uuid4().hex
         self.checkpoint = checkpoint or _no_checkpoint
         self.audit = AuditLog(adapters.audit, adapters.clock)
+        # The monotonic reading (adapters.monotonic) taken as this worker computed each lease it wrote, by the
+        # lease's end (``lease_until``): the time it has held the lease since, whatever its wall clock did meanwhile.
+        self._lease_taken: dict[datetime, float] = {}
 
     def now(self) -> datetime:
         return self.adapters.clock()
 
+    def _lease_from(self, now: datetime) -> datetime:
+        """The end of a lease this worker takes (or renews) at ``now``, with the monotonic reading of that moment
+        noted for :meth:`lease_check` (taken before the lease is written: its count starts no later than the
+        lease). Readings of leases run out by that count are forgotten."""
+        taken = self.adapters.monotonic()
+        length = self.options.lease.total_seconds()
+        self._lease_taken = {until: at for until, at in self._lease_taken.items() if taken - at <= length}
+        lease_until = now + self.options.lease
+        self._lease_taken.setdefault(lease_until, taken)
+        return lease_until
+
     def lease_check(self, state: RotationState) -> Callable[[], None]:
         """Called right before each change Graph is asked to make: a worker whose lease (``state``'s) runs out
-        within ``LEASE_MARGIN`` by its own clock stops there (``LeaseLost``). Another may take the journal over once
-        it has run out, and a change in flight takes far less than the margin. No lease, no check."""
-        deadline = state.lease_until - LEASE_MARGIN if state.lease_until is not None else None
+        within ``LEASE_MARGIN`` stops there (``LeaseLost``). Another may take the journal over once it has run out,
+        and a change in flight takes far less than the margin. No lease, no check.
+
+        Two clocks are read. The wall clock, against ``lease_until`` (the one every worker reads the lease by); and
+        the monotonic one, against the time since this worker took or renewed that lease (:meth:`_lease_from`;
+        for a lease it did not take here, since this check was built, against what was left of it then), since a
+        wall clock stepped back (an NTP correction) would let a worker held up past its lease change the
+        application after another took the journal over."""
+        if state.lease_until is None:
+            return lambda: None
+        deadline = state.lease_until - LEASE_MARGIN
+        taken = self._lease_taken.get(state.lease_until) if state.lease_owner == self.owner else None
+        if taken is not None:
+            budget = (self.options.lease - LEASE_MARGIN).total_seconds()
+        else:
+            taken, budget = self.adapters.monotonic(), (deadline - self.now()).total_seconds()
 
         def check() -> None:
-            if deadline is not None and self.now() > deadline:
+            if self.now() > deadline or self.adapters.monotonic() - taken > budget:
                 raise LeaseLost("This worker was held up until its lease had nearly run out; it stopped before "
                                 "changing the application.")
 
@@ -160,7 +187,7 @@ class Journaled:
     def _leased(self, state: RotationState, now: datetime, **changes: object) -> RotationState:
         """``state`` claimed by this worker at ``now``: a new attempt under way, leased until the lease runs out."""
         return state.evolve(status=STATUS_ROTATING, last_attempt_at=now, attempt_started_at=now,
-                            lease_owner=self.owner, lease_until=now + self.options.lease, **changes)
+                            lease_owner=self.owner, lease_until=self._lease_from(now), **changes)
 
     async def _write_claim(self, record: ConnectionRecord,
                            state: RotationState) -> tuple[ConnectionRecord | None, ConnectionRecord | None]:

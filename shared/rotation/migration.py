@@ -140,7 +140,7 @@ class Migrator(Journaled):
             if interrupted is not None:
                 await self._close_interrupted(record, interrupted, TRIGGER)
             # Due again when the lease runs out: should this worker die, the sweep resumes the migration.
-            lease_until = now + self.options.lease
+            lease_until = self._lease_from(now)
             key = await self.adapters.schedule.put(lease_until, record.app, record.id)
             claimed_state = self._leased(state, now, message="Migrating to the federated method.",
                                          next_at=lease_until, schedule_key=key)

@@ -438,7 +438,7 @@ class Rotator(Journaled):
         # Graph cannot make a change conditional: the lease is renewed (ETag-guarded) before the first one, so that a
         # worker held up past its lease while another took the rotation over changes nothing; each change then
         # checks the lease by the clock (``lease_check``).
-        state = state.evolve(lease_until=self.now() + self.options.lease)
+        state = state.evolve(lease_until=self._lease_from(self.now()))
         record = await self._save(record, state)
         await self.checkpoint("lease-renewed", record)
         graph = await self._graph(record, record.secret_version, run)
@@ -1013,7 +1013,7 @@ class Rotator(Journaled):
             return None
         try:
             claimed = await self._apply(record, free, lambda current: current.evolve(rotation=current.rotation.evolve(
-                lease_owner=self.owner, lease_until=self.now() + self.options.lease)),
+                lease_owner=self.owner, lease_until=self._lease_from(self.now()))),
                 landed=lambda current: current.rotation.lease_owner == self.owner)
         except (LeaseLost, NotFound):
             return None

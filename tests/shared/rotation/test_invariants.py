@@ -10,7 +10,9 @@ from datetime import timedelta
 
 import pytest
 
-from shared.records import ConnectionRecord
+from shared.errors import LeaseLost
+from shared.records import ConnectionRecord, RotationState
+from shared.rotation.journal import LEASE_MARGIN
 from tests.lifecycle_harness import APP, Crash, Harness, only_retired, user_operations
 
 CHECKPOINTS = ["before-add-password", "lease-renewed", "after-add-password", "after-vault-write", "after-test",
@@ -156,6 +158,48 @@ async def test_a_worker_whose_lease_ran_out_before_its_addition_adds_nothing_and
     assert h.check() == []
     after = await h.record(record.id)
     assert after is not None and not after.rotation.in_progress
+
+
+@pytest.mark.parametrize("method", METHODS)
+async def test_a_worker_held_up_past_its_lease_stops_though_its_wall_clock_was_set_back(method: str) -> None:
+    """As above, but meanwhile its wall clock was set back 15 minutes (an NTP correction): by that clock the lease
+    has 14 minutes left, more than the margin. The time it has held the lease (its monotonic clock) stops it right
+    before the addition all the same: nothing is added, and the audit log says the addition failed."""
+    h = Harness(method=method)
+    record = await _rotating(h)
+    first, woken = await _held_up_at(h, "lease-renewed")
+    h.fakes.clock.step(-timedelta(minutes=15))
+    made = len(h.fakes.world.created)
+    woken.set()
+    await first
+    assert len(h.fakes.world.created) == made
+    assert h.check() == []
+    adds = [(r.outcome, r.detail) for r in h.fakes.audit.records if r.action == "credential.add"][-2:]
+    assert adds[0][0] == "started" and adds[1][0] == "failed" and (adds[1][1] or "").endswith(": LeaseLost"), adds
+    _every_change_recorded_has_an_outcome(h)
+    h.lease_runs_out()
+    await h.settle()
+    assert h.check() == []
+    after = await h.record(record.id)
+    assert after is not None and not after.rotation.in_progress
+
+
+async def test_the_lease_check_of_a_lease_taken_elsewhere_counts_from_when_it_was_built() -> None:
+    """A lease this worker did not take here (no monotonic reading of its taking) is checked on the monotonic clock
+    from when the check was built, against what the wall clock then left of it: set back since, it stops the
+    worker all the same."""
+    h = Harness()
+    worker = h.services().rotator
+    claimed_at = h.fakes.clock()
+    state = RotationState(lease_owner=worker.owner, lease_until=claimed_at + worker.options.lease)
+    check = worker.lease_check(state)
+    h.fakes.clock.advance(worker.options.lease - LEASE_MARGIN - timedelta(seconds=1))
+    check()  # a second of it left
+    h.fakes.clock.advance(timedelta(minutes=1))
+    h.fakes.clock.step(-timedelta(minutes=15))
+    assert h.fakes.clock() < state.lease_until - LEASE_MARGIN
+    with pytest.raises(LeaseLost):
+        check()
 
 
 async def _held_up_at(h: Harness, checkpoint: str) -> tuple[asyncio.Task[object], asyncio.Event]:
