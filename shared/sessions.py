@@ -29,6 +29,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import math
 import re
 import secrets
 import time
@@ -304,13 +305,16 @@ class Sessions:
         return session.principal()
 
     def describe(self, session: Session) -> dict[str, object]:
-        """``GET /auth/session``'s answer."""
+        """``GET /auth/session``'s answer. ``expiresIn`` is the seconds left by this service's clock (rounded up),
+        which the page times its check of the session's lapse by: its own clock may be minutes off."""
+        ends_at = session.ends_at(self.idle)
         return {
             "user": {"name": session.display_name, "username": session.name, "oid": session.user_id,
                      "tid": session.tenant_id},
             "roles": sorted(session.roles),
             "csrfToken": session.csrf_token,
-            "expiresAt": iso(session.ends_at(self.idle)),
+            "expiresAt": iso(ends_at),
+            "expiresIn": max(0, math.ceil((ends_at - self._clock()).total_seconds())),
         }
 
     async def purge_expired(self) -> int:

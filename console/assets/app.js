@@ -78,6 +78,8 @@ export function focusTitle() {
 
 // -- session ------------------------------------------------------------------------------------------
 let expiryTimer = null;
+// The soonest the page asks again about a session the service says is live, however little time it says is left.
+const RECHECK_FLOOR_MS = 30_000;
 
 function useSession(session) {
   state.session = session;
@@ -86,9 +88,11 @@ function useSession(session) {
   document.getElementById('who-name').textContent = (session.user && session.user.name) || '';
   document.getElementById('who').hidden = false;
   clearTimeout(expiryTimer);
-  const expires = session.expiresAt ? new Date(session.expiresAt).getTime() - Date.now() : NaN;
-  if (Number.isFinite(expires) && expires > 0 && expires < 2 ** 31 - 1) {
-    expiryTimer = setTimeout(checkSession, expires + 1000);
+  // By the seconds the service says are left (its clock), not expiresAt against this computer's clock, which may be
+  // minutes off: fast, the page would ask early, hear the session is live, and never ask again.
+  const left = Number(session.expiresIn) * 1000;
+  if (Number.isFinite(left)) {
+    expiryTimer = setTimeout(checkSession, Math.min(Math.max(left + 1000, RECHECK_FLOOR_MS), 2 ** 31 - 1));
   }
 }
 

@@ -6,6 +6,7 @@ no serious or critical accessibility violation."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -439,6 +440,27 @@ def test_an_open_page_whose_session_lapsed_says_so_and_does_not_sign_in_again_by
     # The dialog is closed, and what was typed into it wiped (it stayed on the screen)
     assert page.evaluate("document.getElementById('connection-dialog').open") is False
     assert page.evaluate("document.getElementById('field-privateKey')?.value || ''") == ""
+
+
+def test_a_page_whose_clock_is_minutes_fast_still_says_when_its_session_lapsed(open_console: Any) -> None:
+    """The person's computer clock is 5 minutes fast. The page times its look at the session by the seconds the
+    service says are left, not by ``expiresAt`` against its own clock (then it asked 5 minutes early, heard the
+    session was live, and never asked again)."""
+    console = open_console("admin")
+    page = console.page
+    page.clock.install(time=time.time() + 5 * 60)
+    page.reload()
+    page.wait_for_selector("main[data-ready=true]")
+    looks: list[str] = []
+    page.on("request", lambda request: looks.append(request.url) if "/auth/session" in request.url else None)
+    # Its clock says the session (30 minutes idle) lapsed 4 minutes ago; by the service's it has a minute left.
+    page.clock.run_for("00:29:00")
+    assert looks == []
+    page.context.clear_cookies()  # the session lapses at the service
+    page.clock.run_for("00:02:00")
+    page.wait_for_selector("#sign-in-again", state="attached", timeout=5_000)
+    assert page.inner_text("h1") == "Your session has ended"
+    assert looks == [console.url("/auth/session")]
 
 
 def test_no_serious_or_critical_accessibility_violation(open_console: Any, admin: Any, secrets_used: Any,

@@ -181,6 +181,9 @@ async def test_the_last_use_is_written_at_most_once_a_minute() -> None:
     described = service.describe(await service.resume(session_id))
     assert store.touches == 1
     assert described["expiresAt"] == (clock.now + timedelta(minutes=30)).isoformat().replace("+00:00", "Z")
+    assert described["expiresIn"] == 30 * 60  # by the service's clock: the page's may be off
+    clock.advance(timedelta(minutes=29, seconds=59, milliseconds=500))
+    assert service.describe(await service.resume(session_id, use=False))["expiresIn"] == 1  # rounded up
 
 
 async def test_an_unknown_or_ended_session_asks_to_sign_in() -> None:
