@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from shared.errors import AuditUnavailable, FieldError, InvalidRequest, ServiceError
+from shared.errors import AuditUnavailable, FieldError, InvalidRequest, ServiceError, escaped
 from shared.fields import page_size
 from shared.records import Actor, AuditRecord
 from shared.redaction import redact
@@ -37,6 +37,7 @@ log = logging.getLogger("app_connections.audit")
 log.setLevel(logging.INFO)  # every record reaches the exporter, whatever the root logger's level
 
 MAX_DETAIL = 500
+MAX_USER_AGENT = 256
 STARTED = "started"
 PURGE = "audit.purge"
 _Made = TypeVar("_Made")
@@ -89,12 +90,14 @@ class AuditLog:
         :class:`AuditUnavailable` when the record cannot be written, and the action must not run. The record of an
         outcome is written as well as can be: the action has happened, and the structured log keeps it."""
         context = current()
+        actor = context.actor
         entry = AuditRecord(
-            at=self._clock(), action=action, outcome=outcome, actor=context.actor, app=app,
-            connection_id=connection_id, connection_name=connection_name,
-            detail=redact(detail)[:MAX_DETAIL] if detail else None, client_ip=context.client_ip,
-            user_agent=(context.user_agent or "")[:256] or None, request_id=context.request_id,
-            trace_id=context.trace_id,
+            at=self._clock(), action=_text(action), outcome=_text(outcome),
+            actor=Actor(_text(actor.id), _text(actor.name), _text(actor.type), _optional(actor.role)),
+            app=_optional(app), connection_id=_optional(connection_id), connection_name=_optional(connection_name),
+            detail=_text(redact(detail)[:MAX_DETAIL]) if detail else None, client_ip=_optional(context.client_ip),
+            user_agent=escaped(redact(context.user_agent), MAX_USER_AGENT) if context.user_agent else None,
+            request_id=_optional(context.request_id), trace_id=_optional(context.trace_id),
         )
         try:
             await self._store.append(entry)
@@ -204,3 +207,18 @@ def _flat(entry: AuditRecord) -> dict[str, Any]:
     actor = data.pop("actor")
     return {**data, "actorId": actor["id"], "actorName": actor["name"], "actorType": actor["type"],
             "actorRole": actor["role"]}
+
+
+def _text(value: str) -> str:
+    """``value`` as Table Storage and the log can hold it: a lone surrogate (not Unicode text; a record holding one
+    could be written but its day's partition no longer read) escaped as Python writes it (``\\ud800``), any
+    other character as it is (a person's name keeps its accents)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def _optional(value: str | None) -> str | None:
+    return None if value is None else _text(value)

@@ -289,7 +289,8 @@ class TokenValidator:
         self.require_configured()
         if len(token) > MAX_TOKEN_CHARS:
             raise _unauthorized("The token is too long.")
-        digest = hashlib.sha256(token.encode()).digest()
+        # Any text hashes (a lone surrogate too, which no token holds: jws.parse refuses it, a 401).
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         known = self._validated.get(digest)
         if known is not None:
             # Remembered while it has not expired and the tenant still publishes the key it was verified with (the

@@ -308,16 +308,17 @@ def install() -> None:
         logging.setLogRecordFactory(factory)
         # A log call's ``extra=`` fields are set on the record after the factory made it: redacted once they are.
         make_record = logging.Logger.makeRecord
+        attributes = _RECORD_ATTRIBUTES  # held here: at interpreter shutdown the module's globals may be None
 
         def made_with_extra(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
             record = make_record(self, *args, **kwargs)
-            if kwargs.get("extra") or (len(args) > _EXTRA_ARGUMENT and args[_EXTRA_ARGUMENT]):
-                try:
+            try:
+                if kwargs.get("extra") or (len(args) > _EXTRA_ARGUMENT and args[_EXTRA_ARGUMENT]):
                     _redact_extra(record)
-                except Exception:  # never lose a record to the filter
-                    for name in list(record.__dict__):
-                        if name not in _RECORD_ATTRIBUTES:
-                            record.__dict__[name] = "[withheld]"
+            except Exception:  # never lose a record to the filter (e.g. at interpreter shutdown): its extra withheld
+                for name in list(record.__dict__):
+                    if name not in attributes:
+                        record.__dict__[name] = "[withheld]"
             return record
 
         logging.Logger.makeRecord = made_with_extra  # type: ignore[method-assign]

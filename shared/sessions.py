@@ -167,7 +167,8 @@ def stale_login_cookies(header: str | None) -> list[str]:
 def login_cookie(state: str) -> str:
     """The name of the cookie that binds sign-in ``state`` to the browser that started it: one per sign-in, so that
     two tabs signing in at once (a restored browser, two alert links opened) do not undo each other."""
-    return LOGIN_COOKIE_PREFIX + hashlib.sha256(state.encode()).hexdigest()[:12]
+    digest = hashlib.sha256(state.encode("utf-8", "surrogatepass"))  # any state (a forged lone surrogate too)
+    return LOGIN_COOKIE_PREFIX + digest.hexdigest()[:12]
 
 
 def set_cookie(name: str, value: str, max_age: int | None) -> str:

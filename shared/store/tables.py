@@ -228,8 +228,9 @@ def token_text(value: object) -> bool:
     return isinstance(value, str) and _TOKEN_TEXT.fullmatch(value) is not None
 
 
-# Characters Table Storage refuses in a PartitionKey or RowKey (it answers 500/400 rather than 404).
-_KEY_FORBIDDEN = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f]")
+# Characters Table Storage refuses in a PartitionKey or RowKey (it answers 500/400 rather than 404), and a lone
+# surrogate (not Unicode text: no request can carry it).
+_KEY_FORBIDDEN = re.compile(r"[/\\#?\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def usable_key(value: str) -> bool:

@@ -235,3 +235,38 @@ async def test_the_retention_run_is_recorded_before_it_deletes_and_with_its_coun
     with pytest.raises(AuditUnavailable):
         await log_over(unrecorded).purge_expired(30)
     assert unrecorded.purged == []  # no record, nothing deleted
+
+
+async def test_a_user_agent_is_stored_redacted_and_escaped_as_the_fields_a_caller_chooses_are() -> None:
+    """(Fuzzing review.) ``User-Agent: deploy-tool/1.0 client_secret=...`` was redacted in the log copy of a record
+    but stored and answered by GET /api/v1/audit-logs as sent; a control character in it was stored as it came."""
+    from shared.audit import RequestContext, acting
+    from shared.records import Actor
+
+    records = Records()
+    agent = "deploy-tool/1.0 client_secret=Zq9Secret7v2ab\x1b[31m"
+    with acting(RequestContext(Actor("u-1", "ada", "user"), user_agent=agent)):
+        await log_over(records).record("connection.validate", "started")
+    stored = records.records[0].user_agent
+    assert stored is not None and "Zq9Secret7v2ab" not in stored and "[REDACTED]" in stored and "\x1b" not in stored
+
+
+async def test_a_lone_surrogate_in_any_field_of_a_record_is_stored_escaped() -> None:
+    """(Fuzzing review.) A lone surrogate in a record (a User-Agent, or a name in a token) was written to Table
+    Storage, and every read of that day's records failed after it (a 502) for the whole retention."""
+    from shared.audit import RequestContext, acting
+    from shared.records import Actor
+    from shared.store.audit import to_entity
+
+    records = Records()
+    context = RequestContext(Actor("u-\ud800", "Jos\u00e9 \udfff", "user", "AppConnections.\ud800"),
+                             client_ip="fe80::1%\ud800", user_agent="agent/\ud800", request_id="r-\ud800",
+                             trace_id="t-\ud800")
+    with acting(context):
+        await log_over(records).record("connection.\ud800", "started", app="a\ud800", connection_id="c\ud800",
+                                       connection_name="n\ud800", detail="d\ud800")
+    entity = to_entity(records.records[0])
+    texts = [value for value in entity.values() if isinstance(value, str)]
+    assert len(texts) == 16 and all(text.encode("utf-8") for text in texts)  # no field left out: all UTF-8
+    assert entity["ActorName"] == "Jos\u00e9 \\udfff" and entity["UserAgent"] == "agent/\\ud800"
+    assert entity["ConnectionId"] == "c\\ud800" and entity["Detail"] == "d\\ud800"

@@ -182,6 +182,14 @@ async def test_a_missing_or_malformed_header_is_a_401() -> None:
         assert refused.value.headers["WWW-Authenticate"].startswith("Bearer")
 
 
+async def test_a_token_with_a_lone_surrogate_is_a_401_not_a_500() -> None:
+    """(Fuzzing review.) The token was hashed (to look it up among those checked) as UTF-8 before it was parsed: a
+    lone surrogate, which no token holds, raised there and the caller had a 500."""
+    with pytest.raises(Unauthorized) as refused:
+        await _validator(Tenant()).validate("Bearer a\ud800b")
+    assert refused.value.headers["WWW-Authenticate"].startswith("Bearer")
+
+
 async def test_without_the_auth_settings_there_is_no_open_mode() -> None:
     settings = load_settings(STORAGE)
     validator = TokenValidator(settings, SigningKeys(settings, Tenant().fetch))

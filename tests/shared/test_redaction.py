@@ -163,6 +163,29 @@ def test_the_fields_a_log_call_attaches_are_redacted_too():
     assert seen[1].getMessage() == "no extra"
 
 
+def test_a_record_with_extra_fields_is_still_made_when_the_modules_globals_are_gone(monkeypatch):
+    """Found by a review: at interpreter shutdown a module's globals may be None, and the check whether a log call
+    attached fields ran outside the guard that keeps every record: the log call raised and the record was lost."""
+    redaction.install()
+    monkeypatch.setattr(redaction, "_EXTRA_ARGUMENT", None)
+    monkeypatch.setattr(redaction, "_RECORD_ATTRIBUTES", None)
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    handler = Keep()
+    logger = logging.getLogger("app_connections.audit.test")
+    logger.addHandler(handler)
+    try:
+        logger.warning("shutting down", extra={"audit_detail": "refresh_token=extra-field-secret-2"})
+    finally:
+        logger.removeHandler(handler)
+    assert len(seen) == 1 and seen[0].levelno == logging.WARNING
+    assert seen[0].__dict__["audit_detail"] == "[withheld]"  # never shown as it is when it could not be redacted
+
+
 def test_the_filter_class_works_on_a_handler():
     record = _record("refresh_token=%s", "rt-value-123456")
     assert RedactingFilter().filter(record) is True

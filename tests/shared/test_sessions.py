@@ -65,6 +65,12 @@ def test_the_session_cookie_is_a_host_cookie_for_scripts_nobody_can_read() -> No
     assert cleared.startswith("__Host-appconn=;") and "Max-Age=0" in cleared and "Path=/" in cleared
 
 
+def test_a_forged_state_with_a_lone_surrogate_names_a_cookie_too() -> None:
+    """(Fuzzing review.) The console's callback names the cookie of the state it is given before it checks it: a
+    lone surrogate raised there (a 500 and a stack trace), not the sign-in's usual refusal (a 400 page)."""
+    assert re.fullmatch(r"__Host-appconn-login-[0-9a-f]{12}", login_cookie("\ud800"))
+
+
 def test_each_sign_in_has_a_cookie_of_its_own_named_for_its_state() -> None:
     names = {login_cookie(state) for state in ("a", "b", "a")}
     assert len(names) == 2 and all(name.startswith(LOGIN_COOKIE_PREFIX) for name in names)

@@ -158,3 +158,15 @@ async def test_a_forged_sign_out_that_names_nobody_is_refused_and_not_recorded(
     assert console.fakes.audit.records == []
     nothing = await console_logout(sign_out(session_id, "x"))  # from the service's origin: nothing to end
     assert nothing.status_code == 204 and cleared(nothing) and console.fakes.audit.records == []
+
+
+async def test_a_callback_with_a_lone_surrogate_state_is_refused_with_the_usual_page(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Fuzzing review.) The callback named the state's cookie before it checked the state: a lone surrogate (which
+    no browser sends, but the function can be handed) raised out of the function instead of the refusal's page."""
+    console = Console(monkeypatch)
+    request = func.HttpRequest("GET", f"{SITE}/auth/callback", params={"code": "c", "state": "\ud800"}, headers={},
+                               body=b"")
+    response = await console_callback(request)
+    assert response.status_code == 400 and "You are not signed in" in response.get_body().decode()
+    assert console.store.sessions == {}

@@ -123,6 +123,16 @@ class _Untouched:
         raise AssertionError(f"read {name}: a value that is no name was looked up")
 
 
+async def test_an_id_with_a_lone_surrogate_finds_nothing_and_reads_nothing() -> None:
+    """(Fuzzing review.) The SDK's read of a connection by id raised on a lone surrogate (it cannot be sent): a 500
+    on the clients route, where any other id that names nothing is a 404."""
+    from shared.store.table_reads import ConnectionReads
+
+    for store in (ConnectionsTable(_Untouched()), ConnectionReads(_Untouched())):  # type: ignore[arg-type]
+        with pytest.raises(NotFound):
+            await store.get("azure-client-secrets", "a\ud800")
+
+
 @pytest.mark.parametrize("asked", ["PROD-1", "prod-1", "Prod-1"])
 def test_a_name_is_looked_up_in_any_case(asked: str) -> None:
     assert name_key(asked) == "prod-1"
