@@ -628,10 +628,13 @@ class ConnectionService:
                 new_state = new_state.left_behind_forgotten().evolve(
                     retire_version=record.secret_version, managed=False, retire_tenant_id=record.tenant_id,
                     retire_client_id=record.client_id)
-                if not new_state.enabled:  # nothing else makes it due: the sweep's retry of the clean-up is indexed
-                    # with the change (below), should this request's attempt and the write of its retry both fail
-                    retry = self.now() + FIRST_BACKOFF
-                    new_state = new_state.evolve(next_at=min(retry, new_state.next_at or retry))
+            if state.managed or trigger is not None:
+                # Due with the change (its entry indexed below), rotation on or off: should this request's worker die
+                # before its clean-up or its rotation of the given secret is recorded (or their attempts and the
+                # writes of their retries fail), the sweep retries the clean-up and rotates the given secret. A
+                # rotation that follows sets the next due time as its schedule has it.
+                retry = self.now() + FIRST_BACKOFF
+                new_state = new_state.evolve(next_at=min(retry, new_state.next_at or retry))
             changes.update(tenant_id=credentials.tenantId, client_id=credentials.clientId, status=STATUS_ACTIVE,
                            status_message=None, last_validated_at=self.now())
             fresh = self._fresh_health(record.evolve(rotation=new_state), expires_on)  # as the change leaves it

@@ -32,7 +32,7 @@ from shared.errors import (
     detail_of,
 )
 from shared.ports import Adapters
-from shared.records import STATUS_ROTATING, ConnectionRecord, RotationEvent, RotationState
+from shared.records import MIGRATION_STEPS, STATUS_ROTATING, ConnectionRecord, RotationEvent, RotationState
 
 Checkpoint = Callable[[str, ConnectionRecord], Awaitable[None]]
 # Makes a removal audited: (object id, key id, the removal) -> the removal made, recorded before and after it.
@@ -221,7 +221,10 @@ class Journaled:
             await self._close_interrupted(record, before, before.trigger or "")
 
     async def _close_interrupted(self, record: ConnectionRecord, before: RotationState, trigger: str) -> None:
-        """The attempt before this one stopped without an outcome: its entry says so (unless it has one)."""
+        """The attempt before this one stopped without an outcome: its entry says so (unless it has one), and so
+        does the audit log, whose ``started`` record of that attempt (``rotation.attempt``, or ``connection.migrate``
+        for a migration's) gets its outcome, ``interrupted``, with the rotation's id, attempt and trigger. (A worker
+        only held up past its lease records its own outcome as well when it wakes.)"""
         assert before.rotation_id is not None
         assert before.attempt_started_at is not None
         entry = await self.adapters.history.get(record.id, before.attempt_started_at, before.rotation_id,
@@ -230,8 +233,13 @@ class Journaled:
             return
         await self.adapters.history.record(RotationEvent(
             rotation_id=before.rotation_id, attempt=before.attempt, connection_id=record.id, app=record.app,
-            started_at=before.attempt_started_at, finished_at=None, outcome="interrupted", trigger=trigger,
+            started_at=before.attempt_started_at, finished_at=None, outcome=INTERRUPTED, trigger=trigger,
             message="This attempt stopped before it ended; the next one resumed it."))
+        action = "connection.migrate" if before.step in MIGRATION_STEPS else "rotation.attempt"
+        await self.audit.record(action, INTERRUPTED, app=record.app, connection_id=record.id,
+                                connection_name=record.name,
+                                detail=f"rotation {before.rotation_id} attempt {before.attempt} (trigger {trigger}): "
+                                       "it did not end within its lease (its worker stopped or was held up)")
 
     async def _record_attempt(self, record: ConnectionRecord, outcome: str, *, trigger: str,
                               message: str | None = None, new_key_id: str | None = None,

@@ -166,12 +166,16 @@ def scheduled_rotation(state: RotationState, expires: datetime | None) -> dateti
 
 def only_the_clean_up_due(record: ConnectionRecord, now: datetime) -> bool:
     """What the sweep has to do for a connection whose entry is due is the clean-up of the application it left
-    (``retire_due``), not a rotation: rotation is off, or its last rotation succeeded and the next is not due."""
+    (``retire_due``), not a rotation: rotation is off, or its last rotation succeeded and the next is not due. Not
+    while the credential in use is the one a change gave (no rotation made it): its rotation at once is owed, and
+    comes after the clean-up (``_retire_before``)."""
     state = record.rotation
     if state.in_progress or not state.cleaning_up:
         return False
     if not state.enabled:
         return True
+    if not state.made_in_use:
+        return False
     due = scheduled_rotation(state, record.health.credential_expires_at)
     return state.status == STATUS_SUCCEEDED and due is not None and due > now
 

@@ -432,7 +432,8 @@ async def test_a_worker_that_lost_its_lease_gives_its_started_record_a_skipped_o
     woken.set()
     await first
     records = attempt_records(h, seen)
-    assert [outcome for outcome, _ in records] == ["started", "started", "succeeded", "skipped"], records
+    # (the attempt that took it over closed the first one as interrupted: it did not end within its lease)
+    assert [outcome for outcome, _ in records] == ["started", "started", "interrupted", "succeeded", "skipped"], records
     assert (records[-1][1] or "").startswith("lease lost: "), records
     after = await h.record(record.id)
     assert after is not None and after.rotation.status == "succeeded" and h.check() == []
@@ -679,6 +680,70 @@ async def test_a_clean_up_of_the_previous_application_that_crashed_after_its_rem
         after = await h.record(record.id)
         assert after is not None and after.rotation.status == "succeeded", after.rotation.message
         assert after.rotation.retire_version is None and "could not be removed" not in (after.rotation.message or "")
+    assert h.check() == []
+
+
+@pytest.mark.parametrize("rotation", [True, False])
+async def test_a_credentials_change_whose_worker_dies_in_its_clean_up_leaves_the_connection_due(
+        rotation: bool) -> None:
+    """Found by a review of real crashes: with rotation on, only the change's own rotation made the connection due,
+    so a worker killed while the clean-up removed the secret the service made on the application left kept the old
+    schedule (30 days): that secret stayed live and the given one unrotated (the sweep's clean-up alone, had it come,
+    would have left it so). The change is due with its write, and the sweep cleans up and rotates the given secret."""
+    from shared.rotation.protocol import FIRST_BACKOFF, scheduled_rotation
+    from tests.lifecycle_harness import Crash
+
+    h = Harness()
+    record = await h.create(rotation=rotation)
+    old = h.fakes.world.apps[record.client_id or ""]
+    if not rotation:  # the service made the secret in use (a rotation), then rotation was turned off
+        await h.api.update(APP, record.id, {"isAutoRotationEnabled": True, "rotation": ROTATION})
+        await h.api.update(APP, record.id, {"isAutoRotationEnabled": False})
+    made = {key_id for key_id, p in old.passwords.items() if p.created_by_service}
+    assert made
+    changed_at = h.fakes.clock.now
+    h.fakes.world.fail_next("graph.remove", Crash("the worker is killed"))  # type: ignore[arg-type]
+    _, credentials = h.new_application()
+    with pytest.raises(Crash):
+        await h.api.update(APP, record.id, {"credentials": credentials})
+    stopped = await h.record(record.id)
+    assert stopped is not None and stopped.rotation.retire_version is not None
+    assert made <= set(old.passwords)  # the removal did not land
+    # Due at the first retry, and the schedule index points there.
+    due = stopped.rotation.next_at
+    assert due is not None and due <= changed_at + FIRST_BACKOFF
+    assert [e.key for e in await h.fakes.schedule.due(due) if e.connection_id == record.id] == [
+        stopped.rotation.schedule_key]
+    assert h.unscheduled() == []
+    h.lease_runs_out()  # (the dead worker's lease on the clean-up)
+    await h.sweep()  # the clean-up's retry; with rotation on, a rotation of the given secret, which cleans up first
+    after = await h.record(record.id)
+    assert after is not None and after.rotation.retire_version is None
+    assert not made & set(old.passwords)
+    assert after.rotation.key_made is rotation and after.rotation.last_rotated_at != (
+        stopped.rotation.last_rotated_at if rotation else None)
+    if rotation:  # rotated: due again as the schedule has it, and indexed so
+        assert after.rotation.next_at == scheduled_rotation(after.rotation, after.health.credential_expires_at)
+        assert after.rotation.next_at is not None and after.rotation.next_at > h.fakes.clock.now + timedelta(days=1)
+    else:
+        assert after.rotation.next_at is None
+    assert h.unscheduled() == [] and h.check() == []
+
+
+async def test_a_credentials_change_whose_rotation_follows_is_due_as_the_schedule_has_it() -> None:
+    """The change is due at the clean-up's first retry when written; the rotation that follows it in the request
+    sets the next due time as before, and the schedule index holds that one entry."""
+    from shared.rotation.protocol import scheduled_rotation
+
+    h = Harness()
+    record = await h.create()
+    _, credentials = h.new_application()
+    changed = await h.api.update(APP, record.id, {"credentials": credentials})
+    state = changed.rotation
+    assert state.status == "succeeded" and state.key_made and state.retire_version is None
+    assert state.next_at == scheduled_rotation(state, changed.health.credential_expires_at)
+    assert state.next_at is not None and state.next_at > h.fakes.clock.now + timedelta(days=1)
+    assert [k for k in h.fakes.schedule.keys if record.id in k] == [state.schedule_key]
     assert h.check() == []
 
 

@@ -615,6 +615,9 @@ async def test_the_sweep_finishes_a_migration_whose_worker_died_once_its_lease_r
     assert not done.rotation.in_progress
     assert done.rotation.schedule_key is None
     assert await h.fakes.schedule.due(h.fakes.clock.now + timedelta(days=3650)) == []
+    # The audit log's started record of the attempt that died gets its outcome too: interrupted.
+    migrations = [r.outcome for r in h.fakes.audit.records if r.action == "connection.migrate"]
+    assert sorted(migrations) == ["interrupted", "started", "started", "succeeded"]
     assert h.check() == []
 
 
@@ -642,10 +645,13 @@ async def _nothing_migrated(h: Harness, record: ConnectionRecord) -> None:
 
 
 def _every_migration_has_an_outcome(h: Harness) -> list[tuple[str, str | None]]:
-    """Each ``connection.migrate`` recorded ``started`` has its outcome too (no worker died here): the records."""
+    """Each ``connection.migrate`` recorded ``started`` has its outcome too (no worker died here): the records. A
+    worker held up past its lease has two: ``interrupted``, when the next attempt closed it, and its own, when it
+    woke."""
     records = [(r.outcome, r.detail) for r in h.fakes.audit.records if r.action == "connection.migrate"]
     started = sum(outcome == "started" for outcome, _ in records)
-    assert started == len(records) - started, records
+    woke = sum(outcome == "interrupted" and "within its lease" in (detail or "") for outcome, detail in records)
+    assert started == len(records) - started - woke, records
     return records
 
 

@@ -126,11 +126,15 @@ async def test_an_azure_failure_at_any_call_of_a_rotation_keeps_every_invariant(
 def _every_change_recorded_has_an_outcome(h: Harness) -> None:
     """Each credential change the audit log has as started has its outcome too: succeeded, or failed when Graph
     failed or lost its answer, or the lease's clock stopped the worker right before it (no worker died here); so
-    does each rotation attempt, skipped when its worker lost the lease (review of the audit, 2)."""
+    does each rotation attempt, skipped when its worker lost the lease (review of the audit, 2). An attempt whose
+    worker was held up past its lease has two: ``interrupted``, when the next attempt closed it, and its own, when
+    that worker woke."""
     changes = [(r.action, r.outcome) for r in h.fakes.audit.records
                if r.action.startswith("credential.") or r.action == "rotation.attempt"]
+    woke = sum(1 for r in h.fakes.audit.records if r.action == "rotation.attempt" and r.outcome == "interrupted"
+               and "within its lease" in (r.detail or ""))
     for action in ("credential.add", "credential.remove", "rotation.attempt"):
-        started = changes.count((action, "started"))
+        started = changes.count((action, "started")) + (woke if action == "rotation.attempt" else 0)
         assert started == sum(1 for a, outcome in changes if a == action and outcome != "started"), changes
     # And every credential the service removed from an application was recorded as removed (by its Key ID): an
     # addition whose answer was lost is undone through the same audited removal, not quietly by the adapter.
@@ -471,6 +475,37 @@ async def test_a_rotation_a_request_started_whose_worker_died_is_resumed_by_the_
     assert after is not None and not after.rotation.in_progress and after.rotation.status == "succeeded"
     assert after.rotation.next_at is not None and after.rotation.next_at > h.fakes.clock.now + timedelta(days=20)
     assert set(h.fakes.schedule.keys) == {after.rotation.schedule_key}
+    assert h.check() == []
+
+
+@pytest.mark.parametrize("ended_by", ["sweep", "delete"])
+async def test_the_audit_record_of_an_attempt_whose_worker_died_gets_its_outcome_interrupted(ended_by: str) -> None:
+    """Found by a review of real crashes: the history entry of an attempt whose worker died was closed as
+    ``interrupted`` by the attempt that resumed it (or by a DELETE), but its ``rotation.attempt started`` audit record
+    kept no outcome for ever. It gets ``interrupted``, naming the rotation, the attempt and its trigger."""
+    h = Harness()
+    record = await h.create()
+
+    async def crash(name: str, current: ConnectionRecord) -> None:
+        if name == "after-add-password":
+            raise Crash(name)
+
+    with pytest.raises(Crash):
+        await h.services(crash).connections.rotate(APP, record.id)
+    stopped = await h.record(record.id)
+    assert stopped is not None and stopped.rotation.rotation_id is not None
+    h.lease_runs_out()
+    if ended_by == "sweep":
+        await h.sweep()
+    else:
+        await h.api.delete(APP, record.id)
+    attempts = [(r.outcome, r.detail) for r in h.fakes.audit.records
+                if r.action == "rotation.attempt" and r.connection_id == record.id]
+    outcomes = [outcome for outcome, _ in attempts]
+    assert outcomes.count("started") == len(outcomes) - outcomes.count("started")  # each one has its outcome
+    [detail] = [detail for outcome, detail in attempts if outcome == "interrupted"]
+    assert detail == (f"rotation {stopped.rotation.rotation_id} attempt 1 (trigger manual): it did not end within its "
+                      "lease (its worker stopped or was held up)")
     assert h.check() == []
 
 
