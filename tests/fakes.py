@@ -47,7 +47,7 @@ from shared.records import AuditRecord, ConnectionRecord, Notification, PendingA
 from shared.sessions import PendingLogin, Session
 from shared.settings import load_settings
 from shared.store.history import row_key
-from shared.store.schedule import parse_key, schedule_key
+from shared.store.schedule import key_for, parse_key
 
 TENANT = "11111111-1111-1111-1111-111111111111"
 IDENTITY_CLIENT_ID = "33333333-3333-3333-3333-333333333333"  # the service's user-assigned managed identity
@@ -715,10 +715,12 @@ class FakeSchedule:
     def __init__(self, world: World) -> None:
         self.world = world
         self.keys: set[str] = set()
+        self.written = 0  # tags the entries, as the index's random tags do (counted here: runs repeat)
 
-    async def put(self, due: datetime, app: str, connection_id: str) -> str:
+    async def put(self, due: datetime, app: str, connection_id: str, keep: str | None = None) -> str:
         self.world.check("schedule.put")
-        key = schedule_key(due, app, connection_id)
+        self.written += 1
+        key = key_for(due, app, connection_id, keep, f"{self.written:06x}")
         self.keys.add(key)
         return key
 

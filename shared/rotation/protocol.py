@@ -293,7 +293,7 @@ class Rotator(Journaled):
             if resume is not None and (current is None or current.rotation.schedule_key != state.schedule_key):
                 await self._drop_entry(state.schedule_key)  # nothing points at it
             return None, current
-        if resume is not None and old_key != state.schedule_key:  # (the same key when due in the same second)
+        if resume is not None and old_key != state.schedule_key:
             await self._drop_entry(old_key)
         return claimed, current
 

@@ -1988,3 +1988,42 @@ async def test_a_secret_pasted_into_a_create_is_redacted_from_what_the_request_l
                              "isAutoRotationEnabled": True, "rotation": ROTATION})
     assert ran.ran and seen == ["Graph read for a secret '[REDACTED]'"]
     assert redact(secret) == secret  # after it, not for other requests (the fakes' vault registers nothing)
+
+
+async def test_a_schedule_change_tidied_up_late_never_drops_the_entry_another_change_back_pointed_at() -> None:
+    """Found by a review of two instances at once: A moved a connection's schedule S1 -> S2 and, before dropping S1's
+    entry, B moved it back to S2 -> S1 (the same due time, the same key then) and pointed the connection at that
+    entry; A's late removal deleted it, and the sweep, which reads only the index, never rotated the connection
+    again. Each entry has a key of its own: B's is not the one A drops."""
+    import dataclasses
+
+    from shared import wiring
+    from shared.ports import ScheduleStore
+    from tests.lifecycle_harness import ROTATION
+
+    h = Harness()
+    record = await h.create()
+    later = {**ROTATION, "rotationInterval": 20, "rotateAt": "05:00"}
+
+    class TidiedLate:
+        """Instance A's schedule index: its first removal waits until instance B has changed the schedule back."""
+
+        def __init__(self, index: ScheduleStore) -> None:
+            self.index, self.first = index, True
+
+        async def put(self, *args: Any, **kwargs: Any) -> str:
+            return await self.index.put(*args, **kwargs)
+
+        async def remove(self, key: str | None) -> None:
+            if self.first:
+                self.first = False
+                back = await h.api.update(APP, record.id, {"rotation": ROTATION})  # instance B
+                assert back.rotation.next_at == record.rotation.next_at
+            await self.index.remove(key)
+
+    a = wiring.services(dataclasses.replace(h.fakes.adapters, schedule=TidiedLate(h.fakes.schedule))).connections
+    await a.update(APP, record.id, {"rotation": later})
+    stored = await h.fakes.connections.get(APP, record.id)
+    assert stored.rotation.next_at == record.rotation.next_at  # back at S1
+    assert h.unscheduled() == []
+    assert [key for key in h.fakes.schedule.keys if record.id in key] == [stored.rotation.schedule_key]

@@ -30,11 +30,11 @@ async def test_a_health_check_that_lands_while_a_patch_moves_the_due_time_leaves
 
     puts: list[str] = []
 
-    async def put_then_a_health_check(due, app, connection_id):  # type: ignore[no-untyped-def]
-        key = await put(due, app, connection_id)
+    async def put_then_a_health_check(due, app, connection_id, keep=None):  # type: ignore[no-untyped-def]
+        key = await put(due, app, connection_id, keep)
         puts.append(key)
-        # The PATCH indexes the new due time before its write, and again after it (idempotent), when it drops the old
-        # entry: the health sweep (or POST .../health) writes the record in between.
+        # The PATCH indexes the new due time before its write, and again after it (the entry it points at kept), when
+        # it drops the old entry: the health sweep (or POST .../health) writes the record in between.
         if len(puts) == 2 and not checked:
             checked.append(key)
             await checker.check(await h.fakes.connections.get(app, connection_id))
@@ -229,3 +229,26 @@ async def test_a_clean_up_a_rotation_could_not_finish_is_tried_again_by_the_next
     assert done.rotation.next_at is not None and done.rotation.next_at > h.fakes.clock.now + timedelta(days=25)
     assert done.rotation.schedule_key in h.fakes.schedule.keys
     assert h.check() == []
+
+
+def test_each_entry_written_has_a_key_of_its_own_but_the_one_a_connection_stays_at() -> None:
+    """Two writers that index one connection at the same due time get two entries (review of two instances at once:
+    one's drop of the entry it moved the connection from dropped the entry the other had just pointed it at);
+    the entry a connection points at is kept when its due time stays; keys older versions wrote (untagged) read
+    as before."""
+    from datetime import UTC, datetime
+
+    from shared.ports import DueEntry
+    from shared.store.schedule import key_for, parse_key, schedule_key
+
+    due = datetime(2027, 1, 2, 3, 0, 30, tzinfo=UTC)
+    one, two = schedule_key(due, APP, "c1"), schedule_key(due, APP, "c1")
+    assert one != two and one.startswith("20270102T030030Z|" + APP + "|c1|")
+    older = schedule_key(due, APP, "c1", "")
+    assert older == f"20270102T030030Z|{APP}|c1"
+    for key in (one, older):
+        assert parse_key(key) == DueEntry(key, APP, "c1", due)
+        assert key_for(due, APP, "c1", keep=key) == key  # where it stays
+        assert key_for(due + timedelta(seconds=1), APP, "c1", keep=key) not in (key, one, two)  # moved
+        assert key_for(due, APP, "c2", keep=key) != key
+    assert key_for(due, APP, "c1", keep=None) not in (one, two)

@@ -11,6 +11,7 @@ import pytest
 from shared.errors import CredentialsLeftLive, UpstreamForbidden
 from shared.records import AuditRecord, ConnectionRecord
 from shared.rotation.sweep import PUT_OFF, sweep
+from shared.store.schedule import parse_key
 from tests.fakes import FakeGraph
 from tests.lifecycle_harness import APP, Harness, overtaken_at
 
@@ -95,7 +96,7 @@ def left_marked(h: Harness, record: ConnectionRecord) -> None:
 
 
 def entries_of(h: Harness, connection_id: str) -> list[str]:
-    return [key for key in h.fakes.schedule.keys if key.endswith(f"|{connection_id}")]
+    return [key for key in h.fakes.schedule.keys if parse_key(key).connection_id == connection_id]
 
 
 async def test_connections_left_marked_as_being_deleted_are_put_off_and_starve_no_other_due_rotation() -> None:
