@@ -144,7 +144,14 @@ class Migrator(Journaled):
             key = await self.adapters.schedule.put(lease_until, record.app, record.id)
             claimed_state = self._leased(state, now, message="Migrating to the federated method.",
                                          next_at=lease_until, schedule_key=key)
-            claimed, _ = await self._write_claim(record, claimed_state)
+            claimed, current = await self._write_claim(record, claimed_state)
+            if claimed is None and (current is None or current.rotation.schedule_key != key):
+                # Lost to another change (a DELETE, a rotation): nothing points at the entry indexed for the lease.
+                # Dropped as a rotation's lost claim drops its own; best effort: the sweep that reads it drops it.
+                with best_effort(lambda error: log.info("Migration of %s: the schedule entry of its lost claim is "
+                                                        "left for the sweep to drop (%s)", record.id,
+                                                        detail_of(error))):
+                    await self.adapters.schedule.remove(key)
             if claimed is not None and record.rotation.schedule_key and record.rotation.schedule_key != key:
                 await self.adapters.schedule.remove(record.rotation.schedule_key)
         except Exception as error:

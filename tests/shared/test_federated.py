@@ -702,6 +702,23 @@ async def test_a_migration_whose_claim_loses_a_race_records_it_skipped(monkeypat
                                                   ("skipped", "not claimed: the connection changed meanwhile")]
 
 
+@pytest.mark.parametrize("change", ["rename", "delete"])
+async def test_a_migration_whose_claim_loses_a_race_leaves_no_schedule_entry_behind(
+        monkeypatch: pytest.MonkeyPatch, change: str) -> None:
+    """Found by a review of two instances at once: a migration whose claim lost to a DELETE (or any change) on
+    another instance left the schedule entry it had indexed for its lease, which nothing pointed at (a rotation's
+    lost claim drops its own)."""
+    h = Harness()
+    record = await h.create(rotation=False)
+    other = (lambda: h.api.update(APP, record.id, {"name": "renamed"})) if change == "rename" else (
+        lambda: h.api.delete(APP, record.id))
+    race = overtaken_at(monkeypatch, fakes.FakeConnections, "update", 1, other)
+    with pytest.raises((ConcurrentChange, NotFound)):
+        await migrated(h, record)
+    assert race.ran and not race
+    assert [key for key in h.fakes.schedule.keys if record.id in key] == []
+
+
 async def test_a_migration_whose_claim_an_error_stops_records_it_failed_naming_the_kind_of_error() -> None:
     h = Harness()
     record = await h.create(rotation=False)
