@@ -1,7 +1,8 @@
 """Access tokens of OAuth connections: refreshed with the stored refresh token, cached in the process until
 five minutes before they expire, and a refresh token Entra rotated is stored again (a new vault version made
 current by the connection lifecycle). ``invalid_grant`` or ``interaction_required`` from Entra is
-:class:`ReauthorizationRequired`.
+:class:`ReauthorizationRequired`, unless a refresh elsewhere (another instance) used the token and stores the one it
+rotated to within a few seconds: that one is redeemed instead.
 
 Tokens never reach a log, a table or a response: only the vault holds the refresh token.
 """
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
 REFRESH_MARGIN_SECONDS = 300
 # Entra's answers that only a new sign-in can fix (revoked, expired or consent-less refresh tokens).
 REAUTHORIZE_ERRORS = frozenset({"invalid_grant", "interaction_required", "consent_required", "login_required"})
+# How long a refusal waits, in seconds, for a refresh elsewhere to store the token it rotated to (its vault write and
+# the record's, a few hundred milliseconds) before it is taken as final: about 4 s in all.
+ELSEWHERE_WAITS = (0.25, 0.5, 1.0, 2.0)
 
 
 class OAuthNotConfigured(InvalidRequest):
@@ -203,9 +207,9 @@ class OAuthTokens:
                 if rejected.extensions.get("entraError") not in REAUTHORIZE_ERRORS:
                     raise
                 if attempt == 1:  # another instance may have used and rotated it a moment ago
-                    fresh = await self.adapters.connections.get(record.app, record.id)
-                    if fresh.secret_version != record.secret_version:
-                        record = fresh
+                    newer = await self._rotated_elsewhere(record)
+                    if newer is not None:
+                        record = newer
                         continue
                 refused = ReauthorizationRequired(rejected.detail, extensions=rejected.extensions)
                 refused.record = record  # the version Entra refused (the newer one, after a move)
@@ -216,6 +220,19 @@ class OAuthTokens:
             record, kept = await self._save(record, result.refresh_token)
             grant = record.secret_version if kept else None
         return record, result, grant
+
+    async def _rotated_elsewhere(self, record: ConnectionRecord) -> ConnectionRecord | None:
+        """The connection once another refresh of its token stored the token Entra rotated to, or None when its
+        refresh token stays the one refused. The lock covers one event loop: another instance's refresh may have
+        redeemed the token before this one and be storing its successor still, so the record is read again, for
+        up to ``ELSEWHERE_WAITS`` (a token really revoked is known as such a few seconds later)."""
+        for wait in (0.0, *ELSEWHERE_WAITS):
+            if wait:
+                await self.adapters.sleep(wait)
+            fresh = await self.adapters.connections.get(record.app, record.id)  # NotFound: deleted meanwhile
+            if fresh.secret_version != record.secret_version:
+                return fresh
+        return None
 
     def credential(self, record: ConnectionRecord) -> OAuthCredential:
         return OAuthCredential(self, record)

@@ -5,6 +5,7 @@ import base64
 import hashlib
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -13,9 +14,10 @@ from shared.apps import APPS
 from shared.azure.entra import jwt_claims
 from shared.errors import InvalidRequest
 from shared.oauth import OAuthFailed, OAuthFlow
-from shared.oauth_tokens import OAuthNotConfigured, TokenCache, instance_client
+from shared.oauth_tokens import OAuthNotConfigured, ReauthorizationRequired, TokenCache, instance_client
 from shared.options import app_options
 from shared.ports import Adapters
+from shared.records import ConnectionRecord
 from shared.settings import load_settings
 from shared.store.oauth_states import new_state, state_keys
 
@@ -433,3 +435,67 @@ async def test_from_the_console_a_guest_of_another_tenant_is_the_person_who_aske
     done = await _from_the_console_over_an_unrecorded_authorizer(
         "ada-home-oid", "ada@home.example", {"oid": "ada-guest-oid", "preferred_username": "Ada@Home.example"})
     assert done.record.authorized_by.oid == "ada-guest-oid"
+
+
+
+async def _refreshed_while_used_elsewhere(stored_during: int | None):  # type: ignore[no-untyped-def]
+    """A refresh here whose refresh token another instance redeemed a moment before (the lock covers one event
+    loop), that instance storing the token it rotated to during this one's wait number ``stored_during`` (never
+    when None): the outcome, and the waits made."""
+    import dataclasses
+
+    from shared.connections import ConnectionService
+    from shared.rotation.protocol import Rotator
+    from tests.fakes import TENANT, build_fakes
+
+    fakes = build_fakes()
+    created = (await _signed_in(fakes, {"name": "kv", "tenantId": TENANT})).record
+    elsewhere = ConnectionService(fakes.adapters, Rotator(fakes.adapters), token_cache=TokenCache())
+    redeem = fakes.tokens.redeem
+    rotated: list[str] = []
+    waited: list[float] = []
+
+    async def used_elsewhere_first(tenant, form):  # type: ignore[no-untyped-def]
+        if form["grant_type"] == "refresh_token" and not rotated:
+            rotated.append((await redeem(tenant, form)).refresh_token or "")
+        return await redeem(tenant, form)
+
+    async def sleep(seconds: float) -> None:
+        waited.append(seconds)
+        if len(waited) == stored_during:
+            await elsewhere.store_refresh_token(await fakes.connections.get(created.app, created.id), rotated[0])
+
+    fakes.tokens.redeem = used_elsewhere_first
+    here = ConnectionService(dataclasses.replace(fakes.adapters, sleep=sleep), Rotator(fakes.adapters),
+                             token_cache=TokenCache())
+    try:
+        outcome: Any = await here.oauth_tokens.refresh_now(KV, created)
+    except ReauthorizationRequired as refused:
+        outcome = refused
+    return created, outcome, waited
+
+
+@pytest.mark.parametrize("stored_during", [1, 3])
+async def test_a_refresh_token_another_instance_just_used_is_not_taken_as_revoked(stored_during: int):
+    """Found by a review of two instances at once: another instance redeemed the refresh token a moment before this
+    one (Entra rotates it on use) and had not stored its successor yet when this one, refused (``invalid_grant``),
+    read the connection again: ``validate`` answered 400 reauthorization-required, and a health check alerted a
+    person about a working connection. The record is read again for a few seconds, and the token stored meanwhile
+    redeemed."""
+    from shared.oauth_tokens import ELSEWHERE_WAITS
+
+    created, refreshed, waited = await _refreshed_while_used_elsewhere(stored_during)
+    assert isinstance(refreshed, ConnectionRecord), refreshed
+    assert refreshed.secret_version not in (created.secret_version, None)
+    assert waited == list(ELSEWHERE_WAITS[:stored_during])
+
+
+async def test_a_refresh_token_refused_with_no_successor_stored_meanwhile_needs_a_new_sign_in():
+    """What a refresh elsewhere never stores (its instance died, or the token was really revoked) is final once the
+    waits for it are over: a few seconds."""
+    from shared.oauth_tokens import ELSEWHERE_WAITS
+
+    created, refused, waited = await _refreshed_while_used_elsewhere(None)
+    assert isinstance(refused, ReauthorizationRequired) and refused.status == 400
+    assert refused.record is not None and refused.record.secret_version == created.secret_version
+    assert waited == list(ELSEWHERE_WAITS) and sum(waited) < 5
