@@ -21,6 +21,8 @@ from shared.errors import UpstreamError
 from shared.records import Actor, AuditRecord
 
 if TYPE_CHECKING:
+    from azure.data.tables.aio import TableClient
+
     from shared.azure.clients import AzureClients
 
 AUDIT_TABLE = "Audit"
@@ -195,7 +197,8 @@ class AuditTable:
                 await asyncio.gather(*first_pages.values(), return_exceptions=True)
 
     async def purge(self, before: datetime, limit: int = 10_000) -> int:
-        """Delete the records of the days before ``before``'s day (at most ``limit``); return how many."""
+        """Delete the records of the days before ``before``'s day (at most ``limit``); return how many are gone
+        (those another purge deleted meanwhile included)."""
         table = await self._clients.table(AUDIT_TABLE)
         deleted = 0
         batch: list[tuple[str, dict[str, Any]]] = []
@@ -203,7 +206,7 @@ class AuditTable:
         async for entity in table.query_entities(f"PartitionKey lt '{day_of(before)}'",
                                                  select=["PartitionKey", "RowKey"]):
             if batch and (entity["PartitionKey"] != partition or len(batch) == 100):
-                await table.submit_transaction(batch)
+                await _delete_all(table, batch)
                 deleted += len(batch)
                 batch = []
             partition = entity["PartitionKey"]
@@ -211,6 +214,21 @@ class AuditTable:
             if deleted + len(batch) >= limit:
                 break
         if batch:
-            await table.submit_transaction(batch)
+            await _delete_all(table, batch)
             deleted += len(batch)
         return deleted
+
+
+async def _delete_all(table: TableClient, batch: list[tuple[str, dict[str, Any]]]) -> None:
+    """Delete a batch of rows of one partition, in one transaction. When some are gone already (another instance's
+    purge, its singleton lock lost, deleted them meanwhile), the transaction fails as a whole: they are then
+    deleted one by one, a row already gone being done."""
+    from azure.data.tables import TableTransactionError
+
+    try:
+        await table.submit_transaction(batch)
+    except TableTransactionError as error:
+        if getattr(error, "error_code", None) != "ResourceNotFound":
+            raise
+        for _, entity in batch:
+            await table.delete_entity(entity["PartitionKey"], entity["RowKey"])  # absent: not an error

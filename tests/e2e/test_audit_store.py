@@ -3,8 +3,10 @@ newest first by time range (only the days asked for), filtered, paged, and purge
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -154,6 +156,27 @@ async def test_purge_deletes_whole_days_before_the_cutoff(clients: AzureClients)
     left, _ = await store.query(old - timedelta(days=1), old + timedelta(days=4))
     assert left
     assert all(r.at >= old + timedelta(days=2) for r in left)
+
+
+async def test_two_purges_at_once_each_finish_with_the_rows_the_other_deleted_counted_as_done(
+        clients: AzureClients, local_env: Any) -> None:
+    """Found by a review of two instances at once: the daily retention timer on two instances (its singleton lock
+    lost) read the same rows, and the batch of the one that came second failed as a whole (ResourceNotFound) on
+    the rows the first had deleted: the purge failed. A row already gone is done."""
+    from shared.settings import load_settings
+
+    store = AuditTable(clients)
+    old = datetime(2001, 1, 1, tzinfo=UTC) + timedelta(days=uuid.uuid4().int % 3000)
+    await asyncio.gather(*(store.append(_record(old + timedelta(seconds=n))) for n in range(250)))
+    other = AzureClients(load_settings({**local_env.settings, "STATE_TABLE_PREFIX": clients.settings.table_prefix}))
+    try:
+        counts = await asyncio.gather(store.purge(old + timedelta(days=1)), AuditTable(other).purge(
+            old + timedelta(days=1)))
+    finally:
+        await other.close()
+    assert counts == [250, 250]
+    left, _ = await store.query(old - timedelta(days=1), old + timedelta(days=1))
+    assert left == []
 
 
 async def test_a_search_over_many_quiet_days_pages_exactly_as_one_read(clients: AzureClients) -> None:
