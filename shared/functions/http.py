@@ -625,7 +625,8 @@ def unexpected(error: Exception, req: func.HttpRequest, instance: str, failed: s
 def _client_ip(req: func.HttpRequest) -> str | None:
     """The caller's address as the platform's front end saw it: the last entry of ``X-Forwarded-For``, the one
     that front end appends (earlier entries are whatever the caller sent), without its port; None when it is not
-    an IP address. Behind another proxy (Front Door, API Management) it is that proxy's address."""
+    an IP address. Behind another proxy (Front Door, API Management) it is that proxy's address. An IPv6 zone
+    (``fe80::1%eth0``) is dropped: any text passes as one, and it names nothing outside the host that saw it."""
     import ipaddress
 
     last = (req.headers.get("x-forwarded-for") or "").rsplit(",", 1)[-1].strip()
@@ -633,6 +634,7 @@ def _client_ip(req: func.HttpRequest) -> str | None:
         last = last[1:].split("]", 1)[0]
     elif last.count(":") == 1:  # IPv4:port
         last = last.split(":", 1)[0]
+    last = last.split("%", 1)[0]
     try:
         return str(ipaddress.ip_address(last))
     except ValueError:

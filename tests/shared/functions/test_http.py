@@ -173,6 +173,8 @@ async def test_a_session_that_cannot_be_read_is_a_502_without_a_trace_not_a_500(
     ("6.6.6.6, 203.0.113.9:51234", "203.0.113.9"),  # the caller's own entry first: not believed
     ("[2001:db8::1]:443", "2001:db8::1"),
     ("2001:db8::1", "2001:db8::1"),
+    ("fe80::1%client_secret=hunter2", "fe80::1"),  # a zone is any text: dropped
+    ("[fe80::1%eth0]:443", "fe80::1"),
     ("203.0.113.9, not-an-ip-" + "a" * 60, None),
     ("", None),
     (None, None),
