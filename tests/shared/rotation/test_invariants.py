@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -507,6 +508,38 @@ async def test_the_audit_record_of_an_attempt_whose_worker_died_gets_its_outcome
     assert detail == (f"rotation {stopped.rotation.rotation_id} attempt 1 (trigger manual): it did not end within its "
                       "lease (its worker stopped or was held up)")
     assert h.check() == []
+
+
+async def test_two_claims_at_once_of_an_attempt_whose_worker_died_audit_its_end_once() -> None:
+    """(Review of the fixes.) Two claims at once (a Rotate now and the sweep) both read the dead attempt's history
+    entry as ``running`` and both closed it; each wrote ``interrupted`` to the audit log, two outcomes of one
+    ``started``. Only the claim that wins the journal audits it."""
+    h = Harness()
+    record = await h.create()
+
+    async def crash(name: str, current: ConnectionRecord) -> None:
+        if name == "after-add-password":
+            raise Crash(name)
+
+    with pytest.raises(Crash):
+        await h.services(crash).connections.rotate(APP, record.id)
+    stopped = await h.record(record.id)
+    assert stopped is not None
+    h.lease_runs_out()
+    read = h.fakes.history.get
+
+    async def read_in_a_round_trip(*args: Any, **kwargs: Any) -> Any:  # the other claim runs meanwhile
+        found = await read(*args, **kwargs)
+        await asyncio.sleep(0)
+        return found
+
+    h.fakes.history.get = read_in_a_round_trip  # type: ignore[method-assign]
+    claims = await asyncio.gather(h.services().rotator.claim(stopped, trigger="schedule"),
+                                  h.services().rotator.claim(stopped, trigger="manual"))
+    assert sum(claim is not None for claim in claims) == 1
+    interrupted = [r for r in h.fakes.audit.records
+                   if r.action == "rotation.attempt" and r.outcome == "interrupted" and r.connection_id == record.id]
+    assert len(interrupted) == 1, [r.detail for r in interrupted]
 
 
 async def test_a_claim_whose_write_landed_and_whose_answer_was_lost_is_claimed_and_keeps_its_entry() -> None:

@@ -123,6 +123,36 @@ async def test_a_request_s_rotation_still_refused_at_its_deadline_is_handed_to_t
     assert h.check() == []
 
 
+async def test_a_hand_over_whose_history_entry_could_not_be_written_has_one_outcome_in_the_audit_log() -> None:
+    """(Review of the fixes.) The hand-over audits its own outcome and writes its history entry as well as it can;
+    when that write failed, the sweep's claim found the entry ``running`` and audited a second ``interrupted``,
+    saying wrongly that the attempt had not ended within its lease. One handed over gave its lease up: not again."""
+    h = Harness()
+    record = await h.create()
+    time, services = on_virtual_time(h)
+    entra = Propagation(h)
+    history = h.fakes.history
+    write = history.record
+
+    async def hand_over_unwritten(event: Any) -> None:
+        if event.outcome == "interrupted" and event.finished_at is not None:
+            raise UpstreamError("Table Storage failed.")
+        await write(event)
+
+    history.record = hand_over_unwritten  # type: ignore[method-assign]
+    with answering_within(DEADLINE, clock=time), pytest.raises(RotationContinues):
+        await services.connections.rotate(APP, record.id)
+    history.record = write  # type: ignore[method-assign]
+    entra.pending = False
+    await h.sweep()
+    done = await h.record(record.id)
+    assert done is not None and done.rotation.status == "succeeded"
+    outcomes = [r.outcome for r in h.fakes.audit.records
+                if r.action == "rotation.attempt" and r.connection_id == record.id]
+    assert outcomes.count("interrupted") == 1 and outcomes.count("started") * 2 == len(outcomes), outcomes
+    assert h.check() == []
+
+
 async def test_a_new_secret_that_works_before_the_deadline_completes_the_rotation_in_the_request() -> None:
     h = Harness()
     record = await h.create()
