@@ -217,33 +217,27 @@ class Journaled:
         """When the journal holds an attempt that stopped without an outcome: its history entry says so, and its
         audit record (for a DELETE, which forgets the journal once its removals are done)."""
         before = interrupted_attempt(record.rotation)
-        if (before is not None and before.rotation_id is not None
-                and await self._close_interrupted(record, before, before.trigger or "")):
-            await self._audit_interrupted(record, before, before.trigger or "")
+        if before is not None and before.rotation_id is not None:
+            await self._close_interrupted(record, before, before.trigger or "")
 
-    async def _close_interrupted(self, record: ConnectionRecord, before: RotationState, trigger: str) -> bool:
-        """The attempt before this one stopped without an outcome: its entry says so (unless it has one). Whether
-        that attempt's end is still to be audited (:meth:`_audit_interrupted`): its entry was ``running`` (or
-        missing), or another claim closed it just now (``interrupted``, without an end time, which an attempt that
-        recorded its own outcome has); only the claim that wins the journal audits it, so once."""
+    async def _close_interrupted(self, record: ConnectionRecord, before: RotationState, trigger: str) -> None:
+        """The attempt before this one stopped without an outcome: its entry says so (unless it has one), and so
+        does the audit log, whose ``started`` record of that attempt (``rotation.attempt``, or ``connection.migrate``
+        for a migration's) gets its outcome, ``interrupted``, with the rotation's id, attempt and trigger; but not
+        for one handed to the sweep, which gave up its lease and audited its own. Written before the claim that
+        closes it, so that it is written whatever becomes of that claim. (A worker only held up past its lease
+        records its own outcome as well when it wakes.)"""
         assert before.rotation_id is not None
         assert before.attempt_started_at is not None
         entry = await self.adapters.history.get(record.id, before.attempt_started_at, before.rotation_id,
                                                 before.attempt)
         if entry is not None and entry.outcome != "running":
-            return entry.outcome == INTERRUPTED and entry.finished_at is None
+            return
         await self.adapters.history.record(RotationEvent(
             rotation_id=before.rotation_id, attempt=before.attempt, connection_id=record.id, app=record.app,
             started_at=before.attempt_started_at, finished_at=None, outcome=INTERRUPTED, trigger=trigger,
             message="This attempt stopped before it ended; the next one resumed it."))
-        return True
-
-    async def _audit_interrupted(self, record: ConnectionRecord, before: RotationState, trigger: str) -> None:
-        """The audit log's outcome of an attempt closed by :meth:`_close_interrupted`: ``interrupted`` on its
-        ``started`` record (``rotation.attempt``, or ``connection.migrate`` for a migration's), with the rotation's
-        id, attempt and trigger. Not for one handed to the sweep (it gave up its lease): it recorded its own. (A
-        worker only held up past its lease records its own outcome as well when it wakes.)"""
-        if before.lease_until is None:
+        if before.lease_until is None:  # handed over
             return
         action = "connection.migrate" if before.step in MIGRATION_STEPS else "rotation.attempt"
         await self.audit.record(action, INTERRUPTED, app=record.app, connection_id=record.id,

@@ -137,7 +137,8 @@ class Migrator(Journaled):
         # The started record gets its outcome here unless the claim is written (then the migration's end or failure
         # records it), as a rotation's claim does: skipped when the claim is lost, failed when an error stops it.
         try:
-            closed = interrupted is not None and await self._close_interrupted(record, interrupted, TRIGGER)
+            if interrupted is not None:
+                await self._close_interrupted(record, interrupted, TRIGGER)
             # Due again when the lease runs out: should this worker die, the sweep resumes the migration.
             lease_until = self._lease_from(now)
             key = await self.adapters.schedule.put(lease_until, record.app, record.id)
@@ -152,15 +153,15 @@ class Migrator(Journaled):
                                                         detail_of(error))):
                     await self.adapters.schedule.remove(key)
             if claimed is not None and record.rotation.schedule_key and record.rotation.schedule_key != key:
-                await self.adapters.schedule.remove(record.rotation.schedule_key)
+                with best_effort(lambda error: log.info("Migration of %s: the schedule entry it moved from is left "
+                                                        "for the sweep to drop (%s)", record.id, detail_of(error))):
+                    await self.adapters.schedule.remove(record.rotation.schedule_key)  # (the claim is written)
         except Exception as error:
             await self._recorded(record, STATUS_FAILED, f"claiming the migration: {type(error).__name__}")
             raise
         if claimed is None:
             await self._recorded(record, "skipped", "not claimed: the connection changed meanwhile")
             raise ConcurrentChange("The connection changed while the migration was starting; try again.")
-        if closed and interrupted is not None:  # audited by the claim that won the journal: once
-            await self._audit_interrupted(claimed, interrupted, TRIGGER)
         with best_effort(lambda error: log.info("Migration of %s: its running history entry is not written (%s); "
                                                 "its outcome writes it", record.id, detail_of(error))):
             await self._history(claimed, "running")

@@ -277,8 +277,8 @@ class Rotator(Journaled):
         # The attempt that died is closed before the journal moves on to the next attempt: once it has, nothing
         # records which attempt that was (should this write fail, the record is unchanged and the next claim
         # closes it; a claim that then loses the race closed an attempt that had stopped all the same).
-        closed = interrupted is not None and await self._close_interrupted(record, interrupted,
-                                                                           interrupted.trigger or "")
+        if interrupted is not None:
+            await self._close_interrupted(record, interrupted, interrupted.trigger or "")
         # Should this worker die, the sweep resumes the attempt once its lease has run out: the connection is due
         # then at the latest (a request's rotation may have no due time yet, or a later one). The entry is written
         # before the record points at it, as ``reindex`` does.
@@ -295,8 +295,6 @@ class Rotator(Journaled):
             return None, current
         if resume is not None and old_key != state.schedule_key:
             await self._drop_entry(old_key)
-        if closed and interrupted is not None:  # audited by the claim that won the journal: once
-            await self._audit_interrupted(claimed, interrupted, interrupted.trigger or "")
         return claimed, current
 
     async def _drop_entry(self, key: str | None) -> None:

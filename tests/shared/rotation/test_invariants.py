@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any
 
 import pytest
 
-from shared.errors import LeaseLost
+from shared.errors import LeaseLost, UpstreamError
 from shared.records import ConnectionRecord, RotationState
 from shared.rotation.journal import LEASE_MARGIN
 from tests.lifecycle_harness import APP, Crash, Harness, only_retired, user_operations
@@ -510,10 +509,10 @@ async def test_the_audit_record_of_an_attempt_whose_worker_died_gets_its_outcome
     assert h.check() == []
 
 
-async def test_two_claims_at_once_of_an_attempt_whose_worker_died_audit_its_end_once() -> None:
-    """(Review of the fixes.) Two claims at once (a Rotate now and the sweep) both read the dead attempt's history
-    entry as ``running`` and both closed it; each wrote ``interrupted`` to the audit log, two outcomes of one
-    ``started``. Only the claim that wins the journal audits it."""
+async def test_a_dead_attempt_is_audited_whatever_becomes_of_the_claim_that_closes_it() -> None:
+    """(Review of the fixes.) The ``interrupted`` record of a dead attempt is written with its history entry, before
+    the claim: a claim whose write landed but answered an error closes the entry all the same, and no later claim
+    would audit that attempt."""
     h = Harness()
     record = await h.create()
 
@@ -526,20 +525,53 @@ async def test_two_claims_at_once_of_an_attempt_whose_worker_died_audit_its_end_
     stopped = await h.record(record.id)
     assert stopped is not None
     h.lease_runs_out()
-    read = h.fakes.history.get
+    update = h.fakes.connections.update
 
-    async def read_in_a_round_trip(*args: Any, **kwargs: Any) -> Any:  # the other claim runs meanwhile
-        found = await read(*args, **kwargs)
-        await asyncio.sleep(0)
-        return found
+    async def answer_lost(changed: ConnectionRecord, *args: object, **kwargs: object) -> ConnectionRecord:
+        await update(changed, *args, **kwargs)  # type: ignore[arg-type]
+        raise UpstreamError("Table Storage answered 503.")
 
-    h.fakes.history.get = read_in_a_round_trip  # type: ignore[method-assign]
-    claims = await asyncio.gather(h.services().rotator.claim(stopped, trigger="schedule"),
-                                  h.services().rotator.claim(stopped, trigger="manual"))
-    assert sum(claim is not None for claim in claims) == 1
-    interrupted = [r for r in h.fakes.audit.records
-                   if r.action == "rotation.attempt" and r.outcome == "interrupted" and r.connection_id == record.id]
-    assert len(interrupted) == 1, [r.detail for r in interrupted]
+    h.fakes.connections.update = answer_lost  # type: ignore[method-assign]
+    with pytest.raises(UpstreamError):
+        await h.services().rotator.claim(stopped, trigger="schedule")
+    h.fakes.connections.update = update  # type: ignore[method-assign]
+    details = [r.detail or "" for r in h.fakes.audit.records
+               if r.action == "rotation.attempt" and r.outcome == "interrupted" and r.connection_id == record.id]
+    assert [d for d in details if f"rotation {stopped.rotation.rotation_id} attempt 1 " in d], details
+
+
+async def test_a_migration_claim_written_is_not_failed_by_the_removal_of_the_entry_it_moved_from() -> None:
+    """(Review of the fixes.) A migration's resumed claim, once written, dropped the schedule entry the connection
+    had pointed at outside any guard: a failure there recorded the claim failed (though it stood). Best effort now,
+    as a rotation's; the dead attempt before it has its ``interrupted`` record."""
+    h = Harness()
+    record = await h.create()
+
+    async def crash(name: str, current: ConnectionRecord) -> None:
+        if name == "after-add-federated":
+            raise Crash(name)
+
+    with pytest.raises(Crash):
+        await h.services(checkpoint=crash).connections.migrate_to_federated(APP, record.id, {})
+    stopped = await h.record(record.id)
+    assert stopped is not None and stopped.rotation.step is not None
+    left = stopped.rotation.schedule_key
+    h.lease_runs_out()
+    remove = h.fakes.schedule.remove
+
+    async def remove_failing(key: str | None) -> None:
+        if key == left:
+            raise UpstreamError("Table Storage answered 503.")
+        await remove(key)
+
+    h.fakes.schedule.remove = remove_failing  # type: ignore[method-assign]
+    await h.sweep()
+    h.fakes.schedule.remove = remove  # type: ignore[method-assign]
+    done = await h.record(record.id)
+    assert done is not None and done.method == "federated", done.rotation
+    migrations = [(r.outcome, r.detail or "") for r in h.fakes.audit.records if r.action == "connection.migrate"]
+    assert "failed" not in [outcome for outcome, _ in migrations], migrations
+    assert [d for o, d in migrations if o == "interrupted" and " attempt 1 " in d], migrations
 
 
 async def test_a_claim_whose_write_landed_and_whose_answer_was_lost_is_claimed_and_keeps_its_entry() -> None:
