@@ -730,6 +730,40 @@ async def test_a_credentials_change_whose_worker_dies_in_its_clean_up_leaves_the
     assert h.unscheduled() == [] and h.check() == []
 
 
+async def test_rotation_turned_on_by_a_worker_that_dies_before_its_rotation_starts_is_due_at_once() -> None:
+    """Turning rotation on rotates at once (trigger ``enable``), in the request; the change is due with its write
+    (``configured``: a first rotation at the first back-off), so a worker that dies between the change's write and
+    the rotation's claim leaves the sweep to rotate at once all the same (a crash review's question)."""
+    from shared.rotation.protocol import FIRST_BACKOFF, scheduled_rotation
+    from tests.lifecycle_harness import Crash
+
+    h = Harness()
+    record = await h.create(rotation=False)
+    changed_at = h.fakes.clock.now
+    append = h.fakes.audit.append
+
+    async def dies_as_the_rotation_starts(entry: Any) -> None:
+        if entry.action == "rotation.attempt":
+            raise Crash("the worker is killed")
+        await append(entry)
+
+    h.fakes.audit.append = dies_as_the_rotation_starts  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        await h.api.update(APP, record.id, {"isAutoRotationEnabled": True, "rotation": ROTATION})
+    h.fakes.audit.append = append  # type: ignore[method-assign]
+    stopped = await h.record(record.id)
+    assert stopped is not None and stopped.rotation.enabled and stopped.rotation.rotation_id is None
+    due = stopped.rotation.next_at
+    assert due is not None and due <= changed_at + FIRST_BACKOFF
+    assert h.unscheduled() == []
+    h.fakes.clock.now = due
+    await h.sweep()
+    after = await h.record(record.id)
+    assert after is not None and after.rotation.status == "succeeded" and after.rotation.key_made
+    assert after.rotation.next_at == scheduled_rotation(after.rotation, after.health.credential_expires_at)
+    assert h.unscheduled() == [] and h.check() == []
+
+
 async def test_a_credentials_change_whose_rotation_follows_is_due_as_the_schedule_has_it() -> None:
     """The change is due at the clean-up's first retry when written; the rotation that follows it in the request
     sets the next due time as before, and the schedule index holds that one entry."""
