@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from shared.errors import UpstreamError
 from shared.records import Actor, AuditRecord
+from shared.store.tables import delete_rows
 
 if TYPE_CHECKING:
-    from azure.data.tables.aio import TableClient
-
     from shared.azure.clients import AzureClients
 
 AUDIT_TABLE = "Audit"
@@ -206,7 +205,7 @@ class AuditTable:
         async for entity in table.query_entities(f"PartitionKey lt '{day_of(before)}'",
                                                  select=["PartitionKey", "RowKey"]):
             if batch and (entity["PartitionKey"] != partition or len(batch) == 100):
-                await _delete_all(table, batch)
+                await delete_rows(table, batch)
                 deleted += len(batch)
                 batch = []
             partition = entity["PartitionKey"]
@@ -214,21 +213,7 @@ class AuditTable:
             if deleted + len(batch) >= limit:
                 break
         if batch:
-            await _delete_all(table, batch)
+            await delete_rows(table, batch)
             deleted += len(batch)
         return deleted
 
-
-async def _delete_all(table: TableClient, batch: list[tuple[str, dict[str, Any]]]) -> None:
-    """Delete a batch of rows of one partition, in one transaction. When some are gone already (another instance's
-    purge, its singleton lock lost, deleted them meanwhile), the transaction fails as a whole: they are then
-    deleted one by one, a row already gone being done."""
-    from azure.data.tables import TableTransactionError
-
-    try:
-        await table.submit_transaction(batch)
-    except TableTransactionError as error:
-        if getattr(error, "error_code", None) != "ResourceNotFound":
-            raise
-        for _, entity in batch:
-            await table.delete_entity(entity["PartitionKey"], entity["RowKey"])  # absent: not an error

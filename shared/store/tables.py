@@ -447,3 +447,18 @@ class ConnectionsTable:
         return ConcurrentChange(
             f"The connection '{record.id}' was changed by another request; read it again and retry.",
         )
+
+
+async def delete_rows(table: TableClient, batch: list[tuple[str, dict[str, Any]]]) -> None:
+    """Delete a batch of rows of one partition (at most 100: ``("delete", entity)`` operations), in one transaction.
+    When some are gone already (another instance deleted them meanwhile), the transaction fails as a whole: they are
+    then deleted one by one, a row already gone being done."""
+    from azure.data.tables import TableTransactionError
+
+    try:
+        await table.submit_transaction(batch)
+    except TableTransactionError as error:
+        if getattr(error, "error_code", None) != "ResourceNotFound":
+            raise
+        for _, entity in batch:
+            await table.delete_entity(entity["PartitionKey"], entity["RowKey"])  # absent: not an error
