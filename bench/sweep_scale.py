@@ -2,8 +2,10 @@
 
 ``--connections`` schedule-index entries spread over the coming year (for connections that are never due in
 this run), plus ``--due`` real connections with rotation enabled that are due; then one sweep with a clock past
-their due time. Every Table Storage request of the sweep is counted at the HTTP pipeline (a counting transport
-under the service's own clients), with the entities each response carries.
+their due time. Every Table Storage request of the sweep is counted, with the entities each response carries:
+the SDKs' at the HTTP pipeline (a counting transport under the service's own clients), the lean client's
+(``shared.azure.rest``: lean reads, single-entity writes such as audit records) at its ``send``, where a request
+it retried counts once.
 
 How the entries not due get into the schedule table (``--setup``):
 
@@ -65,10 +67,18 @@ class TableCounter:
 
 
 def counting_clients(settings: Any, counter: TableCounter) -> Any:
-    """The service's clients, with a transport that reports every request to ``counter``."""
+    """The service's clients, with a transport under the SDKs and a lean client (``shared.azure.rest``: the lean
+    reads and single-entity writes, audit records among them) that report every request to ``counter``."""
     from azure.core.pipeline.transport import AioHttpTransport
 
-    from shared.azure.clients import AzureClients
+    from shared.azure.clients import CONNECT_TIMEOUT_SECONDS, KEEPALIVE_SECONDS, READ_TIMEOUT_SECONDS, AzureClients
+    from shared.azure.rest import Response, RestClient
+
+    class CountingRest(RestClient):
+        async def send(self, method: str, url: str, headers: Any, body: bytes = b"") -> Response:
+            response = await super().send(method, url, headers, body)  # a request it retried counts once
+            counter.seen(method.upper(), url, response.body if method.upper() == "GET" else None)
+            return response
 
     class CountingTransport(AioHttpTransport):
         async def send(self, request: Any, **kwargs: Any) -> Any:  # type: ignore[override]
@@ -86,6 +96,14 @@ def counting_clients(settings: Any, counter: TableCounter) -> Any:
     class CountingClients(AzureClients):
         def transport(self, upstream: str) -> AioHttpTransport:  # counted, not traced
             return CountingTransport(session=self.session(), session_owner=False)
+
+        def rest(self, upstream: str) -> RestClient:  # as AzureClients.rest, counted
+            client = self._rest.get(upstream)
+            if client is None:
+                client = CountingRest(upstream, keepalive=KEEPALIVE_SECONDS, read_timeout=READ_TIMEOUT_SECONDS,
+                                      connect_timeout=CONNECT_TIMEOUT_SECONDS)
+                self._rest[upstream] = client
+            return client
 
     return CountingClients(settings)
 

@@ -7,7 +7,9 @@ paces Graph requests once they are throttled and lowers its concurrency: ``share
 ``AimdLimiter``). Every Graph call is counted at the worker's Graph HTTP client (a response hook), with its
 answer. Figures: Graph writes accepted per second against the allowed rate; the share of all Graph calls
 throttled (the issue's measure) and of Graph writes.
-Goals: >= 80 % of the allowed rate, < 5 % of Graph calls throttled.
+Goals: >= 80 % of the allowed rate, < 5 % of Graph calls throttled. A rate above the allowed one misses the goal:
+the stand-in accepts no more than ``--limit`` writes in any window, so the run was too short to test the pacing.
+The run fails (exit 1) when any rotation of either sweep did not succeed, as ``bench.sweep`` does.
 
     .venv/bin/python -m bench.throttle --rotations 1000 --limit 300 --window-s 10 --concurrency 32
 
@@ -114,11 +116,17 @@ async def run(args: argparse.Namespace) -> int:
          "of allowed", "Graph calls", "Graph calls throttled", "throttled share (calls)", "throttled share (writes)",
          "lowest concurrency", "final write pace (/s)"], rows))
     limited = rows[0]
-    ok = isinstance(limited[7], float) and limited[7] >= 0.8 and limited[10] < 0.05
     share_of_allowed = f"{limited[7]:.0%}" if isinstance(limited[7], float) else "-"
+    # The stand-in accepts at most --limit writes in any --window-s: above the allowed rate, the run was too short
+    # for the limit to hold it back, and the pacing was not tested.
+    ok = isinstance(limited[7], float) and 0.8 <= limited[7] <= 1.0 and limited[10] < 0.05
     print(f"rate-limited: {limited[6]:.1f} writes/s = {share_of_allowed} of the allowed {allowed:.1f}/s; "
           f"{limited[10]:.1%} of Graph calls and {limited[11]:.1%} of Graph writes throttled "
-          f"(goal >= 80 % and < 5 % of calls: {'met' if ok else 'missed'})\n")
+          f"(goal >= 80 % and <= 100 % of the allowed rate, < 5 % of calls: {'met' if ok else 'missed'})\n")
+    failed = [f"{row[0]}: {row[2]} of {args.rotations} failed" for row in rows if row[2] or row[1] != args.rotations]
+    if failed:  # as bench.sweep: the writes of a rotation that failed are not a throughput
+        log.error("rotations did not all succeed (%s): the figures above are not a measure", "; ".join(failed))
+        return 1
     return 0
 
 
