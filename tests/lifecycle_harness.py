@@ -38,6 +38,15 @@ class Crash(BaseException):
     """The worker dies here (a BaseException: nothing in the service catches it)."""
 
 
+def crash_at(step: str) -> Checkpoint:
+    """A checkpoint at which the worker dies (``Crash``) when it reaches ``step``."""
+    async def crash(name: str, current: ConnectionRecord) -> None:
+        if name == step:
+            raise Crash(name)
+
+    return crash
+
+
 class Overtaken(list[ServiceError]):
     """What the overtaking request answered (a ``ServiceError``, if it answered one), and whether it ran."""
 

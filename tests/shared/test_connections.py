@@ -650,19 +650,15 @@ async def test_a_clean_up_of_the_previous_application_that_crashed_after_its_rem
         finished_by: str) -> None:
     # It disabled the previous application's vault version, then the process died before the journal forgot that
     # application: the next attempt cannot read that version, and must take the removals as done, not fail forever.
-    from tests.lifecycle_harness import Crash
+    from tests.lifecycle_harness import Crash, crash_at
 
     h = Harness()
     record = await h.create()
     old = h.fakes.world.apps[record.client_id or ""]
 
-    async def crash(name: str, current: ConnectionRecord) -> None:
-        if name == "after-retire":
-            raise Crash(name)
-
     _, credentials = h.new_application()
     with pytest.raises(Crash):
-        await h.services(checkpoint=crash).connections.update(APP, record.id, {"credentials": credentials})
+        await h.services(crash_at("after-retire")).connections.update(APP, record.id, {"credentials": credentials})
     stopped = await h.record(record.id)
     assert stopped is not None and stopped.rotation.retire_version is not None
     assert not [p for p in old.passwords.values() if p.created_by_service]  # its removals were done

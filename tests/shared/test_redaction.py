@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 
 import pytest
 
@@ -65,6 +67,24 @@ def _record(msg: str, *args: object, exc: BaseException | None = None) -> loggin
     return logging.LogRecord("azure.core.pipeline", logging.WARNING, __file__, 1, msg, args, exc_info)
 
 
+@contextlib.contextmanager
+def records_of(name: str) -> Iterator[list[logging.LogRecord]]:
+    """The records logger ``name`` emits inside the block (as a handler of it receives them)."""
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    handler = Keep()
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+
+
 def test_records_are_rewritten_only_when_something_was_redacted():
     plain = redact_record(_record("GET %s -> %d", "/api/v1/x", 200))
     assert plain.msg == "GET %s -> %d" and plain.args == ("/api/v1/x", 200)
@@ -117,20 +137,11 @@ def test_installed_filter_sees_every_logger_and_handler():
     register_secret("installed-filter-secret-1")
     redaction.install()
     redaction.install()  # idempotent
-    seen: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append(self.format(record))
-
-    handler = Keep()
     sdk = logging.getLogger("azure.identity._internal.test")
-    sdk.addHandler(handler)
-    try:
+    with records_of(sdk.name) as records:
         sdk.warning("token request failed: %s", {"client_secret": "installed-filter-secret-1"})
         sdk.warning("Authorization: Bearer %s", JWT)
-    finally:
-        sdk.removeHandler(handler)
+    seen = [logging.Handler().format(record) for record in records]
     assert len(seen) == 2
     assert not any("installed-filter-secret-1" in line or JWT in line for line in seen)
     assert all(REDACTED in line for line in seen)
@@ -142,21 +153,11 @@ def test_the_fields_a_log_call_attaches_are_redacted_too():
     them."""
     register_secret("extra-field-secret-1")
     redaction.install()
-    seen: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append(record)
-
-    handler = Keep()
     logger = logging.getLogger("app_connections.audit.test")
-    logger.addHandler(handler)
-    try:
+    with records_of(logger.name) as seen:
         logger.info("audit %s", "connection.create", extra={"audit_detail": "refresh_token=extra-field-secret-1",
                                                             "audit_user_agent": f"client {JWT}", "count": 3})
         logger.info("no extra")
-    finally:
-        logger.removeHandler(handler)
     record = seen[0]
     assert "extra-field-secret-1" not in record.__dict__["audit_detail"] and REDACTED in record.__dict__["audit_detail"]
     assert JWT not in record.__dict__["audit_user_agent"] and record.__dict__["count"] == 3
@@ -169,19 +170,9 @@ def test_a_record_with_extra_fields_is_still_made_when_the_modules_globals_are_g
     redaction.install()
     monkeypatch.setattr(redaction, "_EXTRA_ARGUMENT", None)
     monkeypatch.setattr(redaction, "_RECORD_ATTRIBUTES", None)
-    seen: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            seen.append(record)
-
-    handler = Keep()
     logger = logging.getLogger("app_connections.audit.test")
-    logger.addHandler(handler)
-    try:
+    with records_of(logger.name) as seen:
         logger.warning("shutting down", extra={"audit_detail": "refresh_token=extra-field-secret-2"})
-    finally:
-        logger.removeHandler(handler)
     assert len(seen) == 1 and seen[0].levelno == logging.WARNING
     assert seen[0].__dict__["audit_detail"] == "[withheld]"  # never shown as it is when it could not be redacted
 

@@ -13,7 +13,7 @@ import pytest
 from shared.errors import LeaseLost, UpstreamError
 from shared.records import ConnectionRecord, RotationState
 from shared.rotation.journal import LEASE_MARGIN
-from tests.lifecycle_harness import APP, Crash, Harness, only_retired, user_operations
+from tests.lifecycle_harness import APP, Crash, Harness, crash_at, only_retired, user_operations
 
 CHECKPOINTS = ["before-add-password", "lease-renewed", "after-add-password", "after-vault-write", "after-test",
                "after-tested", "after-finish", "after-revoke"]
@@ -83,12 +83,8 @@ async def test_a_crash_at_a_step_then_a_user_operation_keeps_every_invariant(che
     h = Harness(method=method)
     record = await _rotating(h)
 
-    async def crash(name: str, current: ConnectionRecord) -> None:
-        if name == checkpoint:
-            raise Crash(name)
-
     with pytest.raises(Crash):
-        await h.sweep(crash)
+        await h.sweep(crash_at(checkpoint))
     assert h.check() == []
     if lease_ran_out:
         h.fakes.clock.advance(timedelta(hours=2))
@@ -450,10 +446,7 @@ async def test_a_rotation_a_request_started_whose_worker_died_is_resumed_by_the_
 
     h = Harness(method=method)
 
-    async def crash(name: str, current: ConnectionRecord) -> None:
-        if name == "after-add-password":
-            raise Crash(name)
-
+    crash = crash_at("after-add-password")
     if started_by == "create":
         _, credentials = h.new_application()
         with pytest.raises(Crash):
@@ -478,29 +471,31 @@ async def test_a_rotation_a_request_started_whose_worker_died_is_resumed_by_the_
     assert h.check() == []
 
 
+async def _died_rotating(h: Harness) -> ConnectionRecord:
+    """A connection whose Rotate now died after adding the new credential (the journal holds that attempt, without
+    an outcome), its worker's lease run out: as the next claim finds it."""
+    record = await h.create()
+    with pytest.raises(Crash):
+        await h.services(crash_at("after-add-password")).connections.rotate(APP, record.id)
+    stopped = await h.record(record.id)
+    assert stopped is not None and stopped.rotation.rotation_id is not None
+    h.lease_runs_out()
+    return stopped
+
+
 @pytest.mark.parametrize("ended_by", ["sweep", "delete"])
 async def test_the_audit_record_of_an_attempt_whose_worker_died_gets_its_outcome_interrupted(ended_by: str) -> None:
     """Found by a review of real crashes: the history entry of an attempt whose worker died was closed as
     ``interrupted`` by the attempt that resumed it (or by a DELETE), but its ``rotation.attempt started`` audit record
     kept no outcome for ever. It gets ``interrupted``, naming the rotation, the attempt and its trigger."""
     h = Harness()
-    record = await h.create()
-
-    async def crash(name: str, current: ConnectionRecord) -> None:
-        if name == "after-add-password":
-            raise Crash(name)
-
-    with pytest.raises(Crash):
-        await h.services(crash).connections.rotate(APP, record.id)
-    stopped = await h.record(record.id)
-    assert stopped is not None and stopped.rotation.rotation_id is not None
-    h.lease_runs_out()
+    stopped = await _died_rotating(h)
     if ended_by == "sweep":
         await h.sweep()
     else:
-        await h.api.delete(APP, record.id)
+        await h.api.delete(APP, stopped.id)
     attempts = [(r.outcome, r.detail) for r in h.fakes.audit.records
-                if r.action == "rotation.attempt" and r.connection_id == record.id]
+                if r.action == "rotation.attempt" and r.connection_id == stopped.id]
     outcomes = [outcome for outcome, _ in attempts]
     assert outcomes.count("started") == len(outcomes) - outcomes.count("started")  # each one has its outcome
     [detail] = [detail for outcome, detail in attempts if outcome == "interrupted"]
@@ -514,17 +509,7 @@ async def test_a_dead_attempt_is_audited_whatever_becomes_of_the_claim_that_clos
     the claim: a claim whose write landed but answered an error closes the entry all the same, and no later claim
     would audit that attempt."""
     h = Harness()
-    record = await h.create()
-
-    async def crash(name: str, current: ConnectionRecord) -> None:
-        if name == "after-add-password":
-            raise Crash(name)
-
-    with pytest.raises(Crash):
-        await h.services(crash).connections.rotate(APP, record.id)
-    stopped = await h.record(record.id)
-    assert stopped is not None
-    h.lease_runs_out()
+    stopped = await _died_rotating(h)
     update = h.fakes.connections.update
 
     async def answer_lost(changed: ConnectionRecord, *args: object, **kwargs: object) -> ConnectionRecord:
@@ -536,7 +521,7 @@ async def test_a_dead_attempt_is_audited_whatever_becomes_of_the_claim_that_clos
         await h.services().rotator.claim(stopped, trigger="schedule")
     h.fakes.connections.update = update  # type: ignore[method-assign]
     details = [r.detail or "" for r in h.fakes.audit.records
-               if r.action == "rotation.attempt" and r.outcome == "interrupted" and r.connection_id == record.id]
+               if r.action == "rotation.attempt" and r.outcome == "interrupted" and r.connection_id == stopped.id]
     assert [d for d in details if f"rotation {stopped.rotation.rotation_id} attempt 1 " in d], details
 
 
@@ -547,12 +532,8 @@ async def test_a_migration_claim_written_is_not_failed_by_the_removal_of_the_ent
     h = Harness()
     record = await h.create()
 
-    async def crash(name: str, current: ConnectionRecord) -> None:
-        if name == "after-add-federated":
-            raise Crash(name)
-
     with pytest.raises(Crash):
-        await h.services(checkpoint=crash).connections.migrate_to_federated(APP, record.id, {})
+        await h.services(crash_at("after-add-federated")).connections.migrate_to_federated(APP, record.id, {})
     stopped = await h.record(record.id)
     assert stopped is not None and stopped.rotation.step is not None
     left = stopped.rotation.schedule_key

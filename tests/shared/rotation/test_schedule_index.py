@@ -175,7 +175,7 @@ async def test_a_claim_due_in_the_same_second_as_before_keeps_the_entry_it_point
     """Found by a review: an entry's key is its due time to the second. A claim whose lease ended in the same
     second as the connection's earlier due time wrote the same key, pointed at it, then removed "the old one":
     the rotation, its worker dead, was never resumed."""
-    from tests.lifecycle_harness import Crash
+    from tests.lifecycle_harness import Crash, crash_at
 
     h = Harness()
     record = await h.create()
@@ -189,12 +189,8 @@ async def test_a_claim_due_in_the_same_second_as_before_keeps_the_entry_it_point
     lease = h.services().rotator.options.lease
     h.fakes.clock.now = failed.rotation.next_at - lease - timedelta(microseconds=100000)
 
-    async def crash(name: str, current: ConnectionRecord) -> None:
-        if name == "after-add-password":
-            raise Crash(name)
-
     with pytest.raises(Crash):
-        await h.services(crash).connections.rotate(APP, record.id)
+        await h.services(crash_at("after-add-password")).connections.rotate(APP, record.id)
     assert h.unscheduled() == []
     h.lease_runs_out()
     await h.sweep()
