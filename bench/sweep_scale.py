@@ -71,7 +71,7 @@ def counting_clients(settings: Any, counter: TableCounter) -> Any:
     reads and single-entity writes, audit records among them) that report every request to ``counter``."""
     from azure.core.pipeline.transport import AioHttpTransport
 
-    from shared.azure.clients import CONNECT_TIMEOUT_SECONDS, KEEPALIVE_SECONDS, READ_TIMEOUT_SECONDS, AzureClients
+    from shared.azure.clients import AzureClients
     from shared.azure.rest import Response, RestClient
 
     class CountingRest(RestClient):
@@ -97,13 +97,7 @@ def counting_clients(settings: Any, counter: TableCounter) -> Any:
         def transport(self, upstream: str) -> AioHttpTransport:  # counted, not traced
             return CountingTransport(session=self.session(), session_owner=False)
 
-        def rest(self, upstream: str) -> RestClient:  # as AzureClients.rest, counted
-            client = self._rest.get(upstream)
-            if client is None:
-                client = CountingRest(upstream, keepalive=KEEPALIVE_SECONDS, read_timeout=READ_TIMEOUT_SECONDS,
-                                      connect_timeout=CONNECT_TIMEOUT_SECONDS)
-                self._rest[upstream] = client
-            return client
+        rest_class = CountingRest  # the lean client's requests, counted
 
     return CountingClients(settings)
 

@@ -69,6 +69,10 @@ TOKEN_REFRESH_RETRY_DELAY = 30  # seconds after a failed refresh before a still 
 class AzureClients:
     """The service's Azure clients for one event loop; build with :func:`get_clients`."""
 
+    # The lean client's class (None: ``shared.azure.rest.RestClient``, imported on first use); a benchmark counts its
+    # requests with a subclass.
+    rest_class: type[RestClient] | None = None
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
@@ -117,8 +121,9 @@ class AzureClients:
         if client is None:
             from shared.azure.rest import RestClient
 
-            client = RestClient(upstream, keepalive=KEEPALIVE_SECONDS, read_timeout=READ_TIMEOUT_SECONDS,
-                                connect_timeout=CONNECT_TIMEOUT_SECONDS)
+            client = (self.rest_class or RestClient)(upstream, keepalive=KEEPALIVE_SECONDS,
+                                                     read_timeout=READ_TIMEOUT_SECONDS,
+                                                     connect_timeout=CONNECT_TIMEOUT_SECONDS)
             self._rest[upstream] = client
         return client
 
