@@ -206,6 +206,12 @@ class Journaled:
                 return current, None
             return None, current
 
+    async def _drop_entry(self, key: str | None) -> None:
+        """Remove a schedule entry nothing points at. Best effort: the sweep that reads a stale one drops it."""
+        with best_effort(lambda error: log.info("A schedule entry nothing points at is left for the sweep to drop "
+                                                "(%s)", detail_of(error))):
+            await self.adapters.schedule.remove(key)
+
     def _removal(self, record: ConnectionRecord) -> RemovalAudit:
         async def audit(object_id: str, key_id: str, remove: Callable[[], Awaitable[None]]) -> None:
             await self.audit.credential_changed("credential.remove", remove, app=record.app,

@@ -147,15 +147,9 @@ class Migrator(Journaled):
             claimed, current = await self._write_claim(record, claimed_state)
             if claimed is None and (current is None or current.rotation.schedule_key != key):
                 # Lost to another change (a DELETE, a rotation): nothing points at the entry indexed for the lease.
-                # Dropped as a rotation's lost claim drops its own; best effort: the sweep that reads it drops it.
-                with best_effort(lambda error: log.info("Migration of %s: the schedule entry of its lost claim is "
-                                                        "left for the sweep to drop (%s)", record.id,
-                                                        detail_of(error))):
-                    await self.adapters.schedule.remove(key)
+                await self._drop_entry(key)  # as a rotation's lost claim drops its own
             if claimed is not None and record.rotation.schedule_key and record.rotation.schedule_key != key:
-                with best_effort(lambda error: log.info("Migration of %s: the schedule entry it moved from is left "
-                                                        "for the sweep to drop (%s)", record.id, detail_of(error))):
-                    await self.adapters.schedule.remove(record.rotation.schedule_key)  # (the claim is written)
+                await self._drop_entry(record.rotation.schedule_key)  # (the claim is written: never failed by this)
         except Exception as error:
             await self._recorded(record, STATUS_FAILED, f"claiming the migration: {type(error).__name__}")
             raise

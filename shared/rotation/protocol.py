@@ -297,12 +297,6 @@ class Rotator(Journaled):
             await self._drop_entry(old_key)
         return claimed, current
 
-    async def _drop_entry(self, key: str | None) -> None:
-        """Remove a schedule entry nothing points at. Best effort: the sweep that reads a stale one drops it."""
-        with best_effort(lambda error: log.info("A schedule entry nothing points at is left for the sweep to drop "
-                                                "(%s)", detail_of(error))):
-            await self.adapters.schedule.remove(key)
-
     async def _history(self, record: ConnectionRecord, outcome: str, message: str | None = None,
                        new_key_id: str | None = None, revoked_key_id: str | None = None) -> None:
         await self._record_attempt(record, outcome, trigger=record.rotation.trigger or "", message=message,
