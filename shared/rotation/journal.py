@@ -230,26 +230,28 @@ class Journaled:
         """The attempt before this one stopped without an outcome: its entry says so (unless it has one), and so
         does the audit log, whose ``started`` record of that attempt (``rotation.attempt``, or ``connection.migrate``
         for a migration's) gets its outcome, ``interrupted``, with the rotation's id, attempt and trigger; but not
-        for one handed to the sweep, which gave up its lease and audited its own. Written before the claim that
-        closes it, so that it is written whatever becomes of that claim. (A worker only held up past its lease
-        records its own outcome as well when it wakes.)"""
+        for one handed to the sweep, which gave up its lease and audited its own. Both written before the claim that
+        closes it, so that they are written whatever becomes of that claim; the audit record first. (A worker only
+        held up past its lease records its own outcome as well when it wakes.)"""
         assert before.rotation_id is not None
         assert before.attempt_started_at is not None
         entry = await self.adapters.history.get(record.id, before.attempt_started_at, before.rotation_id,
                                                 before.attempt)
         if entry is not None and entry.outcome != "running":
             return
+        if before.lease_until is not None:  # not handed over
+            # Audited before the entry is closed: the entry closed is what tells a later claim the attempt was
+            # dealt with, so an audit write failing after it would never be made again.
+            action = "connection.migrate" if before.step in MIGRATION_STEPS else "rotation.attempt"
+            await self.audit.record(action, INTERRUPTED, app=record.app, connection_id=record.id,
+                                    connection_name=record.name,
+                                    detail=f"rotation {before.rotation_id} attempt {before.attempt} "
+                                           f"(trigger {trigger}): it did not end within its lease (its worker "
+                                           "stopped or was held up)")
         await self.adapters.history.record(RotationEvent(
             rotation_id=before.rotation_id, attempt=before.attempt, connection_id=record.id, app=record.app,
             started_at=before.attempt_started_at, finished_at=None, outcome=INTERRUPTED, trigger=trigger,
             message="This attempt stopped before it ended; the next one resumed it."))
-        if before.lease_until is None:  # handed over
-            return
-        action = "connection.migrate" if before.step in MIGRATION_STEPS else "rotation.attempt"
-        await self.audit.record(action, INTERRUPTED, app=record.app, connection_id=record.id,
-                                connection_name=record.name,
-                                detail=f"rotation {before.rotation_id} attempt {before.attempt} (trigger {trigger}): "
-                                       "it did not end within its lease (its worker stopped or was held up)")
 
     async def _record_attempt(self, record: ConnectionRecord, outcome: str, *, trigger: str,
                               message: str | None = None, new_key_id: str | None = None,

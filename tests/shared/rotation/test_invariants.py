@@ -638,3 +638,30 @@ async def test_a_claim_whose_old_schedule_entry_cannot_be_removed_still_rotates(
     rotated = await h.api.rotate(APP, record.id)
     assert rotated.rotation.status == "succeeded" and not rotated.rotation.in_progress
     assert h.check() == []
+
+
+async def test_a_worker_that_dies_closing_a_dead_attempt_leaves_its_interrupted_record_to_the_next_claim() -> None:
+    """The ``interrupted`` audit record is written before the history entry is closed: the closed entry is what tells
+    a later claim that the attempt was dealt with, so a worker that died between the two (entry closed, record not
+    written) left an attempt that no one would ever audit. Now at worst the next claim writes the record again."""
+    from shared.records import AuditRecord
+
+    h = Harness()
+    stopped = await _died_rotating(h)
+    append = h.fakes.audit.append
+
+    async def dies_at_the_interrupted_record(record: AuditRecord) -> None:
+        if record.outcome == "interrupted":
+            h.fakes.audit.append = append  # type: ignore[method-assign]
+            raise Crash("the worker dies writing the interrupted record")
+        await append(record)
+
+    h.fakes.audit.append = dies_at_the_interrupted_record  # type: ignore[method-assign]
+    with pytest.raises(Crash):
+        await h.services().rotator.claim(stopped, trigger="schedule")
+    h.lease_runs_out()
+    await h.sweep()
+    details = [r.detail or "" for r in h.fakes.audit.records
+               if r.action == "rotation.attempt" and r.outcome == "interrupted" and r.connection_id == stopped.id]
+    assert [d for d in details if f"rotation {stopped.rotation.rotation_id} attempt 1 " in d], details
+    assert h.check() == []
