@@ -331,11 +331,14 @@ class ConnectionService:
     async def switch_secret(self, record: ConnectionRecord, material: Mapping[str, str],
                             expires_on: datetime | None, changes: Mapping[str, Any],
                             previous_name: str | None = None,
-                            notify: Sequence[Notification] = ()) -> ConnectionRecord:
+                            notify: Sequence[Notification] = (), *, repair: bool = False) -> ConnectionRecord:
         """Make a new secret version current together with ``changes`` (one ETag-guarded write), then disable the
-        version it superseded and any other written before it (one that a later request made current meanwhile
-        was written later, and stays enabled; one that a failed call left enabled is caught by the next change). A
-        write that loses a race disables its own version and raises the conflict."""
+        version it superseded (only that one, which it knows: no listing of the secret's versions). With
+        ``repair`` (a change a person makes: new credentials, a re-authorization) also every other version written
+        before it, which lists them all (one page per 25 versions, and Key Vault keeps every version): one that a
+        failed call left enabled is caught there, while one that a later request made current meanwhile was
+        written later, and stays enabled. A refresh, which stores the refresh token Entra rotates on every use,
+        never lists them. A write that loses a race disables its own version and raises the conflict."""
         stored = await self.vault.write(record.secret_name, material, secret_tags(record), expires_on=expires_on)
         try:
             saved = await self.store.update(record.evolve(secret_version=stored.version, **changes),
@@ -346,10 +349,11 @@ class ConnectionService:
         if saved.rotation.retire_version is None:
             with best_effort(lambda error: log.warning(  # the change is made: it is not undone for this
                     "Connection %s: the secret versions its change superseded are still enabled (%s); the next change "
-                    "of its secret disables them", record.id, detail_of(error))):
+                    "of its credentials, re-authorization or deletion disables them", record.id, detail_of(error))):
                 if record.secret_version:
                     await self.vault.disable(saved.secret_name, record.secret_version)
-                await self.vault.disable_older(saved.secret_name, saved.secret_version)
+                if repair:
+                    await self.vault.disable_older(saved.secret_name, saved.secret_version)
         return saved
 
     async def _landed(self, record: ConnectionRecord, error: Exception, mine: Callable[[ConnectionRecord], bool],
@@ -670,7 +674,7 @@ class ConnectionService:
                 notices, health = health_notices(target, health, self.now(), remind=False)
                 if method_spec(method).stores_secret:
                     saved = await self.switch_secret(target.evolve(health=health), valid.material, expires_on, {},
-                                                     previous_name, notify=notices)
+                                                     previous_name, notify=notices, repair=True)
                 else:
                     saved = await self._write(target.evolve(health=health), previous_name, notices)
             elif new_state != state:  # what renews the credential may have changed: so may its health
@@ -1308,7 +1312,8 @@ class ConnectionService:
             notices, changes["health"] = health_notices(record.evolve(**changes), fresh, self.now(), remind=False)
             try:
                 saved = await self.switch_secret(record, {"refreshToken": refresh_token}, None, changes,
-                                                 previous_name=record.name if renamed else None, notify=notices)
+                                                 previous_name=record.name if renamed else None, notify=notices,
+                                                 repair=True)
             except ConcurrentChange:
                 record = await self.store.get(app.id, connection_id)
                 continue

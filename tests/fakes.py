@@ -654,6 +654,7 @@ class FakeVault:
         self.world = world
         self.secrets: dict[str, list[Version]] = {}
         self.deleted: set[str] = set()
+        self.listings = 0  # listings of a secret's versions, as SecretVault makes one for each disable_* below
 
     def version(self, name: str, version: str) -> Version:
         for item in self.secrets.get(name, []):
@@ -685,12 +686,15 @@ class FakeVault:
                 item.enabled = False
 
     async def disable_others(self, name: str, keep: str) -> int:
+        self.listings += 1
         return await self._disable(name, lambda item: item.version != keep)
 
     async def disable_tagged(self, name: str, tag: str, value: str) -> int:
+        self.listings += 1
         return await self._disable(name, lambda item: item.tags.get(tag) == value)
 
     async def disable_older(self, name: str, version: str) -> int:
+        self.listings += 1
         written = [item.version for item in self.secrets.get(name, [])]  # in the order they were written
         if version not in written:
             return 0

@@ -345,6 +345,27 @@ def test_refreshing_rotates_the_refresh_token_and_stores_the_newest(api, admin, 
     assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
 
 
+def test_refreshes_disable_the_version_they_replaced_without_listing_the_vault_versions(api, admin, browser,
+                                                                                     host_url):
+    """Each refresh stores the refresh token Entra rotated to as a new version: Key Vault keeps every version, so
+    listing them (one request per 25) on each refresh cost more the older the connection. None is listed."""
+    app, name = "azure-key-vault", unique_name()
+    assert dance(browser, host_url, app, name=name).status_code == 200
+    connection = by_name(api, app, name)
+    assert connection is not None
+    secret = f"appconn-{connection['id']}"
+
+    def listings() -> int:
+        return sum(1 for r in admin.requests() if r["method"] == "GET" and r["path"].rstrip("/").endswith(
+            f"/secrets/{secret}/versions"))
+
+    for _ in range(30):  # past a page of 25 versions
+        assert api.post(f"{BASE}/{app}/{connection['id']}/validate").status_code == 200
+    versions = admin.vault_secrets()[secret]["versions"]
+    assert len(versions) == 31 and [v["enabled"] for v in versions] == [False] * 30 + [True]
+    assert listings() == 0
+
+
 def test_a_revoked_refresh_token_needs_reauthorization_which_restores_the_connection(api, admin, browser, host_url):
     app, name, tenant = "azure-client-secrets", unique_name(), admin.add_tenant()
     assert dance(browser, host_url, app, name=name, tenantId=tenant).status_code == 200

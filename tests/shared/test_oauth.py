@@ -499,3 +499,55 @@ async def test_a_refresh_token_refused_with_no_successor_stored_meanwhile_needs_
     assert isinstance(refused, ReauthorizationRequired) and refused.status == 400
     assert refused.record is not None and refused.record.secret_version == created.secret_version
     assert waited == list(ELSEWHERE_WAITS) and sum(waited) < 5
+
+
+async def test_a_refresh_disables_the_version_it_replaced_without_listing_the_secret_s_versions():
+    """Found by a review of resource bounds: each refresh that stored the refresh token Entra rotated to then
+    disabled the superseded versions by listing every version the secret ever had (Key Vault keeps them all, 25 a
+    page), so a refresh cost more the older the connection: 300 validates listed 45,450 versions, the last one 301.
+    A refresh disables the version it replaced, which it knows: the listings stay as many as there were."""
+    from shared.audit import RequestContext, acting
+    from shared.records import Actor
+    from tests.fakes import TENANT, build_fakes
+
+    fakes = build_fakes()
+    service = wiring.services(fakes.adapters).connections
+    created = (await _signed_in(fakes, {"name": "kv", "tenantId": TENANT})).record
+    listings = fakes.vault.listings
+    with acting(RequestContext(Actor("writer-1", "writer@contoso.example", "user", "AppConnections.Writer"))):
+        for _ in range(100):
+            await service.validate("azure-key-vault", created.id)
+    current = await fakes.connections.get("azure-key-vault", created.id)
+    versions = fakes.vault.secrets[created.secret_name]
+    assert len(versions) == 101 and [v.version for v in versions if v.enabled] == [current.secret_version]
+    assert fakes.vault.listings == listings
+
+
+async def test_a_version_a_refresh_failed_to_disable_is_disabled_by_the_next_re_authorization(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refresh lists no versions, so what its failed disable left enabled stays so through later refreshes; a
+    re-authorization (a person's change, as new credentials are) disables every version written before its own."""
+    from tests.fakes import TENANT, FakeVault, build_fakes
+
+    fakes = build_fakes()
+    service = wiring.services(fakes.adapters).connections
+    created = (await _signed_in(fakes, {"name": "kv", "tenantId": TENANT})).record
+    disable = FakeVault.disable
+    calls = 0
+
+    async def throttled_once(self: FakeVault, name: str, version: str) -> None:  # the adapter's is best effort
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            await disable(self, name, version)
+
+    monkeypatch.setattr(FakeVault, "disable", throttled_once)
+    for _ in range(3):
+        record = await service.oauth_tokens.refresh_now(KV, await fakes.connections.get(KV.id, created.id))
+    versions = fakes.vault.secrets[created.secret_name]
+    assert [v.version for v in versions if v.enabled] == [created.secret_version, record.secret_version]
+    listings = fakes.vault.listings
+    again = (await _signed_in(fakes, {"connectionId": created.id})).record
+    assert [v.version for v in versions if v.enabled] == [again.secret_version]
+    assert fakes.vault.listings == listings + 1
+
