@@ -108,16 +108,50 @@ class TokenCache:
         self._entries.clear()
 
 
+class _RefreshLock:
+    """One refresh at a time per connection and scope in an event loop (a refresh token is used once): ``async
+    with`` it. It leaves its table when the last refresh that holds or waits on it leaves (cancelled too), so the
+    table holds the connections being refreshed, not every one ever refreshed (nor a deleted one's)."""
+
+    __slots__ = ("_key", "_lock", "_table", "_users")
+
+    def __init__(self, table: dict[tuple[str, str, str], _RefreshLock], key: tuple[str, str, str]) -> None:
+        self._table = table
+        self._key = key
+        self._lock = asyncio.Lock()
+        self._users = 0
+
+    async def __aenter__(self) -> None:
+        self._users += 1
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(self, *args: object) -> None:
+        self._lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        self._users -= 1
+        if not self._users and self._table.get(self._key) is self:
+            del self._table[self._key]
+
+
 TOKEN_CACHE = TokenCache()
-_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str, str], asyncio.Lock]] = (
+_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str, str], _RefreshLock]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _lock(key: tuple[str, str, str]) -> asyncio.Lock:
-    """One refresh at a time per connection and scope in this event loop (a refresh token is used once)."""
-    locks = _LOCKS.setdefault(asyncio.get_running_loop(), {})
-    return locks.setdefault(key, asyncio.Lock())
+def _lock(key: tuple[str, str, str]) -> _RefreshLock:
+    """The refresh lock of ``key`` in this event loop: the one refreshes hold or wait on, else a new one."""
+    table = _LOCKS.setdefault(asyncio.get_running_loop(), {})
+    lock = table.get(key)
+    if lock is None:
+        lock = table[key] = _RefreshLock(table, key)
+    return lock
 
 
 def _access_token(token: str, expires_on: int) -> AccessToken:

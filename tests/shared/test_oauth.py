@@ -551,3 +551,39 @@ async def test_a_version_a_refresh_failed_to_disable_is_disabled_by_the_next_re_
     assert [v.version for v in versions if v.enabled] == [again.secret_version]
     assert fakes.vault.listings == listings + 1
 
+
+async def test_a_refresh_lock_is_dropped_once_nobody_holds_or_waits_on_it():
+    """Found by a review of resource bounds: one lock per (app, connection, scope) ever refreshed was kept for the
+    worker's life, deleted connections' too. A lock is dropped when its last holder or waiter leaves; while one
+    refresh holds it, another of the same connection waits on the same lock."""
+    import asyncio
+
+    from shared import oauth_tokens
+    from tests.fakes import TENANT, build_fakes
+
+    fakes = build_fakes()
+    service = wiring.services(fakes.adapters).connections
+    loop = asyncio.get_running_loop()
+    locks = oauth_tokens._LOCKS.setdefault(loop, {})
+    before = set(locks)
+    created = (await _signed_in(fakes, {"name": "kv", "tenantId": TENANT})).record
+    for _ in range(3):
+        await service.oauth_tokens.refresh_now(KV, await fakes.connections.get(KV.id, created.id))
+    assert set(locks) == before
+
+    redeem = fakes.tokens.redeem
+    inside = 0
+    most = 0
+
+    async def slow(tenant, form):  # type: ignore[no-untyped-def]
+        nonlocal inside, most
+        inside += 1
+        most = max(most, inside)
+        await asyncio.sleep(0.01)
+        inside -= 1
+        return await redeem(tenant, form)
+
+    fakes.tokens.redeem = slow
+    await asyncio.gather(*(service.oauth_tokens.refresh_now(KV, created) for _ in range(3)))
+    assert most == 1  # one refresh at a time: each waited on the lock the first one held
+    assert set(locks) == before
