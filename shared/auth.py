@@ -176,7 +176,7 @@ class SigningKeys:
                     (issuer, jwks), _ = await asyncio.gather(self._documents(), asyncio.to_thread(jws.load_crypto))
                 else:
                     issuer, jwks = await self._documents()
-                keys = await asyncio.to_thread(_usable_keys, jwks)
+                keys = await asyncio.to_thread(_usable_keys, jwks, self._keys)
             except Exception as error:
                 self._failed_at = now
                 if self._issuer is None:
@@ -219,18 +219,22 @@ def _on_host_of(url: str, authority_url: str) -> bool:
     return found is not None and found == origin(authority_url)
 
 
-def _usable_keys(jwks: Any) -> dict[str, RSAPublicKey]:
+def _usable_keys(jwks: Any, known: Mapping[str, RSAPublicKey]) -> dict[str, RSAPublicKey]:
     """The RS256 signing keys of a key set, by ``kid``; a key that is not one (another type or use, a modulus
-    under 2048 bits, a malformed number) is left out, so no token signed by it is accepted."""
+    under 2048 bits, a malformed number) is left out, so no token signed by it is accepted. A key the same as the
+    one ``known`` under its ``kid`` (the same numbers) is that object: the tokens remembered as verified with it
+    stay remembered (:class:`TokenValidator` compares the key objects), while a changed or withdrawn one is not."""
     keys: dict[str, RSAPublicKey] = {}
     listed = jwks.get("keys") if isinstance(jwks, dict) else None
     for jwk in listed if isinstance(listed, list) else []:
         if not isinstance(jwk, dict) or not isinstance(jwk.get("kid"), str) or not jwk["kid"]:
             continue
         try:
-            keys[jwk["kid"]] = jws.public_key(jwk)
+            key = jws.public_key(jwk)
         except jws.JwsError:
             continue
+        before = known.get(jwk["kid"])
+        keys[jwk["kid"]] = before if before is not None and before.public_numbers() == key.public_numbers() else key
     return keys
 
 

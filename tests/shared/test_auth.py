@@ -690,6 +690,40 @@ async def test_a_remembered_token_is_refused_once_the_key_it_was_verified_with_i
         await validator.validate(f"Bearer {leaked}")
 
 
+async def test_a_key_read_again_unchanged_keeps_the_tokens_verified_with_it_remembered_and_a_changed_one_not(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review of resource bounds: each read of the keys built new key objects, and a remembered token is
+    kept only while its key is the one it was verified with, so anyone could have every remembered token checked in
+    full again, once a minute, with a token under a kid the tenant does not publish. A key the same as before (its
+    numbers) is the same object; one changed under the same kid is not, and its tokens are checked again."""
+    tenant, clock = Tenant(), Clock()
+    validator = _validator(tenant, clock)
+    verified: list[str] = []
+    real = jws.verify
+
+    def counting(signed: Any, *args: Any, **kwargs: Any) -> Any:
+        verified.append(signed.signing_input.decode())
+        return real(signed, *args, **kwargs)
+
+    monkeypatch.setattr(jws, "verify", counting)
+    callers = [token({"oid": f"user-{n}"}) for n in range(5)]
+    for raw in callers:
+        await validator.validate(f"Bearer {raw}")
+    for minute in range(3):
+        clock.now += 61
+        with pytest.raises(Unauthorized):  # a kid the tenant does not publish: the keys are read again
+            await validator.validate(f"Bearer {token(kid=f'nope-{minute}', key=OTHER_KEY)}")
+        for raw in callers:
+            await validator.validate(f"Bearer {raw}")
+    assert len(verified) == 5 and tenant.fetches == 8  # each token once; the keys read four times
+    tenant.keys["k1"] = OTHER_KEY  # another key under the same kid
+    clock.now += 24 * 3600  # the keys are read again
+    for raw in callers:
+        with pytest.raises(Unauthorized):
+            await validator.validate(f"Bearer {raw}")
+    assert len(verified) == 10
+
+
 class FlakyTenant(Tenant):
     def __init__(self) -> None:
         super().__init__()
@@ -731,9 +765,9 @@ class SlowTenant(Tenant):
 
 
 async def test_requests_with_one_remembered_token_at_the_daily_key_read_are_all_answered() -> None:
-    """Two requests with the same remembered token when the keys are due to be read again: both wait on the read,
-    and the first to come back drops the entry (its key object is a new one); the second must not fail on the entry
-    being gone (it raised KeyError, a 500 to a valid caller: review U)."""
+    """Requests with the same remembered token when the keys are due to be read again all wait on the read. The
+    key read again the same, they are answered; once it changed, the first to come back drops the entry, and the
+    others must not fail on the entry being gone (they raised KeyError, a 500 to a caller: review U)."""
     tenant, clock = SlowTenant(), Clock()
     validator = _validator(tenant, clock)
     raw = token()
@@ -741,6 +775,10 @@ async def test_requests_with_one_remembered_token_at_the_daily_key_read_are_all_
     clock.now += 24 * 3600
     principals = await asyncio.gather(*(validator.validate(f"Bearer {raw}") for _ in range(3)))
     assert {p.id for p in principals} == {principals[0].id}
+    tenant.keys["k1"] = OTHER_KEY
+    clock.now += 24 * 3600
+    refused = await asyncio.gather(*(validator.validate(f"Bearer {raw}") for _ in range(3)), return_exceptions=True)
+    assert [type(outcome) for outcome in refused] == [Unauthorized] * 3
 
 
 async def test_a_remembered_token_dropped_meanwhile_by_another_request_is_still_answered() -> None:
