@@ -9,7 +9,9 @@ service is made:
 
 - one keep-alive pool per origin; a connection idle for longer than ``KEEPALIVE_SECONDS``
   (``shared.azure.clients``: below the 5 s after which Azurite, Node's server, closes it) is closed, not
-  reused, nor is one already known to be closed (so nothing of a request is written on it);
+  reused, nor is one already known to be closed (so nothing of a request is written on it). Each request to the
+  origin closes those of its idle connections past that time, when it takes one and when it gives one back, so a
+  burst's connections do not stay open behind the few that later traffic reuses;
 - a request that finds its reused connection closed by the server before any answer byte is sent once more at
   once on a new connection, without counting as a retry, when it may be sent again at all (:func:`replayable`:
   an idempotent method, or a PATCH without ``If-Match``). A POST is not: once its bytes are written, nothing
@@ -254,9 +256,21 @@ class RestClient:
             raise RestError(f"The connection dropped ({dropped}); the request was not sent again, as it may have "
                             "been applied") from None
 
+    def _expire(self, pool: list[_Connection], now: float) -> None:
+        """Close the connections of ``pool`` idle for longer than ``keepalive``: the first ones, as the pool is
+        kept in the order they were given back."""
+        stale = 0
+        while stale < len(pool) and now - pool[stale].idle_since > self.keepalive:
+            pool[stale].close()
+            stale += 1
+        if stale:
+            del pool[:stale]
+
     def _take(self, origin: tuple[str, str, int]) -> _Connection | None:
         pool = self._idle.get(origin)
         now = self._clock()
+        if pool:
+            self._expire(pool, now)
         while pool:
             connection = pool.pop()
             if (now - connection.idle_since <= self.keepalive and not connection.reader.at_eof()
@@ -317,6 +331,7 @@ class RestClient:
         if reusable:
             connection.idle_since = self._clock()
             pool = self._idle.setdefault(origin, [])
+            self._expire(pool, connection.idle_since)
             if len(pool) < MAX_IDLE_PER_ORIGIN:
                 pool.append(connection)
             else:

@@ -45,6 +45,7 @@ class ScriptedServer:
         self.requests: list[bytes] = []
         self.bodies: list[bytes] = []
         self.connections = 0
+        self.closed = 0  # connections that ended (the client closed them, or the script dropped them)
         self.port = 0
         self._writers: list[asyncio.StreamWriter] = []
 
@@ -66,6 +67,7 @@ class ScriptedServer:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self.closed += 1
             writer.close()
 
     def close_idle(self) -> None:
@@ -130,6 +132,28 @@ async def test_a_connection_idle_past_the_keepalive_is_closed_not_reused() -> No
         await lean.get(server.url(), {})
         await lean.close()
     assert server.connections == 2 and lean.opened == 2
+
+
+async def test_the_idle_connections_of_a_burst_are_closed_past_the_keepalive_though_only_one_is_reused() -> None:
+    """Found by a review of resource bounds: an idle connection past the keep-alive was closed only when a request
+    took it, and the pool is taken from the top; after a burst, sequential traffic reused the top one only, and the
+    others stayed open (the server's end closed) for the worker's life."""
+    now = [100.0]
+    clock: Callable[[], float] = lambda: now[0]  # noqa: E731
+    async with ScriptedServer([ok()]).running() as server:
+        lean, _ = client(clock=clock)
+        await asyncio.gather(*(lean.get(server.url(), {}) for _ in range(5)))
+        assert lean.opened == 5
+        now[0] += KEEPALIVE_SECONDS - 0.1
+        await lean.get(server.url(), {})  # reuses the last one given back: its idle time starts again
+        now[0] += 0.2
+        await lean.get(server.url(), {})  # the four others are past the keep-alive now
+        for _ in range(20):
+            if server.closed == 4:
+                break
+            await asyncio.sleep(0.01)
+        assert (server.closed, server.connections, lean.opened) == (4, 5, 5)
+        await lean.close()
 
 
 def test_the_keepalive_and_read_timeout_are_the_sdk_sessions() -> None:
@@ -279,6 +303,7 @@ class TricklingServer(ScriptedServer):
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self.closed += 1
             writer.close()
 
 
