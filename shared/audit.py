@@ -28,10 +28,10 @@ from shared.records import Actor, AuditRecord
 from shared.redaction import redact
 
 if TYPE_CHECKING:
-    from shared.ports import AuditStore, Clock
+    from shared.ports import AuditStore, Clock, HistoryStore
 
 PURGE_BATCH = 10_000  # records one store call deletes at most
-PURGE_BUDGET_SECONDS = 240.0  # a run of the retention timer deletes for this long at most
+PURGE_BUDGET_SECONDS = 240.0  # a run of the retention timer deletes for this long at most (each of its purges)
 
 log = logging.getLogger("app_connections.audit")
 log.setLevel(logging.INFO)  # every record reaches the exporter, whatever the root logger's level
@@ -40,6 +40,11 @@ MAX_DETAIL = 500
 MAX_USER_AGENT = 256
 STARTED = "started"
 PURGE = "audit.purge"
+HISTORY_PURGE = "history.purge"
+# The rotation history's retention keeps a connection's newest entry and those of the attempts started up to this
+# long before it: its last attempt's, which its rotation state may refer to, stamped by the clock of the instance
+# that claimed it, which may be this far behind another's (as the rotation's LEASE_MARGIN allows).
+HISTORY_KEPT_LATEST = timedelta(minutes=5)
 _Made = TypeVar("_Made")
 
 
@@ -147,9 +152,8 @@ class AuditLog:
         The purge is itself recorded (``audit.purge``): before it, with the retention and the cut-off (fail closed:
         no record, nothing deleted), and after it, with how many records it deleted (``failed`` and the kind of
         error when it stopped on one)."""
-        before = self._clock() - timedelta(days=retention_days)
-        cutoff = f"{before.astimezone(UTC):%Y-%m-%d}T00:00:00Z"
-        what = f"retention {retention_days} days: records before {cutoff}"
+        before = self._cutoff(retention_days)
+        what = f"retention {retention_days} days: records before {before:%Y-%m-%dT%H:%M:%SZ}"
         await self.record(PURGE, STARTED, detail=what)
         started = monotonic()
         deleted = 0
@@ -170,6 +174,62 @@ class AuditLog:
             raise
         log.info("Audit retention: %d records older than %d days deleted", deleted, retention_days)
         await self.record(PURGE, "succeeded", detail=f"{what}: {deleted} deleted")
+        return deleted
+
+    def _cutoff(self, retention_days: int) -> datetime:
+        """The start (UTC) of the day ``retention_days`` ago: what is older goes."""
+        day = (self._clock() - timedelta(days=retention_days)).astimezone(UTC)
+        return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+    async def purge_expired_history(self, history: HistoryStore, retention_days: int,
+                                    budget_seconds: float = PURGE_BUDGET_SECONDS,
+                                    monotonic: Callable[[], float] = time.monotonic) -> int:
+        """Delete the rotation history's entries of attempts started before the records' cut-off
+        (:meth:`purge_expired`'s), a hundred of a connection's at a time, until none is left or ``budget_seconds``
+        have passed (the next day's run goes on); how many. Progress is logged every ``PURGE_BATCH`` entries.
+
+        Some stay, however old: ``running`` ones, and a connection's latest (:data:`HISTORY_KEPT_LATEST`). Its
+        rotation state refers to one entry at most, its last attempt's (``attempt_started_at``, ``rotation_id``,
+        ``attempt``), while that attempt has no outcome: running, stopped and not yet resumed, handed to the sweep,
+        or in the journal of a DELETE's clean-up (``shared.rotation.journal.interrupted_attempt``). The attempt or
+        DELETE that closes it reads that entry (``Journaled._close_interrupted``), and would write it again without
+        its message were it gone. Such a state can outlive a short retention (a day at least): a rotation whose
+        resumption keeps failing, a connection a DELETE left marked until the next one.
+
+        Recorded as the records' purge is (``history.purge``): before it, with the retention and the cut-off (fail
+        closed), and after it, with how many entries it deleted (``failed`` and the kind of error when it stopped
+        on one)."""
+        before = self._cutoff(retention_days)
+        what = f"retention {retention_days} days: entries of attempts started before {before:%Y-%m-%dT%H:%M:%SZ}"
+        await self.record(HISTORY_PURGE, STARTED, detail=what)
+        started = monotonic()
+        deleted = 0
+        checked: set[str] = set()  # the connections whose latest entries are left out already
+        try:
+            async with contextlib.aclosing(history.expired(before)) as batches:
+                async for connection_id, keys in batches:
+                    if connection_id not in checked:  # its first batch, which holds its newest expired entries
+                        checked.add(connection_id)
+                        latest = set(await history.latest(connection_id, HISTORY_KEPT_LATEST))
+                        keys = [key for key in keys if key not in latest]
+                    if keys:
+                        await history.delete(connection_id, keys)
+                    if (deleted + len(keys)) // PURGE_BATCH > deleted // PURGE_BATCH:
+                        log.info("Rotation history retention: %d entries deleted so far", deleted + len(keys))
+                    deleted += len(keys)
+                    if monotonic() - started >= budget_seconds:
+                        log.warning("Rotation history retention: %d entries older than %d days deleted, and more "
+                                    "may be left for the next run (this one's %.0f s are up)", deleted,
+                                    retention_days, budget_seconds)
+                        await self.record(HISTORY_PURGE, "succeeded",
+                                          detail=f"{what}: {deleted} deleted, more may be left for the next "
+                                                 "run")
+                        return deleted
+        except Exception as error:
+            await self.record(HISTORY_PURGE, "failed", detail=f"{what}: {deleted} deleted, then {type(error).__name__}")
+            raise
+        log.info("Rotation history retention: %d entries older than %d days deleted", deleted, retention_days)
+        await self.record(HISTORY_PURGE, "succeeded", detail=f"{what}: {deleted} deleted")
         return deleted
 
     async def credential_change(self, action: str, outcome: str, *, app: str, connection_id: str,

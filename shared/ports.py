@@ -8,7 +8,7 @@ in-memory fakes. Nothing here imports an SDK, and no domain module builds an ada
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -226,6 +226,12 @@ class HistoryStore(Protocol):
         self, connection_id: str, limit: int, continuation: str | None
     ) -> tuple[list[RotationEvent], str | None]: ...
     async def delete_all(self, connection_id: str) -> None: ...
+    # Retention: the entries of attempts started before a time, but ``running`` ones, a batch of one connection's
+    # (at most a hundred, newest first) at a time; a connection's newest entry and those of the attempts started up
+    # to ``within`` before it; some of a connection's entries deleted (one already gone is done).
+    def expired(self, before: datetime) -> AsyncGenerator[tuple[str, list[str]], None]: ...
+    async def latest(self, connection_id: str, within: timedelta) -> list[str]: ...
+    async def delete(self, connection_id: str, keys: list[str]) -> None: ...
 
 
 # What an addition whose answer was lost may have made, removed (and audited) by the caller before it is sent again.

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # shared.ports is imported where used: a read, the audit sear
     from shared.health import HealthChecker, HealthReport
     from shared.oauth import OAuthFlow
     from shared.oauth_start import OAuthStart
-    from shared.ports import Adapters, Clock, OAuthStateLookup
+    from shared.ports import Adapters, Clock, HistoryStore, OAuthStateLookup
     from shared.rotation.protocol import Checkpoint, RotationOptions, Rotator
     from shared.rotation.sweep import SweepReport
     from shared.sessions import Sessions, SignIn
@@ -140,6 +140,14 @@ def audit_log() -> AuditLog:
     from shared.store.audit import AuditTable
 
     return AuditLog(AuditTable(get_clients()), _now)
+
+
+def rotation_history() -> HistoryStore:
+    """The rotation history over its table alone (the retention timer's purge)."""
+    from shared.azure.clients import get_clients
+    from shared.store.history import RotationHistory
+
+    return RotationHistory(get_clients())
 
 
 def health_checker() -> HealthChecker:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -761,6 +761,28 @@ class FakeHistory:
     async def delete_all(self, connection_id: str) -> None:
         for key in [key for key in self.rows if key[0] == connection_id]:
             del self.rows[key]
+
+    async def expired(self, before: datetime) -> AsyncGenerator[tuple[str, list[str]], None]:
+        """As the store: the entries of attempts started before ``before`` but ``running`` ones, connection after
+        connection, a hundred at most at a time, newest first."""
+        self.world.check("history.expired")
+        doomed = sorted(key for key, event in self.rows.items()
+                        if event.started_at < before and event.outcome != "running")
+        for connection_id, keys in itertools.groupby(doomed, key=lambda key: key[0]):
+            rows = [row for _, row in keys]
+            for start in range(0, len(rows), 100):
+                yield connection_id, rows[start:start + 100]
+
+    async def latest(self, connection_id: str, within: timedelta) -> list[str]:
+        rows = sorted(row for cid, row in self.rows if cid == connection_id)
+        bound = int(rows[0][:15]) + within // timedelta(milliseconds=1) if rows else 0
+        return [row for row in rows if int(row[:15]) <= bound]
+
+    async def delete(self, connection_id: str, keys: list[str]) -> None:
+        self.world.check("history.delete")
+        assert len(keys) <= 100
+        for key in keys:
+            self.rows.pop((connection_id, key), None)
 
     def of(self, connection_id: str) -> list[RotationEvent]:
         return [event for (cid, _), event in self.rows.items() if cid == connection_id]

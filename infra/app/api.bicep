@@ -73,7 +73,7 @@ param authAudience string = ''
 
 @minValue(1)
 @maxValue(3650)
-@description('Optional. Days the service keeps its audit log in Table Storage (AUDIT_RETENTION_DAYS).')
+@description('Optional. Days the service keeps its audit log and rotation history in Table Storage (AUDIT_RETENTION_DAYS).')
 param auditRetentionDays int = 365
 
 @description('Optional. NCRONTAB schedule of the credential health sweep (HEALTH_SWEEP_SCHEDULE).')

@@ -1,5 +1,5 @@
 """The audit log: ``GET /api/v1/audit-logs`` (Auditor: of every app, or of the apps a role limited to one grants)
-and the timer that enforces ``AUDIT_RETENTION_DAYS``."""
+and the timer that enforces ``AUDIT_RETENTION_DAYS`` (on the audit log and the rotation history)."""
 
 from __future__ import annotations
 
@@ -106,12 +106,17 @@ async def list_audit_logs(req: func.HttpRequest) -> func.HttpResponse:
 @traced_timer
 async def enforce_audit_retention(timer: func.TimerRequest) -> None:
     from shared.settings import get_settings
-    from shared.wiring import audit_log, sessions
+    from shared.wiring import audit_log, rotation_history, sessions
 
+    days, audit = get_settings().audit_retention_days, audit_log()
     try:
-        await audit_log().purge_expired(get_settings().audit_retention_days)
+        await audit.purge_expired(days)
     finally:
-        # And the console's expired sessions and pending sign-ins, which any number of anonymous sign-in starts can
-        # leave behind (a sign-in removes a page of them only): whether or not the audit purge could run (it does
-        # not when its own record cannot be written).
-        await sessions().purge_all_expired()
+        # Each purge runs whether or not the one before could (one does not when its own record cannot be
+        # written): the rotation history's entries of the same age, then the console's expired sessions and pending
+        # sign-ins, which any number of anonymous sign-in starts can leave behind (a sign-in removes a page of them
+        # only).
+        try:
+            await audit.purge_expired_history(rotation_history(), days)
+        finally:
+            await sessions().purge_all_expired()

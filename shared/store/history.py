@@ -3,13 +3,15 @@
 Table ``{prefix}Rotations``, partition = connection id, RowKey = inverted attempt start time + rotation id +
 attempt number, so an attempt written again (running, then its outcome) replaces its own row, never adds one. A
 ``running`` entry is only ever inserted: a worker held up before it wrote one finds the attempt's outcome there
-(written by the worker that took it over) and leaves it.
+(written by the worker that took it over) and leaves it. Retention reads the entries of attempts started before a
+cut-off as a RowKey range over every partition (:meth:`RotationHistory.expired`).
 """
 
 from __future__ import annotations
 
 import contextlib
-from datetime import UTC, datetime
+from collections.abc import AsyncGenerator
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from shared.records import RotationEvent
@@ -19,12 +21,25 @@ if TYPE_CHECKING:
     from shared.azure.clients import AzureClients
 
 HISTORY_TABLE = "Rotations"
+BATCH = 100  # rows of one partition an entity-group transaction deletes at most
 _MAX_MS = 10**14
 
 
+def _inverted(at: datetime) -> int:
+    return _MAX_MS - int(at.timestamp() * 1000)
+
+
 def row_key(started_at: datetime, rotation_id: str, attempt: int) -> str:
-    inverted = _MAX_MS - int(started_at.timestamp() * 1000)
-    return f"{inverted:015d}|{rotation_id}|{attempt:04d}"
+    return f"{_inverted(started_at):015d}|{rotation_id}|{attempt:04d}"
+
+
+def started_before(before: datetime) -> str:
+    """The filter of the entries of attempts started before ``before`` but ``running`` ones, of every connection.
+
+    Such an attempt's inverted milliseconds are larger than ``before``'s, and their 15 digits, fixed width, sort as
+    the numbers do; one started within ``before``'s own millisecond, or at ``before`` itself (``<its digits>|...``),
+    sorts after those digits alone, so the bound is the next larger number's digits, not ``before``'s."""
+    return f"RowKey ge '{_inverted(before) + 1:015d}' and Outcome ne 'running'"
 
 
 def _utc(value: Any) -> datetime | None:
@@ -101,11 +116,50 @@ class RotationHistory:
         """Every entry of a connection, deleted a hundred per request (one partition: an entity-group transaction),
         rather than one per request: a connection rotated daily for two years has over 700."""
         table = await self._clients.table(HISTORY_TABLE)
-        batch: list[tuple[str, dict[str, Any]]] = []
+        keys: list[str] = []
         async for e in table.query_entities("PartitionKey eq @c", parameters={"c": connection_id}, select=["RowKey"]):
-            batch.append(("delete", {"PartitionKey": connection_id, "RowKey": str(e["RowKey"])}))
-            if len(batch) == 100:
-                await delete_rows(table, batch)
-                batch = []
-        if batch:
-            await delete_rows(table, batch)
+            keys.append(str(e["RowKey"]))
+            if len(keys) == BATCH:
+                await self.delete(connection_id, keys)
+                keys = []
+        if keys:
+            await self.delete(connection_id, keys)
+
+    async def expired(self, before: datetime) -> AsyncGenerator[tuple[str, list[str]], None]:
+        """The entries of attempts started before ``before``, but ``running`` ones, of every connection: (its id, the
+        RowKeys of at most ``BATCH`` of its entries, newest first), connection after connection. The range is read
+        by Table Storage (:func:`started_before`), and the keys alone come back."""
+        table = await self._clients.table(HISTORY_TABLE)
+        partition = ""
+        keys: list[str] = []
+        async for e in table.query_entities(started_before(before), select=["PartitionKey", "RowKey"]):
+            if keys and (e["PartitionKey"] != partition or len(keys) == BATCH):
+                yield partition, keys
+                keys = []
+            partition = str(e["PartitionKey"])
+            keys.append(str(e["RowKey"]))
+        if keys:
+            yield partition, keys
+
+    async def latest(self, connection_id: str, within: timedelta) -> list[str]:
+        """The RowKeys of a connection's newest entry and of those of the attempts started up to ``within`` before
+        it, newest first (none: it has no entry), read a few at a time from its newest on."""
+        table = await self._clients.table(HISTORY_TABLE)
+        keys: list[str] = []
+        bound: int | None = None  # the largest inverted time within ``within`` of the newest
+        async for e in table.query_entities("PartitionKey eq @c", parameters={"c": connection_id}, select=["RowKey"],
+                                            results_per_page=10):
+            key = str(e["RowKey"])
+            if not key[:15].isdigit():  # not an entry the service wrote (they sort after every one it wrote)
+                break
+            if bound is None:
+                bound = int(key[:15]) + int(within.total_seconds() * 1000)
+            elif int(key[:15]) > bound:
+                break
+            keys.append(key)
+        return keys
+
+    async def delete(self, connection_id: str, keys: list[str]) -> None:
+        """These entries of a connection (at most ``BATCH``), in one request; one already gone is done."""
+        table = await self._clients.table(HISTORY_TABLE)
+        await delete_rows(table, [("delete", {"PartitionKey": connection_id, "RowKey": key}) for key in keys])

@@ -1,8 +1,10 @@
 """The rotation history in Table Storage (``shared.store.history``), against Azurite through the SDK: one entry per
-attempt, its outcome written over its ``running`` entry, and a ``running`` entry never written over an outcome."""
+attempt, its outcome written over its ``running`` entry, and a ``running`` entry never written over an outcome; the
+retention's range of the entries of attempts before a cut-off, deleted a hundred per request."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -56,8 +58,6 @@ async def test_a_connections_entries_are_deleted_a_hundred_per_request_also_besi
         clients: AzureClients) -> None:
     """(Review of two years' operation: a connection rotated daily has over 700 entries, which its DELETE removed one
     request each.) An entity-group transaction per hundred; two at once (a DELETE sent twice) both finish."""
-    import asyncio
-
     from shared.store.history import HISTORY_TABLE
 
     history = RotationHistory(clients)
@@ -88,3 +88,73 @@ async def test_a_connections_entries_are_deleted_a_hundred_per_request_also_besi
         del table.submit_transaction, table.delete_entity
     entries, _ = await history.page(connection_id, 10, None)
     assert entries == []
+
+
+NOW = datetime(2026, 12, 1, 12, tzinfo=UTC)
+CUTOFF = datetime(2026, 11, 1, tzinfo=UTC)  # a retention of 30 days on NOW: the start of that day
+
+
+async def test_the_retention_reads_the_entries_of_attempts_before_the_cut_off_of_every_connection_as_a_range(
+        own_tables: AzureClients) -> None:
+    """The history's retention (``AuditLog.purge_expired_history``) over Table Storage: Azurite answers the RowKey
+    range of the attempts started before the cut-off (one at the cut-off itself, ``<its 15 digits>|...``, is not in
+    it), ``running`` ones left out, connection after connection; only those go, but each connection's latest."""
+    from shared.audit import AuditLog
+    from shared.store.audit import AuditTable
+    from shared.store.history import row_key
+
+    history = RotationHistory(own_tables)
+    a, b, c = sorted(str(uuid.uuid4()) for _ in range(3))
+    events = {
+        "gone": [attempt(a, str(uuid.uuid4()), CUTOFF - timedelta(milliseconds=1), "succeeded"),
+                 attempt(b, str(uuid.uuid4()), CUTOFF - timedelta(days=5), "failed"),
+                 attempt(c, str(uuid.uuid4()), CUTOFF - timedelta(days=3), "succeeded")],
+        "kept": [attempt(a, str(uuid.uuid4()), CUTOFF, "succeeded"),
+                 attempt(a, str(uuid.uuid4()), CUTOFF + timedelta(days=1), "succeeded"),
+                 attempt(b, str(uuid.uuid4()), CUTOFF - timedelta(days=3), "running"),
+                 attempt(b, str(uuid.uuid4()), CUTOFF + timedelta(hours=1), "succeeded"),
+                 attempt(c, str(uuid.uuid4()), CUTOFF - timedelta(days=2), "interrupted"),  # c's newest
+                 attempt(c, str(uuid.uuid4()), CUTOFF - timedelta(days=2, minutes=1), "interrupted")],
+    }
+    for event in events["gone"] + events["kept"]:
+        await history.record(event)
+
+    def key(event: RotationEvent) -> str:
+        return row_key(event.started_at, event.rotation_id, event.attempt)
+
+    found = [batch async for batch in history.expired(CUTOFF)]
+    assert found == [(a, [key(events["gone"][0])]), (b, [key(events["gone"][1])]),
+                     (c, [key(events["kept"][4]), key(events["kept"][5]), key(events["gone"][2])])]
+    assert await AuditLog(AuditTable(own_tables), lambda: NOW).purge_expired_history(history, 30) == 3
+    left = {e.rotation_id for connection in (a, b, c) for e in (await history.page(connection, 10, None))[0]}
+    assert left == {e.rotation_id for e in events["kept"]}
+
+
+async def test_the_retention_deletes_a_connection_s_expired_entries_a_hundred_per_request(
+        own_tables: AzureClients) -> None:
+    from shared.audit import AuditLog
+    from shared.store.audit import AuditTable
+    from shared.store.history import HISTORY_TABLE
+
+    history = RotationHistory(own_tables)
+    connection_id = str(uuid.uuid4())
+    await asyncio.gather(*(history.record(attempt(connection_id, str(uuid.uuid4()),
+                                                  CUTOFF - timedelta(days=1, minutes=n), "succeeded"))
+                           for n in range(250)))
+    newest = attempt(connection_id, str(uuid.uuid4()), NOW, "succeeded")
+    await history.record(newest)
+    table = await own_tables.table(HISTORY_TABLE)
+    sent: list[str] = []
+    submit = table.submit_transaction
+
+    async def counted_submit(*args: object, **kwargs: object) -> object:
+        sent.append("transaction")
+        return await submit(*args, **kwargs)
+
+    table.submit_transaction = counted_submit  # counted, then sent as it was
+    try:
+        assert await AuditLog(AuditTable(own_tables), lambda: NOW).purge_expired_history(history, 30) == 250
+    finally:
+        del table.submit_transaction
+    assert sent == ["transaction"] * 3
+    assert [e.rotation_id for e in (await history.page(connection_id, 10, None))[0]] == [newest.rotation_id]

@@ -4,6 +4,7 @@ it ends, without the text of an error."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -270,3 +271,106 @@ async def test_a_lone_surrogate_in_any_field_of_a_record_is_stored_escaped() -> 
     assert len(texts) == 16 and all(text.encode("utf-8") for text in texts)  # no field left out: all UTF-8
     assert entity["ActorName"] == "Jos\u00e9 \\udfff" and entity["UserAgent"] == "agent/\\ud800"
     assert entity["ConnectionId"] == "c\\ud800" and entity["Detail"] == "d\\ud800"
+
+
+# -- the rotation history's retention (``AuditLog.purge_expired_history``) ------------------------------------------
+def _attempt(connection_id: str, started: datetime, outcome: str = "succeeded") -> Any:
+    import uuid
+
+    from shared.records import RotationEvent
+
+    return RotationEvent(rotation_id=str(uuid.uuid4()), attempt=1, connection_id=connection_id,
+                         app="azure-key-vault", started_at=started, finished_at=None, outcome=outcome,
+                         trigger="schedule")
+
+
+async def test_the_history_purge_deletes_the_entries_of_attempts_before_the_cut_off_but_the_newest_and_running(
+) -> None:
+    """(Retention of the history, which grew for ever: 365 entries a year for a connection rotated daily.) The entries
+    of attempts started before the audit log's cut-off go, a hundred of a connection per request; one at the cut-off
+    stays; so do each connection's latest (the one its rotation state can refer to is among them) and ``running``
+    ones."""
+    from datetime import timedelta
+
+    from tests.fakes import build_fakes
+
+    fakes = build_fakes()
+    fakes.clock.now = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    cutoff = datetime(2026, 11, 1, tzinfo=UTC)  # 30 days back, at the start of that day (as the records')
+    kept = [_attempt("a", cutoff), _attempt("a", cutoff + timedelta(days=2)),
+            _attempt("b", cutoff - timedelta(days=10), "interrupted"),  # b's newest: kept, however old
+            # and the attempt after it by the clock of an instance 30 s behind (which b's state may hold)
+            _attempt("b", cutoff - timedelta(days=10, seconds=30), "interrupted"),
+            _attempt("c", cutoff - timedelta(days=40), "running"), _attempt("c", cutoff + timedelta(hours=1)),
+            _attempt("d", cutoff + timedelta(days=1))]
+    gone = [_attempt("a", cutoff - timedelta(milliseconds=1)), _attempt("b", cutoff - timedelta(days=20)),
+            _attempt("c", cutoff - timedelta(days=50), "failed"),
+            *(_attempt("d", cutoff - timedelta(days=1, minutes=n)) for n in range(250))]
+    for event in kept + gone:
+        await fakes.history.record(event)
+    log = AuditLog(fakes.audit, fakes.clock)
+    fakes.world.calls.clear()
+    assert await log.purge_expired_history(fakes.history, 30) == len(gone) == 253
+    assert sorted(fakes.history.rows.values(), key=lambda e: e.started_at) == sorted(kept, key=lambda e: e.started_at)
+    calls = [call for call in fakes.world.calls if call.startswith(("audit.", "history."))]
+    # Recorded before anything is read or deleted; d's 250 in three requests (the fake refuses more than 100).
+    assert calls == ["audit.append", "history.expired"] + ["history.delete"] * 6 + ["audit.append"], calls
+    what = "retention 30 days: entries of attempts started before 2026-11-01T00:00:00Z"
+    assert [(r.action, r.outcome, r.detail, r.actor.id) for r in fakes.audit.records] == [
+        ("history.purge", "started", what, "system"), ("history.purge", "succeeded", f"{what}: 253 deleted", "system")]
+
+
+async def test_a_history_purge_whose_record_cannot_be_written_deletes_nothing_and_one_that_fails_says_so() -> None:
+    from datetime import timedelta
+
+    from shared.errors import UpstreamError
+    from tests.fakes import build_fakes
+
+    fakes = build_fakes()
+    fakes.clock.now = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    for days in range(100, 300):
+        await fakes.history.record(_attempt("a", fakes.clock.now - timedelta(days=days)))
+    await fakes.history.record(_attempt("a", fakes.clock.now))
+    log = AuditLog(fakes.audit, fakes.clock)
+    fakes.world.fail_next("audit.append", OSError("Table Storage is unreachable"))
+    with pytest.raises(AuditUnavailable):
+        await log.purge_expired_history(fakes.history, 30)
+    assert len(fakes.history.rows) == 201 and "history.expired" not in fakes.world.calls
+    fakes.world.fail_next("history.delete", UpstreamError("Table Storage failed."), times=1)
+    fakes.world.calls.clear()
+    with pytest.raises(UpstreamError):
+        await log.purge_expired_history(fakes.history, 30)
+    assert [(r.outcome, (r.detail or "").split(": ", 2)[-1]) for r in fakes.audit.records] == [
+        ("started", "entries of attempts started before 2026-11-01T00:00:00Z"),
+        ("failed", "0 deleted, then UpstreamError")]
+    assert await log.purge_expired_history(fakes.history, 30) == 200  # the next run deletes them
+    assert len(fakes.history.rows) == 1
+
+
+async def test_a_long_history_purge_logs_its_progress_and_stops_at_its_budget_and_the_next_run_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from datetime import timedelta
+
+    from shared.audit import PURGE_BATCH
+    from tests.fakes import build_fakes
+
+    fakes = build_fakes()
+    fakes.clock.now = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    old = fakes.clock.now - timedelta(days=400)
+    for n in range(2 * PURGE_BATCH + 5000):  # a year's daily rotations of 70 connections, say, in one partition
+        await fakes.history.record(_attempt("a", old - timedelta(minutes=n)))
+    await fakes.history.record(_attempt("a", fakes.clock.now))
+    log = AuditLog(fakes.audit, fakes.clock)
+    ticks = iter(range(0, 1_000_000))  # a second per request
+    with caplog.at_level("INFO", logger="app_connections.audit"):
+        deleted = await log.purge_expired_history(fakes.history, 365, budget_seconds=220,
+                                                  monotonic=lambda: float(next(ticks)))
+    assert deleted == 22_000 and len(fakes.history.rows) == 3001  # 220 requests of a hundred
+    progress = [r.getMessage() for r in caplog.records if "so far" in r.getMessage()]
+    assert progress == ["Rotation history retention: 10000 entries deleted so far",
+                        "Rotation history retention: 20000 entries deleted so far"]
+    assert fakes.audit.records[-1].detail is not None and fakes.audit.records[-1].detail.endswith(
+        ": 22000 deleted, more may be left for the next run")
+    fakes.clock.advance(timedelta(days=1))
+    assert await log.purge_expired_history(fakes.history, 365) == 3000
+    assert [e.started_at for e in fakes.history.rows.values()] == [fakes.clock.now - timedelta(days=1)]

@@ -278,3 +278,41 @@ async def test_a_migration_whose_failure_cannot_be_written_still_records_its_out
     with pytest.raises(UpstreamError):
         await h.api.migrate_to_federated(APP, record.id, {})
     assert _migrate_outcomes(h) == ["started", "failed"]
+
+
+async def test_the_history_s_retention_keeps_the_entry_of_an_attempt_the_journal_still_holds() -> None:
+    """The retention deletes the history's entries older than ``AUDIT_RETENTION_DAYS`` (a day at least), and a
+    rotation handed to the sweep may wait longer than that (its resumption failing, backed off): its attempt's entry,
+    ``interrupted`` with the rotation's message, is the one the resuming attempt reads (``_close_interrupted``). Had
+    it gone, that attempt would write it again without its message. It stays: the newest entry of its connection;
+    the entries before it go."""
+    from shared.audit import AuditLog
+
+    h = Harness()
+    record = await h.create()  # rotated once on enabling: that attempt's entry
+    [enabling] = h.fakes.history.of(record.id)
+    h.fakes.clock.advance(timedelta(hours=1))
+    time, services = on_virtual_time(h)
+    entra = Propagation(h)
+    with answering_within(DEADLINE, clock=time), pytest.raises(RotationContinues):
+        await services.connections.rotate(APP, record.id)
+    after = await h.record(record.id)
+    assert after is not None
+    state = after.rotation
+    h.fakes.clock.advance(timedelta(days=5))
+    assert await AuditLog(h.fakes.audit, h.fakes.clock).purge_expired_history(h.fakes.history, 1) == 1
+    [held] = h.fakes.history.of(record.id)
+    assert (held.rotation_id, held.outcome, held.message) == (state.rotation_id, "interrupted", state.message)
+    assert enabling.rotation_id != held.rotation_id
+
+    entra.pending = False
+    await h.sweep()
+    done = await h.record(record.id)
+    assert done is not None and done.rotation.status == "succeeded"
+    entries = sorted(h.fakes.history.of(record.id), key=lambda e: e.attempt)
+    assert [(e.attempt, e.outcome, e.message == state.message) for e in entries] == [
+        (1, "interrupted", True), (2, "succeeded", False)]
+    outcomes = [r.outcome for r in h.fakes.audit.records
+                if r.action == "rotation.attempt" and r.connection_id == record.id]
+    assert outcomes.count("interrupted") == 1, outcomes
+    assert h.check() == []
