@@ -20,6 +20,7 @@ from typing import Any
 from shared.apps import AppSpec, Method, method_spec
 from shared.audit import STARTED, acting_actor, current
 from shared.auth import ROLE_PREFIX, WRITER, granted_apps
+from shared.azure.upstream import sentence
 from shared.credentials import parse_certificate_async
 from shared.due_index import reindex
 from shared.errors import (
@@ -804,7 +805,7 @@ class ConnectionService:
             if not isinstance(error, AzureError):
                 raise
             log.warning("Connection %s: the rotation after the change did not run (%s)", record.id,
-                        type(error).__name__)
+                        sentence(error))
         try:
             return await self.store.get(record.app, record.id)
         except ServiceError:

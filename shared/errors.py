@@ -235,6 +235,15 @@ class CredentialLifetimeRefused(ServiceError):
     title = "The tenant's app-management policy refused the new credential"
 
 
+class CredentialLimitReached(ServiceError):
+    """Microsoft Graph refused a new credential because the application holds as many of that kind as Entra ID
+    allows it (``TooManyAppPasswords``): its owner must remove unused ones (a rotation answers ``rotation-refused``)."""
+
+    status = 400
+    slug = "credential-limit-reached"
+    title = "The application holds as many credentials as Entra ID allows"
+
+
 class RotationIntervalTooLong(InvalidRequest):
     """The rotation interval cannot fit in the lifetime the tenant's app-management policy allows."""
 

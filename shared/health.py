@@ -22,6 +22,7 @@ from typing import Any
 
 from shared.apps import Method, find_app
 from shared.audit import HEALTH_RUNNER, STARTED, RequestContext, acting
+from shared.azure.upstream import azure_failure, sentence
 from shared.connections import ConnectionService
 from shared.due_index import health_key, reindex
 from shared.errors import (
@@ -131,11 +132,9 @@ class HealthChecker:
         except ServiceError as error:
             unreachable = error.detail
         except Exception as error:
-            from azure.core.exceptions import AzureError
-
-            if not isinstance(error, AzureError | OSError | TimeoutError):
+            if not azure_failure(error):
                 raise
-            unreachable = type(error).__name__
+            unreachable = sentence(error)
         since: datetime | None = None
         if unreachable is not None:
             since = _unchecked_since(record, now)

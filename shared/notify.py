@@ -22,6 +22,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from shared.apps import APPS
+from shared.azure.upstream import sentence
 from shared.json_codec import iso
 from shared.ports import WEBHOOK_TIMEOUT_SECONDS, Adapters, WebhookStatus
 from shared.records import (
@@ -226,7 +227,7 @@ class Notifier:
         try:
             return await self.deliver(budget_seconds=budget_seconds)
         except Exception as error:
-            log.warning("Notifications not delivered now (%s); they stay queued", type(error).__name__)
+            log.warning("Notifications not delivered now (%s); they stay queued", sentence(error))
             return 0
 
     async def deliver(self, limit: int = 100, budget_seconds: float = DELIVERY_BUDGET_SECONDS,

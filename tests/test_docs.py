@@ -54,3 +54,20 @@ def test_the_readme_stays_short_and_starts_with_the_two_commands() -> None:
 def test_the_ci_entry_runs_exactly_the_readme_test_command() -> None:
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "scripts/test.sh" in ci
+
+
+def test_the_troubleshooting_page_quotes_messages_the_service_writes() -> None:
+    """Each message docs/troubleshooting.md quotes (a row's first backticked text) is written by the service's code
+    (or is Entra's code the service relays; a sentence of ``shared.azure.upstream`` after the service it names),
+    so the page cannot drift from what an operator sees."""
+    from shared.azure.upstream import SERVICES
+
+    code = "".join(path.read_text() for path in sorted((ROOT / "shared").rglob("*.py")))
+    rows = [line for line in (ROOT / "docs" / "troubleshooting.md").read_text().splitlines()
+            if line.startswith("| `")]
+    quoted = [row.split("`")[1] for row in rows]
+    assert len(quoted) >= 10
+    unwritten = [text for text in quoted
+                 if text not in code and not any(text.startswith(f"{name} ") and text[len(name) + 1:] in code
+                                                 for name in SERVICES.values())]
+    assert unwritten == []

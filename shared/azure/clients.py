@@ -323,11 +323,14 @@ _TRACED_TRANSPORT: type[AioHttpTransport] | None = None
 
 
 def _traced_transport(session: aiohttp.ClientSession, upstream: str) -> AioHttpTransport:
-    """azure-core's aiohttp transport, each ``send`` inside a client span (built on first use: azure-core is
-    imported only when a client is)."""
+    """azure-core's aiohttp transport, each ``send`` inside a client span, its response (or error) labelled with
+    ``upstream`` so that an error raised from it names the service (``shared.azure.upstream``; built on first use:
+    azure-core is imported only when a client is)."""
     global _TRACED_TRANSPORT
     if _TRACED_TRANSPORT is None:
         from azure.core.pipeline.transport import AioHttpTransport
+
+        from shared.azure.upstream import label
 
         class TracedTransport(AioHttpTransport):  # type: ignore[misc]  # azure-core exports it untyped
             def __init__(self, upstream: str, **kwargs: Any) -> None:
@@ -341,7 +344,12 @@ def _traced_transport(session: aiohttp.ClientSession, upstream: str) -> AioHttpT
                 self.sends[request] = sends + 1
                 with telemetry.client_span(request.method, request.url, request.headers,
                                            {"upstream": self.upstream, **telemetry.resent(sends)}) as span:
-                    response = await super().send(request, **config)
+                    try:
+                        response = await super().send(request, **config)
+                    except Exception as error:  # an error raised later from it names the service
+                        label(error, self.upstream)
+                        raise
+                    label(response, self.upstream)
                     telemetry.set_response(span, response.status_code, challenge=_challenged(request, response))
                     return response
 

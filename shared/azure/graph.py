@@ -25,6 +25,7 @@ from shared.azure.retry import RetryableError, retry_after_of, with_retries
 from shared.credentials import token_of
 from shared.errors import (
     CredentialLifetimeRefused,
+    CredentialLimitReached,
     FieldError,
     InvalidRequest,
     NotFound,
@@ -185,6 +186,21 @@ def classify(error: Exception) -> RetryableError | None:
     return None
 
 
+# Graph's refusals of a new credential because the application holds as many of its kind as Entra ID allows
+# (addPassword's ``TooManyAppPasswords``; an application a personal Microsoft account may sign in to has a limit of 2),
+# and the credentials to remove. Graph documents no such code for addKey: its limit is the size of the
+# application's keyCredentials, refused as any other 400.
+LIMIT_CODES = {"TooManyAppPasswords": "client secrets"}
+
+
+def _app_gone(app_id: str, code: object) -> str:
+    """What a rotation says when Graph has no app registration of ``app_id`` (no secret: an id and Graph's code)."""
+    said = f" (404 {code})" if isinstance(code, str) and code else ""
+    return (f"Microsoft Graph has no app registration with appId {app_id}{said}: it was deleted, or never was in "
+            "this tenant. Restore it from Entra ID's deleted applications (App registrations, Deleted applications: "
+            "within 30 days of its deletion), or turn this connection's rotation off or delete the connection.")
+
+
 # Graph's refusals of a new credential under an app-management policy: a lifetime over the policy's maxLifetime,
 # or a kind of credential the policy does not allow to be added.
 POLICY_CODES = frozenset({"CredentialInvalidLifetimeAsPerAppPolicy", "CredentialTypeNotAllowedAsPerAppPolicy"})
@@ -205,7 +221,14 @@ def translate(error: Exception, action: str) -> Exception:
             extensions={"graphCode": code or None, "requiredPermission": "Application.ReadWrite.OwnedBy"},
         )
     if status == 404:
-        return NotFound(f"Microsoft Graph found nothing to {action} (404 {code}).")
+        return NotFound(f"Microsoft Graph found nothing to {action} (404 {code}).",
+                        extensions={"graphCode": code} if code else None)
+    if status == 400 and code in LIMIT_CODES:
+        return CredentialLimitReached(
+            f"Microsoft Graph refused to {action}: the application has as many {LIMIT_CODES[code]} as Entra ID allows "
+            f"it (400 {code}). Remove the application's unused {LIMIT_CODES[code]} (Entra ID, App registrations, "
+            "Certificates & secrets), then rotate again.",
+            extensions={"graphCode": code})
     if status in (429, 503):  # still throttling or unavailable when the retries ran out: its wait is the caller's
         retryable = classify(error)
         return UpstreamThrottled(f"Microsoft Graph is throttling or unavailable and did not {action} ({status} "
@@ -420,12 +443,18 @@ class GraphApps:
             raise UpstreamError("Microsoft Graph answered with a body that is not JSON.") from None
 
     async def find(self, app_id: str) -> AppRegistration:
-        app = await self._call(
-            "read the app registration",
-            lambda: self._send("GET", f"/applications(appId='{_quoted(app_id)}')?$select={self._select}"),
-        )
+        """The app registration of ``app_id``; :class:`NotFound` that says what to do when Graph has none (404: it
+        was deleted, or never was in this tenant)."""
+        try:
+            app = await self._call(
+                "read the app registration",
+                lambda: self._send("GET", f"/applications(appId='{_quoted(app_id)}')?$select={self._select}"),
+            )
+        except NotFound as missing:
+            raise NotFound(_app_gone(app_id, missing.extensions.get("graphCode")),
+                           extensions=missing.extensions) from None
         if not isinstance(app, dict) or not app.get("id"):
-            raise NotFound(f"Microsoft Graph has no app registration with appId {app_id}.")
+            raise NotFound(_app_gone(app_id, None))
         passwords = app.get("passwordCredentials") or []
         keys = app.get("keyCredentials") or []
         return AppRegistration(

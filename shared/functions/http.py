@@ -605,19 +605,16 @@ def unexpected(error: Exception, req: func.HttpRequest, instance: str, failed: s
 
     from azure.core.exceptions import AzureError
 
-    from shared.azure.retry import retry_after_of
-    from shared.errors import ServiceError, UpstreamError, UpstreamThrottled
+    from shared.azure.upstream import upstream_error
+    from shared.errors import ServiceError
 
     if isinstance(error, AzureError | ConnectionError | TimeoutError | socket.gaierror | ssl.SSLError):
-        status = getattr(error, "status_code", None)
-        log.warning("%s %s: Azure call failed (%s, status %s)", req.method, instance, type(error).__name__, status)
-        if status in (429, 503):  # still throttling or unavailable when the retries ran out: its wait is the caller's
-            headers = getattr(getattr(error, "response", None), "headers", None) or {}
-            retry_after = retry_after_of({str(name).lower(): str(value) for name, value in dict(headers).items()})
-            return problem_response(UpstreamThrottled(f"An Azure service is busy (Azure answered {status}); try "
-                                                      "again later.", retry_after=retry_after), instance)
-        return problem_response(UpstreamError("An Azure service failed; try again later."
-                                              + (f" (Azure answered {status})" if status else "")), instance)
+        # the service its transport labelled it with, its status and what to do (shared.azure.upstream); a 429 or
+        # 503 left by the retries is a 503 whose Retry-After is the service's last wait
+        told = upstream_error(error)
+        log.warning("%s %s: Azure call failed (%s, status %s): %s", req.method, instance, type(error).__name__,
+                    getattr(error, "status_code", None), told.detail)
+        return problem_response(told, instance)
     log.exception("%s %s failed", req.method, instance)
     return problem_response(ServiceError(failed), instance)
 

@@ -39,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 
 from shared import telemetry
 from shared.apps import Method, find_app
+from shared.azure.upstream import azure_failure, sentence, upstream_error
 from shared.due_index import reindex
 from shared.errors import (
     ConcurrentChange,
@@ -52,6 +53,7 @@ from shared.errors import (
     SecretGone,
     ServiceError,
     UpstreamError,
+    UpstreamThrottled,
     VersionDisabled,
     best_effort,
     detail_of,
@@ -399,14 +401,10 @@ class Rotator(Journaled):
             return await self._failed(record, run, stopped.error)
         except ServiceError as error:
             return await self._failed(record, run, error)
-        except (OSError, TimeoutError) as error:
-            return await self._failed(record, run, UpstreamError(_describe(error)))
-        except Exception as error:
-            from azure.core.exceptions import AzureError
-
-            if not isinstance(error, AzureError):
+        except Exception as error:  # an Azure call an adapter let fail as it came: told as the service's failure
+            if not azure_failure(error):
                 raise
-            return await self._failed(record, run, UpstreamError(_describe(error)))
+            return await self._failed(record, run, upstream_error(error))
         # Outside the failures' handling: should the hand-over not be written, the journal stays as the test left it
         # (leased, due when the lease runs out), and nothing is withdrawn from a rotation about to succeed.
         return await self._hand_to_sweep(record, still)
@@ -779,20 +777,24 @@ class Rotator(Journaled):
                 base = state.cleared_journal()
             except Exception as cleanup:  # kept in the journal; the next attempt cleans up
                 log.warning("Rotation of %s: clean-up failed (%s); the next attempt resumes it", current.id,
-                            type(cleanup).__name__)
+                            sentence(cleanup))
         else:
             message = (f"{message} The new {roll_of(current).noun} is in use; the previous one is still to be "
                        "revoked (the next attempt does it).")
         failures = state.failures + 1
         now = self.now()
         await self._history(current, STATUS_FAILED, message)
+        # Throttling alone (the credential in use still works) starts no failing run: it pages nobody as a failed
+        # rotation on its first occurrence; the back-off's daily reminder still tells a throttling that lasts.
+        throttled = isinstance(error, UpstreamThrottled)
         new = base.evolve(status=STATUS_FAILED, message=message, failures=failures, next_at=now + backoff(failures),
-                          failing_since=state.failing_since or now, lease_owner=None, lease_until=None)
+                          failing_since=state.failing_since or (None if throttled else now), lease_owner=None,
+                          lease_until=None)
         log.warning("Rotation of %s connection %s failed (attempt %d): %s", current.app, current.id, failures,
                     message)
         try:
             notice = rotation_failed(current.evolve(rotation=new), message, now, backoff(failures),
-                                     first=state.failing_since is None)
+                                     first=state.failing_since is None and not throttled)
             return Attempt(await self._reschedule(current, state, new, [notice] if notice else []), error)
         except LeaseLost:
             return Attempt(current, error)
@@ -1399,7 +1401,3 @@ def next_rotation(schedule: RotationSchedule | None, since: datetime, expires: d
     floor = since + min(max((expires - since) / 2, timedelta(0)), RENEWAL_FLOOR_MAX)
     return min(due, max(expires - timedelta(days=GRACE_DAYS), floor))
 
-
-def _describe(error: BaseException) -> str:
-    status = getattr(error, "status_code", None)
-    return f"{type(error).__name__}" + (f" (status {status})" if status else "") + ": the call did not complete."

@@ -2,7 +2,10 @@
 
 The value is a JSON object (the method's secret fields); the content type says so and the
 tags name the connection, app and method. The connection entity records which version is
-current, so a version written by a request that then lost a race is never used.
+current, so a version written by a request that then lost a race is never used. A call Key Vault
+fails is an ``UpstreamError`` that names Key Vault, its status and what to do
+(``shared.azure.upstream``): a 403 is the service's own identity refused (its role), a 429 or
+503 left by the retries ``UpstreamThrottled``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from shared.azure.upstream import KEY_VAULT, translated
 from shared.errors import SecretGone, UpstreamError, VersionDisabled
 from shared.ports import StoredVersion
 from shared.redaction import register_secret
@@ -64,9 +68,10 @@ class SecretVault:
         end): its version id, and the material as Key Vault answered it (Set Secret returns the stored value),
         which is what a read of that version returns, without the read."""
         _register(material)
-        secret = await self._clients.secrets().set_secret(
-            name, json.dumps(dict(material)), content_type=CONTENT_TYPE, tags=dict(tags), expires_on=expires_on
-        )
+        with translated(KEY_VAULT, "store a secret version"):
+            secret = await self._clients.secrets().set_secret(
+                name, json.dumps(dict(material)), content_type=CONTENT_TYPE, tags=dict(tags), expires_on=expires_on
+            )
         version = secret.properties.version
         if not version:
             raise UpstreamError("Key Vault did not return a secret version.")
@@ -81,28 +86,29 @@ class SecretVault:
         :class:`SecretGone` when it has no such secret or version (deleted outside the service)."""
         from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
-        try:
-            secret = await self._clients.secrets().get_secret(name, version)
-        except ResourceNotFoundError:
-            raise SecretGone(f"Key Vault has no version {version} of {name}.") from None
-        except HttpResponseError as error:
-            if error.status_code == 403 and "disabled" in str(getattr(error, "message", "") or error).lower():
-                raise VersionDisabled(f"Key Vault refused to read a disabled version of {name}.") from None
-            raise
+        with translated(KEY_VAULT, "read a secret version"):
+            try:
+                secret = await self._clients.secrets().get_secret(name, version)
+            except ResourceNotFoundError:
+                raise SecretGone(f"Key Vault has no version {version} of {name}.") from None
+            except HttpResponseError as error:
+                if error.status_code == 403 and "disabled" in str(getattr(error, "message", "") or error).lower():
+                    raise VersionDisabled(f"Key Vault refused to read a disabled version of {name}.") from None
+                raise
         return _material(secret.value or "{}")
 
     async def disable(self, name: str, version: str) -> None:
         """Disable a version that is not (or no longer) current (best effort)."""
         from azure.core.exceptions import HttpResponseError
 
-        with contextlib.suppress(HttpResponseError):
+        with translated(KEY_VAULT, "disable a secret version"), contextlib.suppress(HttpResponseError):
             await self._clients.secrets().update_secret_properties(name, version, enabled=False)
 
     async def delete(self, name: str) -> None:
         """Delete the secret (soft delete, as the vault keeps it); an absent secret is fine."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        with contextlib.suppress(ResourceNotFoundError):
+        with translated(KEY_VAULT, "delete a secret"), contextlib.suppress(ResourceNotFoundError):
             await self._clients.secrets().delete_secret(name)
 
     async def disable_others(self, name: str, keep: str) -> int:
@@ -114,10 +120,11 @@ class SecretVault:
         time: to the second); one created after it, or in the same second, stays. Return how many."""
         from azure.core.exceptions import ResourceNotFoundError
 
-        try:
-            versions = [props async for props in self._clients.secrets().list_properties_of_secret_versions(name)]
-        except ResourceNotFoundError:
-            return 0
+        with translated(KEY_VAULT, "list a secret's versions"):
+            try:
+                versions = [props async for props in self._clients.secrets().list_properties_of_secret_versions(name)]
+            except ResourceNotFoundError:
+                return 0
         mine = next((props.created_on for props in versions if props.version == version), None)
         if mine is None:
             return 0
@@ -136,11 +143,12 @@ class SecretVault:
         from azure.core.exceptions import ResourceNotFoundError
 
         count = 0
-        try:
-            async for props in self._clients.secrets().list_properties_of_secret_versions(name):
-                if props.enabled and props.version and doomed(props.version, props.tags or {}):
-                    await self.disable(name, props.version)
-                    count += 1
-        except ResourceNotFoundError:
-            return count
+        with translated(KEY_VAULT, "list a secret's versions"):
+            try:
+                async for props in self._clients.secrets().list_properties_of_secret_versions(name):
+                    if props.enabled and props.version and doomed(props.version, props.tags or {}):
+                        await self.disable(name, props.version)
+                        count += 1
+            except ResourceNotFoundError:
+                return count
         return count

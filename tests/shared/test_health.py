@@ -238,6 +238,38 @@ async def _crash(**_: object) -> int:
     raise SystemExit("the worker died")
 
 
+async def test_a_rotation_only_throttled_pages_nobody_at_first_and_a_lasting_one_is_reminded_daily() -> None:
+    """Key Vault (or Graph) throttling a rotation through its retries leaves the credential in use working: no
+    ``rotation-failed`` on its first occurrence; the back-off's daily reminder still tells one that lasts, and a
+    real failure after it is told as the first."""
+    from shared.errors import UpstreamThrottled
+
+    h = _harness()
+    record = await h.create()
+    await h.due()
+    h.fakes.world.fail_next("vault.write", UpstreamThrottled("Key Vault is throttling the service (429)."), times=500)
+    await h.sweep()
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) == []
+    failing = await h.record(record.id)
+    assert failing is not None and failing.rotation.status == "failed" and failing.rotation.failing_since is None
+    for _ in range(12):  # back-off: 10 min, 20 min, ... then a day
+        failing = await h.record(record.id)
+        assert failing is not None
+        h.fakes.clock.now = (failing.rotation.next_at or h.fakes.clock.now) + timedelta(minutes=1)
+        await h.sweep()
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h) and set(_events(h)) == {"rotation-failed-reminder"}, _events(h)
+    h.fakes.world.clear_faults()
+    h.fakes.world.fail_next("graph.add", times=500)
+    failing = await h.record(record.id)
+    assert failing is not None
+    h.fakes.clock.now = (failing.rotation.next_at or h.fakes.clock.now) + timedelta(minutes=1)
+    await h.sweep()
+    await Notifier(h.fakes.adapters).deliver()
+    assert _events(h)[-1] == "rotation-failed", _events(h)
+
+
 async def test_a_failed_rotation_is_notified_once_then_daily_while_it_keeps_failing() -> None:
     h = _harness()
     record = await h.create()

@@ -28,4 +28,4 @@ async def test_the_rotation_timer_ends_well_when_its_notifications_cannot_be_del
     with caplog.at_level(logging.WARNING, logger="app_connections.notifications"):
         report = await wiring.run_sweep()
     assert report.due == 0
-    assert "Notifications not delivered now (UpstreamError)" in caplog.text
+    assert "Notifications not delivered now (Table Storage answered 503 (injected)); they stay queued" in caplog.text

@@ -32,7 +32,7 @@ from shared.azure.retry import (
     with_retries,
 )
 from shared.azure.retry_policy import JitteredRetryPolicy, retry_policy
-from shared.errors import NotFound, UpstreamError, UpstreamForbidden
+from shared.errors import CredentialLimitReached, NotFound, UpstreamError, UpstreamForbidden
 
 
 class FakeGraphError(Exception):
@@ -296,6 +296,20 @@ def test_graph_failures_that_remain_become_clear_domain_errors():
     assert isinstance(translate(FakeGraphError(404, "Request_ResourceNotFound"), "read"), NotFound)
     assert isinstance(translate(FakeGraphError(502), "read"), UpstreamError)
     assert isinstance(translate(httpx.ConnectError("refused"), "read"), UpstreamError)
+
+
+def test_the_application_s_credential_limit_is_its_owner_s_to_fix_with_the_remedy():
+    """Graph's 400 ``TooManyAppPasswords`` is the application's own state (400, as a refusal), not Azure failing
+    (502): its detail says to remove unused client secrets, its code is ``graphCode``; Graph's text is not quoted."""
+    limit = translate(FakeGraphError(400, "TooManyAppPasswords", "You can only add a maximum of 2 passwords."),
+                      "add a client secret")
+    assert isinstance(limit, CredentialLimitReached) and limit.status == 400
+    assert limit.extensions == {"graphCode": "TooManyAppPasswords"}
+    assert "Remove the application's unused client secrets" in limit.detail and "maximum" not in limit.detail
+    # another 400 of addPassword stays Graph's failure
+    assert type(translate(FakeGraphError(400, "Request_BadRequest"), "add a client secret")) is UpstreamError
+    gone = translate(FakeGraphError(404, "Request_ResourceNotFound"), "read the app registration")
+    assert isinstance(gone, NotFound) and gone.extensions == {"graphCode": "Request_ResourceNotFound"}
 
 
 # -- JitteredRetryPolicy (azure-core pipelines) ----------------------------------------------------------------
