@@ -10,6 +10,7 @@ cut-off as a RowKey range over every partition (:meth:`RotationHistory.expired`)
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 HISTORY_TABLE = "Rotations"
 BATCH = 100  # rows of one partition an entity-group transaction deletes at most
 _MAX_MS = 10**14
+# The RowKey of an entry the service wrote: a row of another shape (written by hand or another tool) is neither
+# deleted by the retention nor taken for a connection's latest entry.
+_ENTRY_KEY = re.compile(r"\d{15}\|")
 
 
 def _inverted(at: datetime) -> int:
@@ -133,6 +137,8 @@ class RotationHistory:
         partition = ""
         keys: list[str] = []
         async for e in table.query_entities(started_before(before), select=["PartitionKey", "RowKey"]):
+            if not _ENTRY_KEY.match(str(e["RowKey"])):  # not an entry the service wrote: it stays
+                continue
             if keys and (e["PartitionKey"] != partition or len(keys) == BATCH):
                 yield partition, keys
                 keys = []
@@ -150,8 +156,8 @@ class RotationHistory:
         async for e in table.query_entities("PartitionKey eq @c", parameters={"c": connection_id}, select=["RowKey"],
                                             results_per_page=10):
             key = str(e["RowKey"])
-            if not key[:15].isdigit():  # not an entry the service wrote (they sort after every one it wrote)
-                break
+            if not _ENTRY_KEY.match(key):  # not an entry the service wrote, before or after those it wrote
+                continue
             if bound is None:
                 bound = int(key[:15]) + int(within.total_seconds() * 1000)
             elif int(key[:15]) > bound:

@@ -158,3 +158,30 @@ async def test_the_retention_deletes_a_connection_s_expired_entries_a_hundred_pe
         del table.submit_transaction
     assert sent == ["transaction"] * 3
     assert [e.rotation_id for e in (await history.page(connection_id, 10, None))[0]] == [newest.rotation_id]
+
+
+@pytest.mark.parametrize("foreign_key", ["note-written-today", "00abc"])
+async def test_a_row_the_service_did_not_write_is_neither_deleted_nor_taken_for_the_latest_entry(
+        own_tables: AzureClients, foreign_key: str) -> None:
+    """Found by a review: a row of another RowKey shape (written by hand or another tool) fell in the retention's
+    range whatever its age when it sorted after the entries (a letter), and hid the connection's latest entry when it
+    sorted before them (``latest`` stopped there), so the entry its rotation state may refer to was deleted."""
+    from shared.audit import AuditLog
+    from shared.store.audit import AuditTable
+    from shared.store.history import HISTORY_TABLE
+
+    history = RotationHistory(own_tables)
+    connection_id = str(uuid.uuid4())
+    newest = attempt(connection_id, str(uuid.uuid4()), CUTOFF - timedelta(days=10), "interrupted")
+    older = attempt(connection_id, str(uuid.uuid4()), CUTOFF - timedelta(days=11), "failed")
+    for event in (newest, older):
+        await history.record(event)
+    table = await own_tables.table(HISTORY_TABLE)
+    await table.upsert_entity({"PartitionKey": connection_id, "RowKey": foreign_key, "Outcome": "succeeded"})
+
+    assert await AuditLog(AuditTable(own_tables), lambda: NOW).purge_expired_history(history, 30) == 1
+    left = {str(e["RowKey"]) async for e in table.query_entities("PartitionKey eq @c",
+                                                                  parameters={"c": connection_id})}
+    assert foreign_key in left
+    assert await history.get(connection_id, newest.started_at, newest.rotation_id, 1) is not None
+    assert await history.get(connection_id, older.started_at, older.rotation_id, 1) is None
