@@ -40,6 +40,7 @@ from typing import TypeVar
 
 from shared import audit
 from shared.apps import Method, find_app
+from shared.azure.upstream import azure_failure, upstream_error
 from shared.due_index import reindex
 from shared.errors import (
     ConcurrentChange,
@@ -213,11 +214,10 @@ class Migrator(Journaled):
             raise await self._ending(record, self._failed(record, stopped.error)) from None
         except ServiceError as error:
             raise await self._ending(record, self._failed(record, error)) from None
-        except (OSError, TimeoutError) as error:
-            raise await self._ending(record, self._failed(
-                record, UpstreamError(f"{type(error).__name__}: the call did not complete."))) from None
-        except Exception as error:  # an Azure SDK error no adapter mapped, or a defect: its kind, never its text
-            await self._recorded(record, STATUS_FAILED, type(error).__name__)
+        except Exception as error:
+            if azure_failure(error):  # an Azure call an adapter let fail as it came: told as the service's failure
+                raise await self._ending(record, self._failed(record, upstream_error(error))) from None
+            await self._recorded(record, STATUS_FAILED, type(error).__name__)  # a defect: its kind, never its text
             raise
         return record
 

@@ -2080,3 +2080,22 @@ async def test_a_refusal_right_after_the_removal_of_the_federated_credential_in_
     deleted = await h.api.delete(APP, record.id)
     assert deleted.removed_key_ids == [credential_id] and credential_id not in app.federated
     assert await h.record(record.id) is None and h.check() == []
+
+
+async def test_a_migration_an_azure_call_failed_as_it_came_says_which_service_never_a_class_name() -> None:
+    """(Review of operations.) A network error or an azure-core error no adapter had mapped stopped a migration
+    with its class name as the message ("ConnectionResetError: the call did not complete.") or, for the latter, with
+    no outcome but the raised error. It is the service's failure now, told as a rotation's is, and the migration
+    fails as for any Azure failure: what it added is removed and the connection is as it was."""
+    from azure.core.exceptions import ServiceRequestError
+
+    for error in (ConnectionResetError("reset by peer"), ServiceRequestError("the connection was refused")):
+        h = Harness()
+        record = await h.create(rotation=False)
+        h.fakes.world.fail_next("graph.fic.add", error)  # type: ignore[arg-type]
+        with pytest.raises(ServiceError, match="did not complete") as raised:
+            await h.api.migrate_to_federated(APP, record.id, {})
+        assert "Error" not in raised.value.detail and "could not be reached" in raised.value.detail, raised.value.detail
+        after = await h.record(record.id)
+        assert after is not None and after.method == "client-secret" and after.rotation.step is None
+        assert h.check() == []
