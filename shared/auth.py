@@ -29,7 +29,15 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from shared import jws
-from shared.errors import Forbidden, ServiceError, ServiceMisconfigured, Unauthorized, UpstreamError, escaped
+from shared.errors import (
+    Forbidden,
+    ServiceError,
+    ServiceMisconfigured,
+    Unauthorized,
+    UpstreamError,
+    UpstreamThrottled,
+    escaped,
+)
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -131,7 +139,9 @@ class SigningKeys:
     at most once every ``REFETCH_INTERVAL_SECONDS``, and once they are ``KEYS_MAX_AGE_SECONDS`` old (a key Entra
     withdrew in an emergency rollover is no longer trusted). A read that fails keeps the keys there are, and no
     other read is tried for ``FETCH_BACKOFF_SECONDS``: an outage of the authority is not met with a read per
-    request."""
+    request. Without keys, a read that Entra still throttled (``UpstreamThrottled``: 429 or 503 when the retries
+    ran out) makes every token check until the next read a ``503`` whose ``Retry-After`` is what is left of
+    Entra's wait, or of the back-off when that is longer; any other failure a ``502``."""
 
     def __init__(self, settings: Settings, fetch_json: FetchJson,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
@@ -142,6 +152,7 @@ class SigningKeys:
         self._issuer: str | None = None
         self._fetched_at: float | None = None
         self._failed_at: float | None = None
+        self._throttled_until: float | None = None  # when Entra's wait of the last (throttled) read ends
         self._lock = asyncio.Lock()
 
     @property
@@ -169,6 +180,10 @@ class SigningKeys:
                 return  # fetched just now by a concurrent request
             if self._failed_at is not None and now - self._failed_at < FETCH_BACKOFF_SECONDS:
                 if self._issuer is None:
+                    if self._throttled_until is not None:
+                        wait = max(self._failed_at + FETCH_BACKOFF_SECONDS, self._throttled_until) - now
+                        raise UpstreamThrottled("Entra ID is busy and the tenant's signing keys could not be read; "
+                                                "try again later.", retry_after=max(1.0, wait))
                     raise UpstreamError("The tenant's signing keys could not be read; try again in a few seconds.")
                 return  # the keys there are, until the next try
             try:
@@ -179,6 +194,7 @@ class SigningKeys:
                 keys = await asyncio.to_thread(_usable_keys, jwks, self._keys)
             except Exception as error:
                 self._failed_at = now
+                self._throttled_until = now + error.retry_after if isinstance(error, UpstreamThrottled) else None
                 if self._issuer is None:
                     if isinstance(error, ServiceError):
                         raise

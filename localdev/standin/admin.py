@@ -402,10 +402,11 @@ class AdminClient:
     def set_faults(self, rules: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Replace the fault rules. A rule: ``{"method": "POST"|None, "path": "<regex, searched>", "status": 429,
         "headers": {...}, "body": dict|str|None, "times": int|None, "skip": 0, "probability": 1.0,
-        "action": "respond"|"drop"|"drop_after"|"delay"|"rate_limit", "delay_ms": 0, "limit": 0, "window_ms": 0}``
-        ("drop": the connection drops before the request is handled; "drop_after": it is handled, then the
-        connection drops without an answer; "delay": only ``delay_ms``; "rate_limit": ``limit`` matches per
-        ``window_ms`` go through, the rest are answered with ``status``, default 429, and ``Retry-After``).
+        "action": "respond"|"drop"|"drop_after"|"respond_after"|"delay"|"rate_limit", "delay_ms": 0, "limit": 0,
+        "window_ms": 0}`` ("drop": the connection drops before the request is handled; "drop_after": it is handled,
+        then the connection drops without an answer; "respond_after": it is handled, then answered with ``status``
+        instead; "delay": only ``delay_ms``; "rate_limit": ``limit`` matches per ``window_ms`` go through, the rest
+        are answered with ``status``, default 429, and ``Retry-After``).
         Returns the rules with their ``hits``. ``localdev.standin.graph`` builds Graph-shaped rules."""
         return cast(list[dict[str, Any]], self._dict("PUT", "/faults", {"rules": rules})["rules"])
 

@@ -8,8 +8,9 @@ methods is 405, a body over ``routing.MAX_BODY`` is 413, a handler bug is 500 (J
 Requests outside ``/_admin/`` also go through the failure injection set with the admin API: the first fault
 rule that fires (``State.take_fault``) is applied before the handler runs. Its ``delay_ms`` is slept first;
 then ``respond`` and ``rate_limit`` answer with the rule's status, headers and body instead of the handler,
-``drop`` closes the connection without handling the request, ``delay`` only delays it, and ``drop_after``
-lets the handler run (its effects stay) and then closes the connection without the answer. The global
+``drop`` closes the connection without handling the request, ``delay`` only delays it, ``drop_after`` lets the
+handler run (its effects stay) and then closes the connection without the answer, and ``respond_after`` lets the
+handler run and answers with the rule's status, headers and body instead of the handler's answer. The global
 latency (``PUT /_admin/latency``) is added to each such request that a ``drop`` rule did not close. A client
 that goes away mid-body gets nothing done.
 
@@ -196,6 +197,8 @@ class _Handler(BaseHTTPRequestHandler):
                     time.sleep(latency / 1000)
             if response is None:
                 response = self._route(req)
+            if fault is not None and fault.action == "respond_after":  # applied, then answered as the rule says
+                response = _fault_response(fault)
             if fault is not None and fault.action == "drop_after":  # applied, but its answer is lost
                 self._log(req, None, started, fault)
                 self._drop()

@@ -9,9 +9,9 @@ Graph's secret propagation delay, and ``extra`` for other services' own state (G
 users, codes and refresh tokens, the webhook receivers' deliveries).
 ``reset`` clears all of it.
 
-:class:`FaultRule` is one failure injection rule (actions ``respond``, ``drop``, ``drop_after``, ``delay``,
-``rate_limit``; see :mod:`localdev.standin.server` for how each is applied); :meth:`State.take_fault` picks the
-rule that fires for a request and counts it.
+:class:`FaultRule` is one failure injection rule (actions ``respond``, ``drop``, ``drop_after``, ``respond_after``,
+``delay``, ``rate_limit``; see :mod:`localdev.standin.server` for how each is applied); :meth:`State.take_fault`
+picks the rule that fires for a request and counts it.
 
 Handlers take ``state.lock`` (re-entrant) around any read-modify-write; the helper methods here take it too.
 A bad admin request raises :class:`StateError`, answered with its status.
@@ -291,7 +291,7 @@ class VaultSecret:
         return next((v for v in self.versions if v.version == wanted), None)
 
 
-FAULT_ACTIONS = ("respond", "drop", "drop_after", "delay", "rate_limit")
+FAULT_ACTIONS = ("respond", "drop", "drop_after", "respond_after", "delay", "rate_limit")
 
 
 @dataclass
@@ -300,9 +300,10 @@ class FaultRule:
 
     ``skip`` matches pass first, then it fires with ``probability`` at most ``times`` times (``hits`` counts
     them). ``respond`` answers with ``status``/``headers``/``body`` instead of the handler, ``drop`` closes the
-    connection before handling, ``drop_after`` after handling (the answer is lost), ``delay`` only sleeps
-    ``delay_ms`` (which every action sleeps first), ``rate_limit`` lets ``limit`` requests per ``window_ms``
-    through and answers the rest like ``respond``.
+    connection before handling, ``drop_after`` after handling (the answer is lost), ``respond_after`` answers
+    like ``respond`` after handling (the handler's effects stay: a gateway's 5xx after the work was done),
+    ``delay`` only sleeps ``delay_ms`` (which every action sleeps first), ``rate_limit`` lets ``limit`` requests per
+    ``window_ms`` through and answers the rest like ``respond``.
     """
 
     path: re.Pattern[str]

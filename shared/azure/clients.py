@@ -106,6 +106,7 @@ class AzureClients:
                 ),
                 trust_env=False,
             )
+            _no_hidden_resend(self._session)
         return self._session
 
     def transport(self, upstream: str) -> AioHttpTransport:
@@ -189,7 +190,23 @@ class AzureClients:
         }
 
     def service_credential(self) -> AsyncTokenCredential:
-        """The service's own identity (managed identity in Azure, environment credentials locally)."""
+        """The service's own identity (managed identity in Azure, environment credentials locally).
+
+        Where DefaultAzureCredential would sign in with the host's managed identity anyway
+        (``settings.managed_identity_endpoint``: the rule of ``shared.settings``, which the read path's token follows
+        too), it is that ManagedIdentityCredential alone: on its first token request DefaultAzureCredential's chain
+        turns the identity's failure into a ``ClientAuthenticationError`` without its status or headers, so an
+        endpoint still throttling (429 with ``Retry-After``) would be a ``502`` rather than a ``503`` with its
+        wait (``shared.azure.upstream``). Elsewhere (environment credentials locally, the CLI) it is
+        DefaultAzureCredential."""
+        if self._service_credential is None and self.settings.managed_identity_endpoint is not None:
+            from azure.identity.aio import ManagedIdentityCredential
+
+            from shared.azure.retry_policy import JitteredRetryPolicy
+
+            self._service_credential = ManagedIdentityCredential(
+                client_id=self.settings.storage.managed_identity_client_id, transport=self.transport(ENTRA),
+                retry_policy_class=JitteredRetryPolicy)
         if self._service_credential is None:
             from azure.identity.aio import DefaultAzureCredential
 
@@ -360,6 +377,18 @@ def _traced_transport(session: aiohttp.ClientSession, upstream: str) -> AioHttpT
         connection_timeout=CONNECT_TIMEOUT_SECONDS,
     )
     return traced
+
+
+def _no_hidden_resend(session: aiohttp.ClientSession) -> None:
+    """Stop ``session`` from sending an idempotent request once more, at once and unseen, when its connection drops
+    (``ServerDisconnectedError``, ``ClientOSError``): aiohttp does so inside each attempt of the one retry policy,
+    which then sent a GET dropped every time twice as often as it says, in pairs without back-off, and neither the
+    policy nor the client spans saw the second. The switch is aiohttp's own attribute (``_retry_connection`` in
+    the locked aiohttp 3.14, listed in ``ClientSession.ATTRS``; no argument sets it): where a version has none,
+    nothing is set, and ``tests/shared/azure/test_clients.py`` counts the requests a dropped GET makes, so a
+    version that moves it fails there."""
+    if hasattr(session, "_retry_connection"):
+        session._retry_connection = False
 
 
 def _challenged(request: Any, response: Any) -> bool:

@@ -58,6 +58,10 @@ PERMISSION_HINT = (
     "(az ad app owner add --id <appId> --owner-object-id <service principal object id>)."
 )
 _CONCURRENT = re.compile(r"concurren", re.IGNORECASE)  # "concurrent requests", "ConcurrencyViolation"
+# Graph's failures that may come after it applied the request (a backend's or a gateway's), retried for every method
+# but 502, which azure-core (and so the one policy) retries only where the method may be sent again.
+MAY_BE_APPLIED = frozenset({500, 502, 504})
+_SENT_ONCE = frozenset({"POST", "PATCH"})  # not sent again after a 502 (azure-core's rule: 500, 503, 504 only)
 
 
 def graph_http_client(clients: AzureClients) -> httpx.AsyncClient:
@@ -170,7 +174,10 @@ def _bad_page_token() -> InvalidRequest:
 
 
 def classify(error: Exception) -> RetryableError | None:
-    """Graph failures worth another try: throttling, unavailability, concurrency conflicts, network."""
+    """Graph failures worth another try: throttling, unavailability, concurrency conflicts, network; a 500 or 504
+    for every method, a 502 but for a POST or PATCH (:class:`GraphCallError` names its method), as the one policy
+    retries them. An addition's caller runs its clean-up before a retry of what may have been applied
+    (``GraphApps._add_once``)."""
     if isinstance(error, httpx.TransportError):
         return RetryableError("Microsoft Graph could not be reached")
     status = _status(error)
@@ -179,7 +186,9 @@ def classify(error: Exception) -> RetryableError | None:
     headers = getattr(error, "response_headers", None) or {}
     lowered = {str(k).lower(): str(v) for k, v in dict(headers).items()}
     retry_after = retry_after_of(lowered)  # Retry-After, else retry-after-ms / x-ms-retry-after-ms
-    if status in (429, 503, 500, 502, 504):
+    if status == 502 and getattr(error, "method", None) in _SENT_ONCE:
+        return None
+    if status in (429, 503) or status in MAY_BE_APPLIED:
         return RetryableError(f"Microsoft Graph answered {status}", retry_after)
     if status in (400, 409) and (_CONCURRENT.search(_message(error)) or _CONCURRENT.search(_code(error))):
         return RetryableError("Microsoft Graph refused concurrent changes", retry_after)
@@ -239,11 +248,13 @@ def translate(error: Exception, action: str) -> Exception:
 
 
 class GraphCallError(Exception):
-    """A Graph answer that is not a success, with what :func:`classify` and :func:`translate` read: the status,
-    the response headers and Graph's ``{"error": {"code", "message"}}`` (empty when the body is not one)."""
+    """A Graph answer that is not a success, with what :func:`classify` and :func:`translate` read: the request's
+    method, the status, the response headers and Graph's ``{"error": {"code", "message"}}`` (empty when the body
+    is not one)."""
 
-    def __init__(self, status: int, headers: Mapping[str, str], code: str, message: str) -> None:
+    def __init__(self, status: int, headers: Mapping[str, str], code: str, message: str, method: str = "") -> None:
         super().__init__(f"Microsoft Graph answered {status} {code}".rstrip())
+        self.method = method.upper()
         self.response_status_code = status
         self.response_headers = dict(headers)
         self.error = _GraphErrorBody(code, message)
@@ -374,7 +385,7 @@ def _parse_datetime(value: object) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def _error_of(response: httpx.Response) -> GraphCallError:
+def _error_of(response: httpx.Response, method: str) -> GraphCallError:
     code = message = ""
     try:
         body = response.json()
@@ -383,7 +394,7 @@ def _error_of(response: httpx.Response) -> GraphCallError:
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         code = str(body["error"].get("code") or "")
         message = str(body["error"].get("message") or "")
-    return GraphCallError(response.status_code, response.headers, code, message)
+    return GraphCallError(response.status_code, response.headers, code, message, method)
 
 
 class GraphApps:
@@ -434,7 +445,7 @@ class GraphApps:
             method, f"{self._endpoint}/v1.0{path}", headers=headers, json=body
         )
         if not 200 <= response.status_code < 300:  # a redirect too: never followed, nor taken for a removal done
-            raise _error_of(response)
+            raise _error_of(response, method)
         if response.status_code == 204 or not response.content:
             return None
         try:
@@ -476,10 +487,11 @@ class GraphApps:
 
     async def add_password(self, object_id: str, display_name: str, end: datetime, lost: Lost) -> NewPassword:
         """addPassword. ``display_name`` must be unique to this call (the rotation's marker): when a request is lost
-        after it was sent (the connection dropped, no answer), Graph may have applied it, and its secret is gone,
-        so ``lost`` removes the passwords of that name before it is sent again (otherwise one would be left
-        behind, live and unknown). The caller removes them, so that the removal is audited and fenced as every
-        other change of a credential is; this adapter changes nothing it was not asked to."""
+        after it was sent (the connection dropped, no answer) or answered 500, 502 or 504, Graph may have applied
+        it, and its secret is gone, so ``lost`` removes the passwords of that name before it is sent again, or
+        before the failure is raised (otherwise one would be left behind, live and unknown). The caller removes
+        them, so that the removal is audited and fenced as every other change of a credential is; this adapter
+        changes nothing it was not asked to."""
         body = {"passwordCredential": {"displayName": display_name, "endDateTime": end.isoformat()}}
         added = await self._add_once("add a client secret", object_id, "addPassword", body, lost)
         if not isinstance(added, dict) or not added.get("secretText") or not added.get("keyId"):
@@ -491,15 +503,16 @@ class GraphApps:
     async def _add_once(self, what: str, object_id: str, action: str, body: Mapping[str, Any],
                         applied: Callable[[], Awaitable[Any]]) -> Any:
         """POST the application's ``action``; when a try is lost after it was sent (the connection dropped, no
-        answer), Graph may have applied it: ``applied`` finds (its answer is the result) or undoes it (None) before
-        the next try."""
+        answer) or answered 500, 502 or 504, Graph may have applied it: ``applied`` finds (its answer is the
+        result) or undoes it (None) before the next try, or before the failure is raised (a 502, not sent again;
+        the last try)."""
         path = f"/applications/{_quoted(object_id)}/{action}"
 
         async def attempt() -> Any:
             try:
                 return await self._send("POST", path, body)
-            except httpx.TransportError as error:
-                if not isinstance(error, httpx.ConnectError):  # it was sent: it may have been applied
+            except (httpx.TransportError, GraphCallError) as error:
+                if _may_be_applied(error):
                     found = await applied()
                     if found is not None:
                         return found
@@ -518,9 +531,10 @@ class GraphApps:
     async def _remove_credential(self, what: str, object_id: str, action: str, body: Mapping[str, Any]) -> None:
         """POST the application's ``action`` (removePassword, removeKey); one already gone is fine (idempotent).
 
-        A POST whose connection dropped is sent again (``classify``), and if the first one was applied the second
-        is refused (the key is unknown by then). So a refusal is checked against the application: when the key is
-        no longer among its credentials, the removal is done, whichever attempt did it."""
+        A POST whose connection dropped, or answered 500 or 504, is sent again (``classify``), and if the first one
+        was applied the second is refused (the key is unknown by then); one answered 502 is not sent again, and may
+        have been applied too. So a refusal or a failure is checked against the application: when the key is no
+        longer among its credentials, the removal is done, whichever attempt did it."""
         kind = "passwordCredentials" if action == "removePassword" else "keyCredentials"
         key_id = str(body["keyId"]).lower()
         try:
@@ -669,8 +683,9 @@ class GraphApps:
                                    dict(credential)),
             )
         except ServiceError as refused:
-            # Sent again after a dropped connection, an addition that was applied is refused (its name is taken):
-            # the credential of that name, issuer and subject is the one asked for, whichever attempt made it.
+            # Sent again after a dropped connection or a 500 or 504, an addition that was applied is refused (its name
+            # is taken), and one answered 502 is not sent again though it may have been applied: the credential of
+            # that name, issuer and subject is the one asked for, whichever attempt made it.
             try:
                 present = await self.federated_credentials(object_id)
             except ServiceError:
@@ -696,6 +711,14 @@ class GraphApps:
             )
         except NotFound:
             return
+
+
+def _may_be_applied(error: Exception) -> bool:
+    """A POST that failed so may have been applied all the same: its connection dropped after it was sent (no
+    answer, a timeout), or Graph answered 500, 502 or 504."""
+    if isinstance(error, httpx.TransportError):
+        return not isinstance(error, httpx.ConnectError)  # one that could not connect was never sent
+    return _status(error) in MAY_BE_APPLIED
 
 
 def _federated(item: Mapping[str, Any]) -> FederatedCredential:

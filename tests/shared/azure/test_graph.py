@@ -113,6 +113,84 @@ async def test_a_removal_or_a_federated_addition_sent_again_after_its_answer_was
         admin.clear_faults()
 
 
+def applied_then(status: int, operation: str, *, times: int | None = 1) -> dict[str, Any]:
+    """POST ``.../{operation}`` handled by Graph (its effects stay), then answered ``status`` (a gateway's or a
+    backend's failure after the work was done)."""
+    return {**graph_fault(status, "UnknownError", "gateway", method="POST", path=rf"/{operation}$", times=times),
+            "action": "respond_after"}
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+async def test_an_add_password_applied_then_answered_5xx_leaves_no_password_nobody_knows(
+        admin: Any, clients: AzureClients, secrets_used: Any, no_faults: None, status: int) -> None:
+    """(Review of the retries 1.) An addPassword that Graph applied and then answered 500, 502 or 504 was sent again
+    blindly (500, 504 and 502 alike): two live passwords of the rotation's marker, one whose secret nobody saw. Now
+    the caller's ``lost`` clean-up runs first; a 502 is not sent again at all (a POST: as azure-core), and the
+    clean-up still runs before the failure is raised."""
+    entra = register_rotatable_app(admin, secrets_used, name=f"graph-applied-{status}")
+    credential, graph = graph_for(clients, entra)
+
+    def named(name: str) -> set[str]:
+        return {p["keyId"] for p in admin.app_passwords(entra.tenant_id, entra.client_id)
+                if not p["revoked"] and p["displayName"] == name}
+
+    undone: list[set[str]] = []
+    async with credential:
+        found = await graph.find(entra.client_id)
+        marker = f"applied then {status}"
+
+        async def lost() -> None:
+            undone.append(named(marker))
+            for key_id in undone[-1]:
+                await graph.remove_password(found.object_id, key_id)
+
+        admin.set_faults([applied_then(status, "addPassword")])
+        admin.clear_requests()
+        end = datetime.now(UTC) + timedelta(days=1)
+        if status == 502:
+            with pytest.raises(UpstreamError, match="502"):
+                await graph.add_password(found.object_id, marker, end, lost)
+            kept = set()
+        else:
+            added = await graph.add_password(found.object_id, marker, end, lost)
+            secrets_used.add(added.secret_text)
+            kept = {added.key_id}
+        sent = [r for r in graph_requests(admin, entra) if r["graph"] == "addPassword"]
+    assert [f["hits"] for f in admin.faults()] == [1]
+    assert len(sent) == (1 if status == 502 else 2)
+    assert len(undone) == 1 and len(undone[0]) == 1  # the one applied, whose answer was the 5xx, removed
+    assert named(marker) == kept
+
+
+@pytest.mark.parametrize("status", [500, 502])
+async def test_a_removal_or_a_federated_addition_applied_then_answered_5xx_is_done_once(
+        admin: Any, clients: AzureClients, secrets_used: Any, no_faults: None, status: int) -> None:
+    """removePassword and a federated credential's addition applied, then answered 500 (sent again: Graph refuses
+    the second) or 502 (a POST: not sent again): the application says what was asked for is done."""
+    entra = register_rotatable_app(admin, secrets_used, name=f"graph-removal-{status}")
+    credential, graph = graph_for(clients, entra)
+    async with credential:
+        found = await graph.find(entra.client_id)
+        added = await graph.add_password(found.object_id, "to remove", datetime.now(UTC) + timedelta(days=1),
+                                         never_lost)
+        secrets_used.add(added.secret_text)
+        admin.set_faults([applied_then(status, "removePassword")])
+        admin.clear_requests()
+        await graph.remove_password(found.object_id, added.key_id)
+        removals = [r for r in graph_requests(admin, entra) if r["graph"] == "removePassword"]
+        assert len(removals) == (1 if status == 502 else 2)
+        assert added.key_id not in {p["keyId"] for p in admin.app_passwords(entra.tenant_id, entra.client_id)
+                                    if not p["revoked"]}
+
+        wanted = {"name": f"appconn-applied-{status}", "issuer": "https://issuer.example/", "subject": "subject-1",
+                  "audiences": ["api://AzureADTokenExchange"]}
+        admin.set_faults([applied_then(status, "federatedIdentityCredentials")])
+        made = await graph.add_federated_credential(found.object_id, wanted)
+        assert [f["hits"] for f in admin.faults()] == [1]
+        present = await graph.federated_credentials(found.object_id)
+        assert [(c.id, c.name) for c in present] == [(made.id, wanted["name"])]
+
+
 async def test_graph_refusals_become_domain_errors(admin: Any, clients: AzureClients, secrets_used: Any) -> None:
     reader = register_app(admin, secrets_used, name="no-graph-role")
     credential, graph = graph_for(clients, reader)

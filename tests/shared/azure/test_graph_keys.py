@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from localdev.standin.graph import graph_fault
 from shared.apps import Method
 from shared.azure.clients import AzureClients
 from shared.azure.graph import GraphApps
@@ -53,6 +54,32 @@ async def test_add_and_remove_a_key_with_proofs_and_a_lost_answer_adds_no_duplic
         # A proof signed by a key the application no longer has is refused.
         with pytest.raises(UpstreamError, match="remove a certificate"):
             await graph.remove_key(found.object_id, added.key_id, proof_of_possession(in_use, found.object_id))
+
+
+@pytest.mark.parametrize("status", [500, 502])
+async def test_an_add_key_applied_then_answered_5xx_is_found_not_sent_again(
+        admin: Any, clients: AzureClients, secrets_used: Any, no_faults: None, status: int) -> None:
+    """(Review of the retries 1.) Graph applied the addKey, then answered 500 or 502: the application's keys are
+    read before anything else, and the key of the certificate's thumbprint is the answer (no second addKey: it
+    would be refused, or add a duplicate; a 502 of a POST is not retried at all)."""
+    entra = register_app(admin, secrets_used, name=f"graph-keys-{status}")
+    given = certificate_body(admin, secrets_used, entra, key_type="rsa")
+    in_use = parse_certificate(given["certificateBody"], given["privateKey"])
+    credential, graph = graph_for(clients, entra, given)
+    async with credential:
+        found = await graph.find(entra.client_id)
+        (owners,) = found.keys
+        made = new_certificate(in_use, entra.client_id, datetime.now(UTC) + timedelta(days=20))
+        admin.clear_requests()
+        admin.set_faults([{**graph_fault(status, "UnknownError", "gateway", method="POST", path=r"/addKey$"),
+                           "action": "respond_after"}])
+        added = await graph.add_key(found.object_id, "rotation marker", made.certificate_der,
+                                    proof_of_possession(in_use, found.object_id))
+        assert [f["hits"] for f in admin.faults()] == [1]
+        admin.clear_faults()
+        keys = (await graph.find(entra.client_id)).keys
+    assert sorted(k.key_id for k in keys) == sorted([owners.key_id, added.key_id])
+    assert [r["method"] for r in admin.requests() if r["path"].endswith("/addKey")] == ["POST"]
 
 
 async def test_the_effective_policy_and_graphs_lifetime_refusal(

@@ -213,6 +213,51 @@ async def test_when_retries_run_out_the_read_fails_as_an_upstream_error(host: Ho
     assert raised.value.to_problem()["status"] == answered and raised.value.detail == detail
 
 
+async def test_the_service_s_identity_still_throttled_on_a_cold_instance_is_a_503_with_the_endpoint_s_wait(
+        host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review of the retries 2.) The SDK clients' token (Key Vault, Table Storage's SDK) comes from
+    ``service_credential()``: DefaultAzureCredential's chain turned the endpoint's 429 into a
+    ``ClientAuthenticationError`` without status on a process's first token request, so the call answered 502
+    without ``Retry-After``. Where DefaultAzureCredential would use the managed identity anyway, it is that credential
+    alone, whose error keeps the 429 and its wait: 503 ``upstream-throttled`` with ``Retry-After``, as the read
+    path's token gives."""
+    from shared.azure.upstream import upstream_error
+
+    monkeypatch.setenv("IDENTITY_ENDPOINT", host.endpoint)  # azure-identity reads the host's variables itself
+    monkeypatch.setenv("IDENTITY_HEADER", host.header)
+    host.standin.admin.set_faults([{"path": f"^{MSI}$", "status": 429, "times": None,
+                                    "headers": {"Retry-After": "60"}, "body": {"statusCode": 429,
+                                                                              "message": "Too many requests"}}])
+    clients = host.clients()
+    try:
+        with pytest.raises(Exception) as raised:  # what a SecretClient call raises from its credential policy
+            await clients.service_credential().get_token("https://vault.azure.net/.default")
+    finally:
+        await clients.close()
+        host.standin.admin.clear_faults()
+    told = upstream_error(raised.value)
+    assert (told.status, told.slug, told.headers.get("Retry-After")) == (503, "upstream-throttled", "60")
+    assert [r["status"] for r in host.token_requests()] == [429]  # a wait past the budget: not tried again
+
+
+async def test_with_environment_credentials_the_service_s_identity_is_still_default_azure_credential(
+        host: Host) -> None:
+    """Local development: environment credentials come before the managed identity in DefaultAzureCredential's
+    chain, so the service's identity stays DefaultAzureCredential there (and wherever the endpoint is not the one
+    it would use)."""
+    from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+
+    local = {"AZURE_TENANT_ID": host.tenant, "AZURE_CLIENT_ID": "11111111-1111-1111-1111-111111111111",
+             "AZURE_CLIENT_SECRET": "local"}
+    for env, kind in ((host.env(), ManagedIdentityCredential), ({**host.env(), **local}, DefaultAzureCredential),
+                      ({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}, DefaultAzureCredential)):
+        clients = AzureClients(load_settings(env))
+        try:
+            assert type(clients.service_credential()) is kind
+        finally:
+            await clients.close()
+
+
 # -- the cache, its refresh, and concurrent first reads --------------------------------------------------------------
 async def test_concurrent_first_reads_make_one_request_and_later_reads_none(host: Host) -> None:
     clients = host.clients()

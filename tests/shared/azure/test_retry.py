@@ -14,7 +14,7 @@ from azure.core.pipeline import AsyncPipeline
 from azure.core.pipeline.transport import AsyncHttpTransport
 from azure.core.rest import HttpRequest
 
-from shared.azure.graph import classify, translate
+from shared.azure.graph import GraphCallError, classify, translate
 from shared.azure.retry import (
     BACKOFF_FACTOR,
     BACKOFF_MAX,
@@ -271,6 +271,13 @@ async def test_a_30_percent_fault_rate_practically_never_exhausts_the_retries():
         (FakeGraphError(429, "TooManyRequests", headers={"Retry-After": "2"}), True, 2.0),
         (FakeGraphError(503, headers={"retry-after": "1"}), True, 1.0),
         (FakeGraphError(500), True, None),
+        # a 502 where the method may be sent again, not for a POST or PATCH (which may have been applied), as azure-core
+        (GraphCallError(502, {}, "", "", "GET"), True, None),
+        (GraphCallError(502, {}, "", "", "DELETE"), True, None),
+        (GraphCallError(502, {}, "", "", "POST"), False, None),
+        (GraphCallError(502, {}, "", "", "PATCH"), False, None),
+        (GraphCallError(500, {}, "", "", "POST"), True, None),
+        (GraphCallError(504, {}, "", "", "POST"), True, None),
         (FakeGraphError(409, "Directory_ConcurrencyViolation", "Error due to concurrent requests"), True, None),
         (FakeGraphError(400, "Request_BadRequest", "Unable to complete: concurrent requests"), True, None),
         (FakeGraphError(400, "Request_BadRequest", "Invalid keyId"), False, None),
