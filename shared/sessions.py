@@ -307,15 +307,19 @@ class Sessions:
 
     def describe(self, session: Session) -> dict[str, object]:
         """``GET /auth/session``'s answer. ``expiresIn`` is the seconds left by this service's clock (rounded up),
-        which the page times its check of the session's lapse by: its own clock may be minutes off."""
+        which the page times its warning and its check of the session's lapse by: its own clock may be minutes off.
+        ``absoluteExpiresIn`` is the seconds left until the absolute expiry, which no use extends: when it is no
+        more than ``expiresIn``, the page's warning says that staying signed in is not possible."""
         ends_at = session.ends_at(self.idle)
+        now = self._clock()
         return {
             "user": {"name": session.display_name, "username": session.name, "oid": session.user_id,
                      "tid": session.tenant_id},
             "roles": sorted(session.roles),
             "csrfToken": session.csrf_token,
             "expiresAt": iso(ends_at),
-            "expiresIn": max(0, math.ceil((ends_at - self._clock()).total_seconds())),
+            "expiresIn": max(0, math.ceil((ends_at - now).total_seconds())),
+            "absoluteExpiresIn": max(0, math.ceil((session.expires_at - now).total_seconds())),
         }
 
     async def purge_expired(self) -> int:

@@ -1,7 +1,7 @@
 // The App Connections page: the session, the routes (the list and a connection's page) and the list itself.
 
-import {ApiError, all, api, enc, goToSignIn, setSession} from './api.js';
-import {announce, badge, clear, h, hideToast, time, toast} from './dom.js';
+import {ApiError, all, api, enc, goToSignIn, lastUsedAt, setSession} from './api.js';
+import {announce, badge, clear, guardWhileBusy, h, hideToast, time, toast} from './dom.js';
 import {openConnectionDialog} from './connection-form.js';
 import {renderConnection} from './connection-page.js';
 
@@ -78,8 +78,20 @@ export function focusTitle() {
 
 // -- session ------------------------------------------------------------------------------------------
 let expiryTimer = null;
+let describedAt = 0;  // when (this page's clock) the service last described the session
 // The soonest the page asks again about a session the service says is live, however little time it says is left.
 const RECHECK_FLOOR_MS = 30_000;
+// How long before the session ends the page warns (WCAG 2.2.1: at least 20 s to act).
+const WARN_BEFORE_MS = 120_000;
+// The service notes a use at most once a minute (shared/sessions.py): a call sent a minute or more after the
+// description surely moved the idle expiry it gave.
+const USE_NOTED_WITHIN_MS = 60_000;
+const clockTime = new Intl.DateTimeFormat(undefined, {timeStyle: 'short'});
+
+function later(work, ms) {
+  clearTimeout(expiryTimer);
+  expiryTimer = setTimeout(work, Math.min(Math.max(ms, 0), 2 ** 31 - 1));
+}
 
 function useSession(session) {
   state.session = session;
@@ -88,11 +100,19 @@ function useSession(session) {
   document.getElementById('who-name').textContent = (session.user && session.user.name) || '';
   document.getElementById('who').hidden = false;
   clearTimeout(expiryTimer);
+  describedAt = Date.now();
   // By the seconds the service says are left (its clock), not expiresAt against this computer's clock, which may be
   // minutes off: fast, the page would ask early, hear the session is live, and never ask again.
   const left = Number(session.expiresIn) * 1000;
-  if (Number.isFinite(left)) {
-    expiryTimer = setTimeout(checkSession, Math.min(Math.max(left + 1000, RECHECK_FLOOR_MS), 2 ** 31 - 1));
+  if (!Number.isFinite(left)) return;
+  // No use extends the absolute expiry: when it is the one that ends the session, the warning says so.
+  const end = {at: describedAt + left, absolute: Number(session.absoluteExpiresIn) * 1000 <= left};
+  if (left > WARN_BEFORE_MS) {
+    closeSessionWarning();
+    later(() => warnOrLook(end), left - WARN_BEFORE_MS);
+  } else {
+    warnSession(end);
+    later(checkSession, Math.max(left + 1000, RECHECK_FLOOR_MS));
   }
 }
 
@@ -112,6 +132,92 @@ async function checkSession() {
   }
   useSession(session);
 }
+
+/** The warning is due. If this page used the session since the service described it, the idle expiry moved: look
+ * again (not a use) and warn when the answer says. Otherwise warn now: only another tab could have moved it, and
+ * the look when it should lapse finds that out. */
+function warnOrLook(end) {
+  if (!end.absolute && lastUsedAt() - describedAt >= USE_NOTED_WITHIN_MS) {
+    checkSession();
+    return;
+  }
+  warnSession(end);
+  later(checkSession, Math.max(end.at - Date.now() + 1000, RECHECK_FLOOR_MS));
+}
+
+/**
+ * Warn that the session is about to end, in a modal alert dialog over whatever is open (an open form stays as it
+ * is, what was typed in it too): "Stay signed in" makes one API call, which counts as a use and moves the idle
+ * expiry, then looks at the session again; the absolute expiry cannot be moved, and the warning says so. The
+ * focus goes to the warning, and back where it was when the warning closes.
+ */
+function warnSession(end) {
+  const dialog = document.getElementById('session-dialog');
+  const text = document.getElementById('session-dialog-text');
+  const error = document.getElementById('session-dialog-error');
+  const actions = clear(document.getElementById('session-dialog-actions'));
+  const minutes = Math.round((end.at - Date.now()) / 60_000);
+  const when = `at ${clockTime.format(new Date(end.at))} (${minutes >= 1 ? `in about ${minutes} ` +
+    `minute${minutes === 1 ? '' : 's'}` : 'in less than a minute'})`;
+  text.textContent = end.absolute
+    ? `Your session ends ${when} and cannot be extended: a session lasts a limited time after sign-in. Finish or ` +
+      'copy what you are typing, then sign in again.'
+    : `Your session ends ${when}, as the page has not been used for a while (typing in a form does not count). ` +
+      'Choose Stay signed in to keep it: what you typed stays.';
+  error.hidden = true;
+  guardWhileBusy(dialog);
+  if (end.absolute) {
+    actions.append(h('button', {type: 'button', class: 'primary', id: 'session-dialog-ok',
+      onclick: () => dialog.close()}, 'OK'));
+  } else {
+    const stay = h('button', {type: 'button', class: 'primary', id: 'stay-signed-in', onclick: async () => {
+      stay.disabled = true;
+      stay.setAttribute('aria-busy', 'true');
+      try {
+        await staySignedIn();
+      } catch (failure) {
+        error.textContent = `Staying signed in failed: ${failure.message}`;
+        error.hidden = false;
+      } finally {
+        stay.disabled = false;
+        stay.removeAttribute('aria-busy');
+      }
+      if (dialog.open) stay.focus();
+    }}, 'Stay signed in');
+    actions.append(stay, h('button', {type: 'button', onclick: () => dialog.close()}, 'Close'));
+  }
+  if (dialog.open) return;
+  dialog.returnTo = document.activeElement;
+  dialog.showModal();
+  actions.querySelector('button').focus();
+}
+
+/** One call that counts as a use (the options: any signed-in person may ask, and a 403 is a use all the same),
+ * then a look at the session for its new expiry, which closes the warning. */
+async function staySignedIn() {
+  try {
+    await api('GET', `${API}/options`, undefined, {signInOn401: false});
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) {
+      ended('Your session has ended', 'It was not used for a while.');
+      return;
+    }
+    if (!(error instanceof ApiError && error.status === 403)) throw error;
+  }
+  await checkSession();
+}
+
+function closeSessionWarning() {
+  const dialog = document.getElementById('session-dialog');
+  if (dialog.open) dialog.close();
+}
+
+document.getElementById('session-dialog').addEventListener('close', (event) => {
+  const back = event.target.returnTo;
+  event.target.returnTo = null;
+  // Back where the person was (the field they were typing in), unless that went meanwhile.
+  if (back && back.isConnected && !back.closest('dialog:not([open])')) back.focus();
+});
 
 /** The page without a session. Not straight back to sign-in: Entra's own session would sign the person in again
  * without asking (a shared machine). They sign in again when they choose to; Entra may still ask for an account. */

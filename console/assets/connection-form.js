@@ -239,7 +239,9 @@ function build() {
   const editing = mode === 'edit';
   const option = state.options.find((item) => item.app === app);
   document.getElementById('connection-dialog-title').textContent = editing ? `Edit ${connection.name}` : 'Add connection';
-  const general = h('p', {class: 'field-error form-error', id: 'form-error', role: 'alert', hidden: true});
+  // Focusable (not in the Tab order): an error tied to no field takes the focus, which the disabled submit dropped.
+  const general = h('p', {class: 'field-error form-error', id: 'form-error', role: 'alert', tabindex: '-1',
+    hidden: true});
   root.append(general);
   if (!editing) {
     const apps = state.options.filter((item) => can('Writer', item.app));
@@ -341,7 +343,7 @@ function showErrors(errors, detail) {
     general.hidden = false;
   }
   if (first) first.focus();
-  else if (general && !general.hidden) general.focus?.();
+  else if (general && !general.hidden) general.focus();
 }
 
 /**
@@ -534,6 +536,8 @@ async function submit(event) {
       form().removeAttribute('aria-busy');
     }
   }
+  // Still open and the focus dropped with the disabled button (an error shown in the toast): back on the button.
+  if (shown() && !dialog().contains(document.activeElement)) button.focus();
 }
 
 let wired = false;

@@ -112,6 +112,17 @@ async function busy(button, doing, work) {
   }
 }
 
+/**
+ * After the page was drawn anew, the focus goes to the button of the same id, or to the heading when there is none
+ * (a connection moved to federated has no Move button): the one that had it went with the old page, leaving the
+ * focus on <body>. Left alone when the person has put it somewhere else meanwhile.
+ */
+function refocus(id) {
+  const at = document.activeElement;
+  if (at && at !== document.body && at.isConnected) return;
+  (document.getElementById(id) || document.getElementById('page-title'))?.focus();
+}
+
 function confirmDelete(connection, events) {
   const dialog = document.getElementById('confirm-dialog');
   const body = clear(document.getElementById('confirm-dialog-body'));
@@ -126,7 +137,7 @@ function confirmDelete(connection, events) {
         h('ul', {id: 'keys-to-remove'}, keys.map((key) => h('li', {}, h('code', {}, key))))]
       : h('p', {id: 'keys-to-remove'}, 'The service created no credential on the application: nothing is removed ' +
         'from it. The secret, certificate or sign-in you gave stays valid in Entra ID until you revoke it there.'),
-    h('p', {class: 'field-error', id: 'delete-error', role: 'alert', hidden: true})]);
+    h('p', {class: 'field-error', id: 'delete-error', role: 'alert', tabindex: '-1', hidden: true})]);
   const cancel = h('button', {type: 'button', onclick: () => dialog.close()}, 'Cancel');
   const opening = {};  // this opening of the shared dialog: a DELETE that ends later closes only its own
   dialog.opening = opening;
@@ -161,12 +172,17 @@ function confirmDelete(connection, events) {
       const slot = document.getElementById('delete-error');
       slot.textContent = error.message;
       slot.hidden = false;
+      slot.focus();  // the disabled buttons dropped the focus: here it is read out, and Tab goes on in the dialog
       if (error instanceof ApiError && error.status === 409 && Array.isArray(error.problem.keyIds) &&
           !document.getElementById('delete-anyway')) {
         actions.append(h('button', {type: 'button', class: 'danger', id: 'delete-anyway', onclick: (event) =>
           holding(() => busy(event.target, 'Deleting…', () => run(true))).catch((again) => {
-            if (dialog.open && dialog.opening === opening) slot.textContent = again.message;
-            else toast(`Not deleted: ${again.message}`);
+            if (dialog.open && dialog.opening === opening) {
+              slot.textContent = again.message;
+              slot.focus();
+            } else {
+              toast(`Not deleted: ${again.message}`);
+            }
           })},
         'Delete anyway and leave them live'));
       }
@@ -208,7 +224,7 @@ function confirmMigrate(connection, refresh) {
     h('p', {class: 'hint', id: 'revoke-original-hint'}, `Left unchecked, the ${given} you entered stays valid in ` +
       'Entra ID until you remove it there; checked, the service removes it from the application last.'),
     progress,
-    h('p', {class: 'field-error', id: 'migrate-error', role: 'alert', hidden: true})]);
+    h('p', {class: 'field-error', id: 'migrate-error', role: 'alert', tabindex: '-1', hidden: true})]);
   const cancel = h('button', {type: 'button', onclick: () => dialog.close()}, 'Cancel');
   const confirm = h('button', {type: 'button', class: 'primary', id: 'confirm-migrate', onclick: async () => {
     const slot = document.getElementById('migrate-error');
@@ -225,6 +241,7 @@ function confirmMigrate(connection, refresh) {
       if (dialog.opening === opening) dialog.close();
       const moved = answer.appConnection;
       await refresh();
+      refocus('move-to-federated');  // still there after a 202; else the heading
       if (moved.method !== 'federated') {  // 202: the request had to be answered first; the rotation sweep goes on
         toast(`The move of ${moved.name} to federated goes on in the background. ${answer.detail || ''}`, 'notice');
         return;
@@ -248,6 +265,7 @@ function confirmMigrate(connection, refresh) {
       revoke.disabled = false;
       cancel.disabled = false;
     }
+    if (dialog.open && dialog.opening === opening && !slot.hidden) slot.focus();  // not on <body>
   }}, 'Move to federated');
   actions.append(cancel, confirm);
   dialog.showModal();
@@ -290,6 +308,7 @@ export async function renderConnection(app, id) {
         await refresh();
         toast(`Validation failed: ${error.message}`);
       }
+      refocus('validate-now');
     }}, 'Validate now');
     actions.append(validate);
   }
@@ -307,6 +326,7 @@ export async function renderConnection(app, id) {
         await refresh();
         toast(`Rotation failed: ${error.message}`);
       }
+      refocus('rotate-now');
     }}, 'Rotate now');
     actions.append(rotate);
   }

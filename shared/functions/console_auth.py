@@ -12,7 +12,8 @@ The contract the console page relies on:
   HTML page with a link to sign in again, never a stack trace.
 * ``GET /auth/session`` (not a use of the session: it does not move the idle expiry) -> 200
   ``{"user": {"name", "username", "oid", "tid"}, "roles": [...], "csrfToken": "...",
-  "expiresAt": "...", "expiresIn": <seconds left by the service's clock>}``, or 401 problem
+  "expiresAt": "...", "expiresIn": <seconds left by the service's clock>, "absoluteExpiresIn": <seconds until
+  the absolute expiry, which no use extends>}``, or 401 problem
   ``{"type": "urn:app-connections:problem:unauthenticated", "loginUrl": "/auth/login"}``.
 * ``POST /auth/logout`` (cookie, ``X-CSRF-Token`` and this service's ``Origin``) -> 204, the session deleted and
   the cookie cleared (also 204 when there was no session, and when its audit record cannot be written: sign-out

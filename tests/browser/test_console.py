@@ -275,6 +275,7 @@ def test_rotation_enabled_at_creation_shows_in_the_timeline_and_delete_lists_wha
     finally:
         admin.set_latency(0)
     assert page.locator("#rotation-timeline li").count() == 2
+    assert page.evaluate("document.activeElement.id") == "rotate-now"  # the page drawn anew: not on <body>
     assert "Rotate now" in page.inner_text("#rotation-timeline li:first-child")
     console.screenshot("connection-rotated")
     current = page.inner_text("#rotation-timeline li:first-child code")  # the secret now in use
@@ -313,6 +314,7 @@ def test_a_delete_graph_refuses_offers_to_leave_them_live_and_the_toast_says_wha
         page.click("#confirm-delete")
         page.wait_for_selector("#confirm-delete:not([aria-busy])")
         page.wait_for_selector("#delete-error:not([hidden])")
+        assert page.evaluate("document.activeElement.id") == "delete-error"  # the disabled button dropped it
     assert "could not be removed" in page.inner_text("#delete-error")
     assert page.locator("text=Delete anyway and leave them live").count() == 1
     page.click("text=Delete anyway and leave them live")
@@ -692,6 +694,7 @@ def test_a_client_secret_connection_moves_to_federated_through_the_page(
     assert posts == [(console.url(f"/api/v1/app-connections/azure-key-vault/{connection['id']}/migrate-to-federated"),
                       {"revokeOriginal": True})]
     page.wait_for_selector("#connection-details")
+    assert page.evaluate("document.activeElement.id") == "page-title"  # its opener, Move to federated, is gone
     details = page.inner_text("#connection-details")
     assert "Federated" in details and "Client Secret" not in details
     assert "now signs in with the federated credential" in page.inner_text("#toast")
@@ -729,6 +732,7 @@ def test_a_move_the_request_had_to_answer_before_it_ended_is_told_as_going_on(
     told = page.inner_text("#toast span")
     assert "goes on in the background" in told and detail in told
     assert "now signs in with the federated credential" not in told
+    assert page.evaluate("document.activeElement.id") == "move-to-federated"  # the page drawn anew: on its button
     assert "Client Secret" in page.inner_text("#connection-details")
 
 

@@ -152,6 +152,22 @@ async def test_a_session_in_use_lives_until_its_absolute_expiry() -> None:
     assert ended.value.headers["Set-Cookie"].startswith("__Host-appconn=;")
 
 
+async def test_the_description_says_when_the_absolute_expiry_ends_the_session() -> None:
+    """The page warns before the session ends; a use extends the idle expiry, never the absolute one, so its warning
+    says which (``absoluteExpiresIn`` no more than ``expiresIn``: staying signed in is not possible)."""
+    clock = Clock()
+    service = sessions(clock)
+    session_id, _ = await service.start(READER)
+    described = service.describe(await service.resume(session_id, use=False))
+    assert (described["expiresIn"], described["absoluteExpiresIn"]) == (30 * 60, 8 * 3600)
+    for _ in range(31):  # used every 15 minutes: 7 h 45 min after sign-in
+        clock.advance(timedelta(minutes=15))
+        await service.resume(session_id)
+    clock.advance(timedelta(seconds=30))
+    described = service.describe(await service.resume(session_id, use=False))
+    assert described["expiresIn"] == described["absoluteExpiresIn"] == 14 * 60 + 30  # the absolute expiry ends it
+
+
 async def test_an_idle_session_ends_and_is_deleted() -> None:
     clock, store = Clock(), FakeSessions()
     service = sessions(clock, store)
