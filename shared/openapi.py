@@ -306,7 +306,8 @@ def _paths() -> dict[str, Any]:
                 _query("to", "ISO 8601 end, before 9000 (default: now).", {"type": "string", "format": "date-time"}),
                 _query("app", "Only this app's records (the caller's role must be for it).",
                        {"type": "string", "enum": sorted(APPS)}),
-                _query("connectionId", "Only this connection's records (its id as the request named it).",
+                _query("connectionId", "Only this connection's records (a GUID in any case; another value as a "
+                       "refused request's record names it).",
                        {"type": "string", "maxLength": 128}),
                 _query("actor", "Only this actor's records (its object id).", {"type": "string", "maxLength": 256}),
                 _query("action", "Only this action, e.g. `connection.delete` or `credential.remove`.",

@@ -288,7 +288,7 @@ export async function renderConnection(app, id) {
   const [events, audit] = await Promise.all([
     all(`${API}/${enc(app)}/${enc(id)}/rotations?limit=50`, 'rotations', 4).catch(() => []),
     can('Auditor', app)
-      ? api('GET', `/api/v1/audit-logs?connectionId=${enc(id)}&limit=50`).then((data) => data.auditLogs)
+      ? api('GET', `/api/v1/audit-logs?connectionId=${enc(connection.id)}&limit=50`).then((data) => data.auditLogs)
         .catch((error) => error)
       : Promise.resolve(null),
   ]);

@@ -62,15 +62,19 @@ CONNECTION_ID_MAX = 128  # a connection's id is a GUID; a refused request's reco
 def _filters(req: func.HttpRequest) -> dict[str, str | None]:
     """The search's filters, checked before any is sent to Table Storage (a value it cannot take, such as one of
     20,000 characters, was a 502): a connection's id printable text of at most ``CONNECTION_ID_MAX`` characters,
-    searched as given (a refused request's record names the path's value as it came, which need not be a GUID),
+    a GUID searched lower-cased, as records name it whatever the spelling the request used, anything else as given
+    (a refused request's record names the path's value as it came, escaped, which need not be a GUID),
     an action a dotted slug (``connection.create``), an actor's id printable text of at most ``ACTOR_MAX``
     characters. None: not asked for."""
     import re
 
     from shared.errors import FieldError, InvalidRequest
+    from shared.fields import GUID_RE
 
     errors: list[FieldError] = []
     connection_id = req.params.get("connectionId") or None
+    if connection_id is not None and GUID_RE.fullmatch(connection_id):
+        connection_id = connection_id.lower()
     if connection_id is not None and (len(connection_id) > CONNECTION_ID_MAX or not connection_id.isprintable()):
         errors.append(FieldError("/connectionId", f"must be a connection's id: at most {CONNECTION_ID_MAX} "
                                                   "printable characters"))

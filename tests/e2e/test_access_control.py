@@ -170,6 +170,19 @@ def test_each_action_is_audited_with_who_did_it_and_what_came_of_it(api: httpx.C
     assert api.get("/api/v1/audit-logs", headers={"Authorization": f"Bearer {reader}"}).status_code == 403
 
 
+def test_a_connection_s_records_are_found_by_its_id_however_the_request_or_the_search_spells_it(
+        api: httpx.Client) -> None:
+    """A record names the connection lower-cased, as ids are written, whatever spelling its request's path used;
+    the search takes a GUID in any case the same way (it found nothing for an upper-case one)."""
+    connection = str(uuid.uuid4())
+    assert api.patch(f"{BASE}/{KV}/{connection.upper()}", json={"name": "spelt"}).status_code == 404
+    for spelling in (connection, connection.upper()):
+        found = api.get("/api/v1/audit-logs", params={"connectionId": spelling, "action": "connection.update"})
+        assert found.status_code == 200, found.text
+        assert [(r["connectionId"], r["outcome"]) for r in found.json()["auditLogs"]] == [
+            (connection, "404"), (connection, "started")]
+
+
 def test_an_auditor_of_one_app_reads_that_app_s_records_and_no_other(api: httpx.Client, tokens: Tokens) -> None:
     """A role limited to one app is that app's: its Auditor (or Admin) searches the app's records, never another
     app's, nor those of no app (a sign-in, an access refused without an app)."""
