@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -23,6 +24,8 @@ from shared.redaction import register_secret
 
 if TYPE_CHECKING:
     from shared.azure.clients import AzureClients
+
+log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "application/vnd.app-connections.credentials+json"
 # Fields of the material that are not secret (a certificate connection's certificate: public by design, Entra ID
@@ -98,11 +101,17 @@ class SecretVault:
         return _material(secret.value or "{}")
 
     async def disable(self, name: str, version: str) -> None:
-        """Disable a version that is not (or no longer) current (best effort)."""
+        """Disable a version that is not (or no longer) current (best effort: the credential it holds is revoked or
+        replaced on the application all the same). One Key Vault refused stays enabled, which a warning says (with
+        Key Vault's status, never the value), where it was silent."""
         from azure.core.exceptions import HttpResponseError
 
-        with translated(KEY_VAULT, "disable a secret version"), contextlib.suppress(HttpResponseError):
-            await self._clients.secrets().update_secret_properties(name, version, enabled=False)
+        with translated(KEY_VAULT, "disable a secret version"):
+            try:
+                await self._clients.secrets().update_secret_properties(name, version, enabled=False)
+            except HttpResponseError as error:
+                log.warning("Key Vault did not disable version %s of secret %s (it answered %s); it stays enabled",
+                            version, name, error.status_code)
 
     async def delete(self, name: str) -> None:
         """Delete the secret (soft delete, as the vault keeps it); an absent secret is fine."""

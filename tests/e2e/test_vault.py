@@ -48,3 +48,27 @@ async def test_the_versions_written_before_one_are_disabled_and_those_written_af
     assert await vault.get(name, later.version) == later.material  # a later request's, current perhaps: kept
     assert await vault.disable_older(name, uuid.uuid4().hex) == 0  # a version it does not have: nothing
     await vault.delete(name)
+
+
+async def test_a_version_key_vault_refuses_to_disable_stays_enabled_and_a_warning_says_so(
+        clients: AzureClients, admin, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    """Disabling is best effort (the credential it holds is revoked on the application all the same), but a refusal
+    is told: it was swallowed without a word, so a vault whose identity lost its role kept every old version enabled
+    unseen."""
+    import logging
+
+    vault = SecretVault(clients)
+    name = f"vault-test-{uuid.uuid4().hex[:8]}"
+    old = await vault.write(name, {"clientSecret": "old-" + uuid.uuid4().hex}, {})
+    admin.set_faults([{"method": "PATCH", "path": f"/secrets/{name}/", "status": 403,
+                       "body": {"error": {"code": "Forbidden", "message": "Caller is not authorized"}}}])
+    try:
+        with caplog.at_level(logging.WARNING, logger="shared.store.vault"):
+            await vault.disable(name, old.version)
+    finally:
+        admin.set_faults([])
+    assert await vault.get(name, old.version) == old.material
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "shared.store.vault"]
+    assert f"version {old.version} of secret {name}" in warning and "403" in warning
+    assert old.material["clientSecret"] not in caplog.text
+    await vault.delete(name)
