@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from shared.azure.upstream import sentence
 from shared.errors import AuditUnavailable, FieldError, InvalidRequest, ServiceError, escaped
 from shared.fields import page_size
 from shared.records import Actor, AuditRecord
@@ -112,7 +113,7 @@ class AuditLog:
 
                 if not isinstance(error, AzureError | OSError | TimeoutError):
                     raise
-            log.warning("The audit log could not be written (%s): %s %s", type(error).__name__, action, outcome,
+            log.warning("The audit log could not be written (%s): %s %s", sentence(error), action, outcome,
                         extra={"audit": True, **{f"audit_{k}": v for k, v in _flat(entry).items()}})
             if outcome == STARTED:
                 raise AuditUnavailable("The audit log could not be written; nothing was done.") from None
@@ -170,7 +171,7 @@ class AuditLog:
                                       detail=f"{what}: {deleted} deleted, more left for the next run")
                     return deleted
         except Exception as error:
-            await self.record(PURGE, "failed", detail=f"{what}: {deleted} deleted, then {type(error).__name__}")
+            await self.record(PURGE, "failed", detail=f"{what}: {deleted} deleted, then {sentence(error)}")
             raise
         log.info("Audit retention: %d records older than %d days deleted", deleted, retention_days)
         await self.record(PURGE, "succeeded", detail=f"{what}: {deleted} deleted")
@@ -226,7 +227,7 @@ class AuditLog:
                                                  "run")
                         return deleted
         except Exception as error:
-            await self.record(HISTORY_PURGE, "failed", detail=f"{what}: {deleted} deleted, then {type(error).__name__}")
+            await self.record(HISTORY_PURGE, "failed", detail=f"{what}: {deleted} deleted, then {sentence(error)}")
             raise
         log.info("Rotation history retention: %d entries older than %d days deleted", deleted, retention_days)
         await self.record(HISTORY_PURGE, "succeeded", detail=f"{what}: {deleted} deleted")
@@ -253,9 +254,9 @@ class AuditLog:
             try:  # the change's own error is what the caller must see, whatever becomes of this record
                 await self.credential_change(action, "failed", app=app, connection_id=connection_id,
                                              object_id=object_id, key_id=key_id,
-                                             detail=f"{detail}: {type(error).__name__}".lstrip(": "))
+                                             detail=f"{detail}: {type(error).__name__}".lstrip(": "))  # its kind only
             except Exception as unrecorded:
-                log.warning("The audit log could not be written (%s): %s failed", type(unrecorded).__name__, action)
+                log.warning("The audit log could not be written (%s): %s failed", sentence(unrecorded), action)
             raise
         await self.credential_change(action, "succeeded", app=app, connection_id=connection_id, object_id=object_id,
                                      key_id=key_id_of(made) if key_id_of is not None else key_id)

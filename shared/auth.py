@@ -54,6 +54,7 @@ INSUFFICIENT_SCOPE = f'Bearer error="insufficient_scope", scope="{DELEGATED_SCOP
 REFETCH_INTERVAL_SECONDS = 60.0
 KEYS_MAX_AGE_SECONDS = 24 * 3600.0  # the key set is read again after a day, so a key Entra withdrew stops working
 FETCH_BACKOFF_SECONDS = 10.0  # after a failed read of the documents, none is tried again for this long
+THROTTLED_HOLD_MAX_SECONDS = 300.0  # ... or for Entra's Retry-After when it throttled the read, up to this long
 MAX_TOKEN_CHARS = jws.MAX_TOKEN_CHARS
 CHALLENGE = 'Bearer error="invalid_token"'
 VALIDATED_CACHE_SIZE = 1024  # tokens whose principal is kept until they expire (the oldest used goes first)
@@ -139,9 +140,10 @@ class SigningKeys:
     at most once every ``REFETCH_INTERVAL_SECONDS``, and once they are ``KEYS_MAX_AGE_SECONDS`` old (a key Entra
     withdrew in an emergency rollover is no longer trusted). A read that fails keeps the keys there are, and no
     other read is tried for ``FETCH_BACKOFF_SECONDS``: an outage of the authority is not met with a read per
-    request. Without keys, a read that Entra still throttled (``UpstreamThrottled``: 429 or 503 when the retries
-    ran out) makes every token check until the next read a ``503`` whose ``Retry-After`` is what is left of
-    Entra's wait, or of the back-off when that is longer; any other failure a ``502``."""
+    request; after a read Entra still throttled (``UpstreamThrottled``: 429 or 503 when the retries ran out), none
+    is tried before Entra's wait is over either (``THROTTLED_HOLD_MAX_SECONDS`` at most). Without keys, every token
+    check until the next read is then a ``503`` whose ``Retry-After`` is what is left of that wait; after any other
+    failure a ``502``."""
 
     def __init__(self, settings: Settings, fetch_json: FetchJson,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
@@ -178,12 +180,11 @@ class SigningKeys:
                 return
             if force and self._fetched_at is not None and now - self._fetched_at < 1.0:
                 return  # fetched just now by a concurrent request
-            if self._failed_at is not None and now - self._failed_at < FETCH_BACKOFF_SECONDS:
+            if self._failed_at is not None and now < (resume := self._next_read_after(self._failed_at)):
                 if self._issuer is None:
                     if self._throttled_until is not None:
-                        wait = max(self._failed_at + FETCH_BACKOFF_SECONDS, self._throttled_until) - now
                         raise UpstreamThrottled("Entra ID is busy and the tenant's signing keys could not be read; "
-                                                "try again later.", retry_after=max(1.0, wait))
+                                                "try again later.", retry_after=max(1.0, resume - now))
                     raise UpstreamError("The tenant's signing keys could not be read; try again in a few seconds.")
                 return  # the keys there are, until the next try
             try:
@@ -203,6 +204,15 @@ class SigningKeys:
                 log.warning("The tenant's signing keys could not be read again; the ones read before are kept")
                 return
             self._keys, self._issuer, self._fetched_at, self._failed_at = keys, issuer, now, None
+
+    def _next_read_after(self, failed_at: float) -> float:
+        """When the documents may be read again after a read that failed at ``failed_at``: after the back-off, or
+        after Entra's wait when it throttled that read (a read every back-off would only prolong the throttling),
+        held no longer than ``THROTTLED_HOLD_MAX_SECONDS``, so that a new key is not waited for an hour."""
+        resume = failed_at + FETCH_BACKOFF_SECONDS
+        if self._throttled_until is not None:
+            resume = max(resume, min(self._throttled_until, failed_at + THROTTLED_HOLD_MAX_SECONDS))
+        return resume
 
     async def _documents(self) -> tuple[str, Any]:
         """The issuer of the discovery document and the key set it points to."""

@@ -12,7 +12,9 @@ problem; a log line) takes that error's sentence, never the error's class name:
 - no answer: the service could not be reached.
 
 The service is the one the adapter names; else the upstream its transport labelled the request with
-(``shared.azure.clients``: :func:`label`). No SDK is imported: an azure-core error is known by its module.
+(``shared.azure.clients``: :func:`label`). A call whose failure its transport labelled Entra ID's though the
+adapter names another service is the service's own identity that got no token for it, told as such. No SDK is
+imported: an azure-core error is known by its module.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 
-from shared.errors import ServiceError, UpstreamError, UpstreamThrottled
+from shared.errors import ServiceError, ServiceMisconfigured, UpstreamError, UpstreamThrottled
 
 KEY_VAULT = "Key Vault"
 TABLE_STORAGE = "Table Storage"
@@ -37,6 +39,10 @@ REMEDIES = {
                    "account, which the deployment grants (docs/deployment.md): restore that role assignment",
 }
 GENERIC_REMEDY = "check the service's managed identity and its role assignments (docs/deployment.md)"
+# What restores the service's own token: the identity the host signs in with (docs/troubleshooting.md).
+IDENTITY_REMEDY = ("check that the managed identity is assigned to the function app and that "
+                   "AzureWebJobsStorage__clientId names it (locally: AZURE_TENANT_ID, AZURE_CLIENT_ID and "
+                   "AZURE_CLIENT_SECRET)")
 _LABEL = "app_connections_upstream"  # the attribute a transport sets on a response or error it saw
 _CODE = re.compile(r"[A-Za-z0-9_.]{1,64}")
 
@@ -67,6 +73,8 @@ def upstream_error(error: BaseException, action: str | None = None, service: str
     the call was to do ("read a secret version")."""
     if isinstance(error, ServiceError):
         return error
+    if service not in (None, ENTRA_ID) and service_of(error) == ENTRA_ID:
+        return _no_token(error, action, service)
     name = service or service_of(error)
     who = name or "An Azure service"
     doing = f" to {action}" if action else ""
@@ -85,6 +93,33 @@ def upstream_error(error: BaseException, action: str | None = None, service: str
         return UpstreamThrottled(f"{who} {busy} ({answered}){asked}, through every retry; try again after the "
                                  "Retry-After wait.", retry_after=retry_after_of(_headers(error)))
     return UpstreamError(f"{who} failed{doing} ({answered}).")
+
+
+def _no_token(error: BaseException, action: str | None, service: str | None) -> ServiceError:
+    """A call to ``service`` whose failure came from Entra ID's side (its transport's label): the service's own
+    identity got no token (the host's managed-identity endpoint, or Entra ID for environment credentials locally).
+    Told as such, not as ``service``'s failure, which would send the operator to that service's role: a refusal
+    (400, 401, 403: an identity not assigned to the function app, a wrong client id or secret) is a
+    ``service-misconfigured``, throttling keeps its wait, anything else is a ``502``. The endpoint's message is not
+    quoted (the read path's token, ``shared.azure.managed_identity``, quotes it, its header's value removed)."""
+    status = getattr(error, "status_code", None)
+    doing = f" to {action} in {service}" if action else f" for {service}"
+    if not isinstance(status, int):
+        return UpstreamError(f"The service's own identity could not get a token{doing}: its token endpoint could "
+                             "not be reached.")
+    answered = f"{status} {code}" if (code := _code_of(error)) else str(status)
+    if status in (429, 503):
+        from shared.azure.retry import retry_after_of
+
+        return UpstreamThrottled(f"The service's own identity could not get a token{doing}: its token endpoint is "
+                                 f"busy ({answered}) through every retry; try again after the Retry-After wait.",
+                                 retry_after=retry_after_of(_headers(error)))
+    if status in (400, 401, 403):
+        return ServiceMisconfigured(
+            f"The service's own identity could not get a token{doing} (its token endpoint answered {answered}): "
+            f"{IDENTITY_REMEDY}.")
+    return UpstreamError(f"The service's own identity could not get a token{doing} (its token endpoint answered "
+                         f"{answered}).")
 
 
 def sentence(error: BaseException) -> str:

@@ -40,7 +40,7 @@ from typing import TypeVar
 
 from shared import audit
 from shared.apps import Method, find_app
-from shared.azure.upstream import azure_failure, upstream_error
+from shared.azure.upstream import azure_failure, sentence, upstream_error
 from shared.due_index import reindex
 from shared.errors import (
     ConcurrentChange,
@@ -152,7 +152,7 @@ class Migrator(Journaled):
             if claimed is not None and record.rotation.schedule_key and record.rotation.schedule_key != key:
                 await self._drop_entry(record.rotation.schedule_key)  # (the claim is written: never failed by this)
         except Exception as error:
-            await self._recorded(record, STATUS_FAILED, f"claiming the migration: {type(error).__name__}")
+            await self._recorded(record, STATUS_FAILED, f"claiming the migration: {sentence(error)}")
             raise
         if claimed is None:
             await self._recorded(record, "skipped", "not claimed: the connection changed meanwhile")
@@ -233,7 +233,7 @@ class Migrator(Journaled):
         try:
             return await ending
         except Exception as error:
-            await self._recorded(record, STATUS_FAILED, f"ending the attempt: {type(error).__name__}")
+            await self._recorded(record, STATUS_FAILED, f"ending the attempt: {sentence(error)}")
             raise
 
     async def _old_material(self, record: ConnectionRecord) -> dict[str, str]:
@@ -419,7 +419,7 @@ class Migrator(Journaled):
                     base = state.cleared_journal().evolve(revoke_original=False)
                     message = f"The migration to the federated method did not start: {message}"
                 else:
-                    log.warning("Migration of %s: clean-up failed (%s)", current.id, type(cleanup).__name__)
+                    log.warning("Migration of %s: clean-up failed (%s)", current.id, sentence(cleanup))
         else:
             message = (f"The connection is federated now; removing its previous credentials did not complete "
                        f"({message}). Send POST .../migrate-to-federated again to finish.")

@@ -238,7 +238,7 @@ class Rotator(Journaled):
             claimed, current = await self._claim_after_audit(record, state, trigger, now)
         except Exception as error:
             await self.audit.record("rotation.attempt", "failed", **where,
-                                    detail=f"claiming the rotation: {type(error).__name__}")
+                                    detail=f"claiming the rotation: {sentence(error)}")
             raise
         if claimed is None:
             await self.audit.record("rotation.attempt", "skipped", **where, detail=self._why_not_claimed(current))
@@ -359,7 +359,7 @@ class Rotator(Journaled):
             await self.audit.record("rotation.attempt", "skipped", **where, detail=f"lease lost: {lost.detail}")
             raise
         except Exception as error:  # a defect (an Azure failure is the attempt's, recorded): its kind, never its text
-            await self.audit.record("rotation.attempt", STATUS_FAILED, **where, detail=type(error).__name__)
+            await self.audit.record("rotation.attempt", STATUS_FAILED, **where, detail=sentence(error))
             raise
         finally:
             telemetry.record_rotation(record.app, outcome, started.trigger, watch.seconds())
@@ -526,7 +526,7 @@ class Rotator(Journaled):
             failed = error
         if failed is not None:
             log.warning("Rotation of %s: what it added after losing the rotation could not be removed (%s)",
-                        record.id, type(failed).__name__)
+                        record.id, sentence(failed))
 
     def _fence(self, state: RotationState, run: _Run) -> Callable[[], None]:
         """The lease check right before an addition; past it, the attempt notes that it is adding."""
@@ -1066,7 +1066,7 @@ class Rotator(Journaled):
             try:
                 done = await self.retire(claimed)
             except ServiceError as error:
-                await self.audit.record(CLEAN_UP, "failed", **where, detail=f"{what}: {type(error).__name__}")
+                await self.audit.record(CLEAN_UP, "failed", **where, detail=f"{what}: {sentence(error)}")
                 told = True
                 try:
                     left = await self._as_left(claimed)
@@ -1081,7 +1081,7 @@ class Rotator(Journaled):
                 return await self._reschedule(left, left.rotation, waiting)
         except Exception as error:  # Table Storage failed under it, or a defect: recorded, and the sweep logs it
             if not told:
-                await self.audit.record(CLEAN_UP, "failed", **where, detail=f"{what}: {type(error).__name__}")
+                await self.audit.record(CLEAN_UP, "failed", **where, detail=f"{what}: {sentence(error)}")
             raise
         finished = done.rotation.evolve(lease_owner=None, lease_until=None, failures=0, message=None,
                                         next_at=scheduled_rotation(done.rotation, done.health.credential_expires_at))

@@ -342,7 +342,7 @@ async def test_a_history_purge_whose_record_cannot_be_written_deletes_nothing_an
         await log.purge_expired_history(fakes.history, 30)
     assert [(r.outcome, (r.detail or "").split(": ", 2)[-1]) for r in fakes.audit.records] == [
         ("started", "entries of attempts started before 2026-11-01T00:00:00Z"),
-        ("failed", "0 deleted, then UpstreamError")]
+        ("failed", "0 deleted, then Table Storage failed.")]
     assert await log.purge_expired_history(fakes.history, 30) == 200  # the next run deletes them
     assert len(fakes.history.rows) == 1
 

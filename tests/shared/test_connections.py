@@ -399,7 +399,7 @@ async def test_a_claim_lost_to_another_worker_gives_its_started_record_a_skipped
     assert h.check() == []
 
 
-async def test_a_claim_an_error_stops_gives_its_started_record_a_failed_outcome_naming_the_kind_of_error() -> None:
+async def test_a_claim_an_error_stops_gives_its_started_record_a_failed_outcome_saying_what_failed() -> None:
     h = Harness()
     record = await h.create()
     await h.due()
@@ -410,7 +410,7 @@ async def test_a_claim_an_error_stops_gives_its_started_record_a_failed_outcome_
     with pytest.raises(UpstreamError):
         await h.services().rotator.claim(due, trigger="schedule")
     assert attempt_records(h, seen) == [("started", "trigger schedule"),
-                                        ("failed", "claiming the rotation: UpstreamError")]
+                                        ("failed", "claiming the rotation: Table Storage failed (injected).")]
     h.lease_runs_out()
     await h.sweep()  # the connection stays due: the next sweep rotates it
     after = await h.record(record.id)

@@ -719,14 +719,14 @@ async def test_a_migration_whose_claim_loses_a_race_leaves_no_schedule_entry_beh
     assert [key for key in h.fakes.schedule.keys if record.id in key] == []
 
 
-async def test_a_migration_whose_claim_an_error_stops_records_it_failed_naming_the_kind_of_error() -> None:
+async def test_a_migration_whose_claim_an_error_stops_records_it_failed_saying_what_failed() -> None:
     h = Harness()
     record = await h.create(rotation=False)
     fails_once(h, "update")  # the claim's write: Table Storage fails
     with pytest.raises(UpstreamError):
         await migrated(h, record)
-    assert _every_migration_has_an_outcome(h) == [("started", "to federated"),
-                                                  ("failed", "claiming the migration: UpstreamError")]
+    assert _every_migration_has_an_outcome(h) == [
+        ("started", "to federated"), ("failed", "claiming the migration: Table Storage failed (injected).")]
     assert (await migrated(h, record)).method == "federated"
 
 

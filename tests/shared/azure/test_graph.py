@@ -333,6 +333,36 @@ async def test_a_throttle_that_outlasts_the_retries_is_a_503_with_graph_s_wait(
     assert (response.status_code, response.headers.get("Retry-After")) == (503, "120" if status == 429 else "90")
 
 
+@pytest.mark.parametrize("read_throttled", [True, False], ids=["application-read-throttled-too", "read-fine"])
+async def test_a_removal_graph_still_throttles_is_a_503_with_graph_s_wait_not_an_unknown_outcome(
+        admin: Any, clients: AzureClients, secrets_used: Any, no_faults: None, read_throttled: bool) -> None:
+    """(Review of the retries.) removePassword throttled past the retries is checked against the application; Graph
+    throttles per application and tenant, so that read is often throttled too. Either way nothing is decided yet:
+    the caller gets Graph's 503 and its wait (a throttled revoke is retried later, paging nobody), never a 502
+    "the outcome is not known" without one."""
+    from shared.errors import UpstreamThrottled
+
+    entra = register_rotatable_app(admin, secrets_used, name="graph-remove-throttled")
+    credential, graph = graph_for(clients, entra)
+    async with credential:
+        found = await graph.find(entra.client_id)
+        added = await graph.add_password(found.object_id, "to remove", datetime.now(UTC) + timedelta(days=1),
+                                         never_lost)
+        secrets_used.add(added.secret_text)
+        faults = [graph_fault(429, "TooManyRequests", "throttled", method="POST", path=r"/removePassword$",
+                              times=None, retry_after=60)]
+        if read_throttled:
+            faults.append(graph_fault(429, "TooManyRequests", "throttled", method="GET", times=None, retry_after=60))
+        admin.set_faults(faults)
+        try:
+            with pytest.raises(UpstreamThrottled) as caught:
+                await graph.remove_password(found.object_id, added.key_id)
+        finally:
+            admin.set_faults([])
+        assert caught.value.headers.get("Retry-After") == "60"
+        assert added.key_id in {p.key_id for p in (await graph.find(entra.client_id)).passwords}
+
+
 async def test_the_app_list_is_read_page_by_page_and_a_next_page_elsewhere_is_never_read(
         admin: Any, clients: AzureClients, secrets_used: Any, no_faults: None) -> None:
     entra = register_rotatable_app(admin, secrets_used, name="lister", roles=("Application.Read.All",))

@@ -39,7 +39,7 @@ from shared.azure.clients import (
 )
 from shared.azure.managed_identity import HALF_LIFE_FROM, AccessToken, parse_token, resource_of, token_url
 from shared.azure.rest import RestClient
-from shared.errors import ServiceMisconfigured, UpstreamError
+from shared.errors import ServiceError, ServiceMisconfigured, UpstreamError
 from shared.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -238,6 +238,38 @@ async def test_the_service_s_identity_still_throttled_on_a_cold_instance_is_a_50
     told = upstream_error(raised.value)
     assert (told.status, told.slug, told.headers.get("Retry-After")) == (503, "upstream-throttled", "60")
     assert [r["status"] for r in host.token_requests()] == [429]  # a wait past the budget: not tried again
+
+
+@pytest.mark.parametrize(("fault", "slug", "told"), [
+    ({"status": 400, "body": {"statusCode": 400, "message": "No User Assigned or Delegated Managed Identity found"}},
+     "service-misconfigured", "AzureWebJobsStorage__clientId names it"),
+    ({"status": 429, "headers": {"Retry-After": "60"}, "body": {"statusCode": 429, "message": "Too many requests"}},
+     "upstream-throttled", "its token endpoint is busy (429)"),
+], ids=["identity-not-assigned", "endpoint-throttling"])
+async def test_a_key_vault_call_whose_token_the_endpoint_refused_says_the_identity_got_no_token_not_key_vault(
+        host: Host, monkeypatch: pytest.MonkeyPatch, fault: dict[str, Any], slug: str, told: str) -> None:
+    """(Review of the retries 2.) With ManagedIdentityCredential alone, the endpoint's refusal reaches the Key Vault
+    adapter with its status; named after the adapter, it read "Key Vault failed to read a secret version (400)" (a
+    401 or 403 would have sent the operator to restore Key Vault's role). It is the identity that got no token."""
+    from shared.store.vault import SecretVault
+
+    monkeypatch.setenv("IDENTITY_ENDPOINT", host.endpoint)  # azure-identity reads the host's variables itself
+    monkeypatch.setenv("IDENTITY_HEADER", host.header)
+    host.standin.admin.set_faults([{"path": f"^{MSI}$", "times": None, **fault}])
+    clients = AzureClients(load_settings({**host.env(), "KEY_VAULT_URL": host.standin.url,
+                                          "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE": "false"}))
+    try:
+        with pytest.raises(ServiceError) as raised:
+            await SecretVault(clients).get("conn-secret", "0" * 32)
+    finally:
+        await clients.close()
+        host.standin.admin.clear_faults()
+    assert raised.value.slug == slug and told in raised.value.detail, raised.value.detail
+    assert raised.value.detail.startswith("The service's own identity could not get a token to read a secret")
+    assert "Key Vault" in raised.value.detail and "Key Vault failed" not in raised.value.detail
+    assert "Key Vault Secrets Officer" not in raised.value.detail
+    if slug == "upstream-throttled":
+        assert raised.value.headers.get("Retry-After") == "60"
 
 
 async def test_with_environment_credentials_the_service_s_identity_is_still_default_azure_credential(
