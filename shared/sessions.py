@@ -9,7 +9,8 @@ confidential client (the API's own app registration, ``AUTH_AUDIENCE``), the bro
 * A session holds the user's identity and roles from the validated ID token (signature, issuer, audience,
   lifetime: ``shared.auth.TokenValidator``; nonce), a CSRF token, and its times: it ends ``session_absolute_hours``
   after sign-in (``CONSOLE_SESSION_ABSOLUTE_HOURS``, default 8) or ``session_idle_minutes`` after its last use
-  (``CONSOLE_SESSION_IDLE_MINUTES``, default 30; the last use is written at most once a minute). Roles are those
+  (``CONSOLE_SESSION_IDLE_MINUTES``, default 30; the last use is written at most once a minute, but at once when
+  the person chooses to stay signed in: :meth:`Sessions.stay`). Roles are those
   of sign-in: a role removed in Entra ID stops at the next sign-in, at most ``session_absolute_hours`` later.
   No refresh token is requested or kept. Each sign-in purges (best effort, at most 100) what has expired.
 * Calls that change state (anything but GET, HEAD, OPTIONS) by cookie need the header ``X-CSRF-Token`` equal to
@@ -262,6 +263,23 @@ class Sessions:
                 raise _sign_in_again("The session has ended; sign in again.")
             session = replace(session, last_seen_at=now)
         return session
+
+    async def stay(self, session_id: str | None, method: str, origin: str | None,
+                   csrf_token: str | None) -> Session:
+        """``POST /auth/session``: the person chose to stay signed in. The session is checked as a change by cookie
+        (:meth:`check_change`: this service's Origin and the session's CSRF token; a forgery is refused naming the
+        person, before anything is written), then its use is noted now, even within a minute of the last: the
+        person asked explicitly, and the idle expiry the answer describes must be the one they were promised."""
+        session = await self.resume(session_id, use=False)
+        try:
+            self.check_change(session, method, origin, csrf_token)
+        except RequestForgery as forged:
+            forged.principal = session.principal()  # a change forged against a person signed in: audited
+            raise
+        now = self._clock()
+        if not await self._store.touch(session.bucket, session.key, now):
+            raise _sign_in_again("The session has ended; sign in again.")
+        return replace(session, last_seen_at=now)
 
     async def end(self, session_id: str | None) -> Session | None:
         """Delete the session (None when there was none)."""

@@ -3,7 +3,6 @@
 
 let csrfToken = null;
 let sessionUser = null; // the oid the page shows as signed in: a token of another person's session is not used
-let lastUse = 0; // when (this page's clock) it last sent a call that counts as a use of the session
 
 export class ApiError extends Error {
   constructor(status, problem) {
@@ -22,12 +21,6 @@ export class ApiError extends Error {
 export function setSession(session) {
   csrfToken = session.csrfToken;
   sessionUser = session.user ? session.user.oid : null;
-}
-
-/** When the page last sent a call that the service counts as a use of the session (any but a look at
- * `/auth/session` or a sign-out), by this page's clock: such a call moves the session's idle expiry. */
-export function lastUsedAt() {
-  return lastUse;
 }
 
 /** Where to sign in so as to come back to this very page (a same-origin path only). */
@@ -68,7 +61,6 @@ export async function api(method, path, payload, {signInOn401 = true, anyone = f
     headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(payload);
   }
-  if (!path.startsWith('/auth/')) lastUse = Date.now();
   let response;
   try {
     response = await fetch(path, init);

@@ -1,6 +1,6 @@
 // The App Connections page: the session, the routes (the list and a connection's page) and the list itself.
 
-import {ApiError, all, api, enc, goToSignIn, lastUsedAt, setSession} from './api.js';
+import {ApiError, all, api, enc, goToSignIn, setSession} from './api.js';
 import {announce, badge, clear, guardWhileBusy, h, hideToast, time, toast} from './dom.js';
 import {openConnectionDialog} from './connection-form.js';
 import {renderConnection} from './connection-page.js';
@@ -83,9 +83,6 @@ let describedAt = 0;  // when (this page's clock) the service last described the
 const RECHECK_FLOOR_MS = 30_000;
 // How long before the session ends the page warns (WCAG 2.2.1: at least 20 s to act).
 const WARN_BEFORE_MS = 120_000;
-// The service notes a use at most once a minute (shared/sessions.py): a call sent a minute or more after the
-// description surely moved the idle expiry it gave.
-const USE_NOTED_WITHIN_MS = 60_000;
 const clockTime = new Intl.DateTimeFormat(undefined, {timeStyle: 'short'});
 
 function later(work, ms) {
@@ -105,11 +102,15 @@ function useSession(session) {
   // minutes off: fast, the page would ask early, hear the session is live, and never ask again.
   const left = Number(session.expiresIn) * 1000;
   if (!Number.isFinite(left)) return;
-  // No use extends the absolute expiry: when it is the one that ends the session, the warning says so.
-  const end = {at: describedAt + left, absolute: Number(session.absoluteExpiresIn) * 1000 <= left};
+  // No use extends the absolute expiry: when it ends the session within the warning's time of the idle expiry,
+  // staying signed in would gain nothing (it would be warned again at once), and the warning says so.
+  const end = {at: describedAt + left, absolute: Number(session.absoluteExpiresIn) * 1000 <= left + WARN_BEFORE_MS};
   if (left > WARN_BEFORE_MS) {
     closeSessionWarning();
-    later(() => warnOrLook(end), left - WARN_BEFORE_MS);
+    // Not warned by this description: a call of this page or of another tab may have moved the idle expiry since
+    // (the service notes a use a minute or more after the last, whenever that was), and a computer that slept may
+    // wake past the end. The page looks (not a use), and the fresh answer warns when the end is near.
+    later(checkSession, left - WARN_BEFORE_MS);
   } else {
     warnSession(end);
     later(checkSession, Math.max(left + 1000, RECHECK_FLOOR_MS));
@@ -120,50 +121,49 @@ async function loadSession() {
   useSession(await api('GET', '/auth/session'));
 }
 
-/** When the session should have lapsed, ask (a look that does not count as a use): if it has, say so. If another
- * tab kept it in use, it lapses later. */
+/** When the warning is due or the session should have lapsed, ask (a look that does not count as a use): lapsed,
+ * say so (what a dialog held is wiped); still live, the answer times what comes next (useSession warns when it says
+ * the end is near). A look that fails (the network) is tried again, 30 s later. */
 async function checkSession() {
   let session;
   try {
     session = await api('GET', '/auth/session', undefined, {signInOn401: false});
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) ended('Your session has ended', 'It was not used for a while.');
+    else later(checkSession, RECHECK_FLOOR_MS);
     return;
   }
   useSession(session);
 }
 
-/** The warning is due. If this page used the session since the service described it, the idle expiry moved: look
- * again (not a use) and warn when the answer says. Otherwise warn now: only another tab could have moved it, and
- * the look when it should lapse finds that out. */
-function warnOrLook(end) {
-  if (!end.absolute && lastUsedAt() - describedAt >= USE_NOTED_WITHIN_MS) {
-    checkSession();
-    return;
-  }
-  warnSession(end);
-  later(checkSession, Math.max(end.at - Date.now() + 1000, RECHECK_FLOOR_MS));
-}
-
 /**
  * Warn that the session is about to end, in a modal alert dialog over whatever is open (an open form stays as it
- * is, what was typed in it too): "Stay signed in" makes one API call, which counts as a use and moves the idle
- * expiry, then looks at the session again; the absolute expiry cannot be moved, and the warning says so. The
- * focus goes to the warning, and back where it was when the warning closes.
+ * is, what was typed in it too): "Stay signed in" posts /auth/session, a use of the session which moves the idle
+ * expiry and answers its new description; the absolute expiry cannot be moved, and the warning says so. The
+ * focus goes to the warning, and back where it was when the warning closes. Drawn anew while open (a new
+ * description), the changed words are announced and the focus stays in the warning.
  */
 function warnSession(end) {
   const dialog = document.getElementById('session-dialog');
   const text = document.getElementById('session-dialog-text');
   const error = document.getElementById('session-dialog-error');
   const actions = clear(document.getElementById('session-dialog-actions'));
+  const news = document.getElementById('session-dialog-news');
   const minutes = Math.round((end.at - Date.now()) / 60_000);
   const when = `at ${clockTime.format(new Date(end.at))} (${minutes >= 1 ? `in about ${minutes} ` +
     `minute${minutes === 1 ? '' : 's'}` : 'in less than a minute'})`;
-  text.textContent = end.absolute
+  const said = end.absolute
     ? `Your session ends ${when} and cannot be extended: a session lasts a limited time after sign-in. Finish or ` +
       'copy what you are typing, then sign in again.'
     : `Your session ends ${when}, as the page has not been used for a while (typing in a form does not count). ` +
       'Choose Stay signed in to keep it: what you typed stays.';
+  // Words changed in an open warning are not read out by themselves (only its first showing is): the warning's
+  // live region says them.
+  if (dialog.open && text.textContent !== said) {
+    news.textContent = '';
+    setTimeout(() => { news.textContent = said; }, 50);
+  }
+  text.textContent = said;
   error.hidden = true;
   guardWhileBusy(dialog);
   if (end.absolute) {
@@ -182,29 +182,35 @@ function warnSession(end) {
         stay.disabled = false;
         stay.removeAttribute('aria-busy');
       }
-      if (dialog.open) stay.focus();
+      if (dialog.open && stay.isConnected) stay.focus();  // drawn anew meanwhile: the focus is on its action
     }}, 'Stay signed in');
     actions.append(stay, h('button', {type: 'button', onclick: () => dialog.close()}, 'Close'));
   }
-  if (dialog.open) return;
+  if (dialog.open) {
+    // Its actions were replaced: the focus, if it was on one, went to <body>.
+    if (!dialog.contains(document.activeElement)) actions.querySelector('button').focus();
+    return;
+  }
+  news.textContent = '';
   dialog.returnTo = document.activeElement;
   dialog.showModal();
   actions.querySelector('button').focus();
 }
 
-/** One call that counts as a use (the options: any signed-in person may ask, and a 403 is a use all the same),
- * then a look at the session for its new expiry, which closes the warning. */
+/** POST /auth/session: a use of the session that any signed-in person may make (no role, so nothing refused),
+ * which moves the idle expiry at once and answers the session's new description; that closes the warning. */
 async function staySignedIn() {
+  let session;
   try {
-    await api('GET', `${API}/options`, undefined, {signInOn401: false});
+    session = await api('POST', '/auth/session', undefined, {signInOn401: false});
   } catch (error) {
     if (error instanceof ApiError && error.status === 401) {
       ended('Your session has ended', 'It was not used for a while.');
       return;
     }
-    if (!(error instanceof ApiError && error.status === 403)) throw error;
+    throw error;
   }
-  await checkSession();
+  useSession(session);
 }
 
 function closeSessionWarning() {

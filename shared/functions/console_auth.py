@@ -15,6 +15,11 @@ The contract the console page relies on:
   "expiresAt": "...", "expiresIn": <seconds left by the service's clock>, "absoluteExpiresIn": <seconds until
   the absolute expiry, which no use extends>}``, or 401 problem
   ``{"type": "urn:app-connections:problem:unauthenticated", "loginUrl": "/auth/login"}``.
+* ``POST /auth/session`` (cookie, ``X-CSRF-Token`` and this service's ``Origin``, checked as for a sign-out: the
+  console's Stay signed in) -> 200 and the session described as by ``GET /auth/session``, its use noted at once
+  (the idle expiry moved, even within a minute of the last use). Any signed-in person may ask: no role is needed,
+  so nothing is refused for want of one. Without the token or the Origin, 403 ``csrf-rejected``, recorded
+  (``access.refused``) naming the session's user; without a live session, 401 as above.
 * ``POST /auth/logout`` (cookie, ``X-CSRF-Token`` and this service's ``Origin``) -> 204, the session deleted and
   the cookie cleared (also 204 when there was no session, and when its audit record cannot be written: sign-out
   is never refused for it). Without the token or the Origin, 403; recorded (``access.refused``) when the cookie
@@ -182,6 +187,34 @@ async def console_session(req: func.HttpRequest) -> func.HttpResponse:
         from shared.functions.http import unexpected
 
         return unexpected(error, req, "/auth/session", "The session could not be read; try again.")
+    return json_response(service.describe(session))
+
+
+@bp.function_name("console_stay")
+@bp.route(route="auth/session", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@traced
+async def console_stay(req: func.HttpRequest) -> func.HttpResponse:
+    """Stay signed in: a use of the session the person asked for (``Sessions.stay``)."""
+    from shared.errors import RequestForgery, ServiceError
+    from shared.functions.http import audit_refusal, unexpected
+    from shared.sessions import CSRF_HEADER, SESSION_COOKIE, cookie_value
+    from shared.wiring import sessions
+
+    instance = "/auth/session"
+    service = sessions()
+    try:
+        session = await service.stay(cookie_value(req.headers.get("cookie"), SESSION_COOKIE), req.method,
+                                     req.headers.get("origin"), req.headers.get(CSRF_HEADER))
+    except RequestForgery as forged:  # forged against a person signed in: recorded, as a forged sign-out is
+        from shared.auth import Principal
+
+        if isinstance(forged.principal, Principal):
+            await audit_refusal(req, instance, forged.principal, None, forged)
+        return problem_response(forged, instance)
+    except ServiceError as error:
+        return problem_response(error, instance)
+    except Exception as error:  # the session's Table read or write failed (a 502), or a defect (a 500)
+        return unexpected(error, req, instance, "The session could not be read; try again.")
     return json_response(service.describe(session))
 
 

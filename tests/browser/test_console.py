@@ -455,11 +455,12 @@ def test_a_page_whose_clock_is_minutes_fast_still_says_when_its_session_lapsed(o
     page.wait_for_selector("main[data-ready=true]")
     looks: list[str] = []
     page.on("request", lambda request: looks.append(request.url) if "/auth/session" in request.url else None)
-    # Its clock says the session (30 minutes idle) lapsed 4 minutes ago; by the service's it has a minute left.
-    page.clock.run_for("00:29:00")
+    # Its clock says the session (30 minutes idle) lapsed 2 minutes ago; by the service's it has 3 minutes left, and
+    # the page looks when 2 are (the warning's time).
+    page.clock.run_for("00:27:00")
     assert looks == []
     page.context.clear_cookies()  # the session lapses at the service
-    page.clock.run_for("00:02:00")
+    page.clock.run_for("00:01:10")
     page.wait_for_selector("#sign-in-again", state="attached", timeout=5_000)
     assert page.inner_text("h1") == "Your session has ended"
     assert looks == [console.url("/auth/session")]

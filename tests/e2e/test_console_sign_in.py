@@ -231,6 +231,44 @@ def test_sign_out_ends_the_session_on_the_server(client, local_env, secrets_used
     assert [r["outcome"] for r in ended][:2] == ["succeeded", "started"]  # newest first: recorded before it ran
 
 
+async def test_staying_signed_in_is_a_use_noted_at_once_and_needs_the_csrf_token_and_the_services_origin(  # type: ignore[no-untyped-def]
+        client, local_env, secrets_used, clients, api):
+    """``POST /auth/session`` (the console's Stay signed in): no role needed, the idle expiry moved even within a
+    minute of the last use, the session described as ``GET /auth/session`` does; a forged one is refused (403
+    ``csrf-rejected``), recorded, and moves nothing."""
+    import asyncio
+
+    reader = browser(client, local_env, READER, secrets_used)
+    table = await clients.table("Sessions")
+    keys = {"PartitionKey": "s" + reader.session_id.split(".", 1)[0],
+            "RowKey": hashlib.sha256(reader.session_id.encode()).hexdigest()}
+    half_a_minute_ago = datetime.now(UTC) - timedelta(seconds=30)
+    await table.update_entity({**keys, "LastSeenAt": half_a_minute_ago})
+
+    for headers in (reader.headers(csrf="y" * 43), reader.headers(csrf=None), reader.headers(origin=None),
+                    reader.headers(origin="https://evil.example")):
+        forged = await asyncio.to_thread(client.post, "/auth/session", headers=headers)
+        assert forged.status_code == 403, forged.text
+        assert forged.json()["type"].endswith(":csrf-rejected") and "csrfToken" not in forged.text
+    assert (await table.get_entity(keys["PartitionKey"], keys["RowKey"]))["LastSeenAt"] == half_a_minute_ago
+    oid = reader.session["user"]["oid"]  # type: ignore[index]
+    refused = api.get("/api/v1/audit-logs", params={"actor": oid, "action": "access.refused"}).json()["auditLogs"]
+    assert [r["detail"].split(":", 1)[0] for r in refused][:4] == ["POST /auth/session"] * 4  # newest first
+
+    stayed = await asyncio.to_thread(client.post, "/auth/session", headers=reader.headers())
+    assert stayed.status_code == 200, stayed.text
+    assert stayed.headers["cache-control"] == "no-store"
+    body = stayed.json()
+    assert set(body) == set(reader.session) and body["csrfToken"] == reader.csrf
+    assert body["expiresIn"] >= 30 * 60 - 5  # a GET of the API within the minute would have left it at 29 min 30 s
+    touched = await table.get_entity(keys["PartitionKey"], keys["RowKey"])
+    assert touched["LastSeenAt"] > half_a_minute_ago + timedelta(seconds=25)
+    assert reader.session_id not in str(api.get("/api/v1/audit-logs", params={"actor": oid}).json())
+
+    nobody = await asyncio.to_thread(client.post, "/auth/session", headers={"origin": reader.origin})
+    assert nobody.status_code == 401 and nobody.json()["type"] == UNAUTHENTICATED
+
+
 async def test_an_idle_session_is_refused_with_a_login_url(client, local_env, secrets_used, clients):  # type: ignore[no-untyped-def]
     reader = browser(client, local_env, READER, secrets_used)
     bucket = reader.session_id.split(".", 1)[0]

@@ -208,6 +208,33 @@ async def test_the_last_use_is_written_at_most_once_a_minute() -> None:
     assert service.describe(await service.resume(session_id, use=False))["expiresIn"] == 1  # rounded up
 
 
+async def test_staying_signed_in_notes_the_use_at_once_once_the_origin_and_the_csrf_token_are_checked() -> None:
+    """``POST /auth/session`` (the console's Stay signed in): the person asked, so the idle expiry moves even within
+    a minute of the last use; a forgery (no Origin of this service, not the session's token) is refused naming the
+    person (it is recorded) and writes nothing."""
+    clock, store = Clock(), FakeSessions()
+    service = sessions(clock, store)
+    session_id, session = await service.start(READER)
+    clock.advance(timedelta(seconds=20))  # within the minute: a call would not note the use
+    for origin, csrf in ((None, session.csrf_token), ("https://evil.example", session.csrf_token), (SITE, None),
+                         (SITE, "y" * 43)):
+        with pytest.raises(RequestForgery) as refused:
+            await service.stay(session_id, "POST", origin, csrf)
+        assert refused.value.status == 403 and refused.value.principal == READER
+    assert store.touches == 0
+
+    stayed = await service.stay(session_id, "POST", SITE, session.csrf_token)
+    assert store.touches == 1 and stayed.last_seen_at == clock.now
+    described = service.describe(stayed)
+    assert described["expiresIn"] == 30 * 60 and described["csrfToken"] == session.csrf_token
+    clock.advance(timedelta(minutes=29, seconds=59))
+    assert service.describe(await service.resume(session_id, use=False))["expiresIn"] == 1  # as stored
+
+    await service.end(session_id)
+    with pytest.raises(SignInRequired):
+        await service.stay(session_id, "POST", SITE, session.csrf_token)
+
+
 async def test_an_unknown_or_ended_session_asks_to_sign_in() -> None:
     clock = Clock()
     service = sessions(clock)
