@@ -65,8 +65,10 @@ _SENT_ONCE = frozenset({"POST", "PATCH"})  # not sent again after a 502 (azure-c
 
 
 def graph_http_client(clients: AzureClients) -> httpx.AsyncClient:
-    """One httpx client per event loop for every Graph call (no msgraph retries), with msgraph-core's middleware,
-    whose requests go out over the service's one aiohttp session (:class:`SessionTransport`)."""
+    """One httpx client per event loop for every Graph call, made by msgraph-core's factory (retries off), whose
+    requests go out over the service's one aiohttp session (:class:`SessionTransport`). Its middleware pipeline runs
+    only for a request that carries kiota's options, which the service's plain requests never do: none of its
+    retries, redirects or spans happen (the client spans are :class:`SessionTransport`'s)."""
     from kiota_http.middleware.options import RetryHandlerOption
     from msgraph_core import GraphClientFactory
 
@@ -88,7 +90,8 @@ class SessionTransport(httpx.AsyncBaseTransport):
     1.4 ms this way: on every request and every answer it checks each pooled connection (a socket poll through
     anyio's attribute lookups), counts the whole pool once per connection, and looks for sniffio, which is not
     installed, through every ``sys.path`` entry. Bodies are passed through as they come (aiohttp does not
-    decompress them; httpx does, as it asked for the encodings), redirects are left to the middleware, and
+    decompress them; httpx does, as it asked for the encodings), a redirect is not followed (the caller takes it
+    for a failure), and
     aiohttp's failures become httpx's transport errors, which :func:`classify` retries.
 
     Each request is a client span of ``shared.telemetry`` (``upstream=graph``): OpenTelemetry's httpx
@@ -401,7 +404,7 @@ class GraphApps:
     """App registrations seen with one connection's credential.
 
     The three calls of a rotation (read an application, addPassword, removePassword) are plain JSON requests on
-    the service's one Graph HTTP client (msgraph-core's, with its middleware and the sweep's response hook),
+    the service's one Graph HTTP client (made by msgraph-core's factory, with the sweep's response hook),
     with a bearer token from the connection's credential, and so is the list of app registrations (page by page):
     msgraph-sdk's ``Application`` model costs about 17 ms of CPU to deserialize (its base class imports a thousand
     model modules on every call), more than the rest of a rotation's Graph work together, and its kiota layer

@@ -104,14 +104,17 @@ class RestError(Exception):
     """A request that got no usable answer: retries ran out (``status`` is the last answer's, or None when the
     connection failed), its connection dropped and it may not be sent again (a POST: it may have been applied),
     or the answer was malformed or too large (not retried). The message names the request without its query
-    (which may carry a continuation key) and never holds a body."""
+    (which may carry a continuation key) and never holds a body. ``inner_exception`` is the failure of a request
+    that got no answer (refused, timed out, reset), which its client span names as ``error.type``, as azure-core's
+    transport errors keep theirs."""
 
     def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None,
-                 retryable: bool = False) -> None:
+                 retryable: bool = False, inner_exception: BaseException | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
         self.retryable = retryable
+        self.inner_exception = inner_exception
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,18 +246,21 @@ class RestClient:
                 return await self._send(origin, connection, request, head_only)
             except _Dropped as dropped:
                 if dropped.answered:
-                    raise RestError(f"The connection dropped mid-answer ({dropped})", retryable=again) from None
+                    raise RestError(f"The connection dropped mid-answer ({dropped})", retryable=again,
+                                    inner_exception=dropped.cause) from None
                 if not again:
                     raise RestError(f"The reused connection dropped before any answer ({dropped}); the request "
-                                    "was not sent again, as it may have been applied") from None
+                                    "was not sent again, as it may have been applied",
+                                    inner_exception=dropped.cause) from None
                 raise StaleConnection(str(dropped)) from None
         try:
             return await self._send(origin, await self._open(origin), request, head_only)
         except _Dropped as dropped:
             if again:
-                raise RestError(f"The connection dropped ({dropped})", retryable=True) from None
+                raise RestError(f"The connection dropped ({dropped})", retryable=True,
+                                inner_exception=dropped.cause) from None
             raise RestError(f"The connection dropped ({dropped}); the request was not sent again, as it may have "
-                            "been applied") from None
+                            "been applied", inner_exception=dropped.cause) from None
 
     def _expire(self, pool: list[_Connection], now: float) -> None:
         """Close the connections of ``pool`` idle for longer than ``keepalive``: the first ones, as the pool is
@@ -288,7 +294,8 @@ class RestClient:
                     server_hostname=hostname if scheme == "https" else None, limit=_HEAD_LIMIT)
         except (OSError, TimeoutError, ssl.SSLError) as error:
             raise RestError(f"Could not connect to {scheme}://{hostname}:{port} ({type(error).__name__})",
-                            retryable=not isinstance(error, ssl.SSLCertVerificationError)) from None
+                            retryable=not isinstance(error, ssl.SSLCertVerificationError),
+                            inner_exception=error) from None
         self.opened += 1
         return _Connection(reader, writer, self._clock())
 

@@ -505,3 +505,24 @@ async def test_each_send_is_a_client_span_of_its_own_and_a_resend_says_so(export
     sent = [next(line for line in head.split(b"\r\n") if line.lower().startswith(b"traceparent"))
             for head in server.requests]
     assert len(set(sent)) == 4
+
+
+async def test_a_send_that_got_no_answer_names_its_failure_as_error_type_not_the_client_s_wrapper(
+        exporter) -> None:  # type: ignore[no-untyped-def]
+    """(Review of telemetry.) Every request without an answer was ``shared.azure.rest.RestError`` on its span, a
+    refused connection as a reset: an operator grouping failed dependencies could not tell them apart. The span
+    names what failed, as azure-core's transport spans do (``inner_exception``)."""
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    lean, _ = client(attempts=1)
+    with pytest.raises(RestError):
+        await lean.get(f"http://127.0.0.1:{port}/", {})
+    async with ScriptedServer([DROP]).running() as server:
+        with pytest.raises(RestError):
+            await lean.send("POST", server.url(), {}, b"{}")  # dropped on a new connection: not sent again
+    await lean.close()
+    kinds = [s.attributes.get("error.type") for s in exporter.get_finished_spans()]
+    assert kinds == ["ConnectionRefusedError", "asyncio.exceptions.IncompleteReadError"]
