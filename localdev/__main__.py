@@ -104,6 +104,9 @@ def _busy(port: int, state_dir: Path) -> str | None:
                 "shell), or give this one --state-dir and --port of its own.")
     _LOCKS.append(lock)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the host binds (uvicorn sets SO_REUSEADDR): a connection of the last run still closing (a browser's,
+        # in FIN-WAIT for up to a minute after Ctrl+C) does not hold the port; a listener still does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError as error:

@@ -71,3 +71,22 @@ def test_the_troubleshooting_page_quotes_messages_the_service_writes() -> None:
                  if text not in code and not any(text.startswith(f"{name} ") and text[len(name) + 1:] in code
                                                  for name in SERVICES.values())]
     assert unwritten == []
+
+
+def test_every_http_route_the_app_registers_is_in_the_readme_api_table() -> None:
+    """(Review of a newcomer's run.) The console's pages and assets, and `/`, were registered but not listed."""
+    import function_app
+
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("## API", 1)[1].split("\n## ", 1)[0]
+    listed = set()
+    for row in (line for line in section.splitlines() if line.startswith("| `")):
+        for method_path in re.findall(r"`([^`]+)`", row.split("|")[1]):
+            path = method_path.split(" ", 1)[-1].split("?", 1)[0].replace("…", "/api/v1/app-connections")
+            listed.add(path.replace("[", "").replace("]", "").strip("/"))  # `/pages[/{id}]`: both
+            listed.add(re.sub(r"\[.*?\]", "", path).strip("/"))
+    registered = {
+        "" if route.startswith("{ignored") else route
+        for function in function_app.app.get_functions() for binding in function.get_bindings()
+        if (data := binding.get_dict_repr()).get("type") == "httpTrigger" and (route := str(data["route"]))
+    }
+    assert registered - listed == set()

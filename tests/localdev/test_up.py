@@ -286,3 +286,34 @@ def test_without_persist_no_data_is_written_to_disk(tmp_path):
         first.interrupt()
     assert not (state / "standin-state.json").exists()
     assert not (state / "azurite").exists()
+
+
+def test_a_port_the_stopped_host_left_only_closing_connections_on_is_free_to_start_again(tmp_path: Path) -> None:
+    """(Review of a newcomer's run.) Straight after Ctrl+C, a connection the host closed (a browser's) stays on its
+    port for up to a minute (TIME_WAIT); the host binds it again at once (uvicorn sets SO_REUSEADDR), but the check
+    before starting did not, and `start.sh --persist` said the port was in use. A listener still holds it."""
+    import socket
+
+    from localdev.__main__ import _LOCKS, _busy
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    served, _ = listener.accept()
+    served.close()  # the server closes first, as the host at shutdown: its side waits in TIME_WAIT
+    client.recv(1)
+    client.close()
+    for folder in ("running", "stopped"):
+        (tmp_path / folder).mkdir()
+    try:
+        assert _busy(port, tmp_path / "running") is not None  # the listener is still there: taken
+    finally:
+        listener.close()
+    try:
+        assert _busy(port, tmp_path / "stopped") is None
+    finally:
+        while _LOCKS:
+            _LOCKS.pop().close()
