@@ -547,13 +547,13 @@ class GraphApps:
         except ServiceError as refused:
             try:
                 present = await self._credentials(object_id, kind)
-            except ServiceError as unreadable:  # an earlier attempt may have done it: a refusal would tell what
-                # did not happen. Graph still throttling (the removal, or the read: it throttles per application
-                # and tenant) is told as such, with its wait: nothing is decided yet, and a throttled revoke is
-                # retried later without paging anyone (it was a 502 "outcome not known", a first failure).
-                throttled = next((e for e in (refused, unreadable) if isinstance(e, UpstreamThrottled)), None)
-                if throttled is not None:
-                    raise throttled from None
+            except ServiceError:  # an earlier attempt may have done it: a refusal would tell what did not happen.
+                # A removal Graph throttled to the end (and its read, often: it throttles per application and
+                # tenant) is told as such, with its wait: a throttled revoke is retried later without paging anyone
+                # (it was a 502 "outcome not known", a first failure). One that failed otherwise (dropped, a 5xx:
+                # it may have been applied) stays unknown.
+                if isinstance(refused, UpstreamThrottled):
+                    raise refused from None
                 raise UpstreamError(f"Microsoft Graph refused to {what} ({refused.detail}), and the application "
                                     "could not be read to tell whether an earlier attempt did it: the outcome is not "
                                     "known.") from None
