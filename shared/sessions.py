@@ -247,7 +247,11 @@ class Sessions:
     async def resume(self, session_id: str | None, *, use: bool = True) -> Session:
         """The live session of ``session_id`` (its last use noted, unless ``use`` is False: a look at the session,
         as the page's check of its expiry, does not keep it alive), or a 401 with ``loginUrl`` that clears the
-        cookie: no such session, ended, or past its absolute or idle expiry (then deleted)."""
+        cookie: no such session, ended, or past its absolute or idle expiry (then deleted). Without a cookie, there
+        is nothing to clear, and the 401 clears nothing: a cross-site form's POST is sent without the ``SameSite=Lax``
+        cookie, and an answer that cleared it would sign the person's browser out (its top-level answer may set it)."""
+        if session_id is None:
+            raise SignInRequired("Sign in to use the console.", extensions={"loginUrl": login_url(None)})
         keys = id_keys(session_id)
         if keys is None:
             raise _sign_in_again("Sign in to use the console.")

@@ -30,6 +30,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from shared import telemetry
+from shared.azure.upstream import OWN_IDENTITY
 from shared.errors import ServiceMisconfigured
 from shared.settings import Settings, get_settings
 
@@ -205,7 +206,8 @@ class AzureClients:
             from shared.azure.retry_policy import JitteredRetryPolicy
 
             self._service_credential = ManagedIdentityCredential(
-                client_id=self.settings.storage.managed_identity_client_id, transport=self.transport(ENTRA),
+                client_id=self.settings.storage.managed_identity_client_id,
+                transport=_traced_transport(self.session(), ENTRA, OWN_IDENTITY),
                 retry_policy_class=JitteredRetryPolicy)
         if self._service_credential is None:
             from azure.identity.aio import DefaultAzureCredential
@@ -339,10 +341,11 @@ GRAPH = "graph"
 _TRACED_TRANSPORT: type[AioHttpTransport] | None = None
 
 
-def _traced_transport(session: aiohttp.ClientSession, upstream: str) -> AioHttpTransport:
+def _traced_transport(session: aiohttp.ClientSession, upstream: str,
+                      labelled: str | None = None) -> AioHttpTransport:
     """azure-core's aiohttp transport, each ``send`` inside a client span, its response (or error) labelled with
-    ``upstream`` so that an error raised from it names the service (``shared.azure.upstream``; built on first use:
-    azure-core is imported only when a client is)."""
+    ``labelled`` (default ``upstream``) so that an error raised from it names the service (``shared.azure.upstream``;
+    built on first use: azure-core is imported only when a client is)."""
     global _TRACED_TRANSPORT
     if _TRACED_TRANSPORT is None:
         from azure.core.pipeline.transport import AioHttpTransport
@@ -350,9 +353,10 @@ def _traced_transport(session: aiohttp.ClientSession, upstream: str) -> AioHttpT
         from shared.azure.upstream import label
 
         class TracedTransport(AioHttpTransport):  # type: ignore[misc]  # azure-core exports it untyped
-            def __init__(self, upstream: str, **kwargs: Any) -> None:
+            def __init__(self, upstream: str, labelled: str | None = None, **kwargs: Any) -> None:
                 super().__init__(**kwargs)
                 self.upstream = upstream
+                self.labelled = labelled or upstream
                 self.sends: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
             async def send(self, request: Any, **config: Any) -> Any:
@@ -364,16 +368,16 @@ def _traced_transport(session: aiohttp.ClientSession, upstream: str) -> AioHttpT
                     try:
                         response = await super().send(request, **config)
                     except Exception as error:  # an error raised later from it names the service
-                        label(error, self.upstream)
+                        label(error, self.labelled)
                         raise
-                    label(response, self.upstream)
+                    label(response, self.labelled)
                     telemetry.set_response(span, response.status_code, challenge=_challenged(request, response))
                     return response
 
         _TRACED_TRANSPORT = TracedTransport
     transport_class: Any = _TRACED_TRANSPORT
     traced: AioHttpTransport = transport_class(
-        upstream, session=session, session_owner=False, read_timeout=READ_TIMEOUT_SECONDS,
+        upstream, labelled, session=session, session_owner=False, read_timeout=READ_TIMEOUT_SECONDS,
         connection_timeout=CONNECT_TIMEOUT_SECONDS,
     )
     return traced

@@ -13,8 +13,9 @@ problem; a log line) takes that error's sentence, never the error's class name:
 
 The service is the one the adapter names; else the upstream its transport labelled the request with
 (``shared.azure.clients``: :func:`label`). A call whose failure its transport labelled Entra ID's though the
-adapter names another service is the service's own identity that got no token for it, told as such. No SDK is
-imported: an azure-core error is known by its module.
+adapter names another service, or one from the service's own identity's token requests (``OWN_IDENTITY``: an SDK
+such as Table Storage's raises it from its own call, unnamed), is the service's own identity that got no token for
+it, told as such. No SDK is imported: an azure-core error is known by its module.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ KEY_VAULT = "Key Vault"
 TABLE_STORAGE = "Table Storage"
 ENTRA_ID = "Entra ID"
 GRAPH = "Microsoft Graph"
+# The label of the service's own identity's token requests (the host's managed-identity endpoint): Entra ID's side,
+# but what failed is the service's own sign-in, whichever service's call it was for.
+OWN_IDENTITY = "entra-own-identity"
 # The upstream labels of ``shared.azure.clients`` (its transports') and the service each names.
-SERVICES = {"key-vault": KEY_VAULT, "tables": TABLE_STORAGE, "entra": ENTRA_ID, "graph": GRAPH}
+SERVICES = {"key-vault": KEY_VAULT, "tables": TABLE_STORAGE, "entra": ENTRA_ID, "graph": GRAPH, OWN_IDENTITY: ENTRA_ID}
 # What restores a refusal of the service's own identity: the role the deployment grants it (infra/app/rbac.bicep).
 REMEDIES = {
     KEY_VAULT: "the service's managed identity needs the Key Vault Secrets Officer role on the credential vault "
@@ -62,8 +66,12 @@ def azure_failure(error: BaseException) -> bool:
 
 def service_of(error: BaseException) -> str | None:
     """The service a transport marked ``error`` (or its response) as coming from, or None."""
-    upstream = getattr(error, _LABEL, None) or getattr(getattr(error, "response", None), _LABEL, None)
+    upstream = _label_of(error)
     return SERVICES.get(upstream) if isinstance(upstream, str) else None
+
+
+def _label_of(error: BaseException) -> object:
+    return getattr(error, _LABEL, None) or getattr(getattr(error, "response", None), _LABEL, None)
 
 
 def upstream_error(error: BaseException, action: str | None = None, service: str | None = None) -> ServiceError:
@@ -73,7 +81,7 @@ def upstream_error(error: BaseException, action: str | None = None, service: str
     the call was to do ("read a secret version")."""
     if isinstance(error, ServiceError):
         return error
-    if service not in (None, ENTRA_ID) and service_of(error) == ENTRA_ID:
+    if _label_of(error) == OWN_IDENTITY or (service not in (None, ENTRA_ID) and service_of(error) == ENTRA_ID):
         return _no_token(error, action, service)
     name = service or service_of(error)
     who = name or "An Azure service"
@@ -96,14 +104,16 @@ def upstream_error(error: BaseException, action: str | None = None, service: str
 
 
 def _no_token(error: BaseException, action: str | None, service: str | None) -> ServiceError:
-    """A call to ``service`` whose failure came from Entra ID's side (its transport's label): the service's own
-    identity got no token (the host's managed-identity endpoint, or Entra ID for environment credentials locally).
-    Told as such, not as ``service``'s failure, which would send the operator to that service's role: a refusal
-    (400, 401, 403: an identity not assigned to the function app, a wrong client id or secret) is a
-    ``service-misconfigured``, throttling keeps its wait, anything else is a ``502``. The endpoint's message is not
-    quoted (the read path's token, ``shared.azure.managed_identity``, quotes it, its header's value removed)."""
+    """A call (to ``service``, when the adapter names it) whose failure came from Entra ID's side (its
+    transport's label): the service's own identity got no token (the host's managed-identity endpoint, or Entra ID
+    for environment credentials locally). Told as such, not as ``service``'s failure, which would send the operator
+    to that service's role: a refusal (400, 401, 403: an identity not assigned to the function app, a wrong client
+    id or secret) is a ``service-misconfigured``, throttling keeps its wait, anything else is a ``502``. The
+    endpoint's message is not quoted (the read path's token, ``shared.azure.managed_identity``, quotes it, its
+    header's value removed)."""
     status = getattr(error, "status_code", None)
-    doing = f" to {action} in {service}" if action else f" for {service}"
+    doing = (f" to {action} in {service}" if action and service else f" to {action}" if action
+             else f" for {service}" if service else "")
     if not isinstance(status, int):
         return UpstreamError(f"The service's own identity could not get a token{doing}: its token endpoint could "
                              "not be reached.")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from shared.azure.upstream import KEY_VAULT, translated
+from shared.azure.upstream import KEY_VAULT, sentence, translated, upstream_error
 from shared.errors import SecretGone, UpstreamError, VersionDisabled
 from shared.ports import StoredVersion
 from shared.redaction import register_secret
@@ -102,16 +102,17 @@ class SecretVault:
 
     async def disable(self, name: str, version: str) -> None:
         """Disable a version that is not (or no longer) current (best effort: the credential it holds is revoked or
-        replaced on the application all the same). One Key Vault refused stays enabled, which a warning says (with
-        Key Vault's status, never the value), where it was silent."""
+        replaced on the application all the same). One Key Vault refused stays enabled, which a warning says (what
+        failed: Key Vault's status, or the service's identity that got no token; never the value), where it was
+        silent."""
         from azure.core.exceptions import HttpResponseError
 
         with translated(KEY_VAULT, "disable a secret version"):
             try:
                 await self._clients.secrets().update_secret_properties(name, version, enabled=False)
-            except HttpResponseError as error:
-                log.warning("Key Vault did not disable version %s of secret %s (it answered %s); it stays enabled",
-                            version, name, error.status_code)
+            except HttpResponseError as error:  # Key Vault's refusal, or the service's identity that got no token
+                log.warning("Version %s of secret %s was not disabled, and stays enabled: %s", version, name,
+                            sentence(upstream_error(error, "disable a secret version", KEY_VAULT)))
 
     async def delete(self, name: str) -> None:
         """Delete the secret (soft delete, as the vault keeps it); an absent secret is fine."""

@@ -404,3 +404,14 @@ def test_signing_in_again_ends_the_session_the_browser_had(client, local_env, se
     assert client.get("/auth/session", headers={"cookie": f"{SESSION}={before.session_id}"}).status_code == 401
     assert client.get("/auth/session", headers={"cookie": f"{SESSION}={after}"}).json()["roles"] == [
         "AppConnections.Reader", "AppConnections.Rotator", "AppConnections.Writer"]
+
+
+@pytest.mark.parametrize("path", ["/auth/session", "/auth/logout", "/api/v1/app-connections/options"])
+def test_a_cross_site_post_without_the_cookie_does_not_clear_it(client, path):  # type: ignore[no-untyped-def]
+    """(Review of the session's fixes.) A form on another site posting here is a top-level POST, sent without the
+    ``SameSite=Lax`` cookie; an answer clearing the cookie is applied all the same, and POST /auth/session's 401
+    did: any site could sign a person's browser out of the console. Without a cookie nothing is cleared."""
+    answer = client.post(path, headers={"origin": "https://evil.example",
+                                        "content-type": "application/x-www-form-urlencoded"}, content=b"a=1")
+    assert answer.status_code in (401, 403, 405), answer.text
+    assert SESSION not in set_cookies(answer), (path, answer.status_code, answer.headers.get_list("set-cookie"))

@@ -272,6 +272,39 @@ async def test_a_key_vault_call_whose_token_the_endpoint_refused_says_the_identi
         assert raised.value.headers.get("Retry-After") == "60"
 
 
+async def test_a_table_sdk_call_or_a_disable_whose_token_the_endpoint_refused_says_the_identity_got_no_token(
+        host: Host, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """(Review of the session's fixes.) Table Storage's SDK (the rotation history, the schedule) raises the
+    endpoint's refusal from its own call, naming no service: it said "Entra ID failed (400).", no remedy. And a
+    disable (best effort: a warning) blamed Key Vault's answer. The service's own identity's token requests are
+    labelled as such, whichever call they were for."""
+    import logging
+
+    from shared.azure.upstream import upstream_error
+    from shared.store.history import RotationHistory
+    from shared.store.vault import SecretVault
+
+    monkeypatch.setenv("IDENTITY_ENDPOINT", host.endpoint)  # azure-identity reads the host's variables itself
+    monkeypatch.setenv("IDENTITY_HEADER", host.header)
+    host.standin.admin.set_faults([{"path": f"^{MSI}$", "times": None, "status": 400,
+                                    "body": {"statusCode": 400, "message": "No User Assigned Identity found"}}])
+    clients = AzureClients(load_settings({**host.env(), "KEY_VAULT_URL": host.standin.url,
+                                          "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE": "false"}))
+    try:
+        with pytest.raises(Exception) as raised:
+            await RotationHistory(clients).get("c" * 8, datetime.now(UTC), "r", 1)
+        with caplog.at_level(logging.WARNING, logger="shared.store.vault"):
+            await SecretVault(clients).disable("conn-secret", "0" * 32)
+    finally:
+        await clients.close()
+        host.standin.admin.clear_faults()
+    told = upstream_error(raised.value)  # what a route's problem and a rotation's failure record say
+    assert told.slug == "service-misconfigured" and told.detail.startswith(
+        "The service's own identity could not get a token (its token endpoint answered 400)"), told.detail
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "shared.store.vault"]
+    assert "The service's own identity could not get a token to disable a secret version in Key Vault" in warning
+
+
 async def test_with_environment_credentials_the_service_s_identity_is_still_default_azure_credential(
         host: Host) -> None:
     """Local development: environment credentials come before the managed identity in DefaultAzureCredential's
