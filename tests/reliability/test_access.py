@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CALLBACK = "app_connection_oauth_callback"
 CONSOLE = {"console_root", "console_page", "console_connection_page", "console_asset"}
 # The console's sign-in reads no token: the session cookie is its only credential (tests/e2e/test_console_sign_in.py).
-SIGN_IN = {"console_login": 302, "console_callback": 400, "console_session": 401, "console_logout": 403}
+SIGN_IN = {"console_login": 302, "console_callback": 400, "console_session": 401, "console_stay": 401,
+           "console_logout": 403}
 
 
 def _triggers() -> list[tuple[str, dict[str, Any]]]:

@@ -469,7 +469,9 @@ async def test_the_event_loop_keeps_ticking_while_4096_bit_keys_are_parsed_and_a
     assert {p.key_size for p in parsed} == {4096} and len(set(assertions)) == 32
     verify(assertions[0], inputs[0][0], "RS256")
     assert ticks >= 3
-    assert worst < 0.5 * validating_parse, (worst, validating_parse, total)
+    # The old code stalled the loop for at least one whole validating parse; threads that share the GIL may hold it
+    # a while on a busy machine (a CI run beside other work measured 0.22 s against a 0.32 s parse), never that long.
+    assert worst < validating_parse, (worst, validating_parse, total)
     assert worst < max(0.5 * total, 0.05), (worst, total)
 
 
