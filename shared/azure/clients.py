@@ -77,7 +77,7 @@ class AzureClients:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
-        self._service_credential: AsyncTokenCredential | None = None
+        self._service_credential: OwnIdentity | None = None
         self._federation_credential: AsyncTokenCredential | None = None
         self._table_service: TableServiceClient | None = None
         self._tables: dict[str, TableClient] = {}
@@ -190,7 +190,7 @@ class AzureClients:
             "retry_policy_class": JitteredRetryPolicy,
         }
 
-    def service_credential(self) -> AsyncTokenCredential:
+    def service_credential(self) -> OwnIdentity:
         """The service's own identity (managed identity in Azure, environment credentials locally).
 
         Where DefaultAzureCredential would sign in with the host's managed identity anyway
@@ -200,23 +200,27 @@ class AzureClients:
         endpoint still throttling (429 with ``Retry-After``) would be a ``502`` rather than a ``503`` with its
         wait (``shared.azure.upstream``). Elsewhere (environment credentials locally, the CLI) it is
         DefaultAzureCredential."""
-        if self._service_credential is None and self.settings.managed_identity_endpoint is not None:
+        if self._service_credential is not None:
+            return self._service_credential
+        inner: AsyncTokenCredential
+        if self.settings.managed_identity_endpoint is not None:
             from azure.identity.aio import ManagedIdentityCredential
 
             from shared.azure.retry_policy import JitteredRetryPolicy
 
-            self._service_credential = ManagedIdentityCredential(
+            inner = ManagedIdentityCredential(
                 client_id=self.settings.storage.managed_identity_client_id,
                 transport=_traced_transport(self.session(), ENTRA, OWN_IDENTITY),
                 retry_policy_class=JitteredRetryPolicy)
-        if self._service_credential is None:
+        else:
             from azure.identity.aio import DefaultAzureCredential
 
-            self._service_credential = DefaultAzureCredential(
+            inner = DefaultAzureCredential(
                 managed_identity_client_id=self.settings.storage.managed_identity_client_id,
                 exclude_interactive_browser_credential=True,
                 **self.identity_kwargs(),
             )
+        self._service_credential = OwnIdentity(inner)
         return self._service_credential
 
     def federation_credential(self) -> AsyncTokenCredential:
@@ -381,6 +385,45 @@ def _traced_transport(session: aiohttp.ClientSession, upstream: str,
         connection_timeout=CONNECT_TIMEOUT_SECONDS,
     )
     return traced
+
+
+class OwnIdentity:
+    """The service's own credential (``inner``), each failure to get a token labelled as its own identity's
+    (``shared.azure.upstream.OWN_IDENTITY``) before it goes on: the SDKs raise it from their own calls, and
+    DefaultAzureCredential's chain raises a new error that carries no response (nor its transport's label), so
+    without it a refusal of the environment's credentials was told as "Key Vault could not be reached"."""
+
+    def __init__(self, inner: AsyncTokenCredential) -> None:
+        self.inner = inner
+
+    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        try:
+            return await self.inner.get_token(*scopes, **kwargs)
+        except Exception as error:
+            _own(error)
+            raise
+
+    async def get_token_info(self, *scopes: str, options: Any = None) -> Any:
+        try:
+            return await self.inner.get_token_info(*scopes, options=options)  # type: ignore[attr-defined]
+        except Exception as error:
+            _own(error)
+            raise
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def __aenter__(self) -> OwnIdentity:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+def _own(error: BaseException) -> None:
+    from shared.azure.upstream import label
+
+    label(error, OWN_IDENTITY)
 
 
 def _no_hidden_resend(session: aiohttp.ClientSession) -> None:

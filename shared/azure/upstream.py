@@ -115,6 +115,10 @@ def _no_token(error: BaseException, action: str | None, service: str | None) -> 
     doing = (f" to {action} in {service}" if action and service else f" to {action}" if action
              else f" for {service}" if service else "")
     if not isinstance(status, int):
+        if any(kind.__name__ == "ClientAuthenticationError" for kind in type(error).__mro__):  # refused, told by
+            # azure-identity without the answer (DefaultAzureCredential's chain): its log line says which
+            return ServiceMisconfigured(f"The service's own identity could not get a token{doing}: its sign-in "
+                                        f"failed (the log says why): {IDENTITY_REMEDY}.")
         return UpstreamError(f"The service's own identity could not get a token{doing}: its token endpoint could "
                              "not be reached.")
     answered = f"{status} {code}" if (code := _code_of(error)) else str(status)

@@ -305,6 +305,36 @@ async def test_a_table_sdk_call_or_a_disable_whose_token_the_endpoint_refused_sa
     assert "The service's own identity could not get a token to disable a secret version in Key Vault" in warning
 
 
+async def test_environment_credentials_refused_are_told_as_the_service_s_identity_that_got_no_token(
+        host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """(Review of the last fixes.) With environment credentials (locally, the CLI), DefaultAzureCredential's chain
+    raises a new error without the answer or its transport's label: a refused client secret was told as "Key Vault
+    could not be reached" or "An Azure service could not be reached". The service's credential labels its failures
+    itself."""
+    from shared.store.history import RotationHistory
+    from shared.store.vault import SecretVault
+
+    local = {"AZURE_TENANT_ID": host.tenant, "AZURE_CLIENT_ID": "11111111-1111-1111-1111-111111111111",
+             "AZURE_CLIENT_SECRET": "wrong", "AZURE_AUTHORITY_HOST": host.standin.url}
+    for name, value in local.items():
+        monkeypatch.setenv(name, value)
+    clients = AzureClients(load_settings({**host.env(), **local, "KEY_VAULT_URL": host.standin.url,
+                                          "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE": "false"}))
+    try:
+        with pytest.raises(Exception) as table:
+            await RotationHistory(clients).get("c" * 8, datetime.now(UTC), "r", 1)
+        with pytest.raises(ServiceError) as vault:
+            await SecretVault(clients).get("conn-secret", "0" * 32)
+    finally:
+        await clients.close()
+    from shared.azure.upstream import upstream_error
+
+    for told in (upstream_error(table.value), vault.value):
+        assert told.slug == "service-misconfigured", told.detail
+        assert told.detail.startswith("The service's own identity could not get a token"), told.detail
+        assert "AZURE_CLIENT_SECRET" in told.detail and "wrong" not in told.detail  # the secret is never said
+
+
 async def test_with_environment_credentials_the_service_s_identity_is_still_default_azure_credential(
         host: Host) -> None:
     """Local development: environment credentials come before the managed identity in DefaultAzureCredential's
@@ -318,7 +348,7 @@ async def test_with_environment_credentials_the_service_s_identity_is_still_defa
                       ({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}, DefaultAzureCredential)):
         clients = AzureClients(load_settings(env))
         try:
-            assert type(clients.service_credential()) is kind
+            assert type(clients.service_credential().inner) is kind
         finally:
             await clients.close()
 
