@@ -12,10 +12,10 @@ problem; a log line) takes that error's sentence, never the error's class name:
 - no answer: the service could not be reached.
 
 The service is the one the adapter names; else the upstream its transport labelled the request with
-(``shared.azure.clients``: :func:`label`). A call whose failure its transport labelled Entra ID's though the
-adapter names another service, or one from the service's own identity's token requests (``OWN_IDENTITY``: an SDK
-such as Table Storage's raises it from its own call, unnamed), is the service's own identity that got no token for
-it, told as such. No SDK is imported: an azure-core error is known by its module.
+(``shared.azure.clients``: :func:`label`). A failure labelled ``OWN_IDENTITY`` (by the service's own credential,
+``shared.azure.clients.OwnIdentity``, and its token requests' transport: an SDK such as Table Storage's raises it
+from its own call, unnamed) is the service's own identity that got no token, told as such, whichever service the
+call was for. No SDK is imported: an azure-core error is known by its module.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def upstream_error(error: BaseException, action: str | None = None, service: str
     the call was to do ("read a secret version")."""
     if isinstance(error, ServiceError):
         return error
-    if _label_of(error) == OWN_IDENTITY or (service not in (None, ENTRA_ID) and service_of(error) == ENTRA_ID):
+    if _label_of(error) == OWN_IDENTITY:
         return _no_token(error, action, service)
     name = service or service_of(error)
     who = name or "An Azure service"
@@ -104,8 +104,8 @@ def upstream_error(error: BaseException, action: str | None = None, service: str
 
 
 def _no_token(error: BaseException, action: str | None, service: str | None) -> ServiceError:
-    """A call (to ``service``, when the adapter names it) whose failure came from Entra ID's side (its
-    transport's label): the service's own identity got no token (the host's managed-identity endpoint, or Entra ID
+    """A call (to ``service``, when the adapter names it) whose failure is labelled ``OWN_IDENTITY``: the
+    service's own identity got no token (the host's managed-identity endpoint, or Entra ID
     for environment credentials locally). Told as such, not as ``service``'s failure, which would send the operator
     to that service's role: a refusal (400, 401, 403: an identity not assigned to the function app, a wrong client
     id or secret) is a ``service-misconfigured``, throttling keeps its wait, anything else is a ``502``. The
