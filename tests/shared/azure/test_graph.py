@@ -16,6 +16,7 @@ from shared.azure.clients import AzureClients
 from shared.azure.graph import APPLICATION_SELECT, APPLICATION_SELECT_WITH_KEYS, GraphApps
 from shared.credentials import build_credential
 from shared.errors import CredentialRejected, InvalidRequest, NotFound, UpstreamError, UpstreamForbidden
+from shared.ports import AppRegistration, NewPassword
 from tests.e2e.entra import EntraApp, register_app, register_rotatable_app
 
 pytestmark = pytest.mark.e2e
@@ -33,6 +34,15 @@ def graph_requests(admin: Any, entra: EntraApp) -> list[dict[str, Any]]:
 
 async def never_lost() -> None:
     raise AssertionError("no addition's answer was lost here")
+
+
+async def password_to_remove(graph: GraphApps, entra: EntraApp,
+                            secrets_used: Any) -> tuple[AppRegistration, NewPassword]:
+    """The application, and a password added to it for the test to remove."""
+    found = await graph.find(entra.client_id)
+    added = await graph.add_password(found.object_id, "to remove", datetime.now(UTC) + timedelta(days=1), never_lost)
+    secrets_used.add(added.secret_text)
+    return found, added
 
 
 async def test_find_add_and_remove_a_password(admin: Any, clients: AzureClients, secrets_used: Any) -> None:
@@ -77,10 +87,7 @@ async def test_a_removal_or_a_federated_addition_sent_again_after_its_answer_was
     credential, graph = graph_for(clients, entra)
     try:
         async with credential:
-            found = await graph.find(entra.client_id)
-            added = await graph.add_password(found.object_id, "to remove", datetime.now(UTC) + timedelta(days=1),
-                                             never_lost)
-            secrets_used.add(added.secret_text)
+            found, added = await password_to_remove(graph, entra, secrets_used)
             admin.set_faults([{"method": "POST", "path": r"/removePassword$", "action": "drop_after", "times": 1}])
             await graph.remove_password(found.object_id, added.key_id)
             assert [f["hits"] for f in admin.faults()] == [1]  # the first was applied, its answer lost
@@ -170,10 +177,7 @@ async def test_a_removal_or_a_federated_addition_applied_then_answered_5xx_is_do
     entra = register_rotatable_app(admin, secrets_used, name=f"graph-removal-{status}")
     credential, graph = graph_for(clients, entra)
     async with credential:
-        found = await graph.find(entra.client_id)
-        added = await graph.add_password(found.object_id, "to remove", datetime.now(UTC) + timedelta(days=1),
-                                         never_lost)
-        secrets_used.add(added.secret_text)
+        found, added = await password_to_remove(graph, entra, secrets_used)
         admin.set_faults([applied_then(status, "removePassword")])
         admin.clear_requests()
         await graph.remove_password(found.object_id, added.key_id)
@@ -345,10 +349,7 @@ async def test_a_removal_graph_still_throttles_is_a_503_with_graph_s_wait_not_an
     entra = register_rotatable_app(admin, secrets_used, name="graph-remove-throttled")
     credential, graph = graph_for(clients, entra)
     async with credential:
-        found = await graph.find(entra.client_id)
-        added = await graph.add_password(found.object_id, "to remove", datetime.now(UTC) + timedelta(days=1),
-                                         never_lost)
-        secrets_used.add(added.secret_text)
+        found, added = await password_to_remove(graph, entra, secrets_used)
         faults = [graph_fault(429, "TooManyRequests", "throttled", method="POST", path=r"/removePassword$",
                               times=None, retry_after=60)]
         if read_throttled:
