@@ -655,6 +655,9 @@ class FakeVault:
         self.secrets: dict[str, list[Version]] = {}
         self.deleted: set[str] = set()
         self.listings = 0  # listings of a secret's versions, as SecretVault makes one for each disable_* below
+        # The next ``disable`` calls Key Vault refuses: the version stays enabled, without an error (the adapter's
+        # disable is best effort).
+        self.refused_disables = 0
 
     def version(self, name: str, version: str) -> Version:
         for item in self.secrets.get(name, []):
@@ -681,6 +684,9 @@ class FakeVault:
 
     async def disable(self, name: str, version: str) -> None:
         self.world.check("vault.disable")
+        if self.refused_disables:
+            self.refused_disables -= 1
+            return
         for item in self.secrets.get(name, []):
             if item.version == version:
                 item.enabled = False

@@ -523,25 +523,15 @@ async def test_a_refresh_disables_the_version_it_replaced_without_listing_the_se
     assert fakes.vault.listings == listings
 
 
-async def test_a_version_a_refresh_failed_to_disable_is_disabled_by_the_next_re_authorization(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_version_a_refresh_failed_to_disable_is_disabled_by_the_next_re_authorization() -> None:
     """A refresh lists no versions, so what its failed disable left enabled stays so through later refreshes; a
     re-authorization (a person's change, as new credentials are) disables every version written before its own."""
-    from tests.fakes import TENANT, FakeVault, build_fakes
+    from tests.fakes import TENANT, build_fakes
 
     fakes = build_fakes()
     service = wiring.services(fakes.adapters).connections
     created = (await _signed_in(fakes, {"name": "kv", "tenantId": TENANT})).record
-    disable = FakeVault.disable
-    calls = 0
-
-    async def throttled_once(self: FakeVault, name: str, version: str) -> None:  # the adapter's is best effort
-        nonlocal calls
-        calls += 1
-        if calls > 1:
-            await disable(self, name, version)
-
-    monkeypatch.setattr(FakeVault, "disable", throttled_once)
+    fakes.vault.refused_disables = 1  # throttled once: the adapter's disable is best effort
     for _ in range(3):
         record = await service.oauth_tokens.refresh_now(KV, await fakes.connections.get(KV.id, created.id))
     versions = fakes.vault.secrets[created.secret_name]

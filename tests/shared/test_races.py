@@ -291,21 +291,11 @@ async def test_a_migrated_connection_whose_application_dropped_the_trust_can_sti
     assert h.check() == []
 
 
-async def test_a_superseded_version_a_failed_call_left_enabled_is_disabled_by_the_next_change(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_superseded_version_a_failed_call_left_enabled_is_disabled_by_the_next_change() -> None:
     h = Harness()
     record = await h.create(rotation=False)
     client_id = record.client_id or ""
-    disable = FakeVault.disable
-    calls = 0
-
-    async def throttled_once(self: FakeVault, name: str, version: str) -> None:  # the adapter's is best effort
-        nonlocal calls
-        calls += 1
-        if calls > 1:
-            await disable(self, name, version)
-
-    monkeypatch.setattr(FakeVault, "disable", throttled_once)
+    h.fakes.vault.refused_disables = 1  # throttled once: the adapter's disable is best effort
     for _ in range(3):
         await h.api.update(APP, record.id, {"credentials": h.new_credential(client_id)})
     current = await h.record(record.id)
