@@ -20,6 +20,7 @@ call was for. No SDK is imported: an azure-core error is known by its module.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -98,8 +99,9 @@ def upstream_error(error: BaseException, action: str | None = None, service: str
 
         busy = "is throttling the service" if status == 429 else "is unavailable"
         asked = f" when asked to {action}" if action else ""
-        return UpstreamThrottled(f"{who} {busy} ({answered}){asked}, through every retry; try again after the "
-                                 "Retry-After wait.", retry_after=retry_after_of(_headers(error)))
+        wait = retry_after_of(_headers(error))
+        return UpstreamThrottled(f"{who} {busy} ({answered}){asked}, through every retry; {_try_again(wait)}.",
+                                 retry_after=wait)
     return UpstreamError(f"{who} failed{doing} ({answered}).")
 
 
@@ -125,15 +127,20 @@ def _no_token(error: BaseException, action: str | None, service: str | None) -> 
     if status in (429, 503):
         from shared.azure.retry import retry_after_of
 
+        wait = retry_after_of(_headers(error))
         return UpstreamThrottled(f"The service's own identity could not get a token{doing}: its token endpoint is "
-                                 f"busy ({answered}) through every retry; try again after the Retry-After wait.",
-                                 retry_after=retry_after_of(_headers(error)))
+                                 f"busy ({answered}) through every retry; {_try_again(wait)}.", retry_after=wait)
     if status in (400, 401, 403):
         return ServiceMisconfigured(
             f"The service's own identity could not get a token{doing} (its token endpoint answered {answered}): "
             f"{IDENTITY_REMEDY}.")
     return UpstreamError(f"The service's own identity could not get a token{doing} (its token endpoint answered "
                          f"{answered}).")
+
+
+def _try_again(wait: float | None) -> str:
+    """When to try again, in words a log line can carry too (it has no Retry-After header beside it)."""
+    return f"try again in {max(1, math.ceil(wait))} s" if wait is not None else "try again later"
 
 
 def sentence(error: BaseException) -> str:

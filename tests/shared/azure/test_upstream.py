@@ -54,8 +54,12 @@ def test_a_refusal_of_the_service_s_identity_names_the_service_and_the_role_that
 def test_throttling_left_by_the_retries_is_a_503_with_the_service_s_wait() -> None:
     told = upstream_error(answered(429, "Throttled", "key-vault", **{"Retry-After": "7"}), "store a secret version")
     assert isinstance(told, UpstreamThrottled) and told.headers["Retry-After"] == "7"
-    assert told.detail.startswith("Key Vault is throttling the service (429 Throttled) when asked to store a secret")
-    assert upstream_error(answered(503, "", "tables")).detail.startswith("Table Storage is unavailable (503)")
+    assert told.detail == ("Key Vault is throttling the service (429 Throttled) when asked to store a secret "
+                           "version, through every retry; try again in 7 s.")
+    # the wait is in the words too, since a log line carries no header; none known: later
+    unavailable = upstream_error(answered(503, "", "tables"))
+    assert unavailable.detail == "Table Storage is unavailable (503), through every retry; try again later."
+    assert upstream_error(answered(429, "", "tables", **{"Retry-After": "0.2"})).detail.endswith("try again in 1 s.")
 
 
 def test_other_failures_say_the_service_and_status_and_a_code_only_when_it_is_one() -> None:
