@@ -63,6 +63,7 @@ from shared.models import (
     MigrateToFederatedIn,
     UpdateConnectionIn,
     parse_credentials,
+    parse_key_id_alone,
     parse_method,
     parse_model,
 )
@@ -546,7 +547,11 @@ class ConnectionService:
             pointer = "/isAutoRotationEnabled" if request.isAutoRotationEnabled else "/rotation"
             refuse_rotation_of_secretless(method, pointer)
             require_rotatable(method, app.rotation_methods, pointer)
-        if request.credentials is not None and method is Method.OAUTH:
+        # ``credentials: {clientSecretKeyId}`` alone names the Key ID of the secret stored: no credential material
+        # changes (``replaced``: new credentials, validated and stored as a new version).
+        key_only = parse_key_id_alone(method, request.credentials)
+        replaced = request.credentials if key_only is None else None
+        if replaced is not None and method is Method.OAUTH:
             raise InvalidRequest(
                 "OAuth credentials are changed by signing in again.",
                 errors=[FieldError("/credentials", "re-authorize through the oauth/authorize route")],
@@ -555,7 +560,7 @@ class ConnectionService:
             self._refuse_during_rotation(record)
         if record.status == STATUS_DELETING:
             raise being_deleted(record)
-        given_credentials = self._credentials(method, request.credentials) if request.credentials is not None else None
+        given_credentials = self._credentials(method, replaced) if replaced is not None else None
         given_up: tuple[str, list[ConnectionRecord]] | None = None  # a federated credential left to others
         if (method is Method.FEDERATED and given_credentials is not None and record.rotation.key_id
                 and given_credentials.clientId.lower() == (record.client_id or "").lower()
@@ -581,7 +586,7 @@ class ConnectionService:
             enabled = state.enabled if request.isAutoRotationEnabled is None else request.isAutoRotationEnabled
             new_state = configured(state, config, enabled, self.now(), record.health.credential_expires_at)
         trigger = "enable" if enabling else None
-        if request.credentials is not None:
+        if replaced is not None:
             assert given_credentials is not None
             back = comes_back(record, given_credentials.clientId)
             if back and (state.leased(self.now()) or state.retire_removing_key_id == state.retire_federated_id):
@@ -643,31 +648,39 @@ class ConnectionService:
             changes.update(tenant_id=credentials.tenantId, client_id=credentials.clientId, status=STATUS_ACTIVE,
                            status_message=None, last_validated_at=self.now())
             fresh = self._fresh_health(record.evolve(rotation=new_state), expires_on)  # as the change leaves it
-        elif enabling and method is Method.CLIENT_SECRET:
+        elif method is Method.CLIENT_SECRET and (enabling or key_only is not None):
+            # The Key ID of the secret stored (what a rotation revokes once it has replaced it): the one given alone,
+            # else the one recorded, else found by the secret's hint; checked against the application either way.
+            named = key_only.clientSecretKeyId.lower() if key_only is not None else None
+            if named is not None and state.made_in_use and state.key_id and named != state.key_id:
+                raise InvalidRequest(
+                    "The client secret stored is one a rotation made, and its Key ID is another: the service "
+                    "recorded it when it created that secret.",
+                    errors=[FieldError("/credentials/clientSecretKeyId", "must be the Key ID of the secret stored")])
             material = await self.material_of(record)
             known = await self._key_id(record.tenant_id, record.client_id or "", material["clientSecret"],
-                                       new_state.key_id)
+                                       named or new_state.key_id)
             new_state = new_state.evolve(key_id=known.key_id,
                                          key_made=new_state.key_made if known.key_id == new_state.key_id else False)
         if new_state.enabled and new_state.interval_days and (config is not None or enabling
-                                                               or request.credentials is not None):
+                                                               or replaced is not None):
             await require_interval_allowed(
                 self.adapters.directory, method, changes.get("tenant_id", record.tenant_id),
                 changes.get("client_id", record.client_id) or "",
-                valid.material if request.credentials is not None else await self.material_of(record),
+                valid.material if replaced is not None else await self.material_of(record),
                 new_state.interval_days)
         if new_state.next_at is not None and (new_state.next_at != state.next_at or state.schedule_key is None):
             # Indexed before the record says so (as ``reindex`` does): a write that then fails leaves only an entry
             # nothing points at, which the sweep drops; once written, the old entry goes (``_sync_schedule``).
             new_state = new_state.evolve(schedule_key=await self.adapters.schedule.put(
                 new_state.next_at, record.app, record.id))
-        if not changes and new_state == state and request.credentials is None:
+        if not changes and new_state == state and replaced is None:
             return record
         previous_name = record.name if "name" in changes else None
         target = record.evolve(rotation=new_state, version=record.version + 1, updated_at=self.now(),
                                updated_by=acting_actor(), **changes)
         try:
-            if request.credentials is not None:
+            if replaced is not None:
                 kept = record.health.next_check_at  # the new credential's own milestones may come sooner
                 times = [t for t in (fresh.next_check_at, kept) if t is not None]
                 sooner = min(times) if times else None

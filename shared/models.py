@@ -66,6 +66,14 @@ class FederatedCredentialsIn(_Strict):
     clientId: Guid
 
 
+class ClientSecretKeyIdIn(_Strict):
+    """A ``PATCH``'s ``credentials`` with the Key ID alone, on a client-secret connection: "the stored secret's Key ID
+    is this". Nothing secret is sent or changed; the Key ID must be that of the secret stored (checked against the
+    application as a given Key ID is), and is what a rotation revokes once it has replaced that secret."""
+
+    clientSecretKeyId: Guid
+
+
 CredentialsIn = ClientSecretCredentialsIn | CertificateCredentialsIn | FederatedCredentialsIn
 
 CREDENTIAL_MODELS: dict[Method, type[_Strict]] = {
@@ -211,6 +219,18 @@ def parse_credentials(method: Method, data: Any) -> CredentialsIn:
     parsed = parse_model(model, data, "/credentials")
     assert isinstance(parsed, ClientSecretCredentialsIn | CertificateCredentialsIn | FederatedCredentialsIn)
     return parsed
+
+
+def parse_key_id_alone(method: Method, data: Any) -> ClientSecretKeyIdIn | None:
+    """A ``PATCH``'s ``credentials`` that names ``clientSecretKeyId`` and nothing else, parsed (None: anything else,
+    which is checked as the method's credentials). Only a client-secret connection has a client secret's Key ID."""
+    if not (isinstance(data, dict) and set(data) == {"clientSecretKeyId"}):
+        return None
+    if method is not Method.CLIENT_SECRET:
+        raise InvalidRequest(
+            f"Only a client-secret connection has a client secret's Key ID; this one uses the {method.value} method.",
+            errors=[FieldError("/credentials/clientSecretKeyId", "needs the client-secret method")])
+    return parse_model(ClientSecretKeyIdIn, data, "/credentials")
 
 
 # -- Response models ---------------------------------------------------------------------------------

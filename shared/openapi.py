@@ -31,6 +31,7 @@ from shared.models import (
     AuthorizationUrlOut,
     CertificateCredentialsIn,
     ClientSecretCredentialsIn,
+    ClientSecretKeyIdIn,
     ClientsOut,
     ConnectionEnvelope,
     ConnectionList,
@@ -58,7 +59,7 @@ CALLBACK_PATH = "/organization/app-connections/azure/oauth/callback"
 
 _REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     CreateConnectionIn, UpdateConnectionIn, ClientSecretCredentialsIn, CertificateCredentialsIn, FederatedCredentialsIn,
-    RotationIn, AuthorizeIn, MigrateToFederatedIn,
+    ClientSecretKeyIdIn, RotationIn, AuthorizeIn, MigrateToFederatedIn,
 )
 _RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     ConnectionEnvelope, ConnectionList, DeletedOut, RotationHistoryOut, OptionsOut, ClientsOut, AuthorizationUrlOut,
@@ -332,6 +333,9 @@ def _schemas() -> dict[str, Any]:
         credentials = schemas[name]["properties"]["credentials"]
         credentials["description"] = ("ClientSecretCredentialsIn, CertificateCredentialsIn or "
                                      "FederatedCredentialsIn, by method.")
+    schemas["UpdateConnectionIn"]["properties"]["credentials"]["description"] += (
+        " On a client-secret connection, ClientSecretKeyIdIn alone instead: the Key ID of the secret stored, which "
+        "a rotation revokes (nothing secret is sent again; needs Rotator, not Writer).")
     return schemas
 
 

@@ -13,8 +13,8 @@ const body = () => document.getElementById('connection-form-body');
 const SECRET_FIELDS = ['clientSecret', 'certificateBody', 'privateKey'];
 const KEY_ID_HINT = 'In the Azure portal, open the app registration, then Certificates & secrets: the Secret ID ' +
   'of the client secret you enter above. The service removes that secret after its first rotation.';
-const KEY_ID_EDIT_HINT = 'With a new client secret above: its Secret ID (Certificates & secrets of the app ' +
-  'registration). The service removes that secret after its first rotation.';
+const KEY_ID_EDIT_HINT = 'The Secret ID (Certificates & secrets of the app registration) of the client secret ' +
+  'the connection uses, or of the new one you enter above. The service removes that secret after its first rotation.';
 const MAX_FILE_BYTES = 16 * 1024;
 
 let current = null; // {mode: 'add'|'edit', app, method, connection}
@@ -103,7 +103,13 @@ function setupPanel(option, method) {
     h('li', {}, h('code', {}, p.permission), ` — ${p.api} (${p.type})`)));
   const panel = h('section', {class: 'setup', 'aria-labelledby': 'setup-title'},
     h('h3', {id: 'setup-title'}, `What the application needs for ${option.name}`),
-    h('p', {}, 'Set these API permissions on your Entra ID app registration (and grant admin consent):'),
+    h('p', {}, method === 'oauth'
+      // OAuth signs in through the service's own registration, the one whose Redirect URI is below: the person
+      // connecting consents to its delegated permissions (an administrator may consent for everyone ahead of time).
+      ? 'Set these API permissions on the service\'s own app registration for OAuth (the one whose Redirect URI ' +
+        'is below). The person who connects consents to the delegated ones when signing in; an administrator can ' +
+        'grant admin consent for the organization ahead of time:'
+      : 'Set these API permissions on your Entra ID app registration (and grant admin consent):'),
     permissions);
   if (method !== 'oauth' && option.resourceAccess) {
     panel.append(h('p', {class: 'resource-access'}, 'Signing in as the application also needs: ',
@@ -111,7 +117,7 @@ function setupPanel(option, method) {
   }
   if (method === 'oauth') {
     panel.append(
-      h('p', {}, 'In the service\'s own app registration, set this Redirect URI (platform: Web):'),
+      h('p', {}, 'In that same registration, set this Redirect URI (platform: Web):'),
       h('div', {class: 'copy'}, h('code', {id: 'redirect-uri'}, option.redirectUri),
         copyButton(option.redirectUri, 'Redirect URI')));
     if (!option.oauthConfigured) {
@@ -176,7 +182,7 @@ function rotationFields(connection, method) {
   const zone = h('select', {}, [...new Set([rotation.timeZone || localZone(), 'UTC', ...zones])].map((name) =>
     h('option', {value: name, selected: name === (rotation.timeZone || localZone())}, name)));
   const settings = h('div', {id: 'rotation-settings', class: 'rotation-settings', hidden: !enabled},
-    // A client secret's Key ID, when creating or with a new secret: which secret to remove after the first rotation.
+    // A client secret's Key ID (of the secret given, or stored when editing): the one the first rotation removes.
     method === 'client-secret' ? field('clientSecretKeyId', 'Client Secret Key ID', input('text', {autocomplete: 'off',
       placeholder: '00000000-0000-0000-0000-000000000000'}), {hint: connection ? KEY_ID_EDIT_HINT : KEY_ID_HINT,
       optional: true}) : null,
@@ -437,10 +443,11 @@ function updateBody() {
     }
   }
   const rotation = rotationBody();
-  // The Key ID goes with a new client secret, and only while rotation is on (as when creating).
+  // The Key ID, while rotation is on (its field is hidden otherwise, as when creating): with new credentials it is
+  // the new secret's; alone it names the stored secret's (nothing secret is sent again).
   const keyId = value('clientSecretKeyId');
-  if (result.credentials && result.credentials.clientSecret !== undefined && rotation.isAutoRotationEnabled && keyId) {
-    result.credentials.clientSecretKeyId = keyId;
+  if (method === 'client-secret' && rotation.isAutoRotationEnabled && keyId) {
+    result.credentials = {...result.credentials, clientSecretKeyId: keyId};
   }
   const before = connection.rotation || {};
   if ('isAutoRotationEnabled' in rotation) {

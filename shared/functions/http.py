@@ -373,11 +373,11 @@ SUMMARIZED = frozenset({"connection.create", "connection.update", "connection.de
 
 def change_summary(req: func.HttpRequest, action: str | None = None) -> str:
     """What an audited change asks for, for its ``started`` record, never a secret: a create's name and method, the
-    fields a PATCH changes; the tenant and client ID and rotation on or off when given (GUIDs only; any other value
-    is named as not one); ``force=true`` on a DELETE that forces. Only for a create, a PATCH and a DELETE
-    (``action``): any other change's handler reads no body, and the caller is not to write it into the record. The
-    body is read again, as the handler reads it (bounded), and one that cannot be read is summarized as nothing: the
-    handler answers it."""
+    fields a PATCH changes; the tenant and client ID, the client secret's Key ID and rotation on or off when given
+    (GUIDs only; any other value is named as not one); ``force=true`` on a DELETE that forces. Only for a create, a
+    PATCH and a DELETE (``action``): any other change's handler reads no body, and the caller is not to write it into
+    the record. The body is read again, as the handler reads it (bounded), and one that cannot be read is summarized
+    as nothing: the handler answers it."""
     parts: list[str] = []
     if action not in SUMMARIZED:
         return ""
@@ -406,7 +406,7 @@ def change_summary(req: func.HttpRequest, action: str | None = None) -> str:
         parts.append("changes=" + (",".join(fields) or "-") + (f" (+{others} unknown)" if others else ""))
     credentials = body.get("credentials")
     if isinstance(credentials, dict):
-        for field in ("tenantId", "clientId"):
+        for field in ("tenantId", "clientId", "clientSecretKeyId"):
             if field in credentials:
                 parts.append(f"{field}={_guid_or_not(credentials[field])}")
     rotation = body.get("isAutoRotationEnabled")

@@ -195,6 +195,7 @@ def test_a_certificate_connection_by_file_and_by_paste(open_console: Any, admin:
     page = console.page
     add_dialog(page, "azure-app-configuration", "certificate")
     setup = page.inner_text(".setup")
+    assert "on your Entra ID app registration (and grant admin consent)" in setup  # the application's own
     for permission in ("KeyValue.Delete", "KeyValue.Read", "KeyValue.Write"):
         assert permission in setup
     assert "App Configuration Data Reader" in setup  # what signing in as the application needs on the store
@@ -220,7 +221,14 @@ def test_oauth_connects_to_azure_and_comes_back_to_the_connection(open_console: 
     add_dialog(page, "azure-key-vault", "oauth")
     redirect_uri = page.inner_text("#redirect-uri")
     assert redirect_uri == f"{host_url}/organization/app-connections/azure/oauth/callback"
-    assert "user_impersonation" in page.inner_text(".setup")
+    # One registration, the service's own (docs/oauth.md): the permissions go where the Redirect URI goes. The panel
+    # said to set them on "your Entra ID app registration", then the Redirect URI on the service's: followed, the
+    # service's registration lacked them and Entra refused the sign-in (AADSTS650057).
+    setup = page.inner_text(".setup")
+    permissions, redirect = setup.split("user_impersonation")
+    assert "service's own app registration" in permissions and "your Entra ID app registration" not in setup
+    assert "ahead of time" in permissions  # admin consent may be granted beforehand, not required
+    assert "In that same registration, set this Redirect URI" in redirect
     console.screenshot("add-oauth")
     page.fill("#field-name", "console-kv-oauth")
     page.click("#connection-submit")  # Connect to Azure: to the stand-in's authorize endpoint and back
@@ -548,7 +556,14 @@ def test_a_person_picks_a_demo_account_at_the_stand_in_as_the_local_run_prints(
 
 def test_edit_changes_only_what_changed_and_turns_rotation_on(open_console: Any, admin: Any, secrets_used: Any,
                                                               api: httpx.Client) -> None:
+    """Reference azure-client-secrets-connection.md, "Enable Automatic Credential Rotation": when creating or editing
+    the connection, turn rotation on and enter the Key ID into the Client Secret Key ID field. Editing, the field took
+    the Key ID and dropped it unless a new secret was typed too: where two of the application's secrets share a hint
+    (their first three characters), the service could not tell which to revoke, and rotation could not be turned on.
+    The Key ID goes alone now (nothing secret is sent again)."""
     app = register_rotatable_app(admin, secrets_used, name="console-edit")
+    twin = admin.add_secret(app.tenant_id, app.client_id, secret_text=app.client_secret[:3] + "twin-" + "x" * 30)
+    secrets_used.add(twin["secretText"])
     created = api.post("/api/v1/app-connections/azure-client-secrets", json={
         "name": "console-edit", "method": "client-secret", "credentials": app.client_secret_body()})
     assert created.status_code == 201, created.text
@@ -565,12 +580,14 @@ def test_edit_changes_only_what_changed_and_turns_rotation_on(open_console: Any,
     page.fill("#field-rotationInterval", "14")
     page.fill("#field-rotateAt", "22:15")
     page.select_option("#field-timeZone", "UTC")
-    assert "new client secret" in page.inner_text("#field-clientSecretKeyId-hint")
-    page.fill("#field-clientSecretKeyId", app.key_id)  # without a new secret, a Key ID is not sent
+    assert "the connection uses" in page.inner_text("#field-clientSecretKeyId-hint")
+    page.fill("#field-clientSecretKeyId", app.key_id)  # the stored secret's: sent alone, without the secret
     page.click("#connection-submit")
     page.wait_for_selector("#rotation-timeline", timeout=30_000)
     assert patches == [{"description": "Graph access of the build pipeline", "isAutoRotationEnabled": True,
-                        "rotation": {"rotationInterval": 14, "rotateAt": "22:15", "timeZone": "UTC"}}]
+                        "rotation": {"rotationInterval": 14, "rotateAt": "22:15", "timeZone": "UTC"},
+                        "credentials": {"clientSecretKeyId": app.key_id}}]
+    assert app.key_id not in live_keys(admin, app) and twin["keyId"] in live_keys(admin, app)  # that one went
     details = page.inner_text("#connection-details")
     assert "Graph access of the build pipeline" in details and "every 14 days at 22:15 (UTC)" in details
     assert "First rotation (rotation turned on)" in page.inner_text("#rotation-timeline")
@@ -823,8 +840,10 @@ def test_a_rotator_alone_edits_the_rotation_only_and_sends_nothing_else(
         assert page.is_disabled(f"#field-{field}"), field
     page.check("#field-isAutoRotationEnabled")
     page.fill("#field-rotationInterval", "30")
+    page.fill("#field-clientSecretKeyId", app.key_id)  # a rotation setting: which secret the rotation revokes
     page.click("#connection-submit")
     page.wait_for_selector("#rotation-timeline", timeout=30_000)
     # The description, with a space at its end, did not change: it was not sent (it needs the Writer role)
-    assert len(sent) == 1 and set(sent[0]) == {"isAutoRotationEnabled", "rotation"}, sent
+    assert len(sent) == 1 and set(sent[0]) == {"isAutoRotationEnabled", "rotation", "credentials"}, sent
+    assert sent[0]["credentials"] == {"clientSecretKeyId": app.key_id}
     assert page.locator("#rotate-now").count() == 1  # on now

@@ -36,6 +36,9 @@ ROUTES: list[tuple[str, str, Any, tuple[str, ...], str | None]] = [
     ("PATCH", f"{BASE}/{KV}/{ID}", {"name": "y"}, ("Writer",), KV),
     ("PATCH", f"{BASE}/{KV}/{ID}", {"rotation": ROTATION}, ("Rotator",), KV),
     ("PATCH", f"{BASE}/{KV}/{ID}", {"name": "y", "isAutoRotationEnabled": False}, ("Writer", "Rotator"), KV),
+    # A client secret's Key ID alone is a rotation setting (which secret a rotation revokes); beside a secret, not.
+    ("PATCH", f"{BASE}/{KV}/{ID}", {"credentials": {"clientSecretKeyId": ID}}, ("Rotator",), KV),
+    ("PATCH", f"{BASE}/{KV}/{ID}", {"credentials": {"clientSecretKeyId": ID, "clientSecret": "s"}}, ("Writer",), KV),
     ("DELETE", f"{BASE}/{KV}/{ID}", None, ("Writer",), KV),
     ("POST", f"{BASE}/{KV}/{ID}/validate", None, ("Writer",), KV),
     ("POST", f"{BASE}/{KV}/{ID}/rotate", None, ("Rotator",), KV),

@@ -4,11 +4,13 @@ against Azurite and the stand-in; sweeps driven with a controllable clock; crash
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 
 from shared import wiring
@@ -143,6 +145,42 @@ def test_key_id_is_found_by_hint_only_when_unambiguous(api, admin, secrets_used)
     assert given.status_code == 201, given.text
     keys = {p["keyId"] for p in live_passwords(admin, entra)}
     assert entra.key_id not in keys and twin["keyId"] in keys  # only the given secret was revoked
+
+
+def test_an_edit_turns_rotation_on_with_the_key_id_alone_where_the_hint_is_ambiguous(api, admin, secrets_used,
+                                                                                      host_url, tokens):
+    """Reference azure-client-secrets-connection.md, "Enable Automatic Credential Rotation": when creating or editing
+    the connection, turn rotation on and enter the Key ID. A PATCH took the Key ID only beside the secret: with two
+    secrets sharing a hint, rotation could not be turned on without pasting the secret again. The Key ID alone names
+    the stored secret's; a Rotator may send it (it is a rotation setting), and its audit record names it, no secret."""
+    entra = register_rotatable_app(admin, secrets_used)
+    twin = admin.add_secret(entra.tenant_id, entra.client_id,
+                            secret_text=entra.client_secret[:3] + uuid.uuid4().hex + "Zz~")
+    secrets_used.add(twin["secretText"])
+    created = api.post(f"{BASE}/{APP}", json={"name": f"rot-{uuid.uuid4().hex[:8]}", "method": "client-secret",
+                                              "credentials": entra.client_secret_body()})
+    assert created.status_code == 201, created.text
+    path = f"{BASE}/{APP}/{created.json()['appConnection']['id']}"
+    turn_on = {"isAutoRotationEnabled": True, "rotation": {"rotationInterval": 7, "rotateAt": "04:00"}}
+    ambiguous = api.patch(path, json=turn_on)
+    assert ambiguous.status_code == 400
+    assert ambiguous.json()["errors"][0]["pointer"] == "/credentials/clientSecretKeyId"
+    rotator = {"Authorization": f"Bearer {tokens.for_roles('AppConnections.Rotator')}"}
+    with httpx.Client(base_url=host_url, timeout=60, headers=rotator) as client:
+        unknown = client.patch(path, json={**turn_on, "credentials": {"clientSecretKeyId": str(uuid.uuid4())}})
+        assert unknown.status_code == 400 and unknown.json()["errors"][0]["pointer"] == (
+            "/credentials/clientSecretKeyId")
+        turned = client.patch(path, json={**turn_on, "credentials": {"clientSecretKeyId": entra.key_id}})
+    assert turned.status_code == 200, turned.text
+    assert turned.json()["appConnection"]["rotation"]["status"] == "succeeded"
+    keys = {p["keyId"] for p in live_passwords(admin, entra)}
+    assert entra.key_id not in keys and twin["keyId"] in keys  # the stored secret was revoked, its twin kept
+    records = api.get("/api/v1/audit-logs", params={"connectionId": path.rsplit("/", 1)[1],
+                                                    "action": "connection.update"}).json()["auditLogs"]
+    started = [r["detail"] for r in records if r["outcome"] == "started"]
+    assert started[0] == (f"PATCH {path} changes=credentials,isAutoRotationEnabled,rotation "
+                          f"clientSecretKeyId={entra.key_id} rotation=on")
+    assert not any(secret in json.dumps(records) for secret in (entra.client_secret, twin["secretText"]))
 
 
 def test_a_certificate_connection_rotates_through_the_api_and_rotation_needs_a_schedule(api, admin, secrets_used):

@@ -4,6 +4,8 @@ their secret, superseded versions are disabled, ``rotate`` answers what happened
 from __future__ import annotations
 
 import contextlib
+import secrets
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -25,7 +27,7 @@ from shared.errors import (
 )
 from shared.records import ConnectionRecord
 from shared.rotation.protocol import connection_marker
-from tests.fakes import FakeVault, build_fakes
+from tests.fakes import FakeVault, Password, build_fakes
 from tests.lifecycle_harness import (
     APP,
     ROTATION,
@@ -252,6 +254,83 @@ async def test_client_secret_key_id_must_be_the_key_id_of_the_given_secret() -> 
     assert record.rotation.status == "succeeded"
     assert given.key_id not in h.fakes.world.apps[client_id].passwords  # the given one was the one revoked
     assert other.key_id in h.fakes.world.apps[client_id].passwords
+
+
+def twin_of(h: Harness, client_id: str, password: Password) -> Password:
+    """Another client secret of the application that starts with the same three characters: Graph's ``hint`` of the
+    two is the same, so the hint cannot tell which one a connection holds."""
+    twin = Password(str(uuid.uuid4()), password.secret[:3] + secrets.token_urlsafe(30), "twin", None, False)
+    h.fakes.world.apps[client_id].passwords[twin.key_id] = twin
+    return twin
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["then-rotation-on", "with-rotation-on"])
+async def test_the_key_id_alone_names_the_stored_secret_and_rotation_then_revokes_that_one(together: bool) -> None:
+    """Reference azure-client-secrets-connection.md, "Enable Automatic Credential Rotation": when creating or editing
+    the connection, turn rotation on and enter the Key ID. A PATCH took a Key ID only with the secret itself: where
+    two of the application's secrets share a hint, rotation could not be turned on without pasting the secret again.
+    ``credentials: {clientSecretKeyId}`` alone says which one is stored; nothing secret is sent or written."""
+    h = Harness()
+    client_id, given = h.new_app()
+    twin = twin_of(h, client_id, given)
+    record = await h.api.create(APP, {"name": "c", "method": "client-secret",
+                                      "credentials": h.credentials(client_id, given)})
+    turn_on = {"isAutoRotationEnabled": True, "rotation": ROTATION}
+    with pytest.raises(InvalidRequest) as ambiguous:
+        await h.api.update(APP, record.id, turn_on)
+    assert [e.pointer for e in ambiguous.value.errors] == ["/credentials/clientSecretKeyId"]
+    key_id_alone = {"credentials": {"clientSecretKeyId": given.key_id.upper()}}  # a GUID in either case
+    if together:  # as the console sends it: the switch and the Key ID in one PATCH
+        turned = await h.api.update(APP, record.id, {**turn_on, **key_id_alone})
+    else:  # recorded with rotation off (the vault is not written: the secret did not change), used when it turns on
+        recorded = await h.api.update(APP, record.id, key_id_alone)
+        assert recorded.rotation.key_id == given.key_id and not recorded.rotation.enabled
+        assert (recorded.secret_version, len(h.fakes.vault.secrets[record.secret_name])) == (record.secret_version, 1)
+        assert await h.api.update(APP, record.id, key_id_alone) == recorded  # the same again: nothing to write
+        turned = await h.api.update(APP, record.id, turn_on)
+    assert turned.rotation.status == "succeeded" and turned.rotation.enabled
+    passwords = h.fakes.world.apps[client_id].passwords
+    assert given.key_id not in passwords and twin.key_id in passwords  # the secret the connection held went
+
+
+@pytest.mark.parametrize(("method", "key_id", "why"), [
+    ("client-secret", "unknown", "is not a Key ID of the application's secrets"),
+    ("client-secret", "another", "must be the Key ID of clientSecret"),
+    ("client-secret", "the secret", "must be a GUID"),
+    ("client-secret", None, "must be a string"),
+    ("certificate", "unknown", "needs the client-secret method"),
+])
+async def test_a_key_id_alone_that_is_not_the_stored_secret_s_is_refused_and_changes_nothing(
+        method: str, key_id: str | None, why: str) -> None:
+    h = Harness()
+    record = await h.create(rotation=False, method=method)
+    client_id = record.client_id or ""
+    stored = h.current_secret(record)
+    other = h.fakes.world.add(client_id, "another secret")
+    while other.secret[:3] == stored[:3]:  # (its hint must not be the stored secret's)
+        other = h.fakes.world.add(client_id, "another secret")
+    given = {"unknown": str(uuid.uuid4()), "another": other.key_id, "the secret": stored, None: None}[key_id]
+    with pytest.raises(InvalidRequest) as refused:
+        await h.api.update(APP, record.id, {"isAutoRotationEnabled": True, "rotation": ROTATION,
+                                            "credentials": {"clientSecretKeyId": given}})
+    [error] = refused.value.errors
+    assert error.pointer == "/credentials/clientSecretKeyId" and error.detail.startswith(why), error
+    assert stored not in f"{refused.value.to_problem('/x')}"  # a secret pasted in the wrong field is never echoed
+    assert await h.record(record.id) == record
+
+
+async def test_a_key_id_alone_never_replaces_the_one_the_service_recorded_for_the_secret_it_made() -> None:
+    """Once a rotation made the stored secret, its Key ID is known for certain: a Key ID alone naming another (one
+    whose hint matches it too) would have the next rotation revoke a secret the connection does not hold."""
+    h = Harness()
+    record = await h.create(rotation=True)
+    made = record.rotation.key_id or ""
+    twin = twin_of(h, record.client_id or "", h.fakes.world.apps[record.client_id or ""].passwords[made])
+    with pytest.raises(InvalidRequest) as refused:
+        await h.api.update(APP, record.id, {"credentials": {"clientSecretKeyId": twin.key_id}})
+    assert [(e.pointer, e.detail) for e in refused.value.errors] == [
+        ("/credentials/clientSecretKeyId", "must be the Key ID of the secret stored")]
+    assert await h.api.update(APP, record.id, {"credentials": {"clientSecretKeyId": made}}) == record
 
 
 async def test_a_new_current_version_disables_the_superseded_ones_and_carries_the_credential_expiry() -> None:

@@ -158,6 +158,19 @@ def test_the_schemas_are_the_models():
     assert schemas["ConnectionOut"]["additionalProperties"] is False
 
 
+def test_a_patch_s_credentials_may_be_the_key_id_alone_and_the_document_says_so():
+    """A PATCH takes ``credentials: {clientSecretKeyId}`` alone on a client-secret connection: the document has its
+    model, and the PATCH body's ``credentials`` names it (a create's does not: it always needs the secret)."""
+    from shared.models import ClientSecretKeyIdIn
+
+    schemas = openapi_document()["components"]["schemas"]
+    generated = ClientSecretKeyIdIn.model_json_schema(ref_template="#/components/schemas/{model}")
+    assert schemas["ClientSecretKeyIdIn"] == generated
+    assert generated["required"] == ["clientSecretKeyId"] and generated["additionalProperties"] is False
+    assert "ClientSecretKeyIdIn" in schemas["UpdateConnectionIn"]["properties"]["credentials"]["description"]
+    assert "ClientSecretKeyIdIn" not in schemas["CreateConnectionIn"]["properties"]["credentials"]["description"]
+
+
 def test_connections_as_answered_match_the_response_model():
     plain = to_response(_record())
     ConnectionEnvelope.model_validate({"appConnection": plain})

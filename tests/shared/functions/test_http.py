@@ -528,6 +528,37 @@ async def test_the_started_record_of_a_patch_names_the_fields_it_changes_and_no_
     assert not any(credentials["clientSecret"] in str(r) for r in h.fakes.audit.records)
 
 
+async def test_a_key_id_alone_is_a_rotation_setting_whose_started_record_names_it_and_no_secret(monkeypatch) -> None:
+    """``credentials: {clientSecretKeyId}`` alone on a PATCH (the stored secret's Key ID, which a rotation revokes)
+    needs Rotator, as the rotation fields do, and not Writer: the console shows its field beside the rotation switch
+    to a Rotator alone. With a secret beside it, it is a change of credentials: Writer. Its started record names the
+    Key ID as it names the tenant and client IDs (a GUID, else "(not a GUID)")."""
+    from shared.functions.connections import update_app_connection
+    from tests.lifecycle_harness import APP
+
+    h = _wired(monkeypatch, "AppConnections.Rotator")
+    client_id, given = h.new_app()
+    record = await h.api.create(APP, {"name": "c", "method": "client-secret",
+                                      "credentials": h.credentials(client_id, given)})
+    seen = len(h.fakes.audit.records)
+    named = await update_app_connection(_api_request("PATCH", APP, record.id, body={
+        "credentials": {"clientSecretKeyId": given.key_id}}))
+    assert named.status_code == 200, named.get_body()
+    assert json.loads(named.get_body())["appConnection"]["version"] == 2
+    pasted = await update_app_connection(_api_request("PATCH", APP, record.id, body={
+        "credentials": {"clientSecretKeyId": given.secret}}))  # the secret in the wrong field
+    assert pasted.status_code == 400 and given.secret not in pasted.get_body().decode()
+    with_secret = await update_app_connection(_api_request("PATCH", APP, record.id, body={
+        "credentials": {**h.credentials(client_id, given), "clientSecretKeyId": given.key_id}}))
+    assert with_secret.status_code == 403
+    assert json.loads(with_secret.get_body())["requiredRole"] == "AppConnections.Writer"
+    started = [r.detail for r in h.fakes.audit.records[seen:] if r.outcome == "started"]
+    path = "PATCH /api/v1/app-connections/a/b"
+    assert started == [f"{path} changes=credentials clientSecretKeyId={given.key_id}",
+                       f"{path} changes=credentials clientSecretKeyId=(not a GUID)"]
+    assert not any(given.secret in str(r) for r in h.fakes.audit.records)
+
+
 async def test_the_started_record_of_a_forced_delete_says_force(monkeypatch) -> None:
     """(Audit review 1.) The query string was cut from the started record: nothing said a DELETE was forced."""
     from shared.functions.connections import delete_app_connection
