@@ -112,6 +112,8 @@ class StorageSettings:
 
     connection_string: str | None = field(default=None, repr=False)  # holds the account key
     table_service_uri: str | None = None
+    # The service's own user-assigned managed identity, to Tables and to Key Vault alike: ``<NAME>__clientId``
+    # (the host's convention for its storage), else ``AZURE_CLIENT_ID`` (azure-identity's); None: system-assigned.
     managed_identity_client_id: str | None = None
 
 
@@ -262,6 +264,7 @@ def _https_url(env: Mapping[str, str], name: str, default: str | None, *, base: 
 
 def _storage(env: Mapping[str, str], cloud: Cloud | None = None) -> StorageSettings:
     name = (env.get("STATE_STORAGE") or "AzureWebJobsStorage").strip()
+    identity = (env.get(f"{name}__clientId") or "").strip() or (env.get("AZURE_CLIENT_ID") or "").strip() or None
     connection_string = (env.get(name) or "").strip()
     if connection_string:
         if connection_string.replace(" ", "").lower().startswith("usedevelopmentstorage=true"):
@@ -269,7 +272,7 @@ def _storage(env: Mapping[str, str], cloud: Cloud | None = None) -> StorageSetti
                 f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
                 f"TableEndpoint={AZURITE_TABLE_ENDPOINT};"
             )
-        return StorageSettings(connection_string=connection_string)
+        return StorageSettings(connection_string=connection_string, managed_identity_client_id=identity)
     uri = (env.get(f"{name}__tableServiceUri") or "").strip()
     account = (env.get(f"{name}__accountName") or "").strip()
     if uri and not _tls_or_loopback(uri):  # the service's bearer token goes there with every request
@@ -282,7 +285,7 @@ def _storage(env: Mapping[str, str], cloud: Cloud | None = None) -> StorageSetti
     if uri:
         return StorageSettings(
             table_service_uri=uri.rstrip("/"),
-            managed_identity_client_id=(env.get(f"{name}__clientId") or "").strip() or None,
+            managed_identity_client_id=identity,
         )
     raise SettingsError(
         f"Table Storage is not configured: set {name} to a connection string "

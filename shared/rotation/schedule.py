@@ -79,8 +79,8 @@ class RotationSchedule:
 
     def next_due(self, last_rotated_at: datetime) -> datetime:
         """The first due time on the day ``interval_days`` after the last rotation's local date. A rotation made
-        less than ``SLOT_TOLERANCE`` after a due time counts for that due time's day: one due at 23:55 that the
-        hourly sweep makes at 00:05 would otherwise move the schedule a day later at every rotation."""
+        less than ``SLOT_TOLERANCE`` after a due time counts for that due time's day: one due at 23:55 that a
+        late sweep makes at 00:05 would otherwise move the schedule a day later at every rotation."""
         tz = zone(self.time_zone)
         day = last_rotated_at.astimezone(tz).date()
         slot = self.at_local(day)

@@ -143,6 +143,34 @@ async def test_without_a_client_id_the_system_assigned_identity_is_asked_and_its
     assert "AzureWebJobsStorage__clientId" in problem["detail"]
 
 
+@pytest.mark.parametrize("storage", ["connection-string", "identity"])
+async def test_azure_client_id_names_the_identity_where_the_storage_setting_does_not(
+        host: Host, monkeypatch: pytest.MonkeyPatch, storage: str) -> None:
+    """(Review of the docs against the code.) The README says ``AZURE_CLIENT_ID`` names the service's user-assigned
+    identity, as azure-identity reads it; the service took it from ``AzureWebJobsStorage__clientId`` alone, so with a
+    storage connection string, or without that setting, Key Vault's token was asked of the system-assigned
+    identity. ``__clientId`` still comes first (it is the host's own setting for its storage)."""
+    monkeypatch.setenv("IDENTITY_ENDPOINT", host.endpoint)  # azure-identity reads the host's variables itself
+    monkeypatch.setenv("IDENTITY_HEADER", host.header)
+    env = {**host.env(client_id=None), "AZURE_CLIENT_ID": host.identity["clientId"]}
+    if storage == "connection-string":
+        env = {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "IDENTITY_ENDPOINT": host.endpoint,
+               "IDENTITY_HEADER": host.header, "AZURE_CLIENT_ID": host.identity["clientId"]}
+    clients = AzureClients(load_settings(env))
+    try:
+        await clients.service_credential().get_token("https://vault.azure.net/.default")
+        if storage == "identity":
+            await clients.storage_token()
+    finally:
+        await clients.close()
+    asked = host.token_requests()
+    assert [r["query"].get("client_id") for r in asked] == [host.identity["clientId"]] * len(asked)
+    assert all(r["status"] == 200 for r in asked) and len(asked) == (1 if storage == "connection-string" else 2)
+    # Both given: the storage setting's identity is the one asked for.
+    both = load_settings({**host.env(client_id="22222222-2222-2222-2222-222222222222"), "AZURE_CLIENT_ID": "other"})
+    assert both.storage.managed_identity_client_id == "22222222-2222-2222-2222-222222222222"
+
+
 async def test_an_identity_not_assigned_to_the_app_is_a_clear_error_naming_it(host: Host) -> None:
     stranger = "7f0c1d2e-3a4b-4c5d-8e6f-708192a3b4c5"
     clients = host.clients(client_id=stranger)
