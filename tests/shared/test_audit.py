@@ -111,6 +111,27 @@ async def test_the_change_s_own_error_is_raised_even_when_its_outcome_cannot_be_
     assert [outcome for _, outcome, _ in records.seen()] == ["started"]
 
 
+@pytest.mark.parametrize("error", [OSError("Table Storage is unreachable"), RuntimeError("a defect in the store")],
+                         ids=["unreachable", "defect"])
+async def test_an_outcome_that_cannot_be_recorded_is_logged_but_a_defect_is_raised(
+        error: Exception, caplog: pytest.LogCaptureFixture) -> None:
+    """The record of an outcome is written as well as can be: Table Storage unreachable leaves it in the log
+    alone; an error that is no failure of Azure or of the network (a defect) is not taken for one, and raised."""
+    class Failing(Records):
+        async def append(self, record: AuditRecord) -> None:
+            raise error
+
+    log = log_over(Failing())
+    if isinstance(error, RuntimeError):
+        with pytest.raises(RuntimeError):
+            await log.record("connection.create", "succeeded", app="a", connection_id="c")
+    else:
+        with caplog.at_level("WARNING", logger="app_connections.audit"):
+            kept = await log.record("connection.create", "succeeded", app="a", connection_id="c")
+        assert kept.outcome == "succeeded"
+        assert "The audit log could not be written" in caplog.text
+
+
 class Searched(Records):
     def __init__(self) -> None:
         super().__init__()
@@ -139,6 +160,21 @@ async def test_a_search_refuses_a_page_size_out_of_1_to_1000_as_the_lists_do(ask
         await log_over(store).search(None, None, limit=asked)
     assert [(e.pointer, e.detail) for e in refused.value.errors] == [("/limit", "must be between 1 and 1000")]
     assert store.limits == []
+
+
+async def test_a_search_from_after_to_is_refused() -> None:
+    from datetime import timedelta
+
+    from shared.errors import InvalidRequest
+
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    store = Searched()
+    with pytest.raises(InvalidRequest) as refused:
+        await log_over(store).search(now, now - timedelta(seconds=1))
+    assert [(e.pointer, e.detail) for e in refused.value.errors] == [("/from", "is after to")]
+    assert store.windows == []
+    await log_over(store).search(now, now)  # one instant is a window
+    assert store.windows == [(now, now)]
 
 
 async def test_a_search_reads_no_day_older_than_the_retention_nor_after_tomorrow() -> None:

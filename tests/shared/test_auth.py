@@ -781,6 +781,19 @@ async def test_requests_with_one_remembered_token_at_the_daily_key_read_are_all_
     assert [type(outcome) for outcome in refused] == [Unauthorized] * 3
 
 
+async def test_requests_at_a_cold_start_read_the_keys_once_between_them() -> None:
+    """Requests that come together before any key was read each ask for the documents; the first reads them, and
+    the others, waiting on that read, find them read just now (under a second ago): one read between them, whether
+    their tokens' kid is in the key set or not."""
+    tenant = SlowTenant()
+    validator = _validator(tenant)
+    known, unknown = token(), token(kid="k2", key=OTHER_KEY)
+    outcomes = await asyncio.gather(*(validator.validate(f"Bearer {raw}") for raw in (known, unknown, known)),
+                                    return_exceptions=True)
+    assert [type(outcome) for outcome in outcomes] == [Principal, Unauthorized, Principal]
+    assert tenant.fetches == 2  # the discovery document and the keys, once
+
+
 async def test_a_remembered_token_dropped_meanwhile_by_another_request_is_still_answered() -> None:
     """One request waits on a failing authority's daily key read (the key it was checked with stays trusted); the
     same token, past its expiry meanwhile, is dropped by a second request. The first answers with what it checked

@@ -1034,6 +1034,25 @@ async def test_the_clean_up_of_an_application_left_behind_removes_the_credential
     assert h.check() == []
 
 
+async def test_a_removal_pass_journals_ahead_the_removal_of_the_credential_it_signs_in_with_alone() -> None:
+    """A removal pass (a DELETE's) writes ``removing_key_id`` right before it removes the credential it signs in
+    with, the last; not before the others of the service's it removes first (were one of them taken for the last,
+    a refusal of the next sign-in would count the credential in use as removed)."""
+    h = Harness()
+    record = await h.create()
+    in_use = record.rotation.key_id
+    leftover = h.fakes.world.add(record.client_id or "", connection_marker(record.id) + "interrupted",
+                                 by_service=True)
+    journaled: list[str | None] = []
+
+    async def journal(entry: Any) -> None:
+        journaled.append(entry(record.rotation).removing_key_id)
+
+    removed = await h.services().rotator.remove_all(record, journal=journal)
+    assert removed == [leftover.key_id, in_use]
+    assert journaled == [in_use]
+
+
 async def _stopped_with_the_last_removal_journaled(h: Harness) -> ConnectionRecord:
     """A DELETE whose removal of the credential in use (journaled ahead) answered a 502 before Graph applied it."""
     record = await h.create()

@@ -54,6 +54,14 @@ def test_a_jwk_that_is_not_a_sound_rs256_verifying_key_is_refused(changes: dict[
         jws.public_key(jwk(**changes))
 
 
+@pytest.mark.parametrize("bits", [jws.MIN_MODULUS_BITS - 1, jws.MAX_MODULUS_BITS + 1], ids=["short", "long"])
+def test_a_jwk_whose_modulus_is_shorter_or_longer_than_the_bounds_is_refused(bits: int) -> None:
+    """A modulus over ``MAX_MODULUS_BITS`` would cost every verification with it dearly: refused for its size."""
+    modulus = (1 << (bits - 1)) | 1  # ``bits`` bits, odd
+    with pytest.raises(jws.JwsError, match="modulus is not"):
+        jws.public_key(jwk(n=_uint(modulus)))
+
+
 @pytest.mark.parametrize(("claims", "reason"), [
     ({"exp": NOW - LEEWAY}, "expired"),  # exp is the first instant it is no longer valid
     ({"exp": NOW - LEEWAY + 1}, None),

@@ -352,6 +352,42 @@ def test_the_managed_identity_secrets_of_the_host_from_the_environment_are_regis
         f"GET token with {REDACTED} / {REDACTED} failed"
 
 
+def test_a_function_key_from_the_environment_is_registered_at_install(monkeypatch):
+    """A setting whose name ends ``_FUNCTION_KEY`` (``LOCALDEV_FUNCTION_KEY``: what ``x-functions-key`` carries)
+    is a secret of the service's: :func:`~shared.redaction.install` registers it with the others."""
+    function_key = "Fk7~function-key-from-the-environment"
+    monkeypatch.setenv("LOCALDEV_FUNCTION_KEY", function_key)
+    monkeypatch.setattr(redaction, "_installed", False)  # as in a process starting
+    monkeypatch.setattr(logging.Logger, "makeRecord", logging.Logger.makeRecord)  # put back after the test
+    factory = logging.getLogRecordFactory()
+    try:
+        redaction.install()
+    finally:
+        logging.setLogRecordFactory(factory)
+    assert redact(f"the host checked {function_key} and answered 401") == \
+        f"the host checked {REDACTED} and answered 401"
+
+
+def test_a_registered_secret_that_starts_with_another_is_redacted_whole():
+    """The longest registered value is replaced first: the shorter one it starts with would leave its tail."""
+    register_secret("Kq7zW2pLx9")
+    register_secret("Kq7zW2pLx9-TAIL-OF-THE-LONGER-SECRET")
+    assert redact("value Kq7zW2pLx9-TAIL-OF-THE-LONGER-SECRET end") == f"value {REDACTED} end"
+    assert redact("value Kq7zW2pLx9 end") == f"value {REDACTED} end"
+
+
+def test_the_stack_of_a_record_logged_with_stack_info_is_redacted():
+    """``stack_info=True`` adds the caller's stack to a record (its source lines): a registered secret in it goes,
+    and the rest of it stays."""
+    register_secret("stack-info-secret-1")
+    stack = 'Stack (most recent call last):\n  File "x.py", line 3, in f\n    sign_in("stack-info-secret-1")'
+    record = logging.LogRecord("azure.identity", logging.WARNING, __file__, 1, "sign-in failed", (), None,
+                               sinfo=stack)
+    cleaned = redact_record(record).stack_info
+    assert cleaned == stack.replace("stack-info-secret-1", REDACTED)
+    assert record.getMessage() == "sign-in failed"
+
+
 def _private_key_pem() -> str:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec

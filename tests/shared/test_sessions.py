@@ -247,6 +247,23 @@ async def test_an_unknown_or_ended_session_asks_to_sign_in() -> None:
     assert await service.end(session_id) is None
 
 
+async def test_a_session_deleted_while_its_use_is_noted_asks_to_sign_in() -> None:
+    """Signed out in another tab (or purged) between the read of the session and the note of its use: the use
+    finds no session to note, and the request is refused as from no session, not served."""
+    class DeletedMeanwhile(FakeSessions):
+        async def touch(self, bucket: str, key: str, at: Any) -> bool:
+            self.sessions.pop((bucket, key), None)
+            return await super().touch(bucket, key, at)
+
+    clock, store = Clock(), DeletedMeanwhile()
+    service = sessions(clock, store)
+    session_id, _ = await service.start(READER)
+    clock.advance(timedelta(minutes=1))  # its use is noted at this request
+    with pytest.raises(SignInRequired, match="The session has ended") as refused:
+        await service.resume(session_id)
+    assert refused.value.status == 401 and store.touches == 0
+
+
 async def test_reads_by_cookie_need_no_csrf_token_and_changes_need_origin_and_token() -> None:
     service = sessions(Clock())
     session_id, session = await service.start(READER)
@@ -352,6 +369,16 @@ async def test_the_sign_in_starts_with_pkce_s256_a_state_and_a_nonce() -> None:
     assert "prompt" not in query  # the user named: no account picker
 
 
+@pytest.mark.parametrize("hint", ["ada contoso@example", "ada@contoso.example\nx", "ada\"@contoso.example",
+                                  "a" * 257, "adá@contoso.example"])
+async def test_a_login_hint_that_is_not_a_user_name_is_not_passed_on(hint: str) -> None:
+    """``login_hint`` goes to Entra ID only when it looks like a user name (letters, digits, ``._%+@-``, at most
+    256 characters); anything else is dropped, and the sign-in shows the account picker as without one."""
+    url, _ = await sign_in(Clock(), FakeSessions(), Endpoint()).begin(None, hint, select_account=True)
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+    assert "login_hint" not in query and query["prompt"] == "select_account"
+
+
 async def test_a_sign_in_after_a_sign_out_asks_entra_which_account() -> None:
     """(Review W.) Entra's own session would sign the last person in again, without asking, on a shared machine."""
     url, _ = await sign_in(Clock(), FakeSessions(), Endpoint()).begin(None, select_account=True)
@@ -412,6 +439,31 @@ async def test_an_id_token_of_another_sign_in_or_forged_is_refused() -> None:
     endpoint.redeem = forged  # type: ignore[method-assign]
     with pytest.raises(Unauthorized):
         await flow.complete({"code": "c", "state": state}, state)
+
+
+async def test_an_id_token_that_names_no_user_signs_nobody_in() -> None:
+    """The console is for people: an ID token of an application (``idtyp: app``) is refused, whatever its roles."""
+    clock, store, endpoint = Clock(), FakeSessions(), Endpoint()
+    flow = sign_in(clock, store, endpoint)
+    _, state = await flow.begin(None)
+    [pending] = store.logins.values()
+    endpoint.claims = {"nonce": pending.nonce, "idtyp": "app"}
+    with pytest.raises(Unauthorized, match="does not name a user"):
+        await flow.complete({"code": "the-code", "state": state}, state)
+
+
+async def test_an_authorization_code_over_4096_characters_is_refused_unredeemed() -> None:
+    clock, store, endpoint = Clock(), FakeSessions(), Endpoint()
+    flow = sign_in(clock, store, endpoint)
+    _, state = await flow.begin(None)
+    with pytest.raises(InvalidRequest, match="no authorization code"):
+        await flow.complete({"code": "c" * 4097, "state": state}, state)
+    assert endpoint.forms == []
+    _, state = await flow.begin(None)
+    [pending] = store.logins.values()
+    endpoint.claims = {"nonce": pending.nonce}
+    done = await flow.complete({"code": "c" * 4096, "state": state}, state)  # the longest taken
+    assert done.principal == READER and len(endpoint.forms[0]["code"]) == 4096
 
 
 async def test_entras_refusal_is_told_without_its_text() -> None:

@@ -139,3 +139,39 @@ async def test_a_key_vault_failure_reading_another_connection_fails_the_attempt_
     done = await h.record(record.id)
     assert done is not None and "previous one is revoked" in (done.rotation.message or "")
     assert h.fakes.world.credential(app.client_id, given.key_id) is None and h.check() == []
+
+
+@pytest.mark.parametrize("unreadable", ["disabled", "deleted", "version-gone"])
+async def test_a_connection_whose_stored_credential_cannot_be_read_still_keeps_it(unreadable: str) -> None:
+    """Whether the other connection signs in with the credential cannot be told when its stored material is
+    disabled, deleted or its version is gone: it counts as signing in with it, and the credential stays on the
+    application (a revocation cannot be undone)."""
+    h = Harness()
+    first, second, given = await _two_given_one_credential(h)
+    vault = h.fakes.vault
+    if unreadable == "disabled":
+        await vault.disable(first.secret_name, first.secret_version or "")
+    elif unreadable == "deleted":
+        await vault.delete(first.secret_name)
+    else:
+        vault.secrets[first.secret_name] = [v for v in vault.secrets[first.secret_name]
+                                            if v.version != first.secret_version]
+    rotated = await h.api.update("azure-app-configuration", second.id,
+                                 {"isAutoRotationEnabled": True, "rotation": ROTATION})
+    assert rotated.rotation.status == "succeeded"
+    assert "left on the application: 'kv' (azure-key-vault)" in (rotated.rotation.message or "")
+    assert h.fakes.world.credential(first.client_id or "", given) is not None
+
+
+async def test_a_key_id_another_connection_tracks_matches_in_any_case() -> None:
+    """A Key ID is a GUID: another connection that tracks the rotated credential's Key ID in upper case signs in
+    with it, and it stays on the application."""
+    h = Harness()
+    first, second, given = await _two_given_one_credential(h, rotated_by_its_key_id=True)
+    stored = await h.record(first.id)
+    assert stored is not None and stored.rotation.key_id == given.lower()
+    await h.fakes.connections.update(stored.evolve(rotation=stored.rotation.evolve(key_id=given.upper())))
+    rotated = await h.api.update("azure-app-configuration", second.id,
+                                 {"isAutoRotationEnabled": True, "rotation": ROTATION})
+    assert "left on the application: 'kv' (azure-key-vault)" in (rotated.rotation.message or "")
+    assert h.fakes.world.credential(first.client_id or "", given) is not None
