@@ -276,7 +276,7 @@ class ConnectionService:
         except NotFound:
             return NotFound("The connection was deleted while this request read it.")
         if current.status == STATUS_DELETING:
-            return being_deleted(current)
+            return being_deleted()
         if current.secret_version != record.secret_version:
             return ConcurrentChange("The connection's credential changed while this request read it; read the "
                                     "connection again.")
@@ -321,7 +321,7 @@ class ConnectionService:
             return
         # Those being deleted too: their DELETE hands the credential over to whoever relies on it when it is sent
         # (again); a connection bound meanwhile would be that heir.
-        others = await of_the_same_application(self.store, record, any_tenant=True, deleting=True)
+        others = await of_the_same_application(self.store, record, deleting=True)
         foreign = sorted({other.app for other in others if other.app not in writable})
         if foreign:
             raise Forbidden(
@@ -400,7 +400,7 @@ class ConnectionService:
         current = record
         for _ in range(3):
             if current.status == STATUS_DELETING:
-                raise being_deleted(current)
+                raise being_deleted()
             try:
                 return await self.store.update(
                     current.evolve(status=status, status_message=message, last_validated_at=self.now()))
@@ -509,7 +509,7 @@ class ConnectionService:
         size = page_size(limit)
         record = await self.get("azure-client-secrets", connection_id)
         if record.status == STATUS_DELETING:  # nothing signs in with (or refreshes) what a DELETE is removing
-            raise being_deleted(record)
+            raise being_deleted()
         if record.method == Method.OAUTH:
             async with self.adapters.directory.graph_with(self.oauth_tokens.credential(record)) as graph:
                 return await graph.list_applications(size, continuation)
@@ -559,7 +559,7 @@ class ConnectionService:
         if rotation_change or request.credentials is not None:
             self._refuse_during_rotation(record)
         if record.status == STATUS_DELETING:
-            raise being_deleted(record)
+            raise being_deleted()
         given_credentials = self._credentials(method, replaced) if replaced is not None else None
         given_up: tuple[str, list[ConnectionRecord]] | None = None  # a federated credential left to others
         if (method is Method.FEDERATED and given_credentials is not None and record.rotation.key_id
@@ -865,7 +865,7 @@ class ConnectionService:
             raise InvalidRequest(f"A {method.value} connection cannot be rotated; rotation is available for the "
                                  f"{allowed} method.", extensions={"method": method.value})
         if record.status == STATUS_DELETING:
-            raise being_deleted(record)
+            raise being_deleted()
         state = record.rotation
         if not state.enabled and not state.in_progress:
             raise InvalidRequest("Automatic credential rotation is not enabled for this connection; enable it "
@@ -889,7 +889,7 @@ class ConnectionService:
         request = parse_model(MigrateToFederatedIn, body)  # an empty body is {} (the route); JSON null is no object
         record = await self.get(app.id, connection_id)
         if record.status == STATUS_DELETING:
-            raise being_deleted(record)
+            raise being_deleted()
         if record.rotation.step in MIGRATION_STEPS:
             return self._migrated(await self.migrator.resume(record))
         if not method_spec(record.method).migrates_to_federated:
@@ -1261,7 +1261,7 @@ class ConnectionService:
         app = require_app(app_id)
         record = await self.get(app.id, connection_id)
         if record.status == STATUS_DELETING:
-            raise being_deleted(record)
+            raise being_deleted()
         if record.method == Method.OAUTH:
             return await self._validate_oauth(app, record)
         material = await self.material_of(record)
@@ -1305,7 +1305,7 @@ class ConnectionService:
         record = await self.store.get(app.id, connection_id)
         for _ in range(3):  # a concurrent validation or refresh changed the record: apply ours on top
             if record.status == STATUS_DELETING:
-                raise being_deleted(record)
+                raise being_deleted()
             if check is not None:
                 check(record)
             changes: dict[str, Any] = {

@@ -87,10 +87,6 @@ class ParsedCertificate:
     not_after: datetime
     key_size: int = 0  # bits of the RSA modulus
 
-    @property
-    def bundle(self) -> bytes:
-        return self.private_key_pem + self.certificate_pem
-
 
 def _describe(key: object) -> str:
     """What kind of key this is, in words that carry no key material (type and size only)."""

@@ -237,7 +237,7 @@ class HealthChecker:
     async def check_now(self, app_id: str, connection_id: str) -> ConnectionRecord:
         record = await self.connections.get(app_id, connection_id)
         if record.status == STATUS_DELETING:  # nothing signs in with (or refreshes) what a DELETE is removing
-            raise being_deleted(record)
+            raise being_deleted()
         checked = await self.check(record)
         await self.notifier.deliver_or_keep(REQUEST_DELIVERY_BUDGET)  # in the request's time; timers deliver the rest
         return checked

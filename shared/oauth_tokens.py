@@ -219,7 +219,7 @@ class OAuthTokens:
                     record = fresh
                     continue
                 if fresh.status == STATUS_DELETING:
-                    raise being_deleted(fresh) from None
+                    raise being_deleted() from None
                 if moved:
                     raise ConcurrentChange("The connection's refresh token changed twice while it was read "
                                            "(refreshed elsewhere); try again.") from None

@@ -61,7 +61,6 @@ _templates: dict[type[Any], tuple[dict[str, Any], frozenset[str], tuple[tuple[st
 # the new credential exists and is in the vault as a pending version; "tested": a token was acquired with it;
 # "finished": it is the current version. Revoking the previous one ends the rotation.
 BEGUN, CREATED, TESTED, FINISHED = "begun", "created", "tested", "finished"
-STEPS = (BEGUN, CREATED, TESTED, FINISHED)
 # A migration to the federated method's steps (shared.rotation.migration), journaled as a rotation's.
 MIGRATION_STEPS = ("migrate-begun", "migrate-added", "migrate-tested", "migrate-switched")
 

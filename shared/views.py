@@ -37,7 +37,7 @@ def require_app(app_id: str) -> AppSpec:
     return app
 
 
-def being_deleted(record: ConnectionRecord) -> ConnectionBeingDeleted:
+def being_deleted() -> ConnectionBeingDeleted:
     """The answer to a request on a connection marked as being deleted: nothing signs in with it any more, and no
     retry of the request ends that (no ``Retry-After``): only another ``DELETE`` does."""
     return ConnectionBeingDeleted("This connection is being deleted; send the DELETE again to finish it.",

@@ -130,7 +130,6 @@ class LocalHost:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
-        self._started = False
         for order, function in enumerate(index_functions(app)):
             self._add(function, order, env)
 
@@ -216,7 +215,6 @@ class LocalHost:
     async def startup(self) -> None:
         """Start the timer loops (called by the ASGI lifespan startup)."""
         self._loop = asyncio.get_running_loop()
-        self._started = True
         if self.run_timers:
             for timer in self._timers.values():
                 self._tasks.append(asyncio.create_task(timer_loop(timer), name=f"timer:{timer.info.name}"))
@@ -233,7 +231,6 @@ class LocalHost:
                 await hook()
             except Exception:
                 logger.exception("Shutdown hook %s failed", getattr(hook, "__qualname__", hook))
-        self._started = False
         self._loop = None
 
     # ---- HTTP -----------------------------------------------------------------------------------

@@ -66,11 +66,6 @@ from localdev.standin.routing import HttpError, Request, Response, Router, empty
 from localdev.standin.state import App, ManagedIdentity, StateError, Tenant
 
 MSI_PATH = "/msi/token"
-TOKEN_EXCHANGE_AUDIENCES = (
-    "api://AzureADTokenExchange",
-    "api://AzureADTokenExchangeUSGov",
-    "api://AzureADTokenExchangeChina",
-)
 MANAGED_IDENTITY_TOKEN_LIFETIME = 86_399  # managed identity tokens live about 24 hours
 FIC_DOCS = "https://docs.microsoft.com/en-us/azure/active-directory/develop/workload-identity-federation"
 FIC_CHECK = (

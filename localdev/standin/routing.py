@@ -82,7 +82,6 @@ class Request:
         self.target = target
         parts = urllib.parse.urlsplit(target)
         self.path = urllib.parse.unquote(parts.path)
-        self.raw_query = parts.query
         self.query: dict[str, str] = {k: v[0] for k, v in urllib.parse.parse_qs(parts.query, True).items()}
         self.headers = {k.lower(): v for k, v in headers.items()}  # names compared case-insensitively
         self.params: dict[str, str] = {}

@@ -876,7 +876,7 @@ class Rotator(Journaled):
         state = record.rotation
         credential_id = state.retire_federated_id or ""
         left = record.evolve(tenant_id=state.retire_tenant_id or "", client_id=state.retire_client_id or "")
-        if same_application(left, record, any_tenant=True):
+        if same_application(left, record):
             return []
 
         async def ahead(identity: str) -> None:

@@ -20,18 +20,15 @@ from shared.records import MIGRATION_STEPS, STATUS_DELETING, ConnectionRecord
 from shared.rotation.rolls import CredentialRoll
 
 
-def same_application(one: ConnectionRecord, other: ConnectionRecord, *, any_tenant: bool = False) -> bool:
-    """Whether two connections sign in as one application of one tenant (by client ID and tenant); ``any_tenant``:
-    by client ID alone (a multi-tenant application's connections in other tenants sign in with the credentials of
-    its one application object). The federated sharing keeps to one tenant: the service manages a federated
-    credential through the application object, which a connection of another tenant cannot reach (Graph finds
-    only a service principal there)."""
-    same_client = (one.client_id or "").lower() == (other.client_id or "").lower()
-    return same_client and (any_tenant or one.tenant_id.lower() == other.tenant_id.lower())
+def same_application(one: ConnectionRecord, other: ConnectionRecord) -> bool:
+    """Whether two connections sign in as one application: by client ID alone, of any tenant (a multi-tenant
+    application's connections in other tenants sign in with the credentials of its one application object, the
+    federated credentials the service added included)."""
+    return (one.client_id or "").lower() == (other.client_id or "").lower()
 
 
 async def of_the_same_application(store: ConnectionStore, record: ConnectionRecord, *,
-                                  any_tenant: bool = False, deleting: bool = False) -> list[ConnectionRecord]:
+                                  deleting: bool = False) -> list[ConnectionRecord]:
     """The other connections of ``record``'s application (:func:`same_application`, of every app), but those being
     deleted (they go, and need nothing kept) unless ``deleting``."""
     found: list[ConnectionRecord] = []
@@ -41,7 +38,7 @@ async def of_the_same_application(store: ConnectionStore, record: ConnectionReco
             page, continuation = await store.list_page(app_id, MAX_PAGE_SIZE, continuation)
             found += [other for other in page if other.id != record.id
                       and (deleting or other.status != STATUS_DELETING)
-                      and same_application(other, record, any_tenant=any_tenant)]
+                      and same_application(other, record)]
             if continuation is None:
                 break
     return found
@@ -57,7 +54,7 @@ async def signing_in_with(store: ConnectionStore, vault: SecretStore, roll: Cred
     undone); a failure to read it (Key Vault not answering) is raised: the caller's attempt fails, and is tried
     again."""
     sharing: list[ConnectionRecord] = []
-    for other in await of_the_same_application(store, record, any_tenant=True):
+    for other in await of_the_same_application(store, record):
         if other.method != roll.method.value:
             continue
         if other.rotation.key_id:
@@ -92,7 +89,7 @@ async def relying_on_federation(store: ConnectionStore, record: ConnectionRecord
     migration to the federated method is under way (it may have tested that credential, and switch to it); not one
     being deleted (it goes too, and cannot take the credential over). Of every tenant: a federated credential is on
     the application object, which Entra ID trusts for the sign-ins of a multi-tenant application in any tenant."""
-    return [other for other in await of_the_same_application(store, record, any_tenant=True)
+    return [other for other in await of_the_same_application(store, record)
             if other.method == Method.FEDERATED or other.rotation.step in MIGRATION_STEPS]
 
 
@@ -179,7 +176,7 @@ async def hand_over(store: ConnectionStore, record: ConnectionRecord, heirs: lis
             current: ConnectionRecord | None = heir
             for _ in range(3):
                 if (current is None or current.method != Method.FEDERATED or current.status == STATUS_DELETING
-                        or not same_application(current, record, any_tenant=True)
+                        or not same_application(current, record)
                         or current.rotation.key_id not in (None, credential_id)):
                     # gone, being deleted, moved, or tracking another credential meanwhile: not this one
                     await ended("failed", "not handed over: the connection changed meanwhile")

@@ -70,17 +70,10 @@ def test_a_read_imports_neither_aiohttp_nor_azure_core_nor_the_tables_sdk() -> N
 def test_a_connection_being_deleted_is_answered_as_such_not_as_a_rotation_to_wait_for() -> None:
     """(Review FB 1.) The answer was typed ``rotation-in-progress`` with ``Retry-After: 1``, though no rotation runs
     and no retry of the request succeeds: only another DELETE ends the state."""
-    from datetime import UTC, datetime
-
     from shared.errors import RotationInProgress
-    from shared.records import ConnectionRecord
     from shared.views import being_deleted
 
-    now = datetime(2026, 3, 1, tzinfo=UTC)
-    record = ConnectionRecord(app="azure-key-vault", id="6f1c1f4e-0000-4000-8000-000000000001", name="prod",
-                              method="client-secret", tenant_id="t", client_id="c", created_at=now, updated_at=now,
-                              secret_name="s", secret_version="v", status="deleting")
-    answer = being_deleted(record)
+    answer = being_deleted()
     problem = answer.to_problem()
     assert answer.status == 409 and not isinstance(answer, RotationInProgress)
     assert problem["type"] == "urn:app-connections:problem:connection-being-deleted"
