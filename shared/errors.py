@@ -288,15 +288,28 @@ class UpstreamThrottled(UpstreamError):
         headers: Mapping[str, str] | None = None,
         extensions: Mapping[str, Any] | None = None,
     ) -> None:
+        self.retry_after = self.wait_of(retry_after)
+        super().__init__(detail, errors=errors, headers={"Retry-After": str(self.seconds_of(retry_after)),
+                                                         **(headers or {})}, extensions=extensions)
+
+    @staticmethod
+    def wait_of(retry_after: float | None) -> float:
+        """The wait relayed for a service's ``retry_after``: the retry budget when none (or none usable) came, and a
+        wait of days (or a date far ahead) cut to ``MAX_RETRY_AFTER``."""
         import math
 
         from shared.azure.retry import RETRY_BUDGET  # the schedule alone: no SDK
 
         wait = retry_after if retry_after is not None and math.isfinite(retry_after) and retry_after > 0 \
             else RETRY_BUDGET
-        self.retry_after = min(wait, MAX_RETRY_AFTER)  # a wait of days (or a date far ahead) is not relayed as is
-        super().__init__(detail, errors=errors, headers={"Retry-After": str(max(1, math.ceil(self.retry_after))),
-                                                         **(headers or {})}, extensions=extensions)
+        return min(wait, MAX_RETRY_AFTER)
+
+    @classmethod
+    def seconds_of(cls, retry_after: float | None) -> int:
+        """That wait in whole seconds, as ``Retry-After`` and the error's sentence give it."""
+        import math
+
+        return max(1, math.ceil(cls.wait_of(retry_after)))
 
 
 MAX_RETRY_AFTER = 3600.0  # seconds: the longest wait a throttled answer asks of its caller

@@ -335,7 +335,7 @@ def _schemas() -> dict[str, Any]:
                                      "FederatedCredentialsIn, by method.")
     schemas["UpdateConnectionIn"]["properties"]["credentials"]["description"] += (
         " On a client-secret connection, ClientSecretKeyIdIn alone instead: the Key ID of the secret stored, which "
-        "a rotation revokes (nothing secret is sent again; needs Rotator, not Writer).")
+        "a rotation revokes (nothing secret is sent again; needs Writer, as any change of credentials).")
     return schemas
 
 

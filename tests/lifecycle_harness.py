@@ -146,6 +146,17 @@ class Harness:
         material = self.fakes.vault.version(record.secret_name, record.secret_version).material
         return material.get("clientSecret") or material.get("certificateBody", "")
 
+    def stored_key_id(self, record: ConnectionRecord) -> str:
+        """The Key ID of the client secret ``record`` holds on its application (the one it tracks, else the password
+        whose secret is the stored one; a Key ID of none when it is gone): what a Writer names in ``credentials:
+        {clientSecretKeyId}`` alone."""
+        if record.rotation.key_id:
+            return record.rotation.key_id
+        app = self.fakes.world.apps.get(record.client_id or "")
+        secret = self.current_secret(record)
+        return next((p.key_id for p in (app.passwords.values() if app else []) if p.secret == secret),
+                    "00000000-0000-4000-8000-000000000000")
+
     # -- operations, each checked for I3 -------------------------------------------------------------------
     async def op(self, name: str, connection_id: str, call: Callable[[], Awaitable[Any]],
                  may_change_on_error: bool = False) -> Outcome:
@@ -362,6 +373,12 @@ def user_operations(h: Harness, connection_id: str) -> dict[str, Callable[[], Aw
         return await h.op("disable-rotation", connection_id, lambda: api.update(
             APP, connection_id, {"isAutoRotationEnabled": False}))
 
+    async def patch_key_id() -> Outcome:  # which secret the connection holds (of a client secret's: else a 400)
+        record = await h.record(connection_id)
+        key_id = h.stored_key_id(record) if record else "00000000-0000-4000-8000-000000000000"
+        return await h.op("patch-key-id", connection_id, lambda: api.update(
+            APP, connection_id, {"credentials": {"clientSecretKeyId": key_id}}))
+
     async def delete() -> Outcome:
         return await h.op("delete", connection_id, lambda: api.delete(APP, connection_id))
 
@@ -382,7 +399,8 @@ def user_operations(h: Harness, connection_id: str) -> dict[str, Callable[[], Aw
                           may_change_on_error=True)
 
     return {"patch-credentials": patch_credentials, "patch-other-app": patch_other_app,
-            "patch-rotation": patch_rotation, "disable-rotation": disable_rotation, "delete": delete,
+            "patch-rotation": patch_rotation, "patch-key-id": patch_key_id, "disable-rotation": disable_rotation,
+            "delete": delete,
             "validate": validate, "rotate": rotate, "rename": rename, "reauthorize": reauthorize, "migrate": migrate}
 
 

@@ -169,7 +169,9 @@ function federatedSetup(federated) {
   ];
 }
 
-function rotationFields(connection, method) {
+/** The rotation switch and schedule; `withKeyId`: also a client secret's Key ID, a statement about the credentials
+ * (which secret a rotation revokes) that needs the Writer role, as the server has it. */
+function rotationFields(connection, method, withKeyId) {
   const rotation = (connection && connection.rotation) || {};
   const enabled = Boolean(connection && connection.isAutoRotationEnabled);
   const toggle = h('input', {type: 'checkbox', role: 'switch', id: fieldId('isAutoRotationEnabled'),
@@ -183,9 +185,9 @@ function rotationFields(connection, method) {
     h('option', {value: name, selected: name === (rotation.timeZone || localZone())}, name)));
   const settings = h('div', {id: 'rotation-settings', class: 'rotation-settings', hidden: !enabled},
     // A client secret's Key ID (of the secret given, or stored when editing): the one the first rotation removes.
-    method === 'client-secret' ? field('clientSecretKeyId', 'Client Secret Key ID', input('text', {autocomplete: 'off',
-      placeholder: '00000000-0000-0000-0000-000000000000'}), {hint: connection ? KEY_ID_EDIT_HINT : KEY_ID_HINT,
-      optional: true}) : null,
+    method === 'client-secret' && withKeyId ? field('clientSecretKeyId', 'Client Secret Key ID',
+      input('text', {autocomplete: 'off', placeholder: '00000000-0000-0000-0000-000000000000'}),
+      {hint: connection ? KEY_ID_EDIT_HINT : KEY_ID_HINT, optional: true}) : null,
     h('div', {class: 'row'},
       field('rotationInterval', 'Rotation Interval (days)', interval, {hint: 'How many days between rotations.'}),
       field('rotateAt', 'Rotate At', at, {hint: 'The local time of day the rotation runs.'}),
@@ -289,7 +291,7 @@ function build() {
     details.append(h('p', {class: 'hint', id: 'rotation-only'},
       'Only the rotation can be changed here: changing the rest needs the Writer role.'));
   }
-  if (rotates) root.append(rotationFields(connection, method));
+  if (rotates) root.append(rotationFields(connection, method, can('Writer', app)));
   const submitText = method === 'oauth' && !editing ? 'Connect to Azure' : editing ? 'Save changes' : 'Create connection';
   root.append(h('div', {class: 'actions'},
     h('button', {type: 'button', onclick: close}, 'Cancel'),

@@ -137,8 +137,8 @@ class AzureClients:
         Where the host provides the managed-identity endpoint (``settings.managed_identity_endpoint``: Azure
         Functions), the token comes from there in one GET over the lean client (``shared.azure.managed_identity``,
         labelled ``entra``), so a cold read imports neither azure-identity nor MSAL, azure-core or aiohttp; the
-        identity is the one DefaultAzureCredential would use (``AzureWebJobsStorage__clientId``, or the
-        system-assigned one). Elsewhere (environment credentials locally, the CLI) it is
+        identity is the one DefaultAzureCredential is given (``AzureWebJobsStorage__clientId``, else
+        ``AZURE_CLIENT_ID``, else the system-assigned one). Elsewhere (environment credentials locally, the CLI) it is
         :meth:`service_credential`'s. Concurrent first reads wait for one request. A refresh that fails while
         the cached token is still usable keeps the cached token (logged, without it) and is tried again
         ``TOKEN_REFRESH_RETRY_DELAY`` later, as azure-identity does; otherwise the error (an

@@ -175,7 +175,8 @@ def _refused(status: int, body: bytes, header: str, client_id: str | None) -> Ex
     if status == 400:
         return ServiceMisconfigured(
             f"The host has no token for {identity} (its token endpoint answered 400{said}). Check that the "
-            "identity is assigned to the function app and that AzureWebJobsStorage__clientId names it.")
+            "identity is assigned to the function app and that AzureWebJobsStorage__clientId (or, without it, "
+            "AZURE_CLIENT_ID) names it.")
     if status in (401, 403):
         return ServiceMisconfigured(
             f"The managed identity's token endpoint refused the request ({status}{said}). Is IDENTITY_HEADER "

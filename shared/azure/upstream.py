@@ -20,7 +20,6 @@ call was for. No SDK is imported: an azure-core error is known by its module.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -46,8 +45,8 @@ REMEDIES = {
 GENERIC_REMEDY = "check the service's managed identity and its role assignments (docs/deployment.md)"
 # What restores the service's own token: the identity the host signs in with (docs/troubleshooting.md).
 IDENTITY_REMEDY = ("check that the managed identity is assigned to the function app and that "
-                   "AzureWebJobsStorage__clientId names it (locally: AZURE_TENANT_ID, AZURE_CLIENT_ID and "
-                   "AZURE_CLIENT_SECRET)")
+                   "AzureWebJobsStorage__clientId (or, without it, AZURE_CLIENT_ID) names it (locally: "
+                   "AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET)")
 _LABEL = "app_connections_upstream"  # the attribute a transport sets on a response or error it saw
 _CODE = re.compile(r"[A-Za-z0-9_.]{1,64}")
 
@@ -139,8 +138,9 @@ def _no_token(error: BaseException, action: str | None, service: str | None) -> 
 
 
 def _try_again(wait: float | None) -> str:
-    """When to try again, in words a log line can carry too (it has no Retry-After header beside it)."""
-    return f"try again in {max(1, math.ceil(wait))} s" if wait is not None else "try again later"
+    """When to try again, in words a log line can carry too (it has no Retry-After header beside it): the wait the
+    error's ``Retry-After`` gives."""
+    return f"try again in {UpstreamThrottled.seconds_of(wait)} s"
 
 
 def sentence(error: BaseException) -> str:

@@ -24,7 +24,6 @@ BASE = "api/v1/app-connections"
 # The access token is the gate (shared.auth), checked by every handler's ``endpoint``: there is no function key.
 OPEN = func.AuthLevel.ANONYMOUS
 ROTATION_FIELDS = ("isAutoRotationEnabled", "rotation")
-KEY_ID = "clientSecretKeyId"
 GET_ONLY = frozenset({"options", "health"})  # GET routes (``…/options``, ``…/health``), not apps
 
 
@@ -44,11 +43,11 @@ def writer_and_rotator(req: func.HttpRequest) -> tuple[str, ...]:
         return ("Writer",)
     rotation = any(body.get(name) not in (None, False) for name in ROTATION_FIELDS)
     if req.method == "PATCH":
-        # A client secret's Key ID alone (``credentials: {clientSecretKeyId}``) is a rotation setting: it says which
-        # secret a rotation revokes, and changes nothing the connection signs in with.
-        key_id = isinstance(credentials := body.get("credentials"), dict) and set(credentials) == {KEY_ID}
-        rotation = any(name in body for name in ROTATION_FIELDS) or key_id
-        other = any(name not in ROTATION_FIELDS and not (key_id and name == "credentials") for name in body) or not body
+        # ``credentials`` of any shape needs Writer, a client secret's Key ID alone too: it says which of the
+        # application's secrets the connection holds (so which one a rotation revokes), which the service can check
+        # only by Graph's three-character hint (review of this session's changes: a Rotator's word picked the twin).
+        rotation = any(name in body for name in ROTATION_FIELDS)
+        other = any(name not in ROTATION_FIELDS for name in body) or not body
         return ("Writer", "Rotator") if rotation and other else ("Rotator",) if rotation else ("Writer",)
     return ("Writer", "Rotator") if rotation else ("Writer",)
 

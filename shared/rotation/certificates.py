@@ -168,7 +168,8 @@ class CertificateRoll(SignInRoll):
         return next((k.key_id for k in registration.keys if (k.thumbprint or "").upper() == thumbprint
                      and (k.usage or "Verify").lower() == "verify"), None)
 
-    def same_credential(self, one: Mapping[str, str], other: Mapping[str, str]) -> bool:
+    def may_be_same(self, one: Mapping[str, str], other: Mapping[str, str]) -> bool:
+        """The same certificate (its thumbprint, which the application shows whole)."""
         mine = _thumbprint(one)
         return mine is not None and mine == _thumbprint(other)
 

@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from shared.ports import AppRegistration, Directory, GraphSession, LifetimePolicy, Lost
     from shared.records import ConnectionRecord
 
+HINT_CHARS = 3  # Graph's ``hint`` of a password credential: the secret's first characters, all it shows of it
+
 
 @dataclass(frozen=True)
 class Rolled:
@@ -90,8 +92,10 @@ class CredentialRoll(Protocol):
         certificate's thumbprint does; a client secret's Key ID is resolved when rotation is enabled)."""
         ...
 
-    def same_credential(self, one: Mapping[str, str], other: Mapping[str, str]) -> bool:
-        """Whether two vault versions' materials are one credential (two connections given the same)."""
+    def may_be_same(self, one: Mapping[str, str], other: Mapping[str, str]) -> bool:
+        """Whether two vault versions' materials may be one credential on the application (two connections given
+        the same), as far as what the application shows of a credential can tell them apart: a connection holding
+        ``other`` that tracks no Key ID may sign in with ``one``, so revoking ``one`` is not safe."""
         ...
 
     async def add_successor(self, graph: GraphSession, registration: AppRegistration, display_name: str,
@@ -150,11 +154,15 @@ class PasswordRoll(SignInRoll):
     def identify(self, registration: AppRegistration, material: Mapping[str, str]) -> str | None:
         return None
 
-    def same_credential(self, one: Mapping[str, str], other: Mapping[str, str]) -> bool:
+    def may_be_same(self, one: Mapping[str, str], other: Mapping[str, str]) -> bool:
+        """The same secret, or one Graph cannot tell from it: the same first characters (its ``hint``, all of a
+        secret Graph shows). A Key ID resolved or given for ``one`` is only checked against that hint, so when two
+        of the application's secrets share it the Key ID may be the other's: that secret is kept (review of this
+        session's changes: a Key ID naming a hint twin revoked the secret another connection signs in with)."""
         import hmac
 
         mine, theirs = one.get("clientSecret", ""), other.get("clientSecret", "")
-        return bool(mine) and hmac.compare_digest(mine.encode(), theirs.encode())
+        return bool(mine) and hmac.compare_digest(mine[:HINT_CHARS].encode(), theirs[:HINT_CHARS].encode())
 
     async def add_successor(self, graph: GraphSession, registration: AppRegistration, display_name: str,
                             end: datetime, current: Mapping[str, str], now: datetime,

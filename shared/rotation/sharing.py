@@ -49,7 +49,8 @@ async def signing_in_with(store: ConnectionStore, vault: SecretStore, roll: Cred
                           ) -> list[ConnectionRecord]:
     """The other connections of ``record``'s application that sign in with its credential ``key_id`` of ``roll``'s
     kind (whose ``material`` it is, when known): one that tracks that Key ID, or one of that method that tracks
-    none and whose stored material is the same credential. One whose stored material is gone or disabled, or a
+    none and whose stored material may be the same credential (``CredentialRoll.may_be_same``: for a client
+    secret, the same hint). One whose stored material is gone or disabled, or a
     credential whose material is not known, counts as signing in with it (it is kept: a revocation cannot be
     undone); a failure to read it (Key Vault not answering) is raised: the caller's attempt fails, and is tried
     again."""
@@ -69,7 +70,7 @@ async def signing_in_with(store: ConnectionStore, vault: SecretStore, roll: Cred
         except (SecretGone, VersionDisabled, NotFound):
             sharing.append(other)
             continue
-        if roll.same_credential(material, theirs):
+        if roll.may_be_same(material, theirs):
             sharing.append(other)
     return sharing
 

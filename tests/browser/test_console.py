@@ -840,10 +840,10 @@ def test_a_rotator_alone_edits_the_rotation_only_and_sends_nothing_else(
         assert page.is_disabled(f"#field-{field}"), field
     page.check("#field-isAutoRotationEnabled")
     page.fill("#field-rotationInterval", "30")
-    page.fill("#field-clientSecretKeyId", app.key_id)  # a rotation setting: which secret the rotation revokes
+    # No Key ID field: which secret the connection holds is a statement about its credentials (Writer)
+    assert page.locator("#field-clientSecretKeyId").count() == 0
     page.click("#connection-submit")
     page.wait_for_selector("#rotation-timeline", timeout=30_000)
     # The description, with a space at its end, did not change: it was not sent (it needs the Writer role)
-    assert len(sent) == 1 and set(sent[0]) == {"isAutoRotationEnabled", "rotation", "credentials"}, sent
-    assert sent[0]["credentials"] == {"clientSecretKeyId": app.key_id}
+    assert len(sent) == 1 and set(sent[0]) == {"isAutoRotationEnabled", "rotation"}, sent
     assert page.locator("#rotate-now").count() == 1  # on now

@@ -36,8 +36,10 @@ ROUTES: list[tuple[str, str, Any, tuple[str, ...], str | None]] = [
     ("PATCH", f"{BASE}/{KV}/{ID}", {"name": "y"}, ("Writer",), KV),
     ("PATCH", f"{BASE}/{KV}/{ID}", {"rotation": ROTATION}, ("Rotator",), KV),
     ("PATCH", f"{BASE}/{KV}/{ID}", {"name": "y", "isAutoRotationEnabled": False}, ("Writer", "Rotator"), KV),
-    # A client secret's Key ID alone is a rotation setting (which secret a rotation revokes); beside a secret, not.
-    ("PATCH", f"{BASE}/{KV}/{ID}", {"credentials": {"clientSecretKeyId": ID}}, ("Rotator",), KV),
+    # A client secret's Key ID alone says which secret the connection holds (so which one a rotation revokes): Writer.
+    ("PATCH", f"{BASE}/{KV}/{ID}", {"credentials": {"clientSecretKeyId": ID}}, ("Writer",), KV),
+    ("PATCH", f"{BASE}/{KV}/{ID}", {"credentials": {"clientSecretKeyId": ID}, "rotation": ROTATION},
+     ("Writer", "Rotator"), KV),
     ("PATCH", f"{BASE}/{KV}/{ID}", {"credentials": {"clientSecretKeyId": ID, "clientSecret": "s"}}, ("Writer",), KV),
     ("DELETE", f"{BASE}/{KV}/{ID}", None, ("Writer",), KV),
     ("POST", f"{BASE}/{KV}/{ID}/validate", None, ("Writer",), KV),

@@ -152,7 +152,8 @@ def test_an_edit_turns_rotation_on_with_the_key_id_alone_where_the_hint_is_ambig
     """Reference azure-client-secrets-connection.md, "Enable Automatic Credential Rotation": when creating or editing
     the connection, turn rotation on and enter the Key ID. A PATCH took the Key ID only beside the secret: with two
     secrets sharing a hint, rotation could not be turned on without pasting the secret again. The Key ID alone names
-    the stored secret's; a Rotator may send it (it is a rotation setting), and its audit record names it, no secret."""
+    the stored secret's. It says which secret the connection holds, so which one a rotation revokes: a Rotator alone
+    may not send it (Writer, as any change of credentials). Its audit record names it, no secret."""
     entra = register_rotatable_app(admin, secrets_used)
     twin = admin.add_secret(entra.tenant_id, entra.client_id,
                             secret_text=entra.client_secret[:3] + uuid.uuid4().hex + "Zz~")
@@ -167,6 +168,10 @@ def test_an_edit_turns_rotation_on_with_the_key_id_alone_where_the_hint_is_ambig
     assert ambiguous.json()["errors"][0]["pointer"] == "/credentials/clientSecretKeyId"
     rotator = {"Authorization": f"Bearer {tokens.for_roles('AppConnections.Rotator')}"}
     with httpx.Client(base_url=host_url, timeout=60, headers=rotator) as client:
+        alone = client.patch(path, json={**turn_on, "credentials": {"clientSecretKeyId": twin["keyId"]}})
+    assert alone.status_code == 403 and alone.json()["requiredRole"] == "AppConnections.Writer"
+    both = {"Authorization": f"Bearer {tokens.for_roles('AppConnections.Rotator', 'AppConnections.Writer')}"}
+    with httpx.Client(base_url=host_url, timeout=60, headers=both) as client:
         unknown = client.patch(path, json={**turn_on, "credentials": {"clientSecretKeyId": str(uuid.uuid4())}})
         assert unknown.status_code == 400 and unknown.json()["errors"][0]["pointer"] == (
             "/credentials/clientSecretKeyId")

@@ -24,7 +24,7 @@ from tests.lifecycle_harness import APP, Harness
 
 ADAPTERS = (fakes.FakeConnections, fakes.FakeVault, fakes.FakeSchedule, fakes.FakeHistory, fakes.FakeDirectory,
             fakes.FakeGraph, fakes.FakeAudit, fakes.FakeWebhook, fakes.FakeTokens, fakes.FakeStates)
-OPERATIONS = ("get", "validate", "new-credentials", "other-application", "rotation-settings", "rotation-off",
+OPERATIONS = ("get", "validate", "new-credentials", "other-application", "key-id", "rotation-settings", "rotation-off",
               "rename", "rotate", "migrate", "migrate-revoking", "delete", "delete-forced", "health-check",
               "clients-visible", "sweep")
 OVERTAKEN = tuple(op for op in OPERATIONS if op != "get")
@@ -120,6 +120,12 @@ def operations(h: Harness, connection_id: str) -> dict[str, Operation]:
             body = h.new_credential(record.client_id or "", record.method)
         return await h.api.update(APP, connection_id, {"credentials": body})
 
+    async def key_id() -> object:  # the stored client secret's Key ID alone (another method's connection: a 400)
+        record = await h.record(connection_id)
+        if record is None:
+            return None
+        return await h.api.update(APP, connection_id, {"credentials": {"clientSecretKeyId": h.stored_key_id(record)}})
+
     async def sweep() -> None:
         await h.due()
         await h.sweep()
@@ -133,6 +139,7 @@ def operations(h: Harness, connection_id: str) -> dict[str, Operation]:
         "validate": lambda: h.api.validate(APP, connection_id),
         "new-credentials": new_credentials,
         "other-application": lambda: new_credentials(other_application=True),
+        "key-id": key_id,
         "rotation-settings": lambda: h.api.update(APP, connection_id, {"rotation": {
             "rotationInterval": 45, "rotateAt": "04:00", "timeZone": "Europe/Berlin"}}),
         "rotation-off": lambda: h.api.update(APP, connection_id, {"isAutoRotationEnabled": False}),

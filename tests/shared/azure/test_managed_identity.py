@@ -140,7 +140,7 @@ async def test_without_a_client_id_the_system_assigned_identity_is_asked_and_its
     assert problem["status"] == 503
     assert problem["detail"].startswith("The host has no token for the system-assigned identity (its token endpoint "
                                         "answered 400: No system assigned managed identity is enabled")
-    assert "AzureWebJobsStorage__clientId" in problem["detail"]
+    assert "AzureWebJobsStorage__clientId (or, without it, AZURE_CLIENT_ID) names it" in problem["detail"]
 
 
 @pytest.mark.parametrize("storage", ["connection-string", "identity"])
@@ -270,7 +270,7 @@ async def test_the_service_s_identity_still_throttled_on_a_cold_instance_is_a_50
 
 @pytest.mark.parametrize(("fault", "slug", "told"), [
     ({"status": 400, "body": {"statusCode": 400, "message": "No User Assigned or Delegated Managed Identity found"}},
-     "service-misconfigured", "AzureWebJobsStorage__clientId names it"),
+     "service-misconfigured", "AzureWebJobsStorage__clientId (or, without it, AZURE_CLIENT_ID) names it"),
     ({"status": 429, "headers": {"Retry-After": "60"}, "body": {"statusCode": 429, "message": "Too many requests"}},
      "upstream-throttled", "its token endpoint is busy (429)"),
 ], ids=["identity-not-assigned", "endpoint-throttling"])

@@ -56,10 +56,13 @@ def test_throttling_left_by_the_retries_is_a_503_with_the_service_s_wait() -> No
     assert isinstance(told, UpstreamThrottled) and told.headers["Retry-After"] == "7"
     assert told.detail == ("Key Vault is throttling the service (429 Throttled) when asked to store a secret "
                            "version, through every retry; try again in 7 s.")
-    # the wait is in the words too, since a log line carries no header; none known: later
+    # the wait is in the words too, since a log line carries no header: the very wait Retry-After gives (review of
+    # this session's changes: the words said 86400 s where the header said 3600, 1 s where it said 30)
     unavailable = upstream_error(answered(503, "", "tables"))
-    assert unavailable.detail == "Table Storage is unavailable (503), through every retry; try again later."
-    assert upstream_error(answered(429, "", "tables", **{"Retry-After": "0.2"})).detail.endswith("try again in 1 s.")
+    assert unavailable.detail == "Table Storage is unavailable (503), through every retry; try again in 30 s."
+    for given, relayed in (("0.2", "1"), ("0", "30"), ("86400", "3600"), ("Fri, 31 Dec 9999 23:59:59 GMT", "3600")):
+        told = upstream_error(answered(429, "", "tables", **{"Retry-After": given}))
+        assert told.headers["Retry-After"] == relayed and told.detail.endswith(f"try again in {relayed} s."), given
 
 
 def test_other_failures_say_the_service_and_status_and_a_code_only_when_it_is_one() -> None:

@@ -175,3 +175,32 @@ async def test_a_key_id_another_connection_tracks_matches_in_any_case() -> None:
                                  {"isAutoRotationEnabled": True, "rotation": ROTATION})
     assert "left on the application: 'kv' (azure-key-vault)" in (rotated.rotation.message or "")
     assert h.fakes.world.credential(first.client_id or "", given) is not None
+
+
+@pytest.mark.parametrize("named_when", ["create", "edit"])
+async def test_a_key_id_naming_a_secret_with_the_same_hint_keeps_the_one_another_connection_holds(
+        named_when: str) -> None:
+    """(Review of this session's changes.) A Key ID given for a client secret is checked only against Graph's hint
+    (its first three characters): where two of the application's secrets share it, the Key ID may name the twin.
+    When another connection that tracks no Key ID holds a secret with that hint, it may be the twin, so the
+    rotation keeps it on the application (naming the connection) rather than revoke what another signs in with."""
+    from tests.shared.test_connections import twin_of
+
+    h = Harness()
+    client_id, given = h.new_app()
+    twin = twin_of(h, client_id, given)
+    body = {"name": "x", "method": "client-secret", "credentials": h.credentials(client_id, given)}
+    if named_when == "create":
+        body["credentials"] = {**body["credentials"], "clientSecretKeyId": twin.key_id}
+    x = await h.api.create("azure-app-configuration", body)
+    other = await h.api.create("azure-key-vault", {"name": "y", "method": "client-secret",
+                                                   "credentials": h.credentials(client_id, twin)})
+    assert other.rotation.key_id is None  # created without rotation: it tracks no Key ID
+    change: dict[str, object] = {"isAutoRotationEnabled": True, "rotation": ROTATION}
+    if named_when == "edit":
+        change["credentials"] = {"clientSecretKeyId": twin.key_id}
+    rotated = await h.api.update("azure-app-configuration", x.id, change)
+    assert rotated.rotation.status == "succeeded"
+    assert "left on the application: 'y' (azure-key-vault)" in (rotated.rotation.message or "")
+    assert twin.key_id in h.fakes.world.apps[client_id].passwords  # y still signs in
+    assert h.check() == []
