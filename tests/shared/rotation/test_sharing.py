@@ -204,3 +204,24 @@ async def test_a_key_id_naming_a_secret_with_the_same_hint_keeps_the_one_another
     assert "left on the application: 'y' (azure-key-vault)" in (rotated.rotation.message or "")
     assert twin.key_id in h.fakes.world.apps[client_id].passwords  # y still signs in
     assert h.check() == []
+
+
+async def test_a_migration_revoking_the_original_keeps_a_secret_with_the_same_hint_another_connection_holds() -> None:
+    """The same, when the connection named with the twin's Key ID moves to federated with ``revokeOriginal``: the
+    twin another connection may sign in with stays, and the migration's message names that connection."""
+    from tests.shared.test_connections import twin_of
+
+    h = Harness()
+    client_id, given = h.new_app()
+    twin = twin_of(h, client_id, given)
+    x = await h.api.create("azure-app-configuration", {"name": "x", "method": "client-secret",
+                                                       "credentials": h.credentials(client_id, given)})
+    await h.api.create("azure-key-vault", {"name": "y", "method": "client-secret",
+                                           "credentials": h.credentials(client_id, twin)})
+    await h.api.update("azure-app-configuration", x.id, {"credentials": {"clientSecretKeyId": twin.key_id}})
+    h.fakes.world.add_federated(client_id)
+    moved = await h.api.migrate_to_federated("azure-app-configuration", x.id, {"revokeOriginal": True})
+    assert moved.method == "federated"
+    assert "'y' (azure-key-vault)" in (moved.rotation.message or "")
+    assert twin.key_id in h.fakes.world.apps[client_id].passwords
+    assert h.check() == []
