@@ -562,6 +562,7 @@ class ConnectionService:
             raise being_deleted()
         given_credentials = self._credentials(method, replaced) if replaced is not None else None
         given_up: tuple[str, list[ConnectionRecord]] | None = None  # a federated credential left to others
+        expiry_read: datetime | None = None  # the stored secret's end, read with its Key ID (none: unchanged)
         if (method is Method.FEDERATED and given_credentials is not None and record.rotation.key_id
                 and given_credentials.clientId.lower() == (record.client_id or "").lower()
                 and given_credentials.tenantId.lower() != record.tenant_id.lower()):
@@ -662,6 +663,8 @@ class ConnectionService:
                                        named or new_state.key_id)
             new_state = new_state.evolve(key_id=known.key_id,
                                          key_made=new_state.key_made if known.key_id == new_state.key_id else False)
+            if known.end_date_time != record.health.credential_expires_at:  # the secret's end, as Graph has it
+                expiry_read = known.end_date_time
         if new_state.enabled and new_state.interval_days and (config is not None or enabling
                                                                or replaced is not None):
             await require_interval_allowed(
@@ -674,7 +677,7 @@ class ConnectionService:
             # nothing points at, which the sweep drops; once written, the old entry goes (``_sync_schedule``).
             new_state = new_state.evolve(schedule_key=await self.adapters.schedule.put(
                 new_state.next_at, record.app, record.id))
-        if not changes and new_state == state and replaced is None:
+        if not changes and new_state == state and replaced is None and expiry_read is None:
             return record
         previous_name = record.name if "name" in changes else None
         target = record.evolve(rotation=new_state, version=record.version + 1, updated_at=self.now(),
@@ -691,8 +694,11 @@ class ConnectionService:
                                                      previous_name, notify=notices, repair=True)
                 else:
                     saved = await self._write(target.evolve(health=health), previous_name, notices)
-            elif new_state != state:  # what renews the credential may have changed: so may its health
+            elif new_state != state or expiry_read is not None:  # what renews the credential, or its end, may
+                # have changed: so may its health
                 warning = self.adapters.settings.expiry_warning
+                if expiry_read is not None:
+                    target = target.evolve(health=target.health.evolve(credential_expires_at=expiry_read))
                 notices, health = redated_notices(target, redated(target, self.now(), warning), self.now())
                 health = await self._indexed(record, health)  # (redated: never later than the check indexed)
                 saved = await self._write(target.evolve(health=health), previous_name, notices)

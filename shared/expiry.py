@@ -67,9 +67,10 @@ def fresh_health(record: ConnectionRecord, expires_at: datetime | None, now: dat
 
 
 def redated(record: ConnectionRecord, now: datetime, warning: timedelta) -> HealthState:
-    """The health of a connection whose renewal changed without a check (its rotation turned on or off, or
-    rescheduled): a credential that worked at its last check is expiring, or not, by what renews it now, and is
-    checked by the time that renewal is overdue. A failing, expired or unchecked one stays so until its next check."""
+    """The health of a connection whose renewal or end changed without a check (its rotation turned on or off, or
+    rescheduled; its secret's Key ID given): a credential that worked at its last check is expiring, or not, by what
+    renews it now and by its end, and is checked by the time that renewal is overdue, its warning starts or it ends.
+    A failing, expired or unchecked one stays so until its next check."""
     health = record.health
     if health.status not in (HEALTHY, EXPIRING):
         return health
@@ -77,5 +78,9 @@ def redated(record: ConnectionRecord, now: datetime, warning: timedelta) -> Heal
     due = health.next_check_at
     if renewed is not None and due is not None and now < renewed + RENEWAL_OVERDUE < due:
         due = renewed + RENEWAL_OVERDUE  # checked when the new renewal would stop counting, should it not come
+    expires = health.credential_expires_at  # (and when its warning starts, or it ends, should its end be new)
+    for milestone in (expires - warning, expires) if expires is not None and due is not None else ():
+        if due is not None and now < milestone < due:
+            due = milestone
     return health.evolve(status=status_of(health.credential_expires_at, False, now, warning, renewed),
                          next_check_at=due)

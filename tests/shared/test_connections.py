@@ -293,6 +293,25 @@ async def test_the_key_id_alone_names_the_stored_secret_and_rotation_then_revoke
     assert given.key_id not in passwords and twin.key_id in passwords  # the secret the connection held went
 
 
+async def test_the_key_id_alone_dates_the_stored_secret_at_once() -> None:
+    """A secret whose hint another of the application's secrets shares has no end date the service can read (which
+    of the two is it?). Once its Key ID is given, its end is known: the connection says so at once (expiring, here),
+    not at its next daily check, and is checked again when the secret ends."""
+    h = Harness()
+    app = h.fakes.world.application()
+    end = h.fakes.clock.now + timedelta(days=3)
+    given = h.fakes.world.add(app.client_id, "given by the owner", end=end)
+    twin_of(h, app.client_id, given)
+    record = await h.api.create(APP, {"name": "c", "method": "client-secret",
+                                      "credentials": h.credentials(app.client_id, given)})
+    assert (record.health.status, record.health.credential_expires_at) == ("healthy", None)
+    dated = await h.api.update(APP, record.id, {"credentials": {"clientSecretKeyId": given.key_id}})
+    assert (dated.health.status, dated.health.credential_expires_at) == ("expiring", end)
+    assert dated.health.next_check_at is not None and dated.health.next_check_at <= end
+    assert [n.event for n in h.fakes.connections.outbox if n.connection_id == record.id] == ["credential-expiring"]
+    assert await h.record(record.id) == dated
+
+
 @pytest.mark.parametrize(("method", "key_id", "why"), [
     ("client-secret", "unknown", "is not a Key ID of the application's secrets"),
     ("client-secret", "another", "must be the Key ID of clientSecret"),
