@@ -162,6 +162,10 @@ class Deleted:
 
 
 STORE_REFRESH_TOKEN = "connection.store-refresh-token"  # the audit action of keeping a rotated refresh token
+REMOVE_ABANDONED = "connection.remove-abandoned-secret"  # ... of removing the secret of a create that stored nothing
+# A create writes its secret, then its record, within one request: a secret whose newest version is older than this,
+# with no record, is one a create abandoned (its worker gone, or its write failed and could not be read back).
+ABANDONED_AFTER = timedelta(hours=1)
 
 
 class RotationContinues(Exception):
@@ -230,21 +234,23 @@ class ConnectionService:
 
     async def insert_new(self, record: ConnectionRecord, material: Mapping[str, str],
                          expires_on: datetime | None = None) -> ConnectionRecord:
-        """Write the secret, index the first health check, then write the record; a record that cannot be written
-        takes its secret with it (its index entry is stale, and dropped by the sweep that finds it). A method that
-        stores no secret (federated) writes nothing to the vault."""
+        """Index the first health check, write the secret, then write the record; a record that cannot be written
+        takes its secret with it. The index entry comes first as the create's journal: should the worker go before
+        the record is written (or the write fail and the record not be readable), the health sweep that finds the
+        entry with no record removes the secret (:meth:`remove_abandoned`); else it is stale, and dropped. A method
+        that stores no secret (federated) writes nothing to the vault."""
         stores = method_spec(record.method).stores_secret
-        version = ""
-        if stores:
-            version = (await self.vault.write(record.secret_name, material, secret_tags(record),
-                                              expires_on=expires_on)).version
         health = self._fresh_health(record, expires_on)
         # Created within its warning (a rotation it starts may fail): the next sweep checks it, and notifies what
         # it finds, not a day later.
         if status_of(expires_on, False, self.now(), self.adapters.settings.expiry_warning) != HEALTHY:
             health = health.evolve(next_check_at=self.now())
+        key = await self.adapters.health_index.put(health.next_check_at or self.now(), record.app, record.id)
+        version = ""
+        if stores:
+            version = (await self.vault.write(record.secret_name, material, secret_tags(record),
+                                              expires_on=expires_on)).version
         try:
-            key = await self.adapters.health_index.put(health.next_check_at or self.now(), record.app, record.id)
             due = record.rotation.next_at  # indexed first too: a rotation that never starts is taken up by the sweep
             if due is not None:
                 record = record.evolve(rotation=record.rotation.evolve(
@@ -253,9 +259,31 @@ class ConnectionService:
                                                          health=health.evolve(check_key=key)))
         except Exception as error:
             async def undo() -> None:
-                if stores:
+                if stores:  # disabled first, as a DELETE does: a deleted secret recovered comes back as it was
+                    await self.vault.disable_others(record.secret_name, "")
                     await self.vault.delete(record.secret_name)
             return await self._landed(record, error, lambda current: current.secret_version == version, undo)
+
+    async def remove_abandoned(self, app: str, connection_id: str) -> bool:
+        """The secret of a create that wrote no record (its index entry, found with no record, says one was under
+        way): its versions disabled, then the secret deleted, audited before. False while its newest version is
+        younger than ``ABANDONED_AFTER`` (the create may still be writing its record: ask again later); True once
+        nothing of it is enabled."""
+        name = secret_name_for(connection_id)
+        newest = await self.vault.enabled_since(name)
+        if newest is None:
+            return True
+        if self.now() - newest < ABANDONED_AFTER:
+            return False
+        where = {"app": app, "connection_id": connection_id}
+        await self.rotator.audit.record(REMOVE_ABANDONED, STARTED, **where,
+                                        detail=f"{name}: the secret of a create that stored no connection")
+        await self.vault.disable_others(name, "")
+        await self.vault.delete(name)
+        await self.rotator.audit.record(REMOVE_ABANDONED, "succeeded", **where)
+        log.warning("Removed %s, the secret of a create of %s connection %s that stored no connection", name, app,
+                    connection_id)
+        return True
 
     async def material_of(self, record: ConnectionRecord) -> dict[str, str]:
         """The secret material of the connection's current version ({} for a method that stores none). A version
@@ -335,31 +363,54 @@ class ConnectionService:
                             previous_name: str | None = None,
                             notify: Sequence[Notification] = (), *, repair: bool = False) -> ConnectionRecord:
         """Make a new secret version current together with ``changes`` (one ETag-guarded write), then disable the
-        version it superseded (only that one, which it knows: no listing of the secret's versions). With
-        ``repair`` (a change a person makes: new credentials, a re-authorization) also every other version written
-        before it, which lists them all (one page per 25 versions, and Key Vault keeps every version): one that a
-        failed call left enabled is caught there, while one that a later request made current meanwhile was
-        written later, and stays enabled. A refresh, which stores the refresh token Entra rotates on every use,
-        never lists them. A write that loses a race disables its own version and raises the conflict."""
+        version it superseded (only that one, which it knows: no listing of the secret's versions). That version is
+        journaled in the same write (``superseded_versions``): should Key Vault refuse its disable, or the worker
+        go in between, the health check disables it (:meth:`disable_superseded`), as the credential it holds may
+        still work (Entra does not revoke a refresh token when it issues the next). With ``repair`` (a change a
+        person makes: new credentials, a re-authorization) also every other version written before it, which lists
+        them all (one page per 25 versions, and Key Vault keeps every version): one that a failed call left enabled
+        is caught there, while one that a later request made current meanwhile was written later, and stays
+        enabled. A refresh never lists them. A write that loses a race disables its own version and raises the
+        conflict. A version a clean-up of the application left behind still signs in with (``retire_version``) is
+        the clean-up's to disable."""
         stored = await self.vault.write(record.secret_name, material, secret_tags(record), expires_on=expires_on)
+        target = record.evolve(secret_version=stored.version, **changes)
+        if record.secret_version and record.secret_version != target.rotation.retire_version:
+            target = target.superseding((*target.superseded, record.secret_version))
         try:
-            saved = await self.store.update(record.evolve(secret_version=stored.version, **changes),
-                                            previous_name=previous_name, notify=notify)
+            saved = await self.store.update(target, previous_name=previous_name, notify=notify)
         except Exception as error:
             saved = await self._landed(record, error, lambda current: current.secret_version == stored.version,
                                        lambda: self.vault.disable(record.secret_name, stored.version))
         if saved.rotation.retire_version is None:
             with best_effort(lambda error: log.warning(  # the change is made: it is not undone for this
-                    "Connection %s: the secret versions its change superseded are still enabled (%s); the next change "
-                    "of its credentials, re-authorization or deletion disables them", record.id, detail_of(error))):
+                    "Connection %s: the secret versions its change superseded are still enabled (%s); its next "
+                    "health check disables them", record.id, detail_of(error))):
                 if record.secret_version:
                     await self.vault.disable(saved.secret_name, record.secret_version)
                 if repair:
                     await self.vault.disable_older(saved.secret_name, saved.secret_version)
         return saved
 
+    async def disable_superseded(self, record: ConnectionRecord) -> frozenset[str]:
+        """Disable the versions ``record`` journals as superseded (:meth:`switch_secret`), best effort; those Key
+        Vault confirmed (or that are gone), which the caller's write then forgets. Never the version in use, nor
+        one a clean-up of the application left behind still signs in with (forgotten all the same: not
+        superseded)."""
+        done: set[str] = set()
+        for version in record.superseded:
+            if version in (record.secret_version, record.rotation.retire_version):
+                done.add(version)
+                continue
+            with best_effort(lambda error: log.warning(
+                    "Connection %s: a superseded version of its secret is still enabled (%s); the next health check "
+                    "disables it", record.id, detail_of(error))):
+                if await self.vault.disable(record.secret_name, version):
+                    done.add(version)
+        return frozenset(done)
+
     async def _landed(self, record: ConnectionRecord, error: Exception, mine: Callable[[ConnectionRecord], bool],
-                      undo: Callable[[], Awaitable[None]] | None = None) -> ConnectionRecord:
+                      undo: Callable[[], Awaitable[object]] | None = None) -> ConnectionRecord:
         """The record as a write that failed with ``error`` left it, when that write landed all the same (``mine``
         says so of the record read back), its answer lost: a 5xx, a timeout, or Table Storage's retry meeting its
         own ETag or entity. Else what was written for it (a secret) is undone (``undo``) and ``error`` raised. When
@@ -1331,7 +1382,8 @@ class ConnectionService:
                 check_key=record.health.check_key, next_check_at=record.health.next_check_at)
             notices, changes["health"] = health_notices(record.evolve(**changes), fresh, self.now(), remind=False)
             try:
-                saved = await self.switch_secret(record, {"refreshToken": refresh_token}, None, changes,
+                saved = await self.switch_secret(record, {"refreshToken": refresh_token},
+                                                 self.now() + REFRESH_TOKEN_LIFETIME, changes,
                                                  previous_name=record.name if renamed else None, notify=notices,
                                                  repair=True)
             except ConcurrentChange:
@@ -1355,7 +1407,8 @@ class ConnectionService:
         try:
             for _ in range(5):
                 try:
-                    saved = await self.switch_secret(current, {"refreshToken": refresh_token}, None, {})
+                    saved = await self.switch_secret(current, {"refreshToken": refresh_token},
+                                                     self.now() + REFRESH_TOKEN_LIFETIME, {})
                     await audit.record(STORE_REFRESH_TOKEN, "succeeded", **where)
                     return saved, True
                 except ConcurrentChange:

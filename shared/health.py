@@ -151,8 +151,10 @@ class HealthChecker:
                 next_check_at=due, unchecked_since=None)
             connection_status = (STATUS_REAUTHORIZATION_REQUIRED if isinstance(refused, ReauthorizationRequired)
                                  else STATUS_INVALID if refused else STATUS_ACTIVE)
+        # Versions a change superseded whose disable is not confirmed yet (Key Vault reachable or not for Entra).
+        forget = await self.connections.disable_superseded(record) if record.superseded else frozenset[str]()
         return await self._save(record, health, connection_status, refused.detail if refused else None,
-                                unchecked_since=since)
+                                unchecked_since=since, forget=forget)
 
     async def _password_end(self, record: ConnectionRecord, material: dict[str, str]) -> datetime | None:
         """The client secret's end date, read from Graph where the connection may read its own application."""
@@ -169,11 +171,13 @@ class HealthChecker:
         return matches[0].end_date_time if len(matches) == 1 else None
 
     async def _save(self, record: ConnectionRecord, health: HealthState, connection_status: str,
-                    message: str | None, unchecked_since: datetime | None = None) -> ConnectionRecord:
+                    message: str | None, unchecked_since: datetime | None = None,
+                    forget: frozenset[str] = frozenset()) -> ConnectionRecord:
         """Index the next check first, then write the health with its notification (one transaction), then drop
         the old index entry. A record changed meanwhile is checked again on top of the change. ``unchecked_since``:
         the check could not run, nor could those in a row before it since then: only the health changes (the
-        connection's status, ``statusMessage`` and ``lastValidatedAt`` are those of the last check that ran)."""
+        connection's status, ``statusMessage`` and ``lastValidatedAt`` are those of the last check that ran).
+        ``forget``: superseded versions now disabled, no longer journaled (a change meanwhile keeps its own)."""
         store = self.adapters.connections
         index = self.adapters.health_index
         now = self.adapters.clock()
@@ -189,6 +193,7 @@ class HealthChecker:
                                         status_message=message, last_validated_at=now)
             else:  # nothing was validated: the connection's status, its explanation and its last validation stay
                 target = current.evolve(health=remembered.evolve(check_key=key))
+            target = target.superseding(v for v in current.superseded if v not in forget)
             try:
                 saved = await store.update(target, notify=notices)
             except ConcurrentChange:
@@ -296,6 +301,10 @@ class HealthChecker:
             record = await self.adapters.connections.get(entry.app, entry.connection_id)
         except NotFound:
             record = None
+        if record is None:  # deleted; or a create that stored no record, whose secret goes (once surely abandoned)
+            with acting(RequestContext(HEALTH_RUNNER)):
+                if not await self.connections.remove_abandoned(entry.app, entry.connection_id):
+                    return  # its create may still be writing the record: the entry stays, for a later sweep
         if record is None or record.health.check_key != entry.key:
             await self.adapters.health_index.remove(entry.key)
             report.stale += 1

@@ -6,6 +6,7 @@ secret: secret material lives in Key Vault only), the domain reads and evolves t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -301,10 +302,23 @@ class ConnectionRecord:
     created_by: Actor | None = None
     updated_by: Actor | None = None
     authorized_by: Authorization | None = None
+    # Versions of the secret that a change superseded and may still be enabled (space-separated), journaled with
+    # the change that made another current: disabled after it, and again by the health check until Key Vault has
+    # confirmed it (a refused or unanswered disable, a worker gone in between), which then forgets them.
+    superseded_versions: str | None = None
     etag: str | None = field(default=None, compare=False)
 
     def evolve(self, **changes: Any) -> ConnectionRecord:
         return replace(self, **changes)
+
+    @property
+    def superseded(self) -> tuple[str, ...]:
+        return tuple(self.superseded_versions.split()) if self.superseded_versions else ()
+
+    def superseding(self, versions: Iterable[str]) -> ConnectionRecord:
+        """This record with ``versions`` (in order, once each, none empty) as its superseded versions."""
+        kept = " ".join(dict.fromkeys(v for v in versions if v))
+        return self if kept == (self.superseded_versions or "") else replace(self, superseded_versions=kept or None)
 
 
 @dataclass(frozen=True)

@@ -647,6 +647,7 @@ class Version:
     tags: dict[str, str]
     enabled: bool = True
     expires_on: datetime | None = None
+    created_on: datetime | None = None
 
 
 class FakeVault:
@@ -669,7 +670,8 @@ class FakeVault:
                     expires_on: datetime | None = None) -> StoredVersion:
         self.world.check("vault.write")
         self.deleted.discard(name)
-        item = Version(uuid.uuid4().hex, dict(material), dict(tags), expires_on=expires_on)
+        item = Version(uuid.uuid4().hex, dict(material), dict(tags), expires_on=expires_on,
+                       created_on=self.world.clock.now)
         self.secrets.setdefault(name, []).append(item)
         return StoredVersion(item.version, dict(material))
 
@@ -682,14 +684,15 @@ class FakeVault:
             raise VersionDisabled(f"Key Vault refused to read a disabled version of {name}.")
         return dict(item.material)
 
-    async def disable(self, name: str, version: str) -> None:
+    async def disable(self, name: str, version: str) -> bool:
         self.world.check("vault.disable")
-        if self.refused_disables:
+        if self.refused_disables:  # Key Vault's refusal (a 403, a 409): logged by the real store, and False
             self.refused_disables -= 1
-            return
+            return False
         for item in self.secrets.get(name, []):
             if item.version == version:
                 item.enabled = False
+        return True
 
     async def disable_others(self, name: str, keep: str) -> int:
         self.listings += 1
@@ -698,6 +701,13 @@ class FakeVault:
     async def disable_tagged(self, name: str, tag: str, value: str) -> int:
         self.listings += 1
         return await self._disable(name, lambda item: item.tags.get(tag) == value)
+
+    async def enabled_since(self, name: str) -> datetime | None:
+        self.world.check("vault.list")
+        self.listings += 1
+        if name in self.deleted:
+            return None
+        return max((v.created_on for v in self.secrets.get(name, []) if v.enabled and v.created_on), default=None)
 
     async def disable_older(self, name: str, version: str) -> int:
         self.listings += 1

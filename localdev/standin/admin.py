@@ -384,7 +384,7 @@ class AdminClient:
 
     def vault_secrets(self) -> dict[str, Any]:
         """``{name: {name, deleted, deletedDate, scheduledPurgeDate, latest, versions: [{version, value,
-        contentType, tags, enabled, created, updated}]}}``, versions oldest first."""
+        contentType, tags, enabled, created, updated, expires}]}}``, versions oldest first."""
         return self._dict("GET", "/vault/secrets")
 
     def stats(self) -> dict[str, Any]:

@@ -383,6 +383,7 @@ def dump(ctx: Context) -> dict[str, Any]:
                         "enabled": v.enabled,
                         "created": v.created,
                         "updated": v.updated,
+                        "expires": v.expires,
                     }
                     for v in s.versions
                 ],

@@ -53,6 +53,7 @@ _COLUMNS = {
     "status": "Status",
     "status_message": "StatusMessage",
     "last_validated_at": "LastValidatedAt",
+    "superseded_versions": "SupersededVersions",
 }
 # The rotation state, one column per field: ``Rot`` + the field's name in CamelCase (``RotKeyId``).
 _ROTATION_COLUMNS = {

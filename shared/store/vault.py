@@ -100,19 +100,22 @@ class SecretVault:
                 raise
         return _material(secret.value or "{}")
 
-    async def disable(self, name: str, version: str) -> None:
-        """Disable a version that is not (or no longer) current (best effort: the credential it holds is revoked or
-        replaced on the application all the same). One Key Vault refused stays enabled, which a warning says (what
-        failed: Key Vault's status, or the service's identity that got no token; never the value), where it was
-        silent."""
-        from azure.core.exceptions import HttpResponseError
+    async def disable(self, name: str, version: str) -> bool:
+        """Disable a version that is not (or no longer) current: True once it is (or is gone: nothing of it is
+        enabled). One Key Vault refused stays enabled (False), which a warning says (what failed: Key Vault's
+        status, or the service's identity that got no token; never the value); the caller keeps it to try again."""
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
         with translated(KEY_VAULT, "disable a secret version"):
             try:
                 await self._clients.secrets().update_secret_properties(name, version, enabled=False)
+            except ResourceNotFoundError:  # deleted (the secret, or the version): nothing of it can be read
+                return True
             except HttpResponseError as error:  # Key Vault's refusal, or the service's identity that got no token
                 log.warning("Version %s of secret %s was not disabled, and stays enabled: %s", version, name,
                             sentence(upstream_error(error, "disable a secret version", KEY_VAULT)))
+                return False
+        return True
 
     async def delete(self, name: str) -> None:
         """Delete the secret (soft delete, as the vault keeps it); an absent secret is fine."""
@@ -144,6 +147,22 @@ class SecretVault:
                 await self.disable(name, props.version)
                 count += 1
         return count
+
+    async def enabled_since(self, name: str) -> datetime | None:
+        """When the newest enabled version of ``name`` was written (as Key Vault records it); None when no version
+        is enabled, or there is no such secret (deleted, or never written)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        newest: datetime | None = None
+        with translated(KEY_VAULT, "list a secret's versions"):
+            try:
+                async for props in self._clients.secrets().list_properties_of_secret_versions(name):
+                    if props.enabled and props.created_on is not None and (newest is None
+                                                                          or props.created_on > newest):
+                        newest = props.created_on
+            except ResourceNotFoundError:
+                return None
+        return newest
 
     async def disable_tagged(self, name: str, tag: str, value: str) -> int:
         """Disable every enabled version of ``name`` tagged ``tag=value``; return how many."""

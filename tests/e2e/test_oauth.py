@@ -366,6 +366,40 @@ def test_refreshes_disable_the_version_they_replaced_without_listing_the_vault_v
     assert listings() == 0
 
 
+def test_a_version_key_vault_refused_to_disable_is_disabled_by_the_next_health_check(api, admin, browser, host_url,
+                                                                                    local_env):
+    """Entra keeps a redeemed refresh token working: a superseded version still enabled holds a live one. Key Vault
+    refuses the disable of the sign-in's version once; the connection's row journals it (``SupersededVersions``),
+    later refreshes keep it, and the next health check disables it and forgets it. Each version expires with its
+    token (90 days unused)."""
+    from azure.data.tables import TableServiceClient
+
+    app, name = "azure-key-vault", unique_name()
+    assert dance(browser, host_url, app, name=name).status_code == 200
+    connection = by_name(api, app, name)
+    assert connection is not None
+    secret = f"appconn-{connection['id']}"
+    [first] = admin.vault_secrets()[secret]["versions"]
+    admin.set_faults([{"method": "PATCH", "path": f"/secrets/{secret}/{first['version']}", "status": 403,
+                       "body": {"error": {"code": "Forbidden", "message": "Caller is not authorized"}}}])
+    try:
+        assert api.post(f"{BASE}/{app}/{connection['id']}/validate").status_code == 200
+    finally:
+        admin.set_faults([])
+    for _ in range(2):
+        assert api.post(f"{BASE}/{app}/{connection['id']}/validate").status_code == 200
+    versions = admin.vault_secrets()[secret]["versions"]
+    assert [v["enabled"] for v in versions] == [True, False, False, True]
+    with TableServiceClient.from_connection_string(local_env.azurite.connection_string) as service:
+        table = service.get_table_client(local_env.table_prefix + "Connections")
+        assert first["version"] in table.get_entity(app, connection["id"])["SupersededVersions"].split()
+        assert api.post(f"{BASE}/{app}/{connection['id']}/health").status_code == 200
+        assert "SupersededVersions" not in table.get_entity(app, connection["id"])
+    versions = admin.vault_secrets()[secret]["versions"]
+    assert [v["enabled"] for v in versions] == [False] * (len(versions) - 1) + [True]
+    assert all(v["expires"] for v in versions)
+
+
 def test_a_revoked_refresh_token_needs_reauthorization_which_restores_the_connection(api, admin, browser, host_url):
     app, name, tenant = "azure-client-secrets", unique_name(), admin.add_tenant()
     assert dance(browser, host_url, app, name=name, tenantId=tenant).status_code == 200

@@ -1723,6 +1723,8 @@ async def test_a_create_whose_write_did_not_land_leaves_no_secret() -> None:
     with pytest.raises(UpstreamError):
         await h.create(rotation=False)
     assert not h.fakes.connections.records and set(h.fakes.vault.secrets) == h.fakes.vault.deleted
+    # Disabled before it is deleted, as a DELETE does: a deleted secret recovered comes back as it was.
+    assert not any(v.enabled for versions in h.fakes.vault.secrets.values() for v in versions)
 
 
 def _fails_at(h: Harness, operation: str, nth: int) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from shared import wiring
+from shared.errors import UpstreamError
 from shared.health import HealthChecker
 from shared.notify import Notifier
 from shared.records import EXPIRING, HEALTHY, ConnectionRecord
@@ -1772,3 +1773,148 @@ async def test_a_failing_or_expired_connection_is_reminded_of_daily_while_its_ch
     assert "credential-expired" in [t["event"] for t in told]
     expired_reminders = [t for t in told if t["event"] == "credential-expired-reminder"]
     assert len(expired_reminders) >= 2 and all("expired at" in t["message"] for t in expired_reminders)
+
+
+# -- superseded secret versions ----------------------------------------------------------------------------------
+def _enabled(h: Harness, name: str) -> list[str]:
+    return [v.version for v in h.fakes.vault.secrets.get(name, []) if v.enabled]
+
+
+@pytest.mark.parametrize("failure", ["refused", "worker-gone"])
+async def test_a_refresh_token_version_whose_disable_failed_is_disabled_by_the_next_check(failure: str) -> None:
+    """Entra does not revoke a refresh token when it issues the next one: a superseded version still holds a
+    token that works for up to 90 days. A refresh journals the version it supersedes in its own write; when Key
+    Vault refuses its disable, or the worker goes before it, the next health check disables it and forgets it.
+    Each refresh token's version expires when the token would lapse unused."""
+    from shared.apps import APPS
+    from tests.lifecycle_harness import Crash
+    from tests.shared.test_oauth import _signed_in
+
+    h = _harness()
+    connections = wiring.services(h.fakes.adapters).connections
+    created = (await _signed_in(h.fakes, {"name": "kv", "tenantId": TENANT})).record
+    kv = created.app
+    h.fakes.clock.advance(timedelta(hours=2))
+    if failure == "refused":
+        h.fakes.vault.refused_disables = 1
+        refreshed = await connections.oauth_tokens.refresh_now(APPS[kv], created)
+    else:
+        h.fakes.world.fail_next("vault.disable", Crash("the worker is recycled"))
+        with pytest.raises(Crash):
+            await connections.oauth_tokens.refresh_now(APPS[kv], created)
+        refreshed = await h.fakes.connections.get(kv, created.id)
+    assert refreshed.secret_version != created.secret_version
+    assert refreshed.superseded == (created.secret_version,)  # journaled with the switch
+    assert _enabled(h, created.secret_name) == [created.secret_version, refreshed.secret_version]
+    stored = h.fakes.vault.version(created.secret_name, refreshed.secret_version)
+    assert stored.expires_on == h.fakes.clock.now + timedelta(days=90)
+
+    checked = await _checker(h).check(refreshed)  # (which refreshes once more: its superseded version too)
+    assert _enabled(h, created.secret_name) == [checked.secret_version] and checked.superseded == ()
+
+
+async def test_an_owner_secret_a_credentials_change_failed_to_disable_is_disabled_by_the_next_check() -> None:
+    """A secret the owner gave stays on their application (the service revokes only what it made): its version
+    superseded by a change of credentials holds a live credential. Journaled with the change, it stays journaled
+    through the rotations that follow, and the next health check disables it."""
+    h = _harness()
+    record = await _connection(h, days=400)
+    app = record.client_id or ""
+    first = record.secret_version
+    h.fakes.world.fail_next("vault.disable", UpstreamError("Key Vault: 429"))  # throttled: no disable, no listing
+    given = h.fakes.world.add(app, "given again")
+    changed = await h.api.update(APP, record.id, {
+        "credentials": {"tenantId": TENANT, "clientId": app, "clientSecret": given.secret,
+                        "clientSecretKeyId": given.key_id},
+        "isAutoRotationEnabled": True, "rotation": FORTNIGHTLY})
+    assert changed.superseded == (first,) and first in _enabled(h, record.secret_name)
+    h.fakes.clock.advance(timedelta(days=15))
+    await h.sweep()
+    rotated = await h.record(record.id)
+    assert rotated is not None and rotated.rotation.status == "succeeded" and rotated.superseded == (first,)
+    checked = await _checker(h).check(rotated)
+    assert first not in _enabled(h, record.secret_name) and checked.superseded == ()
+    assert rotated.secret_version in _enabled(h, record.secret_name)
+
+
+async def test_the_check_never_disables_the_version_in_use_and_forgets_what_it_could_not_confirm_only() -> None:
+    h = _harness()
+    record = await _connection(h, days=400)
+    other = await h.fakes.vault.write(record.secret_name, {"clientSecret": "older"}, {})
+    journaled = await h.fakes.connections.update(record.superseding(
+        [record.secret_version, other.version, "gone-version"]))
+    h.fakes.vault.refused_disables = 1  # Key Vault refuses the first disable it is asked (``other``)
+    checked = await _checker(h).check(journaled)
+    assert record.secret_version in _enabled(h, record.secret_name) and checked.status == "active"
+    assert checked.superseded == (other.version,)  # refused: kept for the next check; the others forgotten
+    final = await _checker(h).check(checked)
+    assert final.superseded == () and _enabled(h, record.secret_name) == [record.secret_version]
+
+
+# -- the secret of a create that stored no record -----------------------------------------------------------------
+def _live_secrets(h: Harness) -> dict[str, list[str]]:
+    return {name: _enabled(h, name) for name in h.fakes.vault.secrets
+            if name not in h.fakes.vault.deleted and _enabled(h, name)}
+
+
+@pytest.mark.parametrize("how", ["worker-gone", "write-failed-and-unreadable"])
+async def test_the_secret_of_a_create_that_stored_no_record_is_removed_by_the_sweep_that_finds_its_entry(
+        how: str) -> None:
+    """A create indexes its first check, writes its secret, then its record. Should the record never be written
+    (the worker gone in between; or its write failed and could not be read back), the secret holds a live
+    credential that no connection names: the sweep that finds the entry with no record disables and deletes it,
+    audited before, once its newest version is older than any create (an hour)."""
+    from tests.lifecycle_harness import Crash
+
+    h = _harness()
+    app = h.fakes.world.application()
+    password = h.fakes.world.add(app.client_id, "given")
+    body = {"name": "c1", "method": "client-secret", "credentials": {
+        "tenantId": TENANT, "clientId": app.client_id, "clientSecret": password.secret}}
+    if how == "worker-gone":
+        h.fakes.world.fail_next("store.insert", Crash("the worker is recycled"))
+        with pytest.raises(Crash):
+            await h.api.create(APP, body)
+    else:
+        h.fakes.world.fail_next("store.insert", UpstreamError("Table Storage: 503"))
+        h.fakes.world.fail_next("store.get", UpstreamError("Table Storage: 503"))
+        with pytest.raises(UpstreamError):
+            await h.api.create(APP, body)
+    assert not h.fakes.connections.records
+    [name] = _live_secrets(h)
+    seen = len(h.fakes.audit.records)
+    h.fakes.clock.advance(timedelta(days=1, minutes=1))  # its first check is due
+    report = await _checker(h).sweep()
+    assert _live_secrets(h) == {} and name in h.fakes.vault.deleted and report.stale == 1
+    assert await h.fakes.health_index.due(h.fakes.clock.now, limit=10) == []
+    removal = [(r.action, r.outcome, r.actor.name) for r in h.fakes.audit.records[seen:]]
+    assert removal == [("connection.remove-abandoned-secret", "started", "health runner"),
+                       ("connection.remove-abandoned-secret", "succeeded", "health runner")]
+    assert password.secret not in repr(h.fakes.audit.records[seen:])
+
+
+async def test_a_sweep_leaves_the_secret_of_a_create_still_under_way() -> None:
+    """A credential created within its expiry warning is due for a check at once: a sweep can find its entry while
+    the create has not written its record yet. Its secret stays (younger than an hour), and so does its entry; the
+    create completes and the connection works."""
+    h = _harness()
+    app = h.fakes.world.application()
+    password = h.fakes.world.add(app.client_id, "given", end=h.fakes.clock.now + timedelta(days=3))
+    body = {"name": "c1", "method": "client-secret", "credentials": {
+        "tenantId": TENANT, "clientId": app.client_id, "clientSecret": password.secret,
+        "clientSecretKeyId": password.key_id}}
+    insert = h.fakes.connections.insert
+    reports = []
+
+    async def sweep_first(record: ConnectionRecord) -> ConnectionRecord:  # a sweep runs between secret and record
+        reports.append(await _checker(h).sweep())
+        return await insert(record)
+
+    h.fakes.connections.insert = sweep_first  # type: ignore[method-assign]
+    record = await h.api.create(APP, body)
+    assert reports[0].due == 1 and reports[0].stale == 0
+    assert _enabled(h, record.secret_name) == [record.secret_version]
+    assert await h.api.material_of(record) == {"clientSecret": password.secret}
+    h.fakes.connections.insert = insert  # type: ignore[method-assign]
+    checked = await _checker(h).sweep()
+    assert checked.checked == 1 and _enabled(h, record.secret_name) == [record.secret_version]
