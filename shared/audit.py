@@ -85,6 +85,18 @@ def acting_actor() -> Actor:
     return Actor(actor.id, actor.name, actor.type)
 
 
+def search_key(start: datetime | None, end: datetime | None, connection_id: str | None, actor: str | None,
+               action: str | None, apps: Collection[str] | None) -> str:
+    """A short digest of an audit search's filters as asked (``from`` and ``to`` as given, not their defaults, which
+    move with the clock from one page to the next; the apps searched): what its continuation tokens carry."""
+    import hashlib
+    import json
+
+    asked = [start.isoformat() if start else None, end.isoformat() if end else None, connection_id, actor, action,
+             sorted(apps) if apps is not None else None]
+    return hashlib.sha256(json.dumps(asked).encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 class AuditLog:
     def __init__(self, store: AuditStore, clock: Clock) -> None:
         self._store = store
@@ -130,7 +142,11 @@ class AuditLog:
         ``apps``: of those apps only (None: every record, those of no app too).
 
         ``retention_days``: no record is older (they are purged daily) nor newer than now, so the days searched
-        are cut to those: a search over centuries reads a year's partitions at most, not one per day asked for."""
+        are cut to those: a search over centuries reads a year's partitions at most, not one per day asked for.
+
+        A page's continuation token names its search (:func:`search_key`): one handed to a search with other
+        filters is refused (400 on ``/continuationToken``), not taken as a cursor into another search's records."""
+        search = search_key(start, end, connection_id, actor, action, apps)  # as asked: the defaults move with now
         now = self._clock()
         end = end or now
         start = start or end - timedelta(days=30)
@@ -143,7 +159,7 @@ class AuditLog:
             if start > end:
                 return [], None
         return await self._store.query(start, end, connection_id=connection_id, actor=actor, action=action,
-                                       limit=size, continuation=continuation, apps=apps)
+                                       limit=size, continuation=continuation, apps=apps, search=search)
 
     async def purge_expired(self, retention_days: int, budget_seconds: float = PURGE_BUDGET_SECONDS,
                             monotonic: Callable[[], float] = time.monotonic) -> int:

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from shared.apps import AppSpec, Method, method_spec
 from shared.audit import STARTED, acting_actor, current
@@ -122,7 +122,7 @@ from shared.rotation.sharing import (
 )
 from shared.rotation.state import state_response
 from shared.store.vault import secret_name_for
-from shared.views import ConnectionReader, being_deleted, ensure_name_free, require_match
+from shared.views import ConnectionReader, being_deleted, ensure_name_free, matches, precondition_failed, require_match
 from shared.views import health_response as health_response
 from shared.views import require_app as require_app
 from shared.views import to_response as to_response
@@ -139,6 +139,13 @@ def _pasted(body: Any) -> list[str]:
     return [value for name in SECRET_FIELDS if isinstance(value := credentials.get(name), str)]
 
 DELETE_LEASE_SECONDS = 120
+T = TypeVar("T")
+
+
+def _in_progress(state: RotationState, seconds: int) -> dict[str, Any]:
+    """What a ``rotation-in-progress`` 409 carries beside its ``Retry-After`` of ``seconds``: the rotation's id and
+    step as the record has them (null when no rotation has begun: a clean-up, say), and the same wait."""
+    return {"rotationId": state.rotation_id, "rotationStep": state.step, "retryAfterSeconds": seconds}
 
 
 Credentials = ClientSecretCredentialsIn | CertificateCredentialsIn | FederatedCredentialsIn
@@ -573,9 +580,28 @@ class ConnectionService:
     async def update(self, app_id: str, connection_id: str, body: Any, if_match: str | None = None,
                      ) -> ConnectionRecord:
         """Change what ``body`` names. ``if_match``: only if the connection is still at that version (412 else; the
-        write is guarded by the ETag of this very read, so no change slips in between)."""
+        write is guarded by the ETag of this very read, so no change slips in between: one that did is a 412 too)."""
         with handling(*_pasted(body)):  # not stored yet: Entra's refusal, or an SDK's log of it, may quote them
-            return await self._update(app_id, connection_id, body, if_match)
+            return await self._conditional(app_id, connection_id, if_match,
+                                           self._update(app_id, connection_id, body, if_match))
+
+    async def _conditional(self, app_id: str, connection_id: str, if_match: str | None, work: Awaitable[T]) -> T:
+        """``work``, a request's operation on the connection: sent with ``If-Match``, a change another request made
+        between its read (where ``If-Match`` held) and its ETag-guarded write, which made the precondition false,
+        answers 412 with the current ETag, as the read's check does, not 409 ``concurrent-change`` (without
+        ``If-Match``, or when the connection still matches it: the 409)."""
+        try:
+            return await work
+        except ConcurrentChange as change:
+            if if_match is None:
+                raise
+            try:
+                current = await self.get(app_id, connection_id)
+            except NotFound:
+                raise change from None
+            if matches(current, if_match):
+                raise
+            raise precondition_failed(current) from None
 
     async def _update(self, app_id: str, connection_id: str, body: Any, if_match: str | None) -> ConnectionRecord:
         app = require_app(app_id)
@@ -647,7 +673,8 @@ class ConnectionService:
                 raise RotationInProgress(
                     "The clean-up of the application this connection used before is removing the federated "
                     "credential the service added there; try again once it is done (then that application needs a "
-                    "federated credential again).", headers={"Retry-After": "60"})
+                    "federated credential again).", headers={"Retry-After": "60"},
+                    extensions=_in_progress(state, 60))
             if state.cleaning_up and not back:  # the last change's clean-up first: one application at a time
                 record = await self._finish_retirement(record, raise_on_failure=True)
                 state = record.rotation
@@ -790,9 +817,7 @@ class ConnectionService:
             detail = ("A rotation of this connection stopped half way and is resumed at its next attempt; finish it "
                       "now with POST .../rotate, then try again.")
         seconds = max(1, min(3600, math.ceil(wait)))
-        raise RotationInProgress(detail, headers={"Retry-After": str(seconds)},
-                                 extensions={"rotationId": state.rotation_id, "rotationStep": state.step,
-                                             "retryAfterSeconds": seconds})
+        raise RotationInProgress(detail, headers={"Retry-After": str(seconds)}, extensions=_in_progress(state, seconds))
 
     async def _finish_retirement(self, record: ConnectionRecord, raise_on_failure: bool) -> ConnectionRecord:
         """Remove what the service created on the application the connection left. When Graph refuses, the
@@ -803,7 +828,8 @@ class ConnectionService:
             if raise_on_failure and isinstance(error, LeaseLost):
                 raise RotationInProgress(
                     "Another request or the rotation runner is changing this connection's credentials or cleaning "
-                    "up after them; try again shortly.", headers={"Retry-After": "5"}) from None
+                    "up after them; try again shortly.", headers={"Retry-After": "5"},
+                    extensions=_in_progress(record.rotation, 5)) from None
             if raise_on_failure and isinstance(error, UpstreamThrottled):  # only busy: nothing to grant, wait
                 raise UpstreamThrottled(f"{error.detail} The clean-up of the application this connection used "
                                         "before did not finish; try again later.",
@@ -905,12 +931,17 @@ class ConnectionService:
             raise self._continues(record)
         return record
 
-    async def rotate(self, app_id: str, connection_id: str) -> ConnectionRecord:
+    async def rotate(self, app_id: str, connection_id: str, if_match: str | None = None) -> ConnectionRecord:
         """Rotate now, or finish a half-done rotation: the connection once it completed; ``RotationContinues`` when
         the request had to be answered while its new credential was still being tested (the sweep finishes it);
-        otherwise a problem carrying the rotation's status and message."""
+        otherwise a problem carrying the rotation's status and message. ``if_match``: only if the connection is
+        still at that version (412 else)."""
+        return await self._conditional(app_id, connection_id, if_match, self._rotate(app_id, connection_id, if_match))
+
+    async def _rotate(self, app_id: str, connection_id: str, if_match: str | None) -> ConnectionRecord:
         app = require_app(app_id)
         record = await self.get(app.id, connection_id)
+        require_match(record, if_match)
         method = Method(record.method)
         if record.rotation.step in MIGRATION_STEPS:  # a migration that stopped half way: finish it
             return self._migrated(await self.migrator.resume(record))
@@ -937,14 +968,22 @@ class ConnectionService:
         raise rotation_problem(attempt)
 
     # -- going secretless ------------------------------------------------------------------------------------
-    async def migrate_to_federated(self, app_id: str, connection_id: str, body: Any) -> ConnectionRecord:
+    async def migrate_to_federated(self, app_id: str, connection_id: str, body: Any,
+                                   if_match: str | None = None) -> ConnectionRecord:
         """Move a client-secret or certificate connection to the federated method in one journaled, resumable step
         (:mod:`shared.rotation.migration`); a migration that stopped half way is finished by the same request.
         ``RotationContinues`` when the request had to be answered while the federated sign-in was still being
-        tested (the sweep finishes the migration)."""
+        tested (the sweep finishes the migration). ``if_match``: only if the connection is still at that version
+        (412 else: nothing is added, switched or revoked)."""
+        return await self._conditional(app_id, connection_id, if_match,
+                                       self._migrate_to_federated(app_id, connection_id, body, if_match))
+
+    async def _migrate_to_federated(self, app_id: str, connection_id: str, body: Any,
+                                    if_match: str | None) -> ConnectionRecord:
         app = require_app(app_id)
         request = parse_model(MigrateToFederatedIn, body)  # an empty body is {} (the route); JSON null is no object
         record = await self.get(app.id, connection_id)
+        require_match(record, if_match)
         if record.status == STATUS_DELETING:
             raise being_deleted()
         if record.rotation.step in MIGRATION_STEPS:
@@ -969,6 +1008,10 @@ class ConnectionService:
         """Remove every credential the service created on the application, then the connection. When Graph
         refuses, 409 with the reason (nothing is deleted); ``force`` deletes anyway and lists what stays live.
         ``if_match``: only if the connection is still at that version (412 else)."""
+        return await self._conditional(app_id, connection_id, if_match,
+                                       self._delete(app_id, connection_id, force, if_match))
+
+    async def _delete(self, app_id: str, connection_id: str, force: bool, if_match: str | None) -> Deleted:
         record = await self.get(app_id, connection_id)
         require_match(record, if_match)
         state = record.rotation
@@ -980,7 +1023,7 @@ class ConnectionService:
                 "A migration of this connection to the federated method stopped half way; finish it with POST "
                 f"/api/v1/app-connections/{record.app}/{record.id}/migrate-to-federated (it completes, or removes "
                 "what it added when the federated sign-in cannot work), then delete.",
-                headers={"Retry-After": "1"}, extensions={"rotationId": state.rotation_id, "rotationStep": state.step})
+                headers={"Retry-After": "1"}, extensions=_in_progress(state, 1))
         # Claim it first (ETag): no rotation starts on a connection being deleted, and no edit lands under us.
         owner = f"delete:{uuid.uuid4().hex}"
         marked = record.evolve(status=STATUS_DELETING, status_message="Being deleted.",
@@ -1314,9 +1357,16 @@ class ConnectionService:
         return True
 
     # -- validate --------------------------------------------------------------------------------------------
-    async def validate(self, app_id: str, connection_id: str) -> ConnectionRecord:
+    async def validate(self, app_id: str, connection_id: str, if_match: str | None = None) -> ConnectionRecord:
+        """Acquire a token now and record the outcome (status, lastValidatedAt). ``if_match``: only if the
+        connection is still at that version (412 else)."""
+        return await self._conditional(app_id, connection_id, if_match,
+                                       self._validate(app_id, connection_id, if_match))
+
+    async def _validate(self, app_id: str, connection_id: str, if_match: str | None) -> ConnectionRecord:
         app = require_app(app_id)
         record = await self.get(app.id, connection_id)
+        require_match(record, if_match)
         if record.status == STATUS_DELETING:
             raise being_deleted()
         if record.method == Method.OAUTH:

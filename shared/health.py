@@ -52,7 +52,7 @@ from shared.records import (
     HealthState,
 )
 from shared.rotation.pacing import paced_fan_out
-from shared.views import being_deleted
+from shared.views import being_deleted, require_match
 
 log = logging.getLogger(__name__)
 
@@ -239,8 +239,10 @@ class HealthChecker:
             rebased = rebased.evolve(next_check_at=earlier)
         return rebased
 
-    async def check_now(self, app_id: str, connection_id: str) -> ConnectionRecord:
+    async def check_now(self, app_id: str, connection_id: str, if_match: str | None = None) -> ConnectionRecord:
+        """Check the connection now (a request's): ``if_match``, only if it is still at that version (412 else)."""
         record = await self.connections.get(app_id, connection_id)
+        require_match(record, if_match)
         if record.status == STATUS_DELETING:  # nothing signs in with (or refreshes) what a DELETE is removing
             raise being_deleted()
         checked = await self.check(record)

@@ -11,13 +11,13 @@ from typing import Annotated, Any, TypeVar
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, ValidationError
 from pydantic.json_schema import SkipJsonSchema
 
-from shared.apps import Method
+from shared.apps import APPS, Method
 from shared.errors import FieldError, InvalidRequest
 from shared.fields import DESCRIPTION_MAX, GUID_RE, HHMM_PATTERN, NAME_RE, pointer_part
 from shared.fields import guid as _guid
 from shared.fields import name as _name
 from shared.fields import no_controls as _no_controls
-from shared.records import CONNECTION_STATUSES, HEALTH_STATUSES, ROTATION_STATUSES
+from shared.records import CONNECTION_STATUSES, HEALTH_STATUSES, ROTATION_STATUSES, TRIGGERS
 
 MAX_PEM_CHARS = 16_384
 M = TypeVar("M", bound=BaseModel)
@@ -250,6 +250,9 @@ Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 ConnectionStatus = Annotated[str, Field(json_schema_extra={"enum": list(CONNECTION_STATUSES)})]
 RotationStatus = Annotated[str, Field(json_schema_extra={"enum": list(ROTATION_STATUSES)})]
 HealthStatus = Annotated[str, Field(json_schema_extra={"enum": list(HEALTH_STATUSES)})]
+AppId = Annotated[str, Field(json_schema_extra={"enum": sorted(APPS)})]
+MethodName = Annotated[str, Field(json_schema_extra={"enum": [m.value for m in Method]})]
+RotationTrigger = Annotated[str, Field(json_schema_extra={"enum": list(TRIGGERS)})]
 
 
 class ConnectionCredentialsOut(_Out):
@@ -310,8 +313,8 @@ class ConnectionOut(_Out):
     id: str
     name: str
     description: str | None
-    app: str
-    method: str
+    app: AppId
+    method: MethodName
     credentials: ConnectionCredentialsOut
     createdAt: Timestamp
     updatedAt: Timestamp
@@ -367,7 +370,7 @@ class RotationEventOut(_Out):
     startedAt: Timestamp
     finishedAt: Timestamp | None
     outcome: str
-    trigger: str
+    trigger: RotationTrigger
     newKeyId: str | None
     revokedKeyId: str | None
     message: str | None
@@ -410,7 +413,7 @@ class FederatedOptionOut(_Out):
 
 
 class AppOptionOut(_Out):
-    app: str
+    app: AppId
     name: str
     methods: list[str]
     unavailableMethods: dict[str, str]
@@ -502,10 +505,10 @@ class HealthCountsOut(_Out):
 
 
 class AttentionOut(_Out):
-    app: str
+    app: AppId
     id: str
     name: str
-    method: str
+    method: MethodName
     credentialExpiresAt: Timestamp | None
     health: HealthOut
 

@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from shared.apps import APPS
-from shared.errors import PROBLEM_CONTENT_TYPE
+from shared.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE, ServiceError
 from shared.fields import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 from shared.models import (
     AuditLogOut,
@@ -72,18 +72,40 @@ _PROBLEM_TEXT = {
     403: "The token lacks the app role the route needs (`requiredRole`).",
     404: "No such app, connection or route.",
     405: "`…/options` and `…/health` answer `GET` only (`Allow`).",
-    409: "The name is taken, another change to the connection won the race (ETag), a rotation of it is in "
-         "progress (`rotation-in-progress`, with `rotationId` and `Retry-After`), or it is being deleted "
-         "(`connection-being-deleted`: only another `DELETE` ends that).",
-    412: "`If-Match` names another version of the connection than its current one (`version`, and its `ETag`).",
+    409: "The name is taken (`name-taken`), another change to the connection won the race (`concurrent-change`; "
+         "with `If-Match`, a race it loses is a 412), a rotation of it is in progress (`rotation-in-progress`, with "
+         "`rotationId`, `rotationStep` and `retryAfterSeconds`, null when the record has none, and `Retry-After`), "
+         "it is being deleted (`connection-being-deleted`: only another `DELETE` ends that), or credentials on the "
+         "application could not be removed (`credentials-not-removed`, with `keyIds`, and `Retry-After` when Graph "
+         "has not confirmed a removal yet: on `DELETE`, nothing is deleted, the connection stays marked deleting, "
+         "and `?force=true` deletes it anyway). The problem types: `x-problem-types` of the Problem schema.",
+    412: "`If-Match` names another version of the connection than its current one (`precondition-failed`: "
+         "`version`, and its `ETag`), when it was read or when another request's change overtook this one.",
     413: "The body is larger than 64 KiB.",
-    415: "The body is not `application/json`.",
+    415: "The body is not `application/json` (a `PATCH`'s may be `application/merge-patch+json`, never a JSON Patch: "
+         "`Accept-Patch` says so), or it has a `Content-Encoding` (`Accept-Encoding: identity`).",
     502: "An Azure service (Entra ID, Graph, Key Vault, Table Storage: the console session's store too) failed or "
          "could not be reached.",
     503: "The service is not configured for this (authentication included), the audit record of the action could "
          "not be written, so the action did not run, or an Azure service was still throttling when the retries ran "
          "out (`upstream-throttled`, with `Retry-After`).",
 }
+
+
+def problem_types() -> dict[str, dict[str, Any]]:
+    """Every problem type the service answers (a ``ServiceError`` subclass), by type URI: its status and title. A
+    client keys its handling on ``type`` (RFC 9457 3.1.1): here is the set it can meet."""
+    import shared.oauth_callback
+    import shared.oauth_tokens  # noqa: F401  (they define problem types of their own)
+
+    def below(cls: type[ServiceError]) -> list[type[ServiceError]]:
+        return [found for sub in cls.__subclasses__() for found in (sub, *below(sub))]
+
+    found: dict[str, dict[str, Any]] = {}
+    classes: list[type[ServiceError]] = [ServiceError, *below(ServiceError)]
+    for cls in classes:
+        found.setdefault(PROBLEM_TYPE_BASE + cls.slug, {"status": cls.status, "title": cls.title})
+    return dict(sorted(found.items()))
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -106,10 +128,14 @@ _PROBLEM_HEADERS = {
                                       required=False)},
     405: {"Allow": _header("The methods the path answers: `GET`.")},
     412: {"ETag": _header("The connection's current version, quoted.")},
+    415: {"Accept-Patch": _header("On a `PATCH`: the patch formats it takes (`application/json, "
+                                  "application/merge-patch+json`).", required=False),
+          "Accept-Encoding": _header("When the body had a `Content-Encoding`: `identity` (none).", required=False)},
     503: {"Retry-After": _header("With `upstream-throttled`: seconds to wait before trying again (the Azure "
                                  "service's own wait, when it said one).", required=False)},
 }
-RETRY_AFTER = {"Retry-After": _header("With `rotation-in-progress`: seconds to wait before trying again.",
+RETRY_AFTER = {"Retry-After": _header("With `rotation-in-progress`: seconds to wait before trying again (as its "
+                                      "`retryAfterSeconds`); with `credentials-not-removed`: when to ask again.",
                                       required=False)}
 
 
@@ -178,7 +204,8 @@ def _paths() -> dict[str, Any]:
                "headers": {"Location": {"description": "The new connection's path.", "required": True,
                                         "schema": {"type": "string"}}, **etag}}
     if_match = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
-                "description": "Only if the connection is still at this version (its `ETag`; `*`: any), else 412."}
+                "description": "Only if the connection is still at this version (its `ETag`; `*`: any), else 412 "
+                "(evaluated on the read the operation starts from, before it changes anything)."}
     authorize_query = [
         _query(name, f"See `AuthorizeIn.{name}`.", _present(schema))
         for name, schema in AuthorizeIn.model_json_schema()["properties"].items()
@@ -227,13 +254,14 @@ def _paths() -> dict[str, Any]:
         f"{item}/validate": {
             "parameters": [APP, CONNECTION_ID],
             "post": _operation("validate_app_connection", "Acquire a token now; records status and lastValidatedAt.",
-                               {"200": one, **_problems(400, 404, 409, 502, 503)}),
+                               {"200": one, **_problems(400, 404, 409, 412, 502, 503)}, parameters=[if_match]),
         },
         f"{item}/health": {
             "parameters": [APP, CONNECTION_ID],
             "post": _operation("check_app_connection_health",
                                "Check the connection's credential now (AppConnections.Writer): its health and expiry.",
-                               {"200": one, **_problems(400, 404, 409, 502)}, tag="health"),
+                               {"200": one, **_problems(400, 404, 409, 412, 502)}, parameters=[if_match],
+                               tag="health"),
         },
         f"{BASE}/health": {"get": _operation(
             "get_app_connections_health",
@@ -244,7 +272,8 @@ def _paths() -> dict[str, Any]:
             "post": _operation(
                 "rotate_app_connection", "Rotate the client secret or certificate now (or finish a half-done one).",
                 {"200": {**one, "description": "The rotation completed."}, "202": continues,
-                 **_problems(400, 404, 409, 502, 503, retry_after=True)}, tag="rotation"),
+                 **_problems(400, 404, 409, 412, 502, 503, retry_after=True)}, parameters=[if_match],
+                tag="rotation"),
         },
         f"{item}/migrate-to-federated": {
             "parameters": [APP, CONNECTION_ID],
@@ -254,10 +283,11 @@ def _paths() -> dict[str, Any]:
                 "credential), check a federated sign-in, switch the connection to the federated method, then remove "
                 "the credentials the service created (and the one given, with `revokeOriginal`) and the Key Vault "
                 "secret. Journaled: the same request finishes one that stopped half way (AppConnections.Rotator).",
-                {"200": one, "202": continues, **_problems(400, 404, 409, 413, 415, 502, 503, retry_after=True)},
+                {"200": one, "202": continues,
+                 **_problems(400, 404, 409, 412, 413, 415, 502, 503, retry_after=True)},
                 requestBody={"required": False,
                              "content": {"application/json": {"schema": _ref("MigrateToFederatedIn")}}},
-                tag="rotation"),
+                parameters=[if_match], tag="rotation"),
         },
         f"{item}/rotations": {
             "parameters": [APP, CONNECTION_ID],
@@ -333,6 +363,7 @@ def _schemas() -> dict[str, Any]:
         credentials = schemas[name]["properties"]["credentials"]
         credentials["description"] = ("ClientSecretCredentialsIn, CertificateCredentialsIn or "
                                      "FederatedCredentialsIn, by method.")
+    schemas["Problem"]["x-problem-types"] = problem_types()
     schemas["UpdateConnectionIn"]["properties"]["credentials"]["description"] += (
         " On a client-secret connection, ClientSecretKeyIdIn alone instead: the Key ID of the secret stored, which "
         "a rotation revokes (nothing secret is sent again; needs Writer, as any change of credentials).")

@@ -152,13 +152,23 @@ def etag_of(record: ConnectionRecord) -> str:
     return f'"{record.version}"'
 
 
-def require_match(record: ConnectionRecord, if_match: str | None) -> None:
+def matches(record: ConnectionRecord, if_match: str | None) -> bool:
     """RFC 9110's ``If-Match``: absent or ``*``, or a list of entity tags one of which is the connection's (strong
-    comparison: a weak tag never matches); else 412, with the current one."""
+    comparison: a weak tag never matches)."""
     if if_match is None or if_match.strip() == "*":
-        return
-    tags = [tag.strip() for tag in if_match.split(",")]
-    if etag_of(record) not in tags:
-        raise PreconditionFailed(
-            f"The connection is at version {record.version}, not the one If-Match names: read it again, then "
-            "decide.", extensions={"version": record.version}, headers={"ETag": etag_of(record)})
+        return True
+    return etag_of(record) in [tag.strip() for tag in if_match.split(",")]
+
+
+def precondition_failed(record: ConnectionRecord) -> PreconditionFailed:
+    """The 412 of an ``If-Match`` the connection does not match: its current version, and its ETag."""
+    return PreconditionFailed(
+        f"The connection is at version {record.version}, not the one If-Match names: read it again, then decide.",
+        extensions={"version": record.version}, headers={"ETag": etag_of(record)})
+
+
+def require_match(record: ConnectionRecord, if_match: str | None) -> None:
+    """``If-Match`` evaluated on the read an operation starts from (a PATCH, a DELETE, a rotate, a migration, a
+    validation, a health check): 412, with the current ETag, when it does not match."""
+    if not matches(record, if_match):
+        raise precondition_failed(record)

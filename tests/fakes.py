@@ -841,14 +841,19 @@ class FakeAudit:
 
     async def query(self, start: datetime, end: datetime, *, connection_id: str | None = None,
                     actor: str | None = None, action: str | None = None, limit: int = 100,
-                    continuation: str | None = None, apps: Collection[str] | None = None,
+                    continuation: str | None = None, apps: Collection[str] | None = None, search: str = "",
                     ) -> tuple[list[AuditRecord], str | None]:
+        from shared.store.tables import invalid_token
+
         found = [r for r in reversed(self.records) if start <= r.at <= end
                  and connection_id in (None, r.connection_id) and actor in (None, r.actor.id)
                  and action in (None, r.action) and (apps is None or r.app in apps)]
-        offset = int(continuation or 0)
+        given, _, offset_text = (continuation or f"{search}:0").rpartition(":")
+        if given != search or not offset_text.isdigit():  # as the store: a token of another search is a 400
+            raise invalid_token("The continuation token is not valid for this search; start again without it.")
+        offset = int(offset_text)
         page = found[offset:offset + limit]
-        return page, str(offset + limit) if offset + limit < len(found) else None
+        return page, f"{search}:{offset + limit}" if offset + limit < len(found) else None
 
     async def purge(self, before: datetime, limit: int = 10_000) -> int:
         """As the store: the records of the days before ``before``'s day, at most ``limit`` of them."""

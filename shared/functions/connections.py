@@ -167,4 +167,5 @@ async def delete_app_connection(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route=BASE + "/{app}/{connectionId}/validate", methods=["POST"], auth_level=OPEN)
 @endpoint("Writer", action="connection.validate")
 async def validate_app_connection(req: func.HttpRequest) -> func.HttpResponse:
-    return _one(await _service().validate(req.route_params["app"], req.route_params["connectionId"]))
+    return _one(await _service().validate(req.route_params["app"], req.route_params["connectionId"],
+                                          if_match=req.headers.get("if-match")))

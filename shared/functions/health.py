@@ -31,7 +31,8 @@ async def get_app_connections_health(req: func.HttpRequest) -> func.HttpResponse
 async def check_app_connection_health(req: func.HttpRequest) -> func.HttpResponse:
     from shared.wiring import health_checker
 
-    return _one(await health_checker().check_now(req.route_params["app"], req.route_params["connectionId"]))
+    return _one(await health_checker().check_now(req.route_params["app"], req.route_params["connectionId"],
+                                                   if_match=req.headers.get("if-match")))
 
 
 @bp.function_name("check_connection_health")

@@ -41,6 +41,9 @@ API_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
 HSTS = "max-age=31536000; includeSubDomains"
 _LOOPBACK_HOSTS = ("https://localhost", "https://127.", "https://[::1]")
 MAX_BODY_BYTES = 64 * 1024
+# The patch documents a PATCH takes (its 415 says so in ``Accept-Patch``): a JSON object, merged (RFC 7396).
+ACCEPT_PATCH = "application/json, application/merge-patch+json"
+NOT_A_BODY = frozenset({"application/json-patch+json"})  # +json, but an array of operations (RFC 6902): refused
 MAX_JSON_DEPTH = 32
 
 Handler = Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
@@ -123,11 +126,19 @@ def read_json(req: func.HttpRequest) -> Any:
     if len(body) > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"The body is larger than {MAX_BODY_BYTES // 1024} KiB.")
     content_type = (req.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
-    if content_type and not (content_type == "application/json" or content_type.endswith("+json")):
-        raise UnsupportedMediaType("Send the body as application/json.")
+    taken = content_type == "application/json" or content_type.endswith("+json")
+    if content_type and (not taken or content_type in NOT_A_BODY):
+        # A PATCH's 415 says the patch formats it takes (RFC 5789 2.2): a JSON Patch (an array of operations) is not
+        # one of them, though its type ends in +json.
+        headers = {"Accept-Patch": ACCEPT_PATCH} if req.method == "PATCH" else None
+        raise UnsupportedMediaType(
+            "Send the body as application/json or application/merge-patch+json: a JSON object of the fields to "
+            "change (a JSON Patch is not taken)." if headers else "Send the body as application/json.",
+            headers=headers)
     encoding = (req.headers.get("content-encoding") or "identity").strip().lower()
-    if encoding != "identity":  # a gzip body, say: not decoded here, so it is refused for what it is
-        raise UnsupportedMediaType("Send the body without a Content-Encoding (no gzip or other compression).")
+    if encoding != "identity":  # a gzip body, say: not decoded here, so it is refused for what it is (RFC 7694)
+        raise UnsupportedMediaType("Send the body without a Content-Encoding (no gzip or other compression).",
+                                   headers={"Accept-Encoding": "identity"})
     if not body.strip():
         raise InvalidRequest("The body is empty; send a JSON object.")
     try:

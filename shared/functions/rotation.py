@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 @bp.route(route=BASE + "/{app}/{connectionId}/rotate", methods=["POST"], auth_level=OPEN)
 @endpoint("Rotator", action="connection.rotate")
 async def rotate_app_connection(req: func.HttpRequest) -> func.HttpResponse:
-    return await _rotating(_service().rotate(req.route_params["app"], req.route_params["connectionId"]))
+    return await _rotating(_service().rotate(req.route_params["app"], req.route_params["connectionId"],
+                                             if_match=req.headers.get("if-match")))
 
 
 @bp.function_name("migrate_app_connection_to_federated")
@@ -28,7 +29,7 @@ async def rotate_app_connection(req: func.HttpRequest) -> func.HttpResponse:
 async def migrate_app_connection_to_federated(req: func.HttpRequest) -> func.HttpResponse:
     body = read_json(req) if (req.get_body() or b"").strip() else {}
     return await _rotating(_service().migrate_to_federated(req.route_params["app"], req.route_params["connectionId"],
-                                                           body))
+                                                           body, if_match=req.headers.get("if-match")))
 
 
 @bp.function_name("list_app_connection_rotations")

@@ -124,7 +124,8 @@ class Migrator(Journaled):
         if state.leased(self.now()) and state.lease_owner != self.owner:
             raise RotationInProgress("A migration of this connection to the federated method is running; try again "
                                      "when it has ended.", headers={"Retry-After": "30"},
-                                     extensions={"rotationId": state.rotation_id, "rotationStep": state.step})
+                                     extensions={"rotationId": state.rotation_id, "rotationStep": state.step,
+                                                 "retryAfterSeconds": 30})
         interrupted = interrupted_attempt(state)
         # A test is redone before the switch, as a rotation's is: the credential it tested may be gone since.
         resumed = state.evolve(attempt=state.attempt + 1, step=ADDED if state.step == TESTED else state.step)

@@ -81,19 +81,20 @@ def from_entity(entity: Any) -> AuditRecord:
     )
 
 
-def _encode(day: str, after: str) -> str:
-    return base64.urlsafe_b64encode(json.dumps([day, after]).encode()).decode().rstrip("=")
+def _encode(day: str, after: str, search: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([day, after, search]).encode()).decode().rstrip("=")
 
 
-def _decode(token: str, start: datetime, end: datetime) -> tuple[str, str]:
-    """A token's day and last RowKey: a day of the search's window (``start`` to ``end``), as the search that
-    gave the token had it. Another day (a token forged, or from a search of other times) would have the search
-    read day after day outside the window: a 400."""
+def _decode(token: str, start: datetime, end: datetime, search: str) -> tuple[str, str]:
+    """A token's day and last RowKey: of the search that gave it (``search``, the digest of its filters: a token of
+    another search would have this one skip its records newer than the other's cursor), and a day of the search's
+    window (``start`` to ``end``). Another day (a token forged, or from a search of other times) would have the
+    search read day after day outside the window. Either: a 400."""
     from shared.store.tables import invalid_token, token_json, token_text  # a search's (the appends stay lean)
 
     try:
-        day, after = token_json(token)
-        if (isinstance(day, str) and token_text(after) and len(day) == 8 and day.isdigit()
+        day, after, given = token_json(token)
+        if (isinstance(day, str) and token_text(after) and given == search and len(day) == 8 and day.isdigit()
                 and day_of(start) <= day <= day_of(end)):
             datetime.strptime(day, "%Y%m%d")  # a real date (not 20261399)
             return day, after
@@ -122,17 +123,18 @@ class AuditTable:
 
     async def query(self, start: datetime, end: datetime, *, connection_id: str | None = None,
                     actor: str | None = None, action: str | None = None, limit: int = 100,
-                    continuation: str | None = None, apps: Collection[str] | None = None,
+                    continuation: str | None = None, apps: Collection[str] | None = None, search: str = "",
                     ) -> tuple[list[AuditRecord], str | None]:
         """Records with ``start <= at <= end``, newest first, at most ``limit``; a token for the rest, only when
         there is more (one record past ``limit`` is read to know: a page is never followed by an empty one). ``apps``:
-        only the records of those apps (None: every record, those of no app too)."""
+        only the records of those apps (None: every record, those of no app too). ``search``: what names the search
+        (the digest of its filters, ``shared.audit.search_key``): its tokens carry it, and only its own are taken."""
         from shared.store.table_reads import UNREADABLE, Entity, TableReads
 
         if apps is not None and not apps:
             return [], None
         reads = TableReads(self._clients)
-        newest_day, after = _decode(continuation, start, end) if continuation else (day_of(end), None)
+        newest_day, after = _decode(continuation, start, end, search) if continuation else (day_of(end), None)
         filters = "".join(
             f" and {column} eq '{_quote(value)}'"
             for column, value in (("ConnectionId", connection_id), ("ActorId", actor), ("Action", action)) if value)
@@ -180,7 +182,7 @@ class AuditTable:
                         if not start <= record.at <= end:  # the RowKey bounds are to the millisecond, and wider
                             continue
                         if len(found) == limit:  # one more is there: the page ends at the last one kept
-                            return found, _encode(*last)
+                            return found, _encode(*last, search)
                         found.append(record)
                         last = (key, str(entity["RowKey"]))
                     if page_token is None:

@@ -132,6 +132,31 @@ async def test_filters_and_pages(clients: AzureClients) -> None:
         await store.query(base, base, continuation="not-a-token")
 
 
+async def test_a_continuation_token_is_taken_by_the_search_that_handed_it_out_only(clients: AzureClients) -> None:
+    """A token names its search (``search``: the digest of its filters, :func:`shared.audit.search_key`). Handed to
+    a search of another connection it would have that one skip its records newer than the first one's cursor: a
+    400 on ``/continuationToken``, as the connection list answers a token of another app's list."""
+    from shared.audit import search_key
+
+    store = AuditTable(clients)
+    base = DAY + timedelta(days=6000 + uuid.uuid4().int % 500)
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    for n in range(3):
+        await store.append(_record(base + timedelta(seconds=n), connection=first))
+        await store.append(_record(base + timedelta(seconds=10 + n), connection=second))  # all newer
+    window = (base - timedelta(hours=1), base + timedelta(hours=1))
+    mine = search_key(*window, first, None, None, None)
+    page, token = await store.query(*window, connection_id=first, limit=1, search=mine)
+    assert len(page) == 1 and token
+    theirs = search_key(*window, second, None, None, None)
+    assert theirs != mine
+    with pytest.raises(InvalidRequest) as refused:
+        await store.query(*window, connection_id=second, continuation=token, search=theirs)
+    assert [e.pointer for e in refused.value.errors] == ["/continuationToken"]
+    rest, _ = await store.query(*window, connection_id=first, continuation=token, search=mine)
+    assert len(rest) == 2
+
+
 @pytest.mark.parametrize("day", ["89991231", "21251231", "00000000", "20261399"])
 async def test_a_continuation_token_for_a_day_outside_the_search_is_refused_before_anything_is_read(
         clients: AzureClients, day: str) -> None:
@@ -140,7 +165,7 @@ async def test_a_continuation_token_for_a_day_outside_the_search_is_refused_befo
     import base64
     import json
 
-    token = base64.urlsafe_b64encode(json.dumps([day, ""]).encode()).decode().rstrip("=")
+    token = base64.urlsafe_b64encode(json.dumps([day, "", ""]).encode()).decode().rstrip("=")  # of this search
     end = datetime(2026, 12, 1, tzinfo=UTC)
     with pytest.raises(InvalidRequest, match="not valid for this search"):
         await asyncio.wait_for(AuditTable(clients).query(end - timedelta(days=30), end, continuation=token), 10)

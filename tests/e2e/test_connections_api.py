@@ -488,3 +488,69 @@ async def test_a_connection_left_being_deleted_answers_so_and_says_no_retry(api,
         assert problem["type"] == "urn:app-connections:problem:connection-being-deleted", (method, suffix)
         assert problem["connectionStatus"] == "deleting" and "retry-after" not in response.headers
     assert api.delete(f"{BASE}/azure-key-vault/{cid}").status_code == 200
+
+
+def test_if_match_on_a_rotation_is_evaluated_before_it_runs(api, admin, secrets_used):
+    """RFC 9110 13.1.1: a server that receives If-Match evaluates it before performing the method. A rotate (and a
+    migrate, a validate, a health check) with an If-Match naming a version the connection does not have answers 412
+    with the current ETag: nothing is rotated (no history entry, no secret revoked); with the current ETag it runs."""
+    from tests.e2e.entra import register_rotatable_app
+
+    entra = register_rotatable_app(admin, secrets_used)
+    created = create(api, "azure-key-vault", "client-secret", entra.client_secret_body(), isAutoRotationEnabled=True,
+                     rotation={"rotationInterval": 30, "rotateAtUtc": {"hours": 3, "minutes": 0}})
+    assert created.status_code == 201, created.text
+    item = f"{BASE}/azure-key-vault/{created.json()['appConnection']['id']}"
+    current = api.get(item)
+    before = api.get(f"{item}/rotations").json()["rotations"]
+    for action in ("rotate", "migrate-to-federated", "validate", "health"):
+        refused = api.post(f"{item}/{action}", headers={"If-Match": '"999"'})
+        problem = assert_problem(refused, 412)
+        assert problem["type"].endswith(":precondition-failed") and refused.headers["etag"] == current.headers["etag"]
+        assert problem["version"] == current.json()["appConnection"]["version"]
+    assert api.get(f"{item}/rotations").json()["rotations"] == before
+    assert api.get(item).json() == current.json()
+    rotated = api.post(f"{item}/rotate", headers={"If-Match": current.headers["etag"]})
+    assert rotated.status_code == 200, rotated.text
+
+
+def test_an_audit_continuation_token_is_taken_by_its_own_search_only(api, admin, secrets_used):
+    """The document: continuationToken is 'the continuationToken of the previous page of the same list (any other:
+    400)'. A token names its search (its filters): handed to a search for another connection it is a 400, not a
+    cursor that silently skips that connection's records newer than the first search's page."""
+    first = create(api, "azure-key-vault", "client-secret", register_app(admin, secrets_used).client_secret_body())
+    second = create(api, "azure-key-vault", "client-secret", register_app(admin, secrets_used).client_secret_body())
+    ids = [r.json()["appConnection"]["id"] for r in (first, second)]
+    for cid in ids:
+        assert api.post(f"{BASE}/azure-key-vault/{cid}/validate").status_code == 200
+    page = api.get("/api/v1/audit-logs", params={"connectionId": ids[0], "limit": 1})
+    token = page.json()["continuationToken"]
+    assert token
+    crossed = api.get("/api/v1/audit-logs", params={"connectionId": ids[1], "continuationToken": token})
+    assert_problem(crossed, 400, "/continuationToken")
+    assert_problem(api.get("/api/v1/audit-logs", params={"connectionId": ids[0], "continuationToken": token,
+                                                        "action": "connection.validate"}), 400, "/continuationToken")
+    following = api.get("/api/v1/audit-logs", params={"connectionId": ids[0], "limit": 1, "continuationToken": token})
+    assert following.status_code == 200 and following.json()["auditLogs"], following.text  # its own search: the rest
+    assert following.json()["auditLogs"][0]["id"] != page.json()["auditLogs"][0]["id"]
+
+
+def test_a_json_patch_or_a_compressed_body_is_refused_with_what_is_taken(api, admin, secrets_used):
+    """RFC 5789 2.2: a patch document of a format the resource does not take is a 415 with Accept-Patch (a JSON
+    Patch's type ends in +json, but it is an array of operations); RFC 7694: a body with a content coding is a 415
+    with Accept-Encoding. Nothing changes."""
+    import gzip
+
+    created = create(api, "azure-key-vault", "client-secret", register_app(admin, secrets_used).client_secret_body())
+    item = f"{BASE}/azure-key-vault/{created.json()['appConnection']['id']}"
+    patched = api.patch(item, content=b'[{"op": "replace", "path": "/description", "value": "x"}]',
+                        headers={"Content-Type": "application/json-patch+json"})
+    assert_problem(patched, 415)
+    assert patched.headers["accept-patch"] == "application/json, application/merge-patch+json"
+    compressed = api.patch(item, content=gzip.compress(b'{"description": "x"}'),
+                           headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert_problem(compressed, 415)
+    assert compressed.headers["accept-encoding"] == "identity"
+    merged = api.patch(item, json={"description": "x"}, headers={"Content-Type": "application/merge-patch+json"})
+    assert merged.status_code == 200 and merged.json()["appConnection"]["description"] == "x", merged.text
+    assert api.get(item).json()["appConnection"]["version"] == created.json()["appConnection"]["version"] + 1

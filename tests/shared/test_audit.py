@@ -410,3 +410,34 @@ async def test_a_long_history_purge_logs_its_progress_and_stops_at_its_budget_an
     fakes.clock.advance(timedelta(days=1))
     assert await log.purge_expired_history(fakes.history, 365) == 3000
     assert [e.started_at for e in fakes.history.rows.values()] == [fakes.clock.now - timedelta(days=1)]
+
+
+async def test_a_search_s_continuation_token_is_taken_by_that_search_only_while_the_clock_moves() -> None:
+    """A token names its search: the filters as asked (``from`` and ``to`` as given, not their defaults, which move
+    with the clock between two pages, and the apps searched). Handed to a search with other filters it is a 400 on
+    ``/continuationToken``; the same search a minute later takes it."""
+    from datetime import timedelta
+
+    from shared.audit import RequestContext, acting
+    from shared.errors import InvalidRequest
+    from shared.records import Actor
+    from tests.fakes import build_fakes
+
+    fakes = build_fakes()
+    audit_log = AuditLog(fakes.audit, fakes.clock)
+    with acting(RequestContext(Actor("u-1", "ada@contoso.example", "user", "AppConnections.Writer"))):
+        for connection in ("c-1", "c-1", "c-1", "c-2"):
+            await audit_log.record("connection.update", "started", app="azure-key-vault", connection_id=connection)
+            fakes.world.clock.advance(timedelta(seconds=1))
+    page, token = await audit_log.search(None, None, connection_id="c-1", limit=1)
+    assert len(page) == 1 and token
+    for other in ({"connection_id": "c-2"}, {"connection_id": "c-1", "action": "connection.update"},
+                  {"connection_id": "c-1", "apps": ["azure-key-vault"]}):
+        with pytest.raises(InvalidRequest) as refused:
+            await audit_log.search(None, None, continuation=token, **other)  # type: ignore[arg-type]
+        assert [e.pointer for e in refused.value.errors] == ["/continuationToken"], other
+    with pytest.raises(InvalidRequest):
+        await audit_log.search(fakes.clock() - timedelta(days=1), None, connection_id="c-1", continuation=token)
+    fakes.world.clock.advance(timedelta(minutes=1))
+    rest, _ = await audit_log.search(None, None, connection_id="c-1", continuation=token)
+    assert len(rest) == 2

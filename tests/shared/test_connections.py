@@ -706,6 +706,104 @@ async def test_a_change_made_conditional_with_if_match_is_made_only_at_that_vers
     assert await h.record(record.id) is None
 
 
+async def test_if_match_is_evaluated_by_every_operation_on_a_connection_before_it_changes_anything() -> None:
+    """RFC 9110 13.1.1: ``If-Match`` is evaluated before the method is performed: a validation, a rotation, a
+    migration (whose ``revokeOriginal`` removes a credential from the application) and a health check sent with
+    one the connection does not match answer 412 with its current ETag and version, and change nothing."""
+    from shared.errors import PreconditionFailed
+    from shared.health import HealthChecker
+    from shared.views import etag_of
+
+    h = Harness()
+    record = await h.create()
+    services = h.services()
+    checker = HealthChecker(services.adapters, services.connections)
+    app = h.fakes.world.apps[record.client_id or ""]
+    passwords = dict(app.passwords)
+    history = list(h.fakes.history.of(record.id))  # the rotation the create ran
+    operations = {
+        "validate": lambda tag: h.api.validate(APP, record.id, if_match=tag),
+        "rotate": lambda tag: h.api.rotate(APP, record.id, if_match=tag),
+        "migrate": lambda tag: h.api.migrate_to_federated(APP, record.id, {"revokeOriginal": True}, if_match=tag),
+        "health": lambda tag: checker.check_now(APP, record.id, if_match=tag),
+    }
+    for name, operation in operations.items():
+        with pytest.raises(PreconditionFailed) as refused:
+            await operation('"999"')
+        assert refused.value.headers == {"ETag": etag_of(record)}, name
+        assert refused.value.to_problem()["version"] == record.version, name
+        assert await h.record(record.id) == record, name  # nothing recorded, nothing rotated or migrated
+        assert dict(app.passwords) == passwords, name  # nothing added to or revoked from the application
+    assert list(h.fakes.history.of(record.id)) == history
+    rotated = await h.api.rotate(APP, record.id, if_match=f'"0", {etag_of(record)}')  # one of a list matches
+    assert rotated.rotation.status == "succeeded" and rotated.secret_version != record.secret_version
+    assert (await h.api.validate(APP, record.id, if_match="*")).status == "active"
+    assert h.check() == []
+
+
+@pytest.mark.parametrize("if_match", [True, False], ids=["if-match", "unconditional"])
+async def test_a_conditional_change_overtaken_by_another_caller_s_change_answers_412(monkeypatch: Any,
+                                                                                     if_match: bool) -> None:
+    """The If-Match of a PATCH (or a DELETE) held at its read, and another caller's PATCH landed before its
+    ETag-guarded write: the precondition is false now, so the answer is 412 with the current ETag (what the read's
+    check answers), the status a client that sent If-Match handles (re-read, then decide). Sent without If-Match,
+    the lost race stays a 409 ``concurrent-change``."""
+    from shared.errors import PreconditionFailed
+    from shared.views import etag_of
+    from tests import fakes
+
+    h = Harness()
+    record = await h.create(rotation=False)
+    tag = etag_of(record) if if_match else None
+    expected = PreconditionFailed if if_match else ConcurrentChange
+    for attempt, operation in enumerate((
+            lambda: h.api.update(APP, record.id, {"description": "mine"}, if_match=tag),
+            lambda: h.api.delete(APP, record.id, if_match=tag))):
+
+        async def other_caller(n: int = attempt) -> None:
+            h.fakes.world.clock.advance(timedelta(seconds=1))
+            await h.api.update(APP, record.id, {"description": f"the other caller's {n}"})
+
+        monkeypatch.undo()
+        race = overtaken_at(monkeypatch, fakes.FakeConnections, "update", 1, other_caller)
+        with pytest.raises(expected) as refused:
+            await operation()
+        assert race.ran and not race
+        current = await h.record(record.id)
+        assert current is not None and current.description == f"the other caller's {attempt}"
+        assert current.status == "active"  # the DELETE did not mark it
+        if if_match:
+            assert refused.value.headers == {"ETag": etag_of(current)}
+            assert refused.value.to_problem()["version"] == current.version
+        tag = etag_of(current) if if_match else None
+    assert h.check() == []
+
+
+async def test_a_rotation_in_progress_409_of_a_clean_up_held_elsewhere_carries_what_the_document_promises() -> None:
+    """The 409 ``rotation-in-progress`` a rotation meets when another worker holds the clean-up of the application
+    the connection left carries, as every other: ``rotationId`` and ``rotationStep`` (the record's, null when no
+    rotation has begun) and ``retryAfterSeconds``, the ``Retry-After`` header's seconds."""
+    from shared.errors import LeaseLost
+
+    h = Harness()
+    record = await h.create()
+    pending = record.evolve(rotation=record.rotation.evolve(retire_version="v0", retire_client_id=record.client_id,
+                                                            retire_tenant_id=record.tenant_id))
+    await h.fakes.connections.update(pending)
+    api = h.api
+
+    async def taken_over(_record: ConnectionRecord) -> ConnectionRecord:
+        raise LeaseLost("Another worker took the rotation over.")
+
+    api.rotator.retire_leased = taken_over
+    with pytest.raises(RotationInProgress) as refused:
+        await api.rotate(APP, record.id)
+    problem = refused.value.to_problem()
+    assert refused.value.headers == {"Retry-After": "5"}
+    assert {key: problem[key] for key in ("rotationId", "rotationStep", "retryAfterSeconds")} == {
+        "rotationId": record.rotation.rotation_id, "rotationStep": record.rotation.step, "retryAfterSeconds": 5}
+
+
 async def test_a_worker_held_up_in_the_clean_up_before_its_rotation_goes_no_further_once_another_took_over() -> None:
     from shared.errors import LeaseLost
     from shared.rotation.protocol import Rotator

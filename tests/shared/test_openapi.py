@@ -307,3 +307,66 @@ def test_the_route_serves_the_document_without_importing_pydantic_or_the_models(
     assert served["headers"]["Cache-Control"] == "no-store"
     assert json.loads(served["body"]) == openapi_document()
     assert served["same"]
+
+
+def test_every_operation_on_one_connection_that_changes_it_takes_if_match_and_documents_its_412():
+    """RFC 9110 13.1.1: a PATCH, a DELETE, a validation, a health check, a rotation and a migration evaluate
+    ``If-Match`` (412 with the current ETag); the reads do not take it."""
+    item = "/api/v1/app-connections/{app}/{connectionId}"
+    operations = _operations()
+    conditional = {("patch", item), ("delete", item), ("post", item + "/validate"), ("post", item + "/health"),
+                   ("post", item + "/rotate"), ("post", item + "/migrate-to-federated")}
+    for key, operation in operations.items():
+        takes = any(p.get("name") == "If-Match" and p["in"] == "header" for p in operation.get("parameters", []))
+        assert takes is (key in conditional), key
+        assert ("412" in operation["responses"]) is (key in conditional), key
+
+
+def test_every_problem_type_the_service_answers_is_named_in_the_document_with_its_status():
+    """RFC 9457 3.1.1: a client keys its handling on ``type``, so the document names every one (a ``ServiceError``
+    subclass of any module of the service), with its status and title, in ``x-problem-types`` of the Problem
+    schema; the 409 says what ``credentials-not-removed`` carries and how a DELETE ends it anyway."""
+    import importlib
+    import pkgutil
+
+    import shared
+    from shared.errors import PROBLEM_TYPE_BASE, ServiceError
+
+    for module in pkgutil.walk_packages(shared.__path__, "shared."):
+        importlib.import_module(module.name)
+
+    def below(cls: type[ServiceError]) -> list[type[ServiceError]]:
+        return [found for sub in cls.__subclasses__() for found in (sub, *below(sub))]
+
+    document = openapi_document()
+    catalogue = document["components"]["schemas"]["Problem"]["x-problem-types"]
+    for cls in (ServiceError, *below(ServiceError)):
+        named = catalogue.get(PROBLEM_TYPE_BASE + cls.slug)
+        assert named is not None, cls
+        assert named["status"] == cls.status or cls.slug == cls.__mro__[1].slug, cls  # (a subclass of its own type)
+    delete_409 = document["paths"]["/api/v1/app-connections/{app}/{connectionId}"]["delete"]["responses"]["409"]
+    for said in ("credentials-not-removed", "keyIds", "Retry-After", "?force=true", "rotation-in-progress",
+                 "retryAfterSeconds"):
+        assert said in delete_409["description"], said
+
+
+def test_the_closed_sets_of_the_answers_are_enumerated_without_changing_the_answers():
+    """A generated client gets an enum for a connection's ``method`` and ``app`` (as for the create's method and the
+    path's app), and a rotation entry's ``trigger``; the schemas only say so (the read path builds its answers
+    without pydantic, and they validate against the models as before)."""
+    from shared.apps import APPS, Method
+    from shared.records import TRIGGERS
+
+    schemas = openapi_document()["components"]["schemas"]
+    for model in ("ConnectionOut", "AttentionOut"):
+        assert schemas[model]["properties"]["method"]["enum"] == [m.value for m in Method], model
+        assert schemas[model]["properties"]["app"]["enum"] == sorted(APPS), model
+    assert schemas["AppOptionOut"]["properties"]["app"]["enum"] == sorted(APPS)
+    assert schemas["RotationEventOut"]["properties"]["trigger"]["enum"] == list(TRIGGERS)
+    ConnectionOut.model_validate(to_response(_record()))
+
+
+def test_the_415s_say_which_patch_formats_and_codings_are_taken():
+    patch = _operations()[("patch", "/api/v1/app-connections/{app}/{connectionId}")]["responses"]["415"]
+    assert set(patch["headers"]) == {"Accept-Patch", "Accept-Encoding"}
+    assert "JSON Patch" in patch["description"]

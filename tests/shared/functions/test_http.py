@@ -207,8 +207,9 @@ async def test_every_api_answer_is_never_cached_sniffed_run_or_framed():
 def test_a_compressed_body_is_refused_as_unsupported_not_as_bad_utf8(encoding):
     req = func.HttpRequest(method="POST", url="http://localhost/api/v1/x", params={}, body=b"\x1f\x8b\x08\x00",
                            headers={"content-type": "application/json", "content-encoding": encoding})
-    with pytest.raises(UnsupportedMediaType, match="Content-Encoding"):
+    with pytest.raises(UnsupportedMediaType, match="Content-Encoding") as refused:
         read_json(req)
+    assert refused.value.headers == {"Accept-Encoding": "identity"}  # RFC 7694: which codings are taken (none)
     plain = func.HttpRequest(method="POST", url="http://localhost/api/v1/x", params={}, body=b'{"a": 1}',
                              headers={"content-type": "application/json", "content-encoding": "identity"})
     assert read_json(plain) == {"a": 1}
@@ -635,3 +636,27 @@ async def test_a_handler_that_raises_leaves_a_server_span_saying_500(exporter) -
         await handler(func.HttpRequest(method="GET", url="https://x.example/a", headers={}, params={}, body=b""))
     [span] = [s for s in exporter.get_finished_spans() if s.kind.name == "SERVER"]
     assert span.attributes["http.response.status_code"] == 500 and span.status.status_code.name == "ERROR"
+
+
+@pytest.mark.parametrize("method", ["PATCH", "POST"])
+def test_a_json_patch_document_is_refused_as_an_unsupported_media_type(method):
+    """RFC 5789 2.2: its type ends in +json, but a JSON Patch (RFC 6902: an array of operations) is not a body any
+    route takes: 415, not the 400 of a body that is no object. A PATCH's says which patch formats it takes."""
+    req = func.HttpRequest(method=method, url="http://localhost/api/v1/x", params={},
+                           body=b'[{"op": "replace", "path": "/description", "value": "x"}]',
+                           headers={"content-type": "application/json-patch+json"})
+    with pytest.raises(UnsupportedMediaType) as refused:
+        read_json(req)
+    accept_patch = {"Accept-Patch": "application/json, application/merge-patch+json"}
+    assert refused.value.headers == (accept_patch if method == "PATCH" else {})
+
+
+def test_a_patch_of_another_type_says_which_patch_formats_it_takes():
+    req = func.HttpRequest(method="PATCH", url="http://localhost/api/v1/x", params={}, body=b"{}",
+                           headers={"content-type": "text/plain"})
+    with pytest.raises(UnsupportedMediaType, match="merge-patch") as refused:
+        read_json(req)
+    assert refused.value.headers["Accept-Patch"] == "application/json, application/merge-patch+json"
+    merge = func.HttpRequest(method="PATCH", url="http://localhost/api/v1/x", params={}, body=b"{}",
+                             headers={"content-type": "application/merge-patch+json"})
+    assert read_json(merge) == {}

@@ -98,21 +98,24 @@ START, END = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 30, tzinfo=UT
 
 
 def test_an_audit_search_s_token_reads_back_within_its_window() -> None:
-    assert _decode(_encode("20261115", "20261115T000000|x"), START, END) == ("20261115", "20261115T000000|x")
+    token = _encode("20261115", "20261115T000000|x", "s1")
+    assert _decode(token, START, END, "s1") == ("20261115", "20261115T000000|x")
 
 
 @pytest.mark.parametrize("raw", [
     base64.urlsafe_b64encode(b"[" * 1100).decode(),
-    _token(["20261115", "\ud800"]),
-    _token(["20261115", "a\u0001"]),
-    _token(["20261231", "x"]),  # a day outside the search's window
-    _token(["20261399", "x"]),
+    _token(["20261115", "\ud800", "s1"]),
+    _token(["20261115", "a\u0001", "s1"]),
+    _token(["20261231", "x", "s1"]),  # a day outside the search's window
+    _token(["20261399", "x", "s1"]),
+    _token(["20261115", "x"]),  # without its search (as tokens were before they named it)
+    _token(["20261115", "x", "s2"]),  # of another search (other filters): it would skip this one's records
     _token(["20261115"]),
     "x" * (MAX_TOKEN + 1),
-], ids=["nested", "surrogate", "control", "outside", "no-date", "short", "too-long"])
+], ids=["nested", "surrogate", "control", "outside", "no-date", "no-search", "another-search", "short", "too-long"])
 def test_an_audit_search_s_forged_token_is_a_400(raw: str) -> None:
     with pytest.raises(InvalidRequest) as refused:
-        _decode(raw, START, END)
+        _decode(raw, START, END, "s1")
     assert refused.value.errors == (ON_THE_TOKEN,)
 
 
