@@ -53,6 +53,7 @@ DELEGATED_SCOPE = "user_impersonation"  # the API's one delegated permission (in
 INSUFFICIENT_SCOPE = f'Bearer error="insufficient_scope", scope="{DELEGATED_SCOPE}"'
 REFETCH_INTERVAL_SECONDS = 60.0
 KEYS_MAX_AGE_SECONDS = 24 * 3600.0  # the key set is read again after a day, so a key Entra withdrew stops working
+KEYS_HARD_MAX_AGE_SECONDS = KEYS_MAX_AGE_SECONDS + 3600.0  # till then read behind the requests; past it, waited for
 FETCH_BACKOFF_SECONDS = 10.0  # after a failed read of the documents, none is tried again for this long
 THROTTLED_HOLD_MAX_SECONDS = 300.0  # ... or for Entra's Retry-After when it throttled the read, up to this long
 MAX_TOKEN_CHARS = jws.MAX_TOKEN_CHARS
@@ -138,12 +139,16 @@ FetchJson = Callable[[str], Awaitable[Any]]
 class SigningKeys:
     """The signing keys of the tenant's OIDC discovery document, cached; fetched again for an unknown ``kid``,
     at most once every ``REFETCH_INTERVAL_SECONDS``, and once they are ``KEYS_MAX_AGE_SECONDS`` old (a key Entra
-    withdrew in an emergency rollover is no longer trusted). A read that fails keeps the keys there are, and no
-    other read is tried for ``FETCH_BACKOFF_SECONDS``: an outage of the authority is not met with a read per
-    request; after a read Entra still throttled (``UpstreamThrottled``: 429 or 503 when the retries ran out), none
-    is tried before Entra's wait is over either (``THROTTLED_HOLD_MAX_SECONDS`` at most). Without keys, every token
-    check until the next read is then a ``503`` whose ``Retry-After`` is what is left of that wait; after any other
-    failure a ``502``."""
+    withdrew in an emergency rollover is no longer trusted once that read lands). That daily read runs behind the
+    requests: the request that finds the keys due starts it in a task and goes on with the keys there are, as do
+    the requests that come while it runs; only keys past ``KEYS_HARD_MAX_AGE_SECONDS`` (or none, or an unknown
+    ``kid``) are waited for. Requests waiting on a read do not read again once it completed (whatever it took, and
+    whether it failed), so concurrent requests at a cold start read once. A read that fails keeps the keys there
+    are, and no other read is tried for ``FETCH_BACKOFF_SECONDS``: an outage of the authority is not met with a
+    read per request; after a read Entra still throttled (``UpstreamThrottled``: 429 or 503 when the retries ran
+    out), none is tried before Entra's wait is over either (``THROTTLED_HOLD_MAX_SECONDS`` at most). Without keys,
+    every token check until the next read is then a ``503`` whose ``Retry-After`` is what is left of that wait;
+    after any other failure a ``502``."""
 
     def __init__(self, settings: Settings, fetch_json: FetchJson,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
@@ -156,6 +161,8 @@ class SigningKeys:
         self._failed_at: float | None = None
         self._throttled_until: float | None = None  # when Entra's wait of the last (throttled) read ends
         self._lock = asyncio.Lock()
+        self._reads = 0  # reads completed (or failed): a request that waited on one does not read again
+        self._behind: asyncio.Task[None] | None = None  # the daily read running behind the requests, held here
 
     @property
     def discovery_url(self) -> str:
@@ -169,17 +176,38 @@ class SigningKeys:
 
     async def key(self, kid: str) -> RSAPublicKey | None:
         fetched = self._fetched_at
-        if kid not in self._keys or (fetched is not None and self._monotonic() - fetched >= KEYS_MAX_AGE_SECONDS):
+        if fetched is None or kid not in self._keys:
             await self._refresh(force=fetched is None)
+        elif (age := self._monotonic() - fetched) >= KEYS_HARD_MAX_AGE_SECONDS:
+            await self._refresh(force=False)
+        elif age >= KEYS_MAX_AGE_SECONDS:
+            self._read_behind()
         return self._keys.get(kid)
 
+    async def settled(self) -> None:
+        """Wait for the read running behind the requests, if one is (it never raises)."""
+        if self._behind is not None:
+            await asyncio.wait([self._behind])
+
+    def _read_behind(self) -> None:
+        """Start the daily read in a task, unless a read is running or the last one failed under its back-off. The
+        task is held on the object (the loop keeps only a weak reference), and what it raised is retrieved and
+        logged (``_refresh`` keeps the keys read before on a failed read, so nothing is expected)."""
+        if self._lock.locked() or (self._behind is not None and not self._behind.done()):
+            return
+        if self._failed_at is not None and self._monotonic() < self._next_read_after(self._failed_at):
+            return
+        self._behind = asyncio.get_running_loop().create_task(self._refresh(force=False))
+        self._behind.add_done_callback(_logged)
+
     async def _refresh(self, force: bool) -> None:
+        reads = self._reads
         async with self._lock:
+            if self._reads != reads and self._fetched_at is not None:
+                return  # a read completed while this request waited: its keys (or, failed, the ones kept)
             now = self._monotonic()
             if not force and self._fetched_at is not None and now - self._fetched_at < REFETCH_INTERVAL_SECONDS:
                 return
-            if force and self._fetched_at is not None and now - self._fetched_at < 1.0:
-                return  # fetched just now by a concurrent request
             if self._failed_at is not None and now < (resume := self._next_read_after(self._failed_at)):
                 if self._issuer is None:
                     if self._throttled_until is not None:
@@ -194,6 +222,7 @@ class SigningKeys:
                     issuer, jwks = await self._documents()
                 keys = await asyncio.to_thread(_usable_keys, jwks, self._keys)
             except Exception as error:
+                self._reads += 1
                 self._failed_at = now
                 self._throttled_until = now + error.retry_after if isinstance(error, UpstreamThrottled) else None
                 if self._issuer is None:
@@ -204,6 +233,7 @@ class SigningKeys:
                 log.warning("The tenant's signing keys could not be read again; the ones read before are kept")
                 return
             self._keys, self._issuer, self._fetched_at, self._failed_at = keys, issuer, now, None
+            self._reads += 1
 
     def _next_read_after(self, failed_at: float) -> float:
         """When the documents may be read again after a read that failed at ``failed_at``: after the back-off, or
@@ -224,6 +254,14 @@ class SigningKeys:
             raise ServiceMisconfigured("The OIDC discovery document of AUTH_TENANT_ID names signing keys elsewhere "
                                        "than on its authority over https; none are trusted.")
         return str(document["issuer"]), await self._fetch(jwks_uri)
+
+
+def _logged(read: asyncio.Task[None]) -> None:
+    """What a read behind the requests raised, retrieved (never "Task exception was never retrieved") and logged by
+    its type alone."""
+    if not read.cancelled() and (error := read.exception()) is not None:
+        log.warning("The tenant's signing keys could not be read again (%s); the ones read before are kept",
+                    type(error).__name__)
 
 
 def _on_host_of(url: str, authority_url: str) -> bool:
@@ -324,8 +362,8 @@ class TokenValidator:
         known = self._validated.get(digest)
         if known is not None:
             # Remembered while it has not expired and the tenant still publishes the key it was verified with (the
-            # keys are read again daily: a key withdrawn in an emergency rollover is no longer trusted, nor what it
-            # signed); else checked in full again.
+            # keys are read again daily: once that read lands, a key withdrawn in an emergency rollover is not
+            # trusted, nor what it signed); else checked in full again.
             # The key lookup may wait on the authority, and a request with the same token may meanwhile have
             # dropped or replaced the entry: only the entry still remembered is moved or dropped.
             if self._now() < known[2] and await self._keys.key(known[3]) is known[4]:

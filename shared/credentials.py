@@ -478,7 +478,8 @@ async def _federated_credential(clients: AzureClients, tenant_id: str, client_id
     """Sign in as the customer's application with the service's managed identity's token as the client assertion.
 
     The identity's token (for the token-exchange audience) is acquired here, on the event loop, with the async
-    ``ManagedIdentityCredential`` (which caches it); the ``ClientAssertionCredential``'s ``func`` is synchronous
+    ``ManagedIdentityCredential`` (which caches it; concurrent first sign-ins share its one request,
+    ``shared.azure.clients.SharedTokenRequests``); the ``ClientAssertionCredential``'s ``func`` is synchronous
     and returns that token (a credential serves one run, well within the token's lifetime). The identity's
     failure is an ``UpstreamError``: it is the service's, not the connection's.
     """

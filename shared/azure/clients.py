@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     import aiohttp
     import httpx
     from azure.core import AsyncPipelineClient
+    from azure.core.credentials import AccessToken as CoreAccessToken
     from azure.core.credentials_async import AsyncTokenCredential
     from azure.core.pipeline.transport import AioHttpTransport
     from azure.core.rest import AsyncHttpResponse, HttpRequest
@@ -90,7 +91,7 @@ class AzureClients:
         self._entra_tokens: AsyncPipelineClient[HttpRequest, AsyncHttpResponse] | None = None
         self._rest: dict[str, RestClient] = {}
         self._storage_token: AccessToken | None = None
-        self._storage_token_lock = asyncio.Lock()
+        self._storage_token_fetch: asyncio.Task[str] | None = None  # the one fetch concurrent reads share
 
     # -- shared plumbing -------------------------------------------------------------------
     def session(self) -> aiohttp.ClientSession:
@@ -139,7 +140,8 @@ class AzureClients:
         labelled ``entra``), so a cold read imports neither azure-identity nor MSAL, azure-core or aiohttp; the
         identity is the one DefaultAzureCredential is given (``AzureWebJobsStorage__clientId``, else
         ``AZURE_CLIENT_ID``, else the system-assigned one). Elsewhere (environment credentials locally, the CLI) it is
-        :meth:`service_credential`'s. Concurrent first reads wait for one request. A refresh that fails while
+        :meth:`service_credential`'s. Concurrent reads that find no usable token share one fetch (a task, with
+        its retries): each gets its token or its error, at the same moment. A refresh that fails while
         the cached token is still usable keeps the cached token (logged, without it) and is tried again
         ``TOKEN_REFRESH_RETRY_DELAY`` later, as azure-identity does; otherwise the error (an
         RFC 9457 ``ServiceError`` on the lean path) reaches the caller."""
@@ -148,27 +150,38 @@ class AzureClients:
         cached = self._storage_token
         if cached is not None and time.time() < _renew_at(cached):
             return cached.token
-        async with self._storage_token_lock:
-            cached = self._storage_token
-            now = time.time()
-            if cached is not None and now < _renew_at(cached):
-                return cached.token
-            try:
-                fresh = await self._fetch_storage_token()
-            except Exception as error:
-                now = time.time()
-                if cached is None or now >= cached.expires_on - TOKEN_REFRESH_MARGIN:
-                    raise
-                import logging
+        fetch = self._storage_token_fetch
+        if fetch is None:
+            fetch = self._storage_token_fetch = asyncio.get_running_loop().create_task(self._renew_storage_token())
+            fetch.add_done_callback(_retrieved)
+        # A read cancelled (its request timed out) leaves the fetch to the others.
+        return await asyncio.shield(fetch)
 
-                logging.getLogger(__name__).warning(
-                    "The Table Storage token could not be refreshed (%s); the cached one, valid %d s more, is used",
-                    type(error).__name__, int(cached.expires_on - now))
-                # Not asked again for a while, so that reads do not each wait for a failing endpoint.
-                self._storage_token = replace(cached, refresh_on=now + TOKEN_REFRESH_RETRY_DELAY)
-                return cached.token
+    async def _renew_storage_token(self) -> str:
+        """The shared fetch of :meth:`storage_token`."""
+        import time
+
+        cached = self._storage_token
+        try:
+            fresh = await self._fetch_storage_token()
+        except Exception as error:
+            now = time.time()
+            if cached is None or now >= cached.expires_on - TOKEN_REFRESH_MARGIN:
+                raise
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "The Table Storage token could not be refreshed (%s); the cached one, valid %d s more, is used",
+                type(error).__name__, int(cached.expires_on - now))
+            # Not asked again for a while, so that reads do not each wait for a failing endpoint.
+            self._storage_token = replace(cached, refresh_on=now + TOKEN_REFRESH_RETRY_DELAY)
+            return cached.token
+        else:
             self._storage_token = fresh
-        return fresh.token
+            return fresh.token
+        finally:
+            if self._storage_token_fetch is asyncio.current_task():
+                self._storage_token_fetch = None  # the next read that finds no usable token fetches anew
 
     async def _fetch_storage_token(self) -> AccessToken:
         from shared.azure.managed_identity import AccessToken, get_token
@@ -226,7 +239,8 @@ class AzureClients:
     def federation_credential(self) -> AsyncTokenCredential:
         """The user-assigned managed identity (``FEDERATION_IDENTITY_CLIENT_ID``) whose tokens for the token-exchange
         audience are client assertions: of federated connections, and of the console's sign-in. One per process,
-        so its token is cached between sign-ins."""
+        so its token is cached between sign-ins; concurrent requests for a token it has not cached yet share one
+        (:class:`SharedTokenRequests`)."""
         if self._federation_credential is None:
             client_id = self.settings.federation_identity_client_id
             if client_id is None:
@@ -235,8 +249,8 @@ class AzureClients:
 
             from shared.azure.retry_policy import JitteredRetryPolicy
 
-            self._federation_credential = ManagedIdentityCredential(
-                client_id=client_id, transport=self.transport(ENTRA), retry_policy_class=JitteredRetryPolicy)
+            self._federation_credential = SharedTokenRequests(ManagedIdentityCredential(
+                client_id=client_id, transport=self.transport(ENTRA), retry_policy_class=JitteredRetryPolicy))
         return self._federation_credential
 
     # -- Table Storage ---------------------------------------------------------------------
@@ -317,6 +331,9 @@ class AzureClients:
         return self._entra_tokens
 
     async def close(self) -> None:
+        fetch, self._storage_token_fetch = self._storage_token_fetch, None
+        if fetch is not None:
+            fetch.cancel()
         rest, self._rest = self._rest, {}
         for lean in rest.values():
             await lean.close()
@@ -418,6 +435,54 @@ class OwnIdentity:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+class SharedTokenRequests:
+    """An ``AsyncTokenCredential`` (azure-identity's ``ManagedIdentityCredential``) whose concurrent requests for
+    the same token share one: azure-identity's async credentials do not combine them, so N first uses at once (N
+    federated connections validated, a sweep's first round, sign-ins) asked the identity endpoint N times. The
+    request in flight is every waiter's (its token, or its error, after one retry schedule, not one each in turn);
+    the token is then in the credential's own cache. One per ``AzureClients``, so per event loop."""
+
+    def __init__(self, inner: AsyncTokenCredential) -> None:
+        self.inner = inner
+        self._asked: dict[tuple[tuple[str, ...], str | None, str | None, bool], asyncio.Task[CoreAccessToken]] = {}
+
+    async def get_token(self, *scopes: str, claims: str | None = None, tenant_id: str | None = None,
+                        enable_cae: bool = False, **kwargs: Any) -> CoreAccessToken:
+        if kwargs:  # options no caller of the service passes: not shared
+            return await self.inner.get_token(*scopes, claims=claims, tenant_id=tenant_id, enable_cae=enable_cae,
+                                              **kwargs)
+        key = (scopes, claims, tenant_id, enable_cae)
+        asked = self._asked.get(key)
+        if asked is None:
+            asked = self._asked[key] = asyncio.get_running_loop().create_task(self._ask(key))
+            asked.add_done_callback(_retrieved)
+        return await asyncio.shield(asked)  # a caller cancelled leaves the request to the others
+
+    async def _ask(self, key: tuple[tuple[str, ...], str | None, str | None, bool]) -> CoreAccessToken:
+        scopes, claims, tenant_id, enable_cae = key
+        try:
+            return await self.inner.get_token(*scopes, claims=claims, tenant_id=tenant_id, enable_cae=enable_cae)
+        finally:
+            if self._asked.get(key) is asyncio.current_task():
+                del self._asked[key]
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def __aenter__(self) -> SharedTokenRequests:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Take what a shared task raised (its waiters may all have been cancelled), so that asyncio does not log it as
+    never retrieved; the waiters that are there raise it themselves."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _own(error: BaseException) -> None:

@@ -12,7 +12,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from shared import jws
-from shared.auth import Principal, SigningKeys, TokenValidator, authorize
+from shared.auth import KEYS_HARD_MAX_AGE_SECONDS, Principal, SigningKeys, TokenValidator, authorize
 from shared.errors import Forbidden, ServiceMisconfigured, Unauthorized
 from shared.settings import load_settings
 
@@ -66,9 +67,14 @@ class Clock:
 
 
 def _validator(tenant: Tenant, clock: Clock | None = None, **env: str) -> TokenValidator:
+    return _validator_and_keys(tenant, clock, **env)[0]
+
+
+def _validator_and_keys(tenant: Tenant, clock: Clock | None = None, **env: str) -> tuple[TokenValidator, SigningKeys]:
     settings = load_settings({**STORAGE, "AZURE_AUTHORITY_HOST": AUTHORITY, "AUTH_TENANT_ID": TENANT,
                               "AUTH_AUDIENCE": API, **env})
-    return TokenValidator(settings, SigningKeys(settings, tenant.fetch, monotonic=clock or Clock()))
+    keys = SigningKeys(settings, tenant.fetch, monotonic=clock or Clock())
+    return TokenValidator(settings, keys), keys
 
 
 def token(claims: dict[str, Any] | None = None, key: rsa.RSAPrivateKey = KEY, kid: str = "k1",
@@ -662,16 +668,33 @@ async def test_where_pyjwt_is_lenient_we_refuse(case: str) -> None:
 
 
 async def test_the_keys_are_read_again_after_a_day_so_a_withdrawn_key_stops_working() -> None:
+    """The first request after the day starts the read behind it and is answered with the keys read before; once
+    the read lands, the withdrawn key verifies nothing."""
     tenant, clock = Tenant(), Clock()
-    validator = _validator(tenant, clock)
+    validator, keys = _validator_and_keys(tenant, clock)
     await validator.validate(f"Bearer {token()}")
     del tenant.keys["k1"]  # Entra withdrew it (an emergency rollover)
     tenant.keys["k2"] = OTHER_KEY
     clock.now += 23 * 3600
     assert await validator.validate(f"Bearer {token({'oid': 'u2'})}")  # within the day: the keys read before
     clock.now += 3600
+    assert await validator.validate(f"Bearer {token({'oid': 'u3'})}")  # the day is over: the read starts behind it
+    await keys.settled()
     with pytest.raises(Unauthorized):
-        await validator.validate(f"Bearer {token({'oid': 'u3'})}")
+        await validator.validate(f"Bearer {token({'oid': 'u4'})}")
+    assert tenant.fetches == 4
+
+
+async def test_keys_past_the_day_and_an_hour_are_read_again_before_the_request_is_answered() -> None:
+    """An instance with no request between (keys a day and an hour old): the request waits for the read."""
+    tenant, clock = Tenant(), Clock()
+    validator = _validator(tenant, clock)
+    await validator.validate(f"Bearer {token()}")
+    del tenant.keys["k1"]
+    tenant.keys["k2"] = OTHER_KEY
+    clock.now += KEYS_HARD_MAX_AGE_SECONDS
+    with pytest.raises(Unauthorized):
+        await validator.validate(f"Bearer {token({'oid': 'u2'})}")
     assert tenant.fetches == 4
 
 
@@ -679,14 +702,16 @@ async def test_a_remembered_token_is_refused_once_the_key_it_was_verified_with_i
     """Found by a review: a token once accepted was remembered until its expiry, whatever became of its key: one
     signed with a leaked key (and a far expiry) stayed an administrator's after the key was withdrawn."""
     tenant, clock = Tenant(), Clock()
-    validator = _validator(tenant, clock)
+    validator, keys = _validator_and_keys(tenant, clock)
     leaked = token({"roles": ["AppConnections.Admin"], "exp": int(time.time()) + 10 * 365 * 86400})
     assert "AppConnections.Admin" in (await validator.validate(f"Bearer {leaked}")).roles
     assert await validator.validate(f"Bearer {leaked}")  # remembered
     del tenant.keys["k1"]  # Entra withdrew it (an emergency rollover)
     tenant.keys["k2"] = OTHER_KEY
-    clock.now += 24 * 3600  # the keys are read again
-    with pytest.raises(Unauthorized):
+    clock.now += 24 * 3600
+    assert await validator.validate(f"Bearer {leaked}")  # the keys are read again, behind this request ...
+    await keys.settled()
+    with pytest.raises(Unauthorized):  # ... and once they are, the token is refused
         await validator.validate(f"Bearer {leaked}")
 
 
@@ -717,7 +742,7 @@ async def test_a_key_read_again_unchanged_keeps_the_tokens_verified_with_it_reme
             await validator.validate(f"Bearer {raw}")
     assert len(verified) == 5 and tenant.fetches == 8  # each token once; the keys read four times
     tenant.keys["k1"] = OTHER_KEY  # another key under the same kid
-    clock.now += 24 * 3600  # the keys are read again
+    clock.now += KEYS_HARD_MAX_AGE_SECONDS  # the keys are read again before the first is answered
     for raw in callers:
         with pytest.raises(Unauthorized):
             await validator.validate(f"Bearer {raw}")
@@ -765,26 +790,26 @@ class SlowTenant(Tenant):
 
 
 async def test_requests_with_one_remembered_token_at_the_daily_key_read_are_all_answered() -> None:
-    """Requests with the same remembered token when the keys are due to be read again all wait on the read. The
-    key read again the same, they are answered; once it changed, the first to come back drops the entry, and the
-    others must not fail on the entry being gone (they raised KeyError, a 500 to a caller: review U)."""
+    """Requests with the same remembered token when the keys are past the day and the hour all wait on the read.
+    The key read again the same, they are answered; once it changed, the first to come back drops the entry, and
+    the others must not fail on the entry being gone (they raised KeyError, a 500 to a caller: review U)."""
     tenant, clock = SlowTenant(), Clock()
     validator = _validator(tenant, clock)
     raw = token()
     await validator.validate(f"Bearer {raw}")
-    clock.now += 24 * 3600
+    clock.now += KEYS_HARD_MAX_AGE_SECONDS
     principals = await asyncio.gather(*(validator.validate(f"Bearer {raw}") for _ in range(3)))
     assert {p.id for p in principals} == {principals[0].id}
     tenant.keys["k1"] = OTHER_KEY
-    clock.now += 24 * 3600
+    clock.now += KEYS_HARD_MAX_AGE_SECONDS
     refused = await asyncio.gather(*(validator.validate(f"Bearer {raw}") for _ in range(3)), return_exceptions=True)
     assert [type(outcome) for outcome in refused] == [Unauthorized] * 3
 
 
 async def test_requests_at_a_cold_start_read_the_keys_once_between_them() -> None:
     """Requests that come together before any key was read each ask for the documents; the first reads them, and
-    the others, waiting on that read, find them read just now (under a second ago): one read between them, whether
-    their tokens' kid is in the key set or not."""
+    the others, waiting on that read, find it completed: one read between them, whether their tokens' kid is in the
+    key set or not."""
     tenant = SlowTenant()
     validator = _validator(tenant)
     known, unknown = token(), token(kid="k2", key=OTHER_KEY)
@@ -794,10 +819,135 @@ async def test_requests_at_a_cold_start_read_the_keys_once_between_them() -> Non
     assert tenant.fetches == 2  # the discovery document and the keys, once
 
 
+class SlowEntra(Tenant):
+    """An authority whose discovery document takes a second and a half to come (the clock moves on meanwhile)."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    async def fetch(self, url: str) -> Any:
+        if url.endswith("openid-configuration"):
+            await asyncio.sleep(0.02)
+            self.clock.now += 1.5
+        return await super().fetch(url)
+
+
+async def test_requests_at_a_cold_start_read_the_keys_once_however_long_the_read_takes() -> None:
+    """Found by the concurrency review: a waiting request skipped the read only when the last one had *begun* under
+    a second ago, so with Entra slow (or a 503 retried) each waiting request read the documents again in turn (four
+    requests: four reads, six seconds). A request that waited on a read that completed does not read again."""
+    clock = Clock()
+    tenant = SlowEntra(clock)
+    validator = _validator(tenant, clock)
+    outcomes = await asyncio.gather(*(validator.validate(f"Bearer {token({'oid': f'u{n}'})}") for n in range(4)))
+    assert [type(outcome) for outcome in outcomes] == [Principal] * 4
+    assert tenant.fetches == 2  # the discovery document and the keys, once
+
+
+class GatedTenant(Tenant):
+    """An authority that answers once its gate is open (open at first); counts the requests as they come."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.asked = 0
+
+    async def fetch(self, url: str) -> Any:
+        self.asked += 1
+        await self.gate.wait()
+        return await super().fetch(url)
+
+
+async def test_the_daily_read_of_the_keys_runs_behind_the_requests_which_go_on_with_the_keys_read_before() -> None:
+    """Found by the concurrency review: once the keys were a day old, every request waited on the lock for the whole
+    read, even one whose token was remembered a moment ago; with Entra failing, the API stalled for each failed
+    read's retries. The first request after the day starts the read in a task and is answered at once, as is every
+    request while it runs (no second read); a token under a kid not published yet waits for it, as it always did."""
+    tenant, clock = GatedTenant(), Clock()
+    validator, keys = _validator_and_keys(tenant, clock)
+    remembered = f"Bearer {token()}"
+    await validator.validate(remembered)
+    tenant.gate.clear()  # Entra does not answer the daily read yet
+    clock.now += 24 * 3600
+    for n in range(3):
+        assert await asyncio.wait_for(validator.validate(remembered), 1)
+        assert await asyncio.wait_for(validator.validate(f"Bearer {token({'oid': f'u{n}'})}"), 1)
+    assert tenant.asked == 3  # the cold read's two documents, and the daily read's first, once
+    new_kid = asyncio.create_task(validator.validate(f"Bearer {token(kid='k2', key=OTHER_KEY)}"))
+    await asyncio.sleep(0.05)
+    assert not new_kid.done()  # waits for the read: its key may be in it
+    del tenant.keys["k1"]  # Entra withdrew it (an emergency rollover) ...
+    tenant.keys["k2"] = OTHER_KEY  # ... for this one
+    tenant.gate.set()
+    assert await asyncio.wait_for(new_kid, 1)
+    await keys.settled()
+    with pytest.raises(Unauthorized):  # the read landed: the withdrawn key verifies nothing, remembered or not
+        await validator.validate(remembered)
+    assert tenant.asked == 4  # the waiting request did not read again
+
+
+async def test_a_daily_read_that_fails_behind_the_requests_keeps_the_keys_and_backs_off(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from shared.auth import FETCH_BACKOFF_SECONDS
+
+    tenant, clock = FlakyTenant(), Clock()
+    validator, keys = _validator_and_keys(tenant, clock)
+    await validator.validate(f"Bearer {token()}")
+    tenant.down = True
+    clock.now += 24 * 3600
+    with caplog.at_level("WARNING", logger="shared.auth"):
+        for n in range(5):  # the first starts the read; it fails; the others, within the back-off, start none
+            assert await validator.validate(f"Bearer {token({'oid': f'u{n}'})}")
+            await keys.settled()
+        assert tenant.fetches == 3
+        clock.now += FETCH_BACKOFF_SECONDS
+        assert await validator.validate(f"Bearer {token({'oid': 'after'})}")
+        await keys.settled()
+    assert tenant.fetches == 4
+    assert [r.getMessage() for r in caplog.records if r.name == "shared.auth"] == [
+        "The tenant's signing keys could not be read again; the ones read before are kept"] * 2
+
+
+async def test_what_a_read_behind_the_requests_raised_is_retrieved_and_logged_by_its_type(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A read in a task nobody awaits: what it raised past ``_refresh``'s own handling is taken from the task and
+    logged (never asyncio's "Task exception was never retrieved"), and the next read may start after it."""
+
+    class Interrupted(BaseException):
+        pass
+
+    class BrokenTenant(Tenant):
+        broken = False
+
+        async def fetch(self, url: str) -> Any:
+            if self.broken:
+                self.fetches += 1
+                raise Interrupted
+            return await super().fetch(url)
+
+    tenant, clock = BrokenTenant(), Clock()
+    validator, keys = _validator_and_keys(tenant, clock)
+    await validator.validate(f"Bearer {token()}")
+    tenant.broken = True
+    clock.now += 24 * 3600
+    with caplog.at_level("WARNING", logger="shared.auth"):
+        assert await validator.validate(f"Bearer {token({'oid': 'u1'})}")
+        await keys.settled()
+        tenant.broken = False
+        assert await validator.validate(f"Bearer {token({'oid': 'u2'})}")
+        await keys.settled()
+    assert tenant.fetches == 5  # the cold read, the broken read, a new read
+    assert [r.getMessage() for r in caplog.records if r.name == "shared.auth"] == [
+        "The tenant's signing keys could not be read again (Interrupted); the ones read before are kept"]
+
+
 async def test_a_remembered_token_dropped_meanwhile_by_another_request_is_still_answered() -> None:
-    """One request waits on a failing authority's daily key read (the key it was checked with stays trusted); the
-    same token, past its expiry meanwhile, is dropped by a second request. The first answers with what it checked
-    (it raised KeyError on the entry gone), the second refuses the expired token."""
+    """One request waits on a failing authority's key read (the keys past the day and the hour; the key it was
+    checked with stays trusted); the same token, past its expiry meanwhile, is dropped by a second request. The
+    first answers with what it checked (it raised KeyError on the entry gone), the second refuses the expired
+    token."""
     gate = asyncio.Event()
 
     class HangingTenant(Tenant):
@@ -816,7 +966,7 @@ async def test_a_remembered_token_dropped_meanwhile_by_another_request_is_still_
     expires = int(wall.now) + 60
     raw = token({"exp": expires})
     await validator.validate(f"Bearer {raw}")
-    tenant.down, monotonic.now = True, monotonic.now + 24 * 3600
+    tenant.down, monotonic.now = True, monotonic.now + KEYS_HARD_MAX_AGE_SECONDS
     first = asyncio.create_task(validator.validate(f"Bearer {raw}"))
     await asyncio.sleep(0.01)
     wall.now = expires + 3600
@@ -841,3 +991,107 @@ async def test_a_delegated_token_needs_the_api_s_delegated_permission() -> None:
     daemon = token({"idtyp": "app", "oid": "daemon", "preferred_username": None})
     app_only = await validator.validate(f"Bearer {daemon}")
     assert app_only.type == "app"  # no scp: an application's own token, held to its app roles alone
+
+
+# -- over real HTTP: the function app's token check against the stand-in's authority ---------------------------------
+OVER_HTTP = 4
+
+
+@dataclass
+class Api:
+    """The service's API registered on the stand-in, and a daemon's token for it (AppConnections.Reader)."""
+
+    admin: Any
+    token: str
+
+    def options(self) -> Any:
+        """A ``GET /api/v1/app-connections/options`` with the token, as the host hands it to the function."""
+        import azure.functions as func
+
+        return func.HttpRequest("GET", "https://svc.example/api/v1/app-connections/options",
+                                headers={"authorization": f"Bearer {self.token}"}, params={}, route_params={},
+                                body=b"")
+
+    def discovery_reads(self) -> int:
+        return len([r for r in self.admin.requests() if r["path"].endswith("openid-configuration")])
+
+
+@pytest.fixture
+async def api(standin: Any, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Api]:
+    """A cold instance of the function app whose authority is the stand-in: no keys read yet, clients of its own."""
+    from localdev.api_token import ApiAccess, daemon_token
+    from shared import wiring
+    from shared.azure import clients as clients_module
+    from shared.settings import reset_settings
+
+    admin = standin.admin
+    tenant = admin.add_tenant()
+    registered = admin.add_api(tenant, roles=["AppConnections.Reader"])
+    daemon = admin.add_app(tenant, display_name="daemon")
+    secret = admin.add_secret(tenant, daemon["appId"], display_name="d")
+    admin.assign_role(tenant, registered["appId"], daemon["appId"], "AppConnections.Reader")
+    access = ApiAccess(standin.url, str(standin.ca_path), tenant, registered["appId"], registered["identifierUri"],
+                       daemon["appId"], secret["secretText"], daemon["servicePrincipalId"], "nobody@contoso.example",
+                       "")
+    bearer = daemon_token(access)
+    for name, value in {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "AZURE_AUTHORITY_HOST": standin.url,
+                        "AUTH_TENANT_ID": tenant, "AUTH_AUDIENCE": registered["appId"]}.items():
+        monkeypatch.setenv(name, value)
+    reset_settings()
+    monkeypatch.setattr(wiring, "_VALIDATORS", type(wiring._VALIDATORS)())  # a cold start: no keys read yet
+    monkeypatch.setattr(clients_module, "_BY_LOOP", type(clients_module._BY_LOOP)())
+    admin.clear_requests()
+    try:
+        yield Api(admin, bearer)
+    finally:
+        admin.clear_faults()
+        await wiring.token_validator()._keys.settled()
+        await clients_module.close_clients()
+        reset_settings()
+
+
+def _options_function() -> Callable[[Any], Awaitable[Any]]:
+    """The route's function as the app registers it (with the wrapper that checks the token)."""
+    from shared.functions.connections import bp
+
+    return next(b._function.get_user_function() for b in bp._function_builders
+                if b._function.get_function_name() == "list_app_connection_options")
+
+
+async def test_concurrent_cold_requests_read_the_signing_keys_once_over_http_when_entra_is_slow(api: Api) -> None:
+    """The review's case: four requests at a cold start, Entra's discovery document 1.5 s slow; they read it four
+    times, one after another (6 s)."""
+    delay_ms = 1500
+    api.admin.set_faults([{"path": "openid-configuration", "action": "delay", "delay_ms": delay_ms}])
+    handler = _options_function()
+    started = time.monotonic()
+    answers = await asyncio.gather(*(handler(api.options()) for _ in range(OVER_HTTP)))
+    took = time.monotonic() - started
+    assert [a.status_code for a in answers] == [200] * OVER_HTTP
+    assert api.discovery_reads() == 1, f"{api.discovery_reads()} discovery reads, {took:.1f} s"
+    assert took < 2 * delay_ms / 1000, f"{took:.1f} s"
+
+
+async def test_the_daily_read_of_the_keys_over_http_does_not_hold_a_request_whose_token_was_checked_already(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The review's case: once the keys were a day old (5 s here), a request with a token remembered a moment ago
+    waited for another request's read of the keys (Entra 3 s slow here; with its 503s retried, the retry budget)."""
+    from shared import auth
+    from shared.wiring import token_validator
+
+    handler = _options_function()
+    assert (await handler(api.options())).status_code == 200  # the keys read, the token remembered
+    monkeypatch.setattr(auth, "KEYS_MAX_AGE_SECONDS", 5.0)  # a day, scaled down ...
+    monkeypatch.setattr(auth, "KEYS_HARD_MAX_AGE_SECONDS", 60.0)  # ... the day and the hour ...
+    monkeypatch.setattr(auth, "REFETCH_INTERVAL_SECONDS", 4.0)  # ... and the minute between reads
+    await asyncio.sleep(5.1)  # the keys are now "a day" old
+    api.admin.set_faults([{"path": "openid-configuration", "action": "delay", "delay_ms": 3000}])
+    first = asyncio.ensure_future(handler(api.options()))  # starts the daily read
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    answered = await handler(api.options())  # the same token, remembered, its key still published
+    took = time.monotonic() - started
+    assert answered.status_code == 200 and (await first).status_code == 200
+    assert took < 1.0, f"a remembered token waited {took:.1f} s for another request's daily read of the keys"
+    await token_validator()._keys.settled()
+    assert api.discovery_reads() == 2  # the cold read and the daily one

@@ -393,6 +393,150 @@ async def test_concurrent_first_reads_make_one_request_and_later_reads_none(host
     assert len(host.token_requests()) == 1
 
 
+async def test_concurrent_first_reads_share_one_failing_fetch_and_all_learn_it_together(host: Host) -> None:
+    """Found by the concurrency review: the reads waited on one lock, but a fetch that failed left nothing behind,
+    so each waiter, once it held the lock, fetched again with a retry schedule of its own (four reads: twelve
+    requests, their answers 1.8 s apart). They share the fetch in flight: one schedule, its error to all at once."""
+    host.standin.admin.set_faults([{"path": f"^{MSI}$", "status": 500, "times": None}])
+    clients = host.clients()
+
+    async def short_wait(_: float) -> None:
+        await asyncio.sleep(0.3)
+
+    # The service's lean client to Entra ID with three attempts 0.3 s apart (the schedule is tested in test_rest).
+    clients._rest[ENTRA] = RestClient(ENTRA, keepalive=KEEPALIVE_SECONDS, read_timeout=READ_TIMEOUT_SECONDS,
+                                      connect_timeout=CONNECT_TIMEOUT_SECONDS, attempts=3, sleep=short_wait)
+    ended: list[float] = []
+
+    async def read() -> BaseException | str:
+        try:
+            return await clients.storage_token()
+        except UpstreamError as error:
+            return error
+        finally:
+            ended.append(time.monotonic())
+
+    try:
+        outcomes = await asyncio.gather(*(read() for _ in range(4)))
+        host.standin.admin.clear_faults()
+        after = await clients.storage_token()  # the failure is not kept: the next read fetches anew
+    finally:
+        await clients.close()
+        host.standin.admin.clear_faults()
+    assert [type(outcome) for outcome in outcomes] == [UpstreamError] * 4
+    assert max(ended) - min(ended) < 0.3, f"the answers came {max(ended) - min(ended):.1f} s apart"
+    assert [r["status"] for r in host.token_requests()] == [500, 500, 500, 200]
+    assert host.claims(after)["appid"] == host.identity["clientId"]
+
+
+async def test_a_read_cancelled_while_it_waits_leaves_the_shared_fetch_to_the_others(host: Host) -> None:
+    host.standin.admin.set_faults([{"path": f"^{MSI}$", "action": "delay", "delay_ms": 300, "times": 1}])
+    clients = host.clients()
+    try:
+        impatient = asyncio.create_task(clients.storage_token())
+        patient = asyncio.create_task(clients.storage_token())
+        await asyncio.sleep(0.1)
+        impatient.cancel()
+        token = await patient
+    finally:
+        await clients.close()
+        host.standin.admin.clear_faults()
+    assert impatient.cancelled()
+    assert host.claims(token)["appid"] == host.identity["clientId"]
+    assert len(host.token_requests()) == 1
+
+
+def _federating(host: Host, monkeypatch: pytest.MonkeyPatch) -> tuple[AzureClients, Any, Any, list[str]]:
+    """Clients whose federation identity is the host's, the directory adapter over them, and four applications of a
+    customer tenant (which trust no federated credential: Entra refuses the assertion, AADSTS70021, once it has
+    one)."""
+    from shared.apps import find_app
+    from shared.azure.directory import AzureDirectory
+
+    monkeypatch.setenv("IDENTITY_ENDPOINT", host.endpoint)  # azure-identity reads the host's variables itself
+    monkeypatch.setenv("IDENTITY_HEADER", host.header)
+    admin = host.standin.admin
+    customer = admin.add_tenant()
+    apps = [admin.add_app(customer, display_name=f"customer-{n}")["appId"] for n in range(4)]
+    clients = AzureClients(load_settings({
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true", "AZURE_AUTHORITY_HOST": host.standin.url,
+        "IDENTITY_ENDPOINT": host.endpoint, "IDENTITY_HEADER": host.header,
+        "FEDERATION_IDENTITY_CLIENT_ID": host.identity["clientId"],
+        "FEDERATION_IDENTITY_PRINCIPAL_ID": host.identity.get("principalId") or host.identity["clientId"],
+        "FEDERATION_IDENTITY_TENANT_ID": host.tenant}))
+    directory = AzureDirectory(clients)
+
+    async def sign_in(app: str) -> BaseException | None:
+        """A federated connection's validation: its sign-in with the identity's token as the client assertion."""
+        from shared.apps import Method
+
+        spec = find_app("azure-key-vault")
+        assert spec is not None
+        try:
+            await directory.probe(spec, Method.FEDERATED, customer, app, {})
+        except ServiceError as error:
+            return error
+        return None
+
+    return clients, sign_in, customer, apps
+
+
+async def test_concurrent_first_federated_sign_ins_ask_the_identity_endpoint_once(
+        host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the concurrency review: azure-identity's async ManagedIdentityCredential does not combine concurrent
+    requests for a token it has not cached, so four federated connections validated at once on a fresh instance (a
+    sweep's first round, four validations) asked the endpoint four times for the same token. The federation
+    credential shares the request in flight; the token is then in its cache for the next sign-in."""
+    from shared.errors import CredentialRejected
+
+    clients, sign_in, _, apps = _federating(host, monkeypatch)
+    try:
+        outcomes = await asyncio.gather(*(sign_in(app) for app in apps))
+        later = await sign_in(apps[0])
+    finally:
+        await clients.close()
+    for outcome in [*outcomes, later]:  # each presented the identity's token to Entra
+        assert isinstance(outcome, CredentialRejected) and "AADSTS70021" in outcome.detail, outcome
+    assert len(host.token_requests()) == 1
+
+
+async def test_concurrent_first_federated_sign_ins_share_the_identity_endpoint_s_refusal(
+        host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request in flight is shared with its outcome: refused, every sign-in waiting on it is told so at once
+    (one request, not one each in turn), and the next sign-in asks again."""
+    host.standin.admin.set_faults([{"path": f"^{MSI}$", "status": 400, "times": 1,
+                                    "body": {"statusCode": 400, "message": "No User Assigned Identity found"}}])
+    clients, sign_in, _, apps = _federating(host, monkeypatch)
+    try:
+        outcomes = await asyncio.gather(*(sign_in(app) for app in apps))
+        later = await sign_in(apps[0])
+    finally:
+        await clients.close()
+        host.standin.admin.clear_faults()
+    assert [type(outcome) for outcome in outcomes] == [UpstreamError] * 4
+    assert all("could not get a token for the token exchange" in str(o.detail) for o in outcomes if o is not None)
+    assert later is not None and "AADSTS70021" in later.detail
+    assert [r["status"] for r in host.token_requests()] == [400, 200]
+
+
+async def test_a_federated_sign_in_cancelled_while_it_waits_leaves_the_identity_s_request_to_the_others(
+        host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    host.standin.admin.set_faults([{"path": f"^{MSI}$", "action": "delay", "delay_ms": 300, "times": 1}])
+    clients, sign_in, _, apps = _federating(host, monkeypatch)
+    try:
+        impatient = asyncio.create_task(sign_in(apps[0]))
+        patient = asyncio.create_task(sign_in(apps[1]))
+        await asyncio.sleep(0.1)
+        impatient.cancel()
+        outcome = await patient
+    finally:
+        await clients.close()
+        host.standin.admin.clear_faults()
+    assert impatient.cancelled()
+    assert outcome is not None and "AADSTS70021" in outcome.detail
+    assert len(host.token_requests()) == 1
+
+
 async def test_a_token_is_refreshed_at_its_refresh_time_and_a_failed_refresh_keeps_the_valid_one(
         host: Host, caplog: pytest.LogCaptureFixture) -> None:
     clients = host.clients()
