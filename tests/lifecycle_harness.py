@@ -27,6 +27,7 @@ from shared.federation import credential_name
 from shared.records import MIGRATION_STEPS, STATUS_DELETING, ConnectionRecord
 from shared.rotation.protocol import Checkpoint, RotationOptions, clean_up_forgotten
 from shared.rotation.sweep import sweep
+from shared.store.schedule import parse_key
 from tests.fakes import TENANT, Fakes, Key, Password, build_fakes
 
 APP = "azure-client-secrets"
@@ -254,7 +255,38 @@ class Harness:
                 self.violations.append(f"I1: the federated credential {record.id} signs in with is gone")
         for connection_id, record in records.items():
             self._check_history(connection_id, record)
+        self._check_vault(records)
         return self.violations
+
+    def _check_vault(self, records: dict[str, ConnectionRecord]) -> None:
+        """I5: every enabled vault version that holds a credential Entra still accepts is tracked: the version in
+        use, one the record journals (superseded, a rotation's pending or previous one, a clean-up's), one tagged
+        for the rotation under way, one of a connection being deleted; a secret no record names is an abandoned
+        create's, whose health index entry is there for the sweep that removes it."""
+        world, vault = self.fakes.world, self.fakes.vault
+        owners = {r.secret_name: r for r in records.values()}
+        indexed = {parse_key(key).connection_id for key in self.fakes.health_index.keys}
+        for name, versions in vault.secrets.items():
+            if name in vault.deleted:
+                continue
+            owner = owners.get(name)
+            for version in versions:
+                secret = version.material.get("clientSecret") or version.material.get("certificateBody", "")
+                if not version.enabled or not any(world.live(client_id, secret) for client_id in world.apps):
+                    continue
+                if owner is None:
+                    if version.tags.get("connectionId") not in indexed:
+                        self.violations.append(f"I5: {name}/{version.version} is enabled, live, and no record or "
+                                               "index entry names it")
+                    continue
+                state = owner.rotation
+                tracked = (version.version in (owner.secret_version, state.retire_version, state.pending_version,
+                                               state.previous_version, *owner.superseded)
+                           or (state.rotation_id is not None and version.tags.get("rotationId") == state.rotation_id)
+                           or owner.status == STATUS_DELETING)
+                if not tracked:
+                    self.violations.append(f"I5: {name}/{version.version} of {owner.id} is enabled, live and "
+                                           "untracked")
 
     def unscheduled(self) -> list[str]:
         """The connections the sweep has to come to (rotation on, a rotation under way, a clean-up pending) that
