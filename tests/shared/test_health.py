@@ -1918,3 +1918,17 @@ async def test_a_sweep_leaves_the_secret_of_a_create_still_under_way() -> None:
     h.fakes.connections.insert = insert  # type: ignore[method-assign]
     checked = await _checker(h).sweep()
     assert checked.checked == 1 and _enabled(h, record.secret_name) == [record.secret_version]
+
+
+async def test_the_harness_holds_every_enabled_live_version_to_account() -> None:
+    """I5 (tests/lifecycle_harness.py) can fail: a version that holds a working credential, enabled and named by
+    nothing, is reported; once journaled as superseded, it is not."""
+    h = _harness()
+    record = await _connection(h, days=400)
+    live = h.fakes.vault.version(record.secret_name, record.secret_version).material
+    loose = await h.fakes.vault.write(record.secret_name, live, {"connectionId": record.id})
+    assert [v for v in h.check() if v.startswith("I5")] == [
+        f"I5: {record.secret_name}/{loose.version} of {record.id} is enabled, live and untracked"]
+    h.violations.clear()
+    await h.fakes.connections.update(record.superseding([loose.version]))
+    assert h.check() == []
