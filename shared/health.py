@@ -23,7 +23,7 @@ from typing import Any
 from shared.apps import Method, find_app
 from shared.audit import HEALTH_RUNNER, STARTED, RequestContext, acting
 from shared.azure.upstream import azure_failure, sentence
-from shared.connections import ConnectionService
+from shared.connections import ABANDONED_AFTER, ConnectionService
 from shared.due_index import health_key, reindex
 from shared.errors import (
     AuditUnavailable,
@@ -304,9 +304,11 @@ class HealthChecker:
         except NotFound:
             record = None
         if record is None:  # deleted; or a create that stored no record, whose secret goes (once surely abandoned)
+            if self.adapters.clock() - entry.due < ABANDONED_AFTER:
+                return  # its create (never before the entry's due time) may still be writing it: the entry stays
             with acting(RequestContext(HEALTH_RUNNER)):
                 if not await self.connections.remove_abandoned(entry.app, entry.connection_id):
-                    return  # its create may still be writing the record: the entry stays, for a later sweep
+                    return  # its secret was written less than that ago: the entry stays, for a later sweep
         if record is None or record.health.check_key != entry.key:
             await self.adapters.health_index.remove(entry.key)
             report.stale += 1

@@ -630,9 +630,17 @@ class Rotator(Journaled):
         def notices(current: ConnectionRecord) -> list[Notification]:
             return checked(current)[0]
 
+        journaled: dict[str, object] = {}
+        previous = state.previous_version
+        if previous and previous not in (state.pending_version, state.retire_version):
+            # Journaled with the switch, as a change of credentials does (``superseded_versions``): should Key Vault
+            # refuse its disable in the revocation (a secret the owner gave stays live where another connection
+            # holds it), the health check disables it.
+            journaled["superseded_versions"] = (
+                lambda current: current.superseding((*current.superseded, previous)).superseded_versions)
         record = await self._save(
             record, state.evolve(step=FINISHED, key_id=state.pending_key_id, key_made=True), notices,
-            secret_version=state.pending_version, health=lambda current: checked(current)[1],
+            secret_version=state.pending_version, health=lambda current: checked(current)[1], **journaled,
         )
         await self.checkpoint("after-finish", record)
         return record

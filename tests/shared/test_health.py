@@ -1827,11 +1827,13 @@ async def test_an_owner_secret_a_credentials_change_failed_to_disable_is_disable
         "credentials": {"tenantId": TENANT, "clientId": app, "clientSecret": given.secret,
                         "clientSecretKeyId": given.key_id},
         "isAutoRotationEnabled": True, "rotation": FORTNIGHTLY})
-    assert changed.superseded == (first,) and first in _enabled(h, record.secret_name)
+    # (turned on with the change, rotation replaced the given secret at once, and journaled that version too)
+    assert changed.superseded[0] == first and first in _enabled(h, record.secret_name)
     h.fakes.clock.advance(timedelta(days=15))
     await h.sweep()
     rotated = await h.record(record.id)
-    assert rotated is not None and rotated.rotation.status == "succeeded" and rotated.superseded == (first,)
+    assert rotated is not None and rotated.rotation.status == "succeeded"
+    assert rotated.superseded == (*changed.superseded, changed.secret_version)  # and the one it superseded
     checked = await _checker(h).check(rotated)
     assert first not in _enabled(h, record.secret_name) and checked.superseded == ()
     assert rotated.secret_version in _enabled(h, record.secret_name)
@@ -1883,7 +1885,9 @@ async def test_the_secret_of_a_create_that_stored_no_record_is_removed_by_the_sw
     assert not h.fakes.connections.records
     [name] = _live_secrets(h)
     seen = len(h.fakes.audit.records)
-    h.fakes.clock.advance(timedelta(days=1, minutes=1))  # its first check is due
+    h.fakes.clock.advance(timedelta(days=1, minutes=1))  # its first check is due: a create may still be under way
+    assert (await _checker(h).sweep()).stale == 0 and list(_live_secrets(h)) == [name]
+    h.fakes.clock.advance(timedelta(hours=1))  # due an hour ago: no create is
     report = await _checker(h).sweep()
     assert _live_secrets(h) == {} and name in h.fakes.vault.deleted and report.stale == 1
     assert await h.fakes.health_index.due(h.fakes.clock.now, limit=10) == []
@@ -1932,3 +1936,65 @@ async def test_the_harness_holds_every_enabled_live_version_to_account() -> None
     h.violations.clear()
     await h.fakes.connections.update(record.superseding([loose.version]))
     assert h.check() == []
+
+
+async def test_a_sweep_between_the_create_s_index_entry_and_its_secret_leaves_the_connection_checked() -> None:
+    """(Review of session 29, 1.) A create indexes its first check before it writes the secret: a credential
+    created within its warning is due at once, and a sweep may read the entry before the secret exists (no record,
+    nothing enabled). The entry stays while it is younger than any create: the connection is checked and its
+    expiry noticed."""
+    h = _harness()
+    app = h.fakes.world.application()
+    reports: list[Any] = []
+    password = h.fakes.world.add(app.client_id, "given", end=h.fakes.clock.now + timedelta(days=3))
+    body = {"name": "c1", "method": "client-secret", "credentials": {
+        "tenantId": TENANT, "clientId": app.client_id, "clientSecret": password.secret,
+        "clientSecretKeyId": password.key_id}}
+    write = h.fakes.vault.write
+
+    async def sweep_first(*args: Any, **kwargs: Any) -> Any:  # the sweep runs between entry and secret
+        if not reports:
+            reports.append(await _checker(h).sweep())
+        return await write(*args, **kwargs)
+
+    h.fakes.vault.write = sweep_first  # type: ignore[method-assign]
+    record = await h.api.create(APP, body)
+    h.fakes.vault.write = write  # type: ignore[method-assign]
+    assert reports and reports[0].due == 1
+    checked = 0
+    for _ in range(5 * 4):  # five days of six-hourly health sweeps: the credential expires on day 3
+        h.fakes.clock.advance(timedelta(hours=6))
+        checked += (await _checker(h).sweep()).checked
+    after = await h.record(record.id)
+    assert after is not None
+    # The invariant of shared/due_index.py: a connection is never left without its entry; and it is checked.
+    assert checked > 0 and after.health.status == "expired", (
+        f"stale={reports[0].stale}, entry kept={record.health.check_key in h.fakes.health_index.keys}, "
+        f"checks over 5 days={checked}, status={after.health.status} (credential ended 2 days ago)")
+
+
+async def test_a_version_a_rotation_superseded_and_key_vault_refused_to_disable_is_disabled_by_the_next_check() -> None:
+    """(Review of session 29, 2.) A rotation journals the version it supersedes with its switch, as a change of
+    credentials does: here the owner's secret, kept on the application because another connection signs in with
+    it, is live, and Key Vault refuses the revocation's one disable of its version; the next check disables it."""
+    from tests.lifecycle_harness import ROTATION
+    from tests.shared.rotation.test_sharing import _two_given_one_credential
+
+    h = Harness(method="client-secret")
+    first, second, given = await _two_given_one_credential(h)
+    h.fakes.vault.refused_disables = 1  # the rotation's one disable of the version it superseded
+    rotated = await h.api.update("azure-app-configuration", second.id,
+                                 {"isAutoRotationEnabled": True, "rotation": ROTATION})
+    assert rotated.rotation.status == "succeeded"
+    assert h.fakes.world.credential(first.client_id or "", given) is not None  # live: the first signs in with it
+    old = second.secret_version
+    checker = _checker(h)
+    for _ in range(3):
+        h.fakes.clock.advance(timedelta(days=1, minutes=1))
+        await checker.sweep()
+    now = await h.record(second.id)
+    assert now is not None
+    enabled = [v.version for v in h.fakes.vault.secrets[second.secret_name] if v.enabled]
+    assert old not in enabled, (
+        f"version {old} (the owner's live secret) is still enabled after 3 health checks; "
+        f"journal={now.superseded}, current={now.secret_version}")
