@@ -18,10 +18,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jwt
 import pytest
@@ -41,6 +42,8 @@ from shared.azure.managed_identity import HALF_LIFE_FROM, AccessToken, parse_tok
 from shared.azure.rest import RestClient
 from shared.errors import ServiceError, ServiceMisconfigured, UpstreamError
 from shared.settings import load_settings
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[3]
 MSI = "/msi/token"
@@ -429,19 +432,25 @@ async def test_concurrent_first_reads_share_one_failing_fetch_and_all_learn_it_t
     assert host.claims(after)["appid"] == host.identity["clientId"]
 
 
+async def _the_other_of_two_one_cancelled(impatient: Coroutine[Any, Any, T], patient: Coroutine[Any, Any, T]) -> T:
+    """Two concurrent calls waiting on one shared request: the first cancelled while it waits (its request timed
+    out), the second's outcome once the request answers."""
+    first, second = asyncio.create_task(impatient), asyncio.create_task(patient)
+    await asyncio.sleep(0.1)
+    first.cancel()
+    outcome = await second
+    assert first.cancelled()
+    return outcome
+
+
 async def test_a_read_cancelled_while_it_waits_leaves_the_shared_fetch_to_the_others(host: Host) -> None:
     host.standin.admin.set_faults([{"path": f"^{MSI}$", "action": "delay", "delay_ms": 300, "times": 1}])
     clients = host.clients()
     try:
-        impatient = asyncio.create_task(clients.storage_token())
-        patient = asyncio.create_task(clients.storage_token())
-        await asyncio.sleep(0.1)
-        impatient.cancel()
-        token = await patient
+        token = await _the_other_of_two_one_cancelled(clients.storage_token(), clients.storage_token())
     finally:
         await clients.close()
         host.standin.admin.clear_faults()
-    assert impatient.cancelled()
     assert host.claims(token)["appid"] == host.identity["clientId"]
     assert len(host.token_requests()) == 1
 
@@ -524,15 +533,10 @@ async def test_a_federated_sign_in_cancelled_while_it_waits_leaves_the_identity_
     host.standin.admin.set_faults([{"path": f"^{MSI}$", "action": "delay", "delay_ms": 300, "times": 1}])
     clients, sign_in, _, apps = _federating(host, monkeypatch)
     try:
-        impatient = asyncio.create_task(sign_in(apps[0]))
-        patient = asyncio.create_task(sign_in(apps[1]))
-        await asyncio.sleep(0.1)
-        impatient.cancel()
-        outcome = await patient
+        outcome = await _the_other_of_two_one_cancelled(sign_in(apps[0]), sign_in(apps[1]))
     finally:
         await clients.close()
         host.standin.admin.clear_faults()
-    assert impatient.cancelled()
     assert outcome is not None and "AADSTS70021" in outcome.detail
     assert len(host.token_requests()) == 1
 
