@@ -256,6 +256,10 @@ class Harness:
         for connection_id, record in records.items():
             self._check_history(connection_id, record)
         self._check_vault(records)
+        for record in records.values():  # I6: the health sweep comes to every connection (shared/due_index.py)
+            if record.status != STATUS_DELETING and record.health.check_key not in self.fakes.health_index.keys:
+                self.violations.append(f"I6: the health check of {record.id} points at no index entry "
+                                       f"({record.health.check_key!r})")
         return self.violations
 
     def _check_vault(self, records: dict[str, ConnectionRecord]) -> None:

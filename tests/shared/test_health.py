@@ -1966,7 +1966,7 @@ async def test_a_sweep_between_the_create_s_index_entry_and_its_secret_leaves_th
         h.fakes.clock.advance(timedelta(hours=6))
         checked += (await _checker(h).sweep()).checked
     after = await h.record(record.id)
-    assert after is not None
+    assert after is not None and h.check() == []
     # The invariant of shared/due_index.py: a connection is never left without its entry; and it is checked.
     assert checked > 0 and after.health.status == "expired", (
         f"stale={reports[0].stale}, entry kept={record.health.check_key in h.fakes.health_index.keys}, "
@@ -1998,3 +1998,14 @@ async def test_a_version_a_rotation_superseded_and_key_vault_refused_to_disable_
     assert old not in enabled, (
         f"version {old} (the owner's live secret) is still enabled after 3 health checks; "
         f"journal={now.superseded}, current={now.secret_version}")
+
+
+async def test_the_harness_holds_every_connection_to_an_entry_of_the_health_index() -> None:
+    """I6 (tests/lifecycle_harness.py) can fail: a connection whose health check points at no entry of the index
+    is one the health sweep never comes to."""
+    h = _harness()
+    record = await _connection(h, days=400)
+    assert h.check() == []
+    await h.fakes.health_index.remove(record.health.check_key)
+    assert h.check() == [f"I6: the health check of {record.id} points at no index entry "
+                         f"({record.health.check_key!r})"]
