@@ -89,11 +89,13 @@ def _decode(token: str, start: datetime, end: datetime, search: str) -> tuple[st
     """A token's day and last RowKey: of the search that gave it (``search``, the digest of its filters: a token of
     another search would have this one skip its records newer than the other's cursor), and a day of the search's
     window (``start`` to ``end``). Another day (a token forged, or from a search of other times) would have the
-    search read day after day outside the window. Either: a 400."""
+    search read day after day outside the window. Either: a 400. A token of two parts, as versions before the
+    digest handed them out, names no search: it reads on, within the window (a client paging across an upgrade)."""
     from shared.store.tables import invalid_token, token_json, token_text  # a search's (the appends stay lean)
 
     try:
-        day, after, given = token_json(token)
+        parts = token_json(token)
+        day, after, given = (*parts, search) if isinstance(parts, list) and len(parts) == 2 else parts
         if (isinstance(day, str) and token_text(after) and given == search and len(day) == 8 and day.isdigit()
                 and day_of(start) <= day <= day_of(end)):
             datetime.strptime(day, "%Y%m%d")  # a real date (not 20261399)
