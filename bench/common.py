@@ -254,3 +254,13 @@ def bare_app_dir(parent: Path) -> Path:
     """Write the bare function app into ``parent`` (as ``bare_function_app.py``); put ``parent`` on sys.path."""
     (parent / f"{BARE_MODULE}.py").write_text(BARE_APP_SOURCE)
     return parent
+
+
+# The floor of a cold instance's first request (``bench/apps/floor_function_app.py``): the least any service does
+# to answer an authenticated read of one connection, or a create of one, beside the bare function in
+# ``bench/cold_start.py``.
+FLOOR_MODULE = "floor_function_app"
+FLOOR_FUNCTION = "floor"
+FLOOR_CREATE_FUNCTION = "floor_create"
+FLOOR_TABLES = ("FloorAudit", "FloorConnections")  # after the service's table prefix
+FLOOR_APP = ROOT / "bench" / "apps" / f"{FLOOR_MODULE}.py"

@@ -22,6 +22,9 @@ SMALL = {
                                                           "### Cold process, first request by kind of route",
                                                           "| read ", "| write ", "| callback ", "| health ",
                                                           "worst ratio to the bare function's first request",
+                                                          "### The floor of a cold first request",
+                                                          "| read: keys fetched, RS256 checked", "| create: and a",
+                                                          "the floor's ratio for a create",
                                                           *([f"| service at {ISSUE_BASELINE} (issue 17) "]
                                                             if HAS_BASELINE else [])]),
     "sweep.py": (["--rotations", "6", "--latency-ms", "5", "--concurrency", "1,4"],
