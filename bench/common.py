@@ -262,5 +262,5 @@ def bare_app_dir(parent: Path) -> Path:
 FLOOR_MODULE = "floor_function_app"
 FLOOR_FUNCTION = "floor"
 FLOOR_CREATE_FUNCTION = "floor_create"
-FLOOR_TABLES = ("FloorAudit", "FloorConnections")  # after the service's table prefix
+FLOOR_TABLES = ("FloorAudit", "FloorConnections", "FloorHealth")  # after the service's table prefix
 FLOOR_APP = ROOT / "bench" / "apps" / f"{FLOOR_MODULE}.py"
