@@ -189,6 +189,14 @@ class SigningKeys:
         if self._behind is not None:
             await asyncio.wait([self._behind])
 
+    async def close(self) -> None:
+        """End the read running behind the requests, if one is: cancelled and awaited, so that no task is left
+        pending when the clients it reads over close (the host's shutdown, ``shared.wiring.token_validator``)."""
+        behind, self._behind = self._behind, None
+        if behind is not None and not behind.done():
+            behind.cancel()
+            await asyncio.wait([behind])
+
     def _read_behind(self) -> None:
         """Start the daily read in a task, unless a read is running or the last one failed under its back-off. The
         task is held on the object (the loop keeps only a weak reference), and what it raised is retrieved and
@@ -315,6 +323,10 @@ class TokenValidator:
         # sha256(token) -> (claims, principal, expiry, key id, the key it was verified with)
         self._validated: OrderedDict[bytes, tuple[Mapping[str, Any], Principal, float, str, RSAPublicKey]] = (
             OrderedDict())
+
+    async def close(self) -> None:
+        """End what runs behind the requests (the daily read of the keys: :meth:`SigningKeys.close`)."""
+        await self._keys.close()
 
     @property
     def audiences(self) -> list[str]:

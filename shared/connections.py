@@ -563,18 +563,20 @@ class ConnectionService:
 
     async def clients_visible(self, connection_id: str, limit: int | None = None, continuation: str | None = None,
                               ) -> tuple[list[dict[str, str]], str | None]:
-        """A page of the app registrations an azure-client-secrets connection can see in Microsoft Graph."""
+        """A page of the app registrations an azure-client-secrets connection can see in Microsoft Graph. Its
+        continuation token names the list (:func:`app_list_key`): another connection's is a 400."""
         size = page_size(limit)
         record = await self.get("azure-client-secrets", connection_id)
         if record.status == STATUS_DELETING:  # nothing signs in with (or refreshes) what a DELETE is removing
             raise being_deleted()
+        listing = app_list_key(record.id, record.tenant_id)
         if record.method == Method.OAUTH:
             async with self.adapters.directory.graph_with(self.oauth_tokens.credential(record)) as graph:
-                return await graph.list_applications(size, continuation)
+                return await graph.list_applications(size, continuation, listing)
         material = await self.material_of(record)
         async with self.adapters.directory.graph(Method(record.method), record.tenant_id, record.client_id or "",
                                                  material) as graph:
-            return await graph.list_applications(size, continuation)
+            return await graph.list_applications(size, continuation, listing)
 
     # -- update ----------------------------------------------------------------------------------------------
     async def update(self, app_id: str, connection_id: str, body: Any, if_match: str | None = None,
@@ -1472,6 +1474,16 @@ class ConnectionService:
         except Exception as error:
             await audit.record(STORE_REFRESH_TOKEN, "failed", **where, detail=type(error).__name__)
             raise
+
+
+def app_list_key(connection_id: str, tenant_id: str) -> str:
+    """The key of a connection's list of app registrations (``GET .../{connectionId}/clients``), which its
+    continuation tokens carry (``shared.azure.graph``), as an audit search's carry the digest of its filters: a
+    short digest of the connection and the tenant it lists (new credentials in another tenant: another list)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps([connection_id, tenant_id.lower()]).encode()).hexdigest()[:16]
 
 
 def comes_back(record: ConnectionRecord, client_id: str) -> bool:

@@ -264,10 +264,11 @@ class GraphSession(Protocol):
         """The effective app-management policy of the application (its own, else the tenant's default); None when
         the credential may not read it (unknown: no cap)."""
         ...
-    async def list_applications(self, page_size: int, continuation: str | None = None,
+    async def list_applications(self, page_size: int, continuation: str | None = None, listing: str = "",
                                 ) -> tuple[list[dict[str, str]], str | None]:
         """One page of the app registrations the credential can see (``{name, id, appId}``), and the token of the
-        next page (None: the last); a token it did not hand out is a 400."""
+        next page (None: the last), which names ``listing`` (the list's key: its connection); a token it did not
+        hand out, or handed out for another listing, is a 400."""
         ...
     # Federated identity credentials (the federated method; migrate-to-federated).
     async def federated_credentials(self, object_id: str) -> list[FederatedCredential]: ...

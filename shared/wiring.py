@@ -100,6 +100,17 @@ def token_validator() -> TokenValidator:
 
         validator = TokenValidator(clients.settings, SigningKeys(clients.settings, fetch_json_with(send)))
         _VALIDATORS[loop] = validator
+        built, of_loop = validator, weakref.ref(loop)  # the clients are the loop's: they hold no reference to it
+
+        async def forget() -> None:
+            """The clients close (the host's shutdown): the daily read of the keys behind the requests ends, and
+            the validator reading over those clients is forgotten (the loop's next request builds a new one)."""
+            held = of_loop()
+            if held is not None and _VALIDATORS.get(held) is built:
+                del _VALIDATORS[held]
+            await built.close()
+
+        clients.on_close(forget)
     return validator
 
 

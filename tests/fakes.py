@@ -454,7 +454,7 @@ class FakeGraph:
         self._signed_in("graph.fic.remove")
         self._by_object(object_id).federated.pop(credential_id, None)
 
-    async def list_applications(self, page_size: int, continuation: str | None = None,
+    async def list_applications(self, page_size: int, continuation: str | None = None, listing: str = "",
                                 ) -> tuple[list[dict[str, str]], str | None]:
         self._signed_in("graph.list")
         app = self._app(self.client_id)

@@ -50,6 +50,8 @@ READ_TIMEOUT_SECONDS = 60
 CONNECT_TIMEOUT_SECONDS = 10.0
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     import aiohttp
     import httpx
     from azure.core import AsyncPipelineClient
@@ -92,6 +94,7 @@ class AzureClients:
         self._rest: dict[str, RestClient] = {}
         self._storage_token: AccessToken | None = None
         self._storage_token_fetch: asyncio.Task[str] | None = None  # the one fetch concurrent reads share
+        self._on_close: list[Callable[[], Awaitable[None]]] = []
 
     # -- shared plumbing -------------------------------------------------------------------
     def session(self) -> aiohttp.ClientSession:
@@ -330,7 +333,16 @@ class AzureClients:
             )
         return self._entra_tokens
 
+    def on_close(self, hook: Callable[[], Awaitable[None]]) -> None:
+        """Have :meth:`close` await ``hook`` before it closes anything: what runs behind the requests over these
+        clients (the daily read of the API's signing keys, ``shared.wiring.token_validator``) ends first, so that
+        no task is left pending at the host's shutdown and none goes on over closed clients."""
+        self._on_close.append(hook)
+
     async def close(self) -> None:
+        hooks, self._on_close = self._on_close, []
+        for hook in hooks:
+            await hook()
         fetch, self._storage_token_fetch = self._storage_token_fetch, None
         if fetch is not None:
             fetch.cancel()
@@ -404,71 +416,57 @@ def _traced_transport(session: aiohttp.ClientSession, upstream: str,
     return traced
 
 
-class OwnIdentity:
-    """The service's own credential (``inner``), each failure to get a token labelled as its own identity's
-    (``shared.azure.upstream.OWN_IDENTITY``) before it goes on: the SDKs raise it from their own calls, and
-    DefaultAzureCredential's chain raises a new error that carries no response (nor its transport's label), so
-    without it a refusal of the environment's credentials was told as "Key Vault could not be reached"."""
-
-    def __init__(self, inner: AsyncTokenCredential) -> None:
-        self.inner = inner
-
-    async def get_token(self, *scopes: str, **kwargs: Any) -> Any:
-        try:
-            return await self.inner.get_token(*scopes, **kwargs)
-        except Exception as error:
-            _own(error)
-            raise
-
-    async def get_token_info(self, *scopes: str, options: Any = None) -> Any:
-        try:
-            return await self.inner.get_token_info(*scopes, options=options)  # type: ignore[attr-defined]
-        except Exception as error:
-            _own(error)
-            raise
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    async def __aenter__(self) -> OwnIdentity:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
-
-
 class SharedTokenRequests:
-    """An ``AsyncTokenCredential`` (azure-identity's ``ManagedIdentityCredential``) whose concurrent requests for
-    the same token share one: azure-identity's async credentials do not combine them, so N first uses at once (N
-    federated connections validated, a sweep's first round, sign-ins) asked the identity endpoint N times. The
-    request in flight is every waiter's (its token, or its error, after one retry schedule, not one each in turn);
-    the token is then in the credential's own cache. One per ``AzureClients``, so per event loop."""
+    """An ``AsyncTokenCredential`` (azure-identity's ``ManagedIdentityCredential``, ``DefaultAzureCredential``) whose
+    concurrent requests for the same token share one: azure-identity's async credentials do not combine them, so N
+    first uses at once (N federated connections validated, a sweep's first round, sign-ins, N Key Vault calls once
+    its challenge is known or when the token is refreshed) asked the identity endpoint N times. The request in flight
+    is every waiter's (its token, or its error, after one retry schedule, not one each in turn), keyed by its scopes
+    and options, through ``get_token`` and ``get_token_info`` alike (azure-core's policies call the latter); the token
+    is then in the credential's own cache, and a failure is not kept (the next call asks again). One per
+    ``AzureClients``, so per event loop; closing it cancels a request still in flight."""
 
     def __init__(self, inner: AsyncTokenCredential) -> None:
         self.inner = inner
-        self._asked: dict[tuple[tuple[str, ...], str | None, str | None, bool], asyncio.Task[CoreAccessToken]] = {}
+        self._asked: dict[tuple[Any, ...], asyncio.Task[Any]] = {}
 
     async def get_token(self, *scopes: str, claims: str | None = None, tenant_id: str | None = None,
                         enable_cae: bool = False, **kwargs: Any) -> CoreAccessToken:
         if kwargs:  # options no caller of the service passes: not shared
             return await self.inner.get_token(*scopes, claims=claims, tenant_id=tenant_id, enable_cae=enable_cae,
                                               **kwargs)
-        key = (scopes, claims, tenant_id, enable_cae)
+        result: CoreAccessToken = await self._shared(
+            ("token", scopes, claims, tenant_id, enable_cae),
+            lambda: self.inner.get_token(*scopes, claims=claims, tenant_id=tenant_id, enable_cae=enable_cae))
+        return result
+
+    async def get_token_info(self, *scopes: str, options: Any = None) -> Any:
+        inner = self.inner.get_token_info  # type: ignore[attr-defined]  # AsyncSupportsTokenInfo
+        try:
+            key = ("info", scopes, tuple(sorted((options or {}).items())))
+            hash(key)
+        except TypeError:  # an option that is not hashable (none the SDKs pass): not shared
+            return await inner(*scopes, options=options)
+        return await self._shared(key, lambda: inner(*scopes, options=options))
+
+    async def _shared(self, key: tuple[Any, ...], ask: Callable[[], Awaitable[Any]]) -> Any:
         asked = self._asked.get(key)
         if asked is None:
-            asked = self._asked[key] = asyncio.get_running_loop().create_task(self._ask(key))
+            asked = self._asked[key] = asyncio.get_running_loop().create_task(self._ask(key, ask))
             asked.add_done_callback(_retrieved)
         return await asyncio.shield(asked)  # a caller cancelled leaves the request to the others
 
-    async def _ask(self, key: tuple[tuple[str, ...], str | None, str | None, bool]) -> CoreAccessToken:
-        scopes, claims, tenant_id, enable_cae = key
+    async def _ask(self, key: tuple[Any, ...], ask: Callable[[], Awaitable[Any]]) -> Any:
         try:
-            return await self.inner.get_token(*scopes, claims=claims, tenant_id=tenant_id, enable_cae=enable_cae)
+            return await ask()
         finally:
             if self._asked.get(key) is asyncio.current_task():
                 del self._asked[key]
 
     async def close(self) -> None:
+        asked, self._asked = list(self._asked.values()), {}
+        for task in asked:
+            task.cancel()
         await self.inner.close()
 
     async def __aenter__(self) -> SharedTokenRequests:
@@ -476,6 +474,34 @@ class SharedTokenRequests:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+class OwnIdentity(SharedTokenRequests):
+    """The service's own credential (``inner``): its concurrent requests for one token share one
+    (:class:`SharedTokenRequests`: Key Vault's and the Table SDK's policies, the read path's token where the host has
+    no managed-identity endpoint), and each failure to get a token is labelled as its own identity's
+    (``shared.azure.upstream.OWN_IDENTITY``) before it goes on: the SDKs raise it from their own calls, and
+    DefaultAzureCredential's chain raises a new error that carries no response (nor its transport's label), so
+    without it a refusal of the environment's credentials was told as "Key Vault could not be reached"."""
+
+    async def get_token(self, *scopes: str, claims: str | None = None, tenant_id: str | None = None,
+                        enable_cae: bool = False, **kwargs: Any) -> CoreAccessToken:
+        try:
+            return await super().get_token(*scopes, claims=claims, tenant_id=tenant_id, enable_cae=enable_cae,
+                                           **kwargs)
+        except Exception as error:
+            _own(error)
+            raise
+
+    async def get_token_info(self, *scopes: str, options: Any = None) -> Any:
+        try:
+            return await super().get_token_info(*scopes, options=options)
+        except Exception as error:
+            _own(error)
+            raise
+
+    async def __aenter__(self) -> OwnIdentity:
+        return self
 
 
 def _retrieved(task: asyncio.Task[Any]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextvars
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -159,13 +160,31 @@ def _message(error: Exception) -> str:
     return str(getattr(inner, "message", "") or "")
 
 
-def _skip_token_of(continuation: str) -> str:
-    """The skiptoken a continuation token of the app list wraps, or a 400 for one the service did not hand out."""
+def _page_token(skip_token: str, listing: str) -> str:
+    """The continuation token of a page of the app list: Graph's skiptoken and the list it is of (``listing``, the
+    key :meth:`GraphApps.list_applications` was given: its connection), base64url over JSON."""
+    return base64.urlsafe_b64encode(json.dumps([skip_token, listing]).encode()).decode().rstrip("=")
+
+
+def _skip_token_of(continuation: str, listing: str) -> str:
+    """The skiptoken a continuation token of the app list wraps, or a 400 for one the service did not hand out, or
+    handed out for another list (another connection's: a cursor into a list it is not of). A token of the shape
+    versions before handed out (the skiptoken alone, naming no list) reads on, as an audit token of two parts does:
+    a client may hold one across an upgrade."""
     try:
         raw = base64.urlsafe_b64decode(continuation + "=" * (-len(continuation) % 4)).decode("ascii") \
-            if len(continuation) <= 4 * 2048 // 3 + 3 else ""
+            if len(continuation) <= 4 * (2048 + _LISTING_MAX) // 3 + 3 else ""
     except (ValueError, binascii.Error):
         raw = ""
+    if raw.startswith("["):  # this version's shape; a skiptoken of Graph's never starts so (base64 text)
+        try:
+            parts = json.loads(raw)
+        except ValueError:
+            parts = None
+        if not (isinstance(parts, list) and len(parts) == 2 and all(isinstance(p, str) for p in parts)
+                and parts[1] == listing):
+            raise _bad_page_token()
+        raw = parts[0]
     if not _SKIP_TOKEN.fullmatch(raw):
         raise _bad_page_token()
     return raw
@@ -280,6 +299,7 @@ GRAPH_MAX_TOP = 999  # the largest page of app registrations Graph lists ($top)
 # A skiptoken of Graph's, as the continuation token of a page of app registrations hands it back: printable
 # ASCII, at most 2 KiB (a longer or other one is not one Graph gave).
 _SKIP_TOKEN = re.compile(r"[\x21-\x7e]{1,2048}")
+_LISTING_MAX = 64  # characters of a continuation token's JSON beside its skiptoken (its list's key, the syntax)
 _DURATION = re.compile(
     r"^P(?:(?P<years>\d+)Y)?(?:(?P<months>\d+)M)?(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
     r"(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+(?:\.\d+)?)S)?)?$"
@@ -632,15 +652,19 @@ class GraphApps:
             tenant = _shaped(default_policy.get("applicationRestrictions"), dict, "the tenant's app-management policy")
         return lifetime_policy_of(_merged(own, tenant), "application" if own else "tenant", created_at)
 
-    async def list_applications(self, page_size: int, continuation: str | None = None,
+    async def list_applications(self, page_size: int, continuation: str | None = None, listing: str = "",
                                 ) -> tuple[list[dict[str, str]], str | None]:
         """One page of the app registrations the credential can see (at most ``GRAPH_MAX_TOP``, Graph's largest),
         and the token of the next (None: the last).
         The token wraps the ``$skiptoken`` of Graph's ``@odata.nextLink``, which is read only when it names this
-        Graph endpoint's app list (the bearer token goes nowhere else); a token is sent back to that list only."""
+        Graph endpoint's app list (the bearer token goes nowhere else); a token is sent back to that list only. It
+        names ``listing`` too (the list's key, short: its connection's, ``shared.connections``), and is taken only
+        with the same ``listing``: another list's token is a 400 before Graph is asked (:func:`_skip_token_of`)."""
+        if len(listing) > _LISTING_MAX - 8:
+            raise ValueError("a listing key is short")
         path = f"/applications?$select=id,appId,displayName&$top={min(page_size, GRAPH_MAX_TOP)}"
         if continuation is not None:
-            path += f"&$skiptoken={quote(_skip_token_of(continuation), safe='')}"
+            path += f"&$skiptoken={quote(_skip_token_of(continuation, listing), safe='')}"
 
         async def send() -> Any:
             try:
@@ -656,9 +680,9 @@ class GraphApps:
             raise UpstreamError("Microsoft Graph answered the list of app registrations without its value.")
         found = [{"name": str(a.get("displayName") or ""), "id": str(a.get("id")), "appId": str(a.get("appId"))}
                  for a in items if isinstance(a, dict) and a.get("id")]
-        return found, self._next_page(page.get("@odata.nextLink"))
+        return found, self._next_page(page.get("@odata.nextLink"), listing)
 
-    def _next_page(self, link: object) -> str | None:
+    def _next_page(self, link: object, listing: str) -> str | None:
         """The continuation token of the next page Graph named (its ``$skiptoken``), None at the end; a link
         elsewhere, or without a skiptoken, is refused."""
         if link is None:
@@ -669,7 +693,7 @@ class GraphApps:
         skip = [value for name, value in parse_qsl(link[len(prefix):]) if name in ("$skiptoken", "$skipToken")]
         if len(skip) != 1 or not _SKIP_TOKEN.fullmatch(skip[0]):
             raise UpstreamError("Microsoft Graph named a next page of app registrations without a skiptoken.")
-        return base64.urlsafe_b64encode(skip[0].encode()).decode().rstrip("=")
+        return _page_token(skip[0], listing)
 
     # -- federated identity credentials (the federated method; engineer B, issue 14) -------------------------
     async def federated_credentials(self, object_id: str) -> list[FederatedCredential]:

@@ -693,6 +693,52 @@ def test_clients_lists_the_app_registrations_a_graph_connection_sees(api, admin,
         assert refused.json()["errors"][0]["pointer"] == "/continuationToken"
 
 
+
+def test_a_page_token_of_the_app_registrations_is_taken_only_by_the_connection_that_handed_it_out(
+        api, admin, secrets_used):
+    """Found by a review of the page tokens: the token of a page of app registrations wrapped Graph's ``$skiptoken``
+    alone, so one connection's token was taken by another connection's list (a cursor into a list it was not of,
+    the audit log's tokens being tied to their search). It names its connection now: another's is a 400 on
+    ``/continuationToken`` before Graph is asked; its own reads on; and one of the shape handed out before (the
+    skiptoken alone, held by a client across an upgrade) still reads on."""
+    import base64
+
+    def connection(entra):
+        created = api.post(f"{BASE}/azure-client-secrets", json={
+            "name": f"graph-{uuid.uuid4().hex[:8]}", "method": "client-secret",
+            "credentials": entra.client_secret_body()})
+        assert created.status_code == 201, created.text
+        return f"{BASE}/azure-client-secrets/{created.json()['appConnection']['id']}/clients"
+
+    first = register_app(admin, secrets_used, roles=("Application.ReadWrite.All",))
+    for index in range(3):
+        admin.add_app(first.tenant_id, display_name=f"listed-{index}")
+    own, same_tenant = connection(first), connection(
+        register_app(admin, secrets_used, tenant_id=first.tenant_id, roles=("Application.Read.All",)))
+    other_tenant = connection(register_app(admin, secrets_used, roles=("Application.Read.All",)))
+    page = api.get(own, params={"limit": 2})
+    assert page.status_code == 200, page.text
+    token = page.json()["continuationToken"]
+    assert token is not None
+
+    for elsewhere in (same_tenant, other_tenant):
+        sent = len([r for r in admin.requests() if r.get("graph") == "list"])
+        refused = api.get(elsewhere, params={"limit": 2, "continuationToken": token})
+        assert refused.status_code == 400, refused.text
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert refused.json()["errors"][0]["pointer"] == "/continuationToken"
+        assert len([r for r in admin.requests() if r.get("graph") == "list"]) == sent  # Graph was not asked
+
+    following = api.get(own, params={"limit": 2, "continuationToken": token})
+    assert following.status_code == 200, following.text
+    # The shape handed out before: the skiptoken alone (base64url), naming no connection: it reads on.
+    text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    skiptoken = json.loads(text)[0]
+    older = base64.urlsafe_b64encode(skiptoken.encode()).decode().rstrip("=")
+    upgraded = api.get(own, params={"limit": 2, "continuationToken": older})
+    assert upgraded.status_code == 200, upgraded.text
+    assert upgraded.json()["clients"] == following.json()["clients"]
+
 async def test_a_new_secret_that_never_works_is_removed_and_the_current_one_kept(
         api, admin, local_env, clients, secrets_used):
     entra = register_rotatable_app(admin, secrets_used)

@@ -1095,3 +1095,38 @@ async def test_the_daily_read_of_the_keys_over_http_does_not_hold_a_request_whos
     assert took < 1.0, f"a remembered token waited {took:.1f} s for another request's daily read of the keys"
     await token_validator()._keys.settled()
     assert api.discovery_reads() == 2  # the cold read and the daily one
+
+
+async def test_closing_the_clients_ends_a_daily_read_of_the_keys_running_behind_the_requests(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review of the shutdown: ``close_clients`` (the host's shutdown) closed the clients while the daily
+    read of the keys ran behind the requests, in a task held on ``SigningKeys``; the task went on, still pending
+    after the shutdown, and read the key set over the clients just closed (a lean client opened on them that nothing
+    closes), and the validator kept using those closed clients. Closing the clients ends that read (cancelled and
+    awaited: no task is left pending) and forgets the validator built on them: the next request builds a new one,
+    over the new clients."""
+    from shared import auth
+    from shared.azure import clients as clients_module
+    from shared.azure.clients import ENTRA, get_clients
+    from shared.wiring import token_validator
+
+    handler = _options_function()
+    assert (await handler(api.options())).status_code == 200  # the keys read, the token remembered
+    validator, closed = token_validator(), get_clients()
+    monkeypatch.setattr(auth, "KEYS_MAX_AGE_SECONDS", 2.0)  # a day, scaled down ...
+    monkeypatch.setattr(auth, "KEYS_HARD_MAX_AGE_SECONDS", 60.0)  # ... the day and the hour ...
+    monkeypatch.setattr(auth, "REFETCH_INTERVAL_SECONDS", 1.0)  # ... and the minute between reads
+    await asyncio.sleep(2.1)  # the keys are now "a day" old
+    api.admin.set_faults([{"path": "openid-configuration", "action": "delay", "delay_ms": 1000}])
+    assert (await handler(api.options())).status_code == 200  # answered; the daily read starts behind it
+    behind = validator._keys._behind
+    assert behind is not None and not behind.done()
+
+    await clients_module.close_clients()  # the host shuts down while the read runs
+
+    assert behind.done(), "the read behind the requests is still pending after the clients were closed"
+    await asyncio.sleep(1.5)  # the discovery document's answer, and what the read would do next
+    assert ENTRA not in closed._rest, "a lean client was opened on the clients after they were closed"
+    reads = [r["path"] for r in api.admin.requests()]
+    assert not [path for path in reads if path.endswith("/keys")][1:], "the key set was read again after the close"
+    assert token_validator() is not validator  # the next request's validator is built over the new clients

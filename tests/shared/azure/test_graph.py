@@ -399,6 +399,15 @@ async def test_the_app_list_is_read_page_by_page_and_a_next_page_elsewhere_is_ne
         with pytest.raises(InvalidRequest, match="continuation token"):
             await graph.list_applications(2, base64.urlsafe_b64encode(b"standin-offset:x").decode())
 
+        # A token names its list (the key it was given: a connection's): with another's it is a 400, Graph not asked.
+        _, named = await graph.list_applications(2, None, "connection-a")
+        assert named is not None
+        before = len(admin.requests())
+        with pytest.raises(InvalidRequest, match="continuation token"):
+            await graph.list_applications(2, named, "connection-b")
+        assert len(admin.requests()) == before
+        assert (await graph.list_applications(2, named, "connection-a"))[0]
+
         # A next page on another host would carry the connection's bearer token there: it is not followed.
         admin.set_faults([{"method": "GET", "path": r"^/v1\.0/applications$", "action": "respond", "status": 200,
                            "headers": {"Content-Type": "application/json"},

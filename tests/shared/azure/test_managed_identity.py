@@ -12,6 +12,7 @@ azure-identity nor MSAL, azure-core or aiohttp.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -544,6 +545,81 @@ async def test_a_federated_sign_in_cancelled_while_it_waits_leaves_the_identity_
     assert outcome is not None and "AADSTS70021" in outcome.detail
     assert len(host.token_requests()) == 1
 
+
+
+async def _vault_clients(host: Host, monkeypatch: pytest.MonkeyPatch) -> AzureClients:
+    """Clients of a fresh instance whose Key Vault is the stand-in's, its challenge known already: Key Vault's SDK
+    keeps it per process, so every call after the process's first (here: of clients built and closed before), and
+    every call at a refresh of the token, asks for the token at once, without the challenge's round trip first."""
+    from shared.store.vault import SecretVault
+
+    monkeypatch.setenv("IDENTITY_ENDPOINT", host.endpoint)  # azure-identity reads the host's variables itself
+    monkeypatch.setenv("IDENTITY_HEADER", host.header)
+    env = {**host.env(), "KEY_VAULT_URL": host.standin.url, "KEY_VAULT_VERIFY_CHALLENGE_RESOURCE": "false"}
+    before = AzureClients(load_settings(env))
+    try:
+        with contextlib.suppress(ServiceError):
+            await SecretVault(before).get("conn-secret", "0" * 32)  # the challenge, and a token of its own
+    finally:
+        await before.close()
+    host.standin.admin.clear_requests()
+    return AzureClients(load_settings(env))
+
+
+async def _vault_reads_at_once_then_one_more(clients: AzureClients) -> tuple[list[Any], Any]:
+    """Four reads of a secret version at once (none is stored: each answers SecretGone once signed in), then one
+    more; each read's outcome."""
+    from shared.store.vault import SecretVault
+
+    async def read() -> BaseException | None:
+        try:
+            await SecretVault(clients).get("conn-secret", "0" * 32)
+        except ServiceError as error:
+            return error
+        return None
+
+    return list(await asyncio.gather(*(read() for _ in range(4)))), await read()
+
+
+async def test_concurrent_first_key_vault_calls_ask_the_service_s_identity_for_its_token_once(
+        host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review of the token requests: the service's own credential (Key Vault's, the Table SDK's) was
+    azure-identity's alone, which does not combine concurrent requests for a token it has not cached, and Key
+    Vault's policy asks for one without a lock once the vault's challenge is known: four reads at once on a fresh
+    instance (or at the token's refresh) asked the identity endpoint four times. They share the request in
+    flight, as the read path's token and the federation identity's do; the token is then cached for the next."""
+    from shared.errors import SecretGone
+
+    clients = await _vault_clients(host, monkeypatch)
+    try:
+        outcomes, later = await _vault_reads_at_once_then_one_more(clients)
+    finally:
+        await clients.close()
+    assert [type(outcome) for outcome in [*outcomes, later]] == [SecretGone] * 5  # each signed in to Key Vault
+    requests = host.token_requests()
+    assert len(requests) == 1, f"{len(requests)} token requests"
+    assert requests[0]["query"]["resource"] == "https://vault.azure.net"
+
+
+async def test_concurrent_first_key_vault_calls_share_the_identity_endpoint_s_refusal_which_is_not_kept(
+        host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request in flight is shared with its outcome: refused, every call waiting on it is told so (the service's
+    identity got no token), from one request; the refusal is not kept, and the next call asks again."""
+    from shared.errors import SecretGone
+
+    clients = await _vault_clients(host, monkeypatch)
+    host.standin.admin.set_faults([{"path": f"^{MSI}$", "status": 400, "times": 1,
+                                    "body": {"statusCode": 400, "message": "No User Assigned Identity found"}}])
+    try:
+        outcomes, later = await _vault_reads_at_once_then_one_more(clients)
+    finally:
+        await clients.close()
+        host.standin.admin.clear_faults()
+    for outcome in outcomes:
+        assert isinstance(outcome, ServiceError) and outcome.slug == "service-misconfigured", outcome
+        assert outcome.detail.startswith("The service's own identity could not get a token"), outcome.detail
+    assert isinstance(later, SecretGone)
+    assert [r["status"] for r in host.token_requests()] == [400, 200]
 
 async def test_a_token_is_refreshed_at_its_refresh_time_and_a_failed_refresh_keeps_the_valid_one(
         host: Host, caplog: pytest.LogCaptureFixture) -> None:
