@@ -342,7 +342,13 @@ class AzureClients:
     async def close(self) -> None:
         hooks, self._on_close = self._on_close, []
         for hook in hooks:
-            await hook()
+            try:
+                await hook()
+            except Exception as error:  # one hook's failure does not keep the clients open
+                import logging
+
+                logging.getLogger(__name__).warning("A hook run at the clients' close failed (%s); closing on",
+                                                    type(error).__name__)
         fetch, self._storage_token_fetch = self._storage_token_fetch, None
         if fetch is not None:
             fetch.cancel()

@@ -237,3 +237,24 @@ async def test_a_get_dropped_every_time_is_sent_as_often_as_the_policy_says_not_
         finally:
             await clients.close()
     assert (sdk, graph) == (RETRY_TOTAL + 1, RETRY_TOTAL + 1)
+
+
+async def test_a_close_hook_that_fails_does_not_keep_the_clients_open(caplog):
+    clients = AzureClients(load_settings({"AzureWebJobsStorage": "UseDevelopmentStorage=true"}))
+    ran: list[str] = []
+
+    async def failing() -> None:
+        ran.append("failing")
+        raise RuntimeError("secret-looking detail")
+
+    async def after() -> None:
+        ran.append("after")
+
+    clients.on_close(failing)
+    clients.on_close(after)
+    lean = clients.rest(TABLES)
+    await clients.close()
+    assert ran == ["failing", "after"]
+    assert clients.rest(TABLES) is not lean  # the lean clients were closed and dropped: a new one is built
+    assert "RuntimeError" in caplog.text and "secret-looking detail" not in caplog.text
+    await clients.close()
