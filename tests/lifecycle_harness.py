@@ -95,6 +95,7 @@ class Harness:
     outcomes: list[Outcome] = field(default_factory=list)
     faults_armed: bool = False
     method: str = "client-secret"  # or "certificate": the connections create() makes and rotates
+    given: dict[str, dict[str, str]] = field(default_factory=dict)  # what the owner gave each connection create() made
 
     def __post_init__(self) -> None:
         self.fakes.world.on_revoke = self._on_revoke
@@ -136,6 +137,7 @@ class Harness:
         if rotation:
             body.update(isAutoRotationEnabled=True, rotation=ROTATION)
         record: ConnectionRecord = await self.api.create(APP, body)
+        self.given[record.id] = credentials
         return record
 
     async def record(self, connection_id: str) -> ConnectionRecord | None:
@@ -430,6 +432,32 @@ def user_operations(h: Harness, connection_id: str) -> dict[str, Callable[[], Aw
     async def reauthorize() -> Outcome:
         return await h.op("reauthorize", connection_id, lambda: reauthorize_oauth(h))
 
+    async def create_same_app(same_credential: bool = False, rotation: bool = True) -> Outcome:
+        """A new connection of the same Entra application, named anew: with a credential of it the owner adds
+        now, or (``same_credential``) with the one the owner gave this connection (all a user can hold: one the
+        service made is never shown), whether still live or not; rotation on (its first rotation runs at once,
+        beside this one's) or off."""
+        record = await h.record(connection_id)
+        method = record.method if record and record.method in ("client-secret", "certificate") else h.method
+        client_id = record.client_id if record else h.new_app()[0]
+        if same_credential and connection_id in h.given:  # (the connection may have moved to another method since)
+            credentials = h.given[connection_id]
+            method = "certificate" if "certificateBody" in credentials else "client-secret"
+        else:
+            credentials = h.new_credential(client_id or "", method)
+        body: dict[str, Any] = {"name": f"same-app-{len(h.fakes.connections.records)}", "method": method,
+                                "credentials": credentials}
+        if rotation:
+            body.update(isAutoRotationEnabled=True, rotation=ROTATION)
+        name = "create-same-credential" if same_credential else "create-same-app"
+        return await h.op(name, connection_id, lambda: api.create(APP, body))
+
+    async def create_same_credential() -> Outcome:
+        return await create_same_app(same_credential=True, rotation=False)
+
+    async def create_same_credential_rotating() -> Outcome:
+        return await create_same_app(same_credential=True, rotation=True)
+
     async def migrate() -> Outcome:
         return await h.op("migrate", connection_id, lambda: api.migrate_to_federated(APP, connection_id, {}),
                           may_change_on_error=True)
@@ -437,7 +465,9 @@ def user_operations(h: Harness, connection_id: str) -> dict[str, Callable[[], Aw
     return {"patch-credentials": patch_credentials, "patch-other-app": patch_other_app,
             "patch-rotation": patch_rotation, "patch-key-id": patch_key_id, "disable-rotation": disable_rotation,
             "delete": delete,
-            "validate": validate, "rotate": rotate, "rename": rename, "reauthorize": reauthorize, "migrate": migrate}
+            "validate": validate, "rotate": rotate, "rename": rename, "reauthorize": reauthorize, "migrate": migrate,
+            "create-same-app": create_same_app, "create-same-credential": create_same_credential,
+            "create-same-credential-rotating": create_same_credential_rotating}
 
 
 async def reauthorize_oauth(h: Harness) -> ConnectionRecord:

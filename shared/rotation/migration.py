@@ -88,7 +88,7 @@ from shared.rotation.protocol import (
     remove_rolled,
     schedule_of,
 )
-from shared.rotation.sharing import keep_for_others, named, signing_in_with
+from shared.rotation.sharing import keep_for_others, mark_stranded, named, signing_in_with
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -346,6 +346,12 @@ class Migrator(Journaled):
                                     connection_marker(record.id), last=original or in_use,
                                     audit=self._removal(record), registration=registration, signer=material, now=now,
                                     fence=self.lease_check(state))  # a worker held up past its lease stops here
+            # Asked again once it is revoked, as a rotation does: one created with it (or given it) since is told.
+            stranded = await signing_in_with(self.adapters.connections, self.adapters.vault, kind, record, original,
+                                             material or None, surely=True) if original and kind else []
+            if stranded and kind:
+                await mark_stranded(self.adapters.connections, record, stranded, kind.noun, now,
+                                    by="migration to the federated method")
         await self.checkpoint("after-remove-originals", record)
         if state.previous_version:
             await self.adapters.vault.disable_others(record.secret_name, "")
@@ -356,6 +362,9 @@ class Migrator(Journaled):
                 else "the credential given was left on the application")
         if sharing:
             kept += f" ({named(sharing)} of the same application sign(s) in with it)"
+        if stranded:
+            kept += (f"; {named(stranded)} of the same application began to sign in with it while it was being "
+                     "revoked, and was marked invalid: give it a new credential")
         done = state.cleared_journal().left_behind_forgotten().evolve(
             status=STATUS_SUCCEEDED, message=f"Migrated to the federated method; {kept}.", failures=0,
             failing_since=None, managed=False, revoke_original=False, key_id=ours, key_tenant_id=None)

@@ -103,7 +103,7 @@ from shared.rotation.lifetimes import (
 )
 from shared.rotation.rolls import CredentialRoll, Successor
 from shared.rotation.schedule import RotationSchedule, parse_hhmm
-from shared.rotation.sharing import keep_for_others, named, same_application, signing_in_with
+from shared.rotation.sharing import keep_for_others, mark_stranded, named, same_application, signing_in_with
 
 log = logging.getLogger(__name__)
 
@@ -666,6 +666,11 @@ class Rotator(Journaled):
                             marker(record.id, state.rotation_id), keep=state.key_id, audit=self._removal(record),
                             registration=registration, signer=signer, now=self.now(),
                             fence=self.lease_check(state))
+        # Asked again once it is revoked: a connection created with it (or given it) after the question was asked
+        # signs in with what was just revoked. Nothing orders that request with this removal: it is told at once.
+        stranded = await self._signing_in_with_it(record, run, roll, registration, previous, surely=True)
+        if stranded:
+            await mark_stranded(self.adapters.connections, record, stranded, roll.noun, self.now())
         # The version it superseded is the only other one enabled (a resumed create disabled what earlier attempts
         # wrote, a retirement what a credentials change left): disabled by its id, without listing the versions.
         if state.previous_version and state.previous_version != record.secret_version:
@@ -678,6 +683,9 @@ class Rotator(Journaled):
         if sharing:
             message = (f"Rotated: a new {roll.noun} is in use. The previous one, the owner's, was left on the "
                        f"application: {named(sharing)} of the same application sign(s) in with it.")
+        if stranded:
+            message += (f" {named(stranded)} of the same application began to sign in with it while it was being "
+                        "revoked, and was marked invalid: give it a new credential.")
         due = next_rotation(schedule, now, state.pending_expires_at)
         if state.retire_version is not None:
             message += (f" The {roll.noun}s the service created on the application used before "
@@ -694,7 +702,8 @@ class Rotator(Journaled):
         return await self._reschedule(record, state, done)
 
     async def _signing_in_with_it(self, record: ConnectionRecord, run: _Run, roll: CredentialRoll,
-                                  registration: AppRegistration, previous: str | None) -> list[ConnectionRecord]:
+                                  registration: AppRegistration, previous: str | None, *,
+                                  surely: bool = False) -> list[ConnectionRecord]:
         """The other connections that sign in with ``previous``, the credential this rotation replaced, when the
         owner gave it (one the service made for this connection is this connection's alone), and it is still
         on the application (see :mod:`shared.rotation.sharing`)."""
@@ -711,7 +720,7 @@ class Rotator(Journaled):
             except (SecretGone, VersionDisabled):
                 material = None  # (then any connection of the application that tracks no Key ID counts)
         return await signing_in_with(self.adapters.connections, self.adapters.vault, roll, record, previous,
-                                     material)
+                                     material, surely=surely)
 
     async def _reschedule(self, record: ConnectionRecord, old: RotationState, new: RotationState,
                           notify: Sequence[Notification] = ()) -> ConnectionRecord:

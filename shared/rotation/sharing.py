@@ -9,15 +9,20 @@ is asked when such a credential is to be revoked, right before its revocation.
 
 from __future__ import annotations
 
+import hmac
+import logging
 from collections.abc import Mapping
+from datetime import datetime
 
 from shared.apps import APPS, Method
 from shared.audit import STARTED, AuditLog
 from shared.errors import ConcurrentChange, NotFound, SecretGone, ServiceError, UpstreamError, VersionDisabled
 from shared.fields import MAX_PAGE_SIZE
 from shared.ports import ConnectionStore, SecretStore
-from shared.records import MIGRATION_STEPS, STATUS_DELETING, ConnectionRecord
+from shared.records import MIGRATION_STEPS, STATUS_DELETING, STATUS_INVALID, ConnectionRecord
 from shared.rotation.rolls import CredentialRoll
+
+log = logging.getLogger(__name__)
 
 
 def same_application(one: ConnectionRecord, other: ConnectionRecord) -> bool:
@@ -45,15 +50,18 @@ async def of_the_same_application(store: ConnectionStore, record: ConnectionReco
 
 
 async def signing_in_with(store: ConnectionStore, vault: SecretStore, roll: CredentialRoll,
-                          record: ConnectionRecord, key_id: str, material: Mapping[str, str] | None,
-                          ) -> list[ConnectionRecord]:
+                          record: ConnectionRecord, key_id: str, material: Mapping[str, str] | None, *,
+                          surely: bool = False) -> list[ConnectionRecord]:
     """The other connections of ``record``'s application that sign in with its credential ``key_id`` of ``roll``'s
     kind (whose ``material`` it is, when known): one that tracks that Key ID, or one of that method that tracks
     none and whose stored material may be the same credential (``CredentialRoll.may_be_same``: for a client
     secret, the same hint). One whose stored material is gone or disabled, or a
     credential whose material is not known, counts as signing in with it (it is kept: a revocation cannot be
     undone); a failure to read it (Key Vault not answering) is raised: the caller's attempt fails, and is tried
-    again."""
+    again. ``surely``: only those known to sign in with it (asked once it is revoked, to tell them: none when its
+    material is not known, and not one whose stored material cannot be read)."""
+    if surely and material is None:
+        return []
     sharing: list[ConnectionRecord] = []
     for other in await of_the_same_application(store, record):
         if other.method != roll.method.value:
@@ -68,11 +76,52 @@ async def signing_in_with(store: ConnectionStore, vault: SecretStore, roll: Cred
         try:
             theirs = await vault.get(other.secret_name, other.secret_version)
         except (SecretGone, VersionDisabled, NotFound):
-            sharing.append(other)
+            if not surely:
+                sharing.append(other)
             continue
-        if roll.may_be_same(material, theirs):
+        if roll.may_be_same(material, theirs) and (not surely or _same_secret(material, theirs)):
             sharing.append(other)
     return sharing
+
+
+async def mark_stranded(store: ConnectionStore, record: ConnectionRecord, stranded: list[ConnectionRecord],
+                        noun: str, now: datetime, by: str = "rotation") -> None:
+    """Mark ``stranded`` invalid: they began to sign in with the credential ``record`` has just revoked (created
+    with it, or given it, after :func:`signing_in_with` was asked and before the revocation: nothing orders a
+    request of another connection with this removal). A revocation cannot be undone; the connection is told at
+    once (``status`` ``invalid``, its message naming ``record``), not only by its next health check. Best effort,
+    each on top of what changed meanwhile (ETag-guarded, read again), but not over a change of its credential or a
+    DELETE's mark: its health check finds the same."""
+    message = (f"Its {noun} was revoked by the {by} of the connection '{record.name}' ({record.app}) of the same "
+               "application, which replaced it while this connection was created with it or given it. Give this "
+               "connection a new credential.")
+    for other in stranded:
+        current = other
+        try:
+            for _ in range(3):
+                if current.status == STATUS_DELETING:
+                    break
+                try:
+                    await store.update(current.evolve(status=STATUS_INVALID, status_message=message,
+                                                      last_validated_at=now))
+                    log.warning("Connection %s signs in with the credential the %s of %s revoked: marked invalid",
+                                other.id, by, record.id)
+                    break
+                except ConcurrentChange:
+                    current = await store.get(other.app, other.id)
+                    if current.secret_version != other.secret_version:
+                        break  # its credential changed meanwhile: not the one revoked
+        except (NotFound, ServiceError) as error:
+            log.warning("Connection %s signs in with the credential the %s of %s revoked; it could not be marked "
+                        "invalid (%s): its health check finds it", other.id, by, record.id, type(error).__name__)
+
+
+def _same_secret(one: Mapping[str, str], other: Mapping[str, str]) -> bool:
+    """A client secret's whole value is the same (its hint alone may be another's); a certificate's thumbprint,
+    which ``may_be_same`` compares, is all of it."""
+    if "clientSecret" not in one:
+        return True
+    return hmac.compare_digest(one["clientSecret"].encode(), other.get("clientSecret", "").encode())
 
 
 def named(connections: list[ConnectionRecord]) -> str:

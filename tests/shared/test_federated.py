@@ -479,7 +479,7 @@ async def test_a_health_check_or_rename_during_a_migration_does_not_stop_it(wher
 
 
 USER_OPERATIONS = ["patch-credentials", "patch-other-app", "patch-rotation", "disable-rotation", "delete", "validate",
-                   "rotate", "rename", "reauthorize", "migrate"]
+                   "rotate", "rename", "reauthorize", "migrate", "create-same-app"]
 # While a migration runs (leased), these wait for it: 409 with the journal's id.
 REFUSED_WHILE_MIGRATING = {"patch-credentials", "patch-other-app", "patch-rotation", "disable-rotation", "delete",
                            "rotate", "migrate"}

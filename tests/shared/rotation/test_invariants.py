@@ -18,7 +18,7 @@ from tests.lifecycle_harness import APP, Crash, Harness, crash_at, only_retired,
 CHECKPOINTS = ["before-add-password", "lease-renewed", "after-add-password", "after-vault-write", "after-test",
                "after-tested", "after-finish", "after-revoke"]
 OPERATIONS = ["patch-credentials", "patch-other-app", "patch-rotation", "patch-key-id", "disable-rotation", "delete",
-              "validate", "rotate", "rename", "reauthorize"]
+              "validate", "rotate", "rename", "reauthorize", "create-same-app"]
 # While a rotation runs, these wait for it: they answer 409 with the rotation's id and Retry-After (a Key ID alone,
 # on a certificate connection, is refused first as a field of another method: 400).
 REFUSED_WHILE_ROTATING = {"patch-credentials", "patch-other-app", "patch-rotation", "patch-key-id", "disable-rotation",
@@ -70,6 +70,15 @@ async def test_a_user_operation_during_a_rotation_step_keeps_every_invariant(che
     assert after is not None
     assert after.rotation.status == "succeeded"
     assert not after.rotation.in_progress
+    await _every_connection_signs_in(h)
+
+
+async def _every_connection_signs_in(h: Harness) -> None:
+    """Each connection there is (the one rotated, one a user created beside it) validates: what it holds works."""
+    for other in list(h.fakes.connections.records.values()):
+        if other.method != "oauth":
+            validated = await h.api.validate(APP, other.id)
+            assert validated.status == "active", (other.name, validated.status_message)
 
 
 # After a crash, while the crashed worker's lease holds, what touches the rotation waits (409). Once it ran out, a
@@ -99,6 +108,8 @@ async def test_a_crash_at_a_step_then_a_user_operation_keeps_every_invariant(che
     expected = EXPECTED_AFTER_CRASH[lease_ran_out].get(operation)
     if operation == "patch-key-id" and method != "client-secret":
         expected = 400  # a field of another method, refused first
+    if operation == "create-same-app":
+        expected = 200  # another connection of the application is never held up by this one's rotation
     if expected is not None:
         assert outcome.status == expected, outcome
     assert h.check() == []
@@ -107,6 +118,7 @@ async def test_a_crash_at_a_step_then_a_user_operation_keeps_every_invariant(che
     after = await h.record(record.id)
     if after is not None:
         assert not after.rotation.in_progress
+    await _every_connection_signs_in(h)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -674,3 +686,104 @@ async def test_a_worker_that_dies_closing_a_dead_attempt_leaves_its_interrupted_
                if r.action == "rotation.attempt" and r.outcome == "interrupted" and r.connection_id == stopped.id]
     assert [d for d in details if f"rotation {stopped.rotation.rotation_id} attempt 1 " in d], details
     assert h.check() == []
+
+
+async def _holding_the_owners_credential(h: Harness) -> ConnectionRecord:
+    """A connection that signs in with the credential its owner gave (rotation off): the owner still holds it."""
+    record = await h.create(rotation=False)
+    assert h.current_secret(record) in (h.given[record.id].get("clientSecret"),
+                                        h.given[record.id].get("certificateBody"))
+    return record
+
+
+CREATES = ["create-same-app", "create-same-credential", "create-same-credential-rotating"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("operation", CREATES)
+@pytest.mark.parametrize("checkpoint", CHECKPOINTS)
+async def test_a_create_of_the_same_application_during_a_rotation_of_the_owners_credential_locks_neither_out(
+        checkpoint: str, operation: str, method: str) -> None:
+    """A rotation that replaces the credential the owner gave (turned on by a PATCH, which runs it at once), while
+    the owner creates another connection of the same application at each of its steps: with a credential added
+    now, or with that very credential (rotation off: it signs in with it; or on: its own first rotation replaces
+    it). The credential another connection signs in with stays on the application (docs/rotation.md, a credential
+    given to two connections), and the rotation's message names that connection; once revoked, the create is
+    refused (400, the credential does not work) and nothing is stored. Every invariant holds for both."""
+    from tests.lifecycle_harness import ROTATION
+
+    h = Harness(method=method)
+    record = await _holding_the_owners_credential(h)
+    ops = user_operations(h, record.id)
+    seen = []
+
+    async def interleave(name: str, current: ConnectionRecord) -> None:
+        if name == checkpoint and not seen and current.id == record.id:
+            seen.append(await ops[operation]())
+
+    enabled = await h.services(interleave).connections.update(
+        APP, record.id, {"isAutoRotationEnabled": True, "rotation": ROTATION})
+    assert seen, f"the rotation never reached {checkpoint}"
+    revoked = checkpoint == "after-revoke" and operation != "create-same-app"
+    if revoked:
+        assert seen[0].status == 400, seen[0]
+        assert len(h.fakes.connections.records) == 1
+    else:
+        assert seen[0].status == 200, seen[0].error
+    assert enabled.rotation.status == "succeeded", enabled.rotation.message
+    await h.settle()
+    assert h.check() == []
+    await _every_connection_signs_in(h)
+    after = await h.record(record.id)
+    assert after is not None and not after.rotation.in_progress
+    if operation == "create-same-credential" and not revoked:
+        created = seen[0].result
+        assert h.current_secret(created) == h.current_secret(record)  # the owner's, which it still signs in with
+        assert f"'{created.name}' ({APP})" in (after.rotation.message or ""), after.rotation.message
+
+
+@pytest.mark.parametrize(("method", "revoked_by"), [("client-secret", "rotation"), ("certificate", "rotation"),
+                                                   ("client-secret", "migration")])
+async def test_a_create_with_the_owners_credential_while_a_rotation_revokes_it_is_marked_invalid_and_named(
+        method: str, revoked_by: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the creates interleaved here: the rotation asks whether another connection signs in with the
+    owner's credential right before revoking it, but nothing orders that question with a create of another
+    connection. A create with that credential that ran between the question and the removal was answered 201 and
+    left signing in with a revoked credential, said by nothing until its next health check (a day on). The
+    revocation cannot be undone: the rotation asks again once it is done, marks such a connection invalid at once
+    (its message naming the rotated connection), and its own message names it. Nothing else is amiss (I1 apart:
+    the new connection's credential was revoked in use, which is what it is told). So does a migration to the
+    federated method that revokes the original (``revokeOriginal``)."""
+    from tests.fakes import FakeGraph
+    from tests.lifecycle_harness import ROTATION, overtaken_at
+
+    h = Harness(method=method)
+    record = await _holding_the_owners_credential(h)
+    created: list[ConnectionRecord] = []
+
+    async def create() -> None:
+        outcome = await user_operations(h, record.id)["create-same-credential"]()
+        assert outcome.status == 200, outcome.error
+        created.append(outcome.result)
+
+    removal = "remove_password" if method == "client-secret" else "remove_key"
+    race = overtaken_at(monkeypatch, FakeGraph, removal, 1, create)
+    if revoked_by == "rotation":
+        done = await h.api.update(APP, record.id, {"isAutoRotationEnabled": True, "rotation": ROTATION})
+    else:
+        h.fakes.world.add_federated(record.client_id or "")
+        done = await h.api.migrate_to_federated(APP, record.id, {"revokeOriginal": True})
+        assert done.method == "federated"
+    assert race.ran and created
+    [new] = created
+    assert done.rotation.status == "succeeded", done.rotation.message
+    assert f"'{new.name}' ({APP}) of the same application began to sign in with it while it was being revoked" in (
+        done.rotation.message or ""), done.rotation.message
+    marked = await h.record(new.id)
+    assert marked is not None and marked.status == "invalid", marked
+    by = "rotation" if revoked_by == "rotation" else "migration to the federated method"
+    assert f"{by} of the connection '{record.name}'" in (marked.status_message or ""), marked.status_message
+    await h.settle()
+    assert [v for v in h.check() if new.id not in v] == []
+    validated = await h.api.validate(APP, record.id)
+    assert validated.status == "active"

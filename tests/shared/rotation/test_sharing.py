@@ -225,3 +225,38 @@ async def test_a_migration_revoking_the_original_keeps_a_secret_with_the_same_hi
     assert "'y' (azure-key-vault)" in (moved.rotation.message or "")
     assert twin.key_id in h.fakes.world.apps[client_id].passwords
     assert h.check() == []
+
+
+async def test_what_is_told_of_a_revoked_credential_is_only_who_surely_signed_in_with_it() -> None:
+    """Once a credential is revoked, the connections that began to sign in with it meanwhile are marked invalid
+    (``surely``): not one whose secret only shares its hint (kept before a revocation, as it may be the same), nor
+    one whose stored version cannot be read, nor any when the revoked material is not known."""
+    from shared.rotation.kinds import ROLLS
+    from shared.rotation.sharing import signing_in_with
+    from tests.shared.test_connections import twin_of
+
+    h = Harness()
+    app = h.fakes.world.application()
+    given = h.fakes.world.add(app.client_id, "given")
+    twin = twin_of(h, app.client_id, given)
+    rotated = await h.api.create("azure-key-vault", {"name": "kv", "method": "client-secret",
+                                                     "credentials": h.credentials(app.client_id, given)})
+    same = await h.api.create("azure-app-configuration", {"name": "same", "method": "client-secret",
+                                                          "credentials": h.credentials(app.client_id, given)})
+    hinted = await h.api.create("azure-app-configuration", {"name": "twin", "method": "client-secret",
+                                                            "credentials": h.credentials(app.client_id, twin)})
+    unread = await h.api.create("azure-app-configuration", {"name": "unread", "method": "client-secret",
+                                                            "credentials": h.credentials(app.client_id, given)})
+    await h.fakes.vault.disable(unread.secret_name, unread.secret_version)
+    material = {"clientSecret": given.secret}
+    roll = ROLLS["client-secret"]
+
+    async def asked(surely: bool, known: dict[str, str] | None = material) -> set[str]:
+        found = await signing_in_with(h.fakes.connections, h.fakes.vault, roll, rotated, given.key_id, known,
+                                      surely=surely)
+        return {c.name for c in found}
+
+    assert await asked(surely=False) == {"same", "twin", "unread"}  # kept for them all before a revocation
+    assert await asked(surely=True) == {"same"}
+    assert await asked(surely=True, known=None) == set()
+    assert {same.id, hinted.id} <= {r.id for r in h.fakes.connections.records.values()}
