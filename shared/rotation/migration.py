@@ -350,8 +350,8 @@ class Migrator(Journaled):
             stranded = await signing_in_with(self.adapters.connections, self.adapters.vault, kind, record, original,
                                              material or None, surely=True) if original and kind else []
             if stranded and kind:
-                await mark_stranded(self.adapters.connections, record, stranded, kind.noun, now,
-                                    by="migration to the federated method")
+                await mark_stranded(self.adapters.connections, self.adapters.health_index, record, stranded,
+                                    kind.noun, now, by="migration to the federated method")
         await self.checkpoint("after-remove-originals", record)
         if state.previous_version:
             await self.adapters.vault.disable_others(record.secret_name, "")

@@ -670,7 +670,8 @@ class Rotator(Journaled):
         # signs in with what was just revoked. Nothing orders that request with this removal: it is told at once.
         stranded = await self._signing_in_with_it(record, run, roll, registration, previous, surely=True)
         if stranded:
-            await mark_stranded(self.adapters.connections, record, stranded, roll.noun, self.now())
+            await mark_stranded(self.adapters.connections, self.adapters.health_index, record, stranded, roll.noun,
+                                self.now())
         # The version it superseded is the only other one enabled (a resumed create disabled what earlier attempts
         # wrote, a retirement what a credentials change left): disabled by its id, without listing the versions.
         if state.previous_version and state.previous_version != record.secret_version:

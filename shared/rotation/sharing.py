@@ -16,9 +16,10 @@ from datetime import datetime
 
 from shared.apps import APPS, Method
 from shared.audit import STARTED, AuditLog
+from shared.due_index import health_key, reindex
 from shared.errors import ConcurrentChange, NotFound, SecretGone, ServiceError, UpstreamError, VersionDisabled
 from shared.fields import MAX_PAGE_SIZE
-from shared.ports import ConnectionStore, SecretStore
+from shared.ports import ConnectionStore, ScheduleStore, SecretStore
 from shared.records import MIGRATION_STEPS, STATUS_DELETING, STATUS_INVALID, ConnectionRecord
 from shared.rotation.rolls import CredentialRoll
 
@@ -84,36 +85,102 @@ async def signing_in_with(store: ConnectionStore, vault: SecretStore, roll: Cred
     return sharing
 
 
-async def mark_stranded(store: ConnectionStore, record: ConnectionRecord, stranded: list[ConnectionRecord],
-                        noun: str, now: datetime, by: str = "rotation") -> None:
+async def mark_stranded(store: ConnectionStore, health_index: ScheduleStore, record: ConnectionRecord,
+                        stranded: list[ConnectionRecord], noun: str, now: datetime, by: str = "rotation") -> None:
     """Mark ``stranded`` invalid: they began to sign in with the credential ``record`` has just revoked (created
     with it, or given it, after :func:`signing_in_with` was asked and before the revocation: nothing orders a
     request of another connection with this removal). A revocation cannot be undone; the connection is told at
-    once (``status`` ``invalid``, its message naming ``record``), not only by its next health check. Best effort,
-    each on top of what changed meanwhile (ETag-guarded, read again), but not over a change of its credential or a
-    DELETE's mark: its health check finds the same."""
+    once (``status`` ``invalid``, its message naming ``record``), not only by its next health check, and that
+    check is brought forward to ``now`` in the same write: its one entry of ``health_index`` moved as the service
+    moves one (:func:`reindex`: never a second entry, never a later time), so that the next health sweep
+    (``HEALTH_SWEEP_SCHEDULE``) checks it, finds it failing and notifies its owner (``health_notices``, which the
+    health drives, not the status). Best effort, each on top of what changed meanwhile (ETag-guarded, read
+    again), but not over a change of its credential or a DELETE's mark: its health check finds the same. An index
+    that cannot be written leaves the check where it was (logged by type: the daily check finds it); nothing here
+    fails the rotation."""
     message = (f"Its {noun} was revoked by the {by} of the connection '{record.name}' ({record.app}) of the same "
                "application, which replaced it while this connection was created with it or given it. Give this "
                "connection a new credential.")
     for other in stranded:
-        current = other
         try:
-            for _ in range(3):
-                if current.status == STATUS_DELETING:
-                    break
-                try:
-                    await store.update(current.evolve(status=STATUS_INVALID, status_message=message,
-                                                      last_validated_at=now))
-                    log.warning("Connection %s signs in with the credential the %s of %s revoked: marked invalid",
-                                other.id, by, record.id)
-                    break
-                except ConcurrentChange:
-                    current = await store.get(other.app, other.id)
-                    if current.secret_version != other.secret_version:
-                        break  # its credential changed meanwhile: not the one revoked
+            if await _marked(store, health_index, other, message, now):
+                log.warning("Connection %s signs in with the credential the %s of %s revoked: marked invalid, its "
+                            "health check due now", other.id, by, record.id)
         except (NotFound, ServiceError) as error:
             log.warning("Connection %s signs in with the credential the %s of %s revoked; it could not be marked "
                         "invalid (%s): its health check finds it", other.id, by, record.id, type(error).__name__)
+
+
+async def _marked(store: ConnectionStore, index: ScheduleStore | None, other: ConnectionRecord, message: str,
+                  now: datetime) -> bool:
+    """:func:`mark_stranded` of one connection, in up to three ETag-guarded writes on top of what changed meanwhile
+    (``index`` None once it failed: the mark alone): whether it was written (False: changed meanwhile, deleted or
+    being deleted)."""
+    current: ConnectionRecord | None = other
+    for _ in range(3):
+        if current is None or current.status == STATUS_DELETING or current.secret_version != other.secret_version:
+            return False  # deleted, being deleted, or its credential changed meanwhile: not the one revoked
+        try:
+            written, current = await _mark_once(store, index, current, message, now)
+        except _NotIndexed as error:
+            log.warning("Connection %s: its health check could not be brought forward (%s): its next check finds "
+                        "it", other.id, type(error.__cause__).__name__)
+            index = None
+            continue
+        if written:
+            return True
+    return False
+
+
+class _NotIndexed(Exception):
+    """The health index could not be written (its cause): nothing was written to the connection."""
+
+
+async def _mark_once(store: ConnectionStore, index: ScheduleStore | None, held: ConnectionRecord, message: str,
+                     now: datetime) -> tuple[bool, ConnectionRecord | None]:
+    """One write of the mark on top of ``held`` (ETag-guarded), with its health check due at ``now`` (or sooner, as
+    it was) through ``index`` (:func:`reindex`: the new entry first, then the record pointed at it, then the entry
+    it no longer points at dropped), or where it was when ``index`` is None. Whether the mark is written (its own
+    write found landed, its answer lost, counts), and the record as it is now (None: deleted)."""
+    due = min(held.health.next_check_at or now, now)
+    written: list[ConnectionRecord] = []
+    reached: list[bool] = []  # the write was tried: the index's entry is in
+    gone: list[bool] = []
+
+    def target(key: str | None) -> ConnectionRecord:
+        health = held.health if index is None else held.health.evolve(next_check_at=due, check_key=key)
+        return held.evolve(status=STATUS_INVALID, status_message=message, last_validated_at=now, health=health)
+
+    async def point(key: str | None) -> ConnectionRecord:
+        reached.append(True)
+        try:
+            try:
+                written.append(await store.update(target(key)))
+                return written[-1]
+            except ConcurrentChange:  # changed meanwhile; or its own write, landed with its answer lost
+                current = await store.get(held.app, held.id)
+        except NotFound:  # deleted meanwhile: it points at neither entry, and both go
+            gone.append(True)
+            return held.evolve(health=held.health.evolve(check_key=None))
+        if current.status == STATUS_INVALID and current.status_message == message and current.health.check_key == key:
+            written.append(current)
+        return current
+
+    if index is None:
+        current = await point(held.health.check_key)
+    else:
+        try:
+            current = await reindex(index, held.health.check_key, due, held, point, key_of=health_key)
+        except ServiceError as error:
+            if not reached:  # the new entry is not in: nothing was written
+                raise _NotIndexed() from error
+            if not written:
+                raise
+            # Written: an entry it no longer points at is stale, and the health sweep that reads it drops it.
+            log.info("Connection %s: the health index entry it was moved from is left to the sweep (%s)", held.id,
+                     type(error).__name__)
+            return True, written[-1]
+    return bool(written), None if gone else current
 
 
 def _same_secret(one: Mapping[str, str], other: Mapping[str, str]) -> bool:

@@ -6,7 +6,11 @@ no 5xx; I4 one history entry per attempt."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import json
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -742,8 +746,40 @@ async def test_a_create_of_the_same_application_during_a_rotation_of_the_owners_
         assert f"'{created.name}' ({APP})" in (after.rotation.message or ""), after.rotation.message
 
 
-@pytest.mark.parametrize(("method", "revoked_by"), [("client-secret", "rotation"), ("certificate", "rotation"),
-                                                   ("client-secret", "migration")])
+STRANDED_BY = [("client-secret", "rotation"), ("certificate", "rotation"), ("client-secret", "migration")]
+
+
+async def _created_while_revoked(
+        h: Harness, record: ConnectionRecord, revoked_by: str, monkeypatch: pytest.MonkeyPatch,
+        then: Callable[[ConnectionRecord], None] | None = None) -> tuple[ConnectionRecord, ConnectionRecord]:
+    """A create with the owner's credential of ``record`` that overtakes its revocation (by a rotation turned on,
+    or a migration with ``revokeOriginal``): the connection rotated (or migrated) and the one created (handed to
+    ``then`` once created, before the revocation)."""
+    from tests.fakes import FakeGraph
+    from tests.lifecycle_harness import ROTATION, overtaken_at
+
+    created: list[ConnectionRecord] = []
+
+    async def create() -> None:
+        outcome = await user_operations(h, record.id)["create-same-credential"]()
+        assert outcome.status == 200, outcome.error
+        created.append(outcome.result)
+        if then is not None:
+            then(outcome.result)
+
+    removal = "remove_password" if h.method == "client-secret" else "remove_key"
+    race = overtaken_at(monkeypatch, FakeGraph, removal, 1, create)
+    if revoked_by == "rotation":
+        done = await h.api.update(APP, record.id, {"isAutoRotationEnabled": True, "rotation": ROTATION})
+    else:
+        h.fakes.world.add_federated(record.client_id or "")
+        done = await h.api.migrate_to_federated(APP, record.id, {"revokeOriginal": True})
+        assert done.method == "federated"
+    assert race.ran and created
+    return done, created[0]
+
+
+@pytest.mark.parametrize(("method", "revoked_by"), STRANDED_BY)
 async def test_a_create_with_the_owners_credential_while_a_rotation_revokes_it_is_marked_invalid_and_named(
         method: str, revoked_by: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Found by the creates interleaved here: the rotation asks whether another connection signs in with the
@@ -754,28 +790,9 @@ async def test_a_create_with_the_owners_credential_while_a_rotation_revokes_it_i
     (its message naming the rotated connection), and its own message names it. Nothing else is amiss (I1 apart:
     the new connection's credential was revoked in use, which is what it is told). So does a migration to the
     federated method that revokes the original (``revokeOriginal``)."""
-    from tests.fakes import FakeGraph
-    from tests.lifecycle_harness import ROTATION, overtaken_at
-
     h = Harness(method=method)
     record = await _holding_the_owners_credential(h)
-    created: list[ConnectionRecord] = []
-
-    async def create() -> None:
-        outcome = await user_operations(h, record.id)["create-same-credential"]()
-        assert outcome.status == 200, outcome.error
-        created.append(outcome.result)
-
-    removal = "remove_password" if method == "client-secret" else "remove_key"
-    race = overtaken_at(monkeypatch, FakeGraph, removal, 1, create)
-    if revoked_by == "rotation":
-        done = await h.api.update(APP, record.id, {"isAutoRotationEnabled": True, "rotation": ROTATION})
-    else:
-        h.fakes.world.add_federated(record.client_id or "")
-        done = await h.api.migrate_to_federated(APP, record.id, {"revokeOriginal": True})
-        assert done.method == "federated"
-    assert race.ran and created
-    [new] = created
+    done, new = await _created_while_revoked(h, record, revoked_by, monkeypatch)
     assert done.rotation.status == "succeeded", done.rotation.message
     assert f"'{new.name}' ({APP}) of the same application began to sign in with it while it was being revoked" in (
         done.rotation.message or ""), done.rotation.message
@@ -787,3 +804,119 @@ async def test_a_create_with_the_owners_credential_while_a_rotation_revokes_it_i
     assert [v for v in h.check() if new.id not in v] == []
     validated = await h.api.validate(APP, record.id)
     assert validated.status == "active"
+
+
+@pytest.mark.parametrize(("method", "revoked_by"), STRANDED_BY)
+async def test_a_connection_stranded_by_a_revocation_is_checked_by_the_next_health_sweep_and_its_owner_told(
+        method: str, revoked_by: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its ``invalid`` mark reached the record at once, but its owner's notification comes of its health check
+    (``health_notices``), which was a day on (its next check, the daily one). The mark brings that check forward
+    to now, through its one health index entry (the entry moved, not a second one): the next health sweep (hourly
+    by default) checks it, finds its credential refused, and queues one notification (``validation-failed``),
+    nothing for the connection rotated (or migrated). I6 holds: each connection points at an entry there is."""
+    from shared.health import HealthChecker
+    from shared.notify import Notifier
+    from shared.store.schedule import parse_key
+    from tests.fakes import build_fakes
+
+    h = Harness(method=method, fakes=build_fakes({"NOTIFY_WEBHOOK_URL": "https://hooks.example/notify",
+                                                  "NOTIFY_WEBHOOK_SECRET": "webhook-signing-key"}))
+    record = await _holding_the_owners_credential(h)
+    done, new = await _created_while_revoked(h, record, revoked_by, monkeypatch)
+    assert done.rotation.status == "succeeded", done.rotation.message
+    marked = await h.record(new.id)
+    assert marked is not None and marked.status == "invalid", marked
+    now = h.fakes.clock.now
+    assert marked.health.next_check_at is not None and marked.health.next_check_at <= now, marked.health
+    entries = [parse_key(key) for key in h.fakes.health_index.keys]
+    assert [e.key for e in entries if e.connection_id == new.id] == [marked.health.check_key]  # moved, not added
+    assert [v for v in h.check() if new.id not in v or v.startswith("I6")] == []
+    await Notifier(h.fakes.adapters).deliver()  # what the rotation and the create queued (none of it a failure)
+    h.fakes.webhook.received.clear()
+
+    h.fakes.clock.advance(timedelta(hours=1))  # the next sweep (HEALTH_SWEEP_SCHEDULE, hourly by default)
+    built = h.services()
+    report = await HealthChecker(built.adapters, built.connections).sweep()
+    assert report.checked >= 1, report
+    sent = [json.loads(body) for _, body, _ in h.fakes.webhook.received]
+    assert [(n["connectionId"], n["event"]) for n in sent] == [(new.id, "validation-failed")], sent
+    checked = await h.record(new.id)
+    assert checked is not None and checked.health.status == "failing", checked.health
+    assert checked.health.next_check_at is not None and checked.health.next_check_at > h.fakes.clock.now
+    assert [v for v in h.check() if new.id not in v or v.startswith("I6")] == []
+
+
+@pytest.mark.parametrize(("method", "revoked_by"), STRANDED_BY)
+async def test_a_stranded_connection_whose_health_entry_cannot_be_moved_is_marked_all_the_same(
+        method: str, revoked_by: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Bringing the check forward is best effort: the health index failing for the stranded connection fails
+    neither the rotation nor the mark; its check stays where it was (its daily one finds it), logged by the
+    error's type, and it still points at the entry there is (I6)."""
+    h = Harness(method=method)
+    record = await _holding_the_owners_credential(h)
+    index = h.fakes.health_index
+    put = index.put
+    failing: set[str] = set()
+
+    async def put_or_fail(due: datetime, app: str, connection_id: str, keep: str | None = None) -> str:
+        if connection_id in failing:
+            raise UpstreamError("Table Storage is not answering.")
+        return await put(due, app, connection_id, keep)
+
+    monkeypatch.setattr(index, "put", put_or_fail)
+    caplog.set_level(logging.WARNING, logger="shared.rotation.sharing")
+    before: list[ConnectionRecord] = []
+
+    def fail_for(created: ConnectionRecord) -> None:
+        failing.add(created.id)
+        before.append(created)
+
+    done, new = await _created_while_revoked(h, record, revoked_by, monkeypatch, then=fail_for)
+    assert done.rotation.status == "succeeded", done.rotation.message
+    marked = await h.record(new.id)
+    assert marked is not None and marked.status == "invalid", marked
+    assert marked.health.check_key == before[0].health.check_key  # where it was, and there
+    assert marked.health.next_check_at == before[0].health.next_check_at
+    assert [v for v in h.check() if new.id not in v or v.startswith("I6")] == []
+    assert any("could not be brought forward (UpstreamError)" in r.getMessage() for r in caplog.records), \
+        caplog.records
+
+
+@pytest.mark.parametrize("meanwhile", ["its-own-write-landed", "changed"])
+async def test_a_stranded_connection_changed_while_it_is_marked_keeps_one_health_entry_due_now(
+        meanwhile: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mark's write meets an ETag that moved: its own write, landed with its answer lost, or a change of
+    another request (an edit of its description). The mark is written on top of it, once, and the connection
+    keeps one health index entry, due now: the one it was moved to first, or, when that write lost, the one the
+    mark is written with (the one no record points at is dropped)."""
+    from tests.lifecycle_harness import own_etag
+
+    h = Harness()
+    record = await _holding_the_owners_credential(h)
+    store = h.fakes.connections
+    update = store.update
+    stranded: set[str] = set()
+
+    async def overtaken_update(target: ConnectionRecord, *args: Any, **kwargs: Any) -> ConnectionRecord:
+        if target.id not in stranded or target.status != "invalid":
+            return await update(target, *args, **kwargs)
+        stranded.clear()
+        if meanwhile == "changed":
+            current = await store.get(target.app, target.id)
+            await update(current.evolve(description="changed meanwhile"))
+            return await update(target, *args, **kwargs)  # its ETag moved: ConcurrentChange
+        await update(target, *args, **kwargs)
+        raise own_etag()
+
+    monkeypatch.setattr(store, "update", overtaken_update)
+    done, new = await _created_while_revoked(h, record, "rotation", monkeypatch, then=lambda c: stranded.add(c.id))
+    assert not stranded, "the mark was never written"
+    assert done.rotation.status == "succeeded", done.rotation.message
+    marked = await h.record(new.id)
+    assert marked is not None and marked.status == "invalid", marked
+    if meanwhile == "changed":
+        assert marked.description == "changed meanwhile"
+    assert marked.health.next_check_at is not None and marked.health.next_check_at <= h.fakes.clock.now
+    mine = [key for key in h.fakes.health_index.keys if f"|{new.id}|" in key]
+    assert mine == [marked.health.check_key], mine
+    assert [v for v in h.check() if new.id not in v or v.startswith("I6")] == []
