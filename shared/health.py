@@ -207,6 +207,10 @@ class HealthChecker:
                         return fresh or current  # deleted; or new credentials, whose own check is newer
                     current = fresh
                     health = self._rebased(health, fresh, now, ran=unchecked_since is None)
+                    if (unchecked_since is None and health.checked_at is not None
+                            and fresh.last_validated_at is not None and fresh.last_validated_at >= health.checked_at):
+                        # an outcome written since this check signed in (a revocation's mark): newer news
+                        connection_status, message = fresh.status, fresh.status_message
                     continue
                 saved = fresh
             if current.health.check_key and current.health.check_key != key:

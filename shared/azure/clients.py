@@ -458,9 +458,25 @@ class SharedTokenRequests:
     async def _shared(self, key: tuple[Any, ...], ask: Callable[[], Awaitable[Any]]) -> Any:
         asked = self._asked.get(key)
         if asked is None:
-            asked = self._asked[key] = asyncio.get_running_loop().create_task(self._ask(key, ask))
+            from shared.azure.retry import without_deadline
+
+            # Not under the first caller's deadline (its retries would stop there for every waiter): each waiter
+            # waits within its own.
+            asked = self._asked[key] = asyncio.get_running_loop().create_task(self._ask(key, ask),
+                                                                              context=without_deadline())
             asked.add_done_callback(_retrieved)
-        return await asyncio.shield(asked)  # a caller cancelled leaves the request to the others
+        from shared.azure.retry import time_to_answer
+
+        left = time_to_answer()
+        if left is None:
+            return await asyncio.shield(asked)  # a caller cancelled leaves the request to the others
+        try:
+            return await asyncio.wait_for(asyncio.shield(asked), max(left, 0.0))
+        except TimeoutError:
+            from shared.errors import UpstreamError
+
+            raise UpstreamError("The service's identity did not give a token before the request had to be "
+                                "answered; try again.") from None
 
     async def _ask(self, key: tuple[Any, ...], ask: Callable[[], Awaitable[Any]]) -> Any:
         try:

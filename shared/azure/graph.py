@@ -179,7 +179,7 @@ def _skip_token_of(continuation: str, listing: str) -> str:
     if raw.startswith("["):  # this version's shape; a skiptoken of Graph's never starts so (base64 text)
         try:
             parts = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth: forged
             parts = None
         if not (isinstance(parts, list) and len(parts) == 2 and all(isinstance(p, str) for p in parts)
                 and parts[1] == listing):

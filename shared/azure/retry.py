@@ -74,6 +74,15 @@ def answering_within(seconds: float = ANSWER_WITHIN,
     return scoped(_ANSWER_BY, (clock() + seconds, clock))
 
 
+def without_deadline() -> "contextvars.Context":
+    """A copy of the current context in which no HTTP request's deadline holds (work shared by several callers)."""
+    import contextvars
+
+    context = contextvars.copy_context()
+    context.run(_ANSWER_BY.set, None)
+    return context
+
+
 def time_to_answer() -> float | None:
     """Seconds left before the HTTP request being served reaches its deadline (:func:`answering_within`; below zero
     once past it), or None outside one (a timer: no deadline). For work that waits in a loop of its own rather than

@@ -347,11 +347,18 @@ class Migrator(Journaled):
                                     audit=self._removal(record), registration=registration, signer=material, now=now,
                                     fence=self.lease_check(state))  # a worker held up past its lease stops here
             # Asked again once it is revoked, as a rotation does: one created with it (or given it) since is told.
-            stranded = await signing_in_with(self.adapters.connections, self.adapters.vault, kind, record, original,
-                                             material or None, surely=True) if original and kind else []
-            if stranded and kind:
-                await mark_stranded(self.adapters.connections, self.adapters.health_index, record, stranded,
-                                    kind.noun, now, by="migration to the federated method")
+            try:
+                stranded = await signing_in_with(self.adapters.connections, self.adapters.vault, kind, record,
+                                                 original, material or None, surely=True) if original and kind else []
+                if stranded and kind:
+                    await mark_stranded(self.adapters.connections, self.adapters.health_index, record, stranded,
+                                        kind.noun, now, by="migration to the federated method")
+            except Exception as error:  # best effort, after the revocation: the health check tells
+                if not (isinstance(error, ServiceError) or azure_failure(error)):
+                    raise
+                log.warning("Migration of %s: who signs in with the credential it revoked could not be asked (%s)",
+                            record.id, type(error).__name__)
+                stranded = []
         await self.checkpoint("after-remove-originals", record)
         if state.previous_version:
             await self.adapters.vault.disable_others(record.secret_name, "")

@@ -668,10 +668,17 @@ class Rotator(Journaled):
                             fence=self.lease_check(state))
         # Asked again once it is revoked: a connection created with it (or given it) after the question was asked
         # signs in with what was just revoked. Nothing orders that request with this removal: it is told at once.
-        stranded = await self._signing_in_with_it(record, run, roll, registration, previous, surely=True)
-        if stranded:
-            await mark_stranded(self.adapters.connections, self.adapters.health_index, record, stranded, roll.noun,
-                                self.now())
+        try:
+            stranded = await self._signing_in_with_it(record, run, roll, registration, previous, surely=True)
+            if stranded:
+                await mark_stranded(self.adapters.connections, self.adapters.health_index, record, stranded,
+                                    roll.noun, self.now())
+        except Exception as error:  # best effort, after a revocation that cannot be undone: the health check tells
+            if not (isinstance(error, ServiceError) or azure_failure(error)):
+                raise
+            log.warning("Rotation of %s: who signs in with the credential it revoked could not be asked (%s); "
+                        "their health checks find it", record.id, type(error).__name__)
+            stranded = []
         # The version it superseded is the only other one enabled (a resumed create disabled what earlier attempts
         # wrote, a retirement what a credentials change left): disabled by its id, without listing the versions.
         if state.previous_version and state.previous_version != record.secret_version:
