@@ -469,6 +469,11 @@ class ConnectionService:
                     raise NotFound("The connection was deleted while it was being validated.") from None
                 if current.secret_version != record.secret_version:
                     return current
+                if status == STATUS_ACTIVE and current.status == STATUS_INVALID != record.status:
+                    # a refusal written since this validation read the connection (a revocation's mark): a sign-in
+                    # that worked before it is older news, and a connection told wrongly is told right by its next
+                    # check, one told wrongly that it works is not
+                    return current
         log.info("Connection %s kept changing; its validation outcome was not recorded", record.id)
         return current
 

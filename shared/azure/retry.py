@@ -49,7 +49,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractContextManager
-from contextvars import ContextVar
+from contextvars import Context, ContextVar, copy_context
 from datetime import UTC
 from typing import TypeVar
 
@@ -74,11 +74,9 @@ def answering_within(seconds: float = ANSWER_WITHIN,
     return scoped(_ANSWER_BY, (clock() + seconds, clock))
 
 
-def without_deadline() -> "contextvars.Context":
+def without_deadline() -> Context:
     """A copy of the current context in which no HTTP request's deadline holds (work shared by several callers)."""
-    import contextvars
-
-    context = contextvars.copy_context()
+    context = copy_context()
     context.run(_ANSWER_BY.set, None)
     return context
 

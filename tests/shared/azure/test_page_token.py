@@ -1,4 +1,4 @@
-"""Review of session 30: the app registrations' page token (fails today)."""
+"""The app registrations' page token: a malformed one is a 400 problem, never a 500."""
 
 from __future__ import annotations
 

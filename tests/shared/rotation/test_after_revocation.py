@@ -1,4 +1,6 @@
-"""Review of session 30: repros (each fails today)."""
+"""After a rotation or a migration revoked a credential: asking who else signs in with it is best effort (it never
+fails what has already revoked), and the mark it leaves on such a connection outlives a check or a validation that
+signed in just before the revocation."""
 
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ async def test_a_key_vault_hiccup_in_the_stranded_question_does_not_fail_a_migra
     h.fakes.world.add_federated(mine.client_id or "")
     try:
         done = await h.api.migrate_to_federated("azure-app-configuration", mine.id, {"revokeOriginal": True})
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         pytest.fail(f"the migration answered {type(error).__name__}: {error} after revoking {removed}")
     assert removed
     assert done.rotation.status == "succeeded", done.rotation.message
@@ -108,3 +110,41 @@ async def test_a_health_check_that_signed_in_before_the_revocation_does_not_writ
     after = await h.record(created[0].id)
     assert after is not None
     assert after.status == "invalid", (after.status, after.status_message)  # ... and still told after the check
+
+
+async def test_a_validation_that_signed_in_before_the_revocation_does_not_write_active_over_the_mark(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the health check above, for a user's POST .../validate: its sign-in worked just before the revocation, its
+    write comes after the mark; the mark (newer news) stays, and the answer is the marked connection."""
+    from shared.connections import ConnectionService
+    from tests.lifecycle_harness import overtaken_at, user_operations
+
+    h = Harness(method="client-secret")
+    record = await h.create(rotation=False)
+    created: list = []
+    signed_in, go = asyncio.Event(), asyncio.Event()
+    original = ConnectionService.record_status
+
+    async def held(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        signed_in.set()  # the sign-in worked (the credential still live): its write waits for the rotation to end
+        await go.wait()
+        return await original(self, *args, **kwargs)
+
+    validations: list[asyncio.Task] = []
+
+    async def create() -> None:
+        outcome = await user_operations(h, record.id)["create-same-credential"]()
+        assert outcome.status == 200, outcome.error
+        created.append(outcome.result)
+        monkeypatch.setattr(ConnectionService, "record_status", held)
+        validations.append(asyncio.get_running_loop().create_task(h.api.validate(APP, outcome.result.id)))
+        await signed_in.wait()
+
+    race = overtaken_at(monkeypatch, FakeGraph, "remove_password", 1, create)
+    done = await h.api.update(APP, record.id, {"isAutoRotationEnabled": True, "rotation": ROTATION})
+    assert race.ran and created and done.rotation.status == "succeeded"
+    go.set()
+    answered = await validations[0]
+    after = await h.record(created[0].id)
+    assert after is not None and after.status == "invalid", (after.status, after.status_message)
+    assert answered.status == "invalid"
