@@ -95,6 +95,7 @@ print(json.dumps({"import": imported - started, "request": done - imported, "tot
 
 BASE = "api/v1/app-connections"
 KV = "azure-key-vault"
+FLOORS = ("floor", "floor-write")  # the floor app's two functions (bench/apps/floor_function_app.py)
 ROUTES = ("read", "list", "write", "authorize", "callback", "openapi", "audit", "health")
 # The status each kind of route answers when it did its work: the callback's state is unknown (no sign-in is
 # pending), which it refuses with a 400 page after its lean read of the state; any other answer stops the run.
@@ -247,7 +248,7 @@ def floor_requests(requests: int, connection_id: str, pythonpath: str, package: 
         for name in common.FLOOR_TABLES:
             tables.create_table_if_not_exists(os.environ["STATE_TABLE_PREFIX"] + name)
     bare: list[float] = []
-    floors: dict[str, list[dict[str, object]]] = {"floor": [], "floor-write": []}
+    floors: dict[str, list[dict[str, object]]] = {floor: [] for floor in FLOORS}
     for run in range(requests):  # interleaved, so that drift in the machine's load hits all alike
         bare.append(float(str(first_request(call("bare", None), pythonpath, package)["total"])))
         floors["floor"].append(first_request(call("floor", connection_id), pythonpath, package))

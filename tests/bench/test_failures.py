@@ -35,7 +35,8 @@ def test_a_cold_read_of_a_connection_that_does_not_exist_stops_the_run(local_env
 
 
 def test_every_route_has_the_status_it_answers_when_it_did_its_work():
-    assert set(cold_start.EXPECTED) == {*cold_start.ROUTES, "bare"}
+    assert set(cold_start.EXPECTED) == {*cold_start.ROUTES, "bare", *cold_start.FLOORS}
+    assert cold_start.call("floor", "c")["expected"] == 200 and cold_start.call("floor-write", None)["expected"] == 201
     assert cold_start.call("write", None)["expected"] == 201
     assert cold_start.call("callback", None)["expected"] == 400  # an unknown state: refused after its lean read
 
