@@ -205,7 +205,9 @@ class SigningKeys:
             return
         if self._failed_at is not None and self._monotonic() < self._next_read_after(self._failed_at):
             return
-        self._behind = asyncio.get_running_loop().create_task(self._refresh(force=False))
+        from shared.azure.retry import shared_task
+
+        self._behind = shared_task(self._refresh(force=False))  # not under the deadline of the request it began in
         self._behind.add_done_callback(_logged)
 
     async def _refresh(self, force: bool) -> None:

@@ -144,7 +144,8 @@ class AzureClients:
         identity is the one DefaultAzureCredential is given (``AzureWebJobsStorage__clientId``, else
         ``AZURE_CLIENT_ID``, else the system-assigned one). Elsewhere (environment credentials locally, the CLI) it is
         :meth:`service_credential`'s. Concurrent reads that find no usable token share one fetch (a task, with
-        its retries): each gets its token or its error, at the same moment. A refresh that fails while
+        its retries, run without the first reader's deadline): each gets its token or its error, at the same moment,
+        or gives up at its own deadline. A refresh that fails while
         the cached token is still usable keeps the cached token (logged, without it) and is tried again
         ``TOKEN_REFRESH_RETRY_DELAY`` later, as azure-identity does; otherwise the error (an
         RFC 9457 ``ServiceError`` on the lean path) reaches the caller."""
@@ -153,12 +154,13 @@ class AzureClients:
         cached = self._storage_token
         if cached is not None and time.time() < _renew_at(cached):
             return cached.token
+        from shared.azure.retry import shared_task, waited
+
         fetch = self._storage_token_fetch
         if fetch is None:
-            fetch = self._storage_token_fetch = asyncio.get_running_loop().create_task(self._renew_storage_token())
+            fetch = self._storage_token_fetch = shared_task(self._renew_storage_token())
             fetch.add_done_callback(_retrieved)
-        # A read cancelled (its request timed out) leaves the fetch to the others.
-        return await asyncio.shield(fetch)
+        return await waited(fetch, _token_too_late)
 
     async def _renew_storage_token(self) -> str:
         """The shared fetch of :meth:`storage_token`."""
@@ -456,27 +458,13 @@ class SharedTokenRequests:
         return await self._shared(key, lambda: inner(*scopes, options=options))
 
     async def _shared(self, key: tuple[Any, ...], ask: Callable[[], Awaitable[Any]]) -> Any:
+        from shared.azure.retry import shared_task, waited
+
         asked = self._asked.get(key)
         if asked is None:
-            from shared.azure.retry import without_deadline
-
-            # Not under the first caller's deadline (its retries would stop there for every waiter): each waiter
-            # waits within its own.
-            asked = self._asked[key] = asyncio.get_running_loop().create_task(self._ask(key, ask),
-                                                                              context=without_deadline())
+            asked = self._asked[key] = shared_task(self._ask(key, ask))
             asked.add_done_callback(_retrieved)
-        from shared.azure.retry import time_to_answer
-
-        left = time_to_answer()
-        if left is None:
-            return await asyncio.shield(asked)  # a caller cancelled leaves the request to the others
-        try:
-            return await asyncio.wait_for(asyncio.shield(asked), max(left, 0.0))
-        except TimeoutError:
-            from shared.errors import UpstreamError
-
-            raise UpstreamError("The service's identity did not give a token before the request had to be "
-                                "answered; try again.") from None
+        return await waited(asked, _token_too_late)
 
     async def _ask(self, key: tuple[Any, ...], ask: Callable[[], Awaitable[Any]]) -> Any:
         try:
@@ -524,6 +512,15 @@ class OwnIdentity(SharedTokenRequests):
 
     async def __aenter__(self) -> OwnIdentity:
         return self
+
+
+def _token_too_late() -> Exception:
+    """What a caller of a shared token request gets once its own deadline is reached (:func:`~shared.azure.retry.
+    waited`)."""
+    from shared.errors import UpstreamError
+
+    return UpstreamError("The service's identity did not give a token before the request had to be answered; try "
+                         "again.")
 
 
 def _retrieved(task: asyncio.Task[Any]) -> None:

@@ -47,11 +47,11 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from contextlib import AbstractContextManager
-from contextvars import Context, ContextVar, copy_context
+from contextvars import ContextVar, copy_context
 from datetime import UTC
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from shared.scoped import scoped
 
@@ -74,11 +74,25 @@ def answering_within(seconds: float = ANSWER_WITHIN,
     return scoped(_ANSWER_BY, (clock() + seconds, clock))
 
 
-def without_deadline() -> Context:
-    """A copy of the current context in which no HTTP request's deadline holds (work shared by several callers)."""
+def shared_task(work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """A task of work several callers wait for, or none (run behind the requests), started by one of them: it runs
+    without that caller's deadline (:func:`answering_within`), which would stop its retries for every waiter, and
+    each waiter waits within its own (:func:`waited`)."""
     context = copy_context()
     context.run(_ANSWER_BY.set, None)
-    return context
+    return asyncio.get_running_loop().create_task(work, context=context)
+
+
+async def waited(task: asyncio.Task[T], late: Callable[[], Exception]) -> T:
+    """The result of a :func:`shared_task`, waited for within the caller's deadline (``late()`` is raised once it is
+    reached; none outside a request). A caller cancelled or out of time leaves the task to the others."""
+    left = time_to_answer()
+    if left is None:
+        return await asyncio.shield(task)
+    try:
+        return await asyncio.wait_for(asyncio.shield(task), max(left, 0.0))
+    except TimeoutError:
+        raise late() from None
 
 
 def time_to_answer() -> float | None:

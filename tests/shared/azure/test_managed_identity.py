@@ -797,13 +797,15 @@ def test_a_cold_read_with_the_managed_identity_imports_neither_azure_identity_no
 DEADLINE_VAULT_SCOPE = "https://vault.azure.net/.default"
 
 
+@pytest.mark.parametrize("token", ["service credential", "Table Storage token"])
 async def test_one_request_s_deadline_does_not_fail_the_others_sharing_its_token_request(
-        host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+        host: Host, monkeypatch: pytest.MonkeyPatch, token: str) -> None:
     """An HTTP request near its deadline (``answering_within``) asks the service's identity for a token first; a
     timer (no deadline) asks for the same token while that request is in flight, and shares it. The identity
     endpoint is busy once (503, Retry-After 1 s). The shared request runs in the FIRST caller's context, so the
     retry policy reads the first caller's deadline: it gives up, and the timer, which had all the time in the
-    world to wait one second, is failed too."""
+    world to wait one second, was failed too. The same for the read path's Table Storage token, whose concurrent
+    fetches share one (``AzureClients.storage_token``)."""
     monkeypatch.setenv("IDENTITY_ENDPOINT", host.endpoint)  # azure-identity reads the host's variables itself
     monkeypatch.setenv("IDENTITY_HEADER", host.header)
     host.standin.admin.set_faults([{"path": f"^{MSI}$", "status": 503, "times": 1,
@@ -811,13 +813,18 @@ async def test_one_request_s_deadline_does_not_fail_the_others_sharing_its_token
     clients = host.clients()
     credential = clients.service_credential()
 
+    async def ask() -> object:
+        if token == "service credential":
+            return await credential.get_token(DEADLINE_VAULT_SCOPE)
+        return await clients.storage_token()
+
     async def hurried() -> object:
         with answering_within(0.3):
-            return await credential.get_token(DEADLINE_VAULT_SCOPE)
+            return await ask()
 
     async def patient() -> object:
         await asyncio.sleep(0)  # the hurried request asked first
-        return await credential.get_token(DEADLINE_VAULT_SCOPE)
+        return await ask()
 
     try:
         first, second = await asyncio.gather(hurried(), patient(), return_exceptions=True)
