@@ -388,7 +388,7 @@ class ConnectionService:
             saved = await self.store.update(target, previous_name=previous_name, notify=notify)
         except Exception as error:
             saved = await self._landed(record, error, lambda current: current.secret_version == stored.version,
-                                       lambda: self.vault.disable(record.secret_name, stored.version))
+                                       lambda: self._unwritten(record, stored.version))
         if saved.rotation.retire_version is None:
             with best_effort(lambda error: log.warning(  # the change is made: it is not undone for this
                     "Connection %s: the secret versions its change superseded are still enabled (%s); its next "
@@ -398,6 +398,34 @@ class ConnectionService:
                 if repair:
                     await self.vault.disable_older(saved.secret_name, saved.secret_version)
         return saved
+
+    async def _unwritten(self, record: ConnectionRecord, version: str) -> None:
+        """Undo a version :meth:`switch_secret` wrote for a record write that did not land: disabled; or, should Key
+        Vault refuse that too, journaled as superseded on the connection as it is now (its health check disables
+        it, :meth:`disable_superseded`), so that a version holding a live credential is never left enabled with
+        nothing tracking it. Should that write fail as well, it is logged, and the caller's error stands."""
+        try:
+            await self.vault.disable(record.secret_name, version)
+            return
+        except Exception as refused:
+            if not failed_upstream(refused):
+                raise
+            failure = refused
+        with best_effort(lambda error: log.warning(
+                "Connection %s: a secret version its failed write made stays enabled (%s, then %s)", record.id,
+                detail_of(failure), detail_of(error))):
+            for _ in range(3):
+                try:
+                    current = await self.store.get(record.app, record.id)
+                except NotFound:  # deleted meanwhile: its DELETE removes the secret, every version
+                    return
+                if version in current.superseded or current.secret_version == version:
+                    return
+                try:
+                    await self.store.update(current.superseding((*current.superseded, version)))
+                    return
+                except ConcurrentChange:
+                    continue
 
     async def disable_superseded(self, record: ConnectionRecord) -> frozenset[str]:
         """Disable the versions ``record`` journals as superseded (:meth:`switch_secret`), best effort; those Key

@@ -123,6 +123,32 @@ async def test_a_change_whose_superseded_version_cannot_be_disabled_is_made_and_
     assert h.check() == []
 
 
+async def test_a_change_whose_write_fails_and_whose_new_version_cannot_be_disabled_journals_that_version() -> None:
+    """Found by the random sequences: a change of credentials whose record write failed (and did not land) undoes
+    the version it wrote by disabling it; Key Vault refusing that too left a version holding a live credential
+    enabled, with nothing tracking it (I5). It is now journaled as superseded on the connection as it is, the
+    change still answers its failure and changes nothing else (I3), and the health check disables it."""
+    from shared.health import HealthChecker
+    from tests.lifecycle_harness import user_operations
+
+    h = Harness()
+    record = await h.create(rotation=False)
+    h.fakes.world.fail_next("store.update")
+    h.fakes.world.fail_next("vault.disable")
+    h.faults_armed = True  # (a 502 while Azure fails is the answer I3 expects)
+    outcome = await user_operations(h, record.id)["patch-credentials"]()
+    assert outcome.status == 502
+    after = await h.record(record.id)
+    assert after is not None and after.secret_version == record.secret_version
+    [unwritten] = [v.version for v in h.fakes.vault.secrets[record.secret_name] if v.version != record.secret_version]
+    assert after.superseded == (unwritten,)
+    assert h.fakes.vault.version(record.secret_name, unwritten).enabled  # until its health check
+    assert h.check() == []
+    checked = await HealthChecker(h.fakes.adapters, h.api).check(after)
+    assert not h.fakes.vault.version(record.secret_name, unwritten).enabled
+    assert checked.superseded == () and h.check() == []
+
+
 @pytest.mark.parametrize("fails", ["vault.disable", "vault.delete", "store.delete"])
 async def test_a_delete_that_azure_stops_past_its_removals_says_to_send_it_again_and_the_next_one_finishes(
         fails: str) -> None:
